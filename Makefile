@@ -1,0 +1,50 @@
+# `make run` and `make test` set everything up on a bare machine, then run.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
+
+.PHONY: run test lint typecheck pytest bench demo clean chromium
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+
+$(VENV)/.run-deps: pyproject.toml | $(BIN)/python
+	$(PIP) install -e '.[all]'
+	touch $@
+
+$(VENV)/.test-deps: pyproject.toml | $(BIN)/python
+	$(PIP) install -e '.[test]'
+	touch $@ $(VENV)/.run-deps
+
+## Start interlock on its embedded default (proxy :4141, admin and UI :4142, store ./interlock.db).
+run: $(VENV)/.run-deps
+	$(BIN)/interlock serve
+
+## Set up and run every test: lint, types, the suite (browser tests included).
+test: $(VENV)/.test-deps chromium lint typecheck pytest
+
+lint: $(VENV)/.test-deps
+	$(BIN)/ruff check interlock tests bench examples
+
+typecheck: $(VENV)/.test-deps
+	$(BIN)/mypy
+
+pytest: $(VENV)/.test-deps
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The browser tests drive Debian's Chromium (Playwright cannot download its own browser here).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
+
+## Measure throughput, latency, first byte and memory; writes bench/RESULTS.md.
+bench: $(VENV)/.test-deps
+	$(BIN)/python -m bench
+
+## A scripted agent and upstream producing a few sessions; then open http://127.0.0.1:4142/.
+demo: $(VENV)/.run-deps
+	$(BIN)/interlock demo
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

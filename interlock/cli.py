@@ -1,0 +1,85 @@
+"""The `interlock` command: a thin layer over the library. Every flag is also an INTERLOCK_* variable."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from typing import Any
+
+import click
+
+from interlock import __version__
+from interlock.config import Settings, SourceError, load_settings, settings_to_yaml
+
+
+def load_or_exit(config: str | None) -> Settings:
+    try:
+        return load_settings(config)
+    except SourceError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
+config_option = click.option(
+    "--config", "-c", type=click.Path(dir_okay=False), default=None, help="interlock.yaml (default: embedded)."
+)
+
+
+@click.group(context_settings={"auto_envvar_prefix": "INTERLOCK", "help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="interlock")
+def main() -> None:
+    """interlock: an observability and guardrail sidecar for AI agents."""
+
+
+@main.command()
+@config_option
+@click.option("--port", type=int, default=None, help="Proxy port (overrides listen.port).")
+@click.option("--admin-port", type=int, default=None, help="Admin port (overrides admin.port).")
+@click.option("--store", "store_path", default=None, help="SQLite store path (overrides store.path).")
+def serve(config: str | None, port: int | None, admin_port: int | None, store_path: str | None) -> None:
+    """Run the proxy (and the admin port) until SIGTERM."""
+    settings = load_or_exit(config)
+    settings = apply_overrides(settings, port=port, admin_port=admin_port, store_path=store_path)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from interlock.server import serve as run_server
+
+    asyncio.run(run_server(settings))
+
+
+def apply_overrides(settings: Settings, **overrides: Any) -> Settings:
+    data = settings.model_dump(exclude={"source"})
+    if overrides.get("port") is not None:
+        data["listen"]["port"] = overrides["port"]
+    if overrides.get("admin_port") is not None:
+        data["admin"]["port"] = overrides["admin_port"]
+    if overrides.get("store_path") is not None:
+        data["store"]["path"] = overrides["store_path"]
+    for route in data["routes"].values():
+        route.pop("upstream", None)
+        route.pop("api_key", None)
+    return Settings.model_validate({**data, "source": settings.source})
+
+
+@main.group()
+def config() -> None:
+    """Inspect the configuration."""
+
+
+@config.command("show")
+@config_option
+def config_show(config: str | None) -> None:
+    """Print the effective configuration (secrets masked)."""
+    click.echo(settings_to_yaml(load_or_exit(config)), nl=False)
+
+
+@config.command("check")
+@config_option
+def config_check(config: str | None) -> None:
+    """Validate a configuration file; errors as file:line:col."""
+    settings = load_or_exit(config)
+    click.echo(f"{settings.source}: ok ({len(settings.routes)} routes)")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

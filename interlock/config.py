@@ -1,0 +1,263 @@
+"""interlock.yaml → validated, frozen settings. Errors name `file:line:col`.
+
+Every section lives here so `interlock config show` and the JSON Schema see the whole shape.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from interlock.yamlsource import Document, SourceError, load_yaml, parse_yaml
+
+Protocol = Literal["openai", "anthropic", "mcp", "http"]
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Listen(Model):
+    host: str = "127.0.0.1"
+    port: int = Field(4141, ge=0, le=65535)
+
+
+class Admin(Model):
+    host: str = "127.0.0.1"
+    port: int = Field(4142, ge=0, le=65535)
+    #: When set, every admin page and API call needs `Authorization: Bearer <token>` (or `?token=`).
+    token: str | None = None
+
+
+class Store(Model):
+    path: str = "./interlock.db"
+    #: `full` keeps bodies and chunks; `metadata` keeps only the narrow call row and events.
+    capture: Literal["full", "metadata"] = "full"
+    batch_size: int = Field(256, ge=1)
+    batch_interval_ms: int = Field(50, ge=1)
+    queue_size: int = Field(20000, ge=1)
+    #: Retention: calls older than this many seconds are pruned (None keeps everything).
+    max_age: float | None = Field(None, gt=0)
+    #: Retention: prune the oldest calls while the database is larger than this many bytes.
+    max_size: int | None = Field(None, gt=0)
+    #: Keep raw PII at rest (only with capture `full`); off by default, the redacted form is stored.
+    store_raw_pii: bool = False
+
+
+class Timeouts(Model):
+    connect: float = Field(5.0, gt=0)
+    #: Seconds from sending the request to the first response byte.
+    first_byte: float = Field(120.0, gt=0)
+    #: Seconds for the whole call, stream included.
+    total: float = Field(600.0, gt=0)
+
+
+class Retry(Model):
+    attempts: int = Field(3, ge=1, le=20)
+    statuses: tuple[int, ...] = (408, 429, 500, 502, 503, 504)
+    backoff_initial: float = Field(0.2, ge=0)
+    backoff_max: float = Field(5.0, ge=0)
+    retry_after_max: float = Field(30.0, ge=0)
+    #: Overall deadline in seconds for all attempts of one call, backoff included.
+    deadline: float = Field(120.0, gt=0)
+    #: Retry non-idempotent methods (POST on `http` routes). Model protocols are always retried.
+    non_idempotent: bool = False
+
+
+class Breaker(Model):
+    enabled: bool = True
+    consecutive_failures: int = Field(5, ge=1)
+    failure_ratio: float = Field(0.5, gt=0, le=1)
+    window: int = Field(20, ge=1)
+    min_calls: int = Field(10, ge=1)
+    cooldown: float = Field(10.0, gt=0)
+
+
+class Upstream(Model):
+    url: str
+    name: str | None = None
+    priority: int = 0
+    weight: float = Field(1.0, ge=0)
+    #: The real provider key, injected by interlock so that agents never hold it.
+    api_key: str | None = None
+    headers: dict[str, str] = {}
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+
+class ModelTarget(Model):
+    upstream: str | None = None
+    model: str
+
+
+class Route(Model):
+    protocol: Protocol = "openai"
+    #: Shorthand for a single upstream.
+    upstream: str | None = None
+    api_key: str | None = None
+    upstreams: tuple[Upstream, ...] = ()
+    strategy: Literal["priority", "weight", "least_inflight"] = "priority"
+    #: Model aliases: a requested model → ordered (upstream, model) fallbacks.
+    models: dict[str, tuple[ModelTarget, ...]] = {}
+    retry: Retry = Retry()
+    breaker: Breaker = Breaker()
+    timeouts: Timeouts | None = None
+
+    @model_validator(mode="after")
+    def _one_upstream_form(self) -> Route:
+        if self.upstream and self.upstreams:
+            raise ValueError("give either `upstream` or `upstreams`, not both")
+        if not self.upstream and not self.upstreams:
+            raise ValueError("a route needs `upstream` or `upstreams`")
+        if self.upstream:
+            object.__setattr__(self, "upstreams", (Upstream(url=self.upstream, api_key=self.api_key),))
+        names = [u.name or u.url for u in self.upstreams]
+        if len(set(names)) != len(names):
+            raise ValueError("upstream names must be unique within a route")
+        return self
+
+    def upstream_names(self) -> list[str]:
+        return [u.name or u.url for u in self.upstreams]
+
+
+class VirtualKey(Model):
+    agent: str
+    session: str | None = None
+
+
+class Otel(Model):
+    enabled: bool = True
+    #: OTLP endpoint; when unset, the standard OTEL_EXPORTER_OTLP_* variables decide, and with
+    #: neither set nothing is exported.
+    endpoint: str | None = None
+    protocol: Literal["http/protobuf", "grpc"] = "http/protobuf"
+    service_name: str = "interlock"
+    capture_content: bool = False
+    headers: dict[str, str] = {}
+
+
+class Escalation(Model):
+    webhook: str | None = None
+    timeout: float = Field(5.0, gt=0)
+
+
+class Settings(Model):
+    """The whole effective configuration."""
+
+    listen: Listen = Listen()
+    admin: Admin = Admin()
+    store: Store = Store()
+    default_agent: str = "default"
+    #: Largest request body accepted, in bytes.
+    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1)
+    timeouts: Timeouts = Timeouts()
+    #: Seconds SIGTERM waits for calls in flight before closing them.
+    shutdown_grace: float = Field(30.0, ge=0)
+    routes: dict[str, Route] = {}
+    virtual_keys: dict[str, VirtualKey] = {}
+    policies: tuple[str, ...] = ()
+    otel: Otel = Otel()
+    escalation: Escalation = Escalation()
+    #: Guardrails (PII and secrets) engine settings; actions live in the policy files.
+    guardrails: dict[str, Any] = {}
+    #: Prices per million tokens, for money budgets: {model glob: {input: USD, output: USD}}.
+    prices: dict[str, dict[str, float]] = {}
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("routes")
+    @classmethod
+    def _route_names(cls, routes: dict[str, Route]) -> dict[str, Route]:
+        for name in routes:
+            if not name or "/" in name:
+                raise ValueError(f"route name {name!r} must be one non-empty path segment")
+        return routes
+
+    #: Where the settings came from (a file path, or "<embedded default>").
+    source: str = Field("<embedded default>", exclude=True)
+
+
+DEFAULT_CONFIG = """\
+# interlock's embedded default: what `interlock serve` runs with no --config.
+listen: {host: 127.0.0.1, port: 4141}
+admin: {host: 127.0.0.1, port: 4142}
+store: {path: ./interlock.db}
+default_agent: default
+routes:
+  openai:
+    protocol: openai
+    upstream: https://api.openai.com/v1
+    api_key: ${OPENAI_API_KEY:-}
+  anthropic:
+    protocol: anthropic
+    upstream: https://api.anthropic.com
+    api_key: ${ANTHROPIC_API_KEY:-}
+  local:
+    protocol: openai
+    upstream: http://127.0.0.1:11434/v1
+"""
+
+
+def _blank_to_none(data: Any) -> Any:
+    # `${OPENAI_API_KEY:-}` expands to "" when unset: treat an empty key as no key.
+    if isinstance(data, dict):
+        return {k: (None if k == "api_key" and v == "" else _blank_to_none(v)) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_blank_to_none(v) for v in data]
+    return data
+
+
+def settings_from_document(document: Document) -> Settings:
+    data = document.data if document.data is not None else {}
+    if not isinstance(data, dict):
+        raise document.error((), "the configuration must be a mapping")
+    try:
+        settings = Settings.model_validate({**_blank_to_none(data), "source": document.file})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = tuple(first["loc"])
+        # pydantic reports tuple members and union branches in the path; keep the YAML part.
+        path = tuple(p for p in loc if not (isinstance(p, str) and p in {"function-after[_one_upstream_form()]"}))
+        where = ".".join(str(p) for p in path) or "(top level)"
+        message = first["msg"]
+        if first["type"] == "extra_forbidden":
+            message = "unknown field"
+        raise document.error(path, f"{where}: {message}") from None
+    return settings
+
+
+def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
+    """Load `path`, or the embedded default when `path` is None. Raises SourceError."""
+    if path is None:
+        return settings_from_document(parse_yaml(DEFAULT_CONFIG, "<embedded default>", expand_env=True))
+    return settings_from_document(load_yaml(path, expand_env=True))
+
+
+def settings_to_yaml(settings: Settings) -> str:
+    """The effective configuration as YAML, with secrets masked."""
+    data = settings.model_dump(mode="json", exclude_defaults=False)
+    for route in data.get("routes", {}).values():
+        route.pop("upstream", None)
+        route.pop("api_key", None)
+        for upstream in route.get("upstreams", []):
+            if upstream.get("api_key"):
+                upstream["api_key"] = "***"
+    if data.get("admin", {}).get("token"):
+        data["admin"]["token"] = "***"
+    return str(yaml.safe_dump(data, sort_keys=False))
+
+
+def config_path_from_env() -> Path | None:
+    value = os.environ.get("INTERLOCK_CONFIG")
+    return Path(value) if value else None
+
+
+__all__ = ["Settings", "Route", "Upstream", "SourceError", "load_settings", "settings_to_yaml", "DEFAULT_CONFIG"]

@@ -1,0 +1,1 @@
+"""The proxy: the ASGI app, the stage pipeline, the upstream client, routing and protocols."""

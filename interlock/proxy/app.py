@@ -1,0 +1,354 @@
+"""The agent-facing ASGI app: `/<route>/<upstream path>` → stages → upstream → agent.
+
+Written against raw ASGI rather than a framework's request objects: this is the hot path, and the
+proxy needs the raw path, the raw headers and control of every body message anyway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+import httpx
+
+from interlock.config import Route, Settings
+from interlock.proxy.forward import Forwarder, Opened, UpstreamFailure, describe_error
+from interlock.proxy.pipeline import Pipeline
+from interlock.proxy.protocols import ADAPTERS, Adapter
+from interlock.proxy.upstream import response_headers_for_agent
+from interlock.tracing.call import Call, Chunk, Reply, new_id
+
+log = logging.getLogger("interlock.proxy")
+
+Scope = dict[str, Any]
+Receive = Any
+Send = Any
+
+
+class ClientGone(Exception):
+    """The agent disconnected before its answer was complete."""
+
+
+class ProxyApp:
+    """The proxy as an ASGI application."""
+
+    def __init__(self, settings: Settings, pipeline: Pipeline, forwarder: Forwarder) -> None:
+        self.settings = settings
+        self.pipeline = pipeline
+        self.forwarder = forwarder
+        self.routes: dict[str, Route] = dict(settings.routes)
+        self.inflight = 0
+        self._route_list = ", ".join(f"/{name}/" for name in self.routes) or "(none configured)"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self.handle(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+        route_name, _, rest = raw_path[1:].partition(b"/")
+        name = route_name.decode("latin-1")
+        route = self.routes.get(name)
+        headers = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope["headers"]]
+        call = Call(
+            id=new_id(),
+            route=name,
+            protocol=route.protocol if route else "http",
+            method=scope["method"],
+            path="/" + rest.decode("latin-1"),
+            query=scope["query_string"].decode("latin-1"),
+            request_headers=headers,
+        )
+        adapter = ADAPTERS[call.protocol]
+        self.inflight += 1
+        try:
+            if route is None:
+                message = f"no route named {name!r}; routes: {self._route_list}"
+                call.answer(adapter.error_reply(404, "unknown_route", message), "bad_request", "unknown_route", message)
+                await _drain(receive)
+                await self.send_reply(call, send)
+                return
+            try:
+                call.request_body = await self.read_body(scope, receive)
+            except _TooLarge as exc:
+                message = f"request body over the limit of {self.settings.max_body_bytes} bytes"
+                call.request_body = exc.head
+                call.answer(
+                    adapter.error_reply(413, "body_too_large", message), "bad_request", "body_too_large", message
+                )
+                await self.send_reply(call, send)
+                return
+            except ClientGone:
+                call.outcome, call.error = "aborted", "client disconnected while sending the request"
+                return
+            await self.run(call, route, adapter, receive, send)
+        except Exception as exc:  # a bug in a stage: answer clearly, record it, never leave the agent hanging
+            log.exception("call %s failed inside interlock", call.id)
+            call.outcome, call.error_code, call.error = "upstream_error", "internal_error", describe_error(exc)
+            await self.pipeline.error(call, exc)
+        finally:
+            self.inflight -= 1
+            call.duration_ms = call.elapsed_ms()
+            try:
+                await self.pipeline.done(call)
+            except Exception:
+                log.exception("recording call %s failed", call.id)
+
+    async def read_body(self, scope: Scope, receive: Receive) -> bytes:
+        limit = self.settings.max_body_bytes
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > limit:
+                await _drain(receive)
+                raise _TooLarge(b"")
+        parts: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone()
+            body = message.get("body", b"")
+            if body:
+                size += len(body)
+                if size > limit:
+                    await _drain(receive)
+                    raise _TooLarge(b"".join(parts)[:65536])
+                parts.append(body)
+            if not message.get("more_body", False):
+                break
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    async def run(self, call: Call, route: Route, adapter: Adapter, receive: Receive, send: Send) -> None:
+        await self.pipeline.request(call)
+        if call.reply is not None:
+            await self.send_reply(call, send)
+            return
+        # Watch for the agent leaving: a disconnect cancels the upstream request.
+        state = _Watch()
+        task = asyncio.current_task()
+        watcher = asyncio.create_task(_watch_disconnect(receive, state, task))
+        try:
+            timeout = (route.timeouts or self.settings.timeouts).total
+            async with asyncio.timeout(timeout):
+                await self.relay(call, route, adapter, send, state)
+        except asyncio.CancelledError:
+            if not state.disconnected:
+                raise
+            _uncancel(task)
+            call.outcome, call.error = "aborted", "client disconnected"
+            call.truncated = call.stream and state.started
+        except TimeoutError:
+            call.outcome, call.error_code = "upstream_error", "upstream_timeout"
+            call.error = f"the call exceeded its total timeout of {(route.timeouts or self.settings.timeouts).total}s"
+            if state.started:
+                call.truncated = True
+                await _safe_send(send, adapter.stream_error_event("upstream_timeout", call.error), state)
+            else:
+                call.answer(
+                    adapter.error_reply(504, "upstream_timeout", call.error, retryable=False),
+                    "upstream_error",
+                    "upstream_timeout",
+                    call.error,
+                )
+                await self.send_reply(call, send)
+        finally:
+            state.done = True
+            watcher.cancel()
+
+    async def relay(self, call: Call, route: Route, adapter: Adapter, send: Send, state: _Watch) -> None:
+        try:
+            opened = await self.forwarder.open(call, route, adapter, inject_key=bool(call.meta.get("virtual_key")))
+        except UpstreamFailure as exc:
+            call.answer(
+                adapter.error_reply(exc.status, exc.code, exc.message, retryable=False),
+                "upstream_error",
+                exc.code,
+                exc.message,
+            )
+            await self.pipeline.error(call, exc)
+            await self.send_reply(call, send)
+            return
+        try:
+            response = opened.response
+            call.status = response.status_code
+            call.response_headers = [
+                (k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in response.headers.raw
+            ]
+            if call.status >= 400:
+                call.outcome, call.error_code = "upstream_error", f"http_{call.status}"
+            await self.pipeline.response_head(call)
+            content_type = response.headers.get("content-type", "")
+            if content_type.startswith("text/event-stream"):
+                call.stream = True
+                await self.relay_stream(call, adapter, opened, send, state)
+            else:
+                await self.relay_body(call, opened, send, state)
+        finally:
+            await opened.aclose()
+
+    async def relay_body(self, call: Call, opened: Opened, send: Send, state: _Watch) -> None:
+        parts = [opened.first] if opened.first else []
+        try:
+            async for part in opened.rest:
+                parts.append(part)
+        except httpx.HTTPError as exc:
+            message = (
+                f"upstream {opened.upstream.name or opened.upstream.url} broke off the response: {describe_error(exc)}"
+            )
+            adapter = ADAPTERS[call.protocol]
+            call.answer(
+                adapter.error_reply(502, "upstream_broken", message, retryable=False),
+                "upstream_error",
+                "upstream_broken",
+                message,
+            )
+            call.response_body = b"".join(parts)
+            await self.send_reply(call, send)
+            return
+        call.ttfb_ms = call.elapsed_ms()
+        call.response_body = b"".join(parts)
+        if call.attempts:
+            call.attempts[-1].duration_ms = call.elapsed_ms() - call.attempts[-1].started_ms
+        await self.pipeline.response(call)
+        if call.reply is not None:  # a response stage blocked it
+            await self.send_reply(call, send)
+            return
+        body = call.agent_response_body if call.agent_response_body is not None else call.response_body
+        headers = response_headers_for_agent(
+            call.response_headers, streamed=False, body_changed=call.agent_response_body is not None
+        )
+        if call.agent_response_body is not None:
+            headers.append((b"content-length", str(len(body)).encode()))
+        state.started = True
+        await send({"type": "http.response.start", "status": call.status, "headers": headers})
+        state.responded = True
+        await send({"type": "http.response.body", "body": body})
+
+    async def relay_stream(self, call: Call, adapter: Adapter, opened: Opened, send: Send, state: _Watch) -> None:
+        headers = response_headers_for_agent(call.response_headers, streamed=True, body_changed=False)
+        pipeline = self.pipeline
+        transform = pipeline.has_chunk_hooks
+        sent: list[Chunk] | None = [] if transform else None
+        await send({"type": "http.response.start", "status": call.status, "headers": headers})
+        state.started = True
+        chunks = call.chunks
+        data = opened.first
+        try:
+            if data:
+                await self._forward_chunk(call, data, send, sent)
+            async for data in opened.rest:
+                if data:
+                    await self._forward_chunk(call, data, send, sent)
+        except httpx.HTTPError as exc:
+            call.truncated = True
+            call.outcome, call.error_code = "upstream_error", "stream_broken"
+            call.error = (
+                f"the upstream stream broke after {sum(len(c.data) for c in chunks)} bytes: {describe_error(exc)}"
+            )
+            tail = await pipeline.chunk(call, b"", True) if transform else b""
+            event = tail + adapter.stream_error_event("stream_broken", call.error)
+            if sent is not None:
+                sent.append(Chunk(call.elapsed_ms(), event))
+            state.responded = True
+            await send({"type": "http.response.body", "body": event})
+            await pipeline.response(call)
+            return
+        if call.attempts:
+            call.attempts[-1].duration_ms = call.elapsed_ms() - call.attempts[-1].started_ms
+        tail = await pipeline.chunk(call, b"", True) if transform else b""
+        await pipeline.response(call)
+        if sent is not None:
+            if tail:
+                sent.append(Chunk(call.elapsed_ms(), tail))
+            if len(sent) != len(chunks) or any(a.data != b.data for a, b in zip(sent, chunks, strict=True)):
+                call.agent_chunks = sent
+        state.responded = True
+        await send({"type": "http.response.body", "body": tail})
+
+    async def _forward_chunk(self, call: Call, data: bytes, send: Send, sent: list[Chunk] | None) -> None:
+        t = call.elapsed_ms()
+        if call.ttfb_ms is None:
+            call.ttfb_ms = t
+        call.chunks.append(Chunk(t, data))
+        if sent is not None:
+            data = await self.pipeline.chunk(call, data, False)
+            if not data:
+                return
+            sent.append(Chunk(t, data))
+        await send({"type": "http.response.body", "body": data, "more_body": True})
+
+    async def send_reply(self, call: Call, send: Send) -> None:
+        reply = call.reply
+        assert reply is not None
+        call.status = reply.status
+        call.response_headers = list(reply.headers)
+        call.response_body = reply.body
+        call.stream = False
+        headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers]
+        headers.append((b"content-length", str(len(reply.body)).encode()))
+        await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+        await send({"type": "http.response.body", "body": reply.body})
+
+
+class _TooLarge(Exception):
+    def __init__(self, head: bytes) -> None:
+        self.head = head
+
+
+class _Watch:
+    __slots__ = ("disconnected", "started", "responded", "done")
+
+    def __init__(self) -> None:
+        self.disconnected = False
+        self.started = False  # the response head went to the agent
+        self.responded = False  # the last body message is being sent
+        self.done = False
+
+
+async def _watch_disconnect(receive: Receive, state: _Watch, task: asyncio.Task[Any] | None) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            if not (state.responded or state.done) and task is not None:
+                state.disconnected = True
+                task.cancel()
+            return
+
+
+def _uncancel(task: asyncio.Task[Any] | None) -> None:
+    if task is not None:
+        while task.uncancel():
+            pass
+
+
+async def _safe_send(send: Send, data: bytes, state: _Watch) -> None:
+    state.responded = True
+    await send({"type": "http.response.body", "body": data})
+
+
+async def _drain(receive: Receive) -> None:
+    """Read and discard the rest of the request body, so the connection stays usable."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect" or not message.get("more_body", False):
+            return
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+def error_json(code: str, message: str) -> bytes:
+    return json.dumps({"error": {"code": code, "message": message}}).encode()
+
+
+__all__ = ["ProxyApp", "Reply"]

@@ -1,0 +1,139 @@
+"""Anthropic wire format: the Messages API, JSON and SSE."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from interlock.proxy.protocols.base import (
+    Adapter,
+    BadRequest,
+    RequestView,
+    TextSlot,
+    ToolCall,
+    _json_headers,
+    parse_json_body,
+    response_json,
+)
+from interlock.proxy.protocols.sse import iter_events
+from interlock.tracing.call import Call, Reply
+
+_PARAMS = ("max_tokens", "temperature", "top_p", "top_k", "stop_sequences", "tool_choice", "thinking")
+
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    502: "api_error",
+    503: "overloaded_error",
+    504: "api_error",
+}
+
+
+def _blocks(content: Any, path: tuple[str | int, ...], role: str) -> list[TextSlot]:
+    if isinstance(content, str):
+        return [TextSlot(path, content, role)]
+    slots: list[TextSlot] = []
+    for i, block in enumerate(content if isinstance(content, list) else []):
+        if not isinstance(block, dict):
+            continue
+        kind = block.get("type")
+        if kind == "text" and isinstance(block.get("text"), str):
+            slots.append(TextSlot((*path, i, "text"), block["text"], role))
+        elif kind == "tool_result":
+            slots += _blocks(block.get("content"), (*path, i, "content"), "tool_result")
+        # tool_use input is a JSON object, not text: scanned through its string leaves.
+        elif kind == "tool_use" and isinstance(block.get("input"), dict):
+            slots += _json_strings(block["input"], (*path, i, "input"))
+    return slots
+
+
+def _json_strings(value: Any, path: tuple[str | int, ...]) -> list[TextSlot]:
+    if isinstance(value, str):
+        return [TextSlot(path, value, "tool_args")]
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in _json_strings(v, (*path, k))]
+    if isinstance(value, list):
+        return [s for i, v in enumerate(value) for s in _json_strings(v, (*path, i))]
+    return []
+
+
+class AnthropicAdapter(Adapter):
+    name = "anthropic"
+    json_body = True
+    key_header = "x-api-key"
+    key_prefix = ""
+
+    def parse(self, call: Call) -> RequestView:
+        if call.method != "POST":
+            return RequestView(operation="http")
+        data = parse_json_body(call)
+        if not isinstance(data, dict):
+            raise BadRequest("the request body must be a JSON object", "invalid_json")
+        call.request_json = data
+        model = data.get("model")
+        if model is not None and not isinstance(model, str):
+            raise BadRequest("`model` must be a string", "invalid_request")
+        view = RequestView(operation="http", model=model, stream=data.get("stream") is True)
+        view.params = {k: data[k] for k in _PARAMS if k in data}
+        if call.path.endswith("/messages") or call.path.endswith("/messages/count_tokens"):
+            view.operation = "chat"
+            system = data.get("system")
+            view.texts += _blocks(system, ("system",), "system")
+            messages = data.get("messages")
+            if not isinstance(messages, list):
+                raise BadRequest("`messages` must be a list", "invalid_request")
+            for i, message in enumerate(messages):
+                if not isinstance(message, dict):
+                    raise BadRequest(f"messages.{i} must be an object", "invalid_request")
+                view.texts += _blocks(message.get("content"), ("messages", i, "content"), str(message.get("role")))
+            view.tools = [t["name"] for t in data.get("tools") or [] if isinstance(t, dict) and "name" in t]
+        return view
+
+    def usage(self, call: Call) -> tuple[int | None, int | None]:
+        if call.stream:
+            input_tokens: int | None = None
+            output_tokens: int | None = None
+            for event in iter_events(b"".join(c.data for c in call.chunks)):
+                if '"usage"' not in event.data:
+                    continue
+                try:
+                    data = json.loads(event.data)
+                except json.JSONDecodeError:
+                    continue
+                usage = (data.get("message") or {}).get("usage") or data.get("usage") or {}
+                if isinstance(usage.get("input_tokens"), int):
+                    input_tokens = usage["input_tokens"]
+                if isinstance(usage.get("output_tokens"), int):
+                    output_tokens = usage["output_tokens"]
+            return input_tokens, output_tokens
+        data = response_json(call)
+        usage = data.get("usage") if isinstance(data, dict) else None
+        if isinstance(usage, dict):
+            return usage.get("input_tokens"), usage.get("output_tokens")
+        return None, None
+
+    def response_texts(self, data: Any) -> list[TextSlot]:
+        if not isinstance(data, dict):
+            return []
+        return _blocks(data.get("content"), ("content",), "assistant")
+
+    def response_tool_calls(self, data: Any) -> list[ToolCall]:
+        if not isinstance(data, dict):
+            return []
+        return [
+            ToolCall(str(b.get("name")), json.dumps(b.get("input", {})), b.get("id"))
+            for b in data.get("content") or []
+            if isinstance(b, dict) and b.get("type") == "tool_use"
+        ]
+
+    def error_reply(self, status: int, code: str, message: str, *, retryable: bool = True) -> Reply:
+        error = {"type": _ERROR_TYPES.get(status, "api_error"), "message": message, "code": code}
+        return Reply(status, json.dumps({"type": "error", "error": error}).encode(), _json_headers(retryable))
+
+    def stream_error_event(self, code: str, message: str) -> bytes:
+        error = {"type": "api_error", "message": message, "code": code}
+        return b"event: error\ndata: " + json.dumps({"type": "error", "error": error}).encode() + b"\n\n"

@@ -1,0 +1,150 @@
+"""What every protocol adapter offers. Only `proxy/protocols/*` knows a wire format."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from interlock.tracing.call import Call, Headers, Reply
+
+JsonPath = tuple[str | int, ...]
+
+
+class BadRequest(Exception):
+    """The agent sent something the route cannot accept; answered with a 4xx in the protocol's shape."""
+
+    def __init__(self, message: str, code: str = "bad_request", status: int = 400) -> None:
+        super().__init__(message)
+        self.message, self.code, self.status = message, code, status
+
+
+@dataclass(slots=True)
+class TextSlot:
+    """A text an upstream will read, and where it sits in the request or response JSON."""
+
+    path: JsonPath
+    text: str
+    role: str  # "system", "user", "assistant", "tool", "tool_args", "tool_result"
+
+
+@dataclass(slots=True)
+class ToolCall:
+    name: str
+    arguments: str  # JSON text as the model produced it
+    id: str | None = None
+
+
+@dataclass(slots=True)
+class RequestView:
+    """A protocol-normalised view of a request."""
+
+    operation: str  # "chat", "responses", "embeddings", "messages", "tools/call", "http", ...
+    model: str | None = None
+    stream: bool = False
+    texts: list[TextSlot] = field(default_factory=list)
+    tools: list[str] = field(default_factory=list)  # tool names offered to the model
+    params: dict[str, Any] = field(default_factory=dict)  # temperature, max_tokens, ...
+    tool_name: str | None = None  # MCP tools/call
+    tool_arguments: Any = None
+
+    @property
+    def input_chars(self) -> int:
+        return sum(len(t.text) for t in self.texts)
+
+
+class Adapter:
+    """Base adapter: plain HTTP, no knowledge of the body."""
+
+    name = "http"
+    json_body = False
+    #: Header that carries the provider key upstream, and how it is written.
+    key_header = "authorization"
+    key_prefix = "Bearer "
+
+    def parse(self, call: Call) -> RequestView:
+        return RequestView(operation="http")
+
+    def usage(self, call: Call) -> tuple[int | None, int | None]:
+        """Input and output tokens from the (complete) response."""
+        return None, None
+
+    def response_texts(self, data: Any) -> list[TextSlot]:
+        """Texts in a non-streamed response JSON (for output scanning)."""
+        return []
+
+    def response_tool_calls(self, data: Any) -> list[ToolCall]:
+        """Tool calls a model made in a non-streamed response JSON."""
+        return []
+
+    def error_reply(self, status: int, code: str, message: str, *, retryable: bool = True) -> Reply:
+        body = json.dumps({"error": {"code": code, "message": message}}).encode()
+        return Reply(status, body, _json_headers(retryable))
+
+    def stream_error_event(self, code: str, message: str) -> bytes:
+        """An SSE event that ends a broken stream loudly, in the protocol's own format."""
+        return b"event: error\ndata: " + json.dumps({"error": {"code": code, "message": message}}).encode() + b"\n\n"
+
+
+def _json_headers(retryable: bool) -> Headers:
+    headers: Headers = [("content-type", "application/json")]
+    if not retryable:
+        # The OpenAI and Anthropic SDKs honour this: interlock already retried, so they should not.
+        headers.append(("x-should-retry", "false"))
+    return headers
+
+
+def parse_json_body(call: Call) -> Any:
+    if not call.request_body:
+        raise BadRequest("the request body is empty; this route expects JSON", "invalid_json")
+    try:
+        return json.loads(call.request_body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadRequest(f"the request body is not valid JSON: {exc}", "invalid_json") from None
+
+
+def decoded_body(body: bytes | None, headers: Headers) -> bytes:
+    """The body with its content-encoding undone (for reading; what is relayed stays untouched)."""
+    if not body:
+        return b""
+    encoding = next((v.lower() for k, v in headers if k.lower() == "content-encoding"), "")
+    try:
+        if encoding == "gzip":
+            return gzip.decompress(body)
+        if encoding == "deflate":
+            return zlib.decompress(body)
+        if encoding == "br":
+            import brotli  # optional, present with aiohttp[speedups]
+
+            return bytes(brotli.decompress(body))
+    except Exception:  # noqa: BLE001 - a body we cannot decode is simply not inspected
+        return b""
+    return body
+
+
+def response_json(call: Call) -> Any:
+    """The (non-streamed) upstream response body parsed as JSON, or None."""
+    body = decoded_body(call.response_body, call.response_headers)
+    if not body:
+        return None
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+
+
+def set_path(document: Any, path: JsonPath, value: Any) -> None:
+    """Set `document[p0][p1]...` to `value`."""
+    target = document
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+
+
+def get_path(document: Any, path: JsonPath) -> Any:
+    target = document
+    for key in path:
+        target = target[key]
+    return target

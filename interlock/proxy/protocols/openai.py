@@ -1,0 +1,232 @@
+"""OpenAI wire format: chat completions, the Responses API, embeddings; JSON and SSE."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from interlock.proxy.protocols.base import (
+    Adapter,
+    BadRequest,
+    RequestView,
+    TextSlot,
+    ToolCall,
+    _json_headers,
+    parse_json_body,
+    response_json,
+)
+from interlock.proxy.protocols.sse import iter_events
+from interlock.tracing.call import Call, Reply
+
+_PARAMS = (
+    "temperature",
+    "top_p",
+    "max_tokens",
+    "max_completion_tokens",
+    "max_output_tokens",
+    "n",
+    "seed",
+    "frequency_penalty",
+    "presence_penalty",
+    "stop",
+    "tool_choice",
+    "parallel_tool_calls",
+    "reasoning_effort",
+)
+
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+def _content_texts(content: Any, path: tuple[str | int, ...], role: str) -> list[TextSlot]:
+    if isinstance(content, str):
+        return [TextSlot(path, content, role)]
+    slots: list[TextSlot] = []
+    if isinstance(content, list):
+        for i, part in enumerate(content):
+            if isinstance(part, dict):
+                # chat: {"type":"text","text":...}; responses: {"type":"input_text"|"output_text","text":...}
+                if isinstance(part.get("text"), str) and part.get("type", "text") in (
+                    "text",
+                    "input_text",
+                    "output_text",
+                ):
+                    slots.append(TextSlot((*path, i, "text"), part["text"], role))
+            elif isinstance(part, str):
+                slots.append(TextSlot((*path, i), part, role))
+    return slots
+
+
+class OpenAIAdapter(Adapter):
+    name = "openai"
+    json_body = True
+
+    def parse(self, call: Call) -> RequestView:
+        if call.method != "POST":
+            return RequestView(operation="http")
+        data = parse_json_body(call)
+        if not isinstance(data, dict):
+            raise BadRequest("the request body must be a JSON object", "invalid_json")
+        call.request_json = data
+        path = call.path
+        model = data.get("model")
+        if model is not None and not isinstance(model, str):
+            raise BadRequest("`model` must be a string", "invalid_request")
+        stream = data.get("stream") is True
+        view = RequestView(operation="http", model=model, stream=stream)
+        view.params = {k: data[k] for k in _PARAMS if k in data}
+        if path.endswith("/chat/completions"):
+            view.operation = "chat"
+            messages = data.get("messages")
+            if not isinstance(messages, list):
+                raise BadRequest("`messages` must be a list", "invalid_request")
+            for i, message in enumerate(messages):
+                if not isinstance(message, dict):
+                    raise BadRequest(f"messages[{i}] must be an object", "invalid_request")
+                role = str(message.get("role", "user"))
+                role = "system" if role == "developer" else role
+                view.texts += _content_texts(message.get("content"), ("messages", i, "content"), role)
+                for j, tool_call in enumerate(message.get("tool_calls") or []):
+                    function = tool_call.get("function") if isinstance(tool_call, dict) else None
+                    if isinstance(function, dict) and isinstance(function.get("arguments"), str):
+                        view.texts.append(
+                            TextSlot(
+                                ("messages", i, "tool_calls", j, "function", "arguments"),
+                                function["arguments"],
+                                "tool_args",
+                            )
+                        )
+            view.tools = _tool_names(data.get("tools"))
+        elif path.endswith("/responses"):
+            view.operation = "responses"
+            if isinstance(data.get("instructions"), str):
+                view.texts.append(TextSlot(("instructions",), data["instructions"], "system"))
+            items = data.get("input")
+            if isinstance(items, str):
+                view.texts.append(TextSlot(("input",), items, "user"))
+            elif isinstance(items, list):
+                for i, item in enumerate(items):
+                    if not isinstance(item, dict):
+                        continue
+                    kind = item.get("type", "message")
+                    if kind == "message":
+                        view.texts += _content_texts(
+                            item.get("content"), ("input", i, "content"), str(item.get("role", "user"))
+                        )
+                    elif kind == "function_call_output" and isinstance(item.get("output"), str):
+                        view.texts.append(TextSlot(("input", i, "output"), item["output"], "tool_result"))
+                    elif kind == "function_call" and isinstance(item.get("arguments"), str):
+                        view.texts.append(TextSlot(("input", i, "arguments"), item["arguments"], "tool_args"))
+            view.tools = _tool_names(data.get("tools"))
+        elif path.endswith("/embeddings"):
+            view.operation = "embeddings"
+            items = data.get("input")
+            if isinstance(items, str):
+                view.texts.append(TextSlot(("input",), items, "user"))
+            elif isinstance(items, list):
+                view.texts += [TextSlot(("input", i), t, "user") for i, t in enumerate(items) if isinstance(t, str)]
+        elif path.endswith("/completions"):
+            view.operation = "text_completion"
+            if isinstance(data.get("prompt"), str):
+                view.texts.append(TextSlot(("prompt",), data["prompt"], "user"))
+        return view
+
+    def usage(self, call: Call) -> tuple[int | None, int | None]:
+        if call.stream:
+            found: tuple[int | None, int | None] = (None, None)
+            for event in iter_events(b"".join(c.data for c in call.chunks)):
+                if '"usage"' not in event.data:
+                    continue
+                try:
+                    data = json.loads(event.data)
+                except json.JSONDecodeError:
+                    continue
+                usage = data.get("usage") or (data.get("response") or {}).get("usage")
+                if isinstance(usage, dict):
+                    found = _read_usage(usage)
+            return found
+        data = response_json(call)
+        if isinstance(data, dict) and isinstance(data.get("usage"), dict):
+            return _read_usage(data["usage"])
+        return None, None
+
+    def response_texts(self, data: Any) -> list[TextSlot]:
+        slots: list[TextSlot] = []
+        if not isinstance(data, dict):
+            return slots
+        for i, choice in enumerate(data.get("choices") or []):
+            message = choice.get("message") if isinstance(choice, dict) else None
+            if isinstance(message, dict):
+                if isinstance(message.get("content"), str):
+                    slots.append(TextSlot(("choices", i, "message", "content"), message["content"], "assistant"))
+                for j, tool_call in enumerate(message.get("tool_calls") or []):
+                    function = tool_call.get("function") or {}
+                    if isinstance(function.get("arguments"), str):
+                        slots.append(
+                            TextSlot(
+                                ("choices", i, "message", "tool_calls", j, "function", "arguments"),
+                                function["arguments"],
+                                "tool_args",
+                            )
+                        )
+        for i, item in enumerate(data.get("output") or []):
+            if not isinstance(item, dict):
+                continue
+            if item.get("type") == "message":
+                slots += _content_texts(item.get("content"), ("output", i, "content"), "assistant")
+            elif item.get("type") == "function_call" and isinstance(item.get("arguments"), str):
+                slots.append(TextSlot(("output", i, "arguments"), item["arguments"], "tool_args"))
+        return slots
+
+    def response_tool_calls(self, data: Any) -> list[ToolCall]:
+        calls: list[ToolCall] = []
+        if not isinstance(data, dict):
+            return calls
+        for choice in data.get("choices") or []:
+            message = choice.get("message") if isinstance(choice, dict) else None
+            for tool_call in (message or {}).get("tool_calls") or []:
+                function = tool_call.get("function") or {}
+                calls.append(
+                    ToolCall(str(function.get("name")), str(function.get("arguments", "")), tool_call.get("id"))
+                )
+        for item in data.get("output") or []:
+            if isinstance(item, dict) and item.get("type") == "function_call":
+                calls.append(ToolCall(str(item.get("name")), str(item.get("arguments", "")), item.get("call_id")))
+        return calls
+
+    def error_reply(self, status: int, code: str, message: str, *, retryable: bool = True) -> Reply:
+        error = {"message": message, "type": _ERROR_TYPES.get(status, "api_error"), "param": None, "code": code}
+        return Reply(status, json.dumps({"error": error}).encode(), _json_headers(retryable))
+
+    def stream_error_event(self, code: str, message: str) -> bytes:
+        # The openai SDK raises APIError when a `data:` payload carries an "error" key.
+        error = {"message": message, "type": "api_error", "param": None, "code": code}
+        return b"data: " + json.dumps({"error": error}).encode() + b"\n\n"
+
+
+def _tool_names(tools: Any) -> list[str]:
+    names: list[str] = []
+    for tool in tools or []:
+        if not isinstance(tool, dict):
+            continue
+        function = tool.get("function")
+        if isinstance(function, dict) and isinstance(function.get("name"), str):
+            names.append(function["name"])  # chat completions
+        elif isinstance(tool.get("name"), str):
+            names.append(tool["name"])  # responses API
+    return names
+
+
+def _read_usage(usage: dict[str, Any]) -> tuple[int | None, int | None]:
+    input_tokens = usage.get("prompt_tokens", usage.get("input_tokens"))
+    output_tokens = usage.get("completion_tokens", usage.get("output_tokens"))
+    return (
+        input_tokens if isinstance(input_tokens, int) else None,
+        output_tokens if isinstance(output_tokens, int) else None,
+    )

@@ -1,0 +1,73 @@
+"""Server-sent events: split a byte stream into events, whatever the chunk boundaries."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class Event:
+    raw: bytes  # the whole event, terminator included, exactly as received
+    event: str | None
+    data: str
+
+
+def parse_event(raw: bytes) -> Event:
+    name: str | None = None
+    data: list[str] = []
+    for line in raw.decode("utf-8", "replace").splitlines():
+        if line.startswith(":") or not line:
+            continue
+        key, _, value = line.partition(":")
+        if value.startswith(" "):
+            value = value[1:]
+        if key == "event":
+            name = value
+        elif key == "data":
+            data.append(value)
+    return Event(raw, name, "\n".join(data))
+
+
+class EventSplitter:
+    """Feed bytes, get complete events back; the incomplete tail is kept for the next feed."""
+
+    __slots__ = ("_buffer",)
+
+    def __init__(self) -> None:
+        self._buffer = b""
+
+    def feed(self, data: bytes) -> Iterator[Event]:
+        buffer = self._buffer + data
+        start = 0
+        while True:
+            end, size = _find_terminator(buffer, start)
+            if end < 0:
+                break
+            yield parse_event(buffer[start : end + size])
+            start = end + size
+        self._buffer = buffer[start:]
+
+    def pending(self) -> bytes:
+        """Bytes of an event not yet terminated."""
+        return self._buffer
+
+    def close(self) -> Iterator[Event]:
+        if self._buffer.strip():
+            yield parse_event(self._buffer)
+        self._buffer = b""
+
+
+def _find_terminator(buffer: bytes, start: int) -> tuple[int, int]:
+    best, size = -1, 0
+    for terminator in (b"\n\n", b"\r\n\r\n", b"\r\r"):
+        index = buffer.find(terminator, start)
+        if index >= 0 and (best < 0 or index < best):
+            best, size = index, len(terminator)
+    return best, size
+
+
+def iter_events(body: bytes) -> Iterator[Event]:
+    splitter = EventSplitter()
+    yield from splitter.feed(body)
+    yield from splitter.close()

@@ -1,0 +1,120 @@
+"""Assembly: settings → upstream client, stages, store → the proxy and admin apps, served together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import uvicorn
+
+from interlock.config import Settings
+from interlock.proxy.app import ProxyApp
+from interlock.proxy.forward import Forwarder
+from interlock.proxy.pipeline import Pipeline, default_stages
+from interlock.proxy.upstream import make_client
+
+log = logging.getLogger("interlock")
+
+
+class Runtime:
+    """Everything a running interlock holds; the admin API reads it, tests build it directly."""
+
+    def __init__(self, settings: Settings, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.settings = settings
+        self.started_at = time.time()
+        self.ready = False
+        self.services: dict[str, Any] = {}
+        self.client = make_client(settings, transport)
+        self.forwarder = Forwarder(settings, self.client)
+        self.pipeline = Pipeline(default_stages(settings, self.extra_stages()))
+        self.proxy = ProxyApp(settings, self.pipeline, self.forwarder)
+
+    def extra_stages(self) -> list[object]:
+        """Stages that need services (store, policy engine, exporter), in pipeline order."""
+        return []
+
+    async def start(self) -> None:
+        self.ready = True
+
+    async def stop(self) -> None:
+        self.ready = False
+        await self.forwarder.aclose()
+
+
+class _Server(uvicorn.Server):
+    # Signals are handled once for both servers, by `serve` below.
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _config(app: Any, host: str, port: int, settings: Settings, grace: float) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="off",
+        log_level="warning",
+        access_log=False,
+        server_header=False,
+        date_header=False,
+        timeout_graceful_shutdown=max(1, round(grace)),
+        timeout_keep_alive=75,
+        backlog=4096,
+    )
+
+
+async def serve(settings: Settings, *, on_ready: Any = None) -> None:
+    """Run the proxy and the admin port until SIGTERM or SIGINT, then shut down gracefully."""
+    from interlock.ui.admin import create_admin_app
+
+    runtime = Runtime(settings)
+    proxy = _Server(
+        _config(runtime.proxy, settings.listen.host, settings.listen.port, settings, settings.shutdown_grace)
+    )
+    admin = _Server(_config(create_admin_app(runtime), settings.admin.host, settings.admin.port, settings, 1.0))
+    loop = asyncio.get_running_loop()
+
+    def stop(*_: Any) -> None:
+        log.info("shutting down: no new connections, waiting up to %ss for calls in flight", settings.shutdown_grace)
+        proxy.should_exit = True
+        admin.should_exit = True
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop)
+    await runtime.start()
+    tasks = [asyncio.create_task(proxy.serve()), asyncio.create_task(admin.serve())]
+    while not (proxy.started and admin.started):
+        if any(t.done() for t in tasks):
+            break
+        await asyncio.sleep(0.01)
+    if proxy.started and admin.started:
+        log.warning(
+            "interlock ready: proxy http://%s:%s/<route>/..., admin http://%s:%s/ (routes: %s)",
+            settings.listen.host,
+            settings.listen.port,
+            settings.admin.host,
+            settings.admin.port,
+            ", ".join(settings.routes) or "none",
+        )
+        if on_ready:
+            on_ready(runtime)
+    else:
+        stop()
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        await runtime.stop()
+    for task in tasks:
+        if task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]
+    if not (proxy.started and admin.started):
+        raise SystemExit(1)

@@ -1,0 +1,1 @@
+"""The Call record, the SQLite store and OpenTelemetry export."""

@@ -1,0 +1,268 @@
+"""One object per proxied exchange: every stage reads and annotates it, the store keeps it.
+
+`Call` round-trips through `to_record` / `from_record`, so replay and the UI read exactly what the
+proxy wrote.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+Outcome = Literal["ok", "upstream_error", "denied", "blocked", "aborted", "bad_request"]
+OUTCOMES: tuple[Outcome, ...] = ("ok", "upstream_error", "denied", "blocked", "aborted", "bad_request")
+
+#: Headers that carry credentials: never stored, never exported.
+SECRET_HEADERS = frozenset(
+    {
+        "authorization",
+        "proxy-authorization",
+        "x-api-key",
+        "api-key",
+        "cookie",
+        "set-cookie",
+        "x-goog-api-key",
+        "openai-organization",
+        "anthropic-admin-api-key",
+    }
+)
+
+Headers = list[tuple[str, str]]
+
+
+def new_id() -> str:
+    """A 26-character id that sorts by creation time: 13 hex digits of µs, 13 of randomness."""
+    return f"{time.time_ns() // 1000:013x}{os.urandom(7).hex()[:13]}"
+
+
+def public_headers(headers: Headers) -> Headers:
+    """Headers with credentials removed: what may be stored and shown."""
+    return [(k, v) for k, v in headers if k.lower() not in SECRET_HEADERS]
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One try at an upstream."""
+
+    upstream: str
+    url: str
+    model: str | None = None
+    started_ms: float = 0.0  # offset from the call's start
+    duration_ms: float | None = None
+    ttfb_ms: float | None = None
+    status: int | None = None
+    error: str | None = None
+    backoff_ms: float = 0.0  # waited before this attempt
+
+
+@dataclass(slots=True)
+class Decision:
+    """What a policy or guardrail decided about the call, and why."""
+
+    stage: str  # "policy", "guardrails", "limits", ...
+    action: str  # "allow", "deny", "modify", "monitor", "error"
+    rule: str | None = None
+    reason: str = ""
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Finding:
+    """A PII or secret found in a text. The raw value is kept only when configuration allows it."""
+
+    entity: str
+    where: str  # e.g. "request.messages[2].content", "response.choices[0]"
+    start: int
+    end: int
+    score: float
+    action: str  # "block", "redact", "mask", "hash", "log"
+    value: str | None = None
+
+
+@dataclass(slots=True)
+class Chunk:
+    """A piece of a streamed response and when it arrived (ms after the call started)."""
+
+    t_ms: float
+    data: bytes
+
+
+@dataclass(slots=True)
+class Reply:
+    """A response that interlock itself gives (a denial, an error) instead of the upstream's."""
+
+    status: int
+    body: bytes
+    headers: Headers = field(default_factory=lambda: [("content-type", "application/json")])
+
+
+@dataclass(slots=True)
+class Call:
+    """Everything about one proxied request."""
+
+    id: str
+    route: str
+    protocol: str
+    method: str
+    path: str  # the upstream path, after the route segment, starting with "/"
+    query: str = ""
+    started_at: float = field(default_factory=time.time)
+    started: float = field(default_factory=time.perf_counter)  # monotonic twin of started_at
+    agent: str = "default"
+    session: str | None = None
+    trace_id: str | None = None
+    span_id: str | None = None
+    parent_span_id: str | None = None
+    request_headers: Headers = field(default_factory=list)
+    request_body: bytes = b""
+    #: What was actually sent upstream, when a stage changed the body (redaction, clamping, aliasing).
+    upstream_body: bytes | None = None
+    #: The request parsed as JSON by the protocol adapter (None for non-JSON bodies).
+    request_json: Any = None
+    model: str | None = None
+    stream: bool = False
+    #: Parsed, protocol-normalised view of the request, set by the parse stage.
+    view: Any = None
+    status: int | None = None
+    response_headers: Headers = field(default_factory=list)
+    #: The body as the upstream sent it (not streamed) — or interlock's own reply.
+    response_body: bytes | None = None
+    #: The body as the agent received it, when a stage changed it (restoration, blocking).
+    agent_response_body: bytes | None = None
+    #: Streamed response: chunks as the upstream sent them, with arrival times.
+    chunks: list[Chunk] = field(default_factory=list)
+    #: Streamed response as the agent received it, when a stage changed it.
+    agent_chunks: list[Chunk] | None = None
+    outcome: Outcome = "ok"
+    error: str | None = None
+    error_code: str | None = None
+    truncated: bool = False
+    decisions: list[Decision] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+    attempts: list[Attempt] = field(default_factory=list)
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    ttfb_ms: float | None = None
+    duration_ms: float | None = None
+    upstream: str | None = None
+    #: Set by a stage that answers the call itself (a denial); nothing is then sent upstream.
+    reply: Reply | None = None
+    #: Free-form annotations by stages (response model, finish reasons, tool calls made, cost...).
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def elapsed_ms(self) -> float:
+        return (time.perf_counter() - self.started) * 1000.0
+
+    def decide(self, decision: Decision) -> None:
+        self.decisions.append(decision)
+
+    def answer(self, reply: Reply, outcome: Outcome, code: str, error: str) -> None:
+        """Answer the call without the upstream (a stage refusing it sets this; it never raises)."""
+        self.reply = reply
+        self.outcome = outcome
+        self.error_code = code
+        self.error = error
+
+    # -- round trip ------------------------------------------------------------------------------
+
+    def to_record(self) -> dict[str, Any]:
+        """A plain dict of JSON-able values and bytes; `from_record` inverts it."""
+        return {
+            "id": self.id,
+            "route": self.route,
+            "protocol": self.protocol,
+            "method": self.method,
+            "path": self.path,
+            "query": self.query,
+            "started_at": self.started_at,
+            "agent": self.agent,
+            "session": self.session,
+            "trace_id": self.trace_id,
+            "span_id": self.span_id,
+            "parent_span_id": self.parent_span_id,
+            "request_headers": public_headers(self.request_headers),
+            "request_body": self.request_body,
+            "upstream_body": self.upstream_body,
+            "model": self.model,
+            "stream": self.stream,
+            "status": self.status,
+            "response_headers": public_headers(self.response_headers),
+            "response_body": self.response_body,
+            "agent_response_body": self.agent_response_body,
+            "chunks": [(c.t_ms, c.data) for c in self.chunks],
+            "agent_chunks": None if self.agent_chunks is None else [(c.t_ms, c.data) for c in self.agent_chunks],
+            "outcome": self.outcome,
+            "error": self.error,
+            "error_code": self.error_code,
+            "truncated": self.truncated,
+            "decisions": [asdict(d) for d in self.decisions],
+            "findings": [asdict(f) for f in self.findings],
+            "attempts": [asdict(a) for a in self.attempts],
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "ttfb_ms": self.ttfb_ms,
+            "duration_ms": self.duration_ms,
+            "upstream": self.upstream,
+            "meta": self.meta,
+        }
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Call:
+        data = dict(record)
+        chunks = [Chunk(t, bytes(d)) for t, d in data.pop("chunks", None) or []]
+        agent_chunks_raw = data.pop("agent_chunks", None)
+        call = cls(
+            **{k: v for k, v in data.items() if k in _SIMPLE_FIELDS},
+        )
+        call.request_headers = [tuple(h) for h in data.get("request_headers") or []]
+        call.response_headers = [tuple(h) for h in data.get("response_headers") or []]
+        call.chunks = chunks
+        call.agent_chunks = None if agent_chunks_raw is None else [Chunk(t, bytes(d)) for t, d in agent_chunks_raw]
+        call.decisions = [Decision(**d) for d in data.get("decisions") or []]
+        call.findings = [Finding(**f) for f in data.get("findings") or []]
+        call.attempts = [Attempt(**a) for a in data.get("attempts") or []]
+        call.meta = dict(data.get("meta") or {})
+        return call
+
+    def agent_body(self) -> bytes | None:
+        """The response body as the agent received it (joined chunks for a stream)."""
+        if self.stream and (self.chunks or self.agent_chunks):
+            chunks = self.agent_chunks if self.agent_chunks is not None else self.chunks
+            return b"".join(c.data for c in chunks)
+        return self.agent_response_body if self.agent_response_body is not None else self.response_body
+
+
+_SIMPLE_FIELDS = frozenset(
+    {
+        "id",
+        "route",
+        "protocol",
+        "method",
+        "path",
+        "query",
+        "started_at",
+        "agent",
+        "session",
+        "trace_id",
+        "span_id",
+        "parent_span_id",
+        "request_body",
+        "upstream_body",
+        "model",
+        "stream",
+        "status",
+        "response_body",
+        "agent_response_body",
+        "outcome",
+        "error",
+        "error_code",
+        "truncated",
+        "input_tokens",
+        "output_tokens",
+        "ttfb_ms",
+        "duration_ms",
+        "upstream",
+    }
+)

@@ -1,0 +1,1 @@
+"""The admin port: health, the JSON API and the web UI."""

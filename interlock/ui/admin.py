@@ -1,0 +1,72 @@
+"""The admin ASGI app: `/health`, `/ready`, the JSON API under `/api/`, and the UI under `/`."""
+
+from __future__ import annotations
+
+import hmac
+from typing import TYPE_CHECKING, Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from interlock import __version__
+
+if TYPE_CHECKING:
+    from interlock.server import Runtime
+
+
+async def health(request: Request) -> Response:
+    return JSONResponse({"status": "ok", "version": __version__})
+
+
+async def ready(request: Request) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    if not runtime.ready:
+        return JSONResponse({"status": "starting"}, status_code=503)
+    return JSONResponse({"status": "ready", "routes": sorted(runtime.settings.routes)})
+
+
+class TokenGuard:
+    """When `admin.token` is set, every request but `/health` needs it (header, or `?token=` for the UI)."""
+
+    def __init__(self, app: ASGIApp, token: str | None) -> None:
+        self.app, self.token = app, token
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.token and scope["type"] == "http" and scope["path"] != "/health":
+            request = Request(scope)
+            given = request.headers.get("authorization", "")
+            given = given[7:] if given.lower().startswith("bearer ") else request.query_params.get("token", "")
+            if not given:
+                given = request.cookies.get("interlock_token", "")
+            if not hmac.compare_digest(given.encode(), self.token.encode()):
+                response = JSONResponse({"error": {"code": "unauthorized", "message": "admin token required"}}, 401)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def admin_routes() -> list[BaseRoute]:
+    """Every route of the admin port; the API and UI modules add theirs here."""
+    routes: list[BaseRoute] = [Route("/health", health), Route("/ready", ready)]
+    try:
+        from interlock.ui.api import api_routes
+    except ImportError:  # pragma: no cover - the API module is part of the package
+        pass
+    else:
+        routes += api_routes()
+    try:
+        from interlock.ui.pages import page_routes
+    except ImportError:  # pragma: no cover
+        pass
+    else:
+        routes += page_routes()
+    return routes
+
+
+def create_admin_app(runtime: Runtime) -> Any:
+    app = Starlette(routes=admin_routes())
+    app.state.runtime = runtime
+    return TokenGuard(app, runtime.settings.admin.token)

@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from interlock.scripted import ScriptedUpstream
+from interlock.testing import Running, run_interlock, settings_for_test
+
+
+@pytest.fixture(scope="session")
+def upstream_server() -> Iterator[ScriptedUpstream]:
+    with ScriptedUpstream() as server:
+        yield server
+
+
+@pytest.fixture
+def upstream(upstream_server: ScriptedUpstream) -> Iterator[ScriptedUpstream]:
+    upstream_server.reset()
+    yield upstream_server
+    upstream_server.reset()
+
+
+def routes_for(upstream: ScriptedUpstream) -> dict[str, Any]:
+    return {
+        "openai": {"protocol": "openai", "upstream": upstream.url + "/v1", "api_key": "sk-real-openai"},
+        "anthropic": {"protocol": "anthropic", "upstream": upstream.url, "api_key": "sk-ant-real"},
+        "tools": {"protocol": "http", "upstream": upstream.url + "/tools"},
+    }
+
+
+@pytest.fixture
+def make_interlock(upstream: ScriptedUpstream, tmp_path: Path) -> Iterator[Any]:
+    """Start interlock on loopback with routes to the scripted upstream; extra config merges in."""
+    stack: list[Any] = []
+
+    def start(**config: Any) -> Running:
+        data: dict[str, Any] = {"routes": routes_for(upstream), "shutdown_grace": 2}
+        data.update(config)
+        context = run_interlock(settings_for_test(data, tmp_path))
+        running = context.__enter__()
+        stack.append(context)
+        return running
+
+    yield start
+    for context in reversed(stack):
+        context.__exit__(None, None, None)
+
+
+@pytest.fixture
+def interlock(make_interlock: Any) -> Running:
+    return make_interlock()  # type: ignore[no-any-return]
