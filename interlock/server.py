@@ -36,7 +36,24 @@ class Runtime:
         self.proxy = ProxyApp(settings, self.pipeline, self.forwarder)
 
     def extra_stages(self) -> list[object]:
-        """Stages that need services (store, policy engine, exporter), in pipeline order."""
+        """Stages that need services, in pipeline order: policy → guardrails → record → export."""
+        stages: list[object] = []
+        stages += self.policy_stages()
+        stages += self.guardrail_stages()
+        stages += self.record_stages()
+        stages += self.export_stages()
+        return stages
+
+    def policy_stages(self) -> list[object]:
+        return []
+
+    def guardrail_stages(self) -> list[object]:
+        return []
+
+    def record_stages(self) -> list[object]:
+        return []
+
+    def export_stages(self) -> list[object]:
         return []
 
     async def start(self) -> None:

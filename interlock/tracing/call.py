@@ -151,6 +151,9 @@ class Call:
     reply: Reply | None = None
     #: Free-form annotations by stages (response model, finish reasons, tool calls made, cost...).
     meta: dict[str, Any] = field(default_factory=dict)
+    #: The guardrail actions that apply to this call (`policies.actions.GuardrailActions`), set by the
+    #: policy stage and read by the guardrails stage. Not recorded.
+    guardrails: Any = None
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.started) * 1000.0

@@ -49,20 +49,8 @@ class TokenGuard:
 
 
 def admin_routes() -> list[BaseRoute]:
-    """Every route of the admin port; the API and UI modules add theirs here."""
+    """Every route of the admin port. Each feature lists its own routes in its own module."""
     routes: list[BaseRoute] = [Route("/health", health), Route("/ready", ready)]
-    try:
-        from interlock.ui.api import api_routes
-    except ImportError:  # pragma: no cover - the API module is part of the package
-        pass
-    else:
-        routes += api_routes()
-    try:
-        from interlock.ui.pages import page_routes
-    except ImportError:  # pragma: no cover
-        pass
-    else:
-        routes += page_routes()
     return routes
 
 
