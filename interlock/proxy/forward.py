@@ -6,6 +6,7 @@ may happen; once it returns, the response is committed.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -52,6 +53,8 @@ class Forwarder:
         self.client = client
 
     async def open(self, call: Call, route: Route, adapter: Adapter, *, inject_key: bool) -> Opened:
+        if call.request_changed and call.request_json is not None:
+            call.upstream_body = json.dumps(call.request_json, ensure_ascii=False, separators=(",", ":")).encode()
         upstream = route.upstreams[0]
         return await self.attempt(call, adapter, upstream, inject_key=inject_key)
 

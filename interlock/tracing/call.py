@@ -119,8 +119,11 @@ class Call:
     request_body: bytes = b""
     #: What was actually sent upstream, when a stage changed the body (redaction, clamping, aliasing).
     upstream_body: bytes | None = None
-    #: The request parsed as JSON by the protocol adapter (None for non-JSON bodies).
+    #: The request parsed as JSON by the protocol adapter (None for non-JSON bodies). Stages that
+    #: change the request edit this in place and set `request_changed`; the forwarder serialises it
+    #: once into `upstream_body` before sending.
     request_json: Any = None
+    request_changed: bool = False
     model: str | None = None
     stream: bool = False
     #: Parsed, protocol-normalised view of the request, set by the parse stage.
