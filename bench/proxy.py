@@ -1,0 +1,120 @@
+"""The plain proxy (issue 2): added latency, throughput, stream first byte, memory, startup."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+from bench import harness, load
+from bench.context import Context
+from bench.report import Section
+
+
+def _ms(value: float) -> str:
+    return f"{value:.2f} ms"
+
+
+def run(ctx: Context) -> Section:
+    section = Section("Plain proxy: latency, throughput, streams, memory, startup", issue=2)
+    body = load.chat_body()
+    stream_body = load.chat_body(stream=True)
+    with harness.fake_upstream() as up:
+        direct = up.url + "/v1/chat/completions"
+        ctx.log("direct runs against the fake upstream")
+        load.wrk(direct, body, connections=32, seconds=1)
+        d1 = load.wrk(direct, body, connections=1, seconds=ctx.seconds)
+        d32 = load.wrk(direct, body, connections=32, seconds=ctx.seconds)
+        ds = load.run(load.run_calls(direct, stream_body, concurrency=32, total=ctx.streams))
+
+        ctx.log("startup to ready, three spawns")
+        startups: list[float] = []
+        idle: list[float] = []
+        for _ in range(3):
+            config = harness.interlock_config(up.url + "/v1", ctx.workdir)
+            with harness.interlock(config) as proc:
+                startups.append(proc.ready_after)
+                time.sleep(0.5)
+                idle.append(proc.rss())
+
+        config = harness.interlock_config(up.url + "/v1", ctx.workdir)
+        with harness.interlock(config) as proc:
+            through = proc.url + "/openai/chat/completions"
+            ctx.log("through interlock")
+            load.wrk(through, body, connections=32, seconds=1)  # warm the pool
+            cpu0, sent0 = proc.cpu(), 0
+            t1 = load.wrk(through, body, connections=1, seconds=ctx.seconds)
+            t32 = load.wrk(through, body, connections=32, seconds=ctx.seconds)
+            cpu_per_call = (proc.cpu() - cpu0) / max(1, t1.requests + t32.requests + sent0) * 1e6
+            ts = load.run(load.run_calls(through, stream_body, concurrency=32, total=ctx.streams))
+            loaded_rss, peak_rss = proc.rss(), proc.peak_rss()
+
+    added = t1.p50_ms - d1.p50_ms
+    section.add(
+        "Added latency, c1, p50",
+        "≤ 1.0 ms",
+        f"+{_ms(added)} (direct {_ms(d1.p50_ms)}, through {_ms(t1.p50_ms)})",
+        added <= 1.0,
+        "" if added <= 1.0 else "per-call CPU on the event loop; see the CPU row and docs/bench.md",
+    )
+    section.add(
+        "Latency c1, p99",
+        "—",
+        f"direct {_ms(d1.p99_ms)}, through {_ms(t1.p99_ms)}",
+    )
+    section.add(
+        "Throughput c32, non-streaming",
+        "≥ 2,000 req/s",
+        f"{t32.rps:,.0f} req/s (direct {d32.rps:,.0f})",
+        t32.rps >= 2000,
+        ""
+        if t32.rps >= 2000
+        else f"one Python process at {cpu_per_call:.0f} µs CPU per call saturates a core near "
+        f"{1e6 / cpu_per_call:,.0f} calls/s, and shares the 2 cores with wrk and the upstream",
+    )
+    section.add(
+        "Latency c32, p50 / p99",
+        "—",
+        f"through {_ms(t32.p50_ms)} / {_ms(t32.p99_ms)}; direct {_ms(d32.p50_ms)} / {_ms(d32.p99_ms)}",
+    )
+    errors = t1.errors + t1.non_2xx + t32.errors + t32.non_2xx + len(ts.failures)
+    section.add("Errors seen by the client", "0", str(errors), errors == 0)
+    ttfb = ts.ttfb(50)
+    section.add(
+        "Stream first byte, c32, p50",
+        "≤ 3 ms",
+        f"{_ms(ttfb)} (direct {_ms(ds.ttfb(50))}, added +{_ms(ttfb - ds.ttfb(50))})",
+        ttfb <= 3.0,
+        "" if ttfb <= 3.0 else "first bytes queue behind other streams' chunks on the one event loop",
+    )
+    section.add("Stream first byte, c32, p99", "—", f"{_ms(ts.ttfb(99))} (direct {_ms(ds.ttfb(99))})")
+    section.add("CPU per call (interlock process, c1 + c32 runs)", "—", f"{cpu_per_call:.0f} µs")
+    idle_rss = statistics.median(idle)
+    section.add("Idle RSS", "≤ 120 MiB", f"{idle_rss:.1f} MiB", idle_rss <= 120)
+    section.add("Loaded RSS (after the runs) / peak", "—", f"{loaded_rss:.1f} / {peak_rss:.1f} MiB")
+    startup = statistics.median(startups)
+    section.add(
+        "Startup to ready (spawn → /ready 200), median of 3",
+        "≤ 1.5 s",
+        f"{startup:.2f} s ({', '.join(f'{s:.2f}' for s in startups)})",
+        startup <= 1.5,
+        "" if startup <= 1.5 else "import time; see docs/bench.md",
+    )
+    section.note(
+        f"Upstream: bench/fake_upstream.py (raw asyncio on uvloop), {d32.rps:,.0f} req/s alone at c32, "
+        "so the fake is never the bottleneck. Streams: 12 SSE events 5 ms apart; first byte = first SSE event."
+    )
+    section.note(
+        f"Load: wrk (1 thread) for {ctx.seconds:.0f} s per run; streams: {ctx.streams} calls over 32 connections "
+        "from the bench's asyncio client. wrk, the upstream and interlock share the 2 cores."
+    )
+    section.note("Configuration: one route, no policies, guardrails or OTel; the store at its default.")
+    return section
+
+
+def scripted_baseline(ctx: Context) -> str:
+    """Throughput of interlock/scripted.py alone: why the load runs use bench/fake_upstream.py."""
+    with harness.scripted_upstream() as up:
+        result = load.wrk(
+            up.url + "/v1/chat/completions", load.chat_body(), connections=32, seconds=min(3, ctx.seconds)
+        )
+    return f"{result.rps:,.0f} req/s, p50 {result.p50_ms:.1f} ms"
