@@ -135,14 +135,26 @@ class VirtualKey(Model):
 
 
 class Otel(Model):
+    """OpenTelemetry export (docs/otel.md). Unset keys fall back to the standard OTEL_* variables."""
+
     enabled: bool = True
-    #: OTLP endpoint; when unset, the standard OTEL_EXPORTER_OTLP_* variables decide, and with
-    #: neither set nothing is exported.
+    #: OTLP endpoint (the base URL, like OTEL_EXPORTER_OTLP_ENDPOINT); when unset, the standard
+    #: OTEL_EXPORTER_OTLP_* variables decide, and with neither set nothing is exported.
     endpoint: str | None = None
-    protocol: Literal["http/protobuf", "grpc"] = "http/protobuf"
-    service_name: str = "interlock"
+    #: None: OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL, else http/protobuf.
+    protocol: Literal["http/protobuf", "grpc"] | None = None
+    #: None: OTEL_SERVICE_NAME, else "interlock".
+    service_name: str | None = None
+    #: Export message content (gen_ai.input.messages, ...), after redaction. Off: never any content.
     capture_content: bool = False
+    #: Longest content attribute, in characters; longer ones are cut.
+    content_max_chars: int = Field(16384, ge=0)
     headers: dict[str, str] = {}
+    #: Export metrics too (gen_ai.client.*, interlock.*), every `metrics_interval` seconds.
+    metrics: bool = True
+    metrics_interval: float | None = Field(None, gt=0)
+    #: Finished calls waiting to become spans; beyond this, calls are not exported (and counted).
+    queue_size: int = Field(4096, ge=1)
 
 
 class Escalation(Model):

@@ -66,6 +66,8 @@ class Decision:
     rule: str | None = None
     reason: str = ""
     detail: dict[str, Any] = field(default_factory=dict)
+    #: When it was decided, in ms after the call started (set by `Call.decide`; None: not known).
+    t_ms: float | None = None
 
 
 @dataclass(slots=True)
@@ -162,6 +164,8 @@ class Call:
         return (time.perf_counter() - self.started) * 1000.0
 
     def decide(self, decision: Decision) -> None:
+        if decision.t_ms is None:
+            decision.t_ms = self.elapsed_ms()
         self.decisions.append(decision)
 
     def answer(self, reply: Reply, outcome: Outcome, code: str, error: str) -> None:
