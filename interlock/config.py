@@ -34,6 +34,8 @@ class Admin(Model):
 
 
 class Store(Model):
+    #: Recording on or off (off: nothing is written, the admin API has no calls; for benchmarks).
+    enabled: bool = True
     path: str = "./interlock.db"
     #: `full` keeps bodies and chunks; `metadata` keeps only the narrow call row and events.
     capture: Literal["full", "metadata"] = "full"

@@ -18,6 +18,7 @@ from interlock.proxy.app import ProxyApp
 from interlock.proxy.forward import Forwarder
 from interlock.proxy.pipeline import Pipeline, default_stages
 from interlock.proxy.upstream import make_client
+from interlock.tracing.recorder import open_recording
 
 log = logging.getLogger("interlock")
 
@@ -32,6 +33,8 @@ class Runtime:
         self.services: dict[str, Any] = {}
         self.client = make_client(settings, transport)
         self.forwarder = Forwarder(settings, self.client)
+        # Opened before the stages are built: policy what-if, replay and the UI read it too.
+        self.store, self.recorder = open_recording(settings)
         self.pipeline = Pipeline(default_stages(settings, self.extra_stages()))
         self.proxy = ProxyApp(settings, self.pipeline, self.forwarder)
 
@@ -51,17 +54,23 @@ class Runtime:
         return []
 
     def record_stages(self) -> list[object]:
-        return []
+        return [] if self.recorder is None else [self.recorder]
 
     def export_stages(self) -> list[object]:
         return []
 
     async def start(self) -> None:
+        if self.recorder is not None:
+            self.recorder.start()
         self.ready = True
 
     async def stop(self) -> None:
         self.ready = False
         await self.forwarder.aclose()
+        if self.recorder is not None:
+            await self.recorder.aclose()  # writes everything still queued
+        if self.store is not None:
+            self.store.close()
 
 
 class _Server(uvicorn.Server):

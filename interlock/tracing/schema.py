@@ -1,0 +1,166 @@
+"""The store's schema and its versioned migrations.
+
+The version lives in `PRAGMA user_version`. `MIGRATIONS[i]` takes a database from version `i` to
+`i + 1`; each runs in one transaction, so a crash mid-migration leaves the old version intact.
+Never edit a released migration: append a new one.
+
+Tables (version 1):
+
+calls      one narrow row per call, for fast listing and filtering. `seq` is an explicit rowid
+           (VACUUM may renumber implicit ones, and the full-text index points at it); `id` sorts by
+           creation time. `capture` says whether bodies were kept (`full`) or not (`metadata`);
+           `size` is the bytes of bodies and chunks kept, for retention by size.
+bodies     headers (credentials removed) and bodies: as the agent sent the request, as it went
+           upstream when a stage changed it, as the upstream answered, as the agent received it;
+           `response_message` is a streamed response reassembled into one JSON message; `extra`
+           holds `Call.to_record()` keys this version does not know, so they round-trip.
+chunks     streamed pieces with their arrival time (`t_ms` after the call started). `side` 0 is the
+           stream as the upstream sent it, 1 as the agent received it (only when a stage changed it).
+attempts   every try at an upstream, in order, with timings, status, error and the backoff before it.
+events     policy decisions (`kind` = "decision") and guardrail findings (`kind` = "finding"), in
+           order; `data` is the whole record, the other columns are copies for filtering.
+calls_fts  FTS5 index over the request and response text (rowid = calls.seq).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+
+V1 = """
+CREATE TABLE calls (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    trace_id TEXT,
+    span_id TEXT,
+    parent_span_id TEXT,
+    session TEXT,
+    agent TEXT NOT NULL,
+    route TEXT NOT NULL,
+    protocol TEXT NOT NULL,
+    method TEXT NOT NULL,
+    path TEXT NOT NULL,
+    query TEXT NOT NULL DEFAULT '',
+    model TEXT,
+    stream INTEGER NOT NULL DEFAULT 0,
+    status INTEGER,
+    outcome TEXT NOT NULL,
+    error_code TEXT,
+    error TEXT,
+    started_at REAL NOT NULL,
+    ttfb_ms REAL,
+    duration_ms REAL,
+    input_tokens INTEGER,
+    output_tokens INTEGER,
+    attempt_count INTEGER NOT NULL DEFAULT 0,
+    upstream TEXT,
+    truncated INTEGER NOT NULL DEFAULT 0,
+    capture TEXT NOT NULL DEFAULT 'full',
+    size INTEGER NOT NULL DEFAULT 0,
+    meta TEXT
+);
+CREATE INDEX calls_started_at ON calls (started_at);
+CREATE INDEX calls_session ON calls (session, id);
+CREATE INDEX calls_agent ON calls (agent, id);
+CREATE INDEX calls_trace ON calls (trace_id);
+
+CREATE TABLE bodies (
+    call_id TEXT PRIMARY KEY,
+    request_headers TEXT NOT NULL DEFAULT '[]',
+    response_headers TEXT NOT NULL DEFAULT '[]',
+    request_body BLOB,
+    upstream_body BLOB,
+    response_body BLOB,
+    agent_response_body BLOB,
+    agent_chunks INTEGER NOT NULL DEFAULT 0,
+    response_message TEXT,
+    extra TEXT
+) WITHOUT ROWID;
+
+CREATE TABLE chunks (
+    call_id TEXT NOT NULL,
+    side INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    t_ms REAL NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (call_id, side, seq)
+) WITHOUT ROWID;
+
+CREATE TABLE attempts (
+    call_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    upstream TEXT,
+    url TEXT,
+    model TEXT,
+    started_ms REAL,
+    duration_ms REAL,
+    ttfb_ms REAL,
+    status INTEGER,
+    error TEXT,
+    backoff_ms REAL,
+    data TEXT NOT NULL,
+    PRIMARY KEY (call_id, seq)
+) WITHOUT ROWID;
+
+CREATE TABLE events (
+    call_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    stage TEXT,
+    action TEXT,
+    name TEXT,
+    data TEXT NOT NULL,
+    PRIMARY KEY (call_id, seq)
+) WITHOUT ROWID;
+
+CREATE VIRTUAL TABLE calls_fts USING fts5 (request, response, tokenize = 'unicode61');
+"""
+
+
+def _v1(conn: sqlite3.Connection) -> None:
+    for statement in V1.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+
+
+#: MIGRATIONS[i] takes the schema from version i to i + 1.
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class SchemaError(Exception):
+    """The database cannot be used by this version of interlock."""
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def migrate(conn: sqlite3.Connection, path: str) -> int:
+    """Bring the database up to `SCHEMA_VERSION`; returns the version it had before."""
+    before = schema_version(conn)
+    if before > SCHEMA_VERSION:
+        raise SchemaError(
+            f"{path}: the store has schema version {before}, newer than this interlock knows ({SCHEMA_VERSION});"
+            " upgrade interlock to read it"
+        )
+    if before == 0:
+        tables = conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0]
+        if tables:
+            raise SchemaError(f"{path}: not an interlock store (it has tables but no schema version)")
+        # Must be chosen before the first table exists; lets retention give space back to the disk.
+        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+    for version in range(before, SCHEMA_VERSION):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # Re-check under the write lock: another process may have migrated meanwhile.
+            if schema_version(conn) != version:
+                conn.execute("ROLLBACK")
+                continue
+            MIGRATIONS[version](conn)
+            conn.execute(f"PRAGMA user_version = {version + 1}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    return before

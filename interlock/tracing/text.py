@@ -1,0 +1,111 @@
+"""The searchable text of a recorded call: what the full-text index holds.
+
+Deliberately format-agnostic (any JSON body: its string values; any SSE stream: the pieces under
+the keys every provider uses for deltas), so the store needs no protocol adapter. Runs in the
+writer thread, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import zlib
+from typing import Any
+
+#: Cap per side, so one huge body cannot make a batch slow to index.
+MAX_TEXT = 256 * 1024
+
+# Values under these keys are wire bookkeeping, not text a person searches for.
+_SKIP_KEYS = frozenset({"id", "object", "type", "role", "model", "finish_reason", "stop_reason", "index", "call_id"})
+# Keys under which providers put streamed pieces of text (OpenAI chat and Responses, Anthropic).
+_DELTA_KEYS = frozenset({"content", "text", "delta", "partial_json", "arguments", "thinking", "refusal"})
+
+
+def record_texts(record: dict[str, Any]) -> tuple[str, str, Any]:
+    """(request text, response text, reassembled message) of a `Call.to_record()` dict."""
+    request = body_text(record.get("request_body"), record.get("request_headers") or [])
+    if record.get("stream"):
+        chunks = record.get("agent_chunks")
+        if chunks is None:
+            chunks = record.get("chunks") or []
+        response = stream_text(b"".join(d for _, d in chunks))
+    else:
+        body = record.get("agent_response_body")
+        if body is None:
+            body = record.get("response_body")
+        response = body_text(body, record.get("response_headers") or [])
+    return request[:MAX_TEXT], response[:MAX_TEXT], None
+
+
+def decoded(body: bytes | None, headers: list[tuple[str, str]] | list[list[str]]) -> bytes:
+    """The body with gzip/deflate content-encoding undone (anything else is read as is)."""
+    if not body:
+        return b""
+    encoding = next((str(v).lower() for k, v in headers if str(k).lower() == "content-encoding"), "")
+    try:
+        if encoding == "gzip":
+            return gzip.decompress(body)
+        if encoding == "deflate":
+            return zlib.decompress(body)
+    except (OSError, zlib.error, EOFError):
+        return b""
+    return body
+
+
+def body_text(body: bytes | None, headers: list[tuple[str, str]] | list[list[str]]) -> str:
+    """A JSON body's string values, one a line; another body as text."""
+    raw = decoded(body, headers)
+    if not raw:
+        return ""
+    raw = raw[: MAX_TEXT * 4]
+    try:
+        document = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return raw.decode("utf-8", "replace")
+    strings: list[str] = []
+    _strings(document, strings)
+    return "\n".join(strings)
+
+
+def _strings(value: Any, out: list[str]) -> None:
+    if isinstance(value, str):
+        out.append(value)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if key not in _SKIP_KEYS or not isinstance(item, str):
+                _strings(item, out)
+    elif isinstance(value, list):
+        for item in value:
+            _strings(item, out)
+
+
+def stream_text(body: bytes) -> str:
+    """The text pieces of an SSE stream joined as the agent would read them."""
+    pieces: list[str] = []
+    for line in body.decode("utf-8", "replace").splitlines():
+        if not line.startswith("data:"):
+            continue
+        payload = line[5:].strip()
+        if not payload.startswith("{"):
+            continue
+        try:
+            event = json.loads(payload)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(event, dict) and str(event.get("type", "")).endswith((".done", ".completed")):
+            continue  # the Responses API repeats the whole text in its closing events
+        _deltas(event, pieces, inside=False)
+    return "".join(pieces)
+
+
+def _deltas(value: Any, out: list[str], inside: bool) -> None:
+    if isinstance(value, str):
+        if inside:
+            out.append(value)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if key not in _SKIP_KEYS:
+                _deltas(item, out, inside or key in _DELTA_KEYS)
+    elif isinstance(value, list):
+        for item in value:
+            _deltas(item, out, inside)
