@@ -47,7 +47,7 @@ class Script:
     first_byte_delay: float = 0.0  # between the head and the first body byte
     chunk_delay: float = 0.0  # between stream chunks
     chunk_size: int = 4  # characters of text per streamed delta
-    reset_after: int | None = None  # reset the connection after this many body chunks (0: before any)
+    reset_after: int | None = None  # reset after this many body chunks (0: before any; a stream sends its head first)
     input_tokens: int = 11
     output_tokens: int = 7
     model: str | None = None
@@ -102,14 +102,18 @@ class ScriptedUpstream:
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self.host = host
-        self.port = port or _free_port(host)
+        # Bound now, served later: the port cannot be taken by anyone else in between.
+        self._socket = socket.socket()
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._socket.bind((host, port))
+        self.port = int(self._socket.getsockname()[1])
         self.requests: list[Received] = []
         self._scripts: deque[Script] = deque()
         self._default = Script()
         self._lock = threading.Lock()
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
-        self.connections_open = 0
+        self.disconnects = 0
 
     @property
     def url(self) -> str:
@@ -132,6 +136,7 @@ class ScriptedUpstream:
             self._scripts.clear()
             self._default = Script()
             self.requests.clear()
+            self.disconnects = 0
 
     def _next(self) -> Script:
         with self._lock:
@@ -163,7 +168,7 @@ class ScriptedUpstream:
 
     def _run(self) -> None:
         assert self._server is not None
-        asyncio.run(self._server.serve())
+        asyncio.run(self._server.serve(sockets=[self._socket]))
 
     def stop(self) -> None:
         if self._server is not None:
@@ -189,7 +194,7 @@ class ScriptedUpstream:
             timeout_keep_alive=30,
         )
         self._server = uvicorn.Server(config)
-        await self._server.serve()
+        await self._server.serve(sockets=[self._socket])
 
     # -- ASGI ---------------------------------------------------------------------------------
 
@@ -209,15 +214,26 @@ class ScriptedUpstream:
         script = self._next()
         if script.delay:
             await asyncio.sleep(script.delay)
-        if script.reset_after == 0 and script.status == 200:
-            raise _Reset("scripted reset before the response")
         try:
             data = json.loads(body) if body else {}
         except json.JSONDecodeError:
             data = {}
         if not isinstance(data, dict):
             data = {}
-        await self._respond(scope["path"], data, script, send)
+        if script.reset_after == 0 and script.status == 200 and data.get("stream") is not True:
+            raise _Reset("scripted reset before the response")
+        watcher = asyncio.create_task(self._watch_disconnect(receive))
+        try:
+            await self._respond(scope["path"], data, script, send)
+        finally:
+            watcher.cancel()
+
+    async def _watch_disconnect(self, receive: Any) -> None:
+        # Counts clients that left before their response was complete (e.g. interlock cancelling).
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            with self._lock:
+                self.disconnects += 1
 
     async def _respond(self, path: str, data: dict[str, Any], script: Script, send: Any) -> None:
         extra = [(k.lower().encode(), v.encode()) for k, v in script.headers.items()]
@@ -297,12 +313,6 @@ class _QuietServer(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
-
-
-def _free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def _pieces(text: str, size: int) -> list[str]:

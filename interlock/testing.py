@@ -42,11 +42,19 @@ class Running:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
 
+def bound_socket(host: str, port: int) -> socket.socket:
+    """A listening-ready socket; with port 0 the kernel picks a free one, with no race."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    return sock
+
+
 def settings_for_test(data: dict[str, Any], tmp_path: Any = None) -> Settings:
-    """Settings on free loopback ports; `data` is what interlock.yaml would hold."""
+    """Settings for `run_interlock`; ports default to 0 (picked when bound); `data` is interlock.yaml."""
     merged = dict(data)
-    merged.setdefault("listen", {"host": "127.0.0.1", "port": free_port()})
-    merged.setdefault("admin", {"host": "127.0.0.1", "port": free_port()})
+    merged.setdefault("listen", {"host": "127.0.0.1", "port": 0})
+    merged.setdefault("admin", {"host": "127.0.0.1", "port": 0})
     if tmp_path is not None:
         store = dict(merged.get("store") or {})
         store.setdefault("path", str(tmp_path / "interlock.db"))
@@ -57,9 +65,19 @@ def settings_for_test(data: dict[str, Any], tmp_path: Any = None) -> Settings:
 @contextlib.contextmanager
 def run_interlock(settings: Settings, timeout: float = 15) -> Iterator[Running]:
     """Serve interlock in a background thread until the block ends (then shut down gracefully)."""
+    from interlock.config import Admin, Listen
     from interlock.server import Runtime, _config, _Server
     from interlock.ui.admin import create_admin_app
 
+    # Bind first, then serve on those sockets: no window in which another process takes the port.
+    proxy_socket = bound_socket(settings.listen.host, settings.listen.port)
+    admin_socket = bound_socket(settings.admin.host, settings.admin.port)
+    settings = settings.model_copy(
+        update={
+            "listen": Listen(host=settings.listen.host, port=proxy_socket.getsockname()[1]),
+            "admin": Admin(host=settings.admin.host, port=admin_socket.getsockname()[1], token=settings.admin.token),
+        }
+    )
     started = threading.Event()
     holder: dict[str, Any] = {}
 
@@ -71,9 +89,13 @@ def run_interlock(settings: Settings, timeout: float = 15) -> Iterator[Running]:
         admin = _Server(_config(create_admin_app(runtime), settings.admin.host, settings.admin.port, settings, 1.0))
         holder.update(runtime=runtime, loop=asyncio.get_running_loop(), servers=(proxy, admin))
         await runtime.start()
-        tasks = [asyncio.create_task(proxy.serve()), asyncio.create_task(admin.serve())]
+        tasks = [
+            asyncio.create_task(proxy.serve(sockets=[proxy_socket])),
+            asyncio.create_task(admin.serve(sockets=[admin_socket])),
+        ]
         while not (proxy.started and admin.started):
             if any(t.done() for t in tasks):
+                holder["error"] = RuntimeError("a server stopped during startup")
                 break
             await asyncio.sleep(0.005)
         started.set()
