@@ -1,0 +1,80 @@
+"""interlock.yaml: validated settings, ${ENV} expansion, and errors that name file:line:col."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from interlock.config import SourceError, load_settings, settings_to_yaml
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "interlock.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_the_embedded_default() -> None:
+    settings = load_settings()
+    assert (settings.listen.host, settings.listen.port) == ("127.0.0.1", 4141)
+    assert (settings.admin.host, settings.admin.port) == ("127.0.0.1", 4142)
+    assert settings.store.path == "./interlock.db"
+    assert settings.routes["openai"].upstreams[0].url == "https://api.openai.com/v1"
+    assert settings.routes["anthropic"].protocol == "anthropic"
+    assert settings.routes["local"].upstreams[0].url == "http://127.0.0.1:11434/v1"
+
+
+def test_environment_variables_are_expanded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("UPSTREAM_HOST", "models.internal")
+    monkeypatch.setenv("MY_KEY", "sk-from-env")
+    path = write(
+        tmp_path,
+        """
+routes:
+  main:
+    upstream: https://${UPSTREAM_HOST}/v1
+    api_key: ${MY_KEY}
+    protocol: ${PROTO:-anthropic}
+""",
+    )
+    route = load_settings(path).routes["main"]
+    assert route.upstreams[0].url == "https://models.internal/v1"
+    assert route.upstreams[0].api_key == "sk-from-env"
+    assert route.protocol == "anthropic"
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "col", "message"),
+    [
+        ("listen:\n  port: 4141\n  hots: x\n", 3, 3, "unknown field"),
+        ("listen:\n  port: many\n", 2, 3, "valid integer"),
+        ("routes:\n  a:\n    protocol: grpc\n    upstream: http://x\n", 3, 5, "openai"),
+        ("routes:\n  a:\n    upstream: ftp://x\n", 3, 5, "http://"),
+        ("routes:\n  a:\n    protocol: openai\n", 2, 3, "needs `upstream`"),
+        ("store: {path: a\n", 2, 1, "invalid YAML"),
+        ("listen: {port: 1}\nlisten: {port: 2}\n", 2, 1, "duplicate key"),
+        ("- just\n- a list\n", 1, 1, "must be a mapping"),
+        ("routes:\n  a:\n    upstream: http://x/${NOT_SET_ANYWHERE}\n", 3, 5, "NOT_SET_ANYWHERE is not set"),
+    ],
+)
+def test_errors_name_file_line_and_column(tmp_path: Path, text: str, line: int, col: int, message: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(SourceError) as caught:
+        load_settings(path)
+    error = caught.value
+    assert (error.file, error.line, error.col) == (str(path), line, col), str(error)
+    assert message in error.message
+    assert str(error).startswith(f"{path}:{line}:{col}: ")
+
+
+def test_an_unreadable_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match="cannot read"):
+        load_settings(tmp_path / "missing.yaml")
+
+
+def test_effective_config_masks_secrets(tmp_path: Path) -> None:
+    path = write(tmp_path, "admin: {token: admin-secret}\nroutes:\n  a: {upstream: 'http://x', api_key: sk-secret}\n")
+    text = settings_to_yaml(load_settings(path))
+    assert "sk-secret" not in text and "admin-secret" not in text
+    assert "url: http://x" in text
