@@ -131,7 +131,7 @@ class ProxyApp:
         task = asyncio.current_task()
         watcher = asyncio.create_task(_watch_disconnect(receive, state, task))
         try:
-            timeout = (route.timeouts or self.settings.timeouts).total
+            timeout = None if adapter.open_ended(call) else (route.timeouts or self.settings.timeouts).total
             async with asyncio.timeout(timeout):
                 await self.relay(call, route, adapter, send, state)
         except asyncio.CancelledError:

@@ -1,6 +1,6 @@
 """The built-in stages, in order. Reading `default_stages` tells the whole flow of a call.
 
-request:  identify → parse → policy → guardrails            (then route/retry/send)
+request:  identify → parse → mcp session → policy → guardrails   (then route/retry/send)
 response: usage → guardrails (output, tool-call policy)    (then the agent gets it)
 done:     record → export
 """
@@ -14,13 +14,14 @@ from typing import Any
 from interlock.config import Settings
 from interlock.proxy.hooks import HOOKS
 from interlock.proxy.identify import Identify
+from interlock.proxy.mcp import McpSession
 from interlock.proxy.parse import Parse, Usage
 from interlock.tracing.call import Call
 
 
 def default_stages(settings: Settings, extra: Sequence[object] = ()) -> list[object]:
     """The stages every call passes through, in order; `extra` (recorder, exporter...) go last."""
-    stages: list[object] = [Identify(settings), Parse(), Usage()]
+    stages: list[object] = [Identify(settings), Parse(), McpSession(), Usage()]
     stages.extend(extra)
     return stages
 

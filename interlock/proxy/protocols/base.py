@@ -67,6 +67,10 @@ class Adapter:
     def parse(self, call: Call) -> RequestView:
         return RequestView(operation="http")
 
+    def open_ended(self, call: Call) -> bool:
+        """A response that lasts as long as the agent wants it (MCP's GET event stream): no total timeout."""
+        return False
+
     def usage(self, call: Call) -> tuple[int | None, int | None]:
         """Input and output tokens from the (complete) response."""
         return None, None

@@ -1,15 +1,90 @@
-"""MCP over Streamable HTTP: JSON-RPC 2.0 messages, JSON or SSE replies."""
+"""MCP over Streamable HTTP: JSON-RPC 2.0 messages, answered with JSON or SSE.
+
+Both revisions in use travel the same way, one JSON-RPC message per POST to one endpoint:
+
+- 2025-11-25 (the `mcp` SDK 1.x, and 2.x in legacy mode): `initialize` first; the server names the
+  session in an `Mcp-Session-Id` response header that the client sends on every later request; replies
+  come as JSON or as an SSE stream (progress notifications, then the response); a GET opens a
+  long-lived event stream for server-initiated messages; a DELETE ends the session.
+- 2026-07-28 (the `mcp` SDK 2.x): stateless. `server/discover` instead of the handshake, every
+  request carries its own protocol version in `_meta` and in `Mcp-Method` / `Mcp-Name` headers, and
+  replies are mostly JSON (SSE only when a handler streams notifications).
+
+Every interlock error on an MCP route is a JSON-RPC error carrying the request's id, so the SDK
+resolves the pending call with it instead of hanging or tearing the session down.
+"""
 
 from __future__ import annotations
 
 import json
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from typing import Any
 
-from interlock.proxy.protocols.base import Adapter, BadRequest, RequestView, TextSlot, _json_headers, parse_json_body
+from interlock.proxy.protocols.base import (
+    Adapter,
+    BadRequest,
+    RequestView,
+    TextSlot,
+    ToolCall,
+    _json_headers,
+    decoded_body,
+    parse_json_body,
+)
+from interlock.proxy.protocols.sse import iter_events
 from interlock.tracing.call import Call, Reply
 
-#: JSON-RPC error code interlock uses for its own refusals (implementation-defined server error range).
+# JSON-RPC 2.0 error codes (https://www.jsonrpc.org/specification#error_object).
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+#: interlock's own refusals (policy, guardrails, limits, upstream failures): the implementation-defined
+#: server-error range. The interlock code (`policy_denied`, `pii_blocked`...) is in `error.data.code`.
 SERVER_ERROR = -32001
+
+_RPC_CODES = {
+    "invalid_json": PARSE_ERROR,
+    "invalid_request": INVALID_REQUEST,
+    "batch_not_supported": INVALID_REQUEST,
+    "body_too_large": INVALID_REQUEST,
+    "method_not_found": METHOD_NOT_FOUND,
+    "invalid_params": INVALID_PARAMS,
+    "internal_error": INTERNAL_ERROR,
+}
+
+#: Methods whose results carry text a model will read, scanned by the guardrails.
+RESULT_TEXT_METHODS = frozenset({"tools/call", "resources/read", "prompts/get"})
+#: Params key mirrored in the `Mcp-Name` header (2026-07-28), per method.
+NAME_PARAMS = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
+
+
+@dataclass(slots=True)
+class McpView(RequestView):
+    """One JSON-RPC message: a request (method and id), a notification (method), or the client's
+    response to a server request (id only); `operation` is the method, or "stream" (GET) /
+    "end_session" (DELETE)."""
+
+    kind: str = "request"  # "request", "notification", "response", "stream", "end_session"
+    rpc_id: Any = None
+    method: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def expects_reply(self) -> bool:
+        """A request: the server owes exactly one JSON-RPC response with the same id."""
+        return self.kind == "request"
+
+
+#: The message being handled by the current task (one proxied call per asyncio task). error_reply()
+#: and stream_error_event() have no call argument in the adapter contract, yet a JSON-RPC error must
+#: carry the request's id or the client cannot match it to the pending call; parse() sets this.
+_CURRENT: ContextVar[McpView | None] = ContextVar("interlock_mcp_message", default=None)
+
+
+def current_message() -> McpView | None:
+    return _CURRENT.get()
 
 
 class McpAdapter(Adapter):
@@ -17,43 +92,191 @@ class McpAdapter(Adapter):
     json_body = True
 
     def parse(self, call: Call) -> RequestView:
-        if call.method != "POST":
-            return RequestView(operation="mcp")
-        data = parse_json_body(call)
-        if isinstance(data, list):
-            raise BadRequest("JSON-RPC batches are not supported by MCP Streamable HTTP", "invalid_request")
-        if not isinstance(data, dict) or data.get("jsonrpc") != "2.0":
-            raise BadRequest("not a JSON-RPC 2.0 message", "invalid_request")
-        call.request_json = data
-        method = data.get("method")
-        view = RequestView(operation=str(method) if method else "response")
-        params: dict[str, Any] = data["params"] if isinstance(data.get("params"), dict) else {}
-        if method == "tools/call":
-            view.tool_name = params.get("name") if isinstance(params.get("name"), str) else None
-            view.tool_arguments = params.get("arguments")
-            if view.tool_name:
-                view.tools = [view.tool_name]
-            view.texts = _strings(view.tool_arguments, ("params", "arguments"))
+        if call.method == "GET":
+            view = McpView(operation="stream", kind="stream", stream=True)
+        elif call.method == "DELETE":
+            view = McpView(operation="end_session", kind="end_session")
+        elif call.method != "POST":
+            view = McpView(operation="http", kind="http")
+        else:
+            view = _parse_message(call)
+        _CURRENT.set(view)
         return view
 
+    def open_ended(self, call: Call) -> bool:
+        # The GET event stream lives as long as the session: no total timeout (idle gaps still time out).
+        return call.method == "GET"
+
+    def response_message(self, call: Call) -> dict[str, Any] | None:
+        """The JSON-RPC response (result or error) answering this call's request, from a JSON body
+        or from the SSE events; None if there is none (a notification, or a stream cut short)."""
+        view = call.view
+        if not isinstance(view, McpView) or not view.expects_reply:
+            return None
+        for message in self.response_messages(call):
+            if "method" not in message and ("result" in message or "error" in message):
+                if message.get("id") == view.rpc_id or message.get("id") is None:
+                    return message
+        return None
+
+    def response_messages(self, call: Call) -> list[dict[str, Any]]:
+        """Every JSON-RPC message the server sent in reply, in order (notifications and server
+        requests included), as the upstream sent them."""
+        if call.stream:
+            body = b"".join(c.data for c in call.chunks)
+            return [m for e in iter_events(body) if (m := _load(e.data)) is not None]
+        message = _load(decoded_body(call.response_body, call.response_headers))
+        return [message] if message is not None else []
+
+    def response_texts(self, data: Any) -> list[TextSlot]:
+        """Texts a model will read in a JSON-RPC response message; paths start at the message."""
+        if not isinstance(data, dict) or not isinstance(data.get("result"), dict):
+            return []
+        return result_texts(data["result"], ("result",))
+
+    def tools_in_list(self, data: Any) -> list[str]:
+        """Tool names in a `tools/list` response message."""
+        tools = data.get("result", {}).get("tools") if isinstance(data, dict) else None
+        return [t["name"] for t in tools or [] if isinstance(t, dict) and isinstance(t.get("name"), str)]
+
+    def remove_tools(self, data: Any, names: set[str] | frozenset[str]) -> list[str]:
+        """Remove these tools from a `tools/list` response message in place; returns those removed."""
+        tools = data.get("result", {}).get("tools") if isinstance(data, dict) else None
+        if not isinstance(tools, list):
+            return []
+        removed = [t["name"] for t in tools if isinstance(t, dict) and t.get("name") in names]
+        if removed:
+            data["result"]["tools"] = [t for t in tools if not (isinstance(t, dict) and t.get("name") in names)]
+        return removed
+
+    def response_tool_calls(self, data: Any) -> list[ToolCall]:
+        return []
+
     def error_reply(self, status: int, code: str, message: str, *, retryable: bool = True) -> Reply:
-        return Reply(200 if status < 500 else status, json_rpc_error(None, code, message), _json_headers(retryable))
+        current = _CURRENT.get()
+        rpc_id = current.rpc_id if current is not None else None
+        # A request gets its answer as HTTP 200 + a JSON-RPC error: the `mcp` SDK 1.x client calls
+        # raise_for_status() on any other status, which tears down the whole session rather than
+        # failing the one call. Anything without an id to answer keeps the HTTP status (the spec's
+        # rule for rejected notifications and responses).
+        if current is not None and current.expects_reply:
+            status = 200
+        body = json_rpc_error(rpc_id, code, message)
+        return Reply(status, body, _json_headers(retryable))
+
+    def stream_error_event(self, code: str, message: str) -> bytes:
+        current = _CURRENT.get()
+        if current is None or not current.expects_reply:
+            # The GET event stream: no request to answer; a comment ends it without confusing the client.
+            return b": interlock " + code.encode() + b": " + message.encode("utf-8", "replace") + b"\n\n"
+        return sse_message(json.loads(json_rpc_error(current.rpc_id, code, message)))
 
 
-def json_rpc_error(request_id: Any, code: str, message: str, rpc_code: int = SERVER_ERROR) -> bytes:
-    if code == "invalid_json":
-        rpc_code = -32700
-    elif code == "invalid_request":
-        rpc_code = -32600
-    error = {"code": rpc_code, "message": message, "data": {"code": code}}
-    return json.dumps({"jsonrpc": "2.0", "id": request_id, "error": error}).encode()
+def json_rpc_error(request_id: Any, code: str, message: str, rpc_code: int | None = None) -> bytes:
+    """A JSON-RPC error response; interlock's own `code` is kept in `error.data.code`."""
+    error = {"code": rpc_code or _RPC_CODES.get(code, SERVER_ERROR), "message": message, "data": {"code": code}}
+    return json.dumps({"jsonrpc": "2.0", "id": request_id, "error": error}, ensure_ascii=False).encode()
 
 
-def _strings(value: Any, path: tuple[str | int, ...]) -> list[TextSlot]:
+def sse_message(message: dict[str, Any]) -> bytes:
+    """One JSON-RPC message as an SSE `message` event, as MCP servers send them."""
+    return b"event: message\ndata: " + json.dumps(message, ensure_ascii=False).encode() + b"\n\n"
+
+
+def result_texts(result: dict[str, Any], path: tuple[str | int, ...]) -> list[TextSlot]:
+    """Text in a tools/call, resources/read or prompts/get result: text content, embedded resource
+    text, structured content's strings. Never ids, URIs, mime types or base64 blobs."""
+    slots: list[TextSlot] = []
+    for i, item in enumerate(result.get("content") or []):
+        slots += _content_texts(item, (*path, "content", i))
+    if "structuredContent" in result:
+        slots += _strings(result["structuredContent"], (*path, "structuredContent"), "tool_result")
+    for i, item in enumerate(result.get("contents") or []):  # resources/read
+        if isinstance(item, dict) and isinstance(item.get("text"), str):
+            slots.append(TextSlot((*path, "contents", i, "text"), item["text"], "tool_result"))
+    for i, item in enumerate(result.get("messages") or []):  # prompts/get
+        if isinstance(item, dict):
+            slots += _content_texts(item.get("content"), (*path, "messages", i, "content"))
+    return slots
+
+
+def _content_texts(item: Any, path: tuple[str | int, ...]) -> list[TextSlot]:
+    if not isinstance(item, dict):
+        return []
+    if item.get("type") == "text" and isinstance(item.get("text"), str):
+        return [TextSlot((*path, "text"), item["text"], "tool_result")]
+    resource = item.get("resource")
+    if item.get("type") == "resource" and isinstance(resource, dict) and isinstance(resource.get("text"), str):
+        return [TextSlot((*path, "resource", "text"), resource["text"], "tool_result")]
+    return []
+
+
+def _parse_message(call: Call) -> McpView:
+    view = McpView(operation="invalid", kind="invalid")
+    _CURRENT.set(view)
+    data = parse_json_body(call)
+    if isinstance(data, list):
+        # Streamable HTTP has carried one message per POST since 2025-06-18 (batching was removed).
+        raise BadRequest("JSON-RPC batches are not supported: send one message per POST", "batch_not_supported")
+    if not isinstance(data, dict):
+        raise BadRequest("the body must be a JSON-RPC 2.0 message (a JSON object)", "invalid_request")
+    if _is_id(data.get("id")):
+        view.rpc_id = data["id"]
+        view.kind = "request"  # for error replies to carry the id even if the rest is malformed
+    if data.get("jsonrpc") != "2.0":
+        raise BadRequest('not a JSON-RPC 2.0 message: "jsonrpc" must be "2.0"', "invalid_request")
+    if "id" in data and not _is_id(data["id"]):
+        raise BadRequest("a JSON-RPC id must be a string or an integer", "invalid_request")
+    method = data.get("method")
+    params = data.get("params")
+    if params is not None and not isinstance(params, dict):
+        raise BadRequest("MCP params must be a JSON object", "invalid_request")
+    view.params = params or {}
+    if method is None:
+        if "result" not in data and "error" not in data:
+            raise BadRequest("a JSON-RPC message needs a method, a result or an error", "invalid_request")
+        view.kind, view.operation = "response", "response"  # the client answering a server request
+        if "id" not in data:
+            raise BadRequest("a JSON-RPC response needs an id", "invalid_request")
+    elif not isinstance(method, str) or not method:
+        raise BadRequest("the JSON-RPC method must be a non-empty string", "invalid_request")
+    else:
+        view.method = view.operation = method
+        view.kind = "request" if "id" in data else "notification"
+    call.request_json = data
+    if method == "tools/call":
+        name = view.params.get("name")
+        if not isinstance(name, str) or not name:
+            raise BadRequest("tools/call needs params.name, the tool's name", "invalid_params")
+        arguments = view.params.get("arguments")
+        if arguments is not None and not isinstance(arguments, dict):
+            raise BadRequest("tools/call params.arguments must be a JSON object", "invalid_params")
+        view.tool_name = name
+        view.tool_arguments = arguments if arguments is not None else {}
+        view.tools = [name]
+        view.texts = _strings(view.tool_arguments, ("params", "arguments"), "tool_args")
+    return view
+
+
+def _is_id(value: Any) -> bool:
+    return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+
+
+def _load(text: str | bytes) -> dict[str, Any] | None:
+    if not text:
+        return None
+    try:
+        message = json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return message if isinstance(message, dict) else None
+
+
+def _strings(value: Any, path: tuple[str | int, ...], role: str) -> list[TextSlot]:
     if isinstance(value, str):
-        return [TextSlot(path, value, "tool_args")]
+        return [TextSlot(path, value, role)]
     if isinstance(value, dict):
-        return [s for k, v in value.items() for s in _strings(v, (*path, k))]
+        return [s for k, v in value.items() for s in _strings(v, (*path, k), role)]
     if isinstance(value, list):
-        return [s for i, v in enumerate(value) for s in _strings(v, (*path, i))]
+        return [s for i, v in enumerate(value) for s in _strings(v, (*path, i), role)]
     return []

@@ -1,0 +1,156 @@
+"""The MCP stage: which session a JSON-RPC message belongs to, and what it did, for the record.
+
+- Session: the server's `Mcp-Session-Id` (2025-11-25) is the call's session unless the agent named
+  one with `X-Interlock-Session` (or a virtual key did), so a session's handshake, tool calls, event
+  stream and DELETE group together. The `initialize` reply is where the id first appears.
+- Record: `call.meta["mcp"]` holds the message's kind, method, JSON-RPC id, MCP session id and
+  protocol revision, and for tools/call the tool's name, arguments, result and `isError`.
+- A server that ends a request's SSE stream before sending its response: the agent gets a JSON-RPC
+  error for that id at once (instead of waiting out its read timeout) and the call is recorded as
+  `upstream_error` / `stream_closed_early`, truncated.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from interlock.proxy.protocols import ADAPTERS
+from interlock.proxy.protocols.mcp import McpAdapter, McpView, json_rpc_error, sse_message
+from interlock.tracing.call import Call
+
+#: Tool arguments and results larger than this are not copied into `meta` (the body keeps them).
+META_VALUE_LIMIT = 64 * 1024
+#: Server messages listed per call (a long-lived event stream may carry thousands).
+META_MESSAGES_LIMIT = 100
+
+_VERSION_META_KEY = "io.modelcontextprotocol/protocolVersion"
+
+
+class McpSession:
+    """Session and record keeping for calls on `protocol: mcp` routes; other calls pass untouched."""
+
+    name = "mcp"
+
+    def __init__(self) -> None:
+        adapter = ADAPTERS["mcp"]
+        assert isinstance(adapter, McpAdapter)
+        self.adapter = adapter
+
+    async def request(self, call: Call) -> None:
+        if call.protocol != "mcp":
+            return
+        session_id = _header(call.request_headers, "mcp-session-id")
+        if session_id:
+            _adopt_session(call, session_id)
+        view = call.view
+        meta: dict[str, Any] = {"kind": view.kind if isinstance(view, McpView) else "invalid"}
+        if isinstance(view, McpView):
+            if view.method:
+                meta["method"] = view.method
+            if view.rpc_id is not None:
+                meta["id"] = view.rpc_id
+            if view.tool_name:
+                meta["tool"] = view.tool_name
+        if session_id:
+            meta["session_id"] = session_id
+        version = _protocol_version(call, view)
+        if version:
+            meta["protocol_version"] = version
+        call.meta["mcp"] = meta
+
+    async def response_head(self, call: Call) -> None:
+        if call.protocol != "mcp":
+            return
+        session_id = _header(call.response_headers, "mcp-session-id")
+        meta = call.meta.get("mcp")
+        if session_id and isinstance(meta, dict) and "session_id" not in meta:
+            meta["session_id"] = session_id  # the initialize reply names the new session
+            _adopt_session(call, session_id)
+
+    async def chunk(self, call: Call, data: bytes, last: bool) -> bytes:
+        if not last or call.protocol != "mcp" or call.truncated:
+            return data  # a broken stream (truncated) is ended by the app with stream_error_event
+        view = call.view
+        if isinstance(view, McpView) and view.expects_reply and self.adapter.response_message(call) is None:
+            call.truncated = True
+            call.outcome, call.error_code = "upstream_error", "stream_closed_early"
+            call.error = f"the server ended the SSE stream without answering request id {view.rpc_id!r}"
+            error = json.loads(json_rpc_error(view.rpc_id, "stream_closed_early", call.error))
+            return data + sse_message(error)
+        return data
+
+    async def done(self, call: Call) -> None:
+        if call.protocol != "mcp":
+            return
+        meta = call.meta.setdefault("mcp", {})
+        view = call.view
+        if not isinstance(view, McpView):
+            return
+        if view.kind == "stream" and call.outcome == "aborted" and not call.error_code:
+            # The agent closing its GET event stream is how that stream normally ends.
+            call.outcome, call.error, call.truncated = "ok", None, False
+            meta["closed_by"] = "agent"
+        if view.method == "tools/call":
+            arguments = (call.request_json or {}).get("params", {}).get("arguments")  # as sent upstream
+            meta["arguments"] = _bounded(arguments)
+        if call.reply is not None or call.status is None:
+            return
+        messages = self.adapter.response_messages(call)
+        server_messages = [m["method"] for m in messages if isinstance(m.get("method"), str)]
+        if server_messages:
+            meta["server_messages"] = server_messages[:META_MESSAGES_LIMIT]
+        if not view.expects_reply:
+            return
+        answer = self.adapter.response_message(call)
+        meta["answered"] = answer is not None
+        if answer is None:
+            return
+        if "error" in answer:
+            error = answer.get("error")
+            meta["error"] = error if isinstance(error, dict) else {"message": str(error)}
+        elif view.method == "tools/call" and isinstance(answer.get("result"), dict):
+            result = answer["result"]
+            meta["is_error"] = result.get("isError") is True
+            meta["result"] = _bounded(result)
+        elif view.method == "tools/list":
+            meta["tools"] = self.adapter.tools_in_list(answer)
+        elif view.method in ("initialize", "server/discover") and isinstance(answer.get("result"), dict):
+            result = answer["result"]
+            info = result.get("serverInfo")
+            if isinstance(info, dict):
+                meta["server"] = {k: info[k] for k in ("name", "version") if k in info}
+            if isinstance(result.get("protocolVersion"), str):
+                meta["protocol_version"] = result["protocolVersion"]
+
+
+def _header(headers: list[tuple[str, str]], name: str) -> str | None:
+    for key, value in headers:
+        if key == name:
+            return value.strip() or None
+    return None
+
+
+def _adopt_session(call: Call, session_id: str) -> None:
+    """Use the MCP session as the call's session unless the agent or its virtual key named one."""
+    explicit = _header(call.request_headers, "x-interlock-session")
+    if explicit is None and (call.session is None or call.session == call.trace_id):
+        call.session = session_id
+
+
+def _protocol_version(call: Call, view: Any) -> str | None:
+    version = _header(call.request_headers, "mcp-protocol-version")
+    if version:
+        return version
+    if isinstance(view, McpView):
+        meta = view.params.get("_meta")
+        if isinstance(meta, dict) and isinstance(meta.get(_VERSION_META_KEY), str):
+            return str(meta[_VERSION_META_KEY])
+        if view.method == "initialize" and isinstance(view.params.get("protocolVersion"), str):
+            return str(view.params["protocolVersion"])
+    return None
+
+
+def _bounded(value: Any) -> Any:
+    size = len(json.dumps(value, ensure_ascii=False, default=str))
+    return value if size <= META_VALUE_LIMIT else {"omitted": f"{size} bytes, over the meta limit; see the body"}

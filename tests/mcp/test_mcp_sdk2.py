@@ -1,0 +1,136 @@
+"""MCP through interlock with the `mcp` SDK 2.x on both sides, in both protocol revisions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+from mcp.shared.exceptions import MCPError
+
+from interlock.testing import Running
+from tests.mcp.servers import Collector, ThreadServer, mcp2_client, wait_for
+
+
+@pytest.fixture
+def running(mcp_interlock: Any, mcp2_server: ThreadServer) -> Running:
+    return mcp_interlock({"tools": mcp2_server.url})  # type: ignore[no-any-return]
+
+
+def endpoint(running: Running) -> str:
+    return running.url + "/tools/mcp"
+
+
+async def test_2026_07_28_stateless_calls_are_relayed_and_recorded(running: Running, collector: Collector) -> None:
+    async with mcp2_client(endpoint(running)) as client:
+        listed = await client.list_tools()
+        result = await client.call_tool("add", {"a": 2, "b": 3})
+    assert {"add", "lookup", "delete_file"} <= {tool.name for tool in listed.tools}
+    assert result.structured_content == {"result": 5}
+    calls = collector.wait(3)
+    assert [c.meta["mcp"]["method"] for c in calls] == ["server/discover", "tools/list", "tools/call"]
+    call = calls[-1]
+    assert (call.status, call.outcome, call.stream) == (200, "ok", False)
+    mcp = call.meta["mcp"]
+    assert mcp["protocol_version"] == "2026-07-28"
+    assert (mcp["kind"], mcp["id"], mcp["tool"], mcp["arguments"]) == ("request", 3, "add", {"a": 2, "b": 3})
+    assert mcp["is_error"] is False and mcp["result"]["structuredContent"] == {"result": 5}
+    assert "session_id" not in mcp and call.session is None  # stateless: no MCP session
+    # The routing headers the server checks against the body went upstream untouched.
+    assert ("mcp-method", "tools/call") in call.request_headers and ("mcp-name", "add") in call.request_headers
+    assert calls[1].meta["mcp"]["tools"] == [t.name for t in listed.tools]
+
+
+async def test_2025_11_25_session_handshake_sse_event_stream_and_delete(running: Running, collector: Collector) -> None:
+    async with mcp2_client(endpoint(running), mode="legacy") as client:
+        await client.list_tools()
+        result = await client.call_tool("lookup", {"name": "Alice"})
+        # The GET event stream opens after the handshake; wait until interlock holds it open.
+        wait_for(lambda: running.runtime.proxy.inflight >= 1, what="the GET event stream")
+    assert result.content[0].text == "Alice can be reached at alice@example.com"  # type: ignore[union-attr]
+    calls = collector.wait(6)
+    by_kind = {(c.method, c.meta["mcp"].get("method", c.meta["mcp"]["kind"])): c for c in calls}
+    initialize = by_kind[("POST", "initialize")]
+    session_id = dict(initialize.response_headers)["mcp-session-id"]
+    # Every message of the session, the handshake included, is grouped under the MCP session id.
+    assert {c.session for c in calls} == {session_id}
+    assert {c.meta["mcp"]["session_id"] for c in calls} == {session_id}
+    assert initialize.meta["mcp"]["protocol_version"] == "2025-11-25"
+    assert initialize.meta["mcp"]["server"] == {"name": "tools-2x", "version": "2.0"}
+    initialized = by_kind[("POST", "notifications/initialized")]
+    assert (initialized.status, initialized.meta["mcp"]["kind"], initialized.response_body) == (
+        202,
+        "notification",
+        b"",
+    )
+    tool_call = by_kind[("POST", "tools/call")]
+    assert tool_call.stream and tool_call.chunks and tool_call.outcome == "ok"
+    assert tool_call.meta["mcp"]["result"]["content"][0]["text"].endswith("alice@example.com")
+    stream = by_kind[("GET", "stream")]
+    assert (stream.status, stream.outcome, stream.error) == (200, "ok", None)
+    end = by_kind[("DELETE", "end_session")]
+    assert end.status == 200 and end.outcome == "ok"
+
+
+async def test_progress_notifications_stream_through_before_the_result(running: Running, collector: Collector) -> None:
+    seen: list[float] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        seen.append(progress)
+
+    async with mcp2_client(endpoint(running), mode="legacy") as client:
+        result = await client.call_tool("count", {"n": 3}, progress_callback=on_progress)
+    assert result.content[0].text == "counted to 3"  # type: ignore[union-attr]
+    assert seen == [1, 2, 3]
+    call = collector.tool_call("count")
+    assert call.meta["mcp"]["server_messages"] == ["notifications/progress"] * 3
+    assert call.meta["mcp"]["answered"] is True
+
+
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+async def test_a_tool_error_is_recorded_as_is_error(running: Running, collector: Collector, mode: str) -> None:
+    async with mcp2_client(endpoint(running), mode=mode) as client:
+        result = await client.call_tool("fail", {})
+    assert result.is_error
+    call = collector.tool_call("fail")
+    assert call.outcome == "ok"  # the exchange worked; the tool reported a failure
+    assert call.meta["mcp"]["is_error"] is True
+
+
+async def test_the_agents_session_header_wins_over_the_mcp_session(running: Running, collector: Collector) -> None:
+    headers = {"X-Interlock-Session": "ticket-42", "X-Interlock-Agent": "support-bot"}
+    async with mcp2_client(endpoint(running), mode="legacy", headers=headers) as client:
+        await client.call_tool("add", {"a": 1, "b": 1})
+    calls = collector.wait(5)
+    assert {c.session for c in calls} == {"ticket-42"}
+    assert {c.agent for c in calls} == {"support-bot"}
+    assert len({c.meta["mcp"]["session_id"] for c in calls}) == 1  # the MCP session is still on record
+
+
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+@pytest.mark.parametrize("fault", ["hang_up", "reset"])
+async def test_a_server_that_ends_the_stream_early_is_recorded_and_the_agent_gets_an_error(
+    running: Running, collector: Collector, mode: str, fault: str
+) -> None:
+    async with mcp2_client(endpoint(running), mode=mode) as client:
+        with pytest.raises(MCPError) as raised:
+            await client.call_tool(fault, {})
+        # The session survives: the next call works.
+        assert (await client.call_tool("add", {"a": 1, "b": 2})).structured_content == {"result": 3}
+    call = collector.tool_call(fault)
+    assert call.outcome == "upstream_error" and call.truncated
+    assert call.meta["mcp"]["answered"] is False
+    assert call.meta["mcp"]["server_messages"] == ["notifications/message"]
+    expected = "stream_closed_early" if fault == "hang_up" else "stream_broken"
+    assert call.error_code == expected
+    assert raised.value.error.data == {"code": expected}
+
+
+def test_the_host_header_sent_upstream_is_the_upstreams_own(running: Running, mcp2_server: ThreadServer) -> None:
+    body = {"jsonrpc": "2.0", "id": 1, "method": "server/discover", "params": {}}
+    headers = {"accept": "application/json, text/event-stream", "host": "agent.example:4141"}
+    direct = httpx.post(mcp2_server.url + "/mcp", json=body, headers=headers)
+    assert direct.status_code == 421  # the SDK's DNS-rebinding guard rejects a foreign Host
+    proxied = httpx.post(endpoint(running), json=body, headers=headers)
+    assert proxied.status_code != 421
+    assert "jsonrpc" in proxied.json()
