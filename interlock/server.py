@@ -48,7 +48,11 @@ class Runtime:
         return stages
 
     def policy_stages(self) -> list[object]:
-        return []
+        from interlock.policies.stage import policy_stages_for
+
+        # The live policy (engine, reload state, rule counts) is `self.policy` for the admin API.
+        self.policy, stages = policy_stages_for(self.settings)
+        return stages
 
     def guardrail_stages(self) -> list[object]:
         return []

@@ -137,3 +137,48 @@ class AnthropicAdapter(Adapter):
     def stream_error_event(self, code: str, message: str) -> bytes:
         error = {"type": "api_error", "message": message, "code": code}
         return b"event: error\ndata: " + json.dumps({"type": "error", "error": error}).encode() + b"\n\n"
+
+    # -- policy (interlock/policies/stage.py) ---------------------------------------------------
+
+    def strip_tools(self, data: Any, names: set[str]) -> list[str]:
+        tools = data.get("tools") if isinstance(data, dict) else None
+        if not isinstance(tools, list):
+            return []
+        removed = [t["name"] for t in tools if isinstance(t, dict) and t.get("name") in names]
+        if not removed:
+            return []
+        kept = [t for t in tools if not (isinstance(t, dict) and t.get("name") in names)]
+        choice = data.get("tool_choice")
+        if isinstance(choice, dict) and (choice.get("name") in names or (not kept and choice.get("type") != "none")):
+            data.pop("tool_choice")
+        if kept:
+            data["tools"] = kept
+        else:
+            data.pop("tools")
+        return removed
+
+    def set_param(self, data: Any, name: str, value: Any, operation: str) -> list[tuple[str, Any, Any]]:
+        if not isinstance(data, dict):
+            return []
+        old = data.get(name)
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if number and isinstance(old, (int, float)) and not isinstance(old, bool):
+            if old <= value:
+                return []
+        elif name in data and old == value:
+            return []
+        data[name] = value
+        return [(name, old, value)]
+
+    def stream_tool_names(self, event: Any) -> list[str]:
+        # content_block_start carries the tool's name; its input follows in input_json_delta events.
+        if event.event not in (None, "content_block_start") or '"tool_use"' not in event.data:
+            return []
+        try:
+            message = json.loads(event.data)
+        except json.JSONDecodeError:
+            return []
+        block = message.get("content_block") if isinstance(message, dict) else None
+        if isinstance(block, dict) and block.get("type") in ("tool_use", "server_tool_use") and isinstance(block.get("name"), str):
+            return [block["name"]]
+        return []

@@ -91,6 +91,21 @@ class Adapter:
         """An SSE event that ends a broken stream loudly, in the protocol's own format."""
         return b"event: error\ndata: " + json.dumps({"error": {"code": code, "message": message}}).encode() + b"\n\n"
 
+    # -- policy (interlock/policies/stage.py) ---------------------------------------------------
+
+    def strip_tools(self, data: Any, names: set[str]) -> list[str]:
+        """Remove these offered tools from a request JSON in place; returns the names removed."""
+        return []
+
+    def set_param(self, data: Any, name: str, value: Any, operation: str) -> list[tuple[str, Any, Any]]:
+        """Clamp (numbers: an upper bound) or set a request parameter in place; returns the
+        (key, old, new) changes."""
+        return []
+
+    def stream_tool_names(self, event: Any) -> list[str]:
+        """Names of the tool calls that start in this SSE event (`sse.Event`) of a streamed response."""
+        return []
+
 
 def _json_headers(retryable: bool) -> Headers:
     headers: Headers = [("content-type", "application/json")]

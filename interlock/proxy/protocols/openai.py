@@ -209,6 +209,85 @@ class OpenAIAdapter(Adapter):
         error = {"message": message, "type": "api_error", "param": None, "code": code}
         return b"data: " + json.dumps({"error": error}).encode() + b"\n\n"
 
+    # -- policy (interlock/policies/stage.py) ---------------------------------------------------
+
+    def strip_tools(self, data: Any, names: set[str]) -> list[str]:
+        tools = data.get("tools") if isinstance(data, dict) else None
+        if not isinstance(tools, list):
+            return []
+        kept: list[Any] = []
+        removed: list[Any] = []
+        for tool in tools:
+            name = _tool_names([tool])
+            (removed if name and name[0] in names else kept).append(tool)
+        if not removed:
+            return []
+        removed_names = _tool_names(removed)
+        choice = data.get("tool_choice")
+        if isinstance(choice, dict):  # {"type":"function","function":{"name":...}} or {"type":"function","name":...}
+            chosen = (choice.get("function") or {}).get("name") or choice.get("name")
+            if chosen in names:
+                data.pop("tool_choice")
+        if kept:
+            data["tools"] = kept
+        else:  # the API rejects tool_choice and parallel_tool_calls without tools
+            for key in ("tools", "tool_choice", "parallel_tool_calls"):
+                data.pop(key, None)
+        return removed_names
+
+    def set_param(self, data: Any, name: str, value: Any, operation: str) -> list[tuple[str, Any, Any]]:
+        if not isinstance(data, dict):
+            return []
+        if name in _MAX_TOKENS:
+            # One limit, three spellings: chat's max_tokens / max_completion_tokens, Responses' max_output_tokens.
+            present = [k for k in _MAX_TOKENS if k in data]
+            native = "max_output_tokens" if operation == "responses" else name if name != "max_output_tokens" else "max_tokens"
+            return [change for key in (present or [native]) if (change := _set(data, key, value)) is not None]
+        change = _set(data, name, value)
+        return [change] if change is not None else []
+
+    def stream_tool_names(self, event: Any) -> list[str]:
+        data = event.data
+        if '"name"' not in data:
+            return []
+        try:
+            message = json.loads(data)
+        except json.JSONDecodeError:
+            return []
+        if not isinstance(message, dict):
+            return []
+        names: list[str] = []
+        for choice in message.get("choices") or []:  # chat: delta.tool_calls[].function.name
+            delta = choice.get("delta") if isinstance(choice, dict) else None
+            for tool_call in (delta or {}).get("tool_calls") or []:
+                function = tool_call.get("function") if isinstance(tool_call, dict) else None
+                if isinstance(function, dict) and isinstance(function.get("name"), str):
+                    names.append(function["name"])
+        kind = message.get("type")
+        if kind in ("response.output_item.added", "response.output_item.done"):  # Responses API
+            item = message.get("item")
+            if isinstance(item, dict) and item.get("type") == "function_call" and isinstance(item.get("name"), str):
+                names.append(item["name"])
+        elif kind in ("response.completed", "response.incomplete", "response.in_progress"):
+            names += [c.name for c in self.response_tool_calls(message.get("response"))]
+        return names
+
+
+_MAX_TOKENS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+
+
+def _set(data: dict[str, Any], key: str, value: Any) -> tuple[str, Any, Any] | None:
+    """Clamp a number (the value is an upper bound; set when absent) or set anything else."""
+    old = data.get(key)
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if number and isinstance(old, (int, float)) and not isinstance(old, bool):
+        if old <= value:
+            return None
+    elif key in data and old == value:
+        return None
+    data[key] = value
+    return key, old, value
+
 
 def _tool_names(tools: Any) -> list[str]:
     names: list[str] = []

@@ -1,0 +1,388 @@
+"""The policy engine: which rules apply to a call, and what they decide together.
+
+Semantics (docs/policies.md says the same for users):
+- A rule applies when every field of its `match` matches (globs; lists are OR) and its `when`
+  condition is true. Rules are evaluated in load order (files sorted by path, rules in file order).
+- Deny wins: if any enforcing rule denies, the call is denied (the first such rule's name and
+  message are shown); nothing else applies. Allow-lists intersect: a call must pass the allow-list
+  of every rule that applies (a call without that attribute, e.g. no model, is not constrained).
+- A call that no rule denies is allowed; with stripped tools or changed parameters it is `modify`.
+- `mode: monitor` rules are evaluated and recorded (action `monitor`) but never change the call.
+- A `when` that fails at run time records an `error` decision; the rule's `on_error` decides:
+  `deny` (default) denies the call through that rule, `allow` skips the rule.
+
+Rules are indexed by (route, agent): the candidate list for a pair is computed once and cached, so
+a call only looks at rules that can apply to its route and agent.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from interlock.policies.actions import Action, GuardrailActions
+from interlock.policies.cel import Condition, context_for
+from interlock.policies.model import Effect, Rule
+from interlock.tracing.call import Call, Decision
+
+_MAGIC = re.compile(r"[*?\[]")
+
+
+class Globs:
+    """A list of globs, matched case-sensitively; exact names are a set lookup."""
+
+    __slots__ = ("patterns", "exact", "regex")
+
+    def __init__(self, patterns: Iterable[str], *, fold: str | None = None) -> None:
+        items = tuple(patterns)
+        if fold == "upper":
+            items = tuple(p.upper() for p in items)
+        elif fold == "lower":
+            items = tuple(p.lower() for p in items)
+        self.patterns = items
+        self.exact = frozenset(p for p in items if not _MAGIC.search(p))
+        magic = [fnmatch.translate(p) for p in items if _MAGIC.search(p)]
+        self.regex = re.compile("|".join(f"(?:{m})" for m in magic)) if magic else None
+
+    def __call__(self, value: str | None) -> bool:
+        if value is None:
+            return False
+        return value in self.exact or (self.regex is not None and self.regex.match(value) is not None)
+
+    @property
+    def literal(self) -> bool:
+        return self.regex is None
+
+
+@dataclass(slots=True)
+class Subject:
+    """What rules see about a call: built from a live Call, a recorded one, or a test case."""
+
+    route: str
+    protocol: str
+    agent: str
+    session: str | None
+    model: str | None
+    method: str
+    path: str
+    operation: str = "http"
+    tools: tuple[str, ...] = ()  # offered to the model
+    tool: str | None = None  # MCP tools/call
+    tool_arguments: Any = None
+    input_chars: int = 0
+    params: dict[str, Any] = field(default_factory=dict)
+    stream: bool = False
+    host: str | None = None
+
+    @classmethod
+    def from_call(cls, call: Call, host: str | None = None) -> Subject:
+        view = call.view
+        if view is None:
+            return cls(
+                call.route, call.protocol, call.agent, call.session, call.model, call.method, call.path, host=host
+            )
+        return cls(
+            call.route,
+            call.protocol,
+            call.agent,
+            call.session,
+            view.model,
+            call.method,
+            call.path,
+            view.operation,
+            tuple(view.tools),
+            view.tool_name,
+            view.tool_arguments,
+            view.input_chars,
+            view.params,
+            view.stream,
+            host,
+        )
+
+
+class _Lists:
+    """An effect's lists, compiled."""
+
+    __slots__ = ("models", "tools", "methods", "paths", "hosts")
+
+    def __init__(self, effect: Effect | None) -> None:
+        def compile_(name: str, fold: str | None = None) -> Globs | None:
+            patterns = getattr(effect, name) if effect is not None else None
+            return Globs(patterns, fold=fold) if patterns is not None else None
+
+        self.models = compile_("models")
+        self.tools = compile_("tools")
+        self.methods = compile_("methods", "upper")
+        self.paths = compile_("paths")
+        self.hosts = compile_("hosts", "lower")
+
+
+@dataclass(slots=True)
+class CompiledRule:
+    rule: Rule
+    file: str = "<string>"
+    line: int = 1
+    col: int = 1
+    condition: Condition | None = None
+
+    name: str = field(init=False)
+    route: Globs | None = field(init=False)
+    agent: Globs | None = field(init=False)
+    checks: tuple[tuple[str, Globs], ...] = field(init=False)
+    deny_all: bool = field(init=False)
+    deny: _Lists = field(init=False)
+    allow: _Lists = field(init=False)
+    monitor: bool = field(init=False)
+    guardrails: GuardrailActions | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        rule = self.rule
+        self.name = rule.name
+        match = rule.match
+        self.route = Globs(match.route) if match.route is not None else None
+        self.agent = Globs(match.agent) if match.agent is not None else None
+        checks: list[tuple[str, Globs]] = []
+        for attr in ("model", "session", "tool", "path"):
+            patterns = getattr(match, attr)
+            if patterns is not None:
+                checks.append((attr, Globs(patterns)))
+        if match.method is not None:
+            checks.append(("method", Globs(match.method, fold="upper")))
+        self.checks = tuple(checks)
+        self.deny_all = rule.deny is not None and rule.deny.empty
+        self.deny = _Lists(rule.deny)
+        self.allow = _Lists(rule.allow)
+        self.monitor = rule.mode == "monitor"
+        self.guardrails = _guardrails(rule)
+
+    @property
+    def where(self) -> str:
+        return f"{self.file}:{self.line}:{self.col}"
+
+    @property
+    def has_tool_lists(self) -> bool:
+        return self.deny.tools is not None or self.allow.tools is not None
+
+    def tool_refusal(self, name: str) -> str | None:
+        """Why this rule refuses the tool `name`, or None."""
+        if self.deny.tools is not None and self.deny.tools(name):
+            return f"tool {name!r} is denied"
+        if self.allow.tools is not None and not self.allow.tools(name):
+            return f"tool {name!r} is not in the allowed tools"
+        return None
+
+    def refusal(self, subject: Subject) -> str | None:
+        """Why this rule denies the call (offered tools aside), or None."""
+        if self.deny_all:
+            return self.rule.message or "denied"
+        deny, allow = self.deny, self.allow
+        model = subject.model
+        if model is not None:
+            if deny.models is not None and deny.models(model):
+                return f"model {model!r} is denied"
+            if allow.models is not None and not allow.models(model):
+                return f"model {model!r} is not in the allowed models ({', '.join(allow.models.patterns)})"
+        method = subject.method.upper()
+        if deny.methods is not None and deny.methods(method):
+            return f"method {method} is denied"
+        if allow.methods is not None and not allow.methods(method):
+            return f"method {method} is not allowed"
+        if deny.paths is not None and deny.paths(subject.path):
+            return f"path {subject.path} is denied"
+        if allow.paths is not None and not allow.paths(subject.path):
+            return f"path {subject.path} is not allowed"
+        host = subject.host.lower() if subject.host else None
+        if host is not None:
+            if deny.hosts is not None and deny.hosts(host):
+                return f"host {host} is denied"
+            if allow.hosts is not None and not allow.hosts(host):
+                return f"host {host} is not allowed"
+        if subject.tool is not None:
+            return self.tool_refusal(subject.tool)
+        return None
+
+
+def _guardrails(rule: Rule) -> GuardrailActions | None:
+    request: dict[str, Action] = dict(rule.pii or {})
+    response: dict[str, Action] = dict(rule.pii_response or {})
+    if rule.secrets is not None:
+        request["SECRET"] = rule.secrets
+        response["SECRET"] = rule.secrets
+    if not request and not response:
+        return None
+    if rule.mode == "monitor":  # record what would be found, change nothing
+        request = {k: "log" for k in request}
+        response = {k: "log" for k in response}
+    return GuardrailActions(request, response, rule.on_error, (rule.name,))
+
+
+@dataclass(slots=True)
+class Evaluation:
+    """What the rules that apply decide about one call, before it is sent."""
+
+    decisions: list[Decision] = field(default_factory=list)
+    #: The enforcing rule that denies the call, and why (None: not denied).
+    denied_by: CompiledRule | None = None
+    reason: str = ""
+    #: Offered tools to strip, with the rule that strips each.
+    strip: dict[str, str] = field(default_factory=dict)
+    #: Parameters to clamp or set, with the rule that sets each.
+    params: dict[str, tuple[Any, str]] = field(default_factory=dict)
+    #: Enforcing rules with `set`, in order (the stage records `modify` or `allow` for each).
+    setters: list[str] = field(default_factory=list)
+    #: Rules with limits (enforcing and monitoring).
+    limited: list[CompiledRule] = field(default_factory=list)
+    #: Rules whose tool lists apply to tool calls in the response.
+    tool_rules: list[CompiledRule] = field(default_factory=list)
+    guardrails: GuardrailActions | None = None
+    fired: list[str] = field(default_factory=list)
+
+    @property
+    def denied(self) -> bool:
+        return self.denied_by is not None
+
+    @property
+    def message(self) -> str:
+        rule = self.denied_by
+        if rule is None:
+            return ""
+        text = rule.rule.message or self.reason
+        if rule.rule.message and self.reason and self.reason != rule.rule.message:
+            text = f"{rule.rule.message} ({self.reason})"
+        return f"denied by policy rule {rule.name!r}: {text}"
+
+    def refused_tool(self, name: str) -> tuple[CompiledRule, str] | None:
+        """The enforcing rule that refuses a tool the model called, and why; monitor rules record only."""
+        for rule in self.tool_rules:
+            reason = rule.tool_refusal(name)
+            if reason is not None and not rule.monitor:
+                return rule, reason
+        return None
+
+
+_CACHE_LIMIT = 4096
+
+
+class Engine:
+    """Rules compiled and indexed; `evaluate` is pure and safe to call from any thread."""
+
+    def __init__(self, rules: Sequence[CompiledRule]) -> None:
+        self.rules = tuple(rules)
+        self.by_name = {r.name: r for r in self.rules}
+        self._cache: dict[tuple[str, str], tuple[CompiledRule, ...]] = {}
+        # Route index: exact route names → rules; rules with globs or no route go in `_any_route`.
+        self._by_route: dict[str, list[CompiledRule]] = {}
+        self._any_route: list[CompiledRule] = []
+        for rule in self.rules:
+            if rule.route is not None and rule.route.literal:
+                for name in rule.route.exact:
+                    self._by_route.setdefault(name, []).append(rule)
+            else:
+                self._any_route.append(rule)
+        self.has_limits = any(r.rule.limits for r in self.rules)
+        #: Variables any condition uses: the only ones converted to CEL values per call.
+        self.variables = frozenset(v for r in self.rules if r.condition is not None for v in r.condition.variables)
+
+    def candidates(self, route: str, agent: str) -> tuple[CompiledRule, ...]:
+        """Rules whose route and agent match, in load order (cached per pair)."""
+        key = (route, agent)
+        found = self._cache.get(key)
+        if found is None:
+            pool = self._by_route.get(route, []) + self._any_route
+            order = {id(r): i for i, r in enumerate(self.rules)}
+            pool.sort(key=lambda r: order[id(r)])
+            found = tuple(
+                r for r in pool if (r.route is None or r.route(route)) and (r.agent is None or r.agent(agent))
+            )
+            if len(self._cache) >= _CACHE_LIMIT:
+                self._cache.clear()
+            self._cache[key] = found
+        return found
+
+    def evaluate(self, subject: Subject) -> Evaluation:
+        result = Evaluation()
+        context = None
+        for rule in self.candidates(subject.route, subject.agent):
+            for attr, globs in rule.checks:
+                if not globs(getattr(subject, attr)):
+                    break
+            else:
+                if rule.condition is not None:
+                    if context is None:
+                        context = context_for(self.variables, subject)
+                    try:
+                        if not rule.condition.evaluate(context):
+                            continue
+                    except Exception as exc:  # noqa: BLE001 - any CEL failure is this rule's error
+                        self._condition_failed(rule, exc, result)
+                        continue
+                self._apply(rule, subject, result)
+        return result
+
+    def _condition_failed(self, rule: CompiledRule, exc: Exception, result: Evaluation) -> None:
+        reason = f"condition failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
+        detail = {"on_error": rule.rule.on_error, "when": rule.rule.when}
+        result.decisions.append(Decision("policy", "error", rule.name, reason, detail))
+        result.fired.append(rule.name)
+        if rule.rule.on_error == "deny":
+            self._deny(rule, reason, result)
+
+    def _deny(self, rule: CompiledRule, reason: str, result: Evaluation) -> None:
+        if rule.monitor:
+            result.decisions.append(Decision("policy", "monitor", rule.name, f"would deny: {reason}"))
+            return
+        result.decisions.append(Decision("policy", "deny", rule.name, reason))
+        if result.denied_by is None:
+            result.denied_by, result.reason = rule, reason
+
+    def _apply(self, rule: CompiledRule, subject: Subject, result: Evaluation) -> None:
+        result.fired.append(rule.name)
+        reason = rule.refusal(subject)
+        if reason is not None:
+            self._deny(rule, reason, result)
+            return
+        acted = False
+        if rule.has_tool_lists:
+            result.tool_rules.append(rule)
+            refused = [(name, why) for name in subject.tools if (why := rule.tool_refusal(name)) is not None]
+            if refused and subject.tool is None:
+                acted = True
+                if rule.rule.offered_tools == "deny":
+                    self._deny(rule, "offered " + "; ".join(why for _, why in refused), result)
+                    return
+                names = ", ".join(name for name, _ in refused)
+                if rule.monitor:
+                    result.decisions.append(Decision("policy", "monitor", rule.name, f"would strip tools: {names}"))
+                else:
+                    for name, _ in refused:
+                        result.strip.setdefault(name, rule.name)
+        limits = rule.rule.limits
+        if limits is not None:
+            result.limited.append(rule)
+        if rule.rule.set:
+            if rule.monitor:
+                result.decisions.append(Decision("policy", "monitor", rule.name, f"would set {rule.rule.set}"))
+                acted = True
+            else:
+                acted = True  # the stage records `modify` or `allow` once it knows what changed
+                result.setters.append(rule.name)
+                for key, value in rule.rule.set.items():
+                    current = result.params.get(key)
+                    if current is None or (_number(value) and _number(current[0]) and value < current[0]):
+                        result.params[key] = (value, rule.name)  # the tightest clamp wins
+        if rule.guardrails is not None:
+            result.guardrails = (
+                rule.guardrails if result.guardrails is None else result.guardrails.merge(rule.guardrails)
+            )
+        if not acted:
+            result.decisions.append(Decision("policy", "allow", rule.name, "matched"))
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+__all__ = ["CompiledRule", "Engine", "Evaluation", "Globs", "Subject"]

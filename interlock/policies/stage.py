@@ -1,0 +1,223 @@
+"""The policy stage: decides every call before it is sent, and watches the response for denied tools.
+
+request:   evaluate the rules → deny (403 `policy_denied`), limit (429 `rate_limited` /
+           `budget_exceeded` with Retry-After), or allow, possibly modified (offered tools stripped,
+           parameters clamped); sets `call.guardrails` for the guardrails stage.
+chunk:     in a stream, a tool call the policy refuses is cut at the event that names it, before any
+           of its arguments reach the agent, and the stream ends with the protocol's error event.
+response:  a non-streamed response that calls a refused tool is replaced by a 403.
+done:      concurrency slots are released; tokens and cost are counted against limits.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from interlock.config import Settings
+from interlock.policies.engine import CompiledRule, Evaluation, Subject
+from interlock.policies.limits import Limiter
+from interlock.policies.loader import PolicyRuntime
+from interlock.proxy.protocols import ADAPTERS, Adapter
+from interlock.proxy.protocols.base import response_json
+from interlock.proxy.protocols.sse import EventSplitter
+from interlock.tracing.call import Call, Decision
+
+
+def apply_changes(call: Call, evaluation: Evaluation, adapter: Adapter) -> list[str]:
+    """Strip offered tools and clamp parameters in `call.request_json`; record a decision per rule.
+    Returns what changed, as short phrases (empty: nothing)."""
+    changes: list[str] = []
+    data = call.request_json
+    view = call.view
+    if evaluation.strip and isinstance(data, dict):
+        removed = adapter.strip_tools(data, set(evaluation.strip))
+        if removed:
+            call.request_changed = True
+            if view is not None:
+                view.tools = [t for t in view.tools if t not in removed]
+            by_rule: dict[str, list[str]] = {}
+            for name in removed:
+                by_rule.setdefault(evaluation.strip[name], []).append(name)
+            for rule, names in by_rule.items():
+                reason = f"stripped offered tools: {', '.join(names)}"
+                call.decide(Decision("policy", "modify", rule, reason, {"stripped": names}))
+                changes.append(reason)
+    if evaluation.setters:
+        done: dict[str, list[str]] = {}
+        if isinstance(data, dict):
+            operation = view.operation if view is not None else "http"
+            for key, (value, rule) in evaluation.params.items():
+                for changed_key, old, new in adapter.set_param(data, key, value, operation):
+                    call.request_changed = True
+                    if view is not None and changed_key in view.params:
+                        view.params[changed_key] = new
+                    text = f"{changed_key}: {old} → {new}" if old is not None else f"{changed_key}: set to {new}"
+                    done.setdefault(rule, []).append(text)
+        for rule in evaluation.setters:
+            if rule in done:
+                reason = "set " + "; ".join(done[rule])
+                call.decide(Decision("policy", "modify", rule, reason))
+                changes.append(reason)
+            else:
+                call.decide(Decision("policy", "allow", rule, "parameters already within bounds"))
+    return changes
+
+
+@dataclass(slots=True)
+class _Held:
+    """Per-call state between the request and the end of the call."""
+
+    evaluation: Evaluation
+    limited: list[CompiledRule] = field(default_factory=list)
+    keys: list[tuple[str, str]] = field(default_factory=list)
+    splitter: EventSplitter | None = None
+    blocked: bool = False
+    seen: set[str] = field(default_factory=set)  # tool names already judged in this response
+
+
+class PolicyStage:
+    name = "policy"
+
+    def __init__(self, runtime: PolicyRuntime, settings: Settings, limiter: Limiter | None = None) -> None:
+        self.runtime = runtime
+        self.limiter = limiter or Limiter(None, settings.prices)
+        self.hosts = {name: urlsplit(route.upstreams[0].url).hostname for name, route in settings.routes.items()}
+        self._held: dict[str, _Held] = {}
+
+    async def request(self, call: Call) -> None:
+        engine = self.runtime.engine
+        if not engine.rules:
+            return
+        adapter = ADAPTERS[call.protocol]
+        evaluation = engine.evaluate(Subject.from_call(call, self.hosts.get(call.route)))
+        fired = self.runtime.fired
+        for name in evaluation.fired:
+            fired[name] += 1
+        call.decisions.extend(evaluation.decisions)
+        summary: dict[str, Any] = {"decision": "allow", "rules": evaluation.fired}
+        call.meta["policy"] = summary
+        if evaluation.denied_by is not None:
+            message = evaluation.message
+            summary.update(decision="deny", rule=evaluation.denied_by.name, reason=evaluation.reason)
+            reply = adapter.error_reply(403, "policy_denied", message, retryable=False)
+            call.answer(reply, "denied", "policy_denied", message)
+            return
+        held = _Held(evaluation)
+        if evaluation.limited:
+            now = time.time()
+            for rule in evaluation.limited:
+                exceeded = self.limiter.exceeded(rule, call, now)
+                if exceeded is None:
+                    continue
+                message = f"rate limited by policy rule {rule.name!r}: over {exceeded.message}"
+                if exceeded.code == "budget_exceeded":
+                    message = f"budget exceeded under policy rule {rule.name!r}: over {exceeded.message}"
+                detail = {"retry_after": exceeded.retry_after, "code": exceeded.code}
+                if rule.monitor:
+                    call.decide(Decision("limits", "monitor", rule.name, f"would refuse: {message}", detail))
+                    continue
+                call.decide(Decision("limits", "deny", rule.name, message, detail))
+                summary.update(decision="deny", rule=rule.name, reason=message)
+                reply = adapter.error_reply(429, exceeded.code, message, retryable=exceeded.code == "rate_limited")
+                reply.headers.append(("retry-after", str(exceeded.retry_after)))
+                call.answer(reply, "denied", exceeded.code, message)
+                return
+            held.limited = evaluation.limited
+            held.keys = self.limiter.admit(evaluation.limited, call, now)
+        if apply_changes(call, evaluation, adapter):
+            summary["decision"] = "modify"
+        if evaluation.guardrails is not None:
+            current = call.guardrails
+            call.guardrails = evaluation.guardrails if current is None else current.merge(evaluation.guardrails)
+        if not evaluation.fired:
+            call.decide(Decision("policy", "allow", None, "no rule applies"))
+        if held.keys or evaluation.tool_rules:
+            self._held[call.id] = held
+
+    async def chunk(self, call: Call, data: bytes, last: bool) -> bytes:
+        held = self._held.get(call.id)
+        if held is None or not held.evaluation.tool_rules:
+            return data
+        if held.blocked:
+            return b""
+        adapter = ADAPTERS[call.protocol]
+        if held.splitter is None:
+            held.splitter = EventSplitter()
+        out: list[bytes] = []
+        # Whole events only: an event naming a refused tool must not be half-sent.
+        for event in held.splitter.feed(data):
+            for name in adapter.stream_tool_names(event):
+                if self._refuse_tool(call, held, name):
+                    held.blocked = True
+                    out.append(adapter.stream_error_event("policy_denied", call.error or "tool call denied"))
+                    return b"".join(out)
+            out.append(event.raw)
+        if last:
+            out.append(held.splitter.pending())
+        return b"".join(out)
+
+    async def response(self, call: Call) -> None:
+        held = self._held.get(call.id)
+        if held is None or not held.evaluation.tool_rules or call.stream or (call.status or 0) >= 400:
+            return
+        adapter = ADAPTERS[call.protocol]
+        for tool_call in adapter.response_tool_calls(response_json(call)):
+            if self._refuse_tool(call, held, tool_call.name):
+                reply = adapter.error_reply(403, "policy_denied", call.error or "tool call denied", retryable=False)
+                call.answer(reply, "blocked", "policy_denied", call.error or "tool call denied")
+                return
+
+    def _refuse_tool(self, call: Call, held: _Held, name: str) -> bool:
+        if name in held.seen:  # a stream names a tool in several events; judge it once
+            return False
+        held.seen.add(name)
+        for rule in held.evaluation.tool_rules:
+            reason = rule.tool_refusal(name)
+            if reason is None:
+                continue
+            if rule.monitor:
+                call.decide(
+                    Decision("policy", "monitor", rule.name, f"would block the response: model called {reason}")
+                )
+                continue
+            message = f"denied by policy rule {rule.name!r}: the model called a tool it may not use ({reason})"
+            if rule.rule.message:
+                message = f"denied by policy rule {rule.name!r}: {rule.rule.message} ({reason})"
+            call.decide(Decision("policy", "deny", rule.name, f"response calls {reason}", {"tool": name}))
+            call.outcome, call.error_code, call.error = "blocked", "policy_denied", message
+            summary = call.meta.setdefault("policy", {})
+            summary.update(decision="deny", rule=rule.name, reason=f"response calls {reason}", response="blocked")
+            return True
+        return False
+
+    async def done(self, call: Call) -> None:
+        held = self._held.pop(call.id, None)
+        if held is not None and held.keys:
+            cost = self.limiter.finish(held.limited, held.keys, call, time.time())
+            if cost:
+                call.meta["cost_usd"] = round(cost, 8)
+
+
+def policy_stages_for(settings: Settings, *, interval: float = 1.0) -> tuple[PolicyRuntime | None, list[object]]:
+    """The live policy (loaded now; raises PolicyError) and its stage; hot reload starts when an
+    event loop is running. Relative policy paths are relative to the configuration file."""
+    if not settings.policies:
+        return None, []
+    base = Path(settings.source).parent if Path(settings.source).is_file() else Path.cwd()
+    paths = [str(p if Path(p).is_absolute() else base / p) for p in settings.policies]
+    routes = {name: route.protocol for name, route in settings.routes.items()}
+    runtime = PolicyRuntime(paths, routes, settings.prices, interval=interval)
+    runtime.load()
+    try:
+        runtime.start()
+    except RuntimeError:  # no running loop (a Runtime built outside asyncio): no hot reload
+        pass
+    limiter = Limiter(settings.store.path, settings.prices)
+    return runtime, [PolicyStage(runtime, settings, limiter)]
+
+
+__all__ = ["PolicyStage", "apply_changes", "policy_stages_for"]
