@@ -78,3 +78,10 @@ def test_effective_config_masks_secrets(tmp_path: Path) -> None:
     text = settings_to_yaml(load_settings(path))
     assert "sk-secret" not in text and "admin-secret" not in text
     assert "url: http://x" in text
+
+
+def test_the_docker_images_config_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("INTERLOCK_ADMIN_TOKEN", raising=False)
+    settings = load_settings(Path(__file__).parent.parent / "docker" / "interlock.yaml")
+    assert settings.listen.host == "0.0.0.0" and settings.store.path == "/data/interlock.db"
+    assert settings.admin.token is None  # an empty ${VAR:-} means "not set"
