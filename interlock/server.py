@@ -61,7 +61,12 @@ class Runtime:
         return [] if self.recorder is None else [self.recorder]
 
     def export_stages(self) -> list[object]:
-        return []
+        from interlock.tracing.otel import build_exporter
+
+        # OpenTelemetry export (docs/otel.md); None when no endpoint is configured.
+        exporter = build_exporter(self.settings.otel)
+        self.services["otel"] = exporter
+        return [exporter] if exporter is not None else []
 
     async def start(self) -> None:
         if self.recorder is not None:
@@ -73,6 +78,9 @@ class Runtime:
         await self.forwarder.aclose()
         if self.recorder is not None:
             await self.recorder.aclose()  # writes everything still queued
+        exporter = self.services.get("otel")
+        if exporter is not None:
+            await asyncio.to_thread(exporter.close, 5.0)  # exports what is queued, bounded
         if self.store is not None:
             self.store.close()
 
