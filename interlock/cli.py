@@ -81,5 +81,11 @@ def config_check(config: str | None) -> None:
     click.echo(f"{settings.source}: ok ({len(settings.routes)} routes)")
 
 
+from interlock.replay.commands import COMMANDS as _REPLAY_COMMANDS  # noqa: E402
+
+for _command in _REPLAY_COMMANDS:
+    main.add_command(_command)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

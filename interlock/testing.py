@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 import threading
 from collections.abc import Iterator
@@ -122,3 +123,77 @@ def run_interlock(settings: Settings, timeout: float = 15) -> Iterator[Running]:
         for server in holder["servers"]:
             server.should_exit = True
         thread.join(timeout=settings.shutdown_grace + 10)
+
+
+# -- replay: an incident as a regression test --------------------------------------------------------
+
+
+@dataclass
+class ReplayRunning:
+    """A replay server started by `replay_server`."""
+
+    url: str
+    host: Any  # interlock.replay.runner.ReplayHost
+
+    def base_url(self, route: str) -> str:
+        """The URL an SDK uses for a recorded route, e.g. `base_url("openai")`."""
+        return f"{self.url}/{route}"
+
+    def summary(self) -> Any:
+        """What was served so far (`interlock.replay.Summary`: served, misses, unused)."""
+        return self.host.summary()
+
+    def assert_no_divergence(self, *, all_used: bool = False) -> None:
+        """Fail with the divergence report if a request matched no recorded call (and, with
+        `all_used`, if some recorded call was never asked for)."""
+        summary = self.summary()
+        if summary.misses or (all_used and summary.unused):
+            raise AssertionError("the agent diverged from the recording:\n" + summary.text())
+
+
+@contextlib.contextmanager
+def replay_server(
+    bundle: Any,
+    *,
+    speed: float | None = None,
+    on_miss: str = "error",
+    ignore: tuple[str, ...] = (),
+    session: str | None = None,
+    live_settings: Settings | None = None,
+    set_env: bool = True,
+) -> Iterator[ReplayRunning]:
+    """Serve a recorded bundle (a path, or an `interlock.replay.Bundle`) on a free loopback port,
+    with OPENAI_BASE_URL / ANTHROPIC_BASE_URL pointing at it until the block ends. `speed=None`
+    answers as fast as possible; `speed=1.0` keeps the recorded timing.
+
+        with replay_server("tests/incidents/refund-loop.db") as replay:
+            assert run_my_agent("refund order 42") == "Refunded."
+        replay.assert_no_divergence()
+    """
+    from interlock.replay.bundle import Bundle, open_bundle
+    from interlock.replay.match import MatchOptions
+    from interlock.replay.runner import ReplaySettings, base_url_env, replay_in_thread
+
+    loaded = bundle if isinstance(bundle, Bundle) else open_bundle(bundle, session=session)
+    settings = ReplaySettings(
+        host="127.0.0.1",
+        port=0,
+        speed=speed,
+        on_miss=on_miss,
+        options=MatchOptions().with_ignored(ignore),
+        live_settings=live_settings,
+    )
+    with replay_in_thread(loaded, settings) as host:
+        saved: dict[str, str | None] = {}
+        if set_env:
+            for name, value in base_url_env(host.url, loaded.routes).items():
+                saved[name] = os.environ.get(name)
+                os.environ[name] = value
+        try:
+            yield ReplayRunning(host.url, host)
+        finally:
+            for name, old in saved.items():
+                if old is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = old
