@@ -280,19 +280,22 @@ def build_exporter(config: Otel) -> Exporter | None:
         return None
     processor: SpanProcessor | None = None
     readers: list[MetricReader] = []
+    health: list[_Health] = []
     traces_endpoint = resolve_endpoint(config, "TRACES")
     if traces_endpoint and _signal_wanted("TRACES"):
-        spans = _GuardedSpanExporter(_span_exporter(config, traces_endpoint), _Health("spans", traces_endpoint))
-        processor = BatchSpanProcessor(spans)
+        health.append(_Health("spans", traces_endpoint))
+        # The SDK's batch processor bounds memory (OTEL_BSP_MAX_QUEUE_SIZE spans, 2048 by default).
+        processor = BatchSpanProcessor(_GuardedSpanExporter(_span_exporter(config, traces_endpoint), health[-1]))
     metrics_endpoint = resolve_endpoint(config, "METRICS")
     if config.metrics and metrics_endpoint and _signal_wanted("METRICS"):
-        metrics = _GuardedMetricExporter(
-            _metric_exporter(config, metrics_endpoint), _Health("metrics", metrics_endpoint)
-        )
+        health.append(_Health("metrics", metrics_endpoint))
+        metrics = _GuardedMetricExporter(_metric_exporter(config, metrics_endpoint), health[-1])
         interval = config.metrics_interval * 1000 if config.metrics_interval else None
         readers.append(PeriodicExportingMetricReader(metrics, export_interval_millis=interval))
     _install_quiet_filter()
-    return Exporter(config, processor, readers)
+    exporter = Exporter(config, processor, readers)
+    exporter.health = health
+    return exporter
 
 
 # -- the stage ----------------------------------------------------------------------------------
@@ -326,6 +329,7 @@ class Exporter:
             self.metrics = CallMetrics(self.meter_provider.get_meter("interlock", __version__))
         self.queue_size = config.queue_size
         self.dropped = 0  # calls not exported because the queue was full
+        self.health: list[_Health] = []  # per signal: export failures seen
         self.exported = 0
         self._queue: queue.SimpleQueue[Call | threading.Event | None] = queue.SimpleQueue()
         self._worker = threading.Thread(target=self._run, name="interlock-otel", daemon=True)
