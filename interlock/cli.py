@@ -87,5 +87,9 @@ for _command in _REPLAY_COMMANDS:
     main.add_command(_command)
 
 
+from interlock.policies.commands import policy  # noqa: E402
+
+main.add_command(policy)
+
 if __name__ == "__main__":  # pragma: no cover
     main()

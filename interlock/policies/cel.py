@@ -53,7 +53,7 @@ def compile_condition(source: str) -> Condition:
     except Exception as exc:  # the extension raises ValueError with the parser's message
         found = re.search(r"<input>:(\d+):(\d+): (.*)", str(exc))
         if found:
-            raise ConditionError(f"CEL syntax error at column {found.group(2)}: {found.group(3)}") from None
+            raise ConditionError(f"CEL syntax error at column {found.group(2)}: {found.group(3).removeprefix('Syntax error: ')}") from None
         raise ConditionError(_first_line(str(exc))) from None
     names = frozenset(program.variables())
     # Comprehension variables (`tools.exists(t, ...)`) also show up as identifiers; only flag names

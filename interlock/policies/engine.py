@@ -4,7 +4,7 @@ Semantics (docs/policies.md says the same for users):
 - A rule applies when every field of its `match` matches (globs; lists are OR) and its `when`
   condition is true. Rules are evaluated in load order (files sorted by path, rules in file order).
 - Deny wins: if any enforcing rule denies, the call is denied (the first such rule's name and
-  message are shown); nothing else applies. Allow-lists intersect: a call must pass the allow-list
+  message are shown); nothing else applies, and later rules are not evaluated. Allow-lists intersect: a call must pass the allow-list
   of every rule that applies (a call without that attribute, e.g. no model, is not constrained).
 - A call that no rule denies is allowed; with stripped tools or changed parameters it is `modify`.
 - `mode: monitor` rules are evaluated and recorded (action `monitor`) but never change the call.
@@ -318,8 +318,12 @@ class Engine:
                             continue
                     except Exception as exc:  # noqa: BLE001 - any CEL failure is this rule's error
                         self._condition_failed(rule, exc, result)
+                        if result.denied_by is not None:
+                            break
                         continue
                 self._apply(rule, subject, result)
+                if result.denied_by is not None:
+                    break  # deny wins: later rules cannot change the outcome
         return result
 
     def _condition_failed(self, rule: CompiledRule, exc: Exception, result: Evaluation) -> None:

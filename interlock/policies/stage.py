@@ -97,7 +97,8 @@ class PolicyStage:
         fired = self.runtime.fired
         for name in evaluation.fired:
             fired[name] += 1
-        call.decisions.extend(evaluation.decisions)
+        for decision in evaluation.decisions:
+            call.decide(decision)
         summary: dict[str, Any] = {"decision": "allow", "rules": evaluation.fired}
         call.meta["policy"] = summary
         if evaluation.denied_by is not None:

@@ -1,0 +1,153 @@
+"""What-if: evaluate a candidate policy over recorded calls and list the calls whose decision changes.
+
+Each recorded call is re-parsed from the body the agent sent (not what went upstream) and evaluated
+with the candidate; the recorded decision is what the policy stage wrote in `meta.policy` at the
+time (calls recorded without a policy count as `allow`). Tool calls in the recorded responses are
+checked too. Limits are not simulated: they depend on timing and on counters outside the store.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from interlock.policies.cases import decide
+from interlock.policies.engine import Engine
+from interlock.proxy.protocols import ADAPTERS, BadRequest
+from interlock.proxy.protocols.base import response_json
+from interlock.proxy.protocols.sse import iter_events
+from interlock.tracing.call import Call
+
+
+@dataclass(slots=True)
+class Change:
+    id: str
+    started_at: float
+    agent: str
+    session: str | None
+    route: str
+    model: str | None
+    before: str
+    after: str
+    rule: str | None
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "type": "change",
+            "id": self.id,
+            "started_at": self.started_at,
+            "agent": self.agent,
+            "session": self.session,
+            "route": self.route,
+            "model": self.model,
+            "before": self.before,
+            "after": self.after,
+            "rule": self.rule,
+            "reason": self.reason,
+        }
+
+
+@dataclass(slots=True)
+class WhatIf:
+    evaluated: int = 0
+    skipped: int = 0  # calls that cannot be re-evaluated (malformed requests)
+    changes: list[Change] = field(default_factory=list)
+    #: How many calls each rule of the candidate fired on.
+    fired: Counter[str] = field(default_factory=Counter)
+    #: How many changed calls each rule decided (the denying rule, or a rule that now modifies).
+    changed_by_rule: Counter[str] = field(default_factory=Counter)
+    transitions: Counter[tuple[str, str]] = field(default_factory=Counter)
+    seconds: float = 0.0
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "type": "summary",
+            "evaluated": self.evaluated,
+            "skipped": self.skipped,
+            "changed": len(self.changes),
+            "transitions": {f"{a}->{b}": n for (a, b), n in self.transitions.items()},
+            "rules": {
+                name: {"fired": n, "changed": self.changed_by_rule.get(name, 0)} for name, n in self.fired.items()
+            },
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def recorded_decision(call: Call) -> str:
+    """The decision the live policy made for a recorded call."""
+    policy = call.meta.get("policy")
+    if isinstance(policy, dict) and policy.get("decision") in ("allow", "deny", "modify"):
+        return str(policy["decision"])
+    if call.error_code == "policy_denied":
+        return "deny"
+    return "allow"
+
+
+def whatif(engine: Engine, calls: Iterable[Call], hosts: dict[str, str] | None = None) -> WhatIf:
+    """Evaluate `engine` over `calls` (as `Store.iter_calls` yields them)."""
+    started = time.perf_counter()
+    report = WhatIf()
+    hosts = hosts or {}
+    for call in calls:
+        if call.outcome == "bad_request" or call.protocol not in ADAPTERS:
+            report.skipped += 1
+            continue
+        before = recorded_decision(call)
+        adapter = ADAPTERS[call.protocol]
+        call.request_json, call.request_changed, call.decisions = None, False, []
+        try:
+            call.view = adapter.parse(call)
+        except BadRequest:
+            report.skipped += 1
+            continue
+        outcome = decide(engine, call, hosts.get(call.route), tuple(_response_tools(call)))
+        report.evaluated += 1
+        report.fired.update(outcome.fired)
+        if outcome.decision == before:
+            continue
+        rule = outcome.rule
+        if rule is None and outcome.decision == "modify":
+            modifying = [d.rule for d in call.decisions if d.action == "modify" and d.rule]
+            rule = modifying[-1] if modifying else None
+        reason = outcome.message or ("; ".join(d.reason for d in call.decisions[-3:] if d.action == "modify"))
+        if rule is None and outcome.decision == "allow":
+            reason = "no rule of the candidate denies or changes it"
+        report.changes.append(
+            Change(
+                call.id,
+                call.started_at,
+                call.agent,
+                call.session,
+                call.route,
+                call.model,
+                before,
+                outcome.decision,
+                rule,
+                reason,
+            )
+        )
+        report.transitions[(before, outcome.decision)] += 1
+        if rule is not None:
+            report.changed_by_rule[rule] += 1
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _response_tools(call: Call) -> list[str]:
+    """Names of the tools the model called in the recorded response."""
+    if call.status is None or call.status >= 400 or call.error_code == "policy_denied":
+        return []
+    adapter = ADAPTERS[call.protocol]
+    if call.stream:
+        names: list[str] = []
+        for event in iter_events(b"".join(c.data for c in call.chunks)):
+            names += adapter.stream_tool_names(event)
+        return list(dict.fromkeys(names))
+    return [t.name for t in adapter.response_tool_calls(response_json(call))]
+
+
+__all__ = ["Change", "WhatIf", "recorded_decision", "whatif"]
