@@ -87,9 +87,9 @@ class McpSession:
         view = call.view
         if not isinstance(view, McpView):
             return
-        if view.kind == "stream" and call.outcome == "aborted" and not call.error_code:
-            # The agent closing its GET event stream is how that stream normally ends.
-            call.outcome, call.error, call.truncated = "ok", None, False
+        if view.kind == "stream" and call.outcome == "aborted":
+            # The agent closing its GET event stream is how that stream normally ends; the outcome
+            # stays "aborted" (replay holds such a stream open until the agent leaves, as here).
             meta["closed_by"] = "agent"
         if view.method == "tools/call":
             arguments = (call.request_json or {}).get("params", {}).get("arguments")  # as sent upstream

@@ -113,3 +113,5 @@ def mcp1_server(mcp1_python: Path) -> Iterator[str]:
     finally:
         process.terminate()
         process.wait(10)
+        if process.stderr is not None:
+            process.stderr.close()

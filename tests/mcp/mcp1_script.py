@@ -7,8 +7,6 @@ STEPS_JSON is a list of steps: ["list"], ["call", name, arguments], ["ping"]. Th
 JSON line: {"session_id": ..., "protocol_version": ..., "results": [{"ok": ...} | {"error": {...}}]}.
 """
 
-from __future__ import annotations
-
 import asyncio
 import json
 import sys
@@ -42,7 +40,7 @@ def serve(port: int) -> None:
         return f"deleted {path}"
 
     @server.tool()
-    async def count(n: int, ctx: Context) -> str:  # type: ignore[type-arg]
+    async def count(n: int, ctx: Context) -> str:  # type: ignore[type-arg]  # noqa: F821
         """Count to n, reporting progress."""
         for i in range(n):
             await ctx.report_progress(i + 1, n)

@@ -67,7 +67,9 @@ async def test_2025_11_25_session_handshake_sse_event_stream_and_delete(running:
     assert tool_call.stream and tool_call.chunks and tool_call.outcome == "ok"
     assert tool_call.meta["mcp"]["result"]["content"][0]["text"].endswith("alice@example.com")
     stream = by_kind[("GET", "stream")]
-    assert (stream.status, stream.outcome, stream.error) == (200, "ok", None)
+    assert stream.status == 200 and stream.stream
+    # Ended by the DELETE upstream, or by the agent closing it first: either way on record.
+    assert stream.outcome == "ok" or (stream.outcome, stream.meta["mcp"]["closed_by"]) == ("aborted", "agent")
     end = by_kind[("DELETE", "end_session")]
     assert end.status == 200 and end.outcome == "ok"
 

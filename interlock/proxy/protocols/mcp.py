@@ -63,8 +63,8 @@ NAME_PARAMS = {"tools/call": "name", "prompts/get": "name", "resources/read": "u
 @dataclass(slots=True)
 class McpView(RequestView):
     """One JSON-RPC message: a request (method and id), a notification (method), or the client's
-    response to a server request (id only); `operation` is the method, or "stream" (GET) /
-    "end_session" (DELETE)."""
+    response to a server request (id only). `operation` is the method, "response", or "mcp" for the
+    GET event stream and the DELETE that ends a session (`kind` "stream" / "end_session")."""
 
     kind: str = "request"  # "request", "notification", "response", "stream", "end_session"
     rpc_id: Any = None
@@ -93,11 +93,11 @@ class McpAdapter(Adapter):
 
     def parse(self, call: Call) -> RequestView:
         if call.method == "GET":
-            view = McpView(operation="stream", kind="stream", stream=True)
+            view = McpView(operation="mcp", kind="stream", stream=True)
         elif call.method == "DELETE":
-            view = McpView(operation="end_session", kind="end_session")
+            view = McpView(operation="mcp", kind="end_session")
         elif call.method != "POST":
-            view = McpView(operation="http", kind="http")
+            view = McpView(operation="mcp", kind="http")
         else:
             view = _parse_message(call)
         _CURRENT.set(view)
