@@ -31,8 +31,14 @@ lint: $(VENV)/.test-deps
 typecheck: $(VENV)/.test-deps
 	$(BIN)/mypy
 
-pytest: $(VENV)/.test-deps
+pytest: $(VENV)/.test-deps $(VENV)-mcp1/.ok
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The mcp SDK 1.x for tests/mcp: it is `import mcp` like the 2.x in $(VENV), so it gets its own venv.
+$(VENV)-mcp1/.ok:
+	$(PYTHON) -m venv $(VENV)-mcp1
+	$(VENV)-mcp1/bin/python -m pip --disable-pip-version-check -q install 'mcp>=1.20,<2'
+	touch $@
 
 # The browser tests drive Debian's Chromium (Playwright cannot download its own browser here).
 chromium:
@@ -47,4 +53,4 @@ demo: $(VENV)/.run-deps
 	$(BIN)/interlock demo
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(VENV)-mcp1 .pytest_cache .mypy_cache .ruff_cache
