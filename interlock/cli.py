@@ -81,6 +81,11 @@ def config_check(config: str | None) -> None:
     click.echo(f"{settings.source}: ok ({len(settings.routes)} routes)")
 
 
+from interlock.tracing.commands import traces  # noqa: E402
+
+main.add_command(traces)
+
+
 from interlock.replay.commands import COMMANDS as _REPLAY_COMMANDS  # noqa: E402
 
 for _command in _REPLAY_COMMANDS:

@@ -148,8 +148,6 @@ def migrate(conn: sqlite3.Connection, path: str) -> int:
         tables = conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0]
         if tables:
             raise SchemaError(f"{path}: not an interlock store (it has tables but no schema version)")
-        # Must be chosen before the first table exists; lets retention give space back to the disk.
-        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
     for version in range(before, SCHEMA_VERSION):
         conn.execute("BEGIN IMMEDIATE")
         try:

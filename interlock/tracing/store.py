@@ -136,12 +136,19 @@ def _connect(path: str, readonly: bool) -> sqlite3.Connection:
     # URI filenames also let `_copy_calls` ATTACH another file read-only.
     uri = f"file:{quote(path)}" + ("?mode=ro" if readonly else "")
     conn = sqlite3.connect(uri, uri=True, timeout=30, check_same_thread=False, isolation_level=None)
-    if not readonly:
-        conn.execute("PRAGMA journal_mode = WAL")
-        # With WAL, NORMAL survives a crash of the process (kill -9) without losing committed
-        # transactions; only a power loss may drop the last ones. FULL would cost an fsync per batch.
-        conn.execute("PRAGMA synchronous = NORMAL")
-    conn.execute("PRAGMA busy_timeout = 30000")
+    try:
+        if not readonly:
+            # Only takes effect on a new file, and only before WAL mode: lets retention give space
+            # back to the disk (`prune` → incremental_vacuum).
+            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+            conn.execute("PRAGMA journal_mode = WAL")
+            # With WAL, NORMAL survives a crash of the process (kill -9) without losing committed
+            # transactions; only a power loss may drop the last ones. FULL would cost an fsync per batch.
+            conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA busy_timeout = 30000")
+    except sqlite3.Error:
+        conn.close()
+        raise
     return conn
 
 
@@ -160,8 +167,8 @@ class Store:
                 raise StoreError(f"{self.path}: no such store")
         else:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        conn = self.conn
         try:
+            conn = self.conn
             if readonly:
                 version = schema_version(conn)
                 if version == 0 or version > SCHEMA_VERSION:
@@ -395,13 +402,46 @@ class Store:
         try:
             rows = self._query(sql, (*params, max(0, int(limit))))
         except sqlite3.OperationalError as exc:
-            if q and "fts5" in str(exc):
+            # FTS5 reports bad syntax as "fts5: syntax error", "unterminated string", "no such column"...
+            if q and "locked" not in str(exc):
                 raise StoreError(f"bad search query {q!r}: {exc}") from None
             raise
         for row in rows:
             for key in _BOOL_COLUMNS:
                 row[key] = bool(row[key])
         return rows
+
+    def call_row(self, call_id: str) -> dict[str, Any] | None:
+        """The narrow row of one call."""
+        rows = self._query(f"SELECT {', '.join(LIST_COLUMNS)} FROM calls WHERE id = ?", (call_id,))
+        for row in rows:
+            for key in _BOOL_COLUMNS:
+                row[key] = bool(row[key])
+        return rows[0] if rows else None
+
+    def resolve_id(self, prefix: str) -> str | None:
+        """The id that starts with `prefix`, if exactly one does."""
+        escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        rows = self.conn.execute(
+            "SELECT id FROM calls WHERE id LIKE ? ESCAPE '\\' LIMIT 2", (escaped + "%",)
+        ).fetchall()
+        return str(rows[0][0]) if len(rows) == 1 else None
+
+    def written_since(self, seq: int | None, *, limit: int = 500) -> tuple[list[dict[str, Any]], int]:
+        """Calls written after write position `seq` (None: only learn the current position), in the
+        order they were written, and the new position. Follows the store the way `tail -f` follows a
+        file: a long call that started earlier still shows up when it is written."""
+        if seq is None:
+            row = self.conn.execute("SELECT max(seq) FROM calls").fetchone()
+            return [], int(row[0] or 0)
+        rows = self._query(
+            f"SELECT seq, {', '.join(LIST_COLUMNS)} FROM calls WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)
+        )
+        for row in rows:
+            seq = max(seq, int(row.pop("seq")))
+            for key in _BOOL_COLUMNS:
+                row[key] = bool(row[key])
+        return rows, seq
 
     def count_calls(self, **filters: Any) -> int:
         where, params = _where(**filters)
@@ -511,7 +551,9 @@ class Store:
                 ids = [r[0] for r in self.conn.execute("SELECT id FROM calls ORDER BY seq LIMIT ?", (count,))]
                 removed += self.delete(ids)
         if removed:
-            self.conn.execute("PRAGMA incremental_vacuum")
+            # Give the freed pages back to the disk (the file shrinks at the next checkpoint).
+            self.conn.executescript("PRAGMA incremental_vacuum;")  # execute() would free one page per call
+            self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
         return removed
 
     def delete(self, ids: Sequence[str]) -> int:
@@ -554,7 +596,7 @@ class Store:
             with Store(tmp) as out:
                 where, params = _where(session=session, since=since, until=until, agent=agent, prefix="s.")
                 count = _copy_calls(out.conn, self.path, " AND ".join(where), params)
-                out.conn.execute("PRAGMA incremental_vacuum")
+                out.conn.executescript("PRAGMA incremental_vacuum;")  # execute() would free one page per call
                 out.conn.execute("PRAGMA journal_mode = DELETE")
             os.replace(tmp, dest)
         finally:

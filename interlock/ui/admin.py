@@ -51,6 +51,9 @@ class TokenGuard:
 def admin_routes() -> list[BaseRoute]:
     """Every route of the admin port. Each feature lists its own routes in its own module."""
     routes: list[BaseRoute] = [Route("/health", health), Route("/ready", ready)]
+    from interlock.ui.api import api_routes
+
+    routes += api_routes()
     return routes
 
 

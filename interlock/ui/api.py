@@ -1,0 +1,153 @@
+"""The recorded calls over JSON: `/api/calls`, `/api/calls/{id}`, `/api/sessions`, `/api/sessions/{id}`,
+`/api/stats`. Every store read runs in a worker thread, never on the event loop.
+
+Paging: `/api/calls` returns newest first, `limit` rows (default 50, at most 1000) and `next`, the
+`before=` value for the following page (null on the last page). `/api/sessions` pages with `offset`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from interlock.tracing.call import OUTCOMES
+from interlock.tracing.store import Store, StoreError
+from interlock.tracing.views import call_detail
+
+if TYPE_CHECKING:
+    from interlock.server import Runtime
+
+MAX_LIMIT = 1000
+
+
+class BadParameter(Exception):
+    pass
+
+
+def _error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
+def _number(request: Request, name: str, kind: Callable[[str], Any] = float) -> Any:
+    value = request.query_params.get(name)
+    if value is None or value == "":
+        return None
+    try:
+        return kind(value)
+    except ValueError:
+        raise BadParameter(f"{name} must be a number, not {value!r}") from None
+
+
+def _limit(request: Request, default: int = 50) -> int:
+    limit = _number(request, "limit", int)
+    if limit is None:
+        return default
+    if limit < 1:
+        raise BadParameter("limit must be at least 1")
+    return int(min(limit, MAX_LIMIT))
+
+
+async def _with_store(request: Request, read: Callable[[Store], Any]) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    store: Store | None = getattr(runtime, "store", None)
+    if store is None:
+        return _error(503, "recording_off", "recording is off (store.enabled: false)")
+    try:
+        result = await run_in_threadpool(read, store)
+    except BadParameter as exc:
+        return _error(400, "bad_parameter", str(exc))
+    except StoreError as exc:
+        return _error(400, "bad_query", str(exc))
+    if isinstance(result, Response):
+        return result
+    return JSONResponse(result)
+
+
+async def list_calls(request: Request) -> Response:
+    params = request.query_params
+    try:
+        outcome = params.get("outcome") or None
+        if outcome is not None and outcome not in OUTCOMES:
+            raise BadParameter(f"outcome must be one of {', '.join(OUTCOMES)}")
+        filters: dict[str, Any] = {
+            key: params.get(key) or None for key in ("session", "agent", "route", "model", "trace_id", "q", "before")
+        }
+        filters.update(outcome=outcome, since=_number(request, "since"), until=_number(request, "until"))
+        limit = _limit(request)
+    except BadParameter as exc:
+        return _error(400, "bad_parameter", str(exc))
+
+    def read(store: Store) -> dict[str, Any]:
+        rows = store.list_calls(limit=limit + 1, **filters)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return {"calls": rows, "next": rows[-1]["id"] if more and rows else None}
+
+    return await _with_store(request, read)
+
+
+async def get_call(request: Request) -> Response:
+    call_id = request.path_params["call_id"]
+
+    def read(store: Store) -> Any:
+        detail = call_detail(store, call_id)
+        if detail is None:
+            return _error(404, "not_found", f"no call {call_id!r}")
+        return detail
+
+    return await _with_store(request, read)
+
+
+async def list_sessions(request: Request) -> Response:
+    try:
+        agent = request.query_params.get("agent") or None
+        since, until = _number(request, "since"), _number(request, "until")
+        limit = _limit(request)
+        offset = _number(request, "offset", int) or 0
+    except BadParameter as exc:
+        return _error(400, "bad_parameter", str(exc))
+
+    def read(store: Store) -> dict[str, Any]:
+        rows = store.sessions(agent=agent, since=since, until=until, limit=limit + 1, offset=offset)
+        more = len(rows) > limit
+        return {"sessions": rows[:limit], "next_offset": offset + limit if more else None}
+
+    return await _with_store(request, read)
+
+
+async def get_session(request: Request) -> Response:
+    session_id = request.path_params["session_id"]
+
+    def read(store: Store) -> Any:
+        session = store.session(session_id)
+        if session is None:
+            return _error(404, "not_found", f"no session {session_id!r}")
+        return session
+
+    return await _with_store(request, read)
+
+
+async def stats(request: Request) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    recorder = getattr(runtime, "recorder", None)
+    counters = recorder.counters() if recorder is not None else None
+
+    def read(store: Store) -> dict[str, Any]:
+        return {"store": {"path": store.path, **store.stats()}, "recorder": counters, "agents": store.agents()}
+
+    return await _with_store(request, read)
+
+
+def api_routes() -> list[BaseRoute]:
+    return [
+        Route("/api/calls", list_calls),
+        Route("/api/calls/{call_id}", get_call),
+        Route("/api/sessions", list_sessions),
+        Route("/api/sessions/{session_id:path}", get_session),
+        Route("/api/stats", stats),
+    ]
