@@ -44,7 +44,14 @@ def serve(config: str | None, port: int | None, admin_port: int | None, store_pa
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from interlock.server import serve as run_server
 
-    asyncio.run(run_server(settings))
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvicorn[standard] brings it
+        asyncio.run(run_server(settings))
+    else:
+        # uvicorn's `loop="uvloop"` only applies when uvicorn runs the loop; here interlock does.
+        # Measured with callgrind (bench/, c8): 11% fewer instructions per proxied call than asyncio's loop.
+        uvloop.run(run_server(settings))
 
 
 def apply_overrides(settings: Settings, **overrides: Any) -> Settings:

@@ -6,6 +6,9 @@ concurrent requests, 20x slower first bytes at 32 concurrent streams), hence htt
 
 from __future__ import annotations
 
+from typing import Any
+
+import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
@@ -37,12 +40,91 @@ _CREDENTIALS = frozenset({"authorization", "x-api-key"})
 def make_client(settings: Settings, transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
     """The pooled upstream client; tests may pass another transport (e.g. httpx.MockTransport)."""
     limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200, keepalive_expiry=30)
-    return httpx.AsyncClient(
-        transport=transport or AiohttpTransport(limits=limits, trust_env=False),
+    return UpstreamClient(
+        transport=transport or AiohttpTransport(limits=limits, trust_env=False, client=_session_factory(limits)),
         timeout=httpx_timeout(settings.timeouts),
         follow_redirects=False,
         trust_env=False,
     )
+
+
+def _session_factory(limits: httpx.Limits) -> Any:
+    def session() -> aiohttp.ClientSession:
+        # Created on first use, inside the running loop. No cookie jar: a proxy relays cookies, and a
+        # shared jar would hand one agent's cookies to the next. No automatic User-Agent or Accept:
+        # the upstream gets the agent's headers, not aiohttp's.
+        connector = aiohttp.TCPConnector(
+            limit=limits.max_connections or 0,
+            keepalive_timeout=limits.keepalive_expiry,
+            ssl=httpx.create_ssl_context(trust_env=False),
+        )
+        return aiohttp.ClientSession(
+            connector=connector,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            skip_auto_headers=("User-Agent", "Accept"),
+        )
+
+    return session
+
+
+class UpstreamClient(httpx.AsyncClient):
+    """httpx's client with a lean path for what the proxy sends (`build_request`, `send(stream=True)`).
+
+    A proxy relays cookies, credentials and redirects as they are, so this path skips the client's
+    cookie jar (which would also carry one agent's cookies into the next agent's calls), auth flow,
+    redirect handling and event hooks, and hands the request straight to the transport. Parsed URLs
+    are cached: the same few upstream paths repeat on every call. Anything else (`post`, `get`,
+    `send` without `stream=True`) is plain httpx. Measured with callgrind (bench/, c8): 1.70 M → 1.12 M
+    instructions per proxied call.
+    """
+
+    _URL_CACHE_SIZE = 1024
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._urls: dict[str, httpx.URL] = {}
+        self._timeout_extension = self.timeout.as_dict()
+
+    def build_request(  # type: ignore[override]
+        self,
+        method: str,
+        url: httpx.URL | str,
+        *,
+        content: bytes | None = None,
+        headers: list[tuple[str, str]] | None = None,
+        timeout: Any = httpx.USE_CLIENT_DEFAULT,
+        **kwargs: Any,
+    ) -> httpx.Request:
+        if kwargs or not isinstance(url, str) or not isinstance(content, bytes | None):
+            return super().build_request(method, url, content=content, headers=headers, timeout=timeout, **kwargs)
+        parsed = self._urls.get(url)
+        if parsed is None:
+            if len(self._urls) >= self._URL_CACHE_SIZE:
+                self._urls.clear()
+            parsed = self._urls[url] = httpx.URL(url)
+        if isinstance(timeout, httpx.Timeout):
+            timeouts = timeout.as_dict()
+        elif timeout is httpx.USE_CLIENT_DEFAULT:
+            timeouts = self._timeout_extension
+        else:
+            timeouts = httpx.Timeout(timeout).as_dict()
+        return httpx.Request(method, parsed, headers=headers, content=content, extensions={"timeout": timeouts})
+
+    async def send(
+        self,
+        request: httpx.Request,
+        *,
+        stream: bool = False,
+        auth: Any = httpx.USE_CLIENT_DEFAULT,
+        follow_redirects: Any = httpx.USE_CLIENT_DEFAULT,
+    ) -> httpx.Response:
+        if not stream or self._mounts or auth is not httpx.USE_CLIENT_DEFAULT or follow_redirects is True:
+            return await super().send(request, stream=stream, auth=auth, follow_redirects=follow_redirects)
+        if self.is_closed:
+            raise RuntimeError("Cannot send a request, as the client has been closed.")
+        response = await self._transport.handle_async_request(request)
+        response.request = request
+        return response
 
 
 def httpx_timeout(timeouts: Timeouts) -> httpx.Timeout:
