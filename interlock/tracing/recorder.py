@@ -20,11 +20,8 @@ from typing import Any
 
 from interlock.config import Settings
 from interlock.config import Store as StoreSettings
-from interlock.proxy.protocols import ADAPTERS
-from interlock.proxy.protocols.reassemble import reassemble_stream
 from interlock.tracing.call import Call
 from interlock.tracing.store import Indexer, Record, Store
-from interlock.tracing.text import MAX_TEXT, record_texts
 
 log = logging.getLogger("interlock.recorder")
 
@@ -217,22 +214,4 @@ def open_recording(settings: Settings) -> tuple[Store | None, Recorder | None]:
     if not settings.store.enabled:
         return None, None
     store = Store(settings.store.path)
-    return store, Recorder(store, settings.store, indexer=index_record)
-
-
-def index_record(record: Record) -> tuple[str, str, Any]:
-    """Searchable texts of a record, and a streamed response reassembled into one message."""
-    request, response, _ = record_texts(record)
-    if not record.get("stream"):
-        return request, response, None
-    chunks = record.get("agent_chunks")
-    if chunks is None:
-        chunks = record.get("chunks") or []
-    protocol = str(record.get("protocol"))
-    message = reassemble_stream(protocol, b"".join(data for _, data in chunks))
-    adapter = ADAPTERS.get(protocol)
-    if message is not None and adapter is not None:
-        texts = adapter.response_texts(message)
-        if texts:
-            response = "\n".join(t.text for t in texts)[:MAX_TEXT]
-    return request, response, message
+    return store, Recorder(store, settings.store)

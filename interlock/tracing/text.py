@@ -1,7 +1,8 @@
 """The searchable text of a recorded call: what the full-text index holds.
 
-Deliberately format-agnostic (any JSON body: its string values; any SSE stream: the pieces under
-the keys every provider uses for deltas), so the store needs no protocol adapter. Runs in the
+A JSON body gives its string values; a stream is reassembled by its protocol
+(`proxy/protocols/reassemble.py`) and the adapter names the texts of the message, with a
+format-agnostic fallback (the pieces under the keys every provider uses for deltas). Runs in the
 writer thread, never on the event loop.
 """
 
@@ -11,6 +12,9 @@ import gzip
 import json
 import zlib
 from typing import Any
+
+from interlock.proxy.protocols import ADAPTERS
+from interlock.proxy.protocols.reassemble import reassemble_stream
 
 #: Cap per side, so one huge body cannot make a batch slow to index.
 MAX_TEXT = 256 * 1024
@@ -22,19 +26,25 @@ _DELTA_KEYS = frozenset({"content", "text", "delta", "partial_json", "arguments"
 
 
 def record_texts(record: dict[str, Any]) -> tuple[str, str, Any]:
-    """(request text, response text, reassembled message) of a `Call.to_record()` dict."""
+    """(request text, response text, reassembled message or None) of a `Call.to_record()` dict."""
     request = body_text(record.get("request_body"), record.get("request_headers") or [])
+    message = None
     if record.get("stream"):
         chunks = record.get("agent_chunks")
         if chunks is None:
             chunks = record.get("chunks") or []
-        response = stream_text(b"".join(d for _, d in chunks))
+        body = b"".join(d for _, d in chunks)
+        protocol = str(record.get("protocol"))
+        message = reassemble_stream(protocol, body)
+        adapter = ADAPTERS.get(protocol)
+        texts = adapter.response_texts(message) if message is not None and adapter is not None else []
+        response = "\n".join(t.text for t in texts) if texts else stream_text(body)
     else:
-        body = record.get("agent_response_body")
-        if body is None:
-            body = record.get("response_body")
-        response = body_text(body, record.get("response_headers") or [])
-    return request[:MAX_TEXT], response[:MAX_TEXT], None
+        whole = record.get("agent_response_body")
+        if whole is None:
+            whole = record.get("response_body")
+        response = body_text(whole, record.get("response_headers") or [])
+    return request[:MAX_TEXT], response[:MAX_TEXT], message
 
 
 def decoded(body: bytes | None, headers: list[tuple[str, str]] | list[list[str]]) -> bytes:

@@ -1,0 +1,139 @@
+"""The Recorder stage alone: batches, overflow that is counted and still written, and draining on close."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from interlock.config import Store as StoreSettings
+from interlock.tracing.call import Call, Chunk, new_id
+from interlock.tracing.recorder import Recorder
+from interlock.tracing.store import Store
+from interlock.tracing.text import record_texts
+
+
+def a_call(text: str = "hello") -> Call:
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": text}]}).encode()
+    return Call(
+        id=new_id(), route="openai", protocol="openai", method="POST", path="/chat/completions", request_body=body
+    )
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Any:
+    with Store(tmp_path / "r.db") as opened:
+        yield opened
+
+
+def test_done_queues_and_the_writer_batches(store: Store) -> None:
+    recorder = Recorder(store, StoreSettings(batch_size=10, batch_interval_ms=20))
+    recorder.start()
+    calls = [a_call() for _ in range(35)]
+
+    async def finish_all() -> None:
+        for call in calls:
+            await recorder.done(call)
+
+    asyncio.run(finish_all())
+    assert recorder.flush()
+    assert store.count_calls() == 35
+    counters = recorder.counters()
+    assert counters["written"] == 35 and counters["overflow"] == 0 and counters["batches"] >= 4
+    recorder.close()
+
+
+def test_a_full_queue_is_counted_and_still_written(store: Store) -> None:
+    recorder = Recorder(store, StoreSettings(queue_size=2))
+    # No writer thread yet: the queue fills after two calls.
+    calls = [a_call(f"call {i}") for i in range(5)]
+
+    async def finish_all() -> None:
+        for call in calls:
+            await recorder.done(call)
+
+    asyncio.run(finish_all())
+    assert recorder.overflow == 3 and recorder.enqueued == 2
+    assert store.count_calls() == 3  # the fallback thread wrote the overflow at once
+    recorder.close()  # drains the two queued ones
+    assert {c.id for c in store.iter_calls()} == {c.id for c in calls}
+    assert recorder.counters()["overflow"] == 3 and recorder.counters()["written"] == 5
+
+
+def test_close_writes_everything_still_queued(store: Store) -> None:
+    # A batch interval far longer than the test: only close() can have written these.
+    recorder = Recorder(store, StoreSettings(batch_size=1000, batch_interval_ms=600_000))
+    recorder.start()
+    calls = [a_call() for _ in range(50)]
+
+    async def finish_all() -> None:
+        for call in calls:
+            await recorder.done(call)
+
+    asyncio.run(finish_all())
+    recorder.close()
+    assert store.count_calls() == 50
+
+
+def test_a_record_that_cannot_be_written_does_not_cost_its_batch(store: Store) -> None:
+    recorder = Recorder(store, StoreSettings(batch_size=10, batch_interval_ms=600_000))
+    good = [a_call() for _ in range(3)]
+    bad = a_call()
+    bad.meta["unserialisable"] = threading.Lock()
+
+    async def finish_all() -> None:
+        for call in [good[0], bad, *good[1:]]:
+            await recorder.done(call)
+
+    asyncio.run(finish_all())
+    recorder.close()
+    assert {c.id for c in store.iter_calls()} == {c.id for c in good}
+    assert recorder.counters()["write_errors"] == 1
+
+
+def test_done_does_no_serialisation_on_the_loop(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hook only takes the record; JSON encoding and indexing happen in the writer thread."""
+    recorder = Recorder(store, StoreSettings())
+    loop_thread: list[int] = []
+    seen: list[int] = []
+    import interlock.tracing.store as store_module
+
+    real_dumps = store_module._dumps
+
+    def spying_dumps(value: Any) -> str:
+        seen.append(threading.get_ident())
+        return real_dumps(value)
+
+    monkeypatch.setattr(store_module, "_dumps", spying_dumps)
+
+    async def finish() -> None:
+        loop_thread.append(threading.get_ident())
+        await recorder.done(a_call())
+        assert seen == []
+
+    recorder.start()
+    asyncio.run(finish())
+    recorder.close()
+    assert seen and loop_thread[0] not in seen
+
+
+def test_the_index_uses_the_reassembled_stream() -> None:
+    call = a_call("what is the capital?")
+    call.stream = True
+    call.chunks = [
+        Chunk(1.0, b'data: {"choices":[{"index":0,"delta":{"role":"assistant","content":"Par"}}]}\n\n'),
+        Chunk(2.0, b'data: {"choices":[{"index":0,"delta":{"content":"is"},"finish_reason":"stop"}]}\n\n'),
+        Chunk(3.0, b"data: [DONE]\n\n"),
+    ]
+    request, response, message = record_texts(call.to_record())
+    assert "what is the capital?" in request
+    assert response == "Paris"
+    assert message["choices"][0] == {
+        "index": 0,
+        "message": {"role": "assistant", "content": "Paris"},
+        "finish_reason": "stop",
+    }
