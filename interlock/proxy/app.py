@@ -114,7 +114,8 @@ class ProxyApp:
             if body:
                 size += len(body)
                 if size > limit:
-                    await _drain(receive)
+                    if message.get("more_body", False):  # the last part may already be here
+                        await _drain(receive)
                     raise _TooLarge(b"".join(parts)[:65536])
                 parts.append(body)
             if not message.get("more_body", False):
