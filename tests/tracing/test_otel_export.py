@@ -36,6 +36,15 @@ def exported(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
     yield made
 
 
+def flushed(exporter: otel.Exporter, calls: int = 1) -> None:
+    """Wait until `calls` calls reached the exporter (its done hook runs after the agent has its answer)."""
+    deadline = time.monotonic() + 10
+    while exporter.exported + exporter.dropped < calls:
+        assert time.monotonic() < deadline, "the call never reached the exporter"
+        exporter.flush(timeout=1)
+    assert exporter.flush()
+
+
 def agent_tracer() -> tuple[Any, InMemorySpanExporter]:
     spans = InMemorySpanExporter()
     provider = TracerProvider()
@@ -63,7 +72,7 @@ def test_agent_span_interlock_span_and_upstream_share_one_trace(
             extra_headers={**traced_headers(), "x-interlock-session": "s-1", "x-interlock-agent": "planner"},
         )
     assert completion.choices[0].message.content == "echo: my secret plan"
-    assert exported["exporter"].flush()
+    flushed(exported["exporter"])
     (step,) = agent_spans.get_finished_spans()
     spans = exported["spans"].get_finished_spans()
     call = by_name(spans, "chat gpt-4o-mini")
@@ -101,7 +110,7 @@ def test_a_stream_without_traceparent_starts_its_own_trace(
         stream_options={"include_usage": True},
     )
     assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "streamed words"
-    assert exported["exporter"].flush()
+    flushed(exported["exporter"])
     call = by_name(exported["spans"].get_finished_spans(), "chat gpt-4o-mini")
     assert call.parent is None
     sent = upstream.requests[-1].headers["traceparent"]
@@ -118,7 +127,7 @@ def test_content_is_exported_only_when_enabled(
     running: Running = make_interlock(otel={"capture_content": True})
     client = openai.OpenAI(base_url=running.url + "/openai", api_key="sk-agent", max_retries=0)
     client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hello world"}])
-    assert exported["exporter"].flush()
+    flushed(exported["exporter"])
     call = by_name(exported["spans"].get_finished_spans(), "chat gpt-4o-mini")
     assert "hello world" in call.attributes["gen_ai.input.messages"]
     assert "echo: hello world" in call.attributes["gen_ai.output.messages"]
@@ -207,7 +216,7 @@ def test_an_unreachable_collector_costs_the_agent_nothing_and_is_logged_once(
     while not all(h.failures >= 2 for h in exporter.health):
         assert time.monotonic() < deadline, [(h.what, h.failures) for h in exporter.health]
         time.sleep(0.02)
-    assert exporter.flush(timeout=5)
+    flushed(exporter, 40)
     assert exporter.dropped == 0  # interlock's own queue never filled: the SDK's bounded queue drops instead
     assert len(exporter.processor._batch_processor._queue) <= 16
     otel_records = [r for r in caplog.records if r.name.startswith("opentelemetry")]
