@@ -19,9 +19,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+#: What the openai Python SDK sends (v1.x), so per-header costs are measured as agents incur them.
 DEFAULT_HEADERS = {
+    "accept": "application/json",
+    "accept-encoding": "gzip, deflate",
+    "authorization": "Bearer sk-bench-0123456789abcdef0123456789abcdef",
     "content-type": "application/json",
-    "authorization": "Bearer sk-bench",
+    "user-agent": "OpenAI/Python 1.99.9",
+    "x-stainless-arch": "x64",
+    "x-stainless-async": "false",
+    "x-stainless-lang": "python",
+    "x-stainless-os": "Linux",
+    "x-stainless-package-version": "1.99.9",
+    "x-stainless-runtime": "CPython",
+    "x-stainless-runtime-version": "3.11.7",
+    "x-stainless-retry-count": "0",
+    "x-stainless-read-timeout": "600",
     "x-interlock-agent": "bench",
 }
 
