@@ -59,24 +59,39 @@ class Timeouts(Model):
 
 
 class Retry(Model):
-    attempts: int = Field(3, ge=1, le=20)
+    #: Attempts per call in all (1: never retry), across upstreams and fallback models. Four lets a
+    #: two-upstream route try each twice (see docs/routing.md for the arithmetic).
+    attempts: int = Field(4, ge=1, le=20)
+    #: Upstream statuses worth another attempt; other statuses are relayed at once.
     statuses: tuple[int, ...] = (408, 429, 500, 502, 503, 504)
+    #: Backoff before going back to an upstream that failed: full jitter in [0, initial·2^(n-1)], capped.
     backoff_initial: float = Field(0.2, ge=0)
     backoff_max: float = Field(5.0, ge=0)
+    #: A `Retry-After` (seconds or HTTP date) is waited for, but never longer than this.
     retry_after_max: float = Field(30.0, ge=0)
     #: Overall deadline in seconds for all attempts of one call, backoff included.
     deadline: float = Field(120.0, gt=0)
-    #: Retry non-idempotent methods (POST on `http` routes). Model protocols are always retried.
+    #: Retry non-idempotent methods (POST/PATCH on `http` routes, MCP `tools/call`). Model protocols are
+    #: always retried; a connect error (nothing sent) is always retried.
     non_idempotent: bool = False
 
 
 class Breaker(Model):
     enabled: bool = True
+    #: Open after this many failures in a row...
     consecutive_failures: int = Field(5, ge=1)
+    #: ...or when this share of the last `window` calls failed (once `min_calls` are in the window).
     failure_ratio: float = Field(0.5, gt=0, le=1)
     window: int = Field(20, ge=1)
     min_calls: int = Field(10, ge=1)
+    #: Seconds an open breaker waits before letting one probe call through (half-open).
     cooldown: float = Field(10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _window_holds_min_calls(self) -> Breaker:
+        if self.min_calls > self.window:
+            raise ValueError("min_calls must not exceed window")
+        return self
 
 
 class Upstream(Model):
@@ -125,6 +140,14 @@ class Route(Model):
         names = [u.name or u.url for u in self.upstreams]
         if len(set(names)) != len(names):
             raise ValueError("upstream names must be unique within a route")
+        for alias, chain in self.models.items():
+            if not chain:
+                raise ValueError(f"model alias {alias!r} needs at least one target")
+            for target in chain:
+                if target.upstream is not None and target.upstream not in names:
+                    raise ValueError(
+                        f"model alias {alias!r} names upstream {target.upstream!r}; upstreams: {', '.join(names)}"
+                    )
         return self
 
     def upstream_names(self) -> list[str]:
@@ -160,8 +183,12 @@ class Otel(Model):
 
 
 class Escalation(Model):
+    #: URL that receives a JSON POST when a call exhausts its retries or a breaker opens or closes.
     webhook: str | None = None
     timeout: float = Field(5.0, gt=0)
+    headers: dict[str, str] = {}
+    #: Events waiting to be posted; more are dropped (and counted), never waited for.
+    queue_size: int = Field(100, ge=1)
 
 
 class Settings(Model):

@@ -180,6 +180,11 @@ class ProxyApp:
             ]
             if call.status >= 400:
                 call.outcome, call.error_code = "upstream_error", f"http_{call.status}"
+                if call.meta.get("retries_exhausted"):
+                    # interlock retried and gave up: the agent's SDK must not retry again (the
+                    # OpenAI and Anthropic SDKs honour this), or retries multiply.
+                    call.response_headers = [h for h in call.response_headers if h[0] != "x-should-retry"]
+                    call.response_headers.append(("x-should-retry", "false"))
             await self.pipeline.response_head(call)
             content_type = response.headers.get("content-type", "")
             if content_type.startswith("text/event-stream"):

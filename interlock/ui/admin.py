@@ -54,6 +54,9 @@ def admin_routes() -> list[BaseRoute]:
     from interlock.ui.api import api_routes
 
     routes += api_routes()
+    from interlock.ui import upstreams_api
+
+    routes += upstreams_api.routes()
     return routes
 
 

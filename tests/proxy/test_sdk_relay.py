@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import anthropic
 import httpx
@@ -101,7 +102,10 @@ def test_anthropic_messages_streamed_and_not(interlock: Running, upstream: Scrip
 
 
 @pytest.mark.parametrize("status", [400, 429, 500])
-def test_upstream_errors_are_relayed_as_they_are(interlock: Running, upstream: ScriptedUpstream, status: int) -> None:
+def test_upstream_errors_are_relayed_as_they_are(make_interlock: Any, upstream: ScriptedUpstream, status: int) -> None:
+    # With retries off (429 and 5xx are retried by default; see tests/proxy/test_retry.py).
+    openai_route = {"protocol": "openai", "upstream": upstream.url + "/v1", "retry": {"attempts": 1}}
+    interlock = make_interlock(routes={"openai": openai_route})
     upstream.script(Script(status=status, retry_after="7"))
     response = httpx.post(interlock.url + "/openai/chat/completions", json={"model": "m", "messages": []})
     assert response.status_code == status

@@ -1,0 +1,78 @@
+"""Helpers shared by the routing, retry and breaker tests."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import anthropic
+import httpx
+import openai
+
+from interlock.testing import Running, free_port
+from interlock.tracing.call import Call
+
+#: Retries that keep the suite fast: backoffs of a few milliseconds, Retry-After capped at 50 ms.
+FAST_RETRY: dict[str, Any] = {"attempts": 3, "backoff_initial": 0.004, "backoff_max": 0.008, "retry_after_max": 0.05}
+
+
+def collect_calls(running: Running) -> list[Call]:
+    """Every finished call, as the `done` hook sees it (appended on interlock's loop)."""
+    calls: list[Call] = []
+
+    async def done(call: Call) -> None:
+        calls.append(call)
+
+    running.runtime.pipeline.hooks["done"].append(done)
+    return calls
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.005)
+
+
+def finished(calls: list[Call], count: int = 1) -> list[Call]:
+    wait_for(lambda: len(calls) >= count)
+    return calls
+
+
+def openai_client(running: Running, route: str = "openai", max_retries: int = 0) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{running.url}/{route}", api_key="sk-agent", max_retries=max_retries)
+
+
+def anthropic_client(running: Running, route: str = "anthropic", max_retries: int = 0) -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=f"{running.url}/{route}", api_key="sk-agent", max_retries=max_retries)
+
+
+def closed_url() -> str:
+    """A loopback URL where nothing listens: connections are refused."""
+    return f"http://127.0.0.1:{free_port()}"
+
+
+def route(protocol: str = "openai", upstreams: list[dict[str, Any]] | None = None, **extra: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {"protocol": protocol, "upstreams": upstreams or [], "retry": dict(FAST_RETRY)}
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    return data
+
+
+def upstreams_state(running: Running) -> dict[str, Any]:
+    return httpx.get(running.admin_url + "/api/upstreams").json()  # type: ignore[no-any-return]
+
+
+def breaker_state(running: Running, route_name: str, upstream: str) -> str:
+    for entry in upstreams_state(running)["routes"][route_name]["upstreams"]:
+        if entry["name"] == upstream:
+            return str(entry["breaker"]["state"])
+    raise KeyError(upstream)
+
+
+CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
