@@ -191,6 +191,90 @@ class Escalation(Model):
     queue_size: int = Field(100, ge=1)
 
 
+class CustomRecognizer(Model):
+    """A recognizer of your own: regular expressions and/or a deny-list of exact words."""
+
+    entity: str = Field(pattern=r"^[A-Z][A-Z0-9_]*$")
+    patterns: tuple[str, ...] = ()
+    deny_list: tuple[str, ...] = ()
+    score: float = Field(0.8, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _valid(self) -> CustomRecognizer:
+        import re
+
+        if not self.patterns and not self.deny_list:
+            raise ValueError("a recognizer needs `patterns` or `deny_list`")
+        for pattern in self.patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"pattern {pattern!r} is not a valid regular expression: {exc}") from None
+        return self
+
+
+GuardrailAction = Literal["block", "redact", "mask", "hash", "log"]
+
+
+class Guardrails(Model):
+    """PII and secrets detection. Actions map an entity type (or `*`, or `SECRET`) to what happens."""
+
+    #: Default actions for requests and responses, used when no policy sets them for a call.
+    request: dict[str, GuardrailAction] = {}
+    response: dict[str, GuardrailAction] = {}
+    #: When the analyzer fails: `deny` the call if an action is `block` (fail closed), or `allow` it.
+    on_error: Literal["deny", "allow"] = "deny"
+    #: Built-in pattern recognizers to load (presidio entity names); see docs/guardrails.md.
+    entities: tuple[str, ...] = (
+        "EMAIL_ADDRESS",
+        "PHONE_NUMBER",
+        "CREDIT_CARD",
+        "US_SSN",
+        "IBAN_CODE",
+        "IP_ADDRESS",
+        "CRYPTO",
+    )
+    recognizers: tuple[CustomRecognizer, ...] = ()
+    #: Detections scoring below this are ignored.
+    score_threshold: float = Field(0.4, ge=0, le=1)
+    #: An installed spaCy model (package name or directory) for PERSON, LOCATION, ...; never downloaded.
+    spacy_model: str | None = None
+    language: str = "en"
+    #: Secrets (API keys, tokens, private keys, passwords in URLs) as the entity type `SECRET`.
+    secrets: bool = True
+    secrets_confidence: Literal["low", "medium", "high"] = "medium"
+    #: Where kingfisher keeps its compiled rules (default: the OS cache directory).
+    secrets_cache_dir: str | None = None
+    #: Reversible redaction: sessions remembered, and values remembered per session (oldest go first).
+    vault_sessions: int = Field(10000, ge=1)
+    vault_values: int = Field(1000, ge=1)
+    #: Texts whose analysis is remembered (by content hash), so re-sent history is not analysed again.
+    cache_texts: int = Field(50000, ge=0)
+    #: Key for the `hash` action (HMAC-SHA256); random per process when unset.
+    hash_key: str | None = None
+
+    @field_validator("request", "response")
+    @classmethod
+    def _entity_names(cls, table: dict[str, str]) -> dict[str, str]:
+        import re
+
+        for entity in table:
+            if entity != "*" and not re.fullmatch(r"[A-Z][A-Z0-9_]*", entity):
+                raise ValueError(f"entity {entity!r} must be `*` or an upper-case name like EMAIL_ADDRESS")
+        return table
+
+    @field_validator("spacy_model")
+    @classmethod
+    def _spacy_model_installed(cls, name: str | None) -> str | None:
+        import importlib.util
+
+        if name is None or Path(name).expanduser().is_dir():
+            return name
+        if importlib.util.find_spec(name.replace("-", "_")) is None:
+            raise ValueError(f"spaCy model {name!r} is neither an installed package nor a directory (never downloaded)")
+        return name
+
+
 class Settings(Model):
     """The whole effective configuration."""
 
@@ -208,8 +292,8 @@ class Settings(Model):
     policies: tuple[str, ...] = ()
     otel: Otel = Otel()
     escalation: Escalation = Escalation()
-    #: Guardrails (PII and secrets) engine settings; actions live in the policy files.
-    guardrails: dict[str, Any] = {}
+    #: Guardrails (PII and secrets): engine settings and the default actions (policies may override).
+    guardrails: Guardrails = Guardrails()
     #: Prices per million tokens, for money budgets: {model glob: {input: USD, output: USD}}.
     prices: dict[str, dict[str, float]] = {}
     log_level: Literal["debug", "info", "warning", "error"] = "info"

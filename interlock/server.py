@@ -55,7 +55,9 @@ class Runtime:
         return stages
 
     def guardrail_stages(self) -> list[object]:
-        return []
+        from interlock.policies.guardrails import Guardrails
+
+        return [Guardrails(self.settings)]
 
     def record_stages(self) -> list[object]:
         return [] if self.recorder is None else [self.recorder]

@@ -9,6 +9,7 @@ from interlock.proxy.protocols.base import (
     Adapter,
     BadRequest,
     RequestView,
+    StreamText,
     TextSlot,
     ToolCall,
     _json_headers,
@@ -181,4 +182,22 @@ class AnthropicAdapter(Adapter):
         block = message.get("content_block") if isinstance(message, dict) else None
         if isinstance(block, dict) and block.get("type") in ("tool_use", "server_tool_use") and isinstance(block.get("name"), str):
             return [block["name"]]
+        return []
+
+    # -- guardrails (interlock/policies/guardstream.py) -----------------------------------------
+
+    def stream_texts(self, event: str | None, data: Any) -> list[StreamText]:
+        if not isinstance(data, dict):
+            return []
+        kind, index = data.get("type"), data.get("index")
+        if kind == "content_block_delta" and isinstance(data.get("delta"), dict):
+            delta = data["delta"]
+            if delta.get("type") == "text_delta" and isinstance(delta.get("text"), str):
+                return [StreamText(f"content.{index}", ("delta", "text"), delta["text"])]
+            if delta.get("type") == "input_json_delta" and isinstance(delta.get("partial_json"), str):
+                return [StreamText(f"content.{index}.input", ("delta", "partial_json"), delta["partial_json"], json_text=True)]
+        elif kind == "content_block_start" and isinstance(data.get("content_block"), dict):
+            block = data["content_block"]
+            if block.get("type") == "text" and isinstance(block.get("text"), str) and block["text"]:
+                return [StreamText(f"content.{index}", ("content_block", "text"), block["text"], delta=False)]
         return []

@@ -106,6 +106,17 @@ class Adapter:
         """Names of the tool calls that start in this SSE event (`sse.Event`) of a streamed response."""
         return []
 
+    # -- guardrails (interlock/policies/guardstream.py) -----------------------------------------
+
+    def stream_texts(self, event: str | None, data: Any) -> list[StreamText]:
+        """The texts in one parsed SSE event of a streamed response: deltas, or whole texts."""
+        return []
+
+    def stream_event(self, event: str | None, data: Any) -> bytes:
+        """An SSE event carrying `data` (a rewritten event, or a copy of one)."""
+        head = f"event: {event}\n".encode() if event else b""
+        return head + b"data: " + json.dumps(data, ensure_ascii=False).encode() + b"\n\n"
+
 
 def _json_headers(retryable: bool) -> Headers:
     headers: Headers = [("content-type", "application/json")]
@@ -167,3 +178,14 @@ def get_path(document: Any, path: JsonPath) -> Any:
     for key in path:
         target = target[key]
     return target
+
+
+@dataclass(slots=True)
+class StreamText:
+    """A text in one SSE event of a streamed response, and where it sits in the event's JSON."""
+
+    key: str  # the logical text it belongs to across events: "choices.0.content", "content.1.input"
+    path: JsonPath
+    text: str
+    delta: bool = True  # a piece of the text; False: the whole text (repeated at the end)
+    json_text: bool = False  # the text is JSON (tool arguments): values put into it are escaped

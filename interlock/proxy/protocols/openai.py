@@ -9,6 +9,7 @@ from interlock.proxy.protocols.base import (
     Adapter,
     BadRequest,
     RequestView,
+    StreamText,
     TextSlot,
     ToolCall,
     _json_headers,
@@ -272,6 +273,35 @@ class OpenAIAdapter(Adapter):
             names += [c.name for c in self.response_tool_calls(message.get("response"))]
         return names
 
+    # -- guardrails (interlock/policies/guardstream.py) -----------------------------------------
+
+    def stream_texts(self, event: str | None, data: Any) -> list[StreamText]:
+        if not isinstance(data, dict):
+            return []
+        kind = data.get("type")
+        if isinstance(kind, str) and kind.startswith("response."):
+            return _responses_stream_texts(self, kind, data)
+        texts: list[StreamText] = []
+        for i, choice in enumerate(data.get("choices") or []):
+            delta = choice.get("delta") if isinstance(choice, dict) else None
+            if not isinstance(delta, dict):
+                continue
+            index = choice.get("index", i)
+            if isinstance(delta.get("content"), str):
+                texts.append(StreamText(f"choices.{index}.content", ("choices", i, "delta", "content"), delta["content"]))
+            for j, tool_call in enumerate(delta.get("tool_calls") or []):
+                function = tool_call.get("function") if isinstance(tool_call, dict) else None
+                if isinstance(function, dict) and isinstance(function.get("arguments"), str):
+                    texts.append(
+                        StreamText(
+                            f"choices.{index}.tool_calls.{tool_call.get('index', j)}",
+                            ("choices", i, "delta", "tool_calls", j, "function", "arguments"),
+                            function["arguments"],
+                            json_text=True,
+                        )
+                    )
+        return texts
+
 
 _MAX_TOKENS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 
@@ -287,6 +317,36 @@ def _set(data: dict[str, Any], key: str, value: Any) -> tuple[str, Any, Any] | N
         return None
     data[key] = value
     return key, old, value
+
+
+
+def _responses_stream_texts(adapter: OpenAIAdapter, kind: str, data: dict[str, Any]) -> list[StreamText]:
+    """Texts in a Responses API stream event: text and argument deltas, and the whole texts repeated
+    by the `.done` and `response.completed` events."""
+    key = f"output.{data.get('output_index')}"
+    if kind == "response.output_text.delta" and isinstance(data.get("delta"), str):
+        return [StreamText(f"{key}.{data.get('content_index')}", ("delta",), data["delta"])]
+    if kind == "response.function_call_arguments.delta" and isinstance(data.get("delta"), str):
+        return [StreamText(f"{key}.arguments", ("delta",), data["delta"], json_text=True)]
+    if kind == "response.output_text.done" and isinstance(data.get("text"), str):
+        return [StreamText(f"{key}.{data.get('content_index')}", ("text",), data["text"], delta=False)]
+    if kind == "response.function_call_arguments.done" and isinstance(data.get("arguments"), str):
+        return [StreamText(f"{key}.arguments", ("arguments",), data["arguments"], delta=False, json_text=True)]
+    part = data.get("part")
+    if kind.startswith("response.content_part.") and isinstance(part, dict) and isinstance(part.get("text"), str):
+        return [StreamText(f"{key}.{data.get('content_index')}", ("part", "text"), part["text"], delta=False)]
+    if kind.startswith("response.output_item.") and isinstance(data.get("item"), dict):
+        slots = adapter.response_texts({"output": [data["item"]]})
+        return [
+            StreamText(f"{key}.{'.'.join(map(str, s.path[2:]))}", ("item", *s.path[2:]), s.text, False, s.role == "tool_args")
+            for s in slots
+        ]
+    if isinstance(data.get("response"), dict):  # response.completed / .incomplete / .failed
+        return [
+            StreamText(f"response.{'.'.join(map(str, s.path))}", ("response", *s.path), s.text, False, s.role == "tool_args")
+            for s in adapter.response_texts(data["response"])
+        ]
+    return []
 
 
 def _tool_names(tools: Any) -> list[str]:
