@@ -1,10 +1,212 @@
-"""Placeholder until the feature lands."""
+"""Recording (issue 3): its cost (on vs off), no call lost, and a sustained 2 KB load."""
 
 from __future__ import annotations
 
+import http.client
+import json
+import sqlite3
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench import harness, load
 from bench.context import Context
-from bench.report import Section
+from bench.report import Row, Section
+
+
+def available() -> str | None:
+    try:
+        from interlock.tracing import recorder  # noqa: F401
+    except ImportError:
+        return "recording (interlock.tracing.recorder) is not in this commit yet"
+    return None
+
+
+def rows_in(path: Path) -> int:
+    with sqlite3.connect(path) as db:
+        return int(db.execute("SELECT count(*) FROM calls").fetchone()[0])
+
+
+def admin_json(port: int, path: str) -> tuple[float, Any]:
+    """GET an admin URL: (milliseconds, parsed JSON)."""
+    began = time.perf_counter()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request("GET", path)
+    response = conn.getresponse()
+    data = json.loads(response.read() or b"null")
+    conn.close()
+    return (time.perf_counter() - began) * 1000.0, data
 
 
 def run(ctx: Context) -> Section:
-    return Section("recording", skipped="the feature is not in this commit yet")
+    section = Section("Recording: cost, completeness, sustained load", issue=3)
+    if reason := available():
+        section.skipped = reason
+        return section
+    body = load.chat_body()
+    runs: dict[bool, tuple[load.WrkResult, load.WrkResult]] = {}
+    with harness.fake_upstream() as up:
+        for enabled in (False, True):
+            workdir = ctx.workdir / f"rec-{enabled}"
+            workdir.mkdir(exist_ok=True)
+            config = harness.interlock_config(up.url + "/v1", workdir, store={"enabled": enabled})
+            with harness.interlock(config) as proc:
+                url = proc.url + "/openai/chat/completions"
+                ctx.log(f"recording {'on' if enabled else 'off'}")
+                load.wrk(url, body, connections=32, seconds=1)
+                runs[enabled] = (
+                    load.wrk(url, body, connections=1, seconds=ctx.seconds),
+                    load.wrk(url, body, connections=32, seconds=ctx.seconds),
+                )
+
+        ctx.log("exact-count run: rows in the store = calls sent")
+        workdir = ctx.workdir / "rec-count"
+        workdir.mkdir(exist_ok=True)
+        config = harness.interlock_config(up.url + "/v1", workdir)
+        sent = 5000
+        with harness.interlock(config) as proc:
+            stats = load.run(load.run_calls(proc.url + "/openai/chat/completions", body, concurrency=32, total=sent))
+        counted = rows_in(workdir / "interlock.db")
+
+        sustain = sustained(ctx, up)
+
+    off1, off32 = runs[False]
+    on1, on32 = runs[True]
+    added = on1.p50_ms - off1.p50_ms
+    section.add(
+        "Added p50 at c1, recording on vs off",
+        "≤ 0.2 ms",
+        f"{added:+.3f} ms (off {off1.p50_ms:.3f}, on {on1.p50_ms:.3f} ms)",
+        added <= 0.2,
+        "" if added <= 0.2 else "the record is built on the event loop (Call.to_record) before it is queued",
+    )
+    loss = 1 - on32.rps / off32.rps if off32.rps else float("nan")
+    section.add(
+        "Throughput cost at c32, on vs off",
+        "≤ 15%",
+        f"{loss:.1%} (off {off32.rps:,.0f}, on {on32.rps:,.0f} req/s)",
+        loss <= 0.15,
+        ""
+        if loss <= 0.15
+        else "the writer thread (JSON, SQLite, FTS index) holds the GIL that the event loop needs; "
+        "on 2 cores it also competes with wrk and the upstream",
+    )
+    errors = len(stats.failures)
+    section.add(
+        "Rows in the store = calls sent (5,000 at c32)",
+        "equal, 0 errors",
+        f"{counted:,} rows for {sent:,} calls sent ({errors} client errors)",
+        counted == sent and errors == 0,
+        "" if counted == sent else "see the recorder's overflow and write_errors counters",
+    )
+    for row in sustain:
+        section.rows.append(row)
+    section.note(
+        f"Sustained run: {ctx.sustain_seconds:.0f} s (`--sustain-seconds`; the issue's figure is 60 s), "
+        "2 KB requests paced at 2,000 calls/s over 64 connections by the bench's asyncio client; "
+        "during it the admin API (/api/calls) and `interlock traces ls` read the store."
+    )
+    return section
+
+
+def sustained(ctx: Context, up: harness.Proc) -> list[Row]:
+    workdir = ctx.workdir / "rec-sustained"
+    workdir.mkdir(exist_ok=True)
+    config = harness.interlock_config(up.url + "/v1", workdir)
+    config_path = workdir / "sustained.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    body = load.chat_body(2048)
+    rate = 2000.0
+    reads: list[tuple[str, float, bool]] = []
+    ctx.log(f"sustained: {rate:.0f} calls/s of {len(body)} B for {ctx.sustain_seconds:.0f} s")
+    with harness.interlock(config) as proc:
+        url = proc.url + "/openai/chat/completions"
+        admin = proc.admin_port
+        assert admin is not None
+        done = threading.Event()
+
+        def reader() -> None:
+            # The UI and the CLI read the store while it is being written.
+            time.sleep(min(3.0, ctx.sustain_seconds / 3))
+            while not done.is_set():
+                try:
+                    ms, data = admin_json(admin, "/api/calls?limit=50")
+                    reads.append(("api", ms, bool(data and data.get("calls"))))
+                except (OSError, ValueError):
+                    reads.append(("api", float("nan"), False))
+                if not any(kind == "cli" for kind, _, _ in reads):
+                    began = time.perf_counter()
+                    out = subprocess.run(
+                        [
+                            harness.PYTHON,
+                            "-m",
+                            "interlock.cli",
+                            "traces",
+                            "ls",
+                            "-c",
+                            str(config_path),
+                            "-n",
+                            "5",
+                            "--json",
+                        ],
+                        cwd=workdir,
+                        capture_output=True,
+                        text=True,
+                    )
+                    ok = out.returncode == 0 and len(out.stdout.strip().splitlines()) == 5
+                    reads.append(("cli", (time.perf_counter() - began) * 1000.0, ok))
+                done.wait(1.0)
+
+        thread = threading.Thread(target=reader, daemon=True)
+        thread.start()
+        stats = load.run(load.run_calls(url, body, concurrency=64, seconds=ctx.sustain_seconds, rate=rate))
+        done.set()
+        thread.join()
+        _, counters = admin_json(admin, "/api/stats")
+    recorder = (counters or {}).get("recorder") or {}
+    rows = rows_in(workdir / "interlock.db")
+    sent = len(stats.samples)
+    achieved = stats.rps
+    failures = len(stats.failures)
+    api = [ms for kind, ms, ok in reads if kind == "api" and ok]
+    cli = [(ms, ok) for kind, ms, ok in reads if kind == "cli"]
+    api_ok = all(ok for kind, _, ok in reads if kind == "api") and bool(api)
+    cli_ok = bool(cli) and all(ok for _, ok in cli)
+    out = [
+        Row(
+            f"Sustained 2 KB calls, {ctx.sustain_seconds:.0f} s: rate achieved",
+            "2,000 calls/s",
+            f"{achieved:,.0f} calls/s ({sent:,} calls, {failures} errors: {stats.describe_failures()})",
+            achieved >= rate * 0.97 and failures == 0,
+            ""
+            if achieved >= rate * 0.97
+            else "the proxy (plus its recording thread) cannot keep this rate on the cores left by the client and upstream",
+        ),
+        Row(
+            "Sustained: rows in the store = calls sent",
+            "0 lost",
+            f"{rows:,} rows for {sent:,} calls",
+            rows == sent,
+            "" if rows == sent else "see overflow / write_errors",
+        ),
+        Row(
+            "Sustained: record queue overflow",
+            "never",
+            f"overflow {recorder.get('overflow')}, write errors {recorder.get('write_errors')}, "
+            f"{recorder.get('batches')} batches",
+            recorder.get("overflow") == 0 and recorder.get("write_errors") == 0,
+        ),
+        Row(
+            "Sustained: store readable during the run (API, CLI)",
+            "yes",
+            f"/api/calls {len(api)} reads, p50 {load.median(api):.0f} ms; "
+            + (f"`traces ls` {cli[0][0]:.0f} ms" if cli else "`traces ls` not run")
+            + f"{'' if cli_ok else ' (failed)'}",
+            api_ok and cli_ok,
+        ),
+    ]
+    return out
