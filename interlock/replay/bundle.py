@@ -67,6 +67,10 @@ def check_bundle(path: str | os.PathLike[str]) -> int:
         try:
             version = int(conn.execute("PRAGMA user_version").fetchone()[0])
             tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            counts = (0, 0)
+            if version and "calls" in tables and version <= SCHEMA_VERSION:
+                total, full = conn.execute("SELECT count(*), coalesce(sum(capture = 'full'), 0) FROM calls").fetchone()
+                counts = (int(total), int(full))
         finally:
             conn.close()
     except sqlite3.DatabaseError as exc:
@@ -78,6 +82,10 @@ def check_bundle(path: str | os.PathLike[str]) -> int:
         )
     if version == 0 or "calls" not in tables:
         raise BundleError(f"{where}: not an interlock bundle (a SQLite database without interlock's tables)")
+    if counts[0] == 0:
+        raise BundleError(f"{where}: the bundle holds no calls")
+    if counts[1] == 0:
+        raise BundleError(f"{where}: recorded with `store.capture: metadata`, so it holds no bodies to replay")
     return version
 
 

@@ -197,7 +197,7 @@ def serve(
     command with OPENAI_BASE_URL / ANTHROPIC_BASE_URL pointing at the replay, then exit: 0 when the
     run matched the recording, 1 when it diverged, else the command's own exit code."""
     from interlock.replay.match import MatchOptions
-    from interlock.replay.runner import ReplayConfigError, ReplayHost, ReplaySettings, serve_foreground
+    from interlock.replay.runner import ReplayConfigError, ReplayHost, ReplaySettings, run_loop, serve_foreground
 
     loaded = _open(bundle, session=session)
     live_settings = None
@@ -226,7 +226,7 @@ def serve(
         click.echo(f"replaying on {running.url}/<route>/... (speed {speed}, on miss: {on_miss})", err=True)
 
     try:
-        code = asyncio.run(serve_foreground(replay_host, on_ready=ready, command=command))
+        code = run_loop(serve_foreground(replay_host, on_ready=ready, command=command))
     except ReplayConfigError as exc:
         _fail(str(exc))
     summary = replay_host.summary()

@@ -14,10 +14,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from interlock.proxy.protocols import ADAPTERS, BadRequest, RequestView
-from interlock.replay.match import _RAW, Matcher, Recorded, Request, canonical, dumps, parse_body
+from interlock.replay.match import _RAW, Key, Matcher, Recorded, Request, canonical, dumps, parse_body
 from interlock.tracing.call import Call
 
 MAX_DIFFERENCES = 12
+#: How many upcoming recorded calls of the route a miss is compared with.
+CANDIDATES = 64
 _EXCERPT = 60
 _MISSING: Any = object()
 
@@ -52,9 +54,13 @@ class Divergence:
     already_served: bool = False  # identical to a recorded call that was already used
     differences: list[Difference] = field(default_factory=list)
     truncated: bool = False
+    compared: bool = True  # False past the first misses of a run: no diff was computed
 
     def headline(self) -> str:
         where = f"{self.method} /{self.route}{self.path}"
+        if not self.compared:
+            expected = f"step {self.expected_step}" if self.expected_step else "none"
+            return f"request #{self.index} ({where}) matches no recorded call (not compared; next expected: {expected})"
         if self.closest_step is None:
             return f"request #{self.index} ({where}) matches no recorded call, and none is close"
         if self.already_served:
@@ -89,32 +95,36 @@ class Divergence:
         return data
 
 
-def diverge(index: int, request: Request, data: Any, matcher: Matcher) -> Divergence:
+def diverge(
+    index: int, request: Request, key: Key, data: Any, matcher: Matcher, *, detailed: bool = True
+) -> Divergence:
     """Explain a miss: find the closest recorded call on the same route and diff against it."""
     divergence = Divergence(index, request.route, request.method, request.path)
     options = matcher.options
     incoming = canonical(data, request.protocol, options)
     expected = matcher.expected(request.route)
     divergence.expected_step = expected.step if expected else None
-    same_route = [r for r in matcher.recorded if r.call.route == request.route]
-    unserved = [r for r in same_route if not r.served]
+    if not detailed:
+        divergence.compared = False
+        return divergence
     # An exact key among served calls means the agent repeated a request more often than recorded.
-    key = matcher.key_of(request)[0]
-    repeated = next((r for r in same_route if r.served and r.key == key), None)
+    repeated = matcher.served_with(key)
     if repeated is not None:
         divergence.closest_step, divergence.closest_id = repeated.step, repeated.call.id
         divergence.already_served = True
         return divergence
-    candidates = [r for r in unserved if r.call.method == request.method and r.call.path == request.path]
-    candidates = candidates or unserved or same_route
+    # The divergence is near where the agent was in the recording: look at the next unserved calls of
+    # the route, not the whole bundle (a miss must stay cheap in a 1,000-call replay).
+    upcoming = matcher.upcoming(request.route, CANDIDATES)
+    candidates = [r for r in upcoming if r.call.method == request.method and r.call.path == request.path]
+    candidates = candidates or upcoming or matcher.last_of(request.route)
     if not candidates:
         return divergence
     leaves = _leaves(incoming)
     best: Recorded | None = None
     best_score = -1.0
     for candidate in candidates:
-        recorded = canonical(parse_body(candidate.call.request_body), candidate.call.protocol, options)
-        score = _similarity(leaves, _leaves(recorded))
+        score = _similarity(leaves, _recorded_leaves(candidate, options))
         if candidate is expected:
             score += 1e-6  # ties go to the call the agent was expected to make next
         if candidate.call.method == request.method and candidate.call.path == request.path:
@@ -215,7 +225,15 @@ def _leaves(value: Any, path: str = "") -> set[str]:
     return {f"{path}={json.dumps(value, ensure_ascii=False)[:200]}"}
 
 
-def _similarity(a: set[str], b: set[str]) -> float:
+def _recorded_leaves(entry: Recorded, options: Any) -> set[str]:
+    cached = entry.leaves
+    if cached is None:
+        recorded = canonical(parse_body(entry.call.request_body), entry.call.protocol, options)
+        cached = entry.leaves = frozenset(_leaves(recorded))
+    return set(cached)
+
+
+def _similarity(a: set[str], b: set[str] | frozenset[str]) -> float:
     if not a and not b:
         return 1.0
     return len(a & b) / len(a | b)

@@ -39,7 +39,9 @@ MCP_IGNORE_FIELDS = frozenset({"id"})
 TIMESTAMP = re.compile(r"\b\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)?\b")
 TIMESTAMP_TOKEN = "<timestamp>"
 #: The guardrails' reversible placeholders: `<EMAIL_ADDRESS_1>`, `<PHONE_NUMBER_12>`.
-PLACEHOLDER = re.compile(r"<([A-Z][A-Z0-9]*(?:_[A-Z0-9]+)*)_(\d+)>")
+#: The same pattern as `interlock.policies.redaction.PLACEHOLDER` (not imported: replay must not
+#: load the guardrails engine).
+PLACEHOLDER = re.compile(r"<([A-Z][A-Z0-9_]*?)_(\d+)>")
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,6 +239,8 @@ class Recorded:
     served: bool = False
     #: The canonical body, kept only for templates (requests with placeholders).
     template: Any = None
+    #: The canonical body's leaves, computed when a miss is first compared with this call.
+    leaves: frozenset[str] | None = None
 
 
 @dataclass(slots=True)
@@ -260,6 +264,7 @@ class Matcher:
         self._templates: dict[tuple[str, str, str], list[Recorded]] = {}
         self._order: dict[str, deque[Recorded]] = {}  # route → recorded calls in order
         self.values: dict[str, str] = {}  # placeholder values seen so far in this replay
+        self._served_keys: dict[Key, Recorded] = {}
         for call in calls:
             self.routes.setdefault(call.route, call.protocol)
             if call.status is None:  # never answered (the agent left first): nothing to serve
@@ -299,6 +304,7 @@ class Matcher:
             entry = _pop(self._by_key.get(key))
         if entry is not None:
             entry.served = True
+            self._served_keys[key] = entry
             return Match(entry)
         templates = self._templates.get((request.route, request.method, request.path))
         if templates and data is not _RAW:
@@ -309,6 +315,7 @@ class Matcher:
                 values = dict(self.values)
                 if match_template(candidate.template, canon, values):
                     candidate.served = True
+                    self._served_keys[key] = candidate
                     self.values.update(values)
                     return Match(candidate, values)
         return None
@@ -326,6 +333,26 @@ class Matcher:
         while queue and queue[0].served:
             queue.popleft()
         return queue[0] if queue else None
+
+    def upcoming(self, route: str, limit: int) -> list[Recorded]:
+        """Up to `limit` unserved recorded calls of the route, in recording order."""
+        self.expected(route)  # drops served calls from the front
+        out: list[Recorded] = []
+        for entry in self._order.get(route, ()):
+            if not entry.served:
+                out.append(entry)
+                if len(out) == limit:
+                    break
+        return out
+
+    def last_of(self, route: str) -> list[Recorded]:
+        """The route's last recorded call (when every call of it was served), as a candidate list."""
+        last = next((r for r in reversed(self.recorded) if r.call.route == route), None)
+        return [last] if last is not None else []
+
+    def served_with(self, key: Key) -> Recorded | None:
+        """The recorded call last served for exactly this key, if any."""
+        return self._served_keys.get(key)
 
     def unused(self) -> list[Recorded]:
         return [r for r in self.recorded if not r.served]

@@ -12,27 +12,37 @@ upstream through interlock's own proxy app).
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import logging
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from interlock.policies.redaction import StreamScrubber
 from interlock.proxy.protocols import ADAPTERS
-from interlock.proxy.protocols.base import decoded_body
-from interlock.proxy.protocols.sse import EventSplitter
-from interlock.proxy.upstream import HOP_BY_HOP
+from interlock.proxy.protocols.base import decoded_body, set_path
+from interlock.proxy.protocols.sse import Event, EventSplitter
 from interlock.replay.diff import Divergence, diverge
-from interlock.replay.match import _RAW, Match, Matcher, MatchOptions, Recorded, Request, restore
+from interlock.replay.match import _RAW, PLACEHOLDER, Match, Matcher, MatchOptions, Recorded, Request, restore
 from interlock.tracing.call import Call, Chunk
 
 log = logging.getLogger("interlock.replay")
+
+#: RFC 9110 connection-specific fields, as in `interlock.proxy.upstream` (not imported from there:
+#: that module loads the HTTP client stack, which only `--on-miss live` needs).
+HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"}
+)
 
 OnMiss = Literal["error", "next", "live"]
 ON_MISS: tuple[OnMiss, ...] = ("error", "next", "live")
 #: The replay server's own endpoint; route names are one path segment, so it cannot shadow one.
 SUMMARY_PATH = "/__replay__/summary"
+#: Misses explained with a full diff; later ones only name the recorded call expected next.
+DETAILED_MISSES = 100
 
 Scope = dict[str, Any]
 Receive = Any
@@ -188,7 +198,9 @@ class ReplayApp:
             self.stats.served += 1
             await self.serve(found, data, receive, send)
             return
-        divergence = diverge(self.stats.requests, request, data, self.matcher)
+        # Only the first misses get a full diff: past that, a run has long left the recording.
+        detailed = len(self.stats.misses) < DETAILED_MISSES
+        divergence = diverge(self.stats.requests, request, key, data, self.matcher, detailed=detailed)
         self.stats.misses.append(divergence)
         if len(self.stats.misses) == 1:
             log.warning("replay diverged:\n%s", divergence.text())
@@ -253,7 +265,7 @@ class ReplayApp:
             # The agent got an error event that only the adapter wrote, never an upstream chunk.
             event = ADAPTERS[call.protocol].stream_error_event("stream_broken", call.error or "stream broken")
             chunks.append(Chunk(chunks[-1].t_ms if chunks else 0.0, event))
-        rewrite = _StreamRewriter(data if rpc else None, values) if (rpc or values) else None
+        rewrite = _StreamRewriter(call.protocol, data if rpc else None, values) if (rpc or values) else None
         head = _agent_headers(call.response_headers, length=None)
         head_sent = False
         for chunk in chunks:
@@ -285,22 +297,30 @@ class ReplayApp:
 
 
 class _StreamRewriter:
-    """Rewrites SSE events on their way out (JSON-RPC id, placeholders) without regrouping chunks:
-    complete events leave with the chunk that completed them."""
+    """Rewrites SSE events on their way out without regrouping chunks: complete events leave with
+    the chunk that completed them. MCP events get the incoming JSON-RPC id. Placeholders are restored
+    per logical text through the adapter (`stream_texts`): a model writes `<EMAIL_ADDRESS_1>` over
+    several deltas, so each text's tail that could still be a placeholder waits for the next delta
+    (the guardrails' `StreamScrubber`), and is released before the next event without a delta."""
 
-    def __init__(self, rpc_request: Any, values: dict[str, str]) -> None:
+    def __init__(self, protocol: str, rpc_request: Any, values: dict[str, str]) -> None:
+        self.adapter = ADAPTERS[protocol]
         self.rpc_request = rpc_request
         self.values = values
         self.splitter = EventSplitter()
+        self.scrubbers: dict[str, Any] = {}
+        self.templates: dict[str, tuple[str | None, Any, tuple[str | int, ...]]] = {}
 
     def feed(self, data: bytes) -> bytes:
-        return b"".join(self._rewrite(e.raw) for e in self.splitter.feed(data))
+        return b"".join(self._rewrite(e) for e in self.splitter.feed(data))
 
     def close(self) -> bytes:
-        return b"".join(self._rewrite(e.raw) for e in self.splitter.close())
+        return b"".join(self._rewrite(e) for e in self.splitter.close()) + self._flush()
 
-    def _rewrite(self, raw: bytes) -> bytes:
-        raw = restore(raw, self.values)
+    def _rewrite(self, event: Event) -> bytes:
+        raw = event.raw
+        if self.values:
+            raw = self._restore(event)
         if self.rpc_request is None or b'"id"' not in raw:
             return raw
         lines = raw.split(b"\n")
@@ -311,6 +331,59 @@ class _StreamRewriter:
                 if rewritten is not payload:
                     lines[i] = b"data: " + rewritten
         return b"\n".join(lines)
+
+    def _restore(self, event: Event) -> bytes:
+        if not event.data or event.data[0] not in "{[":
+            return self._flush() + event.raw
+        try:
+            data = json.loads(event.data)
+        except json.JSONDecodeError:
+            return self._flush() + restore(event.raw, self.values)
+        texts = self.adapter.stream_texts(event.event, data)
+        if not texts:
+            return self._flush() + restore(event.raw, self.values)
+        prefix = b"" if any(t.delta for t in texts) else self._flush()
+        changed = False
+        for text in texts:
+            if text.delta:
+                scrubber = self.scrubbers.get(text.key)
+                if scrubber is None:
+                    scrubber = self.scrubbers[text.key] = StreamScrubber(self._restorer(text.json_text), False)
+                self.templates[text.key] = (event.event, data, text.path)
+                new = scrubber.feed(text.text)
+            else:
+                new = self._restorer(text.json_text)(text.text)
+            if new != text.text:
+                set_path(data, text.path, new)
+                changed = True
+        return prefix + (self.adapter.stream_event(event.event, data) if changed else event.raw)
+
+    def _flush(self) -> bytes:
+        out: list[bytes] = []
+        for key, scrubber in self.scrubbers.items():
+            if scrubber.buffer:
+                name, data, path = self.templates[key]
+                data = copy.deepcopy(data)
+                set_path(data, path, scrubber.flush())
+                out.append(self.adapter.stream_event(name, data))
+        return b"".join(out)
+
+    def _restorer(self, json_text: bool) -> Any:
+        values = self.values
+
+        def restore_text(text: str) -> str:
+            if "<" not in text:
+                return text
+
+            def value(found: re.Match[str]) -> str:
+                raw = values.get(found.group(0))
+                if raw is None:
+                    return found.group(0)
+                return json.dumps(raw, ensure_ascii=False)[1:-1] if json_text else raw
+
+            return PLACEHOLDER.sub(value, text)
+
+        return restore_text
 
 
 def _with_rpc_id(body: bytes, request: Any) -> bytes:

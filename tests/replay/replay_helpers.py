@@ -116,3 +116,41 @@ def record_incident(tmp_path: Path, question: str = "Weather in Paris and Lyon?"
     with Store(store) as opened:
         assert opened.export(bundle, session=SESSION) == 5
     return Incident(bundle, answer, routes, store)
+
+
+def recorded_call(
+    request: dict[str, Any] | bytes,
+    response: dict[str, Any] | bytes | None = None,
+    *,
+    route: str = "openai",
+    protocol: str = "openai",
+    method: str = "POST",
+    path: str = "/chat/completions",
+    session: str | None = SESSION,
+    status: int | None = 200,
+    chunks: list[tuple[float, bytes]] | None = None,
+    headers: list[tuple[str, str]] | None = None,
+    **fields: Any,
+) -> Any:
+    """A recorded Call built by hand, as the store would give it back."""
+    from interlock.tracing.call import Call, Chunk, new_id
+
+    body = request if isinstance(request, bytes) else json.dumps(request).encode()
+    call = Call(id=new_id(), route=route, protocol=protocol, method=method, path=path, session=session)
+    call.request_body = body
+    call.status = status
+    if chunks is not None:
+        call.stream = True
+        call.chunks = [Chunk(t, data) for t, data in chunks]
+        call.response_headers = headers or [("content-type", "text/event-stream; charset=utf-8")]
+    else:
+        payload = response if isinstance(response, bytes) else json.dumps(response or {"ok": True}).encode()
+        call.response_body = payload
+        call.response_headers = headers or [("content-type", "application/json"), ("x-request-id", "req_1")]
+    for key, value in fields.items():
+        setattr(call, key, value)
+    return call
+
+
+def chat(text: str, **extra: Any) -> dict[str, Any]:
+    return {"model": "gpt-4o", "messages": [{"role": "user", "content": text}], **extra}

@@ -1,0 +1,197 @@
+"""The replay server: recorded responses byte for byte, streams chunk by chunk, misses per protocol."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import anthropic
+import httpx
+import openai
+import pytest
+from replay_helpers import SESSION, chat, recorded_call
+
+from interlock.replay.bundle import bundle_from_calls
+from interlock.replay.server import ReplayApp
+from interlock.scripted import Script, _anthropic, _chat
+from interlock.testing import replay_server
+
+
+def stream_of(events: list[bytes], gap_ms: float = 0.0) -> list[tuple[float, bytes]]:
+    return [(10.0 + i * gap_ms, e) for i, e in enumerate(events)]
+
+
+def test_a_recorded_response_comes_back_with_its_status_headers_and_bytes() -> None:
+    body = b'{"error": {"message": "rate limited", "type": "rate_limit_error"}}'
+    call = recorded_call(
+        chat("x"),
+        body,
+        status=429,
+        headers=[
+            ("content-type", "application/json"),
+            ("retry-after", "7"),
+            ("content-length", "999"),
+            ("connection", "close"),
+        ],
+    )
+    with replay_server(bundle_from_calls([call])) as replay:
+        response = httpx.post(replay.url + "/openai/chat/completions", json=chat("x"))
+    assert response.status_code == 429 and response.content == body
+    assert response.headers["retry-after"] == "7"
+    assert response.headers["content-length"] == str(len(body))
+
+
+def test_streams_keep_their_chunk_boundaries_and_recorded_timing() -> None:
+    events, _ = _chat("one two three", Script(chunk_size=4), "gpt-4o", {})
+    call = recorded_call(chat("s", stream=True), chunks=stream_of(events, gap_ms=40))
+    with replay_server(bundle_from_calls([call]), speed=1.0) as replay:
+        started = time.perf_counter()
+        with httpx.stream("POST", replay.url + "/openai/chat/completions", json=chat("s", stream=True)) as response:
+            received = [piece for piece in response.iter_raw() if piece]
+        elapsed = time.perf_counter() - started
+    assert received == events
+    assert elapsed >= 0.04 * (len(events) - 1)  # never sooner than recorded
+
+
+def test_speed_max_does_not_wait() -> None:
+    events, _ = _chat("slow", Script(), "gpt-4o", {})
+    # Recorded over ten minutes: at recorded speed this would outlast the client's 5 s timeout.
+    call = recorded_call(chat("s", stream=True), chunks=stream_of(events, gap_ms=60_000), ttfb_ms=60_000)
+    with replay_server(bundle_from_calls([call]), speed=None) as replay:
+        client = openai.OpenAI(base_url=replay.base_url("openai"), api_key="x", max_retries=0, timeout=5)
+        stream = client.chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "s"}], stream=True
+        )
+        text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert text == "slow"
+
+
+def test_an_anthropic_stream_replays_through_the_sdk() -> None:
+    events, _ = _anthropic("bonjour à vous", Script(chunk_size=3), "claude-test")
+    request = {
+        "model": "claude-test",
+        "max_tokens": 100,
+        "messages": [{"role": "user", "content": "salut"}],
+        "stream": True,
+    }
+    call = recorded_call(
+        request, route="anthropic", protocol="anthropic", path="/v1/messages", chunks=stream_of(events)
+    )
+    with replay_server(bundle_from_calls([call])):
+        client = anthropic.Anthropic(api_key="x", max_retries=0)  # ANTHROPIC_BASE_URL points at the replay
+        with client.messages.stream(
+            model="claude-test", max_tokens=100, messages=[{"role": "user", "content": "salut"}]
+        ) as stream:
+            message = stream.get_final_message()
+        assert message.content[0].text == "bonjour à vous"  # type: ignore[union-attr]
+        with pytest.raises(anthropic.APIStatusError) as raised:
+            client.messages.create(model="claude-test", max_tokens=100, messages=[{"role": "user", "content": "other"}])
+    assert raised.value.status_code == 409
+    assert raised.value.body["error"]["code"] == "replay_divergence"  # type: ignore[index]
+    assert "messages[0] (user)" in raised.value.body["error"]["message"]  # type: ignore[index]
+
+
+def test_a_broken_stream_ends_as_the_agent_saw_it() -> None:
+    events, _ = _chat("cut short", Script(), "gpt-4o", {})
+    call = recorded_call(
+        chat("s", stream=True),
+        chunks=stream_of(events[:3]),
+        outcome="upstream_error",
+        error_code="stream_broken",
+        error="the upstream stream broke",
+    )
+    with replay_server(bundle_from_calls([call])) as replay:
+        client = openai.OpenAI(base_url=replay.base_url("openai"), api_key="x", max_retries=0)
+        with pytest.raises(openai.APIError, match="the upstream stream broke"):
+            for _ in client.chat.completions.create(
+                model="gpt-4o", messages=[{"role": "user", "content": "s"}], stream=True
+            ):
+                pass
+
+
+def test_mcp_replies_carry_the_incoming_jsonrpc_id_json_and_sse() -> None:
+    def rpc(method: str, id_: int) -> dict[str, object]:
+        return {"jsonrpc": "2.0", "id": id_, "method": method, "params": {}}
+
+    json_reply = recorded_call(
+        rpc("tools/list", 3),
+        {"jsonrpc": "2.0", "id": 3, "result": {"tools": []}},
+        route="mcp",
+        protocol="mcp",
+        path="/mcp",
+        headers=[("content-type", "application/json"), ("mcp-session-id", "s-1")],
+    )
+    event = b'event: message\ndata: {"jsonrpc":"2.0","id":4,"result":{"content":[]}}\n\n'
+    sse_reply = recorded_call(
+        rpc("tools/call", 4), route="mcp", protocol="mcp", path="/mcp", chunks=[(1.0, event[:20]), (2.0, event[20:])]
+    )
+    with replay_server(bundle_from_calls([json_reply, sse_reply])) as replay:
+        listed = httpx.post(replay.url + "/mcp/mcp", json=rpc("tools/list", 41))
+        called = httpx.post(replay.url + "/mcp/mcp", json=rpc("tools/call", "abc"))
+        missed = httpx.post(replay.url + "/mcp/mcp", json=rpc("prompts/list", 9))
+    assert listed.json() == {"jsonrpc": "2.0", "id": 41, "result": {"tools": []}}
+    assert listed.headers["mcp-session-id"] == "s-1"
+    assert called.text == 'event: message\ndata: {"jsonrpc":"2.0","id":"abc","result":{"content":[]}}\n\n'
+    assert missed.status_code == 200 and missed.json()["id"] == 9
+    assert missed.json()["error"]["data"]["code"] == "replay_divergence"
+
+
+def test_an_abandoned_stream_stays_open_until_the_agent_leaves() -> None:
+    # An MCP GET event stream: the agent closed it, never the server; replaying must not end it.
+    call = recorded_call(
+        b"", route="mcp", protocol="mcp", method="GET", path="/mcp", chunks=[(1.0, b": ping\n\n")], outcome="aborted"
+    )
+    with replay_server(bundle_from_calls([call])) as replay:
+        with httpx.stream("GET", replay.url + "/mcp/mcp", timeout=httpx.Timeout(5, read=0.5)) as response:
+            pieces = response.iter_raw()
+            assert next(pieces) == b": ping\n\n"
+            with pytest.raises(httpx.ReadTimeout):
+                next(pieces)
+
+
+def test_placeholders_split_across_deltas_are_restored_in_streams() -> None:
+    # The model wrote the placeholder over three deltas, and the chunks split an event too.
+    events = [
+        b'data: {"choices":[{"index":0,"delta":{"content":"Write to <EMAIL_AD"}}]}\n\ndata: {"choices":[{"index":0,',
+        b'"delta":{"content":"DRESS"}}]}\n\n',
+        b'data: {"choices":[{"index":0,"delta":{"content":"_1> now"}}]}\n\n',
+        b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n',
+    ]
+    call = recorded_call(chat("mail <EMAIL_ADDRESS_1>", stream=True), chunks=stream_of(events))
+    with replay_server(bundle_from_calls([call])) as replay:
+        client = openai.OpenAI(base_url=replay.base_url("openai"), api_key="x", max_retries=0)
+        stream = client.chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": 'mail "ann"@x.io'}], stream=True
+        )
+        text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert text == 'Write to "ann"@x.io now'
+
+
+def test_unknown_routes_and_the_summary_endpoint() -> None:
+    call = recorded_call(chat("x"))
+    with replay_server(bundle_from_calls([call])) as replay:
+        unknown = httpx.post(replay.url + "/nope/x", json={})
+        httpx.post(replay.url + "/openai/chat/completions", json=chat("x"))
+        httpx.post(replay.url + "/openai/chat/completions", json=chat("y"))
+        summary = httpx.get(replay.url + "/__replay__/summary").json()
+    assert unknown.status_code == 404 and "routes: /openai/" in unknown.json()["error"]["message"]
+    assert (summary["requests"], summary["served"], len(summary["misses"]), summary["unused"]) == (2, 1, 1, [])
+    assert summary["misses"][0]["differences"][0]["label"] == "messages[0] (user)"
+
+
+def test_bad_settings_are_refused() -> None:
+    with pytest.raises(ValueError, match="on_miss"):
+        ReplayApp([], on_miss="retry")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="needs an app"):
+        ReplayApp([], on_miss="live")
+    with pytest.raises(ValueError, match="speed"):
+        ReplayApp([], speed=0)
+
+
+def test_session_header_is_used_when_the_bundle_has_several() -> None:
+    calls = [recorded_call(chat("same"), {"who": "a"}, session="a"), recorded_call(chat("same"), {"who": SESSION})]
+    with replay_server(bundle_from_calls(calls)) as replay:
+        response = httpx.post(
+            replay.url + "/openai/chat/completions", json=chat("same"), headers={"x-interlock-session": SESSION}
+        )
+    assert json.loads(response.content) == {"who": SESSION}
