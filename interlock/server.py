@@ -52,6 +52,10 @@ class Runtime:
 
         # The live policy (engine, reload state, rule counts) is `self.policy` for the admin API.
         self.policy, stages = policy_stages_for(self.settings)
+        if self.policy is not None and any(r.protocol == "mcp" for r in self.settings.routes.values()):
+            from interlock.policies.mcp_tools import McpToolFilter
+
+            stages.append(McpToolFilter(self.policy, self.settings))  # tools/list without denied tools
         return stages
 
     def guardrail_stages(self) -> list[object]:

@@ -141,6 +141,7 @@ class ProxyApp:
             _uncancel(task)
             call.outcome, call.error = "aborted", "client disconnected"
             call.truncated = call.stream and state.started
+            _keep_sent(call, state.sent)  # what the agent got before it left, if stages changed it
         except TimeoutError:
             call.outcome, call.error_code = "upstream_error", "upstream_timeout"
             call.error = f"the call exceeded its total timeout of {(route.timeouts or self.settings.timeouts).total}s"
@@ -238,6 +239,7 @@ class ProxyApp:
         pipeline = self.pipeline
         transform = pipeline.has_chunk_hooks
         sent: list[Chunk] | None = [] if transform else None
+        state.sent = sent
         await send({"type": "http.response.start", "status": call.status, "headers": headers})
         state.started = True
         chunks = call.chunks
@@ -266,11 +268,9 @@ class ProxyApp:
             call.attempts[-1].duration_ms = call.elapsed_ms() - call.attempts[-1].started_ms
         tail = await pipeline.chunk(call, b"", True) if transform else b""
         await pipeline.response(call)
-        if sent is not None:
-            if tail:
-                sent.append(Chunk(call.elapsed_ms(), tail))
-            if len(sent) != len(chunks) or any(a.data != b.data for a, b in zip(sent, chunks, strict=True)):
-                call.agent_chunks = sent
+        if sent is not None and tail:
+            sent.append(Chunk(call.elapsed_ms(), tail))
+        _keep_sent(call, sent)
         state.responded = True
         await send({"type": "http.response.body", "body": tail})
 
@@ -305,13 +305,14 @@ class _TooLarge(Exception):
 
 
 class _Watch:
-    __slots__ = ("disconnected", "started", "responded", "done")
+    __slots__ = ("disconnected", "started", "responded", "done", "sent")
 
     def __init__(self) -> None:
         self.disconnected = False
         self.started = False  # the response head went to the agent
         self.responded = False  # the last body message is being sent
         self.done = False
+        self.sent: list[Chunk] | None = None  # a stream's chunks as the agent got them (chunk hooks ran)
 
 
 async def _watch_disconnect(receive: Receive, state: _Watch, task: asyncio.Task[Any] | None) -> None:
@@ -322,6 +323,15 @@ async def _watch_disconnect(receive: Receive, state: _Watch, task: asyncio.Task[
                 state.disconnected = True
                 task.cancel()
             return
+
+
+def _keep_sent(call: Call, sent: list[Chunk] | None) -> None:
+    """Record the agent's side of a stream when it differs from the upstream's."""
+    chunks = call.chunks
+    if sent is not None and (
+        len(sent) != len(chunks) or any(a.data != b.data for a, b in zip(sent, chunks, strict=True))
+    ):
+        call.agent_chunks = sent
 
 
 def _uncancel(task: asyncio.Task[Any] | None) -> None:

@@ -91,6 +91,11 @@ class McpSession:
             # The agent closing its GET event stream is how that stream normally ends; the outcome
             # stays "aborted" (replay holds such a stream open until the agent leaves, as here).
             meta["closed_by"] = "agent"
+        elif call.outcome == "aborted" and call.stream and self.adapter.response_message(call, agent=True):
+            # The SDK clients close a request's SSE stream the moment its response arrives, often
+            # before the server's end of stream reaches interlock: the exchange was complete.
+            call.outcome, call.error, call.truncated = "ok", None, False
+            meta["closed_by"] = "agent"
         if view.method == "tools/call":
             arguments = (call.request_json or {}).get("params", {}).get("arguments")  # as sent upstream
             meta["arguments"] = _bounded(arguments)

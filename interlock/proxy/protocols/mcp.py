@@ -107,25 +107,28 @@ class McpAdapter(Adapter):
         # The GET event stream lives as long as the session: no total timeout (idle gaps still time out).
         return call.method == "GET"
 
-    def response_message(self, call: Call) -> dict[str, Any] | None:
+    def response_message(self, call: Call, *, agent: bool = False) -> dict[str, Any] | None:
         """The JSON-RPC response (result or error) answering this call's request, from a JSON body
-        or from the SSE events; None if there is none (a notification, or a stream cut short)."""
+        or from the SSE events; None if there is none (a notification, or a stream cut short).
+        `agent`: as the agent received it, rather than as the upstream sent it."""
         view = call.view
         if not isinstance(view, McpView) or not view.expects_reply:
             return None
-        for message in self.response_messages(call):
+        for message in self.response_messages(call, agent=agent):
             if "method" not in message and ("result" in message or "error" in message):
                 if message.get("id") == view.rpc_id or message.get("id") is None:
                     return message
         return None
 
-    def response_messages(self, call: Call) -> list[dict[str, Any]]:
-        """Every JSON-RPC message the server sent in reply, in order (notifications and server
-        requests included), as the upstream sent them."""
+    def response_messages(self, call: Call, *, agent: bool = False) -> list[dict[str, Any]]:
+        """Every JSON-RPC message of the reply, in order (notifications and server requests
+        included), as the upstream sent them (or, with `agent`, as the agent received them)."""
         if call.stream:
-            body = b"".join(c.data for c in call.chunks)
+            chunks = call.agent_chunks if agent and call.agent_chunks is not None else call.chunks
+            body = b"".join(c.data for c in chunks)
             return [m for e in iter_events(body) if (m := _load(e.data)) is not None]
-        message = _load(decoded_body(call.response_body, call.response_headers))
+        raw = call.agent_response_body if agent and call.agent_response_body is not None else call.response_body
+        message = _load(decoded_body(raw, call.response_headers))
         return [message] if message is not None else []
 
     def response_texts(self, data: Any) -> list[TextSlot]:
@@ -181,6 +184,15 @@ def json_rpc_error(request_id: Any, code: str, message: str, rpc_code: int | Non
 def sse_message(message: dict[str, Any]) -> bytes:
     """One JSON-RPC message as an SSE `message` event, as MCP servers send them."""
     return b"event: message\ndata: " + json.dumps(message, ensure_ascii=False).encode() + b"\n\n"
+
+
+def rewrite_event(raw: bytes, message: dict[str, Any]) -> bytes:
+    """The SSE event `raw` carrying `message` instead; its other fields (event, id, retry) are kept,
+    so a client resuming with Last-Event-ID still can."""
+    lines = raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+    kept = [line for line in lines if line and not line.startswith(b"data:")]
+    data = json.dumps(message, ensure_ascii=False).encode()
+    return b"\n".join([*kept, b"data: " + data]) + b"\n\n"
 
 
 def result_texts(result: dict[str, Any], path: tuple[str | int, ...]) -> list[TextSlot]:

@@ -1,0 +1,130 @@
+"""MCP `tools/list` under policy: tools the policy denies to this agent are removed from the list.
+
+Removed, not renamed: the model never learns of them, so it never tries them. A listed tool is
+removed when a `tools/call` of it by this agent would be denied whatever its arguments: the same
+rules are evaluated as for the call itself, with the tool's name and no arguments. A denial that
+depends on the arguments (a `when` that reads `tool.arguments`) keeps the tool listed; the call is
+then judged when it is made. Monitor rules only record what they would have removed.
+
+The reply may be JSON (set as the agent's body) or an SSE stream (the event carrying the response
+is held until complete, rewritten, and released; notifications pass at once).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+from urllib.parse import urlsplit
+
+from interlock.config import Settings
+from interlock.policies.engine import Subject
+from interlock.policies.loader import PolicyRuntime
+from interlock.proxy.protocols import ADAPTERS
+from interlock.proxy.protocols.base import response_json
+from interlock.proxy.protocols.mcp import McpAdapter, McpView, rewrite_event
+from interlock.proxy.protocols.sse import EventSplitter
+from interlock.tracing.call import Call, Decision
+
+
+class McpToolFilter:
+    """Removes denied tools from MCP `tools/list` results (after the policy stage, before guardrails)."""
+
+    name = "mcp_tools"
+
+    def __init__(self, runtime: PolicyRuntime, settings: Settings) -> None:
+        self.runtime = runtime
+        adapter = ADAPTERS["mcp"]
+        assert isinstance(adapter, McpAdapter)
+        self.adapter = adapter
+        self.hosts = {name: urlsplit(route.upstreams[0].url).hostname for name, route in settings.routes.items()}
+        self._streams: dict[str, EventSplitter] = {}
+
+    def applies(self, call: Call) -> bool:
+        view = call.view
+        return (
+            call.protocol == "mcp"
+            and isinstance(view, McpView)
+            and view.method == "tools/list"
+            and call.reply is None
+            and bool(self.runtime.engine.rules)
+        )
+
+    def refused(self, call: Call, names: list[str]) -> dict[str, tuple[str, str, bool]]:
+        """tool name → (rule, reason, monitor only) for the listed tools a call would be denied."""
+        engine = self.runtime.engine
+        base = Subject.from_call(call, self.hosts.get(call.route))
+        out: dict[str, tuple[str, str, bool]] = {}
+        for name in names:
+            subject = dataclasses.replace(base, operation="tools/call", tools=(name,), tool=name, tool_arguments={})
+            evaluation = engine.evaluate(subject)
+            rule = evaluation.denied_by
+            if rule is not None:
+                if "arguments" not in (rule.rule.when or ""):
+                    out[name] = (rule.name, evaluation.reason, False)
+                continue
+            for decision in evaluation.decisions:
+                if decision.action == "monitor" and decision.reason.startswith("would deny") and decision.rule:
+                    out.setdefault(name, (decision.rule, decision.reason.removeprefix("would deny: "), True))
+        return out
+
+    def filter(self, call: Call, message: dict[str, Any]) -> bool:
+        """Remove refused tools from a tools/list response message; True if it changed."""
+        refused = self.refused(call, self.adapter.tools_in_list(message))
+        enforced = {name for name, (_, _, monitor) in refused.items() if not monitor}
+        removed = self.adapter.remove_tools(message, enforced)
+        by_rule: dict[tuple[str, bool], list[str]] = {}
+        for name, (rule, _, monitor) in refused.items():
+            by_rule.setdefault((rule, monitor), []).append(name)
+        for (rule, monitor), names in by_rule.items():
+            listed = ", ".join(names)
+            if monitor:
+                call.decide(Decision("policy", "monitor", rule, f"would remove listed tools: {listed}"))
+            else:
+                call.decide(Decision("policy", "modify", rule, f"removed listed tools: {listed}", {"removed": names}))
+        if removed:
+            call.meta.setdefault("mcp", {})["removed_tools"] = removed
+            summary = call.meta.setdefault("policy", {})
+            if summary.get("decision") in (None, "allow"):
+                summary["decision"] = "modify"
+        return bool(removed)
+
+    async def response(self, call: Call) -> None:
+        if call.stream or not self.applies(call) or (call.status or 0) >= 400:
+            return
+        message = response_json(call)
+        if isinstance(message, dict) and self.filter(call, message):
+            call.agent_response_body = json.dumps(message, ensure_ascii=False).encode()
+
+    async def chunk(self, call: Call, data: bytes, last: bool) -> bytes:
+        splitter = self._streams.get(call.id)
+        if splitter is None:
+            if call.protocol != "mcp" or not self.applies(call):
+                return data
+            splitter = self._streams[call.id] = EventSplitter()
+        view = call.view
+        out: list[bytes] = []
+        # Whole events only: the response must not leave half-sent before it is filtered.
+        for event in splitter.feed(data):
+            message = _load(event.data)
+            if isinstance(message, dict) and "result" in message and message.get("id") == view.rpc_id:
+                if self.filter(call, message):
+                    out.append(rewrite_event(event.raw, message))
+                    continue
+            out.append(event.raw)
+        if last:
+            out.append(splitter.pending())
+            del self._streams[call.id]
+        return b"".join(out)
+
+    async def done(self, call: Call) -> None:
+        self._streams.pop(call.id, None)
+
+
+def _load(text: str) -> Any:
+    if not text or text[0] != "{":
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return None
