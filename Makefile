@@ -31,8 +31,13 @@ lint: $(VENV)/.test-deps
 typecheck: $(VENV)/.test-deps
 	$(BIN)/mypy
 
-pytest: $(VENV)/.test-deps $(VENV)-mcp1/.ok
+pytest: $(VENV)/.test-deps $(VENV)-mcp1/.ok .venv-phoenix/.installed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Arize Phoenix, the real OTLP backend of tests/tracing/test_otel_phoenix.py, in its own venv.
+.venv-phoenix/.installed: tests/tracing/phoenix.py | $(VENV)/.test-deps
+	$(BIN)/python -m tests.tracing.phoenix install
+	touch $@
 
 # The mcp SDK 1.x for tests/mcp: it is `import mcp` like the 2.x in $(VENV), so it gets its own venv.
 $(VENV)-mcp1/.ok:
@@ -53,4 +58,4 @@ demo: $(VENV)/.run-deps
 	$(BIN)/interlock demo
 
 clean:
-	rm -rf $(VENV) $(VENV)-mcp1 .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(VENV)-mcp1 .venv-phoenix .pytest_cache .mypy_cache .ruff_cache
