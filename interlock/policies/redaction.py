@@ -104,8 +104,8 @@ def resolve_overlaps(detections: Iterable[Detection]) -> list[Detection]:
 
 
 def mask(value: str) -> str:
-    """Letters and digits become `*`; long values keep their last four (like a card receipt)."""
-    keep = 4 if sum(c.isalnum() for c in value) >= 12 else 0
+    """Letters and digits become `*`; long numbers (cards, accounts) keep their last four, like a receipt."""
+    keep = 4 if sum(c.isdigit() for c in value) >= 12 else 0
     out: list[str] = []
     for c in reversed(value):
         if c.isalnum() and keep:
@@ -194,8 +194,9 @@ def holdback(text: str, entities: bool) -> int:
     if entities:
         window = max(0, len(text) - MAX_HOLD)
         match = _ENTITY_TAIL.search(text, window)
-        if match is not None and match.start() < cut:
-            cut = match.start()
+        # No match: the last word began before the window; hold the window (an entity may end it).
+        start = window if match is None else match.start()
+        cut = min(cut, start)
     return cut
 
 

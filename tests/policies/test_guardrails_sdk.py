@@ -89,7 +89,9 @@ def test_email_is_restored_in_a_stream(guarded: Running, upstream: ScriptedUpstr
     assert EMAIL.encode() not in sent_bodies(upstream)
 
 
-def test_credit_card_blocks_the_call_naming_the_type_not_the_number(guarded: Running, upstream: ScriptedUpstream) -> None:
+def test_credit_card_blocks_the_call_naming_the_type_not_the_number(
+    guarded: Running, upstream: ScriptedUpstream
+) -> None:
     client = client_for(guarded)
     with pytest.raises(openai.PermissionDeniedError) as caught:
         client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": f"charge {CARD} now"}])
@@ -210,7 +212,7 @@ def test_the_store_holds_no_raw_value(guarded: Running, upstream: ScriptedUpstre
     assert all(f.value is None for f in findings)
     blocked = next(c for c in calls if c is not None and c.outcome == "blocked")
     assert blocked.error_code == "pii_blocked"
-    assert blocked.request_body.endswith(b"card <CREDIT_CARD> <EMAIL_ADDRESS>\"}]}")
+    assert blocked.request_body.endswith(b'card <CREDIT_CARD> <EMAIL_ADDRESS>"}]}')
 
 
 def test_a_policy_rule_sets_the_actions(make_interlock: Any, write_policy: Any, upstream: ScriptedUpstream) -> None:

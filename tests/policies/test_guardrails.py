@@ -1,0 +1,121 @@
+"""The guardrails stage alone, with made-up calls: caching, failing closed, actions from the policy."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from interlock.config import Settings
+from interlock.policies.actions import GuardrailActions
+from interlock.policies.guardrails import Guardrails, where
+from interlock.proxy.parse import Parse
+from interlock.tracing.call import Call
+
+EMAIL = "jane.roe@acme-corp.io"
+
+
+def make_settings(**guardrails: Any) -> Settings:
+    return Settings.model_validate({"guardrails": guardrails})
+
+
+async def parsed(body: dict[str, Any], protocol: str = "openai", path: str = "/chat/completions") -> Call:
+    call = Call(id="c1", route=protocol, protocol=protocol, method="POST", path=path, session="s")
+    call.request_body = json.dumps(body).encode()
+    await Parse().request(call)
+    assert call.reply is None
+    return call
+
+
+class CountingDetector:
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.texts = inner, []  # type: list[str]
+
+    def detect(self, text: str) -> Any:
+        self.texts.append(text)
+        return self.inner.detect(text)
+
+
+def test_where_reads_like_a_path() -> None:
+    assert where(("messages", 2, "content")) == "messages[2].content"
+    assert where(("input",)) == "input"
+
+
+async def test_history_sent_again_is_not_analysed_again() -> None:
+    stage = Guardrails(make_settings(request={"EMAIL_ADDRESS": "redact"}))
+    counting = CountingDetector(await stage.detector())
+    stage._detector = counting  # type: ignore[assignment]
+    turn = [{"role": "user", "content": f"mail {EMAIL}"}]
+    first = await parsed({"model": "m", "messages": turn})
+    await stage.request(first)
+    turn += [{"role": "assistant", "content": "done"}, {"role": "user", "content": "thanks"}]
+    second = await parsed({"model": "m", "messages": turn})
+    await stage.request(second)
+    assert counting.texts == [f"mail {EMAIL}", "done", "thanks"]
+    assert second.request_json["messages"][0]["content"] == "mail <EMAIL_ADDRESS_1>"
+
+
+class Broken:
+    def detect(self, text: str) -> Any:
+        raise RuntimeError("analyzer exploded")
+
+
+@pytest.mark.parametrize(("on_error", "denied"), [("deny", True), ("allow", False)])
+async def test_an_analyzer_failure_fails_closed_unless_allowed(on_error: str, denied: bool) -> None:
+    stage = Guardrails(make_settings(request={"CREDIT_CARD": "block"}, on_error=on_error))
+    stage._detector = Broken()  # type: ignore[assignment]
+    call = await parsed({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+    await stage.request(call)
+    assert (call.reply is not None) is denied
+    if denied:
+        assert call.reply is not None and call.reply.status == 503
+        assert call.error_code == "guardrails_error" and call.outcome == "blocked"
+    assert call.decisions[-1].stage == "guardrails"
+
+
+async def test_a_failure_without_block_lets_the_call_through() -> None:
+    stage = Guardrails(make_settings(request={"EMAIL_ADDRESS": "redact"}))
+    stage._detector = Broken()  # type: ignore[assignment]
+    call = await parsed({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+    await stage.request(call)
+    assert call.reply is None and call.decisions[-1].action == "error"
+
+
+async def test_actions_set_by_the_policy_win_over_the_defaults() -> None:
+    stage = Guardrails(make_settings(request={"EMAIL_ADDRESS": "log"}))
+    call = await parsed({"model": "m", "messages": [{"role": "user", "content": f"mail {EMAIL}"}]})
+    call.guardrails = GuardrailActions(request={"EMAIL_ADDRESS": "hash"}, rules=("hash-emails",))
+    await stage.request(call)
+    content = call.request_json["messages"][0]["content"]
+    assert content.startswith("mail <EMAIL_ADDRESS#") and EMAIL not in content
+    assert call.decisions[-1].rule == "hash-emails"
+
+
+async def test_logged_values_are_left_upstream_but_masked_at_rest() -> None:
+    stage = Guardrails(make_settings(request={"EMAIL_ADDRESS": "log"}))
+    call = await parsed({"model": "m", "messages": [{"role": "user", "content": f"mail {EMAIL}"}]})
+    await stage.request(call)
+    assert not call.request_changed and call.findings[0].action == "log"
+    await stage.done(call)
+    assert EMAIL.encode() not in call.request_body and b"mail <EMAIL_ADDRESS>" in call.request_body
+
+
+async def test_anthropic_tool_use_input_is_restored() -> None:
+    stage = Guardrails(make_settings(request={"EMAIL_ADDRESS": "redact"}))
+    call = await parsed(
+        {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": f"mail {EMAIL}"}]},
+        "anthropic",
+        "/v1/messages",
+    )
+    await stage.request(call)
+    assert call.request_json["messages"][0]["content"] == "mail <EMAIL_ADDRESS_1>"
+    call.status, call.response_headers = 200, [("content-type", "application/json")]
+    response = {"content": [{"type": "tool_use", "id": "t", "name": "send", "input": {"to": "<EMAIL_ADDRESS_1>"}}]}
+    call.response_body = json.dumps(response).encode()
+    await stage.response(call)
+    assert call.agent_response_body is not None
+    assert json.loads(call.agent_response_body)["content"][0]["input"] == {"to": EMAIL}
+    await stage.done(call)
+    assert call.agent_response_body is None  # the stored copy never holds restored values
+    assert EMAIL.encode() not in call.request_body
