@@ -21,7 +21,8 @@ from typing import Any
 from interlock.config import Settings
 from interlock.config import Store as StoreSettings
 from interlock.tracing.call import Call
-from interlock.tracing.store import Indexer, Record, Store
+from interlock.tracing.rows import Indexer, Record
+from interlock.tracing.store import Store
 
 log = logging.getLogger("interlock.recorder")
 

@@ -65,7 +65,7 @@ CREATE INDEX calls_agent ON calls (agent, id);
 CREATE INDEX calls_trace ON calls (trace_id);
 
 CREATE TABLE bodies (
-    call_id TEXT PRIMARY KEY,
+    call_id TEXT NOT NULL UNIQUE,
     request_headers TEXT NOT NULL DEFAULT '[]',
     response_headers TEXT NOT NULL DEFAULT '[]',
     request_body BLOB,
@@ -75,7 +75,7 @@ CREATE TABLE bodies (
     agent_chunks INTEGER NOT NULL DEFAULT 0,
     response_message TEXT,
     extra TEXT
-) WITHOUT ROWID;
+);
 
 CREATE TABLE chunks (
     call_id TEXT NOT NULL,

@@ -8,7 +8,6 @@ never on the event loop. The schema is documented in `interlock/tracing/schema.p
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import os
@@ -16,120 +15,43 @@ import sqlite3
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import sqlite_utils
 
-from interlock.tracing.call import Call, public_headers
+from interlock.tracing.call import Call
+from interlock.tracing.rows import (
+    BOOL_COLUMNS,
+    CHILD_TABLES,
+    INSERT_ATTEMPT,
+    INSERT_BODY,
+    INSERT_CALL,
+    INSERT_CHUNK,
+    INSERT_EVENT,
+    INSERT_FTS,
+    LIST_COLUMNS,
+    Indexer,
+    Record,
+    record_rows,
+    row_to_record,
+    without_bodies,
+)
 from interlock.tracing.schema import SCHEMA_VERSION, SchemaError, migrate, schema_version
 from interlock.tracing.text import record_texts
+from interlock.tracing.transfer import copy_calls
 
 log = logging.getLogger("interlock.store")
 
-Record = dict[str, Any]
-#: (request text, response text, reassembled response message or None) for one record.
-Indexer = Callable[[Record], tuple[str, str, Any]]
-
-#: Columns of `calls` that list views get (`list_calls`); everything but `seq`, `meta` and `query`.
-LIST_COLUMNS = (
-    "id",
-    "trace_id",
-    "span_id",
-    "session",
-    "agent",
-    "route",
-    "protocol",
-    "method",
-    "path",
-    "model",
-    "stream",
-    "status",
-    "outcome",
-    "error_code",
-    "error",
-    "started_at",
-    "ttfb_ms",
-    "duration_ms",
-    "input_tokens",
-    "output_tokens",
-    "attempt_count",
-    "upstream",
-    "truncated",
-    "capture",
-    "size",
-)
-
-_CALL_COLUMNS = (
-    *LIST_COLUMNS[:10],
-    "query",
-    *LIST_COLUMNS[10:],
-    "parent_span_id",
-    "meta",
-)
-_BOOL_COLUMNS = ("stream", "truncated")
-# to_record keys that have a home in the schema; anything else goes to `bodies.extra`.
-_KNOWN_KEYS = frozenset(
-    {
-        *_CALL_COLUMNS,
-        "request_headers",
-        "response_headers",
-        "request_body",
-        "upstream_body",
-        "response_body",
-        "agent_response_body",
-        "chunks",
-        "agent_chunks",
-        "decisions",
-        "findings",
-        "attempts",
-    }
-)
-_BODY_COLUMNS = ("request_body", "upstream_body", "response_body", "agent_response_body")
-
-_INSERT_CALL = (
-    f"INSERT OR IGNORE INTO calls ({', '.join(_CALL_COLUMNS)}) VALUES ({', '.join('?' * len(_CALL_COLUMNS))})"
-)
-_INSERT_BODY = (
-    "INSERT OR IGNORE INTO bodies (call_id, request_headers, response_headers, request_body, upstream_body,"
-    " response_body, agent_response_body, agent_chunks, response_message, extra) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-_INSERT_CHUNK = "INSERT OR IGNORE INTO chunks (call_id, side, seq, t_ms, data) VALUES (?, ?, ?, ?, ?)"
-_INSERT_ATTEMPT = (
-    "INSERT OR IGNORE INTO attempts (call_id, seq, upstream, url, model, started_ms, duration_ms, ttfb_ms, status,"
-    " error, backoff_ms, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-_INSERT_EVENT = (
-    "INSERT OR IGNORE INTO events (call_id, seq, kind, stage, action, name, data) VALUES (?, ?, ?, ?, ?, ?, ?)"
-)
-_INSERT_FTS = "INSERT INTO calls_fts (rowid, request, response) VALUES ((SELECT seq FROM calls WHERE id = ?), ?, ?)"
-_CHILD_TABLES = ("bodies", "chunks", "attempts", "events")
+#: Bodies of a few KB fill 4 KB pages (SQLite's default) about half; larger pages pack them.
+#: Measured with 2 KB requests: 10.5 KB → ? KB per call on disk. Only applies to a new file.
+PAGE_SIZE = 16384
 
 
 class StoreError(Exception):
     """The store cannot do what was asked (bad query, unreadable file)."""
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=_encode_extra)
-
-
-def _encode_extra(value: Any) -> Any:
-    if isinstance(value, bytes | bytearray | memoryview):
-        return {"$bytes": base64.b64encode(bytes(value)).decode()}
-    raise TypeError(f"{type(value).__name__} is not JSON-able")
-
-
-def _decode_extra(value: Any) -> Any:
-    if isinstance(value, dict):
-        if len(value) == 1 and "$bytes" in value:
-            return base64.b64decode(value["$bytes"])
-        return {k: _decode_extra(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_decode_extra(v) for v in value]
-    return value
 
 
 def _connect(path: str, readonly: bool) -> sqlite3.Connection:
@@ -140,6 +62,7 @@ def _connect(path: str, readonly: bool) -> sqlite3.Connection:
         if not readonly:
             # Only takes effect on a new file, and only before WAL mode: lets retention give space
             # back to the disk (`prune` → incremental_vacuum).
+            conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
             conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
             conn.execute("PRAGMA journal_mode = WAL")
             # With WAL, NORMAL survives a crash of the process (kill -9) without losing committed
@@ -247,27 +170,27 @@ class Store:
         events: list[tuple[Any, ...]] = []
         texts: list[tuple[Any, ...]] = []
         for record in records:
-            _rows(record, capture, index, calls, bodies, chunks, attempts, events, texts)
+            record_rows(record, capture, index, calls, bodies, chunks, attempts, events, texts)
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
         try:
             before = conn.total_changes
-            conn.executemany(_INSERT_CALL, calls)
+            conn.executemany(INSERT_CALL, calls)
             added = conn.total_changes - before
             if added != len(calls):
                 # Some ids were already there (a re-import, a retried batch): write only the new ones'
                 # children, so nothing is duplicated in the full-text index.
-                fresh = set(_without_bodies(conn, [c[0] for c in calls]))
+                fresh = set(without_bodies(conn, [c[0] for c in calls]))
                 bodies = [b for b in bodies if b[0] in fresh]
                 chunks = [c for c in chunks if c[0] in fresh]
                 attempts = [a for a in attempts if a[0] in fresh]
                 events = [e for e in events if e[0] in fresh]
                 texts = [t for t in texts if t[0] in fresh]
-            conn.executemany(_INSERT_BODY, bodies)
-            conn.executemany(_INSERT_CHUNK, chunks)
-            conn.executemany(_INSERT_ATTEMPT, attempts)
-            conn.executemany(_INSERT_EVENT, events)
-            conn.executemany(_INSERT_FTS, texts)
+            conn.executemany(INSERT_BODY, bodies)
+            conn.executemany(INSERT_CHUNK, chunks)
+            conn.executemany(INSERT_ATTEMPT, attempts)
+            conn.executemany(INSERT_EVENT, events)
+            conn.executemany(INSERT_FTS, texts)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -290,39 +213,7 @@ class Store:
         )
         if not rows:
             return None
-        return self._record(rows[0])
-
-    def _record(self, row: dict[str, Any]) -> Record:
-        call_id = row["id"]
-        record: Record = {k: row[k] for k in _CALL_COLUMNS if k not in ("meta",)}
-        for key in _BOOL_COLUMNS:
-            record[key] = bool(record[key])
-        record["meta"] = json.loads(row["meta"]) if row["meta"] else {}
-        record["request_headers"] = [tuple(h) for h in json.loads(row["request_headers"] or "[]")]
-        record["response_headers"] = [tuple(h) for h in json.loads(row["response_headers"] or "[]")]
-        for key in _BODY_COLUMNS:
-            record[key] = row[key]
-        if record["request_body"] is None:
-            record["request_body"] = b""
-        sides: dict[int, list[tuple[float, bytes]]] = {0: [], 1: []}
-        for side, t_ms, data in self.conn.execute(
-            "SELECT side, t_ms, data FROM chunks WHERE call_id = ? ORDER BY side, seq", (call_id,)
-        ):
-            sides[side].append((t_ms, data))
-        record["chunks"] = sides[0]
-        record["agent_chunks"] = sides[1] if row["has_agent_chunks"] else None
-        record["attempts"] = [
-            json.loads(data)
-            for (data,) in self.conn.execute("SELECT data FROM attempts WHERE call_id = ? ORDER BY seq", (call_id,))
-        ]
-        record["decisions"], record["findings"] = [], []
-        for kind, data in self.conn.execute("SELECT kind, data FROM events WHERE call_id = ? ORDER BY seq", (call_id,)):
-            record["decisions" if kind == "decision" else "findings"].append(json.loads(data))
-        if row["extra"]:
-            record.update(_decode_extra(json.loads(row["extra"])))
-        for key in ("capture", "size", "attempt_count"):
-            record.pop(key, None)
-        return record
+        return row_to_record(self.conn, rows[0])
 
     def get_call(self, call_id: str) -> Call | None:
         """The full Call, or None if no call has this id."""
@@ -407,7 +298,7 @@ class Store:
                 raise StoreError(f"bad search query {q!r}: {exc}") from None
             raise
         for row in rows:
-            for key in _BOOL_COLUMNS:
+            for key in BOOL_COLUMNS:
                 row[key] = bool(row[key])
         return rows
 
@@ -415,7 +306,7 @@ class Store:
         """The narrow row of one call."""
         rows = self._query(f"SELECT {', '.join(LIST_COLUMNS)} FROM calls WHERE id = ?", (call_id,))
         for row in rows:
-            for key in _BOOL_COLUMNS:
+            for key in BOOL_COLUMNS:
                 row[key] = bool(row[key])
         return rows[0] if rows else None
 
@@ -439,7 +330,7 @@ class Store:
         )
         for row in rows:
             seq = max(seq, int(row.pop("seq")))
-            for key in _BOOL_COLUMNS:
+            for key in BOOL_COLUMNS:
                 row[key] = bool(row[key])
         return rows, seq
 
@@ -485,7 +376,7 @@ class Store:
             f"SELECT {', '.join(LIST_COLUMNS)} FROM calls WHERE session = ? ORDER BY id LIMIT ?", (session, limit)
         )
         for row in calls:
-            for key in _BOOL_COLUMNS:
+            for key in BOOL_COLUMNS:
                 row[key] = bool(row[key])
         summary["calls"] = calls
         return summary
@@ -565,7 +456,7 @@ class Store:
         conn.execute("BEGIN IMMEDIATE")
         try:
             conn.execute(f"DELETE FROM calls_fts WHERE rowid IN (SELECT seq FROM calls WHERE id IN ({marks}))", ids)
-            for table in _CHILD_TABLES:
+            for table in CHILD_TABLES:
                 conn.execute(f"DELETE FROM {table} WHERE call_id IN ({marks})", ids)
             count = conn.execute(f"DELETE FROM calls WHERE id IN ({marks})", ids).rowcount
             conn.execute("COMMIT")
@@ -595,7 +486,7 @@ class Store:
         try:
             with Store(tmp) as out:
                 where, params = _where(session=session, since=since, until=until, agent=agent, prefix="s.")
-                count = _copy_calls(out.conn, self.path, " AND ".join(where), params)
+                count = copy_calls(out.conn, self.path, " AND ".join(where), params)
                 out.conn.executescript("PRAGMA incremental_vacuum;")  # execute() would free one page per call
                 out.conn.execute("PRAGMA journal_mode = DELETE")
             os.replace(tmp, dest)
@@ -612,7 +503,7 @@ class Store:
             raise StoreError(f"{source}: no such store")
         with Store(source, readonly=True) as check:
             _ = check.schema_version
-        return _copy_calls(self.conn, source, "1", [])
+        return copy_calls(self.conn, source, "1", [])
 
 
 _SESSION_COLUMNS = (
@@ -628,22 +519,6 @@ def _session_row(row: dict[str, Any]) -> dict[str, Any]:
     row["models"] = sorted((row["models"] or "").split(",")) if row["models"] else []
     row["agent"] = row["agents"][0] if len(row["agents"]) == 1 else None
     return row
-
-
-def _without_bodies(conn: sqlite3.Connection, ids: Sequence[str]) -> list[str]:
-    """Of `ids`, those whose calls row has no bodies row yet (i.e. inserted by this transaction)."""
-    found: list[str] = []
-    for start in range(0, len(ids), 500):
-        part = ids[start : start + 500]
-        marks = ", ".join("?" * len(part))
-        found += [
-            r[0]
-            for r in conn.execute(
-                f"SELECT id FROM calls WHERE id IN ({marks}) AND id NOT IN (SELECT call_id FROM bodies WHERE call_id IN ({marks}))",
-                (*part, *part),
-            )
-        ]
-    return found
 
 
 def _where(prefix: str = "", **filters: Any) -> tuple[list[str], list[Any]]:
@@ -668,136 +543,6 @@ def fts_query(q: str) -> str:
     if any(ch in q for ch in '"*:^()') or any(w in q.split() for w in ("AND", "OR", "NOT", "NEAR")):
         return q
     return " ".join('"' + word.replace('"', '""') + '"' for word in q.split())
-
-
-def _rows(
-    record: Record,
-    capture: str,
-    index: Indexer,
-    calls: list[tuple[Any, ...]],
-    bodies: list[tuple[Any, ...]],
-    chunks: list[tuple[Any, ...]],
-    attempts: list[tuple[Any, ...]],
-    events: list[tuple[Any, ...]],
-    texts: list[tuple[Any, ...]],
-) -> None:
-    call_id = record["id"]
-    full = capture == "full"
-    upstream_chunks = record.get("chunks") or []
-    agent_chunks = record.get("agent_chunks")
-    size = 0
-    if full:
-        size = sum(len(record.get(k) or b"") for k in _BODY_COLUMNS)
-        size += sum(len(d) for _, d in upstream_chunks) + sum(len(d) for _, d in agent_chunks or [])
-    row = dict(record)
-    row["meta"] = _dumps(record.get("meta") or {})
-    row["attempt_count"] = len(record.get("attempts") or [])
-    row["capture"] = "full" if full else "metadata"
-    row["size"] = size
-    row["stream"] = 1 if record.get("stream") else 0
-    row["truncated"] = 1 if record.get("truncated") else 0
-    row.setdefault("query", "")
-    calls.append(tuple(row.get(k) for k in _CALL_COLUMNS))
-    extra = {k: v for k, v in record.items() if k not in _KNOWN_KEYS}
-    message = None
-    if full:
-        request_text, response_text, message = index(record)
-        texts.append((call_id, request_text, response_text))
-        for side, pieces in ((0, upstream_chunks), (1, agent_chunks or [])):
-            for seq, (t_ms, data) in enumerate(pieces):
-                chunks.append((call_id, side, seq, t_ms, data))
-    bodies.append(
-        (
-            call_id,
-            # Defence in depth: to_record already removed credentials; never let one reach the file.
-            _dumps(public_headers(record.get("request_headers") or [])),
-            _dumps(public_headers(record.get("response_headers") or [])),
-            *((record.get(k) if full else None) for k in _BODY_COLUMNS),
-            1 if full and agent_chunks is not None else 0,
-            None if message is None else _dumps(message),
-            _dumps(extra) if extra else None,
-        )
-    )
-    for seq, attempt in enumerate(record.get("attempts") or []):
-        attempts.append(
-            (
-                call_id,
-                seq,
-                attempt.get("upstream"),
-                attempt.get("url"),
-                attempt.get("model"),
-                attempt.get("started_ms"),
-                attempt.get("duration_ms"),
-                attempt.get("ttfb_ms"),
-                attempt.get("status"),
-                attempt.get("error"),
-                attempt.get("backoff_ms"),
-                _dumps(attempt),
-            )
-        )
-    seq = 0
-    for decision in record.get("decisions") or []:
-        events.append(
-            (
-                call_id,
-                seq,
-                "decision",
-                decision.get("stage"),
-                decision.get("action"),
-                decision.get("rule"),
-                _dumps(decision),
-            )
-        )
-        seq += 1
-    for finding in record.get("findings") or []:
-        events.append((call_id, seq, "finding", None, finding.get("action"), finding.get("entity"), _dumps(finding)))
-        seq += 1
-
-
-def _copy_calls(dest: sqlite3.Connection, source_path: str, where: str, params: Sequence[Any]) -> int:
-    """Copy the source's calls matching `where` (on alias `s`) into `dest`, skipping ids it has."""
-    dest.execute("ATTACH DATABASE ? AS src", (f"file:{quote(source_path)}?mode=ro",))
-    try:
-        dest.execute("BEGIN IMMEDIATE")
-        try:
-            dest.execute("CREATE TEMP TABLE IF NOT EXISTS copying (id TEXT PRIMARY KEY)")
-            dest.execute("DELETE FROM copying")
-            dest.execute(
-                f"INSERT INTO copying (id) SELECT s.id FROM src.calls s WHERE {where}"
-                " AND s.id NOT IN (SELECT id FROM main.calls)",
-                params,
-            )
-            count = dest.execute("SELECT count(*) FROM copying").fetchone()[0]
-            for table in ("calls", *_CHILD_TABLES):
-                key = "id" if table == "calls" else "call_id"
-                columns = _common_columns(dest, table)
-                if table == "calls":
-                    columns = [c for c in columns if c != "seq"]
-                names = ", ".join(columns)
-                order = " ORDER BY s.seq" if table == "calls" else ""
-                dest.execute(
-                    f"INSERT INTO main.{table} ({names}) SELECT {', '.join('s.' + c for c in columns)}"
-                    f" FROM src.{table} s WHERE s.{key} IN (SELECT id FROM copying){order}"
-                )
-            dest.execute(
-                "INSERT INTO main.calls_fts (rowid, request, response) SELECT d.seq, f.request, f.response"
-                " FROM src.calls_fts f JOIN src.calls s ON s.seq = f.rowid JOIN main.calls d ON d.id = s.id"
-                " WHERE s.id IN (SELECT id FROM copying)"
-            )
-            dest.execute("DELETE FROM copying")
-            dest.execute("COMMIT")
-        except BaseException:
-            dest.execute("ROLLBACK")
-            raise
-    finally:
-        dest.execute("DETACH DATABASE src")
-    return int(count)
-
-
-def _common_columns(conn: sqlite3.Connection, table: str) -> list[str]:
-    mine = [r[1] for r in conn.execute(f"PRAGMA main.table_info({table})")]
-    theirs = {r[1] for r in conn.execute(f"PRAGMA src.table_info({table})")}
-    return [c for c in mine if c in theirs]
 
 
 __all__ = ["Store", "StoreError", "LIST_COLUMNS", "fts_query"]

@@ -100,15 +100,15 @@ def test_done_does_no_serialisation_on_the_loop(store: Store, monkeypatch: pytes
     recorder = Recorder(store, StoreSettings())
     loop_thread: list[int] = []
     seen: list[int] = []
-    import interlock.tracing.store as store_module
+    import interlock.tracing.rows as rows_module
 
-    real_dumps = store_module._dumps
+    real_dumps = rows_module.dumps
 
     def spying_dumps(value: Any) -> str:
         seen.append(threading.get_ident())
         return real_dumps(value)
 
-    monkeypatch.setattr(store_module, "_dumps", spying_dumps)
+    monkeypatch.setattr(rows_module, "dumps", spying_dumps)
 
     async def finish() -> None:
         loop_thread.append(threading.get_ident())

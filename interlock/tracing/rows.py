@@ -1,0 +1,276 @@
+"""Records ⇄ rows: how a `Call.to_record()` dict is spread over the tables, and read back.
+
+Everything here runs in the writer thread (or a reader's), never on the event loop.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import sqlite3
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from interlock.tracing.call import public_headers
+
+Record = dict[str, Any]
+#: (request text, response text, reassembled response message or None) for one record.
+Indexer = Callable[[Record], tuple[str, str, Any]]
+
+#: Columns of `calls` that list views get (`list_calls`); everything but `seq`, `meta` and `query`.
+LIST_COLUMNS = (
+    "id",
+    "trace_id",
+    "span_id",
+    "session",
+    "agent",
+    "route",
+    "protocol",
+    "method",
+    "path",
+    "model",
+    "stream",
+    "status",
+    "outcome",
+    "error_code",
+    "error",
+    "started_at",
+    "ttfb_ms",
+    "duration_ms",
+    "input_tokens",
+    "output_tokens",
+    "attempt_count",
+    "upstream",
+    "truncated",
+    "capture",
+    "size",
+)
+
+_CALL_COLUMNS = (
+    *LIST_COLUMNS[:10],
+    "query",
+    *LIST_COLUMNS[10:],
+    "parent_span_id",
+    "meta",
+)
+BOOL_COLUMNS = ("stream", "truncated")
+# to_record keys that have a home in the schema; anything else goes to `bodies.extra`.
+_KNOWN_KEYS = frozenset(
+    {
+        *_CALL_COLUMNS,
+        "request_headers",
+        "response_headers",
+        "request_body",
+        "upstream_body",
+        "response_body",
+        "agent_response_body",
+        "chunks",
+        "agent_chunks",
+        "decisions",
+        "findings",
+        "attempts",
+    }
+)
+_BODY_COLUMNS = ("request_body", "upstream_body", "response_body", "agent_response_body")
+
+INSERT_CALL = f"INSERT OR IGNORE INTO calls ({', '.join(_CALL_COLUMNS)}) VALUES ({', '.join('?' * len(_CALL_COLUMNS))})"
+INSERT_BODY = (
+    "INSERT OR IGNORE INTO bodies (call_id, request_headers, response_headers, request_body, upstream_body,"
+    " response_body, agent_response_body, agent_chunks, response_message, extra) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+INSERT_CHUNK = "INSERT OR IGNORE INTO chunks (call_id, side, seq, t_ms, data) VALUES (?, ?, ?, ?, ?)"
+INSERT_ATTEMPT = (
+    "INSERT OR IGNORE INTO attempts (call_id, seq, upstream, url, model, started_ms, duration_ms, ttfb_ms, status,"
+    " error, backoff_ms, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+INSERT_EVENT = (
+    "INSERT OR IGNORE INTO events (call_id, seq, kind, stage, action, name, data) VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+INSERT_FTS = "INSERT INTO calls_fts (rowid, request, response) VALUES ((SELECT seq FROM calls WHERE id = ?), ?, ?)"
+CHILD_TABLES = ("bodies", "chunks", "attempts", "events")
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=_encode_extra)
+
+
+def _encode_extra(value: Any) -> Any:
+    if isinstance(value, bytes | bytearray | memoryview):
+        return {"$bytes": base64.b64encode(bytes(value)).decode()}
+    raise TypeError(f"{type(value).__name__} is not JSON-able")
+
+
+def _decode_extra(value: Any) -> Any:
+    if isinstance(value, dict):
+        if len(value) == 1 and "$bytes" in value:
+            return base64.b64decode(value["$bytes"])
+        return {k: _decode_extra(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decode_extra(v) for v in value]
+    return value
+
+
+def row_to_record(conn: sqlite3.Connection, row: dict[str, Any]) -> Record:
+    """A `calls` row joined with its `bodies` row, plus its chunks, attempts and events, as a record."""
+    call_id = row["id"]
+    record: Record = {k: row[k] for k in _CALL_COLUMNS if k not in ("meta",)}
+    for key in BOOL_COLUMNS:
+        record[key] = bool(record[key])
+    record["meta"] = json.loads(row["meta"]) if row["meta"] else {}
+    record["request_headers"] = [tuple(h) for h in json.loads(row["request_headers"] or "[]")]
+    record["response_headers"] = [tuple(h) for h in json.loads(row["response_headers"] or "[]")]
+    for key in _BODY_COLUMNS:
+        record[key] = row[key]
+    if record["request_body"] is None:
+        record["request_body"] = b""
+    sides: dict[int, list[tuple[float, bytes]]] = {0: [], 1: []}
+    for side, t_ms, data in conn.execute(
+        "SELECT side, t_ms, data FROM chunks WHERE call_id = ? ORDER BY side, seq", (call_id,)
+    ):
+        sides[side].append((t_ms, data))
+    record["chunks"] = sides[0]
+    record["agent_chunks"] = sides[1] if row["has_agent_chunks"] else None
+    record["attempts"] = [
+        json.loads(data)
+        for (data,) in conn.execute("SELECT data FROM attempts WHERE call_id = ? ORDER BY seq", (call_id,))
+    ]
+    record["decisions"], record["findings"] = [], []
+    for kind, data in conn.execute("SELECT kind, data FROM events WHERE call_id = ? ORDER BY seq", (call_id,)):
+        record["decisions" if kind == "decision" else "findings"].append(json.loads(data))
+    if row["extra"]:
+        record.update(_decode_extra(json.loads(row["extra"])))
+    for key in ("capture", "size", "attempt_count"):
+        record.pop(key, None)
+    return record
+
+
+def without_bodies(conn: sqlite3.Connection, ids: Sequence[str]) -> list[str]:
+    """Of `ids`, those whose calls row has no bodies row yet (i.e. inserted by this transaction)."""
+    found: list[str] = []
+    for start in range(0, len(ids), 500):
+        part = ids[start : start + 500]
+        marks = ", ".join("?" * len(part))
+        found += [
+            r[0]
+            for r in conn.execute(
+                f"SELECT id FROM calls WHERE id IN ({marks}) AND id NOT IN (SELECT call_id FROM bodies WHERE call_id IN ({marks}))",
+                (*part, *part),
+            )
+        ]
+    return found
+
+
+def record_rows(
+    record: Record,
+    capture: str,
+    index: Indexer,
+    calls: list[tuple[Any, ...]],
+    bodies: list[tuple[Any, ...]],
+    chunks: list[tuple[Any, ...]],
+    attempts: list[tuple[Any, ...]],
+    events: list[tuple[Any, ...]],
+    texts: list[tuple[Any, ...]],
+) -> None:
+    call_id = record["id"]
+    full = capture == "full"
+    upstream_chunks = record.get("chunks") or []
+    agent_chunks = record.get("agent_chunks")
+    get = record.get
+    size = 0
+    if full:
+        for key in _BODY_COLUMNS:
+            body = get(key)
+            if body:
+                size += len(body)
+        for _, data in upstream_chunks:
+            size += len(data)
+        for _, data in agent_chunks or ():
+            size += len(data)
+    meta = get("meta")
+    # Must follow _CALL_COLUMNS (a plain tuple: this runs for every call, in the writer thread).
+    calls.append(
+        (
+            call_id,
+            get("trace_id"),
+            get("span_id"),
+            get("session"),
+            get("agent"),
+            get("route"),
+            get("protocol"),
+            get("method"),
+            get("path"),
+            get("model"),
+            get("query") or "",
+            1 if get("stream") else 0,
+            get("status"),
+            get("outcome"),
+            get("error_code"),
+            get("error"),
+            get("started_at"),
+            get("ttfb_ms"),
+            get("duration_ms"),
+            get("input_tokens"),
+            get("output_tokens"),
+            len(get("attempts") or ()),
+            get("upstream"),
+            1 if get("truncated") else 0,
+            "full" if full else "metadata",
+            size,
+            get("parent_span_id"),
+            dumps(meta) if meta else "{}",
+        )
+    )
+    extra = {k: v for k, v in record.items() if k not in _KNOWN_KEYS}
+    message = None
+    if full:
+        request_text, response_text, message = index(record)
+        texts.append((call_id, request_text, response_text))
+        for side, pieces in ((0, upstream_chunks), (1, agent_chunks or [])):
+            for seq, (t_ms, data) in enumerate(pieces):
+                chunks.append((call_id, side, seq, t_ms, data))
+    bodies.append(
+        (
+            call_id,
+            # Defence in depth: to_record already removed credentials; never let one reach the file.
+            dumps(public_headers(record.get("request_headers") or [])),
+            dumps(public_headers(record.get("response_headers") or [])),
+            *((record.get(k) if full else None) for k in _BODY_COLUMNS),
+            1 if full and agent_chunks is not None else 0,
+            None if message is None else dumps(message),
+            dumps(extra) if extra else None,
+        )
+    )
+    for seq, attempt in enumerate(record.get("attempts") or []):
+        attempts.append(
+            (
+                call_id,
+                seq,
+                attempt.get("upstream"),
+                attempt.get("url"),
+                attempt.get("model"),
+                attempt.get("started_ms"),
+                attempt.get("duration_ms"),
+                attempt.get("ttfb_ms"),
+                attempt.get("status"),
+                attempt.get("error"),
+                attempt.get("backoff_ms"),
+                dumps(attempt),
+            )
+        )
+    seq = 0
+    for decision in record.get("decisions") or []:
+        events.append(
+            (
+                call_id,
+                seq,
+                "decision",
+                decision.get("stage"),
+                decision.get("action"),
+                decision.get("rule"),
+                dumps(decision),
+            )
+        )
+        seq += 1
+    for finding in record.get("findings") or []:
+        events.append((call_id, seq, "finding", None, finding.get("action"), finding.get("entity"), dumps(finding)))
+        seq += 1

@@ -1,0 +1,56 @@
+"""Copying calls between store files (export to a bundle, import from one), inside SQLite."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import quote
+
+from interlock.tracing.rows import CHILD_TABLES
+
+
+def copy_calls(dest: sqlite3.Connection, source_path: str, where: str, params: Sequence[Any]) -> int:
+    """Copy the source's calls matching `where` (on alias `s`) into `dest`, skipping ids it has."""
+    dest.execute("ATTACH DATABASE ? AS src", (f"file:{quote(source_path)}?mode=ro",))
+    try:
+        dest.execute("BEGIN IMMEDIATE")
+        try:
+            dest.execute("CREATE TEMP TABLE IF NOT EXISTS copying (id TEXT PRIMARY KEY)")
+            dest.execute("DELETE FROM copying")
+            dest.execute(
+                f"INSERT INTO copying (id) SELECT s.id FROM src.calls s WHERE {where}"
+                " AND s.id NOT IN (SELECT id FROM main.calls)",
+                params,
+            )
+            count = dest.execute("SELECT count(*) FROM copying").fetchone()[0]
+            for table in ("calls", *CHILD_TABLES):
+                key = "id" if table == "calls" else "call_id"
+                columns = _common_columns(dest, table)
+                if table == "calls":
+                    columns = [c for c in columns if c != "seq"]
+                names = ", ".join(columns)
+                order = " ORDER BY s.seq" if table == "calls" else ""
+                dest.execute(
+                    f"INSERT INTO main.{table} ({names}) SELECT {', '.join('s.' + c for c in columns)}"
+                    f" FROM src.{table} s WHERE s.{key} IN (SELECT id FROM copying){order}"
+                )
+            dest.execute(
+                "INSERT INTO main.calls_fts (rowid, request, response) SELECT d.seq, f.request, f.response"
+                " FROM src.calls_fts f JOIN src.calls s ON s.seq = f.rowid JOIN main.calls d ON d.id = s.id"
+                " WHERE s.id IN (SELECT id FROM copying)"
+            )
+            dest.execute("DELETE FROM copying")
+            dest.execute("COMMIT")
+        except BaseException:
+            dest.execute("ROLLBACK")
+            raise
+    finally:
+        dest.execute("DETACH DATABASE src")
+    return int(count)
+
+
+def _common_columns(conn: sqlite3.Connection, table: str) -> list[str]:
+    mine = [r[1] for r in conn.execute(f"PRAGMA main.table_info({table})")]
+    theirs = {r[1] for r in conn.execute(f"PRAGMA src.table_info({table})")}
+    return [c for c in mine if c in theirs]
