@@ -165,9 +165,11 @@ class Forwarder:
             raw = response.aiter_raw()
             first = b""
             if response.headers.get("content-type", "").startswith("text/event-stream"):
-                async for first in raw:
-                    if first:
-                        break
+                # An open-ended stream (MCP's GET) may stay silent for long: its head is enough.
+                if not adapter.open_ended(call):
+                    async for first in raw:
+                        if first:
+                            break
                 attempt.ttfb_ms = call.elapsed_ms() - attempt.started_ms
                 rest: AsyncIterator[bytes] = raw
             else:
