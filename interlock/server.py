@@ -64,7 +64,10 @@ class Runtime:
         return [Guardrails(self.settings)]
 
     def record_stages(self) -> list[object]:
-        return [] if self.recorder is None else [self.recorder]
+        from interlock.proxy.mcp import McpRecord
+
+        # MCP tool arguments and results go into meta from the stored (guardrail-redacted) bodies.
+        return [McpRecord()] + ([] if self.recorder is None else [self.recorder])
 
     def export_stages(self) -> list[object]:
         from interlock.tracing.otel import build_exporter

@@ -4,7 +4,8 @@
   one with `X-Interlock-Session` (or a virtual key did), so a session's handshake, tool calls, event
   stream and DELETE group together. The `initialize` reply is where the id first appears.
 - Record: `call.meta["mcp"]` holds the message's kind, method, JSON-RPC id, MCP session id and
-  protocol revision, and for tools/call the tool's name, arguments, result and `isError`.
+  protocol revision, and for tools/call the tool's name, arguments, result and `isError` (the last
+  by `McpRecord`, which runs just before the recorder).
 - A server that ends a request's SSE stream before sending its response: the agent gets a JSON-RPC
   error for that id at once (instead of waiting out its read timeout) and the call is recorded as
   `upstream_error` / `stream_closed_early`, truncated.
@@ -96,9 +97,33 @@ class McpSession:
             # before the server's end of stream reaches interlock: the exchange was complete.
             call.outcome, call.error, call.truncated = "ok", None, False
             meta["closed_by"] = "agent"
+
+
+class McpRecord:
+    """Copies what an MCP message did into `call.meta["mcp"]` (tool arguments and result, isError,
+    listed tools, errors), from the bodies as they will be stored: it runs after the guardrails
+    stage has put the redacted form in place, just before the recorder, so no raw value the
+    guardrails acted on is copied into meta."""
+
+    name = "mcp_record"
+
+    def __init__(self) -> None:
+        adapter = ADAPTERS["mcp"]
+        assert isinstance(adapter, McpAdapter)
+        self.adapter = adapter
+
+    async def done(self, call: Call) -> None:
+        view = call.view
+        if call.protocol != "mcp" or not isinstance(view, McpView):
+            return
+        meta = call.meta.setdefault("mcp", {})
         if view.method == "tools/call":
-            arguments = (call.request_json or {}).get("params", {}).get("arguments")  # as sent upstream
-            meta["arguments"] = _bounded(arguments)
+            try:
+                sent = json.loads(call.request_body)
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                sent = None
+            if isinstance(sent, dict) and isinstance(sent.get("params"), dict):
+                meta["arguments"] = _bounded(sent["params"].get("arguments"))
         if call.reply is not None or call.status is None:
             return
         messages = self.adapter.response_messages(call)

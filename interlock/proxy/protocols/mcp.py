@@ -25,6 +25,7 @@ from interlock.proxy.protocols.base import (
     Adapter,
     BadRequest,
     RequestView,
+    StreamText,
     TextSlot,
     ToolCall,
     _json_headers,
@@ -136,6 +137,15 @@ class McpAdapter(Adapter):
         if not isinstance(data, dict) or not isinstance(data.get("result"), dict):
             return []
         return result_texts(data["result"], ("result",))
+
+    def stream_texts(self, event: str | None, data: Any) -> list[StreamText]:
+        """An SSE event of an MCP reply carries whole JSON-RPC messages: a result's texts are whole."""
+        return [
+            StreamText(
+                ".".join(str(p) for p in slot.path), slot.path, slot.text, delta=False, json_text=_is_json(slot.text)
+            )
+            for slot in self.response_texts(data)
+        ]
 
     def tools_in_list(self, data: Any) -> list[str]:
         """Tool names in a `tools/list` response message."""
@@ -268,6 +278,12 @@ def _parse_message(call: Call) -> McpView:
         view.tools = [name]
         view.texts = _strings(view.tool_arguments, ("params", "arguments"), "tool_args")
     return view
+
+
+def _is_json(text: str) -> bool:
+    # A tool's structured result is often serialised JSON in a text block: values restored into it
+    # must be escaped.
+    return text.lstrip()[:1] in ("{", "[")
 
 
 def _is_id(value: Any) -> bool:
