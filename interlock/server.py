@@ -61,6 +61,9 @@ class Runtime:
     def guardrail_stages(self) -> list[object]:
         from interlock.policies.guardrails import Guardrails
 
+        guardrails = self.settings.guardrails
+        if not (guardrails.request or guardrails.response or self.settings.policies):
+            return []  # nothing can ask for a scan: the plain path stays free of it
         return [Guardrails(self.settings)]
 
     def record_stages(self) -> list[object]:

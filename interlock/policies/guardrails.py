@@ -388,10 +388,10 @@ class Guardrails:
         if state is None or self.raw_at_rest:
             return
         if state.request_overrides or call.request_changed:
-            document = copy.deepcopy(call.request_json)
-            for path, text in state.request_overrides:
-                set_path(document, path, text)
-            body = dumps(document)
+            if len(call.request_body) > THREAD_CHARS * 4:  # copying a long history is not for the loop
+                body = await asyncio.to_thread(_stored_request, call.request_json, state.request_overrides)
+            else:
+                body = _stored_request(call.request_json, state.request_overrides)
             call.request_body = body
             if state.request_overrides and call.upstream_body is not None:
                 call.upstream_body = body
@@ -405,6 +405,14 @@ class Guardrails:
                 call.agent_chunks = None
             if guard.found:
                 call.chunks = await asyncio.to_thread(guard.stored_chunks, call.chunks)
+
+
+def _stored_request(request: Any, overrides: list[tuple[JsonPath, str]]) -> bytes:
+    """The request as sent upstream, with what was blocked or only logged masked too."""
+    document = copy.deepcopy(request) if overrides else request
+    for path, text in overrides:
+        set_path(document, path, text)
+    return dumps(document)
 
 
 def _rules(actions: GuardrailActions) -> str | None:
