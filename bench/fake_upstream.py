@@ -8,6 +8,7 @@ Content-Length bodies) to answer:
 - a JSON chat completion (with usage) to any POST whose body does not ask for a stream;
 - an SSE stream (chunked) when the body has `"stream": true`: the first event at once, then
   `--chunks` events `--chunk-interval-ms` apart, then `data: [DONE]`;
+- `--sink`: 200 with an empty body to everything, an OTLP/HTTP collector that keeps nothing;
 - faults, when asked: `--fail-503 P` answers a fraction P with 503, `--reset P` resets the connection
   (RST) before answering a fraction P. Seeded, so runs are comparable.
 
@@ -77,6 +78,8 @@ JSON_HEAD = (
     b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(COMPLETION)
 ) + COMPLETION
 STREAM_HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n"
+#: `--sink`: an OTLP/HTTP receiver that accepts everything (an empty ExportServiceResponse).
+SINK_REPLY = b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n"
 FAIL_REPLY = (
     b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(ERROR_503)
 ) + ERROR_503
@@ -89,6 +92,7 @@ class Options:
         self.fail_503 = args.fail_503
         self.reset = args.reset
         self.random = random.Random(args.seed)
+        self.sink = args.sink
         self.served = 0
 
 
@@ -124,6 +128,9 @@ class FakeProvider(asyncio.Protocol):
         options, transport = self.options, self.transport
         assert transport is not None
         options.served += 1
+        if options.sink:
+            transport.write(SINK_REPLY)
+            return
         if options.reset or options.fail_503:
             roll = options.random.random()
             if roll < options.reset:
@@ -174,6 +181,7 @@ async def main(args: argparse.Namespace) -> None:
     print(f"ready {port}", flush=True)
     await stop.wait()
     server.close()
+    print(f"served {options.served}", flush=True)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -185,6 +193,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--fail-503", type=float, default=0.0)
     parser.add_argument("--reset", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--sink", action="store_true", help="answer every request 200 with an empty body (OTLP)")
     return parser.parse_args(argv)
 
 

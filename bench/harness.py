@@ -90,7 +90,13 @@ class Proc:
 
 @contextlib.contextmanager
 def fake_upstream(
-    *, chunks: int = 10, chunk_interval_ms: float = 5.0, fail_503: float = 0.0, reset: float = 0.0, seed: int = 1
+    *,
+    chunks: int = 10,
+    chunk_interval_ms: float = 5.0,
+    fail_503: float = 0.0,
+    reset: float = 0.0,
+    seed: int = 1,
+    sink: bool = False,
 ) -> Iterator[Proc]:
     """The fast fake provider (bench/fake_upstream.py) in its own process."""
     port = free_port()
@@ -110,6 +116,7 @@ def fake_upstream(
         str(reset),
         "--seed",
         str(seed),
+        *(["--sink"] if sink else []),
     ]
     popen = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE)
     proc = Proc("fake-upstream", popen, port, spawned_at=time.perf_counter())
@@ -122,6 +129,10 @@ def fake_upstream(
         yield proc
     finally:
         proc.stop()
+        if popen.stdout is not None:
+            for line in popen.stdout.read().decode().splitlines():
+                if line.startswith("served "):
+                    proc.extra["served"] = int(line.split()[1])
 
 
 def interlock_config(upstreams: list[str] | str, workdir: Path, **sections: Any) -> dict[str, Any]:

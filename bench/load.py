@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -61,12 +62,25 @@ def percentile(values: list[float], q: float) -> float:
 
 # -- wrk -------------------------------------------------------------------------------------------
 
+#: A body containing this marker gets a fresh number in its place on every request (wrk `request()`),
+#: so no two requests are alike (e.g. PII scanning whose cache must not help).
+UNIQUE = b"@@N@@"
+
 _LUA = """
 local f = io.open(%(body)q, "rb")
 wrk.method = "POST"
 wrk.body = f:read("*a")
 f:close()
 %(headers)s
+local at = string.find(wrk.body, "@@N@@", 1, true)
+if at then
+  local head, tail = string.sub(wrk.body, 1, at - 1), string.sub(wrk.body, at + 5)
+  local n = 0
+  request = function()
+    n = n + 1
+    return wrk.format(nil, nil, nil, head .. "%(run)s-" .. n .. tail)
+  end
+end
 done = function(summary, latency, requests)
   io.write(string.format(
     'WRKJSON {"requests":%%d,"duration_us":%%d,"connect":%%d,"read":%%d,"write":%%d,"status":%%d,' ..
@@ -121,7 +135,10 @@ def wrk(
     )
     script = workdir / "post.lua"
     script.write_text(
-        _LUA.replace("%(body)q", lua_string(str(body_path))).replace("%(headers)s", header_lines).replace("%%", "%")
+        _LUA.replace("%(body)q", lua_string(str(body_path)))
+        .replace("%(headers)s", header_lines)
+        .replace("%(run)s", os.urandom(6).hex())
+        .replace("%%", "%")
     )
     args = [
         "wrk",

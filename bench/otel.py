@@ -1,10 +1,68 @@
-"""Placeholder until the feature lands."""
+"""OpenTelemetry export (issue 7): throughput with export on vs off, against an OTLP/HTTP sink."""
 
 from __future__ import annotations
 
+from bench import harness, load
 from bench.context import Context
 from bench.report import Section
 
 
+def available() -> str | None:
+    try:
+        from interlock.tracing import otel  # noqa: F401
+    except ImportError:
+        return "OpenTelemetry export (interlock.tracing.otel) is not in this commit yet"
+    return None
+
+
 def run(ctx: Context) -> Section:
-    return Section("otel", skipped="the feature is not in this commit yet")
+    section = Section("OpenTelemetry export cost", issue=7)
+    if reason := available():
+        section.skipped = reason
+        return section
+    body = load.chat_body()
+    runs: dict[str, tuple[load.WrkResult, float]] = {}
+    with harness.fake_upstream() as up, harness.fake_upstream(sink=True) as sink:
+        for mode in ("off", "on"):
+            workdir = ctx.workdir / f"otel-{mode}"
+            workdir.mkdir(exist_ok=True)
+            otel = (
+                {"endpoint": sink.url, "protocol": "http/protobuf", "metrics_interval": 1.0}
+                if mode == "on"
+                else {"enabled": False}
+            )
+            config = harness.interlock_config(up.url + "/v1", workdir, otel=otel)
+            # No OTEL_* variables from the environment: only the config decides.
+            env = {"OTEL_SDK_DISABLED": "false", "OTEL_EXPORTER_OTLP_ENDPOINT": ""}
+            with harness.interlock(config, env=env) as proc:
+                url = proc.url + "/openai/chat/completions"
+                ctx.log(f"otel export {mode}")
+                load.wrk(url, body, connections=32, seconds=1)
+                cpu0 = proc.cpu()
+                result = load.wrk(url, body, connections=32, seconds=ctx.seconds)
+                cpu = (proc.cpu() - cpu0) / max(1, result.requests) * 1e6
+                runs[mode] = (result, cpu)
+    (off, off_cpu), (on, on_cpu) = runs["off"], runs["on"]
+    exports = int(sink.extra.get("served", 0))
+    loss = 1 - on.rps / off.rps if off.rps else float("nan")
+    section.add(
+        "Throughput cost at c32, export on vs off",
+        "≤ 5%",
+        f"{loss:.1%} (off {off.rps:,.0f}, on {on.rps:,.0f} req/s)",
+        loss <= 0.05,
+        "" if loss <= 0.05 else "building spans and the batch processor's export share the GIL with the event loop",
+    )
+    section.add(
+        "interlock CPU per call, on vs off", "—", f"{on_cpu:.0f} vs {off_cpu:.0f} µs ({on_cpu / off_cpu - 1:+.0%})"
+    )
+    section.add(
+        "Spans and metrics reached the sink",
+        "yes",
+        f"{exports} OTLP requests received",
+        exports > 0,
+    )
+    section.note(
+        "Export on: OTLP/HTTP protobuf to a local sink (bench/fake_upstream.py --sink, which answers 200 and keeps "
+        "nothing), metrics every second; off: `otel.enabled: false`. Recording at its default in both runs."
+    )
+    return section
