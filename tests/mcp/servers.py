@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import socket
@@ -35,6 +36,15 @@ def wait_for(condition: Any, timeout: float = 10.0, what: str = "condition") -> 
         time.sleep(0.01)
 
 
+async def until(condition: Any, timeout: float = 10.0, what: str = "condition") -> None:
+    """`wait_for` for async tests: polls without blocking the event loop the SDK client runs on."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not met within {timeout}s")
+        await asyncio.sleep(0.01)
+
+
 def port_open(port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.2)
@@ -45,12 +55,14 @@ def port_open(port: int) -> bool:
 
 
 @contextlib.asynccontextmanager
-async def mcp2_client(url: str, mode: str = "auto", headers: dict[str, str] | None = None) -> AsyncIterator[Client]:
+async def mcp2_client(
+    url: str, mode: str = "auto", headers: dict[str, str] | None = None, **options: Any
+) -> AsyncIterator[Client]:
     """The 2.x SDK's Client over Streamable HTTP; `mode="legacy"` speaks 2025-11-25 (initialize, SSE),
     "auto" probes `server/discover` and speaks 2026-07-28 with servers that answer it."""
     async with create_mcp_http_client(headers=headers) as http:
         transport = streamable_http_client(url, http_client=http)
-        async with Client(transport, mode=mode, read_timeout_seconds=20) as client:  # type: ignore[arg-type]
+        async with Client(transport, mode=mode, read_timeout_seconds=20, **options) as client:  # type: ignore[arg-type]
             yield client
 
 
@@ -88,6 +100,12 @@ def build_server() -> MCPServer:
         for i in range(n):
             await ctx.report_progress(i + 1, n)
         return f"counted to {n}"
+
+    @server.tool()
+    async def announce(ctx: Context) -> str:
+        """Tell the client, outside this request, that the tool list changed (the GET event stream)."""
+        await ctx.session.send_tool_list_changed()
+        return "announced"
 
     @server.tool()
     def fail() -> str:

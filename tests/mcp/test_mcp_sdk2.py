@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import httpx
@@ -9,7 +10,7 @@ import pytest
 from mcp.shared.exceptions import MCPError
 
 from interlock.testing import Running
-from tests.mcp.servers import Collector, ThreadServer, mcp2_client, wait_for
+from tests.mcp.servers import Collector, ThreadServer, mcp2_client, until
 
 
 @pytest.fixture
@@ -46,7 +47,7 @@ async def test_2025_11_25_session_handshake_sse_event_stream_and_delete(running:
         await client.list_tools()
         result = await client.call_tool("lookup", {"name": "Alice"})
         # The GET event stream opens after the handshake; wait until interlock holds it open.
-        wait_for(lambda: running.runtime.proxy.inflight >= 1, what="the GET event stream")
+        await until(lambda: running.runtime.proxy.inflight >= 1, what="the GET event stream")
     assert result.content[0].text == "Alice can be reached at alice@example.com"  # type: ignore[union-attr]
     calls = collector.wait(6)
     by_kind = {(c.method, c.meta["mcp"].get("method", c.meta["mcp"]["kind"])): c for c in calls}
@@ -136,3 +137,27 @@ def test_the_host_header_sent_upstream_is_the_upstreams_own(running: Running, mc
     proxied = httpx.post(endpoint(running), json=body, headers=headers)
     assert proxied.status_code != 421
     assert "jsonrpc" in proxied.json()
+
+
+async def test_the_get_event_stream_outlives_the_total_timeout_and_carries_server_messages(
+    mcp_interlock: Any, mcp2_server: ThreadServer, collector: Collector
+) -> None:
+    running: Running = mcp_interlock({"tools": mcp2_server.url}, timeouts={"total": 1.0})
+    received: list[str] = []
+
+    async def on_message(message: Any) -> None:
+        root = getattr(message, "root", message)
+        if hasattr(root, "method"):
+            received.append(root.method)
+
+    async with mcp2_client(running.url + "/tools/mcp", mode="legacy", message_handler=on_message) as client:
+        await until(lambda: running.runtime.proxy.inflight >= 1, what="the GET event stream")
+        opened = time.monotonic()
+        # A model call would be cut at 1 s; the session's event stream is open-ended.
+        await until(lambda: time.monotonic() - opened > 1.3, what="the stream to outlive the total timeout")
+        assert (await client.call_tool("announce", {})).content[0].text == "announced"  # type: ignore[union-attr]
+        await until(lambda: "notifications/tools/list_changed" in received, what="the notification")
+    calls = collector.wait(5)
+    [stream] = [c for c in calls if c.method == "GET"]
+    assert stream.error_code is None and stream.status == 200
+    assert stream.meta["mcp"]["server_messages"] == ["notifications/tools/list_changed"]
