@@ -394,6 +394,11 @@ def _text_delta(old: str, new: str) -> str:
     end = 0
     while end < limit - start and old[-1 - end] == new[-1 - end]:
         end += 1
+    # Whole words read better: "Refund [at most once]." rather than "Refund [at most on]ce.".
+    while start > 0 and old[start - 1].isalnum():
+        start -= 1
+    while end > 0 and old[len(old) - end].isalnum():
+        end -= 1
 
     def excerpt(text: str) -> str:
         changed = text[start : len(text) - end]
