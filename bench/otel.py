@@ -21,27 +21,29 @@ def run(ctx: Context) -> Section:
         section.skipped = reason
         return section
     body = load.chat_body()
-    runs: dict[str, tuple[load.WrkResult, float]] = {}
+    # Alternating rounds, best of each: other work on the machine moves wall-clock numbers.
+    results: dict[str, list[tuple[load.WrkResult, float]]] = {"off": [], "on": []}
     with harness.fake_upstream() as up, harness.fake_upstream(sink=True) as sink:
-        for mode in ("off", "on"):
-            workdir = ctx.workdir / f"otel-{mode}"
-            workdir.mkdir(exist_ok=True)
-            otel = (
-                {"endpoint": sink.url, "protocol": "http/protobuf", "metrics_interval": 1.0}
-                if mode == "on"
-                else {"enabled": False}
-            )
-            config = harness.interlock_config(up.url + "/v1", workdir, otel=otel)
-            # No OTEL_* variables from the environment: only the config decides.
-            env = {"OTEL_SDK_DISABLED": "false", "OTEL_EXPORTER_OTLP_ENDPOINT": ""}
-            with harness.interlock(config, env=env) as proc:
-                url = proc.url + "/openai/chat/completions"
-                ctx.log(f"otel export {mode}")
-                load.wrk(url, body, connections=32, seconds=1)
-                cpu0 = proc.cpu()
-                result = load.wrk(url, body, connections=32, seconds=ctx.seconds)
-                cpu = (proc.cpu() - cpu0) / max(1, result.requests) * 1e6
-                runs[mode] = (result, cpu)
+        for round_ in range(2):
+            for mode in ("off", "on"):
+                workdir = ctx.workdir / f"otel-{mode}-{round_}"
+                workdir.mkdir(exist_ok=True)
+                otel = (
+                    {"endpoint": sink.url, "protocol": "http/protobuf", "metrics_interval": 1.0}
+                    if mode == "on"
+                    else {"enabled": False}
+                )
+                config = harness.interlock_config(up.url + "/v1", workdir, otel=otel)
+                # No OTEL_* variables from the environment: only the config decides.
+                env = {"OTEL_SDK_DISABLED": "false", "OTEL_EXPORTER_OTLP_ENDPOINT": ""}
+                with harness.interlock(config, env=env) as proc:
+                    url = proc.url + "/openai/chat/completions"
+                    ctx.log(f"otel export {mode}, round {round_ + 1}")
+                    load.wrk(url, body, connections=32, seconds=1)
+                    cpu0 = proc.cpu()
+                    result = load.wrk(url, body, connections=32, seconds=ctx.seconds)
+                    results[mode].append((result, (proc.cpu() - cpu0) / max(1, result.requests) * 1e6))
+    runs = {mode: max(rounds, key=lambda r: r[0].rps) for mode, rounds in results.items()}
     (off, off_cpu), (on, on_cpu) = runs["off"], runs["on"]
     exports = int(sink.extra.get("served", 0))
     loss = 1 - on.rps / off.rps if off.rps else float("nan")
@@ -50,7 +52,9 @@ def run(ctx: Context) -> Section:
         "≤ 5%",
         f"{loss:.1%} (off {off.rps:,.0f}, on {on.rps:,.0f} req/s)",
         loss <= 0.05,
-        "" if loss <= 0.05 else "building spans and the batch processor's export share the GIL with the event loop",
+        ""
+        if loss <= 0.05
+        else "export work (span building, protobuf encoding, HTTP) takes CPU from the proxy; see the CPU row",
     )
     section.add(
         "interlock CPU per call, on vs off", "—", f"{on_cpu:.0f} vs {off_cpu:.0f} µs ({on_cpu / off_cpu - 1:+.0%})"
@@ -62,7 +66,7 @@ def run(ctx: Context) -> Section:
         exports > 0,
     )
     section.note(
-        "Export on: OTLP/HTTP protobuf to a local sink (bench/fake_upstream.py --sink, which answers 200 and keeps "
+        "Best of two alternating rounds each; CPU includes interlock's child processes. Export on: OTLP/HTTP protobuf to a local sink (bench/fake_upstream.py --sink, which answers 200 and keeps "
         "nothing), metrics every second; off: `otel.enabled: false`. Recording at its default in both runs."
     )
     return section

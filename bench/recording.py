@@ -48,20 +48,25 @@ def run(ctx: Context) -> Section:
         section.skipped = reason
         return section
     body = load.chat_body()
-    runs: dict[bool, tuple[load.WrkResult, load.WrkResult]] = {}
+    # Alternating rounds, best of each: other work on the machine moves wall-clock numbers.
+    ones: dict[bool, list[load.WrkResult]] = {False: [], True: []}
+    many: dict[bool, list[load.WrkResult]] = {False: [], True: []}
     with harness.fake_upstream() as up:
-        for enabled in (False, True):
-            workdir = ctx.workdir / f"rec-{enabled}"
-            workdir.mkdir(exist_ok=True)
-            config = harness.interlock_config(up.url + "/v1", workdir, store={"enabled": enabled})
-            with harness.interlock(config) as proc:
-                url = proc.url + "/openai/chat/completions"
-                ctx.log(f"recording {'on' if enabled else 'off'}")
-                load.wrk(url, body, connections=32, seconds=1)
-                runs[enabled] = (
-                    load.wrk(url, body, connections=1, seconds=ctx.seconds),
-                    load.wrk(url, body, connections=32, seconds=ctx.seconds),
-                )
+        for round_ in range(2):
+            for enabled in (False, True):
+                workdir = ctx.workdir / f"rec-{enabled}-{round_}"
+                workdir.mkdir(exist_ok=True)
+                config = harness.interlock_config(up.url + "/v1", workdir, store={"enabled": enabled})
+                with harness.interlock(config) as proc:
+                    url = proc.url + "/openai/chat/completions"
+                    ctx.log(f"recording {'on' if enabled else 'off'}, round {round_ + 1}")
+                    load.wrk(url, body, connections=32, seconds=1)
+                    ones[enabled].append(load.wrk(url, body, connections=1, seconds=ctx.seconds))
+                    many[enabled].append(load.wrk(url, body, connections=32, seconds=ctx.seconds))
+        runs = {
+            enabled: (min(ones[enabled], key=lambda r: r.p50_ms), max(many[enabled], key=lambda r: r.rps))
+            for enabled in (False, True)
+        }
 
         ctx.log("exact-count run: rows in the store = calls sent")
         workdir = ctx.workdir / "rec-count"
