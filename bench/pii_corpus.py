@@ -201,6 +201,65 @@ def evaluate(documents: int = 400, seed: int = 7, detector: Any = None) -> dict[
     return out
 
 
+def request_latency(runs: int = 200, seed: int = 3) -> dict[str, float]:
+    """Milliseconds the guardrails request hook adds (p50, p90) at concurrency 1, secrets on:
+
+    - `new_2kb`: one new 2 KB user message of prose with one e-mail (never seen before);
+    - `turns_20`: a 20-turn conversation whose first 19 turns (2 KB each) were seen on earlier calls.
+    """
+    import asyncio
+    import json
+    import statistics
+
+    from faker import Faker
+
+    from interlock.config import Settings
+    from interlock.policies.guardrails import Guardrails
+    from interlock.proxy.parse import Parse
+    from interlock.tracing.call import Call
+
+    fake = Faker()
+    fake.seed_instance(seed)
+
+    def message(i: int) -> str:
+        text = ""
+        while len(text) < 2000:
+            text += fake.paragraph() + " "
+        return text[:2000] + f" mail user{i}@acme-corp.io"
+
+    async def measure() -> dict[str, float]:
+        actions = {"EMAIL_ADDRESS": "redact", "PHONE_NUMBER": "redact", "CREDIT_CARD": "block", "SECRET": "block"}
+        stage = Guardrails(Settings.model_validate({"guardrails": {"request": actions}}))
+        await stage.detector()
+        messages = [message(i) for i in range(2 * runs + 20)]
+        history = [{"role": "user" if i % 2 == 0 else "assistant", "content": messages[i]} for i in range(19)]
+
+        async def hook(i: int, body: list[dict[str, str]]) -> float:
+            call = Call(id=str(i), route="openai", protocol="openai", method="POST", path="/chat/completions")
+            call.session = "bench"
+            call.request_body = json.dumps({"model": "m", "messages": body}).encode()
+            await Parse().request(call)
+            started = time.perf_counter()
+            await stage.request(call)
+            elapsed = time.perf_counter() - started
+            await stage.done(call)
+            return elapsed * 1000
+
+        await hook(-1, history)  # the earlier turns are seen once
+        out: dict[str, float] = {}
+        for label, build in (
+            ("new_2kb", lambda i: [{"role": "user", "content": messages[20 + i]}]),
+            ("turns_20", lambda i: [*history, {"role": "user", "content": messages[20 + runs + i]}]),
+        ):
+            times = sorted([await hook(i, build(i)) for i in range(runs)])
+            out[f"{label}_p50_ms"] = statistics.median(times)
+            out[f"{label}_p90_ms"] = times[int(len(times) * 0.9)]
+        return out
+
+    return asyncio.run(measure())
+
+
 if __name__ == "__main__":
     for entity, scores in evaluate().items():
         print(entity, {k: round(v, 3) for k, v in scores.items()})
+    print({k: round(v, 3) for k, v in request_latency().items()})
