@@ -257,13 +257,21 @@ async def rerun(
         async def one(step: int, call: Call) -> Comparison:
             async with semaphore:
                 fresh = await _send(client, call, target, adapter.key_header, adapter.key_prefix, model)
-            return Comparison(
-                step, call.id, call.method, call.path, model or call.model, output_of(call), output_of(fresh)
-            )
+            shown = model or call.model or _requested_model(call)
+            return Comparison(step, call.id, call.method, call.path, shown, output_of(call), output_of(fresh))
 
         replayable = [c for c in calls if c.status is not None]
         comparisons = await asyncio.gather(*(one(i, c) for i, c in enumerate(replayable, 1)))
     return Report(target, model, list(comparisons))
+
+
+def _requested_model(call: Call) -> str | None:
+    try:
+        data = json.loads(call.request_body)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    model = data.get("model") if isinstance(data, dict) else None
+    return model if isinstance(model, str) else None
 
 
 async def _send(
