@@ -233,3 +233,39 @@ def test_a_policy_rule_sets_the_actions(make_interlock: Any, write_policy: Any, 
     with pytest.raises(openai.PermissionDeniedError) as caught:
         client.chat.completions.create(model="m", messages=[{"role": "user", "content": f"key {AWS_KEY}"}])
     assert caught.value.code == "pii_blocked" and "no-emails-upstream" in caught.value.message
+
+
+def test_streamed_tool_arguments_are_restored(guarded: Running, upstream: ScriptedUpstream) -> None:
+    name = 'Jo "JJ" Roe <jo.roe@acme-corp.io>'
+    client = client_for(guarded, session="tools")
+    client.chat.completions.create(model="m", messages=[{"role": "user", "content": f"mail {EMAIL}"}])
+    upstream.script(Script(tool_calls=[ToolUse("send_mail", {"to": "<EMAIL_ADDRESS_1>", "cc": name})]))
+    stream = client.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": f"mail {EMAIL} again"}], stream=True
+    )
+    arguments = "".join(
+        c.choices[0].delta.tool_calls[0].function.arguments or ""  # type: ignore[index,union-attr]
+        for c in stream
+        if c.choices and c.choices[0].delta.tool_calls
+    )
+    assert json.loads(arguments) == {"to": EMAIL, "cc": name}
+
+
+def test_anthropic_streamed_tool_input_is_restored(guarded: Running, upstream: ScriptedUpstream) -> None:
+    client = anthropic_client(guarded)
+    client.messages.create(model="claude-test", max_tokens=50, messages=[{"role": "user", "content": f"hi {EMAIL}"}])
+    upstream.script(Script(tool_calls=[ToolUse("send_mail", {"to": "<EMAIL_ADDRESS_1>"})]))
+    with client.messages.stream(
+        model="claude-test", max_tokens=50, messages=[{"role": "user", "content": f"mail {EMAIL}"}]
+    ) as stream:
+        message = stream.get_final_message()
+    assert message.content[0].type == "tool_use" and message.content[0].input == {"to": EMAIL}
+
+
+def test_a_blocked_response_is_not_relayed(make_interlock: Any, upstream: ScriptedUpstream) -> None:
+    running = make_interlock(guardrails={"response": {"SECRET": "block"}})
+    upstream.script(Script(text="the key is AKIAQX7Z4KJH2M3N5P6R"))
+    with pytest.raises(openai.PermissionDeniedError) as caught:
+        client_for(running).chat.completions.create(model="m", messages=[{"role": "user", "content": "key?"}])
+    assert caught.value.code == "pii_blocked" and "SECRET" in caught.value.message
+    assert b"AKIAQX7Z4KJH2M3N5P6R" not in stored_bytes(running)
