@@ -85,7 +85,10 @@ def _live_runtime(bundle: Bundle, settings: Settings | None) -> Any:
         raise ReplayConfigError(
             f"the live configuration's store is the bundle itself ({bundle.path}); a replay never writes to its bundle"
         )
-    return Runtime(live)
+    try:
+        return Runtime(live)
+    except Exception as exc:  # a policy file, a store path...: say so, as a startup error
+        raise ReplayConfigError(f"cannot start the live runtime for --on-miss live: {exc}") from exc
 
 
 class ReplayHost:
