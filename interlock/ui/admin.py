@@ -57,6 +57,9 @@ def admin_routes() -> list[BaseRoute]:
     from interlock.ui import upstreams_api
 
     routes += upstreams_api.routes()
+    from interlock.ui import policies_api
+
+    routes += policies_api.routes()
     return routes
 
 

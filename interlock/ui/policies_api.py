@@ -1,0 +1,57 @@
+"""`GET /api/policies`: the rules in force, how often each fired, the last reload and its errors."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+if TYPE_CHECKING:
+    from interlock.server import Runtime
+
+
+def policies_snapshot(runtime: Runtime) -> dict[str, Any]:
+    policy = getattr(runtime, "policy", None)
+    if policy is None:
+        return {"enabled": False, "rules": [], "errors": [], "files": [], "loaded_at": None, "reloads": 0}
+    rules = []
+    for rule in policy.engine.rules:
+        model = rule.rule
+        rules.append(
+            {
+                "name": rule.name,
+                "where": rule.where,
+                "description": model.description,
+                "mode": model.mode,
+                "effects": model.effects,
+                "match": model.match.model_dump(exclude_none=True),
+                "when": model.when,
+                "fired": policy.fired.get(rule.name, 0),
+            }
+        )
+    stages = [s for s in runtime.pipeline.stages if getattr(s, "name", None) == "policy"]
+    limiter = getattr(stages[0], "limiter", None) if stages else None
+    return {
+        "enabled": True,
+        "paths": list(policy.paths),
+        "files": policy.files,
+        "loaded_at": policy.loaded_at,
+        "reloads": policy.reloads,
+        "errors": policy.errors,
+        "rules": rules,
+        "counters": limiter.snapshot() if limiter is not None else {},
+    }
+
+
+async def policies(request: Request) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    return JSONResponse(policies_snapshot(runtime))
+
+
+def routes() -> list[BaseRoute]:
+    return [Route("/api/policies", policies, methods=["GET"])]
+
+
+__all__ = ["policies_snapshot", "routes"]
