@@ -263,6 +263,16 @@ class Guardrails(Model):
                 raise ValueError(f"entity {entity!r} must be `*` or an upper-case name like EMAIL_ADDRESS")
         return table
 
+    @field_validator("entities")
+    @classmethod
+    def _known_entities(cls, entities: tuple[str, ...]) -> tuple[str, ...]:
+        from interlock.policies.pii import BUILTIN_RECOGNIZERS
+
+        for entity in entities:
+            if entity not in BUILTIN_RECOGNIZERS:
+                raise ValueError(f"unknown entity {entity!r}; built in: {', '.join(sorted(BUILTIN_RECOGNIZERS))}")
+        return entities
+
     @field_validator("spacy_model")
     @classmethod
     def _spacy_model_installed(cls, name: str | None) -> str | None:

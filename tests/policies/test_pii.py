@@ -126,6 +126,9 @@ def test_config_errors_name_the_line(tmp_path: Path) -> None:
     path.write_text("guardrails:\n  request:\n    EMAIL_ADDRESS: shred\n")
     with pytest.raises(SourceError, match=r"interlock.yaml:3:"):
         load_settings(path)
+    path.write_text("guardrails:\n  entities: [EMAIL_ADDRESS, SHOE_SIZE]\n")
+    with pytest.raises(SourceError, match=r"interlock.yaml:2:.*unknown entity 'SHOE_SIZE'"):
+        load_settings(path)
     path.write_text("guardrails:\n  recognizers:\n    - entity: ID\n      patterns: ['(']\n")
     with pytest.raises(SourceError, match=r"interlock.yaml:3:.*not a valid regular expression"):
         load_settings(path)
