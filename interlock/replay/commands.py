@@ -7,8 +7,10 @@ it (`interlock replay incident.db`) while `interlock replay run incident.db` nam
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
+import re
 import sys
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -62,6 +64,15 @@ def parse_speed(value: str) -> float | None:
     if speed <= 0:
         raise click.BadParameter("give a positive number or `max`")
     return speed
+
+
+def _check_patterns(patterns: tuple[str, ...]) -> tuple[str, ...]:
+    for pattern in patterns:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise click.BadParameter(f"{pattern!r} is not a regular expression: {exc}") from None
+    return patterns
 
 
 def _store_path(config: str | None, store: str | None) -> str:
@@ -168,6 +179,12 @@ def replay() -> None:
 @click.option(
     "--ignore", multiple=True, help="Also ignore this body field when matching (`name`, or `*.name` at any depth)."
 )
+@click.option(
+    "--ignore-pattern",
+    multiple=True,
+    callback=lambda _ctx, _param, value: _check_patterns(value),
+    help="Also ignore text matching this regular expression when matching (repeatable).",
+)
 @click.option("--keep-timestamps", is_flag=True, help="Match dates and times inside texts exactly.")
 @click.option(
     "--summary",
@@ -187,6 +204,7 @@ def serve(
     on_miss: str,
     session: str | None,
     ignore: tuple[str, ...],
+    ignore_pattern: tuple[str, ...],
     keep_timestamps: bool,
     summary_path: str | None,
     as_json: bool,
@@ -206,8 +224,7 @@ def serve(
 
         live_settings = load_or_exit(config) if config else None
     options = MatchOptions().with_ignored(ignore)
-    if keep_timestamps:
-        options = MatchOptions(options.ignore_fields, options.ignore_keys, False, options.ignore_query)
+    options = dataclasses.replace(options, ignore_timestamps=not keep_timestamps, ignore_patterns=ignore_pattern)
     settings = ReplaySettings(
         host=host,
         port=port,

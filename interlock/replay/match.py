@@ -14,12 +14,13 @@ the same text, and the values it captured restore the recorded response (`restor
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
 from collections import deque
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -38,6 +39,9 @@ MCP_IGNORE_FIELDS = frozenset({"id"})
 #: ISO 8601 dates and date-times inside texts ("Today is 2026-11-24" in a system prompt).
 TIMESTAMP = re.compile(r"\b\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)?\b")
 TIMESTAMP_TOKEN = "<timestamp>"
+#: UUIDs inside texts (a run id in a prompt, an id a tool made up): different on every run.
+UUID = re.compile(r"\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b")
+UUID_TOKEN = "<uuid>"
 #: The guardrails' reversible placeholders: `<EMAIL_ADDRESS_1>`, `<PHONE_NUMBER_12>`.
 #: The same pattern as `interlock.policies.redaction.PLACEHOLDER` (not imported: replay must not
 #: load the guardrails engine).
@@ -52,6 +56,13 @@ class MatchOptions:
     ignore_keys: frozenset[str] = DEFAULT_IGNORE_KEYS
     ignore_timestamps: bool = True
     ignore_query: frozenset[str] = frozenset()
+    ignore_uuids: bool = True
+    #: More regular expressions whose matches inside texts are ignored (`--ignore-pattern`).
+    ignore_patterns: tuple[str, ...] = ()
+
+    def texts_cleaner(self) -> Callable[[str], str] | None:
+        """What replaces volatile values inside texts, or None when nothing does."""
+        return _text_cleaner(self.ignore_timestamps, self.ignore_uuids, self.ignore_patterns)
 
     def with_ignored(self, fields: Iterable[str]) -> MatchOptions:
         """These options plus more ignored fields: `name` is a top-level body field, `*.name` a key
@@ -63,7 +74,7 @@ class MatchOptions:
                 anywhere.add(name[2:])
             else:
                 top.add(name)
-        return MatchOptions(frozenset(top), frozenset(anywhere), self.ignore_timestamps, self.ignore_query)
+        return replace(self, ignore_fields=frozenset(top), ignore_keys=frozenset(anywhere))
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,19 +120,37 @@ def canonical(data: Any, protocol: str, options: MatchOptions) -> Any:
     top = options.ignore_fields | MCP_IGNORE_FIELDS if protocol == "mcp" else options.ignore_fields
     if isinstance(data, dict):
         data = {k: v for k, v in data.items() if k not in top}
-    return _clean(data, options.ignore_keys, options.ignore_timestamps)
+    return _clean(data, options.ignore_keys, options.texts_cleaner())
 
 
-def _clean(value: Any, drop: frozenset[str], timestamps: bool) -> Any:
+def _clean(value: Any, drop: frozenset[str], texts: Callable[[str], str] | None) -> Any:
     if isinstance(value, str):
-        if timestamps and "-" in value:
-            return TIMESTAMP.sub(TIMESTAMP_TOKEN, value)
-        return value
+        return texts(value) if texts is not None else value
     if isinstance(value, dict):
-        return {k: _clean(v, drop, timestamps) for k, v in value.items() if k not in drop}
+        return {k: _clean(v, drop, texts) for k, v in value.items() if k not in drop}
     if isinstance(value, list):
-        return [_clean(v, drop, timestamps) for v in value]
+        return [_clean(v, drop, texts) for v in value]
     return value
+
+
+@functools.lru_cache(maxsize=16)
+def _text_cleaner(timestamps: bool, uuids: bool, patterns: tuple[str, ...]) -> Callable[[str], str] | None:
+    extra = [re.compile(p) for p in patterns]
+    if not (timestamps or uuids or extra):
+        return None
+
+    def clean(text: str) -> str:
+        # Both built-in patterns contain "-": most texts are skipped by one `in` test.
+        if "-" in text:
+            if uuids:
+                text = UUID.sub(UUID_TOKEN, text)
+            if timestamps:
+                text = TIMESTAMP.sub(TIMESTAMP_TOKEN, text)
+        for pattern in extra:
+            text = pattern.sub("<ignored>", text)
+        return text
+
+    return clean
 
 
 def dumps(value: Any) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 from replay_helpers import chat, recorded_call
@@ -126,3 +127,12 @@ def test_redacted_requests_match_as_templates_and_restore_the_response() -> None
 
 def test_canonical_form_keeps_non_json_bodies_apart() -> None:
     assert canonical(parse_body(b"not json"), "openai", MatchOptions()) is parse_body(b"")
+
+
+def test_uuids_and_configured_patterns_in_texts_are_ignored() -> None:
+    calls = [recorded_call(chat("run 3f2a1c9e-7b1d-4c1a-9e4f-0a1b2c3d4e5f, ticket T-1001"))]
+    other_run = request(chat("run 9d8e7f6a-5b4c-4d3e-8f2a-1b0c9d8e7f6a, ticket T-2002"))
+    assert lookup(Matcher(calls), other_run) is None  # the ticket differs
+    options = dataclasses.replace(MatchOptions(), ignore_patterns=(r"T-\d+",))
+    assert lookup(Matcher(calls, options), other_run) == 1
+    assert lookup(Matcher(calls, dataclasses.replace(options, ignore_uuids=False)), other_run) is None
