@@ -81,7 +81,18 @@ def _preamble(args: argparse.Namespace, busy: float) -> list[str]:
 
 
 def _command(argv: list[str]) -> str:
-    return " ".join(["python -m bench", *argv])
+    shown: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg == "--note":
+            skip = True
+            continue
+        if not arg.startswith("--note="):
+            shown.append(arg)
+    return " ".join(["python -m bench", *shown])
 
 
 if __name__ == "__main__":
