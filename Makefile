@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: run test lint typecheck pytest bench demo clean chromium
+.PHONY: run test lint typecheck pytest bench demo clean chromium wrk
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,9 +49,13 @@ $(VENV)-mcp1/.ok:
 chromium:
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 
-## Measure throughput, latency, first byte and memory; writes bench/RESULTS.md.
-bench: $(VENV)/.test-deps
-	$(BIN)/python -m bench
+# The load generator for bench/ (Debian's package; a Python client would be the bottleneck on 2 cores).
+wrk:
+	@command -v wrk >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq wrk >/dev/null)
+
+## Measure throughput, latency, first byte and memory; writes bench/RESULTS.md (~5 min; BENCH_ARGS=--help).
+bench: $(VENV)/.test-deps wrk
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 ## A scripted agent and upstream producing a few sessions; then open http://127.0.0.1:4142/.
 demo: $(VENV)/.run-deps
