@@ -13,13 +13,11 @@ The meaning of each field (how rules combine, defaults) is in docs/policies.md.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
 from interlock.policies.actions import Action
-
-Patterns = tuple[str, ...]
 
 
 def _as_patterns(value: Any) -> Any:
@@ -27,6 +25,14 @@ def _as_patterns(value: Any) -> Any:
     if isinstance(value, str):
         return (value,)
     return value
+
+
+#: One glob or a list of globs; always a tuple once validated.
+Patterns = Annotated[
+    tuple[str, ...],
+    BeforeValidator(_as_patterns),
+    WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}),
+]
 
 
 class _Model(BaseModel):
@@ -45,11 +51,6 @@ class Match(_Model):
     path: Patterns | None = Field(None, description="Upstream path after the route segment, e.g. `/v1/files/*`.")
     method: Patterns | None = Field(None, description="HTTP methods, e.g. [POST, DELETE].")
 
-    @field_validator("*", mode="before")
-    @classmethod
-    def _patterns(cls, value: Any) -> Any:
-        return _as_patterns(value)
-
 
 class Effect(_Model):
     """Lists for `allow` (only these) and `deny` (never these). An empty `deny: {}` denies the call."""
@@ -59,11 +60,6 @@ class Effect(_Model):
     methods: Patterns | None = Field(None, description="HTTP methods (on any route; mostly `http` routes).")
     paths: Patterns | None = Field(None, description="Upstream paths (globs).")
     hosts: Patterns | None = Field(None, description="Egress hosts: the host of the route's upstream (globs).")
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _patterns(cls, value: Any) -> Any:
-        return _as_patterns(value)
 
     @property
     def empty(self) -> bool:

@@ -1,0 +1,232 @@
+"""`interlock policy check | test | whatif | schema` through click's CliRunner."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+from typing import Any
+
+from click.testing import CliRunner
+
+from interlock.cli import main
+from interlock.policies.model import PolicyFile
+from interlock.tracing.call import Call, Decision, new_id
+from interlock.tracing.store import Store
+
+EXAMPLES = Path(__file__).parents[2] / "examples" / "policies"
+
+
+def run(*args: str) -> Any:
+    return CliRunner().invoke(main, ["policy", *args], catch_exceptions=False)
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(textwrap.dedent(text).lstrip())
+    return path
+
+
+def test_check_reports_every_error_as_file_line_col(tmp_path: Path) -> None:
+    bad = write(
+        tmp_path / "bad.yaml",
+        """
+        version: 1
+        rules:
+          - name: typo
+            match: {agnt: "support-*"}
+            deny: {}
+          - name: cel-syntax
+            when: 'agent +'
+            deny: {}
+          - name: cel-type
+            when: 'request.input_chars > "big"'
+            deny: {}
+          - name: no-effect
+            match: {agent: x}
+          - name: unknown-route
+            match: {route: opnai}
+            deny: {}
+          - name: never
+            match: {model: []}
+            deny: {}
+        """,
+    )
+    config = write(
+        tmp_path / "interlock.yaml",
+        """
+        routes:
+          openai: {protocol: openai, upstream: "http://127.0.0.1:9/v1"}
+        """,
+    )
+    result = run("check", str(bad), "--config", str(config))
+    assert result.exit_code == 1
+    lines = result.output.splitlines()
+    assert f"{bad}:4:13: unknown field 'agnt'; did you mean 'agent'?" in lines
+    assert any(line.startswith(f"{bad}:7:5: CEL syntax error at column 8") for line in lines)
+    assert any(line.startswith(f"{bad}:10:5: type error in condition: No such overload") for line in lines)
+    assert any(line.startswith(f"{bad}:12:5: rule has no effect") for line in lines)
+    assert any(
+        line.startswith(f"{bad}:15:13: unknown route 'opnai'") and "did you mean 'openai'" in line for line in lines
+    )
+    assert any(line.startswith(f"{bad}:18:13: match.model is an empty list") for line in lines)
+    assert lines[-1] == "6 errors in 1 files"
+
+
+def test_check_passes_the_examples_and_reports_malformed_yaml(tmp_path: Path) -> None:
+    result = run("check", str(EXAMPLES / "rules"), "--config", str(EXAMPLES / "interlock.yaml"))
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("ok: ")
+    broken = write(tmp_path / "broken.yaml", "rules:\n  - name: x\n    deny: {models: [a, b}\n")
+    result = run("check", str(broken))
+    assert result.exit_code == 1
+    assert result.output.startswith(f"{broken}:3:") and "invalid YAML" in result.output
+
+
+def test_check_json_output(tmp_path: Path) -> None:
+    bad = write(tmp_path / "p.yaml", "rules:\n  - name: x\n")
+    result = run("check", str(bad), "--json")
+    records = [json.loads(line) for line in result.output.splitlines()]
+    assert records[0] == {
+        "type": "problem",
+        "file": str(bad),
+        "line": 2,
+        "col": 5,
+        "severity": "error",
+        "message": "rule has no effect: give allow, deny, limits, set, pii, pii_response or secrets",
+    }
+    assert records[-1] == {"type": "summary", "files": 1, "rules": 0, "errors": 1}
+
+
+def test_the_example_cases_pass() -> None:
+    result = run(
+        "test", str(EXAMPLES / "rules"), "--cases", str(EXAMPLES / "cases.yaml"), "-c", str(EXAMPLES / "interlock.yaml")
+    )
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("PASS: ") and "FAIL" not in result.output
+
+
+def test_failing_cases_are_reported_like_opa_test(tmp_path: Path) -> None:
+    policy = write(
+        tmp_path / "p.yaml",
+        """
+        rules:
+          - name: no-gpt-4o
+            deny: {models: [gpt-4o]}
+          - name: strip
+            deny: {tools: [rm]}
+        """,
+    )
+    cases = write(
+        tmp_path / "cases.yaml",
+        """
+        cases:
+          - name: gpt-4o is denied
+            request: {model: gpt-4o}
+            expect: {decision: deny, rule: no-gpt-4o}
+          - name: wrong expectation
+            request: {model: gpt-4o-mini}
+            expect: {decision: deny}
+          - name: tools are stripped
+            request: {model: m, tools: [rm, ls]}
+            expect: {decision: modify, stripped: [rm]}
+        """,
+    )
+    result = run("test", str(policy), "--cases", str(cases))
+    assert result.exit_code == 1
+    assert f"FAIL: {cases}:5: wrong expectation" in result.output
+    assert "expected decision deny, got allow" in result.output
+    assert result.output.rstrip().endswith("PASS: 2/3\nFAIL: 1/3")
+    verbose = run("test", str(policy), "--cases", str(cases), "-v")
+    assert f"PASS: {cases}:2: gpt-4o is denied" in verbose.output
+
+
+def test_a_malformed_cases_file_is_located(tmp_path: Path) -> None:
+    policy = write(tmp_path / "p.yaml", "rules:\n  - name: x\n    deny: {}\n")
+    cases = write(tmp_path / "cases.yaml", "cases:\n  - name: a\n    expect: {decison: deny}\n")
+    result = run("test", str(policy), "--cases", str(cases))
+    assert result.exit_code == 1
+    assert result.output.startswith(f"{cases}:3:14:") and "unknown field" in result.output
+
+
+def test_schema_is_a_valid_json_schema_that_describes_the_examples() -> None:
+    import jsonschema
+    import yaml
+
+    schema = json.loads(run("schema").output)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    for path in sorted((EXAMPLES / "rules").glob("*.yaml")):
+        validator.validate(yaml.safe_load(path.read_text()))
+    errors = list(validator.iter_errors({"rules": [{"name": "x", "match": {"agnt": "y"}}]}))
+    assert errors  # unknown fields are flagged in editors too
+    assert set(schema["properties"]) == set(PolicyFile.model_fields)
+
+
+def _call(model: str, agent: str = "support-bot", decision: str | None = None, tools: list[str] | None = None) -> Call:
+    body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": "hi"}]}
+    if tools:
+        body["tools"] = [{"type": "function", "function": {"name": t}} for t in tools]
+    call = Call(
+        id=new_id(),
+        route="openai",
+        protocol="openai",
+        method="POST",
+        path="/chat/completions",
+        agent=agent,
+        request_body=json.dumps(body).encode(),
+        model=model,
+        status=200,
+        response_body=b'{"choices": []}',
+    )
+    if decision:
+        call.meta["policy"] = {"decision": decision, "rules": []}
+        call.decisions.append(Decision("policy", decision))
+    return call
+
+
+def test_whatif_lists_the_calls_whose_decision_changes(tmp_path: Path) -> None:
+    from interlock.policies.loader import load_policies
+    from interlock.policies.whatif import whatif
+
+    calls = [_call("gpt-4o"), _call("gpt-4o-mini"), _call("gpt-4o", agent="research"), _call("m", tools=["rm", "ls"])]
+    policy = write(
+        tmp_path / "p.yaml",
+        """
+        rules:
+          - name: small-models
+            match: {agent: "support-*"}
+            allow: {models: [gpt-4o-mini, m]}
+          - name: no-rm
+            deny: {tools: [rm]}
+        """,
+    )
+    report = whatif(load_policies([policy]), calls)
+    assert report.evaluated == 4
+    assert [(c.id, c.before, c.after, c.rule) for c in report.changes] == [
+        (calls[0].id, "allow", "deny", "small-models"),
+        (calls[3].id, "allow", "modify", "no-rm"),
+    ]
+    assert report.changed_by_rule == {"small-models": 1, "no-rm": 1}
+    assert report.fired["small-models"] == 3
+
+
+def test_whatif_command_reads_the_store(tmp_path: Path) -> None:
+    store_path = tmp_path / "interlock.db"
+    store = Store(store_path)
+    try:
+        recorder_calls = [_call("gpt-4o"), _call("gpt-4o-mini", decision="allow")]
+        for call in recorder_calls:
+            store.add(call)
+    finally:
+        store.close()
+    policy = write(tmp_path / "p.yaml", "rules:\n  - name: no-gpt-4o\n    deny: {models: [gpt-4o]}\n")
+    result = run("whatif", "--policy", str(policy), "--store", str(store_path), "--since", "1h")
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("2 calls evaluated")
+    assert "1 would change" in result.output and "allow → deny: 1" in result.output
+    as_json = [
+        json.loads(line)
+        for line in run("whatif", "--policy", str(policy), "--store", str(store_path), "--json").output.splitlines()
+    ]
+    assert as_json[0]["type"] == "change" and as_json[0]["id"] == recorder_calls[0].id
+    assert as_json[-1]["rules"] == {"no-gpt-4o": {"fired": 2, "changed": 1}}
