@@ -129,6 +129,13 @@ class Route(Model):
     breaker: Breaker = Breaker()
     timeouts: Timeouts | None = None
 
+    @field_validator("upstream")
+    @classmethod
+    def _upstream_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value
+
     @model_validator(mode="after")
     def _one_upstream_form(self) -> Route:
         if self.upstream and self.upstreams:
@@ -180,6 +187,8 @@ class Otel(Model):
     metrics_interval: float | None = Field(None, gt=0)
     #: Finished calls waiting to become spans; beyond this, calls are not exported (and counted).
     queue_size: int = Field(4096, ge=1)
+    #: Where spans are built and encoded: a child `process` (off this process's CPU), or a `thread`.
+    worker: Literal["process", "thread"] = "process"
 
 
 class Escalation(Model):
@@ -344,7 +353,7 @@ routes:
 def _blank_to_none(data: Any) -> Any:
     # `${OPENAI_API_KEY:-}` expands to "" when unset: treat an empty key as no key.
     if isinstance(data, dict):
-        return {k: (None if k == "api_key" and v == "" else _blank_to_none(v)) for k, v in data.items()}
+        return {k: (None if k in ("api_key", "token") and v == "" else _blank_to_none(v)) for k, v in data.items()}
     if isinstance(data, list):
         return [_blank_to_none(v) for v in data]
     return data
