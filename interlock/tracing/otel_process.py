@@ -18,6 +18,7 @@ import logging
 import os
 import pickle
 import queue
+import signal
 import struct
 import subprocess
 import sys
@@ -343,6 +344,10 @@ class _ForwardLogs(logging.Handler):
 def child_main() -> None:
     from interlock.tracing.otel import local_exporter
 
+    # interlock shuts the child down by closing the pipe, after exporting what is queued; a Ctrl-C
+    # or SIGTERM sent to the whole process group must not cut that short (or print a traceback).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     channel_in, channel_out = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # a stray print must not corrupt the channel
     lock = threading.Lock()
