@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -244,3 +246,43 @@ def test_breaker_escalation_webhook(make_interlock: Any, upstream: ScriptedUpstr
     assert events["breaker_open"].path == "/hook" and events["breaker_open"].headers["x-token"] == "t"
     assert "messages" not in events["retries_exhausted"].body.decode()
     wait_for(lambda: upstreams_state(running)["escalation"]["sent"] == 2)
+
+
+# -- escalation stays off the hot path -----------------------------------------------------------------
+
+
+async def test_escalation_drops_rather_than_waits_and_survives_a_failing_webhook() -> None:
+    from interlock.config import Escalation
+    from interlock.proxy.escalation import Escalator
+
+    release = asyncio.Event()
+    seen: list[dict[str, Any]] = []
+
+    async def hanging(request: httpx.Request) -> httpx.Response:
+        seen.append(json.loads(request.content))
+        await release.wait()
+        return httpx.Response(500)
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(hanging)) as client:
+        escalator = Escalator(Escalation(webhook="http://hook.test/", queue_size=3, timeout=5), client)
+        for i in range(20):
+            escalator.emit("breaker_open", n=i)  # synchronous: returns at once, never awaits the webhook
+        wait = asyncio.get_running_loop().time() + 5
+        while not seen and asyncio.get_running_loop().time() < wait:
+            await asyncio.sleep(0.001)
+        assert seen[0]["event"] == "breaker_open" and seen[0]["n"] == 0
+        assert escalator.dropped == 20 - 3  # the queue holds three; the rest are dropped, not waited for
+        release.set()
+        while escalator.failed < 3 and asyncio.get_running_loop().time() < wait:
+            await asyncio.sleep(0.001)
+        assert escalator.failed == 3 and escalator.sent == 0  # a 500 counts as failed, nothing raised
+        await escalator.aclose()
+
+
+def test_no_webhook_means_no_task() -> None:
+    from interlock.config import Escalation
+    from interlock.proxy.escalation import Escalator
+
+    escalator = Escalator(Escalation(), httpx.AsyncClient())
+    escalator.emit("breaker_open")  # no running loop needed: nothing to do
+    assert escalator.snapshot() == {"enabled": False, "sent": 0, "failed": 0, "dropped": 0, "queued": 0}
