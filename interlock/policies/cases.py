@@ -206,7 +206,14 @@ def _body(protocol: str, request: CaseRequest, path: str) -> dict[str, Any] | No
     return body
 
 
-def decide(engine: Engine, call: Call, host: str | None = None, response_tools: tuple[str, ...] = ()) -> Outcome:
+def decide(
+    engine: Engine,
+    call: Call,
+    host: str | None = None,
+    response_tools: tuple[str, ...] = (),
+    *,
+    keep_params: bool = True,
+) -> Outcome:
     """Evaluate the policy for a call (no limits counted) and apply its changes to `call.request_json`."""
     evaluation = engine.evaluate(Subject.from_call(call, host))
     outcome = Outcome("allow", fired=list(evaluation.fired), limits=[r.name for r in evaluation.limited])
@@ -219,7 +226,7 @@ def decide(engine: Engine, call: Call, host: str | None = None, response_tools: 
         outcome.decision = "modify"
     after = set(call.view.tools) if call.view is not None else set()
     outcome.stripped = sorted(before - after)
-    if isinstance(call.request_json, dict):
+    if keep_params and isinstance(call.request_json, dict):
         outcome.params = dict(call.request_json)
     for name in response_tools:
         refused = evaluation.refused_tool(name)

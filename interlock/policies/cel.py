@@ -37,6 +37,8 @@ class Condition:
     source: str
     program: cel.Program
     variables: frozenset[str]
+    #: The fields of `request` the condition reads (all of them if it uses `request` as a whole).
+    request_fields: frozenset[str] = frozenset(REQUEST_FIELDS)
 
     def evaluate(self, context: cel.Context) -> bool:
         """True or False; raises on a run-time error (missing field, wrong type, non-boolean)."""
@@ -53,7 +55,9 @@ def compile_condition(source: str) -> Condition:
     except Exception as exc:  # the extension raises ValueError with the parser's message
         found = re.search(r"<input>:(\d+):(\d+): (.*)", str(exc))
         if found:
-            raise ConditionError(f"CEL syntax error at column {found.group(2)}: {found.group(3).removeprefix('Syntax error: ')}") from None
+            raise ConditionError(
+                f"CEL syntax error at column {found.group(2)}: {found.group(3).removeprefix('Syntax error: ')}"
+            ) from None
         raise ConditionError(_first_line(str(exc))) from None
     names = frozenset(program.variables())
     # Comprehension variables (`tools.exists(t, ...)`) also show up as identifiers; only flag names
@@ -63,7 +67,7 @@ def compile_condition(source: str) -> Condition:
         known = ", ".join(VARIABLES)
         raise ConditionError(f"unknown variable {unknown[0]!r} in condition (known: {known})")
     _check_fields(source)
-    condition = Condition(source, program, names & set(VARIABLES))
+    condition = Condition(source, program, names & set(VARIABLES), _request_fields(source))
     _check_types(condition)
     return condition
 
@@ -83,6 +87,16 @@ def _check_fields(source: str) -> None:
         for match in re.finditer(rf"(?<![\w.]){variable}\s*\.\s*([A-Za-z_]\w*)", source):
             if match.group(1) not in fields:
                 raise ConditionError(f"{variable} has no field {match.group(1)!r} (fields: {', '.join(fields)})")
+
+
+def _request_fields(source: str) -> frozenset[str]:
+    # Converting `request` to CEL values costs per field (params and tools most): pass only those used.
+    source = _STRING.sub('""', source)
+    used = re.findall(r"(?<![\w.])request\s*\.\s*([A-Za-z_]\w*)", source)
+    bare = len(re.findall(r"(?<![\w.])request\b", source))
+    if bare != len(used):
+        return frozenset(REQUEST_FIELDS)
+    return frozenset(used)
 
 
 def _check_types(condition: Condition) -> None:
@@ -108,8 +122,11 @@ def _first_line(text: str) -> str:
     return line.removeprefix("ERROR: ").split(". ")[0]
 
 
-def activation(subject: Subject, names: frozenset[str]) -> dict[str, Any]:
-    """The variables a condition sees for this call (only those in `names`)."""
+def activation(
+    subject: Subject, names: frozenset[str], request_fields: frozenset[str] = frozenset(REQUEST_FIELDS)
+) -> dict[str, Any]:
+    """The variables a condition sees for this call (only those in `names`, and of `request`, only
+    `request_fields`)."""
     values: dict[str, Any] = {}
     for name in names:
         if name == "agent":
@@ -121,23 +138,23 @@ def activation(subject: Subject, names: frozenset[str]) -> dict[str, Any]:
         elif name == "model":
             values["model"] = subject.model or ""
         elif name == "request":
-            values["request"] = {
-                "input_chars": subject.input_chars,
-                "params": subject.params,
-                "tools": list(subject.tools),
-                "stream": subject.stream,
-                "operation": subject.operation,
-                "method": subject.method,
-                "path": subject.path,
-            }
+            request: dict[str, Any] = {}
+            for key in request_fields:
+                if key == "tools":
+                    request["tools"] = list(subject.tools)
+                else:
+                    request[key] = getattr(subject, key)
+            values["request"] = request
         elif name == "tool":
             arguments = subject.tool_arguments if isinstance(subject.tool_arguments, dict) else {}
             values["tool"] = {"name": subject.tool or "", "arguments": arguments}
     return values
 
 
-def context_for(names: frozenset[str], subject: Subject) -> cel.Context:
-    return cel.Context(activation(subject, names))
+def context_for(
+    names: frozenset[str], subject: Subject, request_fields: frozenset[str] = frozenset(REQUEST_FIELDS)
+) -> cel.Context:
+    return cel.Context(activation(subject, names, request_fields))
 
 
 def _samples() -> list[Subject]:

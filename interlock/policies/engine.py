@@ -137,6 +137,13 @@ class CompiledRule:
     allow: _Lists = field(init=False)
     monitor: bool = field(init=False)
     guardrails: GuardrailActions | None = field(init=False)
+    #: Precomputed so the hot loop skips what a rule does not have.
+    refuses: bool = field(init=False)
+    has_tool_lists: bool = field(init=False)
+    set_items: tuple[tuple[str, Any, bool], ...] = field(init=False)
+    #: (attribute, globs, is a deny-list) for models, methods, paths and hosts, deny-lists first.
+    lists: tuple[tuple[str, Globs, bool], ...] = field(init=False)
+    limited: bool = field(init=False)
 
     def __post_init__(self) -> None:
         rule = self.rule
@@ -157,14 +164,20 @@ class CompiledRule:
         self.allow = _Lists(rule.allow)
         self.monitor = rule.mode == "monitor"
         self.guardrails = _guardrails(rule)
+        self.has_tool_lists = self.deny.tools is not None or self.allow.tools is not None
+        self.lists = tuple(
+            (kind, globs, denies)
+            for kind in ("model", "method", "path", "host")
+            for lists, denies in ((self.deny, True), (self.allow, False))
+            if (globs := getattr(lists, kind + "s")) is not None
+        )
+        self.refuses = self.deny_all or bool(self.lists)
+        self.set_items = tuple((k, v, _number(v)) for k, v in (rule.set or {}).items())
+        self.limited = rule.limits is not None
 
     @property
     def where(self) -> str:
         return f"{self.file}:{self.line}:{self.col}"
-
-    @property
-    def has_tool_lists(self) -> bool:
-        return self.deny.tools is not None or self.allow.tools is not None
 
     def tool_refusal(self, name: str) -> str | None:
         """Why this rule refuses the tool `name`, or None."""
@@ -178,28 +191,22 @@ class CompiledRule:
         """Why this rule denies the call (offered tools aside), or None."""
         if self.deny_all:
             return self.rule.message or "denied"
-        deny, allow = self.deny, self.allow
-        model = subject.model
-        if model is not None:
-            if deny.models is not None and deny.models(model):
-                return f"model {model!r} is denied"
-            if allow.models is not None and not allow.models(model):
-                return f"model {model!r} is not in the allowed models ({', '.join(allow.models.patterns)})"
-        method = subject.method.upper()
-        if deny.methods is not None and deny.methods(method):
-            return f"method {method} is denied"
-        if allow.methods is not None and not allow.methods(method):
-            return f"method {method} is not allowed"
-        if deny.paths is not None and deny.paths(subject.path):
-            return f"path {subject.path} is denied"
-        if allow.paths is not None and not allow.paths(subject.path):
-            return f"path {subject.path} is not allowed"
-        host = subject.host.lower() if subject.host else None
-        if host is not None:
-            if deny.hosts is not None and deny.hosts(host):
-                return f"host {host} is denied"
-            if allow.hosts is not None and not allow.hosts(host):
-                return f"host {host} is not allowed"
+        for kind, globs, denies in self.lists:
+            if kind == "model":
+                value = subject.model
+            elif kind == "method":
+                value = subject.method.upper()
+            elif kind == "path":
+                value = subject.path
+            else:
+                value = subject.host.lower() if subject.host else None
+            if value is None:  # a call without this attribute is not constrained by it
+                continue
+            if denies:
+                if globs(value):
+                    return f"{kind} {value!r} is denied"
+            elif not globs(value):
+                return f"{kind} {value!r} is not in the allowed {kind}s ({', '.join(globs.patterns)})"
         if subject.tool is not None:
             return self.tool_refusal(subject.tool)
         return None
@@ -238,7 +245,10 @@ class Evaluation:
     #: Rules whose tool lists apply to tool calls in the response.
     tool_rules: list[CompiledRule] = field(default_factory=list)
     guardrails: GuardrailActions | None = None
+    #: Every rule that applied, in order.
     fired: list[str] = field(default_factory=list)
+    #: Rules that applied and had nothing to do for this call (one `allow` decision names them all).
+    matched: list[str] = field(default_factory=list)
 
     @property
     def denied(self) -> bool:
@@ -285,6 +295,9 @@ class Engine:
         self.has_limits = any(r.rule.limits for r in self.rules)
         #: Variables any condition uses: the only ones converted to CEL values per call.
         self.variables = frozenset(v for r in self.rules if r.condition is not None for v in r.condition.variables)
+        self.request_fields = frozenset(
+            f for r in self.rules if r.condition is not None for f in r.condition.request_fields
+        )
 
     def candidates(self, route: str, agent: str) -> tuple[CompiledRule, ...]:
         """Rules whose route and agent match, in load order (cached per pair)."""
@@ -312,7 +325,7 @@ class Engine:
             else:
                 if rule.condition is not None:
                     if context is None:
-                        context = context_for(self.variables, subject)
+                        context = context_for(self.variables, subject, self.request_fields)
                     try:
                         if not rule.condition.evaluate(context):
                             continue
@@ -344,45 +357,46 @@ class Engine:
 
     def _apply(self, rule: CompiledRule, subject: Subject, result: Evaluation) -> None:
         result.fired.append(rule.name)
-        reason = rule.refusal(subject)
-        if reason is not None:
-            self._deny(rule, reason, result)
-            return
+        if rule.refuses or (rule.has_tool_lists and subject.tool is not None):
+            reason = rule.refusal(subject)
+            if reason is not None:
+                self._deny(rule, reason, result)
+                return
         acted = False
         if rule.has_tool_lists:
             result.tool_rules.append(rule)
-            refused = [(name, why) for name in subject.tools if (why := rule.tool_refusal(name)) is not None]
-            if refused and subject.tool is None:
-                acted = True
-                if rule.rule.offered_tools == "deny":
-                    self._deny(rule, "offered " + "; ".join(why for _, why in refused), result)
-                    return
-                names = ", ".join(name for name, _ in refused)
-                if rule.monitor:
-                    result.decisions.append(Decision("policy", "monitor", rule.name, f"would strip tools: {names}"))
-                else:
-                    for name, _ in refused:
-                        result.strip.setdefault(name, rule.name)
-        limits = rule.rule.limits
-        if limits is not None:
+            if subject.tools and subject.tool is None:
+                refused = [(name, why) for name in subject.tools if (why := rule.tool_refusal(name)) is not None]
+                if refused:
+                    acted = True
+                    if rule.rule.offered_tools == "deny":
+                        self._deny(rule, "offered " + "; ".join(why for _, why in refused), result)
+                        return
+                    names = ", ".join(name for name, _ in refused)
+                    if rule.monitor:
+                        result.decisions.append(Decision("policy", "monitor", rule.name, f"would strip tools: {names}"))
+                    else:
+                        for name, _ in refused:
+                            result.strip.setdefault(name, rule.name)
+        if rule.limited:
             result.limited.append(rule)
-        if rule.rule.set:
+        if rule.set_items:
+            acted = True
             if rule.monitor:
                 result.decisions.append(Decision("policy", "monitor", rule.name, f"would set {rule.rule.set}"))
-                acted = True
-            else:
-                acted = True  # the stage records `modify` or `allow` once it knows what changed
+            else:  # the stage records `modify` or `allow` once it knows what changed
                 result.setters.append(rule.name)
-                for key, value in rule.rule.set.items():
-                    current = result.params.get(key)
-                    if current is None or (_number(value) and _number(current[0]) and value < current[0]):
-                        result.params[key] = (value, rule.name)  # the tightest clamp wins
+                params = result.params
+                for key, value, number in rule.set_items:
+                    current = params.get(key)
+                    if current is None or (number and _number(current[0]) and value < current[0]):
+                        params[key] = (value, rule.name)  # the tightest clamp wins
         if rule.guardrails is not None:
             result.guardrails = (
                 rule.guardrails if result.guardrails is None else result.guardrails.merge(rule.guardrails)
             )
         if not acted:
-            result.decisions.append(Decision("policy", "allow", rule.name, "matched"))
+            result.matched.append(rule.name)
 
 
 def _number(value: Any) -> bool:

@@ -134,8 +134,14 @@ class PolicyStage:
         if evaluation.guardrails is not None:
             current = call.guardrails
             call.guardrails = evaluation.guardrails if current is None else current.merge(evaluation.guardrails)
+        matched = evaluation.matched
         if not evaluation.fired:
             call.decide(Decision("policy", "allow", None, "no rule applies"))
+        elif len(matched) == 1:
+            call.decide(Decision("policy", "allow", matched[0], "applies; nothing to change"))
+        elif matched:
+            reason = "these rules apply; nothing to change: " + ", ".join(matched)
+            call.decide(Decision("policy", "allow", None, reason, {"rules": list(matched)}))
         if held.keys or evaluation.tool_rules:
             self._held[call.id] = held
 

@@ -104,7 +104,7 @@ def whatif(engine: Engine, calls: Iterable[Call], hosts: dict[str, str] | None =
         except BadRequest:
             report.skipped += 1
             continue
-        outcome = decide(engine, call, hosts.get(call.route), tuple(_response_tools(call)))
+        outcome = decide(engine, call, hosts.get(call.route), tuple(_response_tools(call)), keep_params=False)
         report.evaluated += 1
         report.fired.update(outcome.fired)
         if outcome.decision == before:

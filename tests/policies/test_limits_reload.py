@@ -190,8 +190,8 @@ def test_decisions_are_recorded_with_the_call(with_policy: Any, upstream: Script
     allowed, denied = calls
     assert allowed.meta["policy"]["decision"] == "modify"
     assert [(d.action, d.rule) for d in allowed.decisions if d.stage == "policy"] == [
-        ("allow", "no-gpt-4o"),
         ("modify", "clamp"),
+        ("allow", "no-gpt-4o"),
     ]
     assert denied.meta["policy"] == {
         "decision": "deny",
