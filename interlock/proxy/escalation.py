@@ -62,7 +62,7 @@ class Escalator:
                         f"the webhook answered {response.status_code}", request=response.request, response=response
                     )
                 self.sent += 1
-            except (httpx.HTTPError, OSError) as exc:
+            except Exception as exc:  # a webhook problem must never end the worker
                 self.failed += 1
                 log.warning("escalation webhook failed for %s event: %s", event["event"], exc)
 

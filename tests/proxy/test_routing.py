@@ -23,6 +23,7 @@ from tests.proxy.routing_support import (
     openai_client,
     route,
     upstreams_state,
+    wait_for,
 )
 
 
@@ -222,3 +223,27 @@ def test_breaker_min_calls_over_window_is_a_config_error() -> None:
     with pytest.raises(SourceError) as caught:
         settings_from_document(parse_yaml(text, "interlock.yaml"))
     assert "min_calls" in str(caught.value)
+
+
+def test_attempts_are_recorded_and_shown_by_traces_show(make_interlock: Any, upstream: ScriptedUpstream) -> None:
+    from click.testing import CliRunner
+
+    from interlock.cli import main
+
+    upstreams = [{"name": "dead", "url": closed_url()}, {"name": "live", "url": upstream.url + "/v1"}]
+    running = make_interlock(routes={"openai": route("openai", upstreams, retry={"attempts": 4})})
+    calls = collect_calls(running)
+    upstream.script(Script(status=503))
+    assert httpx.post(running.url + "/openai/chat/completions", json=CHAT).status_code == 200
+    (call,) = finished(calls)
+    store = running.settings.store.path
+
+    def show() -> str:
+        result = CliRunner().invoke(main, ["traces", "show", "--store", store, call.id])
+        return result.output if result.exit_code == 0 else ""
+
+    wait_for(lambda: "attempts:" in show())
+    lines = [line.strip() for line in show().splitlines() if line.strip().startswith("#")]
+    assert [line.split()[1] for line in lines] == ["dead", "live", "dead", "live"]
+    assert "error: connect:" in lines[0] and "status 503" in lines[1] and "status 200" in lines[3]
+    assert call.attempts[3].backoff_ms == 0.0 or f"after backoff {call.attempts[3].backoff_ms:.0f}ms" in lines[3]
