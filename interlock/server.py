@@ -69,8 +69,11 @@ class Runtime:
     def record_stages(self) -> list[object]:
         from interlock.proxy.mcp import McpRecord
 
-        # MCP tool arguments and results go into meta from the stored (guardrail-redacted) bodies.
-        return [McpRecord()] + ([] if self.recorder is None else [self.recorder])
+        stages: list[object] = [] if self.recorder is None else [self.recorder]
+        if any(route.protocol == "mcp" for route in self.settings.routes.values()):
+            # MCP tool arguments and results go into meta from the stored (guardrail-redacted) bodies.
+            stages.insert(0, McpRecord())
+        return stages
 
     def export_stages(self) -> list[object]:
         from interlock.tracing.otel import build_exporter

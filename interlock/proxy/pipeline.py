@@ -21,7 +21,9 @@ from interlock.tracing.call import Call
 
 def default_stages(settings: Settings, extra: Sequence[object] = ()) -> list[object]:
     """The stages every call passes through, in order; `extra` (recorder, exporter...) go last."""
-    stages: list[object] = [Identify(settings), Parse(), McpSession(), Usage()]
+    stages: list[object] = [Identify(settings), Parse(), Usage()]
+    if any(route.protocol == "mcp" for route in settings.routes.values()):
+        stages.insert(2, McpSession())  # only with MCP routes: the plain path stays free of it
     stages.extend(extra)
     return stages
 

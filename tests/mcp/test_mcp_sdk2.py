@@ -10,7 +10,7 @@ import pytest
 from mcp.shared.exceptions import MCPError
 
 from interlock.testing import Running
-from tests.mcp.servers import Collector, ThreadServer, mcp2_client, until
+from tests.mcp.servers import Collector, ThreadServer, mcp2_client, until, wait_for
 
 
 @pytest.fixture
@@ -157,7 +157,7 @@ async def test_the_get_event_stream_outlives_the_total_timeout_and_carries_serve
         await until(lambda: time.monotonic() - opened > 1.3, what="the stream to outlive the total timeout")
         assert (await client.call_tool("announce", {})).content[0].text == "announced"  # type: ignore[union-attr]
         await until(lambda: "notifications/tools/list_changed" in received, what="the notification")
-    calls = collector.wait(5)
-    [stream] = [c for c in calls if c.method == "GET"]
+    wait_for(lambda: any(c.method == "GET" for c in collector.calls), what="the GET stream's record")
+    [stream] = [c for c in collector.calls if c.method == "GET"]
     assert stream.error_code is None and stream.status == 200
     assert stream.meta["mcp"]["server_messages"] == ["notifications/tools/list_changed"]
