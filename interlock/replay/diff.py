@@ -55,9 +55,12 @@ class Divergence:
     differences: list[Difference] = field(default_factory=list)
     truncated: bool = False
     compared: bool = True  # False past the first misses of a run: no diff was computed
+    reason: str = ""  # why nothing could be compared (a route the recording never used)
 
     def headline(self) -> str:
         where = f"{self.method} /{self.route}{self.path}"
+        if self.reason:
+            return f"request #{self.index} ({where}) matches no recorded call: {self.reason}"
         if not self.compared:
             expected = f"step {self.expected_step}" if self.expected_step else "none"
             return f"request #{self.index} ({where}) matches no recorded call (not compared; next expected: {expected})"

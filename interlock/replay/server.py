@@ -172,9 +172,17 @@ class ReplayApp:
             await self.forward_live(scope, body, receive, send)
             return
         if protocol is None:
-            reply = ADAPTERS["http"].error_reply(
-                404, "unknown_route", f"no route named {name!r} in the recording; routes: {self._route_list}"
-            )
+            # A route the recording never used: the agent did something it did not do then.
+            self.stats.requests += 1
+            path = "/" + rest.decode("latin-1")
+            reason = f"the recording has no route named {name!r}; routes: {self._route_list}"
+            self.stats.misses.append(Divergence(self.stats.requests, name, scope["method"], path, reason=reason))
+            if self.on_miss == "live":
+                self.going_live = True
+                self.stats.requests -= 1
+                await self.forward_live(scope, body, receive, send)
+                return
+            reply = ADAPTERS["http"].error_reply(404, "unknown_route", f"interlock replay: {reason}", retryable=False)
             await _send_whole(send, reply.status, reply.headers, reply.body)
             return
         self.stats.requests += 1

@@ -175,8 +175,9 @@ def test_unknown_routes_and_the_summary_endpoint() -> None:
         httpx.post(replay.url + "/openai/chat/completions", json=chat("y"))
         summary = httpx.get(replay.url + "/__replay__/summary").json()
     assert unknown.status_code == 404 and "routes: /openai/" in unknown.json()["error"]["message"]
-    assert (summary["requests"], summary["served"], len(summary["misses"]), summary["unused"]) == (2, 1, 1, [])
-    assert summary["misses"][0]["differences"][0]["label"] == "messages[0] (user)"
+    assert (summary["requests"], summary["served"], len(summary["misses"]), summary["unused"]) == (3, 1, 2, [])
+    assert summary["misses"][0]["headline"].startswith("request #1 (POST /nope/x) matches no recorded call:")
+    assert summary["misses"][1]["differences"][0]["label"] == "messages[0] (user)"
 
 
 def test_bad_settings_are_refused() -> None:
