@@ -62,8 +62,9 @@ class Retry(Model):
     #: Attempts per call in all (1: never retry), across upstreams and fallback models. Four lets a
     #: two-upstream route try each twice (see docs/routing.md for the arithmetic).
     attempts: int = Field(4, ge=1, le=20)
-    #: Upstream statuses worth another attempt; other statuses are relayed at once.
-    statuses: tuple[int, ...] = (408, 429, 500, 502, 503, 504)
+    #: Upstream statuses worth another attempt; other statuses are relayed at once. 529 is
+    #: Anthropic's "overloaded".
+    statuses: tuple[int, ...] = (408, 429, 500, 502, 503, 504, 529)
     #: Backoff before going back to an upstream that failed: full jitter in [0, initial·2^(n-1)], capped.
     backoff_initial: float = Field(0.2, ge=0)
     backoff_max: float = Field(5.0, ge=0)
@@ -193,7 +194,7 @@ class Otel(Model):
 
 class Escalation(Model):
     #: URL that receives a JSON POST when a call exhausts its retries or a breaker opens or closes.
-    webhook: str | None = None
+    webhook: str | None = Field(None, pattern=r"^https?://")
     timeout: float = Field(5.0, gt=0)
     headers: dict[str, str] = {}
     #: Events waiting to be posted; more are dropped (and counted), never waited for.

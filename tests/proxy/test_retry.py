@@ -354,3 +354,15 @@ def test_which_requests_may_be_sent_twice() -> None:
     mcp = Route(protocol="mcp", upstream="http://x")
     assert not may_resend(mcp, "POST", "tools/call") and may_resend(mcp, "POST", "tools/list")
     assert may_resend(Route(upstream="http://x"), "POST", "chat")
+
+
+def test_anthropic_overloaded_529_is_retried(make_interlock: Any, upstream: ScriptedUpstream) -> None:
+    running = make_interlock(routes={"anthropic": single(upstream, "anthropic")})
+    calls = collect_calls(running)
+    upstream.script(Script(status=529))
+    message = anthropic_client(running).messages.create(
+        model="claude-test", max_tokens=10, messages=[{"role": "user", "content": "busy?"}]
+    )
+    assert message.content[0].text == "echo: busy?"  # type: ignore[union-attr]
+    (call,) = finished(calls)
+    assert [a.status for a in call.attempts] == [529, 200]
