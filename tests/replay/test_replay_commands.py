@@ -172,3 +172,22 @@ def test_replay_run_compares_against_another_model(incident: Incident, tmp_path:
     assert "## Step 2: POST /chat/completions (gpt-next) — differs" in markdown
     assert '- tool calls: `get_weather({"city": "Lyon"})` → none' in markdown
     assert "| same text | | 2 of 3 |" in markdown
+
+
+def test_on_miss_live_refuses_a_config_whose_store_is_the_bundle(incident: Incident, tmp_path: Path) -> None:
+    config = tmp_path / "interlock.yaml"
+    config.write_text(
+        "routes:\n  openai: {protocol: openai, upstream: 'http://127.0.0.1:9/v1'}\n"
+        f"store: {{path: '{incident.bundle}'}}\n"
+    )
+    before = incident.bundle.read_bytes()
+    code, _, stderr = invoke("replay", str(incident.bundle), "--port", "0", "--on-miss", "live", "-c", str(config))
+    assert code == 2 and "a replay never writes to its bundle" in stderr
+    assert incident.bundle.read_bytes() == before
+
+
+def test_a_bad_config_for_live_is_a_file_line_error(incident: Incident, tmp_path: Path) -> None:
+    config = tmp_path / "interlock.yaml"
+    config.write_text("routes:\n  openai: {protocol: nope, upstream: 'http://x'}\n")
+    code, _, stderr = invoke("replay", str(incident.bundle), "--on-miss", "live", "-c", str(config))
+    assert code == 2 and stderr.startswith(f"error: {config}:2:")

@@ -156,3 +156,34 @@ def test_the_bundle_holds_the_session_and_is_never_written(incident: Incident) -
     assert incident.bundle.stat().st_mtime_ns == stat.st_mtime_ns
     leftovers = sorted(p.name for p in incident.bundle.parent.iterdir() if p.name.startswith("incident.db"))
     assert leftovers == ["incident.db"]
+
+
+def test_a_streamed_responses_api_session_replays(tmp_path: Path) -> None:
+    from interlock.scripted import Script, ScriptedUpstream
+    from interlock.testing import run_interlock, settings_for_test
+    from interlock.tracing.store import Store
+
+    store = tmp_path / "interlock.db"
+
+    def ask(base_url: str) -> tuple[str, str]:
+        client = openai.OpenAI(
+            base_url=base_url, api_key="x", max_retries=0, default_headers={"X-Interlock-Session": "r"}
+        )
+        with client.responses.stream(model="gpt-4.1", input="stream me") as stream:
+            streamed = "".join(e.delta for e in stream if e.type == "response.output_text.delta")
+        plain = client.responses.create(model="gpt-4.1", input="tell me", previous_response_id="resp_scripted")
+        return streamed, plain.output_text
+
+    with ScriptedUpstream() as provider:
+        provider.script(Script(text="streamed words", chunk_size=3), Script(text="plain words"))
+        settings = settings_for_test(
+            {"routes": routes_for(provider), "store": {"path": str(store)}, "shutdown_grace": 1}
+        )
+        with run_interlock(settings) as running:
+            recorded = ask(running.url + "/openai")
+    bundle = tmp_path / "responses.db"
+    with Store(store) as opened:
+        assert opened.export(bundle, session="r") == 2
+    with replay_server(bundle) as replay:
+        assert ask(replay.base_url("openai")) == recorded == ("streamed words", "plain words")
+    replay.assert_no_divergence(all_used=True)
