@@ -24,6 +24,7 @@ from tests.proxy.routing_support import (
     finished,
     openai_client,
     route,
+    upstreams_state,
 )
 
 
@@ -366,3 +367,19 @@ def test_anthropic_overloaded_529_is_retried(make_interlock: Any, upstream: Scri
     assert message.content[0].text == "echo: busy?"  # type: ignore[union-attr]
     (call,) = finished(calls)
     assert [a.status for a in call.attempts] == [529, 200]
+
+
+def test_an_agent_leaving_mid_retry_is_recorded_and_releases_the_upstream(
+    make_interlock: Any, upstream: ScriptedUpstream
+) -> None:
+    running = make_interlock(routes={"openai": single(upstream)})
+    calls = collect_calls(running)
+    upstream.script(Script(status=503), Script(delay=2.0))
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(running.url + "/openai/chat/completions", json=CHAT, timeout=0.5)
+    (call,) = finished(calls)
+    assert call.outcome == "aborted"
+    assert [a.status for a in call.attempts] == [503, None]
+    assert call.attempts[1].error == "cancelled"
+    entry = upstreams_state(running)["routes"]["openai"]["upstreams"][0]
+    assert entry["inflight"] == 0 and entry["breaker"]["consecutive_failures"] == 1
