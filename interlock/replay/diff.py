@@ -278,6 +278,8 @@ class _Describer:
             for slot in view.texts if view else []:
                 if len(slot.path) >= 2 and isinstance(slot.path[1], int):
                     self.roles.setdefault(slot.path[:2], slot.role)
+                elif len(slot.path) == 1:
+                    self.roles.setdefault(slot.path, slot.role)  # `instructions`, `system`, `prompt`
 
     def view_differences(self) -> list[Difference]:
         """Differences best said from the views: the tools offered (names, not schemas)."""
@@ -324,7 +326,8 @@ class _Describer:
             if len(path) >= 3 and path[2] in ("tool_calls", "function_call") or role == "tool_args":
                 return f"{item} (tool call by {role if role != 'tool_args' else 'assistant'})"
             return f"{item} ({role})" if role else item
-        return str(head)
+        role = self.roles.get(path[:1])
+        return f"{head} ({role})" if role and role != head else str(head)
 
     def difference(self, path: tuple[str | int, ...], change: str, old: Any, new: Any) -> Difference:
         where = _path_text(path)
