@@ -326,8 +326,8 @@ class _Describer:
             if len(path) >= 3 and path[2] in ("tool_calls", "function_call") or role == "tool_args":
                 return f"{item} (tool call by {role if role != 'tool_args' else 'assistant'})"
             return f"{item} ({role})" if role else item
-        role = self.roles.get(path[:1])
-        return f"{head} ({role})" if role and role != head else str(head)
+        top = self.roles.get(path[:1])
+        return f"{head} ({top})" if top and top != head else str(head)
 
     def difference(self, path: tuple[str | int, ...], change: str, old: Any, new: Any) -> Difference:
         where = _path_text(path)
