@@ -246,7 +246,7 @@ def run_case(
         call = build_call(case.request, routes)
     except ValueError as exc:
         return Result(case, where, None, [str(exc)], (time.perf_counter() - started) * 1000)
-    host = case.request.host or (hosts or {}).get(case.request.route)
+    host = case.request.host.lower() if case.request.host else (hosts or {}).get(case.request.route)
     tools = case.response.tool_calls if case.response is not None else ()
     outcome = decide(engine, call, host, tools)
     failures = check(case.expect, outcome)

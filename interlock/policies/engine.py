@@ -34,7 +34,7 @@ _MAGIC = re.compile(r"[*?\[]")
 class Globs:
     """A list of globs, matched case-sensitively; exact names are a set lookup."""
 
-    __slots__ = ("patterns", "exact", "regex")
+    __slots__ = ("patterns", "exact", "regex", "_memo")
 
     def __init__(self, patterns: Iterable[str], *, fold: str | None = None) -> None:
         items = tuple(patterns)
@@ -46,11 +46,23 @@ class Globs:
         self.exact = frozenset(p for p in items if not _MAGIC.search(p))
         magic = [fnmatch.translate(p) for p in items if _MAGIC.search(p)]
         self.regex = re.compile("|".join(f"(?:{m})" for m in magic)) if magic else None
+        # Glob results by value: calls repeat the same models, tools and agents (bounded; a dict's
+        # get and set are atomic, so engines shared across threads are fine).
+        self._memo: dict[str, bool] = {}
 
     def __call__(self, value: str | None) -> bool:
         if value is None:
             return False
-        return value in self.exact or (self.regex is not None and self.regex.match(value) is not None)
+        if value in self.exact:
+            return True
+        if self.regex is None:
+            return False
+        found = self._memo.get(value)
+        if found is None:
+            found = self.regex.match(value) is not None
+            if len(self._memo) < 4096:
+                self._memo[value] = found
+        return found
 
     @property
     def literal(self) -> bool:
@@ -79,18 +91,18 @@ class Subject:
 
     @classmethod
     def from_call(cls, call: Call, host: str | None = None) -> Subject:
+        """`host`: the upstream's host name, lowercase (as `urlsplit(...).hostname` gives it)."""
         view = call.view
+        method = call.method.upper()
         if view is None:
-            return cls(
-                call.route, call.protocol, call.agent, call.session, call.model, call.method, call.path, host=host
-            )
+            return cls(call.route, call.protocol, call.agent, call.session, call.model, method, call.path, host=host)
         return cls(
             call.route,
             call.protocol,
             call.agent,
             call.session,
             view.model,
-            call.method,
+            method,
             call.path,
             view.operation,
             tuple(view.tools),
@@ -143,6 +155,7 @@ class CompiledRule:
     set_items: tuple[tuple[str, Any, bool], ...] = field(init=False)
     #: (attribute, globs, is a deny-list) for models, methods, paths and hosts, deny-lists first.
     lists: tuple[tuple[str, Globs, bool], ...] = field(init=False)
+    tool_memo: dict[tuple[str, ...], list[tuple[str, str]]] = field(init=False)
     limited: bool = field(init=False)
 
     def __post_init__(self) -> None:
@@ -167,17 +180,27 @@ class CompiledRule:
         self.has_tool_lists = self.deny.tools is not None or self.allow.tools is not None
         self.lists = tuple(
             (kind, globs, denies)
-            for kind in ("model", "method", "path", "host")
+            for kind in ("model", "method", "path", "host")  # Subject attributes
             for lists, denies in ((self.deny, True), (self.allow, False))
             if (globs := getattr(lists, kind + "s")) is not None
         )
         self.refuses = self.deny_all or bool(self.lists)
+        self.tool_memo = {}
         self.set_items = tuple((k, v, _number(v)) for k, v in (rule.set or {}).items())
         self.limited = rule.limits is not None
 
     @property
     def where(self) -> str:
         return f"{self.file}:{self.line}:{self.col}"
+
+    def offered_refusals(self, tools: tuple[str, ...]) -> list[tuple[str, str]]:
+        """(tool, why) for each offered tool this rule refuses; memoised, agents offer the same sets."""
+        found = self.tool_memo.get(tools)
+        if found is None:
+            found = [(name, why) for name in tools if (why := self.tool_refusal(name)) is not None]
+            if len(self.tool_memo) < 1024:
+                self.tool_memo[tools] = found
+        return found
 
     def tool_refusal(self, name: str) -> str | None:
         """Why this rule refuses the tool `name`, or None."""
@@ -192,14 +215,7 @@ class CompiledRule:
         if self.deny_all:
             return self.rule.message or "denied"
         for kind, globs, denies in self.lists:
-            if kind == "model":
-                value = subject.model
-            elif kind == "method":
-                value = subject.method.upper()
-            elif kind == "path":
-                value = subject.path
-            else:
-                value = subject.host.lower() if subject.host else None
+            value = getattr(subject, kind)
             if value is None:  # a call without this attribute is not constrained by it
                 continue
             if denies:
@@ -366,7 +382,7 @@ class Engine:
         if rule.has_tool_lists:
             result.tool_rules.append(rule)
             if subject.tools and subject.tool is None:
-                refused = [(name, why) for name in subject.tools if (why := rule.tool_refusal(name)) is not None]
+                refused = rule.offered_refusals(subject.tools)
                 if refused:
                     acted = True
                     if rule.rule.offered_tools == "deny":
