@@ -12,6 +12,7 @@ import json
 import os
 import re
 import sys
+import time
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -194,6 +195,7 @@ def replay() -> None:
     help="Write the summary as JSON here at the end.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--allow-unused", is_flag=True, help="With COMMAND: recorded calls never asked for are not a divergence.")
 @config_option
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def serve(
@@ -208,15 +210,18 @@ def serve(
     keep_timestamps: bool,
     summary_path: str | None,
     as_json: bool,
+    allow_unused: bool,
     config: str | None,
     command: tuple[str, ...],
 ) -> None:
     """Serve BUNDLE's routes from the recording, until Ctrl-C — or, given `-- COMMAND...`, run the
-    command with OPENAI_BASE_URL / ANTHROPIC_BASE_URL pointing at the replay, then exit: 0 when the
-    run matched the recording, 1 when it diverged, else the command's own exit code."""
+    command with OPENAI_BASE_URL / ANTHROPIC_BASE_URL pointing at the replay, then exit: the
+    command's own exit code when it failed, else 1 when the run left the recording (a miss, or a
+    recorded call never asked for, unless --allow-unused), else 0."""
     from interlock.replay.match import MatchOptions
     from interlock.replay.runner import ReplayConfigError, ReplayHost, ReplaySettings, run_loop, serve_foreground
 
+    began = time.perf_counter()
     loaded = _open(bundle, session=session)
     live_settings = None
     if on_miss == "live" or config:
@@ -239,7 +244,7 @@ def serve(
         _fail(str(exc))
 
     def ready(running: ReplayHost) -> None:
-        click.echo(loaded.describe(), err=True)
+        click.echo(f"{loaded.describe()}; ready in {time.perf_counter() - began:.2f}s", err=True)
         click.echo(f"replaying on {running.url}/<route>/... (speed {speed}, on miss: {on_miss})", err=True)
 
     try:
@@ -255,7 +260,9 @@ def serve(
     else:
         click.echo(summary.text(), err=not command)
     if command:
-        sys.exit(code if code else (1 if summary.diverged else 0))
+        # The same path as recorded: nothing missed, and (unless allowed) every recorded call asked for.
+        diverged = summary.diverged or (bool(summary.unused) and not allow_unused)
+        sys.exit(code if code else (1 if diverged else 0))
 
 
 @replay.command("run")

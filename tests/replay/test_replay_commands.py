@@ -191,3 +191,12 @@ def test_a_bad_config_for_live_is_a_file_line_error(incident: Incident, tmp_path
     config.write_text("routes:\n  openai: {protocol: nope, upstream: 'http://x'}\n")
     code, _, stderr = invoke("replay", str(incident.bundle), "--on-miss", "live", "-c", str(config))
     assert code == 2 and stderr.startswith(f"error: {config}:2:")
+
+
+@pytest.mark.parametrize(("flags", "code"), [((), 1), (("--allow-unused",), 0)])
+def test_an_agent_that_stops_early_left_the_recording(incident: Incident, flags: tuple[str, ...], code: int) -> None:
+    exit_code, stdout, _ = invoke(
+        "replay", str(incident.bundle), "--port", "0", *flags, "--", sys.executable, "-c", "pass"
+    )
+    assert exit_code == code
+    assert "0 of 5 recorded calls served from the recording, 0 misses, 5 recorded calls unused" in stdout
