@@ -15,25 +15,20 @@ Configured by the `otel:` section and the standard OTEL_* variables (`otel_confi
 
 from __future__ import annotations
 
-import contextvars
 import logging
 import queue
 import threading
 from collections.abc import Sequence
 from typing import Any
 
-from opentelemetry import trace
-from opentelemetry.context import Context
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
-from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from interlock import __version__
 from interlock.config import Otel
 from interlock.tracing.call import Call
-from interlock.tracing.otel_attributes import describe_attempt, describe_call
+from interlock.tracing.otel_attributes import describe_call
 from interlock.tracing.otel_config import (
     Health,
     export_configured,
@@ -44,45 +39,9 @@ from interlock.tracing.otel_config import (
     resource,
 )
 from interlock.tracing.otel_metrics import CallMetrics
+from interlock.tracing.otel_spans import SpanBuilder
 
 log = logging.getLogger("interlock.otel")
-
-_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
-
-
-# -- ids: the exported call span takes the ids interlock already used on the wire ---------------
-
-_forced: contextvars.ContextVar[tuple[int | None, int | None]] = contextvars.ContextVar(
-    "interlock_otel_ids", default=(None, None)
-)
-
-
-class CallIdGenerator(IdGenerator):
-    """Random ids, except that the next span started under `forcing` gets the given ids."""
-
-    def __init__(self) -> None:
-        self._random = RandomIdGenerator()
-
-    def generate_span_id(self) -> int:
-        trace_id, span_id = _forced.get()
-        if span_id is not None:
-            _forced.set((None, None))  # only the call span; its children get fresh ids
-            return span_id
-        return self._random.generate_span_id()
-
-    def generate_trace_id(self) -> int:
-        trace_id, _ = _forced.get()
-        return trace_id if trace_id is not None else self._random.generate_trace_id()
-
-
-def _hex(value: str | None, length: int) -> int | None:
-    if value is None or len(value) != length:
-        return None
-    try:
-        number = int(value, 16)
-    except ValueError:
-        return None
-    return number or None
 
 
 def build_exporter(config: Otel) -> Any:
@@ -127,13 +86,12 @@ class Exporter:
         resource_ = resource(config)
         self.processor = processor
         self.tracer_provider: TracerProvider | None = None
-        self.tracer: trace.Tracer | None = None
+        self.spans: SpanBuilder | None = None
         if processor is not None:
-            self.tracer_provider = TracerProvider(
-                resource=resource_, id_generator=CallIdGenerator(), shutdown_on_exit=False
-            )
+            # The provider holds the sampler (OTEL_TRACES_SAMPLER) and shuts the processor down.
+            self.tracer_provider = TracerProvider(resource=resource_, shutdown_on_exit=False)
             self.tracer_provider.add_span_processor(processor)
-            self.tracer = self.tracer_provider.get_tracer("interlock", __version__)
+            self.spans = SpanBuilder(processor, resource_, self.tracer_provider.sampler)
         self.meter_provider: MeterProvider | None = None
         self.metrics: CallMetrics | None = None
         if metric_readers:
@@ -189,69 +147,10 @@ class Exporter:
         described = describe_call(
             call, capture_content=config.capture_content, content_max_chars=config.content_max_chars
         )
-        if self.tracer is not None:
-            self._spans(self.tracer, call, described.name, described.attributes)
+        if self.spans is not None:
+            self.spans.export(call, described.name, described.attributes)
         if self.metrics is not None:
             self.metrics.record(call, described)
-
-    def _spans(self, tracer: trace.Tracer, call: Call, name: str, attributes: dict[str, Any]) -> None:
-        start = int(call.started_at * 1e9)
-        end = start + int((call.duration_ms or 0.0) * 1e6)
-        trace_id = _hex(call.trace_id, 32)
-        parent_id = _hex(call.parent_span_id, 16)
-        if trace_id is not None and parent_id is not None:
-            parent = SpanContext(trace_id, parent_id, is_remote=True, trace_flags=_SAMPLED)
-            context = trace.set_span_in_context(NonRecordingSpan(parent))
-        else:
-            context = Context()
-        _forced.set((trace_id, _hex(call.span_id, 16)))
-        try:
-            span = tracer.start_span(name, context, SpanKind.CLIENT, attributes, start_time=start)
-        finally:
-            _forced.set((None, None))
-        if not span.is_recording():
-            return
-        inside = trace.set_span_in_context(span)
-        for number, attempt in enumerate(call.attempts, 1):
-            attempt_name, attempt_attributes = describe_attempt(call, attempt, number)
-            attempt_start = start + int(attempt.started_ms * 1e6)
-            child = tracer.start_span(
-                attempt_name, inside, SpanKind.CLIENT, attempt_attributes, start_time=attempt_start
-            )
-            if attempt.error or (attempt.status is not None and attempt.status >= 500):
-                child.set_status(Status(StatusCode.ERROR, attempt.error or f"HTTP {attempt.status}"))
-            duration = attempt.duration_ms
-            child.end(attempt_start + int(duration * 1e6) if duration is not None else end)
-        for decision in call.decisions:
-            at = start + int((decision.t_ms or 0.0) * 1e6)
-            decision_attributes: dict[str, Any] = {
-                "interlock.decision.stage": decision.stage,
-                "interlock.decision.action": decision.action,
-            }
-            if decision.rule:
-                decision_attributes["interlock.decision.rule"] = decision.rule
-            if decision.reason:
-                decision_attributes["interlock.decision.reason"] = decision.reason
-            child = tracer.start_span(
-                f"{decision.stage} {decision.action}", inside, SpanKind.INTERNAL, decision_attributes, start_time=at
-            )
-            if decision.action == "error":
-                child.set_status(Status(StatusCode.ERROR, decision.reason))
-            child.end(at)
-        for finding in call.findings:  # never the value: entity, place and action only
-            span.add_event(
-                "interlock.finding",
-                {
-                    "interlock.finding.entity": finding.entity,
-                    "interlock.finding.where": finding.where,
-                    "interlock.finding.action": finding.action,
-                    "interlock.finding.score": finding.score,
-                },
-                timestamp=end,
-            )
-        if call.outcome != "ok":
-            span.set_status(Status(StatusCode.ERROR, call.error or call.outcome))
-        span.end(end)
 
     # -- flushing and shutdown --------------------------------------------------------------
 
@@ -290,4 +189,4 @@ def _bounded(function: Any, timeout: float) -> None:
     thread.join(timeout)
 
 
-__all__ = ["Exporter", "CallIdGenerator", "build_exporter", "export_configured", "local_exporter", "resolve_endpoint"]
+__all__ = ["Exporter", "build_exporter", "export_configured", "local_exporter", "resolve_endpoint"]

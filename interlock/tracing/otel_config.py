@@ -25,6 +25,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 
 from interlock import __version__
 from interlock.config import Otel
+from interlock.tracing.otel_spans import CachedHashResource
 
 log = logging.getLogger("interlock.otel")
 
@@ -199,7 +200,8 @@ def resource(config: Otel) -> Resource:
     attributes: dict[str, Any] = {"service.version": __version__}
     if config.service_name or not _env("OTEL_SERVICE_NAME"):
         attributes["service.name"] = config.service_name or "interlock"
-    return Resource.create(attributes)
+    created = Resource.create(attributes)
+    return CachedHashResource(created.attributes, created.schema_url)
 
 
 def _span_exporter(config: Otel, endpoint: str) -> SpanExporter:

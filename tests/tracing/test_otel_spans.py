@@ -51,10 +51,10 @@ def test_call_span_carries_the_genai_attributes() -> None:
     assert attrs["gen_ai.request.model"] == "gpt-4o-mini"
     assert attrs["gen_ai.request.temperature"] == 0.2
     assert attrs["gen_ai.request.max_tokens"] == 50
-    assert attrs["gen_ai.request.stop_sequences"] == ("END",)
+    assert attrs["gen_ai.request.stop_sequences"] == ["END"]
     assert attrs["gen_ai.response.model"] == "gpt-4o-mini-2024-07-18"
     assert attrs["gen_ai.response.id"] == "chatcmpl-9"
-    assert attrs["gen_ai.response.finish_reasons"] == ("stop",)
+    assert attrs["gen_ai.response.finish_reasons"] == ["stop"]
     assert attrs["gen_ai.usage.input_tokens"] == 11
     assert attrs["gen_ai.usage.output_tokens"] == 7
     assert attrs["gen_ai.conversation.id"] == "sess-42"
@@ -71,7 +71,7 @@ def test_streamed_response_is_summarised_from_its_first_and_last_events() -> Non
     assert attrs["gen_ai.request.stream"] is True
     assert attrs["gen_ai.response.id"] == "chatcmpl-9"
     assert attrs["gen_ai.response.model"] == "gpt-4o-mini-2024-07-18"
-    assert attrs["gen_ai.response.finish_reasons"] == ("stop",)
+    assert attrs["gen_ai.response.finish_reasons"] == ["stop"]
     assert attrs["gen_ai.response.time_to_first_chunk"] == pytest.approx(0.010)
     (first_chunk,) = points["gen_ai.client.operation.time_to_first_chunk"]
     assert first_chunk.sum == pytest.approx(0.010)

@@ -41,8 +41,8 @@ def summarize_response(call: Call) -> ResponseSummary:
             _read(call.protocol, data, summary)
             if summary.id or summary.model:
                 break
-        for data in tail:
-            _read(call.protocol, data, summary)
+        for text in tail:  # parsed lazily, last first: the finish reason is near the end
+            _read(call.protocol, _payload(text), summary)
             if summary.finish_reasons:
                 break
         return summary
@@ -147,8 +147,8 @@ def _take(summary: ResponseSummary, rid: Any, model: Any) -> None:
         summary.model = model
 
 
-def _stream_ends(call: Call) -> tuple[list[Any], list[Any]]:
-    """JSON payloads of the first events (in order) and of the last events (last first)."""
+def _stream_ends(call: Call) -> tuple[list[Any], list[str]]:
+    """JSON payloads of the first events (in order), and the data of the last events (last first)."""
     chunks = call.chunks
     head_bytes = b""
     for chunk in chunks:
@@ -161,13 +161,8 @@ def _stream_ends(call: Call) -> tuple[list[Any], list[Any]]:
         tail_bytes = chunk.data + tail_bytes
         if len(tail_bytes) >= _TAIL_BYTES:
             break
-    events = list(iter_events(tail_bytes))
-    tail: list[Any] = []
-    for event in reversed(events[-_TAIL_EVENTS:]):
-        data = _payload(event.data)  # a cut-off first event simply fails to parse
-        if data is not None:
-            tail.append(data)
-    return head, tail
+    events = list(iter_events(tail_bytes))  # a cut-off first event simply fails to parse
+    return head, [e.data for e in reversed(events[-_TAIL_EVENTS:])]
 
 
 def _payload(data: str) -> Any:
