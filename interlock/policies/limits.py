@@ -222,10 +222,12 @@ class Limiter:
         try:
             connection = self._connect()
             try:
+                now = time.time()
+                with connection:  # yesterday's counters are kept a week, for people asking what happened
+                    connection.execute(f"DELETE FROM {TABLE} WHERE day < ?", (today(now - 7 * 86400),))
                 rows = connection.execute(
-                    f"SELECT day, rule, key, tokens, usd FROM {TABLE} WHERE day = ?", (today(time.time()),)
+                    f"SELECT day, rule, key, tokens, usd FROM {TABLE} WHERE day = ?", (today(now),)
                 ).fetchall()
-                connection.commit()
             finally:
                 connection.close()
         except sqlite3.Error as exc:

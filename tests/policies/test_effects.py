@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import openai
@@ -167,12 +168,20 @@ def test_monitor_mode_records_but_does_not_enforce(with_policy: Any, upstream: S
             mode: monitor
         """
     )
-    stage = running.runtime.pipeline.stages
     client = openai_client(running)
     assert client.chat.completions.create(model="gpt-4o", messages=HI).choices[0].message.content == "echo: hi"
     assert len(upstream.requests) == 1
     assert running.runtime.policy.fired["watch-big-models"] == 1
-    assert stage  # the pipeline holds the policy stage
+    store = running.runtime.store
+    deadline = time.monotonic() + 15
+    while not list(store.iter_calls()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    (recorded,) = list(store.iter_calls())
+    decisions = [(d.action, d.rule, d.reason) for d in recorded.decisions if d.stage == "policy"]
+    assert decisions == [
+        ("monitor", "watch-big-models", "would deny: model 'gpt-4o' is not in the allowed models (gpt-4o-mini)")
+    ]
+    assert recorded.meta["policy"]["decision"] == "allow" and recorded.outcome == "ok"
 
 
 def test_cel_condition_and_runtime_error(with_policy: Any, upstream: ScriptedUpstream) -> None:
