@@ -41,7 +41,8 @@ class _QuietFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if getattr(quiet, "on", False):
-            quiet.last = record.getMessage()
+            if getattr(quiet, "last", None) is None:  # the first says why (e.g. connection refused)
+                quiet.last = record.getMessage()
             return False
         return True
 
