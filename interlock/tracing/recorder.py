@@ -1,11 +1,14 @@
 """The record stage: every finished call goes to the store, written off the event loop.
 
-`done` only takes the call's record and puts it on a bounded queue (O(1); no JSON, no disk). A
-writer thread drains the queue in batches: up to `store.batch_size` records, or whatever arrived
-within `store.batch_interval_ms` of the first one, in one transaction. A crash therefore loses at
-most the batch being gathered. If the queue is full the call has already been served; the record
-is counted as overflow and written by a fallback thread in its own transaction: never dropped.
-`close()` drains the queue before returning (SIGTERM runs it through `Runtime.stop`).
+`done` only puts the finished Call on a bounded queue (O(1): no copying, no JSON, no disk; the
+Call is final once the agent has its answer, and stages that run after this one only read it).
+A writer thread takes what arrived within `store.batch_interval_ms` of the first call (at most
+`store.batch_size` at a time), turns each Call into its record (`Call.to_record()`) and rows, and
+writes them in one transaction. It sleeps through the interval instead of waking for every call:
+measured, a wake-up per call cost more CPU than writing it. A crash therefore loses at most the
+batch being gathered. If the queue is full the call has already been served; it is counted as
+overflow and written by a fallback thread in its own transaction: never dropped. `close()`
+drains the queue before returning (SIGTERM runs it through `Runtime.stop`).
 """
 
 from __future__ import annotations
@@ -49,24 +52,25 @@ class Recorder:
         self.write_errors = 0
         self.pruned = 0
         self.last_batch_at: float | None = None
+        self.writer_cpu = 0.0  # seconds of CPU the writer thread spent on batches
         self._counting = threading.Lock()  # `written` is bumped by the writer and the fallback thread
         self._fallback = ThreadPoolExecutor(max_workers=1, thread_name_prefix="interlock-record-overflow")
         self._writer: threading.Thread | None = None
         self._pruner: threading.Thread | None = None
         self._stopping = threading.Event()
+        self._wake = threading.Event()  # ends the writer's gathering sleep early, on close
         self._closed = False
 
     # -- the stage -------------------------------------------------------------------------------
 
     async def done(self, call: Call) -> None:
-        """The call is final: queue its record for the writer thread."""
-        record = call.to_record()
+        """The call is final: queue it for the writer thread."""
         if self._closed:
             # Shutdown already drained the queue: write this straggler directly, off the loop.
-            await asyncio.get_running_loop().run_in_executor(self._fallback, self._write_now, [record])
+            await asyncio.get_running_loop().run_in_executor(self._fallback, self._write_now, [call])
             return
         try:
-            self.queue.put_nowait(record)
+            self.queue.put_nowait(call)
             self.enqueued += 1
         except queue.Full:
             self.overflow += 1
@@ -77,7 +81,7 @@ class Recorder:
                     self.settings.queue_size,
                     self.overflow,
                 )
-            await asyncio.get_running_loop().run_in_executor(self._fallback, self._write_now, [record])
+            await asyncio.get_running_loop().run_in_executor(self._fallback, self._write_now, [call])
 
     # -- threads ---------------------------------------------------------------------------------
 
@@ -97,10 +101,11 @@ class Recorder:
         self._stopping.set()
         if self._writer is not None:
             self.queue.put(_STOP)
+            self._wake.set()
             self._writer.join(timeout)
-        else:
-            self._drain_remaining()
+        # From here `done` writes directly; then nothing can be left in the queue.
         self._closed = True
+        self._write_all_queued()
         self._fallback.shutdown(wait=True)
         if self._pruner is not None:
             self._pruner.join(timeout)
@@ -119,60 +124,73 @@ class Recorder:
         return True
 
     def _run_writer(self) -> None:
-        get = self.queue.get
         while True:
-            first = get()
+            first = self.queue.get()  # idle: sleep until a call arrives
             if first is _STOP:
-                self._drain_remaining()
+                self._write_all_queued()
                 return
-            batch: list[Record] = [first]
-            deadline = time.monotonic() + self.interval
-            stop = False
+            # Gather for one interval without waking up for each call, then write what is there.
+            self._wake.wait(self.interval)
+            if self._write_all_queued([first]):
+                return
+
+    def _write_all_queued(self, batch: list[Any] | None = None) -> bool:
+        """Write the queue's contents in batches of `batch_size`; True if the stop sign was among them."""
+        batch = batch or []
+        stop = False
+        while True:
             while len(batch) < self.batch_size:
-                remaining = deadline - time.monotonic()
                 try:
-                    item = get(timeout=remaining) if remaining > 0 else self.queue.get_nowait()
+                    item = self.queue.get_nowait()
                 except queue.Empty:
                     break
                 if item is _STOP:
                     stop = True
-                    break
-                batch.append(item)
+                else:
+                    batch.append(item)
+            if not batch:
+                return stop
+            full = len(batch) >= self.batch_size
             self._write_batch(batch)
-            if stop:
-                self._drain_remaining()
-                return
+            batch = []
+            if not full:
+                return stop
 
-    def _drain_remaining(self) -> None:
-        batch: list[Record] = []
-        while True:
+    def _records(self, calls: list[Call]) -> list[Record]:
+        records: list[Record] = []
+        for call in calls:
             try:
-                item = self.queue.get_nowait()
-            except queue.Empty:
-                break
-            if item is not _STOP:
-                batch.append(item)
-            if len(batch) >= self.batch_size:
-                self._write_batch(batch)
-                batch = []
-        self._write_batch(batch)
+                records.append(call.to_record())
+            except Exception:
+                with self._counting:
+                    self.write_errors += 1
+                log.exception("could not record call %s", getattr(call, "id", "?"))
+        return records
 
-    def _write_batch(self, batch: list[Record]) -> None:
-        if not batch:
+    def _write_batch(self, batch: list[Call]) -> None:
+        cpu = time.thread_time()
+        records = self._records(batch)
+        if not records:
             return
         try:
-            self.store.write(batch, capture=self.capture, indexer=self.indexer)
+            self.store.write(records, capture=self.capture, indexer=self.indexer)
             with self._counting:
-                self.written += len(batch)
+                self.written += len(records)
                 self.batches += 1
                 self.last_batch_at = time.time()
+                self.writer_cpu += time.thread_time() - cpu
         except Exception:
             # One bad record must not cost the whole batch: write them one by one.
-            log.exception("writing a batch of %d calls failed; retrying one by one", len(batch))
-            for record in batch:
-                self._write_now([record])
+            log.exception("writing a batch of %d calls failed; retrying one by one", len(records))
+            for record in records:
+                self._write_records([record])
 
-    def _write_now(self, records: list[Record]) -> None:
+    def _write_now(self, calls: list[Call]) -> None:
+        self._write_records(self._records(calls))
+
+    def _write_records(self, records: list[Record]) -> None:
+        if not records:
+            return
         try:
             self.store.write(records, capture=self.capture, indexer=self.indexer)
             with self._counting:
@@ -180,7 +198,7 @@ class Recorder:
         except Exception:
             with self._counting:
                 self.write_errors += len(records)
-            log.exception("could not record call %s", records[0].get("id") if records else "?")
+            log.exception("could not record call %s", records[0].get("id"))
 
     def _run_pruner(self) -> None:
         max_age, max_size = self.settings.max_age, self.settings.max_size
@@ -207,6 +225,7 @@ class Recorder:
             "write_errors": self.write_errors,
             "pruned": self.pruned,
             "last_batch_at": self.last_batch_at,
+            "writer_cpu_us_per_call": round(self.writer_cpu / self.written * 1e6, 1) if self.written else None,
         }
 
 

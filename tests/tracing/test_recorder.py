@@ -96,7 +96,7 @@ def test_a_record_that_cannot_be_written_does_not_cost_its_batch(store: Store) -
 
 
 def test_done_does_no_serialisation_on_the_loop(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The hook only takes the record; JSON encoding and indexing happen in the writer thread."""
+    """The hook only queues the call; building its record, JSON and indexing happen in the writer thread."""
     recorder = Recorder(store, StoreSettings())
     loop_thread: list[int] = []
     seen: list[int] = []
@@ -109,6 +109,13 @@ def test_done_does_no_serialisation_on_the_loop(store: Store, monkeypatch: pytes
         return real_dumps(value)
 
     monkeypatch.setattr(rows_module, "dumps", spying_dumps)
+    real_to_record = Call.to_record
+
+    def spying_to_record(call: Call) -> dict[str, Any]:
+        seen.append(threading.get_ident())
+        return real_to_record(call)
+
+    monkeypatch.setattr(Call, "to_record", spying_to_record)
 
     async def finish() -> None:
         loop_thread.append(threading.get_ident())
