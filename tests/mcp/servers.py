@@ -18,6 +18,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.shared._httpx_utils import create_mcp_http_client
+from pydantic import BaseModel
 
 from interlock.testing import free_port
 from interlock.tracing.call import Call
@@ -66,6 +67,10 @@ async def mcp2_client(
             yield client
 
 
+class Approval(BaseModel):
+    ok: bool
+
+
 def build_server() -> MCPServer:
     server = MCPServer("tools-2x", version="2.0")
 
@@ -106,6 +111,12 @@ def build_server() -> MCPServer:
         """Tell the client, outside this request, that the tool list changed (the GET event stream)."""
         await ctx.session.send_tool_list_changed()
         return "announced"
+
+    @server.tool()
+    async def confirm(action: str, ctx: Context) -> str:
+        """Ask the user before acting (a server request the client answers with its own POST)."""
+        answer = await ctx.elicit(f"Really {action}?", Approval)
+        return f"{action}: {answer.action} {getattr(answer, 'data', None)}"
 
     @server.tool()
     def fail() -> str:

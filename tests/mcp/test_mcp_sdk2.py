@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -161,3 +162,24 @@ async def test_the_get_event_stream_outlives_the_total_timeout_and_carries_serve
     [stream] = [c for c in collector.calls if c.method == "GET"]
     assert stream.error_code is None and stream.status == 200
     assert stream.meta["mcp"]["server_messages"] == ["notifications/tools/list_changed"]
+
+
+async def test_a_server_request_and_the_clients_answer_relay_through(running: Running, collector: Collector) -> None:
+    asked: list[str] = []
+
+    async def on_elicit(context: Any, params: Any) -> Any:
+        from mcp_types import ElicitResult
+
+        asked.append(params.message)
+        return ElicitResult(action="accept", content={"ok": True})
+
+    async with mcp2_client(endpoint(running), mode="legacy", elicitation_callback=on_elicit) as client:
+        result = await client.call_tool("confirm", {"action": "deploy"})
+    assert asked == ["Really deploy?"]
+    assert result.content[0].text == "deploy: accept ok=True"  # type: ignore[union-attr]
+    call = collector.tool_call("confirm")
+    assert call.meta["mcp"]["server_messages"] == ["elicitation/create"]
+    wait_for(lambda: any(c.meta["mcp"]["kind"] == "response" for c in collector.calls), what="the answer's record")
+    [answer] = [c for c in collector.calls if c.meta["mcp"]["kind"] == "response"]
+    assert answer.status == 202 and answer.session == call.session
+    assert json.loads(answer.request_body)["result"]["content"] == {"ok": True}
