@@ -183,3 +183,19 @@ async def test_a_server_request_and_the_clients_answer_relay_through(running: Ru
     [answer] = [c for c in collector.calls if c.meta["mcp"]["kind"] == "response"]
     assert answer.status == 202 and answer.session == call.session
     assert json.loads(answer.request_body)["result"]["content"] == {"ok": True}
+
+
+def test_the_get_event_streams_head_is_relayed_before_any_event(running: Running) -> None:
+    url = endpoint(running)
+    headers = {"accept": "application/json, text/event-stream", "mcp-protocol-version": "2025-11-25"}
+    hello = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}
+    with httpx.Client(headers=headers, timeout=5) as http:
+        init = http.post(url, json={"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": hello})
+        session = {"mcp-session-id": init.headers["mcp-session-id"]}
+        http.post(url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=session)
+        # The server sends nothing on this stream for 15 s (its first keep-alive): a head held back
+        # until the first byte would time out here.
+        with http.stream("GET", url, headers={**session, "accept": "text/event-stream"}) as stream:
+            assert stream.status_code == 200
+            assert stream.headers["content-type"].startswith("text/event-stream")
+        assert http.delete(url, headers=session).status_code == 200
