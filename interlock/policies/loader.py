@@ -337,6 +337,14 @@ class PolicyRuntime:
         stamp = self._snapshot()
         if stamp == self._stamp:
             return None
+        # Let writers finish: a file caught between truncate and write would load as an empty
+        # (valid!) policy. Wait until two looks a moment apart agree.
+        for _ in range(20):
+            time.sleep(min(self.interval, 0.25))
+            again = self._snapshot()
+            if again == stamp:
+                break
+            stamp = again
         try:
             engine = load_policies(self.paths, self.routes, self.prices)
         except PolicyError as exc:
