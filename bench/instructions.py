@@ -2,7 +2,8 @@
 cannot move, for before/after comparisons of hot-path changes (not part of `make bench`).
 
     python -m bench.instructions                 # 1,000 non-streamed calls at c8, default config
-    python -m bench.instructions --stream        # streamed calls (12 events each, sent at once)
+    python -m bench.instructions --stream        # streamed calls (13 events each, sent at once)
+    python -m bench.instructions --stream --chunk-interval-ms 2   # events apart: each relayed alone
     python -m bench.instructions --store off     # recording off
 
 interlock runs under `valgrind --tool=callgrind --instr-atstart=no`; counting is switched on only
@@ -25,8 +26,8 @@ import yaml
 from bench import harness, load
 
 
-def measure(calls: int, concurrency: int, stream: bool, store: bool) -> float:
-    with harness.fake_upstream(chunk_interval_ms=0 if stream else 5) as up:
+def measure(calls: int, concurrency: int, stream: bool, store: bool, chunk_interval_ms: float = 0.0) -> float:
+    with harness.fake_upstream(chunk_interval_ms=chunk_interval_ms) as up:
         workdir = Path(tempfile.mkdtemp(prefix="bench-callgrind-"))
         config = harness.interlock_config(up.url + "/v1", workdir, store={"enabled": store})
         (workdir / "interlock.yaml").write_text(yaml.safe_dump(config))
@@ -66,14 +67,18 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--stream", action="store_true")
     parser.add_argument("--store", choices=("on", "off"), default="on")
+    parser.add_argument(
+        "--chunk-interval-ms", type=float, default=0.0, help="gap between SSE events (0: the fake sends them at once)"
+    )
     args = parser.parse_args(argv)
     if shutil.which("valgrind") is None:
         print("valgrind is not installed: apt-get install -y valgrind", file=sys.stderr)
         return 2
-    per_call = measure(args.calls, args.concurrency, args.stream, args.store == "on")
+    per_call = measure(args.calls, args.concurrency, args.stream, args.store == "on", args.chunk_interval_ms)
     print(
         f"{per_call:,.0f} instructions per call ({args.calls} calls, c{args.concurrency}, "
-        f"{'streamed' if args.stream else 'not streamed'}, recording {args.store})"
+        f"{'streamed' if args.stream else 'not streamed'}, recording {args.store}"
+        + (f", events {args.chunk_interval_ms} ms apart)" if args.stream else ")")
     )
     return 0
 
