@@ -218,6 +218,15 @@ def _lint(
                     "match.tool only matches MCP tools/call, and no matched route is an mcp route: the rule can never match",
                 )
             )
+    if routes is not None and rule.match.route is None and rule.match.tool is not None:
+        if all(protocol != "mcp" for protocol in routes.values()):
+            found.append(
+                _problem(
+                    document,
+                    (*where, "match", "tool"),
+                    "match.tool only matches MCP tools/call, and no route is an mcp route: the rule can never match",
+                )
+            )
     if rule.limits is not None and rule.limits.budget_usd_per_day is not None and prices is not None and not prices:
         found.append(
             _problem(
