@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 from mcp.shared.exceptions import MCPError
 
-from interlock.testing import Running
+from interlock.scripted import ScriptedUpstream
+from interlock.testing import Running, run_interlock, settings_for_test
 from tests.mcp.servers import Collector, ThreadServer, mcp2_client, until, wait_for
 
 
@@ -199,3 +202,31 @@ def test_the_get_event_streams_head_is_relayed_before_any_event(running: Running
             assert stream.status_code == 200
             assert stream.headers["content-type"].startswith("text/event-stream")
         assert http.delete(url, headers=session).status_code == 200
+
+
+async def test_tool_calls_and_model_calls_share_the_agents_session_in_the_store(
+    tmp_path: Path, upstream: ScriptedUpstream, mcp2_server: ThreadServer
+) -> None:
+    routes = {
+        "openai": {"protocol": "openai", "upstream": upstream.url + "/v1", "api_key": "sk-real"},
+        "tools": {"protocol": "mcp", "upstream": mcp2_server.url},
+    }
+    headers = {"X-Interlock-Session": "ticket-9", "X-Interlock-Agent": "helper"}
+    with run_interlock(settings_for_test({"routes": routes, "shutdown_grace": 1}, tmp_path)) as running:
+        model = openai.AsyncOpenAI(base_url=running.url + "/openai", api_key="x", default_headers=headers)
+        await model.chat.completions.create(model="m", messages=[{"role": "user", "content": "add 2 and 3"}])
+        async with mcp2_client(endpoint(running), headers=headers) as client:
+            await client.call_tool("add", {"a": 2, "b": 3})
+        await model.close()
+        store = running.runtime.store
+
+        def tool_calls() -> list[Any]:
+            calls = [store.get_call(c["id"]) for c in store.session("ticket-9")["calls"]]  # type: ignore[index]
+            return [c for c in calls if c is not None and c.meta.get("mcp", {}).get("tool")]
+
+        await until(lambda: store.session("ticket-9") is not None and tool_calls(), what="the tool call stored")
+        # The model call, then the MCP probe and the tool call (the SDK may list tools in between).
+        calls = store.session("ticket-9")["calls"]  # type: ignore[index]
+        assert [c["route"] for c in calls][:2] == ["openai", "tools"] and {c["agent"] for c in calls} == {"helper"}
+        [stored] = tool_calls()
+    assert stored.meta["mcp"]["tool"] == "add" and stored.meta["mcp"]["result"]["structuredContent"] == {"result": 5}
