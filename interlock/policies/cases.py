@@ -43,7 +43,9 @@ class ToolRequest(_Model):
 class CaseRequest(_Model):
     route: str = "openai"
     protocol: Literal["openai", "anthropic", "mcp", "http"] | None = Field(
-        None, description="Defaults to the route's protocol from --config, else the route name if it is one."
+        None,
+        description="Defaults to the route's protocol from --config, else the route's name if it is a protocol,"
+        " else mcp for a `tool` call, else openai.",
     )
     agent: str = "default"
     session: str | None = None
@@ -153,8 +155,8 @@ _DEFAULT_PATHS = {"openai": "/chat/completions", "anthropic": "/v1/messages", "m
 def build_call(request: CaseRequest, routes: dict[str, str] | None = None) -> Call:
     """A Call as the proxy would hold it after identify and parse."""
     protocol = request.protocol or (routes or {}).get(request.route)
-    if protocol is None:
-        protocol = request.route if request.route in _DEFAULT_PATHS else "openai"
+    if protocol is None:  # no config: guess from the route's name, or from an MCP tool call
+        protocol = request.route if request.route in _DEFAULT_PATHS else "mcp" if request.tool else "openai"
     path = request.path or _DEFAULT_PATHS[protocol]
     body = request.body if request.body is not None else _body(protocol, request, path)
     call = Call(
