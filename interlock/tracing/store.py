@@ -17,10 +17,8 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
-
-import sqlite_utils
 
 from interlock.tracing.call import Call
 from interlock.tracing.rows import (
@@ -42,6 +40,9 @@ from interlock.tracing.rows import (
 from interlock.tracing.schema import SCHEMA_VERSION, SchemaError, migrate, schema_version
 from interlock.tracing.text import record_texts
 from interlock.tracing.transfer import copy_calls
+
+if TYPE_CHECKING:
+    import sqlite_utils
 
 log = logging.getLogger("interlock.store")
 
@@ -131,6 +132,9 @@ class Store:
         """This thread's connection as a sqlite-utils Database (for ad-hoc queries and tools)."""
         db: sqlite_utils.Database | None = getattr(self._local, "db", None)
         if db is None:
+            # Imported here: it costs ~200 ms of import time (pluggy, plugins), a seventh of startup.
+            import sqlite_utils
+
             db = sqlite_utils.Database(self.conn, execute_plugins=False)
             self._local.db = db
         return db

@@ -296,5 +296,6 @@ def test_readonly_store_refuses_writes(store: Store, tmp_path: Path) -> None:
     store.add(make_call())
     with Store(store.path, readonly=True) as reader:
         assert reader.count_calls() == 1
+        assert reader.db["calls"].count == 1  # sqlite-utils over the same connection
         with pytest.raises(sqlite3.OperationalError):
             reader.add(make_call())
