@@ -269,3 +269,20 @@ def test_retention_prunes_in_the_background(make_interlock: Any) -> None:
     recorded(running)
     wait_for(lambda: running.runtime.store.count_calls() == 0)
     wait_for(lambda: running.runtime.recorder.counters()["pruned"] == 1)
+
+
+def test_sessions_come_from_the_header_the_virtual_key_or_the_trace(make_interlock: Any) -> None:
+    running = make_interlock(virtual_keys={"vk-team-a": {"agent": "team-a-bot", "session": "team-a-day"}})
+    url = running.url + "/openai/chat/completions"
+    body = {"model": "m", "messages": [{"role": "user", "content": "x"}]}
+    trace = "0af7651916cd43dd8448eb211c80319c"
+    httpx.post(url, json=body, headers={"authorization": "Bearer vk-team-a"}).raise_for_status()
+    httpx.post(url, json=body, headers={"traceparent": f"00-{trace}-b7ad6b7169203331-01"}).raise_for_status()
+    httpx.post(
+        url, json=body, headers={"x-interlock-session": "explicit", "x-interlock-agent": "a2"}
+    ).raise_for_status()
+    recorded(running, 3)
+    sessions = {s["session"]: s["agents"] for s in running.runtime.store.sessions()}
+    assert sessions == {"team-a-day": ["team-a-bot"], trace: ["default"], "explicit": ["a2"]}
+    data = b"".join(p.read_bytes() for p in Path(running.settings.store.path).parent.glob("interlock.db*"))
+    assert b"vk-team-a" not in data
