@@ -114,7 +114,10 @@ class McpRecord:
 
     async def done(self, call: Call) -> None:
         view = call.view
-        if call.protocol != "mcp" or not isinstance(view, McpView):
+        if call.protocol != "mcp":
+            return
+        if not isinstance(view, McpView):
+            call.meta["mcp"] = _rejected(call)
             return
         meta = call.meta.setdefault("mcp", {})
         if view.method == "tools/call":
@@ -152,6 +155,23 @@ class McpRecord:
                 meta["server"] = {k: info[k] for k in ("name", "version") if k in info}
             if isinstance(result.get("protocolVersion"), str):
                 meta["protocol_version"] = result["protocolVersion"]
+
+
+def _rejected(call: Call) -> dict[str, Any]:
+    """What can be told of a message the adapter refused (malformed, a batch, too large)."""
+    meta: dict[str, Any] = {"kind": "invalid"}
+    try:
+        data = json.loads(call.request_body)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return meta
+    if isinstance(data, dict):
+        if isinstance(data.get("method"), str):
+            meta["method"] = data["method"]
+        if isinstance(data.get("id"), str | int) and not isinstance(data.get("id"), bool):
+            meta["id"] = data["id"]
+    elif isinstance(data, list):
+        meta["kind"] = "batch"
+    return meta
 
 
 def _header(headers: list[tuple[str, str]], name: str) -> str | None:

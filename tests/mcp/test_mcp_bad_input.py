@@ -65,6 +65,7 @@ def test_malformed_messages_get_json_rpc_errors_and_never_reach_the_server(
     assert reply["error"]["data"] == {"code": code}
     [call] = collector.wait(1)
     assert (call.outcome, call.error_code, call.attempts) == ("bad_request", code, [])
+    assert call.meta["mcp"]["kind"] in ("invalid", "batch") and call.meta["mcp"].get("id") == rpc_id
 
 
 def test_an_unknown_method_gets_the_servers_json_rpc_error(running: Running, collector: Collector) -> None:

@@ -55,11 +55,6 @@ _RPC_CODES = {
     "internal_error": INTERNAL_ERROR,
 }
 
-#: Methods whose results carry text a model will read, scanned by the guardrails.
-RESULT_TEXT_METHODS = frozenset({"tools/call", "resources/read", "prompts/get"})
-#: Params key mirrored in the `Mcp-Name` header (2026-07-28), per method.
-NAME_PARAMS = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
-
 
 @dataclass(slots=True)
 class McpView(RequestView):
@@ -82,10 +77,6 @@ class McpView(RequestView):
 #: and stream_error_event() have no call argument in the adapter contract, yet a JSON-RPC error must
 #: carry the request's id or the client cannot match it to the pending call; parse() sets this.
 _CURRENT: ContextVar[McpView | None] = ContextVar("interlock_mcp_message", default=None)
-
-
-def current_message() -> McpView | None:
-    return _CURRENT.get()
 
 
 class McpAdapter(Adapter):
@@ -181,7 +172,8 @@ class McpAdapter(Adapter):
         current = _CURRENT.get()
         if current is None or not current.expects_reply:
             # The GET event stream: no request to answer; a comment ends it without confusing the client.
-            return b": interlock " + code.encode() + b": " + message.encode("utf-8", "replace") + b"\n\n"
+            line = f": interlock {code}: {' '.join(message.split())}\n\n"
+            return line.encode("utf-8", "replace")
         return sse_message(json.loads(json_rpc_error(current.rpc_id, code, message)))
 
 
