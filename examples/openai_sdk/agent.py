@@ -56,7 +56,9 @@ def chat_turn(client: OpenAI, model: str, messages: list[Any], stream: bool) -> 
         delta = chunk.choices[0].delta
         content += delta.content or ""
         for part in delta.tool_calls or []:
-            call = calls.setdefault(part.index, {"id": "", "type": "function", "function": {"name": "", "arguments": ""}})
+            call = calls.setdefault(
+                part.index, {"id": "", "type": "function", "function": {"name": "", "arguments": ""}}
+            )
             call["id"] = part.id or call["id"]
             if part.function:
                 call["function"]["name"] += part.function.name or ""
@@ -106,7 +108,9 @@ def run_responses(client: OpenAI, model: str, question: str, stream: bool) -> tu
             return response.output_text, ran
         for call in calls:
             ran.append(call.name)
-            items.append({"type": "function_call", "call_id": call.call_id, "name": call.name, "arguments": call.arguments})
+            items.append(
+                {"type": "function_call", "call_id": call.call_id, "name": call.name, "arguments": call.arguments}
+            )
             result = TOOLS[call.name](**json.loads(call.arguments))
             items.append({"type": "function_call_output", "call_id": call.call_id, "output": result})
     raise RuntimeError("the model kept calling tools")

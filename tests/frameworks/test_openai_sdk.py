@@ -39,7 +39,11 @@ def test_order_agent_runs_its_tool_loop_through_interlock(
     assert {r["path"] for r in rows} == {path}
     second = request_json(interlock, rows[1]["id"])
     if api == "chat":
-        assert second["messages"][-1] == {"role": "tool", "tool_call_id": "call_42", "content": "shipped on 2026-11-20 by DHL, tracking DH123"}
+        assert second["messages"][-1] == {
+            "role": "tool",
+            "tool_call_id": "call_42",
+            "content": "shipped on 2026-11-20 by DHL, tracking DH123",
+        }
     else:
         assert second["input"][-1]["type"] == "function_call_output"
         assert second["input"][-1]["output"] == "shipped on 2026-11-20 by DHL, tracking DH123"
