@@ -225,3 +225,26 @@ def test_an_unreachable_collector_costs_the_agent_nothing_and_is_logged_once(
     assert all("not logged again" in m for m in ours)
     err = capfd.readouterr().err
     assert "Traceback" not in err and "Transient error" not in err
+
+
+def test_anthropic_stream_is_described_from_its_events(
+    make_interlock: Any, upstream: ScriptedUpstream, exported: dict[str, Any]
+) -> None:
+    import anthropic
+
+    running: Running = make_interlock()
+    upstream.script(Script(text="bonjour", chunk_size=2))
+    client = anthropic.Anthropic(base_url=running.url + "/anthropic", api_key="sk-agent", max_retries=0)
+    with client.messages.stream(
+        model="claude-scripted", max_tokens=64, messages=[{"role": "user", "content": "salut"}]
+    ) as stream:
+        assert stream.get_final_text() == "bonjour"
+        message_id = stream.get_final_message().id
+    flushed(exported["exporter"])
+    call = by_name(exported["spans"].get_finished_spans(), "chat claude-scripted")
+    assert call.attributes["gen_ai.provider.name"] == "anthropic"
+    assert call.attributes["gen_ai.request.max_tokens"] == 64
+    assert call.attributes["gen_ai.response.id"] == message_id
+    assert call.attributes["gen_ai.response.model"] == "claude-scripted"
+    assert call.attributes["gen_ai.response.finish_reasons"] == ["end_turn"]
+    assert call.attributes["gen_ai.usage.input_tokens"] == 11
