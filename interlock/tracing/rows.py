@@ -110,38 +110,59 @@ def _decode_extra(value: Any) -> Any:
     return value
 
 
-def row_to_record(conn: sqlite3.Connection, row: dict[str, Any]) -> Record:
-    """A `calls` row joined with its `bodies` row, plus its chunks, attempts and events, as a record."""
-    call_id = row["id"]
-    record: Record = {k: row[k] for k in _CALL_COLUMNS if k not in ("meta",)}
-    for key in BOOL_COLUMNS:
-        record[key] = bool(record[key])
-    record["meta"] = json.loads(row["meta"]) if row["meta"] else {}
-    record["request_headers"] = [tuple(h) for h in json.loads(row["request_headers"] or "[]")]
-    record["response_headers"] = [tuple(h) for h in json.loads(row["response_headers"] or "[]")]
-    for key in _BODY_COLUMNS:
-        record[key] = row[key]
-    if record["request_body"] is None:
-        record["request_body"] = b""
-    sides: dict[int, list[tuple[float, bytes]]] = {0: [], 1: []}
-    for side, t_ms, data in conn.execute(
-        "SELECT side, t_ms, data FROM chunks WHERE call_id = ? ORDER BY side, seq", (call_id,)
+#: The select that `rows_to_records` expects: a calls row joined with its bodies row.
+SELECT_JOINED = (
+    "SELECT c.*, b.request_headers, b.response_headers, b.request_body, b.upstream_body, b.response_body,"
+    " b.agent_response_body, b.agent_chunks AS has_agent_chunks, b.extra"
+    " FROM calls c LEFT JOIN bodies b ON b.call_id = c.id"
+)
+
+
+def rows_to_records(conn: sqlite3.Connection, rows: Sequence[dict[str, Any]]) -> list[Record]:
+    """`SELECT_JOINED` rows, plus their chunks, attempts and events (three queries in all), as records."""
+    if not rows:
+        return []
+    ids = [row["id"] for row in rows]
+    marks = ", ".join("?" * len(ids))
+    chunks: dict[str, tuple[list[Any], list[Any]]] = {i: ([], []) for i in ids}
+    for call_id, side, t_ms, data in conn.execute(
+        f"SELECT call_id, side, t_ms, data FROM chunks WHERE call_id IN ({marks}) ORDER BY call_id, side, seq", ids
     ):
-        sides[side].append((t_ms, data))
-    record["chunks"] = sides[0]
-    record["agent_chunks"] = sides[1] if row["has_agent_chunks"] else None
-    record["attempts"] = [
-        json.loads(data)
-        for (data,) in conn.execute("SELECT data FROM attempts WHERE call_id = ? ORDER BY seq", (call_id,))
-    ]
-    record["decisions"], record["findings"] = [], []
-    for kind, data in conn.execute("SELECT kind, data FROM events WHERE call_id = ? ORDER BY seq", (call_id,)):
-        record["decisions" if kind == "decision" else "findings"].append(json.loads(data))
-    if row["extra"]:
-        record.update(_decode_extra(json.loads(row["extra"])))
-    for key in ("capture", "size", "attempt_count"):
-        record.pop(key, None)
-    return record
+        chunks[call_id][side].append((t_ms, data))
+    attempts: dict[str, list[Any]] = {i: [] for i in ids}
+    for call_id, data in conn.execute(
+        f"SELECT call_id, data FROM attempts WHERE call_id IN ({marks}) ORDER BY call_id, seq", ids
+    ):
+        attempts[call_id].append(json.loads(data))
+    events: dict[str, tuple[list[Any], list[Any]]] = {i: ([], []) for i in ids}
+    for call_id, kind, data in conn.execute(
+        f"SELECT call_id, kind, data FROM events WHERE call_id IN ({marks}) ORDER BY call_id, seq", ids
+    ):
+        events[call_id][0 if kind == "decision" else 1].append(json.loads(data))
+    records = []
+    for row in rows:
+        call_id = row["id"]
+        record: Record = {k: row[k] for k in _CALL_COLUMNS if k != "meta"}
+        for key in BOOL_COLUMNS:
+            record[key] = bool(record[key])
+        record["meta"] = json.loads(row["meta"]) if row["meta"] else {}
+        record["request_headers"] = [tuple(h) for h in json.loads(row["request_headers"] or "[]")]
+        record["response_headers"] = [tuple(h) for h in json.loads(row["response_headers"] or "[]")]
+        for key in _BODY_COLUMNS:
+            record[key] = row[key]
+        if record["request_body"] is None:
+            record["request_body"] = b""
+        upstream_chunks, agent_chunks = chunks[call_id]
+        record["chunks"] = upstream_chunks
+        record["agent_chunks"] = agent_chunks if row["has_agent_chunks"] else None
+        record["attempts"] = attempts[call_id]
+        record["decisions"], record["findings"] = events[call_id]
+        if row["extra"]:
+            record.update(_decode_extra(json.loads(row["extra"])))
+        for key in ("capture", "size", "attempt_count"):
+            record.pop(key, None)
+        records.append(record)
+    return records
 
 
 def without_bodies(conn: sqlite3.Connection, ids: Sequence[str]) -> list[str]:

@@ -31,10 +31,11 @@ from interlock.tracing.rows import (
     INSERT_EVENT,
     INSERT_FTS,
     LIST_COLUMNS,
+    SELECT_JOINED,
     Indexer,
     Record,
     record_rows,
-    row_to_record,
+    rows_to_records,
     without_bodies,
 )
 from interlock.tracing.schema import SCHEMA_VERSION, SchemaError, migrate, schema_version
@@ -217,15 +218,8 @@ class Store:
 
     def get_record(self, call_id: str) -> Record | None:
         """The call as `Call.to_record()` gave it (minus what capture `metadata` left out)."""
-        rows = self._query(
-            "SELECT c.*, b.request_headers, b.response_headers, b.request_body, b.upstream_body, b.response_body,"
-            " b.agent_response_body, b.agent_chunks AS has_agent_chunks, b.extra"
-            " FROM calls c LEFT JOIN bodies b ON b.call_id = c.id WHERE c.id = ?",
-            (call_id,),
-        )
-        if not rows:
-            return None
-        return row_to_record(self.conn, rows[0])
+        rows = self._query(f"{SELECT_JOINED} WHERE c.id = ?", (call_id,))
+        return rows_to_records(self.conn, rows)[0] if rows else None
 
     def get_call(self, call_id: str) -> Call | None:
         """The full Call, or None if no call has this id."""
@@ -247,22 +241,19 @@ class Store:
         route: str | None = None,
     ) -> Iterator[Call]:
         """Full calls matching the filters, oldest first (read in pages, so memory stays flat)."""
-        where, params = _where(since=since, until=until, session=session, agent=agent, route=route)
+        where, params = _where("c.", since=since, until=until, session=session, agent=agent, route=route)
         last: tuple[float, int] = (float("-inf"), -1)
         while True:
-            page_where = [*where, "(started_at > ? OR (started_at = ? AND seq > ?))"]
-            rows = self.conn.execute(
-                f"SELECT started_at, seq, id FROM calls WHERE {' AND '.join(page_where)}"
-                " ORDER BY started_at, seq LIMIT 200",
+            page_where = [*where, "(c.started_at > ? OR (c.started_at = ? AND c.seq > ?))"]
+            rows = self._query(
+                f"{SELECT_JOINED} WHERE {' AND '.join(page_where)} ORDER BY c.started_at, c.seq LIMIT 200",
                 (*params, last[0], last[0], last[1]),
-            ).fetchall()
+            )
             if not rows:
                 return
-            for started_at, seq, call_id in rows:
-                call = self.get_call(call_id)
-                if call is not None:
-                    yield call
-                last = (started_at, seq)
+            for record in rows_to_records(self.conn, rows):
+                yield Call.from_record(record)
+            last = (rows[-1]["started_at"], rows[-1]["seq"])
 
     def list_calls(
         self,
@@ -534,7 +525,8 @@ def _session_row(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _where(prefix: str = "", **filters: Any) -> tuple[list[str], list[Any]]:
-    where, params = ["1"], []
+    where: list[str] = ["1"]
+    params: list[Any] = []
     for key, value in filters.items():
         if value is None:
             continue

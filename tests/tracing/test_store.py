@@ -299,3 +299,15 @@ def test_readonly_store_refuses_writes(store: Store, tmp_path: Path) -> None:
         assert reader.db["calls"].count == 1  # sqlite-utils over the same connection
         with pytest.raises(sqlite3.OperationalError):
             reader.add(make_call())
+
+
+def test_iter_calls_pages_through_many_calls_once_each(store: Store) -> None:
+    # 450 calls, many sharing a start time, crossing the 200-call pages at a tie.
+    calls = [make_call(started_at=100.0 + i // 150, agent="a") for i in range(450)]
+    calls[10].attempts = [Attempt("u", "http://u")]
+    calls[399].decide(Decision("policy", "deny", "r"))
+    store.write([c.to_record() for c in calls])
+    got = list(store.iter_calls(agent="a"))
+    assert [c.id for c in got] == [c.id for c in calls]
+    assert got[10].attempts == calls[10].attempts and got[399].decisions == calls[399].decisions
+    assert got[11].attempts == [] and got[398].decisions == []
