@@ -114,3 +114,23 @@ def test_policy_with_the_1x_sdk(policy_interlock: Any, mcp1_server: str, mcp1_py
     assert "delete_file" not in listed["ok"] and "add" in listed["ok"]
     assert "no-deleting" in denied["error"]["message"]
     assert added["ok"]["structuredContent"] == {"result": 3}
+
+
+async def test_a_tool_call_rate_limit_is_a_json_rpc_error(
+    mcp_interlock: Any, mcp2_server: ThreadServer, tmp_path: Path, collector: Collector
+) -> None:
+    policy = tmp_path / "limits.yaml"
+    policy.write_text(
+        "version: 1\nrules:\n  - name: one-tool-call-a-minute\n    match: {tool: '*'}\n"
+        "    limits: {requests_per_minute: 1}\n"
+    )
+    running: Running = mcp_interlock({"tools": mcp2_server.url}, policies=[str(policy)])
+    async with mcp2_client(running.url + "/tools/mcp", mode="legacy") as client:
+        await client.list_tools()  # not a tool call: not counted
+        assert (await client.call_tool("add", {"a": 1, "b": 1})).structured_content == {"result": 2}
+        with pytest.raises(MCPError) as raised:
+            await client.call_tool("add", {"a": 2, "b": 2})
+    assert raised.value.error.data == {"code": "rate_limited"}
+    assert "one-tool-call-a-minute" in raised.value.error.message
+    [_, limited] = [c for c in collector.wait(5) if c.meta["mcp"].get("tool") == "add"]
+    assert limited.status == 200 and ("retry-after" in dict(limited.response_headers))
