@@ -72,7 +72,8 @@ class UpstreamClient(httpx.AsyncClient):
 
     A proxy relays cookies, credentials and redirects as they are, so this path skips the client's
     cookie jar (which would also carry one agent's cookies into the next agent's calls), auth flow,
-    redirect handling and event hooks, and hands the request straight to the transport. Parsed URLs
+    redirect handling, event hooks and default headers (the upstream gets no `User-Agent:
+    python-httpx` the agent never sent), and hands the request straight to the transport. Parsed URLs
     are cached: the same few upstream paths repeat on every call. Anything else (`post`, `get`,
     `send` without `stream=True`) is plain httpx. Measured with callgrind (bench/, c8): 1.70 M → 1.12 M
     instructions per proxied call.
