@@ -103,5 +103,20 @@ from interlock.policies.commands import policy  # noqa: E402
 
 main.add_command(policy)
 
+
+@main.command()
+@click.option("--port", type=int, default=4141, show_default=True, help="Proxy port.")
+@click.option("--admin-port", type=int, default=4142, show_default=True, help="Admin and UI port.")
+@click.option("--store", "store_path", default=None, help="SQLite store path (default: a new temporary file).")
+@click.option("--exit-after-seed", is_flag=True, help="Record the demo sessions, then exit instead of serving.")
+def demo(port: int, admin_port: int, store_path: str | None, exit_after_seed: bool) -> None:
+    """A scripted upstream, interlock and a scripted agent: a few sessions (a retry, a policy denial,
+    a PII redaction, a streamed tool loop) to look at in the UI."""
+    from interlock.demo import run_demo
+
+    logging.basicConfig(level="WARNING", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run_demo(port=port, admin_port=admin_port, store=store_path, exit_after_seed=exit_after_seed, echo=click.echo)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

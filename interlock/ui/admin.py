@@ -60,6 +60,9 @@ def admin_routes() -> list[BaseRoute]:
     from interlock.ui import policies_api
 
     routes += policies_api.routes()
+    from interlock.ui import pages
+
+    routes += pages.routes()  # the web UI (last: `/` and `/static`)
     return routes
 
 

@@ -1,0 +1,228 @@
+"""`interlock demo`: a scripted upstream, interlock in front of it, and a scripted agent that produces
+a few sessions worth looking at in the UI: a retry, a policy denial, a PII redaction, a streamed
+tool loop. Everything runs in-process on loopback; no model provider is needed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from interlock.scripted import Script, ScriptedUpstream, ToolUse
+
+DEMO_POLICY = """\
+# The demo's policy: read by `interlock demo`, shown on the UI's Policies page.
+version: 1
+rules:
+  - name: no-preview-models
+    description: Preview models are not approved for production agents.
+    deny: {models: ["*-preview*"]}
+    message: preview models are not allowed
+
+  - name: no-destructive-tools
+    description: Tools that delete things are never offered to a model.
+    deny: {tools: ["delete_*"]}
+"""
+
+SYSTEM = "You are a helpful assistant for Acme Travel. Answer briefly."
+
+
+def demo_config(upstream_url: str, policy_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """interlock.yaml for the demo, as a dict: routes to the scripted upstream, the demo policy,
+    e-mail addresses redacted on the way to the model (and restored on the way back)."""
+    return {
+        "routes": {
+            "openai": {
+                "protocol": "openai",
+                "upstream": upstream_url + "/v1",
+                "api_key": "sk-demo",
+                "retry": {"backoff_initial": 0.15, "backoff_max": 0.5},
+            },
+            "tools": {"protocol": "http", "upstream": upstream_url + "/tools"},
+        },
+        "policies": [str(policy_dir)],
+        "guardrails": {"request": {"EMAIL_ADDRESS": "redact"}},
+        "shutdown_grace": 2,
+    }
+
+
+def write_demo_policy(directory: str | os.PathLike[str]) -> Path:
+    folder = Path(directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "demo-policy.yaml"
+    path.write_text(DEMO_POLICY)
+    return path
+
+
+@dataclass
+class Seeded:
+    """The sessions the demo agent produced, by what they show."""
+
+    sessions: dict[str, str] = field(default_factory=dict)  # "retry" → session id, ...
+
+
+def seed(proxy_url: str, upstream: ScriptedUpstream, *, suffix: str | None = None) -> Seeded:
+    """Run the scripted agent through interlock at `proxy_url` (blocking; uses the real openai SDK)."""
+    import httpx
+    import openai
+
+    tag = suffix or time.strftime("%H%M%S")
+    seeded = Seeded()
+
+    def client(agent: str, session: str) -> openai.OpenAI:
+        return openai.OpenAI(
+            base_url=proxy_url + "/openai",
+            api_key="demo-key",
+            max_retries=0,  # interlock retries; the SDK should not
+            default_headers={"X-Interlock-Agent": agent, "X-Interlock-Session": session},
+        )
+
+    # 1. A retry: the provider is overloaded once (503), interlock retries, the agent never notices.
+    session = seeded.sessions["retry"] = f"support-ticket-{tag}"
+    upstream.script(
+        Script(status=503),
+        Script(text="Your order #1042 shipped yesterday and should arrive on Thursday.", delay=0.05),
+    )
+    with client("support-bot", session) as sdk:
+        sdk.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Where is my order #1042?"}],
+        )
+
+    # 2. A denial: a preview model is refused by policy; the agent falls back to an approved one.
+    session = seeded.sessions["denial"] = f"research-{tag}"
+    upstream.script(Script(text="Here are three quiet beaches near Lisbon: Adraga, Ursa and Galapinhos.", delay=0.08))
+    messages: list[Any] = [
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": "Suggest quiet beaches near Lisbon."},
+    ]
+    with client("research-bot", session) as sdk:
+        try:
+            sdk.chat.completions.create(model="gpt-4o-preview", messages=messages)
+        except openai.APIStatusError:
+            pass  # denied: try the approved model
+        sdk.chat.completions.create(model="gpt-4o-mini", messages=messages)
+
+    # 3. A redaction: the user's e-mail address never reaches the model; the reply is restored.
+    session = seeded.sessions["redaction"] = f"billing-{tag}"
+    upstream.script(Script(text="Done: the invoice for booking B-77 is on its way to <EMAIL_ADDRESS_1>.", delay=0.06))
+    with client("billing-bot", session) as sdk:
+        sdk.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[
+                {"role": "system", "content": SYSTEM},
+                {"role": "user", "content": "Please send the invoice for booking B-77 to jane.doe@example.com."},
+            ],
+        )
+
+    # 4. A streamed tool loop: the model calls get_weather, the agent calls the tool, the model answers.
+    #    The destructive tool the agent offers is stripped from the request by policy.
+    session = seeded.sessions["tools"] = f"trip-planner-{tag}"
+    tools = [
+        _tool("get_weather", "Current weather for a city", {"city": {"type": "string"}}),
+        _tool("delete_booking", "Cancel and delete a booking", {"booking": {"type": "string"}}),
+    ]
+    messages = [
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": "Should I pack an umbrella for Paris?"},
+    ]
+    upstream.script(
+        Script(tool_calls=[ToolUse("get_weather", {"city": "Paris"}, id="call_weather")], chunk_delay=0.01),
+        Script(body=json.dumps({"city": "Paris", "temp_c": 14, "sky": "light rain"}).encode(), delay=0.04),
+        Script(text="Yes: it is 14 °C with light rain in Paris, so pack an umbrella.", chunk_delay=0.01),
+    )
+    # Streams are read with httpx to their very end: the openai SDK closes the connection as soon as
+    # it sees `data: [DONE]`, which can race the proxy's last send (the call is then recorded aborted).
+    headers = {"X-Interlock-Agent": "travel-bot", "X-Interlock-Session": session, "authorization": "Bearer demo-key"}
+    with httpx.Client(base_url=proxy_url, headers=headers, timeout=30) as http:
+        body = {"model": "gpt-4o-mini", "messages": messages, "tools": tools, "stream": True}
+        tool_call: dict[str, str] = {"id": "", "name": "", "arguments": ""}
+        with http.stream("POST", "/openai/chat/completions", json=body) as response:
+            for line in response.iter_lines():
+                if not line.startswith("data: {"):
+                    continue
+                for choice in json.loads(line[6:]).get("choices") or []:
+                    for delta in choice.get("delta", {}).get("tool_calls") or []:
+                        function = delta.get("function") or {}
+                        tool_call["id"] = delta.get("id") or tool_call["id"]
+                        tool_call["name"] += function.get("name") or ""
+                        tool_call["arguments"] += function.get("arguments") or ""
+        weather = http.post("/tools/weather", content=tool_call["arguments"]).text
+        messages += [
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": tool_call["id"],
+                        "type": "function",
+                        "function": {"name": tool_call["name"], "arguments": tool_call["arguments"]},
+                    }
+                ],
+            },
+            {"role": "tool", "tool_call_id": tool_call["id"], "content": weather},
+        ]
+        body = {"model": "gpt-4o-mini", "messages": messages, "tools": tools, "stream": True}
+        with http.stream("POST", "/openai/chat/completions", json=body) as response:
+            b"".join(response.iter_raw())
+    return seeded
+
+
+def _tool(name: str, description: str, properties: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "function",
+        "function": {
+            "name": name,
+            "description": description,
+            "parameters": {"type": "object", "properties": properties, "required": list(properties)},
+        },
+    }
+
+
+def run_demo(
+    *,
+    host: str = "127.0.0.1",
+    port: int = 4141,
+    admin_port: int = 4142,
+    store: str | None = None,
+    exit_after_seed: bool = False,
+    echo: Any = print,
+) -> Seeded:
+    """Start the scripted upstream and interlock, seed the sessions, then serve until Ctrl-C."""
+    import threading
+
+    from interlock.testing import run_interlock, settings_for_test
+
+    workdir = Path(tempfile.mkdtemp(prefix="interlock-demo-"))
+    policy_dir = workdir / "policies"
+    write_demo_policy(policy_dir)
+    with ScriptedUpstream() as upstream:
+        data = demo_config(upstream.url, policy_dir)
+        data["listen"] = {"host": host, "port": port}
+        data["admin"] = {"host": host, "port": admin_port}
+        data["store"] = {"path": store or str(workdir / "demo.db")}
+        with run_interlock(settings_for_test(data)) as running:
+            seeded = seed(running.url, upstream)
+            if running.runtime.recorder is not None:
+                running.runtime.recorder.flush()
+            echo(f"interlock demo: {len(seeded.sessions)} sessions recorded in {data['store']['path']}")
+            for what, session in seeded.sessions.items():
+                echo(f"  {what:<10} {session}")
+            echo(f"policy: {policy_dir / 'demo-policy.yaml'}")
+            echo(f"proxy:  {running.url}/openai  (OPENAI_BASE_URL for your own agent)")
+            echo(f"open the UI: {running.admin_url}/")
+            if not exit_after_seed:
+                echo("serving until Ctrl-C")
+                try:
+                    threading.Event().wait()
+                except KeyboardInterrupt:
+                    pass
+    return seeded
+
+
+__all__ = ["DEMO_POLICY", "Seeded", "demo_config", "run_demo", "seed", "write_demo_policy"]

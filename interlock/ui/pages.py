@@ -1,0 +1,382 @@
+"""The web UI: server-rendered pages on the admin port (Jinja2, autoescaped; no build step).
+
+`/` sessions, `/session?id=S` a session's waterfall, `/call/{id}` one call, `/policies` the rules in
+force, `/bundle?session=S` a session as a replay bundle, `/live` server-sent events (`live.py`).
+Every store read runs in a worker thread. Every route is GET: nothing here can change a policy file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
+
+import jinja2
+from markupsafe import Markup, escape
+from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import FileResponse, RedirectResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+
+from interlock import __version__
+from interlock.proxy.protocols.conversation import ChatMessage, conversation
+from interlock.proxy.protocols.reassemble import reassemble_stream
+from interlock.tracing.call import OUTCOMES
+from interlock.tracing.store import Store, StoreError
+from interlock.tracing.views import call_detail
+from interlock.ui import queries
+from interlock.ui.policies_api import policies_snapshot
+
+if TYPE_CHECKING:
+    from interlock.server import Runtime
+
+HERE = Path(__file__).parent
+#: Autoescaping on for every template: recorded bodies are untrusted input.
+templates = Jinja2Templates(
+    env=jinja2.Environment(loader=jinja2.FileSystemLoader(str(HERE / "templates")), autoescape=True)
+)
+
+#: Placeholders that redaction leaves in stored text: <EMAIL_ADDRESS_1>, <US_SSN>, <SECRET_2>.
+PLACEHOLDER = re.compile(r"<[A-Z][A-Z0-9_]*?(?:_\d+)?>")
+#: How many stream chunks a call page lists (the rest are counted).
+MAX_CHUNKS = 400
+TIME_WINDOWS = {"15m": 900, "1h": 3600, "24h": 86400, "7d": 604800}
+COOKIE = "interlock_token"
+
+
+# -- template helpers ------------------------------------------------------------------------------
+
+
+def _duration(ms: float | None) -> str:
+    if ms is None:
+        return "–"
+    if ms < 1:
+        return f"{ms * 1000:.0f} µs"
+    if ms < 1000:
+        return f"{ms:.0f} ms"
+    if ms < 60000:
+        return f"{ms / 1000:.1f} s"
+    return f"{ms / 60000:.1f} min"
+
+
+def _timestamp(epoch: float | None) -> str:
+    if epoch is None:
+        return "–"
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _ago(epoch: float | None) -> str:
+    if epoch is None:
+        return ""
+    seconds = max(0.0, time.time() - epoch)
+    for size, unit in ((86400, "d"), (3600, "h"), (60, "min")):
+        if seconds >= size:
+            return f"{seconds / size:.0f} {unit} ago"
+    return f"{seconds:.0f} s ago"
+
+
+def highlight(text: str, spans: list[tuple[int, int, str]] | None = None) -> Markup:
+    """`text` escaped, with redaction placeholders and the given (start, end, label) spans marked."""
+    marks: list[tuple[int, int, str]] = [(m.start(), m.end(), m.group(0)[1:-1]) for m in PLACEHOLDER.finditer(text)]
+    for start, end, label in spans or []:
+        if 0 <= start < end <= len(text) and not any(s < end and start < e for s, e, _ in marks):
+            marks.append((start, end, label))
+    marks.sort()
+    out: list[str] = []
+    at = 0
+    for start, end, label in marks:
+        if start < at:
+            continue
+        out.append(str(escape(text[at:start])))
+        out.append(f'<mark class="pii" title="{escape(label)}">{escape(text[start:end])}</mark>')
+        at = end
+    out.append(str(escape(text[at:])))
+    return Markup("".join(out))
+
+
+def _pretty(content: Any) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    return json.dumps(content, indent=2, ensure_ascii=False)
+
+
+def _pretty_json_text(text: str) -> str:
+    try:
+        return json.dumps(json.loads(text), indent=2, ensure_ascii=False)
+    except (ValueError, TypeError):
+        return text
+
+
+templates.env.filters.update(duration=_duration, timestamp=_timestamp, ago=_ago, pretty=_pretty)
+templates.env.filters["pretty_json_text"] = _pretty_json_text
+templates.env.globals.update(highlight=highlight, version=__version__)
+
+
+def _runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+def _store(request: Request) -> Store | None:
+    return getattr(_runtime(request), "store", None)
+
+
+def _page(request: Request, name: str, context: dict[str, Any], status: int = 200) -> Response:
+    response: Response = templates.TemplateResponse(request, name, context, status_code=status)
+    return response
+
+
+def _token_cookie(request: Request) -> Response | None:
+    """A browser that came with `?token=` (already checked by the TokenGuard) gets an HttpOnly
+    cookie and the same URL without the token, so the token leaves the address bar and history."""
+    if "token" not in request.query_params or not _runtime(request).settings.admin.token:
+        return None
+    query = urlencode([(k, v) for k, v in request.query_params.multi_items() if k != "token"])
+    response = RedirectResponse(request.url.path + (f"?{query}" if query else ""), status_code=303)
+    response.set_cookie(COOKIE, request.query_params["token"], httponly=True, samesite="strict", path="/")
+    return response
+
+
+def _no_store(request: Request) -> Response:
+    return _page(
+        request,
+        "message.html",
+        {"title": "Recording is off", "message": "store.enabled is false: there is nothing to show."},
+        503,
+    )
+
+
+# -- pages -----------------------------------------------------------------------------------------
+
+
+async def sessions_page(request: Request) -> Response:
+    if (redirect := _token_cookie(request)) is not None:
+        return redirect
+    store = _store(request)
+    if store is None:
+        return _no_store(request)
+    params = request.query_params
+    filters = queries.SessionFilters(
+        agent=params.get("agent") or None,
+        route=params.get("route") or None,
+        outcome=params.get("outcome") if params.get("outcome") in (*OUTCOMES, "problems") else None,
+        q=(params.get("q") or "").strip() or None,
+    )
+    window = params.get("time") or ""
+    if window in TIME_WINDOWS:
+        filters.since = time.time() - TIME_WINDOWS[window]
+    try:
+        filters.offset = max(0, int(params.get("offset") or 0))
+    except ValueError:
+        filters.offset = 0
+    error = None
+
+    def read(store: Store) -> tuple[list[dict[str, Any]], bool, dict[str, list[str]], dict[str, Any]]:
+        rows, more = queries.sessions(store, filters)
+        return rows, more, queries.choices(store), store.stats()
+
+    try:
+        rows, more, menus, stats = await run_in_threadpool(read, store)
+    except StoreError as exc:
+        rows, more, menus, stats, error = [], False, {"agents": [], "routes": []}, {}, str(exc)
+    base = {**filters.params(), **({"time": window} if window in TIME_WINDOWS else {})}
+    context = {
+        "rows": rows,
+        "filters": filters,
+        "window": window,
+        "menus": menus,
+        "stats": stats,
+        "error": error,
+        "outcomes": OUTCOMES,
+        "windows": TIME_WINDOWS,
+        "next_url": "/?" + urlencode({**base, "offset": filters.offset + filters.limit}) if more else None,
+        "prev_url": "/?" + urlencode({**base, "offset": max(0, filters.offset - filters.limit)})
+        if filters.offset
+        else None,
+    }
+    name = "sessions_rows.html" if params.get("fragment") else "sessions.html"
+    return _page(request, name, context)
+
+
+async def session_page(request: Request) -> Response:
+    if (redirect := _token_cookie(request)) is not None:
+        return redirect
+    store = _store(request)
+    if store is None:
+        return _no_store(request)
+    session = request.query_params.get("id", "")
+    calls = await run_in_threadpool(queries.timeline, store, session)
+    if not calls:
+        return _page(request, "message.html", {"title": "No such session", "message": f"no session {session!r}"}, 404)
+    total = max(1.0, max(c.offset_ms + (c.row["duration_ms"] or 0) for c in calls))
+    first = calls[0].row["started_at"]
+    summary = {
+        "agents": sorted({c.row["agent"] for c in calls}),
+        "started_at": first,
+        "duration_ms": total,
+        "calls": len(calls),
+        "tokens": sum((c.row["input_tokens"] or 0) + (c.row["output_tokens"] or 0) for c in calls),
+        "errors": sum(c.row["outcome"] in queries.ERROR_OUTCOMES for c in calls),
+        "denials": sum(c.row["outcome"] in ("denied", "blocked") for c in calls),
+        "findings": sum(len(c.findings) for c in calls),
+        "retries": sum(max(0, len(c.attempts) - 1) for c in calls),
+    }
+    bundle = f"{_safe_name(session)}.db"
+    context = {
+        "session": session,
+        "calls": calls,
+        "total_ms": total,
+        "ticks": _ticks(total),
+        "summary": summary,
+        "bundle_name": bundle,
+        "replay_command": f"interlock export --session '{session}' -o {bundle} && interlock replay serve {bundle}",
+    }
+    name = "timeline.html" if request.query_params.get("fragment") else "session.html"
+    return _page(request, name, context)
+
+
+def _ticks(total_ms: float) -> list[tuple[float, str]]:
+    """About five round ticks for a time axis of `total_ms`."""
+    step = 1.0
+    for candidate in (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000, 60000, 300000, 600000):
+        step = float(candidate)
+        if total_ms / candidate <= 6:
+            break
+    ticks = []
+    t = 0.0
+    while t <= total_ms:
+        ticks.append((t / total_ms * 100, _duration(t) if t else "0"))
+        t += step
+    return ticks
+
+
+def _safe_name(session: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", session)[:80] or "session"
+
+
+async def call_page(request: Request) -> Response:
+    if (redirect := _token_cookie(request)) is not None:
+        return redirect
+    store = _store(request)
+    if store is None:
+        return _no_store(request)
+    call_id = request.path_params["call_id"]
+    detail = await run_in_threadpool(_call_context, store, call_id)
+    if detail is None:
+        return _page(request, "message.html", {"title": "No such call", "message": f"no call {call_id!r}"}, 404)
+    return _page(request, "call.html", detail)
+
+
+def _call_context(store: Store, call_id: str) -> dict[str, Any] | None:
+    """Everything the call page shows (runs in a worker thread)."""
+    detail = call_detail(store, call_id)
+    if detail is None:
+        return None
+    request_body = detail["request_body"]
+    response_body = detail["response_body"]
+    request_json = request_body["content"] if request_body and request_body["encoding"] == "json" else None
+    response_json = response_body["content"] if response_body and response_body["encoding"] == "json" else None
+    if detail["stream"]:
+        response_json = detail.get("response_message")
+        if response_json is None and detail["chunks"]:
+            joined = "".join(c["text"] for c in detail["chunks"])
+            response_json = reassemble_stream(detail["protocol"], joined.encode())
+    messages = conversation(detail["protocol"], request_json, response_json)
+    findings = detail["findings"]
+    for finding in findings:
+        finding["placed"] = False
+    rendered = [_message_view(m, findings) for m in messages]
+    chunks = detail["agent_chunks"] if detail["agent_chunks"] is not None else detail["chunks"]
+    session_calls: list[dict[str, Any]] = []
+    if detail["session"]:
+        session_calls = store.list_calls(session=detail["session"], limit=500)[::-1]
+    position = next((i for i, c in enumerate(session_calls) if c["id"] == call_id), None)
+    return {
+        "call": detail,
+        "messages": rendered,
+        "kind": "model" if detail["protocol"] in ("openai", "anthropic") else "tool",
+        "chunks": (chunks or [])[:MAX_CHUNKS],
+        "chunks_more": max(0, len(chunks or []) - MAX_CHUNKS),
+        "chunk_count": len(chunks or []),
+        "prev_call": session_calls[position - 1]["id"] if position else None,
+        "next_call": session_calls[position + 1]["id"]
+        if position is not None and position + 1 < len(session_calls)
+        else None,
+        "position": (position + 1, len(session_calls)) if position is not None else None,
+        "upstream_differs": detail["upstream_body"] is not None,
+    }
+
+
+def _message_view(message: ChatMessage, findings: list[dict[str, Any]]) -> dict[str, Any]:
+    spans: list[tuple[int, int, str]] = []
+    for finding in findings:
+        where = str(finding.get("where", ""))
+        if where == message.where or where.startswith(message.where + ".") or where.startswith(message.where + "["):
+            finding["placed"] = True
+            if finding.get("action") in ("mask", "hash"):
+                spans.append((int(finding["start"]), int(finding["end"]), str(finding["entity"])))
+    return {
+        "role": message.role,
+        "text": message.text,
+        "html": highlight(message.text, spans),
+        "where": message.where,
+        "tool_calls": message.tool_calls,
+        "tool_call_id": message.tool_call_id,
+        "name": message.name,
+        "response": message.response,
+    }
+
+
+async def policies_page(request: Request) -> Response:
+    if (redirect := _token_cookie(request)) is not None:
+        return redirect
+    snapshot = policies_snapshot(_runtime(request))
+    return _page(request, "policies.html", {"policy": snapshot})
+
+
+async def bundle(request: Request) -> Response:
+    """The session's calls as a replay bundle (`Store.export`), downloaded as `<session>.db`."""
+    store = _store(request)
+    if store is None:
+        return _no_store(request)
+    session = request.query_params.get("session", "")
+    fd, path = tempfile.mkstemp(prefix="interlock-bundle-", suffix=".db")
+    os.close(fd)
+    count = await run_in_threadpool(store.export, path, session=session)
+    if not count:
+        os.unlink(path)
+        return _page(request, "message.html", {"title": "No such session", "message": f"no session {session!r}"}, 404)
+    return FileResponse(
+        path,
+        media_type="application/vnd.sqlite3",
+        filename=f"{_safe_name(session)}.db",
+        background=BackgroundTask(os.unlink, path),
+    )
+
+
+def routes() -> list[BaseRoute]:
+    from interlock.ui.live import live
+
+    return [
+        Route("/", sessions_page, methods=["GET"]),
+        Route("/session", session_page, methods=["GET"]),
+        Route("/call/{call_id}", call_page, methods=["GET"]),
+        Route("/policies", policies_page, methods=["GET"]),
+        Route("/bundle", bundle, methods=["GET"]),
+        Route("/live", live, methods=["GET"]),
+        Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
+    ]
+
+
+__all__ = ["highlight", "routes"]
