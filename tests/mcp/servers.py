@@ -201,6 +201,16 @@ class Collector:
         wait_for(lambda: len(self.calls) >= n, timeout, f"{n} recorded calls (have {len(self.calls)})")
         return list(self.calls)
 
+    def matching(self, predicate: Any, n: int = 1, timeout: float = 10.0) -> list[Call]:
+        """The recorded calls for which `predicate` holds, once there are `n` of them."""
+        wait_for(lambda: len([c for c in self.calls if predicate(c)]) >= n, timeout, f"{n} matching calls")
+        return [c for c in self.calls if predicate(c)]
+
+    def method(self, method: str) -> Call:
+        """The one recorded call of this JSON-RPC method, once it is recorded."""
+        [call] = self.matching(lambda c: c.meta.get("mcp", {}).get("method") == method)
+        return call
+
     def tool_call(self, tool: str, timeout: float = 10.0) -> Call:
         """The one recorded tools/call of `tool`, once it is recorded."""
         wait_for(
@@ -208,13 +218,6 @@ class Collector:
         )
         [call] = [c for c in self.calls if c.meta.get("mcp", {}).get("tool") == tool]
         return call
-
-    def mcp(self, method: str | None = None, http: str = "POST") -> list[Call]:
-        return [
-            c
-            for c in self.calls
-            if c.method == http and (method is None or (c.meta.get("mcp") or {}).get("method") == method)
-        ]
 
 
 # -- the 1.x SDK ---------------------------------------------------------------------------------------

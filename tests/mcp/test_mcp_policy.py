@@ -52,7 +52,7 @@ async def test_tools_list_leaves_out_the_tools_policy_denies(
     assert "delete_file" not in listed
     # Denied only for some arguments: listed, and judged when called.
     assert {"add", "lookup", "send_email"} <= listed
-    [call] = [c for c in collector.wait(2) if c.meta["mcp"].get("method") == "tools/list"]
+    call = collector.method("tools/list")
     assert call.meta["mcp"]["removed_tools"] == ["delete_file"]
     if mode == "legacy":  # the SSE event carrying the list was rewritten on its way
         assert call.stream and call.agent_chunks is not None
@@ -91,7 +91,7 @@ async def test_cel_conditions_see_the_tool_name_and_arguments(
         with pytest.raises(MCPError, match="email-stays-inside.*company addresses only"):
             await client.call_tool("send_email", {"to": "mallory@elsewhere.example", "body": "the plans"})
     assert sent.content[0].text == "sent to bob@corp.example"  # type: ignore[union-attr]
-    calls = [c for c in collector.wait(3) if c.meta["mcp"].get("tool") == "send_email"]
+    calls = collector.matching(lambda c: c.meta["mcp"].get("tool") == "send_email", 2)
     assert [c.outcome for c in calls] == ["ok", "denied"]
 
 
@@ -102,7 +102,7 @@ async def test_a_monitor_rule_only_records_what_it_would_remove(
     async with mcp2_client(running.url + "/tools/mcp", headers={"X-Interlock-Agent": "support-7"}) as client:
         listed = {tool.name for tool in (await client.list_tools()).tools}
     assert "add" in listed and "delete_file" not in listed
-    [call] = [c for c in collector.wait(2) if c.meta["mcp"].get("method") == "tools/list"]
+    call = collector.method("tools/list")
     monitor = [(d.rule, d.reason) for d in call.decisions if d.action == "monitor"]
     assert ("support-should-not-add", "would remove listed tools: add") in monitor
 
@@ -132,5 +132,5 @@ async def test_a_tool_call_rate_limit_is_a_json_rpc_error(
             await client.call_tool("add", {"a": 2, "b": 2})
     assert raised.value.error.data == {"code": "rate_limited"}
     assert "one-tool-call-a-minute" in raised.value.error.message
-    [_, limited] = [c for c in collector.wait(5) if c.meta["mcp"].get("tool") == "add"]
+    [_, limited] = collector.matching(lambda c: c.meta["mcp"].get("tool") == "add", 2)
     assert limited.status == 200 and ("retry-after" in dict(limited.response_headers))
