@@ -7,7 +7,9 @@
 `OpenAIChatCompletionClient` takes `base_url` and `default_headers` (X-Interlock-Agent and
 X-Interlock-Session); `model_info` tells AutoGen what a model it does not know can do (function
 calling, JSON output...), so any model name behind interlock's route works. The assistant streams
-(`model_client_stream=True`, usage included) and reflects on the tool result in a second call.
+(`model_client_stream=True`, usage included) and reflects on the tool result in a second call. Its
+context is capped by tokens, counted with tiktoken, whose encoding files must be on disk offline
+(TIKTOKEN_CACHE_DIR; litellm ships them, see docs/frameworks.md).
 Prints one JSON line: {"answer": ..., "tools": [tools the agent ran]}.
 """
 
@@ -21,6 +23,7 @@ import uuid
 
 from autogen_agentchat.agents import AssistantAgent
 from autogen_agentchat.messages import TextMessage, ToolCallExecutionEvent
+from autogen_core.model_context import TokenLimitedChatCompletionContext
 from autogen_core.models import ModelFamily, ModelInfo
 from autogen_ext.models.openai import OpenAIChatCompletionClient
 
@@ -59,6 +62,8 @@ async def main() -> None:
         system_message="You answer questions about orders.",
         reflect_on_tool_use=True,
         model_client_stream=True,
+        # Keeps the conversation under the model's window; counts tokens with tiktoken.
+        model_context=TokenLimitedChatCompletionContext(client, token_limit=8000),
     )
     try:
         result = await agent.run(task=question)

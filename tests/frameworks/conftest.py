@@ -8,8 +8,10 @@ each test asserts it saw no one. Libraries that would phone home are switched of
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import threading
@@ -116,6 +118,24 @@ def trap(network_trap: NetworkTrap) -> Iterator[NetworkTrap]:
     assert not reached, f"the example tried to reach the network: {reached}"
 
 
+#: tiktoken caches an encoding file under the SHA-1 of its download URL.
+TIKTOKEN_URL = "https://openaipublic.blob.core.windows.net/encodings/{}.tiktoken"
+ENCODINGS = ("cl100k_base", "o200k_base")
+
+
+@pytest.fixture(scope="session")
+def tiktoken_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A TIKTOKEN_CACHE_DIR holding the encodings, from the files the litellm package ships (tiktoken
+    would download them at run time otherwise)."""
+    python = venvs.ensure("litellm")
+    shipped = next(python.parents[1].glob("lib/python*/site-packages/litellm/litellm_core_utils/tokenizers"))
+    cache = tmp_path_factory.mktemp("tiktoken")
+    for encoding in ENCODINGS:
+        name = hashlib.sha1(TIKTOKEN_URL.format(encoding).encode()).hexdigest()
+        shutil.copyfile(shipped / name, cache / name)
+    return cache
+
+
 @dataclass
 class Example:
     """Runs one example on its interpreter, with an offline environment in a temporary HOME."""
@@ -124,6 +144,7 @@ class Example:
     python: Path
     home: Path
     trap: NetworkTrap
+    tiktoken_cache: Path
 
     def env(self, **extra: str) -> dict[str, str]:
         env = {
@@ -132,6 +153,7 @@ class Example:
         env.update(OFFLINE_ENV)
         env.update(
             HOME=str(self.home),
+            TIKTOKEN_CACHE_DIR=str(self.tiktoken_cache),
             XDG_CACHE_HOME=str(self.home / ".cache"),
             XDG_DATA_HOME=str(self.home / ".local" / "share"),
             HTTP_PROXY=self.trap.url,
@@ -165,12 +187,12 @@ class Example:
 
 
 @pytest.fixture
-def example(request: pytest.FixtureRequest, tmp_path: Path, trap: NetworkTrap) -> Example:
+def example(request: pytest.FixtureRequest, tmp_path: Path, trap: NetworkTrap, tiktoken_cache: Path) -> Example:
     """The example named by the test module's `FRAMEWORK`, its virtualenv created on first use."""
     name = request.module.FRAMEWORK
     home = tmp_path / "home"
     home.mkdir()
-    return Example(name, venvs.ensure(name), home, trap)
+    return Example(name, venvs.ensure(name), home, trap, tiktoken_cache)
 
 
 # -- what interlock recorded -------------------------------------------------------------------------
