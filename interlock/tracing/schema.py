@@ -128,7 +128,11 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-class SchemaError(Exception):
+class StoreError(Exception):
+    """The store cannot do what was asked (bad query, unreadable file). Re-exported by `store`."""
+
+
+class SchemaError(StoreError):
     """The database cannot be used by this version of interlock."""
 
 

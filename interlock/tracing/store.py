@@ -38,7 +38,7 @@ from interlock.tracing.rows import (
     rows_to_records,
     without_bodies,
 )
-from interlock.tracing.schema import SCHEMA_VERSION, SchemaError, migrate, schema_version
+from interlock.tracing.schema import SCHEMA_VERSION, SchemaError, StoreError, migrate, schema_version
 from interlock.tracing.text import record_texts
 from interlock.tracing.transfer import copy_calls
 
@@ -54,10 +54,6 @@ PAGE_SIZE = 16384
 
 #: Records turned into rows between two pauses that let the event loop thread have the GIL.
 YIELD_EVERY = 16
-
-
-class StoreError(Exception):
-    """The store cannot do what was asked (bad query, unreadable file)."""
 
 
 def _connect(path: str, readonly: bool) -> sqlite3.Connection:

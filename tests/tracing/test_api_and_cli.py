@@ -244,3 +244,13 @@ def test_cli_tail_follows_new_calls(db: str) -> None:
         process.wait(timeout=10)
         if process.stdout is not None:
             process.stdout.close()
+
+
+def test_serve_with_an_unreadable_store_says_so(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"not a database at all " * 200)
+    config = tmp_path / "interlock.yaml"
+    config.write_text(f"store: {{path: {junk}}}\nroutes: {{}}\n")
+    result = CliRunner().invoke(main, ["serve", "--config", str(config)])
+    assert result.exit_code == 2, result.output
+    assert f"error: {junk}: file is not a database" in result.output
