@@ -123,9 +123,14 @@ COLUMNS: list[tuple[str, Any]] = [
 ]
 
 
-def table(rows: list[dict[str, Any]]) -> str:
+#: Column widths for `tail`, whose rows arrive a few at a time but should line up.
+TAIL_WIDTHS = [26, 19, 12, 12, 9, 16, 6, 14, 8, 9]
+
+
+def table(rows: list[dict[str, Any]], widths: list[int] | None = None) -> str:
     cells = [[str(get(row)) for _, get in COLUMNS] for row in rows]
-    widths = [max([len(name)] + [len(c[i]) for c in cells]) for i, (name, _) in enumerate(COLUMNS)]
+    if widths is None:
+        widths = [max([len(name)] + [len(c[i]) for c in cells]) for i, (name, _) in enumerate(COLUMNS)]
     lines = ["  ".join(name.ljust(w) for (name, _), w in zip(COLUMNS, widths, strict=True)).rstrip()]
     lines += ["  ".join(c.ljust(w) for c, w in zip(cell, widths, strict=True)).rstrip() for cell in cells]
     return "\n".join(lines)
@@ -274,6 +279,6 @@ def print_rows(rows: list[dict[str, Any]], as_json: bool, header: bool) -> None:
         for row in rows:
             click.echo(json.dumps(row))
     else:
-        text = table(rows)
+        text = table(rows, TAIL_WIDTHS)
         click.echo(text if header else text.split("\n", 1)[1])
     sys.stdout.flush()
