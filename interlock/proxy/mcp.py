@@ -41,6 +41,10 @@ class McpSession:
     async def request(self, call: Call) -> None:
         if call.protocol != "mcp":
             return
+        if any(k == "accept-encoding" for k, _ in call.request_headers):
+            # Ask the server for plain replies: a compressed SSE reply could not be read by the
+            # tools/list filter or the guardrails (MCP messages are small; the hop is local).
+            call.request_headers = [(k, v) for k, v in call.request_headers if k != "accept-encoding"]
         session_id = _header(call.request_headers, "mcp-session-id")
         if session_id:
             _adopt_session(call, session_id)

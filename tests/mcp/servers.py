@@ -132,8 +132,11 @@ class HangUp:
 
     def __init__(self, app: Any) -> None:
         self.app = app
+        self.headers: list[dict[str, str]] = []  # each request's headers, as the server got them
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            self.headers.append({k.decode().lower(): v.decode() for k, v in scope["headers"]})
         if scope["type"] != "http" or scope["method"] != "POST":
             return await self.app(scope, receive, send)
         body = b""
@@ -167,6 +170,7 @@ class ThreadServer:
     """An ASGI app served by uvicorn on a free loopback port in a thread."""
 
     def __init__(self, app: Any) -> None:
+        self.app = app
         self.port = free_port()
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error", lifespan="on")
         self.server = uvicorn.Server(config)

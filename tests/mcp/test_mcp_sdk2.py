@@ -133,14 +133,20 @@ async def test_a_server_that_ends_the_stream_early_is_recorded_and_the_agent_get
     assert raised.value.error.data == {"code": expected}
 
 
-def test_the_host_header_sent_upstream_is_the_upstreams_own(running: Running, mcp2_server: ThreadServer) -> None:
+def test_the_host_header_sent_upstream_is_the_upstreams_own_and_replies_come_plain(
+    running: Running, mcp2_server: ThreadServer
+) -> None:
     body = {"jsonrpc": "2.0", "id": 1, "method": "server/discover", "params": {}}
     headers = {"accept": "application/json, text/event-stream", "host": "agent.example:4141"}
     direct = httpx.post(mcp2_server.url + "/mcp", json=body, headers=headers)
     assert direct.status_code == 421  # the SDK's DNS-rebinding guard rejects a foreign Host
-    proxied = httpx.post(endpoint(running), json=body, headers=headers)
+    proxied = httpx.post(endpoint(running), json=body, headers={**headers, "accept-encoding": "gzip"})
     assert proxied.status_code != 421
     assert "jsonrpc" in proxied.json()
+    seen = mcp2_server.app.headers[-1]
+    assert seen["host"] == f"127.0.0.1:{mcp2_server.port}"
+    # Plain replies, so that policy and guardrails can read every one of them.
+    assert seen["accept-encoding"] == "identity"
 
 
 async def test_the_get_event_stream_outlives_the_total_timeout_and_carries_server_messages(
