@@ -97,8 +97,8 @@ def run(ctx: Context) -> Section:
         loss <= 0.15,
         ""
         if loss <= 0.15
-        else "the writer thread (JSON, SQLite, FTS index) holds the GIL that the event loop needs; "
-        "on 2 cores it also competes with wrk and the upstream",
+        else "the writer thread's work (row building, SQLite inserts, the FTS5 index) takes CPU and the GIL "
+        "from the event loop on 2 shared cores; `python -m bench.instructions --store on|off` counts it",
     )
     errors = len(stats.failures)
     section.add(
