@@ -8,7 +8,8 @@
   by `McpRecord`, which runs just before the recorder).
 - A server that ends a request's SSE stream before sending its response: the agent gets a JSON-RPC
   error for that id at once (instead of waiting out its read timeout) and the call is recorded as
-  `upstream_error` / `stream_closed_early`, truncated.
+  `upstream_error` / `stream_closed_early`, truncated. A JSON (or 202) reply without the response
+  is answered and recorded the same way, as `no_answer`.
 """
 
 from __future__ import annotations
@@ -72,6 +73,17 @@ class McpSession:
         if session_id and isinstance(meta, dict) and "session_id" not in meta:
             meta["session_id"] = session_id  # the initialize reply names the new session
             _adopt_session(call, session_id)
+
+    async def response(self, call: Call) -> None:
+        if call.protocol != "mcp" or call.stream or call.reply is not None or not 200 <= (call.status or 0) < 300:
+            return
+        view = call.view
+        if isinstance(view, McpView) and view.expects_reply and self.adapter.response_message(call) is None:
+            # An empty or non-JSON-RPC body, or a 202, for a request: the 1.x client would wait
+            # forever for an answer that cannot come. It gets a JSON-RPC error for its id instead.
+            message = f"the server answered request id {view.rpc_id!r} with HTTP {call.status} and no JSON-RPC response"
+            reply = self.adapter.error_reply(502, "no_answer", message, retryable=False)
+            call.answer(reply, "upstream_error", "no_answer", message)
 
     async def chunk(self, call: Call, data: bytes, last: bool) -> bytes:
         if not last or call.protocol != "mcp" or call.truncated:

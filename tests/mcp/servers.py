@@ -128,7 +128,8 @@ def build_server() -> MCPServer:
 
 class HangUp:
     """A server fault: for `tools/call` of `hang_up`, send one notification and end the stream (or
-    reset the connection for `reset`) without ever answering; everything else goes to the real app."""
+    reset the connection for `reset`) without ever answering; for `empty_reply`, a 200 JSON reply
+    with no body; everything else goes to the real app."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -145,6 +146,12 @@ class HangUp:
             message = await receive()
             body += message.get("body", b"")
             more = message.get("more_body", False)
+        if b'"empty_reply"' in body:  # a 200 JSON reply without a body
+            await send(
+                {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]}
+            )
+            await send({"type": "http.response.body", "body": b""})
+            return
         if b'"hang_up"' not in body and b'"reset"' not in body:
             replayed = False
 

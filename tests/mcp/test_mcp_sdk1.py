@@ -64,9 +64,15 @@ def test_a_stream_cut_short_fails_one_call_not_the_1x_session(
     # The 1.x client tears its whole session down on an HTTP error status or a request left
     # unanswered; interlock answers the request id with a JSON-RPC error inside the stream instead.
     running: Running = mcp_interlock({"tools": mcp2_server.url})
-    steps = [["call", "hang_up", {}], ["call", "reset", {}], ["call", "add", {"a": 1, "b": 1}]]
+    steps = [
+        ["call", "hang_up", {}],
+        ["call", "reset", {}],
+        ["call", "empty_reply", {}],
+        ["call", "add", {"a": 1, "b": 1}],
+    ]
     report = run_mcp1_client(mcp1_python, running.url + "/tools/mcp", steps)
-    hung_up, reset, added = report["results"]
+    hung_up, reset, empty, added = report["results"]
+    assert "no JSON-RPC response" in empty["error"]["message"]
     assert "without answering request id" in hung_up["error"]["message"]
     assert "stream broke" in reset["error"]["message"]
     assert added["ok"]["structuredContent"] == {"result": 2}

@@ -115,7 +115,7 @@ async def test_the_agents_session_header_wins_over_the_mcp_session(running: Runn
 
 
 @pytest.mark.parametrize("mode", ["legacy", "auto"])
-@pytest.mark.parametrize("fault", ["hang_up", "reset"])
+@pytest.mark.parametrize("fault", ["hang_up", "reset", "empty_reply"])
 async def test_a_server_that_ends_the_stream_early_is_recorded_and_the_agent_gets_an_error(
     running: Running, collector: Collector, mode: str, fault: str
 ) -> None:
@@ -125,11 +125,11 @@ async def test_a_server_that_ends_the_stream_early_is_recorded_and_the_agent_get
         # The session survives: the next call works.
         assert (await client.call_tool("add", {"a": 1, "b": 2})).structured_content == {"result": 3}
     call = collector.tool_call(fault)
-    assert call.outcome == "upstream_error" and call.truncated
-    assert call.meta["mcp"]["answered"] is False
-    assert call.meta["mcp"]["server_messages"] == ["notifications/message"]
-    expected = "stream_closed_early" if fault == "hang_up" else "stream_broken"
-    assert call.error_code == expected
+    expected = {"hang_up": "stream_closed_early", "reset": "stream_broken", "empty_reply": "no_answer"}[fault]
+    assert call.outcome == "upstream_error" and call.error_code == expected
+    if fault != "empty_reply":
+        assert call.truncated and call.meta["mcp"]["server_messages"] == ["notifications/message"]
+        assert call.meta["mcp"]["answered"] is False
     assert raised.value.error.data == {"code": expected}
 
 
