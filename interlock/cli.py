@@ -55,7 +55,7 @@ def serve(config: str | None, port: int | None, admin_port: int | None, store_pa
         run = uvloop.run
     try:
         run(run_server(settings))
-    except StoreError as exc:  # an unreadable or too-new store file: say which, no traceback
+    except (StoreError, SourceError) as exc:  # an unreadable store, a broken policy file: say which
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
 

@@ -67,20 +67,33 @@ class Seeded:
 
 
 def seed(proxy_url: str, upstream: ScriptedUpstream, *, suffix: str | None = None) -> Seeded:
-    """Run the scripted agent through interlock at `proxy_url` (blocking; uses the real openai SDK)."""
+    """Run the scripted agent through interlock at `proxy_url` (blocking). It speaks plain HTTP
+    (httpx, a core dependency) so the demo needs no provider SDK."""
     import httpx
-    import openai
 
     tag = suffix or time.strftime("%H%M%S")
     seeded = Seeded()
 
-    def client(agent: str, session: str) -> openai.OpenAI:
-        return openai.OpenAI(
-            base_url=proxy_url + "/openai",
-            api_key="demo-key",
-            max_retries=0,  # interlock retries; the SDK should not
-            default_headers={"X-Interlock-Agent": agent, "X-Interlock-Session": session},
-        )
+    def agent(name: str, session: str | None) -> httpx.Client:
+        headers = {"authorization": "Bearer demo-key", "X-Interlock-Agent": name}
+        if session:
+            headers["X-Interlock-Session"] = session
+        return httpx.Client(base_url=proxy_url, headers=headers, timeout=30)
+
+    def chat(http: httpx.Client, **body: Any) -> httpx.Response:
+        if body.get("stream"):
+            body["stream_options"] = {"include_usage": True}
+            # Read to the very end of the stream, as a careful client does.
+            with http.stream("POST", "/openai/chat/completions", json=body) as response:
+                response.read()
+            return response
+        return http.post("/openai/chat/completions", json=body)
+
+    # Warm up (PII recognizers load on the first scan) so the first session's timeline shows the
+    # proxy's usual overhead. This call has no session, so the sessions list does not show it.
+    upstream.script(Script(text="ready"))
+    with agent("demo", None) as http:
+        chat(http, model="gpt-4o-mini", messages=[{"role": "user", "content": "warm up, a@b.co"}])
 
     # 1. A retry: the provider is overloaded once (503), interlock retries, the agent never notices.
     session = seeded.sessions["retry"] = f"support-ticket-{tag}"
@@ -88,37 +101,33 @@ def seed(proxy_url: str, upstream: ScriptedUpstream, *, suffix: str | None = Non
         Script(status=503),
         Script(text="Your order #1042 shipped yesterday and should arrive on Thursday.", delay=0.05),
     )
-    with client("support-bot", session) as sdk:
-        sdk.chat.completions.create(
-            model="gpt-4o-mini",
-            messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Where is my order #1042?"}],
-        )
+    with agent("support-bot", session) as http:
+        messages: list[Any] = [
+            {"role": "system", "content": SYSTEM},
+            {"role": "user", "content": "Where is my order #1042?"},
+        ]
+        chat(http, model="gpt-4o-mini", messages=messages).raise_for_status()
 
     # 2. A denial: a preview model is refused by policy; the agent falls back to an approved one.
     session = seeded.sessions["denial"] = f"research-{tag}"
-    upstream.script(Script(text="Here are three quiet beaches near Lisbon: Adraga, Ursa and Galapinhos.", delay=0.08))
-    messages: list[Any] = [
+    upstream.script(Script(text="Three quiet beaches near Lisbon: Adraga, Ursa and Galapinhos.", delay=0.08))
+    messages = [
         {"role": "system", "content": SYSTEM},
         {"role": "user", "content": "Suggest quiet beaches near Lisbon."},
     ]
-    with client("research-bot", session) as sdk:
-        try:
-            sdk.chat.completions.create(model="gpt-4o-preview", messages=messages)
-        except openai.APIStatusError:
-            pass  # denied: try the approved model
-        sdk.chat.completions.create(model="gpt-4o-mini", messages=messages)
+    with agent("research-bot", session) as http:
+        if chat(http, model="gpt-4o-preview", messages=messages).status_code == 403:
+            chat(http, model="gpt-4o-mini", messages=messages).raise_for_status()
 
     # 3. A redaction: the user's e-mail address never reaches the model; the reply is restored.
     session = seeded.sessions["redaction"] = f"billing-{tag}"
     upstream.script(Script(text="Done: the invoice for booking B-77 is on its way to <EMAIL_ADDRESS_1>.", delay=0.06))
-    with client("billing-bot", session) as sdk:
-        sdk.chat.completions.create(
-            model="gpt-4o-mini",
-            messages=[
-                {"role": "system", "content": SYSTEM},
-                {"role": "user", "content": "Please send the invoice for booking B-77 to jane.doe@example.com."},
-            ],
-        )
+    with agent("billing-bot", session) as http:
+        messages = [
+            {"role": "system", "content": SYSTEM},
+            {"role": "user", "content": "Please send the invoice for booking B-77 to jane.doe@example.com."},
+        ]
+        chat(http, model="gpt-4o-mini", messages=messages).raise_for_status()
 
     # 4. A streamed tool loop: the model calls get_weather, the agent calls the tool, the model answers.
     #    The destructive tool the agent offers is stripped from the request by policy.
@@ -136,23 +145,21 @@ def seed(proxy_url: str, upstream: ScriptedUpstream, *, suffix: str | None = Non
         Script(body=json.dumps({"city": "Paris", "temp_c": 14, "sky": "light rain"}).encode(), delay=0.04),
         Script(text="Yes: it is 14 °C with light rain in Paris, so pack an umbrella.", chunk_delay=0.01),
     )
-    # Streams are read with httpx to their very end: the openai SDK closes the connection as soon as
-    # it sees `data: [DONE]`, which can race the proxy's last send (the call is then recorded aborted).
-    headers = {"X-Interlock-Agent": "travel-bot", "X-Interlock-Session": session, "authorization": "Bearer demo-key"}
-    with httpx.Client(base_url=proxy_url, headers=headers, timeout=30) as http:
-        body = {"model": "gpt-4o-mini", "messages": messages, "tools": tools, "stream": True}
+    with agent("travel-bot", session) as http:
+        streamed = chat(http, model="gpt-4o-mini", messages=messages, tools=tools, stream=True)
         tool_call: dict[str, str] = {"id": "", "name": "", "arguments": ""}
-        with http.stream("POST", "/openai/chat/completions", json=body) as response:
-            for line in response.iter_lines():
-                if not line.startswith("data: {"):
-                    continue
-                for choice in json.loads(line[6:]).get("choices") or []:
-                    for delta in choice.get("delta", {}).get("tool_calls") or []:
-                        function = delta.get("function") or {}
-                        tool_call["id"] = delta.get("id") or tool_call["id"]
-                        tool_call["name"] += function.get("name") or ""
-                        tool_call["arguments"] += function.get("arguments") or ""
-        weather = http.post("/tools/weather", content=tool_call["arguments"]).text
+        for line in streamed.text.splitlines():
+            if not line.startswith("data: {"):
+                continue
+            for choice in json.loads(line[6:]).get("choices") or []:
+                for delta in choice.get("delta", {}).get("tool_calls") or []:
+                    function = delta.get("function") or {}
+                    tool_call["id"] = delta.get("id") or tool_call["id"]
+                    tool_call["name"] += function.get("name") or ""
+                    tool_call["arguments"] += function.get("arguments") or ""
+        weather = http.post(
+            "/tools/weather", content=tool_call["arguments"], headers={"content-type": "application/json"}
+        )
         messages += [
             {
                 "role": "assistant",
@@ -165,11 +172,9 @@ def seed(proxy_url: str, upstream: ScriptedUpstream, *, suffix: str | None = Non
                     }
                 ],
             },
-            {"role": "tool", "tool_call_id": tool_call["id"], "content": weather},
+            {"role": "tool", "tool_call_id": tool_call["id"], "content": weather.text},
         ]
-        body = {"model": "gpt-4o-mini", "messages": messages, "tools": tools, "stream": True}
-        with http.stream("POST", "/openai/chat/completions", json=body) as response:
-            b"".join(response.iter_raw())
+        chat(http, model="gpt-4o-mini", messages=messages, tools=tools, stream=True).raise_for_status()
     return seeded
 
 

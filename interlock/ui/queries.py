@@ -6,8 +6,10 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from interlock.proxy.protocols.conversation import conversation
 from interlock.tracing.rows import BOOL_COLUMNS, LIST_COLUMNS
 from interlock.tracing.store import Store, fts_query
+from interlock.tracing.text import decoded
 
 #: Outcomes that count as errors (denials and blocks are counted apart: interlock meant them).
 ERROR_OUTCOMES = ("upstream_error", "aborted", "bad_request")
@@ -98,6 +100,8 @@ class TimelineCall:
     decisions: list[dict[str, Any]] = field(default_factory=list)
     findings: list[dict[str, Any]] = field(default_factory=list)
     offset_ms: float = 0.0
+    #: One line saying what came back: the answer's first words, the tools called, the error.
+    summary: str = ""
 
     @property
     def kind(self) -> str:
@@ -107,7 +111,6 @@ class TimelineCall:
     def markers(self) -> list[tuple[str, str]]:
         """(kind, label) badges: retry, fallback, denied, blocked, modified, redacted."""
         out: list[tuple[str, str]] = []
-        failed = [a for a in self.attempts if a.get("error") or (a.get("status") or 0) >= 400]
         if len(self.attempts) > 1:
             out.append(("retry", f"{len(self.attempts) - 1} retr{'y' if len(self.attempts) == 2 else 'ies'}"))
         upstreams = {(a.get("upstream"), a.get("model")) for a in self.attempts}
@@ -117,11 +120,11 @@ class TimelineCall:
             out.append(("denied", self.row["outcome"]))
         modified = [d for d in self.decisions if d.get("action") == "modify" and d.get("stage") == "policy"]
         if modified:
-            out.append(("modified", "modified by policy"))
+            rules = sorted({str(d.get("rule")) for d in modified if d.get("rule")})
+            out.append(("modified", "changed by " + (", ".join(rules) or "policy")))
         if self.findings:
             actions = sorted({f.get("action", "") for f in self.findings})
             out.append(("redacted", f"{len(self.findings)} PII ({', '.join(actions)})"))
-        del failed
         return out
 
 
@@ -156,7 +159,46 @@ def timeline(store: Store, session: str, limit: int = 500) -> list[TimelineCall]
     start = rows[0]["started_at"]
     for call in calls.values():
         call.offset_ms = (call.row["started_at"] - start) * 1000
+    if len(calls) <= SUMMARY_LIMIT:
+        for body in _query(
+            store,
+            f"SELECT call_id, response_headers, response_body, response_message FROM bodies WHERE call_id IN ({marks})",
+            ids,
+        ):
+            calls[body["call_id"]].summary = _summary(calls[body["call_id"]].row, body)
     return list(calls.values())
+
+
+#: Sessions with more calls than this get no per-call summary line (it reads every response body).
+SUMMARY_LIMIT = 300
+
+
+def _summary(row: dict[str, Any], body: dict[str, Any]) -> str:
+    if row["outcome"] != "ok" and row["error"]:
+        return str(row["error"])
+    data: Any = None
+    if body["response_message"]:
+        data = json.loads(body["response_message"])
+    elif body["response_body"]:
+        raw = decoded(bytes(body["response_body"]), json.loads(body["response_headers"] or "[]"))
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            return _clip(raw.decode("utf-8", "replace"))
+    if row["protocol"] not in ("openai", "anthropic"):
+        return _clip(json.dumps(data, ensure_ascii=False) if not isinstance(data, str) else data)
+    answer = conversation(row["protocol"], None, data)
+    if not answer:
+        return ""
+    last = answer[-1]
+    if last.tool_calls:
+        return "calls " + ", ".join(f"{t.name}({_clip(t.arguments, 60)})" for t in last.tool_calls)
+    return "“" + _clip(last.text) + "”"
+
+
+def _clip(text: str, size: int = 110) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= size else text[: size - 1] + "…"
 
 
 def _query(store: Store, sql: str, params: list[Any]) -> list[dict[str, Any]]:

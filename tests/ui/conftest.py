@@ -1,0 +1,80 @@
+"""Browser tests: Playwright for Python driving Debian's Chromium, one browser per test session."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from interlock.demo import Seeded, demo_config, seed, write_demo_policy
+from interlock.scripted import ScriptedUpstream
+from interlock.testing import Running, run_interlock, settings_for_test
+
+CHROMIUM = os.environ.get("INTERLOCK_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    if not Path(CHROMIUM).exists():
+        pytest.fail(
+            f"{CHROMIUM} is missing: the browser tests drive Debian's Chromium. Install it with"
+            " `apt-get install -y chromium` (or `make chromium`); Playwright cannot download its own here.",
+            pytrace=False,
+        )
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@dataclass
+class Demo:
+    running: Running
+    upstream: ScriptedUpstream
+    seeded: Seeded
+
+    @property
+    def url(self) -> str:
+        return self.running.admin_url
+
+    def flush(self) -> None:
+        assert self.running.runtime.recorder.flush()
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
+    """interlock with the demo's config and policy, and the demo agent's sessions recorded."""
+    tmp = tmp_path_factory.mktemp("ui")
+    write_demo_policy(tmp / "policies")
+    with ScriptedUpstream() as upstream:
+        settings = settings_for_test(demo_config(upstream.url, tmp / "policies"), tmp)
+        with run_interlock(settings) as running:
+            seeded = seed(running.url, upstream, suffix="t")
+            result = Demo(running, upstream, seeded)
+            result.flush()
+            yield result
+
+
+@pytest.fixture(scope="module")
+def page(browser: Any, demo: Demo) -> Iterator[Any]:
+    """One page for the module's tests (a new page per test costs more than the test)."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, base_url=demo.url, accept_downloads=True)
+    context.set_default_timeout(10_000)
+    page = context.new_page()
+    yield page
+    context.close()

@@ -1,0 +1,214 @@
+"""The web UI in a real browser: sessions → session waterfall → call, live updates, actions, escaping."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import httpx
+from playwright.sync_api import expect
+
+from interlock.replay.bundle import open_bundle
+from interlock.scripted import Script
+
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+
+
+def open_session(page: Any, demo: Any, what: str) -> None:
+    page.goto("/")
+    page.locator("a.session-link", has_text=demo.seeded.sessions[what]).click()
+    expect(page.locator("h1")).to_contain_text(demo.seeded.sessions[what])
+
+
+def test_sessions_list_says_what_happened_in_each_session(page: Any, demo: Any) -> None:
+    page.goto("/")
+    sessions = demo.seeded.sessions
+    rows = page.locator("table.sessions tbody tr")
+    expect(rows).to_have_count(4)  # the warm-up call has no session
+    expect(rows.filter(has_text=sessions["retry"])).to_contain_text("1 retried")
+    expect(rows.filter(has_text=sessions["denial"])).to_contain_text("1 denied")
+    expect(rows.filter(has_text=sessions["redaction"])).to_contain_text("1 PII")
+    expect(rows.filter(has_text=sessions["tools"])).to_contain_text("travel-bot")
+    expect(rows.filter(has_text=sessions["tools"]).locator("td[data-label=Calls]")).to_have_text("3")
+
+
+def test_retry_session_to_call_shows_the_failed_and_the_good_attempt(page: Any, demo: Any) -> None:
+    open_session(page, demo, "retry")
+    row = page.locator(".wf-row")
+    expect(row).to_have_count(1)
+    expect(row).to_contain_text("1 retry")
+    expect(row).to_contain_text("Your order #1042 shipped")  # what came back, on the waterfall
+    expect(row.locator(".seg.attempt.failed")).to_have_count(1)
+    row.click()
+    expect(page).to_have_url(re.compile(r"/call/"))
+    attempts = page.locator("#attempts tbody tr")
+    expect(attempts).to_have_count(2)
+    expect(attempts.nth(0)).to_contain_text("503")
+    expect(attempts.nth(1)).to_contain_text("200")
+    chat = page.locator("ol.chat > li")
+    expect(chat.nth(0)).to_have_class(re.compile("system"))
+    expect(chat.nth(1)).to_contain_text("Where is my order #1042?")
+    expect(chat.nth(2)).to_contain_text("model's answer")
+    expect(page.locator("#headers")).not_to_contain_text("demo-key")  # credentials never stored
+
+
+def test_denied_call_names_the_rule(page: Any, demo: Any) -> None:
+    open_session(page, demo, "denial")
+    rows = page.locator(".wf-row")
+    expect(rows).to_have_count(2)
+    expect(rows.nth(0)).to_contain_text("403 denied")
+    expect(rows.nth(0).locator(".marker.denied")).to_be_visible()
+    expect(rows.nth(1)).to_contain_text("200 ok")
+    rows.nth(0).click()
+    expect(page.locator(".outcome-box")).to_contain_text("gpt-4o-preview")
+    decision = page.locator("#decisions tr.decision.deny")
+    expect(decision).to_contain_text("no-preview-models")
+    expect(page.locator("#attempts")).to_contain_text("refused before reaching any upstream")
+
+
+def test_redacted_email_is_highlighted_and_never_shown(page: Any, demo: Any) -> None:
+    open_session(page, demo, "redaction")
+    expect(page.locator(".wf-row .marker.redacted")).to_contain_text("1 PII (redact)")
+    page.locator(".wf-row").first.click()
+    user = page.locator("ol.chat > li.user")
+    expect(user.locator("mark.pii")).to_have_text("<EMAIL_ADDRESS_1>")
+    expect(page.locator("ol.chat > li.response mark.pii")).to_have_text("<EMAIL_ADDRESS_1>")
+    expect(page.locator("#findings")).to_contain_text("EMAIL_ADDRESS")
+    expect(page.locator("#findings")).to_contain_text("request.messages[1].content")
+    expect(page.locator("#decisions")).to_contain_text("guardrails")
+    assert "jane.doe@example.com" not in page.content()
+
+
+def test_streamed_tool_loop(page: Any, demo: Any) -> None:
+    open_session(page, demo, "tools")
+    rows = page.locator(".wf-row")
+    expect(rows).to_have_count(3)
+    expect(rows.nth(0)).to_contain_text("calls get_weather")
+    expect(rows.nth(0).locator(".marker.modified")).to_be_visible()  # delete_booking stripped
+    expect(rows.nth(1).locator(".kind.tool")).to_be_visible()
+    rows.nth(2).click()
+    expect(page.locator(".toolcall .tool-name")).to_have_text("get_weather")
+    expect(page.locator("ol.chat > li.tool")).to_contain_text("light rain")
+    expect(page.locator("ol.chat > li.response")).to_contain_text("pack an umbrella")
+    expect(page.locator("#chunks tbody tr").first).to_contain_text("ms")
+    expect(page.locator("#decisions")).to_contain_text("stripped offered tools: delete_booking")
+    page.locator("a", has_text="previous call").click()
+    expect(page.locator("h1")).to_contain_text("/tools/weather")
+
+
+def test_policies_page_lists_rules_and_fire_counts(page: Any, demo: Any) -> None:
+    page.goto("/policies")
+    rows = page.locator("table.rules tbody tr")
+    expect(rows).to_have_count(2)
+    fired = rows.filter(has_text="no-preview-models").locator("td.num")
+    assert int(fired.inner_text()) >= 1
+    expect(rows.filter(has_text="no-destructive-tools")).to_contain_text("demo-policy.yaml")
+    expect(page.locator("form")).to_have_count(0)  # nothing here can change a policy
+
+
+def test_search_and_filters(page: Any, demo: Any) -> None:
+    page.goto("/")
+    page.fill("input[name=q]", "umbrella")
+    page.click("button[type=submit]")
+    rows = page.locator("table.sessions tbody tr")
+    expect(rows).to_have_count(1)
+    expect(rows).to_contain_text(demo.seeded.sessions["tools"])
+    page.goto("/?outcome=denied")
+    expect(rows).to_have_count(1)
+    expect(rows).to_contain_text(demo.seeded.sessions["denial"])
+    page.goto("/?agent=billing-bot&time=1h")
+    expect(rows).to_have_count(1)
+    expect(rows).to_contain_text(demo.seeded.sessions["redaction"])
+    page.goto("/?q=nothing-like-this-anywhere")
+    expect(page.locator(".empty")).to_contain_text("No session matches")
+
+
+def test_paging(page: Any, demo: Any) -> None:
+    page.goto("/?offset=3")
+    expect(page.locator("table.sessions tbody tr")).to_have_count(1)
+    page.click("text=← Newer")
+    expect(page.locator("table.sessions tbody tr")).to_have_count(4)
+
+
+def test_new_call_appears_without_reload(page: Any, demo: Any) -> None:
+    page.goto("/")
+    expect(page.locator("#live.on")).to_be_visible()  # the event stream is open
+    page.evaluate("window.notReloaded = true")
+    demo.upstream.script(Script(text="live!"))
+    httpx.post(
+        demo.running.url + "/openai/chat/completions",
+        json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello live"}]},
+        headers={"X-Interlock-Agent": "live-bot", "X-Interlock-Session": "live-session-1"},
+    ).raise_for_status()
+    expect(page.locator("a.session-link", has_text="live-session-1")).to_be_visible()
+    assert page.evaluate("window.notReloaded") is True
+
+
+def test_a_script_in_a_message_is_shown_not_run(page: Any, demo: Any) -> None:
+    hostile = '<script>window.pwned = 1</script><img src=x onerror="window.pwned = 2"> </textarea>'
+    demo.upstream.script(Script(text=hostile))
+    httpx.post(
+        demo.running.url + "/openai/chat/completions",
+        json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": hostile}]},
+        headers={"X-Interlock-Agent": "<b>evil</b>", "X-Interlock-Session": "<script>s</script>"},
+    ).raise_for_status()
+    demo.flush()
+    page.goto("/")
+    page.locator("a.session-link", has_text="<script>s</script>").click()
+    page.locator(".wf-row").first.click()
+    expect(page.locator("ol.chat > li.user .text")).to_have_text(hostile)
+    expect(page.locator("ol.chat > li.response .text")).to_have_text(hostile)
+    assert page.evaluate("window.pwned") is None
+    assert page.locator("ol.chat script, ol.chat img").count() == 0
+
+
+def test_download_bundle_and_copy_replay_command(page: Any, demo: Any, tmp_path: Path) -> None:
+    open_session(page, demo, "tools")
+    with page.expect_download() as info:
+        page.click("#download-bundle")
+    download = info.value
+    assert download.suggested_filename == demo.seeded.sessions["tools"] + ".db"
+    path = tmp_path / download.suggested_filename
+    download.save_as(path)
+    bundle = open_bundle(path)
+    assert bundle.sessions == [demo.seeded.sessions["tools"]]
+    assert len(bundle.calls) == 3
+    assert set(bundle.routes) == {"openai", "tools"}
+    command = page.locator("#replay-command").inner_text()
+    assert f"--session '{demo.seeded.sessions['tools']}'" in command
+    assert "interlock replay serve" in command
+    page.click("button.copy")
+    expect(page.locator("button.copy")).to_have_text("Copied")
+
+
+def test_unknown_session_and_call_are_404(page: Any, demo: Any) -> None:
+    assert page.goto("/session?id=nope").status == 404
+    assert page.goto("/call/nope").status == 404
+
+
+def test_screenshots(browser: Any, demo: Any) -> None:
+    """Light and dark, 1280 px and a narrow window: docs/screenshots/*.png (shown in the README)."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    sessions = demo.seeded.sessions
+    for scheme in ("light", "dark"):
+        for width, name in ((1280, "wide"), (420, "narrow")):
+            context = browser.new_context(
+                viewport={"width": width, "height": 800}, color_scheme=scheme, base_url=demo.url
+            )
+            page = context.new_page()
+            page.goto("/")
+            page.screenshot(path=SCREENSHOTS / f"sessions-{scheme}-{name}.png", full_page=True)
+            page.goto(f"/session?id={sessions['tools']}")
+            page.screenshot(path=SCREENSHOTS / f"session-{scheme}-{name}.png", full_page=True)
+            page.goto(f"/session?id={sessions['redaction']}")
+            page.locator(".wf-row").first.click()
+            expect(page.locator("ol.chat")).to_be_visible()
+            page.screenshot(path=SCREENSHOTS / f"call-{scheme}-{name}.png", full_page=False)
+            if name == "wide":
+                page.goto(f"/session?id={sessions['retry']}")
+                page.screenshot(path=SCREENSHOTS / f"session-retry-{scheme}-{name}.png", full_page=True)
+                page.goto("/policies")
+                page.screenshot(path=SCREENSHOTS / f"policies-{scheme}-{name}.png", full_page=True)
+            context.close()
+    assert (SCREENSHOTS / "sessions-dark-narrow.png").stat().st_size > 10_000
