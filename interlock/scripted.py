@@ -46,6 +46,7 @@ class Script:
     delay: float = 0.0  # before the response head
     first_byte_delay: float = 0.0  # between the head and the first body byte
     chunk_delay: float = 0.0  # between stream chunks
+    end_delay: float = 0.0  # after the last stream event, before the stream is closed
     chunk_size: int = 4  # characters of text per streamed delta
     reset_after: int | None = None  # reset after this many body chunks (0: before any; a stream sends its head first)
     input_tokens: int = 11
@@ -286,6 +287,8 @@ class ScriptedUpstream:
                 if i and script.chunk_delay:
                     await asyncio.sleep(script.chunk_delay)
                 await send({"type": "http.response.body", "body": event, "more_body": True})
+            if script.end_delay:
+                await asyncio.sleep(script.end_delay)
             await send({"type": "http.response.body", "body": b""})
             return
         body = json.dumps(whole).encode()

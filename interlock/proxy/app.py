@@ -130,7 +130,7 @@ class ProxyApp:
         # Watch for the agent leaving: a disconnect cancels the upstream request.
         state = _Watch()
         task = asyncio.current_task()
-        watcher = asyncio.create_task(_watch_disconnect(receive, state, task))
+        watcher = asyncio.create_task(_watch_disconnect(receive, state, task, call, adapter.stream_end_markers))
         try:
             timeout = None if adapter.open_ended(call) else (route.timeouts or self.settings.timeouts).total
             async with asyncio.timeout(timeout):
@@ -213,7 +213,7 @@ class ProxyApp:
                 message,
             )
             call.response_body = b"".join(parts)
-            await self.send_reply(call, send)
+            await self.send_reply(call, send, keep_upstream=True)
             return
         call.ttfb_ms = call.elapsed_ms()
         call.response_body = b"".join(parts)
@@ -221,7 +221,7 @@ class ProxyApp:
             call.attempts[-1].duration_ms = call.elapsed_ms() - call.attempts[-1].started_ms
         await self.pipeline.response(call)
         if call.reply is not None:  # a response stage blocked it
-            await self.send_reply(call, send)
+            await self.send_reply(call, send, keep_upstream=True)
             return
         body = call.agent_response_body if call.agent_response_body is not None else call.response_body
         headers = response_headers_for_agent(
@@ -286,12 +286,17 @@ class ProxyApp:
             sent.append(Chunk(t, data))
         await send({"type": "http.response.body", "body": data, "more_body": True})
 
-    async def send_reply(self, call: Call, send: Send) -> None:
+    async def send_reply(self, call: Call, send: Send, *, keep_upstream: bool = False) -> None:
+        """Send interlock's own reply. With `keep_upstream`, the upstream's body (already in
+        `call.response_body`) stays on the record and the reply is recorded as what the agent got."""
         reply = call.reply
         assert reply is not None
         call.status = reply.status
-        call.response_headers = list(reply.headers)
-        call.response_body = reply.body
+        if keep_upstream:
+            call.agent_response_body = reply.body
+        else:
+            call.response_headers = list(reply.headers)
+            call.response_body = reply.body
         call.stream = False
         headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers]
         headers.append((b"content-length", str(len(reply.body)).encode()))
@@ -315,10 +320,16 @@ class _Watch:
         self.sent: list[Chunk] | None = None  # a stream's chunks as the agent got them (chunk hooks ran)
 
 
-async def _watch_disconnect(receive: Receive, state: _Watch, task: asyncio.Task[Any] | None) -> None:
+async def _watch_disconnect(
+    receive: Receive, state: _Watch, task: asyncio.Task[Any] | None, call: Call, end_markers: tuple[bytes, ...]
+) -> None:
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
+            # SDKs hang up as soon as they read the protocol's end-of-stream event (`data: [DONE]`,
+            # `message_stop`), which may be before the upstream closed: that agent got everything.
+            if call.chunks and any(marker in call.chunks[-1].data for marker in end_markers):
+                return
             if not (state.responded or state.done) and task is not None:
                 state.disconnected = True
                 task.cancel()

@@ -245,3 +245,42 @@ def test_admin_health_and_ready(interlock: Running) -> None:
     assert httpx.get(interlock.admin_url + "/health").json()["status"] == "ok"
     ready = httpx.get(interlock.admin_url + "/ready").json()
     assert ready["status"] == "ready" and "openai" in ready["routes"]
+
+
+def test_an_agent_leaving_after_the_end_event_is_not_an_abort(interlock: Running, upstream: ScriptedUpstream) -> None:
+    # The openai SDK hangs up as soon as it reads `data: [DONE]`; the upstream may close later.
+    outcomes: list[tuple[str, bool]] = []
+
+    async def done(call: Any) -> None:
+        outcomes.append((call.outcome, call.truncated))
+
+    interlock.runtime.pipeline.hooks["done"].append(done)
+    upstream.script(Script(text="complete", end_delay=1.0))
+    body = {"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": True}
+    with httpx.Client() as client:
+        with client.stream("POST", interlock.url + "/openai/chat/completions", json=body) as response:
+            seen = b""
+            for part in response.iter_raw():
+                seen += part
+                if b"[DONE]" in seen:
+                    break
+    wait_for(lambda: outcomes)
+    assert outcomes == [("ok", False)]
+
+
+def test_a_broken_policy_file_stops_serve_with_file_line(tmp_path: Any) -> None:
+    from click.testing import CliRunner
+
+    from interlock.cli import main
+
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "bad.yaml").write_text("version: 1\nrules:\n  - name: x\n    deny: {modelz: [a]}\n")
+    config = tmp_path / "interlock.yaml"
+    config.write_text(
+        f"listen: {{port: 0}}\nadmin: {{port: 0}}\nstore: {{path: {tmp_path / 'i.db'}}}\n"
+        f"policies: [{policies}]\nroutes: {{openai: {{upstream: 'http://127.0.0.1:9'}}}}\n"
+    )
+    result = CliRunner().invoke(main, ["serve", "--config", str(config)])
+    assert result.exit_code == 2, result.output
+    assert f"{policies / 'bad.yaml'}:4:" in result.output and "Traceback" not in result.output

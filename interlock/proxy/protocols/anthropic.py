@@ -67,6 +67,7 @@ class AnthropicAdapter(Adapter):
     json_body = True
     key_header = "x-api-key"
     key_prefix = ""
+    stream_end_markers = (b"event: message_stop",)
 
     def parse(self, call: Call) -> RequestView:
         if call.method != "POST":

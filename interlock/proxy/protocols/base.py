@@ -63,6 +63,8 @@ class Adapter:
     #: Header that carries the provider key upstream, and how it is written.
     key_header = "authorization"
     key_prefix = "Bearer "
+    #: Bytes that mark a stream's last event: an agent that leaves after one of these got everything.
+    stream_end_markers: tuple[bytes, ...] = ()
 
     def parse(self, call: Call) -> RequestView:
         return RequestView(operation="http")

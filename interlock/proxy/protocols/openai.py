@@ -67,6 +67,7 @@ def _content_texts(content: Any, path: tuple[str | int, ...], role: str) -> list
 class OpenAIAdapter(Adapter):
     name = "openai"
     json_body = True
+    stream_end_markers = (b"data: [DONE]", b"event: response.completed")
 
     def parse(self, call: Call) -> RequestView:
         if call.method != "POST":
