@@ -203,6 +203,20 @@ def wait_ready(port: int, popen: subprocess.Popen[bytes], timeout: float = 30.0,
         time.sleep(0.005)
 
 
+def wait_listening(port: int, popen: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    """Poll until something accepts TCP connections on loopback `port`."""
+    deadline = time.perf_counter() + timeout
+    while True:
+        if popen.poll() is not None:
+            raise RuntimeError(f"the process exited with {popen.returncode} before it listened")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        if time.perf_counter() > deadline:
+            raise RuntimeError(f"nothing listening on :{port} after {timeout}s")
+        time.sleep(0.002)
+
+
 @contextlib.contextmanager
 def interlock(config: dict[str, Any], *, name: str = "interlock", env: dict[str, str] | None = None) -> Iterator[Proc]:
     """`python -m interlock.cli serve --config <generated yaml>` until the block ends."""

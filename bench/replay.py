@@ -61,17 +61,11 @@ def serve_once(bundle: Path, concurrency: int) -> tuple[float, load.RunStats, fl
         [harness.PYTHON, "-m", "interlock.cli", "replay", "serve", str(bundle)]
         + ["--port", str(port), "--speed", "max", "--on-miss", "error"],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
     )
     proc = harness.Proc("replay", popen, port, spawned_at=began)
     try:
-        assert popen.stderr is not None
-        while True:
-            line = popen.stderr.readline().decode()
-            if not line:
-                raise RuntimeError("the replay server exited before it was ready")
-            if line.startswith("replaying on"):
-                break
+        harness.wait_listening(port, popen)
         ready = time.perf_counter() - began
         cpu = proc.cpu()
         stats = load.run(
@@ -106,7 +100,7 @@ def run(ctx: Context) -> Section:
         cpus.append(cpu)
     ready = statistics.median(readies)
     section.add(
-        f"Replay server ready (spawn → listening) for a {CALLS:,}-call bundle, median of 3",
+        f"Replay server ready (spawn → accepting connections) for a {CALLS:,}-call bundle, median of 3",
         "≤ 1 s",
         f"{ready:.2f} s ({', '.join(f'{r:.2f}' for r in readies)})",
         ready <= 1.0,
