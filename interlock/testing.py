@@ -115,7 +115,11 @@ def run_interlock(settings: Settings, timeout: float = 15) -> Iterator[Running]:
     thread = threading.Thread(target=target, name="interlock", daemon=True)
     thread.start()
     if not started.wait(timeout) or "error" in holder:
-        raise RuntimeError(f"interlock did not start: {holder.get('error')!r}")
+        for sock in (proxy_socket, admin_socket):
+            sock.close()
+        thread.join(timeout)
+        error = holder.get("error")
+        raise RuntimeError(f"interlock did not start: {error!r}") from error
     running = Running(settings, holder["runtime"], holder["loop"])
     try:
         yield running
