@@ -70,9 +70,9 @@ def run(ctx: Context) -> Section:
         "" if added <= 1.0 else "per-call CPU on the event loop; see the CPU row and docs/bench.md",
     )
     section.add(
-        "Latency c1, p99",
+        "c1: p99 latency; requests/s",
         "—",
-        f"direct {_ms(d1.p99_ms)}, through {_ms(t1.p99_ms)}",
+        f"p99 direct {_ms(d1.p99_ms)}, through {_ms(t1.p99_ms)}; {t1.rps:,.0f} req/s (direct {d1.rps:,.0f})",
     )
     section.add(
         "Throughput c32, non-streaming",
