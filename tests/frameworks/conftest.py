@@ -237,13 +237,19 @@ def cli_traces(running: Running, session: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in result.output.splitlines() if line.strip()]
 
 
-def admin_session(running: Running, session: str) -> dict[str, Any]:
-    """The session as the UI shows it (the admin API behind the sessions page)."""
+def ui_shows(running: Running, session: str, agent: str) -> None:
+    """The session as a person sees it: in the admin API, on the UI's sessions page and its own page."""
     import httpx
 
     response = httpx.get(f"{running.admin_url}/api/sessions/{session}", timeout=10)
     assert response.status_code == 200, response.text
-    return dict(response.json())
+    assert agent in json.dumps(response.json())
+    sessions_page = httpx.get(running.admin_url + "/", timeout=10)
+    assert sessions_page.status_code == 200
+    assert session in sessions_page.text and agent in sessions_page.text
+    page = httpx.get(running.admin_url + "/session", params={"id": session}, timeout=10)
+    assert page.status_code == 200, page.text
+    assert agent in page.text
 
 
 def assert_session(
@@ -273,6 +279,5 @@ def assert_session(
     listed = cli_traces(running, session)
     assert sorted(r["id"] for r in listed) == sorted(r["id"] for r in rows)
     assert {r["agent"] for r in listed} == {agent}
-    shown = admin_session(running, session)
-    assert agent in json.dumps(shown)
+    ui_shows(running, session, agent)
     return rows

@@ -12,7 +12,7 @@ import pytest
 
 from interlock.scripted import Script, ScriptedUpstream, ToolUse
 from interlock.testing import Running, free_port
-from tests.frameworks.conftest import EXAMPLES, Example, cli_traces, recorded, request_json, tool_calls
+from tests.frameworks.conftest import EXAMPLES, Example, cli_traces, recorded, request_json, tool_calls, ui_shows
 from tests.mcp.servers import port_open, wait_for
 
 FRAMEWORK = "mcp_client"
@@ -23,12 +23,12 @@ pytestmark = pytest.mark.frameworks
 def order_server(tmp_path: Path) -> Iterator[str]:
     """examples/mcp_client/server.py on a free port; yields its base URL."""
     port = free_port()
-    log = open(tmp_path / "server.log", "wb")  # noqa: SIM115 - closed below
-    process = subprocess.Popen(
-        [sys.executable, str(EXAMPLES / "mcp_client" / "server.py"), "--port", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    with open(tmp_path / "server.log", "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, str(EXAMPLES / "mcp_client" / "server.py"), "--port", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     try:
         wait_for(lambda: port_open(port) or process.poll() is not None, 30, "the MCP server to listen")
         assert process.poll() is None, (tmp_path / "server.log").read_text()
@@ -36,7 +36,6 @@ def order_server(tmp_path: Path) -> Iterator[str]:
     finally:
         process.terminate()
         process.wait(10)
-        log.close()
 
 
 def test_agent_runs_mcp_tools_and_the_model_in_one_session(
@@ -87,3 +86,4 @@ def test_agent_runs_mcp_tools_and_the_model_in_one_session(
     order = [(r["route"], r["id"]) for r in rows]
     assert order.index(("tools", tool_rows[-1]["id"])) == order.index(("openai", model_rows[1]["id"])) - 1
     assert sorted(r["id"] for r in cli_traces(running, "mcp-session-1")) == sorted(r["id"] for r in rows)
+    ui_shows(running, "mcp-session-1", "mcp-orders")
