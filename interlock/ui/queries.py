@@ -112,7 +112,8 @@ class TimelineCall:
         """(kind, label) badges: retry, fallback, denied, blocked, modified, redacted."""
         out: list[tuple[str, str]] = []
         if len(self.attempts) > 1:
-            out.append(("retry", f"{len(self.attempts) - 1} retr{'y' if len(self.attempts) == 2 else 'ies'}"))
+            failures = [str(a.get("status") or a.get("error") or "failure") for a in self.attempts[:-1]]
+            out.append(("retry", f"retried after {', '.join(failures)}"))
         upstreams = {(a.get("upstream"), a.get("model")) for a in self.attempts}
         if len(upstreams) > 1:
             out.append(("fallback", "fallback"))
