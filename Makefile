@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: run test lint typecheck pytest bench demo clean chromium wrk
+.PHONY: run test lint typecheck pytest bench demo clean chromium wrk frameworks-venvs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,13 +31,18 @@ lint: $(VENV)/.test-deps
 typecheck: $(VENV)/.test-deps
 	$(BIN)/mypy
 
-pytest: $(VENV)/.test-deps $(VENV)-mcp1/.ok .venv-phoenix/.installed
+pytest: $(VENV)/.test-deps $(VENV)-mcp1/.ok .venv-phoenix/.installed frameworks-venvs
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Arize Phoenix, the real OTLP backend of tests/tracing/test_otel_phoenix.py, in its own venv.
 .venv-phoenix/.installed: tests/tracing/phoenix.py | $(VENV)/.test-deps
 	$(BIN)/python -m tests.tracing.phoenix install
 	touch $@
+
+# The agent frameworks of tests/frameworks (LangGraph, CrewAI, AutoGen, Prefect, Temporal, litellm), one
+# virtualenv each under .venvs/, from examples/<name>/requirements.txt; kept until that file changes.
+frameworks-venvs: $(VENV)/.test-deps
+	$(BIN)/python -m tests.frameworks.venvs
 
 # The mcp SDK 1.x for tests/mcp: it is `import mcp` like the 2.x in $(VENV), so it gets its own venv.
 $(VENV)-mcp1/.ok:
@@ -62,4 +67,4 @@ demo: $(VENV)/.run-deps
 	$(BIN)/interlock demo
 
 clean:
-	rm -rf $(VENV) $(VENV)-mcp1 .venv-phoenix .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(VENV)-mcp1 .venv-phoenix .venvs .pytest_cache .mypy_cache .ruff_cache
