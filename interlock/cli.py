@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import sys
 from typing import Any
@@ -26,7 +27,33 @@ config_option = click.option(
 )
 
 
-@click.group(context_settings={"auto_envvar_prefix": "INTERLOCK", "help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """Commands from other modules are imported when used, not on every start: `interlock serve`
+    should not pay for the CEL, rich or sqlite-utils imports of `policy` or `traces` (~0.4 s)."""
+
+    lazy = {
+        "traces": "interlock.tracing.commands:traces",
+        "policy": "interlock.policies.commands:policy",
+        "export": "interlock.replay.commands:export_command",
+        "import": "interlock.replay.commands:import_command",
+        "replay": "interlock.replay.commands:replay",
+    }
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self.lazy])
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.lazy:
+            module_name, attribute = self.lazy[name].split(":")
+            command = getattr(importlib.import_module(module_name), attribute)
+            assert isinstance(command, click.Command)
+            return command
+        return super().get_command(ctx, name)
+
+
+@click.group(
+    cls=LazyGroup, context_settings={"auto_envvar_prefix": "INTERLOCK", "help_option_names": ["-h", "--help"]}
+)
 @click.version_option(__version__, prog_name="interlock")
 def main() -> None:
     """interlock: an observability and guardrail sidecar for AI agents."""
@@ -92,22 +119,6 @@ def config_check(config: str | None) -> None:
     """Validate a configuration file; errors as file:line:col."""
     settings = load_or_exit(config)
     click.echo(f"{settings.source}: ok ({len(settings.routes)} routes)")
-
-
-from interlock.tracing.commands import traces  # noqa: E402
-
-main.add_command(traces)
-
-
-from interlock.replay.commands import COMMANDS as _REPLAY_COMMANDS  # noqa: E402
-
-for _command in _REPLAY_COMMANDS:
-    main.add_command(_command)
-
-
-from interlock.policies.commands import policy  # noqa: E402
-
-main.add_command(policy)
 
 
 @main.command()
