@@ -132,7 +132,11 @@ def demo(port: int, admin_port: int, store_path: str | None, exit_after_seed: bo
     from interlock.demo import run_demo
 
     logging.basicConfig(level="WARNING", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run_demo(port=port, admin_port=admin_port, store=store_path, exit_after_seed=exit_after_seed, echo=click.echo)
+    try:
+        run_demo(port=port, admin_port=admin_port, store=store_path, exit_after_seed=exit_after_seed, echo=click.echo)
+    except OSError as exc:
+        click.echo(f"error: {exc} (ports {port} and {admin_port}; choose others with --port / --admin-port)", err=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -199,6 +199,7 @@ def run_demo(
     echo: Any = print,
 ) -> Seeded:
     """Start the scripted upstream and interlock, seed the sessions, then serve until Ctrl-C."""
+    import signal
     import threading
 
     from interlock.testing import run_interlock, settings_for_test
@@ -223,9 +224,10 @@ def run_demo(
             echo(f"open the UI: {running.admin_url}/")
             if not exit_after_seed:
                 echo("serving until Ctrl-C")
-                try:
-                    threading.Event().wait()
-                except KeyboardInterrupt:
+                stop = threading.Event()
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    signal.signal(sig, lambda *_: stop.set())
+                while not stop.wait(0.5):
                     pass
     return seeded
 

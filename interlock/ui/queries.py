@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from dataclasses import dataclass, field
 from typing import Any
 
 from interlock.proxy.protocols.conversation import conversation
 from interlock.tracing.rows import BOOL_COLUMNS, LIST_COLUMNS
-from interlock.tracing.store import Store, fts_query
+from interlock.tracing.store import Store, StoreError, fts_query
 from interlock.tracing.text import decoded
 
 #: Outcomes that count as errors (denials and blocks are counted apart: interlock meant them).
@@ -29,7 +30,19 @@ class SessionFilters:
         return {k: getattr(self, k) for k in ("agent", "route", "outcome", "q") if getattr(self, k)}
 
 
-_SESSION_SQL = """
+#: Which sessions are on the page: only what ordering and filtering need (measured on 50,000 calls
+#: in 5,000 sessions: aggregating everything for every session first took ~200 ms a page).
+_PAGE_SQL = """
+SELECT c.session FROM calls c
+WHERE c.session IS NOT NULL {where}
+GROUP BY c.session
+{having}
+ORDER BY max(c.started_at) DESC
+LIMIT ? OFFSET ?
+"""
+
+#: Then everything the list shows, for those sessions only.
+_SUMMARY_SQL = """
 SELECT c.session AS session,
        min(c.started_at) AS first_at,
        max(c.started_at + coalesce(c.duration_ms, 0) / 1000.0) AS end_at,
@@ -40,14 +53,10 @@ SELECT c.session AS session,
        sum(c.outcome IN ('upstream_error', 'aborted', 'bad_request')) AS errors,
        sum(c.outcome IN ('denied', 'blocked')) AS denials,
        sum(c.attempt_count > 1) AS retries,
-       (SELECT count(*) FROM events e JOIN calls c2 ON c2.id = e.call_id
-         WHERE c2.session = c.session AND e.kind = 'finding') AS findings
+       sum((SELECT count(*) FROM events e WHERE e.call_id = c.id AND e.kind = 'finding')) AS findings
 FROM calls c
-WHERE c.session IS NOT NULL {where}
+WHERE c.session IN ({marks})
 GROUP BY c.session
-{having}
-ORDER BY max(c.started_at) DESC
-LIMIT ? OFFSET ?
 """
 
 
@@ -75,13 +84,26 @@ def sessions(store: Store, filters: SessionFilters) -> tuple[list[dict[str, Any]
     if filters.since is not None:
         having.append("max(c.started_at) >= ?")
         params.append(filters.since)
-    sql = _SESSION_SQL.format(where=" ".join(where), having=("HAVING " + " AND ".join(having)) if having else "")
-    rows = _query(store, sql, [*params, filters.limit + 1, filters.offset])
+    sql = _PAGE_SQL.format(where=" ".join(where), having=("HAVING " + " AND ".join(having)) if having else "")
+    try:
+        page = [r[0] for r in store.conn.execute(sql, [*params, filters.limit + 1, filters.offset])]
+    except sqlite3.OperationalError as exc:
+        if filters.q and "locked" not in str(exc):
+            raise StoreError(f"bad search query {filters.q!r}: {exc}") from None
+        raise
+    more = len(page) > filters.limit
+    page = page[: filters.limit]
+    if not page:
+        return [], False
+    found = {
+        row["session"]: row for row in _query(store, _SUMMARY_SQL.format(marks=", ".join("?" * len(page))), list(page))
+    }
+    rows = [found[session] for session in page if session in found]
     for row in rows:
         row["agents"] = sorted(row["agents"].split(",")) if row["agents"] else []
         row["routes"] = sorted(row["routes"].split(",")) if row["routes"] else []
         row["duration_ms"] = max(0.0, (row["end_at"] - row["first_at"]) * 1000)
-    return rows[: filters.limit], len(rows) > filters.limit
+    return rows, more
 
 
 def choices(store: Store) -> dict[str, list[str]]:

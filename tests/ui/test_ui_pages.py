@@ -183,3 +183,10 @@ def test_download_bundle_and_copy_replay_command(page: Any, demo: Any, tmp_path:
 def test_unknown_session_and_call_are_404(page: Any, demo: Any) -> None:
     assert page.goto("/session?id=nope").status == 404
     assert page.goto("/call/nope").status == 404
+
+
+def test_bad_input_gets_a_clear_answer_not_a_500(page: Any, demo: Any) -> None:
+    response = page.goto('/?q="unterminated&offset=abc&outcome=nonsense&time=forever')
+    assert response.status == 200
+    expect(page.locator(".error-box")).to_contain_text("bad search query")
+    assert page.goto("/bundle?session=nope").status == 404
