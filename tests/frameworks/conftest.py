@@ -229,12 +229,20 @@ def request_json(running: Running, call_id: str) -> Any:
 
 
 def cli_traces(running: Running, session: str) -> list[dict[str, Any]]:
-    """`interlock traces ls --json --session S`, as a user would run it."""
+    """`interlock traces ls --json --session S`, as a user would run it (and its table agrees)."""
     result = CliRunner().invoke(
         interlock_cli, ["traces", "ls", "--json", "--session", session, "--store", running.settings.store.path]
     )
     assert result.exit_code == 0, result.output
-    return [json.loads(line) for line in result.output.splitlines() if line.strip()]
+    rows = [json.loads(line) for line in result.output.splitlines() if line.strip()]
+    table = CliRunner().invoke(
+        interlock_cli, ["traces", "ls", "--session", session, "--store", running.settings.store.path]
+    )
+    assert table.exit_code == 0, table.output
+    lines = table.output.splitlines()
+    assert lines[0].split()[:4] == ["ID", "TIME", "AGENT", "SESSION"] and len(lines) == len(rows) + 1
+    assert all(line.split()[0] == row["id"] and row["agent"] in line for line, row in zip(lines[1:], rows, strict=True))
+    return rows
 
 
 def ui_shows(running: Running, session: str, agent: str) -> None:

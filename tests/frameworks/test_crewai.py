@@ -9,7 +9,7 @@ from interlock.testing import Running
 from tests.frameworks.conftest import Example, assert_session, request_json
 
 FRAMEWORK = "crewai"
-pytestmark = pytest.mark.frameworks
+pytestmark = [pytest.mark.frameworks, pytest.mark.slow]
 
 
 def test_crew_calls_its_tool_through_interlock(

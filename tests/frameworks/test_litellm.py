@@ -9,7 +9,7 @@ from interlock.testing import Running
 from tests.frameworks.conftest import Example, assert_session, request_json
 
 FRAMEWORK = "litellm"
-pytestmark = pytest.mark.frameworks
+pytestmark = [pytest.mark.frameworks, pytest.mark.slow]
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])

@@ -16,7 +16,7 @@ from tests.frameworks.conftest import EXAMPLES, Example, cli_traces, recorded, r
 from tests.mcp.servers import port_open, wait_for
 
 FRAMEWORK = "mcp_client"
-pytestmark = pytest.mark.frameworks
+pytestmark = [pytest.mark.frameworks, pytest.mark.slow]
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from interlock.testing import Running
 from tests.frameworks.conftest import Example, assert_session, request_json
 
 FRAMEWORK = "openai_sdk"
-pytestmark = pytest.mark.frameworks
+pytestmark = [pytest.mark.frameworks, pytest.mark.slow]
 
 
 @pytest.mark.parametrize("api", ["chat", "responses"])

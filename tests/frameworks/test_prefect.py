@@ -9,7 +9,7 @@ from interlock.testing import Running
 from tests.frameworks.conftest import Example, assert_session, request_json
 
 FRAMEWORK = "prefect"
-pytestmark = pytest.mark.frameworks
+pytestmark = [pytest.mark.frameworks, pytest.mark.slow]
 
 
 def test_flow_tasks_call_the_model_through_interlock(

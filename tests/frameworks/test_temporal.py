@@ -9,7 +9,7 @@ from interlock.testing import Running
 from tests.frameworks.conftest import Example, assert_session, request_json
 
 FRAMEWORK = "temporal"
-pytestmark = pytest.mark.frameworks
+pytestmark = [pytest.mark.frameworks, pytest.mark.slow]
 
 
 def test_workflow_activities_call_the_model_through_interlock(
