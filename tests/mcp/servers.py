@@ -108,8 +108,12 @@ def build_server() -> MCPServer:
 
     @server.tool()
     async def announce(ctx: Context) -> str:
-        """Tell the client, outside this request, that the tool list changed (the GET event stream)."""
-        await ctx.session.send_tool_list_changed()
+        """Tell the client, outside this request, that the tool list changed: on the GET event stream
+        (2025-11-25) and to `subscriptions/listen` streams (2026-07-28)."""
+        if ctx.protocol_version == "2026-07-28":
+            await ctx.notify_tools_changed()
+        else:
+            await ctx.session.send_tool_list_changed()
         return "announced"
 
     @server.tool()

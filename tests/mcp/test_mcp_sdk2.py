@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from pathlib import Path
@@ -236,3 +237,18 @@ async def test_tool_calls_and_model_calls_share_the_agents_session_in_the_store(
         assert [c["route"] for c in calls][:2] == ["openai", "tools"] and {c["agent"] for c in calls} == {"helper"}
         [stored] = tool_calls()
     assert stored.meta["mcp"]["tool"] == "add" and stored.meta["mcp"]["result"]["structuredContent"] == {"result": 5}
+
+
+async def test_a_subscriptions_listen_stream_outlives_the_total_timeout(
+    mcp_interlock: Any, mcp2_server: ThreadServer, collector: Collector
+) -> None:
+    running: Running = mcp_interlock({"tools": mcp2_server.url}, timeouts={"total": 1.0})
+    async with mcp2_client(endpoint(running)) as client:
+        async with client.listen(tools_list_changed=True) as subscription:
+            opened = time.monotonic()
+            await until(lambda: time.monotonic() - opened > 1.3, what="the stream to outlive the total timeout")
+            assert (await client.call_tool("announce", {})).content[0].text == "announced"  # type: ignore[union-attr]
+            event = await asyncio.wait_for(subscription.__anext__(), 10)
+    assert "ToolsListChanged" in type(event).__name__
+    [listen] = collector.matching(lambda c: c.meta["mcp"].get("method") == "subscriptions/listen")
+    assert listen.stream and listen.error_code is None and listen.status == 200

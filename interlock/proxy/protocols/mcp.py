@@ -45,6 +45,9 @@ INTERNAL_ERROR = -32603
 #: server-error range. The interlock code (`policy_denied`, `pii_blocked`...) is in `error.data.code`.
 SERVER_ERROR = -32001
 
+#: The 2026-07-28 request whose reply is a long-lived stream of server events.
+LISTEN = "subscriptions/listen"
+
 _RPC_CODES = {
     "invalid_json": PARSE_ERROR,
     "invalid_request": INVALID_REQUEST,
@@ -96,8 +99,11 @@ class McpAdapter(Adapter):
         return view
 
     def open_ended(self, call: Call) -> bool:
-        # The GET event stream lives as long as the session: no total timeout (idle gaps still time out).
-        return call.method == "GET"
+        # Streams of server events last as long as the agent keeps them: the GET event stream
+        # (2025-11-25) and a `subscriptions/listen` request's reply (2026-07-28). No total timeout;
+        # idle gaps still time out.
+        view = call.view
+        return call.method == "GET" or (isinstance(view, McpView) and view.method == LISTEN)
 
     def response_message(self, call: Call, *, agent: bool = False) -> dict[str, Any] | None:
         """The JSON-RPC response (result or error) answering this call's request, from a JSON body
