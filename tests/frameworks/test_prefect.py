@@ -24,6 +24,8 @@ def test_flow_tasks_call_the_model_through_interlock(
         OPENAI_BASE_URL=interlock.url + "/openai",
         OPENAI_API_KEY="sk-placeholder",
         PREFECT_HOME=str(example.home / ".prefect"),
+        # The temporary server's first start migrates its database: give a busy machine time (default 20 s).
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120",
     )
     run_id = got.pop("flow_run_id")
     assert got == {"answer": "Order 42 shipped on 2026-11-20.", "tools": ["lookup_order"]}
