@@ -18,7 +18,7 @@ import json
 from typing import Any
 
 from interlock.proxy.protocols import ADAPTERS
-from interlock.proxy.protocols.mcp import McpAdapter, McpView, json_rpc_error, sse_message
+from interlock.proxy.protocols.mcp import LISTEN, McpAdapter, McpView, json_rpc_error, sse_message
 from interlock.tracing.call import Call
 
 #: Tool arguments and results larger than this are not copied into `meta` (the body keeps them).
@@ -104,8 +104,8 @@ class McpSession:
         view = call.view
         if not isinstance(view, McpView):
             return
-        if view.kind == "stream" and call.outcome == "aborted":
-            # The agent closing its GET event stream is how that stream normally ends; the outcome
+        if (view.kind == "stream" or view.method == LISTEN) and call.outcome == "aborted":
+            # The agent closing its event stream is how that stream normally ends; the outcome
             # stays "aborted" (replay holds such a stream open until the agent leaves, as here).
             meta["closed_by"] = "agent"
         elif call.outcome == "aborted" and call.stream and self.adapter.response_message(call, agent=True):

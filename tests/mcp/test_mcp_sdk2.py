@@ -252,3 +252,4 @@ async def test_a_subscriptions_listen_stream_outlives_the_total_timeout(
     assert "ToolsListChanged" in type(event).__name__
     [listen] = collector.matching(lambda c: c.meta["mcp"].get("method") == "subscriptions/listen")
     assert listen.stream and listen.error_code is None and listen.status == 200
+    assert listen.outcome == "ok" or listen.meta["mcp"]["closed_by"] == "agent"
