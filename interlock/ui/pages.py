@@ -341,8 +341,21 @@ def _message_view(message: ChatMessage, findings: list[dict[str, Any]]) -> dict[
 async def policies_page(request: Request) -> Response:
     if (redirect := _token_cookie(request)) is not None:
         return redirect
-    snapshot = policies_snapshot(_runtime(request))
-    return _page(request, "policies.html", {"policy": snapshot})
+    runtime = _runtime(request)
+    snapshot = policies_snapshot(runtime)
+    # What each effect says (`deny: {models: [...]}`), from the rule models the engine loaded.
+    details: dict[str, dict[str, Any]] = {}
+    policy = getattr(runtime, "policy", None)
+    for rule in policy.engine.rules if policy is not None else []:
+        model = rule.rule
+        details[rule.name] = {}
+        for effect in model.effects:
+            value: Any = getattr(model, effect, None)
+            if hasattr(value, "model_dump"):
+                value = value.model_dump(exclude_none=True, exclude_defaults=True)
+            details[rule.name][effect] = value
+    snapshot["has_counters"] = any(snapshot.get("counters", {}).values())
+    return _page(request, "policies.html", {"policy": snapshot, "details": details})
 
 
 async def bundle(request: Request) -> Response:

@@ -63,6 +63,7 @@ def test_denied_call_names_the_rule(page: Any, demo: Any) -> None:
     decision = page.locator("#decisions tr.decision.deny")
     expect(decision).to_contain_text("no-preview-models")
     expect(page.locator("#attempts")).to_contain_text("refused before reaching any upstream")
+    expect(page.locator("ol.chat > li.interlock")).to_contain_text("the model was never called")
 
 
 def test_redacted_email_is_highlighted_and_never_shown(page: Any, demo: Any) -> None:
