@@ -201,7 +201,8 @@ def test_denied_and_blocked_calls_are_recorded_with_their_decisions(
     assert [(d.stage, d.action, d.rule) for d in call.decisions] == [("policy", "deny", "no-forbidden-model")]
     call = full(guarded, blocked)
     assert blocked["error_code"] == "guardrail_blocked" and call.decisions[0].rule == "no-classified"
-    assert b"blocked by a guardrail" in (call.response_body or b"")
+    assert b"this is classified" in (call.response_body or b"")  # what the upstream said stays on record
+    assert b"blocked by a guardrail" in (call.agent_body() or b"")  # and what the agent got instead
     detail = httpx.get(guarded.admin_url + f"/api/calls/{blocked['id']}").json()
     assert detail["decisions"][0]["reason"] == "the answer mentions classified data"
 
