@@ -328,8 +328,11 @@ async def _watch_disconnect(
         if message["type"] == "http.disconnect":
             # SDKs hang up as soon as they read the protocol's end-of-stream event (`data: [DONE]`,
             # `message_stop`), which may be before the upstream closed: that agent got everything.
-            if call.chunks and any(marker in call.chunks[-1].data for marker in end_markers):
-                return
+            chunks = call.chunks
+            if chunks:
+                tail = (chunks[-2].data[-64:] if len(chunks) > 1 else b"") + chunks[-1].data  # a marker may straddle
+                if any(marker in tail for marker in end_markers):
+                    return
             if not (state.responded or state.done) and task is not None:
                 state.disconnected = True
                 task.cancel()
