@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import time
 from collections.abc import Iterator
@@ -48,6 +49,9 @@ class Runtime:
         return stages
 
     def policy_stages(self) -> list[object]:
+        if not self.settings.policies:
+            self.policy = None
+            return []  # and no import of the engine and CEL (~0.4 s of startup)
         from interlock.policies.stage import policy_stages_for
 
         # The live policy (engine, reload state, rule counts) is `self.policy` for the admin API.
@@ -59,11 +63,11 @@ class Runtime:
         return stages
 
     def guardrail_stages(self) -> list[object]:
-        from interlock.policies.guardrails import Guardrails
-
         guardrails = self.settings.guardrails
         if not (guardrails.request or guardrails.response or self.settings.policies):
             return []  # nothing can ask for a scan: the plain path stays free of it
+        from interlock.policies.guardrails import Guardrails
+
         return [Guardrails(self.settings)]
 
     def record_stages(self) -> list[object]:
@@ -76,6 +80,15 @@ class Runtime:
         return stages
 
     def export_stages(self) -> list[object]:
+        otel = self.settings.otel
+        endpoints = (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+        )
+        if not otel.enabled or not (otel.endpoint or any(os.environ.get(name) for name in endpoints)):
+            self.services["otel"] = None
+            return []  # nowhere to export to: not even the OTel SDK is imported
         from interlock.tracing.otel import build_exporter
 
         # OpenTelemetry export (docs/otel.md); None when no endpoint is configured.
