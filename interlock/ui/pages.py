@@ -1,6 +1,6 @@
 """The web UI: server-rendered pages on the admin port (Jinja2, autoescaped; no build step).
 
-`/` sessions, `/session?id=S` a session's waterfall, `/call/{id}` one call, `/policies` the rules in
+`/` sessions, `/calls` every call, `/session?id=S` a session's waterfall, `/call/{id}` one call, `/policies` the rules in
 force, `/bundle?session=S` a session as a replay bundle, `/live` server-sent events (`live.py`).
 Every store read runs in a worker thread. Every route is GET: nothing here can change a policy file.
 """
@@ -45,8 +45,11 @@ templates = Jinja2Templates(
     env=jinja2.Environment(loader=jinja2.FileSystemLoader(str(HERE / "templates")), autoescape=True)
 )
 
-#: Placeholders that redaction leaves in stored text: <EMAIL_ADDRESS_1>, <US_SSN>, <SECRET_2>.
-PLACEHOLDER = re.compile(r"<[A-Z][A-Z0-9_]*?(?:_\d+)?>")
+#: What the guardrails leave in stored text: redacted `<EMAIL_ADDRESS_1>`, blocked or logged
+#: `<US_SSN>`, hashed `<EMAIL_ADDRESS#3fa2b1c4d5e6>` (docs/guardrails.md).
+PLACEHOLDER = re.compile(r"<[A-Z][A-Z0-9_]*(?:#[0-9a-f]+)?>")
+#: Masked values: `****@****-****.**`, `**** **** **** 6467`.
+MASKED = re.compile(r"\*{2,}(?:[@.\- ]+\*+)*(?:[ -]?\d{4})?")
 #: How many stream chunks a call page lists (the rest are counted).
 MAX_CHUNKS = 400
 TIME_WINDOWS = {"15m": 900, "1h": 3600, "24h": 86400, "7d": 604800}
@@ -84,12 +87,15 @@ def _ago(epoch: float | None) -> str:
     return f"{seconds:.0f} s ago"
 
 
-def highlight(text: str, spans: list[tuple[int, int, str]] | None = None) -> Markup:
-    """`text` escaped, with redaction placeholders and the given (start, end, label) spans marked."""
+def highlight(text: str, masked: tuple[str, ...] = ()) -> Markup:
+    """`text` escaped, with guardrail placeholders marked, and masked values too when `masked`
+    names the entities that were masked in it (a run of `*` alone is ordinary text otherwise)."""
     marks: list[tuple[int, int, str]] = [(m.start(), m.end(), m.group(0)[1:-1]) for m in PLACEHOLDER.finditer(text)]
-    for start, end, label in spans or []:
-        if 0 <= start < end <= len(text) and not any(s < end and start < e for s, e, _ in marks):
-            marks.append((start, end, label))
+    if masked:
+        label = "masked " + ", ".join(masked)
+        for m in MASKED.finditer(text):
+            if not any(s < m.end() and m.start() < e for s, e, _ in marks):
+                marks.append((m.start(), m.end(), label))
     marks.sort()
     out: list[str] = []
     at = 0
@@ -209,6 +215,46 @@ async def sessions_page(request: Request) -> Response:
     return _page(request, name, context)
 
 
+async def calls_page(request: Request) -> Response:
+    """Every call, newest first (calls without a session are only here); page with `before=<id>`."""
+    if (redirect := _token_cookie(request)) is not None:
+        return redirect
+    store = _store(request)
+    if store is None:
+        return _no_store(request)
+    params = request.query_params
+    filters: dict[str, Any] = {
+        "agent": params.get("agent") or None,
+        "route": params.get("route") or None,
+        "outcome": params.get("outcome") if params.get("outcome") in OUTCOMES else None,
+        "q": (params.get("q") or "").strip() or None,
+        "session": params.get("session") or None,
+    }
+    before = params.get("before") or None
+    limit = 100
+    error = None
+
+    def read(store: Store) -> tuple[list[dict[str, Any]], dict[str, list[str]]]:
+        return store.list_calls(limit=limit + 1, before=before, **filters), queries.choices(store)
+
+    try:
+        rows, menus = await run_in_threadpool(read, store)
+    except StoreError as exc:
+        rows, menus, error = [], {"agents": [], "routes": []}, str(exc)
+    base = {k: v for k, v in filters.items() if v}
+    context = {
+        "rows": rows[:limit],
+        "filters": filters,
+        "menus": menus,
+        "outcomes": OUTCOMES,
+        "error": error,
+        "before": before,
+        "next_url": "/calls?" + urlencode({**base, "before": rows[limit - 1]["id"]}) if len(rows) > limit else None,
+        "first_url": "/calls?" + urlencode(base) if before else None,
+    }
+    return _page(request, "calls_rows.html" if params.get("fragment") else "calls.html", context)
+
+
 async def session_page(request: Request) -> Response:
     if (redirect := _token_cookie(request)) is not None:
         return redirect
@@ -319,17 +365,17 @@ def _call_context(store: Store, call_id: str) -> dict[str, Any] | None:
 
 
 def _message_view(message: ChatMessage, findings: list[dict[str, Any]]) -> dict[str, Any]:
-    spans: list[tuple[int, int, str]] = []
+    masked: list[str] = []
     for finding in findings:
         where = str(finding.get("where", ""))
         if where == message.where or where.startswith(message.where + ".") or where.startswith(message.where + "["):
             finding["placed"] = True
-            if finding.get("action") in ("mask", "hash"):
-                spans.append((int(finding["start"]), int(finding["end"]), str(finding["entity"])))
+            if finding.get("action") == "mask" and finding["entity"] not in masked:
+                masked.append(str(finding["entity"]))
     return {
         "role": message.role,
         "text": message.text,
-        "html": highlight(message.text, spans),
+        "html": highlight(message.text, tuple(masked)),
         "where": message.where,
         "tool_calls": message.tool_calls,
         "tool_call_id": message.tool_call_id,
@@ -383,6 +429,7 @@ def routes() -> list[BaseRoute]:
 
     return [
         Route("/", sessions_page, methods=["GET"]),
+        Route("/calls", calls_page, methods=["GET"]),
         Route("/session", session_page, methods=["GET"]),
         Route("/call/{call_id}", call_page, methods=["GET"]),
         Route("/policies", policies_page, methods=["GET"]),

@@ -28,6 +28,10 @@ CHROMIUM_ARGS = [
 
 @pytest.fixture(scope="session")
 def browser() -> Iterator[Any]:
+    from playwright.sync_api import expect
+
+    # Waits are on conditions; these are only the limits, generous for a loaded 2-core machine.
+    expect.set_options(timeout=20_000)
     if not Path(CHROMIUM).exists():
         pytest.fail(
             f"{CHROMIUM} is missing: the browser tests drive Debian's Chromium. Install it with"
@@ -74,7 +78,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
 def page(browser: Any, demo: Demo) -> Iterator[Any]:
     """One page for the module's tests (a new page per test costs more than the test)."""
     context = browser.new_context(viewport={"width": 1280, "height": 900}, base_url=demo.url, accept_downloads=True)
-    context.set_default_timeout(10_000)
+    context.set_default_timeout(20_000)  # a loaded 2-core machine is slow at times
     page = context.new_page()
     yield page
     context.close()

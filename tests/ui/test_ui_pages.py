@@ -191,3 +191,14 @@ def test_bad_input_gets_a_clear_answer_not_a_500(page: Any, demo: Any) -> None:
     assert response.status == 200
     expect(page.locator(".error-box")).to_contain_text("bad search query")
     assert page.goto("/bundle?session=nope").status == 404
+
+
+def test_calls_page_lists_every_call_including_those_without_a_session(page: Any, demo: Any) -> None:
+    page.goto("/calls?agent=demo")
+    rows = page.locator("table.calls tbody tr")
+    expect(rows).to_have_count(1)  # the demo's warm-up call
+    expect(rows).to_contain_text("none")
+    page.goto("/calls?outcome=denied")
+    expect(rows.first).to_contain_text("403 denied")
+    rows.first.locator("a.call-link").click()
+    expect(page.locator("#decisions")).to_contain_text("no-preview-models")

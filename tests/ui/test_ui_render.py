@@ -14,9 +14,13 @@ def test_highlight_escapes_and_marks_placeholders() -> None:
     assert "&amp;" in html and "<b>" not in html
 
 
-def test_highlight_marks_masked_spans() -> None:
-    html = str(highlight("card ****4242 ok", [(5, 13, "CREDIT_CARD")]))
-    assert html == 'card <mark class="pii" title="CREDIT_CARD">****4242</mark> ok'
+def test_highlight_marks_hashed_and_masked_values() -> None:
+    html = str(highlight("id <EMAIL_ADDRESS#3fa2b1c4d5e6>"))
+    assert '<mark class="pii" title="EMAIL_ADDRESS#3fa2b1c4d5e6">' in html
+    html = str(highlight("card **** **** **** 6467, mail ****@****-****.**", ("CREDIT_CARD",)))
+    assert '<mark class="pii" title="masked CREDIT_CARD">**** **** **** 6467</mark>' in html
+    assert '<mark class="pii" title="masked CREDIT_CARD">****@****-****.**</mark>' in html
+    assert "<mark" not in str(highlight("a ** b ****"))  # stars are text unless something was masked
 
 
 def test_openai_chat_conversation_with_tool_calls() -> None:

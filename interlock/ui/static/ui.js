@@ -36,7 +36,7 @@
       indicator.classList.add("flash");
       setTimeout(function () { indicator.classList.remove("flash"); }, 600);
       var page = document.body.getAttribute("data-page");
-      if (page === "sessions") {
+      if (page === "sessions" || page === "calls") {
         refresh();
         toast(calls.length + " new call" + (calls.length > 1 ? "s" : "") + " recorded");
       } else if (page === "session" && calls.some(function (c) { return c.session === session; })) {
