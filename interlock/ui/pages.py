@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -286,7 +287,7 @@ async def session_page(request: Request) -> Response:
         "ticks": _ticks(total),
         "summary": summary,
         "bundle_name": bundle,
-        "replay_command": f"interlock export --session '{session}' -o {bundle} && interlock replay serve {bundle}",
+        "replay_command": f"interlock export --session {shlex.quote(session)} -o {bundle} && interlock replay serve {bundle}",
     }
     name = "timeline.html" if request.query_params.get("fragment") else "session.html"
     return _page(request, name, context)

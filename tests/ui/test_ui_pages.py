@@ -175,7 +175,7 @@ def test_download_bundle_and_copy_replay_command(page: Any, demo: Any, tmp_path:
     assert len(bundle.calls) == 3
     assert set(bundle.routes) == {"openai", "tools"}
     command = page.locator("#replay-command").inner_text()
-    assert f"--session '{demo.seeded.sessions['tools']}'" in command
+    assert f"--session {demo.seeded.sessions['tools']} " in command
     assert "interlock replay serve" in command
     page.click("button.copy")
     expect(page.locator("button.copy")).to_have_text("Copied")
