@@ -69,9 +69,13 @@ def ensure(name: str) -> Path:
 
 
 if __name__ == "__main__":
+    from concurrent.futures import ThreadPoolExecutor
+
     names = sys.argv[1:] or list(FRAMEWORKS)
     unknown = [n for n in names if n not in FRAMEWORKS]
     if unknown:
         sys.exit(f"unknown framework(s): {', '.join(unknown)}; known: {', '.join(FRAMEWORKS)}")
-    for each in names:
-        print(ensure(each))
+    # pip spends most of its time downloading and unpacking: three at once about halves the wait on 2 cores.
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        for path in pool.map(ensure, names):
+            print(path)
