@@ -23,7 +23,7 @@ from markupsafe import Markup, escape
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import FileResponse, RedirectResponse, Response
+from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
@@ -110,12 +110,18 @@ def highlight(text: str, masked: tuple[str, ...] = ()) -> Markup:
     return Markup("".join(out))
 
 
+#: Characters of one body a page shows (the bundle download has everything).
+MAX_BODY_CHARS = 200_000
+
+
 def _pretty(content: Any) -> str:
     if content is None:
         return ""
-    if isinstance(content, str):
-        return content
-    return json.dumps(content, indent=2, ensure_ascii=False)
+    text = content if isinstance(content, str) else json.dumps(content, indent=2, ensure_ascii=False)
+    if len(text) > MAX_BODY_CHARS:
+        more = len(text) - MAX_BODY_CHARS
+        text = text[:MAX_BODY_CHARS] + f"\n… {more} more characters (download the session's bundle for all of it)"
+    return text
 
 
 def _pretty_json_text(text: str) -> str:
@@ -139,9 +145,12 @@ def _store(request: Request) -> Store | None:
     return getattr(_runtime(request), "store", None)
 
 
-def _page(request: Request, name: str, context: dict[str, Any], status: int = 200) -> Response:
-    response: Response = templates.TemplateResponse(request, name, context, status_code=status)
-    return response
+async def _page(request: Request, name: str, context: dict[str, Any], status: int = 200) -> Response:
+    """Render in a worker thread: a call page pretty-prints and highlights whole bodies, and the
+    admin port shares its event loop with the proxy."""
+    template = templates.get_template(name)
+    html = await run_in_threadpool(template.render, {**context, "request": request})
+    return HTMLResponse(html, status_code=status)
 
 
 def _token_cookie(request: Request) -> Response | None:
@@ -155,8 +164,8 @@ def _token_cookie(request: Request) -> Response | None:
     return response
 
 
-def _no_store(request: Request) -> Response:
-    return _page(
+async def _no_store(request: Request) -> Response:
+    return await _page(
         request,
         "message.html",
         {"title": "Recording is off", "message": "store.enabled is false: there is nothing to show."},
@@ -172,7 +181,7 @@ async def sessions_page(request: Request) -> Response:
         return redirect
     store = _store(request)
     if store is None:
-        return _no_store(request)
+        return await _no_store(request)
     params = request.query_params
     filters = queries.SessionFilters(
         agent=params.get("agent") or None,
@@ -213,7 +222,7 @@ async def sessions_page(request: Request) -> Response:
         else None,
     }
     name = "sessions_rows.html" if params.get("fragment") else "sessions.html"
-    return _page(request, name, context)
+    return await _page(request, name, context)
 
 
 async def calls_page(request: Request) -> Response:
@@ -222,7 +231,7 @@ async def calls_page(request: Request) -> Response:
         return redirect
     store = _store(request)
     if store is None:
-        return _no_store(request)
+        return await _no_store(request)
     params = request.query_params
     filters: dict[str, Any] = {
         "agent": params.get("agent") or None,
@@ -253,7 +262,7 @@ async def calls_page(request: Request) -> Response:
         "next_url": "/calls?" + urlencode({**base, "before": rows[limit - 1]["id"]}) if len(rows) > limit else None,
         "first_url": "/calls?" + urlencode(base) if before else None,
     }
-    return _page(request, "calls_rows.html" if params.get("fragment") else "calls.html", context)
+    return await _page(request, "calls_rows.html" if params.get("fragment") else "calls.html", context)
 
 
 async def session_page(request: Request) -> Response:
@@ -261,11 +270,13 @@ async def session_page(request: Request) -> Response:
         return redirect
     store = _store(request)
     if store is None:
-        return _no_store(request)
+        return await _no_store(request)
     session = request.query_params.get("id", "")
     calls = await run_in_threadpool(queries.timeline, store, session)
     if not calls:
-        return _page(request, "message.html", {"title": "No such session", "message": f"no session {session!r}"}, 404)
+        return await _page(
+            request, "message.html", {"title": "No such session", "message": f"no session {session!r}"}, 404
+        )
     total = max(1.0, max(c.offset_ms + (c.row["duration_ms"] or 0) for c in calls))
     first = calls[0].row["started_at"]
     summary = {
@@ -290,7 +301,7 @@ async def session_page(request: Request) -> Response:
         "replay_command": f"interlock export --session {shlex.quote(session)} -o {bundle} && interlock replay serve {bundle}",
     }
     name = "timeline.html" if request.query_params.get("fragment") else "session.html"
-    return _page(request, name, context)
+    return await _page(request, name, context)
 
 
 def _ticks(total_ms: float) -> list[tuple[float, str]]:
@@ -317,12 +328,12 @@ async def call_page(request: Request) -> Response:
         return redirect
     store = _store(request)
     if store is None:
-        return _no_store(request)
+        return await _no_store(request)
     call_id = request.path_params["call_id"]
     detail = await run_in_threadpool(_call_context, store, call_id)
     if detail is None:
-        return _page(request, "message.html", {"title": "No such call", "message": f"no call {call_id!r}"}, 404)
-    return _page(request, "call.html", detail)
+        return await _page(request, "message.html", {"title": "No such call", "message": f"no call {call_id!r}"}, 404)
+    return await _page(request, "call.html", detail)
 
 
 def _call_context(store: Store, call_id: str) -> dict[str, Any] | None:
@@ -402,21 +413,23 @@ async def policies_page(request: Request) -> Response:
                 value = value.model_dump(exclude_none=True, exclude_defaults=True)
             details[rule.name][effect] = value
     snapshot["has_counters"] = any(snapshot.get("counters", {}).values())
-    return _page(request, "policies.html", {"policy": snapshot, "details": details})
+    return await _page(request, "policies.html", {"policy": snapshot, "details": details})
 
 
 async def bundle(request: Request) -> Response:
     """The session's calls as a replay bundle (`Store.export`), downloaded as `<session>.db`."""
     store = _store(request)
     if store is None:
-        return _no_store(request)
+        return await _no_store(request)
     session = request.query_params.get("session", "")
     fd, path = tempfile.mkstemp(prefix="interlock-bundle-", suffix=".db")
     os.close(fd)
     count = await run_in_threadpool(store.export, path, session=session)
     if not count:
         os.unlink(path)
-        return _page(request, "message.html", {"title": "No such session", "message": f"no session {session!r}"}, 404)
+        return await _page(
+            request, "message.html", {"title": "No such session", "message": f"no session {session!r}"}, 404
+        )
     return FileResponse(
         path,
         media_type="application/vnd.sqlite3",
