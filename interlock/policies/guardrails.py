@@ -409,7 +409,7 @@ class Guardrails:
             call.request_body = body
             if state.request_overrides and call.upstream_body is not None:
                 call.upstream_body = body
-        if state.stored_response is not None and call.reply is None:
+        if state.stored_response is not None:  # blocked too: the upstream body stays on record, masked
             call.response_body = state.stored_response
         if state.restored:
             call.agent_response_body = None

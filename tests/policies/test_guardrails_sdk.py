@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -50,9 +51,18 @@ def anthropic_client(running: Running) -> anthropic.Anthropic:
     return client
 
 
-def stored_bytes(running: Running) -> bytes:
-    """Everything the store wrote to disk (database and write-ahead log)."""
-    assert running.runtime.recorder is not None and running.runtime.recorder.flush()
+def stored_bytes(running: Running, calls: int | None = None) -> bytes:
+    """Everything the store wrote to disk (database and write-ahead log), once `calls` calls are
+    recorded (a call reaches the recorder just after the agent got its answer)."""
+    recorder = running.runtime.recorder
+    assert recorder is not None
+    deadline = time.monotonic() + 10
+    while True:
+        assert recorder.flush()
+        if calls is None or len(running.runtime.store.list_calls(limit=1000)) >= calls:
+            break
+        assert time.monotonic() < deadline, "calls were not recorded in time"
+        time.sleep(0.01)
     path = Path(running.settings.store.path)
     return b"".join(p.read_bytes() for p in path.parent.glob(path.name + "*"))
 
@@ -190,7 +200,8 @@ def test_a_model_echoing_pii_is_masked_or_blocked(make_interlock: Any, upstream:
             received += (chunk.choices[0].delta.content or "") if chunk.choices else ""
     assert "CREDIT_CARD" in caught.value.message and CARD not in caught.value.message
     assert received == "your card is "
-    assert b"212-555-0187" not in stored_bytes(running) and CARD.encode() not in stored_bytes(running)
+    data = stored_bytes(running, calls=3)
+    assert b"212-555-0187" not in data and CARD.encode() not in data
 
 
 def test_the_store_holds_no_raw_value(guarded: Running, upstream: ScriptedUpstream) -> None:
@@ -202,7 +213,7 @@ def test_the_store_holds_no_raw_value(guarded: Running, upstream: ScriptedUpstre
     assert EMAIL in "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
     with pytest.raises(openai.PermissionDeniedError):
         client.chat.completions.create(model="m", messages=[{"role": "user", "content": f"card {CARD} {EMAIL}"}])
-    data = stored_bytes(guarded)
+    data = stored_bytes(guarded, calls=3)
     assert EMAIL.encode() not in data and CARD.encode() not in data
     assert b"<EMAIL_ADDRESS_1>" in data
     store = guarded.runtime.store
@@ -268,4 +279,4 @@ def test_a_blocked_response_is_not_relayed(make_interlock: Any, upstream: Script
     with pytest.raises(openai.PermissionDeniedError) as caught:
         client_for(running).chat.completions.create(model="m", messages=[{"role": "user", "content": "key?"}])
     assert caught.value.code == "pii_blocked" and "SECRET" in caught.value.message
-    assert b"AKIAQX7Z4KJH2M3N5P6R" not in stored_bytes(running)
+    assert b"AKIAQX7Z4KJH2M3N5P6R" not in stored_bytes(running, calls=1)
