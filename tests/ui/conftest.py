@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,16 @@ class Demo:
     def flush(self) -> None:
         assert self.running.runtime.recorder.flush()
 
+    def wait_recorded(self, session: str, count: int = 1, timeout: float = 20.0) -> None:
+        """Wait until the session's calls are in the store. (`flush` alone can return before a call
+        that was just answered is even queued: the record stage runs after the agent has its answer;
+        a page loaded meanwhile would then refresh itself live under a click.)"""
+        store = self.running.runtime.store
+        deadline = time.monotonic() + timeout
+        while len(store.list_calls(session=session)) < count:
+            assert time.monotonic() < deadline, f"{count} calls of {session!r} not recorded"
+            time.sleep(0.01)
+
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
@@ -70,7 +81,8 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
         with run_interlock(settings) as running:
             seeded = seed(running.url, upstream, suffix="t")
             result = Demo(running, upstream, seeded)
-            result.flush()
+            for what, count in (("retry", 1), ("denial", 2), ("redaction", 1), ("tools", 3)):
+                result.wait_recorded(seeded.sessions[what], count)
             yield result
 
 

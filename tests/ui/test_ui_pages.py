@@ -142,6 +142,18 @@ def test_new_call_appears_without_reload(page: Any, demo: Any) -> None:
     ).raise_for_status()
     expect(page.locator("a.session-link", has_text="live-session-1")).to_be_visible()
     assert page.evaluate("window.notReloaded") is True
+    # A session's waterfall grows too.
+    page.locator("a.session-link", has_text="live-session-1").click()
+    expect(page.locator(".wf-row")).to_have_count(1)
+    expect(page.locator("#live.on")).to_be_visible()
+    page.evaluate("window.notReloaded = true")
+    httpx.post(
+        demo.running.url + "/openai/chat/completions",
+        json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "second"}]},
+        headers={"X-Interlock-Agent": "live-bot", "X-Interlock-Session": "live-session-1"},
+    ).raise_for_status()
+    expect(page.locator(".wf-row")).to_have_count(2)
+    assert page.evaluate("window.notReloaded") is True
 
 
 def test_a_script_in_a_message_is_shown_not_run(page: Any, demo: Any) -> None:
@@ -152,7 +164,7 @@ def test_a_script_in_a_message_is_shown_not_run(page: Any, demo: Any) -> None:
         json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": hostile}]},
         headers={"X-Interlock-Agent": "<b>evil</b>", "X-Interlock-Session": "<script>s</script>"},
     ).raise_for_status()
-    demo.flush()
+    demo.wait_recorded("<script>s</script>")
     page.goto("/")
     page.locator("a.session-link", has_text="<script>s</script>").click()
     page.locator(".wf-row").first.click()

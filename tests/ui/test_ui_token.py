@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,10 @@ def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
                 json={"model": "m", "messages": [{"role": "user", "content": "hi"}]},
                 headers={"X-Interlock-Session": "guarded-1"},
             ).raise_for_status()
-            assert running.runtime.recorder.flush()
+            deadline = time.monotonic() + 20
+            while not running.runtime.store.list_calls(session="guarded-1"):
+                assert time.monotonic() < deadline, "the call was not recorded"
+                time.sleep(0.01)
             yield running
 
 
