@@ -3,22 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import signal
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
-import uvicorn
 
 from interlock.config import Settings
 from interlock.proxy.app import ProxyApp
 from interlock.proxy.forward import Forwarder
 from interlock.proxy.pipeline import Pipeline, default_stages
 from interlock.proxy.upstream import make_client
+from interlock.serving import QuietServer, uvicorn_config
 from interlock.tracing.recorder import open_recording
 
 log = logging.getLogger("interlock")
@@ -113,40 +111,15 @@ class Runtime:
             self.store.close()
 
 
-class _Server(uvicorn.Server):
-    # Signals are handled once for both servers, by `serve` below.
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-def _config(app: Any, host: str, port: int, settings: Settings, grace: float) -> uvicorn.Config:
-    return uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        loop="uvloop",
-        http="httptools",
-        lifespan="off",
-        log_level="warning",
-        access_log=False,
-        server_header=False,
-        date_header=False,
-        timeout_graceful_shutdown=max(1, round(grace)),
-        timeout_keep_alive=75,
-        backlog=4096,
-    )
-
-
 async def serve(settings: Settings, *, on_ready: Any = None) -> None:
     """Run the proxy and the admin port until SIGTERM or SIGINT, then shut down gracefully."""
     from interlock.ui.admin import create_admin_app
 
     runtime = Runtime(settings)
-    proxy = _Server(
-        _config(runtime.proxy, settings.listen.host, settings.listen.port, settings, settings.shutdown_grace)
+    proxy = QuietServer(
+        uvicorn_config(runtime.proxy, settings.listen.host, settings.listen.port, settings.shutdown_grace)
     )
-    admin = _Server(_config(create_admin_app(runtime), settings.admin.host, settings.admin.port, settings, 1.0))
+    admin = QuietServer(uvicorn_config(create_admin_app(runtime), settings.admin.host, settings.admin.port, 1.0))
     loop = asyncio.get_running_loop()
 
     def stop(*_: Any) -> None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from interlock.config import Settings
+from interlock.serving import bind_socket
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -43,14 +44,6 @@ class Running:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
 
-def bound_socket(host: str, port: int) -> socket.socket:
-    """A listening-ready socket; with port 0 the kernel picks a free one, with no race."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    return sock
-
-
 def settings_for_test(data: dict[str, Any], tmp_path: Any = None) -> Settings:
     """Settings for `run_interlock`; ports default to 0 (picked when bound); `data` is interlock.yaml."""
     merged = dict(data)
@@ -67,12 +60,13 @@ def settings_for_test(data: dict[str, Any], tmp_path: Any = None) -> Settings:
 def run_interlock(settings: Settings, timeout: float = 15) -> Iterator[Running]:
     """Serve interlock in a background thread until the block ends (then shut down gracefully)."""
     from interlock.config import Admin, Listen
-    from interlock.server import Runtime, _config, _Server
+    from interlock.server import Runtime
+    from interlock.serving import QuietServer, uvicorn_config
     from interlock.ui.admin import create_admin_app
 
     # Bind first, then serve on those sockets: no window in which another process takes the port.
-    proxy_socket = bound_socket(settings.listen.host, settings.listen.port)
-    admin_socket = bound_socket(settings.admin.host, settings.admin.port)
+    proxy_socket = bind_socket(settings.listen.host, settings.listen.port)
+    admin_socket = bind_socket(settings.admin.host, settings.admin.port)
     settings = settings.model_copy(
         update={
             "listen": Listen(host=settings.listen.host, port=proxy_socket.getsockname()[1]),
@@ -84,10 +78,10 @@ def run_interlock(settings: Settings, timeout: float = 15) -> Iterator[Running]:
 
     async def main() -> None:
         runtime = Runtime(settings)
-        proxy = _Server(
-            _config(runtime.proxy, settings.listen.host, settings.listen.port, settings, settings.shutdown_grace)
+        proxy = QuietServer(
+            uvicorn_config(runtime.proxy, settings.listen.host, settings.listen.port, settings.shutdown_grace)
         )
-        admin = _Server(_config(create_admin_app(runtime), settings.admin.host, settings.admin.port, settings, 1.0))
+        admin = QuietServer(uvicorn_config(create_admin_app(runtime), settings.admin.host, settings.admin.port, 1.0))
         holder.update(runtime=runtime, loop=asyncio.get_running_loop(), servers=(proxy, admin))
         await runtime.start()
         tasks = [

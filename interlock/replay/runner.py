@@ -10,18 +10,16 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import uvicorn
-
 from interlock.replay.bundle import Bundle
 from interlock.replay.match import MatchOptions
 from interlock.replay.server import ReplayApp, Summary
+from interlock.serving import QuietServer, bind_socket, uvicorn_config
 
 if TYPE_CHECKING:
     from interlock.config import Settings
@@ -40,39 +38,6 @@ class ReplaySettings:
     options: MatchOptions = MatchOptions()
     #: The configuration whose routes `--on-miss live` forwards to (None: the embedded default).
     live_settings: Settings | None = None
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    # Accepted connections inherit it: without it, a response head and body written apart wait
-    # for the client's delayed ACK (measured: 45 ms a request on the default asyncio loop).
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.bind((host, port))
-    return sock
-
-
-class _Server(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield  # signals are handled by the caller (the CLI) or ignored (a thread)
-
-
-def _uvicorn_config(app: Any, host: str, port: int) -> uvicorn.Config:
-    return uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        loop="uvloop",
-        http="httptools",
-        lifespan="off",
-        log_level="warning",
-        access_log=False,
-        server_header=False,
-        date_header=False,
-        timeout_graceful_shutdown=1,
-        backlog=4096,
-    )
 
 
 def _live_runtime(bundle: Bundle, settings: Settings | None) -> Any:
@@ -107,13 +72,13 @@ class ReplayHost:
         )
         # Bound now: the port is known (port 0 picks a free one) and nobody can take it meanwhile.
         try:
-            self.socket = _bind(settings.host, settings.port)
+            self.socket = bind_socket(settings.host, settings.port)
         except OSError as exc:
             raise ReplayConfigError(
                 f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}"
             ) from None
         self.port = int(self.socket.getsockname()[1])
-        self.server = _Server(_uvicorn_config(self.app, settings.host, self.port))
+        self.server = QuietServer(uvicorn_config(self.app, settings.host, self.port))
 
     @property
     def url(self) -> str:
