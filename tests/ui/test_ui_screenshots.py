@@ -15,10 +15,10 @@ DOCS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 
 
 def test_screenshots(browser: Any, demo: Any, tmp_path: Path) -> None:
-    """Light and dark, 1280 px and a narrow window. With INTERLOCK_folder=1 they replace
+    """Light and dark, 1280 px and a narrow window. With INTERLOCK_SCREENSHOTS=1 they replace
     docs/screenshots/*.png (shown in the README); otherwise they go to a temporary folder, so a
     test run leaves the work tree as it was."""
-    folder = DOCS if os.environ.get("INTERLOCK_folder") == "1" else tmp_path
+    folder = DOCS if os.environ.get("INTERLOCK_SCREENSHOTS") == "1" else tmp_path
     folder.mkdir(parents=True, exist_ok=True)
     sessions = demo.seeded.sessions
     for scheme in ("light", "dark"):
