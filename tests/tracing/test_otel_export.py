@@ -33,6 +33,8 @@ def exported(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
         return exporter
 
     monkeypatch.setattr(otel, "build_exporter", build)
+    # An endpoint must be configured for interlock to add an export stage at all (nothing listens).
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
     yield made
 
 
