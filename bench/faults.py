@@ -6,7 +6,10 @@ from bench import harness, load
 from bench.context import Context
 from bench.report import Section
 
-CALLS = 2000
+#: The issue asks for 2,000 calls with zero errors; the run sends three times that (stricter), and
+#: because a 2,000-call run at c32 lasts ~1.5 s, one call's backoff at the tail (0.2-0.4 s) would
+#: swing its throughput by 20-30% — measured: 2,000 calls +23-34%, 4,000 calls within noise.
+CALLS = 6000
 
 
 def available() -> str | None:
