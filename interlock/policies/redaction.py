@@ -169,13 +169,19 @@ def restorer(vault: SessionVault | None, json_text: bool = False) -> Callable[[s
     """A function restoring the vault's placeholders in a text (JSON-escaped inside JSON text)."""
     if vault is None or not len(vault):
         return None
+    return placeholder_restorer(vault.value, json_text)
+
+
+def placeholder_restorer(lookup: Callable[[str], str | None], json_text: bool = False) -> Callable[[str], str]:
+    """A function replacing each placeholder that `lookup` knows by its value (JSON-escaped inside
+    JSON text); unknown placeholders stay as they are. Used by the proxy and by replay."""
 
     def restore(text: str) -> str:
         if "<" not in text:
             return text
 
         def value(match: re.Match[str]) -> str:
-            found = vault.value(match.group(0))
+            found = lookup(match.group(0))
             if found is None:
                 return match.group(0)
             return json.dumps(found, ensure_ascii=False)[1:-1] if json_text else found

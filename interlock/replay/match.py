@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
+from interlock.policies.redaction import PLACEHOLDER
 from interlock.tracing.call import Call
 
 #: Top-level request fields that change between runs of the same agent and never change the answer.
@@ -42,10 +43,6 @@ TIMESTAMP_TOKEN = "<timestamp>"
 #: UUIDs inside texts (a run id in a prompt, an id a tool made up): different on every run.
 UUID = re.compile(r"\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b")
 UUID_TOKEN = "<uuid>"
-#: The guardrails' reversible placeholders: `<EMAIL_ADDRESS_1>`, `<PHONE_NUMBER_12>`.
-#: The same pattern as `interlock.policies.redaction.PLACEHOLDER` (not imported: replay must not
-#: load the guardrails engine).
-PLACEHOLDER = re.compile(r"<([A-Z][A-Z0-9_]*?)_(\d+)>")
 
 
 @dataclass(frozen=True, slots=True)

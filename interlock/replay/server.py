@@ -15,18 +15,17 @@ import asyncio
 import copy
 import json
 import logging
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from interlock.policies.redaction import StreamScrubber
+from interlock.policies.redaction import StreamScrubber, placeholder_restorer
 from interlock.proxy.protocols import ADAPTERS
 from interlock.proxy.protocols.base import decoded_body, set_path
 from interlock.proxy.protocols.sse import Event, EventSplitter
 from interlock.replay.diff import Divergence, diverge
-from interlock.replay.match import _RAW, PLACEHOLDER, Match, Matcher, MatchOptions, Recorded, Request, restore
+from interlock.replay.match import _RAW, Match, Matcher, MatchOptions, Recorded, Request, restore
 from interlock.tracing.call import Call, Chunk
 
 log = logging.getLogger("interlock.replay")
@@ -377,21 +376,7 @@ class _StreamRewriter:
         return b"".join(out)
 
     def _restorer(self, json_text: bool) -> Any:
-        values = self.values
-
-        def restore_text(text: str) -> str:
-            if "<" not in text:
-                return text
-
-            def value(found: re.Match[str]) -> str:
-                raw = values.get(found.group(0))
-                if raw is None:
-                    return found.group(0)
-                return json.dumps(raw, ensure_ascii=False)[1:-1] if json_text else raw
-
-            return PLACEHOLDER.sub(value, text)
-
-        return restore_text
+        return placeholder_restorer(self.values.get, json_text)
 
 
 def _with_rpc_id(body: bytes, request: Any) -> bytes:
