@@ -87,7 +87,9 @@ def run(ctx: Context) -> Section:
         "≤ 0.2 ms",
         f"{added:+.3f} ms (off {off1.p50_ms:.3f}, on {on1.p50_ms:.3f} ms)",
         added <= 0.2,
-        "" if added <= 0.2 else "the writer thread holds the GIL while it builds rows (it pauses every 16 records); run to run this row varies between +0.09 and +0.26 ms on this machine",
+        ""
+        if added <= 0.2
+        else "the writer thread holds the GIL while it builds rows (it pauses every 16 records); run to run this row varies between +0.09 and +0.26 ms on this machine",
     )
     loss = 1 - on32.rps / off32.rps if off32.rps else float("nan")
     section.add(
