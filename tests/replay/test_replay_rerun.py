@@ -7,11 +7,12 @@ import json
 from replay_helpers import recorded_call
 
 from interlock.replay.rerun import Target, output_of, rerun
-from interlock.scripted import Script, ScriptedUpstream, ToolUse, _anthropic, _chat
+from interlock.scripted import ScriptedUpstream
+from interlock.scripted_replies import Script, ToolUse, anthropic_reply, chat_reply
 
 
 def test_streamed_answers_are_reassembled_on_both_sides() -> None:
-    events, _ = _chat(
+    events, _ = chat_reply(
         "",
         Script(tool_calls=[ToolUse("get_weather", {"city": "Paris"})]),
         "gpt-4o",
@@ -39,7 +40,7 @@ def test_streamed_answers_are_reassembled_on_both_sides() -> None:
 
 
 def test_anthropic_answers_compare_text_and_stop_reason() -> None:
-    events, whole = _anthropic("bonjour", Script(), "claude-test")
+    events, whole = anthropic_reply("bonjour", Script(), "claude-test")
     request = {"model": "claude-test", "max_tokens": 50, "messages": [{"role": "user", "content": "salut"}]}
     plain = recorded_call(
         request, whole, route="anthropic", protocol="anthropic", path="/v1/messages", model="claude-test"

@@ -13,7 +13,7 @@ from replay_helpers import SESSION, chat, recorded_call
 
 from interlock.replay.bundle import bundle_from_calls
 from interlock.replay.server import ReplayApp
-from interlock.scripted import Script, _anthropic, _chat
+from interlock.scripted_replies import Script, anthropic_reply, chat_reply
 from interlock.testing import replay_server
 
 
@@ -43,7 +43,7 @@ def test_a_recorded_response_comes_back_with_its_status_headers_and_bytes() -> N
 
 async def test_streams_keep_their_chunk_boundaries() -> None:
     # At the ASGI level, so that what the network might coalesce cannot hide a regrouping.
-    events, _ = _chat("one two three", Script(chunk_size=4), "gpt-4o", {})
+    events, _ = chat_reply("one two three", Script(chunk_size=4), "gpt-4o", {})
     app = ReplayApp([recorded_call(chat("s", stream=True), chunks=stream_of(events))], speed=None)
     body = json.dumps(chat("s", stream=True)).encode()
     incoming = [{"type": "http.request", "body": body, "more_body": False}]
@@ -63,7 +63,7 @@ async def test_streams_keep_their_chunk_boundaries() -> None:
 
 
 def test_streams_keep_the_recorded_timing() -> None:
-    events, _ = _chat("one two three", Script(chunk_size=4), "gpt-4o", {})
+    events, _ = chat_reply("one two three", Script(chunk_size=4), "gpt-4o", {})
     call = recorded_call(chat("s", stream=True), chunks=stream_of(events, gap_ms=40))
     with replay_server(bundle_from_calls([call]), speed=1.0) as replay:
         started = time.perf_counter()
@@ -74,7 +74,7 @@ def test_streams_keep_the_recorded_timing() -> None:
 
 
 def test_speed_max_does_not_wait() -> None:
-    events, _ = _chat("slow", Script(), "gpt-4o", {})
+    events, _ = chat_reply("slow", Script(), "gpt-4o", {})
     # Recorded over ten minutes: at recorded speed this would outlast the client's 5 s timeout.
     call = recorded_call(chat("s", stream=True), chunks=stream_of(events, gap_ms=60_000), ttfb_ms=60_000)
     with replay_server(bundle_from_calls([call]), speed=None) as replay:
@@ -87,7 +87,7 @@ def test_speed_max_does_not_wait() -> None:
 
 
 def test_an_anthropic_stream_replays_through_the_sdk() -> None:
-    events, _ = _anthropic("bonjour à vous", Script(chunk_size=3), "claude-test")
+    events, _ = anthropic_reply("bonjour à vous", Script(chunk_size=3), "claude-test")
     request = {
         "model": "claude-test",
         "max_tokens": 100,
@@ -112,7 +112,7 @@ def test_an_anthropic_stream_replays_through_the_sdk() -> None:
 
 
 def test_a_broken_stream_ends_as_the_agent_saw_it() -> None:
-    events, _ = _chat("cut short", Script(), "gpt-4o", {})
+    events, _ = chat_reply("cut short", Script(), "gpt-4o", {})
     call = recorded_call(
         chat("s", stream=True),
         chunks=stream_of(events[:3]),
