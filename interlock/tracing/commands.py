@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from interlock.tracing.call import OUTCOMES
 from interlock.tracing.store import Store, StoreError
 from interlock.tracing.views import call_detail
 
@@ -71,7 +72,7 @@ def traces() -> None:
 @click.option("--session", default=None)
 @click.option("--agent", default=None)
 @click.option("--route", default=None)
-@click.option("--outcome", type=click.Choice(["ok", "upstream_error", "denied", "blocked", "aborted", "bad_request"]))
+@click.option("--outcome", type=click.Choice(OUTCOMES))
 @click.option("--model", default=None)
 @click.option("--since", default=None, help="15m, 2h, 3d, an ISO time, or epoch seconds.")
 @click.option("--until", default=None)

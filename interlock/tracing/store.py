@@ -337,12 +337,6 @@ class Store:
         where, params = _where(**filters)
         return int(self.conn.execute(f"SELECT count(*) FROM calls WHERE {' AND '.join(where)}", params).fetchone()[0])
 
-    def last_id(self) -> str | None:
-        row = self.conn.execute("SELECT max(id) FROM calls").fetchone()
-        return row[0] if row else None
-
-    # -- sessions and agents ---------------------------------------------------------------------
-
     def sessions(
         self,
         *,

@@ -8,12 +8,11 @@ writer thread, never on the event loop.
 
 from __future__ import annotations
 
-import gzip
 import json
-import zlib
 from typing import Any
 
 from interlock.proxy.protocols import ADAPTERS
+from interlock.proxy.protocols.base import decoded_body
 from interlock.proxy.protocols.reassemble import reassemble_stream
 
 #: Cap per side, so one huge body cannot make a batch slow to index.
@@ -47,24 +46,9 @@ def record_texts(record: dict[str, Any]) -> tuple[str, str, Any]:
     return request[:MAX_TEXT], response[:MAX_TEXT], message
 
 
-def decoded(body: bytes | None, headers: list[tuple[str, str]] | list[list[str]]) -> bytes:
-    """The body with gzip/deflate content-encoding undone (anything else is read as is)."""
-    if not body:
-        return b""
-    encoding = next((str(v).lower() for k, v in headers if str(k).lower() == "content-encoding"), "")
-    try:
-        if encoding == "gzip":
-            return gzip.decompress(body)
-        if encoding == "deflate":
-            return zlib.decompress(body)
-    except (OSError, zlib.error, EOFError):
-        return b""
-    return body
-
-
 def body_text(body: bytes | None, headers: list[tuple[str, str]] | list[list[str]]) -> str:
     """A JSON body's string values, one a line; another body as text."""
-    raw = decoded(body, headers)
+    raw = decoded_body(body, headers)
     if not raw:
         return ""
     raw = raw[: MAX_TEXT * 4]

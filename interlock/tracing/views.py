@@ -10,8 +10,8 @@ import base64
 import json
 from typing import Any
 
+from interlock.proxy.protocols.base import decoded_body
 from interlock.tracing.store import Store
-from interlock.tracing.text import decoded
 
 _BODIES = ("request_body", "upstream_body", "response_body", "agent_response_body")
 
@@ -19,7 +19,7 @@ _BODIES = ("request_body", "upstream_body", "response_body", "agent_response_bod
 def body_view(data: bytes | None, headers: list[Any]) -> dict[str, Any] | None:
     if data is None:
         return None
-    raw = decoded(data, headers) if data else b""
+    raw = decoded_body(data, headers) if data else b""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:

@@ -7,10 +7,10 @@ import sqlite3
 from dataclasses import dataclass, field
 from typing import Any
 
+from interlock.proxy.protocols.base import decoded_body
 from interlock.proxy.protocols.conversation import conversation
 from interlock.tracing.rows import BOOL_COLUMNS, LIST_COLUMNS
 from interlock.tracing.store import Store, StoreError, fts_query
-from interlock.tracing.text import decoded
 
 #: Outcomes that count as errors (denials and blocks are counted apart: interlock meant them).
 ERROR_OUTCOMES = ("upstream_error", "aborted", "bad_request")
@@ -203,7 +203,7 @@ def _summary(row: dict[str, Any], body: dict[str, Any]) -> str:
     if body["response_message"]:
         data = json.loads(body["response_message"])
     elif body["response_body"]:
-        raw = decoded(bytes(body["response_body"]), json.loads(body["response_headers"] or "[]"))
+        raw = decoded_body(bytes(body["response_body"]), json.loads(body["response_headers"] or "[]"))
         try:
             data = json.loads(raw)
         except ValueError:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import zlib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -137,11 +138,12 @@ def parse_json_body(call: Call) -> Any:
         raise BadRequest(f"the request body is not valid JSON: {exc}", "invalid_json") from None
 
 
-def decoded_body(body: bytes | None, headers: Headers) -> bytes:
+def decoded_body(body: bytes | None, headers: Iterable[Sequence[str]]) -> bytes:
     """The body with its content-encoding undone (for reading; what is relayed stays untouched)."""
     if not body:
         return b""
-    encoding = next((v.lower() for k, v in headers if k.lower() == "content-encoding"), "")
+    # Headers as tuples (a live Call) or as [name, value] lists (loaded back from the store).
+    encoding = next((str(v).lower() for k, v in headers if str(k).lower() == "content-encoding"), "")
     try:
         if encoding == "gzip":
             return gzip.decompress(body)
