@@ -145,7 +145,7 @@ class Route(Model):
             raise ValueError("a route needs `upstream` or `upstreams`")
         if self.upstream:
             object.__setattr__(self, "upstreams", (Upstream(url=self.upstream, api_key=self.api_key),))
-        names = [u.name or u.url for u in self.upstreams]
+        names = self.upstream_names()
         if len(set(names)) != len(names):
             raise ValueError("upstream names must be unique within a route")
         for alias, chain in self.models.items():
@@ -387,22 +387,29 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
 
 
 def settings_to_yaml(settings: Settings) -> str:
-    """The effective configuration as YAML, with secrets masked."""
+    """The effective configuration as YAML, with secrets masked: keys, tokens, the hash key, header
+    values (they carry credentials), and virtual keys (the names are the credentials)."""
     data = settings.model_dump(mode="json", exclude_defaults=False)
+
+    def mask_headers(section: dict[str, Any]) -> None:
+        if section.get("headers"):
+            section["headers"] = {name: "***" for name in section["headers"]}
+
     for route in data.get("routes", {}).values():
         route.pop("upstream", None)
         route.pop("api_key", None)
         for upstream in route.get("upstreams", []):
             if upstream.get("api_key"):
                 upstream["api_key"] = "***"
+            mask_headers(upstream)
     if data.get("admin", {}).get("token"):
         data["admin"]["token"] = "***"
+    for section in ("otel", "escalation"):
+        mask_headers(data.get(section) or {})
+    if (data.get("guardrails") or {}).get("hash_key"):
+        data["guardrails"]["hash_key"] = "***"
+    data["virtual_keys"] = {f"***{key[-4:]}": value for key, value in (data.get("virtual_keys") or {}).items()}
     return str(yaml.safe_dump(data, sort_keys=False))
-
-
-def config_path_from_env() -> Path | None:
-    value = os.environ.get("INTERLOCK_CONFIG")
-    return Path(value) if value else None
 
 
 __all__ = ["Settings", "Route", "Upstream", "SourceError", "load_settings", "settings_to_yaml", "DEFAULT_CONFIG"]

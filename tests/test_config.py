@@ -74,10 +74,22 @@ def test_an_unreadable_file_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_effective_config_masks_secrets(tmp_path: Path) -> None:
-    path = write(tmp_path, "admin: {token: admin-secret}\nroutes:\n  a: {upstream: 'http://x', api_key: sk-secret}\n")
+    path = write(
+        tmp_path,
+        "admin: {token: admin-secret}\n"
+        "routes:\n"
+        "  a: {upstream: 'http://x', api_key: sk-secret}\n"
+        "  b: {upstreams: [{url: 'http://y', headers: {x-auth: header-secret}}]}\n"
+        "virtual_keys: {vk-virtual-secret: {agent: bot}}\n"
+        "otel: {headers: {authorization: otel-secret}}\n"
+        "escalation: {webhook: 'http://hook', headers: {authorization: hook-secret}}\n"
+        "guardrails: {hash_key: hash-secret}\n",
+    )
     text = settings_to_yaml(load_settings(path))
-    assert "sk-secret" not in text and "admin-secret" not in text
-    assert "url: http://x" in text
+    for secret in ("sk-secret", "admin-secret", "header-secret", "vk-virtual-secret", "otel-secret", "hook-secret",
+                   "hash-secret"):  # fmt: skip
+        assert secret not in text, secret
+    assert "url: http://x" in text and "agent: bot" in text and "x-auth: '***'" in text
 
 
 def test_the_docker_images_config_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,7 +7,6 @@ proxy needs the raw path, the raw headers and control of every body message anyw
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from typing import Any
 
@@ -17,8 +16,8 @@ from interlock.config import Route, Settings
 from interlock.proxy.forward import Forwarder, Opened, UpstreamFailure, describe_error
 from interlock.proxy.pipeline import Pipeline
 from interlock.proxy.protocols import ADAPTERS, Adapter
-from interlock.proxy.upstream import response_headers_for_agent
-from interlock.tracing.call import Call, Chunk, Reply, new_id
+from interlock.proxy.upstream import response_headers_for_agent, route_timeouts
+from interlock.tracing.call import Call, Chunk, new_id
 
 log = logging.getLogger("interlock.proxy")
 
@@ -131,9 +130,9 @@ class ProxyApp:
         state = _Watch()
         task = asyncio.current_task()
         watcher = asyncio.create_task(_watch_disconnect(receive, state, task, call, adapter.stream_end_markers))
+        total = route_timeouts(self.settings, route).total
         try:
-            timeout = None if adapter.open_ended(call) else (route.timeouts or self.settings.timeouts).total
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(None if adapter.open_ended(call) else total):
                 await self.relay(call, route, adapter, send, state)
         except asyncio.CancelledError:
             if not state.disconnected:
@@ -144,7 +143,7 @@ class ProxyApp:
             _keep_sent(call, state.sent)  # what the agent got before it left, if stages changed it
         except TimeoutError:
             call.outcome, call.error_code = "upstream_error", "upstream_timeout"
-            call.error = f"the call exceeded its total timeout of {(route.timeouts or self.settings.timeouts).total}s"
+            call.error = f"the call exceeded its total timeout of {total}s"
             if state.started:
                 call.truncated = True
                 await _safe_send(send, adapter.stream_error_event("upstream_timeout", call.error), state)
@@ -197,28 +196,9 @@ class ProxyApp:
             await opened.aclose()
 
     async def relay_body(self, call: Call, opened: Opened, send: Send, state: _Watch) -> None:
-        parts = [opened.first] if opened.first else []
-        try:
-            async for part in opened.rest:
-                parts.append(part)
-        except httpx.HTTPError as exc:
-            message = (
-                f"upstream {opened.upstream.name or opened.upstream.url} broke off the response: {describe_error(exc)}"
-            )
-            adapter = ADAPTERS[call.protocol]
-            call.answer(
-                adapter.error_reply(502, "upstream_broken", message, retryable=False),
-                "upstream_error",
-                "upstream_broken",
-                message,
-            )
-            call.response_body = b"".join(parts)
-            await self.send_reply(call, send, keep_upstream=True)
-            return
+        # The forwarder read the whole (non-streamed) body already, retrying if it broke off.
         call.ttfb_ms = call.elapsed_ms()
-        call.response_body = b"".join(parts)
-        if call.attempts:
-            call.attempts[-1].duration_ms = call.elapsed_ms() - call.attempts[-1].started_ms
+        call.response_body = opened.first
         await self.pipeline.response(call)
         if call.reply is not None:  # a response stage blocked it
             await self.send_reply(call, send, keep_upstream=True)
@@ -377,8 +357,4 @@ async def _lifespan(receive: Receive, send: Send) -> None:
             return
 
 
-def error_json(code: str, message: str) -> bytes:
-    return json.dumps({"error": {"code": code, "message": message}}).encode()
-
-
-__all__ = ["ProxyApp", "Reply"]
+__all__ = ["ProxyApp"]

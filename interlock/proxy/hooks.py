@@ -35,7 +35,8 @@ class Stage(Protocol):
         """A whole response is in (body, or all chunks); for non-streams, may set `agent_response_body`."""
 
     async def error(self, call: Call, exc: BaseException) -> None:
-        """The call failed (no upstream answer, client gone, or a stage raised)."""
+        """No upstream answered (every attempt failed), or a stage raised. (An agent that left, a total
+        timeout or a broken stream are recorded on the call and seen by `done`.)"""
 
     async def done(self, call: Call) -> None:
         """The agent has its answer (or has left); the call is final. Record and export here."""

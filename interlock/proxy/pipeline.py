@@ -1,4 +1,6 @@
-"""The built-in stages, in order. Reading `default_stages` tells the whole flow of a call.
+"""The built-in stages, in order. `default_stages` lists the ones every call passes; the stages that
+need services (policy → guardrails → MCP record → recorder → exporter) come after them, in the order
+`interlock.server.Runtime.extra_stages` gives. Together:
 
 request:  identify → parse → mcp session → policy → guardrails   (then route/retry/send)
 response: usage → guardrails (output, tool-call policy)    (then the agent gets it)
@@ -53,10 +55,6 @@ class Pipeline:
                 if method is not None:
                     self.hooks[name].append(_as_async(method))
         self.has_chunk_hooks = bool(self.hooks["chunk"])
-
-    def find(self, kind: type) -> Any:
-        """The first stage of this type, or None."""
-        return next((s for s in self.stages if isinstance(s, kind)), None)
 
     async def request(self, call: Call) -> None:
         for hook in self.hooks["request"]:

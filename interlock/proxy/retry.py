@@ -1,7 +1,7 @@
 """When to try an upstream again, and how long to wait first.
 
 The forwarder asks three questions after a failed attempt: is this failure worth another attempt
-(`Failure`, `retryable_status`), may this request be sent twice (`may_resend`), and how long to
+(`Failure`, and the route's retry statuses in `Router.statuses`), may this request be sent twice (`may_resend`), and how long to
 wait before going back to an upstream that already failed (`backoff_delay`, `retry_after_seconds`).
 """
 

@@ -181,7 +181,11 @@ class AnthropicAdapter(Adapter):
         except json.JSONDecodeError:
             return []
         block = message.get("content_block") if isinstance(message, dict) else None
-        if isinstance(block, dict) and block.get("type") in ("tool_use", "server_tool_use") and isinstance(block.get("name"), str):
+        if (
+            isinstance(block, dict)
+            and block.get("type") in ("tool_use", "server_tool_use")
+            and isinstance(block.get("name"), str)
+        ):
             return [block["name"]]
         return []
 
@@ -196,7 +200,11 @@ class AnthropicAdapter(Adapter):
             if delta.get("type") == "text_delta" and isinstance(delta.get("text"), str):
                 return [StreamText(f"content.{index}", ("delta", "text"), delta["text"])]
             if delta.get("type") == "input_json_delta" and isinstance(delta.get("partial_json"), str):
-                return [StreamText(f"content.{index}.input", ("delta", "partial_json"), delta["partial_json"], json_text=True)]
+                return [
+                    StreamText(
+                        f"content.{index}.input", ("delta", "partial_json"), delta["partial_json"], json_text=True
+                    )
+                ]
         elif kind == "content_block_start" and isinstance(data.get("content_block"), dict):
             block = data["content_block"]
             if block.get("type") == "text" and isinstance(block.get("text"), str) and block["text"]:

@@ -243,7 +243,13 @@ class OpenAIAdapter(Adapter):
         if name in _MAX_TOKENS:
             # One limit, three spellings: chat's max_tokens / max_completion_tokens, Responses' max_output_tokens.
             present = [k for k in _MAX_TOKENS if k in data]
-            native = "max_output_tokens" if operation == "responses" else name if name != "max_output_tokens" else "max_tokens"
+            native = (
+                "max_output_tokens"
+                if operation == "responses"
+                else name
+                if name != "max_output_tokens"
+                else "max_tokens"
+            )
             return [change for key in (present or [native]) if (change := _set(data, key, value)) is not None]
         change = _set(data, name, value)
         return [change] if change is not None else []
@@ -289,7 +295,9 @@ class OpenAIAdapter(Adapter):
                 continue
             index = choice.get("index", i)
             if isinstance(delta.get("content"), str):
-                texts.append(StreamText(f"choices.{index}.content", ("choices", i, "delta", "content"), delta["content"]))
+                texts.append(
+                    StreamText(f"choices.{index}.content", ("choices", i, "delta", "content"), delta["content"])
+                )
             for j, tool_call in enumerate(delta.get("tool_calls") or []):
                 function = tool_call.get("function") if isinstance(tool_call, dict) else None
                 if isinstance(function, dict) and isinstance(function.get("arguments"), str):
@@ -320,7 +328,6 @@ def _set(data: dict[str, Any], key: str, value: Any) -> tuple[str, Any, Any] | N
     return key, old, value
 
 
-
 def _responses_stream_texts(adapter: OpenAIAdapter, kind: str, data: dict[str, Any]) -> list[StreamText]:
     """Texts in a Responses API stream event: text and argument deltas, and the whole texts repeated
     by the `.done` and `response.completed` events."""
@@ -339,12 +346,16 @@ def _responses_stream_texts(adapter: OpenAIAdapter, kind: str, data: dict[str, A
     if kind.startswith("response.output_item.") and isinstance(data.get("item"), dict):
         slots = adapter.response_texts({"output": [data["item"]]})
         return [
-            StreamText(f"{key}.{'.'.join(map(str, s.path[2:]))}", ("item", *s.path[2:]), s.text, False, s.role == "tool_args")
+            StreamText(
+                f"{key}.{'.'.join(map(str, s.path[2:]))}", ("item", *s.path[2:]), s.text, False, s.role == "tool_args"
+            )
             for s in slots
         ]
     if isinstance(data.get("response"), dict):  # response.completed / .incomplete / .failed
         return [
-            StreamText(f"response.{'.'.join(map(str, s.path))}", ("response", *s.path), s.text, False, s.role == "tool_args")
+            StreamText(
+                f"response.{'.'.join(map(str, s.path))}", ("response", *s.path), s.text, False, s.role == "tool_args"
+            )
             for s in adapter.response_texts(data["response"])
         ]
     return []
