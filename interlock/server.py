@@ -47,6 +47,7 @@ class Runtime:
         return stages
 
     def policy_stages(self) -> list[object]:
+        self.policy_limiter: Any = None
         if not self.settings.policies:
             self.policy = None
             return []  # and no import of the engine and CEL (~0.4 s of startup)
@@ -54,6 +55,7 @@ class Runtime:
 
         # The live policy (engine, reload state, rule counts) is `self.policy` for the admin API.
         self.policy, stages = policy_stages_for(self.settings)
+        self.policy_limiter = getattr(stages[0], "limiter", None) if stages else None  # counters, for the API
         if self.policy is not None and any(r.protocol == "mcp" for r in self.settings.routes.values()):
             from interlock.policies.mcp_tools import McpToolFilter
 
@@ -102,6 +104,10 @@ class Runtime:
     async def stop(self) -> None:
         self.ready = False
         await self.forwarder.aclose()
+        if self.policy is not None:
+            self.policy.stop()  # the hot-reload watcher
+        if self.policy_limiter is not None:
+            await asyncio.to_thread(self.policy_limiter.close)  # saves the daily counters
         if self.recorder is not None:
             await self.recorder.aclose()  # writes everything still queued
         exporter = self.services.get("otel")

@@ -256,6 +256,13 @@ class Guardrails:
 
     async def request(self, call: Call) -> None:
         actions = self.actions(call)
+        if actions is not None and actions.response and self._detector is None:
+            # A response that must be scanned (streams included) needs the engine: build it here,
+            # in a thread, rather than on the event loop when the first chunk arrives.
+            try:
+                await self.detector()
+            except Exception:  # noqa: BLE001 - the stream is then relayed unscanned, and this is logged
+                log.exception("building the guardrails engine failed")
         view = call.view
         if actions is None or not actions.request or view is None or not view.texts or call.request_json is None:
             return
@@ -381,21 +388,11 @@ class Guardrails:
         restore = vault is not None and len(vault) > 0
         encoded = any(k == "content-encoding" and v.lower() != "identity" for k, v in call.response_headers)
         state = self.state(call)
-        if not (scan or restore) or encoded or (scan and self._detector is None and not self._build_now()):
+        if not (scan or restore) or encoded or (scan and self._detector is None):
             state.passthrough = True
             return None
         state.stream = StreamGuard(self, call, actions if scan else None, vault)
         return state.stream
-
-    def _build_now(self) -> bool:
-        # The engine is built at start when defaults need it; a policy that first asks for response
-        # scanning mid-stream gets it built here, once (streams cannot wait on a thread hop per chunk).
-        try:
-            self._detector = detector_for(self.config)
-        except Exception:  # noqa: BLE001
-            log.exception("building the guardrails engine failed")
-            return False
-        return True
 
     async def done(self, call: Call) -> None:
         state = self._calls.pop(call.id, None)

@@ -13,7 +13,7 @@ import json
 import os
 import re
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from interlock.policies.pii import Detection
@@ -241,13 +241,6 @@ def actions_for(detections: Iterable[Detection], table: Callable[[str], str | No
 
 def entity_types(applied: Iterable[Applied], action: str | None = None) -> list[str]:
     return sorted({a.detection.entity for a in applied if action is None or a.action == action})
-
-
-def count_by_entity(applied: Iterable[Applied]) -> Mapping[str, int]:
-    counts: dict[str, int] = {}
-    for a in applied:
-        counts[a.detection.entity] = counts.get(a.detection.entity, 0) + 1
-    return counts
 
 
 __all__ = [

@@ -31,8 +31,7 @@ def policies_snapshot(runtime: Runtime) -> dict[str, Any]:
                 "fired": policy.fired.get(rule.name, 0),
             }
         )
-    stages = [s for s in runtime.pipeline.stages if getattr(s, "name", None) == "policy"]
-    limiter = getattr(stages[0], "limiter", None) if stages else None
+    limiter = runtime.policy_limiter
     return {
         "enabled": True,
         "paths": list(policy.paths),
