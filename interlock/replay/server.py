@@ -23,6 +23,7 @@ from typing import Any, Literal
 from interlock.policies.redaction import StreamScrubber, placeholder_restorer
 from interlock.proxy.protocols import ADAPTERS
 from interlock.proxy.protocols.base import decoded_body, set_path
+from interlock.proxy.protocols.mcp import json_rpc_error
 from interlock.proxy.protocols.sse import Event, EventSplitter
 from interlock.replay.diff import Divergence, diverge
 from interlock.replay.match import _RAW, Match, Matcher, MatchOptions, Recorded, Request, restore
@@ -222,12 +223,14 @@ class ReplayApp:
                 self.stats.served_next += 1
                 await self.serve(Match(entry, dict(self.matcher.values)), data, receive, send)
                 return
-        adapter = ADAPTERS[protocol]
-        reply = adapter.error_reply(
-            409, "replay_divergence", "interlock replay: " + divergence.summary(), retryable=False
-        )
-        body_out = _with_rpc_id(reply.body, data) if protocol == "mcp" else reply.body
-        await _send_whole(send, reply.status, reply.headers, body_out)
+        message = "interlock replay: " + divergence.summary()
+        reply = ADAPTERS[protocol].error_reply(409, "replay_divergence", message, retryable=False)
+        if protocol == "mcp" and isinstance(data, dict) and data is not _RAW and "id" in data:
+            # A JSON-RPC request gets its error as a 200 carrying its own id, whether or not this miss
+            # was diffed (the MCP SDK 1.x client tears the session down on any other status).
+            await _send_whole(send, 200, reply.headers, json_rpc_error(data["id"], "replay_divergence", message))
+            return
+        await _send_whole(send, reply.status, reply.headers, reply.body)
 
     async def forward_live(self, scope: Scope, body: bytes, receive: Receive, send: Send) -> None:
         self.stats.requests += 1

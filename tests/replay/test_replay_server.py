@@ -149,6 +149,10 @@ def test_mcp_replies_carry_the_incoming_jsonrpc_id_json_and_sse() -> None:
         listed = httpx.post(replay.url + "/mcp/mcp", json=rpc("tools/list", 41))
         called = httpx.post(replay.url + "/mcp/mcp", json=rpc("tools/call", "abc"))
         missed = httpx.post(replay.url + "/mcp/mcp", json=rpc("prompts/list", 9))
+        # A step already served asked again: a miss decided without a detailed diff.
+        repeated = httpx.post(replay.url + "/mcp/mcp", json=rpc("tools/list", 42))
+    assert repeated.status_code == 200 and repeated.json()["id"] == 42  # the 1.x client drops a session on 409
+    assert repeated.json()["error"]["data"]["code"] == "replay_divergence"
     assert listed.json() == {"jsonrpc": "2.0", "id": 41, "result": {"tools": []}}
     assert listed.headers["mcp-session-id"] == "s-1"
     assert called.text == 'event: message\ndata: {"jsonrpc":"2.0","id":"abc","result":{"content":[]}}\n\n'
