@@ -198,9 +198,13 @@ async def sessions_page(request: Request) -> Response:
         filters.offset = 0
     error = None
 
+    fragment = bool(params.get("fragment"))  # a live refresh of the rows: no menus, no totals
+
     def read(store: Store) -> tuple[list[dict[str, Any]], bool, dict[str, list[str]], dict[str, Any]]:
         rows, more = queries.sessions(store, filters)
-        return rows, more, queries.choices(store), store.stats()
+        if fragment:
+            return rows, more, {"agents": [], "routes": []}, {}
+        return rows, more, queries.choices(store), {"calls": store.count_calls()}
 
     try:
         rows, more, menus, stats = await run_in_threadpool(read, store)
@@ -221,7 +225,7 @@ async def sessions_page(request: Request) -> Response:
         if filters.offset
         else None,
     }
-    name = "sessions_rows.html" if params.get("fragment") else "sessions.html"
+    name = "sessions_rows.html" if fragment else "sessions.html"
     return await _page(request, name, context)
 
 
@@ -244,8 +248,11 @@ async def calls_page(request: Request) -> Response:
     limit = 100
     error = None
 
+    fragment = bool(params.get("fragment"))  # a live refresh of the rows: no menus
+
     def read(store: Store) -> tuple[list[dict[str, Any]], dict[str, list[str]]]:
-        return store.list_calls(limit=limit + 1, before=before, **filters), queries.choices(store)
+        menus = {"agents": [], "routes": []} if fragment else queries.choices(store)
+        return store.list_calls(limit=limit + 1, before=before, **filters), menus
 
     try:
         rows, menus = await run_in_threadpool(read, store)
@@ -262,7 +269,7 @@ async def calls_page(request: Request) -> Response:
         "next_url": "/calls?" + urlencode({**base, "before": rows[limit - 1]["id"]}) if len(rows) > limit else None,
         "first_url": "/calls?" + urlencode(base) if before else None,
     }
-    return await _page(request, "calls_rows.html" if params.get("fragment") else "calls.html", context)
+    return await _page(request, "calls_rows.html" if fragment else "calls.html", context)
 
 
 async def session_page(request: Request) -> Response:
