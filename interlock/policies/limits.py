@@ -112,6 +112,19 @@ def counter_key(rule: CompiledRule, call: Call) -> str:
     return f"agent:{call.agent}"
 
 
+def _over(windows: dict[tuple[str, str], _Window], key: tuple[str, str], limit: int | None, now: float) -> int | None:
+    """Seconds to wait when `key`'s sliding minute is at `limit`, else None."""
+    window = windows.get(key) if limit is not None else None
+    if window is None or limit is None:
+        return None
+    window.expire(now)
+    return window.wait_until_below(limit, now) if window.total >= limit else None
+
+
+#: Every this many admitted calls, minute windows left empty (ended sessions) and past days are dropped.
+SWEEP_EVERY = 4096
+
+
 class Limiter:
     """All counters of a running interlock. Event-loop only (no locks), except the SQLite worker."""
 
@@ -127,6 +140,7 @@ class Limiter:
         self._flush_pending = False
         self._lock = threading.Lock()
         self._writer: ThreadPoolExecutor | None = None
+        self._admitted = 0
         if self.store_path:
             self._load()
 
@@ -140,24 +154,13 @@ class Limiter:
         who = key[1].replace(":", " ", 1)
         if limits.concurrent is not None and self.inflight.get(key, 0) >= limits.concurrent:
             return Exceeded(rule, "rate_limited", f"{limits.concurrent} concurrent calls for {who}", 1)
-        if limits.requests_per_minute is not None:
-            window = self.requests.get(key)
-            if window is not None:
-                window.expire(now)
-                if window.total >= limits.requests_per_minute:
-                    retry = window.wait_until_below(limits.requests_per_minute, now)
-                    return Exceeded(
-                        rule, "rate_limited", f"{limits.requests_per_minute} requests per minute for {who}", retry
-                    )
-        if limits.tokens_per_minute is not None:
-            window = self.tokens.get(key)
-            if window is not None:
-                window.expire(now)
-                if window.total >= limits.tokens_per_minute:
-                    retry = window.wait_until_below(limits.tokens_per_minute, now)
-                    return Exceeded(
-                        rule, "rate_limited", f"{limits.tokens_per_minute} tokens per minute for {who}", retry
-                    )
+        for windows, limit, unit in (
+            (self.requests, limits.requests_per_minute, "requests"),
+            (self.tokens, limits.tokens_per_minute, "tokens"),
+        ):
+            retry = _over(windows, key, limit, now)
+            if retry is not None:
+                return Exceeded(rule, "rate_limited", f"{limit} {unit} per minute for {who}", retry)
         if limits.tokens_per_day is not None or limits.budget_usd_per_day is not None:
             tokens, usd = self.daily.get((today(now), *key), (0, 0.0))
             if limits.tokens_per_day is not None and tokens >= limits.tokens_per_day:
@@ -180,7 +183,25 @@ class Limiter:
                 self.requests.setdefault(key, _Window()).add(now, 1)
             if limits.concurrent is not None:
                 self.inflight[key] = self.inflight.get(key, 0) + 1
+        self._admitted += 1
+        if self._admitted % SWEEP_EVERY == 0:
+            self.sweep(now)
         return keys
+
+    def sweep(self, now: float) -> None:
+        """Forget what can no longer limit anything: empty minute windows (with `per: session`, one is
+        left behind by every session) and daily counters of past days that are already saved."""
+        for windows in (self.requests, self.tokens):
+            for window in windows.values():
+                window.expire(now)
+            for key in [k for k, w in windows.items() if not w.entries]:
+                del windows[key]
+        day = today(now)
+        with self._lock:
+            unsaved = self._dirty if self.store_path else set()  # without a store there is nothing to save
+            for daily_key in [k for k in self.daily if k[0] != day and k not in unsaved]:
+                del self.daily[daily_key]
+                self._dirty.discard(daily_key)
 
     def finish(self, rules: Sequence[CompiledRule], keys: Sequence[tuple[str, str]], call: Call, now: float) -> float:
         """The call is over: release its concurrency slots, count its tokens and cost. Returns the cost."""

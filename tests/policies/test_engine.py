@@ -203,3 +203,38 @@ def test_anthropic_stream_is_cut_at_the_tool_use_block(with_policy: Any, upstrea
     client.close()
     assert "no-rm" in str(caught.value)
     assert "QQ" not in "".join(received) and received  # message_start got through, the tool block did not
+
+
+def test_the_limiter_forgets_ended_sessions_and_past_days(tmp_path: Path) -> None:
+    from interlock.policies.limits import Limiter
+
+    engine = engine_for(
+        tmp_path,
+        """
+        version: 1
+        rules:
+          - name: per-session
+            limits: {requests_per_minute: 3, tokens_per_minute: 100, tokens_per_day: 1000, per: session}
+        """,
+    )
+    rule = engine.by_name["per-session"]
+    limiter = Limiter()
+    calls = [build_call(CaseRequest(session=f"s{i}")) for i in range(3)]
+    for call in calls:
+        call.input_tokens = 60
+        keys = limiter.admit([rule], call, 1000.0)
+        limiter.finish([rule], keys, call, 1000.0)
+    calls[0].input_tokens = 0
+    for t in (1001.0, 1001.5):
+        limiter.finish([rule], limiter.admit([rule], calls[0], t), calls[0], t)
+    # Within the minute the limits hold, per session.
+    exceeded = limiter.exceeded(rule, calls[0], 1002.0)
+    assert exceeded is not None and "3 requests per minute for session s0" in exceeded.message
+    assert limiter.exceeded(rule, calls[1], 1002.0) is None
+    limiter.finish([rule], limiter.admit([rule], calls[1], 1002.0), calls[1], 1002.0)  # 120 tokens this minute
+    tokens = limiter.exceeded(rule, calls[1], 1003.0)
+    assert tokens is not None and "100 tokens per minute for session s1" in tokens.message
+    assert len(limiter.requests) == 3 and len(limiter.tokens) == 3
+    limiter.sweep(1000.0 + 2 * 86400)  # two days later: every window is empty, yesterday is saved
+    assert limiter.requests == {} and limiter.tokens == {}
+    assert limiter.daily == {}
