@@ -103,8 +103,6 @@ def diverge(
 ) -> Divergence:
     """Explain a miss: find the closest recorded call on the same route and diff against it."""
     divergence = Divergence(index, request.route, request.method, request.path)
-    options = matcher.options
-    incoming = canonical(data, request.protocol, options)
     expected = matcher.expected(request.route)
     divergence.expected_step = expected.step if expected else None
     if not detailed:
@@ -123,6 +121,8 @@ def diverge(
     candidates = candidates or upcoming or matcher.last_of(request.route)
     if not candidates:
         return divergence
+    options = matcher.options
+    incoming = canonical(data, request.protocol, options)  # only when there is something to compare
     leaves = _leaves(incoming)
     best: Recorded | None = None
     best_score = -1.0
