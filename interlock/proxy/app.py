@@ -161,7 +161,7 @@ class ProxyApp:
 
     async def relay(self, call: Call, route: Route, adapter: Adapter, send: Send, state: _Watch) -> None:
         try:
-            opened = await self.forwarder.open(call, route, adapter, inject_key=bool(call.meta.get("virtual_key")))
+            opened = await self.forwarder.open(call, route, adapter)
         except UpstreamFailure as exc:
             call.answer(
                 adapter.error_reply(exc.status, exc.code, exc.message, retryable=False),

@@ -106,7 +106,7 @@ class Forwarder:
             router = self.routers[name] = Router(name, route, self._breaker_changed)
         return router
 
-    async def open(self, call: Call, route: Route, adapter: Adapter, *, inject_key: bool) -> Opened:
+    async def open(self, call: Call, route: Route, adapter: Adapter) -> Opened:
         """The first acceptable response (head and first bytes), after retries and fallbacks.
 
         Raises `UpstreamFailure` when no attempt got a response; when the last one got a retryable
@@ -120,10 +120,10 @@ class Forwarder:
         target = router.pick(plan)
         if target is None:
             raise self._circuit_open(call, router, plan)
-        result = await self.attempt(call, adapter, router, target, plain, inject_key=inject_key)
+        result = await self.attempt(call, adapter, router, target, plain)
         if type(result) is Opened and result.response.status_code not in router.statuses:
             return result
-        return await self._retry(call, adapter, router, plan, target, result, plain, inject_key=inject_key)
+        return await self._retry(call, adapter, router, plan, target, result, plain)
 
     async def attempt(
         self,
@@ -133,14 +133,13 @@ class Forwarder:
         target: Target,
         plain: bytes | None,
         *,
-        inject_key: bool,
         backoff_ms: float = 0.0,
     ) -> Opened | Failure:
         """One try at one target; a transport failure comes back as a `Failure`, never raised."""
         state = target.state
         upstream = state.upstream
         body = self._body(call, target, plain)
-        headers = upstream_headers(call, adapter, upstream, inject_key=inject_key, body_len=len(body))
+        headers = upstream_headers(call, adapter, upstream, body_len=len(body))
         url = upstream_url(upstream, call)
         attempt = Attempt(
             upstream=state.name,
@@ -228,8 +227,6 @@ class Forwarder:
         target: Target,
         result: Opened | Failure,
         plain: bytes | None,
-        *,
-        inject_key: bool,
     ) -> Opened:
         """The slow path, after a first attempt that failed: more attempts until one succeeds or the
         budget, the deadline, the breakers or idempotency say stop."""
@@ -277,9 +274,7 @@ class Forwarder:
             tries[target] = tries.get(target, 0) + 1
             try:
                 async with asyncio.timeout((deadline_ms - call.elapsed_ms()) / 1000.0):
-                    result = await self.attempt(
-                        call, adapter, router, target, plain, inject_key=inject_key, backoff_ms=wait * 1000.0
-                    )
+                    result = await self.attempt(call, adapter, router, target, plain, backoff_ms=wait * 1000.0)
             except TimeoutError:
                 message = f"the route's retry deadline of {retry.deadline}s passed"
                 call.attempts[-1].error = f"{DEADLINE}: {message}"

@@ -144,7 +144,7 @@ def connection_tokens(headers: Headers) -> frozenset[str]:
     return frozenset(tokens)
 
 
-def upstream_headers(call: Call, adapter: Adapter, upstream: Upstream, *, inject_key: bool, body_len: int) -> Headers:
+def upstream_headers(call: Call, adapter: Adapter, upstream: Upstream, *, body_len: int) -> Headers:
     """The headers sent upstream: hop-by-hop and interlock's own removed, Host and key set."""
     drop = HOP_BY_HOP | INTERLOCK_HEADERS | connection_tokens(call.request_headers)
     out: Headers = []
@@ -164,7 +164,7 @@ def upstream_headers(call: Call, adapter: Adapter, upstream: Upstream, *, inject
         out.append((name, value))
     # A route's own key always wins (agents then only need a placeholder or a virtual key);
     # without one, the agent's key passes through — unless it is a virtual key, never sent upstream.
-    key = upstream.api_key or (None if inject_key else agent_key)
+    key = upstream.api_key or (None if call.meta.get("virtual_key") else agent_key)
     if key:
         out.append((adapter.key_header, adapter.key_prefix + key))
     if not has_accept_encoding:
