@@ -51,9 +51,7 @@ class LazyGroup(click.Group):
         return super().get_command(ctx, name)
 
 
-@click.group(
-    cls=LazyGroup, context_settings={"auto_envvar_prefix": "INTERLOCK", "help_option_names": ["-h", "--help"]}
-)
+@click.group(cls=LazyGroup, context_settings={"auto_envvar_prefix": "INTERLOCK", "help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="interlock")
 def main() -> None:
     """interlock: an observability and guardrail sidecar for AI agents."""
@@ -84,6 +82,12 @@ def serve(config: str | None, port: int | None, admin_port: int | None, store_pa
         run(run_server(settings))
     except (StoreError, SourceError) as exc:  # an unreadable store, a broken policy file: say which
         click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except OSError as exc:  # a port in use, an address not on this machine
+        listen, admin = settings.listen, settings.admin
+        click.echo(
+            f"error: cannot listen on {listen.host}:{listen.port} and {admin.host}:{admin.port}: {exc}", err=True
+        )
         sys.exit(2)
 
 

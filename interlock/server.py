@@ -6,7 +6,9 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -16,7 +18,7 @@ from interlock.proxy.app import ProxyApp
 from interlock.proxy.forward import Forwarder
 from interlock.proxy.pipeline import Pipeline, default_stages
 from interlock.proxy.upstream import make_client
-from interlock.serving import QuietServer, uvicorn_config
+from interlock.serving import QuietServer, bind_socket, uvicorn_config
 from interlock.tracing.recorder import open_recording
 
 log = logging.getLogger("interlock")
@@ -117,49 +119,85 @@ class Runtime:
             self.store.close()
 
 
-async def serve(settings: Settings, *, on_ready: Any = None) -> None:
-    """Run the proxy and the admin port until SIGTERM or SIGINT, then shut down gracefully."""
-    from interlock.ui.admin import create_admin_app
+class Servers:
+    """The proxy and admin servers of one Runtime, on sockets bound beforehand (`serving.bind_socket`);
+    `interlock serve` and `interlock.testing.run_interlock` both run interlock through this."""
 
-    runtime = Runtime(settings)
-    proxy = QuietServer(
-        uvicorn_config(runtime.proxy, settings.listen.host, settings.listen.port, settings.shutdown_grace)
-    )
-    admin = QuietServer(uvicorn_config(create_admin_app(runtime), settings.admin.host, settings.admin.port, 1.0))
-    loop = asyncio.get_running_loop()
+    def __init__(self, runtime: Runtime, proxy_socket: socket.socket, admin_socket: socket.socket) -> None:
+        from interlock.ui.admin import create_admin_app
+
+        settings = runtime.settings
+        self.runtime = runtime
+        self.sockets = (proxy_socket, admin_socket)
+        self.proxy = QuietServer(
+            uvicorn_config(runtime.proxy, settings.listen.host, settings.listen.port, settings.shutdown_grace)
+        )
+        self.admin = QuietServer(uvicorn_config(create_admin_app(runtime), settings.admin.host, settings.admin.port))
+
+    def stop(self) -> None:
+        """Stop accepting; calls in flight get up to `shutdown_grace` seconds."""
+        self.proxy.should_exit = True
+        self.admin.should_exit = True
+
+    async def run(self, on_started: Callable[[bool], None] | None = None) -> None:
+        """Serve until `stop`; `on_started(ok)` once both listen (or one failed to start)."""
+        await self.runtime.start()
+        tasks = [
+            asyncio.create_task(self.proxy.serve(sockets=[self.sockets[0]])),
+            asyncio.create_task(self.admin.serve(sockets=[self.sockets[1]])),
+        ]
+        while not (self.proxy.started and self.admin.started) and not any(t.done() for t in tasks):
+            await asyncio.sleep(0.005)
+        ok = self.proxy.started and self.admin.started
+        if on_started is not None:
+            on_started(ok)
+        if not ok:
+            self.stop()
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            await self.runtime.stop()
+        if not ok:
+            raise RuntimeError("a server stopped during startup")
+
+
+async def serve(settings: Settings, *, on_ready: Any = None) -> None:
+    """Run the proxy and the admin port until SIGTERM or SIGINT, then shut down gracefully.
+    Raises OSError when a port cannot be bound."""
+    proxy_socket = bind_socket(settings.listen.host, settings.listen.port)
+    try:
+        admin_socket = bind_socket(settings.admin.host, settings.admin.port)
+    except OSError:
+        proxy_socket.close()
+        raise
+    try:
+        runtime = Runtime(settings)  # may raise: a broken policy file, an unreadable store
+        servers = Servers(runtime, proxy_socket, admin_socket)
+    except BaseException:
+        proxy_socket.close()
+        admin_socket.close()
+        raise
 
     def stop(*_: Any) -> None:
         log.info("shutting down: no new connections, waiting up to %ss for calls in flight", settings.shutdown_grace)
-        proxy.should_exit = True
-        admin.should_exit = True
+        servers.stop()
 
+    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop)
-    await runtime.start()
-    tasks = [asyncio.create_task(proxy.serve()), asyncio.create_task(admin.serve())]
-    while not (proxy.started and admin.started):
-        if any(t.done() for t in tasks):
-            break
-        await asyncio.sleep(0.01)
-    if proxy.started and admin.started:
+
+    def started(ok: bool) -> None:
+        if not ok:
+            return
         log.warning(
             "interlock ready: proxy http://%s:%s/<route>/..., admin http://%s:%s/ (routes: %s)",
             settings.listen.host,
-            settings.listen.port,
+            proxy_socket.getsockname()[1],
             settings.admin.host,
-            settings.admin.port,
+            admin_socket.getsockname()[1],
             ", ".join(settings.routes) or "none",
         )
         if on_ready:
             on_ready(runtime)
-    else:
-        stop()
-    try:
-        await asyncio.gather(*tasks)
-    finally:
-        await runtime.stop()
-    for task in tasks:
-        if task.exception() is not None:
-            raise task.exception()  # type: ignore[misc]
-    if not (proxy.started and admin.started):
-        raise SystemExit(1)
+
+    await servers.run(started)

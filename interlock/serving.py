@@ -18,7 +18,11 @@ def bind_socket(host: str, port: int) -> socket.socket:
     # Accepted connections inherit it: without it, a response head and body written apart wait
     # for the client's delayed ACK (measured: 45 ms a request on the default asyncio loop).
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
     return sock
 
 

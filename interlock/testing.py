@@ -60,9 +60,7 @@ def settings_for_test(data: dict[str, Any], tmp_path: Any = None) -> Settings:
 def run_interlock(settings: Settings, timeout: float = 15) -> Iterator[Running]:
     """Serve interlock in a background thread until the block ends (then shut down gracefully)."""
     from interlock.config import Admin, Listen
-    from interlock.server import Runtime
-    from interlock.serving import QuietServer, uvicorn_config
-    from interlock.ui.admin import create_admin_app
+    from interlock.server import Runtime, Servers
 
     # Bind first, then serve on those sockets: no window in which another process takes the port.
     proxy_socket = bind_socket(settings.listen.host, settings.listen.port)
@@ -77,27 +75,15 @@ def run_interlock(settings: Settings, timeout: float = 15) -> Iterator[Running]:
     holder: dict[str, Any] = {}
 
     async def main() -> None:
-        runtime = Runtime(settings)
-        proxy = QuietServer(
-            uvicorn_config(runtime.proxy, settings.listen.host, settings.listen.port, settings.shutdown_grace)
-        )
-        admin = QuietServer(uvicorn_config(create_admin_app(runtime), settings.admin.host, settings.admin.port, 1.0))
-        holder.update(runtime=runtime, loop=asyncio.get_running_loop(), servers=(proxy, admin))
-        await runtime.start()
-        tasks = [
-            asyncio.create_task(proxy.serve(sockets=[proxy_socket])),
-            asyncio.create_task(admin.serve(sockets=[admin_socket])),
-        ]
-        while not (proxy.started and admin.started):
-            if any(t.done() for t in tasks):
+        servers = Servers(Runtime(settings), proxy_socket, admin_socket)
+        holder.update(runtime=servers.runtime, loop=asyncio.get_running_loop(), servers=servers)
+
+        def on_started(ok: bool) -> None:
+            if not ok:
                 holder["error"] = RuntimeError("a server stopped during startup")
-                break
-            await asyncio.sleep(0.005)
-        started.set()
-        try:
-            await asyncio.gather(*tasks)
-        finally:
-            await runtime.stop()
+            started.set()
+
+        await servers.run(on_started)
 
     def target() -> None:
         try:
@@ -118,8 +104,7 @@ def run_interlock(settings: Settings, timeout: float = 15) -> Iterator[Running]:
     try:
         yield running
     finally:
-        for server in holder["servers"]:
-            server.should_exit = True
+        holder["servers"].stop()
         thread.join(timeout=settings.shutdown_grace + 10)
 
 

@@ -83,3 +83,17 @@ def test_serve_answers_then_stops_cleanly_on_sigterm(tmp_path: Path, upstream: S
             process.wait()
         if process.stdout:
             process.stdout.close()
+
+
+def test_a_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "interlock.yaml"
+        config.write_text(f"listen: {{port: {port}}}\nadmin: {{port: 0}}\nstore: {{path: {tmp_path / 'i.db'}}}\n")
+        result = CliRunner().invoke(main, ["serve", "--config", str(config)])
+    assert result.exit_code == 2, result.output
+    assert f"error: cannot listen on 127.0.0.1:{port}" in result.output
