@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from interlock.policies.engine import Engine, Subject
+from interlock.policies.engine import Engine, Subject, tool_denial_message
 from interlock.policies.stage import apply_changes
 from interlock.proxy.protocols import ADAPTERS, BadRequest
 from interlock.tracing.call import Call, new_id
@@ -235,7 +235,7 @@ def decide(
         if refused is not None:
             rule, reason = refused
             outcome.decision, outcome.rule = "deny", rule.name
-            outcome.message = f"denied by policy rule {rule.name!r}: the model called {reason}"
+            outcome.message = tool_denial_message(rule, reason)
             break
     return outcome
 

@@ -289,6 +289,13 @@ class Evaluation:
         return None
 
 
+def tool_denial_message(rule: CompiledRule, reason: str) -> str:
+    """What the agent is told when a model's tool call is refused (the proxy and `policy test` alike)."""
+    if rule.rule.message:
+        return f"denied by policy rule {rule.name!r}: {rule.rule.message} ({reason})"
+    return f"denied by policy rule {rule.name!r}: the model called a tool it may not use ({reason})"
+
+
 _CACHE_LIMIT = 4096
 
 

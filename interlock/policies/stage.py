@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from interlock.config import Settings
-from interlock.policies.engine import CompiledRule, Evaluation, Subject
+from interlock.policies.engine import CompiledRule, Evaluation, Subject, tool_denial_message
 from interlock.policies.limits import Limiter
 from interlock.policies.loader import PolicyRuntime
 from interlock.proxy.protocols import ADAPTERS, Adapter
@@ -191,9 +191,7 @@ class PolicyStage:
                     Decision("policy", "monitor", rule.name, f"would block the response: model called {reason}")
                 )
                 continue
-            message = f"denied by policy rule {rule.name!r}: the model called a tool it may not use ({reason})"
-            if rule.rule.message:
-                message = f"denied by policy rule {rule.name!r}: {rule.rule.message} ({reason})"
+            message = tool_denial_message(rule, reason)
             call.decide(Decision("policy", "deny", rule.name, f"response calls {reason}", {"tool": name}))
             call.outcome, call.error_code, call.error = "blocked", "policy_denied", message
             summary = call.meta.setdefault("policy", {})

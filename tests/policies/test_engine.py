@@ -238,3 +238,23 @@ def test_the_limiter_forgets_ended_sessions_and_past_days(tmp_path: Path) -> Non
     limiter.sweep(1000.0 + 2 * 86400)  # two days later: every window is empty, yesterday is saved
     assert limiter.requests == {} and limiter.tokens == {}
     assert limiter.daily == {}
+
+
+def test_policy_test_tells_a_refused_tool_call_as_the_proxy_does(tmp_path: Path) -> None:
+    from interlock.policies.engine import tool_denial_message
+
+    engine = engine_for(
+        tmp_path,
+        """
+        version: 1
+        rules:
+          - name: no-shell
+            deny: {tools: [run_shell]}
+            message: shell access is not for this agent
+        """,
+    )
+    outcome = decide(engine, build_call(CaseRequest()), response_tools=("run_shell",))
+    assert (outcome.decision, outcome.rule) == ("deny", "no-shell")
+    rule = engine.by_name["no-shell"]
+    assert outcome.message == tool_denial_message(rule, rule.tool_refusal("run_shell") or "")
+    assert outcome.message.startswith("denied by policy rule 'no-shell': shell access is not for this agent (")
