@@ -241,7 +241,11 @@ def decide(
 
 
 def run_case(
-    engine: Engine, case: Case, where: str, routes: dict[str, str] | None = None, hosts: dict[str, str] | None = None
+    engine: Engine,
+    case: Case,
+    where: str,
+    routes: dict[str, str] | None = None,
+    hosts: dict[str, str | None] | None = None,
 ) -> Result:
     started = time.perf_counter()
     try:
@@ -283,7 +287,7 @@ def check(expect: Expect, outcome: Outcome) -> list[str]:
 
 
 def run_cases(
-    engine: Engine, paths: list[str], routes: dict[str, str] | None = None, hosts: dict[str, str] | None = None
+    engine: Engine, paths: list[str], routes: dict[str, str] | None = None, hosts: dict[str, str | None] | None = None
 ) -> list[Result]:
     """Run every case in these files; raises SourceError for a malformed cases file."""
     results = []

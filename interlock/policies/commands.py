@@ -7,7 +7,6 @@ import os
 import sys
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 import click
 
@@ -36,10 +35,10 @@ def _routes(settings: Settings | None) -> dict[str, str] | None:
     return {name: r.protocol for name, r in settings.routes.items()} if settings is not None else None
 
 
-def _hosts(settings: Settings | None) -> dict[str, str]:
-    if settings is None:
-        return {}
-    return {name: urlsplit(r.upstreams[0].url).hostname or "" for name, r in settings.routes.items()}
+def _hosts(settings: Settings | None) -> dict[str, str | None]:
+    from interlock.policies.stage import route_hosts
+
+    return route_hosts(settings) if settings is not None else {}
 
 
 @click.group()

@@ -15,11 +15,11 @@ from __future__ import annotations
 import dataclasses
 import json
 from typing import Any
-from urllib.parse import urlsplit
 
 from interlock.config import Settings
 from interlock.policies.engine import Subject
 from interlock.policies.loader import PolicyRuntime
+from interlock.policies.stage import route_hosts
 from interlock.proxy.protocols import ADAPTERS
 from interlock.proxy.protocols.base import response_json
 from interlock.proxy.protocols.mcp import McpAdapter, McpView, rewrite_event
@@ -37,7 +37,7 @@ class McpToolFilter:
         adapter = ADAPTERS["mcp"]
         assert isinstance(adapter, McpAdapter)
         self.adapter = adapter
-        self.hosts = {name: urlsplit(route.upstreams[0].url).hostname for name, route in settings.routes.items()}
+        self.hosts = route_hosts(settings)
         self._streams: dict[str, EventSplitter] = {}
 
     def applies(self, call: Call) -> bool:

@@ -67,6 +67,12 @@ def apply_changes(call: Call, evaluation: Evaluation, adapter: Adapter) -> list[
     return changes
 
 
+def route_hosts(settings: Settings) -> dict[str, str | None]:
+    """Each route's upstream host, for `hosts` allow- and deny-lists (the proxy, `policy test` and
+    `whatif` all use this one map)."""
+    return {name: urlsplit(route.upstreams[0].url).hostname for name, route in settings.routes.items()}
+
+
 @dataclass(slots=True)
 class _Held:
     """Per-call state between the request and the end of the call."""
@@ -85,7 +91,7 @@ class PolicyStage:
     def __init__(self, runtime: PolicyRuntime, settings: Settings, limiter: Limiter | None = None) -> None:
         self.runtime = runtime
         self.limiter = limiter or Limiter(None, settings.prices)
-        self.hosts = {name: urlsplit(route.upstreams[0].url).hostname for name, route in settings.routes.items()}
+        self.hosts = route_hosts(settings)
         self._held: dict[str, _Held] = {}
 
     async def request(self, call: Call) -> None:

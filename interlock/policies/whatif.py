@@ -87,7 +87,7 @@ def recorded_decision(call: Call) -> str:
     return "allow"
 
 
-def whatif(engine: Engine, calls: Iterable[Call], hosts: dict[str, str] | None = None) -> WhatIf:
+def whatif(engine: Engine, calls: Iterable[Call], hosts: dict[str, str | None] | None = None) -> WhatIf:
     """Evaluate `engine` over `calls` (as `Store.iter_calls` yields them)."""
     started = time.perf_counter()
     report = WhatIf()
