@@ -39,6 +39,8 @@ _HEADERS = frozenset({"content-type", "content-encoding", "mcp-session-id", "mcp
 #: A stream's first chunks and its last bytes hold what export reads (see protocols/summary.py).
 _HEAD_CHUNKS = 4
 _TAIL_BYTES = 8192
+#: How long the feeder gathers calls before pickling them down the pipe in one write.
+_GATHER_SECONDS = 0.05
 
 
 # -- the wire: a Call as a tuple of what export reads --------------------------------------------
@@ -219,6 +221,7 @@ class ProcessExporter:
         self._acks: dict[int, threading.Event] = {}
         self._next_token = 0
         self._lock = threading.Lock()
+        self._wake = threading.Event()  # ends the feeder's gathering early: a flush or close
         self._closed = False
         self._dead = False
         env = dict(os.environ)
@@ -249,33 +252,35 @@ class ProcessExporter:
         assert stdin is not None
         capture = self.capture_content
         while True:
-            item = self._queue.get()
-            batch: list[tuple[Any, ...]] = []
-            control: int | None = None
-            stop = False
+            first = self._queue.get()  # idle: sleep until a call arrives
+            if isinstance(first, Call):
+                # Gather for a while instead of waking for every call: each wake-up of this thread
+                # takes the GIL from the event loop (measured: ~300 µs of CPU per call between the
+                # two threads when it woke per call, against ~15 µs gathering).
+                self._wake.wait(_GATHER_SECONDS)
+                self._wake.clear()
+            items: list[Call | int | None] = [first]
             while True:
-                if item is None:
-                    stop = True
-                    break
-                if isinstance(item, int):
-                    control = item
-                    break
-                batch.append(to_wire(item, capture))
-                if len(batch) >= 256:
-                    break
                 try:
-                    item = self._queue.get_nowait()
+                    items.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
+            batch: list[tuple[Any, ...]] = []
             try:
+                for item in items:
+                    if isinstance(item, Call):
+                        batch.append(to_wire(item, capture))
+                        continue
+                    if batch:
+                        write_frame(stdin, ("calls", batch))
+                        batch = []
+                    if item is None:
+                        write_frame(stdin, ("close", None))
+                        stdin.close()
+                        return
+                    write_frame(stdin, ("flush", item))
                 if batch:
                     write_frame(stdin, ("calls", batch))
-                if control is not None:
-                    write_frame(stdin, ("flush", control))
-                if stop:
-                    write_frame(stdin, ("close", None))
-                    stdin.close()
-                    return
             except (BrokenPipeError, OSError, ValueError):
                 self._gone(len(batch))
                 return
@@ -317,6 +322,7 @@ class ProcessExporter:
             token = self._next_token
             event = self._acks[token] = threading.Event()
         self._queue.put(token)
+        self._wake.set()
         return event.wait(timeout) and not self._dead
 
     def close(self, timeout: float = 5.0) -> None:
@@ -324,6 +330,7 @@ class ProcessExporter:
         if self._closed:
             return
         self._queue.put(None)
+        self._wake.set()
         self._feeder.join(timeout)
         self._closed = True
         try:
