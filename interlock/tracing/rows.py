@@ -118,6 +118,14 @@ SELECT_JOINED = (
 )
 
 
+def narrow_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows read from `calls` as list views give them: the 0/1 columns as bools (in place; returns `rows`)."""
+    for row in rows:
+        for key in BOOL_COLUMNS:
+            row[key] = bool(row[key])
+    return rows
+
+
 def rows_to_records(conn: sqlite3.Connection, rows: Sequence[dict[str, Any]]) -> list[Record]:
     """`SELECT_JOINED` rows, plus their chunks, attempts and events (three queries in all), as records."""
     if not rows:
@@ -143,8 +151,7 @@ def rows_to_records(conn: sqlite3.Connection, rows: Sequence[dict[str, Any]]) ->
     for row in rows:
         call_id = row["id"]
         record: Record = {k: row[k] for k in _CALL_COLUMNS if k != "meta"}
-        for key in BOOL_COLUMNS:
-            record[key] = bool(record[key])
+        narrow_rows([record])
         record["meta"] = json.loads(row["meta"]) if row["meta"] else {}
         record["request_headers"] = [tuple(h) for h in json.loads(row["request_headers"] or "[]")]
         record["response_headers"] = [tuple(h) for h in json.loads(row["response_headers"] or "[]")]
