@@ -32,7 +32,9 @@ def _settings(config: str | None) -> Settings | None:
 
 
 def _routes(settings: Settings | None) -> dict[str, str] | None:
-    return {name: r.protocol for name, r in settings.routes.items()} if settings is not None else None
+    from interlock.policies.stage import route_protocols
+
+    return route_protocols(settings) if settings is not None else None
 
 
 def _hosts(settings: Settings | None) -> dict[str, str | None]:

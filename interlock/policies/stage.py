@@ -67,6 +67,12 @@ def apply_changes(call: Call, evaluation: Evaluation, adapter: Adapter) -> list[
     return changes
 
 
+def route_protocols(settings: Settings) -> dict[str, str]:
+    """Each route's protocol, for the loader's route checks (the proxy and `policy check`, `test`
+    and `whatif` all use this one map)."""
+    return {name: route.protocol for name, route in settings.routes.items()}
+
+
 def route_hosts(settings: Settings) -> dict[str, str | None]:
     """Each route's upstream host, for `hosts` allow- and deny-lists (the proxy, `policy test` and
     `whatif` all use this one map)."""
@@ -220,8 +226,7 @@ def policy_stages_for(settings: Settings, *, interval: float = 1.0) -> tuple[Pol
         return None, []
     base = Path(settings.source).parent if Path(settings.source).is_file() else Path.cwd()
     paths = [str(p if Path(p).is_absolute() else base / p) for p in settings.policies]
-    routes = {name: route.protocol for name, route in settings.routes.items()}
-    runtime = PolicyRuntime(paths, routes, settings.prices, interval=interval)
+    runtime = PolicyRuntime(paths, route_protocols(settings), settings.prices, interval=interval)
     runtime.load()
     try:
         runtime.start()
@@ -231,4 +236,4 @@ def policy_stages_for(settings: Settings, *, interval: float = 1.0) -> tuple[Pol
     return runtime, [PolicyStage(runtime, settings, limiter)]
 
 
-__all__ = ["PolicyStage", "apply_changes", "policy_stages_for"]
+__all__ = ["PolicyStage", "apply_changes", "policy_stages_for", "route_hosts", "route_protocols"]

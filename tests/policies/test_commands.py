@@ -230,3 +230,30 @@ def test_whatif_command_reads_the_store(tmp_path: Path) -> None:
     ]
     assert as_json[0]["type"] == "change" and as_json[0]["id"] == recorder_calls[0].id
     assert as_json[-1]["rules"] == {"no-gpt-4o": {"fired": 2, "changed": 1}}
+
+
+def test_policy_commands_and_the_proxy_build_the_route_map_one_way(tmp_path: Path, monkeypatch: Any) -> None:
+    from interlock.config import load_settings
+    from interlock.policies import stage
+
+    config = write(
+        tmp_path / "interlock.yaml",
+        """
+        routes:
+          openai: {protocol: openai, upstream: "http://127.0.0.1:9/v1"}
+          tools: {protocol: mcp, upstream: "http://127.0.0.1:9/mcp"}
+        policies: [rules.yaml]
+        store: {path: ":memory:"}
+        """,
+    )
+    rules = write(tmp_path / "rules.yaml", "version: 1\nrules:\n  - {name: r, match: {route: tools}, deny: {}}\n")
+    settings = load_settings(str(config))
+    assert stage.route_protocols(settings) == {"openai": "openai", "tools": "mcp"}
+    built: list[dict[str, str]] = []
+    real = stage.route_protocols
+    monkeypatch.setattr(stage, "route_protocols", lambda s: built.append(real(s)) or built[-1])
+    assert run("check", str(rules), "--config", str(config)).exit_code == 0
+    runtime, _ = stage.policy_stages_for(settings)
+    assert runtime is not None
+    runtime.stop()
+    assert built == [{"openai": "openai", "tools": "mcp"}] * 2  # `policy check` and the proxy alike
