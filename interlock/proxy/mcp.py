@@ -18,7 +18,7 @@ import json
 from typing import Any
 
 from interlock.proxy.protocols import ADAPTERS
-from interlock.proxy.protocols.mcp import LISTEN, McpAdapter, McpView, json_rpc_error, sse_message
+from interlock.proxy.protocols.mcp import LISTEN, McpAdapter, McpView, answer_in
 from interlock.tracing.call import Call
 
 #: Tool arguments and results larger than this are not copied into `meta` (the body keeps them).
@@ -93,8 +93,8 @@ class McpSession:
             call.truncated = True
             call.outcome, call.error_code = "upstream_error", "stream_closed_early"
             call.error = f"the server ended the SSE stream without answering request id {view.rpc_id!r}"
-            error = json.loads(json_rpc_error(view.rpc_id, "stream_closed_early", call.error))
-            return data + sse_message(error)
+            # The adapter's own error event: a JSON-RPC error for the id of the message being handled.
+            return data + self.adapter.stream_error_event("stream_closed_early", call.error)
         return data
 
     async def done(self, call: Call) -> None:
@@ -151,7 +151,7 @@ class McpRecord:
             meta["server_messages"] = server_messages[:META_MESSAGES_LIMIT]
         if not view.expects_reply:
             return
-        answer = self.adapter.response_message(call)
+        answer = answer_in(messages, view.rpc_id)  # the reply is parsed once, above
         meta["answered"] = answer is not None
         if answer is None:
             return

@@ -221,5 +221,43 @@ async def test_a_stream_that_ends_unanswered_gets_an_error_event_and_is_recorded
     assert await stage.chunk(answered, b"", True) == b"" and answered.outcome == "ok"
 
 
+async def test_an_unanswered_stream_ends_with_the_adapters_own_error_event(monkeypatch: pytest.MonkeyPatch) -> None:
+    call = parsed({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "slow"}})
+    stage = McpSession()
+    made: list[tuple[str, str]] = []
+
+    def stream_error_event(code: str, message: str) -> bytes:
+        made.append((code, message))
+        return b"event: message\ndata: {}\n\n"
+
+    monkeypatch.setattr(stage.adapter, "stream_error_event", stream_error_event)
+    call.stream, call.status = True, 200
+    assert await stage.chunk(call, b": ping\n\n", True) == b": ping\n\nevent: message\ndata: {}\n\n"
+    assert made == [("stream_closed_early", call.error)]
+
+
+async def test_the_record_reads_the_reply_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    call = parsed({"jsonrpc": "2.0", "id": 8, "method": "tools/call", "params": {"name": "echo", "arguments": {}}})
+    call.stream, call.status = True, 200
+    call.chunks = [
+        Chunk(1, b'event: message\ndata: {"jsonrpc":"2.0","method":"notifications/progress","params":{}}\n\n'),
+        Chunk(2, b'event: message\ndata: {"jsonrpc":"2.0","id":8,"result":{"content":[],"isError":true}}\n\n'),
+    ]
+    record = McpRecord()
+    reads: list[Call] = []
+    read = record.adapter.response_messages
+
+    def response_messages(call: Call, *, agent: bool = False) -> list[dict[str, Any]]:
+        reads.append(call)
+        return read(call, agent=agent)
+
+    monkeypatch.setattr(record.adapter, "response_messages", response_messages)
+    await record.done(call)
+    assert len(reads) == 1
+    meta = call.meta["mcp"]
+    assert meta["server_messages"] == ["notifications/progress"]
+    assert meta["answered"] is True and meta["is_error"] is True
+
+
 def test_views_are_mcp_views() -> None:
     assert isinstance(parsed({"jsonrpc": "2.0", "id": 1, "method": "ping"}).view, McpView)

@@ -112,11 +112,7 @@ class McpAdapter(Adapter):
         view = call.view
         if not isinstance(view, McpView) or not view.expects_reply:
             return None
-        for message in self.response_messages(call, agent=agent):
-            if "method" not in message and ("result" in message or "error" in message):
-                if message.get("id") == view.rpc_id or message.get("id") is None:
-                    return message
-        return None
+        return answer_in(self.response_messages(call, agent=agent), view.rpc_id)
 
     def response_messages(self, call: Call, *, agent: bool = False) -> list[dict[str, Any]]:
         """Every JSON-RPC message of the reply, in order (notifications and server requests
@@ -181,6 +177,15 @@ class McpAdapter(Adapter):
             line = f": interlock {code}: {' '.join(message.split())}\n\n"
             return line.encode("utf-8", "replace")
         return sse_message(json.loads(json_rpc_error(current.rpc_id, code, message)))
+
+
+def answer_in(messages: list[dict[str, Any]], rpc_id: Any) -> dict[str, Any] | None:
+    """The JSON-RPC response (result or error) to request `rpc_id` among a reply's messages, or None."""
+    for message in messages:
+        if "method" not in message and ("result" in message or "error" in message):
+            if message.get("id") == rpc_id or message.get("id") is None:
+                return message
+    return None
 
 
 def json_rpc_error(request_id: Any, code: str, message: str, rpc_code: int | None = None) -> bytes:
