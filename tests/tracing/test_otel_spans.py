@@ -9,7 +9,8 @@ import pytest
 from opentelemetry.trace import SpanKind, StatusCode
 
 from interlock.proxy.protocols import ADAPTERS
-from interlock.tracing.call import Attempt, Call, Decision, Finding
+from interlock.scripted_replies import Script, ToolUse, anthropic_reply, sse
+from interlock.tracing.call import Attempt, Call, Chunk, Decision, Finding
 from tests.tracing.otel_helpers import (
     AGENT_SPAN,
     CALL_SPAN,
@@ -111,6 +112,53 @@ def test_streamed_content_is_reassembled_and_cut_to_the_limit() -> None:
     spans, _ = export(chat_call(stream=True), capture_content=True)
     attrs = dict(by_name(spans, "chat gpt-4o-mini").attributes or {})
     assert json.loads(attrs["gen_ai.output.messages"])[0]["parts"] == [{"type": "text", "content": "hello"}]
+
+
+def anthropic_call(*, stream: bool) -> Call:
+    """A finished Anthropic messages call whose model answered with text and a tool call."""
+    script = Script(text=None, tool_calls=[ToolUse("get_weather", {"city": "Paris", "units": {"temp": "C"}})])
+    events, whole = anthropic_reply("", script, "claude-sonnet-4")
+    whole["content"].insert(0, {"type": "text", "text": "let me look"})
+    text_events = [
+        sse({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        sse({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "let me "}}),
+        sse({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "look"}}),
+        sse({"type": "content_block_stop", "index": 0}),
+    ]
+    # the tool_use block moves to index 1, after the text
+    events = [events[0], *text_events, *(e.replace(b'"index": 0', b'"index": 1') for e in events[1:])]
+    request = {"model": "claude-sonnet-4", "max_tokens": 100, "messages": [{"role": "user", "content": "weather?"}]}
+    call = Call(id="a1", route="anthropic", protocol="anthropic", method="POST", path="/v1/messages")
+    call.request_headers = [("content-type", "application/json")]
+    call.request_body = json.dumps({**request, "stream": stream}).encode()
+    call.view = ADAPTERS["anthropic"].parse(call)
+    call.model, call.stream = call.view.model, call.view.stream
+    call.trace_id, call.span_id, call.started_at = TRACE_ID, CALL_SPAN, 1_700_000_000.0
+    call.status, call.duration_ms = 200, 42.0
+    call.attempts = [Attempt("anthropic", "https://api.anthropic.com/v1/messages", None, 1.0, 40.0, 9.0, 200)]
+    if stream:
+        call.response_headers = [("content-type", "text/event-stream")]
+        call.chunks = [Chunk(10.0 + i, e) for i, e in enumerate(events)]
+    else:
+        call.response_headers = [("content-type", "application/json")]
+        call.response_body = json.dumps(whole).encode()
+    return call
+
+
+def test_a_streamed_anthropic_tool_call_is_exported_like_the_same_call_not_streamed() -> None:
+    streamed, _ = export(anthropic_call(stream=True), capture_content=True)
+    answered, _ = export(anthropic_call(stream=False), capture_content=True)
+    output = json.loads(by_name(streamed, "chat claude-sonnet-4").attributes["gen_ai.output.messages"])
+    # The tool call's argument values, as parts of the tool_use block's message (the non-streamed
+    # shape), not the raw JSON text the stream carried it in.
+    assert output == [
+        {"role": "assistant", "parts": [{"type": "text", "content": "let me look"}]},
+        {
+            "role": "assistant",
+            "parts": [{"type": "tool_call", "arguments": "Paris"}, {"type": "tool_call", "arguments": "C"}],
+        },
+    ]
+    assert output == json.loads(by_name(answered, "chat claude-sonnet-4").attributes["gen_ai.output.messages"])
 
 
 def test_each_attempt_is_a_child_http_span_with_its_own_timing() -> None:

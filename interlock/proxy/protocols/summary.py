@@ -12,6 +12,7 @@ from typing import Any
 
 from interlock.proxy.protocols import ADAPTERS
 from interlock.proxy.protocols.base import TextSlot, decoded_body
+from interlock.proxy.protocols.reassemble import reassemble_stream
 from interlock.proxy.protocols.sse import iter_events
 from interlock.tracing.call import Call
 
@@ -96,48 +97,16 @@ def _read(protocol: str, data: Any, summary: ResponseSummary) -> None:
 
 
 def output_texts(call: Call, body: bytes) -> list[TextSlot]:
-    """The texts of a response body as the agent received it (streams are reassembled)."""
-    if not call.stream:
+    """The texts of a response body as the agent received it: a stream is reassembled into the message
+    the non-streamed call would have returned, so both read the same (the adapter's `response_texts`).
+    Empty texts (a stream's opening `content: ""`) say nothing and are left out."""
+    if call.stream:
+        data = reassemble_stream(call.protocol, body)
+    else:
         data = _payload(body.decode("utf-8", "replace").lstrip())
-        return ADAPTERS[call.protocol].response_texts(data) if data is not None else []
-    texts: dict[tuple[str | int, ...], list[str]] = {}
-    roles: dict[tuple[str | int, ...], str] = {}
-
-    def add(path: tuple[str | int, ...], text: Any, role: str = "assistant") -> None:
-        if isinstance(text, str) and text:
-            texts.setdefault(path, []).append(text)
-            roles.setdefault(path, role)
-
-    for event in iter_events(body):
-        data = _payload(event.data)
-        if not isinstance(data, dict):
-            continue
-        kind = data.get("type")
-        if call.protocol == "anthropic":
-            delta: dict[str, Any] = data["delta"] if isinstance(data.get("delta"), dict) else {}
-            index = data.get("index", 0)
-            if kind == "content_block_delta" and delta.get("type") == "text_delta":
-                add(("content", index), delta.get("text"))
-            elif kind == "content_block_delta" and delta.get("type") == "input_json_delta":
-                add(("content", index), delta.get("partial_json"), "tool_args")
-        elif kind == "response.completed" and isinstance(data.get("response"), dict):
-            return ADAPTERS[call.protocol].response_texts(data["response"])
-        else:
-            for choice in data.get("choices") or []:
-                choice_delta = choice.get("delta") if isinstance(choice, dict) else None
-                if not isinstance(choice_delta, dict):
-                    continue
-                index = choice.get("index", 0)
-                add(("choices", index), choice_delta.get("content"))
-                for call_delta in choice_delta.get("tool_calls") or []:
-                    function = call_delta.get("function") if isinstance(call_delta, dict) else None
-                    if isinstance(function, dict):
-                        add(
-                            ("choices", index, "tool_calls", call_delta.get("index", 0)),
-                            function.get("arguments"),
-                            "tool_args",
-                        )
-    return [TextSlot(path, "".join(parts), roles[path]) for path, parts in texts.items()]
+    if data is None:
+        return []
+    return [slot for slot in ADAPTERS[call.protocol].response_texts(data) if slot.text]
 
 
 def _take(summary: ResponseSummary, rid: Any, model: Any) -> None:

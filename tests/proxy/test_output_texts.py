@@ -1,0 +1,67 @@
+"""What a response said, as export reads it: a stream reads exactly like the message it reassembles to."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from interlock.proxy.protocols.summary import output_texts
+from interlock.scripted_replies import Script, ToolUse, anthropic_reply, chat_reply, responses_reply
+from interlock.tracing.call import Call
+
+
+def call(protocol: str, *, stream: bool) -> Call:
+    made = Call(id="c1", route=protocol, protocol=protocol, method="POST", path="/x")
+    made.stream = stream
+    return made
+
+
+def both(protocol: str, events: list[bytes], whole: dict[str, Any]) -> tuple[list[Any], list[Any]]:
+    streamed = output_texts(call(protocol, stream=True), b"".join(events))
+    answered = output_texts(call(protocol, stream=False), json.dumps(whole).encode())
+    return streamed, answered
+
+
+TOOL = ToolUse("get_weather", {"city": "Paris", "days": 3, "units": {"temp": "C"}})
+
+
+@pytest.mark.parametrize(
+    "protocol, reply",
+    [
+        ("openai", lambda s: chat_reply("hello there", s, "gpt-4o-mini", {})),
+        ("openai", lambda s: responses_reply("hello there", s, "gpt-4o-mini")),
+        ("anthropic", lambda s: anthropic_reply("hello there", s, "claude")),
+    ],
+    ids=["chat", "responses", "anthropic"],
+)
+@pytest.mark.parametrize("tools", [False, True], ids=["text", "tool_call"])
+def test_a_stream_reads_like_the_same_answer_not_streamed(protocol: str, reply: Any, tools: bool) -> None:
+    events, whole = reply(Script(text="hello there", tool_calls=[TOOL] if tools else [], chunk_size=3))
+    streamed, answered = both(protocol, events, whole)
+    assert streamed == answered
+    assert streamed  # something was said
+
+
+def test_a_streamed_anthropic_tool_call_is_read_as_its_argument_values() -> None:
+    events, whole = anthropic_reply("", Script(tool_calls=[TOOL]), "claude")
+    streamed, _ = both("anthropic", events, whole)
+    assert [(s.path, s.text, s.role) for s in streamed] == [
+        (("content", 0, "input", "city"), "Paris", "tool_args"),
+        (("content", 0, "input", "units", "temp"), "C", "tool_args"),
+    ]
+
+
+def test_a_responses_stream_cut_short_reads_what_the_agent_saw() -> None:
+    events = [
+        b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta","delta":"hel"}\n\n',
+        b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta","delta":"lo"}\n\n',
+    ]
+    (slot,) = output_texts(call("openai", stream=True), b"".join(events))
+    assert (slot.text, slot.role) == ("hello", "assistant")
+
+
+def test_an_empty_or_unreadable_body_reads_as_nothing() -> None:
+    assert output_texts(call("openai", stream=True), b"data: [DONE]\n\n") == []
+    assert output_texts(call("anthropic", stream=False), b"not json") == []
