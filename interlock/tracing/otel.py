@@ -18,14 +18,11 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Sequence
 from typing import Any
 
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import MetricReader
+from opentelemetry.sdk.metrics.export import MetricExporter
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 
-from interlock import __version__
 from interlock.config import Otel
 from interlock.tracing.call import Call
 from interlock.tracing.otel_attributes import describe_call
@@ -60,8 +57,8 @@ def build_exporter(config: Otel) -> Any:
 
 def local_exporter(config: Otel, *, worker: bool = True) -> Exporter:
     """An `Exporter` in this process, shipping to the configured endpoints."""
-    processor, readers, health = providers(config)
-    exporter = Exporter(config, processor, readers, worker=worker)
+    processor, metric_exporter, health = providers(config)
+    exporter = Exporter(config, processor, metric_exporter or False, worker=worker)
     exporter.health = health
     return exporter
 
@@ -78,7 +75,7 @@ class Exporter:
         self,
         config: Otel,
         processor: SpanProcessor | None,
-        metric_readers: Sequence[MetricReader] = (),
+        metrics: MetricExporter | bool = False,
         *,
         worker: bool = True,
     ) -> None:
@@ -92,13 +89,12 @@ class Exporter:
             self.tracer_provider = TracerProvider(resource=resource_, shutdown_on_exit=False)
             self.tracer_provider.add_span_processor(processor)
             self.spans = SpanBuilder(processor, resource_, self.tracer_provider.sampler)
-        self.meter_provider: MeterProvider | None = None
+        # `metrics`: an exporter to ship them to every `metrics_interval`, or True to only aggregate
+        # them (read with `self.metrics.collect()`).
         self.metrics: CallMetrics | None = None
-        if metric_readers:
-            self.meter_provider = MeterProvider(
-                resource=resource_, metric_readers=list(metric_readers), shutdown_on_exit=False
-            )
-            self.metrics = CallMetrics(self.meter_provider.get_meter("interlock", __version__))
+        if metrics is not False:
+            metric_exporter = None if metrics is True else metrics
+            self.metrics = CallMetrics(resource_, metric_exporter, interval=config.metrics_interval)
         self.queue_size = config.queue_size
         self.dropped = 0  # calls not exported because the queue was full
         self.health: list[Health] = []  # per signal: export failures seen
@@ -164,8 +160,8 @@ class Exporter:
         ok = True
         if self.processor is not None:
             ok = self.processor.force_flush(int(timeout * 1000))
-        if self.meter_provider is not None:
-            ok = self.meter_provider.force_flush(int(timeout * 1000)) and ok
+        if self.metrics is not None:
+            ok = self.metrics.export() and ok
         return ok
 
     def close(self, timeout: float = 5.0) -> None:
@@ -179,8 +175,8 @@ class Exporter:
         # TracerProvider.shutdown waits up to 30 s for a collector that may be gone: bound it.
         if self.tracer_provider is not None:
             _bounded(self.tracer_provider.shutdown, timeout)
-        if self.meter_provider is not None:
-            _bounded(self.meter_provider.shutdown, timeout)
+        if self.metrics is not None:
+            _bounded(self.metrics.close, timeout)
 
 
 def _bounded(function: Any, timeout: float) -> None:

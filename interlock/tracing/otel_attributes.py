@@ -74,12 +74,13 @@ def provider_name(call: Call, host: str | None) -> str:
 class Described:
     """What the call span is called and says, and what its metrics are keyed by."""
 
-    __slots__ = ("name", "attributes", "metric_attributes", "operation")
+    __slots__ = ("name", "attributes", "metric_attributes", "metric_key", "operation")
 
     def __init__(self, name: str, attributes: Attributes, metric_attributes: Attributes, operation: str | None):
         self.name = name
         self.attributes = attributes
         self.metric_attributes = metric_attributes
+        self.metric_key = tuple(metric_attributes.items())  # the metrics' points are keyed by it
         self.operation = operation
 
 

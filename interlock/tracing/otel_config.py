@@ -15,9 +15,7 @@ from typing import Any
 from opentelemetry.sdk.metrics.export import (
     MetricExporter,
     MetricExportResult,
-    MetricReader,
     MetricsData,
-    PeriodicExportingMetricReader,
 )
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
@@ -232,10 +230,10 @@ def _metric_exporter(config: Otel, endpoint: str) -> MetricExporter:
     return HttpMetricExporter(endpoint=endpoint, headers=headers)
 
 
-def providers(config: Otel) -> tuple[SpanProcessor | None, list[MetricReader], list[Health]]:
-    """The span processor and metric readers for this configuration, each with its failure count."""
+def providers(config: Otel) -> tuple[SpanProcessor | None, MetricExporter | None, list[Health]]:
+    """The span processor and metric exporter for this configuration, each with its failure count."""
     processor: SpanProcessor | None = None
-    readers: list[MetricReader] = []
+    metrics: MetricExporter | None = None
     health: list[Health] = []
     traces_endpoint = resolve_endpoint(config, "TRACES")
     if traces_endpoint and signal_wanted("TRACES"):
@@ -246,7 +244,5 @@ def providers(config: Otel) -> tuple[SpanProcessor | None, list[MetricReader], l
     if config.metrics and metrics_endpoint and signal_wanted("METRICS"):
         health.append(Health("metrics", metrics_endpoint))
         metrics = _GuardedMetricExporter(_metric_exporter(config, metrics_endpoint), health[-1])
-        interval = config.metrics_interval * 1000 if config.metrics_interval else None
-        readers.append(PeriodicExportingMetricReader(metrics, export_interval_millis=interval))
     install_quiet_filter()
-    return processor, readers, health
+    return processor, metrics, health

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -14,17 +13,19 @@ from interlock.config import Otel
 from interlock.proxy.protocols import ADAPTERS
 from interlock.tracing.call import Attempt, Call, Chunk
 from interlock.tracing.otel import Exporter
+from interlock.tracing.otel_metrics import CallMetrics
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 AGENT_SPAN = "b7ad6b7169203331"
 CALL_SPAN = "00f067aa0ba902b7"
 
 
-def memory_exporter(**config: Any) -> tuple[Exporter, InMemorySpanExporter, InMemoryMetricReader]:
+def memory_exporter(**config: Any) -> tuple[Exporter, InMemorySpanExporter, CallMetrics]:
+    """An export stage that keeps its spans in memory and only aggregates its metrics."""
     spans = InMemorySpanExporter()
-    reader = InMemoryMetricReader()
-    exporter = Exporter(Otel(**config), SimpleSpanProcessor(spans), [reader])
-    return exporter, spans, reader
+    exporter = Exporter(Otel(**config), SimpleSpanProcessor(spans), True)
+    assert exporter.metrics is not None
+    return exporter, spans, exporter.metrics
 
 
 def chat_call(*, stream: bool = False, body: dict[str, Any] | None = None, **fields: Any) -> Call:
@@ -107,8 +108,8 @@ def children(spans: Any, parent: ReadableSpan) -> list[ReadableSpan]:
     return [s for s in spans if s.parent is not None and s.parent.span_id == parent.context.span_id]
 
 
-def metric_points(reader: InMemoryMetricReader) -> dict[str, list[Any]]:
-    data = reader.get_metrics_data()
+def metric_points(metrics: CallMetrics) -> dict[str, list[Any]]:
+    data = metrics.collect()
     points: dict[str, list[Any]] = {}
     for resource_metrics in data.resource_metrics if data else []:
         for scope in resource_metrics.scope_metrics:
