@@ -36,6 +36,8 @@ _KINDS = {kind: _SMALL[kind.value + 1] for kind in SpanKind}
 _HAS_IS_REMOTE, _IS_REMOTE = 0x100, 0x200
 #: Encoded KeyValues of repeated attributes; cleared when full, so it stays small.
 _CACHE_LIMIT = 4096
+#: Attributes whose value is new on every call: encoded, never cached (they would only churn it).
+UNIQUE_KEYS = frozenset({"interlock.call.id", "gen_ai.response.id", "interlock.ttfb_ms", "jsonrpc.request.id"})
 
 
 def _varint(value: int) -> bytes:
@@ -56,6 +58,9 @@ def _delimited(tag: bytes, payload: bytes) -> bytes:
 
 def _any_value(value: Any) -> bytes:
     """An AnyValue message; the SDK encoder's type order (bool before int, str before sequence)."""
+    if value.__class__ is str:
+        data = value.encode()
+        return b"\x0a" + _varint(len(data)) + data
     if value is None:
         return b""
     if isinstance(value, bool):
@@ -93,15 +98,26 @@ class SpanEncoder:
         cache = self._attributes
         parts = []
         for key, value in attributes.items():
-            if value.__class__ is str or value.__class__ is bool:
-                cached = cache.get((key, value.__class__, value))
-                if cached is None:
-                    if len(cache) >= _CACHE_LIMIT:
-                        cache.clear()
-                    cached = cache[(key, value.__class__, value)] = _delimited(tag, _key_value(key, value))
-                parts.append(cached)
+            kind = value.__class__
+            if kind is list:  # e.g. finish reasons: cached as a tuple of the same items
+                cache_key: tuple[str, type, Any] | None = (key, kind, tuple(value)) if len(value) < 8 else None
+            elif kind is str or kind is bool or kind is int:
+                cache_key = None if key in UNIQUE_KEYS else (key, kind, value)  # kind: True == 1
             else:
+                cache_key = None
+            if cache_key is None:
                 parts.append(_delimited(tag, _key_value(key, value)))
+                continue
+            try:
+                cached = cache.get(cache_key)
+            except TypeError:  # an unhashable item in a list
+                parts.append(_delimited(tag, _key_value(key, value)))
+                continue
+            if cached is None:
+                if len(cache) >= _CACHE_LIMIT:
+                    cache.clear()
+                cached = cache[cache_key] = _delimited(tag, _key_value(key, value))
+            parts.append(cached)
         return b"".join(parts)
 
     def span(self, span: ReadableSpan) -> bytes:
