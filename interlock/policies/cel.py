@@ -39,6 +39,13 @@ class Condition:
     variables: frozenset[str]
     #: The fields of `request` the condition reads (all of them if it uses `request` as a whole).
     request_fields: frozenset[str] = frozenset(REQUEST_FIELDS)
+    #: The fields of `tool` the condition reads (all of them if it uses `tool` as a whole).
+    tool_fields: frozenset[str] = frozenset(TOOL_FIELDS)
+
+    @property
+    def reads_arguments(self) -> bool:
+        """Whether the result can depend on an MCP tool call's arguments (`tool.arguments`)."""
+        return "tool" in self.variables and "arguments" in self.tool_fields
 
     def evaluate(self, context: cel.Context) -> bool:
         """True or False; raises on a run-time error (missing field, wrong type, non-boolean)."""
@@ -66,8 +73,15 @@ def compile_condition(source: str) -> Condition:
     if unknown:
         known = ", ".join(VARIABLES)
         raise ConditionError(f"unknown variable {unknown[0]!r} in condition (known: {known})")
-    _check_fields(source)
-    condition = Condition(source, program, names & set(VARIABLES), _request_fields(source))
+    code = _without_literals(source)
+    _check_fields(code)
+    condition = Condition(
+        source,
+        program,
+        names & set(VARIABLES),
+        _fields_read(code, "request", REQUEST_FIELDS),
+        _fields_read(code, "tool", TOOL_FIELDS),
+    )
     _check_types(condition)
     return condition
 
@@ -78,24 +92,56 @@ def _bound_in(name: str, source: str) -> bool:
     return any(f".{macro}({name}," in compact for macro in ("all", "exists", "exists_one", "map", "filter"))
 
 
-_STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'')
+def _without_literals(source: str) -> str:
+    """The source with every string literal emptied (`""`) and comments dropped: only the names it reads.
+
+    The `cel` package tells which variables an expression references, not which of their fields, so
+    the fields are read from the source; a word inside a string or a comment must not count. CEL
+    strings: '...' "..." and triple-quoted, raw with an r/R prefix (backslash is then literal)."""
+    out: list[str] = []
+    i, n = 0, len(source)
+    while i < n:
+        char = source[i]
+        if char == "/" and source.startswith("//", i):
+            end = source.find("\n", i)
+            i = n if end < 0 else end
+            continue
+        if char not in "\"'":
+            out.append(char)
+            i += 1
+            continue
+        start = i
+        while start > 0 and source[start - 1] in "rRbB":
+            start -= 1
+        prefix = source[start:i]
+        raw = len(prefix) <= 2 and "r" in prefix.lower() and (start == 0 or not _word(source[start - 1]))
+        quote = char * 3 if source.startswith(char * 3, i) else char
+        i += len(quote)
+        while i < n and not source.startswith(quote, i):
+            i += 2 if source[i] == "\\" and not raw else 1
+        i += len(quote)
+        out.append('""')
+    return "".join(out)
 
 
-def _check_fields(source: str) -> None:
-    source = _STRING.sub('""', source)
+def _word(char: str) -> bool:
+    return char.isalnum() or char == "_"
+
+
+def _check_fields(code: str) -> None:
     for variable, fields in (("request", REQUEST_FIELDS), ("tool", TOOL_FIELDS)):
-        for match in re.finditer(rf"(?<![\w.]){variable}\s*\.\s*([A-Za-z_]\w*)", source):
+        for match in re.finditer(rf"(?<![\w.]){variable}\s*\.\s*([A-Za-z_]\w*)", code):
             if match.group(1) not in fields:
                 raise ConditionError(f"{variable} has no field {match.group(1)!r} (fields: {', '.join(fields)})")
 
 
-def _request_fields(source: str) -> frozenset[str]:
-    # Converting `request` to CEL values costs per field (params and tools most): pass only those used.
-    source = _STRING.sub('""', source)
-    used = re.findall(r"(?<![\w.])request\s*\.\s*([A-Za-z_]\w*)", source)
-    bare = len(re.findall(r"(?<![\w.])request\b", source))
+def _fields_read(code: str, variable: str, fields: tuple[str, ...]) -> frozenset[str]:
+    """The fields of `variable` that `code` (literals emptied) reads; all of them if it uses the
+    variable as a whole (`tool["arguments"]`, `[tool].exists(...)`, a macro variable so named)."""
+    used = re.findall(rf"(?<![\w.]){variable}\s*\.\s*([A-Za-z_]\w*)", code)
+    bare = len(re.findall(rf"(?<![\w.]){variable}\b", code))
     if bare != len(used):
-        return frozenset(REQUEST_FIELDS)
+        return frozenset(fields)
     return frozenset(used)
 
 

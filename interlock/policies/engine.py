@@ -157,6 +157,8 @@ class CompiledRule:
     lists: tuple[tuple[str, Globs, bool], ...] = field(init=False)
     tool_memo: dict[tuple[str, ...], list[tuple[str, str]]] = field(init=False)
     limited: bool = field(init=False)
+    #: Whether the rule can decide differently for other arguments of an MCP tool call.
+    reads_arguments: bool = field(init=False)
 
     def __post_init__(self) -> None:
         rule = self.rule
@@ -188,6 +190,7 @@ class CompiledRule:
         self.tool_memo = {}
         self.set_items = tuple((k, v, _number(v)) for k, v in (rule.set or {}).items())
         self.limited = rule.limits is not None
+        self.reads_arguments = self.condition is not None and self.condition.reads_arguments
 
     @property
     def where(self) -> str:
@@ -265,6 +268,8 @@ class Evaluation:
     fired: list[str] = field(default_factory=list)
     #: Rules that applied and had nothing to do for this call (one `allow` decision names them all).
     matched: list[str] = field(default_factory=list)
+    #: Monitor rules that would have denied the call, and why (also recorded as `monitor` decisions).
+    would_deny: list[tuple[CompiledRule, str]] = field(default_factory=list)
 
     @property
     def denied(self) -> bool:
@@ -373,6 +378,7 @@ class Engine:
     def _deny(self, rule: CompiledRule, reason: str, result: Evaluation) -> None:
         if rule.monitor:
             result.decisions.append(Decision("policy", "monitor", rule.name, f"would deny: {reason}"))
+            result.would_deny.append((rule, reason))
             return
         result.decisions.append(Decision("policy", "deny", rule.name, reason))
         if result.denied_by is None:

@@ -3,8 +3,9 @@
 Removed, not renamed: the model never learns of them, so it never tries them. A listed tool is
 removed when a `tools/call` of it by this agent would be denied whatever its arguments: the same
 rules are evaluated as for the call itself, with the tool's name and no arguments. A denial that
-depends on the arguments (a `when` that reads `tool.arguments`) keeps the tool listed; the call is
-then judged when it is made. Monitor rules only record what they would have removed.
+depends on the arguments (a `when` that reads `tool.arguments`: `CompiledRule.reads_arguments`,
+worked out when the rule is compiled) keeps the tool listed; the call is then judged when it is made.
+Monitor rules only record what they would have removed (`Evaluation.would_deny`), by the same test.
 
 The reply may be JSON (set as the agent's body) or an SSE stream (the event carrying the response
 is held until complete, rewritten, and released; notifications pass at once).
@@ -60,12 +61,13 @@ class McpToolFilter:
             evaluation = engine.evaluate(subject)
             rule = evaluation.denied_by
             if rule is not None:
-                if "arguments" not in (rule.rule.when or ""):
+                if not rule.reads_arguments:
                     out[name] = (rule.name, evaluation.reason, False)
                 continue
-            for decision in evaluation.decisions:
-                if decision.action == "monitor" and decision.reason.startswith("would deny") and decision.rule:
-                    out.setdefault(name, (decision.rule, decision.reason.removeprefix("would deny: "), True))
+            for monitor, reason in evaluation.would_deny:
+                if not monitor.reads_arguments:  # what enforcing it would remove, no more
+                    out[name] = (monitor.name, reason, True)
+                    break
         return out
 
     def filter(self, call: Call, message: dict[str, Any]) -> bool:
