@@ -50,6 +50,10 @@ TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4
 SECONDS_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
 
 AttributeKey = tuple[tuple[str, Any], ...]
+#: Attribute sets per metric before new ones go to one overflow series (the SDK's limit and marker):
+#: agent names come from a header, so the number of series must be bounded.
+CARDINALITY_LIMIT = 2000
+OVERFLOW: AttributeKey = (("otel.metric.overflow", True),)
 
 
 class _Histogram:
@@ -62,6 +66,10 @@ class _Histogram:
 
     def record(self, value: float, attributes: AttributeKey) -> None:
         point = self.points.get(attributes)
+        if point is None:
+            if len(self.points) >= CARDINALITY_LIMIT - 1:
+                attributes = OVERFLOW
+                point = self.points.get(attributes)
         if point is None:
             point = self.points[attributes] = [0, 0, value, value, [0] * (len(self.bounds) + 1)]
         point[0] += 1
@@ -90,7 +98,10 @@ class _Sum:
         self.points: dict[AttributeKey, int] = {}
 
     def add(self, attributes: AttributeKey, value: int = 1) -> None:
-        self.points[attributes] = self.points.get(attributes, 0) + value
+        points = self.points
+        if attributes not in points and len(points) >= CARDINALITY_LIMIT - 1:
+            attributes = OVERFLOW
+        points[attributes] = points.get(attributes, 0) + value
 
     def data(self, since: int, now: int, temporality: AggregationTemporality) -> Sum:
         return Sum(

@@ -19,7 +19,7 @@ from opentelemetry.sdk.resources import Resource
 from interlock.scripted import ScriptedUpstream
 from interlock.testing import Running
 from interlock.tracing.otel_attributes import describe_call
-from interlock.tracing.otel_metrics import SECONDS_BUCKETS, TOKEN_BUCKETS, CallMetrics
+from interlock.tracing.otel_metrics import CARDINALITY_LIMIT, SECONDS_BUCKETS, TOKEN_BUCKETS, CallMetrics
 from tests.tracing.otel_helpers import chat_call
 
 DURATIONS_MS = [5.0, 10.0, 20.0, 20.0001, 640.0, 99_000.0, 0.0]  # on, between and past the bounds
@@ -185,3 +185,17 @@ def test_metrics_and_spans_reach_an_otlp_collector_from_the_export_process(
     (calls_metric,) = metric(collector.metrics[-1:], "interlock.calls")
     assert calls_metric.sum.is_monotonic and calls_metric.sum.data_points[0].as_int == 3
     assert sorted(s.name for s in spans).count("chat gpt-4o-mini") == 3
+
+
+def test_series_are_capped_per_metric_with_an_overflow_series() -> None:
+    metrics = CallMetrics(Resource.create({}))
+    call = chat_call()
+    described = describe_call(call)
+    for number in range(CARDINALITY_LIMIT + 500):
+        call.agent = f"agent-{number}"  # agents come from a header: unbounded
+        metrics.record(call, described)
+    series = points(metrics.collect())["interlock.calls"]
+    assert len(series) == CARDINALITY_LIMIT
+    overflow = series[(("otel.metric.overflow", True),)]
+    assert overflow.value == 501  # every call is still counted
+    assert sum(p.value for p in series.values()) == CARDINALITY_LIMIT + 500
