@@ -3,26 +3,27 @@
 One `Store` object is shared by threads: each thread gets its own connection (WAL mode, so readers
 never wait for the writer). Writes arrive as `Call.to_record()` dicts in batches (`write`), one
 transaction per batch with `executemany`; all JSON encoding happens here, in the writer's thread,
-never on the event loop. The schema is documented in `interlock/tracing/schema.py`.
+never on the event loop. This module keeps connections, writing, retention and moving calls between
+files; the queries are in `interlock/tracing/reads.py` (`Reads`, which `Store` extends). The schema
+is documented in `interlock/tracing/schema.py`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sqlite3
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from interlock.tracing.call import Call
+from interlock.tracing.reads import Reads, fts_query, where_clause
 from interlock.tracing.rows import (
-    BOOL_COLUMNS,
     CHILD_TABLES,
     INSERT_ATTEMPT,
     INSERT_BODY,
@@ -31,11 +32,9 @@ from interlock.tracing.rows import (
     INSERT_EVENT,
     INSERT_FTS,
     LIST_COLUMNS,
-    SELECT_JOINED,
     Indexer,
     Record,
     record_rows,
-    rows_to_records,
     without_bodies,
 )
 from interlock.tracing.schema import SCHEMA_VERSION, SchemaError, StoreError, migrate, schema_version
@@ -77,7 +76,7 @@ def _connect(path: str, readonly: bool) -> sqlite3.Connection:
     return conn
 
 
-class Store:
+class Store(Reads):
     """The SQLite store at `path` (created and migrated unless `readonly`)."""
 
     def __init__(self, path: str | os.PathLike[str], readonly: bool = False) -> None:
@@ -156,11 +155,6 @@ class Store:
     def __exit__(self, *_: object) -> None:
         self.close()
 
-    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
-        cursor = self.conn.execute(sql, params)
-        names = [d[0] for d in cursor.description]
-        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
-
     # -- writing ---------------------------------------------------------------------------------
 
     def write(self, records: Sequence[Record], *, capture: str = "full", indexer: Indexer | None = None) -> int:
@@ -209,194 +203,6 @@ class Store:
     def add(self, call: Call, *, capture: str = "full") -> None:
         """Write one call now (tests and tools; the proxy writes through the Recorder)."""
         self.write([call.to_record()], capture=capture)
-
-    # -- reading calls ---------------------------------------------------------------------------
-
-    def get_record(self, call_id: str) -> Record | None:
-        """The call as `Call.to_record()` gave it (minus what capture `metadata` left out)."""
-        rows = self._query(f"{SELECT_JOINED} WHERE c.id = ?", (call_id,))
-        return rows_to_records(self.conn, rows)[0] if rows else None
-
-    def get_call(self, call_id: str) -> Call | None:
-        """The full Call, or None if no call has this id."""
-        record = self.get_record(call_id)
-        return None if record is None else Call.from_record(record)
-
-    def response_message(self, call_id: str) -> Any:
-        """A streamed response reassembled into one message (JSON), or None."""
-        row = self.conn.execute("SELECT response_message FROM bodies WHERE call_id = ?", (call_id,)).fetchone()
-        return json.loads(row[0]) if row and row[0] else None
-
-    def iter_calls(
-        self,
-        *,
-        since: float | None = None,
-        until: float | None = None,
-        session: str | None = None,
-        agent: str | None = None,
-        route: str | None = None,
-    ) -> Iterator[Call]:
-        """Full calls matching the filters, oldest first (read in pages, so memory stays flat)."""
-        where, params = _where("c.", since=since, until=until, session=session, agent=agent, route=route)
-        last: tuple[float, int] = (float("-inf"), -1)
-        while True:
-            page_where = [*where, "(c.started_at > ? OR (c.started_at = ? AND c.seq > ?))"]
-            rows = self._query(
-                f"{SELECT_JOINED} WHERE {' AND '.join(page_where)} ORDER BY c.started_at, c.seq LIMIT 200",
-                (*params, last[0], last[0], last[1]),
-            )
-            if not rows:
-                return
-            for record in rows_to_records(self.conn, rows):
-                yield Call.from_record(record)
-            last = (rows[-1]["started_at"], rows[-1]["seq"])
-
-    def list_calls(
-        self,
-        *,
-        session: str | None = None,
-        agent: str | None = None,
-        route: str | None = None,
-        outcome: str | None = None,
-        model: str | None = None,
-        trace_id: str | None = None,
-        since: float | None = None,
-        until: float | None = None,
-        q: str | None = None,
-        limit: int = 50,
-        before: str | None = None,
-        after: str | None = None,
-    ) -> list[dict[str, Any]]:
-        """Narrow rows, newest first; page with `before=<last id>`. With `after`, oldest first (for tail)."""
-        where, params = _where(
-            session=session,
-            agent=agent,
-            route=route,
-            outcome=outcome,
-            model=model,
-            trace_id=trace_id,
-            since=since,
-            until=until,
-        )
-        if before is not None:
-            where.append("id < ?")
-            params.append(before)
-        if after is not None:
-            where.append("id > ?")
-            params.append(after)
-        if q:
-            where.append("seq IN (SELECT rowid FROM calls_fts WHERE calls_fts MATCH ?)")
-            params.append(fts_query(q))
-        order = "ASC" if after is not None and before is None else "DESC"
-        sql = f"SELECT {', '.join(LIST_COLUMNS)} FROM calls WHERE {' AND '.join(where)} ORDER BY id {order} LIMIT ?"
-        try:
-            rows = self._query(sql, (*params, max(0, int(limit))))
-        except sqlite3.OperationalError as exc:
-            # FTS5 reports bad syntax as "fts5: syntax error", "unterminated string", "no such column"...
-            if q and "locked" not in str(exc):
-                raise StoreError(f"bad search query {q!r}: {exc}") from None
-            raise
-        for row in rows:
-            for key in BOOL_COLUMNS:
-                row[key] = bool(row[key])
-        return rows
-
-    def call_row(self, call_id: str) -> dict[str, Any] | None:
-        """The narrow row of one call."""
-        rows = self._query(f"SELECT {', '.join(LIST_COLUMNS)} FROM calls WHERE id = ?", (call_id,))
-        for row in rows:
-            for key in BOOL_COLUMNS:
-                row[key] = bool(row[key])
-        return rows[0] if rows else None
-
-    def resolve_id(self, prefix: str) -> str | None:
-        """The id that starts with `prefix`, if exactly one does."""
-        escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        rows = self.conn.execute(
-            "SELECT id FROM calls WHERE id LIKE ? ESCAPE '\\' LIMIT 2", (escaped + "%",)
-        ).fetchall()
-        return str(rows[0][0]) if len(rows) == 1 else None
-
-    def written_since(self, seq: int | None, *, limit: int = 500) -> tuple[list[dict[str, Any]], int]:
-        """Calls written after write position `seq` (None: only learn the current position), in the
-        order they were written, and the new position. Follows the store the way `tail -f` follows a
-        file: a long call that started earlier still shows up when it is written."""
-        if seq is None:
-            row = self.conn.execute("SELECT max(seq) FROM calls").fetchone()
-            return [], int(row[0] or 0)
-        rows = self._query(
-            f"SELECT seq, {', '.join(LIST_COLUMNS)} FROM calls WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)
-        )
-        for row in rows:
-            seq = max(seq, int(row.pop("seq")))
-            for key in BOOL_COLUMNS:
-                row[key] = bool(row[key])
-        return rows, seq
-
-    def count_calls(self, **filters: Any) -> int:
-        where, params = _where(**filters)
-        return int(self.conn.execute(f"SELECT count(*) FROM calls WHERE {' AND '.join(where)}", params).fetchone()[0])
-
-    def sessions(
-        self,
-        *,
-        agent: str | None = None,
-        since: float | None = None,
-        until: float | None = None,
-        limit: int = 50,
-        offset: int = 0,
-    ) -> list[dict[str, Any]]:
-        """Sessions (calls sharing a session id), most recently active first, with their agents."""
-        where, params = _where(since=since, until=until)
-        where.append("session IS NOT NULL")
-        having = ""
-        if agent is not None:
-            having = "HAVING sum(agent = ?) > 0"
-            params.append(agent)
-        sql = (
-            f"SELECT {_SESSION_COLUMNS} FROM calls WHERE {' AND '.join(where)} GROUP BY session {having}"
-            " ORDER BY last_at DESC LIMIT ? OFFSET ?"
-        )
-        return [_session_row(r) for r in self._query(sql, (*params, max(0, int(limit)), max(0, int(offset))))]
-
-    def session(self, session: str, *, limit: int = 1000) -> dict[str, Any] | None:
-        """One session's summary and its calls (narrow rows, oldest first)."""
-        rows = self._query(f"SELECT {_SESSION_COLUMNS} FROM calls WHERE session = ? GROUP BY session", (session,))
-        if not rows:
-            return None
-        summary = _session_row(rows[0])
-        calls = self._query(
-            f"SELECT {', '.join(LIST_COLUMNS)} FROM calls WHERE session = ? ORDER BY id LIMIT ?", (session, limit)
-        )
-        for row in calls:
-            for key in BOOL_COLUMNS:
-                row[key] = bool(row[key])
-        summary["calls"] = calls
-        return summary
-
-    def agents(self) -> list[dict[str, Any]]:
-        """Every agent seen, with its call count, sessions and last activity."""
-        return self._query(
-            "SELECT agent, count(*) AS calls, count(DISTINCT session) AS sessions, max(started_at) AS last_at,"
-            " sum(outcome != 'ok') AS problems FROM calls GROUP BY agent ORDER BY last_at DESC"
-        )
-
-    def stats(self) -> dict[str, Any]:
-        """Counts by outcome, and the file's size."""
-        outcomes = {o: n for o, n in self.conn.execute("SELECT outcome, count(*) FROM calls GROUP BY outcome")}
-        page_size, pages, free = (
-            self.conn.execute(f"PRAGMA {name}").fetchone()[0] for name in ("page_size", "page_count", "freelist_count")
-        )
-        return {
-            "calls": sum(outcomes.values()),
-            "outcomes": outcomes,
-            "sessions": self.conn.execute("SELECT count(DISTINCT session) FROM calls").fetchone()[0],
-            "oldest": self.conn.execute("SELECT min(started_at) FROM calls").fetchone()[0],
-            "newest": self.conn.execute("SELECT max(started_at) FROM calls").fetchone()[0],
-            "bytes": page_size * pages,
-            "bytes_used": page_size * (pages - free),
-            "schema_version": self.schema_version,
-        }
 
     # -- retention -------------------------------------------------------------------------------
 
@@ -478,7 +284,7 @@ class Store:
         os.unlink(tmp)
         try:
             with Store(tmp) as out:
-                where, params = _where(session=session, since=since, until=until, agent=agent, prefix="s.")
+                where, params = where_clause("s.", session=session, since=since, until=until, agent=agent)
                 count = copy_calls(out.conn, self.path, " AND ".join(where), params)
                 out.conn.executescript("PRAGMA incremental_vacuum;")  # execute() would free one page per call
                 out.conn.execute("PRAGMA journal_mode = DELETE")
@@ -499,44 +305,4 @@ class Store:
         return copy_calls(self.conn, source, "1", [])
 
 
-_SESSION_COLUMNS = (
-    "session, min(started_at) AS first_at, max(started_at) AS last_at, count(*) AS calls,"
-    " group_concat(DISTINCT agent) AS agents, group_concat(DISTINCT model) AS models,"
-    " sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens,"
-    " sum(outcome != 'ok') AS problems, sum(duration_ms) AS duration_ms"
-)
-
-
-def _session_row(row: dict[str, Any]) -> dict[str, Any]:
-    row["agents"] = sorted((row["agents"] or "").split(",")) if row["agents"] else []
-    row["models"] = sorted((row["models"] or "").split(",")) if row["models"] else []
-    row["agent"] = row["agents"][0] if len(row["agents"]) == 1 else None
-    return row
-
-
-def _where(prefix: str = "", **filters: Any) -> tuple[list[str], list[Any]]:
-    where: list[str] = ["1"]
-    params: list[Any] = []
-    for key, value in filters.items():
-        if value is None:
-            continue
-        if key == "since":
-            where.append(f"{prefix}started_at >= ?")
-        elif key == "until":
-            where.append(f"{prefix}started_at < ?")
-        else:
-            where.append(f"{prefix}{key} = ?")
-        params.append(value)
-    return where, params
-
-
-def fts_query(q: str) -> str:
-    """A search box string as an FTS5 query: plain words are matched as words (all of them), so
-    punctuation never makes a syntax error; a query using FTS5 syntax (quotes, AND/OR/NOT, NEAR,
-    `*`, column filters) is passed through."""
-    if any(ch in q for ch in '"*:^()') or any(w in q.split() for w in ("AND", "OR", "NOT", "NEAR")):
-        return q
-    return " ".join('"' + word.replace('"', '""') + '"' for word in q.split())
-
-
-__all__ = ["Store", "StoreError", "LIST_COLUMNS", "fts_query"]
+__all__ = ["LIST_COLUMNS", "Reads", "Store", "StoreError", "fts_query"]

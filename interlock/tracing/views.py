@@ -44,9 +44,10 @@ def chunks_view(chunks: list[tuple[float, bytes]] | None) -> list[dict[str, Any]
 
 def call_detail(store: Store, call_id: str) -> dict[str, Any] | None:
     """Everything recorded about one call, JSON-able; None if there is no such call."""
-    record = store.get_record(call_id)
-    if record is None:
+    found = store.get_detail(call_id)
+    if found is None:
         return None
+    record, row = found
     view = dict(record)
     view["request_body"] = body_view(record["request_body"], record["request_headers"])
     view["upstream_body"] = body_view(record["upstream_body"], record["request_headers"])
@@ -56,14 +57,9 @@ def call_detail(store: Store, call_id: str) -> dict[str, Any] | None:
     view["response_headers"] = [list(h) for h in record["response_headers"]]
     view["chunks"] = chunks_view(record["chunks"])
     view["agent_chunks"] = chunks_view(record["agent_chunks"])
-    view["response_message"] = store.response_message(call_id)
-    summary = store.call_row(call_id)
-    if summary is not None:
-        view["capture"], view["size"], view["attempt_count"] = (
-            summary["capture"],
-            summary["size"],
-            summary["attempt_count"],
-        )
+    message = row["response_message"]
+    view["response_message"] = json.loads(message) if message else None
+    view["capture"], view["size"], view["attempt_count"] = row["capture"], row["size"], row["attempt_count"]
     for key, value in list(view.items()):
         if isinstance(value, bytes):  # a field added to to_record later
             view[key] = body_view(value, [])

@@ -201,7 +201,7 @@ async def sessions_page(request: Request) -> Response:
     fragment = bool(params.get("fragment"))  # a live refresh of the rows: no menus, no totals
 
     def read(store: Store) -> tuple[list[dict[str, Any]], bool, dict[str, list[str]], dict[str, Any]]:
-        rows, more = queries.sessions(store, filters)
+        rows, more = filters.page(store)
         if fragment:
             return rows, more, {"agents": [], "routes": []}, {}
         return rows, more, queries.choices(store), {"calls": store.count_calls()}
@@ -279,23 +279,44 @@ async def session_page(request: Request) -> Response:
     if store is None:
         return await _no_store(request)
     session = request.query_params.get("id", "")
-    calls = await run_in_threadpool(queries.timeline, store, session)
-    if not calls:
+    try:
+        offset = max(0, int(request.query_params.get("offset") or 0))
+    except ValueError:
+        offset = 0
+
+    def read(store: Store) -> tuple[dict[str, Any] | None, list[queries.TimelineCall]]:
+        return store.session_summary(session), queries.timeline(store, session, offset=offset)
+
+    found, calls = await run_in_threadpool(read, store)
+    if found is None:
         return await _page(
             request, "message.html", {"title": "No such session", "message": f"no session {session!r}"}, 404
         )
+    if not calls:
+        message = f"session {session!r} has {found['calls']} calls; there are none from offset {offset}"
+        return await _page(request, "message.html", {"title": "No such page", "message": message}, 404)
     total = max(1.0, max(c.offset_ms + (c.row["duration_ms"] or 0) for c in calls))
-    first = calls[0].row["started_at"]
+    # The facts are the whole session's; the waterfall shows one page of it (TIMELINE_PAGE calls).
     summary = {
-        "agents": sorted({c.row["agent"] for c in calls}),
-        "started_at": first,
-        "duration_ms": total,
-        "calls": len(calls),
-        "tokens": sum((c.row["input_tokens"] or 0) + (c.row["output_tokens"] or 0) for c in calls),
-        "errors": sum(c.row["outcome"] in queries.ERROR_OUTCOMES for c in calls),
-        "denials": sum(c.row["outcome"] in ("denied", "blocked") for c in calls),
-        "findings": sum(len(c.findings) for c in calls),
-        "retries": sum(max(0, len(c.attempts) - 1) for c in calls),
+        "agents": found["agents"],
+        "started_at": found["first_at"],
+        "duration_ms": max(1.0, found["elapsed_ms"]),
+        "calls": found["calls"],
+        "tokens": found["tokens"],
+        "errors": found["errors"],
+        "denials": found["denials"],
+        "findings": found["findings"],
+        "retries": found["extra_attempts"],
+    }
+    page = queries.TIMELINE_PAGE
+    shown = {
+        "first": offset + 1,
+        "last": offset + len(calls),
+        "of": found["calls"],
+        "earlier_url": "/session?" + urlencode({"id": session, "offset": max(0, offset - page)}) if offset else None,
+        "later_url": "/session?" + urlencode({"id": session, "offset": offset + page})
+        if offset + len(calls) < found["calls"]
+        else None,
     }
     bundle = f"{_safe_name(session)}.db"
     context = {
@@ -304,6 +325,7 @@ async def session_page(request: Request) -> Response:
         "total_ms": total,
         "ticks": _ticks(total),
         "summary": summary,
+        "shown": shown,
         "bundle_name": bundle,
         "replay_command": f"interlock export --session {shlex.quote(session)} -o {bundle} && interlock replay serve {bundle}",
     }
@@ -363,10 +385,7 @@ def _call_context(store: Store, call_id: str) -> dict[str, Any] | None:
         finding["placed"] = False
     rendered = [_message_view(m, findings) for m in messages]
     chunks = detail["agent_chunks"] if detail["agent_chunks"] is not None else detail["chunks"]
-    session_calls: list[dict[str, Any]] = []
-    if detail["session"]:
-        session_calls = store.list_calls(session=detail["session"], limit=500)[::-1]
-    position = next((i for i, c in enumerate(session_calls) if c["id"] == call_id), None)
+    around = store.neighbours(call_id, detail["session"] or None)
     return {
         "call": detail,
         "messages": rendered,
@@ -374,11 +393,9 @@ def _call_context(store: Store, call_id: str) -> dict[str, Any] | None:
         "chunks": (chunks or [])[:MAX_CHUNKS],
         "chunks_more": max(0, len(chunks or []) - MAX_CHUNKS),
         "chunk_count": len(chunks or []),
-        "prev_call": session_calls[position - 1]["id"] if position else None,
-        "next_call": session_calls[position + 1]["id"]
-        if position is not None and position + 1 < len(session_calls)
-        else None,
-        "position": (position + 1, len(session_calls)) if position is not None else None,
+        "prev_call": around["prev"],
+        "next_call": around["next"],
+        "position": (around["position"], around["total"]) if around["total"] else None,
         "upstream_differs": detail["upstream_body"] is not None,
     }
 

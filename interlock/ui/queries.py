@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from dataclasses import dataclass, field
 from typing import Any
 
 from interlock.proxy.protocols.base import decoded_body
 from interlock.proxy.protocols.conversation import conversation
-from interlock.tracing.rows import BOOL_COLUMNS, LIST_COLUMNS
-from interlock.tracing.store import Store, StoreError, fts_query
-
-#: Outcomes that count as errors (denials and blocks are counted apart: interlock meant them).
-ERROR_OUTCOMES = ("upstream_error", "aborted", "bad_request")
+from interlock.tracing.store import Store
 
 
 @dataclass(slots=True)
@@ -29,81 +24,18 @@ class SessionFilters:
     def params(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in ("agent", "route", "outcome", "q") if getattr(self, k)}
 
-
-#: Which sessions are on the page: only what ordering and filtering need (measured on 50,000 calls
-#: in 5,000 sessions: aggregating everything for every session first took ~200 ms a page).
-_PAGE_SQL = """
-SELECT c.session FROM calls c
-WHERE c.session IS NOT NULL {where}
-GROUP BY c.session
-{having}
-ORDER BY max(c.started_at) DESC
-LIMIT ? OFFSET ?
-"""
-
-#: Then everything the list shows, for those sessions only.
-_SUMMARY_SQL = """
-SELECT c.session AS session,
-       min(c.started_at) AS first_at,
-       max(c.started_at + coalesce(c.duration_ms, 0) / 1000.0) AS end_at,
-       count(*) AS calls,
-       group_concat(DISTINCT c.agent) AS agents,
-       group_concat(DISTINCT c.route) AS routes,
-       sum(coalesce(c.input_tokens, 0) + coalesce(c.output_tokens, 0)) AS tokens,
-       sum(c.outcome IN ('upstream_error', 'aborted', 'bad_request')) AS errors,
-       sum(c.outcome IN ('denied', 'blocked')) AS denials,
-       sum(c.attempt_count > 1) AS retries,
-       sum((SELECT count(*) FROM events e WHERE e.call_id = c.id AND e.kind = 'finding')) AS findings
-FROM calls c
-WHERE c.session IN ({marks})
-GROUP BY c.session
-"""
-
-
-def sessions(store: Store, filters: SessionFilters) -> tuple[list[dict[str, Any]], bool]:
-    """One page of sessions, most recently active first, and whether there is a next page."""
-    where: list[str] = []
-    having: list[str] = []
-    params: list[Any] = []
-    if filters.q:
-        where.append(
-            "AND c.session IN (SELECT session FROM calls WHERE seq IN"
-            " (SELECT rowid FROM calls_fts WHERE calls_fts MATCH ?))"
+    def page(self, store: Store) -> tuple[list[dict[str, Any]], bool]:
+        """This page of sessions (`Store.sessions`; `since` is "active since"), and whether there is a next."""
+        rows = store.sessions(
+            agent=self.agent,
+            route=self.route,
+            outcome=self.outcome,
+            active_since=self.since,
+            q=self.q,
+            limit=self.limit + 1,
+            offset=self.offset,
         )
-        params.append(fts_query(filters.q))
-    for column in ("agent", "route"):
-        value = getattr(filters, column)
-        if value:
-            having.append(f"sum(c.{column} = ?) > 0")
-            params.append(value)
-    if filters.outcome == "problems":
-        having.append("sum(c.outcome != 'ok') > 0")
-    elif filters.outcome:
-        having.append("sum(c.outcome = ?) > 0")
-        params.append(filters.outcome)
-    if filters.since is not None:
-        having.append("max(c.started_at) >= ?")
-        params.append(filters.since)
-    sql = _PAGE_SQL.format(where=" ".join(where), having=("HAVING " + " AND ".join(having)) if having else "")
-    try:
-        page = [r[0] for r in store.conn.execute(sql, [*params, filters.limit + 1, filters.offset])]
-    except sqlite3.OperationalError as exc:
-        if filters.q and "locked" not in str(exc):
-            raise StoreError(f"bad search query {filters.q!r}: {exc}") from None
-        raise
-    more = len(page) > filters.limit
-    page = page[: filters.limit]
-    if not page:
-        return [], False
-    found = {
-        row["session"]: row for row in _query(store, _SUMMARY_SQL.format(marks=", ".join("?" * len(page))), list(page))
-    }
-    rows = [found[session] for session in page if session in found]
-    for row in rows:
-        row["agents"] = sorted(row["agents"].split(",")) if row["agents"] else []
-        row["routes"] = sorted(row["routes"].split(",")) if row["routes"] else []
-        row["duration_ms"] = max(0.0, (row["end_at"] - row["first_at"]) * 1000)
-    return rows, more
+        return rows[: self.limit], len(rows) > self.limit
 
 
 def choices(store: Store) -> dict[str, list[str]]:
@@ -151,30 +83,26 @@ class TimelineCall:
         return out
 
 
-def timeline(store: Store, session: str, limit: int = 500) -> list[TimelineCall]:
-    """A session's calls, oldest first, with their attempts, decisions and findings."""
-    rows = _query(
-        store,
-        f"SELECT {', '.join(LIST_COLUMNS)} FROM calls WHERE session = ? ORDER BY started_at, seq LIMIT ?",
-        [session, limit],
-    )
-    for row in rows:
-        for key in BOOL_COLUMNS:
-            row[key] = bool(row[key])
+#: Calls a session's waterfall shows at a time (the page says "calls 1–500 of N" and pages on).
+TIMELINE_PAGE = 500
+
+
+def timeline(store: Store, session: str, limit: int = TIMELINE_PAGE, offset: int = 0) -> list[TimelineCall]:
+    """A page of a session's calls, oldest first, with their attempts, decisions and findings."""
+    rows = store.session_calls(session, limit=limit, offset=offset)
     calls = {row["id"]: TimelineCall(row) for row in rows}
     if not calls:
         return []
     marks = ", ".join("?" * len(calls))
     ids = list(calls)
-    for attempt in _query(
-        store,
+    for attempt in store.query(
         "SELECT call_id, upstream, url, model, started_ms, duration_ms, ttfb_ms, status, error, backoff_ms"
         f" FROM attempts WHERE call_id IN ({marks}) ORDER BY call_id, seq",
         ids,
     ):
         calls[attempt.pop("call_id")].attempts.append(attempt)
-    for event in _query(
-        store, f"SELECT call_id, kind, data FROM events WHERE call_id IN ({marks}) ORDER BY call_id, seq", ids
+    for event in store.query(
+        f"SELECT call_id, kind, data FROM events WHERE call_id IN ({marks}) ORDER BY call_id, seq", ids
     ):
         target = calls[event["call_id"]]
         data = json.loads(event["data"])
@@ -183,8 +111,7 @@ def timeline(store: Store, session: str, limit: int = 500) -> list[TimelineCall]
     for call in calls.values():
         call.offset_ms = (call.row["started_at"] - start) * 1000
     if len(calls) <= SUMMARY_LIMIT:
-        for body in _query(
-            store,
+        for body in store.query(
             f"SELECT call_id, response_headers, response_body, response_message FROM bodies WHERE call_id IN ({marks})",
             ids,
         ):
@@ -224,10 +151,4 @@ def _clip(text: str, size: int = 110) -> str:
     return text if len(text) <= size else text[: size - 1] + "…"
 
 
-def _query(store: Store, sql: str, params: list[Any]) -> list[dict[str, Any]]:
-    cursor = store.conn.execute(sql, params)
-    names = [d[0] for d in cursor.description]
-    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
-
-
-__all__ = ["ERROR_OUTCOMES", "SessionFilters", "TimelineCall", "choices", "sessions", "timeline"]
+__all__ = ["TIMELINE_PAGE", "SessionFilters", "TimelineCall", "choices", "timeline"]

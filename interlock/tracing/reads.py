@@ -1,0 +1,373 @@
+"""Reading the store: every query behind the CLI, the admin API, the UI, replay and the exporters.
+
+`Reads` is the read half of `Store` (`store.py` keeps connections, writing, retention and moving
+calls between files); its methods run on the calling thread's connection. Lists are narrow rows of
+`calls` (`LIST_COLUMNS`, made by `rows.narrow_rows`); one call in full is a record (`rows_to_records`).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from interlock.tracing.call import Call
+from interlock.tracing.rows import LIST_COLUMNS, SELECT_JOINED, Record, narrow_rows, rows_to_records
+from interlock.tracing.schema import StoreError, schema_version
+
+#: The narrow rows of `calls` that list views get.
+SELECT_NARROW = f"SELECT {', '.join(LIST_COLUMNS)} FROM calls"
+
+#: `SELECT_JOINED` plus the reassembled stream: everything a call's detail view shows, in one row.
+_SELECT_DETAIL = SELECT_JOINED.replace(" FROM calls c ", ", b.response_message FROM calls c ", 1)
+
+#: Which sessions are on a page: only what ordering and filtering need. Measured on 50,000 calls in
+#: 5,000 sessions: aggregating every session before LIMIT took ~45 ms a page, picking the page first
+#: and aggregating only its sessions a third of that. Ties in last activity go by session id.
+_SESSION_PAGE = """
+SELECT session FROM calls
+WHERE session IS NOT NULL AND {where}
+GROUP BY session {having}
+ORDER BY max(started_at) DESC, session
+LIMIT ? OFFSET ?
+"""
+
+#: What a session list shows, for the given sessions only (`_session_row` finishes each row).
+#: `problems`: calls not ok; `errors`: upstream_error, aborted, bad_request; `denials`: denied and
+#: blocked (interlock meant them); `retries`: calls with more than one attempt, `extra_attempts` the
+#: attempts beyond the first; `duration_ms`: the calls' durations added up.
+_SESSION_SUMMARY = """
+SELECT session,
+       min(started_at) AS first_at,
+       max(started_at) AS last_at,
+       max(started_at + coalesce(duration_ms, 0) / 1000.0) AS end_at,
+       count(*) AS calls,
+       group_concat(DISTINCT agent) AS agents,
+       group_concat(DISTINCT model) AS models,
+       group_concat(DISTINCT route) AS routes,
+       sum(input_tokens) AS input_tokens,
+       sum(output_tokens) AS output_tokens,
+       sum(coalesce(input_tokens, 0) + coalesce(output_tokens, 0)) AS tokens,
+       sum(outcome != 'ok') AS problems,
+       sum(outcome IN ('upstream_error', 'aborted', 'bad_request')) AS errors,
+       sum(outcome IN ('denied', 'blocked')) AS denials,
+       sum(attempt_count > 1) AS retries,
+       sum(max(attempt_count - 1, 0)) AS extra_attempts,
+       sum((SELECT count(*) FROM events e WHERE e.call_id = c.id AND e.kind = 'finding')) AS findings,
+       sum(duration_ms) AS duration_ms
+FROM calls c
+WHERE session IN ({marks}) AND {where}
+GROUP BY session
+"""
+
+
+class Reads:
+    """The read queries of a `Store` (a mixin: `Store` provides `conn`, this thread's connection)."""
+
+    @property
+    def conn(self) -> sqlite3.Connection:  # pragma: no cover - Store overrides it
+        raise NotImplementedError
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        """Rows of `sql` as dicts keyed by column name."""
+        cursor = self.conn.execute(sql, params)
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+    def _search(self, sql: str, params: Sequence[Any], q: str | None) -> list[dict[str, Any]]:
+        """`query`, where a malformed search query `q` in `params` is a StoreError that says so."""
+        try:
+            return self.query(sql, params)
+        except sqlite3.OperationalError as exc:
+            # FTS5 reports bad syntax as "fts5: syntax error", "unterminated string", "no such column"...
+            if q and "locked" not in str(exc):
+                raise StoreError(f"bad search query {q!r}: {exc}") from None
+            raise
+
+    # -- one call --------------------------------------------------------------------------------
+
+    def get_record(self, call_id: str) -> Record | None:
+        """The call as `Call.to_record()` gave it (minus what capture `metadata` left out)."""
+        found = self.get_detail(call_id)
+        return None if found is None else found[0]
+
+    def get_detail(self, call_id: str) -> tuple[Record, dict[str, Any]] | None:
+        """The call's record, and its stored row: the record plus what the store adds (`capture`,
+        `size`, `attempt_count`, `response_message` as JSON text). One read of the call's rows."""
+        rows = self.query(f"{_SELECT_DETAIL} WHERE c.id = ?", (call_id,))
+        return (rows_to_records(self.conn, rows)[0], rows[0]) if rows else None
+
+    def get_call(self, call_id: str) -> Call | None:
+        """The full Call, or None if no call has this id."""
+        record = self.get_record(call_id)
+        return None if record is None else Call.from_record(record)
+
+    def response_message(self, call_id: str) -> Any:
+        """A streamed response reassembled into one message (JSON), or None."""
+        row = self.conn.execute("SELECT response_message FROM bodies WHERE call_id = ?", (call_id,)).fetchone()
+        return json.loads(row[0]) if row and row[0] else None
+
+    def call_row(self, call_id: str) -> dict[str, Any] | None:
+        """The narrow row of one call."""
+        rows = narrow_rows(self.query(f"{SELECT_NARROW} WHERE id = ?", (call_id,)))
+        return rows[0] if rows else None
+
+    def resolve_id(self, prefix: str) -> str | None:
+        """The id that starts with `prefix`, if exactly one does."""
+        escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        rows = self.conn.execute(
+            "SELECT id FROM calls WHERE id LIKE ? ESCAPE '\\' LIMIT 2", (escaped + "%",)
+        ).fetchall()
+        return str(rows[0][0]) if len(rows) == 1 else None
+
+    def neighbours(self, call_id: str, session: str | None) -> dict[str, Any]:
+        """The calls before and after this one in its session (by id, i.e. time) and its position:
+        `{"prev", "next", "position", "total"}`; all None without a session. Two index seeks on
+        (session, id) and a count over the session's index entries."""
+        if session is None:
+            return {"prev": None, "next": None, "position": None, "total": None}
+        conn = self.conn
+        prev = conn.execute(
+            "SELECT id FROM calls WHERE session = ? AND id < ? ORDER BY id DESC LIMIT 1", (session, call_id)
+        ).fetchone()
+        after = conn.execute(
+            "SELECT id FROM calls WHERE session = ? AND id > ? ORDER BY id LIMIT 1", (session, call_id)
+        ).fetchone()
+        position, total = conn.execute(
+            "SELECT sum(id <= ?), count(*) FROM calls WHERE session = ?", (call_id, session)
+        ).fetchone()
+        return {
+            "prev": prev[0] if prev else None,
+            "next": after[0] if after else None,
+            "position": int(position or 0),
+            "total": int(total),
+        }
+
+    # -- lists of calls --------------------------------------------------------------------------
+
+    def iter_calls(
+        self,
+        *,
+        since: float | None = None,
+        until: float | None = None,
+        session: str | None = None,
+        agent: str | None = None,
+        route: str | None = None,
+    ) -> Iterator[Call]:
+        """Full calls matching the filters, oldest first (read in pages, so memory stays flat)."""
+        where, params = where_clause("c.", since=since, until=until, session=session, agent=agent, route=route)
+        last: tuple[float, int] = (float("-inf"), -1)
+        while True:
+            page_where = [*where, "(c.started_at > ? OR (c.started_at = ? AND c.seq > ?))"]
+            rows = self.query(
+                f"{SELECT_JOINED} WHERE {' AND '.join(page_where)} ORDER BY c.started_at, c.seq LIMIT 200",
+                (*params, last[0], last[0], last[1]),
+            )
+            if not rows:
+                return
+            for record in rows_to_records(self.conn, rows):
+                yield Call.from_record(record)
+            last = (rows[-1]["started_at"], rows[-1]["seq"])
+
+    def list_calls(
+        self,
+        *,
+        session: str | None = None,
+        agent: str | None = None,
+        route: str | None = None,
+        outcome: str | None = None,
+        model: str | None = None,
+        trace_id: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        q: str | None = None,
+        limit: int = 50,
+        before: str | None = None,
+        after: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Narrow rows, newest first; page with `before=<last id>`. With `after`, oldest first (for tail)."""
+        where, params = where_clause(
+            session=session,
+            agent=agent,
+            route=route,
+            outcome=outcome,
+            model=model,
+            trace_id=trace_id,
+            since=since,
+            until=until,
+        )
+        if before is not None:
+            where.append("id < ?")
+            params.append(before)
+        if after is not None:
+            where.append("id > ?")
+            params.append(after)
+        if q:
+            where.append("seq IN (SELECT rowid FROM calls_fts WHERE calls_fts MATCH ?)")
+            params.append(fts_query(q))
+        order = "ASC" if after is not None and before is None else "DESC"
+        sql = f"{SELECT_NARROW} WHERE {' AND '.join(where)} ORDER BY id {order} LIMIT ?"
+        return narrow_rows(self._search(sql, (*params, max(0, int(limit))), q))
+
+    def session_calls(self, session: str, *, limit: int = 500, offset: int = 0) -> list[dict[str, Any]]:
+        """A session's narrow rows in the order they started (a waterfall's rows), a page of them."""
+        return narrow_rows(
+            self.query(
+                f"{SELECT_NARROW} WHERE session = ? ORDER BY started_at, seq LIMIT ? OFFSET ?",
+                (session, max(0, int(limit)), max(0, int(offset))),
+            )
+        )
+
+    def written_since(self, seq: int | None, *, limit: int = 500) -> tuple[list[dict[str, Any]], int]:
+        """Calls written after write position `seq` (None: only learn the current position), in the
+        order they were written, and the new position. Follows the store the way `tail -f` follows a
+        file: a long call that started earlier still shows up when it is written."""
+        if seq is None:
+            row = self.conn.execute("SELECT max(seq) FROM calls").fetchone()
+            return [], int(row[0] or 0)
+        rows = self.query(
+            f"SELECT seq, {', '.join(LIST_COLUMNS)} FROM calls WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)
+        )
+        for row in rows:
+            seq = max(seq, int(row.pop("seq")))
+        return narrow_rows(rows), seq
+
+    def count_calls(self, **filters: Any) -> int:
+        where, params = where_clause(**filters)
+        return int(self.conn.execute(f"SELECT count(*) FROM calls WHERE {' AND '.join(where)}", params).fetchone()[0])
+
+    # -- sessions and agents ---------------------------------------------------------------------
+
+    def sessions(
+        self,
+        *,
+        agent: str | None = None,
+        route: str | None = None,
+        outcome: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        active_since: float | None = None,
+        q: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[dict[str, Any]]:
+        """Sessions (calls sharing a session id), most recently active first, one page of them.
+
+        `since`/`until` choose the calls (a session is summarised over its calls in that window);
+        `agent`, `route` and `outcome` keep sessions with at least one such call (`outcome="problems"`:
+        any call that is not ok); `active_since` keeps sessions whose last call started then or later;
+        `q` keeps sessions with a call matching the full-text search. Picks the page of session ids
+        first, then aggregates only those."""
+        where, params = where_clause(since=since, until=until)
+        having: list[str] = []
+        if q:
+            where.append(
+                "session IN (SELECT session FROM calls WHERE seq IN (SELECT rowid FROM calls_fts WHERE calls_fts MATCH ?))"
+            )
+            params.append(fts_query(q))
+        for column, value in (("agent", agent), ("route", route)):
+            if value is not None:
+                having.append(f"sum({column} = ?) > 0")
+                params.append(value)
+        if outcome == "problems":
+            having.append("sum(outcome != 'ok') > 0")
+        elif outcome is not None:
+            having.append("sum(outcome = ?) > 0")
+            params.append(outcome)
+        if active_since is not None:
+            having.append("max(started_at) >= ?")
+            params.append(active_since)
+        sql = _SESSION_PAGE.format(
+            where=" AND ".join(where), having=("HAVING " + " AND ".join(having)) if having else ""
+        )
+        page = [r["session"] for r in self._search(sql, (*params, max(0, int(limit)), max(0, int(offset))), q)]
+        return self._summaries(page, since=since, until=until)
+
+    def _summaries(
+        self, page: list[str], since: float | None = None, until: float | None = None
+    ) -> list[dict[str, Any]]:
+        """The summary rows of these sessions, in this order (over their calls from `since` to `until`)."""
+        if not page:
+            return []
+        where, params = where_clause(since=since, until=until)
+        sql = _SESSION_SUMMARY.format(marks=", ".join("?" * len(page)), where=" AND ".join(where))
+        found = {row["session"]: row for row in self.query(sql, (*page, *params))}
+        return [_session_row(found[session]) for session in page if session in found]
+
+    def session_summary(self, session: str) -> dict[str, Any] | None:
+        """One session's summary (the fields of a `sessions` row), or None."""
+        rows = self._summaries([session])
+        return rows[0] if rows else None
+
+    def session(self, session: str, *, limit: int = 1000) -> dict[str, Any] | None:
+        """One session's summary and its calls (narrow rows, oldest first)."""
+        summary = self.session_summary(session)
+        if summary is None:
+            return None
+        summary["calls"] = narrow_rows(
+            self.query(f"{SELECT_NARROW} WHERE session = ? ORDER BY id LIMIT ?", (session, limit))
+        )
+        return summary
+
+    def agents(self) -> list[dict[str, Any]]:
+        """Every agent seen, with its call count, sessions and last activity."""
+        return self.query(
+            "SELECT agent, count(*) AS calls, count(DISTINCT session) AS sessions, max(started_at) AS last_at,"
+            " sum(outcome != 'ok') AS problems FROM calls GROUP BY agent ORDER BY last_at DESC"
+        )
+
+    def stats(self) -> dict[str, Any]:
+        """Counts by outcome, and the file's size."""
+        conn = self.conn
+        outcomes = {o: n for o, n in conn.execute("SELECT outcome, count(*) FROM calls GROUP BY outcome")}
+        page_size, pages, free = (
+            conn.execute(f"PRAGMA {name}").fetchone()[0] for name in ("page_size", "page_count", "freelist_count")
+        )
+        return {
+            "calls": sum(outcomes.values()),
+            "outcomes": outcomes,
+            "sessions": conn.execute("SELECT count(DISTINCT session) FROM calls").fetchone()[0],
+            "oldest": conn.execute("SELECT min(started_at) FROM calls").fetchone()[0],
+            "newest": conn.execute("SELECT max(started_at) FROM calls").fetchone()[0],
+            "bytes": page_size * pages,
+            "bytes_used": page_size * (pages - free),
+            "schema_version": schema_version(conn),
+        }
+
+
+def _session_row(row: dict[str, Any]) -> dict[str, Any]:
+    for key in ("agents", "models", "routes"):
+        row[key] = sorted(row[key].split(",")) if row[key] else []
+    row["agent"] = row["agents"][0] if len(row["agents"]) == 1 else None
+    row["elapsed_ms"] = max(0.0, (row.pop("end_at") - row["first_at"]) * 1000)
+    return row
+
+
+def where_clause(prefix: str = "", **filters: Any) -> tuple[list[str], list[Any]]:
+    """SQL conditions (and their parameters) for `since`, `until` and column equality filters."""
+    where: list[str] = ["1"]
+    params: list[Any] = []
+    for key, value in filters.items():
+        if value is None:
+            continue
+        if key == "since":
+            where.append(f"{prefix}started_at >= ?")
+        elif key == "until":
+            where.append(f"{prefix}started_at < ?")
+        else:
+            where.append(f"{prefix}{key} = ?")
+        params.append(value)
+    return where, params
+
+
+def fts_query(q: str) -> str:
+    """A search box string as an FTS5 query: plain words are matched as words (all of them), so
+    punctuation never makes a syntax error; a query using FTS5 syntax (quotes, AND/OR/NOT, NEAR,
+    `*`, column filters) is passed through."""
+    if any(ch in q for ch in '"*:^()') or any(w in q.split() for w in ("AND", "OR", "NOT", "NEAR")):
+        return q
+    return " ".join('"' + word.replace('"', '""') + '"' for word in q.split())
+
+
+__all__ = ["SELECT_NARROW", "Reads", "fts_query", "where_clause"]
