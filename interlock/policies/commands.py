@@ -174,7 +174,8 @@ def whatif(
         sys.exit(1)
     store = open_store(store_path, config)
     try:
-        report = run_whatif(engine, store.iter_calls(since=parse_time(since)), _hosts(settings))
+        prices = settings.prices if settings is not None else None
+        report = run_whatif(engine, store.iter_calls(since=parse_time(since)), _hosts(settings), prices=prices)
     finally:
         store.close()
     shown = report.changes if limit <= 0 else report.changes[:limit]

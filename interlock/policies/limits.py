@@ -50,6 +50,13 @@ class Exceeded:
     message: str
     retry_after: int  # seconds
 
+    @property
+    def refusal(self) -> str:
+        """What the agent is told (the proxy's 429 message; `policy whatif` says the same)."""
+        if self.code == "budget_exceeded":
+            return f"budget exceeded under policy rule {self.rule.name!r}: over {self.message}"
+        return f"rate limited by policy rule {self.rule.name!r}: over {self.message}"
+
 
 def today(now: float) -> str:
     return dt.datetime.fromtimestamp(now, dt.UTC).strftime("%Y-%m-%d")

@@ -3,19 +3,29 @@
 Each recorded call is re-parsed from the body the agent sent (not what went upstream) and evaluated
 with the candidate; the recorded decision is what the policy stage wrote in `meta.policy` at the
 time (calls recorded without a policy count as `allow`). Tool calls in the recorded responses are
-checked too. Limits are not simulated: they depend on timing and on counters outside the store.
+checked too.
+
+The candidate's limits are simulated by replaying the calls through a fresh `Limiter` in the order
+they started, on their recorded clock: a call is refused when the calls before it would have filled
+a window (requests: every admitted call; tokens and cost: admitted calls that had ended, with their
+recorded usage; concurrency: admitted calls still running at its start, by recorded duration).
+A call the candidate refuses does not count. Daily counters start at zero with the first call
+evaluated (what was spent before `--since` is unknown).
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from interlock.policies.cases import decide
-from interlock.policies.engine import Engine
+from interlock.policies.engine import CompiledRule, Engine
+from interlock.policies.limits import Limiter
 from interlock.proxy.protocols import ADAPTERS, BadRequest
 from interlock.proxy.protocols.base import response_json
 from interlock.proxy.protocols.sse import iter_events
@@ -87,11 +97,43 @@ def recorded_decision(call: Call) -> str:
     return "allow"
 
 
-def whatif(engine: Engine, calls: Iterable[Call], hosts: dict[str, str | None] | None = None) -> WhatIf:
-    """Evaluate `engine` over `calls` (as `Store.iter_calls` yields them)."""
+class LimitReplay:
+    """The candidate's limits over recorded calls, fed in the order they started."""
+
+    def __init__(self, prices: Mapping[str, Mapping[str, float]] | None = None) -> None:
+        self.limiter = Limiter(None, prices)
+        self._running: list[tuple[float, int, Sequence[CompiledRule], list[tuple[str, str]], Call]] = []
+        self._order = itertools.count()
+
+    def refusal(self, rules: Sequence[CompiledRule], call: Call) -> tuple[str, str] | None:
+        """(rule, message) when the limits refuse this call; otherwise it is admitted and counted."""
+        now = call.started_at
+        running = self._running
+        while running and running[0][0] <= now:  # calls that ended before this one started
+            end, _, ended_rules, keys, ended = heapq.heappop(running)
+            self.limiter.finish(ended_rules, keys, ended, end)
+        for rule in rules:
+            exceeded = self.limiter.exceeded(rule, call, now)
+            if exceeded is not None and not rule.monitor:
+                return rule.name, exceeded.refusal
+        keys = self.limiter.admit(rules, call, now)
+        end = now + (call.duration_ms or 0.0) / 1000.0
+        heapq.heappush(running, (end, next(self._order), rules, keys, call))
+        return None
+
+
+def whatif(
+    engine: Engine,
+    calls: Iterable[Call],
+    hosts: dict[str, str | None] | None = None,
+    *,
+    prices: Mapping[str, Mapping[str, float]] | None = None,
+) -> WhatIf:
+    """Evaluate `engine` over `calls` (as `Store.iter_calls` yields them: oldest first)."""
     started = time.perf_counter()
     report = WhatIf()
     hosts = hosts or {}
+    limits = LimitReplay(prices) if engine.has_limits else None
     for call in calls:
         if call.outcome == "bad_request" or call.protocol not in ADAPTERS:
             report.skipped += 1
@@ -105,6 +147,11 @@ def whatif(engine: Engine, calls: Iterable[Call], hosts: dict[str, str | None] |
             report.skipped += 1
             continue
         outcome = decide(engine, call, hosts.get(call.route), tuple(_response_tools(call)), keep_params=False)
+        if limits is not None and outcome.limits and outcome.decision != "deny":
+            refused = limits.refusal([engine.by_name[name] for name in outcome.limits], call)
+            if refused is not None:
+                outcome.decision, outcome.rule = "deny", refused[0]
+                outcome.message = refused[1]
         report.evaluated += 1
         report.fired.update(outcome.fired)
         if outcome.decision == before:
@@ -150,4 +197,4 @@ def _response_tools(call: Call) -> list[str]:
     return [t.name for t in adapter.response_tool_calls(response_json(call))]
 
 
-__all__ = ["Change", "WhatIf", "recorded_decision", "whatif"]
+__all__ = ["Change", "LimitReplay", "WhatIf", "recorded_decision", "whatif"]

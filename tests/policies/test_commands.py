@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -257,3 +258,89 @@ def test_policy_commands_and_the_proxy_build_the_route_map_one_way(tmp_path: Pat
     assert runtime is not None
     runtime.stop()
     assert built == [{"openai": "openai", "tools": "mcp"}] * 2  # `policy check` and the proxy alike
+
+
+def _timed(agent: str, at: float, seconds: float, tokens: int = 0, model: str = "m") -> Call:
+    call = _call(model, agent=agent)
+    call.started_at, call.duration_ms = at, seconds * 1000
+    call.input_tokens, call.output_tokens = tokens, 0
+    return call
+
+
+def test_whatif_replays_the_candidates_limits_on_the_recorded_clock(tmp_path: Path) -> None:
+    from interlock.policies.loader import load_policies
+    from interlock.policies.whatif import whatif
+
+    t = 1_700_000_000.0
+    calls = [
+        _timed("a", t, 1),
+        _timed("a", t + 10, 1),
+        _timed("a", t + 20, 1),  # the third in a minute: refused
+        _timed("b", t + 21, 1),  # another agent has its own counters
+        _timed("a", t + 61, 1),  # the first has left the window: admitted again
+    ]
+    policy = write(tmp_path / "p.yaml", "rules:\n  - name: rpm\n    limits: {requests_per_minute: 2}\n")
+    report = whatif(load_policies([policy]), calls)
+    assert [(c.id, c.before, c.after, c.rule) for c in report.changes] == [(calls[2].id, "allow", "deny", "rpm")]
+    assert report.changes[0].reason == "rate limited by policy rule 'rpm': over 2 requests per minute for agent a"
+    assert report.changed_by_rule == {"rpm": 1}
+
+
+def test_whatif_limits_count_tokens_of_ended_calls_and_overlap_by_duration(tmp_path: Path) -> None:
+    from interlock.policies.loader import load_policies
+    from interlock.policies.whatif import whatif
+
+    t = 1_700_000_000.0
+    policy = write(
+        tmp_path / "p.yaml",
+        """
+        rules:
+          - name: one-at-a-time
+            limits: {concurrent: 1}
+          - name: tokens
+            limits: {tokens_per_minute: 1000}
+          - name: watch-budget
+            mode: monitor
+            limits: {budget_usd_per_day: 0.000001}
+        """,
+    )
+    calls = [
+        _timed("a", t, 5, tokens=600),
+        _timed("a", t + 1, 1),  # the first is still running: refused (and so never counted)
+        _timed("a", t + 6, 1, tokens=600),  # the first ended: 600 tokens in the minute, below 1000
+        _timed("a", t + 8, 1),  # 1,200 tokens within the minute now
+        _timed("a", t + 70, 1),  # the first call's tokens left the window at t + 65; t + 7's stay
+    ]
+    report = whatif(load_policies([policy]), calls, prices={"m": {"input": 1.0}})
+    refused = [(c.id, c.rule) for c in report.changes]
+    assert refused == [(calls[1].id, "one-at-a-time"), (calls[3].id, "tokens")]
+    assert "1000 tokens per minute for agent a" in report.changes[1].reason
+    assert report.fired["watch-budget"] == 5  # monitor-mode limits never refuse
+
+
+def test_whatif_command_passes_the_configs_prices_to_budgets(tmp_path: Path) -> None:
+    store_path = tmp_path / "interlock.db"
+    t = time.time() - 600
+    store = Store(store_path)
+    try:
+        calls = [_timed("a", t, 1, tokens=1_000_000, model="gpt-4o"), _timed("a", t + 5, 1, model="gpt-4o")]
+        for call in calls:
+            store.add(call)
+    finally:
+        store.close()
+    config = write(
+        tmp_path / "interlock.yaml",
+        f"""
+        routes:
+          openai: {{protocol: openai, upstream: "http://127.0.0.1:9/v1"}}
+        store: {{path: "{store_path}"}}
+        prices: {{gpt-4o: {{input: 2.5, output: 10}}}}
+        """,
+    )
+    policy = write(tmp_path / "p.yaml", "rules:\n  - name: budget\n    limits: {budget_usd_per_day: 2}\n")
+    result = run("whatif", "--policy", str(policy), "--config", str(config), "--since", "1h", "--json")
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.output.splitlines()]
+    changes = [line for line in lines if line["type"] == "change"]
+    assert [(c["id"], c["rule"]) for c in changes] == [(calls[1].id, "budget")]
+    assert "budget exceeded under policy rule 'budget': over a budget of $2 per day for agent a" in changes[0]["reason"]
