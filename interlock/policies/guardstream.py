@@ -1,23 +1,20 @@
 """Guardrails on a streamed response: per SSE event, restore placeholders and scan what the model writes.
 
-The protocol adapter names the texts in each event (`stream_texts`): pieces of a text (deltas) go
-through a `StreamScrubber` per logical text, which holds back only a tail that could still be a
-placeholder or an entity; whole texts (the Responses API repeats the full text at the end) are
-processed at once. Held text is released, in a copy of that text's last delta event, before the
-first event that carries no delta (a finish chunk, `content_block_stop`, `[DONE]`) and at the end.
+The event-by-event rewriting (deltas held per logical text, whole texts at once, held tails released
+before the next event without a delta) is `StreamTextRewriter`'s, shared with replay; this adds what
+happens to each released segment: scan, act (findings, block), restore.
 """
 
 from __future__ import annotations
 
-import copy
-import json
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from interlock.policies.guardrails import Blocked
-from interlock.policies.redaction import StreamScrubber, actions_for, entity_types, restorer, rewrite
+from interlock.policies.redaction import actions_for, entity_types, restorer, rewrite
+from interlock.policies.streamrewrite import StreamTextRewriter
 from interlock.proxy.protocols import ADAPTERS
-from interlock.proxy.protocols.base import JsonPath, set_path
-from interlock.proxy.protocols.sse import Event, EventSplitter
+from interlock.proxy.protocols.sse import EventSplitter
 from interlock.tracing.call import Call, Chunk, Finding
 
 if TYPE_CHECKING:
@@ -26,7 +23,7 @@ if TYPE_CHECKING:
     from interlock.policies.redaction import SessionVault
 
 
-class StreamGuard:
+class StreamGuard(StreamTextRewriter):
     """The per-call state of one streamed response."""
 
     def __init__(
@@ -43,13 +40,10 @@ class StreamGuard:
         self.actions = actions  # response scanning, when set
         self.vault = vault
         self.storage = storage  # re-rendering the upstream's chunks for the store: mask, never restore
-        self.adapter = ADAPTERS[call.protocol]
         self.detector = stage.detector_now() if actions is not None else None
+        super().__init__(ADAPTERS[call.protocol], self.detector is not None)
         self.splitter = EventSplitter()
-        self.scrubbers: dict[str, StreamScrubber] = {}
-        self.templates: dict[str, tuple[str | None, Any, JsonPath]] = {}
         self.positions: dict[str, int] = {}
-        self.changed = False  # the agent's bytes differ from the upstream's
         self.found = False  # the model wrote something a guardrail acted on
         self.blocked = False
 
@@ -69,50 +63,7 @@ class StreamGuard:
             out.append(self.block(exc.entities))
         return b"".join(out)
 
-    def event(self, event: Event) -> bytes:
-        if not event.data or event.data == "[DONE]" or event.data[0] not in "{[":
-            return self.flush() + event.raw
-        try:
-            data = json.loads(event.data)
-        except json.JSONDecodeError:
-            return self.flush() + event.raw
-        texts = self.adapter.stream_texts(event.event, data)
-        prefix = b"" if any(t.delta for t in texts) else self.flush()
-        changed = False
-        for text in texts:
-            if text.delta:
-                scrubber = self.scrubbers.get(text.key)
-                if scrubber is None:
-                    scrubber = self.scrubbers[text.key] = StreamScrubber(
-                        self.processor(text.key, text.json_text), self.detector is not None
-                    )
-                self.templates[text.key] = (event.event, data, text.path)
-                new = scrubber.feed(text.text)
-            else:
-                new = self.processor(text.key, text.json_text, record=text.key not in self.scrubbers)(text.text)
-            if new != text.text:
-                set_path(data, text.path, new)
-                changed = True
-        if not changed:
-            return prefix + event.raw
-        self.changed = True
-        return prefix + self.adapter.stream_event(event.event, data)
-
-    def flush(self) -> bytes:
-        """Release every held tail, each in a copy of its text's last delta event."""
-        out: list[bytes] = []
-        for key, scrubber in self.scrubbers.items():
-            if not scrubber.buffer:
-                continue
-            text = scrubber.flush()
-            name, data, path = self.templates[key]
-            data = copy.deepcopy(data)
-            set_path(data, path, text)
-            out.append(self.adapter.stream_event(name, data))
-            self.changed = True
-        return b"".join(out)
-
-    def processor(self, key: str, json_text: bool, record: bool = True) -> Any:
+    def processor(self, key: str, json_text: bool, record: bool = True) -> Callable[[str], str]:
         """Scan, act on and restore one released segment of the text `key`."""
         restore = None if self.storage else restorer(self.vault, json_text)
         detector, actions, stage = self.detector, self.actions, self.stage

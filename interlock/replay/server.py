@@ -12,17 +12,17 @@ upstream through interlock's own proxy app).
 from __future__ import annotations
 
 import asyncio
-import copy
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from interlock.policies.redaction import StreamScrubber, placeholder_restorer
+from interlock.policies.redaction import placeholder_restorer
+from interlock.policies.streamrewrite import StreamTextRewriter
 from interlock.proxy.protocols import ADAPTERS
-from interlock.proxy.protocols.base import decoded_body, set_path
+from interlock.proxy.protocols.base import decoded_body
 from interlock.proxy.protocols.mcp import json_rpc_error
 from interlock.proxy.protocols.sse import Event, EventSplitter
 from interlock.replay.diff import Divergence, diverge
@@ -306,31 +306,29 @@ class ReplayApp:
             await asyncio.sleep(delay)
 
 
-class _StreamRewriter:
+class _StreamRewriter(StreamTextRewriter):
     """Rewrites SSE events on their way out without regrouping chunks: complete events leave with
     the chunk that completed them. MCP events get the incoming JSON-RPC id. Placeholders are restored
-    per logical text through the adapter (`stream_texts`): a model writes `<EMAIL_ADDRESS_1>` over
-    several deltas, so each text's tail that could still be a placeholder waits for the next delta
-    (the guardrails' `StreamScrubber`), and is released before the next event without a delta."""
+    per logical text, as the guardrails' `StreamGuard` restores them (the same `StreamTextRewriter`):
+    a model writes `<EMAIL_ADDRESS_1>` over several deltas, so each text's tail that could still be a
+    placeholder waits for the next delta, and is released before the next event without a delta."""
 
     def __init__(self, protocol: str, rpc_request: Any, values: dict[str, str]) -> None:
-        self.adapter = ADAPTERS[protocol]
+        super().__init__(ADAPTERS[protocol], entities=False)
         self.rpc_request = rpc_request
         self.values = values
         self.splitter = EventSplitter()
-        self.scrubbers: dict[str, Any] = {}
-        self.templates: dict[str, tuple[str | None, Any, tuple[str | int, ...]]] = {}
 
     def feed(self, data: bytes) -> bytes:
         return b"".join(self._rewrite(e) for e in self.splitter.feed(data))
 
     def close(self) -> bytes:
-        return b"".join(self._rewrite(e) for e in self.splitter.close()) + self._flush()
+        return b"".join(self._rewrite(e) for e in self.splitter.close()) + self.flush()
 
     def _rewrite(self, event: Event) -> bytes:
         raw = event.raw
         if self.values:
-            raw = self._restore(event)
+            raw = self.event(event)
         if self.rpc_request is None or b'"id"' not in raw:
             return raw
         lines = raw.split(b"\n")
@@ -342,44 +340,13 @@ class _StreamRewriter:
                     lines[i] = b"data: " + rewritten
         return b"\n".join(lines)
 
-    def _restore(self, event: Event) -> bytes:
-        if not event.data or event.data[0] not in "{[":
-            return self._flush() + event.raw
-        try:
-            data = json.loads(event.data)
-        except json.JSONDecodeError:
-            return self._flush() + restore(event.raw, self.values)
-        texts = self.adapter.stream_texts(event.event, data)
-        if not texts:
-            return self._flush() + restore(event.raw, self.values)
-        prefix = b"" if any(t.delta for t in texts) else self._flush()
-        changed = False
-        for text in texts:
-            if text.delta:
-                scrubber = self.scrubbers.get(text.key)
-                if scrubber is None:
-                    scrubber = self.scrubbers[text.key] = StreamScrubber(self._restorer(text.json_text), False)
-                self.templates[text.key] = (event.event, data, text.path)
-                new = scrubber.feed(text.text)
-            else:
-                new = self._restorer(text.json_text)(text.text)
-            if new != text.text:
-                set_path(data, text.path, new)
-                changed = True
-        return prefix + (self.adapter.stream_event(event.event, data) if changed else event.raw)
-
-    def _flush(self) -> bytes:
-        out: list[bytes] = []
-        for key, scrubber in self.scrubbers.items():
-            if scrubber.buffer:
-                name, data, path = self.templates[key]
-                data = copy.deepcopy(data)
-                set_path(data, path, scrubber.flush())
-                out.append(self.adapter.stream_event(name, data))
-        return b"".join(out)
-
-    def _restorer(self, json_text: bool) -> Any:
+    def processor(self, key: str, json_text: bool, record: bool = True) -> Callable[[str], str]:
         return placeholder_restorer(self.values.get, json_text)
+
+    def untexted(self, raw: bytes) -> bytes:
+        # No text the adapter knows (an MCP message it does not read, a line that is not JSON):
+        # placeholders are restored in the raw bytes.
+        return restore(raw, self.values)
 
 
 def _with_rpc_id(body: bytes, request: Any) -> bytes:

@@ -1,0 +1,64 @@
+"""Replay's stream rewriter and the guardrails' StreamGuard share one event-rewriting core: a stream
+comes out of both alike, whatever the chunking."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from interlock.config import Settings
+from interlock.policies.guardrails import Guardrails
+from interlock.policies.guardstream import StreamGuard
+from interlock.policies.redaction import SessionVault
+from interlock.policies.streamrewrite import StreamTextRewriter
+from interlock.replay.server import _StreamRewriter
+from interlock.scripted_replies import Script, anthropic_reply, chat_reply
+from interlock.tracing.call import Call
+
+
+def rechunked(events: list[bytes], size: int) -> list[bytes]:
+    body = b"".join(events)
+    return [body[i : i + size] for i in range(0, len(body), size)]
+
+
+def through_both(protocol: str, events: list[bytes], size: int) -> tuple[bytes, bytes]:
+    vault = SessionVault(10)
+    placeholder = vault.placeholder("EMAIL_ADDRESS", "ann@example.com")
+    assert placeholder == "<EMAIL_ADDRESS_1>"
+    call = Call(id="c1", route=protocol, protocol=protocol, method="POST", path="/x")
+    guard = StreamGuard(Guardrails(Settings()), call, None, vault)
+    replay = _StreamRewriter(protocol, None, {placeholder: "ann@example.com"})
+    chunks = rechunked(events, size)
+    guarded = b"".join(guard.feed(c, i == len(chunks) - 1) for i, c in enumerate(chunks))
+    replayed = b"".join(replay.feed(c) for c in chunks) + replay.close()
+    return guarded, replayed
+
+
+@pytest.mark.parametrize(
+    "protocol, reply",
+    [
+        ("openai", lambda s: chat_reply(s.text, s, "gpt-4o-mini", {})),
+        ("anthropic", lambda s: anthropic_reply(s.text, s, "claude")),
+    ],
+)
+@pytest.mark.parametrize("size", [7, 64, 100_000])
+def test_replay_restores_a_stream_as_the_guardrails_do(protocol: str, reply: Any, size: int) -> None:
+    # Deltas of 3 characters: the placeholder arrives in pieces and is held until whole.
+    events, _ = reply(Script(text="mail <EMAIL_ADDRESS_1> today, <EMAIL_ADDRESS_1>!", chunk_size=3))
+    guarded, replayed = through_both(protocol, events, size)
+    assert replayed == guarded
+    text = "".join(
+        (d.get("choices") or [{}])[0].get("delta", {}).get("content") or (d.get("delta") or {}).get("text") or ""
+        for line in replayed.split(b"\n")
+        if line.startswith(b"data: {")
+        for d in [json.loads(line[6:])]
+    )
+    assert text == "mail ann@example.com today, ann@example.com!"
+
+
+def test_both_are_the_one_core() -> None:
+    assert issubclass(StreamGuard, StreamTextRewriter) and issubclass(_StreamRewriter, StreamTextRewriter)
+    assert "event" not in vars(StreamGuard) and "event" not in vars(_StreamRewriter)
+    assert "flush" not in vars(StreamGuard) and "flush" not in vars(_StreamRewriter)
