@@ -34,7 +34,7 @@ from interlock.proxy.retry import (
     retry_after_seconds,
 )
 from interlock.proxy.routing import Router, Target, UpstreamState
-from interlock.proxy.upstream import upstream_headers, upstream_url
+from interlock.proxy.upstream import route_timeouts, upstream_headers, upstream_url
 from interlock.tracing.call import Attempt, Call
 
 log = logging.getLogger("interlock.proxy")
@@ -96,14 +96,16 @@ class Forwarder:
         self.settings = settings
         self.client = client
         self.escalator = Escalator(settings.escalation, client)
-        self.routers: dict[str, Router] = {
-            name: Router(name, route, self._breaker_changed) for name, route in settings.routes.items()
-        }
+        self.routers: dict[str, Router] = {name: self._router(name, route) for name, route in settings.routes.items()}
+
+    def _router(self, name: str, route: Route) -> Router:
+        first_byte = route_timeouts(self.settings, route).first_byte
+        return Router(name, route, self._breaker_changed, first_byte=first_byte)
 
     def router(self, name: str, route: Route) -> Router:
         router = self.routers.get(name)
         if router is None or router.route is not route:
-            router = self.routers[name] = Router(name, route, self._breaker_changed)
+            router = self.routers[name] = self._router(name, route)
         return router
 
     async def open(self, call: Call, route: Route, adapter: Adapter) -> Opened:
@@ -120,7 +122,10 @@ class Forwarder:
         target = router.pick(plan)
         if target is None:
             raise self._circuit_open(call, router, plan)
-        result = await self.attempt(call, adapter, router, target, plain)
+        if router.first_attempt_limit is None:
+            result = await self.attempt(call, adapter, router, target, plain)
+        else:
+            result = await self._cut_attempt(call, adapter, router, target, plain, router.first_attempt_limit)
         if type(result) is Opened and result.response.status_code not in router.statuses:
             return result
         return await self._retry(call, adapter, router, plan, target, result, plain)
@@ -205,6 +210,26 @@ class Forwarder:
             breaker.success(probe)
         return Opened(response, upstream, first, rest, state, call)
 
+    async def _cut_attempt(
+        self,
+        call: Call,
+        adapter: Adapter,
+        router: Router,
+        target: Target,
+        plain: bytes | None,
+        seconds: float,
+        *,
+        backoff_ms: float = 0.0,
+    ) -> Opened | Failure:
+        """An attempt cut when the route's retry deadline passes (`seconds` from now)."""
+        try:
+            async with asyncio.timeout(seconds):
+                return await self.attempt(call, adapter, router, target, plain, backoff_ms=backoff_ms)
+        except TimeoutError:
+            message = f"the route's retry deadline of {router.route.retry.deadline}s passed"
+            call.attempts[-1].error = f"{DEADLINE}: {message}"
+            return Failure(DEADLINE, message, sent=True)
+
     def _body(self, call: Call, target: Target, plain: bytes | None) -> bytes:
         """What this attempt sends: the request, with `model` rewritten when the target asks for
         another model (from `request_json`, so other stages' edits are kept)."""
@@ -272,14 +297,8 @@ class Forwarder:
                 await asyncio.sleep(wait)
             target = following
             tries[target] = tries.get(target, 0) + 1
-            try:
-                async with asyncio.timeout((deadline_ms - call.elapsed_ms()) / 1000.0):
-                    result = await self.attempt(call, adapter, router, target, plain, backoff_ms=wait * 1000.0)
-            except TimeoutError:
-                message = f"the route's retry deadline of {retry.deadline}s passed"
-                call.attempts[-1].error = f"{DEADLINE}: {message}"
-                result = Failure(DEADLINE, message, sent=True)
-                continue
+            left = (deadline_ms - call.elapsed_ms()) / 1000.0
+            result = await self._cut_attempt(call, adapter, router, target, plain, left, backoff_ms=wait * 1000.0)
             if isinstance(result, Opened) and result.response.status_code not in router.statuses:
                 if target is not first_target:
                     call.meta["fallback"] = True

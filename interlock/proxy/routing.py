@@ -54,10 +54,20 @@ class Router:
     """The run-time side of one route: upstream states, plans, and the choice of the next target."""
 
     def __init__(
-        self, name: str, route: Route, on_breaker_change: Callable[[CircuitBreaker, str], None] | None = None
+        self,
+        name: str,
+        route: Route,
+        on_breaker_change: Callable[[CircuitBreaker, str], None] | None = None,
+        *,
+        first_byte: float | None = None,
     ) -> None:
         self.name = name
         self.route = route
+        #: The retry deadline, when it is shorter than the wait for a first byte (`first_byte`): the
+        #: first attempt is then cut at it too (later attempts always are). None: nothing to cut.
+        self.first_attempt_limit = (
+            route.retry.deadline if first_byte is not None and route.retry.deadline < first_byte else None
+        )
         self.strategy = route.strategy
         self.states = tuple(
             UpstreamState(

@@ -291,6 +291,21 @@ def test_a_slow_retry_is_cut_at_the_deadline(make_interlock: Any, upstream: Scri
     assert (call.attempts[1].error or "").startswith("deadline:")
 
 
+def test_a_slow_first_attempt_is_cut_at_a_deadline_shorter_than_first_byte(
+    make_interlock: Any, upstream: ScriptedUpstream
+) -> None:
+    # first_byte (60 s by default) would let the first attempt run past the whole call's deadline
+    running = make_interlock(routes={"openai": single(upstream, retry={"deadline": 0.4, "attempts": 5})})
+    calls = collect_calls(running)
+    upstream.script(Script(delay=3.0))
+    response = httpx.post(running.url + "/openai/chat/completions", json=CHAT, timeout=10)
+    assert response.status_code == 504, response.text  # not the upstream's answer after 3 s
+    assert response.json()["error"]["code"] == "upstream_timeout"
+    (call,) = finished(calls)
+    assert len(call.attempts) == 1 and (call.attempts[0].error or "").startswith("deadline:")
+    assert call.meta["retry_stop"] == "deadline"
+
+
 def test_non_idempotent_tool_post_is_not_retried(make_interlock: Any, upstream: ScriptedUpstream) -> None:
     tools = route("http", [{"name": "t", "url": upstream.url + "/tools"}])
     running = make_interlock(routes={"tools": tools})
