@@ -224,12 +224,20 @@ class ProxyApp:
         state.started = True
         chunks = call.chunks
         data = opened.first
+        outcome = call.outcome
         try:
             if data:
                 await self._forward_chunk(call, data, send, sent)
-            async for data in opened.rest:
-                if data:
-                    await self._forward_chunk(call, data, send, sent)
+            # A stage may end the agent's stream (a refused tool call, blocked PII: it sets the
+            # outcome): then reading stops, so the upstream connection closes and the model stops.
+            if not (transform and call.outcome != outcome):
+                async for data in opened.rest:
+                    if data:
+                        await self._forward_chunk(call, data, send, sent)
+                        if transform and call.outcome != outcome:
+                            break
+            if transform and call.outcome != outcome:
+                call.truncated = True  # the upstream's stream was not read to its end
         except httpx.HTTPError as exc:
             call.truncated = True
             call.outcome, call.error_code = "upstream_error", "stream_broken"

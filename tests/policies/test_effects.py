@@ -6,11 +6,13 @@ import json
 import time
 from typing import Any
 
+import httpx
 import openai
 import pytest
 
 from interlock.scripted import Script, ScriptedUpstream, ToolUse
 from tests.policies.conftest import openai_client
+from tests.proxy.routing_support import collect_calls, finished
 
 TOOLS: Any = [
     {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}},
@@ -278,3 +280,21 @@ def test_streamed_tool_call_and_plain_text_pass_when_allowed(with_policy: Any, u
     assert json.loads(arguments) == {"city": "Paris"}
     stream = client.chat.completions.create(model="m", messages=HI, stream=True)
     assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "plain text here"
+
+
+def test_a_cut_stream_stops_reading_the_upstream(with_policy: Any, upstream: ScriptedUpstream) -> None:
+    running = with_policy('rules:\n  - name: no-destructive-tools\n    deny: {tools: ["delete_*"]}\n')
+    # After its last event the provider holds the stream open for a long time (a model still
+    # generating): an agent reading to the end must not wait for it, nor should interlock.
+    upstream.script(Script(tool_calls=[ToolUse("delete_file", {"path": "Z" * 40})], end_delay=3))
+    calls = collect_calls(running)
+    body = {"model": "gpt-4o-mini", "messages": HI, "stream": True}
+    with httpx.stream("POST", running.url + "/openai/chat/completions", json=body, timeout=20) as response:
+        received = b"".join(response.iter_raw())
+    assert b"policy_denied" in received and b"ZZ" not in received
+    deadline = time.monotonic() + 10
+    while upstream.disconnects < 1:  # interlock closed the upstream connection
+        assert time.monotonic() < deadline, "interlock kept reading the upstream stream"
+        time.sleep(0.02)
+    (call,) = finished(calls)
+    assert call.truncated and call.error_code == "policy_denied"
