@@ -126,9 +126,7 @@ class PolicyStage:
                 exceeded = self.limiter.exceeded(rule, call, now)
                 if exceeded is None:
                     continue
-                message = f"rate limited by policy rule {rule.name!r}: over {exceeded.message}"
-                if exceeded.code == "budget_exceeded":
-                    message = f"budget exceeded under policy rule {rule.name!r}: over {exceeded.message}"
+                message = exceeded.refusal
                 detail = {"retry_after": exceeded.retry_after, "code": exceeded.code}
                 if rule.monitor:
                     call.decide(Decision("limits", "monitor", rule.name, f"would refuse: {message}", detail))
