@@ -19,7 +19,7 @@ from opentelemetry.semconv.attributes import error_attributes, http_attributes, 
 
 from interlock.proxy.protocols import ADAPTERS, BadRequest, TextSlot
 from interlock.proxy.protocols.base import decoded_body
-from interlock.proxy.protocols.summary import ResponseSummary, output_texts, summarize_response
+from interlock.proxy.protocols.summary import ResponseSummary, response_message, summarize_response
 from interlock.tracing.call import Attempt, Call
 
 Attributes = dict[str, Any]
@@ -249,9 +249,34 @@ def _add_content(call: Call, attrs: Attributes, limit: int) -> None:
             attrs[gen_ai.GEN_AI_INPUT_MESSAGES] = _cut(json.dumps(_messages(rest), ensure_ascii=False), limit)
     agent_body = call.agent_body()
     if agent_body and call.status is not None and call.status < 400:
-        texts = output_texts(call, decoded_body(agent_body, call.response_headers))
-        if texts:
-            attrs[gen_ai.GEN_AI_OUTPUT_MESSAGES] = _cut(json.dumps(_messages(texts), ensure_ascii=False), limit)
+        output = _output_messages(call, response_message(call, decoded_body(agent_body, call.response_headers)))
+        if output:
+            attrs[gen_ai.GEN_AI_OUTPUT_MESSAGES] = _cut(json.dumps(output, ensure_ascii=False), limit)
+
+
+def _output_messages(call: Call, data: Any) -> list[dict[str, Any]]:
+    """The model's answer as GenAI output messages: its texts, then one `tool_call` part per tool call
+    (id, name, and the arguments as an object when they are JSON)."""
+    if data is None:
+        return []
+    adapter = ADAPTERS[call.protocol]
+    messages = _messages([s for s in adapter.response_texts(data) if s.text and s.role != "tool_args"])
+    parts: list[dict[str, Any]] = []
+    for tool_call in adapter.response_tool_calls(data):
+        try:
+            arguments: Any = json.loads(tool_call.arguments) if tool_call.arguments else {}
+        except json.JSONDecodeError:
+            arguments = tool_call.arguments  # as the model produced it (e.g. cut short)
+        part: dict[str, Any] = {"type": "tool_call", "name": tool_call.name, "arguments": arguments}
+        if tool_call.id is not None:
+            part["id"] = tool_call.id
+        parts.append(part)
+    if parts:
+        if messages and messages[-1]["role"] == "assistant":
+            messages[-1]["parts"].extend(parts)
+        else:
+            messages.append({"role": "assistant", "parts": parts})
+    return messages
 
 
 def _messages(slots: list[TextSlot]) -> list[dict[str, Any]]:

@@ -9,7 +9,7 @@ import pytest
 from opentelemetry.trace import SpanKind, StatusCode
 
 from interlock.proxy.protocols import ADAPTERS
-from interlock.scripted_replies import Script, ToolUse, anthropic_reply, sse
+from interlock.scripted_replies import Script, ToolUse, anthropic_reply, chat_reply, sse
 from interlock.tracing.call import Attempt, Call, Chunk, Decision, Finding
 from tests.tracing.otel_helpers import (
     AGENT_SPAN,
@@ -149,16 +149,44 @@ def test_a_streamed_anthropic_tool_call_is_exported_like_the_same_call_not_strea
     streamed, _ = export(anthropic_call(stream=True), capture_content=True)
     answered, _ = export(anthropic_call(stream=False), capture_content=True)
     output = json.loads(by_name(streamed, "chat claude-sonnet-4").attributes["gen_ai.output.messages"])
-    # The tool call's argument values, as parts of the tool_use block's message (the non-streamed
-    # shape), not the raw JSON text the stream carried it in.
+    # One message: its text, then the tool call with its id, name and arguments as an object (the
+    # GenAI conventions' tool_call part), not the raw JSON text the stream carried it in.
     assert output == [
-        {"role": "assistant", "parts": [{"type": "text", "content": "let me look"}]},
         {
             "role": "assistant",
-            "parts": [{"type": "tool_call", "arguments": "Paris"}, {"type": "tool_call", "arguments": "C"}],
-        },
+            "parts": [
+                {"type": "text", "content": "let me look"},
+                {
+                    "type": "tool_call",
+                    "name": "get_weather",
+                    "arguments": {"city": "Paris", "units": {"temp": "C"}},
+                    "id": "toolu_call_1",
+                },
+            ],
+        }
     ]
     assert output == json.loads(by_name(answered, "chat claude-sonnet-4").attributes["gen_ai.output.messages"])
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_openai_tool_calls_are_tool_call_parts_with_their_arguments(stream: bool) -> None:
+    script = Script(text=None, tool_calls=[ToolUse("get_weather", {"city": "Oslo"}), ToolUse("rm", {"path": "/"})])
+    events, whole = chat_reply("", script, "gpt-4o-mini", {"stream": stream})
+    call = chat_call(stream=stream)
+    if stream:
+        call.response_headers = [("content-type", "text/event-stream")]
+        call.chunks = [Chunk(10.0 + i, e) for i, e in enumerate(events)]
+    else:
+        call.response_body = json.dumps(whole).encode()
+    spans, _ = export(call, capture_content=True)
+    output = json.loads(by_name(spans, "chat gpt-4o-mini").attributes["gen_ai.output.messages"])
+    (message,) = output
+    assert message["role"] == "assistant"
+    assert [(p["type"], p["name"], p["arguments"]) for p in message["parts"]] == [
+        ("tool_call", "get_weather", {"city": "Oslo"}),
+        ("tool_call", "rm", {"path": "/"}),
+    ]
+    assert all(p["id"] for p in message["parts"])
 
 
 def test_each_attempt_is_a_child_http_span_with_its_own_timing() -> None:

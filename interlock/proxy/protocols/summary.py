@@ -96,14 +96,18 @@ def _read(protocol: str, data: Any, summary: ResponseSummary) -> None:
             summary.finish_reasons = [status]
 
 
-def output_texts(call: Call, body: bytes) -> list[TextSlot]:
-    """The texts of a response body as the agent received it: a stream is reassembled into the message
-    the non-streamed call would have returned, so both read the same (the adapter's `response_texts`).
-    Empty texts (a stream's opening `content: ""`) say nothing and are left out."""
+def response_message(call: Call, body: bytes) -> Any:
+    """A response body as the agent received it, parsed; a stream is reassembled into the message the
+    non-streamed call would have returned, so both read the same. None when it is not JSON."""
     if call.stream:
-        data = reassemble_stream(call.protocol, body)
-    else:
-        data = _payload(body.decode("utf-8", "replace").lstrip())
+        return reassemble_stream(call.protocol, body)
+    return _payload(body.decode("utf-8", "replace").lstrip())
+
+
+def output_texts(call: Call, body: bytes) -> list[TextSlot]:
+    """The texts of a response body as the agent received it (the adapter's `response_texts` of
+    `response_message`). Empty texts (a stream's opening `content: ""`) say nothing and are left out."""
+    data = response_message(call, body)
     if data is None:
         return []
     return [slot for slot in ADAPTERS[call.protocol].response_texts(data) if slot.text]
