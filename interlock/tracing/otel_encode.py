@@ -34,8 +34,8 @@ _SMALL = [bytes([n]) for n in range(128)]
 #: SpanKind → the OTLP enum (SPAN_KIND_INTERNAL = 1, ...).
 _KINDS = {kind: _SMALL[kind.value + 1] for kind in SpanKind}
 _HAS_IS_REMOTE, _IS_REMOTE = 0x100, 0x200
-#: Encoded KeyValues of repeated attributes; cleared when full, so it stays small.
-_CACHE_LIMIT = 4096
+#: Encoded KeyValues of repeated attributes, per key; cleared when full, so it stays small.
+_CACHE_LIMIT = 1024
 #: Attributes whose value is new on every call: encoded, never cached (they would only churn it).
 UNIQUE_KEYS = frozenset({"interlock.call.id", "gen_ai.response.id", "interlock.ttfb_ms", "jsonrpc.request.id"})
 
@@ -88,36 +88,43 @@ class SpanEncoder:
     """Encodes batches of finished spans to an OTLP `ExportTraceServiceRequest` (bytes)."""
 
     def __init__(self) -> None:
-        self._attributes: dict[tuple[str, type, Any], bytes] = {}
+        self._attributes: dict[bytes, dict[type, dict[str, dict[Any, bytes]]]] = {}
         self._resources: dict[Resource, bytes] = {}
         self._scopes: dict[InstrumentationScope | None, bytes] = {}
 
     def attributes(self, tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
         if not attributes:
             return b""
-        cache = self._attributes
+        # tag → kind → key → value → the encoded field: nested dicts, so a lookup hashes no tuple
+        # (the kind keeps True apart from 1)
+        by_kind = self._attributes.get(tag)
+        if by_kind is None:
+            by_kind = self._attributes[tag] = {str: {}, bool: {}, int: {}, tuple: {}}
         parts = []
+        append = parts.append
         for key, value in attributes.items():
             kind = value.__class__
-            if kind is list:  # e.g. finish reasons: cached as a tuple of the same items
-                cache_key: tuple[str, type, Any] | None = (key, kind, tuple(value)) if len(value) < 8 else None
-            elif kind is str or kind is bool or kind is int:
-                cache_key = None if key in UNIQUE_KEYS else (key, kind, value)  # kind: True == 1
+            if kind is list and len(value) < 8:  # e.g. finish reasons: cached as a tuple of its items
+                kind, lookup = tuple, tuple(value)
             else:
-                cache_key = None
-            if cache_key is None:
-                parts.append(_delimited(tag, _key_value(key, value)))
+                lookup = value
+            by_key = by_kind.get(kind)
+            if by_key is None or key in UNIQUE_KEYS:
+                append(_delimited(tag, _key_value(key, value)))
                 continue
+            by_value = by_key.get(key)
+            if by_value is None:
+                by_value = by_key[key] = {}
             try:
-                cached = cache.get(cache_key)
+                encoded = by_value.get(lookup)
             except TypeError:  # an unhashable item in a list
-                parts.append(_delimited(tag, _key_value(key, value)))
+                append(_delimited(tag, _key_value(key, value)))
                 continue
-            if cached is None:
-                if len(cache) >= _CACHE_LIMIT:
-                    cache.clear()
-                cached = cache[cache_key] = _delimited(tag, _key_value(key, value))
-            parts.append(cached)
+            if encoded is None:
+                if len(by_value) >= _CACHE_LIMIT:
+                    by_value.clear()
+                encoded = by_value[lookup] = _delimited(tag, _key_value(key, value))
+            append(encoded)
         return b"".join(parts)
 
     def span(self, span: ReadableSpan) -> bytes:

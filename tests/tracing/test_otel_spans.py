@@ -350,3 +350,29 @@ def test_a_full_queue_drops_calls_and_counts_them_without_blocking() -> None:
     assert exporter.dropped >= 3
     assert exporter.exported + exporter.dropped == 5
     exporter.close()
+
+
+@pytest.mark.parametrize(
+    ("sampler", "argument", "kept"),
+    [
+        (None, None, True),  # the SDK default, parentbased_always_on
+        ("always_off", None, False),
+        ("parentbased_always_off", None, True),  # the agent's (sampled) span decides
+        ("traceidratio", "0", False),
+        ("traceidratio", "1", True),
+    ],
+)
+def test_the_standard_sampler_variables_decide_which_calls_become_spans(
+    monkeypatch: pytest.MonkeyPatch, sampler: str | None, argument: str | None, kept: bool
+) -> None:
+    for name, value in (("OTEL_TRACES_SAMPLER", sampler), ("OTEL_TRACES_SAMPLER_ARG", argument)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    spans, points = export(chat_call())
+    assert bool(spans) is kept
+    if kept:
+        call = by_name(spans, "chat gpt-4o-mini")
+        assert len(children(spans, call)) == 1  # and its attempt
+    assert points["interlock.calls"][0].value == 1  # metrics count every call, sampled or not
