@@ -100,7 +100,7 @@ class SpanEncoder:
         by_kind = self._attributes.get(tag)
         if by_kind is None:
             by_kind = self._attributes[tag] = {str: {}, bool: {}, int: {}, tuple: {}}
-        parts = []
+        parts: list[bytes] = []
         append = parts.append
         for key, value in attributes.items():
             kind = value.__class__

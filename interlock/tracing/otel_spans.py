@@ -13,7 +13,7 @@ attribute checks and span bookkeeping cost more than the rest of the export (mea
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -54,7 +54,8 @@ class SpanBuilder:
         self.ids = RandomIdGenerator()
         # The SDK's default sampler (no OTEL_TRACES_SAMPLER) samples every call: asking it costs a
         # context object and ~10 µs a call for a known answer.
-        self.sample_all = sampler.get_description() == ParentBased(ALWAYS_ON).get_description()
+        default: Any = ParentBased(ALWAYS_ON)  # get_description is untyped in the SDK
+        self.sample_all = bool(cast(Any, sampler).get_description() == default.get_description())
 
     def _span(
         self,
