@@ -2,7 +2,9 @@
 `/api/stats`. Every store read runs in a worker thread, never on the event loop.
 
 Paging: `/api/calls` returns newest first, `limit` rows (default 50, at most 1000) and `next`, the
-`before=` value for the following page (null on the last page). `/api/sessions` pages with `offset`.
+`before=` value for the following page (null on the last page). `/api/sessions` pages with `offset`
+and filters like the UI's sessions page: `agent`, `route`, `outcome` (or `problems`), `q` (full-text),
+`since`/`until` (the calls summed), `active_since` (the session's last call).
 """
 
 from __future__ import annotations
@@ -104,16 +106,27 @@ async def get_call(request: Request) -> Response:
 
 
 async def list_sessions(request: Request) -> Response:
+    params = request.query_params
     try:
-        agent = request.query_params.get("agent") or None
-        since, until = _number(request, "since"), _number(request, "until")
+        outcome = params.get("outcome") or None
+        if outcome is not None and outcome not in (*OUTCOMES, "problems"):
+            raise BadParameter(f"outcome must be one of {', '.join(OUTCOMES)} or problems")
+        filters: dict[str, Any] = {key: params.get(key) or None for key in ("agent", "route", "q")}
+        filters.update(
+            outcome=outcome,
+            since=_number(request, "since"),
+            until=_number(request, "until"),
+            active_since=_number(request, "active_since"),
+        )
         limit = _limit(request)
         offset = _number(request, "offset", int) or 0
+        if offset < 0:
+            raise BadParameter("offset must be 0 or more")
     except BadParameter as exc:
         return _error(400, "bad_parameter", str(exc))
 
     def read(store: Store) -> dict[str, Any]:
-        rows = store.sessions(agent=agent, since=since, until=until, limit=limit + 1, offset=offset)
+        rows = store.sessions(**filters, limit=limit + 1, offset=offset)
         more = len(rows) > limit
         return {"sessions": rows[:limit], "next_offset": offset + limit if more else None}
 

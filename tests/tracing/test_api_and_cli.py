@@ -92,6 +92,13 @@ def test_api_sessions_and_stats(busy: Running) -> None:
     assert [s["session"] for s in sessions] == ["s2", "s1"]
     assert sessions[1]["agents"] == ["coder", "planner"] and sessions[1]["calls"] == 2
     assert [s["session"] for s in api(busy, "/api/sessions", agent="planner")["sessions"]] == ["s1"]
+    assert [s["session"] for s in api(busy, "/api/sessions", route="openai")["sessions"]] == ["s2", "s1"]
+    assert api(busy, "/api/sessions", route="nowhere")["sessions"] == []
+    assert [s["session"] for s in api(busy, "/api/sessions", q="cats")["sessions"]] == ["s1"]
+    assert [s["session"] for s in api(busy, "/api/sessions", outcome="ok")["sessions"]] == ["s2", "s1"]
+    assert api(busy, "/api/sessions", outcome="problems")["sessions"] == []  # the bad request had no session
+    assert api(busy, "/api/sessions", 400, outcome="weird")["error"]["code"] == "bad_parameter"
+    assert api(busy, "/api/sessions", 400, offset=-1)["error"]["code"] == "bad_parameter"
     page = api(busy, "/api/sessions", limit=1)
     assert len(page["sessions"]) == 1 and page["next_offset"] == 1
     one = api(busy, "/api/sessions/s1")
