@@ -15,21 +15,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import queue
 import threading
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from interlock.config import Settings
 from interlock.config import Store as StoreSettings
 from interlock.tracing.call import Call
-from interlock.tracing.rows import Indexer, Record
+from interlock.tracing.rows import Indexer
 from interlock.tracing.store import Store
+from interlock.tracing.writing import YIELD_EVERY, Rows, write_rows
 
 log = logging.getLogger("interlock.recorder")
-
-_STOP = object()
 
 
 class Recorder:
@@ -42,7 +41,13 @@ class Recorder:
         self.settings = settings
         self.capture = settings.capture
         self.indexer = indexer
-        self.queue: queue.Queue[Any] = queue.Queue(maxsize=settings.queue_size)
+        # A deque, not a queue.Queue: `done` appends under no lock (a Queue takes a lock and runs
+        # Condition.notify in Python for every call, on the event loop) and the writer takes a
+        # whole batch at once. `_arrived` wakes an idle writer; it stays set while the writer is
+        # busy, so the loop sets it about once per batch.
+        self.queue: deque[Call] = deque()
+        self._arrived = threading.Event()
+        self._admit = threading.Lock()  # `done`'s check-and-append vs close(): nothing lands after the last drain
         self.batch_size = settings.batch_size
         self.interval = settings.batch_interval_ms / 1000.0
         self.enqueued = 0
@@ -65,23 +70,30 @@ class Recorder:
 
     async def done(self, call: Call) -> None:
         """The call is final: queue it for the writer thread."""
-        if self._closed:
+        with self._admit:
+            closed = self._closed
+            queued = not closed and len(self.queue) < self.settings.queue_size
+            if queued:
+                self.queue.append(call)
+                self.enqueued += 1
+        if queued:
+            if not self._arrived.is_set():
+                self._arrived.set()
+            return
+        if closed:
             # Shutdown already drained the queue: write this straggler directly, off the loop.
             await asyncio.get_running_loop().run_in_executor(self._fallback, self._write_now, [call])
             return
-        try:
-            self.queue.put_nowait(call)
-            self.enqueued += 1
-        except queue.Full:
-            self.overflow += 1
-            if self.overflow == 1 or self.overflow % 1000 == 0:
-                log.warning(
-                    "record queue full (%d): %d calls written by the fallback thread so far; raise store.queue_size"
-                    " or store.batch_size",
-                    self.settings.queue_size,
-                    self.overflow,
-                )
-            await asyncio.get_running_loop().run_in_executor(self._fallback, self._write_now, [call])
+        # The queue is full.
+        self.overflow += 1
+        if self.overflow == 1 or self.overflow % 1000 == 0:
+            log.warning(
+                "record queue full (%d): %d calls written by the fallback thread so far; raise store.queue_size"
+                " or store.batch_size",
+                self.settings.queue_size,
+                self.overflow,
+            )
+        await asyncio.get_running_loop().run_in_executor(self._fallback, self._write_now, [call])
 
     # -- threads ---------------------------------------------------------------------------------
 
@@ -100,11 +112,12 @@ class Recorder:
             return
         self._stopping.set()
         if self._writer is not None:
-            self.queue.put(_STOP)
             self._wake.set()
+            self._arrived.set()
             self._writer.join(timeout)
         # From here `done` writes directly; then nothing can be left in the queue.
-        self._closed = True
+        with self._admit:
+            self._closed = True
         self._write_all_queued()
         self._fallback.shutdown(wait=True)
         if self._pruner is not None:
@@ -124,81 +137,122 @@ class Recorder:
         return True
 
     def _run_writer(self) -> None:
-        while True:
-            first = self.queue.get()  # idle: sleep until a call arrives
-            if first is _STOP:
-                self._write_all_queued()
-                return
+        pending, arrived = self.queue, self._arrived
+        while not self._stopping.is_set():
+            if not pending:
+                # Idle: sleep until a call arrives. Cleared before the emptiness check, so an
+                # append that lands in between sets it again and the wait returns at once.
+                arrived.clear()
+                if not pending and not self._stopping.is_set():
+                    arrived.wait()
+                continue
             # Gather for one interval without waking up for each call, then write what is there.
             self._wake.wait(self.interval)
-            if self._write_all_queued([first]):
+            self._write_all_queued()
+        self._write_all_queued()
+
+    def _write_all_queued(self) -> None:
+        """Write the queue's contents in batches of `batch_size`."""
+        pending, popleft = self.queue, self.queue.popleft
+        while True:
+            # What is queued now; calls that arrive meanwhile wait for the next interval (a busy
+            # proxy must not keep the writer in one endless run of small batches).
+            batch: list[Call] = []
+            try:
+                for _ in range(min(len(pending), self.batch_size)):
+                    batch.append(popleft())
+            except IndexError:  # close() after a timed-out join drains alongside the writer
+                pass
+            if not batch:
+                return
+            self._write_batch(batch)
+            if len(batch) < self.batch_size:
                 return
 
-    def _write_all_queued(self, batch: list[Any] | None = None) -> bool:
-        """Write the queue's contents in batches of `batch_size`; True if the stop sign was among them."""
-        batch = batch or []
-        stop = False
-        while True:
-            while len(batch) < self.batch_size:
-                try:
-                    item = self.queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is _STOP:
-                    stop = True
-                else:
-                    batch.append(item)
-            if not batch:
-                return stop
-            full = len(batch) >= self.batch_size
-            self._write_batch(batch)
-            batch = []
-            if not full:
-                return stop
-
-    def _records(self, calls: list[Call]) -> list[Record]:
-        records: list[Record] = []
-        for call in calls:
+    def _rows(self, calls: list[Call]) -> tuple[Rows, list[Call]]:
+        """The batch's rows, and the calls they hold (a call whose rows cannot be built is counted
+        as a write error and left out: it must not cost its batch)."""
+        rows = Rows()
+        built: list[Call] = []
+        for i, call in enumerate(calls, 1):
+            mark = rows.mark()
             try:
-                records.append(call.to_record())
+                if self.indexer is None:
+                    rows.add_call(call, self.capture)
+                else:
+                    rows.add_record(call.to_record(), self.capture, self.indexer)
+                built.append(call)
             except Exception:
-                with self._counting:
-                    self.write_errors += 1
-                log.exception("could not record call %s", getattr(call, "id", "?"))
-        return records
+                rows.rewind(mark)
+                if self.indexer is None and self._salvage(rows, call):
+                    built.append(call)
+                else:
+                    with self._counting:
+                        self.write_errors += 1
+                    log.exception("could not record call %s", getattr(call, "id", "?"))
+            if i % YIELD_EVERY == 0:
+                # Building rows is pure Python and holds the GIL; without a pause the event loop
+                # can wait a whole switch interval (5 ms) for it. sleep(0) lets it run now.
+                time.sleep(0)
+        return rows, built
 
     def _write_batch(self, batch: list[Call]) -> None:
         cpu = time.thread_time()
-        records = self._records(batch)
-        if not records:
+        rows, built = self._rows(batch)
+        if not built:
             return
         try:
-            self.store.write(records, capture=self.capture, indexer=self.indexer)
+            write_rows(self.store.conn, rows)
             with self._counting:
-                self.written += len(records)
+                self.written += len(built)
                 self.batches += 1
                 self.last_batch_at = time.time()
                 self.writer_cpu += time.thread_time() - cpu
         except Exception:
-            # One bad record must not cost the whole batch: write them one by one.
-            log.exception("writing a batch of %d calls failed; retrying one by one", len(records))
-            for record in records:
-                self._write_records([record])
+            # One bad call must not cost the whole batch: write them one by one.
+            log.exception("writing a batch of %d calls failed; retrying one by one", len(built))
+            for call in built:
+                self._write_now([call])
 
     def _write_now(self, calls: list[Call]) -> None:
-        self._write_records(self._records(calls))
-
-    def _write_records(self, records: list[Record]) -> None:
-        if not records:
+        rows, built = self._rows(calls)
+        if not built:
             return
         try:
-            self.store.write(records, capture=self.capture, indexer=self.indexer)
+            write_rows(self.store.conn, rows)
             with self._counting:
-                self.written += len(records)
+                self.written += len(built)
+            return
+        except Exception:
+            if len(built) > 1:
+                log.exception("writing %d calls failed; retrying one by one", len(built))
+                for call in built:
+                    self._write_now([call])
+                return
+        # One call that SQLite refused: once more with its text made safe to store.
+        call = built[0]
+        salvaged = Rows()
+        try:
+            if not self._salvage(salvaged, call):
+                raise ValueError("its rows cannot be built")
+            write_rows(self.store.conn, salvaged)
+            with self._counting:
+                self.written += 1
         except Exception:
             with self._counting:
-                self.write_errors += len(records)
-            log.exception("could not record call %s", records[0].get("id"))
+                self.write_errors += 1
+            log.exception("could not record call %s", call.id)
+
+    def _salvage(self, rows: Rows, call: Call) -> bool:
+        """Add the call's rows with unstorable text replaced (`Rows.add_call(salvage=True)`)."""
+        mark = rows.mark()
+        try:
+            rows.add_call(call, self.capture, salvage=True)
+        except Exception:
+            rows.rewind(mark)
+            return False
+        log.warning("call %s: text that could not be indexed or stored as it was is stored replaced", call.id)
+        return True
 
     def _run_pruner(self) -> None:
         max_age, max_size = self.settings.max_age, self.settings.max_size
@@ -216,7 +270,7 @@ class Recorder:
         """What `/api/stats` reports about recording."""
         return {
             "capture": self.capture,
-            "queue": self.queue.qsize(),
+            "queue": len(self.queue),
             "queue_size": self.settings.queue_size,
             "enqueued": self.enqueued,
             "written": self.written,

@@ -2,8 +2,8 @@
 
 One `Store` object is shared by threads: each thread gets its own connection (WAL mode, so readers
 never wait for the writer). Writes arrive as `Call.to_record()` dicts in batches (`write`), one
-transaction per batch with `executemany`; all JSON encoding happens here, in the writer's thread,
-never on the event loop. This module keeps connections, writing, retention and moving calls between
+transaction per batch (built and inserted by `interlock/tracing/writing.py`), in the writer's
+thread, never on the event loop. This module keeps connections, writing, retention and moving calls between
 files; the queries are in `interlock/tracing/reads.py` (`Reads`, which `Store` extends). The schema
 is documented in `interlock/tracing/schema.py`.
 """
@@ -18,28 +18,20 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from interlock.tracing.call import Call
 from interlock.tracing.reads import Reads, fts_query, where_clause
 from interlock.tracing.rows import (
     CHILD_TABLES,
-    INSERT_ATTEMPT,
-    INSERT_BODY,
-    INSERT_CALL,
-    INSERT_CHUNK,
-    INSERT_EVENT,
-    INSERT_FTS,
     LIST_COLUMNS,
     Indexer,
     Record,
-    record_rows,
-    without_bodies,
 )
 from interlock.tracing.schema import SCHEMA_VERSION, SchemaError, StoreError, migrate, schema_version
-from interlock.tracing.text import record_texts
 from interlock.tracing.transfer import copy_calls
+from interlock.tracing.writing import write_records
 
 if TYPE_CHECKING:
     import sqlite_utils
@@ -49,10 +41,6 @@ log = logging.getLogger("interlock.store")
 #: Bodies of a few KB fill 4 KB pages (SQLite's default) about half; larger pages pack them.
 #: Measured with 2 KB requests: 10.5 KB per call on disk with 4 KB pages, 6.8 KB with 16 KB. Only a new file.
 PAGE_SIZE = 16384
-
-
-#: Records turned into rows between two pauses that let the event loop thread have the GIL.
-YIELD_EVERY = 16
 
 
 def _connect(path: str, readonly: bool) -> sqlite3.Connection:
@@ -159,46 +147,7 @@ class Store(Reads):
 
     def write(self, records: Sequence[Record], *, capture: str = "full", indexer: Indexer | None = None) -> int:
         """Write `Call.to_record()` dicts in one transaction; returns how many were new."""
-        if not records:
-            return 0
-        index = indexer or record_texts
-        calls: list[tuple[Any, ...]] = []
-        bodies: list[tuple[Any, ...]] = []
-        chunks: list[tuple[Any, ...]] = []
-        attempts: list[tuple[Any, ...]] = []
-        events: list[tuple[Any, ...]] = []
-        texts: list[tuple[Any, ...]] = []
-        for i, record in enumerate(records, 1):
-            record_rows(record, capture, index, calls, bodies, chunks, attempts, events, texts)
-            if i % YIELD_EVERY == 0:
-                # Building rows is pure Python and holds the GIL; without a pause the event loop
-                # can wait a whole switch interval (5 ms) for it. sleep(0) lets it run now.
-                time.sleep(0)
-        conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            before = conn.total_changes
-            conn.executemany(INSERT_CALL, calls)
-            added = conn.total_changes - before
-            if added != len(calls):
-                # Some ids were already there (a re-import, a retried batch): write only the new ones'
-                # children, so nothing is duplicated in the full-text index.
-                fresh = set(without_bodies(conn, [c[0] for c in calls]))
-                bodies = [b for b in bodies if b[0] in fresh]
-                chunks = [c for c in chunks if c[0] in fresh]
-                attempts = [a for a in attempts if a[0] in fresh]
-                events = [e for e in events if e[0] in fresh]
-                texts = [t for t in texts if t[0] in fresh]
-            conn.executemany(INSERT_BODY, bodies)
-            conn.executemany(INSERT_CHUNK, chunks)
-            conn.executemany(INSERT_ATTEMPT, attempts)
-            conn.executemany(INSERT_EVENT, events)
-            conn.executemany(INSERT_FTS, texts)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        return added
+        return write_records(self.conn, records, capture=capture, indexer=indexer)
 
     def add(self, call: Call, *, capture: str = "full") -> None:
         """Write one call now (tests and tools; the proxy writes through the Recorder)."""

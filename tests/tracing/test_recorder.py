@@ -100,22 +100,22 @@ def test_done_does_no_serialisation_on_the_loop(store: Store, monkeypatch: pytes
     recorder = Recorder(store, StoreSettings())
     loop_thread: list[int] = []
     seen: list[int] = []
-    import interlock.tracing.rows as rows_module
+    import interlock.tracing.writing as writing_module
 
-    real_dumps = rows_module.dumps
+    real_dumps = writing_module.dumps
 
     def spying_dumps(value: Any) -> str:
         seen.append(threading.get_ident())
         return real_dumps(value)
 
-    monkeypatch.setattr(rows_module, "dumps", spying_dumps)
-    real_to_record = Call.to_record
+    monkeypatch.setattr(writing_module, "dumps", spying_dumps)
+    real_add_call = writing_module.Rows.add_call
 
-    def spying_to_record(call: Call) -> dict[str, Any]:
+    def spying_add_call(rows: Any, call: Call, capture: str) -> None:
         seen.append(threading.get_ident())
-        return real_to_record(call)
+        real_add_call(rows, call, capture)
 
-    monkeypatch.setattr(Call, "to_record", spying_to_record)
+    monkeypatch.setattr(writing_module.Rows, "add_call", spying_add_call)
 
     async def finish() -> None:
         loop_thread.append(threading.get_ident())
@@ -144,3 +144,85 @@ def test_the_index_uses_the_reassembled_stream() -> None:
         "message": {"role": "assistant", "content": "Paris"},
         "finish_reason": "stop",
     }
+
+
+def finish_all(recorder: Recorder, calls: list[Call]) -> None:
+    async def run() -> None:
+        for call in calls:
+            await recorder.done(call)
+
+    asyncio.run(run())
+
+
+def test_calls_with_text_sqlite_cannot_take_are_recorded_not_lost(store: Store, caplog: Any) -> None:
+    lone_surrogate = a_call()
+    lone_surrogate.request_body = b'{"messages":[{"content":"broken \\ud800 escape, still findable"}]}'
+    deep = a_call()
+    deep.request_body = b"[" * 5000 + b'"deep"' + b"]" * 5000  # json.loads: RecursionError
+    meta = a_call("meta surrogate")
+    meta.meta["tool_args"] = "\udcff"
+    fine = [a_call("fine") for _ in range(3)]
+    recorder = Recorder(store, StoreSettings(batch_size=10, batch_interval_ms=600_000))
+    recorder.start()
+    finish_all(recorder, [fine[0], lone_surrogate, deep, fine[1], meta, fine[2]])
+    recorder.close()
+    assert recorder.counters()["write_errors"] == 0 and recorder.counters()["written"] == 6
+    assert store.count_calls() == 6
+    assert [r["id"] for r in store.list_calls(q="findable")] == [lone_surrogate.id]
+    assert [r["id"] for r in store.list_calls(q="deep")] == [deep.id]
+    got = store.get_call(meta.id)
+    assert got is not None and got.meta["tool_args"] == "?"
+
+
+def test_a_call_is_searchable_once_flush_returns(store: Store) -> None:
+    recorder = Recorder(store, StoreSettings(batch_interval_ms=20))
+    recorder.start()
+    calls = [a_call(f"needle{i} in the haystack") for i in range(40)]
+    finish_all(recorder, calls)
+    assert recorder.flush()
+    assert [r["id"] for r in store.list_calls(q="needle7")] == [calls[7].id]
+    assert len(store.list_calls(q="haystack", limit=100)) == 40
+    recorder.close()
+
+
+def test_the_writer_sleeps_when_idle_and_wakes_for_the_next_call(store: Store) -> None:
+    recorder = Recorder(store, StoreSettings(batch_interval_ms=1))
+    recorder.start()
+    for round_ in range(3):
+        finish_all(recorder, [a_call(f"round {round_}")])
+        assert recorder.flush()
+        assert store.count_calls() == round_ + 1
+    assert recorder.counters()["batches"] == 3
+    recorder.close()
+
+
+def test_calls_finishing_while_it_closes_are_all_written(store: Store) -> None:
+    recorder = Recorder(store, StoreSettings(batch_size=7, batch_interval_ms=5))
+    recorder.start()
+    calls = [a_call() for _ in range(300)]
+    closer = threading.Thread(target=recorder.close)
+
+    async def run() -> None:
+        for i, call in enumerate(calls):
+            if i == 150:
+                closer.start()
+            await recorder.done(call)
+
+    asyncio.run(run())
+    closer.join()
+    assert recorder.flush()
+    assert store.count_calls() == 300
+    counters = recorder.counters()
+    assert counters["written"] == 300 and counters["write_errors"] == 0 and counters["queue"] == 0
+
+
+def test_a_queue_that_fills_up_spills_to_the_fallback_and_loses_nothing(store: Store) -> None:
+    recorder = Recorder(store, StoreSettings(queue_size=5, batch_size=3, batch_interval_ms=50))
+    recorder.start()
+    calls = [a_call() for _ in range(60)]
+    finish_all(recorder, calls)
+    assert recorder.flush()
+    recorder.close()
+    assert store.count_calls() == 60
+    counters = recorder.counters()
+    assert counters["overflow"] > 0 and counters["written"] == 60 and counters["write_errors"] == 0
