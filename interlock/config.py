@@ -260,6 +260,9 @@ class Guardrails(Model):
     vault_values: int = Field(1000, ge=1)
     #: Texts whose analysis is remembered (by content hash), so re-sent history is not analysed again.
     cache_texts: int = Field(50000, ge=0)
+    #: Streamed responses: the longest unbroken token or PEM block held back to be scanned whole
+    #: (secrets, custom patterns); the agent waits for such a token until it ends or reaches this.
+    stream_holdback_chars: int = Field(4096, ge=256)
     #: Key for the `hash` action (HMAC-SHA256); random per process when unset.
     hash_key: str | None = None
 

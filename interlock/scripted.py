@@ -31,6 +31,7 @@ from interlock.scripted_replies import (
     error_body,
     last_user_text,
     responses_reply,
+    with_keepalives,
 )
 from interlock.serving import QuietServer, bind_socket
 
@@ -219,6 +220,9 @@ class ScriptedUpstream:
             events, whole = responses_reply(text, script, model)
         else:
             events, whole = chat_reply(text, script, model, data)
+        if script.keepalive_every:
+            kind = "anthropic" if anthropic else "responses" if path.endswith("/responses") else "chat"
+            events = with_keepalives(events, script.keepalive_every, kind)
         if data.get("stream") is True and events:
             await send(
                 {

@@ -30,6 +30,7 @@ class Script:
     chunk_delay: float = 0.0  # between stream chunks
     end_delay: float = 0.0  # after the last stream event, before the stream is closed
     chunk_size: int = 4  # characters of text per streamed delta
+    keepalive_every: int = 0  # a keep-alive after every N stream events (an SSE comment, then a ping / empty delta)
     reset_after: int | None = None  # reset after this many body chunks (0: before any; a stream sends its head first)
     input_tokens: int = 11
     output_tokens: int = 7
@@ -70,6 +71,29 @@ def pieces(text: str, size: int) -> list[str]:
 def sse(data: Any, event: str | None = None) -> bytes:
     head = f"event: {event}\n".encode() if event else b""
     return head + b"data: " + json.dumps(data).encode() + b"\n\n"
+
+
+def with_keepalives(events: list[bytes], every: int, kind: str) -> list[bytes]:
+    """`events` with a keep-alive after every `every` of them (not after the last): alternately an SSE
+    comment and what the provider sends: Anthropic's `ping`, an OpenAI chat chunk with an empty delta."""
+    extra = {
+        "anthropic": sse({"type": "ping"}, "ping"),
+        "chat": sse(
+            {
+                "id": "chatcmpl-scripted",
+                "object": "chat.completion.chunk",
+                "created": 1_700_000_000,
+                "model": "scripted-model",
+                "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": None}],
+            }
+        ),
+    }.get(kind, b": keep-alive\n\n")
+    out: list[bytes] = []
+    for i, event in enumerate(events):
+        out.append(event)
+        if (i + 1) % every == 0 and i + 1 < len(events):
+            out.append(b": keep-alive\n\n" if (i + 1) // every % 2 else extra)
+    return out
 
 
 def error_body(status: int, anthropic: bool) -> bytes:

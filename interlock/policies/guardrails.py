@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from interlock.policies.actions import GuardrailActions
 from interlock.policies.pii import Detection, PiiAnalyzer
 from interlock.policies.redaction import (
+    MAX_HOLD,
     Applied,
     Hasher,
     SessionVault,
@@ -199,6 +200,18 @@ class Guardrails:
     def actions(self, call: Call) -> GuardrailActions | None:
         actions = call.guardrails if isinstance(call.guardrails, GuardrailActions) else self.defaults
         return None if actions.empty else actions
+
+    def stream_hold(self, actions: GuardrailActions) -> int:
+        """The longest tail a streamed response holds back for scanning: the configured cap when a
+        response action applies to an entity that can be long (secrets, custom patterns, URLs),
+        else the short entities' `MAX_HOLD`."""
+        config = self.config
+        long = [r.entity for r in config.recognizers] + [e for e in config.entities if e == "URL"]
+        if config.secrets:
+            long.append("SECRET")
+        if any(actions.action_for(entity, "response") for entity in long):
+            return config.stream_holdback_chars
+        return MAX_HOLD
 
     def session_vault(self, call: Call, create: bool) -> SessionVault | None:
         return self.vault.get(call.session or f"agent:{call.agent}", create)

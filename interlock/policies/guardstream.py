@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from interlock.policies.guardrails import Blocked
-from interlock.policies.redaction import actions_for, entity_types, restorer, rewrite
+from interlock.policies.redaction import MAX_HOLD, actions_for, entity_types, restorer, rewrite
 from interlock.policies.streamrewrite import StreamTextRewriter
 from interlock.proxy.protocols import ADAPTERS
 from interlock.proxy.protocols.sse import EventSplitter
@@ -41,7 +41,8 @@ class StreamGuard(StreamTextRewriter):
         self.vault = vault
         self.storage = storage  # re-rendering the upstream's chunks for the store: mask, never restore
         self.detector = stage.detector_now() if actions is not None else None
-        super().__init__(ADAPTERS[call.protocol], self.detector is not None)
+        limit = stage.stream_hold(actions) if actions is not None and self.detector is not None else MAX_HOLD
+        super().__init__(ADAPTERS[call.protocol], self.detector is not None, limit)
         self.splitter = EventSplitter()
         self.positions: dict[str, int] = {}
         self.found = False  # the model wrote something a guardrail acted on

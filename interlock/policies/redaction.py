@@ -27,8 +27,14 @@ _MAX_PLACEHOLDER = 64
 #: digit-bearing groups separated by single spaces ("4111 1111 1111 1111", "+44 20 7946 0958",
 #: "DE89 3704 0044 0532 0130 00", "(555) 123-4567"), starting where a word starts.
 _ENTITY_TAIL = re.compile(r"(?<!\S)(?:(?=[0-9A-Z()+.\-]*\d)[0-9A-Z()+.\-]{1,8} )*\S*\Z")
-#: The longest tail held back for scanning; an entity longer than this in a stream may be missed.
+#: The longest tail held back for the short entities (cards, phones, e-mails, IBANs, IPs).
 MAX_HOLD = 256
+#: Long entities (secrets: JWTs, API tokens, PEM keys; custom patterns) are held up to a larger cap
+#: (`guardrails.stream_holdback_chars`): an unbroken run of printable ASCII, read from the end...
+_TOKEN = re.compile(r"[!-~]*")
+#: ...and a PEM block (`-----BEGIN RSA PRIVATE KEY-----`) until its END line.
+_PEM_BEGIN = "-----BEGIN"
+_PEM_END = re.compile(r"-----END[ A-Z0-9]*-----")
 
 
 @dataclass(slots=True)
@@ -191,8 +197,12 @@ def placeholder_restorer(lookup: Callable[[str], str | None], json_text: bool = 
     return restore
 
 
-def holdback(text: str, entities: bool) -> int:
-    """Where the tail that must wait for more text starts: `len(text)` when nothing must wait."""
+def holdback(text: str, entities: bool, limit: int = MAX_HOLD) -> int:
+    """Where the tail that must wait for more text starts: `len(text)` when nothing must wait.
+
+    `limit` above `MAX_HOLD` also holds an unbroken ASCII token (a JWT, an API key) and an open PEM
+    block, up to `limit` characters; a longer one is released whole at the cap (the caller's buffer
+    then starts afresh), so it is scanned in pieces of about `limit` characters."""
     cut = len(text)
     lt = text.rfind("<", max(0, len(text) - _MAX_PLACEHOLDER))
     if lt >= 0 and _PARTIAL_PLACEHOLDER.match(text, lt):
@@ -202,8 +212,31 @@ def holdback(text: str, entities: bool) -> int:
         match = _ENTITY_TAIL.search(text, window)
         # No match: the last word began before the window; hold the window (an entity may end it).
         start = window if match is None else match.start()
+        if limit > MAX_HOLD:
+            start = _long_hold(text, start, limit)
         cut = min(cut, start)
     return cut
+
+
+def _long_hold(text: str, start: int, limit: int) -> int:
+    """`start` moved back over a token or open PEM block ending the text; `len(text)` past the cap."""
+    n = len(text)
+    tail = text[max(0, n - limit - 1) :]
+    run = _TOKEN.match(tail[::-1]).end()  # type: ignore[union-attr]  # always matches
+    if run > limit:
+        return n  # a token longer than the cap: released whole, here
+    if run > n - start:
+        start = n - run
+    begin = text.rfind(_PEM_BEGIN)
+    if begin >= 0:
+        end = _PEM_END.search(text, begin)
+        if end is None:
+            if n - begin > limit:
+                return n  # an open block longer than the cap: released whole, here
+            start = min(start, begin)
+        elif begin <= start < end.end():
+            start = end.end()  # a whole block goes out whole, not without its END line's last word
+    return start
 
 
 class StreamScrubber:
@@ -211,16 +244,17 @@ class StreamScrubber:
     it without waiting for the whole, holding back only a tail that could still be a placeholder or
     an entity, and releasing everything at `flush`."""
 
-    __slots__ = ("process", "entities", "buffer")
+    __slots__ = ("process", "entities", "limit", "buffer")
 
-    def __init__(self, process: Callable[[str], str], entities: bool) -> None:
+    def __init__(self, process: Callable[[str], str], entities: bool, limit: int = MAX_HOLD) -> None:
         self.process = process  # scan + act + restore one released segment
         self.entities = entities
+        self.limit = limit  # the longest tail held for an entity (see `holdback`)
         self.buffer = ""
 
     def feed(self, text: str) -> str:
         buffer = self.buffer + text if self.buffer else text
-        cut = holdback(buffer, self.entities)
+        cut = holdback(buffer, self.entities, self.limit)
         self.buffer = buffer[cut:]
         return self.process(buffer[:cut]) if cut else ""
 

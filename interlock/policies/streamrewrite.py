@@ -6,7 +6,10 @@ go through a `StreamScrubber` per logical text, which holds back only a tail tha
 placeholder (or, when scanning, an entity); whole texts (the Responses API repeats the full text at
 the end) are processed at once. Held text is released, in a copy of that text's last delta event,
 before the first event that carries no delta (a finish chunk, `content_block_stop`, `[DONE]`) and
-at the end. An event whose bytes are unchanged leaves as it came.
+at the end. Keep-alives (SSE comments, events without data, Anthropic `ping`, OpenAI chunks with an
+empty delta and no finish reason) carry nothing and end nothing: they pass without releasing held
+text, which would otherwise leave an entity split across them in two unscanned halves. An event
+whose bytes are unchanged leaves as it came.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from interlock.policies.redaction import StreamScrubber
+from interlock.policies.redaction import MAX_HOLD, StreamScrubber
 from interlock.proxy.protocols.base import Adapter, JsonPath, set_path
 from interlock.proxy.protocols.sse import Event
 
@@ -24,9 +27,10 @@ from interlock.proxy.protocols.sse import Event
 class StreamTextRewriter:
     """Per-stream state; subclasses say what happens to a released segment of text (`processor`)."""
 
-    def __init__(self, adapter: Adapter, entities: bool) -> None:
+    def __init__(self, adapter: Adapter, entities: bool, limit: int = MAX_HOLD) -> None:
         self.adapter = adapter
         self.entities = entities  # hold back tails that could be an entity, not only a placeholder
+        self.limit = limit  # the longest tail held for an entity (`redaction.holdback`)
         self.scrubbers: dict[str, StreamScrubber] = {}
         self.templates: dict[str, tuple[str | None, Any, JsonPath]] = {}
         self.changed = False  # some event left with bytes other than those that came
@@ -42,7 +46,9 @@ class StreamTextRewriter:
 
     def event(self, event: Event) -> bytes:
         """The event as it leaves, after any held text it releases."""
-        if not event.data or event.data == "[DONE]" or event.data[0] not in "{[":
+        if not event.data:
+            return event.raw  # a comment (`: keep-alive`) or a bare event line: nothing ends here
+        if event.data == "[DONE]" or event.data[0] not in "{[":
             return self.flush() + event.raw
         try:
             data = json.loads(event.data)
@@ -50,6 +56,8 @@ class StreamTextRewriter:
             return self.flush() + self.untexted(event.raw)
         texts = self.adapter.stream_texts(event.event, data)
         if not texts:
+            if keepalive(event.event, data):
+                return self.untexted(event.raw)
             return self.flush() + self.untexted(event.raw)
         prefix = b"" if any(t.delta for t in texts) else self.flush()
         changed = False
@@ -58,7 +66,7 @@ class StreamTextRewriter:
                 scrubber = self.scrubbers.get(text.key)
                 if scrubber is None:
                     scrubber = self.scrubbers[text.key] = StreamScrubber(
-                        self.processor(text.key, text.json_text), self.entities
+                        self.processor(text.key, text.json_text), self.entities, self.limit
                     )
                 self.templates[text.key] = (event.event, data, text.path)
                 new = scrubber.feed(text.text)
@@ -87,4 +95,27 @@ class StreamTextRewriter:
         return b"".join(out)
 
 
-__all__ = ["StreamTextRewriter"]
+def keepalive(name: str | None, data: Any) -> bool:
+    """An event that carries no text and ends none: Anthropic's `ping`, or an OpenAI chat chunk whose
+    choices have no finish reason and an empty delta (some servers send one to keep a connection
+    alive). Any other event without text may end one (a finish chunk, `content_block_stop`), so held
+    text goes out before it, in order.
+
+    The one wire-format test outside `proxy/protocols/`: it belongs beside `Adapter.stream_texts`."""
+    if not isinstance(data, dict):
+        return False
+    if name == "ping" or data.get("type") == "ping":
+        return True
+    choices = data.get("choices")
+    if not isinstance(choices, list) or not choices:
+        return False
+    for choice in choices:
+        if not isinstance(choice, dict) or choice.get("finish_reason") is not None:
+            return False
+        delta = choice.get("delta")
+        if not isinstance(delta, dict) or any(k != "role" and v for k, v in delta.items()):
+            return False
+    return True
+
+
+__all__ = ["StreamTextRewriter", "keepalive"]
