@@ -1,15 +1,16 @@
 """The record stage: every finished call goes to the store, written off the event loop.
 
-`done` only puts the finished Call on a bounded queue (O(1): no copying, no JSON, no disk; the
+`done` only appends the finished Call to a bounded deque (O(1): no copying, no JSON, no disk; the
 Call is final once the agent has its answer, and stages that run after this one only read it).
 A writer thread takes what arrived within `store.batch_interval_ms` of the first call (at most
-`store.batch_size` at a time), turns each Call into its record (`Call.to_record()`) and rows, and
-writes them in one transaction. It sleeps through the interval instead of waking for every call:
-measured, a wake-up per call cost more CPU than writing it. A crash therefore loses at most the
-batch being gathered. If the queue is full the call has already been served; it is counted as
-overflow and written by a fallback thread in its own transaction: never dropped. `close()`
-drains the queue before returning (SIGTERM runs it through `Runtime.stop`).
-"""
+`store.batch_size` at a time), turns each Call into rows (`writing.Rows.add_call`) and writes them
+in one transaction with multi-row INSERTs (`writing.write_rows`). It sleeps through the interval
+instead of waking for every call: measured, a wake-up per call cost more CPU than writing it. A
+crash therefore loses at most the batch being gathered. If the queue is full the call has already
+been served; it is counted as overflow and written by a fallback thread in its own transaction:
+never dropped. A call SQLite refuses is written again alone with its unstorable text replaced
+(`Rows.add_call(salvage=True)`). `close()` drains the queue before returning (SIGTERM runs it
+through `Runtime.stop`)."""
 
 from __future__ import annotations
 
