@@ -119,3 +119,68 @@ async def test_anthropic_tool_use_input_is_restored() -> None:
     await stage.done(call)
     assert call.agent_response_body is None  # the stored copy never holds restored values
     assert EMAIL.encode() not in call.request_body
+
+
+async def test_seen_history_keeps_each_sessions_own_placeholders() -> None:
+    stage = Guardrails(make_settings(request={"EMAIL_ADDRESS": "redact", "PHONE_NUMBER": "mask"}))
+    other = "sam.poe@acme-corp.io"
+    turn = f"mail {EMAIL} or call 212-555-0187"
+    first = await parsed({"model": "m", "messages": [{"role": "user", "content": turn}]})
+    await stage.request(first)
+    assert first.request_json["messages"][0]["content"] == "mail <EMAIL_ADDRESS_1> or call ***-***-****"
+    # Another session already gave <EMAIL_ADDRESS_1> to another address: the seen turn is not reused as is.
+    elsewhere = await parsed({"model": "m", "messages": [{"role": "user", "content": f"cc {other}"}]})
+    elsewhere.session = "t"
+    await stage.request(elsewhere)
+    again = await parsed(
+        {"model": "m", "messages": [{"role": "user", "content": f"cc {other}"}, {"role": "user", "content": turn}]}
+    )
+    again.session = "t"
+    await stage.request(again)
+    sent = [m["content"] for m in again.request_json["messages"]]
+    assert sent == ["cc <EMAIL_ADDRESS_1>", "mail <EMAIL_ADDRESS_2> or call ***-***-****"]
+    back = await parsed(
+        {"model": "m", "messages": [{"role": "user", "content": turn}, {"role": "user", "content": "ok"}]}
+    )
+    await stage.request(back)
+    assert back.request_json["messages"][0]["content"] == "mail <EMAIL_ADDRESS_1> or call ***-***-****"
+    assert [f.entity for f in back.findings] == ["EMAIL_ADDRESS", "PHONE_NUMBER"]  # findings every turn, as before
+
+
+async def test_seen_history_is_neither_analysed_nor_rewritten_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    import interlock.policies.guardrails as module
+
+    stage = Guardrails(make_settings(request={"EMAIL_ADDRESS": "redact"}))
+    counting = CountingDetector(await stage.detector())
+    stage._detector = counting  # type: ignore[assignment]
+    rewrites: list[str] = []
+    real_rewrite = module.rewrite
+    monkeypatch.setattr(module, "rewrite", lambda text, *a: rewrites.append(text) or real_rewrite(text, *a))
+    history = [{"role": "user", "content": f"mail {EMAIL}"}, {"role": "assistant", "content": "done"}]
+    for turn in ("one", "two"):
+        call = await parsed({"model": "m", "messages": [*history, {"role": "user", "content": turn}]})
+        await stage.request(call)
+        assert call.request_json["messages"][0]["content"] == "mail <EMAIL_ADDRESS_1>"
+    assert counting.texts == [f"mail {EMAIL}", "done", "one", "two"]
+    assert rewrites == [f"mail {EMAIL}", f"mail {EMAIL}"]  # upstream and stored forms, once
+    monkeypatch.setattr(module, "SEEN_CHARS", 10)  # past the bound: forgotten, found by content hash
+    call = await parsed({"model": "m", "messages": [*history, {"role": "user", "content": "three"}]})
+    await stage.request(call)
+    assert call.request_json["messages"][0]["content"] == "mail <EMAIL_ADDRESS_1>"
+    assert stage._seen_chars <= 10 and counting.texts[-1] == "three"
+
+
+async def test_the_stored_request_is_the_body_sent_unless_another_model_was_sent() -> None:
+    from interlock.tracing.call import Attempt
+
+    stage = Guardrails(make_settings(request={"EMAIL_ADDRESS": "redact"}))
+    for model, as_sent in (("m", True), ("fallback-model", False)):
+        call = await parsed({"model": "m", "messages": [{"role": "user", "content": f"mail {EMAIL}"}]})
+        call.model = "m"
+        await stage.request(call)
+        sent = json.dumps(call.request_json, ensure_ascii=False, separators=(",", ":")).encode()
+        call.upstream_body = sent.replace(b'"model":"m"', f'"model":"{model}"'.encode())
+        call.attempts.append(Attempt("up", "http://upstream", model=model))
+        await stage.done(call)
+        assert (call.request_body is call.upstream_body) is as_sent
+        assert call.request_body == sent and EMAIL.encode() not in call.request_body
