@@ -23,6 +23,10 @@ if TYPE_CHECKING:
     from interlock.policies.redaction import SessionVault
 
 
+#: Released text kept per streamed text for secret rules that need words before the secret.
+CONTEXT_CHARS = 256
+
+
 class StreamGuard(StreamTextRewriter):
     """The per-call state of one streamed response."""
 
@@ -70,13 +74,19 @@ class StreamGuard(StreamTextRewriter):
         detector, actions, stage = self.detector, self.actions, self.stage
         replace = stage.stored(None, False) if self.storage else stage.replace(self.vault, False)
 
+        before = ""  # the end of what was released of this text: secret rules may need its words
+
         def process(segment: str) -> str:
+            nonlocal before
             offset = self.positions.get(key, 0)
+            context = before
             if record:
                 self.positions[key] = offset + len(segment)
+                before = (before + segment)[-CONTEXT_CHARS:]
             if detector is None or actions is None or not segment.strip():
                 return restore(segment) if restore else segment
-            applied = actions_for(detector.detect(segment), lambda e: actions.action_for(e, "response"))
+            found = detector.detect(segment, context) if context else detector.detect(segment)
+            applied = actions_for(found, lambda e: actions.action_for(e, "response"))
             if applied:
                 self.found = True
                 if not self.storage:

@@ -315,3 +315,25 @@ def test_a_placeholder_split_by_pings_is_restored(make_interlock: Any, upstream:
         text = "".join(stream.text_stream)
     assert text == f"echo: hi {email}!"
     assert upstream.requests[-1].json()["messages"][0]["content"] == "hi <EMAIL_ADDRESS_1>!"
+
+
+def test_a_secret_whose_rule_needs_the_words_before_it_is_found_in_a_stream(
+    make_interlock: Any, upstream: ScriptedUpstream
+) -> None:
+    # kingfisher's Heroku rule needs "heroku ... key" before the UUID; those words stream out first.
+    text = "Use the heroku api key: 01234567-89ab-cdef-0123-456789abcdef for deploys."
+    running = make_interlock(guardrails={"response": {"SECRET": "redact"}})
+    client = openai_client(running)
+    upstream.script(Script(text=text), Script(text=text, chunk_size=4))
+    whole = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "key?"}])
+    stream = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "key?"}], stream=True)
+    streamed = "".join(chat_pieces(stream))
+    assert "01234567-89ab" not in streamed and "<SECRET>" in streamed
+    assert streamed == whole.choices[0].message.content == "Use the heroku api key: <SECRET> for deploys."
+
+
+def test_secrets_in_the_released_text_before_are_context_only(detector: Any) -> None:
+    assert detector.detect("and more", "key AKIAQX7Z4KJH2M3N5P6R ") == ()  # scanned when it was released
+    found = detector.detect("01234567-89ab-cdef-0123-456789abcdef ok", "heroku api key: ")
+    assert [(d.entity, d.start, d.end) for d in found] == [("SECRET", 0, 36)]
+    assert detector.detect("01234567-89ab-cdef-0123-456789abcdef ok") == ()
