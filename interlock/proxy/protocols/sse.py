@@ -38,7 +38,13 @@ class EventSplitter:
         self._buffer = b""
 
     def feed(self, data: bytes) -> Iterator[Event]:
-        buffer = self._buffer + data
+        buffer = self._buffer + data if self._buffer else data
+        if b"\r" not in buffer:  # the usual case: one split, in C
+            parts = buffer.split(b"\n\n")
+            self._buffer = parts.pop()
+            for part in parts:
+                yield parse_event(part + b"\n\n")
+            return
         start = 0
         while True:
             end, size = _find_terminator(buffer, start)
@@ -59,9 +65,12 @@ class EventSplitter:
 
 
 def _find_terminator(buffer: bytes, start: int) -> tuple[int, int]:
+    """The first event terminator at or after `start`: (index, length), or (-1, 0). Each search stops
+    where the earliest one found so far starts, so a whole body is split in linear time."""
     best, size = -1, 0
     for terminator in (b"\n\n", b"\r\n\r\n", b"\r\r"):
-        index = buffer.find(terminator, start)
+        end = len(buffer) if best < 0 else best + len(terminator) - 1
+        index = buffer.find(terminator, start, end)
         if index >= 0 and (best < 0 or index < best):
             best, size = index, len(terminator)
     return best, size
