@@ -337,3 +337,24 @@ def test_secrets_in_the_released_text_before_are_context_only(detector: Any) -> 
     found = detector.detect("01234567-89ab-cdef-0123-456789abcdef ok", "heroku api key: ")
     assert [(d.entity, d.start, d.end) for d in found] == [("SECRET", 0, 36)]
     assert detector.detect("01234567-89ab-cdef-0123-456789abcdef ok") == ()
+
+
+def test_the_long_hold_applies_only_when_a_long_entity_is_acted_on() -> None:
+    from pydantic import ValidationError
+
+    from interlock.config import Settings
+    from interlock.policies.actions import GuardrailActions
+    from interlock.policies.guardrails import Guardrails
+
+    def hold(response: dict[str, str], **config: Any) -> int:
+        stage = Guardrails(Settings.model_validate({"guardrails": {"stream_holdback_chars": 1000, **config}}))
+        return stage.stream_hold(GuardrailActions(response=response))  # type: ignore[arg-type]
+
+    assert hold({"SECRET": "block"}) == 1000
+    assert hold({"*": "log"}) == 1000
+    assert hold({"PHONE_NUMBER": "mask"}) == MAX_HOLD  # short entities only: per word, as before
+    assert hold({"SECRET": "block"}, secrets=False) == MAX_HOLD
+    custom = [{"entity": "TICKET", "patterns": [r"TKT-[A-Z0-9]{20,}"]}]
+    assert hold({"TICKET": "redact"}, secrets=False, recognizers=custom) == 1000
+    with pytest.raises(ValidationError, match="stream_holdback_chars"):
+        Settings.model_validate({"guardrails": {"stream_holdback_chars": 100}})
