@@ -63,6 +63,7 @@ class ProxyApp:
             request_headers=headers,
         )
         adapter = ADAPTERS[call.protocol]
+        state = _Watch()
         self.inflight += 1
         try:
             if route is None:
@@ -84,11 +85,10 @@ class ProxyApp:
             except ClientGone:
                 call.outcome, call.error = "aborted", "client disconnected while sending the request"
                 return
-            await self.run(call, route, adapter, receive, send)
+            await self.run(call, route, adapter, receive, send, state)
         except Exception as exc:  # a bug in a stage: answer clearly, record it, never leave the agent hanging
             log.exception("call %s failed inside interlock", call.id)
-            call.outcome, call.error_code, call.error = "upstream_error", "internal_error", describe_error(exc)
-            await self.pipeline.error(call, exc)
+            await self.internal_error(call, adapter, send, state, exc)
         finally:
             self.inflight -= 1
             call.duration_ms = call.elapsed_ms()
@@ -121,13 +121,36 @@ class ProxyApp:
                 break
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    async def run(self, call: Call, route: Route, adapter: Adapter, receive: Receive, send: Send) -> None:
+    async def internal_error(self, call: Call, adapter: Adapter, send: Send, state: _Watch, exc: Exception) -> None:
+        """interlock itself failed on this call (a bug): the agent gets the protocol's error, a 500
+        before the response started or the stream's error event after, and the record says so."""
+        message = f"interlock failed on this call (id {call.id}): {describe_error(exc)}"
+        try:
+            if not state.started:
+                reply = adapter.error_reply(500, "internal_error", message, retryable=False)
+                call.answer(reply, "internal_error", "internal_error", message)
+                await self.send_reply(call, send)
+            elif not state.responded:
+                event = adapter.stream_error_event("internal_error", message) if call.stream else b""
+                await _safe_send(send, event, state)
+        except Exception:  # noqa: BLE001 - the agent's connection is gone too: nothing more to send
+            log.debug("could not answer call %s after an internal error", call.id, exc_info=True)
+        call.outcome, call.error_code, call.error = "internal_error", "internal_error", message
+        if state.started:
+            call.truncated = call.stream
+        try:
+            await self.pipeline.error(call, exc)
+        except Exception:
+            log.exception("the error hooks failed for call %s", call.id)
+
+    async def run(
+        self, call: Call, route: Route, adapter: Adapter, receive: Receive, send: Send, state: _Watch
+    ) -> None:
         await self.pipeline.request(call)
         if call.reply is not None:
             await self.send_reply(call, send)
             return
         # Watch for the agent leaving: a disconnect cancels the upstream request.
-        state = _Watch()
         task = asyncio.current_task()
         watcher = asyncio.create_task(_watch_disconnect(receive, state, task, call, adapter.stream_end_markers))
         total = route_timeouts(self.settings, route).total

@@ -11,8 +11,16 @@ import time
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
-Outcome = Literal["ok", "upstream_error", "denied", "blocked", "aborted", "bad_request"]
-OUTCOMES: tuple[Outcome, ...] = ("ok", "upstream_error", "denied", "blocked", "aborted", "bad_request")
+Outcome = Literal["ok", "upstream_error", "denied", "blocked", "aborted", "bad_request", "internal_error"]
+OUTCOMES: tuple[Outcome, ...] = (
+    "ok",
+    "upstream_error",
+    "denied",
+    "blocked",
+    "aborted",
+    "bad_request",
+    "internal_error",
+)
 
 #: Headers that carry credentials: never stored, never exported.
 SECRET_HEADERS = frozenset(

@@ -34,7 +34,7 @@ LIMIT ? OFFSET ?
 """
 
 #: What a session list shows, for the given sessions only (`_session_row` finishes each row).
-#: `problems`: calls not ok; `errors`: upstream_error, aborted, bad_request; `denials`: denied and
+#: `problems`: calls not ok; `errors`: upstream_error, aborted, bad_request, internal_error; `denials`: denied and
 #: blocked (interlock meant them); `retries`: calls with more than one attempt, `extra_attempts` the
 #: attempts beyond the first; `duration_ms`: the calls' durations added up.
 _SESSION_SUMMARY = """
@@ -50,7 +50,7 @@ SELECT session,
        sum(output_tokens) AS output_tokens,
        sum(coalesce(input_tokens, 0) + coalesce(output_tokens, 0)) AS tokens,
        sum(outcome != 'ok') AS problems,
-       sum(outcome IN ('upstream_error', 'aborted', 'bad_request')) AS errors,
+       sum(outcome IN ('upstream_error', 'aborted', 'bad_request', 'internal_error')) AS errors,
        sum(outcome IN ('denied', 'blocked')) AS denials,
        sum(attempt_count > 1) AS retries,
        sum(max(attempt_count - 1, 0)) AS extra_attempts,

@@ -284,3 +284,56 @@ def test_a_broken_policy_file_stops_serve_with_file_line(tmp_path: Any) -> None:
     result = CliRunner().invoke(main, ["serve", "--config", str(config)])
     assert result.exit_code == 2, result.output
     assert f"{policies / 'bad.yaml'}:4:" in result.output and "Traceback" not in result.output
+
+
+def _recorded_calls(running: Running) -> list[Any]:
+    calls: list[Any] = []
+
+    async def done(call: Any) -> None:
+        calls.append(call)
+
+    running.runtime.pipeline.hooks["done"].append(done)
+    return calls
+
+
+def test_a_failing_stage_is_a_500_in_the_protocols_shape_and_recorded_as_interlocks_error(
+    interlock: Running, upstream: ScriptedUpstream
+) -> None:
+    async def broken(call: Any) -> None:
+        raise RuntimeError("a bug in a stage")
+
+    interlock.runtime.pipeline.hooks["request"].append(broken)
+    calls = _recorded_calls(interlock)
+    response = httpx.post(interlock.url + "/openai/chat/completions", json={"model": "m", "messages": []})
+    assert response.status_code == 500
+    error = response.json()["error"]  # the OpenAI SDK's shape, so it raises a clear InternalServerError
+    assert error["code"] == "internal_error" and "a bug in a stage" in error["message"]
+    assert response.headers["x-should-retry"] == "false"
+    assert upstream.requests == []
+    wait_for(lambda: calls)
+    assert calls[0].outcome == "internal_error" and calls[0].status == 500  # not blamed on the upstream
+
+
+def test_a_stage_failing_mid_stream_ends_the_stream_with_the_error_event(
+    interlock: Running, upstream: ScriptedUpstream
+) -> None:
+    seen: list[bytes] = []
+
+    async def broken(call: Any, data: bytes, last: bool) -> bytes:
+        seen.append(data)
+        if len(seen) == 3:
+            raise RuntimeError("a bug mid-stream")
+        return data
+
+    interlock.runtime.pipeline.hooks["chunk"].append(broken)
+    interlock.runtime.pipeline.has_chunk_hooks = True
+    calls = _recorded_calls(interlock)
+    upstream.script(Script(text="one two three four five six", chunk_size=3, chunk_delay=0.01))
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    with httpx.stream("POST", interlock.url + "/openai/chat/completions", json=body) as response:
+        assert response.status_code == 200
+        received = b"".join(response.iter_raw())
+    assert received.rstrip().endswith(b"}")  # the last event is the error, not [DONE]
+    assert b'"code": "internal_error"' in received and b"a bug mid-stream" in received
+    wait_for(lambda: calls)
+    assert calls[0].outcome == "internal_error" and calls[0].truncated
