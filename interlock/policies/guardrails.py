@@ -159,6 +159,7 @@ class _CallState:
     restored: bool = False  # the agent's copy holds restored values
     stream: StreamGuard | None = None
     passthrough: bool = False  # a stream with nothing to restore or scan
+    rewrote_request: bool = False  # the guardrails changed what went upstream (not only a policy)
 
 
 class Guardrails:
@@ -389,7 +390,7 @@ class Guardrails:
             assert new is not None
             if new != slot.text:
                 set_path(call.request_json, slot.path, new)
-                call.request_changed = True
+                call.request_changed = state.rewrote_request = True
                 for a in applied:
                     changed[a.action] = changed.get(a.action, 0) + 1
             if done.stored != new:
@@ -491,7 +492,10 @@ class Guardrails:
         state = self._calls.pop(call.id, None)
         if state is None or self.raw_at_rest:
             return
-        if state.request_overrides or call.request_changed:
+        # The agent's own body may hold raw values: replaced by the redacted form as sent. A body that
+        # only a policy changed (`set`, stripped tools) holds none, and stays on record as the agent
+        # sent it, next to `upstream_body`.
+        if state.request_overrides or state.rewrote_request:
             sent = call.upstream_body
             if sent is not None and not state.request_overrides and _sent_as_is(call):
                 body = sent  # serialised once, by the forwarder: not again here

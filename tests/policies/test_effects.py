@@ -298,3 +298,22 @@ def test_a_cut_stream_stops_reading_the_upstream(with_policy: Any, upstream: Scr
         time.sleep(0.02)
     (call,) = finished(calls)
     assert call.truncated and call.error_code == "policy_denied"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_request_only_a_policy_changed_is_recorded_as_sent_and_as_the_agent_sent_it(
+    with_policy: Any, upstream: ScriptedUpstream, stream: bool
+) -> None:
+    # guardrails are on (they scan every request) but find nothing to change in this one
+    running = with_policy(
+        "rules:\n  - name: clamp\n    set: {max_tokens: 100}\n",
+        guardrails={"request": {"EMAIL_ADDRESS": "redact"}},
+    )
+    calls = collect_calls(running)
+    body = {"model": "gpt-4o-mini", "messages": HI, "max_tokens": 5000, "stream": stream}
+    with httpx.stream("POST", running.url + "/openai/chat/completions", json=body) as response:
+        assert response.status_code == 200
+        response.read()
+    (call,) = finished(calls)
+    assert json.loads(call.upstream_body)["max_tokens"] == 100
+    assert json.loads(call.request_body)["max_tokens"] == 5000  # what the agent asked for stays on record
