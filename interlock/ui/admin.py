@@ -25,17 +25,24 @@ async def ready(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
     if not runtime.ready:
         return JSONResponse({"status": "starting"}, status_code=503)
+    if runtime.settings.admin.token:  # answered without the token: the status alone
+        return JSONResponse({"status": "ready"})
     return JSONResponse({"status": "ready", "routes": sorted(runtime.settings.routes)})
 
 
+#: Probes for orchestrators (Docker HEALTHCHECK, Kubernetes): answered without the admin token.
+OPEN_PATHS = frozenset({"/health", "/ready"})
+
+
 class TokenGuard:
-    """When `admin.token` is set, every request but `/health` needs it (header, or `?token=` for the UI)."""
+    """When `admin.token` is set, every request but the probes (`OPEN_PATHS`) needs it (header, or
+    `?token=` for the UI)."""
 
     def __init__(self, app: ASGIApp, token: str | None) -> None:
         self.app, self.token = app, token
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.token and scope["type"] == "http" and scope["path"] != "/health":
+        if self.token and scope["type"] == "http" and scope["path"] not in OPEN_PATHS:
             request = Request(scope)
             given = request.headers.get("authorization", "")
             given = given[7:] if given.lower().startswith("bearer ") else request.query_params.get("token", "")

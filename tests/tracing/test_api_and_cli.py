@@ -115,6 +115,9 @@ def test_api_needs_the_admin_token_when_set(make_interlock: Any) -> None:
     assert httpx.get(running.admin_url + "/api/calls").status_code == 401
     ok = httpx.get(running.admin_url + "/api/calls", headers={"authorization": "Bearer t0ken"})
     assert ok.status_code == 200 and ok.json()["calls"] == []
+    # the orchestrator's probes (the Dockerfile's HEALTHCHECK) need no token, and say no more than that
+    assert httpx.get(running.admin_url + "/health").status_code == 200
+    assert httpx.get(running.admin_url + "/ready").json() == {"status": "ready"}
 
 
 def _port() -> int:
