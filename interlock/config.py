@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -95,6 +96,19 @@ class Breaker(Model):
         return self
 
 
+def http_url(value: str) -> str:
+    """An upstream URL: http or https, with a host."""
+    if not value.startswith(("http://", "https://")):
+        raise ValueError("must start with http:// or https://")
+    try:
+        host = urlsplit(value).hostname
+    except ValueError as exc:  # e.g. a malformed port or IPv6 literal
+        raise ValueError(f"is not a valid URL: {exc}") from None
+    if not host:
+        raise ValueError("needs a host, e.g. https://api.openai.com/v1")
+    return value
+
+
 class Upstream(Model):
     url: str
     name: str | None = None
@@ -107,9 +121,7 @@ class Upstream(Model):
     @field_validator("url")
     @classmethod
     def _url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
-        return value.rstrip("/")
+        return http_url(value).rstrip("/")
 
 
 class ModelTarget(Model):
@@ -133,9 +145,7 @@ class Route(Model):
     @field_validator("upstream")
     @classmethod
     def _upstream_url(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
-        return value
+        return None if value is None else http_url(value)
 
     @model_validator(mode="after")
     def _one_upstream_form(self) -> Route:

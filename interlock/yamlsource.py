@@ -132,5 +132,12 @@ def _expand(value: Any, path: Path_, document: Document) -> Any:
                 return default
             raise document.error(path, f"environment variable {name} is not set (use ${{{name}:-default}})")
 
-        return _ENV.sub(substitute, value)
+        expanded = _ENV.sub(substitute, value)
+        left = _ENV.sub("", value)  # what is not a well-formed ${VAR} / ${VAR:-default}
+        if "${" in left:
+            bad = left[left.index("${") :].split()[0]
+            raise document.error(
+                path, f"malformed environment reference {bad!r}: write ${{NAME}} or ${{NAME:-default}}"
+            )
+        return expanded
     return value

@@ -56,6 +56,11 @@ routes:
         ("listen: {port: 1}\nlisten: {port: 2}\n", 2, 1, "duplicate key"),
         ("- just\n- a list\n", 1, 1, "must be a mapping"),
         ("routes:\n  a:\n    upstream: http://x/${NOT_SET_ANYWHERE}\n", 3, 5, "NOT_SET_ANYWHERE is not set"),
+        ("routes:\n  a:\n    upstream: http://${NOPE\n", 3, 5, "malformed environment reference '${NOPE'"),
+        ("routes:\n  a:\n    api_key: ${1BAD}\n    upstream: http://x\n", 3, 5, "malformed environment"),
+        ("routes:\n  a:\n    upstream: http://\n", 3, 5, "needs a host"),
+        ("routes:\n  a:\n    upstreams:\n      - url: https://\n", 4, 9, "needs a host"),
+        ("routes:\n  a:\n    upstream: http://[::1\n", 3, 5, "not a valid URL"),
     ],
 )
 def test_errors_name_file_line_and_column(tmp_path: Path, text: str, line: int, col: int, message: str) -> None:
