@@ -105,7 +105,7 @@ class Subject:
             method,
             call.path,
             view.operation,
-            tuple(view.tools),
+            tuple(t for t in view.tools if isinstance(t, str)),  # the adapters refuse other names; never unhashable
             view.tool_name,
             view.tool_arguments,
             view.input_chars,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from interlock.config import Route, Settings, Upstream
 from interlock.proxy.breaker import CLOSED, OPEN, CircuitBreaker
 from interlock.proxy.escalation import Escalator
 from interlock.proxy.protocols import Adapter
+from interlock.proxy.protocols.base import dump_body
 from interlock.proxy.retry import (
     DEADLINE,
     TIMEOUT,
@@ -115,7 +115,7 @@ class Forwarder:
         status, that response is returned (and `call.meta["retries_exhausted"]` says interlock gave up).
         """
         if call.request_changed and call.request_json is not None:
-            call.upstream_body = json.dumps(call.request_json, ensure_ascii=False, separators=(",", ":")).encode()
+            call.upstream_body = dump_body(call.request_json)
         plain = call.upstream_body
         router = self.router(call.route, route)
         plan = router.plan(call.model)
@@ -237,7 +237,7 @@ class Forwarder:
         if model is not None:
             data = call.request_json
             if isinstance(data, dict) and data.get("model") != model:
-                body = json.dumps({**data, "model": model}, ensure_ascii=False, separators=(",", ":")).encode()
+                body = dump_body({**data, "model": model})
                 call.upstream_body = body
                 return body
         call.upstream_body = plain

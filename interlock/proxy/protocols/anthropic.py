@@ -53,13 +53,50 @@ def _blocks(content: Any, path: tuple[str | int, ...], role: str) -> list[TextSl
 
 
 def _json_strings(value: Any, path: tuple[str | int, ...]) -> list[TextSlot]:
-    if isinstance(value, str):
-        return [TextSlot(path, value, "tool_args")]
-    if isinstance(value, dict):
-        return [s for k, v in value.items() for s in _json_strings(v, (*path, k))]
-    if isinstance(value, list):
-        return [s for i, v in enumerate(value) for s in _json_strings(v, (*path, i))]
-    return []
+    """The string leaves of a JSON value, in document order (iterative: an agent's JSON may nest
+    deeper than Python's recursion limit)."""
+    slots: list[TextSlot] = []
+    stack: list[tuple[Any, tuple[str | int, ...]]] = [(value, path)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, str):
+            slots.append(TextSlot(where, item, "tool_args"))
+        elif isinstance(item, dict):
+            stack += [(v, (*where, k)) for k, v in reversed(item.items())]
+        elif isinstance(item, list):
+            stack += [(v, (*where, i)) for i, v in reversed(list(enumerate(item)))]
+    return slots
+
+
+def _tool_names(tools: Any) -> list[str]:
+    """Names of the offered tools; refused (400) unless `tools` is a list of objects with string names."""
+    if tools is None:
+        return []
+    if not isinstance(tools, list):
+        raise BadRequest("`tools` must be a list", "invalid_request")
+    names: list[str] = []
+    for i, tool in enumerate(tools):
+        if not isinstance(tool, dict):
+            raise BadRequest(f"tools.{i} must be an object", "invalid_request")
+        name = tool.get("name")
+        if name is not None and not isinstance(name, str):
+            raise BadRequest(f"tools.{i}.name must be a string", "invalid_request")
+        if name is not None:
+            names.append(name)
+    return names
+
+
+def _check_tool_choice(choice: Any) -> None:
+    if choice is None:
+        return
+    if not isinstance(choice, dict):
+        raise BadRequest("`tool_choice` must be an object", "invalid_request")
+    if choice.get("name") is not None and not isinstance(choice["name"], str):
+        raise BadRequest("tool_choice.name must be a string", "invalid_request")
+
+
+def _named(tool: Any, names: set[str]) -> bool:
+    return isinstance(tool, dict) and isinstance(tool.get("name"), str) and tool["name"] in names
 
 
 class AnthropicAdapter(Adapter):
@@ -92,7 +129,8 @@ class AnthropicAdapter(Adapter):
                 if not isinstance(message, dict):
                     raise BadRequest(f"messages.{i} must be an object", "invalid_request")
                 view.texts += _blocks(message.get("content"), ("messages", i, "content"), str(message.get("role")))
-            view.tools = [t["name"] for t in data.get("tools") or [] if isinstance(t, dict) and "name" in t]
+            view.tools = _tool_names(data.get("tools"))
+            _check_tool_choice(data.get("tool_choice"))
         return view
 
     def usage(self, call: Call) -> tuple[int | None, int | None]:
@@ -146,12 +184,15 @@ class AnthropicAdapter(Adapter):
         tools = data.get("tools") if isinstance(data, dict) else None
         if not isinstance(tools, list):
             return []
-        removed = [t["name"] for t in tools if isinstance(t, dict) and t.get("name") in names]
+        removed = [t["name"] for t in tools if _named(t, names)]
         if not removed:
             return []
-        kept = [t for t in tools if not (isinstance(t, dict) and t.get("name") in names)]
+        kept = [t for t in tools if not _named(t, names)]
         choice = data.get("tool_choice")
-        if isinstance(choice, dict) and (choice.get("name") in names or (not kept and choice.get("type") != "none")):
+        chosen = choice.get("name") if isinstance(choice, dict) else None
+        if isinstance(choice, dict) and (
+            (isinstance(chosen, str) and chosen in names) or (not kept and choice.get("type") != "none")
+        ):
             data.pop("tool_choice")
         if kept:
             data["tools"] = kept

@@ -136,6 +136,20 @@ def parse_json_body(call: Call) -> Any:
         return json.loads(call.request_body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadRequest(f"the request body is not valid JSON: {exc}", "invalid_json") from None
+    except RecursionError:
+        raise BadRequest("the request body's JSON is nested too deeply", "invalid_json") from None
+
+
+def dump_body(data: Any) -> bytes:
+    """A request body re-serialised after interlock changed it: compact UTF-8 JSON. JSON text may
+    carry a lone surrogate (`"\\ud800"`), which has no UTF-8 form; such a body is written with
+    ASCII escapes instead, so it stays valid JSON and the surrogate reaches the upstream as the
+    agent sent it."""
+    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return json.dumps(data, separators=(",", ":")).encode()
 
 
 def decoded_body(body: bytes | None, headers: Iterable[Sequence[str]]) -> bytes:

@@ -304,10 +304,16 @@ def _load(text: str | bytes) -> dict[str, Any] | None:
 
 
 def _strings(value: Any, path: tuple[str | int, ...], role: str) -> list[TextSlot]:
-    if isinstance(value, str):
-        return [TextSlot(path, value, role)]
-    if isinstance(value, dict):
-        return [s for k, v in value.items() for s in _strings(v, (*path, k), role)]
-    if isinstance(value, list):
-        return [s for i, v in enumerate(value) for s in _strings(v, (*path, i), role)]
-    return []
+    """The string leaves of a JSON value, in document order (iterative: an agent's JSON may nest
+    deeper than Python's recursion limit)."""
+    slots: list[TextSlot] = []
+    stack: list[tuple[Any, tuple[str | int, ...]]] = [(value, path)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, str):
+            slots.append(TextSlot(where, item, role))
+        elif isinstance(item, dict):
+            stack += [(v, (*where, k)) for k, v in reversed(item.items())]
+        elif isinstance(item, list):
+            stack += [(v, (*where, i)) for i, v in reversed(list(enumerate(item)))]
+    return slots

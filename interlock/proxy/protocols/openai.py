@@ -83,6 +83,7 @@ class OpenAIAdapter(Adapter):
         stream = data.get("stream") is True
         view = RequestView(operation="http", model=model, stream=stream)
         view.params = {k: data[k] for k in _PARAMS if k in data}
+        _check_tool_choice(data.get("tool_choice"))
         if path.endswith("/chat/completions"):
             view.operation = "chat"
             messages = data.get("messages")
@@ -94,8 +95,15 @@ class OpenAIAdapter(Adapter):
                 role = str(message.get("role", "user"))
                 role = "system" if role == "developer" else role
                 view.texts += _content_texts(message.get("content"), ("messages", i, "content"), role)
-                for j, tool_call in enumerate(message.get("tool_calls") or []):
-                    function = tool_call.get("function") if isinstance(tool_call, dict) else None
+                tool_calls = message.get("tool_calls")
+                if tool_calls is not None and not isinstance(tool_calls, list):
+                    raise BadRequest(f"messages[{i}].tool_calls must be a list", "invalid_request")
+                for j, tool_call in enumerate(tool_calls or []):
+                    if not isinstance(tool_call, dict):
+                        raise BadRequest(f"messages[{i}].tool_calls[{j}] must be an object", "invalid_request")
+                    function = tool_call.get("function")
+                    if function is not None and not isinstance(function, dict):
+                        raise BadRequest(f"messages[{i}].tool_calls[{j}].function must be an object", "invalid_request")
                     if isinstance(function, dict) and isinstance(function.get("arguments"), str):
                         view.texts.append(
                             TextSlot(
@@ -104,12 +112,14 @@ class OpenAIAdapter(Adapter):
                                 "tool_args",
                             )
                         )
-            view.tools = _tool_names(data.get("tools"))
+            view.tools = _tool_names(_checked_tools(data.get("tools")))
         elif path.endswith("/responses"):
             view.operation = "responses"
             if isinstance(data.get("instructions"), str):
                 view.texts.append(TextSlot(("instructions",), data["instructions"], "system"))
             items = data.get("input")
+            if items is not None and not isinstance(items, str | list):
+                raise BadRequest("`input` must be a string or a list", "invalid_request")
             if isinstance(items, str):
                 view.texts.append(TextSlot(("input",), items, "user"))
             elif isinstance(items, list):
@@ -125,7 +135,7 @@ class OpenAIAdapter(Adapter):
                         view.texts.append(TextSlot(("input", i, "output"), item["output"], "tool_result"))
                     elif kind == "function_call" and isinstance(item.get("arguments"), str):
                         view.texts.append(TextSlot(("input", i, "arguments"), item["arguments"], "tool_args"))
-            view.tools = _tool_names(data.get("tools"))
+            view.tools = _tool_names(_checked_tools(data.get("tools")))
         elif path.endswith("/embeddings"):
             view.operation = "embeddings"
             items = data.get("input")
@@ -227,8 +237,9 @@ class OpenAIAdapter(Adapter):
         removed_names = _tool_names(removed)
         choice = data.get("tool_choice")
         if isinstance(choice, dict):  # {"type":"function","function":{"name":...}} or {"type":"function","name":...}
-            chosen = (choice.get("function") or {}).get("name") or choice.get("name")
-            if chosen in names:
+            function = choice.get("function")
+            chosen = (function.get("name") if isinstance(function, dict) else None) or choice.get("name")
+            if isinstance(chosen, str) and chosen in names:
                 data.pop("tool_choice")
         if kept:
             data["tools"] = kept
@@ -359,6 +370,38 @@ def _responses_stream_texts(adapter: OpenAIAdapter, kind: str, data: dict[str, A
             for s in adapter.response_texts(data["response"])
         ]
     return []
+
+
+def _checked_tools(tools: Any) -> Any:
+    """The request's `tools`, refused (400) unless a list of objects whose names are strings."""
+    if tools is None:
+        return None
+    if not isinstance(tools, list):
+        raise BadRequest("`tools` must be a list", "invalid_request")
+    for i, tool in enumerate(tools):
+        if not isinstance(tool, dict):
+            raise BadRequest(f"tools[{i}] must be an object", "invalid_request")
+        function = tool.get("function")
+        if function is not None and not isinstance(function, dict):
+            raise BadRequest(f"tools[{i}].function must be an object", "invalid_request")
+        for where, name in (("function.name", (function or {}).get("name")), ("name", tool.get("name"))):
+            if name is not None and not isinstance(name, str):
+                raise BadRequest(f"tools[{i}].{where} must be a string", "invalid_request")
+    return tools
+
+
+def _check_tool_choice(choice: Any) -> None:
+    """`tool_choice` is a string or an object; a name in it is a string."""
+    if choice is None or isinstance(choice, str):
+        return
+    if not isinstance(choice, dict):
+        raise BadRequest("`tool_choice` must be a string or an object", "invalid_request")
+    function = choice.get("function")
+    if function is not None and not isinstance(function, dict):
+        raise BadRequest("tool_choice.function must be an object", "invalid_request")
+    for where, name in (("function.name", (function or {}).get("name")), ("name", choice.get("name"))):
+        if name is not None and not isinstance(name, str):
+            raise BadRequest(f"tool_choice.{where} must be a string", "invalid_request")
 
 
 def _tool_names(tools: Any) -> list[str]:
