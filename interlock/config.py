@@ -377,6 +377,11 @@ def settings_from_document(document: Document) -> Settings:
     data = document.data if document.data is not None else {}
     if not isinstance(data, dict):
         raise document.error((), "the configuration must be a mapping")
+    routes = data.get("routes")
+    for name in routes if isinstance(routes, dict) else ():
+        if not isinstance(name, str) or not name or "/" in name:
+            message = f"route name {name!r} must be one non-empty path segment (agents call /{name}/...)"
+            raise document.error(("routes", name), f"routes: {message}")
     try:
         settings = Settings.model_validate({**_blank_to_none(data), "source": document.file})
     except ValidationError as exc:

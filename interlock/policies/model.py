@@ -24,6 +24,8 @@ def _as_patterns(value: Any) -> Any:
     # `agent: "support-*"` and `agent: [a, b]` both mean a list of globs.
     if isinstance(value, str):
         return (value,)
+    if not isinstance(value, (list, tuple)) or not all(isinstance(item, str) for item in value):
+        raise ValueError("must be a glob or a list of globs (strings), e.g. support-* or [gpt-4o, gpt-4o-mini]")
     return value
 
 

@@ -344,3 +344,10 @@ def test_whatif_command_passes_the_configs_prices_to_budgets(tmp_path: Path) -> 
     changes = [line for line in lines if line["type"] == "change"]
     assert [(c["id"], c["rule"]) for c in changes] == [(calls[1].id, "budget")]
     assert "budget exceeded under policy rule 'budget': over a budget of $2 per day for agent a" in changes[0]["reason"]
+
+
+def test_a_match_field_that_is_not_a_glob_says_what_it_wants(tmp_path: Path) -> None:
+    policy = write(tmp_path / "p.yaml", "rules:\n  - name: r\n    match: {agent: 5}\n    deny: {}\n")
+    result = run("check", str(policy))
+    assert result.exit_code == 1
+    assert f"{policy}:3:" in result.output and "a glob or a list of globs" in result.output
