@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import json
 import logging
 import sys
 from typing import Any
 
 import click
+import yaml
 
 from interlock import __version__
 from interlock.config import Settings, SourceError, load_settings, settings_to_yaml
@@ -25,6 +27,23 @@ def load_or_exit(config: str | None) -> Settings:
 config_option = click.option(
     "--config", "-c", type=click.Path(dir_okay=False), default=None, help="interlock.yaml (default: embedded)."
 )
+
+
+def flag_envvars(command: click.Command, prefix: str) -> click.Command:
+    """Name each option's environment variable after its flag, not its Python parameter:
+    `interlock traces ls --store` reads INTERLOCK_TRACES_LS_STORE (click's own would be
+    ..._STORE_PATH), and show it in --help. Subcommands of a group get `prefix_SUBCOMMAND_`."""
+    for param in command.params:
+        if not isinstance(param, click.Option) or not param.expose_value:
+            continue  # --help, --version
+        flag = next((o for o in param.opts if o.startswith("--")), None)
+        if param.envvar is None and flag is not None:
+            param.envvar = f"{prefix}_{flag[2:].replace('-', '_').upper()}"
+        param.show_envvar = param.envvar is not None
+    if isinstance(command, click.Group):
+        for name, sub in command.commands.items():
+            flag_envvars(sub, f"{prefix}_{name.replace('-', '_').upper()}")
+    return command
 
 
 class LazyGroup(click.Group):
@@ -47,8 +66,11 @@ class LazyGroup(click.Group):
             module_name, attribute = self.lazy[name].split(":")
             command = getattr(importlib.import_module(module_name), attribute)
             assert isinstance(command, click.Command)
-            return command
-        return super().get_command(ctx, name)
+        else:
+            command = super().get_command(ctx, name)
+        if command is None:
+            return None
+        return flag_envvars(command, f"INTERLOCK_{name.replace('-', '_').upper()}")
 
 
 @click.group(cls=LazyGroup, context_settings={"auto_envvar_prefix": "INTERLOCK", "help_option_names": ["-h", "--help"]})
@@ -110,19 +132,39 @@ def config() -> None:
     """Inspect the configuration."""
 
 
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON (for machines).")
+
+
 @config.command("show")
 @config_option
-def config_show(config: str | None) -> None:
+@json_option
+def config_show(config: str | None, as_json: bool) -> None:
     """Print the effective configuration (secrets masked)."""
-    click.echo(settings_to_yaml(load_or_exit(config)), nl=False)
+    text = settings_to_yaml(load_or_exit(config))
+    if as_json:
+        # The YAML is the masked form: reading it back keeps one place that knows what is secret.
+        click.echo(json.dumps(yaml.safe_load(text), indent=2))
+    else:
+        click.echo(text, nl=False)
 
 
 @config.command("check")
 @config_option
-def config_check(config: str | None) -> None:
-    """Validate a configuration file; errors as file:line:col."""
-    settings = load_or_exit(config)
-    click.echo(f"{settings.source}: ok ({len(settings.routes)} routes)")
+@json_option
+def config_check(config: str | None, as_json: bool) -> None:
+    """Validate a configuration file; errors as file:line:col. With --json: {"ok": true, ...} or
+    {"ok": false, "errors": [{"file", "line", "col", "message"}]} (exit 2)."""
+    if not as_json:
+        settings = load_or_exit(config)
+        click.echo(f"{settings.source}: ok ({len(settings.routes)} routes)")
+        return
+    try:
+        settings = load_settings(config)
+    except SourceError as exc:
+        error = {"file": exc.file, "line": exc.line, "col": exc.col, "message": exc.message}
+        click.echo(json.dumps({"ok": False, "errors": [error]}))
+        sys.exit(2)
+    click.echo(json.dumps({"ok": True, "file": str(settings.source), "routes": len(settings.routes)}))
 
 
 @main.command()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -16,6 +17,7 @@ from interlock import __version__
 from interlock.cli import main
 from interlock.scripted import ScriptedUpstream
 from interlock.testing import free_port
+from interlock.tracing.store import Store
 
 
 def test_version_and_help() -> None:
@@ -97,3 +99,73 @@ def test_a_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
         result = CliRunner().invoke(main, ["serve", "--config", str(config)])
     assert result.exit_code == 2, result.output
     assert f"error: cannot listen on 127.0.0.1:{port}" in result.output
+
+
+def test_flags_are_environment_variables_named_after_the_flag(tmp_path: Path) -> None:
+    missing = tmp_path / "missing" / "x.db"  # a store that cannot be opened: the error names it
+    runner = CliRunner()
+    result = runner.invoke(main, ["traces", "ls"], env={"INTERLOCK_TRACES_LS_STORE": str(missing)})
+    assert result.exit_code != 0 and str(missing) in result.output
+    store = tmp_path / "i.db"
+    with Store(str(store)):
+        pass
+    assert runner.invoke(main, ["traces", "ls", "--store", str(store)]).exit_code == 0
+    result = runner.invoke(main, ["traces", "ls", "--store", str(store)], env={"INTERLOCK_TRACES_LS_JSON": "1"})
+    assert result.exit_code == 0 and result.output == ""  # JSON lines (none), not a table with a header
+    assert runner.invoke(main, ["traces", "ls", "--store", str(store)]).output.strip() != ""
+
+
+def test_help_shows_the_environment_variables() -> None:
+    result = CliRunner().invoke(main, ["traces", "ls", "--help"])
+    assert result.exit_code == 0
+    for name in ("INTERLOCK_TRACES_LS_STORE", "INTERLOCK_TRACES_LS_JSON", "INTERLOCK_TRACES_LS_SEARCH"):
+        assert name in result.output
+    assert "STORE_PATH" not in result.output and "AS_JSON" not in result.output
+    assert "INTERLOCK_SERVE_STORE" in CliRunner().invoke(main, ["serve", "--help"]).output
+
+
+def test_negative_limits_are_usage_errors(tmp_path: Path) -> None:
+    store = str(tmp_path / "i.db")
+    runner = CliRunner()
+    for args in (
+        ["traces", "ls", "--store", store, "--limit", "-5"],
+        ["traces", "ls", "--store", store, "-n", "0"],
+        ["traces", "tail", "--store", store, "--lines", "-1"],
+        ["traces", "tail", "--store", store, "--interval", "0"],
+        ["policy", "whatif", str(tmp_path), "--store", store, "--limit", "-1"],
+    ):
+        result = runner.invoke(main, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert "Invalid value" in result.output and "range" in result.output
+
+
+def test_config_check_json(tmp_path: Path) -> None:
+    runner = CliRunner()
+    result = runner.invoke(main, ["config", "check", "--json"])
+    assert result.exit_code == 0 and json.loads(result.output) == {
+        "ok": True,
+        "file": "<embedded default>",
+        "routes": 3,
+    }
+    path = tmp_path / "bad.yaml"
+    path.write_text("listen:\n  prot: 1\n")
+    result = runner.invoke(main, ["config", "check", "--json", "-c", str(path)])
+    assert result.exit_code == 2
+    assert json.loads(result.output) == {
+        "ok": False,
+        "errors": [{"file": str(path), "line": 2, "col": 3, "message": "listen.prot: unknown field"}],
+    }
+
+
+def test_config_show_json_masks_secrets(tmp_path: Path) -> None:
+    path = tmp_path / "interlock.yaml"
+    path.write_text(
+        "admin: {token: admin-secret}\n"
+        "routes:\n  openai: {upstream: 'http://127.0.0.1:9/v1', api_key: sk-very-secret}\n"
+    )
+    result = CliRunner().invoke(main, ["config", "show", "--json", "-c", str(path)])
+    assert result.exit_code == 0
+    data = json.loads(result.output)
+    assert data["admin"]["token"] == "***" and data["listen"]["port"] == 4141
+    assert "sk-very-secret" not in result.output and "admin-secret" not in result.output
+    assert data["routes"]["openai"]["upstreams"][0]["api_key"] == "***"

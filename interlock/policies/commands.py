@@ -156,7 +156,13 @@ def test(
 )
 @click.option("--store", "store_path", default=None, help="The SQLite store (default: store.path of the config).")
 @config_option
-@click.option("--limit", default=50, show_default=True, help="How many changed calls to list (0: all).")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=0),
+    default=50,
+    show_default=True,
+    help="How many changed calls to list (0: all).",
+)
 @json_option
 def whatif(
     policy_paths: tuple[str, ...], since: str, store_path: str | None, config: str | None, limit: int, as_json: bool

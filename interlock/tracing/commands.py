@@ -77,7 +77,9 @@ def traces() -> None:
 @click.option("--since", default=None, help="15m, 2h, 3d, an ISO time, or epoch seconds.")
 @click.option("--until", default=None)
 @click.option("--search", "-q", "q", default=None, help="Full-text search in request and response text.")
-@click.option("--limit", "-n", type=int, default=50, show_default=True)
+@click.option(
+    "--limit", "-n", type=click.IntRange(min=1), default=50, show_default=True, help="At most this many calls."
+)
 @click.option("--before", default=None, help="Page: only calls older than this id.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object a line.")
 def ls(store_path: str | None, config: str | None, as_json: bool, limit: int, **filters: Any) -> None:
@@ -251,8 +253,21 @@ def render(d: dict[str, Any]) -> str:
 
 @traces.command("tail")
 @with_store
-@click.option("--lines", "-n", type=int, default=10, show_default=True, help="Show this many recent calls first.")
-@click.option("--interval", type=float, default=0.5, show_default=True, help="Seconds between looks at the store.")
+@click.option(
+    "--lines",
+    "-n",
+    type=click.IntRange(min=0),
+    default=10,
+    show_default=True,
+    help="Show this many recent calls first.",
+)
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0, min_open=True),
+    default=0.5,
+    show_default=True,
+    help="Seconds between looks at the store.",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object a line.")
 def tail(store_path: str | None, config: str | None, lines: int, interval: float, as_json: bool) -> None:
     """Follow new calls as they are recorded (Ctrl-C to stop)."""
