@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import hashlib
-import json
 import logging
 import re
 import threading
@@ -37,7 +36,7 @@ from interlock.policies.redaction import (
     rewrite,
 )
 from interlock.proxy.protocols import ADAPTERS
-from interlock.proxy.protocols.base import JsonPath, response_json, set_path
+from interlock.proxy.protocols.base import JsonPath, dump_body, response_json, set_path
 from interlock.tracing.call import Call, Decision, Finding
 
 if TYPE_CHECKING:
@@ -129,7 +128,7 @@ def is_json_text(role: str, text: str) -> bool:
 
 
 def dumps(data: Any) -> bytes:
-    return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
+    return dump_body(data)  # compact UTF-8, or ASCII escapes for a lone surrogate
 
 
 class Blocked(Exception):

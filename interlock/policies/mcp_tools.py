@@ -22,7 +22,7 @@ from interlock.policies.engine import Subject
 from interlock.policies.loader import PolicyRuntime
 from interlock.policies.stage import route_hosts
 from interlock.proxy.protocols import ADAPTERS
-from interlock.proxy.protocols.base import response_json
+from interlock.proxy.protocols.base import dump_body, response_json
 from interlock.proxy.protocols.mcp import McpAdapter, McpView, rewrite_event
 from interlock.proxy.protocols.sse import EventSplitter
 from interlock.tracing.call import Call, Decision
@@ -96,7 +96,7 @@ class McpToolFilter:
             return
         message = response_json(call)
         if isinstance(message, dict) and self.filter(call, message):
-            call.agent_response_body = json.dumps(message, ensure_ascii=False).encode()
+            call.agent_response_body = dump_body(message)
 
     async def chunk(self, call: Call, data: bytes, last: bool) -> bytes:
         splitter = self._streams.get(call.id)

@@ -29,6 +29,9 @@ _SUPPLEMENT = (("interlock.aws-access-key-id", re.compile(r"\b(?:A3T[A-Z0-9]|AKI
 _LOCK = threading.Lock()
 
 
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
 class SecretScanner:
     """Finds secrets in a text as the entity type `SECRET`. Thread-safe after construction."""
 
@@ -48,7 +51,11 @@ class SecretScanner:
         if not text:
             return []
         found: list[Detection] = []
-        data = text.encode("utf-8")
+        try:
+            data = text.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate (JSON allows "\ud800"): U+FFFD keeps the offsets
+            text = _SURROGATES.sub("\ufffd", text)
+            data = text.encode("utf-8")
         ascii_only = len(data) == len(text)
         for finding in self._scanner.scan(data):
             if not finding.visible:

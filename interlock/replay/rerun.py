@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 
 from interlock.proxy.protocols import ADAPTERS
-from interlock.proxy.protocols.base import response_json
+from interlock.proxy.protocols.base import dump_body, response_json
 from interlock.proxy.protocols.reassemble import reassemble_stream
 from interlock.proxy.protocols.summary import summarize_response
 from interlock.proxy.upstream import HOP_BY_HOP, INTERLOCK_HEADERS
@@ -285,7 +285,7 @@ async def _send(
             data = None
         if isinstance(data, dict) and "model" in data:
             data["model"] = model
-            body = json.dumps(data, ensure_ascii=False).encode()
+            body = dump_body(data)
     headers = [(k, v) for k, v in call.request_headers if k.lower() not in _SKIP_HEADERS]
     headers.append(("accept-encoding", "identity"))
     if target.api_key:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import anthropic
+import httpx
 import openai
 import pytest
 
@@ -280,3 +281,16 @@ def test_a_blocked_response_is_not_relayed(make_interlock: Any, upstream: Script
         client_for(running).chat.completions.create(model="m", messages=[{"role": "user", "content": "key?"}])
     assert caught.value.code == "pii_blocked" and "SECRET" in caught.value.message
     assert b"AKIAQX7Z4KJH2M3N5P6R" not in stored_bytes(running, calls=1)
+
+
+def test_a_lone_surrogate_does_not_switch_the_guardrails_off(guarded: Running, upstream: ScriptedUpstream) -> None:
+    # JSON may carry "\ud800", which has no UTF-8 form: the secrets scanner must still run, and the
+    # redacted body must still be valid JSON for the upstream
+    body = b'{"model": "m", "messages": [{"role": "user", "content": "mail ' + EMAIL.encode() + b' \\ud800"}]}'
+    response = httpx.post(
+        guarded.url + "/openai/chat/completions", content=body, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 200, response.text
+    assert EMAIL.encode() not in sent_bodies(upstream)
+    sent = upstream.requests[-1].json()
+    assert sent["messages"][0]["content"] == "mail <EMAIL_ADDRESS_1> \ud800"
