@@ -209,9 +209,10 @@ class Recorder:
                 self.batches += 1
                 self.last_batch_at = time.time()
                 self.writer_cpu += time.thread_time() - cpu
-        except Exception:
-            # One bad call must not cost the whole batch: write them one by one.
-            log.exception("writing a batch of %d calls failed; retrying one by one", len(built))
+        except Exception as exc:
+            # One bad call must not cost the whole batch: write them one by one (nothing is lost yet:
+            # a warning, not a traceback; a call that still cannot be written is logged with one).
+            log.warning("writing a batch of %d calls failed (%s); retrying one by one", len(built), exc)
             for call in built:
                 self._write_now([call])
 
@@ -224,9 +225,9 @@ class Recorder:
             with self._counting:
                 self.written += len(built)
             return
-        except Exception:
+        except Exception as exc:
             if len(built) > 1:
-                log.exception("writing %d calls failed; retrying one by one", len(built))
+                log.warning("writing %d calls failed (%s); retrying one by one", len(built), exc)
                 for call in built:
                     self._write_now([call])
                 return
