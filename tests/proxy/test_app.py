@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import json
 import threading
-import time
 from typing import Any
 
 import httpx
@@ -14,14 +13,7 @@ import pytest
 from interlock.scripted import Script, ScriptedUpstream
 from interlock.testing import Running, run_interlock, settings_for_test
 from tests.conftest import routes_for
-
-
-def wait_for(condition: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.01)
+from tests.proxy.routing_support import collect_calls, wait_for
 
 
 def test_unknown_route_is_a_404_listing_the_routes(interlock: Running) -> None:
@@ -286,16 +278,6 @@ def test_a_broken_policy_file_stops_serve_with_file_line(tmp_path: Any) -> None:
     assert f"{policies / 'bad.yaml'}:4:" in result.output and "Traceback" not in result.output
 
 
-def _recorded_calls(running: Running) -> list[Any]:
-    calls: list[Any] = []
-
-    async def done(call: Any) -> None:
-        calls.append(call)
-
-    running.runtime.pipeline.hooks["done"].append(done)
-    return calls
-
-
 def test_a_failing_stage_is_a_500_in_the_protocols_shape_and_recorded_as_interlocks_error(
     interlock: Running, upstream: ScriptedUpstream
 ) -> None:
@@ -303,7 +285,7 @@ def test_a_failing_stage_is_a_500_in_the_protocols_shape_and_recorded_as_interlo
         raise RuntimeError("a bug in a stage")
 
     interlock.runtime.pipeline.hooks["request"].append(broken)
-    calls = _recorded_calls(interlock)
+    calls = collect_calls(interlock)
     response = httpx.post(interlock.url + "/openai/chat/completions", json={"model": "m", "messages": []})
     assert response.status_code == 500
     error = response.json()["error"]  # the OpenAI SDK's shape, so it raises a clear InternalServerError
@@ -327,7 +309,7 @@ def test_a_stage_failing_mid_stream_ends_the_stream_with_the_error_event(
 
     interlock.runtime.pipeline.hooks["chunk"].append(broken)
     interlock.runtime.pipeline.has_chunk_hooks = True
-    calls = _recorded_calls(interlock)
+    calls = collect_calls(interlock)
     upstream.script(Script(text="one two three four five six", chunk_size=3, chunk_delay=0.01))
     body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
     with httpx.stream("POST", interlock.url + "/openai/chat/completions", json=body) as response:

@@ -4,7 +4,6 @@ re-serialises stay valid JSON whatever text the agent sent."""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ import pytest
 
 from interlock.scripted import ScriptedUpstream
 from interlock.testing import Running
+from tests.proxy.routing_support import collect_calls, wait_for
 
 CHAT = "/openai/chat/completions"
 RESPONSES = "/openai/responses"
@@ -64,24 +64,6 @@ MALFORMED: list[tuple[str, Any]] = [
 ]
 
 
-def _wait_for(condition: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.01)
-
-
-def _recorded_calls(running: Running) -> list[Any]:
-    calls: list[Any] = []
-
-    async def done(call: Any) -> None:
-        calls.append(call)
-
-    running.runtime.pipeline.hooks["done"].append(done)
-    return calls
-
-
 def _policy(tmp_path: Path, text: str) -> str:
     folder = tmp_path / "policies"
     folder.mkdir(exist_ok=True)
@@ -121,7 +103,7 @@ def test_malformed_json_is_a_400_in_the_protocols_shape(
     guarded: Running, module_upstream: ScriptedUpstream, path: str, body: Any
 ) -> None:
     module_upstream.reset()
-    calls = _recorded_calls(guarded)
+    calls = collect_calls(guarded)
     try:
         response = _post(guarded, path, body)
         assert response.status_code == 400, response.text
@@ -134,7 +116,7 @@ def test_malformed_json_is_a_400_in_the_protocols_shape(
             assert error["type"] == "invalid_request_error" and set(error) == {"message", "type", "param", "code"}
         assert error["code"] in ("invalid_request", "invalid_json") and error["message"]
         assert module_upstream.requests == []
-        _wait_for(lambda: calls)
+        wait_for(lambda: calls)
         assert calls[0].outcome == "bad_request" and calls[0].status == 400
     finally:
         guarded.runtime.pipeline.hooks["done"].pop()
