@@ -199,38 +199,30 @@ class Recorder:
 
     def _write_batch(self, batch: list[Call]) -> None:
         cpu = time.thread_time()
-        rows, built = self._rows(batch)
-        if not built:
-            return
-        try:
-            write_rows(self.store.conn, rows)
+        if self._write_now(batch):
             with self._counting:
-                self.written += len(built)
                 self.batches += 1
                 self.last_batch_at = time.time()
                 self.writer_cpu += time.thread_time() - cpu
-        except Exception as exc:
-            # One bad call must not cost the whole batch: write them one by one (nothing is lost yet:
-            # a warning, not a traceback; a call that still cannot be written is logged with one).
-            log.warning("writing a batch of %d calls failed (%s); retrying one by one", len(built), exc)
-            for call in built:
-                self._write_now([call])
 
-    def _write_now(self, calls: list[Call]) -> None:
+    def _write_now(self, calls: list[Call]) -> bool:
+        """Write the calls in one transaction; True when that worked. Otherwise one bad call must not
+        cost the others: they are written one by one (a warning, not a traceback: nothing is lost
+        yet), and a call SQLite still refuses is salvaged or logged with its traceback."""
         rows, built = self._rows(calls)
         if not built:
-            return
+            return False
         try:
             write_rows(self.store.conn, rows)
             with self._counting:
                 self.written += len(built)
-            return
+            return True
         except Exception as exc:
             if len(built) > 1:
                 log.warning("writing %d calls failed (%s); retrying one by one", len(built), exc)
                 for call in built:
                     self._write_now([call])
-                return
+                return False
         # One call that SQLite refused: once more with its text made safe to store.
         call = built[0]
         salvaged = Rows()
@@ -244,6 +236,7 @@ class Recorder:
             with self._counting:
                 self.write_errors += 1
             log.exception("could not record call %s", call.id)
+        return False
 
     def _salvage(self, rows: Rows, call: Call) -> bool:
         """Add the call's rows with unstorable text replaced (`Rows.add_call(salvage=True)`)."""
