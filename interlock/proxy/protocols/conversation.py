@@ -65,6 +65,17 @@ def _text(content: Any) -> str:
     return json.dumps(content, ensure_ascii=False)
 
 
+def _chat_tool_calls(message: dict[str, Any]) -> list[ChatToolCall]:
+    """The tool calls of a chat completions message (request history or response)."""
+    calls = message.get("tool_calls")
+    out: list[ChatToolCall] = []
+    for call in calls if isinstance(calls, list) else []:
+        function = call.get("function") if isinstance(call, dict) else None
+        if isinstance(function, dict):  # a recorded bad request may hold anything
+            out.append(ChatToolCall(str(function.get("name")), str(function.get("arguments", "")), call.get("id")))
+    return out
+
+
 def _openai_request(data: dict[str, Any]) -> list[ChatMessage]:
     out: list[ChatMessage] = []
     if isinstance(data.get("messages"), list):
@@ -73,21 +84,12 @@ def _openai_request(data: dict[str, Any]) -> list[ChatMessage]:
                 continue
             role = str(message.get("role", "user"))
             role = "system" if role == "developer" else role
-            calls = [
-                ChatToolCall(
-                    str((c.get("function") or {}).get("name")),
-                    str((c.get("function") or {}).get("arguments", "")),
-                    c.get("id"),
-                )
-                for c in message.get("tool_calls") or []
-                if isinstance(c, dict)
-            ]
             out.append(
                 ChatMessage(
                     role,
                     _text(message.get("content")),
                     f"request.messages[{i}]",
-                    calls,
+                    _chat_tool_calls(message),
                     message.get("tool_call_id"),
                     message.get("name"),
                 )
@@ -121,16 +123,9 @@ def _openai_response(data: dict[str, Any]) -> list[ChatMessage]:
         message = choice.get("message") if isinstance(choice, dict) else None
         if not isinstance(message, dict):
             continue
-        calls = [
-            ChatToolCall(
-                str((c.get("function") or {}).get("name")),
-                str((c.get("function") or {}).get("arguments", "")),
-                c.get("id"),
-            )
-            for c in message.get("tool_calls") or []
-            if isinstance(c, dict)
-        ]
-        out.append(ChatMessage("assistant", _text(message.get("content")), f"response.choices[{i}]", calls))
+        out.append(
+            ChatMessage("assistant", _text(message.get("content")), f"response.choices[{i}]", _chat_tool_calls(message))
+        )
     for i, item in enumerate(data.get("output") or []):
         if not isinstance(item, dict):
             continue
