@@ -13,6 +13,7 @@ from interlock.proxy.protocols.base import (
     TextSlot,
     ToolCall,
     _json_headers,
+    json_strings,
     parse_json_body,
     response_json,
 )
@@ -48,23 +49,7 @@ def _blocks(content: Any, path: tuple[str | int, ...], role: str) -> list[TextSl
             slots += _blocks(block.get("content"), (*path, i, "content"), "tool_result")
         # tool_use input is a JSON object, not text: scanned through its string leaves.
         elif kind == "tool_use" and isinstance(block.get("input"), dict):
-            slots += _json_strings(block["input"], (*path, i, "input"))
-    return slots
-
-
-def _json_strings(value: Any, path: tuple[str | int, ...]) -> list[TextSlot]:
-    """The string leaves of a JSON value, in document order (iterative: an agent's JSON may nest
-    deeper than Python's recursion limit)."""
-    slots: list[TextSlot] = []
-    stack: list[tuple[Any, tuple[str | int, ...]]] = [(value, path)]
-    while stack:
-        item, where = stack.pop()
-        if isinstance(item, str):
-            slots.append(TextSlot(where, item, "tool_args"))
-        elif isinstance(item, dict):
-            stack += [(v, (*where, k)) for k, v in reversed(item.items())]
-        elif isinstance(item, list):
-            stack += [(v, (*where, i)) for i, v in reversed(list(enumerate(item)))]
+            slots += json_strings(block["input"], (*path, i, "input"), "tool_args")
     return slots
 
 

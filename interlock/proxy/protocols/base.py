@@ -140,6 +140,22 @@ def parse_json_body(call: Call) -> Any:
         raise BadRequest("the request body's JSON is nested too deeply", "invalid_json") from None
 
 
+def json_strings(value: Any, path: JsonPath, role: str) -> list[TextSlot]:
+    """The string leaves of a JSON value as text slots, in document order (iterative: an agent's
+    JSON may nest deeper than Python's recursion limit)."""
+    slots: list[TextSlot] = []
+    stack: list[tuple[Any, JsonPath]] = [(value, path)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, str):
+            slots.append(TextSlot(where, item, role))
+        elif isinstance(item, dict):
+            stack += [(v, (*where, k)) for k, v in reversed(item.items())]
+        elif isinstance(item, list):
+            stack += [(v, (*where, i)) for i, v in reversed(list(enumerate(item)))]
+    return slots
+
+
 def dump_body(data: Any) -> bytes:
     """A request body re-serialised after interlock changed it: compact UTF-8 JSON. JSON text may
     carry a lone surrogate (`"\\ud800"`), which has no UTF-8 form; such a body is written with

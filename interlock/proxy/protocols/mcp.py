@@ -30,6 +30,7 @@ from interlock.proxy.protocols.base import (
     ToolCall,
     _json_headers,
     decoded_body,
+    json_strings,
     parse_json_body,
 )
 from interlock.proxy.protocols.sse import iter_events
@@ -215,7 +216,7 @@ def result_texts(result: dict[str, Any], path: tuple[str | int, ...]) -> list[Te
     for i, item in enumerate(result.get("content") or []):
         slots += _content_texts(item, (*path, "content", i))
     if "structuredContent" in result:
-        slots += _strings(result["structuredContent"], (*path, "structuredContent"), "tool_result")
+        slots += json_strings(result["structuredContent"], (*path, "structuredContent"), "tool_result")
     for i, item in enumerate(result.get("contents") or []):  # resources/read
         if isinstance(item, dict) and isinstance(item.get("text"), str):
             slots.append(TextSlot((*path, "contents", i, "text"), item["text"], "tool_result"))
@@ -279,7 +280,7 @@ def _parse_message(call: Call) -> McpView:
         view.tool_name = name
         view.tool_arguments = arguments if arguments is not None else {}
         view.tools = [name]
-        view.texts = _strings(view.tool_arguments, ("params", "arguments"), "tool_args")
+        view.texts = json_strings(view.tool_arguments, ("params", "arguments"), "tool_args")
     return view
 
 
@@ -301,19 +302,3 @@ def _load(text: str | bytes) -> dict[str, Any] | None:
     except (UnicodeDecodeError, json.JSONDecodeError):
         return None
     return message if isinstance(message, dict) else None
-
-
-def _strings(value: Any, path: tuple[str | int, ...], role: str) -> list[TextSlot]:
-    """The string leaves of a JSON value, in document order (iterative: an agent's JSON may nest
-    deeper than Python's recursion limit)."""
-    slots: list[TextSlot] = []
-    stack: list[tuple[Any, tuple[str | int, ...]]] = [(value, path)]
-    while stack:
-        item, where = stack.pop()
-        if isinstance(item, str):
-            slots.append(TextSlot(where, item, role))
-        elif isinstance(item, dict):
-            stack += [(v, (*where, k)) for k, v in reversed(item.items())]
-        elif isinstance(item, list):
-            stack += [(v, (*where, i)) for i, v in reversed(list(enumerate(item)))]
-    return slots
