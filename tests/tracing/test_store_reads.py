@@ -8,29 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from interlock.tracing.call import Attempt, Call, Finding, new_id
+from interlock.tracing.call import Attempt, Finding
 from interlock.tracing.reads import Reads
 from interlock.tracing.rows import narrow_rows
 from interlock.tracing.store import LIST_COLUMNS, Store, StoreError, fts_query
-
-
-def make_call(**fields: object) -> Call:
-    call = Call(
-        id=new_id(),
-        route="openai",
-        protocol="openai",
-        method="POST",
-        path="/chat/completions",
-        request_headers=[("content-type", "application/json")],
-        request_body=b'{"model":"gpt-4o","messages":[{"role":"user","content":"where is the lighthouse?"}]}',
-        model="gpt-4o",
-        status=200,
-        response_headers=[("content-type", "application/json")],
-        response_body=b'{"choices":[{"message":{"role":"assistant","content":"on the cape"}}]}',
-    )
-    for key, value in fields.items():
-        setattr(call, key, value)
-    return call
+from tests.tracing.test_store import make_call
 
 
 @pytest.fixture

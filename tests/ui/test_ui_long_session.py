@@ -13,7 +13,8 @@ import pytest
 from playwright.sync_api import expect
 
 from interlock.testing import Running, run_interlock, settings_for_test
-from interlock.tracing.call import Call, new_id
+from interlock.tracing.call import Call
+from tests.tracing.test_store import make_call
 
 CALLS = 620
 
@@ -24,32 +25,16 @@ class Long:
     ids: list[str]  # the long session's calls, oldest first
 
 
-def make_call(session: str, started_at: float, agent: str = "crawler") -> Call:
-    return Call(
-        id=new_id(),
-        route="openai",
-        protocol="openai",
-        method="POST",
-        path="/chat/completions",
-        request_headers=[("content-type", "application/json")],
-        request_body=b'{"model":"gpt-4o","messages":[{"role":"user","content":"next page please"}]}',
-        model="gpt-4o",
-        status=200,
-        response_headers=[("content-type", "application/json")],
-        response_body=b'{"choices":[{"message":{"role":"assistant","content":"here it is"}}]}',
-        session=session,
-        agent=agent,
-        started_at=started_at,
-        duration_ms=200.0,
-    )
+def session_call(session: str, started_at: float, agent: str = "crawler") -> Call:
+    return make_call(session=session, agent=agent, started_at=started_at, duration_ms=200.0)
 
 
 @pytest.fixture(scope="module")
 def long(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Long]:
     tmp = tmp_path_factory.mktemp("long")
     with run_interlock(settings_for_test({"routes": {}}, tmp)) as running:
-        calls = [make_call("long-session", 1_700_000_000.0 + i) for i in range(CALLS)]
-        others = [make_call(f"short-{i}", 1_700_001_000.0 + i * 3, agent=f"a{i % 2}") for i in range(6)]
+        calls = [session_call("long-session", 1_700_000_000.0 + i) for i in range(CALLS)]
+        others = [session_call(f"short-{i}", 1_700_001_000.0 + i * 3, agent=f"a{i % 2}") for i in range(6)]
         running.runtime.store.write([c.to_record() for c in calls + others])
         yield Long(running, [c.id for c in calls])
 
