@@ -5,6 +5,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import openai
 import pytest
 
@@ -35,7 +36,7 @@ def with_policy(make_interlock: Any, write_policy: Callable[[str, str], Path]) -
     return start
 
 
-_CLIENTS: list[openai.OpenAI] = []
+_CLIENTS: list[Any] = []
 
 
 @pytest.fixture(autouse=True)
@@ -53,5 +54,12 @@ def openai_client(running: Running, agent: str = "support-bot", **headers: str) 
         max_retries=0,
         default_headers={"X-Interlock-Agent": agent, **headers},
     )
+    _CLIENTS.append(client)
+    return client
+
+
+def anthropic_client(running: Running) -> anthropic.Anthropic:
+    """An anthropic SDK client (closed after the test)."""
+    client = anthropic.Anthropic(base_url=running.url + "/anthropic", api_key="sk-agent", max_retries=0)
     _CLIENTS.append(client)
     return client

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import anthropic
 import httpx
 import openai
 import pytest
 
 from interlock.scripted import Script, ScriptedUpstream, ToolUse
 from interlock.testing import Running
+from tests.policies.conftest import anthropic_client, openai_client
 
 EMAIL = "jane.roe@acme-corp.io"
 CARD = "4539 1488 0343 6467"  # Luhn-valid
@@ -25,31 +24,8 @@ GUARDRAILS = {
 }
 
 
-_CLIENTS: list[Any] = []
-
-
-@pytest.fixture(autouse=True)
-def _close_clients() -> Iterator[None]:
-    yield
-    while _CLIENTS:
-        _CLIENTS.pop().close()
-
-
 def client_for(running: Running, session: str = "s1") -> openai.OpenAI:
-    client = openai.OpenAI(
-        base_url=running.url + "/openai",
-        api_key="sk-agent",
-        max_retries=0,
-        default_headers={"X-Interlock-Session": session},
-    )
-    _CLIENTS.append(client)
-    return client
-
-
-def anthropic_client(running: Running) -> anthropic.Anthropic:
-    client = anthropic.Anthropic(base_url=running.url + "/anthropic", api_key="sk-agent", max_retries=0)
-    _CLIENTS.append(client)
-    return client
+    return openai_client(running, **{"X-Interlock-Session": session})
 
 
 def stored_bytes(running: Running, calls: int | None = None) -> bytes:

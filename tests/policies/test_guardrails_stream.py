@@ -8,7 +8,7 @@ import hashlib
 import json
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from interlock.proxy.protocols.sse import iter_events
 from interlock.scripted import Script, ScriptedUpstream
 from interlock.scripted_replies import anthropic_reply, chat_reply, with_keepalives
 from interlock.testing import Running
+from tests.policies.conftest import anthropic_client, openai_client
 
 CARD = "4539 1488 0343 6467"  # Luhn-valid
 
@@ -176,28 +177,6 @@ def test_a_keepalive_between_deltas_does_not_release_held_text(protocol: str) ->
 
 
 # -- through the proxy, with the real SDKs -----------------------------------------------------
-
-
-_CLIENTS: list[Any] = []
-
-
-@pytest.fixture(autouse=True)
-def _close_clients() -> Iterator[None]:
-    yield
-    while _CLIENTS:
-        _CLIENTS.pop().close()
-
-
-def openai_client(running: Running) -> openai.OpenAI:
-    client = openai.OpenAI(base_url=running.url + "/openai", api_key="sk-agent", max_retries=0)
-    _CLIENTS.append(client)
-    return client
-
-
-def anthropic_client(running: Running) -> anthropic.Anthropic:
-    client = anthropic.Anthropic(base_url=running.url + "/anthropic", api_key="sk-agent", max_retries=0)
-    _CLIENTS.append(client)
-    return client
 
 
 def stored_bytes(running: Running, calls: int) -> bytes:
