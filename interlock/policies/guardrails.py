@@ -127,10 +127,6 @@ def is_json_text(role: str, text: str) -> bool:
     return role == "tool_args" and text.lstrip()[:1] in ("{", "[")
 
 
-def dumps(data: Any) -> bytes:
-    return dump_body(data)  # compact UTF-8, or ASCII escapes for a lone surrogate
-
-
 class Blocked(Exception):
     """A text holds an entity whose action is `block`."""
 
@@ -450,7 +446,7 @@ class Guardrails:
                 set_path(stored_doc, slot.path, rewrite(slot.text, applied, stored))
         state = self.state(call) if changed or applied_all else None
         if stored_doc is not None and state is not None and applied_all:
-            state.stored_response = dumps(stored_doc)
+            state.stored_response = dump_body(stored_doc)
         blocked = entity_types(applied_all, "block")
         if blocked:
             assert actions is not None
@@ -459,7 +455,7 @@ class Guardrails:
             call.answer(reply, "blocked", "pii_blocked", message)
             return
         if changed and state is not None:
-            call.agent_response_body = dumps(data)
+            call.agent_response_body = dump_body(data)
             state.restored = True
 
     async def chunk(self, call: Call, data: bytes, last: bool) -> bytes:
@@ -530,7 +526,7 @@ def _stored_request(request: Any, overrides: list[tuple[JsonPath, str]]) -> byte
     document = copy.deepcopy(request) if overrides else request
     for path, text in overrides:
         set_path(document, path, text)
-    return dumps(document)
+    return dump_body(document)
 
 
 def _rules(actions: GuardrailActions) -> str | None:

@@ -22,7 +22,7 @@ from typing import Any, Literal
 from interlock.policies.redaction import placeholder_restorer
 from interlock.policies.streamrewrite import StreamTextRewriter
 from interlock.proxy.protocols import ADAPTERS
-from interlock.proxy.protocols.base import decoded_body
+from interlock.proxy.protocols.base import decoded_body, dump_body
 from interlock.proxy.protocols.mcp import json_rpc_error
 from interlock.proxy.protocols.sse import Event, EventSplitter
 from interlock.replay.diff import Divergence, diverge
@@ -360,7 +360,7 @@ def _with_rpc_id(body: bytes, request: Any) -> bytes:
     if not isinstance(message, dict) or ("result" not in message and "error" not in message):
         return body
     message["id"] = request["id"]
-    return json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode()
+    return dump_body(message)
 
 
 def _agent_headers(headers: list[tuple[str, str]], length: int | None) -> list[tuple[bytes, bytes]]:

@@ -94,3 +94,19 @@ async def test_the_stage_sets_guardrail_actions_and_per_session_counters(tmp_pat
     for call in (first, other):
         await stage.done(call)
     assert stage._held == {}
+
+
+def test_json_interlock_writes_survives_a_lone_surrogate() -> None:
+    # JSON text may carry "\ud800" (no UTF-8 form): rewritten events and replies stay valid JSON
+    from interlock.proxy.protocols import ADAPTERS
+    from interlock.proxy.protocols.mcp import json_rpc_error, rewrite_event, sse_message
+    from interlock.proxy.protocols.sse import parse_event
+
+    value = {"text": "a\ud800b"}
+    for protocol in ("openai", "anthropic"):
+        event = ADAPTERS[protocol].stream_event(None, value)
+        assert json.loads(parse_event(event).data) == value
+    assert json.loads(parse_event(sse_message(value)).data) == value
+    assert json.loads(json_rpc_error(1, "invalid_request", "bad \ud800"))["error"]["message"] == "bad \ud800"
+    rewritten = rewrite_event(b"event: message\ndata: {}\n\n", value)
+    assert json.loads(parse_event(rewritten).data) == value

@@ -118,7 +118,7 @@ class Adapter:
     def stream_event(self, event: str | None, data: Any) -> bytes:
         """An SSE event carrying `data` (a rewritten event, or a copy of one)."""
         head = f"event: {event}\n".encode() if event else b""
-        return head + b"data: " + json.dumps(data, ensure_ascii=False).encode() + b"\n\n"
+        return head + b"data: " + dump_body(data, separators=None) + b"\n\n"
 
 
 def _json_headers(retryable: bool) -> Headers:
@@ -156,16 +156,16 @@ def json_strings(value: Any, path: JsonPath, role: str) -> list[TextSlot]:
     return slots
 
 
-def dump_body(data: Any) -> bytes:
-    """A request body re-serialised after interlock changed it: compact UTF-8 JSON. JSON text may
-    carry a lone surrogate (`"\\ud800"`), which has no UTF-8 form; such a body is written with
-    ASCII escapes instead, so it stays valid JSON and the surrogate reaches the upstream as the
-    agent sent it."""
-    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+def dump_body(data: Any, separators: tuple[str, str] | None = (",", ":")) -> bytes:
+    """JSON that interlock writes (a re-serialised body, a rewritten event, its own reply): UTF-8,
+    compact unless `separators` says otherwise. JSON text may carry a lone surrogate (`"\\ud800"`),
+    which has no UTF-8 form; such a value is written with ASCII escapes instead, so it stays valid
+    JSON and reaches the other side as it was sent."""
+    text = json.dumps(data, ensure_ascii=False, separators=separators)
     try:
         return text.encode()
     except UnicodeEncodeError:
-        return json.dumps(data, separators=(",", ":")).encode()
+        return json.dumps(data, separators=separators).encode()
 
 
 def decoded_body(body: bytes | None, headers: Iterable[Sequence[str]]) -> bytes:

@@ -30,6 +30,7 @@ from interlock.proxy.protocols.base import (
     ToolCall,
     _json_headers,
     decoded_body,
+    dump_body,
     json_strings,
     parse_json_body,
 )
@@ -192,12 +193,12 @@ def answer_in(messages: list[dict[str, Any]], rpc_id: Any) -> dict[str, Any] | N
 def json_rpc_error(request_id: Any, code: str, message: str, rpc_code: int | None = None) -> bytes:
     """A JSON-RPC error response; interlock's own `code` is kept in `error.data.code`."""
     error = {"code": rpc_code or _RPC_CODES.get(code, SERVER_ERROR), "message": message, "data": {"code": code}}
-    return json.dumps({"jsonrpc": "2.0", "id": request_id, "error": error}, ensure_ascii=False).encode()
+    return dump_body({"jsonrpc": "2.0", "id": request_id, "error": error}, separators=None)
 
 
 def sse_message(message: dict[str, Any]) -> bytes:
     """One JSON-RPC message as an SSE `message` event, as MCP servers send them."""
-    return b"event: message\ndata: " + json.dumps(message, ensure_ascii=False).encode() + b"\n\n"
+    return b"event: message\ndata: " + dump_body(message, separators=None) + b"\n\n"
 
 
 def rewrite_event(raw: bytes, message: dict[str, Any]) -> bytes:
@@ -205,7 +206,7 @@ def rewrite_event(raw: bytes, message: dict[str, Any]) -> bytes:
     so a client resuming with Last-Event-ID still can."""
     lines = raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
     kept = [line for line in lines if line and not line.startswith(b"data:")]
-    data = json.dumps(message, ensure_ascii=False).encode()
+    data = dump_body(message, separators=None)
     return b"\n".join([*kept, b"data: " + data]) + b"\n\n"
 
 
