@@ -28,6 +28,7 @@ from opentelemetry.sdk.metrics.export import (
     HistogramDataPoint,
     Metric,
     MetricExporter,
+    MetricExportResult,
     MetricsData,
     NumberDataPoint,
     ResourceMetrics,
@@ -205,25 +206,20 @@ class CallMetrics:
         """The metrics so far, as the SDK's data model (delta: since the last collect, then reset)."""
         now = time.time_ns()
         metrics: list[Metric] = []
-        delta = AggregationTemporality.DELTA
+        instruments: list[tuple[_Histogram | _Sum, AggregationTemporality]] = [
+            *((histogram, self.histogram_temporality) for histogram in self._histograms),
+            *((total, self.sum_temporality) for total in self._sums),
+        ]
         with self._lock:
-            for histogram in self._histograms:
-                if histogram.points:
-                    delta_histograms = self.histogram_temporality == delta
-                    since = self._last_collect if delta_histograms else self._started
-                    data = histogram.data(since, now, self.histogram_temporality)
-                    metrics.append(Metric(histogram.name, histogram.description, histogram.unit, data))
-                    if delta_histograms:
-                        histogram.points = {}
-            for total in self._sums:
-                if total.points:
-                    delta_sums = self.sum_temporality == delta
-                    since = self._last_collect if delta_sums else self._started
-                    metrics.append(
-                        Metric(total.name, total.description, total.unit, total.data(since, now, self.sum_temporality))
-                    )
-                    if delta_sums:
-                        total.points = {}
+            for instrument, temporality in instruments:
+                if not instrument.points:
+                    continue
+                delta = temporality == AggregationTemporality.DELTA
+                since = self._last_collect if delta else self._started
+                data = instrument.data(since, now, temporality)
+                metrics.append(Metric(instrument.name, instrument.description, instrument.unit, data))
+                if delta:
+                    instrument.points = {}
             self._last_collect = now
         return MetricsData([ResourceMetrics(self.resource, [ScopeMetrics(self.scope, metrics, "")], "")])
 
@@ -235,7 +231,7 @@ class CallMetrics:
         if not data.resource_metrics[0].scope_metrics[0].metrics:
             return True
         result = self.exporter.export(data, timeout_millis=10_000)
-        return getattr(result, "name", "") == "SUCCESS"
+        return bool(result == MetricExportResult.SUCCESS)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):

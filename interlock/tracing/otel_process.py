@@ -156,20 +156,7 @@ def from_wire(data: tuple[Any, ...]) -> Call:
     call.outcome, call.error, call.error_code, call.truncated = outcome, error, error_code, truncated
     call.decisions = [Decision(s, a, r, reason, t_ms=t) for s, a, r, reason, t in decisions]
     call.findings = [Finding(e, w, s, end, score, action) for e, w, s, end, score, action in findings]
-    call.attempts = [
-        Attempt(
-            upstream=upstream,
-            url=url,
-            model=attempt_model,
-            started_ms=started_ms,
-            duration_ms=attempt_duration,
-            ttfb_ms=attempt_ttfb,
-            status=attempt_status,
-            error=attempt_error,
-            backoff_ms=backoff_ms,
-        )
-        for upstream, url, attempt_model, started_ms, attempt_duration, attempt_ttfb, attempt_status, attempt_error, backoff_ms in attempts
-    ]
+    call.attempts = [Attempt(*a) for a in attempts]  # to_wire writes Attempt's fields in their order
     call.input_tokens, call.output_tokens = input_tokens, output_tokens
     call.ttfb_ms, call.duration_ms = ttfb_ms, duration_ms
     if replied:

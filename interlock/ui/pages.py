@@ -380,10 +380,7 @@ def _call_context(store: Store, call_id: str) -> dict[str, Any] | None:
             joined = "".join(c["text"] for c in detail["chunks"])
             response_json = reassemble_stream(detail["protocol"], joined.encode())
     messages = conversation(detail["protocol"], request_json, response_json)
-    findings = detail["findings"]
-    for finding in findings:
-        finding["placed"] = False
-    rendered = [_message_view(m, findings) for m in messages]
+    rendered = [_message_view(m, detail["findings"]) for m in messages]
     chunks = detail["agent_chunks"] if detail["agent_chunks"] is not None else detail["chunks"]
     around = store.neighbours(call_id, detail["session"] or None)
     return {
@@ -405,14 +402,12 @@ def _message_view(message: ChatMessage, findings: list[dict[str, Any]]) -> dict[
     for finding in findings:
         where = str(finding.get("where", ""))
         if where == message.where or where.startswith(message.where + ".") or where.startswith(message.where + "["):
-            finding["placed"] = True
             if finding.get("action") == "mask" and finding["entity"] not in masked:
                 masked.append(str(finding["entity"]))
     return {
         "role": message.role,
         "text": message.text,
         "html": highlight(message.text, tuple(masked)),
-        "where": message.where,
         "tool_calls": message.tool_calls,
         "tool_call_id": message.tool_call_id,
         "name": message.name,
