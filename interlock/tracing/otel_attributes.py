@@ -19,7 +19,7 @@ from opentelemetry.semconv.attributes import error_attributes, http_attributes, 
 
 from interlock.proxy.protocols import ADAPTERS, BadRequest, TextSlot
 from interlock.proxy.protocols.base import decoded_body
-from interlock.proxy.protocols.summary import ResponseSummary, response_message, summarize_response
+from interlock.proxy.protocols.summary import ResponseSummary, output_texts, response_message, summarize_response
 from interlock.tracing.call import Attempt, Call
 
 Attributes = dict[str, Any]
@@ -260,7 +260,7 @@ def _output_messages(call: Call, data: Any) -> list[dict[str, Any]]:
     if data is None:
         return []
     adapter = ADAPTERS[call.protocol]
-    messages = _messages([s for s in adapter.response_texts(data) if s.text and s.role != "tool_args"])
+    messages = _messages([s for s in output_texts(call.protocol, data) if s.role != "tool_args"])
     parts: list[dict[str, Any]] = []
     for tool_call in adapter.response_tool_calls(data):
         try:

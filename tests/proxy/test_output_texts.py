@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from interlock.proxy.protocols.summary import output_texts
+from interlock.proxy.protocols.summary import output_texts, response_message
 from interlock.scripted_replies import Script, ToolUse, anthropic_reply, chat_reply, responses_reply
 from interlock.tracing.call import Call
 
@@ -18,10 +18,12 @@ def call(protocol: str, *, stream: bool) -> Call:
     return made
 
 
+def texts(protocol: str, body: bytes, *, stream: bool) -> list[Any]:
+    return output_texts(protocol, response_message(call(protocol, stream=stream), body))
+
+
 def both(protocol: str, events: list[bytes], whole: dict[str, Any]) -> tuple[list[Any], list[Any]]:
-    streamed = output_texts(call(protocol, stream=True), b"".join(events))
-    answered = output_texts(call(protocol, stream=False), json.dumps(whole).encode())
-    return streamed, answered
+    return texts(protocol, b"".join(events), stream=True), texts(protocol, json.dumps(whole).encode(), stream=False)
 
 
 TOOL = ToolUse("get_weather", {"city": "Paris", "days": 3, "units": {"temp": "C"}})
@@ -58,10 +60,10 @@ def test_a_responses_stream_cut_short_reads_what_the_agent_saw() -> None:
         b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta","delta":"hel"}\n\n',
         b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta","delta":"lo"}\n\n',
     ]
-    (slot,) = output_texts(call("openai", stream=True), b"".join(events))
+    (slot,) = texts("openai", b"".join(events), stream=True)
     assert (slot.text, slot.role) == ("hello", "assistant")
 
 
 def test_an_empty_or_unreadable_body_reads_as_nothing() -> None:
-    assert output_texts(call("openai", stream=True), b"data: [DONE]\n\n") == []
-    assert output_texts(call("anthropic", stream=False), b"not json") == []
+    assert texts("openai", b"data: [DONE]\n\n", stream=True) == []
+    assert texts("anthropic", b"not json", stream=False) == []

@@ -104,13 +104,13 @@ def response_message(call: Call, body: bytes) -> Any:
     return _payload(body.decode("utf-8", "replace").lstrip())
 
 
-def output_texts(call: Call, body: bytes) -> list[TextSlot]:
-    """The texts of a response body as the agent received it (the adapter's `response_texts` of
-    `response_message`). Empty texts (a stream's opening `content: ""`) say nothing and are left out."""
-    data = response_message(call, body)
+def output_texts(protocol: str, data: Any) -> list[TextSlot]:
+    """The texts of a response (`response_message`: a stream reads like the message it reassembles
+    to), by the adapter's `response_texts`. Empty texts (a stream's opening `content: ""`) say
+    nothing and are left out."""
     if data is None:
         return []
-    return [slot for slot in ADAPTERS[call.protocol].response_texts(data) if slot.text]
+    return [slot for slot in ADAPTERS[protocol].response_texts(data) if slot.text]
 
 
 def _take(summary: ResponseSummary, rid: Any, model: Any) -> None:
