@@ -17,7 +17,7 @@ from interlock.proxy.forward import Forwarder, Opened, UpstreamFailure, describe
 from interlock.proxy.pipeline import Pipeline
 from interlock.proxy.protocols import ADAPTERS, Adapter
 from interlock.proxy.upstream import response_headers_for_agent, route_timeouts
-from interlock.tracing.call import Call, Chunk, new_id
+from interlock.tracing.call import Call, Chunk, Outcome, new_id
 
 log = logging.getLogger("interlock.proxy")
 
@@ -126,22 +126,44 @@ class ProxyApp:
         before the response started or the stream's error event after, and the record says so."""
         message = f"interlock failed on this call (id {call.id}): {describe_error(exc)}"
         try:
-            if not state.started:
-                reply = adapter.error_reply(500, "internal_error", message, retryable=False)
-                call.answer(reply, "internal_error", "internal_error", message)
-                await self.send_reply(call, send)
-            elif not state.responded:
-                event = adapter.stream_error_event("internal_error", message) if call.stream else b""
-                await _safe_send(send, event, state)
+            await self.fail(call, adapter, send, state, 500, "internal_error", "internal_error", message)
         except Exception:  # noqa: BLE001 - the agent's connection is gone too: nothing more to send
             log.debug("could not answer call %s after an internal error", call.id, exc_info=True)
         call.outcome, call.error_code, call.error = "internal_error", "internal_error", message
-        if state.started:
-            call.truncated = call.stream
         try:
             await self.pipeline.error(call, exc)
         except Exception:
             log.exception("the error hooks failed for call %s", call.id)
+
+    async def fail(
+        self,
+        call: Call,
+        adapter: Adapter,
+        send: Send,
+        state: _Watch,
+        status: int,
+        outcome: Outcome,
+        code: str,
+        message: str,
+        *,
+        tail: bytes = b"",
+    ) -> None:
+        """End the call with interlock's error: the protocol's error reply before the response
+        started; after, the stream ends with its error event (after `tail`, text stages still held),
+        which is kept on record as what the agent got."""
+        if not state.started:
+            call.answer(adapter.error_reply(status, code, message, retryable=False), outcome, code, message)
+            await self.send_reply(call, send)
+            return
+        call.outcome, call.error_code, call.error = outcome, code, message
+        call.truncated = call.stream
+        if state.responded:
+            return
+        event = tail + (adapter.stream_error_event(code, message) if call.stream else b"")
+        if state.sent is not None:
+            state.sent.append(Chunk(call.elapsed_ms(), event))
+            _keep_sent(call, state.sent)
+        await _safe_send(send, event, state)
 
     async def run(
         self, call: Call, route: Route, adapter: Adapter, receive: Receive, send: Send, state: _Watch
@@ -165,19 +187,8 @@ class ProxyApp:
             call.truncated = call.stream and state.started
             _keep_sent(call, state.sent)  # what the agent got before it left, if stages changed it
         except TimeoutError:
-            call.outcome, call.error_code = "upstream_error", "upstream_timeout"
-            call.error = f"the call exceeded its total timeout of {total}s"
-            if state.started:
-                call.truncated = True
-                await _safe_send(send, adapter.stream_error_event("upstream_timeout", call.error), state)
-            else:
-                call.answer(
-                    adapter.error_reply(504, "upstream_timeout", call.error, retryable=False),
-                    "upstream_error",
-                    "upstream_timeout",
-                    call.error,
-                )
-                await self.send_reply(call, send)
+            message = f"the call exceeded its total timeout of {total}s"
+            await self.fail(call, adapter, send, state, 504, "upstream_error", "upstream_timeout", message)
         finally:
             state.done = True
             watcher.cancel()
@@ -263,16 +274,10 @@ class ProxyApp:
                 call.truncated = True  # the upstream's stream was not read to its end
         except httpx.HTTPError as exc:
             call.truncated = True
-            call.outcome, call.error_code = "upstream_error", "stream_broken"
-            call.error = (
-                f"the upstream stream broke after {sum(len(c.data) for c in chunks)} bytes: {describe_error(exc)}"
-            )
+            call.outcome, call.error_code = "upstream_error", "stream_broken"  # before the stages' last chunk
+            message = f"the upstream stream broke after {sum(len(c.data) for c in chunks)} bytes: {describe_error(exc)}"
             tail = await pipeline.chunk(call, b"", True) if transform else b""
-            event = tail + adapter.stream_error_event("stream_broken", call.error)
-            if sent is not None:
-                sent.append(Chunk(call.elapsed_ms(), event))
-            state.responded = True
-            await send({"type": "http.response.body", "body": event})
+            await self.fail(call, adapter, send, state, 502, "upstream_error", "stream_broken", message, tail=tail)
             await pipeline.response(call)
             return
         if call.attempts:

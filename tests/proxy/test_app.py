@@ -319,3 +319,5 @@ def test_a_stage_failing_mid_stream_ends_the_stream_with_the_error_event(
     assert b'"code": "internal_error"' in received and b"a bug mid-stream" in received
     wait_for(lambda: calls)
     assert calls[0].outcome == "internal_error" and calls[0].truncated
+    kept = calls[0].agent_chunks  # what the agent got, error event included, is on record
+    assert kept is not None and b"a bug mid-stream" in kept[-1].data
