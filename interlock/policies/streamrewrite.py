@@ -56,9 +56,8 @@ class StreamTextRewriter:
             return self.flush() + self.untexted(event.raw)
         texts = self.adapter.stream_texts(event.event, data)
         if not texts:
-            if keepalive(event.event, data):
-                return self.untexted(event.raw)
-            return self.flush() + self.untexted(event.raw)
+            prefix = b"" if self.adapter.stream_keepalive(event.event, data) else self.flush()
+            return prefix + self.untexted(event.raw)
         prefix = b"" if any(t.delta for t in texts) else self.flush()
         changed = False
         for text in texts:
@@ -95,27 +94,4 @@ class StreamTextRewriter:
         return b"".join(out)
 
 
-def keepalive(name: str | None, data: Any) -> bool:
-    """An event that carries no text and ends none: Anthropic's `ping`, or an OpenAI chat chunk whose
-    choices have no finish reason and an empty delta (some servers send one to keep a connection
-    alive). Any other event without text may end one (a finish chunk, `content_block_stop`), so held
-    text goes out before it, in order.
-
-    The one wire-format test outside `proxy/protocols/`: it belongs beside `Adapter.stream_texts`."""
-    if not isinstance(data, dict):
-        return False
-    if name == "ping" or data.get("type") == "ping":
-        return True
-    choices = data.get("choices")
-    if not isinstance(choices, list) or not choices:
-        return False
-    for choice in choices:
-        if not isinstance(choice, dict) or choice.get("finish_reason") is not None:
-            return False
-        delta = choice.get("delta")
-        if not isinstance(delta, dict) or any(k != "role" and v for k, v in delta.items()):
-            return False
-    return True
-
-
-__all__ = ["StreamTextRewriter", "keepalive"]
+__all__ = ["StreamTextRewriter"]

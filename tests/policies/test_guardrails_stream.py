@@ -20,7 +20,7 @@ import pytest
 from interlock.config import Guardrails as GuardrailSettings
 from interlock.policies.guardrails import detector_for
 from interlock.policies.redaction import MAX_HOLD, Applied, StreamScrubber, holdback, replacement, rewrite
-from interlock.policies.streamrewrite import StreamTextRewriter, keepalive
+from interlock.policies.streamrewrite import StreamTextRewriter
 from interlock.proxy.protocols import ADAPTERS
 from interlock.proxy.protocols.sse import iter_events
 from interlock.scripted import Script, ScriptedUpstream
@@ -131,13 +131,14 @@ def test_long_secrets_streamed_in_pieces_are_found_as_in_one_piece(detector: Any
 
 
 def test_keepalives_are_told_from_events_that_end_a_text() -> None:
-    assert keepalive("ping", {"type": "ping"})
-    assert keepalive(None, {"choices": [{"index": 0, "delta": {}, "finish_reason": None}]})
-    assert keepalive(None, {"choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}]})
-    assert not keepalive(None, {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
-    assert not keepalive(None, {"choices": [], "usage": {"total_tokens": 3}})
-    assert not keepalive(None, {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 1, "id": "c"}]}}]})
-    assert not keepalive("content_block_stop", {"type": "content_block_stop", "index": 0})
+    openai_keepalive, anthropic_keepalive = ADAPTERS["openai"].stream_keepalive, ADAPTERS["anthropic"].stream_keepalive
+    assert anthropic_keepalive("ping", {"type": "ping"})
+    assert openai_keepalive(None, {"choices": [{"index": 0, "delta": {}, "finish_reason": None}]})
+    assert openai_keepalive(None, {"choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}]})
+    assert not openai_keepalive(None, {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    assert not openai_keepalive(None, {"choices": [], "usage": {"total_tokens": 3}})
+    assert not openai_keepalive(None, {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 1, "id": "c"}]}}]})
+    assert not anthropic_keepalive("content_block_stop", {"type": "content_block_stop", "index": 0})
 
 
 class Recorder(StreamTextRewriter):
@@ -169,6 +170,7 @@ def test_a_keepalive_between_deltas_does_not_release_held_text(protocol: str) ->
     rewriter = Recorder(protocol)
     out = b"".join(rewriter.event(e) for e in iter_events(body)) + rewriter.flush()
     assert any(CARD in s for s in rewriter.segments)  # the card's digit groups waited across every keep-alive
+    keepalive = ADAPTERS[protocol].stream_keepalive
     keepalives = [
         e.raw for e in iter_events(body) if not e.data or (e.data[0] == "{" and keepalive(e.event, json.loads(e.data)))
     ]

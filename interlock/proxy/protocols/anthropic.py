@@ -217,6 +217,9 @@ class AnthropicAdapter(Adapter):
 
     # -- guardrails (interlock/policies/guardstream.py) -----------------------------------------
 
+    def stream_keepalive(self, event: str | None, data: Any) -> bool:
+        return event == "ping" or (isinstance(data, dict) and data.get("type") == "ping")
+
     def stream_texts(self, event: str | None, data: Any) -> list[StreamText]:
         if not isinstance(data, dict):
             return []

@@ -115,6 +115,12 @@ class Adapter:
         """The texts in one parsed SSE event of a streamed response: deltas, or whole texts."""
         return []
 
+    def stream_keepalive(self, event: str | None, data: Any) -> bool:
+        """An event that carries no text and ends none (sent to keep a connection alive): held text
+        stays held across it. Any other event without text may end one (a finish chunk,
+        `content_block_stop`), so held text goes out before it, in order."""
+        return False
+
     def stream_event(self, event: str | None, data: Any) -> bytes:
         """An SSE event carrying `data` (a rewritten event, or a copy of one)."""
         head = f"event: {event}\n".encode() if event else b""

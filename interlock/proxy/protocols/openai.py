@@ -293,6 +293,20 @@ class OpenAIAdapter(Adapter):
 
     # -- guardrails (interlock/policies/guardstream.py) -----------------------------------------
 
+    def stream_keepalive(self, event: str | None, data: Any) -> bool:
+        # A chat chunk whose choices have no finish reason and an empty delta (some servers send one
+        # to keep the connection alive).
+        choices = data.get("choices") if isinstance(data, dict) else None
+        if not isinstance(choices, list) or not choices:
+            return False
+        for choice in choices:
+            if not isinstance(choice, dict) or choice.get("finish_reason") is not None:
+                return False
+            delta = choice.get("delta")
+            if not isinstance(delta, dict) or any(k != "role" and v for k, v in delta.items()):
+                return False
+        return True
+
     def stream_texts(self, event: str | None, data: Any) -> list[StreamText]:
         if not isinstance(data, dict):
             return []
