@@ -99,8 +99,8 @@ class Forwarder:
         self.routers: dict[str, Router] = {name: self._router(name, route) for name, route in settings.routes.items()}
 
     def _router(self, name: str, route: Route) -> Router:
-        first_byte = route_timeouts(self.settings, route).first_byte
-        return Router(name, route, self._breaker_changed, first_byte=first_byte)
+        timeouts = route_timeouts(self.settings, route)
+        return Router(name, route, self._breaker_changed, first_byte=timeouts.connect + timeouts.first_byte)
 
     def router(self, name: str, route: Route) -> Router:
         router = self.routers.get(name)

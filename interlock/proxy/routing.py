@@ -63,8 +63,9 @@ class Router:
     ) -> None:
         self.name = name
         self.route = route
-        #: The retry deadline, when it is shorter than the wait for a first byte (`first_byte`): the
-        #: first attempt is then cut at it too (later attempts always are). None: nothing to cut.
+        #: The retry deadline, when it is shorter than what bounds an attempt's wait for its response
+        #: (`first_byte`: the connect and first-byte timeouts together): the first attempt is then cut
+        #: at it too (later attempts always are). None: nothing to cut, and no timer on the fast path.
         self.first_attempt_limit = (
             route.retry.deadline if first_byte is not None and route.retry.deadline < first_byte else None
         )
