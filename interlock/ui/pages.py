@@ -164,6 +164,23 @@ def _token_cookie(request: Request) -> Response | None:
     return response
 
 
+def _offset(request: Request) -> int:
+    """The page's `offset=` (0 when absent, negative or not a number)."""
+    try:
+        return max(0, int(request.query_params.get("offset") or 0))
+    except ValueError:
+        return 0
+
+
+async def _open_store(request: Request) -> Store | Response:
+    """The store a page reads, or the response instead: the token cookie's redirect, or "recording
+    is off"."""
+    if (redirect := _token_cookie(request)) is not None:
+        return redirect
+    store = _store(request)
+    return store if store is not None else await _no_store(request)
+
+
 async def _no_store(request: Request) -> Response:
     return await _page(
         request,
@@ -177,11 +194,9 @@ async def _no_store(request: Request) -> Response:
 
 
 async def sessions_page(request: Request) -> Response:
-    if (redirect := _token_cookie(request)) is not None:
-        return redirect
-    store = _store(request)
-    if store is None:
-        return await _no_store(request)
+    store = await _open_store(request)
+    if not isinstance(store, Store):
+        return store
     params = request.query_params
     filters = queries.SessionFilters(
         agent=params.get("agent") or None,
@@ -192,10 +207,7 @@ async def sessions_page(request: Request) -> Response:
     window = params.get("time") or ""
     if window in TIME_WINDOWS:
         filters.since = time.time() - TIME_WINDOWS[window]
-    try:
-        filters.offset = max(0, int(params.get("offset") or 0))
-    except ValueError:
-        filters.offset = 0
+    filters.offset = _offset(request)
     error = None
 
     fragment = bool(params.get("fragment"))  # a live refresh of the rows: no menus, no totals
@@ -231,11 +243,9 @@ async def sessions_page(request: Request) -> Response:
 
 async def calls_page(request: Request) -> Response:
     """Every call, newest first (calls without a session are only here); page with `before=<id>`."""
-    if (redirect := _token_cookie(request)) is not None:
-        return redirect
-    store = _store(request)
-    if store is None:
-        return await _no_store(request)
+    store = await _open_store(request)
+    if not isinstance(store, Store):
+        return store
     params = request.query_params
     filters: dict[str, Any] = {
         "agent": params.get("agent") or None,
@@ -273,16 +283,11 @@ async def calls_page(request: Request) -> Response:
 
 
 async def session_page(request: Request) -> Response:
-    if (redirect := _token_cookie(request)) is not None:
-        return redirect
-    store = _store(request)
-    if store is None:
-        return await _no_store(request)
+    store = await _open_store(request)
+    if not isinstance(store, Store):
+        return store
     session = request.query_params.get("id", "")
-    try:
-        offset = max(0, int(request.query_params.get("offset") or 0))
-    except ValueError:
-        offset = 0
+    offset = _offset(request)
 
     def read(store: Store) -> tuple[dict[str, Any] | None, list[queries.TimelineCall]]:
         return store.session_summary(session), queries.timeline(store, session, offset=offset)
@@ -353,11 +358,9 @@ def _safe_name(session: str) -> str:
 
 
 async def call_page(request: Request) -> Response:
-    if (redirect := _token_cookie(request)) is not None:
-        return redirect
-    store = _store(request)
-    if store is None:
-        return await _no_store(request)
+    store = await _open_store(request)
+    if not isinstance(store, Store):
+        return store
     call_id = request.path_params["call_id"]
     detail = await run_in_threadpool(_call_context, store, call_id)
     if detail is None:
