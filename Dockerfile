@@ -1,8 +1,10 @@
 # interlock: a small image running `interlock serve`.
 #   docker build -t interlock .
-#   docker run -p 4141:4141 -p 4142:4142 -v interlock-data:/data -v ./config:/config:ro interlock
-# Config: /config/interlock.yaml if present (INTERLOCK_SERVE_CONFIG), else the embedded default
-# with listen/admin on 0.0.0.0 (a container's loopback is useless) and the store on the /data volume.
+#   docker run -p 4141:4141 -p 4142:4142 -v interlock-data:/data -e INTERLOCK_ADMIN_TOKEN=... interlock
+# Config: docker/interlock.yaml, copied to /etc/interlock/interlock.yaml (INTERLOCK_SERVE_CONFIG):
+# listen/admin on 0.0.0.0 (a container's loopback is useless), the store on the /data volume, the admin
+# token from INTERLOCK_ADMIN_TOKEN. Your own: -e INTERLOCK_SERVE_CONFIG=/config/interlock.yaml
+# -v ./config:/config:ro.
 
 FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1

@@ -73,7 +73,7 @@ class LazyGroup(click.Group):
         return flag_envvars(command, f"INTERLOCK_{name.replace('-', '_').upper()}")
 
 
-@click.group(cls=LazyGroup, context_settings={"auto_envvar_prefix": "INTERLOCK", "help_option_names": ["-h", "--help"]})
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})  # env vars: flag_envvars
 @click.version_option(__version__, prog_name="interlock")
 def main() -> None:
     """interlock: an observability and guardrail sidecar for AI agents."""

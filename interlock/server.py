@@ -158,7 +158,7 @@ class Servers:
         finally:
             await self.runtime.stop()
         if not ok:
-            raise RuntimeError("a server stopped during startup")
+            raise OSError("a server stopped during startup")  # the CLI says so and exits 2
 
 
 async def serve(settings: Settings, *, on_ready: Any = None) -> None:
@@ -197,6 +197,12 @@ async def serve(settings: Settings, *, on_ready: Any = None) -> None:
             admin_socket.getsockname()[1],
             ", ".join(settings.routes) or "none",
         )
+        if not settings.admin.token and settings.admin.host not in ("127.0.0.1", "localhost", "::1"):
+            log.warning(
+                "the admin port (recorded prompts and replies, the policy API) listens on %s without a "
+                "token: set admin.token (INTERLOCK_ADMIN_TOKEN in the Docker image)",
+                settings.admin.host,
+            )
         if on_ready:
             on_ready(runtime)
 
