@@ -10,12 +10,11 @@ import asyncio
 import logging
 from typing import Any
 
-import httpx
-
 from interlock.config import Route, Settings
 from interlock.proxy.forward import Forwarder, Opened, UpstreamFailure, describe_error
 from interlock.proxy.pipeline import Pipeline
 from interlock.proxy.protocols import ADAPTERS, Adapter
+from interlock.proxy.retry import UPSTREAM_ERRORS
 from interlock.proxy.upstream import response_headers_for_agent, route_timeouts
 from interlock.tracing.call import Call, Chunk, Outcome, new_id
 
@@ -272,7 +271,7 @@ class ProxyApp:
                             break
             if transform and call.outcome != outcome:
                 call.truncated = True  # the upstream's stream was not read to its end
-        except httpx.HTTPError as exc:
+        except UPSTREAM_ERRORS as exc:  # a reset or a malformed chunk mid-stream
             call.truncated = True
             call.outcome, call.error_code = "upstream_error", "stream_broken"  # before the stages' last chunk
             message = f"the upstream stream broke after {sum(len(c.data) for c in chunks)} bytes: {describe_error(exc)}"

@@ -26,6 +26,7 @@ from interlock.proxy.protocols.base import dump_body
 from interlock.proxy.retry import (
     DEADLINE,
     TIMEOUT,
+    UPSTREAM_ERRORS,
     Failure,
     backoff_delay,
     classify,
@@ -187,7 +188,7 @@ class Forwarder:
                 if attempt.ttfb_ms is None:
                     attempt.ttfb_ms = attempt.duration_ms
                 rest = _NOTHING
-        except (httpx.HTTPError, OSError) as exc:
+        except UPSTREAM_ERRORS as exc:
             failure = classify(exc)
             attempt.error = f"{failure.kind}: {failure.detail}"
             attempt.duration_ms = call.elapsed_ms() - attempt.started_ms
@@ -399,7 +400,7 @@ _STOPS = {
 
 
 async def _close_quietly(response: httpx.Response) -> None:
-    with contextlib.suppress(httpx.HTTPError, OSError):
+    with contextlib.suppress(*UPSTREAM_ERRORS):
         await response.aclose()
 
 

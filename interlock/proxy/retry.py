@@ -18,8 +18,19 @@ import httpx
 from interlock.config import Retry, Route
 
 #: Failure kinds: `connect` (nothing reached the upstream), `timeout` (no first byte in time),
-#: `reset` (the connection broke before the first byte), `deadline` (the call's retry deadline hit).
-CONNECT, TIMEOUT, RESET, DEADLINE = "connect", "timeout", "reset", "deadline"
+#: `reset` (the connection broke before the first byte), `deadline` (the call's retry deadline hit),
+#: `malformed` (the response was not valid HTTP: a bad status line, an invalid header, a body longer
+#: than its Content-Length): an upstream failure like a reset, never interlock's own error.
+CONNECT, TIMEOUT, RESET, DEADLINE, MALFORMED = "connect", "timeout", "reset", "deadline", "malformed"
+
+#: What the upstream client raises: httpx's errors, the socket's, and aiohttp's own for a response it
+#: could not parse (httpx-aiohttp maps only aiohttp's connection and payload errors to httpx's).
+UPSTREAM_ERRORS: tuple[type[BaseException], ...] = (
+    httpx.HTTPError,
+    OSError,
+    aiohttp.ClientError,
+    aiohttp.http_exceptions.HttpProcessingError,
+)
 
 
 @dataclass(slots=True)
@@ -34,7 +45,7 @@ class Failure:
 
 def describe_error(exc: BaseException) -> str:
     name = type(exc).__name__
-    text = str(exc)
+    text = " ".join(str(exc).split())  # aiohttp's parse errors span lines
     return f"{name}: {text}" if text else name
 
 
@@ -44,7 +55,13 @@ def classify(exc: BaseException) -> Failure:
     httpx-aiohttp maps every `aiohttp.ClientConnectionError` to `httpx.ConnectTimeout` (a refused
     connection and a server that hung up alike), so the aiohttp cause decides where there is one.
     """
+    malformed = (aiohttp.ClientResponseError, aiohttp.http_exceptions.HttpProcessingError)
+    for error in (exc, exc.__cause__):
+        if isinstance(error, malformed):
+            return Failure(MALFORMED, describe_error(error), sent=True)
     cause = exc.__cause__ if isinstance(exc.__cause__, aiohttp.ClientError) else None
+    if cause is None and isinstance(exc, aiohttp.ClientError):
+        cause = exc
     detail = describe_error(cause or exc)
     if cause is not None:
         if isinstance(cause, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
@@ -119,4 +136,6 @@ __all__ = [
     "TIMEOUT",
     "RESET",
     "DEADLINE",
+    "MALFORMED",
+    "UPSTREAM_ERRORS",
 ]
