@@ -3,6 +3,7 @@ the rule, and CEL conditions see `tool.name` and `tool.arguments`."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -88,8 +89,10 @@ async def test_cel_conditions_see_the_tool_name_and_arguments(
     running = policy_interlock(mcp2_server.url)
     async with mcp2_client(running.url + "/tools/mcp") as client:
         sent = await client.call_tool("send_email", {"to": "bob@corp.example", "body": "hi"})
-        with pytest.raises(MCPError, match="email-stays-inside.*company addresses only"):
+        with pytest.raises(MCPError) as denied:
             await client.call_tool("send_email", {"to": "mallory@elsewhere.example", "body": "the plans"})
+    assert denied.value.error.data == {"code": "policy_denied"}
+    assert re.search("email-stays-inside.*company addresses only", denied.value.error.message)
     assert sent.content[0].text == "sent to bob@corp.example"  # type: ignore[union-attr]
     calls = collector.matching(lambda c: c.meta["mcp"].get("tool") == "send_email", 2)
     assert [c.outcome for c in calls] == ["ok", "denied"]

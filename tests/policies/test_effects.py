@@ -13,6 +13,7 @@ import pytest
 from interlock.scripted import Script, ScriptedUpstream, ToolUse
 from tests.policies.conftest import openai_client
 from tests.proxy.routing_support import collect_calls, finished
+from tests.sdk_errors import protocol_error
 
 TOOLS: Any = [
     {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}},
@@ -37,10 +38,10 @@ def test_a_model_outside_the_allow_list_is_denied_before_the_upstream(
     assert client.chat.completions.create(model="gpt-4o-mini", messages=HI).choices[0].message.content == "echo: hi"
     with pytest.raises(openai.PermissionDeniedError) as caught:
         client.chat.completions.create(model="gpt-4o", messages=HI)
-    error = caught.value
-    assert error.status_code == 403
-    assert error.code == "policy_denied"
-    assert "support-uses-small-models" in error.message and "support agents use small models" in error.message
+    assert caught.value.status_code == 403
+    error = protocol_error(caught.value)
+    assert error["code"] == "policy_denied"
+    assert "support-uses-small-models" in error["message"] and "support agents use small models" in error["message"]
     assert len(upstream.requests) == 1  # only the allowed call reached the provider
     # Another agent is not matched by the rule.
     other = openai_client(running, agent="research-bot")
@@ -79,8 +80,9 @@ def test_a_denied_offered_tool_denies_the_call_when_the_rule_says_so(
     client = openai_client(running)
     with pytest.raises(openai.PermissionDeniedError) as caught:
         client.chat.completions.create(model="gpt-4o-mini", messages=HI, tools=TOOLS)
-    assert caught.value.code == "policy_denied" and "no-destructive-tools" in caught.value.message
-    assert "delete_file" in caught.value.message
+    error = protocol_error(caught.value)
+    assert error["code"] == "policy_denied" and "no-destructive-tools" in error["message"]
+    assert "delete_file" in protocol_error(caught.value)["message"]
     assert upstream.requests == []
 
 
@@ -96,8 +98,9 @@ def test_a_response_calling_a_denied_tool_is_blocked(with_policy: Any, upstream:
     client = openai_client(running)
     with pytest.raises(openai.PermissionDeniedError) as caught:
         client.chat.completions.create(model="gpt-4o-mini", messages=HI)
-    assert caught.value.code == "policy_denied" and "weather-only" in caught.value.message
-    assert "SECRET-ARG" not in str(caught.value.body)
+    error = protocol_error(caught.value)
+    assert error["code"] == "policy_denied" and "weather-only" in error["message"]
+    assert "SECRET-ARG" not in caught.value.response.text
 
 
 def _stream_tool_call(client: openai.OpenAI, api: str) -> tuple[str, openai.APIError | None]:
@@ -136,7 +139,7 @@ def test_a_streamed_tool_call_is_cut_before_its_arguments(
     if mode == "monitor":  # the control: not enforced, the arguments do reach the agent
         assert error is None and "ZZZZ" in received
         return
-    assert error is not None and "no-destructive-tools" in str(error)
+    assert error is not None and "no-destructive-tools" in protocol_error(error)["message"]
     assert "ZZ" not in received
     assert "delete_file" not in received  # cut at the event that names the tool
 
@@ -208,7 +211,7 @@ def test_cel_condition_and_runtime_error(with_policy: Any, upstream: ScriptedUps
     long = [{"role": "user", "content": "x" * 40}]
     with pytest.raises(openai.PermissionDeniedError) as caught:
         client.chat.completions.create(model="m", messages=long)  # type: ignore[arg-type]
-    assert "prompt too large for this agent" in caught.value.message
+    assert "prompt too large for this agent" in protocol_error(caught.value)["message"]
     research = openai_client(running, agent="research-1")
     research.chat.completions.create(model="m", messages=long)  # type: ignore[arg-type]
     # No temperature: the condition fails at run time; on_error: allow lets the call through.
@@ -219,7 +222,8 @@ def test_cel_condition_and_runtime_error(with_policy: Any, upstream: ScriptedUps
     strict = openai_client(running, agent="strict")
     with pytest.raises(openai.PermissionDeniedError) as caught:
         strict.chat.completions.create(model="m", messages=HI)
-    assert "strict-user" in caught.value.message and "condition failed" in caught.value.message
+    error = protocol_error(caught.value)
+    assert "strict-user" in error["message"] and "condition failed" in error["message"]
     assert len(upstream.requests) == 2
 
 
@@ -237,7 +241,7 @@ def test_requests_per_minute_gives_429_with_retry_after(with_policy: Any, upstre
         client.chat.completions.create(model="m", messages=HI)
     with pytest.raises(openai.RateLimitError) as caught:
         client.chat.completions.create(model="m", messages=HI)
-    assert caught.value.code == "rate_limited" and "rpm" in caught.value.message
+    assert protocol_error(caught.value)["code"] == "rate_limited" and "rpm" in protocol_error(caught.value)["message"]
     retry_after = int(caught.value.response.headers["retry-after"])
     assert 1 <= retry_after <= 60
     # Counted per agent: another agent has its own window.
@@ -258,7 +262,7 @@ def test_tokens_per_minute(with_policy: Any, upstream: ScriptedUpstream) -> None
     client.chat.completions.create(model="m", messages=HI)  # 36: over from now on
     with pytest.raises(openai.RateLimitError) as caught:
         client.chat.completions.create(model="m", messages=HI)
-    assert "30 tokens per minute" in caught.value.message
+    assert "30 tokens per minute" in protocol_error(caught.value)["message"]
 
 
 def test_streamed_tool_call_and_plain_text_pass_when_allowed(with_policy: Any, upstream: ScriptedUpstream) -> None:

@@ -13,6 +13,7 @@ from interlock.policies.cases import CaseRequest, build_call, decide
 from interlock.policies.engine import Engine, Subject
 from interlock.policies.loader import load_policies
 from interlock.scripted import Script, ScriptedUpstream, ToolUse
+from tests.sdk_errors import protocol_error
 
 
 def engine_for(tmp_path: Path, text: str) -> Engine:
@@ -201,7 +202,7 @@ def test_anthropic_stream_is_cut_at_the_tool_use_block(with_policy: Any, upstrea
             for event in stream:
                 received.append(event.model_dump_json())
     client.close()
-    assert "no-rm" in str(caught.value)
+    assert "no-rm" in protocol_error(caught.value)["message"]
     assert "QQ" not in "".join(received) and received  # message_start got through, the tool block did not
 
 

@@ -14,6 +14,7 @@ import pytest
 from interlock.scripted import Script, ScriptedUpstream, ToolUse
 from interlock.testing import Running
 from tests.policies.conftest import anthropic_client, openai_client
+from tests.sdk_errors import protocol_error
 
 EMAIL = "jane.roe@acme-corp.io"
 CARD = "4539 1488 0343 6467"  # Luhn-valid
@@ -82,10 +83,10 @@ def test_credit_card_blocks_the_call_naming_the_type_not_the_number(
     client = client_for(guarded)
     with pytest.raises(openai.PermissionDeniedError) as caught:
         client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": f"charge {CARD} now"}])
-    error = caught.value
-    assert error.code == "pii_blocked"
-    assert "CREDIT_CARD" in error.message
-    assert CARD not in error.message and CARD.replace(" ", "") not in error.message
+    error = protocol_error(caught.value)
+    assert error["code"] == "pii_blocked"
+    assert "CREDIT_CARD" in error["message"]
+    assert CARD not in error["message"] and CARD.replace(" ", "") not in error["message"]
     assert upstream.requests == []
 
 
@@ -95,8 +96,8 @@ def test_aws_key_is_caught(guarded: Running, upstream: ScriptedUpstream) -> None
         client.chat.completions.create(
             model="gpt-4o", messages=[{"role": "user", "content": f"deploy with key {AWS_KEY} please"}]
         )
-    assert caught.value.code == "pii_blocked" and "SECRET" in caught.value.message
-    assert AWS_KEY not in caught.value.message
+    assert protocol_error(caught.value)["code"] == "pii_blocked" and "SECRET" in protocol_error(caught.value)["message"]
+    assert AWS_KEY not in protocol_error(caught.value)["message"]
     assert upstream.requests == []
 
 
@@ -175,7 +176,8 @@ def test_a_model_echoing_pii_is_masked_or_blocked(make_interlock: Any, upstream:
     with pytest.raises(openai.APIError) as caught:
         for chunk in stream:
             received += (chunk.choices[0].delta.content or "") if chunk.choices else ""
-    assert "CREDIT_CARD" in caught.value.message and CARD not in caught.value.message
+    error = protocol_error(caught.value)
+    assert "CREDIT_CARD" in error["message"] and CARD not in error["message"]
     assert received == "your card is "
     data = stored_bytes(running, calls=3)
     assert b"212-555-0187" not in data and CARD.encode() not in data
@@ -220,7 +222,8 @@ def test_a_policy_rule_sets_the_actions(make_interlock: Any, write_policy: Any, 
     assert upstream.requests[-1].json()["messages"][0]["content"] == "to <EMAIL_ADDRESS_1>"
     with pytest.raises(openai.PermissionDeniedError) as caught:
         client.chat.completions.create(model="m", messages=[{"role": "user", "content": f"key {AWS_KEY}"}])
-    assert caught.value.code == "pii_blocked" and "no-emails-upstream" in caught.value.message
+    error = protocol_error(caught.value)
+    assert error["code"] == "pii_blocked" and "no-emails-upstream" in error["message"]
 
 
 def test_streamed_tool_arguments_are_restored(guarded: Running, upstream: ScriptedUpstream) -> None:
@@ -255,7 +258,7 @@ def test_a_blocked_response_is_not_relayed(make_interlock: Any, upstream: Script
     upstream.script(Script(text="the key is AKIAQX7Z4KJH2M3N5P6R"))
     with pytest.raises(openai.PermissionDeniedError) as caught:
         client_for(running).chat.completions.create(model="m", messages=[{"role": "user", "content": "key?"}])
-    assert caught.value.code == "pii_blocked" and "SECRET" in caught.value.message
+    assert protocol_error(caught.value)["code"] == "pii_blocked" and "SECRET" in protocol_error(caught.value)["message"]
     assert b"AKIAQX7Z4KJH2M3N5P6R" not in stored_bytes(running, calls=1)
 
 

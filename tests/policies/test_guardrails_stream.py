@@ -27,6 +27,7 @@ from interlock.scripted import Script, ScriptedUpstream
 from interlock.scripted_replies import anthropic_reply, chat_reply, with_keepalives
 from interlock.testing import Running
 from tests.policies.conftest import anthropic_client, openai_client
+from tests.sdk_errors import protocol_error
 
 CARD = "4539 1488 0343 6467"  # Luhn-valid
 
@@ -226,13 +227,13 @@ def test_a_streamed_pem_key_is_blocked_openai(make_interlock: Any, upstream: Scr
     upstream.script(Script(text=PEM_TEXT), Script(text=PEM_TEXT, chunk_size=4))
     with pytest.raises(openai.PermissionDeniedError) as denied:
         client.chat.completions.create(model="m", messages=[{"role": "user", "content": "key?"}])
-    assert denied.value.code == "pii_blocked"
+    assert protocol_error(denied.value)["code"] == "pii_blocked"
     stream = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "key?"}], stream=True)
     received: list[str] = []
     with pytest.raises(openai.APIError) as caught:
         for chunk in stream:
             received.append((chunk.choices[0].delta.content or "") if chunk.choices else "")
-    assert "SECRET" in caught.value.message
+    assert "SECRET" in protocol_error(caught.value)["message"]
     assert "".join(received) == "Sure, the deploy key is:\n"
     assert sum(1 for r in received if r) >= 2  # released per word before the block, not in one go
     data = stored_bytes(running, calls=2)
@@ -249,7 +250,7 @@ def test_a_streamed_pem_key_is_blocked_anthropic(make_interlock: Any, upstream: 
         ) as stream:
             for text in stream.text_stream:
                 received.append(text)
-    assert "SECRET" in str(caught.value)
+    assert "SECRET" in protocol_error(caught.value)["message"]
     assert "".join(received) == "Sure, the deploy key is:\n"
     assert PEM.splitlines()[1].encode() not in stored_bytes(running, calls=1)
 
@@ -273,7 +274,7 @@ def test_keepalives_do_not_split_a_streamed_card_openai(make_interlock: Any, ups
     with pytest.raises(openai.APIError) as caught:
         for chunk in stream:
             received += (chunk.choices[0].delta.content or "") if chunk.choices else ""
-    assert "CREDIT_CARD" in caught.value.message and received == "your card is "
+    assert "CREDIT_CARD" in protocol_error(caught.value)["message"] and received == "your card is "
 
 
 def test_keepalives_do_not_split_a_streamed_card_anthropic(make_interlock: Any, upstream: ScriptedUpstream) -> None:
@@ -337,5 +338,6 @@ def test_the_long_hold_applies_only_when_a_long_entity_is_acted_on() -> None:
     assert hold({"SECRET": "block"}, secrets=False) == MAX_HOLD
     custom = [{"entity": "TICKET", "patterns": [r"TKT-[A-Z0-9]{20,}"]}]
     assert hold({"TICKET": "redact"}, secrets=False, recognizers=custom) == 1000
-    with pytest.raises(ValidationError, match="stream_holdback_chars"):
+    with pytest.raises(ValidationError) as invalid:
         Settings.model_validate({"guardrails": {"stream_holdback_chars": 100}})
+    assert [error["loc"] for error in invalid.value.errors()] == [("guardrails", "stream_holdback_chars")]

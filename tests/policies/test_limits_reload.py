@@ -19,6 +19,7 @@ from interlock.scripted import Script, ScriptedUpstream
 from interlock.testing import run_interlock, settings_for_test
 from tests.conftest import routes_for
 from tests.policies.conftest import openai_client
+from tests.sdk_errors import protocol_error
 
 HI: Any = [{"role": "user", "content": "hi"}]
 
@@ -49,7 +50,8 @@ def test_concurrent_limit(with_policy: Any, upstream: ScriptedUpstream) -> None:
     wait_for(lambda: upstream.requests, what="the first call to reach the provider")
     with pytest.raises(openai.RateLimitError) as caught:
         client.chat.completions.create(model="m", messages=HI)
-    assert caught.value.code == "rate_limited" and "concurrent" in caught.value.message
+    error = protocol_error(caught.value)
+    assert error["code"] == "rate_limited" and "concurrent" in error["message"]
     assert caught.value.response.headers["retry-after"] == "1"
     first.join(10)
     assert results and results[0].choices[0].message.content == "echo: hi"
@@ -89,7 +91,8 @@ def test_a_money_budget_is_enforced_and_survives_a_restart(
         client.chat.completions.create(model="gpt-4o", messages=HI)  # $36: over from now on
         with pytest.raises(openai.RateLimitError) as caught:
             client.chat.completions.create(model="gpt-4o", messages=HI)
-        assert caught.value.code == "budget_exceeded" and "daily-budget" in caught.value.message
+        error = protocol_error(caught.value)
+        assert error["code"] == "budget_exceeded" and "daily-budget" in error["message"]
         assert 0 < int(caught.value.response.headers["retry-after"]) <= 86400
         assert caught.value.response.headers.get("x-should-retry") == "false"
         client.close()
@@ -104,7 +107,7 @@ def test_a_money_budget_is_enforced_and_survives_a_restart(
     with run_interlock(_budget_settings(upstream, tmp_path, folder)) as running:
         with pytest.raises(openai.RateLimitError) as caught:
             openai_client(running).chat.completions.create(model="gpt-4o", messages=HI)
-        assert caught.value.code == "budget_exceeded"
+        assert protocol_error(caught.value)["code"] == "budget_exceeded"
         # Another agent has its own budget.
         openai_client(running, agent="support-2").chat.completions.create(model="gpt-4o", messages=HI)
     assert len(upstream.requests) == 3
@@ -138,7 +141,7 @@ def test_hot_reload_keeps_the_old_policy_when_the_new_one_is_invalid(
     client.chat.completions.create(model="gpt-4o", messages=HI)
     with pytest.raises(openai.PermissionDeniedError) as caught:
         client.chat.completions.create(model="gpt-4o-mini", messages=HI)
-    assert "no-mini" in caught.value.message
+    assert "no-mini" in protocol_error(caught.value)["message"]
 
     write_policy(
         """
@@ -152,7 +155,7 @@ def test_hot_reload_keeps_the_old_policy_when_the_new_one_is_invalid(
     assert "policy.yaml:4:13:" in errors[0] and "unknown field 'agnt'" in errors[0]
     with pytest.raises(openai.PermissionDeniedError) as caught:  # the previous policy still runs
         client.chat.completions.create(model="gpt-4o-mini", messages=HI)
-    assert "no-mini" in caught.value.message
+    assert "no-mini" in protocol_error(caught.value)["message"]
     api = httpx.get(running.admin_url + "/api/policies").json()
     assert api["errors"] == errors
     assert [r["name"] for r in api["rules"]] == ["no-mini"]

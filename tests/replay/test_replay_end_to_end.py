@@ -12,6 +12,7 @@ from replay_helpers import SESSION, TOOLS, Incident, routes_for, weather_agent
 
 from interlock.replay import open_bundle
 from interlock.testing import replay_server
+from tests.sdk_errors import protocol_error
 
 
 def test_the_replayed_agent_gives_the_recorded_answer_offline(incident: Incident) -> None:
@@ -49,9 +50,10 @@ def test_a_changed_prompt_is_reported_at_the_right_step(incident: Incident) -> N
             weather_agent(
                 "Weather in Paris and Nice?", base_url=replay.base_url("openai"), tools_url=replay.base_url("tools")
             )
-    assert raised.value.code == "replay_divergence"
-    assert "diverges from the recording" in str(raised.value)
-    assert "messages[1] (user)" in str(raised.value)
+    error = protocol_error(raised.value)
+    assert error["code"] == "replay_divergence"
+    assert "diverges from the recording" in error["message"]
+    assert "messages[1] (user)" in error["message"]
     miss = replay.summary().misses[0]
     assert (miss.index, miss.closest_step, miss.expected_step) == (1, 1, 1)
     [difference] = miss.differences

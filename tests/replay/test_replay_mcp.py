@@ -70,7 +70,7 @@ async def test_a_changed_tool_argument_is_a_jsonrpc_error_naming_it(tmp_path: Pa
         errors.exceptions[0].exceptions if isinstance(errors.exceptions[0], BaseExceptionGroup) else errors.exceptions
     )
     assert isinstance(error, MCPError) and error.error.data == {"code": "replay_divergence"}
-    assert "argument name of tool lookup" in str(error)
+    assert "argument name of tool lookup" in error.error.message
     assert [d.line() for d in miss.differences] == [
         "argument name of tool lookup [params.arguments.name]: recorded 'Alice' → now 'Bob'"
     ]

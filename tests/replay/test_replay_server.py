@@ -15,6 +15,7 @@ from interlock.replay.bundle import bundle_from_calls
 from interlock.replay.server import ReplayApp
 from interlock.scripted_replies import Script, anthropic_reply, chat_reply
 from interlock.testing import replay_server
+from tests.sdk_errors import protocol_error
 
 
 def stream_of(events: list[bytes], gap_ms: float = 0.0) -> list[tuple[float, bytes]]:
@@ -122,11 +123,12 @@ def test_a_broken_stream_ends_as_the_agent_saw_it() -> None:
     )
     with replay_server(bundle_from_calls([call])) as replay:
         client = openai.OpenAI(base_url=replay.base_url("openai"), api_key="x", max_retries=0)
-        with pytest.raises(openai.APIError, match="the upstream stream broke"):
+        with pytest.raises(openai.APIError) as caught:
             for _ in client.chat.completions.create(
                 model="gpt-4o", messages=[{"role": "user", "content": "s"}], stream=True
             ):
                 pass
+    assert protocol_error(caught.value)["code"] == "stream_broken"
 
 
 def test_mcp_replies_carry_the_incoming_jsonrpc_id_json_and_sse() -> None:
