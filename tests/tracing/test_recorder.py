@@ -141,7 +141,8 @@ def test_the_index_uses_the_reassembled_stream() -> None:
     assert response == "Paris"
     assert message["choices"][0] == {
         "index": 0,
-        "message": {"role": "assistant", "content": "Paris"},
+        "message": {"role": "assistant", "content": "Paris", "refusal": None},
+        "logprobs": None,
         "finish_reason": "stop",
     }
 

@@ -4,6 +4,30 @@ The store keeps streams as timed chunks (for replay) and, through this, as the r
 (for reading and search): OpenAI chat → a `chat.completion`, OpenAI Responses → the final
 `response`, Anthropic → a `message`; MCP → the list of JSON-RPC messages. Runs in the recorder's
 writer thread, never on the event loop.
+
+Complete means: every field the non-streamed API returns for the same answer, so the result
+validates as the SDKs' own models (`openai.types.chat.ChatCompletion`,
+`openai.types.responses.Response`, `anthropic.types.Message`) and equals the non-streamed body
+(tests/proxy/test_reassemble.py). What each format streams, from the providers' API references
+(OpenAI "Streaming events" for chat chunks and Responses; Anthropic "Streaming messages") and
+real recordings:
+
+- Anthropic: `message_start` carries the message without content; `content_block_start` each
+  block whole but empty (`text`, `thinking`, `redacted_thinking` — complete at start —,
+  `tool_use`, `server_tool_use`, `mcp_tool_use`, `web_search_tool_result` and the other tool
+  results — complete at start); `content_block_delta` appends `text_delta`, `citations_delta`
+  (one citation), `thinking_delta`, `signature_delta`, `input_json_delta` (the tool input as JSON
+  text, parsed at the end); `message_delta` sets `stop_reason`/`stop_sequence`/`container` and
+  the final usage (merged: it repeats only what changed).
+- OpenAI chat: chunks per choice with a `delta` (`role`, `content`, `refusal`, `tool_calls`
+  pieces by `index`, the legacy `function_call`), `logprobs` (`content`/`refusal` token lists,
+  concatenated), `finish_reason`; with `stream_options.include_usage` a last chunk with
+  `choices: []` and the `usage`.
+- OpenAI Responses: `response.completed` (or `.incomplete` / `.failed`) carries the whole final
+  response and is taken as is. A stream cut before it is rebuilt from `response.created`, each
+  `response.output_item.added`/`.done` (any item type: message, function_call, reasoning,
+  web_search_call, file_search_call, code_interpreter_call, image_generation_call, mcp_call, ...)
+  and the deltas in between, so the message says exactly what the agent saw.
 """
 
 from __future__ import annotations
@@ -38,11 +62,17 @@ def reassemble_stream(protocol: str, body: bytes) -> Any:
     return None
 
 
+# -- OpenAI chat completions ---------------------------------------------------------------------
+
+#: Top-level chunk fields that the completion carries once (the first chunk that has one wins).
+_CHAT_TOP = ("id", "created", "model", "system_fingerprint", "service_tier")
+
+
 def _openai_chat(events: list[dict[str, Any]]) -> dict[str, Any]:
     message: dict[str, Any] = {"object": "chat.completion", "choices": []}
     choices: dict[int, dict[str, Any]] = {}
     for event in events:
-        for key in ("id", "created", "model", "system_fingerprint"):
+        for key in _CHAT_TOP:
             if key in event and key not in message:
                 message[key] = event[key]
         if event.get("usage"):
@@ -50,50 +80,168 @@ def _openai_chat(events: list[dict[str, Any]]) -> dict[str, Any]:
         if "error" in event:
             message["error"] = event["error"]
         for delta_choice in event.get("choices") or []:
+            if not isinstance(delta_choice, dict):
+                continue
             index = delta_choice.get("index", 0)
             choice = choices.setdefault(
-                index, {"index": index, "message": {"role": "assistant", "content": None}, "finish_reason": None}
+                index,
+                {
+                    "index": index,
+                    "message": {"role": "assistant", "content": None, "refusal": None},
+                    "logprobs": None,
+                    "finish_reason": None,
+                },
             )
             delta = delta_choice.get("delta") or {}
-            target = choice["message"]
-            if delta.get("role"):
-                target["role"] = delta["role"]
-            for key in ("content", "refusal"):
-                if isinstance(delta.get(key), str):
-                    target[key] = (target.get(key) or "") + delta[key]
-            for piece in delta.get("tool_calls") or []:
-                calls = target.setdefault("tool_calls", [])
-                slot = piece.get("index", len(calls))
-                while len(calls) <= slot:
-                    calls.append({"id": None, "type": "function", "function": {"name": "", "arguments": ""}})
-                call = calls[slot]
-                if piece.get("id"):
-                    call["id"] = piece["id"]
-                function = piece.get("function") or {}
-                call["function"]["name"] += function.get("name") or ""
-                call["function"]["arguments"] += function.get("arguments") or ""
+            _chat_delta(choice["message"], delta)
+            _chat_logprobs(choice, delta_choice.get("logprobs"))
             if delta_choice.get("finish_reason"):
                 choice["finish_reason"] = delta_choice["finish_reason"]
     message["choices"] = [choices[i] for i in sorted(choices)]
     return message
 
 
+def _chat_delta(target: dict[str, Any], delta: dict[str, Any]) -> None:
+    if delta.get("role"):
+        target["role"] = delta["role"]
+    for key in ("content", "refusal"):
+        if isinstance(delta.get(key), str):
+            target[key] = (target.get(key) or "") + delta[key]
+    for key in ("annotations", "audio"):
+        if delta.get(key) is not None:
+            target[key] = delta[key]
+    if isinstance(delta.get("function_call"), dict):  # the legacy single function call
+        call = target.setdefault("function_call", {"name": "", "arguments": ""})
+        call["name"] += delta["function_call"].get("name") or ""
+        call["arguments"] += delta["function_call"].get("arguments") or ""
+    for piece in delta.get("tool_calls") or []:
+        if not isinstance(piece, dict):
+            continue
+        calls = target.setdefault("tool_calls", [])
+        slot = piece.get("index", len(calls))
+        while len(calls) <= slot:
+            calls.append({"id": None, "type": "function", "function": {"name": "", "arguments": ""}})
+        call = calls[slot]
+        if piece.get("id"):
+            call["id"] = piece["id"]
+        if piece.get("type"):
+            call["type"] = piece["type"]
+        function = piece.get("function") or {}
+        call["function"]["name"] += function.get("name") or ""
+        call["function"]["arguments"] += function.get("arguments") or ""
+
+
+def _chat_logprobs(choice: dict[str, Any], logprobs: Any) -> None:
+    if not isinstance(logprobs, dict):
+        return
+    merged = choice["logprobs"] or {"content": None, "refusal": None}
+    for key in ("content", "refusal"):
+        if isinstance(logprobs.get(key), list):
+            merged[key] = (merged[key] or []) + logprobs[key]
+    choice["logprobs"] = merged
+
+
+# -- OpenAI Responses ------------------------------------------------------------------------------
+
+_FINAL = ("response.completed", "response.incomplete", "response.failed")
+
+
 def _openai_response(events: list[dict[str, Any]]) -> dict[str, Any]:
-    final = None
-    text = ""
+    response: dict[str, Any] = {"object": "response", "status": "incomplete", "output": []}
+    items: dict[int, dict[str, Any]] = {}
+    final: dict[str, Any] | None = None
     for event in events:
-        kind = event.get("type")
-        if kind in ("response.completed", "response.incomplete", "response.failed") and isinstance(
-            event.get("response"), dict
-        ):
-            final = event["response"]
-        elif kind == "response.output_text.delta" and isinstance(event.get("delta"), str):
-            text += event["delta"]
+        kind = str(event.get("type", ""))
+        if isinstance(event.get("response"), dict):
+            if kind in _FINAL:
+                final = dict(event["response"])
+            else:  # response.created, response.in_progress, response.queued
+                response.update(event["response"])
+        elif kind == "error":
+            response["error"] = {k: v for k, v in event.items() if k not in ("type", "sequence_number")}
+        else:
+            _response_event(items, kind, event)
     if final is not None:
-        return dict(final)
+        if not final.get("output") and items:
+            # Some servers send the final response without its items; the stream had them.
+            final["output"] = [items[i] for i in sorted(items)]
+        return final
     # A stream cut short: what the agent did see.
-    content = [{"type": "output_text", "text": text}]
-    return {"object": "response", "status": "incomplete", "output": [{"type": "message", "content": content}]}
+    response["status"] = (
+        "incomplete" if response.get("status") in (None, "in_progress", "queued") else response["status"]
+    )
+    response["output"] = [items[i] for i in sorted(items)]
+    return response
+
+
+def _response_event(items: dict[int, dict[str, Any]], kind: str, event: dict[str, Any]) -> None:
+    index = event.get("output_index")
+    if kind in ("response.output_item.added", "response.output_item.done") and isinstance(event.get("item"), dict):
+        items[index if isinstance(index, int) else len(items)] = dict(event["item"])
+        return
+    if not isinstance(index, int):
+        index = max(items, default=0)
+    if index not in items:
+        if kind not in ("response.output_text.delta", "response.refusal.delta"):
+            return
+        # Text whose item was never announced (a server that skips output_item.added): still what the agent saw.
+        items[index] = {"type": "message", "role": "assistant", "status": "in_progress", "content": []}
+        if isinstance(event.get("item_id"), str):
+            items[index]["id"] = event["item_id"]
+    item = items[index]
+    delta = event.get("delta")
+    if kind in ("response.content_part.added", "response.content_part.done") and isinstance(event.get("part"), dict):
+        _put(item.setdefault("content", []), event.get("content_index", 0), dict(event["part"]))
+    elif kind in ("response.output_text.delta", "response.refusal.delta") and isinstance(delta, str):
+        part = _part(item, "content", event.get("content_index", 0), "output_text" if "text" in kind else "refusal")
+        key = "text" if "text" in kind else "refusal"
+        part[key] = part.get(key, "") + delta
+        if isinstance(event.get("logprobs"), list) and event["logprobs"]:
+            part["logprobs"] = part.get("logprobs", []) + event["logprobs"]
+    elif kind == "response.output_text.annotation.added" and isinstance(event.get("annotation"), dict):
+        part = _part(item, "content", event.get("content_index", 0), "output_text")
+        _put(part.setdefault("annotations", []), event.get("annotation_index", 0), event["annotation"])
+    elif kind in (
+        "response.function_call_arguments.delta",
+        "response.custom_tool_call_input.delta",
+        "response.mcp_call_arguments.delta",
+    ):
+        key = "input" if "custom_tool" in kind else "arguments"
+        if isinstance(delta, str):
+            item[key] = item.get(key, "") + delta
+    elif kind in ("response.function_call_arguments.done", "response.mcp_call_arguments.done"):
+        if isinstance(event.get("arguments"), str):
+            item["arguments"] = event["arguments"]
+    elif kind == "response.reasoning_summary_part.added" and isinstance(event.get("part"), dict):
+        _put(item.setdefault("summary", []), event.get("summary_index", 0), dict(event["part"]))
+    elif kind == "response.reasoning_summary_text.delta" and isinstance(delta, str):
+        part = _part(item, "summary", event.get("summary_index", 0), "summary_text")
+        part["text"] = part.get("text", "") + delta
+    elif kind == "response.reasoning_text.delta" and isinstance(delta, str):
+        part = _part(item, "content", event.get("content_index", 0), "reasoning_text")
+        part["text"] = part.get("text", "") + delta
+
+
+def _part(item: dict[str, Any], key: str, index: Any, kind: str) -> dict[str, Any]:
+    parts = item.setdefault(key, [])
+    slot = index if isinstance(index, int) and index >= 0 else 0
+    while len(parts) <= slot:
+        parts.append({"type": kind, "text": ""} if kind != "refusal" else {"type": kind, "refusal": ""})
+    part: dict[str, Any] = parts[slot]
+    return part
+
+
+def _put(values: list[Any], index: Any, value: Any) -> None:
+    slot = index if isinstance(index, int) and index >= 0 else len(values)
+    while len(values) <= slot:
+        values.append(None)
+    values[slot] = value
+
+
+# -- Anthropic messages --------------------------------------------------------------------------
+
+#: Blocks whose input streams as `input_json_delta` (the start carries `input: {}`).
+_JSON_INPUT = ("tool_use", "server_tool_use", "mcp_tool_use")
 
 
 def _anthropic(events: list[dict[str, Any]]) -> dict[str, Any]:
@@ -105,27 +253,38 @@ def _anthropic(events: list[dict[str, Any]]) -> dict[str, Any]:
         if kind == "message_start" and isinstance(event.get("message"), dict):
             message.update({k: v for k, v in event["message"].items() if k != "content"})
         elif kind == "content_block_start":
-            blocks[event.get("index", len(blocks))] = dict(event.get("content_block") or {})
+            index = event.get("index", len(blocks))
+            blocks[index] = dict(event.get("content_block") or {})
         elif kind == "content_block_delta":
             index = event.get("index", 0)
             block = blocks.setdefault(index, {"type": "text", "text": ""})
             delta = event.get("delta") or {}
-            if delta.get("type") == "text_delta":
-                block["text"] = block.get("text", "") + delta.get("text", "")
-            elif delta.get("type") == "input_json_delta":
-                partial[index] = partial.get(index, "") + delta.get("partial_json", "")
-            elif delta.get("type") == "thinking_delta":
-                block["thinking"] = block.get("thinking", "") + delta.get("thinking", "")
+            _anthropic_delta(block, delta, partial, index)
         elif kind == "message_delta":
             message.update(event.get("delta") or {})
             if isinstance(event.get("usage"), dict):
-                message["usage"] = {**(message.get("usage") or {}), **event["usage"]}
+                usage = {k: v for k, v in event["usage"].items() if v is not None}
+                message["usage"] = {**(message.get("usage") or {}), **usage}
         elif kind == "error":
             message["error"] = event.get("error")
     for index, text in partial.items():
         try:
             blocks[index]["input"] = json.loads(text) if text else {}
         except json.JSONDecodeError:
-            blocks[index]["input"] = text
+            blocks[index]["input"] = text  # cut mid-way: what the agent saw
     message["content"] = [blocks[i] for i in sorted(blocks)]
     return message
+
+
+def _anthropic_delta(block: dict[str, Any], delta: dict[str, Any], partial: dict[int, str], index: int) -> None:
+    kind = delta.get("type")
+    if kind == "text_delta":
+        block["text"] = block.get("text", "") + str(delta.get("text", ""))
+    elif kind == "input_json_delta":
+        partial[index] = partial.get(index, "") + str(delta.get("partial_json") or "")
+    elif kind == "thinking_delta":
+        block["thinking"] = block.get("thinking", "") + str(delta.get("thinking", ""))
+    elif kind == "signature_delta":
+        block["signature"] = block.get("signature", "") + str(delta.get("signature", ""))
+    elif kind == "citations_delta" and delta.get("citation") is not None:
+        block["citations"] = [*(block.get("citations") or []), delta["citation"]]
