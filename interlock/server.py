@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import socket
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -102,6 +103,15 @@ class Runtime:
         if self.recorder is not None:
             self.recorder.start()
         self.ready = True
+
+    def warming(self) -> list[str]:
+        """What is still being prepared after start (the guardrails engine): `/ready` is 503 until none."""
+        waiting = []
+        for stage in self.pipeline.stages:
+            warmed = getattr(stage, "warmed", None)
+            if isinstance(warmed, threading.Event) and not warmed.is_set():
+                waiting.append(getattr(stage, "name", type(stage).__name__))
+        return waiting
 
     async def stop(self) -> None:
         self.ready = False

@@ -11,6 +11,7 @@ import contextlib
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -57,8 +58,11 @@ def settings_for_test(data: dict[str, Any], tmp_path: Any = None) -> Settings:
 
 
 @contextlib.contextmanager
-def run_interlock(settings: Settings, timeout: float = 15) -> Iterator[Running]:
-    """Serve interlock in a background thread until the block ends (then shut down gracefully)."""
+def run_interlock(settings: Settings, timeout: float = 15, warm_timeout: float = 180) -> Iterator[Running]:
+    """Serve interlock in a background thread until the block ends (then shut down gracefully).
+
+    The block starts once interlock is ready as `/ready` says it: listening, and the guardrails engine
+    built (seconds on a loaded machine), so a client's first call does not wait for it."""
     from interlock.config import Admin, Listen
     from interlock.server import Runtime, Servers
 
@@ -102,6 +106,11 @@ def run_interlock(settings: Settings, timeout: float = 15) -> Iterator[Running]:
         raise RuntimeError(f"interlock did not start: {error!r}") from error
     running = Running(settings, holder["runtime"], holder["loop"])
     try:
+        deadline = time.monotonic() + warm_timeout
+        for stage in running.runtime.pipeline.stages:
+            warmed = getattr(stage, "warmed", None)
+            if isinstance(warmed, threading.Event) and not warmed.wait(max(0.0, deadline - time.monotonic())):
+                raise RuntimeError(f"interlock's {stage.name} did not get ready in {warm_timeout}s")
         yield running
     finally:
         holder["servers"].stop()

@@ -174,8 +174,13 @@ class Guardrails:
         self._seen_chars = 0
         self._detector: Detector | None = None
         self._calls: dict[str, _CallState] = {}
-        if not self.defaults.empty:
-            # Build the engine now, off the loop, so the first call does not wait the whole second.
+        #: Set once the engine the configuration asks for is built (or failed to build): `/ready` waits on it.
+        self.warmed = threading.Event()
+        if self.defaults.empty:
+            self.warmed.set()  # only a policy can ask for a scan: the engine is built on its first call
+        else:
+            # Build the engine now, off the loop, so the first call does not wait the whole second (or,
+            # on a loaded machine, many): `/ready` answers 503 until it is built.
             threading.Thread(target=self._warm, name="guardrails-warm", daemon=True).start()
 
     def _warm(self) -> None:
@@ -183,6 +188,8 @@ class Guardrails:
             self._detector = detector_for(self.config)
         except Exception:  # noqa: BLE001 - reported again, and failed closed, on the first call
             log.exception("building the guardrails engine failed")
+        finally:
+            self.warmed.set()
 
     # -- analysis -------------------------------------------------------------------------------
 

@@ -25,6 +25,8 @@ async def ready(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
     if not runtime.ready:
         return JSONResponse({"status": "starting"}, status_code=503)
+    if warming := runtime.warming():  # e.g. the guardrails engine: the first call would wait for it
+        return JSONResponse({"status": "starting", "warming": warming}, status_code=503)
     if runtime.settings.admin.token:  # answered without the token: the status alone
         return JSONResponse({"status": "ready"})
     return JSONResponse({"status": "ready", "routes": sorted(runtime.settings.routes)})

@@ -321,3 +321,39 @@ def test_a_stage_failing_mid_stream_ends_the_stream_with_the_error_event(
     assert calls[0].outcome == "internal_error" and calls[0].truncated
     kept = calls[0].agent_chunks  # what the agent got, error event included, is on record
     assert kept is not None and b"a bug mid-stream" in kept[-1].data
+
+
+async def test_ready_waits_for_the_guardrails_engine(
+    monkeypatch: pytest.MonkeyPatch, upstream: ScriptedUpstream, tmp_path: Any
+) -> None:
+    # Building presidio takes seconds on a loaded machine: until it is built, the first call would wait
+    # for it, so /ready (and run_interlock, which tests use) waits too.
+    from interlock.policies import guardrails
+    from interlock.server import Runtime
+    from interlock.ui.admin import create_admin_app
+
+    release = threading.Event()
+    build = guardrails.detector_for
+
+    def slow_build(config: Any) -> Any:
+        assert release.wait(60)
+        return build(config)
+
+    monkeypatch.setattr(guardrails, "detector_for", slow_build)
+    settings = settings_for_test(
+        {"routes": routes_for(upstream), "guardrails": {"request": {"SECRET": "block"}}}, tmp_path
+    )
+    runtime = Runtime(settings)
+    await runtime.start()
+    try:
+        transport = httpx.ASGITransport(app=create_admin_app(runtime))
+        async with httpx.AsyncClient(transport=transport, base_url="http://admin") as admin:
+            waiting = await admin.get("/ready")
+            assert (waiting.status_code, waiting.json()) == (503, {"status": "starting", "warming": ["guardrails"]})
+            release.set()
+            (stage,) = [s for s in runtime.pipeline.stages if getattr(s, "name", "") == "guardrails"]
+            assert stage.warmed.wait(60)
+            assert (await admin.get("/ready")).status_code == 200
+    finally:
+        release.set()
+        await runtime.stop()
