@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import http.server
 import json
 import threading
 from collections.abc import Iterator
@@ -149,18 +150,76 @@ def post(running: Any) -> httpx.Response:
     return httpx.post(running.url + "/openai/chat/completions", json=CHAT, timeout=10)
 
 
-def test_breaker_opens_fails_fast_then_half_opens_with_one_probe(
-    make_interlock: Any, upstream: ScriptedUpstream
-) -> None:
+class GatedUpstream:
+    """An OpenAI-shaped upstream that answers `status`, each answer held until `gate` is set: a probe
+    stays in flight exactly as long as the test needs, whatever the machine's load."""
+
+    def __init__(self) -> None:
+        self.status = 503
+        self.gate = threading.Event()
+        self.gate.set()
+        self.requests = 0
+        upstream = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("content-length") or 0))
+                upstream.requests += 1
+                assert upstream.gate.wait(60)
+                body = json.dumps(
+                    {
+                        "id": "chatcmpl-1",
+                        "object": "chat.completion",
+                        "created": 0,
+                        "model": "gpt-test",
+                        "choices": [
+                            {"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}
+                        ],
+                        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+                    }
+                    if upstream.status == 200
+                    else {"error": {"message": "unavailable", "type": "server_error"}}
+                ).encode()
+                self.send_response(upstream.status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.gate.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def gated() -> Iterator[GatedUpstream]:
+    server = GatedUpstream()
+    yield server
+    server.close()
+
+
+def test_breaker_opens_fails_fast_then_half_opens_with_one_probe(make_interlock: Any, gated: GatedUpstream) -> None:
     config = route(
         "openai",
-        [{"name": "only", "url": upstream.url + "/v1"}],
+        [{"name": "only", "url": gated.url + "/v1"}],
         retry={"attempts": 1},
-        breaker={"consecutive_failures": 2, "cooldown": 1.0},  # long enough for a loaded machine
+        breaker={"consecutive_failures": 2, "cooldown": 30.0},
     )
     running = make_interlock(routes={"openai": config})
+    # The cooldown passes when the test says so (a fake clock), not when a loaded machine gets to it.
+    clock = Clock()
+    for router in running.runtime.forwarder.routers.values():
+        for state in router.states:
+            state.breaker.clock = clock
     calls = collect_calls(running)
-    upstream.set_default(Script(status=503))
     assert post(running).status_code == 503
     assert breaker_state(running, "openai", "only") == "closed"
     assert post(running).status_code == 503
@@ -173,21 +232,24 @@ def test_breaker_opens_fails_fast_then_half_opens_with_one_probe(
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "circuit_open"
     assert response.headers["x-should-retry"] == "false"
-    assert len(upstream.requests) == 2
+    assert gated.requests == 2
     assert finished(calls, 3)[2].attempts == []
 
-    # After the cooldown: half-open. The single probe is slow; a call meanwhile still fails fast.
-    wait_for(lambda: breaker_state(running, "openai", "only") == "half_open")
-    upstream.set_default(Script(delay=0.5))
+    # After the cooldown: half-open. The single probe is held upstream; a call meanwhile still fails fast.
+    clock.now += 30.0
+    assert breaker_state(running, "openai", "only") == "half_open"
+    gated.status = 200
+    gated.gate.clear()
     results: list[int] = []
     probe = threading.Thread(target=lambda: results.append(post(running).status_code))
     probe.start()
-    wait_for(lambda: len(upstream.requests) == 3)
+    wait_for(lambda: gated.requests == 3)
     during = post(running)
     assert during.status_code == 503 and during.json()["error"]["code"] == "circuit_open"
-    probe.join(10)
+    gated.gate.set()
+    probe.join(30)
     assert results == [200]
-    assert len(upstream.requests) == 3
+    assert gated.requests == 3
     assert breaker_state(running, "openai", "only") == "closed"
     assert post(running).status_code == 200
 
@@ -267,7 +329,7 @@ async def test_escalation_drops_rather_than_waits_and_survives_a_failing_webhook
         escalator = Escalator(Escalation(webhook="http://hook.test/", queue_size=3, timeout=5), client)
         for i in range(20):
             escalator.emit("breaker_open", n=i)  # synchronous: returns at once, never awaits the webhook
-        wait = asyncio.get_running_loop().time() + 5
+        wait = asyncio.get_running_loop().time() + 60  # a bound, not a pace: met in milliseconds
         while not seen and asyncio.get_running_loop().time() < wait:
             await asyncio.sleep(0.001)
         assert seen[0]["event"] == "breaker_open" and seen[0]["n"] == 0
