@@ -1,54 +1,86 @@
-# `make run` and `make test` set everything up on a bare machine, then run.
+# `make run` and `make test` set everything up on a bare machine, then run. Everything they install
+# comes from a lock with hashes (README: "Dependencies are locked"): uv.lock for .venv, a
+# requirements.lock beside each requirements file for every other virtualenv; `make lock` refreshes them.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
+UV     := $(CURDIR)/.venv-uv/bin/uv
+# uv uses this machine's python3 and never downloads an interpreter; it ignores pip's configuration.
+export UV_PYTHON := $(PYTHON)
+export UV_PYTHON_DOWNLOADS := never
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+export UV
+# --locked: install exactly uv.lock, and refuse (one line) if pyproject.toml changed without `make lock`.
+SYNC   := $(UV) sync --locked --quiet
 
-.PHONY: run test lint typecheck pytest bench demo clean chromium wrk frameworks-venvs
+.PHONY: run test lint typecheck pytest bench demo clean chromium wrk frameworks-venvs examples lock lock-check uv-lock-check
 
-$(BIN)/python:
-	$(PYTHON) -m venv $(VENV)
-	$(PIP) install --upgrade pip
+# uv itself, pinned by hash (tools/uv.requirements.lock), installed by pip into a venv of its own.
+$(UV): tools/uv.requirements.lock
+	@$(PYTHON) -m venv .venv-uv
+	@.venv-uv/bin/python -m pip -qq --disable-pip-version-check install --require-hashes --no-deps -r $<
+	@touch $@
 
-$(VENV)/.run-deps: pyproject.toml | $(BIN)/python
-	$(PIP) install -e '.[all]'
-	touch $@
+# `--inexact` for run and examples: they add to what `make test` installed instead of removing it.
+$(VENV)/.run-deps: uv.lock pyproject.toml | uv-lock-check
+	@echo "interlock: installing uv.lock into $(VENV)" >&2
+	@$(SYNC) --inexact --extra all
+	@touch $@
 
-$(VENV)/.test-deps: pyproject.toml | $(BIN)/python
-	$(PIP) install -e '.[test]'
-	touch $@ $(VENV)/.run-deps
+$(VENV)/.examples-deps: uv.lock pyproject.toml | uv-lock-check
+	@echo "interlock: installing uv.lock with the examples' SDKs into $(VENV)" >&2
+	@$(SYNC) --inexact --extra all --extra examples
+	@touch $@ $(VENV)/.run-deps
+
+$(VENV)/.test-deps: uv.lock pyproject.toml | uv-lock-check
+	@echo "interlock: installing uv.lock with the test tools into $(VENV)" >&2
+	@$(SYNC) --extra test
+	@touch $@ $(VENV)/.run-deps $(VENV)/.examples-deps
 
 ## Start interlock on its embedded default (proxy :4141, admin and UI :4142, store ./interlock.db).
 run: $(VENV)/.run-deps
 	$(BIN)/interlock serve
 
-## Set up and run every test: lint, types, the suite (browser tests included).
-test: $(VENV)/.test-deps chromium lint typecheck pytest
+## Set up and run every test: the locks first, then lint, types, the suite (browser tests included).
+test: lock-check $(VENV)/.test-deps chromium lint typecheck pytest
+
+## .venv with the SDKs the examples use (openai, anthropic, mcp, pytest): see examples/README.md.
+examples: $(VENV)/.examples-deps
+
+## Refresh every lock from pyproject.toml and the requirements files (LOCK_ARGS=--upgrade: newest allowed).
+lock: | $(UV)
+	$(UV) lock $(LOCK_ARGS)
+	$(PYTHON) tools/locks.py lock $(LOCK_ARGS)
+
+# Each lock matches what it was made from; a one-line reason per stale lock, before anything is installed.
+lock-check: uv-lock-check
+	@$(PYTHON) tools/locks.py check
+
+uv-lock-check: | $(UV)
+	@out=$$($(UV) lock --check --quiet 2>&1) || { case "$$out" in *"needs to be updated"*) \
+	  echo "uv.lock does not match pyproject.toml: run \`make lock\` (and commit uv.lock)" >&2;; *) echo "$$out" >&2;; esac; exit 1; }
 
 lint: $(VENV)/.test-deps
-	$(BIN)/ruff check interlock tests bench examples
+	$(BIN)/ruff check interlock tests bench examples tools
 
 typecheck: $(VENV)/.test-deps
 	$(BIN)/mypy
 
-pytest: $(VENV)/.test-deps $(VENV)-mcp1/.ok .venv-phoenix/.installed frameworks-venvs
+pytest: $(VENV)/.test-deps $(VENV)-mcp1/.stamp .venv-phoenix/.stamp frameworks-venvs
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Arize Phoenix, the real OTLP backend of tests/tracing/test_otel_phoenix.py, in its own venv.
-.venv-phoenix/.installed: tests/tracing/phoenix.py | $(VENV)/.test-deps
-	$(BIN)/python -m tests.tracing.phoenix install
-	touch $@
+.venv-phoenix/.stamp: tests/tracing/phoenix.requirements.lock | $(VENV)/.test-deps
+	@$(BIN)/python -m tests.lockedvenv .venv-phoenix $< >/dev/null
 
-# The agent frameworks of tests/frameworks (LangGraph, CrewAI, AutoGen, Prefect, Temporal, litellm), one
-# virtualenv each under .venvs/, from examples/<name>/requirements.txt; kept until that file changes.
+# The agent frameworks of tests/frameworks (LangGraph, CrewAI, AutoGen, Prefect, Temporal, litellm, ...), one
+# virtualenv each under .venvs/, from examples/<name>/requirements.lock; rebuilt when that lock changes.
 frameworks-venvs: $(VENV)/.test-deps
-	$(BIN)/python -m tests.frameworks.venvs
+	@$(BIN)/python -m tests.frameworks.venvs >/dev/null
 
 # The mcp SDK 1.x for tests/mcp: it is `import mcp` like the 2.x in $(VENV), so it gets its own venv.
-$(VENV)-mcp1/.ok:
-	$(PYTHON) -m venv $(VENV)-mcp1
-	$(VENV)-mcp1/bin/python -m pip --disable-pip-version-check -q install 'mcp>=1.20,<2'
-	touch $@
+$(VENV)-mcp1/.stamp: tests/mcp/mcp1.requirements.lock | $(VENV)/.test-deps
+	@$(BIN)/python -m tests.lockedvenv $(VENV)-mcp1 $< >/dev/null
 
 # The browser tests drive Debian's Chromium (Playwright cannot download its own browser here).
 chromium:
@@ -67,4 +99,4 @@ demo: $(VENV)/.run-deps
 	$(BIN)/interlock demo
 
 clean:
-	rm -rf $(VENV) $(VENV)-mcp1 .venv-phoenix .venvs .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(VENV)-mcp1 .venv-phoenix .venvs .venv-uv .pytest_cache .mypy_cache .ruff_cache

@@ -1,24 +1,21 @@
-"""One virtualenv per agent framework, under .venvs/<name>, from examples/<name>/requirements.txt.
+"""One virtualenv per agent framework, under .venvs/<name>, from examples/<name>/requirements.lock.
 
     python -m tests.frameworks.venvs            # create or refresh every one (what `make test` runs)
     python -m tests.frameworks.venvs crewai     # just these
 
 The frameworks are heavy and pin conflicting versions, so they stay out of .venv and out of each
-other's way. A venv is reused while its stamp holds the hash of its requirements file; a changed
-file rebuilds it. A lock per venv keeps concurrent test runs from building the same one twice.
+other's way. Each installs exactly its example's lock (hash-pinned, compiled by `make lock` from the
+example's requirements.txt; tests/lockedvenv.py); a changed lock rebuilds the venv.
 The examples for the plain SDKs (openai, anthropic, mcp) run on .venv's own interpreter.
 """
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import os
-import subprocess
 import sys
-import time
-import venv
 from pathlib import Path
+
+from tests import lockedvenv
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
@@ -30,12 +27,9 @@ FRAMEWORKS = ("langgraph", "crewai", "autogen", "prefect", "temporal", "litellm"
 IN_MAIN_VENV = ("openai_sdk", "anthropic_sdk", "mcp_client")
 
 
-def requirements(name: str) -> Path:
-    return EXAMPLES / name / "requirements.txt"
-
-
-def digest(name: str) -> str:
-    return hashlib.sha256(requirements(name).read_bytes()).hexdigest()
+def lock(name: str) -> Path:
+    """The example's hash-pinned lock (`make lock` compiles it from requirements.txt next to it)."""
+    return EXAMPLES / name / "requirements.lock"
 
 
 def python(name: str) -> Path:
@@ -46,26 +40,14 @@ def python(name: str) -> Path:
 
 
 def ready(name: str) -> bool:
-    stamp = VENVS / name / ".stamp"
-    return name in IN_MAIN_VENV or (stamp.exists() and stamp.read_text().strip() == digest(name))
+    return name in IN_MAIN_VENV or lockedvenv.ready(VENVS / name, lock(name))
 
 
 def ensure(name: str) -> Path:
     """The example's interpreter, creating its virtualenv first if it is missing or stale."""
-    if ready(name):
+    if name in IN_MAIN_VENV:
         return python(name)
-    VENVS.mkdir(parents=True, exist_ok=True)
-    with open(VENVS / f".{name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not ready(name):
-            target = VENVS / name
-            started = time.monotonic()
-            venv.EnvBuilder(with_pip=True, clear=True).create(target)
-            pip = [str(target / "bin" / "python"), "-m", "pip", "--disable-pip-version-check", "-q"]
-            subprocess.run([*pip, "install", "-r", str(requirements(name))], check=True, timeout=1500)
-            (target / ".stamp").write_text(digest(name) + "\n")
-            print(f"{name}: virtualenv created in {time.monotonic() - started:.0f}s", file=sys.stderr)
-    return python(name)
+    return lockedvenv.build(VENVS / name, lock(name))
 
 
 if __name__ == "__main__":
@@ -75,7 +57,7 @@ if __name__ == "__main__":
     unknown = [n for n in names if n not in FRAMEWORKS]
     if unknown:
         sys.exit(f"unknown framework(s): {', '.join(unknown)}; known: {', '.join(FRAMEWORKS)}")
-    # pip spends most of its time downloading and unpacking: three at once about halves the wait on 2 cores.
+    # Downloading and unpacking dominate: three at once about halves the wait on 2 cores.
     with ThreadPoolExecutor(max_workers=3) as pool:
         for path in pool.map(ensure, names):
             print(path)

@@ -3,10 +3,7 @@ own virtualenv as a subprocess), interlock in front of them, and the calls it re
 
 from __future__ import annotations
 
-import fcntl
-import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,8 +12,9 @@ import pytest
 
 from interlock.server import Runtime
 from interlock.testing import Running, free_port, run_interlock, settings_for_test
+from tests import lockedvenv
 from tests.mcp.servers import (
-    MCP1_REQUIREMENT,
+    MCP1_LOCK,
     MCP1_SCRIPT,
     MCP1_VENV,
     Collector,
@@ -73,27 +71,12 @@ def mcp_interlock(tmp_path: Path, collector: Collector) -> Iterator[Any]:
 # -- the 1.x SDK, in its own virtualenv --------------------------------------------------------------
 
 
-def _mcp1_ready() -> bool:
-    return (MCP1_VENV / ".ok").exists()
-
-
 @pytest.fixture(scope="session")
 def mcp1_python() -> Path:
-    """`.venv-mcp1/bin/python`, with the `mcp` SDK 1.x; created on first use (`make test` creates it
-    too). 1.x and 2.x are both `import mcp`, so they cannot share a virtualenv."""
-    python = MCP1_VENV / "bin" / "python"
-    if _mcp1_ready():
-        return python
-    lock_path = MCP1_VENV.with_name(".venv-mcp1.lock")
-    with open(lock_path, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not _mcp1_ready():
-            subprocess.run([sys.executable, "-m", "venv", "--clear", str(MCP1_VENV)], check=True)
-            pip = [str(python), "-m", "pip", "--disable-pip-version-check", "-q", "install", MCP1_REQUIREMENT]
-            subprocess.run(pip, check=True, timeout=600)
-            (MCP1_VENV / ".ok").touch()
-    os.unlink(lock_path)
-    return python
+    """`.venv-mcp1/bin/python`, with the `mcp` SDK 1.x from tests/mcp/mcp1.requirements.lock; created on
+    first use (`make test` creates it too). 1.x and 2.x are both `import mcp`, so they cannot share a
+    virtualenv."""
+    return lockedvenv.build(MCP1_VENV, MCP1_LOCK)
 
 
 @pytest.fixture(scope="session")

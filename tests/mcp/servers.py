@@ -26,7 +26,7 @@ from interlock.tracing.call import Call
 ROOT = Path(__file__).resolve().parents[2]
 MCP1_VENV = ROOT / ".venv-mcp1"
 MCP1_SCRIPT = Path(__file__).with_name("mcp1_script.py")
-MCP1_REQUIREMENT = "mcp>=1.20,<2"
+MCP1_LOCK = Path(__file__).with_name("mcp1.requirements.lock")  # `make lock` compiles it
 
 
 def wait_for(condition: Any, timeout: float = 10.0, what: str = "condition") -> None:

@@ -2,6 +2,8 @@
 
     python -m tests.tracing.phoenix install     # what `make test` runs first; idempotent
 
+It installs exactly tests/tracing/phoenix.requirements.lock (hash-pinned; `make lock` compiles it).
+
 The tests start it offline on free loopback ports with its telemetry and agent features off, and
 read back what it received through its REST API.
 """
@@ -9,12 +11,10 @@ read back what it received through its REST API.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import subprocess
 import sys
 import time
-import venv
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,12 +23,12 @@ from typing import Any
 import httpx
 
 from interlock.testing import free_port
+from tests import lockedvenv
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV = Path(os.environ.get("INTERLOCK_PHOENIX_VENV", ROOT / ".venv-phoenix"))
-#: Pinned: the tests read its REST API, whose shape is this version's.
-REQUIREMENT = "arize-phoenix==20.26.1"
-STAMP = VENV / ".installed"
+#: Pinned in phoenix.requirements.txt: the tests read its REST API, whose shape is that version's.
+LOCK = Path(__file__).with_name("phoenix.requirements.lock")
 
 #: Nothing phones home, nothing reaches past loopback.
 OFFLINE_ENV = {
@@ -45,16 +45,8 @@ OFFLINE_ENV = {
 
 
 def install() -> Path:
-    """Create the virtualenv with Phoenix once (a lock keeps concurrent test runs from racing)."""
-    VENV.parent.mkdir(parents=True, exist_ok=True)
-    with open(VENV.parent / ".venv-phoenix.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if STAMP.exists() and STAMP.read_text().strip() == REQUIREMENT:
-            return VENV
-        venv.EnvBuilder(with_pip=True, clear=True).create(VENV)
-        pip = [str(VENV / "bin" / "python"), "-m", "pip", "--disable-pip-version-check", "-q"]
-        subprocess.run([*pip, "install", REQUIREMENT], check=True)
-        STAMP.write_text(REQUIREMENT + "\n")
+    """Create the virtualenv with Phoenix once (tests/lockedvenv.py; rebuilt when the lock changes)."""
+    lockedvenv.build(VENV, LOCK)
     return VENV
 
 
