@@ -39,7 +39,7 @@ $(VENV)/.test-deps: uv.lock pyproject.toml | uv-lock-check
 
 ## Start interlock on its embedded default (proxy :4141, admin and UI :4142, store ./interlock.db).
 run: $(VENV)/.run-deps
-	$(BIN)/interlock serve
+	@$(BIN)/interlock serve
 
 ## Set up and run every test: the locks first, then lint, types, the suite (browser tests included).
 test: lock-check $(VENV)/.test-deps chromium lint typecheck pytest

@@ -101,7 +101,7 @@ def serve(config: str | None, port: int | None, admin_port: int | None, store_pa
         # Measured with callgrind (bench/, c8): 11% fewer instructions per proxied call than asyncio's loop.
         run = uvloop.run
     try:
-        run(run_server(settings))
+        run(run_server(settings, on_ready=lambda _, port, admin: click.echo(point_agents(settings, port, admin))))
     except (StoreError, SourceError) as exc:  # an unreadable store, a broken policy file: say which
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
@@ -111,6 +111,25 @@ def serve(config: str | None, port: int | None, admin_port: int | None, store_pa
             f"error: cannot listen on {listen.host}:{listen.port} and {admin.host}:{admin.port}: {exc}", err=True
         )
         sys.exit(2)
+
+
+_PROTOCOL_NAMES = {"openai": "OpenAI", "anthropic": "Anthropic", "mcp": "MCP", "http": "HTTP"}
+
+
+def point_agents(settings: Settings, port: int, admin_port: int) -> str:
+    """The line `serve` prints once it listens: the base URL of each route, and the UI's."""
+
+    def url(host: str, port: int) -> str:
+        host = "127.0.0.1" if host in ("", "0.0.0.0") else "[::1]" if host == "::" else host
+        return f"http://{f'[{host}]' if ':' in host and not host.startswith('[') else host}:{port}"
+
+    proxy = url(settings.listen.host, port)
+    routes = [
+        f"{proxy}/{name} ({_PROTOCOL_NAMES.get(route.protocol, route.protocol)})"
+        for name, route in settings.routes.items()
+    ]
+    where = ", ".join(routes) if routes else f"{proxy}/<route>/ (no routes configured)"
+    return f"interlock: point agents at {where}; UI {url(settings.admin.host, admin_port)}/"
 
 
 def apply_overrides(settings: Settings, **overrides: Any) -> Settings:

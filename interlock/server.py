@@ -173,7 +173,8 @@ class Servers:
 
 async def serve(settings: Settings, *, on_ready: Any = None) -> None:
     """Run the proxy and the admin port until SIGTERM or SIGINT, then shut down gracefully.
-    Raises OSError when a port cannot be bound."""
+    `on_ready(runtime, proxy_port, admin_port)` is called once both listen. Raises OSError when a port
+    cannot be bound."""
     proxy_socket = bind_socket(settings.listen.host, settings.listen.port)
     try:
         admin_socket = bind_socket(settings.admin.host, settings.admin.port)
@@ -199,6 +200,8 @@ async def serve(settings: Settings, *, on_ready: Any = None) -> None:
     def started(ok: bool) -> None:
         if not ok:
             return
+        if on_ready:  # first: the CLI's "point agents at ..." is the first line a user sees
+            on_ready(runtime, proxy_socket.getsockname()[1], admin_socket.getsockname()[1])
         log.warning(
             "interlock ready: proxy http://%s:%s/<route>/..., admin http://%s:%s/ (routes: %s)",
             settings.listen.host,
@@ -213,7 +216,5 @@ async def serve(settings: Settings, *, on_ready: Any = None) -> None:
                 "token: set admin.token (INTERLOCK_ADMIN_TOKEN in the Docker image)",
                 settings.admin.host,
             )
-        if on_ready:
-            on_ready(runtime)
 
     await servers.run(started)

@@ -79,6 +79,12 @@ def test_serve_answers_then_stops_cleanly_on_sigterm(tmp_path: Path, upstream: S
         assert reply.json()["choices"][0]["message"]["content"] == "echo: hi"
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
+        assert process.stdout is not None
+        first_line = process.stdout.read().decode().splitlines()[0]  # what `make run` shows first: where to point
+        assert (
+            first_line
+            == f"interlock: point agents at http://127.0.0.1:{port}/openai (OpenAI); UI http://127.0.0.1:{admin}/"
+        )
     finally:
         if process.poll() is None:
             process.kill()
@@ -146,6 +152,7 @@ def test_config_check_json(tmp_path: Path) -> None:
         "ok": True,
         "file": "<embedded default>",
         "routes": 3,
+        "warnings": [],
     }
     path = tmp_path / "bad.yaml"
     path.write_text("listen:\n  prot: 1\n")
