@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 import anthropic
 import httpx
@@ -13,6 +14,7 @@ from replay_helpers import SESSION, chat, recorded_call
 
 from interlock.replay.bundle import bundle_from_calls
 from interlock.replay.server import ReplayApp
+from interlock.scripted import ScriptedUpstream
 from interlock.scripted_replies import Script, anthropic_reply, chat_reply
 from interlock.testing import replay_server
 from tests.sdk_errors import protocol_error
@@ -222,3 +224,21 @@ def test_session_header_is_used_when_the_bundle_has_several() -> None:
             replay.url + "/openai/chat/completions", json=chat("same"), headers={"x-interlock-session": SESSION}
         )
     assert json.loads(response.content) == {"who": SESSION}
+
+
+def test_headers_interlock_never_records_are_not_replayed(make_interlock: Any, upstream: ScriptedUpstream) -> None:
+    # docs/replay.md: "the same headers" holds for every header on record; credentials, set-cookie and
+    # openai-organization among them, are never recorded, so a replay cannot send them.
+    running = make_interlock()
+    upstream.script(
+        Script(headers={"set-cookie": "session=s3cret", "openai-organization": "org-x", "x-request-id": "req-1"})
+    )
+    live = httpx.post(running.url + "/openai/chat/completions", json=chat("x"), timeout=30)
+    assert live.headers["set-cookie"] == "session=s3cret" and live.headers["openai-organization"] == "org-x"
+    assert running.runtime.recorder.flush()
+    calls = list(running.runtime.store.iter_calls())
+    with replay_server(bundle_from_calls(calls)) as replay:
+        replayed = httpx.post(replay.url + "/openai/chat/completions", json=chat("x"), timeout=30)
+    assert replayed.status_code == 200 and replayed.content == live.content
+    assert replayed.headers["x-request-id"] == "req-1"
+    assert "set-cookie" not in replayed.headers and "openai-organization" not in replayed.headers
