@@ -66,8 +66,12 @@ lint: $(VENV)/.test-deps
 typecheck: $(VENV)/.test-deps
 	$(BIN)/mypy
 
+# pytest's exit status, said in words (https://docs.pytest.org/en/stable/reference/exit-codes.html).
 pytest: $(VENV)/.test-deps $(VENV)-mcp1/.stamp .venv-phoenix/.stamp frameworks-venvs
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	@$(BIN)/python -m pytest $(PYTEST_ARGS) || { status=$$?; case $$status in \
+	  1) why="tests failed";; 2) why="interrupted";; 3) why="pytest's internal error";; \
+	  4) why="usage error (PYTEST_ARGS?)";; 5) why="no tests collected (PYTEST_ARGS selects nothing)";; *) why="";; esac; \
+	  echo "make test: pytest exited $$status$${why:+: $$why}" >&2; exit $$status; }
 
 # Arize Phoenix, the real OTLP backend of tests/tracing/test_otel_phoenix.py, in its own venv.
 .venv-phoenix/.stamp: tests/tracing/phoenix.requirements.lock | $(VENV)/.test-deps
@@ -100,3 +104,11 @@ demo: $(VENV)/.run-deps
 
 clean:
 	rm -rf $(VENV) $(VENV)-mcp1 .venv-phoenix .venvs .venv-uv .pytest_cache .mypy_cache .ruff_cache
+
+## Build the container image with buildah (no Docker engine or registry needed): docs/image.md.
+# IMAGE_BASE=python:3.11-slim uses the official base instead of one made from Debian's mirror.
+.PHONY: image
+IMAGE      ?= localhost/interlock:latest
+IMAGE_BASE ?= localhost/interlock-base:bookworm
+image:
+	@IMAGE='$(IMAGE)' IMAGE_BASE='$(IMAGE_BASE)' docker/image.sh
