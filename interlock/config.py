@@ -25,6 +25,12 @@ class Model(BaseModel):
 class Listen(Model):
     host: str = "127.0.0.1"
     port: int = Field(4141, ge=0, le=65535)
+    #: Host names (without port) the proxy answers besides localhost, IP addresses and its own bind
+    #: address (docs/security.md: DNS rebinding). `*` answers any; `.example.com` a domain and its subdomains.
+    allowed_hosts: tuple[str, ...] = ()
+    #: Browser origins (`https://app.example`) allowed to call the proxy; any other request with an
+    #: `Origin` or `Sec-Fetch-Site` header (a browser's) is refused. `*` allows every origin.
+    cors: tuple[str, ...] = ()
 
 
 class Admin(Model):
@@ -32,6 +38,9 @@ class Admin(Model):
     port: int = Field(4142, ge=0, le=65535)
     #: When set, every admin page and API call needs `Authorization: Bearer <token>` (or `?token=`).
     token: str | None = None
+    #: Host names the admin port answers besides localhost and loopback addresses (and, with a token,
+    #: any IP address and the bind address); `*` answers any (docs/security.md).
+    allowed_hosts: tuple[str, ...] = ()
 
 
 class Store(Model):
@@ -141,6 +150,8 @@ class Route(Model):
     retry: Retry = Retry()
     breaker: Breaker = Breaker()
     timeouts: Timeouts | None = None
+    #: Refuse calls without a configured virtual key (401); the provider key is never injected for them.
+    require_key: bool = False
 
     @field_validator("upstream")
     @classmethod
@@ -175,6 +186,40 @@ class Route(Model):
 class VirtualKey(Model):
     agent: str
     session: str | None = None
+
+
+class Identity(Model):
+    """Who a call is (docs/security.md). A virtual key decides the agent; a header cannot override it."""
+
+    #: An `X-Interlock-Agent` (or `-Session`) header naming someone other than the virtual key does:
+    #: `refuse` the call (403 identity_conflict), or `ignore` the header (the key's name is used).
+    on_conflict: Literal["refuse", "ignore"] = "refuse"
+
+
+#: Query-string parameters that carry credentials: their values are replaced by `***` in what is
+#: recorded, logged and exported (the upstream still gets them).
+SECRET_QUERY_PARAMS = (
+    "key",
+    "api_key",
+    "api-key",
+    "apikey",
+    "token",
+    "access_token",
+    "refresh_token",
+    "id_token",
+    "auth",
+    "password",
+    "secret",
+    "client_secret",
+    "sig",
+    "signature",
+    "code",
+    "x-amz-signature",
+    "x-amz-security-token",
+    "x-amz-credential",
+    "x-goog-signature",
+    "x-goog-credential",
+)
 
 
 class Otel(Model):
@@ -322,6 +367,9 @@ class Settings(Model):
     shutdown_grace: float = Field(30.0, ge=0)
     routes: dict[str, Route] = {}
     virtual_keys: dict[str, VirtualKey] = {}
+    identity: Identity = Identity()
+    #: Query parameters (case-insensitive) whose values are never recorded, logged or exported.
+    secret_query_params: tuple[str, ...] = SECRET_QUERY_PARAMS
     policies: tuple[str, ...] = ()
     otel: Otel = Otel()
     escalation: Escalation = Escalation()
@@ -338,6 +386,13 @@ class Settings(Model):
             if not name or "/" in name:
                 raise ValueError(f"route name {name!r} must be one non-empty path segment")
         return routes
+
+    @model_validator(mode="after")
+    def _keys_for_required_routes(self) -> Settings:
+        needing = [name for name, route in self.routes.items() if route.require_key]
+        if needing and not self.virtual_keys:
+            raise ValueError(f"route {needing[0]!r} has require_key: true but no virtual_keys are configured")
+        return self
 
     #: Where the settings came from (a file path, or "<embedded default>").
     source: str = Field("<embedded default>", exclude=True)

@@ -44,6 +44,8 @@ class Received:
     headers: dict[str, str]
     body: bytes
     at: float
+    #: The path as sent, still percent-encoded (`path` is decoded).
+    raw_path: str = ""
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -162,7 +164,10 @@ class ScriptedUpstream:
             if not message.get("more_body"):
                 break
         headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
-        received = Received(scope["method"], scope["path"], scope["query_string"].decode(), headers, body, time.time())
+        raw_path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
+        received = Received(
+            scope["method"], scope["path"], scope["query_string"].decode(), headers, body, time.time(), raw_path
+        )
         with self._lock:
             self.requests.append(received)
         script = self._next()

@@ -63,7 +63,6 @@ def run_interlock(settings: Settings, timeout: float = 15, warm_timeout: float =
 
     The block starts once interlock is ready as `/ready` says it: listening, and the guardrails engine
     built (seconds on a loaded machine), so a client's first call does not wait for it."""
-    from interlock.config import Admin, Listen
     from interlock.server import Runtime, Servers
 
     # Bind first, then serve on those sockets: no window in which another process takes the port.
@@ -71,8 +70,8 @@ def run_interlock(settings: Settings, timeout: float = 15, warm_timeout: float =
     admin_socket = bind_socket(settings.admin.host, settings.admin.port)
     settings = settings.model_copy(
         update={
-            "listen": Listen(host=settings.listen.host, port=proxy_socket.getsockname()[1]),
-            "admin": Admin(host=settings.admin.host, port=admin_socket.getsockname()[1], token=settings.admin.token),
+            "listen": settings.listen.model_copy(update={"port": proxy_socket.getsockname()[1]}),
+            "admin": settings.admin.model_copy(update={"port": admin_socket.getsockname()[1]}),
         }
     )
     started = threading.Event()

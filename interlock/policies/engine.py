@@ -42,6 +42,8 @@ class Globs:
             items = tuple(p.upper() for p in items)
         elif fold == "lower":
             items = tuple(p.lower() for p in items)
+        elif fold == "casefold":
+            items = tuple(p.casefold() for p in items)
         self.patterns = items
         self.exact = frozenset(p for p in items if not _MAGIC.search(p))
         magic = [fnmatch.translate(p) for p in items if _MAGIC.search(p)]
@@ -165,7 +167,8 @@ class CompiledRule:
         self.name = rule.name
         match = rule.match
         self.route = Globs(match.route) if match.route is not None else None
-        self.agent = Globs(match.agent) if match.agent is not None else None
+        # Agent names are case-folded by the identify stage (`Alice` must not escape rules on `alice*`).
+        self.agent = Globs(match.agent, fold="casefold") if match.agent is not None else None
         checks: list[tuple[str, Globs]] = []
         for attr in ("model", "session", "tool", "path"):
             patterns = getattr(match, attr)
@@ -335,8 +338,9 @@ class Engine:
             pool = self._by_route.get(route, []) + self._any_route
             order = {id(r): i for i, r in enumerate(self.rules)}
             pool.sort(key=lambda r: order[id(r)])
+            folded = agent.casefold()  # a Call from the proxy is folded already; a policy test case may not be
             found = tuple(
-                r for r in pool if (r.route is None or r.route(route)) and (r.agent is None or r.agent(agent))
+                r for r in pool if (r.route is None or r.route(route)) and (r.agent is None or r.agent(folded))
             )
             if len(self._cache) >= _CACHE_LIMIT:
                 self._cache.clear()

@@ -11,6 +11,7 @@ import logging
 from typing import Any
 
 from interlock.config import Route, Settings
+from interlock.proxy.admission import ProxyEdge, upstream_path
 from interlock.proxy.forward import Forwarder, Opened, UpstreamFailure, describe_error
 from interlock.proxy.pipeline import Pipeline
 from interlock.proxy.protocols import ADAPTERS, Adapter
@@ -38,6 +39,7 @@ class ProxyApp:
         self.forwarder = forwarder
         self.routes: dict[str, Route] = dict(settings.routes)
         self.inflight = 0
+        self.edge = ProxyEdge(settings)
         self._route_list = ", ".join(f"/{name}/" for name in self.routes) or "(none configured)"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -52,19 +54,41 @@ class ProxyApp:
         name = route_name.decode("latin-1")
         route = self.routes.get(name)
         headers = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope["headers"]]
+        query = scope["query_string"].decode("latin-1")
+        public = self.edge.public_query(query)  # credentials in the query are never recorded
         call = Call(
             id=new_id(),
             route=name,
             protocol=route.protocol if route else "http",
             method=scope["method"],
-            path="/" + rest.decode("latin-1"),
-            query=scope["query_string"].decode("latin-1"),
+            path=upstream_path(rest),  # as the HTTP client will send it: policies judge that
+            query=public,
             request_headers=headers,
         )
+        if public != query:
+            call.upstream_query = query
         adapter = ADAPTERS[call.protocol]
         state = _Watch()
         self.inflight += 1
         try:
+            # Who may call at all, and which paths and bodies: before any stage (docs/security.md).
+            refusal, cors_origin = self.edge.check(
+                headers, rest if route else None, route is not None and route.protocol != "http"
+            )
+            if cors_origin is not None:
+                send = _with_cors(send, cors_origin)
+                preflight = any(k == "access-control-request-method" for k, _ in headers)
+                if scope["method"] == "OPTIONS" and preflight and refusal is None:
+                    await _drain(receive)
+                    await _preflight(call, send, headers)
+                    return
+            if refusal is not None:
+                status, code, message = refusal
+                outcome: Outcome = "denied" if status == 403 else "bad_request"
+                call.answer(adapter.error_reply(status, code, message, retryable=False), outcome, code, message)
+                await _drain(receive)
+                await self.send_reply(call, send)
+                return
             if route is None:
                 message = f"no route named {name!r}; routes: {self._route_list}"
                 call.answer(adapter.error_reply(404, "unknown_route", message), "bad_request", "unknown_route", message)
@@ -373,6 +397,32 @@ async def _safe_send(send: Send, data: bytes, state: _Watch) -> None:
     state.responded = True
     await send({"type": "http.response.body", "body": data})
 
+
+def _with_cors(send: Send, origin: str) -> Send:
+    """`send` that answers an allowed browser origin (`listen.cors`) on the response head."""
+
+    async def cors_send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            extra = [(b"access-control-allow-origin", origin.encode("latin-1")), (b"vary", b"origin")]
+            message = {**message, "headers": [*message.get("headers", []), *extra]}
+        await send(message)
+
+    return cors_send
+
+
+async def _preflight(call: Call, send: Send, headers: list[tuple[str, str]]) -> None:
+    """Answer a CORS preflight from an allowed origin: any method, the headers it asks for."""
+    asked = next((v for k, v in headers if k == "access-control-request-headers"), "")
+    reply = [
+        (b"access-control-allow-methods", b"GET, POST, PUT, PATCH, DELETE, OPTIONS"),
+        (b"access-control-max-age", b"600"),
+    ]
+    if asked:
+        reply.append((b"access-control-allow-headers", asked.encode("latin-1")))
+    reply.append((b"content-length", b"0"))
+    call.status = 204
+    await send({"type": "http.response.start", "status": 204, "headers": reply})
+    await send({"type": "http.response.body", "body": b""})
 
 async def _drain(receive: Receive) -> None:
     """Read and discard the rest of the request body, so the connection stays usable."""

@@ -35,7 +35,7 @@ from interlock.proxy.retry import (
     retry_after_seconds,
 )
 from interlock.proxy.routing import Router, Target, UpstreamState
-from interlock.proxy.upstream import route_timeouts, upstream_headers, upstream_url
+from interlock.proxy.upstream import recorded_url, route_timeouts, upstream_headers, upstream_url
 from interlock.tracing.call import Attempt, Call
 
 log = logging.getLogger("interlock.proxy")
@@ -149,7 +149,7 @@ class Forwarder:
         url = upstream_url(upstream, call)
         attempt = Attempt(
             upstream=state.name,
-            url=url,
+            url=url if call.upstream_query is None and "@" not in url else recorded_url(upstream, call),
             model=target.model or call.model,
             started_ms=call.elapsed_ms(),
             backoff_ms=backoff_ms,

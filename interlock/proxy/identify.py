@@ -6,7 +6,8 @@ import os
 import re
 
 from interlock.config import Settings
-from interlock.tracing.call import Call
+from interlock.proxy.protocols import ADAPTERS
+from interlock.tracing.call import Call, Decision
 
 _TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 
@@ -33,35 +34,67 @@ def credential(call: Call) -> str | None:
 
 
 class Identify:
-    """Sets agent and session (headers, then virtual key, then the default) and trace context."""
+    """Sets trace context, then agent and session: a virtual key decides them when it names them (a
+    header never overrides a key), else the `X-Interlock-*` headers, else the default agent. Agent
+    names are case-folded, so `Alice` is the same agent as `alice` to every rule, limit and budget.
+
+    With virtual keys, a header naming another agent (or session) than the key is refused (403
+    `identity_conflict`) or ignored (`identity.on_conflict`); a route with `require_key` refuses a
+    call without a configured key (401) before anything is sent upstream (docs/security.md)."""
 
     name = "identify"
 
     def __init__(self, settings: Settings) -> None:
-        self.default_agent = settings.default_agent
-        self.virtual_keys = settings.virtual_keys
+        self.default_agent = settings.default_agent.strip().casefold()
+        self.virtual_keys = {
+            key: (virtual.agent.strip().casefold(), virtual.session) for key, virtual in settings.virtual_keys.items()
+        }
+        self.refuse_conflicts = settings.identity.on_conflict == "refuse"
+        self.require_key = frozenset(name for name, route in settings.routes.items() if route.require_key)
 
     async def request(self, call: Call) -> None:
         agent = session = traceparent = None
         for name, value in call.request_headers:
             if name == "x-interlock-agent":
-                agent = value.strip() or None
+                agent = value.strip().casefold() or None
             elif name == "x-interlock-session":
                 session = value.strip() or None
             elif name == "traceparent":
                 traceparent = value
-        if self.virtual_keys:
-            key = credential(call)
-            virtual = self.virtual_keys.get(key) if key else None
-            if virtual is not None:
-                call.meta["virtual_key"] = True
-                agent = agent or virtual.agent
-                session = session or virtual.session
         parent = parse_traceparent(traceparent) if traceparent else None
         if parent:
             call.trace_id, call.parent_span_id = parent
         else:
             call.trace_id = os.urandom(16).hex()
         call.span_id = os.urandom(8).hex()
+        if self.virtual_keys:
+            key = credential(call)
+            virtual = self.virtual_keys.get(key) if key else None
+            if virtual is not None:
+                call.meta["virtual_key"] = True
+                key_agent, key_session = virtual
+                conflict = (agent is not None and agent != key_agent) or (
+                    key_session is not None and session is not None and session != key_session
+                )
+                if conflict and self.refuse_conflicts:
+                    named = f"agent {agent!r}" if agent is not None and agent != key_agent else f"session {session!r}"
+                    call.agent, call.session = key_agent, key_session
+                    self._refuse(call, 403, "identity_conflict", f"the virtual key names {key_agent!r}, not {named}")
+                    return
+                agent, session = key_agent, key_session or session
+            elif call.route in self.require_key:
+                call.agent = agent or self.default_agent  # as claimed: the record shows who tried
+                call.session = session
+                if key is None:
+                    self._refuse(call, 401, "missing_api_key", f"route {call.route!r} requires a virtual key")
+                else:
+                    self._refuse(call, 401, "invalid_api_key", f"the key is not a virtual key of route {call.route!r}")
+                return
         call.agent = agent or self.default_agent
         call.session = session or (call.trace_id if parent else None)
+
+    @staticmethod
+    def _refuse(call: Call, status: int, code: str, message: str) -> None:
+        reply = ADAPTERS[call.protocol].error_reply(status, code, message, retryable=False)
+        call.answer(reply, "denied", code, message)
+        call.decide(Decision("identify", "deny", reason=message))

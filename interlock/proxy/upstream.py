@@ -6,7 +6,9 @@ concurrent requests, 20x slower first bytes at 32 concurrent streams), hence htt
 
 from __future__ import annotations
 
+import functools
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import httpx
@@ -31,7 +33,8 @@ HOP_BY_HOP = frozenset(
     }
 )
 
-#: interlock's own request headers: read by interlock, never sent upstream.
+#: interlock's own request headers: read by interlock, never sent upstream (nor is any other
+#: `x-interlock-*` header: `upstream_headers` drops the whole prefix).
 INTERLOCK_HEADERS = frozenset({"x-interlock-agent", "x-interlock-session"})
 
 _CREDENTIALS = frozenset({"authorization", "x-api-key"})
@@ -153,6 +156,8 @@ def upstream_headers(call: Call, adapter: Adapter, upstream: Upstream, *, body_l
     for name, value in call.request_headers:
         if name in drop or name in ("host", "content-length", "traceparent", "tracestate"):
             continue
+        if name[:12] == "x-interlock-":  # interlock's own (X-Interlock-Debug, ...): never the upstream's
+            continue
         if name in _CREDENTIALS:
             if agent_key is None:
                 agent_key = value[7:] if name == "authorization" and value[:7].lower() == "bearer " else value
@@ -180,8 +185,25 @@ def upstream_headers(call: Call, adapter: Adapter, upstream: Upstream, *, body_l
 
 
 def upstream_url(upstream: Upstream, call: Call) -> str:
+    """The URL sent upstream: the route's base and exactly the path policies saw (dot segments were
+    refused at the edge, so the HTTP client has nothing to normalise), with the agent's query."""
     url = upstream.url + call.path
-    return f"{url}?{call.query}" if call.query else url
+    query = call.query if call.upstream_query is None else call.upstream_query
+    return f"{url}?{query}" if query else url
+
+
+def recorded_url(upstream: Upstream, call: Call) -> str:
+    """The URL as recorded on an attempt: no credentials (a masked query, no user:password@)."""
+    base = _public_base(upstream.url)
+    return f"{base}{call.path}?{call.query}" if call.query else base + call.path
+
+
+@functools.lru_cache(maxsize=256)
+def _public_base(url: str) -> str:
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 def response_headers_for_agent(headers: Headers, *, streamed: bool, body_changed: bool) -> list[tuple[bytes, bytes]]:

@@ -7,6 +7,7 @@ proxy wrote.
 from __future__ import annotations
 
 import os
+import re
 import time
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
@@ -45,9 +46,30 @@ def new_id() -> str:
     return f"{time.time_ns() // 1000:013x}{os.urandom(7).hex()[:13]}"
 
 
+#: Header names that carry credentials by pattern (docs/security.md): `*-key` (Ocp-Apim-Subscription-Key,
+#: X-Goog-Api-Key), `*-token` (X-Auth-Token, X-Amz-Security-Token), `*-auth`, and any name with
+#: `secret`, `authorization`, `cookie`, `password`, `credential`, `signature` or `token` in it.
+_SECRET_HEADER_PATTERN = re.compile(
+    r".*(?:[-_]key|[-_]auth|apikey)$|.*(?:secret|authorization|cookie|password|credential|signature|token)"
+)
+#: Names the patterns catch that carry no credential, kept on record.
+_NOT_SECRET = frozenset({"idempotency-key"})
+_secret_header_memo: dict[str, bool] = {}
+
+
+def is_secret_header(name: str) -> bool:
+    """Whether a header (its lower-case name) may carry a credential: never stored, logged or exported."""
+    found = _secret_header_memo.get(name)
+    if found is None:
+        found = name in SECRET_HEADERS or (name not in _NOT_SECRET and _SECRET_HEADER_PATTERN.match(name) is not None)
+        if len(_secret_header_memo) < 4096:  # bounded: names come from clients
+            _secret_header_memo[name] = found
+    return found
+
+
 def public_headers(headers: Headers) -> Headers:
     """Headers with credentials removed: what may be stored and shown."""
-    return [(k, v) for k, v in headers if k.lower() not in SECRET_HEADERS]
+    return [(k, v) for k, v in headers if not is_secret_header(k.lower())]
 
 
 @dataclass(slots=True)
@@ -167,6 +189,9 @@ class Call:
     #: The guardrail actions that apply to this call (`policies.actions.GuardrailActions`), set by the
     #: policy stage and read by the guardrails stage. Not recorded.
     guardrails: Any = None
+    #: The query string as the agent sent it, when `query` (what is recorded, logged and exported)
+    #: has credentials masked (`secret_query_params`); only the upstream request uses it. Not recorded.
+    upstream_query: str | None = None
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.started) * 1000.0

@@ -142,6 +142,8 @@ def parse_json_body(call: Call) -> Any:
         return json.loads(call.request_body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadRequest(f"the request body is not valid JSON: {exc}", "invalid_json") from None
+    except ValueError:  # an integer past Python's int-string limit (4,300 digits)
+        raise BadRequest("the request body holds a number too long to read", "invalid_json") from None
     except RecursionError:
         raise BadRequest("the request body's JSON is nested too deeply", "invalid_json") from None
 
@@ -201,7 +203,7 @@ def response_json(call: Call) -> Any:
         return None
     try:
         return json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, ValueError):  # ValueError: JSON's errors, and a number too long to read
         return None
 
 
