@@ -20,7 +20,7 @@ def load_or_exit(config: str | None) -> Settings:
     try:
         return load_settings(config)
     except SourceError as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"Error: {exc}", err=True)
         sys.exit(2)
 
 
@@ -103,12 +103,12 @@ def serve(config: str | None, port: int | None, admin_port: int | None, store_pa
     try:
         run(run_server(settings, on_ready=lambda _, port, admin: click.echo(point_agents(settings, port, admin))))
     except (StoreError, SourceError) as exc:  # an unreadable store, a broken policy file: say which
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"Error: {exc}", err=True)
         sys.exit(2)
     except OSError as exc:  # a port in use, an address not on this machine
         listen, admin = settings.listen, settings.admin
         click.echo(
-            f"error: cannot listen on {listen.host}:{listen.port} and {admin.host}:{admin.port}: {exc}", err=True
+            f"Error: cannot listen on {listen.host}:{listen.port} and {admin.host}:{admin.port}: {exc}", err=True
         )
         sys.exit(2)
 
@@ -200,7 +200,7 @@ def demo(port: int, admin_port: int, store_path: str | None, exit_after_seed: bo
     try:
         run_demo(port=port, admin_port=admin_port, store=store_path, exit_after_seed=exit_after_seed, echo=click.echo)
     except OSError as exc:
-        click.echo(f"error: {exc} (ports {port} and {admin_port}; choose others with --port / --admin-port)", err=True)
+        click.echo(f"Error: {exc} (ports {port} and {admin_port}; choose others with --port / --admin-port)", err=True)
         sys.exit(2)
 
 

@@ -202,7 +202,7 @@ async def serve(settings: Settings, *, on_ready: Any = None) -> None:
             return
         if on_ready:  # first: the CLI's "point agents at ..." is the first line a user sees
             on_ready(runtime, proxy_socket.getsockname()[1], admin_socket.getsockname()[1])
-        log.warning(
+        log.info(  # news, not a warning (the CLI's line on stdout says where to point agents)
             "interlock ready: proxy http://%s:%s/<route>/..., admin http://%s:%s/ (routes: %s)",
             settings.listen.host,
             proxy_socket.getsockname()[1],

@@ -104,7 +104,7 @@ def test_a_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
         config.write_text(f"listen: {{port: {port}}}\nadmin: {{port: 0}}\nstore: {{path: {tmp_path / 'i.db'}}}\n")
         result = CliRunner().invoke(main, ["serve", "--config", str(config)])
     assert result.exit_code == 2, result.output
-    assert f"error: cannot listen on 127.0.0.1:{port}" in result.output
+    assert f"Error: cannot listen on 127.0.0.1:{port}" in result.output
 
 
 def test_flags_are_environment_variables_named_after_the_flag(tmp_path: Path) -> None:

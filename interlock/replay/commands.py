@@ -27,7 +27,7 @@ ON_MISS = ("error", "next", "live")
 
 
 def _fail(message: str) -> None:
-    click.echo(f"error: {message}", err=True)
+    click.echo(f"Error: {message}", err=True)
     sys.exit(EXIT_BAD_INPUT)
 
 

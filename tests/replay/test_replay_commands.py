@@ -94,7 +94,7 @@ def test_bad_bundles_exit_2_with_a_clear_error(
         args += ["--store", str(tmp_path / "target.db")]
     code, stdout, stderr = invoke(*args)
     assert code == 2
-    assert message in stderr and stderr.startswith("error: ")
+    assert message in stderr and stderr.startswith("Error: ")
     assert stdout == ""
 
 
@@ -190,7 +190,7 @@ def test_a_bad_config_for_live_is_a_file_line_error(incident: Incident, tmp_path
     config = tmp_path / "interlock.yaml"
     config.write_text("routes:\n  openai: {protocol: nope, upstream: 'http://x'}\n")
     code, _, stderr = invoke("replay", str(incident.bundle), "--on-miss", "live", "-c", str(config))
-    assert code == 2 and stderr.startswith(f"error: {config}:2:")
+    assert code == 2 and stderr.startswith(f"Error: {config}:2:")
 
 
 @pytest.mark.parametrize(("flags", "code"), [((), 1), (("--allow-unused",), 0)])

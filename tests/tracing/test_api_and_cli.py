@@ -263,4 +263,4 @@ def test_serve_with_an_unreadable_store_says_so(tmp_path: Path) -> None:
     config.write_text(f"store: {{path: {junk}}}\nroutes: {{}}\n")
     result = CliRunner().invoke(main, ["serve", "--config", str(config)])
     assert result.exit_code == 2, result.output
-    assert f"error: {junk}: file is not a database" in result.output
+    assert f"Error: {junk}: file is not a database" in result.output
