@@ -213,8 +213,15 @@ async def serve(settings: Settings, *, on_ready: Any = None) -> None:
         if not settings.admin.token and settings.admin.host not in ("127.0.0.1", "localhost", "::1"):
             log.warning(
                 "the admin port (recorded prompts and replies, the policy API) listens on %s without a "
-                "token: set admin.token (INTERLOCK_ADMIN_TOKEN in the Docker image)",
+                "token: it answers only loopback Host names and admin.allowed_hosts; set admin.token "
+                "(INTERLOCK_ADMIN_TOKEN in the Docker image)",
                 settings.admin.host,
+            )
+        if settings.listen.host in ("0.0.0.0", "::", "") and not settings.listen.allowed_hosts:
+            log.warning(
+                "the proxy listens on %s and answers Host names localhost and IP addresses only (DNS "
+                "rebinding); list the names agents use in listen.allowed_hosts",
+                settings.listen.host,
             )
 
     await servers.run(started)

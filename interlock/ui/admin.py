@@ -12,6 +12,8 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from interlock import __version__
+from interlock.config import Admin
+from interlock.proxy.admission import HostAllowList
 
 if TYPE_CHECKING:
     from interlock.server import Runtime
@@ -57,6 +59,51 @@ class TokenGuard:
         await self.app(scope, receive, send)
 
 
+class EdgeGuard:
+    """Who may reach the admin port at all (docs/security.md). A `Host` it does not answer is refused
+    (DNS rebinding: without a token only loopback names and addresses, plus `admin.allowed_hosts`);
+    so is every request another site's page makes (an `Origin` other than the port's own, or
+    `Sec-Fetch-Site: cross-site`/`same-site`), except following a link to a page (a top-level GET:
+    the page that linked cannot read the answer). The probes (`OPEN_PATHS`) answer any Host, as
+    orchestrators call them by address."""
+
+    def __init__(self, app: ASGIApp, admin: Admin) -> None:
+        self.app = app
+        self.hosts = HostAllowList(admin.host, admin.allowed_hosts, loopback_only=not admin.token)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket") and scope["path"] not in OPEN_PATHS:
+            problem = self.refusal(scope)
+            if problem is not None:
+                code, message = problem
+                await JSONResponse({"error": {"code": code, "message": message}}, 403)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    def refusal(self, scope: Scope) -> tuple[str, str] | None:
+        host = origin = site = mode = None
+        for key, value in scope["headers"]:
+            if key == b"host":
+                host = value.decode("latin-1")
+            elif key == b"origin":
+                origin = value.decode("latin-1").strip()
+            elif key == b"sec-fetch-site":
+                site = value.decode("latin-1").strip().lower()
+            elif key == b"sec-fetch-mode":
+                mode = value.decode("latin-1").strip().lower()
+        if not self.hosts.allows(host):
+            return "host_refused", f"host {host!r} is not one the admin port answers; see admin.allowed_hosts"
+        navigation = mode == "navigate" and scope.get("method", "GET") in ("GET", "HEAD")
+        if origin is not None and origin != "null" and host is not None:
+            if origin.partition("://")[2].lower() != host.lower():
+                return "origin_refused", f"requests from origin {origin!r} are refused (another site's page)"
+        elif origin == "null":
+            return "origin_refused", "requests from an opaque origin are refused"
+        if site in ("cross-site", "same-site") and not navigation:
+            return "origin_refused", "requests made by another site's page are refused"
+        return None
+
+
 def admin_routes() -> list[BaseRoute]:
     """Every route of the admin port. Each feature lists its own routes in its own module."""
     routes: list[BaseRoute] = [Route("/health", health), Route("/ready", ready)]
@@ -78,4 +125,4 @@ def admin_routes() -> list[BaseRoute]:
 def create_admin_app(runtime: Runtime) -> Any:
     app = Starlette(routes=admin_routes())
     app.state.runtime = runtime
-    return TokenGuard(app, runtime.settings.admin.token)
+    return EdgeGuard(TokenGuard(app, runtime.settings.admin.token), runtime.settings.admin)
