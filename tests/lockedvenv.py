@@ -45,7 +45,7 @@ def build(target: Path, lock: Path, timeout: float = 1500) -> Path:
     if ready(target, lock):
         return python
     target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.with_name(f".{target.name}.lock"), "w") as guard:
+    with open(target.with_name(f"{target.name}.lock"), "w") as guard:
         fcntl.flock(guard, fcntl.LOCK_EX)
         if not ready(target, lock):
             started = time.monotonic()
