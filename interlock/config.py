@@ -362,6 +362,9 @@ class Settings(Model):
     default_agent: str = "default"
     #: Largest request body accepted, in bytes.
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1)
+    #: Largest non-streamed response body once its content-encoding (gzip, br...) is undone: a bound
+    #: on what a small compressed body may expand to. Past it the response is unreadable.
+    max_decoded_bytes: int = Field(256 * 1024 * 1024, ge=1)
     timeouts: Timeouts = Timeouts()
     #: Seconds SIGTERM waits for calls in flight before closing them.
     shutdown_grace: float = Field(30.0, ge=0)

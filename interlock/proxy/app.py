@@ -15,13 +15,17 @@ from interlock.proxy.admission import ProxyEdge, upstream_path
 from interlock.proxy.forward import Forwarder, Opened, UpstreamFailure, describe_error
 from interlock.proxy.pipeline import Pipeline
 from interlock.proxy.protocols import ADAPTERS, Adapter
+from interlock.proxy.protocols.encoding import Unreadable
 from interlock.proxy.retry import UPSTREAM_ERRORS
 from interlock.proxy.upstream import response_headers_for_agent, route_timeouts
-from interlock.tracing.call import Call, Chunk, Outcome, new_id
+from interlock.tracing.call import Call, Chunk, Decision, Outcome, new_id
 
 log = logging.getLogger("interlock.proxy")
 
 Scope = dict[str, Any]
+
+#: Response headers that describe the body as the upstream encoded it, dropped once it is decoded.
+_ENCODING_HEADERS = frozenset({"content-encoding", "content-length"})
 Receive = Any
 Send = Any
 
@@ -235,6 +239,10 @@ class ProxyApp:
             call.response_headers = [
                 (k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in response.headers.raw
             ]
+            if opened.encoding is not None:
+                # The forwarder decoded the body: every stage, the record and the agent get it plain.
+                call.response_headers = [h for h in call.response_headers if h[0] not in _ENCODING_HEADERS]
+                call.meta["content_encoding"] = opened.encoding
             if call.status >= 400:
                 call.outcome, call.error_code = "upstream_error", f"http_{call.status}"
                 if call.meta.get("retries_exhausted"):
@@ -243,6 +251,8 @@ class ProxyApp:
                     call.response_headers = [h for h in call.response_headers if h[0] != "x-should-retry"]
                     call.response_headers.append(("x-should-retry", "false"))
             await self.pipeline.response_head(call)
+            if opened.unreadable is not None and await self.unreadable(call, adapter, send, state, opened.unreadable):
+                return
             content_type = response.headers.get("content-type", "")
             if content_type.startswith("text/event-stream"):
                 call.stream = True
@@ -251,6 +261,24 @@ class ProxyApp:
                 await self.relay_body(call, opened, send, state)
         finally:
             await opened.aclose()
+
+    async def unreadable(self, call: Call, adapter: Adapter, send: Send, state: _Watch, reason: str) -> bool:
+        """The upstream's body cannot be decoded. A rule or guardrail must read it: the call ends with
+        `unreadable_response` (True; fail closed). None does: it is relayed untouched, and the record
+        says it went unread (no usage, no scan)."""
+        if not call.readers:
+            message = f"response relayed unread ({reason}): no rule or guardrail reads it; no token usage"
+            call.decide(Decision("proxy", "skip", None, message))
+            log.warning("call %s: %s", call.id, message)
+            return False
+        message = (
+            f"the upstream's response cannot be read ({reason}) and {', '.join(call.readers)} must read it:"
+            " refused (fail closed)"
+        )
+        call.decide(Decision("proxy", "deny", None, message, {"readers": list(call.readers)}))
+        log.warning("call %s: %s", call.id, message)
+        await self.fail(call, adapter, send, state, 502, "upstream_error", "unreadable_response", message)
+        return True
 
     async def relay_body(self, call: Call, opened: Opened, send: Send, state: _Watch) -> None:
         # The forwarder read the whole (non-streamed) body already, retrying if it broke off.
@@ -264,7 +292,7 @@ class ProxyApp:
         headers = response_headers_for_agent(
             call.response_headers, streamed=False, body_changed=call.agent_response_body is not None
         )
-        if call.agent_response_body is not None:
+        if call.agent_response_body is not None or opened.encoding is not None:
             headers.append((b"content-length", str(len(body)).encode()))
         state.started = True
         await send({"type": "http.response.start", "status": call.status, "headers": headers})
@@ -301,6 +329,18 @@ class ProxyApp:
             message = f"the upstream stream broke after {sum(len(c.data) for c in chunks)} bytes: {describe_error(exc)}"
             tail = await pipeline.chunk(call, b"", True) if transform else b""
             await self.fail(call, adapter, send, state, 502, "upstream_error", "stream_broken", message, tail=tail)
+            await pipeline.response(call)
+            return
+        except Unreadable as exc:  # the forwarder's decoder met bytes that do not decode
+            call.truncated = True
+            call.outcome, call.error_code = "upstream_error", "unreadable_response"
+            message = f"the upstream's stream stopped decoding after {sum(len(c.data) for c in chunks)} bytes: {exc}"
+            call.decide(Decision("proxy", "deny", None, message, {"readers": list(call.readers)}))
+            log.warning("call %s: %s", call.id, message)
+            tail = await pipeline.chunk(call, b"", True) if transform else b""
+            await self.fail(
+                call, adapter, send, state, 502, "upstream_error", "unreadable_response", message, tail=tail
+            )
             await pipeline.response(call)
             return
         if call.attempts:

@@ -23,6 +23,7 @@ from interlock.proxy.breaker import CLOSED, OPEN, CircuitBreaker
 from interlock.proxy.escalation import Escalator
 from interlock.proxy.protocols import Adapter
 from interlock.proxy.protocols.base import dump_body
+from interlock.proxy.protocols.encoding import Decoder, Unreadable
 from interlock.proxy.retry import (
     DEADLINE,
     TIMEOUT,
@@ -61,6 +62,9 @@ class _Nothing:
 
 _NOTHING = _Nothing()
 
+#: Compressed bodies longer than this are decoded in a worker thread.
+_DECODE_ON_LOOP = 64 * 1024
+
 
 @dataclass(slots=True)
 class Opened:
@@ -73,6 +77,10 @@ class Opened:
     state: UpstreamState | None = None
     call: Call | None = None
     closed: bool = False
+    #: The content-encoding undone by `Forwarder.decoded` (`first` and `rest` are plain), if any.
+    encoding: str | None = None
+    #: Why the body cannot be read (an unknown content-encoding, bytes that do not decode), if so.
+    unreadable: str | None = None
 
     async def aclose(self) -> None:
         if self.closed:
@@ -128,8 +136,48 @@ class Forwarder:
         else:
             result = await self._cut_attempt(call, adapter, router, target, plain, router.first_attempt_limit)
         if type(result) is Opened and result.response.status_code not in router.statuses:
-            return result
-        return await self._retry(call, adapter, router, plan, target, result, plain)
+            return await self.decoded(result)
+        return await self.decoded(await self._retry(call, adapter, router, plan, target, result, plain))
+
+    async def decoded(self, opened: Opened) -> Opened:
+        """The response with its content-encoding undone: the one place a body is decoded, so every
+        reader (usage, tool-call policy, guardrails, the record, search) and the agent get the same
+        plain bytes (issue 16). A stream is decoded piece by piece as it arrives; a whole body here,
+        bounded by `max_decoded_bytes`. What cannot be decoded (an unknown coding, bytes that do not
+        decode) stays as it came, with `unreadable` saying why: the app then fails the call closed
+        when a rule must read it, or relays it untouched when none does."""
+        coding = opened.response.headers.get("content-encoding")
+        if not coding or opened.too_large:  # a body cut at max_response_bytes is refused as it is
+            return opened
+        try:
+            decoder = Decoder.for_headers([("content-encoding", coding)])
+        except Unreadable as exc:
+            opened.unreadable = str(exc)
+            return opened
+        if decoder is None:
+            return opened
+        if opened.rest is _NOTHING:
+            body = opened.first
+            limit = self.settings.max_decoded_bytes
+            try:
+                if len(body) > _DECODE_ON_LOOP:  # about 1 ms of inflating per 100 KB: not on the loop
+                    opened.first = await asyncio.to_thread(decoder.decode, body, limit)
+                else:
+                    opened.first = decoder.decode(body, limit)
+            except Unreadable as exc:
+                opened.unreadable = str(exc)
+                return opened
+        else:
+            try:
+                first = b"".join(decoder.feed(opened.first))
+            except Unreadable as exc:
+                opened.unreadable = str(exc)
+                return opened
+            opened.first = first
+            opened.rest = decoder.stream(opened.rest)
+        opened.encoding = decoder.encoding
+        return opened
+
 
     async def attempt(
         self,

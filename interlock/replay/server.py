@@ -19,8 +19,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from interlock.config import SECRET_QUERY_PARAMS
 from interlock.policies.redaction import placeholder_restorer
 from interlock.policies.streamrewrite import StreamTextRewriter
+from interlock.proxy.admission import public_query, upstream_path
 from interlock.proxy.protocols import ADAPTERS
 from interlock.proxy.protocols.base import decoded_body, dump_body
 from interlock.proxy.protocols.mcp import json_rpc_error
@@ -41,6 +43,9 @@ OnMiss = Literal["error", "next", "live"]
 ON_MISS: tuple[OnMiss, ...] = ("error", "next", "live")
 #: The replay server's own endpoint; route names are one path segment, so it cannot shadow one.
 SUMMARY_PATH = "/__replay__/summary"
+
+#: Recorded queries have these parameters' values masked (`***`): so are the agent's, to match.
+_SECRET_PARAMS = frozenset(SECRET_QUERY_PARAMS)
 #: Misses explained with a full diff; later ones only name the recorded call expected next.
 DETAILED_MISSES = 100
 
@@ -195,8 +200,8 @@ class ReplayApp:
             name,
             protocol,
             scope["method"],
-            "/" + rest.decode("latin-1"),
-            scope["query_string"].decode("latin-1"),
+            upstream_path(rest),  # as the proxy recorded it
+            public_query(scope["query_string"].decode("latin-1"), _SECRET_PARAMS),  # recorded masked
             body,
             session,
         )

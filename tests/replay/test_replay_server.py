@@ -242,3 +242,12 @@ def test_headers_interlock_never_records_are_not_replayed(make_interlock: Any, u
     assert replayed.status_code == 200 and replayed.content == live.content
     assert replayed.headers["x-request-id"] == "req-1"
     assert "set-cookie" not in replayed.headers and "openai-organization" not in replayed.headers
+
+
+def test_a_query_credential_recorded_masked_still_matches() -> None:
+    # The proxy records `?key=***` (issue 17): the agent, replaying, sends its real key again.
+    body = b'{"choices": []}'
+    call = recorded_call(chat("q"), body, query="api-version=1&key=***")
+    with replay_server(bundle_from_calls([call])) as replay:
+        response = httpx.post(replay.url + "/openai/chat/completions?api-version=1&key=AIzaRealKey", json=chat("q"))
+    assert response.status_code == 200 and response.content == body
