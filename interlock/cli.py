@@ -173,8 +173,12 @@ def config_show(config: str | None, as_json: bool) -> None:
 def config_check(config: str | None, as_json: bool) -> None:
     """Validate a configuration file; errors as file:line:col. With --json: {"ok": true, ...} or
     {"ok": false, "errors": [{"file", "line", "col", "message"}]} (exit 2)."""
+    from interlock.policies.stage import unpriced_warnings
+
     if not as_json:
         settings = load_or_exit(config)
+        for warning in unpriced_warnings(settings):
+            click.echo(warning, err=True)
         click.echo(f"{settings.source}: ok ({len(settings.routes)} routes)")
         return
     try:
@@ -183,7 +187,8 @@ def config_check(config: str | None, as_json: bool) -> None:
         error = {"file": exc.file, "line": exc.line, "col": exc.col, "message": exc.message}
         click.echo(json.dumps({"ok": False, "errors": [error]}))
         sys.exit(2)
-    click.echo(json.dumps({"ok": True, "file": str(settings.source), "routes": len(settings.routes)}))
+    result = {"ok": True, "file": str(settings.source), "routes": len(settings.routes)}
+    click.echo(json.dumps({**result, "warnings": unpriced_warnings(settings)}))
 
 
 @main.command()

@@ -154,6 +154,7 @@ class _CallState:
     restored: bool = False  # the agent's copy holds restored values
     stream: StreamGuard | None = None
     passthrough: bool = False  # a stream with nothing to restore or scan
+    cut: bytes | None = None  # a stream ended unscanned: its error event, until sent (then b"")
     rewrote_request: bool = False  # the guardrails changed what went upstream (not only a policy)
 
 
@@ -353,6 +354,18 @@ class Guardrails:
     # -- hooks ----------------------------------------------------------------------------------
 
     async def request(self, call: Call) -> None:
+        await self._request(call)
+        if call.reply is not None:
+            return
+        # What must read the response: the proxy fails the call closed when it cannot (issue 16).
+        actions = self.actions(call)
+        if actions is not None and actions.response:
+            call.readers.append("guardrails (response scan)")
+        vault = self.session_vault(call, create=False)
+        if vault is not None and len(vault) > 0:
+            call.readers.append("guardrails (placeholder restore)")
+
+    async def _request(self, call: Call) -> None:
         actions = self.actions(call)
         if actions is not None and actions.response and self._detector is None:
             # A response that must be scanned (streams included) needs the engine: build it here,
@@ -422,6 +435,9 @@ class Guardrails:
             return
         data = response_json(call)
         if data is None:
+            # Never silent (issue 16): the record says the response went unscanned, and why.
+            reason = "response not scanned: the body is not JSON"
+            call.decide(Decision("guardrails", "skip", _rules(actions) if actions else None, reason))
             return
         adapter = ADAPTERS[call.protocol]
         slots = adapter.response_texts(data)
@@ -436,6 +452,7 @@ class Guardrails:
                 if self.failed(call, actions, "response", exc):
                     return
                 found = [()] * len(slots)
+                scan = False  # recorded by `failed` as not scanned
         table = (lambda entity: actions.action_for(entity, "response")) if actions else (lambda entity: None)
         stored_doc = copy.deepcopy(data) if any(found) else None
         applied_all: list[Applied] = []
@@ -464,16 +481,31 @@ class Guardrails:
         if changed and state is not None:
             call.agent_response_body = dump_body(data)
             state.restored = True
+        if scan and not applied_all:
+            assert actions is not None
+            call.decide(Decision("guardrails", "allow", _rules(actions), "response scanned: nothing found"))
 
     async def chunk(self, call: Call, data: bytes, last: bool) -> bytes:
         state = self._calls.get(call.id)
         if state is not None:
             if state.passthrough:
                 return data
+            if state.cut is not None:  # ended unscanned (fail closed): the error event once, then nothing
+                out, state.cut = state.cut, b""
+                return out
             if state.stream is not None:
                 return state.stream.feed(data, last)
         guard = self.open_stream(call)
-        return data if guard is None else guard.feed(data, last)
+        if guard is None:
+            return self.chunk_after_open(call, data)
+        return guard.feed(data, last)
+
+    def chunk_after_open(self, call: Call, data: bytes) -> bytes:
+        state = self._calls[call.id]
+        if state.cut is not None:
+            out, state.cut = state.cut, b""
+            return out
+        return data
 
     def open_stream(self, call: Call) -> StreamGuard | None:
         from interlock.policies.guardstream import StreamGuard
@@ -482,17 +514,41 @@ class Guardrails:
         scan = actions is not None and bool(actions.response)
         vault = self.session_vault(call, create=False)
         restore = vault is not None and len(vault) > 0
-        encoded = any(k == "content-encoding" and v.lower() != "identity" for k, v in call.response_headers)
         state = self.state(call)
-        if not (scan or restore) or encoded or (scan and self._detector is None):
+        if not (scan or restore):
+            # Nothing applies: no guardrail reads this stream. (An encoded stream arrives here decoded,
+            # or not at all: the proxy fails closed on a body it cannot decode while `readers` is set.)
             state.passthrough = True
             return None
+        if scan and self._detector is None:
+            assert actions is not None
+            reason = "the response stream could not be scanned for PII and secrets (no guardrails engine)"
+            log.error("call %s: %s", call.id, reason)
+            if actions.on_error == "deny" and "block" in actions.response.values():
+                message = reason + "; ended because a guardrail blocks on it (fail closed)"
+                call.decide(Decision("guardrails", "deny", _rules(actions), message))
+                call.outcome, call.error_code, call.error = "blocked", "guardrails_error", message
+                state.cut = ADAPTERS[call.protocol].stream_error_event("guardrails_error", message)
+                return None
+            call.decide(
+                Decision("guardrails", "error", _rules(actions), reason + "; relayed unscanned (on_error: allow)")
+            )
+            scan = False
+            if not restore:
+                state.passthrough = True
+                return None
         state.stream = StreamGuard(self, call, actions if scan else None, vault)
         return state.stream
 
     async def done(self, call: Call) -> None:
         state = self._calls.pop(call.id, None)
-        if state is None or self.raw_at_rest:
+        if state is None:
+            return
+        guard = state.stream
+        if guard is not None and guard.actions is not None and not guard.found and call.outcome != "blocked":
+            rules = _rules(guard.actions)
+            call.decide(Decision("guardrails", "allow", rules, "response stream scanned: nothing found"))
+        if self.raw_at_rest:
             return
         # The agent's own body may hold raw values: replaced by the redacted form as sent. A body that
         # only a policy changed (`set`, stripped tools) holds none, and stays on record as the agent
@@ -512,7 +568,6 @@ class Guardrails:
             call.response_body = state.stored_response
         if state.restored:
             call.agent_response_body = None
-        guard = state.stream
         if guard is not None:
             if guard.changed:
                 call.agent_chunks = None

@@ -46,13 +46,15 @@ CREATE TABLE IF NOT EXISTS {TABLE} (
 @dataclass(frozen=True, slots=True)
 class Exceeded:
     rule: CompiledRule
-    code: str  # "rate_limited" or "budget_exceeded"
+    code: str  # "rate_limited", "budget_exceeded" or "unpriced_model"
     message: str
     retry_after: int  # seconds
 
     @property
     def refusal(self) -> str:
         """What the agent is told (the proxy's 429 message; `policy whatif` says the same)."""
+        if self.code == "unpriced_model":
+            return f"refused by policy rule {self.rule.name!r}: {self.message} (limits.unpriced: deny)"
         if self.code == "budget_exceeded":
             return f"budget exceeded under policy rule {self.rule.name!r}: over {self.message}"
         return f"rate limited by policy rule {self.rule.name!r}: over {self.message}"
@@ -75,10 +77,14 @@ class Prices:
         self.table = [(Globs((pattern,)), dict(price)) for pattern, price in prices.items()]
         self.exact = {p: dict(v) for p, v in prices.items()}
 
-    def cost(self, model: str | None, input_tokens: int | None, output_tokens: int | None) -> float:
+    def price(self, model: str | None) -> dict[str, float] | None:
+        """The model's price, or None when `prices:` lists no pattern for it (an unpriced model)."""
         if model is None:
-            return 0.0
-        price = self.exact.get(model) or next((p for g, p in self.table if g(model)), None)
+            return None
+        return self.exact.get(model) or next((p for g, p in self.table if g(model)), None)
+
+    def cost(self, model: str | None, input_tokens: int | None, output_tokens: int | None) -> float:
+        price = self.price(model)
         if price is None:
             return 0.0
         return ((input_tokens or 0) * price.get("input", 0.0) + (output_tokens or 0) * price.get("output", 0.0)) / 1e6
@@ -157,6 +163,15 @@ class Limiter:
         """The first limit of `rule` this call would break, or None. No side effects."""
         limits = rule.rule.limits
         assert limits is not None
+        if (
+            limits.budget_usd_per_day is not None
+            and limits.unpriced == "deny"
+            and self.prices.price(call.model) is None
+        ):
+            # A money budget cannot count a call it cannot price: refused, not counted as $0 (issue 16).
+            model = "a call without a model" if call.model is None else f"model {call.model!r}"
+            message = f"{model} has no price in `prices:`, and the money budget of rule {rule.name!r} needs one"
+            return Exceeded(rule, "unpriced_model", message, 0)
         key = (rule.name, counter_key(rule, call))
         who = key[1].replace(":", " ", 1)
         if limits.concurrent is not None and self.inflight.get(key, 0) >= limits.concurrent:

@@ -39,6 +39,7 @@ class Problem:
     col: int
     message: str
     severity: str = "error"  # or "warning"
+    kind: str = ""  # "unpriced": a money budget over a model without a price (`config check` shows these)
 
     def __str__(self) -> str:
         prefix = "warning: " if self.severity == "warning" else ""
@@ -227,16 +228,29 @@ def _lint(
                     "match.tool only matches MCP tools/call, and no route is an mcp route: the rule can never match",
                 )
             )
-    if rule.limits is not None and rule.limits.budget_usd_per_day is not None and prices is not None and not prices:
-        found.append(
-            _problem(
-                document,
-                (*where, "limits", "budget_usd_per_day"),
-                "money budgets need `prices:` in interlock.yaml; without them every call costs 0",
-                "warning",
-            )
-        )
+    if rule.limits is not None and rule.limits.budget_usd_per_day is not None and prices is not None:
+        found += _unpriced(document, where, rule, prices)
     return found
+
+
+def _unpriced(document: Any, where: tuple[str | int, ...], rule: Rule, prices: Mapping[str, Any]) -> list[Problem]:
+    """Warnings for a money budget over models `prices:` does not list (issue 16: an unpriced model
+    is refused under `unpriced: deny`, or counted as $0)."""
+    from interlock.policies.limits import Prices
+
+    assert rule.limits is not None
+    unpriced = rule.limits.unpriced
+    effect = "refused (limits.unpriced: deny)" if unpriced == "deny" else f"counted as $0 (limits.unpriced: {unpriced})"
+    if not prices:
+        message = f"money budgets need `prices:` in interlock.yaml; without them every call is {effect}"
+        return [_problem(document, (*where, "limits", "budget_usd_per_day"), message, "warning", "unpriced")]
+    table = Prices(prices)
+    missing = [m for m in rule.match.model or () if table.price(m) is None]
+    if not missing:
+        return []
+    names = ", ".join(repr(m) for m in missing)
+    message = f"no price in `prices:` for {names}: calls to {'it' if len(missing) == 1 else 'them'} are {effect}"
+    return [_problem(document, (*where, "match", "model"), message, "warning", "unpriced")]
 
 
 def _suggest(name: str, options: Iterable[str]) -> str:
@@ -302,9 +316,11 @@ def _document_path(document: Document, base: tuple[str | int, ...], loc: tuple[A
 _TYPE_NAMES = frozenset({"str", "int", "float", "bool", "list", "tuple", "dict", "none", "literal"})
 
 
-def _problem(document: Document, path: tuple[str | int, ...], message: str, severity: str = "error") -> Problem:
+def _problem(
+    document: Document, path: tuple[str | int, ...], message: str, severity: str = "error", kind: str = ""
+) -> Problem:
     line, col = document.locate(path)
-    return Problem(document.file, line, col, message, severity)
+    return Problem(document.file, line, col, message, severity, kind)
 
 
 # -- the live policy and hot reload --------------------------------------------------------------

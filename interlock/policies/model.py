@@ -68,6 +68,9 @@ class Effect(_Model):
         return all(getattr(self, name) is None for name in type(self).model_fields)
 
 
+_NOT_LIMITS = frozenset({"per", "unpriced"})
+
+
 class Limits(_Model):
     """Rate limits and budgets, counted separately for each agent (or session) the rule matches."""
 
@@ -76,13 +79,18 @@ class Limits(_Model):
     tokens_per_day: int | None = Field(None, ge=1)
     concurrent: int | None = Field(None, ge=1, description="Calls in flight at once.")
     budget_usd_per_day: float | None = Field(None, gt=0, description="Needs `prices:` in interlock.yaml.")
+    unpriced: Literal["deny", "warn", "zero"] = Field(
+        "deny",
+        description="With budget_usd_per_day, a call to a model `prices:` does not list: refused (deny), "
+        "counted as $0 with a warning on the call (warn), or counted as $0 (zero).",
+    )
     per: Literal["agent", "session"] = "agent"
 
     @model_validator(mode="after")
     def _something(self) -> Limits:
-        if all(getattr(self, k) is None for k in type(self).model_fields if k != "per"):
+        if all(getattr(self, k) is None for k in type(self).model_fields if k not in _NOT_LIMITS):
             raise ValueError(
-                "limits need at least one of " + ", ".join(k for k in type(self).model_fields if k != "per")
+                "limits need at least one of " + ", ".join(k for k in type(self).model_fields if k not in _NOT_LIMITS)
             )
         return self
 

@@ -11,6 +11,7 @@ done:      concurrency slots are released; tokens and cost are counted against l
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,10 +22,13 @@ from interlock.config import Settings
 from interlock.policies.engine import CompiledRule, Evaluation, Subject, tool_denial_message
 from interlock.policies.limits import Limiter
 from interlock.policies.loader import PolicyRuntime
+from interlock.policies.model import Limits
 from interlock.proxy.protocols import ADAPTERS, Adapter
 from interlock.proxy.protocols.base import response_json
 from interlock.proxy.protocols.sse import EventSplitter
 from interlock.tracing.call import Call, Decision
+
+log = logging.getLogger("interlock.policies")
 
 
 def apply_changes(call: Call, evaluation: Evaluation, adapter: Adapter) -> list[str]:
@@ -133,12 +137,26 @@ class PolicyStage:
                     continue
                 call.decide(Decision("limits", "deny", rule.name, message, detail))
                 summary.update(decision="deny", rule=rule.name, reason=message)
-                reply = adapter.error_reply(429, exceeded.code, message, retryable=exceeded.code == "rate_limited")
-                reply.headers.append(("retry-after", str(exceeded.retry_after)))
+                status = 403 if exceeded.code == "unpriced_model" else 429
+                reply = adapter.error_reply(status, exceeded.code, message, retryable=exceeded.code == "rate_limited")
+                if exceeded.retry_after:
+                    reply.headers.append(("retry-after", str(exceeded.retry_after)))
                 call.answer(reply, "denied", exceeded.code, message)
                 return
             held.limited = evaluation.limited
             held.keys = self.limiter.admit(evaluation.limited, call, now)
+            for rule in evaluation.limited:
+                limits = rule.rule.limits
+                assert limits is not None
+                if _counts_usage(limits):
+                    call.readers.append(f"limit {rule.name!r} (token usage)")
+                if limits.budget_usd_per_day is not None and self.limiter.prices.price(call.model) is None:
+                    # unpriced: deny was refused above; warn and zero count the call as $0, visibly.
+                    action = "monitor" if limits.unpriced == "warn" else "allow"
+                    reason = f"model {call.model!r} has no price: counted as $0 (unpriced: {limits.unpriced})"
+                    call.decide(Decision("limits", action, rule.name, reason))
+                    if limits.unpriced == "warn":
+                        log.warning("call %s: %s under rule %r", call.id, reason, rule.name)
         if apply_changes(call, evaluation, adapter):
             summary["decision"] = "modify"
         if evaluation.guardrails is not None:
@@ -152,6 +170,8 @@ class PolicyStage:
         elif matched:
             reason = "these rules apply; nothing to change: " + ", ".join(matched)
             call.decide(Decision("policy", "allow", None, reason, {"rules": list(matched)}))
+        for rule in evaluation.tool_rules:
+            call.readers.append(f"policy rule {rule.name!r} (tool calls)")
         if held.keys or evaluation.tool_rules:
             self._held[call.id] = held
 
@@ -212,9 +232,41 @@ class PolicyStage:
     async def done(self, call: Call) -> None:
         held = self._held.pop(call.id, None)
         if held is not None and held.keys:
+            if (call.status or 0) < 400 and call.input_tokens is None and call.output_tokens is None:
+                # A token limit or budget that could not count this call says so (never silent).
+                for rule in held.limited:
+                    limits = rule.rule.limits
+                    if limits is not None and _counts_usage(limits):
+                        reason = "no token usage in the response: not counted"
+                        call.decide(Decision("limits", "skip", rule.name, reason))
             cost = self.limiter.finish(held.limited, held.keys, call, time.time())
             if cost:
                 call.meta["cost_usd"] = round(cost, 8)
+
+
+def _counts_usage(limits: Limits) -> bool:
+    """The limit counts tokens or money, read from the response's usage."""
+    return (
+        limits.tokens_per_minute is not None
+        or limits.tokens_per_day is not None
+        or limits.budget_usd_per_day is not None
+    )
+
+
+def policy_paths(settings: Settings) -> list[str]:
+    """The configured policy paths; relative ones are relative to the configuration file."""
+    base = Path(settings.source).parent if Path(settings.source).is_file() else Path.cwd()
+    return [str(p if Path(p).is_absolute() else base / p) for p in settings.policies]
+
+
+def unpriced_warnings(settings: Settings) -> list[str]:
+    """`config check`'s warnings about money budgets over models `prices:` does not list (the
+    policy files' other problems are `policy check`'s)."""
+    from interlock.policies.loader import check_policies
+
+    paths = [p for p in policy_paths(settings) if Path(p).exists()]
+    loaded = check_policies(paths, route_protocols(settings), settings.prices)
+    return [str(p) for p in loaded.problems if p.kind == "unpriced"]
 
 
 def policy_stages_for(settings: Settings, *, interval: float = 1.0) -> tuple[PolicyRuntime | None, list[object]]:
@@ -222,8 +274,7 @@ def policy_stages_for(settings: Settings, *, interval: float = 1.0) -> tuple[Pol
     event loop is running. Relative policy paths are relative to the configuration file."""
     if not settings.policies:
         return None, []
-    base = Path(settings.source).parent if Path(settings.source).is_file() else Path.cwd()
-    paths = [str(p if Path(p).is_absolute() else base / p) for p in settings.policies]
+    paths = policy_paths(settings)
     runtime = PolicyRuntime(paths, route_protocols(settings), settings.prices, interval=interval)
     runtime.load()
     try:
@@ -234,4 +285,12 @@ def policy_stages_for(settings: Settings, *, interval: float = 1.0) -> tuple[Pol
     return runtime, [PolicyStage(runtime, settings, limiter)]
 
 
-__all__ = ["PolicyStage", "apply_changes", "policy_stages_for", "route_hosts", "route_protocols"]
+__all__ = [
+    "PolicyStage",
+    "apply_changes",
+    "policy_paths",
+    "policy_stages_for",
+    "route_hosts",
+    "route_protocols",
+    "unpriced_warnings",
+]

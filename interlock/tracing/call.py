@@ -192,6 +192,10 @@ class Call:
     #: The query string as the agent sent it, when `query` (what is recorded, logged and exported)
     #: has credentials masked (`secret_query_params`); only the upstream request uses it. Not recorded.
     upstream_query: str | None = None
+    #: What must read the response (rules and guardrails that apply to it), named by the stages that
+    #: need it in their request hook: when the response cannot be decoded and this is not empty, the
+    #: proxy ends the call with `unreadable_response` instead of relaying it unread. Not recorded.
+    readers: list[str] = field(default_factory=list)
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.started) * 1000.0

@@ -153,9 +153,11 @@ def test_traceparent_is_continued_upstream(interlock: Running, upstream: Scripte
     assert upstream.requests[-1].headers["traceparent"].split("-")[1] != trace
 
 
-def test_compressed_responses_pass_through_untouched(interlock: Running, upstream: ScriptedUpstream) -> None:
-    payload = gzip.compress(json.dumps({"id": "x", "choices": [], "usage": {"prompt_tokens": 1}}).encode())
-    upstream.script(Script(body=payload, headers={"content-encoding": "gzip"}))
+def test_compressed_responses_reach_the_agent_decoded(interlock: Running, upstream: ScriptedUpstream) -> None:
+    # The one decoder (issue 16): the agent, every stage and the record get the plain body, with
+    # content-encoding gone and a content-length that fits it; the upstream hop stays compressed.
+    plain = json.dumps({"id": "x", "choices": [], "usage": {"prompt_tokens": 1}}).encode()
+    upstream.script(Script(body=gzip.compress(plain), headers={"content-encoding": "gzip"}))
     with httpx.Client() as client:
         with client.stream(
             "POST",
@@ -164,8 +166,8 @@ def test_compressed_responses_pass_through_untouched(interlock: Running, upstrea
             headers={"accept-encoding": "gzip"},
         ) as response:
             raw = b"".join(response.iter_raw())
-    assert response.headers["content-encoding"] == "gzip"
-    assert raw == payload
+    assert "content-encoding" not in response.headers
+    assert raw == plain and response.headers["content-length"] == str(len(plain))
     assert upstream.requests[-1].headers["accept-encoding"] == "gzip"
 
 

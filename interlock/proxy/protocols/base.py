@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import gzip
 import json
-import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from interlock.proxy.protocols.encoding import Unreadable, decode_body
 from interlock.tracing.call import Call, Headers, Reply
+
+#: The most a recorded body is decoded to for reading (a UI page, a search index, replay).
+READ_LIMIT = 256 * 1024 * 1024
 
 JsonPath = tuple[str | int, ...]
 
@@ -177,23 +179,14 @@ def dump_body(data: Any, separators: tuple[str, str] | None = (",", ":")) -> byt
 
 
 def decoded_body(body: bytes | None, headers: Iterable[Sequence[str]]) -> bytes:
-    """The body with its content-encoding undone (for reading; what is relayed stays untouched)."""
+    """A recorded body with its content-encoding undone, for reading (b"" when it does not decode).
+    The proxy records bodies decoded already (`encoding.py`); this reads older records and replies."""
     if not body:
         return b""
-    # Headers as tuples (a live Call) or as [name, value] lists (loaded back from the store).
-    encoding = next((str(v).lower() for k, v in headers if str(k).lower() == "content-encoding"), "")
     try:
-        if encoding == "gzip":
-            return gzip.decompress(body)
-        if encoding == "deflate":
-            return zlib.decompress(body)
-        if encoding == "br":
-            import brotli  # optional, present with aiohttp[speedups]
-
-            return bytes(brotli.decompress(body))
-    except Exception:  # noqa: BLE001 - a body we cannot decode is simply not inspected
+        return decode_body(body, headers, READ_LIMIT)
+    except Unreadable:
         return b""
-    return body
 
 
 def response_json(call: Call) -> Any:
