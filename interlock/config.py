@@ -452,7 +452,20 @@ def settings_from_document(document: Document) -> Settings:
         if first["type"] == "extra_forbidden":
             message = "unknown field"
         raise document.error(path, f"{where}: {message}") from None
+    _check_policy_paths(document, settings)
     return settings
+
+
+def _check_policy_paths(document: Document, settings: Settings) -> None:
+    """A policy path that does not exist stops startup (a typo must not run with no policy), so it is
+    an error here, at the line of interlock.yaml that names it, for `config check` and `serve` alike.
+    Relative paths are relative to the configuration file (as `policies.stage.policy_paths` reads them)."""
+    base = Path(document.file).parent if Path(document.file).is_file() else Path.cwd()
+    for i, entry in enumerate(settings.policies):
+        resolved = Path(entry) if Path(entry).is_absolute() else base / entry
+        if not resolved.exists():
+            message = f"policies[{i}]: {entry!r} does not exist ({resolved}; relative to this file)"
+            raise document.error(("policies", i), message)
 
 
 def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:

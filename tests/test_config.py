@@ -103,3 +103,25 @@ def test_the_docker_images_config_is_valid(monkeypatch: pytest.MonkeyPatch) -> N
     settings = load_settings(Path(__file__).parent.parent / "docker" / "interlock.yaml")
     assert settings.listen.host == "0.0.0.0" and settings.store.path == "/data/interlock.db"
     assert settings.admin.token is None  # an empty ${VAR:-} means "not set"
+
+
+def readme_config(tmp_path: Path) -> Path:
+    """The README's configuration example, as a newcomer would copy it."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    text = readme.split("```yaml\nlisten:", 1)[1].split("```", 1)[0]
+    return write(tmp_path, "listen:" + text)
+
+
+def test_a_policy_folder_that_does_not_exist_is_an_error_at_the_config_files_line(tmp_path: Path) -> None:
+    # The README's example names ./policies; without that folder `serve` refused it, `config check` did
+    # not, and the error named `policies:1:1` instead of the line in interlock.yaml that names it.
+    path = readme_config(tmp_path)
+    line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if text.startswith("policies:"))
+    with pytest.raises(SourceError) as caught:
+        load_settings(path)
+    error = caught.value
+    assert (error.file, error.line) == (str(path), line), str(error)
+    assert "./policies" in error.message and str(tmp_path / "policies") in error.message
+    (tmp_path / "policies").mkdir()  # relative to the configuration file, as the policy loader reads it
+    assert list(load_settings(path).policies) == ["./policies"]
+
