@@ -407,6 +407,10 @@ listen: {host: 127.0.0.1, port: 4141}
 admin: {host: 127.0.0.1, port: 4142}
 store: {path: ./interlock.db}
 default_agent: default
+# Secure by default (docs/security.md): a credential in a request (an API key, a token, a private
+# key an agent read from a file) reaches no provider: it is replaced by a placeholder, restored in
+# the reply for the agent. Only the secrets scanner runs (no PII entities: nothing else is loaded).
+guardrails: {request: {SECRET: redact}, entities: []}
 routes:
   openai:
     protocol: openai

@@ -64,7 +64,9 @@ class Detector:
     def __init__(self, settings: GuardrailSettings) -> None:
         from interlock.policies.secrets import SecretScanner
 
-        self.pii = PiiAnalyzer(settings)
+        # No PII entity configured (the embedded default scans for secrets only): presidio is not even loaded.
+        wants_pii = bool(settings.entities or settings.recognizers or settings.spacy_model)
+        self.pii = PiiAnalyzer(settings) if wants_pii else None
         self.secrets = SecretScanner(settings) if settings.secrets else None
         # These entities always hold a digit, an `@` or a `:` (bitcoin addresses start with 1, 3 or bc1;
         # IBANs have check digits; IPv6 has colons); custom words, NER, URLs and MACs need not.
@@ -76,7 +78,7 @@ class Detector:
         """Detections in `text`. `before`: the text just before it, already released (a stream), in
         which secret rules may find the words they need (`heroku api key: <uuid>`); a secret that
         starts there and ends in `text` is reported from the start of `text`."""
-        if self.prefilter and _MAYBE_PII.search(text) is None:
+        if self.pii is None or (self.prefilter and _MAYBE_PII.search(text) is None):
             found = []  # 40 µs saved per streamed word of plain prose
         else:
             found = self.pii.analyze(text)

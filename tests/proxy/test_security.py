@@ -322,3 +322,26 @@ def test_an_integer_past_the_parsers_limit_is_invalid_json(
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "invalid_json"
     assert upstream.requests == []
+
+
+# -- secure by default ---------------------------------------------------------------------------------------
+
+
+def test_the_embedded_default_keeps_credentials_from_the_provider(
+    make_interlock: Any, upstream: ScriptedUpstream
+) -> None:
+    import yaml
+
+    from interlock.config import DEFAULT_CONFIG
+
+    defaults = yaml.safe_load(DEFAULT_CONFIG)
+    running = make_interlock(guardrails=defaults["guardrails"])  # the embedded default's, on the scripted routes
+    token = "ghp_" + "a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5" + "0smkjE"  # a GitHub token, its CRC included
+    response = httpx.post(
+        running.url + "/openai/chat/completions",
+        json={"model": "m", "messages": [{"role": "user", "content": f"push with {token} now"}]},
+    )
+    assert response.status_code == 200
+    sent = upstream.requests[-1].body.decode()
+    assert token not in sent and "<SECRET_1>" in sent
+    assert token in response.json()["choices"][0]["message"]["content"]  # restored for the agent
