@@ -70,8 +70,10 @@ class Runtime:
         if not (guardrails.request or guardrails.response or self.settings.policies):
             return []  # nothing can ask for a scan: the plain path stays free of it
         from interlock.policies.guardrails import Guardrails
+        from interlock.policies.scrub import ScrubRecord
 
-        return [Guardrails(self.settings)]
+        stage = Guardrails(self.settings)
+        return [stage, ScrubRecord(stage)]  # the scrub: secrets in headers and URLs, before the record
 
     def record_stages(self) -> list[object]:
         from interlock.proxy.mcp import McpRecord

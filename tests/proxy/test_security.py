@@ -345,3 +345,20 @@ def test_the_embedded_default_keeps_credentials_from_the_provider(
     sent = upstream.requests[-1].body.decode()
     assert token not in sent and "<SECRET_1>" in sent
     assert token in response.json()["choices"][0]["message"]["content"]  # restored for the agent
+
+
+def test_the_secrets_scanner_masks_what_no_list_names(
+    make_interlock: Any, upstream: ScriptedUpstream, tmp_path: Path
+) -> None:
+    running = make_interlock(guardrails={"request": {"SECRET": "redact"}, "entities": []})
+    calls = collect_calls(running)
+    token = "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"
+    response = httpx.post(
+        running.url + f"/tools/lookup?q={token}", content=b"{}", headers={"X-Custom": f"token={token}"}
+    )
+    assert response.status_code == 200
+    assert upstream.requests[-1].headers["x-custom"] == f"token={token}"  # sent as the agent sent it
+    (call,) = finished(calls)
+    assert call.query == "q=***" and ("x-custom", "token=***") in call.request_headers
+    wait_for(lambda: b"q=***" in b"".join(p.read_bytes() for p in tmp_path.glob("interlock.db*")))
+    assert token.encode() not in b"".join(p.read_bytes() for p in tmp_path.glob("interlock.db*"))
