@@ -42,6 +42,8 @@ def ready(target: Path, lock: Path) -> bool:
 def build(target: Path, lock: Path, timeout: float = 1500) -> Path:
     """`target`'s interpreter, (re)creating the virtualenv from `lock` if it is missing or stale."""
     python = target / "bin" / "python"
+    if not lock.exists():
+        raise FileNotFoundError(f"{lock} is missing: run `make lock` (it compiles one per requirements file)")
     if ready(target, lock):
         return python
     target.parent.mkdir(parents=True, exist_ok=True)

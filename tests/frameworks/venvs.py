@@ -21,10 +21,13 @@ ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 VENVS = Path(os.environ.get("INTERLOCK_FRAMEWORK_VENVS", ROOT / ".venvs"))
 
-#: Frameworks with a virtualenv of their own.
-FRAMEWORKS = ("langgraph", "crewai", "autogen", "prefect", "temporal", "litellm")
 #: Examples whose requirements are already in .venv (the test dependencies).
 IN_MAIN_VENV = ("openai_sdk", "anthropic_sdk", "mcp_client")
+#: Frameworks with a virtualenv of their own: every other example with a requirements.txt, so a new
+#: example directory is built (and `make lock` locks it) with no list to update.
+FRAMEWORKS = tuple(
+    sorted(path.parent.name for path in EXAMPLES.glob("*/requirements.txt") if path.parent.name not in IN_MAIN_VENV)
+)
 
 
 def lock(name: str) -> Path:
