@@ -58,6 +58,21 @@ class Store(Model):
     max_size: int | None = Field(None, gt=0)
     #: Keep raw PII at rest (only with capture `full`); off by default, the redacted form is stored.
     store_raw_pii: bool = False
+    #: Most bytes of one call kept for the record, per body and per side of a stream: a stream past
+    #: it keeps its head and its last 64 KB (`meta.record_cut` says what was dropped), a body its
+    #: head. Bounds the proxy's memory and the writer's work for one call (docs/store.md).
+    record_max_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+    #: A call holding more than this many bytes is written by its own thread, its chunks in
+    #: transactions of about this size, so other calls keep being written meanwhile.
+    large_call_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    #: Calls kept in memory (bytes of bodies and chunks) while the store cannot be written (disk
+    #: full, file gone), retried with backoff; past it, spilled to `spill_path`.
+    retry_max_bytes: int = Field(256 * 1024 * 1024, ge=0)
+    #: Side file for calls that could not be written (JSON lines; default `<path>.spill`), written
+    #: into the store once it can be, and at the next start.
+    spill_path: str | None = None
+    #: Most bytes the side file may hold; calls past it are lost, counted (`lost`) and logged.
+    spill_max_bytes: int = Field(1024 * 1024 * 1024, ge=0)
 
 
 class Timeouts(Model):
@@ -362,6 +377,12 @@ class Settings(Model):
     default_agent: str = "default"
     #: Largest request body accepted, in bytes.
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1)
+    #: Largest non-streamed response body read from an upstream; past it the agent gets
+    #: `502 response_too_large` and the call is recorded `truncated` with the body's head.
+    max_response_bytes: int = Field(32 * 1024 * 1024, ge=1)
+    #: Largest streamed response relayed; past it the stream ends with the protocol's error event
+    #: (`stream_too_large`).
+    max_stream_bytes: int = Field(1024 * 1024 * 1024, ge=1)
     #: Largest non-streamed response body once its content-encoding (gzip, br...) is undone: a bound
     #: on what a small compressed body may expand to. Past it the response is unreadable.
     max_decoded_bytes: int = Field(256 * 1024 * 1024, ge=1)

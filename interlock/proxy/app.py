@@ -12,6 +12,7 @@ from typing import Any
 
 from interlock.config import Route, Settings
 from interlock.proxy.admission import ProxyEdge, upstream_path
+from interlock.proxy.capture import StreamCapture
 from interlock.proxy.forward import Forwarder, Opened, UpstreamFailure, describe_error
 from interlock.proxy.pipeline import Pipeline
 from interlock.proxy.protocols import ADAPTERS, Adapter
@@ -119,6 +120,7 @@ class ProxyApp:
         finally:
             self.inflight -= 1
             call.duration_ms = call.elapsed_ms()
+            _finish_capture(call, state)  # a timeout or an internal error may have ended the stream
             try:
                 await self.pipeline.done(call)
             except Exception:
@@ -187,8 +189,9 @@ class ProxyApp:
         if state.responded:
             return
         event = tail + (adapter.stream_error_event(code, message) if call.stream else b"")
-        if state.sent is not None:
-            state.sent.append(Chunk(call.elapsed_ms(), event))
+        if state.sent_capture is not None:
+            state.sent_capture.add(Chunk(call.elapsed_ms(), event))
+            _finish_capture(call, state)
             _keep_sent(call, state.sent)
         await _safe_send(send, event, state)
 
@@ -201,7 +204,7 @@ class ProxyApp:
             return
         # Watch for the agent leaving: a disconnect cancels the upstream request.
         task = asyncio.current_task()
-        watcher = asyncio.create_task(_watch_disconnect(receive, state, task, call, adapter.stream_end_markers))
+        watcher = asyncio.create_task(_watch_disconnect(receive, state, task))
         total = route_timeouts(self.settings, route).total
         try:
             async with asyncio.timeout(None if adapter.open_ended(call) else total):
@@ -212,6 +215,7 @@ class ProxyApp:
             _uncancel(task)
             call.outcome, call.error = "aborted", "client disconnected"
             call.truncated = call.stream and state.started
+            _finish_capture(call, state)
             _keep_sent(call, state.sent)  # what the agent got before it left, if stages changed it
         except TimeoutError:
             message = f"the call exceeded its total timeout of {total}s"
@@ -284,6 +288,14 @@ class ProxyApp:
         # The forwarder read the whole (non-streamed) body already, retrying if it broke off.
         call.ttfb_ms = call.elapsed_ms()
         call.response_body = opened.first
+        if opened.too_large:  # the head is on record; the agent gets an error, not a cut body
+            limit = self.settings.max_response_bytes
+            message = f"the upstream's response body passed max_response_bytes ({limit} bytes)"
+            reply = ADAPTERS[call.protocol].error_reply(502, "response_too_large", message, retryable=False)
+            call.answer(reply, "upstream_error", "response_too_large", message)
+            call.truncated = True
+            await self.send_reply(call, send, keep_upstream=True)
+            return
         await self.pipeline.response(call)
         if call.reply is not None:  # a response stage blocked it
             await self.send_reply(call, send, keep_upstream=True)
@@ -305,64 +317,105 @@ class ProxyApp:
         transform = pipeline.has_chunk_hooks
         sent: list[Chunk] | None = [] if transform else None
         state.sent = sent
+        # What is kept for the record is bounded (head and tail, `store.record_max_bytes`); an
+        # error status's stream is not held to the protocol's terminator.
+        keep = self.settings.store.record_max_bytes
+        markers = adapter.stream_end_markers if (call.status or 0) < 400 and not adapter.open_ended(call) else ()
+        capture = state.capture = StreamCapture(call.chunks, keep, markers)
+        if sent is not None:
+            state.sent_capture = StreamCapture(sent, keep)
         await send({"type": "http.response.start", "status": call.status, "headers": headers})
         state.started = True
-        chunks = call.chunks
         data = opened.first
         outcome = call.outcome
         try:
             if data:
-                await self._forward_chunk(call, data, send, sent)
+                await self._forward_chunk(call, data, send, state)
             # A stage may end the agent's stream (a refused tool call, blocked PII: it sets the
             # outcome): then reading stops, so the upstream connection closes and the model stops.
             if not (transform and call.outcome != outcome):
                 async for data in opened.rest:
                     if data:
-                        await self._forward_chunk(call, data, send, sent)
+                        await self._forward_chunk(call, data, send, state)
                         if transform and call.outcome != outcome:
                             break
             if transform and call.outcome != outcome:
                 call.truncated = True  # the upstream's stream was not read to its end
+            elif not capture.ended:
+                # Closed without its terminator (`[DONE]`, `message_stop`): the answer was cut short,
+                # and the agent must not take it for a whole one.
+                raise _StreamEnd(
+                    "stream_truncated",
+                    f"the upstream's stream ended after {capture.total} bytes without its end-of-stream event",
+                )
+        except _StreamEnd as end:
+            call.truncated = True
+            call.outcome, call.error_code = "upstream_error", end.code
+            tail = await pipeline.chunk(call, b"", True) if transform else b""
+            await self.fail(call, adapter, send, state, 502, "upstream_error", end.code, end.message, tail=tail)
+            _finish_capture(call, state)
+            await pipeline.response(call)
+            return
         except UPSTREAM_ERRORS as exc:  # a reset or a malformed chunk mid-stream
             call.truncated = True
             call.outcome, call.error_code = "upstream_error", "stream_broken"  # before the stages' last chunk
-            message = f"the upstream stream broke after {sum(len(c.data) for c in chunks)} bytes: {describe_error(exc)}"
+            message = f"the upstream stream broke after {capture.total} bytes: {describe_error(exc)}"
             tail = await pipeline.chunk(call, b"", True) if transform else b""
             await self.fail(call, adapter, send, state, 502, "upstream_error", "stream_broken", message, tail=tail)
+            _finish_capture(call, state)
             await pipeline.response(call)
             return
         except Unreadable as exc:  # the forwarder's decoder met bytes that do not decode
             call.truncated = True
             call.outcome, call.error_code = "upstream_error", "unreadable_response"
-            message = f"the upstream's stream stopped decoding after {sum(len(c.data) for c in chunks)} bytes: {exc}"
+            message = f"the upstream's stream stopped decoding after {capture.total} bytes: {exc}"
             call.decide(Decision("proxy", "deny", None, message, {"readers": list(call.readers)}))
             log.warning("call %s: %s", call.id, message)
             tail = await pipeline.chunk(call, b"", True) if transform else b""
             await self.fail(
                 call, adapter, send, state, 502, "upstream_error", "unreadable_response", message, tail=tail
             )
+            _finish_capture(call, state)
             await pipeline.response(call)
             return
         if call.attempts:
             call.attempts[-1].duration_ms = call.elapsed_ms() - call.attempts[-1].started_ms
         tail = await pipeline.chunk(call, b"", True) if transform else b""
+        if tail and state.sent_capture is not None:
+            state.sent_capture.add(Chunk(call.elapsed_ms(), tail))
+        _finish_capture(call, state)
         await pipeline.response(call)
-        if sent is not None and tail:
-            sent.append(Chunk(call.elapsed_ms(), tail))
         _keep_sent(call, sent)
         state.responded = True
-        await send({"type": "http.response.body", "body": tail})
+        await send({"type": "http.response.body", "body": state.held + tail})
 
-    async def _forward_chunk(self, call: Call, data: bytes, send: Send, sent: list[Chunk] | None) -> None:
+    async def _forward_chunk(self, call: Call, data: bytes, send: Send, state: _Watch) -> None:
         t = call.elapsed_ms()
         if call.ttfb_ms is None:
             call.ttfb_ms = t
-        call.chunks.append(Chunk(t, data))
-        if sent is not None:
+        capture = state.capture
+        assert capture is not None
+        if capture.total + len(data) > self.settings.max_stream_bytes:
+            limit = self.settings.max_stream_bytes
+            raise _StreamEnd("stream_too_large", f"the upstream's stream passed max_stream_bytes ({limit} bytes)")
+        capture.add(Chunk(t, data))
+        if state.sent_capture is not None:
             data = await self.pipeline.chunk(call, data, False)
             if not data:
                 return
-            sent.append(Chunk(t, data))
+            state.sent_capture.add(Chunk(t, data))
+        else:
+            # Whole events only: an SSE client acts on an event once its blank line arrives, so
+            # holding back the unfinished one costs the agent nothing, and a stream interlock must
+            # end (too large, cut short) gets its error event as an event, not glued to half of one.
+            if state.held:
+                data = state.held + data
+            end = _events_end(data)
+            state.held = data[end:] if end < len(data) else b""
+            if end == 0:
+                return
+            if end < len(data):
+                data = data[:end]
         await send({"type": "http.response.body", "body": data, "more_body": True})
 
     async def send_reply(self, call: Call, send: Send, *, keep_upstream: bool = False) -> None:
@@ -388,8 +441,16 @@ class _TooLarge(Exception):
         self.head = head
 
 
+class _StreamEnd(Exception):
+    """A stream that interlock ends with the protocol's error event (too large, or cut short)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
 class _Watch:
-    __slots__ = ("disconnected", "started", "responded", "done", "sent")
+    __slots__ = ("disconnected", "started", "responded", "done", "sent", "capture", "sent_capture", "held")
 
     def __init__(self) -> None:
         self.disconnected = False
@@ -397,25 +458,38 @@ class _Watch:
         self.responded = False  # the last body message is being sent
         self.done = False
         self.sent: list[Chunk] | None = None  # a stream's chunks as the agent got them (chunk hooks ran)
+        self.capture: StreamCapture | None = None  # what is kept of the upstream's stream
+        self.sent_capture: StreamCapture | None = None  # ... and of the agent's, when stages change it
+        self.held = b""  # the start of an event not yet complete, not yet relayed
 
 
-async def _watch_disconnect(
-    receive: Receive, state: _Watch, task: asyncio.Task[Any] | None, call: Call, end_markers: tuple[bytes, ...]
-) -> None:
+async def _watch_disconnect(receive: Receive, state: _Watch, task: asyncio.Task[Any] | None) -> None:
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             # SDKs hang up as soon as they read the protocol's end-of-stream event (`data: [DONE]`,
             # `message_stop`), which may be before the upstream closed: that agent got everything.
-            chunks = call.chunks
-            if chunks:
-                tail = (chunks[-2].data[-64:] if len(chunks) > 1 else b"") + chunks[-1].data  # a marker may straddle
-                if any(marker in tail for marker in end_markers):
-                    return
+            capture = state.capture
+            if capture is not None and capture.markers and capture.ended:
+                return
             if not (state.responded or state.done) and task is not None:
                 state.disconnected = True
                 task.cancel()
             return
+
+
+def _events_end(data: bytes) -> int:
+    """Where the last complete SSE event of `data` ends (0: none ends in it)."""
+    lf, crlf = data.rfind(b"\n\n"), data.rfind(b"\r\n\r\n")
+    return max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
+
+
+def _finish_capture(call: Call, state: _Watch) -> None:
+    """Put the kept tails of the streams back on the record, with the marker of what was dropped."""
+    if state.capture is not None:
+        state.capture.finish(call, "upstream")
+    if state.sent_capture is not None:
+        state.sent_capture.finish(call, "agent")
 
 
 def _keep_sent(call: Call, sent: list[Chunk] | None) -> None:
@@ -463,6 +537,7 @@ async def _preflight(call: Call, send: Send, headers: list[tuple[str, str]]) -> 
     call.status = 204
     await send({"type": "http.response.start", "status": 204, "headers": reply})
     await send({"type": "http.response.body", "body": b""})
+
 
 async def _drain(receive: Receive) -> None:
     """Read and discard the rest of the request body, so the connection stays usable."""

@@ -77,6 +77,8 @@ class Opened:
     state: UpstreamState | None = None
     call: Call | None = None
     closed: bool = False
+    #: A non-streamed body past `max_response_bytes`: `first` is its head, the rest was not read.
+    too_large: bool = False
     #: The content-encoding undone by `Forwarder.decoded` (`first` and `rest` are plain), if any.
     encoding: str | None = None
     #: Why the body cannot be read (an unknown content-encoding, bytes that do not decode), if so.
@@ -178,7 +180,6 @@ class Forwarder:
         opened.encoding = decoder.encoding
         return opened
 
-
     async def attempt(
         self,
         call: Call,
@@ -212,6 +213,7 @@ class Forwarder:
         else:
             request = self.client.build_request(call.method, url, headers=headers, content=body, timeout=router.timeout)
         response: httpx.Response | None = None
+        too_large = False
         try:
             response = await self.client.send(request, stream=True)
             attempt.status = status = response.status_code
@@ -227,9 +229,14 @@ class Forwarder:
                 rest: AsyncIterator[bytes] = raw
             else:
                 parts: list[bytes] = []
+                size, limit = 0, self.settings.max_response_bytes
                 async for part in raw:
                     if not parts:
                         attempt.ttfb_ms = call.elapsed_ms() - attempt.started_ms
+                    size += len(part)
+                    if size > limit:  # held whole, so bounded: the head is kept, the rest never read
+                        too_large = True
+                        break
                     parts.append(part)
                 first = parts[0] if len(parts) == 1 else b"".join(parts)
                 attempt.duration_ms = call.elapsed_ms() - attempt.started_ms
@@ -257,7 +264,9 @@ class Forwarder:
             breaker.failure(probe)
         else:
             breaker.success(probe)
-        return Opened(response, upstream, first, rest, state, call)
+        opened = Opened(response, upstream, first, rest, state, call)
+        opened.too_large = too_large
+        return opened
 
     async def _cut_attempt(
         self,

@@ -25,9 +25,9 @@ from typing import Any
 from interlock.config import Settings
 from interlock.config import Store as StoreSettings
 from interlock.tracing.call import Call
-from interlock.tracing.rows import Indexer
+from interlock.tracing.rows import INSERT_CHUNK, Indexer
 from interlock.tracing.store import Store
-from interlock.tracing.writing import YIELD_EVERY, Rows, write_rows
+from interlock.tracing.writing import YIELD_EVERY, Rows, insert_rows, write_rows
 
 log = logging.getLogger("interlock.recorder")
 
@@ -61,6 +61,10 @@ class Recorder:
         self.writer_cpu = 0.0  # seconds of CPU the writer thread spent on batches
         self._counting = threading.Lock()  # `written` is bumped by the writer and the fallback thread
         self._fallback = ThreadPoolExecutor(max_workers=1, thread_name_prefix="interlock-record-overflow")
+        # Calls over `large_call_bytes` are written here, their chunks in pieces, so the writer
+        # keeps writing the others meanwhile (one 128 MB stream held it for over a minute).
+        self._large = ThreadPoolExecutor(max_workers=1, thread_name_prefix="interlock-record-large")
+        self.large_calls = 0
         self._writer: threading.Thread | None = None
         self._pruner: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -121,6 +125,7 @@ class Recorder:
             self._closed = True
         self._write_all_queued()
         self._fallback.shutdown(wait=True)
+        self._large.shutdown(wait=True)
         if self._pruner is not None:
             self._pruner.join(timeout)
 
@@ -166,8 +171,17 @@ class Recorder:
                 pass
             if not batch:
                 return
-            self._write_batch(batch)
-            if len(batch) < self.batch_size:
+            gathered = len(batch)
+            large = self.settings.large_call_bytes
+            sizes = [_size(call) for call in batch]
+            if max(sizes) > large:
+                for call, size in zip(batch, sizes, strict=True):
+                    if size > large:
+                        self._large.submit(self._write_large, call)
+                batch = [call for call, size in zip(batch, sizes, strict=True) if size <= large]
+            if batch:
+                self._write_batch(batch)
+            if gathered < self.batch_size:
                 return
 
     def _rows(self, calls: list[Call]) -> tuple[Rows, list[Call]]:
@@ -179,7 +193,7 @@ class Recorder:
             mark = rows.mark()
             try:
                 if self.indexer is None:
-                    rows.add_call(call, self.capture)
+                    rows.add_call(call, self.capture, limit=self.settings.record_max_bytes)
                 else:
                     rows.add_record(call.to_record(), self.capture, self.indexer)
                 built.append(call)
@@ -238,11 +252,44 @@ class Recorder:
             log.exception("could not record call %s", call.id)
         return False
 
+    def _write_large(self, call: Call) -> None:
+        """One large call: its chunks in transactions of about `large_call_bytes`, then the rest of
+        its rows in one (the call appears whole, at that last commit). Runs beside the writer; the
+        two take SQLite's write lock in turn, each for one short transaction."""
+        try:
+            rows, built = self._rows([call])
+            if not built:
+                return
+            conn, piece = self.store.conn, self.settings.large_call_bytes
+            chunks, rows.chunks = rows.chunks, []
+            start = 0
+            while start < len(chunks):
+                end, size = start, 0
+                while end < len(chunks) and (size < piece or end == start):
+                    size += len(chunks[end][4])
+                    end += 1
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    insert_rows(conn, INSERT_CHUNK, chunks[start:end])
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                start = end
+            write_rows(conn, rows)
+            with self._counting:
+                self.written += 1
+                self.large_calls += 1
+        except Exception:
+            with self._counting:
+                self.write_errors += 1
+            log.exception("could not record large call %s", call.id)
+
     def _salvage(self, rows: Rows, call: Call) -> bool:
         """Add the call's rows with unstorable text replaced (`Rows.add_call(salvage=True)`)."""
         mark = rows.mark()
         try:
-            rows.add_call(call, self.capture, salvage=True)
+            rows.add_call(call, self.capture, salvage=True, limit=self.settings.record_max_bytes)
         except Exception:
             rows.rewind(mark)
             return False
@@ -271,11 +318,25 @@ class Recorder:
             "written": self.written,
             "batches": self.batches,
             "overflow": self.overflow,
+            "large_calls": self.large_calls,
             "write_errors": self.write_errors,
             "pruned": self.pruned,
             "last_batch_at": self.last_batch_at,
             "writer_cpu_us_per_call": round(self.writer_cpu / self.written * 1e6, 1) if self.written else None,
         }
+
+
+def _size(call: Call) -> int:
+    """Bytes of a call's bodies and chunks (what makes its rows slow to build and write)."""
+    size = len(call.request_body)
+    for body in (call.upstream_body, call.response_body, call.agent_response_body):
+        if body is not None:
+            size += len(body)
+    for chunk in call.chunks:
+        size += len(chunk.data)
+    for chunk in call.agent_chunks or ():
+        size += len(chunk.data)
+    return size
 
 
 def open_recording(settings: Settings) -> tuple[Store | None, Recorder | None]:

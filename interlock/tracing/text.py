@@ -18,6 +18,14 @@ from interlock.proxy.protocols.reassemble import reassemble_stream
 #: Cap per side, so one huge body cannot make a batch slow to index.
 MAX_TEXT = 256 * 1024
 
+#: A stream longer than this is reassembled from its first `REASSEMBLE_HEAD` and last
+#: `REASSEMBLE_TAIL` bytes (cut at event boundaries): its parsed events cost ~7 bytes of memory per
+#: byte of stream (32 MB took 230 MB), and the head holds the text, the tail the usage and finish.
+#: The chunks themselves are all kept (up to `store.record_max_bytes`).
+REASSEMBLE_MAX = 4 * 1024 * 1024
+REASSEMBLE_HEAD = 2 * 1024 * 1024
+REASSEMBLE_TAIL = 1024 * 1024
+
 # Values under these keys are wire bookkeeping, not text a person searches for.
 _SKIP_KEYS = frozenset({"id", "object", "type", "role", "model", "finish_reason", "stop_reason", "index", "call_id"})
 # Keys under which providers put streamed pieces of text (OpenAI chat and Responses, Anthropic).
@@ -34,7 +42,7 @@ def record_texts(record: dict[str, Any]) -> tuple[str, str, Any]:
             chunks = record.get("chunks") or []
         body = b"".join(d for _, d in chunks)
         protocol = str(record.get("protocol"))
-        message = reassemble_stream(protocol, body)
+        message = reassemble_stream(protocol, _head_and_tail(body))
         adapter = ADAPTERS.get(protocol)
         texts = adapter.response_texts(message) if message is not None and adapter is not None else []
         response = "\n".join(t.text for t in texts) if texts else stream_text(body)
@@ -44,6 +52,17 @@ def record_texts(record: dict[str, Any]) -> tuple[str, str, Any]:
             whole = record.get("response_body")
         response = body_text(whole, record.get("response_headers") or [])
     return request[:MAX_TEXT], response[:MAX_TEXT], message
+
+
+def _head_and_tail(body: bytes) -> bytes:
+    """`body`, or for a long stream its first and last events (see `REASSEMBLE_MAX`)."""
+    if len(body) <= REASSEMBLE_MAX:
+        return body
+    head = body.rfind(b"\n\n", 0, REASSEMBLE_HEAD) + 2
+    tail = body.find(b"\n\n", len(body) - REASSEMBLE_TAIL) + 2
+    if head < 2 or tail < 2:  # no event boundary where expected: not SSE as we know it
+        return body[:REASSEMBLE_HEAD]
+    return body[:head] + body[tail:]
 
 
 def body_text(body: bytes | None, headers: list[tuple[str, str]] | list[list[str]]) -> str:

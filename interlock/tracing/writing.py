@@ -90,7 +90,7 @@ class Rows:
     def add_record(self, record: Record, capture: str, index: Indexer) -> None:
         record_rows(record, capture, index, *self.lists())
 
-    def add_call(self, call: Call, capture: str, *, salvage: bool = False) -> None:
+    def add_call(self, call: Call, capture: str, *, salvage: bool = False, limit: int | None = None) -> None:
         """The rows `add_record(call.to_record(), capture, record_texts)` adds, built from the Call
         itself: no record dict, headers filtered once, no lookups by key (about a third less work
         per call; `tests/tracing/test_writing.py` holds the two paths to the same rows).
@@ -98,7 +98,10 @@ class Rows:
         `salvage` is for a call whose rows SQLite refused: text that UTF-8 cannot hold (a lone
         surrogate, which JSON's \\ud800 escapes produce) is replaced, and a body whose text cannot be
         extracted (nested past Python's recursion limit) is indexed as it is. The call is then
-        recorded, not lost."""
+        recorded, not lost.
+
+        `limit` (`store.record_max_bytes`) keeps the head of a body longer than it, and says so in
+        the row's `meta.record_cut` (the proxy already bounded a stream's chunks the same way)."""
         mark = self.mark() if salvage else ()
         call_id = call.id
         full = capture == "full"
@@ -106,7 +109,15 @@ class Rows:
         agent_chunks = call.agent_chunks
         request_headers = public_headers(call.request_headers)
         response_headers = public_headers(call.response_headers)
-        bodies = (call.request_body, call.upstream_body, call.response_body, call.agent_response_body)
+        bodies: tuple[bytes | None, ...] = (
+            call.request_body,
+            call.upstream_body,
+            call.response_body,
+            call.agent_response_body,
+        )
+        meta = call.meta
+        if limit is not None and full and any(body is not None and len(body) > limit for body in bodies):
+            bodies, meta = _cut_bodies(bodies, meta, limit)
         size = 0
         if full:
             for body in bodies:
@@ -116,7 +127,6 @@ class Rows:
                 size += len(chunk.data)
             for chunk in agent_chunks or ():
                 size += len(chunk.data)
-        meta = call.meta
         # Must follow rows._CALL_COLUMNS, as record_rows does.
         self.calls.append(
             (
@@ -154,14 +164,14 @@ class Rows:
         if full:
             # What record_texts reads of a record, and nothing else.
             texts = {
-                "request_body": call.request_body,
+                "request_body": bodies[0],
                 "request_headers": request_headers,
                 "stream": call.stream,
                 "protocol": call.protocol,
                 "chunks": [(c.t_ms, c.data) for c in upstream_chunks],
                 "agent_chunks": None if agent_chunks is None else [(c.t_ms, c.data) for c in agent_chunks],
-                "response_body": call.response_body,
-                "agent_response_body": call.agent_response_body,
+                "response_body": bodies[2],
+                "agent_response_body": bodies[3],
                 "response_headers": response_headers,
             }
             try:
@@ -225,6 +235,24 @@ class Rows:
         """Drop what was added after `mark` (a call whose rows could not all be built)."""
         for rows, length in zip(self.lists(), mark, strict=True):
             del rows[length:]
+
+
+_BODY_NAMES = ("request_body", "upstream_body", "response_body", "agent_response_body")
+
+
+def _cut_bodies(
+    bodies: tuple[bytes | None, ...], meta: dict[str, Any], limit: int
+) -> tuple[tuple[bytes | None, ...], dict[str, Any]]:
+    """The bodies with each cut to its first `limit` bytes, and meta with `record_cut` saying so
+    (a copy: the Call's own meta is read by stages after the recorder)."""
+    cut = dict(meta.get("record_cut") or {})
+    kept: list[bytes | None] = []
+    for name, body in zip(_BODY_NAMES, bodies, strict=True):
+        if body is not None and len(body) > limit:
+            cut[name] = {"limit": limit, "dropped_bytes": len(body) - limit}
+            body = body[:limit]
+        kept.append(body)
+    return tuple(kept), {**meta, "record_cut": cut}
 
 
 def _utf8(value: Any) -> Any:

@@ -111,9 +111,9 @@ def test_done_does_no_serialisation_on_the_loop(store: Store, monkeypatch: pytes
     monkeypatch.setattr(writing_module, "dumps", spying_dumps)
     real_add_call = writing_module.Rows.add_call
 
-    def spying_add_call(rows: Any, call: Call, capture: str) -> None:
+    def spying_add_call(rows: Any, call: Call, capture: str, **options: Any) -> None:
         seen.append(threading.get_ident())
-        real_add_call(rows, call, capture)
+        real_add_call(rows, call, capture, **options)
 
     monkeypatch.setattr(writing_module.Rows, "add_call", spying_add_call)
 
