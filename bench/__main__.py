@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import faults, otel, pii, policy, proxy, recording, replay
+from bench import encoding, faults, otel, pii, policy, proxy, recording, replay
 from bench.context import Context
 from bench.harness import ROOT, quiet_cpu
 from bench.load import have_wrk
@@ -30,6 +30,7 @@ SECTIONS: dict[str, Callable[[Context], Section]] = {
     "pii": pii.run,
     "otel": otel.run,
     "replay": replay.run,
+    "encoding": encoding.run,
 }
 
 

@@ -51,6 +51,11 @@ class McpToolFilter:
             and bool(self.runtime.engine.rules)
         )
 
+    def request(self, call: Call) -> None:
+        # The reply must be read to filter it: one that cannot be decoded is refused (issue 16).
+        if self.applies(call):
+            call.readers.append("the MCP tools/list filter")
+
     def refused(self, call: Call, names: list[str]) -> dict[str, tuple[str, str, bool]]:
         """tool name → (rule, reason, monitor only) for the listed tools a call would be denied."""
         engine = self.runtime.engine

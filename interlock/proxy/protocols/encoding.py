@@ -83,7 +83,7 @@ class _Zlib:
     def finish(self) -> Iterator[bytes]:
         if (self.started and not self.obj.eof) or (self.head and not self.started):
             raise Unreadable(f"{self.name}: the compressed stream ends early")
-        return iter(())
+        yield from ()  # a generator: checked when iterated, after the last `feed`
 
 
 class _Brotli:
@@ -114,7 +114,7 @@ class _Brotli:
     def finish(self) -> Iterator[bytes]:
         if self.started and not self.obj.is_finished():
             raise Unreadable("br: the compressed stream ends early")
-        return iter(())
+        yield from ()  # a generator: checked when iterated, after the last `feed`
 
 
 class _Zstd:
@@ -146,7 +146,7 @@ class _Zstd:
     def finish(self) -> Iterator[bytes]:
         if self.started and not self.obj.eof:
             raise Unreadable("zstd: the compressed stream ends early")
-        return iter(())
+        yield from ()  # a generator: checked when iterated, after the last `feed`
 
 
 def _decoder(coding: str) -> _Zlib | _Brotli | _Zstd:
@@ -178,10 +178,14 @@ class Decoder:
 
     def feed(self, data: bytes) -> Iterator[bytes]:
         """Decoded pieces of `data` (none while a decoder only buffers)."""
+        if len(self.steps) == 1:  # the usual case: no chain of generators per chunk
+            return self.steps[0].feed(data)
         return self._through(0, [data], final=False)
 
     def finish(self) -> Iterator[bytes]:
         """What is left, after the last input; raises `Unreadable` when the body ends early."""
+        if len(self.steps) == 1:
+            return self.steps[0].finish()
         return self._through(0, [], final=True)
 
     def _through(self, index: int, pieces: Iterable[bytes], *, final: bool) -> Iterator[bytes]:
