@@ -56,9 +56,10 @@ USER interlock
 WORKDIR /data
 VOLUME ["/data"]
 EXPOSE 4141 4142
-# /ready answers 200 once config, policies and store are loaded; python is the only tool in the image.
-HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
-  CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:4142/ready', timeout=2).status == 200 else 1)"]
+# /ready answers 200 once config, policies and store are loaded and the guardrails engine is built; python
+# is the only tool in the image. The admin port moved by INTERLOCK_SERVE_ADMIN_PORT is followed.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
+  CMD ["python", "-c", "import os, sys, urllib.request; port = os.environ.get('INTERLOCK_SERVE_ADMIN_PORT') or '4142'; sys.exit(0 if urllib.request.urlopen(f'http://127.0.0.1:{port}/ready', timeout=2).status == 200 else 1)"]
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["interlock"]
 CMD ["serve"]
