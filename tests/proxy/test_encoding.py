@@ -73,3 +73,11 @@ def test_a_body_that_expands_past_the_limit_is_unreadable() -> None:
 def test_no_encoding_is_no_decoder() -> None:
     assert Decoder.for_headers([("content-type", "text/event-stream")]) is None
     assert decode_body(b"plain", [], 10) == b"plain"
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate", "br", "zstd"])
+def test_an_empty_body_is_no_truncated_one(coding: str) -> None:
+    # A HEAD reply or a 304 carries the content-encoding of a body it does not send.
+    assert decode_body(b"", [("content-encoding", coding)], 10) == b""
+    decoder = Decoder([coding])
+    assert list(decoder.feed(b"")) == [] and list(decoder.finish()) == []

@@ -49,6 +49,8 @@ class _Zlib:
         self.head = b""  # deflate: the first two bytes tell zlib-wrapped from raw
 
     def feed(self, data: bytes) -> Iterator[bytes]:
+        if not data:  # an empty body (a HEAD reply, a 304) is no compressed stream cut short
+            return
         if not self.started and self.wbits == zlib.MAX_WBITS:
             data = self.head = self.head + data
             if len(data) < 2:
@@ -129,6 +131,8 @@ class _Zstd:
         self.started = False
 
     def feed(self, data: bytes) -> Iterator[bytes]:
+        if not data:
+            return
         view = memoryview(data)
         try:
             for start in range(0, len(view), _ZSTD_SLICE):
