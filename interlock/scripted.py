@@ -13,9 +13,11 @@ heads and first bytes, and connections reset before or in the middle of a stream
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import threading
 import time
+import zlib
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +38,53 @@ from interlock.scripted_replies import (
 from interlock.serving import QuietServer, bind_socket
 
 
+class Encoder:
+    """Compresses a body in one content-encoding, event by event: each chunk is flushed, so a
+    client can decode every SSE event as it arrives (as the real APIs' gzip streams do)."""
+
+    KNOWN = ("gzip", "deflate", "br", "zstd")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._compress: Any = None
+        self._flush: Any = None
+        self._end: Any = None
+        if name in ("gzip", "deflate"):
+            z = zlib.compressobj(wbits=31 if name == "gzip" else 15)
+            self._compress, self._flush, self._end = z.compress, lambda: z.flush(zlib.Z_SYNC_FLUSH), z.flush
+        elif name == "br":
+            import brotli
+
+            b = brotli.Compressor()
+            self._compress, self._flush, self._end = b.process, b.flush, b.finish
+        elif name == "zstd":
+            import zstandard
+
+            zc = zstandard.ZstdCompressor().compressobj()
+            self._compress = zc.compress
+            self._flush = lambda: zc.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
+            self._end = zc.flush
+
+    @classmethod
+    def negotiate(cls, wanted: str | None, accept: str) -> Encoder | None:
+        """The encoder for a script's `encoding`: a known one only when the client accepts it; an
+        unknown name always (a label over the plain body)."""
+        if not wanted:
+            return None
+        if wanted not in cls.KNOWN:
+            return cls(wanted)
+        accepted = {token.split(";")[0].strip().lower() for token in accept.split(",")}
+        return cls(wanted) if wanted in accepted else None
+
+    def chunk(self, data: bytes) -> bytes:
+        if self._compress is None:
+            return data
+        return bytes(self._compress(data) + self._flush())
+
+    def end(self) -> bytes:
+        return b"" if self._end is None else bytes(self._end())
+
+
 @dataclass
 class Received:
     method: str
@@ -49,6 +98,10 @@ class Received:
 
     def json(self) -> Any:
         return json.loads(self.body)
+
+
+#: The Accept-Encoding of the request being answered (each request is served in its own task).
+_accept_encoding: contextvars.ContextVar[str] = contextvars.ContextVar("accept_encoding", default="")
 
 
 class _Reset(Exception):
@@ -183,6 +236,7 @@ class ScriptedUpstream:
             raise _Reset("scripted reset before the response")
         watcher = asyncio.create_task(self._watch_disconnect(receive))
         try:
+            _accept_encoding.set(headers.get("accept-encoding", ""))
             await self._respond(scope["path"], data, script, send)
         finally:
             watcher.cancel()
@@ -220,15 +274,21 @@ class ScriptedUpstream:
             events: list[bytes] = []
             whole = embeddings_reply(data, model)
         elif anthropic:
-            events, whole = anthropic_reply(text, script, model)
+            events, whole = anthropic_reply(text, script, model, data)
         elif path.endswith("/responses"):
-            events, whole = responses_reply(text, script, model)
+            events, whole = responses_reply(text, script, model, data)
         else:
             events, whole = chat_reply(text, script, model, data)
         if script.keepalive_every:
             kind = "anthropic" if anthropic else "responses" if path.endswith("/responses") else "chat"
             events = with_keepalives(events, script.keepalive_every, kind)
+        encoder = Encoder.negotiate(script.encoding, _accept_encoding.get())
+        if encoder is not None:
+            extra.append((b"content-encoding", encoder.name.encode()))
         if data.get("stream") is True and events:
+            if encoder is not None:
+                events = [encoder.chunk(e) for e in events]
+                events[-1] += encoder.end()
             await send(
                 {
                     "type": "http.response.start",
@@ -253,6 +313,8 @@ class ScriptedUpstream:
             await send({"type": "http.response.body", "body": b""})
             return
         body = json.dumps(whole).encode()
+        if encoder is not None:
+            body = encoder.chunk(body) + encoder.end()
         await send(
             {
                 "type": "http.response.start",
@@ -272,4 +334,4 @@ class ScriptedUpstream:
         await send({"type": "http.response.body", "body": body})
 
 
-__all__ = ["ScriptedUpstream", "Script", "ToolUse", "Received"]
+__all__ = ["ScriptedUpstream", "Script", "ToolUse", "Received", "Encoder"]
