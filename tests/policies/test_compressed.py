@@ -18,7 +18,9 @@ from typing import Any
 import anthropic
 import httpx
 import pytest
+from click.testing import CliRunner
 
+from interlock.cli import main
 from interlock.scripted import Script, ScriptedUpstream, ToolUse
 from interlock.testing import Running, replay_server, run_interlock, settings_for_test
 from interlock.tracing.store import Store
@@ -214,6 +216,9 @@ def test_an_unknown_encoding_nothing_reads_is_relayed_untouched_and_marked(
     assert call.outcome == "ok" and call.input_tokens is None
     [decision] = call.decisions
     assert (decision.stage, decision.action) == ("proxy", "skip") and "unread" in decision.reason
+    stored(running, 1)  # and `traces show` says so
+    shown = CliRunner().invoke(main, ["traces", "show", "--store", running.settings.store.path, call.id])
+    assert shown.exit_code == 0 and "[proxy] skip: response relayed unread (" in shown.output
 
 
 @pytest.mark.parametrize("rule", [True, False])
