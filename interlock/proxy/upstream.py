@@ -16,6 +16,7 @@ from httpx_aiohttp import AiohttpTransport
 
 from interlock.config import Route, Settings, Timeouts, Upstream
 from interlock.proxy.protocols import Adapter
+from interlock.proxy.protocols.encoding import KNOWN
 from interlock.tracing.call import Call, Headers
 
 #: RFC 9110 §7.6.1 connection-specific fields, never forwarded in either direction.
@@ -166,6 +167,7 @@ def upstream_headers(call: Call, adapter: Adapter, upstream: Upstream, *, body_l
             continue
         if name == "accept-encoding":
             has_accept_encoding = True
+            value = decodable_accept_encoding(value)
         out.append((name, value))
     # A route's own key always wins (agents then only need a placeholder or a virtual key);
     # without one, the agent's key passes through — unless it is a virtual key, never sent upstream.
@@ -182,6 +184,26 @@ def upstream_headers(call: Call, adapter: Adapter, upstream: Upstream, *, body_l
     if body_len or call.method in ("POST", "PUT", "PATCH"):
         out.append(("content-length", str(body_len)))
     return out
+
+
+_ACCEPTED: dict[str, str] = {}
+
+
+def decodable_accept_encoding(value: str) -> str:
+    """The agent's Accept-Encoding without the codings interlock cannot decode (issue 16: it reads
+    every response), so an upstream that honours it never answers in one; `identity` if none is left.
+    Values repeat from call to call: each is worked out once."""
+    done = _ACCEPTED.get(value)
+    if done is None:
+        kept = []
+        for token in value.split(","):
+            coding = token.split(";")[0].strip().lower()
+            if coding in KNOWN or coding == "identity":  # not `*`: it would let the upstream choose any
+                kept.append(token.strip())
+        done = ", ".join(kept) or "identity"
+        if len(_ACCEPTED) < 256:
+            _ACCEPTED[value] = done
+    return done
 
 
 def upstream_url(upstream: Upstream, call: Call) -> str:

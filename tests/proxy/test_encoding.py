@@ -13,6 +13,7 @@ import zstandard
 
 from interlock.proxy.protocols.base import decoded_body
 from interlock.proxy.protocols.encoding import PIECE_BYTES, Decoder, Unreadable, codings, decode_body
+from interlock.proxy.upstream import decodable_accept_encoding
 
 PLAIN = b"".join(b'data: {"n": %d}\n\n' % i for i in range(20_000)) + os.urandom(1000)
 
@@ -81,3 +82,10 @@ def test_an_empty_body_is_no_truncated_one(coding: str) -> None:
     assert decode_body(b"", [("content-encoding", coding)], 10) == b""
     decoder = Decoder([coding])
     assert list(decoder.feed(b"")) == [] and list(decoder.finish()) == []
+
+
+def test_the_agents_accept_encoding_goes_upstream_without_codings_interlock_cannot_read() -> None:
+    assert decodable_accept_encoding("gzip, deflate, br, zstd") == "gzip, deflate, br, zstd"
+    assert decodable_accept_encoding("gzip;q=1.0, compress;q=0.5, x-squeeze") == "gzip;q=1.0"
+    assert decodable_accept_encoding("*") == "identity"  # the upstream could pick any coding for `*`
+    assert decodable_accept_encoding("compress") == "identity"
