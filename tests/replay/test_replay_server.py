@@ -17,6 +17,7 @@ from interlock.replay.server import ReplayApp
 from interlock.scripted import ScriptedUpstream
 from interlock.scripted_replies import Script, anthropic_reply, chat_reply
 from interlock.testing import replay_server
+from tests.proxy.routing_support import wait_for
 from tests.sdk_errors import protocol_error
 
 
@@ -235,8 +236,10 @@ def test_headers_interlock_never_records_are_not_replayed(make_interlock: Any, u
     )
     live = httpx.post(running.url + "/openai/chat/completions", json=chat("x"), timeout=30)
     assert live.headers["set-cookie"] == "session=s3cret" and live.headers["openai-organization"] == "org-x"
-    assert running.runtime.recorder.flush()
-    calls = list(running.runtime.store.iter_calls())
+    store, recorder = running.runtime.store, running.runtime.recorder
+    # The call is queued for the record once its response is done, which may be after the client read it.
+    wait_for(lambda: recorder.flush() and store.count_calls() == 1)
+    calls = list(store.iter_calls())
     with replay_server(bundle_from_calls(calls)) as replay:
         replayed = httpx.post(replay.url + "/openai/chat/completions", json=chat("x"), timeout=30)
     assert replayed.status_code == 200 and replayed.content == live.content
