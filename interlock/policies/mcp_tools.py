@@ -107,7 +107,7 @@ class McpToolFilter:
         splitter = self._streams.get(call.id)
         if splitter is None:
             if call.protocol != "mcp" or not self.applies(call):
-                return data
+                return data  # not a tools/list reply under a policy: the filter has nothing to read
             splitter = self._streams[call.id] = EventSplitter()
         view = call.view
         out: list[bytes] = []

@@ -178,7 +178,7 @@ class PolicyStage:
     async def chunk(self, call: Call, data: bytes, last: bool) -> bytes:
         held = self._held.get(call.id)
         if held is None or not held.evaluation.tool_rules:
-            return data
+            return data  # no tool rule applies to this call: nothing here must read its stream
         if held.blocked:
             return b""
         adapter = ADAPTERS[call.protocol]
