@@ -18,7 +18,7 @@ import json
 from typing import Any
 
 from interlock.proxy.protocols import ADAPTERS
-from interlock.proxy.protocols.mcp import LISTEN, McpAdapter, McpView, answer_in
+from interlock.proxy.protocols.mcp import DISCOVER, LISTEN, McpAdapter, McpView, answer_in
 from interlock.tracing.call import Call
 
 #: Tool arguments and results larger than this are not copied into `meta` (the body keeps them).
@@ -105,9 +105,14 @@ class McpSession:
         if not isinstance(view, McpView):
             return
         if (view.kind == "stream" or view.method == LISTEN) and call.outcome == "aborted":
-            # The agent closing its event stream is how that stream normally ends; the outcome
-            # stays "aborted" (replay holds such a stream open until the agent leaves, as here).
+            # The agent closing its event stream is how that stream normally ends: `closed`, not a
+            # failure (replay holds such a stream open until the agent leaves, as here).
+            call.outcome, call.error, call.truncated = "closed", None, False
             meta["closed_by"] = "agent"
+        elif view.method == DISCOVER and call.outcome == "upstream_error" and 400 <= (call.status or 0) < 500:
+            # The 2.x client's era probe: a server of the handshake era answers it 4xx, and the client
+            # falls back to `initialize`, as the protocol means it to. Not an upstream failure.
+            call.outcome, call.error_code = "unsupported", None
         elif call.outcome == "aborted" and call.stream and self.adapter.response_message(call, agent=True):
             # The SDK clients close a request's SSE stream the moment its response arrives, often
             # before the server's end of stream reaches interlock: the exchange was complete.
@@ -164,7 +169,7 @@ class McpRecord:
             meta["result"] = _bounded(result)
         elif view.method == "tools/list":
             meta["tools"] = self.adapter.tools_in_list(answer)
-        elif view.method in ("initialize", "server/discover") and isinstance(answer.get("result"), dict):
+        elif view.method in ("initialize", DISCOVER) and isinstance(answer.get("result"), dict):
             result = answer["result"]
             info = result.get("serverInfo")
             if isinstance(info, dict):

@@ -294,7 +294,7 @@ class ReplayApp:
         if not head_sent:
             await send({"type": "http.response.start", "status": call.status, "headers": head})
         tail = rewrite.close() if rewrite else b""
-        if call.outcome == "aborted":
+        if call.outcome in ("aborted", "closed"):
             # The agent itself left this stream open (an MCP GET event stream, a cancelled answer):
             # hold it open, as the upstream did, until the agent goes.
             if tail:

@@ -12,9 +12,13 @@ import time
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
-Outcome = Literal["ok", "upstream_error", "denied", "blocked", "aborted", "bad_request", "internal_error"]
+Outcome = Literal[
+    "ok", "closed", "unsupported", "upstream_error", "denied", "blocked", "aborted", "bad_request", "internal_error"
+]
 OUTCOMES: tuple[Outcome, ...] = (
     "ok",
+    "closed",
+    "unsupported",
     "upstream_error",
     "denied",
     "blocked",
@@ -22,6 +26,11 @@ OUTCOMES: tuple[Outcome, ...] = (
     "bad_request",
     "internal_error",
 )
+#: Outcomes of an exchange that went as its protocol means it to (not problems, not errors): `ok`;
+#: `closed`, a stream with no end of its own (an MCP GET event stream) that the agent closed; and
+#: `unsupported`, a protocol probe (MCP `server/discover`) the server answered "not here" (a 4xx),
+#: after which the client falls back. docs/store.md lists every outcome.
+SOUND_OUTCOMES: frozenset[str] = frozenset({"ok", "closed", "unsupported"})
 
 #: Headers that carry credentials: never stored, never exported.
 SECRET_HEADERS = frozenset(

@@ -112,13 +112,20 @@ def _tokens(row: dict[str, Any]) -> str:
     return f"{row['input_tokens'] or 0}/{row['output_tokens'] or 0}"
 
 
+def _what(row: dict[str, Any]) -> str:
+    """The model, or for an MCP call its method and tool (`tools/call lookup`)."""
+    if row.get("mcp_method"):
+        return " ".join(str(part) for part in (row["mcp_method"], row.get("mcp_tool")) if part)
+    return str(row["model"] or "")
+
+
 COLUMNS: list[tuple[str, Any]] = [
     ("ID", lambda r: r["id"]),
     ("TIME", lambda r: _when(r["started_at"])),
     ("AGENT", lambda r: r["agent"]),
     ("SESSION", lambda r: r["session"] or ""),
     ("ROUTE", lambda r: r["route"]),
-    ("MODEL", lambda r: r["model"] or ""),
+    ("MODEL/TOOL", lambda r: _what(r)),
     ("STATUS", lambda r: "" if r["status"] is None else str(r["status"])),
     ("OUTCOME", lambda r: r["outcome"] + (f" ({r['error_code']})" if r["error_code"] else "")),
     ("DURATION", lambda r: _ms(r["duration_ms"])),

@@ -20,7 +20,7 @@ from opentelemetry.semconv.attributes import error_attributes, http_attributes, 
 from interlock.proxy.protocols import ADAPTERS, BadRequest, TextSlot
 from interlock.proxy.protocols.base import decoded_body
 from interlock.proxy.protocols.summary import ResponseSummary, output_texts, response_message, summarize_response
-from interlock.tracing.call import Attempt, Call
+from interlock.tracing.call import SOUND_OUTCOMES, Attempt, Call
 
 Attributes = dict[str, Any]
 
@@ -104,7 +104,7 @@ def describe_call(call: Call, *, capture_content: bool = False, content_max_char
         attrs[gen_ai.GEN_AI_CONVERSATION_ID] = call.session
     if call.status is not None:
         attrs[http_attributes.HTTP_RESPONSE_STATUS_CODE] = call.status
-    if call.outcome != "ok":
+    if call.outcome not in SOUND_OUTCOMES:
         error_type = call.error_code or call.outcome
         attrs[error_attributes.ERROR_TYPE] = metric[error_attributes.ERROR_TYPE] = error_type
     if call.truncated:

@@ -25,7 +25,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from interlock import __version__
-from interlock.tracing.call import Call
+from interlock.tracing.call import SOUND_OUTCOMES, Call
 from interlock.tracing.otel_attributes import Attributes, describe_attempt
 
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
@@ -159,7 +159,7 @@ class SpanBuilder:
             )
             for finding in call.findings
         )
-        status = Status(StatusCode.ERROR, call.error or call.outcome) if call.outcome != "ok" else _OK
+        status = Status(StatusCode.ERROR, call.error or call.outcome) if call.outcome not in SOUND_OUTCOMES else _OK
         spans.append(self._span(name, context, parent, SpanKind.CLIENT, attributes, start, end, status, events))
         return spans
 

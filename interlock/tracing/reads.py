@@ -12,12 +12,17 @@ import sqlite3
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from interlock.tracing.call import Call
+from interlock.tracing.call import SOUND_OUTCOMES, Call
 from interlock.tracing.rows import LIST_COLUMNS, SELECT_JOINED, Record, narrow_rows, rows_to_records
 from interlock.tracing.schema import StoreError, schema_version
 
 #: The narrow rows of `calls` that list views get.
-SELECT_NARROW = f"SELECT {', '.join(LIST_COLUMNS)} FROM calls"
+#: Beside the columns, what names an MCP call in a list (its JSON-RPC method and tool; NULL for others).
+LIST_EXTRAS = ("mcp_method", "mcp_tool")
+SELECT_NARROW = (
+    f"SELECT {', '.join(LIST_COLUMNS)}, json_extract(meta, '$.mcp.method') AS mcp_method,"
+    " json_extract(meta, '$.mcp.tool') AS mcp_tool FROM calls"
+)
 
 #: `SELECT_JOINED` plus the reassembled stream: everything a call's detail view shows, in one row.
 _SELECT_DETAIL = SELECT_JOINED.replace(" FROM calls c ", ", b.response_message FROM calls c ", 1)
@@ -33,8 +38,12 @@ ORDER BY max(started_at) DESC, session
 LIMIT ? OFFSET ?
 """
 
+#: SQL for "this call is a problem": its outcome is not a sound one (ok, closed, unsupported).
+_PROBLEM = f"outcome NOT IN ({', '.join(repr(o) for o in sorted(SOUND_OUTCOMES))})"
+
 #: What a session list shows, for the given sessions only (`_session_row` finishes each row).
-#: `problems`: calls not ok; `errors`: upstream_error, aborted, bad_request, internal_error; `denials`: denied and
+#: `problems`: calls not sound (ok, closed, unsupported); `errors`: upstream_error, aborted, bad_request,
+#: internal_error; `denials`: denied and
 #: blocked (interlock meant them); `retries`: calls with more than one attempt, `extra_attempts` the
 #: attempts beyond the first; `duration_ms`: the calls' durations added up.
 _SESSION_SUMMARY = """
@@ -49,7 +58,7 @@ SELECT session,
        sum(input_tokens) AS input_tokens,
        sum(output_tokens) AS output_tokens,
        sum(coalesce(input_tokens, 0) + coalesce(output_tokens, 0)) AS tokens,
-       sum(outcome != 'ok') AS problems,
+       sum(<problem>) AS problems,
        sum(outcome IN ('upstream_error', 'aborted', 'bad_request', 'internal_error')) AS errors,
        sum(outcome IN ('denied', 'blocked')) AS denials,
        sum(attempt_count > 1) AS retries,
@@ -59,7 +68,7 @@ SELECT session,
 FROM calls c
 WHERE session IN ({marks}) AND {where}
 GROUP BY session
-"""
+""".replace("<problem>", _PROBLEM)
 
 
 class Reads:
@@ -227,7 +236,7 @@ class Reads:
             row = self.conn.execute("SELECT max(seq) FROM calls").fetchone()
             return [], int(row[0] or 0)
         rows = self.query(
-            f"SELECT seq, {', '.join(LIST_COLUMNS)} FROM calls WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)
+            SELECT_NARROW.replace("SELECT ", "SELECT seq, ", 1) + " WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)
         )
         for row in rows:
             seq = max(seq, int(row.pop("seq")))
@@ -256,7 +265,7 @@ class Reads:
 
         `since`/`until` choose the calls (a session is summarised over its calls in that window);
         `agent`, `route` and `outcome` keep sessions with at least one such call (`outcome="problems"`:
-        any call that is not ok); `active_since` keeps sessions whose last call started then or later;
+        any call whose outcome is not sound); `active_since` keeps sessions whose last call started then or later;
         `q` keeps sessions with a call matching the full-text search. Picks the page of session ids
         first, then aggregates only those."""
         where, params = where_clause(since=since, until=until)
@@ -271,7 +280,7 @@ class Reads:
                 having.append(f"sum({column} = ?) > 0")
                 params.append(value)
         if outcome == "problems":
-            having.append("sum(outcome != 'ok') > 0")
+            having.append(f"sum({_PROBLEM}) > 0")
         elif outcome is not None:
             having.append("sum(outcome = ?) > 0")
             params.append(outcome)
@@ -314,7 +323,7 @@ class Reads:
         """Every agent seen, with its call count, sessions and last activity."""
         return self.query(
             "SELECT agent, count(*) AS calls, count(DISTINCT session) AS sessions, max(started_at) AS last_at,"
-            " sum(outcome != 'ok') AS problems FROM calls GROUP BY agent ORDER BY last_at DESC"
+            f" sum({_PROBLEM}) AS problems FROM calls GROUP BY agent ORDER BY last_at DESC"
         )
 
     def stats(self) -> dict[str, Any]:
@@ -370,4 +379,4 @@ def fts_query(q: str) -> str:
     return " ".join('"' + word.replace('"', '""') + '"' for word in q.split())
 
 
-__all__ = ["SELECT_NARROW", "Reads", "fts_query", "where_clause"]
+__all__ = ["LIST_EXTRAS", "SELECT_NARROW", "Reads", "fts_query", "where_clause"]

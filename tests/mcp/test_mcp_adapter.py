@@ -261,3 +261,31 @@ async def test_the_record_reads_the_reply_once(monkeypatch: pytest.MonkeyPatch) 
 
 def test_views_are_mcp_views() -> None:
     assert isinstance(parsed({"jsonrpc": "2.0", "id": 1, "method": "ping"}).view, McpView)
+
+
+async def test_a_closed_event_stream_and_a_declined_probe_are_not_failures() -> None:
+    # A healthy MCP session used to show as failing: the agent closing its GET event stream was
+    # recorded `aborted`, and the 2.x client's server/discover probe answered 400 by a server of the
+    # handshake era `upstream_error`. Both are how the protocol goes: `closed` and `unsupported`.
+    stage = McpSession()
+    listen = parsed(None, method="GET")
+    await stage.request(listen)
+    listen.stream, listen.status = True, 200
+    listen.outcome, listen.error, listen.truncated = "aborted", "client disconnected", True
+    await stage.done(listen)
+    assert (listen.outcome, listen.error, listen.truncated) == ("closed", None, False)
+    assert listen.meta["mcp"]["closed_by"] == "agent"
+
+    probe = parsed({"jsonrpc": "2.0", "id": 1, "method": "server/discover", "params": {}})
+    await stage.request(probe)
+    probe.status, probe.outcome, probe.error_code = 400, "upstream_error", "http_400"
+    await stage.done(probe)
+    assert (probe.status, probe.outcome, probe.error_code) == (400, "unsupported", None)
+
+    # The same answer to anything else, or a 5xx to the probe, is still the upstream's failure.
+    for method, status in (("tools/list", 400), ("server/discover", 503)):
+        failed = parsed({"jsonrpc": "2.0", "id": 2, "method": method})
+        await stage.request(failed)
+        failed.status, failed.outcome, failed.error_code = status, "upstream_error", f"http_{status}"
+        await stage.done(failed)
+        assert failed.outcome == "upstream_error"

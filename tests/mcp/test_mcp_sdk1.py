@@ -44,7 +44,8 @@ async def test_2x_client_falls_back_to_the_handshake_with_a_1x_server(
     probe = calls[0]
     # The 1.x server does not know server/discover: its answer is relayed as it is, never a 500.
     assert probe.meta["mcp"]["method"] == "server/discover"
-    assert probe.status is not None and probe.status < 500
+    assert probe.status is not None and 400 <= probe.status < 500
+    assert (probe.outcome, probe.error_code) == ("unsupported", None)  # a probe declined, not a failure
     assert [c.meta["mcp"].get("method") for c in calls[1:3]] == ["initialize", "notifications/initialized"]
 
 

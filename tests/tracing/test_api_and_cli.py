@@ -264,3 +264,48 @@ def test_serve_with_an_unreadable_store_says_so(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["serve", "--config", str(config)])
     assert result.exit_code == 2, result.output
     assert f"Error: {junk}: file is not a database" in result.output
+
+
+def test_traces_ls_names_an_mcp_call_and_sound_endings_are_not_problems(tmp_path: Path) -> None:
+    # `traces ls` showed nothing that identifies an MCP call; a closed event stream and a declined
+    # probe counted as the session's problems.
+    def mcp_call(method: str, outcome: str, **meta: Any) -> Call:
+        return Call(
+            id=new_id(),
+            route="tools",
+            protocol="mcp",
+            method="POST",
+            path="/mcp",
+            session="m1",
+            status=400 if outcome == "unsupported" else 200,
+            outcome=outcome,  # type: ignore[arg-type]
+            meta={"mcp": {"kind": "request", "method": method, **meta}},
+        )
+
+    db = str(tmp_path / "m.db")
+    with Store(db) as store:
+        store.write(
+            [
+                mcp_call("server/discover", "unsupported").to_record(),
+                mcp_call("tools/call", "ok", tool="lookup").to_record(),
+                mcp_call("subscriptions/listen", "closed").to_record(),
+            ]
+        )
+        [session] = store.sessions()
+        assert session["calls"] == 3 and session["problems"] == 0 and session["errors"] == 0
+        assert store.sessions(outcome="problems") == []
+    result = CliRunner().invoke(main, ["traces", "ls", "--store", db])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert "MODEL/TOOL" in lines[0]
+    assert any("tools/call lookup" in line and " ok" in line for line in lines)
+    assert any("server/discover" in line and "unsupported" in line for line in lines)
+    as_json = [
+        json.loads(line)
+        for line in CliRunner().invoke(main, ["traces", "ls", "--json", "--store", db]).output.splitlines()
+    ]
+    assert {(r["mcp_method"], r["mcp_tool"]) for r in as_json} == {
+        ("server/discover", None),
+        ("tools/call", "lookup"),
+        ("subscriptions/listen", None),
+    }

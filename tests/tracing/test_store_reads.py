@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from interlock.tracing.call import Attempt, Finding
-from interlock.tracing.reads import Reads
+from interlock.tracing.reads import LIST_EXTRAS, Reads
 from interlock.tracing.rows import narrow_rows
 from interlock.tracing.store import LIST_COLUMNS, Store, StoreError, fts_query
 from tests.tracing.test_store import make_call
@@ -134,7 +134,7 @@ def test_narrow_rows_everywhere_have_bools(store: Store) -> None:
         session["calls"][0],
         store.session_calls("s")[0],
     ):
-        assert row is not None and set(row) == set(LIST_COLUMNS)
+        assert row is not None and set(row) == {*LIST_COLUMNS, *LIST_EXTRAS}
         assert row["stream"] is True and row["truncated"] is True
     assert narrow_rows([{"stream": 0, "truncated": 1}]) == [{"stream": False, "truncated": True}]
 

@@ -49,6 +49,8 @@ SERVER_ERROR = -32001
 
 #: The 2026-07-28 request whose reply is a long-lived stream of server events.
 LISTEN = "subscriptions/listen"
+#: The 2.x clients' era probe (2026-07-28); a server of the handshake era answers it 4xx.
+DISCOVER = "server/discover"
 
 _RPC_CODES = {
     "invalid_json": PARSE_ERROR,
