@@ -6,6 +6,7 @@ import asyncio
 import importlib
 import json
 import logging
+import os
 import sys
 from typing import Any
 
@@ -167,6 +168,31 @@ def config_show(config: str | None, as_json: bool) -> None:
         click.echo(text, nl=False)
 
 
+def startup_errors(settings: Settings) -> list[SourceError]:
+    """What `serve` would refuse beyond the file itself, found without serving: policy files that do not
+    load (at their own file:line), a store file that is not interlock's. (A policy path that does not
+    exist is the configuration's own error, at its line, from `load_settings`.)"""
+    from interlock.policies.loader import check_policies
+    from interlock.policies.stage import policy_paths, route_protocols
+    from interlock.tracing.store import Store, StoreError
+
+    errors: list[SourceError] = []
+    if settings.policies:
+        loaded = check_policies(policy_paths(settings), route_protocols(settings), settings.prices)
+        errors += [SourceError(p.file, p.line, p.col, p.message) for p in loaded.errors]
+    if settings.store.enabled and os.path.exists(settings.store.path):
+        try:
+            Store(settings.store.path, readonly=True).close()  # read only: a check writes nothing
+        except StoreError as exc:
+            line, col = 1, 1
+            if os.path.isfile(settings.source):  # the line of interlock.yaml that names the store
+                from interlock.yamlsource import load_yaml
+
+                line, col = load_yaml(settings.source, expand_env=True).locate(("store", "path"))
+            errors.append(SourceError(str(settings.source), line, col, f"store.path: {exc}"))
+    return errors
+
+
 @config.command("check")
 @config_option
 @json_option
@@ -177,15 +203,23 @@ def config_check(config: str | None, as_json: bool) -> None:
 
     if not as_json:
         settings = load_or_exit(config)
+        refused = startup_errors(settings)
+        for exc in refused:
+            click.echo(f"Error: {exc}", err=True)
+        if refused:
+            sys.exit(2)
         for warning in unpriced_warnings(settings):
             click.echo(warning, err=True)
         click.echo(f"{settings.source}: ok ({len(settings.routes)} routes)")
         return
     try:
         settings = load_settings(config)
+        refused = startup_errors(settings)
     except SourceError as exc:
-        error = {"file": exc.file, "line": exc.line, "col": exc.col, "message": exc.message}
-        click.echo(json.dumps({"ok": False, "errors": [error]}))
+        refused = [exc]
+    if refused:
+        errors = [{"file": e.file, "line": e.line, "col": e.col, "message": e.message} for e in refused]
+        click.echo(json.dumps({"ok": False, "errors": errors}))
         sys.exit(2)
     result = {"ok": True, "file": str(settings.source), "routes": len(settings.routes)}
     click.echo(json.dumps({**result, "warnings": unpriced_warnings(settings)}))

@@ -125,3 +125,29 @@ def test_a_policy_folder_that_does_not_exist_is_an_error_at_the_config_files_lin
     (tmp_path / "policies").mkdir()  # relative to the configuration file, as the policy loader reads it
     assert list(load_settings(path).policies) == ["./policies"]
 
+
+def test_config_check_refuses_what_serve_refuses(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from interlock.cli import main
+
+    path = readme_config(tmp_path)
+    missing = CliRunner().invoke(main, ["config", "check", "--config", str(path)])
+    assert missing.exit_code == 2 and missing.stderr.startswith(f"Error: {path}:"), missing.output
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "bad.yaml").write_text("rules:\n  - name: x\n    deny: {modelz: [a]}\n")
+    broken = CliRunner().invoke(main, ["config", "check", "--config", str(path)])
+    assert broken.exit_code == 2 and f"{tmp_path / 'policies' / 'bad.yaml'}:3:" in broken.stderr, broken.output
+    as_json = CliRunner().invoke(main, ["config", "check", "--json", "--config", str(path)])
+    assert as_json.exit_code == 2 and '"ok": false' in as_json.stdout
+    (tmp_path / "policies" / "bad.yaml").write_text("rules:\n  - name: x\n    deny: {models: [a]}\n")
+    assert CliRunner().invoke(main, ["config", "check", "--config", str(path)]).exit_code == 0
+    junk = tmp_path / "interlock.db"
+    junk.write_text("not a database")
+    text = path.read_text().replace("path: ./interlock.db", f"path: {junk}")
+    store_line = next(i for i, line in enumerate(text.splitlines(), 1) if line.startswith("store:"))
+    path.write_text(text)
+    not_a_store = CliRunner().invoke(main, ["config", "check", "--config", str(path)])
+    assert not_a_store.exit_code == 2 and not_a_store.stderr.startswith(f"Error: {path}:{store_line}:"), (
+        not_a_store.output
+    )
