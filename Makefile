@@ -46,6 +46,7 @@ test: lock-check $(VENV)/.test-deps chromium lint typecheck pytest
 
 ## .venv with the SDKs the examples use (openai, anthropic, mcp, pytest): see examples/README.md.
 examples: $(VENV)/.examples-deps
+	@echo "interlock: .venv has the examples' SDKs; each example's command is in examples/README.md" >&2
 
 ## Refresh every lock from pyproject.toml and the requirements files (LOCK_ARGS=--upgrade: newest allowed).
 lock: | $(UV)
