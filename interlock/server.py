@@ -123,7 +123,9 @@ class Runtime:
         if self.policy_limiter is not None:
             await asyncio.to_thread(self.policy_limiter.close)  # saves the daily counters
         if self.recorder is not None:
-            await self.recorder.aclose()  # writes everything still queued
+            # Writes everything still queued, within shutdown_grace whatever the store does (the
+            # rest goes to the side file: docs/store.md).
+            await self.recorder.aclose(self.settings.shutdown_grace)
         exporter = self.services.get("otel")
         if exporter is not None:
             await asyncio.to_thread(exporter.close, 5.0)  # exports what is queued, bounded

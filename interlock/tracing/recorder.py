@@ -16,20 +16,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_for_futures
 from typing import Any
 
 from interlock.config import Settings
 from interlock.config import Store as StoreSettings
 from interlock.tracing.call import Call
+from interlock.tracing.faults import Holding, call_size, describe, storage_fault
 from interlock.tracing.rows import INSERT_CHUNK, Indexer
 from interlock.tracing.store import Store
-from interlock.tracing.writing import YIELD_EVERY, Rows, insert_rows, write_rows
+from interlock.tracing.writing import YIELD_EVERY, Rows, insert_rows, write_records, write_rows
 
 log = logging.getLogger("interlock.recorder")
+
+#: Seconds between checks, while idle, that the store file is still the one opened (deleted, replaced).
+FILE_CHECK_SECONDS = 1.0
 
 
 class Recorder:
@@ -65,6 +71,10 @@ class Recorder:
         # keeps writing the others meanwhile (one 128 MB stream held it for over a minute).
         self._large = ThreadPoolExecutor(max_workers=1, thread_name_prefix="interlock-record-large")
         self.large_calls = 0
+        self._large_pending: dict[Future[None], Call] = {}
+        # While the store cannot be written: held calls, the side file, the episode (faults.py).
+        spill_path = settings.spill_path or store.path + ".spill"
+        self.holding = Holding(store.path, settings.retry_max_bytes, spill_path, settings.spill_max_bytes)
         self._writer: threading.Thread | None = None
         self._pruner: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -112,45 +122,67 @@ class Recorder:
             self._pruner.start()
 
     def close(self, timeout: float | None = None) -> None:
-        """Write everything queued, then stop the threads (blocking: call it off the event loop)."""
+        """Write everything queued, then stop the threads (blocking: call it off the event loop).
+        With `timeout` (shutdown_grace), it returns by then whatever the store does: calls it could
+        not write by then go to the side file (faults.py)."""
         if self._closed:
             return
+        deadline = None if timeout is None else time.monotonic() + timeout
+
+        def left() -> float | None:
+            return None if deadline is None else max(0.0, deadline - time.monotonic())
+
         self._stopping.set()
         if self._writer is not None:
             self._wake.set()
             self._arrived.set()
-            self._writer.join(timeout)
+            self._writer.join(left())
         # From here `done` writes directly; then nothing can be left in the queue.
         with self._admit:
             self._closed = True
         self._write_all_queued()
+        if self.holding.fault is not None:
+            self._retry_held()  # one last try, then what is still held goes to the side file
+            self.holding.spill_all()
         self._fallback.shutdown(wait=True)
-        self._large.shutdown(wait=True)
+        pending = dict(self._large_pending)
+        if pending:
+            _, unfinished = wait_for_futures(pending, timeout=left())
+            for future in unfinished:
+                if future.cancel():  # not started: spilled; one being written finishes in its thread
+                    self.holding.spill([pending[future]])
+        self._large.shutdown(wait=False, cancel_futures=True)
         if self._pruner is not None:
-            self._pruner.join(timeout)
+            self._pruner.join(left())
 
-    async def aclose(self) -> None:
-        await asyncio.to_thread(self.close)
+    async def aclose(self, timeout: float | None = None) -> None:
+        await asyncio.to_thread(self.close, timeout)
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until everything queued so far is written (tests and tools). True if it was."""
         target = self.enqueued + self.overflow
         deadline = time.monotonic() + timeout
-        while self.written + self.write_errors < target:
+        while self.written + self.write_errors + self.holding.lost < target:
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.005)
         return True
 
     def _run_writer(self) -> None:
-        pending, arrived = self.queue, self._arrived
+        pending, arrived, holding = self.queue, self._arrived, self.holding
+        self._write_side_file(left_by_earlier_run=True)
         while not self._stopping.is_set():
+            if holding.due():
+                self._retry_held()
             if not pending:
-                # Idle: sleep until a call arrives. Cleared before the emptiness check, so an
-                # append that lands in between sets it again and the wait returns at once.
+                # Idle: sleep until a call arrives (or a retry is due, or the file is checked).
+                # Cleared before the emptiness check, so an append that lands in between sets it
+                # again and the wait returns at once.
                 arrived.clear()
                 if not pending and not self._stopping.is_set():
-                    arrived.wait()
+                    wait = holding.wait_seconds()
+                    if not arrived.wait(FILE_CHECK_SECONDS if wait is None else min(wait, FILE_CHECK_SECONDS)):
+                        self._check_file()
                 continue
             # Gather for one interval without waking up for each call, then write what is there.
             self._wake.wait(self.interval)
@@ -173,11 +205,13 @@ class Recorder:
                 return
             gathered = len(batch)
             large = self.settings.large_call_bytes
-            sizes = [_size(call) for call in batch]
+            sizes = [call_size(call) for call in batch]
             if max(sizes) > large:
                 for call, size in zip(batch, sizes, strict=True):
                     if size > large:
-                        self._large.submit(self._write_large, call)
+                        future = self._large.submit(self._write_large, call)
+                        self._large_pending[future] = call
+                        future.add_done_callback(self._large_pending.pop)
                 batch = [call for call, size in zip(batch, sizes, strict=True) if size <= large]
             if batch:
                 self._write_batch(batch)
@@ -219,10 +253,20 @@ class Recorder:
                 self.last_batch_at = time.time()
                 self.writer_cpu += time.thread_time() - cpu
 
-    def _write_now(self, calls: list[Call]) -> bool:
-        """Write the calls in one transaction; True when that worked. Otherwise one bad call must not
-        cost the others: they are written one by one (a warning, not a traceback: nothing is lost
-        yet), and a call SQLite still refuses is salvaged or logged with its traceback."""
+    def _write_now(self, calls: list[Call], *, retrying: bool = False) -> bool:
+        """Write the calls in one transaction; True when that worked. A storage fault holds them for
+        a retry (`faults.Holding`). Otherwise one bad call must not cost the others: they are written
+        one by one (a warning, not a traceback: nothing is lost yet), and a call SQLite still refuses
+        is salvaged or logged with its traceback."""
+        holding = self.holding
+        if holding.fault is not None and not retrying:
+            for call in calls:  # the episode goes on: straight to the held calls
+                holding.hold(call)
+            return False
+        problem = self.store.file_problem()
+        if problem is not None and not self._reopen(problem):
+            holding.failed(problem, calls)
+            return False
         rows, built = self._rows(calls)
         if not built:
             return False
@@ -232,10 +276,13 @@ class Recorder:
                 self.written += len(built)
             return True
         except Exception as exc:
+            if storage_fault(exc):
+                holding.failed(describe(exc), built)
+                return False
             if len(built) > 1:
                 log.warning("writing %d calls failed (%s); retrying one by one", len(built), exc)
                 for call in built:
-                    self._write_now([call])
+                    self._write_now([call], retrying=retrying)
                 return False
         # One call that SQLite refused: once more with its text made safe to store.
         call = built[0]
@@ -246,7 +293,10 @@ class Recorder:
             write_rows(self.store.conn, salvaged)
             with self._counting:
                 self.written += 1
-        except Exception:
+        except Exception as exc:
+            if storage_fault(exc):
+                holding.failed(describe(exc), [call])
+                return False
             with self._counting:
                 self.write_errors += 1
             log.exception("could not record call %s", call.id)
@@ -256,6 +306,9 @@ class Recorder:
         """One large call: its chunks in transactions of about `large_call_bytes`, then the rest of
         its rows in one (the call appears whole, at that last commit). Runs beside the writer; the
         two take SQLite's write lock in turn, each for one short transaction."""
+        if self.holding.fault is not None:
+            self.holding.hold(call)
+            return
         try:
             rows, built = self._rows([call])
             if not built:
@@ -273,17 +326,86 @@ class Recorder:
                     insert_rows(conn, INSERT_CHUNK, chunks[start:end])
                     conn.execute("COMMIT")
                 except BaseException:
-                    conn.execute("ROLLBACK")
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
                     raise
                 start = end
             write_rows(conn, rows)
             with self._counting:
                 self.written += 1
                 self.large_calls += 1
-        except Exception:
+        except Exception as exc:
+            if storage_fault(exc):
+                self.holding.failed(describe(exc), [call])  # its chunks written so far are rewritten (OR IGNORE)
+                return
             with self._counting:
                 self.write_errors += 1
             log.exception("could not record large call %s", call.id)
+
+    # -- storage faults (faults.py) ---------------------------------------------------------------
+
+    def _reopen(self, problem: str) -> bool:
+        """The store file was deleted or replaced: say so loudly and open the file at its path again."""
+        log.error("recording: %s; reopening it (what was written to the old file since is gone with it)", problem)
+        try:
+            self.store.reopen()
+        except Exception as exc:  # noqa: BLE001 - the episode's reason, retried with backoff
+            log.error("recording: cannot reopen %s: %s", self.store.path, describe(exc))
+            return False
+        return True
+
+    def _check_file(self) -> None:
+        """The idle writer's check that the file is still there (so /ready knows without traffic)."""
+        if self.holding.fault is not None:
+            return
+        problem = self.store.file_problem()
+        if problem is not None and not self._reopen(problem):
+            self.holding.failed(problem, [])
+
+    def _retry_held(self) -> None:
+        """A retry during an episode: the held calls, then the side file; the episode ends when all are written."""
+        holding = self.holding
+        problem = self.store.file_problem()
+        if problem is not None and not self._reopen(problem):
+            holding.retry_failed(problem)
+            return
+        moved = 0
+        while holding.calls:
+            batch = holding.take(self.batch_size)
+            failures = holding.failures
+            self._write_now(batch, retrying=True)
+            if holding.failures != failures:
+                holding.retry_failed(holding.fault or "unknown")
+                return
+            moved += len(batch)
+        from_side_file = self._write_side_file()
+        if from_side_file is None:
+            return
+        holding.recovered(moved, from_side_file)
+
+    def _write_side_file(self, *, left_by_earlier_run: bool = False) -> int | None:
+        """Write the side file's calls into the store and remove it; how many (None: it failed)."""
+        holding = self.holding
+        if not os.path.exists(holding.spill_path):
+            return 0
+        records = holding.side_file_records()
+        try:
+            for start in range(0, len(records), self.batch_size):
+                write_records(self.store.conn, records[start : start + self.batch_size], capture=self.capture)
+            holding.side_file_written()
+        except Exception as exc:  # noqa: BLE001 - kept on disk for the next retry (or start)
+            if left_by_earlier_run:
+                holding.failed(describe(exc), [])
+            else:
+                holding.retry_failed(describe(exc))
+            return None
+        with self._counting:
+            self.written += len(records)
+        if left_by_earlier_run and records:
+            log.warning(
+                "recording: %d calls from %s (left by an earlier run) written", len(records), holding.spill_path
+            )
+        return len(records)
 
     def _salvage(self, rows: Rows, call: Call) -> bool:
         """Add the call's rows with unstorable text replaced (`Rows.add_call(salvage=True)`)."""
@@ -319,24 +441,17 @@ class Recorder:
             "batches": self.batches,
             "overflow": self.overflow,
             "large_calls": self.large_calls,
+            # While the store cannot be written (faults.py): why, and the calls not in it.
+            "fault": self.holding.fault,
+            "unrecorded": self.holding.unrecorded,
+            "held": len(self.holding.calls),
+            "spilled": self.holding.spilled,
+            "lost": self.holding.lost,
             "write_errors": self.write_errors,
             "pruned": self.pruned,
             "last_batch_at": self.last_batch_at,
             "writer_cpu_us_per_call": round(self.writer_cpu / self.written * 1e6, 1) if self.written else None,
         }
-
-
-def _size(call: Call) -> int:
-    """Bytes of a call's bodies and chunks (what makes its rows slow to build and write)."""
-    size = len(call.request_body)
-    for body in (call.upstream_body, call.response_body, call.agent_response_body):
-        if body is not None:
-            size += len(body)
-    for chunk in call.chunks:
-        size += len(chunk.data)
-    for chunk in call.agent_chunks or ():
-        size += len(chunk.data)
-    return size
 
 
 def open_recording(settings: Settings) -> tuple[Store | None, Recorder | None]:

@@ -64,6 +64,11 @@ def _connect(path: str, readonly: bool) -> sqlite3.Connection:
     return conn
 
 
+def _file_identity(path: str) -> tuple[int, int]:
+    stat = os.stat(path)
+    return stat.st_dev, stat.st_ino
+
+
 class Store(Reads):
     """The SQLite store at `path` (created and migrated unless `readonly`)."""
 
@@ -74,6 +79,10 @@ class Store(Reads):
         self._lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
         self._closed = False
+        #: Bumped by `reopen`: a thread whose connection is older opens a new one.
+        self._generation = 0
+        self._stale: list[sqlite3.Connection] = []  # connections to a file that was deleted or replaced
+        self._identity: tuple[int, int] | None = None
         if readonly:
             if not Path(self.path).exists():
                 raise StoreError(f"{self.path}: no such store")
@@ -89,6 +98,7 @@ class Store(Reads):
                     )
             else:
                 migrate(conn, self.path)
+                self._identity = _file_identity(self.path)
         except sqlite3.DatabaseError as exc:
             self.close()
             raise StoreError(f"{self.path}: {exc}") from None
@@ -102,11 +112,14 @@ class Store(Reads):
     def conn(self) -> sqlite3.Connection:
         """This thread's connection."""
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None and self._local.generation != self._generation:
+            conn = self._local.conn = self._local.db = None  # the file was reopened: this one is the old inode
         if conn is None:
             if self._closed:
                 raise StoreError(f"{self.path}: the store is closed")
             conn = _connect(self.path, self.readonly)
             self._local.conn = conn
+            self._local.generation = self._generation
             with self._lock:
                 self._connections.append(conn)
         return conn
@@ -123,6 +136,39 @@ class Store(Reads):
             self._local.db = db
         return db
 
+    def file_problem(self) -> str | None:
+        """Why the file this store opened is no longer the file at its path (deleted, replaced), or
+        None. SQLite keeps writing an open file that was unlinked: everything written after is lost
+        with it, silently, unless this is checked (one `stat`, done by the recorder per batch)."""
+        if self.readonly or self._identity is None:
+            return None
+        try:
+            now = _file_identity(self.path)
+        except OSError:
+            return f"{self.path} was deleted while interlock had it open"
+        if now != self._identity:
+            return f"{self.path} was replaced by another file while interlock had it open"
+        return None
+
+    def reopen(self) -> None:
+        """Open (create and migrate) the file at `path` again; every thread's next `conn` uses it."""
+        # The old connections stay open until `close`, and are closed after the new ones: SQLite
+        # removes a WAL file by its path when its last connection closes, which would take the new
+        # file's uncheckpointed WAL with it; and while the old inode is open it cannot be reused
+        # for the new file (SQLite keys its locks and shared memory by inode).
+        with self._lock:
+            self._stale += self._connections
+            self._connections = []
+            self._generation += 1
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        if not os.path.exists(self.path):
+            for stale in (self.path + "-wal", self.path + "-shm"):  # the old file's: never replayed into a new one
+                if os.path.exists(stale):
+                    os.unlink(stale)
+        conn = self.conn
+        migrate(conn, self.path)
+        self._identity = _file_identity(self.path)
+
     @property
     def schema_version(self) -> int:
         return schema_version(self.conn)
@@ -130,7 +176,8 @@ class Store(Reads):
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            connections, self._connections = self._connections, []
+            connections, self._connections = self._connections + self._stale, []
+            self._stale = []
         for conn in connections:
             try:
                 conn.close()

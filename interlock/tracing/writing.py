@@ -318,6 +318,9 @@ def write_rows(conn: sqlite3.Connection, rows: Rows) -> int:
         insert_rows(conn, INSERT_FTS, texts)
         conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        # SQLite rolls back by itself on some errors (SQLITE_FULL, I/O errors): a ROLLBACK then
+        # raises "no transaction is active", which used to hide the real error.
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
         raise
     return added

@@ -27,6 +27,13 @@ async def ready(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
     if not runtime.ready:
         return JSONResponse({"status": "starting"}, status_code=503)
+    recorder = runtime.recorder
+    if recorder is not None and recorder.holding.fault is not None:
+        # Calls are answered but cannot be recorded: held, spilled, counted (docs/store.md).
+        reason = f"recording: {recorder.holding.fault}" if not runtime.settings.admin.token else "recording"
+        return JSONResponse(
+            {"status": "not_ready", "reason": reason, "unrecorded": recorder.holding.unrecorded}, status_code=503
+        )
     if warming := runtime.warming():  # e.g. the guardrails engine: the first call would wait for it
         return JSONResponse({"status": "starting", "warming": warming}, status_code=503)
     if runtime.settings.admin.token:  # answered without the token: the status alone

@@ -1,0 +1,228 @@
+"""What the recorder does while the store cannot be written: nothing is dropped silently.
+
+A write that fails for a storage reason (disk full, I/O error, the file deleted or read-only) starts
+an *episode*: the real SQLite error is logged once, the calls are held in memory (up to
+`store.retry_max_bytes` of bodies and chunks), then appended to a side file (`store.spill_path`,
+JSON lines of `Call.to_record()`, up to `store.spill_max_bytes`); past that a call is lost, counted
+and logged. The writer retries with backoff (0.1 s doubling to 5 s); the first write that works
+ends the episode: the held calls and the side file are written, and one line says how it went.
+`/ready` answers 503 with the reason while an episode lasts. A side file left by a process that
+stopped mid-episode is written at the next start. A call whose own data SQLite refuses is not a
+storage fault (the recorder salvages it, `recorder.py`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections import deque
+from typing import Any
+
+from interlock.tracing.call import Call
+from interlock.tracing.rows import _decode_extra, dumps
+from interlock.tracing.schema import StoreError
+
+log = logging.getLogger("interlock.recorder")
+
+# SQLite's primary result codes that say the file or the disk is at fault, not the call's data.
+_STORAGE_CODES = frozenset(
+    {
+        3,  # SQLITE_PERM
+        5,  # SQLITE_BUSY
+        6,  # SQLITE_LOCKED
+        7,  # SQLITE_NOMEM
+        8,  # SQLITE_READONLY
+        10,  # SQLITE_IOERR
+        11,  # SQLITE_CORRUPT
+        13,  # SQLITE_FULL
+        14,  # SQLITE_CANTOPEN
+        15,  # SQLITE_PROTOCOL
+        26,  # SQLITE_NOTADB
+    }
+)
+
+BACKOFF_FIRST = 0.1
+BACKOFF_MAX = 5.0
+
+
+def storage_fault(exc: BaseException) -> bool:
+    """Whether `exc` is the store failing (retry later) rather than a call SQLite cannot take."""
+    if isinstance(exc, StoreError | OSError):
+        return True
+    if not isinstance(exc, sqlite3.Error):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is None:
+        return isinstance(exc, sqlite3.OperationalError)
+    return (code & 0xFF) in _STORAGE_CODES
+
+
+def describe(exc: BaseException) -> str:
+    name = getattr(exc, "sqlite_errorname", None) or type(exc).__name__
+    return f"{name}: {exc}"
+
+
+def call_size(call: Call) -> int:
+    """Bytes of a call's bodies and chunks (what it costs to hold, and to write)."""
+    size = len(call.request_body)
+    for body in (call.upstream_body, call.response_body, call.agent_response_body):
+        if body is not None:
+            size += len(body)
+    for chunk in call.chunks:
+        size += len(chunk.data)
+    for chunk in call.agent_chunks or ():
+        size += len(chunk.data)
+    return size
+
+
+class Holding:
+    """Calls waiting for the store to come back: in memory, then in the side file."""
+
+    def __init__(self, path: str, max_bytes: int, spill_path: str, spill_max_bytes: int) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.spill_path = spill_path
+        self.spill_max_bytes = spill_max_bytes
+        self.calls: deque[Call] = deque()
+        self.bytes = 0
+        self.spilled = 0  # calls in the side file
+        self.spill_bytes = os.path.getsize(spill_path) if os.path.exists(spill_path) else 0
+        self.lost = 0
+        self.fault: str | None = None
+        self.since: float | None = None
+        self.failures = 0  # failed writes in this episode
+        self.retry_at = 0.0
+        self.backoff = BACKOFF_FIRST
+        self.lock = threading.Lock()
+
+    # -- an episode --------------------------------------------------------------------------------
+
+    def failed(self, reason: str, calls: list[Call]) -> None:
+        """A write failed for a storage reason: hold `calls`, log the first failure of an episode."""
+        with self.lock:
+            first = self.fault is None
+            self.fault = reason
+            self.failures += 1
+            if first:
+                self.since = time.monotonic()
+                self.backoff = BACKOFF_FIRST
+                self.retry_at = time.monotonic() + self.backoff
+        if first:
+            log.error(
+                "recording: the store %s cannot be written (%s); calls are held in memory (store.retry_max_bytes),"
+                " then in %s (store.spill_max_bytes), and retried with backoff; /ready answers 503 meanwhile",
+                self.path,
+                reason,
+                self.spill_path,
+            )
+        for call in calls:
+            self.hold(call)
+
+    def retry_failed(self, reason: str) -> None:
+        with self.lock:
+            self.fault = reason
+            self.failures += 1
+            self.backoff = min(BACKOFF_MAX, self.backoff * 2)
+            self.retry_at = time.monotonic() + self.backoff
+
+    def recovered(self, written: int, from_side_file: int) -> None:
+        with self.lock:
+            since, failures = self.since, self.failures
+            self.fault, self.since, self.failures = None, None, 0
+        log.warning(
+            "recording: the store %s can be written again after %.1f s (%d failed writes); %d held calls and %d"
+            " from the side file written, %d lost in all",
+            self.path,
+            time.monotonic() - since if since is not None else 0.0,
+            failures,
+            written,
+            from_side_file,
+            self.lost,
+        )
+
+    def due(self) -> bool:
+        return self.fault is not None and time.monotonic() >= self.retry_at
+
+    def wait_seconds(self) -> float | None:
+        if self.fault is None:
+            return None
+        return max(0.0, self.retry_at - time.monotonic())
+
+    # -- holding -----------------------------------------------------------------------------------
+
+    def hold(self, call: Call) -> None:
+        size = call_size(call)
+        with self.lock:
+            if self.bytes + size <= self.max_bytes:
+                self.calls.append(call)
+                self.bytes += size
+                return
+        self.spill([call])
+
+    def take(self, count: int) -> list[Call]:
+        with self.lock:
+            taken = [self.calls.popleft() for _ in range(min(count, len(self.calls)))]
+            for call in taken:
+                self.bytes -= call_size(call)
+            return taken
+
+    def give_back(self, calls: list[Call]) -> None:
+        with self.lock:
+            for call in reversed(calls):
+                self.calls.appendleft(call)
+                self.bytes += call_size(call)
+
+    def spill(self, calls: list[Call]) -> None:
+        """Append calls to the side file; one that does not fit or cannot be written is lost (counted)."""
+        for call in calls:
+            try:
+                line = (dumps(call.to_record()) + "\n").encode("utf-8", "surrogatepass")
+                if self.spill_bytes + len(line) > self.spill_max_bytes:
+                    raise OSError(f"the side file is full (store.spill_max_bytes = {self.spill_max_bytes})")
+                with open(self.spill_path, "ab") as out:
+                    out.write(line)
+                self.spill_bytes += len(line)
+                self.spilled += 1
+            except Exception as exc:  # noqa: BLE001 - counted and logged: the one place a call is lost
+                self.lost += 1
+                if self.lost == 1 or self.lost % 1000 == 0:
+                    log.error(
+                        "recording: call %s lost (%d so far): it could not be held or spilled: %s",
+                        call.id,
+                        self.lost,
+                        exc,
+                    )
+
+    def spill_all(self) -> None:
+        """Shutdown during an episode: everything held goes to the side file."""
+        self.spill(self.take(len(self.calls)))
+
+    def side_file_records(self) -> list[dict[str, Any]]:
+        """The calls in the side file, as records (an unreadable line is counted lost and logged)."""
+        if not os.path.exists(self.spill_path):
+            return []
+        records: list[dict[str, Any]] = []
+        with open(self.spill_path, "rb") as source:
+            for number, line in enumerate(source, 1):
+                try:
+                    records.append(_decode_extra(json.loads(line.decode("utf-8", "surrogatepass"))))
+                except (ValueError, UnicodeDecodeError) as exc:
+                    self.lost += 1
+                    log.error(
+                        "recording: %s:%d cannot be read back (%s): that call is lost", self.spill_path, number, exc
+                    )
+        return records
+
+    def side_file_written(self) -> None:
+        os.unlink(self.spill_path)
+        self.spilled = 0
+        self.spill_bytes = 0
+
+    @property
+    def unrecorded(self) -> int:
+        """Calls not in the store: held, in the side file, or lost."""
+        return len(self.calls) + self.spilled + self.lost

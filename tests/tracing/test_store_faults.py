@@ -1,0 +1,193 @@
+"""The store failing under a running interlock (issue 17, items 8 and 9): a deleted or replaced file is
+detected and reopened loudly; a full disk holds calls, spills them, retries with backoff and loses
+none once space returns; `/ready` answers 503 with the reason meanwhile."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from interlock.scripted import ScriptedUpstream
+from interlock.testing import Running
+from interlock.tracing.store import Store
+from interlock.tracing.writing import write_records
+from tests.proxy.routing_support import CHAT, wait_for
+from tests.tracing.test_recorder import a_call
+
+
+def chat(running: Running, text: str) -> None:
+    body = {**CHAT, "messages": [{"role": "user", "content": text}]}
+    assert httpx.post(running.url + "/openai/chat/completions", json=body, timeout=10).status_code == 200
+
+
+def ready(running: Running) -> httpx.Response:
+    return httpx.get(running.admin_url + "/ready", timeout=5)
+
+
+def stored_ids(path: Path) -> set[str]:
+    with Store(path, readonly=True) as store:
+        return {row["id"] for row in store.list_calls(limit=10_000)}
+
+
+def recorder_errors(caplog: pytest.LogCaptureFixture, text: str) -> list[logging.LogRecord]:
+    return [
+        r
+        for r in caplog.records
+        if r.name == "interlock.recorder" and r.levelno >= logging.ERROR and text in r.getMessage()
+    ]
+
+
+# -- item 8: the file deleted or replaced --------------------------------------------------------------
+
+
+def test_a_deleted_store_is_detected_and_reopened_loudly(make_interlock: Any, tmp_path: Path, caplog: Any) -> None:
+    running = make_interlock()
+    db = Path(running.settings.store.path)
+    chat(running, "before")
+    assert running.runtime.recorder.flush()
+    for path in (db, Path(f"{db}-wal"), Path(f"{db}-shm")):
+        path.unlink(missing_ok=True)
+    chat(running, "after")
+    assert running.runtime.recorder.flush()
+    assert db.exists()
+    bodies = [c.request_body.decode() for c in running.runtime.store.iter_calls()]
+    assert any("after" in body for body in bodies)  # the new file holds the call made after
+    assert recorder_errors(caplog, "was deleted")
+    assert ready(running).status_code == 200
+
+
+def test_a_store_that_cannot_be_reopened_makes_ready_503_until_it_can(make_interlock: Any, caplog: Any) -> None:
+    running = make_interlock()
+    db = Path(running.settings.store.path)
+    for path in (db, Path(f"{db}-wal"), Path(f"{db}-shm")):
+        path.unlink(missing_ok=True)
+    db.mkdir()  # its path is now a directory: no store can be opened there
+    wait_for(lambda: ready(running).status_code == 503)
+    answer = ready(running).json()
+    assert answer["status"] == "not_ready" and "was replaced" in answer["reason"]
+    chat(running, "while broken")
+    wait_for(lambda: running.runtime.recorder.counters()["unrecorded"] == 1)
+    db.rmdir()
+    wait_for(lambda: ready(running).status_code == 200)
+    assert running.runtime.recorder.flush()
+    (call,) = running.runtime.store.iter_calls()
+    assert "while broken" in call.request_body.decode()
+    assert running.runtime.recorder.counters()["unrecorded"] == 0
+
+
+# -- item 9: a full disk ------------------------------------------------------------------------------
+
+
+def test_sqlite_s_real_error_is_raised_not_the_failed_rollback(tmp_path: Path) -> None:
+    with Store(tmp_path / "s.db") as store:
+        conn = store.conn
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        conn.execute(f"PRAGMA max_page_count = {pages}")
+        record = a_call("x" * 200_000).to_record()
+        with pytest.raises(sqlite3.OperationalError) as raised:
+            write_records(conn, [record])
+        assert raised.value.sqlite_errorcode == sqlite3.SQLITE_FULL
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"a small tmpfs cannot be mounted here (needs root): {done.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def fill(disk: Path) -> Path:
+    filler = disk / "filler"
+    with filler.open("wb") as out:
+        try:
+            while True:
+                out.write(b"\0" * 65536)
+                out.flush()
+        except OSError:
+            pass
+    return filler
+
+
+def test_a_full_disk_loses_no_call_once_space_returns(
+    small_disk: Path, make_interlock: Any, upstream: ScriptedUpstream, tmp_path: Path, caplog: Any
+) -> None:
+    db = small_disk / "interlock.db"
+    store = {
+        "path": str(db),
+        "retry_max_bytes": 100_000,
+        "spill_path": str(tmp_path / "side.spill"),
+        "batch_interval_ms": 5,
+    }
+    running = make_interlock(store=store)
+    recorder = running.runtime.recorder
+    chat(running, "before the disk filled")
+    assert recorder.flush()
+    filler = fill(small_disk)
+    texts = [f"during {i} " + "y" * 2000 for i in range(60)]
+    for text in texts:
+        chat(running, text)
+    wait_for(lambda: recorder.counters()["unrecorded"] == 60)
+    answer = ready(running)
+    assert answer.status_code == 503 and "SQLITE_FULL" in answer.json()["reason"]
+    counters = recorder.counters()
+    assert counters["spilled"] > 0 and counters["held"] > 0 and counters["lost"] == 0  # held, then spilled
+    filler.unlink()  # space returns
+    wait_for(lambda: ready(running).status_code == 200, timeout=20)
+    assert recorder.counters()["unrecorded"] == 0
+    with Store(db, readonly=True) as reader:
+        bodies = [c.request_body.decode() for c in reader.iter_calls()]
+    assert len(bodies) == 61 and all(any(text in body for body in bodies) for text in texts)
+    assert len(recorder_errors(caplog, "cannot be written")) == 1  # once per episode
+    assert not os.path.exists(tmp_path / "side.spill")
+
+
+def test_shutdown_during_an_episode_spills_within_its_grace_and_the_next_start_writes_them(tmp_path: Path) -> None:
+    import asyncio
+    import time
+
+    from interlock.config import Store as StoreSettings
+    from interlock.tracing.recorder import Recorder
+
+    db = tmp_path / "r.db"
+    settings = StoreSettings(path=str(db), batch_interval_ms=5, retry_max_bytes=0)
+    store = Store(db)
+    recorder = Recorder(store, settings)
+    recorder.start()
+    for path in (db, Path(f"{db}-wal"), Path(f"{db}-shm")):
+        path.unlink(missing_ok=True)
+    db.mkdir()  # cannot be reopened: an episode that does not end
+    calls = [a_call(f"held {i}") for i in range(5)]
+
+    async def finish() -> None:
+        for call in calls:
+            await recorder.done(call)
+
+    asyncio.run(finish())
+    wait_for(lambda: recorder.counters()["unrecorded"] == 5)
+    started = time.monotonic()
+    recorder.close(timeout=1.0)
+    assert time.monotonic() - started < 3.0
+    assert recorder.counters()["spilled"] == 5 and recorder.counters()["lost"] == 0
+    store.close()
+    db.rmdir()
+    with Store(db) as again:
+        second = Recorder(again, settings)
+        second.start()
+        wait_for(lambda: again.count_calls() == 5)
+        second.close()
+        assert {c.id for c in again.iter_calls()} == {c.id for c in calls}
+    assert not Path(f"{db}.spill").exists()
