@@ -43,12 +43,19 @@ def demo_config(upstream_url: str, policy_dir: str | os.PathLike[str]) -> dict[s
                 "api_key": "sk-demo",
                 "retry": {"backoff_initial": 0.15, "backoff_max": 0.5},
             },
+            "anthropic": {"protocol": "anthropic", "upstream": upstream_url, "api_key": "sk-ant-demo"},
             "tools": {"protocol": "http", "upstream": upstream_url + "/tools"},
         },
         "policies": [str(policy_dir)],
         "guardrails": {"request": {"EMAIL_ADDRESS": "redact"}},
         "shutdown_grace": 2,
     }
+
+
+#: What the demo's model answers once its scripted sessions are recorded: like a model that uses the
+#: tools it is offered (it calls the first, then answers with the tool's result), on both protocols,
+#: so an agent of your own pointed at `interlock demo` gets to call its tools.
+DEMO_MODEL = Script(use_tools=True)
 
 
 def write_demo_policy(directory: str | os.PathLike[str]) -> Path:
@@ -214,6 +221,7 @@ def run_demo(
         data["store"] = {"path": store or str(workdir / "demo.db")}
         with run_interlock(settings_for_test(data)) as running:
             seeded = seed(running.url, upstream)
+            upstream.set_default(DEMO_MODEL)
             if running.runtime.recorder is not None:
                 running.runtime.recorder.flush()
             echo(f"interlock demo: {len(seeded.sessions)} sessions recorded in {data['store']['path']}")
@@ -221,6 +229,8 @@ def run_demo(
                 echo(f"  {what:<10} {session}")
             echo(f"policy: {policy_dir / 'demo-policy.yaml'}")
             echo(f"proxy:  {running.url}/openai  (OPENAI_BASE_URL for your own agent)")
+            echo(f"        {running.url}/anthropic  (ANTHROPIC_BASE_URL)")
+            echo("        the model calls the first tool your agent offers, then answers with its result")
             echo(f"open the UI: {running.admin_url}/")
             if not exit_after_seed:
                 echo("serving until Ctrl-C")
@@ -232,4 +242,4 @@ def run_demo(
     return seeded
 
 
-__all__ = ["DEMO_POLICY", "Seeded", "demo_config", "run_demo", "seed", "write_demo_policy"]
+__all__ = ["DEMO_MODEL", "DEMO_POLICY", "Seeded", "demo_config", "run_demo", "seed", "write_demo_policy"]

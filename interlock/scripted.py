@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import dataclasses
 import json
 import threading
 import time
@@ -32,6 +33,7 @@ from interlock.scripted_replies import (
     embeddings_reply,
     error_body,
     last_user_text,
+    offered_tool_call,
     responses_reply,
     with_keepalives,
 )
@@ -269,6 +271,10 @@ class ScriptedUpstream:
             await send({"type": "http.response.body", "body": body})
             return
         model = script.model or str(data.get("model") or "scripted-model")
+        if script.use_tools and not script.tool_calls and script.text is None:
+            call = offered_tool_call(data)
+            if call is not None:
+                script = dataclasses.replace(script, tool_calls=[call])
         text = script.text if script.text is not None else f"echo: {last_user_text(data)}"
         if path.endswith("/embeddings"):
             events: list[bytes] = []

@@ -44,6 +44,50 @@ class Script:
     # is sent as the `content-encoding` label over the plain body, asked for or not: an upstream in
     # an encoding nobody can read.
     encoding: str | None = None
+    # Answer like a model that uses the tools it is offered (`interlock demo`'s model): when the request
+    # offers tools (and tool_choice is not "none") and does not end with a tool's result, call the first
+    # offered tool, its arguments made from its JSON schema (`offered_tool_call`); else the text.
+    use_tools: bool = False
+
+
+def offered_tool_call(data: dict[str, Any]) -> ToolUse | None:
+    """The call a tool-using model would make for this request (OpenAI chat, Responses or Anthropic
+    tools): the first offered tool, each string argument its schema lists set to the user's last text.
+    None when no tool is offered, tool_choice is "none", or the request ends with a tool's result."""
+    tools = data.get("tools")
+    if not isinstance(tools, list) or not tools or data.get("tool_choice") == "none" or _ends_with_tool_result(data):
+        return None
+    first: dict[str, Any] = tools[0] if isinstance(tools[0], dict) else {}
+    nested = first.get("function")
+    function: dict[str, Any] = nested if isinstance(nested, dict) else first  # chat; Responses and Anthropic
+    name = function.get("name")
+    if not isinstance(name, str) or not name:
+        return None
+    schema = function.get("parameters") or function.get("input_schema") or {}
+    properties = schema.get("properties") if isinstance(schema, dict) else None
+    text = last_user_text(data)
+    samples: dict[str, Any] = {"string": text, "integer": 1, "number": 1, "boolean": True, "array": [], "object": {}}
+    arguments: dict[str, Any] = {}
+    for key, spec in properties.items() if isinstance(properties, dict) else ():
+        kind = spec.get("type") if isinstance(spec, dict) else None
+        arguments[str(key)] = samples.get(kind, text) if isinstance(kind, str) else text
+    return ToolUse(name, arguments, id=f"call_{len(_messages(data))}")
+
+
+def _messages(data: dict[str, Any]) -> list[Any]:
+    items = data.get("input") if isinstance(data.get("input"), list) else data.get("messages")
+    return items if isinstance(items, list) else []
+
+
+def _ends_with_tool_result(data: dict[str, Any]) -> bool:
+    messages = _messages(data)
+    last = messages[-1] if messages and isinstance(messages[-1], dict) else {}
+    content = last.get("content")
+    return (
+        last.get("role") == "tool"
+        or last.get("type") == "function_call_output"
+        or (isinstance(content, list) and any(isinstance(p, dict) and p.get("type") == "tool_result" for p in content))
+    )
 
 
 def last_user_text(data: dict[str, Any]) -> str:

@@ -20,7 +20,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from interlock.demo import demo_config
 from interlock.testing import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,13 +104,13 @@ def answer(result: subprocess.CompletedProcess[str]) -> dict[str, object]:
 def test_the_openai_sdk_example_runs_against_the_demo(demo: int) -> None:
     printed = answer(run(OPENAI_SDK, demo))
     assert isinstance(printed["answer"], str) and printed["answer"]
+    assert printed["tools"] == ["lookup_order"]  # the demo's model uses the tools it is offered
 
 
 def test_the_anthropic_sdk_example_runs_against_the_demo(demo: int) -> None:
-    if "anthropic" not in demo_config("http://upstream", "policies")["routes"]:
-        pytest.skip("interlock demo has no anthropic route yet (issue 15)")
     printed = answer(run(ANTHROPIC_SDK, demo))
     assert isinstance(printed["answer"], str) and printed["answer"]
+    assert printed["tools"] == ["lookup_order"]
 
 
 def test_the_replay_example_as_a_test() -> None:
