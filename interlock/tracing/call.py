@@ -67,10 +67,13 @@ _secret_header_memo: dict[str, bool] = {}
 
 
 def is_secret_header(name: str) -> bool:
-    """Whether a header (its lower-case name) may carry a credential: never stored, logged or exported."""
+    """Whether a header may carry a credential: never stored, logged or exported."""
     found = _secret_header_memo.get(name)
     if found is None:
-        found = name in SECRET_HEADERS or (name not in _NOT_SECRET and _SECRET_HEADER_PATTERN.match(name) is not None)
+        lower = name.lower()
+        found = lower in SECRET_HEADERS or (
+            lower not in _NOT_SECRET and _SECRET_HEADER_PATTERN.match(lower) is not None
+        )
         if len(_secret_header_memo) < 4096:  # bounded: names come from clients
             _secret_header_memo[name] = found
     return found
@@ -78,7 +81,11 @@ def is_secret_header(name: str) -> bool:
 
 def public_headers(headers: Headers) -> Headers:
     """Headers with credentials removed: what may be stored and shown."""
-    return [(k, v) for k, v in headers if not is_secret_header(k.lower())]
+    memo = _secret_header_memo
+    try:  # names seen before (nearly all): one dict lookup each
+        return [(k, v) for k, v in headers if not memo[k]]
+    except KeyError:
+        return [(k, v) for k, v in headers if not is_secret_header(k)]
 
 
 @dataclass(slots=True)
