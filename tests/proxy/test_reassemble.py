@@ -13,14 +13,19 @@ and `..._thinking_part`: reasoning, web_search_call, message with annotations).
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
+import anthropic
 import anthropic.types
+import openai
 import openai.types.chat
 import openai.types.responses
 import pytest
 
 from interlock.proxy.protocols.reassemble import reassemble_stream
+from interlock.scripted import Script, ScriptedUpstream, ToolUse
+from interlock.testing import Running
 
 
 def through(body: bytes, marker: bytes) -> bytes:
@@ -488,3 +493,56 @@ def test_the_whole_stream_without_its_final_response_is_the_same_message() -> No
     # Every item was closed by output_item.done: the rebuilt output is the final one.
     message = reassemble_stream("openai", responses_stream(complete=False))
     assert message["output"] == RESPONSE_ITEMS
+
+
+# -- through interlock, compressed or not ----------------------------------------------------------
+
+
+def recorded_message(running: Running, count: int) -> list[Any]:
+    """The reassembled (or whole) response of each recorded call, oldest first."""
+    store = running.runtime.store
+    deadline = time.monotonic() + 15
+    while len(rows := store.list_calls(limit=100)) < count:
+        assert time.monotonic() < deadline, rows
+        time.sleep(0.01)
+    out = []
+    for row in reversed(rows):
+        call = store.get_call(row["id"])
+        out.append(store.response_message(row["id"]) if call.stream else json.loads(call.response_body))
+    return out
+
+
+@pytest.mark.parametrize("encoding", [None, "gzip", "br"])
+@pytest.mark.parametrize("api", ["anthropic", "responses"])
+def test_a_stream_through_interlock_is_stored_as_the_non_streamed_answer(
+    interlock: Running, upstream: ScriptedUpstream, encoding: str | None, api: str
+) -> None:
+    thinking = "The order tool will know; call it."
+    script = Script(tool_calls=[ToolUse("lookup_order", {"order_id": "42"})], thinking=thinking, encoding=encoding)
+    upstream.script(script, script)
+    if api == "anthropic":
+        with anthropic.Anthropic(base_url=interlock.url + "/anthropic", api_key="sk-x", max_retries=0) as client:
+            asked: dict[str, Any] = {
+                "model": "claude-sonnet-4-5",
+                "max_tokens": 1024,
+                "messages": [{"role": "user", "content": "where is 42?"}],
+            }
+            whole = client.messages.create(**asked)
+            with client.messages.stream(**asked) as stream:
+                streamed = stream.get_final_message()
+        assert streamed.model_dump() == whole.model_dump()
+        plain, reassembled = recorded_message(interlock, 2)
+        assert anthropic.types.Message.model_validate(reassembled) == whole
+        assert reassembled["content"][0]["signature"] == whole.content[0].signature != ""  # type: ignore[union-attr]
+    else:
+        with openai.OpenAI(base_url=interlock.url + "/openai", api_key="sk-x", max_retries=0) as oclient:
+            request: dict[str, Any] = {"model": "gpt-5", "input": "where is 42?"}
+            response = oclient.responses.create(**request)
+            with oclient.responses.stream(**request) as rstream:
+                rstream.get_final_response()
+        plain, reassembled = recorded_message(interlock, 2)
+        assert openai.types.responses.Response.model_validate(reassembled) == response
+        assert [item["type"] for item in reassembled["output"]] == ["reasoning", "function_call"]
+    assert reassembled == plain
+    if encoding:  # the upstream did compress both answers (the client's Accept-Encoding went through)
+        assert all(encoding in r.headers.get("accept-encoding", "") for r in upstream.requests)
