@@ -34,7 +34,7 @@ def stored_bytes(running: Running, calls: int | None = None) -> bytes:
     recorded (a call reaches the recorder just after the agent got its answer)."""
     recorder = running.runtime.recorder
     assert recorder is not None
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60
     while True:
         assert recorder.flush()
         if calls is None or len(running.runtime.store.list_calls(limit=1000)) >= calls:

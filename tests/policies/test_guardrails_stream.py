@@ -186,7 +186,7 @@ def stored_bytes(running: Running, calls: int) -> bytes:
     """Everything the store wrote to disk, once `calls` calls are recorded."""
     recorder = running.runtime.recorder
     assert recorder is not None
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60
     while True:
         assert recorder.flush()
         if len(running.runtime.store.list_calls(limit=1000)) >= calls:

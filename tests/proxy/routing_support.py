@@ -28,7 +28,9 @@ def collect_calls(running: Running) -> list[Call]:
     return calls
 
 
-def wait_for(condition: Callable[[], Any], timeout: float = 10.0) -> None:
+def wait_for(condition: Callable[[], Any], timeout: float = 60.0) -> None:
+    """Wait until `condition()` holds; `timeout` bounds a failure (met in milliseconds when it passes),
+    generous for a loaded 2-core machine."""
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:

@@ -30,7 +30,7 @@ def send(running: Running, text: str, agent: str = "planner", session: str | Non
 
 
 def settle(running: Running, count: int) -> None:
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + 60
     while running.runtime.store.count_calls() < count:
         assert time.monotonic() < deadline
         time.sleep(0.01)

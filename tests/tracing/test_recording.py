@@ -21,7 +21,7 @@ from interlock.tracing.call import Call, Decision
 from interlock.tracing.store import Store
 
 
-def recorded(running: Running, count: int = 1, timeout: float = 15.0, **filters: Any) -> list[dict[str, Any]]:
+def recorded(running: Running, count: int = 1, timeout: float = 60.0, **filters: Any) -> list[dict[str, Any]]:
     """Wait until the store holds `count` calls matching `filters`; newest first."""
     store: Store = running.runtime.store
     deadline = time.monotonic() + timeout
@@ -255,7 +255,7 @@ def test_recording_off_records_nothing(make_interlock: Any) -> None:
     assert not Path(running.settings.store.path).exists()
 
 
-def wait_for(condition: Callable[[], Any], timeout: float = 15.0) -> Any:
+def wait_for(condition: Callable[[], Any], timeout: float = 60.0) -> Any:
     deadline = time.monotonic() + timeout
     while not (result := condition()):
         assert time.monotonic() < deadline, "condition not met in time"

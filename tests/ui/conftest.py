@@ -60,7 +60,7 @@ class Demo:
     def flush(self) -> None:
         assert self.running.runtime.recorder.flush()
 
-    def wait_recorded(self, session: str, count: int = 1, timeout: float = 20.0) -> None:
+    def wait_recorded(self, session: str, count: int = 1, timeout: float = 60.0) -> None:
         """Wait until the session's calls are in the store. (`flush` alone can return before a call
         that was just answered is even queued: the record stage runs after the agent has its answer;
         a page loaded meanwhile would then refresh itself live under a click.)"""
