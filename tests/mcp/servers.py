@@ -29,7 +29,7 @@ MCP1_SCRIPT = Path(__file__).with_name("mcp1_script.py")
 MCP1_LOCK = Path(__file__).with_name("mcp1.requirements.lock")  # `make lock` compiles it
 
 
-def wait_for(condition: Any, timeout: float = 10.0, what: str = "condition") -> None:
+def wait_for(condition: Any, timeout: float = 60.0, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
@@ -37,7 +37,7 @@ def wait_for(condition: Any, timeout: float = 10.0, what: str = "condition") -> 
         time.sleep(0.01)
 
 
-async def until(condition: Any, timeout: float = 10.0, what: str = "condition") -> None:
+async def until(condition: Any, timeout: float = 60.0, what: str = "condition") -> None:
     """`wait_for` for async tests: polls without blocking the event loop the SDK client runs on."""
     deadline = time.monotonic() + timeout
     while not condition():
@@ -212,11 +212,11 @@ class Collector:
     async def done(self, call: Call) -> None:
         self.calls.append(call)
 
-    def wait(self, n: int, timeout: float = 10.0) -> list[Call]:
+    def wait(self, n: int, timeout: float = 60.0) -> list[Call]:
         wait_for(lambda: len(self.calls) >= n, timeout, f"{n} recorded calls (have {len(self.calls)})")
         return list(self.calls)
 
-    def matching(self, predicate: Any, n: int = 1, timeout: float = 10.0) -> list[Call]:
+    def matching(self, predicate: Any, n: int = 1, timeout: float = 60.0) -> list[Call]:
         """The recorded calls for which `predicate` holds, once there are `n` of them."""
         wait_for(lambda: len([c for c in self.calls if predicate(c)]) >= n, timeout, f"{n} matching calls")
         return [c for c in self.calls if predicate(c)]
@@ -226,7 +226,7 @@ class Collector:
         [call] = self.matching(lambda c: c.meta.get("mcp", {}).get("method") == method)
         return call
 
-    def tool_call(self, tool: str, timeout: float = 10.0) -> Call:
+    def tool_call(self, tool: str, timeout: float = 60.0) -> Call:
         """The one recorded tools/call of `tool`, once it is recorded."""
         wait_for(
             lambda: any(c.meta.get("mcp", {}).get("tool") == tool for c in self.calls), timeout, f"a call of {tool}"
