@@ -75,6 +75,21 @@ class Store(Model):
     spill_max_bytes: int = Field(1024 * 1024 * 1024, ge=0)
 
 
+class HttpServer(Model):
+    """Bounds on what an agent (or anything reaching the ports) may hold open: both ports (docs/routing.md)."""
+
+    #: Seconds for a request's head (request line and headers) to arrive, from the connection's
+    #: start or the request's first byte; past it: 408 and the connection closed (slowloris).
+    header_timeout: float = Field(10.0, gt=0)
+    #: Seconds to read a whole request body once its head arrived (the body-read deadline); past
+    #: it: 408 `body_timeout` (a body trickled, or shorter than its Content-Length).
+    body_timeout: float = Field(60.0, gt=0)
+    #: Seconds an idle keep-alive connection stays open (uvicorn's timeout_keep_alive).
+    keep_alive: float = Field(5.0, gt=0)
+    #: Most bytes of a request head; past it: 431 and the connection closed.
+    max_header_bytes: int = Field(64 * 1024, ge=1024)
+
+
 class Timeouts(Model):
     connect: float = Field(5.0, gt=0)
     #: Seconds from sending the request to the first response byte.
@@ -387,6 +402,8 @@ class Settings(Model):
     #: on what a small compressed body may expand to. Past it the response is unreadable.
     max_decoded_bytes: int = Field(256 * 1024 * 1024, ge=1)
     timeouts: Timeouts = Timeouts()
+    #: Agent-side bounds: request head and body deadlines, keep-alive, head size (both ports).
+    server: HttpServer = HttpServer()
     #: Seconds SIGTERM waits for calls in flight before closing them.
     shutdown_grace: float = Field(30.0, ge=0)
     routes: dict[str, Route] = {}

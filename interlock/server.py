@@ -19,7 +19,7 @@ from interlock.proxy.app import ProxyApp
 from interlock.proxy.forward import Forwarder
 from interlock.proxy.pipeline import Pipeline, default_stages
 from interlock.proxy.upstream import make_client
-from interlock.serving import QuietServer, bind_socket, uvicorn_config
+from interlock.serving import QuietServer, ServerRejects, bind_socket, uvicorn_config
 from interlock.tracing.recorder import open_recording
 
 log = logging.getLogger("interlock")
@@ -143,10 +143,28 @@ class Servers:
         settings = runtime.settings
         self.runtime = runtime
         self.sockets = (proxy_socket, admin_socket)
+        # Requests each port refused before they became a call (malformed HTTP, slow or huge heads).
+        self.rejects = {"proxy": ServerRejects("proxy"), "admin": ServerRejects("admin")}
+        runtime.services["server_rejects"] = self.rejects
         self.proxy = QuietServer(
-            uvicorn_config(runtime.proxy, settings.listen.host, settings.listen.port, settings.shutdown_grace)
+            uvicorn_config(
+                runtime.proxy,
+                settings.listen.host,
+                settings.listen.port,
+                settings.shutdown_grace,
+                settings.server,
+                self.rejects["proxy"],
+            )
         )
-        self.admin = QuietServer(uvicorn_config(create_admin_app(runtime), settings.admin.host, settings.admin.port))
+        self.admin = QuietServer(
+            uvicorn_config(
+                create_admin_app(runtime),
+                settings.admin.host,
+                settings.admin.port,
+                limits=settings.server,
+                rejects=self.rejects["admin"],
+            )
+        )
 
     def stop(self) -> None:
         """Stop accepting; calls in flight get up to `shutdown_grace` seconds."""

@@ -108,6 +108,17 @@ class ProxyApp:
                 call.answer(
                     adapter.error_reply(413, "body_too_large", message), "bad_request", "body_too_large", message
                 )
+                assert call.reply is not None
+                call.reply.headers.append(("connection", "close"))  # the rest of the body is never read
+                await self.send_reply(call, send)
+                return
+            except _BodyTimeout as exc:
+                timeout = self.settings.server.body_timeout
+                message = f"the request body did not arrive within {timeout}s ({exc.size} bytes did)"
+                call.request_body = exc.head
+                call.answer(adapter.error_reply(408, "body_timeout", message), "bad_request", "body_timeout", message)
+                assert call.reply is not None
+                call.reply.headers.append(("connection", "close"))
                 await self.send_reply(call, send)
                 return
             except ClientGone:
@@ -127,27 +138,31 @@ class ProxyApp:
                 log.exception("recording call %s failed", call.id)
 
     async def read_body(self, scope: Scope, receive: Receive) -> bytes:
+        """The whole request body, within `server.body_timeout` (`_BodyTimeout` past it) and
+        `max_body_bytes` (`_TooLarge`: at once when the Content-Length says so, nothing read; the
+        reply then closes the connection rather than reading a body no one wants)."""
         limit = self.settings.max_body_bytes
         for name, value in scope["headers"]:
             if name == b"content-length" and value.isdigit() and int(value) > limit:
-                await _drain(receive)
                 raise _TooLarge(b"")
         parts: list[bytes] = []
         size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise ClientGone()
-            body = message.get("body", b"")
-            if body:
-                size += len(body)
-                if size > limit:
-                    if message.get("more_body", False):  # the last part may already be here
-                        await _drain(receive)
-                    raise _TooLarge(b"".join(parts)[:65536])
-                parts.append(body)
-            if not message.get("more_body", False):
-                break
+        try:
+            async with asyncio.timeout(self.settings.server.body_timeout):
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        raise ClientGone()
+                    body = message.get("body", b"")
+                    if body:
+                        size += len(body)
+                        if size > limit:
+                            raise _TooLarge(b"".join(parts)[:65536])
+                        parts.append(body)
+                    if not message.get("more_body", False):
+                        break
+        except TimeoutError:
+            raise _BodyTimeout(b"".join(parts)[:65536], size) from None
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     async def internal_error(self, call: Call, adapter: Adapter, send: Send, state: _Watch, exc: Exception) -> None:
@@ -439,6 +454,11 @@ class ProxyApp:
 class _TooLarge(Exception):
     def __init__(self, head: bytes) -> None:
         self.head = head
+
+
+class _BodyTimeout(Exception):
+    def __init__(self, head: bytes, size: int) -> None:
+        self.head, self.size = head, size
 
 
 class _StreamEnd(Exception):

@@ -149,9 +149,16 @@ async def stats(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
     recorder = getattr(runtime, "recorder", None)
     counters = recorder.counters() if recorder is not None else None
+    # Requests each port refused before they became a call (serving.ServerRejects): never recorded.
+    rejects = {name: dict(r.counts) for name, r in runtime.services.get("server_rejects", {}).items()}
 
     def read(store: Store) -> dict[str, Any]:
-        return {"store": {"path": store.path, **store.stats()}, "recorder": counters, "agents": store.agents()}
+        return {
+            "store": {"path": store.path, **store.stats()},
+            "recorder": counters,
+            "server": {"rejected": rejects},
+            "agents": store.agents(),
+        }
 
     return await _with_store(request, read)
 
