@@ -8,6 +8,14 @@ heads and first bytes, and connections reset before or in the middle of a stream
     upstream.script(Script(status=429, retry_after="1"), Script(text="hello"))
     ... point interlock's route at upstream.url + "/v1" ...
     upstream.requests[-1].json()                   # what the provider received
+
+The replies (`scripted_replies.py`) follow the providers' API references and real recordings, event
+for event, streamed and not: chat completions (tool calls, refusal, logprobs, the usage chunk),
+Responses (every event with its sequence_number: message, function_call, reasoning items,
+structured output's `text.format` echoed) and Anthropic messages (thinking with its signature,
+tool use). The SDKs' own stream accumulators turn each stream into exactly the non-streamed answer
+(tests/proxy/test_scripted.py). `Script(encoding="gzip" | "br" | ...)` compresses the answer when
+the request's Accept-Encoding lists the coding, as the real APIs do.
 """
 
 from __future__ import annotations
