@@ -111,5 +111,8 @@ clean:
 .PHONY: image
 IMAGE      ?= localhost/interlock:latest
 IMAGE_BASE ?= localhost/interlock-base:bookworm
+# buildah and debootstrap are Debian's packages, installed like chromium and wrk when missing.
 image:
+	@command -v buildah >/dev/null 2>&1 && command -v debootstrap >/dev/null 2>&1 || \
+	  (apt-get update -qq && apt-get install -y -qq buildah debootstrap >/dev/null)
 	@IMAGE='$(IMAGE)' IMAGE_BASE='$(IMAGE_BASE)' docker/image.sh
