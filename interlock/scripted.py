@@ -178,7 +178,7 @@ class ScriptedUpstream:
         self._server = QuietServer(config)
         self._thread = threading.Thread(target=self._run, name="scripted-upstream", daemon=True)
         self._thread.start()
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60  # a bound for a loaded machine, not a pace
         while not self._server.started:
             if time.monotonic() > deadline or not self._thread.is_alive():
                 raise RuntimeError("the scripted upstream did not start")

@@ -58,7 +58,7 @@ def settings_for_test(data: dict[str, Any], tmp_path: Any = None) -> Settings:
 
 
 @contextlib.contextmanager
-def run_interlock(settings: Settings, timeout: float = 15, warm_timeout: float = 180) -> Iterator[Running]:
+def run_interlock(settings: Settings, timeout: float = 60, warm_timeout: float = 180) -> Iterator[Running]:
     """Serve interlock in a background thread until the block ends (then shut down gracefully).
 
     The block starts once interlock is ready as `/ready` says it: listening, and the guardrails engine
