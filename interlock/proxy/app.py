@@ -7,6 +7,7 @@ proxy needs the raw path, the raw headers and control of every body message anyw
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -84,20 +85,20 @@ class ProxyApp:
                 send = _with_cors(send, cors_origin)
                 preflight = any(k == "access-control-request-method" for k, _ in headers)
                 if scope["method"] == "OPTIONS" and preflight and refusal is None:
-                    await _drain(receive)
+                    await _drain(receive, self.settings.server.body_timeout)
                     await _preflight(call, send, headers)
                     return
             if refusal is not None:
                 status, code, message = refusal
                 outcome: Outcome = "denied" if status == 403 else "bad_request"
                 call.answer(adapter.error_reply(status, code, message, retryable=False), outcome, code, message)
-                await _drain(receive)
+                await _drain(receive, self.settings.server.body_timeout)
                 await self.send_reply(call, send)
                 return
             if route is None:
                 message = f"no route named {name!r}; routes: {self._route_list}"
                 call.answer(adapter.error_reply(404, "unknown_route", message), "bad_request", "unknown_route", message)
-                await _drain(receive)
+                await _drain(receive, self.settings.server.body_timeout)
                 await self.send_reply(call, send)
                 return
             try:
@@ -559,12 +560,15 @@ async def _preflight(call: Call, send: Send, headers: list[tuple[str, str]]) -> 
     await send({"type": "http.response.body", "body": b""})
 
 
-async def _drain(receive: Receive) -> None:
-    """Read and discard the rest of the request body, so the connection stays usable."""
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect" or not message.get("more_body", False):
-            return
+async def _drain(receive: Receive, seconds: float) -> None:
+    """Read and discard the rest of the request body, so the connection stays usable; for at most
+    `seconds` (`server.body_timeout`: a trickled body must not hold a refused call open)."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect" or not message.get("more_body", False):
+                    return
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:

@@ -67,7 +67,13 @@ def _content_texts(content: Any, path: tuple[str | int, ...], role: str) -> list
 class OpenAIAdapter(Adapter):
     name = "openai"
     json_body = True
-    stream_end_markers = (b"data: [DONE]", b"event: response.completed")
+    # A Responses stream ends with one of its three final events (OpenAI "Streaming events").
+    stream_end_markers = (
+        b"data: [DONE]",
+        b"event: response.completed",
+        b"event: response.incomplete",
+        b"event: response.failed",
+    )
 
     def parse(self, call: Call) -> RequestView:
         if call.method != "POST":
