@@ -228,4 +228,5 @@ def test_a_1_gb_stream_and_a_1_gb_body_keep_rss_under_300_mb(tmp_path: Path, pro
             calls = {c["route"]: c for c in store.list_calls()}
             assert calls["stream"]["outcome"] == "ok" and calls["body"]["truncated"]
         peak = served.rss_peak_mb()
+        print(f"interlock serve peak RSS {peak:.0f} MB after a 1 GB stream and a 1 GB body")
         assert peak < 300, f"peak RSS {peak:.0f} MB"
