@@ -21,6 +21,7 @@ import anthropic.types
 import openai
 import openai.types.chat
 import openai.types.responses
+import pydantic
 import pytest
 
 from interlock.proxy.protocols.reassemble import reassemble_stream
@@ -493,6 +494,50 @@ def test_the_whole_stream_without_its_final_response_is_the_same_message() -> No
     # Every item was closed by output_item.done: the rebuilt output is the final one.
     message = reassemble_stream("openai", responses_stream(complete=False))
     assert message["output"] == RESPONSE_ITEMS
+
+
+# -- the SDKs' own stream accumulators read these streams the same way ------------------------------
+
+
+def datas(body: bytes) -> list[dict[str, Any]]:
+    return [json.loads(event.split(b"data: ", 1)[1]) for event in body.split(b"\n\n") if b"data: {" in event]
+
+
+def unparsed(value: Any) -> Any:
+    """A dump without the openai accumulators' own additions (`parsed`, `parsed_arguments`, a tool call's `index`)."""
+    if isinstance(value, dict):
+        extra = ("parsed", "parsed_arguments", "index") if "function" in value else ("parsed", "parsed_arguments")
+        return {k: unparsed(v) for k, v in value.items() if k not in extra}
+    if isinstance(value, list):
+        return [unparsed(v) for v in value]
+    return value
+
+
+def test_the_sdks_accumulate_these_streams_to_the_same_messages() -> None:
+    """The streams above are well-formed: each SDK's own accumulator builds the expected message too."""
+    from anthropic.lib.streaming._messages import accumulate_event
+    from openai.lib.streaming.chat import ChatCompletionStreamState
+    from openai.lib.streaming.responses._responses import ResponseStreamState
+
+    snapshot: Any = None
+    buffers: dict[int, bytes] = {}
+    for event in datas(anthropic_stream()):
+        if event["type"] != "ping":
+            snapshot = accumulate_event(event=event, current_snapshot=snapshot, json_bufs=buffers)  # type: ignore[arg-type]
+    assert snapshot.model_dump() == anthropic.types.Message.model_validate(ANTHROPIC_WHOLE).model_dump()
+
+    chat = ChatCompletionStreamState()
+    for chunk in datas(chat_stream()):
+        chat.handle_chunk(openai.types.chat.ChatCompletionChunk.model_validate(chunk))
+    expected = openai.types.chat.ChatCompletion.model_validate(CHAT_WHOLE).model_dump()
+    assert unparsed(chat.get_final_completion().model_dump()) == expected
+
+    responses: Any = ResponseStreamState(input_tools=openai.omit, text_format=openai.omit)
+    events: Any = pydantic.TypeAdapter(openai.types.responses.ResponseStreamEvent)
+    for event in datas(responses_stream()):
+        responses.handle_event(events.validate_python(event))
+    expected = openai.types.responses.Response.model_validate(RESPONSE_WHOLE).model_dump()
+    assert unparsed(responses._completed_response.model_dump()) == expected
 
 
 # -- through interlock, compressed or not ----------------------------------------------------------
