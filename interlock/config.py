@@ -92,10 +92,25 @@ class HttpServer(Model):
 
 class Timeouts(Model):
     connect: float = Field(5.0, gt=0)
-    #: Seconds from sending the request to the first response byte.
-    first_byte: float = Field(120.0, gt=0)
+    #: Seconds from the start of an attempt to its response head and first body bytes (a stream's
+    #: first event); past it the attempt fails over (issue 21).
+    first_token: float = Field(120.0, gt=0)
+    #: Seconds allowed between two chunks of a stream once it is relayed; past it the stream ends
+    #: with the protocol's error event.
+    idle: float = Field(120.0, gt=0)
+    #: Deprecated: the one timeout that did both jobs. Sets `first_token` and `idle` where they are
+    #: not given.
+    first_byte: float | None = Field(None, gt=0)
     #: Seconds for the whole call, stream included.
     total: float = Field(600.0, gt=0)
+
+    @model_validator(mode="after")
+    def _first_byte_alias(self) -> Timeouts:
+        if self.first_byte is not None:
+            for name in ("first_token", "idle"):
+                if name not in self.model_fields_set:
+                    object.__setattr__(self, name, self.first_byte)
+        return self
 
 
 class Retry(Model):
@@ -115,6 +130,25 @@ class Retry(Model):
     #: Retry non-idempotent methods (POST/PATCH on `http` routes, MCP `tools/call`). Model protocols are
     #: always retried; a connect error (nothing sent) is always retried.
     non_idempotent: bool = False
+    #: Tries on one (upstream, model) before moving on to the next target (issue 21); an alias entry
+    #: may set its own (`retry: {same_target: N}`).
+    same_target: int = Field(2, ge=1, le=20)
+    #: Error codes that fail over to a target with a larger declared `context_window` instead of being
+    #: relayed: an error's `code` or `type`, optionally `type: message prefix` (Anthropic has no code).
+    #: Content-policy refusals never fail over.
+    failover_codes: tuple[str, ...] = ("context_length_exceeded", "invalid_request_error: prompt is too long")
+
+    @field_validator("failover_codes")
+    @classmethod
+    def _no_refusals(cls, codes: tuple[str, ...]) -> tuple[str, ...]:
+        for code in codes:
+            if any(word in code.lower() for word in REFUSAL_WORDS):
+                raise ValueError(f"{code!r}: content-policy refusals never fail over (no routing around a filter)")
+        return codes
+
+
+#: Error codes and types of content-policy refusals: never failed over (see `Retry.failover_codes`).
+REFUSAL_WORDS = ("content_filter", "content_policy", "safety", "refusal")
 
 
 class Breaker(Model):
@@ -163,9 +197,18 @@ class Upstream(Model):
         return http_url(value).rstrip("/")
 
 
+class TargetRetry(Model):
+    same_target: int = Field(ge=1, le=20)
+
+
 class ModelTarget(Model):
     upstream: str | None = None
     model: str
+    #: The model's context window in tokens: a `retry.failover_codes` error fails over only to a
+    #: target that declares a larger one.
+    context_window: int | None = Field(None, gt=0)
+    #: This entry's own `retry.same_target` (else the route's).
+    retry: TargetRetry | None = None
 
 
 class Route(Model):

@@ -265,7 +265,7 @@ class ProxyApp:
                 call.meta["content_encoding"] = opened.encoding
             if call.status >= 400:
                 call.outcome, call.error_code = "upstream_error", f"http_{call.status}"
-                if call.meta.get("retries_exhausted"):
+                if call.meta.get("retries_exhausted") or call.meta.get("retry_declined"):
                     # interlock retried and gave up: the agent's SDK must not retry again (the
                     # OpenAI and Anthropic SDKs honour this), or retries multiply.
                     call.response_headers = [h for h in call.response_headers if h[0] != "x-should-retry"]

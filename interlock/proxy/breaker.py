@@ -1,4 +1,5 @@
-"""A circuit breaker per upstream: stop sending calls to an upstream that keeps failing.
+"""A circuit breaker: stop sending calls to an (upstream, model) that keeps failing, or to an upstream
+whose connections keep failing (the router keeps one of each, issue 21).
 
 closed ──N consecutive failures, or failure ratio over the window──▶ open
 open ──cooldown elapsed──▶ half-open: one call (the probe) goes through, the others skip it
@@ -21,12 +22,13 @@ CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 
 
 class CircuitBreaker:
-    """The health of one upstream of one route, as its recent calls saw it."""
+    """The health of one upstream (or one model on it) of one route, as its recent calls saw it."""
 
     __slots__ = (
         "config",
         "route",
         "upstream",
+        "model",
         "on_change",
         "clock",
         "state",
@@ -46,11 +48,14 @@ class CircuitBreaker:
         *,
         route: str = "",
         upstream: str = "",
+        model: str = "",
         on_change: Callable[[CircuitBreaker, str], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
         self.route, self.upstream = route, upstream
+        #: The model this breaker watches; "" for an upstream-wide (transport) breaker.
+        self.model = model
         self.on_change = on_change
         self.clock = clock
         self.state = CLOSED

@@ -25,17 +25,21 @@ from interlock.proxy.protocols import Adapter
 from interlock.proxy.protocols.base import dump_body
 from interlock.proxy.protocols.encoding import Decoder, Unreadable
 from interlock.proxy.retry import (
+    CONNECT,
     DEADLINE,
+    MALFORMED,
+    RESET,
     TIMEOUT,
     UPSTREAM_ERRORS,
     Failure,
     backoff_delay,
     classify,
     describe_error,
+    failover_code,
     may_resend,
     retry_after_seconds,
 )
-from interlock.proxy.routing import Router, Target, UpstreamState
+from interlock.proxy.routing import Router, Slot, Target, UpstreamState
 from interlock.proxy.upstream import recorded_url, route_timeouts, upstream_headers, upstream_url
 from interlock.tracing.call import Attempt, Call
 
@@ -83,6 +87,12 @@ class Opened:
     encoding: str | None = None
     #: Why the body cannot be read (an unknown content-encoding, bytes that do not decode), if so.
     unreadable: str | None = None
+    #: The (upstream, model) slot that answered.
+    slot: Slot | None = None
+    #: The stream went silent for longer than `timeouts.idle`.
+    stalled: bool = False
+    #: `decoded` ran (it must run once).
+    decode_done: bool = False
 
     async def aclose(self) -> None:
         if self.closed:
@@ -91,8 +101,38 @@ class Opened:
         if self.state is not None:
             self.state.inflight -= 1
             if self.call is not None and self.call.error_code == "stream_broken":
-                self.state.breaker.failure()
+                # A stall is the model's (its slot); a broken connection is the upstream's.
+                if self.stalled and self.slot is not None:
+                    self.slot.breaker.failure()
+                else:
+                    self.state.breaker.failure()
         await self.response.aclose()
+
+
+class _IdleBounded:
+    """A stream's remaining chunks, each within `timeouts.idle` of the last (issue 21): a silence
+    longer than that raises `httpx.ReadTimeout`, which ends the stream with the protocol's error event."""
+
+    __slots__ = ("_chunks", "_seconds", "_opened")
+
+    def __init__(self, chunks: AsyncIterator[bytes], seconds: float, opened: Opened) -> None:
+        self._chunks, self._seconds, self._opened = chunks, seconds, opened
+
+    def __aiter__(self) -> _IdleBounded:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            async with asyncio.timeout(self._seconds):
+                return await self._chunks.__anext__()
+        except TimeoutError:
+            self._opened.stalled = True
+            raise httpx.ReadTimeout(f"no stream data for {self._seconds}s (timeouts.idle)") from None
+
+
+#: Failures that say the connection to the upstream is broken (not the model): they feed the
+#: upstream-wide breaker; every other failure feeds the (upstream, model) slot's.
+_TRANSPORT = frozenset({CONNECT, RESET, MALFORMED})
 
 
 def _breaker_failure(status: int) -> bool:
@@ -110,8 +150,7 @@ class Forwarder:
         self.routers: dict[str, Router] = {name: self._router(name, route) for name, route in settings.routes.items()}
 
     def _router(self, name: str, route: Route) -> Router:
-        timeouts = route_timeouts(self.settings, route)
-        return Router(name, route, self._breaker_changed, first_byte=timeouts.connect + timeouts.first_byte)
+        return Router(name, route, self._breaker_changed, timeouts=route_timeouts(self.settings, route))
 
     def router(self, name: str, route: Route) -> Router:
         router = self.routers.get(name)
@@ -130,16 +169,38 @@ class Forwarder:
         plain = call.upstream_body
         router = self.router(call.route, route)
         plan = router.plan(call.model)
-        target = router.pick(plan)
+        target = router.pick(plan, call.model)
         if target is None:
             raise self._circuit_open(call, router, plan)
-        if router.first_attempt_limit is None:
+        if not router.cut_first:
             result = await self.attempt(call, adapter, router, target, plain)
         else:
-            result = await self._cut_attempt(call, adapter, router, target, plain, router.first_attempt_limit)
-        if type(result) is Opened and result.response.status_code not in router.statuses:
-            return await self.decoded(result)
-        return await self.decoded(await self._retry(call, adapter, router, plan, target, result, plain))
+            result = await self._cut_attempt(call, adapter, router, target, plain, route.retry.deadline)
+        if type(result) is Opened:
+            status = result.response.status_code
+            if status not in router.statuses and (status != 400 or not await self._fails_over(router, result)):
+                return self._bounded(router, await self.decoded(result))
+        return self._bounded(
+            router, await self.decoded(await self._retry(call, adapter, router, plan, target, result, plain))
+        )
+
+    async def _fails_over(self, router: Router, opened: Opened) -> bool:
+        """Whether a 400 carries one of `retry.failover_codes` (its body read decoded, issue 21)."""
+        if not router.failover_codes or opened.rest is not _NOTHING:
+            return False
+        await self.decoded(opened)
+        if opened.unreadable is not None or opened.too_large:
+            return False
+        code = failover_code(opened.first, router.failover_codes)
+        if code is not None and opened.call is not None:
+            opened.call.meta["failover_code"] = code
+        return code is not None
+
+    @staticmethod
+    def _bounded(router: Router, opened: Opened) -> Opened:
+        if router.idle is not None and opened.rest is not _NOTHING:
+            opened.rest = _IdleBounded(opened.rest, router.idle, opened)
+        return opened
 
     async def decoded(self, opened: Opened) -> Opened:
         """The response with its content-encoding undone: the one place a body is decoded, so every
@@ -148,6 +209,9 @@ class Forwarder:
         bounded by `max_decoded_bytes`. What cannot be decoded (an unknown coding, bytes that do not
         decode) stays as it came, with `unreadable` saying why: the app then fails the call closed
         when a rule must read it, or relays it untouched when none does."""
+        if opened.decode_done:
+            return opened
+        opened.decode_done = True
         coding = opened.response.headers.get("content-encoding")
         if not coding or opened.too_large:  # a body cut at max_response_bytes is refused as it is
             return opened
@@ -205,8 +269,10 @@ class Forwarder:
         )
         call.attempts.append(attempt)
         call.upstream = state.name
-        breaker = state.breaker
+        slot = router.slot_of(target, call.model)
+        breaker = slot.breaker
         probe = breaker.acquire()
+        link_probe = state.breaker.acquire()
         state.inflight += 1
         if router.timeout is None:
             request = self.client.build_request(call.method, url, headers=headers, content=body)
@@ -248,7 +314,12 @@ class Forwarder:
             attempt.error = f"{failure.kind}: {failure.detail}"
             attempt.duration_ms = call.elapsed_ms() - attempt.started_ms
             state.inflight -= 1
-            breaker.failure(probe)
+            if failure.kind in _TRANSPORT:  # the connection, not the model: the upstream-wide breaker
+                state.breaker.failure(link_probe)
+                breaker.release(probe)
+            else:
+                breaker.failure(probe)
+                state.breaker.release(link_probe)
             if response is not None:
                 await _close_quietly(response)
             return failure
@@ -257,15 +328,18 @@ class Forwarder:
             attempt.duration_ms = call.elapsed_ms() - attempt.started_ms
             state.inflight -= 1
             breaker.release(probe)
+            state.breaker.release(link_probe)
             if response is not None:
                 await _close_quietly(response)
             raise
+        state.breaker.success(link_probe)  # an HTTP response: the connection works
         if _breaker_failure(status):
             breaker.failure(probe)
         else:
             breaker.success(probe)
         opened = Opened(response, upstream, first, rest, state, call)
         opened.too_large = too_large
+        opened.slot = slot
         return opened
 
     async def _cut_attempt(
@@ -279,11 +353,19 @@ class Forwarder:
         *,
         backoff_ms: float = 0.0,
     ) -> Opened | Failure:
-        """An attempt cut when the route's retry deadline passes (`seconds` from now)."""
+        """An attempt cut when the route's retry deadline passes (`seconds` from now), or at
+        `timeouts.first_token` when that is sooner (a timeout: the next target is tried)."""
+        first_token = router.first_token
+        slow = first_token is not None and first_token < seconds
         try:
-            async with asyncio.timeout(seconds):
+            async with asyncio.timeout(first_token if slow else seconds):
                 return await self.attempt(call, adapter, router, target, plain, backoff_ms=backoff_ms)
         except TimeoutError:
+            if slow:
+                message = f"no response and first bytes within timeouts.first_token ({first_token}s)"
+                call.attempts[-1].error = f"{TIMEOUT}: {message}"
+                router.slot_of(target, call.model).breaker.failure()
+                return Failure(TIMEOUT, message, sent=True)
             message = f"the route's retry deadline of {router.route.retry.deadline}s passed"
             call.attempts[-1].error = f"{DEADLINE}: {message}"
             return Failure(DEADLINE, message, sent=True)
@@ -312,41 +394,84 @@ class Forwarder:
         plain: bytes | None,
     ) -> Opened:
         """The slow path, after a first attempt that failed: more attempts until one succeeds or the
-        budget, the deadline, the breakers or idempotency say stop."""
+        budget, the deadline, the breakers or idempotency say stop.
+
+        Each target is tried `same_target` times (waiting its backoff or `Retry-After` in between)
+        before the next is asked for; a `Retry-After` past `retry_after_max` or the deadline moves on
+        at once; a `failover_codes` error moves on to a target with a larger context window (issue 21).
+        """
         retry = router.route.retry
+        model = call.model
         first_index = len(call.attempts) - 1
         deadline_ms = call.attempts[first_index].started_ms + retry.deadline * 1000.0
         resend = may_resend(router.route, call.method, getattr(call.view, "operation", None))
-        first_target = target
-        tries: dict[Target, int] = {target: 1}
-        retry_after: dict[Target, float] = {}
+        first_slot = router.slot_of(target, model)
+        tries: dict[Slot, int] = {first_slot: 1}
+        retry_after: dict[Slot, float] = {}
+        skip: set[Slot] = set()
+        waited_out = False  # a target was skipped because its Retry-After was too long
+        min_window: int | None = None
         while True:
             stop = ""
+            slot = router.slot_of(target, model)
+            failover = False
             if isinstance(result, Opened):
-                seconds = retry_after_seconds(result.response.headers.get("retry-after"))
-                if seconds is not None:
-                    retry_after[target] = seconds
-                if not resend:
-                    stop = "not_idempotent"
+                if result.response.status_code == 400:  # a failover code (else it was returned)
+                    failover = True
+                    skip.add(slot)
+                    min_window = max(min_window or 0, target.context_window or 0)
+                else:
+                    seconds = retry_after_seconds(result.response.headers.get("retry-after"))
+                    if seconds is not None:
+                        retry_after[slot] = seconds
+                    if not resend:
+                        stop = "not_idempotent"
             elif result.kind == DEADLINE:
                 stop = "deadline"
             elif result.sent and not resend:
                 stop = "not_idempotent"
+            # A refused connection (nothing was sent) says nothing a second try would change: move on.
+            refused = isinstance(result, Failure) and result.kind == CONNECT
             wait = 0.0
             following: Target | None = None
             if not stop and len(call.attempts) - first_index >= retry.attempts:
                 stop = "attempts"
-            if not stop:
-                following = router.pick(plan, tries)
-                if following is None:
-                    stop = "circuit_open"
-            if following is not None and not stop:
-                done = tries.get(following, 0)
+            while not stop:
+                if (
+                    not failover
+                    and not refused
+                    and slot not in skip
+                    and tries.get(slot, 0) < target.same_target
+                    and slot.available()
+                ):
+                    candidate: Target | None = target  # stay: `same_target` tries before moving on
+                else:
+                    candidate = router.pick(plan, model, tries, skip=skip, min_window=min_window)
+                if candidate is None:
+                    stop = (
+                        "no_larger_context"
+                        if failover or min_window is not None
+                        else ("retry_after" if waited_out else "circuit_open")
+                    )
+                    break
+                chosen = router.slot_of(candidate, model)
+                done = tries.get(chosen, 0)
+                wait = 0.0
                 if done:
-                    seconds = retry_after.get(following)
-                    wait = min(seconds, retry.retry_after_max) if seconds is not None else backoff_delay(retry, done)
+                    seconds = retry_after.get(chosen)
+                    if seconds is not None:
+                        if seconds > retry.retry_after_max or call.elapsed_ms() + seconds * 1000.0 >= deadline_ms:
+                            skip.add(chosen)  # longer than interlock would wait: the next target, now
+                            waited_out = True
+                            continue
+                        wait = seconds
+                    else:
+                        wait = backoff_delay(retry, done)
                 if call.elapsed_ms() + wait * 1000.0 >= deadline_ms:
                     stop = "deadline"
+                    break
+                following = candidate
+                break
             if stop or following is None:
                 return self._give_up(call, router, result, stop, first_index)
             if isinstance(result, Opened):
@@ -354,18 +479,26 @@ class Forwarder:
             if wait > 0.0:
                 await asyncio.sleep(wait)
             target = following
-            tries[target] = tries.get(target, 0) + 1
+            slot = router.slot_of(target, model)
+            tries[slot] = tries.get(slot, 0) + 1
             left = (deadline_ms - call.elapsed_ms()) / 1000.0
             result = await self._cut_attempt(call, adapter, router, target, plain, left, backoff_ms=wait * 1000.0)
-            if isinstance(result, Opened) and result.response.status_code not in router.statuses:
-                if target is not first_target:
-                    call.meta["fallback"] = True
-                return result
+            if isinstance(result, Opened):
+                status = result.response.status_code
+                if status not in router.statuses and (status != 400 or not await self._fails_over(router, result)):
+                    if slot is not first_slot:
+                        call.meta["fallback"] = True
+                    return result
 
     def _give_up(self, call: Call, router: Router, result: Opened | Failure, reason: str, first_index: int) -> Opened:
         """No more attempts: return the last response, or raise with what every attempt met."""
         retried = len(call.attempts) - first_index > 1
         call.meta["retry_stop"] = reason
+        if reason != "no_larger_context" and (retried or reason != "attempts"):
+            # A retryable failure interlock chose not to retry (any further): the agent's SDK must not
+            # retry it either (`x-should-retry: false`), or retries multiply (issue 21). A route of
+            # one attempt (`retry.attempts: 1`) leaves retrying to the agent.
+            call.meta["retry_declined"] = True
         if retried:
             call.meta["retries_exhausted"] = True
             if self.escalator.enabled:
@@ -400,25 +533,29 @@ class Forwarder:
 
     def _circuit_open(self, call: Call, router: Router, plan: tuple[Target, ...]) -> UpstreamFailure:
         call.meta["retry_stop"] = "circuit_open"
-        seen: set[str] = set()
+        seen: set[int] = set()
         parts: list[str] = []
         for target in plan:
-            state = target.state
-            if state.name in seen:
-                continue
-            seen.add(state.name)
-            breaker = state.breaker
-            wait = breaker.retry_in()
-            when = f", retry in {wait:.1f}s" if wait else ", a probe is in flight" if breaker.probing else ""
-            parts.append(f"{state.name}: {breaker.reason or breaker.state}{when}")
-        message = f"route {router.name!r}: every upstream's circuit breaker is open ({'; '.join(parts)})"
+            slot = router.slot_of(target, call.model)
+            for breaker, name in (
+                (target.state.breaker, target.state.name),
+                (slot.breaker, f"{target.state.name} {slot.model}"),
+            ):
+                if id(breaker) in seen or breaker.available():
+                    continue
+                seen.add(id(breaker))
+                wait = breaker.retry_in()
+                when = f", retry in {wait:.1f}s" if wait else ", a probe is in flight" if breaker.probing else ""
+                parts.append(f"{name}: {breaker.reason or breaker.state}{when}")
+        message = f"route {router.name!r}: every target's circuit breaker is open ({'; '.join(parts)})"
         return UpstreamFailure(503, "circuit_open", message)
 
     def _breaker_changed(self, breaker: CircuitBreaker, old: str) -> None:
         if breaker.state == OPEN and old == CLOSED:
             log.warning(
-                "circuit breaker for upstream %s of route %s opened: %s",
+                "circuit breaker for upstream %s%s of route %s opened: %s",
                 breaker.upstream,
+                f" model {breaker.model}" if breaker.model else "",
                 breaker.route,
                 breaker.reason,
             )
@@ -426,14 +563,22 @@ class Forwarder:
                 "breaker_open",
                 route=breaker.route,
                 upstream=breaker.upstream,
+                model=breaker.model or None,
                 reason=breaker.reason,
                 consecutive_failures=breaker.consecutive_failures,
                 failure_ratio=round(breaker.failure_ratio, 4),
                 cooldown=breaker.config.cooldown,
             )
         elif breaker.state == CLOSED:
-            log.warning("circuit breaker for upstream %s of route %s closed", breaker.upstream, breaker.route)
-            self.escalator.emit("breaker_closed", route=breaker.route, upstream=breaker.upstream)
+            log.warning(
+                "circuit breaker for upstream %s%s of route %s closed",
+                breaker.upstream,
+                f" model {breaker.model}" if breaker.model else "",
+                breaker.route,
+            )
+            self.escalator.emit(
+                "breaker_closed", route=breaker.route, upstream=breaker.upstream, model=breaker.model or None
+            )
 
     def snapshot(self) -> dict[str, Any]:
         """Routes, upstreams, breakers and calls in flight: what `GET /api/upstreams` shows."""
@@ -452,6 +597,8 @@ _STOPS = {
     "deadline": "retry deadline reached",
     "circuit_open": "remaining upstreams have open circuit breakers",
     "not_idempotent": "the request is not idempotent and may have been received",
+    "retry_after": "the upstream's Retry-After is longer than retry_after_max or the deadline",
+    "no_larger_context": "no target with a larger context window",
     "": "no retry",
 }
 

@@ -8,6 +8,7 @@ wait before going back to an upstream that already failed (`backoff_delay`, `ret
 from __future__ import annotations
 
 import email.utils
+import json
 import random
 import time
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 import aiohttp
 import httpx
 
-from interlock.config import Retry, Route
+from interlock.config import REFUSAL_WORDS, Retry, Route
 
 #: Failure kinds: `connect` (nothing reached the upstream), `timeout` (no first byte in time),
 #: `reset` (the connection broke before the first byte), `deadline` (the call's retry deadline hit),
@@ -125,8 +126,41 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float | 
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
+def failover_code(body: bytes, codes: tuple[str, ...]) -> str | None:
+    """The entry of `retry.failover_codes` that an error body matches, if any (issue 21).
+
+    An entry matches the error's `code` or `type` (OpenAI: `{"error": {"code":
+    "context_length_exceeded", ...}}`), or, written `type: prefix`, its `type` with a message that
+    starts with the prefix (Anthropic has no code: `{"type": "error", "error": {"type":
+    "invalid_request_error", "message": "prompt is too long: 208656 tokens > 200000 maximum"}}`).
+    A content-policy refusal never matches, whatever the list says.
+    """
+    if not codes or len(body) > 65536:
+        return None
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    error = data.get("error") if isinstance(data, dict) else None
+    if not isinstance(error, dict):
+        return None
+    code, kind, message = (str(error.get(k) or "").lower() for k in ("code", "type", "message"))
+    if any(word in code or word in kind for word in REFUSAL_WORDS):
+        return None
+    for entry in codes:
+        name, colon, prefix = entry.partition(":")
+        name, prefix = name.strip().lower(), prefix.strip().lower()
+        if colon:
+            if name in (code, kind) and message.startswith(prefix):
+                return entry
+        elif name in (code, kind):
+            return entry
+    return None
+
+
 __all__ = [
     "Failure",
+    "failover_code",
     "classify",
     "describe_error",
     "may_resend",

@@ -8,10 +8,15 @@ rank in the fallback chain:
 - a model alias (`models: {smart: [{upstream: a, model: gpt-4o}, {model: gpt-4o-mini}]}`): the
   chain's entries in order, rank = position; an entry without `upstream` stands for every upstream.
 
-Each attempt takes the available target (breaker not open) that this call has tried the fewest
-times, then the lowest rank; among equals the route's `strategy` decides: `priority` (first in
-order), `weight` (weighted random) or `least_inflight` (fewest calls in flight). So with upstreams
-A and B a call goes A, B, A, B...; one upstream alone is simply retried.
+Tries, `Retry-After` and circuit breakers are kept per *slot*: one (upstream, model) pair at run time
+(issue 21), so a chain that lists the same pair twice shares them, and an outage of one model never
+blocks another model on the same upstream. Each upstream also has an upstream-wide breaker that only
+transport failures (connect errors, resets, malformed responses) feed.
+
+`Router.pick` takes the available target (both breakers not open) whose slot this call has tried the
+fewest times, then the lowest rank; among equals the route's `strategy` decides: `priority` (first in
+order), `weight` (weighted random) or `least_inflight` (fewest calls in flight). The forwarder stays
+on a target for `retry.same_target` tries before it asks for another.
 
 The first pick allocates nothing (no list, no dict): most calls succeed first time.
 """
@@ -19,35 +24,95 @@ The first pick allocates nothing (no list, no dict): most calls succeed first ti
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
-from interlock.config import Route, Upstream
-from interlock.proxy.breaker import CircuitBreaker
+from interlock.config import Route, Timeouts, Upstream
+from interlock.proxy.breaker import CLOSED, CircuitBreaker
 from interlock.proxy.upstream import httpx_timeout
+
+#: Slots (one breaker each) kept per upstream for models asked for by name (no alias): agents choose
+#: the names, so the table is bounded; past it, closed slots are forgotten, else one shared slot serves.
+MAX_SLOTS = 256
+
+_OVERFLOW = "*"
+
+
+@dataclass(slots=True, eq=False)
+class Slot:
+    """One (upstream, model) pair at run time: its breaker. Tries and `Retry-After` are keyed by it."""
+
+    state: UpstreamState
+    model: str
+    breaker: CircuitBreaker
+    #: Named by a model alias: never forgotten.
+    pinned: bool = False
+
+    def available(self) -> bool:
+        return self.breaker.available() and self.state.breaker.available()
 
 
 @dataclass(slots=True, eq=False)
 class UpstreamState:
-    """One upstream of one route at run time: its breaker and the calls in flight to it."""
+    """One upstream of one route at run time: its upstream-wide (transport) breaker, its slots, and
+    the calls in flight to it."""
 
     upstream: Upstream
     name: str
     breaker: CircuitBreaker
+    route: Route
+    route_name: str
+    on_change: Callable[[CircuitBreaker, str], None] | None
+    clock: Callable[[], float] = time.monotonic
     inflight: int = 0
+    slots: dict[str, Slot] = field(default_factory=dict)
+
+    def slot(self, model: str | None, *, pinned: bool = False) -> Slot:
+        """The slot for `model` (None: the model the call asked for was not given: one slot)."""
+        key = model or ""
+        slot = self.slots.get(key)
+        if slot is not None:
+            return slot
+        if len(self.slots) >= MAX_SLOTS and not pinned:
+            for name, old in self.slots.items():
+                if not old.pinned and old.breaker.state == CLOSED and name != _OVERFLOW:
+                    del self.slots[name]
+                    break
+            else:
+                key = _OVERFLOW
+                slot = self.slots.get(key)
+                if slot is not None:
+                    return slot
+        breaker = CircuitBreaker(
+            self.route.breaker,
+            route=self.route_name,
+            upstream=self.name,
+            model=key,
+            on_change=self.on_change,
+            clock=self.clock,
+        )
+        slot = self.slots[key] = Slot(self, key, breaker, pinned)
+        return slot
 
 
 @dataclass(slots=True, frozen=True, eq=False)
 class Target:
-    """Where one attempt goes: an upstream, the model to ask it for (None: as requested), and the
-    position in the fallback chain."""
+    """Where one attempt goes: an upstream, the model to ask it for (None: as requested), the
+    position in the fallback chain, and what the alias entry says about it."""
 
     state: UpstreamState
     model: str | None
     rank: int
+    #: The slot, when the model is fixed (an alias entry); else it depends on the call's model.
+    slot: Slot | None = None
+    #: Tries on this target before moving on (`retry.same_target`).
+    same_target: int = 1
+    #: The declared context window in tokens, if any.
+    context_window: int | None = None
 
 
 class Router:
@@ -59,15 +124,22 @@ class Router:
         route: Route,
         on_breaker_change: Callable[[CircuitBreaker, str], None] | None = None,
         *,
-        first_byte: float | None = None,
+        timeouts: Timeouts | None = None,
     ) -> None:
         self.name = name
         self.route = route
-        #: The retry deadline, when it is shorter than what bounds an attempt's wait for its response
-        #: (`first_byte`: the connect and first-byte timeouts together): the first attempt is then cut
-        #: at it too (later attempts always are). None: nothing to cut, and no timer on the fast path.
-        self.first_attempt_limit = (
-            route.retry.deadline if first_byte is not None and route.retry.deadline < first_byte else None
+        read = None if timeouts is None else max(timeouts.first_token, timeouts.idle)
+        #: `timeouts.first_token`, when it is shorter than the HTTP client's read timeout (which is the
+        #: longer of first_token and idle): an attempt is then cut at it. None: no timer on the fast path.
+        self.first_token = (
+            timeouts.first_token if timeouts is not None and read is not None and timeouts.first_token < read else None
+        )
+        #: `timeouts.idle`, when it is shorter than the client's read timeout: the stream is bounded by it.
+        self.idle = timeouts.idle if timeouts is not None and read is not None and timeouts.idle < read else None
+        #: Whether the first attempt needs a timer: the retry deadline is shorter than what bounds an
+        #: attempt's wait for its response (connect plus read), or `first_token` cuts it.
+        self.cut_first = self.first_token is not None or (
+            timeouts is not None and read is not None and route.retry.deadline < timeouts.connect + read
         )
         self.strategy = route.strategy
         self.states = tuple(
@@ -77,24 +149,39 @@ class Router:
                 CircuitBreaker(
                     route.breaker, route=name, upstream=upstream.name or upstream.url, on_change=on_breaker_change
                 ),
+                route,
+                name,
+                on_breaker_change,
             )
             for upstream in route.upstreams
         )
         by_name = {s.name: s for s in self.states}
         ordered = sorted(self.states, key=lambda s: s.upstream.priority)  # stable: ties keep config order
-        self.default_plan: tuple[Target, ...] = tuple(Target(s, None, 0) for s in ordered)
+        same = route.retry.same_target
+        self.default_plan: tuple[Target, ...] = tuple(Target(s, None, 0, None, same) for s in ordered)
         self.aliases: dict[str, tuple[Target, ...]] = {}
         for alias, chain in route.models.items():
             targets: list[Target] = []
             for rank, entry in enumerate(chain):
-                if entry.upstream is not None:
-                    targets.append(Target(by_name[entry.upstream], entry.model, rank))
-                else:
-                    targets.extend(Target(s, entry.model, rank) for s in ordered)
+                tries = entry.retry.same_target if entry.retry is not None else same
+                states = [by_name[entry.upstream]] if entry.upstream is not None else ordered
+                targets.extend(
+                    Target(s, entry.model, rank, s.slot(entry.model, pinned=True), tries, entry.context_window)
+                    for s in states
+                )
             self.aliases[alias] = tuple(targets)
         self.statuses = frozenset(route.retry.statuses)
+        self.failover_codes = route.retry.failover_codes
         #: A per-request timeout when the route has its own; None: the client's default.
         self.timeout: httpx.Timeout | None = httpx_timeout(route.timeouts) if route.timeouts else None
+
+    def set_clock(self, clock: Callable[[], float]) -> None:
+        """Every breaker of this route, now and later, on `clock` (tests drive time this way)."""
+        for state in self.states:
+            state.clock = clock
+            state.breaker.clock = clock
+            for slot in state.slots.values():
+                slot.breaker.clock = clock
 
     def plan(self, model: str | None) -> tuple[Target, ...]:
         """The targets for a call asking for `model`."""
@@ -104,29 +191,43 @@ class Router:
                 return chain
         return self.default_plan
 
-    def pick(self, plan: tuple[Target, ...], tries: dict[Target, int] | None = None) -> Target | None:
-        """The next target, or None when every upstream in the plan has its breaker open."""
-        if len(plan) == 1:
+    @staticmethod
+    def slot_of(target: Target, model: str | None) -> Slot:
+        """The slot an attempt at `target` uses, for a call asking for `model`."""
+        return target.slot if target.slot is not None else target.state.slot(model)
+
+    def pick(
+        self,
+        plan: tuple[Target, ...],
+        model: str | None = None,
+        tries: dict[Slot, int] | None = None,
+        *,
+        skip: Collection[Slot] = (),
+        min_window: int | None = None,
+    ) -> Target | None:
+        """The next target, or None when none in the plan is available: every breaker open, or the
+        rest skipped (`skip`) or without a declared context window above `min_window`."""
+        if len(plan) == 1 and not skip and min_window is None:
             only = plan[0]
-            return only if only.state.breaker.available() else None
+            return only if self.slot_of(only, model).available() else None
         found = False
         low_tries = low_rank = 0
         for target in plan:
-            if not target.state.breaker.available():
+            if not self._usable(target, model, skip, min_window):
                 continue
-            n = tries.get(target, 0) if tries else 0
+            n = tries.get(self.slot_of(target, model), 0) if tries else 0
             if not found or n < low_tries or (n == low_tries and target.rank < low_rank):
                 found, low_tries, low_rank = True, n, target.rank
         if not found:
             return None
         if self.strategy == "priority":
             for target in plan:
-                if self._eligible(target, tries, low_tries, low_rank):
+                if self._eligible(target, model, tries, skip, min_window, low_tries, low_rank):
                     return target
         elif self.strategy == "least_inflight":
             best: Target | None = None
             for target in plan:
-                if self._eligible(target, tries, low_tries, low_rank) and (
+                if self._eligible(target, model, tries, skip, min_window, low_tries, low_rank) and (
                     best is None or target.state.inflight < best.state.inflight
                 ):
                     best = target
@@ -135,33 +236,59 @@ class Router:
             total = 0.0
             first: Target | None = None
             for target in plan:
-                if self._eligible(target, tries, low_tries, low_rank):
+                if self._eligible(target, model, tries, skip, min_window, low_tries, low_rank):
                     total += target.state.upstream.weight
                     first = first or target
             if total <= 0.0:
                 return first
             point = random.random() * total
             for target in plan:
-                if self._eligible(target, tries, low_tries, low_rank):
+                if self._eligible(target, model, tries, skip, min_window, low_tries, low_rank):
                     point -= target.state.upstream.weight
                     if point < 0.0:
                         return target
             return first
         return None  # not reached: the first loop found an eligible target
 
-    @staticmethod
-    def _eligible(target: Target, tries: dict[Target, int] | None, low_tries: int, low_rank: int) -> bool:
+    def _eligible(
+        self,
+        target: Target,
+        model: str | None,
+        tries: dict[Slot, int] | None,
+        skip: Collection[Slot],
+        min_window: int | None,
+        low_tries: int,
+        low_rank: int,
+    ) -> bool:
         return (
             target.rank == low_rank
-            and (tries.get(target, 0) if tries else 0) == low_tries
-            and target.state.breaker.available()
+            and (tries.get(self.slot_of(target, model), 0) if tries else 0) == low_tries
+            and self._usable(target, model, skip, min_window)
         )
+
+    def _usable(self, target: Target, model: str | None, skip: Collection[Slot], min_window: int | None) -> bool:
+        slot = self.slot_of(target, model)
+        if not slot.available() or (skip and slot in skip):
+            return False
+        return min_window is None or (target.context_window is not None and target.context_window > min_window)
 
     def snapshot(self) -> dict[str, Any]:
         return {
             "protocol": self.route.protocol,
             "strategy": self.strategy,
-            "aliases": {alias: [f"{t.state.name}:{t.model}" for t in chain] for alias, chain in self.aliases.items()},
+            "aliases": {
+                alias: [
+                    {
+                        "upstream": t.state.name,
+                        "model": t.model,
+                        "rank": t.rank,
+                        "same_target": t.same_target,
+                        "context_window": t.context_window,
+                    }
+                    for t in chain
+                ]
+                for alias, chain in self.aliases.items()
+            },
             "upstreams": [
                 {
                     "name": s.name,
@@ -169,11 +296,14 @@ class Router:
                     "priority": s.upstream.priority,
                     "weight": s.upstream.weight,
                     "inflight": s.inflight,
+                    # The upstream-wide breaker: transport failures only.
                     "breaker": s.breaker.snapshot(),
+                    # One breaker per (upstream, model): statuses, timeouts, stalled streams.
+                    "models": {slot.model: slot.breaker.snapshot() for slot in list(s.slots.values())},
                 }
                 for s in self.states
             ],
         }
 
 
-__all__ = ["Router", "Target", "UpstreamState"]
+__all__ = ["Router", "Slot", "Target", "UpstreamState", "MAX_SLOTS"]

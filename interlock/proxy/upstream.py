@@ -133,10 +133,10 @@ class UpstreamClient(httpx.AsyncClient):
 
 
 def httpx_timeout(timeouts: Timeouts) -> httpx.Timeout:
-    # `read` bounds the wait for the first byte, and then each gap between chunks.
-    return httpx.Timeout(
-        connect=timeouts.connect, read=timeouts.first_byte, write=timeouts.total, pool=timeouts.connect
-    )
+    # `read` bounds the wait for the first byte, and then each gap between chunks: the longer of
+    # `first_token` and `idle`; the forwarder cuts the shorter one itself (issue 21).
+    read = max(timeouts.first_token, timeouts.idle)
+    return httpx.Timeout(connect=timeouts.connect, read=read, write=timeouts.total, pool=timeouts.connect)
 
 
 def connection_tokens(headers: Headers) -> frozenset[str]:

@@ -70,9 +70,12 @@ def upstreams_state(running: Running) -> dict[str, Any]:
     return httpx.get(running.admin_url + "/api/upstreams").json()  # type: ignore[no-any-return]
 
 
-def breaker_state(running: Running, route_name: str, upstream: str) -> str:
+def breaker_state(running: Running, route_name: str, upstream: str, model: str | None = None) -> str:
+    """The state of an upstream's upstream-wide (transport) breaker, or of its breaker for `model`."""
     for entry in upstreams_state(running)["routes"][route_name]["upstreams"]:
         if entry["name"] == upstream:
+            if model is not None:
+                return str(entry["models"][model]["state"]) if model in entry["models"] else "closed"
             return str(entry["breaker"]["state"])
     raise KeyError(upstream)
 

@@ -217,15 +217,15 @@ def test_breaker_opens_fails_fast_then_half_opens_with_one_probe(make_interlock:
     # The cooldown passes when the test says so (a fake clock), not when a loaded machine gets to it.
     clock = Clock()
     for router in running.runtime.forwarder.routers.values():
-        for state in router.states:
-            state.breaker.clock = clock
+        router.set_clock(clock)
     calls = collect_calls(running)
     assert post(running).status_code == 503
-    assert breaker_state(running, "openai", "only") == "closed"
+    assert breaker_state(running, "openai", "only", "gpt-test") == "closed"
     assert post(running).status_code == 503
-    assert breaker_state(running, "openai", "only") == "open"
-    entry = upstreams_state(running)["routes"]["openai"]["upstreams"][0]
-    assert entry["breaker"]["consecutive_failures"] == 2 and entry["breaker"]["reason"] == "2 consecutive failures"
+    assert breaker_state(running, "openai", "only", "gpt-test") == "open"
+    assert breaker_state(running, "openai", "only") == "closed"  # statuses: the model's breaker only
+    entry = upstreams_state(running)["routes"]["openai"]["upstreams"][0]["models"]["gpt-test"]
+    assert entry["consecutive_failures"] == 2 and entry["reason"] == "2 consecutive failures"
 
     # Open: fail fast, without touching the upstream.
     response = post(running)
@@ -237,7 +237,7 @@ def test_breaker_opens_fails_fast_then_half_opens_with_one_probe(make_interlock:
 
     # After the cooldown: half-open. The single probe is held upstream; a call meanwhile still fails fast.
     clock.now += 30.0
-    assert breaker_state(running, "openai", "only") == "half_open"
+    assert breaker_state(running, "openai", "only", "gpt-test") == "half_open"
     gated.status = 200
     gated.gate.clear()
     results: list[int] = []
@@ -250,7 +250,7 @@ def test_breaker_opens_fails_fast_then_half_opens_with_one_probe(make_interlock:
     probe.join(30)
     assert results == [200]
     assert gated.requests == 3
-    assert breaker_state(running, "openai", "only") == "closed"
+    assert breaker_state(running, "openai", "only", "gpt-test") == "closed"
     assert post(running).status_code == 200
 
 
@@ -266,7 +266,7 @@ def test_an_open_breaker_is_skipped_for_the_next_upstream(
     calls = collect_calls(running)
     upstream.set_default(Script(status=503))
     assert post(running).status_code == 200  # a fails (and opens), b answers
-    assert breaker_state(running, "openai", "a") == "open"
+    assert breaker_state(running, "openai", "a", "gpt-test") == "open"
     assert post(running).status_code == 200
     assert len(upstream.requests) == 1 and len(second.requests) == 2
     first, skipped = finished(calls, 2)

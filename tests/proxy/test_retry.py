@@ -63,28 +63,40 @@ def test_503_then_success_is_retried(make_interlock: Any, upstream: ScriptedUpst
     assert "retries_exhausted" not in call.meta
 
 
-def test_429_retry_after_seconds_is_honoured_up_to_the_cap(make_interlock: Any, upstream: ScriptedUpstream) -> None:
-    running = make_interlock(routes={"openai": single(upstream)})
+def test_429_retry_after_seconds_is_honoured(make_interlock: Any, upstream: ScriptedUpstream) -> None:
+    running = make_interlock(routes={"openai": single(upstream, retry={"retry_after_max": 2})})
     calls = collect_calls(running)
-    upstream.script(Script(status=429, retry_after="1"))
+    upstream.script(Script(status=429, retry_after="0.1"))
     assert chat(openai_client(running)) == "echo: hi"
     (call,) = finished(calls)
     assert [a.status for a in call.attempts] == [429, 200]
     first, second = call.attempts
-    # Retry-After: 1 s, capped by retry_after_max (50 ms): the wait is exactly the cap.
-    assert second.backoff_ms == pytest.approx(50.0)
+    assert second.backoff_ms == pytest.approx(100.0)
     assert first.duration_ms is not None
-    assert second.started_ms - (first.started_ms + first.duration_ms) >= 49.0
+    assert second.started_ms - (first.started_ms + first.duration_ms) >= 99.0
+
+
+def test_a_retry_after_past_the_cap_is_relayed_and_not_retried(make_interlock: Any, upstream: ScriptedUpstream) -> None:
+    # Retry-After: 1 s, over retry_after_max (50 ms): no other target, so the 429 goes to the agent,
+    # which must not retry it at once either.
+    running = make_interlock(routes={"openai": single(upstream)})
+    calls = collect_calls(running)
+    upstream.script(Script(status=429, retry_after="1"))
+    response = httpx.post(running.url + "/openai/chat/completions", json=CHAT)
+    assert response.status_code == 429
+    assert response.headers["retry-after"] == "1" and response.headers["x-should-retry"] == "false"
+    (call,) = finished(calls)
+    assert [a.status for a in call.attempts] == [429] and call.meta["retry_stop"] == "retry_after"
 
 
 def test_429_retry_after_http_date_is_honoured(make_interlock: Any, upstream: ScriptedUpstream) -> None:
-    running = make_interlock(routes={"openai": single(upstream)})
+    running = make_interlock(routes={"openai": single(upstream, retry={"retry_after_max": 30})})
     calls = collect_calls(running)
-    upstream.script(Script(status=429, retry_after=email.utils.formatdate(time.time() + 5, usegmt=True)))
+    upstream.script(Script(status=429, retry_after=email.utils.formatdate(time.time() - 5, usegmt=True)))
     assert chat(openai_client(running)) == "echo: hi"
     (call,) = finished(calls)
     assert [a.status for a in call.attempts] == [429, 200]
-    assert call.attempts[1].backoff_ms == pytest.approx(50.0)
+    assert call.attempts[1].backoff_ms == 0.0  # a date in the past: at once
 
 
 def test_statuses_outside_the_list_are_relayed_at_once(make_interlock: Any, upstream: ScriptedUpstream) -> None:
@@ -278,7 +290,8 @@ def test_the_deadline_stops_retries_that_would_wait_past_it(make_interlock: Any,
     assert response.status_code == 503
     (call,) = finished(calls)
     assert len(call.attempts) == 1
-    assert call.meta["retry_stop"] == "deadline"
+    assert call.meta["retry_stop"] == "retry_after"  # a Retry-After past the deadline is not waited for
+    assert response.headers["x-should-retry"] == "false"
 
 
 def test_a_slow_retry_is_cut_at_the_deadline(make_interlock: Any, upstream: ScriptedUpstream) -> None:
@@ -400,4 +413,4 @@ def test_an_agent_leaving_mid_retry_is_recorded_and_releases_the_upstream(
     assert [a.status for a in call.attempts] == [503, None]
     assert call.attempts[1].error == "cancelled"
     entry = upstreams_state(running)["routes"]["openai"]["upstreams"][0]
-    assert entry["inflight"] == 0 and entry["breaker"]["consecutive_failures"] == 1
+    assert entry["inflight"] == 0 and entry["models"]["gpt-test"]["consecutive_failures"] == 1

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from interlock.config import Route, settings_from_document
-from interlock.proxy.routing import Router, Target
+from interlock.proxy.routing import Router, Slot
 from interlock.scripted import Script, ScriptedUpstream
 from interlock.yamlsource import SourceError, parse_yaml
 from tests.proxy.routing_support import (
@@ -60,7 +60,8 @@ def test_a_503_fails_over_to_the_second_upstream(
     make_interlock: Any, upstream: ScriptedUpstream, second: ScriptedUpstream
 ) -> None:
     upstreams = [{"name": "a", "url": upstream.url + "/v1"}, {"name": "b", "url": second.url + "/v1"}]
-    running = make_interlock(routes={"openai": route("openai", upstreams)})
+    # same_target 1: one try on each target before moving on.
+    running = make_interlock(routes={"openai": route("openai", upstreams, retry={"same_target": 1})})
     calls = collect_calls(running)
     upstream.script(Script(status=503))
     assert httpx.post(running.url + "/openai/chat/completions", json=CHAT).status_code == 200
@@ -84,7 +85,12 @@ def test_model_alias_falls_back_and_rewrites_the_model(
     make_interlock: Any, upstream: ScriptedUpstream, second: ScriptedUpstream
 ) -> None:
     upstreams = [{"name": "a", "url": upstream.url + "/v1"}, {"name": "b", "url": second.url + "/v1"}]
-    models = {"smart": [{"upstream": "a", "model": "big-model"}, {"upstream": "b", "model": "small-model"}]}
+    models = {
+        "smart": [
+            {"upstream": "a", "model": "big-model", "retry": {"same_target": 1}},
+            {"upstream": "b", "model": "small-model"},
+        ]
+    }
     running = make_interlock(routes={"openai": route("openai", upstreams, models=models)})
     calls = collect_calls(running)
     upstream.set_default(Script(status=503))
@@ -150,12 +156,13 @@ def router(strategy: str = "priority", **extra: Any) -> Router:
 def test_each_attempt_prefers_the_least_tried_target() -> None:
     r = router()
     plan = r.plan(None)
-    tries: dict[Target, int] = {}
+    tries: dict[Slot, int] = {}
     order = []
     for _ in range(6):
-        target = r.pick(plan, tries)
+        target = r.pick(plan, "m", tries)
         assert target is not None
-        tries[target] = tries.get(target, 0) + 1
+        slot = r.slot_of(target, "m")
+        tries[slot] = tries.get(slot, 0) + 1
         order.append(target.state.name)
     assert order == ["a", "b", "c", "a", "b", "c"]
 
@@ -179,8 +186,8 @@ def test_weighted_random_follows_the_weights() -> None:
     assert counts["c"] == 0
     assert 2800 < counts["a"] < 3200 and 800 < counts["b"] < 1200
     # Once a and b were tried, the weight-0 upstream is the one left.
-    tries = {t: 1 for t in plan if t.state.name != "c"}
-    last = r.pick(plan, tries)
+    tries = {r.slot_of(t, None): 1 for t in plan if t.state.name != "c"}
+    last = r.pick(plan, None, tries)
     assert last is not None and last.state.name == "c"
 
 
@@ -231,7 +238,7 @@ def test_attempts_are_recorded_and_shown_by_traces_show(make_interlock: Any, ups
     from interlock.cli import main
 
     upstreams = [{"name": "dead", "url": closed_url()}, {"name": "live", "url": upstream.url + "/v1"}]
-    running = make_interlock(routes={"openai": route("openai", upstreams, retry={"attempts": 4})})
+    running = make_interlock(routes={"openai": route("openai", upstreams, retry={"attempts": 4, "same_target": 1})})
     calls = collect_calls(running)
     upstream.script(Script(status=503))
     assert httpx.post(running.url + "/openai/chat/completions", json=CHAT).status_code == 200
