@@ -86,6 +86,7 @@ def test_serve_logs_ready_once_at_info_with_otel_on(tmp_path: Path, log_level: s
             process.kill()
             process.communicate()
     assert process.returncode == 0
-    ready = [line for line in stderr.decode().splitlines() if "interlock ready" in line]
-    assert [" INFO " in line for line in ready] == ([True] if log_level == "info" else []), stderr.decode()
+    output = stdout.decode() + stderr.decode()
+    ready = [line for line in output.splitlines() if "interlock ready" in line]
+    assert [" INFO " in line for line in ready] == ([True] if log_level == "info" else []), output
     assert stdout.decode().startswith("interlock: point agents at")
