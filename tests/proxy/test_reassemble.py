@@ -591,3 +591,18 @@ def test_a_stream_through_interlock_is_stored_as_the_non_streamed_answer(
     assert reassembled == plain
     if encoding:  # the upstream did compress both answers (the client's Accept-Encoding went through)
         assert all(encoding in r.headers.get("accept-encoding", "") for r in upstream.requests)
+
+
+def test_a_code_interpreter_call_cut_mid_code_keeps_the_code_sent() -> None:
+    # Event names from the Responses streaming reference (response.code_interpreter_call_code.delta).
+    item = {"id": "ci_01", "type": "code_interpreter_call", "status": "in_progress", "code": "", "container_id": "c1"}
+    body = sse(
+        {"type": "response.created", "sequence_number": 0, "response": {**RESPONSE_WHOLE, "status": "in_progress", "output": [], "usage": None}},
+        {"type": "response.output_item.added", "sequence_number": 1, "output_index": 0, "item": item},
+        {"type": "response.code_interpreter_call_code.delta", "sequence_number": 2, "output_index": 0,
+         "item_id": "ci_01", "delta": "print(6 "},
+        {"type": "response.code_interpreter_call_code.delta", "sequence_number": 3, "output_index": 0,
+         "item_id": "ci_01", "delta": "* 7)"},
+    )  # fmt: skip
+    message = reassemble_stream("openai", body)
+    assert message["status"] == "incomplete" and message["output"] == [{**item, "code": "print(6 * 7)"}]

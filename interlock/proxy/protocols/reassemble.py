@@ -243,6 +243,8 @@ def _response_event(items: dict[int, dict[str, Any]], kind: str, event: dict[str
         key = "input" if "custom_tool" in kind else "arguments"
         if isinstance(delta, str):
             _append(item, key, delta)
+    elif kind == "response.code_interpreter_call_code.delta" and isinstance(delta, str):
+        item["code"] = (item.get("code") or "") + delta
     elif kind in ("response.function_call_arguments.done", "response.mcp_call_arguments.done"):
         if isinstance(event.get("arguments"), str):
             item["arguments"] = event["arguments"]
