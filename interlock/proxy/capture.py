@@ -58,9 +58,11 @@ class StreamCapture:
         size = len(data)
         self.total += size
         if not self.ended:
-            window = self._edge + data
-            self.ended = any(marker in window for marker in self.markers)
-            self._edge = window[-64:]
+            # The chunk itself, and its start after the previous chunk's end (a marker may
+            # straddle two), without copying the chunk.
+            edge = self._edge + data[:64]
+            self.ended = any(marker in edge or marker in data for marker in self.markers)
+            self._edge = data[-64:] if size >= 64 else edge[-64:]
         if not self.tail and self.kept + size <= self.limit:
             self.chunks.append(chunk)
             self.kept += size

@@ -391,7 +391,7 @@ class Recorder:
         records = holding.side_file_records()
         try:
             for start in range(0, len(records), self.batch_size):
-                write_records(self.store.conn, records[start : start + self.batch_size], capture=self.capture)
+                self._write_records(records[start : start + self.batch_size])
             holding.side_file_written()
         except Exception as exc:  # noqa: BLE001 - kept on disk for the next retry (or start)
             if left_by_earlier_run:
@@ -406,6 +406,25 @@ class Recorder:
                 "recording: %d calls from %s (left by an earlier run) written", len(records), holding.spill_path
             )
         return len(records)
+
+    def _write_records(self, records: list[dict[str, Any]]) -> None:
+        """Records from the side file: a storage fault is raised (the file stays for the next try);
+        a record SQLite refuses is counted and logged, and must not keep the others out."""
+        try:
+            write_records(self.store.conn, records, capture=self.capture)
+            return
+        except Exception as exc:
+            if storage_fault(exc):
+                raise
+        for record in records:
+            try:
+                write_records(self.store.conn, [record], capture=self.capture)
+            except Exception as exc:
+                if storage_fault(exc):
+                    raise
+                with self._counting:
+                    self.write_errors += 1
+                log.exception("could not record call %s from the side file", record.get("id"))
 
     def _salvage(self, rows: Rows, call: Call) -> bool:
         """Add the call's rows with unstorable text replaced (`Rows.add_call(salvage=True)`)."""

@@ -1,0 +1,42 @@
+"""StreamCapture alone: what is kept of a stream for the record, and whether it carried its terminator."""
+
+from __future__ import annotations
+
+from interlock.proxy.capture import TAIL_BYTES, StreamCapture
+from interlock.tracing.call import Call, Chunk
+
+DONE = (b"data: [DONE]",)
+
+
+def fed(pieces: list[bytes], limit: int = 1 << 20, markers: tuple[bytes, ...] = DONE) -> StreamCapture:
+    capture = StreamCapture([], limit, markers)
+    for i, piece in enumerate(pieces):
+        capture.add(Chunk(float(i), piece))
+    return capture
+
+
+def test_the_terminator_is_found_whole_or_split_over_chunks() -> None:
+    assert fed([b'data: {"a":1}\n\n', b"data: [DONE]\n\n"]).ended
+    assert fed([b'data: {"a":1}\n\ndata: [DO', b"NE]\n\n"]).ended
+    assert fed([b"data: [DONE]\n\n"]).ended  # at the very start
+
+
+def test_the_terminator_inside_a_json_string_does_not_count() -> None:
+    assert not fed([b'data: {"content": "say data: [DONE] now"}\n\n']).ended
+
+
+def test_a_protocol_without_a_terminator_ends_when_the_stream_does() -> None:
+    assert fed([b"event: message\ndata: {}\n\n"], markers=()).ended
+
+
+def test_past_the_limit_the_head_and_a_tail_are_kept_and_the_cut_is_marked() -> None:
+    piece = b"x" * 1000
+    capture = fed([piece] * 1000, limit=10_000)
+    call = Call(id="c", route="r", protocol="openai", method="POST", path="/")
+    capture.finish(call, "upstream")
+    kept = sum(len(c.data) for c in capture.chunks)
+    assert capture.total == 1_000_000
+    assert 10_000 + TAIL_BYTES <= kept <= 10_000 + TAIL_BYTES + 1000
+    cut = call.meta["record_cut"]["upstream"]
+    assert cut["dropped_bytes"] + kept == 1_000_000
+    assert [c.t_ms for c in capture.chunks][-1] == 999.0  # the last chunk is kept
