@@ -198,7 +198,7 @@ def example(request: pytest.FixtureRequest, tmp_path: Path, trap: NetworkTrap, t
 # -- what interlock recorded -------------------------------------------------------------------------
 
 
-def recorded(running: Running, session: str, count: int, timeout: float = 15) -> list[dict[str, Any]]:
+def recorded(running: Running, session: str, count: int, timeout: float = 60) -> list[dict[str, Any]]:
     """The session's calls (narrow rows, oldest first), once at least `count` are in the store."""
     recorder = running.runtime.recorder
     deadline = time.monotonic() + timeout
