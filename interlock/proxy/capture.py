@@ -19,6 +19,10 @@ from interlock.tracing.call import Call, Chunk
 #: Bytes kept of the end of a stream cut for the record: enough for the last events (usage, finish).
 TAIL_BYTES = 64 * 1024
 
+#: How far back from a stream's end its terminator is looked for (the Responses API's final event
+#: repeats the whole response, so it can be long).
+END_SCAN_BYTES = 8 * 1024 * 1024
+
 
 class StreamCapture:
     """Adds chunks to `chunks` (a call's `chunks` or the agent's side) while they fit `limit`; past it,
@@ -34,8 +38,7 @@ class StreamCapture:
         "dropped_chunks",
         "total",
         "markers",
-        "ended",
-        "_edge",
+        "_seen",
     )
 
     def __init__(self, chunks: list[Chunk], limit: int, markers: tuple[bytes, ...] = ()) -> None:
@@ -43,8 +46,7 @@ class StreamCapture:
         #: The protocol's end-of-stream events (`data: [DONE]`, `event: message_stop`), each matched
         #: at the start of a line, so the same text inside a JSON string does not count.
         self.markers = tuple(b"\n" + marker for marker in markers)
-        self.ended = not markers  # a protocol without a terminator ends when the stream does
-        self._edge = b"\n"  # the end of the previous chunk: a marker may straddle two
+        self._seen = not markers  # a protocol without a terminator ends when the stream does
         self.limit = limit
         self.kept = 0
         self.total = 0  # bytes seen, kept or not
@@ -57,12 +59,6 @@ class StreamCapture:
         data = chunk.data
         size = len(data)
         self.total += size
-        if not self.ended:
-            # The chunk itself, and its start after the previous chunk's end (a marker may
-            # straddle two), without copying the chunk.
-            edge = self._edge + data[:64]
-            self.ended = any(marker in edge or marker in data for marker in self.markers)
-            self._edge = data[-64:] if size >= 64 else edge[-64:]
         if not self.tail and self.kept + size <= self.limit:
             self.chunks.append(chunk)
             self.kept += size
@@ -75,6 +71,29 @@ class StreamCapture:
             self.tail_bytes -= len(dropped.data)
             self.dropped_bytes += len(dropped.data)
             self.dropped_chunks += 1
+
+    @property
+    def ended(self) -> bool:
+        """Whether the stream carried its protocol's terminator. Looked for once, when asked (the
+        stream's end, or the agent hanging up), backwards from the last chunk: a search per chunk
+        as it passed cost more than the rest of `add` (measured). The terminator starts the last
+        event, so this reads the last chunk or few (at most `END_SCAN_BYTES`)."""
+        if self._seen:
+            return True
+        source = self.tail if self.tail else self.chunks
+        following = b""
+        scanned = 0
+        for i in range(len(source) - 1, -1, -1):
+            data = source[i].data
+            window = (b"\n" if i == 0 or source[i - 1].data.endswith(b"\n") else b"") + data + following[:64]
+            if any(marker in window for marker in self.markers):
+                self._seen = True
+                break
+            scanned += len(data)
+            if scanned > END_SCAN_BYTES:
+                break
+            following = data
+        return self._seen
 
     def finish(self, call: Call, side: str) -> None:
         """Put the tail back after the head and mark what was dropped (idempotent)."""
