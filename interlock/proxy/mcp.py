@@ -144,7 +144,7 @@ class McpRecord:
         if view.method == "tools/call":
             try:
                 sent = json.loads(call.request_body)
-            except (UnicodeDecodeError, json.JSONDecodeError):
+            except (UnicodeDecodeError, ValueError):  # ValueError: bad JSON, or a number past the int limit
                 sent = None
             if isinstance(sent, dict) and isinstance(sent.get("params"), dict):
                 meta["arguments"] = _bounded(sent["params"].get("arguments"))
@@ -183,7 +183,7 @@ def _rejected(call: Call) -> dict[str, Any]:
     meta: dict[str, Any] = {"kind": "invalid"}
     try:
         data = json.loads(call.request_body)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, ValueError):  # ValueError: bad JSON, or a number past the int limit
         return meta
     if isinstance(data, dict):
         if isinstance(data.get("method"), str):

@@ -96,7 +96,7 @@ def parse_body(body: bytes) -> Any:
         return _RAW
     try:
         return json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, ValueError):  # ValueError: bad JSON, or a number past the int limit
         return _RAW
 
 

@@ -73,7 +73,7 @@ def body_text(body: bytes | None, headers: list[tuple[str, str]] | list[list[str
     raw = raw[: MAX_TEXT * 4]
     try:
         document = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, ValueError):  # ValueError: bad JSON, or a number past the int limit
         return raw.decode("utf-8", "replace")
     strings: list[str] = []
     _strings(document, strings)
@@ -103,7 +103,7 @@ def stream_text(body: bytes) -> str:
             continue
         try:
             event = json.loads(payload)
-        except json.JSONDecodeError:
+        except ValueError:  # bad JSON, or a number past the int limit
             continue
         if isinstance(event, dict) and str(event.get("type", "")).endswith((".done", ".completed")):
             continue  # the Responses API repeats the whole text in its closing events

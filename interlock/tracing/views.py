@@ -28,7 +28,7 @@ def body_view(data: bytes | None, headers: list[Any]) -> dict[str, Any] | None:
         return (
             {"size": len(data), "encoding": "json", "content": json.loads(text)} if text.strip() else _text(data, text)
         )
-    except json.JSONDecodeError:
+    except ValueError:  # bad JSON, or a number past the int limit
         return _text(data, text)
 
 

@@ -316,12 +316,17 @@ def test_no_x_interlock_header_reaches_the_upstream(interlock: Running, upstream
 def test_an_integer_past_the_parsers_limit_is_invalid_json(
     interlock: Running, upstream: ScriptedUpstream, route: str
 ) -> None:
+    calls = collect_calls(interlock)
     body = b'{"model": "m", "max_tokens": ' + b"9" * 5000 + b', "messages": []}'
     path = "/chat/completions" if route == "openai" else "/v1/messages"
     response = httpx.post(interlock.url + f"/{route}{path}", content=body, headers={"content-type": "application/json"})
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "invalid_json"
     assert upstream.requests == []
+    # Recorded, and readable through the admin API (its body view parses JSON too).
+    (call,) = finished(calls)
+    wait_for(lambda: httpx.get(interlock.admin_url + f"/api/calls/{call.id}").status_code == 200)
+    assert httpx.get(interlock.admin_url + f"/api/calls/{call.id}").json()["outcome"] == "bad_request"
 
 
 # -- secure by default ---------------------------------------------------------------------------------------

@@ -302,6 +302,6 @@ def _load(text: str | bytes) -> dict[str, Any] | None:
         return None
     try:
         message = json.loads(text)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, ValueError):  # ValueError: bad JSON, or a number past the int limit
         return None
     return message if isinstance(message, dict) else None
