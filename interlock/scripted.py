@@ -129,6 +129,8 @@ class ScriptedUpstream:
         self.requests: list[Received] = []
         self._scripts: deque[Script] = deque()
         self._default = Script()
+        #: Per requested model: answer every request for it with this script (a model's outage).
+        self._models: dict[str, Script] = {}
         self._lock = threading.Lock()
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -150,15 +152,27 @@ class ScriptedUpstream:
         with self._lock:
             self._default = script
 
+    def set_model(self, model: str, script: Script | None) -> None:
+        """Answer every request for `model` with `script` (None: back to the queue and default), ahead
+        of the scripted queue: one model of this upstream down while its others answer (issue 21)."""
+        with self._lock:
+            if script is None:
+                self._models.pop(model, None)
+            else:
+                self._models[model] = script
+
     def reset(self) -> None:
         with self._lock:
             self._scripts.clear()
+            self._models.clear()
             self._default = Script()
             self.requests.clear()
             self.disconnects = 0
 
-    def _next(self) -> Script:
+    def _next(self, model: Any = None) -> Script:
         with self._lock:
+            if isinstance(model, str) and model in self._models:
+                return self._models[model]
             return self._scripts.popleft() if self._scripts else self._default
 
     # -- serving ------------------------------------------------------------------------------
@@ -233,15 +247,15 @@ class ScriptedUpstream:
         )
         with self._lock:
             self.requests.append(received)
-        script = self._next()
-        if script.delay:
-            await asyncio.sleep(script.delay)
         try:
             data = json.loads(body) if body else {}
         except json.JSONDecodeError:
             data = {}
         if not isinstance(data, dict):
             data = {}
+        script = self._next(data.get("model"))
+        if script.delay:
+            await asyncio.sleep(script.delay)
         if script.reset_after == 0 and script.status == 200 and data.get("stream") is not True:
             raise _Reset("scripted reset before the response")
         watcher = asyncio.create_task(self._watch_disconnect(receive))
