@@ -338,6 +338,8 @@ class ProxyApp:
         keep = self.settings.store.record_max_bytes
         markers = adapter.stream_end_markers if (call.status or 0) < 400 and not adapter.open_ended(call) else ()
         capture = state.capture = StreamCapture(call.chunks, keep, markers)
+        # A plain `http` route's event stream may not frame its events as SSE: relayed as it comes.
+        state.whole_events = call.protocol != "http"
         if sent is not None:
             state.sent_capture = StreamCapture(sent, keep)
         await send({"type": "http.response.start", "status": call.status, "headers": headers})
@@ -420,7 +422,7 @@ class ProxyApp:
             if not data:
                 return
             state.sent_capture.add(Chunk(t, data))
-        else:
+        elif state.whole_events:
             # Whole events only: an SSE client acts on an event once its blank line arrives, so
             # holding back the unfinished one costs the agent nothing, and a stream interlock must
             # end (too large, cut short) gets its error event as an event, not glued to half of one.
@@ -471,7 +473,17 @@ class _StreamEnd(Exception):
 
 
 class _Watch:
-    __slots__ = ("disconnected", "started", "responded", "done", "sent", "capture", "sent_capture", "held")
+    __slots__ = (
+        "disconnected",
+        "started",
+        "responded",
+        "done",
+        "sent",
+        "capture",
+        "sent_capture",
+        "held",
+        "whole_events",
+    )
 
     def __init__(self) -> None:
         self.disconnected = False
@@ -482,6 +494,7 @@ class _Watch:
         self.capture: StreamCapture | None = None  # what is kept of the upstream's stream
         self.sent_capture: StreamCapture | None = None  # ... and of the agent's, when stages change it
         self.held = b""  # the start of an event not yet complete, not yet relayed
+        self.whole_events = False  # relay a stream's events only once complete (not for `http` routes)
 
 
 async def _watch_disconnect(receive: Receive, state: _Watch, task: asyncio.Task[Any] | None) -> None:
