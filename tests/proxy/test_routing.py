@@ -254,3 +254,81 @@ def test_attempts_are_recorded_and_shown_by_traces_show(make_interlock: Any, ups
     assert [line.split()[1] for line in lines] == ["dead", "live", "dead", "live"]
     assert "error: connect:" in lines[0] and "status 503" in lines[1] and "status 200" in lines[3]
     assert call.attempts[3].backoff_ms == 0.0 or f"after backoff {call.attempts[3].backoff_ms:.0f}ms" in lines[3]
+
+
+# -- per (upstream, model): slots, context windows, failover codes (issue 21) -------------------------------
+
+
+def test_tries_and_breakers_are_per_upstream_and_model() -> None:
+    models = {
+        "smart": [
+            {"upstream": "a", "model": "big"},
+            {"upstream": "a", "model": "small"},
+            {"upstream": "a", "model": "big"},
+        ]
+    }
+    r = router(models=models, breaker={"consecutive_failures": 1})
+    chain = r.plan("smart")
+    assert r.slot_of(chain[0], None) is r.slot_of(chain[2], None)  # listed twice: one slot
+    r.slot_of(chain[0], None).breaker.failure()  # big is down...
+    target = r.pick(chain, "smart")
+    assert target is not None and target.model == "small"  # ...small on the same upstream is not
+    r.states[0].breaker.failure()  # the upstream's connections fail: every model on it is skipped
+    assert r.pick(chain, "smart") is None
+    snapshot = r.snapshot()["upstreams"][0]
+    assert snapshot["breaker"]["state"] == "open" and snapshot["models"]["big"]["state"] == "open"
+    assert snapshot["models"]["small"]["state"] == "closed"
+
+
+def test_a_failover_picks_only_a_larger_declared_context_window() -> None:
+    models = {
+        "smart": [
+            {"upstream": "a", "model": "m8k", "context_window": 8000},
+            {"upstream": "a", "model": "m4k", "context_window": 4000},
+            {"upstream": "a", "model": "unknown"},
+            {"upstream": "b", "model": "m200k", "context_window": 200000},
+        ]
+    }
+    r = router(models=models)
+    chain = r.plan("smart")
+    first = r.slot_of(chain[0], None)
+    target = r.pick(chain, "smart", {first: 1}, skip={first}, min_window=8000)
+    assert target is not None and target.model == "m200k"
+    assert r.pick(chain, "smart", {first: 1}, skip={first}, min_window=200000) is None
+
+
+def test_slots_for_models_asked_by_name_are_bounded() -> None:
+    from interlock.proxy.routing import MAX_SLOTS
+
+    r = router()
+    state = r.states[0]
+    for i in range(MAX_SLOTS * 3):
+        state.slot(f"model-{i}")
+    assert len(state.slots) <= MAX_SLOTS
+    for slot in list(state.slots.values()):
+        slot.breaker.state = "open"  # none can be forgotten: new names share one slot
+    assert state.slot("another").model == "*" and state.slot("yet-another") is state.slot("another")
+    assert len(state.slots) <= MAX_SLOTS + 1
+
+
+def test_failover_codes_match_code_or_type_and_message_never_a_refusal() -> None:
+    from interlock.config import Retry
+    from interlock.proxy.retry import failover_code
+
+    codes = Retry().failover_codes
+    openai_body = b'{"error": {"message": "maximum context length", "type": "invalid_request_error", "code": "context_length_exceeded"}}'
+    anthropic_body = b'{"type": "error", "error": {"type": "invalid_request_error", "message": "prompt is too long: 9 tokens > 8 maximum"}}'
+    other_400 = b'{"type": "error", "error": {"type": "invalid_request_error", "message": "max_tokens: 10000 > 4096"}}'
+    refusal = b'{"error": {"message": "context_length_exceeded", "type": "content_filter", "code": "context_length_exceeded"}}'
+    assert failover_code(openai_body, codes) == "context_length_exceeded"
+    assert failover_code(anthropic_body, codes) == "invalid_request_error: prompt is too long"
+    assert failover_code(other_400, codes) is None
+    assert failover_code(refusal, codes) is None
+    assert failover_code(b"not json", codes) is None and failover_code(b"[1]", codes) is None
+
+
+def test_a_failover_code_naming_a_refusal_is_a_config_error() -> None:
+    text = "routes:\n  r:\n    upstream: http://a.test\n    retry:\n      failover_codes: [content_filter]\n"
+    with pytest.raises(SourceError) as caught:
+        settings_from_document(parse_yaml(text, "interlock.yaml"))
+    assert "interlock.yaml:" in str(caught.value) and "content_filter" in str(caught.value)
