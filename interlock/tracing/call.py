@@ -55,14 +55,32 @@ def new_id() -> str:
     return f"{time.time_ns() // 1000:013x}{os.urandom(7).hex()[:13]}"
 
 
-#: Header names that carry credentials by pattern (docs/security.md): `*-key` (Ocp-Apim-Subscription-Key,
-#: X-Goog-Api-Key), `*-token` (X-Auth-Token, X-Amz-Security-Token), `*-auth`, and any name with
-#: `secret`, `authorization`, `cookie`, `password`, `credential`, `signature` or `token` in it.
-_SECRET_HEADER_PATTERN = re.compile(
-    r".*(?:[-_]key|[-_]auth|apikey)$|.*(?:secret|authorization|cookie|password|credential|signature|token)"
-)
-#: Names the patterns catch that carry no credential, kept on record.
+#: Header names that carry credentials, by the words in them (split at `-` and `_`; docs/security.md):
+#: a word ending in `token` or `key` (X-Auth-Token, X-Amz-Security-Token, X-CSRFToken,
+#: Ocp-Apim-Subscription-Key, X-Goog-Api-Key), `auth`, `sig`, `signature`, or a word holding
+#: `secret`, `password`, `passwd`, `credential`, `cookie` or `authorization`. Not `tokens`: the
+#: providers' rate-limit headers (x-ratelimit-remaining-tokens) are kept on record.
+_SECRET_WORD_ENDS = ("token", "key")
+_SECRET_WORDS = frozenset({"auth", "sig", "signature"})
+_SECRET_WORD_PARTS = ("secret", "password", "passwd", "credential", "cookie", "authorization")
+#: Names the words catch that carry no credential, kept on record.
 _NOT_SECRET = frozenset({"idempotency-key"})
+
+
+def _secret_name(lower: str) -> bool:
+    if lower in SECRET_HEADERS:
+        return True
+    if lower in _NOT_SECRET:
+        return False
+    for word in _WORD_SPLIT.split(lower):
+        if word.endswith(_SECRET_WORD_ENDS) or word in _SECRET_WORDS:
+            return True
+        if any(part in word for part in _SECRET_WORD_PARTS):
+            return True
+    return False
+
+
+_WORD_SPLIT = re.compile(r"[-_]")
 _secret_header_memo: dict[str, bool] = {}
 
 
@@ -70,10 +88,7 @@ def is_secret_header(name: str) -> bool:
     """Whether a header may carry a credential: never stored, logged or exported."""
     found = _secret_header_memo.get(name)
     if found is None:
-        lower = name.lower()
-        found = lower in SECRET_HEADERS or (
-            lower not in _NOT_SECRET and _SECRET_HEADER_PATTERN.match(lower) is not None
-        )
+        found = _secret_name(name.lower())
         if len(_secret_header_memo) < 4096:  # bounded: names come from clients
             _secret_header_memo[name] = found
     return found

@@ -367,3 +367,27 @@ def test_the_secrets_scanner_masks_what_no_list_names(
     assert call.query == "q=***" and ("x-custom", "token=***") in call.request_headers
     wait_for(lambda: b"q=***" in b"".join(p.read_bytes() for p in tmp_path.glob("interlock.db*")))
     assert token.encode() not in b"".join(p.read_bytes() for p in tmp_path.glob("interlock.db*"))
+
+
+@pytest.mark.parametrize(
+    ("name", "secret"),
+    [
+        ("Ocp-Apim-Subscription-Key", True),
+        ("X-Auth-Token", True),
+        ("x-amz-security-token", True),
+        ("X-CSRFToken", True),
+        ("x-client-secret", True),
+        ("set-cookie", True),
+        ("proxy-authorization", True),
+        ("x-ratelimit-remaining-tokens", False),  # the providers' rate-limit headers stay on record
+        ("anthropic-ratelimit-input-tokens-remaining", False),
+        ("idempotency-key", False),
+        ("mcp-session-id", False),
+        ("x-interlock-session", False),
+    ],
+)
+def test_the_header_deny_list_goes_by_the_words_in_a_name(name: str, secret: bool) -> None:
+    from interlock.tracing.call import is_secret_header, public_headers
+
+    assert is_secret_header(name) is secret
+    assert public_headers([(name, "v")]) == ([] if secret else [(name, "v")])
