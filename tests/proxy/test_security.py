@@ -124,7 +124,7 @@ def test_require_key_without_virtual_keys_is_a_config_error(make_interlock: Any,
 
     routes = routes_for(upstream)
     routes["openai"]["require_key"] = True
-    with pytest.raises(ValidationError, match="require_key"):
+    with pytest.raises(ValidationError, match="no virtual_keys are configured"):
         make_interlock(routes=routes)
 
 
