@@ -20,6 +20,7 @@ import sqlite3
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from typing import Any
 
 from interlock.tracing.call import Call
@@ -201,21 +202,26 @@ class Holding:
         """Shutdown during an episode: everything held goes to the side file."""
         self.spill(self.take(len(self.calls)))
 
-    def side_file_records(self) -> list[dict[str, Any]]:
-        """The calls in the side file, as records (an unreadable line is counted lost and logged)."""
+    def side_file_batches(self, size: int) -> Iterator[list[dict[str, Any]]]:
+        """The calls in the side file as records, `size` at a time (read as they are written: the file
+        may hold `spill_max_bytes`); an unreadable line is counted lost and logged."""
         if not os.path.exists(self.spill_path):
-            return []
-        records: list[dict[str, Any]] = []
+            return
+        batch: list[dict[str, Any]] = []
         with open(self.spill_path, "rb") as source:
             for number, line in enumerate(source, 1):
                 try:
-                    records.append(_decode_extra(json.loads(line.decode("utf-8", "surrogatepass"))))
+                    batch.append(_decode_extra(json.loads(line.decode("utf-8", "surrogatepass"))))
                 except (ValueError, UnicodeDecodeError) as exc:
                     self.lost += 1
                     log.error(
                         "recording: %s:%d cannot be read back (%s): that call is lost", self.spill_path, number, exc
                     )
-        return records
+                if len(batch) >= size:
+                    yield batch
+                    batch = []
+        if batch:
+            yield batch
 
     def side_file_written(self) -> None:
         os.unlink(self.spill_path)

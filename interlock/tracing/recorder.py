@@ -388,10 +388,12 @@ class Recorder:
         holding = self.holding
         if not os.path.exists(holding.spill_path):
             return 0
-        records = holding.side_file_records()
+        count = 0
         try:
-            for start in range(0, len(records), self.batch_size):
-                self._write_records(records[start : start + self.batch_size])
+            # A retry after a failure part-way rewrites the first batches: ids already stored are skipped.
+            for records in holding.side_file_batches(self.batch_size):
+                self._write_records(records)
+                count += len(records)
             holding.side_file_written()
         except Exception as exc:  # noqa: BLE001 - kept on disk for the next retry (or start)
             if left_by_earlier_run:
@@ -400,12 +402,10 @@ class Recorder:
                 holding.retry_failed(describe(exc))
             return None
         with self._counting:
-            self.written += len(records)
-        if left_by_earlier_run and records:
-            log.warning(
-                "recording: %d calls from %s (left by an earlier run) written", len(records), holding.spill_path
-            )
-        return len(records)
+            self.written += count
+        if left_by_earlier_run and count:
+            log.warning("recording: %d calls from %s (left by an earlier run) written", count, holding.spill_path)
+        return count
 
     def _write_records(self, records: list[dict[str, Any]]) -> None:
         """Records from the side file: a storage fault is raised (the file stays for the next try);
