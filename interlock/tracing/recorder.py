@@ -9,8 +9,11 @@ instead of waking for every call: measured, a wake-up per call cost more CPU tha
 crash therefore loses at most the batch being gathered. If the queue is full the call has already
 been served; it is counted as overflow and written by a fallback thread in its own transaction:
 never dropped. A call SQLite refuses is written again alone with its unstorable text replaced
-(`Rows.add_call(salvage=True)`). `close()` drains the queue before returning (SIGTERM runs it
-through `Runtime.stop`)."""
+(`Rows.add_call(salvage=True)`). A call over `store.large_call_bytes` is written by its own thread,
+its chunks in pieces, so the writer keeps writing the others. A storage fault (disk full, the file
+deleted) holds calls, spills them to a side file and retries with backoff (`faults.py`); a deleted
+or replaced file is reopened. `close()` drains the queue before returning, within its timeout
+(SIGTERM runs it through `Runtime.stop` with `shutdown_grace`)."""
 
 from __future__ import annotations
 
