@@ -83,12 +83,15 @@ class Identify:
                     return
                 agent, session = key_agent, key_session or session
             elif call.route in self.require_key:
-                call.agent = agent or self.default_agent  # as claimed: the record shows who tried
-                call.session = session
+                # Nobody proven: recorded as the default agent; a claimed name is only quoted.
+                call.agent, call.session = self.default_agent, None
+                claimed = f" (the call claimed agent {agent!r})" if agent else ""
                 if key is None:
-                    self._refuse(call, 401, "missing_api_key", f"route {call.route!r} requires a virtual key")
+                    message = f"route {call.route!r} requires a virtual key{claimed}"
+                    self._refuse(call, 401, "missing_api_key", message)
                 else:
-                    self._refuse(call, 401, "invalid_api_key", f"the key is not a virtual key of route {call.route!r}")
+                    message = f"the key is not a virtual key of route {call.route!r}{claimed}"
+                    self._refuse(call, 401, "invalid_api_key", message)
                 return
         call.agent = agent or self.default_agent
         call.session = session or (call.trace_id if parent else None)

@@ -116,7 +116,9 @@ def test_require_key_refuses_unknown_and_missing_keys_and_never_injects_the_prov
     ok = httpx.post(url, json=CHAT, headers={"Authorization": "Bearer vk-alice"})
     assert ok.status_code == 200
     assert upstream.requests[-1].headers["authorization"] == "Bearer sk-real-openai"
-    assert [c.outcome for c in finished(calls, 4)] == ["denied", "denied", "denied", "ok"]
+    recorded = finished(calls, 4)
+    assert [c.outcome for c in recorded] == ["denied", "denied", "denied", "ok"]
+    assert [c.agent for c in recorded] == ["default", "default", "default", "alice"]  # a claim proves nothing
 
 
 def test_require_key_without_virtual_keys_is_a_config_error(make_interlock: Any, upstream: ScriptedUpstream) -> None:
