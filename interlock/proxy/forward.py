@@ -93,6 +93,8 @@ class Opened:
     stalled: bool = False
     #: `decoded` ran (it must run once).
     decode_done: bool = False
+    #: A 400 with one of `retry.failover_codes`: the call moves on to a larger context window.
+    failover: bool = False
 
     async def aclose(self) -> None:
         if self.closed:
@@ -194,7 +196,8 @@ class Forwarder:
         code = failover_code(opened.first, router.failover_codes)
         if code is not None and opened.call is not None:
             opened.call.meta["failover_code"] = code
-        return code is not None
+        opened.failover = code is not None
+        return opened.failover
 
     @staticmethod
     def _bounded(router: Router, opened: Opened) -> Opened:
@@ -416,7 +419,7 @@ class Forwarder:
             slot = router.slot_of(target, model)
             failover = False
             if isinstance(result, Opened):
-                if result.response.status_code == 400:  # a failover code (else it was returned)
+                if result.failover:
                     failover = True
                     skip.add(slot)
                     min_window = max(min_window or 0, target.context_window or 0)

@@ -171,7 +171,13 @@ class Router:
                 )
             self.aliases[alias] = tuple(targets)
         self.statuses = frozenset(route.retry.statuses)
-        self.failover_codes = route.retry.failover_codes
+        #: The codes that fail over, when some target declares a context window (else a 400 is
+        #: relayed without reading it: there is nowhere larger to go).
+        self.failover_codes = (
+            route.retry.failover_codes
+            if any(t.context_window is not None for chain in self.aliases.values() for t in chain)
+            else ()
+        )
         #: A per-request timeout when the route has its own; None: the client's default.
         self.timeout: httpx.Timeout | None = httpx_timeout(route.timeouts) if route.timeouts else None
 

@@ -1,4 +1,5 @@
-"""`GET /api/upstreams`: per route and upstream, the circuit breaker's state and the calls in flight."""
+"""`GET /api/upstreams`: per route and upstream, the calls in flight and both kinds of circuit breaker
+(issue 21): the upstream-wide one (transport failures) and one per model (docs/routing.md)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ if TYPE_CHECKING:
 
 
 async def upstreams(request: Request) -> Response:
-    """Routes → upstreams → {breaker: {state, consecutive_failures, ...}, inflight, ...}."""
+    """Routes → upstreams → {breaker: {state, consecutive_failures, ...}, models: {model: {state, ...}},
+    inflight, ...}."""
     runtime: Runtime = request.app.state.runtime
     return JSONResponse(runtime.forwarder.snapshot())
 
