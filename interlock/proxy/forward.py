@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 
 from interlock.config import Route, Settings, Upstream
-from interlock.proxy.breaker import CLOSED, OPEN, CircuitBreaker
+from interlock.proxy.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
 from interlock.proxy.escalation import Escalator
 from interlock.proxy.protocols import Adapter
 from interlock.proxy.protocols.base import dump_body
@@ -367,7 +367,10 @@ class Forwarder:
             if slow:
                 message = f"no response and first bytes within timeouts.first_token ({first_token}s)"
                 call.attempts[-1].error = f"{TIMEOUT}: {message}"
-                router.slot_of(target, call.model).breaker.failure()
+                breaker = router.slot_of(target, call.model).breaker
+                # The cut released a half-open probe; its failure re-opens the breaker, so the next
+                # call does not wait first_token on a probe again.
+                breaker.failure(breaker.state == HALF_OPEN and not breaker.probing)
                 return Failure(TIMEOUT, message, sent=True)
             message = f"the route's retry deadline of {router.route.retry.deadline}s passed"
             call.attempts[-1].error = f"{DEADLINE}: {message}"

@@ -266,6 +266,27 @@ def test_a_slow_first_token_fails_over_after_first_token_without_cutting_a_slow_
     assert tried(call) == [("gpt-big", 200)] and not call.truncated and call.outcome == "ok"
 
 
+def test_a_probe_cut_at_first_token_reopens_the_breaker(make_interlock: Any, upstream: ScriptedUpstream) -> None:
+    models = chain({"model": "gpt-big", "retry": {"same_target": 1}}, {"model": "gpt-small"})
+    config = openai_route(
+        upstream, models, timeouts={"first_token": 0.5, "idle": 30}, breaker={"consecutive_failures": 1, "cooldown": 30}
+    )
+    running = make_interlock(routes={"openai": config})
+    clock = Clock()
+    running.runtime.forwarder.routers["openai"].set_clock(clock)
+    calls = collect_calls(running)
+    client = openai_client(running)
+    upstream.set_model("gpt-big", Script(first_byte_delay=3.0))
+    assert ask(client).model == "gpt-small"
+    assert breaker_state(running, "openai", "main", "gpt-big") == "open"
+    clock.now += 30
+    assert ask(client).model == "gpt-small"  # the probe timed out...
+    assert breaker_state(running, "openai", "main", "gpt-big") == "open"  # ...and re-opened it
+    assert ask(client).model == "gpt-small"
+    done = finished(calls, 3)
+    assert [len(c.attempts) for c in done] == [2, 2, 1]  # the third call waits on no probe
+
+
 def test_a_stream_idle_past_idle_ends_with_the_protocols_error_event(
     make_interlock: Any, upstream: ScriptedUpstream
 ) -> None:
