@@ -191,3 +191,42 @@ def test_shutdown_during_an_episode_spills_within_its_grace_and_the_next_start_w
         second.close()
         assert {c.id for c in again.iter_calls()} == {c.id for c in calls}
     assert not Path(f"{db}.spill").exists()
+
+
+def test_a_full_store_anywhere_loses_no_call_once_space_returns(tmp_path: Path, caplog: Any) -> None:
+    """The same without a mount (runs anywhere): SQLite's max_page_count makes the store full."""
+    import asyncio
+
+    from interlock.config import Store as StoreSettings
+    from interlock.tracing.recorder import Recorder
+
+    settings = StoreSettings(batch_interval_ms=5, retry_max_bytes=50_000, spill_path=str(tmp_path / "side.spill"))
+    with Store(tmp_path / "full.db") as store:
+        recorder = Recorder(store, settings)
+        recorder.start()
+        first = a_call("first")
+        asyncio.run(recorder.done(first))
+        assert recorder.flush()
+
+        def limit_pages(pages: int | None) -> None:
+            for conn in list(store._connections):
+                count = conn.execute("PRAGMA page_count").fetchone()[0]
+                conn.execute(f"PRAGMA max_page_count = {pages or count}")
+
+        limit_pages(None)  # full: no page can be added
+        calls = [a_call(f"during {i} " + "z" * 20_000) for i in range(20)]
+
+        async def finish() -> None:
+            for call in calls:
+                await recorder.done(call)
+
+        asyncio.run(finish())
+        wait_for(lambda: recorder.counters()["unrecorded"] == 20)
+        counters = recorder.counters()
+        assert counters["fault"] is not None and "SQLITE_FULL" in counters["fault"]
+        assert counters["held"] > 0 and counters["spilled"] > 0 and counters["lost"] == 0
+        limit_pages(1_000_000_000)  # space returns
+        wait_for(lambda: recorder.counters()["unrecorded"] == 0 and recorder.counters()["fault"] is None, timeout=20)
+        assert {c.id for c in store.iter_calls()} == {first.id, *(c.id for c in calls)}
+        assert len(recorder_errors(caplog, "cannot be written")) == 1
+        recorder.close()
