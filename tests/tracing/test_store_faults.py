@@ -230,3 +230,44 @@ def test_a_full_store_anywhere_loses_no_call_once_space_returns(tmp_path: Path, 
         assert {c.id for c in store.iter_calls()} == {first.id, *(c.id for c in calls)}
         assert len(recorder_errors(caplog, "cannot be written")) == 1
         recorder.close()
+
+
+def test_sigterm_mid_episode_exits_within_its_grace_and_the_next_start_loses_nothing(
+    tmp_path: Path, upstream: ScriptedUpstream
+) -> None:
+    """A real `interlock serve`: the store's path made unusable, calls made, SIGTERM; it exits within
+    shutdown_grace, the calls in the side file; the next start writes them."""
+    import signal
+    import time
+
+    from tests.proxy.served import serve_process
+
+    started: list[subprocess.Popen[bytes]] = []
+    routes = {"openai": {"protocol": "openai", "upstream": upstream.url + "/v1"}}
+    try:
+        served = serve_process(tmp_path, started, routes=routes, shutdown_grace=2)
+        db = served.db
+        for path in (db, Path(f"{db}-wal"), Path(f"{db}-shm")):
+            path.unlink(missing_ok=True)
+        db.mkdir()
+        texts = [f"kept {i}" for i in range(10)]
+        for text in texts:
+            body = {**CHAT, "messages": [{"role": "user", "content": text}]}
+            assert httpx.post(served.url + "/openai/chat/completions", json=body, timeout=10).status_code == 200
+        wait_for(lambda: httpx.get(served.admin_url + "/ready", timeout=5).status_code == 503)
+        stopping = time.monotonic()
+        served.process.send_signal(signal.SIGTERM)
+        served.process.wait(timeout=30)
+        assert time.monotonic() - stopping < 2 + 2 + 3  # the servers' grace, the recorder's, and exit
+        assert Path(f"{db}.spill").exists()
+        db.rmdir()
+        again = serve_process(tmp_path, started, routes=routes, shutdown_grace=2)
+        wait_for(lambda: not Path(f"{db}.spill").exists())
+        with Store(again.db, readonly=True) as store:
+            bodies = [c.request_body.decode() for c in store.iter_calls()]
+        assert all(any(text in body for body in bodies) for text in texts)
+    finally:
+        for process in started:
+            if process.poll() is None:
+                process.kill()
+            process.wait(timeout=10)
