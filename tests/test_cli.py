@@ -103,9 +103,16 @@ def test_a_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
         port = taken.getsockname()[1]
         config = tmp_path / "interlock.yaml"
         config.write_text(f"listen: {{port: {port}}}\nadmin: {{port: 0}}\nstore: {{path: {tmp_path / 'i.db'}}}\n")
-        result = CliRunner().invoke(main, ["serve", "--config", str(config)])
-    assert result.exit_code == 2, result.output
-    assert f"Error: cannot listen on 127.0.0.1:{port}" in result.output
+        # In a process of its own: `serve` runs its own event loop, which an in-process invoke cannot
+        # start when an earlier test left one set on this thread.
+        result = subprocess.run(
+            [sys.executable, "-m", "interlock.cli", "serve", "--config", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"Error: cannot listen on 127.0.0.1:{port}" in result.stderr
 
 
 def test_flags_are_environment_variables_named_after_the_flag(tmp_path: Path) -> None:
