@@ -9,7 +9,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import httpx
@@ -17,7 +17,7 @@ import httpx
 from interlock.config import Settings
 from interlock.proxy.app import ProxyApp
 from interlock.proxy.forward import Forwarder
-from interlock.proxy.pipeline import Pipeline, default_stages
+from interlock.proxy.pipeline import Pipeline, Services, built_in_stages
 from interlock.proxy.upstream import make_client
 from interlock.serving import QuietServer, ServerRejects, bind_socket, uvicorn_config
 from interlock.tracing.recorder import open_recording
@@ -25,81 +25,54 @@ from interlock.tracing.recorder import open_recording
 log = logging.getLogger("interlock")
 
 
+def build_services(settings: Settings) -> Services:
+    """The services the stages share with the rest of interlock, as configured: the store and its
+    recorder, the policy runtime and its limiter, the OpenTelemetry exporter (None where off)."""
+    store, recorder = open_recording(settings)
+    services = Services(store=store, recorder=recorder)
+    if settings.policies:  # else no import of the engine and CEL (~0.4 s of startup)
+        from interlock.policies.stage import open_policy
+
+        services.policy, services.limiter = open_policy(settings)
+    otel = settings.otel
+    endpoints = (
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+    )
+    if otel.enabled and (otel.endpoint or any(os.environ.get(name) for name in endpoints)):
+        # Else nowhere to export to: not even the OpenTelemetry SDK is imported (docs/otel.md).
+        from interlock.tracing.otel import build_exporter
+
+        services.exporter = build_exporter(otel)
+    return services
+
+
 class Runtime:
     """Everything a running interlock holds; the admin API reads it, tests build it directly."""
 
-    def __init__(self, settings: Settings, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        transport: httpx.AsyncBaseTransport | None = None,
+        *,
+        stages: Sequence[object] = (),
+    ) -> None:
+        """`stages`: stages of your own, after the built-in ones (`proxy.pipeline.built_in_stages`;
+        docs/architecture.md, "Adding a stage")."""
         self.settings = settings
         self.started_at = time.time()
         self.ready = False
         self.services: dict[str, Any] = {}
         self.client = make_client(settings, transport)
         self.forwarder = Forwarder(settings, self.client)
-        # Opened before the stages are built: policy what-if, replay and the UI read it too.
-        self.store, self.recorder = open_recording(settings)
-        self.pipeline = Pipeline(default_stages(settings, self.extra_stages()))
+        # The services first (policy what-if, replay and the UI read the store too), then the stages.
+        self.shared = build_services(settings)
+        self.store, self.recorder = self.shared.store, self.shared.recorder
+        self.policy, self.policy_limiter = self.shared.policy, self.shared.limiter  # for the admin API
+        self.services["otel"] = self.shared.exporter
+        self.pipeline = Pipeline(built_in_stages(settings, self.shared, stages))
         self.proxy = ProxyApp(settings, self.pipeline, self.forwarder)
-
-    def extra_stages(self) -> list[object]:
-        """Stages that need services, in pipeline order: policy → guardrails → record → export."""
-        stages: list[object] = []
-        stages += self.policy_stages()
-        stages += self.guardrail_stages()
-        stages += self.record_stages()
-        stages += self.export_stages()
-        return stages
-
-    def policy_stages(self) -> list[object]:
-        self.policy_limiter: Any = None
-        if not self.settings.policies:
-            self.policy = None
-            return []  # and no import of the engine and CEL (~0.4 s of startup)
-        from interlock.policies.stage import policy_stages_for
-
-        # The live policy (engine, reload state, rule counts) is `self.policy` for the admin API.
-        self.policy, stages = policy_stages_for(self.settings)
-        self.policy_limiter = getattr(stages[0], "limiter", None) if stages else None  # counters, for the API
-        if self.policy is not None and any(r.protocol == "mcp" for r in self.settings.routes.values()):
-            from interlock.policies.mcp_tools import McpToolFilter
-
-            stages.append(McpToolFilter(self.policy, self.settings))  # tools/list without denied tools
-        return stages
-
-    def guardrail_stages(self) -> list[object]:
-        guardrails = self.settings.guardrails
-        if not (guardrails.request or guardrails.response or self.settings.policies):
-            return []  # nothing can ask for a scan: the plain path stays free of it
-        from interlock.policies.guardrails import Guardrails
-        from interlock.policies.scrub import ScrubRecord
-
-        stage = Guardrails(self.settings)
-        return [stage, ScrubRecord(stage)]  # the scrub: secrets in headers and URLs, before the record
-
-    def record_stages(self) -> list[object]:
-        from interlock.proxy.mcp import McpRecord
-
-        stages: list[object] = [] if self.recorder is None else [self.recorder]
-        if any(route.protocol == "mcp" for route in self.settings.routes.values()):
-            # MCP tool arguments and results go into meta from the stored (guardrail-redacted) bodies.
-            stages.insert(0, McpRecord())
-        return stages
-
-    def export_stages(self) -> list[object]:
-        otel = self.settings.otel
-        endpoints = (
-            "OTEL_EXPORTER_OTLP_ENDPOINT",
-            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-            "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
-        )
-        if not otel.enabled or not (otel.endpoint or any(os.environ.get(name) for name in endpoints)):
-            self.services["otel"] = None
-            return []  # nowhere to export to: not even the OTel SDK is imported
-        from interlock.tracing.otel import build_exporter
-
-        # OpenTelemetry export (docs/otel.md); None when no endpoint is configured.
-        exporter = build_exporter(self.settings.otel)
-        self.services["otel"] = exporter
-        return [exporter] if exporter is not None else []
 
     async def start(self) -> None:
         if self.recorder is not None:

@@ -12,7 +12,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,8 +58,11 @@ def settings_for_test(data: dict[str, Any], tmp_path: Any = None) -> Settings:
 
 
 @contextlib.contextmanager
-def run_interlock(settings: Settings, timeout: float = 60, warm_timeout: float = 180) -> Iterator[Running]:
-    """Serve interlock in a background thread until the block ends (then shut down gracefully).
+def run_interlock(
+    settings: Settings, timeout: float = 60, warm_timeout: float = 180, *, stages: Sequence[object] = ()
+) -> Iterator[Running]:
+    """Serve interlock in a background thread until the block ends (then shut down gracefully);
+    `stages` are added after the built-in ones (`Runtime(settings, stages=...)`).
 
     The block starts once interlock is ready as `/ready` says it: listening, and the guardrails engine
     built (seconds on a loaded machine), so a client's first call does not wait for it."""
@@ -78,7 +81,7 @@ def run_interlock(settings: Settings, timeout: float = 60, warm_timeout: float =
     holder: dict[str, Any] = {}
 
     async def main() -> None:
-        servers = Servers(Runtime(settings), proxy_socket, admin_socket)
+        servers = Servers(Runtime(settings, stages=stages), proxy_socket, admin_socket)
         holder.update(runtime=servers.runtime, loop=asyncio.get_running_loop(), servers=servers)
 
         def on_started(ok: bool) -> None:

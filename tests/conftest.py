@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +36,10 @@ def make_interlock(upstream: ScriptedUpstream, tmp_path: Path) -> Iterator[Any]:
     """Start interlock on loopback with routes to the scripted upstream; extra config merges in."""
     stack: list[Any] = []
 
-    def start(**config: Any) -> Running:
+    def start(*, stages: Sequence[object] = (), **config: Any) -> Running:
         data: dict[str, Any] = {"routes": routes_for(upstream), "shutdown_grace": 2}
         data.update(config)
-        context = run_interlock(settings_for_test(data, tmp_path))
+        context = run_interlock(settings_for_test(data, tmp_path), stages=stages)
         running = context.__enter__()
         stack.append(context)
         return running

@@ -4,7 +4,7 @@ request   scan the texts the adapter lists (each analysed once: a cache keyed by
           block the call, or redact / mask / hash the values before they go upstream
 response  restore placeholders for the agent, and scan what the model wrote
 chunk     the same per SSE event, holding back only a tail that could still be a placeholder or entity
-done      before the recorder: the stored call holds the redacted form, never a raw value
+seal      before the recorder: the stored call holds the redacted form, never a raw value
 """
 
 from __future__ import annotations
@@ -542,7 +542,7 @@ class Guardrails:
         state.stream = StreamGuard(self, call, actions if scan else None, vault)
         return state.stream
 
-    async def done(self, call: Call) -> None:
+    async def seal(self, call: Call) -> None:
         state = self._calls.pop(call.id, None)
         if state is None:
             return

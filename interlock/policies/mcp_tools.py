@@ -124,7 +124,7 @@ class McpToolFilter:
             del self._streams[call.id]
         return b"".join(out)
 
-    async def done(self, call: Call) -> None:
+    async def seal(self, call: Call) -> None:
         self._streams.pop(call.id, None)
 
 

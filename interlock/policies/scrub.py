@@ -29,15 +29,15 @@ _SKIP = frozenset({"traceparent", "tracestate", "content-type", "accept", "user-
 
 
 class ScrubRecord:
-    """A `done` hook (before the recorder): masks what the secrets scanner finds in header values,
-    the path, the query and the attempts' URLs. Needs the guardrails stage, whose engine it borrows."""
+    """A `seal` hook (the recorder reads the call after it): masks what the secrets scanner finds in
+    header values, the path, the query and the attempts' URLs. Needs the guardrails stage, whose engine it borrows."""
 
     name = "scrub"
 
     def __init__(self, guardrails: Any) -> None:
         self.guardrails = guardrails  # policies.guardrails.Guardrails
 
-    def done(self, call: Call) -> None:
+    def seal(self, call: Call) -> None:
         detector = self.guardrails.detector_now()
         scanner = getattr(detector, "secrets", None)
         if scanner is None:

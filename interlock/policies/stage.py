@@ -6,7 +6,7 @@ request:   evaluate the rules → deny (403 `policy_denied`), limit (429 `rate_l
 chunk:     in a stream, a tool call the policy refuses is cut at the event that names it, before any
            of its arguments reach the agent, and the stream ends with the protocol's error event.
 response:  a non-streamed response that calls a refused tool is replaced by a 403.
-done:      concurrency slots are released; tokens and cost are counted against limits.
+seal:      concurrency slots are released; tokens and cost are counted against limits.
 """
 
 from __future__ import annotations
@@ -229,7 +229,7 @@ class PolicyStage:
             return True
         return False
 
-    async def done(self, call: Call) -> None:
+    async def seal(self, call: Call) -> None:
         held = self._held.pop(call.id, None)
         if held is not None and held.keys:
             if (call.status or 0) < 400 and call.input_tokens is None and call.output_tokens is None:
@@ -269,11 +269,12 @@ def unpriced_warnings(settings: Settings) -> list[str]:
     return [str(p) for p in loaded.problems if p.kind == "unpriced"]
 
 
-def policy_stages_for(settings: Settings, *, interval: float = 1.0) -> tuple[PolicyRuntime | None, list[object]]:
-    """The live policy (loaded now; raises PolicyError) and its stage; hot reload starts when an
-    event loop is running. Relative policy paths are relative to the configuration file."""
+def open_policy(settings: Settings, *, interval: float = 1.0) -> tuple[PolicyRuntime | None, Limiter | None]:
+    """The services of the policy stage: the live policy (loaded now; raises PolicyError; hot reload
+    starts when an event loop is running) and the limits' counters; (None, None) without policies.
+    Relative policy paths are relative to the configuration file."""
     if not settings.policies:
-        return None, []
+        return None, None
     paths = policy_paths(settings)
     runtime = PolicyRuntime(paths, route_protocols(settings), settings.prices, interval=interval)
     runtime.load()
@@ -281,13 +282,22 @@ def policy_stages_for(settings: Settings, *, interval: float = 1.0) -> tuple[Pol
         runtime.start()
     except RuntimeError:  # no running loop (a Runtime built outside asyncio): no hot reload
         pass
-    limiter = Limiter(settings.store.path, settings.prices)
+    return runtime, Limiter(settings.store.path, settings.prices)
+
+
+def policy_stages_for(settings: Settings, *, interval: float = 1.0) -> tuple[PolicyRuntime | None, list[object]]:
+    """The live policy and its stage alone (`open_policy`; the proxy's full list is
+    `proxy.pipeline.built_in_stages`)."""
+    runtime, limiter = open_policy(settings, interval=interval)
+    if runtime is None:
+        return None, []
     return runtime, [PolicyStage(runtime, settings, limiter)]
 
 
 __all__ = [
     "PolicyStage",
     "apply_changes",
+    "open_policy",
     "policy_paths",
     "policy_stages_for",
     "route_hosts",

@@ -9,7 +9,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
+
+import httpx
 
 from interlock.config import Route, Settings
 from interlock.proxy.admission import ProxyEdge, upstream_path
@@ -20,7 +24,7 @@ from interlock.proxy.protocols import ADAPTERS, Adapter
 from interlock.proxy.protocols.encoding import Unreadable
 from interlock.proxy.retry import UPSTREAM_ERRORS
 from interlock.proxy.upstream import response_headers_for_agent, route_timeouts
-from interlock.tracing.call import Call, Chunk, Decision, Outcome, new_id
+from interlock.tracing.call import Call, Chunk, Decision, Outcome, SuppliedResponse, new_id
 
 log = logging.getLogger("interlock.proxy")
 
@@ -134,7 +138,7 @@ class ProxyApp:
             call.duration_ms = call.elapsed_ms()
             _finish_capture(call, state)  # a timeout or an internal error may have ended the stream
             try:
-                await self.pipeline.done(call)
+                await self.pipeline.finish(call)  # seal the record, then record and export it
             except Exception:
                 log.exception("recording call %s failed", call.id)
 
@@ -241,18 +245,25 @@ class ProxyApp:
             watcher.cancel()
 
     async def relay(self, call: Call, route: Route, adapter: Adapter, send: Send, state: _Watch) -> None:
-        try:
-            opened = await self.forwarder.open(call, route, adapter)
-        except UpstreamFailure as exc:
-            call.answer(
-                adapter.error_reply(exc.status, exc.code, exc.message, retryable=False),
-                "upstream_error",
-                exc.code,
-                exc.message,
-            )
-            await self.pipeline.error(call, exc)
-            await self.send_reply(call, send)
-            return
+        opened: Opened | _Supplied
+        if call.supplied is not None:
+            # A stage supplied the response (a cache, a playback): relayed like the upstream's, through
+            # every response hook, with no upstream attempt.
+            opened = await _Supplied.of(call.supplied, self.settings.max_response_bytes)
+            call.meta["supplied_by"] = call.supplied.source
+        else:
+            try:
+                opened = await self.forwarder.open(call, route, adapter)
+            except UpstreamFailure as exc:
+                call.answer(
+                    adapter.error_reply(exc.status, exc.code, exc.message, retryable=False),
+                    "upstream_error",
+                    exc.code,
+                    exc.message,
+                )
+                await self.pipeline.error(call, exc)
+                await self.send_reply(call, send)
+                return
         try:
             response = opened.response
             call.status = response.status_code
@@ -300,7 +311,7 @@ class ProxyApp:
         await self.fail(call, adapter, send, state, 502, "upstream_error", "unreadable_response", message)
         return True
 
-    async def relay_body(self, call: Call, opened: Opened, send: Send, state: _Watch) -> None:
+    async def relay_body(self, call: Call, opened: Opened | _Supplied, send: Send, state: _Watch) -> None:
         # The forwarder read the whole (non-streamed) body already, retrying if it broke off.
         call.ttfb_ms = call.elapsed_ms()
         call.response_body = opened.first
@@ -327,7 +338,9 @@ class ProxyApp:
         state.responded = True
         await send({"type": "http.response.body", "body": body})
 
-    async def relay_stream(self, call: Call, adapter: Adapter, opened: Opened, send: Send, state: _Watch) -> None:
+    async def relay_stream(
+        self, call: Call, adapter: Adapter, opened: Opened | _Supplied, send: Send, state: _Watch
+    ) -> None:
         headers = response_headers_for_agent(call.response_headers, streamed=True, body_changed=False)
         pipeline = self.pipeline
         transform = pipeline.has_chunk_hooks
@@ -452,6 +465,59 @@ class ProxyApp:
         headers.append((b"content-length", str(len(reply.body)).encode()))
         await send({"type": "http.response.start", "status": reply.status, "headers": headers})
         await send({"type": "http.response.body", "body": reply.body})
+
+
+@dataclass(slots=True)
+class _Supplied:
+    """A stage's `SuppliedResponse` in the shape `relay` reads an upstream's `Opened` in."""
+
+    response: httpx.Response  # the head only: status and headers
+    first: bytes
+    rest: AsyncIterator[bytes]
+    too_large: bool = False
+    encoding: str | None = None
+    unreadable: str | None = None
+
+    @classmethod
+    async def of(cls, supplied: SuppliedResponse, limit: int) -> _Supplied:
+        """A stream's chunks are relayed as they come; a body that is not a stream is read whole
+        first (past `limit`, `max_response_bytes`, it is refused as an upstream's would be)."""
+        # A supplied body is plain (as the forwarder hands an upstream's on, decoded); its length is
+        # interlock's to state.
+        headers = [(k, v) for k, v in supplied.headers if k.lower() not in _ENCODING_HEADERS]
+        body = supplied.body
+        if any(k.lower() == "content-type" and v.startswith("text/event-stream") for k, v in headers):
+            if isinstance(body, bytes):
+                return cls(httpx.Response(supplied.status, headers=headers), body, _no_chunks())
+            return cls(httpx.Response(supplied.status, headers=headers), b"", body)
+        too_large = False
+        if not isinstance(body, bytes):
+            parts: list[bytes] = []
+            size = 0
+            async for part in body:
+                parts.append(part)
+                size += len(part)
+                if size > limit:
+                    too_large = True
+                    aclose = getattr(body, "aclose", None)  # the rest is never read
+                    if aclose is not None:
+                        await aclose()
+                    break
+            body = b"".join(parts)
+        too_large = too_large or len(body) > limit
+        headers.append(("content-length", str(len(body))))
+        head = httpx.Response(supplied.status, headers=headers)
+        return cls(head, body[:limit] if too_large else body, _no_chunks(), too_large=too_large)
+
+    async def aclose(self) -> None:
+        aclose = getattr(self.rest, "aclose", None)  # a generator the relay stopped early
+        if aclose is not None:
+            await aclose()
+
+
+async def _no_chunks() -> AsyncIterator[bytes]:
+    return
+    yield b""  # an async generator with no item
 
 
 class _TooLarge(Exception):

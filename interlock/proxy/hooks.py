@@ -2,8 +2,11 @@
 
 A stage is a plain object with any subset of these methods, sync or async. Stages never call each
 other; they talk only through the `Call`. A stage that refuses a call sets `call.answer(...)` and
-records a `Decision`; it does not raise. `tests/proxy/test_hooks.py` fails if a hook here has no
-test.
+records a `Decision`; it does not raise. A stage that supplies the response itself (a cache, a
+playback) sets `call.supplied`, and that response runs through `response_head`, `chunk` and
+`response` like an upstream's. The end of a call has two phases: every stage's `seal`, then every
+stage's `done`, so whatever consumes the record reads it sealed. `tests/proxy/test_hooks.py`
+fails if a hook here has no test.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from typing import Protocol
 
 from interlock.tracing.call import Call
 
-HOOKS = ("request", "response_head", "chunk", "response", "error", "done")
+HOOKS = ("request", "response_head", "chunk", "response", "error", "seal", "done")
 
 
 class Stage(Protocol):
@@ -21,10 +24,12 @@ class Stage(Protocol):
     name: str
 
     async def request(self, call: Call) -> None:
-        """Before anything is sent upstream; may change the request or answer the call itself."""
+        """Before anything is sent upstream; may change the request, answer the call (`call.answer`) or
+        supply its response (`call.supplied`); the stages after one that does are not asked."""
 
     async def response_head(self, call: Call) -> None:
-        """The upstream's status and headers arrived; `call.status`/`response_headers` may be changed."""
+        """The response's status and headers arrived (the upstream's or a supplied one);
+        `call.status`/`response_headers` may be changed."""
 
     async def chunk(self, call: Call, data: bytes, last: bool) -> bytes:
         """A streamed piece on its way to the agent; returns what to send (may hold some back until
@@ -36,7 +41,11 @@ class Stage(Protocol):
 
     async def error(self, call: Call, exc: BaseException) -> None:
         """No upstream answered (every attempt failed), or a stage raised. (An agent that left, a total
-        timeout or a broken stream are recorded on the call and seen by `done`.)"""
+        timeout or a broken stream are recorded on the call and seen by `seal`.)"""
+
+    async def seal(self, call: Call) -> None:
+        """The agent has its answer (or has left): settle the record (outcome, counted usage,
+        redaction of what is stored) and forget per-call state. Runs before any `done`."""
 
     async def done(self, call: Call) -> None:
-        """The agent has its answer (or has left); the call is final. Record and export here."""
+        """The record is sealed: consume it (record, export, collect); must not change the call."""

@@ -5,7 +5,7 @@
   stream and DELETE group together. The `initialize` reply is where the id first appears.
 - Record: `call.meta["mcp"]` holds the message's kind, method, JSON-RPC id, MCP session id and
   protocol revision, and for tools/call the tool's name, arguments, result and `isError` (the last
-  by `McpRecord`, which runs just before the recorder).
+  by `McpRecord`, whose `seal` runs after the guardrails' and before the recorder's `done`).
 - A server that ends a request's SSE stream before sending its response: the agent gets a JSON-RPC
   error for that id at once (instead of waiting out its read timeout) and the call is recorded as
   `upstream_error` / `stream_closed_early`, truncated. A JSON (or 202) reply without the response
@@ -97,7 +97,7 @@ class McpSession:
             return data + self.adapter.stream_error_event("stream_closed_early", call.error)
         return data
 
-    async def done(self, call: Call) -> None:
+    async def seal(self, call: Call) -> None:
         if call.protocol != "mcp":
             return
         meta = call.meta.setdefault("mcp", {})
@@ -133,7 +133,7 @@ class McpRecord:
         assert isinstance(adapter, McpAdapter)
         self.adapter = adapter
 
-    async def done(self, call: Call) -> None:
+    async def seal(self, call: Call) -> None:
         view = call.view
         if call.protocol != "mcp":
             return

@@ -1,31 +1,101 @@
-"""The built-in stages, in order. `default_stages` lists the ones every call passes; the stages that
-need services (policy → guardrails → MCP record → recorder → exporter) come after them, in the order
-`interlock.server.Runtime.extra_stages` gives. Together:
+"""The stages every call passes, in order: `built_in_stages` is the one list, and reading it tells
+the whole flow. Each stage is inert when its configuration is off (not even imported: the plain path
+stays free of it). The services the stages share with the rest of interlock (the store and its
+recorder, the policy runtime and its limiter, the exporter) are built first, by
+`interlock.server.Runtime`, and passed in as `Services`; stages a user adds
+(`Runtime(settings, stages=[...])`) come after the built-in ones.
 
-request:  identify → parse → mcp session → policy → guardrails   (then route/retry/send)
-response: usage → guardrails (output, tool-call policy)    (then the agent gets it)
-done:     record → export
+request:   identify → parse → mcp session → policy → mcp tools filter → guardrails
+           (then route/retry/send upstream, or relay the response a stage supplied: `call.supplied`)
+response:  response_head → chunk... → response, through every stage in this order
+           (usage is read, guardrails scan the output, policy refuses denied tool calls)
+seal:      the call is over: outcome settled (mcp session), limits counted (policy), the record
+           redacted and scrubbed (guardrails, scrub), MCP meta copied from it (mcp record)
+done:      the sealed record is consumed: recorder, exporter (and a user's collectors)
+
+Hooks run per event in list order (`interlock/proxy/hooks.py` describes each). Every `seal` hook
+runs before any `done` hook, so a stage that consumes the record (the recorder, the exporter, a
+user's collector) always reads it sealed, wherever it sits in the list.
 """
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from interlock.config import Settings
 from interlock.proxy.hooks import HOOKS
 from interlock.proxy.identify import Identify
-from interlock.proxy.mcp import McpSession
+from interlock.proxy.mcp import McpRecord, McpSession
 from interlock.proxy.parse import Parse, Usage
 from interlock.tracing.call import Call
 
+if TYPE_CHECKING:
+    from interlock.policies.limits import Limiter
+    from interlock.policies.loader import PolicyRuntime
+    from interlock.tracing.recorder import Recorder
 
-def default_stages(settings: Settings, extra: Sequence[object] = ()) -> list[object]:
-    """The stages every call passes through, in order; `extra` (recorder, exporter...) go last."""
-    stages: list[object] = [Identify(settings), Parse(), Usage()]
-    if any(route.protocol == "mcp" for route in settings.routes.values()):
-        stages.insert(2, McpSession())  # only with MCP routes: the plain path stays free of it
+
+@dataclass(slots=True)
+class Services:
+    """What the stages share with the rest of interlock, built before them (`server.Runtime`); None
+    where its configuration is off."""
+
+    #: The store (`open_recording`'s; typed by its interface once that lands, issue 18 part 5).
+    store: Any = None
+    #: The recording stage (its `done` queues the sealed call for the writer thread).
+    recorder: Recorder | None = None
+    #: The live policy (engine, hot reload, rule counts) and the limits' counters.
+    policy: PolicyRuntime | None = None
+    limiter: Limiter | None = None
+    #: The OpenTelemetry export stage (`tracing.otel.build_exporter`), whose `done` queues the call.
+    exporter: Any = None
+
+
+def built_in_stages(settings: Settings, services: Services, extra: Sequence[object] = ()) -> list[object]:
+    """Every built-in stage, in order, then `extra` (a user's or a test's stages). The order is a
+    contract; `tests/proxy/test_pipeline.py` asserts the pairs named below."""
+    mcp = any(route.protocol == "mcp" for route in settings.routes.values())
+    guardrails = settings.guardrails
+    stages: list[object] = [
+        Identify(settings),  # first: agent, session and key decide what every later stage sees
+        Parse(),  # the request view; a malformed body is answered 400 here, before any rule reads it
+    ]
+    if mcp:
+        # Before policy: the MCP session it adopts is the call's session for every later stage.
+        stages.append(McpSession())
+    # Its `response` reads the token usage before policy's `seal` counts it against limits and
+    # budgets (usage before limits).
+    stages.append(Usage())
+    if services.policy is not None:
+        # Function-level imports here and below: the engine and CEL cost ~0.4 s of startup, the
+        # guardrails more, and a configuration without them never pays it.
+        from interlock.policies.stage import PolicyStage
+
+        # Before guardrails: a rule may ask for a guardrail (`call.guardrails`), and a denied call
+        # is never scanned.
+        stages.append(PolicyStage(services.policy, settings, services.limiter))
+        if mcp:
+            from interlock.policies.mcp_tools import McpToolFilter
+
+            stages.append(McpToolFilter(services.policy, settings))  # tools/list without denied tools
+    if guardrails.request or guardrails.response or settings.policies:
+        from interlock.policies.guardrails import Guardrails
+        from interlock.policies.scrub import ScrubRecord
+
+        scan = Guardrails(settings)
+        # Their `seal` redacts what is recorded (bodies, then secrets in headers and URLs): before
+        # MCP record copies from the stored bodies, and before the recorder and exporter read it.
+        stages += [scan, ScrubRecord(scan)]
+    if mcp:
+        # Its `seal` copies tool arguments and results into meta from the stored (redacted) bodies.
+        stages.append(McpRecord())
+    if services.recorder is not None:
+        stages.append(services.recorder)  # `done`: the sealed call to the writer thread
+    if services.exporter is not None:
+        stages.append(services.exporter)  # `done`: the sealed call to OpenTelemetry
     stages.extend(extra)
     return stages
 
@@ -57,9 +127,11 @@ class Pipeline:
         self.has_chunk_hooks = bool(self.hooks["chunk"])
 
     async def request(self, call: Call) -> None:
+        """The request hooks in order, until one answers the call (`call.reply`) or supplies its
+        response (`call.supplied`): the stages after it do not see the request."""
         for hook in self.hooks["request"]:
             await hook(call)
-            if call.reply is not None:
+            if call.reply is not None or call.supplied is not None:
                 return
 
     async def response_head(self, call: Call) -> None:
@@ -79,6 +151,10 @@ class Pipeline:
         for hook in self.hooks["error"]:
             await hook(call, exc)
 
-    async def done(self, call: Call) -> None:
+    async def finish(self, call: Call) -> None:
+        """The end of a call: every `seal` hook, then every `done` hook. A seal that raises stops
+        here: a record that may not be redacted is not consumed (the caller logs it)."""
+        for hook in self.hooks["seal"]:
+            await hook(call)
         for hook in self.hooks["done"]:
             await hook(call)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
@@ -162,6 +163,20 @@ class Reply:
 
 
 @dataclass(slots=True)
+class SuppliedResponse:
+    """A response a stage supplies instead of the upstream's (a cache hit, a recorded reply played
+    back): the proxy relays it through the response hooks exactly as it relays an upstream's, no
+    upstream attempt is made, and `meta["supplied_by"]` records `source`. A `text/event-stream`
+    content type makes it a stream; `body` is then its bytes or an async iterator of its chunks."""
+
+    status: int
+    headers: Headers
+    body: bytes | AsyncIterator[bytes]
+    #: Who supplied it (the stage's name), on record.
+    source: str
+
+
+@dataclass(slots=True)
 class Call:
     """Everything about one proxied request."""
 
@@ -215,6 +230,9 @@ class Call:
     upstream: str | None = None
     #: Set by a stage that answers the call itself (a denial); nothing is then sent upstream.
     reply: Reply | None = None
+    #: Set by a stage that supplies the response itself (`SuppliedResponse`), relayed through the
+    #: response hooks like an upstream's. Not recorded (`meta["supplied_by"]` is).
+    supplied: SuppliedResponse | None = None
     #: Free-form annotations by stages (response model, finish reasons, tool calls made, cost...).
     meta: dict[str, Any] = field(default_factory=dict)
     #: The guardrail actions that apply to this call (`policies.actions.GuardrailActions`), set by the

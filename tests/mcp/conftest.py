@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 
-from interlock.server import Runtime
 from interlock.testing import Running, free_port, run_interlock, settings_for_test
 from tests import lockedvenv
 from tests.mcp.servers import (
@@ -37,15 +36,8 @@ def mcp2_server() -> Iterator[ThreadServer]:
 
 
 @pytest.fixture
-def collector(monkeypatch: pytest.MonkeyPatch) -> Collector:
-    collector = Collector()
-    original = Runtime.record_stages
-
-    def record_stages(self: Runtime) -> list[object]:
-        return [*original(self), collector]
-
-    monkeypatch.setattr(Runtime, "record_stages", record_stages)
-    return collector
+def collector() -> Collector:
+    return Collector()
 
 
 @pytest.fixture
@@ -59,7 +51,7 @@ def mcp_interlock(tmp_path: Path, collector: Collector) -> Iterator[Any]:
             "shutdown_grace": 1,
         }
         data.update(config)
-        context = run_interlock(settings_for_test(data, tmp_path))
+        context = run_interlock(settings_for_test(data, tmp_path), stages=[collector])
         stack.append(context)
         return context.__enter__()
 

@@ -211,7 +211,7 @@ async def test_a_stream_that_ends_unanswered_gets_an_error_event_and_is_recorded
     tail = await stage.chunk(call, b"", True)
     assert json.loads(tail.split(b"data: ")[1])["id"] == 5
     assert (call.outcome, call.error_code, call.truncated) == ("upstream_error", "stream_closed_early", True)
-    await McpRecord().done(call)
+    await McpRecord().seal(call)
     assert call.meta["mcp"]["answered"] is False
     assert call.meta["mcp"]["server_messages"] == ["notifications/message"]
     # An answered stream passes untouched.
@@ -252,7 +252,7 @@ async def test_the_record_reads_the_reply_once(monkeypatch: pytest.MonkeyPatch) 
         return read(call, agent=agent)
 
     monkeypatch.setattr(record.adapter, "response_messages", response_messages)
-    await record.done(call)
+    await record.seal(call)
     assert len(reads) == 1
     meta = call.meta["mcp"]
     assert meta["server_messages"] == ["notifications/progress"]
@@ -272,14 +272,14 @@ async def test_a_closed_event_stream_and_a_declined_probe_are_not_failures() -> 
     await stage.request(listen)
     listen.stream, listen.status = True, 200
     listen.outcome, listen.error, listen.truncated = "aborted", "client disconnected", True
-    await stage.done(listen)
+    await stage.seal(listen)
     assert (listen.outcome, listen.error, listen.truncated) == ("closed", None, False)
     assert listen.meta["mcp"]["closed_by"] == "agent"
 
     probe = parsed({"jsonrpc": "2.0", "id": 1, "method": "server/discover", "params": {}})
     await stage.request(probe)
     probe.status, probe.outcome, probe.error_code = 400, "upstream_error", "http_400"
-    await stage.done(probe)
+    await stage.seal(probe)
     assert (probe.status, probe.outcome, probe.error_code) == (400, "unsupported", None)
 
     # The same answer to anything else, or a 5xx to the probe, is still the upstream's failure.
@@ -287,5 +287,5 @@ async def test_a_closed_event_stream_and_a_declined_probe_are_not_failures() -> 
         failed = parsed({"jsonrpc": "2.0", "id": 2, "method": method})
         await stage.request(failed)
         failed.status, failed.outcome, failed.error_code = status, "upstream_error", f"http_{status}"
-        await stage.done(failed)
+        await stage.seal(failed)
         assert failed.outcome == "upstream_error"

@@ -97,7 +97,7 @@ async def test_logged_values_are_left_upstream_but_masked_at_rest() -> None:
     call = await parsed({"model": "m", "messages": [{"role": "user", "content": f"mail {EMAIL}"}]})
     await stage.request(call)
     assert not call.request_changed and call.findings[0].action == "log"
-    await stage.done(call)
+    await stage.seal(call)
     assert EMAIL.encode() not in call.request_body and b"mail <EMAIL_ADDRESS>" in call.request_body
 
 
@@ -116,7 +116,7 @@ async def test_anthropic_tool_use_input_is_restored() -> None:
     await stage.response(call)
     assert call.agent_response_body is not None
     assert json.loads(call.agent_response_body)["content"][0]["input"] == {"to": EMAIL}
-    await stage.done(call)
+    await stage.seal(call)
     assert call.agent_response_body is None  # the stored copy never holds restored values
     assert EMAIL.encode() not in call.request_body
 
@@ -181,6 +181,6 @@ async def test_the_stored_request_is_the_body_sent_unless_another_model_was_sent
         sent = json.dumps(call.request_json, ensure_ascii=False, separators=(",", ":")).encode()
         call.upstream_body = sent.replace(b'"model":"m"', f'"model":"{model}"'.encode())
         call.attempts.append(Attempt("up", "http://upstream", model=model))
-        await stage.done(call)
+        await stage.seal(call)
         assert (call.request_body is call.upstream_body) is as_sent
         assert call.request_body == sent and EMAIL.encode() not in call.request_body

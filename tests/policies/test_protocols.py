@@ -92,7 +92,7 @@ async def test_the_stage_sets_guardrail_actions_and_per_session_counters(tmp_pat
     await stage.request(other)
     assert other.reply is None
     for call in (first, other):
-        await stage.done(call)
+        await stage.seal(call)
     assert stage._held == {}
 
 

@@ -40,6 +40,9 @@ class Spy:
     async def error(self, call: Call, exc: BaseException) -> None:
         self.events.append(("error", type(exc).__name__))
 
+    async def seal(self, call: Call) -> None:
+        self.events.append(("seal", call.outcome))
+
     async def done(self, call: Call) -> None:
         self.events.append(("done", call.outcome))
 
@@ -80,7 +83,7 @@ def test_every_hook_fires_in_order(make_interlock: Any, upstream: ScriptedUpstre
     spy = install(running)
     seen: set[str] = set()
 
-    # A stream: request → response_head → chunk... → chunk(last) → response → done; chunks rewritten.
+    # A stream: request → response_head → chunk... → chunk(last) → response → seal → done; chunks rewritten.
     upstream.script(Script(text="a secret here", chunk_size=20))
     body = {"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": True}
     text = httpx.post(running.url + "/openai/chat/completions", json=body).text
@@ -88,7 +91,7 @@ def test_every_hook_fires_in_order(make_interlock: Any, upstream: ScriptedUpstre
     wait_done(spy, 1)
     names = [e[0] for e in spy.events]
     assert names[:2] == ["request", "response_head"]
-    assert names[-3:] == ["chunk", "response", "done"] and spy.events[-3] == ("chunk", "last")
+    assert names[-4:] == ["chunk", "response", "seal", "done"] and spy.events[-4] == ("chunk", "last")
     seen.update(names)
 
     # A refusal: the upstream is never asked, the agent gets the stage's reply.
@@ -97,7 +100,7 @@ def test_every_hook_fires_in_order(make_interlock: Any, upstream: ScriptedUpstre
     response = httpx.post(running.url + "/openai/refuse", json={})
     assert response.status_code == 403
     wait_done(spy, 1)
-    assert spy.events == [("request", "/refuse"), ("done", "denied")]
+    assert spy.events == [("request", "/refuse"), ("seal", "denied"), ("done", "denied")]
     assert len(upstream.requests) == count
 
     # No upstream at all: the error hook sees why.

@@ -15,7 +15,6 @@ import pytest
 
 from interlock.proxy.protocols import ADAPTERS
 from interlock.scripted import Script, ScriptedUpstream
-from interlock.server import Runtime
 from interlock.testing import Running, free_port
 from interlock.tracing.call import Call, Decision
 from interlock.tracing.store import Store
@@ -180,9 +179,8 @@ class BlockSecrets:
 
 
 @pytest.fixture
-def guarded(make_interlock: Any, monkeypatch: pytest.MonkeyPatch) -> Running:
-    monkeypatch.setattr(Runtime, "guardrail_stages", lambda self: [DenyForbidden(), BlockSecrets()])
-    return make_interlock()  # type: ignore[no-any-return]
+def guarded(make_interlock: Any) -> Running:
+    return make_interlock(stages=[DenyForbidden(), BlockSecrets()])  # type: ignore[no-any-return]
 
 
 def test_denied_and_blocked_calls_are_recorded_with_their_decisions(
