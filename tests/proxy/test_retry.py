@@ -282,11 +282,11 @@ def test_all_upstreams_down_is_a_clear_502_in_the_protocols_shape(make_interlock
 
 def test_the_deadline_stops_retries_that_would_wait_past_it(make_interlock: Any, upstream: ScriptedUpstream) -> None:
     running = make_interlock(
-        routes={"openai": single(upstream, retry={"deadline": 0.3, "retry_after_max": 5, "attempts": 5})}
+        routes={"openai": single(upstream, retry={"deadline": 10, "retry_after_max": 60, "attempts": 5})}
     )
     calls = collect_calls(running)
-    upstream.set_default(Script(status=503, retry_after="2"))
-    response = httpx.post(running.url + "/openai/chat/completions", json=CHAT)
+    upstream.set_default(Script(status=503, retry_after="30"))  # past the deadline, by far on any machine
+    response = httpx.post(running.url + "/openai/chat/completions", json=CHAT, timeout=60)
     assert response.status_code == 503
     (call,) = finished(calls)
     assert len(call.attempts) == 1
@@ -295,10 +295,10 @@ def test_the_deadline_stops_retries_that_would_wait_past_it(make_interlock: Any,
 
 
 def test_a_slow_retry_is_cut_at_the_deadline(make_interlock: Any, upstream: ScriptedUpstream) -> None:
-    running = make_interlock(routes={"openai": single(upstream, retry={"deadline": 0.4, "attempts": 5})})
+    running = make_interlock(routes={"openai": single(upstream, retry={"deadline": 3, "attempts": 5})})
     calls = collect_calls(running)
-    upstream.script(Script(status=503), Script(delay=1.5))
-    response = httpx.post(running.url + "/openai/chat/completions", json=CHAT)
+    upstream.script(Script(status=503), Script(delay=30))  # the deadline comes first on any machine
+    response = httpx.post(running.url + "/openai/chat/completions", json=CHAT, timeout=60)
     assert response.status_code == 504
     assert response.json()["error"]["code"] == "upstream_timeout"
     assert response.headers["x-should-retry"] == "false"
@@ -311,11 +311,11 @@ def test_a_slow_first_attempt_is_cut_at_a_deadline_shorter_than_first_byte(
     make_interlock: Any, upstream: ScriptedUpstream
 ) -> None:
     # first_byte (60 s by default) would let the first attempt run past the whole call's deadline
-    running = make_interlock(routes={"openai": single(upstream, retry={"deadline": 0.4, "attempts": 5})})
+    running = make_interlock(routes={"openai": single(upstream, retry={"deadline": 2, "attempts": 5})})
     calls = collect_calls(running)
-    upstream.script(Script(delay=3.0))
-    response = httpx.post(running.url + "/openai/chat/completions", json=CHAT, timeout=10)
-    assert response.status_code == 504, response.text  # not the upstream's answer after 3 s
+    upstream.script(Script(delay=8))  # the upstream's shutdown waits this out: keep it short, past the deadline
+    response = httpx.post(running.url + "/openai/chat/completions", json=CHAT, timeout=60)
+    assert response.status_code == 504, response.text  # not the upstream's answer after 8 s
     assert response.json()["error"]["code"] == "upstream_timeout"
     (call,) = finished(calls)
     assert len(call.attempts) == 1 and (call.attempts[0].error or "").startswith("deadline:")
