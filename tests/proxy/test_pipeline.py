@@ -17,6 +17,7 @@ from interlock.proxy.pipeline import Pipeline, Services, built_in_stages
 from interlock.scripted import ScriptedUpstream
 from interlock.testing import Running, settings_for_test
 from interlock.tracing.call import Call, SuppliedResponse
+from tests.policies.test_guardrails_stream import jwt_like
 
 
 def _names(stages: list[object]) -> list[str]:
@@ -303,3 +304,22 @@ def test_a_supplied_body_that_calls_a_denied_tool_is_refused_by_the_response_hoo
     assert (call.outcome, call.error_code) == ("blocked", "policy_denied")
     assert (call.input_tokens, call.output_tokens) == (9, 4)  # usage read from the supplied body
     assert call.meta["supplied_by"] == "cache" and call.attempts == [] and upstream.requests == []
+
+
+def test_the_guardrails_redact_a_secret_in_a_supplied_stream(make_interlock: Any, upstream: ScriptedUpstream) -> None:
+    token = jwt_like()
+    text = f"Here is the token you asked for: {token} and keep it safe."
+    events = [_chunk({"role": "assistant", "content": ""})]
+    events += [_chunk({"content": text[i : i + 40]}) for i in range(0, len(text), 40)]
+    events += [_chunk({}, "stop"), _USAGE, b"data: [DONE]\n\n"]
+    stage = Playback([events])
+    running: Running = make_interlock(guardrails={"response": {"SECRET": "redact"}}, stages=[stage])
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "token?"}], "stream": True}
+    with httpx.stream("POST", running.url + "/openai/chat/completions", json=body, timeout=60) as response:
+        assert response.status_code == 200
+        received = response.read().decode()
+    pieces = [c["choices"][0]["delta"].get("content") or "" for c in _events(received) if c["choices"]]
+    assert "".join(pieces) == "Here is the token you asked for: <SECRET> and keep it safe."
+    assert token not in received
+    _wait(lambda: stage.calls)
+    assert any(f.action == "redact" for f in stage.calls[0].findings) and upstream.requests == []
