@@ -174,7 +174,7 @@ def startup_errors(settings: Settings) -> list[SourceError]:
     exist is the configuration's own error, at its line, from `load_settings`.)"""
     from interlock.policies.loader import check_policies
     from interlock.policies.stage import policy_paths, route_protocols
-    from interlock.tracing.store import Store, StoreError
+    from interlock.tracing.backend import StoreError, open_store
 
     errors: list[SourceError] = []
     if settings.policies:
@@ -182,7 +182,7 @@ def startup_errors(settings: Settings) -> list[SourceError]:
         errors += [SourceError(p.file, p.line, p.col, p.message) for p in loaded.errors]
     if settings.store.enabled and os.path.exists(settings.store.path):
         try:
-            Store(settings.store.path, readonly=True).close()  # read only: a check writes nothing
+            open_store(settings.store, readonly=True).close()  # read only: a check writes nothing
         except StoreError as exc:
             line, col = 1, 1
             if os.path.isfile(settings.source):  # the line of interlock.yaml that names the store

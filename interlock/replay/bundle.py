@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
+from interlock.tracing.backend import StoreError, open_store
 from interlock.tracing.call import Call
 from interlock.tracing.schema import SCHEMA_VERSION
-from interlock.tracing.store import Store, StoreError
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
@@ -101,7 +101,7 @@ def open_bundle(path: str | os.PathLike[str], *, session: str | None = None, rou
     where = str(path)
     version = check_bundle(where)
     try:
-        with Store(where, readonly=True) as store:
+        with open_store(where, readonly=True) as store:
             calls = list(store.iter_calls(session=session, route=route))
     except (StoreError, sqlite3.DatabaseError) as exc:
         raise BundleError(f"{where}: cannot be read: {exc}") from None

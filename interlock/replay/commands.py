@@ -110,11 +110,11 @@ def export_command(
     store_path: str | None,
 ) -> None:
     """Write calls to a self-contained bundle file (for `interlock replay`)."""
-    from interlock.tracing.store import Store, StoreError
+    from interlock.tracing.backend import StoreError, open_store
 
     path = _store_path(config, store_path)
     try:
-        with Store(path, readonly=True) as store:
+        with open_store(path, readonly=True) as store:
             count = store.export(output, session=session, since=parse_time(since), until=parse_time(until), agent=agent)
     except (StoreError, OSError) as exc:
         _fail(str(exc))
@@ -131,7 +131,7 @@ def export_command(
 def import_command(bundle: str, config: str | None, store_path: str | None) -> None:
     """Merge a bundle's calls into the store (calls already there are skipped)."""
     from interlock.replay.bundle import BundleError, check_bundle
-    from interlock.tracing.store import Store, StoreError
+    from interlock.tracing.backend import StoreError, open_store
 
     try:
         check_bundle(bundle)
@@ -139,7 +139,7 @@ def import_command(bundle: str, config: str | None, store_path: str | None) -> N
         _fail(str(exc))
     path = _store_path(config, store_path)
     try:
-        with Store(path) as store:
+        with open_store(path) as store:
             count = store.import_from(bundle)
     except (StoreError, OSError) as exc:
         _fail(str(exc))

@@ -11,8 +11,9 @@ from typing import Any
 
 import click
 
+from interlock.tracing.backend import Store, StoreError
+from interlock.tracing.backend import open_store as open_backend
 from interlock.tracing.call import OUTCOMES
-from interlock.tracing.store import Store, StoreError
 from interlock.tracing.views import call_detail
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
@@ -43,7 +44,7 @@ def open_store(store_path: str | None, config: str | None) -> Store:
 
         store_path = load_or_exit(config).store.path
     try:
-        return Store(store_path, readonly=True)
+        return open_backend(store_path, readonly=True)
     except StoreError as exc:
         raise click.ClickException(str(exc)) from None
     except Exception as exc:  # SchemaError, a file that is not SQLite

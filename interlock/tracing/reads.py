@@ -153,6 +153,37 @@ class Reads:
             "total": int(total),
         }
 
+    def call_parts(self, ids: Sequence[str], *, bodies: bool = False) -> dict[str, dict[str, list[dict[str, Any]]]]:
+        """Per call id (each of `ids` that is stored): its `attempts`, `decisions` and `findings`,
+        and with `bodies` its `body` (one row: response_headers, response_body, response_message)."""
+        parts: dict[str, dict[str, list[dict[str, Any]]]] = {}
+        if not ids:
+            return parts
+        ids = list(ids)
+        marks = ", ".join("?" * len(ids))
+
+        def of(call_id: str) -> dict[str, list[dict[str, Any]]]:
+            return parts.setdefault(call_id, {"attempts": [], "decisions": [], "findings": [], "body": []})
+
+        for attempt in self.query(
+            "SELECT call_id, upstream, url, model, started_ms, duration_ms, ttfb_ms, status, error, backoff_ms"
+            f" FROM attempts WHERE call_id IN ({marks}) ORDER BY call_id, seq",
+            ids,
+        ):
+            of(attempt.pop("call_id"))["attempts"].append(attempt)
+        for call_id, kind, data in self.conn.execute(
+            f"SELECT call_id, kind, data FROM events WHERE call_id IN ({marks}) ORDER BY call_id, seq", ids
+        ):
+            of(call_id)["decisions" if kind == "decision" else "findings"].append(json.loads(data))
+        if bodies:
+            for body in self.query(
+                "SELECT call_id, response_headers, response_body, response_message FROM bodies"
+                f" WHERE call_id IN ({marks})",
+                ids,
+            ):
+                of(body.pop("call_id"))["body"].append(body)
+        return parts
+
     # -- lists of calls --------------------------------------------------------------------------
 
     def iter_calls(
@@ -241,6 +272,16 @@ class Reads:
         for row in rows:
             seq = max(seq, int(row.pop("seq")))
         return narrow_rows(rows), seq
+
+    def filter_choices(self, *, limit: int = 500) -> dict[str, list[str]]:
+        """The distinct agents and routes seen (sorted, at most `limit` each), for filter menus."""
+        return {
+            key: [
+                r[0]
+                for r in self.conn.execute(f"SELECT DISTINCT {column} FROM calls ORDER BY {column} LIMIT ?", (limit,))
+            ]
+            for key, column in (("agents", "agent"), ("routes", "route"))
+        }
 
     def count_calls(self, **filters: Any) -> int:
         where, params = where_clause(**filters)

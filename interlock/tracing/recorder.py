@@ -29,10 +29,11 @@ from typing import Any
 
 from interlock.config import Settings
 from interlock.config import Store as StoreSettings
+from interlock.tracing.backend import Store, StoreError, open_store
 from interlock.tracing.call import Call
 from interlock.tracing.faults import Holding, call_size, describe, storage_fault
 from interlock.tracing.rows import INSERT_CHUNK, Indexer
-from interlock.tracing.store import Store
+from interlock.tracing.store import SQLiteStore
 from interlock.tracing.writing import YIELD_EVERY, Rows, insert_rows, write_records, write_rows
 
 log = logging.getLogger("interlock.recorder")
@@ -46,7 +47,7 @@ class Recorder:
 
     name = "record"
 
-    def __init__(self, store: Store, settings: StoreSettings, *, indexer: Indexer | None = None) -> None:
+    def __init__(self, store: SQLiteStore, settings: StoreSettings, *, indexer: Indexer | None = None) -> None:
         self.store = store
         self.settings = settings
         self.capture = settings.capture
@@ -480,5 +481,10 @@ def open_recording(settings: Settings) -> tuple[Store | None, Recorder | None]:
     """The store and its recorder as configured (both None when `store.enabled` is false)."""
     if not settings.store.enabled:
         return None, None
-    store = Store(settings.store.path)
+    store = open_store(settings.store)
+    if not isinstance(store, SQLiteStore):  # pragma: no cover - the only backend today
+        # This writer's durability (large calls in pieces, the side file) is written for SQLite's
+        # connection; a networked backend brings its own writer (docs/store.md).
+        store.close()
+        raise StoreError(f"{store.path}: the recorder writes only to the embedded SQLite store")
     return store, Recorder(store, settings.store)

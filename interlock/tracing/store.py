@@ -69,8 +69,10 @@ def _file_identity(path: str) -> tuple[int, int]:
     return stat.st_dev, stat.st_ino
 
 
-class Store(Reads):
-    """The SQLite store at `path` (created and migrated unless `readonly`)."""
+class SQLiteStore(Reads):
+    """The embedded SQLite store at `path` (created and migrated unless `readonly`); implements
+    `interlock.tracing.backend.Store`. Open it with `backend.open_store`; its connection (`conn`)
+    is for this backend's own modules (the recorder's writer, the tests of this backend)."""
 
     def __init__(self, path: str | os.PathLike[str], readonly: bool = False) -> None:
         self.path = str(path)
@@ -184,7 +186,7 @@ class Store(Reads):
             except sqlite3.Error:  # pragma: no cover - closing is best effort
                 pass
 
-    def __enter__(self) -> Store:
+    def __enter__(self) -> SQLiteStore:
         return self
 
     def __exit__(self, *_: object) -> None:
@@ -279,7 +281,7 @@ class Store(Reads):
         os.close(fd)
         os.unlink(tmp)
         try:
-            with Store(tmp) as out:
+            with SQLiteStore(tmp) as out:
                 where, params = where_clause("s.", session=session, since=since, until=until, agent=agent)
                 count = copy_calls(out.conn, self.path, " AND ".join(where), params)
                 out.conn.executescript("PRAGMA incremental_vacuum;")  # execute() would free one page per call
@@ -296,9 +298,12 @@ class Store(Reads):
         source = str(path)
         if not Path(source).exists():
             raise StoreError(f"{source}: no such store")
-        with Store(source, readonly=True) as check:
+        with SQLiteStore(source, readonly=True) as check:
             _ = check.schema_version
         return copy_calls(self.conn, source, "1", [])
 
 
-__all__ = ["LIST_COLUMNS", "Reads", "Store", "StoreError", "fts_query"]
+#: The embedded backend under its former name (this backend's tests build it by path).
+Store = SQLiteStore
+
+__all__ = ["LIST_COLUMNS", "Reads", "SQLiteStore", "Store", "StoreError", "fts_query"]

@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 from interlock.proxy.protocols.base import decoded_body
-from interlock.tracing.store import Store
+from interlock.tracing.backend import Store
 
 _BODIES = ("request_body", "upstream_body", "response_body", "agent_response_body")
 

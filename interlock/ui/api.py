@@ -17,8 +17,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from interlock.tracing.backend import Store, StoreError
 from interlock.tracing.call import OUTCOMES
-from interlock.tracing.store import Store, StoreError
 from interlock.tracing.views import call_detail
 
 if TYPE_CHECKING:

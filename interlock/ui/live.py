@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from interlock.tracing.store import Store
+from interlock.tracing.backend import Store
 
 POLL_SECONDS = 0.5
 KEEPALIVE_SECONDS = 15.0

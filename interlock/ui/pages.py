@@ -31,8 +31,8 @@ from starlette.templating import Jinja2Templates
 from interlock import __version__
 from interlock.proxy.protocols.conversation import ChatMessage, conversation
 from interlock.proxy.protocols.reassemble import reassemble_stream
+from interlock.tracing.backend import Store, StoreError
 from interlock.tracing.call import OUTCOMES
-from interlock.tracing.store import Store, StoreError
 from interlock.tracing.views import call_detail
 from interlock.ui import queries
 from interlock.ui.policies_api import policies_snapshot
@@ -195,7 +195,7 @@ async def _no_store(request: Request) -> Response:
 
 async def sessions_page(request: Request) -> Response:
     store = await _open_store(request)
-    if not isinstance(store, Store):
+    if isinstance(store, Response):
         return store
     params = request.query_params
     filters = queries.SessionFilters(
@@ -244,7 +244,7 @@ async def sessions_page(request: Request) -> Response:
 async def calls_page(request: Request) -> Response:
     """Every call, newest first (calls without a session are only here); page with `before=<id>`."""
     store = await _open_store(request)
-    if not isinstance(store, Store):
+    if isinstance(store, Response):
         return store
     params = request.query_params
     filters: dict[str, Any] = {
@@ -284,7 +284,7 @@ async def calls_page(request: Request) -> Response:
 
 async def session_page(request: Request) -> Response:
     store = await _open_store(request)
-    if not isinstance(store, Store):
+    if isinstance(store, Response):
         return store
     session = request.query_params.get("id", "")
     offset = _offset(request)
@@ -359,7 +359,7 @@ def _safe_name(session: str) -> str:
 
 async def call_page(request: Request) -> Response:
     store = await _open_store(request)
-    if not isinstance(store, Store):
+    if isinstance(store, Response):
         return store
     call_id = request.path_params["call_id"]
     detail = await run_in_threadpool(_call_context, store, call_id)

@@ -8,7 +8,7 @@ from typing import Any
 
 from interlock.proxy.protocols.base import decoded_body
 from interlock.proxy.protocols.conversation import conversation
-from interlock.tracing.store import Store
+from interlock.tracing.backend import Store
 
 
 @dataclass(slots=True)
@@ -40,11 +40,7 @@ class SessionFilters:
 
 def choices(store: Store) -> dict[str, list[str]]:
     """Agents and routes seen, for the filter menus."""
-    conn = store.conn
-    return {
-        "agents": [r[0] for r in conn.execute("SELECT DISTINCT agent FROM calls ORDER BY agent LIMIT 500")],
-        "routes": [r[0] for r in conn.execute("SELECT DISTINCT route FROM calls ORDER BY route LIMIT 500")],
-    }
+    return store.filter_choices(limit=500)
 
 
 @dataclass(slots=True)
@@ -93,29 +89,16 @@ def timeline(store: Store, session: str, limit: int = TIMELINE_PAGE, offset: int
     calls = {row["id"]: TimelineCall(row) for row in rows}
     if not calls:
         return []
-    marks = ", ".join("?" * len(calls))
-    ids = list(calls)
-    for attempt in store.query(
-        "SELECT call_id, upstream, url, model, started_ms, duration_ms, ttfb_ms, status, error, backoff_ms"
-        f" FROM attempts WHERE call_id IN ({marks}) ORDER BY call_id, seq",
-        ids,
-    ):
-        calls[attempt.pop("call_id")].attempts.append(attempt)
-    for event in store.query(
-        f"SELECT call_id, kind, data FROM events WHERE call_id IN ({marks}) ORDER BY call_id, seq", ids
-    ):
-        target = calls[event["call_id"]]
-        data = json.loads(event["data"])
-        (target.decisions if event["kind"] == "decision" else target.findings).append(data)
+    parts = store.call_parts(list(calls), bodies=len(calls) <= SUMMARY_LIMIT)
     start = rows[0]["started_at"]
-    for call in calls.values():
+    for call_id, call in calls.items():
+        found = parts.get(call_id, {})
+        call.attempts = found.get("attempts", [])
+        call.decisions = found.get("decisions", [])
+        call.findings = found.get("findings", [])
         call.offset_ms = (call.row["started_at"] - start) * 1000
-    if len(calls) <= SUMMARY_LIMIT:
-        for body in store.query(
-            f"SELECT call_id, response_headers, response_body, response_message FROM bodies WHERE call_id IN ({marks})",
-            ids,
-        ):
-            calls[body["call_id"]].summary = _summary(calls[body["call_id"]].row, body)
+        for body in found.get("body", []):
+            call.summary = _summary(call.row, body)
     return list(calls.values())
 
 

@@ -1,0 +1,189 @@
+"""The `Store` interface: what the recorder, the CLI, the admin API, the UI and replay may ask of a store.
+
+Every caller outside the store's own modules holds a `Store` (this protocol), never a connection
+or SQL: the embedded SQLite implementation (`interlock.tracing.store.SQLiteStore`) is one backend;
+a PostgreSQL one implements the same methods and passes the same conformance suite
+(`tests/conformance/store_suite.py`). Callers get a store from `open_store`, the one factory.
+
+The methods are synchronous on purpose: reads already run in worker threads (the admin port shares
+the proxy's event loop; see `ui/pages.py`), writes in the recorder's writer thread. A networked
+backend does its I/O there too, with one connection per thread as SQLite does. Records are
+`Call.to_record()` dicts; list rows are the narrow rows `LIST_COLUMNS` names (plus `LIST_EXTRAS`);
+docs/store.md says what each method promises.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import urlsplit
+
+from interlock.tracing.call import Call
+from interlock.tracing.rows import Indexer, Record
+from interlock.tracing.schema import StoreError
+from interlock.tracing.store import SQLiteStore
+
+if TYPE_CHECKING:
+    from interlock.config import Store as StoreSettings
+
+
+class Store(Protocol):
+    """A store of recorded calls. Thread-safe: one object is shared by the writer and readers."""
+
+    @property
+    def path(self) -> str:
+        """Where it is (a file path, or a URL without its password), for messages and `stats`."""
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    def write(self, records: Sequence[Record], *, capture: str = "full", indexer: Indexer | None = None) -> int:
+        """Write a batch of records in one transaction (all or none); returns how many were new
+        (a record whose id is already stored is skipped, so a batch may be written again)."""
+
+    def add(self, call: Call, *, capture: str = "full") -> None:
+        """Write one call now (tests and tools)."""
+
+    # -- one call --------------------------------------------------------------------------------
+
+    def get_record(self, call_id: str) -> Record | None: ...
+
+    def get_detail(self, call_id: str) -> tuple[Record, dict[str, Any]] | None:
+        """The record and its stored row (the record plus `capture`, `size`, `attempt_count`, `response_message`)."""
+
+    def get_call(self, call_id: str) -> Call | None: ...
+
+    def response_message(self, call_id: str) -> Any:
+        """A streamed response reassembled into one message (JSON), or None."""
+
+    def call_row(self, call_id: str) -> dict[str, Any] | None: ...
+
+    def resolve_id(self, prefix: str) -> str | None:
+        """The id that starts with `prefix`, if exactly one does."""
+
+    def neighbours(self, call_id: str, session: str | None) -> dict[str, Any]:
+        """`{"prev", "next", "position", "total"}` of a call in its session (all None without one)."""
+
+    def call_parts(self, ids: Sequence[str], *, bodies: bool = False) -> dict[str, dict[str, list[dict[str, Any]]]]:
+        """Per call id: its `attempts` (upstream, url, model, started_ms, duration_ms, ttfb_ms, status,
+        error, backoff_ms), its `decisions` and `findings` (decoded), and with `bodies` its `body`
+        (a one-element list: response_headers, response_body, response_message as stored)."""
+
+    # -- lists -----------------------------------------------------------------------------------
+
+    def iter_calls(
+        self,
+        *,
+        since: float | None = None,
+        until: float | None = None,
+        session: str | None = None,
+        agent: str | None = None,
+        route: str | None = None,
+    ) -> Iterator[Call]:
+        """Full calls matching the filters, oldest first, read in pages (memory stays flat)."""
+
+    def list_calls(
+        self,
+        *,
+        session: str | None = None,
+        agent: str | None = None,
+        route: str | None = None,
+        outcome: str | None = None,
+        model: str | None = None,
+        trace_id: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        q: str | None = None,
+        limit: int = 50,
+        before: str | None = None,
+        after: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Narrow rows newest first (`before=<id>` pages on); with `after`, oldest first. `q` is a
+        full-text search; a malformed one raises StoreError."""
+
+    def session_calls(self, session: str, *, limit: int = 500, offset: int = 0) -> list[dict[str, Any]]: ...
+
+    def written_since(self, seq: int | None, *, limit: int = 500) -> tuple[list[dict[str, Any]], int]:
+        """Calls written after write position `seq`, in write order, and the new position."""
+
+    def count_calls(self, **filters: Any) -> int: ...
+
+    def filter_choices(self, *, limit: int = 500) -> dict[str, list[str]]:
+        """The distinct `agents` and `routes` seen (sorted, at most `limit` each), for filter menus."""
+
+    # -- sessions and agents ---------------------------------------------------------------------
+
+    def sessions(
+        self,
+        *,
+        agent: str | None = None,
+        route: str | None = None,
+        outcome: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        active_since: float | None = None,
+        q: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[dict[str, Any]]:
+        """Session summaries, most recently active first, a page of them."""
+
+    def session_summary(self, session: str) -> dict[str, Any] | None: ...
+
+    def session(self, session: str, *, limit: int = 1000) -> dict[str, Any] | None: ...
+
+    def agents(self) -> list[dict[str, Any]]: ...
+
+    def stats(self) -> dict[str, Any]:
+        """`calls`, `outcomes`, `sessions`, `oldest`, `newest`, `bytes`, `bytes_used`, `schema_version`."""
+
+    # -- retention and moving calls --------------------------------------------------------------
+
+    def used_bytes(self) -> int: ...
+
+    def prune(
+        self, *, max_age: float | None = None, max_size: int | None = None, now: float | None = None, chunk: int = 500
+    ) -> int:
+        """Delete calls older than `max_age` seconds, then the oldest while over `max_size` bytes."""
+
+    def delete(self, ids: Sequence[str]) -> int:
+        """Delete these calls and everything recorded with them; returns how many were stored."""
+
+    def export(
+        self,
+        dest_path: str | os.PathLike[str],
+        *,
+        session: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        agent: str | None = None,
+    ) -> int:
+        """Write the matching calls to a bundle (a self-contained SQLite file, whatever the backend)."""
+
+    def import_from(self, path: str | os.PathLike[str]) -> int:
+        """Add the calls of a bundle; ids already stored are skipped. Returns how many were new."""
+
+    # -- lifetime --------------------------------------------------------------------------------
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Store: ...
+
+    def __exit__(self, *_: object) -> None: ...
+
+
+def open_store(target: StoreSettings | str | os.PathLike[str], *, readonly: bool = False) -> Store:
+    """The store `target` names: the `store:` settings, a file path, or a URL (`sqlite:///path`).
+
+    The one factory: every caller opens its store here, so a new backend is one branch (its URL
+    scheme). A scheme no backend handles is a StoreError that names it."""
+    location = str(getattr(target, "url", None) or getattr(target, "path", target))
+    scheme = urlsplit(location).scheme if "://" in location else ""
+    if scheme == "sqlite":
+        location = location[len("sqlite://") :]
+    elif scheme:
+        raise StoreError(f"{location.split('@')[-1]}: no store backend for {scheme}:// (this interlock has sqlite)")
+    return SQLiteStore(location, readonly=readonly)
+
+
+__all__ = ["Store", "StoreError", "open_store"]

@@ -1,0 +1,205 @@
+"""The `Store` contract (interlock/tracing/backend.py): what any backend must do, tested through the
+interface only (no SQL, no connection). Runs against every backend in conftest.STORE_BACKENDS."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from interlock.tracing.backend import Store, StoreError, open_store
+from interlock.tracing.call import Attempt, Call, Decision, Finding, new_id
+
+
+def make_call(**fields: object) -> Call:
+    call = Call(
+        id=new_id(),
+        route="openai",
+        protocol="openai",
+        method="POST",
+        path="/chat/completions",
+        request_headers=[("content-type", "application/json")],
+        request_body=b'{"model":"gpt-4o","messages":[{"role":"user","content":"where is the lighthouse?"}]}',
+        model="gpt-4o",
+        status=200,
+        response_headers=[("content-type", "application/json")],
+        response_body=b'{"choices":[{"message":{"role":"assistant","content":"on the northern cape"}}]}',
+        agent="planner",
+    )
+    for key, value in fields.items():
+        setattr(call, key, value)
+    return call
+
+
+def test_a_written_call_reads_back_whole(store: Store) -> None:
+    call = make_call(session="s1", input_tokens=3, output_tokens=5, meta={"cost": 0.5})
+    call.attempts = [Attempt("primary", "http://a/v1/chat/completions", "gpt-4o", 0.0, 5.0, 4.0, 200, None, 0.0)]
+    call.decisions = [Decision("policy", "allow", rule="r1", reason="fine")]
+    call.findings = [Finding("EMAIL_ADDRESS", "request.messages[0].content", 0, 5, 0.9, "redact")]
+    assert store.write([call.to_record()]) == 1
+    back = store.get_call(call.id)
+    assert back is not None
+    assert back.to_record() == call.to_record()
+    assert store.get_record(call.id) == call.to_record()
+    detail = store.get_detail(call.id)
+    assert detail is not None and detail[0] == call.to_record()
+    row = store.call_row(call.id)
+    assert row is not None and row["id"] == call.id and row["agent"] == "planner"
+    assert store.get_call("no-such-id") is None and store.call_row("no-such-id") is None
+
+
+def test_a_batch_is_written_once_however_often_it_is_sent(store: Store) -> None:
+    calls = [make_call() for _ in range(5)]
+    records = [c.to_record() for c in calls]
+    assert store.write(records) == 5
+    assert store.write(records) == 0  # a retried batch adds nothing
+    assert store.count_calls() == 5
+
+
+def test_lists_page_newest_first_and_tail_oldest_first(store: Store) -> None:
+    calls = [make_call(started_at=1000.0 + i) for i in range(6)]
+    store.write([c.to_record() for c in calls])
+    ids = [c.id for c in calls]
+    first = store.list_calls(limit=4)
+    assert [r["id"] for r in first] == ids[::-1][:4]
+    rest = store.list_calls(limit=4, before=first[-1]["id"])
+    assert [r["id"] for r in rest] == ids[::-1][4:]
+    assert [r["id"] for r in store.list_calls(after=ids[2], limit=10)] == ids[3:]
+    assert [c.id for c in store.iter_calls(since=1002.0, until=1004.0)] == ids[2:4]
+
+
+def test_filters_and_choices(store: Store) -> None:
+    store.write(
+        [
+            make_call(agent="a", route="openai").to_record(),
+            make_call(agent="b", route="anthropic", protocol="anthropic", outcome="denied").to_record(),
+        ]
+    )
+    assert [r["agent"] for r in store.list_calls(agent="b")] == ["b"]
+    assert store.count_calls(outcome="denied") == 1
+    assert store.filter_choices() == {"agents": ["a", "b"], "routes": ["anthropic", "openai"]}
+    assert {r["agent"] for r in store.agents()} == {"a", "b"}
+
+
+def test_full_text_search_finds_words_of_bodies(store: Store) -> None:
+    lighthouse = make_call()
+    other = make_call(
+        request_body=b'{"model":"gpt-4o","messages":[{"role":"user","content":"bake bread"}]}',
+        response_body=b'{"choices":[{"message":{"role":"assistant","content":"knead it"}}]}',
+    )
+    store.write([lighthouse.to_record(), other.to_record()])
+    assert [r["id"] for r in store.list_calls(q="lighthouse")] == [lighthouse.id]
+    assert [r["id"] for r in store.list_calls(q="knead")] == [other.id]
+    assert store.list_calls(q="nowhere") == []
+    assert [s["session"] for s in store.sessions(q="lighthouse")] == []  # no session on that call
+
+
+def test_sessions_summarise_their_calls(store: Store) -> None:
+    one = [make_call(session="s1", started_at=100.0 + i, input_tokens=2, output_tokens=1) for i in range(3)]
+    two = [make_call(session="s2", started_at=200.0, outcome="upstream_error", error="boom")]
+    store.write([c.to_record() for c in one + two])
+    page = store.sessions()
+    assert [s["session"] for s in page] == ["s2", "s1"]
+    s1 = store.session_summary("s1")
+    assert s1 is not None and s1["calls"] == 3 and s1["tokens"] == 9 and s1["agents"] == ["planner"]
+    assert [s["session"] for s in store.sessions(outcome="problems")] == ["s2"]
+    whole = store.session("s1")
+    assert whole is not None and [r["id"] for r in whole["calls"]] == [c.id for c in one]
+    assert [r["id"] for r in store.session_calls("s1", limit=2, offset=1)] == [c.id for c in one[1:]]
+    assert store.session("nobody") is None
+    middle = store.neighbours(one[1].id, "s1")
+    assert middle == {"prev": one[0].id, "next": one[2].id, "position": 2, "total": 3}
+
+
+def test_call_parts_give_attempts_decisions_findings_and_bodies(store: Store) -> None:
+    call = make_call()
+    call.attempts = [Attempt("primary", "http://a", "gpt-4o", 0.0, 5.0, 4.0, 500, None, 0.0)]
+    call.decisions = [Decision("policy", "deny", rule="no-shell")]
+    call.findings = [Finding("EMAIL_ADDRESS", "request", 0, 5, 0.9, "redact")]
+    store.write([call.to_record()])
+    parts = store.call_parts([call.id, "missing"], bodies=True)
+    assert set(parts) == {call.id}
+    mine = parts[call.id]
+    assert [a["status"] for a in mine["attempts"]] == [500]
+    assert [d["rule"] for d in mine["decisions"]] == ["no-shell"]
+    assert [f["entity"] for f in mine["findings"]] == ["EMAIL_ADDRESS"]
+    assert len(mine["body"]) == 1 and bytes(mine["body"][0]["response_body"]) == call.response_body
+    assert store.call_parts([call.id])[call.id]["body"] == []
+
+
+def test_written_since_follows_the_write_order(store: Store) -> None:
+    rows, position = store.written_since(None)
+    assert rows == []
+    late = make_call(started_at=50.0)  # started earlier, written later: still followed
+    early = make_call(started_at=100.0)
+    store.write([early.to_record()])
+    rows, position = store.written_since(position)
+    assert [r["id"] for r in rows] == [early.id]
+    store.write([late.to_record()])
+    rows, position = store.written_since(position)
+    assert [r["id"] for r in rows] == [late.id]
+    assert store.written_since(position)[0] == []
+
+
+def test_resolve_id_needs_a_unique_prefix(store: Store) -> None:
+    call = make_call()
+    store.write([call.to_record()])
+    assert store.resolve_id(call.id[:-2]) == call.id
+    assert store.resolve_id("zz-none") is None
+
+
+def test_prune_and_delete_remove_calls_and_all_they_carry(store: Store) -> None:
+    old, new = make_call(started_at=1000.0, session="s"), make_call(started_at=5000.0, session="s")
+    store.write([old.to_record(), new.to_record()])
+    assert store.prune(max_age=100.0, now=5050.0) == 1
+    assert store.get_call(old.id) is None and store.get_call(new.id) is not None
+    assert store.call_parts([old.id]) == {}
+    assert store.delete([new.id, "missing"]) == 1
+    assert store.count_calls() == 0
+    assert store.stats()["calls"] == 0
+
+
+def test_export_then_import_moves_a_session(store: Store, tmp_path: Path) -> None:
+    mine = [make_call(session="keep") for _ in range(2)]
+    store.write([c.to_record() for c in [*mine, make_call(session="other")]])
+    bundle = tmp_path / "bundle.db"
+    assert store.export(bundle, session="keep") == 2
+    with open_store(tmp_path / "elsewhere.db") as other:
+        assert other.import_from(bundle) == 2
+        assert other.import_from(bundle) == 0  # ids already there are skipped
+        assert sorted(c.id for c in other.iter_calls()) == sorted(c.id for c in mine)
+        assert other.get_record(mine[0].id) == mine[0].to_record()
+
+
+def test_a_malformed_search_is_a_store_error(store: Store) -> None:
+    store.write([make_call().to_record()])
+    with pytest.raises(StoreError):
+        store.list_calls(q='"unterminated')
+
+
+def test_threads_share_one_store(store: Store) -> None:
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            store.write([make_call().to_record() for _ in range(10)])
+            store.list_calls(limit=5)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert store.count_calls() == 40
+
+
+def test_open_store_refuses_a_scheme_no_backend_handles(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="postgresql") as refused:
+        open_store("postgresql://user:secret@db/interlock")
+    assert "secret" not in str(refused.value)  # a URL's password never reaches a message
+    with open_store(f"sqlite://{tmp_path / 'by-url.db'}") as by_url:
+        assert by_url.count_calls() == 0
