@@ -17,7 +17,7 @@ import httpx
 from interlock.config import Settings
 from interlock.proxy.app import ProxyApp
 from interlock.proxy.forward import Forwarder
-from interlock.proxy.pipeline import Pipeline, Services, built_in_stages
+from interlock.proxy.pipeline import Pipeline, Services, built_in_stages, guardrails_on
 from interlock.proxy.upstream import make_client
 from interlock.serving import QuietServer, ServerRejects, bind_socket, uvicorn_config
 from interlock.tracing.recorder import open_recording
@@ -27,13 +27,19 @@ log = logging.getLogger("interlock")
 
 def build_services(settings: Settings) -> Services:
     """The services the stages share with the rest of interlock, as configured: the store and its
-    recorder, the policy runtime and its limiter, the OpenTelemetry exporter (None where off)."""
+    recorder, the policy runtime and its limiter, the redaction vault, the OpenTelemetry exporter
+    (None where off)."""
     store, recorder = open_recording(settings)
     services = Services(store=store, recorder=recorder)
     if settings.policies:  # else no import of the engine and CEL (~0.4 s of startup)
         from interlock.policies.stage import open_policy
 
         services.policy, services.limiter = open_policy(settings)
+    if guardrails_on(settings):
+        from interlock.policies.redaction import Vault
+
+        guardrails = settings.guardrails
+        services.vault = Vault(guardrails.vault_sessions, guardrails.vault_values)
     otel = settings.otel
     endpoints = (
         "OTEL_EXPORTER_OTLP_ENDPOINT",

@@ -165,11 +165,12 @@ class Guardrails:
 
     name = "guardrails"
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, vault: Vault | None = None) -> None:
+        """`vault`: the placeholders' values (a service: `server.build_services`); one of its own if None."""
         self.settings = settings
         self.config = config = settings.guardrails
         self.defaults = GuardrailActions(dict(config.request), dict(config.response), config.on_error)
-        self.vault = Vault(config.vault_sessions, config.vault_values)
+        self.vault = vault if vault is not None else Vault(config.vault_sessions, config.vault_values)
         self.hasher = Hasher(config.hash_key)
         self.raw_at_rest = settings.store.store_raw_pii and settings.store.capture == "full"
         self._cache: OrderedDict[bytes, tuple[Detection, ...]] = OrderedDict()

@@ -1,7 +1,7 @@
 """The stages every call passes, in order: `built_in_stages` is the one list, and reading it tells
 the whole flow. Each stage is inert when its configuration is off (not even imported: the plain path
 stays free of it). The services the stages share with the rest of interlock (the store and its
-recorder, the policy runtime and its limiter, the exporter) are built first, by
+recorder, the policy runtime and its limiter, the redaction vault, the exporter) are built first, by
 `interlock.server.Runtime`, and passed in as `Services`; stages a user adds
 (`Runtime(settings, stages=[...])`) come after the built-in ones.
 
@@ -35,6 +35,7 @@ from interlock.tracing.call import Call
 if TYPE_CHECKING:
     from interlock.policies.limits import Limiter
     from interlock.policies.loader import PolicyRuntime
+    from interlock.policies.redaction import Vault
     from interlock.tracing.recorder import Recorder
 
 
@@ -50,15 +51,22 @@ class Services:
     #: The live policy (engine, hot reload, rule counts) and the limits' counters.
     policy: PolicyRuntime | None = None
     limiter: Limiter | None = None
+    #: The values behind reversible redaction's placeholders, per session (when guardrails can run).
+    vault: Vault | None = None
     #: The OpenTelemetry export stage (`tracing.otel.build_exporter`), whose `done` queues the call.
     exporter: Any = None
+
+
+def guardrails_on(settings: Settings) -> bool:
+    """Whether anything can ask for a guardrail scan (the config's actions, or a policy's rules)."""
+    guardrails = settings.guardrails
+    return bool(guardrails.request or guardrails.response or settings.policies)
 
 
 def built_in_stages(settings: Settings, services: Services, extra: Sequence[object] = ()) -> list[object]:
     """Every built-in stage, in order, then `extra` (a user's or a test's stages). The order is a
     contract; `tests/proxy/test_pipeline.py` asserts the pairs named below."""
     mcp = any(route.protocol == "mcp" for route in settings.routes.values())
-    guardrails = settings.guardrails
     stages: list[object] = [
         Identify(settings),  # first: agent, session and key decide what every later stage sees
         Parse(),  # the request view; a malformed body is answered 400 here, before any rule reads it
@@ -81,11 +89,11 @@ def built_in_stages(settings: Settings, services: Services, extra: Sequence[obje
             from interlock.policies.mcp_tools import McpToolFilter
 
             stages.append(McpToolFilter(services.policy, settings))  # tools/list without denied tools
-    if guardrails.request or guardrails.response or settings.policies:
+    if guardrails_on(settings):  # else the plain path stays free of the scan
         from interlock.policies.guardrails import Guardrails
         from interlock.policies.scrub import ScrubRecord
 
-        scan = Guardrails(settings)
+        scan = Guardrails(settings, services.vault)
         # Their `seal` redacts what is recorded (bodies, then secrets in headers and URLs): before
         # MCP record copies from the stored bodies, and before the recorder and exporter read it.
         stages += [scan, ScrubRecord(scan)]
