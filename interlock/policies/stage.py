@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from interlock.config import Settings
+from interlock.policies.counters import open_counters
 from interlock.policies.engine import CompiledRule, Evaluation, Subject, tool_denial_message
 from interlock.policies.limits import Limiter
 from interlock.policies.loader import PolicyRuntime
@@ -100,7 +101,7 @@ class PolicyStage:
 
     def __init__(self, runtime: PolicyRuntime, settings: Settings, limiter: Limiter | None = None) -> None:
         self.runtime = runtime
-        self.limiter = limiter or Limiter(None, settings.prices)
+        self.limiter = limiter or Limiter(prices=settings.prices)
         self.hosts = route_hosts(settings)
         self._held: dict[str, _Held] = {}
 
@@ -125,16 +126,14 @@ class PolicyStage:
             return
         held = _Held(evaluation)
         if evaluation.limited:
-            now = time.time()
-            for rule in evaluation.limited:
-                exceeded = self.limiter.exceeded(rule, call, now)
-                if exceeded is None:
-                    continue
-                message = exceeded.refusal
+            admission = await self.limiter.admit(evaluation.limited, call, time.time())
+            for would in admission.monitored:
+                detail = {"retry_after": would.retry_after, "code": would.code}
+                call.decide(Decision("limits", "monitor", would.rule.name, f"would refuse: {would.refusal}", detail))
+            exceeded = admission.refused
+            if exceeded is not None:
+                rule, message = exceeded.rule, exceeded.refusal
                 detail = {"retry_after": exceeded.retry_after, "code": exceeded.code}
-                if rule.monitor:
-                    call.decide(Decision("limits", "monitor", rule.name, f"would refuse: {message}", detail))
-                    continue
                 call.decide(Decision("limits", "deny", rule.name, message, detail))
                 summary.update(decision="deny", rule=rule.name, reason=message)
                 status = 403 if exceeded.code == "unpriced_model" else 429
@@ -144,7 +143,7 @@ class PolicyStage:
                 call.answer(reply, "denied", exceeded.code, message)
                 return
             held.limited = evaluation.limited
-            held.keys = self.limiter.admit(evaluation.limited, call, now)
+            held.keys = admission.keys
             for rule in evaluation.limited:
                 limits = rule.rule.limits
                 assert limits is not None
@@ -239,7 +238,7 @@ class PolicyStage:
                     if limits is not None and _counts_usage(limits):
                         reason = "no token usage in the response: not counted"
                         call.decide(Decision("limits", "skip", rule.name, reason))
-            cost = self.limiter.finish(held.limited, held.keys, call, time.time())
+            cost = await self.limiter.finish(held.limited, held.keys, call, time.time())
             if cost:
                 call.meta["cost_usd"] = round(cost, 8)
 
@@ -282,7 +281,7 @@ def open_policy(settings: Settings, *, interval: float = 1.0) -> tuple[PolicyRun
         runtime.start()
     except RuntimeError:  # no running loop (a Runtime built outside asyncio): no hot reload
         pass
-    return runtime, Limiter(settings.store.path, settings.prices)
+    return runtime, Limiter(open_counters(settings.store.path), settings.prices)
 
 
 def policy_stages_for(settings: Settings, *, interval: float = 1.0) -> tuple[PolicyRuntime | None, list[object]]:

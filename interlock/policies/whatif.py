@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from interlock.policies.cases import decide
+from interlock.policies.counters import EmbeddedCounters
 from interlock.policies.engine import CompiledRule, Engine
 from interlock.policies.limits import Limiter
 from interlock.proxy.protocols import ADAPTERS, BadRequest
@@ -101,7 +102,9 @@ class LimitReplay:
     """The candidate's limits over recorded calls, fed in the order they started."""
 
     def __init__(self, prices: Mapping[str, Mapping[str, float]] | None = None) -> None:
-        self.limiter = Limiter(None, prices)
+        # A simulation on its own clock: the embedded counters, driven synchronously.
+        self.counters = EmbeddedCounters()
+        self.limiter = Limiter(self.counters, prices)
         self._running: list[tuple[float, int, Sequence[CompiledRule], list[tuple[str, str]], Call]] = []
         self._order = itertools.count()
 
@@ -111,12 +114,13 @@ class LimitReplay:
         running = self._running
         while running and running[0][0] <= now:  # calls that ended before this one started
             end, _, ended_rules, keys, ended = heapq.heappop(running)
-            self.limiter.finish(ended_rules, keys, ended, end)
-        for rule in rules:
-            exceeded = self.limiter.exceeded(rule, call, now)
-            if exceeded is not None and not rule.monitor:
-                return rule.name, exceeded.refusal
-        keys = self.limiter.admit(rules, call, now)
+            self.counters.add_now(self.limiter.finish_adds(ended_rules, keys, ended)[0], end)
+        plan = self.limiter.plan(rules, call)
+        refused = self.limiter.judge(plan, self.counters.admit_now(plan.checks, (), now)).refused
+        if refused is not None:
+            return refused.rule.name, refused.refusal
+        self.counters.add_now(plan.adds, now)
+        keys = plan.keys
         end = now + (call.duration_ms or 0.0) / 1000.0
         heapq.heappush(running, (end, next(self._order), rules, keys, call))
         return None

@@ -422,7 +422,7 @@ async def policies_page(request: Request) -> Response:
     if (redirect := _token_cookie(request)) is not None:
         return redirect
     runtime = _runtime(request)
-    snapshot = policies_snapshot(runtime)
+    snapshot = await policies_snapshot(runtime)
     # What each effect says (`deny: {models: [...]}`), from the rule models the engine loaded.
     details: dict[str, dict[str, Any]] = {}
     policy = getattr(runtime, "policy", None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
@@ -12,7 +13,7 @@ if TYPE_CHECKING:
     from interlock.server import Runtime
 
 
-def policies_snapshot(runtime: Runtime) -> dict[str, Any]:
+async def policies_snapshot(runtime: Runtime) -> dict[str, Any]:
     policy = getattr(runtime, "policy", None)
     if policy is None:
         return {"enabled": False, "rules": [], "errors": [], "files": [], "loaded_at": None, "reloads": 0}
@@ -40,13 +41,13 @@ def policies_snapshot(runtime: Runtime) -> dict[str, Any]:
         "reloads": policy.reloads,
         "errors": policy.errors,
         "rules": rules,
-        "counters": limiter.snapshot() if limiter is not None else {},
+        "counters": await limiter.snapshot(time.time()) if limiter is not None else {},
     }
 
 
 async def policies(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
-    return JSONResponse(policies_snapshot(runtime))
+    return JSONResponse(await policies_snapshot(runtime))
 
 
 def routes() -> list[BaseRoute]:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from interlock.policies.counters import Counters, open_counters
 from interlock.tracing.backend import Store, open_store
 
 
@@ -26,3 +27,17 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
         yield backend
     finally:
         backend.close()
+
+
+def _embedded_counters(tmp_path: Path) -> Counters:
+    return open_counters(str(tmp_path / "counters.db"))
+
+
+#: name → a factory of counters kept at `tmp_path`: called again with the same path, it reopens the
+#: same counters (a restart). A Redis backend: a fresh key prefix per test directory.
+COUNTERS_BACKENDS = {"embedded": _embedded_counters}
+
+
+@pytest.fixture(params=sorted(COUNTERS_BACKENDS))
+def counters_factory(request: pytest.FixtureRequest) -> object:
+    return COUNTERS_BACKENDS[request.param]

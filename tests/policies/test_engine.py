@@ -13,6 +13,7 @@ from interlock.policies.cases import CaseRequest, build_call, decide
 from interlock.policies.engine import Engine, Subject
 from interlock.policies.loader import load_policies
 from interlock.scripted import Script, ScriptedUpstream, ToolUse
+from interlock.tracing.call import Call
 from tests.sdk_errors import protocol_error
 
 
@@ -206,7 +207,8 @@ def test_anthropic_stream_is_cut_at_the_tool_use_block(with_policy: Any, upstrea
     assert "QQ" not in "".join(received) and received  # message_start got through, the tool block did not
 
 
-def test_the_limiter_forgets_ended_sessions_and_past_days(tmp_path: Path) -> None:
+async def test_the_limiter_forgets_ended_sessions_and_past_days(tmp_path: Path) -> None:
+    from interlock.policies.counters import EmbeddedCounters
     from interlock.policies.limits import Limiter
 
     engine = engine_for(
@@ -219,26 +221,31 @@ def test_the_limiter_forgets_ended_sessions_and_past_days(tmp_path: Path) -> Non
         """,
     )
     rule = engine.by_name["per-session"]
-    limiter = Limiter()
+    counters = EmbeddedCounters()
+    limiter = Limiter(counters)
+
+    async def run(call: Call, t: float) -> None:
+        admission = await limiter.admit([rule], call, t)
+        assert admission.refused is None
+        await limiter.finish([rule], admission.keys, call, t)
+
     calls = [build_call(CaseRequest(session=f"s{i}")) for i in range(3)]
     for call in calls:
         call.input_tokens = 60
-        keys = limiter.admit([rule], call, 1000.0)
-        limiter.finish([rule], keys, call, 1000.0)
+        await run(call, 1000.0)
     calls[0].input_tokens = 0
     for t in (1001.0, 1001.5):
-        limiter.finish([rule], limiter.admit([rule], calls[0], t), calls[0], t)
+        await run(calls[0], t)
     # Within the minute the limits hold, per session.
-    exceeded = limiter.exceeded(rule, calls[0], 1002.0)
+    exceeded = (await limiter.admit([rule], calls[0], 1002.0)).refused
     assert exceeded is not None and "3 requests per minute for session s0" in exceeded.message
-    assert limiter.exceeded(rule, calls[1], 1002.0) is None
-    limiter.finish([rule], limiter.admit([rule], calls[1], 1002.0), calls[1], 1002.0)  # 120 tokens this minute
-    tokens = limiter.exceeded(rule, calls[1], 1003.0)
+    await run(calls[1], 1002.0)  # 120 tokens this minute
+    tokens = (await limiter.admit([rule], calls[1], 1003.0)).refused
     assert tokens is not None and "100 tokens per minute for session s1" in tokens.message
-    assert len(limiter.requests) == 3 and len(limiter.tokens) == 3
-    limiter.sweep(1000.0 + 2 * 86400)  # two days later: every window is empty, yesterday is saved
-    assert limiter.requests == {} and limiter.tokens == {}
-    assert limiter.daily == {}
+    assert len(counters.minute) == 6  # requests and tokens, per session
+    counters.sweep(1000.0 + 2 * 86400)  # two days later: every window is empty, yesterday is saved
+    assert counters.minute == {}
+    assert counters.daily == {}
 
 
 def test_policy_test_tells_a_refused_tool_call_as_the_proxy_does(tmp_path: Path) -> None:

@@ -1,0 +1,358 @@
+"""The `Counters` interface behind limits, budgets and concurrency, and its embedded implementation.
+
+The limiter (`limits.py`) knows what a policy's limits mean; a `Counters` backend only counts. It
+offers two batched operations, each one round trip for a whole call:
+
+- `admit(checks, adds, now)`: atomically, read every check's counter and, unless an *enforced*
+  check is at or over its limit, apply every add. Returns the checks that were over (all of them,
+  enforced or not, read before the adds). No other caller's add can land between the read and
+  the adds: two concurrent admissions under a limit of one never both pass.
+- `add(adds, now)`: apply increments (a negative one releases a concurrency slot).
+
+A counter is named by its `scope` (rule, subject) and `metric`, and has a window: `minute` (a
+sliding minute of timestamped amounts), `day` (the UTC day of `now`: tokens and USD, kept across
+restarts) or `none` (a gauge: calls in flight). `now` is always passed in, so a test drives the
+clock and a shared backend uses the callers' times. The embedded implementation keeps all of it in
+memory on the event loop (its operations never wait) and saves the day counters to the table
+`policy_counters` of the store's SQLite file from one worker thread. A Redis backend implements
+the same two operations as scripts (MULTI or Lua) and passes `tests/conformance/test_counters_contract.py`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+import sqlite3
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+log = logging.getLogger("interlock.policies")
+
+#: The length of a sliding window, in seconds.
+WINDOW = 60.0
+TABLE = "policy_counters"
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS {TABLE} (
+    day TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    key TEXT NOT NULL,
+    tokens INTEGER NOT NULL DEFAULT 0,
+    usd REAL NOT NULL DEFAULT 0,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (day, rule, key)
+)
+"""
+
+Window = Literal["minute", "day", "none"]
+#: The metrics a `day` counter may have (the columns of `policy_counters`).
+DAY_METRICS = ("tokens", "usd")
+
+
+@dataclass(frozen=True, slots=True)
+class Counter:
+    """One counter: `scope` is (rule, subject) (`agent:NAME` or `session:ID`), `metric` what it counts."""
+
+    scope: tuple[str, str]
+    metric: str
+    window: Window
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """`counter` is over when its value is at or above `limit`. An unenforced check is only read
+    (a monitor-mode rule): it never stops the adds."""
+
+    counter: Counter
+    limit: float
+    enforce: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Add:
+    counter: Counter
+    amount: float
+
+
+@dataclass(frozen=True, slots=True)
+class Over:
+    """A check that was over: its position in `checks`, the counter's value, and the seconds until
+    it drops below the limit (a sliding minute's oldest entries expire; a day ends at 00:00 UTC; a
+    gauge: 1, a guess, since a call in flight ends when it ends)."""
+
+    index: int
+    value: float
+    retry_after: int
+
+
+class Counters(Protocol):
+    """Counters shared by every call (and, for a shared backend, by every interlock of a fleet)."""
+
+    async def admit(self, checks: Sequence[Check], adds: Sequence[Add], now: float) -> list[Over]:
+        """Atomically: the checks that are over; the adds applied unless an enforced check is over."""
+        ...
+
+    async def add(self, adds: Sequence[Add], now: float) -> None:
+        """Apply increments (negative amounts release a gauge; a gauge never goes below zero)."""
+        ...
+
+    async def snapshot(self, now: float) -> dict[str, Any]:
+        """`{"inflight": {"rule subject": n}, "daily": {"rule subject": {"tokens", "usd"}}}` for today."""
+        ...
+
+    def close(self) -> None:
+        """Save what is pending and release resources (blocking: called once, from a worker thread)."""
+        ...
+
+
+def today(now: float) -> str:
+    return dt.datetime.fromtimestamp(now, dt.UTC).strftime("%Y-%m-%d")
+
+
+def seconds_to_midnight(now: float) -> int:
+    moment = dt.datetime.fromtimestamp(now, dt.UTC)
+    midnight = (moment + dt.timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    return max(1, math.ceil((midnight - moment).total_seconds()))
+
+
+class _Window:
+    """A sliding minute: (time, amount) entries and their running total."""
+
+    __slots__ = ("entries", "total")
+
+    def __init__(self) -> None:
+        self.entries: deque[tuple[float, float]] = deque()
+        self.total = 0.0
+
+    def expire(self, now: float) -> None:
+        entries = self.entries
+        while entries and entries[0][0] <= now - WINDOW:
+            self.total -= entries.popleft()[1]
+        if not entries:
+            self.total = 0.0  # no drift from float sums
+
+    def add(self, now: float, amount: float) -> None:
+        self.entries.append((now, amount))
+        self.total += amount
+
+    def wait_until_below(self, limit: float, now: float) -> int:
+        """Seconds until the total drops below `limit`."""
+        total = self.total
+        for t, amount in self.entries:
+            total -= amount
+            if total < limit:
+                return max(1, math.ceil(t + WINDOW - now))
+        return 1
+
+
+#: Every this many admissions, minute windows left empty (ended sessions) and past days are dropped.
+SWEEP_EVERY = 4096
+
+
+class EmbeddedCounters:
+    """The counters of one interlock process: in memory, on the event loop (no operation awaits,
+    so each is atomic there), day counters saved to `store_path`'s SQLite file (None: not saved)."""
+
+    def __init__(self, store_path: str | None = None) -> None:
+        self.store_path = store_path if store_path and store_path != ":memory:" else None
+        #: (rule, subject, metric) → sliding minute
+        self.minute: dict[tuple[str, str, str], _Window] = {}
+        #: (rule, subject, metric) → calls in flight
+        self.gauges: dict[tuple[str, str, str], float] = {}
+        #: (day, rule, subject) → [tokens, usd]
+        self.daily: dict[tuple[str, str, str], list[float]] = {}
+        self._dirty: set[tuple[str, str, str]] = set()
+        self._flush_pending = False
+        self._lock = threading.Lock()
+        self._writer: ThreadPoolExecutor | None = None
+        self._admitted = 0
+        if self.store_path:
+            self._load()
+
+    # -- the interface --------------------------------------------------------------------------
+
+    async def admit(self, checks: Sequence[Check], adds: Sequence[Add], now: float) -> list[Over]:
+        return self.admit_now(checks, adds, now)
+
+    async def add(self, adds: Sequence[Add], now: float) -> None:
+        self.add_now(adds, now)
+
+    async def snapshot(self, now: float) -> dict[str, Any]:
+        day = today(now)
+        return {
+            "inflight": {f"{r} {k}": int(n) for (r, k, _), n in self.gauges.items()},
+            "daily": {
+                f"{r} {k}": {"tokens": int(v[0]), "usd": round(v[1], 6)}
+                for (d, r, k), v in self.daily.items()
+                if d == day
+            },
+        }
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)
+            self._writer = None
+        self.flush()
+
+    # -- the same, synchronously (a simulation such as `policy whatif` drives its own clock) --------
+
+    def value(self, counter: Counter, now: float) -> float:
+        key = (*counter.scope, counter.metric)
+        if counter.window == "minute":
+            window = self.minute.get(key)
+            if window is None:
+                return 0.0
+            window.expire(now)
+            return window.total
+        if counter.window == "none":
+            return self.gauges.get(key, 0.0)
+        values = self.daily.get((today(now), *counter.scope))
+        return 0.0 if values is None else values[_day_column(counter)]
+
+    def admit_now(self, checks: Sequence[Check], adds: Sequence[Add], now: float) -> list[Over]:
+        over: list[Over] = []
+        for index, check in enumerate(checks):
+            value = self.value(check.counter, now)
+            if value >= check.limit:
+                over.append(Over(index, value, self._retry_after(check, now)))
+        if not any(checks[o.index].enforce for o in over):
+            self.add_now(adds, now)
+            self._admitted += 1
+            if self._admitted % SWEEP_EVERY == 0:
+                self.sweep(now)
+        return over
+
+    def add_now(self, adds: Sequence[Add], now: float) -> None:
+        flush = False
+        for item in adds:
+            counter = item.counter
+            key = (*counter.scope, counter.metric)
+            if counter.window == "minute":
+                if item.amount:
+                    self.minute.setdefault(key, _Window()).add(now, item.amount)
+            elif counter.window == "none":
+                left = self.gauges.get(key, 0.0) + item.amount
+                if left > 0:
+                    self.gauges[key] = left
+                else:
+                    self.gauges.pop(key, None)
+            elif item.amount:
+                daily_key = (today(now), *counter.scope)
+                with self._lock:
+                    self.daily.setdefault(daily_key, [0, 0.0])[_day_column(counter)] += item.amount
+                    self._dirty.add(daily_key)
+                flush = True
+        if flush:
+            self._schedule_flush()
+
+    def _retry_after(self, check: Check, now: float) -> int:
+        counter = check.counter
+        if counter.window == "minute":
+            return self.minute[(*counter.scope, counter.metric)].wait_until_below(check.limit, now)
+        if counter.window == "day":
+            return seconds_to_midnight(now)
+        return 1
+
+    def sweep(self, now: float) -> None:
+        """Forget what can no longer limit anything: empty minute windows (with `per: session`, one is
+        left behind by every session) and daily counters of past days that are already saved."""
+        for window in self.minute.values():
+            window.expire(now)
+        for key in [k for k, w in self.minute.items() if not w.entries]:
+            del self.minute[key]
+        day = today(now)
+        with self._lock:
+            unsaved = self._dirty if self.store_path else set()  # without a store there is nothing to save
+            for daily_key in [k for k in self.daily if k[0] != day and k not in unsaved]:
+                del self.daily[daily_key]
+                self._dirty.discard(daily_key)
+
+    # -- persistence ----------------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        assert self.store_path is not None
+        connection = sqlite3.connect(self.store_path, timeout=10.0)
+        connection.execute("PRAGMA busy_timeout = 10000")
+        connection.execute(_SCHEMA)
+        return connection
+
+    def _load(self) -> None:
+        # Startup, before serving: a brief blocking read is fine here.
+        try:
+            connection = self._connect()
+            try:
+                now = time.time()
+                with connection:  # yesterday's counters are kept a week, for people asking what happened
+                    connection.execute(f"DELETE FROM {TABLE} WHERE day < ?", (today(now - 7 * 86400),))
+                # Every kept day, not only today's: callers pass their own clock (`now`), which a
+                # restart must not second-guess; past days cost a few rows until the next sweep.
+                rows = connection.execute(f"SELECT day, rule, key, tokens, usd FROM {TABLE}").fetchall()
+            finally:
+                connection.close()
+        except sqlite3.Error as exc:
+            log.error("cannot read daily policy counters from %s: %s", self.store_path, exc)
+            return
+        for day, rule, key, tokens, usd in rows:
+            self.daily[(day, rule, key)] = [tokens, usd]
+
+    def _schedule_flush(self) -> None:
+        if self.store_path is None:
+            return
+        with self._lock:
+            if self._flush_pending:
+                return
+            self._flush_pending = True
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="policy-counters")
+        self._writer.submit(self.flush)
+
+    def flush(self) -> None:
+        """Write changed daily counters (blocking; the worker thread calls it)."""
+        with self._lock:
+            self._flush_pending = False
+            rows = [(*k, int(self.daily[k][0]), float(self.daily[k][1]), time.time()) for k in self._dirty]
+            self._dirty.clear()
+        if not rows or self.store_path is None:
+            return
+        try:
+            connection = self._connect()
+            try:
+                with connection:
+                    connection.executemany(
+                        f"INSERT OR REPLACE INTO {TABLE} (day, rule, key, tokens, usd, updated_at)"
+                        " VALUES (?, ?, ?, ?, ?, ?)",
+                        rows,
+                    )
+            finally:
+                connection.close()
+        except sqlite3.Error as exc:
+            log.error("cannot save daily policy counters to %s: %s", self.store_path, exc)
+
+
+def _day_column(counter: Counter) -> int:
+    if counter.metric not in DAY_METRICS:
+        raise ValueError(f"a day counter counts {' or '.join(DAY_METRICS)}, not {counter.metric!r}")
+    return DAY_METRICS.index(counter.metric)
+
+
+def open_counters(store_path: str | None) -> Counters:
+    """The counters as configured: the embedded ones, saving day counters beside the store."""
+    return EmbeddedCounters(store_path)
+
+
+__all__ = [
+    "Add",
+    "Check",
+    "Counter",
+    "Counters",
+    "EmbeddedCounters",
+    "Over",
+    "open_counters",
+    "seconds_to_midnight",
+    "today",
+]
