@@ -36,10 +36,10 @@ def build_services(settings: Settings) -> Services:
 
         services.policy, services.limiter = open_policy(settings)
     if guardrails_on(settings):
-        from interlock.policies.redaction import Vault
+        from interlock.policies.vault import open_vault
 
         guardrails = settings.guardrails
-        services.vault = Vault(guardrails.vault_sessions, guardrails.vault_values)
+        services.vault = open_vault(guardrails)
     otel = settings.otel
     endpoints = (
         "OTEL_EXPORTER_OTLP_ENDPOINT",

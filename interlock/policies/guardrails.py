@@ -25,6 +25,7 @@ from interlock.policies.pii import Detection, PiiAnalyzer
 from interlock.policies.redaction import (
     MAX_HOLD,
     Applied,
+    EmbeddedVault,
     Hasher,
     SessionVault,
     Vault,
@@ -170,7 +171,7 @@ class Guardrails:
         self.settings = settings
         self.config = config = settings.guardrails
         self.defaults = GuardrailActions(dict(config.request), dict(config.response), config.on_error)
-        self.vault = vault if vault is not None else Vault(config.vault_sessions, config.vault_values)
+        self.vault: Vault = vault if vault is not None else EmbeddedVault(config.vault_sessions, config.vault_values)
         self.hasher = Hasher(config.hash_key)
         self.raw_at_rest = settings.store.store_raw_pii and settings.store.capture == "full"
         self._cache: OrderedDict[bytes, tuple[Detection, ...]] = OrderedDict()
@@ -302,8 +303,9 @@ class Guardrails:
             return config.stream_holdback_chars
         return MAX_HOLD
 
-    def session_vault(self, call: Call, create: bool) -> SessionVault | None:
-        return self.vault.get(call.session or f"agent:{call.agent}", create)
+    async def session_vault(self, call: Call, create: bool) -> SessionVault | None:
+        """The session's placeholder table (one round trip to the vault; `vault.py`)."""
+        return await self.vault.open(vault_key(call), create=create)
 
     def state(self, call: Call) -> _CallState:
         state = self._calls.get(call.id)
@@ -364,7 +366,7 @@ class Guardrails:
         actions = self.actions(call)
         if actions is not None and actions.response:
             call.readers.append("guardrails (response scan)")
-        vault = self.session_vault(call, create=False)
+        vault = await self.session_vault(call, create=False)
         if vault is not None and len(vault) > 0:
             call.readers.append("guardrails (placeholder restore)")
 
@@ -391,7 +393,7 @@ class Guardrails:
             return
         for slot, _, applied in per_slot:
             self.record(call, "request." + where(slot.path), applied)
-        vault = self.session_vault(call, create=True)
+        vault = await self.session_vault(call, create=True)
         state = self.state(call)
         blocked = entity_types([a for _, _, applied in per_slot for a in applied], "block")
         if blocked:
@@ -413,6 +415,8 @@ class Guardrails:
                     changed[a.action] = changed.get(a.action, 0) + 1
             if done.stored != new:
                 state.request_overrides.append((slot.path, done.stored))
+        if vault is not None:
+            await self.vault.commit(vault_key(call), vault)  # the placeholders issued, for the next calls
         if changed:
             summary = ", ".join(
                 f"{n} {action}ed" if action != "hash" else f"{n} hashed" for action, n in changed.items()
@@ -432,7 +436,7 @@ class Guardrails:
             return
         actions = self.actions(call)
         scan = actions is not None and bool(actions.response)
-        vault = self.session_vault(call, create=False)
+        vault = await self.session_vault(call, create=False)
         restore = vault is not None and len(vault) > 0
         if not (scan or restore):
             return
@@ -498,7 +502,7 @@ class Guardrails:
                 return out
             if state.stream is not None:
                 return state.stream.feed(data, last)
-        guard = self.open_stream(call)
+        guard = await self.open_stream(call)
         if guard is None:
             return self.chunk_after_open(call, data)
         return guard.feed(data, last)
@@ -510,12 +514,12 @@ class Guardrails:
             return out
         return data
 
-    def open_stream(self, call: Call) -> StreamGuard | None:
+    async def open_stream(self, call: Call) -> StreamGuard | None:
         from interlock.policies.guardstream import StreamGuard
 
         actions = self.actions(call)
         scan = actions is not None and bool(actions.response)
-        vault = self.session_vault(call, create=False)
+        vault = await self.session_vault(call, create=False)
         restore = vault is not None and len(vault) > 0
         state = self.state(call)
         if not (scan or restore):
@@ -592,6 +596,11 @@ def _stored_request(request: Any, overrides: list[tuple[JsonPath, str]]) -> byte
     for path, text in overrides:
         set_path(document, path, text)
     return dump_body(document)
+
+
+def vault_key(call: Call) -> str:
+    """Whose placeholder table a call uses: its session's, else its agent's."""
+    return call.session or f"agent:{call.agent}"
 
 
 def _rules(actions: GuardrailActions) -> str | None:

@@ -12,11 +12,11 @@ import hmac
 import json
 import os
 import re
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from interlock.policies.pii import Detection
+from interlock.policies.vault import EmbeddedVault, SessionVault, Vault
 
 #: A placeholder the vault can restore: `<ENTITY_N>`.
 PLACEHOLDER = re.compile(r"<([A-Z][A-Z0-9_]*?)_(\d+)>")
@@ -43,61 +43,6 @@ class Applied:
 
     detection: Detection
     action: str
-
-
-class SessionVault:
-    """Values ↔ placeholders for one session, oldest values forgotten first past `limit`."""
-
-    __slots__ = ("limit", "by_value", "by_placeholder", "counters")
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.by_value: OrderedDict[tuple[str, str], str] = OrderedDict()
-        self.by_placeholder: dict[str, str] = {}
-        self.counters: dict[str, int] = {}
-
-    def __len__(self) -> int:
-        return len(self.by_placeholder)
-
-    def placeholder(self, entity: str, value: str) -> str:
-        key = (entity, value)
-        found = self.by_value.get(key)
-        if found is not None:
-            self.by_value.move_to_end(key)
-            return found
-        number = self.counters.get(entity, 0) + 1
-        self.counters[entity] = number
-        placeholder = f"<{entity}_{number}>"
-        self.by_value[key] = placeholder
-        self.by_placeholder[placeholder] = value
-        while len(self.by_value) > self.limit:
-            _, old = self.by_value.popitem(last=False)
-            self.by_placeholder.pop(old, None)
-        return placeholder
-
-    def value(self, placeholder: str) -> str | None:
-        return self.by_placeholder.get(placeholder)
-
-
-class Vault:
-    """Per-session vaults, the least recently used session forgotten first past `sessions`."""
-
-    def __init__(self, sessions: int = 10000, values: int = 1000) -> None:
-        self.max_sessions = sessions
-        self.max_values = values
-        self._sessions: OrderedDict[str, SessionVault] = OrderedDict()
-
-    def get(self, session: str, create: bool = True) -> SessionVault | None:
-        vault = self._sessions.get(session)
-        if vault is not None:
-            self._sessions.move_to_end(session)
-            return vault
-        if not create:
-            return None
-        vault = self._sessions[session] = SessionVault(self.max_values)
-        while len(self._sessions) > self.max_sessions:
-            self._sessions.popitem(last=False)
-        return vault
 
 
 def resolve_overlaps(detections: Iterable[Detection]) -> list[Detection]:
@@ -279,6 +224,7 @@ def entity_types(applied: Iterable[Applied], action: str | None = None) -> list[
 
 __all__ = [
     "Applied",
+    "EmbeddedVault",
     "Hasher",
     "PLACEHOLDER",
     "SessionVault",

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from interlock.config import Guardrails
 from interlock.policies.counters import Counters, open_counters
+from interlock.policies.vault import Vault, open_vault
 from interlock.tracing.backend import Store, open_store
 
 
@@ -41,3 +43,22 @@ COUNTERS_BACKENDS = {"embedded": _embedded_counters}
 @pytest.fixture(params=sorted(COUNTERS_BACKENDS))
 def counters_factory(request: pytest.FixtureRequest) -> object:
     return COUNTERS_BACKENDS[request.param]
+
+
+def _embedded_vault(values: int) -> Vault:
+    return open_vault(Guardrails(vault_values=values))
+
+
+#: name → a factory of an empty vault keeping at most `values` values a session. A shared backend's
+#: factory returns a new client over the same place each time it is called within one test.
+VAULT_BACKENDS = {"embedded": _embedded_vault}
+
+
+@pytest.fixture(params=sorted(VAULT_BACKENDS))
+def vault(request: pytest.FixtureRequest) -> Vault:
+    return VAULT_BACKENDS[request.param](100)
+
+
+@pytest.fixture(params=sorted(VAULT_BACKENDS))
+def small_vault(request: pytest.FixtureRequest) -> Vault:
+    return VAULT_BACKENDS[request.param](2)

@@ -9,10 +9,10 @@ import pytest
 from interlock.policies.pii import Detection
 from interlock.policies.redaction import (
     MAX_HOLD,
+    EmbeddedVault,
     Hasher,
     SessionVault,
     StreamScrubber,
-    Vault,
     holdback,
     mask,
     resolve_overlaps,
@@ -41,7 +41,7 @@ def test_vaults_are_bounded_and_per_session() -> None:
     for value in ("a", "b", "c"):
         vault.placeholder("X", value)
     assert len(vault) == 2 and vault.value("<X_1>") is None and vault.value("<X_3>") == "c"
-    vaults = Vault(sessions=2, values=10)
+    vaults = EmbeddedVault(sessions=2, values=10)
     first = vaults.get("s1")
     assert first is not None and vaults.get("s1") is first
     vaults.get("s2")

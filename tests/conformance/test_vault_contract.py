@@ -1,0 +1,72 @@
+"""The `Vault` contract (interlock/policies/vault.py), through the interface only: a placeholder
+issued and committed by one call is restored for the session's next calls, the same value keeps its
+placeholder, sessions never see each other's values, and a session's table is bounded. Runs
+against every backend in conftest.VAULT_BACKENDS."""
+
+from __future__ import annotations
+
+import asyncio
+
+from interlock.policies.vault import Vault
+
+
+async def test_a_committed_placeholder_round_trips(vault: Vault) -> None:
+    table = await vault.open("s1", create=True)
+    assert table is not None
+    placeholder = table.placeholder("EMAIL_ADDRESS", "ada@example.com")
+    assert placeholder == "<EMAIL_ADDRESS_1>"
+    await vault.commit("s1", table)
+    later = await vault.open("s1", create=False)
+    assert later is not None
+    assert later.value(placeholder) == "ada@example.com"
+    assert later.placeholder("EMAIL_ADDRESS", "ada@example.com") == placeholder  # same value, same placeholder
+    assert later.placeholder("EMAIL_ADDRESS", "bob@example.com") == "<EMAIL_ADDRESS_2>"  # numbering goes on
+    assert later.value("<EMAIL_ADDRESS_9>") is None
+
+
+async def test_sessions_are_isolated(vault: Vault) -> None:
+    mine = await vault.open("s1", create=True)
+    assert mine is not None
+    placeholder = mine.placeholder("PERSON", "Ada Lovelace")
+    await vault.commit("s1", mine)
+    other = await vault.open("s2", create=True)
+    assert other is not None
+    assert other.value(placeholder) is None
+    assert other.placeholder("PERSON", "Grace Hopper") == placeholder  # numbered per session
+    await vault.commit("s2", other)
+    again = await vault.open("s1", create=False)
+    assert again is not None and again.value(placeholder) == "Ada Lovelace"
+
+
+async def test_an_unknown_session_is_not_created_by_a_lookup(vault: Vault) -> None:
+    assert await vault.open("nobody", create=False) is None
+    assert await vault.open("nobody", create=False) is None
+    created = await vault.open("nobody", create=True)
+    assert created is not None and len(created) == 0
+
+
+async def test_a_sessions_table_is_bounded(small_vault: Vault) -> None:
+    table = await small_vault.open("s1", create=True)
+    assert table is not None
+    for value in ("a", "b", "c"):
+        table.placeholder("X", value)
+    await small_vault.commit("s1", table)
+    later = await small_vault.open("s1", create=False)
+    assert later is not None
+    assert len(later) == 2 and later.value("<X_1>") is None and later.value("<X_3>") == "c"
+
+
+async def test_concurrent_calls_of_a_session_agree(vault: Vault) -> None:
+    async def one_call(value: str) -> tuple[str, str]:
+        table = await vault.open("shared", create=True)
+        assert table is not None
+        placeholder = table.placeholder("EMAIL_ADDRESS", value)
+        await vault.commit("shared", table)
+        return value, placeholder
+
+    results = await asyncio.gather(*(one_call(f"user{i % 5}@example.com") for i in range(20)))
+    table = await vault.open("shared", create=False)
+    assert table is not None
+    for value, placeholder in results:
+        assert table.value(placeholder) == value  # every placeholder a call used is restorable
+    assert len({p for _, p in results}) == 5
