@@ -12,11 +12,11 @@ import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote
 
 from interlock.tracing.backend import StoreError, open_store
 from interlock.tracing.call import Call
 from interlock.tracing.schema import SCHEMA_VERSION
+from interlock.tracing.transfer import bundle_facts
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
@@ -63,16 +63,8 @@ def check_bundle(path: str | os.PathLike[str]) -> int:
     if magic != _SQLITE_MAGIC:
         raise BundleError(f"{where}: not an interlock bundle (not a SQLite database)")
     try:
-        conn = connect_readonly(where)
-        try:
-            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            counts = (0, 0)
-            if version and "calls" in tables and version <= SCHEMA_VERSION:
-                total, full = conn.execute("SELECT count(*), coalesce(sum(capture = 'full'), 0) FROM calls").fetchone()
-                counts = (int(total), int(full))
-        finally:
-            conn.close()
+        version, tables, total, full = bundle_facts(where)
+        counts = (total, full)
     except sqlite3.DatabaseError as exc:
         raise BundleError(f"{where}: not an interlock bundle ({exc})") from None
     if version > SCHEMA_VERSION:
@@ -87,13 +79,6 @@ def check_bundle(path: str | os.PathLike[str]) -> int:
     if counts[1] == 0:
         raise BundleError(f"{where}: recorded with `store.capture: metadata`, so it holds no bodies to replay")
     return version
-
-
-def connect_readonly(path: str) -> sqlite3.Connection:
-    """A read-only connection; `immutable` when no WAL file sits beside it (nothing can change it)."""
-    immutable = not Path(path + "-wal").exists()
-    uri = f"file:{quote(path)}?mode=ro" + ("&immutable=1" if immutable else "")
-    return sqlite3.connect(uri, uri=True, check_same_thread=False)
 
 
 def open_bundle(path: str | os.PathLike[str], *, session: str | None = None, route: str | None = None) -> Bundle:

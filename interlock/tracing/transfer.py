@@ -1,13 +1,16 @@
-"""Copying calls between store files (export to a bundle, import from one), inside SQLite."""
+"""Copying calls between store files (export to a bundle, import from one), inside SQLite; reading
+a bundle file's facts for replay's checks."""
 
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 from interlock.tracing.rows import CHILD_TABLES
+from interlock.tracing.schema import SCHEMA_VERSION
 
 
 def copy_calls(dest: sqlite3.Connection, source_path: str, where: str, params: Sequence[Any]) -> int:
@@ -54,3 +57,20 @@ def _common_columns(conn: sqlite3.Connection, table: str) -> list[str]:
     mine = [r[1] for r in conn.execute(f"PRAGMA main.table_info({table})")]
     theirs = {r[1] for r in conn.execute(f"PRAGMA src.table_info({table})")}
     return [c for c in mine if c in theirs]
+
+
+def bundle_facts(path: str) -> tuple[int, set[str], int, int]:
+    """What a bundle file (a store file, whatever backend wrote it) says about itself, read-only:
+    (schema version, table names, calls, calls captured in full). Raises sqlite3.DatabaseError."""
+    immutable = not Path(path + "-wal").exists()  # every export: nothing can change it, no -shm appears
+    uri = f"file:{quote(path)}?mode=ro" + ("&immutable=1" if immutable else "")
+    conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
+    try:
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        total = full = 0
+        if version and "calls" in tables and version <= SCHEMA_VERSION:
+            total, full = conn.execute("SELECT count(*), coalesce(sum(capture = 'full'), 0) FROM calls").fetchone()
+        return version, tables, int(total), int(full)
+    finally:
+        conn.close()
