@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -38,17 +37,6 @@ def test_every_error_line_begins_with_clicks_own_prefix(tmp_path: Path, command:
     assert result.exit_code != 0
     lines = [line for line in result.stderr.splitlines() if line.lower().startswith("error")]
     assert lines and all(line.startswith("Error: ") for line in lines), result.stderr
-
-
-def test_a_port_in_use_is_an_error_line_too(tmp_path: Path) -> None:
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        config = tmp_path / "interlock.yaml"
-        config.write_text(f"listen: {{port: {port}}}\nadmin: {{port: 0}}\nstore: {{path: {tmp_path / 'i.db'}}}\n")
-        result = CliRunner().invoke(main, ["serve", "--config", str(config)])
-    assert result.exit_code == 2 and result.stderr.startswith(f"Error: cannot listen on 127.0.0.1:{port}")
 
 
 @pytest.mark.parametrize("log_level", ["info", "warning"])
