@@ -56,7 +56,7 @@ def serve_process(tmp_path: Path, started: list[subprocess.Popen[bytes]], **conf
         )
     started.append(process)
     served = Served(process, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin_port}", db, log)
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 120  # a cold start on a loaded 2-core machine
     while True:
         assert process.poll() is None, "interlock exited at startup: " + log.read_text()
         try:

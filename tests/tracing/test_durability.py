@@ -7,9 +7,7 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,19 +15,13 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 
 from interlock.scripted import ScriptedUpstream
-from interlock.testing import free_port
 from interlock.tracing.store import Store
+from tests.proxy.served import Served, serve_process
 
 WORKERS = 8
 BATCH_SIZE = 32
-
-
-class Served:
-    def __init__(self, process: subprocess.Popen[bytes], url: str, admin_url: str, db: Path) -> None:
-        self.process, self.url, self.admin_url, self.db = process, url, admin_url, db
 
 
 @pytest.fixture
@@ -37,35 +29,8 @@ def serve(tmp_path: Path, upstream: ScriptedUpstream) -> Iterator[Any]:
     started: list[subprocess.Popen[bytes]] = []
 
     def start(**store: Any) -> Served:
-        port, admin_port = free_port(), free_port()
-        db = tmp_path / "interlock.db"
-        config = {
-            "listen": {"host": "127.0.0.1", "port": port},
-            "admin": {"host": "127.0.0.1", "port": admin_port},
-            "store": {"path": str(db), **store},
-            "routes": {"openai": {"protocol": "openai", "upstream": upstream.url + "/v1"}},
-            "shutdown_grace": 5,
-            "log_level": "warning",
-        }
-        path = tmp_path / "interlock.yaml"
-        path.write_text(yaml.safe_dump(config))
-        process = subprocess.Popen(
-            [sys.executable, "-m", "interlock.cli", "serve", "--config", str(path)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        started.append(process)
-        served = Served(process, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin_port}", db)
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, "interlock exited at startup"
-            try:
-                if httpx.get(served.admin_url + "/ready", timeout=1).status_code == 200:
-                    return served
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "interlock did not become ready"
-            time.sleep(0.05)
+        routes = {"openai": {"protocol": "openai", "upstream": upstream.url + "/v1"}}
+        return serve_process(tmp_path, started, store=store, routes=routes)
 
     yield start
     for process in started:
