@@ -57,6 +57,7 @@ class LazyGroup(click.Group):
         "export": "interlock.replay.commands:export_command",
         "import": "interlock.replay.commands:import_command",
         "replay": "interlock.replay.commands:replay",
+        "store": "interlock.tracing.store_commands:store",
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:

@@ -1,0 +1,52 @@
+"""`interlock store query`: ad-hoc read-only SQL over the store file (sqlite-utils)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from interlock.cli import main
+from interlock.tracing.backend import open_store
+from interlock.tracing.call import Call, new_id
+
+
+def _store_with(tmp_path: Path, agents: list[str]) -> str:
+    path = tmp_path / "q.db"
+    with open_store(path) as store:
+        for agent in agents:
+            call = Call(id=new_id(), route="openai", protocol="openai", method="POST", path="/chat/completions")
+            call.agent, call.request_body = agent, b'{"model":"gpt-4o"}'
+            store.add(call)
+    return str(path)
+
+
+def test_a_query_prints_rows_as_json_lines_and_as_a_table(tmp_path: Path) -> None:
+    db = _store_with(tmp_path, ["a", "a", "b"])
+    sql = "SELECT agent, count(*) AS n FROM calls GROUP BY agent ORDER BY agent"
+    result = CliRunner().invoke(main, ["store", "query", "--store", db, "--json", sql])
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line) for line in result.output.splitlines()] == [{"agent": "a", "n": 2}, {"agent": "b", "n": 1}]
+    table = CliRunner().invoke(
+        main, ["store", "query", "--store", db, "-p", "b", "SELECT agent FROM calls WHERE agent = ?"]
+    )
+    assert table.exit_code == 0 and table.output.splitlines() == ["agent", "b"]
+
+
+def test_rows_are_bounded_and_blobs_are_text(tmp_path: Path) -> None:
+    db = _store_with(tmp_path, ["a"] * 5)
+    result = CliRunner().invoke(
+        main, ["store", "query", "--store", db, "--json", "--limit", "2", "SELECT request_body FROM bodies"]
+    )
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line) for line in result.output.splitlines()] == [{"request_body": '{"model":"gpt-4o"}'}] * 2
+
+
+def test_the_store_is_read_only_and_bad_sql_is_a_clean_error(tmp_path: Path) -> None:
+    db = _store_with(tmp_path, ["a"])
+    for sql in ("DELETE FROM calls", "SELEC nothing"):
+        result = CliRunner().invoke(main, ["store", "query", "--store", db, sql])
+        assert result.exit_code == 1 and "the query failed" in result.output
+    with open_store(db, readonly=True) as store:
+        assert store.count_calls() == 1
