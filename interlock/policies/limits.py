@@ -74,7 +74,7 @@ class Plan:
     rules: Sequence[CompiledRule]
     keys: list[tuple[str, str]]
     checks: list[Check] = field(default_factory=list)
-    labels: list[tuple[int, str, str]] = field(default_factory=list)  # (rule index, code, message)
+    labels: list[int] = field(default_factory=list)  # each check's rule (an index into `rules`)
     adds: list[Add] = field(default_factory=list)
     unpriced: dict[int, Exceeded] = field(default_factory=dict)
 
@@ -130,7 +130,6 @@ class Limiter:
         for index, (rule, key) in enumerate(zip(rules, plan.keys, strict=True)):
             limits = rule.rule.limits
             assert limits is not None
-            who = key[1].replace(":", " ", 1)
             if (
                 limits.budget_usd_per_day is not None
                 and limits.unpriced == "deny"
@@ -141,46 +140,16 @@ class Limiter:
                 message = f"{model} has no price in `prices:`, and the money budget of rule {rule.name!r} needs one"
                 plan.unpriced[index] = Exceeded(rule, "unpriced_model", message, 0)
             enforce = not rule.monitor
-            for value, metric, window, code, message in (
-                (
-                    limits.concurrent,
-                    "inflight",
-                    "none",
-                    "rate_limited",
-                    f"{limits.concurrent} concurrent calls for {who}",
-                ),
-                (
-                    limits.requests_per_minute,
-                    "requests",
-                    "minute",
-                    "rate_limited",
-                    f"{limits.requests_per_minute} requests per minute for {who}",
-                ),
-                (
-                    limits.tokens_per_minute,
-                    "tokens",
-                    "minute",
-                    "rate_limited",
-                    f"{limits.tokens_per_minute} tokens per minute for {who}",
-                ),
-                (
-                    limits.tokens_per_day,
-                    "tokens",
-                    "day",
-                    "budget_exceeded",
-                    f"{limits.tokens_per_day} tokens per day for {who}",
-                ),
-                (
-                    limits.budget_usd_per_day,
-                    "usd",
-                    "day",
-                    "budget_exceeded",
-                    f"a budget of ${limits.budget_usd_per_day or 0:g} per day for {who}",
-                ),
+            for value, metric, window in (
+                (limits.concurrent, "inflight", "none"),
+                (limits.requests_per_minute, "requests", "minute"),
+                (limits.tokens_per_minute, "tokens", "minute"),
+                (limits.tokens_per_day, "tokens", "day"),
+                (limits.budget_usd_per_day, "usd", "day"),
             ):
                 if value is not None:
-                    plan.checks.append(Check(Counter(key, metric, cast(Window, window)), float(value), enforce))
-                    plan.labels.append((index, code, message))
+                    plan.checks.append(Check(Counter(key, metric, cast(Window, window)), value, enforce))
+                    plan.labels.append(index)
             if limits.requests_per_minute is not None:
                 plan.adds.append(Add(Counter(key, "requests", "minute"), 1))
             if limits.concurrent is not None:
@@ -189,12 +158,12 @@ class Limiter:
 
     def judge(self, plan: Plan, over: Sequence[Over]) -> Admission:
         first: dict[int, Exceeded] = dict(plan.unpriced)
-        for item in sorted(over, key=lambda o: o.index):
-            index, code, message = plan.labels[item.index]
+        for item in sorted(over, key=lambda o: o.position):
+            index = plan.labels[item.position]
             if index in first:
                 continue
-            if plan.checks[item.index].counter.metric == "usd":
-                message += f" (spent ${item.value:.4f})"
+            check = plan.checks[item.position]
+            code, message = _over_message(check, plan.keys[index][1].replace(":", " ", 1), item.value)
             first[index] = Exceeded(plan.rules[index], code, message, item.retry_after)
         monitored: list[Exceeded] = []
         for index, rule in enumerate(plan.rules):
@@ -223,6 +192,18 @@ class Limiter:
                 adds.append(Add(Counter(key, "tokens", "day"), tokens))
                 adds.append(Add(Counter(key, "usd", "day"), cost))
         return adds, cost
+
+
+def _over_message(check: Check, who: str, value: float) -> tuple[str, str]:
+    """The refusal's code and what it is over, e.g. "3 requests per minute for session s1"."""
+    counter, limit = check.counter, check.limit
+    if counter.window == "none":
+        return "rate_limited", f"{limit} concurrent calls for {who}"
+    if counter.window == "minute":
+        return "rate_limited", f"{limit} {counter.metric} per minute for {who}"
+    if counter.metric == "tokens":
+        return "budget_exceeded", f"{limit} tokens per day for {who}"
+    return "budget_exceeded", f"a budget of ${limit:g} per day for {who} (spent ${value:.4f})"
 
 
 __all__ = ["Admission", "Exceeded", "Limiter", "Plan", "Prices", "counter_key"]

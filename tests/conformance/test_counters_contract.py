@@ -29,7 +29,7 @@ async def test_admit_adds_below_the_limit_and_nothing_at_it(counters_factory: Fa
         assert await counters.admit(check, add, NOON) == []
         assert await counters.admit(check, add, NOON + 1) == []
         over = await counters.admit(check, add, NOON + 2)
-        assert [(o.index, o.value) for o in over] == [(0, 2)]
+        assert [(o.position, o.value) for o in over] == [(0, 2)]
         assert 1 <= over[0].retry_after <= 60
         # the refused admission added nothing: still over by exactly the limit
         assert [o.value for o in await counters.admit(check, add, NOON + 3)] == [2]
@@ -59,7 +59,7 @@ async def test_day_counters_reset_at_utc_midnight_and_survive_a_restart(
     try:
         checks = [Check(TOKENS_DAY, 500), Check(USD_DAY, 1.0)]
         over = await counters.admit(checks, [], NOON + 60)
-        assert [(o.index, o.value) for o in over] == [(0, 700)]
+        assert [(o.position, o.value) for o in over] == [(0, 700)]
         assert over[0].retry_after == 12 * 3600 - 60  # until 00:00 UTC
         snapshot = await counters.snapshot(NOON + 60)
         assert snapshot["daily"] == {"rule agent:a": {"tokens": 700, "usd": 0.25}}
