@@ -178,10 +178,10 @@ def run(ctx: Context) -> Section:
 
 
 def write_store(path: Path, count: int) -> None:
+    from interlock.tracing.backend import open_store
     from interlock.tracing.call import Call
-    from interlock.tracing.store import Store
 
-    store = Store(path)
+    store = open_store(path)
     body = chat_request()
     response = (
         b'{"id":"chatcmpl-bench","object":"chat.completion","created":1700000000,"model":"gpt-4o-mini",'

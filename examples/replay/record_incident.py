@@ -22,7 +22,7 @@ from agent import Shop, run  # noqa: E402
 
 from interlock.scripted import Script, ScriptedUpstream, ToolUse  # noqa: E402
 from interlock.testing import run_interlock, settings_for_test  # noqa: E402
-from interlock.tracing.store import Store  # noqa: E402
+from interlock.tracing.backend import open_store  # noqa: E402
 
 #: What the model answered in production: look up, refund, then (the bug) refund again, then answer.
 MODEL_TURNS = [
@@ -50,7 +50,7 @@ def record(bundle: Path, workdir: Path) -> int:
                         os.environ.pop(name, None)
                     else:
                         os.environ[name] = value
-    with Store(store) as opened:
+    with open_store(store) as opened:
         return opened.export(bundle, session="support-ticket-1017")
 
 
