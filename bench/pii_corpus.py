@@ -242,7 +242,7 @@ def request_latency(runs: int = 200, seed: int = 3) -> dict[str, float]:
             started = time.perf_counter()
             await stage.request(call)
             elapsed = time.perf_counter() - started
-            await stage.done(call)
+            await stage.seal(call)  # the end of the call: the stage commits the session's vault
             return elapsed * 1000
 
         await hook(-1, history)  # the earlier turns are seen once
