@@ -27,7 +27,9 @@ CHROMIUM_ARGS = [
 ]
 
 
-@pytest.fixture(scope="session")
+# Per module, not per session: while sync_playwright is open, its event loop counts as running on the main
+# thread, and any later test that starts its own loop (asyncio.run, an async test) fails.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     from playwright.sync_api import expect
 
