@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -18,6 +17,7 @@ from interlock.cli import main
 from interlock.scripted import ScriptedUpstream
 from interlock.testing import free_port
 from interlock.tracing.store import Store
+from tests.readiness import wait_ready
 
 
 def test_version_and_help() -> None:
@@ -62,16 +62,7 @@ def test_serve_answers_then_stops_cleanly_on_sigterm(tmp_path: Path, upstream: S
         stderr=subprocess.STDOUT,
     )
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{admin}/ready").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert process.poll() is None, process.stdout.read() if process.stdout else ""
-            assert time.monotonic() < deadline, "interlock did not become ready"
-            time.sleep(0.05)
+        wait_ready(f"http://127.0.0.1:{admin}", process)
         reply = httpx.post(
             f"http://127.0.0.1:{port}/openai/chat/completions",
             json={"model": "m", "messages": [{"role": "user", "content": "hi"}]},

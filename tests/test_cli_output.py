@@ -6,15 +6,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 from click.testing import CliRunner
 
 from interlock.cli import main
 from interlock.testing import free_port
+from tests.readiness import wait_ready
 
 
 def failing_commands(tmp_path: Path) -> dict[str, list[str]]:
@@ -57,16 +56,7 @@ def test_serve_logs_ready_once_at_info_with_otel_on(tmp_path: Path, log_level: s
         stderr=subprocess.PIPE,
     )
     try:
-        deadline = time.monotonic() + 120  # a bound for a loaded machine, not a pace
-        while True:
-            assert process.poll() is None, process.communicate()
-            try:
-                if httpx.get(f"http://127.0.0.1:{admin}/ready", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "interlock did not become ready"
-            time.sleep(0.05)
+        wait_ready(f"http://127.0.0.1:{admin}", process)
         process.send_signal(signal.SIGTERM)
         stdout, stderr = process.communicate(timeout=60)
     finally:

@@ -13,14 +13,13 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from interlock.testing import free_port
+from tests.readiness import wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -79,16 +78,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
         command = DEMO.replace(".venv/bin/", f"{BIN}/")
         process = subprocess.Popen(command.split(), cwd=ROOT, env={**os.environ, **ports}, stdout=out, stderr=out)
     try:
-        deadline = time.monotonic() + 180  # the guardrails engine loads first; a busy 2-core machine is slow
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{admin}/ready", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert process.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, f"interlock demo not ready:\n{log.read_text()}"
-            time.sleep(0.1)
+        wait_ready(f"http://127.0.0.1:{admin}", process, timeout=180, log=log)  # guardrails load first
         yield port
     finally:
         process.terminate()

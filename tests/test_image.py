@@ -27,6 +27,7 @@ import pytest
 
 from interlock.scripted import ScriptedUpstream
 from interlock.testing import free_port
+from tests.readiness import wait_ready
 
 pytestmark = [
     pytest.mark.slow,
@@ -114,20 +115,6 @@ def _buildah(*args: str) -> str:
     return done.stdout
 
 
-def _wait_ready(container: Container, process: subprocess.Popen[bytes], log: Path) -> httpx.Response:
-    deadline = time.monotonic() + READY_TIMEOUT
-    while True:
-        assert process.poll() is None, f"the image's command exited ({process.returncode}):\n{log.read_text()}"
-        try:
-            reply = httpx.get(container.admin_url + "/ready", timeout=5)
-            if reply.status_code == 200:
-                return reply
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, f"/ready did not answer 200 in {READY_TIMEOUT} s:\n{log.read_text()}"
-        time.sleep(0.1)
-
-
 def _wait_recorded(container: Container) -> list[dict[str, Any]]:
     deadline = time.monotonic() + 30
     headers = {"Authorization": f"Bearer {TOKEN}"}
@@ -150,7 +137,7 @@ def test_the_image_serves_ready_and_a_proxied_call(
     with log.open("wb") as out:
         process = subprocess.Popen(container.command(*argv), stdout=out, stderr=subprocess.STDOUT)
         try:
-            ready = _wait_ready(container, process, log)
+            ready = wait_ready(container.admin_url, process, timeout=READY_TIMEOUT, log=log)
             assert ready.json()["status"] == "ready"
 
             health = subprocess.run(container.command(*image.healthcheck[1:]), capture_output=True, timeout=60)

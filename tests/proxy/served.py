@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import yaml
 
 from interlock.testing import free_port
+from tests.readiness import wait_ready
 
 
 class Served:
@@ -56,13 +55,5 @@ def serve_process(tmp_path: Path, started: list[subprocess.Popen[bytes]], **conf
         )
     started.append(process)
     served = Served(process, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin_port}", db, log)
-    deadline = time.monotonic() + 120  # a cold start on a loaded 2-core machine
-    while True:
-        assert process.poll() is None, "interlock exited at startup: " + log.read_text()
-        try:
-            if httpx.get(served.admin_url + "/ready", timeout=1).status_code == 200:
-                return served
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, "interlock did not become ready"
-        time.sleep(0.05)
+    wait_ready(served.admin_url, process, log=log)
+    return served

@@ -4,6 +4,7 @@ none once space returns; `/ready` answers 503 with the reason meanwhile."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sqlite3
@@ -117,8 +118,8 @@ def fill(disk: Path) -> Path:
             while True:
                 out.write(b"\0" * 65536)
                 out.flush()
-        except OSError:
-            pass
+        except OSError as full:
+            assert full.errno == errno.ENOSPC, full  # written until the disk is full, and only that
     return filler
 
 
