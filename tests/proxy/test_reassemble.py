@@ -181,6 +181,15 @@ def test_an_anthropic_stream_cut_mid_tool_input_keeps_what_was_sent() -> None:
     assert message["content"][-1] == {**ANTHROPIC_WHOLE["content"][-1], "input": '{"day": "2026-12-21",'}
 
 
+def test_a_number_too_long_to_read_is_read_as_bad_json() -> None:
+    # Past Python's int-string limit (4,300 digits) json.loads raises ValueError, not JSONDecodeError.
+    huge = "1" * 5000
+    start = {"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "id": "t", "input": {}}}
+    delta = {"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": huge}}
+    message = reassemble_stream("anthropic", sse(start, delta) + b"data: {\"n\": " + huge.encode() + b"}\n\n")
+    assert message["content"] == [{"type": "tool_use", "id": "t", "input": huge}]
+
+
 # -- OpenAI chat -----------------------------------------------------------------------------------
 
 

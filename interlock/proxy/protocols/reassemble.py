@@ -46,7 +46,7 @@ def reassemble_stream(protocol: str, body: bytes) -> Any:
             continue
         try:
             events.append(json.loads(event.data))
-        except json.JSONDecodeError:
+        except ValueError:  # JSON's errors, and a number past Python's int-string limit
             continue
     events = [e for e in events if isinstance(e, dict)]
     if not events:
@@ -244,7 +244,7 @@ def _response_event(items: dict[int, dict[str, Any]], kind: str, event: dict[str
         if isinstance(delta, str):
             _append(item, key, delta)
     elif kind == "response.code_interpreter_call_code.delta" and isinstance(delta, str):
-        item["code"] = (item.get("code") or "") + delta
+        _append(item, "code", delta)
     elif kind in ("response.function_call_arguments.done", "response.mcp_call_arguments.done"):
         if isinstance(event.get("arguments"), str):
             item["arguments"] = event["arguments"]
@@ -307,7 +307,7 @@ def _anthropic(events: list[dict[str, Any]]) -> dict[str, Any]:
         text = "".join(pieces)
         try:
             blocks[index]["input"] = json.loads(text) if text else {}
-        except json.JSONDecodeError:
+        except ValueError:  # JSON's errors, and a number past Python's int-string limit
             blocks[index]["input"] = text  # cut mid-way: what the agent saw
     message["content"] = [blocks[i] for i in sorted(blocks)]
     return message
