@@ -302,7 +302,7 @@ class ScriptedUpstream:
             events: list[bytes] = []
             whole = embeddings_reply(data, model)
         elif anthropic:
-            events, whole = anthropic_reply(text, script, model, data)
+            events, whole = anthropic_reply(text, script, model)
         elif path.endswith("/responses"):
             events, whole = responses_reply(text, script, model, data)
         else:

@@ -415,9 +415,7 @@ def responses_reply(
 # content_block_start (empty: `thinking` with `signature: ""`, `text`, `tool_use` with `input: {}`),
 # its deltas (thinking_delta... then one signature_delta; text_delta; input_json_delta, the first
 # one empty), content_block_stop; message_delta (stop_reason, final output_tokens), message_stop.
-def anthropic_reply(
-    text: str, script: Script, model: str, data: dict[str, Any] | None = None
-) -> tuple[list[bytes], dict[str, Any]]:
+def anthropic_reply(text: str, script: Script, model: str) -> tuple[list[bytes], dict[str, Any]]:
     mid = "msg_scripted"
     content: list[dict[str, Any]] = []
     if script.thinking is not None:
