@@ -34,7 +34,7 @@ from interlock.tracing.call import Call
 from interlock.tracing.faults import Holding, call_size, describe, storage_fault
 from interlock.tracing.rows import INSERT_CHUNK, Indexer
 from interlock.tracing.store import SQLiteStore
-from interlock.tracing.writing import YIELD_EVERY, Rows, insert_rows, write_records, write_rows
+from interlock.tracing.writing import YIELD_EVERY, Rows, insert_rows, transaction, write_records, write_rows
 
 log = logging.getLogger("interlock.recorder")
 
@@ -325,14 +325,8 @@ class Recorder:
                 while end < len(chunks) and (size < piece or end == start):
                     size += len(chunks[end][4])
                     end += 1
-                conn.execute("BEGIN IMMEDIATE")
-                try:
+                with transaction(conn):
                     insert_rows(conn, INSERT_CHUNK, chunks[start:end])
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
                 start = end
             write_rows(conn, rows)
             with self._counting:

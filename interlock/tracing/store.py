@@ -31,7 +31,7 @@ from interlock.tracing.rows import (
 )
 from interlock.tracing.schema import SCHEMA_VERSION, SchemaError, StoreError, migrate, schema_version
 from interlock.tracing.transfer import copy_calls
-from interlock.tracing.writing import write_records
+from interlock.tracing.writing import transaction, write_records
 
 if TYPE_CHECKING:
     import sqlite_utils
@@ -250,16 +250,11 @@ class SQLiteStore(Reads):
             return 0
         conn = self.conn
         marks = ", ".join("?" * len(ids))
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(conn):
             conn.execute(f"DELETE FROM calls_fts WHERE rowid IN (SELECT seq FROM calls WHERE id IN ({marks}))", ids)
             for table in CHILD_TABLES:
                 conn.execute(f"DELETE FROM {table} WHERE call_id IN ({marks})", ids)
             count = conn.execute(f"DELETE FROM calls WHERE id IN ({marks})", ids).rowcount
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
         return int(count)
 
     # -- moving calls between files --------------------------------------------------------------

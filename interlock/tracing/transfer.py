@@ -11,14 +11,14 @@ from urllib.parse import quote
 
 from interlock.tracing.rows import CHILD_TABLES
 from interlock.tracing.schema import SCHEMA_VERSION
+from interlock.tracing.writing import transaction
 
 
 def copy_calls(dest: sqlite3.Connection, source_path: str, where: str, params: Sequence[Any]) -> int:
     """Copy the source's calls matching `where` (on alias `s`) into `dest`, skipping ids it has."""
     dest.execute("ATTACH DATABASE ? AS src", (f"file:{quote(source_path)}?mode=ro",))
     try:
-        dest.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(dest):
             dest.execute("CREATE TEMP TABLE IF NOT EXISTS copying (id TEXT PRIMARY KEY)")
             dest.execute("DELETE FROM copying")
             dest.execute(
@@ -44,10 +44,6 @@ def copy_calls(dest: sqlite3.Connection, source_path: str, where: str, params: S
                 " WHERE s.id IN (SELECT id FROM copying)"
             )
             dest.execute("DELETE FROM copying")
-            dest.execute("COMMIT")
-        except BaseException:
-            dest.execute("ROLLBACK")
-            raise
     finally:
         dest.execute("DETACH DATABASE src")
     return int(count)

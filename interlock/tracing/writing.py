@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from itertools import chain
 from typing import Any
 
@@ -292,13 +293,27 @@ def write_records(
     return write_rows(conn, rows)
 
 
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """`BEGIN IMMEDIATE` … `COMMIT`, rolled back if the body raises. SQLite rolls back by itself on
+    some errors (SQLITE_FULL, I/O errors): a ROLLBACK then raises "no transaction is active", which
+    used to hide the real error, so it is only sent while a transaction is open."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
 def write_rows(conn: sqlite3.Connection, rows: Rows) -> int:
     """Insert a batch's rows in one transaction; returns how many calls were new."""
     calls, bodies, chunks, attempts, events, texts = rows.lists()
     if not calls:
         return 0
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with transaction(conn):
         before = conn.total_changes
         insert_rows(conn, INSERT_CALL, calls)
         added = conn.total_changes - before
@@ -316,11 +331,4 @@ def write_rows(conn: sqlite3.Connection, rows: Rows) -> int:
         insert_rows(conn, INSERT_ATTEMPT, attempts)
         insert_rows(conn, INSERT_EVENT, events)
         insert_rows(conn, INSERT_FTS, texts)
-        conn.execute("COMMIT")
-    except BaseException:
-        # SQLite rolls back by itself on some errors (SQLITE_FULL, I/O errors): a ROLLBACK then
-        # raises "no transaction is active", which used to hide the real error.
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
     return added
