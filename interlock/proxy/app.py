@@ -380,34 +380,17 @@ class ProxyApp:
                     f"the upstream's stream ended after {capture.total} bytes without its end-of-stream event",
                 )
         except _StreamEnd as end:
-            call.truncated = True
-            call.outcome, call.error_code = "upstream_error", end.code
-            tail = await pipeline.chunk(call, b"", True) if transform else b""
-            await self.fail(call, adapter, send, state, 502, "upstream_error", end.code, end.message, tail=tail)
-            _finish_capture(call, state)
-            await pipeline.response(call)
+            await self._stream_failed(call, adapter, send, state, end.code, end.message)
             return
         except UPSTREAM_ERRORS as exc:  # a reset or a malformed chunk mid-stream
-            call.truncated = True
-            call.outcome, call.error_code = "upstream_error", "stream_broken"  # before the stages' last chunk
             message = f"the upstream stream broke after {capture.total} bytes: {describe_error(exc)}"
-            tail = await pipeline.chunk(call, b"", True) if transform else b""
-            await self.fail(call, adapter, send, state, 502, "upstream_error", "stream_broken", message, tail=tail)
-            _finish_capture(call, state)
-            await pipeline.response(call)
+            await self._stream_failed(call, adapter, send, state, "stream_broken", message)
             return
         except Unreadable as exc:  # the forwarder's decoder met bytes that do not decode
-            call.truncated = True
-            call.outcome, call.error_code = "upstream_error", "unreadable_response"
             message = f"the upstream's stream stopped decoding after {capture.total} bytes: {exc}"
             call.decide(Decision("proxy", "deny", None, message, {"readers": list(call.readers)}))
             log.warning("call %s: %s", call.id, message)
-            tail = await pipeline.chunk(call, b"", True) if transform else b""
-            await self.fail(
-                call, adapter, send, state, 502, "upstream_error", "unreadable_response", message, tail=tail
-            )
-            _finish_capture(call, state)
-            await pipeline.response(call)
+            await self._stream_failed(call, adapter, send, state, "unreadable_response", message)
             return
         if call.attempts:
             call.attempts[-1].duration_ms = call.elapsed_ms() - call.attempts[-1].started_ms
@@ -419,6 +402,18 @@ class ProxyApp:
         _keep_sent(call, sent)
         state.responded = True
         await send({"type": "http.response.body", "body": state.held + tail})
+
+    async def _stream_failed(
+        self, call: Call, adapter: Adapter, send: Send, state: _Watch, code: str, message: str
+    ) -> None:
+        """The upstream's stream ended badly mid-way: truncated, recorded as `upstream_error` with
+        `code` (set before the stages' last chunk), and ended with the protocol's error event."""
+        call.truncated = True
+        call.outcome, call.error_code = "upstream_error", code
+        tail = await self.pipeline.chunk(call, b"", True) if self.pipeline.has_chunk_hooks else b""
+        await self.fail(call, adapter, send, state, 502, "upstream_error", code, message, tail=tail)
+        _finish_capture(call, state)
+        await self.pipeline.response(call)
 
     async def _forward_chunk(self, call: Call, data: bytes, send: Send, state: _Watch) -> None:
         t = call.elapsed_ms()
