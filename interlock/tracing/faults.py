@@ -171,12 +171,6 @@ class Holding:
                 self.bytes -= call_size(call)
             return taken
 
-    def give_back(self, calls: list[Call]) -> None:
-        with self.lock:
-            for call in reversed(calls):
-                self.calls.appendleft(call)
-                self.bytes += call_size(call)
-
     def spill(self, calls: list[Call]) -> None:
         """Append calls to the side file; one that does not fit or cannot be written is lost (counted)."""
         for call in calls:
