@@ -494,25 +494,15 @@ class Guardrails:
 
     async def chunk(self, call: Call, data: bytes, last: bool) -> bytes:
         state = self._calls.get(call.id)
-        if state is not None:
-            if state.passthrough:
-                return data
-            if state.cut is not None:  # ended unscanned (fail closed): the error event once, then nothing
-                out, state.cut = state.cut, b""
-                return out
-            if state.stream is not None:
-                return state.stream.feed(data, last)
-        guard = await self.open_stream(call)
-        if guard is None:
-            return self.chunk_after_open(call, data)
-        return guard.feed(data, last)
-
-    def chunk_after_open(self, call: Call, data: bytes) -> bytes:
-        state = self._calls[call.id]
-        if state.cut is not None:
+        if state is None or not (state.passthrough or state.cut is not None or state.stream is not None):
+            await self.open_stream(call)  # sets one of the three
+            state = self._calls[call.id]
+        if state.passthrough:
+            return data
+        if state.cut is not None:  # ended unscanned (fail closed): the error event once, then nothing
             out, state.cut = state.cut, b""
             return out
-        return data
+        return data if state.stream is None else state.stream.feed(data, last)
 
     async def open_stream(self, call: Call) -> StreamGuard | None:
         from interlock.policies.guardstream import StreamGuard
