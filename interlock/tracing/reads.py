@@ -43,9 +43,9 @@ _PROBLEM = f"outcome NOT IN ({', '.join(repr(o) for o in sorted(SOUND_OUTCOMES))
 
 #: What a session list shows, for the given sessions only (`_session_row` finishes each row).
 #: `problems`: calls not sound (ok, closed, unsupported); `errors`: upstream_error, aborted, bad_request,
-#: internal_error; `denials`: denied and
-#: blocked (interlock meant them); `retries`: calls with more than one attempt, `extra_attempts` the
-#: attempts beyond the first; `duration_ms`: the calls' durations added up.
+#: internal_error; `denials`: denied and blocked (interlock meant them); `retries`: calls with more
+#: than one attempt, `extra_attempts` the attempts beyond the first; `duration_ms`: the calls'
+#: durations added up.
 _SESSION_SUMMARY = """
 SELECT session,
        min(started_at) AS first_at,
