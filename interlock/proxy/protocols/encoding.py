@@ -12,6 +12,7 @@ compressed body can stand for gigabytes (brotli and zstd compress a run of zeros
 
 from __future__ import annotations
 
+import itertools
 import zlib
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from typing import Any
@@ -211,7 +212,7 @@ class Decoder:
         """A whole body, decoded; raises `Unreadable` past `limit` decoded bytes."""
         out: list[bytes] = []
         size = 0
-        for piece in _chain(self.feed(body), self.finish()):
+        for piece in itertools.chain(self.feed(body), self.finish()):
             size += len(piece)
             if size > limit:
                 raise Unreadable(f"{self.encoding}: decodes to more than {limit} bytes")
@@ -225,11 +226,6 @@ class Decoder:
                 yield piece
         for piece in self.finish():
             yield piece
-
-
-def _chain(*parts: Iterator[bytes]) -> Iterator[bytes]:
-    for part in parts:
-        yield from part
 
 
 def decode_body(body: bytes, headers: Iterable[Sequence[str]], limit: int) -> bytes:
