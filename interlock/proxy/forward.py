@@ -178,13 +178,17 @@ class Forwarder:
             result = await self.attempt(call, adapter, router, target, plain)
         else:
             result = await self._cut_attempt(call, adapter, router, target, plain, route.retry.deadline)
-        if type(result) is Opened:
-            status = result.response.status_code
-            if status not in router.statuses and (status != 400 or not await self._fails_over(router, result)):
-                return self._bounded(router, await self.decoded(result))
+        if type(result) is Opened and await self._final(router, result):
+            return self._bounded(router, await self.decoded(result))
         return self._bounded(
             router, await self.decoded(await self._retry(call, adapter, router, plan, target, result, plain))
         )
+
+    async def _final(self, router: Router, opened: Opened) -> bool:
+        """Whether a response is the call's answer: not a status the route retries, nor a 400 that
+        fails over to a larger context window."""
+        status = opened.response.status_code
+        return status not in router.statuses and (status != 400 or not await self._fails_over(router, opened))
 
     async def _fails_over(self, router: Router, opened: Opened) -> bool:
         """Whether a 400 carries one of `retry.failover_codes` (its body read decoded, issue 21)."""
@@ -220,30 +224,20 @@ class Forwarder:
             return opened
         try:
             decoder = Decoder.for_headers([("content-encoding", coding)])
-        except Unreadable as exc:
-            opened.unreadable = str(exc)
-            return opened
-        if decoder is None:
-            return opened
-        if opened.rest is _NOTHING:
-            body = opened.first
-            limit = self.settings.max_decoded_bytes
-            try:
+            if decoder is None:
+                return opened
+            if opened.rest is _NOTHING:
+                body, limit = opened.first, self.settings.max_decoded_bytes
                 if len(body) > _DECODE_ON_LOOP:  # about 1 ms of inflating per 100 KB: not on the loop
                     opened.first = await asyncio.to_thread(decoder.decode, body, limit)
                 else:
                     opened.first = decoder.decode(body, limit)
-            except Unreadable as exc:
-                opened.unreadable = str(exc)
-                return opened
-        else:
-            try:
-                first = b"".join(decoder.feed(opened.first))
-            except Unreadable as exc:
-                opened.unreadable = str(exc)
-                return opened
-            opened.first = first
-            opened.rest = decoder.stream(opened.rest)
+            else:
+                opened.first = b"".join(decoder.feed(opened.first))
+                opened.rest = decoder.stream(opened.rest)
+        except Unreadable as exc:
+            opened.unreadable = str(exc)
+            return opened
         opened.encoding = decoder.encoding
         return opened
 
@@ -489,12 +483,10 @@ class Forwarder:
             tries[slot] = tries.get(slot, 0) + 1
             left = (deadline_ms - call.elapsed_ms()) / 1000.0
             result = await self._cut_attempt(call, adapter, router, target, plain, left, backoff_ms=wait * 1000.0)
-            if isinstance(result, Opened):
-                status = result.response.status_code
-                if status not in router.statuses and (status != 400 or not await self._fails_over(router, result)):
-                    if slot is not first_slot:
-                        call.meta["fallback"] = True
-                    return result
+            if isinstance(result, Opened) and await self._final(router, result):
+                if slot is not first_slot:
+                    call.meta["fallback"] = True
+                return result
 
     def _give_up(self, call: Call, router: Router, result: Opened | Failure, reason: str, first_index: int) -> Opened:
         """No more attempts: return the last response, or raise with what every attempt met."""
