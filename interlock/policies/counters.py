@@ -259,7 +259,8 @@ class EmbeddedCounters:
     def _retry_after(self, check: Check, now: float) -> int:
         counter = check.counter
         if counter.window == "minute":
-            return self.minute[(*counter.scope, counter.metric)].wait_until_below(check.limit, now)
+            window = self.minute.get((*counter.scope, counter.metric))  # none yet: a limit of 0 or less
+            return 1 if window is None else window.wait_until_below(check.limit, now)
         if counter.window == "day":
             return seconds_to_midnight(now)
         return 1
