@@ -128,19 +128,19 @@ class Router:
     ) -> None:
         self.name = name
         self.route = route
-        read = None if timeouts is None else max(timeouts.first_token, timeouts.idle)
         #: `timeouts.first_token`, when it is shorter than the HTTP client's read timeout (which is the
         #: longer of first_token and idle): an attempt is then cut at it. None: no timer on the fast path.
-        self.first_token = (
-            timeouts.first_token if timeouts is not None and read is not None and timeouts.first_token < read else None
-        )
+        self.first_token: float | None = None
         #: `timeouts.idle`, when it is shorter than the client's read timeout: the stream is bounded by it.
-        self.idle = timeouts.idle if timeouts is not None and read is not None and timeouts.idle < read else None
+        self.idle: float | None = None
         #: Whether the first attempt needs a timer: the retry deadline is shorter than what bounds an
         #: attempt's wait for its response (connect plus read), or `first_token` cuts it.
-        self.cut_first = self.first_token is not None or (
-            timeouts is not None and read is not None and route.retry.deadline < timeouts.connect + read
-        )
+        self.cut_first = False
+        if timeouts is not None:
+            read = max(timeouts.first_token, timeouts.idle)
+            self.first_token = timeouts.first_token if timeouts.first_token < read else None
+            self.idle = timeouts.idle if timeouts.idle < read else None
+            self.cut_first = self.first_token is not None or route.retry.deadline < timeouts.connect + read
         self.strategy = route.strategy
         self.states = tuple(
             UpstreamState(
