@@ -81,8 +81,7 @@ def guarded_protocol(limits: HttpServer, rejects: ServerRejects) -> type[asyncio
         def on_headers_complete(self) -> None:
             self._disarm()
             if self._head_bytes > limits.max_header_bytes:
-                rejects.reject("header_too_large", self.client, f"over {limits.max_header_bytes} bytes")
-                self._refuse(431, "header_too_large", f"request head over {limits.max_header_bytes} bytes")
+                self._too_large()
                 return
             super().on_headers_complete()
 
@@ -106,8 +105,7 @@ def guarded_protocol(limits: HttpServer, rejects: ServerRejects) -> type[asyncio
                 # Still in a head that arrives slowly: what is received so far counts against it.
                 self._head_received += len(data)
                 if self._head_received > limits.max_header_bytes:
-                    rejects.reject("header_too_large", self.client, f"over {limits.max_header_bytes} bytes")
-                    self._refuse(431, "header_too_large", f"request head over {limits.max_header_bytes} bytes")
+                    self._too_large()
 
         def _arm(self) -> None:
             if self._head_timer is None:
@@ -124,6 +122,10 @@ def guarded_protocol(limits: HttpServer, rejects: ServerRejects) -> type[asyncio
                 return
             rejects.reject("header_timeout", self.client, f"no complete request head in {limits.header_timeout}s")
             self._refuse(408, "header_timeout", f"no complete request head within {limits.header_timeout}s")
+
+        def _too_large(self) -> None:
+            rejects.reject("header_too_large", self.client, f"over {limits.max_header_bytes} bytes")
+            self._refuse(431, "header_too_large", f"request head over {limits.max_header_bytes} bytes")
 
         def _refuse(self, status: int, code: str, message: str) -> None:
             """Answer in JSON (interlock's error shape) and close: the connection cannot be trusted."""
