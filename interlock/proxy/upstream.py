@@ -186,24 +186,17 @@ def upstream_headers(call: Call, adapter: Adapter, upstream: Upstream, *, body_l
     return out
 
 
-_ACCEPTED: dict[str, str] = {}
-
-
+@functools.lru_cache(maxsize=256)
 def decodable_accept_encoding(value: str) -> str:
     """The agent's Accept-Encoding without the codings interlock cannot decode (issue 16: it reads
     every response), so an upstream that honours it never answers in one; `identity` if none is left.
     Values repeat from call to call: each is worked out once."""
-    done = _ACCEPTED.get(value)
-    if done is None:
-        kept = []
-        for token in value.split(","):
-            coding = token.split(";")[0].strip().lower()
-            if coding in KNOWN or coding == "identity":  # not `*`: it would let the upstream choose any
-                kept.append(token.strip())
-        done = ", ".join(kept) or "identity"
-        if len(_ACCEPTED) < 256:
-            _ACCEPTED[value] = done
-    return done
+    kept = []
+    for token in value.split(","):
+        coding = token.split(";")[0].strip().lower()
+        if coding in KNOWN or coding == "identity":  # not `*`: it would let the upstream choose any
+            kept.append(token.strip())
+    return ", ".join(kept) or "identity"
 
 
 def upstream_url(upstream: Upstream, call: Call) -> str:
