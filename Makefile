@@ -13,7 +13,7 @@ export UV
 # --locked: install exactly uv.lock, and refuse (one line) if pyproject.toml changed without `make lock`.
 SYNC   := $(UV) sync --locked --quiet
 
-.PHONY: run test lint typecheck pytest bench demo clean chromium wrk frameworks-venvs examples lock lock-check uv-lock-check
+.PHONY: servers run test lint typecheck pytest bench demo clean chromium wrk frameworks-venvs examples lock lock-check uv-lock-check
 
 # uv itself, pinned by hash (tools/uv.requirements.lock), installed by pip into a venv of its own.
 $(UV): tools/uv.requirements.lock
@@ -42,7 +42,7 @@ run: $(VENV)/.run-deps
 	@$(BIN)/interlock serve
 
 ## Set up and run every test: the locks first, then lint, types, the suite (browser tests included).
-test: lock-check $(VENV)/.test-deps chromium lint typecheck pytest
+test: lock-check $(VENV)/.test-deps chromium servers lint typecheck pytest
 
 ## .venv with the SDKs the examples use (openai, anthropic, mcp, pytest): see examples/README.md.
 examples: $(VENV)/.examples-deps
@@ -90,6 +90,11 @@ $(VENV)-mcp1/.stamp: tests/mcp/mcp1.requirements.lock | $(VENV)/.test-deps
 # The browser tests drive Debian's Chromium (Playwright cannot download its own browser here).
 chromium:
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
+
+# The fleet's tests start throwaway PostgreSQL and Redis servers (tests/servers.py): Debian's packages.
+servers:
+	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 && command -v redis-server >/dev/null 2>&1 || \
+	  (apt-get update -qq && apt-get install -y -qq postgresql redis-server >/dev/null)
 
 # The load generator for bench/ (Debian's package; a Python client would be the bottleneck on 2 cores).
 wrk:

@@ -8,6 +8,7 @@ import pytest
 
 from interlock.scripted import ScriptedUpstream
 from interlock.testing import Running, run_interlock, settings_for_test
+from tests.servers import PostgresServer, RedisServer
 
 
 @pytest.fixture(scope="session")
@@ -52,3 +53,19 @@ def make_interlock(upstream: ScriptedUpstream, tmp_path: Path) -> Iterator[Any]:
 @pytest.fixture
 def interlock(make_interlock: Any) -> Running:
     return make_interlock()  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    """A real PostgreSQL server for the session (tests/servers.py); each test takes a fresh database."""
+    server = PostgresServer(tmp_path_factory.mktemp("postgres"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real redis-server for the session (tests/servers.py); tests flush it or use key prefixes."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
