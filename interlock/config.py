@@ -259,12 +259,14 @@ class Route(Model):
 class VirtualKey(Model):
     agent: str
     session: str | None = None
+    #: The workflow every call made with this key belongs to (docs/workflows.md).
+    workflow: str | None = None
 
 
 class Identity(Model):
     """Who a call is (docs/security.md). A virtual key decides the agent; a header cannot override it."""
 
-    #: An `X-Interlock-Agent` (or `-Session`) header naming someone other than the virtual key does:
+    #: An `X-Interlock-Agent` (or `-Session`, `-Workflow`) header naming someone other than the virtual key does:
     #: `refuse` the call (403 identity_conflict), or `ignore` the header (the key's name is used).
     on_conflict: Literal["refuse", "ignore"] = "refuse"
 

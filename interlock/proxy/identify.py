@@ -1,4 +1,4 @@
-"""The identify stage: which agent, which session, which trace."""
+"""The identify stage: which agent, which session, which workflow, which trace."""
 
 from __future__ import annotations
 
@@ -34,11 +34,13 @@ def credential(call: Call) -> str | None:
 
 
 class Identify:
-    """Sets trace context, then agent and session: a virtual key decides them when it names them (a
-    header never overrides a key), else the `X-Interlock-*` headers, else the default agent. Agent
-    names are case-folded, so `Alice` is the same agent as `alice` to every rule, limit and budget.
+    """Sets trace context, then agent, session and workflow: a virtual key decides them when it names
+    them (a header never overrides a key), else the `X-Interlock-*` headers, else the default agent;
+    a call with a valid `traceparent` and no session (workflow) named falls back to its trace id for
+    both, so agents that pass one W3C trace along form one workflow with no interlock header at all.
+    Agent names are case-folded, so `Alice` is the same agent as `alice` to every rule, limit and budget.
 
-    With virtual keys, a header naming another agent (or session) than the key is refused (403
+    With virtual keys, a header naming another agent (session, workflow) than the key is refused (403
     `identity_conflict`) or ignored (`identity.on_conflict`); a route with `require_key` refuses a
     call without a configured key (401) before anything is sent upstream (docs/security.md)."""
 
@@ -47,18 +49,21 @@ class Identify:
     def __init__(self, settings: Settings) -> None:
         self.default_agent = settings.default_agent.strip().casefold()
         self.virtual_keys = {
-            key: (virtual.agent.strip().casefold(), virtual.session) for key, virtual in settings.virtual_keys.items()
+            key: (virtual.agent.strip().casefold(), virtual.session, virtual.workflow)
+            for key, virtual in settings.virtual_keys.items()
         }
         self.refuse_conflicts = settings.identity.on_conflict == "refuse"
         self.require_key = frozenset(name for name, route in settings.routes.items() if route.require_key)
 
     async def request(self, call: Call) -> None:
-        agent = session = traceparent = None
+        agent = session = workflow = traceparent = None
         for name, value in call.request_headers:
             if name == "x-interlock-agent":
                 agent = value.strip().casefold() or None
             elif name == "x-interlock-session":
                 session = value.strip() or None
+            elif name == "x-interlock-workflow":
+                workflow = value.strip() or None
             elif name == "traceparent":
                 traceparent = value
         parent = parse_traceparent(traceparent) if traceparent else None
@@ -72,16 +77,19 @@ class Identify:
             virtual = self.virtual_keys.get(key) if key else None
             if virtual is not None:
                 call.meta["virtual_key"] = True
-                key_agent, key_session = virtual
-                conflict = (agent is not None and agent != key_agent) or (
-                    key_session is not None and session is not None and session != key_session
-                )
-                if conflict and self.refuse_conflicts:
-                    named = f"agent {agent!r}" if agent is not None and agent != key_agent else f"session {session!r}"
-                    call.agent, call.session = key_agent, key_session
-                    self._refuse(call, 403, "identity_conflict", f"the virtual key names {key_agent!r}, not {named}")
+                key_agent, key_session, key_workflow = virtual
+                named = None
+                if agent is not None and agent != key_agent:
+                    named = f"{key_agent!r}, not agent {agent!r}"
+                elif key_session is not None and session is not None and session != key_session:
+                    named = f"session {key_session!r}, not {session!r}"
+                elif key_workflow is not None and workflow is not None and workflow != key_workflow:
+                    named = f"workflow {key_workflow!r}, not {workflow!r}"
+                if named is not None and self.refuse_conflicts:
+                    call.agent, call.session, call.workflow = key_agent, key_session, key_workflow
+                    self._refuse(call, 403, "identity_conflict", f"the virtual key names {named}")
                     return
-                agent, session = key_agent, key_session or session
+                agent, session, workflow = key_agent, key_session or session, key_workflow or workflow
             elif call.route in self.require_key:
                 # Nobody proven: recorded as the default agent; a claimed name is only quoted.
                 call.agent, call.session = self.default_agent, None
@@ -95,6 +103,7 @@ class Identify:
                 return
         call.agent = agent or self.default_agent
         call.session = session or (call.trace_id if parent else None)
+        call.workflow = workflow or (call.trace_id if parent else None)
 
     @staticmethod
     def _refuse(call: Call, status: int, code: str, message: str) -> None:

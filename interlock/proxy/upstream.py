@@ -36,7 +36,7 @@ HOP_BY_HOP = frozenset(
 
 #: interlock's own request headers: read by interlock, never sent upstream (nor is any other
 #: `x-interlock-*` header: `upstream_headers` drops the whole prefix).
-INTERLOCK_HEADERS = frozenset({"x-interlock-agent", "x-interlock-session"})
+INTERLOCK_HEADERS = frozenset({"x-interlock-agent", "x-interlock-session", "x-interlock-workflow"})
 
 _CREDENTIALS = frozenset({"authorization", "x-api-key"})
 

@@ -190,6 +190,9 @@ class Call:
     started: float = field(default_factory=time.perf_counter)  # monotonic twin of started_at
     agent: str = "default"
     session: str | None = None
+    #: The multi-agent workflow the call belongs to (a virtual key's, `X-Interlock-Workflow`, or the
+    #: agents' shared W3C trace id; docs/workflows.md), or None.
+    workflow: str | None = None
     trace_id: str | None = None
     span_id: str | None = None
     parent_span_id: str | None = None
@@ -275,6 +278,7 @@ class Call:
             "started_at": self.started_at,
             "agent": self.agent,
             "session": self.session,
+            "workflow": self.workflow,
             "trace_id": self.trace_id,
             "span_id": self.span_id,
             "parent_span_id": self.parent_span_id,
@@ -341,6 +345,7 @@ _SIMPLE_FIELDS = frozenset(
         "started_at",
         "agent",
         "session",
+        "workflow",
         "trace_id",
         "span_id",
         "parent_span_id",

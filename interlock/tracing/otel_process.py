@@ -67,6 +67,7 @@ def to_wire(call: Call, capture_content: bool) -> tuple[Any, ...]:
         call.started_at,
         call.agent,
         call.session,
+        call.workflow,
         call.trace_id,
         call.span_id,
         call.parent_span_id,
@@ -111,6 +112,7 @@ def from_wire(data: tuple[Any, ...]) -> Call:
         started_at,
         agent,
         session,
+        workflow,
         trace_id,
         span_id,
         parent_span_id,
@@ -141,7 +143,7 @@ def from_wire(data: tuple[Any, ...]) -> Call:
         replied,
     ) = data
     call = Call(id=cid, route=route, protocol=protocol, method=method, path=path, started_at=started_at)
-    call.agent, call.session = agent, session
+    call.agent, call.session, call.workflow = agent, session, workflow
     call.trace_id, call.span_id, call.parent_span_id = trace_id, span_id, parent_span_id
     call.request_headers, call.response_headers = request_headers, response_headers
     call.request_body, call.upstream_body = request_body, upstream_body

@@ -44,6 +44,7 @@ LIST_COLUMNS = (
     "truncated",
     "capture",
     "size",
+    "workflow",
 )
 
 _CALL_COLUMNS = (
@@ -257,6 +258,7 @@ def record_rows(
             1 if get("truncated") else 0,
             "full" if full else "metadata",
             size,
+            get("workflow"),
             get("parent_span_id"),
             dumps(meta) if meta else "{}",
         )

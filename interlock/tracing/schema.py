@@ -20,6 +20,10 @@ attempts   every try at an upstream, in order, with timings, status, error and t
 events     policy decisions (`kind` = "decision") and guardrail findings (`kind` = "finding"), in
            order; `data` is the whole record, the other columns are copies for filtering.
 calls_fts  FTS5 index over the request and response text (rowid = calls.seq).
+
+Version 2: `calls.workflow`, the multi-agent workflow a call belongs to (docs/workflows.md), indexed
+with `id` as `session` is. A file of version 1 opened read-only (an old bundle) is read through
+`compat_views`, which shows the column as NULL.
 """
 
 from __future__ import annotations
@@ -123,9 +127,22 @@ def _v1(conn: sqlite3.Connection) -> None:
             conn.execute(statement)
 
 
+def _v2(conn: sqlite3.Connection) -> None:
+    conn.execute("ALTER TABLE calls ADD COLUMN workflow TEXT")
+    conn.execute("CREATE INDEX calls_workflow ON calls (workflow, id)")
+
+
 #: MIGRATIONS[i] takes the schema from version i to i + 1.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1, _v2]
 SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def compat_views(conn: sqlite3.Connection, version: int) -> None:
+    """Let a read-only connection to an older file read it as this version: a TEMP view named like
+    the table shadows it (unqualified names look in `temp` first), with the columns it lacks as NULL.
+    The file itself is never changed (a bundle may be read-only, or someone else's evidence)."""
+    if version < 2:
+        conn.execute("CREATE TEMP VIEW IF NOT EXISTS calls AS SELECT *, NULL AS workflow FROM main.calls")
 
 
 class StoreError(Exception):

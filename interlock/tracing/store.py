@@ -29,7 +29,14 @@ from interlock.tracing.rows import (
     Indexer,
     Record,
 )
-from interlock.tracing.schema import SCHEMA_VERSION, SchemaError, StoreError, migrate, schema_version
+from interlock.tracing.schema import (
+    SCHEMA_VERSION,
+    SchemaError,
+    StoreError,
+    compat_views,
+    migrate,
+    schema_version,
+)
 from interlock.tracing.transfer import copy_calls
 from interlock.tracing.writing import transaction, write_records
 
@@ -85,6 +92,7 @@ class SQLiteStore(Reads):
         self._generation = 0
         self._stale: list[sqlite3.Connection] = []  # connections to a file that was deleted or replaced
         self._identity: tuple[int, int] | None = None
+        self._version = SCHEMA_VERSION  # a read-only file's own version, learnt on opening it
         if readonly:
             if not Path(self.path).exists():
                 raise StoreError(f"{self.path}: no such store")
@@ -98,6 +106,8 @@ class SQLiteStore(Reads):
                     raise SchemaError(
                         f"{self.path}: schema version {version}; this interlock reads 1..{SCHEMA_VERSION}"
                     )
+                self._version = version
+                compat_views(conn, version)  # this first connection was opened before the version was known
             else:
                 migrate(conn, self.path)
                 self._identity = _file_identity(self.path)
@@ -120,6 +130,8 @@ class SQLiteStore(Reads):
             if self._closed:
                 raise StoreError(f"{self.path}: the store is closed")
             conn = _connect(self.path, self.readonly)
+            if self.readonly and self._version < SCHEMA_VERSION:
+                compat_views(conn, self._version)
             self._local.conn = conn
             self._local.generation = self._generation
             with self._lock:

@@ -157,6 +157,7 @@ class Rows:
                 1 if call.truncated else 0,
                 "full" if full else "metadata",
                 size,
+                call.workflow,
                 call.parent_span_id,
                 dumps(meta) if meta else "{}",
             )
