@@ -74,6 +74,7 @@ class Runtime:
         self.forwarder = Forwarder(settings, self.client)
         # The services first (policy what-if, replay and the UI read the store too), then the stages.
         self.shared = build_services(settings)
+        self.shared.escalator = self.forwarder.escalator
         self.store, self.recorder = self.shared.store, self.shared.recorder
         self.policy, self.policy_limiter = self.shared.policy, self.shared.limiter  # for the admin API
         self.services["otel"] = self.shared.exporter

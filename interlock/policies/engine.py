@@ -267,6 +267,8 @@ class Evaluation:
     #: Rules whose tool lists apply to tool calls in the response.
     tool_rules: list[CompiledRule] = field(default_factory=list)
     guardrails: GuardrailActions | None = None
+    #: Rules with `loop:` (enforcing and monitoring), for the loop stage.
+    loops: list[CompiledRule] = field(default_factory=list)
     #: Every rule that applied, in order.
     fired: list[str] = field(default_factory=list)
     #: Rules that applied and had nothing to do for this call (one `allow` decision names them all).
@@ -413,6 +415,8 @@ class Engine:
                             result.strip.setdefault(name, rule.name)
         if rule.limited:
             result.limited.append(rule)
+        if rule.rule.loop is not None:
+            result.loops.append(rule)
         if rule.set_items:
             acted = True
             if rule.monitor:

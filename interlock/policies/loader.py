@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from interlock.policies.cel import ConditionError, compile_condition
 from interlock.policies.engine import CompiledRule, Engine
-from interlock.policies.model import Effect, Limits, Match, PolicyFile, Rule
+from interlock.policies.model import Effect, Limits, Loop, Match, PolicyFile, Rule
 from interlock.yamlsource import Document, SourceError, parse_yaml
 
 log = logging.getLogger("interlock.policies")
@@ -185,7 +185,7 @@ def _lint(
 ) -> list[Problem]:
     found: list[Problem] = []
     if not rule.effects:
-        message = "rule has no effect: give allow, deny, limits, set, pii, pii_response or secrets"
+        message = "rule has no effect: give allow, deny, limits, set, pii, pii_response, secrets or loop"
         if rule.allow is not None:
             message = "`allow: {}` allows nothing more than the default; " + message
         found.append(_problem(document, where, message))
@@ -265,6 +265,7 @@ _MODELS: dict[str, Any] = {
     "allow": Effect,
     "deny": Effect,
     "limits": Limits,
+    "loop": Loop,
 }
 
 

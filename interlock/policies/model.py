@@ -98,6 +98,31 @@ class Limits(_Model):
 SecretsAction = Literal["block", "redact", "log"]
 
 
+class Loop(_Model):
+    """Loop detection within a session (docs/policies.md, "Loops"). Each count is a threshold: the
+    Nth sighting is a loop; `null` turns that check off."""
+
+    tool_calls: int | None = Field(
+        5, ge=2, description="The same tool call (name + canonical arguments) seen this many times in the window."
+    )
+    requests: int | None = Field(
+        4, ge=2, description="The same request (the new turn: messages after the last answer) this many times."
+    )
+    tool_errors: int | None = Field(3, ge=2, description="The same tool error this many times in a row.")
+    window: int = Field(
+        50, ge=2, le=1000, description="How many of a session's latest tool calls (and requests) are compared."
+    )
+    action: Literal["monitor", "deny", "stop_session"] = Field(
+        "deny", description="What a loop does: record it (monitor), refuse the call (deny), or stop the session."
+    )
+
+    @model_validator(mode="after")
+    def _something(self) -> Loop:
+        if self.tool_calls is None and self.requests is None and self.tool_errors is None:
+            raise ValueError("loop needs at least one of tool_calls, requests, tool_errors")
+        return self
+
+
 class Rule(_Model):
     name: str = Field(min_length=1, description="Unique; shown in denials, decisions and the admin API.")
     description: str | None = None
@@ -118,6 +143,7 @@ class Rule(_Model):
     pii: dict[str, Action] | None = Field(None, description="Entity type → action, for requests.")
     pii_response: dict[str, Action] | None = Field(None, description="Entity type → action, for responses.")
     secrets: SecretsAction | None = Field(None, description="Action for secrets, in requests and responses.")
+    loop: Loop | None = Field(None, description="Loop detection within a session; `loop: {}` takes the defaults.")
 
     @field_validator("set")
     @classmethod
@@ -135,7 +161,7 @@ class Rule(_Model):
             found.append("deny")
         if self.allow is not None and not self.allow.empty:
             found.append("allow")
-        for name in ("limits", "set", "pii", "pii_response", "secrets"):
+        for name in ("limits", "set", "pii", "pii_response", "secrets", "loop"):
             if getattr(self, name):
                 found.append(name)
         return found
@@ -154,4 +180,4 @@ def json_schema() -> dict[str, Any]:
     return schema
 
 
-__all__ = ["Effect", "Limits", "Match", "PolicyFile", "Rule", "json_schema"]
+__all__ = ["Effect", "Limits", "Loop", "Match", "PolicyFile", "Rule", "json_schema"]

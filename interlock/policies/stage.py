@@ -158,6 +158,8 @@ class PolicyStage:
                         log.warning("call %s: %s under rule %r", call.id, reason, rule.name)
         if apply_changes(call, evaluation, adapter):
             summary["decision"] = "modify"
+        if evaluation.loops:
+            call.loop_rules = evaluation.loops
         if evaluation.guardrails is not None:
             current = call.guardrails
             call.guardrails = evaluation.guardrails if current is None else current.merge(evaluation.guardrails)

@@ -5,7 +5,7 @@ recorder, the policy runtime and its limiter, the redaction vault, the exporter)
 `interlock.server.Runtime`, and passed in as `Services`; stages a user adds
 (`Runtime(settings, stages=[...])`) come after the built-in ones.
 
-request:   identify → parse → mcp session → policy → mcp tools filter → guardrails
+request:   identify → parse → mcp session → policy → mcp tools filter → loops → guardrails
            (then route/retry/send upstream, or relay the response a stage supplied: `call.supplied`)
 response:  response_head → chunk... → response, through every stage in this order
            (usage is read, guardrails scan the output, policy refuses denied tool calls)
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from interlock.policies.limits import Limiter
     from interlock.policies.loader import PolicyRuntime
     from interlock.policies.redaction import Vault
+    from interlock.proxy.escalation import Escalator
     from interlock.tracing.recorder import Recorder
 
 
@@ -55,6 +56,8 @@ class Services:
     vault: Vault | None = None
     #: The OpenTelemetry export stage (`tracing.otel.build_exporter`), whose `done` queues the call.
     exporter: Any = None
+    #: The escalation webhook's queue (the forwarder's; stages emit loop and pin events to it).
+    escalator: Escalator | None = None
 
 
 def guardrails_on(settings: Settings) -> bool:
@@ -89,6 +92,11 @@ def built_in_stages(settings: Settings, services: Services, extra: Sequence[obje
             from interlock.policies.mcp_tools import McpToolFilter
 
             stages.append(McpToolFilter(services.policy, settings))  # tools/list without denied tools
+        from interlock.policies.loops import LoopStage
+
+        # After policy, which names the `loop:` rules that apply (`call.loop_rules`); its `chunk`
+        # after policy's, so a tool call policy refuses is cut before a loop is judged.
+        stages.append(LoopStage(escalator=services.escalator))
     if guardrails_on(settings):  # else the plain path stays free of the scan
         from interlock.policies.guardrails import Guardrails
         from interlock.policies.scrub import ScrubRecord

@@ -241,6 +241,9 @@ class Call:
     #: The guardrail actions that apply to this call (`policies.actions.GuardrailActions`), set by the
     #: policy stage and read by the guardrails stage. Not recorded.
     guardrails: Any = None
+    #: The policy rules with `loop:` that apply to this call (`CompiledRule`s), set by the policy
+    #: stage and read by the loop stage (`policies/loops.py`). Not recorded.
+    loop_rules: Any = None
     #: The query string as the agent sent it, when `query` (what is recorded, logged and exported)
     #: has credentials masked (`secret_query_params`); only the upstream request uses it. Not recorded.
     upstream_query: str | None = None

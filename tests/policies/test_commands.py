@@ -93,7 +93,7 @@ def test_check_json_output(tmp_path: Path) -> None:
         "line": 2,
         "col": 5,
         "severity": "error",
-        "message": "rule has no effect: give allow, deny, limits, set, pii, pii_response or secrets",
+        "message": "rule has no effect: give allow, deny, limits, set, pii, pii_response, secrets or loop",
     }
     assert records[-1] == {"type": "summary", "files": 1, "rules": 0, "errors": 1}
 

@@ -55,6 +55,7 @@ def test_every_built_in_stage_in_its_order(tmp_path: Path) -> None:
         "usage",
         "policy",
         "mcp_tools",
+        "loops",
         "guardrails",
         "scrub",
         "mcp_record",
@@ -67,6 +68,7 @@ def test_every_built_in_stage_in_its_order(tmp_path: Path) -> None:
     assert at("mcp") < at("policy")  # the MCP session is the call's before a rule sees it
     assert at("usage") < at("policy")  # usage is read before limits and budgets count it
     assert at("policy") < at("guardrails")  # a rule may ask for a guardrail; a denied call is not scanned
+    assert at("policy") < at("loops")  # policy names the loop rules that apply to the call
     # The record is redacted (guardrails, then scrub) before MCP record copies from it, and before
     # the recorder and the exporter consume it.
     assert at("guardrails") < at("scrub") < at("mcp_record") < at("recorder") < at("exporter")

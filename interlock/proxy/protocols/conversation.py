@@ -28,6 +28,7 @@ class ChatMessage:
     tool_call_id: str | None = None
     name: str | None = None
     response: bool = False  # the model's answer (not part of the request)
+    error: bool = False  # a tool result the agent marks as an error (Anthropic `is_error`)
 
 
 def conversation(protocol: str, request: Any, response: Any) -> list[ChatMessage]:
@@ -153,7 +154,9 @@ def _anthropic_blocks(role: str, content: Any, where: str) -> list[ChatMessage]:
             arguments = json.dumps(block.get("input", {}), ensure_ascii=False)
             message.tool_calls.append(ChatToolCall(str(block.get("name")), arguments, block.get("id")))
         elif kind == "tool_result":
-            out.append(ChatMessage("tool", _text(block.get("content")), where, tool_call_id=block.get("tool_use_id")))
+            result = ChatMessage("tool", _text(block.get("content")), where, tool_call_id=block.get("tool_use_id"))
+            result.error = block.get("is_error") is True
+            out.append(result)
     message.text = "\n".join(texts)
     if not message.text and not message.tool_calls:
         out.remove(message)
