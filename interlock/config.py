@@ -428,12 +428,75 @@ class Guardrails(Model):
         return name
 
 
+StateFailure = Literal["fail_open", "fail_closed"]
+
+
+class StateOnFailure(Model):
+    """What a limit does when the shared state cannot be reached (docs/policies.md, "Shared state").
+    Open: the call passes, with a `limits error` decision on its record and a log line (never silent);
+    closed: the call is refused with 503 `state_unavailable`. Money and token budgets default closed
+    (an overspend cannot be taken back); rate and concurrency limits open (the provider enforces its
+    own rate limits, and a lost minute window or slot count cannot run up a bill past the budgets)."""
+
+    rate: StateFailure = "fail_open"
+    concurrency: StateFailure = "fail_open"
+    budget: StateFailure = "fail_closed"
+
+
+class State(Model):
+    """Shared state for a fleet (limits, budgets, concurrency slots, the redaction vault) on Redis or
+    Valkey. Without `url`, all of it stays in this process (one replica: docs/policies.md)."""
+
+    #: `redis://[user:password@]host:6379/0` (or `rediss://`); env `INTERLOCK_STATE_URL` when unset.
+    url: str | None = None
+    #: Prefix of every key interlock writes, so several fleets (or tests) can share one server.
+    key_prefix: str = "interlock:"
+    #: Seconds one round trip to Redis may take (connect included) before the concern's failure mode
+    #: applies: a Redis that is down or stalled never hangs a call.
+    timeout: float = Field(0.5, gt=0, le=30)
+    on_failure: StateOnFailure = StateOnFailure()
+    #: Seconds a replica's concurrency slots outlive it: each replica renews a lease every third of
+    #: this; a replica that crashed stops renewing, and its slots are freed this long after.
+    slot_lease: float = Field(30.0, ge=3)
+    #: Seconds a session's vault lives in Redis after its last use (the embedded vault's bound is a
+    #: count of sessions instead).
+    vault_ttl: float = Field(86400.0, gt=0)
+    #: Key for the vault's values at rest (AES-256-GCM; any string of 32+ characters, stretched by
+    #: HKDF); env `INTERLOCK_VAULT_KEY` when unset. Required when guardrails run with `url` set.
+    vault_key: str | None = Field(None, repr=False)
+
+    @field_validator("url")
+    @classmethod
+    def _redis_url(cls, url: str | None) -> str | None:
+        if url is not None and urlsplit(url).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(f"{url.split(':', 1)[0]!r}: a state url is redis://, rediss:// or unix://")
+        return url
+
+    @field_validator("vault_key")
+    @classmethod
+    def _long_key(cls, key: str | None) -> str | None:
+        if key is not None and len(key) < 32:
+            raise ValueError("vault_key must be at least 32 characters (e.g. `openssl rand -base64 32`)")
+        return key
+
+    def resolved(self) -> State:
+        """With the `INTERLOCK_STATE_URL` and `INTERLOCK_VAULT_KEY` environment variables applied
+        where the file sets nothing (a Secret in Kubernetes; never written into interlock.yaml)."""
+        url = self.url or os.environ.get("INTERLOCK_STATE_URL") or None
+        key = self.vault_key or os.environ.get("INTERLOCK_VAULT_KEY") or None
+        if url == self.url and key == self.vault_key:
+            return self
+        return State.model_validate({**self.model_dump(), "url": url, "vault_key": key})
+
+
 class Settings(Model):
     """The whole effective configuration."""
 
     listen: Listen = Listen()
     admin: Admin = Admin()
     store: Store = Store()
+    #: Shared state on Redis for a fleet (None url: in this process).
+    state: State = State()
     default_agent: str = "default"
     #: Largest request body accepted, in bytes.
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1)
@@ -540,7 +603,25 @@ def settings_from_document(document: Document) -> Settings:
             message = "unknown field"
         raise document.error(path, f"{where}: {message}") from None
     _check_policy_paths(document, settings)
+    _check_vault_key(document, settings)
     return settings
+
+
+def _check_vault_key(document: Document, settings: Settings) -> None:
+    """A vault on Redis keeps values encrypted, so it needs a key: without one, startup stops here
+    (values are never written to a shared server in the clear, and a key made up per process would
+    leave the other replicas unable to restore them). Guardrails could run: the config's actions, or
+    any policy (a policy may turn redaction on)."""
+    guardrails = settings.guardrails
+    if not (guardrails.request or guardrails.response or settings.policies):
+        return
+    state = settings.state.resolved()
+    if state.url and not state.vault_key:
+        message = (
+            "state: the redaction vault is on Redis (state.url) and needs state.vault_key (or the "
+            "INTERLOCK_VAULT_KEY environment variable): 32+ characters, the same on every replica"
+        )
+        raise document.error(("state",), message)
 
 
 def _check_policy_paths(document: Document, settings: Settings) -> None:

@@ -38,8 +38,7 @@ def build_services(settings: Settings) -> Services:
     if guardrails_on(settings):
         from interlock.policies.vault import open_vault
 
-        guardrails = settings.guardrails
-        services.vault = open_vault(guardrails)
+        services.vault = open_vault(settings.guardrails, settings.state)
     otel = settings.otel
     endpoints = (
         "OTEL_EXPORTER_OTLP_ENDPOINT",
@@ -101,7 +100,9 @@ class Runtime:
         if self.policy is not None:
             self.policy.stop()  # the hot-reload watcher
         if self.policy_limiter is not None:
-            await asyncio.to_thread(self.policy_limiter.close)  # saves the daily counters
+            await self.policy_limiter.aclose()  # saves the daily counters
+        if self.shared.vault is not None:
+            await self.shared.vault.aclose()
         if self.recorder is not None:
             # Writes everything still queued, within shutdown_grace whatever the store does (the
             # rest goes to the side file: docs/store.md).

@@ -15,11 +15,14 @@ restarts) or `none` (a gauge: calls in flight). `now` is always passed in, so a 
 clock and a shared backend uses the callers' times. The embedded implementation keeps all of it in
 memory on the event loop (its operations never wait) and saves the day counters to the table
 `policy_counters` of the store's SQLite file from one worker thread. A Redis backend implements
-the same two operations as scripts (MULTI or Lua) and passes `tests/conformance/test_counters_contract.py`.
+the same two operations as Lua scripts (`counters_redis.py`) and passes
+`tests/conformance/test_counters_contract.py`. A shared backend that cannot reach its server raises
+`StateUnavailable` (within a bounded time); the limiter turns that into the concern's failure mode.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import functools
 import logging
@@ -30,7 +33,10 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Literal, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
+
+if TYPE_CHECKING:
+    from interlock.config import State
 
 log = logging.getLogger("interlock.policies")
 
@@ -86,6 +92,11 @@ class Over(NamedTuple):
     retry_after: int
 
 
+class StateUnavailable(Exception):
+    """The shared state (Redis) did not answer within its bound: nothing was read or changed (or,
+    for a timeout, it is unknown whether the change landed)."""
+
+
 class Counters(Protocol):
     """Counters shared by every call (and, for a shared backend, by every interlock of a fleet)."""
 
@@ -101,8 +112,8 @@ class Counters(Protocol):
         """`{"inflight": {"rule subject": n}, "daily": {"rule subject": {"tokens", "usd"}}}` for today."""
         ...
 
-    def close(self) -> None:
-        """Save what is pending and release resources (blocking: called once, from a worker thread)."""
+    async def aclose(self) -> None:
+        """Save what is pending and release resources (called once, at shutdown)."""
         ...
 
 
@@ -199,7 +210,11 @@ class EmbeddedCounters:
             },
         }
 
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self.close)  # the save is a blocking write
+
     def close(self) -> None:
+        """`aclose`, blocking (a simulation, or a caller already in a worker thread)."""
         if self._writer is not None:
             self._writer.shutdown(wait=True)
             self._writer = None
@@ -347,8 +362,16 @@ def _day_column(counter: Counter) -> int:
     return DAY_METRICS.index(counter.metric)
 
 
-def open_counters(store_path: str | None) -> Counters:
-    """The counters as configured: the embedded ones, saving day counters beside the store."""
+def open_counters(store_path: str | None, state: State | None = None) -> Counters:
+    """The counters as configured: on Redis with `state.url` (shared by a fleet), else the embedded
+    ones, saving day counters beside the store."""
+    if state is not None:
+        state = state.resolved()
+    if state is not None and state.url:
+        from interlock.policies.counters_redis import RedisCounters  # redis-py only for a fleet
+        from interlock.policies.redisstate import StateClient
+
+        return RedisCounters(StateClient(state), state.slot_lease)
     return EmbeddedCounters(store_path)
 
 
@@ -359,6 +382,7 @@ __all__ = [
     "Counters",
     "EmbeddedCounters",
     "Over",
+    "StateUnavailable",
     "open_counters",
     "seconds_to_midnight",
     "today",

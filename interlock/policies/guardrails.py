@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from interlock.policies.actions import GuardrailActions
+from interlock.policies.counters import StateUnavailable
 from interlock.policies.pii import Detection, PiiAnalyzer
 from interlock.policies.redaction import (
     MAX_HOLD,
@@ -29,6 +30,7 @@ from interlock.policies.redaction import (
     Hasher,
     SessionVault,
     Vault,
+    VaultConflict,
     actions_for,
     entity_types,
     replacement,
@@ -159,6 +161,10 @@ class _CallState:
     passthrough: bool = False  # a stream with nothing to restore or scan
     cut: bytes | None = None  # a stream ended unscanned: its error event, until sent (then b"")
     rewrote_request: bool = False  # the guardrails changed what went upstream (not only a policy)
+    #: The session's vault table as the request hooks opened it (`vault_open`): the response hooks
+    #: restore from it, with no second round trip (every placeholder the upstream saw is in it).
+    vault: SessionVault | None = None
+    vault_open: bool = False
 
 
 class Guardrails:
@@ -303,9 +309,27 @@ class Guardrails:
             return config.stream_holdback_chars
         return MAX_HOLD
 
-    async def session_vault(self, call: Call, create: bool) -> SessionVault | None:
-        """The session's placeholder table (one round trip to the vault; `vault.py`)."""
-        return await self.vault.open(vault_key(call), create=create)
+    async def session_vault(
+        self, call: Call, create: bool, reserve: Sequence[tuple[str, str]] = ()
+    ) -> SessionVault | None:
+        """The session's placeholder table (one round trip to the vault; `vault.py`), kept for the
+        call's later hooks. A shared vault out of reach raises `StateUnavailable` (`vault_refused`)."""
+        state = self.state(call)
+        if state.vault_open and not reserve and (state.vault is not None or not create):
+            return state.vault
+        state.vault = await self.vault.open(vault_key(call), create=create, reserve=reserve)
+        state.vault_open = True
+        return state.vault
+
+    def vault_refused(self, call: Call, exc: Exception) -> None:
+        """Fail closed (docs/guardrails.md, "A shared vault"): a call whose placeholders cannot be
+        stored, checked or restored is refused, so no value leaks upstream and no placeholder
+        reaches the agent unrestored."""
+        message = f"the redaction vault cannot be used: {exc}; refused (the vault fails closed)"
+        log.error("call %s: %s", call.id, message)
+        call.decide(Decision("guardrails", "deny", None, message))
+        reply = ADAPTERS[call.protocol].error_reply(503, "vault_unavailable", message, retryable=True)
+        call.answer(reply, "blocked", "vault_unavailable", message)
 
     def state(self, call: Call) -> _CallState:
         state = self._calls.get(call.id)
@@ -359,14 +383,18 @@ class Guardrails:
     # -- hooks ----------------------------------------------------------------------------------
 
     async def request(self, call: Call) -> None:
-        await self._request(call)
-        if call.reply is not None:
+        try:
+            await self._request(call)
+            if call.reply is not None:
+                return
+            vault = await self.session_vault(call, create=False)
+        except (StateUnavailable, VaultConflict) as exc:
+            self.vault_refused(call, exc)
             return
         # What must read the response: the proxy fails the call closed when it cannot (issue 16).
         actions = self.actions(call)
         if actions is not None and actions.response:
             call.readers.append("guardrails (response scan)")
-        vault = await self.session_vault(call, create=False)
         if vault is not None and len(vault) > 0:
             call.readers.append("guardrails (placeholder restore)")
 
@@ -393,7 +421,6 @@ class Guardrails:
             return
         for slot, _, applied in per_slot:
             self.record(call, "request." + where(slot.path), applied)
-        vault = await self.session_vault(call, create=True)
         state = self.state(call)
         blocked = entity_types([a for _, _, applied in per_slot for a in applied], "block")
         if blocked:
@@ -403,6 +430,15 @@ class Guardrails:
             stored = self.stored(None, reversible=False)
             state.request_overrides = [(s.path, rewrite(s.text, applied, stored)) for s, _, applied in per_slot]
             return
+        # The values about to be redacted get their placeholders from the vault itself, in this one
+        # round trip: two replicas never number two values alike (`vault.py`).
+        reserve = [
+            (a.detection.entity, slot.text[a.detection.start : a.detection.end])
+            for slot, _, applied in per_slot
+            for a in applied
+            if a.action == "redact"
+        ]
+        vault = await self.session_vault(call, create=True, reserve=reserve)
         changed: dict[str, int] = {}
         for slot, entry, applied in per_slot:
             done = self.rewritten(entry, slot.text, vault)
@@ -436,7 +472,11 @@ class Guardrails:
             return
         actions = self.actions(call)
         scan = actions is not None and bool(actions.response)
-        vault = await self.session_vault(call, create=False)
+        try:
+            vault = await self.session_vault(call, create=False)  # kept from the request: no I/O
+        except StateUnavailable as exc:
+            self.vault_refused(call, exc)
+            return
         restore = vault is not None and len(vault) > 0
         if not (scan or restore):
             return
@@ -509,9 +549,17 @@ class Guardrails:
 
         actions = self.actions(call)
         scan = actions is not None and bool(actions.response)
-        vault = await self.session_vault(call, create=False)
-        restore = vault is not None and len(vault) > 0
         state = self.state(call)
+        try:
+            vault = await self.session_vault(call, create=False)  # kept from the request: no I/O
+        except StateUnavailable as exc:
+            message = f"the redaction vault cannot be used: {exc}; stream ended (the vault fails closed)"
+            log.error("call %s: %s", call.id, message)
+            call.decide(Decision("guardrails", "deny", None, message))
+            call.outcome, call.error_code, call.error = "blocked", "vault_unavailable", message
+            state.cut = ADAPTERS[call.protocol].stream_error_event("vault_unavailable", message)
+            return None
+        restore = vault is not None and len(vault) > 0
         if not (scan or restore):
             # Nothing applies: no guardrail reads this stream. (An encoded stream arrives here decoded,
             # or not at all: the proxy fails closed on a body it cannot decode while `readers` is set.)

@@ -9,23 +9,41 @@ store's SQLite file, so a restart does not reset a budget.
 
 Tokens are only known after a response, so a call is admitted when the counters are *below* the
 limit before it; the call that crosses a limit completes, the next one is refused.
+
+Shared counters (Redis) can be out of reach. Then each enforced limit follows its concern's
+`state.on_failure` mode: `fail_closed` refuses the call (503 `state_unavailable`), `fail_open`
+admits it with a `limits error` decision on its record and a log line: a gap shown, never a silent
+pass. Usage that cannot be counted when a call ends is logged, counted (`uncounted`) and recorded.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from interlock.policies.counters import Add, Check, Counter, Counters, EmbeddedCounters, Over, Window
+from interlock.config import StateOnFailure
+from interlock.policies.counters import (
+    Add,
+    Check,
+    Counter,
+    Counters,
+    EmbeddedCounters,
+    Over,
+    StateUnavailable,
+    Window,
+)
 from interlock.policies.engine import CompiledRule, Globs
-from interlock.tracing.call import Call
+from interlock.tracing.call import Call, Decision
+
+log = logging.getLogger("interlock.policies")
 
 
 @dataclass(frozen=True, slots=True)
 class Exceeded:
     rule: CompiledRule
-    code: str  # "rate_limited", "budget_exceeded" or "unpriced_model"
+    code: str  # "rate_limited", "budget_exceeded", "unpriced_model" or "state_unavailable"
     message: str
     retry_after: int  # seconds
 
@@ -34,6 +52,8 @@ class Exceeded:
         """What the agent is told (the proxy's 429 message; `policy whatif` says the same)."""
         if self.code == "unpriced_model":
             return f"refused by policy rule {self.rule.name!r}: {self.message} (limits.unpriced: deny)"
+        if self.code == "state_unavailable":
+            return f"refused by policy rule {self.rule.name!r}: {self.message}"
         if self.code == "budget_exceeded":
             return f"budget exceeded under policy rule {self.rule.name!r}: over {self.message}"
         return f"rate limited by policy rule {self.rule.name!r}: over {self.message}"
@@ -87,23 +107,34 @@ class Admission:
     monitored: list[Exceeded]
     refused: Exceeded | None
     keys: list[tuple[str, str]]
+    #: Limits not checked (the shared state out of reach, their mode `fail_open`): recorded as gaps.
+    unchecked: list[Exceeded] = field(default_factory=list)
 
 
 class Limiter:
     """The limits of a running interlock over a `Counters` backend (the embedded one by default)."""
 
     def __init__(
-        self, counters: Counters | None = None, prices: Mapping[str, Mapping[str, float]] | None = None
+        self,
+        counters: Counters | None = None,
+        prices: Mapping[str, Mapping[str, float]] | None = None,
+        on_failure: StateOnFailure | None = None,
     ) -> None:
         self.counters: Counters = counters if counters is not None else EmbeddedCounters()
         self.prices = Prices(prices or {})
+        self.on_failure = on_failure if on_failure is not None else StateOnFailure()
+        #: Calls whose usage could not be counted when they ended (the shared state out of reach).
+        self.uncounted = 0
 
     async def admit(self, rules: Sequence[CompiledRule], call: Call, now: float) -> Admission:
         """Check the call against these rules' limits and, unless one refuses it, count it: one
         atomic round trip to the counters."""
         plan = self.plan(rules, call)
         enforced_unpriced = any(not rules[i].monitor for i in plan.unpriced)
-        over = await self.counters.admit(plan.checks, () if enforced_unpriced else plan.adds, now)
+        try:
+            over = await self.counters.admit(plan.checks, () if enforced_unpriced else plan.adds, now)
+        except StateUnavailable as exc:
+            return self.unreachable(plan, str(exc))
         return self.judge(plan, over)
 
     async def finish(
@@ -112,16 +143,41 @@ class Limiter:
         """The call is over: release its concurrency slots, count its tokens and cost. Returns the cost."""
         adds, cost = self.finish_adds(rules, keys, call)
         if adds:
-            await self.counters.add(adds, now)
+            try:
+                await self.counters.add(adds, now)
+            except StateUnavailable as exc:
+                self.uncounted += 1
+                reason = f"usage not counted (tokens, cost, slot release): {exc}"
+                log.error("call %s: %s", call.id, reason)
+                call.decide(Decision("limits", "error", ", ".join(r.name for r in rules), reason))
         return cost
+
+    def unreachable(self, plan: Plan, reason: str) -> Admission:
+        """The verdict when the counters cannot be read: each enforced limit's failure mode decides."""
+        unchecked: dict[int, Exceeded] = {}
+        for check, index in zip(plan.checks, plan.labels, strict=True):
+            if not check.enforce:
+                continue  # a monitor-mode rule refuses nothing either way
+            concern = _CONCERNS[check.counter.window]
+            mode = getattr(self.on_failure, concern)
+            rule = plan.rules[index]
+            message = f"{reason} (state.on_failure.{concern}: {mode})"
+            if mode == "fail_closed":
+                return Admission([], Exceeded(rule, "state_unavailable", message, 1), [])
+            unchecked.setdefault(index, Exceeded(rule, "state_unavailable", message, 0))
+        for index, exceeded in plan.unpriced.items():
+            if not plan.rules[index].monitor:
+                return Admission([], exceeded, [])
+        log.warning("limits not checked, calls allowed: %s", reason)
+        return Admission([], None, plan.keys, list(unchecked.values()))
 
     async def snapshot(self, now: float) -> dict[str, Any]:
         """Current counters, for the admin API."""
         return await self.counters.snapshot(now)
 
-    def close(self) -> None:
-        """Save what is pending (blocking: call it from a worker thread)."""
-        self.counters.close()
+    async def aclose(self) -> None:
+        """Save what is pending and release the counters' resources."""
+        await self.counters.aclose()
 
     # -- the plan and the verdict (pure: `policy whatif` drives them with its own counters) ----------
 
@@ -192,6 +248,10 @@ class Limiter:
                 adds.append(Add(Counter(key, "tokens", "day"), tokens))
                 adds.append(Add(Counter(key, "usd", "day"), cost))
         return adds, cost
+
+
+#: The failure-mode setting (`state.on_failure`) that applies to a counter, by its window.
+_CONCERNS = {"minute": "rate", "none": "concurrency", "day": "budget"}
 
 
 def _over_message(check: Check, who: str, value: float) -> tuple[str, str]:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from interlock.policies.pii import Detection
-from interlock.policies.vault import EmbeddedVault, SessionVault, Vault
+from interlock.policies.vault import EmbeddedVault, SessionVault, Vault, VaultConflict
 
 #: A placeholder the vault can restore: `<ENTITY_N>`.
 PLACEHOLDER = re.compile(r"<([A-Z][A-Z0-9_]*?)_(\d+)>")
@@ -230,6 +230,7 @@ __all__ = [
     "SessionVault",
     "StreamScrubber",
     "Vault",
+    "VaultConflict",
     "holdback",
     "mask",
     "replacement",

@@ -130,14 +130,17 @@ class PolicyStage:
             for would in admission.monitored:
                 detail = {"retry_after": would.retry_after, "code": would.code}
                 call.decide(Decision("limits", "monitor", would.rule.name, f"would refuse: {would.refusal}", detail))
+            for gap in admission.unchecked:  # the shared state out of reach, fail_open: shown, not silent
+                call.decide(Decision("limits", "error", gap.rule.name, f"not checked, allowed: {gap.message}"))
             exceeded = admission.refused
             if exceeded is not None:
                 rule, message = exceeded.rule, exceeded.refusal
                 detail = {"retry_after": exceeded.retry_after, "code": exceeded.code}
                 call.decide(Decision("limits", "deny", rule.name, message, detail))
                 summary.update(decision="deny", rule=rule.name, reason=message)
-                status = 403 if exceeded.code == "unpriced_model" else 429
-                reply = adapter.error_reply(status, exceeded.code, message, retryable=exceeded.code == "rate_limited")
+                status = _REFUSAL_STATUS.get(exceeded.code, 429)
+                retryable = exceeded.code in ("rate_limited", "state_unavailable")
+                reply = adapter.error_reply(status, exceeded.code, message, retryable=retryable)
                 if exceeded.retry_after:
                     reply.headers.append(("retry-after", str(exceeded.retry_after)))
                 call.answer(reply, "denied", exceeded.code, message)
@@ -245,6 +248,11 @@ class PolicyStage:
                 call.meta["cost_usd"] = round(cost, 8)
 
 
+#: A limit's refusal: 429 when over, 403 for a model a budget cannot price, 503 when the shared
+#: counters are out of reach and the limit fails closed (state.on_failure).
+_REFUSAL_STATUS = {"unpriced_model": 403, "state_unavailable": 503}
+
+
 def _counts_usage(limits: Limits) -> bool:
     """The limit counts tokens or money, read from the response's usage."""
     return (
@@ -283,7 +291,8 @@ def open_policy(settings: Settings, *, interval: float = 1.0) -> tuple[PolicyRun
         runtime.start()
     except RuntimeError:  # no running loop (a Runtime built outside asyncio): no hot reload
         pass
-    return runtime, Limiter(open_counters(settings.store.path), settings.prices)
+    counters = open_counters(settings.store.path, settings.state)
+    return runtime, Limiter(counters, settings.prices, settings.state.on_failure)
 
 
 def policy_stages_for(settings: Settings, *, interval: float = 1.0) -> tuple[PolicyRuntime | None, list[object]]:

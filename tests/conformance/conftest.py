@@ -3,12 +3,13 @@ factory), and every test of the interface's suite runs against it too (docs/stor
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import hashlib
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from interlock.config import Guardrails
+from interlock.config import Guardrails, State
 from interlock.policies.counters import Counters, open_counters
 from interlock.policies.vault import Vault, open_vault
 from interlock.tracing.backend import Store, open_store
@@ -31,34 +32,66 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
         backend.close()
 
 
-def _embedded_counters(tmp_path: Path) -> Counters:
+def _redis_state(request: pytest.FixtureRequest, place: str, **more: object) -> State:
+    """Settings for the session's real redis-server (tests/servers.py), under a key prefix of `place`
+    alone: a fresh, empty namespace per test, the same one when a test reopens it."""
+    server = request.getfixturevalue("redis_server")
+    prefix = "conformance:" + hashlib.blake2b(place.encode(), digest_size=8).hexdigest() + ":"
+    return State(url=server.url, key_prefix=prefix, timeout=5.0, **more)  # type: ignore[arg-type]
+
+
+def _embedded_counters(request: pytest.FixtureRequest, tmp_path: Path) -> Counters:
     return open_counters(str(tmp_path / "counters.db"))
 
 
+def _redis_counters(request: pytest.FixtureRequest, tmp_path: Path) -> Counters:
+    return open_counters(None, _redis_state(request, str(tmp_path)))
+
+
 #: name → a factory of counters kept at `tmp_path`: called again with the same path, it reopens the
-#: same counters (a restart). A Redis backend: a fresh key prefix per test directory.
-COUNTERS_BACKENDS = {"embedded": _embedded_counters}
+#: same counters (a restart). Redis: a fresh key prefix per test directory.
+COUNTERS_BACKENDS = {"embedded": _embedded_counters, "redis": _redis_counters}
 
 
 @pytest.fixture(params=sorted(COUNTERS_BACKENDS))
-def counters_factory(request: pytest.FixtureRequest) -> object:
-    return COUNTERS_BACKENDS[request.param]
+def counters_factory(request: pytest.FixtureRequest) -> Callable[[Path], Counters]:
+    backend = COUNTERS_BACKENDS[request.param]
+    return lambda path: backend(request, path)
 
 
-def _embedded_vault(values: int) -> Vault:
+def _embedded_vault(request: pytest.FixtureRequest, values: int) -> Vault:
     return open_vault(Guardrails(vault_values=values))
+
+
+def _redis_vault(request: pytest.FixtureRequest, values: int) -> Vault:
+    key = "conformance vault key, not a secret: 0123456789"
+    return open_vault(Guardrails(vault_values=values), _redis_state(request, request.node.nodeid, vault_key=key))
 
 
 #: name → a factory of an empty vault keeping at most `values` values a session. A shared backend's
 #: factory returns a new client over the same place each time it is called within one test.
-VAULT_BACKENDS = {"embedded": _embedded_vault}
+VAULT_BACKENDS = {"embedded": _embedded_vault, "redis": _redis_vault}
 
 
 @pytest.fixture(params=sorted(VAULT_BACKENDS))
-def vault(request: pytest.FixtureRequest) -> Vault:
-    return VAULT_BACKENDS[request.param](100)
+async def vault(request: pytest.FixtureRequest) -> AsyncIterator[Vault]:
+    backend = VAULT_BACKENDS[request.param](request, 100)
+    yield backend
+    await backend.aclose()
 
 
 @pytest.fixture(params=sorted(VAULT_BACKENDS))
-def small_vault(request: pytest.FixtureRequest) -> Vault:
-    return VAULT_BACKENDS[request.param](2)
+async def small_vault(request: pytest.FixtureRequest) -> AsyncIterator[Vault]:
+    backend = VAULT_BACKENDS[request.param](request, 2)
+    yield backend
+    await backend.aclose()
+
+
+@pytest.fixture(params=sorted(VAULT_BACKENDS))
+async def vault_pair(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Vault, Vault]]:
+    """Two clients over one vault (two replicas of a fleet; the embedded vault: one, twice)."""
+    first = VAULT_BACKENDS[request.param](request, 100)
+    second = first if request.param == "embedded" else VAULT_BACKENDS[request.param](request, 100)
+    yield first, second
+    await first.aclose()
+    await second.aclose()

@@ -34,7 +34,7 @@ async def test_admit_adds_below_the_limit_and_nothing_at_it(counters_factory: Fa
         # the refused admission added nothing: still over by exactly the limit
         assert [o.value for o in await counters.admit(check, add, NOON + 3)] == [2]
     finally:
-        counters.close()
+        await counters.aclose()
 
 
 async def test_a_sliding_minute_rolls_over_on_the_callers_clock(counters_factory: Factory, tmp_path: Path) -> None:
@@ -46,7 +46,7 @@ async def test_a_sliding_minute_rolls_over_on_the_callers_clock(counters_factory
         assert over and over[0].retry_after == 1
         assert await counters.admit(check, add, NOON + 60) == []  # the first entry is a minute old
     finally:
-        counters.close()
+        await counters.aclose()
 
 
 async def test_day_counters_reset_at_utc_midnight_and_survive_a_restart(
@@ -54,7 +54,7 @@ async def test_day_counters_reset_at_utc_midnight_and_survive_a_restart(
 ) -> None:
     counters = counters_factory(tmp_path)
     await counters.add([Add(TOKENS_DAY, 700), Add(USD_DAY, 0.25)], NOON)
-    counters.close()
+    await counters.aclose()
     counters = counters_factory(tmp_path)  # a restart
     try:
         checks = [Check(TOKENS_DAY, 500), Check(USD_DAY, 1.0)]
@@ -65,7 +65,7 @@ async def test_day_counters_reset_at_utc_midnight_and_survive_a_restart(
         assert snapshot["daily"] == {"rule agent:a": {"tokens": 700, "usd": 0.25}}
         assert await counters.admit(checks, [], NOON + 12 * 3600) == []  # the next day
     finally:
-        counters.close()
+        await counters.aclose()
 
 
 async def test_a_gauge_is_released_and_never_negative(counters_factory: Factory, tmp_path: Path) -> None:
@@ -81,7 +81,7 @@ async def test_a_gauge_is_released_and_never_negative(counters_factory: Factory,
         assert await counters.admit(check, take, NOON) == []
         assert await counters.admit(check, take, NOON)  # one in flight again, not two free slots
     finally:
-        counters.close()
+        await counters.aclose()
 
 
 async def test_an_unenforced_check_is_reported_but_never_stops_the_adds(
@@ -95,7 +95,7 @@ async def test_an_unenforced_check_is_reported_but_never_stops_the_adds(
         assert [o.value for o in over] == [1]
         assert [o.value for o in await counters.admit([watch], [], NOON)] == [2]  # that add was applied
     finally:
-        counters.close()
+        await counters.aclose()
 
 
 async def test_scopes_are_counted_apart(counters_factory: Factory, tmp_path: Path) -> None:
@@ -106,7 +106,7 @@ async def test_scopes_are_counted_apart(counters_factory: Factory, tmp_path: Pat
         assert await counters.admit([Check(other, 1)], [Add(other, 1)], NOON) == []
         assert await counters.admit([Check(REQUESTS, 1)], [], NOON)
     finally:
-        counters.close()
+        await counters.aclose()
 
 
 async def test_admission_is_atomic_under_concurrent_tasks(counters_factory: Factory, tmp_path: Path) -> None:
@@ -119,4 +119,4 @@ async def test_admission_is_atomic_under_concurrent_tasks(counters_factory: Fact
         requests = await counters.admit([Check(REQUESTS, 0)], [], NOON)
         assert [o.value for o in requests] == [10]  # a refused batch added none of its parts
     finally:
-        counters.close()
+        await counters.aclose()

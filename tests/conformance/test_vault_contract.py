@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 
-from interlock.policies.vault import Vault
+from interlock.policies.vault import Vault, VaultConflict
 
 
 async def test_a_committed_placeholder_round_trips(vault: Vault) -> None:
@@ -56,17 +56,40 @@ async def test_a_sessions_table_is_bounded(small_vault: Vault) -> None:
     assert len(later) == 2 and later.value("<X_1>") is None and later.value("<X_3>") == "c"
 
 
-async def test_concurrent_calls_of_a_session_agree(vault: Vault) -> None:
-    async def one_call(value: str) -> tuple[str, str]:
-        table = await vault.open("shared", create=True)
+async def test_concurrent_calls_of_a_session_agree(vault_pair: tuple[Vault, Vault]) -> None:
+    async def one_call(i: int) -> tuple[str, str]:
+        value = f"user{i % 5}@example.com"
+        vault = vault_pair[i % 2]  # calls split across two replicas
+        table = await vault.open("shared", create=True, reserve=[("EMAIL_ADDRESS", value)])
         assert table is not None
-        placeholder = table.placeholder("EMAIL_ADDRESS", value)
+        placeholder = table.placeholder("EMAIL_ADDRESS", value)  # the reserved one: nothing new issued here
         await vault.commit("shared", table)
         return value, placeholder
 
-    results = await asyncio.gather(*(one_call(f"user{i % 5}@example.com") for i in range(20)))
-    table = await vault.open("shared", create=False)
-    assert table is not None
-    for value, placeholder in results:
-        assert table.value(placeholder) == value  # every placeholder a call used is restorable
+    results = await asyncio.gather(*(one_call(i) for i in range(20)))
+    for vault in vault_pair:
+        table = await vault.open("shared", create=False)
+        assert table is not None
+        for value, placeholder in results:
+            assert table.value(placeholder) == value  # every placeholder a call used is restorable
     assert len({p for _, p in results}) == 5
+
+
+async def test_a_placeholder_never_means_two_values(vault_pair: tuple[Vault, Vault]) -> None:
+    first, second = vault_pair
+    mine = await first.open("s1", create=True)
+    theirs = await second.open("s1", create=True)
+    assert mine is not None and theirs is not None
+    used = [(mine, first, mine.placeholder("PERSON", "Ada")), (theirs, second, theirs.placeholder("PERSON", "Grace"))]
+    committed = []
+    for table, vault, placeholder in used:
+        try:
+            await vault.commit("s1", table)
+        except VaultConflict:
+            continue  # the later of two replicas that issued one number locally: refused, not remapped
+        committed.append(placeholder)
+    assert committed  # the first commit wins
+    later = await second.open("s1", create=False)
+    assert later is not None
+    values = {later.value(p) for p in committed}
+    assert len(values) == len(committed) and None not in values
