@@ -85,7 +85,9 @@ def main() -> None:
 @config_option
 @click.option("--port", type=int, default=None, help="Proxy port (overrides listen.port).")
 @click.option("--admin-port", type=int, default=None, help="Admin port (overrides admin.port).")
-@click.option("--store", "store_path", default=None, help="SQLite store path (overrides store.path).")
+@click.option(
+    "--store", "store_path", default=None, help="SQLite store path or postgresql:// URL (overrides store.path/url)."
+)
 def serve(config: str | None, port: int | None, admin_port: int | None, store_path: str | None) -> None:
     """Run the proxy (and the admin port) until SIGTERM."""
     settings = load_or_exit(config)
@@ -141,7 +143,13 @@ def apply_overrides(settings: Settings, **overrides: Any) -> Settings:
     if overrides.get("admin_port") is not None:
         data["admin"]["port"] = overrides["admin_port"]
     if overrides.get("store_path") is not None:
-        data["store"]["path"] = overrides["store_path"]
+        # `--store` names a file or a database URL; either replaces the configured store.
+        location = overrides["store_path"]
+        networked = "://" in location and not location.startswith("sqlite://")
+        data["store"]["url"] = location if networked else None
+        data["store"]["path"] = location
+    if data["store"]["url"] is not None:
+        data["store"].pop("path")  # the dump has the default path: with a URL, "both" would be refused
     for route in data["routes"].values():
         route.pop("upstream", None)
         route.pop("api_key", None)
@@ -181,7 +189,7 @@ def startup_errors(settings: Settings) -> list[SourceError]:
     if settings.policies:
         loaded = check_policies(policy_paths(settings), route_protocols(settings), settings.prices)
         errors += [SourceError(p.file, p.line, p.col, p.message) for p in loaded.errors]
-    if settings.store.enabled and os.path.exists(settings.store.path):
+    if settings.store.enabled and settings.store.url is None and os.path.exists(settings.store.path):
         try:
             open_store(settings.store, readonly=True).close()  # read only: a check writes nothing
         except StoreError as exc:

@@ -47,6 +47,14 @@ class Store(Model):
     #: Recording on or off (off: nothing is written, the admin API has no calls; for benchmarks).
     enabled: bool = True
     path: str = "./interlock.db"
+    #: A database server instead of the file: `postgresql://user@host:5432/db` (docs/store.md). Or
+    #: the environment's `INTERLOCK_STORE_URL`, which wins over the file's store location.
+    url: str | None = None
+    #: Most connections to the database server at once (the writer, the large-call and overflow
+    #: writers, retention, and the admin port's readers share them).
+    pool_size: int = Field(8, ge=1, le=1000)
+    #: Seconds to connect to the database server, and to wait for a pooled connection.
+    connect_timeout: float = Field(5.0, gt=0)
     #: `full` keeps bodies and chunks; `metadata` keeps only the narrow call row and events.
     capture: Literal["full", "metadata"] = "full"
     batch_size: int = Field(256, ge=1)
@@ -73,6 +81,27 @@ class Store(Model):
     spill_path: str | None = None
     #: Most bytes the side file may hold; calls past it are lost, counted (`lost`) and logged.
     spill_max_bytes: int = Field(1024 * 1024 * 1024, ge=0)
+
+    @field_validator("url")
+    @classmethod
+    def _database_url(cls, url: str | None) -> str | None:
+        if url is None:
+            return None
+        scheme = urlsplit(url).scheme
+        if scheme not in ("postgresql", "postgres"):
+            raise ValueError(f"{scheme or 'a URL without a scheme'}: store.url takes postgresql://user@host:5432/db")
+        return url
+
+    @model_validator(mode="after")
+    def _one_location(self) -> Store:
+        if self.url is not None and "path" in self.model_fields_set:
+            raise ValueError("give store.path (the embedded SQLite file) or store.url (a database server), not both")
+        return self
+
+    @property
+    def location(self) -> str:
+        """What `open_store` opens: the URL, else the file."""
+        return self.url or self.path
 
 
 class HttpServer(Model):
@@ -590,6 +619,7 @@ def settings_from_document(document: Document) -> Settings:
         if not isinstance(name, str) or not name or "/" in name:
             message = f"route name {name!r} must be one non-empty path segment (agents call /{name}/...)"
             raise document.error(("routes", name), f"routes: {message}")
+    data = _store_url_from_environment(data)
     try:
         settings = Settings.model_validate({**_blank_to_none(data), "source": document.file})
     except ValidationError as exc:
@@ -622,6 +652,17 @@ def _check_vault_key(document: Document, settings: Settings) -> None:
             "INTERLOCK_VAULT_KEY environment variable): 32+ characters, the same on every replica"
         )
         raise document.error(("state",), message)
+
+
+def _store_url_from_environment(data: dict[str, Any]) -> dict[str, Any]:
+    """`INTERLOCK_STORE_URL` names the store whatever the file says (a fleet's pods share one
+    config and get the database from a Secret): it replaces the file's `store.url` and `path`."""
+    url = os.environ.get("INTERLOCK_STORE_URL")
+    store = data.get("store")
+    if not url or not (store is None or isinstance(store, dict)):
+        return data
+    kept = {k: v for k, v in (store or {}).items() if k not in ("path", "url")}
+    return {**data, "store": {**kept, "url": url}}
 
 
 def _check_policy_paths(document: Document, settings: Settings) -> None:

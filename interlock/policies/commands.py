@@ -154,7 +154,9 @@ def test(
 @click.option(
     "--since", default="24h", show_default=True, help="Calls since: 15m, 2h, 3d, an ISO time, or epoch seconds."
 )
-@click.option("--store", "store_path", default=None, help="The SQLite store (default: store.path of the config).")
+@click.option(
+    "--store", "store_path", default=None, help="The store: a file or postgresql:// URL (default: the config's)."
+)
 @config_option
 @click.option(
     "--limit",

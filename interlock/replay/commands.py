@@ -81,14 +81,14 @@ def _store_path(config: str | None, store: str | None) -> str:
         return store
     from interlock.cli import load_or_exit
 
-    return load_or_exit(config).store.path
+    return load_or_exit(config).store.location
 
 
 config_option = click.option(
     "--config", "-c", type=click.Path(dir_okay=False), default=None, help="interlock.yaml (default: embedded)."
 )
 store_option = click.option(
-    "--store", "store_path", default=None, help="Store path (default: the config's store.path)."
+    "--store", "store_path", default=None, help="Store file or postgresql:// URL (default: the config's store)."
 )
 
 

@@ -1,9 +1,10 @@
 """The `Store` interface: what the recorder, the CLI, the admin API, the UI and replay may ask of a store.
 
 Every caller outside the store's own modules holds a `Store` (this protocol), never a connection
-or SQL: the embedded SQLite implementation (`interlock.tracing.store.SQLiteStore`) is one backend;
-a PostgreSQL one implements the same methods and passes the same conformance suite
-(`tests/conformance/store_suite.py`). Callers get a store from `open_store`, the one factory.
+or SQL: the embedded SQLite implementation (`interlock.tracing.store.SQLiteStore`) and the
+PostgreSQL one (`interlock.tracing.postgres.PostgresStore`) implement the same methods and pass the
+same conformance suite (`tests/conformance/test_store_contract.py`). Callers get a store from
+`open_store`, the one factory.
 
 The methods are synchronous on purpose: reads already run in worker threads (the admin port shares
 the proxy's event loop; see `ui/pages.py`), writes in the recorder's writer thread. A networked
@@ -21,8 +22,9 @@ from urllib.parse import urlsplit
 
 from interlock.tracing.call import Call
 from interlock.tracing.rows import Indexer, Record
-from interlock.tracing.schema import StoreError
+from interlock.tracing.schema import StoreError, StoreUnavailable
 from interlock.tracing.store import SQLiteStore
+from interlock.tracing.writing import Rows
 
 if TYPE_CHECKING:
     from interlock.config import Store as StoreSettings
@@ -43,6 +45,25 @@ class Store(Protocol):
 
     def add(self, call: Call, *, capture: str = "full") -> None:
         """Write one call now (tests and tools)."""
+
+    def write_rows(self, rows: Rows) -> int:
+        """The recorder's batch (`writing.Rows`, built off the loop) in one transaction; how many were new."""
+
+    def write_chunks(self, rows: Rows) -> None:
+        """Only the chunks of `rows` in one transaction: a large call is written in pieces, its other
+        rows last (`write_rows`), so it appears whole at that last commit."""
+
+    def file_problem(self) -> str | None:
+        """Why the store is no longer where it was opened (a file deleted or replaced), or None."""
+
+    def reopen(self) -> None:
+        """Open the store at its location again (after `file_problem`)."""
+
+    def migrate(self) -> tuple[int, int]:
+        """Bring the schema to this interlock's version; (the version found when opened, the version now)."""
+
+    def read_only_query(self, sql: str, params: Sequence[Any], limit: int) -> list[dict[str, Any]]:
+        """`interlock store query`: one read-only statement in the backend's own SQL, at most `limit` rows."""
 
     # -- one call --------------------------------------------------------------------------------
 
@@ -137,6 +158,9 @@ class Store(Protocol):
     def stats(self) -> dict[str, Any]:
         """`calls`, `outcomes`, `sessions`, `oldest`, `newest`, `bytes`, `bytes_used`, `schema_version`."""
 
+    @property
+    def schema_version(self) -> int: ...
+
     # -- retention and moving calls --------------------------------------------------------------
 
     def used_bytes(self) -> int: ...
@@ -173,17 +197,29 @@ class Store(Protocol):
 
 
 def open_store(target: StoreSettings | str | os.PathLike[str], *, readonly: bool = False) -> Store:
-    """The store `target` names: the `store:` settings, a file path, or a URL (`sqlite:///path`).
+    """The store `target` names: the `store:` settings, a file path, or a URL (`sqlite:///path`,
+    `postgresql://user@host:5432/db`).
 
     The one factory: every caller opens its store here, so a new backend is one branch (its URL
-    scheme). A scheme no backend handles is a StoreError that names it."""
+    scheme). A scheme no backend handles is a StoreError that names it (never the URL's password).
+    A database server that cannot be reached is a `StoreUnavailable` saying why."""
     location = str(getattr(target, "url", None) or getattr(target, "path", target))
     scheme = urlsplit(location).scheme if "://" in location else ""
     if scheme == "sqlite":
         location = location[len("sqlite://") :]
+    elif scheme in ("postgresql", "postgres"):
+        # Imported here: psycopg is the `fleet` extra, and an embedded interlock never loads it.
+        try:
+            from interlock.tracing.postgres import PostgresStore
+        except ImportError as exc:  # pragma: no cover - the fleet extra not installed
+            raise StoreError(f"{scheme}:// needs the fleet extra (pip install 'interlock[fleet]'): {exc}") from None
+        pool_size, timeout = getattr(target, "pool_size", 8), getattr(target, "connect_timeout", 5.0)
+        return PostgresStore(location, readonly=readonly, pool_size=pool_size, connect_timeout=timeout)
     elif scheme:
-        raise StoreError(f"{location.split('@')[-1]}: no store backend for {scheme}:// (this interlock has sqlite)")
+        raise StoreError(
+            f"{location.split('@')[-1]}: no store backend for {scheme}:// (this interlock has sqlite, postgresql)"
+        )
     return SQLiteStore(location, readonly=readonly)
 
 
-__all__ = ["Store", "StoreError", "open_store"]
+__all__ = ["Store", "StoreError", "StoreUnavailable", "open_store"]

@@ -38,13 +38,17 @@ def parse_time(value: str | None) -> float | None:
         raise click.BadParameter(f"{value!r}: use 15m, 2h, 3d, an ISO date/time, or epoch seconds") from None
 
 
-def open_store(store_path: str | None, config: str | None) -> Store:
+def open_store(store_path: str | None, config: str | None, *, readonly: bool = True) -> Store:
+    """The store `--store` names (a file or a database URL), else the configuration's (`store.url`
+    or `store.path`; `INTERLOCK_STORE_URL` wins over both), read-only unless asked."""
+    target: Any = store_path
     if store_path is None:
         from interlock.cli import load_or_exit
 
-        store_path = load_or_exit(config).store.path
+        target = load_or_exit(config).store
+        store_path = target.location
     try:
-        return open_backend(store_path, readonly=True)
+        return open_backend(target, readonly=readonly)
     except StoreError as exc:
         raise click.ClickException(str(exc)) from None
     except Exception as exc:  # SchemaError, a file that is not SQLite
@@ -52,7 +56,12 @@ def open_store(store_path: str | None, config: str | None) -> Store:
 
 
 store_options = [
-    click.option("--store", "store_path", default=None, help="The SQLite store (default: store.path of the config)."),
+    click.option(
+        "--store",
+        "store_path",
+        default=None,
+        help="The store: a SQLite file or a postgresql:// URL (default: the config's store.url or store.path).",
+    ),
     click.option("--config", "-c", type=click.Path(dir_okay=False), default=None, help="interlock.yaml."),
 ]
 

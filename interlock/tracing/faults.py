@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import sqlite3
+import sys
 import threading
 import time
 from collections import deque
@@ -54,6 +55,11 @@ def storage_fault(exc: BaseException) -> bool:
     """Whether `exc` is the store failing (retry later) rather than a call SQLite cannot take."""
     if isinstance(exc, StoreError | OSError):
         return True
+    psycopg = sys.modules.get("psycopg")  # loaded only with a PostgreSQL store
+    if psycopg is not None and isinstance(exc, psycopg.Error):
+        # The server gone, restarting, refusing connections or out of resources (SQLSTATE classes
+        # 08, 53, 57, 58) is OperationalError; a broken connection object is InterfaceError.
+        return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
     if not isinstance(exc, sqlite3.Error):
         return False
     code = getattr(exc, "sqlite_errorcode", None)
@@ -96,6 +102,8 @@ class Holding:
         self.fault: str | None = None
         self.since: float | None = None
         self.failures = 0  # failed writes in this episode
+        self.episodes = 0  # episodes since start (the outages metric)
+        self.fault_seconds = 0.0  # their length, the current one included once it ends
         self.retry_at = 0.0
         self.backoff = BACKOFF_FIRST
         self.lock = threading.Lock()
@@ -109,6 +117,7 @@ class Holding:
             self.fault = reason
             self.failures += 1
             if first:
+                self.episodes += 1
                 self.since = time.monotonic()
                 self.backoff = BACKOFF_FIRST
                 self.retry_at = time.monotonic() + self.backoff
@@ -134,6 +143,7 @@ class Holding:
         with self.lock:
             since, failures = self.since, self.failures
             self.fault, self.since, self.failures = None, None, 0
+            self.fault_seconds += time.monotonic() - since if since is not None else 0.0
         log.warning(
             "recording: the store %s can be written again after %.1f s (%d failed writes); %d held calls and %d"
             " from the side file written, %d lost in all",

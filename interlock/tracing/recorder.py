@@ -29,12 +29,11 @@ from typing import Any
 
 from interlock.config import Settings
 from interlock.config import Store as StoreSettings
-from interlock.tracing.backend import Store, StoreError, open_store
+from interlock.tracing.backend import Store, open_store
 from interlock.tracing.call import Call
 from interlock.tracing.faults import Holding, call_size, describe, storage_fault
-from interlock.tracing.rows import INSERT_CHUNK, Indexer
-from interlock.tracing.store import SQLiteStore
-from interlock.tracing.writing import YIELD_EVERY, Rows, insert_rows, transaction, write_records, write_rows
+from interlock.tracing.rows import Indexer
+from interlock.tracing.writing import YIELD_EVERY, Rows
 
 log = logging.getLogger("interlock.recorder")
 
@@ -47,7 +46,7 @@ class Recorder:
 
     name = "record"
 
-    def __init__(self, store: SQLiteStore, settings: StoreSettings, *, indexer: Indexer | None = None) -> None:
+    def __init__(self, store: Store, settings: StoreSettings, *, indexer: Indexer | None = None) -> None:
         self.store = store
         self.settings = settings
         self.capture = settings.capture
@@ -77,7 +76,8 @@ class Recorder:
         self.large_calls = 0
         self._large_pending: dict[Future[None], Call] = {}
         # While the store cannot be written: held calls, the side file, the episode (faults.py).
-        spill_path = settings.spill_path or store.path + ".spill"
+        # A database server's side file is a local one, beside where the SQLite file would be.
+        spill_path = settings.spill_path or (settings.path if settings.url else store.path) + ".spill"
         self.holding = Holding(store.path, settings.retry_max_bytes, spill_path, settings.spill_max_bytes)
         self._writer: threading.Thread | None = None
         self._pruner: threading.Thread | None = None
@@ -275,7 +275,7 @@ class Recorder:
         if not built:
             return False
         try:
-            write_rows(self.store.conn, rows)
+            self.store.write_rows(rows)
             with self._counting:
                 self.written += len(built)
             return True
@@ -294,7 +294,7 @@ class Recorder:
         try:
             if not self._salvage(salvaged, call):
                 raise ValueError("its rows cannot be built")
-            write_rows(self.store.conn, salvaged)
+            self.store.write_rows(salvaged)
             with self._counting:
                 self.written += 1
         except Exception as exc:
@@ -317,7 +317,7 @@ class Recorder:
             rows, built = self._rows([call])
             if not built:
                 return
-            conn, piece = self.store.conn, self.settings.large_call_bytes
+            piece = self.settings.large_call_bytes
             chunks, rows.chunks = rows.chunks, []
             start = 0
             while start < len(chunks):
@@ -325,10 +325,11 @@ class Recorder:
                 while end < len(chunks) and (size < piece or end == start):
                     size += len(chunks[end][4])
                     end += 1
-                with transaction(conn):
-                    insert_rows(conn, INSERT_CHUNK, chunks[start:end])
+                part = Rows()
+                part.chunks = chunks[start:end]
+                self.store.write_chunks(part)
                 start = end
-            write_rows(conn, rows)
+            self.store.write_rows(rows)
             with self._counting:
                 self.written += 1
                 self.large_calls += 1
@@ -409,14 +410,14 @@ class Recorder:
         """Records from the side file: a storage fault is raised (the file stays for the next try);
         a record SQLite refuses is counted and logged, and must not keep the others out."""
         try:
-            write_records(self.store.conn, records, capture=self.capture)
+            self.store.write(records, capture=self.capture)
             return
         except Exception as exc:
             if storage_fault(exc):
                 raise
         for record in records:
             try:
-                write_records(self.store.conn, [record], capture=self.capture)
+                self.store.write([record], capture=self.capture)
             except Exception as exc:
                 if storage_fault(exc):
                     raise
@@ -460,6 +461,12 @@ class Recorder:
             "large_calls": self.large_calls,
             # While the store cannot be written (faults.py): why, and the calls not in it.
             "fault": self.holding.fault,
+            "faults": self.holding.episodes,  # episodes since start (an outage of the store is one)
+            "fault_seconds": round(
+                self.holding.fault_seconds
+                + (time.monotonic() - self.holding.since if self.holding.since is not None else 0.0),
+                3,
+            ),
             "unrecorded": self.holding.unrecorded,
             "held": len(self.holding.calls),
             "spilled": self.holding.spilled,
@@ -476,9 +483,4 @@ def open_recording(settings: Settings) -> tuple[Store | None, Recorder | None]:
     if not settings.store.enabled:
         return None, None
     store = open_store(settings.store)
-    if not isinstance(store, SQLiteStore):  # pragma: no cover - the only backend today
-        # This writer's durability (large calls in pieces, the side file) is written for SQLite's
-        # connection; a networked backend brings its own writer (docs/store.md).
-        store.close()
-        raise StoreError(f"{store.path}: the recorder writes only to the embedded SQLite store")
     return store, Recorder(store, settings.store)

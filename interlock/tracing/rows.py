@@ -140,24 +140,28 @@ def narrow_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def rows_to_records(conn: sqlite3.Connection, rows: Sequence[dict[str, Any]]) -> list[Record]:
+#: Runs a query (`?` parameters) and returns its rows as tuples: a store's `rows` method.
+Fetch = Callable[[str, Sequence[Any]], Sequence[tuple[Any, ...]]]
+
+
+def rows_to_records(fetch: Fetch, rows: Sequence[dict[str, Any]]) -> list[Record]:
     """`SELECT_JOINED` rows, plus their chunks, attempts and events (three queries in all), as records."""
     if not rows:
         return []
     ids = [row["id"] for row in rows]
     marks = ", ".join("?" * len(ids))
     chunks: dict[str, tuple[list[Any], list[Any]]] = {i: ([], []) for i in ids}
-    for call_id, side, t_ms, data in conn.execute(
+    for call_id, side, t_ms, data in fetch(
         f"SELECT call_id, side, t_ms, data FROM chunks WHERE call_id IN ({marks}) ORDER BY call_id, side, seq", ids
     ):
         chunks[call_id][side].append((t_ms, data))
     attempts: dict[str, list[Any]] = {i: [] for i in ids}
-    for call_id, data in conn.execute(
+    for call_id, data in fetch(
         f"SELECT call_id, data FROM attempts WHERE call_id IN ({marks}) ORDER BY call_id, seq", ids
     ):
         attempts[call_id].append(json.loads(data))
     events: dict[str, tuple[list[Any], list[Any]]] = {i: ([], []) for i in ids}
-    for call_id, kind, data in conn.execute(
+    for call_id, kind, data in fetch(
         f"SELECT call_id, kind, data FROM events WHERE call_id IN ({marks}) ORDER BY call_id, seq", ids
     ):
         events[call_id][0 if kind == "decision" else 1].append(json.loads(data))

@@ -149,6 +149,10 @@ class StoreError(Exception):
     """The store cannot do what was asked (bad query, unreadable file). Re-exported by `store`."""
 
 
+class StoreUnavailable(StoreError):
+    """The store cannot be reached now (a database server down or unreachable): retry later."""
+
+
 class SchemaError(StoreError):
     """The database cannot be used by this version of interlock."""
 

@@ -10,21 +10,23 @@ is documented in `interlock/tracing/schema.py`.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import sqlite3
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from interlock.tracing.call import Call
 from interlock.tracing.reads import Reads, fts_query, where_clause
 from interlock.tracing.rows import (
     CHILD_TABLES,
+    INSERT_CHUNK,
     LIST_COLUMNS,
     Indexer,
     Record,
@@ -38,7 +40,7 @@ from interlock.tracing.schema import (
     schema_version,
 )
 from interlock.tracing.transfer import copy_calls
-from interlock.tracing.writing import transaction, write_records
+from interlock.tracing.writing import Rows, insert_rows, transaction, write_records, write_rows
 
 if TYPE_CHECKING:
     import sqlite_utils
@@ -93,6 +95,8 @@ class SQLiteStore(Reads):
         self._stale: list[sqlite3.Connection] = []  # connections to a file that was deleted or replaced
         self._identity: tuple[int, int] | None = None
         self._version = SCHEMA_VERSION  # a read-only file's own version, learnt on opening it
+        #: The schema version the file had when this store opened it (before migrating it).
+        self.found_version = SCHEMA_VERSION
         if readonly:
             if not Path(self.path).exists():
                 raise StoreError(f"{self.path}: no such store")
@@ -109,7 +113,7 @@ class SQLiteStore(Reads):
                 self._version = version
                 compat_views(conn, version)  # this first connection was opened before the version was known
             else:
-                migrate(conn, self.path)
+                self.found_version = migrate(conn, self.path)
                 self._identity = _file_identity(self.path)
         except sqlite3.DatabaseError as exc:
             self.close()
@@ -214,6 +218,28 @@ class SQLiteStore(Reads):
         """Write one call now (tests and tools; the proxy writes through the Recorder)."""
         self.write([call.to_record()], capture=capture)
 
+    def write_rows(self, rows: Rows) -> int:
+        """A batch's rows (`writing.Rows`) in one transaction; returns how many calls were new."""
+        return write_rows(self.conn, rows)
+
+    def write_chunks(self, rows: Rows) -> None:
+        """Only the chunks of `rows`, in one transaction (a large call written in pieces)."""
+        with transaction(self.conn):
+            insert_rows(self.conn, INSERT_CHUNK, rows.chunks)
+
+    def migrate(self) -> tuple[int, int]:
+        """Bring the file to this interlock's schema (opening it already did); (before, after)."""
+        migrate(self.conn, self.path)
+        return self.found_version, SCHEMA_VERSION
+
+    def read_only_query(self, sql: str, params: Sequence[Any], limit: int) -> list[dict[str, Any]]:
+        """`interlock store query`: SQLite's SQL through sqlite-utils, `?` for each parameter; at most
+        `limit` rows. Open the store read-only for it (`mode=ro`: SQLite refuses a write)."""
+        try:
+            return list(itertools.islice(self.db.query(sql, list(params)), limit))
+        except sqlite3.Error as exc:
+            raise StoreError(f"the query failed: {exc}") from None
+
     # -- retention -------------------------------------------------------------------------------
 
     def used_bytes(self) -> int:
@@ -282,23 +308,8 @@ class SQLiteStore(Reads):
     ) -> int:
         """Write the matching calls to a new self-contained SQLite file (same schema, no WAL file
         beside it), replacing `dest_path` atomically. Returns how many calls it holds."""
-        dest = Path(dest_path)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=dest.name + ".", suffix=".tmp", dir=dest.parent)
-        os.close(fd)
-        os.unlink(tmp)
-        try:
-            with SQLiteStore(tmp) as out:
-                where, params = where_clause("s.", session=session, since=since, until=until, agent=agent)
-                count = copy_calls(out.conn, self.path, " AND ".join(where), params)
-                out.conn.executescript("PRAGMA incremental_vacuum;")  # execute() would free one page per call
-                out.conn.execute("PRAGMA journal_mode = DELETE")
-            os.replace(tmp, dest)
-        finally:
-            for leftover in (tmp, tmp + "-wal", tmp + "-shm", tmp + "-journal"):
-                if os.path.exists(leftover):
-                    os.unlink(leftover)
-        return count
+        where, params = where_clause("s.", session=session, since=since, until=until, agent=agent)
+        return write_bundle(dest_path, lambda out: copy_calls(out.conn, self.path, " AND ".join(where), params))
 
     def import_from(self, path: str | os.PathLike[str]) -> int:
         """Add the calls of another store file (an export, a bundle); ids already here are skipped."""
@@ -310,7 +321,29 @@ class SQLiteStore(Reads):
         return copy_calls(self.conn, source, "1", [])
 
 
+def write_bundle(dest_path: str | os.PathLike[str], fill: Callable[[SQLiteStore], int]) -> int:
+    """A new self-contained SQLite file at `dest_path` (same schema, no WAL file beside it) holding
+    what `fill` writes into it, replacing `dest_path` atomically; returns `fill`'s count. Every
+    backend's `export` makes its bundle here: a bundle is a SQLite file whatever wrote it."""
+    dest = Path(dest_path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=dest.name + ".", suffix=".tmp", dir=dest.parent)
+    os.close(fd)
+    os.unlink(tmp)
+    try:
+        with SQLiteStore(tmp) as out:
+            count = fill(out)
+            out.conn.executescript("PRAGMA incremental_vacuum;")  # execute() would free one page per call
+            out.conn.execute("PRAGMA journal_mode = DELETE")
+        os.replace(tmp, dest)
+    finally:
+        for leftover in (tmp, tmp + "-wal", tmp + "-shm", tmp + "-journal"):
+            if os.path.exists(leftover):
+                os.unlink(leftover)
+    return count
+
+
 #: The embedded backend under its former name (this backend's tests build it by path).
 Store = SQLiteStore
 
-__all__ = ["LIST_COLUMNS", "Reads", "SQLiteStore", "Store", "StoreError", "fts_query"]
+__all__ = ["LIST_COLUMNS", "Reads", "SQLiteStore", "Store", "StoreError", "fts_query", "write_bundle"]

@@ -1,23 +1,23 @@
-"""`interlock store query`: ad-hoc, read-only SQL over the embedded store, through sqlite-utils.
+"""`interlock store query` and `interlock store migrate`: a person's direct access to the store.
 
-The store's own readers go through the `Store` interface (`backend.py`); this command is for a
-person with a question the UI does not answer ("which agents called gpt-4o yesterday?"). It opens
-the file read-only (`mode=ro`: a write statement is refused by SQLite) and prints at most `--limit`
-rows: a tab-separated table, or one JSON object a line with `--json`. The schema is in docs/store.md.
+The store's own readers go through the `Store` interface (`backend.py`); `query` is for a person
+with a question the UI does not answer ("which agents called gpt-4o yesterday?"), in the backend's
+own SQL (`Store.read_only_query`): SQLite's through sqlite-utils on the file opened read-only
+(`mode=ro`: a write statement is refused by SQLite), PostgreSQL's in a READ ONLY transaction. It
+prints at most `--limit` rows: a tab-separated table, or one JSON object a line with `--json`. The
+schema is in docs/store.md. `migrate` applies the schema migrations (`serve` does at start).
 """
 
 from __future__ import annotations
 
 import base64
-import itertools
 import json
-import sqlite3
 from typing import Any
 
 import click
 
+from interlock.tracing.backend import StoreError
 from interlock.tracing.commands import open_store, with_store
-from interlock.tracing.store import SQLiteStore
 
 
 def _plain(value: Any) -> Any:
@@ -32,7 +32,7 @@ def _plain(value: Any) -> Any:
 
 @click.group("store")
 def store() -> None:
-    """Ask the store directly (the embedded SQLite file)."""
+    """Ask the store directly (a SQLite file or a PostgreSQL database)."""
 
 
 @store.command("query")
@@ -45,19 +45,14 @@ def query(
     sql: str, params: tuple[str, ...], limit: int, as_json: bool, store_path: str | None, config: str | None
 ) -> None:
     """Run one read-only SQL statement, e.g. `interlock store query "SELECT agent, count(*) FROM calls GROUP BY agent"`."""
-    opened = open_store(store_path, config)
-    try:
-        if not isinstance(opened, SQLiteStore):  # pragma: no cover - the only backend today
-            raise click.ClickException("store query reads the embedded SQLite store only")
+    with open_store(store_path, config) as opened:
         try:
-            rows = list(itertools.islice(opened.db.query(sql, list(params)), limit))
-        except sqlite3.Error as exc:
-            raise click.ClickException(f"the query failed: {exc}") from None
-    finally:
-        opened.close()
+            rows = opened.read_only_query(sql, params, limit)
+        except StoreError as exc:
+            raise click.ClickException(str(exc)) from None
     if as_json:
         for row in rows:
-            click.echo(json.dumps({k: _plain(v) for k, v in row.items()}, ensure_ascii=False))
+            click.echo(json.dumps({k: _plain(v) for k, v in row.items()}, ensure_ascii=False, default=str))
         return
     if not rows:
         click.echo("(no rows)")
@@ -65,6 +60,22 @@ def query(
     click.echo("\t".join(rows[0]))
     for row in rows:
         click.echo("\t".join("" if v is None else str(_plain(v)) for v in row.values()))
+
+
+@store.command("migrate")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (for machines).")
+@with_store
+def migrate(as_json: bool, store_path: str | None, config: str | None) -> None:
+    """Create the store, or bring its schema to this interlock's version (`serve` does it at start)."""
+    with open_store(store_path, config, readonly=False) as opened:
+        before, after = opened.migrate()
+        where = opened.path
+    if as_json:
+        click.echo(json.dumps({"store": where, "from": before, "to": after}))
+    elif before == after:
+        click.echo(f"{where}: schema version {after}, nothing to do")
+    else:
+        click.echo(f"{where}: schema version {before} → {after}")
 
 
 __all__ = ["store"]

@@ -44,7 +44,7 @@ MAX_ROWS = 128
 _statements: dict[tuple[str, int], str] = {}
 
 
-def _statement(single: str, rows: int) -> str:
+def multi_row(single: str, rows: int) -> str:
     """`single` (an INSERT of one row) made to insert `rows` rows."""
     key = (single, rows)
     sql = _statements.get(key)
@@ -54,6 +54,17 @@ def _statement(single: str, rows: int) -> str:
     return sql
 
 
+def row_groups(total: int, limit: int) -> Iterator[tuple[int, int]]:
+    """(start, size) of the multi-row statements that insert `total` rows, at most `limit` a statement:
+    sizes are powers of two, so few distinct statements are ever prepared."""
+    start = 0
+    while start < total:
+        size = min(limit, total - start)
+        size = 1 << (size.bit_length() - 1)  # the largest power of two that fits
+        yield start, size
+        start += size
+
+
 def insert_rows(conn: sqlite3.Connection, single: str, rows: Sequence[tuple[Any, ...]]) -> None:
     """Insert `rows` with the one-row INSERT statement `single`, as few multi-row statements."""
     if not rows:
@@ -61,15 +72,11 @@ def insert_rows(conn: sqlite3.Connection, single: str, rows: Sequence[tuple[Any,
     width = len(rows[0])
     # SQLite caps the parameters of one statement (32,766 since 3.32; 999 before).
     limit = max(1, min(MAX_ROWS, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // width))
-    start, total = 0, len(rows)
-    while start < total:
-        size = min(limit, total - start)
-        size = 1 << (size.bit_length() - 1)  # the largest power of two that fits
+    for start, size in row_groups(len(rows), limit):
         if size == 1:
             conn.execute(single, rows[start])
         else:
-            conn.execute(_statement(single, size), list(chain.from_iterable(rows[start : start + size])))
-        start += size
+            conn.execute(multi_row(single, size), list(chain.from_iterable(rows[start : start + size])))
 
 
 class Rows:
@@ -259,7 +266,8 @@ def _cut_bodies(
 
 def _utf8(value: Any) -> Any:
     if isinstance(value, str):
-        return value.encode("utf-8", "replace").decode("utf-8")
+        # NUL too: PostgreSQL's text cannot hold it (SQLite's can, and never needs this salvage for it).
+        return value.encode("utf-8", "replace").decode("utf-8").replace("\x00", "\ufffd")
     return value
 
 

@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from interlock.tracing.backend import Store, StoreError
+from interlock.tracing.backend import Store, StoreError, StoreUnavailable
 from interlock.tracing.call import OUTCOMES
 from interlock.tracing.views import call_detail
 
@@ -63,6 +63,8 @@ async def _with_store(request: Request, read: Callable[[Store], Any]) -> Respons
         result = await run_in_threadpool(read, store)
     except BadParameter as exc:
         return _error(400, "bad_parameter", str(exc))
+    except StoreUnavailable as exc:  # a database server down: the reader may retry
+        return _error(503, "store_unavailable", str(exc))
     except StoreError as exc:
         return _error(400, "bad_query", str(exc))
     if isinstance(result, Response):

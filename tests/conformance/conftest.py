@@ -15,17 +15,23 @@ from interlock.policies.vault import Vault, open_vault
 from interlock.tracing.backend import Store, open_store
 
 
-def _sqlite_store(tmp_path: Path) -> Store:
+def _sqlite_store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
     return open_store(tmp_path / "conformance.db")
 
 
-#: name → a factory of a fresh, empty store (a PostgreSQL backend: a fresh schema in a test database).
-STORE_BACKENDS = {"sqlite": _sqlite_store}
+def _postgres_store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    # A fresh database per test on the session's one server (tests/servers.py).
+    server = request.getfixturevalue("postgres_server")
+    return open_store(server.database(f"conformance_{abs(hash(tmp_path.name)):x}"))
+
+
+#: name → a factory of a fresh, empty store.
+STORE_BACKENDS = {"sqlite": _sqlite_store, "postgres": _postgres_store}
 
 
 @pytest.fixture(params=sorted(STORE_BACKENDS))
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    backend = STORE_BACKENDS[request.param](tmp_path)
+    backend = STORE_BACKENDS[request.param](request, tmp_path)
     try:
         yield backend
     finally:

@@ -198,8 +198,43 @@ def test_threads_share_one_store(store: Store) -> None:
 
 
 def test_open_store_refuses_a_scheme_no_backend_handles(tmp_path: Path) -> None:
-    with pytest.raises(StoreError, match="postgresql") as refused:
-        open_store("postgresql://user:secret@db/interlock")
+    with pytest.raises(StoreError, match="mysql") as refused:
+        open_store("mysql://user:secret@db/interlock")
     assert "secret" not in str(refused.value)  # a URL's password never reaches a message
     with open_store(f"sqlite://{tmp_path / 'by-url.db'}") as by_url:
         assert by_url.count_calls() == 0
+
+
+def test_search_syntax_means_the_same_on_every_backend(store: Store) -> None:
+    keeper = make_call(
+        session="coast",
+        request_body=b'{"model":"gpt-4o","messages":[{"role":"user","content":"who is the lighthouse keeper?"}]}',
+    )
+    baker = make_call(
+        request_body=b'{"model":"gpt-4o","messages":[{"role":"user","content":"bake bread"}]}',
+        response_body=b'{"choices":[{"message":{"role":"assistant","content":"knead it"}}]}',
+    )
+    store.write([keeper.to_record(), baker.to_record()])
+
+    def found(q: str) -> set[str]:
+        return {r["id"] for r in store.list_calls(q=q)}
+
+    assert found('"lighthouse keeper"') == {keeper.id}  # a phrase
+    assert found('"keeper lighthouse"') == set()  # in that order only
+    assert found("lighthouse OR knead") == {keeper.id, baker.id}
+    assert found("bread NOT lighthouse") == {baker.id}
+    assert found("light*") == {keeper.id}  # a prefix
+    assert found("Lighthouse, keeper!") == {keeper.id}  # punctuation is no syntax error
+    assert [s["session"] for s in store.sessions(q="keeper")] == ["coast"]
+    for malformed in ('"unterminated', "(lighthouse", "AND"):
+        with pytest.raises(StoreError):
+            store.list_calls(q=malformed)
+
+
+def test_text_any_engine_refuses_is_still_recorded(store: Store) -> None:
+    # JSON's \u0000 escape decodes to NUL in the indexed text (PostgreSQL's text cannot hold it):
+    # the call is recorded all the same, its body exactly.
+    call = make_call(request_body=b'{"model":"gpt-4o","messages":[{"role":"user","content":"nul\\u0000here"}]}')
+    store.write([call.to_record()])
+    back = store.get_call(call.id)
+    assert back is not None and back.request_body == call.request_body
