@@ -223,6 +223,9 @@ class Call:
     error: str | None = None
     error_code: str | None = None
     truncated: bool = False
+    #: A stream that broke after bytes reached the agent was continued by another target and spliced
+    #: into the same answer (`stream_rescue`, docs/routing.md); `meta["rescue"]` says where and how.
+    rescued: bool = False
     decisions: list[Decision] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
     attempts: list[Attempt] = field(default_factory=list)
@@ -300,6 +303,7 @@ class Call:
             "error": self.error,
             "error_code": self.error_code,
             "truncated": self.truncated,
+            "rescued": self.rescued,
             "decisions": [_plain(d) for d in self.decisions],
             "findings": [_plain(f) for f in self.findings],
             "attempts": [_plain(a) for a in self.attempts],
@@ -363,6 +367,7 @@ _SIMPLE_FIELDS = frozenset(
         "error",
         "error_code",
         "truncated",
+        "rescued",
         "input_tokens",
         "output_tokens",
         "ttfb_ms",

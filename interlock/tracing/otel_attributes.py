@@ -109,6 +109,8 @@ def describe_call(call: Call, *, capture_content: bool = False, content_max_char
         attrs[error_attributes.ERROR_TYPE] = metric[error_attributes.ERROR_TYPE] = error_type
     if call.truncated:
         attrs["interlock.truncated"] = True
+    if call.rescued:
+        attrs["interlock.rescued"] = True
     if len(call.attempts) > 1:
         attrs["interlock.attempts"] = len(call.attempts)
     operation = OPERATIONS.get(view.operation) if view is not None else None

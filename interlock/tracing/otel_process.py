@@ -88,6 +88,7 @@ def to_wire(call: Call, capture_content: bool) -> tuple[Any, ...]:
         call.error,
         call.error_code,
         call.truncated,
+        call.rescued,
         [(d.stage, d.action, d.rule, d.reason, d.t_ms) for d in call.decisions],
         [(f.entity, f.where, f.start, f.end, f.score, f.action) for f in call.findings],  # never the value
         [
@@ -133,6 +134,7 @@ def from_wire(data: tuple[Any, ...]) -> Call:
         error,
         error_code,
         truncated,
+        rescued,
         decisions,
         findings,
         attempts,
@@ -156,6 +158,7 @@ def from_wire(data: tuple[Any, ...]) -> Call:
     call.chunks = [Chunk(t, d) for t, d in chunks]
     call.agent_chunks = None if agent_chunks is None else [Chunk(t, d) for t, d in agent_chunks]
     call.outcome, call.error, call.error_code, call.truncated = outcome, error, error_code, truncated
+    call.rescued = rescued
     call.decisions = [Decision(s, a, r, reason, t_ms=t) for s, a, r, reason, t in decisions]
     call.findings = [Finding(e, w, s, end, score, action) for e, w, s, end, score, action in findings]
     call.attempts = [Attempt(*a) for a in attempts]  # to_wire writes Attempt's fields in their order

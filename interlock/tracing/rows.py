@@ -42,6 +42,7 @@ LIST_COLUMNS = (
     "attempt_count",
     "upstream",
     "truncated",
+    "rescued",
     "capture",
     "size",
     "workflow",
@@ -54,7 +55,7 @@ _CALL_COLUMNS = (
     "parent_span_id",
     "meta",
 )
-BOOL_COLUMNS = ("stream", "truncated")
+BOOL_COLUMNS = ("stream", "truncated", "rescued")
 # to_record keys that have a home in the schema; anything else goes to `bodies.extra`.
 _KNOWN_KEYS = frozenset(
     {
@@ -260,6 +261,7 @@ def record_rows(
             len(get("attempts") or ()),
             get("upstream"),
             1 if get("truncated") else 0,
+            1 if get("rescued") else 0,
             "full" if full else "metadata",
             size,
             get("workflow"),

@@ -24,6 +24,8 @@ calls_fts  FTS5 index over the request and response text (rowid = calls.seq).
 Version 2: `calls.workflow`, the multi-agent workflow a call belongs to (docs/workflows.md), indexed
 with `id` as `session` is. A file of version 1 opened read-only (an old bundle) is read through
 `compat_views`, which shows the column as NULL.
+Version 3: `calls.rescued`, a stream continued by another target after a break (issue 21,
+`stream_rescue`); an older read-only file shows it as 0 through `compat_views`.
 """
 
 from __future__ import annotations
@@ -132,17 +134,29 @@ def _v2(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX calls_workflow ON calls (workflow, id)")
 
 
+def _v3(conn: sqlite3.Connection) -> None:
+    # A stream continued by another target after a break (issue 21, `stream_rescue`): a column, so
+    # the UI and `interlock calls` can list and filter rescued calls without reading `meta`.
+    conn.execute("ALTER TABLE calls ADD COLUMN rescued INTEGER NOT NULL DEFAULT 0")
+
+
 #: MIGRATIONS[i] takes the schema from version i to i + 1.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1, _v2]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1, _v2, _v3]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
 def compat_views(conn: sqlite3.Connection, version: int) -> None:
     """Let a read-only connection to an older file read it as this version: a TEMP view named like
-    the table shadows it (unqualified names look in `temp` first), with the columns it lacks as NULL.
+    the table shadows it (unqualified names look in `temp` first), with the columns it lacks as NULL (or 0 for a flag).
     The file itself is never changed (a bundle may be read-only, or someone else's evidence)."""
-    if version < 2:
-        conn.execute("CREATE TEMP VIEW IF NOT EXISTS calls AS SELECT *, NULL AS workflow FROM main.calls")
+    missing = [column for since, column in _ADDED_COLUMNS if version < since]
+    if missing:
+        extra = ", ".join(missing)
+        conn.execute(f"CREATE TEMP VIEW IF NOT EXISTS calls AS SELECT *, {extra} FROM main.calls")
+
+
+#: Columns of `calls` added after version 1: (the version that added it, how an older file shows it).
+_ADDED_COLUMNS = ((2, "NULL AS workflow"), (3, "0 AS rescued"))
 
 
 class StoreError(Exception):

@@ -162,6 +162,7 @@ class Rows:
                 len(call.attempts),
                 call.upstream,
                 1 if call.truncated else 0,
+                1 if call.rescued else 0,
                 "full" if full else "metadata",
                 size,
                 call.workflow,

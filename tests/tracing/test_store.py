@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from interlock.tracing.call import Attempt, Call, Chunk, Decision, Finding, new_id
-from interlock.tracing.schema import SCHEMA_VERSION, SchemaError
+from interlock.tracing.schema import MIGRATIONS, SCHEMA_VERSION, SchemaError
 from interlock.tracing.store import Store, StoreError, fts_query
 
 
@@ -48,6 +48,7 @@ def full_call() -> Call:
         error="boom",
         error_code="http_500",
         truncated=True,
+        rescued=True,
         input_tokens=11,
         output_tokens=7,
         ttfb_ms=12.5,
@@ -281,6 +282,27 @@ def test_schema_is_versioned(tmp_path: Path) -> None:
     conn.close()
     with pytest.raises(SchemaError, match="not an interlock store"):
         Store(foreign)
+
+
+def test_a_version_1_store_is_migrated_with_its_calls_kept(tmp_path: Path) -> None:
+    path = tmp_path / "v1.db"
+    conn = sqlite3.connect(path)
+    MIGRATIONS[0](conn)  # the store as version 1 left it, with a call written then
+    conn.execute("PRAGMA user_version = 1")
+    conn.execute(
+        "INSERT INTO calls (id, agent, route, protocol, method, path, outcome, started_at)"
+        " VALUES ('old', 'a', 'openai', 'openai', 'POST', '/chat/completions', 'ok', 1.0)"
+    )
+    conn.commit()
+    conn.close()
+    with Store(path) as store:
+        assert store.schema_version == SCHEMA_VERSION
+        old = store.get_call("old")
+        assert old is not None and old.rescued is False
+        call = full_call()
+        store.add(call)
+        got = store.get_call(call.id)
+        assert got is not None and got.rescued is True
 
 
 def test_a_file_that_is_not_sqlite_is_a_clear_error(tmp_path: Path) -> None:

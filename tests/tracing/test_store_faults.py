@@ -113,11 +113,12 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 def fill(disk: Path) -> Path:
     filler = disk / "filler"
-    with filler.open("wb") as out:
+    # Unbuffered: a buffered file keeps the part of its last write that did not fit and tries it
+    # again on close, raising ENOSPC out of the `with` (seen when the store's size moved a little).
+    with filler.open("wb", buffering=0) as out:
         try:
             while True:
                 out.write(b"\0" * 65536)
-                out.flush()
         except OSError as full:
             assert full.errno == errno.ENOSPC, full  # written until the disk is full, and only that
     return filler

@@ -122,7 +122,7 @@ def test_a_malformed_search_is_a_store_error_for_calls_and_sessions(store: Store
 
 
 def test_narrow_rows_everywhere_have_bools(store: Store) -> None:
-    call = make_call(session="s", stream=True, truncated=True)
+    call = make_call(session="s", stream=True, truncated=True, rescued=True)
     store.write([call.to_record()])
     rows, _ = store.written_since(0)
     session = store.session("s")
@@ -135,8 +135,10 @@ def test_narrow_rows_everywhere_have_bools(store: Store) -> None:
         store.session_calls("s")[0],
     ):
         assert row is not None and set(row) == {*LIST_COLUMNS, *LIST_EXTRAS}
-        assert row["stream"] is True and row["truncated"] is True
-    assert narrow_rows([{"stream": 0, "truncated": 1}]) == [{"stream": False, "truncated": True}]
+        assert row["stream"] is True and row["truncated"] is True and row["rescued"] is True
+    assert narrow_rows([{"stream": 0, "truncated": 1, "rescued": 0}]) == [
+        {"stream": False, "truncated": True, "rescued": False}
+    ]
 
 
 def test_session_calls_pages_in_start_order(store: Store) -> None:
