@@ -15,6 +15,7 @@ load is proxied rather than refused (the same rule is still evaluated on every c
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import tempfile
 import time
@@ -48,7 +49,8 @@ def manifest_config(
         (policies / name).write_text(yaml.safe_dump(document))
     config["listen"] = {"host": "127.0.0.1", "port": harness.free_port()}
     config["admin"] = {"host": "127.0.0.1", "port": harness.free_port()}
-    config["store"] = {"url": store_url} if store_url else {"path": str(workdir / "interlock.db")}
+    kept = {name: value for name, value in config["store"].items() if name not in ("url", "path")}
+    config["store"] = {**kept, **({"url": store_url} if store_url else {"path": str(workdir / "interlock.db")})}
     if state_url:
         config["state"] = {**config["state"], "url": state_url, "vault_key": "bench-" + "0" * 26}
     else:
@@ -68,8 +70,31 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="seconds per wrk run")
     parser.add_argument("--store-url", help="a PostgreSQL URL (default: the SQLite store)")
     parser.add_argument("--state-url", help="a Redis URL (default: in-process state)")
+    parser.add_argument(
+        "--servers", action="store_true", help="start a throwaway PostgreSQL and Redis (tests/servers.py) and use them"
+    )
     args = parser.parse_args()
-    out: dict[str, Any] = {"manifest": str(args.manifest), "busy_before": round(harness.quiet_cpu(1.0), 2)}
+    with contextlib.ExitStack() as stack:
+        if args.servers:
+            # The suite's own throwaway servers (Debian's packages, `make servers`), as the pods' would be.
+            from tests.servers import PostgresServer, RedisServer
+
+            root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-servers-")))
+            postgres = PostgresServer(root / "postgres")
+            stack.callback(postgres.stop)
+            redis = RedisServer(root / "redis")
+            stack.callback(redis.stop)
+            args.store_url, args.state_url = postgres.database("bench"), redis.url
+        measure(args)
+
+
+def measure(args: argparse.Namespace) -> None:
+    out: dict[str, Any] = {
+        "manifest": str(args.manifest),
+        "store": "postgresql" if args.store_url else "sqlite",
+        "state": "redis" if args.state_url else "in-process",
+        "busy_before": round(harness.quiet_cpu(1.0), 2),
+    }
     with harness.scripted_upstream() as upstream, tempfile.TemporaryDirectory() as tmp:
         config = manifest_config(args.manifest, f"{upstream.url}/v1", Path(tmp), args.store_url, args.state_url)
         with harness.interlock(config) as proc:
