@@ -7,6 +7,7 @@ environment the manifest gives the container, and loads into the settings the en
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -17,6 +18,10 @@ from typing import Any
 import pytest
 import yaml
 from kubernetes_validate import utils as kubernetes
+
+from interlock.config import load_settings
+from interlock.policies.stage import policy_paths
+from interlock.yamlsource import SourceError
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -221,6 +226,54 @@ def test_every_secret_reference_names_a_key_of_the_example_secret() -> None:
                     assert ref["name"] == secret["metadata"]["name"] and ref["key"] in keys, entry
 
 
+@pytest.mark.parametrize("manifest", ["shared.yaml", "sidecar.yaml"])
+def test_the_embedded_config_passes_config_check_with_the_pods_environment(manifest: str, tmp_path: Path) -> None:
+    path = KUBERNETES / manifest
+    (deployment,) = of_kind("Deployment", path)
+    config = lay_out_config(path, tmp_path)
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    env = container_environment(interlock_container(deployment), labels)
+    checked = config_check(config, env)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    answer = json.loads(checked.stdout)
+    assert answer["ok"] is True and answer["warnings"] == []
+
+
+@pytest.mark.parametrize("manifest", ["shared.yaml", "sidecar.yaml"])
+def test_the_environment_the_manifest_sets_is_what_interlock_reads(
+    manifest: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The variable names are real: each value given lands in the setting it is meant for."""
+    path = KUBERNETES / manifest
+    (deployment,) = of_kind("Deployment", path)
+    config = lay_out_config(path, tmp_path)
+    container = interlock_container(deployment)
+    env = container_environment(container, deployment["spec"]["template"]["metadata"]["labels"])
+    for name in [n for n in os.environ if n.startswith("INTERLOCK_")]:
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    settings = load_settings(config)
+    assert settings.store.url == SECRET_VALUES["store-url"]
+    state = settings.state.resolved()
+    assert state.url == SECRET_VALUES["state-url"] and state.vault_key == SECRET_VALUES["vault-key"]
+    assert settings.admin.token == SECRET_VALUES["admin-token"]
+    assert settings.routes["openai"].api_key == SECRET_VALUES["openai-api-key"]
+    assert settings.routes["anthropic"].api_key == SECRET_VALUES["anthropic-api-key"]
+    assert settings.policies and all((Path(p) / "fleet.yaml").is_file() for p in policy_paths(settings))
+    # INTERLOCK_SERVE_CONFIG is `serve --config`'s own variable (docs: every flag is one).
+    from interlock.cli import main
+
+    serve = main.get_command(None, "serve")  # type: ignore[arg-type]
+    assert serve is not None
+    assert "INTERLOCK_SERVE_CONFIG" in {p.envvar for p in serve.params}
+    assert container["args"] == ["serve"]
+    # Fail closed: a pod whose Secret lacks the store's URL does not start on some other store.
+    monkeypatch.delenv("INTERLOCK_STORE_URL")
+    with pytest.raises(SourceError, match="INTERLOCK_STORE_URL"):
+        load_settings(config)
+
+
 # -- compose --------------------------------------------------------------------------------------
 
 COMPOSE = DEPLOY / "compose.yaml"
@@ -311,3 +364,17 @@ def test_compose_takes_every_credential_from_the_env_file_and_refuses_without_it
     with pytest.raises(LookupError):
         interpolate(services["interlock-a"]["environment"]["INTERLOCK_STORE_URL"], {})
     assert ".env" in (ROOT / ".gitignore").read_text()
+
+
+def test_compose_config_passes_config_check_with_the_services_environment(tmp_path: Path) -> None:
+    filled = {name: "x" * 40 for name in env_example()}
+    service = compose_services()["interlock-a"]
+    env = {name: interpolate(str(value), filled) for name, value in service["environment"].items()}
+    assert env["INTERLOCK_STORE_URL"] == f"postgresql://interlock:{'x' * 40}@postgres:5432/interlock"
+    config = tmp_path / "interlock.yaml"
+    config.write_text((DEPLOY / "interlock.yaml").read_text())
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "fleet.yaml").write_text((DEPLOY / "policies" / "fleet.yaml").read_text())
+    checked = config_check(config, env)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert json.loads(checked.stdout)["ok"] is True
