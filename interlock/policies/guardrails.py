@@ -167,6 +167,27 @@ class _CallState:
     vault_open: bool = False
 
 
+class Unreachable(SessionVault):
+    """The table of a session whose vault is out of reach, for a call with nothing to redact: the
+    call goes on, and its response is refused (or its stream ended) only if it holds a placeholder
+    that would need restoring: `missed` is the first one asked for."""
+
+    __slots__ = ("missed", "reason")
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(0)
+        self.missed: str | None = None
+        self.reason = reason
+
+    def __len__(self) -> int:
+        return 1  # "may hold placeholders": the response is read for them
+
+    def value(self, placeholder: str) -> str | None:
+        if self.missed is None:
+            self.missed = placeholder
+        return None
+
+
 class Guardrails:
     """The stage. Actions come from `call.guardrails` (set by the policy stage) or the config."""
 
@@ -385,12 +406,21 @@ class Guardrails:
     async def request(self, call: Call) -> None:
         try:
             await self._request(call)
-            if call.reply is not None:
-                return
-            vault = await self.session_vault(call, create=False)
-        except (StateUnavailable, VaultConflict) as exc:
+        except (StateUnavailable, VaultConflict) as exc:  # values to store: refused, none leaks upstream
             self.vault_refused(call, exc)
             return
+        if call.reply is not None:
+            return
+        try:
+            vault = await self.session_vault(call, create=False)
+        except StateUnavailable as exc:
+            # Nothing to store: the call goes on, and is refused only if its response holds a
+            # placeholder (`Unreachable`), so an outage stops only the calls that need the vault.
+            state = self.state(call)
+            vault = state.vault = Unreachable(str(exc))
+            state.vault_open = True
+            reason = f"the redaction vault cannot be read ({exc}): a response holding a placeholder is refused"
+            call.decide(Decision("guardrails", "error", None, reason))
         # What must read the response: the proxy fails the call closed when it cannot (issue 16).
         actions = self.actions(call)
         if actions is not None and actions.response:
@@ -525,6 +555,9 @@ class Guardrails:
             reply = adapter.error_reply(403, "pii_blocked", message, retryable=False)
             call.answer(reply, "blocked", "pii_blocked", message)
             return
+        if isinstance(vault, Unreachable) and vault.missed is not None:
+            self.vault_refused(call, StateUnavailable(f"{vault.reason}; the response holds {vault.missed}"))
+            return
         if changed and state is not None:
             call.agent_response_body = dump_body(data)
             state.restored = True
@@ -542,7 +575,18 @@ class Guardrails:
         if state.cut is not None:  # ended unscanned (fail closed): the error event once, then nothing
             out, state.cut = state.cut, b""
             return out
-        return data if state.stream is None else state.stream.feed(data, last)
+        if state.stream is None:
+            return data
+        out = state.stream.feed(data, last)
+        vault = state.vault
+        if isinstance(vault, Unreachable) and vault.missed is not None:  # a placeholder it cannot restore
+            message = f"the redaction vault cannot be used: {vault.reason}; the response holds {vault.missed}"
+            log.error("call %s: %s; stream ended (the vault fails closed)", call.id, message)
+            call.decide(Decision("guardrails", "deny", None, message))
+            call.outcome, call.error_code, call.error = "blocked", "vault_unavailable", message
+            state.cut, state.stream = b"", None
+            return ADAPTERS[call.protocol].stream_error_event("vault_unavailable", message)
+        return out
 
     async def open_stream(self, call: Call) -> StreamGuard | None:
         from interlock.policies.guardstream import StreamGuard
