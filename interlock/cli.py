@@ -58,6 +58,7 @@ class LazyGroup(click.Group):
         "import": "interlock.replay.commands:import_command",
         "replay": "interlock.replay.commands:replay",
         "store": "interlock.tracing.store_commands:store",
+        "mcp": "interlock.proxy.mcp_commands:mcp",
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:

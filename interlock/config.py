@@ -360,6 +360,16 @@ class Escalation(Model):
     queue_size: int = Field(100, ge=1)
 
 
+class McpPins(Model):
+    """Pinned MCP tool contracts (docs/mcp.md, "Pinned tool contracts")."""
+
+    #: Pin each MCP route's tools at its first `tools/list` answer and watch later answers.
+    enabled: bool = True
+    #: A pinned tool that changed, or a new tool: record it (monitor), leave it out of the list and
+    #: refuse its calls (hide), or refuse the whole list and the changed tools' calls (deny).
+    on_change: Literal["monitor", "hide", "deny"] = "hide"
+
+
 class CustomRecognizer(Model):
     """A recognizer of your own: regular expressions and/or a deny-list of exact words."""
 
@@ -551,6 +561,7 @@ class Settings(Model):
     policies: tuple[str, ...] = ()
     otel: Otel = Otel()
     escalation: Escalation = Escalation()
+    mcp_pins: McpPins = McpPins()
     #: Guardrails (PII and secrets): engine settings and the default actions (policies may override).
     guardrails: Guardrails = Guardrails()
     #: Prices per million tokens, for money budgets: {model glob: {input: USD, output: USD}}.

@@ -7,39 +7,32 @@ depends on the arguments (a `when` that reads `tool.arguments`: `CompiledRule.re
 worked out when the rule is compiled) keeps the tool listed; the call is then judged when it is made.
 Monitor rules only record what they would have removed (`Evaluation.would_deny`), by the same test.
 
-The reply may be JSON (set as the agent's body) or an SSE stream (the event carrying the response
-is held until complete, rewritten, and released; notifications pass at once).
+The reply may be JSON or an SSE stream (`proxy.mcp.ToolsListRewriter` reads and rewrites both).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import Any
 
 from interlock.config import Settings
 from interlock.policies.engine import Subject
 from interlock.policies.loader import PolicyRuntime
 from interlock.policies.stage import route_hosts
-from interlock.proxy.protocols import ADAPTERS
-from interlock.proxy.protocols.base import dump_body, response_json
-from interlock.proxy.protocols.mcp import McpAdapter, McpView, rewrite_event
-from interlock.proxy.protocols.sse import EventSplitter
+from interlock.proxy.mcp import ToolsListRewriter
+from interlock.proxy.protocols.mcp import McpView
 from interlock.tracing.call import Call, Decision
 
 
-class McpToolFilter:
+class McpToolFilter(ToolsListRewriter):
     """Removes denied tools from MCP `tools/list` results (after the policy stage, before guardrails)."""
 
     name = "mcp_tools"
 
     def __init__(self, runtime: PolicyRuntime, settings: Settings) -> None:
+        super().__init__()
         self.runtime = runtime
-        adapter = ADAPTERS["mcp"]
-        assert isinstance(adapter, McpAdapter)
-        self.adapter = adapter
         self.hosts = route_hosts(settings)
-        self._streams: dict[str, EventSplitter] = {}
 
     def applies(self, call: Call) -> bool:
         view = call.view
@@ -95,43 +88,3 @@ class McpToolFilter:
             if summary.get("decision") in (None, "allow"):
                 summary["decision"] = "modify"
         return bool(removed)
-
-    async def response(self, call: Call) -> None:
-        if call.stream or not self.applies(call) or (call.status or 0) >= 400:
-            return
-        message = response_json(call)
-        if isinstance(message, dict) and self.filter(call, message):
-            call.agent_response_body = dump_body(message)
-
-    async def chunk(self, call: Call, data: bytes, last: bool) -> bytes:
-        splitter = self._streams.get(call.id)
-        if splitter is None:
-            if call.protocol != "mcp" or not self.applies(call):
-                return data  # not a tools/list reply under a policy: the filter has nothing to read
-            splitter = self._streams[call.id] = EventSplitter()
-        view = call.view
-        out: list[bytes] = []
-        # Whole events only: the response must not leave half-sent before it is filtered.
-        for event in splitter.feed(data):
-            message = _load(event.data)
-            if isinstance(message, dict) and "result" in message and message.get("id") == view.rpc_id:
-                if self.filter(call, message):
-                    out.append(rewrite_event(event.raw, message))
-                    continue
-            out.append(event.raw)
-        if last:
-            out.append(splitter.pending())
-            del self._streams[call.id]
-        return b"".join(out)
-
-    async def seal(self, call: Call) -> None:
-        self._streams.pop(call.id, None)
-
-
-def _load(text: str) -> Any:
-    if not text or text[0] != "{":
-        return None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return None

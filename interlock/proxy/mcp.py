@@ -18,7 +18,9 @@ import json
 from typing import Any
 
 from interlock.proxy.protocols import ADAPTERS
-from interlock.proxy.protocols.mcp import DISCOVER, LISTEN, McpAdapter, McpView, answer_in
+from interlock.proxy.protocols.base import dump_body, response_json
+from interlock.proxy.protocols.mcp import DISCOVER, LISTEN, McpAdapter, McpView, answer_in, rewrite_event
+from interlock.proxy.protocols.sse import EventSplitter
 from interlock.tracing.call import Call
 
 #: Tool arguments and results larger than this are not copied into `meta` (the body keeps them).
@@ -118,6 +120,69 @@ class McpSession:
             # before the server's end of stream reaches interlock: the exchange was complete.
             call.outcome, call.error, call.truncated = "ok", None, False
             meta["closed_by"] = "agent"
+
+
+class ToolsListRewriter:
+    """The part of a stage that rewrites MCP `tools/list` answers (the policy's tool filter, the tool
+    pins): `filter` changes the answer message in place and says whether it did. The reply may be
+    JSON (set as the agent's body) or an SSE stream (the event carrying the answer is held until
+    complete, rewritten, and released; notifications pass at once)."""
+
+    def __init__(self) -> None:
+        adapter = ADAPTERS["mcp"]
+        assert isinstance(adapter, McpAdapter)
+        self.adapter = adapter
+        self._streams: dict[str, EventSplitter] = {}
+
+    def applies(self, call: Call) -> bool:
+        """Whether this call's answer is one to read (a tools/list this stage looks at)."""
+        raise NotImplementedError
+
+    def filter(self, call: Call, message: dict[str, Any]) -> bool:
+        """Change the tools/list answer `message` in place; True if it changed."""
+        raise NotImplementedError
+
+    async def response(self, call: Call) -> None:
+        if call.stream or not self.applies(call) or (call.status or 0) >= 400:
+            return
+        # What an earlier rewriter left for the agent, else the upstream's answer: rewrites chain.
+        body = call.agent_response_body
+        message = response_json(call) if body is None else _load_event(body.decode("utf-8", "replace"))
+        if isinstance(message, dict) and self.filter(call, message):
+            call.agent_response_body = dump_body(message)
+
+    async def chunk(self, call: Call, data: bytes, last: bool) -> bytes:
+        splitter = self._streams.get(call.id)
+        if splitter is None:
+            if call.protocol != "mcp" or not self.applies(call):
+                return data  # not a tools/list reply this stage reads
+            splitter = self._streams[call.id] = EventSplitter()
+        view = call.view
+        out: list[bytes] = []
+        # Whole events only: the response must not leave half-sent before it is filtered.
+        for event in splitter.feed(data):
+            message = _load_event(event.data)
+            if isinstance(message, dict) and "result" in message and message.get("id") == view.rpc_id:
+                if self.filter(call, message):
+                    out.append(rewrite_event(event.raw, message))
+                    continue
+            out.append(event.raw)
+        if last:
+            out.append(splitter.pending())
+            del self._streams[call.id]
+        return b"".join(out)
+
+    async def seal(self, call: Call) -> None:
+        self._streams.pop(call.id, None)
+
+
+def _load_event(text: str) -> Any:
+    if not text or text[0] != "{":
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return None
 
 
 class McpRecord:

@@ -5,7 +5,7 @@ recorder, the policy runtime and its limiter, the redaction vault, the exporter)
 `interlock.server.Runtime`, and passed in as `Services`; stages a user adds
 (`Runtime(settings, stages=[...])`) come after the built-in ones.
 
-request:   identify → parse → mcp session → policy → mcp tools filter → loops → guardrails
+request:   identify → parse → mcp session → mcp pins → policy → mcp tools filter → loops → guardrails
            (then route/retry/send upstream, or relay the response a stage supplied: `call.supplied`)
 response:  response_head → chunk... → response, through every stage in this order
            (usage is read, guardrails scan the output, policy refuses denied tool calls)
@@ -77,6 +77,11 @@ def built_in_stages(settings: Settings, services: Services, extra: Sequence[obje
     if mcp:
         # Before policy: the MCP session it adopts is the call's session for every later stage.
         stages.append(McpSession())
+        if settings.mcp_pins.enabled:
+            from interlock.proxy.mcp_pins import McpPins
+
+            # Before the policy's tools/list filter: the pins judge the server's own list.
+            stages.append(McpPins(settings.mcp_pins, services.store, services.escalator))
     # Its `response` reads the token usage before policy's `seal` counts it against limits and
     # budgets (usage before limits).
     stages.append(Usage())

@@ -187,6 +187,17 @@ class Store(Protocol):
     def import_from(self, path: str | os.PathLike[str]) -> int:
         """Add the calls of a bundle; ids already stored are skipped. Returns how many were new."""
 
+    # -- pinned MCP tool contracts (docs/mcp.md; rows are `tracing.pins.PIN_COLUMNS`) -------------
+
+    def mcp_pins(self, route: str | None = None) -> list[dict[str, Any]]:
+        """Pin rows of one route (or all), ordered by route and tool; none before the first pin."""
+
+    def save_mcp_pins(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Insert or replace pin rows, all or none."""
+
+    def approve_mcp_pins(self, route: str, tool: str | None = None, *, now: float | None = None) -> list[str]:
+        """Pin the listed definition of the route's flagged tools (or one); returns the tools approved."""
+
     # -- lifetime --------------------------------------------------------------------------------
 
     def close(self) -> None: ...

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from interlock.tracing.call import Call
+from interlock.tracing.pins import SQLitePins
 from interlock.tracing.reads import Reads, fts_query, where_clause
 from interlock.tracing.rows import (
     CHILD_TABLES,
@@ -78,7 +79,7 @@ def _file_identity(path: str) -> tuple[int, int]:
     return stat.st_dev, stat.st_ino
 
 
-class SQLiteStore(Reads):
+class SQLiteStore(Reads, SQLitePins):
     """The embedded SQLite store at `path` (created and migrated unless `readonly`); implements
     `interlock.tracing.backend.Store`. Open it with `backend.open_store`; its connection (`conn`)
     is for this backend's own modules (the recorder's writer, the tests of this backend)."""

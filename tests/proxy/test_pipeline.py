@@ -52,6 +52,7 @@ def test_every_built_in_stage_in_its_order(tmp_path: Path) -> None:
         "identify",
         "parse",
         "mcp",
+        "mcp_pins",
         "usage",
         "policy",
         "mcp_tools",
@@ -68,6 +69,7 @@ def test_every_built_in_stage_in_its_order(tmp_path: Path) -> None:
     assert at("mcp") < at("policy")  # the MCP session is the call's before a rule sees it
     assert at("usage") < at("policy")  # usage is read before limits and budgets count it
     assert at("policy") < at("guardrails")  # a rule may ask for a guardrail; a denied call is not scanned
+    assert at("mcp_pins") < at("mcp_tools")  # the pins judge the server's own list, before policy filters it
     assert at("policy") < at("loops")  # policy names the loop rules that apply to the call
     # The record is redacted (guardrails, then scrub) before MCP record copies from it, and before
     # the recorder and the exporter consume it.

@@ -1,0 +1,141 @@
+"""Pinned MCP tool contracts in the SQLite store: the table `mcp_pins`, one row per (route, tool).
+
+A row holds the pinned definition (what was first listed, or last approved) and the definition the
+server lists now, each with its hash; the tool is flagged while they differ (`pinned_hash` is NULL
+for a tool that appeared after the route was pinned). The table lives in the store file beside the
+calls, created on first use like `policy_counters`, outside the calls' schema versions (a store
+without it reads as "nothing pinned yet").
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Sequence
+from typing import Any
+
+TABLE = "mcp_pins"
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS {TABLE} (
+    route TEXT NOT NULL,
+    tool TEXT NOT NULL,
+    pinned_hash TEXT,
+    pinned TEXT,
+    pinned_at REAL,
+    seen_hash TEXT NOT NULL,
+    seen TEXT NOT NULL,
+    seen_at REAL NOT NULL,
+    PRIMARY KEY (route, tool)
+)
+"""
+#: The columns of a pin row, as `mcp_pins` returns them (definitions decoded from JSON).
+PIN_COLUMNS = ("route", "tool", "pinned_hash", "pinned", "pinned_at", "seen_hash", "seen", "seen_at")
+
+
+def pin_row(values: Sequence[Any]) -> dict[str, Any]:
+    row = dict(zip(PIN_COLUMNS, values, strict=True))
+    for key in ("pinned", "seen"):
+        if row[key] is not None:
+            row[key] = json.loads(row[key])
+    return row
+
+
+class SQLitePins:
+    """The pin methods of `SQLiteStore` (the `Store` protocol's `mcp_pins`, `save_mcp_pins`,
+    `approve_mcp_pins`)."""
+
+    readonly: bool
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        raise NotImplementedError
+
+    def _pins_table(self) -> bool:
+        conn = self.conn
+        if self.readonly:
+            found = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (TABLE,))
+            return found.fetchone() is not None
+        conn.execute(_SCHEMA)
+        return True
+
+    def mcp_pins(self, route: str | None = None) -> list[dict[str, Any]]:
+        """Pin rows (`PIN_COLUMNS`), of one route or all, by route and tool."""
+        if not self._pins_table():
+            return []
+        where, args = ("WHERE route = ?", (route,)) if route is not None else ("", ())
+        rows = self.conn.execute(f"SELECT {', '.join(PIN_COLUMNS)} FROM {TABLE} {where} ORDER BY route, tool", args)
+        return [pin_row(r) for r in rows.fetchall()]
+
+    def save_mcp_pins(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Insert or replace these pin rows (`PIN_COLUMNS`; definitions as JSON-able values), in one
+        transaction."""
+        if not rows:
+            return
+        self._pins_table()
+        conn = self.conn
+        values = [
+            tuple(
+                json.dumps(row[k], sort_keys=True) if k in ("pinned", "seen") and row[k] is not None else row[k]
+                for k in PIN_COLUMNS
+            )
+            for row in rows
+        ]
+        marks = ", ".join("?" for _ in PIN_COLUMNS)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(f"INSERT OR REPLACE INTO {TABLE} ({', '.join(PIN_COLUMNS)}) VALUES ({marks})", values)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def approve_mcp_pins(self, route: str, tool: str | None = None, *, now: float | None = None) -> list[str]:
+        """Pin what the server lists now for the route's flagged tools (or one tool); returns the
+        tools approved."""
+        if not self._pins_table():
+            return []
+        conn = self.conn
+        where = "route = ? AND (pinned_hash IS NULL OR pinned_hash != seen_hash)"
+        args: tuple[Any, ...] = (route,)
+        if tool is not None:
+            where += " AND tool = ?"
+            args += (tool,)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            tools = [r[0] for r in conn.execute(f"SELECT tool FROM {TABLE} WHERE {where} ORDER BY tool", args)]
+            conn.execute(
+                f"UPDATE {TABLE} SET pinned_hash = seen_hash, pinned = seen, pinned_at = ? WHERE {where}",
+                (time.time() if now is None else now, *args),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return tools
+
+
+def pin_diff(row: dict[str, Any]) -> str:
+    """A unified diff from the pinned definition to the listed one (description and each other part
+    as indented JSON), for `interlock mcp pins diff` and the UI; empty when they are the same."""
+    import difflib
+
+    def lines(definition: Any) -> list[str]:
+        if definition is None:
+            return []
+        out: list[str] = []
+        for key in sorted(definition):
+            value = definition[key]
+            text = value if isinstance(value, str) else json.dumps(value, indent=2, sort_keys=True)
+            out += [f"{key}:", *(f"  {line}" for line in text.splitlines() or [""])]
+        return out
+
+    name = f"{row['route']}/{row['tool']}"
+    return "\n".join(
+        difflib.unified_diff(
+            lines(row["pinned"]), lines(row["seen"]), f"{name} (pinned)", f"{name} (listed)", lineterm=""
+        )
+    )
+
+
+__all__ = ["PIN_COLUMNS", "TABLE", "SQLitePins", "pin_diff", "pin_row"]
