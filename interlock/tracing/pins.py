@@ -74,13 +74,7 @@ class SQLitePins:
             return
         self._pins_table()
         conn = self.conn
-        values = [
-            tuple(
-                json.dumps(row[k], sort_keys=True) if k in ("pinned", "seen") and row[k] is not None else row[k]
-                for k in PIN_COLUMNS
-            )
-            for row in rows
-        ]
+        values = [_stored(row) for row in rows]
         marks = ", ".join("?" for _ in PIN_COLUMNS)
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -115,6 +109,69 @@ class SQLitePins:
         return tools
 
 
+class PostgresPins:
+    """The pin methods of `PostgresStore`: the same table, in PostgreSQL's dialect."""
+
+    readonly: bool
+
+    def connection(self) -> Any:
+        raise NotImplementedError
+
+    def _pins_table(self, conn: Any) -> bool:
+        if self.readonly:
+            found = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (TABLE,)).fetchone()
+            return bool(found and found[0])
+        conn.execute(_SCHEMA.replace("REAL", "DOUBLE PRECISION"))
+        return True
+
+    def mcp_pins(self, route: str | None = None) -> list[dict[str, Any]]:
+        with self.connection() as conn:
+            if not self._pins_table(conn):
+                return []
+            where, args = ("WHERE route = %s", (route,)) if route is not None else ("", ())
+            sql = f"SELECT {', '.join(PIN_COLUMNS)} FROM {TABLE} {where} ORDER BY route, tool"
+            return [pin_row(r) for r in conn.execute(sql, args).fetchall()]
+
+    def save_mcp_pins(self, rows: Sequence[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        columns = ", ".join(PIN_COLUMNS)
+        updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in PIN_COLUMNS[2:])
+        sql = (
+            f"INSERT INTO {TABLE} ({columns}) VALUES ({', '.join('%s' for _ in PIN_COLUMNS)}) "
+            f"ON CONFLICT (route, tool) DO UPDATE SET {updates}"
+        )
+        with self.connection() as conn:
+            self._pins_table(conn)
+            with conn.transaction():
+                for row in rows:
+                    conn.execute(sql, _stored(row))
+
+    def approve_mcp_pins(self, route: str, tool: str | None = None, *, now: float | None = None) -> list[str]:
+        where = "route = %s AND (pinned_hash IS NULL OR pinned_hash != seen_hash)"
+        args: tuple[Any, ...] = (route,)
+        if tool is not None:
+            where += " AND tool = %s"
+            args += (tool,)
+        with self.connection() as conn:
+            if not self._pins_table(conn):
+                return []
+            with conn.transaction():
+                found = conn.execute(
+                    f"UPDATE {TABLE} SET pinned_hash = seen_hash, pinned = seen, pinned_at = %s WHERE {where} RETURNING tool",
+                    (time.time() if now is None else now, *args),
+                ).fetchall()
+        return sorted(r[0] for r in found)
+
+
+def _stored(row: dict[str, Any]) -> tuple[Any, ...]:
+    """A pin row's values in `PIN_COLUMNS` order, definitions as JSON text."""
+    return tuple(
+        json.dumps(row[k], sort_keys=True) if k in ("pinned", "seen") and row[k] is not None else row[k]
+        for k in PIN_COLUMNS
+    )
+
+
 def pin_diff(row: dict[str, Any]) -> str:
     """A unified diff from the pinned definition to the listed one (description and each other part
     as indented JSON), for `interlock mcp pins diff` and the UI; empty when they are the same."""
@@ -138,4 +195,4 @@ def pin_diff(row: dict[str, Any]) -> str:
     )
 
 
-__all__ = ["PIN_COLUMNS", "TABLE", "SQLitePins", "pin_diff", "pin_row"]
+__all__ = ["PIN_COLUMNS", "TABLE", "PostgresPins", "SQLitePins", "pin_diff", "pin_row"]

@@ -39,6 +39,7 @@ from interlock.tracing.pg_schema import (
     statements_for,
 )
 from interlock.tracing.pg_search import tsquery_condition
+from interlock.tracing.pins import PostgresPins
 from interlock.tracing.reads import Reads, select_narrow, where_clause
 from interlock.tracing.rows import (
     CHILD_TABLES,
@@ -90,7 +91,7 @@ def public_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-class PostgresStore(Reads):
+class PostgresStore(Reads, PostgresPins):
     """A store in the PostgreSQL database at `url`; implements `interlock.tracing.backend.Store`."""
 
     _select_narrow = select_narrow("(meta::jsonb #>> '{{mcp,{key}}}')")
