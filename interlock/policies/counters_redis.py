@@ -5,7 +5,7 @@ Each operation is one Lua script, so one round trip, atomic in Redis: no other r
 between an admission's reads and its adds. The counters keep the embedded ones' meaning:
 
 - a sliding minute (`m:`): a sorted set of entries scored by the callers' time (members
-  `seq:amount`) and a running total (`:t`), expired as the embedded window is, entries a minute old
+  `<unique id>:amount`, the id made by the replica: no round trip of its own) and a running total (`:t`), expired as the embedded window is, entries a minute old
   dropped, so a check is O(entries expiring), not O(entries);
 - a gauge (`n:`, calls in flight): a hash of counts per replica. Each replica renews a lease key
   (`lease:<id>`, `state.slot_lease` seconds) every third of it; a count whose replica's lease is gone
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import uuid
 from collections.abc import Sequence
@@ -78,8 +79,7 @@ end
 local function apply(kind, key, field, amount)
   if kind == 'm' then
     if amount ~= 0 then
-      local seq = redis.call('INCR', prefix .. 'seq')
-      redis.call('ZADD', key, now, seq .. ':' .. tostring(amount))
+      redis.call('ZADD', key, now, field .. ':' .. tostring(amount))  -- field: the add's unique id
       redis.call('INCRBYFLOAT', key .. ':t', tostring(amount))
       redis.call('EXPIRE', key, math.ceil(window) * 2)
       redis.call('EXPIRE', key .. ':t', math.ceil(window) * 2)
@@ -175,6 +175,7 @@ class RedisCounters:
         self._add = client.script(_ADD)
         self._snapshot = client.script(_SNAPSHOT)
         self._renewer: asyncio.Task[None] | None = None
+        self._sequence = itertools.count()
 
     def key(self, counter: Counter, now: float) -> tuple[str, str, str]:
         """(kind, key, field) of a counter in the scripts' terms."""
@@ -191,9 +192,12 @@ class RedisCounters:
     def _adds(self, adds: Sequence[Add], now: float) -> list[Any]:
         args: list[Any] = [len(adds)]
         for item in adds:
-            args += [*self.key(item.counter, now), repr(float(item.amount))]
-            if item.counter.window == "none":
+            kind, key, field = self.key(item.counter, now)
+            if kind == "m":  # a minute entry's member: unique across the fleet (replica id, sequence)
+                field = f"{self.replica}.{next(self._sequence)}"
+            elif kind == "n":
                 self._renew_leases()
+            args += [kind, key, field, repr(float(item.amount))]
         return args
 
     async def admit(self, checks: Sequence[Check], adds: Sequence[Add], now: float) -> list[Over]:
