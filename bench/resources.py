@@ -19,12 +19,14 @@ import contextlib
 import json
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from bench import harness, load
+from interlock.tracing.call import OUTCOMES
 
 DEPLOY = harness.ROOT / "deploy" / "kubernetes"
 
@@ -62,6 +64,19 @@ def manifest_config(
     config["default_agent"] = "bench"
     config["log_level"] = "warning"
     return config
+
+
+def not_ok(proc: harness.Proc) -> dict[str, int]:
+    """The recorded calls that were not answered `ok`, by outcome and error code (why wrk saw a non-2xx)."""
+    found: dict[str, int] = {}
+    for outcome in OUTCOMES:
+        if outcome == "ok":
+            continue
+        with urllib.request.urlopen(f"http://127.0.0.1:{proc.admin_port}/api/calls?outcome={outcome}&limit=500") as r:
+            for row in json.load(r)["calls"]:
+                key = f"{outcome} {row.get('error_code')}"
+                found[key] = found.get(key, 0) + 1
+    return found
 
 
 def main() -> None:
@@ -114,6 +129,7 @@ def measure(args: argparse.Namespace) -> None:
                     "rss_mib": round(proc.rss(), 1),
                 }
             out["peak_rss_mib"] = round(proc.peak_rss(), 1)
+            out["not_ok"] = not_ok(proc)
     print(json.dumps(out, indent=2))
 
 
