@@ -268,10 +268,17 @@ def test_the_environment_the_manifest_sets_is_what_interlock_reads(
     assert serve is not None
     assert "INTERLOCK_SERVE_CONFIG" in {p.envvar for p in serve.params}
     assert container["args"] == ["serve"]
-    # Fail closed: a pod whose Secret lacks the store's URL does not start on some other store.
+    # Fail closed: a pod whose Secret lacks the store's URL, or holds an empty one, does not start on
+    # some other store; nor on in-process state when the state URL is empty.
     monkeypatch.delenv("INTERLOCK_STORE_URL")
     with pytest.raises(SourceError, match="INTERLOCK_STORE_URL"):
         load_settings(config)
+    monkeypatch.setenv("INTERLOCK_STORE_URL", env["INTERLOCK_STORE_URL"])
+    for name, setting in (("INTERLOCK_STORE_URL", "store.url"), ("INTERLOCK_STATE_URL", "state.url")):
+        with monkeypatch.context() as patch:
+            patch.setenv(name, "")
+            with pytest.raises(SourceError, match=setting):
+                load_settings(config)
 
 
 # -- compose --------------------------------------------------------------------------------------
