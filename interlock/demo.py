@@ -1,6 +1,6 @@
 """`interlock demo`: a scripted upstream, interlock in front of it, and a scripted agent that produces
 a few sessions worth looking at in the UI: a retry, a policy denial, a PII redaction, a streamed
-tool loop. Everything runs in-process on loopback; no model provider is needed.
+tool loop, and a multi-agent workflow (`demo_workflow.py`). Everything runs in-process on loopback; no model provider is needed.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from interlock.demo_workflow import RISK_ROUTE, risk_route, seed_workflow, workflow_scripts
 from interlock.scripted import Script, ScriptedUpstream, ToolUse
 
 DEMO_POLICY = """\
@@ -43,6 +44,8 @@ def demo_config(upstream_url: str, policy_dir: str | os.PathLike[str]) -> dict[s
                 "api_key": "sk-demo",
                 "retry": {"backoff_initial": 0.15, "backoff_max": 0.5},
             },
+            # The workflow's risk scorer: its model stalls once past this route's timeout; interlock retries.
+            RISK_ROUTE: risk_route(upstream_url),
             "anthropic": {"protocol": "anthropic", "upstream": upstream_url, "api_key": "sk-ant-demo"},
             "tools": {"protocol": "http", "upstream": upstream_url + "/tools"},
         },
@@ -71,6 +74,7 @@ class Seeded:
     """The sessions the demo agent produced, by what they show."""
 
     sessions: dict[str, str] = field(default_factory=dict)  # "retry" → session id, ...
+    workflows: dict[str, str] = field(default_factory=dict)  # "onboarding" → workflow id
 
 
 def seed(proxy_url: str, upstream: ScriptedUpstream, *, suffix: str | None = None) -> Seeded:
@@ -182,6 +186,12 @@ def seed(proxy_url: str, upstream: ScriptedUpstream, *, suffix: str | None = Non
             {"role": "tool", "tool_call_id": tool_call["id"], "content": weather.text},
         ]
         chat(http, model="gpt-4o-mini", messages=messages, tools=tools, stream=True).raise_for_status()
+
+    # 5. A multi-agent workflow: orchestrator → extraction → risk scorer (times out once, retried by
+    #    interlock) → report, the client's e-mail address redacted (docs/workflows.md).
+    workflow = seeded.workflows["onboarding"] = f"client-onboarding-{tag}"
+    upstream.script(*workflow_scripts())
+    seed_workflow(proxy_url, workflow)
     return seeded
 
 
@@ -227,6 +237,8 @@ def run_demo(
             echo(f"interlock demo: {len(seeded.sessions)} sessions recorded in {data['store']['path']}")
             for what, session in seeded.sessions.items():
                 echo(f"  {what:<10} {session}")
+            for what, workflow in seeded.workflows.items():
+                echo(f"workflow {what}: {running.admin_url}/workflow?id={workflow}")
             echo(f"policy: {policy_dir / 'demo-policy.yaml'}")
             echo(f"proxy:  {running.url}/openai  (OPENAI_BASE_URL for your own agent)")
             echo(f"        {running.url}/anthropic  (ANTHROPIC_BASE_URL)")

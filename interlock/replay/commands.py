@@ -97,6 +97,7 @@ store_option = click.option(
 @click.option("--since", default=None, help="Only calls from this time (epoch seconds or ISO 8601).")
 @click.option("--until", default=None, help="Only calls before this time.")
 @click.option("--agent", default=None, help="Only this agent's calls.")
+@click.option("--workflow", default=None, help="Only this workflow's calls: every agent's (docs/workflows.md).")
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="The bundle file to write.")
 @config_option
 @store_option
@@ -105,6 +106,7 @@ def export_command(
     since: str | None,
     until: str | None,
     agent: str | None,
+    workflow: str | None,
     output: str,
     config: str | None,
     store_path: str | None,
@@ -115,7 +117,14 @@ def export_command(
     path = _store_path(config, store_path)
     try:
         with open_store(path, readonly=True) as store:
-            count = store.export(output, session=session, since=parse_time(since), until=parse_time(until), agent=agent)
+            count = store.export(
+                output,
+                session=session,
+                since=parse_time(since),
+                until=parse_time(until),
+                agent=agent,
+                workflow=workflow,
+            )
     except (StoreError, OSError) as exc:
         _fail(str(exc))
     if count == 0:

@@ -155,6 +155,28 @@ class Store(Protocol):
 
     def agents(self) -> list[dict[str, Any]]: ...
 
+    # -- workflows (docs/workflows.md) -----------------------------------------------------------
+
+    def workflows(
+        self,
+        *,
+        agent: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        active_since: float | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[dict[str, Any]]:
+        """Workflow summaries (a `sessions` row's fields, keyed `workflow`), most recently active first."""
+
+    def workflow_summary(self, workflow: str) -> dict[str, Any] | None: ...
+
+    def workflow_calls(self, workflow: str, *, limit: int = 2000) -> list[dict[str, Any]]:
+        """A workflow's narrow rows in start order, plus `parent_span_id` and `findings` (a count)."""
+
+    def call_texts(self, ids: Sequence[str]) -> dict[str, tuple[str, str]]:
+        """Per call id: (request text, response text), as the full-text index holds them."""
+
     def stats(self) -> dict[str, Any]:
         """`calls`, `outcomes`, `sessions`, `oldest`, `newest`, `bytes`, `bytes_used`, `schema_version`."""
 
@@ -181,6 +203,7 @@ class Store(Protocol):
         since: float | None = None,
         until: float | None = None,
         agent: str | None = None,
+        workflow: str | None = None,
     ) -> int:
         """Write the matching calls to a bundle (a self-contained SQLite file, whatever the backend)."""
 

@@ -292,9 +292,10 @@ class PostgresStore(Reads, PostgresPins):
         since: float | None = None,
         until: float | None = None,
         agent: str | None = None,
+        workflow: str | None = None,
     ) -> int:
         """The matching calls in a new SQLite bundle (replay needs no server)."""
-        where, params = where_clause("c.", session=session, since=since, until=until, agent=agent)
+        where, params = where_clause("c.", session=session, since=since, until=until, agent=agent, workflow=workflow)
 
         def fill(out: SQLiteStore) -> int:
             return sum(out.write_rows(rows) for rows in self.record_pages(where, params))

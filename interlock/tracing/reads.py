@@ -39,28 +39,30 @@ def _count(condition: str) -> str:
     return f"sum(CASE WHEN {condition} THEN 1 ELSE 0 END)"
 
 
-#: Which sessions are on a page: only what ordering and filtering need. Measured on 50,000 calls in
-#: 5,000 sessions: aggregating every session before LIMIT took ~55-65 ms a page of 50, picking the
-#: page first and aggregating only its sessions ~25 ms. Ties in last activity go by session id.
-_SESSION_PAGE = """
-SELECT session FROM calls
-WHERE session IS NOT NULL AND {where}
-GROUP BY session {having}
-ORDER BY max(started_at) DESC, session
+#: Which sessions (or workflows: `{key}`) are on a page: only what ordering and filtering need.
+#: Measured on 50,000 calls in 5,000 sessions: aggregating every session before LIMIT took ~55-65 ms
+#: a page of 50, picking the page first and aggregating only its sessions ~25 ms. Ties in last
+#: activity go by id.
+_GROUP_PAGE = """
+SELECT {key} FROM calls
+WHERE {key} IS NOT NULL AND {where}
+GROUP BY {key} {having}
+ORDER BY max(started_at) DESC, {key}
 LIMIT ? OFFSET ?
 """
 
 #: SQL for "this call is a problem": its outcome is not a sound one (ok, closed, unsupported).
 _PROBLEM = f"outcome NOT IN ({', '.join(repr(o) for o in sorted(SOUND_OUTCOMES))})"
 
-#: What a session list shows, for the given sessions only (`_session_row` finishes each row).
+#: What a session (or workflow: `{key}`) list shows, for the given ones only (`_session_row`
+#: finishes each row).
 #: `problems`: calls not sound (ok, closed, unsupported); `errors`: upstream_error, aborted, bad_request,
 #: internal_error; `denials`: denied and blocked (interlock meant them); `retries`: calls with more
 #: than one attempt, `extra_attempts` the attempts beyond the first; `duration_ms`: the calls'
 #: durations added up.
-_SESSION_SUMMARY = (
+_GROUP_SUMMARY = (
     """
-SELECT session,
+SELECT {key},
        min(started_at) AS first_at,
        max(started_at) AS last_at,
        max(started_at + coalesce(duration_ms, 0) / 1000.0) AS end_at,
@@ -79,12 +81,18 @@ SELECT session,
        CAST(sum((SELECT count(*) FROM events e WHERE e.call_id = c.id AND e.kind = 'finding')) AS BIGINT) AS findings,
        sum(duration_ms) AS duration_ms
 FROM calls c
-WHERE session IN ({marks}) AND {where}
-GROUP BY session
+WHERE {key} IN ({marks}) AND {where}
+GROUP BY {key}
 """.replace("<problems>", _count(_PROBLEM))
     .replace("<errors>", _count("outcome IN ('upstream_error', 'aborted', 'bad_request', 'internal_error')"))
     .replace("<denials>", _count("outcome IN ('denied', 'blocked')"))
     .replace("<retries>", _count("attempt_count > 1"))
+)
+
+#: What a workflow's page reads of each call beside its narrow row: the span it hangs from, its findings.
+_WORKFLOW_EXTRAS = (
+    ", parent_span_id, (SELECT count(*) FROM events e WHERE e.call_id = calls.id AND e.kind = 'finding')"
+    " AS findings FROM calls"
 )
 
 
@@ -383,24 +391,25 @@ class Reads:
         if active_since is not None:
             having.append("max(started_at) >= ?")
             params.append(active_since)
-        sql = _SESSION_PAGE.format(
-            where=" AND ".join(where), having=("HAVING " + " AND ".join(having)) if having else ""
+        sql = _GROUP_PAGE.format(
+            key="session", where=" AND ".join(where), having=("HAVING " + " AND ".join(having)) if having else ""
         )
         page = [r["session"] for r in self._search(sql, (*params, max(0, int(limit)), max(0, int(offset))), q)]
         return self._summaries(page, since=since, until=until)
 
     def _summaries(
-        self, page: list[str], since: float | None = None, until: float | None = None
+        self, page: list[str], since: float | None = None, until: float | None = None, key: str = "session"
     ) -> list[dict[str, Any]]:
-        """The summary rows of these sessions, in this order (over their calls from `since` to `until`)."""
+        """The summary rows of these sessions (or workflows, by `key`), in this order (over their
+        calls from `since` to `until`)."""
         if not page:
             return []
         where, params = where_clause(since=since, until=until)
-        sql = _SESSION_SUMMARY.format(marks=", ".join("?" * len(page)), where=" AND ".join(where))
+        sql = _GROUP_SUMMARY.format(key=key, marks=", ".join("?" * len(page)), where=" AND ".join(where))
         for column in ("agent", "model", "route"):
             sql = sql.replace(f"<concat:{column}>", self._concat.format(column=column))
-        found = {row["session"]: row for row in self.query(sql, (*page, *params))}
-        return [_session_row(found[session]) for session in page if session in found]
+        found = {row[key]: row for row in self.query(sql, (*page, *params))}
+        return [_session_row(found[name]) for name in page if name in found]
 
     def session_summary(self, session: str) -> dict[str, Any] | None:
         """One session's summary (the fields of a `sessions` row), or None."""
@@ -416,6 +425,64 @@ class Reads:
             self.query(f"{self._select_narrow} WHERE session = ? ORDER BY id LIMIT ?", (session, limit))
         )
         return summary
+
+    # -- workflows -------------------------------------------------------------------------------
+
+    def workflows(
+        self,
+        *,
+        agent: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        active_since: float | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[dict[str, Any]]:
+        """Workflow summaries (the fields of a `sessions` row, keyed `workflow`), most recently active
+        first, a page of them; `agent` keeps workflows that agent took part in."""
+        where, params = where_clause(since=since, until=until)
+        having: list[str] = []
+        if agent is not None:
+            having.append(f"{_count('agent = ?')} > 0")
+            params.append(agent)
+        if active_since is not None:
+            having.append("max(started_at) >= ?")
+            params.append(active_since)
+        sql = _GROUP_PAGE.format(
+            key="workflow", where=" AND ".join(where), having=("HAVING " + " AND ".join(having)) if having else ""
+        )
+        page = [r["workflow"] for r in self.query(sql, (*params, max(0, int(limit)), max(0, int(offset))))]
+        return self._summaries(page, since=since, until=until, key="workflow")
+
+    def workflow_summary(self, workflow: str) -> dict[str, Any] | None:
+        """One workflow's summary (the fields of a `workflows` row), or None."""
+        rows = self._summaries([workflow], key="workflow")
+        return rows[0] if rows else None
+
+    def workflow_calls(self, workflow: str, *, limit: int = 2000) -> list[dict[str, Any]]:
+        """A workflow's calls in the order they started: narrow rows plus `parent_span_id` and
+        `findings` (how many), the first `limit` of them."""
+        return narrow_rows(
+            self.query(
+                self._select_narrow.replace(" FROM calls", _WORKFLOW_EXTRAS, 1)
+                + " WHERE workflow = ? ORDER BY started_at, seq LIMIT ?",
+                (workflow, max(0, int(limit))),
+            )
+        )
+
+    def call_texts(self, ids: Sequence[str]) -> dict[str, tuple[str, str]]:
+        """Per call id: (request text, response text) as the full-text index holds them (string
+        values of the bodies, a stream's reassembled text); calls recorded without bodies have none."""
+        texts: dict[str, tuple[str, str]] = {}
+        ids = list(ids)
+        for start in range(0, len(ids), 500):
+            part = ids[start : start + 500]
+            marks = ", ".join("?" * len(part))
+            for call_id, request, response in self.rows(
+                f"SELECT c.id, f.request, f.response FROM calls c {self._texts_join} WHERE c.id IN ({marks})", part
+            ):
+                texts[call_id] = (request or "", response or "")
+        return texts
 
     def agents(self) -> list[dict[str, Any]]:
         """Every agent seen, with its call count, sessions and last activity."""
@@ -453,6 +520,8 @@ class Reads:
 
 
 def _session_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A summary row finished: agents, models and routes as sorted lists, `agent` when there is
+    one, `elapsed_ms` from the first call's start to the last one's end."""
     for key in ("agents", "models", "routes"):
         row[key] = sorted(row[key].split(",")) if row[key] else []
     row["agent"] = row["agents"][0] if len(row["agents"]) == 1 else None

@@ -306,10 +306,11 @@ class SQLiteStore(Reads, SQLitePins):
         since: float | None = None,
         until: float | None = None,
         agent: str | None = None,
+        workflow: str | None = None,
     ) -> int:
         """Write the matching calls to a new self-contained SQLite file (same schema, no WAL file
         beside it), replacing `dest_path` atomically. Returns how many calls it holds."""
-        where, params = where_clause("s.", session=session, since=since, until=until, agent=agent)
+        where, params = where_clause("s.", session=session, since=since, until=until, agent=agent, workflow=workflow)
         return write_bundle(dest_path, lambda out: copy_calls(out.conn, self.path, " AND ".join(where), params))
 
     def import_from(self, path: str | os.PathLike[str]) -> int:

@@ -4,7 +4,9 @@
 Paging: `/api/calls` returns newest first, `limit` rows (default 50, at most 1000) and `next`, the
 `before=` value for the following page (null on the last page). `/api/sessions` pages with `offset`
 and filters like the UI's sessions page: `agent`, `route`, `outcome` (or `problems`), `q` (full-text),
-`since`/`until` (the calls summed), `active_since` (the session's last call).
+`since`/`until` (the calls summed), `active_since` (the session's last call). `/api/workflows`
+pages the same way (filters `agent`, `since`, `until`, `active_since`); `/api/workflows/{id}` is one
+workflow's lanes, handoffs, incidents and totals (`tracing/workflow.py`, docs/workflows.md).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from starlette.routing import BaseRoute, Route
 from interlock.tracing.backend import Store, StoreError, StoreUnavailable
 from interlock.tracing.call import OUTCOMES
 from interlock.tracing.views import call_detail
+from interlock.tracing.workflow import workflow_view
 
 if TYPE_CHECKING:
     from interlock.server import Runtime
@@ -147,6 +150,41 @@ async def get_session(request: Request) -> Response:
     return await _with_store(request, read)
 
 
+async def list_workflows(request: Request) -> Response:
+    try:
+        filters: dict[str, Any] = {
+            "agent": request.query_params.get("agent") or None,
+            "since": _number(request, "since"),
+            "until": _number(request, "until"),
+            "active_since": _number(request, "active_since"),
+        }
+        limit = _limit(request)
+        offset = _number(request, "offset", int) or 0
+        if offset < 0:
+            raise BadParameter("offset must be 0 or more")
+    except BadParameter as exc:
+        return _error(400, "bad_parameter", str(exc))
+
+    def read(store: Store) -> dict[str, Any]:
+        rows = store.workflows(**filters, limit=limit + 1, offset=offset)
+        more = len(rows) > limit
+        return {"workflows": rows[:limit], "next_offset": offset + limit if more else None}
+
+    return await _with_store(request, read)
+
+
+async def get_workflow(request: Request) -> Response:
+    workflow = request.path_params["workflow"]
+
+    def read(store: Store) -> Any:
+        view = workflow_view(store, workflow)
+        if view is None:
+            return _error(404, "not_found", f"no workflow {workflow!r}")
+        return view
+
+    return await _with_store(request, read)
+
+
 async def stats(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
     recorder = getattr(runtime, "recorder", None)
@@ -171,5 +209,7 @@ def api_routes() -> list[BaseRoute]:
         Route("/api/calls/{call_id}", get_call),
         Route("/api/sessions", list_sessions),
         Route("/api/sessions/{session_id:path}", get_session),
+        Route("/api/workflows", list_workflows),
+        Route("/api/workflows/{workflow:path}", get_workflow),
         Route("/api/stats", stats),
     ]

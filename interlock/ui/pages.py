@@ -7,6 +7,7 @@ Every store read runs in a worker thread. Every route is GET: nothing here can c
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -439,34 +440,38 @@ async def policies_page(request: Request) -> Response:
 
 
 async def bundle(request: Request) -> Response:
-    """The session's calls as a replay bundle (`Store.export`), downloaded as `<session>.db`."""
+    """The session's (or with `workflow=`, the workflow's) calls as a replay bundle (`Store.export`),
+    downloaded as `<name>.db`."""
     store = _store(request)
     if store is None:
         return await _no_store(request)
-    session = request.query_params.get("session", "")
+    workflow = request.query_params.get("workflow")
+    session = None if workflow is not None else request.query_params.get("session", "")
+    what, name = ("workflow", workflow) if workflow is not None else ("session", session or "")
     fd, path = tempfile.mkstemp(prefix="interlock-bundle-", suffix=".db")
     os.close(fd)
-    count = await run_in_threadpool(store.export, path, session=session)
+    count = await run_in_threadpool(functools.partial(store.export, path, session=session, workflow=workflow))
     if not count:
         os.unlink(path)
-        return await _page(
-            request, "message.html", {"title": "No such session", "message": f"no session {session!r}"}, 404
-        )
+        return await _page(request, "message.html", {"title": f"No such {what}", "message": f"no {what} {name!r}"}, 404)
     return FileResponse(
         path,
         media_type="application/vnd.sqlite3",
-        filename=f"{_safe_name(session)}.db",
+        filename=f"{_safe_name(name)}.db",
         background=BackgroundTask(os.unlink, path),
     )
 
 
 def routes() -> list[BaseRoute]:
     from interlock.ui.live import live
+    from interlock.ui.workflow_pages import workflow_page, workflows_page
 
     return [
         Route("/", sessions_page, methods=["GET"]),
         Route("/calls", calls_page, methods=["GET"]),
         Route("/session", session_page, methods=["GET"]),
+        Route("/workflows", workflows_page, methods=["GET"]),
+        Route("/workflow", workflow_page, methods=["GET"]),
         Route("/call/{call_id}", call_page, methods=["GET"]),
         Route("/policies", policies_page, methods=["GET"]),
         Route("/bundle", bundle, methods=["GET"]),

@@ -85,7 +85,11 @@ TIMELINE_PAGE = 500
 
 def timeline(store: Store, session: str, limit: int = TIMELINE_PAGE, offset: int = 0) -> list[TimelineCall]:
     """A page of a session's calls, oldest first, with their attempts, decisions and findings."""
-    rows = store.session_calls(session, limit=limit, offset=offset)
+    return timeline_calls(store, store.session_calls(session, limit=limit, offset=offset))
+
+
+def timeline_calls(store: Store, rows: list[dict[str, Any]]) -> list[TimelineCall]:
+    """These narrow rows (in start order) with their attempts, decisions, findings and summaries."""
     calls = {row["id"]: TimelineCall(row) for row in rows}
     if not calls:
         return []
@@ -134,4 +138,4 @@ def _clip(text: str, size: int = 110) -> str:
     return text if len(text) <= size else text[: size - 1] + "…"
 
 
-__all__ = ["TIMELINE_PAGE", "SessionFilters", "TimelineCall", "choices", "timeline"]
+__all__ = ["TIMELINE_PAGE", "SessionFilters", "TimelineCall", "choices", "timeline", "timeline_calls"]

@@ -112,6 +112,32 @@ def test_sessions_summarise_their_calls(store: Store) -> None:
     assert middle == {"prev": one[0].id, "next": one[2].id, "position": 2, "total": 3}
 
 
+def test_workflows_summarise_every_agents_calls(store: Store, tmp_path: Path) -> None:
+    finding = Finding("EMAIL_ADDRESS", "request.messages[0].content", 0, 5, 0.9, "redact")
+    calls = [
+        make_call(workflow="w1", agent="orchestrator", started_at=100.0, span_id="a" * 16, input_tokens=3),
+        make_call(workflow="w1", agent="extraction", started_at=101.0, parent_span_id="a" * 16, findings=[finding]),
+        make_call(workflow="w1", agent="risk", started_at=102.0, outcome="upstream_error", error="boom"),
+        make_call(workflow="w2", agent="extraction", started_at=50.0),
+        make_call(agent="loner", started_at=300.0),
+    ]
+    store.write([c.to_record() for c in calls])
+    assert [w["workflow"] for w in store.workflows()] == ["w1", "w2"]
+    assert [w["workflow"] for w in store.workflows(agent="risk")] == ["w1"]
+    w1 = store.workflow_summary("w1")
+    assert w1 is not None
+    assert (w1["calls"], w1["errors"], w1["findings"]) == (3, 1, 1)
+    assert w1["agents"] == ["extraction", "orchestrator", "risk"]
+    rows = store.workflow_calls("w1")
+    assert [r["id"] for r in rows] == [c.id for c in calls[:3]]
+    assert [(r["parent_span_id"], r["findings"]) for r in rows] == [(None, 0), ("a" * 16, 1), (None, 0)]
+    texts = store.call_texts([calls[0].id])
+    assert "lighthouse" in texts[calls[0].id][0] and "northern cape" in texts[calls[0].id][1]
+    assert store.workflow_summary("nobody") is None and store.workflow_calls("nobody") == []
+    bundle = tmp_path / "w1.db"
+    assert store.export(bundle, workflow="w1") == 3
+
+
 def test_call_parts_give_attempts_decisions_findings_and_bodies(store: Store) -> None:
     call = make_call()
     call.attempts = [Attempt("primary", "http://a", "gpt-4o", 0.0, 5.0, 4.0, 500, None, 0.0)]

@@ -85,6 +85,11 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
             result = Demo(running, upstream, seeded)
             for what, count in (("retry", 1), ("denial", 2), ("redaction", 1), ("tools", 3)):
                 result.wait_recorded(seeded.sessions[what], count)
+            workflow = seeded.workflows["onboarding"]
+            deadline = time.monotonic() + 60
+            while len(running.runtime.store.workflow_calls(workflow)) < 7:  # the workflow's seven calls
+                assert time.monotonic() < deadline, f"the calls of workflow {workflow!r} were not recorded"
+                time.sleep(0.01)
             yield result
 
 

@@ -23,7 +23,8 @@ def test_sessions_list_says_what_happened_in_each_session(page: Any, demo: Any) 
     page.goto("/")
     sessions = demo.seeded.sessions
     rows = page.locator("table.sessions tbody tr")
-    expect(rows).to_have_count(4)  # the warm-up call has no session
+    # The four sessions, and the workflow's four agents' sessions; the warm-up call has no session.
+    expect(rows).to_have_count(8)
     expect(rows.filter(has_text=sessions["retry"])).to_contain_text("1 retried")
     expect(rows.filter(has_text=sessions["denial"])).to_contain_text("1 denied")
     expect(rows.filter(has_text=sessions["redaction"])).to_contain_text("1 PII")
@@ -124,10 +125,10 @@ def test_search_and_filters(page: Any, demo: Any) -> None:
 
 
 def test_paging(page: Any, demo: Any) -> None:
-    page.goto("/?offset=3")
+    page.goto("/?offset=7")
     expect(page.locator("table.sessions tbody tr")).to_have_count(1)
     page.click("text=← Newer")
-    expect(page.locator("table.sessions tbody tr")).to_have_count(4)
+    expect(page.locator("table.sessions tbody tr")).to_have_count(8)
 
 
 def test_new_call_appears_without_reload(page: Any, demo: Any) -> None:

@@ -40,5 +40,8 @@ def test_screenshots(browser: Any, demo: Any, tmp_path: Path) -> None:
                 page.screenshot(path=folder / f"session-retry-{scheme}-{name}.png", full_page=True)
                 page.goto("/policies")
                 page.screenshot(path=folder / f"policies-{scheme}-{name}.png", full_page=True)
+                page.goto(f"/workflow?id={demo.seeded.workflows['onboarding']}")
+                expect(page.locator("svg.handoff-arrows path.handoff-arrow").first).to_be_attached()
+                page.screenshot(path=folder / f"workflow-{scheme}-{name}.png", full_page=True)
             context.close()
     assert (folder / "sessions-dark-narrow.png").stat().st_size > 10_000

@@ -65,6 +65,48 @@
     }
   });
 
+  // The workflow page: an arrow from each handoff's source bar (its end) to its target bar (its start).
+  var lanes = document.getElementById("lanes");
+  function drawHandoffs() {
+    var svg = lanes.querySelector("svg.handoff-arrows");
+    var box = lanes.getBoundingClientRect();
+    var ns = "http://www.w3.org/2000/svg";
+    while (svg.firstChild) svg.removeChild(svg.firstChild);
+    var marker = document.createElementNS(ns, "marker");
+    marker.setAttribute("id", "arrow-head");
+    marker.setAttribute("viewBox", "0 0 8 8");
+    marker.setAttribute("refX", "7"); marker.setAttribute("refY", "4");
+    marker.setAttribute("markerWidth", "7"); marker.setAttribute("markerHeight", "7");
+    marker.setAttribute("orient", "auto-start-reverse");
+    var head = document.createElementNS(ns, "path");
+    head.setAttribute("d", "M0,0 L8,4 L0,8 z");
+    head.setAttribute("style", "fill: var(--accent); stroke: none");
+    marker.appendChild(head);
+    var defs = document.createElementNS(ns, "defs");
+    defs.appendChild(marker);
+    svg.appendChild(defs);
+    JSON.parse(lanes.getAttribute("data-handoffs") || "[]").forEach(function (h) {
+      var from = lanes.querySelector('[data-call="' + h[0] + '"]');
+      var to = lanes.querySelector('[data-call="' + h[1] + '"]');
+      if (!from || !to) return;
+      var a = from.getBoundingClientRect(), b = to.getBoundingClientRect();
+      var x1 = a.right - box.left, y1 = a.top + a.height / 2 - box.top;
+      var x2 = b.left - box.left, y2 = b.top + b.height / 2 - box.top;
+      var bend = Math.max(24, Math.abs(x2 - x1) / 2);
+      var path = document.createElementNS(ns, "path");
+      path.setAttribute("d", "M" + x1 + "," + y1 + " C" + (x1 + bend) + "," + y1 + " " + (x2 - bend) + "," + y2 + " " + x2 + "," + y2);
+      path.setAttribute("class", "handoff-arrow " + h[2]);
+      path.setAttribute("marker-end", "url(#arrow-head)");
+      path.setAttribute("data-from", h[0]);
+      path.setAttribute("data-to", h[1]);
+      svg.appendChild(path);
+    });
+  }
+  if (lanes) {
+    drawHandoffs();
+    window.addEventListener("resize", drawHandoffs);
+  }
+
   function select(node) {
     var range = document.createRange();
     range.selectNodeContents(node);
