@@ -40,7 +40,7 @@ from interlock.tracing.pg_schema import (
 )
 from interlock.tracing.pg_search import tsquery_condition
 from interlock.tracing.pins import PostgresPins
-from interlock.tracing.reads import Reads, select_narrow, where_clause
+from interlock.tracing.reads import select_narrow, where_clause
 from interlock.tracing.rows import (
     CHILD_TABLES,
     INSERT_ATTEMPT,
@@ -53,6 +53,7 @@ from interlock.tracing.rows import (
 )
 from interlock.tracing.schema import SCHEMA_VERSION, SchemaError, StoreError, StoreUnavailable
 from interlock.tracing.store import SQLiteStore, write_bundle
+from interlock.tracing.workflow_reads import WorkflowReads
 from interlock.tracing.writing import MAX_ROWS, Rows, row_groups
 
 log = logging.getLogger("interlock.store")
@@ -91,7 +92,7 @@ def public_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-class PostgresStore(Reads, PostgresPins):
+class PostgresStore(WorkflowReads, PostgresPins):
     """A store in the PostgreSQL database at `url`; implements `interlock.tracing.backend.Store`."""
 
     _select_narrow = select_narrow("(meta::jsonb #>> '{{mcp,{key}}}')")

@@ -89,12 +89,6 @@ GROUP BY {key}
     .replace("<retries>", _count("attempt_count > 1"))
 )
 
-#: What a workflow's page reads of each call beside its narrow row: the span it hangs from, its findings.
-_WORKFLOW_EXTRAS = (
-    ", parent_span_id, (SELECT count(*) FROM events e WHERE e.call_id = calls.id AND e.kind = 'finding')"
-    " AS findings FROM calls"
-)
-
 
 class Reads:
     """The read queries of a store, in SQL both engines speak (`?` parameters; a mixin).
@@ -425,64 +419,6 @@ class Reads:
             self.query(f"{self._select_narrow} WHERE session = ? ORDER BY id LIMIT ?", (session, limit))
         )
         return summary
-
-    # -- workflows -------------------------------------------------------------------------------
-
-    def workflows(
-        self,
-        *,
-        agent: str | None = None,
-        since: float | None = None,
-        until: float | None = None,
-        active_since: float | None = None,
-        limit: int = 50,
-        offset: int = 0,
-    ) -> list[dict[str, Any]]:
-        """Workflow summaries (the fields of a `sessions` row, keyed `workflow`), most recently active
-        first, a page of them; `agent` keeps workflows that agent took part in."""
-        where, params = where_clause(since=since, until=until)
-        having: list[str] = []
-        if agent is not None:
-            having.append(f"{_count('agent = ?')} > 0")
-            params.append(agent)
-        if active_since is not None:
-            having.append("max(started_at) >= ?")
-            params.append(active_since)
-        sql = _GROUP_PAGE.format(
-            key="workflow", where=" AND ".join(where), having=("HAVING " + " AND ".join(having)) if having else ""
-        )
-        page = [r["workflow"] for r in self.query(sql, (*params, max(0, int(limit)), max(0, int(offset))))]
-        return self._summaries(page, since=since, until=until, key="workflow")
-
-    def workflow_summary(self, workflow: str) -> dict[str, Any] | None:
-        """One workflow's summary (the fields of a `workflows` row), or None."""
-        rows = self._summaries([workflow], key="workflow")
-        return rows[0] if rows else None
-
-    def workflow_calls(self, workflow: str, *, limit: int = 2000) -> list[dict[str, Any]]:
-        """A workflow's calls in the order they started: narrow rows plus `parent_span_id` and
-        `findings` (how many), the first `limit` of them."""
-        return narrow_rows(
-            self.query(
-                self._select_narrow.replace(" FROM calls", _WORKFLOW_EXTRAS, 1)
-                + " WHERE workflow = ? ORDER BY started_at, seq LIMIT ?",
-                (workflow, max(0, int(limit))),
-            )
-        )
-
-    def call_texts(self, ids: Sequence[str]) -> dict[str, tuple[str, str]]:
-        """Per call id: (request text, response text) as the full-text index holds them (string
-        values of the bodies, a stream's reassembled text); calls recorded without bodies have none."""
-        texts: dict[str, tuple[str, str]] = {}
-        ids = list(ids)
-        for start in range(0, len(ids), 500):
-            part = ids[start : start + 500]
-            marks = ", ".join("?" * len(part))
-            for call_id, request, response in self.rows(
-                f"SELECT c.id, f.request, f.response FROM calls c {self._texts_join} WHERE c.id IN ({marks})", part
-            ):
-                texts[call_id] = (request or "", response or "")
-        return texts
 
     def agents(self) -> list[dict[str, Any]]:
         """Every agent seen, with its call count, sessions and last activity."""

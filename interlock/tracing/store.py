@@ -41,6 +41,7 @@ from interlock.tracing.schema import (
     schema_version,
 )
 from interlock.tracing.transfer import copy_calls
+from interlock.tracing.workflow_reads import WorkflowReads
 from interlock.tracing.writing import Rows, insert_rows, transaction, write_records, write_rows
 
 if TYPE_CHECKING:
@@ -79,7 +80,7 @@ def _file_identity(path: str) -> tuple[int, int]:
     return stat.st_dev, stat.st_ino
 
 
-class SQLiteStore(Reads, SQLitePins):
+class SQLiteStore(WorkflowReads, SQLitePins):
     """The embedded SQLite store at `path` (created and migrated unless `readonly`); implements
     `interlock.tracing.backend.Store`. Open it with `backend.open_store`; its connection (`conn`)
     is for this backend's own modules (the recorder's writer, the tests of this backend)."""

@@ -12,6 +12,7 @@ import httpx
 from interlock.scripted import ScriptedUpstream
 from interlock.tracing.backend import open_store
 from interlock.tracing.call import Call
+from interlock.tracing.schema import SCHEMA_VERSION
 from tests.proxy.routing_support import collect_calls, finished
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
@@ -73,6 +74,7 @@ def test_a_store_written_before_workflows_is_still_read(tmp_path: Path) -> None:
     conn = sqlite3.connect(path)
     conn.execute("DROP INDEX calls_workflow")
     conn.execute("ALTER TABLE calls DROP COLUMN workflow")
+    conn.execute("ALTER TABLE calls DROP COLUMN rescued")  # added after workflow (version 3)
     conn.execute("PRAGMA user_version = 1")
     conn.commit()
     conn.close()
@@ -82,4 +84,4 @@ def test_a_store_written_before_workflows_is_still_read(tmp_path: Path) -> None:
     with open_store(path) as migrated:
         row = migrated.call_row("01")
         assert row is not None and row["workflow"] is None
-        assert migrated.schema_version == 2
+        assert migrated.schema_version == SCHEMA_VERSION
