@@ -439,6 +439,24 @@ async def policies_page(request: Request) -> Response:
     return await _page(request, "policies.html", {"policy": snapshot, "details": details})
 
 
+async def pins_page(request: Request) -> Response:
+    """The pinned MCP tool contracts (docs/mcp.md), with the diff of each changed or new tool."""
+    if (redirect := _token_cookie(request)) is not None:
+        return redirect
+    store = _store(request)
+    if store is None:
+        return await _no_store(request)
+    from interlock.tracing.pins import pin_diff
+
+    rows = await run_in_threadpool(store.mcp_pins)
+    for row in rows:
+        row["state"] = (
+            "new" if row["pinned_hash"] is None else "changed" if row["pinned_hash"] != row["seen_hash"] else "pinned"
+        )
+        row["diff"] = pin_diff(row) if row["state"] != "pinned" else ""
+    return await _page(request, "pins.html", {"pins": rows})
+
+
 async def bundle(request: Request) -> Response:
     """The session's (or with `workflow=`, the workflow's) calls as a replay bundle (`Store.export`),
     downloaded as `<name>.db`."""
@@ -474,6 +492,7 @@ def routes() -> list[BaseRoute]:
         Route("/workflow", workflow_page, methods=["GET"]),
         Route("/call/{call_id}", call_page, methods=["GET"]),
         Route("/policies", policies_page, methods=["GET"]),
+        Route("/pins", pins_page, methods=["GET"]),
         Route("/bundle", bundle, methods=["GET"]),
         Route("/live", live, methods=["GET"]),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),

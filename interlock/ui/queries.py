@@ -59,7 +59,7 @@ class TimelineCall:
 
     @property
     def markers(self) -> list[tuple[str, str]]:
-        """(kind, label) badges: retry, fallback, denied, blocked, modified, redacted."""
+        """(kind, label) badges: retry, fallback, denied, blocked, modified, loop, changed MCP tool, redacted."""
         out: list[tuple[str, str]] = []
         if len(self.attempts) > 1:
             failures = [str(a.get("status") or a.get("error") or "failure") for a in self.attempts[:-1]]
@@ -73,6 +73,14 @@ class TimelineCall:
         if modified:
             rules = sorted({str(d.get("rule")) for d in modified if d.get("rule")})
             out.append(("modified", "changed by " + (", ".join(rules) or "policy")))
+        for decision in self.decisions:
+            detail = decision.get("detail") or {}
+            if decision.get("stage") == "loop":  # a loop finding (policies/loops.py)
+                label = f"loop: {detail.get('kind')} ×{detail.get('count')} ({decision.get('action')})"
+                out.append(("loop", label))
+            elif decision.get("stage") == "mcp_pins" and decision.get("action") != "allow":
+                tools = [*detail.get("changed", []), *detail.get("new", [])] or [detail.get("tool")]
+                out.append(("pins", f"tool changed: {', '.join(str(t) for t in tools)} ({decision.get('action')})"))
         if self.findings:
             actions = sorted({f.get("action", "") for f in self.findings})
             out.append(("redacted", f"{len(self.findings)} PII ({', '.join(actions)})"))
