@@ -21,6 +21,7 @@ from interlock.proxy.pipeline import Pipeline, Services, built_in_stages, guardr
 from interlock.proxy.upstream import make_client
 from interlock.serving import QuietServer, ServerRejects, bind_socket, uvicorn_config
 from interlock.tracing.recorder import open_recording
+from interlock.workers import WorkerBoard
 
 log = logging.getLogger("interlock")
 
@@ -174,16 +175,26 @@ class Servers:
             raise OSError("a server stopped during startup")  # the CLI says so and exits 2
 
 
-async def serve(settings: Settings, *, on_ready: Any = None) -> None:
+async def serve(
+    settings: Settings,
+    *,
+    on_ready: Any = None,
+    sockets: tuple[socket.socket, socket.socket] | None = None,
+    board: WorkerBoard | None = None,
+) -> None:
     """Run the proxy and the admin port until SIGTERM or SIGINT, then shut down gracefully.
     `on_ready(runtime, proxy_port, admin_port)` is called once both listen. Raises OSError when a port
-    cannot be bound."""
-    proxy_socket = bind_socket(settings.listen.host, settings.listen.port)
-    try:
-        admin_socket = bind_socket(settings.admin.host, settings.admin.port)
-    except OSError:
-        proxy_socket.close()
-        raise
+    cannot be bound. A worker of `serve --workers N` (`workers.py`) gets the supervisor's `sockets`
+    and its slot on the `board` of readiness."""
+    if sockets is None:
+        proxy_socket = bind_socket(settings.listen.host, settings.listen.port)
+        try:
+            admin_socket = bind_socket(settings.admin.host, settings.admin.port)
+        except OSError:
+            proxy_socket.close()
+            raise
+    else:
+        proxy_socket, admin_socket = sockets
     try:
         runtime = Runtime(settings)  # may raise: a broken policy file, an unreadable store
         servers = Servers(runtime, proxy_socket, admin_socket)
@@ -191,9 +202,17 @@ async def serve(settings: Settings, *, on_ready: Any = None) -> None:
         proxy_socket.close()
         admin_socket.close()
         raise
+    publisher: asyncio.Task[None] | None = None
+    if board is not None:
+        runtime.services["workers"] = board
+        publisher = asyncio.get_running_loop().create_task(_publish_readiness(runtime, board))
 
     def stop(*_: Any) -> None:
         log.info("shutting down: no new connections, waiting up to %ss for calls in flight", settings.shutdown_grace)
+        if board is not None:
+            board.set(False)  # out of rotation at once: `/ready` of every worker says so
+        if publisher is not None:
+            publisher.cancel()
         servers.stop()
 
     loop = asyncio.get_running_loop()
@@ -228,3 +247,13 @@ async def serve(settings: Settings, *, on_ready: Any = None) -> None:
             )
 
     await servers.run(started)
+
+
+async def _publish_readiness(runtime: Runtime, board: WorkerBoard) -> None:
+    """Keep this worker's slot on the board equal to its own `/ready` (every 100 ms: a probe's
+    period is seconds)."""
+    from interlock.ui.admin import readiness
+
+    while True:
+        board.set(readiness(runtime)[0] == 200)
+        await asyncio.sleep(0.1)

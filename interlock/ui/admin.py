@@ -23,22 +23,31 @@ async def health(request: Request) -> Response:
     return JSONResponse({"status": "ok", "version": __version__})
 
 
-async def ready(request: Request) -> Response:
-    runtime: Runtime = request.app.state.runtime
+def readiness(runtime: Runtime) -> tuple[int, dict[str, Any]]:
+    """This process's readiness: (HTTP status, body) of its `/ready`."""
     if not runtime.ready:
-        return JSONResponse({"status": "starting"}, status_code=503)
+        return 503, {"status": "starting"}
     recorder = runtime.recorder
     if recorder is not None and recorder.holding.fault is not None:
         # Calls are answered but cannot be recorded: held, spilled, counted (docs/store.md).
         reason = f"recording: {recorder.holding.fault}" if not runtime.settings.admin.token else "recording"
-        return JSONResponse(
-            {"status": "not_ready", "reason": reason, "unrecorded": recorder.holding.unrecorded}, status_code=503
-        )
+        return 503, {"status": "not_ready", "reason": reason, "unrecorded": recorder.holding.unrecorded}
     if warming := runtime.warming():  # e.g. the guardrails engine: the first call would wait for it
-        return JSONResponse({"status": "starting", "warming": warming}, status_code=503)
+        return 503, {"status": "starting", "warming": warming}
     if runtime.settings.admin.token:  # answered without the token: the status alone
-        return JSONResponse({"status": "ready"})
-    return JSONResponse({"status": "ready", "routes": sorted(runtime.settings.routes)})
+        return 200, {"status": "ready"}
+    return 200, {"status": "ready", "routes": sorted(runtime.settings.routes)}
+
+
+async def ready(request: Request) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    status, body = readiness(runtime)
+    board = runtime.services.get("workers")  # `serve --workers N`: ready only when every worker is
+    if board is not None:
+        body["workers"] = board.summary()
+        if status == 200 and not board.all_ready():
+            status, body["status"] = 503, "starting"
+    return JSONResponse(body, status_code=status)
 
 
 #: Probes for orchestrators (Docker HEALTHCHECK, Kubernetes): answered without the admin token.

@@ -1,0 +1,237 @@
+"""`interlock serve --workers 2` (interlock/workers.py) as a user runs it: the real CLI, one SQLite
+store written by both workers, limits on a real Redis counted once for both, `/ready` answering for
+every worker, a killed worker replaced, and a graceful stop that drains both."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from interlock.scripted import Script, ScriptedUpstream
+from tests.conftest import routes_for
+from tests.servers import RedisServer, free_port
+
+INTERLOCK = str(Path(sys.executable).with_name("interlock"))
+HI = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+
+
+@dataclass
+class Served:
+    process: subprocess.Popen[bytes]
+    url: str
+    admin: str
+    store: Path
+    log: Path
+
+    def ready(self) -> dict[str, Any] | None:
+        try:
+            answer = httpx.get(self.admin + "/ready", timeout=5)
+        except httpx.HTTPError:
+            return None
+        return answer.json() if answer.status_code == 200 else None
+
+    def wait_ready(self, timeout: float = 180) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"interlock exited {self.process.returncode}: {self.log.read_text()[-3000:]}")
+            body = self.ready()
+            if body is not None:
+                return body
+            time.sleep(0.1)
+        raise AssertionError(f"not ready in {timeout} s: {self.log.read_text()[-3000:]}")
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(60)
+
+
+def call(served: Served, agent: str) -> httpx.Response:
+    """One call on a connection of its own (so the kernel may hand it to either worker)."""
+    with httpx.Client(timeout=30) as client:
+        return client.post(
+            served.url + "/openai/chat/completions",
+            json=HI,
+            headers={"Authorization": "Bearer sk-agent", "X-Interlock-Agent": agent},
+        )
+
+
+@pytest.fixture(scope="module")
+def served(
+    upstream_server: ScriptedUpstream, redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Served]:
+    home = tmp_path_factory.mktemp("workers")
+    (home / "policy.yaml").write_text(
+        "rules:\n  - name: fleet-rate\n    match: {agent: 'rate-*'}\n    limits: {requests_per_minute: 40}\n"
+    )
+    port, admin = free_port(), free_port()
+    config = {
+        "listen": {"host": "127.0.0.1", "port": port},
+        "admin": {"host": "127.0.0.1", "port": admin},
+        "routes": routes_for(upstream_server),
+        "store": {"path": str(home / "interlock.db")},
+        "state": {
+            "url": redis_server.url,
+            "key_prefix": f"workers:{uuid.uuid4().hex[:8]}:",
+            "vault_key": "a test vault key, 32 characters or more",
+        },
+        "policies": [str(home / "policy.yaml")],
+        "guardrails": {"request": {}},
+        "shutdown_grace": 10,
+    }
+    (home / "interlock.yaml").write_text(yaml.safe_dump(config))
+    log = home / "interlock.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [INTERLOCK, "serve", "--workers", "2", "-c", str(home / "interlock.yaml")],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "INTERLOCK_VAULT_KEY": ""},
+        )
+    running = Served(process, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin}", home / "interlock.db", log)
+    try:
+        running.wait_ready()
+        yield running
+    finally:
+        if running.process.poll() is None:
+            running.process.kill()
+            running.process.wait(30)
+
+
+def test_ready_answers_for_every_worker(served: Served) -> None:
+    seen: set[int] = set()
+    for _ in range(400):  # each probe on a connection of its own: either worker may answer
+        body = served.ready()
+        assert body is not None and body["workers"]["ready"] == 2 and body["workers"]["of"] == 2
+        seen.add(body["workers"]["worker"])
+        if seen == {0, 1}:
+            break
+    assert seen == {0, 1}
+
+
+def test_a_rate_limit_is_counted_once_for_both_workers(served: Served) -> None:
+    statuses: list[int] = []
+    lock = threading.Lock()
+
+    def agent() -> None:
+        for _ in range(5):
+            status = call(served, "rate-1").status_code
+            with lock:
+                statuses.append(status)
+
+    threads = [threading.Thread(target=agent) for _ in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert sorted(statuses) == [200] * 40 + [429] * 20
+
+
+def test_a_killed_worker_is_replaced(served: Served) -> None:
+    pids = {
+        int(p)
+        for p in subprocess.run(["pgrep", "-P", str(served.process.pid)], capture_output=True, text=True).stdout.split()
+    }
+    assert len(pids) == 2
+    victim = min(pids)
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        now = subprocess.run(["pgrep", "-P", str(served.process.pid)], capture_output=True, text=True).stdout.split()
+        if (
+            len(now) == 2
+            and victim not in {int(p) for p in now}
+            and (served.ready() or {}).get("workers", {}).get("ready") == 2
+        ):
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("the killed worker was not replaced")
+    assert call(served, "after-kill").status_code == 200
+
+
+def test_sustained_load_then_a_graceful_stop_records_every_call(
+    served: Served, upstream_server: ScriptedUpstream
+) -> None:
+    sent: list[int] = []
+    lock = threading.Lock()
+
+    def agent() -> None:
+        with httpx.Client(timeout=30) as client:
+            for _ in range(100):
+                answer = client.post(
+                    served.url + "/openai/chat/completions",
+                    json=HI,
+                    headers={"Authorization": "Bearer sk-agent", "X-Interlock-Agent": "load"},
+                )
+                with lock:
+                    sent.append(answer.status_code)
+
+    threads = [threading.Thread(target=agent) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(300)
+    assert sent == [200] * 1600
+    # Calls in flight when SIGTERM comes are finished by whichever worker holds them.
+    before = len(upstream_server.requests)
+    upstream_server.script(*[Script(delay=1.0) for _ in range(4)])
+    held: list[int] = []
+    slow = [threading.Thread(target=lambda: held.append(call(served, "slow").status_code)) for _ in range(4)]
+    for thread in slow:
+        thread.start()
+    deadline = time.monotonic() + 60
+    while len(upstream_server.requests) < before + 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert served.stop() == 0
+    for thread in slow:
+        thread.join(60)
+    assert held == [200] * 4
+    log = served.log.read_text()
+    assert "database is locked" not in log
+    with sqlite3.connect(served.store) as db:
+        (load,) = db.execute("SELECT count(*) FROM calls WHERE agent = 'load'").fetchone()
+        (slow_rows,) = db.execute("SELECT count(*) FROM calls WHERE agent = 'slow'").fetchone()
+    assert load == 1600 and slow_rows == 4
+
+
+def test_workers_without_shared_state_refuse_to_start_when_policies_count(tmp_path: Path) -> None:
+    (tmp_path / "policy.yaml").write_text("rules:\n  - name: r\n    limits: {requests_per_minute: 5}\n")
+    config = {"policies": [str(tmp_path / "policy.yaml")], "store": {"path": str(tmp_path / "i.db")}}
+    (tmp_path / "interlock.yaml").write_text(yaml.safe_dump(config))
+    environment = {k: v for k, v in os.environ.items() if k != "INTERLOCK_STATE_URL"}
+    done = subprocess.run(
+        [
+            INTERLOCK,
+            "serve",
+            "--workers",
+            "2",
+            "--port",
+            "0",
+            "--admin-port",
+            "0",
+            "-c",
+            str(tmp_path / "interlock.yaml"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=environment,
+    )
+    assert done.returncode == 2
+    assert "--workers 2 needs shared state" in done.stderr and "policies" in done.stderr
