@@ -24,10 +24,13 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
+import yaml
 
 from interlock.scripted import ScriptedUpstream
 from interlock.testing import free_port
 from tests.readiness import wait_ready
+from tests.servers import PostgresServer, RedisServer
 
 pytestmark = [
     pytest.mark.slow,
@@ -115,11 +118,11 @@ def _buildah(*args: str) -> str:
     return done.stdout
 
 
-def _wait_recorded(container: Container) -> list[dict[str, Any]]:
+def _wait_recorded(container: Container, route: str = "local") -> list[dict[str, Any]]:
     deadline = time.monotonic() + 30
     headers = {"Authorization": f"Bearer {TOKEN}"}
     while True:
-        reply = httpx.get(container.admin_url + "/api/calls", headers=headers, params={"route": "local"})
+        reply = httpx.get(container.admin_url + "/api/calls", headers=headers, params={"route": route})
         assert reply.status_code == 200, reply.text
         calls: list[dict[str, Any]] = reply.json()["calls"]
         if calls:
@@ -182,6 +185,74 @@ def test_the_image_runs_as_a_user_and_holds_what_uv_lock_locks(image: Image, con
     assert {n: v for n, v in installed.items() if locked.get(n) != v} == {}
     (own,) = [p for p in lock["package"] if name(p["name"]) == "interlock"]
     wanted = {name(d["name"]) for d in own["dependencies"]}
-    for extra in ("guardrails", "policy", "otel"):  # `all`
+    # `all`, as pyproject.toml defines it (interlock[guardrails,policy,otel,fleet]): the image installs it.
+    (everything,) = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["all"]
+    extras = re.fullmatch(r"interlock\[(.+)\]", everything).group(1).split(",")  # type: ignore[union-attr]
+    assert "fleet" in extras
+    for extra in extras:
         wanted |= {name(d["name"]) for d in own["optional-dependencies"][extra]}
     assert wanted - installed.keys() == set()
+
+
+def test_the_image_runs_the_fleet_configuration_on_postgresql_and_redis(
+    image: Image,
+    container: Container,
+    upstream: ScriptedUpstream,
+    postgres_server: PostgresServer,
+    redis_server: RedisServer,
+    tmp_path: Path,
+) -> None:
+    """deploy/interlock.yaml (the configuration deploy/compose.yaml and the shared Kubernetes Deployment
+    run) in the image, given its store, state and vault key by the environment as their Secrets give
+    them: ready on a real PostgreSQL and Redis, a call redacted on the way up and restored on the way
+    back, recorded in PostgreSQL with the placeholder only, the vault's entry in Redis."""
+    config_dir = tmp_path / "config"
+    (config_dir / "policies").mkdir(parents=True)
+    config = yaml.safe_load((ROOT / "deploy" / "interlock.yaml").read_text())
+    config["routes"]["openai"]["upstream"] = upstream.url + "/v1"  # the scripted provider, not OpenAI's
+    (config_dir / "interlock.yaml").write_text(yaml.safe_dump(config))
+    shutil.copy(ROOT / "deploy" / "policies" / "fleet.yaml", config_dir / "policies" / "fleet.yaml")
+    config_dir.chmod(0o755)  # read by the image's user
+    database = postgres_server.database("image_fleet")
+    redis_server.flush()
+    fleet_env = {
+        "INTERLOCK_SERVE_CONFIG": "/config/interlock.yaml",
+        "INTERLOCK_STORE_URL": database,
+        "INTERLOCK_STATE_URL": redis_server.url,
+        "INTERLOCK_VAULT_KEY": "image-test-vault-key-" + "k" * 24,
+    }
+    env = [*container.env, *(f"--env={key}={value}" for key, value in fleet_env.items())]
+    fleet = Container(container.name, [*env, f"--volume={config_dir}:/config:ro"], container.port, container.admin_port)
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(fleet.command("interlock", "serve"), stdout=out, stderr=subprocess.STDOUT)
+        try:
+            wait_ready(fleet.admin_url, process, timeout=READY_TIMEOUT, log=log)
+            reply = httpx.post(
+                fleet.url + "/openai/chat/completions",
+                json={"model": "m", "messages": [{"role": "user", "content": "mail jane.doe@example.com"}]},
+                headers={"X-Interlock-Agent": "image-fleet", "X-Interlock-Session": "s-image"},
+                timeout=30,
+            )
+            assert reply.status_code == 200, reply.text
+            assert reply.json()["choices"][0]["message"]["content"] == "echo: mail jane.doe@example.com"
+            sent = upstream.requests[-1].body
+            assert b"jane.doe@example.com" not in sent and b"<EMAIL_ADDRESS_1>" in sent
+
+            (call,) = _wait_recorded(fleet, route="openai")
+            assert (call["agent"], call["session"], call["status"]) == ("image-fleet", "s-image", 200)
+            stored = postgres_server.psql("SELECT count(*) FROM calls", database=database.rsplit("/", 1)[1])
+            assert stored.strip() == "1"
+            detail = httpx.get(
+                f"{fleet.admin_url}/api/calls/{call['id']}", headers={"Authorization": f"Bearer {TOKEN}"}
+            )
+            assert detail.status_code == 200 and "jane.doe@example.com" not in detail.text
+            vault = redis.Redis.from_url(redis_server.url)
+            try:
+                assert vault.keys("interlock:v:*")
+                assert not [k for k in vault.keys("*") if b"jane.doe" in k]
+            finally:
+                vault.close()
+        finally:
+            process.terminate()
+            process.wait(timeout=60)
