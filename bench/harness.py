@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -218,15 +218,17 @@ def wait_listening(port: int, popen: subprocess.Popen[bytes], timeout: float = 3
 
 
 @contextlib.contextmanager
-def interlock(config: dict[str, Any], *, name: str = "interlock", env: dict[str, str] | None = None) -> Iterator[Proc]:
-    """`python -m interlock.cli serve --config <generated yaml>` until the block ends."""
+def interlock(
+    config: dict[str, Any], *, name: str = "interlock", env: dict[str, str] | None = None, args: Sequence[str] = ()
+) -> Iterator[Proc]:
+    """`python -m interlock.cli serve --config <generated yaml> [args]` until the block ends."""
     workdir = Path(tempfile.mkdtemp(prefix="interlock-bench-"))
     path = workdir / "interlock.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     log = (workdir / "interlock.log").open("wb")
     spawned = time.perf_counter()
     popen = subprocess.Popen(
-        [PYTHON, "-m", "interlock.cli", "serve", "--config", str(path)],
+        [PYTHON, "-m", "interlock.cli", "serve", "--config", str(path), *args],
         cwd=workdir,
         stdout=log,
         stderr=subprocess.STDOUT,
