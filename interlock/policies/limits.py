@@ -172,8 +172,13 @@ class Limiter:
         return Admission([], None, plan.keys, list(unchecked.values()))
 
     async def snapshot(self, now: float) -> dict[str, Any]:
-        """Current counters, for the admin API."""
-        return await self.counters.snapshot(now)
+        """Current counters, for the admin API (`unavailable`: why the shared counters cannot be read;
+        `uncounted`: calls whose usage the shared counters missed, since start)."""
+        try:
+            snapshot = await self.counters.snapshot(now)
+        except StateUnavailable as exc:
+            snapshot = {"inflight": {}, "daily": {}, "unavailable": str(exc)}
+        return {**snapshot, "uncounted": self.uncounted}
 
     async def aclose(self) -> None:
         """Save what is pending and release the counters' resources."""

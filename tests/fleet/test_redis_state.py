@@ -15,6 +15,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
 
@@ -134,7 +135,7 @@ def test_a_budget_and_a_concurrency_limit_are_shared_exactly(fleet: Start, upstr
     assert refusals["budget_exceeded"] == 8
     snapshot = replicas[0].run(replicas[0].runtime.policy_limiter.snapshot(time.time()))
     assert snapshot["daily"] == {"fleet-budget agent:support-bot": {"tokens": 6 * 18, "usd": 6 * 18.0}}
-    assert snapshot["inflight"] == {}  # every slot released, whichever replica took it
+    assert snapshot["inflight"] == {} and snapshot["uncounted"] == 0  # every slot released, wherever taken
 
 
 def test_reversible_redaction_across_replicas(
@@ -235,6 +236,9 @@ def test_each_concern_follows_its_failure_mode_while_redis_is_down(
     assert all(b"ada@example.com" not in r.body for r in upstream.requests[before:])
     # a call with nothing to redact and no placeholder in its reply goes on
     assert client(defaults, "other").chat.completions.create(model="gpt-4o", messages=hi).choices
+    # the admin API says the counters cannot be read (a 200, not a 500)
+    answer = httpx.get(defaults.admin_url + "/api/policies", timeout=30)
+    assert answer.status_code == 200 and "unavailable" in answer.json()["counters"]
 
 
 def _refused_port(port: int) -> bool:
