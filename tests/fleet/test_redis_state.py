@@ -5,6 +5,7 @@ mode while Redis is down. The agents are the real openai SDK; the provider is th
 from __future__ import annotations
 
 import itertools
+import signal
 import socket
 import textwrap
 import threading
@@ -247,3 +248,25 @@ def _refused_port(port: int) -> bool:
     except OSError:
         return True
     return False
+
+
+def test_a_stalled_redis_never_hangs_a_call(fleet: Start, redis_server: RedisServer) -> None:
+    policy = """
+        rules:
+          - name: budget
+            limits: {budget_usd_per_day: 100}
+        """
+    running = fleet(policy, state={"timeout": 0.3})
+    hi = [{"role": "user", "content": "hi"}]
+    client(running).chat.completions.create(model="gpt-4o", messages=hi)  # connections made, scripts loaded
+    assert redis_server.process is not None
+    redis_server.process.send_signal(signal.SIGSTOP)  # accepts nothing, answers nothing: a stalled server
+    try:
+        with pytest.raises(openai.InternalServerError) as caught:  # the SDK's own bound is 30 s
+            client(running).chat.completions.create(model="gpt-4o", messages=hi)
+        assert protocol_error(caught.value)["code"] == "state_unavailable"
+        assert "timed out" in protocol_error(caught.value)["message"]
+    finally:
+        redis_server.process.send_signal(signal.SIGCONT)
+    # Redis answers again: so does the budget, on fresh connections
+    assert client(running).chat.completions.create(model="gpt-4o", messages=hi).choices
