@@ -15,6 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from interlock.yamlsource import Document, SourceError, load_yaml, parse_yaml
 
+#: The keys a `prices:` entry may have, USD per million tokens (`interlock.prices`).
+PRICE_KEYS = ("input", "output", "cached_input", "cache_write")
+
 Protocol = Literal["openai", "anthropic", "mcp", "http"]
 
 
@@ -564,9 +567,31 @@ class Settings(Model):
     mcp_pins: McpPins = McpPins()
     #: Guardrails (PII and secrets): engine settings and the default actions (policies may override).
     guardrails: Guardrails = Guardrails()
-    #: Prices per million tokens, for money budgets: {model glob: {input: USD, output: USD}}.
+    #: Prices in USD per million tokens over the built-in catalogue (genai-prices; docs/policies.md,
+    #: "Cost"): {model glob: {input, output, cached_input, cache_write}}.
     prices: dict[str, dict[str, float]] = {}
+    #: USD per MCP tool call: {tool glob: USD}; other tool calls cost $0.
+    tool_prices: dict[str, float] = {}
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("prices")
+    @classmethod
+    def _price_keys(cls, prices: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        for model, price in prices.items():
+            unknown = sorted(set(price) - set(PRICE_KEYS))
+            if unknown:
+                raise ValueError(f"prices for {model!r}: unknown key {unknown[0]!r} (known: {', '.join(PRICE_KEYS)})")
+            if any(value < 0 for value in price.values()):
+                raise ValueError(f"prices for {model!r}: a price cannot be negative")
+        return prices
+
+    @field_validator("tool_prices")
+    @classmethod
+    def _tool_prices(cls, prices: dict[str, float]) -> dict[str, float]:
+        for tool, price in prices.items():
+            if price < 0:
+                raise ValueError(f"tool_prices for {tool!r}: a price cannot be negative")
+        return prices
 
     @field_validator("routes")
     @classmethod

@@ -36,6 +36,12 @@ class Script:
     reset_after: int | None = None  # reset after this many body chunks (0: before any; a stream sends its head first)
     input_tokens: int = 11
     output_tokens: int = 7
+    # Prompt-cache and reasoning counts, as each API reports them: OpenAI counts cached tokens inside
+    # the input (`cached_tokens` <= input_tokens) and reasoning inside the output; Anthropic reports
+    # `cache_read_input_tokens` and `cache_creation_input_tokens` beside `input_tokens`.
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
     model: str | None = None
     thinking: str | None = None  # reasoning first: Anthropic `thinking` (with signature), a Responses reasoning item
     refusal: str | None = None  # a refusal instead of the text (OpenAI chat `refusal`, Responses refusal part)
@@ -179,9 +185,9 @@ def chat_reply(text: str, script: Script, model: str, data: dict[str, Any]) -> t
         "prompt_tokens": script.input_tokens,
         "completion_tokens": script.output_tokens,
         "total_tokens": script.input_tokens + script.output_tokens,
-        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+        "prompt_tokens_details": {"cached_tokens": script.cached_tokens, "audio_tokens": 0},
         "completion_tokens_details": {
-            "reasoning_tokens": 0,
+            "reasoning_tokens": script.reasoning_tokens,
             "audio_tokens": 0,
             "accepted_prediction_tokens": 0,
             "rejected_prediction_tokens": 0,
@@ -304,9 +310,12 @@ def responses_reply(
     rid = "resp_scripted"
     usage = {
         "input_tokens": script.input_tokens,
-        "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+        "input_tokens_details": {
+            "cached_tokens": script.cached_tokens,
+            "cache_write_tokens": script.cache_write_tokens,
+        },
         "output_tokens": script.output_tokens,
-        "output_tokens_details": {"reasoning_tokens": 0},
+        "output_tokens_details": {"reasoning_tokens": script.reasoning_tokens},
         "total_tokens": script.input_tokens + script.output_tokens,
     }
     output: list[dict[str, Any]] = []
@@ -429,8 +438,8 @@ def anthropic_reply(text: str, script: Script, model: str) -> tuple[list[bytes],
     stop = "tool_use" if script.tool_calls else "end_turn"
     usage = {
         "input_tokens": script.input_tokens,
-        "cache_creation_input_tokens": 0,
-        "cache_read_input_tokens": 0,
+        "cache_creation_input_tokens": script.cache_write_tokens,
+        "cache_read_input_tokens": script.cached_tokens,
         "output_tokens": script.output_tokens,
         "service_tier": "standard",
     }

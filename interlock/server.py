@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 
 from interlock.config import Settings
+from interlock.prices import Pricing
 from interlock.proxy.app import ProxyApp
 from interlock.proxy.forward import Forwarder
 from interlock.proxy.pipeline import Pipeline, Services, built_in_stages, guardrails_on
@@ -31,11 +32,11 @@ def build_services(settings: Settings) -> Services:
     recorder, the policy runtime and its limiter, the redaction vault, the OpenTelemetry exporter
     (None where off)."""
     store, recorder = open_recording(settings)
-    services = Services(store=store, recorder=recorder)
+    services = Services(store=store, recorder=recorder, pricing=Pricing.for_settings(settings))
     if settings.policies:  # else no import of the engine and CEL (~0.4 s of startup)
         from interlock.policies.stage import open_policy
 
-        services.policy, services.limiter = open_policy(settings)
+        services.policy, services.limiter = open_policy(settings, pricing=services.pricing)
     if guardrails_on(settings):
         from interlock.policies.vault import open_vault
 

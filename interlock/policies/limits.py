@@ -5,7 +5,8 @@ to, and what the agent is told when one is over. The counting is a `Counters` ba
 (`counters.py`): one batched, atomic `admit` when a call starts and one `add` when it ends, keyed by
 (rule, agent) or (rule, session). The embedded backend keeps minute windows sliding (exact
 timestamps, not fixed buckets) and daily counters (tokens, USD; reset at 00:00 UTC) saved in the
-store's SQLite file, so a restart does not reset a budget.
+store's SQLite file, so a restart does not reset a budget. Money is the call's `cost_usd`, priced by
+the usage stage (`interlock.prices`: the catalogue, with `prices:` over it).
 
 Tokens are only known after a response, so a call is admitted when the counters are *below* the
 limit before it; the call that crosses a limit completes, the next one is refused.
@@ -19,7 +20,7 @@ pass. Usage that cannot be counted when a call ends is logged, counted (`uncount
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -34,7 +35,8 @@ from interlock.policies.counters import (
     StateUnavailable,
     Window,
 )
-from interlock.policies.engine import CompiledRule, Globs
+from interlock.policies.engine import CompiledRule
+from interlock.prices import Pricing
 from interlock.tracing.call import Call, Decision
 
 log = logging.getLogger("interlock.policies")
@@ -57,26 +59,6 @@ class Exceeded:
         if self.code == "budget_exceeded":
             return f"budget exceeded under policy rule {self.rule.name!r}: over {self.message}"
         return f"rate limited by policy rule {self.rule.name!r}: over {self.message}"
-
-
-class Prices:
-    """USD per million tokens by model glob: {model: {input: x, output: y}}."""
-
-    def __init__(self, prices: Mapping[str, Mapping[str, float]]) -> None:
-        self.table = [(Globs((pattern,)), dict(price)) for pattern, price in prices.items()]
-        self.exact = {p: dict(v) for p, v in prices.items()}
-
-    def price(self, model: str | None) -> dict[str, float] | None:
-        """The model's price, or None when `prices:` lists no pattern for it (an unpriced model)."""
-        if model is None:
-            return None
-        return self.exact.get(model) or next((p for g, p in self.table if g(model)), None)
-
-    def cost(self, model: str | None, input_tokens: int | None, output_tokens: int | None) -> float:
-        price = self.price(model)
-        if price is None:
-            return 0.0
-        return ((input_tokens or 0) * price.get("input", 0.0) + (output_tokens or 0) * price.get("output", 0.0)) / 1e6
 
 
 def counter_key(rule: CompiledRule, call: Call) -> str:
@@ -117,11 +99,12 @@ class Limiter:
     def __init__(
         self,
         counters: Counters | None = None,
-        prices: Mapping[str, Mapping[str, float]] | None = None,
+        pricing: Pricing | None = None,
         on_failure: StateOnFailure | None = None,
     ) -> None:
         self.counters: Counters = counters if counters is not None else EmbeddedCounters()
-        self.prices = Prices(prices or {})
+        #: Says whether a call will have a price (the usage stage prices it: `call.cost_usd`).
+        self.pricing = pricing if pricing is not None else Pricing()
         self.on_failure = on_failure if on_failure is not None else StateOnFailure()
         #: Calls whose usage could not be counted when they ended (the shared state out of reach).
         self.uncounted = 0
@@ -194,11 +177,14 @@ class Limiter:
             if (
                 limits.budget_usd_per_day is not None
                 and limits.unpriced == "deny"
-                and self.prices.price(call.model) is None
+                and not self.pricing.call_priced(call)
             ):
                 # A money budget cannot count a call it cannot price: refused, not counted as $0 (issue 16).
                 model = "a call without a model" if call.model is None else f"model {call.model!r}"
-                message = f"{model} has no price in `prices:`, and the money budget of rule {rule.name!r} needs one"
+                message = (
+                    f"{model} has no price (neither in the price catalogue nor in `prices:`), and the money"
+                    f" budget of rule {rule.name!r} needs one"
+                )
                 plan.unpriced[index] = Exceeded(rule, "unpriced_model", message, 0)
             enforce = not rule.monitor
             for value, metric, window in (
@@ -240,7 +226,7 @@ class Limiter:
         self, rules: Sequence[CompiledRule], keys: Sequence[tuple[str, str]], call: Call
     ) -> tuple[list[Add], float]:
         tokens = (call.input_tokens or 0) + (call.output_tokens or 0)
-        cost = self.prices.cost(call.model, call.input_tokens, call.output_tokens)
+        cost = call.cost_usd or 0.0  # priced by the usage stage; unpriced counts $0 (`limits.unpriced`)
         adds: list[Add] = []
         for rule, key in zip(rules, keys, strict=True):
             limits = rule.rule.limits
@@ -271,4 +257,4 @@ def _over_message(check: Check, who: str, value: float) -> tuple[str, str]:
     return "budget_exceeded", f"a budget of ${limit:g} per day for {who} (spent ${value:.4f})"
 
 
-__all__ = ["Admission", "Exceeded", "Limiter", "Plan", "Prices", "counter_key"]
+__all__ = ["Admission", "Exceeded", "Limiter", "Plan", "counter_key"]

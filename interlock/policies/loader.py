@@ -234,22 +234,21 @@ def _lint(
 
 
 def _unpriced(document: Any, where: tuple[str | int, ...], rule: Rule, prices: Mapping[str, Any]) -> list[Problem]:
-    """Warnings for a money budget over models `prices:` does not list (issue 16: an unpriced model
-    is refused under `unpriced: deny`, or counted as $0)."""
-    from interlock.policies.limits import Prices
+    """Warnings for a money budget over models that neither the price catalogue nor `prices:` knows
+    (issue 16: an unpriced model is refused under `unpriced: deny`, or counted as $0). Only exact
+    model names are checked: a glob names models the catalogue may or may not know."""
+    from interlock.prices import Pricing
 
     assert rule.limits is not None
     unpriced = rule.limits.unpriced
     effect = "refused (limits.unpriced: deny)" if unpriced == "deny" else f"counted as $0 (limits.unpriced: {unpriced})"
-    if not prices:
-        message = f"money budgets need `prices:` in interlock.yaml; without them every call is {effect}"
-        return [_problem(document, (*where, "limits", "budget_usd_per_day"), message, "warning", "unpriced")]
-    table = Prices(prices)
-    missing = [m for m in rule.match.model or () if table.price(m) is None]
+    pricing = Pricing(prices)
+    missing = [m for m in rule.match.model or () if not any(c in m for c in "*?[") and not pricing.known(m)]
     if not missing:
         return []
     names = ", ".join(repr(m) for m in missing)
-    message = f"no price in `prices:` for {names}: calls to {'it' if len(missing) == 1 else 'them'} are {effect}"
+    them = "it" if len(missing) == 1 else "them"
+    message = f"no price in the price catalogue or `prices:` for {names}: calls to {them} are {effect}"
     return [_problem(document, (*where, "match", "model"), message, "warning", "unpriced")]
 
 

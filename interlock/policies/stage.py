@@ -24,6 +24,7 @@ from interlock.policies.engine import CompiledRule, Evaluation, Subject, tool_de
 from interlock.policies.limits import Limiter
 from interlock.policies.loader import PolicyRuntime
 from interlock.policies.model import Limits
+from interlock.prices import Pricing
 from interlock.proxy.protocols import ADAPTERS, Adapter
 from interlock.proxy.protocols.base import response_json
 from interlock.proxy.protocols.sse import EventSplitter
@@ -101,7 +102,7 @@ class PolicyStage:
 
     def __init__(self, runtime: PolicyRuntime, settings: Settings, limiter: Limiter | None = None) -> None:
         self.runtime = runtime
-        self.limiter = limiter or Limiter(prices=settings.prices)
+        self.limiter = limiter or Limiter(pricing=Pricing.for_settings(settings))
         self.hosts = route_hosts(settings)
         self._held: dict[str, _Held] = {}
 
@@ -126,6 +127,8 @@ class PolicyStage:
             return
         held = _Held(evaluation)
         if evaluation.limited:
+            if any(r.rule.limits is not None and r.rule.limits.budget_usd_per_day for r in evaluation.limited):
+                await self.limiter.pricing.ready()  # "is this model priced?" reads the catalogue
             admission = await self.limiter.admit(evaluation.limited, call, time.time())
             for would in admission.monitored:
                 detail = {"retry_after": would.retry_after, "code": would.code}
@@ -152,7 +155,7 @@ class PolicyStage:
                 assert limits is not None
                 if _counts_usage(limits):
                     call.readers.append(f"limit {rule.name!r} (token usage)")
-                if limits.budget_usd_per_day is not None and self.limiter.prices.price(call.model) is None:
+                if limits.budget_usd_per_day is not None and not self.limiter.pricing.call_priced(call):
                     # unpriced: deny was refused above; warn and zero count the call as $0, visibly.
                     action = "monitor" if limits.unpriced == "warn" else "allow"
                     reason = f"model {call.model!r} has no price: counted as $0 (unpriced: {limits.unpriced})"
@@ -278,7 +281,9 @@ def unpriced_warnings(settings: Settings) -> list[str]:
     return [str(p) for p in loaded.problems if p.kind == "unpriced"]
 
 
-def open_policy(settings: Settings, *, interval: float = 1.0) -> tuple[PolicyRuntime | None, Limiter | None]:
+def open_policy(
+    settings: Settings, *, interval: float = 1.0, pricing: Pricing | None = None
+) -> tuple[PolicyRuntime | None, Limiter | None]:
     """The services of the policy stage: the live policy (loaded now; raises PolicyError; hot reload
     starts when an event loop is running) and the limits' counters; (None, None) without policies.
     Relative policy paths are relative to the configuration file."""
@@ -292,7 +297,7 @@ def open_policy(settings: Settings, *, interval: float = 1.0) -> tuple[PolicyRun
     except RuntimeError:  # no running loop (a Runtime built outside asyncio): no hot reload
         pass
     counters = open_counters(settings.store.path, settings.state)
-    return runtime, Limiter(counters, settings.prices, settings.state.on_failure)
+    return runtime, Limiter(counters, pricing or Pricing.for_settings(settings), settings.state.on_failure)
 
 
 def policy_stages_for(settings: Settings, *, interval: float = 1.0) -> tuple[PolicyRuntime | None, list[object]]:

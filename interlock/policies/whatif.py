@@ -27,8 +27,9 @@ from interlock.policies.cases import decide
 from interlock.policies.counters import EmbeddedCounters
 from interlock.policies.engine import CompiledRule, Engine
 from interlock.policies.limits import Limiter
+from interlock.prices import Pricing
 from interlock.proxy.protocols import ADAPTERS, BadRequest
-from interlock.proxy.protocols.base import response_json
+from interlock.proxy.protocols.base import TokenUsage, response_json
 from interlock.proxy.protocols.sse import iter_events
 from interlock.tracing.call import Call
 
@@ -104,9 +105,23 @@ class LimitReplay:
     def __init__(self, prices: Mapping[str, Mapping[str, float]] | None = None) -> None:
         # A simulation on its own clock: the embedded counters, driven synchronously.
         self.counters = EmbeddedCounters()
-        self.limiter = Limiter(self.counters, prices)
+        self.limiter = Limiter(self.counters, Pricing(prices))
         self._running: list[tuple[float, int, Sequence[CompiledRule], list[tuple[str, str]], Call]] = []
         self._order = itertools.count()
+
+    def reprice(self, call: Call) -> None:
+        """Price a recorded call with today's prices (the candidate config's `prices:` over the
+        catalogue), from its recorded usage: what-if asks what these prices would have done."""
+        if call.input_tokens is None and call.output_tokens is None:
+            return
+        detail = call.meta.get("usage")
+        if isinstance(detail, dict):
+            usage = TokenUsage(**{k: int(v) for k, v in detail.items() if k in TokenUsage.__slots__})
+        else:
+            usage = TokenUsage(input=call.input_tokens or 0, output=call.output_tokens or 0)
+        cost = self.limiter.pricing.price_call(call, usage)
+        if cost is not None:
+            call.cost_usd, call.cost_source = cost.usd, cost.source
 
     def refusal(self, rules: Sequence[CompiledRule], call: Call) -> tuple[str, str] | None:
         """(rule, message) when the limits refuse this call; otherwise it is admitted and counted."""
@@ -114,6 +129,7 @@ class LimitReplay:
         running = self._running
         while running and running[0][0] <= now:  # calls that ended before this one started
             end, _, ended_rules, keys, ended = heapq.heappop(running)
+            self.reprice(ended)
             self.counters.add_now(self.limiter.finish_adds(ended_rules, keys, ended)[0], end)
         plan = self.limiter.plan(rules, call)
         refused = self.limiter.judge(plan, self.counters.admit_now(plan.checks, (), now)).refused

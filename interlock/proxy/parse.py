@@ -21,13 +21,3 @@ class Parse:
         call.view = view
         call.model = view.model
         call.stream = view.stream
-
-
-class Usage:
-    """Reads token usage from the finished response, streamed or not."""
-
-    name = "usage"
-
-    async def response(self, call: Call) -> None:
-        if call.status is not None and call.status < 400:
-            call.input_tokens, call.output_tokens = ADAPTERS[call.protocol].usage(call)

@@ -29,13 +29,15 @@ from interlock.config import Settings
 from interlock.proxy.hooks import HOOKS
 from interlock.proxy.identify import Identify
 from interlock.proxy.mcp import McpRecord, McpSession
-from interlock.proxy.parse import Parse, Usage
+from interlock.proxy.parse import Parse
+from interlock.proxy.usage import Usage
 from interlock.tracing.call import Call
 
 if TYPE_CHECKING:
     from interlock.policies.limits import Limiter
     from interlock.policies.loader import PolicyRuntime
     from interlock.policies.redaction import Vault
+    from interlock.prices import Pricing
     from interlock.proxy.escalation import Escalator
     from interlock.tracing.recorder import Recorder
 
@@ -58,6 +60,8 @@ class Services:
     exporter: Any = None
     #: The escalation webhook's queue (the forwarder's; stages emit loop and pin events to it).
     escalator: Escalator | None = None
+    #: Prices calls (the catalogue with `prices:` over it): the usage stage and the limiter share it.
+    pricing: Pricing | None = None
 
 
 def guardrails_on(settings: Settings) -> bool:
@@ -82,9 +86,9 @@ def built_in_stages(settings: Settings, services: Services, extra: Sequence[obje
 
             # Before the policy's tools/list filter: the pins judge the server's own list.
             stages.append(McpPins(settings.mcp_pins, services.store, services.escalator))
-    # Its `response` reads the token usage before policy's `seal` counts it against limits and
-    # budgets (usage before limits).
-    stages.append(Usage())
+    # Its `response` reads the token usage and prices the call before policy's `seal` counts them
+    # against limits and budgets (usage before limits).
+    stages.append(Usage(services.pricing))
     if services.policy is not None:
         # Function-level imports here and below: the engine and CEL cost ~0.4 s of startup, the
         # guardrails more, and a configuration without them never pays it.

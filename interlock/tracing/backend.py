@@ -146,14 +146,17 @@ class Store(Protocol):
         q: str | None = None,
         limit: int = 50,
         offset: int = 0,
+        order: str = "recent",
     ) -> list[dict[str, Any]]:
-        """Session summaries, most recently active first, a page of them."""
+        """Session summaries, most recently active first (`order="cost"`: costliest first), a page
+        of them; each with `cost_usd` (the sum of its calls' costs) and `unpriced` (calls without a price)."""
 
     def session_summary(self, session: str) -> dict[str, Any] | None: ...
 
     def session(self, session: str, *, limit: int = 1000) -> dict[str, Any] | None: ...
 
-    def agents(self) -> list[dict[str, Any]]: ...
+    def agents(self) -> list[dict[str, Any]]:
+        """Every agent seen: `agent`, `calls`, `sessions`, `last_at`, `problems`, `cost_usd`."""
 
     # -- workflows (docs/workflows.md) -----------------------------------------------------------
 

@@ -231,6 +231,11 @@ class Call:
     attempts: list[Attempt] = field(default_factory=list)
     input_tokens: int | None = None
     output_tokens: int | None = None
+    #: What the call cost in USD (None: not priced, see `cost_source`), and where the price came
+    #: from: `genai-prices <version>`, `prices` (interlock.yaml), `tool_prices`, `mcp` ($0) or
+    #: `unpriced` (usage but no price). Both None when there was no usage to price.
+    cost_usd: float | None = None
+    cost_source: str | None = None
     ttfb_ms: float | None = None
     duration_ms: float | None = None
     upstream: str | None = None
@@ -309,6 +314,8 @@ class Call:
             "attempts": [_plain(a) for a in self.attempts],
             "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens,
+            "cost_usd": self.cost_usd,
+            "cost_source": self.cost_source,
             "ttfb_ms": self.ttfb_ms,
             "duration_ms": self.duration_ms,
             "upstream": self.upstream,
@@ -370,6 +377,8 @@ _SIMPLE_FIELDS = frozenset(
         "rescued",
         "input_tokens",
         "output_tokens",
+        "cost_usd",
+        "cost_source",
         "ttfb_ms",
         "duration_ms",
         "upstream",

@@ -122,6 +122,14 @@ def _tokens(row: dict[str, Any]) -> str:
     return f"{row['input_tokens'] or 0}/{row['output_tokens'] or 0}"
 
 
+def cost_text(usd: Any, source: Any = None) -> str:
+    """`$0.0123`; `unpriced` for usage without a price; empty when nothing was priced. Small costs
+    keep 3 significant digits (a cached chat call costs a few millionths of a dollar)."""
+    if usd is None:
+        return "unpriced" if source == "unpriced" else ""
+    return f"${usd:.4f}" if usd >= 0.01 or usd == 0 else f"${usd:.3g}"
+
+
 def _what(row: dict[str, Any]) -> str:
     """The model, or for an MCP call its method and tool (`tools/call lookup`)."""
     if row.get("mcp_method"):
@@ -140,11 +148,12 @@ COLUMNS: list[tuple[str, Any]] = [
     ("OUTCOME", lambda r: r["outcome"] + (f" ({r['error_code']})" if r["error_code"] else "")),
     ("DURATION", lambda r: _ms(r["duration_ms"])),
     ("TOKENS", _tokens),
+    ("COST", lambda r: cost_text(r.get("cost_usd"), r.get("cost_source"))),
 ]
 
 
 #: Column widths for `tail`, whose rows arrive a few at a time but should line up.
-TAIL_WIDTHS = [26, 19, 12, 12, 9, 16, 6, 14, 8, 9]
+TAIL_WIDTHS = [26, 19, 12, 12, 9, 16, 6, 14, 8, 9, 9]
 
 
 def table(rows: list[dict[str, Any]], widths: list[int] | None = None) -> str:
@@ -204,6 +213,8 @@ def render(d: dict[str, Any]) -> str:
         f" out {d['output_tokens'] if d['output_tokens'] is not None else '-'}"
         f"{'   stream' if d['stream'] else ''}{'   TRUNCATED' if d['truncated'] else ''}"
     )
+    if d.get("cost_source"):
+        add(f"  cost {cost_text(d.get('cost_usd'), d['cost_source']) or '-'}   price from {d['cost_source']}")
     if d.get("error"):
         add(f"  error: {d['error']}")
     if d.get("capture") == "metadata":

@@ -111,6 +111,11 @@ def describe_call(call: Call, *, capture_content: bool = False, content_max_char
         attrs["interlock.truncated"] = True
     if call.rescued:
         attrs["interlock.rescued"] = True
+    if call.cost_source is not None:
+        # No GenAI semantic convention for cost yet: interlock's own names (docs/otel.md).
+        attrs["interlock.cost.source"] = call.cost_source
+        if call.cost_usd is not None:
+            attrs["interlock.cost.usd"] = call.cost_usd
     if len(call.attempts) > 1:
         attrs["interlock.attempts"] = len(call.attempts)
     operation = OPERATIONS.get(view.operation) if view is not None else None

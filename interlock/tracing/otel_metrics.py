@@ -96,9 +96,9 @@ class _Sum:
 
     def __init__(self, name: str, unit: str, description: str) -> None:
         self.name, self.unit, self.description = name, unit, description
-        self.points: dict[AttributeKey, int] = {}
+        self.points: dict[AttributeKey, float] = {}
 
-    def add(self, attributes: AttributeKey, value: int = 1) -> None:
+    def add(self, attributes: AttributeKey, value: float = 1) -> None:
         points = self.points
         if attributes not in points and len(points) >= CARDINALITY_LIMIT - 1:
             attributes = OVERFLOW
@@ -155,8 +155,9 @@ class CallMetrics:
         self.retries = _Sum("interlock.retries", "{attempt}", "Upstream attempts after the first one, by route.")
         self.decisions = _Sum("interlock.policy.decisions", "{decision}", "Policy and guardrail decisions.")
         self.findings = _Sum("interlock.guardrail.findings", "{finding}", "PII and secrets found by the guardrails.")
+        self.cost = _Sum("interlock.cost", "USD", "What calls cost, by route, agent and model (docs/policies.md).")
         self._histograms = (self.token_usage, self.duration, self.first_chunk, self.mcp_duration)
-        self._sums = (self.calls, self.retries, self.decisions, self.findings)
+        self._sums = (self.calls, self.retries, self.decisions, self.findings, self.cost)
         self._lock = threading.Lock()
         # a point's start time: cumulative, when these metrics began; delta, the last collection
         self._started = self._last_collect = time.time_ns()
@@ -175,6 +176,12 @@ class CallMetrics:
             )
             if len(call.attempts) > 1:
                 self.retries.add((("interlock.route", call.route),), len(call.attempts) - 1)
+            if call.cost_usd:
+                model = call.model or ""
+                self.cost.add(
+                    (("interlock.route", call.route), ("interlock.agent", call.agent), ("gen_ai.request.model", model)),
+                    call.cost_usd,
+                )
             for decision in call.decisions:
                 attributes: AttributeKey = (
                     ("interlock.decision.stage", decision.stage),

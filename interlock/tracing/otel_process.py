@@ -97,6 +97,8 @@ def to_wire(call: Call, capture_content: bool) -> tuple[Any, ...]:
         ],
         call.input_tokens,
         call.output_tokens,
+        call.cost_usd,
+        call.cost_source,
         call.ttfb_ms,
         call.duration_ms,
         call.reply is not None,
@@ -140,6 +142,8 @@ def from_wire(data: tuple[Any, ...]) -> Call:
         attempts,
         input_tokens,
         output_tokens,
+        cost_usd,
+        cost_source,
         ttfb_ms,
         duration_ms,
         replied,
@@ -163,6 +167,7 @@ def from_wire(data: tuple[Any, ...]) -> Call:
     call.findings = [Finding(e, w, s, end, score, action) for e, w, s, end, score, action in findings]
     call.attempts = [Attempt(*a) for a in attempts]  # to_wire writes Attempt's fields in their order
     call.input_tokens, call.output_tokens = input_tokens, output_tokens
+    call.cost_usd, call.cost_source = cost_usd, cost_source
     call.ttfb_ms, call.duration_ms = ttfb_ms, duration_ms
     if replied:
         call.reply = Reply(status or 0, b"")

@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from interlock.tracing.call import SOUND_OUTCOMES, Call
-from interlock.tracing.rows import LIST_COLUMNS, SELECT_JOINED, Record, narrow_rows, rows_to_records
+from interlock.tracing.rows import LIST_COLUMNS, SELECT_JOINED, SESSION_ORDERS, Record, narrow_rows, rows_to_records
 from interlock.tracing.schema import StoreError, schema_version
 from interlock.tracing.writing import Rows
 
@@ -47,7 +47,7 @@ _GROUP_PAGE = """
 SELECT {key} FROM calls
 WHERE {key} IS NOT NULL AND {where}
 GROUP BY {key} {having}
-ORDER BY max(started_at) DESC, {key}
+ORDER BY {order}, {key}
 LIMIT ? OFFSET ?
 """
 
@@ -79,7 +79,8 @@ SELECT {key},
        <retries> AS retries,
        CAST(sum(CASE WHEN attempt_count > 1 THEN attempt_count - 1 ELSE 0 END) AS BIGINT) AS extra_attempts,
        CAST(sum((SELECT count(*) FROM events e WHERE e.call_id = c.id AND e.kind = 'finding')) AS BIGINT) AS findings,
-       sum(duration_ms) AS duration_ms
+       sum(duration_ms) AS duration_ms,
+       sum(cost_usd) AS cost_usd, sum(CASE WHEN cost_source = 'unpriced' THEN 1 ELSE 0 END) AS unpriced
 FROM calls c
 WHERE {key} IN ({marks}) AND {where}
 GROUP BY {key}
@@ -359,8 +360,9 @@ class Reads:
         q: str | None = None,
         limit: int = 50,
         offset: int = 0,
+        order: str = "recent",
     ) -> list[dict[str, Any]]:
-        """Sessions (calls sharing a session id), most recently active first, one page of them.
+        """Sessions (calls sharing a session id), most recently active first (or costliest first), a page.
 
         `since`/`until` choose the calls (a session is summarised over its calls in that window);
         `agent`, `route` and `outcome` keep sessions with at least one such call (`outcome="problems"`:
@@ -385,8 +387,11 @@ class Reads:
         if active_since is not None:
             having.append("max(started_at) >= ?")
             params.append(active_since)
+        if order not in SESSION_ORDERS:
+            raise StoreError(f"unknown session order {order!r} (known: {', '.join(SESSION_ORDERS)})")
+        having_sql = ("HAVING " + " AND ".join(having)) if having else ""
         sql = _GROUP_PAGE.format(
-            key="session", where=" AND ".join(where), having=("HAVING " + " AND ".join(having)) if having else ""
+            key="session", where=" AND ".join(where), having=having_sql, order=SESSION_ORDERS[order]
         )
         page = [r["session"] for r in self._search(sql, (*params, max(0, int(limit)), max(0, int(offset))), q)]
         return self._summaries(page, since=since, until=until)
@@ -421,10 +426,10 @@ class Reads:
         return summary
 
     def agents(self) -> list[dict[str, Any]]:
-        """Every agent seen, with its call count, sessions and last activity."""
+        """Every agent seen, with its call count, sessions, last activity and what its calls cost."""
         return self.query(
             "SELECT agent, count(*) AS calls, count(DISTINCT session) AS sessions, max(started_at) AS last_at,"
-            f" {_count(_PROBLEM)} AS problems FROM calls GROUP BY agent ORDER BY last_at DESC"
+            f" {_count(_PROBLEM)} AS problems, sum(cost_usd) AS cost_usd FROM calls GROUP BY agent ORDER BY last_at DESC"
         )
 
     def stats(self) -> dict[str, Any]:

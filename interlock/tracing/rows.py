@@ -46,6 +46,8 @@ LIST_COLUMNS = (
     "capture",
     "size",
     "workflow",
+    "cost_usd",
+    "cost_source",
 )
 
 _CALL_COLUMNS = (
@@ -126,6 +128,10 @@ def _decode_extra(value: Any) -> Any:
 
 
 #: The select that `rows_to_records` expects: a calls row joined with its bodies row.
+#: How pages of sessions may be ordered (`Reads.sessions`): by last activity, or by what their calls
+#: cost (a session summary sums `cost_usd` and counts `unpriced` calls).
+SESSION_ORDERS = {"recent": "max(started_at) DESC", "cost": "coalesce(sum(cost_usd), 0) DESC, max(started_at) DESC"}
+
 SELECT_JOINED = (
     "SELECT c.*, b.request_headers, b.response_headers, b.request_body, b.upstream_body, b.response_body,"
     " b.agent_response_body, b.agent_chunks AS has_agent_chunks, b.extra"
@@ -265,6 +271,8 @@ def record_rows(
             "full" if full else "metadata",
             size,
             get("workflow"),
+            get("cost_usd"),
+            get("cost_source"),
             get("parent_span_id"),
             dumps(meta) if meta else "{}",
         )

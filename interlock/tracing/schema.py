@@ -26,6 +26,8 @@ with `id` as `session` is. A file of version 1 opened read-only (an old bundle) 
 `compat_views`, which shows the column as NULL.
 Version 3: `calls.rescued`, a stream continued by another target after a break (issue 21,
 `stream_rescue`); an older read-only file shows it as 0 through `compat_views`.
+Version 4: `calls.cost_usd` and `calls.cost_source`, what the call cost and where its price came
+from (issue 22, docs/policies.md "Cost"); NULL in an older read-only file.
 """
 
 from __future__ import annotations
@@ -140,8 +142,14 @@ def _v3(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE calls ADD COLUMN rescued INTEGER NOT NULL DEFAULT 0")
 
 
+def _v4(conn: sqlite3.Connection) -> None:
+    # What each call cost (issue 22): columns, so sessions and agents sum it and sort by it.
+    conn.execute("ALTER TABLE calls ADD COLUMN cost_usd REAL")
+    conn.execute("ALTER TABLE calls ADD COLUMN cost_source TEXT")
+
+
 #: MIGRATIONS[i] takes the schema from version i to i + 1.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1, _v2, _v3]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1, _v2, _v3, _v4]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -156,7 +164,7 @@ def compat_views(conn: sqlite3.Connection, version: int) -> None:
 
 
 #: Columns of `calls` added after version 1: (the version that added it, how an older file shows it).
-_ADDED_COLUMNS = ((2, "NULL AS workflow"), (3, "0 AS rescued"))
+_ADDED_COLUMNS = ((2, "NULL AS workflow"), (3, "0 AS rescued"), (4, "NULL AS cost_usd"), (4, "NULL AS cost_source"))
 
 
 class StoreError(Exception):

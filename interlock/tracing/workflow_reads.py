@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from interlock.tracing.reads import _GROUP_PAGE, Reads, _count, where_clause
-from interlock.tracing.rows import narrow_rows
+from interlock.tracing.rows import SESSION_ORDERS, narrow_rows
 
 #: What a workflow's page reads of each call beside its narrow row: the span it hangs from, its findings.
 _WORKFLOW_EXTRAS = (
@@ -41,7 +41,10 @@ class WorkflowReads(Reads):
             having.append("max(started_at) >= ?")
             params.append(active_since)
         sql = _GROUP_PAGE.format(
-            key="workflow", where=" AND ".join(where), having=("HAVING " + " AND ".join(having)) if having else ""
+            key="workflow",
+            where=" AND ".join(where),
+            having=("HAVING " + " AND ".join(having)) if having else "",
+            order=SESSION_ORDERS["recent"],
         )
         page = [r["workflow"] for r in self.query(sql, (*params, max(0, int(limit)), max(0, int(offset))))]
         return self._summaries(page, since=since, until=until, key="workflow")

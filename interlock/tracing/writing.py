@@ -166,6 +166,8 @@ class Rows:
                 "full" if full else "metadata",
                 size,
                 call.workflow,
+                call.cost_usd,
+                call.cost_source,
                 call.parent_span_id,
                 dumps(meta) if meta else "{}",
             )

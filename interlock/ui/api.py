@@ -4,9 +4,11 @@
 Paging: `/api/calls` returns newest first, `limit` rows (default 50, at most 1000) and `next`, the
 `before=` value for the following page (null on the last page). `/api/sessions` pages with `offset`
 and filters like the UI's sessions page: `agent`, `route`, `outcome` (or `problems`), `q` (full-text),
-`since`/`until` (the calls summed), `active_since` (the session's last call). `/api/workflows`
+`since`/`until` (the calls summed), `active_since` (the session's last call), and `order`
+(`recent`, the default, or `cost`: the costliest first). `/api/workflows`
 pages the same way (filters `agent`, `since`, `until`, `active_since`); `/api/workflows/{id}` is one
 workflow's lanes, handoffs, incidents and totals (`tracing/workflow.py`, docs/workflows.md).
+`/api/agents` lists every agent with what its calls cost.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from starlette.routing import BaseRoute, Route
 
 from interlock.tracing.backend import Store, StoreError, StoreUnavailable
 from interlock.tracing.call import OUTCOMES
+from interlock.tracing.rows import SESSION_ORDERS
 from interlock.tracing.views import call_detail
 from interlock.tracing.workflow import workflow_view
 
@@ -127,11 +130,14 @@ async def list_sessions(request: Request) -> Response:
         offset = _number(request, "offset", int) or 0
         if offset < 0:
             raise BadParameter("offset must be 0 or more")
+        order = params.get("order") or "recent"
+        if order not in SESSION_ORDERS:
+            raise BadParameter(f"order must be one of {', '.join(SESSION_ORDERS)}")
     except BadParameter as exc:
         return _error(400, "bad_parameter", str(exc))
 
     def read(store: Store) -> dict[str, Any]:
-        rows = store.sessions(**filters, limit=limit + 1, offset=offset)
+        rows = store.sessions(**filters, limit=limit + 1, offset=offset, order=order)
         more = len(rows) > limit
         return {"sessions": rows[:limit], "next_offset": offset + limit if more else None}
 
@@ -185,6 +191,11 @@ async def get_workflow(request: Request) -> Response:
     return await _with_store(request, read)
 
 
+async def list_agents(request: Request) -> Response:
+    """Every agent seen, with its calls, sessions, problems and what its calls cost."""
+    return await _with_store(request, lambda store: {"agents": store.agents()})
+
+
 async def stats(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
     recorder = getattr(runtime, "recorder", None)
@@ -211,5 +222,6 @@ def api_routes() -> list[BaseRoute]:
         Route("/api/sessions/{session_id:path}", get_session),
         Route("/api/workflows", list_workflows),
         Route("/api/workflows/{workflow:path}", get_workflow),
+        Route("/api/agents", list_agents),
         Route("/api/stats", stats),
     ]

@@ -138,6 +138,25 @@ def test_workflows_summarise_every_agents_calls(store: Store, tmp_path: Path) ->
     assert store.export(bundle, workflow="w1") == 3
 
 
+def test_cost_is_summed_per_session_and_agent_and_orders_sessions(store: Store) -> None:
+    source = "genai-prices 0.2.5"
+    cheap = [make_call(session="cheap", started_at=300.0 + i, cost_usd=0.25, cost_source=source) for i in range(2)]
+    dear = make_call(session="dear", started_at=100.0, cost_usd=2.0, cost_source=source, agent="coder")
+    unpriced = make_call(session="cheap", started_at=310.0, cost_source="unpriced")
+    free = make_call(session="free", started_at=400.0)  # no usage: nothing priced
+    store.write([c.to_record() for c in [*cheap, dear, unpriced, free]])
+    back = store.get_call(dear.id)
+    assert back is not None and (back.cost_usd, back.cost_source) == (2.0, source)
+    summary = store.session_summary("cheap")
+    assert summary is not None and summary["cost_usd"] == pytest.approx(0.5) and summary["unpriced"] == 1
+    assert [s["session"] for s in store.sessions()] == ["free", "cheap", "dear"]
+    assert [s["session"] for s in store.sessions(order="cost")] == ["dear", "cheap", "free"]
+    with pytest.raises(StoreError):
+        store.sessions(order="nonsense")
+    by_agent = {a["agent"]: a["cost_usd"] for a in store.agents()}
+    assert by_agent["coder"] == pytest.approx(2.0) and by_agent["planner"] == pytest.approx(0.5)
+
+
 def test_call_parts_give_attempts_decisions_findings_and_bodies(store: Store) -> None:
     call = make_call()
     call.attempts = [Attempt("primary", "http://a", "gpt-4o", 0.0, 5.0, 4.0, 500, None, 0.0)]

@@ -75,6 +75,8 @@ def test_a_store_written_before_workflows_is_still_read(tmp_path: Path) -> None:
     conn.execute("DROP INDEX calls_workflow")
     conn.execute("ALTER TABLE calls DROP COLUMN workflow")
     conn.execute("ALTER TABLE calls DROP COLUMN rescued")  # added after workflow (version 3)
+    conn.execute("ALTER TABLE calls DROP COLUMN cost_usd")  # and the cost (version 4)
+    conn.execute("ALTER TABLE calls DROP COLUMN cost_source")
     conn.execute("PRAGMA user_version = 1")
     conn.commit()
     conn.close()

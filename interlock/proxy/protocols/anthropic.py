@@ -11,11 +11,13 @@ from interlock.proxy.protocols.base import (
     RequestView,
     StreamText,
     TextSlot,
+    TokenUsage,
     ToolCall,
     _json_headers,
     json_strings,
     parse_json_body,
     response_json,
+    token_count,
 )
 from interlock.proxy.protocols.sse import iter_events
 from interlock.tracing.call import Call, Reply
@@ -71,6 +73,27 @@ def _tool_names(tools: Any) -> list[str]:
     return names
 
 
+def _usage_object(call: Call) -> dict[str, Any] | None:
+    """The response's `usage`: a stream's `message_start` usage updated by each `message_delta`'s
+    (which repeats only the counts that changed), else the body's."""
+    if call.stream:
+        merged: dict[str, Any] | None = None
+        for event in iter_events(b"".join(c.data for c in call.chunks)):
+            if '"usage"' not in event.data:
+                continue
+            try:
+                data = json.loads(event.data)
+            except json.JSONDecodeError:
+                continue
+            usage = (data.get("message") or {}).get("usage") or data.get("usage")
+            if isinstance(usage, dict):
+                merged = {**(merged or {}), **{k: v for k, v in usage.items() if v is not None}}
+        return merged
+    data = response_json(call)
+    usage = data.get("usage") if isinstance(data, dict) else None
+    return usage if isinstance(usage, dict) else None
+
+
 def _check_tool_choice(choice: Any) -> None:
     if choice is None:
         return
@@ -119,27 +142,28 @@ class AnthropicAdapter(Adapter):
         return view
 
     def usage(self, call: Call) -> tuple[int | None, int | None]:
-        if call.stream:
-            input_tokens: int | None = None
-            output_tokens: int | None = None
-            for event in iter_events(b"".join(c.data for c in call.chunks)):
-                if '"usage"' not in event.data:
-                    continue
-                try:
-                    data = json.loads(event.data)
-                except json.JSONDecodeError:
-                    continue
-                usage = (data.get("message") or {}).get("usage") or data.get("usage") or {}
-                if isinstance(usage.get("input_tokens"), int):
-                    input_tokens = usage["input_tokens"]
-                if isinstance(usage.get("output_tokens"), int):
-                    output_tokens = usage["output_tokens"]
-            return input_tokens, output_tokens
-        data = response_json(call)
-        usage = data.get("usage") if isinstance(data, dict) else None
-        if isinstance(usage, dict):
-            return usage.get("input_tokens"), usage.get("output_tokens")
-        return None, None
+        usage = _usage_object(call)
+        if usage is None:
+            return None, None
+        input_tokens, output_tokens = usage.get("input_tokens"), usage.get("output_tokens")
+        return (
+            input_tokens if isinstance(input_tokens, int) else None,
+            output_tokens if isinstance(output_tokens, int) else None,
+        )
+
+    def token_usage(self, call: Call) -> TokenUsage | None:
+        usage = _usage_object(call)
+        if usage is None:
+            return None
+        # `input_tokens` is only what was neither read from nor written to the prompt cache.
+        cache_read = token_count(usage.get("cache_read_input_tokens"))
+        cache_write = token_count(usage.get("cache_creation_input_tokens"))
+        return TokenUsage(
+            input=token_count(usage.get("input_tokens")) + cache_read + cache_write,
+            output=token_count(usage.get("output_tokens")),
+            cache_read=cache_read,
+            cache_write=cache_write,
+        )
 
     def response_texts(self, data: Any) -> list[TextSlot]:
         if not isinstance(data, dict):

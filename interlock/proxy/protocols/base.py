@@ -40,6 +40,26 @@ class ToolCall:
     id: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class TokenUsage:
+    """A response's token usage as it is priced (`interlock.prices`): `input` counts every input
+    token, cached ones included (OpenAI's `prompt_tokens` do; Anthropic's `input_tokens` do not, so
+    its adapter adds the cache reads and writes); `cache_read` and `cache_write` are the parts of it
+    read from or written to the provider's prompt cache; `reasoning` the part of `output` spent
+    thinking (both providers count it in the output)."""
+
+    input: int = 0
+    output: int = 0
+    cache_read: int = 0
+    cache_write: int = 0
+    reasoning: int = 0
+
+
+def token_count(value: Any) -> int:
+    """A usage field as a count: a positive int, else 0 (absent, null, or not a number)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
 @dataclass(slots=True)
 class RequestView:
     """A protocol-normalised view of a request."""
@@ -77,8 +97,12 @@ class Adapter:
         return False
 
     def usage(self, call: Call) -> tuple[int | None, int | None]:
-        """Input and output tokens from the (complete) response."""
+        """Input and output tokens from the (complete) response, as the provider reports them."""
         return None, None
+
+    def token_usage(self, call: Call) -> TokenUsage | None:
+        """The (complete) response's usage as it is priced; None when it reports none."""
+        return None
 
     def response_texts(self, data: Any) -> list[TextSlot]:
         """Texts in a non-streamed response JSON (for output scanning)."""

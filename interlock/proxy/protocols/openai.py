@@ -11,10 +11,12 @@ from interlock.proxy.protocols.base import (
     RequestView,
     StreamText,
     TextSlot,
+    TokenUsage,
     ToolCall,
     _json_headers,
     parse_json_body,
     response_json,
+    token_count,
 )
 from interlock.proxy.protocols.sse import iter_events
 from interlock.tracing.call import Call, Reply
@@ -156,23 +158,25 @@ class OpenAIAdapter(Adapter):
         return view
 
     def usage(self, call: Call) -> tuple[int | None, int | None]:
-        if call.stream:
-            found: tuple[int | None, int | None] = (None, None)
-            for event in iter_events(b"".join(c.data for c in call.chunks)):
-                if '"usage"' not in event.data:
-                    continue
-                try:
-                    data = json.loads(event.data)
-                except json.JSONDecodeError:
-                    continue
-                usage = data.get("usage") or (data.get("response") or {}).get("usage")
-                if isinstance(usage, dict):
-                    found = _read_usage(usage)
-            return found
-        data = response_json(call)
-        if isinstance(data, dict) and isinstance(data.get("usage"), dict):
-            return _read_usage(data["usage"])
-        return None, None
+        usage = _usage_object(call)
+        return (None, None) if usage is None else _read_usage(usage)
+
+    def token_usage(self, call: Call) -> TokenUsage | None:
+        usage = _usage_object(call)
+        if usage is None:
+            return None
+        input_tokens, output_tokens = _read_usage(usage)
+        # Chat names the details `prompt_tokens_details` / `completion_tokens_details`, Responses
+        # `input_tokens_details` / `output_tokens_details`; cached tokens are part of the input.
+        inputs = _details(usage, "prompt_tokens_details", "input_tokens_details")
+        outputs = _details(usage, "completion_tokens_details", "output_tokens_details")
+        return TokenUsage(
+            input=input_tokens or 0,
+            output=output_tokens or 0,
+            cache_read=token_count(inputs.get("cached_tokens")),
+            cache_write=token_count(inputs.get("cache_write_tokens")),
+            reasoning=token_count(outputs.get("reasoning_tokens")),
+        )
 
     def response_texts(self, data: Any) -> list[TextSlot]:
         slots: list[TextSlot] = []
@@ -435,6 +439,35 @@ def _tool_names(tools: Any) -> list[str]:
         elif isinstance(tool.get("name"), str):
             names.append(tool["name"])  # responses API
     return names
+
+
+def _usage_object(call: Call) -> dict[str, Any] | None:
+    """The response's `usage` object: a stream's last one (chat: the `include_usage` chunk;
+    Responses: `response.completed`'s), else the body's."""
+    if call.stream:
+        found: dict[str, Any] | None = None
+        for event in iter_events(b"".join(c.data for c in call.chunks)):
+            if '"usage"' not in event.data:
+                continue
+            try:
+                data = json.loads(event.data)
+            except json.JSONDecodeError:
+                continue
+            usage = data.get("usage") or (data.get("response") or {}).get("usage")
+            if isinstance(usage, dict):
+                found = usage
+        return found
+    data = response_json(call)
+    usage = data.get("usage") if isinstance(data, dict) else None
+    return usage if isinstance(usage, dict) else None
+
+
+def _details(usage: dict[str, Any], *names: str) -> dict[str, Any]:
+    for name in names:
+        value = usage.get(name)
+        if isinstance(value, dict):
+            return value
+    return {}
 
 
 def _read_usage(usage: dict[str, Any]) -> tuple[int | None, int | None]:

@@ -1,0 +1,248 @@
+"""What a call costs, with no configuration: the `genai-prices` catalogue, with `prices:` over it.
+
+The catalogue is the `genai-prices` package (MIT, by Pydantic; https://github.com/pydantic/genai-prices):
+prices per provider and model, shipped as data inside the package, so its version *is* the
+catalogue's version and a new one comes with `make lock`. It can also fetch fresher prices at run
+time (`UpdatePrices`); interlock never starts that (nothing phones home): it reads the bundled data
+only, through `Provider.find_model` and `ModelInfo.calc_price`, not through the package's snapshot
+(whose lookup caches grow with every model name an agent sends: ours are bounded).
+
+A call's price comes from, in order:
+1. `prices:` in interlock.yaml, `{model glob: {input, output, cached_input, cache_write}}` in USD per
+   million tokens (cached_input and cache_write default to the input price): for models the
+   catalogue lacks (a local model) or prices negotiated with a provider. Source `prices`.
+2. The catalogue: the provider is found by the upstream's URL (api.openai.com, api.anthropic.com,
+   OpenRouter, Groq...), else by the route's protocol (a test's or a proxy's own URL: `openai`,
+   `anthropic`). Source `genai-prices <version>`.
+3. MCP tool calls: `tool_prices: {tool glob: USD per call}`, else $0. Source `tool_prices` / `mcp`.
+Anything else is unpriced: `cost_usd` None, source `unpriced` (a money budget then follows its
+`limits.unpriced`).
+
+Loading the catalogue takes ~0.7 s (import and data), so it is loaded in a thread when interlock
+starts (the usage stage's `warmed`, which `/ready` waits for); pricing one call takes ~0.2 ms of
+the catalogue's own arithmetic (measured: its usage decomposition), once, when the call ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import re
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from typing import Any
+
+from interlock.config import PRICE_KEYS, Settings
+from interlock.proxy.protocols.base import TokenUsage
+from interlock.tracing.call import Call
+
+CATALOGUE = "genai-prices"
+#: Where the provider is not found by the upstream's URL, the protocol says which provider it speaks.
+PROTOCOL_PROVIDERS = {"openai": "openai", "anthropic": "anthropic"}
+#: Bound on the remembered (provider, model) lookups: model names come from agents.
+_MEMO_SIZE = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class Cost:
+    """A call's price: `usd` (None: unpriced) and where it came from (`prices`, `genai-prices 0.2.5`,
+    `tool_prices`, `mcp` or `unpriced`)."""
+
+    usd: float | None
+    source: str
+
+
+class PriceTable:
+    """`prices:` (or `tool_prices:`): values by exact name first, else by the first matching glob
+    (case-sensitive, as policy globs)."""
+
+    def __init__(self, prices: Mapping[str, Any]) -> None:
+        self.exact = dict(prices)
+
+    def get(self, name: str | None) -> Any:
+        if name is None:
+            return None
+        found = self.exact.get(name)
+        if found is not None:
+            return found
+        return next((value for pattern, value in self.exact.items() if fnmatchcase(name, pattern)), None)
+
+
+class _Catalogue:
+    """The bundled genai-prices data, loaded once per process (in a thread: see the module doc)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.loaded = threading.Event()
+        self.providers: list[Any] = []
+        self.version = ""
+        self.error: str | None = None
+
+    def load(self) -> None:
+        """Import the package and read its data (blocking, ~0.7 s; idempotent)."""
+        with self._lock:
+            if self.loaded.is_set():
+                return
+            try:
+                import genai_prices
+                from genai_prices.data import providers
+
+                self.providers, self.version = list(providers), genai_prices.__version__
+            except Exception as exc:  # noqa: BLE001 - a broken install leaves every model unpriced, said once
+                self.error = f"the price catalogue ({CATALOGUE}) cannot be loaded: {exc!r}"
+            self.loaded.set()
+
+    def warm(self) -> threading.Event:
+        """Start loading in a daemon thread; the event is set when done."""
+        if not self.loaded.is_set():
+            threading.Thread(target=self.load, name="price-catalogue", daemon=True).start()
+        return self.loaded
+
+
+CATALOGUE_DATA = _Catalogue()
+
+
+def warm_catalogue() -> threading.Event:
+    return CATALOGUE_DATA.warm()
+
+
+class Pricing:
+    """Prices calls: the config's `prices:` and `tool_prices:` over the catalogue."""
+
+    def __init__(
+        self,
+        prices: Mapping[str, Mapping[str, float]] | None = None,
+        tool_prices: Mapping[str, float] | None = None,
+        route_urls: Mapping[str, str] | None = None,
+    ) -> None:
+        self.overrides = PriceTable(prices or {})
+        self.tools = PriceTable(tool_prices or {})
+        #: Each route's first upstream URL: the provider a call is priced at before it is sent.
+        self.route_urls = dict(route_urls or {})
+        self._providers: dict[tuple[str | None, str], Any] = {}
+        self._models: dict[tuple[str, str], Any] = {}
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> Pricing:
+        urls = {name: route.upstreams[0].url for name, route in settings.routes.items() if route.upstreams}
+        return cls(settings.prices, settings.tool_prices, urls)
+
+    # -- readiness -------------------------------------------------------------------------------
+
+    @staticmethod
+    async def ready() -> None:
+        """The catalogue is loaded (waits in a thread the first time, never on the event loop)."""
+        if not CATALOGUE_DATA.loaded.is_set():
+            await asyncio.to_thread(CATALOGUE_DATA.load)
+
+    # -- a call ----------------------------------------------------------------------------------
+
+    def call_priced(self, call: Call) -> bool:
+        """Whether the call will have a price (asked before it is sent)."""
+        return self.priced(call.protocol, self.route_urls.get(call.route), call.model)
+
+    def price_call(self, call: Call, usage: TokenUsage | None) -> Cost | None:
+        """The call's price, from its usage (None: nothing to price). Priced at the upstream and
+        model it was last sent to (routing may have failed over or rewritten the model)."""
+        if call.protocol == "mcp":
+            view = call.view
+            if view is not None and view.operation == "tools/call":
+                return self.tool_cost(view.tool_name)
+            return Cost(0.0, "mcp")
+        last = call.attempts[-1] if call.attempts else None
+        url = last.url if last is not None else self.route_urls.get(call.route)
+        model = (last.model if last is not None else None) or call.model
+        return self.cost(call.protocol, url, model, usage)
+
+    # -- lookups (the catalogue must be loaded: `ready`, or `CATALOGUE_DATA.load()` off the loop) --
+
+    def priced(self, protocol: str, url: str | None, model: str | None) -> bool:
+        """Whether a call to `model` has a price (for a money budget's `unpriced` rule, before the call)."""
+        if protocol == "mcp":
+            return True
+        if self.overrides.get(model) is not None:
+            return True
+        return model is not None and self._model(protocol, url, model) is not None
+
+    def known(self, model: str) -> bool:
+        """Whether any provider of the catalogue, or `prices:`, prices `model` (`policy check`'s lint:
+        it does not know which route a call will take)."""
+        if self.overrides.get(model) is not None:
+            return True
+        CATALOGUE_DATA.load()
+        return any(p.find_model(model, all_providers=CATALOGUE_DATA.providers) for p in CATALOGUE_DATA.providers)
+
+    def cost(self, protocol: str, url: str | None, model: str | None, usage: TokenUsage | None) -> Cost | None:
+        """The price of a call with this usage; None when there is nothing to price (no usage)."""
+        if protocol == "mcp":
+            return None
+        if usage is None:
+            return None
+        override = self.overrides.get(model)
+        if override is not None:
+            return Cost(_override_cost(override, usage), "prices")
+        found = None if model is None else self._model(protocol, url, model)
+        if found is None:
+            return Cost(None, "unpriced")
+        provider, info = found
+        from genai_prices import Usage
+
+        values = {
+            "input_tokens": usage.input,
+            "output_tokens": usage.output,
+            "cache_read_tokens": usage.cache_read,
+            "cache_write_tokens": usage.cache_write,
+            "output_reasoning_tokens": usage.reasoning,
+        }
+        priced = Usage(**{k: v for k, v in values.items() if v})
+        calculation = info.calc_price(priced, provider, genai_request_timestamp=dt.datetime.now(dt.UTC))
+        return Cost(float(calculation.total_price), f"{CATALOGUE} {CATALOGUE_DATA.version}")
+
+    def tool_cost(self, tool: str | None) -> Cost:
+        """An MCP tool call's price: `tool_prices:`, else $0."""
+        price = self.tools.get(tool)
+        return Cost(float(price), "tool_prices") if price is not None else Cost(0.0, "mcp")
+
+    def _provider(self, protocol: str, url: str | None) -> Any:
+        key = (url, protocol)
+        if key in self._providers:
+            return self._providers[key]
+        found = None
+        if url is not None:
+            found = next((p for p in CATALOGUE_DATA.providers if p.api_pattern and re.match(p.api_pattern, url)), None)
+        if found is None and protocol in PROTOCOL_PROVIDERS:
+            wanted = PROTOCOL_PROVIDERS[protocol]
+            found = next((p for p in CATALOGUE_DATA.providers if p.id == wanted), None)
+        if len(self._providers) < _MEMO_SIZE:
+            self._providers[key] = found
+        return found
+
+    def _model(self, protocol: str, url: str | None, model: str) -> tuple[Any, Any] | None:
+        CATALOGUE_DATA.load()  # a no-op once loaded (callers on the event loop await `ready` first)
+        provider = self._provider(protocol, url)
+        if provider is None:
+            return None
+        key = (provider.id, model)
+        if key in self._models:
+            return self._models[key]  # type: ignore[no-any-return]
+        info = provider.find_model(model, all_providers=CATALOGUE_DATA.providers)
+        found = None if info is None else (provider, info)
+        if len(self._models) < _MEMO_SIZE:
+            self._models[key] = found
+        return found
+
+
+def _override_cost(price: Mapping[str, float], usage: TokenUsage) -> float:
+    input_price = price.get("input", 0.0)
+    uncached = max(0, usage.input - usage.cache_read - usage.cache_write)
+    return (
+        uncached * input_price
+        + usage.cache_read * price.get("cached_input", input_price)
+        + usage.cache_write * price.get("cache_write", input_price)
+        + usage.output * price.get("output", 0.0)
+    ) / 1e6
+
+
+__all__ = ["CATALOGUE", "CATALOGUE_DATA", "PRICE_KEYS", "Cost", "PriceTable", "Pricing", "warm_catalogue"]
