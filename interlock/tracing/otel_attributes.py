@@ -102,6 +102,8 @@ def describe_call(call: Call, *, capture_content: bool = False, content_max_char
             attrs[server_attributes.SERVER_PORT] = metric[server_attributes.SERVER_PORT] = port
     if call.session:
         attrs[gen_ai.GEN_AI_CONVERSATION_ID] = call.session
+    if call.workflow:  # the multi-agent workflow (docs/workflows.md): no GenAI convention names one yet
+        attrs["interlock.workflow"] = call.workflow
     if call.status is not None:
         attrs[http_attributes.HTTP_RESPONSE_STATUS_CODE] = call.status
     if call.outcome not in SOUND_OUTCOMES:

@@ -25,9 +25,11 @@ def test_a_call_exports_the_same_after_crossing_the_wire() -> None:
     call.decide(Decision("policy", "allow", "r1", "matched"))
     call.findings.append(Finding("EMAIL_ADDRESS", "request.messages[1].content", 0, 5, 0.9, "redact", value="a@b.c"))
     call.rescued = True
+    call.workflow = "onboarding-7"
     crossed = from_wire(to_wire(call, capture_content=False))
     assert exported_attributes(crossed) == exported_attributes(call)
     assert exported_attributes(crossed)["interlock.rescued"] is True
+    assert exported_attributes(crossed)["interlock.workflow"] == "onboarding-7"
     assert crossed.decisions[0].t_ms == call.decisions[0].t_ms
     assert crossed.findings[0].value is None  # the raw value never leaves the proxy process
     assert crossed.request_body == b""  # no content crosses unless capture_content is on
