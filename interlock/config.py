@@ -222,6 +222,12 @@ class Upstream(Model):
     #: The real provider key, injected by interlock so that agents never hold it.
     api_key: str | None = None
     headers: dict[str, str] = {}
+    #: How this upstream continues an assistant prefill, for `stream_rescue` (issue 21): `assistant`
+    #: (a trailing assistant message is continued: Anthropic, Ollama), `prefix` (with `"prefix":
+    #: true`: DeepSeek, Mistral), `continue_final_message` (vLLM, SGLang), `none`. Unset: `assistant`
+    #: on anthropic routes, `none` on openai ones (api.openai.com answers a trailing assistant
+    #: message with a new turn instead of continuing it).
+    prefill: Literal["assistant", "prefix", "continue_final_message", "none"] | None = None
 
     @field_validator("url")
     @classmethod
@@ -257,6 +263,10 @@ class Route(Model):
     timeouts: Timeouts | None = None
     #: Refuse calls without a configured virtual key (401); the provider key is never injected for them.
     require_key: bool = False
+    #: Continue a stream that breaks or stalls after bytes reached the agent on the next target, with
+    #: the delivered text as an assistant prefill, spliced into the same stream (issue 21; opt-in:
+    #: openai chat and anthropic messages; docs/routing.md).
+    stream_rescue: bool = False
 
     @field_validator("upstream")
     @classmethod
@@ -274,6 +284,15 @@ class Route(Model):
         names = self.upstream_names()
         if len(set(names)) != len(names):
             raise ValueError("upstream names must be unique within a route")
+        if self.stream_rescue and self.protocol not in ("openai", "anthropic"):
+            raise ValueError("stream_rescue continues openai chat and anthropic messages streams only")
+        if self.protocol == "anthropic":
+            for upstream in self.upstreams:
+                if upstream.prefill in ("prefix", "continue_final_message"):
+                    raise ValueError(
+                        f"upstream {upstream.name or upstream.url!r}: prefill {upstream.prefill!r} is an "
+                        "OpenAI-compatible server's; Anthropic continues a trailing assistant message (assistant)"
+                    )
         for alias, chain in self.models.items():
             if not chain:
                 raise ValueError(f"model alias {alias!r} needs at least one target")

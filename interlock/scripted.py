@@ -1,8 +1,12 @@
 """A scripted model provider that speaks the real OpenAI and Anthropic wire formats, SSE included.
 
 Used by the test suite, `bench/` and `interlock demo` in place of a real provider (there is none
-offline). Replies are scripted per request, with fault modes: error statuses, `Retry-After`, slow
-heads and first bytes, and connections reset before or in the middle of a stream.
+offline). Replies are scripted per request, with fault modes (issue 21's list): error statuses
+(a 429 with `Retry-After` then success, a 500 once: a queue of scripts), a model's outage on one
+upstream (`set_model`), named provider errors (`error="context_length_exceeded"`), slow heads and
+first bytes, connections reset before or in the middle of a stream (`reset_after`), a stream that
+stalls (`stall_after`), and a model that rejects an assistant prefill (`prefill="reject"`; by
+default a prefill is continued, as Anthropic does).
 
     upstream = ScriptedUpstream().start()          # serves on 127.0.0.1:<free port> in a thread
     upstream.script(Script(status=429, retry_after="1"), Script(text="hello"))
@@ -21,6 +25,7 @@ the request's Accept-Encoding lists the coding, as the real APIs do.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import dataclasses
 import json
@@ -37,10 +42,12 @@ from interlock.scripted_replies import (
     Script,
     ToolUse,
     anthropic_reply,
+    assistant_prefill,
     chat_reply,
     embeddings_reply,
     error_body,
     last_user_text,
+    named_error,
     offered_tool_call,
     responses_reply,
     with_keepalives,
@@ -258,27 +265,42 @@ class ScriptedUpstream:
             await asyncio.sleep(script.delay)
         if script.reset_after == 0 and script.status == 200 and data.get("stream") is not True:
             raise _Reset("scripted reset before the response")
-        watcher = asyncio.create_task(self._watch_disconnect(receive))
+        gone = asyncio.Event()
+        watcher = asyncio.create_task(self._watch_disconnect(receive, gone))
         try:
             _accept_encoding.set(headers.get("accept-encoding", ""))
-            await self._respond(scope["path"], data, script, send)
+            await self._respond(scope["path"], data, script, send, gone)
         finally:
             watcher.cancel()
 
-    async def _watch_disconnect(self, receive: Any) -> None:
+    async def _watch_disconnect(self, receive: Any, gone: asyncio.Event) -> None:
         # Counts clients that left before their response was complete (e.g. interlock cancelling).
         message = await receive()
         if message["type"] == "http.disconnect":
+            gone.set()
             with self._lock:
                 self.disconnects += 1
 
-    async def _respond(self, path: str, data: dict[str, Any], script: Script, send: Any) -> None:
+    async def _respond(self, path: str, data: dict[str, Any], script: Script, send: Any, gone: asyncio.Event) -> None:
         extra = [(k.lower().encode(), v.encode()) for k, v in script.headers.items()]
         if script.retry_after is not None:
             extra.append((b"retry-after", script.retry_after.encode()))
         anthropic = path.endswith("/messages")
+        prefill = assistant_prefill(data)
+        if prefill is not None and script.status < 400 and script.body is None:
+            if script.prefill == "reject":
+                script = dataclasses.replace(script, status=400, error="prefill")
+            elif anthropic and prefill != prefill.rstrip():
+                script = dataclasses.replace(script, status=400, error="trailing_whitespace")
+        if script.error is not None and script.status < 400:
+            script = dataclasses.replace(script, status=400)
         if script.status >= 400 or script.body is not None:
-            body = script.body if script.body is not None else error_body(script.status, anthropic)
+            if script.body is not None:
+                body = script.body
+            elif script.error is not None:
+                body = named_error(script.error, anthropic)
+            else:
+                body = error_body(script.status, anthropic)
             await send(
                 {
                     "type": "http.response.start",
@@ -298,6 +320,8 @@ class ScriptedUpstream:
             if call is not None:
                 script = dataclasses.replace(script, tool_calls=[call])
         text = script.text if script.text is not None else f"echo: {last_user_text(data)}"
+        if prefill and text.startswith(prefill):
+            text = text[len(prefill) :]  # a model continuing its own answer from the prefill
         if path.endswith("/embeddings"):
             events: list[bytes] = []
             whole = embeddings_reply(data, model)
@@ -333,6 +357,11 @@ class ScriptedUpstream:
             for i, event in enumerate(events):
                 if script.reset_after is not None and i >= script.reset_after:
                     raise _Reset("scripted reset mid-stream")
+                if script.stall_after is not None and i >= script.stall_after:
+                    # Silent, connection open, until the client leaves (or the bound passes).
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(gone.wait(), script.stall_seconds)
+                    raise _Reset("scripted stall ended")
                 if i and script.chunk_delay:
                     await asyncio.sleep(script.chunk_delay)
                 await send({"type": "http.response.body", "body": event, "more_body": True})

@@ -54,6 +54,84 @@ class Script:
     # offers tools (and tool_choice is not "none") and does not end with a tool's result, call the first
     # offered tool, its arguments made from its JSON schema (`offered_tool_call`); else the text.
     use_tools: bool = False
+    # A provider error in its exact wire shape, with `status` (400 unless set otherwise):
+    # "context_length_exceeded" (OpenAI's code; Anthropic's "prompt is too long"), "content_filter".
+    error: str | None = None
+    # Stall a stream after this many events: the connection stays open and silent for `stall_seconds`
+    # or until the client leaves (a model that hangs mid-answer).
+    stall_after: int | None = None
+    stall_seconds: float = 60.0
+    # A request that ends with an assistant message (a prefill): "continue" it, as Anthropic and
+    # prefill-capable OpenAI-compatible servers do (the answer is the script's text after the prefill,
+    # when it starts with it), or "reject" it with a 400 (a model without prefill support).
+    prefill: str = "continue"
+    message_id: str | None = None  # the answer's id (else chatcmpl-scripted, msg_scripted, resp_scripted)
+
+
+#: Provider errors a script can name (`Script.error`), as (OpenAI body, Anthropic body).
+_ERRORS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "context_length_exceeded": (
+        {
+            "message": "This model's maximum context length is 8192 tokens. However, your messages resulted in"
+            " 9000 tokens. Please reduce the length of the messages.",
+            "type": "invalid_request_error",
+            "param": "messages",
+            "code": "context_length_exceeded",
+        },
+        {"type": "invalid_request_error", "message": "prompt is too long: 208656 tokens > 200000 maximum"},
+    ),
+    "content_filter": (
+        {
+            "message": "The response was filtered due to the prompt triggering the content management policy.",
+            "type": "invalid_request_error",
+            "param": "prompt",
+            "code": "content_filter",
+        },
+        {"type": "invalid_request_error", "message": "Output blocked by content filtering policy"},
+    ),
+    "prefill": (
+        {
+            "message": "This model does not support continuing a final assistant message.",
+            "type": "invalid_request_error",
+            "param": "messages",
+            "code": None,
+        },
+        {
+            "type": "invalid_request_error",
+            "message": "This model does not support assistant message prefill. The conversation must end with a"
+            " user message.",
+        },
+    ),
+    "trailing_whitespace": (
+        {"message": "final assistant content cannot end with trailing whitespace", "type": "invalid_request_error"},
+        {
+            "type": "invalid_request_error",
+            "message": "messages: final assistant content cannot end with trailing whitespace",
+        },
+    ),
+}
+
+
+def named_error(name: str, anthropic: bool) -> bytes:
+    """A provider error (`Script.error`) as that provider's 4xx body."""
+    openai_error, anthropic_error = _ERRORS[name]
+    if anthropic:
+        return json.dumps({"type": "error", "error": anthropic_error}).encode()
+    return json.dumps({"error": {"param": None, "code": None, **openai_error}}).encode()
+
+
+def assistant_prefill(data: dict[str, Any]) -> str | None:
+    """The text a request prefills the answer with (it ends with an assistant message), or None."""
+    messages = data.get("messages")
+    last = messages[-1] if isinstance(messages, list) and messages else None
+    if not isinstance(last, dict) or last.get("role") != "assistant":
+        return None
+    content = last.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(str(p.get("text", "")) for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return ""
 
 
 def offered_tool_call(data: dict[str, Any]) -> ToolUse | None:
@@ -180,7 +258,7 @@ def _token(text: str) -> dict[str, Any]:
 # `usage: null`), then `data: [DONE]`.
 def chat_reply(text: str, script: Script, model: str, data: dict[str, Any]) -> tuple[list[bytes], dict[str, Any]]:
     created = 1_700_000_000
-    rid = "chatcmpl-scripted"
+    rid = script.message_id or "chatcmpl-scripted"
     usage = {
         "prompt_tokens": script.input_tokens,
         "completion_tokens": script.output_tokens,
@@ -307,7 +385,7 @@ def responses_reply(
     text: str, script: Script, model: str, data: dict[str, Any] | None = None
 ) -> tuple[list[bytes], dict[str, Any]]:
     data = data or {}
-    rid = "resp_scripted"
+    rid = script.message_id or "resp_scripted"
     usage = {
         "input_tokens": script.input_tokens,
         "input_tokens_details": {
@@ -425,7 +503,7 @@ def responses_reply(
 # its deltas (thinking_delta... then one signature_delta; text_delta; input_json_delta, the first
 # one empty), content_block_stop; message_delta (stop_reason, final output_tokens), message_stop.
 def anthropic_reply(text: str, script: Script, model: str) -> tuple[list[bytes], dict[str, Any]]:
-    mid = "msg_scripted"
+    mid = script.message_id or "msg_scripted"
     content: list[dict[str, Any]] = []
     if script.thinking is not None:
         content.append({"type": "thinking", "thinking": script.thinking, "signature": _signature(script.thinking)})

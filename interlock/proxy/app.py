@@ -22,6 +22,9 @@ from interlock.proxy.forward import Forwarder, Opened, UpstreamFailure, describe
 from interlock.proxy.pipeline import Pipeline
 from interlock.proxy.protocols import ADAPTERS, Adapter
 from interlock.proxy.protocols.encoding import Unreadable
+from interlock.proxy.protocols.rescue import StreamRescue, stream_rescue
+from interlock.proxy.protocols.sse import EventSplitter
+from interlock.proxy.rescue import open_continuation
 from interlock.proxy.retry import UPSTREAM_ERRORS
 from interlock.proxy.upstream import response_headers_for_agent, route_timeouts
 from interlock.tracing.call import Call, Chunk, Decision, Outcome, SuppliedResponse, new_id
@@ -29,6 +32,10 @@ from interlock.tracing.call import Call, Chunk, Decision, Outcome, SuppliedRespo
 log = logging.getLogger("interlock.proxy")
 
 Scope = dict[str, Any]
+
+#: How a stream may end that a `stream_rescue` route continues elsewhere: broken (a reset, a stall
+#: past `timeouts.idle`) or closed without its terminator (an upstream's mid-stream error event).
+_RESCUABLE = frozenset({"stream_broken", "stream_truncated"})
 
 #: Response headers that describe the body as the upstream encoded it, dropped once it is decoded.
 _ENCODING_HEADERS = frozenset({"content-encoding", "content-length"})
@@ -287,7 +294,7 @@ class ProxyApp:
             content_type = response.headers.get("content-type", "")
             if content_type.startswith("text/event-stream"):
                 call.stream = True
-                await self.relay_stream(call, adapter, opened, send, state)
+                await self.relay_stream(call, adapter, opened, send, state, route)
             else:
                 await self.relay_body(call, opened, send, state)
         finally:
@@ -339,7 +346,7 @@ class ProxyApp:
         await send({"type": "http.response.body", "body": body})
 
     async def relay_stream(
-        self, call: Call, adapter: Adapter, opened: Opened | _Supplied, send: Send, state: _Watch
+        self, call: Call, adapter: Adapter, opened: Opened | _Supplied, send: Send, state: _Watch, route: Route
     ) -> None:
         headers = response_headers_for_agent(call.response_headers, streamed=True, body_changed=False)
         pipeline = self.pipeline
@@ -355,43 +362,69 @@ class ProxyApp:
         state.whole_events = call.protocol != "http"
         if sent is not None:
             state.sent_capture = StreamCapture(sent, keep)
+        if route.stream_rescue and isinstance(opened, Opened) and (call.status or 0) < 400:
+            # Followed event by event, so that a break can be continued elsewhere (issue 21).
+            state.rescue = stream_rescue(call.protocol, getattr(call.view, "operation", None))
+            if state.rescue is not None:
+                state.splitter = EventSplitter()
         await send({"type": "http.response.start", "status": call.status, "headers": headers})
         state.started = True
-        data = opened.first
         outcome = call.outcome
+        source = opened
+        continuation: Opened | None = None
         try:
-            if data:
-                await self._forward_chunk(call, data, send, state)
-            # A stage may end the agent's stream (a refused tool call, blocked PII: it sets the
-            # outcome): then reading stops, so the upstream connection closes and the model stops.
-            if not (transform and call.outcome != outcome):
-                async for data in opened.rest:
-                    if data:
-                        await self._forward_chunk(call, data, send, state)
-                        if transform and call.outcome != outcome:
-                            break
-            if transform and call.outcome != outcome:
-                call.truncated = True  # the upstream's stream was not read to its end
-            elif not capture.ended:
-                # Closed without its terminator (`[DONE]`, `message_stop`): the answer was cut short,
-                # and the agent must not take it for a whole one.
-                raise _StreamEnd(
-                    "stream_truncated",
-                    f"the upstream's stream ended after {capture.total} bytes without its end-of-stream event",
-                )
-        except _StreamEnd as end:
-            await self._stream_failed(call, adapter, send, state, end.code, end.message)
-            return
-        except UPSTREAM_ERRORS as exc:  # a reset or a malformed chunk mid-stream
-            message = f"the upstream stream broke after {capture.total} bytes: {describe_error(exc)}"
-            await self._stream_failed(call, adapter, send, state, "stream_broken", message)
-            return
-        except Unreadable as exc:  # the forwarder's decoder met bytes that do not decode
-            message = f"the upstream's stream stopped decoding after {capture.total} bytes: {exc}"
-            call.decide(Decision("proxy", "deny", None, message, {"readers": list(call.readers)}))
-            log.warning("call %s: %s", call.id, message)
-            await self._stream_failed(call, adapter, send, state, "unreadable_response", message)
-            return
+            while True:
+                try:
+                    await self._relay_chunks(call, source, send, state, outcome)
+                    if transform and call.outcome != outcome:
+                        call.truncated = True  # the upstream's stream was not read to its end
+                    elif not capture.ended:
+                        # Closed without its terminator (`[DONE]`, `message_stop`): the answer was cut
+                        # short, and the agent must not take it for a whole one.
+                        raise _StreamEnd(
+                            "stream_truncated",
+                            f"the upstream's stream ended after {capture.total} bytes without its end-of-stream event",
+                        )
+                    break
+                except _StreamEnd as end:
+                    code, message = end.code, end.message
+                except UPSTREAM_ERRORS as exc:  # a reset or a malformed chunk mid-stream, or a stall
+                    code = "stream_broken"
+                    message = f"the upstream stream broke after {capture.total} bytes: {describe_error(exc)}"
+                except Unreadable as exc:  # the forwarder's decoder met bytes that do not decode
+                    message = f"the upstream's stream stopped decoding after {capture.total} bytes: {exc}"
+                    call.decide(Decision("proxy", "deny", None, message, {"readers": list(call.readers)}))
+                    log.warning("call %s: %s", call.id, message)
+                    await self._stream_failed(call, adapter, send, state, "unreadable_response", message)
+                    return
+                rescue = state.rescue
+                if rescue is not None and continuation is None and code in _RESCUABLE:
+                    assert isinstance(source, Opened)
+                    source.broken = code == "stream_broken"  # a breaker failure, as without a rescue
+                    continuation = await open_continuation(
+                        self.forwarder, call, route, adapter, source, rescue, message, capture.total
+                    )
+                    if continuation is not None:
+                        state.splitter = EventSplitter()  # the broken stream's unfinished event is dropped
+                        state.splicing = True
+                        source = continuation
+                        continue
+                if rescue is not None:
+                    state.rescue = None
+                    if rescue.held_error is not None and not state.splicing:
+                        # The upstream's own error event, held back while a rescue was possible.
+                        await self._forward_chunk(call, rescue.held_error, send, state)
+                await self._stream_failed(call, adapter, send, state, code, message)
+                return
+        finally:
+            if continuation is not None:
+                await continuation.aclose()
+        if state.splicing and state.rescue is not None:
+            call.rescued = True
+            record = call.meta["rescue"]
+            record["outcome"] = "rescued"
+            if state.rescue.usage_estimated:
+                record["usage_estimated"] = True
         if call.attempts:
             call.attempts[-1].duration_ms = call.elapsed_ms() - call.attempts[-1].started_ms
         tail = await pipeline.chunk(call, b"", True) if transform else b""
@@ -402,6 +435,24 @@ class ProxyApp:
         _keep_sent(call, sent)
         state.responded = True
         await send({"type": "http.response.body", "body": state.held + tail})
+
+    async def _relay_chunks(
+        self, call: Call, opened: Opened | _Supplied, send: Send, state: _Watch, outcome: Outcome
+    ) -> None:
+        """Relay a stream's chunks until it ends, or a stage ends the agent's stream (a refused tool
+        call, blocked PII: it sets the outcome): then reading stops, so the upstream connection closes
+        and the model stops."""
+        transform = self.pipeline.has_chunk_hooks
+        data = opened.first
+        if data:
+            await self._forward_chunk(call, data, send, state)
+        if transform and call.outcome != outcome:
+            return
+        async for data in opened.rest:
+            if data:
+                await self._forward_chunk(call, data, send, state)
+                if transform and call.outcome != outcome:
+                    return
 
     async def _stream_failed(
         self, call: Call, adapter: Adapter, send: Send, state: _Watch, code: str, message: str
@@ -424,6 +475,10 @@ class ProxyApp:
         if capture.total + len(data) > self.settings.max_stream_bytes:
             limit = self.settings.max_stream_bytes
             raise _StreamEnd("stream_too_large", f"the upstream's stream passed max_stream_bytes ({limit} bytes)")
+        if state.rescue is not None:
+            data = self._follow(data, state)
+            if not data:
+                return
         capture.add(Chunk(t, data))
         if state.sent_capture is not None:
             data = await self.pipeline.chunk(call, data, False)
@@ -443,6 +498,20 @@ class ProxyApp:
             if end < len(data):
                 data = data[:end]
         await send({"type": "http.response.body", "body": data, "more_body": True})
+
+    @staticmethod
+    def _follow(data: bytes, state: _Watch) -> bytes:
+        """A `stream_rescue` stream's whole events: the original's as they are (an upstream error event
+        held back), a continuation's rewritten into the original stream (`splice`)."""
+        rescue, splitter = state.rescue, state.splitter
+        assert rescue is not None and splitter is not None
+        out = []
+        for event in splitter.feed(data):
+            if state.splicing:
+                out.append(rescue.splice(event))
+            elif rescue.observe(event):
+                out.append(event.raw)
+        return b"".join(out)
 
     async def send_reply(self, call: Call, send: Send, *, keep_upstream: bool = False) -> None:
         """Send interlock's own reply. With `keep_upstream`, the upstream's body (already in
@@ -544,6 +613,9 @@ class _Watch:
         "sent_capture",
         "held",
         "whole_events",
+        "rescue",
+        "splitter",
+        "splicing",
     )
 
     def __init__(self) -> None:
@@ -556,6 +628,9 @@ class _Watch:
         self.sent_capture: StreamCapture | None = None  # ... and of the agent's, when stages change it
         self.held = b""  # the start of an event not yet complete, not yet relayed
         self.whole_events = False  # relay a stream's events only once complete (not for `http` routes)
+        self.rescue: StreamRescue | None = None  # follows a `stream_rescue` route's stream
+        self.splitter: EventSplitter | None = None  # ... split into whole events
+        self.splicing = False  # the continuation is being relayed
 
 
 async def _watch_disconnect(receive: Receive, state: _Watch, task: asyncio.Task[Any] | None) -> None:

@@ -95,6 +95,8 @@ class Opened:
     decode_done: bool = False
     #: A 400 with one of `retry.failover_codes`: the call moves on to a larger context window.
     failover: bool = False
+    #: The stream broke mid-way (and was continued elsewhere, `stream_rescue`): a breaker failure.
+    broken: bool = False
 
     async def aclose(self) -> None:
         if self.closed:
@@ -102,7 +104,7 @@ class Opened:
         self.closed = True
         if self.state is not None:
             self.state.inflight -= 1
-            if self.call is not None and self.call.error_code == "stream_broken":
+            if self.broken or (self.call is not None and self.call.error_code == "stream_broken"):
                 # A stall is the model's (its slot); a broken connection is the upstream's.
                 if self.stalled and self.slot is not None:
                     self.slot.breaker.failure()
@@ -250,11 +252,16 @@ class Forwarder:
         plain: bytes | None,
         *,
         backoff_ms: float = 0.0,
+        body: bytes | None = None,
     ) -> Opened | Failure:
-        """One try at one target; a transport failure comes back as a `Failure`, never raised."""
+        """One try at one target; a transport failure comes back as a `Failure`, never raised.
+        `body`: send this instead of the call's request (a stream rescue's continuation)."""
         state = target.state
         upstream = state.upstream
-        body = self._body(call, target, plain)
+        if body is None:
+            body = self._body(call, target, plain)
+        else:
+            call.upstream_body = body
         headers = upstream_headers(call, adapter, upstream, body_len=len(body))
         url = upstream_url(upstream, call)
         attempt = Attempt(
@@ -349,6 +356,7 @@ class Forwarder:
         seconds: float,
         *,
         backoff_ms: float = 0.0,
+        body: bytes | None = None,
     ) -> Opened | Failure:
         """An attempt cut when the route's retry deadline passes (`seconds` from now), or at
         `timeouts.first_token` when that is sooner (a timeout: the next target is tried)."""
@@ -356,7 +364,7 @@ class Forwarder:
         slow = first_token is not None and first_token < seconds
         try:
             async with asyncio.timeout(first_token if slow else seconds):
-                return await self.attempt(call, adapter, router, target, plain, backoff_ms=backoff_ms)
+                return await self.attempt(call, adapter, router, target, plain, backoff_ms=backoff_ms, body=body)
         except TimeoutError:
             if slow:
                 message = f"no response and first bytes within timeouts.first_token ({first_token}s)"

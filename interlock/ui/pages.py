@@ -439,6 +439,15 @@ async def policies_page(request: Request) -> Response:
     return await _page(request, "policies.html", {"policy": snapshot, "details": details})
 
 
+async def upstreams_page(request: Request) -> Response:
+    """Both kinds of circuit breaker per route and upstream (issue 21), as `/api/upstreams` gives them."""
+    if (redirect := _token_cookie(request)) is not None:
+        return redirect
+    forwarder = getattr(_runtime(request), "forwarder", None)
+    snapshot = forwarder.snapshot() if forwarder is not None else {"routes": {}}
+    return await _page(request, "upstreams.html", {"routes": snapshot["routes"]})
+
+
 async def pins_page(request: Request) -> Response:
     """The pinned MCP tool contracts (docs/mcp.md), with the diff of each changed or new tool."""
     if (redirect := _token_cookie(request)) is not None:
@@ -493,6 +502,7 @@ def routes() -> list[BaseRoute]:
         Route("/call/{call_id}", call_page, methods=["GET"]),
         Route("/policies", policies_page, methods=["GET"]),
         Route("/pins", pins_page, methods=["GET"]),
+        Route("/upstreams", upstreams_page, methods=["GET"]),
         Route("/bundle", bundle, methods=["GET"]),
         Route("/live", live, methods=["GET"]),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),

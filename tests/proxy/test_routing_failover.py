@@ -7,6 +7,7 @@ chose not to retry."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import anthropic
@@ -97,14 +98,14 @@ def test_429_with_retry_after_on_the_primary_is_served_by_the_primary_after_the_
     models = chain({"model": "gpt-big"}, {"model": "gpt-small"})
     running = make_interlock(routes={"openai": openai_route(upstream, models, retry={"retry_after_max": 5})})
     calls = collect_calls(running)
-    upstream.script(Script(status=429, retry_after="1"))
+    upstream.script(Script(status=429, retry_after="2"))  # the issue's case: served by the primary after ~2 s
     completion = ask(openai_client(running))
     assert completion.model == "gpt-big" and completion.choices[0].message.content == "echo: hi"
     (call,) = finished(calls)
     assert tried(call) == [("gpt-big", 429), ("gpt-big", 200)]
     first, second = call.attempts
-    assert second.backoff_ms == pytest.approx(1000.0)  # the Retry-After, as the upstream said
-    assert first.duration_ms is not None and second.started_ms >= first.started_ms + first.duration_ms + 999.0
+    assert second.backoff_ms == pytest.approx(2000.0)  # the Retry-After, as the upstream said
+    assert first.duration_ms is not None and second.started_ms >= first.started_ms + first.duration_ms + 1999.0
     assert "fallback" not in call.meta
     assert [r.json()["model"] for r in upstream.requests] == ["gpt-big", "gpt-big"]
 
@@ -148,6 +149,12 @@ def test_a_primary_model_outage_never_blocks_the_fallback_model_and_traffic_retu
     assert breaker_state(running, "openai", "main", "gpt-big") == "open"
     assert breaker_state(running, "openai", "main", "gpt-small") == "closed"
     assert breaker_state(running, "openai", "main") == "closed"  # the upstream itself is fine
+    page = httpx.get(running.admin_url + "/upstreams").text  # the UI shows both kinds
+    shown = {
+        m: s for m, s in re.findall(r'data-model="([^"]+)"><code>[^<]*</code>\s*<span[^>]*data-state="(\w+)"', page)
+    }
+    assert shown == {"gpt-big": "open", "gpt-small": "closed"}
+    assert re.findall(r'class="upstream-breaker">\s*<span[^>]*data-state="(\w+)"', page) == ["closed"]
 
     # A cooldown later, still down: the probe fails, the breaker re-opens, the call is still served.
     clock.now += 30

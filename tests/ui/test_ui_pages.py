@@ -215,3 +215,19 @@ def test_calls_page_lists_every_call_including_those_without_a_session(page: Any
     expect(rows.first).to_contain_text("403 denied")
     rows.first.locator("a.call-link").click()
     expect(page.locator("#decisions")).to_contain_text("no-preview-models")
+
+
+def test_upstreams_page_shows_both_kinds_of_breaker(page: Any, demo: Any) -> None:
+    api = httpx.get(demo.url + "/api/upstreams").json()["routes"]
+    page.goto("/")
+    page.locator("nav a", has_text="Upstreams").click()
+    expect(page.locator("h1")).to_have_text("Upstreams")
+    for name, route in api.items():
+        section = page.locator(f'section.route[data-route="{name}"]')
+        for upstream in route["upstreams"]:
+            row = section.locator(f'tr[data-upstream="{upstream["name"]}"]')
+            state = upstream["breaker"]["state"]
+            expect(row.locator(".upstream-breaker .badge")).to_have_attribute("data-state", state)
+            for model in upstream["models"]:
+                expect(row.locator(f'.model-breaker[data-model="{model}"] .badge')).to_have_count(1)
+    assert any(u["models"] for r in api.values() for u in r["upstreams"])  # the demo's calls made model breakers
