@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from interlock.proxy.protocols import ADAPTERS
-from interlock.proxy.protocols.base import ToolCall, parse_json_body, response_json
+from interlock.proxy.protocols.base import ToolCall, response_json
 from interlock.proxy.protocols.conversation import ChatMessage, conversation
 from interlock.proxy.protocols.mcp import McpAdapter, McpView
 from interlock.proxy.protocols.reassemble import reassemble_stream
@@ -223,7 +223,7 @@ class LoopStage:
                 what = f"MCP tool call {view.tool_name!r} (same arguments)"
                 sightings += _tally(history.tool_calls, key, rules, "tool_calls", what)
         elif call.protocol in ("openai", "anthropic"):
-            messages = conversation(call.protocol, parse_json_body(call), None)
+            messages = conversation(call.protocol, call.request_json, None)  # parsed once, by the adapter
             if messages:
                 turn = new_turn(messages)
                 what = f"request (the same new turn of {len(turn)} message{'s' if len(turn) != 1 else ''})"

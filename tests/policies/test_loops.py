@@ -5,6 +5,7 @@ and loop state is per session, so tests do not see each other's history."""
 
 from __future__ import annotations
 
+import json
 import textwrap
 import uuid
 from collections.abc import Iterator
@@ -48,11 +49,25 @@ RESPONSES_WEATHER: Any = [{"type": "function", "name": "get_weather", "parameter
 
 
 @pytest.fixture(scope="module")
-def running(upstream_server: ScriptedUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+def hook() -> Iterator[ScriptedUpstream]:
+    """Receives the escalation webhook's events (any POST is answered 200)."""
+    with ScriptedUpstream() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def running(
+    upstream_server: ScriptedUpstream, hook: ScriptedUpstream, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Running]:
     tmp_path: Path = tmp_path_factory.mktemp("loops")
     (tmp_path / "policies").mkdir()
     (tmp_path / "policies" / "loops.yaml").write_text(textwrap.dedent(POLICY))
-    data = {"routes": routes_for(upstream_server), "shutdown_grace": 2, "policies": [str(tmp_path / "policies")]}
+    data = {
+        "routes": routes_for(upstream_server),
+        "shutdown_grace": 2,
+        "policies": [str(tmp_path / "policies")],
+        "escalation": {"webhook": hook.url + "/hook"},
+    }
     with run_interlock(settings_for_test(data, tmp_path)) as running:
         yield running
 
@@ -150,7 +165,13 @@ def _ask(running: Running, clients: list[Any], api: str, stream: bool, session: 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
 @pytest.mark.parametrize("api", ["chat", "responses", "anthropic"])
 def test_a_tool_call_loop_is_denied_at_the_nth_repeat(
-    running: Running, calls: list[Call], upstream: ScriptedUpstream, clients: list[Any], api: str, stream: bool
+    running: Running,
+    calls: list[Call],
+    upstream: ScriptedUpstream,
+    hook: ScriptedUpstream,
+    clients: list[Any],
+    api: str,
+    stream: bool,
 ) -> None:
     session = _session()
     upstream.script(*(Script(tool_calls=[call]) for call in SAME_CALL))
@@ -173,6 +194,16 @@ def test_a_tool_call_loop_is_denied_at_the_nth_repeat(
         events = list(iter_events(b"".join(c.data for c in third.agent_chunks or [])))
         assert [e for e in events if "loop_detected" in e.data]
         assert not [e for e in events if ADAPTERS[third.protocol].stream_tool_names(e)]
+    # The webhook hears of the loop once, without bodies or arguments.
+    wait_for(lambda: [r for r in hook.requests if r.json().get("session") == session])
+    [event] = [r.json() for r in hook.requests if r.json().get("session") == session]
+    assert (event["event"], event["rule"], event["kind"], event["action"]) == (
+        "loop_detected",
+        "tool-loops",
+        "tool_calls",
+        "deny",
+    )
+    assert event["call_id"] == third.id and "Paris" not in json.dumps(event)
     # Another session is not affected by this one's history.
     upstream.script(Script(tool_calls=[SAME_CALL[0]]))
     assert _ask(running, clients, api, stream, _session(), 4)

@@ -117,7 +117,9 @@ def test_a_huge_head_gets_431(make_interlock: Any) -> None:
 def test_malformed_http_is_a_json_400_counted_and_logged(make_interlock: Any, caplog: Any) -> None:
     running = make_interlock(server=FAST)
     with connect(running) as sock:
-        sock.sendall(b"POST /openai/chat HTTP/1.1\r\nhost: 127.0.0.1\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nnot hex\r\n")
+        sock.sendall(
+            b"POST /openai/chat HTTP/1.1\r\nhost: 127.0.0.1\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nnot hex\r\n"
+        )
         status, body = response_of(sock)
     assert status == 400 and body is not None and body["error"]["code"] == "bad_http"
     assert rejected(running)["malformed"] == 1

@@ -186,7 +186,7 @@ def test_a_number_too_long_to_read_is_read_as_bad_json() -> None:
     huge = "1" * 5000
     start = {"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "id": "t", "input": {}}}
     delta = {"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": huge}}
-    message = reassemble_stream("anthropic", sse(start, delta) + b"data: {\"n\": " + huge.encode() + b"}\n\n")
+    message = reassemble_stream("anthropic", sse(start, delta) + b'data: {"n": ' + huge.encode() + b"}\n\n")
     assert message["content"] == [{"type": "tool_use", "id": "t", "input": huge}]
 
 
