@@ -248,9 +248,6 @@ class LoopStage:
         rules: list[CompiledRule] | None = call.loop_rules
         if not rules or call.reply is not None or (call.status or 0) >= 400:
             return
-        if call.protocol == "mcp":
-            self._mcp_result(call, rules)
-            return
         if call.stream or call.protocol not in ("openai", "anthropic"):
             return  # streams are judged in `chunk`
         tool_calls = ADAPTERS[call.protocol].response_tool_calls(response_json(call))
@@ -432,6 +429,11 @@ class LoopStage:
 
     async def seal(self, call: Call) -> None:
         self._streams.pop(call.id, None)
+        rules: list[CompiledRule] | None = call.loop_rules
+        # An MCP result is read here, not at `response`: the SDK clients close a reply's SSE stream
+        # as soon as its answer arrives, and such a call reaches `seal` without a `response` hook.
+        if rules and call.protocol == "mcp" and call.reply is None and (call.status or 0) < 400:
+            self._mcp_result(call, rules)
 
 
 def _scope(call: Call) -> str:
