@@ -21,6 +21,7 @@ from kubernetes_validate import utils as kubernetes
 
 from interlock.config import load_settings
 from interlock.policies.stage import policy_paths
+from interlock.proxy.admission import HostAllowList
 from interlock.yamlsource import SourceError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -186,8 +187,13 @@ def test_the_shared_gateway_is_two_replicas_behind_a_service() -> None:
     named = {p["name"]: p["containerPort"] for p in container["ports"]}
     targets = {p["name"]: named[p["targetPort"]] for p in service["spec"]["ports"]}
     assert targets == {"proxy": config["listen"]["port"], "admin": config["admin"]["port"]}
-    # Agents call it by the Service's name, which the proxy must answer (docs/security.md).
-    assert service["metadata"]["name"] in config["listen"]["allowed_hosts"]
+    # Agents call it by the Service's name, in its namespace or from another, which the proxy must
+    # answer; other names stay refused (DNS rebinding: docs/security.md).
+    hosts = HostAllowList(config["listen"]["host"], config["listen"]["allowed_hosts"])
+    name = service["metadata"]["name"]
+    for host in (name, f"{name}.agents.svc", f"{name}.agents.svc.cluster.local:4141", "10.0.0.7"):
+        assert hosts.allows(host), host
+    assert not hosts.allows("attacker.example")
     assert config["listen"]["host"] == "0.0.0.0"
 
 
