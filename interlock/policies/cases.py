@@ -17,6 +17,7 @@ protocol adapter the proxy uses, so a case exercises exactly what a live call wo
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from dataclasses import dataclass, field
@@ -25,8 +26,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from interlock.policies.engine import Engine, Subject, tool_denial_message
+from interlock.policies.loops import LoopMemory, LoopStage
 from interlock.policies.stage import apply_changes
 from interlock.proxy.protocols import ADAPTERS, BadRequest
+from interlock.proxy.protocols.base import ToolCall
 from interlock.tracing.call import Call, new_id
 from interlock.yamlsource import Document, SourceError, load_yaml
 
@@ -84,6 +87,13 @@ class Case(_Model):
     name: str
     request: CaseRequest = CaseRequest()
     response: CaseResponse | None = None
+    repeat: int = Field(
+        1,
+        ge=1,
+        le=1000,
+        description="Send the request (and answer with the response's tool calls) this many times in one"
+        " session, for `loop:` rules; `expect` is about the last time.",
+    )
     expect: Expect
 
 
@@ -102,6 +112,8 @@ class Outcome:
     stripped: list[str] = field(default_factory=list)
     params: dict[str, Any] = field(default_factory=dict)
     limits: list[str] = field(default_factory=list)
+    #: The rules with `loop:` that apply (`CompiledRule`s), for repeated cases.
+    loop_rules: list[Any] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -218,7 +230,9 @@ def decide(
 ) -> Outcome:
     """Evaluate the policy for a call (no limits counted) and apply its changes to `call.request_json`."""
     evaluation = engine.evaluate(Subject.from_call(call, host))
-    outcome = Outcome("allow", fired=list(evaluation.fired), limits=[r.name for r in evaluation.limited])
+    outcome = Outcome(
+        "allow", fired=list(evaluation.fired), limits=[r.name for r in evaluation.limited], loop_rules=evaluation.loops
+    )
     if evaluation.denied_by is not None:
         outcome.decision, outcome.rule, outcome.message = "deny", evaluation.denied_by.name, evaluation.message
         return outcome
@@ -248,15 +262,35 @@ def run_case(
     hosts: dict[str, str | None] | None = None,
 ) -> Result:
     started = time.perf_counter()
-    try:
-        call = build_call(case.request, routes)
-    except ValueError as exc:
-        return Result(case, where, None, [str(exc)], (time.perf_counter() - started) * 1000)
     host = case.request.host.lower() if case.request.host else (hosts or {}).get(case.request.route)
     tools = case.response.tool_calls if case.response is not None else ()
-    outcome = decide(engine, call, host, tools)
+    loops = LoopStage(LoopMemory(max_sessions=1), announce=False) if case.repeat > 1 else None
+    for _ in range(case.repeat):
+        try:
+            call = build_call(case.request, routes)
+        except ValueError as exc:
+            return Result(case, where, None, [str(exc)], (time.perf_counter() - started) * 1000)
+        outcome = decide(engine, call, host, tools)
+        if loops is not None and outcome.decision != "deny" and outcome.loop_rules:
+            asyncio.run(_loop_turn(loops, call, outcome, tools))
     failures = check(case.expect, outcome)
     return Result(case, where, outcome, failures, (time.perf_counter() - started) * 1000)
+
+
+async def _loop_turn(loops: LoopStage, call: Call, outcome: Outcome, tools: tuple[str, ...]) -> None:
+    """One turn of a repeated case through the loop stage: the request, then the model's tool calls
+    (without arguments: a case names tools only). A loop it refuses makes the outcome a denial."""
+    call.loop_rules = outcome.loop_rules
+    refusal: str | None = None
+    await loops.request(call)
+    if call.reply is not None:
+        refusal = call.error
+    elif tools:
+        refusal = await loops.judge_answer(call, [ToolCall(name, "{}") for name in tools])
+    if refusal is not None:
+        denying = [d for d in call.decisions if d.stage == "loop" and d.action != "monitor"]
+        outcome.decision, outcome.message = "deny", refusal
+        outcome.rule = denying[0].rule if denying else None
 
 
 def check(expect: Expect, outcome: Outcome) -> list[str]:

@@ -192,8 +192,12 @@ class LoopStage:
         memory: LoopMemory | None = None,
         escalator: Escalator | None = None,
         stopper: SessionStopper | None = None,
+        *,
+        announce: bool = True,
     ) -> None:
+        """`announce`: log each loop (once) and post it to the webhook; `policy test` does not."""
         self.memory = memory or LoopMemory()
+        self.announce = announce
         self.escalator = escalator
         self.stopper = stopper
         self._streams: dict[str, _Stream] = {}
@@ -250,10 +254,15 @@ class LoopStage:
             return
         if call.stream or call.protocol not in ("openai", "anthropic"):
             return  # streams are judged in `chunk`
-        tool_calls = ADAPTERS[call.protocol].response_tool_calls(response_json(call))
+        await self.judge_answer(call, ADAPTERS[call.protocol].response_tool_calls(response_json(call)))
+
+    async def judge_answer(self, call: Call, tool_calls: Sequence[ToolCall], *, streamed: bool = False) -> str | None:
+        """Count the tool calls of the model's answer to `call` (under `call.loop_rules`) and act on a
+        loop; returns the refusal message (None: not refused). `policy test` calls this too."""
+        rules: list[CompiledRule] = call.loop_rules or []
         history = self._history(call, rules)
         sightings = self._tool_calls(history, tool_calls, rules)
-        await self._act(call, history, sightings, before_sending=False)
+        return await self._act(call, history, sightings, before_sending=False, streamed=streamed)
 
     async def chunk(self, call: Call, data: bytes, last: bool) -> bytes:
         rules: list[CompiledRule] | None = call.loop_rules
@@ -280,9 +289,7 @@ class LoopStage:
         if call.truncated or call.outcome == "blocked":
             return b"".join(out + stream.held) + pending  # cut short already: nothing whole to judge
         message = reassemble_stream(call.protocol, b"".join(stream.events))
-        history = self._history(call, rules)
-        sightings = self._tool_calls(history, adapter.response_tool_calls(message), rules)
-        refusal = await self._act(call, history, sightings, before_sending=False, streamed=True)
+        refusal = await self.judge_answer(call, adapter.response_tool_calls(message), streamed=True)
         if refusal is not None:
             return b"".join(out) + adapter.stream_error_event(LOOP_CODE, refusal)
         return b"".join(out + stream.held) + pending
@@ -381,7 +388,7 @@ class LoopStage:
         if len(found) < 8:
             found.append({"rule": sighting.rule.name, "kind": sighting.kind, "count": sighting.count, "action": action})
         key = (sighting.rule.name, sighting.kind)
-        if key in history.reported:
+        if key in history.reported or not self.announce:
             return
         history.reported.add(key)
         log.warning(

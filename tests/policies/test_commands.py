@@ -141,6 +141,40 @@ def test_failing_cases_are_reported_like_opa_test(tmp_path: Path) -> None:
     assert f"PASS: {cases}:2: gpt-4o is denied" in verbose.output
 
 
+def test_cases_express_loops_by_repeating_a_request(tmp_path: Path) -> None:
+    policy = write(
+        tmp_path / "p.yaml",
+        """
+        rules:
+          - name: no-loops
+            loop: {tool_calls: 3, requests: 4}
+        """,
+    )
+    cases = write(
+        tmp_path / "cases.yaml",
+        """
+        cases:
+          - name: the third identical tool call is a loop
+            request: {model: m, tools: [search]}
+            response: {tool_calls: [search]}
+            repeat: 3
+            expect: {decision: deny, rule: no-loops, message: "tool call 'search'"}
+          - name: two are not
+            request: {model: m, tools: [search]}
+            response: {tool_calls: [search]}
+            repeat: 2
+            expect: {decision: allow}
+          - name: the fourth identical request is a loop
+            request: {model: m}
+            repeat: 4
+            expect: {decision: deny, rule: no-loops}
+        """,
+    )
+    result = run("test", str(policy), "--cases", str(cases))
+    assert result.exit_code == 0, result.output
+    assert result.output.rstrip().endswith("PASS: 3/3")
+
+
 def test_a_malformed_cases_file_is_located(tmp_path: Path) -> None:
     policy = write(tmp_path / "p.yaml", "rules:\n  - name: x\n    deny: {}\n")
     cases = write(tmp_path / "cases.yaml", "cases:\n  - name: a\n    expect: {decison: deny}\n")
