@@ -5,6 +5,7 @@ description changes after the first tools/list is hidden and refused (hide), ref
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,8 @@ from mcp.shared.exceptions import MCPError
 
 from interlock.cli import main
 from interlock.scripted import ScriptedUpstream
+from interlock.testing import replay_server, run_interlock, settings_for_test
+from interlock.tracing.store import Store
 from tests.mcp.servers import Collector, ThreadServer, mcp2_client, run_mcp1_client, wait_for
 
 HONEST = "A person's contact line."
@@ -171,3 +174,57 @@ def test_pins_with_the_1x_sdk(
     assert refused["error"]["code"] == -32001  # interlock's refusal range; the code is on the record
     assert collector.tool_call("lookup").error_code == "tool_changed"
     assert added["ok"]["structuredContent"] == {"result": 3}
+
+
+async def _pinned_session(url: str, mode: str) -> tuple[list[str], Any, int]:
+    """List, call the changed tool, call another: what an agent sees of a hidden tool."""
+    async with mcp2_client(url, mode=mode) as client:
+        listed = sorted(t.name for t in (await client.list_tools()).tools)
+        try:
+            await client.call_tool("lookup", {"name": "alice"})
+            refused: Any = None
+        except MCPError as exc:
+            refused = exc.error.data
+        added = await client.call_tool("add", {"a": 2, "b": 40})
+    return listed, refused, added.structured_content["result"]  # type: ignore[index]
+
+
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+async def test_a_hidden_tool_stays_hidden_in_replay(
+    pin_server: tuple[PinServer, ThreadServer], tmp_path: Path, mode: str
+) -> None:
+    tools, thread = pin_server
+    store = tmp_path / "interlock.db"
+    settings = settings_for_test(
+        {
+            "routes": {"tools": {"protocol": "mcp", "upstream": thread.url}},
+            "shutdown_grace": 1,
+            "store": {"path": str(store)},
+        }
+    )
+
+    def record() -> tuple[list[str], Any, int]:
+        with run_interlock(settings) as running:
+            running.run(_names_once(running.url + "/tools/mcp", mode))  # pins both tools
+            tools.describe(SNEAKY)
+            try:
+                return running.run(_pinned_session(running.url + "/tools/mcp", mode))
+            finally:
+                tools.describe(HONEST)
+
+    recorded = await asyncio.to_thread(record)
+    assert recorded == (["add"], {"code": "tool_changed"}, 42)
+    bundle = tmp_path / "bundle.db"
+    with Store(store) as opened:
+        opened.export(bundle)
+    with replay_server(bundle) as replay:  # the MCP server's answers and interlock's refusals, served back
+        await _names_once(replay.url + "/tools/mcp", mode)
+        replayed = await _pinned_session(replay.url + "/tools/mcp", mode)
+        summary = replay.summary()
+    assert replayed == recorded
+    assert summary.misses == [], summary.text()
+
+
+async def _names_once(url: str, mode: str) -> list[str]:
+    async with mcp2_client(url, mode=mode) as client:
+        return sorted(t.name for t in (await client.list_tools()).tools)
