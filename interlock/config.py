@@ -629,6 +629,9 @@ class Settings(Model):
 
     #: Where the settings came from (a file path, or "<embedded default>").
     source: str = Field("<embedded default>", exclude=True)
+    #: Processes serving these settings side by side (`serve --workers N` sets it for each worker):
+    #: above 1 and without `state.url`, counters and the vault go to the store's SQLite file.
+    workers: int = Field(1, ge=1, exclude=True)
 
 
 DEFAULT_CONFIG = """\

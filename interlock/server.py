@@ -40,7 +40,9 @@ def build_services(settings: Settings) -> Services:
     if guardrails_on(settings):
         from interlock.policies.vault import open_vault
 
-        services.vault = open_vault(settings.guardrails, settings.state)
+        services.vault = open_vault(
+            settings.guardrails, settings.state, processes=settings.workers, store_path=settings.store.path
+        )
     otel = settings.otel
     endpoints = (
         "OTEL_EXPORTER_OTLP_ENDPOINT",

@@ -13,15 +13,16 @@ see the workers as one.
 State: each worker is a whole interlock (pipeline, recorder, limiter, vault). The SQLite store is
 shared by the workers' writers on one WAL file (each write is a `BEGIN IMMEDIATE` transaction with a
 30 s busy timeout, so they take turns; measured without `database is locked`, tests/fleet). What is
-counted or remembered across calls must be shared too: limits, budgets, concurrency slots and the
-redaction vault go to Redis (`state.url`), which `--workers` above 1 requires as soon as policies or
-guardrails are configured (decided over a SQLite-backed counters mode: one implementation of the
-shared semantics, already exact across replicas, instead of a second one). Each worker spills to
-its own side file (`<spill>.w<i>`, worker 0 keeps the configured one).
+counted or remembered across calls is shared too: with `state.url`, on Redis as for a fleet; without
+it, in the same SQLite file (`counters_sqlite.py`, `vault_sqlite.py`: one transaction per operation,
+atomic across the workers), the vault's values encrypted with `state.vault_key` or, when unset, a key
+the supervisor draws at start and hands to its workers in memory (never written anywhere). Each
+worker spills to its own side file (`<spill>.w<i>`, worker 0 keeps the configured one).
 """
 
 from __future__ import annotations
 
+import base64
 import ctypes
 import logging
 import multiprocessing
@@ -71,23 +72,26 @@ class WorkerBoard:
 
 def needs_shared_state(settings: Settings) -> str | None:
     """Why these settings cannot run in several workers without `state.url` (None: they can)."""
-    if settings.state.resolved().url:
+    if settings.state.resolved().url or settings.store.path != ":memory:":
         return None
-    guardrails = settings.guardrails
-    if settings.policies:
-        return "policies are configured (their limits, budgets and concurrency slots must be counted once)"
-    if guardrails.request or guardrails.response:
-        return "guardrails are configured (a session's placeholders must be restorable by every worker)"
+    if settings.policies or settings.guardrails.request or settings.guardrails.response:
+        return (
+            "the store is in memory (store.path :memory:), so the workers have no file to share limits and the vault in"
+        )
     return None
 
 
-def worker_settings(settings: Settings, index: int) -> Settings:
-    """A worker's settings: its own spill file (two processes appending to one would interleave)."""
-    if index == 0 or not settings.store.enabled:
-        return settings
-    spill = settings.store.spill_path or f"{settings.store.path}.spill"
-    store = settings.store.model_copy(update={"spill_path": f"{spill}.w{index}"})
-    return settings.model_copy(update={"store": store})
+def worker_settings(settings: Settings, index: int, workers: int, secret: str) -> Settings:
+    """A worker's settings: `workers` (counters and vault shared through the store's file unless on
+    Redis), the supervisor's vault `secret` unless the configuration has a key, and a spill file of
+    its own (two processes appending to one would interleave)."""
+    update: dict[str, object] = {"workers": workers}
+    if not settings.state.resolved().vault_key:
+        update["state"] = settings.state.model_copy(update={"vault_key": secret})
+    if index > 0 and settings.store.enabled:
+        spill = settings.store.spill_path or f"{settings.store.path}.spill"
+        update["store"] = settings.store.model_copy(update={"spill_path": f"{spill}.w{index}"})
+    return settings.model_copy(update=update)
 
 
 def supervise(
@@ -112,6 +116,9 @@ def supervise(
         }
     )
     board = WorkerBoard(workers)
+    # The SQLite vault's key when the configuration has none: drawn here, inherited by the workers'
+    # memory across fork, never written (docs/fleet.md).
+    secret = base64.b64encode(os.urandom(32)).decode()
     children: dict[int, tuple[int, float]] = {}  # pid → (slot, started at)
     stopping: list[int] = []
 
@@ -126,7 +133,7 @@ def supervise(
                     signal.signal(sig, signal.SIG_DFL)  # the worker's loop installs its own
                 board.index = index
                 board.pids[index] = os.getpid()
-                run_worker(worker_settings(settings, index), proxy_socket, admin_socket, board)
+                run_worker(worker_settings(settings, index, workers, secret), proxy_socket, admin_socket, board)
             except SystemExit as exc:
                 status = exc.code if isinstance(exc.code, int) else 1
             except BaseException:  # noqa: BLE001 - reported, then the worker's exit status says it

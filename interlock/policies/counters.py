@@ -362,9 +362,10 @@ def _day_column(counter: Counter) -> int:
     return DAY_METRICS.index(counter.metric)
 
 
-def open_counters(store_path: str | None, state: State | None = None) -> Counters:
-    """The counters as configured: on Redis with `state.url` (shared by a fleet), else the embedded
-    ones, saving day counters beside the store."""
+def open_counters(store_path: str | None, state: State | None = None, *, processes: int = 1) -> Counters:
+    """The counters as configured: on Redis with `state.url` (shared by a fleet); else, for several
+    worker processes on one host, in the store's SQLite file (`counters_sqlite.py`); else the
+    embedded ones, saving day counters beside the store."""
     if state is not None:
         state = state.resolved()
     if state is not None and state.url:
@@ -372,6 +373,10 @@ def open_counters(store_path: str | None, state: State | None = None) -> Counter
         from interlock.policies.redisstate import StateClient
 
         return RedisCounters(StateClient(state), state.slot_lease)
+    if processes > 1 and store_path and store_path != ":memory:":
+        from interlock.policies.counters_sqlite import SqliteCounters
+
+        return SqliteCounters(store_path)
     return EmbeddedCounters(store_path)
 
 

@@ -296,7 +296,7 @@ def open_policy(
         runtime.start()
     except RuntimeError:  # no running loop (a Runtime built outside asyncio): no hot reload
         pass
-    counters = open_counters(settings.store.path, settings.state)
+    counters = open_counters(settings.store.path, settings.state, processes=settings.workers)
     return runtime, Limiter(counters, pricing or Pricing.for_settings(settings), settings.state.on_failure)
 
 

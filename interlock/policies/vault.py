@@ -135,10 +135,13 @@ class EmbeddedVault:
         return vault
 
 
-def open_vault(config: Guardrails, state: State | None = None) -> Vault:
+def open_vault(
+    config: Guardrails, state: State | None = None, *, processes: int = 1, store_path: str | None = None
+) -> Vault:
     """The vault as configured: on Redis with `state.url` (shared by a fleet; values encrypted with
-    `state.vault_key`, which it then requires), else the embedded one, bounded by `vault_sessions`
-    and `vault_values`."""
+    `state.vault_key`, which it then requires); else, for several worker processes on one host, in
+    the store's SQLite file (`vault_sqlite.py`, encrypted with `state.vault_key`, which the
+    supervisor draws when unset); else the embedded one, bounded by `vault_sessions` and `vault_values`."""
     if state is not None:
         state = state.resolved()
     if state is not None and state.url:
@@ -146,6 +149,10 @@ def open_vault(config: Guardrails, state: State | None = None) -> Vault:
         from interlock.policies.vault_redis import RedisVault
 
         return RedisVault(StateClient(state), state, config.vault_values)
+    if processes > 1 and store_path and store_path != ":memory:" and state is not None and state.vault_key:
+        from interlock.policies.vault_sqlite import SqliteVault
+
+        return SqliteVault(store_path, state.vault_key, config.vault_values, state.vault_ttl)
     return EmbeddedVault(config.vault_sessions, config.vault_values)
 
 

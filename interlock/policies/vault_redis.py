@@ -19,26 +19,14 @@ HMACs, ciphertexts and placeholder names.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import os
-from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
-
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from interlock.config import State
 from interlock.policies.redisstate import StateClient
 from interlock.policies.vault import SessionVault, VaultConflict
-
-MAC_BYTES = 16
-NONCE_BYTES = 12
-#: Decrypted values remembered by ciphertext, so a session's table (up to `vault_values` entries,
-#: loaded on every call) is not decrypted again each turn.
-PLAIN_CACHE = 65536
+from interlock.policies.vault_crypto import MAC_BYTES, VaultCipher
+from interlock.policies.vault_crypto import parse_placeholder as _parse
 
 # Past `limit` values, the least recently used go (with their HMACs); the session lives `ttl` more.
 _TRIM = """
@@ -114,39 +102,14 @@ class RedisVault:
         self.prefix = client.prefix + "v:"
         self.ttl_ms = int(state.vault_ttl * 1000)
         self.limit = values
-        keys = HKDF(algorithm=hashes.SHA256(), length=64, salt=None, info=b"interlock vault").derive(
-            state.vault_key.encode()
-        )
-        self._aead = AESGCM(keys[:32])
-        self._mac_key = keys[32:]
+        self.cipher = VaultCipher(state.vault_key)
         self._open = client.script(_OPEN)
         self._commit = client.script(_COMMIT)
-        self._plain: OrderedDict[bytes, str] = OrderedDict()
-
-    def _mac(self, session: str, entity: str, value: str) -> bytes:
-        message = f"{session}\x1f{entity}\x1f{value}".encode("utf-8", "surrogatepass")
-        return hmac.new(self._mac_key, message, hashlib.sha256).digest()[:MAC_BYTES]
-
-    def _seal(self, session: str, entity: str, value: str) -> bytes:
-        nonce = os.urandom(NONCE_BYTES)
-        aad = f"{session}\x1f{entity}".encode("utf-8", "surrogatepass")
-        return nonce + self._aead.encrypt(nonce, value.encode("utf-8", "surrogatepass"), aad)
-
-    def _unseal(self, session: str, entity: str, blob: bytes) -> str:
-        cached = self._plain.get(blob)
-        if cached is not None:
-            return cached
-        aad = f"{session}\x1f{entity}".encode("utf-8", "surrogatepass")
-        value = self._aead.decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], aad).decode("utf-8", "surrogatepass")
-        self._plain[blob] = value
-        if len(self._plain) > PLAIN_CACHE:
-            self._plain.popitem(last=False)
-        return value
 
     async def open(self, session: str, *, create: bool, reserve: Sequence[tuple[str, str]] = ()) -> SessionVault | None:
         args: list[Any] = [f"{self.prefix}{session}:", self.ttl_ms, self.limit, "1" if create or reserve else "0"]
         for entity, value in dict.fromkeys(reserve):
-            args += [entity, self._mac(session, entity, value), self._seal(session, entity, value)]
+            args += [entity, self.cipher.mac(session, entity, value), self.cipher.seal(session, entity, value)]
         found = await self._open(args)
         if found is None:
             return None
@@ -155,7 +118,7 @@ class RedisVault:
         for i in range(0, len(entries), 2):
             placeholder = entries[i].decode()
             entity = _parse(placeholder)[0]
-            table.put(entity, self._unseal(session, entity, entries[i + 1]), placeholder)
+            table.put(entity, self.cipher.unseal(session, entity, entries[i + 1]), placeholder)
         # Local numbering goes on from the last number issued (a number issued here that another
         # replica issued meanwhile is caught by `commit`: reserve first to never need that).
         table.counters = {numbers[i].decode(): int(numbers[i + 1]) for i in range(0, len(numbers), 2)}
@@ -169,8 +132,8 @@ class RedisVault:
             return
         args: list[Any] = [f"{self.prefix}{session}:", self.ttl_ms, self.limit]
         for entity, value, placeholder in issued:
-            args += [entity, _parse(placeholder)[1], placeholder, self._mac(session, entity, value)]
-            args.append(self._seal(session, entity, value))
+            args += [entity, _parse(placeholder)[1], placeholder, self.cipher.mac(session, entity, value)]
+            args.append(self.cipher.seal(session, entity, value))
         conflict = await self._commit(args)
         if conflict:
             raise VaultConflict(f"placeholder {conflict.decode()} was issued meanwhile for another value")
@@ -178,12 +141,6 @@ class RedisVault:
 
     async def aclose(self) -> None:
         await self.client.aclose()
-
-
-def _parse(placeholder: str) -> tuple[str, int]:
-    """`<EMAIL_ADDRESS_3>` → ("EMAIL_ADDRESS", 3)."""
-    entity, _, number = placeholder[1:-1].rpartition("_")
-    return entity, int(number)
 
 
 __all__ = ["RedisVault"]

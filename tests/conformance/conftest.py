@@ -50,13 +50,19 @@ def _embedded_counters(request: pytest.FixtureRequest, tmp_path: Path) -> Counte
     return open_counters(str(tmp_path / "counters.db"))
 
 
+def _sqlite_counters(request: pytest.FixtureRequest, tmp_path: Path) -> Counters:
+    from interlock.policies.counters_sqlite import SqliteCounters
+
+    return SqliteCounters(str(tmp_path / "counters.db"))
+
+
 def _redis_counters(request: pytest.FixtureRequest, tmp_path: Path) -> Counters:
     return open_counters(None, _redis_state(request, str(tmp_path)))
 
 
 #: name → a factory of counters kept at `tmp_path`: called again with the same path, it reopens the
 #: same counters (a restart). Redis: a fresh key prefix per test directory.
-COUNTERS_BACKENDS = {"embedded": _embedded_counters, "redis": _redis_counters}
+COUNTERS_BACKENDS = {"embedded": _embedded_counters, "redis": _redis_counters, "sqlite": _sqlite_counters}
 
 
 @pytest.fixture(params=sorted(COUNTERS_BACKENDS))
@@ -74,9 +80,16 @@ def _redis_vault(request: pytest.FixtureRequest, values: int) -> Vault:
     return open_vault(Guardrails(vault_values=values), _redis_state(request, request.node.nodeid, vault_key=key))
 
 
+def _sqlite_vault(request: pytest.FixtureRequest, values: int) -> Vault:
+    from interlock.policies.vault_sqlite import SqliteVault
+
+    folder = request.getfixturevalue("tmp_path")
+    return SqliteVault(str(folder / "vault.db"), "conformance vault key, not a secret: 0123456789", values, 3600)
+
+
 #: name → a factory of an empty vault keeping at most `values` values a session. A shared backend's
 #: factory returns a new client over the same place each time it is called within one test.
-VAULT_BACKENDS = {"embedded": _embedded_vault, "redis": _redis_vault}
+VAULT_BACKENDS = {"embedded": _embedded_vault, "redis": _redis_vault, "sqlite": _sqlite_vault}
 
 
 @pytest.fixture(params=sorted(VAULT_BACKENDS))

@@ -1,6 +1,8 @@
-"""`interlock serve --workers 2` (interlock/workers.py) as a user runs it: the real CLI, one SQLite
-store written by both workers, limits on a real Redis counted once for both, `/ready` answering for
-every worker, a killed worker replaced, and a graceful stop that drains both."""
+"""`interlock serve --workers 2` (interlock/workers.py) as a user runs it, with the embedded SQLite
+store and no Redis: the real CLI, one SQLite file written by both workers, a limit counted once for
+both (counters_sqlite.py), a session's placeholders restored whichever worker answers
+(vault_sqlite.py), `/ready` answering for every worker, a killed worker replaced, and a graceful
+stop that drains both."""
 
 from __future__ import annotations
 
@@ -11,7 +13,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ import yaml
 
 from interlock.scripted import Script, ScriptedUpstream
 from tests.conftest import routes_for
-from tests.servers import RedisServer, free_port
+from tests.servers import free_port
 
 INTERLOCK = str(Path(sys.executable).with_name("interlock"))
 HI = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
@@ -72,9 +73,7 @@ def call(served: Served, agent: str) -> httpx.Response:
 
 
 @pytest.fixture(scope="module")
-def served(
-    upstream_server: ScriptedUpstream, redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Served]:
+def served(upstream_server: ScriptedUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     home = tmp_path_factory.mktemp("workers")
     (home / "policy.yaml").write_text(
         "rules:\n  - name: fleet-rate\n    match: {agent: 'rate-*'}\n    limits: {requests_per_minute: 40}\n"
@@ -85,13 +84,8 @@ def served(
         "admin": {"host": "127.0.0.1", "port": admin},
         "routes": routes_for(upstream_server),
         "store": {"path": str(home / "interlock.db")},
-        "state": {
-            "url": redis_server.url,
-            "key_prefix": f"workers:{uuid.uuid4().hex[:8]}:",
-            "vault_key": "a test vault key, 32 characters or more",
-        },
         "policies": [str(home / "policy.yaml")],
-        "guardrails": {"request": {}},
+        "guardrails": {"request": {"EMAIL_ADDRESS": "redact"}, "entities": ["EMAIL_ADDRESS"], "secrets": False},
         "shutdown_grace": 10,
     }
     (home / "interlock.yaml").write_text(yaml.safe_dump(config))
@@ -101,7 +95,7 @@ def served(
             [INTERLOCK, "serve", "--workers", "2", "-c", str(home / "interlock.yaml")],
             stdout=out,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "INTERLOCK_VAULT_KEY": ""},
+            env={k: v for k, v in os.environ.items() if k not in ("INTERLOCK_STATE_URL", "INTERLOCK_VAULT_KEY")},
         )
     running = Served(process, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin}", home / "interlock.db", log)
     try:
@@ -140,6 +134,29 @@ def test_a_rate_limit_is_counted_once_for_both_workers(served: Served) -> None:
     for thread in threads:
         thread.join(120)
     assert sorted(statuses) == [200] * 40 + [429] * 20
+
+
+def test_a_sessions_placeholders_are_restored_by_either_worker(
+    served: Served, upstream_server: ScriptedUpstream
+) -> None:
+    session = {"Authorization": "Bearer sk-agent", "X-Interlock-Agent": "mail", "X-Interlock-Session": "s-workers"}
+    turn1 = [{"role": "user", "content": "mail ada@example.com"}]
+    with httpx.Client(timeout=30) as client:
+        first = client.post(served.url + "/openai/chat/completions", json={**HI, "messages": turn1}, headers=session)
+    assert first.json()["choices"][0]["message"]["content"] == "echo: mail ada@example.com"
+    turn2 = [
+        *turn1,
+        {"role": "assistant", "content": "echo: mail ada@example.com"},
+        {"role": "user", "content": "again"},
+    ]
+    for _ in range(10):  # each on a connection of its own: both workers answer some
+        upstream_server.script(Script(text="sent to <EMAIL_ADDRESS_1>"))
+        with httpx.Client(timeout=30) as client:
+            answer = client.post(
+                served.url + "/openai/chat/completions", json={**HI, "messages": turn2}, headers=session
+            )
+        assert answer.json()["choices"][0]["message"]["content"] == "sent to ada@example.com"
+    assert all(b"ada@example.com" not in r.body for r in upstream_server.requests)
 
 
 def test_a_killed_worker_is_replaced(served: Served) -> None:
@@ -210,9 +227,9 @@ def test_sustained_load_then_a_graceful_stop_records_every_call(
     assert load == 1600 and slow_rows == 4
 
 
-def test_workers_without_shared_state_refuse_to_start_when_policies_count(tmp_path: Path) -> None:
+def test_workers_with_nothing_to_share_in_refuse_to_start_when_policies_count(tmp_path: Path) -> None:
     (tmp_path / "policy.yaml").write_text("rules:\n  - name: r\n    limits: {requests_per_minute: 5}\n")
-    config = {"policies": [str(tmp_path / "policy.yaml")], "store": {"path": str(tmp_path / "i.db")}}
+    config = {"policies": [str(tmp_path / "policy.yaml")], "store": {"path": ":memory:"}}
     (tmp_path / "interlock.yaml").write_text(yaml.safe_dump(config))
     environment = {k: v for k, v in os.environ.items() if k != "INTERLOCK_STATE_URL"}
     done = subprocess.run(
@@ -234,4 +251,4 @@ def test_workers_without_shared_state_refuse_to_start_when_policies_count(tmp_pa
         env=environment,
     )
     assert done.returncode == 2
-    assert "--workers 2 needs shared state" in done.stderr and "policies" in done.stderr
+    assert "--workers 2 needs shared state" in done.stderr and ":memory:" in done.stderr

@@ -1,0 +1,244 @@
+"""`SqliteCounters`: the `Counters` interface in the store's SQLite file, shared by the worker
+processes of `interlock serve --workers N` on one host when there is no Redis (`state.url`).
+
+Each operation is one `BEGIN IMMEDIATE` transaction (SQLite's write lock: one process at a time, the
+others wait up to the busy timeout), so an admission's reads and adds are atomic across the workers,
+as the Redis scripts are across replicas. The transactions run in a thread of each worker, never on
+its event loop. The counters keep the embedded ones' meaning:
+
+- a sliding minute: rows (time, amount) in `policy_windows`, those a minute old deleted as they are
+  read (the callers' clock);
+- a gauge (calls in flight): a row per worker process in `policy_gauges`; a row whose process is gone
+  (killed with calls in flight) is dropped by the next read, so a crash frees its slots at once;
+- a day: `policy_counters`, the table the embedded counters save to, added to in place.
+
+For one host only (process ids are checked with `kill(pid, 0)`); a fleet of hosts uses Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from interlock.policies.counters import (
+    _SCHEMA,
+    DAY_METRICS,
+    TABLE,
+    WINDOW,
+    Add,
+    Check,
+    Counter,
+    Over,
+    StateUnavailable,
+    seconds_to_midnight,
+    today,
+)
+
+T = TypeVar("T")
+
+_TABLES = """
+CREATE TABLE IF NOT EXISTS policy_windows (
+    rule TEXT NOT NULL, key TEXT NOT NULL, metric TEXT NOT NULL, t REAL NOT NULL, amount REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS policy_windows_by_counter ON policy_windows (rule, key, metric, t);
+CREATE TABLE IF NOT EXISTS policy_gauges (
+    rule TEXT NOT NULL, key TEXT NOT NULL, metric TEXT NOT NULL, pid INTEGER NOT NULL, n REAL NOT NULL,
+    PRIMARY KEY (rule, key, metric, pid)
+);
+"""
+#: Seconds a worker waits for another's transaction before the limit's failure mode applies.
+BUSY_TIMEOUT = 10.0
+
+
+class SqliteCounters:
+    """Counters in SQLite, shared by the processes that open the same file; see the module's docstring."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.pid = os.getpid()
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="policy-counters")
+        self._connection: sqlite3.Connection | None = None
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._connection is None:
+            connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None)
+            connection.execute("PRAGMA journal_mode = WAL")
+            connection.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
+            connection.execute(_SCHEMA)
+            connection.executescript(_TABLES)
+            self._connection = connection
+        return self._connection
+
+    async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        def transaction() -> T:
+            connection = self._connect()
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                result = work(connection)
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
+            connection.execute("COMMIT")
+            return result
+
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._thread, transaction)
+        except sqlite3.Error as exc:
+            raise StateUnavailable(f"the counters in {self.path} cannot be used: {exc}") from None
+
+    # -- the interface --------------------------------------------------------------------------
+
+    async def admit(self, checks: Sequence[Check], adds: Sequence[Add], now: float) -> list[Over]:
+        def work(db: sqlite3.Connection) -> list[Over]:
+            over: list[Over] = []
+            for index, check in enumerate(checks):
+                value = self._value(db, check.counter, now)
+                if value >= check.limit:
+                    over.append(Over(index, _number(value), self._retry_after(db, check, value, now)))
+            if not any(checks[o.position].enforce for o in over):
+                self._apply(db, adds, now)
+            return over
+
+        return await self._run(work)
+
+    async def add(self, adds: Sequence[Add], now: float) -> None:
+        if adds:
+            await self._run(lambda db: self._apply(db, adds, now))
+
+    async def snapshot(self, now: float) -> dict[str, Any]:
+        def work(db: sqlite3.Connection) -> dict[str, Any]:
+            self._drop_dead(db)
+            inflight = {
+                f"{rule} {key}": int(n)
+                for rule, key, n in db.execute(
+                    "SELECT rule, key, SUM(n) FROM policy_gauges GROUP BY rule, key, metric HAVING SUM(n) > 0"
+                )
+            }
+            daily = {
+                f"{rule} {key}": {"tokens": int(tokens), "usd": round(usd, 6)}
+                for rule, key, tokens, usd in db.execute(
+                    f"SELECT rule, key, tokens, usd FROM {TABLE} WHERE day = ?", (today(now),)
+                )
+            }
+            return {"inflight": inflight, "daily": daily}
+
+        return await self._run(work)
+
+    async def aclose(self) -> None:
+        def close() -> None:
+            if self._connection is not None:
+                self._connection.close()
+                self._connection = None
+
+        await asyncio.get_running_loop().run_in_executor(self._thread, close)
+        self._thread.shutdown(wait=True)
+
+    # -- inside a transaction -------------------------------------------------------------------
+
+    def _value(self, db: sqlite3.Connection, counter: Counter, now: float) -> float:
+        rule, key = counter.scope
+        if counter.window == "minute":
+            db.execute(
+                "DELETE FROM policy_windows WHERE rule = ? AND key = ? AND metric = ? AND t <= ?",
+                (rule, key, counter.metric, now - WINDOW),
+            )
+            row = db.execute(
+                "SELECT SUM(amount) FROM policy_windows WHERE rule = ? AND key = ? AND metric = ?",
+                (rule, key, counter.metric),
+            ).fetchone()
+            return float(row[0] or 0.0)
+        if counter.window == "none":
+            self._drop_dead(db)
+            row = db.execute(
+                "SELECT SUM(n) FROM policy_gauges WHERE rule = ? AND key = ? AND metric = ?",
+                (rule, key, counter.metric),
+            ).fetchone()
+            return float(row[0] or 0.0)
+        column = _day_column(counter)
+        row = db.execute(
+            f"SELECT {column} FROM {TABLE} WHERE day = ? AND rule = ? AND key = ?", (today(now), rule, key)
+        )
+        found = row.fetchone()
+        return float(found[0]) if found else 0.0
+
+    def _retry_after(self, db: sqlite3.Connection, check: Check, value: float, now: float) -> int:
+        counter = check.counter
+        if counter.window == "day":
+            return seconds_to_midnight(now)
+        if counter.window == "none":
+            return 1
+        rule, key = counter.scope
+        total = value
+        for t, amount in db.execute(
+            "SELECT t, amount FROM policy_windows WHERE rule = ? AND key = ? AND metric = ? ORDER BY t",
+            (rule, key, counter.metric),
+        ):
+            total -= amount
+            if total < check.limit:
+                return max(1, math.ceil(float(t) + WINDOW - now))
+        return 1
+
+    def _apply(self, db: sqlite3.Connection, adds: Sequence[Add], now: float) -> None:
+        for item in adds:
+            counter = item.counter
+            rule, key = counter.scope
+            if counter.window == "minute":
+                if item.amount:
+                    db.execute(
+                        "INSERT INTO policy_windows (rule, key, metric, t, amount) VALUES (?, ?, ?, ?, ?)",
+                        (rule, key, counter.metric, now, item.amount),
+                    )
+            elif counter.window == "none":
+                where = (rule, key, counter.metric, self.pid)
+                db.execute(
+                    "INSERT INTO policy_gauges (rule, key, metric, pid, n) VALUES (?, ?, ?, ?, ?)"
+                    " ON CONFLICT (rule, key, metric, pid) DO UPDATE SET n = n + excluded.n",
+                    (*where, item.amount),
+                )
+                db.execute(
+                    "DELETE FROM policy_gauges WHERE rule = ? AND key = ? AND metric = ? AND pid = ? AND n <= 0", where
+                )
+            elif item.amount:
+                column = _day_column(counter)
+                db.execute(
+                    f"INSERT INTO {TABLE} (day, rule, key, {column}, updated_at) VALUES (?, ?, ?, ?, ?)"
+                    f" ON CONFLICT (day, rule, key) DO UPDATE SET {column} = {column} + excluded.{column},"
+                    " updated_at = excluded.updated_at",
+                    (today(now), rule, key, item.amount, time.time()),
+                )
+
+    def _drop_dead(self, db: sqlite3.Connection) -> None:
+        """Forget the slots of worker processes that are gone (killed with calls in flight)."""
+        pids = [pid for (pid,) in db.execute("SELECT DISTINCT pid FROM policy_gauges") if pid != self.pid]
+        for pid in pids:
+            if not _alive(pid):
+                db.execute("DELETE FROM policy_gauges WHERE pid = ?", (pid,))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
+def _day_column(counter: Counter) -> str:
+    if counter.metric not in DAY_METRICS:
+        raise ValueError(f"a day counter counts {' or '.join(DAY_METRICS)}, not {counter.metric!r}")
+    return counter.metric
+
+
+def _number(value: float) -> float:
+    return int(value) if float(value).is_integer() else value
+
+
+__all__ = ["SqliteCounters"]
