@@ -25,6 +25,7 @@ from interlock.policies.counters import Counters, EmbeddedCounters, open_counter
 from interlock.policies.engine import CompiledRule
 from interlock.policies.limits import Limiter
 from interlock.policies.model import Rule
+from interlock.prices import Pricing
 from interlock.tracing.call import Call
 
 PRICES = {"gpt-4o*": {"input": 2.5, "output": 10.0}}
@@ -53,13 +54,14 @@ async def ping(state: State, calls: int) -> list[float]:
 
 async def measure(counters: Counters, calls: int) -> tuple[list[float], list[float]]:
     """Seconds per `admit` and per `finish`, call after call."""
-    limiter = Limiter(counters, PRICES)
+    limiter = Limiter(counters, Pricing(PRICES))
     limited = rules()
     admits: list[float] = []
     finishes: list[float] = []
     for i in range(calls + calls // 10):  # the first tenth warms up (connections, script load)
         call = Call(id=f"c{i}", route="openai", protocol="openai", method="POST", path="/chat/completions")
         call.agent, call.model, call.input_tokens, call.output_tokens = "bench", "gpt-4o", 11, 7
+        call.cost_usd = 0.0001  # priced by the usage stage in the proxy
         start = time.perf_counter()
         admission = await limiter.admit(limited, call, time.time())
         admitted = time.perf_counter()
