@@ -59,6 +59,8 @@ class LazyGroup(click.Group):
         "replay": "interlock.replay.commands:replay",
         "store": "interlock.tracing.store_commands:store",
         "mcp": "interlock.proxy.mcp_commands:mcp",
+        "sessions": "interlock.proxy.stop_commands:sessions",
+        "agents": "interlock.proxy.stop_commands:agents",
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:

@@ -382,6 +382,14 @@ class Escalation(Model):
     queue_size: int = Field(100, ge=1)
 
 
+class KillSwitch(Model):
+    """Stopping sessions and agents (docs/policies.md, "Kill switch")."""
+
+    #: Seconds between reads of the store's stops: a stop made elsewhere (`interlock sessions stop`,
+    #: another replica) is applied within this (a stop made through this interlock's API at once).
+    poll_interval: float = Field(0.5, gt=0, le=60)
+
+
 class McpPins(Model):
     """Pinned MCP tool contracts (docs/mcp.md, "Pinned tool contracts")."""
 
@@ -583,6 +591,7 @@ class Settings(Model):
     policies: tuple[str, ...] = ()
     otel: Otel = Otel()
     escalation: Escalation = Escalation()
+    kill_switch: KillSwitch = KillSwitch()
     mcp_pins: McpPins = McpPins()
     #: Guardrails (PII and secrets): engine settings and the default actions (policies may override).
     guardrails: Guardrails = Guardrails()

@@ -19,6 +19,7 @@ from interlock.prices import Pricing
 from interlock.proxy.app import ProxyApp
 from interlock.proxy.forward import Forwarder
 from interlock.proxy.pipeline import Pipeline, Services, built_in_stages, guardrails_on
+from interlock.proxy.stops import Stops
 from interlock.proxy.upstream import make_client
 from interlock.serving import QuietServer, ServerRejects, bind_socket, uvicorn_config
 from interlock.tracing.recorder import open_recording
@@ -78,6 +79,10 @@ class Runtime:
         # The services first (policy what-if, replay and the UI read the store too), then the stages.
         self.shared = build_services(settings)
         self.shared.escalator = self.forwarder.escalator
+        # The kill switch: stops kept in the store, applied to new calls and to calls in flight.
+        self.stops = self.shared.stops = Stops(
+            self.shared.store, self.forwarder.escalator, settings.kill_switch.poll_interval
+        )
         self.store, self.recorder = self.shared.store, self.shared.recorder
         self.policy, self.policy_limiter = self.shared.policy, self.shared.limiter  # for the admin API
         self.services["otel"] = self.shared.exporter
@@ -87,6 +92,7 @@ class Runtime:
     async def start(self) -> None:
         if self.recorder is not None:
             self.recorder.start()
+        await self.stops.start()
         self.ready = True
 
     def warming(self) -> list[str]:
@@ -100,6 +106,7 @@ class Runtime:
 
     async def stop(self) -> None:
         self.ready = False
+        await self.stops.aclose()
         await self.forwarder.aclose()
         if self.policy is not None:
             self.policy.stop()  # the hot-reload watcher

@@ -225,18 +225,33 @@ class ProxyApp:
     async def run(
         self, call: Call, route: Route, adapter: Adapter, receive: Receive, send: Send, state: _Watch
     ) -> None:
-        await self.pipeline.request(call)
+        task = asyncio.current_task()
+        try:
+            await self.pipeline.request(call)
+        except asyncio.CancelledError:
+            if call.halted is None:
+                raise
+            _uncancel(task)  # stopped while the request stages ran (the kill switch): answered below
+            code, message = call.halted
+            call.answer(adapter.error_reply(403, code, message, retryable=False), "denied", code, message)
         if call.reply is not None:
             await self.send_reply(call, send)
             return
         # Watch for the agent leaving: a disconnect cancels the upstream request.
-        task = asyncio.current_task()
         watcher = asyncio.create_task(_watch_disconnect(receive, state, task))
         total = route_timeouts(self.settings, route).total
         try:
             async with asyncio.timeout(None if adapter.open_ended(call) else total):
                 await self.relay(call, route, adapter, send, state)
         except asyncio.CancelledError:
+            if call.halted is not None and not state.disconnected:
+                # Stopped from outside (the kill switch, `proxy/stops.py`): the agent is told why,
+                # mid-stream with the protocol's error event; the upstream request is abandoned.
+                _uncancel(task)
+                code, message = call.halted
+                outcome: Outcome = "blocked" if state.started else "denied"
+                await self.fail(call, adapter, send, state, 403, outcome, code, message)
+                return
             if not state.disconnected:
                 raise
             _uncancel(task)

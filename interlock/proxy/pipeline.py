@@ -5,7 +5,7 @@ recorder, the policy runtime and its limiter, the redaction vault, the exporter)
 `interlock.server.Runtime`, and passed in as `Services`; stages a user adds
 (`Runtime(settings, stages=[...])`) come after the built-in ones.
 
-request:   identify → parse → mcp session → mcp pins → policy → mcp tools filter → loops → guardrails
+request:   identify → parse → mcp session → mcp pins → stops → policy → mcp tools filter → loops → guardrails
            (then route/retry/send upstream, or relay the response a stage supplied: `call.supplied`)
 response:  response_head → chunk... → response, through every stage in this order
            (usage is read, guardrails scan the output, policy refuses denied tool calls)
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from interlock.policies.redaction import Vault
     from interlock.prices import Pricing
     from interlock.proxy.escalation import Escalator
+    from interlock.proxy.stops import Stops
     from interlock.tracing.recorder import Recorder
 
 
@@ -62,6 +63,8 @@ class Services:
     escalator: Escalator | None = None
     #: Prices calls (the catalogue with `prices:` over it): the usage stage and the limiter share it.
     pricing: Pricing | None = None
+    #: The kill switch: stopped sessions and agents, and the calls in flight a stop ends.
+    stops: Stops | None = None
 
 
 def guardrails_on(settings: Settings) -> bool:
@@ -86,6 +89,11 @@ def built_in_stages(settings: Settings, services: Services, extra: Sequence[obje
 
             # Before the policy's tools/list filter: the pins judge the server's own list.
             stages.append(McpPins(settings.mcp_pins, services.store, services.escalator))
+    if services.stops is not None:
+        from interlock.proxy.stops import StopGate
+
+        # Once the session is known (identify, MCP session): a stopped session or agent goes no further.
+        stages.append(StopGate(services.stops))
     # Its `response` reads the token usage and prices the call before policy's `seal` counts them
     # against limits and budgets (usage before limits).
     stages.append(Usage(services.pricing))
@@ -105,7 +113,8 @@ def built_in_stages(settings: Settings, services: Services, extra: Sequence[obje
 
         # After policy, which names the `loop:` rules that apply (`call.loop_rules`); its `chunk`
         # after policy's, so a tool call policy refuses is cut before a loop is judged.
-        stages.append(LoopStage(escalator=services.escalator))
+        stopper = services.stops.stop_session if services.stops is not None else None
+        stages.append(LoopStage(escalator=services.escalator, stopper=stopper))
     if guardrails_on(settings):  # else the plain path stays free of the scan
         from interlock.policies.guardrails import Guardrails
         from interlock.policies.scrub import ScrubRecord

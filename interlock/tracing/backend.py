@@ -224,6 +224,17 @@ class Store(Protocol):
     def approve_mcp_pins(self, route: str, tool: str | None = None, *, now: float | None = None) -> list[str]:
         """Pin the listed definition of the route's flagged tools (or one); returns the tools approved."""
 
+    # -- the kill switch (docs/policies.md "Kill switch"; rows are `tracing.stops.STOP_COLUMNS`) ---
+
+    def stops(self) -> list[dict[str, Any]]:
+        """Every stopped session and agent, oldest stop first; none before the first stop."""
+
+    def set_stop(self, kind: str, name: str, reason: str, stopped_at: float) -> None:
+        """Stop a session or an agent (`kind`), or restate its reason."""
+
+    def clear_stop(self, kind: str, name: str) -> bool:
+        """Resume a session or an agent; False when it was not stopped."""
+
     # -- lifetime --------------------------------------------------------------------------------
 
     def close(self) -> None: ...

@@ -259,6 +259,10 @@ class Call:
     #: need it in their request hook: when the response cannot be decoded and this is not empty, the
     #: proxy ends the call with `unreadable_response` instead of relaying it unread. Not recorded.
     readers: list[str] = field(default_factory=list)
+    #: Set, with the call's task cancelled, by a stage ending the call from outside while it is in
+    #: flight (the kill switch): (code, message). The proxy then answers with the protocol's error
+    #: (its error event, for a stream already flowing). Not recorded (the outcome and error are).
+    halted: tuple[str, str] | None = None
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.started) * 1000.0

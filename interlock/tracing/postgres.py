@@ -52,6 +52,7 @@ from interlock.tracing.rows import (
     Record,
 )
 from interlock.tracing.schema import SCHEMA_VERSION, SchemaError, StoreError, StoreUnavailable
+from interlock.tracing.stops import PostgresStops
 from interlock.tracing.store import SQLiteStore, write_bundle
 from interlock.tracing.workflow_reads import WorkflowReads
 from interlock.tracing.writing import MAX_ROWS, Rows, row_groups
@@ -92,7 +93,7 @@ def public_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-class PostgresStore(WorkflowReads, PostgresPins):
+class PostgresStore(WorkflowReads, PostgresPins, PostgresStops):
     """A store in the PostgreSQL database at `url`; implements `interlock.tracing.backend.Store`."""
 
     _select_narrow = select_narrow("(meta::jsonb #>> '{{mcp,{key}}}')")

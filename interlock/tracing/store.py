@@ -40,6 +40,7 @@ from interlock.tracing.schema import (
     migrate,
     schema_version,
 )
+from interlock.tracing.stops import SQLiteStops
 from interlock.tracing.transfer import copy_calls
 from interlock.tracing.workflow_reads import WorkflowReads
 from interlock.tracing.writing import Rows, insert_rows, transaction, write_records, write_rows
@@ -80,7 +81,7 @@ def _file_identity(path: str) -> tuple[int, int]:
     return stat.st_dev, stat.st_ino
 
 
-class SQLiteStore(WorkflowReads, SQLitePins):
+class SQLiteStore(WorkflowReads, SQLitePins, SQLiteStops):
     """The embedded SQLite store at `path` (created and migrated unless `readonly`); implements
     `interlock.tracing.backend.Store`. Open it with `backend.open_store`; its connection (`conn`)
     is for this backend's own modules (the recorder's writer, the tests of this backend)."""

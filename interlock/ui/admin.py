@@ -123,6 +123,9 @@ class EdgeGuard:
 def admin_routes() -> list[BaseRoute]:
     """Every route of the admin port. Each feature lists its own routes in its own module."""
     routes: list[BaseRoute] = [Route("/health", health), Route("/ready", ready)]
+    from interlock.ui import stops_api
+
+    routes += stops_api.routes()  # before api_routes: `/api/sessions/{id:path}` would take `.../stop`
     from interlock.ui.api import api_routes
 
     routes += api_routes()

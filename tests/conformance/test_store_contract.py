@@ -334,3 +334,19 @@ def test_mcp_tool_pins_are_kept_flagged_and_approved(store: Store) -> None:
     assert (lookup["pinned_hash"], lookup["pinned"], lookup["pinned_at"]) == ("h2", listed, 5.0)
     assert store.approve_mcp_pins("tools") == []
     assert store.approve_mcp_pins("other", "new") == ["new"]  # a new tool is pinned by approval
+
+
+def test_stops_are_kept_until_resumed(store: Store) -> None:
+    assert store.stops() == []
+    store.set_stop("session", "s1", "runaway", 100.0)
+    store.set_stop("agent", "coder", "budget", 101.0)
+    store.set_stop("session", "s1", "runaway, again", 102.0)  # restated: one row, new reason
+    assert [(r["kind"], r["name"], r["reason"]) for r in store.stops()] == [
+        ("agent", "coder", "budget"),
+        ("session", "s1", "runaway, again"),
+    ]
+    assert store.clear_stop("session", "s1") is True
+    assert store.clear_stop("session", "s1") is False
+    assert [r["name"] for r in store.stops()] == ["coder"]
+    with pytest.raises(ValueError):
+        store.set_stop("route", "openai", "no", 1.0)

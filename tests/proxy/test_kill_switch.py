@@ -1,0 +1,158 @@
+"""The kill switch (issue 22): a session or agent stopped through the admin API or the CLI has its
+stream in flight ended with `session_stopped` within a second, its next calls refused (403 in the
+protocol's shape, `x-should-retry: false`), the stop kept in the store across a restart, the
+escalation webhook told; `resume` lifts it."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import anthropic
+import httpx
+import openai
+import pytest
+from click.testing import CliRunner
+
+from interlock.cli import main
+from interlock.scripted import ScriptedUpstream
+from interlock.scripted_replies import Script
+from interlock.testing import Running
+from tests.proxy.routing_support import anthropic_client, wait_for
+from tests.sdk_errors import protocol_error
+
+HI = [{"role": "user", "content": "hi"}]
+#: A stream that would last about a minute: 400 deltas, 0.15 s apart.
+SLOW = Script(text="word " * 400, chunk_size=5, chunk_delay=0.15)
+
+
+@pytest.fixture(scope="module")
+def hook() -> Iterator[ScriptedUpstream]:
+    with ScriptedUpstream() as server:
+        yield server
+
+
+@pytest.fixture
+def running(make_interlock: Any, hook: ScriptedUpstream) -> Running:
+    hook.reset()
+    return make_interlock(escalation={"webhook": hook.url + "/hook"})  # type: ignore[no-any-return]
+
+
+def client(running: Running, session: str = "run-1", agent: str = "coder") -> openai.OpenAI:
+    headers = {"X-Interlock-Session": session, "X-Interlock-Agent": agent}
+    return openai.OpenAI(base_url=running.url + "/openai", api_key="sk-agent", max_retries=0, default_headers=headers)
+
+
+def admin(running: Running, path: str, body: dict[str, Any] | None = None) -> httpx.Response:
+    return httpx.post(running.admin_url + path, json=body, timeout=30)
+
+
+class Reader(threading.Thread):
+    """Reads a stream in the background: how much arrived, and how it ended (and when)."""
+
+    def __init__(self, start_stream: Any) -> None:
+        super().__init__(daemon=True)
+        self.start_stream = start_stream
+        self.chunks = 0
+        self.error: BaseException | None = None
+        self.ended_at: float | None = None
+
+    def run(self) -> None:
+        try:
+            for _ in self.start_stream():
+                self.chunks += 1
+        except Exception as exc:  # noqa: BLE001 - the test reads it
+            self.error = exc
+        self.ended_at = time.monotonic()
+
+
+def test_a_session_stopped_mid_stream_ends_within_a_second_and_stays_stopped(
+    running: Running, upstream: ScriptedUpstream, hook: ScriptedUpstream, make_interlock: Any
+) -> None:
+    upstream.script(SLOW)
+    sdk = client(running)
+    reader = Reader(lambda: sdk.chat.completions.create(model="gpt-4o-mini", messages=HI, stream=True))
+    reader.start()
+    wait_for(lambda: reader.chunks >= 3)  # the stream is flowing
+    stopped = admin(running, "/api/sessions/run-1/stop", {"reason": "runaway spend"})
+    asked = time.monotonic()
+    assert stopped.status_code == 200 and stopped.json()["calls_ended"] == 1
+    reader.join(timeout=30)
+    assert reader.ended_at is not None and reader.ended_at - asked < 1.0
+    assert isinstance(reader.error, openai.APIError)
+    error = protocol_error(reader.error)
+    assert error["code"] == "session_stopped" and "runaway spend" in error["message"]
+
+    # The next call of that session is refused; another session goes on.
+    with pytest.raises(openai.PermissionDeniedError) as refused:
+        sdk.chat.completions.create(model="gpt-4o-mini", messages=HI)  # type: ignore[arg-type]
+    assert protocol_error(refused.value)["code"] == "session_stopped"
+    assert refused.value.response.headers["x-should-retry"] == "false"
+    assert client(running, "run-2").chat.completions.create(model="gpt-4o-mini", messages=HI)  # type: ignore[arg-type]
+
+    wait_for(lambda: any(r.json()["event"] == "session_stopped" for r in hook.requests))
+    [event] = [r.json() for r in hook.requests if r.json()["event"] == "session_stopped"]
+    assert event["session"] == "run-1" and event["reason"] == "runaway spend"
+    assert httpx.get(running.admin_url + "/api/stops").json()["stops"][0]["name"] == "run-1"
+
+    # Kept in the store: a restarted interlock on it still refuses the session.
+    again = make_interlock(store={"path": running.settings.store.path})
+    with pytest.raises(openai.PermissionDeniedError):
+        client(again).chat.completions.create(model="gpt-4o-mini", messages=HI)  # type: ignore[arg-type]
+
+    # Resumed: calls go through again.
+    assert admin(again, "/api/sessions/run-1/resume").json()["resumed"] is True
+    reply = client(again).chat.completions.create(model="gpt-4o-mini", messages=HI)  # type: ignore[arg-type]
+    assert reply.choices[0].message.content == "echo: hi"
+    assert admin(again, "/api/sessions/run-1/resume").json()["resumed"] is False
+
+
+def test_an_anthropic_stream_is_ended_with_its_error_event(running: Running, upstream: ScriptedUpstream) -> None:
+    upstream.script(SLOW)
+    sdk = anthropic_client(running)
+    headers = {"X-Interlock-Session": "run-a"}
+
+    def stream() -> Any:
+        return sdk.messages.create(
+            model="claude-sonnet-4-5",
+            max_tokens=512,
+            messages=HI,  # type: ignore[arg-type]
+            stream=True,
+            extra_headers=headers,
+        )
+
+    reader = Reader(stream)
+    reader.start()
+    wait_for(lambda: reader.chunks >= 3)
+    admin(running, "/api/sessions/run-a/stop")
+    asked = time.monotonic()
+    reader.join(timeout=30)
+    assert reader.ended_at is not None and reader.ended_at - asked < 1.0
+    assert isinstance(reader.error, anthropic.APIError)
+    assert protocol_error(reader.error)["code"] == "session_stopped"
+
+
+def test_an_agent_stopped_from_the_cli_is_refused_everywhere(running: Running) -> None:
+    store = running.settings.store.path
+    result = CliRunner().invoke(main, ["agents", "stop", "coder", "--reason", "off the rails", "--store", store])
+    assert result.exit_code == 0, result.output
+
+    def refused() -> bool:
+        try:
+            client(running, "any-session").chat.completions.create(model="gpt-4o-mini", messages=HI)  # type: ignore[arg-type]
+        except openai.PermissionDeniedError as exc:
+            error = protocol_error(exc)
+            return error["code"] == "agent_stopped" and "off the rails" in error["message"]
+        return False
+
+    wait_for(refused)  # applied by the running interlock from the store within its poll interval
+    assert client(running, "any-session", agent="writer").chat.completions.create(model="gpt-4o-mini", messages=HI)  # type: ignore[arg-type]
+    listed = CliRunner().invoke(main, ["agents", "stopped", "--store", store, "--json"])
+    assert '"name": "coder"' in listed.output
+    resumed = CliRunner().invoke(main, ["agents", "resume", "coder", "--store", store])
+    assert resumed.exit_code == 0, resumed.output
+    wait_for(lambda: not refused())
+    unknown = CliRunner().invoke(main, ["sessions", "resume", "never-stopped", "--store", store])
+    assert unknown.exit_code == 1
