@@ -31,7 +31,6 @@ goes through the kill switch, which is shared.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import logging
@@ -201,7 +200,6 @@ class LoopStage:
         self.escalator = escalator
         self.stopper = stopper
         self._streams: dict[str, _Stream] = {}
-        self._pending: set[asyncio.Task[None]] = set()
         mcp = ADAPTERS["mcp"]
         assert isinstance(mcp, McpAdapter)
         self.mcp = mcp
@@ -306,7 +304,7 @@ class LoopStage:
 
     # -- MCP results: tool-error streaks ------------------------------------------------------------
 
-    def _mcp_result(self, call: Call, rules: list[CompiledRule]) -> None:
+    async def _mcp_result(self, call: Call, rules: list[CompiledRule]) -> None:
         view = call.view
         if not isinstance(view, McpView) or view.method != "tools/call" or not view.tool_name:
             return
@@ -335,7 +333,7 @@ class LoopStage:
             call.decide(Decision("loop", action, sighting.rule.name, reason, detail))
             self._note(call, history, sighting, action)
             if action == "stop_session":
-                self._stop_later(call, reason)
+                await self._stop(call, reason)
 
     # -- acting --------------------------------------------------------------------------------
 
@@ -424,12 +422,6 @@ class LoopStage:
             call.decide(Decision("loop", "error", None, f"cannot stop the session: {exc}; the call is refused"))
             log.warning("call %s: stopping session %s failed: %s", call.id, call.session, exc)
 
-    def _stop_later(self, call: Call, reason: str) -> None:
-        # A reply already relayed: stop the session for the calls after it (from the `response` hook).
-        task = asyncio.get_running_loop().create_task(self._stop(call, reason))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
-
     def _history(self, call: Call, rules: list[CompiledRule]) -> _History:
         window = max((r.rule.loop.window for r in rules if r.rule.loop is not None), default=2)
         return self.memory.history(_scope(call), window, time.monotonic())
@@ -440,7 +432,7 @@ class LoopStage:
         # An MCP result is read here, not at `response`: the SDK clients close a reply's SSE stream
         # as soon as its answer arrives, and such a call reaches `seal` without a `response` hook.
         if rules and call.protocol == "mcp" and call.reply is None and (call.status or 0) < 400:
-            self._mcp_result(call, rules)
+            await self._mcp_result(call, rules)
 
 
 def _scope(call: Call) -> str:

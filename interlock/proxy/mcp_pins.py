@@ -66,6 +66,8 @@ class McpPins(ToolsListRewriter):
         self.pins: dict[str, dict[str, dict[str, Any]]] = {}
         self._reported: set[tuple[str, str, str]] = set()
         self._writes: set[asyncio.Task[None]] = set()
+        #: tools/list calls whose route's pins could not be read (the error is on the call)
+        self._unread: set[str] = set()
         self.write_failures = 0
         if store is not None:
             for row in store.mcp_pins():
@@ -84,7 +86,17 @@ class McpPins(ToolsListRewriter):
         if self.applies(call):
             call.readers.append("the MCP tool pins")  # an answer that cannot be read is refused, not let through
             if self.store is not None:
-                rows = await asyncio.to_thread(self.store.mcp_pins, call.route)
+                try:
+                    rows = await asyncio.to_thread(self.store.mcp_pins, call.route)
+                except Exception as exc:  # noqa: BLE001 - judged by the pins in memory; the gap is on record
+                    if call.route in self.pins:
+                        reason = f"the pins could not be read from the store ({exc}): judged by those in memory"
+                    else:  # not known whether the route was pinned: never pin it from this answer
+                        reason = f"the pins could not be read from the store ({exc}): this list is not judged"
+                        self._unread.add(call.id)
+                    call.decide(Decision("mcp_pins", "error", None, reason))
+                    log.warning("call %s: %s", call.id, reason)
+                    return
                 self.pins[call.route] = {row["tool"]: row for row in rows} or self.pins.get(call.route, {})
             return
         if view.method != "tools/call" or not view.tool_name or self.on_change == "monitor":
@@ -102,6 +114,8 @@ class McpPins(ToolsListRewriter):
         call.answer(reply, "denied", CHANGED_CODE, message)
 
     def filter(self, call: Call, message: dict[str, Any]) -> bool:
+        if call.id in self._unread:
+            return False
         result = message.get("result")
         tools = result.get("tools") if isinstance(result, dict) else None
         if not isinstance(tools, list):
@@ -199,6 +213,10 @@ class McpPins(ToolsListRewriter):
                 self.escalator.emit(
                     "mcp_tool_changed", route=call.route, tool=name, change=kind, action=self.on_change, call_id=call.id
                 )
+
+    async def seal(self, call: Call) -> None:
+        await super().seal(call)
+        self._unread.discard(call.id)
 
     async def aflush(self) -> None:
         """Wait for the pin writes in flight (tests, shutdown)."""
