@@ -183,6 +183,7 @@ def incidents(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
     first = min(r["started_at"] for r in rows)
+    priced = [r for r in rows if r.get("cost_usd") is not None]
     end = max(r["started_at"] + (r["duration_ms"] or 0) / 1000 for r in rows)
     return {
         "calls": len(rows),
@@ -194,6 +195,9 @@ def _totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "denials": sum(r["outcome"] in _DENIALS for r in rows),
         "findings": sum(r["findings"] or 0 for r in rows),
         "retries": sum(max(0, (r["attempt_count"] or 0) - 1) for r in rows),
+        # None when no call was priced; `unpriced` counts calls with usage but no price (shown, not hidden).
+        "cost_usd": sum(r["cost_usd"] for r in priced) if priced else None,
+        "unpriced": sum(r.get("cost_source") == "unpriced" for r in rows),
         "models": sorted({r["model"] for r in rows if r["model"]}),
         "tools": sorted({r["mcp_tool"] for r in rows if r.get("mcp_tool")}),
     }

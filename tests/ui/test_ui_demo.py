@@ -39,3 +39,9 @@ def test_demo_seeds_retry_denial_redaction_and_tool_loop(tmp_path: Path) -> None
         assert [c["route"] for c in tools] == ["openai", "tools", "openai"]
         assert all(c["outcome"] == "ok" for c in tools)
         assert tools[0]["stream"] and tools[2]["stream"]
+        # The multi-agent workflow: four agents, the risk scorer's timeout retried by interlock.
+        assert "workflow onboarding: http://127.0.0.1:" in result.output
+        [workflow] = store.workflows()
+        assert workflow["agents"] == ["extraction", "orchestrator", "report", "risk-scorer"]
+        [risk] = [r for r in store.workflow_calls(workflow["workflow"]) if r["agent"] == "risk-scorer"]
+        assert (risk["attempt_count"], risk["outcome"], risk["route"]) == (2, "ok", "risk")

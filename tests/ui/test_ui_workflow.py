@@ -63,6 +63,7 @@ def test_the_workflow_page_draws_lanes_and_handoffs(page: Any, demo: Any) -> Non
         [source, target],
     )
     assert abs(geometry[0]) < 1 and abs(geometry[1]) < 1 and geometry[2]  # from an upper lane down
+    expect(page.locator(".facts .cost dd")).to_contain_text("$")
     # Per agent totals.
     extraction = page.locator("table.agents-table tr[data-agent=extraction]")
     expect(extraction.locator("td[data-label=PII]")).to_have_text("1")

@@ -80,6 +80,10 @@ def test_one_lane_per_agent_with_handoffs_retry_and_redaction(recorded: Recorded
     assert lanes["extraction"]["totals"]["findings"] == 1
     assert all(b"jane.doe@example.com" not in r.body for r in recorded.upstream.requests)
     assert view["totals"]["tokens"] == sum(lane["totals"]["tokens"] for lane in view["lanes"]) > 0
+    # Cost (priced from the bundled catalogue), the workflow's and each agent's.
+    assert view["totals"]["cost_usd"] == pytest.approx(sum(lane["totals"]["cost_usd"] for lane in view["lanes"]))
+    assert view["totals"]["cost_usd"] == pytest.approx(view["summary"]["cost_usd"]) and view["totals"]["cost_usd"] > 0
+    assert view["totals"]["unpriced"] == 0
     assert recorded.api("/api/workflows/no-such-workflow").status_code == 404
 
 
