@@ -96,7 +96,7 @@ def main() -> None:
     type=click.IntRange(min=1),
     default=1,
     show_default=True,
-    help="Worker processes sharing the ports (above 1: state.url when policies or guardrails are on).",
+    help="Worker processes sharing the ports, the store file, limits and the vault (docs/fleet.md).",
 )
 def serve(config: str | None, port: int | None, admin_port: int | None, store_path: str | None, workers: int) -> None:
     """Run the proxy (and the admin port) until SIGTERM."""
