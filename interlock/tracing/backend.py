@@ -118,6 +118,7 @@ class Store(Protocol):
         limit: int = 50,
         before: str | None = None,
         after: str | None = None,
+        workflow: str | None = None,
     ) -> list[dict[str, Any]]:
         """Narrow rows newest first (`before=<id>` pages on); with `after`, oldest first. `q` is a
         full-text search; a malformed one raises StoreError."""

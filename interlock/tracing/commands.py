@@ -80,6 +80,7 @@ def traces() -> None:
 @traces.command("ls")
 @with_store
 @click.option("--session", default=None)
+@click.option("--workflow", default=None, help="Only this workflow's calls, every agent's (docs/workflows.md).")
 @click.option("--agent", default=None)
 @click.option("--route", default=None)
 @click.option("--outcome", type=click.Choice(OUTCOMES))

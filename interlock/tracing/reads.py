@@ -286,6 +286,7 @@ class Reads:
         limit: int = 50,
         before: str | None = None,
         after: str | None = None,
+        workflow: str | None = None,
     ) -> list[dict[str, Any]]:
         """Narrow rows, newest first; page with `before=<last id>`. With `after`, oldest first (for tail)."""
         where, params = where_clause(
@@ -295,6 +296,7 @@ class Reads:
             outcome=outcome,
             model=model,
             trace_id=trace_id,
+            workflow=workflow,
             since=since,
             until=until,
         )

@@ -4,6 +4,7 @@ e-mail address redacted; exported as one bundle and replayed offline for every a
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -85,6 +86,13 @@ def test_one_lane_per_agent_with_handoffs_retry_and_redaction(recorded: Recorded
     assert view["totals"]["cost_usd"] == pytest.approx(view["summary"]["cost_usd"]) and view["totals"]["cost_usd"] > 0
     assert view["totals"]["unpriced"] == 0
     assert recorded.api("/api/workflows/no-such-workflow").status_code == 404
+    # The calls list filters by workflow too.
+    listed = recorded.api("/api/calls", workflow=WORKFLOW, limit=100).json()["calls"]
+    assert sorted(c["id"] for c in listed) == sorted(agent_of)
+    store = recorded.running.settings.store.path
+    result = CliRunner().invoke(main, ["traces", "ls", "--workflow", WORKFLOW, "--json", "--store", store])
+    assert result.exit_code == 0, result.output
+    assert sorted(json.loads(line)["id"] for line in result.output.splitlines()) == sorted(agent_of)
 
 
 def test_three_agents_named_by_header_alone_hand_off_by_text(recorded: Recorded) -> None:
