@@ -5,7 +5,7 @@ offline). Replies are scripted per request, with fault modes (issue 21's list): 
 (a 429 with `Retry-After` then success, a 500 once: a queue of scripts), a model's outage on one
 upstream (`set_model`), named provider errors (`error="context_length_exceeded"`), slow heads and
 first bytes, connections reset before or in the middle of a stream (`reset_after`), a stream that
-stalls (`stall_after`), and a model that rejects an assistant prefill (`prefill="reject"`; by
+stalls (`stall_after`), a provider's mid-stream error event (`error_event_after`), and a model that rejects an assistant prefill (`prefill="reject"`; by
 default a prefill is continued, as Anthropic does).
 
     upstream = ScriptedUpstream().start()          # serves on 127.0.0.1:<free port> in a thread
@@ -50,6 +50,7 @@ from interlock.scripted_replies import (
     named_error,
     offered_tool_call,
     responses_reply,
+    stream_error_event,
     with_keepalives,
 )
 from interlock.serving import QuietServer, bind_socket
@@ -362,6 +363,10 @@ class ScriptedUpstream:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(gone.wait(), script.stall_seconds)
                     raise _Reset("scripted stall ended")
+                if script.error_event_after is not None and i >= script.error_event_after:
+                    # (Sent plain: not for a script with an `encoding`.)
+                    await send({"type": "http.response.body", "body": stream_error_event(anthropic), "more_body": True})
+                    break
                 if i and script.chunk_delay:
                     await asyncio.sleep(script.chunk_delay)
                 await send({"type": "http.response.body", "body": event, "more_body": True})

@@ -61,6 +61,9 @@ class Script:
     # or until the client leaves (a model that hangs mid-answer).
     stall_after: int | None = None
     stall_seconds: float = 60.0
+    # Send the provider's mid-stream error event after this many events, then close without the
+    # terminator (Anthropic's `event: error` with `overloaded_error`; OpenAI's `data: {"error": ...}`).
+    error_event_after: int | None = None
     # A request that ends with an assistant message (a prefill): "continue" it, as Anthropic and
     # prefill-capable OpenAI-compatible servers do (the answer is the script's text after the prefill,
     # when it starts with it), or "reject" it with a 400 (a model without prefill support).
@@ -110,6 +113,14 @@ _ERRORS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
         },
     ),
 }
+
+
+def stream_error_event(anthropic: bool) -> bytes:
+    """The event a provider sends when it fails mid-stream (then it closes the stream)."""
+    if anthropic:
+        return sse({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}, "error")
+    error = {"message": "The server had an error while processing your request.", "type": "server_error"}
+    return sse({"error": {**error, "param": None, "code": None}})
 
 
 def named_error(name: str, anthropic: bool) -> bytes:

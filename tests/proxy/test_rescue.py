@@ -142,6 +142,36 @@ def test_a_stream_stalled_past_idle_is_continued(make_interlock: Any, upstream: 
     assert call.rescued and "timeouts.idle" in call.meta["rescue"]["failure"]
 
 
+def test_an_upstream_error_event_mid_stream_is_never_seen_when_the_stream_is_continued(
+    make_interlock: Any, upstream: ScriptedUpstream
+) -> None:
+    # Anthropic's `overloaded_error` mid-stream, then the stream closes without message_stop.
+    running = make_interlock(routes={"anthropic": messages_route(upstream)})
+    calls = collect_calls(running)
+    upstream.set_model("big", Script(text=TEXT, chunk_size=4, error_event_after=2 + 40))
+    upstream.set_model("alt", CONTINUES)
+    events, message = stream_messages(anthropic_client(running))
+    assert message.content[0].text == TEXT and "error" not in [event.type for event in events]
+    (call,) = finished(calls)
+    assert call.rescued and "end-of-stream" in call.meta["rescue"]["failure"]
+    assert b"overloaded_error" not in b"".join(c.data for c in call.chunks)
+
+
+def test_an_upstream_error_event_is_the_agents_error_when_the_stream_cannot_be_continued(
+    make_interlock: Any, upstream: ScriptedUpstream
+) -> None:
+    running = make_interlock(routes={"anthropic": messages_route(upstream)})
+    calls = collect_calls(running)
+    upstream.set_model("big", Script(text=TEXT, chunk_size=4, error_event_after=2 + 40))
+    upstream.set_model("alt", Script(text=TEXT, prefill="reject"))
+    with pytest.raises(anthropic.APIStatusError) as raised:
+        stream_messages(anthropic_client(running))
+    body = raised.value.body
+    assert isinstance(body, dict) and body["error"]["type"] == "overloaded_error"  # the upstream's own, held back
+    (call,) = finished(calls)
+    assert not call.rescued and call.error_code == "stream_truncated"
+
+
 def test_only_whitespace_delivered_restarts_cleanly_without_a_prefill(
     make_interlock: Any, upstream: ScriptedUpstream
 ) -> None:

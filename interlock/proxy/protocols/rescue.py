@@ -177,6 +177,9 @@ class AnthropicRescue(StreamRescue):
         kind = data.get("type")
         if kind == "message_start":
             self._cont_usage = dict((data.get("message") or {}).get("usage") or {})
+            if self.message_id is None:  # the break came before the agent had its message_start
+                self.message_id = (data.get("message") or {}).get("id")
+                return event.raw
             return b""
         if kind in ("content_block_start", "content_block_delta", "content_block_stop"):
             index = data.get("index")
