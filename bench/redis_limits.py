@@ -22,6 +22,7 @@ import uvloop
 
 from interlock.config import State
 from interlock.policies.counters import Counters, EmbeddedCounters, open_counters
+from interlock.policies.counters_sqlite import SqliteCounters
 from interlock.policies.engine import CompiledRule
 from interlock.policies.limits import Limiter
 from interlock.policies.model import Rule
@@ -95,6 +96,8 @@ def main() -> None:
             redis_admit, redis_finish = uvloop.run(measure(open_counters(None, state), args.calls))
             embedded_admit, embedded_finish = uvloop.run(measure(EmbeddedCounters(), args.calls))
             floor = uvloop.run(ping(state, args.calls))
+            # The workers' SQLite counters (`serve --workers N` without Redis), for comparison.
+            sqlite_admit, sqlite_finish = uvloop.run(measure(SqliteCounters(str(Path(root) / "c.db")), args.calls))
         finally:
             server.stop()
     result = {
@@ -102,6 +105,7 @@ def main() -> None:
         "redis": {"admit": summary(redis_admit), "finish": summary(redis_finish)},
         "embedded": {"admit": summary(embedded_admit), "finish": summary(embedded_finish)},
         "redis_ping": summary(floor),
+        "sqlite": {"admit": summary(sqlite_admit), "finish": summary(sqlite_finish)},
     }
     added = round(result["redis"]["admit"]["p50_ms"] - result["embedded"]["admit"]["p50_ms"], 4)
     after = round(result["redis"]["finish"]["p50_ms"] - result["embedded"]["finish"]["p50_ms"], 4)

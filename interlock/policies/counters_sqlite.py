@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 from interlock.policies.counters import (
     _SCHEMA,
     DAY_METRICS,
+    SWEEP_EVERY,
     TABLE,
     WINDOW,
     Add,
@@ -64,11 +65,14 @@ class SqliteCounters:
         self.pid = os.getpid()
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="policy-counters")
         self._connection: sqlite3.Connection | None = None
+        self._admitted = 0
 
     def _connect(self) -> sqlite3.Connection:
         if self._connection is None:
             connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None)
             connection.execute("PRAGMA journal_mode = WAL")
+            # As the store's writer: a commit survives the process, not the OS (no fsync per call).
+            connection.execute("PRAGMA synchronous = NORMAL")
             connection.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
             connection.execute(_SCHEMA)
             connection.executescript(_TABLES)
@@ -95,7 +99,12 @@ class SqliteCounters:
     # -- the interface --------------------------------------------------------------------------
 
     async def admit(self, checks: Sequence[Check], adds: Sequence[Add], now: float) -> list[Over]:
+        self._admitted += 1
+        sweep = self._admitted % SWEEP_EVERY == 0
+
         def work(db: sqlite3.Connection) -> list[Over]:
+            if sweep:  # windows no check reads any more (ended sessions): a minute old is gone
+                db.execute("DELETE FROM policy_windows WHERE t <= ?", (now - WINDOW,))
             over: list[Over] = []
             for index, check in enumerate(checks):
                 value = self._value(db, check.counter, now)

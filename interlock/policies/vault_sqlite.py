@@ -66,6 +66,7 @@ class SqliteVault:
         if self._connection is None:
             connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None)
             connection.execute("PRAGMA journal_mode = WAL")
+            connection.execute("PRAGMA synchronous = NORMAL")  # as the store's writer (counters_sqlite.py)
             connection.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
             connection.executescript(_TABLES)
             self._connection = connection
