@@ -333,7 +333,7 @@ class LoopStage:
             call.decide(Decision("loop", action, sighting.rule.name, reason, detail))
             self._note(call, history, sighting, action)
             if action == "stop_session":
-                await self._stop(call, reason)
+                await self._stop(call, f"{reason} (policy rule {sighting.rule.name!r})")
 
     # -- acting --------------------------------------------------------------------------------
 
@@ -364,7 +364,7 @@ class LoopStage:
                 continue
             refusal = f"stopped by policy rule {sighting.rule.name!r}: {reason}"
             if loop.action == "stop_session":
-                await self._stop(call, reason)
+                await self._stop(call, f"{reason} (policy rule {sighting.rule.name!r})")
         if refusal is None:
             return None
         summary = call.meta.setdefault("policy", {})
@@ -417,7 +417,7 @@ class LoopStage:
             call.decide(Decision("loop", "error", None, f"cannot stop the session: {why}; the call is refused"))
             return
         try:
-            await self.stopper(call.session, f"loop: {reason}")
+            await self.stopper(call.session, reason)
         except Exception as exc:  # noqa: BLE001 - the refusal stands; the gap is recorded
             call.decide(Decision("loop", "error", None, f"cannot stop the session: {exc}; the call is refused"))
             log.warning("call %s: stopping session %s failed: %s", call.id, call.session, exc)

@@ -37,6 +37,9 @@ rules:
   - name: error-loops
     match: {agent: "err-*"}
     loop: {tool_errors: 3, tool_calls: null, requests: null}
+  - name: stop-loops
+    match: {agent: "stop-*"}
+    loop: {tool_calls: 2, requests: null, tool_errors: null, action: stop_session}
   - name: watch-loops
     match: {agent: "watch-*"}
     mode: monitor
@@ -323,3 +326,33 @@ def test_loop_memory_is_bounded_by_sessions_and_idle_time() -> None:
     assert len(history.tool_calls) == 4  # the window bounds each session
     memory.history("late", 4, now=100.0)  # every other session has been idle past the TTL
     assert len(memory) == 1
+
+
+def test_stop_session_stops_the_session_through_the_kill_switch(
+    running: Running, calls: list[Call], upstream: ScriptedUpstream, clients: list[Any]
+) -> None:
+    session = _session()
+    client = _openai(running, clients, "stop-bot", session)
+    upstream.script(*(Script(tool_calls=[SAME_CALL[0]]) for _ in range(2)))
+
+    def ask(turn: int) -> Any:
+        return client.chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": f"turn {turn}"}], tools=WEATHER
+        )
+
+    assert ask(1).choices[0].message.tool_calls
+    with pytest.raises(openai.PermissionDeniedError) as looped:
+        ask(2)
+    assert protocol_error(looped.value)["code"] == "loop_detected"
+    seen = len(upstream.requests)
+    with pytest.raises(openai.PermissionDeniedError) as stopped:
+        ask(3)  # the session is stopped: refused before anything is sent
+    assert protocol_error(stopped.value)["code"] == "session_stopped"
+    assert "stop-loops" in protocol_error(stopped.value)["message"]
+    assert len(upstream.requests) == seen
+    recorded = _of(calls, session, 3)
+    assert _loop_decisions(recorded[1]) == [("stop_session", "stop-loops", "tool_calls")]
+    assert recorded[2].error_code == "session_stopped"
+    other = _openai(running, clients, "stop-bot", _session())  # another session goes on
+    upstream.script(Script(text="fine"))
+    assert other.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
