@@ -11,7 +11,9 @@ offers two batched operations, each one round trip for a whole call:
 
 A counter is named by its `scope` (rule, subject) and `metric`, and has a window: `minute` (a
 sliding minute of timestamped amounts), `day` (the UTC day of `now`: tokens and USD, kept across
-restarts) or `none` (a gauge: calls in flight). `now` is always passed in, so a test drives the
+restarts), `none` (a gauge: calls in flight) or `life` (a session's whole life, for run caps: calls,
+tokens and USD added up, and `age`, the seconds since its first add, whose adds only start the
+clock; kept across restarts, forgotten after `LIFE_IDLE` without an add). `now` is always passed in, so a test drives the
 clock and a shared backend uses the callers' times. The embedded implementation keeps all of it in
 memory on the event loop (its operations never wait) and saves the day counters to the table
 `policy_counters` of the store's SQLite file from one worker thread. A Redis backend implements
@@ -55,7 +57,29 @@ CREATE TABLE IF NOT EXISTS {TABLE} (
 )
 """
 
-Window = Literal["minute", "day", "none"]
+Window = Literal["minute", "day", "none", "life"]
+#: A `life` counter not added to for this long is forgotten (a session idle for a week starts afresh).
+LIFE_IDLE = 7 * 86400.0
+LIFE_TABLE = "policy_life"
+LIFE_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS {LIFE_TABLE} (
+    rule TEXT NOT NULL,
+    key TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    value REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (rule, key, metric)
+)
+"""
+
+
+def life_value(metric: str, stored: float | None, now: float) -> float:
+    """A life counter's value: the sum, or for `age` the seconds since the stored first add."""
+    if stored is None:
+        return 0.0
+    return max(0.0, now - stored) if metric == "age" else stored
+
+
 #: The metrics a `day` counter may have (the columns of `policy_counters`).
 DAY_METRICS = ("tokens", "usd")
 
@@ -184,6 +208,9 @@ class EmbeddedCounters:
         #: (day, rule, subject) → [tokens, usd]
         self.daily: dict[tuple[str, str, str], list[float]] = {}
         self._dirty: set[tuple[str, str, str]] = set()
+        #: (rule, subject, metric) → [value (`age`: the first add's time), last add's time]
+        self.life: dict[tuple[str, str, str], list[float]] = {}
+        self._life_dirty: set[tuple[str, str, str]] = set()
         self._flush_pending = False
         self._lock = threading.Lock()
         self._writer: ThreadPoolExecutor | None = None
@@ -232,6 +259,9 @@ class EmbeddedCounters:
             return window.total
         if counter.window == "none":
             return self.gauges.get(key, 0.0)
+        if counter.window == "life":
+            entry = self.life.get(key)
+            return life_value(counter.metric, None if entry is None else entry[0], now)
         values = self.daily.get((today(now), *counter.scope))
         return 0.0 if values is None else values[_day_column(counter)]
 
@@ -262,6 +292,16 @@ class EmbeddedCounters:
                     self.gauges[key] = left
                 else:
                     self.gauges.pop(key, None)
+            elif counter.window == "life":
+                with self._lock:
+                    entry = self.life.get(key)
+                    if entry is None:  # `age` keeps its first add's time: the clock starts once
+                        entry = self.life[key] = [now if counter.metric == "age" else 0.0, now]
+                    if counter.metric != "age":
+                        entry[0] += item.amount
+                    entry[1] = now
+                    self._life_dirty.add(key)
+                flush = True
             elif item.amount:
                 daily_key = (today(now), *counter.scope)
                 with self._lock:
@@ -278,6 +318,8 @@ class EmbeddedCounters:
             return 1 if window is None else window.wait_until_below(check.limit, now)
         if counter.window == "day":
             return seconds_to_midnight(now)
+        if counter.window == "life":
+            return 0  # a run cap does not lift with time
         return 1
 
     def sweep(self, now: float) -> None:
@@ -293,6 +335,8 @@ class EmbeddedCounters:
             for daily_key in [k for k in self.daily if k[0] != day and k not in unsaved]:
                 del self.daily[daily_key]
                 self._dirty.discard(daily_key)
+            for life_key in [k for k, (_, at) in self.life.items() if at < now - LIFE_IDLE]:
+                del self.life[life_key]  # its saved row is dropped when the store is next loaded
 
     # -- persistence ----------------------------------------------------------------------------
 
@@ -301,6 +345,7 @@ class EmbeddedCounters:
         connection = sqlite3.connect(self.store_path, timeout=10.0)
         connection.execute("PRAGMA busy_timeout = 10000")
         connection.execute(_SCHEMA)
+        connection.execute(LIFE_SCHEMA)
         return connection
 
     def _load(self) -> None:
@@ -314,6 +359,9 @@ class EmbeddedCounters:
                 # Every kept day, not only today's: callers pass their own clock (`now`), which a
                 # restart must not second-guess; past days cost a few rows until the next sweep.
                 rows = connection.execute(f"SELECT day, rule, key, tokens, usd FROM {TABLE}").fetchall()
+                with connection:
+                    connection.execute(f"DELETE FROM {LIFE_TABLE} WHERE updated_at < ?", (now - LIFE_IDLE,))
+                lives = connection.execute(f"SELECT rule, key, metric, value, updated_at FROM {LIFE_TABLE}").fetchall()
             finally:
                 connection.close()
         except sqlite3.Error as exc:
@@ -321,6 +369,8 @@ class EmbeddedCounters:
             return
         for day, rule, key, tokens, usd in rows:
             self.daily[(day, rule, key)] = [tokens, usd]
+        for rule, key, metric, value, at in lives:
+            self.life[(rule, key, metric)] = [value, at]
 
     def _schedule_flush(self) -> None:
         if self.store_path is None:
@@ -339,7 +389,9 @@ class EmbeddedCounters:
             self._flush_pending = False
             rows = [(*k, int(self.daily[k][0]), float(self.daily[k][1]), time.time()) for k in self._dirty]
             self._dirty.clear()
-        if not rows or self.store_path is None:
+            lives = [(*k, *self.life[k]) for k in self._life_dirty if k in self.life]
+            self._life_dirty.clear()
+        if not (rows or lives) or self.store_path is None:
             return
         try:
             connection = self._connect()
@@ -349,6 +401,10 @@ class EmbeddedCounters:
                         f"INSERT OR REPLACE INTO {TABLE} (day, rule, key, tokens, usd, updated_at)"
                         " VALUES (?, ?, ?, ?, ?, ?)",
                         rows,
+                    )
+                    connection.executemany(
+                        f"INSERT OR REPLACE INTO {LIFE_TABLE} (rule, key, metric, value, updated_at) VALUES (?, ?, ?, ?, ?)",
+                        lives,
                     )
             finally:
                 connection.close()
@@ -386,6 +442,7 @@ __all__ = [
     "Counter",
     "Counters",
     "EmbeddedCounters",
+    "LIFE_IDLE",
     "Over",
     "StateUnavailable",
     "open_counters",

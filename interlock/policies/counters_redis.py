@@ -11,7 +11,9 @@ between an admission's reads and its adds. The counters keep the embedded ones' 
   (`lease:<id>`, `state.slot_lease` seconds) every third of it; a count whose replica's lease is gone
   (it crashed, or was killed before releasing its slots) is dropped by the next script that reads it;
 - a day (`d:<day>:`): a hash with `tokens` and `usd`, expired 8 days after its last add (the embedded
-  table keeps a week).
+  table keeps a week);
+- a session's life (`l:`, run caps): a hash of sums and `age`'s first-add time, expired `LIFE_IDLE`
+  after its last add.
 
 Keys and values are the callers' (rule, subject, metric) joined by U+001F under `state.key_prefix`;
 the callers' `now` decides windows and days, so replicas should keep their clocks in sync (NTP: a
@@ -29,7 +31,17 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from interlock.policies.counters import WINDOW, Add, Check, Counter, Over, StateUnavailable, seconds_to_midnight, today
+from interlock.policies.counters import (
+    LIFE_IDLE,
+    WINDOW,
+    Add,
+    Check,
+    Counter,
+    Over,
+    StateUnavailable,
+    seconds_to_midnight,
+    today,
+)
 from interlock.policies.redisstate import StateClient
 
 log = logging.getLogger("interlock.state")
@@ -74,6 +86,12 @@ end
 local function value(kind, key, field)
   if kind == 'm' then return minute_total(key) end
   if kind == 'n' then return gauge_total(key) end
+  if kind == 'l' then
+    local stored = redis.call('HGET', key, field)
+    if not stored then return 0 end
+    if field == 'age' then return math.max(0, now - tonumber(stored)) end
+    return tonumber(stored)
+  end
   return tonumber(redis.call('HGET', key, field) or '0')
 end
 local function apply(kind, key, field, amount)
@@ -89,6 +107,10 @@ local function apply(kind, key, field, amount)
     local left = redis.call('HINCRBYFLOAT', key, me, tostring(amount))
     if tonumber(left) <= 0 then redis.call('HDEL', key, me) end
     redis.call('SADD', prefix .. 'gauges', key)
+  elseif kind == 'l' then
+    if field == 'age' then redis.call('HSETNX', key, field, tostring(now))  -- the clock starts once
+    else redis.call('HINCRBYFLOAT', key, field, tostring(amount)) end
+    redis.call('EXPIRE', key, LIFE_TTL)
   elseif amount ~= 0 then
     redis.call('HINCRBYFLOAT', key, field, tostring(amount))
     redis.call('EXPIRE', key, DAY_TTL)
@@ -104,7 +126,7 @@ local function apply_adds(at)
     apply(ARGV[base], ARGV[base + 1], ARGV[base + 2], tonumber(ARGV[base + 3]))
   end
 end
-""".replace("DAY_TTL", str(DAY_TTL))
+""".replace("DAY_TTL", str(DAY_TTL)).replace("LIFE_TTL", str(int(LIFE_IDLE)))
 
 # Returns {position, value, seconds} for each check at or over its limit (seconds: a minute window's
 # wait; 0 elsewhere, worked out by the caller), the adds applied unless an enforced one is over.
@@ -184,6 +206,8 @@ class RedisCounters:
             return "m", f"{self.prefix}m:{name}", ""
         if counter.window == "none":
             return "n", f"{self.prefix}n:{name}", ""
+        if counter.window == "life":
+            return "l", f"{self.prefix}l:{SEP.join(counter.scope)}", counter.metric
         return "d", f"{self.prefix}d:{today(now)}:{SEP.join(counter.scope)}", counter.metric
 
     def _head(self, now: float) -> list[Any]:
@@ -208,7 +232,8 @@ class RedisCounters:
         over = []
         for position, value, wait in await self._admit(args):
             window = checks[position].counter.window
-            retry = int(wait) if window == "minute" else seconds_to_midnight(now) if window == "day" else 1
+            retry = {"minute": int(wait), "life": 0, "none": 1}.get(window, None)
+            retry = seconds_to_midnight(now) if retry is None else retry
             over.append(Over(int(position), _number(value), retry))
         return over
 

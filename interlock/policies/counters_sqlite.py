@@ -29,6 +29,8 @@ from typing import Any, TypeVar
 from interlock.policies.counters import (
     _SCHEMA,
     DAY_METRICS,
+    LIFE_SCHEMA,
+    LIFE_TABLE,
     SWEEP_EVERY,
     TABLE,
     WINDOW,
@@ -37,6 +39,7 @@ from interlock.policies.counters import (
     Counter,
     Over,
     StateUnavailable,
+    life_value,
     seconds_to_midnight,
     today,
 )
@@ -75,6 +78,7 @@ class SqliteCounters:
             connection.execute("PRAGMA synchronous = NORMAL")
             connection.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
             connection.execute(_SCHEMA)
+            connection.execute(LIFE_SCHEMA)
             connection.executescript(_TABLES)
             self._connection = connection
         return self._connection
@@ -169,6 +173,11 @@ class SqliteCounters:
                 (rule, key, counter.metric),
             ).fetchone()
             return float(row[0] or 0.0)
+        if counter.window == "life":
+            found_life = db.execute(
+                f"SELECT value FROM {LIFE_TABLE} WHERE rule = ? AND key = ? AND metric = ?", (rule, key, counter.metric)
+            ).fetchone()
+            return life_value(counter.metric, None if found_life is None else float(found_life[0]), now)
         column = _day_column(counter)
         row = db.execute(
             f"SELECT {column} FROM {TABLE} WHERE day = ? AND rule = ? AND key = ?", (today(now), rule, key)
@@ -180,6 +189,8 @@ class SqliteCounters:
         counter = check.counter
         if counter.window == "day":
             return seconds_to_midnight(now)
+        if counter.window == "life":
+            return 0  # a run cap does not lift with time
         if counter.window == "none":
             return 1
         rule, key = counter.scope
@@ -212,6 +223,14 @@ class SqliteCounters:
                 )
                 db.execute(
                     "DELETE FROM policy_gauges WHERE rule = ? AND key = ? AND metric = ? AND pid = ? AND n <= 0", where
+                )
+            elif counter.window == "life":
+                # `age` keeps its first add's time (the clock starts once); the others add up.
+                update = "value" if counter.metric == "age" else "value + excluded.value"
+                db.execute(
+                    f"INSERT INTO {LIFE_TABLE} (rule, key, metric, value, updated_at) VALUES (?, ?, ?, ?, ?)"
+                    f" ON CONFLICT (rule, key, metric) DO UPDATE SET value = {update}, updated_at = excluded.updated_at",
+                    (rule, key, counter.metric, now if counter.metric == "age" else item.amount, now),
                 )
             elif item.amount:
                 column = _day_column(counter)

@@ -45,7 +45,7 @@ log = logging.getLogger("interlock.policies")
 @dataclass(frozen=True, slots=True)
 class Exceeded:
     rule: CompiledRule
-    code: str  # "rate_limited", "budget_exceeded", "unpriced_model" or "state_unavailable"
+    code: str  # "rate_limited", "budget_exceeded", "session_cap_reached", "unpriced_model" or "state_unavailable"
     message: str
     retry_after: int  # seconds
 
@@ -58,6 +58,8 @@ class Exceeded:
             return f"refused by policy rule {self.rule.name!r}: {self.message}"
         if self.code == "budget_exceeded":
             return f"budget exceeded under policy rule {self.rule.name!r}: over {self.message}"
+        if self.code == "session_cap_reached":
+            return f"session cap reached under policy rule {self.rule.name!r}: {self.message}"
         return f"rate limited by policy rule {self.rule.name!r}: over {self.message}"
 
 
@@ -174,11 +176,7 @@ class Limiter:
         for index, (rule, key) in enumerate(zip(rules, plan.keys, strict=True)):
             limits = rule.rule.limits
             assert limits is not None
-            if (
-                limits.budget_usd_per_day is not None
-                and limits.unpriced == "deny"
-                and not self.pricing.call_priced(call)
-            ):
+            if limits.counts_money and limits.unpriced == "deny" and not self.pricing.call_priced(call):
                 # A money budget cannot count a call it cannot price: refused, not counted as $0 (issue 16).
                 model = "a call without a model" if call.model is None else f"model {call.model!r}"
                 message = (
@@ -197,6 +195,21 @@ class Limiter:
                 if value is not None:
                     plan.checks.append(Check(Counter(key, metric, cast(Window, window)), value, enforce))
                     plan.labels.append(index)
+            if limits.caps and call.session is not None:
+                # Run caps count the session's whole life; a call without a session has none to cap.
+                for value, metric in (
+                    (limits.max_calls, "calls"),
+                    (limits.max_tokens, "tokens"),
+                    (limits.max_usd, "usd"),
+                    (limits.max_duration, "age"),
+                ):
+                    if value is not None:
+                        plan.checks.append(Check(Counter(key, metric, "life"), value, enforce))
+                        plan.labels.append(index)
+                if limits.max_calls is not None:
+                    plan.adds.append(Add(Counter(key, "calls", "life"), 1))
+                if limits.max_duration is not None:
+                    plan.adds.append(Add(Counter(key, "age", "life"), 0))  # starts the session's clock
             if limits.requests_per_minute is not None:
                 plan.adds.append(Add(Counter(key, "requests", "minute"), 1))
             if limits.concurrent is not None:
@@ -238,6 +251,11 @@ class Limiter:
             if (limits.tokens_per_day is not None or limits.budget_usd_per_day is not None) and (tokens or cost):
                 adds.append(Add(Counter(key, "tokens", "day"), tokens))
                 adds.append(Add(Counter(key, "usd", "day"), cost))
+            if limits.caps and call.session is not None:
+                if limits.max_tokens is not None and tokens:
+                    adds.append(Add(Counter(key, "tokens", "life"), tokens))
+                if limits.max_usd is not None and cost:
+                    adds.append(Add(Counter(key, "usd", "life"), cost))
         return adds, cost
 
 
@@ -248,6 +266,12 @@ _CONCERNS = {"minute": "rate", "none": "concurrency", "day": "budget"}
 def _over_message(check: Check, who: str, value: float) -> tuple[str, str]:
     """The refusal's code and what it is over, e.g. "3 requests per minute for session s1"."""
     counter, limit = check.counter, check.limit
+    if counter.window == "life":
+        if counter.metric == "age":
+            return "session_cap_reached", f"{who} has run {value:.0f}s, its cap is {limit:g}s"
+        if counter.metric == "usd":
+            return "session_cap_reached", f"{who} has spent ${value:.4f}, its cap is ${limit:g}"
+        return "session_cap_reached", f"{who} has used {value:g} {counter.metric}, its cap is {limit:g}"
     if counter.window == "none":
         return "rate_limited", f"{limit} concurrent calls for {who}"
     if counter.window == "minute":

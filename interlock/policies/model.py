@@ -78,13 +78,38 @@ class Limits(_Model):
     tokens_per_minute: int | None = Field(None, ge=1)
     tokens_per_day: int | None = Field(None, ge=1)
     concurrent: int | None = Field(None, ge=1, description="Calls in flight at once.")
-    budget_usd_per_day: float | None = Field(None, gt=0, description="Needs `prices:` in interlock.yaml.")
+    budget_usd_per_day: float | None = Field(None, gt=0, description="USD a day (priced as each call is recorded).")
+    # Run caps: a session's whole life, not a window (issue 22); only with `per: session`.
+    max_calls: int | None = Field(None, ge=1, description="Calls in the session's whole life (per: session).")
+    max_tokens: int | None = Field(None, ge=1, description="Tokens in the session's whole life (per: session).")
+    max_usd: float | None = Field(None, gt=0, description="USD in the session's whole life (per: session).")
+    max_duration: float | None = Field(
+        None, gt=0, description="Seconds from the session's first call on; after it, calls are refused (per: session)."
+    )
     unpriced: Literal["deny", "warn", "zero"] = Field(
         "deny",
-        description="With budget_usd_per_day, a call to a model `prices:` does not list: refused (deny), "
-        "counted as $0 with a warning on the call (warn), or counted as $0 (zero).",
+        description="With budget_usd_per_day or max_usd, a call to a model nobody prices (neither the price "
+        "catalogue nor `prices:`): refused (deny), counted as $0 with a warning on the call (warn), or counted "
+        "as $0 (zero).",
     )
     per: Literal["agent", "session"] = "agent"
+
+    @property
+    def counts_money(self) -> bool:
+        return self.budget_usd_per_day is not None or self.max_usd is not None
+
+    @property
+    def caps(self) -> bool:
+        """Whether it has run caps (a session's whole life)."""
+        return any(v is not None for v in (self.max_calls, self.max_tokens, self.max_usd, self.max_duration))
+
+    @model_validator(mode="after")
+    def _caps_per_session(self) -> Limits:
+        if self.caps and self.per != "session":
+            raise ValueError(
+                "max_calls, max_tokens, max_usd and max_duration cap a session's run: they need per: session"
+            )
+        return self
 
     @model_validator(mode="after")
     def _something(self) -> Limits:

@@ -127,7 +127,7 @@ class PolicyStage:
             return
         held = _Held(evaluation)
         if evaluation.limited:
-            if any(r.rule.limits is not None and r.rule.limits.budget_usd_per_day for r in evaluation.limited):
+            if any(r.rule.limits is not None and r.rule.limits.counts_money for r in evaluation.limited):
                 await self.limiter.pricing.ready()  # "is this model priced?" reads the catalogue
             admission = await self.limiter.admit(evaluation.limited, call, time.time())
             for would in admission.monitored:
@@ -155,7 +155,7 @@ class PolicyStage:
                 assert limits is not None
                 if _counts_usage(limits):
                     call.readers.append(f"limit {rule.name!r} (token usage)")
-                if limits.budget_usd_per_day is not None and not self.limiter.pricing.call_priced(call):
+                if limits.counts_money and not self.limiter.pricing.call_priced(call):
                     # unpriced: deny was refused above; warn and zero count the call as $0, visibly.
                     action = "monitor" if limits.unpriced == "warn" else "allow"
                     reason = f"model {call.model!r} has no price: counted as $0 (unpriced: {limits.unpriced})"
@@ -253,7 +253,7 @@ class PolicyStage:
 
 #: A limit's refusal: 429 when over, 403 for a model a budget cannot price, 503 when the shared
 #: counters are out of reach and the limit fails closed (state.on_failure).
-_REFUSAL_STATUS = {"unpriced_model": 403, "state_unavailable": 503}
+_REFUSAL_STATUS = {"session_cap_reached": 403, "unpriced_model": 403, "state_unavailable": 503}
 
 
 def _counts_usage(limits: Limits) -> bool:
@@ -262,6 +262,8 @@ def _counts_usage(limits: Limits) -> bool:
         limits.tokens_per_minute is not None
         or limits.tokens_per_day is not None
         or limits.budget_usd_per_day is not None
+        or limits.max_tokens is not None
+        or limits.max_usd is not None
     )
 
 

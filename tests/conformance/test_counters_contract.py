@@ -9,6 +9,8 @@ import datetime as dt
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from interlock.policies.counters import Add, Check, Counter, Counters
 
 Factory = Callable[[Path], Counters]
@@ -118,5 +120,32 @@ async def test_admission_is_atomic_under_concurrent_tasks(counters_factory: Fact
         assert sum(1 for over in results if not over) == 10  # exactly the limit passed
         requests = await counters.admit([Check(REQUESTS, 0)], [], NOON)
         assert [o.value for o in requests] == [10]  # a refused batch added none of its parts
+    finally:
+        await counters.aclose()
+
+
+async def test_life_counters_never_roll_over_and_survive_a_restart(counters_factory: Factory, tmp_path: Path) -> None:
+    calls = Counter(("cap", "session:s1"), "calls", "life")
+    usd = Counter(("cap", "session:s1"), "usd", "life")
+    age = Counter(("cap", "session:s1"), "age", "life")
+    # A wall-clock time: a backend may forget life counters idle for a week by the wall clock.
+    now = dt.datetime.now(dt.UTC).timestamp()
+    counters = counters_factory(tmp_path)
+    try:
+        checks = [Check(calls, 2), Check(age, 3600)]
+        assert await counters.admit(checks, [Add(calls, 1), Add(age, 0)], now) == []
+        await counters.add([Add(usd, 0.25)], now + 1)
+        # Two days later (no minute or day window applies), the age counts from the first add.
+        later = now + 2 * 86400
+        over = await counters.admit(checks, [Add(calls, 1), Add(age, 0)], later)
+        assert [(o.position, o.retry_after) for o in over] == [(1, 0)]  # over its age, and no waiting lifts it
+        assert over[0].value == pytest.approx(2 * 86400)
+        assert await counters.admit([Check(usd, 1.0)], [], later) == []
+    finally:
+        await counters.aclose()
+    counters = counters_factory(tmp_path)  # a restart
+    try:
+        over = await counters.admit([Check(usd, 0.25), Check(calls, 1)], [], now + 5)
+        assert [(o.position, o.value) for o in over] == [(0, 0.25), (1, 1)]  # the refused admission added nothing
     finally:
         await counters.aclose()
