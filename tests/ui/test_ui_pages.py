@@ -11,6 +11,7 @@ from playwright.sync_api import expect
 
 from interlock.replay.bundle import open_bundle
 from interlock.scripted import Script
+from tests.proxy.routing_support import wait_for
 
 
 def open_session(page: Any, demo: Any, what: str) -> None:
@@ -310,3 +311,24 @@ def test_the_workflow_page_draws_lanes_and_handoffs(page: Any, demo: Any) -> Non
 def test_a_missing_workflow_is_a_404(page: Any, demo: Any) -> None:
     assert page.goto("/workflow?id=nope").status == 404
     assert page.goto("/bundle?workflow=nope").status == 404
+
+
+def test_a_workflow_page_grows_a_lane_live(page: Any, demo: Any) -> None:
+    def call(agent: str) -> None:
+        demo.upstream.script(Script(text=f"{agent} here"))
+        httpx.post(
+            demo.running.url + "/openai/chat/completions",
+            json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "status?"}]},
+            headers={"X-Interlock-Agent": agent, "X-Interlock-Workflow": "live-workflow-1"},
+        ).raise_for_status()
+
+    call("planner")
+    store = demo.running.runtime.store
+    wait_for(lambda: store.workflow_summary("live-workflow-1") is not None)
+    page.goto("/workflow?id=live-workflow-1")
+    expect(page.locator("#live.on")).to_be_visible()
+    expect(page.locator(".lanes .lane[data-agent]")).to_have_count(1)
+    page.evaluate("window.notReloaded = true")
+    call("executor")
+    expect(page.locator(".lanes .lane[data-agent]")).to_have_count(2)
+    assert page.evaluate("window.notReloaded") is True

@@ -4,6 +4,7 @@
   var indicator = document.getElementById("live");
   var label = indicator && indicator.querySelector(".live-text");
   var session = document.body.getAttribute("data-session");
+  var workflow = document.body.getAttribute("data-workflow");
   var pending = false;
 
   function refresh() {
@@ -41,6 +42,8 @@
         toast(calls.length + " new call" + (calls.length > 1 ? "s" : "") + " recorded");
       } else if (page === "session" && calls.some(function (c) { return c.session === session; })) {
         refresh();
+      } else if (page === "workflow" && calls.some(function (c) { return c.workflow === workflow; })) {
+        refreshWorkflow();
       }
     });
   }
@@ -64,6 +67,24 @@
       try { document.execCommand("copy"); done(); } catch (e) { /* selected: the user can copy */ }
     }
   });
+
+  // The workflow page: its lanes, handoffs and totals all change with a new call, so the page's
+  // main part is fetched again and swapped in (no reload: scroll kept), then the arrows redrawn.
+  function refreshWorkflow() {
+    if (pending) return;
+    pending = true;
+    fetch(window.location.href, { credentials: "same-origin", headers: { "accept": "text/html" } })
+      .then(function (r) { return r.ok ? r.text() : null; })
+      .then(function (html) {
+        if (html === null) return;
+        var fresh = new DOMParser().parseFromString(html, "text/html").querySelector("main");
+        if (!fresh) return;
+        document.querySelector("main").innerHTML = fresh.innerHTML;
+        lanes = document.getElementById("lanes");
+        if (lanes) drawHandoffs();
+      })
+      .finally(function () { pending = false; });
+  }
 
   // The workflow page: an arrow from each handoff's source bar (its end) to its target bar (its start).
   var lanes = document.getElementById("lanes");
@@ -104,7 +125,7 @@
   }
   if (lanes) {
     drawHandoffs();
-    window.addEventListener("resize", drawHandoffs);
+    window.addEventListener("resize", function () { if (lanes) drawHandoffs(); });
   }
 
   function select(node) {
