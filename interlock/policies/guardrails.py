@@ -289,7 +289,10 @@ class Guardrails:
         the session's vault gives its values the same placeholders (asking it also keeps them
         recently used, as rewriting would)."""
         if entry.upstream is not None:
-            if vault is not None and all(vault.placeholder(e, v) == p for e, v, p in entry.placeholders):
+            placeholders = entry.placeholders  # none: the text's rewriting does not depend on the vault
+            if not placeholders or (
+                vault is not None and all(vault.placeholder(e, v) == p for e, v, p in placeholders)
+            ):
                 return entry
             self._seen_chars -= len(entry.upstream) + len(entry.stored)
         issued: list[tuple[str, str, str]] = []
@@ -468,7 +471,9 @@ class Guardrails:
             for a in applied
             if a.action == "redact"
         ]
-        vault = await self.session_vault(call, create=True, reserve=reserve)
+        # Only a redaction needs the vault here: a call that masks, hashes or logs goes on without
+        # it (so an unreachable shared vault stops only the calls that would store a value).
+        vault = await self.session_vault(call, create=True, reserve=reserve) if reserve else None
         changed: dict[str, int] = {}
         for slot, entry, applied in per_slot:
             done = self.rewritten(entry, slot.text, vault)

@@ -85,7 +85,8 @@ async def list_calls(request: Request) -> Response:
         if outcome is not None and outcome not in OUTCOMES:
             raise BadParameter(f"outcome must be one of {', '.join(OUTCOMES)}")
         filters: dict[str, Any] = {
-            key: params.get(key) or None for key in ("session", "workflow", "agent", "route", "model", "trace_id", "q", "before")
+            key: params.get(key) or None
+            for key in ("session", "workflow", "agent", "route", "model", "trace_id", "q", "before")
         }
         filters.update(outcome=outcome, since=_number(request, "since"), until=_number(request, "until"))
         limit = _limit(request)
