@@ -26,6 +26,9 @@ from tests.conftest import routes_for
 from tests.sdk_errors import protocol_error
 from tests.servers import RedisServer
 
+#: Starts a real redis-server or interlock processes (tests/servers.py, the CLI).
+pytestmark = pytest.mark.slow
+
 VAULT_KEY = "a test vault key, 32 characters or more"
 #: $1 per input and per output token: a scripted call (11 + 7 tokens) costs $18.
 PRICES = {"gpt-4o*": {"input": 1_000_000, "output": 1_000_000}}

@@ -26,6 +26,9 @@ from interlock.scripted import Script, ScriptedUpstream
 from tests.conftest import routes_for
 from tests.servers import free_port
 
+#: Starts a real redis-server or interlock processes (tests/servers.py, the CLI).
+pytestmark = pytest.mark.slow
+
 INTERLOCK = str(Path(sys.executable).with_name("interlock"))
 HI = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
 
