@@ -751,6 +751,16 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
     return settings_from_document(load_yaml(path, expand_env=True))
 
 
+def mask_url_password(url: str) -> str:
+    """`redis://:secret@host:6379/0` → `redis://:***@host:6379/0` (what `config show` and logs may print)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rsplit("@", 1)[1]
+    return parts._replace(netloc=f"{user}:***@{host}").geturl()
+
+
 def settings_to_yaml(settings: Settings) -> str:
     """The effective configuration as YAML, with secrets masked: keys, tokens, the hash key, header
     values (they carry credentials), and virtual keys (the names are the credentials)."""
@@ -773,6 +783,11 @@ def settings_to_yaml(settings: Settings) -> str:
         mask_headers(data.get(section) or {})
     if (data.get("guardrails") or {}).get("hash_key"):
         data["guardrails"]["hash_key"] = "***"
+    state = data.get("state") or {}
+    if state.get("vault_key"):
+        state["vault_key"] = "***"
+    if state.get("url"):
+        state["url"] = mask_url_password(state["url"])
     data["virtual_keys"] = {f"***{key[-4:]}": value for key, value in (data.get("virtual_keys") or {}).items()}
     return str(yaml.safe_dump(data, sort_keys=False))
 

@@ -168,6 +168,7 @@ def test_config_show_json_masks_secrets(tmp_path: Path) -> None:
     path.write_text(
         "admin: {token: admin-secret}\n"
         "routes:\n  openai: {upstream: 'http://127.0.0.1:9/v1', api_key: sk-very-secret}\n"
+        "state: {url: 'redis://:redis-secret@127.0.0.1:6379/0', vault_key: vault-key-secret-of-32-characters-or-more}\n"
     )
     result = CliRunner().invoke(main, ["config", "show", "--json", "-c", str(path)])
     assert result.exit_code == 0
@@ -175,3 +176,5 @@ def test_config_show_json_masks_secrets(tmp_path: Path) -> None:
     assert data["admin"]["token"] == "***" and data["listen"]["port"] == 4141
     assert "sk-very-secret" not in result.output and "admin-secret" not in result.output
     assert data["routes"]["openai"]["upstreams"][0]["api_key"] == "***"
+    assert data["state"] == {**data["state"], "url": "redis://:***@127.0.0.1:6379/0", "vault_key": "***"}
+    assert "redis-secret" not in result.output and "vault-key-secret" not in result.output

@@ -49,7 +49,8 @@ class StateClient:
             health_check_interval=0,
         )
         self.redis: redis.Redis = redis.Redis(connection_pool=pool)
-        self.failures = 0  # round trips that failed since start (the admin API shows it)
+        self.failures = 0  # round trips that failed since start
+        self.down = False  # the last round trip failed (an outage is logged once, at its start and end)
 
     def script(self, source: str) -> Callable[[list[Any]], Awaitable[Any]]:
         """A Lua script run atomically by Redis (EVALSHA, loaded on first use), bounded like a command."""
@@ -63,11 +64,19 @@ class StateClient:
     async def run(self, command: Callable[[], Awaitable[T]]) -> T:
         try:
             async with asyncio.timeout(self.timeout):
-                return await command()
+                result = await command()
         except (RedisError, OSError, TimeoutError) as exc:
             self.failures += 1
-            reason = "timed out" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
+            if not self.down:  # the outage's first failure in full; the calls it refuses say less
+                log.error("shared state (Redis) unreachable: %s: %s", type(exc).__name__, exc)
+                self.down = True
+            # Without the server's address: this reaches agents, in the refusal's message.
+            reason = f"timed out after {self.timeout} s" if isinstance(exc, TimeoutError) else type(exc).__name__
             raise StateUnavailable(f"shared state (Redis) unreachable: {reason}") from None
+        if self.down:
+            log.warning("shared state (Redis) reachable again after %d failed round trips", self.failures)
+            self.down = False
+        return result
 
     async def aclose(self) -> None:
         try:
