@@ -135,8 +135,9 @@ def admin_routes() -> list[BaseRoute]:
     from interlock.ui import policies_api
 
     routes += policies_api.routes()
-    from interlock.ui import pages
+    from interlock.ui import agents, pages
 
+    routes += agents.routes()
     routes += pages.routes()  # the web UI (last: `/` and `/static`)
     return routes
 

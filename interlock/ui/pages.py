@@ -34,6 +34,7 @@ from interlock.proxy.protocols.conversation import ChatMessage, conversation
 from interlock.proxy.protocols.reassemble import reassemble_stream
 from interlock.tracing.backend import Store, StoreError
 from interlock.tracing.call import OUTCOMES
+from interlock.tracing.commands import cost_text
 from interlock.tracing.views import call_detail
 from interlock.ui import queries
 from interlock.ui.policies_api import policies_snapshot
@@ -134,12 +135,19 @@ def _pretty_json_text(text: str) -> str:
 
 templates.env.filters.update(duration=_duration, timestamp=_timestamp, ago=_ago, pretty=_pretty)
 templates.env.filters["pretty_json_text"] = _pretty_json_text
+templates.env.filters["usd"] = cost_text
 templates.env.globals.update(highlight=highlight, version=__version__)
 
 
 def _runtime(request: Request) -> Runtime:
     runtime: Runtime = request.app.state.runtime
     return runtime
+
+
+def _stopped(request: Request, kind: str, name: str) -> dict[str, Any] | None:
+    """The kill switch's stop of this session or agent, if any."""
+    stops = getattr(_runtime(request), "stops", None)
+    return None if stops is None else stops.stopped.get((kind, name))
 
 
 def _store(request: Request) -> Store | None:
@@ -204,6 +212,7 @@ async def sessions_page(request: Request) -> Response:
         route=params.get("route") or None,
         outcome=params.get("outcome") if params.get("outcome") in (*OUTCOMES, "problems") else None,
         q=(params.get("q") or "").strip() or None,
+        order="cost" if params.get("order") == "cost" else "recent",
     )
     window = params.get("time") or ""
     if window in TIME_WINDOWS:
@@ -224,6 +233,11 @@ async def sessions_page(request: Request) -> Response:
     except StoreError as exc:
         rows, more, menus, stats, error = [], False, {"agents": [], "routes": []}, {}, str(exc)
     base = {**filters.params(), **({"time": window} if window in TIME_WINDOWS else {})}
+    # The Cost header toggles: costliest first, or back to the most recently active.
+    cost_sort = {
+        **{k: v for k, v in base.items() if k != "order"},
+        **({} if filters.order == "cost" else {"order": "cost"}),
+    }
     context = {
         "rows": rows,
         "filters": filters,
@@ -233,6 +247,7 @@ async def sessions_page(request: Request) -> Response:
         "error": error,
         "outcomes": OUTCOMES,
         "windows": TIME_WINDOWS,
+        "cost_sort_url": "/?" + urlencode(cost_sort),
         "next_url": "/?" + urlencode({**base, "offset": filters.offset + filters.limit}) if more else None,
         "prev_url": "/?" + urlencode({**base, "offset": max(0, filters.offset - filters.limit)})
         if filters.offset
@@ -309,6 +324,8 @@ async def session_page(request: Request) -> Response:
         "duration_ms": max(1.0, found["elapsed_ms"]),
         "calls": found["calls"],
         "tokens": found["tokens"],
+        "cost_usd": found.get("cost_usd"),
+        "unpriced": found.get("unpriced") or 0,
         "errors": found["errors"],
         "denials": found["denials"],
         "findings": found["findings"],
@@ -327,6 +344,7 @@ async def session_page(request: Request) -> Response:
     bundle = f"{_safe_name(session)}.db"
     context = {
         "session": session,
+        "stop": _stopped(request, "session", session),
         "calls": calls,
         "total_ms": total,
         "ticks": _ticks(total),

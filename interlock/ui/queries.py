@@ -20,9 +20,11 @@ class SessionFilters:
     q: str | None = None
     limit: int = 50
     offset: int = 0
+    order: str = "recent"  # or "cost": the costliest sessions first
 
     def params(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("agent", "route", "outcome", "q") if getattr(self, k)}
+        found = {k: getattr(self, k) for k in ("agent", "route", "outcome", "q") if getattr(self, k)}
+        return {**found, "order": "cost"} if self.order == "cost" else found
 
     def page(self, store: Store) -> tuple[list[dict[str, Any]], bool]:
         """This page of sessions (`Store.sessions`; `since` is "active since"), and whether there is a next."""
@@ -34,6 +36,7 @@ class SessionFilters:
             q=self.q,
             limit=self.limit + 1,
             offset=self.offset,
+            order=self.order,
         )
         return rows[: self.limit], len(rows) > self.limit
 

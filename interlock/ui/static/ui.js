@@ -128,6 +128,26 @@
     window.addEventListener("resize", function () { if (lanes) drawHandoffs(); });
   }
 
+  // The kill switch's buttons (session page, agents page): POST to the admin API after a
+  // confirmation; the admin token, when one is set, travels in the UI's cookie.
+  document.querySelectorAll("[data-kill]").forEach(function (button) {
+    button.addEventListener("click", function () {
+      var question = button.getAttribute("data-confirm");
+      if (question && !window.confirm(question)) return;
+      button.disabled = true;
+      fetch(button.getAttribute("data-kill"), {
+        method: "POST",
+        credentials: "same-origin",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ reason: "stopped from the UI" }),
+      }).then(function (response) {
+        if (response.ok) { window.location.reload(); return; }
+        button.disabled = false;
+        window.alert(response.status === 401 ? "The admin token is needed: open the UI with ?token=..." : "Failed: HTTP " + response.status);
+      });
+    });
+  });
+
   function select(node) {
     var range = document.createRange();
     range.selectNodeContents(node);
