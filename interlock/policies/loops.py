@@ -268,6 +268,8 @@ class LoopStage:
             return data
         stream = self._streams.get(call.id)
         if stream is None:
+            if not any(_checks(r, "tool_calls") for r in rules):
+                return data  # no rule counts tool calls: nothing in this stream to read
             stream = self._streams[call.id] = _Stream()
         adapter = ADAPTERS[call.protocol]
         holds = any(_checks(r, "tool_calls") and _enforces(r) for r in rules)
