@@ -61,6 +61,7 @@ class LazyGroup(click.Group):
         "mcp": "interlock.proxy.mcp_commands:mcp",
         "sessions": "interlock.proxy.stop_commands:sessions",
         "agents": "interlock.proxy.stop_commands:agents",
+        "audit": "interlock.tracing.audit_commands:audit_command",
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:

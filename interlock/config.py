@@ -84,6 +84,9 @@ class Store(Model):
     spill_path: str | None = None
     #: Most bytes the side file may hold; calls past it are lost, counted (`lost`) and logged.
     spill_max_bytes: int = Field(1024 * 1024 * 1024, ge=0)
+    #: Whose tamper-evident chain this instance's writes extend (docs/audit.md): instances that
+    #: share a fleet store each name their own; processes sharing one SQLite file may share one.
+    writer: str = Field("local", min_length=1, max_length=200)
 
     @field_validator("url")
     @classmethod

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 from interlock.tracing.call import Call
+from interlock.tracing.chain import DEFAULT_WRITER, Report
 from interlock.tracing.rows import Indexer, Record
 from interlock.tracing.schema import StoreError, StoreUnavailable
 from interlock.tracing.store import SQLiteStore
@@ -36,6 +37,10 @@ class Store(Protocol):
     @property
     def path(self) -> str:
         """Where it is (a file path, or a URL without its password), for messages and `stats`."""
+
+    @property
+    def writer(self) -> str:
+        """Whose tamper-evident chain this store's writes extend (`chain.py`)."""
 
     # -- writing ---------------------------------------------------------------------------------
 
@@ -236,6 +241,33 @@ class Store(Protocol):
     def clear_stop(self, kind: str, name: str) -> bool:
         """Resume a session or an agent; False when it was not stopped."""
 
+    # -- tamper evidence and audit ---------------------------------------------------------------
+
+    def verify_chain(self) -> Report:
+        """Walk every writer's chain from its checkpoint, recomputing each call's link from its
+        stored rows; the report names the altered, deleted and inserted calls (docs/audit.md)."""
+
+    def audit_calls(
+        self,
+        *,
+        since: float | None = None,
+        until: float | None = None,
+        agent: str | None = None,
+        session: str | None = None,
+        workflow: str | None = None,
+        route: str | None = None,
+        model: str | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """Calls matching the filters, oldest first (by `started_at`, then id), read in pages: `id`,
+        `started_at`, `agent`, `session`, `workflow`, `route`, `protocol`, `model`, `outcome`,
+        `status`, `error_code`, `stream`, `meta` (decoded), `decisions` and `findings` (decoded;
+        findings without `value`), `response_message` (JSON text), `response_body`,
+        `response_headers` (as stored). What `tracing/audit.py` builds the audit trail from."""
+
+    def chain_heads(self) -> list[dict[str, Any]]:
+        """Per writer: `writer`, `pos` and `hash` of its last link (to anchor outside the store),
+        `checkpoint_pos` and `pruned` (calls folded into its checkpoint)."""
+
     # -- lifetime --------------------------------------------------------------------------------
 
     def close(self) -> None: ...
@@ -263,12 +295,13 @@ def open_store(target: StoreSettings | str | os.PathLike[str], *, readonly: bool
         except ImportError as exc:  # pragma: no cover - the fleet extra not installed
             raise StoreError(f"{scheme}:// needs the fleet extra (pip install 'interlock[fleet]'): {exc}") from None
         pool_size, timeout = getattr(target, "pool_size", 8), getattr(target, "connect_timeout", 5.0)
-        return PostgresStore(location, readonly=readonly, pool_size=pool_size, connect_timeout=timeout)
+        writer = getattr(target, "writer", None) or DEFAULT_WRITER
+        return PostgresStore(location, readonly=readonly, pool_size=pool_size, connect_timeout=timeout, writer=writer)
     elif scheme:
         raise StoreError(
             f"{location.split('@')[-1]}: no store backend for {scheme}:// (this interlock has sqlite, postgresql)"
         )
-    return SQLiteStore(location, readonly=readonly)
+    return SQLiteStore(location, readonly=readonly, writer=getattr(target, "writer", None) or DEFAULT_WRITER)
 
 
 __all__ = ["Store", "StoreError", "StoreUnavailable", "open_store"]

@@ -22,6 +22,7 @@ import sqlite3
 from dataclasses import dataclass, field
 from functools import cache
 
+from interlock.tracing import store_chain
 from interlock.tracing.schema import MIGRATIONS, SCHEMA_VERSION, SchemaError
 
 #: Text longer than this (characters, each of request and response) is not indexed past it: a
@@ -145,11 +146,15 @@ def sqlite_shape(version: int) -> dict[str, Table]:
 #: version → statements (they replace the derived ones).
 PG_MIGRATIONS: dict[int, list[str]] = {}
 
+#: Data steps of a SQLite migration that its shape does not show, run after the derived DDL:
+#: version → statements. The chain's records which calls predate it (`store_chain.create`).
+PG_DATA_STEPS: dict[int, list[str]] = {MIGRATIONS.index(store_chain.create) + 1: [store_chain.MARK_START]}
+
 
 def statements_for(version: int) -> list[str]:
     """The DDL taking PostgreSQL from `version - 1` to `version`, derived from SQLite's shapes."""
     if version in PG_MIGRATIONS:
-        return PG_MIGRATIONS[version]
+        return PG_MIGRATIONS[version] + PG_DATA_STEPS.get(version, [])
     before, after = sqlite_shape(version - 1), sqlite_shape(version)
     out: list[str] = []
     for name, table in after.items():
@@ -178,7 +183,7 @@ def statements_for(version: int) -> list[str]:
     for name in before:
         if name not in after:
             out.append(f"DROP TABLE {name}")
-    return out
+    return out + PG_DATA_STEPS.get(version, [])
 
 
 def check_version(version: int, where: str) -> None:

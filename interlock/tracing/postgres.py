@@ -30,7 +30,10 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from interlock.tracing import store_chain
+from interlock.tracing.audit_reads import AuditReads
 from interlock.tracing.call import Call
+from interlock.tracing.chain import DEFAULT_WRITER, Report
 from interlock.tracing.pg_schema import (
     MIGRATE_LOCK,
     MIGRATIONS_TABLE,
@@ -93,14 +96,24 @@ def public_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-class PostgresStore(WorkflowReads, PostgresPins, PostgresStops):
+class PostgresStore(WorkflowReads, PostgresPins, PostgresStops, AuditReads):
     """A store in the PostgreSQL database at `url`; implements `interlock.tracing.backend.Store`."""
 
     _select_narrow = select_narrow("(meta::jsonb #>> '{{mcp,{key}}}')")
     _concat = "string_agg(DISTINCT {column}, ',')"
 
-    def __init__(self, url: str, *, readonly: bool = False, pool_size: int = 8, connect_timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        readonly: bool = False,
+        pool_size: int = 8,
+        connect_timeout: float = 5.0,
+        writer: str = DEFAULT_WRITER,
+    ) -> None:
         self.url = url
+        #: Whose tamper-evident chain this store's writes extend (`store.writer`: one per replica).
+        self.writer = writer
         self.path = public_url(url)
         self.readonly = readonly
         self.connect_timeout = connect_timeout
@@ -221,11 +234,19 @@ class PostgresStore(WorkflowReads, PostgresPins, PostgresStops):
         texts = children[-1]
         for i, (call_id, request, response) in enumerate(texts):
             texts[i] = (call_id, _storable(request), _storable(response))
+        digests = list(zip((c[0] for c in calls), rows.digests, strict=True))
         with self.connection() as conn, conn.transaction(), conn.cursor() as cursor:
             for single, table_rows in zip(_CHILD_INSERTS, children, strict=True):
                 _insert(cursor, single, table_rows)
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
-            return _insert(cursor, INSERT_CALL, calls)
+            # Under the lock no other writer adds calls or links: the ids stored already are not
+            # linked again, and the head read here is the head the new links follow.
+            run = _run(cursor)
+            stored = {r[0] for r in run("SELECT id FROM calls WHERE id = ANY(?)", ([d[0] for d in digests],))}
+            added = _insert(cursor, INSERT_CALL, calls)
+            fresh = [d for d in digests if d[0] not in stored]
+            _insert(cursor, store_chain.INSERT_LINK, store_chain.new_links(run, self.writer, fresh))
+            return added
 
     def write_chunks(self, rows: Rows) -> None:
         """A large call's chunks, in one transaction of their own (the recorder writes them in pieces)."""
@@ -279,10 +300,27 @@ class PostgresStore(WorkflowReads, PostgresPins, PostgresStops):
     def delete(self, ids: Sequence[str]) -> int:
         if not ids:
             return 0
-        with self.connection() as conn, conn.transaction():
+        with self.connection() as conn, conn.transaction(), conn.cursor() as cursor:
+            # The chain's links are folded under the write lock, as writers append them; taken
+            # first, so a writer never waits for these rows while holding it.
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
             for table in (*CHILD_TABLES, "calls_fts"):
-                conn.execute(f"DELETE FROM {table} WHERE call_id = ANY(%s)", (list(ids),))
-            return int(conn.execute("DELETE FROM calls WHERE id = ANY(%s)", (list(ids),)).rowcount)
+                cursor.execute(f"DELETE FROM {table} WHERE call_id = ANY(%s)", (list(ids),))
+            count = int(cursor.execute("DELETE FROM calls WHERE id = ANY(%s)", (list(ids),)).rowcount)
+            store_chain.forget(_run(cursor), ids)
+            return count
+
+    # -- tamper evidence -------------------------------------------------------------------------
+
+    def verify_chain(self) -> Report:
+        """`store_chain.verify` in one REPEATABLE READ transaction (a snapshot; writers go on)."""
+        with self.connection() as conn, conn.transaction(), conn.cursor() as cursor:
+            cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            return store_chain.verify(_run(cursor))
+
+    def chain_heads(self) -> list[dict[str, Any]]:
+        with self.connection() as conn, conn.cursor() as cursor:
+            return store_chain.heads(_run(cursor))
 
     # -- moving calls ----------------------------------------------------------------------------
 
@@ -323,6 +361,16 @@ class PostgresStore(WorkflowReads, PostgresPins, PostgresStops):
                 raise StoreError(f"the query failed: {_reason(exc)}") from None
             names = [d.name for d in cursor.description or ()]
             return [dict(zip(names, row, strict=True)) for row in cursor.fetchmany(limit)]
+
+
+def _run(cursor: psycopg.Cursor[Any]) -> store_chain.Run:
+    """`store_chain`'s way to run SQL (`?` parameters), on this cursor."""
+
+    def run(sql: str, params: Sequence[Any]) -> list[Any]:
+        cursor.execute(pg_sql(sql), list(params))
+        return cursor.fetchall() if cursor.description else []
+
+    return run
 
 
 def _storable(text: str) -> str:

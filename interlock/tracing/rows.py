@@ -94,6 +94,37 @@ INSERT_FTS = "INSERT INTO calls_fts (rowid, request, response) VALUES ((SELECT s
 CHILD_TABLES = ("bodies", "chunks", "attempts", "events")
 
 
+def insert_columns(insert: str) -> tuple[str, ...]:
+    """The column names of an `INSERT ... (a, b, c) VALUES ...` statement, in order."""
+    return tuple(insert.split("(", 1)[1].split(")", 1)[0].split(", "))
+
+
+#: What a call's digest covers (`chain.py`): each table's rows as its INSERT writes them, in this
+#: order: (table, columns, its REAL columns, the columns hashed as raw bytes (BLOBs, and the long
+#: JSON texts: escaping them again as JSON cost more than hashing them), the key after `call_id`
+#: that orders a call's rows). The columns are fixed as they were when the chain came (schema 5):
+#: a column added later goes to the end of its INSERT and is named as `added` to `chain.Table`.
+CHAINED_TABLES = (
+    ("calls", insert_columns(INSERT_CALL), ("started_at", "ttfb_ms", "duration_ms"), ("error", "meta"), ""),
+    (
+        "bodies",
+        insert_columns(INSERT_BODY),
+        (),
+        ("request_headers", "response_headers", *_BODY_COLUMNS, "response_message", "extra"),
+        "",
+    ),
+    ("chunks", insert_columns(INSERT_CHUNK), ("t_ms",), ("data",), "side, seq"),
+    (
+        "attempts",
+        insert_columns(INSERT_ATTEMPT),
+        ("started_ms", "duration_ms", "ttfb_ms", "backoff_ms"),
+        ("url", "error", "data"),
+        "seq",
+    ),
+    ("events", insert_columns(INSERT_EVENT), (), ("data",), "seq"),
+)
+
+
 def dumps(value: Any) -> str:
     """`json.dumps(value, ensure_ascii=False, separators=(",", ":"))`, bytes as `{"$bytes": base64}`."""
     return "".join(_encode(value, 0))

@@ -28,12 +28,17 @@ Version 3: `calls.rescued`, a stream continued by another target after a break (
 `stream_rescue`); an older read-only file shows it as 0 through `compat_views`.
 Version 4: `calls.cost_usd` and `calls.cost_source`, what the call cost and where its price came
 from (issue 22, docs/policies.md "Cost"); NULL in an older read-only file.
+
+Version 5: tamper evidence: `chain`, `chain_checkpoints` and `chain_start` (documented in
+`store_chain.py`); calls already in a file when it gains them are counted as recorded before the chain.
 """
 
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable
+
+from interlock.tracing import store_chain
 
 V1 = """
 CREATE TABLE calls (
@@ -149,7 +154,7 @@ def _v4(conn: sqlite3.Connection) -> None:
 
 
 #: MIGRATIONS[i] takes the schema from version i to i + 1.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1, _v2, _v3, _v4]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1, _v2, _v3, _v4, store_chain.create]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -22,7 +22,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+from interlock.tracing import store_chain
+from interlock.tracing.audit_reads import AuditReads
 from interlock.tracing.call import Call
+from interlock.tracing.chain import DEFAULT_WRITER, Report
 from interlock.tracing.pins import SQLitePins
 from interlock.tracing.reads import Reads, fts_query, where_clause
 from interlock.tracing.rows import (
@@ -81,13 +84,15 @@ def _file_identity(path: str) -> tuple[int, int]:
     return stat.st_dev, stat.st_ino
 
 
-class SQLiteStore(WorkflowReads, SQLitePins, SQLiteStops):
+class SQLiteStore(WorkflowReads, SQLitePins, SQLiteStops, AuditReads):
     """The embedded SQLite store at `path` (created and migrated unless `readonly`); implements
     `interlock.tracing.backend.Store`. Open it with `backend.open_store`; its connection (`conn`)
     is for this backend's own modules (the recorder's writer, the tests of this backend)."""
 
-    def __init__(self, path: str | os.PathLike[str], readonly: bool = False) -> None:
+    def __init__(self, path: str | os.PathLike[str], readonly: bool = False, *, writer: str = DEFAULT_WRITER) -> None:
         self.path = str(path)
+        #: Whose chain this store's writes extend (`chain.py`; one per instance in a fleet store).
+        self.writer = writer
         self.readonly = readonly
         self._local = threading.local()
         self._lock = threading.Lock()
@@ -215,7 +220,7 @@ class SQLiteStore(WorkflowReads, SQLitePins, SQLiteStops):
 
     def write(self, records: Sequence[Record], *, capture: str = "full", indexer: Indexer | None = None) -> int:
         """Write `Call.to_record()` dicts in one transaction; returns how many were new."""
-        return write_records(self.conn, records, capture=capture, indexer=indexer)
+        return write_records(self.conn, records, capture=capture, indexer=indexer, writer=self.writer)
 
     def add(self, call: Call, *, capture: str = "full") -> None:
         """Write one call now (tests and tools; the proxy writes through the Recorder)."""
@@ -223,7 +228,7 @@ class SQLiteStore(WorkflowReads, SQLitePins, SQLiteStops):
 
     def write_rows(self, rows: Rows) -> int:
         """A batch's rows (`writing.Rows`) in one transaction; returns how many calls were new."""
-        return write_rows(self.conn, rows)
+        return write_rows(self.conn, rows, writer=self.writer)
 
     def write_chunks(self, rows: Rows) -> None:
         """Only the chunks of `rows`, in one transaction (a large call written in pieces)."""
@@ -296,7 +301,27 @@ class SQLiteStore(WorkflowReads, SQLitePins, SQLiteStops):
             for table in CHILD_TABLES:
                 conn.execute(f"DELETE FROM {table} WHERE call_id IN ({marks})", ids)
             count = conn.execute(f"DELETE FROM calls WHERE id IN ({marks})", ids).rowcount
+            store_chain.forget(store_chain.sqlite_run(conn), ids)
         return int(count)
+
+    # -- tamper evidence -------------------------------------------------------------------------
+
+    def verify_chain(self) -> Report:
+        """Recompute every call's link from its stored rows (`store_chain.verify`), in one read
+        transaction (a snapshot of the file: the writer goes on meanwhile)."""
+        conn = self.conn
+        if not store_chain.sqlite_has_chain(conn):
+            return Report(absent=store_chain.ABSENT)
+        conn.execute("BEGIN")
+        try:
+            return store_chain.verify(store_chain.sqlite_run(conn))
+        finally:
+            conn.execute("COMMIT")
+
+    def chain_heads(self) -> list[dict[str, Any]]:
+        """Each writer's last link (pos, hash): what to anchor outside the store."""
+        conn = self.conn
+        return store_chain.heads(store_chain.sqlite_run(conn)) if store_chain.sqlite_has_chain(conn) else []
 
     # -- moving calls between files --------------------------------------------------------------
 
@@ -313,7 +338,9 @@ class SQLiteStore(WorkflowReads, SQLitePins, SQLiteStops):
         """Write the matching calls to a new self-contained SQLite file (same schema, no WAL file
         beside it), replacing `dest_path` atomically. Returns how many calls it holds."""
         where, params = where_clause("s.", session=session, since=since, until=until, agent=agent, workflow=workflow)
-        return write_bundle(dest_path, lambda out: copy_calls(out.conn, self.path, " AND ".join(where), params))
+        return write_bundle(
+            dest_path, lambda out: copy_calls(out.conn, self.path, " AND ".join(where), params, writer=self.writer)
+        )
 
     def import_from(self, path: str | os.PathLike[str]) -> int:
         """Add the calls of another store file (an export, a bundle); ids already here are skipped."""
@@ -322,7 +349,7 @@ class SQLiteStore(WorkflowReads, SQLitePins, SQLiteStops):
             raise StoreError(f"{source}: no such store")
         with SQLiteStore(source, readonly=True) as check:
             _ = check.schema_version
-        return copy_calls(self.conn, source, "1", [])
+        return copy_calls(self.conn, source, "1", [], writer=self.writer)
 
 
 def write_bundle(dest_path: str | os.PathLike[str], fill: Callable[[SQLiteStore], int]) -> int:

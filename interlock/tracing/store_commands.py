@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import sys
 from typing import Any
 
 import click
@@ -79,3 +80,35 @@ def migrate(as_json: bool, store_path: str | None, config: str | None) -> None:
 
 
 __all__ = ["store"]
+
+
+@store.command("verify")
+@click.option("--json", "as_json", is_flag=True, help="The report as one JSON object.")
+@with_store
+def verify(as_json: bool, store_path: str | None, config: str | None) -> None:
+    """Check the tamper-evident chain: recompute every recorded call's link from its stored rows.
+
+    Exits 1 naming the first altered, deleted or inserted call (docs/audit.md); 0 when it verifies."""
+    opened = open_store(store_path, config)
+    try:
+        report = opened.verify_chain()
+        heads = opened.chain_heads()
+    finally:
+        opened.close()
+    if as_json:
+        click.echo(json.dumps({**report.as_dict(), "heads": heads}))
+    else:
+        for problem in report.problems:
+            click.echo(f"{problem.kind}: {problem.message}")
+        if report.problem_count > len(report.problems):
+            click.echo(f"... {report.problem_count - len(report.problems)} more")
+        for head in heads:
+            click.echo(f"writer {head['writer']}: {head['pos']} links, head {head['hash']}")
+        if report.unchained:
+            click.echo(f"{report.unchained} calls were recorded before the chain (not covered)")
+        if report.absent:
+            click.echo(report.absent)
+        verdict = "verifies" if report.ok else "does NOT verify"
+        click.echo(f"chain {verdict}: {report.checked} calls checked, {report.problem_count} problems")
+    if not report.ok:
+        sys.exit(1)

@@ -9,13 +9,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from interlock.tracing import store_chain
 from interlock.tracing.rows import CHILD_TABLES
 from interlock.tracing.schema import SCHEMA_VERSION
-from interlock.tracing.writing import transaction
+from interlock.tracing.writing import insert_rows, transaction
 
 
-def copy_calls(dest: sqlite3.Connection, source_path: str, where: str, params: Sequence[Any]) -> int:
-    """Copy the source's calls matching `where` (on alias `s`) into `dest`, skipping ids it has."""
+def copy_calls(dest: sqlite3.Connection, source_path: str, where: str, params: Sequence[Any], *, writer: str) -> int:
+    """Copy the source's calls matching `where` (on alias `s`) into `dest`, skipping ids it has, and
+    link them onto `writer`'s chain in `dest` (the source's chain, if any, covers other calls)."""
     dest.execute("ATTACH DATABASE ? AS src", (f"file:{quote(source_path)}?mode=ro",))
     try:
         with transaction(dest):
@@ -43,10 +45,22 @@ def copy_calls(dest: sqlite3.Connection, source_path: str, where: str, params: S
                 " FROM src.calls_fts f JOIN src.calls s ON s.seq = f.rowid JOIN main.calls d ON d.id = s.id"
                 " WHERE s.id IN (SELECT id FROM copying)"
             )
+            _link_copied(dest, writer)
             dest.execute("DELETE FROM copying")
     finally:
         dest.execute("DETACH DATABASE src")
     return int(count)
+
+
+def _link_copied(dest: sqlite3.Connection, writer: str) -> None:
+    """Link the calls just copied, in the order they were inserted, from their stored rows."""
+    ids = [r[0] for r in dest.execute("SELECT c.id FROM main.calls c JOIN copying USING (id) ORDER BY c.seq")]
+    run = store_chain.sqlite_run(dest)
+    for start in range(0, len(ids), store_chain.PAGE):
+        page = ids[start : start + store_chain.PAGE]
+        found = store_chain.stored_digests(run, page)
+        links = store_chain.new_links(run, writer, [(call_id, found[call_id]) for call_id in page])
+        insert_rows(dest, store_chain.INSERT_LINK, links)
 
 
 def _common_columns(conn: sqlite3.Connection, table: str) -> list[str]:

@@ -19,7 +19,9 @@ from contextlib import contextmanager
 from itertools import chain
 from typing import Any
 
+from interlock.tracing import store_chain
 from interlock.tracing.call import Call, _plain, public_headers
+from interlock.tracing.chain import DEFAULT_WRITER, digest
 from interlock.tracing.rows import (
     INSERT_ATTEMPT,
     INSERT_BODY,
@@ -80,9 +82,10 @@ def insert_rows(conn: sqlite3.Connection, single: str, rows: Sequence[tuple[Any,
 
 
 class Rows:
-    """The rows of a batch, one list per table (plain tuples in each table's column order)."""
+    """The rows of a batch, one list per table (plain tuples in each table's column order), and
+    each call's digest (`chain.py`: over the very rows inserted), in the order of `calls`."""
 
-    __slots__ = ("calls", "bodies", "chunks", "attempts", "events", "texts")
+    __slots__ = ("calls", "bodies", "chunks", "attempts", "events", "texts", "digests")
 
     def __init__(self) -> None:
         self.calls: list[tuple[Any, ...]] = []
@@ -91,12 +94,24 @@ class Rows:
         self.attempts: list[tuple[Any, ...]] = []
         self.events: list[tuple[Any, ...]] = []
         self.texts: list[tuple[Any, ...]] = []
+        self.digests: list[bytes] = []
 
     def lists(self) -> tuple[list[tuple[Any, ...]], ...]:
         return self.calls, self.bodies, self.chunks, self.attempts, self.events, self.texts
 
     def add_record(self, record: Record, capture: str, index: Indexer) -> None:
+        mark = self.mark()
         record_rows(record, capture, index, *self.lists())
+        self._digest(mark)
+
+    def _digest(self, mark: tuple[int, ...]) -> None:
+        """The digest of the call whose rows were added after `mark`. In the writer's thread, so
+        the proxy's event loop never pays for it (bench: recording scenario, docs/audit.md)."""
+        out: list[bytes] = []
+        for (table, *_), rows, start in zip(store_chain.TABLES, self.lists(), mark, strict=False):
+            for row in rows[start:]:
+                table.add(row, out)
+        self.digests.append(digest(out))
 
     def add_call(self, call: Call, capture: str, *, salvage: bool = False, limit: int | None = None) -> None:
         """The rows `add_record(call.to_record(), capture, record_texts)` adds, built from the Call
@@ -110,7 +125,7 @@ class Rows:
 
         `limit` (`store.record_max_bytes`) keeps the head of a body longer than it, and says so in
         the row's `meta.record_cut` (the proxy already bounded a stream's chunks the same way)."""
-        mark = self.mark() if salvage else ()
+        mark = self.mark()
         call_id = call.id
         full = capture == "full"
         upstream_chunks = call.chunks
@@ -237,16 +252,19 @@ class Rows:
             events.append((call_id, seq, "finding", None, finding.action, finding.entity, dumps(_plain(finding))))
             seq += 1
         if salvage:
-            for rows, start in zip(self.lists(), mark, strict=True):
+            for rows, start in zip(self.lists(), mark, strict=False):
                 rows[start:] = [tuple(_utf8(value) for value in row) for row in rows[start:]]
+        self._digest(mark)
 
     def mark(self) -> tuple[int, ...]:
-        return tuple(len(rows) for rows in self.lists())
+        """Where each list ends now (the tables', then the digests')."""
+        return (*(len(rows) for rows in self.lists()), len(self.digests))
 
     def rewind(self, mark: tuple[int, ...]) -> None:
         """Drop what was added after `mark` (a call whose rows could not all be built)."""
-        for rows, length in zip(self.lists(), mark, strict=True):
+        for rows, length in zip(self.lists(), mark, strict=False):
             del rows[length:]
+        del self.digests[mark[-1] :]
 
 
 _BODY_NAMES = ("request_body", "upstream_body", "response_body", "agent_response_body")
@@ -289,7 +307,12 @@ def _raw_texts(call: Call) -> tuple[str, str, None]:
 
 
 def write_records(
-    conn: sqlite3.Connection, records: Sequence[Record], *, capture: str = "full", indexer: Indexer | None = None
+    conn: sqlite3.Connection,
+    records: Sequence[Record],
+    *,
+    capture: str = "full",
+    indexer: Indexer | None = None,
+    writer: str = DEFAULT_WRITER,
 ) -> int:
     """Write `Call.to_record()` dicts in one transaction; returns how many were new."""
     if not records:
@@ -302,7 +325,7 @@ def write_records(
             # Building rows is pure Python and holds the GIL; without a pause the event loop
             # can wait a whole switch interval (5 ms) for it. sleep(0) lets it run now.
             time.sleep(0)
-    return write_rows(conn, rows)
+    return write_rows(conn, rows, writer=writer)
 
 
 @contextmanager
@@ -320,11 +343,13 @@ def transaction(conn: sqlite3.Connection) -> Iterator[None]:
         raise
 
 
-def write_rows(conn: sqlite3.Connection, rows: Rows) -> int:
-    """Insert a batch's rows in one transaction; returns how many calls were new."""
+def write_rows(conn: sqlite3.Connection, rows: Rows, *, writer: str = DEFAULT_WRITER) -> int:
+    """Insert a batch's rows in one transaction, the new calls linked onto `writer`'s chain;
+    returns how many calls were new."""
     calls, bodies, chunks, attempts, events, texts = rows.lists()
     if not calls:
         return 0
+    digests = list(zip((c[0] for c in calls), rows.digests, strict=True))
     with transaction(conn):
         before = conn.total_changes
         insert_rows(conn, INSERT_CALL, calls)
@@ -338,6 +363,8 @@ def write_rows(conn: sqlite3.Connection, rows: Rows) -> int:
             attempts = [a for a in attempts if a[0] in fresh]
             events = [e for e in events if e[0] in fresh]
             texts = [t for t in texts if t[0] in fresh]
+            digests = [d for d in digests if d[0] in fresh]
+        insert_rows(conn, store_chain.INSERT_LINK, store_chain.new_links(store_chain.sqlite_run(conn), writer, digests))
         insert_rows(conn, INSERT_BODY, bodies)
         insert_rows(conn, INSERT_CHUNK, chunks)
         insert_rows(conn, INSERT_ATTEMPT, attempts)

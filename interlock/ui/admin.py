@@ -135,6 +135,9 @@ def admin_routes() -> list[BaseRoute]:
     from interlock.ui import policies_api
 
     routes += policies_api.routes()
+    from interlock.ui.audit import audit_routes
+
+    routes += audit_routes()
     from interlock.ui import agents, pages
 
     routes += agents.routes()

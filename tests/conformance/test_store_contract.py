@@ -350,3 +350,60 @@ def test_stops_are_kept_until_resumed(store: Store) -> None:
     assert [r["name"] for r in store.stops()] == ["coder"]
     with pytest.raises(ValueError):
         store.set_stop("route", "openai", "no", 1.0)
+
+
+# -- tamper evidence (docs/audit.md) ---------------------------------------------------------------
+
+
+def test_every_written_call_is_on_the_writers_chain_and_verifies(store: Store) -> None:
+    calls = [make_call(started_at=1000.0 + i, session="s1") for i in range(6)]
+    store.write([c.to_record() for c in calls[:4]])
+    store.write([c.to_record() for c in calls[2:]])  # two already stored: linked once
+    report = store.verify_chain()
+    assert report.ok and report.checked == 6 and report.problems == []
+    heads = store.chain_heads()
+    assert [(h["writer"], h["pos"]) for h in heads] == [(store.writer, 6)]
+    assert len(heads[0]["hash"]) == 64
+
+
+def test_the_chain_verifies_after_retention_and_deletes(store: Store) -> None:
+    calls = [make_call(started_at=1000.0 + i) for i in range(6)]
+    store.write([c.to_record() for c in calls])
+    assert store.delete([calls[4].id]) == 1
+    assert store.prune(max_age=1, now=1002.5) == 2
+    report = store.verify_chain()
+    assert report.ok and report.checked == 3
+    head = store.chain_heads()[0]
+    assert head["pos"] == 6 and head["pruned"] == 2
+    store.write([make_call().to_record()])
+    assert store.verify_chain().ok and store.chain_heads()[0]["pos"] == 7
+
+
+def test_an_exported_bundle_carries_a_chain_of_its_own(store: Store, tmp_path: Path) -> None:
+    calls = [make_call(session="keep" if i % 2 else "other") for i in range(4)]
+    store.write([c.to_record() for c in calls])
+    assert store.export(tmp_path / "b.db", session="keep") == 2
+    with open_store(tmp_path / "b.db", readonly=True) as bundle:
+        assert bundle.verify_chain().ok and bundle.verify_chain().checked == 2
+
+
+def test_audit_calls_give_the_window_oldest_first_with_events_and_no_values(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from interlock.tracing import audit_reads
+
+    monkeypatch.setattr(audit_reads, "AUDIT_PAGE", 2)  # pages: the keyset goes on past a page's end
+    tool = make_call(started_at=1000.0, session="s1", meta={"mcp": {"method": "tools/call", "tool": "lookup"}})
+    tool.findings = [Finding("EMAIL_ADDRESS", "request.messages[0].content", 0, 5, 0.9, "log", value="jane@x.io")]
+    tool.decisions = [Decision("policy", "deny", rule="no-lookups", reason="no")]
+    others = [make_call(started_at=1001.0 + i, agent="other", model="gpt-4o-mini") for i in range(4)]
+    store.write([c.to_record() for c in reversed([tool, *others])])
+    rows = list(store.audit_calls())
+    assert [r["id"] for r in rows] == [tool.id, *(c.id for c in others)]
+    first = rows[0]
+    assert first["findings"] == [{k: v for k, v in first["findings"][0].items() if k != "value"}]
+    assert first["findings"][0]["entity"] == "EMAIL_ADDRESS" and "value" not in first["findings"][0]
+    assert first["decisions"][0]["rule"] == "no-lookups" and first["meta"]["mcp"]["tool"] == "lookup"
+    assert rows[1]["response_body"] == others[0].response_body and rows[1]["stream"] is False
+    assert [r["id"] for r in store.audit_calls(agent="other", since=1002.0)] == [c.id for c in others[1:]]
+    assert [r["id"] for r in store.audit_calls(model="gpt-4o", session="s1", until=1000.5)] == [tool.id]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import sqlite3
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -332,3 +334,36 @@ def test_a_workflow_page_grows_a_lane_live(page: Any, demo: Any) -> None:
     call("executor")
     expect(page.locator(".lanes .lane[data-agent]")).to_have_count(2)
     assert page.evaluate("window.notReloaded") is True
+
+
+def test_audit_page_shows_who_did_what_and_whether_the_record_verifies(page: Any, demo: Any) -> None:
+    page.goto("/audit")
+    chain = page.locator("#chain")
+    expect(chain).to_have_attribute("data-chain", "ok")
+    expect(chain).to_contain_text("The record verifies")
+    lines = page.locator("#summaries li")
+    expect(lines.filter(has_text="agent billing-bot")).to_contain_text("EMAIL_ADDRESS in 1 (redacted)")
+    expect(lines.filter(has_text="agent travel-bot")).to_contain_text("tools: get_weather 1")
+    expect(page.locator("#audit-rows")).not_to_contain_text("jane.doe@example.com")  # types, never values
+    page.locator("input[name=entity]").fill("EMAIL_ADDRESS")
+    page.locator("form.filters button[type=submit]").click()
+    expect(page).to_have_url(re.compile(r"entity=EMAIL_ADDRESS"))
+    expect(page.locator("#summaries li[data-agent=billing-bot]")).to_be_visible()
+    expect(page.locator("#summaries li[data-agent=travel-bot]")).to_have_count(0)
+    jsonl = httpx.get(demo.url + page.locator("#export-jsonl").get_attribute("href"))
+    assert jsonl.status_code == 200 and all('"EMAIL_ADDRESS"' in line for line in jsonl.text.splitlines())
+    # Someone edits a recorded call in the file: the page says so and names it.
+    path = demo.running.settings.store.path
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        call_id, agent = conn.execute("SELECT id, agent FROM calls WHERE agent = 'billing-bot'").fetchone()
+        conn.execute("UPDATE calls SET agent = 'nobody' WHERE id = ?", (call_id,))
+    try:
+        page.goto("/audit")  # the last verdict may be reused for a while (it reads every call) ...
+        page.locator("#verify-now").click()  # ... a new one on request
+        expect(chain).to_have_attribute("data-chain", "broken")
+        expect(chain).to_contain_text(call_id)
+    finally:
+        with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+            conn.execute("UPDATE calls SET agent = ? WHERE id = ?", (agent, call_id))
+    page.goto("/audit?verify=fresh")
+    expect(chain).to_have_attribute("data-chain", "ok")
