@@ -228,3 +228,21 @@ async def test_a_hidden_tool_stays_hidden_in_replay(
 async def _names_once(url: str, mode: str) -> list[str]:
     async with mcp2_client(url, mode=mode) as client:
         return sorted(t.name for t in (await client.list_tools()).tools)
+
+
+async def test_a_store_that_cannot_be_read_never_pins_from_an_unknown_state(tmp_path: Path) -> None:
+    """The stage alone: its store closed under it (a real StoreError) before a route's first list."""
+    from interlock.config import McpPins as McpPinsSettings
+    from interlock.policies.cases import CaseRequest, build_call
+    from interlock.proxy.mcp_pins import McpPins
+
+    store = Store(tmp_path / "pins.db")
+    stage = McpPins(McpPinsSettings(), store)
+    store.close()
+    call = build_call(CaseRequest(route="tools", protocol="mcp"))
+    await stage.request(call)
+    [decision] = [d for d in call.decisions if d.stage == "mcp_pins"]
+    assert decision.action == "error"
+    message = {"jsonrpc": "2.0", "id": 1, "result": {"tools": [{"name": "lookup", "description": SNEAKY}]}}
+    assert stage.filter(call, message) is False  # passed unjudged (the error says so) ...
+    assert stage.pins.get("tools", {}) == {}  # ... and nothing pinned from it
