@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from interlock.policies.limits import Limiter
 from interlock.policies.loader import PolicyRuntime
 from interlock.policies.model import Limits
 from interlock.prices import Pricing
+from interlock.proxy.escalation import Escalator
 from interlock.proxy.protocols import ADAPTERS, Adapter
 from interlock.proxy.protocols.base import response_json
 from interlock.proxy.protocols.sse import EventSplitter
@@ -100,11 +102,20 @@ class _Held:
 class PolicyStage:
     name = "policy"
 
-    def __init__(self, runtime: PolicyRuntime, settings: Settings, limiter: Limiter | None = None) -> None:
+    def __init__(
+        self,
+        runtime: PolicyRuntime,
+        settings: Settings,
+        limiter: Limiter | None = None,
+        escalator: Escalator | None = None,
+    ) -> None:
         self.runtime = runtime
         self.limiter = limiter or Limiter(pricing=Pricing.for_settings(settings))
         self.hosts = route_hosts(settings)
+        self.escalator = escalator
         self._held: dict[str, _Held] = {}
+        #: (rule, session) whose run cap was reported to the webhook (once each; bounded, oldest dropped).
+        self._capped: OrderedDict[tuple[str, str], None] = OrderedDict()
 
     async def request(self, call: Call) -> None:
         engine = self.runtime.engine
@@ -147,6 +158,8 @@ class PolicyStage:
                 if exceeded.retry_after:
                     reply.headers.append(("retry-after", str(exceeded.retry_after)))
                 call.answer(reply, "denied", exceeded.code, message)
+                if exceeded.code == "session_cap_reached":
+                    self._report_cap(call, rule.name, message)
                 return
             held.limited = evaluation.limited
             held.keys = admission.keys
@@ -181,6 +194,25 @@ class PolicyStage:
             call.readers.append(f"policy rule {rule.name!r} (tool calls)")
         if held.keys or evaluation.tool_rules:
             self._held[call.id] = held
+
+    def _report_cap(self, call: Call, rule: str, message: str) -> None:
+        """A session reached a run cap: logged and sent to the escalation webhook, once per rule and session."""
+        key = (rule, call.session or "")
+        if key in self._capped:
+            return
+        self._capped[key] = None
+        if len(self._capped) > 10_000:
+            self._capped.popitem(last=False)
+        log.warning("call %s: %s", call.id, message)
+        if self.escalator is not None:
+            self.escalator.emit(
+                "session_cap_reached",
+                session=call.session,
+                agent=call.agent,
+                rule=rule,
+                reason=message,
+                call_id=call.id,
+            )
 
     async def chunk(self, call: Call, data: bytes, last: bool) -> bytes:
         held = self._held.get(call.id)

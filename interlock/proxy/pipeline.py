@@ -104,7 +104,7 @@ def built_in_stages(settings: Settings, services: Services, extra: Sequence[obje
 
         # Before guardrails: a rule may ask for a guardrail (`call.guardrails`), and a denied call
         # is never scanned.
-        stages.append(PolicyStage(services.policy, settings, services.limiter))
+        stages.append(PolicyStage(services.policy, settings, services.limiter, services.escalator))
         if mcp:
             from interlock.policies.mcp_tools import McpToolFilter
 

@@ -5,6 +5,7 @@ tests/conformance/test_counters_contract.py drives its clock.)"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import anthropic
@@ -15,6 +16,7 @@ from interlock.policies.model import Limits
 from interlock.scripted import ScriptedUpstream
 from interlock.scripted_replies import Script
 from tests.policies.conftest import anthropic_client, openai_client
+from tests.proxy.routing_support import wait_for
 from tests.sdk_errors import protocol_error
 
 HI = [{"role": "user", "content": "hi"}]
@@ -29,8 +31,14 @@ def chat(running: Any, session: str) -> Any:
     return client.chat.completions.create(model="gpt-4o-mini", messages=HI)  # type: ignore[arg-type]
 
 
-def test_max_calls_refuses_the_call_after_the_cap(with_policy: Any) -> None:
-    running = with_policy(cap("max_calls: 2"))
+@pytest.fixture(scope="module")
+def hook() -> Iterator[ScriptedUpstream]:
+    with ScriptedUpstream() as server:
+        yield server
+
+
+def test_max_calls_refuses_the_call_after_the_cap(with_policy: Any, hook: ScriptedUpstream) -> None:
+    running = with_policy(cap("max_calls: 2"), escalation={"webhook": hook.url + "/hook"})
     chat(running, "run-1")
     chat(running, "run-1")
     with pytest.raises(openai.PermissionDeniedError) as refused:
@@ -40,6 +48,11 @@ def test_max_calls_refuses_the_call_after_the_cap(with_policy: Any) -> None:
     assert refused.value.response.headers["x-should-retry"] == "false"
     assert "retry-after" not in refused.value.response.headers
     assert chat(running, "run-2").choices[0].message.content == "echo: hi"  # another run goes on
+    with pytest.raises(openai.PermissionDeniedError):
+        chat(running, "run-1")
+    wait_for(lambda: len(hook.requests) >= 1)
+    [event] = [r.json() for r in hook.requests]  # once per rule and session, however often refused
+    assert (event["event"], event["session"], event["rule"]) == ("session_cap_reached", "run-1", "run-cap")
 
 
 def test_max_usd_counts_the_catalogue_cost_of_the_session(with_policy: Any, upstream: ScriptedUpstream) -> None:

@@ -207,3 +207,35 @@ def test_traces_ls_and_show_print_the_cost(running: Running, calls: list[Call], 
     assert header.split()[-1] == "COST" and line.split()[-1] == f"${call.cost_usd:.3g}"
     shown = runner.invoke(main, ["traces", "show", call.id, "--store", store]).output
     assert f"price from {SOURCE}" in shown
+
+
+def test_mcp_tool_calls_cost_zero_or_their_configured_price() -> None:
+    from interlock.prices import Pricing
+    from interlock.proxy.protocols.base import RequestView
+
+    pricing = Pricing(tool_prices={"search_*": 0.002})
+    call = Call(id="c", route="tools", protocol="mcp", method="POST", path="/mcp")
+    call.view = RequestView("tools/call", tool_name="search_web")
+    assert pricing.price_call(call, None) == pricing.tool_cost("search_web")
+    assert (pricing.tool_cost("search_web").usd, pricing.tool_cost("search_web").source) == (0.002, "tool_prices")
+    call.view = RequestView("tools/call", tool_name="read_file")
+    cost = pricing.price_call(call, None)
+    assert cost is not None and (cost.usd, cost.source) == (0.0, "mcp")
+
+
+def test_the_catalogue_is_the_bundled_one_and_never_updated(
+    running: Running, calls: list[Call], upstream: ScriptedUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing phones home: pricing never starts genai-prices' updater, never sets a fetched snapshot."""
+    from genai_prices import data_snapshot, update_prices
+
+    def refuse(*_: Any, **__: Any) -> None:
+        raise AssertionError("genai-prices' updater must never run inside interlock")
+
+    monkeypatch.setattr(update_prices.UpdatePrices, "start", refuse)
+    monkeypatch.setattr(update_prices.UpdatePrices, "__enter__", refuse)
+    upstream.script(USAGE)
+    openai_client(running).chat.completions.create(model="gpt-4o-mini", messages=HI)  # type: ignore[arg-type]
+    (call,) = finished(calls)
+    assert call.cost_source == SOURCE
+    assert data_snapshot._custom_snapshot is None  # still the data shipped in the package
