@@ -24,6 +24,7 @@ from interlock.proxy.forward import Forwarder, Opened
 from interlock.proxy.protocols import Adapter
 from interlock.proxy.protocols.base import dump_body
 from interlock.proxy.protocols.rescue import StreamRescue
+from interlock.proxy.retry import DEADLINE
 from interlock.proxy.routing import Slot
 from interlock.proxy.upstream import route_timeouts
 from interlock.tracing.call import Call
@@ -92,7 +93,13 @@ async def open_continuation(
                 call, adapter, router, target, None, first_token, body=dump_body(data)
             )
             if not isinstance(result, Opened):
-                return _stop(call, record, f"the continuation failed: {result.kind}: {result.detail}")
+                # (Cut at `first_token`, the attempt reads as the retry deadline's: say which it was.)
+                detail = (
+                    f"no response within timeouts.first_token ({first_token}s)"
+                    if result.kind == DEADLINE
+                    else result.detail
+                )
+                return _stop(call, record, f"the continuation failed: {result.kind}: {detail}")
             status = result.response.status_code
             if status != 200 or not result.response.headers.get("content-type", "").startswith("text/event-stream"):
                 await result.aclose()

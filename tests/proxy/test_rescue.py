@@ -46,17 +46,24 @@ def messages_route(upstream: ScriptedUpstream, **extra: Any) -> dict[str, Any]:
 
 
 def stream_chat(client: openai.OpenAI) -> tuple[list[Any], Any]:
-    with client.chat.completions.stream(
-        model="smart", messages=[{"role": "user", "content": "count"}], stream_options={"include_usage": True}
-    ) as stream:
+    # The client is closed after (its pooled connection would otherwise be collected, open, in a later test).
+    with (
+        client,
+        client.chat.completions.stream(
+            model="smart", messages=[{"role": "user", "content": "count"}], stream_options={"include_usage": True}
+        ) as stream,
+    ):
         chunks = [event.chunk for event in stream if event.type == "chunk"]
         return chunks, stream.get_final_completion()
 
 
 def stream_messages(client: anthropic.Anthropic) -> tuple[list[Any], Any]:
-    with client.messages.stream(
-        model="smart", max_tokens=200, messages=[{"role": "user", "content": "count"}]
-    ) as stream:
+    with (
+        client,
+        client.messages.stream(
+            model="smart", max_tokens=200, messages=[{"role": "user", "content": "count"}]
+        ) as stream,
+    ):
         events = list(stream)
         return events, stream.get_final_message()
 
@@ -124,6 +131,7 @@ def test_an_anthropic_stream_cut_after_40_of_60_tokens_is_completed_by_the_fallb
     assert {event.index for event in events if event.type.startswith("content_block")} == {0}
     continued = upstream.requests[-1].json()
     assert continued["messages"][-1] == {"role": "assistant", "content": DELIVERED.rstrip()}  # no trailing space
+    assert continued["max_tokens"] == 200 - 40  # what is left of the agent's bound
     (call,) = finished(calls)
     assert call.rescued and tried(call) == [("big", 200), ("alt", 200)]
     assert call.meta["rescue"]["mode"] == "prefill" and "prefill" not in call.meta["rescue"]
@@ -199,10 +207,8 @@ def test_a_fallback_refusing_the_prefill_leaves_the_original_failure_openai(
     upstream.set_model("big", CUT_CHAT)
     upstream.set_model("alt", Script(text=TEXT, prefill="reject"))
     received: list[str] = []
-    with pytest.raises(openai.APIError) as raised:
-        with openai_client(running).chat.completions.stream(
-            model="smart", messages=[{"role": "user", "content": "count"}]
-        ) as stream:
+    with pytest.raises(openai.APIError) as raised, openai_client(running) as client:
+        with client.chat.completions.stream(model="smart", messages=[{"role": "user", "content": "count"}]) as stream:
             for event in stream:
                 if event.type == "content.delta":
                     received.append(event.delta)
@@ -286,3 +292,65 @@ def test_guardrails_read_the_continuation_as_the_rest_of_the_same_stream(
     (call,) = finished(calls)
     assert call.rescued and call.meta["rescue"]["offset_chars"] == len("Use the heroku api key: ")
     assert [f.entity for f in call.findings] == ["SECRET"]
+
+
+# -- the splice itself, event by event ----------------------------------------------------------------------
+
+
+def events_of(*raw: bytes) -> list[Any]:
+    from interlock.proxy.protocols.sse import iter_events
+
+    return list(iter_events(b"".join(raw)))
+
+
+def test_an_anthropic_continuation_after_a_closed_block_opens_the_next_index() -> None:
+    import json
+
+    from interlock.proxy.protocols.rescue import AnthropicRescue
+    from interlock.scripted_replies import anthropic_reply
+
+    first, _ = anthropic_reply("Hello there.", Script(chunk_size=6, message_id="msg_1"), "big")
+    rescue = AnthropicRescue()
+    for event in events_of(*first[:5]):  # message_start, block 0 start, 2 deltas, block 0 stop
+        assert rescue.observe(event)
+    assert rescue.delivered == "Hello there." and rescue.open_text is None
+    built = rescue.request(
+        {"model": "big", "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]}, "assistant"
+    )
+    assert built is not None and built[1] == "prefill"
+    second, _ = anthropic_reply(" More.", Script(chunk_size=6), "alt")  # what follows the prefill
+    out = [rescue.splice(event) for event in events_of(*second)]
+    spliced = [json.loads(e.data) for e in events_of(*out)]
+    assert [e["type"] for e in spliced] == [
+        "content_block_start",
+        "content_block_delta",
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    ]
+    assert {e["index"] for e in spliced if "index" in e} == {1}  # block 0 was closed: the continuation is block 1
+    assert spliced[1]["delta"]["text"] == " More."  # no whitespace was left out of the prefill: none dropped
+
+
+def test_a_chat_continuation_keeps_the_first_id_and_drops_the_role() -> None:
+    import json
+
+    from interlock.proxy.protocols.rescue import ChatRescue
+    from interlock.scripted_replies import chat_reply
+
+    first, _ = chat_reply("one two", Script(chunk_size=4, message_id="chatcmpl-1"), "big", {})
+    rescue = ChatRescue()
+    for event in events_of(*first[:2]):
+        rescue.observe(event)
+    assert rescue.delivered == "one " and rescue.blocker is None
+    assert rescue.request({"messages": [{"role": "user", "content": "x"}]}, "none") is None  # cannot continue text
+    built = rescue.request({"messages": [{"role": "user", "content": "x"}]}, "continue_final_message")
+    assert (
+        built is not None and built[0]["continue_final_message"] is True and built[0]["add_generation_prompt"] is False
+    )
+    second, _ = chat_reply("one two", Script(chunk_size=4, message_id="chatcmpl-2"), "alt", {})
+    chunks = [
+        json.loads(e.data) for e in events_of(*(rescue.splice(e) for e in events_of(*second))) if e.data != "[DONE]"
+    ]
+    assert {c["id"] for c in chunks} == {"chatcmpl-1"}
+    assert all("role" not in c["choices"][0]["delta"] for c in chunks)

@@ -68,7 +68,13 @@ class StreamRescue:
             return None
         prefill = text.rstrip()  # Anthropic refuses a prefill that ends in whitespace
         self._pending_space = text[len(prefill) :]
-        return self._with_prefill(data, prefill, style), "prefill"
+        out = self._with_prefill(data, prefill, style)
+        # The agent's output bound is for the whole answer: the continuation gets what is left of it
+        # (the delivered part estimated as one token per delta, as the usage is).
+        for key in ("max_tokens", "max_completion_tokens"):
+            if isinstance(out.get(key), int):
+                out[key] = max(1, out[key] - self.deltas)
+        return out, "prefill"
 
     def _with_prefill(self, data: dict[str, Any], prefill: str, style: str) -> dict[str, Any]:
         messages = list(data["messages"])
