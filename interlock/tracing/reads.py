@@ -54,8 +54,7 @@ LIMIT ? OFFSET ?
 #: SQL for "this call is a problem": its outcome is not a sound one (ok, closed, unsupported).
 _PROBLEM = f"outcome NOT IN ({', '.join(repr(o) for o in sorted(SOUND_OUTCOMES))})"
 
-#: What a session (or workflow: `{key}`) list shows, for the given ones only (`_session_row`
-#: finishes each row).
+#: What a session (or workflow: `{key}`) list shows, for the given ones only (`_session_row` finishes each row).
 #: `problems`: calls not sound (ok, closed, unsupported); `errors`: upstream_error, aborted, bad_request,
 #: internal_error; `denials`: denied and blocked (interlock meant them); `retries`: calls with more
 #: than one attempt, `extra_attempts` the attempts beyond the first; `duration_ms`: the calls'
@@ -463,8 +462,7 @@ class Reads:
 
 
 def _session_row(row: dict[str, Any]) -> dict[str, Any]:
-    """A summary row finished: agents, models and routes as sorted lists, `agent` when there is
-    one, `elapsed_ms` from the first call's start to the last one's end."""
+    """A summary row finished: lists sorted, `agent` when there is one, `elapsed_ms` first start to last end."""
     for key in ("agents", "models", "routes"):
         row[key] = sorted(row[key].split(",")) if row[key] else []
     row["agent"] = row["agents"][0] if len(row["agents"]) == 1 else None
