@@ -3,6 +3,7 @@ recorded incident of it (recorded through interlock into the store, exported as 
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -94,10 +95,10 @@ class _OrderedUpstream(ScriptedUpstream):
         super().__init__()
         self.model_scripts, self.tool_scripts = list(model), list(tools)
 
-    async def _respond(self, path: str, data: dict[str, Any], script: Script, send: Any) -> None:
+    async def _respond(self, path: str, data: dict[str, Any], script: Script, send: Any, gone: asyncio.Event) -> None:
         queue = self.tool_scripts if path.startswith("/tools") else self.model_scripts
         chosen = queue.pop(0) if queue else script
-        await super()._respond(path, data, chosen, send)
+        await super()._respond(path, data, chosen, send, gone)
 
 
 def record_incident(tmp_path: Path, question: str = "Weather in Paris and Lyon?") -> Incident:
