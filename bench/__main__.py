@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import encoding, faults, otel, pii, policy, proxy, recording, replay
+from bench import encoding, faults, otel, pii, policy, postgres, proxy, recording, replay
 from bench.context import Context
 from bench.harness import ROOT, quiet_cpu
 from bench.load import have_wrk
@@ -31,6 +31,7 @@ SECTIONS: dict[str, Callable[[Context], Section]] = {
     "otel": otel.run,
     "replay": replay.run,
     "encoding": encoding.run,
+    "postgres": postgres.run,
 }
 
 

@@ -46,6 +46,9 @@ class Admin(Model):
     allowed_hosts: tuple[str, ...] = ()
 
 
+_BOTH_LOCATIONS = "give store.path (the embedded SQLite file) or store.url (a database server), not both"
+
+
 class Store(Model):
     #: Recording on or off (off: nothing is written, the admin API has no calls; for benchmarks).
     enabled: bool = True
@@ -101,7 +104,7 @@ class Store(Model):
     @model_validator(mode="after")
     def _one_location(self) -> Store:
         if self.url is not None and "path" in self.model_fields_set:
-            raise ValueError("give store.path (the embedded SQLite file) or store.url (a database server), not both")
+            raise ValueError(_BOTH_LOCATIONS)
         return self
 
     @property
@@ -689,6 +692,10 @@ def settings_from_document(document: Document) -> Settings:
         if not isinstance(name, str) or not name or "/" in name:
             message = f"route name {name!r} must be one non-empty path segment (agents call /{name}/...)"
             raise document.error(("routes", name), f"routes: {message}")
+    store = data.get("store")
+    if isinstance(store, dict) and store.get("url") is not None and "path" in store:
+        # At the `url` line (the model's own check could only name the `store:` line).
+        raise document.error(("store", "url"), f"store.url: {_BOTH_LOCATIONS}")
     data = _store_url_from_environment(data)
     try:
         settings = Settings.model_validate({**_blank_to_none(data), "source": document.file})

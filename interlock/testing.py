@@ -52,7 +52,10 @@ def settings_for_test(data: dict[str, Any], tmp_path: Any = None) -> Settings:
     merged.setdefault("admin", {"host": "127.0.0.1", "port": 0})
     if tmp_path is not None:
         store = dict(merged.get("store") or {})
-        store.setdefault("path", str(tmp_path / "interlock.db"))
+        if "url" in store:  # a database server: the side file stays in the test's directory
+            store.setdefault("spill_path", str(tmp_path / "interlock.spill"))
+        else:
+            store.setdefault("path", str(tmp_path / "interlock.db"))
         merged["store"] = store
     return Settings.model_validate(merged)
 

@@ -151,3 +151,27 @@ def test_config_check_refuses_what_serve_refuses(tmp_path: Path) -> None:
     assert not_a_store.exit_code == 2 and not_a_store.stderr.startswith(f"Error: {path}:{store_line}:"), (
         not_a_store.output
     )
+
+
+def test_store_takes_a_path_or_a_url_not_both(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("INTERLOCK_STORE_URL", raising=False)
+    path = tmp_path / "interlock.yaml"
+    path.write_text("default_agent: a\nstore:\n  path: ./x.db\n  url: postgresql://u@db/x\n")
+    with pytest.raises(SourceError) as caught:
+        load_settings(path)
+    assert (caught.value.file, caught.value.line) == (str(path), 4) and "not both" in caught.value.message
+    path.write_text("store: {url: mysql://u@db/x}\n")
+    with pytest.raises(SourceError, match="postgresql://"):
+        load_settings(path)
+    path.write_text("store: {url: postgresql://u@db/x, pool_size: 3}\n")
+    settings = load_settings(path)
+    assert settings.store.location == "postgresql://u@db/x" and settings.store.pool_size == 3
+
+
+def test_the_store_url_from_the_environment_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "interlock.yaml"
+    path.write_text("store: {path: ./x.db, capture: metadata}\n")
+    monkeypatch.setenv("INTERLOCK_STORE_URL", "postgresql://u@db/fleet")
+    settings = load_settings(path)
+    assert settings.store.url == "postgresql://u@db/fleet" and settings.store.capture == "metadata"
+    assert load_settings(None).store.location == "postgresql://u@db/fleet"  # the embedded default too

@@ -83,6 +83,8 @@ class Recorder:
         self._pruner: threading.Thread | None = None
         self._stopping = threading.Event()
         self._wake = threading.Event()  # ends the writer's gathering sleep early, on close
+        #: The batch the writer thread is writing now (what close() spills if it cannot wait for it).
+        self._in_flight: list[Call] = []
         self._closed = False
 
     # -- the stage -------------------------------------------------------------------------------
@@ -141,6 +143,17 @@ class Recorder:
             self._wake.set()
             self._arrived.set()
             self._writer.join(left())
+            if self._writer.is_alive():
+                # Out of time with a batch still being written (a slow store catching up): the process
+                # may exit before it commits, so it goes to the side file too. If it commits after all,
+                # the next start skips the ids already stored: spilled twice, never lost.
+                in_flight = list(self._in_flight)
+                log.warning(
+                    "recording: shutdown_grace ran out while %d calls were being written; they are also in %s",
+                    len(in_flight),
+                    self.holding.spill_path,
+                )
+                self.holding.spill(in_flight)
         # From here `done` writes directly; then nothing can be left in the queue.
         with self._admit:
             self._closed = True
@@ -251,7 +264,14 @@ class Recorder:
 
     def _write_batch(self, batch: list[Call]) -> None:
         cpu = time.thread_time()
-        if self._write_now(batch):
+        if threading.current_thread() is self._writer:
+            self._in_flight = batch
+        try:
+            written = self._write_now(batch)
+        finally:
+            if threading.current_thread() is self._writer:
+                self._in_flight = []
+        if written:
             with self._counting:
                 self.batches += 1
                 self.last_batch_at = time.time()

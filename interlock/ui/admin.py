@@ -129,6 +129,9 @@ def admin_routes() -> list[BaseRoute]:
     from interlock.ui.api import api_routes
 
     routes += api_routes()
+    from interlock.ui import metrics
+
+    routes += metrics.routes()
     from interlock.ui import upstreams_api
 
     routes += upstreams_api.routes()
@@ -145,7 +148,14 @@ def admin_routes() -> list[BaseRoute]:
     return routes
 
 
+async def store_unavailable(request: Request, exc: Exception) -> Response:
+    """A page or API call whose store cannot be reached now (a database server down): 503, not 500."""
+    return JSONResponse({"error": {"code": "store_unavailable", "message": str(exc)}}, status_code=503)
+
+
 def create_admin_app(runtime: Runtime) -> Any:
-    app = Starlette(routes=admin_routes())
+    from interlock.tracing.schema import StoreUnavailable
+
+    app = Starlette(routes=admin_routes(), exception_handlers={StoreUnavailable: store_unavailable})
     app.state.runtime = runtime
     return EdgeGuard(TokenGuard(app, runtime.settings.admin.token), runtime.settings.admin)

@@ -205,12 +205,13 @@ async def stats(request: Request) -> Response:
     rejects = {name: dict(r.counts) for name, r in runtime.services.get("server_rejects", {}).items()}
 
     def read(store: Store) -> dict[str, Any]:
-        return {
-            "store": {"path": store.path, **store.stats()},
-            "recorder": counters,
-            "server": {"rejected": rejects},
-            "agents": store.agents(),
-        }
+        try:
+            about: dict[str, Any] = {"path": store.path, **store.stats()}
+            agents = store.agents()
+        except StoreUnavailable as exc:
+            # The recorder's counters say how the outage goes: they must answer while the store cannot.
+            about, agents = {"path": store.path, "unavailable": str(exc)}, []
+        return {"store": about, "recorder": counters, "server": {"rejected": rejects}, "agents": agents}
 
     return await _with_store(request, read)
 

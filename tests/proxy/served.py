@@ -43,7 +43,11 @@ def serve_process(tmp_path: Path, started: list[subprocess.Popen[bytes]], **conf
         "log_level": "warning",
         **config,
     }
-    data["store"] = {"path": str(db), **(config.get("store") or {})}
+    store = config.get("store") or {}
+    # A database server's side file in the test's directory; else the SQLite file is there.
+    data["store"] = (
+        {"spill_path": str(tmp_path / "interlock.spill"), **store} if "url" in store else {"path": str(db), **store}
+    )
     path = tmp_path / "interlock.yaml"
     path.write_text(yaml.safe_dump(data))
     log = tmp_path / "interlock.log"
