@@ -404,6 +404,9 @@ class McpPins(Model):
     #: A pinned tool that changed, or a new tool: record it (monitor), leave it out of the list and
     #: refuse its calls (hide), or refuse the whole list and the changed tools' calls (deny).
     on_change: Literal["monitor", "hide", "deny"] = "hide"
+    #: Seconds between reads of the store's pins (an approval, or a change another replica or worker
+    #: saw, reaches this interlock's tools/call checks within this).
+    poll_interval: float = Field(2.0, gt=0, le=3600)
 
 
 class CustomRecognizer(Model):

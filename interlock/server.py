@@ -83,6 +83,11 @@ class Runtime:
         self.stops = self.shared.stops = Stops(
             self.shared.store, self.forwarder.escalator, settings.kill_switch.poll_interval
         )
+        if settings.mcp_pins.enabled and any(r.protocol == "mcp" for r in settings.routes.values()):
+            from interlock.proxy.mcp_pins import McpPins
+
+            # Built here, not by the stage list, so that `stop` ends its polling of the store.
+            self.shared.mcp_pins = McpPins(settings.mcp_pins, self.shared.store, self.forwarder.escalator, poll=True)
         self.store, self.recorder = self.shared.store, self.shared.recorder
         self.policy, self.policy_limiter = self.shared.policy, self.shared.limiter  # for the admin API
         self.services["otel"] = self.shared.exporter
@@ -93,6 +98,8 @@ class Runtime:
         if self.recorder is not None:
             self.recorder.start()
         await self.stops.start()
+        if self.shared.mcp_pins is not None:
+            await self.shared.mcp_pins.start()
         self.ready = True
 
     def warming(self) -> list[str]:
@@ -107,6 +114,8 @@ class Runtime:
     async def stop(self) -> None:
         self.ready = False
         await self.stops.aclose()
+        if self.shared.mcp_pins is not None:
+            await self.shared.mcp_pins.aclose()  # before the store closes: its writes go there
         await self.forwarder.aclose()
         if self.policy is not None:
             self.policy.stop()  # the hot-reload watcher

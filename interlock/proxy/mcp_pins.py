@@ -8,9 +8,10 @@ tools out of the list and refuses their calls; `deny` refuses the whole list (a 
 `tool_changed`) and the flagged tools' calls. `interlock mcp pins approve ROUTE [TOOL]` pins what
 the server lists now. docs/mcp.md says the same for users.
 
-The pins are kept in the store (`Store.mcp_pins`), read when interlock starts and again (in a
-worker thread) before each `tools/list` answer is judged, so an approval by the CLI, or by another
-replica on a shared store, counts from the next list; a `tools/call` is judged from memory.
+The pins are kept in the store (`Store.mcp_pins`), read when interlock starts, before each
+`tools/list` answer is judged, and every `poll_interval` seconds (in a worker thread), so an approval
+by the CLI, or a change another replica or worker saw, counts here within that; a `tools/call` is
+judged from memory.
 """
 
 from __future__ import annotations
@@ -52,14 +53,25 @@ def flagged(row: dict[str, Any]) -> bool:
     return bool(row["pinned_hash"] != row["seen_hash"])
 
 
+def _changed_at(row: dict[str, Any]) -> float:
+    return max(row.get("seen_at") or 0.0, row.get("pinned_at") or 0.0)
+
+
 class McpPins(ToolsListRewriter):
     """Pins each MCP route's tools and judges later `tools/list` answers and `tools/call`s by them."""
 
     name = "mcp_pins"
 
-    def __init__(self, settings: McpPinsSettings, store: Any = None, escalator: Escalator | None = None) -> None:
+    def __init__(
+        self, settings: McpPinsSettings, store: Any = None, escalator: Escalator | None = None, *, poll: bool = False
+    ) -> None:
+        """`poll`: read the store's pins every `poll_interval` seconds once serving (the runtime's
+        instance, which `aclose` stops); without it they are read before each tools/list only."""
         super().__init__()
         self.on_change = settings.on_change
+        self.poll_interval = settings.poll_interval
+        self._poll = poll and store is not None
+        self._poller: asyncio.Task[None] | None = None
         self.store = store
         self.escalator = escalator
         #: route → tool → pin row (`tracing.pins.PIN_COLUMNS`)
@@ -217,6 +229,39 @@ class McpPins(ToolsListRewriter):
     async def seal(self, call: Call) -> None:
         await super().seal(call)
         self._unread.discard(call.id)
+
+    async def start(self) -> None:
+        """Start polling the store (with `poll`; the runtime calls this once serving)."""
+        if self._poll and self._poller is None:
+            self._poller = asyncio.get_running_loop().create_task(self._watch(), name="interlock-mcp-pins")
+
+    async def _watch(self) -> None:
+        """Merge the store's pins into memory every `poll_interval` seconds: per tool, the row last
+        changed wins (an approval moves `pinned_at`, a new listing `seen_at`), so a write of this
+        interlock still in flight is not undone by an older row."""
+        while True:
+            await asyncio.sleep(self.poll_interval)
+            try:
+                rows = await asyncio.to_thread(self.store.mcp_pins)
+            except Exception as exc:  # noqa: BLE001 - the next poll tries again; tools/list reads it too
+                log.warning("MCP tool pins not read from the store: %s", exc)
+                continue
+            for row in rows:
+                pins = self.pins.setdefault(row["route"], {})
+                mine = pins.get(row["tool"])
+                if mine is None or _changed_at(row) > _changed_at(mine):
+                    pins[row["tool"]] = row
+
+    async def aclose(self) -> None:
+        """Stop polling; wait for the pin writes in flight."""
+        if self._poller is not None:
+            self._poller.cancel()
+            try:
+                await self._poller
+            except asyncio.CancelledError:
+                pass
+            self._poller = None
+        await self.aflush()
 
     async def aflush(self) -> None:
         """Wait for the pin writes in flight (tests, shutdown)."""

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from interlock.policies.redaction import Vault
     from interlock.prices import Pricing
     from interlock.proxy.escalation import Escalator
+    from interlock.proxy.mcp_pins import McpPins
     from interlock.proxy.stops import Stops
     from interlock.tracing.recorder import Recorder
 
@@ -65,6 +66,8 @@ class Services:
     pricing: Pricing | None = None
     #: The kill switch: stopped sessions and agents, and the calls in flight a stop ends.
     stops: Stops | None = None
+    #: The MCP tool pins stage, when the runtime built it (it polls the store; `Runtime.stop` ends that).
+    mcp_pins: McpPins | None = None
 
 
 def guardrails_on(settings: Settings) -> bool:
@@ -88,7 +91,7 @@ def built_in_stages(settings: Settings, services: Services, extra: Sequence[obje
             from interlock.proxy.mcp_pins import McpPins
 
             # Before the policy's tools/list filter: the pins judge the server's own list.
-            stages.append(McpPins(settings.mcp_pins, services.store, services.escalator))
+            stages.append(services.mcp_pins or McpPins(settings.mcp_pins, services.store, services.escalator))
     if services.stops is not None:
         from interlock.proxy.stops import StopGate
 

@@ -246,3 +246,29 @@ async def test_a_store_that_cannot_be_read_never_pins_from_an_unknown_state(tmp_
     message = {"jsonrpc": "2.0", "id": 1, "result": {"tools": [{"name": "lookup", "description": SNEAKY}]}}
     assert stage.filter(call, message) is False  # passed unjudged (the error says so) ...
     assert stage.pins.get("tools", {}) == {}  # ... and nothing pinned from it
+
+
+def test_a_change_seen_by_one_interlock_reaches_another_on_the_same_store(
+    pin_server: tuple[PinServer, ThreadServer], tmp_path: Path
+) -> None:
+    """Two interlocks on one store (replicas, or workers): B refuses the changed tool that only A
+    listed, once its poll has read the store (`mcp_pins.poll_interval`)."""
+    from interlock.proxy.mcp_pins import flagged
+
+    tools, thread = pin_server
+    data = {
+        "routes": {"tools": {"protocol": "mcp", "upstream": thread.url}},
+        "shutdown_grace": 1,
+        "store": {"path": str(tmp_path / "shared.db")},
+        "mcp_pins": {"poll_interval": 0.05},
+    }
+    with run_interlock(settings_for_test(data)) as a, run_interlock(settings_for_test(data)) as b:
+        a.run(_names_once(a.url + "/tools/mcp", "auto"))  # A pins both tools
+        tools.describe(SNEAKY)
+        try:
+            assert a.run(_names_once(a.url + "/tools/mcp", "auto")) == ["add"]  # A flags lookup
+            pins_b = b.runtime.shared.mcp_pins
+            wait_for(lambda: flagged(pins_b.pins.get("tools", {}).get("lookup") or {"pinned_hash": 1, "seen_hash": 1}))
+            assert b.run(_pinned_session(b.url + "/tools/mcp", "auto")) == (["add"], {"code": "tool_changed"}, 42)
+        finally:
+            tools.describe(HONEST)
