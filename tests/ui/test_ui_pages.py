@@ -298,7 +298,10 @@ def test_the_workflow_page_draws_lanes_and_handoffs(page: Any, demo: Any) -> Non
     extraction = page.locator("table.agents-table tr[data-agent=extraction]")
     expect(extraction.locator("td[data-label=PII]")).to_have_text("1")
     expect(page.locator("table.agents-table tr[data-agent=risk-scorer] td[data-label=Retries]")).to_have_text("1")
-    # A call links back to its workflow.
+    # A call, and an agent's session, link back to the workflow.
+    page.goto(f"/session?id={workflow}-risk-scorer")
+    expect(page.locator(".facts a.workflow-link")).to_have_text(workflow)
+    page.goto(f"/workflow?id={workflow}")
     page.locator(".lane[data-agent=report] .lane-call").click()
     expect(page).to_have_url(re.compile(r"/call/"))
     page.locator(".facts a.workflow-link").click()
