@@ -87,8 +87,9 @@ class Store(Model):
     spill_path: str | None = None
     #: Most bytes the side file may hold; calls past it are lost, counted (`lost`) and logged.
     spill_max_bytes: int = Field(1024 * 1024 * 1024, ge=0)
-    #: Whose tamper-evident chain this instance's writes extend (docs/audit.md): instances that
-    #: share a fleet store each name their own; processes sharing one SQLite file may share one.
+    #: Whose tamper-evident chain this instance's writes extend (docs/audit.md; env
+    #: `INTERLOCK_STORE_WRITER` when the file names none): instances sharing a fleet store each
+    #: name their own so each anchors its own head; writers sharing a name share one chain, correctly.
     writer: str = Field("local", min_length=1, max_length=200)
 
     @field_validator("url")
@@ -699,7 +700,7 @@ def settings_from_document(document: Document) -> Settings:
     if isinstance(store, dict) and store.get("url") is not None and "path" in store:
         # At the `url` line (the model's own check could only name the `store:` line).
         raise document.error(("store", "url"), f"store.url: {_BOTH_LOCATIONS}")
-    data = _store_url_from_environment(data)
+    data = _store_writer_from_environment(_store_url_from_environment(data))
     try:
         settings = Settings.model_validate({**_blank_to_none(data), "source": document.file})
     except ValidationError as exc:
@@ -743,6 +744,16 @@ def _store_url_from_environment(data: dict[str, Any]) -> dict[str, Any]:
         return data
     kept = {k: v for k, v in (store or {}).items() if k not in ("path", "url")}
     return {**data, "store": {**kept, "url": url}}
+
+
+def _store_writer_from_environment(data: dict[str, Any]) -> dict[str, Any]:
+    """`INTERLOCK_STORE_WRITER` names this instance's chain (docs/audit.md) where the file does not:
+    a fleet's pods share one config and take it from their own name (the downward API)."""
+    writer = os.environ.get("INTERLOCK_STORE_WRITER")
+    store = data.get("store")
+    if not writer or not (store is None or isinstance(store, dict)) or (store or {}).get("writer"):
+        return data
+    return {**data, "store": {**(store or {}), "writer": writer}}
 
 
 def _check_policy_paths(document: Document, settings: Settings) -> None:

@@ -175,3 +175,15 @@ def test_the_store_url_from_the_environment_wins(tmp_path: Path, monkeypatch: py
     settings = load_settings(path)
     assert settings.store.url == "postgresql://u@db/fleet" and settings.store.capture == "metadata"
     assert load_settings(None).store.location == "postgresql://u@db/fleet"  # the embedded default too
+
+
+def test_the_chain_writer_comes_from_the_file_or_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plain, named = tmp_path / "plain.yaml", tmp_path / "named.yaml"
+    plain.write_text("store: {path: ./x.db}\n")
+    named.write_text("store: {path: ./x.db, writer: from-file}\n")
+    assert load_settings(plain).store.writer == "local"
+    monkeypatch.setenv("INTERLOCK_STORE_WRITER", "pod-7")  # a fleet's pods: their own name, one config
+    assert load_settings(plain).store.writer == "pod-7"
+    assert load_settings(named).store.writer == "from-file"

@@ -198,3 +198,18 @@ def test_the_canonical_bytes_keep_old_rows_and_number_types_stable() -> None:
     assert of(before, ("x", 1000.5)) != of(before, ("x", 1000.0))
     raw = Table("bodies", ("call_id", "body"), raw=("body",))
     assert of(raw, ("x", b"")) != of(raw, ("x", None)) and of(raw, ("x", b"ab")) == of(raw, ("x", "ab"))
+
+
+def test_each_writer_keeps_a_chain_of_its_own(tmp_path: Path) -> None:
+    from interlock.config import Store as StoreSettings
+
+    path, ids = _store(tmp_path, count=2)  # writer "local"
+    with open_store(StoreSettings(path=path, writer="replica-b")) as other:
+        other.add(make_call(agent="b"))
+        other.add(make_call(agent="b"))
+        assert [(h["writer"], h["pos"]) for h in other.chain_heads()] == [("local", 2), ("replica-b", 2)]
+    code, report = _verify(path)
+    assert code == 0 and report["checked"] == 4 and set(report["writers"]) == {"local", "replica-b"}
+    _sql(path, "UPDATE calls SET model = 'other' WHERE agent = 'b' AND id = (SELECT max(id) FROM calls)")
+    code, report = _verify(path)
+    assert code == 1 and report["first_problem"]["writer"] == "replica-b"
