@@ -156,3 +156,26 @@ def test_an_agent_stopped_from_the_cli_is_refused_everywhere(running: Running) -
     wait_for(lambda: not refused())
     unknown = CliRunner().invoke(main, ["sessions", "resume", "never-stopped", "--store", store])
     assert unknown.exit_code == 1
+
+
+@pytest.mark.slow
+def test_a_stop_is_shared_by_a_fleet_on_postgresql(make_interlock: Any, postgres_server: Any) -> None:
+    """Two interlocks on one PostgreSQL store: a session stopped through one is refused by the other
+    within its poll interval, and resumed on both."""
+    url = postgres_server.database("kill_switch_fleet")
+    first = make_interlock(store={"url": url})
+    second = make_interlock(store={"url": url})
+    assert admin(first, "/api/sessions/shared-run/stop", {"reason": "fleet-wide"}).status_code == 200
+
+    def refused_by_second() -> bool:
+        try:
+            client(second, "shared-run").chat.completions.create(model="gpt-4o-mini", messages=HI)  # type: ignore[arg-type]
+        except openai.PermissionDeniedError as exc:
+            return protocol_error(exc)["code"] == "session_stopped"
+        return False
+
+    wait_for(refused_by_second)
+    assert admin(second, "/api/sessions/shared-run/resume").json()["resumed"] is True
+    wait_for(lambda: not refused_by_second())
+    # And the first one lifts it too, from the store.
+    wait_for(lambda: ("session", "shared-run") not in first.runtime.stops.stopped)
