@@ -45,3 +45,6 @@ def test_20_small_calls_after_a_128_mb_stream_are_recorded_within_2_s(
         assert big.chunks[-1].data.endswith(b"data: [DONE]\n\n")
         wait_for(lambda: recorder.counters()["large_calls"] == 1)  # counted just after its commit
         assert recorder.write_errors == 0
+        # Its chunks went in by pieces before its row: its link still covers them (docs/audit.md).
+        chain = store.verify_chain()
+        assert chain.ok and chain.checked == 21
