@@ -78,10 +78,12 @@ def pg_sql(sql: str) -> str:
 
 @lru_cache(maxsize=256)
 def _pg_insert(single: str, rows: int) -> str:
-    """SQLite's one-row `INSERT OR IGNORE` made a PostgreSQL insert of `rows` rows that skips conflicts."""
+    """SQLite's one-row `INSERT OR IGNORE` made a PostgreSQL insert of `rows` rows that skips conflicts,
+    in PostgreSQL's own `$n` parameters (for a `RawCursor`, below)."""
     head, _, group = single.partition(" VALUES ")
-    sql = f"{head.replace('INSERT OR IGNORE INTO', 'INSERT INTO')} VALUES {', '.join([group] * rows)}"
-    return pg_sql(sql) + " ON CONFLICT DO NOTHING"
+    width = group.count("?")
+    groups = ", ".join("(" + ", ".join(f"${row * width + i + 1}" for i in range(width)) + ")" for row in range(rows))
+    return f"{head.replace('INSERT OR IGNORE INTO', 'INSERT INTO')} VALUES {groups} ON CONFLICT DO NOTHING"
 
 
 def public_url(url: str) -> str:
@@ -403,14 +405,18 @@ def _storable(text: str) -> str:
 
 
 def _insert(cursor: psycopg.Cursor[Any], single: str, rows: Sequence[tuple[Any, ...]]) -> int:
-    """Insert `rows` as few multi-row statements; how many were new."""
+    """Insert `rows` as few multi-row statements (on `cursor`'s connection and transaction); how many
+    were new. A `RawCursor` with `$n` parameters: psycopg parses `%s` statements in Python and caches
+    only short ones, and a 128-row statement parsed per batch cost the writer ~200 µs of CPU a call
+    (profiled, 2 KB calls)."""
     if not rows:
         return 0
     added = 0
     limit = max(1, min(MAX_ROWS, _MAX_PARAMS // len(rows[0])))
-    for start, size in row_groups(len(rows), limit):
-        cursor.execute(_pg_insert(single, size), list(chain.from_iterable(rows[start : start + size])))
-        added += max(0, cursor.rowcount)
+    with psycopg.RawCursor(cursor.connection) as raw:
+        for start, size in row_groups(len(rows), limit):
+            raw.execute(_pg_insert(single, size), list(chain.from_iterable(rows[start : start + size])))
+            added += max(0, raw.rowcount)
     return added
 
 
