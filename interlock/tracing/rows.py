@@ -102,8 +102,10 @@ def insert_columns(insert: str) -> tuple[str, ...]:
 #: What a call's digest covers (`chain.py`): each table's rows as its INSERT writes them, in this
 #: order: (table, columns, its REAL columns, the columns hashed as raw bytes (BLOBs, and the long
 #: JSON texts: escaping them again as JSON cost more than hashing them), the key after `call_id`
-#: that orders a call's rows). The columns are fixed as they were when the chain came (schema 5):
-#: a column added later goes to the end of its INSERT and is named as `added` to `chain.Table`.
+#: that orders a call's rows). The columns hashed by position are fixed as they were when the chain
+#: came (schema 5, `CHAINED_WIDTHS` of them): a column added later goes to the end of its INSERT and
+#: is hashed by name, only when not NULL (`chain.Table.added`), so older rows keep their digests.
+CHAINED_WIDTHS = {"calls": 32, "bodies": 10, "chunks": 5, "attempts": 12, "events": 7}
 CHAINED_TABLES = (
     ("calls", insert_columns(INSERT_CALL), ("started_at", "ttfb_ms", "duration_ms"), ("error", "meta"), ""),
     (

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from interlock.tracing.chain import GENESIS, MAX_PROBLEMS, Link, Report, Table, digest, links, verify_writer
-from interlock.tracing.rows import CHAINED_TABLES
+from interlock.tracing.rows import CHAINED_TABLES, CHAINED_WIDTHS
 
 SCHEMA = """
 CREATE TABLE chain (
@@ -60,7 +60,13 @@ PAGE = 256
 #: Each chained table's canonical form (`chain.Table`), name, columns and the order of a call's rows.
 
 TABLES = tuple(
-    (Table(name, columns, reals, blobs), name, columns, order) for name, columns, reals, blobs, order in CHAINED_TABLES
+    (
+        Table(name, columns[: CHAINED_WIDTHS[name]], reals, raw, added=columns[CHAINED_WIDTHS[name] :]),
+        name,
+        columns,
+        order,
+    )
+    for name, columns, reals, raw, order in CHAINED_TABLES
 )
 
 

@@ -213,3 +213,41 @@ def test_each_writer_keeps_a_chain_of_its_own(tmp_path: Path) -> None:
     _sql(path, "UPDATE calls SET model = 'other' WHERE agent = 'b' AND id = (SELECT max(id) FROM calls)")
     code, report = _verify(path)
     assert code == 1 and report["first_problem"]["writer"] == "replica-b"
+
+
+#: The columns each call's digest covers by position, as they were when the chain came (schema 5).
+CHAINED_AT_SCHEMA_5 = {
+    "calls": "id trace_id span_id session agent route protocol method path model query stream status outcome"
+    " error_code error started_at ttfb_ms duration_ms input_tokens output_tokens attempt_count upstream truncated"
+    " rescued capture size workflow cost_usd cost_source parent_span_id meta",
+    "bodies": "call_id request_headers response_headers request_body upstream_body response_body agent_response_body"
+    " agent_chunks response_message extra",
+    "chunks": "call_id side seq t_ms data",
+    "attempts": "call_id seq upstream url model started_ms duration_ms ttfb_ms status error backoff_ms data",
+    "events": "call_id seq kind stage action name data",
+}
+
+
+def test_the_chained_columns_only_grow_at_the_end() -> None:
+    """Reordering or inserting a column among these would make every stored call fail `verify`:
+    a column added later goes at the end of its INSERT and is hashed by name (`chain.Table.added`)."""
+    from interlock.tracing.rows import CHAINED_TABLES, CHAINED_WIDTHS
+
+    for name, columns, *_ in CHAINED_TABLES:
+        frozen = tuple(CHAINED_AT_SCHEMA_5[name].split())
+        assert columns[: len(frozen)] == frozen, f"{name}: chained columns were reordered or one was inserted"
+        assert CHAINED_WIDTHS[name] == len(frozen)
+
+
+def test_a_column_added_after_the_chain_keeps_older_digests() -> None:
+    from interlock.tracing.store_chain import TABLES
+
+    calls = TABLES[0][0]
+    reals, raw = ("started_at", "ttfb_ms", "duration_ms"), ("error", "meta")
+    widened = Table("calls", CHAINED_AT_SCHEMA_5["calls"].split(), reals, raw, added=("later",))
+    row = tuple(1.5 if i in (16, 17, 18) else f"v{i}" for i in range(32))
+    before: list[bytes] = []
+    after: list[bytes] = []
+    calls.add(row, before)
+    widened.add((*row, None), after)  # an old row read back after a column was added
+    assert digest(before) == digest(after)
