@@ -434,7 +434,7 @@ class ProxyApp:
         finally:
             if continuation is not None:
                 await continuation.aclose()
-        if state.splicing and state.rescue is not None:
+        if state.splicing and state.rescue is not None and not call.truncated:
             call.rescued = True
             record = call.meta["rescue"]
             record["outcome"] = "rescued"
@@ -524,7 +524,9 @@ class ProxyApp:
         for event in splitter.feed(data):
             if state.splicing:
                 out.append(rescue.splice(event))
-            elif rescue.observe(event):
+            elif rescue.held_error is None and rescue.observe(event):
+                # (After an upstream error event nothing more is relayed, a terminator included: the
+                # stream failed, and ends as a failed one, continued or with that error.)
                 out.append(event.raw)
         return b"".join(out)
 

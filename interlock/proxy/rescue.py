@@ -58,6 +58,8 @@ async def open_continuation(
         "offset_chars": len(rescue.delivered),
         "offset_bytes": offset_bytes,
     }
+    if rescue.held_error is not None:  # the upstream's own error event, which the agent never sees if rescued
+        record["upstream_error_event"] = rescue.held_error[:2048].decode("utf-8", "replace")
     call.meta["rescue"] = record
     if call.attempts and call.attempts[-1].duration_ms is None:
         call.attempts[-1].duration_ms = call.elapsed_ms() - call.attempts[-1].started_ms

@@ -163,6 +163,7 @@ def test_an_upstream_error_event_mid_stream_is_never_seen_when_the_stream_is_con
     (call,) = finished(calls)
     assert call.rescued and "end-of-stream" in call.meta["rescue"]["failure"]
     assert b"overloaded_error" not in b"".join(c.data for c in call.chunks)
+    assert "overloaded_error" in call.meta["rescue"]["upstream_error_event"]  # on record, not lost
 
 
 def test_an_upstream_error_event_is_the_agents_error_when_the_stream_cannot_be_continued(
@@ -354,3 +355,17 @@ def test_a_chat_continuation_keeps_the_first_id_and_drops_the_role() -> None:
     ]
     assert {c["id"] for c in chunks} == {"chatcmpl-1"}
     assert all("role" not in c["choices"][0]["delta"] for c in chunks)
+
+
+def test_after_an_upstream_error_event_nothing_is_relayed_not_even_the_terminator() -> None:
+    # A server that sends its error and then `[DONE]` must not make a failed answer look complete.
+    from interlock.proxy.app import ProxyApp, _Watch
+    from interlock.proxy.protocols.rescue import ChatRescue
+    from interlock.proxy.protocols.sse import EventSplitter
+
+    state = _Watch()
+    state.rescue, state.splitter = ChatRescue(), EventSplitter()
+    first = b'data: {"id":"a","choices":[{"index":0,"delta":{"content":"hi"}}]}\n\n'
+    error = b'data: {"error": {"message": "boom", "type": "server_error"}}\n\n'
+    assert ProxyApp._follow(first + error + b"data: [DONE]\n\n", state) == first
+    assert state.rescue.held_error == error and state.rescue.delivered == "hi"
