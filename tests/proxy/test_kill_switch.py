@@ -24,8 +24,8 @@ from tests.proxy.routing_support import anthropic_client, wait_for
 from tests.sdk_errors import protocol_error
 
 HI = [{"role": "user", "content": "hi"}]
-#: A stream that would last about a minute: 400 deltas, 0.15 s apart.
-SLOW = Script(text="word " * 400, chunk_size=5, chunk_delay=0.15)
+#: A stream that would last about 15 s (100 deltas, 0.15 s apart): far past the 1 s a stop may take.
+SLOW = Script(text="word " * 100, chunk_size=5, chunk_delay=0.15)
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +40,22 @@ def running(make_interlock: Any, hook: ScriptedUpstream) -> Running:
     return make_interlock(escalation={"webhook": hook.url + "/hook"})  # type: ignore[no-any-return]
 
 
+_CLIENTS: list[openai.OpenAI | anthropic.Anthropic] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    yield
+    while _CLIENTS:
+        _CLIENTS.pop().close()
+
+
 def client(running: Running, session: str = "run-1", agent: str = "coder") -> openai.OpenAI:
+    """An SDK client for this session and agent (closed after the test)."""
     headers = {"X-Interlock-Session": session, "X-Interlock-Agent": agent}
-    return openai.OpenAI(base_url=running.url + "/openai", api_key="sk-agent", max_retries=0, default_headers=headers)
+    sdk = openai.OpenAI(base_url=running.url + "/openai", api_key="sk-agent", max_retries=0, default_headers=headers)
+    _CLIENTS.append(sdk)
+    return sdk
 
 
 def admin(running: Running, path: str, body: dict[str, Any] | None = None) -> httpx.Response:
@@ -112,6 +125,7 @@ def test_a_session_stopped_mid_stream_ends_within_a_second_and_stays_stopped(
 def test_an_anthropic_stream_is_ended_with_its_error_event(running: Running, upstream: ScriptedUpstream) -> None:
     upstream.script(SLOW)
     sdk = anthropic_client(running)
+    _CLIENTS.append(sdk)  # closed after the test like the others
     headers = {"X-Interlock-Session": "run-a"}
 
     def stream() -> Any:
@@ -131,6 +145,23 @@ def test_an_anthropic_stream_is_ended_with_its_error_event(running: Running, ups
     reader.join(timeout=30)
     assert reader.ended_at is not None and reader.ended_at - asked < 1.0
     assert isinstance(reader.error, anthropic.APIError)
+    assert protocol_error(reader.error)["code"] == "session_stopped"
+
+
+def test_a_call_waiting_for_its_answer_is_ended_with_the_error_reply(
+    running: Running, upstream: ScriptedUpstream
+) -> None:
+    upstream.script(Script(delay=3))  # the upstream would answer in 3 s (a stop must not wait for it)
+    sdk = client(running, "waiting")
+    reader = Reader(lambda: [sdk.chat.completions.create(model="gpt-4o-mini", messages=HI)])
+    reader.start()
+    wait_for(lambda: len(upstream.requests) >= 1)  # the call is in flight, upstream
+    stopped = admin(running, "/api/sessions/waiting/stop", {"reason": "enough"})
+    asked = time.monotonic()
+    assert stopped.json()["calls_ended"] == 1
+    reader.join(timeout=30)
+    assert reader.ended_at is not None and reader.ended_at - asked < 1.0
+    assert isinstance(reader.error, openai.PermissionDeniedError)
     assert protocol_error(reader.error)["code"] == "session_stopped"
 
 
