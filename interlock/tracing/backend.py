@@ -16,7 +16,7 @@ docs/store.md says what each method promises.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
@@ -243,9 +243,10 @@ class Store(Protocol):
 
     # -- tamper evidence and audit ---------------------------------------------------------------
 
-    def verify_chain(self) -> Report:
+    def verify_chain(self, anchors: Mapping[str, Mapping[int, str]] | None = None) -> Report:
         """Walk every writer's chain from its checkpoint, recomputing each call's link from its
-        stored rows; the report names the altered, deleted and inserted calls (docs/audit.md)."""
+        stored rows; the report names the altered, deleted and inserted calls (docs/audit.md).
+        `anchors` (writer → position → hash, kept outside the store) catch a rewritten or cut chain."""
 
     def audit_calls(
         self,

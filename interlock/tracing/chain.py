@@ -32,7 +32,7 @@ hash once retention pruned the chain's start.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -140,7 +140,7 @@ class Link:
 class Problem:
     """What verification found wrong, naming the call."""
 
-    kind: str  # "altered", "deleted", "inserted", "missing"
+    kind: str  # "altered", "deleted", "inserted", "rewritten", "truncated"
     call_id: str | None
     writer: str | None
     message: str
@@ -161,6 +161,8 @@ class Report:
     checked: int = 0
     #: Why there is nothing to verify (an old bundle with no chain tables), or None.
     absent: str | None = None
+    #: Anchors that could not be checked (pruned into a checkpoint past them).
+    unanchored: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -182,6 +184,7 @@ class Report:
             "problems": [p.as_dict() for p in self.problems],
             "writers": self.writers,
             "absent": self.absent,
+            "unanchored": self.unanchored,
         }
 
 
@@ -191,11 +194,24 @@ def verify_writer(
     checkpoint: tuple[int, str] | None,
     chain: Iterator[list[Link]],
     call_digests: Callable[[list[str]], dict[str, bytes]],
+    anchors: Mapping[int, str] | None = None,
 ) -> None:
     """Walk one writer's links (pages of them, in position order) from its checkpoint, recomputing
     each live call's link from its stored rows (`call_digests`: id → digest of the calls still
-    stored). Adds what is wrong to `report`, and the writer's head to `report.writers`."""
+    stored). Adds what is wrong to `report`, and the writer's head to `report.writers`.
+
+    `anchors` (position → hash, recorded outside the store) must still be on the chain: a link
+    there with another hash means the chain was rewritten from that point; a chain that ends before
+    one means calls were cut from its end. Neither shows on the chain alone (docs/audit.md)."""
+    anchors = dict(anchors or {})
     pos, previous = checkpoint or (0, GENESIS)
+    if checkpoint is not None:
+        for anchored in [p for p in anchors if p <= checkpoint[0]]:
+            expected = anchors.pop(anchored)
+            if anchored == checkpoint[0] and expected != checkpoint[1]:
+                report.problem("rewritten", None, writer, _rewritten(writer, anchored, "the checkpoint"))
+            elif anchored < checkpoint[0]:
+                report.unanchored.append(f"writer {writer!r} link {anchored}: pruned into the checkpoint")
     last_id: str | None = None
     checked = gone = 0
     for page in chain:
@@ -230,8 +246,19 @@ def verify_writer(
                         f" {writer!r} does not match its stored rows)",
                     )
                 checked += 1
+            wanted = anchors.pop(link.pos, None)
+            if wanted is not None and wanted != link.hash:
+                report.problem("rewritten", link.call_id, writer, _rewritten(writer, link.pos, f"call {link.call_id}"))
             # Go on from the recorded hash: one altered call is reported once, not every call after it.
             pos, previous, last_id = link.pos, link.hash, link.call_id
+    for anchored in sorted(anchors):
+        report.problem(
+            "truncated",
+            None,
+            writer,
+            f"writer {writer!r}'s chain ends at link {pos}, but link {anchored} was anchored: calls were cut"
+            " from its end",
+        )
     report.checked += checked
     report.writers[writer] = {
         "head_pos": pos,
@@ -240,6 +267,10 @@ def verify_writer(
         "checked": checked,
         "gone": gone,
     }
+
+
+def _rewritten(writer: str, pos: int, what: str) -> str:
+    return f"link {pos} of writer {writer!r} ({what}) is not the anchored one: the chain was rewritten from there on"
 
 
 __all__ = [

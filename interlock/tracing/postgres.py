@@ -20,7 +20,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
 from itertools import chain
@@ -331,11 +331,11 @@ class PostgresStore(WorkflowReads, PostgresPins, PostgresStops, AuditReads):
 
     # -- tamper evidence -------------------------------------------------------------------------
 
-    def verify_chain(self) -> Report:
+    def verify_chain(self, anchors: Mapping[str, Mapping[int, str]] | None = None) -> Report:
         """`store_chain.verify` in one REPEATABLE READ transaction (a snapshot; writers go on)."""
         with self.connection() as conn, conn.transaction(), conn.cursor() as cursor:
             cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            return store_chain.verify(_run(cursor))
+            return store_chain.verify(_run(cursor), anchors)
 
     def chain_heads(self) -> list[dict[str, Any]]:
         with self.connection() as conn, conn.cursor() as cursor:

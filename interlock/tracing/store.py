@@ -17,7 +17,7 @@ import sqlite3
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -306,7 +306,7 @@ class SQLiteStore(WorkflowReads, SQLitePins, SQLiteStops, AuditReads):
 
     # -- tamper evidence -------------------------------------------------------------------------
 
-    def verify_chain(self) -> Report:
+    def verify_chain(self, anchors: Mapping[str, Mapping[int, str]] | None = None) -> Report:
         """Recompute every call's link from its stored rows (`store_chain.verify`), in one read
         transaction (a snapshot of the file: the writer goes on meanwhile)."""
         conn = self.conn
@@ -314,7 +314,7 @@ class SQLiteStore(WorkflowReads, SQLitePins, SQLiteStops, AuditReads):
             return Report(absent=store_chain.ABSENT)
         conn.execute("BEGIN")
         try:
-            return store_chain.verify(store_chain.sqlite_run(conn))
+            return store_chain.verify(store_chain.sqlite_run(conn), anchors)
         finally:
             conn.execute("COMMIT")
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from interlock.tracing.chain import GENESIS, MAX_PROBLEMS, Link, Report, Table, digest, links, verify_writer
@@ -159,12 +159,14 @@ def _pages(run: Run, writer: str, after: int) -> Iterator[list[Link]]:
         after = rows[-1][0]
 
 
-def verify(run: Run) -> Report:
-    """Walk every writer's chain and look for calls on none. The caller runs it in one read
-    transaction (a snapshot: the writer may go on meanwhile)."""
+def verify(run: Run, anchors: Mapping[str, Mapping[int, str]] | None = None) -> Report:
+    """Walk every writer's chain (checking `anchors`: writer → position → hash) and look for calls
+    on none. The caller runs it in one read transaction (a snapshot: the writer may go on meanwhile)."""
     report = Report()
+    anchors = anchors or {}
     checkpoints = {w: (int(p), h) for w, p, h in run("SELECT writer, pos, hash FROM chain_checkpoints", ())}
-    writers = sorted({r[0] for r in run("SELECT DISTINCT writer FROM chain", ())} | set(checkpoints))
+    found = {r[0] for r in run("SELECT DISTINCT writer FROM chain", ())}
+    writers = sorted(found | set(checkpoints) | set(anchors))
     for writer in writers:
         checkpoint = checkpoints.get(writer)
         verify_writer(
@@ -173,6 +175,7 @@ def verify(run: Run) -> Report:
             checkpoint,
             _pages(run, writer, checkpoint[0] if checkpoint else 0),
             lambda ids: stored_digests(run, ids),
+            anchors.get(writer),
         )
     start = run("SELECT coalesce(max(before_seq), 0) FROM chain_start", ())[0][0]
     unlinked = "FROM calls c WHERE NOT EXISTS (SELECT 1 FROM chain k WHERE k.call_id = c.id)"

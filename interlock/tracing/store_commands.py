@@ -82,16 +82,36 @@ def migrate(as_json: bool, store_path: str | None, config: str | None) -> None:
 __all__ = ["store"]
 
 
+def _anchors(given: tuple[str, ...]) -> dict[str, dict[int, str]]:
+    """`WRITER:POS:HASH` values (as `verify --json` printed a head) by writer and position."""
+    anchors: dict[str, dict[int, str]] = {}
+    for value in given:
+        writer, _, rest = value.rpartition(":")
+        writer, _, pos = writer.rpartition(":")
+        if not writer or not pos.isdigit() or len(rest) != 64 or any(c not in "0123456789abcdef" for c in rest):
+            raise click.BadParameter(f"{value!r}: use WRITER:POS:HASH (a head `verify --json` printed)")
+        anchors.setdefault(writer, {})[int(pos)] = rest
+    return anchors
+
+
 @store.command("verify")
 @click.option("--json", "as_json", is_flag=True, help="The report as one JSON object.")
+@click.option(
+    "--anchor",
+    "anchors",
+    multiple=True,
+    help="WRITER:POS:HASH of a head recorded outside the store earlier: it must still be on the chain.",
+)
 @with_store
-def verify(as_json: bool, store_path: str | None, config: str | None) -> None:
+def verify(as_json: bool, anchors: tuple[str, ...], store_path: str | None, config: str | None) -> None:
     """Check the tamper-evident chain: recompute every recorded call's link from its stored rows.
 
-    Exits 1 naming the first altered, deleted or inserted call (docs/audit.md); 0 when it verifies."""
+    Exits 1 naming the first altered, deleted or inserted call, or an anchored head that was
+    rewritten or cut off (docs/audit.md); 0 when it verifies."""
+    anchored = _anchors(anchors)
     opened = open_store(store_path, config)
     try:
-        report = opened.verify_chain()
+        report = opened.verify_chain(anchored)
         heads = opened.chain_heads()
     finally:
         opened.close()
@@ -108,6 +128,8 @@ def verify(as_json: bool, store_path: str | None, config: str | None) -> None:
             click.echo(f"{report.unchained} calls were recorded before the chain (not covered)")
         if report.absent:
             click.echo(report.absent)
+        for note in report.unanchored:
+            click.echo(f"anchor not checked: {note}")
         verdict = "verifies" if report.ok else "does NOT verify"
         click.echo(f"chain {verdict}: {report.checked} calls checked, {report.problem_count} problems")
     if not report.ok:

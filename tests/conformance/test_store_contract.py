@@ -407,3 +407,15 @@ def test_audit_calls_give_the_window_oldest_first_with_events_and_no_values(
     assert rows[1]["response_body"] == others[0].response_body and rows[1]["stream"] is False
     assert [r["id"] for r in store.audit_calls(agent="other", since=1002.0)] == [c.id for c in others[1:]]
     assert [r["id"] for r in store.audit_calls(model="gpt-4o", session="s1", until=1000.5)] == [tool.id]
+
+
+def test_anchors_kept_outside_catch_a_cut_or_rewritten_chain(store: Store) -> None:
+    store.write([make_call(started_at=1000.0 + i).to_record() for i in range(3)])
+    head = store.chain_heads()[0]
+    writer, pos, hash_ = head["writer"], head["pos"], head["hash"]
+    assert store.verify_chain({writer: {pos: hash_}}).ok
+    cut = store.verify_chain({writer: {pos + 2: hash_}})
+    assert not cut.ok and cut.problems[0].kind == "truncated"
+    rewritten = store.verify_chain({writer: {1: "0" * 64}})
+    assert not rewritten.ok and rewritten.problems[0].kind == "rewritten"
+    assert not store.verify_chain({"nobody": {1: hash_}}).ok  # a writer whose chain is gone entirely

@@ -251,3 +251,25 @@ def test_a_column_added_after_the_chain_keeps_older_digests() -> None:
     calls.add(row, before)
     widened.add((*row, None), after)  # an old row read back after a column was added
     assert digest(before) == digest(after)
+
+
+def test_an_anchored_head_catches_a_cut_or_rewritten_chain(tmp_path: Path) -> None:
+    path, ids = _store(tmp_path, count=4)
+    head = _verify(path)[1]["heads"][0]
+    anchor = f"{head['writer']}:{head['pos']}:{head['hash']}"  # kept outside the store, say
+    ok = CliRunner().invoke(main, ["store", "verify", "--store", path, "--json", "--anchor", anchor])
+    assert ok.exit_code == 0 and json.loads(ok.output)["ok"]
+    # The newest call and its link removed together: the chain alone still verifies ...
+    _sql(path, "DELETE FROM calls WHERE id = ?", ids[-1])
+    _sql(path, "DELETE FROM chain WHERE call_id = ?", ids[-1])
+    assert _verify(path)[0] == 0
+    # ... the anchor does not.
+    cut = CliRunner().invoke(main, ["store", "verify", "--store", path, "--json", "--anchor", anchor])
+    assert cut.exit_code == 1 and json.loads(cut.output)["first_problem"]["kind"] == "truncated"
+    # A link rewritten where the anchor is: named.
+    earlier = f"local:2:{'0' * 64}"
+    rewritten = CliRunner().invoke(main, ["store", "verify", "--store", path, "--json", "--anchor", earlier])
+    problem = json.loads(rewritten.output)["first_problem"]
+    assert rewritten.exit_code == 1 and problem["kind"] == "rewritten" and problem["call_id"] == ids[1]
+    bad = CliRunner().invoke(main, ["store", "verify", "--store", path, "--anchor", "local:two:abc"])
+    assert bad.exit_code == 2
