@@ -13,12 +13,11 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from interlock.proxy.protocols import ADAPTERS, known_protocol
 from interlock.yamlsource import Document, SourceError, load_yaml, parse_yaml
 
 #: The keys a `prices:` entry may have, USD per million tokens (`interlock.prices`).
 PRICE_KEYS = ("input", "output", "cached_input", "cache_write")
-
-Protocol = Literal["openai", "anthropic", "mcp", "http"]
 
 
 class Model(BaseModel):
@@ -257,7 +256,8 @@ class ModelTarget(Model):
 
 
 class Route(Model):
-    protocol: Protocol = "openai"
+    #: A name in `interlock.proxy.protocols.ADAPTERS` (openai, anthropic, mcp, http, ...).
+    protocol: str = "openai"
     #: Shorthand for a single upstream.
     upstream: str | None = None
     api_key: str | None = None
@@ -280,26 +280,35 @@ class Route(Model):
     def _upstream_url(cls, value: str | None) -> str | None:
         return None if value is None else http_url(value)
 
+    @field_validator("protocol")
+    @classmethod
+    def _protocol(cls, value: str) -> str:
+        return known_protocol(value)
+
     @model_validator(mode="after")
     def _one_upstream_form(self) -> Route:
         if self.upstream and self.upstreams:
             raise ValueError("give either `upstream` or `upstreams`, not both")
         if not self.upstream and not self.upstreams:
-            raise ValueError("a route needs `upstream` or `upstreams`")
+            default = ADAPTERS[self.protocol].default_upstream
+            if default is None:
+                raise ValueError("a route needs `upstream` or `upstreams`")
+            object.__setattr__(self, "upstream", default)
         if self.upstream:
             object.__setattr__(self, "upstreams", (Upstream(url=self.upstream, api_key=self.api_key),))
         names = self.upstream_names()
         if len(set(names)) != len(names):
             raise ValueError("upstream names must be unique within a route")
-        if self.stream_rescue and self.protocol not in ("openai", "anthropic"):
-            raise ValueError("stream_rescue continues openai chat and anthropic messages streams only")
-        if self.protocol == "anthropic":
-            for upstream in self.upstreams:
-                if upstream.prefill in ("prefix", "continue_final_message"):
-                    raise ValueError(
-                        f"upstream {upstream.name or upstream.url!r}: prefill {upstream.prefill!r} is an "
-                        "OpenAI-compatible server's; Anthropic continues a trailing assistant message (assistant)"
-                    )
+        adapter = ADAPTERS[self.protocol]
+        if self.stream_rescue and not adapter.stream_rescue:
+            able = ", ".join(name for name, a in ADAPTERS.items() if a.stream_rescue)
+            raise ValueError(f"stream_rescue continues the streams of {able} routes only")
+        for upstream in self.upstreams:
+            if upstream.prefill is not None and upstream.prefill not in adapter.prefills:
+                raise ValueError(
+                    f"upstream {upstream.name or upstream.url!r}: prefill {upstream.prefill!r} is not how a "
+                    f"{self.protocol} upstream continues a message (use one of {', '.join(sorted(adapter.prefills))})"
+                )
         for alias, chain in self.models.items():
             if not chain:
                 raise ValueError(f"model alias {alias!r} needs at least one target")

@@ -37,6 +37,7 @@ from fnmatch import fnmatchcase
 from typing import Any
 
 from interlock.config import PRICE_KEYS, Settings
+from interlock.proxy.protocols import ADAPTERS
 from interlock.proxy.protocols.base import TokenUsage
 from interlock.tracing.call import Call
 
@@ -44,7 +45,6 @@ log = logging.getLogger("interlock.prices")
 
 CATALOGUE = "genai-prices"
 #: Where the provider is not found by the upstream's URL, the protocol says which provider it speaks.
-PROTOCOL_PROVIDERS = {"openai": "openai", "anthropic": "anthropic"}
 #: Bound on the remembered (provider, model) lookups: model names come from agents.
 _MEMO_SIZE = 4096
 
@@ -151,7 +151,7 @@ class Pricing:
     def price_call(self, call: Call, usage: TokenUsage | None) -> Cost | None:
         """The call's price, from its usage (None: nothing to price). Priced at the upstream and
         model it was last sent to (routing may have failed over or rewritten the model)."""
-        if call.protocol == "mcp":
+        if ADAPTERS[call.protocol].tool_server:
             view = call.view
             if view is not None and view.operation == "tools/call":
                 return self.tool_cost(view.tool_name)
@@ -165,7 +165,7 @@ class Pricing:
 
     def priced(self, protocol: str, url: str | None, model: str | None) -> bool:
         """Whether a call to `model` has a price (for a money budget's `unpriced` rule, before the call)."""
-        if protocol == "mcp":
+        if ADAPTERS[protocol].tool_server:
             return True
         if self.overrides.get(model) is not None:
             return True
@@ -181,7 +181,7 @@ class Pricing:
 
     def cost(self, protocol: str, url: str | None, model: str | None, usage: TokenUsage | None) -> Cost | None:
         """The price of a call with this usage; None when there is nothing to price (no usage)."""
-        if protocol == "mcp":
+        if ADAPTERS[protocol].tool_server:
             return None
         if usage is None:
             return None
@@ -239,8 +239,8 @@ class Pricing:
         found = None
         if url is not None:
             found = next((p for p in CATALOGUE_DATA.providers if p.api_pattern and re.match(p.api_pattern, url)), None)
-        if found is None and protocol in PROTOCOL_PROVIDERS:
-            wanted = PROTOCOL_PROVIDERS[protocol]
+        wanted = ADAPTERS[protocol].price_provider if protocol in ADAPTERS else None
+        if found is None and wanted is not None:
             found = next((p for p in CATALOGUE_DATA.providers if p.id == wanted), None)
         if len(self._providers) < _MEMO_SIZE:
             self._providers[key] = found

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from interlock.policies.engine import Engine, Subject, tool_denial_message
 from interlock.policies.loops import LoopMemory, LoopStage
 from interlock.policies.stage import apply_changes
-from interlock.proxy.protocols import ADAPTERS, BadRequest
+from interlock.proxy.protocols import ADAPTERS, BadRequest, known_protocol
 from interlock.proxy.protocols.base import ToolCall
 from interlock.tracing.call import Call, new_id
 from interlock.yamlsource import Document, SourceError, load_yaml
@@ -45,7 +45,7 @@ class ToolRequest(_Model):
 
 class CaseRequest(_Model):
     route: str = "openai"
-    protocol: Literal["openai", "anthropic", "mcp", "http"] | None = Field(
+    protocol: str | None = Field(
         None,
         description="Defaults to the route's protocol from --config, else the route's name if it is a protocol,"
         " else mcp for a `tool` call, else openai.",
@@ -54,6 +54,12 @@ class CaseRequest(_Model):
     session: str | None = None
     model: str | None = None
     method: str = "POST"
+
+    @field_validator("protocol")
+    @classmethod
+    def _known_protocol(cls, value: str | None) -> str | None:
+        return None if value is None else known_protocol(value)
+
     path: str | None = None
     tools: tuple[str, ...] = ()
     input_chars: int = 2
@@ -161,15 +167,12 @@ def _known_keys(document: Document, loc: tuple[Any, ...]) -> set[Any]:
     return keys
 
 
-_DEFAULT_PATHS = {"openai": "/chat/completions", "anthropic": "/v1/messages", "mcp": "/mcp", "http": "/"}
-
-
 def build_call(request: CaseRequest, routes: dict[str, str] | None = None) -> Call:
     """A Call as the proxy would hold it after identify and parse."""
     protocol = request.protocol or (routes or {}).get(request.route)
     if protocol is None:  # no config: guess from the route's name, or from an MCP tool call
-        protocol = request.route if request.route in _DEFAULT_PATHS else "mcp" if request.tool else "openai"
-    path = request.path or _DEFAULT_PATHS[protocol]
+        protocol = request.route if request.route in ADAPTERS else "mcp" if request.tool else "openai"
+    path = request.path or ADAPTERS[protocol].default_path
     body = request.body if request.body is not None else _body(protocol, request, path)
     call = Call(
         id=new_id(),
@@ -191,29 +194,13 @@ def build_call(request: CaseRequest, routes: dict[str, str] | None = None) -> Ca
 
 
 def _body(protocol: str, request: CaseRequest, path: str) -> dict[str, Any] | None:
-    text = "x" * request.input_chars
-    if protocol == "mcp":
-        if request.tool is None:
-            return {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
-        params = {"name": request.tool.name, "arguments": request.tool.arguments}
-        return {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params}
-    if protocol == "http" or request.method.upper() != "POST":
+    adapter = ADAPTERS[protocol]
+    if request.method.upper() != "POST" and not adapter.is_jsonrpc:
         return None
-    body: dict[str, Any] = {"model": request.model} if request.model is not None else {}
-    if protocol == "anthropic":
-        body.update(max_tokens=1024, messages=[{"role": "user", "content": text}])
-        if request.tools:
-            body["tools"] = [{"name": n, "input_schema": {"type": "object"}} for n in request.tools]
-    elif path.endswith("/responses"):
-        body["input"] = text
-        if request.tools:
-            body["tools"] = [{"type": "function", "name": n, "parameters": {"type": "object"}} for n in request.tools]
-    else:
-        body["messages"] = [{"role": "user", "content": text}]
-        if request.tools:
-            body["tools"] = [
-                {"type": "function", "function": {"name": n, "parameters": {"type": "object"}}} for n in request.tools
-            ]
+    tool = (request.tool.name, request.tool.arguments) if request.tool is not None else None
+    body = adapter.sample_body(path, "x" * request.input_chars, request.model, request.tools, tool)
+    if body is None or not adapter.model_api:
+        return body
     if request.stream:
         body["stream"] = True
     body.update(request.params)

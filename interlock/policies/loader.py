@@ -25,6 +25,7 @@ from pydantic import ValidationError
 from interlock.policies.cel import ConditionError, compile_condition
 from interlock.policies.engine import CompiledRule, Engine
 from interlock.policies.model import Effect, Limits, Loop, Match, PolicyFile, Rule
+from interlock.proxy.protocols.mcp import is_mcp
 from interlock.yamlsource import Document, SourceError, parse_yaml
 
 log = logging.getLogger("interlock.policies")
@@ -211,7 +212,7 @@ def _lint(
                     f"unknown route {pattern!r}: the rule can never match (routes: {', '.join(routes)}){hint}",
                 )
             )
-        elif rule.match.tool is not None and all(routes[name] != "mcp" for name in matched):
+        elif rule.match.tool is not None and not any(is_mcp(routes[name]) for name in matched):
             found.append(
                 _problem(
                     document,
@@ -220,7 +221,7 @@ def _lint(
                 )
             )
     if routes is not None and rule.match.route is None and rule.match.tool is not None:
-        if all(protocol != "mcp" for protocol in routes.values()):
+        if not any(is_mcp(protocol) for protocol in routes.values()):
             found.append(
                 _problem(
                     document,

@@ -42,9 +42,8 @@ from typing import TYPE_CHECKING, Any
 
 from interlock.proxy.protocols import ADAPTERS
 from interlock.proxy.protocols.base import ToolCall, response_json
-from interlock.proxy.protocols.conversation import ChatMessage, conversation
+from interlock.proxy.protocols.conversation import ChatMessage
 from interlock.proxy.protocols.mcp import McpAdapter, McpView
-from interlock.proxy.protocols.reassemble import reassemble_stream
 from interlock.proxy.protocols.sse import EventSplitter
 from interlock.tracing.call import Call, Decision
 
@@ -175,7 +174,7 @@ class _Stream:
     """A streamed answer under an enforcing `tool_calls` check: its events, and those held back from
     the first one that names a tool (its call is judged when the stream is whole)."""
 
-    splitter: EventSplitter = field(default_factory=EventSplitter)
+    splitter: EventSplitter
     events: list[bytes] = field(default_factory=list)
     held: list[bytes] = field(default_factory=list)
 
@@ -224,8 +223,8 @@ class LoopStage:
                 key = _digest("mcp", view.tool_name, canonical_arguments(view.tool_arguments or {}))
                 what = f"MCP tool call {view.tool_name!r} (same arguments)"
                 sightings += _tally(history.tool_calls, key, rules, "tool_calls", what)
-        elif call.protocol in ("openai", "anthropic"):
-            messages = conversation(call.protocol, call.request_json, None)  # parsed once, by the adapter
+        elif ADAPTERS[call.protocol].model_api:
+            messages = ADAPTERS[call.protocol].conversation(call.request_json, None)  # parsed once, by the adapter
             if messages:
                 turn = new_turn(messages)
                 what = f"request (the same new turn of {len(turn)} message{'s' if len(turn) != 1 else ''})"
@@ -250,7 +249,7 @@ class LoopStage:
         rules: list[CompiledRule] | None = call.loop_rules
         if not rules or call.reply is not None or (call.status or 0) >= 400:
             return
-        if call.stream or call.protocol not in ("openai", "anthropic"):
+        if call.stream or not ADAPTERS[call.protocol].model_api:
             return  # streams are judged in `chunk`
         await self.judge_answer(call, ADAPTERS[call.protocol].response_tool_calls(response_json(call)))
 
@@ -264,14 +263,14 @@ class LoopStage:
 
     async def chunk(self, call: Call, data: bytes, last: bool) -> bytes:
         rules: list[CompiledRule] | None = call.loop_rules
-        if not rules or call.protocol not in ("openai", "anthropic"):
+        adapter = ADAPTERS[call.protocol]
+        if not rules or not adapter.model_api:
             return data
         stream = self._streams.get(call.id)
         if stream is None:
             if not any(_checks(r, "tool_calls") for r in rules):
                 return data  # no rule counts tool calls: nothing in this stream to read
-            stream = self._streams[call.id] = _Stream()
-        adapter = ADAPTERS[call.protocol]
+            stream = self._streams[call.id] = _Stream(adapter.event_splitter())
         holds = any(_checks(r, "tool_calls") and _enforces(r) for r in rules)
         out: list[bytes] = []
         for event in stream.splitter.feed(data):
@@ -288,7 +287,7 @@ class LoopStage:
         del self._streams[call.id]
         if call.truncated or call.outcome == "blocked":
             return b"".join(out + stream.held) + pending  # cut short already: nothing whole to judge
-        message = reassemble_stream(call.protocol, b"".join(stream.events))
+        message = adapter.reassemble_stream(b"".join(stream.events))
         refusal = await self.judge_answer(call, adapter.response_tool_calls(message), streamed=True)
         if refusal is not None:
             return b"".join(out) + adapter.stream_error_event(LOOP_CODE, refusal)
@@ -433,7 +432,7 @@ class LoopStage:
         rules: list[CompiledRule] | None = call.loop_rules
         # An MCP result is read here, not at `response`: the SDK clients close a reply's SSE stream
         # as soon as its answer arrives, and such a call reaches `seal` without a `response` hook.
-        if rules and call.protocol == "mcp" and call.reply is None and (call.status or 0) < 400:
+        if rules and isinstance(call.view, McpView) and call.reply is None and (call.status or 0) < 400:
             await self._mcp_result(call, rules)
 
 

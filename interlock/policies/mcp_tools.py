@@ -20,7 +20,7 @@ from interlock.policies.engine import Subject
 from interlock.policies.loader import PolicyRuntime
 from interlock.policies.stage import route_hosts
 from interlock.proxy.mcp import ToolsListRewriter
-from interlock.proxy.protocols.mcp import McpView
+from interlock.proxy.protocols.mcp import McpView, is_mcp
 from interlock.tracing.call import Call, Decision
 
 
@@ -37,7 +37,7 @@ class McpToolFilter(ToolsListRewriter):
     def applies(self, call: Call) -> bool:
         view = call.view
         return (
-            call.protocol == "mcp"
+            is_mcp(call.protocol)
             and isinstance(view, McpView)
             and view.method == "tools/list"
             and call.reply is None

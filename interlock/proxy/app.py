@@ -90,7 +90,7 @@ class ProxyApp:
         try:
             # Who may call at all, and which paths and bodies: before any stage (docs/security.md).
             refusal, cors_origin = self.edge.check(
-                headers, rest if route else None, route is not None and route.protocol != "http"
+                headers, rest if route else None, route is not None and not ADAPTERS[route.protocol].opaque
             )
             if cors_origin is not None:
                 send = _with_cors(send, cors_origin)
@@ -374,7 +374,7 @@ class ProxyApp:
         markers = adapter.stream_end_markers if (call.status or 0) < 400 and not adapter.open_ended(call) else ()
         capture = state.capture = StreamCapture(call.chunks, keep, markers)
         # A plain `http` route's event stream may not frame its events as SSE: relayed as it comes.
-        state.whole_events = call.protocol != "http"
+        state.whole_events = not adapter.opaque
         if sent is not None:
             state.sent_capture = StreamCapture(sent, keep)
         if route.stream_rescue and isinstance(opened, Opened) and (call.status or 0) < 400:

@@ -258,15 +258,16 @@ class Forwarder:
         `body`: send this instead of the call's request (a stream rescue's continuation)."""
         state = target.state
         upstream = state.upstream
+        path = call.path
         if body is None:
-            body = self._body(call, target, plain)
+            body, path = self._body(call, adapter, target, plain)
         else:
             call.upstream_body = body
         headers = upstream_headers(call, adapter, upstream, body_len=len(body))
-        url = upstream_url(upstream, call)
+        url = upstream_url(upstream, call, path)
         attempt = Attempt(
             upstream=state.name,
-            url=url if call.upstream_query is None and "@" not in url else recorded_url(upstream, call),
+            url=url if call.upstream_query is None and "@" not in url else recorded_url(upstream, call, path),
             model=target.model or call.model,
             started_ms=call.elapsed_ms(),
             backoff_ms=backoff_ms,
@@ -378,17 +379,23 @@ class Forwarder:
             call.attempts[-1].error = f"{DEADLINE}: {message}"
             return Failure(DEADLINE, message, sent=True)
 
-    def _body(self, call: Call, target: Target, plain: bytes | None) -> bytes:
-        """What this attempt sends: the request, with `model` rewritten when the target asks for
-        another model (from `request_json`, so other stages' edits are kept)."""
+    def _body(self, call: Call, adapter: Adapter, target: Target, plain: bytes | None) -> tuple[bytes, str]:
+        """What this attempt sends, and to which path: the request, with the model rewritten by the
+        adapter (in the body or the URL) when the target asks for another model (from
+        `request_json`, so other stages' edits are kept)."""
         model = target.model
         if model is not None:
-            data = call.request_json
-            if isinstance(data, dict) and data.get("model") != model:
-                body = dump_body({**data, "model": model})
+            rewritten = adapter.rewrite_model(call.request_json, call.path, model)
+            if rewritten is not None:
+                data, path = rewritten
+                body = dump_body(data) if data is not call.request_json else self._plain(call, plain)
                 call.upstream_body = body
-                return body
+                return body, path
         call.upstream_body = plain
+        return self._plain(call, plain), call.path
+
+    @staticmethod
+    def _plain(call: Call, plain: bytes | None) -> bytes:
         return plain if plain is not None else call.request_body
 
     async def _retry(

@@ -19,7 +19,7 @@ from typing import Any
 
 from interlock.proxy.protocols import ADAPTERS
 from interlock.proxy.protocols.base import dump_body, response_json
-from interlock.proxy.protocols.mcp import DISCOVER, LISTEN, McpAdapter, McpView, answer_in, rewrite_event
+from interlock.proxy.protocols.mcp import DISCOVER, LISTEN, McpAdapter, McpView, answer_in, is_mcp, rewrite_event
 from interlock.proxy.protocols.sse import EventSplitter
 from interlock.tracing.call import Call
 
@@ -42,7 +42,7 @@ class McpSession:
         self.adapter = adapter
 
     async def request(self, call: Call) -> None:
-        if call.protocol != "mcp":
+        if not is_mcp(call.protocol):
             return
         if any(k == "accept-encoding" for k, _ in call.request_headers):
             # Ask the server for plain replies: a compressed SSE reply could not be read by the
@@ -68,7 +68,7 @@ class McpSession:
         call.meta["mcp"] = meta
 
     async def response_head(self, call: Call) -> None:
-        if call.protocol != "mcp":
+        if not is_mcp(call.protocol):
             return
         session_id = _header(call.response_headers, "mcp-session-id")
         meta = call.meta.get("mcp")
@@ -77,7 +77,7 @@ class McpSession:
             _adopt_session(call, session_id)
 
     async def response(self, call: Call) -> None:
-        if call.protocol != "mcp" or call.stream or call.reply is not None or not 200 <= (call.status or 0) < 300:
+        if not is_mcp(call.protocol) or call.stream or call.reply is not None or not 200 <= (call.status or 0) < 300:
             return
         view = call.view
         if isinstance(view, McpView) and view.expects_reply and self.adapter.response_message(call) is None:
@@ -88,7 +88,7 @@ class McpSession:
             call.answer(reply, "upstream_error", "no_answer", message)
 
     async def chunk(self, call: Call, data: bytes, last: bool) -> bytes:
-        if not last or call.protocol != "mcp" or call.truncated:
+        if not last or not is_mcp(call.protocol) or call.truncated:
             return data  # a broken stream (truncated) is ended by the app with stream_error_event
         view = call.view
         if isinstance(view, McpView) and view.expects_reply and self.adapter.response_message(call) is None:
@@ -100,7 +100,7 @@ class McpSession:
         return data
 
     async def seal(self, call: Call) -> None:
-        if call.protocol != "mcp":
+        if not is_mcp(call.protocol):
             return
         meta = call.meta.setdefault("mcp", {})
         view = call.view
@@ -154,7 +154,7 @@ class ToolsListRewriter:
     async def chunk(self, call: Call, data: bytes, last: bool) -> bytes:
         splitter = self._streams.get(call.id)
         if splitter is None:
-            if call.protocol != "mcp" or not self.applies(call):
+            if not is_mcp(call.protocol) or not self.applies(call):
                 return data  # not a tools/list reply this stage reads
             splitter = self._streams[call.id] = EventSplitter()
         view = call.view
@@ -200,7 +200,7 @@ class McpRecord:
 
     async def seal(self, call: Call) -> None:
         view = call.view
-        if call.protocol != "mcp":
+        if not is_mcp(call.protocol):
             return
         if not isinstance(view, McpView):
             call.meta["mcp"] = _rejected(call)

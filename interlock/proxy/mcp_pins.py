@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from interlock.config import McpPins as McpPinsSettings
 from interlock.proxy.mcp import ToolsListRewriter
-from interlock.proxy.protocols.mcp import McpView, json_rpc_error
+from interlock.proxy.protocols.mcp import McpView, is_mcp, json_rpc_error
 from interlock.tracing.call import Call, Decision
 
 if TYPE_CHECKING:
@@ -88,12 +88,12 @@ class McpPins(ToolsListRewriter):
     def applies(self, call: Call) -> bool:
         view = call.view
         return (
-            call.protocol == "mcp" and isinstance(view, McpView) and view.method == "tools/list" and call.reply is None
+            is_mcp(call.protocol) and isinstance(view, McpView) and view.method == "tools/list" and call.reply is None
         )
 
     async def request(self, call: Call) -> None:
         view = call.view
-        if call.protocol != "mcp" or not isinstance(view, McpView):
+        if not is_mcp(call.protocol) or not isinstance(view, McpView):
             return
         if self.applies(call):
             call.readers.append("the MCP tool pins")  # an answer that cannot be read is refused, not let through

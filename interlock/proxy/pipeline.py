@@ -30,6 +30,7 @@ from interlock.proxy.hooks import HOOKS
 from interlock.proxy.identify import Identify
 from interlock.proxy.mcp import McpRecord, McpSession
 from interlock.proxy.parse import Parse
+from interlock.proxy.protocols.mcp import is_mcp
 from interlock.proxy.usage import Usage
 from interlock.tracing.call import Call
 
@@ -79,7 +80,7 @@ def guardrails_on(settings: Settings) -> bool:
 def built_in_stages(settings: Settings, services: Services, extra: Sequence[object] = ()) -> list[object]:
     """Every built-in stage, in order, then `extra` (a user's or a test's stages). The order is a
     contract; `tests/proxy/test_pipeline.py` asserts the pairs named below."""
-    mcp = any(route.protocol == "mcp" for route in settings.routes.values())
+    mcp = any(is_mcp(route.protocol) for route in settings.routes.values())
     stages: list[object] = [
         Identify(settings),  # first: agent, session and key decide what every later stage sees
         Parse(),  # the request view; a malformed body is answered 400 here, before any rule reads it

@@ -21,7 +21,7 @@ from typing import Any
 
 from interlock.config import Route
 from interlock.proxy.forward import Forwarder, Opened
-from interlock.proxy.protocols import Adapter
+from interlock.proxy.protocols import ADAPTERS, Adapter
 from interlock.proxy.protocols.base import dump_body
 from interlock.proxy.protocols.rescue import StreamRescue
 from interlock.proxy.retry import DEADLINE
@@ -37,7 +37,7 @@ def prefill_style(protocol: str, declared: str | None) -> str:
     and none on openai ones (api.openai.com answers a trailing assistant message with a new turn)."""
     if declared is not None:
         return declared
-    return "assistant" if protocol == "anthropic" else "none"
+    return ADAPTERS[protocol].default_prefill
 
 
 async def open_continuation(

@@ -17,6 +17,7 @@ import aiohttp
 import httpx
 
 from interlock.config import REFUSAL_WORDS, Retry, Route
+from interlock.proxy.protocols import ADAPTERS
 
 #: Failure kinds: `connect` (nothing reached the upstream), `timeout` (no first byte in time),
 #: `reset` (the connection broke before the first byte), `deadline` (the call's retry deadline hit),
@@ -89,11 +90,7 @@ def may_resend(route: Route, method: str, operation: str | None) -> bool:
     """
     if route.retry.non_idempotent:
         return True
-    if route.protocol == "http":
-        return method not in ("POST", "PATCH")
-    if route.protocol == "mcp":
-        return operation != "tools/call"
-    return True
+    return ADAPTERS[route.protocol].may_resend(method, operation)
 
 
 def backoff_delay(retry: Retry, tries: int) -> float:

@@ -38,8 +38,6 @@ HOP_BY_HOP = frozenset(
 #: `x-interlock-*` header: `upstream_headers` drops the whole prefix).
 INTERLOCK_HEADERS = frozenset({"x-interlock-agent", "x-interlock-session", "x-interlock-workflow"})
 
-_CREDENTIALS = frozenset({"authorization", "x-api-key"})
-
 
 def make_client(settings: Settings, transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
     """The pooled upstream client; tests may pass another transport (e.g. httpx.MockTransport)."""
@@ -159,7 +157,7 @@ def upstream_headers(call: Call, adapter: Adapter, upstream: Upstream, *, body_l
             continue
         if name[:12] == "x-interlock-":  # interlock's own (X-Interlock-Debug, ...): never the upstream's
             continue
-        if name in _CREDENTIALS:
+        if name in adapter.agent_key_headers:
             if agent_key is None:
                 agent_key = value[7:] if name == "authorization" and value[:7].lower() == "bearer " else value
                 if name == "authorization" and value[:7].lower() != "bearer ":
@@ -199,18 +197,19 @@ def decodable_accept_encoding(value: str) -> str:
     return ", ".join(kept) or "identity"
 
 
-def upstream_url(upstream: Upstream, call: Call) -> str:
+def upstream_url(upstream: Upstream, call: Call, path: str | None = None) -> str:
     """The URL sent upstream: the route's base and exactly the path policies saw (dot segments were
-    refused at the edge, so the HTTP client has nothing to normalise), with the agent's query."""
-    url = upstream.url + call.path
+    refused at the edge, so the HTTP client has nothing to normalise), with the agent's query.
+    `path`: another (the adapter's model rewrite for a provider with the model in the URL)."""
+    url = upstream.url + (call.path if path is None else path)
     query = call.query if call.upstream_query is None else call.upstream_query
     return f"{url}?{query}" if query else url
 
 
-def recorded_url(upstream: Upstream, call: Call) -> str:
+def recorded_url(upstream: Upstream, call: Call, path: str | None = None) -> str:
     """The URL as recorded on an attempt: no credentials (a masked query, no user:password@)."""
-    base = _public_base(upstream.url)
-    return f"{base}{call.path}?{call.query}" if call.query else base + call.path
+    base = _public_base(upstream.url) + (call.path if path is None else path)
+    return f"{base}?{call.query}" if call.query else base
 
 
 @functools.lru_cache(maxsize=256)

@@ -25,6 +25,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 from interlock.policies.redaction import PLACEHOLDER
+from interlock.proxy.protocols import ADAPTERS
 from interlock.tracing.call import Call
 
 #: Top-level request fields that change between runs of the same agent and never change the answer.
@@ -33,9 +34,6 @@ DEFAULT_IGNORE_FIELDS = frozenset(
 )
 #: Keys dropped wherever they appear: MCP's per-request `_meta` (progress tokens).
 DEFAULT_IGNORE_KEYS = frozenset({"_meta"})
-#: The JSON-RPC `id` is a counter on the client: MCP requests match without it, and the recorded
-#: response is given the incoming id.
-MCP_IGNORE_FIELDS = frozenset({"id"})
 
 #: ISO 8601 dates and date-times inside texts ("Today is 2026-11-24" in a system prompt).
 TIMESTAMP = re.compile(r"\b\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)?\b")
@@ -114,7 +112,8 @@ def canonical(data: Any, protocol: str, options: MatchOptions) -> Any:
     """The JSON body with volatile fields dropped and timestamps in texts replaced."""
     if data is _RAW:
         return data
-    top = options.ignore_fields | MCP_IGNORE_FIELDS if protocol == "mcp" else options.ignore_fields
+    adapter = ADAPTERS.get(protocol)
+    top = options.ignore_fields | adapter.volatile_fields if adapter is not None else options.ignore_fields
     if isinstance(data, dict):
         data = {k: v for k, v in data.items() if k not in top}
     return _clean(data, options.ignore_keys, options.texts_cleaner())

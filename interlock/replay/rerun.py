@@ -19,9 +19,8 @@ from typing import Any
 
 import httpx
 
-from interlock.proxy.protocols import ADAPTERS
+from interlock.proxy.protocols import ADAPTERS, Adapter
 from interlock.proxy.protocols.base import dump_body, response_json
-from interlock.proxy.protocols.reassemble import reassemble_stream
 from interlock.proxy.protocols.summary import summarize_response
 from interlock.proxy.upstream import HOP_BY_HOP, INTERLOCK_HEADERS
 from interlock.replay.bundle import Bundle
@@ -81,7 +80,7 @@ def output_of(call: Call) -> Output:
     out = Output(call.status, latency_ms=call.duration_ms, ttfb_ms=call.ttfb_ms, error=call.error)
     if call.stream and (call.chunks or call.agent_chunks):
         chunks = call.agent_chunks if call.agent_chunks is not None else call.chunks
-        message = reassemble_stream(call.protocol, b"".join(c.data for c in chunks))
+        message = adapter.reassemble_stream(b"".join(c.data for c in chunks))
     else:
         message = response_json(call)
     if isinstance(message, dict):
@@ -256,7 +255,7 @@ async def rerun(
 
         async def one(step: int, call: Call) -> Comparison:
             async with semaphore:
-                fresh = await _send(client, call, target, adapter.key_header, adapter.key_prefix, model)
+                fresh = await _send(client, call, target, adapter, model)
             shown = model or call.model or _requested_model(call)
             return Comparison(step, call.id, call.method, call.path, shown, output_of(call), output_of(fresh))
 
@@ -274,26 +273,25 @@ def _requested_model(call: Call) -> str | None:
     return model if isinstance(model, str) else None
 
 
-async def _send(
-    client: httpx.AsyncClient, call: Call, target: Target, key_header: str, key_prefix: str, model: str | None
-) -> Call:
-    body = call.request_body
+async def _send(client: httpx.AsyncClient, call: Call, target: Target, adapter: Adapter, model: str | None) -> Call:
+    body, path = call.request_body, call.path
     if model is not None and body:
         try:
             data = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        except (UnicodeDecodeError, ValueError):  # ValueError: JSON's, and a number past the int limit
             data = None
-        if isinstance(data, dict) and "model" in data:
-            data["model"] = model
+        rewritten = adapter.rewrite_model(data, path, model)  # in the body, or the URL's path
+        if rewritten is not None:
+            data, path = rewritten
             body = dump_body(data)
     headers = [(k, v) for k, v in call.request_headers if k.lower() not in _SKIP_HEADERS]
     headers.append(("accept-encoding", "identity"))
     if target.api_key:
-        headers.append((key_header, key_prefix + target.api_key))
+        headers.append((adapter.key_header, adapter.key_prefix + target.api_key))
     fresh = Call(id=new_id(), route=call.route, protocol=call.protocol, method=call.method, path=call.path)
     fresh.stream = call.stream
     fresh.model = model or call.model
-    url = target.url + call.path + (f"?{call.query}" if call.query else "")
+    url = target.url + path + (f"?{call.query}" if call.query else "")
     started = time.perf_counter()
     try:
         async with client.stream(call.method, url, headers=headers, content=body) as response:

@@ -230,7 +230,7 @@ class ReplayApp:
                 return
         message = "interlock replay: " + divergence.summary()
         reply = ADAPTERS[protocol].error_reply(409, "replay_divergence", message, retryable=False)
-        if protocol == "mcp" and isinstance(data, dict) and data is not _RAW and "id" in data:
+        if ADAPTERS[protocol].is_jsonrpc and isinstance(data, dict) and data is not _RAW and "id" in data:
             # A JSON-RPC request gets its error as a 200 carrying its own id, whether or not this miss
             # was diffed (the MCP SDK 1.x client tears the session down on any other status).
             await _send_whole(send, 200, reply.headers, json_rpc_error(data["id"], "replay_divergence", message))
@@ -257,7 +257,7 @@ class ReplayApp:
         call = found.recorded.call
         assert call.status is not None
         started = time.perf_counter()
-        rpc = call.protocol == "mcp" and isinstance(data, dict) and "id" in data
+        rpc = ADAPTERS[call.protocol].is_jsonrpc and isinstance(data, dict) and "id" in data
         values = found.values
         chunks = call.agent_chunks if call.agent_chunks is not None else call.chunks
         content_type = next((v for k, v in call.response_headers if k.lower() == "content-type"), "")

@@ -17,9 +17,9 @@ from opentelemetry.semconv._incubating.attributes import jsonrpc_attributes as j
 from opentelemetry.semconv._incubating.attributes import mcp_attributes as mcp
 from opentelemetry.semconv.attributes import error_attributes, http_attributes, server_attributes, url_attributes
 
-from interlock.proxy.protocols import ADAPTERS, BadRequest, TextSlot
+from interlock.proxy.protocols import ADAPTERS, BadRequest, ResponseSummary, TextSlot
 from interlock.proxy.protocols.base import decoded_body
-from interlock.proxy.protocols.summary import ResponseSummary, output_texts, response_message, summarize_response
+from interlock.proxy.protocols.summary import output_texts, response_message, summarize_response
 from interlock.tracing.call import SOUND_OUTCOMES, Attempt, Call
 
 Attributes = dict[str, Any]
@@ -68,7 +68,8 @@ def provider_name(call: Call, host: str | None) -> str:
             return known
         if host.endswith(".openai.azure.com"):
             return "azure.ai.openai"
-    return call.protocol
+    adapter = ADAPTERS.get(call.protocol)
+    return (adapter.provider_name if adapter is not None else None) or call.protocol
 
 
 class Described:
@@ -121,7 +122,7 @@ def describe_call(call: Call, *, capture_content: bool = False, content_max_char
     if len(call.attempts) > 1:
         attrs["interlock.attempts"] = len(call.attempts)
     operation = OPERATIONS.get(view.operation) if view is not None else None
-    if call.protocol == "mcp" and view is not None:
+    if ADAPTERS[call.protocol].is_jsonrpc and view is not None:
         name = _describe_mcp(call, attrs, metric)
         operation = attrs.get(gen_ai.GEN_AI_OPERATION_NAME)
     elif operation is not None:

@@ -41,6 +41,7 @@ from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as ge
 from opentelemetry.semconv._incubating.metrics import gen_ai_metrics, mcp_metrics
 
 from interlock import __version__
+from interlock.proxy.protocols import ADAPTERS
 from interlock.tracing.call import Call
 from interlock.tracing.otel_attributes import Described
 
@@ -196,7 +197,7 @@ class CallMetrics:
                 )
             seconds = (call.duration_ms or 0.0) / 1000.0
             metric = described.metric_key
-            if call.protocol == "mcp":
+            if ADAPTERS[call.protocol].is_jsonrpc:
                 self.mcp_duration.record(seconds, metric)
                 return
             if described.operation is None:

@@ -28,7 +28,7 @@ from typing import IO, Any
 
 import interlock
 from interlock.config import Otel
-from interlock.proxy.protocols import RequestView
+from interlock.proxy.protocols import ADAPTERS, RequestView
 from interlock.tracing.call import Attempt, Call, Chunk, Decision, Finding, Reply
 
 log = logging.getLogger("interlock.otel")
@@ -50,7 +50,7 @@ def to_wire(call: Call, capture_content: bool) -> tuple[Any, ...]:
     view = call.view
     view_tuple = None if view is None else (view.operation, view.model, view.stream, view.params, view.tool_name)
     request_json = call.request_json
-    rpc_id = request_json.get("id") if call.protocol == "mcp" and isinstance(request_json, dict) else None
+    rpc_id = ADAPTERS[call.protocol].rpc_id(request_json)
     chunks: list[Chunk] = call.chunks
     if not capture_content and len(chunks) > 2 * _HEAD_CHUNKS:
         tail_start, size = len(chunks), 0

@@ -30,8 +30,8 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from interlock import __version__
-from interlock.proxy.protocols.conversation import ChatMessage, conversation
-from interlock.proxy.protocols.reassemble import reassemble_stream
+from interlock.proxy.protocols import ADAPTERS
+from interlock.proxy.protocols.conversation import ChatMessage
 from interlock.tracing.backend import Store, StoreError
 from interlock.tracing.call import OUTCOMES
 from interlock.tracing.commands import cost_text
@@ -396,19 +396,20 @@ def _call_context(store: Store, call_id: str) -> dict[str, Any] | None:
     response_body = detail["response_body"]
     request_json = request_body["content"] if request_body and request_body["encoding"] == "json" else None
     response_json = response_body["content"] if response_body and response_body["encoding"] == "json" else None
+    adapter = ADAPTERS.get(detail["protocol"], ADAPTERS["http"])  # a recording from a newer interlock
     if detail["stream"]:
         response_json = detail.get("response_message")
         if response_json is None and detail["chunks"]:
             joined = "".join(c["text"] for c in detail["chunks"])
-            response_json = reassemble_stream(detail["protocol"], joined.encode())
-    messages = conversation(detail["protocol"], request_json, response_json)
+            response_json = adapter.reassemble_stream(joined.encode())
+    messages = adapter.conversation(request_json, response_json)
     rendered = [_message_view(m, detail["findings"]) for m in messages]
     chunks = detail["agent_chunks"] if detail["agent_chunks"] is not None else detail["chunks"]
     around = store.neighbours(call_id, detail["session"] or None)
     return {
         "call": detail,
         "messages": rendered,
-        "kind": "model" if detail["protocol"] in ("openai", "anthropic") else "tool",
+        "kind": "model" if adapter.model_api else "tool",
         "chunks": (chunks or [])[:MAX_CHUNKS],
         "chunks_more": max(0, len(chunks or []) - MAX_CHUNKS),
         "chunk_count": len(chunks or []),

@@ -6,8 +6,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from interlock.proxy.protocols import ADAPTERS, Adapter
 from interlock.proxy.protocols.base import decoded_body
-from interlock.proxy.protocols.conversation import conversation
 from interlock.tracing.backend import Store
 
 
@@ -58,7 +58,7 @@ class TimelineCall:
 
     @property
     def kind(self) -> str:
-        return "model" if self.row["protocol"] in ("openai", "anthropic") else "tool"
+        return "model" if _adapter(self.row["protocol"]).model_api else "tool"
 
     @property
     def markers(self) -> list[tuple[str, str]]:
@@ -121,6 +121,11 @@ def timeline_calls(store: Store, rows: list[dict[str, Any]]) -> list[TimelineCal
 SUMMARY_LIMIT = 300
 
 
+def _adapter(protocol: str) -> Adapter:
+    """The adapter of a recorded protocol (plain HTTP's for one this interlock does not speak)."""
+    return ADAPTERS.get(protocol, ADAPTERS["http"])
+
+
 def _summary(row: dict[str, Any], body: dict[str, Any]) -> str:
     if row["outcome"] != "ok" and row["error"]:
         return str(row["error"])
@@ -133,9 +138,10 @@ def _summary(row: dict[str, Any], body: dict[str, Any]) -> str:
             data = json.loads(raw)
         except ValueError:
             return _clip(raw.decode("utf-8", "replace"))
-    if row["protocol"] not in ("openai", "anthropic"):
+    adapter = _adapter(row["protocol"])
+    if not adapter.model_api:
         return _clip(json.dumps(data, ensure_ascii=False) if not isinstance(data, str) else data)
-    answer = conversation(row["protocol"], None, data)
+    answer = adapter.conversation(None, data)
     if not answer:
         return ""
     last = answer[-1]

@@ -24,7 +24,7 @@ import openai.types.responses
 import pydantic
 import pytest
 
-from interlock.proxy.protocols.reassemble import reassemble_stream
+from interlock.proxy.protocols import ADAPTERS
 from interlock.scripted import Script, ScriptedUpstream, ToolUse
 from interlock.testing import Running
 
@@ -159,7 +159,7 @@ def anthropic_stream() -> bytes:
 
 
 def test_anthropic_keeps_thinking_signatures_citations_and_server_tools() -> None:
-    message = reassemble_stream("anthropic", anthropic_stream())
+    message = ADAPTERS["anthropic"].reassemble_stream(anthropic_stream())
     assert message == ANTHROPIC_WHOLE
     assert message["content"][0]["signature"] == SIGNATURE
     parsed = anthropic.types.Message.model_validate(message)
@@ -176,7 +176,7 @@ def test_anthropic_keeps_thinking_signatures_citations_and_server_tools() -> Non
 
 
 def test_an_anthropic_stream_cut_mid_tool_input_keeps_what_was_sent() -> None:
-    message = reassemble_stream("anthropic", through(anthropic_stream(), b'"{\\"day\\": \\"2026-12-21\\",'))
+    message = ADAPTERS["anthropic"].reassemble_stream(through(anthropic_stream(), b'"{\\"day\\": \\"2026-12-21\\",'))
     assert message["stop_reason"] is None
     assert message["content"][-1] == {**ANTHROPIC_WHOLE["content"][-1], "input": '{"day": "2026-12-21",'}
 
@@ -186,7 +186,7 @@ def test_a_number_too_long_to_read_is_read_as_bad_json() -> None:
     huge = "1" * 5000
     start = {"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "id": "t", "input": {}}}
     delta = {"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": huge}}
-    message = reassemble_stream("anthropic", sse(start, delta) + b'data: {"n": ' + huge.encode() + b"}\n\n")
+    message = ADAPTERS["anthropic"].reassemble_stream(sse(start, delta) + b'data: {"n": ' + huge.encode() + b"}\n\n")
     assert message["content"] == [{"type": "tool_use", "id": "t", "input": huge}]
 
 
@@ -286,7 +286,7 @@ def chat_stream() -> bytes:
 
 
 def test_openai_chat_keeps_tool_calls_refusals_logprobs_and_usage() -> None:
-    message = reassemble_stream("openai", chat_stream())
+    message = ADAPTERS["openai"].reassemble_stream(chat_stream())
     assert message == CHAT_WHOLE
     parsed = openai.types.chat.ChatCompletion.model_validate(message)
     assert parsed == openai.types.chat.ChatCompletion.model_validate(CHAT_WHOLE)
@@ -478,7 +478,7 @@ def responses_stream(*, complete: bool = True) -> bytes:
 
 
 def test_openai_responses_keeps_every_output_item() -> None:
-    message = reassemble_stream("openai", responses_stream())
+    message = ADAPTERS["openai"].reassemble_stream(responses_stream())
     assert message == RESPONSE_WHOLE
     parsed = openai.types.responses.Response.model_validate(message)
     assert [item.type for item in parsed.output] == ["reasoning", "web_search_call", "message", "function_call"]
@@ -488,7 +488,9 @@ def test_openai_responses_keeps_every_output_item() -> None:
     "cut_after", ["response.output_text.annotation.added", "response.function_call_arguments.delta"]
 )
 def test_a_responses_stream_cut_short_is_rebuilt_from_its_events(cut_after: str) -> None:
-    message = reassemble_stream("openai", through(responses_stream(complete=False), f"event: {cut_after}".encode()))
+    message = ADAPTERS["openai"].reassemble_stream(
+        through(responses_stream(complete=False), f"event: {cut_after}".encode())
+    )
     parsed = openai.types.responses.Response.model_validate(message)
     assert parsed.status == "incomplete" and parsed.id == "resp_01"
     assert message["output"][:2] == RESPONSE_ITEMS[:2]
@@ -501,7 +503,7 @@ def test_a_responses_stream_cut_short_is_rebuilt_from_its_events(cut_after: str)
 
 def test_the_whole_stream_without_its_final_response_is_the_same_message() -> None:
     # Every item was closed by output_item.done: the rebuilt output is the final one.
-    message = reassemble_stream("openai", responses_stream(complete=False))
+    message = ADAPTERS["openai"].reassemble_stream(responses_stream(complete=False))
     assert message["output"] == RESPONSE_ITEMS
 
 
@@ -613,5 +615,5 @@ def test_a_code_interpreter_call_cut_mid_code_keeps_the_code_sent() -> None:
         {"type": "response.code_interpreter_call_code.delta", "sequence_number": 3, "output_index": 0,
          "item_id": "ci_01", "delta": "* 7)"},
     )  # fmt: skip
-    message = reassemble_stream("openai", body)
+    message = ADAPTERS["openai"].reassemble_stream(body)
     assert message["status"] == "incomplete" and message["output"] == [{**item, "code": "print(6 * 7)"}]

@@ -19,7 +19,7 @@ import openai.types.chat
 import openai.types.responses
 import pytest
 
-from interlock.proxy.protocols.reassemble import reassemble_stream
+from interlock.proxy.protocols import ADAPTERS
 from interlock.scripted import ScriptedUpstream
 from interlock.scripted_replies import Script, ToolUse, anthropic_reply, chat_reply, responses_reply
 
@@ -79,7 +79,7 @@ def test_a_chat_stream_reassembles_to_the_completion(name: str, logprobs: bool) 
         {"stream_options": {"include_usage": True}, "logprobs": logprobs},
     )
     openai.types.chat.ChatCompletion.model_validate(whole)
-    assert reassemble_stream("openai", b"".join(events)) == whole
+    assert ADAPTERS["openai"].reassemble_stream(b"".join(events)) == whole
     chunks = data_of(events)
     assert [c["usage"] for c in chunks[:-1]] == [None] * (len(chunks) - 1) and chunks[-1]["choices"] == []
     assert events[-1] == b"data: [DONE]\n\n"
@@ -94,7 +94,7 @@ def test_a_responses_stream_has_every_event_and_reassembles_to_the_response(name
     script = SCRIPTS[name]
     events, whole = responses_reply(script.text or "", script, "gpt-5", {"include": ["reasoning.encrypted_content"]})
     openai.types.responses.Response.model_validate(whole)
-    assert reassemble_stream("openai", b"".join(events)) == whole
+    assert ADAPTERS["openai"].reassemble_stream(b"".join(events)) == whole
     sent = data_of(events)
     assert [e["sequence_number"] for e in sent] == list(range(len(sent)))
     assert all(e.startswith(f"event: {d['type']}\n".encode()) for e, d in zip(events, sent, strict=True))
@@ -109,7 +109,7 @@ def test_a_responses_stream_has_every_event_and_reassembles_to_the_response(name
         assert whole["output"][0]["type"] == "reasoning" and whole["output"][0]["encrypted_content"]
         assert "response.reasoning_summary_text.delta" in kinds
     # A stream cut before response.completed still reassembles to the same output.
-    assert reassemble_stream("openai", b"".join(events[:-1]))["output"] == whole["output"]
+    assert ADAPTERS["openai"].reassemble_stream(b"".join(events[:-1]))["output"] == whole["output"]
 
 
 def test_a_structured_output_request_gets_its_format_back() -> None:
@@ -117,14 +117,14 @@ def test_a_structured_output_request_gets_its_format_back() -> None:
     parsed = openai.types.responses.Response.model_validate(whole)
     assert parsed.text is not None and parsed.text.format is not None and parsed.text.format.type == "json_schema"
     assert json.loads(parsed.output_text) == {"status": "shipped"}
-    assert reassemble_stream("openai", b"".join(events)) == whole
+    assert ADAPTERS["openai"].reassemble_stream(b"".join(events)) == whole
 
 
 @pytest.mark.parametrize("name", [n for n in SCRIPTS if n != "refusal"])
 def test_an_anthropic_stream_reassembles_to_the_message_with_its_signature(name: str) -> None:
     events, whole = anthropic_reply(SCRIPTS[name].text or "", SCRIPTS[name], "claude-sonnet-4-5")
     message = anthropic.types.Message.model_validate(whole)
-    assert reassemble_stream("anthropic", b"".join(events)) == whole
+    assert ADAPTERS["anthropic"].reassemble_stream(b"".join(events)) == whole
     if SCRIPTS[name].thinking:
         assert message.content[0].type == "thinking" and message.content[0].signature
         deltas = [e["delta"]["type"] for e in data_of(events) if e["type"] == "content_block_delta"]
@@ -227,7 +227,7 @@ def test_a_compressed_stream_decodes_event_by_event(upstream: ScriptedUpstream) 
             decoded = [decoder.decompress(piece) for piece in response.iter_raw()]
     # Every piece decodes on its own (the stream is flushed per event), so a reader sees events as they come.
     assert all(piece.endswith(b"\n\n") for piece in decoded if piece)
-    assert reassemble_stream("openai", b"".join(decoded))["output"][0]["content"][0]["text"] == "hello there"
+    assert ADAPTERS["openai"].reassemble_stream(b"".join(decoded))["output"][0]["content"][0]["text"] == "hello there"
 
 
 def test_a_script_does_not_compress_when_the_client_does_not_ask(upstream: ScriptedUpstream) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from interlock.proxy.protocols.conversation import conversation
+from interlock.proxy.protocols import ADAPTERS
 from interlock.ui.pages import highlight
 
 
@@ -37,7 +37,7 @@ def test_openai_chat_conversation_with_tool_calls() -> None:
         ]
     }
     response = {"choices": [{"message": {"role": "assistant", "content": "It is sunny."}}]}
-    messages = conversation("openai", request, response)
+    messages = ADAPTERS["openai"].conversation(request, response)
     assert [m.role for m in messages] == ["system", "user", "assistant", "tool", "assistant"]
     assert messages[1].text == "weather?" and messages[1].where == "request.messages[1]"
     assert messages[2].tool_calls[0].name == "w"
@@ -48,7 +48,7 @@ def test_openai_chat_conversation_with_tool_calls() -> None:
 def test_openai_responses_conversation() -> None:
     request = {"instructions": "sys", "input": [{"type": "function_call_output", "call_id": "x", "output": "42"}]}
     response = {"output": [{"type": "function_call", "name": "calc", "arguments": "{}", "call_id": "y"}]}
-    messages = conversation("openai", request, response)
+    messages = ADAPTERS["openai"].conversation(request, response)
     assert [(m.role, m.text) for m in messages] == [("system", "sys"), ("tool", "42"), ("assistant", "")]
     assert messages[2].tool_calls[0].name == "calc"
 
@@ -63,7 +63,7 @@ def test_anthropic_conversation() -> None:
         ],
     }
     response = {"type": "message", "content": [{"type": "text", "text": "ok"}]}
-    messages = conversation("anthropic", request, response)
+    messages = ADAPTERS["anthropic"].conversation(request, response)
     assert [m.role for m in messages] == ["system", "user", "assistant", "tool", "assistant"]
     assert messages[2].tool_calls[0].arguments == '{"a": 1}'
     assert messages[3].text == "done" and messages[3].tool_call_id == "t"

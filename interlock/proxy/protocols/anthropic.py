@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from interlock.proxy.protocols.base import (
     Adapter,
     BadRequest,
     RequestView,
+    ResponseSummary,
     StreamText,
     TextSlot,
     TokenUsage,
@@ -19,6 +21,8 @@ from interlock.proxy.protocols.base import (
     response_json,
     token_count,
 )
+from interlock.proxy.protocols.conversation import ChatMessage, anthropic_request, anthropic_response, exchange
+from interlock.proxy.protocols.reassemble import anthropic_message
 from interlock.proxy.protocols.sse import iter_events
 from interlock.tracing.call import Call, Reply
 
@@ -113,6 +117,53 @@ class AnthropicAdapter(Adapter):
     key_header = "x-api-key"
     key_prefix = ""
     stream_end_markers = (b"event: message_stop",)
+    provider_name = "anthropic"
+    price_provider = "anthropic"
+    default_path = "/v1/messages"
+    model_api = True
+    opaque = False
+    stream_rescue = True
+    #: Anthropic continues a trailing assistant message; the OpenAI-compatible servers' other ways
+    #: (`prefix`, `continue_final_message`) are not its.
+    prefills = frozenset({"assistant", "none"})
+    default_prefill = "assistant"
+
+    # -- reading a response (the protocols' helper modules hold the format's details) ------------
+
+    def reassemble(self, events: list[dict[str, Any]]) -> Any:
+        return anthropic_message(events)
+
+    def conversation(self, request: Any, response: Any) -> list[ChatMessage]:
+        messages = anthropic_request(request) if isinstance(request, dict) else []
+        return exchange(messages, anthropic_response(response) if isinstance(response, dict) else [])
+
+    def read_summary(self, data: Any, summary: ResponseSummary) -> None:
+        if not isinstance(data, dict):
+            return
+        message = data.get("message") if data.get("type") == "message_start" else data
+        if isinstance(message, dict):
+            summary.take(message.get("id"), message.get("model"))
+            if isinstance(message.get("stop_reason"), str):
+                summary.finish_reasons = [message["stop_reason"]]
+        delta = data.get("delta")
+        if (
+            data.get("type") == "message_delta"
+            and isinstance(delta, dict)
+            and isinstance(delta.get("stop_reason"), str)
+        ):
+            summary.finish_reasons = [delta["stop_reason"]]
+
+    def may_resend(self, method: str, operation: str | None) -> bool:
+        return True  # a failed generation has no side effect worth protecting
+
+    def sample_body(
+        self, path: str, text: str, model: str | None, tools: Sequence[str], tool: tuple[str, Any] | None = None
+    ) -> dict[str, Any] | None:
+        body: dict[str, Any] = {"model": model} if model is not None else {}
+        body.update(max_tokens=1024, messages=[{"role": "user", "content": text}])
+        if tools:
+            body["tools"] = [{"name": n, "input_schema": {"type": "object"}} for n in tools]
+        return body
 
     def parse(self, call: Call) -> RequestView:
         if call.method != "POST":

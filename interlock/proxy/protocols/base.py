@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from interlock.proxy.protocols.conversation import ChatMessage
 from interlock.proxy.protocols.encoding import Unreadable, decode_body
+from interlock.proxy.protocols.sse import Event, EventSplitter, iter_events
 from interlock.tracing.call import Call, Headers, Reply
 
 #: The most a recorded body is decoded to for reading (a UI page, a search index, replay).
@@ -78,19 +80,164 @@ class RequestView:
         return sum(len(t.text) for t in self.texts)
 
 
+@dataclass(slots=True)
+class ResponseSummary:
+    """What a finished response says about itself (OpenTelemetry's `gen_ai.response.*`)."""
+
+    id: str | None = None
+    model: str | None = None
+    finish_reasons: list[str] = field(default_factory=list)
+
+    def take(self, rid: Any, model: Any) -> None:
+        """Keep the first id and model seen."""
+        if self.id is None and isinstance(rid, str):
+            self.id = rid
+        if self.model is None and isinstance(model, str):
+            self.model = model
+
+
 class Adapter:
-    """Base adapter: plain HTTP, no knowledge of the body."""
+    """Base adapter: plain HTTP, no knowledge of the body.
+
+    An adapter is the whole interface to one wire format: every other module asks it, never
+    `call.protocol == ...` (docs/providers.md, "Adding a provider", says what each member must do).
+    The defaults describe an opaque HTTP API whose streams, if any, are server-sent events."""
 
     name = "http"
     json_body = False
     #: Header that carries the provider key upstream, and how it is written.
     key_header = "authorization"
     key_prefix = "Bearer "
+    #: Headers an agent may carry its own key in: never relayed as they are; the route's key (written
+    #: as `key_header`) replaces them, or without one the agent's key is re-written there.
+    agent_key_headers: frozenset[str] = frozenset({"authorization", "x-api-key"})
     #: Bytes that mark a stream's last event: an agent that leaves after one of these got everything.
     stream_end_markers: tuple[bytes, ...] = ()
+    #: OpenTelemetry's `gen_ai.provider.name` for calls whose upstream host names no provider.
+    provider_name: str | None = None
+    #: The upstream a route of this protocol calls when its config names none (None: it must name
+    #: one; openai and anthropic routes must, as their many compatible servers make a default a guess).
+    default_upstream: str | None = None
+    #: The path a `policy test` case without one asks for.
+    default_path = "/"
+    #: A model API (texts in, a generated answer with tool calls and usage out): loop detection,
+    #: response summaries and the UI's "model" kind apply. False for tools (MCP, plain HTTP).
+    model_api = False
+    #: The body is JSON-RPC 2.0 (MCP): an error for a request with an id is a 200 carrying that id.
+    is_jsonrpc = False
+    #: A tool server (MCP): its calls are priced per tool (`tool_prices`), never by tokens.
+    tool_server = False
+    #: The price catalogue's provider (genai-prices' id) when the upstream's URL names none.
+    price_provider: str | None = None
+    #: Bodies and streams are relayed exactly as they come: no JSON body check at the edge, and a
+    #: stream is not cut into whole events (its framing is not known).
+    opaque = True
+    #: A broken stream may be continued on another target (`stream_rescue`, issue 21).
+    stream_rescue = False
+    #: The prefill styles an upstream of this protocol may declare (`Upstream.prefill`), and the
+    #: one it has when the config does not say.
+    prefills: frozenset[str] = frozenset({"assistant", "prefix", "continue_final_message", "none"})
+    default_prefill = "none"
+    #: Top-level request fields that differ between two runs of the same agent (replay matching).
+    volatile_fields: frozenset[str] = frozenset()
 
     def parse(self, call: Call) -> RequestView:
         return RequestView(operation="http")
+
+    # -- routing and retry ----------------------------------------------------------------------
+
+    def rewrite_model(self, data: Any, path: str, model: str) -> tuple[Any, str] | None:
+        """The request JSON and upstream path asking for `model` instead (a model alias or
+        fallback), or None when they already do. The body's `model` field by default; a provider
+        with the model in the URL rewrites the path. Never changes `data` in place (the record and
+        other attempts read it)."""
+        if isinstance(data, dict) and data.get("model") != model:
+            return {**data, "model": model}, path
+        return None
+
+    def may_resend(self, method: str, operation: str | None) -> bool:
+        """Whether a request that may have reached the upstream can be sent again without the
+        route's `retry.non_idempotent` (a model call has no side effect worth protecting; a tool's
+        POST may act on the world)."""
+        return method not in ("POST", "PATCH")
+
+    def rpc_id(self, data: Any) -> Any:
+        """The JSON-RPC id of a request JSON (None: not JSON-RPC, or a notification)."""
+        return None
+
+    # -- streams: framing, reassembly -------------------------------------------------------------
+
+    def event_splitter(self) -> EventSplitter:
+        """A splitter that turns a response stream's bytes into events, whatever the chunk
+        boundaries (server-sent events here; a provider with another framing returns its own
+        splitter with the same `feed`/`close`/`pending`, each event's `raw` its exact bytes)."""
+        return EventSplitter()
+
+    def iter_events(self, body: bytes) -> Iterator[Event]:
+        """The events of a whole recorded stream."""
+        return iter_events(body)
+
+    def event_json(self, event: Event) -> Any:
+        """An event's JSON payload, or None (no data, `[DONE]`, not JSON)."""
+        data = event.data
+        if not data or data[0] not in "{[":
+            return None
+        try:
+            return json.loads(data)
+        except ValueError:  # JSON's errors, and a number past Python's int-string limit
+            return None
+
+    def reassemble(self, events: list[dict[str, Any]]) -> Any:
+        """The one JSON message a stream's events (their JSON objects, in order) add up to: what the
+        non-streamed call would have returned. None when the format has no such message."""
+        return None
+
+    def reassemble_stream(self, body: bytes) -> Any:
+        """The message a whole stream carried, or None when it holds nothing this protocol knows."""
+        events = [e for e in (self.event_json(event) for event in self.iter_events(body)) if isinstance(e, dict)]
+        return self.reassemble(events) if events else None
+
+    def stream_head_and_tail(self, body: bytes, head: int, tail: int) -> bytes:
+        """A long stream's first ~`head` and last ~`tail` bytes, cut at event boundaries (what the
+        search index reassembles: the head holds the text, the tail the usage and finish)."""
+        start = body.rfind(b"\n\n", 0, head) + 2
+        end = body.find(b"\n\n", len(body) - tail) + 2
+        if start < 2 or end < 2:  # no event boundary where expected: not SSE as we know it
+            return body[:head]
+        return body[:start] + body[end:]
+
+    # -- reading a response -----------------------------------------------------------------------
+
+    def conversation(self, request: Any, response: Any) -> list[ChatMessage]:
+        """The messages of a request JSON, then the response's (both parsed, a stream reassembled;
+        either may be None), for reading (the UI, loop detection)."""
+        return []
+
+    def read_summary(self, data: Any, summary: ResponseSummary) -> None:
+        """Take what one response JSON (a whole body, or one stream event) says about its id, model
+        and finish reasons into `summary` (see `summary.summarize_response`)."""
+
+    def stream_search_text(self, body: bytes) -> str:
+        """A stream's text pieces joined as the agent read them, for search when the stream does
+        not reassemble: the strings under the keys providers put streamed text in."""
+        pieces: list[str] = []
+        for event in self.iter_events(body):
+            payload = self.event_json(event)
+            if not isinstance(payload, dict):
+                continue
+            if str(payload.get("type", "")).endswith((".done", ".completed")):
+                continue  # the Responses API repeats the whole text in its closing events
+            _deltas(payload, pieces, inside=False)
+        return "".join(pieces)
+
+    # -- policy test cases (interlock/policies/cases.py) -----------------------------------------
+
+    def sample_body(
+        self, path: str, text: str, model: str | None, tools: Sequence[str], tool: tuple[str, Any] | None = None
+    ) -> dict[str, Any] | None:
+        """A `policy test` case's request body: asking `model` about `text` with these tools
+        offered, or calling a tool (name, arguments). None: the protocol has no body to build."""
+        return None
 
     def open_ended(self, call: Call) -> bool:
         """A response that lasts as long as the agent wants it (MCP's GET event stream): no total timeout."""
@@ -248,3 +395,22 @@ class StreamText:
     text: str
     delta: bool = True  # a piece of the text; False: the whole text (repeated at the end)
     json_text: bool = False  # the text is JSON (tool arguments): values put into it are escaped
+
+
+#: Values under these keys are wire bookkeeping, not text a person searches for.
+SKIP_KEYS = frozenset({"id", "object", "type", "role", "model", "finish_reason", "stop_reason", "index", "call_id"})
+#: Keys under which providers put streamed pieces of text (OpenAI chat and Responses, Anthropic).
+_DELTA_KEYS = frozenset({"content", "text", "delta", "partial_json", "arguments", "thinking", "refusal"})
+
+
+def _deltas(value: Any, out: list[str], inside: bool) -> None:
+    if isinstance(value, str):
+        if inside:
+            out.append(value)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if key not in SKIP_KEYS:
+                _deltas(item, out, inside or key in _DELTA_KEYS)
+    elif isinstance(value, list):
+        for item in value:
+            _deltas(item, out, inside)

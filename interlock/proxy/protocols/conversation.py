@@ -1,6 +1,7 @@
 """A recorded exchange as chat messages (system, user, assistant, tool calls and results), for reading.
 
-The UI shows conversations through this, so it never parses a wire format itself. Each message says
+The message types, and the helpers behind the adapters' `conversation`: the UI and loop detection
+ask the adapter, so they never parse a wire format themselves. Each message says
 where it sits in the request or response (`where`, in the notation PII findings use:
 `request.messages[1]`), so findings can be placed on it.
 """
@@ -31,20 +32,11 @@ class ChatMessage:
     error: bool = False  # a tool result the agent marks as an error (Anthropic `is_error`)
 
 
-def conversation(protocol: str, request: Any, response: Any) -> list[ChatMessage]:
-    """The messages of a request JSON, then the response's (both parsed; either may be None)."""
-    messages: list[ChatMessage] = []
-    if isinstance(request, dict):
-        if protocol == "anthropic":
-            messages += _anthropic_request(request)
-        elif protocol == "openai":
-            messages += _openai_request(request)
-    if isinstance(response, dict):
-        answer = _anthropic_response(response) if protocol == "anthropic" else _openai_response(response)
-        for message in answer:
-            message.response = True
-        messages += answer
-    return messages
+def exchange(request: list[ChatMessage], answer: list[ChatMessage]) -> list[ChatMessage]:
+    """A request's messages, then the answer's, marked as the model's."""
+    for message in answer:
+        message.response = True
+    return request + answer
 
 
 def _text(content: Any) -> str:
@@ -77,7 +69,7 @@ def _chat_tool_calls(message: dict[str, Any]) -> list[ChatToolCall]:
     return out
 
 
-def _openai_request(data: dict[str, Any]) -> list[ChatMessage]:
+def openai_request(data: dict[str, Any]) -> list[ChatMessage]:
     out: list[ChatMessage] = []
     if isinstance(data.get("messages"), list):
         for i, message in enumerate(data["messages"]):
@@ -118,7 +110,7 @@ def _openai_request(data: dict[str, Any]) -> list[ChatMessage]:
     return out
 
 
-def _openai_response(data: dict[str, Any]) -> list[ChatMessage]:
+def openai_response(data: dict[str, Any]) -> list[ChatMessage]:
     out: list[ChatMessage] = []
     for i, choice in enumerate(data.get("choices") or []):
         message = choice.get("message") if isinstance(choice, dict) else None
@@ -163,7 +155,7 @@ def _anthropic_blocks(role: str, content: Any, where: str) -> list[ChatMessage]:
     return out
 
 
-def _anthropic_request(data: dict[str, Any]) -> list[ChatMessage]:
+def anthropic_request(data: dict[str, Any]) -> list[ChatMessage]:
     out: list[ChatMessage] = []
     if data.get("system"):
         out.append(ChatMessage("system", _text(data["system"]), "request.system"))
@@ -173,10 +165,18 @@ def _anthropic_request(data: dict[str, Any]) -> list[ChatMessage]:
     return out
 
 
-def _anthropic_response(data: dict[str, Any]) -> list[ChatMessage]:
+def anthropic_response(data: dict[str, Any]) -> list[ChatMessage]:
     if data.get("type") == "error":
         return []
     return _anthropic_blocks("assistant", data.get("content"), "response.content")
 
 
-__all__ = ["ChatMessage", "ChatToolCall", "conversation"]
+__all__ = [
+    "ChatMessage",
+    "ChatToolCall",
+    "exchange",
+    "anthropic_request",
+    "anthropic_response",
+    "openai_request",
+    "openai_response",
+]

@@ -17,6 +17,7 @@ resolves the pending call with it instead of hanging or tearing the session down
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
@@ -89,6 +90,30 @@ _CURRENT: ContextVar[McpView | None] = ContextVar("interlock_mcp_message", defau
 class McpAdapter(Adapter):
     name = "mcp"
     json_body = True
+    is_jsonrpc = True
+    tool_server = True
+    opaque = False
+    default_path = "/mcp"
+    #: The JSON-RPC `id` is a counter on the client: replayed requests match without it, and the
+    #: recorded response is given the incoming id.
+    volatile_fields = frozenset({"id"})
+
+    def rpc_id(self, data: Any) -> Any:
+        return data.get("id") if isinstance(data, dict) else None
+
+    def may_resend(self, method: str, operation: str | None) -> bool:
+        return operation != "tools/call"  # a tool may act on the world
+
+    def reassemble(self, events: list[dict[str, Any]]) -> Any:
+        return events  # the JSON-RPC messages of the stream, in order
+
+    def sample_body(
+        self, path: str, text: str, model: str | None, tools: Sequence[str], tool: tuple[str, Any] | None = None
+    ) -> dict[str, Any] | None:
+        # `tools/call` of the case's tool (name, arguments), else `tools/list`.
+        if tool is None:
+            return {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+        return {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": tool[0], "arguments": tool[1]}}
 
     def parse(self, call: Call) -> RequestView:
         if call.method == "GET":
@@ -181,6 +206,11 @@ class McpAdapter(Adapter):
             line = f": interlock {code}: {' '.join(message.split())}\n\n"
             return line.encode("utf-8", "replace")
         return sse_message(json.loads(json_rpc_error(current.rpc_id, code, message)))
+
+
+def is_mcp(protocol: str) -> bool:
+    """Whether a route or call of this protocol speaks MCP (the MCP stages apply to it)."""
+    return protocol == McpAdapter.name
 
 
 def answer_in(messages: list[dict[str, Any]], rpc_id: Any) -> dict[str, Any] | None:

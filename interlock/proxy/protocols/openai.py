@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from interlock.proxy.protocols.base import (
     Adapter,
     BadRequest,
     RequestView,
+    ResponseSummary,
     StreamText,
     TextSlot,
     TokenUsage,
@@ -18,6 +20,8 @@ from interlock.proxy.protocols.base import (
     response_json,
     token_count,
 )
+from interlock.proxy.protocols.conversation import ChatMessage, exchange, openai_request, openai_response
+from interlock.proxy.protocols.reassemble import openai_message
 from interlock.proxy.protocols.sse import iter_events
 from interlock.tracing.call import Call, Reply
 
@@ -76,6 +80,64 @@ class OpenAIAdapter(Adapter):
         b"event: response.incomplete",
         b"event: response.failed",
     )
+    provider_name = "openai"
+    price_provider = "openai"
+    default_path = "/chat/completions"
+    model_api = True
+    opaque = False
+    stream_rescue = True
+
+    # -- reading a response (the protocols' helper modules hold the format's details) ------------
+
+    def reassemble(self, events: list[dict[str, Any]]) -> Any:
+        return openai_message(events)
+
+    def conversation(self, request: Any, response: Any) -> list[ChatMessage]:
+        messages = openai_request(request) if isinstance(request, dict) else []
+        return exchange(messages, openai_response(response) if isinstance(response, dict) else [])
+
+    def read_summary(self, data: Any, summary: ResponseSummary) -> None:
+        if not isinstance(data, dict):
+            return
+        # A Responses API event wraps the response; chat completions (and chunks) are flat.
+        response: dict[str, Any] = data["response"] if isinstance(data.get("response"), dict) else data
+        summary.take(response.get("id"), response.get("model"))
+        choices = response.get("choices")
+        if isinstance(choices, list):
+            reasons = [
+                c["finish_reason"] for c in choices if isinstance(c, dict) and isinstance(c.get("finish_reason"), str)
+            ]
+            if reasons:
+                summary.finish_reasons = reasons
+        elif response.get("object") == "response" and isinstance(response.get("status"), str):
+            status = response["status"]
+            if status == "completed":
+                summary.finish_reasons = ["stop"]
+            elif status == "incomplete":
+                details = response.get("incomplete_details")
+                reason = details.get("reason") if isinstance(details, dict) else None
+                summary.finish_reasons = [str(reason or "incomplete")]
+            elif status in ("failed", "cancelled"):
+                summary.finish_reasons = [status]
+
+    def may_resend(self, method: str, operation: str | None) -> bool:
+        return True  # a failed generation has no side effect worth protecting
+
+    def sample_body(
+        self, path: str, text: str, model: str | None, tools: Sequence[str], tool: tuple[str, Any] | None = None
+    ) -> dict[str, Any] | None:
+        body: dict[str, Any] = {"model": model} if model is not None else {}
+        if path.endswith("/responses"):
+            body["input"] = text
+            if tools:
+                body["tools"] = [{"type": "function", "name": n, "parameters": {"type": "object"}} for n in tools]
+        else:
+            body["messages"] = [{"role": "user", "content": text}]
+            if tools:
+                body["tools"] = [
+                    {"type": "function", "function": {"name": n, "parameters": {"type": "object"}}} for n in tools
+                ]
+        return body
 
     def parse(self, call: Call) -> RequestView:
         if call.method != "POST":

@@ -1,4 +1,5 @@
-"""A streamed response put back together as the one JSON message the non-streamed call would return.
+"""A streamed response put back together as the one JSON message the non-streamed call would return:
+the helpers behind the adapters' `reassemble` (`Adapter.reassemble_stream` splits and parses).
 
 The store keeps streams as timed chunks (for replay) and, through this, as the reassembled message
 (for reading and search): OpenAI chat → a `chat.completion`, OpenAI Responses → the final
@@ -35,31 +36,17 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from interlock.proxy.protocols.sse import iter_events
+
+def openai_message(events: list[dict[str, Any]]) -> dict[str, Any]:
+    """An OpenAI stream's events as the chat completion, or the Responses API's response."""
+    if any(str(e.get("type", "")).startswith("response.") for e in events):
+        return _joined(_openai_response(events))  # type: ignore[no-any-return]
+    return _joined(_openai_chat(events))  # type: ignore[no-any-return]
 
 
-def reassemble_stream(protocol: str, body: bytes) -> Any:
-    """The message a stream carried, or None when it holds nothing this protocol knows."""
-    events = []
-    for event in iter_events(body):
-        if not event.data or event.data == "[DONE]":
-            continue
-        try:
-            events.append(json.loads(event.data))
-        except ValueError:  # JSON's errors, and a number past Python's int-string limit
-            continue
-    events = [e for e in events if isinstance(e, dict)]
-    if not events:
-        return None
-    if protocol == "openai":
-        if any(str(e.get("type", "")).startswith("response.") for e in events):
-            return _joined(_openai_response(events))
-        return _joined(_openai_chat(events))
-    if protocol == "anthropic":
-        return _joined(_anthropic(events))
-    if protocol == "mcp":
-        return events
-    return None
+def anthropic_message(events: list[dict[str, Any]]) -> dict[str, Any]:
+    """An Anthropic stream's events as the message."""
+    return _joined(_anthropic(events))  # type: ignore[no-any-return]
 
 
 # -- text built from pieces, in linear time -------------------------------------------------------

@@ -1,19 +1,18 @@
 """What a finished response says about itself: its id, the model that answered, why it stopped.
 
-Read for export (OpenTelemetry's `gen_ai.response.*`). A stream is read from its first event and its
-last few only, never parsed whole: the answer is in those, and this runs once per exported call.
+Read for export (OpenTelemetry's `gen_ai.response.*`); each adapter's `read_summary` knows its
+format. A stream is read from its first event and its last few only, never parsed whole: the answer
+is in those, and this runs once per exported call.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from typing import Any
 
 from interlock.proxy.protocols import ADAPTERS
-from interlock.proxy.protocols.base import TextSlot, decoded_body
-from interlock.proxy.protocols.reassemble import reassemble_stream
-from interlock.proxy.protocols.sse import iter_events
+from interlock.proxy.protocols.base import Adapter, ResponseSummary, TextSlot, decoded_body
+from interlock.proxy.protocols.sse import Event
 from interlock.tracing.call import Call
 
 #: How many events from the end of a stream are looked at for the finish reason.
@@ -22,28 +21,23 @@ _TAIL_EVENTS = 6
 _TAIL_BYTES = 8192
 
 
-@dataclass(slots=True)
-class ResponseSummary:
-    id: str | None = None
-    model: str | None = None
-    finish_reasons: list[str] = field(default_factory=list)
-
-
 def summarize_response(call: Call) -> ResponseSummary:
-    """The response's id, model and finish reasons, as far as the protocol tells them."""
+    """The response's id, model and finish reasons, as far as the protocol tells them
+    (`Adapter.read_summary`, over the body or a stream's first and last events)."""
     summary = ResponseSummary()
-    if call.protocol not in ("openai", "anthropic") or call.status is None or call.status >= 400:
+    adapter = ADAPTERS[call.protocol]
+    if not adapter.model_api or call.status is None or call.status >= 400:
         return summary
     if call.reply is not None:  # interlock's own answer: no model spoke
         return summary
     if call.stream:
-        head, tail = _stream_ends(call)
+        head, tail = _stream_ends(adapter, call)
         for data in head:
-            _read(call.protocol, data, summary)
+            adapter.read_summary(data, summary)
             if summary.id or summary.model:
                 break
-        for text in tail:  # parsed lazily, last first: the finish reason is near the end
-            _read(call.protocol, _payload(text), summary)
+        for event in tail:  # parsed lazily, last first: the finish reason is near the end
+            adapter.read_summary(adapter.event_json(event), summary)
             if summary.finish_reasons:
                 break
         return summary
@@ -51,57 +45,24 @@ def summarize_response(call: Call) -> ResponseSummary:
     if body:
         try:
             data = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        except (UnicodeDecodeError, ValueError):
             return summary
-        _read(call.protocol, data, summary)
+        adapter.read_summary(data, summary)
     return summary
-
-
-def _read(protocol: str, data: Any, summary: ResponseSummary) -> None:
-    if not isinstance(data, dict):
-        return
-    if protocol == "anthropic":
-        message = data.get("message") if data.get("type") == "message_start" else data
-        if isinstance(message, dict):
-            _take(summary, message.get("id"), message.get("model"))
-            if isinstance(message.get("stop_reason"), str):
-                summary.finish_reasons = [message["stop_reason"]]
-        delta = data.get("delta")
-        if (
-            data.get("type") == "message_delta"
-            and isinstance(delta, dict)
-            and isinstance(delta.get("stop_reason"), str)
-        ):
-            summary.finish_reasons = [delta["stop_reason"]]
-        return
-    # OpenAI: a Responses API event wraps the response; chat completions (and chunks) are flat.
-    response: dict[str, Any] = data["response"] if isinstance(data.get("response"), dict) else data
-    _take(summary, response.get("id"), response.get("model"))
-    choices = response.get("choices")
-    if isinstance(choices, list):
-        reasons = [
-            c["finish_reason"] for c in choices if isinstance(c, dict) and isinstance(c.get("finish_reason"), str)
-        ]
-        if reasons:
-            summary.finish_reasons = reasons
-    elif response.get("object") == "response" and isinstance(response.get("status"), str):
-        status = response["status"]
-        if status == "completed":
-            summary.finish_reasons = ["stop"]
-        elif status == "incomplete":
-            details = response.get("incomplete_details")
-            reason = details.get("reason") if isinstance(details, dict) else None
-            summary.finish_reasons = [str(reason or "incomplete")]
-        elif status in ("failed", "cancelled"):
-            summary.finish_reasons = [status]
 
 
 def response_message(call: Call, body: bytes) -> Any:
     """A response body as the agent received it, parsed; a stream is reassembled into the message the
     non-streamed call would have returned, so both read the same. None when it is not JSON."""
     if call.stream:
-        return reassemble_stream(call.protocol, body)
-    return _payload(body.decode("utf-8", "replace").lstrip())
+        return ADAPTERS[call.protocol].reassemble_stream(body)
+    text = body.decode("utf-8", "replace").lstrip()
+    if not text.startswith("{"):
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:  # JSON's errors, and a number past Python's int-string limit
+        return None
 
 
 def output_texts(protocol: str, data: Any) -> list[TextSlot]:
@@ -113,35 +74,20 @@ def output_texts(protocol: str, data: Any) -> list[TextSlot]:
     return [slot for slot in ADAPTERS[protocol].response_texts(data) if slot.text]
 
 
-def _take(summary: ResponseSummary, rid: Any, model: Any) -> None:
-    if summary.id is None and isinstance(rid, str):
-        summary.id = rid
-    if summary.model is None and isinstance(model, str):
-        summary.model = model
-
-
-def _stream_ends(call: Call) -> tuple[list[Any], list[str]]:
-    """JSON payloads of the first events (in order), and the data of the last events (last first)."""
+def _stream_ends(adapter: Adapter, call: Call) -> tuple[list[Any], list[Event]]:
+    """JSON payloads of the first events (in order), and the last events (last first)."""
     chunks = call.chunks
-    head_bytes = b""
+    splitter = adapter.event_splitter()
+    head: list[Any] = []
     for chunk in chunks:
-        head_bytes += chunk.data
-        if b"\n\n" in head_bytes and b"{" in head_bytes:
+        head += [d for d in (adapter.event_json(e) for e in splitter.feed(chunk.data)) if isinstance(d, dict)]
+        if head:
             break
-    head = [d for d in (_payload(e.data) for e in iter_events(head_bytes)) if d is not None][:2]
+    head = head[:2]
     tail_bytes = b""
     for chunk in reversed(chunks):
         tail_bytes = chunk.data + tail_bytes
         if len(tail_bytes) >= _TAIL_BYTES:
             break
-    events = list(iter_events(tail_bytes))  # a cut-off first event simply fails to parse
-    return head, [e.data for e in reversed(events[-_TAIL_EVENTS:])]
-
-
-def _payload(data: str) -> Any:
-    if not data or data[0] != "{":
-        return None
-    try:
-        return json.loads(data)
-    except json.JSONDecodeError:
-        return None
+    events = list(adapter.iter_events(tail_bytes))  # a cut-off first event simply fails to parse
+    return head, list(reversed(events[-_TAIL_EVENTS:]))
