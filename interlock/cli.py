@@ -15,6 +15,7 @@ import yaml
 
 from interlock import __version__
 from interlock.config import Settings, SourceError, load_settings, settings_to_yaml
+from interlock.proxy.protocols import ADAPTERS
 
 
 def load_or_exit(config: str | None) -> Settings:
@@ -165,9 +166,6 @@ def serve_workers(settings: Settings, workers: int, run: Any, announce: Any) -> 
     return supervise(settings, workers, run_worker)
 
 
-_PROTOCOL_NAMES = {"openai": "OpenAI", "anthropic": "Anthropic", "mcp": "MCP", "http": "HTTP"}
-
-
 def point_agents(settings: Settings, port: int, admin_port: int) -> str:
     """The line `serve` prints once it listens: the base URL of each route, and the UI's."""
 
@@ -176,10 +174,7 @@ def point_agents(settings: Settings, port: int, admin_port: int) -> str:
         return f"http://{f'[{host}]' if ':' in host and not host.startswith('[') else host}:{port}"
 
     proxy = url(settings.listen.host, port)
-    routes = [
-        f"{proxy}/{name} ({_PROTOCOL_NAMES.get(route.protocol, route.protocol)})"
-        for name, route in settings.routes.items()
-    ]
+    routes = [f"{proxy}/{name} ({ADAPTERS[route.protocol].title})" for name, route in settings.routes.items()]
     where = ", ".join(routes) if routes else f"{proxy}/<route>/ (no routes configured)"
     return f"interlock: point agents at {where}; UI {url(settings.admin.host, admin_port)}/"
 

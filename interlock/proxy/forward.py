@@ -264,7 +264,7 @@ class Forwarder:
         else:
             call.upstream_body = body
         headers = upstream_headers(call, adapter, upstream, body_len=len(body))
-        url = upstream_url(upstream, call, path)
+        url = upstream_url(upstream, call, path, adapter.key_query_params)
         attempt = Attempt(
             upstream=state.name,
             url=url if call.upstream_query is None and "@" not in url else recorded_url(upstream, call, path),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
 import aiohttp
 import httpx
@@ -167,6 +167,8 @@ def upstream_headers(call: Call, adapter: Adapter, upstream: Upstream, *, body_l
             has_accept_encoding = True
             value = decodable_accept_encoding(value)
         out.append((name, value))
+    if agent_key is None and adapter.key_query_params:
+        agent_key = query_key(call, adapter.key_query_params)
     # A route's own key always wins (agents then only need a placeholder or a virtual key);
     # without one, the agent's key passes through — unless it is a virtual key, never sent upstream.
     key = upstream.api_key or (None if call.meta.get("virtual_key") else agent_key)
@@ -184,6 +186,19 @@ def upstream_headers(call: Call, adapter: Adapter, upstream: Upstream, *, body_l
     return out
 
 
+def query_key(call: Call, key_params: frozenset[str]) -> str | None:
+    """The agent's key from the first of these query parameters it sent, or None."""
+    query = call.query if call.upstream_query is None else call.upstream_query
+    for part in query.split("&") if query else ():
+        if _param_name(part) in key_params:
+            return unquote_plus(part.partition("=")[2]) or None
+    return None
+
+
+def _param_name(part: str) -> str:
+    return unquote_plus(part.partition("=")[0]).lower()
+
+
 @functools.lru_cache(maxsize=256)
 def decodable_accept_encoding(value: str) -> str:
     """The agent's Accept-Encoding without the codings interlock cannot decode (issue 16: it reads
@@ -197,12 +212,18 @@ def decodable_accept_encoding(value: str) -> str:
     return ", ".join(kept) or "identity"
 
 
-def upstream_url(upstream: Upstream, call: Call, path: str | None = None) -> str:
+def upstream_url(
+    upstream: Upstream, call: Call, path: str | None = None, key_params: frozenset[str] = frozenset()
+) -> str:
     """The URL sent upstream: the route's base and exactly the path policies saw (dot segments were
     refused at the edge, so the HTTP client has nothing to normalise), with the agent's query.
-    `path`: another (the adapter's model rewrite for a provider with the model in the URL)."""
+    `path`: another (the adapter's model rewrite for a provider with the model in the URL);
+    `key_params`: query parameters that carry a key (`Adapter.key_query_params`), left out (the
+    key goes in the adapter's key header)."""
     url = upstream.url + (call.path if path is None else path)
     query = call.query if call.upstream_query is None else call.upstream_query
+    if key_params and query:
+        query = "&".join(p for p in query.split("&") if _param_name(p) not in key_params)
     return f"{url}?{query}" if query else url
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from interlock.proxy.protocols import ADAPTERS
 from interlock.replay.bundle import Bundle
 from interlock.replay.match import MatchOptions
 from interlock.replay.server import ReplayApp, Summary
@@ -147,10 +148,13 @@ def run_loop(main: Any) -> Any:
 
 
 def base_url_env(url: str, routes: dict[str, str]) -> dict[str, str]:
-    """OPENAI_BASE_URL / ANTHROPIC_BASE_URL pointing at the replay's routes of those protocols
-    (the route named like the protocol first, else the first such route)."""
+    """OPENAI_BASE_URL / ANTHROPIC_BASE_URL / ... (`Adapter.base_url_env`) pointing at the replay's
+    routes of those protocols (the route named like the protocol first, else the first such route)."""
     env: dict[str, str] = {}
-    for protocol, variable in (("openai", "OPENAI_BASE_URL"), ("anthropic", "ANTHROPIC_BASE_URL")):
+    for protocol, adapter in ADAPTERS.items():
+        variable = adapter.base_url_env
+        if variable is None:
+            continue
         names = [name for name, p in routes.items() if p == protocol]
         if names:
             name = protocol if protocol in names else names[0]

@@ -73,7 +73,7 @@ class Filters:
 def _function_tools(raw: dict[str, Any]) -> list[str]:
     """The tools a model called in its (recorded) answer; none for MCP and plain HTTP calls."""
     adapter = ADAPTERS.get(raw["protocol"])
-    if adapter is None or raw["protocol"] == "mcp" or (raw["status"] or 0) >= 400:
+    if adapter is None or not adapter.model_api or (raw["status"] or 0) >= 400:
         return []
     try:
         if raw["stream"]:

@@ -113,6 +113,8 @@ def _named(tool: Any, names: set[str]) -> bool:
 
 class AnthropicAdapter(Adapter):
     name = "anthropic"
+    title = "Anthropic"
+    base_url_env = "ANTHROPIC_BASE_URL"
     json_body = True
     key_header = "x-api-key"
     key_prefix = ""

@@ -104,6 +104,10 @@ class Adapter:
     The defaults describe an opaque HTTP API whose streams, if any, are server-sent events."""
 
     name = "http"
+    #: How people write the protocol's name (`interlock serve` prints it beside each route's URL).
+    title = "HTTP"
+    #: The environment variable its SDKs take a base URL from (`interlock replay -- cmd` sets it).
+    base_url_env: str | None = None
     json_body = False
     #: Header that carries the provider key upstream, and how it is written.
     key_header = "authorization"
@@ -111,6 +115,10 @@ class Adapter:
     #: Headers an agent may carry its own key in: never relayed as they are; the route's key (written
     #: as `key_header`) replaces them, or without one the agent's key is re-written there.
     agent_key_headers: frozenset[str] = frozenset({"authorization", "x-api-key"})
+    #: Query parameters an agent may carry its key in (Gemini's `?key=`): never sent upstream as
+    #: they are; the key they hold is treated like one from `agent_key_headers`. (The edge masks
+    #: them in what is recorded, `secret_query_params`.)
+    key_query_params: frozenset[str] = frozenset()
     #: Bytes that mark a stream's last event: an agent that leaves after one of these got everything.
     stream_end_markers: tuple[bytes, ...] = ()
     #: OpenTelemetry's `gen_ai.provider.name` for calls whose upstream host names no provider.

@@ -89,6 +89,7 @@ _CURRENT: ContextVar[McpView | None] = ContextVar("interlock_mcp_message", defau
 
 class McpAdapter(Adapter):
     name = "mcp"
+    title = "MCP"
     json_body = True
     is_jsonrpc = True
     tool_server = True

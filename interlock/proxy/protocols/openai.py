@@ -72,6 +72,8 @@ def _content_texts(content: Any, path: tuple[str | int, ...], role: str) -> list
 
 class OpenAIAdapter(Adapter):
     name = "openai"
+    title = "OpenAI"
+    base_url_env = "OPENAI_BASE_URL"
     json_body = True
     # A Responses stream ends with one of its three final events (OpenAI "Streaming events").
     stream_end_markers = (
