@@ -19,6 +19,7 @@ from interlock.prices import Pricing
 from interlock.proxy.app import ProxyApp
 from interlock.proxy.forward import Forwarder
 from interlock.proxy.pipeline import Pipeline, Services, built_in_stages, guardrails_on
+from interlock.proxy.protocols.mcp import is_mcp
 from interlock.proxy.stops import Stops
 from interlock.proxy.upstream import make_client
 from interlock.serving import QuietServer, ServerRejects, bind_socket, uvicorn_config
@@ -83,7 +84,7 @@ class Runtime:
         self.stops = self.shared.stops = Stops(
             self.shared.store, self.forwarder.escalator, settings.kill_switch.poll_interval
         )
-        if settings.mcp_pins.enabled and any(r.protocol == "mcp" for r in settings.routes.values()):
+        if settings.mcp_pins.enabled and any(is_mcp(r.protocol) for r in settings.routes.values()):
             from interlock.proxy.mcp_pins import McpPins
 
             # Built here, not by the stage list, so that `stop` ends its polling of the store.
