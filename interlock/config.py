@@ -265,6 +265,10 @@ class Route(Model):
     strategy: Literal["priority", "weight", "least_inflight"] = "priority"
     #: Model aliases: a requested model → ordered (upstream, model) fallbacks.
     models: dict[str, tuple[ModelTarget, ...]] = {}
+    #: What the model an agent asks for is (an Azure deployment → the model it serves, e.g.
+    #: `prod-chat: gpt-4o`), for policy, limits and pricing; the upstream still gets the name asked
+    #: for. Unlisted names stand for themselves (docs/providers.md, Azure OpenAI).
+    deployments: dict[str, str] = {}
     retry: Retry = Retry()
     breaker: Breaker = Breaker()
     timeouts: Timeouts | None = None
@@ -300,6 +304,10 @@ class Route(Model):
         if len(set(names)) != len(names):
             raise ValueError("upstream names must be unique within a route")
         adapter = ADAPTERS[self.protocol]
+        for upstream in self.upstreams:
+            problem = adapter.upstream_problem(upstream.url)
+            if problem is not None:
+                raise ValueError(f"upstream {upstream.name or upstream.url!r}: {problem}")
         if self.stream_rescue and not adapter.stream_rescue:
             able = ", ".join(name for name, a in ADAPTERS.items() if a.stream_rescue)
             raise ValueError(f"stream_rescue continues the streams of {able} routes only")

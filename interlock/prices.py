@@ -120,11 +120,15 @@ class Pricing:
         prices: Mapping[str, Mapping[str, float]] | None = None,
         tool_prices: Mapping[str, float] | None = None,
         route_urls: Mapping[str, str] | None = None,
+        deployments: Mapping[str, Mapping[str, str]] | None = None,
     ) -> None:
         self.overrides = PriceTable(prices or {})
         self.tools = PriceTable(tool_prices or {})
         #: Each route's first upstream URL: the provider a call is priced at before it is sent.
         self.route_urls = dict(route_urls or {})
+        #: Each route's `deployments` (an Azure deployment → its model): an attempt sent to a
+        #: deployment (a model alias's target) is priced as the model it serves.
+        self.deployments = {route: dict(names) for route, names in (deployments or {}).items() if names}
         self._providers: dict[tuple[str | None, str], Any] = {}
         self._models: dict[tuple[str, str], Any] = {}
         self._formulas: dict[tuple[int, tuple[str, ...]], Any] = {}
@@ -132,7 +136,8 @@ class Pricing:
     @classmethod
     def for_settings(cls, settings: Settings) -> Pricing:
         urls = {name: route.upstreams[0].url for name, route in settings.routes.items() if route.upstreams}
-        return cls(settings.prices, settings.tool_prices, urls)
+        deployments = {name: route.deployments for name, route in settings.routes.items()}
+        return cls(settings.prices, settings.tool_prices, urls, deployments)
 
     # -- readiness -------------------------------------------------------------------------------
 
@@ -159,6 +164,9 @@ class Pricing:
         last = call.attempts[-1] if call.attempts else None
         url = last.url if last is not None else self.route_urls.get(call.route)
         model = (last.model if last is not None else None) or call.model
+        deployments = self.deployments.get(call.route)
+        if deployments is not None and model is not None:
+            model = deployments.get(model, model)
         return self.cost(call.protocol, url, model, usage)
 
     # -- lookups (the catalogue must be loaded: `ready`, or `CATALOGUE_DATA.load()` off the loop) --

@@ -24,12 +24,16 @@ def parse_traceparent(value: str) -> tuple[str, str] | None:
 
 
 def credential(call: Call) -> str | None:
-    """The key the agent sent, as `Authorization: Bearer` or `x-api-key`."""
+    """The key the agent sent, as `Authorization: Bearer` or in its protocol's key header
+    (`x-api-key`; Azure's `api-key`)."""
+    names = ADAPTERS[call.protocol].agent_key_headers
     for name, value in call.request_headers:
-        if name == "authorization" and value[:7].lower() == "bearer ":
-            return value[7:].strip()
-        if name == "x-api-key":
+        if name not in names:
+            continue
+        if name != "authorization":
             return value.strip()
+        if value[:7].lower() == "bearer ":
+            return value[7:].strip()
     return None
 
 

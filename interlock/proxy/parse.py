@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+from interlock.config import Settings
 from interlock.proxy.protocols import ADAPTERS, BadRequest
 from interlock.tracing.call import Call
 
 
 class Parse:
-    """Sets `call.view`, `model` and `stream`; malformed input is answered with a 4xx here."""
+    """Sets `call.view`, `model` and `stream`; malformed input is answered with a 4xx here. A route's
+    `deployments` name the model a deployment serves: `call.model` is that model (what policy,
+    limits and prices judge), `meta["deployment"]` the name the agent asked for."""
 
     name = "parse"
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        routes = settings.routes if settings is not None else {}
+        self.deployments = {name: route.deployments for name, route in routes.items() if route.deployments}
 
     async def request(self, call: Call) -> None:
         adapter = ADAPTERS[call.protocol]
@@ -19,5 +26,9 @@ class Parse:
             call.answer(adapter.error_reply(exc.status, exc.code, exc.message), "bad_request", exc.code, exc.message)
             return
         call.view = view
+        deployments = self.deployments.get(call.route)
+        if deployments is not None and view.model in deployments:
+            call.meta["deployment"] = view.model
+            view.model = deployments[view.model]
         call.model = view.model
         call.stream = view.stream

@@ -83,7 +83,7 @@ def built_in_stages(settings: Settings, services: Services, extra: Sequence[obje
     mcp = any(is_mcp(route.protocol) for route in settings.routes.values())
     stages: list[object] = [
         Identify(settings),  # first: agent, session and key decide what every later stage sees
-        Parse(),  # the request view; a malformed body is answered 400 here, before any rule reads it
+        Parse(settings),  # the request view; a malformed body is answered 400 here, before any rule reads it
     ]
     if mcp:
         # Before policy: the MCP session it adopts is the call's session for every later stage.

@@ -151,6 +151,7 @@ def upstream_headers(call: Call, adapter: Adapter, upstream: Upstream, *, body_l
     drop = HOP_BY_HOP | INTERLOCK_HEADERS | connection_tokens(call.request_headers)
     out: Headers = []
     agent_key: str | None = None
+    agent_key_header: str | None = None
     has_accept_encoding = False
     for name, value in call.request_headers:
         if name in drop or name in ("host", "content-length", "traceparent", "tracestate"):
@@ -160,6 +161,7 @@ def upstream_headers(call: Call, adapter: Adapter, upstream: Upstream, *, body_l
         if name in adapter.agent_key_headers:
             if agent_key is None:
                 agent_key = value[7:] if name == "authorization" and value[:7].lower() == "bearer " else value
+                agent_key_header = name
                 if name == "authorization" and value[:7].lower() != "bearer ":
                     out.append((name, value))  # some other scheme: relay untouched
             continue
@@ -169,11 +171,14 @@ def upstream_headers(call: Call, adapter: Adapter, upstream: Upstream, *, body_l
         out.append((name, value))
     if agent_key is None and adapter.key_query_params:
         agent_key = query_key(call, adapter.key_query_params)
-    # A route's own key always wins (agents then only need a placeholder or a virtual key);
-    # without one, the agent's key passes through — unless it is a virtual key, never sent upstream.
-    key = upstream.api_key or (None if call.meta.get("virtual_key") else agent_key)
-    if key:
-        out.append((adapter.key_header, adapter.key_prefix + key))
+    # A route's own key always wins (agents then only need a placeholder or a virtual key), and so
+    # does a credential header the route sets itself (`headers:`, e.g. an Entra ID token on an
+    # azure_openai route); without either, the agent's key passes through — unless it is a virtual
+    # key, never sent upstream.
+    if upstream.api_key:
+        out.append(adapter.upstream_key(upstream.api_key))
+    elif agent_key and not call.meta.get("virtual_key") and not _sets_credential(upstream, adapter):
+        out.append(adapter.upstream_key(agent_key, agent_key_header))
     if not has_accept_encoding:
         # Otherwise the HTTP client would ask for gzip that the agent never asked for.
         out.append(("accept-encoding", "identity"))
@@ -197,6 +202,11 @@ def query_key(call: Call, key_params: frozenset[str]) -> str | None:
 
 def _param_name(part: str) -> str:
     return unquote_plus(part.partition("=")[0]).lower()
+
+
+def _sets_credential(upstream: Upstream, adapter: Adapter) -> bool:
+    """Whether the route's own `headers:` carry a credential header of this protocol."""
+    return any(n.lower() in adapter.agent_key_headers or n.lower() == adapter.key_header for n in upstream.headers)
 
 
 @functools.lru_cache(maxsize=256)

@@ -287,7 +287,7 @@ async def _send(client: httpx.AsyncClient, call: Call, target: Target, adapter: 
     headers = [(k, v) for k, v in call.request_headers if k.lower() not in _SKIP_HEADERS]
     headers.append(("accept-encoding", "identity"))
     if target.api_key:
-        headers.append((adapter.key_header, adapter.key_prefix + target.api_key))
+        headers.append(adapter.upstream_key(target.api_key))
     fresh = Call(id=new_id(), route=call.route, protocol=call.protocol, method=call.method, path=call.path)
     fresh.stream = call.stream
     fresh.model = model or call.model

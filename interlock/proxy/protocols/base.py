@@ -154,6 +154,17 @@ class Adapter:
 
     # -- routing and retry ----------------------------------------------------------------------
 
+    def upstream_problem(self, url: str) -> str | None:
+        """What is wrong with a route's upstream URL for this protocol (refused at the config's
+        line), or None."""
+        return None
+
+    def upstream_key(self, key: str, sent_as: str | None = None) -> tuple[str, str]:
+        """The header (name, value) that carries `key` upstream: the route's key (`sent_as` None),
+        or the agent's own, which arrived in header `sent_as` (one of `agent_key_headers`). Written as
+        `key_header` by default; a provider with two kinds of credential keeps each in its header."""
+        return self.key_header, self.key_prefix + key
+
     def rewrite_model(self, data: Any, path: str, model: str) -> tuple[Any, str] | None:
         """The request JSON and upstream path asking for `model` instead (a model alias or
         fallback), or None when they already do. The body's `model` field by default; a provider
