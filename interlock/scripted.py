@@ -38,6 +38,7 @@ from typing import Any
 
 import uvicorn
 
+from interlock import scripted_azure
 from interlock.scripted_replies import (
     Script,
     ToolUse,
@@ -261,6 +262,14 @@ class ScriptedUpstream:
             data = {}
         if not isinstance(data, dict):
             data = {}
+        azure = scripted_azure.is_azure(scope["path"])
+        if azure:
+            refused = scripted_azure.refusal(scope["path"], received.query, headers)
+            if refused is not None:
+                await _send_json(send, refused[0], refused[1], [])
+                return
+            # The deployment API names the model in the path (`set_model` takes the deployment).
+            data.setdefault("model", scripted_azure.deployment(scope["path"]))
         script = self._next(data.get("model"))
         if script.delay:
             await asyncio.sleep(script.delay)
@@ -296,24 +305,18 @@ class ScriptedUpstream:
         if script.error is not None and script.status < 400:
             script = dataclasses.replace(script, status=400)
         if script.status >= 400 or script.body is not None:
+            azure = scripted_azure.is_azure(path)
             if script.body is not None:
                 body = script.body
+            elif azure and script.error == "content_filter":
+                body = scripted_azure.content_filter_error()
+            elif azure and script.error is None:
+                body = scripted_azure.error(script.status, f"scripted error {script.status}")
             elif script.error is not None:
                 body = named_error(script.error, anthropic)
             else:
                 body = error_body(script.status, anthropic)
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": script.status,
-                    "headers": [
-                        (b"content-type", b"application/json"),
-                        (b"content-length", str(len(body)).encode()),
-                        *extra,
-                    ],
-                }
-            )
-            await send({"type": "http.response.body", "body": body})
+            await _send_json(send, script.status, body, extra)
             return
         model = script.model or str(data.get("model") or "scripted-model")
         if script.use_tools and not script.tool_calls and script.text is None:
@@ -332,6 +335,8 @@ class ScriptedUpstream:
             events, whole = responses_reply(text, script, model, data)
         else:
             events, whole = chat_reply(text, script, model, data)
+            if scripted_azure.is_azure(path):
+                events, whole = scripted_azure.chat(events, whole)
         if script.keepalive_every:
             kind = "anthropic" if anthropic else "responses" if path.endswith("/responses") else "chat"
             events = with_keepalives(events, script.keepalive_every, kind)
@@ -394,6 +399,12 @@ class ScriptedUpstream:
             await send({"type": "http.response.body", "body": body[: len(body) // 2], "more_body": True})
             raise _Reset("scripted reset mid-body")
         await send({"type": "http.response.body", "body": body})
+
+
+async def _send_json(send: Any, status: int, body: bytes, extra: list[tuple[bytes, bytes]]) -> None:
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *extra]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 __all__ = ["ScriptedUpstream", "Script", "ToolUse", "Received", "Encoder"]

@@ -6,6 +6,7 @@ config, policy cases, the proxy, recording, export, replay and the UI find it he
 from __future__ import annotations
 
 from interlock.proxy.protocols.anthropic import AnthropicAdapter
+from interlock.proxy.protocols.azure import AzureOpenAIAdapter
 from interlock.proxy.protocols.base import Adapter, BadRequest, RequestView, ResponseSummary, TextSlot, ToolCall
 from interlock.proxy.protocols.http import HttpAdapter
 from interlock.proxy.protocols.mcp import McpAdapter
@@ -16,6 +17,7 @@ ADAPTERS: dict[str, Adapter] = {
     "anthropic": AnthropicAdapter(),
     "mcp": McpAdapter(),
     "http": HttpAdapter(),
+    "azure_openai": AzureOpenAIAdapter(),
 }
 
 
