@@ -39,6 +39,9 @@ def deployment_of(path: str) -> str | None:
 
 class AzureOpenAIAdapter(OpenAIAdapter):
     name = "azure_openai"
+    title = "Azure OpenAI"
+    #: `AzureOpenAI()` reads its endpoint from here; the route's URL is that endpoint.
+    base_url_env = "AZURE_OPENAI_ENDPOINT"
     #: A resource key is sent as `api-key`; an Entra ID token as `Authorization: Bearer` (see `upstream_key`).
     key_header = "api-key"
     key_prefix = ""

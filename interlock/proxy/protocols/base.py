@@ -112,8 +112,8 @@ class Adapter:
     #: Header that carries the provider key upstream, and how it is written.
     key_header = "authorization"
     key_prefix = "Bearer "
-    #: Headers an agent may carry its own key in: never relayed as they are; the route's key (written
-    #: as `key_header`) replaces them, or without one the agent's key is re-written there.
+    #: Headers an agent may carry its own key in (and a virtual key): never relayed as they are; the
+    #: route's key replaces them, or without one the agent's key is re-written (`upstream_key`).
     agent_key_headers: frozenset[str] = frozenset({"authorization", "x-api-key"})
     #: Query parameters an agent may carry its key in (Gemini's `?key=`): never sent upstream as
     #: they are; the key they hold is treated like one from `agent_key_headers`. (The edge masks
