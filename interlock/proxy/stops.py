@@ -47,6 +47,7 @@ class Stops:
         #: Calls in flight: id → (call, the task handling it).
         self.inflight: dict[str, tuple[Call, asyncio.Task[Any]]] = {}
         self._poller: asyncio.Task[None] | None = None
+        self._reading: asyncio.Future[list[dict[str, Any]]] | None = None
         self._failing = False
 
     # -- lifetime ----------------------------------------------------------------------------------
@@ -59,6 +60,9 @@ class Stops:
         self._poller = asyncio.get_running_loop().create_task(self._poll(), name="interlock-stops")
 
     async def aclose(self) -> None:
+        """Stop polling. A read already running in its worker thread is waited for: cancelling the
+        task does not stop the thread, and the store is closed next (a connection closed under a
+        running query crashes SQLite)."""
         if self._poller is not None:
             self._poller.cancel()
             try:
@@ -66,6 +70,8 @@ class Stops:
             except asyncio.CancelledError:
                 pass
             self._poller = None
+        if self._reading is not None:
+            await asyncio.wait([self._reading])
 
     async def _poll(self) -> None:
         while True:
@@ -74,8 +80,9 @@ class Stops:
 
     async def refresh(self) -> None:
         """Apply the store's stops (new ones end their calls in flight; resumed ones are lifted)."""
+        reading = self._reading = asyncio.get_running_loop().run_in_executor(None, self.store.stops)
         try:
-            rows = await asyncio.to_thread(self.store.stops)
+            rows = await asyncio.shield(reading)  # a cancel (aclose) leaves the read to finish
         except Exception as exc:  # noqa: BLE001 - the store is out of reach: keep what we know, say so once
             if not self._failing:
                 log.error("cannot read the kill switch's stops from the store (keeping the last known): %s", exc)
