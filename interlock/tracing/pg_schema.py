@@ -42,16 +42,20 @@ CREATE TABLE IF NOT EXISTS interlock_migrations (
     statements TEXT NOT NULL
 )"""
 
-FTS_TABLE = f"""
+#: A call's search document, computed from its indexed text (`simple`: no stemming, as FTS5's unicode61).
+DOC = f"to_tsvector('simple', left(request, {FTS_MAX_CHARS}) || ' ' || left(response, {FTS_MAX_CHARS}))"
+
+#: `doc` is filled after the write, by the store's indexer (docs/store.md: computing it in the
+#: writer's transaction was most of a batch's time); until then search computes it (`DOC`).
+FTS_TABLE = """
 CREATE TABLE calls_fts (
     call_id TEXT COLLATE "C" PRIMARY KEY,
     request TEXT NOT NULL DEFAULT '',
     response TEXT NOT NULL DEFAULT '',
-    doc TSVECTOR GENERATED ALWAYS AS (
-        to_tsvector('simple', left(request, {FTS_MAX_CHARS}) || ' ' || left(response, {FTS_MAX_CHARS}))
-    ) STORED
+    doc TSVECTOR
 )"""
 FTS_INDEX = "CREATE INDEX calls_fts_doc ON calls_fts USING GIN (doc)"
+FTS_PENDING = "CREATE INDEX calls_fts_pending ON calls_fts (call_id) WHERE doc IS NULL"
 
 
 @dataclass(frozen=True)
@@ -86,7 +90,7 @@ class Table:
         if self.virtual:
             if self.name != "calls_fts":
                 raise SchemaError(f"virtual table {self.name}: no PostgreSQL form (add one to pg_schema.py)")
-            return [FTS_TABLE, FTS_INDEX]
+            return [FTS_TABLE, FTS_INDEX, FTS_PENDING]
         parts = [c.ddl() for c in self.columns]
         if self.primary_key:
             parts.append(f"PRIMARY KEY ({', '.join(self.primary_key)})")
@@ -195,6 +199,7 @@ def check_version(version: int, where: str) -> None:
 
 
 __all__ = [
+    "DOC",
     "FTS_MAX_CHARS",
     "MIGRATE_LOCK",
     "MIGRATIONS_TABLE",

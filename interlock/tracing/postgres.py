@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -35,6 +36,7 @@ from interlock.tracing.audit_reads import AuditReads
 from interlock.tracing.call import Call
 from interlock.tracing.chain import DEFAULT_WRITER, Report
 from interlock.tracing.pg_schema import (
+    DOC,
     MIGRATE_LOCK,
     MIGRATIONS_TABLE,
     WRITE_LOCK,
@@ -61,6 +63,10 @@ from interlock.tracing.workflow_reads import WorkflowReads
 from interlock.tracing.writing import MAX_ROWS, Rows, row_groups
 
 log = logging.getLogger("interlock.store")
+
+#: Seconds the search indexer waits when it has caught up (what search may lag behind writes, at most
+#: about this plus the time to index a backlog; search finds unindexed calls anyway, more slowly).
+INDEX_IDLE_SECONDS = 0.5
 
 #: The full-text rows (`Rows.texts`: call id, request text, response text) as PostgreSQL takes them.
 INSERT_TEXT = "INSERT OR IGNORE INTO calls_fts (call_id, request, response) VALUES (?, ?, ?)"
@@ -152,6 +158,11 @@ class PostgresStore(WorkflowReads, PostgresPins, PostgresStops, AuditReads):
             name="interlock-store",
         )
         self.pool.open(wait=False)
+        self._closing = threading.Event()
+        self._indexer: threading.Thread | None = None
+        if not readonly:
+            self._indexer = threading.Thread(target=self._run_indexer, name="interlock-search-index", daemon=True)
+            self._indexer.start()
 
     # -- connections -----------------------------------------------------------------------------
 
@@ -197,6 +208,9 @@ class PostgresStore(WorkflowReads, PostgresPins, PostgresStops, AuditReads):
             return self._version(conn)
 
     def close(self) -> None:
+        self._closing.set()
+        if self._indexer is not None:
+            self._indexer.join(10)
         self.pool.close()
 
     def __enter__(self) -> PostgresStore:
@@ -218,8 +232,34 @@ class PostgresStore(WorkflowReads, PostgresPins, PostgresStops, AuditReads):
             return conn.execute(pg_sql(sql), list(params)).fetchall()
 
     def fts_condition(self, q: str) -> tuple[str, list[Any]]:
+        # Indexed documents through the GIN index; the few the indexer has not reached yet computed here.
         match, params = tsquery_condition(q)
-        return f"id IN (SELECT call_id FROM calls_fts WHERE doc @@ ({match}))", params
+        return (
+            f"id IN (SELECT call_id FROM calls_fts WHERE doc @@ ({match})"
+            f" UNION ALL SELECT call_id FROM calls_fts WHERE doc IS NULL AND {DOC} @@ ({match}))",
+            [*params, *params],
+        )
+
+    def index_pending(self, limit: int = 256) -> int:
+        """Compute the search document of up to `limit` calls written without one; how many. Replicas
+        share the work (`SKIP LOCKED`)."""
+        with self.connection() as conn:
+            cursor = conn.execute(
+                f"UPDATE calls_fts SET doc = {DOC} WHERE call_id IN (SELECT call_id FROM calls_fts"
+                " WHERE doc IS NULL LIMIT %s FOR UPDATE SKIP LOCKED)",
+                (limit,),
+            )
+            return max(0, cursor.rowcount)
+
+    def _run_indexer(self) -> None:
+        while not self._closing.is_set():
+            try:
+                done = self.index_pending()
+            except Exception as exc:  # noqa: BLE001 - an outage: the recorder reports it; retried
+                log.debug("search indexing: %s", exc)
+                done = 0
+            if done < 256:
+                self._closing.wait(INDEX_IDLE_SECONDS)
 
     _texts_join = "LEFT JOIN calls_fts f ON f.call_id = c.id"
 

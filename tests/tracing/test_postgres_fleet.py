@@ -270,3 +270,17 @@ def test_postgres_outage_under_load_costs_the_agents_nothing_and_loses_nothing(
 #: than the writer's backoff reaching its 5 s cap (0.1 s doubling), the held calls over
 #: `retry_max_bytes` so the side file is used and replayed — at under half the suite time.
 OUTAGE_SECONDS = 12.0
+
+
+def test_search_finds_calls_before_and_after_the_indexer_reaches_them(database: str) -> None:
+    from tests.conformance.test_store_contract import make_call
+
+    with open_store(database) as store:
+        store._closing.set()  # type: ignore[attr-defined]  # the test runs the indexer's passes itself:
+        store._indexer.join(30)  # type: ignore[attr-defined]  # the thread's gone before the write
+        call = make_call()
+        store.write([call.to_record()])
+        assert [r["id"] for r in store.list_calls(q="lighthouse")] == [call.id]  # computed at search
+        assert store.index_pending() == 1 and store.index_pending() == 0  # type: ignore[attr-defined]
+        assert [r["id"] for r in store.list_calls(q="lighthouse")] == [call.id]  # through the GIN index
+        assert store.list_calls(q="nowhere") == []
