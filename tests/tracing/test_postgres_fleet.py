@@ -284,3 +284,20 @@ def test_search_finds_calls_before_and_after_the_indexer_reaches_them(database: 
         assert store.index_pending() == 1 and store.index_pending() == 0  # type: ignore[attr-defined]
         assert [r["id"] for r in store.list_calls(q="lighthouse")] == [call.id]  # through the GIN index
         assert store.list_calls(q="nowhere") == []
+
+
+def test_a_bundle_imports_into_postgres(database: str, tmp_path: Path) -> None:
+    from tests.conformance.test_store_contract import make_call
+
+    calls = [make_call(session="laptop", input_tokens=3) for _ in range(3)]
+    bundle = tmp_path / "laptop.db"
+    with open_store(tmp_path / "source.db") as source:
+        source.write([c.to_record() for c in calls])
+        assert source.export(bundle) == 3
+    imported = CliRunner().invoke(main, ["import", str(bundle), "--store", database])
+    assert imported.exit_code == 0, imported.output
+    with open_store(database, readonly=True) as store:
+        assert [store.get_record(c.id) for c in calls] == [c.to_record() for c in calls]
+        assert [r["id"] for r in store.list_calls(q="lighthouse", session="laptop")] == [c.id for c in calls][::-1]
+    again = CliRunner().invoke(main, ["import", str(bundle), "--store", database])
+    assert again.exit_code == 0 and " 0 new calls" in again.output  # ids already stored are skipped
