@@ -14,7 +14,6 @@ from interlock.policies.guardrails import Blocked
 from interlock.policies.redaction import MAX_HOLD, actions_for, entity_types, restorer, rewrite
 from interlock.policies.streamrewrite import StreamTextRewriter
 from interlock.proxy.protocols import ADAPTERS
-from interlock.proxy.protocols.sse import EventSplitter
 from interlock.tracing.call import Call, Chunk, Finding
 
 if TYPE_CHECKING:
@@ -47,7 +46,7 @@ class StreamGuard(StreamTextRewriter):
         self.detector = stage.detector_now() if actions is not None else None
         limit = stage.stream_hold(actions) if actions is not None and self.detector is not None else MAX_HOLD
         super().__init__(ADAPTERS[call.protocol], self.detector is not None, limit)
-        self.splitter = EventSplitter()
+        self.splitter = self.adapter.event_splitter()
         self.positions: dict[str, int] = {}
         self.found = False  # the model wrote something a guardrail acted on
         self.blocked = False

@@ -222,7 +222,7 @@ class PolicyStage:
             return b""
         adapter = ADAPTERS[call.protocol]
         if held.splitter is None:
-            held.splitter = EventSplitter()
+            held.splitter = adapter.event_splitter()
         out: list[bytes] = []
         # Whole events only: an event naming a refused tool must not be half-sent.
         for event in held.splitter.feed(data):

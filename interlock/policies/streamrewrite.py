@@ -89,7 +89,7 @@ class StreamTextRewriter:
             name, data, path = self.templates[key]
             data = copy.deepcopy(data)
             set_path(data, path, text)
-            out.append(self.adapter.stream_event(name, data))
+            out.append(self.adapter.stream_copy_event(name, data))
             self.changed = True
         return b"".join(out)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -374,7 +374,7 @@ class ProxyApp:
         markers = adapter.stream_end_markers if (call.status or 0) < 400 and not adapter.open_ended(call) else ()
         capture = state.capture = StreamCapture(call.chunks, keep, markers)
         # A plain `http` route's event stream may not frame its events as SSE: relayed as it comes.
-        state.whole_events = not adapter.opaque
+        state.whole_events = None if adapter.opaque else adapter.events_end
         if sent is not None:
             state.sent_capture = StreamCapture(sent, keep)
         if route.stream_rescue and isinstance(opened, Opened) and (call.status or 0) < 400:
@@ -500,13 +500,13 @@ class ProxyApp:
             if not data:
                 return
             state.sent_capture.add(Chunk(t, data))
-        elif state.whole_events:
+        elif state.whole_events is not None:
             # Whole events only: an SSE client acts on an event once its blank line arrives, so
             # holding back the unfinished one costs the agent nothing, and a stream interlock must
             # end (too large, cut short) gets its error event as an event, not glued to half of one.
             if state.held:
                 data = state.held + data
-            end = _events_end(data)
+            end = state.whole_events(data)
             state.held = data[end:] if end < len(data) else b""
             if end == 0:
                 return
@@ -644,7 +644,8 @@ class _Watch:
         self.capture: StreamCapture | None = None  # what is kept of the upstream's stream
         self.sent_capture: StreamCapture | None = None  # ... and of the agent's, when stages change it
         self.held = b""  # the start of an event not yet complete, not yet relayed
-        self.whole_events = False  # relay a stream's events only once complete (not for `http` routes)
+        # Relay a stream's events only once complete (not for `http` routes): where they end.
+        self.whole_events: Callable[[bytes], int] | None = None
         self.rescue: StreamRescue | None = None  # follows a `stream_rescue` route's stream
         self.splitter: EventSplitter | None = None  # ... split into whole events
         self.splicing = False  # the continuation is being relayed
@@ -663,12 +664,6 @@ async def _watch_disconnect(receive: Receive, state: _Watch, task: asyncio.Task[
                 state.disconnected = True
                 task.cancel()
             return
-
-
-def _events_end(data: bytes) -> int:
-    """Where the last complete SSE event of `data` ends (0: none ends in it)."""
-    lf, crlf = data.rfind(b"\n\n"), data.rfind(b"\r\n\r\n")
-    return max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
 
 
 def _finish_capture(call: Call, state: _Watch) -> None:

@@ -26,7 +26,7 @@ from interlock.proxy.admission import public_query, upstream_path
 from interlock.proxy.protocols import ADAPTERS
 from interlock.proxy.protocols.base import decoded_body, dump_body
 from interlock.proxy.protocols.mcp import json_rpc_error
-from interlock.proxy.protocols.sse import Event, EventSplitter
+from interlock.proxy.protocols.sse import Event
 from interlock.replay.diff import Divergence, diverge
 from interlock.replay.match import _RAW, Match, Matcher, MatchOptions, Recorded, Request, restore
 from interlock.tracing.call import Call, Chunk
@@ -322,7 +322,7 @@ class _StreamRewriter(StreamTextRewriter):
         super().__init__(ADAPTERS[protocol], entities=False)
         self.rpc_request = rpc_request
         self.values = values
-        self.splitter = EventSplitter()
+        self.splitter = self.adapter.event_splitter()
 
     def feed(self, data: bytes) -> bytes:
         return b"".join(self._rewrite(e) for e in self.splitter.feed(data))

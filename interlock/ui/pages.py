@@ -397,7 +397,8 @@ def _call_context(store: Store, call_id: str) -> dict[str, Any] | None:
     request_json = request_body["content"] if request_body and request_body["encoding"] == "json" else None
     response_json = response_body["content"] if response_body and response_body["encoding"] == "json" else None
     adapter = ADAPTERS.get(detail["protocol"], ADAPTERS["http"])  # a recording from a newer interlock
-    if detail["stream"]:
+    if detail["stream"] and (detail["chunks"] or detail.get("response_message") is not None):
+        # (A stream the proxy relayed as one body, Gemini's JSON array, is read from that body.)
         response_json = detail.get("response_message")
         if response_json is None and detail["chunks"]:
             joined = "".join(c["text"] for c in detail["chunks"])

@@ -192,6 +192,12 @@ class Adapter:
         splitter with the same `feed`/`close`/`pending`, each event's `raw` its exact bytes)."""
         return EventSplitter()
 
+    def events_end(self, data: bytes) -> int:
+        """Where the last complete event of `data` (which starts at an event's start) ends; 0: none
+        ends in it."""
+        lf, crlf = data.rfind(b"\n\n"), data.rfind(b"\r\n\r\n")
+        return max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
+
     def iter_events(self, body: bytes) -> Iterator[Event]:
         """The events of a whole recorded stream."""
         return iter_events(body)
@@ -317,6 +323,11 @@ class Adapter:
         """An SSE event carrying `data` (a rewritten event, or a copy of one)."""
         head = f"event: {event}\n".encode() if event else b""
         return head + b"data: " + dump_body(data, separators=None) + b"\n\n"
+
+    def stream_copy_event(self, event: str | None, data: Any) -> bytes:
+        """A copy of an event, sent after the one it copies (held text released): the same as
+        `stream_event` unless the framing has separators (Gemini's JSON array)."""
+        return self.stream_event(event, data)
 
 
 def _json_headers(retryable: bool) -> Headers:
