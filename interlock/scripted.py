@@ -39,6 +39,16 @@ from typing import Any
 import uvicorn
 
 from interlock import scripted_azure
+from interlock.scripted_gemini import (
+    GEMINI_PATH,
+    frame,
+    gemini_error,
+    gemini_named_error,
+    gemini_reply,
+    gemini_stream_error,
+    other_reply,
+)
+from interlock.scripted_gemini import last_user_text as gemini_user_text
 from interlock.scripted_replies import (
     Script,
     ToolUse,
@@ -270,7 +280,8 @@ class ScriptedUpstream:
                 return
             # The deployment API names the model in the path (`set_model` takes the deployment).
             data.setdefault("model", scripted_azure.deployment(scope["path"]))
-        script = self._next(data.get("model"))
+        gemini = GEMINI_PATH.search(scope["path"])
+        script = self._next(gemini.group(1) if gemini else data.get("model"))
         if script.delay:
             await asyncio.sleep(script.delay)
         if script.reset_after == 0 and script.status == 200 and data.get("stream") is not True:
@@ -279,7 +290,11 @@ class ScriptedUpstream:
         watcher = asyncio.create_task(self._watch_disconnect(receive, gone))
         try:
             _accept_encoding.set(headers.get("accept-encoding", ""))
-            await self._respond(scope["path"], data, script, send, gone)
+            if gemini:
+                sse = "alt=sse" in received.query
+                await self._respond_gemini(gemini.group(1), gemini.group(2), sse, data, script, send, gone)
+            else:
+                await self._respond(scope["path"], data, script, send, gone)
         finally:
             watcher.cancel()
 
@@ -292,9 +307,7 @@ class ScriptedUpstream:
                 self.disconnects += 1
 
     async def _respond(self, path: str, data: dict[str, Any], script: Script, send: Any, gone: asyncio.Event) -> None:
-        extra = [(k.lower().encode(), v.encode()) for k, v in script.headers.items()]
-        if script.retry_after is not None:
-            extra.append((b"retry-after", script.retry_after.encode()))
+        extra = _extra_headers(script)
         anthropic = path.endswith("/messages")
         prefill = assistant_prefill(data)
         if prefill is not None and script.status < 400 and script.body is None:
@@ -400,11 +413,59 @@ class ScriptedUpstream:
             raise _Reset("scripted reset mid-body")
         await send({"type": "http.response.body", "body": body})
 
+    async def _respond_gemini(
+        self, model: str, method: str, sse: bool, data: dict[str, Any], script: Script, send: Any, gone: asyncio.Event
+    ) -> None:
+        """The Gemini API (`scripted_gemini.py`): the model is the URL's, a stream is asked for by the method."""
+        if script.error is not None and script.status < 400:
+            script = dataclasses.replace(script, status=400)
+        if script.status >= 400 or script.body is not None:
+            if script.body is not None:
+                body = script.body
+            else:
+                body = gemini_named_error(script.error) if script.error else gemini_error(script.status)
+            await _send_json(send, script.status, body, _extra_headers(script))
+            return
+        model = script.model or model
+        if method not in ("generateContent", "streamGenerateContent"):
+            await _send_json(send, 200, json.dumps(other_reply(method, data, script)).encode(), _extra_headers(script))
+            return
+        text = script.text if script.text is not None else f"echo: {gemini_user_text(data)}"
+        events, whole = gemini_reply(text, script, model)
+        if method == "generateContent":
+            await _send_json(send, 200, json.dumps(whole).encode(), _extra_headers(script))
+            return
+        content_type = b"text/event-stream" if sse else b"application/json; charset=UTF-8"
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", content_type)]})
+        if script.first_byte_delay:
+            await asyncio.sleep(script.first_byte_delay)
+        for i, chunk in enumerate(frame(events, sse)):
+            if script.reset_after is not None and i >= script.reset_after:
+                raise _Reset("scripted reset mid-stream")
+            if script.stall_after is not None and i >= script.stall_after:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(gone.wait(), script.stall_seconds)
+                raise _Reset("scripted stall ended")
+            if script.error_event_after is not None and i >= script.error_event_after:
+                await send({"type": "http.response.body", "body": gemini_stream_error(), "more_body": True})
+                break
+            if i and script.chunk_delay:
+                await asyncio.sleep(script.chunk_delay)
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
 
 async def _send_json(send: Any, status: int, body: bytes, extra: list[tuple[bytes, bytes]]) -> None:
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *extra]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+def _extra_headers(script: Script) -> list[tuple[bytes, bytes]]:
+    extra = [(k.lower().encode(), v.encode()) for k, v in script.headers.items()]
+    if script.retry_after is not None:
+        extra.append((b"retry-after", script.retry_after.encode()))
+    return extra
 
 
 __all__ = ["ScriptedUpstream", "Script", "ToolUse", "Received", "Encoder"]

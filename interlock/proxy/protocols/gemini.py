@@ -1,0 +1,525 @@
+"""Google Gemini wire format (the Gemini Developer API, `generativelanguage.googleapis.com`).
+
+`POST /v1beta/models/{model}:generateContent`, `:streamGenerateContent` (SSE with `alt=sse`, a JSON
+array without: `gemini_stream.py`), `:countTokens`, `:embedContent`, `:batchEmbedContents`. The model
+is in the URL, so an alias or fallback rewrites the path. Keys come as `x-goog-api-key` or `?key=`;
+the route's key replaces either, sent as `x-goog-api-key` (the query's never goes upstream). Formats
+from the API reference (ai.google.dev/api: generate-content, tokens, embeddings) and the google-genai
+SDK's own request and stream code (googleapis/python-genai, `models.py`, `_api_client.py`).
+
+The REST API takes proto3 JSON, whose field names may be camelCase (what the SDK sends) or
+snake_case: both are read, so a text or tool cannot pass unseen under the other spelling.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from interlock.proxy.protocols.base import (
+    Adapter,
+    BadRequest,
+    JsonPath,
+    RequestView,
+    ResponseSummary,
+    StreamText,
+    TextSlot,
+    TokenUsage,
+    ToolCall,
+    _json_headers,
+    dump_body,
+    json_strings,
+    parse_json_body,
+    response_json,
+    token_count,
+)
+from interlock.proxy.protocols.conversation import ChatMessage, ChatToolCall, exchange
+from interlock.proxy.protocols.gemini_stream import (
+    CLOSE,
+    FIRST,
+    NEXT,
+    GeminiSplitter,
+    JsonArraySplitter,
+    iter_gemini_events,
+    reassemble,
+)
+from interlock.proxy.protocols.sse import Event, EventSplitter
+from interlock.tracing.call import Call, Reply
+
+#: `/v1beta/models/gemini-2.0-flash:generateContent` (also `tunedModels/...`): the model and the method.
+_PATH = re.compile(r"/((?:tuned)?[mM]odels)/([^/:]+):([A-Za-z]+)$")
+_OPERATIONS = {
+    "generateContent": "chat",
+    "streamGenerateContent": "chat",
+    "countTokens": "chat",
+    "embedContent": "embeddings",
+    "batchEmbedContents": "embeddings",
+}
+#: generationConfig's fields as the request parameters policies and OTel name (`max_tokens`, ...).
+_PARAMS = {
+    "maxOutputTokens": "max_tokens",
+    "max_output_tokens": "max_tokens",
+    "temperature": "temperature",
+    "topP": "top_p",
+    "top_p": "top_p",
+    "topK": "top_k",
+    "top_k": "top_k",
+    "stopSequences": "stop_sequences",
+    "stop_sequences": "stop_sequences",
+    "candidateCount": "candidate_count",
+    "candidate_count": "candidate_count",
+}
+_NATIVE = {
+    "max_tokens": "maxOutputTokens",
+    "max_output_tokens": "maxOutputTokens",
+    "max_completion_tokens": "maxOutputTokens",
+    "temperature": "temperature",
+    "top_p": "topP",
+    "top_k": "topK",
+}
+#: google.rpc.Code names for the HTTP statuses interlock answers with (Google's error `status`).
+_STATUSES = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    409: "ABORTED",
+    413: "INVALID_ARGUMENT",
+    429: "RESOURCE_EXHAUSTED",
+    499: "CANCELLED",
+    500: "INTERNAL",
+    501: "UNIMPLEMENTED",
+    502: "UNAVAILABLE",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+
+
+def _get(data: Any, camel: str, snake: str) -> tuple[Any, str]:
+    """A field under either spelling, and the spelling found (camelCase when absent)."""
+    if isinstance(data, dict):
+        if camel in data:
+            return data[camel], camel
+        if snake in data:
+            return data[snake], snake
+    return None, camel
+
+
+def _parts(content: Any, path: JsonPath, role: str) -> list[TextSlot]:
+    """The texts of one `Content`: text parts, function call arguments and function responses."""
+    if not isinstance(content, dict):
+        return []
+    parts = content.get("parts")
+    if not isinstance(parts, list):
+        return []
+    slots: list[TextSlot] = []
+    for j, part in enumerate(parts):
+        if not isinstance(part, dict):
+            continue
+        where = (*path, "parts", j)
+        if isinstance(part.get("text"), str):
+            slots.append(TextSlot((*where, "text"), part["text"], role))
+        call, key = _get(part, "functionCall", "function_call")
+        if isinstance(call, dict):
+            slots += json_strings(call.get("args"), (*where, key, "args"), "tool_args")
+        result, key = _get(part, "functionResponse", "function_response")
+        if isinstance(result, dict):
+            slots += json_strings(result.get("response"), (*where, key, "response"), "tool_result")
+    return slots
+
+
+def _contents(data: dict[str, Any], path: JsonPath) -> list[TextSlot]:
+    contents = data.get("contents")
+    if contents is None:
+        return []
+    if not isinstance(contents, list):
+        raise BadRequest("`contents` must be a list", "invalid_request")
+    slots: list[TextSlot] = []
+    for i, content in enumerate(contents):
+        if not isinstance(content, dict):
+            raise BadRequest(f"contents.{i} must be an object", "invalid_request")
+        role = "assistant" if content.get("role") == "model" else "user"
+        slots += _parts(content, (*path, "contents", i), role)
+    return slots
+
+
+def _declarations(data: Any) -> Iterator[tuple[dict[str, Any], str, list[Any]]]:
+    """Each tool object with function declarations: (tool, the key they are under, the list)."""
+    tools = data.get("tools") if isinstance(data, dict) else None
+    for tool in tools if isinstance(tools, list) else []:
+        declarations, key = _get(tool, "functionDeclarations", "function_declarations")
+        if isinstance(declarations, list):
+            yield tool, key, declarations
+
+
+def _tool_names(data: dict[str, Any]) -> list[str]:
+    tools = data.get("tools")
+    if tools is not None and not isinstance(tools, list):
+        raise BadRequest("`tools` must be a list", "invalid_request")
+    names: list[str] = []
+    for i, tool in enumerate(tools or []):
+        if not isinstance(tool, dict):
+            raise BadRequest(f"tools.{i} must be an object", "invalid_request")
+        declarations, key = _get(tool, "functionDeclarations", "function_declarations")
+        if declarations is None:
+            continue
+        if not isinstance(declarations, list):
+            raise BadRequest(f"tools.{i}.{key} must be a list", "invalid_request")
+        for j, declaration in enumerate(declarations):
+            name = declaration.get("name") if isinstance(declaration, dict) else None
+            if not isinstance(name, str):
+                raise BadRequest(f"tools.{i}.{key}.{j}.name must be a string", "invalid_request")
+            names.append(name)
+    return names
+
+
+def _function_calls(candidates: Any) -> Iterator[tuple[int, int, dict[str, Any]]]:
+    """(candidate position, part position, functionCall) in a response's candidates."""
+    for i, candidate in enumerate(candidates if isinstance(candidates, list) else []):
+        content = candidate.get("content") if isinstance(candidate, dict) else None
+        parts = content.get("parts") if isinstance(content, dict) else None
+        for j, part in enumerate(parts if isinstance(parts, list) else []):
+            call = _get(part, "functionCall", "function_call")[0]
+            if isinstance(call, dict):
+                yield i, j, call
+
+
+class GeminiAdapter(Adapter):
+    name = "gemini"
+    json_body = True
+    key_header = "x-goog-api-key"
+    key_prefix = ""
+    title = "Gemini"
+    base_url_env = "GOOGLE_GEMINI_BASE_URL"
+    #: The google-genai SDK sends `x-goog-api-key`; REST examples use `?key=`.
+    agent_key_headers = frozenset({"x-goog-api-key"})
+    key_query_params = frozenset({"key"})
+    provider_name = "gcp.gemini"
+    price_provider = "google"
+    default_upstream = "https://generativelanguage.googleapis.com"
+    default_path = "/v1beta/models/gemini-2.0-flash:generateContent"
+    model_api = True
+    opaque = False
+
+    def parse(self, call: Call) -> RequestView:
+        match = _PATH.search(call.path)
+        if call.method != "POST" or match is None:
+            return RequestView(operation="http")  # listing models, files, caches: relayed as HTTP
+        data = parse_json_body(call)
+        if not isinstance(data, dict):
+            raise BadRequest("the request body must be a JSON object", "invalid_json")
+        call.request_json = data
+        method = match.group(3)
+        view = RequestView(
+            operation=_OPERATIONS.get(method, "http"),
+            model=match.group(2),
+            stream=method == "streamGenerateContent",
+        )
+        config = _get(data, "generationConfig", "generation_config")[0]
+        if isinstance(config, dict):
+            view.params = {_PARAMS[k]: v for k, v in config.items() if k in _PARAMS}
+        system, key = _get(data, "systemInstruction", "system_instruction")
+        view.texts += _parts(system, (key,), "system")
+        view.texts += _contents(data, ())
+        # countTokens may wrap a whole generateContent request.
+        wrapped, key = _get(data, "generateContentRequest", "generate_content_request")
+        if isinstance(wrapped, dict):
+            system, system_key = _get(wrapped, "systemInstruction", "system_instruction")
+            view.texts += _parts(system, (key, system_key), "system")
+            view.texts += _contents(wrapped, (key,))
+            view.tools += _tool_names(wrapped)
+        view.texts += _parts(data.get("content"), ("content",), "user")  # embedContent
+        requests = data.get("requests")  # batchEmbedContents
+        if requests is not None and not isinstance(requests, list):
+            raise BadRequest("`requests` must be a list", "invalid_request")
+        for i, request in enumerate(requests or []):
+            view.texts += _parts(
+                request.get("content") if isinstance(request, dict) else None, ("requests", i, "content"), "user"
+            )
+        view.tools += _tool_names(data)
+        return view
+
+    # -- routing and retry ----------------------------------------------------------------------
+
+    def rewrite_model(self, data: Any, path: str, model: str) -> tuple[Any, str] | None:
+        match = _PATH.search(path)
+        if match is None or match.group(2) == model:
+            return None
+        new_path = path[: match.start(2)] + model + path[match.end(2) :]
+        requests = data.get("requests") if isinstance(data, dict) else None
+        if isinstance(requests, list):  # each batch item names the model again, and must match the URL's
+            name = f"{match.group(1)}/{model}"
+            data = {
+                **data,
+                "requests": [{**r, "model": name} if isinstance(r, dict) and "model" in r else r for r in requests],
+            }
+        return data, new_path
+
+    def may_resend(self, method: str, operation: str | None) -> bool:
+        return True  # generating, counting and embedding have no side effect worth protecting
+
+    # -- streams ----------------------------------------------------------------------------------
+
+    def event_splitter(self) -> EventSplitter:
+        return GeminiSplitter()  # type: ignore[return-value]  # the same feed/pending/close
+
+    def events_end(self, data: bytes) -> int:
+        if data.lstrip()[:1] not in (b"[", b"{", b",", b"]"):
+            return super().events_end(data)  # server-sent events
+        return sum(len(event.raw) for event in JsonArraySplitter().feed(data))
+
+    def iter_events(self, body: bytes) -> Iterator[Event]:
+        return iter_gemini_events(body)
+
+    def reassemble(self, events: list[dict[str, Any]]) -> Any:
+        return reassemble(events)
+
+    def stream_head_and_tail(self, body: bytes, head: int, tail: int) -> bytes:
+        raws = [event.raw for event in self.iter_events(body)]
+        start, size = 0, 0
+        while start < len(raws) and size < head:
+            size += len(raws[start])
+            start += 1
+        end, size = len(raws), 0
+        while end > start and size < tail:
+            end -= 1
+            size += len(raws[end])
+        return b"".join(raws[:start] + raws[end:])
+
+    def stream_event(self, event: str | None, data: Any) -> bytes:
+        if event == FIRST:
+            return b"[" + dump_body(data, separators=None)
+        if event == NEXT:
+            return b"\n,\r\n" + dump_body(data, separators=None)
+        return b"data: " + dump_body(data, separators=None) + b"\r\n\r\n"
+
+    def stream_copy_event(self, event: str | None, data: Any) -> bytes:
+        # A copy always follows the element it copies: after a comma in the array framing.
+        return self.stream_event(NEXT if event in (FIRST, NEXT) else event, data)
+
+    def stream_error_event(self, code: str, message: str) -> bytes:
+        # Google ends a failing SSE stream with an event holding the error object.
+        return b"data: " + json.dumps(_error(500, code, message)).encode() + b"\r\n\r\n"
+
+    # -- reading a response -----------------------------------------------------------------------
+
+    def conversation(self, request: Any, response: Any) -> list[ChatMessage]:
+        messages: list[ChatMessage] = []
+        if isinstance(request, dict):
+            system, key = _get(request, "systemInstruction", "system_instruction")
+            if isinstance(system, dict):
+                messages += _messages(system, "system", f"request.{key}")
+            for i, content in enumerate(request.get("contents") or []):
+                if isinstance(content, dict):
+                    role = "assistant" if content.get("role") == "model" else "user"
+                    messages += _messages(content, role, f"request.contents[{i}]")
+        answer: list[ChatMessage] = []
+        if isinstance(response, list):  # the JSON-array stream, read as one body
+            response = reassemble([r for _, r in _responses(response)])
+        if isinstance(response, dict):
+            for i, candidate in enumerate(response.get("candidates") or []):
+                if isinstance(candidate, dict) and isinstance(candidate.get("content"), dict):
+                    answer += _messages(candidate["content"], "assistant", f"response.candidates[{i}]")
+        return exchange(messages, answer)
+
+    def read_summary(self, data: Any, summary: ResponseSummary) -> None:
+        for _, response in _responses(data):
+            summary.take(response.get("responseId"), response.get("modelVersion"))
+            reasons = [
+                c["finishReason"]
+                for c in response.get("candidates") or []
+                if isinstance(c, dict) and isinstance(c.get("finishReason"), str)
+            ]
+            if reasons:
+                summary.finish_reasons = reasons
+
+    def usage(self, call: Call) -> tuple[int | None, int | None]:
+        usage = self.token_usage(call)
+        return (usage.input, usage.output) if usage is not None else (None, None)
+
+    def token_usage(self, call: Call) -> TokenUsage | None:
+        metadata = _usage_metadata(self, call)
+        if metadata is None:
+            return None
+        # promptTokenCount includes the cached tokens; thoughts are billed as output but not counted
+        # in candidatesTokenCount; a tool's prompt (code execution, search) is input.
+        thoughts = token_count(metadata.get("thoughtsTokenCount"))
+        return TokenUsage(
+            input=token_count(metadata.get("promptTokenCount")) + token_count(metadata.get("toolUsePromptTokenCount")),
+            output=token_count(metadata.get("candidatesTokenCount")) + thoughts,
+            cache_read=token_count(metadata.get("cachedContentTokenCount")),
+            reasoning=thoughts,
+        )
+
+    def response_texts(self, data: Any) -> list[TextSlot]:
+        slots: list[TextSlot] = []
+        for where, response in _responses(data):
+            for i, candidate in enumerate(response.get("candidates") or []):
+                if isinstance(candidate, dict):
+                    slots += _parts(candidate.get("content"), (*where, "candidates", i, "content"), "assistant")
+        return slots
+
+    def response_tool_calls(self, data: Any) -> list[ToolCall]:
+        return [
+            ToolCall(str(call.get("name")), json.dumps(call.get("args", {})), call.get("id"))
+            for _, response in _responses(data)
+            for _, _, call in _function_calls(response.get("candidates"))
+        ]
+
+    def error_reply(self, status: int, code: str, message: str, *, retryable: bool = True) -> Reply:
+        return Reply(status, json.dumps(_error(status, code, message)).encode(), _json_headers(retryable))
+
+    # -- policy test cases ------------------------------------------------------------------------
+
+    def sample_body(
+        self, path: str, text: str, model: str | None, tools: Sequence[str], tool: tuple[str, Any] | None = None
+    ) -> dict[str, Any] | None:
+        body: dict[str, Any] = {"contents": [{"role": "user", "parts": [{"text": text}]}]}
+        if tools:
+            body["tools"] = [{"functionDeclarations": [{"name": n} for n in tools]}]
+        return body
+
+    # -- policy -----------------------------------------------------------------------------------
+
+    def strip_tools(self, data: Any, names: set[str]) -> list[str]:
+        removed: list[str] = []
+        for tool, key, declarations in list(_declarations(data)):
+            kept = [d for d in declarations if not (isinstance(d, dict) and d.get("name") in names)]
+            removed += [d["name"] for d in declarations if isinstance(d, dict) and d.get("name") in names]
+            tool[key] = kept
+            if not kept:
+                del tool[key]
+        if not removed:
+            return []
+        data["tools"] = [t for t in data["tools"] if not (isinstance(t, dict) and not t)]
+        if not data["tools"]:
+            del data["tools"]
+        left = [d for _, _, declarations in _declarations(data) for d in declarations]
+        config, key = _get(data, "toolConfig", "tool_config")
+        calling = _get(config, "functionCallingConfig", "function_calling_config")[0]
+        if isinstance(calling, dict):
+            allowed, allowed_key = _get(calling, "allowedFunctionNames", "allowed_function_names")
+            if isinstance(allowed, list):
+                calling[allowed_key] = [n for n in allowed if n not in names]
+                if not calling[allowed_key]:
+                    del calling[allowed_key]
+            if not left:  # `mode: ANY` with nothing to call is an error upstream
+                del data[key]
+        return removed
+
+    def set_param(self, data: Any, name: str, value: Any, operation: str) -> list[tuple[str, Any, Any]]:
+        if not isinstance(data, dict) or name not in _NATIVE:
+            return []
+        config, key = _get(data, "generationConfig", "generation_config")
+        if not isinstance(config, dict):
+            config = data[key] = {}
+        native = _NATIVE[name]
+        spelled = next((k for k, v in _PARAMS.items() if v == _PARAMS.get(native) and k in config), native)
+        old = config.get(spelled)
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if number and isinstance(old, (int, float)) and not isinstance(old, bool):
+            if old <= value:
+                return []
+        elif spelled in config and old == value:
+            return []
+        config[spelled] = value
+        return [(_PARAMS[native], old, value)]
+
+    def stream_tool_names(self, event: Any) -> list[str]:
+        if "unction" not in event.data:  # functionCall, function_call
+            return []
+        data = self.event_json(event)
+        if not isinstance(data, dict):
+            return []
+        return [str(call.get("name")) for _, _, call in _function_calls(data.get("candidates"))]
+
+    # -- guardrails -------------------------------------------------------------------------------
+
+    def stream_texts(self, event: str | None, data: Any) -> list[StreamText]:
+        if not isinstance(data, dict):
+            return []
+        texts: list[StreamText] = []
+        for i, candidate in enumerate(data.get("candidates") or []):
+            if not isinstance(candidate, dict):
+                continue
+            index = candidate.get("index", i)
+            content = candidate.get("content")
+            parts = content.get("parts") if isinstance(content, dict) else None
+            for j, part in enumerate(parts if isinstance(parts, list) else []):
+                if not isinstance(part, dict):
+                    continue
+                where = ("candidates", i, "content", "parts", j)
+                if isinstance(part.get("text"), str):
+                    # A candidate's text continues from chunk to chunk; thoughts are a text of their own.
+                    key = f"candidates.{index}.{'thought' if part.get('thought') else 'text'}"
+                    texts.append(StreamText(key, (*where, "text"), part["text"]))
+                call, call_key = _get(part, "functionCall", "function_call")
+                if isinstance(call, dict):  # a function call comes whole in one chunk
+                    for slot in json_strings(call.get("args"), (*where, call_key, "args"), "tool_args"):
+                        key = f"candidates.{index}.call.{'.'.join(map(str, slot.path))}"
+                        texts.append(StreamText(key, slot.path, slot.text, delta=False))
+        return texts
+
+
+def _usage_metadata(adapter: Adapter, call: Call) -> dict[str, Any] | None:
+    """The response's usageMetadata; in a stream, the last one (each chunk carries the running totals)."""
+    if call.stream and call.chunks:
+        found: dict[str, Any] | None = None
+        for event in adapter.iter_events(b"".join(c.data for c in call.chunks)):
+            if "usageMetadata" not in event.data:
+                continue
+            data = adapter.event_json(event)
+            metadata = data.get("usageMetadata") if isinstance(data, dict) else None
+            if isinstance(metadata, dict):
+                found = metadata
+        return found
+    found = None
+    for _, response in _responses(response_json(call)):
+        metadata = response.get("usageMetadata")
+        found = metadata if isinstance(metadata, dict) else found
+    return found
+
+
+def _responses(data: Any) -> list[tuple[JsonPath, dict[str, Any]]]:
+    """The GenerateContentResponses in a response body, and where: the body itself, or each element
+    of a JSON-array stream (without `alt=sse` it is `application/json`, so the proxy relays and
+    reads it as one body)."""
+    if isinstance(data, dict):
+        return [((), data)]
+    if isinstance(data, list):
+        return [((i,), item) for i, item in enumerate(data) if isinstance(item, dict)]
+    return []
+
+
+def _messages(content: dict[str, Any], role: str, where: str) -> list[ChatMessage]:
+    """A `Content` as chat messages: its texts and function calls as one, each function response as a tool's."""
+    texts: list[str] = []
+    calls: list[ChatToolCall] = []
+    results: list[ChatMessage] = []
+    for part in content.get("parts") or []:
+        if not isinstance(part, dict):
+            continue
+        if isinstance(part.get("text"), str) and not part.get("thought"):
+            texts.append(part["text"])
+        call = _get(part, "functionCall", "function_call")[0]
+        if isinstance(call, dict):
+            calls.append(ChatToolCall(str(call.get("name")), json.dumps(call.get("args", {})), call.get("id")))
+        result = _get(part, "functionResponse", "function_response")[0]
+        if isinstance(result, dict):
+            text = json.dumps(result.get("response"), ensure_ascii=False)
+            results.append(ChatMessage("tool", text, where, tool_call_id=result.get("id"), name=result.get("name")))
+    messages = [ChatMessage(role, "\n".join(texts), where, calls)] if texts or calls else []
+    return messages + results
+
+
+def _error(status: int, code: str, message: str) -> dict[str, Any]:
+    """Google's error shape; interlock's stable code rides in a google.rpc.ErrorInfo's `reason`."""
+    info = {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": code, "domain": "interlock"}
+    return {
+        "error": {"code": status, "message": message, "status": _STATUSES.get(status, "UNKNOWN"), "details": [info]}
+    }
+
+
+__all__ = ["GeminiAdapter", "CLOSE"]

@@ -1,0 +1,288 @@
+"""Gemini through interlock, driven by the real google-genai SDK (and raw HTTP for what the SDK never
+sends: `?key=`, the JSON-array stream without `alt=sse`)."""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from google import genai
+from google.genai import errors, types
+
+from interlock.scripted import Script, ScriptedUpstream, ToolUse
+from interlock.testing import Running, replay_server
+from interlock.tracing.store import Store
+
+MODEL = "gemini-2.0-flash"
+EMAIL = "jane.roe@acme-corp.io"
+WEATHER = types.Tool(
+    function_declarations=[
+        types.FunctionDeclaration(
+            name="get_weather", parameters={"type": "OBJECT", "properties": {"city": {"type": "STRING"}}}
+        ),
+        types.FunctionDeclaration(name="rm", parameters={"type": "OBJECT"}),
+    ]
+)
+NO_AUTO = types.AutomaticFunctionCallingConfig(disable=True)
+
+
+def gemini_route(upstream: ScriptedUpstream) -> dict[str, Any]:
+    return {"protocol": "gemini", "upstream": upstream.url, "api_key": "google-real-key"}
+
+
+@pytest.fixture
+def start(make_interlock: Any, upstream: ScriptedUpstream) -> Any:
+    def run(**config: Any) -> Running:
+        routes = {"gemini": gemini_route(upstream), **config.pop("routes", {})}
+        return make_interlock(routes=routes, **config)  # type: ignore[no-any-return]
+
+    return run
+
+
+@pytest.fixture
+def clients() -> Iterator[list[genai.Client]]:
+    made: list[genai.Client] = []
+    yield made
+    for client in made:
+        client.close()
+
+
+def client_for(
+    running: Running, clients: list[genai.Client], session: str = "g1", base: str | None = None
+) -> genai.Client:
+    options = types.HttpOptions(
+        base_url=base or running.url + "/gemini",
+        headers={"X-Interlock-Session": session},
+        retry_options=types.HttpRetryOptions(attempts=1),
+    )
+    client = genai.Client(api_key="agent-placeholder-key", http_options=options)
+    clients.append(client)
+    return client
+
+
+def recorded(running: Running, count: int) -> list[dict[str, Any]]:
+    """The calls in the store once `count` are recorded (newest first)."""
+    recorder = running.runtime.recorder
+    assert recorder is not None
+    deadline = time.monotonic() + 60
+    while True:
+        assert recorder.flush()
+        calls = running.runtime.store.list_calls(limit=100)
+        if len(calls) >= count:
+            return calls
+        assert time.monotonic() < deadline, "calls were not recorded in time"
+        time.sleep(0.01)
+
+
+def error_of(exc: errors.APIError) -> dict[str, Any]:
+    """Google's error object as interlock sent it (by the protocol, not the SDK's wording)."""
+    body = exc.details
+    assert isinstance(body, dict) and isinstance(body.get("error"), dict), body
+    return body["error"]  # type: ignore[no-any-return]
+
+
+def test_generate_streamed_and_not_with_usage_keys_and_the_call_page(
+    start: Any, upstream: ScriptedUpstream, clients: list[genai.Client]
+) -> None:
+    running = start()
+    client = client_for(running, clients)
+    upstream.script(Script(reasoning_tokens=5, cached_tokens=4))
+    reply = client.models.generate_content(
+        model=MODEL,
+        contents="hello there",
+        config=types.GenerateContentConfig(system_instruction="be brief", max_output_tokens=50),
+    )
+    assert reply.text == "echo: hello there"
+    sent = upstream.requests[-1]
+    assert sent.path.endswith(f"/models/{MODEL}:generateContent")
+    assert sent.headers["x-goog-api-key"] == "google-real-key"  # the route's key, never the agent's
+    assert sent.json()["systemInstruction"]["parts"][0]["text"] == "be brief"
+
+    upstream.script(Script(text="streaming works fine", chunk_size=3))
+    pieces = [chunk.text for chunk in client.models.generate_content_stream(model=MODEL, contents="go")]
+    assert "".join(p or "" for p in pieces) == "streaming works fine" and pieces[0] == "str"
+    assert upstream.requests[-1].query == "alt=sse"
+
+    streamed, plain = recorded(running, 2)[:2]
+    assert (plain["input_tokens"], plain["output_tokens"]) == (11, 7 + 5)  # thoughts are output
+    assert (streamed["stream"], streamed["input_tokens"], streamed["output_tokens"]) == (True, 11, 7)
+    assert plain["cost_usd"] and plain["cost_usd"] > 0  # priced from the catalogue (google)
+
+    # The call page shows the conversation, the stream reassembled into the model's answer.
+    assert conversation(running, streamed["id"]) == [("user", "go"), ("assistant response", "streaming works fine")]
+    assert conversation(running, plain["id"]) == [
+        ("system", "be brief"),
+        ("user", "hello there"),
+        ("assistant response", "echo: hello there"),
+    ]
+
+
+def conversation(running: Running, call_id: str) -> list[tuple[str, str]]:
+    """(role classes, text) of each message in the call page's Conversation section."""
+    page = httpx.get(f"{running.admin_url}/call/{call_id}")
+    assert page.status_code == 200
+    section = page.text.split('<section id="conversation">', 1)[1].split("</section>", 1)[0]
+    found = re.findall(r'<li class="msg ([a-z ]+)">.*?<div class="text">(.*?)</div>', section, re.S)
+    return [(role, html.unescape(re.sub("<[^>]+>", "", text))) for role, text in found]
+
+
+def test_query_key_is_replaced_and_never_recorded_and_the_json_array_stream(
+    start: Any, upstream: ScriptedUpstream
+) -> None:
+    running = start()
+    body = {"contents": [{"role": "user", "parts": [{"text": "array please"}]}]}
+    url = f"{running.url}/gemini/v1beta/models/{MODEL}:streamGenerateContent?key=agent-secret-key"
+    proxied = httpx.post(url, json=body)
+    assert proxied.status_code == 200
+    sent = upstream.requests[-1]
+    assert "key=" not in sent.query and sent.headers["x-goog-api-key"] == "google-real-key"
+    direct = httpx.post(f"{upstream.url}/v1beta/models/{MODEL}:streamGenerateContent", json=body)
+    assert proxied.content == direct.content and proxied.content.startswith(b"[{")
+    texts = [part["text"] for item in proxied.json() for part in item["candidates"][0]["content"]["parts"]]
+    assert "".join(texts) == "echo: array please"
+    (call,) = recorded(running, 1)
+    assert (call["input_tokens"], call["output_tokens"]) == (11, 7)
+    assert conversation(running, call["id"])[-1] == ("assistant response", "echo: array please")
+    stored = Path(running.settings.store.path)
+    assert b"agent-secret-key" not in b"".join(p.read_bytes() for p in stored.parent.glob(stored.name + "*"))
+
+
+def test_tool_call_round_trip_and_a_denied_tool(
+    start: Any, upstream: ScriptedUpstream, clients: list[genai.Client], tmp_path: Path
+) -> None:
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "p.yaml").write_text("rules:\n  - name: no-rm\n    deny: {tools: [rm]}\n")
+    running = start(policies=[str(tmp_path / "policies")])
+    client = client_for(running, clients)
+    config = types.GenerateContentConfig(tools=[WEATHER], automatic_function_calling=NO_AUTO)
+    upstream.script(Script(tool_calls=[ToolUse("get_weather", {"city": "Paris"})]), Script(text="It is sunny."))
+    first = client.models.generate_content(model=MODEL, contents="weather in Paris?", config=config)
+    assert first.function_calls and first.function_calls[0].name == "get_weather"
+    assert first.function_calls[0].args == {"city": "Paris"}
+    offered = upstream.requests[-1].json()["tools"][0]["functionDeclarations"]
+    assert [d["name"] for d in offered] == ["get_weather"]  # the denied tool is not offered
+    assert first.candidates and first.candidates[0].content
+    contents = [
+        types.Content(role="user", parts=[types.Part(text="weather in Paris?")]),
+        first.candidates[0].content,
+        types.Content(
+            role="user",
+            parts=[types.Part.from_function_response(name="get_weather", response={"forecast": "sunny"})],
+        ),
+    ]
+    second = client.models.generate_content(model=MODEL, contents=contents, config=config)
+    assert second.text == "It is sunny."
+    result = upstream.requests[-1].json()["contents"][2]["parts"][0]["functionResponse"]
+    assert result == {"name": "get_weather", "response": {"forecast": "sunny"}}
+
+    # The model calls the denied tool anyway: refused, not streamed on.
+    upstream.script(Script(tool_calls=[ToolUse("rm", {"path": "Q" * 40})]))
+    with pytest.raises(errors.APIError) as refused:
+        client.models.generate_content(model=MODEL, contents="clean up", config=config)
+    error = error_of(refused.value)
+    assert error["code"] == refused.value.code and error["status"] in ("PERMISSION_DENIED", "INVALID_ARGUMENT")
+    assert "no-rm" in error["message"]
+    upstream.script(Script(text="ok then", tool_calls=[ToolUse("rm", {"path": "Q" * 40})]))
+    received: list[str] = []
+    with pytest.raises(errors.APIError):
+        for chunk in client.models.generate_content_stream(model=MODEL, contents="clean up", config=config):
+            received.append(chunk.model_dump_json())
+    assert "QQ" not in "".join(received)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_email_is_redacted_upstream_and_restored_for_the_agent(
+    start: Any, upstream: ScriptedUpstream, clients: list[genai.Client], stream: bool
+) -> None:
+    running = start(guardrails={"request": {"EMAIL_ADDRESS": "redact"}})
+    client = client_for(running, clients)
+    upstream.script(Script(chunk_size=3))
+    question = f"mail {EMAIL} and {EMAIL}"
+    if stream:
+        text = "".join(c.text or "" for c in client.models.generate_content_stream(model=MODEL, contents=question))
+    else:
+        text = client.models.generate_content(model=MODEL, contents=question).text or ""
+    assert text == f"echo: {question}"
+    sent = upstream.requests[-1].json()["contents"][0]["parts"][0]["text"]
+    assert sent == "mail <EMAIL_ADDRESS_1> and <EMAIL_ADDRESS_1>"
+    assert EMAIL.encode() not in b"".join(r.body for r in upstream.requests)
+
+
+def test_function_args_and_results_are_scanned(
+    start: Any, upstream: ScriptedUpstream, clients: list[genai.Client]
+) -> None:
+    start_running = start(guardrails={"request": {"EMAIL_ADDRESS": "redact"}})
+    client = client_for(start_running, clients)
+    contents = [
+        types.Content(role="user", parts=[types.Part(text="who?")]),
+        types.Content(role="model", parts=[types.Part.from_function_call(name="lookup", args={"email": EMAIL})]),
+        types.Content(role="user", parts=[types.Part.from_function_response(name="lookup", response={"owner": EMAIL})]),
+    ]
+    client.models.generate_content(model=MODEL, contents=contents)
+    assert EMAIL.encode() not in upstream.requests[-1].body
+
+
+def test_a_budget_refuses_in_googles_error_shape(
+    start: Any, upstream: ScriptedUpstream, clients: list[genai.Client], tmp_path: Path
+) -> None:
+    (tmp_path / "policies").mkdir()
+    rule = "rules:\n  - name: tiny\n    limits: {budget_usd_per_day: 0.000001}\n"
+    (tmp_path / "policies" / "p.yaml").write_text(rule)
+    running = start(policies=[str(tmp_path / "policies")])
+    client = client_for(running, clients)
+    client.models.generate_content(model=MODEL, contents="spend")
+    recorded(running, 1)
+    with pytest.raises(errors.APIError) as refused:
+        client.models.generate_content(model=MODEL, contents="spend again")
+    error = error_of(refused.value)
+    assert refused.value.code in (403, 429) and error["code"] == refused.value.code
+    assert error["details"][0]["reason"] == "budget_exceeded" and "tiny" in error["message"]
+    assert len(upstream.requests) == 1
+
+
+def test_a_recorded_session_replays_offline(
+    start: Any, upstream: ScriptedUpstream, clients: list[genai.Client], tmp_path: Path
+) -> None:
+    running = start()
+    client = client_for(running, clients, session="incident")
+    upstream.script(Script(text="first answer"), Script(text="second answer", chunk_size=5))
+    answers = [client.models.generate_content(model=MODEL, contents="one").text]
+    answers.append("".join(c.text or "" for c in client.models.generate_content_stream(model=MODEL, contents="two")))
+    recorded(running, 2)
+    bundle = tmp_path / "incident.db"
+    with Store(Path(running.settings.store.path)) as store:
+        assert store.export(bundle, session="incident") == 2
+    upstream.reset()
+    with replay_server(bundle) as replay:
+        again = client_for(running, clients, session="incident", base=replay.base_url("gemini"))
+        replayed = [again.models.generate_content(model=MODEL, contents="one").text]
+        replayed.append(
+            "".join(c.text or "" for c in again.models.generate_content_stream(model=MODEL, contents="two"))
+        )
+        assert replayed == answers == ["first answer", "second answer"]
+        with pytest.raises(errors.APIError) as diverged:
+            again.models.generate_content(model=MODEL, contents="three")
+    assert diverged.value.code == 409
+    assert error_of(diverged.value)["details"][0]["reason"] == "replay_divergence"
+    assert upstream.requests == []  # nothing reached a model
+
+
+def test_google_error_shape_for_bad_input(start: Any) -> None:
+    running = start()
+    bad = httpx.post(
+        f"{running.url}/gemini/v1beta/models/{MODEL}:generateContent",
+        content=b'{"contents": "not a list"}',
+        headers={"content-type": "application/json"},
+    )
+    assert bad.status_code == 400
+    error = bad.json()["error"]
+    assert (error["code"], error["status"]) == (400, "INVALID_ARGUMENT")
+    assert error["details"][0]["reason"] == "invalid_request"
+    assert json.loads(bad.content)  # one JSON document
