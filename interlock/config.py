@@ -11,7 +11,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from interlock.proxy.protocols import ADAPTERS, known_protocol
 from interlock.yamlsource import Document, SourceError, load_yaml, parse_yaml
@@ -281,8 +281,15 @@ class Route(Model):
 
     @field_validator("upstream")
     @classmethod
-    def _upstream_url(cls, value: str | None) -> str | None:
-        return None if value is None else http_url(value)
+    def _upstream_url(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        value = http_url(value)
+        protocol = info.data.get("protocol")  # validated first (declared first): a bad one is absent here
+        problem = ADAPTERS[protocol].upstream_problem(value) if protocol is not None else None
+        if problem is not None:
+            raise ValueError(problem)  # at the upstream's line (`upstreams:` entries: at the route's)
+        return value
 
     @field_validator("protocol")
     @classmethod

@@ -167,7 +167,9 @@ def _known_keys(document: Document, loc: tuple[Any, ...]) -> set[Any]:
     return keys
 
 
-def build_call(request: CaseRequest, routes: dict[str, str] | None = None) -> Call:
+def build_call(
+    request: CaseRequest, routes: dict[str, str] | None = None, deployments: dict[str, dict[str, str]] | None = None
+) -> Call:
     """A Call as the proxy would hold it after identify and parse."""
     protocol = request.protocol or (routes or {}).get(request.route)
     if protocol is None:  # no config: guess from the route's name, or from an MCP tool call
@@ -189,6 +191,9 @@ def build_call(request: CaseRequest, routes: dict[str, str] | None = None) -> Ca
         call.view = adapter.parse(call)
     except BadRequest as exc:
         raise ValueError(f"the case's request is not valid for {protocol}: {exc.message}") from None
+    names = (deployments or {}).get(request.route)
+    if names and (asked := call.view.rename_model(names)) is not None:
+        call.meta["deployment"] = asked  # as the proxy's parse stage does
     call.model, call.stream = call.view.model, call.view.stream
     return call
 
@@ -247,6 +252,7 @@ def run_case(
     where: str,
     routes: dict[str, str] | None = None,
     hosts: dict[str, str | None] | None = None,
+    deployments: dict[str, dict[str, str]] | None = None,
 ) -> Result:
     started = time.perf_counter()
     host = case.request.host.lower() if case.request.host else (hosts or {}).get(case.request.route)
@@ -254,7 +260,7 @@ def run_case(
     loops = LoopStage(LoopMemory(max_sessions=1), announce=False) if case.repeat > 1 else None
     for _ in range(case.repeat):
         try:
-            call = build_call(case.request, routes)
+            call = build_call(case.request, routes, deployments)
         except ValueError as exc:
             return Result(case, where, None, [str(exc)], (time.perf_counter() - started) * 1000)
         outcome = decide(engine, call, host, tools)
@@ -308,13 +314,17 @@ def check(expect: Expect, outcome: Outcome) -> list[str]:
 
 
 def run_cases(
-    engine: Engine, paths: list[str], routes: dict[str, str] | None = None, hosts: dict[str, str | None] | None = None
+    engine: Engine,
+    paths: list[str],
+    routes: dict[str, str] | None = None,
+    hosts: dict[str, str | None] | None = None,
+    deployments: dict[str, dict[str, str]] | None = None,
 ) -> list[Result]:
     """Run every case in these files; raises SourceError for a malformed cases file."""
     results = []
     for path in paths:
         for case, where in load_cases(path):
-            results.append(run_case(engine, case, where, routes, hosts))
+            results.append(run_case(engine, case, where, routes, hosts, deployments))
     return results
 
 

@@ -99,7 +99,8 @@ def test(
     settings = _settings(config)
     try:
         engine = load_policies(paths, _routes(settings))
-        results = run_cases(engine, list(cases_paths), _routes(settings), _hosts(settings))
+        deployments = {name: dict(r.deployments) for name, r in settings.routes.items()} if settings else None
+        results = run_cases(engine, list(cases_paths), _routes(settings), _hosts(settings), deployments)
     except PolicyError as exc:
         for problem in exc.problems:
             click.echo(str(problem), err=True)

@@ -27,8 +27,7 @@ class Parse:
             return
         call.view = view
         deployments = self.deployments.get(call.route)
-        if deployments is not None and view.model in deployments:
-            call.meta["deployment"] = view.model
-            view.model = deployments[view.model]
+        if deployments is not None and (asked := view.rename_model(deployments)) is not None:
+            call.meta["deployment"] = asked
         call.model = view.model
         call.stream = view.stream

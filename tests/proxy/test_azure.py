@@ -14,9 +14,15 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from click.testing import CliRunner
 
+from interlock.cli import main
+from interlock.config import load_settings
+from interlock.proxy.protocols import ADAPTERS
 from interlock.scripted import Script, ScriptedUpstream, ToolUse
 from interlock.testing import Running, replay_server, run_interlock, settings_for_test
+from interlock.tracing.otel_attributes import describe_call
+from interlock.yamlsource import SourceError
 from tests.sdk_errors import protocol_error
 
 API_VERSION = "2024-10-21"
@@ -39,7 +45,15 @@ def routes(upstream: ScriptedUpstream) -> dict[str, Any]:
             "protocol": "azure_openai",
             "upstream": upstream.url,
             "api_key": "azure-resource-key",
-            "deployments": {"prod-chat": "gpt-4o", "prod-embed": "text-embedding-3-small"},
+            "deployments": {
+                "prod-chat": "gpt-4o",
+                "prod-embed": "text-embedding-3-small",
+                "mini-east": "gpt-4o-mini",
+                "mini-west": "gpt-4o-mini",
+            },
+            # A model alias on Azure names deployments: failing over rewrites the deployment in the path.
+            "models": {"gpt-4o-mini": [{"model": "mini-east"}, {"model": "mini-west"}]},
+            "retry": {"same_target": 1},
         },
         # No key of its own: the agent's credential goes upstream as it came.
         "azure-passthrough": {"protocol": "azure_openai", "upstream": upstream.url},
@@ -125,6 +139,11 @@ def test_a_stream_is_relayed_and_recorded_as_the_answer_azure_would_give(
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "streaming on azure"
     [call] = recorded(azure, "stream", 1)
     assert (call.input_tokens, call.output_tokens) == (11, 7)
+    call.view = ADAPTERS["azure_openai"].parse(call)  # what the exporter has: the live call's view
+    attributes = describe_call(call).attributes
+    assert attributes["gen_ai.provider.name"] == "azure.ai.openai"
+    assert attributes["gen_ai.request.model"] == "gpt-4o"
+    assert attributes["gen_ai.response.id"] == "chatcmpl-scripted"  # not the opening chunk's empty id
     detail = httpx.get(f"{azure.admin_url}/api/calls/{call.id}").json()
     message = detail["response_message"]
     assert message["id"] == "chatcmpl-scripted" and message["model"] == "prod-chat"
@@ -306,3 +325,59 @@ def test_a_session_replays_offline_through_azure_paths(
             assert agent(sdk) == answer
     replay.assert_no_divergence(all_used=True)
     assert len(upstream.requests) == served  # offline: nothing reached the provider
+
+
+def test_a_model_alias_fails_over_to_another_deployment(azure: Running, upstream: ScriptedUpstream) -> None:
+    upstream.set_model("mini-east", Script(status=503))
+    with client(azure, "failover") as sdk:
+        completion = sdk.chat.completions.create(model="mini-east", messages=[{"role": "user", "content": "hi"}])
+    assert completion.choices[0].message.content == "echo: hi"
+    paths = [r.path for r in upstream.requests]
+    assert paths == ["/openai/deployments/mini-east/chat/completions", "/openai/deployments/mini-west/chat/completions"]
+    assert upstream.requests[-1].json()["model"] == "mini-west"
+    [call] = recorded(azure, "failover", 1)
+    assert call.model == "gpt-4o-mini" and [a.status for a in call.attempts] == [503, 200]
+    assert call.cost_usd is not None and call.cost_usd > 0  # priced as the model mini-west serves
+
+
+@pytest.mark.parametrize("path", ["/openai", "/openai/v1", "/openai/v1/"])
+def test_an_upstream_ending_in_openai_is_refused_at_its_line(tmp_path: Path, path: str) -> None:
+    # Agents' paths carry /openai/...: such an upstream would receive /openai/v1/openai/v1/...
+    config = tmp_path / "interlock.yaml"
+    config.write_text(
+        f"routes:\n  azure:\n    protocol: azure_openai\n    upstream: https://r.openai.azure.com{path}\n"
+    )
+    with pytest.raises(SourceError) as caught:
+        load_settings(config)
+    assert (caught.value.line, caught.value.col) == (4, 5)  # the upstream's line
+    gateway = "routes:\n  azure: {protocol: azure_openai, upstream: https://gw.azure-api.net/team-a}\n"
+    config.write_text(gateway)
+    assert load_settings(config).routes["azure"].upstreams[0].url == "https://gw.azure-api.net/team-a"
+
+
+def test_policy_test_cases_see_the_model_a_deployment_serves(tmp_path: Path) -> None:
+    (tmp_path / "interlock.yaml").write_text(
+        "routes:\n  azure:\n    protocol: azure_openai\n    upstream: https://r.openai.azure.com\n"
+        "    deployments: {prod-chat: gpt-4o}\n"
+    )
+    (tmp_path / "rules.yaml").write_text("rules:\n  - name: no-4o\n    deny: {models: [gpt-4o]}\n")
+    cases = """
+cases:
+  - name: the deployment path names gpt-4o's deployment
+    request: {route: azure, path: /openai/deployments/prod-chat/chat/completions}
+    expect: {decision: deny, rule: no-4o}
+  - name: the v1 API names it in the body
+    request: {route: azure, model: prod-chat}
+    expect: {decision: deny, rule: no-4o}
+  - name: another deployment passes
+    request: {route: azure, path: /openai/deployments/other/chat/completions}
+    expect: {decision: allow}
+"""
+    (tmp_path / "cases.yaml").write_text(cases)
+    result = CliRunner().invoke(
+        main,
+        ["policy", "test", str(tmp_path / "rules.yaml"), "--cases", str(tmp_path / "cases.yaml")]
+        + ["-c", str(tmp_path / "interlock.yaml")],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output

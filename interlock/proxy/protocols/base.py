@@ -79,6 +79,15 @@ class RequestView:
     def input_chars(self) -> int:
         return sum(len(t.text) for t in self.texts)
 
+    def rename_model(self, names: dict[str, str]) -> str | None:
+        """Take the model a route's `deployments` say the asked-for name serves (an Azure
+        deployment → its model); returns the name asked for, or None when it is not listed."""
+        asked = self.model
+        if asked is None or asked not in names:
+            return None
+        self.model = names[asked]
+        return asked
+
 
 @dataclass(slots=True)
 class ResponseSummary:
