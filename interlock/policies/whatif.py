@@ -166,6 +166,8 @@ def whatif(
         except BadRequest:
             report.skipped += 1
             continue
+        if "deployment" in call.meta:  # the model a deployment serves, as the proxy judged it (`deployments`)
+            call.view.model = call.model
         outcome = decide(engine, call, hosts.get(call.route), tuple(_response_tools(call)), keep_params=False)
         if limits is not None and outcome.limits and outcome.decision != "deny":
             refused = limits.refusal([engine.by_name[name] for name in outcome.limits], call)

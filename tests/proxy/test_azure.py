@@ -350,6 +350,12 @@ def test_an_upstream_ending_in_openai_is_refused_at_its_line(tmp_path: Path, pat
     with pytest.raises(SourceError) as caught:
         load_settings(config)
     assert (caught.value.line, caught.value.col) == (4, 5)  # the upstream's line
+    config.write_text(
+        "routes:\n  azure:\n    protocol: azure_openai\n    upstream: https://r.openai.azure.com\n"
+        "    stream_rescue: true\n"
+    )
+    with pytest.raises(SourceError):  # not continued elsewhere: refused, not silently never rescued
+        load_settings(config)
     gateway = "routes:\n  azure: {protocol: azure_openai, upstream: https://gw.azure-api.net/team-a}\n"
     config.write_text(gateway)
     assert load_settings(config).routes["azure"].upstreams[0].url == "https://gw.azure-api.net/team-a"
@@ -381,3 +387,17 @@ cases:
         catch_exceptions=False,
     )
     assert result.exit_code == 0, result.output
+
+
+def test_whatif_judges_a_recorded_call_as_the_model_its_deployment_serves(
+    azure: Running, upstream: ScriptedUpstream, tmp_path: Path
+) -> None:
+    from interlock.policies.loader import load_policies
+    from interlock.policies.whatif import whatif
+
+    with client(azure, "whatif") as sdk:
+        sdk.chat.completions.create(model="prod-chat", messages=[{"role": "user", "content": "hi"}])
+    [call] = recorded(azure, "whatif", 1)
+    (tmp_path / "p.yaml").write_text("rules:\n  - name: no-4o\n    deny: {models: [gpt-4o]}\n")
+    report = whatif(load_policies([str(tmp_path / "p.yaml")]), [call])
+    assert [(c.before, c.after, c.rule) for c in report.changes] == [("allow", "deny", "no-4o")]

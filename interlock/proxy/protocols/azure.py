@@ -49,8 +49,11 @@ class AzureOpenAIAdapter(OpenAIAdapter):
     provider_name = "azure.ai.openai"
     price_provider = "azure"
     default_path = "/openai/v1/chat/completions"
-    #: Azure's rescue prefill is OpenAI's (none): api.openai.com's models answer a trailing assistant
-    #: message with a new turn, and Azure serves the same models.
+    #: Not continued elsewhere (`stream_rescue` is refused at the route's line): the rescue's splice
+    #: (`protocols/rescue.py`) knows OpenAI's and Anthropic's chunks, not a continuation that opens
+    #: with Azure's filter-results chunk; and Azure serves OpenAI's models, which answer a trailing
+    #: assistant message with a new turn (prefill `none`), so only a restart would be left.
+    stream_rescue = False
 
     def parse(self, call: Call) -> RequestView:
         path = call.path
