@@ -227,6 +227,9 @@ class Upstream(Model):
     weight: float = Field(1.0, ge=0)
     #: The real provider key, injected by interlock so that agents never hold it.
     api_key: str | None = None
+    #: The region a signing provider's requests are signed for (Bedrock's SigV4); unset: the one in
+    #: the upstream's host, else the environment's.
+    region: str | None = None
     headers: dict[str, str] = {}
     #: How this upstream continues an assistant prefill, for `stream_rescue` (issue 21): `assistant`
     #: (a trailing assistant message is continued: Anthropic, Ollama), `prefix` (with `"prefix":

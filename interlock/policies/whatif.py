@@ -30,7 +30,6 @@ from interlock.policies.limits import Limiter
 from interlock.prices import Pricing
 from interlock.proxy.protocols import ADAPTERS, BadRequest
 from interlock.proxy.protocols.base import TokenUsage, response_json
-from interlock.proxy.protocols.sse import iter_events
 from interlock.tracing.call import Call
 
 
@@ -213,7 +212,7 @@ def _response_tools(call: Call) -> list[str]:
     adapter = ADAPTERS[call.protocol]
     if call.stream:
         names: list[str] = []
-        for event in iter_events(b"".join(c.data for c in call.chunks)):
+        for event in adapter.iter_events(b"".join(c.data for c in call.chunks)):
             names += adapter.stream_tool_names(event)
         return list(dict.fromkeys(names))
     return [t.name for t in adapter.response_tool_calls(response_json(call))]

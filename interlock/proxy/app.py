@@ -307,7 +307,7 @@ class ProxyApp:
             if opened.unreadable is not None and await self.unreadable(call, adapter, send, state, opened.unreadable):
                 return
             content_type = response.headers.get("content-type", "")
-            if content_type.startswith("text/event-stream"):
+            if adapter.is_stream(content_type):
                 call.stream = True
                 await self.relay_stream(call, adapter, opened, send, state, route)
             else:
@@ -372,7 +372,7 @@ class ProxyApp:
         # error status's stream is not held to the protocol's terminator.
         keep = self.settings.store.record_max_bytes
         markers = adapter.stream_end_markers if (call.status or 0) < 400 and not adapter.open_ended(call) else ()
-        capture = state.capture = StreamCapture(call.chunks, keep, markers)
+        capture = state.capture = StreamCapture(call.chunks, keep, markers, adapter.markers_at_line_start)
         # A plain `http` route's event stream may not frame its events as SSE: relayed as it comes.
         state.whole_events = None if adapter.opaque else adapter.events_end
         if sent is not None:

@@ -41,11 +41,14 @@ class StreamCapture:
         "_seen",
     )
 
-    def __init__(self, chunks: list[Chunk], limit: int, markers: tuple[bytes, ...] = ()) -> None:
+    def __init__(
+        self, chunks: list[Chunk], limit: int, markers: tuple[bytes, ...] = (), line_start: bool = True
+    ) -> None:
         self.chunks = chunks
         #: The protocol's end-of-stream events (`data: [DONE]`, `event: message_stop`), each matched
-        #: at the start of a line, so the same text inside a JSON string does not count.
-        self.markers = tuple(b"\n" + marker for marker in markers)
+        #: at the start of a line, so the same text inside a JSON string does not count (a binary
+        #: framing's, `line_start` False, are matched as they are: Bedrock's holds length bytes).
+        self.markers = tuple(b"\n" + marker if line_start else marker for marker in markers)
         self._seen = not markers  # a protocol without a terminator ends when the stream does
         self.limit = limit
         self.kept = 0

@@ -265,6 +265,7 @@ class Forwarder:
             call.upstream_body = body
         headers = upstream_headers(call, adapter, upstream, body_len=len(body))
         url = upstream_url(upstream, call, path, adapter.key_query_params)
+        headers = adapter.sign(call.method, url, headers, body, upstream)
         attempt = Attempt(
             upstream=state.name,
             url=url if call.upstream_query is None and "@" not in url else recorded_url(upstream, call, path),
@@ -290,7 +291,7 @@ class Forwarder:
             attempt.status = status = response.status_code
             raw = response.aiter_raw()
             first = b""
-            if response.headers.get("content-type", "").startswith("text/event-stream"):
+            if adapter.is_stream(response.headers.get("content-type", "")):
                 # An open-ended stream (MCP's GET) may stay silent for long: its head is enough.
                 if not adapter.open_ended(call):
                     async for first in raw:

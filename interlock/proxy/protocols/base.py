@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from interlock.proxy.protocols.conversation import ChatMessage
 from interlock.proxy.protocols.encoding import Unreadable, decode_body
 from interlock.proxy.protocols.sse import Event, EventSplitter, iter_events
 from interlock.tracing.call import Call, Headers, Reply
+
+if TYPE_CHECKING:
+    from interlock.config import Upstream
 
 #: The most a recorded body is decoded to for reading (a UI page, a search index, replay).
 READ_LIMIT = 256 * 1024 * 1024
@@ -130,6 +133,10 @@ class Adapter:
     key_query_params: frozenset[str] = frozenset()
     #: Bytes that mark a stream's last event: an agent that leaves after one of these got everything.
     stream_end_markers: tuple[bytes, ...] = ()
+    #: The end markers start a line (SSE); False: they are matched anywhere (a binary framing).
+    markers_at_line_start = True
+    #: Response content types that are a stream, relayed chunk by chunk and split into events.
+    stream_media_types: tuple[str, ...] = ("text/event-stream",)
     #: OpenTelemetry's `gen_ai.provider.name` for calls whose upstream host names no provider.
     provider_name: str | None = None
     #: The upstream a route of this protocol calls when its config names none (None: it must name
@@ -188,6 +195,15 @@ class Adapter:
         route's `retry.non_idempotent` (a model call has no side effect worth protecting; a tool's
         POST may act on the world)."""
         return method not in ("POST", "PATCH")
+
+    def sign(self, method: str, url: str, headers: Headers, body: bytes, upstream: Upstream) -> Headers:
+        """The headers an upstream request leaves with, signed for it when the provider authenticates
+        each request by a signature over it (Bedrock's SigV4); unchanged by default."""
+        return headers
+
+    def is_stream(self, content_type: str) -> bool:
+        """Whether a response with this content type is a stream (`stream_media_types`)."""
+        return content_type.startswith(self.stream_media_types)
 
     def rpc_id(self, data: Any) -> Any:
         """The JSON-RPC id of a request JSON (None: not JSON-RPC, or a notification)."""
