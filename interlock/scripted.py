@@ -35,10 +35,11 @@ import zlib
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote
 
 import uvicorn
 
-from interlock import scripted_azure
+from interlock import scripted_azure, scripted_bedrock
 from interlock.scripted_gemini import (
     GEMINI_PATH,
     frame,
@@ -124,6 +125,8 @@ class Received:
     at: float
     #: The path as sent, still percent-encoded (`path` is decoded).
     raw_path: str = ""
+    #: Bedrock: why its SigV4 signature did not verify (None: it did, or it was not checked).
+    signature_problem: str | None = None
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -154,6 +157,8 @@ class ScriptedUpstream:
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self.disconnects = 0
+        #: Bedrock requests must carry a SigV4 signature made with these (None: not checked).
+        self.aws_credentials: scripted_bedrock.AwsCredentials | None = None
 
     @property
     def url(self) -> str:
@@ -187,6 +192,7 @@ class ScriptedUpstream:
             self._default = Script()
             self.requests.clear()
             self.disconnects = 0
+            self.aws_credentials = None
 
     def _next(self, model: Any = None) -> Script:
         with self._lock:
@@ -280,6 +286,9 @@ class ScriptedUpstream:
                 return
             # The deployment API names the model in the path (`set_model` takes the deployment).
             data.setdefault("model", scripted_azure.deployment(scope["path"]))
+        if scope["path"].startswith("/model/"):  # AWS Bedrock Runtime: the model is in the path
+            await self._bedrock(scope, received, data, receive, send)
+            return
         gemini = GEMINI_PATH.search(scope["path"])
         script = self._next(gemini.group(1) if gemini else data.get("model"))
         if script.delay:
@@ -295,6 +304,65 @@ class ScriptedUpstream:
                 await self._respond_gemini(gemini.group(1), gemini.group(2), sse, data, script, send, gone)
             else:
                 await self._respond(scope["path"], data, script, send, gone)
+        finally:
+            watcher.cancel()
+
+    async def _bedrock(
+        self, scope: dict[str, Any], received: Received, data: dict[str, Any], receive: Any, send: Any
+    ) -> None:
+        """A Bedrock Runtime request: its SigV4 signature checked against `aws_credentials` (a 403
+        `InvalidSignatureException` when it does not verify, as AWS answers), then the script."""
+        script = self._next(unquote(scope["path"][len("/model/") :].partition("/")[0]))
+        if self.aws_credentials is not None:
+            problem = scripted_bedrock.signature_problem(
+                received.method,
+                received.raw_path,
+                received.query,
+                received.headers,
+                received.body,
+                self.aws_credentials,
+            )
+            received.signature_problem = problem
+            if problem is not None:
+                status, body, head = scripted_bedrock.error(403, problem, "InvalidSignatureException")
+                await _send_json(send, status, body, head)
+                return
+        if script.delay:
+            await asyncio.sleep(script.delay)
+        if script.status >= 400 or script.error is not None or script.body is not None:
+            if script.body is not None:
+                status, body, head = script.status, script.body, []
+            else:
+                status, body, head = scripted_bedrock.error_for(script)
+            extra = [(k.lower().encode(), v.encode()) for k, v in script.headers.items()]
+            await _send_json(send, status, body, head + extra)
+            return
+        events, whole, streamed = scripted_bedrock.reply(scope["path"], data, script)
+        if not streamed:
+            if script.reset_after == 0:
+                raise _Reset("scripted reset before the response")
+            await _send_json(send, 200, json.dumps(whole).encode(), [])
+            return
+        gone = asyncio.Event()
+        watcher = asyncio.create_task(self._watch_disconnect(receive, gone))
+        try:
+            head = [(b"content-type", b"application/vnd.amazon.eventstream"), (b"x-amzn-requestid", b"scripted")]
+            await send({"type": "http.response.start", "status": 200, "headers": head})
+            for i, event in enumerate(events):
+                if script.reset_after is not None and i >= script.reset_after:
+                    raise _Reset("scripted reset mid-stream")
+                if script.stall_after is not None and i >= script.stall_after:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(gone.wait(), script.stall_seconds)
+                    raise _Reset("scripted stall ended")
+                if script.error_event_after is not None and i >= script.error_event_after:
+                    event = scripted_bedrock.stream_exception()
+                    await send({"type": "http.response.body", "body": event, "more_body": True})
+                    break
+                if i and script.chunk_delay:
+                    await asyncio.sleep(script.chunk_delay)
+                await send({"type": "http.response.body", "body": event, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
         finally:
             watcher.cancel()
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from interlock.proxy.protocols.anthropic import AnthropicAdapter
 from interlock.proxy.protocols.azure import AzureOpenAIAdapter
 from interlock.proxy.protocols.base import Adapter, BadRequest, RequestView, ResponseSummary, TextSlot, ToolCall
+from interlock.proxy.protocols.bedrock import BedrockAdapter
 from interlock.proxy.protocols.gemini import GeminiAdapter
 from interlock.proxy.protocols.http import HttpAdapter
 from interlock.proxy.protocols.mcp import McpAdapter
@@ -20,6 +21,7 @@ ADAPTERS: dict[str, Adapter] = {
     "http": HttpAdapter(),
     "azure_openai": AzureOpenAIAdapter(),
     "gemini": GeminiAdapter(),
+    "bedrock": BedrockAdapter(),
 }
 
 

@@ -1,0 +1,546 @@
+"""AWS Bedrock Runtime: Converse and ConverseStream (JSON; AWS event-stream framing), and InvokeModel /
+InvokeModelWithResponseStream for Anthropic models on Bedrock (the Messages API body).
+
+The model is in the URL (`/model/{modelId}/converse`, percent-encoded as boto3 sends it). The agent
+signs its request with SigV4 for interlock's host; that signature is worthless upstream and is a
+credential: it is never relayed nor recorded, and each upstream request is signed again with the
+route's AWS credentials (`sign`). Errors are Bedrock's: a JSON `{"message": ...}` and the error type
+in `x-amzn-errortype`; in a stream, an exception message. Sources: the Bedrock Runtime API reference
+(Converse, ConverseStream, InvokeModel), botocore's `bedrock-runtime` service-2.json and its
+event-stream parser and tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, unquote
+
+from interlock.proxy.protocols.anthropic import AnthropicAdapter
+from interlock.proxy.protocols.base import (
+    Adapter,
+    BadRequest,
+    RequestView,
+    ResponseSummary,
+    StreamText,
+    TextSlot,
+    TokenUsage,
+    ToolCall,
+    dump_body,
+    json_strings,
+    parse_json_body,
+    response_json,
+    token_count,
+)
+from interlock.proxy.protocols.conversation import ChatMessage, ChatToolCall, exchange
+from interlock.proxy.protocols.eventstream import (
+    MessageSplitter,
+    event_message,
+    exception_message,
+    iter_messages,
+    messages_end,
+)
+from interlock.proxy.protocols.sse import Event, EventSplitter
+from interlock.tracing.call import Call, Headers, Reply
+
+if TYPE_CHECKING:
+    from interlock.config import Upstream
+
+_PREFIX = "/model/"
+_OPERATIONS = {
+    "converse": ("chat", False),
+    "converse-stream": ("chat", True),
+    "invoke": ("messages", False),
+    "invoke-with-response-stream": ("messages", True),
+}
+_INFERENCE = ("maxTokens", "temperature", "topP", "stopSequences")
+#: Bedrock's error types by status (service-2.json's exceptions).
+_ERROR_TYPES = {
+    400: "ValidationException",
+    401: "AccessDeniedException",
+    403: "AccessDeniedException",
+    404: "ResourceNotFoundException",
+    408: "ModelTimeoutException",
+    413: "ValidationException",
+    424: "ModelErrorException",
+    429: "ThrottlingException",
+    500: "InternalServerException",
+    502: "InternalServerException",
+    503: "ServiceUnavailableException",
+    504: "ModelTimeoutException",
+}
+#: What SigV4 puts on a request: the agent's copy signs for interlock's host, never relayed.
+_SIGNATURE_HEADERS = frozenset(
+    {"authorization", "x-amz-date", "x-amz-security-token", "x-amz-content-sha256", "x-api-key"}
+)
+_ANTHROPIC = AnthropicAdapter()
+
+
+def model_and_action(path: str) -> tuple[str, str] | None:
+    """The model id (decoded) and the action of a Bedrock Runtime path, or None."""
+    if not path.startswith(_PREFIX):
+        return None
+    model, _, action = path[len(_PREFIX) :].partition("/")
+    if not model or action not in _OPERATIONS:
+        return None
+    return unquote(model), action
+
+
+def _converse_blocks(content: Any, path: tuple[str | int, ...], role: str) -> list[TextSlot]:
+    slots: list[TextSlot] = []
+    for i, block in enumerate(content if isinstance(content, list) else []):
+        if not isinstance(block, dict):
+            continue
+        if isinstance(block.get("text"), str):
+            slots.append(TextSlot((*path, i, "text"), block["text"], role))
+        use = block.get("toolUse")
+        if isinstance(use, dict) and use.get("input") is not None:
+            slots += json_strings(use["input"], (*path, i, "toolUse", "input"), "tool_args")
+        result = block.get("toolResult")
+        if isinstance(result, dict):
+            parts = result.get("content")
+            for j, part in enumerate(parts if isinstance(parts, list) else []):
+                if isinstance(part, dict) and isinstance(part.get("text"), str):
+                    slots.append(TextSlot((*path, i, "toolResult", "content", j, "text"), part["text"], "tool_result"))
+                elif isinstance(part, dict) and part.get("json") is not None:
+                    where = (*path, i, "toolResult", "content", j, "json")
+                    slots += json_strings(part["json"], where, "tool_result")
+    return slots
+
+
+def _tool_specs(data: dict[str, Any]) -> list[dict[str, Any]]:
+    config = data.get("toolConfig")
+    if config is None:
+        return []
+    if not isinstance(config, dict) or not isinstance(config.get("tools", []), list):
+        raise BadRequest("`toolConfig.tools` must be a list", "invalid_request")
+    specs = []
+    for i, tool in enumerate(config.get("tools", [])):
+        spec = tool.get("toolSpec") if isinstance(tool, dict) else None
+        if spec is None:
+            continue  # a cachePoint
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+            raise BadRequest(f"toolConfig.tools.{i}.toolSpec.name must be a string", "invalid_request")
+        specs.append(spec)
+    return specs
+
+
+def _chat_messages(blocks: Any, role: str, where: str) -> list[ChatMessage]:
+    """One Converse message as chat messages: its text and tool calls, then each tool result."""
+    message = ChatMessage(role, "", where)
+    out = [message]
+    texts: list[str] = []
+    for block in blocks if isinstance(blocks, list) else []:
+        if not isinstance(block, dict):
+            continue
+        if isinstance(block.get("text"), str):
+            texts.append(block["text"])
+        use = block.get("toolUse")
+        if isinstance(use, dict):
+            arguments = json.dumps(use.get("input", {}), ensure_ascii=False)
+            message.tool_calls.append(ChatToolCall(str(use.get("name")), arguments, use.get("toolUseId")))
+        result = block.get("toolResult")
+        if isinstance(result, dict):
+            parts = result.get("content")
+            text = "\n".join(
+                p["text"] if isinstance(p.get("text"), str) else json.dumps(p.get("json"), ensure_ascii=False)
+                for p in (parts if isinstance(parts, list) else [])
+                if isinstance(p, dict)
+            )
+            tool = ChatMessage("tool", text, where, tool_call_id=result.get("toolUseId"))
+            tool.error = result.get("status") == "error"
+            out.append(tool)
+    message.text = "\n".join(texts)
+    return [m for m in out if m.text or m.tool_calls or m.role == "tool"]
+
+
+def _stream_usage(call: Call) -> dict[str, Any] | None:
+    for event in iter_messages(b"".join(c.data for c in call.chunks)):
+        if event.event == "metadata":
+            try:
+                data = json.loads(event.data)
+            except ValueError:
+                continue
+            usage = data.get("usage") if isinstance(data, dict) else None
+            if isinstance(usage, dict):
+                return usage
+    return None
+
+
+def _converse_message(events: list[dict[str, Any]]) -> dict[str, Any]:
+    """ConverseStream's events (`{eventType: payload}`, as boto3 yields them) as the Converse response."""
+    blocks: dict[int, dict[str, Any]] = {}
+    tool_inputs: dict[int, list[str]] = {}
+    out: dict[str, Any] = {"output": {"message": {"role": "assistant", "content": []}}}
+    for event in events:
+        for kind, payload in event.items():
+            if not isinstance(payload, dict):
+                continue
+            index = payload.get("contentBlockIndex", 0)
+            if kind == "messageStart" and isinstance(payload.get("role"), str):
+                out["output"]["message"]["role"] = payload["role"]
+            elif kind == "contentBlockStart":
+                use = (payload.get("start") or {}).get("toolUse")
+                if isinstance(use, dict):
+                    blocks[index] = {"toolUse": {**use, "input": {}}}
+                    tool_inputs[index] = []
+            elif kind == "contentBlockDelta" and isinstance(payload.get("delta"), dict):
+                delta = payload["delta"]
+                if isinstance(delta.get("text"), str):
+                    block = blocks.setdefault(index, {"text": ""})
+                    block["text"] = block.get("text", "") + delta["text"]
+                use = delta.get("toolUse")
+                if isinstance(use, dict) and isinstance(use.get("input"), str):
+                    tool_inputs.setdefault(index, []).append(use["input"])
+            elif kind == "messageStop":
+                out["stopReason"] = payload.get("stopReason")
+            elif kind == "metadata":
+                out.update({k: v for k, v in payload.items() if k in ("usage", "metrics", "trace")})
+    for index, pieces in tool_inputs.items():
+        block = blocks.setdefault(index, {"toolUse": {}})
+        try:
+            block["toolUse"]["input"] = json.loads("".join(pieces)) if pieces else {}
+        except ValueError:
+            block["toolUse"]["input"] = "".join(pieces)  # cut short: kept as it came
+    out["output"]["message"]["content"] = [blocks[i] for i in sorted(blocks)]
+    return out
+
+
+def _invoke_events(events: Iterator[Event]) -> Iterator[dict[str, Any]]:
+    """InvokeModelWithResponseStream's chunks: each carries one Anthropic stream event, base64 in `bytes`."""
+    import base64
+
+    for event in events:
+        if event.event != "chunk":
+            continue
+        try:
+            payload = json.loads(event.data)
+            inner = json.loads(base64.b64decode(payload["bytes"]))
+        except (ValueError, KeyError, TypeError):
+            continue
+        if isinstance(inner, dict):
+            yield inner
+
+
+class BedrockAdapter(Adapter):
+    name = "bedrock"
+    title = "AWS Bedrock Runtime"
+    base_url_env = "AWS_ENDPOINT_URL_BEDROCK_RUNTIME"
+    json_body = True
+    opaque = False
+    model_api = True
+    provider_name = "aws.bedrock"
+    price_provider = "aws"
+    default_path = "/model/scripted-model/converse"
+    # The route's credentials sign each request (`sign`); no key header is written.
+    key_header = ""
+    key_prefix = ""
+    stream_media_types = ("application/vnd.amazon.eventstream",)
+    # ConverseStream's last event is `metadata` (usage); matched as a whole header, name and value.
+    stream_end_markers = (b"\x0b:event-type\x07\x00\x08metadata",)
+    markers_at_line_start = False
+    prefills = frozenset({"none"})
+
+    # -- request ---------------------------------------------------------------------------------
+
+    def parse(self, call: Call) -> RequestView:
+        found = model_and_action(call.path)
+        if call.method != "POST" or found is None:
+            return RequestView(operation="http")
+        model, action = found
+        operation, stream = _OPERATIONS[action]
+        data = parse_json_body(call)
+        if not isinstance(data, dict):
+            raise BadRequest("the request body must be a JSON object", "invalid_json")
+        call.request_json = data
+        if operation == "messages":  # an Anthropic Messages body, the model in the URL
+            view = _ANTHROPIC.parse(call)
+            view.model, view.stream, view.operation = model, stream, "chat"
+            return view
+        view = RequestView(operation="chat", model=model, stream=stream)
+        config = data.get("inferenceConfig")
+        if isinstance(config, dict):
+            view.params = {k: config[k] for k in _INFERENCE if k in config}
+        system = data.get("system")
+        if system is not None and not isinstance(system, list):
+            raise BadRequest("`system` must be a list", "invalid_request")
+        view.texts += _converse_blocks(system, ("system",), "system")
+        messages = data.get("messages", [])
+        if not isinstance(messages, list):
+            raise BadRequest("`messages` must be a list", "invalid_request")
+        for i, message in enumerate(messages):
+            if not isinstance(message, dict):
+                raise BadRequest(f"messages.{i} must be an object", "invalid_request")
+            content = message.get("content")
+            if not isinstance(content, list):
+                raise BadRequest(f"messages.{i}.content must be a list", "invalid_request")
+            view.texts += _converse_blocks(content, ("messages", i, "content"), str(message.get("role")))
+        view.tools = [spec["name"] for spec in _tool_specs(data)]
+        return view
+
+    def rewrite_model(self, data: Any, path: str, model: str) -> tuple[Any, str] | None:
+        found = model_and_action(path)
+        if found is None or found[0] == model:
+            return None
+        return data, f"{_PREFIX}{quote(model, safe='')}/{found[1]}"
+
+    def may_resend(self, method: str, operation: str | None) -> bool:
+        return True  # a failed generation has no side effect worth protecting
+
+    def sign(self, method: str, url: str, headers: Headers, body: bytes, upstream: Upstream) -> Headers:
+        """The headers with a SigV4 signature for `url` made with the route's AWS credentials:
+        `api_key` as `ACCESS_KEY_ID:SECRET_ACCESS_KEY[:SESSION_TOKEN]`, else botocore's credential
+        chain (environment, shared files, container or instance role). Only the host, the content
+        type and the x-amz- headers are signed, so what the HTTP client adds cannot break it."""
+        import botocore.session
+        from botocore.auth import SigV4Auth
+        from botocore.awsrequest import AWSRequest
+        from botocore.credentials import Credentials
+
+        credentials: Any
+        if upstream.api_key:
+            access, _, rest = upstream.api_key.partition(":")
+            secret, _, token = rest.partition(":")
+            credentials = Credentials(access, secret, token or None)
+        else:
+            credentials = botocore.session.get_session().get_credentials()
+            if credentials is None:
+                raise BadRequest("no AWS credentials to sign the upstream request with", "no_credentials", 502)
+        region = upstream.region or _region(upstream.url)
+        signed = [(k, v) for k, v in headers if k == "content-type"]
+        request = AWSRequest(method=method, url=url, data=body, headers=dict(signed))
+        SigV4Auth(credentials, "bedrock", region).add_auth(request)
+        added = [(k.lower(), v) for k, v in request.headers.items() if k.lower() != "content-type"]
+        # The key header is "" (`upstream_key` writes the route's credentials under it): never sent.
+        return [h for h in headers if h[0] not in _SIGNATURE_HEADERS and h[0]] + added
+
+    def sample_body(
+        self, path: str, text: str, model: str | None, tools: Sequence[str], tool: tuple[str, Any] | None = None
+    ) -> dict[str, Any] | None:
+        body: dict[str, Any] = {"messages": [{"role": "user", "content": [{"text": text}]}]}
+        if tools:
+            specs = [{"toolSpec": {"name": n, "inputSchema": {"json": {"type": "object"}}}} for n in tools]
+            body["toolConfig"] = {"tools": specs}
+        return body
+
+    # -- streams -----------------------------------------------------------------------------------
+
+    def event_splitter(self) -> EventSplitter:
+        return MessageSplitter()
+
+    def iter_events(self, body: bytes) -> Iterator[Event]:
+        return iter_messages(body)
+
+    def events_end(self, data: bytes) -> int:
+        return messages_end(data)
+
+    def event_json(self, event: Event) -> Any:
+        """`{eventType: payload}`, as boto3 yields a stream's events."""
+        payload = super().event_json(event)
+        return {event.event: payload} if event.event and isinstance(payload, dict) else None
+
+    def reassemble_stream(self, body: bytes) -> Any:
+        events = list(self.iter_events(body))
+        if any(e.event == "chunk" for e in events):
+            return _ANTHROPIC.reassemble(list(_invoke_events(iter(events))))
+        return super().reassemble_stream(body)
+
+    def reassemble(self, events: list[dict[str, Any]]) -> Any:
+        return _converse_message(events)
+
+    def stream_head_and_tail(self, body: bytes, head: int, tail: int) -> bytes:
+        events = list(self.iter_events(body))
+        kept, size = [], 0
+        for event in events:
+            if size + len(event.raw) > head:
+                break
+            kept.append(event.raw)
+            size += len(event.raw)
+        return b"".join(kept) + b"".join(e.raw for e in events[-8:] if e.raw not in kept)
+
+    def stream_event(self, event: str | None, data: Any) -> bytes:
+        return event_message(event or "", dump_body(data))
+
+    def stream_error_event(self, code: str, message: str) -> bytes:
+        return exception_message("internalServerException", dump_body({"message": message, "code": code}))
+
+    def stream_texts(self, event: str | None, data: Any) -> list[StreamText]:
+        if event != "contentBlockDelta" or not isinstance(data, dict) or not isinstance(data.get("delta"), dict):
+            return []
+        index, delta = data.get("contentBlockIndex"), data["delta"]
+        if isinstance(delta.get("text"), str):
+            return [StreamText(f"content.{index}", ("delta", "text"), delta["text"])]
+        use = delta.get("toolUse")
+        if isinstance(use, dict) and isinstance(use.get("input"), str):
+            return [StreamText(f"content.{index}.input", ("delta", "toolUse", "input"), use["input"], json_text=True)]
+        return []
+
+    def stream_tool_names(self, event: Any) -> list[str]:
+        if event.event != "contentBlockStart" or '"toolUse"' not in event.data:
+            return []
+        try:
+            use = json.loads(event.data)["start"]["toolUse"]
+        except (ValueError, KeyError, TypeError):
+            return []
+        return [use["name"]] if isinstance(use, dict) and isinstance(use.get("name"), str) else []
+
+    # -- response ------------------------------------------------------------------------------------
+
+    def _usage(self, call: Call) -> dict[str, Any] | None:
+        if call.stream:
+            return _stream_usage(call)
+        data = response_json(call)
+        usage = data.get("usage") if isinstance(data, dict) else None
+        return usage if isinstance(usage, dict) else None
+
+    def _anthropic(self, call: Call) -> bool:
+        found = model_and_action(call.path)
+        return found is not None and _OPERATIONS[found[1]][0] == "messages"
+
+    def usage(self, call: Call) -> tuple[int | None, int | None]:
+        if self._anthropic(call):
+            return _ANTHROPIC.usage(call) if not call.stream else self._invoke_usage(call)
+        usage = self._usage(call)
+        if usage is None:
+            return None, None
+        return token_count(usage.get("inputTokens")), token_count(usage.get("outputTokens"))
+
+    def _invoke_usage(self, call: Call) -> tuple[int | None, int | None]:
+        message = self.reassemble_stream(b"".join(c.data for c in call.chunks))
+        usage = message.get("usage") if isinstance(message, dict) else None
+        if not isinstance(usage, dict):
+            return None, None
+        return token_count(usage.get("input_tokens")), token_count(usage.get("output_tokens"))
+
+    def token_usage(self, call: Call) -> TokenUsage | None:
+        if self._anthropic(call):
+            if call.stream:
+                i, o = self._invoke_usage(call)
+                return None if i is None else TokenUsage(input=i, output=o or 0)
+            return _ANTHROPIC.token_usage(call)
+        usage = self._usage(call)
+        if usage is None:
+            return None
+        # Bedrock's `inputTokens` leaves out the cache reads and writes (as Anthropic's does).
+        cache_read = token_count(usage.get("cacheReadInputTokens"))
+        cache_write = token_count(usage.get("cacheWriteInputTokens"))
+        return TokenUsage(
+            input=token_count(usage.get("inputTokens")) + cache_read + cache_write,
+            output=token_count(usage.get("outputTokens")),
+            cache_read=cache_read,
+            cache_write=cache_write,
+        )
+
+    def response_texts(self, data: Any) -> list[TextSlot]:
+        if not isinstance(data, dict):
+            return []
+        if "output" not in data:
+            return _ANTHROPIC.response_texts(data)
+        message = (data.get("output") or {}).get("message") or {}
+        return _converse_blocks(message.get("content"), ("output", "message", "content"), "assistant")
+
+    def response_tool_calls(self, data: Any) -> list[ToolCall]:
+        if not isinstance(data, dict):
+            return []
+        if "output" not in data:
+            return _ANTHROPIC.response_tool_calls(data)
+        message = (data.get("output") or {}).get("message") or {}
+        return [
+            ToolCall(str(use.get("name")), json.dumps(use.get("input", {})), use.get("toolUseId"))
+            for block in message.get("content") or []
+            if isinstance(block, dict) and isinstance(use := block.get("toolUse"), dict)
+        ]
+
+    def conversation(self, request: Any, response: Any) -> list[ChatMessage]:
+        if isinstance(request, dict) and "anthropic_version" in request:
+            return _ANTHROPIC.conversation(request, response)
+        out: list[ChatMessage] = []
+        if isinstance(request, dict):
+            for i, block in enumerate(request.get("system") or []):
+                if isinstance(block, dict) and isinstance(block.get("text"), str):
+                    out.append(ChatMessage("system", block["text"], f"request.system[{i}]"))
+            for i, message in enumerate(request.get("messages") or []):
+                if isinstance(message, dict):
+                    role = str(message.get("role", "user"))
+                    out += _chat_messages(message.get("content"), role, f"request.messages[{i}]")
+        answer: list[ChatMessage] = []
+        if isinstance(response, dict):
+            message = (response.get("output") or {}).get("message") or {}
+            answer = _chat_messages(message.get("content"), "assistant", "response.output.message")
+        return exchange(out, answer)
+
+    def read_summary(self, data: Any, summary: ResponseSummary) -> None:
+        if not isinstance(data, dict):
+            return
+        if isinstance(data.get("stopReason"), str):
+            summary.finish_reasons = [data["stopReason"]]
+        stop = data.get("messageStop")
+        if isinstance(stop, dict) and isinstance(stop.get("stopReason"), str):
+            summary.finish_reasons = [stop["stopReason"]]
+
+    def error_reply(self, status: int, code: str, message: str, *, retryable: bool = True) -> Reply:
+        kind = _ERROR_TYPES.get(status, "InternalServerException")
+        headers: Headers = [("content-type", "application/json"), ("x-amzn-errortype", f"{kind}:")]
+        if not retryable:
+            headers.append(("x-should-retry", "false"))
+        return Reply(status, dump_body({"message": message, "code": code}), headers)
+
+    # -- policy ------------------------------------------------------------------------------------
+
+    def strip_tools(self, data: Any, names: set[str]) -> list[str]:
+        if not isinstance(data, dict):
+            return []
+        if "anthropic_version" in data:
+            return _ANTHROPIC.strip_tools(data, names)
+        config = data.get("toolConfig")
+        tools = config.get("tools") if isinstance(config, dict) else None
+        if not isinstance(config, dict) or not isinstance(tools, list):
+            return []
+
+        def named(tool: Any) -> bool:
+            spec = tool.get("toolSpec") if isinstance(tool, dict) else None
+            return isinstance(spec, dict) and spec.get("name") in names
+
+        removed = [t["toolSpec"]["name"] for t in tools if named(t)]
+        if not removed:
+            return []
+        kept = [t for t in tools if not named(t)]
+        if not any(isinstance(t, dict) and "toolSpec" in t for t in kept):
+            data.pop("toolConfig")  # Bedrock refuses a toolConfig without tools
+        else:
+            config["tools"] = kept
+            choice = config.get("toolChoice")
+            if isinstance(choice, dict) and (choice.get("tool") or {}).get("name") in names:
+                config.pop("toolChoice")
+        return removed
+
+    def set_param(self, data: Any, name: str, value: Any, operation: str) -> list[tuple[str, Any, Any]]:
+        if not isinstance(data, dict):
+            return []
+        if "anthropic_version" in data:
+            return _ANTHROPIC.set_param(data, name, value, operation)
+        key = {"max_tokens": "maxTokens", "top_p": "topP", "stop": "stopSequences"}.get(name, name)
+        config = data.setdefault("inferenceConfig", {})
+        if not isinstance(config, dict):
+            return []
+        old = config.get(key)
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if number and isinstance(old, (int, float)) and not isinstance(old, bool):
+            if old <= value:
+                return []
+        elif key in config and old == value:
+            return []
+        config[key] = value
+        return [(f"inferenceConfig.{key}", old, value)]
+
+
+def _region(url: str) -> str:
+    """The region in a Bedrock Runtime host (`bedrock-runtime.us-east-1.amazonaws.com`), else the
+    environment's (AWS_REGION, AWS_DEFAULT_REGION), else us-east-1."""
+    host = url.split("://", 1)[-1].split("/", 1)[0]
+    parts = host.split(".")
+    if len(parts) >= 4 and parts[0].startswith("bedrock-runtime"):
+        return parts[1]
+    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"

@@ -1,0 +1,148 @@
+"""AWS Bedrock Runtime through interlock with boto3's `bedrock-runtime` client: Converse and
+ConverseStream, InvokeModel; interlock re-signs every request with the route's credentials (the
+scripted provider verifies the SigV4 signature with botocore) and never relays the agent's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import boto3
+import botocore.config
+import botocore.exceptions
+import pytest
+
+from interlock.scripted import Script, ScriptedUpstream, ToolUse
+from interlock.scripted_bedrock import AwsCredentials
+from interlock.testing import Running
+from tests.policies.test_guardrails_sdk import stored_bytes
+from tests.proxy.routing_support import collect_calls, wait_for
+
+MODEL = "anthropic.claude-3-5-haiku-20241022-v1:0"
+ROUTE_KEY = AwsCredentials("AKIDROUTEKEY0000", "route-secret-key", "eu-west-1", "route-session-token")
+EMAIL = "jane.roe@acme-corp.io"
+
+
+def bedrock_route(upstream: ScriptedUpstream, **extra: Any) -> dict[str, Any]:
+    key = f"{ROUTE_KEY.access_key_id}:{ROUTE_KEY.secret_access_key}:{ROUTE_KEY.session_token}"
+    target = {"url": upstream.url, "api_key": key, "region": ROUTE_KEY.region, **extra}
+    return {"protocol": "bedrock", "upstreams": [target]}
+
+
+def client(running: Running, route: str = "bedrock") -> Any:
+    """boto3 as an agent uses it: its own (placeholder) credentials, interlock as the endpoint."""
+    return boto3.client(
+        "bedrock-runtime",
+        endpoint_url=f"{running.url}/{route}",
+        region_name="us-west-2",
+        aws_access_key_id="AKIDAGENTKEY0000",
+        aws_secret_access_key="agent-secret",
+        aws_session_token="agent-session-token",
+        config=botocore.config.Config(retries={"max_attempts": 1}),
+    )
+
+
+@pytest.fixture
+def signed(upstream: ScriptedUpstream) -> ScriptedUpstream:
+    upstream.aws_credentials = ROUTE_KEY
+    return upstream
+
+
+@pytest.fixture
+def running(make_interlock: Any, signed: ScriptedUpstream, tmp_path: Path) -> Running:
+    policy = tmp_path / "p.yaml"
+    policy.write_text("rules:\n  - name: no-rm\n    deny: {tools: [rm]}\n")
+    return make_interlock(  # type: ignore[no-any-return]
+        routes={"bedrock": bedrock_route(signed)},
+        policies=[str(policy)],
+        guardrails={"request": {"EMAIL_ADDRESS": "redact"}},
+    )
+
+
+def _user(text: str) -> list[dict[str, Any]]:
+    return [{"role": "user", "content": [{"text": text}]}]
+
+
+def test_converse_is_re_signed_with_the_route_credentials_and_usage_recorded(
+    running: Running, signed: ScriptedUpstream
+) -> None:
+    calls = collect_calls(running)
+    answer = client(running).converse(modelId=MODEL, messages=_user("hello"), system=[{"text": "be brief"}])
+    assert answer["output"]["message"]["content"] == [{"text": "echo: hello"}]
+    assert answer["usage"]["inputTokens"] == 11 and answer["stopReason"] == "end_turn"
+    (sent,) = signed.requests
+    assert sent.signature_problem is None and "Credential=AKIDROUTEKEY0000/" in sent.headers["authorization"]
+    assert sent.headers["x-amz-security-token"] == "route-session-token"
+    assert sent.path == f"/model/{MODEL}/converse"
+    wait_for(lambda: len(calls) == 1)
+    (call,) = calls
+    assert call.protocol == "bedrock" and call.model == MODEL and call.outcome == "ok"
+    assert (call.input_tokens, call.output_tokens) == (11, 7)
+    stored = stored_bytes(running, 1)
+    for secret in (b"agent-session-token", b"agent-secret", b"route-session-token", b"route-secret-key", b"Signature="):
+        assert secret not in stored
+
+
+def test_a_signature_the_provider_rejects_is_a_bedrock_error_for_the_agent(
+    make_interlock: Any, signed: ScriptedUpstream
+) -> None:
+    wrong = bedrock_route(signed, api_key="AKIDROUTEKEY0000:not-the-secret:route-session-token")
+    running = make_interlock(routes={"bedrock": wrong})
+    with pytest.raises(botocore.exceptions.ClientError) as raised:
+        client(running).converse(modelId=MODEL, messages=_user("hello"))
+    error = raised.value.response
+    assert error["ResponseMetadata"]["HTTPStatusCode"] == 403
+    assert error["Error"]["Code"] == "InvalidSignatureException"
+    assert signed.requests[-1].signature_problem is not None
+
+
+def test_converse_stream_is_relayed_event_by_event_and_recorded_whole(
+    running: Running, signed: ScriptedUpstream
+) -> None:
+    calls = collect_calls(running)
+    signed.script(Script(text="streamed answer here", chunk_size=3))
+    stream = client(running).converse_stream(modelId=MODEL, messages=_user("hi"))["stream"]
+    events = list(stream)
+    text = "".join(e["contentBlockDelta"]["delta"]["text"] for e in events if "contentBlockDelta" in e)
+    assert text == "streamed answer here"
+    assert events[-1]["metadata"]["usage"]["outputTokens"] == 7
+    assert signed.requests[-1].signature_problem is None
+    wait_for(lambda: len(calls) == 1)
+    assert calls[0].stream and calls[0].outcome == "ok" and (calls[0].input_tokens, calls[0].output_tokens) == (11, 7)
+
+
+def test_email_is_redacted_upstream_and_restored_for_the_agent_streamed_and_not(
+    running: Running, signed: ScriptedUpstream
+) -> None:
+    agent = client(running)
+    answer = agent.converse(modelId=MODEL, messages=_user(f"write to {EMAIL}"))
+    assert answer["output"]["message"]["content"][0]["text"] == f"echo: write to {EMAIL}"
+    assert signed.requests[-1].json()["messages"][0]["content"][0]["text"] == "write to <EMAIL_ADDRESS_1>"
+    signed.script(Script(chunk_size=3))
+    events = list(agent.converse_stream(modelId=MODEL, messages=_user(f"mail {EMAIL} now"))["stream"])
+    text = "".join(e["contentBlockDelta"]["delta"]["text"] for e in events if "contentBlockDelta" in e)
+    assert text == f"echo: mail {EMAIL} now"
+    assert EMAIL.encode() not in b"".join(r.body for r in signed.requests)
+    assert all(r.signature_problem is None for r in signed.requests)
+
+
+def test_a_denied_tool_is_stripped_from_the_request_and_refused_in_the_answer(
+    running: Running, signed: ScriptedUpstream
+) -> None:
+    tools = {
+        "tools": [{"toolSpec": {"name": name, "inputSchema": {"json": {"type": "object"}}}} for name in ("rm", "ls")]
+    }
+    agent = client(running)
+    signed.script(Script(tool_calls=[ToolUse("ls", {"path": "/tmp"})]))
+    answer = agent.converse(modelId=MODEL, messages=_user("list"), toolConfig=tools)
+    (block,) = answer["output"]["message"]["content"]
+    assert block["toolUse"]["name"] == "ls" and block["toolUse"]["input"] == {"path": "/tmp"}
+    assert [t["toolSpec"]["name"] for t in signed.requests[-1].json()["toolConfig"]["tools"]] == ["ls"]
+    signed.script(Script(tool_calls=[ToolUse("rm", {"path": "/"})]))
+    with pytest.raises(botocore.exceptions.ClientError) as raised:
+        agent.converse(modelId=MODEL, messages=_user("delete"), toolConfig=tools)
+    assert raised.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+    signed.script(Script(tool_calls=[ToolUse("rm", {"path": "/"})]))
+    stream = agent.converse_stream(modelId=MODEL, messages=_user("delete"), toolConfig=tools)["stream"]
+    with pytest.raises(botocore.exceptions.EventStreamError):
+        list(stream)
