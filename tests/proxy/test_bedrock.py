@@ -4,6 +4,8 @@ scripted provider verifies the SigV4 signature with botocore) and never relays t
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +31,10 @@ def bedrock_route(upstream: ScriptedUpstream, **extra: Any) -> dict[str, Any]:
     return {"protocol": "bedrock", "upstreams": [target]}
 
 
-def client(running: Running, route: str = "bedrock") -> Any:
+@contextlib.contextmanager
+def client(running: Running, route: str = "bedrock") -> Iterator[Any]:
     """boto3 as an agent uses it: its own (placeholder) credentials, interlock as the endpoint."""
-    return boto3.client(
+    agent = boto3.client(
         "bedrock-runtime",
         endpoint_url=f"{running.url}/{route}",
         region_name="us-west-2",
@@ -40,6 +43,10 @@ def client(running: Running, route: str = "bedrock") -> Any:
         aws_session_token="agent-session-token",
         config=botocore.config.Config(retries={"max_attempts": 1}),
     )
+    try:
+        yield agent
+    finally:
+        agent.close()
 
 
 @pytest.fixture
@@ -59,15 +66,21 @@ def running(make_interlock: Any, signed: ScriptedUpstream, tmp_path: Path) -> Ru
     )
 
 
+@pytest.fixture
+def agent(running: Running) -> Iterator[Any]:
+    with client(running) as boto:
+        yield boto
+
+
 def _user(text: str) -> list[dict[str, Any]]:
     return [{"role": "user", "content": [{"text": text}]}]
 
 
 def test_converse_is_re_signed_with_the_route_credentials_and_usage_recorded(
-    running: Running, signed: ScriptedUpstream
+    running: Running, agent: Any, signed: ScriptedUpstream
 ) -> None:
     calls = collect_calls(running)
-    answer = client(running).converse(modelId=MODEL, messages=_user("hello"), system=[{"text": "be brief"}])
+    answer = agent.converse(modelId=MODEL, messages=_user("hello"), system=[{"text": "be brief"}])
     assert answer["output"]["message"]["content"] == [{"text": "echo: hello"}]
     assert answer["usage"]["inputTokens"] == 11 and answer["stopReason"] == "end_turn"
     (sent,) = signed.requests
@@ -88,8 +101,8 @@ def test_a_signature_the_provider_rejects_is_a_bedrock_error_for_the_agent(
 ) -> None:
     wrong = bedrock_route(signed, api_key="AKIDROUTEKEY0000:not-the-secret:route-session-token")
     running = make_interlock(routes={"bedrock": wrong})
-    with pytest.raises(botocore.exceptions.ClientError) as raised:
-        client(running).converse(modelId=MODEL, messages=_user("hello"))
+    with client(running) as agent, pytest.raises(botocore.exceptions.ClientError) as raised:
+        agent.converse(modelId=MODEL, messages=_user("hello"))
     error = raised.value.response
     assert error["ResponseMetadata"]["HTTPStatusCode"] == 403
     assert error["Error"]["Code"] == "InvalidSignatureException"
@@ -97,11 +110,11 @@ def test_a_signature_the_provider_rejects_is_a_bedrock_error_for_the_agent(
 
 
 def test_converse_stream_is_relayed_event_by_event_and_recorded_whole(
-    running: Running, signed: ScriptedUpstream
+    running: Running, agent: Any, signed: ScriptedUpstream
 ) -> None:
     calls = collect_calls(running)
     signed.script(Script(text="streamed answer here", chunk_size=3))
-    stream = client(running).converse_stream(modelId=MODEL, messages=_user("hi"))["stream"]
+    stream = agent.converse_stream(modelId=MODEL, messages=_user("hi"))["stream"]
     events = list(stream)
     text = "".join(e["contentBlockDelta"]["delta"]["text"] for e in events if "contentBlockDelta" in e)
     assert text == "streamed answer here"
@@ -112,9 +125,8 @@ def test_converse_stream_is_relayed_event_by_event_and_recorded_whole(
 
 
 def test_email_is_redacted_upstream_and_restored_for_the_agent_streamed_and_not(
-    running: Running, signed: ScriptedUpstream
+    running: Running, agent: Any, signed: ScriptedUpstream
 ) -> None:
-    agent = client(running)
     answer = agent.converse(modelId=MODEL, messages=_user(f"write to {EMAIL}"))
     assert answer["output"]["message"]["content"][0]["text"] == f"echo: write to {EMAIL}"
     assert signed.requests[-1].json()["messages"][0]["content"][0]["text"] == "write to <EMAIL_ADDRESS_1>"
@@ -127,12 +139,11 @@ def test_email_is_redacted_upstream_and_restored_for_the_agent_streamed_and_not(
 
 
 def test_a_denied_tool_is_stripped_from_the_request_and_refused_in_the_answer(
-    running: Running, signed: ScriptedUpstream
+    running: Running, agent: Any, signed: ScriptedUpstream
 ) -> None:
     tools = {
         "tools": [{"toolSpec": {"name": name, "inputSchema": {"json": {"type": "object"}}}} for name in ("rm", "ls")]
     }
-    agent = client(running)
     signed.script(Script(tool_calls=[ToolUse("ls", {"path": "/tmp"})]))
     answer = agent.converse(modelId=MODEL, messages=_user("list"), toolConfig=tools)
     (block,) = answer["output"]["message"]["content"]
