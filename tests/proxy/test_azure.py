@@ -72,6 +72,7 @@ def azure(upstream_server: ScriptedUpstream, tmp_path_factory: pytest.TempPathFa
         "shutdown_grace": 2,
         "policies": [str(tmp / "policies")],
         "guardrails": {"request": {"EMAIL_ADDRESS": "redact"}},
+        "virtual_keys": {"vk-azure-keyed": {"agent": "keyed"}},
     }
     with run_interlock(settings_for_test(data, tmp)) as running:
         yield running
@@ -401,3 +402,25 @@ def test_whatif_judges_a_recorded_call_as_the_model_its_deployment_serves(
     (tmp_path / "p.yaml").write_text("rules:\n  - name: no-4o\n    deny: {models: [gpt-4o]}\n")
     report = whatif(load_policies([str(tmp_path / "p.yaml")]), [call])
     assert [(c.before, c.after, c.rule) for c in report.changes] == [("allow", "deny", "no-4o")]
+
+
+def test_a_virtual_key_in_api_key_names_the_agent_and_never_leaves(azure: Running, upstream: ScriptedUpstream) -> None:
+    for route in ("azure", "azure-passthrough"):
+        sdk = openai.AzureOpenAI(
+            azure_endpoint=f"{azure.url}/{route}",
+            api_version=API_VERSION,
+            api_key="vk-azure-keyed",
+            max_retries=0,
+            default_headers={"X-Interlock-Session": f"keyed-{route}"},
+        )
+        with sdk:
+            if route == "azure":
+                sdk.chat.completions.create(model="prod-chat", messages=[{"role": "user", "content": "hi"}])
+            else:  # no key of its own, and the virtual key is not sent: Azure refuses the call
+                with pytest.raises(openai.AuthenticationError):
+                    sdk.chat.completions.create(model="prod-chat", messages=[{"role": "user", "content": "hi"}])
+        assert all("vk-azure-keyed" not in value for value in upstream.requests[-1].headers.values())
+        [call] = recorded(azure, f"keyed-{route}", 1)
+        assert call.agent == "keyed"
+    assert upstream.requests[0].headers["api-key"] == "azure-resource-key"
+    assert "api-key" not in upstream.requests[1].headers and "authorization" not in upstream.requests[1].headers
