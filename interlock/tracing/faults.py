@@ -6,7 +6,8 @@ an *episode*: the real SQLite error is logged once, the calls are held in memory
 JSON lines of `Call.to_record()`, up to `store.spill_max_bytes`); past that a call is lost, counted
 and logged. The writer retries with backoff (0.1 s doubling to 5 s); the first write that works
 ends the episode: the held calls and the side file are written, and one line says how it went.
-`/ready` answers 503 with the reason while an episode lasts. A side file left by a process that
+`/ready` answers 503 with the reason while an episode lasts (for a shared store, only once calls
+are being lost: `ui/admin.readiness` says why). A side file left by a process that
 stopped mid-episode is written at the next start. A call whose own data SQLite refuses is not a
 storage fault (the recorder salvages it, `recorder.py`).
 """
@@ -99,6 +100,7 @@ class Holding:
         self.spilled = 0  # calls in the side file
         self.spill_bytes = os.path.getsize(spill_path) if os.path.exists(spill_path) else 0
         self.lost = 0
+        self.lost_before = 0  # `lost` when the current episode began: its own losses are the difference
         self.fault: str | None = None
         self.since: float | None = None
         self.failures = 0  # failed writes in this episode
@@ -118,13 +120,14 @@ class Holding:
             self.failures += 1
             if first:
                 self.episodes += 1
+                self.lost_before = self.lost
                 self.since = time.monotonic()
                 self.backoff = BACKOFF_FIRST
                 self.retry_at = time.monotonic() + self.backoff
         if first:
             log.error(
                 "recording: the store %s cannot be written (%s); calls are held in memory (store.retry_max_bytes),"
-                " then in %s (store.spill_max_bytes), and retried with backoff; /ready answers 503 meanwhile",
+                " then in %s (store.spill_max_bytes), and retried with backoff",
                 self.path,
                 reason,
                 self.spill_path,
@@ -231,6 +234,11 @@ class Holding:
         os.unlink(self.spill_path)
         self.spilled = 0
         self.spill_bytes = 0
+
+    @property
+    def losing(self) -> bool:
+        """Calls of the current episode could be neither held nor spilled: they are being lost."""
+        return self.fault is not None and self.lost > self.lost_before
 
     @property
     def unrecorded(self) -> int:

@@ -28,15 +28,26 @@ def readiness(runtime: Runtime) -> tuple[int, dict[str, Any]]:
     if not runtime.ready:
         return 503, {"status": "starting"}
     recorder = runtime.recorder
-    if recorder is not None and recorder.holding.fault is not None:
+    recording: dict[str, Any] | None = None
+    if recorder is not None and (holding := recorder.holding).fault is not None:
         # Calls are answered but cannot be recorded: held, spilled, counted (docs/store.md).
-        reason = f"recording: {recorder.holding.fault}" if not runtime.settings.admin.token else "recording"
-        return 503, {"status": "not_ready", "reason": reason, "unrecorded": recorder.holding.unrecorded}
+        reason = f"recording: {holding.fault}" if not runtime.settings.admin.token else "recording"
+        # A store of this replica's own (a SQLite file) that fails is this replica's fault: unready,
+        # so a load balancer sends calls to a replica that records them. A shared store (PostgreSQL)
+        # fails for every replica at once: unready everywhere would leave a Service no endpoint while
+        # each replica still serves and keeps every call (held, then spilled), so it stays ready with
+        # the fault in its body, until calls are being lost (docs/fleet.md).
+        if runtime.settings.store.url is None or holding.losing:
+            return 503, {"status": "not_ready", "reason": reason, "unrecorded": holding.unrecorded}
+        recording = {"fault": reason, "unrecorded": holding.unrecorded}
     if warming := runtime.warming():  # e.g. the guardrails engine: the first call would wait for it
         return 503, {"status": "starting", "warming": warming}
-    if runtime.settings.admin.token:  # answered without the token: the status alone
-        return 200, {"status": "ready"}
-    return 200, {"status": "ready", "routes": sorted(runtime.settings.routes)}
+    body: dict[str, Any] = {"status": "ready"}
+    if recording is not None:
+        body["recording"] = recording
+    if not runtime.settings.admin.token:  # answered without the token: the status alone
+        body["routes"] = sorted(runtime.settings.routes)
+    return 200, body
 
 
 async def ready(request: Request) -> Response:
