@@ -6,6 +6,7 @@ import threading
 
 from interlock.prices import Pricing, warm_catalogue
 from interlock.proxy.protocols import ADAPTERS
+from interlock.proxy.protocols.base import TokenUsage
 from interlock.tracing.call import Call
 
 
@@ -26,6 +27,9 @@ class Usage:
         adapter = ADAPTERS[call.protocol]
         call.input_tokens, call.output_tokens = adapter.usage(call)
         usage = adapter.token_usage(call)
+        if usage is None and (call.input_tokens is not None or call.output_tokens is not None):
+            # An adapter that reports only the two counts is still priced (never a silent $0).
+            usage = TokenUsage(input=call.input_tokens or 0, output=call.output_tokens or 0)
         if usage is not None and (usage.cache_read or usage.cache_write or usage.reasoning):
             call.meta["usage"] = {
                 "input": usage.input,
