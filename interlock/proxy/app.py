@@ -307,7 +307,7 @@ class ProxyApp:
             if opened.unreadable is not None and await self.unreadable(call, adapter, send, state, opened.unreadable):
                 return
             content_type = response.headers.get("content-type", "")
-            if adapter.is_stream(content_type):
+            if adapter.is_stream(content_type, call, call.status or 0):
                 call.stream = True
                 await self.relay_stream(call, adapter, opened, send, state, route)
             else:

@@ -291,7 +291,7 @@ class Forwarder:
             attempt.status = status = response.status_code
             raw = response.aiter_raw()
             first = b""
-            if adapter.is_stream(response.headers.get("content-type", "")):
+            if adapter.is_stream(response.headers.get("content-type", ""), call, status):
                 # An open-ended stream (MCP's GET) may stay silent for long: its head is enough.
                 if not adapter.open_ended(call):
                     async for first in raw:

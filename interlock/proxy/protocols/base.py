@@ -201,8 +201,10 @@ class Adapter:
         each request by a signature over it (Bedrock's SigV4); unchanged by default."""
         return headers
 
-    def is_stream(self, content_type: str) -> bool:
-        """Whether a response with this content type is a stream (`stream_media_types`)."""
+    def is_stream(self, content_type: str, call: Call | None = None, status: int = 200) -> bool:
+        """Whether a response with this content type is a stream (`stream_media_types`), relayed
+        chunk by chunk with its events read as they pass. `call` and `status`: for a provider whose
+        stream has a media type its other answers have too (Gemini's JSON array)."""
         return content_type.startswith(self.stream_media_types)
 
     def rpc_id(self, data: Any) -> Any:
