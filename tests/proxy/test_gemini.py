@@ -286,3 +286,40 @@ def test_google_error_shape_for_bad_input(start: Any) -> None:
     assert (error["code"], error["status"]) == (400, "INVALID_ARGUMENT")
     assert error["details"][0]["reason"] == "invalid_request"
     assert json.loads(bad.content)  # one JSON document
+
+
+def test_an_alias_and_its_fallback_rewrite_the_model_in_the_path(
+    start: Any, upstream: ScriptedUpstream, clients: list[genai.Client]
+) -> None:
+    route = {**gemini_route(upstream), "models": {"smart": [{"model": "gemini-2.5-pro"}, {"model": MODEL}]}}
+    running = start(routes={"gemini": route})
+    upstream.set_model("gemini-2.5-pro", Script(status=503))
+    reply = client_for(running, clients).models.generate_content(model="smart", contents="hi")
+    assert reply.text == "echo: hi"
+    paths = [r.path.rsplit("/", 1)[1] for r in upstream.requests]
+    # The failing model may be retried before the fallback (the route's retry policy); the last goes to it.
+    assert paths[-1] == f"{MODEL}:generateContent"
+    assert set(paths[:-1]) == {"gemini-2.5-pro:generateContent"}
+
+
+def test_the_json_array_stream_is_relayed_as_it_comes_with_pii_restored_and_a_denied_tool_cut(
+    start: Any, upstream: ScriptedUpstream, tmp_path: Path
+) -> None:
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "p.yaml").write_text("rules:\n  - name: no-rm\n    deny: {tools: [rm]}\n")
+    running = start(guardrails={"request": {"EMAIL_ADDRESS": "redact"}}, policies=[str(tmp_path / "policies")])
+    url = f"{running.url}/gemini/v1beta/models/{MODEL}:streamGenerateContent"
+    question = {"contents": [{"role": "user", "parts": [{"text": f"mail {EMAIL} and {EMAIL}"}]}]}
+    upstream.script(Script(chunk_size=3, chunk_delay=0.01))
+    with httpx.stream("POST", url, json=question) as response:
+        assert response.headers["content-type"].startswith("application/json")
+        pieces = [piece for piece in response.iter_raw() if piece]
+    assert len(pieces) > 1  # element by element, not one body at the end
+    answer = json.loads(b"".join(pieces))
+    texts = [part["text"] for item in answer for part in item["candidates"][0]["content"]["parts"]]
+    assert "".join(texts) == f"echo: mail {EMAIL} and {EMAIL}"
+    assert EMAIL.encode() not in b"".join(r.body for r in upstream.requests)
+
+    upstream.script(Script(text="sure", tool_calls=[ToolUse("rm", {"path": "Q" * 40})]))
+    cut = httpx.post(url, json={"contents": [{"role": "user", "parts": [{"text": "clean up"}]}]})
+    assert cut.status_code == 200 and b"QQ" not in cut.content and b"no-rm" in cut.content

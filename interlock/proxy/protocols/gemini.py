@@ -265,6 +265,14 @@ class GeminiAdapter(Adapter):
     def event_splitter(self) -> EventSplitter:
         return GeminiSplitter()  # type: ignore[return-value]  # the same feed/pending/close
 
+    def is_stream(self, content_type: str, call: Call | None = None, status: int = 200) -> bool:
+        # Without `alt=sse` the stream is a JSON array sent as `application/json`, written as the
+        # model produces it: relayed element by element, not held until the end.
+        view = call.view if call is not None else None
+        if status == 200 and getattr(view, "stream", False) and content_type.startswith("application/json"):
+            return True
+        return super().is_stream(content_type, call, status)
+
     def events_end(self, data: bytes) -> int:
         if data.lstrip()[:1] not in (b"[", b"{", b",", b"]"):
             return super().events_end(data)  # server-sent events
