@@ -176,6 +176,11 @@ def build_call(
         protocol = request.route if request.route in ADAPTERS else "mcp" if request.tool else "openai"
     path = request.path or ADAPTERS[protocol].default_path
     body = request.body if request.body is not None else _body(protocol, request, path)
+    if request.model is not None and request.path is None:
+        # A provider with the model in the URL (Gemini): the default path asks for the case's model.
+        rewritten = ADAPTERS[protocol].rewrite_model(body, path, request.model)
+        if rewritten is not None:
+            body, path = rewritten
     call = Call(
         id=new_id(),
         route=request.route,

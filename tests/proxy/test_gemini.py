@@ -323,3 +323,43 @@ def test_the_json_array_stream_is_relayed_as_it_comes_with_pii_restored_and_a_de
     upstream.script(Script(text="sure", tool_calls=[ToolUse("rm", {"path": "Q" * 40})]))
     cut = httpx.post(url, json={"contents": [{"role": "user", "parts": [{"text": "clean up"}]}]})
     assert cut.status_code == 200 and b"QQ" not in cut.content and b"no-rm" in cut.content
+
+
+def test_a_virtual_key_in_x_goog_api_key_names_the_agent_and_never_leaves(
+    start: Any, upstream: ScriptedUpstream, clients: list[genai.Client]
+) -> None:
+    running = start(virtual_keys={"vk-gemini-keyed": {"agent": "keyed"}})
+    options = types.HttpOptions(base_url=running.url + "/gemini", headers={"X-Interlock-Session": "keyed"})
+    client = genai.Client(api_key="vk-gemini-keyed", http_options=options)
+    clients.append(client)
+    client.models.generate_content(model=MODEL, contents="hi")
+    assert upstream.requests[-1].headers["x-goog-api-key"] == "google-real-key"
+    assert all("vk-gemini-keyed" not in v for v in upstream.requests[-1].headers.values())
+    (call,) = recorded(running, 1)
+    assert call["agent"] == "keyed"
+
+
+def test_policy_test_cases_read_the_model_from_the_path(tmp_path: Path, upstream: ScriptedUpstream) -> None:
+    from click.testing import CliRunner
+
+    from interlock.cli import main
+
+    (tmp_path / "interlock.yaml").write_text("routes:\n  gemini: {protocol: gemini}\n")
+    (tmp_path / "rules.yaml").write_text(
+        "rules:\n  - name: no-pro\n    deny: {models: [gemini-2.5-pro], tools: [rm]}\n"
+    )
+    (tmp_path / "cases.yaml").write_text(
+        "cases:\n"
+        "  - name: the model named by the case goes in the path\n"
+        "    request: {route: gemini, model: gemini-2.5-pro}\n"
+        "    expect: {decision: deny, rule: no-pro}\n"
+        "  - name: a path names the model too\n"
+        "    request: {route: gemini, path: /v1beta/models/gemini-2.5-pro:streamGenerateContent}\n"
+        "    expect: {decision: deny, rule: no-pro}\n"
+        "  - name: the default model passes\n"
+        "    request: {route: gemini}\n"
+        "    expect: {decision: allow}\n"
+    )
+    args = ["policy", "test", str(tmp_path / "rules.yaml"), "--cases", str(tmp_path / "cases.yaml")]
+    result = CliRunner().invoke(main, [*args, "-c", str(tmp_path / "interlock.yaml")], catch_exceptions=False)
+    assert result.exit_code == 0, result.output

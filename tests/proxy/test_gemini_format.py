@@ -86,3 +86,12 @@ def test_strip_tools_and_set_param() -> None:
     assert data["generationConfig"]["maxOutputTokens"] == 1000
     assert GEMINI.set_param(data, "max_tokens", 2000, "chat") == []  # a clamp only lowers
     assert GEMINI.set_param(data, "temperature", 0.2, "chat") == [("temperature", None, 0.2)]
+
+
+def test_otel_names_the_provider_gcp_gemini() -> None:
+    from interlock.policies.cases import CaseRequest, build_call
+    from interlock.tracing.otel_attributes import provider_name
+
+    call = build_call(CaseRequest.model_validate({"route": "g", "protocol": "gemini", "model": "gemini-2.5-pro"}))
+    assert (call.model, call.path) == ("gemini-2.5-pro", "/v1beta/models/gemini-2.5-pro:generateContent")
+    assert provider_name(call, "127.0.0.1") == "gcp.gemini"
