@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from interlock.proxy.protocols import ADAPTERS
-from interlock.proxy.protocols.base import ToolCall, response_json
+from interlock.proxy.protocols.base import ToolCall
 from interlock.proxy.protocols.conversation import ChatMessage
 from interlock.proxy.protocols.mcp import McpAdapter, McpView
 from interlock.proxy.protocols.sse import EventSplitter
@@ -251,7 +251,7 @@ class LoopStage:
             return
         if call.stream or not ADAPTERS[call.protocol].model_api:
             return  # streams are judged in `chunk`
-        await self.judge_answer(call, ADAPTERS[call.protocol].response_tool_calls(response_json(call)))
+        await self.judge_answer(call, ADAPTERS[call.protocol].response_view(call).tool_calls)
 
     async def judge_answer(self, call: Call, tool_calls: Sequence[ToolCall], *, streamed: bool = False) -> str | None:
         """Count the tool calls of the model's answer to `call` (under `call.loop_rules`) and act on a

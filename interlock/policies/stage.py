@@ -28,7 +28,6 @@ from interlock.policies.model import Limits
 from interlock.prices import Pricing
 from interlock.proxy.escalation import Escalator
 from interlock.proxy.protocols import ADAPTERS, Adapter
-from interlock.proxy.protocols.base import response_json
 from interlock.proxy.protocols.sse import EventSplitter
 from interlock.tracing.call import Call, Decision
 
@@ -241,7 +240,7 @@ class PolicyStage:
         if held is None or not held.evaluation.tool_rules or call.stream or (call.status or 0) >= 400:
             return
         adapter = ADAPTERS[call.protocol]
-        for tool_call in adapter.response_tool_calls(response_json(call)):
+        for tool_call in adapter.response_view(call).tool_calls:
             if self._refuse_tool(call, held, tool_call.name):
                 reply = adapter.error_reply(403, "policy_denied", call.error or "tool call denied", retryable=False)
                 call.answer(reply, "blocked", "policy_denied", call.error or "tool call denied")

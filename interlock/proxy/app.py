@@ -381,7 +381,7 @@ class ProxyApp:
             # Followed event by event, so that a break can be continued elsewhere (issue 21).
             state.rescue = stream_rescue(call.protocol, getattr(call.view, "operation", None))
             if state.rescue is not None:
-                state.splitter = EventSplitter()
+                state.splitter = adapter.event_splitter()
         await send({"type": "http.response.start", "status": call.status, "headers": headers})
         state.started = True
         outcome = call.outcome
@@ -420,7 +420,7 @@ class ProxyApp:
                         self.forwarder, call, route, adapter, source, rescue, message, capture.total
                     )
                     if continuation is not None:
-                        state.splitter = EventSplitter()  # the broken stream's unfinished event is dropped
+                        state.splitter = adapter.event_splitter()  # the broken stream's unfinished event is dropped
                         state.splicing = True
                         source = continuation
                         continue

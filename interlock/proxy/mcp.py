@@ -156,7 +156,7 @@ class ToolsListRewriter:
         if splitter is None:
             if not is_mcp(call.protocol) or not self.applies(call):
                 return data  # not a tools/list reply this stage reads
-            splitter = self._streams[call.id] = EventSplitter()
+            splitter = self._streams[call.id] = self.adapter.event_splitter()
         view = call.view
         out: list[bytes] = []
         # Whole events only: the response must not leave half-sent before it is filtered.

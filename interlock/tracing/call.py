@@ -246,6 +246,9 @@ class Call:
     supplied: SuppliedResponse | None = None
     #: Free-form annotations by stages (response model, finish reasons, tool calls made, cost...).
     meta: dict[str, Any] = field(default_factory=dict)
+    #: The finished response as its adapter reads it (`protocols.base.ResponseView`: message, texts,
+    #: tool calls, usage, summary), parsed once and shared by every reader. Not recorded.
+    response_view: Any = None
     #: The guardrail actions that apply to this call (`policies.actions.GuardrailActions`), set by the
     #: policy stage and read by the guardrails stage. Not recorded.
     guardrails: Any = None

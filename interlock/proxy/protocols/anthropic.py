@@ -11,6 +11,7 @@ from interlock.proxy.protocols.base import (
     BadRequest,
     RequestView,
     ResponseSummary,
+    ResponseView,
     StreamText,
     TextSlot,
     TokenUsage,
@@ -18,7 +19,6 @@ from interlock.proxy.protocols.base import (
     _json_headers,
     json_strings,
     parse_json_body,
-    response_json,
     token_count,
 )
 from interlock.proxy.protocols.conversation import ChatMessage, anthropic_request, anthropic_response, exchange
@@ -77,9 +77,10 @@ def _tool_names(tools: Any) -> list[str]:
     return names
 
 
-def _usage_object(call: Call) -> dict[str, Any] | None:
+def _usage_object(view: ResponseView) -> dict[str, Any] | None:
     """The response's `usage`: a stream's `message_start` usage updated by each `message_delta`'s
     (which repeats only the counts that changed), else the body's."""
+    call = view.call
     if call.stream:
         merged: dict[str, Any] | None = None
         for event in iter_events(b"".join(c.data for c in call.chunks)):
@@ -93,7 +94,7 @@ def _usage_object(call: Call) -> dict[str, Any] | None:
             if isinstance(usage, dict):
                 merged = {**(merged or {}), **{k: v for k, v in usage.items() if v is not None}}
         return merged
-    data = response_json(call)
+    data = view.message
     usage = data.get("usage") if isinstance(data, dict) else None
     return usage if isinstance(usage, dict) else None
 
@@ -195,7 +196,7 @@ class AnthropicAdapter(Adapter):
         return view
 
     def usage(self, call: Call) -> tuple[int | None, int | None]:
-        usage = _usage_object(call)
+        usage = self.memoized(call, "usage", _usage_object)
         if usage is None:
             return None, None
         input_tokens, output_tokens = usage.get("input_tokens"), usage.get("output_tokens")
@@ -205,7 +206,7 @@ class AnthropicAdapter(Adapter):
         )
 
     def token_usage(self, call: Call) -> TokenUsage | None:
-        usage = _usage_object(call)
+        usage = self.memoized(call, "usage", _usage_object)
         if usage is None:
             return None
         # `input_tokens` is only what was neither read from nor written to the prompt cache.

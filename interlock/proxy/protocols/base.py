@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from interlock.proxy.protocols.conversation import ChatMessage
 from interlock.proxy.protocols.encoding import Unreadable, decode_body
@@ -14,6 +14,8 @@ from interlock.tracing.call import Call, Headers, Reply
 
 if TYPE_CHECKING:
     from interlock.config import Upstream
+
+T = TypeVar("T")
 
 #: The most a recorded body is decoded to for reading (a UI page, a search index, replay).
 READ_LIMIT = 256 * 1024 * 1024
@@ -108,6 +110,63 @@ class ResponseSummary:
             self.model = model
 
 
+class ResponseView:
+    """A finished response as its adapter reads it, computed once per call and cached on it
+    (`Adapter.response_view`), so the usage stage, the tool-call policy, loop detection and the
+    exporters share one parse. Each part is read on first use. Read-only: a stage that rewrites the
+    response parses its own copy (`response_json`)."""
+
+    __slots__ = ("adapter", "call", "body", "chunk_count", "memo", "_message", "_texts", "_tool_calls")
+
+    def __init__(self, adapter: Adapter, call: Call) -> None:
+        self.adapter, self.call = adapter, call
+        #: What it was read from: a body replaced or chunks added later make it stale.
+        self.body, self.chunk_count = call.response_body, len(call.chunks)
+        #: Values an adapter derives once per response (its usage object).
+        self.memo: dict[str, Any] = {}
+        self._message: Any = _UNREAD
+        self._texts: list[TextSlot] | None = None
+        self._tool_calls: list[ToolCall] | None = None
+
+    @property
+    def message(self) -> Any:
+        """The response JSON as the upstream sent it (a stream reassembled); None: not JSON."""
+        if self._message is _UNREAD:
+            call = self.call
+            if call.stream:
+                self._message = self.adapter.reassemble_stream(b"".join(c.data for c in call.chunks))
+            else:
+                self._message = response_json(call)
+        return self._message
+
+    @property
+    def texts(self) -> list[TextSlot]:
+        if self._texts is None:
+            message = self.message
+            self._texts = self.adapter.response_texts(message) if message is not None else []
+        return self._texts
+
+    @property
+    def tool_calls(self) -> list[ToolCall]:
+        if self._tool_calls is None:
+            message = self.message
+            self._tool_calls = self.adapter.response_tool_calls(message) if message is not None else []
+        return self._tool_calls
+
+    @property
+    def usage(self) -> tuple[int | None, int | None]:
+        """Input and output tokens as the provider reports them."""
+        return self.adapter.usage(self.call)
+
+    @property
+    def token_usage(self) -> TokenUsage | None:
+        """The usage as it is priced (cache and reasoning tokens included)."""
+        return self.adapter.token_usage(self.call)
+
+
+_UNREAD: Any = object()
+
+
 class Adapter:
     """Base adapter: plain HTTP, no knowledge of the body.
 
@@ -167,6 +226,21 @@ class Adapter:
 
     def parse(self, call: Call) -> RequestView:
         return RequestView(operation="http")
+
+    def response_view(self, call: Call) -> ResponseView:
+        """The call's finished response, read once (cached on the call; see `ResponseView`)."""
+        view = call.response_view
+        if isinstance(view, ResponseView) and view.body is call.response_body and view.chunk_count == len(call.chunks):
+            return view
+        view = call.response_view = ResponseView(self, call)
+        return view
+
+    def memoized(self, call: Call, name: str, compute: Callable[[ResponseView], T]) -> T:
+        """`compute(view)` once per response (e.g. the usage object both `usage` and `token_usage` read)."""
+        view = self.response_view(call)
+        if name not in view.memo:
+            view.memo[name] = compute(view)
+        return view.memo[name]  # type: ignore[no-any-return]
 
     # -- routing and retry ----------------------------------------------------------------------
 

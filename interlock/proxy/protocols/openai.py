@@ -11,13 +11,13 @@ from interlock.proxy.protocols.base import (
     BadRequest,
     RequestView,
     ResponseSummary,
+    ResponseView,
     StreamText,
     TextSlot,
     TokenUsage,
     ToolCall,
     _json_headers,
     parse_json_body,
-    response_json,
     token_count,
 )
 from interlock.proxy.protocols.conversation import ChatMessage, exchange, openai_request, openai_response
@@ -222,11 +222,11 @@ class OpenAIAdapter(Adapter):
         return view
 
     def usage(self, call: Call) -> tuple[int | None, int | None]:
-        usage = _usage_object(call)
+        usage = self.memoized(call, "usage", _usage_object)
         return (None, None) if usage is None else _read_usage(usage)
 
     def token_usage(self, call: Call) -> TokenUsage | None:
-        usage = _usage_object(call)
+        usage = self.memoized(call, "usage", _usage_object)
         if usage is None:
             return None
         input_tokens, output_tokens = _read_usage(usage)
@@ -505,9 +505,10 @@ def _tool_names(tools: Any) -> list[str]:
     return names
 
 
-def _usage_object(call: Call) -> dict[str, Any] | None:
+def _usage_object(view: ResponseView) -> dict[str, Any] | None:
     """The response's `usage` object: a stream's last one (chat: the `include_usage` chunk;
     Responses: `response.completed`'s), else the body's."""
+    call = view.call
     if call.stream:
         found: dict[str, Any] | None = None
         for event in iter_events(b"".join(c.data for c in call.chunks)):
@@ -521,7 +522,7 @@ def _usage_object(call: Call) -> dict[str, Any] | None:
             if isinstance(usage, dict):
                 found = usage
         return found
-    data = response_json(call)
+    data = view.message
     usage = data.get("usage") if isinstance(data, dict) else None
     return usage if isinstance(usage, dict) else None
 
