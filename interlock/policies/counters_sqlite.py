@@ -17,14 +17,12 @@ For one host only (process ids are checked with `kill(pid, 0)`); a fleet of host
 
 from __future__ import annotations
 
-import asyncio
 import math
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from typing import Any
 
 from interlock.policies.counters import (
     _SCHEMA,
@@ -38,13 +36,11 @@ from interlock.policies.counters import (
     Check,
     Counter,
     Over,
-    StateUnavailable,
     life_value,
     seconds_to_midnight,
     today,
 )
-
-T = TypeVar("T")
+from interlock.policies.sqlite_state import SqliteState
 
 _TABLES = """
 CREATE TABLE IF NOT EXISTS policy_windows (
@@ -56,49 +52,15 @@ CREATE TABLE IF NOT EXISTS policy_gauges (
     PRIMARY KEY (rule, key, metric, pid)
 );
 """
-#: Seconds a worker waits for another's transaction before the limit's failure mode applies.
-BUSY_TIMEOUT = 10.0
 
 
-class SqliteCounters:
+class SqliteCounters(SqliteState):
     """Counters in SQLite, shared by the processes that open the same file; see the module's docstring."""
 
     def __init__(self, path: str) -> None:
-        self.path = path
+        super().__init__(path, f"{_SCHEMA};\n{LIFE_SCHEMA};\n{_TABLES}", "the counters", "policy-counters")
         self.pid = os.getpid()
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="policy-counters")
-        self._connection: sqlite3.Connection | None = None
         self._admitted = 0
-
-    def _connect(self) -> sqlite3.Connection:
-        if self._connection is None:
-            connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None)
-            connection.execute("PRAGMA journal_mode = WAL")
-            # As the store's writer: a commit survives the process, not the OS (no fsync per call).
-            connection.execute("PRAGMA synchronous = NORMAL")
-            connection.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
-            connection.execute(_SCHEMA)
-            connection.execute(LIFE_SCHEMA)
-            connection.executescript(_TABLES)
-            self._connection = connection
-        return self._connection
-
-    async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        def transaction() -> T:
-            connection = self._connect()
-            connection.execute("BEGIN IMMEDIATE")
-            try:
-                result = work(connection)
-            except BaseException:
-                connection.execute("ROLLBACK")
-                raise
-            connection.execute("COMMIT")
-            return result
-
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._thread, transaction)
-        except sqlite3.Error as exc:
-            raise StateUnavailable(f"the counters in {self.path} cannot be used: {exc}") from None
 
     # -- the interface --------------------------------------------------------------------------
 
@@ -142,15 +104,6 @@ class SqliteCounters:
             return {"inflight": inflight, "daily": daily}
 
         return await self._run(work)
-
-    async def aclose(self) -> None:
-        def close() -> None:
-            if self._connection is not None:
-                self._connection.close()
-                self._connection = None
-
-        await asyncio.get_running_loop().run_in_executor(self._thread, close)
-        self._thread.shutdown(wait=True)
 
     # -- inside a transaction -------------------------------------------------------------------
 

@@ -13,23 +13,18 @@ after its last use. Transactions run in a thread of each worker, never on its ev
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from collections.abc import Sequence
 
 from cryptography.exceptions import InvalidTag
 
-from interlock.policies.counters import StateUnavailable
+from interlock.policies.sqlite_state import SqliteState
 from interlock.policies.vault import SessionVault, VaultConflict
 from interlock.policies.vault_crypto import VaultCipher, parse_placeholder
 
 log = logging.getLogger("interlock.guardrails")
-
-T = TypeVar("T")
 
 _TABLES = """
 CREATE TABLE IF NOT EXISTS vault_values (
@@ -43,51 +38,21 @@ CREATE TABLE IF NOT EXISTS vault_numbers (
     session TEXT NOT NULL, entity TEXT NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (session, entity)
 );
 """
-BUSY_TIMEOUT = 10.0
 #: Every this many opens (per worker), sessions past their TTL are deleted.
 SWEEP_EVERY = 1024
 
 Entry = tuple[str, str, bytes, bytes]  # entity, placeholder, mac, blob
 
 
-class SqliteVault:
+class SqliteVault(SqliteState):
     """Per-session placeholder tables in SQLite, values encrypted; see the module's docstring."""
 
     def __init__(self, path: str, secret: str, values: int, ttl: float) -> None:
-        self.path = path
+        super().__init__(path, _TABLES, "the vault", "vault")
         self.cipher = VaultCipher(secret)
         self.limit = values
         self.ttl = ttl
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vault")
-        self._connection: sqlite3.Connection | None = None
         self._opens = 0
-
-    def _connect(self) -> sqlite3.Connection:
-        if self._connection is None:
-            connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None)
-            connection.execute("PRAGMA journal_mode = WAL")
-            connection.execute("PRAGMA synchronous = NORMAL")  # as the store's writer (counters_sqlite.py)
-            connection.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
-            connection.executescript(_TABLES)
-            self._connection = connection
-        return self._connection
-
-    async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        def transaction() -> T:
-            connection = self._connect()
-            connection.execute("BEGIN IMMEDIATE")
-            try:
-                result = work(connection)
-            except BaseException:
-                connection.execute("ROLLBACK")
-                raise
-            connection.execute("COMMIT")
-            return result
-
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._thread, transaction)
-        except sqlite3.Error as exc:
-            raise StateUnavailable(f"the vault in {self.path} cannot be used: {exc}") from None
 
     async def open(self, session: str, *, create: bool, reserve: Sequence[tuple[str, str]] = ()) -> SessionVault | None:
         wanted = [
@@ -193,15 +158,6 @@ class SqliteVault:
         if conflict is not None:
             raise VaultConflict(f"placeholder {conflict} was issued meanwhile for another value")
         table.issued = []
-
-    async def aclose(self) -> None:
-        def close() -> None:
-            if self._connection is not None:
-                self._connection.close()
-                self._connection = None
-
-        await asyncio.get_running_loop().run_in_executor(self._thread, close)
-        self._thread.shutdown(wait=True)
 
 
 def _use(db: sqlite3.Connection, session: str, placeholder: str) -> None:
