@@ -4,6 +4,7 @@ into the same stream, and parsed by the real openai and anthropic SDKs as one co
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import anthropic
@@ -14,6 +15,7 @@ import pytest
 from interlock.config import Guardrails as GuardrailSettings
 from interlock.policies.guardrails import detector_for
 from interlock.scripted import Script, ScriptedUpstream, ToolUse
+from interlock.tracing.call import Call
 from tests.proxy.routing_support import anthropic_client, collect_calls, finished, openai_client, route
 from tests.sdk_errors import protocol_error
 
@@ -43,6 +45,25 @@ def chat_route(upstream: ScriptedUpstream, prefill: str | None = "prefix", **ext
 
 def messages_route(upstream: ScriptedUpstream, **extra: Any) -> dict[str, Any]:
     return route("anthropic", [{"name": "main", "url": upstream.url}], models=chain(), stream_rescue=True, **extra)
+
+
+Serve = Callable[..., tuple[Any, list[Call]]]
+
+
+@pytest.fixture
+def serve(make_interlock: Any, upstream: ScriptedUpstream) -> Serve:
+    """`serve(routes, big, alt=None, **config)`: an interlock with `routes` (and `config`), the primary
+    model `big` and the fallback `alt` scripted; returns it and the list its finished calls land in."""
+
+    def start(routes: dict[str, Any], big: Script, alt: Script | None = None, **config: Any) -> tuple[Any, list[Call]]:
+        running = make_interlock(routes=routes, **config)
+        calls = collect_calls(running)
+        upstream.set_model("big", big)
+        if alt is not None:
+            upstream.set_model("alt", alt)
+        return running, calls
+
+    return start
 
 
 def stream_chat(client: openai.OpenAI) -> tuple[list[Any], Any]:
@@ -76,12 +97,9 @@ def tried(call: Any) -> list[tuple[str | None, int | None]]:
 
 
 def test_an_openai_stream_cut_after_40_of_60_tokens_is_completed_by_the_fallback(
-    make_interlock: Any, upstream: ScriptedUpstream
+    serve: Serve, upstream: ScriptedUpstream
 ) -> None:
-    running = make_interlock(routes={"openai": chat_route(upstream)})
-    calls = collect_calls(running)
-    upstream.set_model("big", CUT_CHAT)
-    upstream.set_model("alt", CONTINUES)
+    running, calls = serve({"openai": chat_route(upstream)}, CUT_CHAT, CONTINUES)
     chunks, completion = stream_chat(openai_client(running))
     assert completion.choices[0].message.content == TEXT
     assert completion.choices[0].finish_reason == "stop"
@@ -114,12 +132,9 @@ def test_an_openai_stream_cut_after_40_of_60_tokens_is_completed_by_the_fallback
 
 
 def test_an_anthropic_stream_cut_after_40_of_60_tokens_is_completed_by_the_fallback(
-    make_interlock: Any, upstream: ScriptedUpstream
+    serve: Serve, upstream: ScriptedUpstream
 ) -> None:
-    running = make_interlock(routes={"anthropic": messages_route(upstream)})
-    calls = collect_calls(running)
-    upstream.set_model("big", CUT_MESSAGES)
-    upstream.set_model("alt", CONTINUES)
+    running, calls = serve({"anthropic": messages_route(upstream)}, CUT_MESSAGES, CONTINUES)
     events, message = stream_messages(anthropic_client(running))
     assert message.id == "msg_first" and message.stop_reason == "end_turn"
     assert [block.type for block in message.content] == ["text"]
@@ -138,12 +153,13 @@ def test_an_anthropic_stream_cut_after_40_of_60_tokens_is_completed_by_the_fallb
     assert (call.input_tokens, call.output_tokens) == (62, 60)
 
 
-def test_a_stream_stalled_past_idle_is_continued(make_interlock: Any, upstream: ScriptedUpstream) -> None:
+def test_a_stream_stalled_past_idle_is_continued(serve: Serve, upstream: ScriptedUpstream) -> None:
     timeouts = {"connect": 5, "first_token": 30, "idle": 0.3, "total": 60}
-    running = make_interlock(routes={"anthropic": messages_route(upstream, timeouts=timeouts)})
-    calls = collect_calls(running)
-    upstream.set_model("big", Script(text=TEXT, chunk_size=4, stall_after=2 + 40, stall_seconds=30))
-    upstream.set_model("alt", CONTINUES)
+    running, calls = serve(
+        {"anthropic": messages_route(upstream, timeouts=timeouts)},
+        Script(text=TEXT, chunk_size=4, stall_after=2 + 40, stall_seconds=30),
+        CONTINUES,
+    )
     _, message = stream_messages(anthropic_client(running))
     assert message.content[0].text == TEXT
     (call,) = finished(calls)
@@ -151,13 +167,12 @@ def test_a_stream_stalled_past_idle_is_continued(make_interlock: Any, upstream: 
 
 
 def test_an_upstream_error_event_mid_stream_is_never_seen_when_the_stream_is_continued(
-    make_interlock: Any, upstream: ScriptedUpstream
+    serve: Serve, upstream: ScriptedUpstream
 ) -> None:
     # Anthropic's `overloaded_error` mid-stream, then the stream closes without message_stop.
-    running = make_interlock(routes={"anthropic": messages_route(upstream)})
-    calls = collect_calls(running)
-    upstream.set_model("big", Script(text=TEXT, chunk_size=4, error_event_after=2 + 40))
-    upstream.set_model("alt", CONTINUES)
+    running, calls = serve(
+        {"anthropic": messages_route(upstream)}, Script(text=TEXT, chunk_size=4, error_event_after=2 + 40), CONTINUES
+    )
     events, message = stream_messages(anthropic_client(running))
     assert message.content[0].text == TEXT and "error" not in [event.type for event in events]
     (call,) = finished(calls)
@@ -167,12 +182,13 @@ def test_an_upstream_error_event_mid_stream_is_never_seen_when_the_stream_is_con
 
 
 def test_an_upstream_error_event_is_the_agents_error_when_the_stream_cannot_be_continued(
-    make_interlock: Any, upstream: ScriptedUpstream
+    serve: Serve, upstream: ScriptedUpstream
 ) -> None:
-    running = make_interlock(routes={"anthropic": messages_route(upstream)})
-    calls = collect_calls(running)
-    upstream.set_model("big", Script(text=TEXT, chunk_size=4, error_event_after=2 + 40))
-    upstream.set_model("alt", Script(text=TEXT, prefill="reject"))
+    running, calls = serve(
+        {"anthropic": messages_route(upstream)},
+        Script(text=TEXT, chunk_size=4, error_event_after=2 + 40),
+        Script(text=TEXT, prefill="reject"),
+    )
     with pytest.raises(anthropic.APIStatusError) as raised:
         stream_messages(anthropic_client(running))
     body = raised.value.body
@@ -181,15 +197,14 @@ def test_an_upstream_error_event_is_the_agents_error_when_the_stream_cannot_be_c
     assert not call.rescued and call.error_code == "stream_truncated"
 
 
-def test_only_whitespace_delivered_restarts_cleanly_without_a_prefill(
-    make_interlock: Any, upstream: ScriptedUpstream
-) -> None:
+def test_only_whitespace_delivered_restarts_cleanly_without_a_prefill(serve: Serve, upstream: ScriptedUpstream) -> None:
     # An upstream that declares no prefill support (the default on openai routes) still restarts an
     # answer of which only whitespace reached the agent.
-    running = make_interlock(routes={"openai": chat_route(upstream, prefill=None)})
-    calls = collect_calls(running)
-    upstream.set_model("big", Script(text="\n\nnever seen", chunk_size=2, reset_after=2))
-    upstream.set_model("alt", Script(text="\n\nthe answer", chunk_size=2))
+    running, calls = serve(
+        {"openai": chat_route(upstream, prefill=None)},
+        Script(text="\n\nnever seen", chunk_size=2, reset_after=2),
+        Script(text="\n\nthe answer", chunk_size=2),
+    )
     _, completion = stream_chat(openai_client(running))
     assert completion.choices[0].message.content == "\n\nthe answer"
     assert upstream.requests[-1].json()["messages"] == [{"role": "user", "content": "count"}]
@@ -201,12 +216,9 @@ def test_only_whitespace_delivered_restarts_cleanly_without_a_prefill(
 
 
 def test_a_fallback_refusing_the_prefill_leaves_the_original_failure_openai(
-    make_interlock: Any, upstream: ScriptedUpstream
+    serve: Serve, upstream: ScriptedUpstream
 ) -> None:
-    running = make_interlock(routes={"openai": chat_route(upstream)})
-    calls = collect_calls(running)
-    upstream.set_model("big", CUT_CHAT)
-    upstream.set_model("alt", Script(text=TEXT, prefill="reject"))
+    running, calls = serve({"openai": chat_route(upstream)}, CUT_CHAT, Script(text=TEXT, prefill="reject"))
     received: list[str] = []
     with pytest.raises(openai.APIError) as raised, openai_client(running) as client:
         with client.chat.completions.stream(model="smart", messages=[{"role": "user", "content": "count"}]) as stream:
@@ -222,12 +234,9 @@ def test_a_fallback_refusing_the_prefill_leaves_the_original_failure_openai(
 
 
 def test_a_fallback_refusing_the_prefill_leaves_the_original_failure_anthropic(
-    make_interlock: Any, upstream: ScriptedUpstream
+    serve: Serve, upstream: ScriptedUpstream
 ) -> None:
-    running = make_interlock(routes={"anthropic": messages_route(upstream)})
-    calls = collect_calls(running)
-    upstream.set_model("big", CUT_MESSAGES)
-    upstream.set_model("alt", Script(text=TEXT, prefill="reject"))
+    running, calls = serve({"anthropic": messages_route(upstream)}, CUT_MESSAGES, Script(text=TEXT, prefill="reject"))
     with pytest.raises(anthropic.APIStatusError) as raised:
         stream_messages(anthropic_client(running))
     assert protocol_error(raised.value)["code"] == "stream_broken"
@@ -235,12 +244,8 @@ def test_a_fallback_refusing_the_prefill_leaves_the_original_failure_anthropic(
     assert not call.rescued and tried(call) == [("big", 200), ("alt", 400)]
 
 
-def test_an_openai_target_without_prefill_support_is_never_asked(
-    make_interlock: Any, upstream: ScriptedUpstream
-) -> None:
-    running = make_interlock(routes={"openai": chat_route(upstream, prefill=None)})
-    calls = collect_calls(running)
-    upstream.set_model("big", CUT_CHAT)
+def test_an_openai_target_without_prefill_support_is_never_asked(serve: Serve, upstream: ScriptedUpstream) -> None:
+    running, calls = serve({"openai": chat_route(upstream, prefill=None)}, CUT_CHAT)
     with pytest.raises(openai.APIError) as raised:
         stream_chat(openai_client(running))
     assert protocol_error(raised.value)["code"] == "stream_broken"
@@ -249,10 +254,11 @@ def test_an_openai_target_without_prefill_support_is_never_asked(
     assert "accepts a prefill" in call.meta["rescue"]["reason"]
 
 
-def test_a_stream_that_emitted_a_tool_call_is_not_continued(make_interlock: Any, upstream: ScriptedUpstream) -> None:
-    running = make_interlock(routes={"openai": chat_route(upstream)})
-    calls = collect_calls(running)
-    upstream.set_model("big", Script(tool_calls=[ToolUse("lookup", {"q": "a long enough query"})], reset_after=3))
+def test_a_stream_that_emitted_a_tool_call_is_not_continued(serve: Serve, upstream: ScriptedUpstream) -> None:
+    running, calls = serve(
+        {"openai": chat_route(upstream)},
+        Script(tool_calls=[ToolUse("lookup", {"q": "a long enough query"})], reset_after=3),
+    )
     with pytest.raises(openai.APIError) as raised:
         stream_chat(openai_client(running))
     assert protocol_error(raised.value)["code"] == "stream_broken"
