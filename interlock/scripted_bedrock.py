@@ -171,8 +171,9 @@ def invoke_reply(text: str, script: Script, model: str) -> tuple[list[bytes], di
                 "invocationLatency": 120,
                 "firstByteLatency": 40,
             }
-        payload = {"bytes": base64.b64encode(json.dumps(data).encode()).decode(), "p": "abcd"}
-        events.append(event_message("chunk", json.dumps(payload).encode()))
+        inner = json.dumps(data, separators=(",", ":")).encode()  # compact, as Bedrock writes it
+        payload = {"bytes": base64.b64encode(inner).decode(), "p": "abcd"}
+        events.append(event_message("chunk", json.dumps(payload, separators=(",", ":")).encode()))
     return events, whole
 
 

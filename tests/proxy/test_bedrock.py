@@ -5,6 +5,7 @@ scripted provider verifies the SigV4 signature with botocore) and never relays t
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,11 @@ import pytest
 
 from interlock.scripted import Script, ScriptedUpstream, ToolUse
 from interlock.scripted_bedrock import AwsCredentials
-from interlock.testing import Running
+from interlock.testing import Running, replay_server
+from interlock.tracing.store import Store
 from tests.policies.test_guardrails_sdk import stored_bytes
 from tests.proxy.routing_support import collect_calls, wait_for
+from tests.proxy.test_gemini import conversation, recorded
 
 MODEL = "anthropic.claude-3-5-haiku-20241022-v1:0"
 ROUTE_KEY = AwsCredentials("AKIDROUTEKEY0000", "route-secret-key", "eu-west-1", "route-session-token")
@@ -157,3 +160,118 @@ def test_a_denied_tool_is_stripped_from_the_request_and_refused_in_the_answer(
     stream = agent.converse_stream(modelId=MODEL, messages=_user("delete"), toolConfig=tools)["stream"]
     with pytest.raises(botocore.exceptions.EventStreamError):
         list(stream)
+    assert [c["error_code"] for c in recorded(running, 3)[:2]] == ["policy_denied", "policy_denied"]
+
+
+def _session(agent: Any, session: str) -> Any:
+    """The agent names its session in a header (added before boto3 signs)."""
+
+    def add(request: Any, **_: Any) -> None:
+        request.headers["X-Interlock-Session"] = session
+
+    agent.meta.events.register("before-sign.bedrock-runtime.*", add)
+    return agent
+
+
+def test_the_call_page_shows_the_conversation_and_the_cost(
+    running: Running, agent: Any, signed: ScriptedUpstream
+) -> None:
+    signed.script(Script(text="plain answer"), Script(text="streamed answer", chunk_size=4))
+    agent.converse(modelId=MODEL, messages=_user("one"), system=[{"text": "be brief"}])
+    list(agent.converse_stream(modelId=MODEL, messages=_user("two"))["stream"])
+    streamed, plain = recorded(running, 2)[:2]
+    assert streamed["stream"] and (streamed["input_tokens"], streamed["output_tokens"]) == (11, 7)
+    assert plain["cost_usd"] and plain["cost_usd"] > 0  # priced from the catalogue (aws)
+    assert conversation(running, plain["id"]) == [
+        ("system", "be brief"),
+        ("user", "one"),
+        ("assistant response", "plain answer"),
+    ]
+    assert conversation(running, streamed["id"]) == [("user", "two"), ("assistant response", "streamed answer")]
+
+
+def test_invoke_model_with_an_anthropic_body_streamed_and_not(
+    running: Running, agent: Any, signed: ScriptedUpstream
+) -> None:
+    body = {
+        "anthropic_version": "bedrock-2023-05-31",
+        "max_tokens": 100,
+        "messages": [{"role": "user", "content": f"to {EMAIL}"}],
+    }
+    answer = json.loads(agent.invoke_model(modelId=MODEL, body=json.dumps(body))["body"].read())
+    assert answer["content"][0]["text"] == f"echo: to {EMAIL}"
+    assert signed.requests[-1].json()["messages"][0]["content"] == "to <EMAIL_ADDRESS_1>"
+    signed.script(Script(text="streamed invoke", chunk_size=4))
+    events = agent.invoke_model_with_response_stream(modelId=MODEL, body=json.dumps(body))["body"]
+    chunks = [json.loads(e["chunk"]["bytes"]) for e in events]
+    text = "".join(c["delta"]["text"] for c in chunks if c["type"] == "content_block_delta")
+    assert text == "streamed invoke" and chunks[-1]["type"] == "message_stop"
+    assert all(r.signature_problem is None for r in signed.requests)
+    streamed, plain = recorded(running, 2)[:2]
+    assert (plain["input_tokens"], plain["output_tokens"]) == (11, 7) and plain["outcome"] == "ok"
+    assert (streamed["input_tokens"], streamed["output_tokens"]) == (11, 7) and streamed["outcome"] == "ok"
+
+
+def test_a_budget_refuses_in_bedrocks_error_shape(
+    make_interlock: Any, signed: ScriptedUpstream, tmp_path: Path
+) -> None:
+    policy = tmp_path / "p.yaml"
+    policy.write_text("rules:\n  - name: tiny\n    limits: {budget_usd_per_day: 0.000001}\n")
+    running = make_interlock(routes={"bedrock": bedrock_route(signed)}, policies=[str(policy)])
+    with client(running) as agent:
+        agent.converse(modelId=MODEL, messages=_user("spend"))
+        recorded(running, 1)
+        with pytest.raises(botocore.exceptions.ClientError) as refused:
+            agent.converse(modelId=MODEL, messages=_user("spend again"))
+    error = refused.value.response
+    assert error["ResponseMetadata"]["HTTPStatusCode"] in (403, 429)
+    assert error["ResponseMetadata"]["HTTPHeaders"]["x-amzn-errortype"].split(":")[0].endswith("Exception")
+    assert "tiny" in error["Error"]["Message"]
+    assert len(signed.requests) == 1
+
+
+def test_a_recorded_session_replays_offline(running: Running, signed: ScriptedUpstream, tmp_path: Path) -> None:
+    signed.script(Script(text="first answer"), Script(text="second answer", chunk_size=5))
+
+    def ask(agent: Any) -> list[str]:
+        first = agent.converse(modelId=MODEL, messages=_user("one"))["output"]["message"]["content"][0]["text"]
+        events = agent.converse_stream(modelId=MODEL, messages=_user("two"))["stream"]
+        return [first, "".join(e["contentBlockDelta"]["delta"]["text"] for e in events if "contentBlockDelta" in e)]
+
+    with client(running) as agent:
+        answers = ask(_session(agent, "incident"))
+    recorded(running, 2)
+    bundle = tmp_path / "incident.db"
+    with Store(Path(running.settings.store.path)) as store:
+        assert store.export(bundle, session="incident") == 2
+    signed.reset()
+    with replay_server(bundle) as replay:
+        again = boto3.client(
+            "bedrock-runtime",
+            endpoint_url=replay.base_url("bedrock"),
+            region_name="us-west-2",
+            aws_access_key_id="AKIDAGENTKEY0000",
+            aws_secret_access_key="agent-secret",
+            config=botocore.config.Config(retries={"max_attempts": 1}),
+        )
+        try:
+            assert ask(_session(again, "incident")) == answers == ["first answer", "second answer"]
+            with pytest.raises(botocore.exceptions.ClientError) as diverged:
+                again.converse(modelId=MODEL, messages=_user("three"))
+        finally:
+            again.close()
+    assert diverged.value.response["ResponseMetadata"]["HTTPStatusCode"] == 409
+    assert signed.requests == []  # nothing reached a model
+
+
+def test_a_denied_tool_in_an_invoke_stream_is_refused(running: Running, agent: Any, signed: ScriptedUpstream) -> None:
+    body = {
+        "anthropic_version": "bedrock-2023-05-31",
+        "max_tokens": 100,
+        "messages": [{"role": "user", "content": "x"}],
+    }
+    signed.script(Script(tool_calls=[ToolUse("rm", {"path": "/"})]))
+    events = agent.invoke_model_with_response_stream(modelId=MODEL, body=json.dumps(body))["body"]
+    with pytest.raises(botocore.exceptions.EventStreamError):
+        list(events)
+    assert recorded(running, 1)[0]["error_code"] == "policy_denied"

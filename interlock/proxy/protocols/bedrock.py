@@ -12,13 +12,17 @@ event-stream parser and tests.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
 
+from interlock.proxy.protocols.anthropic import _PARAMS as anthropic_params
 from interlock.proxy.protocols.anthropic import AnthropicAdapter
+from interlock.proxy.protocols.anthropic import _blocks as anthropic_blocks
+from interlock.proxy.protocols.anthropic import _tool_names as anthropic_tool_names
 from interlock.proxy.protocols.base import (
     Adapter,
     BadRequest,
@@ -86,6 +90,22 @@ def model_and_action(path: str) -> tuple[str, str] | None:
     if not model or action not in _OPERATIONS:
         return None
     return unquote(model), action
+
+
+def _anthropic_view(data: dict[str, Any], model: str, stream: bool) -> RequestView:
+    """InvokeModel's Anthropic Messages body read as the anthropic adapter reads one (its helpers)."""
+    view = RequestView(operation="chat", model=model, stream=stream)
+    view.params = {k: data[k] for k in anthropic_params if k in data}
+    view.texts += anthropic_blocks(data.get("system"), ("system",), "system")
+    messages = data.get("messages")
+    if not isinstance(messages, list):
+        raise BadRequest("`messages` must be a list", "invalid_request")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise BadRequest(f"messages.{i} must be an object", "invalid_request")
+        view.texts += anthropic_blocks(message.get("content"), ("messages", i, "content"), str(message.get("role")))
+    view.tools = anthropic_tool_names(data.get("tools"))
+    return view
 
 
 def _converse_blocks(content: Any, path: tuple[str | int, ...], role: str) -> list[TextSlot]:
@@ -210,8 +230,6 @@ def _converse_message(events: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _invoke_events(events: Iterator[Event]) -> Iterator[dict[str, Any]]:
     """InvokeModelWithResponseStream's chunks: each carries one Anthropic stream event, base64 in `bytes`."""
-    import base64
-
     for event in events:
         if event.event != "chunk":
             continue
@@ -238,8 +256,13 @@ class BedrockAdapter(Adapter):
     key_header = ""
     key_prefix = ""
     stream_media_types = ("application/vnd.amazon.eventstream",)
-    # ConverseStream's last event is `metadata` (usage); matched as a whole header, name and value.
-    stream_end_markers = (b"\x0b:event-type\x07\x00\x08metadata",)
+    # ConverseStream's last event is `metadata` (usage), matched as a whole header, name and value;
+    # InvokeModelWithResponseStream's is the chunk carrying Anthropic's `message_stop`, matched by
+    # the base64 of `{"type":"message_stop"` (Bedrock writes the event's JSON compact).
+    stream_end_markers = (
+        b"\x0b:event-type\x07\x00\x08metadata",
+        b'{"bytes":"' + base64.b64encode(b'{"type":"message_stop"')[:28],
+    )
     markers_at_line_start = False
     prefills = frozenset({"none"})
 
@@ -256,9 +279,7 @@ class BedrockAdapter(Adapter):
             raise BadRequest("the request body must be a JSON object", "invalid_json")
         call.request_json = data
         if operation == "messages":  # an Anthropic Messages body, the model in the URL
-            view = _ANTHROPIC.parse(call)
-            view.model, view.stream, view.operation = model, stream, "chat"
-            return view
+            return _anthropic_view(data, model, stream)
         view = RequestView(operation="chat", model=model, stream=stream)
         config = data.get("inferenceConfig")
         if isinstance(config, dict):
@@ -378,6 +399,11 @@ class BedrockAdapter(Adapter):
         return []
 
     def stream_tool_names(self, event: Any) -> list[str]:
+        if event.event == "chunk":  # InvokeModelWithResponseStream: an Anthropic event inside
+            names: list[str] = []
+            for inner in _invoke_events(iter([event])):
+                names += _ANTHROPIC.stream_tool_names(Event(b"", inner.get("type"), json.dumps(inner)))
+            return names
         if event.event != "contentBlockStart" or '"toolUse"' not in event.data:
             return []
         try:
