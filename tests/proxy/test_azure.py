@@ -424,3 +424,15 @@ def test_a_virtual_key_in_api_key_names_the_agent_and_never_leaves(azure: Runnin
         assert call.agent == "keyed"
     assert upstream.requests[0].headers["api-key"] == "azure-resource-key"
     assert "api-key" not in upstream.requests[1].headers and "authorization" not in upstream.requests[1].headers
+
+
+def test_azures_own_refusals_reach_the_agent_as_azure_sent_them(azure: Running, upstream: ScriptedUpstream) -> None:
+    upstream.script(Script(error="content_filter"))
+    with client(azure, "filtered") as sdk:
+        with pytest.raises(openai.BadRequestError) as filtered:
+            sdk.chat.completions.create(model="prod-chat", messages=[{"role": "user", "content": "hi"}])
+    assert protocol_error(filtered.value)["code"] == "content_filter"
+    # The deployment API without api-version: Azure's 404, relayed (interlock does not invent a version).
+    body = {"messages": [{"role": "user", "content": "hi"}]}
+    reply = httpx.post(f"{azure.url}/azure/openai/deployments/prod-chat/chat/completions", json=body)
+    assert reply.status_code == 404 and reply.json()["error"]["code"] == "404"
