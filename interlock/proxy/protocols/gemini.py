@@ -24,6 +24,7 @@ from interlock.proxy.protocols.base import (
     JsonPath,
     RequestView,
     ResponseSummary,
+    ResponseView,
     StreamText,
     TextSlot,
     TokenUsage,
@@ -32,7 +33,6 @@ from interlock.proxy.protocols.base import (
     dump_body,
     json_strings,
     parse_json_body,
-    response_json,
     token_count,
 )
 from interlock.proxy.protocols.conversation import ChatMessage, ChatToolCall, exchange
@@ -348,7 +348,7 @@ class GeminiAdapter(Adapter):
         return (usage.input, usage.output) if usage is not None else (None, None)
 
     def token_usage(self, call: Call) -> TokenUsage | None:
-        metadata = _usage_metadata(self, call)
+        metadata = self.memoized(call, "usage", _usage_metadata)
         if metadata is None:
             return None
         # promptTokenCount includes the cached tokens; thoughts are billed as output but not counted
@@ -471,20 +471,11 @@ class GeminiAdapter(Adapter):
         return texts
 
 
-def _usage_metadata(adapter: Adapter, call: Call) -> dict[str, Any] | None:
-    """The response's usageMetadata; in a stream, the last one (each chunk carries the running totals)."""
-    if call.stream and call.chunks:
-        found: dict[str, Any] | None = None
-        for event in adapter.iter_events(b"".join(c.data for c in call.chunks)):
-            if "usageMetadata" not in event.data:
-                continue
-            data = adapter.event_json(event)
-            metadata = data.get("usageMetadata") if isinstance(data, dict) else None
-            if isinstance(metadata, dict):
-                found = metadata
-        return found
+def _usage_metadata(view: ResponseView) -> dict[str, Any] | None:
+    """The response's usageMetadata: a stream's reassembled message carries its last (each chunk
+    repeats the running totals), a body its own."""
     found = None
-    for _, response in _responses(response_json(call)):
+    for _, response in _responses(view.message):
         metadata = response.get("usageMetadata")
         found = metadata if isinstance(metadata, dict) else found
     return found
