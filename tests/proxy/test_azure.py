@@ -436,3 +436,25 @@ def test_azures_own_refusals_reach_the_agent_as_azure_sent_them(azure: Running, 
     body = {"messages": [{"role": "user", "content": "hi"}]}
     reply = httpx.post(f"{azure.url}/azure/openai/deployments/prod-chat/chat/completions", json=body)
     assert reply.status_code == 404 and reply.json()["error"]["code"] == "404"
+
+
+def test_responses_and_embeddings_through_azure_openai(azure: Running, upstream: ScriptedUpstream) -> None:
+    # AzureOpenAI sends the Responses API to /openai/responses (the deployment in the body) and
+    # embeddings to the deployment path.
+    upstream.script(Script(), Script(text="streamed response", chunk_size=4), Script())
+    with client(azure, "responses") as sdk:
+        response = sdk.responses.create(model="prod-chat", input="hello")
+        with sdk.responses.stream(model="prod-chat", input="again") as stream:
+            streamed = stream.get_final_response()
+        embedding = sdk.embeddings.create(model="prod-embed", input="vector")
+    assert response.output_text == "echo: hello"
+    assert streamed.output_text == "streamed response"
+    assert len(embedding.data) == 1
+    assert [r.path for r in upstream.requests] == [
+        "/openai/responses",
+        "/openai/responses",
+        "/openai/deployments/prod-embed/embeddings",
+    ]
+    calls = recorded(azure, "responses", 3)
+    assert [c.model for c in calls] == ["text-embedding-3-small", "gpt-4o", "gpt-4o"]
+    assert [c.input_tokens for c in calls] == [3, 11, 11]  # usage read from each, the stream's too
