@@ -12,7 +12,7 @@ import json
 from typing import Any
 
 from interlock.proxy.protocols import ADAPTERS
-from interlock.proxy.protocols.base import SKIP_KEYS, decoded_body
+from interlock.proxy.protocols.base import SKIP_KEYS, UNPARSED, decoded_body
 
 #: Cap per side, so one huge body cannot make a batch slow to index.
 MAX_TEXT = 256 * 1024
@@ -26,8 +26,10 @@ REASSEMBLE_HEAD = 2 * 1024 * 1024
 REASSEMBLE_TAIL = 1024 * 1024
 
 
-def record_texts(record: dict[str, Any]) -> tuple[str, str, Any]:
-    """(request text, response text, reassembled message or None) of a `Call.to_record()` dict."""
+def record_texts(record: dict[str, Any], response: Any = UNPARSED) -> tuple[str, str, Any]:
+    """(request text, response text, reassembled message or None) of a `Call.to_record()` dict.
+    `response`: the non-streamed `response_body` already parsed (the call's `ResponseView`), so it
+    is not parsed again."""
     request = body_text(record.get("request_body"), record.get("request_headers") or [])
     message = None
     if record.get("stream"):
@@ -44,10 +46,21 @@ def record_texts(record: dict[str, Any]) -> tuple[str, str, Any]:
         response = "\n".join(t.text for t in texts) if texts else adapter.stream_search_text(body)
     else:
         whole = record.get("agent_response_body")
-        if whole is None:
-            whole = record.get("response_body")
-        response = body_text(whole, record.get("response_headers") or [])
+        if whole is not None or response is UNPARSED or not whole_json(record.get("response_body"), response):
+            if whole is None:
+                whole = record.get("response_body")
+            response = body_text(whole, record.get("response_headers") or [])
+        else:
+            strings: list[str] = []
+            _strings(response, strings)
+            response = "\n".join(strings)
     return request[:MAX_TEXT], response[:MAX_TEXT], message
+
+
+def whole_json(body: bytes | None, parsed: Any) -> bool:
+    """Whether `parsed` is what `body_text` would read of `body`: a JSON document read whole (the
+    proxy records bodies decoded; `body_text` reads at most `MAX_TEXT * 4` bytes)."""
+    return parsed is not None and body is not None and len(body) <= MAX_TEXT * 4
 
 
 def body_text(body: bytes | None, headers: list[tuple[str, str]] | list[list[str]]) -> str:

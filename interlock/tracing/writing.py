@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from itertools import chain
 from typing import Any
 
+from interlock.proxy.protocols.base import UNPARSED, ResponseView
 from interlock.tracing import store_chain
 from interlock.tracing.call import Call, _plain, public_headers
 from interlock.tracing.chain import DEFAULT_WRITER, digest
@@ -202,7 +203,7 @@ class Rows:
                 "response_headers": response_headers,
             }
             try:
-                request_text, response_text, message = record_texts(texts)
+                request_text, response_text, message = record_texts(texts, _parsed_response(call, bodies[2]))
             except Exception:
                 if not salvage:
                     raise
@@ -371,3 +372,12 @@ def write_rows(conn: sqlite3.Connection, rows: Rows, *, writer: str = DEFAULT_WR
         insert_rows(conn, INSERT_EVENT, events)
         insert_rows(conn, INSERT_FTS, texts)
     return added
+
+
+def _parsed_response(call: Call, body: bytes | None) -> Any:
+    """The response body as the call's ResponseView parsed it on the hot path (the usage stage, the
+    tool-call policy), when the recorded body is that body: the writer does not parse it again."""
+    view = call.response_view
+    if call.stream or body is None or not isinstance(view, ResponseView) or view.body is not body:
+        return UNPARSED
+    return view.parsed()

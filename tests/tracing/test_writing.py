@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from interlock.proxy.protocols import ADAPTERS
 from interlock.tracing.call import Call, Chunk, new_id
 from interlock.tracing.rows import dumps
 from interlock.tracing.store import Store
@@ -97,6 +98,10 @@ BODIES = [
 def test_the_searchable_text_is_the_same_on_both_paths(tmp_path: Path, body: bytes) -> None:
     call = make_call(request_body=body, response_body=body)
     assert indexed_text(tmp_path, call, direct=True) == indexed_text(tmp_path, call, direct=False)
+    # The body parsed on the hot path (the usage stage's ResponseView) is reused, to the same text.
+    parsed = make_call(request_body=body, response_body=body)
+    ADAPTERS[parsed.protocol].response_view(parsed).tool_calls  # noqa: B018 - parses the message
+    assert indexed_text(tmp_path, parsed, direct=True) == indexed_text(tmp_path, call, direct=False)
     streamed = make_call(request_body=body, stream=True, response_body=None, chunks=list(STREAM))
     assert indexed_text(tmp_path, streamed, direct=True) == indexed_text(tmp_path, streamed, direct=False)
 

@@ -139,6 +139,11 @@ class ResponseView:
                 self._message = response_json(call)
         return self._message
 
+    def parsed(self) -> Any:
+        """The message if some reader already parsed it, else `UNPARSED` (never parses: for a
+        reader that can do its own cheaper work, e.g. the recorder's search text)."""
+        return self._message
+
     @property
     def texts(self) -> list[TextSlot]:
         if self._texts is None:
@@ -164,7 +169,9 @@ class ResponseView:
         return self.adapter.token_usage(self.call)
 
 
-_UNREAD: Any = object()
+#: A ResponseView's message not read yet (`ResponseView.parsed`).
+UNPARSED: Any = object()
+_UNREAD = UNPARSED
 
 
 class Adapter:
