@@ -8,6 +8,8 @@ offers two batched operations, each one round trip for a whole call:
   enforced or not, read before the adds). No other caller's add can land between the read and
   the adds: two concurrent admissions under a limit of one never both pass.
 - `add(adds, now)`: apply increments (a negative one releases a concurrency slot).
+- `read(counters, now)`: the values of several counters, changing none (the session page's caps
+  consumed); one round trip too.
 
 A counter is named by its `scope` (rule, subject) and `metric`, and has a window: `minute` (a
 sliding minute of timestamped amounts), `day` (the UTC day of `now`: tokens and USD, kept across
@@ -132,6 +134,10 @@ class Counters(Protocol):
         """Apply increments (negative amounts release a gauge; a gauge never goes below zero)."""
         ...
 
+    async def read(self, counters: Sequence[Counter], now: float) -> list[float]:
+        """Each counter's value as a check would see it (0 for one never added to), in order."""
+        ...
+
     async def snapshot(self, now: float) -> dict[str, Any]:
         """`{"inflight": {"rule subject": n}, "daily": {"rule subject": {"tokens", "usd"}}}` for today."""
         ...
@@ -225,6 +231,9 @@ class EmbeddedCounters:
 
     async def add(self, adds: Sequence[Add], now: float) -> None:
         self.add_now(adds, now)
+
+    async def read(self, counters: Sequence[Counter], now: float) -> list[float]:
+        return [self.value(counter, now) for counter in counters]
 
     async def snapshot(self, now: float) -> dict[str, Any]:
         day = today(now)

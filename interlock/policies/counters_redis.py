@@ -164,6 +164,19 @@ return over
 
 _ADD = _LUA_COMMON + "\napply_adds(6)\nreturn 0\n"
 
+# Each counter's value, as a check reads it. ARGV after the head: the count, then (kind, key, field) each.
+_READ = (
+    _LUA_COMMON
+    + """
+local out = {}
+for i = 0, tonumber(ARGV[6]) - 1 do
+  local base = 7 + i * 3
+  table.insert(out, tostring(value(ARGV[base], ARGV[base + 1], ARGV[base + 2])))
+end
+return out
+"""
+)
+
 # The gauges (with live replicas) and today's day counters: {key, value...} flattened.
 _SNAPSHOT = (
     _LUA_COMMON
@@ -196,6 +209,7 @@ class RedisCounters:
         self._admit = client.script(_ADMIT)
         self._add = client.script(_ADD)
         self._snapshot = client.script(_SNAPSHOT)
+        self._read = client.script(_READ)
         self._renewer: asyncio.Task[None] | None = None
         self._sequence = itertools.count()
 
@@ -240,6 +254,14 @@ class RedisCounters:
     async def add(self, adds: Sequence[Add], now: float) -> None:
         if adds:
             await self._add([*self._head(now), *self._adds(adds, now)])
+
+    async def read(self, counters: Sequence[Counter], now: float) -> list[float]:
+        if not counters:
+            return []
+        args: list[Any] = [*self._head(now), len(counters)]
+        for counter in counters:
+            args += self.key(counter, now)
+        return [_number(value) for value in await self._read(args)]
 
     async def snapshot(self, now: float) -> dict[str, Any]:
         flat = [_text(x) for x in await self._snapshot([*self._head(now), today(now)])]

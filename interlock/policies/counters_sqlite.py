@@ -86,6 +86,11 @@ class SqliteCounters(SqliteState):
         if adds:
             await self._run(lambda db: self._apply(db, adds, now))
 
+    async def read(self, counters: Sequence[Counter], now: float) -> list[float]:
+        if not counters:
+            return []
+        return await self._run(lambda db: [_number(self._value(db, counter, now)) for counter in counters])
+
     async def snapshot(self, now: float) -> dict[str, Any]:
         def work(db: sqlite3.Connection) -> dict[str, Any]:
             self._drop_dead(db)

@@ -165,6 +165,63 @@ class Limiter:
             snapshot = {"inflight": {}, "daily": {}, "unavailable": str(exc)}
         return {**snapshot, "uncounted": self.uncounted}
 
+    async def session_caps(
+        self, rules: Sequence[CompiledRule], session: str, routes: Sequence[str], agents: Sequence[str], now: float
+    ) -> list[dict[str, Any]]:
+        """The run caps that apply to `session` (seen on these routes, for these agents) and how much
+        of each it has used: `{rule, cap, limit, used, reached, mode}` (`max_duration`: seconds since
+        the rule first counted a call of the session). One read of the counters; raises
+        `StateUnavailable` when they cannot be read.
+
+        A rule applies when its route and agent match the session's and its other match fields
+        (`session` aside) and condition are met by a call; the calls are not at hand here, so a rule
+        with such fields is shown only once it has counted something of this session."""
+        key = f"session:{session}"
+        chosen: list[tuple[CompiledRule, bool, list[tuple[str, float, Counter]]]] = []
+        for rule in rules:
+            limits = rule.rule.limits
+            if limits is None or not limits.caps or limits.per != "session":
+                continue
+            if not any(_matches_where(rule, route, agent) for route in routes for agent in agents):
+                continue
+            certain = rule.condition is None and all(
+                attr == "session" and globs(session) for attr, globs in rule.checks
+            )
+            if not certain and any(attr == "session" and not globs(session) for attr, globs in rule.checks):
+                continue
+            caps = [
+                (setting, float(getattr(limits, setting)), Counter((rule.name, key), metric, "life"))
+                for setting, metric in CAPS
+                if getattr(limits, setting) is not None
+            ]
+            chosen.append((rule, certain, caps))
+        values = iter(await self.counters.read([c for _, _, caps in chosen for _, _, c in caps], now))
+        found: list[dict[str, Any]] = []
+        for rule, certain, caps in chosen:
+            used = [next(values) for _ in caps]
+            if not certain and not any(used):
+                continue
+            mode = "monitor" if rule.monitor else "enforce"
+            for (setting, limit, _), value in zip(caps, used, strict=True):
+                value = (
+                    round(value, 6)
+                    if setting == "max_usd"
+                    else round(value, 1)
+                    if setting == "max_duration"
+                    else int(value)
+                )
+                found.append(
+                    {
+                        "rule": rule.name,
+                        "cap": setting,
+                        "limit": limit,
+                        "used": value,
+                        "reached": value >= limit,
+                        "mode": mode,
+                    }
+                )
+        return found
+
     async def aclose(self) -> None:
         """Save what is pending and release the counters' resources."""
         await self.counters.aclose()
@@ -197,12 +254,8 @@ class Limiter:
                     plan.labels.append(index)
             if limits.caps and call.session is not None:
                 # Run caps count the session's whole life; a call without a session has none to cap.
-                for value, metric in (
-                    (limits.max_calls, "calls"),
-                    (limits.max_tokens, "tokens"),
-                    (limits.max_usd, "usd"),
-                    (limits.max_duration, "age"),
-                ):
+                for setting, metric in CAPS:
+                    value = getattr(limits, setting)
                     if value is not None:
                         plan.checks.append(Check(Counter(key, metric, "life"), value, enforce))
                         plan.labels.append(index)
@@ -259,8 +312,18 @@ class Limiter:
         return adds, cost
 
 
-#: The failure-mode setting (`state.on_failure`) that applies to a counter, by its window.
-_CONCERNS = {"minute": "rate", "none": "concurrency", "day": "budget"}
+#: Each run cap's setting and the `life` counter it limits.
+CAPS = (("max_calls", "calls"), ("max_tokens", "tokens"), ("max_usd", "usd"), ("max_duration", "age"))
+
+
+def _matches_where(rule: CompiledRule, route: str, agent: str) -> bool:
+    """Whether the rule's route and agent patterns match (as `Engine.candidates` chooses rules)."""
+    return (rule.route is None or rule.route(route)) and (rule.agent is None or rule.agent(agent.casefold()))
+
+
+#: The failure-mode setting (`state.on_failure`) that applies to a counter, by its window. A run cap
+#: (`life`) is a session's budget: like a day's, a call let through unchecked cannot be taken back.
+_CONCERNS = {"minute": "rate", "none": "concurrency", "day": "budget", "life": "budget"}
 
 
 def _over_message(check: Check, who: str, value: float) -> tuple[str, str]:

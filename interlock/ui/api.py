@@ -8,12 +8,13 @@ and filters like the UI's sessions page: `agent`, `route`, `outcome` (or `proble
 (`recent`, the default, or `cost`: the costliest first). `/api/workflows`
 pages the same way (filters `agent`, `since`, `until`, `active_since`); `/api/workflows/{id}` is one
 workflow's lanes, handoffs, incidents and totals (`tracing/workflow.py`, docs/workflows.md).
-`/api/agents` lists every agent with what its calls cost.
+`/api/agents` lists every agent with what its calls cost. `/api/sessions/{id}` also has `caps`: each run
+cap that applies to the session, its limit and use (`caps_unavailable`: why they cannot be read now).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from starlette.concurrency import run_in_threadpool
@@ -26,6 +27,7 @@ from interlock.tracing.call import OUTCOMES
 from interlock.tracing.rows import SESSION_ORDERS
 from interlock.tracing.views import call_detail
 from interlock.tracing.workflow import workflow_view
+from interlock.ui.policies_api import session_caps
 
 if TYPE_CHECKING:
     from interlock.server import Runtime
@@ -60,7 +62,10 @@ def _limit(request: Request, default: int = 50) -> int:
     return int(min(limit, MAX_LIMIT))
 
 
-async def _with_store(request: Request, read: Callable[[Store], Any]) -> Response:
+async def _with_store(
+    request: Request, read: Callable[[Store], Any], then: Callable[[Any], Awaitable[Any]] | None = None
+) -> Response:
+    """`read` in a worker thread, its store errors as JSON errors; `then` adds to a result (on the loop)."""
     runtime: Runtime = request.app.state.runtime
     store: Store | None = getattr(runtime, "store", None)
     if store is None:
@@ -75,7 +80,7 @@ async def _with_store(request: Request, read: Callable[[Store], Any]) -> Respons
         return _error(400, "bad_query", str(exc))
     if isinstance(result, Response):
         return result
-    return JSONResponse(result)
+    return JSONResponse(result if then is None else await then(result))
 
 
 async def list_calls(request: Request) -> Response:
@@ -154,7 +159,10 @@ async def get_session(request: Request) -> Response:
             return _error(404, "not_found", f"no session {session_id!r}")
         return session
 
-    return await _with_store(request, read)
+    async def with_caps(session: dict[str, Any]) -> dict[str, Any]:
+        return {**session, **await session_caps(request.app.state.runtime, session_id, session)}
+
+    return await _with_store(request, read, with_caps)
 
 
 async def list_workflows(request: Request) -> Response:

@@ -37,7 +37,7 @@ from interlock.tracing.call import OUTCOMES
 from interlock.tracing.commands import cost_text
 from interlock.tracing.views import call_detail
 from interlock.ui import queries
-from interlock.ui.policies_api import policies_snapshot
+from interlock.ui.policies_api import policies_snapshot, session_caps
 
 if TYPE_CHECKING:
     from interlock.server import Runtime
@@ -343,6 +343,7 @@ async def session_page(request: Request) -> Response:
     }
     bundle = f"{_safe_name(session)}.db"
     context = {
+        **await session_caps(_runtime(request), session, found),
         "session": session,
         "stop": _stopped(request, "session", session),
         "calls": calls,

@@ -1,4 +1,5 @@
-"""`GET /api/policies`: the rules in force, how often each fired, the last reload and its errors."""
+"""`GET /api/policies`: the rules in force, how often each fired, the last reload and its errors; and
+the run caps a session has consumed (its page and `GET /api/sessions/{id}`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
+
+from interlock.policies.counters import StateUnavailable
 
 if TYPE_CHECKING:
     from interlock.server import Runtime
@@ -45,6 +48,21 @@ async def policies_snapshot(runtime: Runtime) -> dict[str, Any]:
     }
 
 
+async def session_caps(runtime: Runtime, session: str, summary: dict[str, Any]) -> dict[str, Any]:
+    """`{"caps": [...]}`: each run cap that applies to the session (`Limiter.session_caps`), or, when the
+    counters cannot be read, `{"caps": [], "caps_unavailable": why}` (the page says so; never a 500)."""
+    policy, limiter = getattr(runtime, "policy", None), getattr(runtime, "policy_limiter", None)
+    if policy is None or limiter is None:
+        return {"caps": []}
+    try:
+        caps = await limiter.session_caps(
+            policy.engine.rules, session, summary.get("routes") or [], summary.get("agents") or [], time.time()
+        )
+    except StateUnavailable as exc:
+        return {"caps": [], "caps_unavailable": str(exc)}
+    return {"caps": caps}
+
+
 async def policies(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
     return JSONResponse(await policies_snapshot(runtime))
@@ -54,4 +72,4 @@ def routes() -> list[BaseRoute]:
     return [Route("/api/policies", policies, methods=["GET"])]
 
 
-__all__ = ["policies_snapshot", "routes"]
+__all__ = ["policies_snapshot", "routes", "session_caps"]

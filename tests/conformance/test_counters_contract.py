@@ -149,3 +149,28 @@ async def test_life_counters_never_roll_over_and_survive_a_restart(counters_fact
         assert [(o.position, o.value) for o in over] == [(0, 0.25), (1, 1)]  # the refused admission added nothing
     finally:
         await counters.aclose()
+
+
+async def test_read_returns_each_counters_value_and_changes_none(counters_factory: Factory, tmp_path: Path) -> None:
+    calls = Counter(("cap", "session:s1"), "calls", "life")
+    usd = Counter(("cap", "session:s1"), "usd", "life")
+    age = Counter(("cap", "session:s1"), "age", "life")
+    never = Counter(("cap", "session:other"), "calls", "life")
+    now = dt.datetime.now(dt.UTC).timestamp()  # wall clock: life counters idle for a week may be forgotten
+    counters = counters_factory(tmp_path)
+    try:
+        assert await counters.read([], now) == []
+        await counters.add([Add(calls, 1), Add(age, 0), Add(REQUESTS, 1), Add(INFLIGHT, 1)], now)
+        await counters.add([Add(calls, 1), Add(usd, 0.25), Add(TOKENS_DAY, 70), Add(REQUESTS, 1)], now + 10)
+        every = [calls, usd, age, never, REQUESTS, INFLIGHT, TOKENS_DAY, USD_DAY]
+        values = await counters.read(every, now + 30)
+        # `age` to a millisecond: Redis keeps the first add's time as Lua's 14-digit text of it.
+        assert values == [2, 0.25, pytest.approx(30, abs=1e-3), 0, 2, 1, 70, 0]
+        assert await counters.read(every, now + 30) == values  # reading added nothing
+        # The minute window slides as a check sees it: the first request is a minute old at +60.
+        assert await counters.read([REQUESTS, age], now + 60) == [1, pytest.approx(60, abs=1e-3)]
+        # What read says is what a check sees: at its limit, the check is over.
+        over = await counters.admit([Check(calls, 2)], [], now + 60)
+        assert [o.value for o in over] == [2]
+    finally:
+        await counters.aclose()
