@@ -22,7 +22,7 @@ from interlock.proxy.pipeline import Pipeline, Services, built_in_stages, guardr
 from interlock.proxy.protocols.mcp import is_mcp
 from interlock.proxy.stops import Stops
 from interlock.proxy.upstream import make_client
-from interlock.serving import QuietServer, ServerRejects, bind_socket, uvicorn_config
+from interlock.serving import QuietServer, ServerRejects, bind_ports, uvicorn_config
 from interlock.tracing.recorder import open_recording
 from interlock.workers import WorkerBoard
 
@@ -136,7 +136,7 @@ class Runtime:
 
 
 class Servers:
-    """The proxy and admin servers of one Runtime, on sockets bound beforehand (`serving.bind_socket`);
+    """The proxy and admin servers of one Runtime, on sockets bound beforehand (`serving.bind_ports`);
     `interlock serve` and `interlock.testing.run_interlock` both run interlock through this."""
 
     def __init__(self, runtime: Runtime, proxy_socket: socket.socket, admin_socket: socket.socket) -> None:
@@ -207,12 +207,7 @@ async def serve(
     cannot be bound. A worker of `serve --workers N` (`workers.py`) gets the supervisor's `sockets`
     and its slot on the `board` of readiness."""
     if sockets is None:
-        proxy_socket = bind_socket(settings.listen.host, settings.listen.port)
-        try:
-            admin_socket = bind_socket(settings.admin.host, settings.admin.port)
-        except OSError:
-            proxy_socket.close()
-            raise
+        _, proxy_socket, admin_socket = bind_ports(settings)
     else:
         proxy_socket, admin_socket = sockets
     try:

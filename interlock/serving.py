@@ -22,7 +22,7 @@ import httptools
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from interlock.config import HttpServer
+from interlock.config import HttpServer, Settings
 
 log = logging.getLogger("interlock.server")
 
@@ -155,6 +155,24 @@ def bind_socket(host: str, port: int) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+def bind_ports(settings: Settings) -> tuple[Settings, socket.socket, socket.socket]:
+    """The proxy's and the admin port's sockets, bound (the first closed again when the second cannot
+    be), and `settings` with the ports the kernel chose where they say 0."""
+    proxy_socket = bind_socket(settings.listen.host, settings.listen.port)
+    try:
+        admin_socket = bind_socket(settings.admin.host, settings.admin.port)
+    except OSError:
+        proxy_socket.close()
+        raise
+    bound = settings.model_copy(
+        update={
+            "listen": settings.listen.model_copy(update={"port": proxy_socket.getsockname()[1]}),
+            "admin": settings.admin.model_copy(update={"port": admin_socket.getsockname()[1]}),
+        }
+    )
+    return bound, proxy_socket, admin_socket
 
 
 class QuietServer(uvicorn.Server):

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from interlock.config import Settings
-from interlock.serving import bind_socket
+from interlock.serving import bind_ports
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -72,14 +72,7 @@ def run_interlock(
     from interlock.server import Runtime, Servers
 
     # Bind first, then serve on those sockets: no window in which another process takes the port.
-    proxy_socket = bind_socket(settings.listen.host, settings.listen.port)
-    admin_socket = bind_socket(settings.admin.host, settings.admin.port)
-    settings = settings.model_copy(
-        update={
-            "listen": settings.listen.model_copy(update={"port": proxy_socket.getsockname()[1]}),
-            "admin": settings.admin.model_copy(update={"port": admin_socket.getsockname()[1]}),
-        }
-    )
+    settings, proxy_socket, admin_socket = bind_ports(settings)
     started = threading.Event()
     holder: dict[str, Any] = {}
 

@@ -35,7 +35,7 @@ from collections.abc import Callable
 from typing import Any
 
 from interlock.config import Settings
-from interlock.serving import bind_socket
+from interlock.serving import bind_ports
 
 log = logging.getLogger("interlock")
 
@@ -102,19 +102,8 @@ def supervise(
     """Bind, fork `workers` processes running `run_worker`, restart those that die, and on SIGTERM or
     SIGINT stop them all gracefully. Returns the exit status. `run_worker` runs in the child (it must
     return when the worker has shut down; an exception there is the worker's exit status 1)."""
-    proxy_socket = bind_socket(settings.listen.host, settings.listen.port)
-    try:
-        admin_socket = bind_socket(settings.admin.host, settings.admin.port)
-    except OSError:
-        proxy_socket.close()
-        raise
     # Ports chosen by the kernel (0) are the same for every worker: they share these sockets.
-    settings = settings.model_copy(
-        update={
-            "listen": settings.listen.model_copy(update={"port": proxy_socket.getsockname()[1]}),
-            "admin": settings.admin.model_copy(update={"port": admin_socket.getsockname()[1]}),
-        }
-    )
+    settings, proxy_socket, admin_socket = bind_ports(settings)
     board = WorkerBoard(workers)
     # The SQLite vault's key when the configuration has none: drawn here, inherited by the workers'
     # memory across fork, never written (docs/fleet.md).
