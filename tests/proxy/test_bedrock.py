@@ -13,6 +13,7 @@ from typing import Any
 import boto3
 import botocore.config
 import botocore.exceptions
+import httpx
 import pytest
 
 from interlock.scripted import Script, ScriptedUpstream, ToolUse
@@ -73,6 +74,17 @@ def running(make_interlock: Any, signed: ScriptedUpstream, tmp_path: Path) -> Ru
 def agent(running: Running) -> Iterator[Any]:
     with client(running) as boto:
         yield boto
+
+
+def refused_stream(stream: Any) -> botocore.exceptions.EventStreamError:
+    """The error boto3 raises reading a stream that ends in an exception message (the stream closed
+    after: boto3 leaves it open)."""
+    try:
+        with pytest.raises(botocore.exceptions.EventStreamError) as raised:
+            list(stream)
+    finally:
+        stream.close()
+    return raised.value
 
 
 def _user(text: str) -> list[dict[str, Any]]:
@@ -157,9 +169,7 @@ def test_a_denied_tool_is_stripped_from_the_request_and_refused_in_the_answer(
         agent.converse(modelId=MODEL, messages=_user("delete"), toolConfig=tools)
     assert raised.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
     signed.script(Script(tool_calls=[ToolUse("rm", {"path": "/"})]))
-    stream = agent.converse_stream(modelId=MODEL, messages=_user("delete"), toolConfig=tools)["stream"]
-    with pytest.raises(botocore.exceptions.EventStreamError):
-        list(stream)
+    refused_stream(agent.converse_stream(modelId=MODEL, messages=_user("delete"), toolConfig=tools)["stream"])
     assert [c["error_code"] for c in recorded(running, 3)[:2]] == ["policy_denied", "policy_denied"]
 
 
@@ -271,7 +281,43 @@ def test_a_denied_tool_in_an_invoke_stream_is_refused(running: Running, agent: A
         "messages": [{"role": "user", "content": "x"}],
     }
     signed.script(Script(tool_calls=[ToolUse("rm", {"path": "/"})]))
-    events = agent.invoke_model_with_response_stream(modelId=MODEL, body=json.dumps(body))["body"]
-    with pytest.raises(botocore.exceptions.EventStreamError):
-        list(events)
+    refused_stream(agent.invoke_model_with_response_stream(modelId=MODEL, body=json.dumps(body))["body"])
     assert recorded(running, 1)[0]["error_code"] == "policy_denied"
+
+
+def test_without_route_keys_the_aws_credential_chain_signs(
+    make_interlock: Any, signed: ScriptedUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from interlock.proxy.protocols import bedrock
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ROUTE_KEY.access_key_id)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", ROUTE_KEY.secret_access_key)
+    monkeypatch.setenv("AWS_SESSION_TOKEN", str(ROUTE_KEY.session_token))
+    bedrock._chain_session.cache_clear()
+    route = {"protocol": "bedrock", "upstreams": [{"url": signed.url, "region": ROUTE_KEY.region}]}
+    running = make_interlock(routes={"bedrock": route})
+    try:
+        with client(running) as agent:
+            answer = agent.converse(modelId=MODEL, messages=_user("chain"))
+    finally:
+        bedrock._chain_session.cache_clear()
+    assert answer["output"]["message"]["content"][0]["text"] == "echo: chain"
+    assert signed.requests[-1].signature_problem is None
+
+
+def test_a_mid_stream_exception_reaches_the_agent_and_the_call_is_an_error(
+    running: Running, agent: Any, signed: ScriptedUpstream
+) -> None:
+    signed.script(Script(text="partial answer that breaks", chunk_size=3, error_event_after=3))
+    raised = refused_stream(agent.converse_stream(modelId=MODEL, messages=_user("go"))["stream"])
+    assert raised.response["Error"]["Code"] == "internalServerException"
+    (call,) = recorded(running, 1)
+    assert call["outcome"] != "ok"
+
+
+def test_bad_input_is_a_4xx_in_bedrocks_shape(running: Running) -> None:
+    bad = httpx.post(f"{running.url}/bedrock/model/{MODEL}/converse", content=b"{not json")
+    assert bad.status_code == 400 and bad.headers["x-amzn-errortype"].startswith("ValidationException")
+    assert bad.json()["code"] == "invalid_json"
+    no_list = httpx.post(f"{running.url}/bedrock/model/{MODEL}/converse", json={"messages": {"role": "user"}})
+    assert no_list.status_code == 400 and no_list.json()["code"] == "invalid_request"

@@ -13,6 +13,7 @@ event-stream parser and tests.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import os
 from collections.abc import Iterator, Sequence
@@ -315,7 +316,6 @@ class BedrockAdapter(Adapter):
         `api_key` as `ACCESS_KEY_ID:SECRET_ACCESS_KEY[:SESSION_TOKEN]`, else botocore's credential
         chain (environment, shared files, container or instance role). Only the host, the content
         type and the x-amz- headers are signed, so what the HTTP client adds cannot break it."""
-        import botocore.session
         from botocore.auth import SigV4Auth
         from botocore.awsrequest import AWSRequest
         from botocore.credentials import Credentials
@@ -326,7 +326,7 @@ class BedrockAdapter(Adapter):
             secret, _, token = rest.partition(":")
             credentials = Credentials(access, secret, token or None)
         else:
-            credentials = botocore.session.get_session().get_credentials()
+            credentials = _chain_session().get_credentials()
             if credentials is None:
                 raise BadRequest("no AWS credentials to sign the upstream request with", "no_credentials", 502)
         region = upstream.region or _region(upstream.url)
@@ -560,6 +560,15 @@ class BedrockAdapter(Adapter):
             return []
         config[key] = value
         return [(f"inferenceConfig.{key}", old, value)]
+
+
+@functools.cache
+def _chain_session() -> Any:
+    """One botocore session for the credential chain: it reads the files once and refreshes role
+    credentials (a container or instance role) before they expire."""
+    import botocore.session
+
+    return botocore.session.get_session()
 
 
 def _region(url: str) -> str:
