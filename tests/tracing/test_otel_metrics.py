@@ -16,7 +16,7 @@ from opentelemetry.sdk.metrics import Counter, Histogram, MeterProvider
 from opentelemetry.sdk.metrics.export import AggregationTemporality, InMemoryMetricReader
 from opentelemetry.sdk.resources import Resource
 
-from interlock.scripted import ScriptedUpstream
+from interlock.scripted import Script, ScriptedUpstream
 from interlock.testing import Running
 from interlock.tracing.otel_attributes import describe_call
 from interlock.tracing.otel_metrics import CARDINALITY_LIMIT, SECONDS_BUCKETS, TOKEN_BUCKETS, CallMetrics
@@ -199,3 +199,68 @@ def test_series_are_capped_per_metric_with_an_overflow_series() -> None:
     overflow = series[(("otel.metric.overflow", True),)]
     assert overflow.value == 501  # every call is still counted
     assert sum(p.value for p in series.values()) == CARDINALITY_LIMIT + 500
+
+
+def test_cost_reaches_the_collector_as_span_attributes_and_the_cost_metric(
+    make_interlock: Any, upstream: ScriptedUpstream, collector: Collector
+) -> None:
+    """Issue 22: each call span carries `interlock.cost.usd` (the recorded price) and
+    `interlock.cost.source`; the `interlock.cost` sum adds the calls' costs per route, agent and model.
+    An unpriced call says so on its span and adds nothing to the metric."""
+    running: Running = make_interlock(
+        otel={"endpoint": f"http://127.0.0.1:{collector.server_address[1]}", "metrics_interval": 0.1},
+        prices={"house-*": {"input": 1.0, "output": 2.0}},
+    )
+    client = openai.OpenAI(base_url=running.url + "/openai", api_key="sk-agent", max_retries=0)
+    upstream.script(
+        Script(input_tokens=1200, output_tokens=300, cached_tokens=1000),
+        Script(input_tokens=50_000, output_tokens=10),
+        Script(input_tokens=400, output_tokens=100),
+        Script(input_tokens=10, output_tokens=10),
+    )
+    for model in ("gpt-4o-mini", "gpt-4o-mini", "house-llama", "mystery-model"):
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
+    recorder, store = running.runtime.recorder, running.runtime.store
+    assert recorder is not None and recorder.flush()
+    recorded = {row["id"]: row for row in store.list_calls()}
+    assert len(recorded) == 4
+    exporter = running.runtime.services["otel"]
+    deadline = time.monotonic() + 20
+    while True:
+        exporter.flush(timeout=2)
+        with collector.lock:
+            costs = metric(collector.metrics, "interlock.cost")
+            spans = [s for r in collector.traces for rs in r.resource_spans for ss in rs.scope_spans for s in ss.spans]
+        totals = {
+            tuple(sorted((kv.key, kv.value.string_value) for kv in p.attributes)): p.as_double
+            for p in (costs[-1].sum.data_points if costs else [])
+        }
+        called = [s for s in spans if s.name.startswith("chat ")]
+        if len(called) >= 4 and sum(totals.values()) == pytest.approx(
+            sum(r["cost_usd"] or 0 for r in recorded.values())
+        ):
+            break
+        assert time.monotonic() < deadline, (totals, len(called))
+    for span in called:
+        attributes = {kv.key: kv.value for kv in span.attributes}
+        row = next(
+            r for r in recorded.values() if r["trace_id"] == span.trace_id.hex() and r["span_id"] == span.span_id.hex()
+        )
+        assert attributes["interlock.cost.source"].string_value == row["cost_source"]
+        if row["cost_usd"] is None:
+            assert row["cost_source"] == "unpriced" and "interlock.cost.usd" not in attributes
+        else:
+            assert row["cost_usd"] > 0
+            assert attributes["interlock.cost.usd"].double_value == pytest.approx(row["cost_usd"], rel=1e-12)
+    assert {row["cost_source"] for row in recorded.values()} >= {"prices", "unpriced"}
+    assert {row["cost_source"] for row in recorded.values()} - {"prices", "unpriced"}  # the catalogue's
+    agent = next(iter(recorded.values()))["agent"]
+    expected = {
+        (("gen_ai.request.model", model), ("interlock.agent", agent), ("interlock.route", "openai")): pytest.approx(
+            sum(r["cost_usd"] for r in recorded.values() if r["model"] == model)
+        )
+        for model in ("gpt-4o-mini", "house-llama")  # mystery-model is unpriced: no series
+    }
+    assert totals == expected
+    (sum_metric,) = metric(collector.metrics[-1:], "interlock.cost")
+    assert sum_metric.unit == "USD" and sum_metric.sum.is_monotonic
