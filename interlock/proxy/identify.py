@@ -7,6 +7,7 @@ import re
 
 from interlock.config import Settings
 from interlock.proxy.protocols import ADAPTERS
+from interlock.proxy.upstream import query_key
 from interlock.tracing.call import Call, Decision
 
 _TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
@@ -25,8 +26,9 @@ def parse_traceparent(value: str) -> tuple[str, str] | None:
 
 def credential(call: Call) -> str | None:
     """The key the agent sent, as `Authorization: Bearer` or in its protocol's key header
-    (`x-api-key`; Azure's `api-key`)."""
-    names = ADAPTERS[call.protocol].agent_key_headers
+    (`x-api-key`; Azure's `api-key`), else in its protocol's key query parameter (Gemini's `?key=`)."""
+    adapter = ADAPTERS[call.protocol]
+    names = adapter.agent_key_headers
     for name, value in call.request_headers:
         if name not in names:
             continue
@@ -34,7 +36,7 @@ def credential(call: Call) -> str | None:
             return value.strip()
         if value[:7].lower() == "bearer ":
             return value[7:].strip()
-    return None
+    return query_key(call, adapter.key_query_params) if adapter.key_query_params else None
 
 
 class Identify:

@@ -363,3 +363,18 @@ def test_policy_test_cases_read_the_model_from_the_path(tmp_path: Path, upstream
     args = ["policy", "test", str(tmp_path / "rules.yaml"), "--cases", str(tmp_path / "cases.yaml")]
     result = CliRunner().invoke(main, [*args, "-c", str(tmp_path / "interlock.yaml")], catch_exceptions=False)
     assert result.exit_code == 0, result.output
+
+
+def test_a_virtual_key_in_the_query_names_the_agent_and_is_never_sent(start: Any, upstream: ScriptedUpstream) -> None:
+    # A route without a key of its own: the agent's key would pass through, but never a virtual one.
+    running = start(
+        routes={"gemini": {"protocol": "gemini", "upstream": upstream.url}},
+        virtual_keys={"vk-gemini-query": {"agent": "query-agent", "session": "by-query"}},
+    )
+    body = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
+    reply = httpx.post(f"{running.url}/gemini/v1beta/models/{MODEL}:generateContent?key=vk-gemini-query", json=body)
+    assert reply.status_code == 200
+    sent = upstream.requests[-1]
+    assert "x-goog-api-key" not in sent.headers and "vk-gemini-query" not in sent.query
+    (call,) = recorded(running, 1)
+    assert (call["agent"], call["session"]) == ("query-agent", "by-query")
