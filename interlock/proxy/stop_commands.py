@@ -23,8 +23,9 @@ def _escalate(config: str | None, event: str, **fields: Any) -> None:
 
     try:
         settings = load_or_exit(config)
-    except SystemExit:
-        return  # no configuration to read: nothing to tell
+    except SystemExit:  # the configuration does not load (its error is said above): its webhook is unknown
+        click.echo(f"warning: {event} not escalated: the configuration cannot be read", err=True)
+        return
     escalation = settings.escalation
     if escalation.webhook is None:
         return

@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -210,3 +211,14 @@ def test_a_stop_is_shared_by_a_fleet_on_postgresql(make_interlock: Any, postgres
     wait_for(lambda: not refused_by_second())
     # And the first one lifts it too, from the store.
     wait_for(lambda: ("session", "shared-run") not in first.runtime.stops.stopped)
+
+
+def test_a_stop_made_with_an_unreadable_configuration_says_it_was_not_escalated(tmp_path: Path) -> None:
+    store = str(tmp_path / "interlock.db")
+    config = tmp_path / "interlock.yaml"
+    config.write_text("escalation: [not, a, mapping]\n")
+    result = CliRunner().invoke(main, ["sessions", "stop", "run-9", "--store", store, "--config", str(config)])
+    assert result.exit_code == 0, result.output  # the stop is made all the same
+    assert "session_stopped not escalated" in result.stderr  # and the missing webhook post is said, not silent
+    listed = CliRunner().invoke(main, ["sessions", "stopped", "--store", store, "--json"])
+    assert '"name": "run-9"' in listed.output
