@@ -218,6 +218,8 @@ def test_sustained_load_then_a_graceful_stop_records_every_call(
     deadline = time.monotonic() + 60
     while len(upstream_server.requests) < before + 4 and time.monotonic() < deadline:
         time.sleep(0.01)
+    # Without this the stop below could come before the calls are in flight, and test nothing of them.
+    assert len(upstream_server.requests) >= before + 4, "the slow calls never reached the upstream"
     assert served.stop() == 0
     for thread in slow:
         thread.join(60)
