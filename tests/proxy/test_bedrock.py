@@ -211,11 +211,12 @@ def test_invoke_model_with_an_anthropic_body_streamed_and_not(
     answer = json.loads(agent.invoke_model(modelId=MODEL, body=json.dumps(body))["body"].read())
     assert answer["content"][0]["text"] == f"echo: to {EMAIL}"
     assert signed.requests[-1].json()["messages"][0]["content"] == "to <EMAIL_ADDRESS_1>"
-    signed.script(Script(text="streamed invoke", chunk_size=4))
+    signed.script(Script(chunk_size=4))
     events = agent.invoke_model_with_response_stream(modelId=MODEL, body=json.dumps(body))["body"]
     chunks = [json.loads(e["chunk"]["bytes"]) for e in events]
     text = "".join(c["delta"]["text"] for c in chunks if c["type"] == "content_block_delta")
-    assert text == "streamed invoke" and chunks[-1]["type"] == "message_stop"
+    assert text == f"echo: to {EMAIL}" and chunks[-1]["type"] == "message_stop"  # restored in the chunks
+    assert EMAIL.encode() not in b"".join(r.body for r in signed.requests)
     assert all(r.signature_problem is None for r in signed.requests)
     streamed, plain = recorded(running, 2)[:2]
     assert (plain["input_tokens"], plain["output_tokens"]) == (11, 7) and plain["outcome"] == "ok"

@@ -42,6 +42,7 @@ from interlock.proxy.protocols.base import (
 from interlock.proxy.protocols.conversation import ChatMessage, ChatToolCall, exchange
 from interlock.proxy.protocols.eventstream import (
     MessageSplitter,
+    chunk_message,
     event_message,
     exception_message,
     iter_messages,
@@ -230,14 +231,13 @@ def _converse_message(events: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _invoke_events(events: Iterator[Event]) -> Iterator[dict[str, Any]]:
-    """InvokeModelWithResponseStream's chunks: each carries one Anthropic stream event, base64 in `bytes`."""
+    """InvokeModelWithResponseStream's Anthropic events (a `chunk` event's data is the one it carries)."""
     for event in events:
         if event.event != "chunk":
             continue
         try:
-            payload = json.loads(event.data)
-            inner = json.loads(base64.b64decode(payload["bytes"]))
-        except (ValueError, KeyError, TypeError):
+            inner = json.loads(event.data)
+        except ValueError:
             continue
         if isinstance(inner, dict):
             yield inner
@@ -382,12 +382,19 @@ class BedrockAdapter(Adapter):
         return b"".join(kept) + b"".join(e.raw for e in events[-8:] if e.raw not in kept)
 
     def stream_event(self, event: str | None, data: Any) -> bytes:
+        if event == "chunk":
+            return chunk_message(dump_body(data))
         return event_message(event or "", dump_body(data))
+
+    def stream_keepalive(self, event: str | None, data: Any) -> bool:
+        return event == "chunk" and _ANTHROPIC.stream_keepalive(None, data)
 
     def stream_error_event(self, code: str, message: str) -> bytes:
         return exception_message("internalServerException", dump_body({"message": message, "code": code}))
 
     def stream_texts(self, event: str | None, data: Any) -> list[StreamText]:
+        if event == "chunk":  # an Anthropic event: its texts where the anthropic adapter finds them
+            return _ANTHROPIC.stream_texts(None, data)
         if event != "contentBlockDelta" or not isinstance(data, dict) or not isinstance(data.get("delta"), dict):
             return []
         index, delta = data.get("contentBlockIndex"), data["delta"]
@@ -402,7 +409,7 @@ class BedrockAdapter(Adapter):
         if event.event == "chunk":  # InvokeModelWithResponseStream: an Anthropic event inside
             names: list[str] = []
             for inner in _invoke_events(iter([event])):
-                names += _ANTHROPIC.stream_tool_names(Event(b"", inner.get("type"), json.dumps(inner)))
+                names += _ANTHROPIC.stream_tool_names(Event(b"", inner.get("type"), event.data))
             return names
         if event.event != "contentBlockStart" or '"toolUse"' not in event.data:
             return []

@@ -6,12 +6,15 @@ typed headers, a payload, and the CRC32 of everything before it. Reading uses bo
 (`botocore.eventstream.EventStreamBuffer`, which checks both CRCs); writing (an event a stage
 rewrote, interlock's own error event) is the same layout, string headers only, as AWS sends them.
 A message becomes an `sse.Event` so that every stage reads it as it reads server-sent events:
-`raw` its exact bytes, `event` its `:event-type` (or `:exception-type`, for an exception
-message), `data` its payload as text.
+`raw` its exact bytes, `event` its `:event-type` (or `exception:<type>`, for an exception
+message), `data` its payload as text (for a `chunk`, the model event base64 inside it).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import struct
 import zlib
 from collections.abc import Iterator
@@ -66,7 +69,25 @@ def _event(raw: bytes) -> Event:
     if kind in ("exception", "error"):
         name = f"{kind}:{headers.get(':exception-type') or headers.get(':error-code') or ''}"
     payload: bytes = message.payload
+    if name == "chunk":
+        payload = _unwrapped(payload)
     return Event(raw, name if isinstance(name, str) else None, payload.decode("utf-8", "replace"))
+
+
+def _unwrapped(payload: bytes) -> bytes:
+    """A `chunk` event's (InvokeModelWithResponseStream) model event: the JSON base64 in its `bytes`,
+    so that stages read and rewrite the model's own event (`chunk_message` wraps it again). A payload
+    that is not such a wrapper stays as it came."""
+    try:
+        wrapper = json.loads(payload)
+        return base64.b64decode(wrapper["bytes"], validate=True)
+    except (ValueError, KeyError, TypeError, binascii.Error):
+        return payload
+
+
+def chunk_message(inner: bytes) -> bytes:
+    """A `chunk` event carrying this model event (its JSON), base64 in `bytes` as Bedrock sends it."""
+    return event_message("chunk", json.dumps({"bytes": base64.b64encode(inner).decode()}).encode())
 
 
 class MessageSplitter(EventSplitter):
