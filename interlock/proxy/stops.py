@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from typing import Any
 
@@ -49,12 +50,17 @@ class Stops:
         self._poller: asyncio.Task[None] | None = None
         self._reading: asyncio.Future[list[dict[str, Any]]] | None = None
         self._failing = False
+        #: Set once the store's stops have been read (at once without a store). Until then a stopped
+        #: session could be served: `/ready` waits for it (the gate's `warmed`), and a call meanwhile
+        #: records that the kill switch was not checked.
+        self.loaded = threading.Event()
 
     # -- lifetime ----------------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Read the stops kept in the store, then poll for stops made elsewhere."""
         if self.store is None:
+            self.loaded.set()
             return
         await self.refresh()
         self._poller = asyncio.get_running_loop().create_task(self._poll(), name="interlock-stops")
@@ -91,6 +97,7 @@ class Stops:
         if self._failing:
             log.info("the kill switch's stops are read from the store again")
         self._failing = False
+        self.loaded.set()
         current = {(row["kind"], row["name"]): row for row in rows}
         for key, row in current.items():
             if key not in self.stopped:
@@ -160,8 +167,11 @@ class StopGate:
 
     def __init__(self, stops: Stops) -> None:
         self.stops = stops
+        self.warmed = stops.loaded  # `/ready` is 503 until the stops kept in the store are known
 
     async def request(self, call: Call) -> None:
+        if not self.stops.loaded.is_set():  # the store could not be read yet: say so on the call
+            call.decide(Decision("stops", "error", None, "the kill switch's stops could not be read yet: not checked"))
         refused = self.stops.refusal(call)
         if refused is not None:
             code, message = refused

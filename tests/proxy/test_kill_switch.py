@@ -18,11 +18,14 @@ import pytest
 from click.testing import CliRunner
 
 from interlock.cli import main
+from interlock.proxy.stops import StopGate, Stops
 from interlock.scripted import ScriptedUpstream
 from interlock.scripted_replies import Script
 from interlock.testing import Running
+from interlock.tracing.backend import open_store
 from tests.proxy.routing_support import anthropic_client, wait_for
 from tests.sdk_errors import protocol_error
+from tests.tracing.test_store import make_call
 
 HI = [{"role": "user", "content": "hi"}]
 #: A stream that would last about 15 s (100 deltas, 0.15 s apart): far past the 1 s a stop may take.
@@ -222,3 +225,27 @@ def test_a_stop_made_with_an_unreadable_configuration_says_it_was_not_escalated(
     assert "session_stopped not escalated" in result.stderr  # and the missing webhook post is said, not silent
     listed = CliRunner().invoke(main, ["sessions", "stopped", "--store", store, "--json"])
     assert '"name": "run-9"' in listed.output
+
+
+async def test_stops_unread_at_start_keep_ready_waiting_and_mark_each_call(tmp_path: Path) -> None:
+    """A store whose stops cannot be read at start would let a stopped session through unseen: `/ready`
+    waits for the gate (`warmed`) and every call meanwhile records that the kill switch was not checked."""
+    store = open_store(tmp_path / "interlock.db")
+    store.close()  # reading the stops now fails
+    stops = Stops(store, poll_interval=3600)
+    gate = StopGate(stops)
+    await stops.start()
+    try:
+        assert not gate.warmed.is_set()
+        call = make_call(session="run-1")
+        await gate.request(call)
+        assert [(d.stage, d.action) for d in call.decisions] == [("stops", "error")]
+        stops.store = open_store(tmp_path / "interlock.db")  # the store is back
+        await stops.refresh()
+        assert gate.warmed.is_set()
+        later = make_call(session="run-1")
+        await gate.request(later)
+        assert later.decisions == [] and later.reply is None
+    finally:
+        await stops.aclose()
+        stops.store.close()
