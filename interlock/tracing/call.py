@@ -11,7 +11,10 @@ import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, fields
+from operator import attrgetter
 from typing import Any, Literal
+
+from interlock.tracing.fields import RECORD_SCALARS
 
 Outcome = Literal[
     "ok", "closed", "unsupported", "upstream_error", "denied", "blocked", "aborted", "bad_request", "internal_error"
@@ -285,49 +288,18 @@ class Call:
     # -- round trip ------------------------------------------------------------------------------
 
     def to_record(self) -> dict[str, Any]:
-        """A plain dict of JSON-able values and bytes; `from_record` inverts it."""
-        return {
-            "id": self.id,
-            "route": self.route,
-            "protocol": self.protocol,
-            "method": self.method,
-            "path": self.path,
-            "query": self.query,
-            "started_at": self.started_at,
-            "agent": self.agent,
-            "session": self.session,
-            "workflow": self.workflow,
-            "trace_id": self.trace_id,
-            "span_id": self.span_id,
-            "parent_span_id": self.parent_span_id,
-            "request_headers": public_headers(self.request_headers),
-            "request_body": self.request_body,
-            "upstream_body": self.upstream_body,
-            "model": self.model,
-            "stream": self.stream,
-            "status": self.status,
-            "response_headers": public_headers(self.response_headers),
-            "response_body": self.response_body,
-            "agent_response_body": self.agent_response_body,
-            "chunks": [(c.t_ms, c.data) for c in self.chunks],
-            "agent_chunks": None if self.agent_chunks is None else [(c.t_ms, c.data) for c in self.agent_chunks],
-            "outcome": self.outcome,
-            "error": self.error,
-            "error_code": self.error_code,
-            "truncated": self.truncated,
-            "rescued": self.rescued,
-            "decisions": [_plain(d) for d in self.decisions],
-            "findings": [_plain(f) for f in self.findings],
-            "attempts": [_plain(a) for a in self.attempts],
-            "input_tokens": self.input_tokens,
-            "output_tokens": self.output_tokens,
-            "cost_usd": self.cost_usd,
-            "cost_source": self.cost_source,
-            "ttfb_ms": self.ttfb_ms,
-            "duration_ms": self.duration_ms,
-            "upstream": self.upstream,
-            "meta": self.meta,
-        }
+        """A plain dict of JSON-able values and bytes; `from_record` inverts it. Its keys are
+        `fields.RECORD_KEYS`: the scalar fields as they are, the structured ones as plain lists."""
+        record = dict(zip(RECORD_SCALARS, _record_scalars(self), strict=True))
+        record["request_headers"] = public_headers(self.request_headers)
+        record["response_headers"] = public_headers(self.response_headers)
+        record["chunks"] = [(c.t_ms, c.data) for c in self.chunks]
+        record["agent_chunks"] = None if self.agent_chunks is None else [(c.t_ms, c.data) for c in self.agent_chunks]
+        record["decisions"] = [_plain(d) for d in self.decisions]
+        record["findings"] = [_plain(f) for f in self.findings]
+        record["attempts"] = [_plain(a) for a in self.attempts]
+        record["meta"] = self.meta
+        return record
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> Call:
@@ -355,42 +327,8 @@ class Call:
         return self.agent_response_body if self.agent_response_body is not None else self.response_body
 
 
-_SIMPLE_FIELDS = frozenset(
-    {
-        "id",
-        "route",
-        "protocol",
-        "method",
-        "path",
-        "query",
-        "started_at",
-        "agent",
-        "session",
-        "workflow",
-        "trace_id",
-        "span_id",
-        "parent_span_id",
-        "request_body",
-        "upstream_body",
-        "model",
-        "stream",
-        "status",
-        "response_body",
-        "agent_response_body",
-        "outcome",
-        "error",
-        "error_code",
-        "truncated",
-        "rescued",
-        "input_tokens",
-        "output_tokens",
-        "cost_usd",
-        "cost_source",
-        "ttfb_ms",
-        "duration_ms",
-        "upstream",
-    }
-)
+_SIMPLE_FIELDS = frozenset(RECORD_SCALARS)
+_record_scalars = attrgetter(*RECORD_SCALARS)
 
 
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {}

@@ -23,6 +23,7 @@ import struct
 import subprocess
 import sys
 import threading
+from operator import attrgetter
 from pathlib import Path
 from typing import IO, Any
 
@@ -30,6 +31,7 @@ import interlock
 from interlock.config import Otel
 from interlock.proxy.protocols import ADAPTERS, RequestView
 from interlock.tracing.call import Attempt, Call, Chunk, Decision, Finding, Reply
+from interlock.tracing.fields import WIRE_SCALARS
 
 log = logging.getLogger("interlock.otel")
 
@@ -44,6 +46,10 @@ _GATHER_SECONDS = 0.05
 
 
 # -- the wire: a Call as a tuple of what export reads --------------------------------------------
+# The scalar fields marked `wire` in `fields.FIELDS` cross as they are, as one tuple; the rest
+# cross by the rules below (headers filtered, bodies and chunks cut with capture off, no finding's
+# value, the request JSON only as its JSON-RPC id).
+_wire_scalars = attrgetter(*WIRE_SCALARS)
 
 
 def to_wire(call: Call, capture_content: bool) -> tuple[Any, ...]:
@@ -59,118 +65,60 @@ def to_wire(call: Call, capture_content: bool) -> tuple[Any, ...]:
             size += len(chunks[tail_start].data)
         chunks = chunks[:_HEAD_CHUNKS] + chunks[tail_start:]
     return (
-        call.id,
-        call.route,
-        call.protocol,
-        call.method,
-        call.path,
-        call.started_at,
-        call.agent,
-        call.session,
-        call.workflow,
-        call.trace_id,
-        call.span_id,
-        call.parent_span_id,
+        _wire_scalars(call),
         [(k, v) for k, v in call.request_headers if k in _HEADERS],
         [(k, v) for k, v in call.response_headers if k in _HEADERS],
         call.request_body if capture_content else b"",
         call.upstream_body if capture_content else None,
         rpc_id,
-        call.model,
-        call.stream,
         view_tuple,
-        call.status,
         call.response_body if not call.stream else None,
         call.agent_response_body if capture_content else None,
         [(c.t_ms, c.data) for c in chunks],
         None if not capture_content or call.agent_chunks is None else [(c.t_ms, c.data) for c in call.agent_chunks],
-        call.outcome,
-        call.error,
-        call.error_code,
-        call.truncated,
-        call.rescued,
         [(d.stage, d.action, d.rule, d.reason, d.t_ms) for d in call.decisions],
         [(f.entity, f.where, f.start, f.end, f.score, f.action) for f in call.findings],  # never the value
         [
             (a.upstream, a.url, a.model, a.started_ms, a.duration_ms, a.ttfb_ms, a.status, a.error, a.backoff_ms)
             for a in call.attempts
         ],
-        call.input_tokens,
-        call.output_tokens,
-        call.cost_usd,
-        call.cost_source,
-        call.ttfb_ms,
-        call.duration_ms,
         call.reply is not None,
     )
 
 
 def from_wire(data: tuple[Any, ...]) -> Call:
     (
-        cid,
-        route,
-        protocol,
-        method,
-        path,
-        started_at,
-        agent,
-        session,
-        workflow,
-        trace_id,
-        span_id,
-        parent_span_id,
+        scalars,
         request_headers,
         response_headers,
         request_body,
         upstream_body,
         rpc_id,
-        model,
-        stream,
         view,
-        status,
         response_body,
         agent_response_body,
         chunks,
         agent_chunks,
-        outcome,
-        error,
-        error_code,
-        truncated,
-        rescued,
         decisions,
         findings,
         attempts,
-        input_tokens,
-        output_tokens,
-        cost_usd,
-        cost_source,
-        ttfb_ms,
-        duration_ms,
         replied,
     ) = data
-    call = Call(id=cid, route=route, protocol=protocol, method=method, path=path, started_at=started_at)
-    call.agent, call.session, call.workflow = agent, session, workflow
-    call.trace_id, call.span_id, call.parent_span_id = trace_id, span_id, parent_span_id
+    call = Call(**dict(zip(WIRE_SCALARS, scalars, strict=True)))
     call.request_headers, call.response_headers = request_headers, response_headers
     call.request_body, call.upstream_body = request_body, upstream_body
     call.request_json = {"id": rpc_id} if rpc_id is not None else None
-    call.model, call.stream = model, stream
     if view is not None:
         operation, view_model, view_stream, params, tool_name = view
         call.view = RequestView(operation, view_model, view_stream, params=params, tool_name=tool_name)
-    call.status, call.response_body, call.agent_response_body = status, response_body, agent_response_body
+    call.response_body, call.agent_response_body = response_body, agent_response_body
     call.chunks = [Chunk(t, d) for t, d in chunks]
     call.agent_chunks = None if agent_chunks is None else [Chunk(t, d) for t, d in agent_chunks]
-    call.outcome, call.error, call.error_code, call.truncated = outcome, error, error_code, truncated
-    call.rescued = rescued
     call.decisions = [Decision(s, a, r, reason, t_ms=t) for s, a, r, reason, t in decisions]
     call.findings = [Finding(e, w, s, end, score, action) for e, w, s, end, score, action in findings]
     call.attempts = [Attempt(*a) for a in attempts]  # to_wire writes Attempt's fields in their order
-    call.input_tokens, call.output_tokens = input_tokens, output_tokens
-    call.cost_usd, call.cost_source = cost_usd, cost_source
-    call.ttfb_ms, call.duration_ms = ttfb_ms, duration_ms
     if replied:
-        call.reply = Reply(status or 0, b"")
+        call.reply = Reply(call.status or 0, b"")
     return call
 
 

@@ -11,70 +11,20 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from interlock.tracing.call import public_headers
+from interlock.tracing.call import Headers, public_headers
+from interlock.tracing.fields import CALL_COLUMNS, FLAG_COLUMNS, RECORD_KEYS, record_row
+from interlock.tracing.fields import LIST_COLUMNS as LIST_COLUMNS
 
 Record = dict[str, Any]
 #: (request text, response text, reassembled response message or None) for one record.
 Indexer = Callable[[Record], tuple[str, str, Any]]
 
-#: Columns of `calls` that list views get (`list_calls`); everything but `seq`, `meta` and `query`.
-LIST_COLUMNS = (
-    "id",
-    "trace_id",
-    "span_id",
-    "session",
-    "agent",
-    "route",
-    "protocol",
-    "method",
-    "path",
-    "model",
-    "stream",
-    "status",
-    "outcome",
-    "error_code",
-    "error",
-    "started_at",
-    "ttfb_ms",
-    "duration_ms",
-    "input_tokens",
-    "output_tokens",
-    "attempt_count",
-    "upstream",
-    "truncated",
-    "rescued",
-    "capture",
-    "size",
-    "workflow",
-    "cost_usd",
-    "cost_source",
-)
-
-_CALL_COLUMNS = (
-    *LIST_COLUMNS[:10],
-    "query",
-    *LIST_COLUMNS[10:],
-    "parent_span_id",
-    "meta",
-)
-BOOL_COLUMNS = ("stream", "truncated", "rescued")
+#: Columns of `calls` that list views get (`list_calls`); everything but `query`, `parent_span_id`
+#: and `meta`. The columns, the record keys and the `calls` row all come from `fields.FIELDS`.
+_CALL_COLUMNS = CALL_COLUMNS
+BOOL_COLUMNS = FLAG_COLUMNS
 # to_record keys that have a home in the schema; anything else goes to `bodies.extra`.
-_KNOWN_KEYS = frozenset(
-    {
-        *_CALL_COLUMNS,
-        "request_headers",
-        "response_headers",
-        "request_body",
-        "upstream_body",
-        "response_body",
-        "agent_response_body",
-        "chunks",
-        "agent_chunks",
-        "decisions",
-        "findings",
-        "attempts",
-    }
-)
+_KNOWN_KEYS = RECORD_KEYS
 _BODY_COLUMNS = ("request_body", "upstream_body", "response_body", "agent_response_body")
 
 INSERT_CALL = f"INSERT OR IGNORE INTO calls ({', '.join(_CALL_COLUMNS)}) VALUES ({', '.join('?' * len(_CALL_COLUMNS))})"
@@ -246,121 +196,120 @@ def without_bodies(conn: sqlite3.Connection, ids: Sequence[str]) -> list[str]:
     return found
 
 
-def record_rows(
-    record: Record,
-    capture: str,
-    index: Indexer,
-    calls: list[tuple[Any, ...]],
-    bodies: list[tuple[Any, ...]],
-    chunks: list[tuple[Any, ...]],
-    attempts: list[tuple[Any, ...]],
-    events: list[tuple[Any, ...]],
-    texts: list[tuple[Any, ...]],
-) -> None:
-    call_id = record["id"]
-    full = capture == "full"
-    upstream_chunks = record.get("chunks") or []
-    agent_chunks = record.get("agent_chunks")
-    get = record.get
+#: The lists a batch's rows go to, one per table: calls, bodies, chunks, attempts, events, texts.
+Lists = tuple[list[tuple[Any, ...]], ...]
+#: A streamed response as (t_ms, data) pairs.
+Pieces = Sequence[tuple[float, bytes]]
+
+
+def stored_size(bodies: Sequence[bytes | None], upstream_chunks: Pieces, agent_chunks: Pieces | None) -> int:
+    """The bytes of body a call keeps with capture "full" (the `size` column)."""
     size = 0
-    if full:
-        for key in _BODY_COLUMNS:
-            body = get(key)
-            if body:
-                size += len(body)
-        for _, data in upstream_chunks:
-            size += len(data)
-        for _, data in agent_chunks or ():
-            size += len(data)
-    meta = get("meta")
-    # Must follow _CALL_COLUMNS (a plain tuple: this runs for every call, in the writer thread).
-    calls.append(
-        (
-            call_id,
-            get("trace_id"),
-            get("span_id"),
-            get("session"),
-            get("agent"),
-            get("route"),
-            get("protocol"),
-            get("method"),
-            get("path"),
-            get("model"),
-            get("query") or "",
-            1 if get("stream") else 0,
-            get("status"),
-            get("outcome"),
-            get("error_code"),
-            get("error"),
-            get("started_at"),
-            get("ttfb_ms"),
-            get("duration_ms"),
-            get("input_tokens"),
-            get("output_tokens"),
-            len(get("attempts") or ()),
-            get("upstream"),
-            1 if get("truncated") else 0,
-            1 if get("rescued") else 0,
-            "full" if full else "metadata",
-            size,
-            get("workflow"),
-            get("cost_usd"),
-            get("cost_source"),
-            get("parent_span_id"),
-            dumps(meta) if meta else "{}",
-        )
-    )
-    extra = {k: v for k, v in record.items() if k not in _KNOWN_KEYS}
+    for body in bodies:
+        if body:
+            size += len(body)
+    for _, data in upstream_chunks:
+        size += len(data)
+    for _, data in agent_chunks or ():
+        size += len(data)
+    return size
+
+
+def append_rows(
+    lists: Lists,
+    calls_row: tuple[Any, ...],
+    full: bool,
+    request_headers: Headers,
+    response_headers: Headers,
+    bodies: Sequence[bytes | None],
+    upstream_chunks: Pieces,
+    agent_chunks: Pieces | None,
+    texts: tuple[str, str, Any] | None,
+    attempts: Sequence[dict[str, Any]],
+    decisions: Sequence[dict[str, Any]],
+    findings: Sequence[dict[str, Any]],
+    extra: dict[str, Any] | None,
+) -> None:
+    """Append one call's rows to `lists`: the one row builder behind both `record_rows` (a record
+    dict) and `writing.Rows.add_call` (a Call), which only gather its inputs. `bodies` are the four
+    of `_BODY_COLUMNS`, `texts` the index's (request text, response text, message) with capture
+    "full" (None otherwise), the headers already without credentials."""
+    calls, body_rows, chunks, attempt_rows, events, text_rows = lists
+    call_id = calls_row[0]
+    calls.append(calls_row)
     message = None
+    if texts is not None:
+        request_text, response_text, message = texts
+        text_rows.append((call_id, request_text, response_text))
     if full:
-        request_text, response_text, message = index(record)
-        texts.append((call_id, request_text, response_text))
-        for side, pieces in ((0, upstream_chunks), (1, agent_chunks or [])):
+        for side, pieces in ((0, upstream_chunks), (1, agent_chunks or ())):
             for seq, (t_ms, data) in enumerate(pieces):
                 chunks.append((call_id, side, seq, t_ms, data))
-    bodies.append(
+    body_rows.append(
         (
             call_id,
-            # Defence in depth: to_record already removed credentials; never let one reach the file.
-            dumps(public_headers(record.get("request_headers") or [])),
-            dumps(public_headers(record.get("response_headers") or [])),
-            *((record.get(k) if full else None) for k in _BODY_COLUMNS),
+            dumps(request_headers),
+            dumps(response_headers),
+            *(bodies if full else (None, None, None, None)),
             1 if full and agent_chunks is not None else 0,
             None if message is None else dumps(message),
             dumps(extra) if extra else None,
         )
     )
-    for seq, attempt in enumerate(record.get("attempts") or []):
-        attempts.append(
+    for seq, attempt in enumerate(attempts):
+        get = attempt.get
+        attempt_rows.append(
             (
                 call_id,
                 seq,
-                attempt.get("upstream"),
-                attempt.get("url"),
-                attempt.get("model"),
-                attempt.get("started_ms"),
-                attempt.get("duration_ms"),
-                attempt.get("ttfb_ms"),
-                attempt.get("status"),
-                attempt.get("error"),
-                attempt.get("backoff_ms"),
+                get("upstream"),
+                get("url"),
+                get("model"),
+                get("started_ms"),
+                get("duration_ms"),
+                get("ttfb_ms"),
+                get("status"),
+                get("error"),
+                get("backoff_ms"),
                 dumps(attempt),
             )
         )
     seq = 0
-    for decision in record.get("decisions") or []:
-        events.append(
-            (
-                call_id,
-                seq,
-                "decision",
-                decision.get("stage"),
-                decision.get("action"),
-                decision.get("rule"),
-                dumps(decision),
-            )
-        )
+    for decision in decisions:
+        get = decision.get
+        events.append((call_id, seq, "decision", get("stage"), get("action"), get("rule"), dumps(decision)))
         seq += 1
-    for finding in record.get("findings") or []:
+    for finding in findings:
         events.append((call_id, seq, "finding", None, finding.get("action"), finding.get("entity"), dumps(finding)))
         seq += 1
+
+
+def record_rows(record: Record, capture: str, index: Indexer, lists: Lists) -> None:
+    """Append the rows of a `Call.to_record()` dict (an imported bundle's, a custom indexer's) to
+    `lists`. Keys the schema has no home for are kept in `bodies.extra`."""
+    full = capture == "full"
+    get = record.get
+    upstream_chunks = get("chunks") or []
+    agent_chunks = get("agent_chunks")
+    bodies = tuple(get(key) for key in _BODY_COLUMNS)
+    size = stored_size(bodies, upstream_chunks, agent_chunks) if full else 0
+    meta = get("meta")
+    calls_row = record_row(
+        get, len(get("attempts") or ()), "full" if full else "metadata", size, dumps(meta) if meta else "{}"
+    )
+    append_rows(
+        lists,
+        calls_row,
+        full,
+        # Defence in depth: to_record already removed credentials; never let one reach the file.
+        public_headers(get("request_headers") or []),
+        public_headers(get("response_headers") or []),
+        bodies,
+        upstream_chunks,
+        agent_chunks,
+        index(record) if full else None,
+        get("attempts") or (),
+        get("decisions") or (),
+        get("findings") or (),
+        {k: v for k, v in record.items() if k not in _KNOWN_KEYS},
+    )

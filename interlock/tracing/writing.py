@@ -23,6 +23,7 @@ from interlock.proxy.protocols.base import UNPARSED, ResponseView
 from interlock.tracing import store_chain
 from interlock.tracing.call import Call, _plain, public_headers
 from interlock.tracing.chain import DEFAULT_WRITER, digest
+from interlock.tracing.fields import call_row
 from interlock.tracing.rows import (
     INSERT_ATTEMPT,
     INSERT_BODY,
@@ -32,8 +33,10 @@ from interlock.tracing.rows import (
     INSERT_FTS,
     Indexer,
     Record,
+    append_rows,
     dumps,
     record_rows,
+    stored_size,
     without_bodies,
 )
 from interlock.tracing.text import MAX_TEXT, record_texts
@@ -102,7 +105,7 @@ class Rows:
 
     def add_record(self, record: Record, capture: str, index: Indexer) -> None:
         mark = self.mark()
-        record_rows(record, capture, index, *self.lists())
+        record_rows(record, capture, index, self.lists())
         self._digest(mark)
 
     def _digest(self, mark: tuple[int, ...]) -> None:
@@ -115,9 +118,9 @@ class Rows:
         self.digests.append(digest(out))
 
     def add_call(self, call: Call, capture: str, *, salvage: bool = False, limit: int | None = None) -> None:
-        """The rows `add_record(call.to_record(), capture, record_texts)` adds, built from the Call
-        itself: no record dict, headers filtered once, no lookups by key (about a third less work
-        per call; `tests/tracing/test_writing.py` holds the two paths to the same rows).
+        """The rows `add_record(call.to_record(), capture, record_texts)` adds, gathered from the Call
+        itself (no record dict, headers filtered once) for the one row builder both use
+        (`rows.append_rows`; `tests/tracing/test_writing.py` holds the two paths to the same rows).
 
         `salvage` is for a call whose rows SQLite refused: text that UTF-8 cannot hold (a lone
         surrogate, which JSON's \\ud800 escapes produce) is replaced, and a body whose text cannot be
@@ -127,9 +130,7 @@ class Rows:
         `limit` (`store.record_max_bytes`) keeps the head of a body longer than it, and says so in
         the row's `meta.record_cut` (the proxy already bounded a stream's chunks the same way)."""
         mark = self.mark()
-        call_id = call.id
         full = capture == "full"
-        upstream_chunks = call.chunks
         agent_chunks = call.agent_chunks
         request_headers = public_headers(call.request_headers)
         response_headers = public_headers(call.response_headers)
@@ -140,118 +141,49 @@ class Rows:
             call.agent_response_body,
         )
         meta = call.meta
-        if limit is not None and full and any(body is not None and len(body) > limit for body in bodies):
-            bodies, meta = _cut_bodies(bodies, meta, limit)
         size = 0
+        texts = None
+        upstream_pieces: list[tuple[float, bytes]] = []
+        agent_pieces: list[tuple[float, bytes]] | None = None
         if full:
-            for body in bodies:
-                if body:
-                    size += len(body)
-            for chunk in upstream_chunks:
-                size += len(chunk.data)
-            for chunk in agent_chunks or ():
-                size += len(chunk.data)
-        # Must follow rows._CALL_COLUMNS, as record_rows does.
-        self.calls.append(
-            (
-                call_id,
-                call.trace_id,
-                call.span_id,
-                call.session,
-                call.agent,
-                call.route,
-                call.protocol,
-                call.method,
-                call.path,
-                call.model,
-                call.query or "",
-                1 if call.stream else 0,
-                call.status,
-                call.outcome,
-                call.error_code,
-                call.error,
-                call.started_at,
-                call.ttfb_ms,
-                call.duration_ms,
-                call.input_tokens,
-                call.output_tokens,
-                len(call.attempts),
-                call.upstream,
-                1 if call.truncated else 0,
-                1 if call.rescued else 0,
-                "full" if full else "metadata",
-                size,
-                call.workflow,
-                call.cost_usd,
-                call.cost_source,
-                call.parent_span_id,
-                dumps(meta) if meta else "{}",
-            )
-        )
-        message = None
-        if full:
+            if limit is not None and any(body is not None and len(body) > limit for body in bodies):
+                bodies, meta = _cut_bodies(bodies, meta, limit)
+            upstream_pieces = [(c.t_ms, c.data) for c in call.chunks]
+            agent_pieces = None if agent_chunks is None else [(c.t_ms, c.data) for c in agent_chunks]
+            size = stored_size(bodies, upstream_pieces, agent_pieces)
             # What record_texts reads of a record, and nothing else.
-            texts = {
+            record = {
                 "request_body": bodies[0],
                 "request_headers": request_headers,
                 "stream": call.stream,
                 "protocol": call.protocol,
-                "chunks": [(c.t_ms, c.data) for c in upstream_chunks],
-                "agent_chunks": None if agent_chunks is None else [(c.t_ms, c.data) for c in agent_chunks],
+                "chunks": upstream_pieces,
+                "agent_chunks": agent_pieces,
                 "response_body": bodies[2],
                 "agent_response_body": bodies[3],
                 "response_headers": response_headers,
             }
             try:
-                request_text, response_text, message = record_texts(texts, _parsed_response(call, bodies[2]))
+                texts = record_texts(record, _parsed_response(call, bodies[2]))
             except Exception:
                 if not salvage:
                     raise
-                request_text, response_text, message = _raw_texts(call)
-            self.texts.append((call_id, request_text, response_text))
-            chunks = self.chunks
-            for seq, chunk in enumerate(upstream_chunks):
-                chunks.append((call_id, 0, seq, chunk.t_ms, chunk.data))
-            for seq, chunk in enumerate(agent_chunks or ()):
-                chunks.append((call_id, 1, seq, chunk.t_ms, chunk.data))
-        self.bodies.append(
-            (
-                call_id,
-                dumps(request_headers),
-                dumps(response_headers),
-                *(bodies if full else (None, None, None, None)),
-                1 if full and agent_chunks is not None else 0,
-                None if message is None else dumps(message),
-                None,  # `extra`: a Call has no keys its record does not know
-            )
+                texts = _raw_texts(call)
+        append_rows(
+            self.lists(),
+            call_row(call, len(call.attempts), "full" if full else "metadata", size, dumps(meta) if meta else "{}"),
+            full,
+            request_headers,
+            response_headers,
+            bodies,
+            upstream_pieces,
+            agent_pieces,
+            texts,
+            [_plain(a) for a in call.attempts],
+            [_plain(d) for d in call.decisions],
+            [_plain(f) for f in call.findings],
+            None,  # `extra`: a Call has no keys its record does not know
         )
-        for seq, attempt in enumerate(call.attempts):
-            self.attempts.append(
-                (
-                    call_id,
-                    seq,
-                    attempt.upstream,
-                    attempt.url,
-                    attempt.model,
-                    attempt.started_ms,
-                    attempt.duration_ms,
-                    attempt.ttfb_ms,
-                    attempt.status,
-                    attempt.error,
-                    attempt.backoff_ms,
-                    dumps(_plain(attempt)),
-                )
-            )
-        seq = 0
-        events = self.events
-        for decision in call.decisions:
-            events.append(
-                (call_id, seq, "decision", decision.stage, decision.action, decision.rule, dumps(_plain(decision)))
-            )
-            seq += 1
-        for finding in call.findings:
-            events.append((call_id, seq, "finding", None, finding.action, finding.entity, dumps(_plain(finding))))
-            seq += 1
         if salvage:
             for rows, start in zip(self.lists(), mark, strict=False):
                 rows[start:] = [tuple(_utf8(value) for value in row) for row in rows[start:]]
