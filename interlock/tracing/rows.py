@@ -202,6 +202,20 @@ Lists = tuple[list[tuple[Any, ...]], ...]
 Pieces = Sequence[tuple[float, bytes]]
 
 
+#: The columns of `attempts` after (call_id, seq), and of `events` after (call_id, seq, kind), that
+#: a decision and a finding fill (an event's `name` is a decision's rule or a finding's entity).
+ATTEMPT_COLUMNS = ("upstream", "url", "model", "started_ms", "duration_ms", "ttfb_ms", "status", "error", "backoff_ms")
+DECISION_COLUMNS = ("stage", "action", "rule")
+FINDING_COLUMNS = ("action", "entity")
+#: An attempt, decision or finding for `append_rows`: (its `*_COLUMNS` values, its whole dict).
+Item = tuple[tuple[Any, ...], dict[str, Any]]
+
+
+def _items(values: Any, columns: tuple[str, ...]) -> list[Item]:
+    """A record's list of attempt, decision or finding dicts as `Item`s (a missing key: None)."""
+    return [(tuple(map(value.get, columns)), value) for value in values or ()]
+
+
 def stored_size(bodies: Sequence[bytes | None], upstream_chunks: Pieces, agent_chunks: Pieces | None) -> int:
     """The bytes of body a call keeps with capture "full" (the `size` column)."""
     size = 0
@@ -225,15 +239,16 @@ def append_rows(
     upstream_chunks: Pieces,
     agent_chunks: Pieces | None,
     texts: tuple[str, str, Any] | None,
-    attempts: Sequence[dict[str, Any]],
-    decisions: Sequence[dict[str, Any]],
-    findings: Sequence[dict[str, Any]],
+    attempts: Sequence[Item],
+    decisions: Sequence[Item],
+    findings: Sequence[Item],
     extra: dict[str, Any] | None,
 ) -> None:
     """Append one call's rows to `lists`: the one row builder behind both `record_rows` (a record
     dict) and `writing.Rows.add_call` (a Call), which only gather its inputs. `bodies` are the four
     of `_BODY_COLUMNS`, `texts` the index's (request text, response text, message) with capture
-    "full" (None otherwise), the headers already without credentials."""
+    "full" (None otherwise), the headers already without credentials; each attempt, decision and
+    finding comes as its `*_COLUMNS` values and its whole dict (`Item`)."""
     calls, body_rows, chunks, attempt_rows, events, text_rows = lists
     call_id = calls_row[0]
     calls.append(calls_row)
@@ -256,31 +271,14 @@ def append_rows(
             dumps(extra) if extra else None,
         )
     )
-    for seq, attempt in enumerate(attempts):
-        get = attempt.get
-        attempt_rows.append(
-            (
-                call_id,
-                seq,
-                get("upstream"),
-                get("url"),
-                get("model"),
-                get("started_ms"),
-                get("duration_ms"),
-                get("ttfb_ms"),
-                get("status"),
-                get("error"),
-                get("backoff_ms"),
-                dumps(attempt),
-            )
-        )
+    for seq, (columns, attempt) in enumerate(attempts):
+        attempt_rows.append((call_id, seq, *columns, dumps(attempt)))
     seq = 0
-    for decision in decisions:
-        get = decision.get
-        events.append((call_id, seq, "decision", get("stage"), get("action"), get("rule"), dumps(decision)))
+    for (stage, action, rule), decision in decisions:
+        events.append((call_id, seq, "decision", stage, action, rule, dumps(decision)))
         seq += 1
-    for finding in findings:
-        events.append((call_id, seq, "finding", None, finding.get("action"), finding.get("entity"), dumps(finding)))
+    for (action, entity), finding in findings:
+        events.append((call_id, seq, "finding", None, action, entity, dumps(finding)))
         seq += 1
 
 
@@ -308,8 +306,8 @@ def record_rows(record: Record, capture: str, index: Indexer, lists: Lists) -> N
         upstream_chunks,
         agent_chunks,
         index(record) if full else None,
-        get("attempts") or (),
-        get("decisions") or (),
-        get("findings") or (),
+        _items(get("attempts"), ATTEMPT_COLUMNS),
+        _items(get("decisions"), DECISION_COLUMNS),
+        _items(get("findings"), FINDING_COLUMNS),
         {k: v for k, v in record.items() if k not in _KNOWN_KEYS},
     )

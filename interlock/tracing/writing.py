@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from itertools import chain
+from operator import attrgetter
 from typing import Any
 
 from interlock.proxy.protocols.base import UNPARSED, ResponseView
@@ -25,6 +26,9 @@ from interlock.tracing.call import Call, _plain, public_headers
 from interlock.tracing.chain import DEFAULT_WRITER, digest
 from interlock.tracing.fields import call_row
 from interlock.tracing.rows import (
+    ATTEMPT_COLUMNS,
+    DECISION_COLUMNS,
+    FINDING_COLUMNS,
     INSERT_ATTEMPT,
     INSERT_BODY,
     INSERT_CALL,
@@ -179,9 +183,9 @@ class Rows:
             upstream_pieces,
             agent_pieces,
             texts,
-            [_plain(a) for a in call.attempts],
-            [_plain(d) for d in call.decisions],
-            [_plain(f) for f in call.findings],
+            [(_attempt_columns(a), _plain(a)) for a in call.attempts],
+            [(_decision_columns(d), _plain(d)) for d in call.decisions],
+            [(_finding_columns(f), _plain(f)) for f in call.findings],
             None,  # `extra`: a Call has no keys its record does not know
         )
         if salvage:
@@ -199,6 +203,11 @@ class Rows:
             del rows[length:]
         del self.digests[mark[-1] :]
 
+
+# The columns of an attempt, decision or finding row, read in C (`attrgetter`), not one by one.
+_attempt_columns = attrgetter(*ATTEMPT_COLUMNS)
+_decision_columns = attrgetter(*DECISION_COLUMNS)
+_finding_columns = attrgetter(*FINDING_COLUMNS)
 
 _BODY_NAMES = ("request_body", "upstream_body", "response_body", "agent_response_body")
 

@@ -85,3 +85,10 @@ def test_every_wire_field_crosses_to_the_export_process() -> None:
     for name in fields.WIRE_SCALARS:
         assert getattr(crossed, name) == getattr(call, name), name
     assert {"capture", "size", "attempt_count", "meta"}.isdisjoint(fields.WIRE_SCALARS)
+
+
+def test_the_attempt_and_event_rows_follow_their_column_lists() -> None:
+    from interlock.tracing.rows import ATTEMPT_COLUMNS, INSERT_ATTEMPT, INSERT_EVENT
+
+    assert insert_columns(INSERT_ATTEMPT) == ("call_id", "seq", *ATTEMPT_COLUMNS, "data")
+    assert insert_columns(INSERT_EVENT)[3:6] == ("stage", "action", "name")
