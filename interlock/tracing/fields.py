@@ -102,6 +102,7 @@ NOT_RECORDED = {
     "request_json": "the parsed request, recorded as request_body/upstream_body",
     "request_changed": "a flag for the forwarder, its effect is upstream_body",
     "view": "derived from the request by the protocol adapter (replay and export re-derive it)",
+    "response_view": "the adapter's reading of the response: read again from the recorded bodies",
     "reply": "interlock's own reply: its status, body and outcome are recorded",
     "supplied": "a supplied response: recorded as the response, and meta['supplied_by']",
     "guardrails": "the actions that apply, rebuilt from the policy; the decisions are recorded",
