@@ -257,9 +257,11 @@ def append_rows(
         request_text, response_text, message = texts
         text_rows.append((call_id, request_text, response_text))
     if full:
-        for side, pieces in ((0, upstream_chunks), (1, agent_chunks or ())):
-            for seq, (t_ms, data) in enumerate(pieces):
-                chunks.append((call_id, side, seq, t_ms, data))
+        for seq, (t_ms, data) in enumerate(upstream_chunks):
+            chunks.append((call_id, 0, seq, t_ms, data))
+        if agent_chunks:
+            for seq, (t_ms, data) in enumerate(agent_chunks):
+                chunks.append((call_id, 1, seq, t_ms, data))
     body_rows.append(
         (
             call_id,

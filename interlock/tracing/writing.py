@@ -183,9 +183,10 @@ class Rows:
             upstream_pieces,
             agent_pieces,
             texts,
-            [(_attempt_columns(a), _plain(a)) for a in call.attempts],
-            [(_decision_columns(d), _plain(d)) for d in call.decisions],
-            [(_finding_columns(f), _plain(f)) for f in call.findings],
+            # Most calls have none of these: no list built then (a comprehension costs even empty).
+            [(_attempt_columns(a), _plain(a)) for a in call.attempts] if call.attempts else (),
+            [(_decision_columns(d), _plain(d)) for d in call.decisions] if call.decisions else (),
+            [(_finding_columns(f), _plain(f)) for f in call.findings] if call.findings else (),
             None,  # `extra`: a Call has no keys its record does not know
         )
         if salvage:
