@@ -75,6 +75,10 @@ class Recorder:
         self._large = ThreadPoolExecutor(max_workers=1, thread_name_prefix="interlock-record-large")
         self.large_calls = 0
         self._large_pending: dict[Future[None], Call] = {}
+        #: Set by close() when shutdown_grace ran out with a large call still being written: that
+        #: call stops between two pieces and goes to the side file, and close() waits for the piece
+        #: in hand (one transaction of about large_call_bytes) before the store is closed under it.
+        self._abandon = threading.Event()
         # While the store cannot be written: held calls, the side file, the episode (faults.py).
         # A database server's side file is a local one, beside where the SQLite file would be.
         spill_path = settings.spill_path or (settings.path if settings.url else store.path) + ".spill"
@@ -166,9 +170,12 @@ class Recorder:
         if pending:
             _, unfinished = wait_for_futures(pending, timeout=left())
             for future in unfinished:
-                if future.cancel():  # not started: spilled; one being written finishes in its thread
+                if future.cancel():  # not started: spilled
                     self.holding.spill([pending[future]])
-        self._large.shutdown(wait=False, cancel_futures=True)
+                else:  # being written: it stops at its next piece and spills itself
+                    self._abandon.set()
+        # Waits at most for the piece being written: closing the store under a running write crashes SQLite.
+        self._large.shutdown(wait=True, cancel_futures=True)
         if self._pruner is not None:
             self._pruner.join(left())
 
@@ -341,6 +348,9 @@ class Recorder:
             chunks, rows.chunks = rows.chunks, []
             start = 0
             while start < len(chunks):
+                if self._abandon.is_set():  # shutdown_grace ran out (close): the side file has it whole
+                    self.holding.spill([call])
+                    return
                 end, size = start, 0
                 while end < len(chunks) and (size < piece or end == start):
                     size += len(chunks[end][4])

@@ -227,3 +227,45 @@ def test_a_queue_that_fills_up_spills_to_the_fallback_and_loses_nothing(store: S
     assert store.count_calls() == 60
     counters = recorder.counters()
     assert counters["overflow"] > 0 and counters["written"] == 60 and counters["write_errors"] == 0
+
+
+class _HeldStore(Store):
+    """A real store whose first chunk write waits for the test: a large call caught mid-write."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.writing = threading.Event()
+        self.release = threading.Event()
+
+    def write_chunks(self, rows: Any) -> None:
+        self.writing.set()
+        assert self.release.wait(60)
+        super().write_chunks(rows)
+
+
+def test_close_out_of_time_waits_for_the_large_piece_in_hand_then_spills_the_call(tmp_path: Path) -> None:
+    """shutdown_grace runs out while a large call is being written by pieces: close() must not return
+    (and the store be closed under the write, which crashes SQLite) before that piece is done, and the
+    call goes whole to the side file instead of being left half-written."""
+    store = _HeldStore(tmp_path / "r.db")
+    spill = tmp_path / "r.spill"
+    recorder = Recorder(store, StoreSettings(large_call_bytes=1024, spill_path=str(spill)))
+    recorder.start()
+    big = a_call("big")
+    big.chunks = [Chunk(float(i), b"x" * 1024) for i in range(8)]
+
+    async def finish() -> None:
+        await recorder.done(big)
+
+    asyncio.run(finish())
+    assert store.writing.wait(60)  # the large call's first piece is being written
+    closing = threading.Thread(target=recorder.close, kwargs={"timeout": 0})
+    closing.start()
+    assert recorder._abandon.wait(60)
+    assert closing.is_alive()  # still waiting for the piece in hand
+    store.release.set()
+    closing.join(60)
+    assert not closing.is_alive()
+    assert [json.loads(line)["id"] for line in spill.read_text().splitlines()] == [big.id]
+    assert store.count_calls() == 0  # not half-written: the call appears whole at the next start
+    store.close()
