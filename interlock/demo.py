@@ -231,6 +231,10 @@ def run_demo(
         data["store"] = {"path": store or str(workdir / "demo.db")}
         with run_interlock(settings_for_test(data)) as running:
             seeded = seed(running.url, upstream)
+            # Your agent's calls get the demo model, never a seeding script left over (a seeded call that
+            # went otherwise on a loaded machine, e.g. the workflow's stalled attempt, leaves one queued).
+            if left := upstream.drop_queued():
+                echo(f"interlock demo: {left} seeding answer(s) were not asked for; the recorded sessions may differ")
             upstream.set_default(DEMO_MODEL)
             if running.runtime.recorder is not None:
                 running.runtime.recorder.flush()

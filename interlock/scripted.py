@@ -172,6 +172,13 @@ class ScriptedUpstream:
             self._scripts.extend(scripts)
         return self
 
+    def drop_queued(self) -> int:
+        """Forget the scripts not yet answered; how many there were."""
+        with self._lock:
+            left = len(self._scripts)
+            self._scripts.clear()
+            return left
+
     def set_default(self, script: Script) -> None:
         with self._lock:
             self._default = script
