@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -79,6 +80,12 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
         process = subprocess.Popen(command.split(), cwd=ROOT, env={**os.environ, **ports}, stdout=out, stderr=out)
     try:
         wait_ready(f"http://127.0.0.1:{admin}", process, timeout=180, log=log)  # guardrails load first
+        # Ready is before the seeding ends (the workflow's risk scorer stalls 2 s): a call meanwhile would
+        # take a seeding answer. The demo prints its URLs, then this line, once its sessions are recorded.
+        deadline = time.monotonic() + 180
+        while "serving until Ctrl-C" not in log.read_text():
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
         yield port
     finally:
         process.terminate()
