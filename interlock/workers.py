@@ -39,8 +39,9 @@ from interlock.serving import bind_ports
 
 log = logging.getLogger("interlock")
 
-#: A worker that exits within this many seconds of its start is failing to start, not crashing:
-#: the supervisor stops instead of restarting it in a loop.
+#: A worker that exits before it was ever ready, within this many seconds of its start, is failing to
+#: start, not crashing: the supervisor stops instead of restarting it in a loop. One that was ready is
+#: restarted whenever it dies (a fast start must not turn a crash into a stop of every worker).
 START_GRACE = 10.0
 
 
@@ -109,6 +110,7 @@ def supervise(
     # memory across fork, never written (docs/fleet.md).
     secret = base64.b64encode(os.urandom(32)).decode()
     children: dict[int, tuple[int, float]] = {}  # pid → (slot, started at)
+    seen_ready: set[int] = set()  # workers that have been ready: started, whatever kills them later
     stopping: list[int] = []
 
     def fork(index: int) -> None:
@@ -162,14 +164,17 @@ def supervise(
                     log.error("worker pid %d did not stop in time: killed", pid)
                     _signal(pid, signal.SIGKILL)
                 deadline = time.monotonic() + 10
+            seen_ready.update(child for child, (slot, _) in children.items() if board.ready[slot])
             time.sleep(0.05)  # a supervisor's poll for exited children, not a wait for a condition
             continue
         index, started = children.pop(pid)
+        was_ready = pid in seen_ready or bool(board.ready[index])
+        seen_ready.discard(pid)
         board.ready[index] = 0
         exit_status = os.waitstatus_to_exitcode(code)
         if stopping:
             continue
-        if time.monotonic() - started < START_GRACE and exit_status != 0:
+        if not was_ready and time.monotonic() - started < START_GRACE and exit_status != 0:
             log.error("worker %d exited with %s while starting: stopping the others", index, exit_status)
             status = exit_status if exit_status > 0 else 1
             stop(signal.SIGTERM, None)
