@@ -110,7 +110,7 @@ async def _hide_and_approve(running: Any, tools: PinServer, collector: Collector
     assert lists[1].meta["mcp_pins"] == {"changed": ["lookup"], "new": [], "on_change": "hide"}
     assert collector.tool_call("lookup").error_code == "tool_changed"
     [pins] = [s for s in running.runtime.pipeline.stages if getattr(s, "name", None) == "mcp_pins"]
-    await pins.aflush()  # the pins' store writes (a worker thread)
+    running.run(pins.aflush())  # the pins' store writes, awaited on interlock's own loop (they are its tasks)
 
     assert "changed" in _cli(tmp_path, "mcp", "pins", "ls", "tools")
     diff = _cli(tmp_path, "mcp", "pins", "diff", "tools", "lookup")
