@@ -69,7 +69,8 @@ def run_interlock(
 
     The block starts once interlock is ready as `/ready` says it: listening, and the guardrails engine
     built (seconds on a loaded machine), so a client's first call does not wait for it."""
-    from interlock.server import Runtime, Servers
+    from interlock.runtime import Runtime
+    from interlock.server import Servers
 
     # Bind first, then serve on those sockets: no window in which another process takes the port.
     settings, proxy_socket, admin_socket = bind_ports(settings)

@@ -194,7 +194,7 @@ class Guardrails:
     name = "guardrails"
 
     def __init__(self, settings: Settings, vault: Vault | None = None) -> None:
-        """`vault`: the placeholders' values (a service: `server.build_services`); one of its own if None."""
+        """`vault`: the placeholders' values (a service: `runtime.build_services`); one of its own if None."""
         self.settings = settings
         self.config = config = settings.guardrails
         self.defaults = GuardrailActions(dict(config.request), dict(config.response), config.on_error)

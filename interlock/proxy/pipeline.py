@@ -2,7 +2,7 @@
 the whole flow. Each stage is inert when its configuration is off (not even imported: the plain path
 stays free of it). The services the stages share with the rest of interlock (the store and its
 recorder, the policy runtime and its limiter, the redaction vault, the exporter) are built first, by
-`interlock.server.Runtime`, and passed in as `Services`; stages a user adds
+`interlock.runtime.Runtime`, and passed in as `Services`; stages a user adds
 (`Runtime(settings, stages=[...])`) come after the built-in ones.
 
 request:   identify → parse → mcp session → mcp pins → stops → policy → mcp tools filter → loops → guardrails
@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 
 @dataclass(slots=True)
 class Services:
-    """What the stages share with the rest of interlock, built before them (`server.Runtime`); None
+    """What the stages share with the rest of interlock, built before them (`runtime.Runtime`); None
     where its configuration is off."""
 
     #: The store (`open_recording`'s; typed by its interface once that lands, issue 18 part 5).

@@ -43,7 +43,7 @@ class ReplaySettings:
 
 def _live_runtime(bundle: Bundle, settings: Settings | None) -> Any:
     from interlock.config import load_settings
-    from interlock.server import Runtime
+    from interlock.runtime import Runtime
 
     live = settings or load_settings(None)
     store = Path(live.store.path).resolve()

@@ -16,7 +16,7 @@ from interlock.config import Admin
 from interlock.proxy.admission import HostAllowList
 
 if TYPE_CHECKING:
-    from interlock.server import Runtime
+    from interlock.runtime import Runtime
 
 
 async def health(request: Request) -> Response:

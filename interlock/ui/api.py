@@ -30,7 +30,7 @@ from interlock.tracing.workflow import workflow_view
 from interlock.ui.policies_api import session_caps
 
 if TYPE_CHECKING:
-    from interlock.server import Runtime
+    from interlock.runtime import Runtime
 
 MAX_LIMIT = 1000
 

@@ -14,7 +14,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
 if TYPE_CHECKING:
-    from interlock.server import Runtime
+    from interlock.runtime import Runtime
 
 #: (metric, type, help, the `Recorder.counters()` key it reads).
 _RECORDER = (

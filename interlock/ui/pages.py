@@ -40,7 +40,7 @@ from interlock.ui import queries
 from interlock.ui.policies_api import policies_snapshot, session_caps
 
 if TYPE_CHECKING:
-    from interlock.server import Runtime
+    from interlock.runtime import Runtime
 
 HERE = Path(__file__).parent
 #: Autoescaping on for every template: recorded bodies are untrusted input.

@@ -13,7 +13,7 @@ from starlette.routing import BaseRoute, Route
 from interlock.policies.counters import StateUnavailable
 
 if TYPE_CHECKING:
-    from interlock.server import Runtime
+    from interlock.runtime import Runtime
 
 
 async def policies_snapshot(runtime: Runtime) -> dict[str, Any]:
