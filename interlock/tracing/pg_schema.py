@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from functools import cache
 
 from interlock.tracing import store_chain
-from interlock.tracing.schema import MIGRATIONS, SCHEMA_VERSION, SchemaError
+from interlock.tracing.schema import CHAIN_VERSION, MIGRATIONS, SCHEMA_VERSION, SchemaError, database
 
 #: Text longer than this (characters, each of request and response) is not indexed past it: a
 #: tsvector holds at most 1 MB, and 200 K characters of words stay well under it.
@@ -106,8 +106,9 @@ def sqlite_shape(version: int) -> dict[str, Table]:
     """The tables of the SQLite schema at `version`, read from a database migrated to it."""
     conn = sqlite3.connect(":memory:")
     try:
+        db = database(conn)
         for migration in MIGRATIONS[:version]:
-            migration(conn)
+            migration(db)
         tables: dict[str, Table] = {}
         for _, name, kind, *_ in conn.execute("PRAGMA main.table_list"):
             if kind == "virtual":
@@ -152,7 +153,7 @@ PG_MIGRATIONS: dict[int, list[str]] = {}
 
 #: Data steps of a SQLite migration that its shape does not show, run after the derived DDL:
 #: version → statements. The chain's records which calls predate it (`store_chain.create`).
-PG_DATA_STEPS: dict[int, list[str]] = {MIGRATIONS.index(store_chain.create) + 1: [store_chain.MARK_START]}
+PG_DATA_STEPS: dict[int, list[str]] = {CHAIN_VERSION: [store_chain.MARK_START]}
 
 
 def statements_for(version: int) -> list[str]:

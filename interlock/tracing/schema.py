@@ -2,7 +2,16 @@
 
 The version lives in `PRAGMA user_version`. `MIGRATIONS[i]` takes a database from version `i` to
 `i + 1`; each runs in one transaction, so a crash mid-migration leaves the old version intact.
-Never edit a released migration: append a new one.
+A migration is written with sqlite-utils (`add_column`, `create_index`, `create_table`, and
+`transform` below for what `ALTER TABLE` cannot do), given a `sqlite_utils.Database` over the
+migrating connection. Never change what a released migration makes (files made by it must keep
+their shape: `tests/tracing/test_schema_migrations.py` holds frozen copies): append a new one.
+
+Why `PRAGMA user_version` and not sqlite-utils' own `Migrations` (named steps listed in a
+`_sqlite_migrations` table): it reads what is pending before it takes the write lock, so two
+interlocks starting on one file would both run a step (here the version is re-read under `BEGIN
+IMMEDIATE`); bundles, read-only `compat_views` and PostgreSQL's derived schema all speak the one
+version number; and its table would be one more table in every file and in PostgreSQL's schema.
 
 Tables (version 1):
 
@@ -35,10 +44,15 @@ Version 5: tamper evidence: `chain`, `chain_checkpoints` and `chain_start` (docu
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from interlock.tracing import store_chain
+
+if TYPE_CHECKING:
+    import sqlite_utils
 
 V1 = """
 CREATE TABLE calls (
@@ -130,32 +144,75 @@ CREATE VIRTUAL TABLE calls_fts USING fts5 (request, response, tokenize = 'unicod
 """
 
 
-def _v1(conn: sqlite3.Connection) -> None:
+def _v1(db: sqlite_utils.Database) -> None:
+    # Frozen as released: `WITHOUT ROWID` (chunks, attempts, events) has no `create_table` form, and
+    # every file since version 1 has exactly this shape (the chain and PostgreSQL's schema read it).
     for statement in V1.split(";"):
         if statement.strip():
-            conn.execute(statement)
+            db.execute(statement)
 
 
-def _v2(conn: sqlite3.Connection) -> None:
-    conn.execute("ALTER TABLE calls ADD COLUMN workflow TEXT")
-    conn.execute("CREATE INDEX calls_workflow ON calls (workflow, id)")
+def _v2(db: sqlite_utils.Database) -> None:
+    calls = db.table("calls")
+    calls.add_column("workflow", str)
+    calls.create_index(["workflow", "id"], index_name="calls_workflow")
 
 
-def _v3(conn: sqlite3.Connection) -> None:
+def _v3(db: sqlite_utils.Database) -> None:
     # A stream continued by another target after a break (issue 21, `stream_rescue`): a column, so
     # the UI and `interlock calls` can list and filter rescued calls without reading `meta`.
-    conn.execute("ALTER TABLE calls ADD COLUMN rescued INTEGER NOT NULL DEFAULT 0")
+    db.table("calls").add_column("rescued", int, not_null_default=0)
 
 
-def _v4(conn: sqlite3.Connection) -> None:
+def _v4(db: sqlite_utils.Database) -> None:
     # What each call cost (issue 22): columns, so sessions and agents sum it and sort by it.
-    conn.execute("ALTER TABLE calls ADD COLUMN cost_usd REAL")
-    conn.execute("ALTER TABLE calls ADD COLUMN cost_source TEXT")
+    calls = db.table("calls")
+    calls.add_column("cost_usd", float)
+    calls.add_column("cost_source", str)
 
+
+def _v5(db: sqlite_utils.Database) -> None:
+    store_chain.create(db.conn)  # frozen SQL too: `chain` is WITHOUT ROWID
+
+
+#: One step of the schema, written with sqlite-utils (`add_column`, `create_index`, `create_table`,
+#: `transform` through `transform` below); it runs inside the transaction `migrate` holds.
+Migration = Callable[["sqlite_utils.Database"], None]
 
 #: MIGRATIONS[i] takes the schema from version i to i + 1.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1, _v2, _v3, _v4, store_chain.create]
+MIGRATIONS: list[Migration] = [_v1, _v2, _v3, _v4, _v5]
 SCHEMA_VERSION = len(MIGRATIONS)
+#: The version that added the tamper-evident chain (PostgreSQL repeats its data step, `pg_schema`).
+CHAIN_VERSION = MIGRATIONS.index(_v5) + 1
+
+
+def database(conn: sqlite3.Connection) -> sqlite_utils.Database:
+    """`conn` as a sqlite-utils Database, with nothing run on it (no pragma, no plugins): a migration
+    runs inside the caller's transaction. Imported here: sqlite-utils costs ~200 ms of import time,
+    and a store already at this version never needs it."""
+    import sqlite_utils
+
+    return sqlite_utils.Database(conn, recursive_triggers=False, execute_plugins=False)
+
+
+def transform(db: sqlite_utils.Database, name: str, **changes: Any) -> None:
+    """`Table.transform` (a change `ALTER TABLE` cannot make: a type, a dropped or renamed column, a
+    new NOT NULL) without its two silent changes to this schema's tables, which the PostgreSQL
+    derivation (`pg_schema`) and older files would then disagree with:
+    - a `WITHOUT ROWID` table would be rebuilt as a rowid table: refused (write that step's SQL);
+    - a numeric default (`DEFAULT 0`) would come back as the text `'0'`: passed back as a number.
+    A non-additive step also needs its PostgreSQL statements (`pg_schema.PG_MIGRATIONS`)."""
+    table = db.table(name)
+    listed = {row[1]: row for row in db.execute("PRAGMA main.table_list").fetchall()}
+    if name in listed and listed[name][4]:
+        raise SchemaError(f"{name} is a WITHOUT ROWID table: sqlite-utils' transform would rebuild it with a rowid")
+    defaults: dict[str, Any] = {}
+    for column in db.execute(f"PRAGMA main.table_info({name})").fetchall():
+        default = column[4]
+        if default is not None and re.fullmatch(r"-?\d+(\.\d+)?", default):
+            defaults[column[1]] = float(default) if "." in default else int(default)
+    defaults.update(changes.pop("defaults", None) or {})
+    table.transform(defaults=defaults, **changes)
 
 
 def compat_views(conn: sqlite3.Connection, version: int) -> None:
@@ -200,6 +257,9 @@ def migrate(conn: sqlite3.Connection, path: str) -> int:
         tables = conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0]
         if tables:
             raise SchemaError(f"{path}: not an interlock store (it has tables but no schema version)")
+    if before == SCHEMA_VERSION:
+        return before
+    db = database(conn)
     for version in range(before, SCHEMA_VERSION):
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -207,7 +267,7 @@ def migrate(conn: sqlite3.Connection, path: str) -> int:
             if schema_version(conn) != version:
                 conn.execute("ROLLBACK")
                 continue
-            MIGRATIONS[version](conn)
+            MIGRATIONS[version](db)
             conn.execute(f"PRAGMA user_version = {version + 1}")
             conn.execute("COMMIT")
         except BaseException:

@@ -15,7 +15,7 @@ from interlock.cli import main
 from interlock.tracing.backend import open_store
 from interlock.tracing.call import Chunk, Decision, Finding, new_id
 from interlock.tracing.chain import Table, digest
-from interlock.tracing.schema import MIGRATIONS
+from tests.tracing.frozen_schema import frozen
 from tests.tracing.test_store import make_call
 
 
@@ -170,8 +170,7 @@ def test_exports_and_imports_are_chained_in_their_new_file(tmp_path: Path) -> No
 def test_calls_from_before_the_chain_are_counted_not_failed(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     conn = sqlite3.connect(path, isolation_level=None)
-    MIGRATIONS[0](conn)
-    conn.execute("PRAGMA user_version = 1")
+    frozen(conn, 1)
     conn.execute(
         "INSERT INTO calls (id, agent, route, protocol, method, path, outcome, started_at)"
         " VALUES ('old-1', 'a', 'openai', 'openai', 'POST', '/x', 'ok', 1)"

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from interlock.tracing.call import Attempt, Call, Chunk, Decision, Finding, new_id
-from interlock.tracing.schema import MIGRATIONS, SCHEMA_VERSION, SchemaError
+from interlock.tracing.schema import SCHEMA_VERSION, SchemaError
 from interlock.tracing.store import Store, StoreError, fts_query
+from tests.tracing.frozen_schema import frozen
 
 
 def make_call(**fields: object) -> Call:
@@ -287,8 +288,7 @@ def test_schema_is_versioned(tmp_path: Path) -> None:
 def test_a_version_1_store_is_migrated_with_its_calls_kept(tmp_path: Path) -> None:
     path = tmp_path / "v1.db"
     conn = sqlite3.connect(path)
-    MIGRATIONS[0](conn)  # the store as version 1 left it, with a call written then
-    conn.execute("PRAGMA user_version = 1")
+    frozen(conn, 1)  # the store as version 1 left it, with a call written then
     conn.execute(
         "INSERT INTO calls (id, agent, route, protocol, method, path, outcome, started_at)"
         " VALUES ('old', 'a', 'openai', 'openai', 'POST', '/chat/completions', 'ok', 1.0)"

@@ -1,0 +1,168 @@
+"""The schema's migrations (sqlite-utils since issue 18) against frozen copies of the SQL that made
+the files already out there: such a file opens, migrates with its data intact, and a new file has
+exactly the shape the old code gave it (the chain hashes columns by position; PostgreSQL's schema
+is derived from this shape, `pg_schema.sqlite_shape`)."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from interlock.tracing import pg_schema
+from interlock.tracing.schema import MIGRATIONS, SCHEMA_VERSION, SchemaError, database, transform
+from interlock.tracing.store import Store
+from tests.tracing.frozen_schema import FROZEN_STEPS, frozen
+from tests.tracing.test_store import full_call
+
+
+def current(conn: sqlite3.Connection, version: int) -> None:
+    db = database(conn)
+    for migration in MIGRATIONS[:version]:
+        migration(db)
+    conn.execute(f"PRAGMA user_version = {version}")
+
+
+def shape(conn: sqlite3.Connection) -> dict[str, Any]:
+    """What a schema is made of, without how its SQL was spelled: tables (rowid or not), columns
+    in order with type, NOT NULL, default and key, indexes with their columns and uniqueness."""
+    out: dict[str, Any] = {}
+    for _, name, kind, ncol, without_rowid, strict in conn.execute("PRAGMA main.table_list"):
+        if name.startswith("sqlite_") or name.startswith("calls_fts_"):
+            continue  # SQLite's own, and the FTS5 table's shadow tables (made by the virtual table)
+        indexes = sorted(
+            (index if origin == "c" else origin, unique, [r[2] for r in conn.execute(f"PRAGMA index_info({index})")])
+            for _, index, unique, origin, _ in conn.execute(f"PRAGMA index_list({name})")
+        )
+        out[name] = {
+            "kind": kind,
+            "without_rowid": without_rowid,
+            "strict": strict,
+            "columns": conn.execute(f"PRAGMA table_info({name})").fetchall() if kind == "table" else ncol,
+            "indexes": indexes,
+        }
+    out["calls_fts"]["sql"] = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'calls_fts'").fetchone()
+    out["version"] = conn.execute("PRAGMA user_version").fetchone()[0]
+    return out
+
+
+def memory(build: Any, version: int) -> sqlite3.Connection:
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    build(conn, version)
+    return conn
+
+
+@pytest.mark.parametrize("version", range(1, SCHEMA_VERSION + 1))
+def test_the_migrations_make_the_shape_the_frozen_sql_made(version: int) -> None:
+    assert shape(memory(current, version)) == shape(memory(frozen, version))
+    assert SCHEMA_VERSION == max(FROZEN_STEPS), "a new migration: freeze its SQL here once released"
+
+
+def test_a_new_store_file_has_the_released_shape(tmp_path: Path) -> None:
+    with Store(tmp_path / "new.db") as store:
+        made = shape(store.conn)
+    assert made == shape(memory(frozen, SCHEMA_VERSION))
+
+
+def old_call_rows(conn: sqlite3.Connection, call_id: str) -> None:
+    """A call as version 1 wrote it (every table of version 1 has a row), in raw SQL."""
+    conn.execute(
+        "INSERT INTO calls (id, session, agent, route, protocol, method, path, model, stream, status, outcome,"
+        " started_at, duration_ms, input_tokens, output_tokens, attempt_count, capture, size, meta)"
+        " VALUES (?, 'sess-old', 'planner', 'openai', 'openai', 'POST', '/chat/completions', 'gpt-4o', 1, 200,"
+        " 'ok', 1000.5, 12.5, 3, 4, 1, 'full', 42, '{\"k\": 1}')",
+        (call_id,),
+    )
+    conn.execute(
+        "INSERT INTO bodies (call_id, request_headers, response_headers, request_body, response_body)"
+        " VALUES (?, '[[\"content-type\", \"application/json\"]]', '[]', ?, ?)",
+        (call_id, b'{"messages":[{"role":"user","content":"lighthouse keeper"}]}', b"data: {}\n\n"),
+    )
+    conn.execute("INSERT INTO chunks VALUES (?, 0, 0, 5.5, ?)", (call_id, b"data: {}\n\n"))
+    conn.execute(
+        "INSERT INTO attempts VALUES (?, 0, 'primary', 'http://a/v1', 'gpt-4o', 0, 12.0, 5.0, 200, NULL, 0, ?)",
+        (
+            call_id,
+            '{"upstream": "primary", "url": "http://a/v1", "model": "gpt-4o", "started_ms": 0.0,'
+            ' "duration_ms": 12.0, "ttfb_ms": 5.0, "status": 200, "error": null, "backoff_ms": 0.0}',
+        ),
+    )
+    conn.execute(
+        "INSERT INTO events VALUES (?, 0, 'decision', 'policy', 'allow', 'rule-1', ?)",
+        (call_id, '{"stage": "policy", "action": "allow", "rule": "rule-1", "reason": "fine", "detail": {}}'),
+    )
+    seq = conn.execute("SELECT seq FROM calls WHERE id = ?", (call_id,)).fetchone()[0]
+    conn.execute("INSERT INTO calls_fts (rowid, request, response) VALUES (?, 'lighthouse keeper', '')", (seq,))
+
+
+@pytest.mark.parametrize("version", range(1, SCHEMA_VERSION + 1))
+def test_a_file_made_by_the_frozen_sql_opens_and_migrates_with_its_calls_intact(tmp_path: Path, version: int) -> None:
+    path = tmp_path / f"v{version}.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    frozen(conn, 1)
+    old_call_rows(conn, "old-call")  # written at version 1, then the file upgraded by the old code
+    frozen(conn, version, start=2)
+    before = {t: conn.execute(f"SELECT * FROM {t}").fetchall() for t in ("bodies", "chunks", "attempts", "events")}
+    conn.close()
+
+    with Store(path) as store:
+        assert store.found_version == version
+        assert store.schema_version == SCHEMA_VERSION
+        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        for table, rows in before.items():
+            assert store.conn.execute(f"SELECT * FROM {table}").fetchall() == rows, table
+        old = store.get_call("old-call")
+        assert old is not None
+        assert (old.agent, old.session, old.model, old.stream, old.status, old.started_at) == (
+            "planner",
+            "sess-old",
+            "gpt-4o",
+            True,
+            200,
+            1000.5,
+        )
+        assert (old.input_tokens, old.output_tokens, old.meta) == (3, 4, {"k": 1})
+        assert [c.data for c in old.chunks] == [b"data: {}\n\n"] and old.attempts[0].upstream == "primary"
+        assert old.decisions[0].rule == "rule-1"
+        assert (old.workflow, old.rescued, old.cost_usd) == (None, False, None)  # columns the file lacked
+        assert [row["id"] for row in store.list_calls(q="lighthouse")] == ["old-call"]
+        new = full_call()
+        store.add(new)
+        got = store.get_call(new.id)
+        assert got is not None and got.to_record() == new.to_record()
+        report = store.verify_chain()
+        assert report.ok and report.checked == 1 and report.unchained == 1
+    with Store(path) as again:  # opening a migrated file migrates nothing
+        assert again.found_version == SCHEMA_VERSION
+
+
+def test_transform_keeps_what_sqlite_utils_would_change_silently() -> None:
+    conn = memory(current, SCHEMA_VERSION)
+    before = shape(conn)
+    db = database(conn)
+    conn.execute("BEGIN IMMEDIATE")
+    transform(db, "calls", types={"size": float})
+    conn.execute("COMMIT")
+    after = shape(conn)
+    size = [c for c in after["calls"]["columns"] if c[1] == "size"][0]
+    assert size[2] == "REAL"
+    # Everything else as it was: numeric defaults still numbers (not '0'), keys, uniqueness, indexes.
+    assert [c for c in after["calls"]["columns"] if c[1] != "size"] == [
+        c for c in before["calls"]["columns"] if c[1] != "size"
+    ]
+    assert after["calls"]["indexes"] == before["calls"]["indexes"]
+    with pytest.raises(SchemaError, match="WITHOUT ROWID"):
+        transform(db, "chunks", types={"t_ms": int})
+    assert shape(conn)["chunks"] == before["chunks"]
+
+
+def test_postgres_schema_is_derived_from_the_same_shape() -> None:
+    # Every version's derived PostgreSQL statements, from a fresh derivation of the migrations.
+    pg_schema.sqlite_shape.cache_clear()
+    statements = [pg_schema.statements_for(v) for v in range(1, SCHEMA_VERSION + 1)]
+    assert any("ADD COLUMN cost_usd DOUBLE PRECISION" in s for s in statements[3])
+    assert any("ADD COLUMN rescued BIGINT NOT NULL DEFAULT 0" in s for s in statements[2])
+    assert "CREATE INDEX calls_workflow ON calls (workflow, id)" in statements[1]
