@@ -8,7 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from interlock.ui.pages import _no_store, _page, _stopped, _store, _token_cookie
+from interlock.ui.render import _no_store, _page, _stopped, _store, _token_cookie
 
 
 async def agents_page(request: Request) -> Response:

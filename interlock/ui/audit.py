@@ -25,7 +25,7 @@ from starlette.routing import BaseRoute, Route
 from interlock.tracing.audit import DEFAULT_ROWS, MAX_ROWS, Filters, audit, audit_rows, chain_status, csv_lines, jsonl
 from interlock.tracing.backend import Store
 from interlock.ui.api import BadParameter, _error, _number, _with_store
-from interlock.ui.pages import TIME_WINDOWS, _open_store, _page
+from interlock.ui.render import TIME_WINDOWS, _open_store, _page
 
 _TEXT_FILTERS = ("agent", "session", "workflow", "entity", "tool", "route", "model", "decision")
 _EXPORTS = {"jsonl": ("application/x-ndjson", jsonl), "csv": ("text/csv; charset=utf-8", csv_lines)}

@@ -1,205 +1,54 @@
 """The web UI: server-rendered pages on the admin port (Jinja2, autoescaped; no build step).
 
-`/` sessions, `/calls` every call, `/session?id=S` a session's waterfall, `/call/{id}` one call, `/policies` the rules in
-force, `/bundle?session=S` a session as a replay bundle, `/live` server-sent events (`live.py`).
+`/` sessions, `/calls` every call, `/session?id=S` a session's waterfall, `/call/{id}` one call, `/bundle?session=S`
+a session as a replay bundle; `routes()` adds the other page groups: `/policies`, `/upstreams`, `/pins` (what is in
+force: `config_pages.py`), `/workflows` (`workflow_pages.py`), `/live` server-sent events (`live.py`). What every
+page shares (templates, rendering, the token cookie) is in `render.py`.
 Every store read runs in a worker thread. Every route is GET: nothing here can change a policy file.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import os
-import re
 import shlex
 import tempfile
 import time
-from datetime import UTC, datetime
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlencode
 
-import jinja2
-from markupsafe import Markup, escape
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from starlette.responses import FileResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
-from starlette.templating import Jinja2Templates
 
-from interlock import __version__
 from interlock.proxy.protocols import ADAPTERS
 from interlock.proxy.protocols.conversation import ChatMessage
 from interlock.tracing.backend import Store, StoreError
 from interlock.tracing.call import OUTCOMES
-from interlock.tracing.commands import cost_text
 from interlock.tracing.views import call_detail
 from interlock.ui import queries
-from interlock.ui.policies_api import policies_snapshot, session_caps
-
-if TYPE_CHECKING:
-    from interlock.runtime import Runtime
-
-HERE = Path(__file__).parent
-#: Autoescaping on for every template: recorded bodies are untrusted input.
-templates = Jinja2Templates(
-    env=jinja2.Environment(loader=jinja2.FileSystemLoader(str(HERE / "templates")), autoescape=True)
+from interlock.ui.config_pages import pins_page, policies_page, upstreams_page
+from interlock.ui.live import live
+from interlock.ui.policies_api import session_caps
+from interlock.ui.render import (
+    HERE,
+    MAX_CHUNKS,
+    TIME_WINDOWS,
+    _no_store,
+    _offset,
+    _open_store,
+    _page,
+    _runtime,
+    _safe_name,
+    _stopped,
+    _store,
+    _ticks,
+    highlight,
 )
-
-#: What the guardrails leave in stored text: redacted `<EMAIL_ADDRESS_1>`, blocked or logged
-#: `<US_SSN>`, hashed `<EMAIL_ADDRESS#3fa2b1c4d5e6>` (docs/guardrails.md).
-PLACEHOLDER = re.compile(r"<[A-Z][A-Z0-9_]*(?:#[0-9a-f]+)?>")
-#: Masked values: `****@****-****.**`, `**** **** **** 6467`.
-MASKED = re.compile(r"\*{2,}(?:[@.\- ]+\*+)*(?:[ -]?\d{4})?")
-#: How many stream chunks a call page lists (the rest are counted).
-MAX_CHUNKS = 400
-TIME_WINDOWS = {"15m": 900, "1h": 3600, "24h": 86400, "7d": 604800}
-COOKIE = "interlock_token"
-
-
-# -- template helpers ------------------------------------------------------------------------------
-
-
-def _duration(ms: float | None) -> str:
-    if ms is None:
-        return "–"
-    if ms < 1:
-        return f"{ms * 1000:.0f} µs"
-    if ms < 1000:
-        return f"{ms:.0f} ms"
-    if ms < 60000:
-        return f"{ms / 1000:.1f} s"
-    return f"{ms / 60000:.1f} min"
-
-
-def _timestamp(epoch: float | None) -> str:
-    if epoch is None:
-        return "–"
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _ago(epoch: float | None) -> str:
-    if epoch is None:
-        return ""
-    seconds = max(0.0, time.time() - epoch)
-    for size, unit in ((86400, "d"), (3600, "h"), (60, "min")):
-        if seconds >= size:
-            return f"{seconds / size:.0f} {unit} ago"
-    return f"{seconds:.0f} s ago"
-
-
-def highlight(text: str, masked: tuple[str, ...] = ()) -> Markup:
-    """`text` escaped, with guardrail placeholders marked, and masked values too when `masked`
-    names the entities that were masked in it (a run of `*` alone is ordinary text otherwise)."""
-    marks: list[tuple[int, int, str]] = [(m.start(), m.end(), m.group(0)[1:-1]) for m in PLACEHOLDER.finditer(text)]
-    if masked:
-        label = "masked " + ", ".join(masked)
-        for m in MASKED.finditer(text):
-            if not any(s < m.end() and m.start() < e for s, e, _ in marks):
-                marks.append((m.start(), m.end(), label))
-    marks.sort()
-    out: list[str] = []
-    at = 0
-    for start, end, label in marks:
-        if start < at:
-            continue
-        out.append(str(escape(text[at:start])))
-        out.append(f'<mark class="pii" title="{escape(label)}">{escape(text[start:end])}</mark>')
-        at = end
-    out.append(str(escape(text[at:])))
-    return Markup("".join(out))
-
-
-#: Characters of one body a page shows (the bundle download has everything).
-MAX_BODY_CHARS = 200_000
-
-
-def _pretty(content: Any) -> str:
-    if content is None:
-        return ""
-    text = content if isinstance(content, str) else json.dumps(content, indent=2, ensure_ascii=False)
-    if len(text) > MAX_BODY_CHARS:
-        more = len(text) - MAX_BODY_CHARS
-        text = text[:MAX_BODY_CHARS] + f"\n… {more} more characters (download the session's bundle for all of it)"
-    return text
-
-
-def _pretty_json_text(text: str) -> str:
-    try:
-        return json.dumps(json.loads(text), indent=2, ensure_ascii=False)
-    except (ValueError, TypeError):
-        return text
-
-
-templates.env.filters.update(duration=_duration, timestamp=_timestamp, ago=_ago, pretty=_pretty)
-templates.env.filters["pretty_json_text"] = _pretty_json_text
-templates.env.filters["usd"] = cost_text
-templates.env.globals.update(highlight=highlight, version=__version__)
-
-
-def _runtime(request: Request) -> Runtime:
-    runtime: Runtime = request.app.state.runtime
-    return runtime
-
-
-def _stopped(request: Request, kind: str, name: str) -> dict[str, Any] | None:
-    """The kill switch's stop of this session or agent, if any."""
-    stops = getattr(_runtime(request), "stops", None)
-    return None if stops is None else stops.stopped.get((kind, name))
-
-
-def _store(request: Request) -> Store | None:
-    return getattr(_runtime(request), "store", None)
-
-
-async def _page(request: Request, name: str, context: dict[str, Any], status: int = 200) -> Response:
-    """Render in a worker thread: a call page pretty-prints and highlights whole bodies, and the
-    admin port shares its event loop with the proxy."""
-    template = templates.get_template(name)
-    html = await run_in_threadpool(template.render, {**context, "request": request})
-    return HTMLResponse(html, status_code=status)
-
-
-def _token_cookie(request: Request) -> Response | None:
-    """A browser that came with `?token=` (already checked by the TokenGuard) gets an HttpOnly
-    cookie and the same URL without the token, so the token leaves the address bar and history."""
-    if "token" not in request.query_params or not _runtime(request).settings.admin.token:
-        return None
-    query = urlencode([(k, v) for k, v in request.query_params.multi_items() if k != "token"])
-    response = RedirectResponse(request.url.path + (f"?{query}" if query else ""), status_code=303)
-    response.set_cookie(COOKIE, request.query_params["token"], httponly=True, samesite="strict", path="/")
-    return response
-
-
-def _offset(request: Request) -> int:
-    """The page's `offset=` (0 when absent, negative or not a number)."""
-    try:
-        return max(0, int(request.query_params.get("offset") or 0))
-    except ValueError:
-        return 0
-
-
-async def _open_store(request: Request) -> Store | Response:
-    """The store a page reads, or the response instead: the token cookie's redirect, or "recording
-    is off"."""
-    if (redirect := _token_cookie(request)) is not None:
-        return redirect
-    store = _store(request)
-    return store if store is not None else await _no_store(request)
-
-
-async def _no_store(request: Request) -> Response:
-    return await _page(
-        request,
-        "message.html",
-        {"title": "Recording is off", "message": "store.enabled is false: there is nothing to show."},
-        503,
-    )
-
-
-# -- pages -----------------------------------------------------------------------------------------
+from interlock.ui.workflow_pages import workflow_page, workflows_page
 
 
 async def sessions_page(request: Request) -> Response:
@@ -358,25 +207,6 @@ async def session_page(request: Request) -> Response:
     return await _page(request, name, context)
 
 
-def _ticks(total_ms: float) -> list[tuple[float, str]]:
-    """About five round ticks for a time axis of `total_ms`."""
-    step = 1.0
-    for candidate in (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000, 60000, 300000, 600000):
-        step = float(candidate)
-        if total_ms / candidate <= 6:
-            break
-    ticks = []
-    t = 0.0
-    while t <= total_ms:
-        ticks.append((t / total_ms * 100, _duration(t) if t else "0"))
-        t += step
-    return ticks
-
-
-def _safe_name(session: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", session)[:80] or "session"
-
-
 async def call_page(request: Request) -> Response:
     store = await _open_store(request)
     if isinstance(store, Response):
@@ -440,53 +270,6 @@ def _message_view(message: ChatMessage, findings: list[dict[str, Any]]) -> dict[
     }
 
 
-async def policies_page(request: Request) -> Response:
-    if (redirect := _token_cookie(request)) is not None:
-        return redirect
-    runtime = _runtime(request)
-    snapshot = await policies_snapshot(runtime)
-    # What each effect says (`deny: {models: [...]}`), from the rule models the engine loaded.
-    details: dict[str, dict[str, Any]] = {}
-    policy = getattr(runtime, "policy", None)
-    for rule in policy.engine.rules if policy is not None else []:
-        model = rule.rule
-        details[rule.name] = {}
-        for effect in model.effects:
-            value: Any = getattr(model, effect, None)
-            if hasattr(value, "model_dump"):
-                value = value.model_dump(exclude_none=True, exclude_defaults=True)
-            details[rule.name][effect] = value
-    snapshot["has_counters"] = any(snapshot.get("counters", {}).values())
-    return await _page(request, "policies.html", {"policy": snapshot, "details": details})
-
-
-async def upstreams_page(request: Request) -> Response:
-    """Both kinds of circuit breaker per route and upstream (issue 21), as `/api/upstreams` gives them."""
-    if (redirect := _token_cookie(request)) is not None:
-        return redirect
-    forwarder = getattr(_runtime(request), "forwarder", None)
-    snapshot = forwarder.snapshot() if forwarder is not None else {"routes": {}}
-    return await _page(request, "upstreams.html", {"routes": snapshot["routes"]})
-
-
-async def pins_page(request: Request) -> Response:
-    """The pinned MCP tool contracts (docs/mcp.md), with the diff of each changed or new tool."""
-    if (redirect := _token_cookie(request)) is not None:
-        return redirect
-    store = _store(request)
-    if store is None:
-        return await _no_store(request)
-    from interlock.tracing.pins import pin_diff
-
-    rows = await run_in_threadpool(store.mcp_pins)
-    for row in rows:
-        row["state"] = (
-            "new" if row["pinned_hash"] is None else "changed" if row["pinned_hash"] != row["seen_hash"] else "pinned"
-        )
-        row["diff"] = pin_diff(row) if row["state"] != "pinned" else ""
-    return await _page(request, "pins.html", {"pins": rows})
-
-
 async def bundle(request: Request) -> Response:
     """The session's (or with `workflow=`, the workflow's) calls as a replay bundle (`Store.export`),
     downloaded as `<name>.db`."""
@@ -511,9 +294,6 @@ async def bundle(request: Request) -> Response:
 
 
 def routes() -> list[BaseRoute]:
-    from interlock.ui.live import live
-    from interlock.ui.workflow_pages import workflow_page, workflows_page
-
     return [
         Route("/", sessions_page, methods=["GET"]),
         Route("/calls", calls_page, methods=["GET"]),
@@ -530,4 +310,4 @@ def routes() -> list[BaseRoute]:
     ]
 
 
-__all__ = ["highlight", "routes"]
+__all__ = ["routes"]

@@ -15,7 +15,7 @@ from starlette.responses import Response
 
 from interlock.tracing.backend import Store
 from interlock.tracing.workflow import workflow_view
-from interlock.ui import pages, queries
+from interlock.ui import queries, render
 
 #: Workflows a page of the list shows.
 PAGE = 50
@@ -61,11 +61,11 @@ def _lanes(view: dict[str, Any], timeline: dict[str, queries.TimelineCall], tota
 
 
 async def workflows_page(request: Request) -> Response:
-    store = await pages._open_store(request)
+    store = await render._open_store(request)
     if isinstance(store, Response):
         return store
     agent = request.query_params.get("agent") or None
-    offset = pages._offset(request)
+    offset = render._offset(request)
 
     def read(store: Store) -> tuple[list[dict[str, Any]], dict[str, list[str]]]:
         return store.workflows(agent=agent, limit=PAGE + 1, offset=offset), queries.choices(store)
@@ -78,11 +78,11 @@ async def workflows_page(request: Request) -> Response:
         "next_offset": offset + PAGE if len(rows) > PAGE else None,
         "prev_offset": max(0, offset - PAGE) if offset else None,
     }
-    return await pages._page(request, "workflows.html", context)
+    return await render._page(request, "workflows.html", context)
 
 
 async def workflow_page(request: Request) -> Response:
-    store = await pages._open_store(request)
+    store = await render._open_store(request)
     if isinstance(store, Response):
         return store
     workflow = request.query_params.get("id", "")
@@ -97,20 +97,20 @@ async def workflow_page(request: Request) -> Response:
     view, timeline = await run_in_threadpool(read, store)
     if view is None:
         message = f"no workflow {workflow!r}"
-        return await pages._page(request, "message.html", {"title": "No such workflow", "message": message}, 404)
+        return await render._page(request, "message.html", {"title": "No such workflow", "message": message}, 404)
     total = max(1.0, view["totals"]["duration_ms"])
     agent_of = {call_id: c.row["agent"] for call_id, c in timeline.items()}
     handoffs = [
         {**h, "from_agent": agent_of.get(h["from"]), "to_agent": agent_of.get(h["to"])} for h in view["handoffs"]
     ]
-    bundle = f"{pages._safe_name(workflow)}.db"
+    bundle = f"{render._safe_name(workflow)}.db"
     context = {
         "workflow": workflow,
         "view": view,
         "summary": view["summary"],
         "totals": view["totals"],
         "lanes": _lanes(view, timeline, total),
-        "ticks": pages._ticks(total),
+        "ticks": render._ticks(total),
         "handoffs": handoffs,
         "handoffs_json": json.dumps([[h["from"], h["to"], h["kind"]] for h in handoffs]),
         "incidents": view["incidents"],
@@ -119,7 +119,7 @@ async def workflow_page(request: Request) -> Response:
         "replay_command": f"interlock export --workflow {shlex.quote(workflow)} -o {bundle}"
         f" && interlock replay serve {bundle}",
     }
-    return await pages._page(request, "workflow.html", context)
+    return await render._page(request, "workflow.html", context)
 
 
 __all__ = ["workflow_page", "workflows_page"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from interlock.proxy.protocols import ADAPTERS
-from interlock.ui.pages import highlight
+from interlock.ui.render import highlight
 
 
 def test_highlight_escapes_and_marks_placeholders() -> None:
