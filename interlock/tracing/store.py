@@ -57,6 +57,9 @@ log = logging.getLogger("interlock.store")
 #: Measured with 2 KB requests: 10.5 KB per call on disk with 4 KB pages, 6.8 KB with 16 KB. Only a new file.
 PAGE_SIZE = 16384
 
+#: Seconds an `interlock store query` may run (PostgreSQL's `statement_timeout` for it is the same).
+QUERY_TIMEOUT = 30.0
+
 
 def _connect(path: str, readonly: bool) -> sqlite3.Connection:
     # URI filenames also let `_copy_calls` ATTACH another file read-only.
@@ -240,13 +243,28 @@ class SQLiteStore(WorkflowReads, SQLitePins, SQLiteStops, AuditReads):
         migrate(self.conn, self.path)
         return self.found_version, SCHEMA_VERSION
 
-    def read_only_query(self, sql: str, params: Sequence[Any], limit: int) -> list[dict[str, Any]]:
+    def read_only_query(
+        self, sql: str, params: Sequence[Any], limit: int, *, timeout: float = QUERY_TIMEOUT
+    ) -> list[dict[str, Any]]:
         """`interlock store query`: SQLite's SQL through sqlite-utils, `?` for each parameter; at most
-        `limit` rows. Open the store read-only for it (`mode=ro`: SQLite refuses a write)."""
+        `limit` rows, within `timeout` seconds (PostgreSQL's statement timeout, here SQLite's progress
+        handler: a runaway recursive query is interrupted, not waited for). Open the store read-only
+        for it (`mode=ro`: SQLite refuses a write)."""
+        conn = self.conn
+        deadline = time.monotonic() + timeout
+        conn.set_progress_handler(lambda: time.monotonic() > deadline, 10_000)
         try:
             return list(itertools.islice(self.db.query(sql, list(params)), limit))
         except sqlite3.Error as exc:
+            if time.monotonic() > deadline:
+                raise StoreError(f"the query failed: it ran past {timeout:g} s and was stopped") from None
             raise StoreError(f"the query failed: {exc}") from None
+        except ValueError:
+            # sqlite-utils refuses, before running it, a statement that returns no rows (VACUUM,
+            # BEGIN, ATTACH, an empty one): bad input, said as such, never a traceback.
+            raise StoreError("the query failed: it returns no rows (one read-only SELECT or PRAGMA)") from None
+        finally:
+            conn.set_progress_handler(None, 0)
 
     # -- retention -------------------------------------------------------------------------------
 

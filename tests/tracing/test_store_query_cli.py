@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from interlock.cli import main
-from interlock.tracing.backend import open_store
+from interlock.tracing.backend import StoreError, open_store
 from interlock.tracing.call import Call, new_id
+from interlock.tracing.schema import SCHEMA_VERSION
+from interlock.tracing.store import SQLiteStore
 
 
 def _store_with(tmp_path: Path, agents: list[str]) -> str:
@@ -50,3 +53,26 @@ def test_the_store_is_read_only_and_bad_sql_is_a_clean_error(tmp_path: Path) -> 
         assert result.exit_code == 1 and "the query failed" in result.output
     with open_store(db, readonly=True) as store:
         assert store.count_calls() == 1
+
+
+def test_a_statement_without_rows_is_a_clean_error_and_changes_nothing(tmp_path: Path) -> None:
+    db = _store_with(tmp_path, ["a"])
+    attach = f"ATTACH DATABASE '{tmp_path / 'other.db'}' AS other"
+    for sql in ("VACUUM", "BEGIN", attach, "", "PRAGMA user_version = 9"):
+        result = CliRunner().invoke(main, ["store", "query", "--store", db, sql])
+        assert result.exit_code == 1 and "the query failed" in result.output, (sql, result.output)
+        assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert not (tmp_path / "other.db").exists()
+    with open_store(db, readonly=True) as store:
+        assert store.schema_version == SCHEMA_VERSION and store.count_calls() == 1
+
+
+def test_a_runaway_query_is_stopped_at_its_time_bound(tmp_path: Path) -> None:
+    db = _store_with(tmp_path, ["a"])
+    endless = "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r) SELECT count(*) FROM r"
+    with open_store(db, readonly=True) as store:
+        assert isinstance(store, SQLiteStore)
+        with pytest.raises(StoreError, match="was stopped"):
+            store.read_only_query(endless, [], 10, timeout=0.2)
+        # The connection is usable afterwards, with no bound left behind.
+        assert store.read_only_query("SELECT count(*) AS n FROM calls", [], 10) == [{"n": 1}]
