@@ -50,6 +50,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from interlock.tracing import store_chain
+from interlock.tracing.rows import CHAINED_TABLES
 
 if TYPE_CHECKING:
     import sqlite_utils
@@ -197,22 +198,29 @@ def database(conn: sqlite3.Connection) -> sqlite_utils.Database:
 
 def transform(db: sqlite_utils.Database, name: str, **changes: Any) -> None:
     """`Table.transform` (a change `ALTER TABLE` cannot make: a type, a dropped or renamed column, a
-    new NOT NULL) without its two silent changes to this schema's tables, which the PostgreSQL
-    derivation (`pg_schema`) and older files would then disagree with:
+    new NOT NULL), guarded for this schema:
     - a `WITHOUT ROWID` table would be rebuilt as a rowid table: refused (write that step's SQL);
-    - a numeric default (`DEFAULT 0`) would come back as the text `'0'`: passed back as a number.
+    - a numeric default (`DEFAULT 0`) would come back as the text `'0'`, which the PostgreSQL
+      derivation (`pg_schema`) would see as a change: passed back as a number;
+    - a column a call's chain link covers (`rows.CHAINED_TABLES`) keeps its name, type and values:
+      renaming, dropping or retyping it would make `interlock store verify` report every call
+      recorded before as altered, so it is refused.
     A non-additive step also needs its PostgreSQL statements (`pg_schema.PG_MIGRATIONS`)."""
-    table = db.table(name)
     listed = {row[1]: row for row in db.execute("PRAGMA main.table_list").fetchall()}
     if name in listed and listed[name][4]:
         raise SchemaError(f"{name} is a WITHOUT ROWID table: sqlite-utils' transform would rebuild it with a rowid")
+    chained = {column for table, columns, *_ in CHAINED_TABLES if table == name for column in columns}
+    touched = {*(changes.get("types") or {}), *(changes.get("rename") or {}), *(changes.get("drop") or ())}
+    if touched & chained:
+        names = ", ".join(sorted(touched & chained))
+        raise SchemaError(f"{name}.{names}: covered by the tamper-evident chain; a transform would break its links")
     defaults: dict[str, Any] = {}
     for column in db.execute(f"PRAGMA main.table_info({name})").fetchall():
         default = column[4]
         if default is not None and re.fullmatch(r"-?\d+(\.\d+)?", default):
             defaults[column[1]] = float(default) if "." in default else int(default)
     defaults.update(changes.pop("defaults", None) or {})
-    table.transform(defaults=defaults, **changes)
+    db.table(name).transform(defaults=defaults, **changes)
 
 
 def compat_views(conn: sqlite3.Connection, version: int) -> None:

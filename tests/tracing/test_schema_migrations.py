@@ -139,24 +139,38 @@ def test_a_file_made_by_the_frozen_sql_opens_and_migrates_with_its_calls_intact(
         assert again.found_version == SCHEMA_VERSION
 
 
-def test_transform_keeps_what_sqlite_utils_would_change_silently() -> None:
-    conn = memory(current, SCHEMA_VERSION)
-    before = shape(conn)
-    db = database(conn)
-    conn.execute("BEGIN IMMEDIATE")
-    transform(db, "calls", types={"size": float})
-    conn.execute("COMMIT")
-    after = shape(conn)
-    size = [c for c in after["calls"]["columns"] if c[1] == "size"][0]
-    assert size[2] == "REAL"
-    # Everything else as it was: numeric defaults still numbers (not '0'), keys, uniqueness, indexes.
-    assert [c for c in after["calls"]["columns"] if c[1] != "size"] == [
-        c for c in before["calls"]["columns"] if c[1] != "size"
-    ]
-    assert after["calls"]["indexes"] == before["calls"]["indexes"]
-    with pytest.raises(SchemaError, match="WITHOUT ROWID"):
-        transform(db, "chunks", types={"t_ms": int})
-    assert shape(conn)["chunks"] == before["chunks"]
+def test_transform_keeps_the_data_the_chain_and_what_sqlite_utils_would_change_silently(tmp_path: Path) -> None:
+    with Store(tmp_path / "t.db") as store:
+        call = full_call()
+        store.add(call)
+        before = shape(store.conn)
+        db = database(store.conn)
+        store.conn.execute("BEGIN IMMEDIATE")  # as `migrate` runs a step
+        transform(db, "calls", not_null={"model"}, defaults={"capture": "metadata"})
+        store.conn.execute("COMMIT")
+        after = shape(store.conn)
+        changed = {c[1]: c for c in after["calls"]["columns"]}
+        assert changed["model"][3] == 1 and changed["capture"][4] == "'metadata'"
+        # Everything else as it was: numeric defaults still numbers (not '0'), keys, uniqueness, indexes.
+        unchanged = ("model", "capture")
+        assert [c for c in after["calls"]["columns"] if c[1] not in unchanged] == [
+            c for c in before["calls"]["columns"] if c[1] not in unchanged
+        ]
+        assert after["calls"]["indexes"] == before["calls"]["indexes"]
+        got = store.get_call(call.id)
+        assert got is not None and got.to_record() == call.to_record()
+        assert [row["id"] for row in store.list_calls(q="lighthouse")] == [call.id]  # FTS rowid = seq kept
+        report = store.verify_chain()
+        assert report.ok and report.checked == 1
+
+        with pytest.raises(SchemaError, match="WITHOUT ROWID"):
+            transform(db, "chunks", types={"t_ms": int})
+        for change in ({"types": {"size": float}}, {"rename": {"agent": "who"}}, {"drop": ["meta"]}):
+            with pytest.raises(SchemaError, match="chain"):
+                transform(db, "calls", **change)
+        assert shape(store.conn) == after
+        transform(db, "chain_checkpoints", types={"at": int})  # not a chained table: allowed
+        assert [c[2] for c in store.conn.execute("PRAGMA table_info(chain_checkpoints)") if c[1] == "at"] == ["INTEGER"]
 
 
 def test_postgres_schema_is_derived_from_the_same_shape() -> None:
