@@ -180,3 +180,27 @@ def test_postgres_schema_is_derived_from_the_same_shape() -> None:
     assert any("ADD COLUMN cost_usd DOUBLE PRECISION" in s for s in statements[3])
     assert any("ADD COLUMN rescued BIGINT NOT NULL DEFAULT 0" in s for s in statements[2])
     assert "CREATE INDEX calls_workflow ON calls (workflow, id)" in statements[1]
+
+
+@pytest.mark.parametrize("version", range(1, SCHEMA_VERSION + 1))
+def test_an_old_file_as_a_bundle_is_read_unchanged_and_imports(tmp_path: Path, version: int) -> None:
+    path = tmp_path / f"bundle-v{version}.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    frozen(conn, 1)
+    old_call_rows(conn, "old-call")
+    frozen(conn, version, start=2)
+    conn.close()
+    content = path.read_bytes()
+
+    with Store(path, readonly=True) as bundle:  # read through compat views; the file is never changed
+        old = bundle.get_call("old-call")
+        assert old is not None and old.agent == "planner" and old.rescued is False
+        assert [row["id"] for row in bundle.list_calls(q="lighthouse")] == ["old-call"]
+    assert path.read_bytes() == content
+
+    with Store(tmp_path / "into.db") as store:
+        assert store.import_from(path) == 1
+        got = store.get_call("old-call")
+        assert got is not None and got.to_record() == old.to_record()
+        assert [row["id"] for row in store.list_calls(q="lighthouse")] == ["old-call"]
+        assert store.verify_chain().ok
