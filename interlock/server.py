@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import socket
@@ -99,6 +100,8 @@ async def serve(
         admin_socket.close()
         raise
     publisher: asyncio.Task[None] | None = None
+    # Kept referenced: the loop holds only a weak reference to a task.
+    freezer = asyncio.get_running_loop().create_task(freeze_startup_heap(runtime))
     if board is not None:
         runtime.services["workers"] = board
         publisher = asyncio.get_running_loop().create_task(_publish_readiness(runtime, board))
@@ -142,7 +145,25 @@ async def serve(
                 settings.listen.host,
             )
 
-    await servers.run(started)
+    try:
+        await servers.run(started)
+    finally:
+        freezer.cancel()
+
+
+async def freeze_startup_heap(runtime: Runtime, poll: float = 0.05) -> None:
+    """Once startup is over (what `/ready` waits for is warmed: the price catalogue, the guardrails
+    engine), collect once and move every object alive to the collector's permanent generation
+    (`gc.freeze`). Those objects (modules, settings, the catalogue, pydantic models: hundreds of
+    thousands) live as long as the process, yet every full collection walked them again while
+    calls were being served: measured with callgrind (bench.instructions, non-streamed, c8), the
+    collector was ~3 % of a call's instructions. Objects created later are collected as before;
+    what startup left that later becomes garbage (the first policy after a hot reload) is kept:
+    once, bounded."""
+    while runtime.warming():
+        await asyncio.sleep(poll)
+    gc.collect()
+    gc.freeze()
 
 
 async def _publish_readiness(runtime: Runtime, board: WorkerBoard) -> None:

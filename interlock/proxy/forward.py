@@ -40,7 +40,7 @@ from interlock.proxy.retry import (
     retry_after_seconds,
 )
 from interlock.proxy.routing import Router, Slot, Target, UpstreamState
-from interlock.proxy.upstream import recorded_url, route_timeouts, upstream_headers, upstream_url
+from interlock.proxy.upstream import UpstreamClient, recorded_url, route_timeouts, upstream_headers, upstream_url
 from interlock.tracing.call import Attempt, Call
 
 log = logging.getLogger("interlock.proxy")
@@ -147,7 +147,7 @@ def _breaker_failure(status: int) -> bool:
 class Forwarder:
     """Routes each call to its upstreams, with retries, fallbacks and circuit breakers."""
 
-    def __init__(self, settings: Settings, client: httpx.AsyncClient) -> None:
+    def __init__(self, settings: Settings, client: UpstreamClient) -> None:
         self.settings = settings
         self.client = client
         self.escalator = Escalator(settings.escalation, client)
@@ -280,14 +280,11 @@ class Forwarder:
         probe = breaker.acquire()
         link_probe = state.breaker.acquire()
         state.inflight += 1
-        if router.timeout is None:
-            request = self.client.build_request(call.method, url, headers=headers, content=body)
-        else:
-            request = self.client.build_request(call.method, url, headers=headers, content=body, timeout=router.timeout)
+        timeout = httpx.USE_CLIENT_DEFAULT if router.timeout is None else router.timeout
         response: httpx.Response | None = None
         too_large = False
         try:
-            response = await self.client.send(request, stream=True)
+            response = await self.client.open(call.method, url, headers, body, timeout)
             attempt.status = status = response.status_code
             raw = response.aiter_raw()
             first = b""

@@ -12,7 +12,9 @@ from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
 import aiohttp
 import httpx
+import yarl
 from httpx_aiohttp import AiohttpTransport
+from httpx_aiohttp.transport import AiohttpResponseStream, map_aiohttp_exceptions
 
 from interlock.config import Route, Settings, Timeouts, Upstream
 from interlock.proxy.protocols import Adapter
@@ -39,11 +41,11 @@ HOP_BY_HOP = frozenset(
 INTERLOCK_HEADERS = frozenset({"x-interlock-agent", "x-interlock-session", "x-interlock-workflow"})
 
 
-def make_client(settings: Settings, transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
+def make_client(settings: Settings, transport: httpx.AsyncBaseTransport | None = None) -> UpstreamClient:
     """The pooled upstream client; tests may pass another transport (e.g. httpx.MockTransport)."""
     limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200, keepalive_expiry=30)
     return UpstreamClient(
-        transport=transport or AiohttpTransport(limits=limits, trust_env=False, client=_session_factory(limits)),
+        transport=transport or LeanAiohttpTransport(limits=limits, trust_env=False, client=_session_factory(limits)),
         timeout=httpx_timeout(settings.timeouts),
         follow_redirects=False,
         trust_env=False,
@@ -67,6 +69,85 @@ def _session_factory(limits: httpx.Limits) -> Any:
         )
 
     return session
+
+
+class LeanAiohttpTransport(AiohttpTransport):
+    """httpx-aiohttp's transport, with a lean path for the proxy's own requests (`UpstreamClient.open`):
+    the headers go to aiohttp as the plain list the forwarder built, not through an `httpx.Request`.
+
+    Through httpx, each header was normalised and encoded into `httpx.Headers`, then read back and
+    decoded by aiohttp (`CIMultiDict(headers)` walks it as a mapping), and the URL was parsed twice
+    (httpx, then yarl). What the upstream gets is the same (`tests/proxy/test_upstream_client.py`
+    compares the bytes): the Host header httpx would have put first, then the headers in order,
+    names in lower case, a name sent twice joined with ", " (as `httpx.Headers.items` does). Measured with callgrind (bench.instructions, non-streamed, c8): docs/bench.md."""
+
+    _CACHE_SIZE = 1024
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        #: Per upstream URL string: the URL as aiohttp gets it (httpx's normalisation, then yarl's) and
+        #: the Host header httpx would have added (None: the URL has no host). The same few repeat.
+        self._urls: dict[str, tuple[yarl.URL, str | None]] = {}
+        self._timeouts: dict[tuple[float | None, float | None, float | None], aiohttp.ClientTimeout] = {}
+
+    def _session(self) -> aiohttp.ClientSession:
+        if not isinstance(self.client, aiohttp.ClientSession):
+            self.client = self.get_client()
+        return self.client
+
+    def _url(self, url: str) -> tuple[yarl.URL, str | None]:
+        found = self._urls.get(url)
+        if found is None:
+            if len(self._urls) >= self._CACHE_SIZE:
+                self._urls.clear()
+            parsed = httpx.URL(url)
+            host = parsed.netloc.decode("ascii") if parsed.host else None
+            found = self._urls[url] = (yarl.URL(str(parsed)), host)
+        return found
+
+    def _timeout(self, timeouts: dict[str, float | None]) -> aiohttp.ClientTimeout:
+        key = (timeouts.get("connect"), timeouts.get("read"), timeouts.get("pool"))
+        found = self._timeouts.get(key)
+        if found is None:
+            if len(self._timeouts) >= self._CACHE_SIZE:
+                self._timeouts.clear()
+            found = self._timeouts[key] = aiohttp.ClientTimeout(sock_connect=key[0], sock_read=key[1], connect=key[2])
+        return found
+
+    async def open(
+        self, method: str, url: str, headers: Headers, content: bytes, timeouts: dict[str, float | None]
+    ) -> httpx.Response:
+        """Send a request and return the response as soon as its head arrived (its body streams)."""
+        target, host = self._url(url)
+        merged: dict[str, str] = {}
+        for name, value in headers:
+            key = name.lower()
+            if key in merged:
+                merged[key] += ", " + value
+            else:
+                merged[key] = value
+        if host is not None and "host" not in merged:  # (a route may set its own)
+            merged = {"host": host, **merged}
+        with map_aiohttp_exceptions():
+            response = await self._session().request(
+                method,
+                target,
+                headers=merged,
+                data=content or None,
+                allow_redirects=False,
+                auto_decompress=False,
+                compress=False,
+                timeout=self._timeout(timeouts),
+            )
+        extensions: dict[str, Any] = {"http_version": b"HTTP/1.1"}
+        if response.reason:
+            extensions["reason_phrase"] = response.reason.encode()
+        return httpx.Response(
+            status_code=response.status,
+            headers=response.raw_headers,
+            stream=AiohttpResponseStream(response),
+            extensions=extensions,
+        )
 
 
 class UpstreamClient(httpx.AsyncClient):
@@ -112,6 +193,25 @@ class UpstreamClient(httpx.AsyncClient):
         else:
             timeouts = httpx.Timeout(timeout).as_dict()
         return httpx.Request(method, parsed, headers=headers, content=content, extensions={"timeout": timeouts})
+
+    async def open(
+        self, method: str, url: str, headers: Headers, content: bytes, timeout: Any = httpx.USE_CLIENT_DEFAULT
+    ) -> httpx.Response:
+        """The forwarder's request: `send(build_request(...), stream=True)`, without building an
+        `httpx.Request` when the transport is interlock's own (`LeanAiohttpTransport`)."""
+        transport = self._transport
+        if type(transport) is not LeanAiohttpTransport or self._mounts:
+            request = self.build_request(method, url, headers=headers, content=content, timeout=timeout)
+            return await self.send(request, stream=True)
+        if self.is_closed:
+            raise RuntimeError("Cannot send a request, as the client has been closed.")
+        if timeout is httpx.USE_CLIENT_DEFAULT:
+            timeouts = self._timeout_extension
+        elif isinstance(timeout, httpx.Timeout):
+            timeouts = timeout.as_dict()
+        else:
+            timeouts = httpx.Timeout(timeout).as_dict()
+        return await transport.open(method, url, headers, content, timeouts)
 
     async def send(
         self,

@@ -3,12 +3,17 @@ agent's cookies into another agent's call."""
 
 from __future__ import annotations
 
+import asyncio
+import re
+import socket
 from typing import Any
 
 import httpx
+import pytest
+from httpx_aiohttp import AiohttpTransport
 
 from interlock.config import Settings
-from interlock.proxy.upstream import UpstreamClient, make_client
+from interlock.proxy.upstream import LeanAiohttpTransport, UpstreamClient, make_client
 from interlock.scripted import Script, ScriptedUpstream
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
@@ -57,3 +62,70 @@ async def test_the_lean_path_streams_through_the_transport_and_other_calls_use_p
     await client.post(url, content=b"{}", timeout=3.0)  # plain httpx path (the escalation webhook's)
     assert seen[-1].extensions["timeout"]["read"] == 3.0
     await client.aclose()
+
+
+async def _capture_server(heads: list[bytes]) -> asyncio.Server:
+    """A loopback upstream that keeps each request's bytes as they arrived and answers 200."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        found = re.search(rb"(?im)^content-length: *(\d+)", head)
+        body = await reader.readexactly(int(found.group(1))) if found else b""
+        heads.append(head + body)
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nx-up: 1\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}"
+        )
+        await writer.drain()
+        writer.close()
+
+    return await asyncio.start_server(serve, "127.0.0.1", 0)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [("content-type", "application/json"), ("x-dup", "a"), ("authorization", "Bearer k"), ("x-dup", "b")],
+        [("content-type", "application/json"), ("host", "upstream.example")],  # a route's own Host
+    ],
+)
+async def test_the_lean_transport_sends_what_httpx_would_have_sent(headers: list[tuple[str, str]]) -> None:
+    heads: list[bytes] = []
+    server = await _capture_server(heads)
+    port = server.sockets[0].getsockname()[1]
+    url = f"http://127.0.0.1:{port}/v1/chat/completions?x=1"
+    body = b'{"model":"m"}'
+    lean = make_client(Settings())
+    assert isinstance(lean._transport, LeanAiohttpTransport)
+    # The same transport without its lean path: the request goes through an httpx.Request.
+    plain = make_client(Settings(), AiohttpTransport(trust_env=False, client=lean._transport.get_client))
+    responses = []
+    try:
+        for client in (lean, plain):
+            response = await client.open("POST", url, [*headers, ("content-length", str(len(body)))], body)
+            responses.append((response.status_code, response.headers.raw, await response.aread()))
+            await response.aclose()
+    finally:
+        await lean.aclose()
+        await plain.aclose()
+        server.close()
+        await server.wait_closed()
+    assert heads[0] == heads[1]
+    assert responses[0] == responses[1]
+
+
+async def test_the_lean_transport_fails_as_httpx_would() -> None:
+    lean = make_client(Settings())
+    plain = make_client(Settings(), AiohttpTransport(trust_env=False, client=lean._transport.get_client))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # nothing listens there
+    raised = []
+    try:
+        for client in (lean, plain):
+            with pytest.raises(httpx.TransportError) as info:
+                await client.open("POST", f"http://127.0.0.1:{port}/v1", [("content-length", "2")], b"{}")
+            raised.append(type(info.value))
+    finally:
+        await lean.aclose()
+        await plain.aclose()
+    assert raised[0] is raised[1]
