@@ -44,8 +44,11 @@ Version 5: tamper evidence: `chain`, `chain_checkpoints` and `chain_start` (docu
 
 from __future__ import annotations
 
+import importlib.abc
 import re
 import sqlite3
+import sys
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -189,11 +192,45 @@ CHAIN_VERSION = MIGRATIONS.index(_v5) + 1
 
 def database(conn: sqlite3.Connection) -> sqlite_utils.Database:
     """`conn` as a sqlite-utils Database, with nothing run on it (no pragma, no plugins): a migration
-    runs inside the caller's transaction. Imported here: sqlite-utils costs ~200 ms of import time,
-    and a store already at this version never needs it."""
-    import sqlite_utils
+    runs inside the caller's transaction. sqlite-utils is imported on first use (`_database_class`):
+    a store already at this version never needs it."""
+    return _database_class()(conn, recursive_triggers=False, execute_plugins=False)
 
-    return sqlite_utils.Database(conn, recursive_triggers=False, execute_plugins=False)
+
+#: sqlite-utils' optional array support, which it imports when it can; nothing here passes it
+#: arrays or frames (it only maps their types for `insert`).
+_ARRAYS = frozenset({"numpy", "pandas"})
+_import_lock = threading.Lock()
+
+
+class _NoArrays(importlib.abc.MetaPathFinder):
+    """Makes `import numpy` / `pandas` fail in the one thread importing sqlite-utils, while it does."""
+
+    def __init__(self) -> None:
+        self.thread = threading.get_ident()
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
+        if name in _ARRAYS and threading.get_ident() == self.thread:
+            raise ModuleNotFoundError(f"{name}: not loaded for sqlite-utils", name=name)
+        return None
+
+
+def _database_class() -> type[sqlite_utils.Database]:
+    """sqlite-utils' Database, imported without numpy. Importing it took 1.2-1.4 s on this (loaded)
+    2-core machine, ~0.7 s of it numpy, which interlock does not otherwise load; every new store
+    file (each `interlock serve` on a fresh path, each test's store) paid it. Other threads import
+    as usual (a PII engine may load numpy meanwhile); if numpy is loaded already, sqlite-utils gets it."""
+    if "sqlite_utils.db" not in sys.modules:
+        with _import_lock:
+            finder = _NoArrays()
+            sys.meta_path.insert(0, finder)
+            try:
+                import sqlite_utils.db
+            finally:
+                sys.meta_path.remove(finder)
+    import sqlite_utils.db  # imported now: a lookup in sys.modules
+
+    return sqlite_utils.db.Database
 
 
 def transform(db: sqlite_utils.Database, name: str, **changes: Any) -> None:

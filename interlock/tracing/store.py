@@ -40,6 +40,7 @@ from interlock.tracing.schema import (
     SchemaError,
     StoreError,
     compat_views,
+    database,
     migrate,
     schema_version,
 )
@@ -158,11 +159,7 @@ class SQLiteStore(WorkflowReads, SQLitePins, SQLiteStops, AuditReads):
         """This thread's connection as a sqlite-utils Database (for ad-hoc queries and tools)."""
         db: sqlite_utils.Database | None = getattr(self._local, "db", None)
         if db is None:
-            # Imported here: it costs ~200 ms of import time (pluggy, plugins), a seventh of startup.
-            import sqlite_utils
-
-            db = sqlite_utils.Database(self.conn, execute_plugins=False)
-            self._local.db = db
+            db = self._local.db = database(self.conn)  # imports sqlite-utils on first use (schema.py)
         return db
 
     def file_problem(self) -> str | None:

@@ -6,6 +6,8 @@ is derived from this shape, `pg_schema.sqlite_shape`)."""
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -204,3 +206,15 @@ def test_an_old_file_as_a_bundle_is_read_unchanged_and_imports(tmp_path: Path, v
         assert got is not None and got.to_record() == old.to_record()
         assert [row["id"] for row in store.list_calls(q="lighthouse")] == ["old-call"]
         assert store.verify_chain().ok
+
+
+def test_a_new_store_loads_sqlite_utils_without_numpy(tmp_path: Path) -> None:
+    # In a fresh interpreter: the pytest process may have numpy loaded already.
+    script = (
+        "import sys; from interlock.tracing.store import Store\n"
+        f"with Store({str(tmp_path / 'n.db')!r}) as store: store.db.query('SELECT 1')\n"
+        "assert 'sqlite_utils.db' in sys.modules and 'numpy' not in sys.modules, sorted(sys.modules)\n"
+        "import numpy  # and nothing was left in the way of importing it\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
