@@ -248,6 +248,24 @@ def interlock(
         log.close()
 
 
+@contextlib.contextmanager
+def floor(upstream: str) -> Iterator[Proc]:
+    """The Python floor (bench/floor.py: a bare starlette + httpx-aiohttp relay) in its own process."""
+    port = free_port()
+    popen = subprocess.Popen(
+        [PYTHON, "-m", "bench.floor", "--port", str(port), "--upstream", upstream], cwd=ROOT, stdout=subprocess.PIPE
+    )
+    proc = Proc("floor", popen, port, spawned_at=time.perf_counter())
+    try:
+        assert popen.stdout is not None
+        if not popen.stdout.readline().startswith(b"ready"):
+            raise RuntimeError("the Python floor did not start")
+        proc.ready_after = time.perf_counter() - proc.spawned_at
+        yield proc
+    finally:
+        proc.stop()
+
+
 def quiet_cpu(seconds: float = 0.5) -> float:
     """Fraction of the machine's CPU busy over `seconds` (other work running alongside the bench)."""
 

@@ -60,6 +60,12 @@ def run(ctx: Context) -> Section:
             recorded_cpu = (proc.cpu() - cpu0) / max(1, r32.requests) * 1e6
             rs = load.run(load.run_calls(through, stream_body, concurrency=32, total=ctx.streams))
             loaded_rss, peak_rss = proc.rss(), proc.peak_rss()
+            # The reference row (issue 18): a bare starlette + httpx-aiohttp relay, in the same run.
+            ctx.log("the Python floor (bench/floor.py), streams at c32")
+            with harness.floor(up.url + "/v1") as floor:
+                floor_url = floor.url + "/openai/chat/completions"
+                load.run(load.run_calls(floor_url, stream_body, concurrency=32, total=64))  # warm its pool
+                fs = load.run(load.run_calls(floor_url, stream_body, concurrency=32, total=ctx.streams))
 
     added = t1.p50_ms - d1.p50_ms
     section.add(
@@ -108,6 +114,16 @@ def run(ctx: Context) -> Section:
         "Default configuration (recording on): c32 throughput, stream first byte p50, CPU per call",
         "—",
         f"{r32.rps:,.0f} req/s, {_ms(rs.ttfb(50))}, {recorded_cpu:.0f} µs",
+    )
+    floor_ttfb = fs.ttfb(50)
+    section.add(
+        "Stream first byte, c32, p50, recording on, vs the Python floor (bench/floor.py)",
+        "≤ the floor's",
+        f"{_ms(rs.ttfb(50))} (floor {_ms(floor_ttfb)}; p99 {_ms(rs.ttfb(99))}, floor {_ms(fs.ttfb(99))})",
+        rs.ttfb(50) <= floor_ttfb and not fs.failures,
+        ""
+        if rs.ttfb(50) <= floor_ttfb
+        else "`python -m bench.floor --compare` alternates the two for a steadier figure",
     )
     idle_rss = statistics.median(idle)
     section.add("Idle RSS", "≤ 120 MiB", f"{idle_rss:.1f} MiB", idle_rss <= 120)
