@@ -31,7 +31,7 @@ def available() -> str | None:
         import brotli  # noqa: F401
         import zstandard  # noqa: F401
 
-        from interlock.proxy.protocols.encoding import Decoder  # noqa: F401
+        from interlock.protocols.encoding import Decoder  # noqa: F401
     except ImportError as exc:
         return f"missing: {exc.name}"
     return None
@@ -70,7 +70,7 @@ def compressed(events: list[bytes], coding: str) -> list[bytes]:
 
 def decode_cpu_us(chunks: list[bytes], coding: str, repeat: int) -> float:
     """Median CPU µs to decode the stream once, chunk by chunk, as the forwarder does."""
-    from interlock.proxy.protocols.encoding import Decoder
+    from interlock.protocols.encoding import Decoder
 
     samples = []
     for _ in range(ROUNDS):
@@ -107,7 +107,7 @@ def run(ctx: Context) -> Section:
                 measured += f" ({cpu / PLAIN_STREAM_CPU_US:.1%} of a plain stream's {PLAIN_STREAM_CPU_US:.0f} µs)"
             section.add(f"{shape}, {coding}: {len(events)} events, {plain:,} → {size:,} bytes", "—", measured)
     section.note(
-        "What is measured: `interlock.proxy.protocols.encoding.Decoder` fed the compressed chunks one by one "
+        "What is measured: `interlock.protocols.encoding.Decoder` fed the compressed chunks one by one "
         "and finished, as `Forwarder.decoded` does for a streamed response; `time.thread_time`, median of "
         f"{ROUNDS} rounds. Everything else a compressed stream costs is what a plain stream costs (every stage "
         "reads the decoded bytes), so this is the whole difference. Compression: event by event, flushed after "

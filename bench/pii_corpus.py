@@ -214,9 +214,9 @@ def request_latency(runs: int = 200, seed: int = 3) -> dict[str, float]:
     from faker import Faker
 
     from interlock.config import Settings
+    from interlock.core.call import Call
     from interlock.policies.guardrails import Guardrails
     from interlock.proxy.parse import Parse
-    from interlock.tracing.call import Call
 
     fake = Faker()
     fake.seed_instance(seed)

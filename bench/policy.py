@@ -86,10 +86,10 @@ def run(ctx: Context) -> Section:
     if reason := available():
         section.skipped = reason
         return section
+    from interlock.core.call import Call
     from interlock.policies.engine import Subject
     from interlock.policies.loader import load_policies
-    from interlock.proxy.protocols import ADAPTERS
-    from interlock.tracing.call import Call
+    from interlock.protocols import ADAPTERS
 
     folders: dict[str, Path] = {}
     for mix in ("indexed", "flat"):
@@ -178,8 +178,8 @@ def run(ctx: Context) -> Section:
 
 
 def write_store(path: Path, count: int) -> None:
+    from interlock.core.call import Call
     from interlock.tracing.backend import open_store
-    from interlock.tracing.call import Call
 
     store = open_store(path)
     body = chat_request()

@@ -34,7 +34,7 @@ def available() -> str | None:
 
 
 def _calls(count: int) -> list[Any]:
-    from interlock.tracing.call import Call, new_id
+    from interlock.core.call import Call, new_id
 
     text = "where is the lighthouse keeper tonight? " * 46  # ~2 KB of request, as the recording section's
     request = json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": text}]}).encode()

@@ -21,13 +21,13 @@ from pathlib import Path
 import uvloop
 
 from interlock.config import State
+from interlock.core.call import Call
 from interlock.policies.counters import Counters, EmbeddedCounters, open_counters
 from interlock.policies.counters_sqlite import SqliteCounters
 from interlock.policies.engine import CompiledRule
 from interlock.policies.limits import Limiter
 from interlock.policies.model import Rule
 from interlock.prices import Pricing
-from interlock.tracing.call import Call
 
 PRICES = {"gpt-4o*": {"input": 2.5, "output": 10.0}}
 

@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 
 from bench import harness, load
-from interlock.tracing.call import OUTCOMES
+from interlock.core.call import OUTCOMES
 
 DEPLOY = harness.ROOT / "deploy" / "kubernetes"
 

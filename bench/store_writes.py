@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from interlock.tracing.call import Attempt, Call, Chunk, new_id
+from interlock.core.call import Attempt, Call, Chunk, new_id
 from interlock.tracing.rows import INSERT_ATTEMPT, INSERT_BODY, INSERT_CALL, INSERT_CHUNK, INSERT_EVENT, insert_columns
 from interlock.tracing.store import SQLiteStore
 from interlock.tracing.transfer import copy_calls

@@ -15,7 +15,7 @@ import yaml
 
 from interlock import __version__
 from interlock.config import Settings, SourceError, load_settings, settings_to_yaml
-from interlock.proxy.protocols import ADAPTERS
+from interlock.protocols import ADAPTERS
 
 
 def load_or_exit(config: str | None) -> Settings:

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from interlock.proxy.protocols import ADAPTERS, known_protocol
+from interlock.protocols import ADAPTERS, known_protocol
 from interlock.yamlsource import Document, SourceError, load_yaml, parse_yaml
 
 #: The keys a `prices:` entry may have, USD per million tokens (`interlock.prices`).
@@ -259,7 +259,7 @@ class ModelTarget(Model):
 
 
 class Route(Model):
-    #: A name in `interlock.proxy.protocols.ADAPTERS` (openai, anthropic, mcp, http, ...).
+    #: A name in `interlock.protocols.ADAPTERS` (openai, anthropic, mcp, http, ...).
     protocol: str = "openai"
     #: Shorthand for a single upstream.
     upstream: str | None = None

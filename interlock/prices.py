@@ -37,9 +37,9 @@ from fnmatch import fnmatchcase
 from typing import Any
 
 from interlock.config import PRICE_KEYS, Settings
-from interlock.proxy.protocols import ADAPTERS
-from interlock.proxy.protocols.base import TokenUsage
-from interlock.tracing.call import Call
+from interlock.core.call import Call
+from interlock.core.views import TokenUsage
+from interlock.protocols import ADAPTERS
 
 log = logging.getLogger("interlock.prices")
 

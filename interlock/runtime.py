@@ -14,10 +14,10 @@ import httpx
 
 from interlock.config import Settings
 from interlock.prices import Pricing
+from interlock.protocols.mcp import is_mcp
 from interlock.proxy.app import ProxyApp
 from interlock.proxy.forward import Forwarder
 from interlock.proxy.pipeline import Pipeline, Services, built_in_stages, guardrails_on
-from interlock.proxy.protocols.mcp import is_mcp
 from interlock.proxy.stops import Stops
 from interlock.proxy.upstream import make_client
 from interlock.tracing.recorder import open_recording

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
-from interlock.proxy.protocols.eventstream import event_message, exception_message
+from interlock.protocols.eventstream import event_message, exception_message
 from interlock.scripted_replies import Script, anthropic_reply, last_user_text, pieces
 
 

@@ -25,12 +25,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from interlock.core.call import Call, new_id
+from interlock.core.views import ToolCall
 from interlock.policies.engine import Engine, Subject, tool_denial_message
 from interlock.policies.loops import LoopMemory, LoopStage
 from interlock.policies.stage import apply_changes
-from interlock.proxy.protocols import ADAPTERS, BadRequest, known_protocol
-from interlock.proxy.protocols.base import ToolCall
-from interlock.tracing.call import Call, new_id
+from interlock.protocols import ADAPTERS, BadRequest, known_protocol
 from interlock.yamlsource import Document, SourceError, load_yaml
 
 

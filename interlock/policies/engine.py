@@ -23,10 +23,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from interlock.core.call import Call, Decision
 from interlock.policies.actions import Action, GuardrailActions
 from interlock.policies.cel import Condition, context_for
 from interlock.policies.model import Effect, Rule
-from interlock.tracing.call import Call, Decision
 
 _MAGIC = re.compile(r"[*?\[]")
 

@@ -20,6 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from interlock.core.call import Call, Decision, Finding
+from interlock.core.views import JsonPath
 from interlock.policies.actions import GuardrailActions
 from interlock.policies.counters import StateUnavailable
 from interlock.policies.pii import Detection, PiiAnalyzer
@@ -38,9 +40,8 @@ from interlock.policies.redaction import (
     restorer,
     rewrite,
 )
-from interlock.proxy.protocols import ADAPTERS
-from interlock.proxy.protocols.base import JsonPath, dump_body, response_json, set_path
-from interlock.tracing.call import Call, Decision, Finding
+from interlock.protocols import ADAPTERS
+from interlock.protocols.base import dump_body, response_json, set_path
 
 if TYPE_CHECKING:
     from interlock.config import Guardrails as GuardrailSettings

@@ -10,11 +10,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from interlock.core.call import Call, Chunk, Finding
 from interlock.policies.guardrails import Blocked
 from interlock.policies.redaction import MAX_HOLD, actions_for, entity_types, restorer, rewrite
 from interlock.policies.streamrewrite import StreamTextRewriter
-from interlock.proxy.protocols import ADAPTERS
-from interlock.tracing.call import Call, Chunk, Finding
+from interlock.protocols import ADAPTERS
 
 if TYPE_CHECKING:
     from interlock.policies.actions import GuardrailActions

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from interlock.config import StateOnFailure
+from interlock.core.call import Call, Decision
 from interlock.policies.counters import (
     Add,
     Check,
@@ -37,7 +38,6 @@ from interlock.policies.counters import (
 )
 from interlock.policies.engine import CompiledRule
 from interlock.prices import Pricing
-from interlock.tracing.call import Call, Decision
 
 log = logging.getLogger("interlock.policies")
 

@@ -25,7 +25,7 @@ from pydantic import ValidationError
 from interlock.policies.cel import ConditionError, compile_condition
 from interlock.policies.engine import CompiledRule, Engine
 from interlock.policies.model import Effect, Limits, Loop, Match, PolicyFile, Rule
-from interlock.proxy.protocols.mcp import is_mcp
+from interlock.protocols.mcp import is_mcp
 from interlock.yamlsource import Document, SourceError, parse_yaml
 
 log = logging.getLogger("interlock.policies")

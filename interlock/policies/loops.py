@@ -40,12 +40,12 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from interlock.proxy.protocols import ADAPTERS
-from interlock.proxy.protocols.base import ToolCall
-from interlock.proxy.protocols.conversation import ChatMessage
-from interlock.proxy.protocols.mcp import McpAdapter, McpView
-from interlock.proxy.protocols.sse import EventSplitter
-from interlock.tracing.call import Call, Decision
+from interlock.core.call import Call, Decision
+from interlock.core.views import ToolCall
+from interlock.protocols import ADAPTERS
+from interlock.protocols.conversation import ChatMessage
+from interlock.protocols.mcp import McpAdapter, McpView
+from interlock.protocols.sse import EventSplitter
 
 if TYPE_CHECKING:
     from interlock.policies.engine import CompiledRule

@@ -16,12 +16,12 @@ import dataclasses
 from typing import Any
 
 from interlock.config import Settings
+from interlock.core.call import Call, Decision
 from interlock.policies.engine import Subject
 from interlock.policies.loader import PolicyRuntime
 from interlock.policies.stage import route_hosts
+from interlock.protocols.mcp import McpView, is_mcp
 from interlock.proxy.mcp import ToolsListRewriter
-from interlock.proxy.protocols.mcp import McpView, is_mcp
-from interlock.tracing.call import Call, Decision
 
 
 class McpToolFilter(ToolsListRewriter):

@@ -1,6 +1,6 @@
 """The last line before the record: secrets in header values, the path and the query string.
 
-Header names that carry credentials are never stored (`tracing.call.is_secret_header`) and
+Header names that carry credentials are never stored (`core.call.is_secret_header`) and
 credential query parameters are masked at the edge (`secret_query_params`); this stage catches what
 those lists cannot name: a token in `X-Custom: ghp_...`, a key in `?q=sk-...`, a key in a path.
 It runs the guardrails' secrets scanner (kingfisher) over the values that could hold one, and
@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from interlock.tracing.call import Call, Headers, is_secret_header
+from interlock.core.call import Call, Headers, is_secret_header
 
 #: A run that could be (part of) a key or a token: 20+ letters, digits, `_`, `+` or `=`. Dashes,
 #: dots and slashes end a run, so URLs, paths, UUIDs and versions are not scanned; keys hold longer

@@ -20,16 +20,16 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from interlock.config import Settings
+from interlock.core.call import Call, Decision
 from interlock.policies.counters import open_counters
 from interlock.policies.engine import CompiledRule, Evaluation, Subject, tool_denial_message
 from interlock.policies.limits import Limiter
 from interlock.policies.loader import PolicyRuntime
 from interlock.policies.model import Limits
 from interlock.prices import Pricing
+from interlock.protocols import ADAPTERS, Adapter
+from interlock.protocols.sse import EventSplitter
 from interlock.proxy.escalation import Escalator
-from interlock.proxy.protocols import ADAPTERS, Adapter
-from interlock.proxy.protocols.sse import EventSplitter
-from interlock.tracing.call import Call, Decision
 
 log = logging.getLogger("interlock.policies")
 

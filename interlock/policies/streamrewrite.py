@@ -19,9 +19,10 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from interlock.core.views import JsonPath
 from interlock.policies.redaction import MAX_HOLD, StreamScrubber
-from interlock.proxy.protocols.base import Adapter, JsonPath, set_path
-from interlock.proxy.protocols.sse import Event
+from interlock.protocols.base import Adapter, set_path
+from interlock.protocols.sse import Event
 
 
 class StreamTextRewriter:

@@ -23,14 +23,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from interlock.core.call import Call
+from interlock.core.views import TokenUsage
 from interlock.policies.cases import decide
 from interlock.policies.counters import EmbeddedCounters
 from interlock.policies.engine import CompiledRule, Engine
 from interlock.policies.limits import Limiter
 from interlock.prices import Pricing
-from interlock.proxy.protocols import ADAPTERS, BadRequest
-from interlock.proxy.protocols.base import TokenUsage, response_json
-from interlock.tracing.call import Call
+from interlock.protocols import ADAPTERS, BadRequest
+from interlock.protocols.base import response_json
 
 
 @dataclass(slots=True)

@@ -16,7 +16,7 @@ from urllib.parse import quote, unquote, unquote_plus
 import yarl
 
 from interlock.config import Settings
-from interlock.tracing.call import Headers
+from interlock.core.call import Headers
 
 #: Host names that always mean this machine.
 _LOOPBACK_NAMES = frozenset({"localhost", "localhost."})

@@ -16,18 +16,18 @@ from typing import Any
 import httpx
 
 from interlock.config import Route, Settings
+from interlock.core.call import Call, Chunk, Decision, Outcome, SuppliedResponse, new_id
+from interlock.protocols import ADAPTERS, Adapter
+from interlock.protocols.encoding import Unreadable
+from interlock.protocols.rescue import StreamRescue, stream_rescue
+from interlock.protocols.sse import EventSplitter
 from interlock.proxy.admission import ProxyEdge, upstream_path
 from interlock.proxy.capture import StreamCapture
 from interlock.proxy.forward import Forwarder, Opened, UpstreamFailure, describe_error
 from interlock.proxy.pipeline import Pipeline
-from interlock.proxy.protocols import ADAPTERS, Adapter
-from interlock.proxy.protocols.encoding import Unreadable
-from interlock.proxy.protocols.rescue import StreamRescue, stream_rescue
-from interlock.proxy.protocols.sse import EventSplitter
 from interlock.proxy.rescue import open_continuation
 from interlock.proxy.retry import UPSTREAM_ERRORS
 from interlock.proxy.upstream import response_headers_for_agent, route_timeouts
-from interlock.tracing.call import Call, Chunk, Decision, Outcome, SuppliedResponse, new_id
 
 log = logging.getLogger("interlock.proxy")
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
-from interlock.tracing.call import Call, Chunk
+from interlock.core.call import Call, Chunk
 
 #: Bytes kept of the end of a stream cut for the record: enough for the last events (usage, finish).
 TAIL_BYTES = 64 * 1024

@@ -19,11 +19,12 @@ from typing import Any
 import httpx
 
 from interlock.config import Route, Settings, Upstream
+from interlock.core.call import Attempt, Call
+from interlock.protocols import Adapter
+from interlock.protocols.base import dump_body
+from interlock.protocols.encoding import Decoder, Unreadable
 from interlock.proxy.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
 from interlock.proxy.escalation import Escalator
-from interlock.proxy.protocols import Adapter
-from interlock.proxy.protocols.base import dump_body
-from interlock.proxy.protocols.encoding import Decoder, Unreadable
 from interlock.proxy.retry import (
     CONNECT,
     DEADLINE,
@@ -41,7 +42,6 @@ from interlock.proxy.retry import (
 )
 from interlock.proxy.routing import Router, Slot, Target, UpstreamState
 from interlock.proxy.upstream import UpstreamClient, recorded_url, route_timeouts, upstream_headers, upstream_url
-from interlock.tracing.call import Attempt, Call
 
 log = logging.getLogger("interlock.proxy")
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from interlock.tracing.call import Call
+from interlock.core.call import Call
 
 HOOKS = ("request", "response_head", "chunk", "response", "error", "seal", "done")
 

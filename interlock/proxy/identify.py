@@ -6,9 +6,9 @@ import os
 import re
 
 from interlock.config import Settings
-from interlock.proxy.protocols import ADAPTERS
+from interlock.core.call import Call, Decision
+from interlock.protocols import ADAPTERS
 from interlock.proxy.upstream import query_key
-from interlock.tracing.call import Call, Decision
 
 _TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 

@@ -17,11 +17,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from interlock.proxy.protocols import ADAPTERS
-from interlock.proxy.protocols.base import dump_body, response_json
-from interlock.proxy.protocols.mcp import DISCOVER, LISTEN, McpAdapter, McpView, answer_in, is_mcp, rewrite_event
-from interlock.proxy.protocols.sse import EventSplitter
-from interlock.tracing.call import Call
+from interlock.core.call import Call
+from interlock.protocols import ADAPTERS
+from interlock.protocols.base import dump_body, response_json
+from interlock.protocols.mcp import DISCOVER, LISTEN, McpAdapter, McpView, answer_in, is_mcp, rewrite_event
+from interlock.protocols.sse import EventSplitter
 
 #: Tool arguments and results larger than this are not copied into `meta` (the body keeps them).
 META_VALUE_LIMIT = 64 * 1024

@@ -24,9 +24,9 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from interlock.config import McpPins as McpPinsSettings
+from interlock.core.call import Call, Decision
+from interlock.protocols.mcp import McpView, is_mcp, json_rpc_error
 from interlock.proxy.mcp import ToolsListRewriter
-from interlock.proxy.protocols.mcp import McpView, is_mcp, json_rpc_error
-from interlock.tracing.call import Call, Decision
 
 if TYPE_CHECKING:
     from interlock.proxy.escalation import Escalator

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from interlock.config import Settings
-from interlock.proxy.protocols import ADAPTERS, BadRequest
-from interlock.tracing.call import Call
+from interlock.core.call import Call
+from interlock.protocols import ADAPTERS, BadRequest
 
 
 class Parse:

@@ -26,13 +26,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from interlock.config import Settings
+from interlock.core.call import Call
+from interlock.protocols.mcp import is_mcp
 from interlock.proxy.hooks import HOOKS
 from interlock.proxy.identify import Identify
 from interlock.proxy.mcp import McpRecord, McpSession
 from interlock.proxy.parse import Parse
-from interlock.proxy.protocols.mcp import is_mcp
 from interlock.proxy.usage import Usage
-from interlock.tracing.call import Call
 
 if TYPE_CHECKING:
     from interlock.policies.limits import Limiter

@@ -20,14 +20,14 @@ import logging
 from typing import Any
 
 from interlock.config import Route
+from interlock.core.call import Call
+from interlock.protocols import ADAPTERS, Adapter
+from interlock.protocols.base import dump_body
+from interlock.protocols.rescue import StreamRescue
 from interlock.proxy.forward import Forwarder, Opened
-from interlock.proxy.protocols import ADAPTERS, Adapter
-from interlock.proxy.protocols.base import dump_body
-from interlock.proxy.protocols.rescue import StreamRescue
 from interlock.proxy.retry import DEADLINE
 from interlock.proxy.routing import Slot
 from interlock.proxy.upstream import route_timeouts
-from interlock.tracing.call import Call
 
 log = logging.getLogger("interlock.proxy")
 

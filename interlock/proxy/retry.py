@@ -17,7 +17,7 @@ import aiohttp
 import httpx
 
 from interlock.config import REFUSAL_WORDS, Retry, Route
-from interlock.proxy.protocols import ADAPTERS
+from interlock.protocols import ADAPTERS
 
 #: Failure kinds: `connect` (nothing reached the upstream), `timeout` (no first byte in time),
 #: `reset` (the connection broke before the first byte), `deadline` (the call's retry deadline hit),

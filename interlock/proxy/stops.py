@@ -22,9 +22,9 @@ import threading
 import time
 from typing import Any
 
+from interlock.core.call import Call, Decision
+from interlock.protocols import ADAPTERS
 from interlock.proxy.escalation import Escalator
-from interlock.proxy.protocols import ADAPTERS
-from interlock.tracing.call import Call, Decision
 
 log = logging.getLogger("interlock.stops")
 

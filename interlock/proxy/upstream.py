@@ -17,9 +17,9 @@ from httpx_aiohttp import AiohttpTransport
 from httpx_aiohttp.transport import AiohttpResponseStream, map_aiohttp_exceptions
 
 from interlock.config import Route, Settings, Timeouts, Upstream
-from interlock.proxy.protocols import Adapter
-from interlock.proxy.protocols.encoding import KNOWN
-from interlock.tracing.call import Call, Headers
+from interlock.core.call import Call, Headers
+from interlock.protocols import Adapter
+from interlock.protocols.encoding import KNOWN
 
 #: RFC 9110 §7.6.1 connection-specific fields, never forwarded in either direction.
 HOP_BY_HOP = frozenset(

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import threading
 
+from interlock.core.call import Call
+from interlock.core.views import TokenUsage
 from interlock.prices import Pricing, warm_catalogue
-from interlock.proxy.protocols import ADAPTERS
-from interlock.proxy.protocols.base import TokenUsage
-from interlock.tracing.call import Call
+from interlock.protocols import ADAPTERS
 
 
 class Usage:

@@ -13,8 +13,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from interlock.core.call import Call
 from interlock.tracing.backend import StoreError, open_store
-from interlock.tracing.call import Call
 from interlock.tracing.schema import SCHEMA_VERSION
 from interlock.tracing.transfer import bundle_facts
 

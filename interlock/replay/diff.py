@@ -13,9 +13,10 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from interlock.proxy.protocols import ADAPTERS, BadRequest, RequestView
+from interlock.core.call import Call
+from interlock.core.views import RequestView
+from interlock.protocols import ADAPTERS, BadRequest
 from interlock.replay.match import _RAW, Key, Matcher, Recorded, Request, canonical, dumps, parse_body
-from interlock.tracing.call import Call
 
 MAX_DIFFERENCES = 12
 #: How many upcoming recorded calls of the route a miss is compared with.

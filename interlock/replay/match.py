@@ -24,9 +24,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
+from interlock.core.call import Call
 from interlock.policies.redaction import PLACEHOLDER
-from interlock.proxy.protocols import ADAPTERS
-from interlock.tracing.call import Call
+from interlock.protocols import ADAPTERS
 
 #: Top-level request fields that change between runs of the same agent and never change the answer.
 DEFAULT_IGNORE_FIELDS = frozenset(

@@ -19,12 +19,12 @@ from typing import Any
 
 import httpx
 
-from interlock.proxy.protocols import ADAPTERS, Adapter
-from interlock.proxy.protocols.base import dump_body, response_json
-from interlock.proxy.protocols.summary import summarize_response
+from interlock.core.call import SECRET_HEADERS, Call, Chunk, new_id
+from interlock.protocols import ADAPTERS, Adapter
+from interlock.protocols.base import dump_body, response_json
+from interlock.protocols.summary import summarize_response
 from interlock.proxy.upstream import HOP_BY_HOP, INTERLOCK_HEADERS
 from interlock.replay.bundle import Bundle
-from interlock.tracing.call import SECRET_HEADERS, Call, Chunk, new_id
 
 
 class RerunError(Exception):

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from interlock.proxy.protocols import ADAPTERS
+from interlock.protocols import ADAPTERS
 from interlock.replay.bundle import Bundle
 from interlock.replay.match import MatchOptions
 from interlock.replay.server import ReplayApp, Summary

@@ -20,16 +20,16 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from interlock.config import SECRET_QUERY_PARAMS
+from interlock.core.call import Call, Chunk
 from interlock.policies.redaction import placeholder_restorer
 from interlock.policies.streamrewrite import StreamTextRewriter
+from interlock.protocols import ADAPTERS
+from interlock.protocols.base import decoded_body, dump_body
+from interlock.protocols.mcp import json_rpc_error
+from interlock.protocols.sse import Event
 from interlock.proxy.admission import public_query, upstream_path
-from interlock.proxy.protocols import ADAPTERS
-from interlock.proxy.protocols.base import decoded_body, dump_body
-from interlock.proxy.protocols.mcp import json_rpc_error
-from interlock.proxy.protocols.sse import Event
 from interlock.replay.diff import Divergence, diverge
 from interlock.replay.match import _RAW, Match, Matcher, MatchOptions, Recorded, Request, restore
-from interlock.tracing.call import Call, Chunk
 
 log = logging.getLogger("interlock.replay")
 

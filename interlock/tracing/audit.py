@@ -19,8 +19,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from interlock.proxy.protocols import ADAPTERS
-from interlock.proxy.protocols.base import decoded_body
+from interlock.protocols import ADAPTERS
+from interlock.protocols.base import decoded_body
 from interlock.tracing.backend import Store
 
 #: The rows an answer carries (the newest); the summaries always cover every matching call.

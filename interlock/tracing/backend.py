@@ -20,7 +20,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
-from interlock.tracing.call import Call
+from interlock.core.call import Call
 from interlock.tracing.chain import DEFAULT_WRITER, Report
 from interlock.tracing.rows import Indexer, Record
 from interlock.tracing.schema import StoreError, StoreUnavailable

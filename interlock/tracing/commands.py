@@ -11,9 +11,9 @@ from typing import Any
 
 import click
 
+from interlock.core.call import OUTCOMES
 from interlock.tracing.backend import Store, StoreError
 from interlock.tracing.backend import open_store as open_backend
-from interlock.tracing.call import OUTCOMES
 from interlock.tracing.views import call_detail
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")

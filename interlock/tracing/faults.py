@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
-from interlock.tracing.call import Call
+from interlock.core.call import Call
 from interlock.tracing.rows import _decode_extra, dumps
 from interlock.tracing.schema import StoreError
 

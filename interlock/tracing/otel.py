@@ -24,7 +24,7 @@ from opentelemetry.sdk.metrics.export import MetricExporter
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 
 from interlock.config import Otel
-from interlock.tracing.call import Call
+from interlock.core.call import Call
 from interlock.tracing.otel_attributes import describe_call
 from interlock.tracing.otel_config import (
     Health,

@@ -17,10 +17,11 @@ from opentelemetry.semconv._incubating.attributes import jsonrpc_attributes as j
 from opentelemetry.semconv._incubating.attributes import mcp_attributes as mcp
 from opentelemetry.semconv.attributes import error_attributes, http_attributes, server_attributes, url_attributes
 
-from interlock.proxy.protocols import ADAPTERS, BadRequest, ResponseSummary, TextSlot
-from interlock.proxy.protocols.base import decoded_body
-from interlock.proxy.protocols.summary import output_texts, response_message, summarize_response
-from interlock.tracing.call import SOUND_OUTCOMES, Attempt, Call
+from interlock.core.call import SOUND_OUTCOMES, Attempt, Call
+from interlock.core.views import TextSlot
+from interlock.protocols import ADAPTERS, BadRequest, ResponseSummary
+from interlock.protocols.base import decoded_body
+from interlock.protocols.summary import output_texts, response_message, summarize_response
 
 Attributes = dict[str, Any]
 

@@ -41,8 +41,8 @@ from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as ge
 from opentelemetry.semconv._incubating.metrics import gen_ai_metrics, mcp_metrics
 
 from interlock import __version__
-from interlock.proxy.protocols import ADAPTERS
-from interlock.tracing.call import Call
+from interlock.core.call import Call
+from interlock.protocols import ADAPTERS
 from interlock.tracing.otel_attributes import Described
 
 log = logging.getLogger("interlock.otel")

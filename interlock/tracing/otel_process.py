@@ -29,9 +29,10 @@ from typing import IO, Any
 
 import interlock
 from interlock.config import Otel
-from interlock.proxy.protocols import ADAPTERS, RequestView
-from interlock.tracing.call import Attempt, Call, Chunk, Decision, Finding, Reply
-from interlock.tracing.fields import WIRE_SCALARS
+from interlock.core.call import Attempt, Call, Chunk, Decision, Finding, Reply
+from interlock.core.fields import WIRE_SCALARS
+from interlock.core.views import RequestView
+from interlock.protocols import ADAPTERS
 
 log = logging.getLogger("interlock.otel")
 

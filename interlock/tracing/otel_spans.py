@@ -25,7 +25,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from interlock import __version__
-from interlock.tracing.call import SOUND_OUTCOMES, Call
+from interlock.core.call import SOUND_OUTCOMES, Call
 from interlock.tracing.otel_attributes import Attributes, describe_attempt
 
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)

@@ -31,9 +31,9 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from interlock.core.call import Call
 from interlock.tracing import store_chain
 from interlock.tracing.audit_reads import AuditReads
-from interlock.tracing.call import Call
 from interlock.tracing.chain import DEFAULT_WRITER, Report
 from interlock.tracing.pg_schema import (
     DOC,

@@ -12,7 +12,7 @@ import sqlite3
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from interlock.tracing.call import SOUND_OUTCOMES, Call
+from interlock.core.call import SOUND_OUTCOMES, Call
 from interlock.tracing.rows import LIST_COLUMNS, SELECT_JOINED, SESSION_ORDERS, Record, narrow_rows, rows_to_records
 from interlock.tracing.schema import StoreError, schema_version
 from interlock.tracing.writing import Rows

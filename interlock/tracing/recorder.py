@@ -29,8 +29,8 @@ from typing import Any
 
 from interlock.config import Settings
 from interlock.config import Store as StoreSettings
+from interlock.core.call import Call
 from interlock.tracing.backend import Store, open_store
-from interlock.tracing.call import Call
 from interlock.tracing.faults import Holding, call_size, describe, storage_fault
 from interlock.tracing.rows import Indexer
 from interlock.tracing.writing import YIELD_EVERY, Rows

@@ -11,9 +11,9 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from interlock.tracing.call import Headers, public_headers
-from interlock.tracing.fields import CALL_COLUMNS, FLAG_COLUMNS, RECORD_KEYS, record_row
-from interlock.tracing.fields import LIST_COLUMNS as LIST_COLUMNS
+from interlock.core.call import Headers, public_headers
+from interlock.core.fields import CALL_COLUMNS, FLAG_COLUMNS, RECORD_KEYS, record_row
+from interlock.core.fields import LIST_COLUMNS as LIST_COLUMNS
 
 Record = dict[str, Any]
 #: (request text, response text, reassembled response message or None) for one record.

@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+from interlock.core.call import Call
 from interlock.tracing import store_chain
 from interlock.tracing.audit_reads import AuditReads
-from interlock.tracing.call import Call
 from interlock.tracing.chain import DEFAULT_WRITER, Report
 from interlock.tracing.pins import SQLitePins
 from interlock.tracing.reads import Reads, fts_query, where_clause

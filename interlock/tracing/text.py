@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from interlock.proxy.protocols import ADAPTERS
-from interlock.proxy.protocols.base import SKIP_KEYS, UNPARSED, decoded_body
+from interlock.core.views import UNPARSED
+from interlock.protocols import ADAPTERS
+from interlock.protocols.base import SKIP_KEYS, decoded_body
 
 #: Cap per side, so one huge body cannot make a batch slow to index.
 MAX_TEXT = 256 * 1024

@@ -10,7 +10,7 @@ import base64
 import json
 from typing import Any
 
-from interlock.proxy.protocols.base import decoded_body
+from interlock.protocols.base import decoded_body
 from interlock.tracing.backend import Store
 
 _BODIES = ("request_body", "upstream_body", "response_body", "agent_response_body")

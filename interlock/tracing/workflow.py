@@ -32,8 +32,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from interlock.core.call import SOUND_OUTCOMES
 from interlock.tracing.backend import Store
-from interlock.tracing.call import SOUND_OUTCOMES
 
 #: Calls read for one workflow's page (its totals are the whole workflow's, from SQL).
 WORKFLOW_CALLS = 2000

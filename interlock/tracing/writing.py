@@ -20,11 +20,11 @@ from itertools import chain
 from operator import attrgetter
 from typing import Any
 
-from interlock.proxy.protocols.base import UNPARSED, ResponseView
+from interlock.core.call import Call, _plain, public_headers
+from interlock.core.fields import call_row
+from interlock.core.views import UNPARSED, ResponseView
 from interlock.tracing import store_chain
-from interlock.tracing.call import Call, _plain, public_headers
 from interlock.tracing.chain import DEFAULT_WRITER, digest
-from interlock.tracing.fields import call_row
 from interlock.tracing.rows import (
     ATTEMPT_COLUMNS,
     DECISION_COLUMNS,

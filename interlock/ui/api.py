@@ -22,8 +22,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from interlock.core.call import OUTCOMES
 from interlock.tracing.backend import Store, StoreError, StoreUnavailable
-from interlock.tracing.call import OUTCOMES
 from interlock.tracing.rows import SESSION_ORDERS
 from interlock.tracing.views import call_detail
 from interlock.tracing.workflow import workflow_view

@@ -24,10 +24,10 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from interlock.proxy.protocols import ADAPTERS
-from interlock.proxy.protocols.conversation import ChatMessage
+from interlock.core.call import OUTCOMES
+from interlock.protocols import ADAPTERS
+from interlock.protocols.conversation import ChatMessage
 from interlock.tracing.backend import Store, StoreError
-from interlock.tracing.call import OUTCOMES
 from interlock.tracing.views import call_detail
 from interlock.ui import queries
 from interlock.ui.config_pages import pins_page, policies_page, upstreams_page

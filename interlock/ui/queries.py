@@ -6,8 +6,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from interlock.proxy.protocols import ADAPTERS, Adapter
-from interlock.proxy.protocols.base import decoded_body
+from interlock.protocols import ADAPTERS, Adapter
+from interlock.protocols.base import decoded_body
 from interlock.tracing.backend import Store
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from interlock.core.call import Attempt, Call, Decision, Finding, new_id
 from interlock.tracing.backend import Store, StoreError, open_store
-from interlock.tracing.call import Attempt, Call, Decision, Finding, new_id
 
 
 def make_call(**fields: object) -> Call:

@@ -25,7 +25,7 @@ import pytest
 from click.testing import CliRunner
 
 from interlock.cli import main as interlock_cli
-from interlock.proxy.protocols import ADAPTERS
+from interlock.protocols import ADAPTERS
 from interlock.testing import Running
 from interlock.tracing.store import Store
 from tests.frameworks import venvs

@@ -20,8 +20,8 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp.shared._httpx_utils import create_mcp_http_client
 from pydantic import BaseModel
 
+from interlock.core.call import Call
 from interlock.testing import free_port
-from interlock.tracing.call import Call
 
 ROOT = Path(__file__).resolve().parents[2]
 MCP1_VENV = ROOT / ".venv-mcp1"

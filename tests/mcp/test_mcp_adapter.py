@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
+from interlock.core.call import Call, Chunk, new_id
+from interlock.protocols import ADAPTERS, BadRequest
+from interlock.protocols.mcp import McpAdapter, McpView, rewrite_event
 from interlock.proxy.mcp import McpRecord, McpSession
-from interlock.proxy.protocols import ADAPTERS, BadRequest
-from interlock.proxy.protocols.mcp import McpAdapter, McpView, rewrite_event
-from interlock.tracing.call import Call, Chunk, new_id
 
 adapter = ADAPTERS["mcp"]
 assert isinstance(adapter, McpAdapter)

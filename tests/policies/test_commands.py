@@ -11,8 +11,8 @@ from typing import Any
 from click.testing import CliRunner
 
 from interlock.cli import main
+from interlock.core.call import Call, Decision, new_id
 from interlock.policies.model import PolicyFile
-from interlock.tracing.call import Call, Decision, new_id
 from interlock.tracing.store import Store
 
 EXAMPLES = Path(__file__).parents[2] / "examples" / "policies"

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from interlock.config import Settings
+from interlock.core.call import Call
 from interlock.policies.cel import compile_condition
 from interlock.policies.loader import PolicyRuntime
 from interlock.policies.mcp_tools import McpToolFilter
-from interlock.proxy.protocols import ADAPTERS
-from interlock.tracing.call import Call
+from interlock.protocols import ADAPTERS
 
 
 @pytest.mark.parametrize(

@@ -9,11 +9,11 @@ from typing import Any
 import anthropic
 import pytest
 
+from interlock.core.call import Call
 from interlock.policies.cases import CaseRequest, build_call, decide
 from interlock.policies.engine import Engine, Subject
 from interlock.policies.loader import load_policies
 from interlock.scripted import Script, ScriptedUpstream, ToolUse
-from interlock.tracing.call import Call
 from tests.sdk_errors import protocol_error
 
 

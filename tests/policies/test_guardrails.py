@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 
 from interlock.config import Settings
+from interlock.core.call import Call
 from interlock.policies.actions import GuardrailActions
 from interlock.policies.guardrails import Guardrails, where
 from interlock.proxy.parse import Parse
-from interlock.tracing.call import Call
 
 EMAIL = "jane.roe@acme-corp.io"
 
@@ -171,7 +171,7 @@ async def test_seen_history_is_neither_analysed_nor_rewritten_again(monkeypatch:
 
 
 async def test_the_stored_request_is_the_body_sent_unless_another_model_was_sent() -> None:
-    from interlock.tracing.call import Attempt
+    from interlock.core.call import Attempt
 
     stage = Guardrails(make_settings(request={"EMAIL_ADDRESS": "redact"}))
     for model, as_sent in (("m", True), ("fallback-model", False)):

@@ -21,8 +21,8 @@ from interlock.config import Guardrails as GuardrailSettings
 from interlock.policies.guardrails import detector_for
 from interlock.policies.redaction import MAX_HOLD, Applied, StreamScrubber, holdback, replacement, rewrite
 from interlock.policies.streamrewrite import StreamTextRewriter
-from interlock.proxy.protocols import ADAPTERS
-from interlock.proxy.protocols.sse import iter_events
+from interlock.protocols import ADAPTERS
+from interlock.protocols.sse import iter_events
 from interlock.scripted import Script, ScriptedUpstream
 from interlock.scripted_replies import anthropic_reply, chat_reply, with_keepalives
 from interlock.testing import Running

@@ -16,12 +16,12 @@ import anthropic
 import openai
 import pytest
 
+from interlock.core.call import Call
 from interlock.policies.loops import LoopMemory, canonical_arguments
-from interlock.proxy.protocols import ADAPTERS
-from interlock.proxy.protocols.sse import iter_events
+from interlock.protocols import ADAPTERS
+from interlock.protocols.sse import iter_events
 from interlock.scripted import Script, ScriptedUpstream, ToolUse
 from interlock.testing import Running, run_interlock, settings_for_test
-from interlock.tracing.call import Call
 from tests.conftest import routes_for
 from tests.proxy.routing_support import collect_calls, wait_for
 from tests.sdk_errors import protocol_error

@@ -98,9 +98,9 @@ async def test_the_stage_sets_guardrail_actions_and_per_session_counters(tmp_pat
 
 def test_json_interlock_writes_survives_a_lone_surrogate() -> None:
     # JSON text may carry "\ud800" (no UTF-8 form): rewritten events and replies stay valid JSON
-    from interlock.proxy.protocols import ADAPTERS
-    from interlock.proxy.protocols.mcp import json_rpc_error, rewrite_event, sse_message
-    from interlock.proxy.protocols.sse import parse_event
+    from interlock.protocols import ADAPTERS
+    from interlock.protocols.mcp import json_rpc_error, rewrite_event, sse_message
+    from interlock.protocols.sse import parse_event
 
     value = {"text": "a\ud800b"}
     for protocol in ("openai", "anthropic"):

@@ -10,8 +10,8 @@ import anthropic
 import httpx
 import openai
 
+from interlock.core.call import Call
 from interlock.testing import Running, free_port
-from interlock.tracing.call import Call
 
 #: Retries that keep the suite fast: backoffs of a few milliseconds, Retry-After capped at 50 ms.
 FAST_RETRY: dict[str, Any] = {"attempts": 3, "backoff_initial": 0.004, "backoff_max": 0.008, "retry_after_max": 0.05}

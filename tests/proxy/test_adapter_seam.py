@@ -17,12 +17,13 @@ import httpx
 import pytest
 
 from interlock.config import load_settings
+from interlock.core.call import Call
+from interlock.core.views import RequestView
 from interlock.policies.cases import CaseRequest, build_call
-from interlock.proxy.protocols import ADAPTERS
-from interlock.proxy.protocols.base import BadRequest, RequestView
-from interlock.proxy.protocols.openai import OpenAIAdapter
+from interlock.protocols import ADAPTERS
+from interlock.protocols.base import BadRequest
+from interlock.protocols.openai import OpenAIAdapter
 from interlock.scripted import ScriptedUpstream
-from interlock.tracing.call import Call
 from interlock.yamlsource import SourceError
 from tests.proxy.routing_support import collect_calls, finished
 

@@ -289,7 +289,7 @@ def test_a_denied_tool_in_an_invoke_stream_is_refused(running: Running, agent: A
 def test_without_route_keys_the_aws_credential_chain_signs(
     make_interlock: Any, signed: ScriptedUpstream, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from interlock.proxy.protocols import bedrock
+    from interlock.protocols import bedrock
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", ROUTE_KEY.access_key_id)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", ROUTE_KEY.secret_access_key)

@@ -9,7 +9,7 @@ from typing import Any
 
 from botocore.eventstream import EventStreamBuffer
 
-from interlock.proxy.protocols import ADAPTERS
+from interlock.protocols import ADAPTERS
 from interlock.scripted import Script, ToolUse
 from interlock.scripted_bedrock import converse_reply
 

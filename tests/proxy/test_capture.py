@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from interlock.core.call import Call, Chunk
 from interlock.proxy.capture import TAIL_BYTES, StreamCapture
-from interlock.tracing.call import Call, Chunk
 
 DONE = (b"data: [DONE]",)
 

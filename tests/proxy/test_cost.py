@@ -17,10 +17,10 @@ import pytest
 from click.testing import CliRunner
 
 from interlock.cli import main
+from interlock.core.call import Call
 from interlock.scripted import ScriptedUpstream
 from interlock.scripted_replies import Script
 from interlock.testing import Running
-from interlock.tracing.call import Call
 from tests.proxy.routing_support import anthropic_client, collect_calls, finished, openai_client
 
 HI = [{"role": "user", "content": "hi"}]
@@ -210,8 +210,8 @@ def test_traces_ls_and_show_print_the_cost(running: Running, calls: list[Call], 
 
 
 def test_mcp_tool_calls_cost_zero_or_their_configured_price() -> None:
+    from interlock.core.views import RequestView
     from interlock.prices import Pricing
-    from interlock.proxy.protocols.base import RequestView
 
     pricing = Pricing(tool_prices={"search_*": 0.002})
     call = Call(id="c", route="tools", protocol="mcp", method="POST", path="/mcp")

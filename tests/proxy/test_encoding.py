@@ -1,4 +1,4 @@
-"""The one response decoder (interlock/proxy/protocols/encoding.py): every coding, any chunking,
+"""The one response decoder (interlock/protocols/encoding.py): every coding, any chunking,
 bounded steps, and `Unreadable` for what does not decode."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import brotli
 import pytest
 import zstandard
 
-from interlock.proxy.protocols.base import decoded_body
-from interlock.proxy.protocols.encoding import PIECE_BYTES, Decoder, Unreadable, codings, decode_body
+from interlock.protocols.base import decoded_body
+from interlock.protocols.encoding import PIECE_BYTES, Decoder, Unreadable, codings, decode_body
 from interlock.proxy.upstream import decodable_accept_encoding
 
 PLAIN = b"".join(b'data: {"n": %d}\n\n' % i for i in range(20_000)) + os.urandom(1000)

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from interlock.proxy.protocols import ADAPTERS
+from interlock.protocols import ADAPTERS
 from interlock.scripted import Script, ToolUse
 from interlock.scripted_gemini import frame, gemini_reply
 

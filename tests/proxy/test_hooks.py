@@ -7,10 +7,10 @@ from typing import Any
 
 import httpx
 
+from interlock.core.call import Call, Decision, Reply
 from interlock.proxy.hooks import HOOKS
 from interlock.scripted import Script, ScriptedUpstream
 from interlock.testing import Running
-from interlock.tracing.call import Call, Decision, Reply
 
 
 class Spy:

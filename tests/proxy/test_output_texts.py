@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from interlock.proxy.protocols.summary import output_texts, response_message
+from interlock.core.call import Call
+from interlock.protocols.summary import output_texts, response_message
 from interlock.scripted_replies import Script, ToolUse, anthropic_reply, chat_reply, responses_reply
-from interlock.tracing.call import Call
 
 
 def call(protocol: str, *, stream: bool) -> Call:

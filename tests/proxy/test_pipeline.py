@@ -12,11 +12,11 @@ from typing import Any
 import httpx
 import pytest
 
+from interlock.core.call import Call, SuppliedResponse
 from interlock.policies.loader import PolicyRuntime
 from interlock.proxy.pipeline import Pipeline, Services, built_in_stages
 from interlock.scripted import ScriptedUpstream
 from interlock.testing import Running, settings_for_test
-from interlock.tracing.call import Call, SuppliedResponse
 from tests.policies.test_guardrails_stream import jwt_like
 
 

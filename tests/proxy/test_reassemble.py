@@ -24,7 +24,7 @@ import openai.types.responses
 import pydantic
 import pytest
 
-from interlock.proxy.protocols import ADAPTERS
+from interlock.protocols import ADAPTERS
 from interlock.scripted import Script, ScriptedUpstream, ToolUse
 from interlock.testing import Running
 

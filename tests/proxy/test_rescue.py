@@ -13,9 +13,9 @@ import openai
 import pytest
 
 from interlock.config import Guardrails as GuardrailSettings
+from interlock.core.call import Call
 from interlock.policies.guardrails import detector_for
 from interlock.scripted import Script, ScriptedUpstream, ToolUse
-from interlock.tracing.call import Call
 from tests.proxy.routing_support import anthropic_client, collect_calls, finished, openai_client, route
 from tests.sdk_errors import protocol_error
 
@@ -305,7 +305,7 @@ def test_guardrails_read_the_continuation_as_the_rest_of_the_same_stream(
 
 
 def events_of(*raw: bytes) -> list[Any]:
-    from interlock.proxy.protocols.sse import iter_events
+    from interlock.protocols.sse import iter_events
 
     return list(iter_events(b"".join(raw)))
 
@@ -313,7 +313,7 @@ def events_of(*raw: bytes) -> list[Any]:
 def test_an_anthropic_continuation_after_a_closed_block_opens_the_next_index() -> None:
     import json
 
-    from interlock.proxy.protocols.rescue import AnthropicRescue
+    from interlock.protocols.rescue import AnthropicRescue
     from interlock.scripted_replies import anthropic_reply
 
     first, _ = anthropic_reply("Hello there.", Script(chunk_size=6, message_id="msg_1"), "big")
@@ -342,7 +342,7 @@ def test_an_anthropic_continuation_after_a_closed_block_opens_the_next_index() -
 def test_a_chat_continuation_keeps_the_first_id_and_drops_the_role() -> None:
     import json
 
-    from interlock.proxy.protocols.rescue import ChatRescue
+    from interlock.protocols.rescue import ChatRescue
     from interlock.scripted_replies import chat_reply
 
     first, _ = chat_reply("one two", Script(chunk_size=4, message_id="chatcmpl-1"), "big", {})
@@ -365,9 +365,9 @@ def test_a_chat_continuation_keeps_the_first_id_and_drops_the_role() -> None:
 
 def test_after_an_upstream_error_event_nothing_is_relayed_not_even_the_terminator() -> None:
     # A server that sends its error and then `[DONE]` must not make a failed answer look complete.
+    from interlock.protocols.rescue import ChatRescue
+    from interlock.protocols.sse import EventSplitter
     from interlock.proxy.app import ProxyApp, _Watch
-    from interlock.proxy.protocols.rescue import ChatRescue
-    from interlock.proxy.protocols.sse import EventSplitter
 
     state = _Watch()
     state.rescue, state.splitter = ChatRescue(), EventSplitter()

@@ -19,7 +19,7 @@ import openai.types.chat
 import openai.types.responses
 import pytest
 
-from interlock.proxy.protocols import ADAPTERS
+from interlock.protocols import ADAPTERS
 from interlock.scripted import ScriptedUpstream
 from interlock.scripted_replies import Script, ToolUse, anthropic_reply, chat_reply, responses_reply
 

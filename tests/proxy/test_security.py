@@ -389,7 +389,7 @@ def test_the_secrets_scanner_masks_what_no_list_names(
     ],
 )
 def test_the_header_deny_list_goes_by_the_words_in_a_name(name: str, secret: bool) -> None:
-    from interlock.tracing.call import is_secret_header, public_headers
+    from interlock.core.call import is_secret_header, public_headers
 
     assert is_secret_header(name) is secret
     assert public_headers([(name, "v")]) == ([] if secret else [(name, "v")])

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from interlock.proxy.protocols.sse import EventSplitter, iter_events, parse_event
+from interlock.protocols.sse import EventSplitter, iter_events, parse_event
 
 TERMINATORS = (b"\n\n", b"\r\n\r\n", b"\r\r")
 

@@ -134,7 +134,7 @@ def recorded_call(
     **fields: Any,
 ) -> Any:
     """A recorded Call built by hand, as the store would give it back."""
-    from interlock.tracing.call import Call, Chunk, new_id
+    from interlock.core.call import Call, Chunk, new_id
 
     body = request if isinstance(request, bytes) else json.dumps(request).encode()
     call = Call(id=new_id(), route=route, protocol=protocol, method=method, path=path, session=session)

@@ -9,13 +9,13 @@ from typing import Any
 import pytest
 
 from interlock.config import Settings
+from interlock.core.call import Call
 from interlock.policies.guardrails import Guardrails
 from interlock.policies.guardstream import StreamGuard
 from interlock.policies.redaction import SessionVault
 from interlock.policies.streamrewrite import StreamTextRewriter
 from interlock.replay.server import _StreamRewriter
 from interlock.scripted_replies import Script, anthropic_reply, chat_reply
-from interlock.tracing.call import Call
 
 
 def rechunked(events: list[bytes], size: int) -> list[bytes]:

@@ -10,8 +10,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from interlock.config import Otel
-from interlock.proxy.protocols import ADAPTERS
-from interlock.tracing.call import Attempt, Call, Chunk
+from interlock.core.call import Attempt, Call, Chunk
+from interlock.protocols import ADAPTERS
 from interlock.tracing.otel import Exporter
 from interlock.tracing.otel_metrics import CallMetrics
 

@@ -14,9 +14,9 @@ import pytest
 from click.testing import CliRunner
 
 from interlock.cli import main
+from interlock.core.call import Attempt, Call, Chunk, Decision, Finding, new_id
 from interlock.scripted import Script, ScriptedUpstream
 from interlock.testing import Running
-from interlock.tracing.call import Attempt, Call, Chunk, Decision, Finding, new_id
 from interlock.tracing.store import Store
 
 

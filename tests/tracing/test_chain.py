@@ -12,8 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 from interlock.cli import main
+from interlock.core.call import Chunk, Decision, Finding, new_id
 from interlock.tracing.backend import open_store
-from interlock.tracing.call import Chunk, Decision, Finding, new_id
 from interlock.tracing.chain import Table, digest
 from tests.tracing.frozen_schema import frozen
 from tests.tracing.test_store import make_call

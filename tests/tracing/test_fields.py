@@ -1,4 +1,4 @@
-"""The recorded Call described once (`tracing/fields.py`): every attribute is in the table or said
+"""The recorded Call described once (`core/fields.py`): every attribute is in the table or said
 not recorded, and the record, the `calls` row and the export wire all follow the table."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import sqlite3
 from dataclasses import fields as dataclass_fields
 from pathlib import Path
 
-from interlock.tracing import fields
-from interlock.tracing.call import Call
+from interlock.core import fields
+from interlock.core.call import Call
 from interlock.tracing.otel_process import from_wire, to_wire
 from interlock.tracing.rows import INSERT_CALL, insert_columns
 from interlock.tracing.store import Store

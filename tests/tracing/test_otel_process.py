@@ -7,7 +7,7 @@ import json
 import pytest
 
 from interlock.config import Otel
-from interlock.tracing.call import Chunk, Decision, Finding
+from interlock.core.call import Chunk, Decision, Finding
 from interlock.tracing.otel_process import ProcessExporter, from_wire, to_wire
 from tests.tracing.otel_helpers import by_name, chat_call, memory_exporter
 

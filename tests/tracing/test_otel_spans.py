@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 from opentelemetry.trace import SpanKind, StatusCode
 
-from interlock.proxy.protocols import ADAPTERS
+from interlock.core.call import Attempt, Call, Chunk, Decision, Finding
+from interlock.protocols import ADAPTERS
 from interlock.scripted_replies import Script, ToolUse, anthropic_reply, chat_reply, sse
-from interlock.tracing.call import Attempt, Call, Chunk, Decision, Finding
 from tests.tracing.otel_helpers import (
     AGENT_SPAN,
     CALL_SPAN,

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from interlock.config import Store as StoreSettings
-from interlock.tracing.call import Call, Chunk, new_id
+from interlock.core.call import Call, Chunk, new_id
 from interlock.tracing.recorder import Recorder
 from interlock.tracing.store import Store
 from interlock.tracing.text import record_texts

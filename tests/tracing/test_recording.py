@@ -13,10 +13,10 @@ import httpx
 import openai
 import pytest
 
-from interlock.proxy.protocols import ADAPTERS
+from interlock.core.call import Call, Decision
+from interlock.protocols import ADAPTERS
 from interlock.scripted import Script, ScriptedUpstream
 from interlock.testing import Running, free_port
-from interlock.tracing.call import Call, Decision
 from interlock.tracing.store import Store
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from interlock.tracing.call import Attempt, Call, Chunk, Decision, Finding, new_id
+from interlock.core.call import Attempt, Call, Chunk, Decision, Finding, new_id
 from interlock.tracing.schema import SCHEMA_VERSION, SchemaError
 from interlock.tracing.store import Store, StoreError, fts_query
 from tests.tracing.frozen_schema import frozen

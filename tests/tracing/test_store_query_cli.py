@@ -9,8 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from interlock.cli import main
+from interlock.core.call import Call, new_id
 from interlock.tracing.backend import StoreError, open_store
-from interlock.tracing.call import Call, new_id
 from interlock.tracing.schema import SCHEMA_VERSION
 from interlock.tracing.store import SQLiteStore
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from interlock.tracing.call import Attempt, Finding
+from interlock.core.call import Attempt, Finding
 from interlock.tracing.reads import LIST_EXTRAS, Reads
 from interlock.tracing.rows import narrow_rows
 from interlock.tracing.store import LIST_COLUMNS, Store, StoreError, fts_query

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from interlock.tracing.call import Attempt, Call, Chunk, new_id
+from interlock.core.call import Attempt, Call, Chunk, new_id
 from interlock.tracing.store import Store
 from interlock.tracing.views import call_detail
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from interlock.proxy.protocols import ADAPTERS
-from interlock.tracing.call import Call, Chunk, new_id
+from interlock.core.call import Call, Chunk, new_id
+from interlock.protocols import ADAPTERS
 from interlock.tracing.rows import dumps
 from interlock.tracing.store import Store
 from interlock.tracing.text import record_texts

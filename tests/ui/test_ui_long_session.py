@@ -12,8 +12,8 @@ import httpx
 import pytest
 from playwright.sync_api import expect
 
+from interlock.core.call import Call
 from interlock.testing import Running, run_interlock, settings_for_test
-from interlock.tracing.call import Call
 from tests.tracing.test_store import make_call
 
 CALLS = 620

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from interlock.proxy.protocols import ADAPTERS
+from interlock.protocols import ADAPTERS
 from interlock.ui.render import highlight
 
 

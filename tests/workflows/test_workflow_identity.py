@@ -9,9 +9,9 @@ from typing import Any
 
 import httpx
 
+from interlock.core.call import Call
 from interlock.scripted import ScriptedUpstream
 from interlock.tracing.backend import open_store
-from interlock.tracing.call import Call
 from interlock.tracing.schema import SCHEMA_VERSION
 from tests.proxy.routing_support import collect_calls, finished
 

@@ -18,25 +18,21 @@ import re
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from interlock.proxy.protocols.base import (
+from interlock.core.call import Call, Reply
+from interlock.core.views import JsonPath, RequestView, ResponseView, TextSlot, TokenUsage, ToolCall
+from interlock.protocols.base import (
     Adapter,
     BadRequest,
-    JsonPath,
-    RequestView,
     ResponseSummary,
-    ResponseView,
     StreamText,
-    TextSlot,
-    TokenUsage,
-    ToolCall,
     _json_headers,
     dump_body,
     json_strings,
     parse_json_body,
     token_count,
 )
-from interlock.proxy.protocols.conversation import ChatMessage, ChatToolCall, exchange
-from interlock.proxy.protocols.gemini_stream import (
+from interlock.protocols.conversation import ChatMessage, ChatToolCall, exchange
+from interlock.protocols.gemini_stream import (
     CLOSE,
     FIRST,
     NEXT,
@@ -45,8 +41,7 @@ from interlock.proxy.protocols.gemini_stream import (
     iter_gemini_events,
     reassemble,
 )
-from interlock.proxy.protocols.sse import Event, EventSplitter
-from interlock.tracing.call import Call, Reply
+from interlock.protocols.sse import Event, EventSplitter
 
 #: `/v1beta/models/gemini-2.0-flash:generateContent` (also `tunedModels/...`): the model and the method.
 _PATH = re.compile(r"/((?:tuned)?[mM]odels)/([^/:]+):([A-Za-z]+)$")

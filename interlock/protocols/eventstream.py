@@ -19,7 +19,7 @@ import struct
 import zlib
 from collections.abc import Iterator
 
-from interlock.proxy.protocols.sse import Event, EventSplitter
+from interlock.protocols.sse import Event, EventSplitter
 
 #: A message may not be longer (AWS's own limit: 16 MiB); a longer prelude is a broken stream.
 MAX_MESSAGE = 16 * 1024 * 1024

@@ -6,25 +6,21 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from interlock.proxy.protocols.base import (
+from interlock.core.call import Call, Reply
+from interlock.core.views import RequestView, ResponseView, TextSlot, TokenUsage, ToolCall
+from interlock.protocols.base import (
     Adapter,
     BadRequest,
-    RequestView,
     ResponseSummary,
-    ResponseView,
     StreamText,
-    TextSlot,
-    TokenUsage,
-    ToolCall,
     _json_headers,
     json_strings,
     parse_json_body,
     token_count,
 )
-from interlock.proxy.protocols.conversation import ChatMessage, anthropic_request, anthropic_response, exchange
-from interlock.proxy.protocols.reassemble import anthropic_message
-from interlock.proxy.protocols.sse import iter_events
-from interlock.tracing.call import Call, Reply
+from interlock.protocols.conversation import ChatMessage, anthropic_request, anthropic_response, exchange
+from interlock.protocols.reassemble import anthropic_message
+from interlock.protocols.sse import iter_events
 
 _PARAMS = ("max_tokens", "temperature", "top_p", "top_k", "stop_sequences", "tool_choice", "thinking")
 

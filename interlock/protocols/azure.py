@@ -21,9 +21,10 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-from interlock.proxy.protocols.base import BadRequest, RequestView, ResponseSummary
-from interlock.proxy.protocols.openai import OpenAIAdapter
-from interlock.tracing.call import Call
+from interlock.core.call import Call
+from interlock.core.views import RequestView
+from interlock.protocols.base import BadRequest, ResponseSummary
+from interlock.protocols.openai import OpenAIAdapter
 
 #: `/openai/deployments/{deployment}/...`: the deployment is one path segment.
 _DEPLOYMENT = re.compile(r"^/openai/deployments/([^/]+)(/.*)?$")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from interlock.proxy.protocols.base import Adapter
+from interlock.protocols.base import Adapter
 
 
 class HttpAdapter(Adapter):

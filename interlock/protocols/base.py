@@ -1,4 +1,4 @@
-"""What every protocol adapter offers. Only `proxy/protocols/*` knows a wire format."""
+"""What every protocol adapter offers. Only `protocols/*` knows a wire format."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from interlock.proxy.protocols.conversation import ChatMessage
-from interlock.proxy.protocols.encoding import Unreadable, decode_body
-from interlock.proxy.protocols.sse import Event, EventSplitter, iter_events
-from interlock.tracing.call import Call, Headers, Reply
+from interlock.core.call import Call, Headers, Reply
+from interlock.core.views import JsonPath, RequestView, ResponseView, TextSlot, TokenUsage, ToolCall
+from interlock.protocols.conversation import ChatMessage
+from interlock.protocols.encoding import Unreadable, decode_body
+from interlock.protocols.sse import Event, EventSplitter, iter_events
 
 if TYPE_CHECKING:
     from interlock.config import Upstream
@@ -19,8 +20,6 @@ T = TypeVar("T")
 
 #: The most a recorded body is decoded to for reading (a UI page, a search index, replay).
 READ_LIMIT = 256 * 1024 * 1024
-
-JsonPath = tuple[str | int, ...]
 
 
 class BadRequest(Exception):
@@ -31,67 +30,9 @@ class BadRequest(Exception):
         self.message, self.code, self.status = message, code, status
 
 
-@dataclass(slots=True)
-class TextSlot:
-    """A text an upstream will read, and where it sits in the request or response JSON."""
-
-    path: JsonPath
-    text: str
-    role: str  # "system", "user", "assistant", "tool", "tool_args", "tool_result"
-
-
-@dataclass(slots=True)
-class ToolCall:
-    name: str
-    arguments: str  # JSON text as the model produced it
-    id: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class TokenUsage:
-    """A response's token usage as it is priced (`interlock.prices`): `input` counts every input
-    token, cached ones included (OpenAI's `prompt_tokens` do; Anthropic's `input_tokens` do not, so
-    its adapter adds the cache reads and writes); `cache_read` and `cache_write` are the parts of it
-    read from or written to the provider's prompt cache; `reasoning` the part of `output` spent
-    thinking (both providers count it in the output)."""
-
-    input: int = 0
-    output: int = 0
-    cache_read: int = 0
-    cache_write: int = 0
-    reasoning: int = 0
-
-
 def token_count(value: Any) -> int:
     """A usage field as a count: a positive int, else 0 (absent, null, or not a number)."""
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
-
-
-@dataclass(slots=True)
-class RequestView:
-    """A protocol-normalised view of a request."""
-
-    operation: str  # "chat", "responses", "embeddings", "messages", "tools/call", "http", ...
-    model: str | None = None
-    stream: bool = False
-    texts: list[TextSlot] = field(default_factory=list)
-    tools: list[str] = field(default_factory=list)  # tool names offered to the model
-    params: dict[str, Any] = field(default_factory=dict)  # temperature, max_tokens, ...
-    tool_name: str | None = None  # MCP tools/call
-    tool_arguments: Any = None
-
-    @property
-    def input_chars(self) -> int:
-        return sum(len(t.text) for t in self.texts)
-
-    def rename_model(self, names: dict[str, str]) -> str | None:
-        """Take the model a route's `deployments` say the asked-for name serves (an Azure
-        deployment → its model); returns the name asked for, or None when it is not listed."""
-        asked = self.model
-        if asked is None or asked not in names:
-            return None
-        self.model = names[asked]
-        return asked
 
 
 @dataclass(slots=True)
@@ -108,70 +49,6 @@ class ResponseSummary:
             self.id = rid
         if self.model is None and isinstance(model, str):
             self.model = model
-
-
-class ResponseView:
-    """A finished response as its adapter reads it, computed once per call and cached on it
-    (`Adapter.response_view`), so the usage stage, the tool-call policy, loop detection and the
-    exporters share one parse. Each part is read on first use. Read-only: a stage that rewrites the
-    response parses its own copy (`response_json`)."""
-
-    __slots__ = ("adapter", "call", "body", "chunk_count", "memo", "_message", "_texts", "_tool_calls")
-
-    def __init__(self, adapter: Adapter, call: Call) -> None:
-        self.adapter, self.call = adapter, call
-        #: What it was read from: a body replaced or chunks added later make it stale.
-        self.body, self.chunk_count = call.response_body, len(call.chunks)
-        #: Values an adapter derives once per response (its usage object).
-        self.memo: dict[str, Any] = {}
-        self._message: Any = _UNREAD
-        self._texts: list[TextSlot] | None = None
-        self._tool_calls: list[ToolCall] | None = None
-
-    @property
-    def message(self) -> Any:
-        """The response JSON as the upstream sent it (a stream reassembled); None: not JSON."""
-        if self._message is _UNREAD:
-            call = self.call
-            if call.stream:
-                self._message = self.adapter.reassemble_stream(b"".join(c.data for c in call.chunks))
-            else:
-                self._message = response_json(call)
-        return self._message
-
-    def parsed(self) -> Any:
-        """The message if some reader already parsed it, else `UNPARSED` (never parses: for a
-        reader that can do its own cheaper work, e.g. the recorder's search text)."""
-        return self._message
-
-    @property
-    def texts(self) -> list[TextSlot]:
-        if self._texts is None:
-            message = self.message
-            self._texts = self.adapter.response_texts(message) if message is not None else []
-        return self._texts
-
-    @property
-    def tool_calls(self) -> list[ToolCall]:
-        if self._tool_calls is None:
-            message = self.message
-            self._tool_calls = self.adapter.response_tool_calls(message) if message is not None else []
-        return self._tool_calls
-
-    @property
-    def usage(self) -> tuple[int | None, int | None]:
-        """Input and output tokens as the provider reports them."""
-        return self.adapter.usage(self.call)
-
-    @property
-    def token_usage(self) -> TokenUsage | None:
-        """The usage as it is priced (cache and reasoning tokens included)."""
-        return self.adapter.token_usage(self.call)
-
-
-#: A ResponseView's message not read yet (`ResponseView.parsed`).
-UNPARSED: Any = object()
-_UNREAD = UNPARSED
 
 
 class Adapter:
@@ -241,6 +118,13 @@ class Adapter:
             return view
         view = call.response_view = ResponseView(self, call)
         return view
+
+    def read_response(self, call: Call) -> Any:
+        """The response JSON as the upstream sent it (a stream reassembled); None: not JSON. What
+        `ResponseView.message` holds: read it there, parsed once per call."""
+        if call.stream:
+            return self.reassemble_stream(b"".join(c.data for c in call.chunks))
+        return response_json(call)
 
     def memoized(self, call: Call, name: str, compute: Callable[[ResponseView], T]) -> T:
         """`compute(view)` once per response (e.g. the usage object both `usage` and `token_usage` read)."""

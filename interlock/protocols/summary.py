@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from interlock.proxy.protocols import ADAPTERS
-from interlock.proxy.protocols.base import Adapter, ResponseSummary, TextSlot, decoded_body
-from interlock.proxy.protocols.sse import Event
-from interlock.tracing.call import Call
+from interlock.core.call import Call
+from interlock.core.views import TextSlot
+from interlock.protocols import ADAPTERS
+from interlock.protocols.base import Adapter, ResponseSummary, decoded_body
+from interlock.protocols.sse import Event
 
 #: How many events from the end of a stream are looked at for the finish reason.
 _TAIL_EVENTS = 6

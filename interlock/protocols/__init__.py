@@ -5,14 +5,14 @@ config, policy cases, the proxy, recording, export, replay and the UI find it he
 
 from __future__ import annotations
 
-from interlock.proxy.protocols.anthropic import AnthropicAdapter
-from interlock.proxy.protocols.azure import AzureOpenAIAdapter
-from interlock.proxy.protocols.base import Adapter, BadRequest, RequestView, ResponseSummary, TextSlot, ToolCall
-from interlock.proxy.protocols.bedrock import BedrockAdapter
-from interlock.proxy.protocols.gemini import GeminiAdapter
-from interlock.proxy.protocols.http import HttpAdapter
-from interlock.proxy.protocols.mcp import McpAdapter
-from interlock.proxy.protocols.openai import OpenAIAdapter
+from interlock.protocols.anthropic import AnthropicAdapter
+from interlock.protocols.azure import AzureOpenAIAdapter
+from interlock.protocols.base import Adapter, BadRequest, ResponseSummary
+from interlock.protocols.bedrock import BedrockAdapter
+from interlock.protocols.gemini import GeminiAdapter
+from interlock.protocols.http import HttpAdapter
+from interlock.protocols.mcp import McpAdapter
+from interlock.protocols.openai import OpenAIAdapter
 
 ADAPTERS: dict[str, Adapter] = {
     "openai": OpenAIAdapter(),
@@ -36,9 +36,6 @@ __all__ = [
     "ADAPTERS",
     "Adapter",
     "BadRequest",
-    "RequestView",
     "ResponseSummary",
-    "TextSlot",
-    "ToolCall",
     "known_protocol",
 ]

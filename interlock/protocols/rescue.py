@@ -21,8 +21,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from interlock.proxy.protocols.base import dump_body
-from interlock.proxy.protocols.sse import Event
+from interlock.protocols.base import dump_body
+from interlock.protocols.sse import Event
 
 #: How a target continues an assistant prefill (`upstreams[].prefill`); see docs/routing.md.
 PREFILL_STYLES = ("assistant", "prefix", "continue_final_message", "none")

@@ -22,21 +22,19 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
-from interlock.proxy.protocols.base import (
+from interlock.core.call import Call, Reply
+from interlock.core.views import RequestView, TextSlot, ToolCall
+from interlock.protocols.base import (
     Adapter,
     BadRequest,
-    RequestView,
     StreamText,
-    TextSlot,
-    ToolCall,
     _json_headers,
     decoded_body,
     dump_body,
     json_strings,
     parse_json_body,
 )
-from interlock.proxy.protocols.sse import iter_events
-from interlock.tracing.call import Call, Reply
+from interlock.protocols.sse import iter_events
 
 # JSON-RPC 2.0 error codes (https://www.jsonrpc.org/specification#error_object).
 PARSE_ERROR = -32700

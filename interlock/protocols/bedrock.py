@@ -20,27 +20,25 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
 
-from interlock.proxy.protocols.anthropic import _PARAMS as anthropic_params
-from interlock.proxy.protocols.anthropic import AnthropicAdapter
-from interlock.proxy.protocols.anthropic import _blocks as anthropic_blocks
-from interlock.proxy.protocols.anthropic import _tool_names as anthropic_tool_names
-from interlock.proxy.protocols.base import (
+from interlock.core.call import Call, Headers, Reply
+from interlock.core.views import RequestView, TextSlot, TokenUsage, ToolCall
+from interlock.protocols.anthropic import _PARAMS as anthropic_params
+from interlock.protocols.anthropic import AnthropicAdapter
+from interlock.protocols.anthropic import _blocks as anthropic_blocks
+from interlock.protocols.anthropic import _tool_names as anthropic_tool_names
+from interlock.protocols.base import (
     Adapter,
     BadRequest,
-    RequestView,
     ResponseSummary,
     StreamText,
-    TextSlot,
-    TokenUsage,
-    ToolCall,
     dump_body,
     json_strings,
     parse_json_body,
     response_json,
     token_count,
 )
-from interlock.proxy.protocols.conversation import ChatMessage, ChatToolCall, exchange
-from interlock.proxy.protocols.eventstream import (
+from interlock.protocols.conversation import ChatMessage, ChatToolCall, exchange
+from interlock.protocols.eventstream import (
     MessageSplitter,
     chunk_message,
     event_message,
@@ -48,8 +46,7 @@ from interlock.proxy.protocols.eventstream import (
     iter_messages,
     messages_end,
 )
-from interlock.proxy.protocols.sse import Event, EventSplitter
-from interlock.tracing.call import Call, Headers, Reply
+from interlock.protocols.sse import Event, EventSplitter
 
 if TYPE_CHECKING:
     from interlock.config import Upstream

@@ -18,7 +18,7 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from interlock.proxy.protocols.sse import Event, EventSplitter
+from interlock.protocols.sse import Event, EventSplitter
 
 #: What changes the array scanner's state outside a string (braces, brackets, quotes), and inside one.
 _SIGNIFICANT = re.compile(rb'[{}\[\]"]')

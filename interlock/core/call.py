@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, fields
 from operator import attrgetter
 from typing import Any, Literal
 
-from interlock.tracing.fields import RECORD_SCALARS
+from interlock.core.fields import RECORD_SCALARS
 
 Outcome = Literal[
     "ok", "closed", "unsupported", "upstream_error", "denied", "blocked", "aborted", "bad_request", "internal_error"

@@ -6,24 +6,20 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from interlock.proxy.protocols.base import (
+from interlock.core.call import Call, Reply
+from interlock.core.views import RequestView, ResponseView, TextSlot, TokenUsage, ToolCall
+from interlock.protocols.base import (
     Adapter,
     BadRequest,
-    RequestView,
     ResponseSummary,
-    ResponseView,
     StreamText,
-    TextSlot,
-    TokenUsage,
-    ToolCall,
     _json_headers,
     parse_json_body,
     token_count,
 )
-from interlock.proxy.protocols.conversation import ChatMessage, exchange, openai_request, openai_response
-from interlock.proxy.protocols.reassemble import openai_message
-from interlock.proxy.protocols.sse import iter_events
-from interlock.tracing.call import Call, Reply
+from interlock.protocols.conversation import ChatMessage, exchange, openai_request, openai_response
+from interlock.protocols.reassemble import openai_message
+from interlock.protocols.sse import iter_events
 
 _PARAMS = (
     "temperature",

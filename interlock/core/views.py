@@ -1,0 +1,150 @@
+"""The protocol-normalised views of a request and a response, and the value types they hold.
+
+The protocol adapters (`interlock/protocols/`) build them; every other room reads them, so they sit
+at the bottom beside the `Call` and know no wire format: a `ResponseView` asks its adapter (any
+`ResponseReader`) to read the response on first use."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from interlock.core.call import Call
+
+#: Where a value sits in a JSON document: keys and list indexes, outermost first.
+JsonPath = tuple[str | int, ...]
+
+
+@dataclass(slots=True)
+class TextSlot:
+    """A text an upstream will read, and where it sits in the request or response JSON."""
+
+    path: JsonPath
+    text: str
+    role: str  # "system", "user", "assistant", "tool", "tool_args", "tool_result"
+
+
+@dataclass(slots=True)
+class ToolCall:
+    name: str
+    arguments: str  # JSON text as the model produced it
+    id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TokenUsage:
+    """A response's token usage as it is priced (`interlock.prices`): `input` counts every input
+    token, cached ones included (OpenAI's `prompt_tokens` do; Anthropic's `input_tokens` do not, so
+    its adapter adds the cache reads and writes); `cache_read` and `cache_write` are the parts of it
+    read from or written to the provider's prompt cache; `reasoning` the part of `output` spent
+    thinking (both providers count it in the output)."""
+
+    input: int = 0
+    output: int = 0
+    cache_read: int = 0
+    cache_write: int = 0
+    reasoning: int = 0
+
+
+@dataclass(slots=True)
+class RequestView:
+    """A protocol-normalised view of a request."""
+
+    operation: str  # "chat", "responses", "embeddings", "messages", "tools/call", "http", ...
+    model: str | None = None
+    stream: bool = False
+    texts: list[TextSlot] = field(default_factory=list)
+    tools: list[str] = field(default_factory=list)  # tool names offered to the model
+    params: dict[str, Any] = field(default_factory=dict)  # temperature, max_tokens, ...
+    tool_name: str | None = None  # MCP tools/call
+    tool_arguments: Any = None
+
+    @property
+    def input_chars(self) -> int:
+        return sum(len(t.text) for t in self.texts)
+
+    def rename_model(self, names: dict[str, str]) -> str | None:
+        """Take the model a route's `deployments` say the asked-for name serves (an Azure
+        deployment → its model); returns the name asked for, or None when it is not listed."""
+        asked = self.model
+        if asked is None or asked not in names:
+            return None
+        self.model = names[asked]
+        return asked
+
+
+class ResponseReader(Protocol):
+    """What a `ResponseView` asks of its protocol adapter (`protocols.base.Adapter` is one)."""
+
+    def read_response(self, call: Call) -> Any:
+        """The response JSON as the upstream sent it (a stream reassembled); None: not JSON."""
+        ...
+
+    def response_texts(self, data: Any) -> list[TextSlot]: ...
+
+    def response_tool_calls(self, data: Any) -> list[ToolCall]: ...
+
+    def usage(self, call: Call) -> tuple[int | None, int | None]: ...
+
+    def token_usage(self, call: Call) -> TokenUsage | None: ...
+
+
+class ResponseView:
+    """A finished response as its adapter reads it, computed once per call and cached on it
+    (`Adapter.response_view`), so the usage stage, the tool-call policy, loop detection and the
+    exporters share one parse. Each part is read on first use. Read-only: a stage that rewrites the
+    response parses its own copy (`protocols.base.response_json`)."""
+
+    __slots__ = ("adapter", "call", "body", "chunk_count", "memo", "_message", "_texts", "_tool_calls")
+
+    def __init__(self, adapter: ResponseReader, call: Call) -> None:
+        self.adapter, self.call = adapter, call
+        #: What it was read from: a body replaced or chunks added later make it stale.
+        self.body, self.chunk_count = call.response_body, len(call.chunks)
+        #: Values an adapter derives once per response (its usage object).
+        self.memo: dict[str, Any] = {}
+        self._message: Any = _UNREAD
+        self._texts: list[TextSlot] | None = None
+        self._tool_calls: list[ToolCall] | None = None
+
+    @property
+    def message(self) -> Any:
+        """The response JSON as the upstream sent it (a stream reassembled); None: not JSON."""
+        if self._message is _UNREAD:
+            self._message = self.adapter.read_response(self.call)
+        return self._message
+
+    def parsed(self) -> Any:
+        """The message if some reader already parsed it, else `UNPARSED` (never parses: for a
+        reader that can do its own cheaper work, e.g. the recorder's search text)."""
+        return self._message
+
+    @property
+    def texts(self) -> list[TextSlot]:
+        if self._texts is None:
+            message = self.message
+            self._texts = self.adapter.response_texts(message) if message is not None else []
+        return self._texts
+
+    @property
+    def tool_calls(self) -> list[ToolCall]:
+        if self._tool_calls is None:
+            message = self.message
+            self._tool_calls = self.adapter.response_tool_calls(message) if message is not None else []
+        return self._tool_calls
+
+    @property
+    def usage(self) -> tuple[int | None, int | None]:
+        """Input and output tokens as the provider reports them."""
+        return self.adapter.usage(self.call)
+
+    @property
+    def token_usage(self) -> TokenUsage | None:
+        """The usage as it is priced (cache and reasoning tokens included)."""
+        return self.adapter.token_usage(self.call)
+
+
+#: A ResponseView's message not read yet (`ResponseView.parsed`).
+UNPARSED: Any = object()
+_UNREAD = UNPARSED
