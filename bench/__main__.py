@@ -25,6 +25,7 @@ from bench.report import Section, render
 SECTIONS: dict[str, Callable[[Context], Section]] = {
     "proxy": proxy.run,
     "recording": recording.run,
+    "large-calls": recording.run_large,
     "faults": faults.run,
     "policy": policy.run,
     "pii": pii.run,

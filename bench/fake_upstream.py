@@ -7,7 +7,8 @@ Content-Length bodies) to answer:
 
 - a JSON chat completion (with usage) to any POST whose body does not ask for a stream;
 - an SSE stream (chunked) when the body has `"stream": true`: the first event at once, then
-  `--chunks` events `--chunk-interval-ms` apart, then `data: [DONE]`;
+  `--chunks` events `--chunk-interval-ms` apart (of about `--event-bytes` each, if given), then
+  `data: [DONE]`;
 - `--sink`: 200 with an empty body to everything, an OTLP/HTTP collector that keeps nothing;
 - faults, when asked: `--fail-503 P` answers a fraction P with 503, `--reset P` resets the connection
   (RST) before answering a fraction P. Seeded, so runs are comparable.
@@ -65,10 +66,12 @@ def _chunked(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
-def stream_events(count: int) -> list[bytes]:
-    """The SSE events of one stream, already framed as HTTP chunks (the last is the terminator)."""
+def stream_events(count: int, event_bytes: int = 0) -> list[bytes]:
+    """The SSE events of one stream, already framed as HTTP chunks (the last is the terminator);
+    `event_bytes` pads each content event's text to about that size (a large stream)."""
     events = [_event({"role": "assistant", "content": ""})]
-    events += [_event({"content": f"tok{i} "}) for i in range(count)]
+    pad = "x" * max(0, event_bytes - 150)
+    events += [_event({"content": f"tok{i} {pad}"}) for i in range(count)]
     events.append(_event({}, "stop"))
     events.append(b"data: [DONE]\n\n")
     return [_chunked(e) for e in events] + [b"0\r\n\r\n"]
@@ -87,7 +90,7 @@ FAIL_REPLY = (
 
 class Options:
     def __init__(self, args: argparse.Namespace) -> None:
-        self.events = stream_events(args.chunks)
+        self.events = stream_events(args.chunks, args.event_bytes)
         self.interval = args.chunk_interval_ms / 1000.0
         self.fail_503 = args.fail_503
         self.reset = args.reset
@@ -190,6 +193,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--chunks", type=int, default=10, help="content events per stream")
     parser.add_argument("--chunk-interval-ms", type=float, default=5.0)
+    parser.add_argument("--event-bytes", type=int, default=0, help="pad each content event to about this size")
     parser.add_argument("--fail-503", type=float, default=0.0)
     parser.add_argument("--reset", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=1)

@@ -143,7 +143,7 @@ def run(ctx: Context) -> Section:
             )
         section.rows.extend(_c32_cost(ctx, server))
     finally:
-        server.stop()
+        server.close()
     section.note(
         "PostgreSQL 15 (Debian's), a throwaway cluster on loopback with fsync off, on the same 2 cores as"
         " the bench and other work; the writer rows run the recorder in the bench's process."

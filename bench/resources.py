@@ -96,7 +96,7 @@ def main() -> None:
 
             root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-servers-")))
             postgres = PostgresServer(root / "postgres")
-            stack.callback(postgres.stop)
+            stack.callback(postgres.close)
             redis = RedisServer(root / "redis")
             stack.callback(redis.stop)
             args.store_url, args.state_url = postgres.database("bench"), redis.url

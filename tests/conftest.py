@@ -60,7 +60,7 @@ def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgr
     """A real PostgreSQL server for the session (tests/servers.py); each test takes a fresh database."""
     server = PostgresServer(tmp_path_factory.mktemp("postgres"))
     yield server
-    server.stop()
+    server.close()
 
 
 @pytest.fixture(scope="session")

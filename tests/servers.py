@@ -10,6 +10,7 @@ import pwd
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -31,23 +32,25 @@ def _pg_bin(name: str) -> str:
 
 
 class PostgresServer:
-    """One PostgreSQL cluster in `root`, trust authentication on loopback, fsync off (throwaway)."""
+    """One PostgreSQL cluster in `root` (as root: in a directory of its own), trust authentication on
+    loopback, fsync off (throwaway)."""
 
     def __init__(self, root: Path) -> None:
+        # PostgreSQL refuses to run as root: as root, the cluster belongs to Debian's `postgres` user,
+        # in a directory of its own right under the system temp dir, not in `root`. pytest resets
+        # /tmp/pytest-of-root to 0700 whenever a pytest session starts on the machine (a concurrent
+        # run, or a test's own pytest subprocess): with the cluster below it, that failed an initdb
+        # under way and shut out a running server (its postmaster rechecks its lock file).
+        self._as: list[str] = []
+        self._owned: Path | None = None
+        if os.geteuid() == 0:
+            self._as = ["runuser", "-u", "postgres", "--"]
+            root = self._owned = Path(tempfile.mkdtemp(prefix="interlock-postgres-"))
+            entry = pwd.getpwnam("postgres")
+            os.chown(root, entry.pw_uid, entry.pw_gid)
         self.root = root
         self.data = root / "pgdata"
         self.port = free_port()
-        # PostgreSQL refuses to run as root: as root, the cluster belongs to Debian's `postgres` user.
-        self._as: list[str] = []
-        if os.geteuid() == 0:
-            self._as = ["runuser", "-u", "postgres", "--"]
-            root.mkdir(parents=True, exist_ok=True)
-            entry = pwd.getpwnam("postgres")
-            os.chown(root, entry.pw_uid, entry.pw_gid)
-            for parent in root.parents:  # the temp dirs above must let it through
-                if str(parent) in ("/", "/tmp"):
-                    break
-                os.chmod(parent, os.stat(parent).st_mode | 0o711)
         subprocess.run(
             [*self._as, _pg_bin("initdb"), "-D", str(self.data), "-A", "trust", "-U", "interlock", "--no-sync"],
             check=True,
@@ -116,6 +119,12 @@ class PostgresServer:
             check=False,
             capture_output=True,
         )
+
+    def close(self) -> None:
+        """Stop it for good: its directory too, where it made its own (as root)."""
+        self.stop()
+        if self._owned is not None:
+            shutil.rmtree(self._owned, ignore_errors=True)
 
 
 class RedisServer:

@@ -274,6 +274,27 @@ def compat_views(conn: sqlite3.Connection, version: int) -> None:
 _ADDED_COLUMNS = ((2, "NULL AS workflow"), (3, "0 AS rescued"), (4, "NULL AS cost_usd"), (4, "NULL AS cost_source"))
 
 
+#: Tables that other parts create in the store's file on first use, outside these versions: the kill
+#: switch's stops and the MCP pins (tracing/), the policy counters and the vault (policies/, with
+#: their own connections). A file holding only these is still a new store: a store file deleted
+#: under a running interlock is created again at its path by the first of them to touch it (the
+#: kill switch polls every second), and the recorder's reopen must then migrate it, not refuse it.
+#: tests/tracing/test_store_faults.py fails for a first-use table missing here.
+FIRST_USE_TABLES = frozenset(
+    {
+        "stops",
+        "mcp_pins",
+        "policy_counters",
+        "policy_life",
+        "policy_windows",
+        "policy_gauges",
+        "vault_values",
+        "vault_sessions",
+        "vault_numbers",
+    }
+)
+
+
 class StoreError(Exception):
     """The store cannot do what was asked (bad query, unreadable file). Re-exported by `store`."""
 
@@ -299,8 +320,8 @@ def migrate(conn: sqlite3.Connection, path: str) -> int:
             " upgrade interlock to read it"
         )
     if before == 0:
-        tables = conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0]
-        if tables:
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if tables - FIRST_USE_TABLES:
             raise SchemaError(f"{path}: not an interlock store (it has tables but no schema version)")
     if before == SCHEMA_VERSION:
         return before
