@@ -5,7 +5,7 @@ Every encoding of a `Call` is derived from `FIELDS`: the record dict (`Call.to_r
 record path build it with the same generated function), and the scalar part of the tuple that
 crosses to the OTel export process (`otel_process.to_wire` / `from_wire`). Adding a recorded
 field is one line here plus a schema migration (`schema.py`) when it has a column of its own
-(docs/store.md); `tests/tracing/test_fields.py` fails for a `Call` attribute that is in neither
+(docs/store.md); `tests/core/test_fields.py` fails for a `Call` attribute that is in neither
 this table nor `NOT_RECORDED`.
 
 This module imports nothing from interlock: the store, the exporter and the `Call` all read it.

@@ -9,7 +9,7 @@ writer thread, never on the event loop.
 Complete means: every field the non-streamed API returns for the same answer, so the result
 validates as the SDKs' own models (`openai.types.chat.ChatCompletion`,
 `openai.types.responses.Response`, `anthropic.types.Message`) and equals the non-streamed body
-(tests/proxy/test_reassemble.py). What each format streams, from the providers' API references
+(tests/protocols/test_reassemble.py). What each format streams, from the providers' API references
 (OpenAI "Streaming events" for chat chunks and Responses; Anthropic "Streaming messages") and
 real recordings:
 
