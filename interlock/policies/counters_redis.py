@@ -31,6 +31,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+from interlock.core.tasks import cancel_and_wait
 from interlock.policies.counters import (
     LIFE_IDLE,
     WINDOW,
@@ -299,11 +300,8 @@ class RedisCounters:
             await asyncio.sleep(self.lease / 3)
 
     async def aclose(self) -> None:
-        if self._renewer is not None:
-            self._renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._renewer
-            self._renewer = None
+        await cancel_and_wait(self._renewer)
+        self._renewer = None
         await self.client.aclose()
 
 

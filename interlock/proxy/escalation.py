@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 
 from interlock.config import Escalation
+from interlock.core.tasks import cancel_and_wait
 
 log = logging.getLogger("interlock.escalation")
 
@@ -67,13 +68,8 @@ class Escalator:
                 log.warning("escalation webhook failed for %s event: %s", event["event"], exc)
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     def snapshot(self) -> dict[str, Any]:
         return {

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from interlock.config import McpPins as McpPinsSettings
 from interlock.core.call import Call, Decision
+from interlock.core.tasks import cancel_and_wait
 from interlock.protocols.mcp import McpView, is_mcp, json_rpc_error
 from interlock.proxy.mcp import ToolsListRewriter
 
@@ -254,13 +255,8 @@ class McpPins(ToolsListRewriter):
 
     async def aclose(self) -> None:
         """Stop polling; wait for the pin writes in flight."""
-        if self._poller is not None:
-            self._poller.cancel()
-            try:
-                await self._poller
-            except asyncio.CancelledError:
-                pass
-            self._poller = None
+        await cancel_and_wait(self._poller)
+        self._poller = None
         await self.aflush()
 
     async def aflush(self) -> None:

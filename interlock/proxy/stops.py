@@ -23,6 +23,7 @@ import time
 from typing import Any
 
 from interlock.core.call import Call, Decision
+from interlock.core.tasks import cancel_and_wait
 from interlock.protocols import ADAPTERS
 from interlock.proxy.escalation import Escalator
 
@@ -69,13 +70,8 @@ class Stops:
         """Stop polling. A read already running in its worker thread is waited for: cancelling the
         task does not stop the thread, and the store is closed next (a connection closed under a
         running query crashes SQLite)."""
-        if self._poller is not None:
-            self._poller.cancel()
-            try:
-                await self._poller
-            except asyncio.CancelledError:
-                pass
-            self._poller = None
+        await cancel_and_wait(self._poller)
+        self._poller = None
         if self._reading is not None:
             await asyncio.wait([self._reading])
 

@@ -15,6 +15,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from interlock.tracing.writing import transaction
+
 TABLE = "mcp_pins"
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS {TABLE} (
@@ -76,13 +78,8 @@ class SQLitePins:
         conn = self.conn
         values = [_stored(row) for row in rows]
         marks = ", ".join("?" for _ in PIN_COLUMNS)
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(conn):
             conn.executemany(f"INSERT OR REPLACE INTO {TABLE} ({', '.join(PIN_COLUMNS)}) VALUES ({marks})", values)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
 
     def approve_mcp_pins(self, route: str, tool: str | None = None, *, now: float | None = None) -> list[str]:
         """Pin what the server lists now for the route's flagged tools (or one tool); returns the
@@ -95,17 +92,12 @@ class SQLitePins:
         if tool is not None:
             where += " AND tool = ?"
             args += (tool,)
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(conn):
             tools = [r[0] for r in conn.execute(f"SELECT tool FROM {TABLE} WHERE {where} ORDER BY tool", args)]
             conn.execute(
                 f"UPDATE {TABLE} SET pinned_hash = seen_hash, pinned = seen, pinned_at = ? WHERE {where}",
                 (time.time() if now is None else now, *args),
             )
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
         return tools
 
 
