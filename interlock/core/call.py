@@ -14,7 +14,9 @@ from dataclasses import dataclass, field, fields
 from operator import attrgetter
 from typing import Any, Literal
 
+from interlock.core.actions import GuardrailActions
 from interlock.core.fields import RECORD_SCALARS
+from interlock.core.views import RequestView, ResponseView
 
 Outcome = Literal[
     "ok", "closed", "unsupported", "upstream_error", "denied", "blocked", "aborted", "bad_request", "internal_error"
@@ -205,13 +207,14 @@ class Call:
     upstream_body: bytes | None = None
     #: The request parsed as JSON by the protocol adapter (None for non-JSON bodies). Stages that
     #: change the request edit this in place and set `request_changed`; the forwarder serialises it
-    #: once into `upstream_body` before sending.
+    #: once into `upstream_body` before sending. `Any`: a JSON document, of whatever shape the
+    #: agent sent (only its adapter knows the shape, and checks it in `parse`).
     request_json: Any = None
     request_changed: bool = False
     model: str | None = None
     stream: bool = False
     #: Parsed, protocol-normalised view of the request, set by the parse stage.
-    view: Any = None
+    view: RequestView | None = None
     status: int | None = None
     response_headers: Headers = field(default_factory=list)
     #: The body as the upstream sent it (not streamed) — or interlock's own reply.
@@ -249,15 +252,17 @@ class Call:
     supplied: SuppliedResponse | None = None
     #: Free-form annotations by stages (response model, finish reasons, tool calls made, cost...).
     meta: dict[str, Any] = field(default_factory=dict)
-    #: The finished response as its adapter reads it (`protocols.base.ResponseView`: message, texts,
+    #: The finished response as its adapter reads it (`core.views.ResponseView`: message, texts,
     #: tool calls, usage, summary), parsed once and shared by every reader. Not recorded.
-    response_view: Any = None
-    #: The guardrail actions that apply to this call (`policies.actions.GuardrailActions`), set by the
+    response_view: ResponseView | None = None
+    #: The guardrail actions that apply to this call (`core.actions.GuardrailActions`), set by the
     #: policy stage and read by the guardrails stage. Not recorded.
-    guardrails: Any = None
+    guardrails: GuardrailActions | None = None
     #: The policy rules with `loop:` that apply to this call (`CompiledRule`s), set by the policy
-    #: stage and read by the loop stage (`policies/loops.py`). Not recorded.
-    loop_rules: Any = None
+    #: stage and read by the loop stage (`policies/loops.py`). Not recorded. Items typed `Any`: a
+    #: `CompiledRule` holds compiled CEL, the policy engine's own; the engine sits above this
+    #: vocabulary, and policies/ is the only room that writes or reads them.
+    loop_rules: list[Any] | None = None
     #: The query string as the agent sent it, when `query` (what is recorded, logged and exported)
     #: has credentials masked (`secret_query_params`); only the upstream request uses it. Not recorded.
     upstream_query: str | None = None
@@ -334,7 +339,7 @@ _record_scalars = attrgetter(*RECORD_SCALARS)
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {}
 
 
-def _plain(item: Any) -> dict[str, Any]:
+def _plain(item: Attempt | Decision | Finding) -> dict[str, Any]:
     """A dataclass's fields as a dict, one level deep: `dataclasses.asdict` deep-copies every value
     recursively and cost 10-15 µs per Attempt or Decision, measured; this costs about 1 µs. The
     values are JSON-able already (detail dicts are serialised by the store, never mutated after)."""

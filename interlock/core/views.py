@@ -58,6 +58,8 @@ class RequestView:
     tools: list[str] = field(default_factory=list)  # tool names offered to the model
     params: dict[str, Any] = field(default_factory=dict)  # temperature, max_tokens, ...
     tool_name: str | None = None  # MCP tools/call
+    #: The tool call's arguments, the JSON value the agent sent (`Any`: JSON has no narrower type
+    #: in Python without a schema, and a tool's schema is the tool's).
     tool_arguments: Any = None
 
     @property
@@ -75,7 +77,9 @@ class RequestView:
 
 
 class ResponseReader(Protocol):
-    """What a `ResponseView` asks of its protocol adapter (`protocols.base.Adapter` is one)."""
+    """What a `ResponseView` asks of its protocol adapter (`protocols.base.Adapter` is one).
+    `Any` here and in `ResponseView` is a parsed JSON document: its shape is the wire format's,
+    which only the adapter knows."""
 
     def read_response(self, call: Call) -> Any:
         """The response JSON as the upstream sent it (a stream reassembled); None: not JSON."""
@@ -104,7 +108,7 @@ class ResponseView:
         self.body, self.chunk_count = call.response_body, len(call.chunks)
         #: Values an adapter derives once per response (its usage object).
         self.memo: dict[str, Any] = {}
-        self._message: Any = _UNREAD
+        self._message: Any = _UNREAD  # the JSON message, or `UNPARSED` until first read
         self._texts: list[TextSlot] | None = None
         self._tool_calls: list[ToolCall] | None = None
 
@@ -145,6 +149,7 @@ class ResponseView:
         return self.adapter.token_usage(self.call)
 
 
-#: A ResponseView's message not read yet (`ResponseView.parsed`).
+#: A ResponseView's message not read yet (`ResponseView.parsed`). Typed `Any` like the message it
+#: stands in for, so a reader compares `view.parsed() is UNPARSED` without a cast.
 UNPARSED: Any = object()
 _UNREAD = UNPARSED

@@ -23,8 +23,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from interlock.core.actions import Action, GuardrailActions
 from interlock.core.call import Call, Decision
-from interlock.policies.actions import Action, GuardrailActions
 from interlock.policies.cel import Condition, context_for
 from interlock.policies.model import Effect, Rule
 

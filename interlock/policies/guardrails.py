@@ -20,9 +20,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from interlock.core.actions import GuardrailActions
 from interlock.core.call import Call, Decision, Finding
 from interlock.core.views import JsonPath
-from interlock.policies.actions import GuardrailActions
 from interlock.policies.counters import StateUnavailable
 from interlock.policies.pii import Detection, PiiAnalyzer
 from interlock.policies.redaction import (

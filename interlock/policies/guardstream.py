@@ -17,7 +17,7 @@ from interlock.policies.streamrewrite import StreamTextRewriter
 from interlock.protocols import ADAPTERS
 
 if TYPE_CHECKING:
-    from interlock.policies.actions import GuardrailActions
+    from interlock.core.actions import GuardrailActions
     from interlock.policies.guardrails import Guardrails
     from interlock.policies.redaction import SessionVault
 

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
-from interlock.policies.actions import Action
+from interlock.core.actions import Action
 
 
 def _as_patterns(value: Any) -> Any:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from interlock.core.call import Call, Headers, Reply
 from interlock.core.views import JsonPath, RequestView, ResponseView, TextSlot, TokenUsage, ToolCall
@@ -13,13 +13,24 @@ from interlock.protocols.conversation import ChatMessage
 from interlock.protocols.encoding import Unreadable, decode_body
 from interlock.protocols.sse import Event, EventSplitter, iter_events
 
-if TYPE_CHECKING:
-    from interlock.config import Upstream
-
 T = TypeVar("T")
 
 #: The most a recorded body is decoded to for reading (a UI page, a search index, replay).
 READ_LIMIT = 256 * 1024 * 1024
+
+
+class SigningTarget(Protocol):
+    """What `Adapter.sign` reads of the upstream a request goes to (`config.Upstream` is one):
+    named here, not imported, so the adapters depend on nothing above `interlock.core`."""
+
+    @property
+    def url(self) -> str: ...
+
+    @property
+    def api_key(self) -> str | None: ...
+
+    @property
+    def region(self) -> str | None: ...
 
 
 class BadRequest(Exception):
@@ -161,7 +172,7 @@ class Adapter:
         POST may act on the world)."""
         return method not in ("POST", "PATCH")
 
-    def sign(self, method: str, url: str, headers: Headers, body: bytes, upstream: Upstream) -> Headers:
+    def sign(self, method: str, url: str, headers: Headers, body: bytes, upstream: SigningTarget) -> Headers:
         """The headers an upstream request leaves with, signed for it when the provider authenticates
         each request by a signature over it (Bedrock's SigV4); unchanged by default."""
         return headers

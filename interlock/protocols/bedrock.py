@@ -17,7 +17,7 @@ import functools
 import json
 import os
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote, unquote
 
 from interlock.core.call import Call, Headers, Reply
@@ -30,6 +30,7 @@ from interlock.protocols.base import (
     Adapter,
     BadRequest,
     ResponseSummary,
+    SigningTarget,
     StreamText,
     dump_body,
     json_strings,
@@ -47,9 +48,6 @@ from interlock.protocols.eventstream import (
     messages_end,
 )
 from interlock.protocols.sse import Event, EventSplitter
-
-if TYPE_CHECKING:
-    from interlock.config import Upstream
 
 _PREFIX = "/model/"
 _OPERATIONS = {
@@ -308,7 +306,7 @@ class BedrockAdapter(Adapter):
     def may_resend(self, method: str, operation: str | None) -> bool:
         return True  # a failed generation has no side effect worth protecting
 
-    def sign(self, method: str, url: str, headers: Headers, body: bytes, upstream: Upstream) -> Headers:
+    def sign(self, method: str, url: str, headers: Headers, body: bytes, upstream: SigningTarget) -> Headers:
         """The headers with a SigV4 signature for `url` made with the route's AWS credentials:
         `api_key` as `ACCESS_KEY_ID:SECRET_ACCESS_KEY[:SESSION_TOKEN]`, else botocore's credential
         chain (environment, shared files, container or instance role). Only the host, the content

@@ -157,12 +157,12 @@ class ToolsListRewriter:
             if not is_mcp(call.protocol) or not self.applies(call):
                 return data  # not a tools/list reply this stage reads
             splitter = self._streams[call.id] = self.adapter.event_splitter()
-        view = call.view
+        rpc_id = call.view.rpc_id if isinstance(call.view, McpView) else None
         out: list[bytes] = []
         # Whole events only: the response must not leave half-sent before it is filtered.
         for event in splitter.feed(data):
             message = _load_event(event.data)
-            if isinstance(message, dict) and "result" in message and message.get("id") == view.rpc_id:
+            if isinstance(message, dict) and "result" in message and message.get("id") == rpc_id:
                 if self.filter(call, message):
                     out.append(rewrite_event(event.raw, message))
                     continue

@@ -18,7 +18,7 @@ from opentelemetry.semconv._incubating.attributes import mcp_attributes as mcp
 from opentelemetry.semconv.attributes import error_attributes, http_attributes, server_attributes, url_attributes
 
 from interlock.core.call import SOUND_OUTCOMES, Attempt, Call
-from interlock.core.views import TextSlot
+from interlock.core.views import RequestView, TextSlot
 from interlock.protocols import ADAPTERS, BadRequest, ResponseSummary
 from interlock.protocols.base import decoded_body
 from interlock.protocols.summary import output_texts, response_message, summarize_response
@@ -124,10 +124,10 @@ def describe_call(call: Call, *, capture_content: bool = False, content_max_char
         attrs["interlock.attempts"] = len(call.attempts)
     operation = OPERATIONS.get(view.operation) if view is not None else None
     if ADAPTERS[call.protocol].is_jsonrpc and view is not None:
-        name = _describe_mcp(call, attrs, metric)
+        name = _describe_mcp(call, view, attrs, metric)
         operation = attrs.get(gen_ai.GEN_AI_OPERATION_NAME)
-    elif operation is not None:
-        name = _describe_model_call(call, operation, host, attrs, metric)
+    elif operation is not None and view is not None:
+        name = _describe_model_call(call, view, operation, host, attrs, metric)
         if capture_content:
             _add_content(call, attrs, content_max_chars)
     else:
@@ -136,8 +136,9 @@ def describe_call(call: Call, *, capture_content: bool = False, content_max_char
     return Described(name, attrs, metric, operation)
 
 
-def _describe_model_call(call: Call, operation: str, host: str | None, attrs: Attributes, metric: Attributes) -> str:
-    view = call.view
+def _describe_model_call(
+    call: Call, view: RequestView, operation: str, host: str | None, attrs: Attributes, metric: Attributes
+) -> str:
     provider = provider_name(call, host)
     attrs[gen_ai.GEN_AI_OPERATION_NAME] = metric[gen_ai.GEN_AI_OPERATION_NAME] = operation
     attrs[gen_ai.GEN_AI_PROVIDER_NAME] = metric[gen_ai.GEN_AI_PROVIDER_NAME] = provider
@@ -177,8 +178,7 @@ def _add_params(params: dict[str, Any], attrs: Attributes) -> None:
             attrs[gen_ai.GEN_AI_REQUEST_CHOICE_COUNT] = value
 
 
-def _describe_mcp(call: Call, attrs: Attributes, metric: Attributes) -> str:
-    view = call.view
+def _describe_mcp(call: Call, view: RequestView, attrs: Attributes, metric: Attributes) -> str:
     method = str(view.operation)
     name = method
     if method not in ("mcp", "response"):

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from interlock.config import Settings
+from interlock.core.actions import GuardrailActions
 from interlock.core.call import Call
-from interlock.policies.actions import GuardrailActions
 from interlock.policies.guardrails import Guardrails, where
 from interlock.proxy.parse import Parse
 

@@ -325,7 +325,7 @@ def test_the_long_hold_applies_only_when_a_long_entity_is_acted_on() -> None:
     from pydantic import ValidationError
 
     from interlock.config import Settings
-    from interlock.policies.actions import GuardrailActions
+    from interlock.core.actions import GuardrailActions
     from interlock.policies.guardrails import Guardrails
 
     def hold(response: dict[str, str], **config: Any) -> int:

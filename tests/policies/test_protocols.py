@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from interlock.config import Settings
-from interlock.policies.actions import GuardrailActions
+from interlock.core.actions import GuardrailActions
 from interlock.policies.cases import CaseRequest, build_call, decide
 from interlock.policies.loader import PolicyRuntime, load_policies
 from interlock.policies.stage import PolicyStage
