@@ -61,6 +61,10 @@ class RequestView:
     #: The tool call's arguments, the JSON value the agent sent (`Any`: JSON has no narrower type
     #: in Python without a schema, and a tool's schema is the tool's).
     tool_arguments: Any = None
+    #: The request body `call.request_json` was parsed from (set by the parse stage): while that body
+    #: is still the one recorded and nothing changed the request, the writer indexes the parsed
+    #: document instead of parsing the body again (`tracing/writing.py`).
+    source: bytes | None = None
 
     @property
     def input_chars(self) -> int:

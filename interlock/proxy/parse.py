@@ -26,6 +26,8 @@ class Parse:
             call.answer(adapter.error_reply(exc.status, exc.code, exc.message), "bad_request", exc.code, exc.message)
             return
         call.view = view
+        if call.request_json is not None:
+            view.source = call.request_body
         deployments = self.deployments.get(call.route)
         if deployments is not None and (asked := view.rename_model(deployments)) is not None:
             call.meta["deployment"] = asked

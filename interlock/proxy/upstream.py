@@ -246,19 +246,26 @@ def connection_tokens(headers: Headers) -> frozenset[str]:
     return frozenset(tokens)
 
 
+#: Request headers never relayed as the agent sent them: hop-by-hop, interlock's own, and those the
+#: client or interlock sets (Host, Content-Length, the trace context). One set, built once.
+_NOT_RELAYED = HOP_BY_HOP | INTERLOCK_HEADERS | {"host", "content-length", "traceparent", "tracestate"}
+
+
 def upstream_headers(call: Call, adapter: Adapter, upstream: Upstream, *, body_len: int) -> Headers:
     """The headers sent upstream: hop-by-hop and interlock's own removed, Host and key set."""
-    drop = HOP_BY_HOP | INTERLOCK_HEADERS | connection_tokens(call.request_headers)
+    tokens = connection_tokens(call.request_headers)
+    drop = _NOT_RELAYED | tokens if tokens else _NOT_RELAYED
+    key_headers = adapter.agent_key_headers
     out: Headers = []
     agent_key: str | None = None
     agent_key_header: str | None = None
     has_accept_encoding = False
     for name, value in call.request_headers:
-        if name in drop or name in ("host", "content-length", "traceparent", "tracestate"):
+        if name in drop:
             continue
         if name[:12] == "x-interlock-":  # interlock's own (X-Interlock-Debug, ...): never the upstream's
             continue
-        if name in adapter.agent_key_headers:
+        if name in key_headers:
             if agent_key is None:
                 agent_key = value[7:] if name == "authorization" and value[:7].lower() == "bearer " else value
                 agent_key_header = name

@@ -27,11 +27,16 @@ REASSEMBLE_HEAD = 2 * 1024 * 1024
 REASSEMBLE_TAIL = 1024 * 1024
 
 
-def record_texts(record: dict[str, Any], response: Any = UNPARSED) -> tuple[str, str, Any]:
+def record_texts(record: dict[str, Any], response: Any = UNPARSED, request: Any = UNPARSED) -> tuple[str, str, Any]:
     """(request text, response text, reassembled message or None) of a `Call.to_record()` dict.
-    `response`: the non-streamed `response_body` already parsed (the call's `ResponseView`), so it
-    is not parsed again."""
-    request = body_text(record.get("request_body"), record.get("request_headers") or [])
+    `response`: the non-streamed `response_body` already parsed (the call's `ResponseView`), and
+    `request`: the `request_body` already parsed (the parse stage's `call.request_json`), so neither
+    is parsed again."""
+    request_body = record.get("request_body")
+    if request is not UNPARSED and whole_json(request_body, request):
+        request = _joined_strings(request)
+    else:
+        request = body_text(request_body, record.get("request_headers") or [])
     message = None
     if record.get("stream"):
         chunks = record.get("agent_chunks")
@@ -52,9 +57,7 @@ def record_texts(record: dict[str, Any], response: Any = UNPARSED) -> tuple[str,
                 whole = record.get("response_body")
             response = body_text(whole, record.get("response_headers") or [])
         else:
-            strings: list[str] = []
-            _strings(response, strings)
-            response = "\n".join(strings)
+            response = _joined_strings(response)
     return request[:MAX_TEXT], response[:MAX_TEXT], message
 
 
@@ -74,6 +77,10 @@ def body_text(body: bytes | None, headers: list[tuple[str, str]] | list[list[str
         document = json.loads(raw)
     except (UnicodeDecodeError, ValueError):  # ValueError: bad JSON, or a number past the int limit
         return raw.decode("utf-8", "replace")
+    return _joined_strings(document)
+
+
+def _joined_strings(document: Any) -> str:
     strings: list[str] = []
     _strings(document, strings)
     return "\n".join(strings)

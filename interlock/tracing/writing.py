@@ -20,9 +20,10 @@ from itertools import chain
 from operator import attrgetter
 from typing import Any
 
-from interlock.core.call import Call, _plain, public_headers
+from interlock.core.call import Call, Headers, _plain, public_headers
 from interlock.core.fields import call_row
-from interlock.core.views import UNPARSED, ResponseView
+from interlock.core.views import UNPARSED, RequestView, ResponseView
+from interlock.protocols.encoding import codings
 from interlock.tracing import store_chain
 from interlock.tracing.chain import DEFAULT_WRITER, digest
 from interlock.tracing.rows import (
@@ -168,7 +169,9 @@ class Rows:
                 "response_headers": response_headers,
             }
             try:
-                texts = record_texts(record, _parsed_response(call, bodies[2]))
+                texts = record_texts(
+                    record, _parsed_response(call, bodies[2]), _parsed_request(call, bodies[0], request_headers)
+                )
             except Exception:
                 if not salvage:
                     raise
@@ -314,6 +317,23 @@ def write_rows(conn: sqlite3.Connection, rows: Rows, *, writer: str = DEFAULT_WR
         insert_rows(conn, INSERT_EVENT, events)
         insert_rows(conn, INSERT_FTS, texts)
     return added
+
+
+def _parsed_request(call: Call, body: bytes | None, headers: Headers) -> Any:
+    """The request body as the parse stage parsed it (`call.request_json`), when the recorded body is
+    that body (guardrails may record a redacted one), nothing changed the document since (stages
+    edit it in place and say so: `request_changed`) and the body had no content-encoding (the index
+    reads a body decoded): the writer does not parse it again."""
+    view = call.view
+    if (
+        call.request_changed
+        or call.request_json is None
+        or not isinstance(view, RequestView)
+        or view.source is not body
+        or codings(headers)
+    ):
+        return UNPARSED
+    return call.request_json
 
 
 def _parsed_response(call: Call, body: bytes | None) -> Any:

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from interlock.core.call import Call, Chunk, new_id
+from interlock.core.views import RequestView
 from interlock.protocols import ADAPTERS
 from interlock.tracing.rows import dumps
 from interlock.tracing.store import Store
@@ -104,6 +105,36 @@ def test_the_searchable_text_is_the_same_on_both_paths(tmp_path: Path, body: byt
     assert indexed_text(tmp_path, parsed, direct=True) == indexed_text(tmp_path, call, direct=False)
     streamed = make_call(request_body=body, stream=True, response_body=None, chunks=list(STREAM))
     assert indexed_text(tmp_path, streamed, direct=True) == indexed_text(tmp_path, streamed, direct=False)
+    # The request parsed by the parse stage (`call.request_json`) is reused, to the same text.
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return  # the parse stage refuses such a body (400): nothing parsed to reuse
+    request_parsed = make_call(request_body=body, response_body=body)
+    hot_path_parse(request_parsed, document)
+    assert indexed_text(tmp_path, request_parsed, direct=True) == indexed_text(tmp_path, call, direct=False)
+
+
+def hot_path_parse(call: Call, document: Any) -> None:
+    """What the parse stage leaves on a call: the parsed request and the body it was parsed from."""
+    call.request_json = document
+    call.view = RequestView(operation="chat", source=call.request_body)
+
+
+def test_the_index_reads_the_recorded_request_when_it_is_not_what_was_parsed(tmp_path: Path) -> None:
+    body = b'{"messages":[{"role":"user","content":"my card is 4111"}]}'
+    edited = make_call(request_body=body)
+    hot_path_parse(edited, json.loads(body))
+    edited.request_json["messages"][0]["content"] = "changed upstream"  # a stage's edit, in place
+    edited.request_changed = True
+    assert indexed_text(tmp_path, edited, direct=True)[0] == "my card is 4111"
+    redacted = make_call(request_body=body)
+    hot_path_parse(redacted, json.loads(body))
+    redacted.request_body = b'{"messages":[{"role":"user","content":"my card is <CARD>"}]}'  # the record's redaction
+    assert indexed_text(tmp_path, redacted, direct=True)[0] == "my card is <CARD>"
+    encoded = make_call(request_body=body, request_headers=[("content-encoding", "br")])
+    hot_path_parse(encoded, json.loads(body))  # (a body that says it is compressed is read as the index reads it)
+    assert indexed_text(tmp_path, encoded, direct=True) == indexed_text(tmp_path, encoded, direct=False)
 
 
 def test_compressed_bodies_are_read_by_python(tmp_path: Path) -> None:
