@@ -5,6 +5,7 @@ cannot move, for before/after comparisons of hot-path changes (not part of `make
     python -m bench.instructions --stream        # streamed calls (13 events each, sent at once)
     python -m bench.instructions --stream --chunk-interval-ms 2   # events apart: each relayed alone
     python -m bench.instructions --store off     # recording off
+    python -m bench.instructions --floor         # the Python floor (bench/floor.py) instead: the stack alone
 
 interlock runs under `valgrind --tool=callgrind --instr-atstart=no`; counting is switched on only
 around the measured calls (after 200 warm-up calls), so start-up is not counted. Needs valgrind
@@ -26,22 +27,32 @@ import yaml
 from bench import harness, load
 
 
-def measure(calls: int, concurrency: int, stream: bool, store: bool, chunk_interval_ms: float = 0.0) -> float:
+def measure(
+    calls: int, concurrency: int, stream: bool, store: bool, chunk_interval_ms: float = 0.0, floor: bool = False
+) -> float:
     with harness.fake_upstream(chunk_interval_ms=chunk_interval_ms) as up:
         workdir = Path(tempfile.mkdtemp(prefix="bench-callgrind-"))
         config = harness.interlock_config(up.url + "/v1", workdir, store={"enabled": store})
         (workdir / "interlock.yaml").write_text(yaml.safe_dump(config))
         out = workdir / "callgrind.out"
+        port = config["listen"]["port"]
+        if floor:
+            served = ["-m", "bench.floor", "--port", str(port), "--upstream", up.url + "/v1"]
+        else:
+            served = ["-m", "interlock.cli", "serve", "--config", str(workdir / "interlock.yaml")]
         popen = subprocess.Popen(
-            ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}"]
-            + [harness.PYTHON, "-m", "interlock.cli", "serve", "--config", str(workdir / "interlock.yaml")],
-            cwd=workdir,
+            ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}", harness.PYTHON]
+            + served,
+            cwd=workdir if not floor else harness.ROOT,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
         try:
-            harness.wait_ready(config["admin"]["port"], popen, timeout=180)
-            url = f"http://127.0.0.1:{config['listen']['port']}/openai/chat/completions"
+            if floor:
+                harness.wait_listening(port, popen, timeout=180)
+            else:
+                harness.wait_ready(config["admin"]["port"], popen, timeout=180)
+            url = f"http://127.0.0.1:{port}/openai/chat/completions"
             body = load.chat_body(stream=stream)
             load.run(load.run_calls(url, body, concurrency=concurrency, total=200, timeout=120))
             subprocess.run(["callgrind_control", "-i", "on", str(popen.pid)], capture_output=True, check=True)
@@ -70,14 +81,18 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--chunk-interval-ms", type=float, default=0.0, help="gap between SSE events (0: the fake sends them at once)"
     )
+    parser.add_argument("--floor", action="store_true", help="measure the Python floor (bench/floor.py) instead")
     args = parser.parse_args(argv)
     if shutil.which("valgrind") is None:
         print("valgrind is not installed: apt-get install -y valgrind", file=sys.stderr)
         return 2
-    per_call = measure(args.calls, args.concurrency, args.stream, args.store == "on", args.chunk_interval_ms)
+    per_call = measure(
+        args.calls, args.concurrency, args.stream, args.store == "on", args.chunk_interval_ms, floor=args.floor
+    )
     print(
         f"{per_call:,.0f} instructions per call ({args.calls} calls, c{args.concurrency}, "
-        f"{'streamed' if args.stream else 'not streamed'}, recording {args.store}"
+        f"{'streamed' if args.stream else 'not streamed'}, "
+        + ("the Python floor" if args.floor else f"recording {args.store}")
         + (f", events {args.chunk_interval_ms} ms apart)" if args.stream else ")")
     )
     return 0
