@@ -97,6 +97,11 @@ class ResponseReader(Protocol):
 
     def token_usage(self, call: Call) -> TokenUsage | None: ...
 
+    def stream_usage(self, view: ResponseView) -> Any:
+        """A stream's usage object, as summed while its events passed (`view.stream_usage`) or read
+        from its record."""
+        ...
+
 
 class ResponseView:
     """A finished response as its adapter reads it, computed once per call and cached on it
@@ -104,7 +109,17 @@ class ResponseView:
     exporters share one parse. Each part is read on first use. Read-only: a stage that rewrites the
     response parses its own copy (`protocols.base.response_json`)."""
 
-    __slots__ = ("adapter", "call", "body", "chunk_count", "memo", "_message", "_texts", "_tool_calls")
+    __slots__ = (
+        "adapter",
+        "call",
+        "body",
+        "chunk_count",
+        "memo",
+        "stream_usage",
+        "_message",
+        "_texts",
+        "_tool_calls",
+    )
 
     def __init__(self, adapter: ResponseReader, call: Call) -> None:
         self.adapter, self.call = adapter, call
@@ -112,6 +127,9 @@ class ResponseView:
         self.body, self.chunk_count = call.response_body, len(call.chunks)
         #: Values an adapter derives once per response (its usage object).
         self.memo: dict[str, Any] = {}
+        #: A stream's usage object, summed by the proxy as its events passed (`Adapter.fold_usage`);
+        #: UNPARSED for a stream not read that way (a record read later: `Adapter.stream_usage`).
+        self.stream_usage: Any = UNPARSED
         self._message: Any = _UNREAD  # the JSON message, or `UNPARSED` until first read
         self._texts: list[TextSlot] | None = None
         self._tool_calls: list[ToolCall] | None = None

@@ -42,6 +42,7 @@ from interlock.policies.redaction import (
 )
 from interlock.protocols import ADAPTERS
 from interlock.protocols.base import dump_body, response_json, set_path
+from interlock.protocols.sse import Event
 
 if TYPE_CHECKING:
     from interlock.config import Guardrails as GuardrailSettings
@@ -571,19 +572,19 @@ class Guardrails:
             assert actions is not None
             call.decide(Decision("guardrails", "allow", _rules(actions), "response scanned: nothing found"))
 
-    async def chunk(self, call: Call, data: bytes, last: bool) -> bytes:
+    async def chunk(self, call: Call, events: list[Event], last: bool) -> list[Event]:
         state = self._calls.get(call.id)
         if state is None or not (state.passthrough or state.cut is not None or state.stream is not None):
             await self.open_stream(call)  # sets one of the three
             state = self._calls[call.id]
         if state.passthrough:
-            return data
+            return events
         if state.cut is not None:  # ended unscanned (fail closed): the error event once, then nothing
-            out, state.cut = state.cut, b""
-            return out
+            cut, state.cut = state.cut, b""
+            return [Event(cut, None, "")] if cut else []
         if state.stream is None:
-            return data
-        out = state.stream.feed(data, last)
+            return events
+        out = state.stream.feed(events, last)
         vault = state.vault
         if isinstance(vault, Unreachable) and vault.missed is not None:  # a placeholder it cannot restore
             message = f"the redaction vault cannot be used: {vault.reason}; the response holds {vault.missed}"
@@ -591,7 +592,7 @@ class Guardrails:
             call.decide(Decision("guardrails", "deny", None, message))
             call.outcome, call.error_code, call.error = "blocked", "vault_unavailable", message
             state.cut, state.stream = b"", None
-            return ADAPTERS[call.protocol].stream_error_event("vault_unavailable", message)
+            return [Event(ADAPTERS[call.protocol].stream_error_event("vault_unavailable", message), None, "")]
         return out
 
     async def open_stream(self, call: Call) -> StreamGuard | None:

@@ -15,6 +15,7 @@ from interlock.policies.guardrails import Blocked
 from interlock.policies.redaction import MAX_HOLD, actions_for, entity_types, restorer, rewrite
 from interlock.policies.streamrewrite import StreamTextRewriter
 from interlock.protocols import ADAPTERS
+from interlock.protocols.sse import Event, last_events
 
 if TYPE_CHECKING:
     from interlock.core.actions import GuardrailActions
@@ -46,26 +47,23 @@ class StreamGuard(StreamTextRewriter):
         self.detector = stage.detector_now() if actions is not None else None
         limit = stage.stream_hold(actions) if actions is not None and self.detector is not None else MAX_HOLD
         super().__init__(ADAPTERS[call.protocol], self.detector is not None, limit)
-        self.splitter = self.adapter.event_splitter()
         self.positions: dict[str, int] = {}
         self.found = False  # the model wrote something a guardrail acted on
         self.blocked = False
 
-    def feed(self, data: bytes, last: bool) -> bytes:
+    def feed(self, events: list[Event], last: bool) -> list[Event]:
+        """The events as they leave (split once by the proxy; `last`: the stream's end, held text released)."""
         if self.blocked:
-            return b""
-        out: list[bytes] = []
-        events = list(self.splitter.feed(data)) if data else []
-        if last:
-            events += self.splitter.close()
+            return []
+        out: list[Event] = []
         try:
             for event in events:
-                out.append(self.event(event))
+                out += self.event(event)
             if last:
-                out.append(self.flush())
+                out += self.flush()
         except Blocked as exc:
-            out.append(self.block(exc.entities))
-        return b"".join(out)
+            out.append(Event(self.block(exc.entities), None, ""))
+        return out
 
     def processor(self, key: str, json_text: bool, record: bool = True) -> Callable[[str], str]:
         """Scan, act on and restore one released segment of the text `key`."""
@@ -113,11 +111,17 @@ class StreamGuard(StreamTextRewriter):
         return self.adapter.stream_error_event("pii_blocked", message)
 
     def stored_chunks(self, chunks: list[Chunk]) -> list[Chunk]:
-        """The upstream's chunks as the store may keep them: what a guardrail acted on is masked."""
+        """The upstream's chunks as the store may keep them: what a guardrail acted on is masked.
+        The recorded chunks are split again here, in a thread at the call's end and only when a
+        guardrail acted (the record keeps each chunk's bytes and time, not the relay's events)."""
         guard = StreamGuard(self.stage, self.call, self.actions, None, storage=True)
+        splitter = self.adapter.event_splitter()
         out: list[Chunk] = []
         for i, chunk in enumerate(chunks):
-            data = guard.feed(chunk.data, i == len(chunks) - 1)
+            events = list(splitter.feed(chunk.data))
+            if i == len(chunks) - 1:
+                events += last_events(splitter)
+            data = b"".join(e.raw for e in guard.feed(events, i == len(chunks) - 1))
             if data:
                 out.append(Chunk(chunk.t_ms, data))
         return out

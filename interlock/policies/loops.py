@@ -45,7 +45,7 @@ from interlock.core.views import ToolCall
 from interlock.protocols import ADAPTERS
 from interlock.protocols.conversation import ChatMessage
 from interlock.protocols.mcp import McpAdapter, McpView
-from interlock.protocols.sse import EventSplitter
+from interlock.protocols.sse import Event
 
 if TYPE_CHECKING:
     from interlock.policies.engine import CompiledRule
@@ -174,9 +174,8 @@ class _Stream:
     """A streamed answer under an enforcing `tool_calls` check: its events, and those held back from
     the first one that names a tool (its call is judged when the stream is whole)."""
 
-    splitter: EventSplitter
-    events: list[bytes] = field(default_factory=list)
-    held: list[bytes] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    held: list[Event] = field(default_factory=list)
 
 
 class LoopStage:
@@ -261,37 +260,36 @@ class LoopStage:
         sightings = self._tool_calls(history, tool_calls, rules)
         return await self._act(call, history, sightings, before_sending=False, streamed=streamed)
 
-    async def chunk(self, call: Call, data: bytes, last: bool) -> bytes:
+    async def chunk(self, call: Call, events: list[Event], last: bool) -> list[Event]:
         rules: list[CompiledRule] | None = call.loop_rules
         adapter = ADAPTERS[call.protocol]
         if not rules or not adapter.model_api:
-            return data
+            return events
         stream = self._streams.get(call.id)
         if stream is None:
             if not any(_checks(r, "tool_calls") for r in rules):
-                return data  # no rule counts tool calls: nothing in this stream to read
-            stream = self._streams[call.id] = _Stream(adapter.event_splitter())
+                return events  # no rule counts tool calls: nothing in this stream to read
+            stream = self._streams[call.id] = _Stream()
         holds = any(_checks(r, "tool_calls") and _enforces(r) for r in rules)
-        out: list[bytes] = []
-        for event in stream.splitter.feed(data):
-            stream.events.append(event.raw)
+        out: list[Event] = []
+        for event in events:
+            stream.events.append(event)
             if holds and not stream.held and adapter.stream_tool_names(event):
-                stream.held.append(event.raw)  # from here on, held until the stream is whole
+                stream.held.append(event)  # from here on, held until the stream is whole
             elif stream.held:
-                stream.held.append(event.raw)
+                stream.held.append(event)
             else:
-                out.append(event.raw)
+                out.append(event)
         if not last:
-            return b"".join(out)
-        pending = stream.splitter.pending()
+            return out
         del self._streams[call.id]
         if call.truncated or call.outcome == "blocked":
-            return b"".join(out + stream.held) + pending  # cut short already: nothing whole to judge
-        message = adapter.reassemble_stream(b"".join(stream.events))
+            return out + stream.held  # cut short already: nothing whole to judge
+        message = adapter.reassemble_events(stream.events)  # the proxy's split, each event parsed once
         refusal = await self.judge_answer(call, adapter.response_tool_calls(message), streamed=True)
         if refusal is not None:
-            return b"".join(out) + adapter.stream_error_event(LOOP_CODE, refusal)
-        return b"".join(out + stream.held) + pending
+            return [*out, Event(adapter.stream_error_event(LOOP_CODE, refusal), None, "")]
+        return out + stream.held
 
     def _tool_calls(self, history: _History, calls: Iterable[ToolCall], rules: list[CompiledRule]) -> list[_Sighting]:
         found: list[_Sighting] = []

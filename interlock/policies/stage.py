@@ -28,7 +28,7 @@ from interlock.policies.loader import PolicyRuntime
 from interlock.policies.model import Limits
 from interlock.prices import Pricing
 from interlock.protocols import ADAPTERS, Adapter
-from interlock.protocols.sse import EventSplitter
+from interlock.protocols.sse import Event
 from interlock.proxy.escalation import Escalator
 
 log = logging.getLogger("interlock.policies")
@@ -93,7 +93,6 @@ class _Held:
     evaluation: Evaluation
     limited: list[CompiledRule] = field(default_factory=list)
     keys: list[tuple[str, str]] = field(default_factory=list)
-    splitter: EventSplitter | None = None
     blocked: bool = False
     seen: set[str] = field(default_factory=set)  # tool names already judged in this response
 
@@ -213,27 +212,21 @@ class PolicyStage:
                 call_id=call.id,
             )
 
-    async def chunk(self, call: Call, data: bytes, last: bool) -> bytes:
+    async def chunk(self, call: Call, events: list[Event], last: bool) -> list[Event]:
         held = self._held.get(call.id)
         if held is None or not held.evaluation.tool_rules:
-            return data  # no tool rule applies to this call: nothing here must read its stream
+            return events  # no tool rule applies to this call: nothing here must read its stream
         if held.blocked:
-            return b""
+            return []
         adapter = ADAPTERS[call.protocol]
-        if held.splitter is None:
-            held.splitter = adapter.event_splitter()
-        out: list[bytes] = []
-        # Whole events only: an event naming a refused tool must not be half-sent.
-        for event in held.splitter.feed(data):
+        # Whole events (the proxy splits them): an event naming a refused tool is never half-sent.
+        for i, event in enumerate(events):
             for name in adapter.stream_tool_names(event):
                 if self._refuse_tool(call, held, name):
                     held.blocked = True
-                    out.append(adapter.stream_error_event("policy_denied", call.error or "tool call denied"))
-                    return b"".join(out)
-            out.append(event.raw)
-        if last:
-            out.append(held.splitter.pending())
-        return b"".join(out)
+                    error = adapter.stream_error_event("policy_denied", call.error or "tool call denied")
+                    return [*events[:i], Event(error, None, "")]
+        return events
 
     async def response(self, call: Call) -> None:
         held = self._held.get(call.id)

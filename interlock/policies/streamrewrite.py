@@ -14,14 +14,12 @@ whose bytes are unchanged leaves as it came.
 
 from __future__ import annotations
 
-import copy
-import json
 from collections.abc import Callable
 from typing import Any
 
 from interlock.core.views import JsonPath
 from interlock.policies.redaction import MAX_HOLD, StreamScrubber
-from interlock.protocols.base import Adapter, set_path
+from interlock.protocols.base import Adapter, with_path
 from interlock.protocols.sse import Event
 
 
@@ -41,26 +39,28 @@ class StreamTextRewriter:
         that repeats deltas already processed)."""
         raise NotImplementedError
 
-    def untexted(self, raw: bytes) -> bytes:
+    def untexted(self, event: Event) -> Event:
         """A JSON-looking event the adapter names no texts in (or that does not parse)."""
-        return raw
+        return event
 
-    def event(self, event: Event) -> bytes:
-        """The event as it leaves, after any held text it releases."""
-        if not event.data:
-            return event.raw  # a comment (`: keep-alive`) or a bare event line: nothing ends here
-        if event.data == "[DONE]" or event.data[0] not in "{[":
-            return self.flush() + event.raw
-        try:
-            data = json.loads(event.data)
-        except json.JSONDecodeError:
-            return self.flush() + self.untexted(event.raw)
-        texts = self.adapter.stream_texts(event.event, data)
+    def event(self, event: Event) -> list[Event]:
+        """The event as it leaves, after any held text it releases. Its JSON is the proxy's one parse
+        of it, shared by every stage: a text is changed on a copy (`with_path`), and an event whose
+        texts are unchanged leaves as it came, the same object and bytes."""
+        data = event.data
+        if not data:
+            return [event]  # a comment (`: keep-alive`) or a bare event line: nothing ends here
+        if data == "[DONE]" or data[0] not in "{[":
+            return [*self.flush(), event]
+        payload = event.json()
+        if payload is None:  # not JSON after all
+            return [*self.flush(), self.untexted(event)]
+        texts = self.adapter.stream_texts(event.event, payload)
         if not texts:
-            prefix = b"" if self.adapter.stream_keepalive(event.event, data) else self.flush()
-            return prefix + self.untexted(event.raw)
-        prefix = b"" if any(t.delta for t in texts) else self.flush()
-        changed = False
+            prefix = [] if self.adapter.stream_keepalive(event.event, payload) else self.flush()
+            return [*prefix, self.untexted(event)]
+        prefix = [] if any(t.delta for t in texts) else self.flush()
+        changed = payload
         for text in texts:
             if text.delta:
                 scrubber = self.scrubbers.get(text.key)
@@ -68,31 +68,30 @@ class StreamTextRewriter:
                     scrubber = self.scrubbers[text.key] = StreamScrubber(
                         self.processor(text.key, text.json_text), self.entities, self.limit
                     )
-                self.templates[text.key] = (event.event, data, text.path)
                 new = scrubber.feed(text.text)
             else:
                 new = self.processor(text.key, text.json_text, record=text.key not in self.scrubbers)(text.text)
             if new != text.text:
-                set_path(data, text.path, new)
-                changed = True
-        if not changed:
-            return prefix + event.raw
+                changed = with_path(changed, text.path, new)
+        for text in texts:
+            if text.delta:  # a held tail is released in a copy of the event as it left
+                self.templates[text.key] = (event.event, changed, text.path)
+        if changed is payload:
+            return [*prefix, event]
         self.changed = True
-        return prefix + self.adapter.stream_event(event.event, data)
+        return [*prefix, self.adapter.new_event(event.event, changed)]
 
-    def flush(self) -> bytes:
+    def flush(self) -> list[Event]:
         """Release every held tail, each in a copy of its text's last delta event."""
-        out: list[bytes] = []
+        out: list[Event] = []
         for key, scrubber in self.scrubbers.items():
             if not scrubber.buffer:
                 continue
             text = scrubber.flush()
             name, data, path = self.templates[key]
-            data = copy.deepcopy(data)
-            set_path(data, path, text)
-            out.append(self.adapter.stream_copy_event(name, data))
+            out.append(self.adapter.new_event(name, with_path(data, path, text), copy=True))
             self.changed = True
-        return b"".join(out)
+        return out
 
 
 __all__ = ["StreamTextRewriter"]

@@ -20,7 +20,7 @@ from interlock.protocols.base import (
 )
 from interlock.protocols.conversation import ChatMessage, anthropic_request, anthropic_response, exchange
 from interlock.protocols.reassemble import anthropic_message
-from interlock.protocols.sse import iter_events
+from interlock.protocols.sse import Event
 
 _PARAMS = ("max_tokens", "temperature", "top_p", "top_k", "stop_sequences", "tool_choice", "thinking")
 
@@ -76,20 +76,9 @@ def _tool_names(tools: Any) -> list[str]:
 def _usage_object(view: ResponseView) -> dict[str, Any] | None:
     """The response's `usage`: a stream's `message_start` usage updated by each `message_delta`'s
     (which repeats only the counts that changed), else the body's."""
-    call = view.call
-    if call.stream:
-        merged: dict[str, Any] | None = None
-        for event in iter_events(b"".join(c.data for c in call.chunks)):
-            if '"usage"' not in event.data:
-                continue
-            try:
-                data = json.loads(event.data)
-            except json.JSONDecodeError:
-                continue
-            usage = (data.get("message") or {}).get("usage") or data.get("usage")
-            if isinstance(usage, dict):
-                merged = {**(merged or {}), **{k: v for k, v in usage.items() if v is not None}}
-        return merged
+    if view.call.stream:
+        found = view.adapter.stream_usage(view)  # folded as the events passed (`fold_usage`)
+        return found if isinstance(found, dict) else None
     data = view.message
     usage = data.get("usage") if isinstance(data, dict) else None
     return usage if isinstance(usage, dict) else None
@@ -191,6 +180,19 @@ class AnthropicAdapter(Adapter):
             _check_tool_choice(data.get("tool_choice"))
         return view
 
+    def fold_usage(self, event: Event, found: Any) -> Any:
+        # `message_start`'s usage, updated by each `message_delta`'s (which repeats only the counts
+        # that changed).
+        if '"usage"' not in event.data:
+            return found
+        data = event.json()
+        if not isinstance(data, dict):
+            return found
+        usage = (data.get("message") or {}).get("usage") or data.get("usage")
+        if not isinstance(usage, dict):
+            return found
+        return {**(found or {}), **{k: v for k, v in usage.items() if v is not None}}
+
     def usage(self, call: Call) -> tuple[int | None, int | None]:
         usage = self.memoized(call, "usage", _usage_object)
         if usage is None:
@@ -276,10 +278,7 @@ class AnthropicAdapter(Adapter):
         # content_block_start carries the tool's name; its input follows in input_json_delta events.
         if event.event not in (None, "content_block_start") or '"tool_use"' not in event.data:
             return []
-        try:
-            message = json.loads(event.data)
-        except json.JSONDecodeError:
-            return []
+        message = event.json()
         block = message.get("content_block") if isinstance(message, dict) else None
         if (
             isinstance(block, dict)

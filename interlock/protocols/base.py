@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from interlock.core.call import Call, Headers, Reply
-from interlock.core.views import JsonPath, RequestView, ResponseView, TextSlot, TokenUsage, ToolCall
+from interlock.core.views import UNPARSED, JsonPath, RequestView, ResponseView, TextSlot, TokenUsage, ToolCall
 from interlock.protocols.conversation import ChatMessage
 from interlock.protocols.encoding import Unreadable, decode_body
 from interlock.protocols.sse import Event, EventSplitter, iter_events
@@ -206,24 +206,46 @@ class Adapter:
         return iter_events(body)
 
     def event_json(self, event: Event) -> Any:
-        """An event's JSON payload, or None (no data, `[DONE]`, not JSON)."""
-        data = event.data
-        if not data or data[0] not in "{[":
-            return None
-        try:
-            return json.loads(data)
-        except ValueError:  # JSON's errors, and a number past Python's int-string limit
-            return None
+        """An event's JSON payload, or None (no data, `[DONE]`, not JSON): parsed once per event
+        (`Event.json`), shared by every reader, never to be changed in place."""
+        return event.json()
+
+    def new_event(self, name: str | None, data: Any, *, copy: bool = False) -> Event:
+        """An event a stage makes (a rewritten one, or with `copy` a copy sent after the one it copies),
+        carrying `data`, framed as this protocol frames events (`stream_event`, `stream_copy_event`)."""
+        raw = self.stream_copy_event(name, data) if copy else self.stream_event(name, data)
+        return Event(raw, name, None, data)
+
+    def fold_usage(self, event: Event, found: Any) -> Any:
+        """The stream's usage object so far, `found` (None at first), after one more event: the
+        proxy folds each event in as it passes (`ResponseView.stream_usage`), so a stream's usage
+        is never read by joining and splitting it again at its end. None: the protocol has none."""
+        return found
+
+    def stream_usage(self, view: ResponseView) -> Any:
+        """A stream's usage object (`fold_usage` over its events): as the proxy summed it while the
+        events passed, or, for a stream read from its record, folded over the recorded chunks."""
+        found = view.stream_usage
+        if found is UNPARSED:
+            found = None
+            for event in self.iter_events(b"".join(c.data for c in view.call.chunks)):
+                found = self.fold_usage(event, found)
+        return found
 
     def reassemble(self, events: list[dict[str, Any]]) -> Any:
         """The one JSON message a stream's events (their JSON objects, in order) add up to: what the
         non-streamed call would have returned. None when the format has no such message."""
         return None
 
+    def reassemble_events(self, events: Iterable[Event]) -> Any:
+        """The message a stream's events (split already, each parsed once) carried, or None when they
+        hold nothing this protocol knows."""
+        payloads = [p for p in (self.event_json(event) for event in events) if isinstance(p, dict)]
+        return self.reassemble(payloads) if payloads else None
+
     def reassemble_stream(self, body: bytes) -> Any:
-        """The message a whole stream carried, or None when it holds nothing this protocol knows."""
-        events = [e for e in (self.event_json(event) for event in self.iter_events(body)) if isinstance(e, dict)]
-        return self.reassemble(events) if events else None
+        """The message a whole recorded stream carried (`reassemble_events` over its events)."""
+        return self.reassemble_events(self.iter_events(body))
 
     def stream_head_and_tail(self, body: bytes, head: int, tail: int) -> bytes:
         """A long stream's first ~`head` and last ~`tail` bytes, cut at event boundaries (what the
@@ -410,6 +432,19 @@ def set_path(document: Any, path: JsonPath, value: Any) -> None:
     for key in path[:-1]:
         target = target[key]
     target[path[-1]] = value
+
+
+def with_path(document: Any, path: JsonPath, value: Any) -> Any:
+    """`document` with `document[p0][p1]...` set to `value`, leaving `document` as it was: the
+    containers along the path are copied, the rest shared (a stream event's parsed JSON is shared by
+    every stage that reads it, `sse.Event.json`)."""
+    root = target = document.copy()
+    for key in path[:-1]:
+        child = target[key].copy()
+        target[key] = child
+        target = child
+    target[path[-1]] = value
+    return root
 
 
 def get_path(document: Any, path: JsonPath) -> Any:

@@ -16,7 +16,7 @@ import base64
 import functools
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 from urllib.parse import quote, unquote
 
@@ -173,19 +173,6 @@ def _chat_messages(blocks: Any, role: str, where: str) -> list[ChatMessage]:
     return [m for m in out if m.text or m.tool_calls or m.role == "tool"]
 
 
-def _stream_usage(call: Call) -> dict[str, Any] | None:
-    for event in iter_messages(b"".join(c.data for c in call.chunks)):
-        if event.event == "metadata":
-            try:
-                data = json.loads(event.data)
-            except ValueError:
-                continue
-            usage = data.get("usage") if isinstance(data, dict) else None
-            if isinstance(usage, dict):
-                return usage
-    return None
-
-
 def _converse_message(events: list[dict[str, Any]]) -> dict[str, Any]:
     """ConverseStream's events (`{eventType: payload}`, as boto3 yields them) as the Converse response."""
     blocks: dict[int, dict[str, Any]] = {}
@@ -230,10 +217,7 @@ def _invoke_events(events: Iterator[Event]) -> Iterator[dict[str, Any]]:
     for event in events:
         if event.event != "chunk":
             continue
-        try:
-            inner = json.loads(event.data)
-        except ValueError:
-            continue
+        inner = event.json()
         if isinstance(inner, dict):
             yield inner
 
@@ -357,11 +341,11 @@ class BedrockAdapter(Adapter):
         payload = super().event_json(event)
         return {event.event: payload} if event.event and isinstance(payload, dict) else None
 
-    def reassemble_stream(self, body: bytes) -> Any:
-        events = list(self.iter_events(body))
-        if any(e.event == "chunk" for e in events):
-            return _ANTHROPIC.reassemble(list(_invoke_events(iter(events))))
-        return super().reassemble_stream(body)
+    def reassemble_events(self, events: Iterable[Event]) -> Any:
+        listed = list(events)
+        if any(e.event == "chunk" for e in listed):
+            return _ANTHROPIC.reassemble(list(_invoke_events(iter(listed))))
+        return super().reassemble_events(listed)
 
     def reassemble(self, events: list[dict[str, Any]]) -> Any:
         return _converse_message(events)
@@ -404,21 +388,34 @@ class BedrockAdapter(Adapter):
         if event.event == "chunk":  # InvokeModelWithResponseStream: an Anthropic event inside
             names: list[str] = []
             for inner in _invoke_events(iter([event])):
-                names += _ANTHROPIC.stream_tool_names(Event(b"", inner.get("type"), event.data))
+                names += _ANTHROPIC.stream_tool_names(Event(b"", inner.get("type"), event.data, inner))
             return names
         if event.event != "contentBlockStart" or '"toolUse"' not in event.data:
             return []
         try:
-            use = json.loads(event.data)["start"]["toolUse"]
-        except (ValueError, KeyError, TypeError):
+            use = event.json()["start"]["toolUse"]
+        except (KeyError, TypeError):
             return []
         return [use["name"]] if isinstance(use, dict) and isinstance(use.get("name"), str) else []
 
     # -- response ------------------------------------------------------------------------------------
 
+    def fold_usage(self, event: Event, found: Any) -> Any:
+        if event.event == "chunk":  # InvokeModelWithResponseStream: the Anthropic event inside
+            inner = event.json()
+            return (
+                _ANTHROPIC.fold_usage(Event(b"", None, event.data, inner), found) if isinstance(inner, dict) else found
+            )
+        if event.event == "metadata" and found is None:  # ConverseStream: its usage, once
+            data = event.json()
+            usage = data.get("usage") if isinstance(data, dict) else None
+            return usage if isinstance(usage, dict) else found
+        return found
+
     def _usage(self, call: Call) -> dict[str, Any] | None:
         if call.stream:
-            return _stream_usage(call)
+            found = self.memoized(call, "usage", self.stream_usage)
+            return found if isinstance(found, dict) else None
         data = response_json(call)
         usage = data.get("usage") if isinstance(data, dict) else None
         return usage if isinstance(usage, dict) else None
@@ -436,8 +433,7 @@ class BedrockAdapter(Adapter):
         return token_count(usage.get("inputTokens")), token_count(usage.get("outputTokens"))
 
     def _invoke_usage(self, call: Call) -> tuple[int | None, int | None]:
-        message = self.reassemble_stream(b"".join(c.data for c in call.chunks))
-        usage = message.get("usage") if isinstance(message, dict) else None
+        usage = self._usage(call)  # the Anthropic events' usage, folded as they passed
         if not isinstance(usage, dict):
             return None, None
         return token_count(usage.get("input_tokens")), token_count(usage.get("output_tokens"))

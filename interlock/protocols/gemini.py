@@ -338,6 +338,13 @@ class GeminiAdapter(Adapter):
             if reasons:
                 summary.finish_reasons = reasons
 
+    def fold_usage(self, event: Event, found: Any) -> Any:
+        if "usageMetadata" not in event.data:
+            return found
+        data = event.json()
+        metadata = data.get("usageMetadata") if isinstance(data, dict) else None
+        return metadata if isinstance(metadata, dict) else found
+
     def usage(self, call: Call) -> tuple[int | None, int | None]:
         usage = self.token_usage(call)
         return (usage.input, usage.output) if usage is not None else (None, None)
@@ -467,9 +474,12 @@ class GeminiAdapter(Adapter):
 
 
 def _usage_metadata(view: ResponseView) -> dict[str, Any] | None:
-    """The response's usageMetadata: a stream's reassembled message carries its last (each chunk
-    repeats the running totals), a body its own."""
-    found = None
+    """The response's usageMetadata: a stream's last (each chunk repeats the running totals, folded
+    as the events passed: `fold_usage`), a body its own."""
+    if view.call.stream:
+        folded = view.adapter.stream_usage(view)
+        return folded if isinstance(folded, dict) else None
+    found: dict[str, Any] | None = None
     for _, response in _responses(view.message):
         metadata = response.get("usageMetadata")
         found = metadata if isinstance(metadata, dict) else found

@@ -19,7 +19,7 @@ from interlock.protocols.base import (
 )
 from interlock.protocols.conversation import ChatMessage, exchange, openai_request, openai_response
 from interlock.protocols.reassemble import openai_message
-from interlock.protocols.sse import iter_events
+from interlock.protocols.sse import Event
 
 _PARAMS = (
     "temperature",
@@ -217,6 +217,16 @@ class OpenAIAdapter(Adapter):
                 view.texts.append(TextSlot(("prompt",), data["prompt"], "user"))
         return view
 
+    def fold_usage(self, event: Event, found: Any) -> Any:
+        # The last usage object wins: chat's `include_usage` chunk, Responses' `response.completed`.
+        if '"usage"' not in event.data:
+            return found
+        data = event.json()
+        if not isinstance(data, dict):
+            return found
+        usage = data.get("usage") or (data.get("response") or {}).get("usage")
+        return usage if isinstance(usage, dict) else found
+
     def usage(self, call: Call) -> tuple[int | None, int | None]:
         usage = self.memoized(call, "usage", _usage_object)
         return (None, None) if usage is None else _read_usage(usage)
@@ -336,13 +346,9 @@ class OpenAIAdapter(Adapter):
         return [change] if change is not None else []
 
     def stream_tool_names(self, event: Any) -> list[str]:
-        data = event.data
-        if '"name"' not in data:
+        if '"name"' not in event.data:
             return []
-        try:
-            message = json.loads(data)
-        except json.JSONDecodeError:
-            return []
+        message = event.json()
         if not isinstance(message, dict):
             return []
         names: list[str] = []
@@ -504,20 +510,9 @@ def _tool_names(tools: Any) -> list[str]:
 def _usage_object(view: ResponseView) -> dict[str, Any] | None:
     """The response's `usage` object: a stream's last one (chat: the `include_usage` chunk;
     Responses: `response.completed`'s), else the body's."""
-    call = view.call
-    if call.stream:
-        found: dict[str, Any] | None = None
-        for event in iter_events(b"".join(c.data for c in call.chunks)):
-            if '"usage"' not in event.data:
-                continue
-            try:
-                data = json.loads(event.data)
-            except json.JSONDecodeError:
-                continue
-            usage = data.get("usage") or (data.get("response") or {}).get("usage")
-            if isinstance(usage, dict):
-                found = usage
-        return found
+    if view.call.stream:
+        found = view.adapter.stream_usage(view)  # folded as the events passed (`fold_usage`)
+        return found if isinstance(found, dict) else None
     data = view.message
     usage = data.get("usage") if isinstance(data, dict) else None
     return usage if isinstance(usage, dict) else None

@@ -18,7 +18,6 @@ What cannot be continued, and why (`blocker`):
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from interlock.protocols.base import dump_body
@@ -99,8 +98,8 @@ class StreamRescue:
             out["add_generation_prompt"] = False
         return out
 
-    def splice(self, event: Event) -> bytes:
-        """One continuation event rewritten as part of the original stream (b"": dropped)."""
+    def splice(self, event: Event) -> Event | None:
+        """One continuation event rewritten as part of the original stream (None: dropped)."""
         raise NotImplementedError
 
     def _text(self, piece: str) -> str:
@@ -117,12 +116,7 @@ class StreamRescue:
 
 
 def _loads(event: Event) -> Any:
-    if not event.data or event.data == "[DONE]":
-        return None
-    try:
-        return json.loads(event.data)
-    except ValueError:
-        return None
+    return event.json()  # parsed once, shared with the stages that read the event: never changed here
 
 
 def _int(value: Any) -> int:
@@ -176,21 +170,21 @@ class AnthropicRescue(StreamRescue):
                 self.reported_output = usage["output_tokens"]
         return True
 
-    def splice(self, event: Event) -> bytes:
+    def splice(self, event: Event) -> Event | None:
         data = _loads(event)
         if not isinstance(data, dict):
-            return event.raw
+            return event
         kind = data.get("type")
         if kind == "message_start":
             self._cont_usage = dict((data.get("message") or {}).get("usage") or {})
             if self.message_id is None:  # the break came before the agent had its message_start
                 self.message_id = (data.get("message") or {}).get("id")
-                return event.raw
-            return b""
+                return event
+            return None
         if kind in ("content_block_start", "content_block_delta", "content_block_stop"):
             index = data.get("index")
             if not isinstance(index, int):
-                return event.raw
+                return event
             if kind == "content_block_start":
                 block = data.get("content_block") or {}
                 if not self._continued and self.open_text is not None and block.get("type") == "text":
@@ -198,7 +192,7 @@ class AnthropicRescue(StreamRescue):
                     self._index[index] = self.open_text
                     self._dropped.add(index)
                     self._continued = True
-                    return b""
+                    return None
                 self._continued = True
                 self._index[index] = self.blocks
                 self.blocks += 1
@@ -210,12 +204,12 @@ class AnthropicRescue(StreamRescue):
             if kind == "content_block_delta" and isinstance(delta, dict) and delta.get("type") == "text_delta":
                 text = self._text(str(delta.get("text") or ""))
                 if not text:
-                    return b""
+                    return None
                 data["delta"] = {**delta, "text": text}
             return _event(event.event, data)
         if kind == "message_delta":
             return _event(event.event, {**data, "usage": self._summed(data.get("usage") or {})})
-        return event.raw
+        return event
 
     def _summed(self, final: dict[str, Any]) -> dict[str, Any]:
         """The continuation's final usage plus the broken part's (its output estimated from the text
@@ -268,10 +262,10 @@ class ChatRescue(StreamRescue):
                 self.deltas += 1
         return True
 
-    def splice(self, event: Event) -> bytes:
+    def splice(self, event: Event) -> Event | None:
         data = _loads(event)
         if not isinstance(data, dict) or "error" in data:
-            return event.raw
+            return event
         data = {**data, **self.top}
         choices = data.get("choices")
         if isinstance(choices, list):
@@ -288,7 +282,7 @@ class ChatRescue(StreamRescue):
                     choice = {**choice, "delta": delta}
                 out.append(choice)
             if choices and not out:
-                return b""
+                return None
             data["choices"] = out
         if isinstance(data.get("usage"), dict):
             data["usage"] = self._summed(data["usage"])
@@ -310,9 +304,9 @@ class ChatRescue(StreamRescue):
         return {**final, "prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-def _event(name: str | None, data: Any) -> bytes:
+def _event(name: str | None, data: Any) -> Event:
     head = f"event: {name}\n".encode() if name else b""
-    return head + b"data: " + dump_body(data) + b"\n\n"
+    return Event(head + b"data: " + dump_body(data) + b"\n\n", name, None, data)
 
 
 def stream_rescue(protocol: str, operation: str | None) -> StreamRescue | None:

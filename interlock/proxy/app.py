@@ -20,7 +20,7 @@ from interlock.core.call import Call, Chunk, Decision, Outcome, SuppliedResponse
 from interlock.protocols import ADAPTERS, Adapter
 from interlock.protocols.encoding import Unreadable
 from interlock.protocols.rescue import StreamRescue, stream_rescue
-from interlock.protocols.sse import EventSplitter
+from interlock.protocols.sse import Event, EventSplitter, last_events
 from interlock.proxy.admission import ProxyEdge, upstream_path
 from interlock.proxy.capture import StreamCapture
 from interlock.proxy.forward import Forwarder, Opened, UpstreamFailure, describe_error
@@ -373,15 +373,20 @@ class ProxyApp:
         keep = self.settings.store.record_max_bytes
         markers = adapter.stream_end_markers if (call.status or 0) < 400 and not adapter.open_ended(call) else ()
         capture = state.capture = StreamCapture(call.chunks, keep, markers, adapter.markers_at_line_start)
-        # A plain `http` route's event stream may not frame its events as SSE: relayed as it comes.
-        state.whole_events = None if adapter.opaque else adapter.events_end
         if sent is not None:
             state.sent_capture = StreamCapture(sent, keep)
         if route.stream_rescue and isinstance(opened, Opened) and (call.status or 0) < 400:
             # Followed event by event, so that a break can be continued elsewhere (issue 21).
             state.rescue = stream_rescue(call.protocol, getattr(call.view, "operation", None))
-            if state.rescue is not None:
-                state.splitter = adapter.event_splitter()
+        # Split into events once, here: the usage is summed from them as they pass, the stages'
+        # `chunk` hooks and the rescue read them, and the agent gets whole events only (an SSE client
+        # acts on an event once its blank line arrives, so holding back the unfinished one costs it
+        # nothing, and a stream interlock must end gets its error event as an event, not glued to
+        # half of one). A plain `http` route's stream may not frame its events as SSE: relayed as it
+        # comes, unless a stage reads it.
+        if transform or state.rescue is not None or not adapter.opaque:
+            state.splitter = adapter.event_splitter()
+            state.fold = adapter.fold_usage
         await send({"type": "http.response.start", "status": call.status, "headers": headers})
         state.started = True
         outcome = call.outcome
@@ -427,7 +432,9 @@ class ProxyApp:
                 if rescue is not None:
                     state.rescue = None
                     if rescue.held_error is not None and not state.splicing:
-                        # The upstream's own error event, held back while a rescue was possible.
+                        # The upstream's own error event, held back while a rescue was possible
+                        # (split on its own: what followed it was never relayed).
+                        state.splitter = adapter.event_splitter()
                         await self._forward_chunk(call, rescue.held_error, send, state)
                 await self._stream_failed(call, adapter, send, state, code, message)
                 return
@@ -442,14 +449,18 @@ class ProxyApp:
                 record["usage_estimated"] = True
         if call.attempts:
             call.attempts[-1].duration_ms = call.elapsed_ms() - call.attempts[-1].started_ms
-        tail = await pipeline.chunk(call, b"", True) if transform else b""
+        tail = b""
+        if state.splitter is not None:
+            last = self._take(last_events(state.splitter), state)
+            tail = _joined(await pipeline.chunk(call, last, True) if transform else last)
         if tail and state.sent_capture is not None:
             state.sent_capture.add(Chunk(call.elapsed_ms(), tail))
         _finish_capture(call, state)
+        _summed_usage(call, adapter, state)
         await pipeline.response(call)
         _keep_sent(call, sent)
         state.responded = True
-        await send({"type": "http.response.body", "body": state.held + tail})
+        await send({"type": "http.response.body", "body": tail})
 
     async def _relay_chunks(
         self, call: Call, opened: Opened | _Supplied, send: Send, state: _Watch, outcome: Outcome
@@ -476,9 +487,11 @@ class ProxyApp:
         `code` (set before the stages' last chunk), and ended with the protocol's error event."""
         call.truncated = True
         call.outcome, call.error_code = "upstream_error", code
-        tail = await self.pipeline.chunk(call, b"", True) if self.pipeline.has_chunk_hooks else b""
+        # The broken stream's unfinished event is dropped (the error event follows whole events).
+        tail = _joined(await self.pipeline.chunk(call, [], True)) if self.pipeline.has_chunk_hooks else b""
         await self.fail(call, adapter, send, state, 502, "upstream_error", code, message, tail=tail)
         _finish_capture(call, state)
+        _summed_usage(call, adapter, state)
         await self.pipeline.response(call)
 
     async def _forward_chunk(self, call: Call, data: bytes, send: Send, state: _Watch) -> None:
@@ -490,45 +503,57 @@ class ProxyApp:
         if capture.total + len(data) > self.settings.max_stream_bytes:
             limit = self.settings.max_stream_bytes
             raise _StreamEnd("stream_too_large", f"the upstream's stream passed max_stream_bytes ({limit} bytes)")
+        splitter = state.splitter
+        if splitter is None:  # an opaque stream no stage reads: relayed as it comes
+            capture.add(Chunk(t, data))
+            await send({"type": "http.response.body", "body": data, "more_body": True})
+            return
+        events = list(splitter.feed(data))
         if state.rescue is not None:
-            data = self._follow(data, state)
+            events = self._follow(events, state)
+            data = _joined(events)
             if not data:
                 return
-        capture.add(Chunk(t, data))
+        capture.add(Chunk(t, data))  # the upstream's bytes as they came (its record keeps their timing)
+        if not events:
+            return  # no event is whole yet
+        self._take(events, state)
         if state.sent_capture is not None:
-            data = await self.pipeline.chunk(call, data, False)
+            data = _joined(await self.pipeline.chunk(call, events, False))
             if not data:
                 return
             state.sent_capture.add(Chunk(t, data))
-        elif state.whole_events is not None:
-            # Whole events only: an SSE client acts on an event once its blank line arrives, so
-            # holding back the unfinished one costs the agent nothing, and a stream interlock must
-            # end (too large, cut short) gets its error event as an event, not glued to half of one.
-            if state.held:
-                data = state.held + data
-            end = state.whole_events(data)
-            state.held = data[end:] if end < len(data) else b""
-            if end == 0:
-                return
-            if end < len(data):
-                data = data[:end]
+        else:
+            data = _joined(events)
         await send({"type": "http.response.body", "body": data, "more_body": True})
 
     @staticmethod
-    def _follow(data: bytes, state: _Watch) -> bytes:
+    def _take(events: list[Event], state: _Watch) -> list[Event]:
+        """The upstream's events (after the rescue's splice) folded into the stream's usage as they pass."""
+        fold, usage = state.fold, state.usage
+        if fold is not None:
+            for event in events:
+                usage = fold(event, usage)
+            state.usage = usage
+        return events
+
+    @staticmethod
+    def _follow(events: list[Event], state: _Watch) -> list[Event]:
         """A `stream_rescue` stream's whole events: the original's as they are (an upstream error event
         held back), a continuation's rewritten into the original stream (`splice`)."""
-        rescue, splitter = state.rescue, state.splitter
-        assert rescue is not None and splitter is not None
+        rescue = state.rescue
+        assert rescue is not None
         out = []
-        for event in splitter.feed(data):
+        for event in events:
             if state.splicing:
-                out.append(rescue.splice(event))
+                spliced = rescue.splice(event)
+                if spliced is not None:
+                    out.append(spliced)
             elif rescue.held_error is None and rescue.observe(event):
                 # (After an upstream error event nothing more is relayed, a terminator included: the
                 # stream failed, and ends as a failed one, continued or with that error.)
-                out.append(event.raw)
-        return b"".join(out)
+                out.append(event)
+        return out
 
     async def send_reply(self, call: Call, send: Send, *, keep_upstream: bool = False) -> None:
         """Send interlock's own reply. With `keep_upstream`, the upstream's body (already in
@@ -628,10 +653,10 @@ class _Watch:
         "sent",
         "capture",
         "sent_capture",
-        "held",
-        "whole_events",
         "rescue",
         "splitter",
+        "fold",
+        "usage",
         "splicing",
     )
 
@@ -643,11 +668,10 @@ class _Watch:
         self.sent: list[Chunk] | None = None  # a stream's chunks as the agent got them (chunk hooks ran)
         self.capture: StreamCapture | None = None  # what is kept of the upstream's stream
         self.sent_capture: StreamCapture | None = None  # ... and of the agent's, when stages change it
-        self.held = b""  # the start of an event not yet complete, not yet relayed
-        # Relay a stream's events only once complete (not for `http` routes): where they end.
-        self.whole_events: Callable[[bytes], int] | None = None
         self.rescue: StreamRescue | None = None  # follows a `stream_rescue` route's stream
-        self.splitter: EventSplitter | None = None  # ... split into whole events
+        self.splitter: EventSplitter | None = None  # splits the stream into whole events, once
+        self.fold: Callable[[Event, Any], Any] | None = None  # the adapter's `fold_usage`
+        self.usage: Any = None  # the usage object summed from the events so far
         self.splicing = False  # the continuation is being relayed
 
 
@@ -664,6 +688,18 @@ async def _watch_disconnect(receive: Receive, state: _Watch, task: asyncio.Task[
                 state.disconnected = True
                 task.cancel()
             return
+
+
+def _summed_usage(call: Call, adapter: Adapter, state: _Watch) -> None:
+    """Hand the usage summed while the stream passed to the call's response view (read by the usage
+    stage and every later reader), so the stream is not joined and split again to find it."""
+    if state.fold is not None:
+        adapter.response_view(call).stream_usage = state.usage
+
+
+def _joined(events: list[Event]) -> bytes:
+    """Events as the bytes the agent gets."""
+    return b"".join([event.raw for event in events]) if len(events) != 1 else events[0].raw
 
 
 def _finish_capture(call: Call, state: _Watch) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from interlock.core.call import Call
+from interlock.protocols.sse import Event
 
 HOOKS = ("request", "response_head", "chunk", "response", "error", "seal", "done")
 
@@ -31,10 +32,12 @@ class Stage(Protocol):
         """The response's status and headers arrived (the upstream's or a supplied one);
         `call.status`/`response_headers` may be changed."""
 
-    async def chunk(self, call: Call, data: bytes, last: bool) -> bytes:
-        """A streamed piece on its way to the agent; returns what to send (may hold some back until
-        `last`, when it must release everything it holds)."""
-        return data
+    async def chunk(self, call: Call, events: list[Event], last: bool) -> list[Event]:
+        """A stream's whole events on their way to the agent (split once, by the adapter's splitter;
+        `event.json()` is each one's parse, shared by every stage: never changed in place); returns
+        the events to send (may hold some back until `last`, when it must release everything it
+        holds; a rewritten event is made by `Adapter.new_event`)."""
+        return events
 
     async def response(self, call: Call) -> None:
         """A whole response is in (body, or all chunks); for non-streams, may set `agent_response_body`."""

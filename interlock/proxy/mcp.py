@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from typing import Any
 
@@ -21,7 +22,7 @@ from interlock.core.call import Call
 from interlock.protocols import ADAPTERS
 from interlock.protocols.base import dump_body, response_json
 from interlock.protocols.mcp import DISCOVER, LISTEN, McpAdapter, McpView, answer_in, is_mcp, rewrite_event
-from interlock.protocols.sse import EventSplitter
+from interlock.protocols.sse import Event
 
 #: Tool arguments and results larger than this are not copied into `meta` (the body keeps them).
 META_VALUE_LIMIT = 64 * 1024
@@ -87,17 +88,18 @@ class McpSession:
             reply = self.adapter.error_reply(502, "no_answer", message, retryable=False)
             call.answer(reply, "upstream_error", "no_answer", message)
 
-    async def chunk(self, call: Call, data: bytes, last: bool) -> bytes:
+    async def chunk(self, call: Call, events: list[Event], last: bool) -> list[Event]:
         if not last or not is_mcp(call.protocol) or call.truncated:
-            return data  # a broken stream (truncated) is ended by the app with stream_error_event
+            return events  # a broken stream (truncated) is ended by the app with stream_error_event
         view = call.view
         if isinstance(view, McpView) and view.expects_reply and self.adapter.response_message(call) is None:
             call.truncated = True
             call.outcome, call.error_code = "upstream_error", "stream_closed_early"
             call.error = f"the server ended the SSE stream without answering request id {view.rpc_id!r}"
             # The adapter's own error event: a JSON-RPC error for the id of the message being handled.
-            return data + self.adapter.stream_error_event("stream_closed_early", call.error)
-        return data
+            error = self.adapter.stream_error_event("stream_closed_early", call.error)
+            return [*events, Event(error, None, "")]
+        return events
 
     async def seal(self, call: Call) -> None:
         if not is_mcp(call.protocol):
@@ -132,7 +134,7 @@ class ToolsListRewriter:
         adapter = ADAPTERS["mcp"]
         assert isinstance(adapter, McpAdapter)
         self.adapter = adapter
-        self._streams: dict[str, EventSplitter] = {}
+        self._streams: set[str] = set()  # calls whose streamed answer this stage reads
 
     def applies(self, call: Call) -> bool:
         """Whether this call's answer is one to read (a tools/list this stage looks at)."""
@@ -151,29 +153,28 @@ class ToolsListRewriter:
         if isinstance(message, dict) and self.filter(call, message):
             call.agent_response_body = dump_body(message)
 
-    async def chunk(self, call: Call, data: bytes, last: bool) -> bytes:
-        splitter = self._streams.get(call.id)
-        if splitter is None:
+    async def chunk(self, call: Call, events: list[Event], last: bool) -> list[Event]:
+        if call.id not in self._streams:
             if not is_mcp(call.protocol) or not self.applies(call):
-                return data  # not a tools/list reply this stage reads
-            splitter = self._streams[call.id] = self.adapter.event_splitter()
+                return events  # not a tools/list reply this stage reads
+            self._streams.add(call.id)
         rpc_id = call.view.rpc_id if isinstance(call.view, McpView) else None
-        out: list[bytes] = []
-        # Whole events only: the response must not leave half-sent before it is filtered.
-        for event in splitter.feed(data):
-            message = _load_event(event.data)
+        out: list[Event] = []
+        # Whole events (the proxy splits them): the response never leaves half-sent before it is filtered.
+        for event in events:
+            message = event.json()
             if isinstance(message, dict) and "result" in message and message.get("id") == rpc_id:
+                message = copy.deepcopy(message)  # the event's parse is shared: filtered on a copy
                 if self.filter(call, message):
-                    out.append(rewrite_event(event.raw, message))
+                    out.append(Event(rewrite_event(event.raw, message), event.event, None, message))
                     continue
-            out.append(event.raw)
+            out.append(event)
         if last:
-            out.append(splitter.pending())
-            del self._streams[call.id]
-        return b"".join(out)
+            self._streams.discard(call.id)
+        return out
 
     async def seal(self, call: Call) -> None:
-        self._streams.pop(call.id, None)
+        self._streams.discard(call.id)
 
 
 def _load_event(text: str) -> Any:

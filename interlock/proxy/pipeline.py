@@ -7,7 +7,8 @@ recorder, the policy runtime and its limiter, the redaction vault, the exporter)
 
 request:   identify → parse → mcp session → mcp pins → stops → policy → mcp tools filter → loops → guardrails
            (then route/retry/send upstream, or relay the response a stage supplied: `call.supplied`)
-response:  response_head → chunk... → response, through every stage in this order
+response:  response_head → chunk... → response, through every stage in this order (a stream is split
+           into events once, by the adapter's splitter: `chunk` hooks receive whole events)
            (usage is read, guardrails scan the output, policy refuses denied tool calls)
 seal:      the call is over: outcome settled (mcp session), limits counted (policy), the record
            redacted and scrubbed (guardrails, scrub), MCP meta copied from it (mcp record)
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from interlock.config import Settings
 from interlock.core.call import Call
 from interlock.protocols.mcp import is_mcp
+from interlock.protocols.sse import Event
 from interlock.proxy.hooks import HOOKS
 from interlock.proxy.identify import Identify
 from interlock.proxy.mcp import McpRecord, McpSession
@@ -176,10 +178,12 @@ class Pipeline:
         for hook in self.hooks["response_head"]:
             await hook(call)
 
-    async def chunk(self, call: Call, data: bytes, last: bool) -> bytes:
+    async def chunk(self, call: Call, events: list[Event], last: bool) -> list[Event]:
+        """A stream's events, split once by the proxy (the adapter's splitter), through every
+        `chunk` hook in order: each gets what the one before it let through."""
         for hook in self.hooks["chunk"]:
-            data = await hook(call, data, last)
-        return data
+            events = await hook(call, events, last)
+        return events
 
     async def response(self, call: Call) -> None:
         for hook in self.hooks["response"]:

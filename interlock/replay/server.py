@@ -328,12 +328,12 @@ class _StreamRewriter(StreamTextRewriter):
         return b"".join(self._rewrite(e) for e in self.splitter.feed(data))
 
     def close(self) -> bytes:
-        return b"".join(self._rewrite(e) for e in self.splitter.close()) + self.flush()
+        return b"".join(self._rewrite(e) for e in self.splitter.close()) + b"".join(e.raw for e in self.flush())
 
     def _rewrite(self, event: Event) -> bytes:
         raw = event.raw
         if self.values:
-            raw = self.event(event)
+            raw = b"".join(e.raw for e in self.event(event))
         if self.rpc_request is None or b'"id"' not in raw:
             return raw
         lines = raw.split(b"\n")
@@ -348,10 +348,11 @@ class _StreamRewriter(StreamTextRewriter):
     def processor(self, key: str, json_text: bool, record: bool = True) -> Callable[[str], str]:
         return placeholder_restorer(self.values.get, json_text)
 
-    def untexted(self, raw: bytes) -> bytes:
+    def untexted(self, event: Event) -> Event:
         # No text the adapter knows (an MCP message it does not read, a line that is not JSON):
         # placeholders are restored in the raw bytes.
-        return restore(raw, self.values)
+        data = restore(event.data.encode(), self.values).decode("utf-8", "replace")
+        return Event(restore(event.raw, self.values), event.event, data)
 
 
 def _with_rpc_id(body: bytes, request: Any) -> bytes:

@@ -11,6 +11,7 @@ import pytest
 from interlock.core.call import Call, Chunk, new_id
 from interlock.protocols import ADAPTERS, BadRequest
 from interlock.protocols.mcp import McpAdapter, McpView, rewrite_event
+from interlock.protocols.sse import iter_events
 from interlock.proxy.mcp import McpRecord, McpSession
 
 adapter = ADAPTERS["mcp"]
@@ -208,7 +209,7 @@ async def test_a_stream_that_ends_unanswered_gets_an_error_event_and_is_recorded
     call.chunks = [
         Chunk(1, b'event: message\ndata: {"jsonrpc":"2.0","method":"notifications/message","params":{}}\n\n')
     ]
-    tail = await stage.chunk(call, b"", True)
+    tail = b"".join(e.raw for e in await stage.chunk(call, [], True))
     assert json.loads(tail.split(b"data: ")[1])["id"] == 5
     assert (call.outcome, call.error_code, call.truncated) == ("upstream_error", "stream_closed_early", True)
     await McpRecord().seal(call)
@@ -218,7 +219,7 @@ async def test_a_stream_that_ends_unanswered_gets_an_error_event_and_is_recorded
     answered = parsed({"jsonrpc": "2.0", "id": 6, "method": "ping"})
     answered.stream = True
     answered.chunks = [Chunk(1, b'data: {"jsonrpc":"2.0","id":6,"result":{}}\n\n')]
-    assert await stage.chunk(answered, b"", True) == b"" and answered.outcome == "ok"
+    assert await stage.chunk(answered, [], True) == [] and answered.outcome == "ok"
 
 
 async def test_an_unanswered_stream_ends_with_the_adapters_own_error_event(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -232,7 +233,9 @@ async def test_an_unanswered_stream_ends_with_the_adapters_own_error_event(monke
 
     monkeypatch.setattr(stage.adapter, "stream_error_event", stream_error_event)
     call.stream, call.status = True, 200
-    assert await stage.chunk(call, b": ping\n\n", True) == b": ping\n\nevent: message\ndata: {}\n\n"
+    ping = list(iter_events(b": ping\n\n"))
+    out = await stage.chunk(call, ping, True)
+    assert b"".join(e.raw for e in out) == b": ping\n\nevent: message\ndata: {}\n\n"
     assert made == [("stream_closed_early", call.error)]
 
 

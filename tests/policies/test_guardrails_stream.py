@@ -169,7 +169,8 @@ def test_a_keepalive_between_deltas_does_not_release_held_text(protocol: str) ->
     body = b"".join(events)
     assert body.count(b": keep-alive") >= 5 and (b'"delta": {}' in body or b'"type": "ping"' in body)
     rewriter = Recorder(protocol)
-    out = b"".join(rewriter.event(e) for e in iter_events(body)) + rewriter.flush()
+    out = b"".join(o.raw for e in iter_events(body) for o in rewriter.event(e))
+    out += b"".join(o.raw for o in rewriter.flush())
     assert any(CARD in s for s in rewriter.segments)  # the card's digit groups waited across every keep-alive
     keepalive = ADAPTERS[protocol].stream_keepalive
     keepalives = [

@@ -3,11 +3,14 @@ is added to HOOKS without being exercised here."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx
 
 from interlock.core.call import Call, Decision, Reply
+from interlock.protocols import ADAPTERS
+from interlock.protocols.sse import Event
 from interlock.proxy.hooks import HOOKS
 from interlock.scripted import Script, ScriptedUpstream
 from interlock.testing import Running
@@ -30,9 +33,15 @@ class Spy:
     def response_head(self, call: Call) -> None:  # sync hooks work too
         self.events.append(("response_head", str(call.status)))
 
-    async def chunk(self, call: Call, data: bytes, last: bool) -> bytes:
+    async def chunk(self, call: Call, events: list[Event], last: bool) -> list[Event]:
         self.events.append(("chunk", "last" if last else "data"))
-        return data.replace(b"secret", b"******")
+        assert all(e.raw.endswith(b"\n\n") for e in events)  # whole events, split once by the proxy
+        adapter = ADAPTERS[call.protocol]
+        # A rewritten event is made by the adapter from new JSON (the event's own parse is shared).
+        return [
+            adapter.new_event(e.event, json.loads(e.data.replace("secret", "******"))) if "secret" in e.data else e
+            for e in events
+        ]
 
     async def response(self, call: Call) -> None:
         self.events.append(("response", call.path))

@@ -14,6 +14,7 @@ import pytest
 
 from interlock.core.call import Call, SuppliedResponse
 from interlock.policies.loader import PolicyRuntime
+from interlock.protocols.sse import Event
 from interlock.proxy.pipeline import Pipeline, Services, built_in_stages
 from interlock.scripted import ScriptedUpstream
 from interlock.testing import Running, settings_for_test
@@ -203,9 +204,9 @@ class Playback:
     def response_head(self, call: Call) -> None:
         self.events.append("response_head")
 
-    def chunk(self, call: Call, data: bytes, last: bool) -> bytes:
+    def chunk(self, call: Call, events: list[Event], last: bool) -> list[Event]:
         self.events.append("chunk")
-        return data
+        return events
 
     def response(self, call: Call) -> None:
         self.events.append("response")

@@ -326,7 +326,7 @@ def test_an_anthropic_continuation_after_a_closed_block_opens_the_next_index() -
     )
     assert built is not None and built[1] == "prefill"
     second, _ = anthropic_reply(" More.", Script(chunk_size=6), "alt")  # what follows the prefill
-    out = [rescue.splice(event) for event in events_of(*second)]
+    out = [e.raw for e in (rescue.splice(event) for event in events_of(*second)) if e is not None]
     spliced = [json.loads(e.data) for e in events_of(*out)]
     assert [e["type"] for e in spliced] == [
         "content_block_start",
@@ -357,7 +357,9 @@ def test_a_chat_continuation_keeps_the_first_id_and_drops_the_role() -> None:
     )
     second, _ = chat_reply("one two", Script(chunk_size=4, message_id="chatcmpl-2"), "alt", {})
     chunks = [
-        json.loads(e.data) for e in events_of(*(rescue.splice(e) for e in events_of(*second))) if e.data != "[DONE]"
+        json.loads(e.data)
+        for e in events_of(*(s.raw for s in map(rescue.splice, events_of(*second)) if s is not None))
+        if e.data != "[DONE]"
     ]
     assert {c["id"] for c in chunks} == {"chatcmpl-1"}
     assert all("role" not in c["choices"][0]["delta"] for c in chunks)
@@ -366,12 +368,12 @@ def test_a_chat_continuation_keeps_the_first_id_and_drops_the_role() -> None:
 def test_after_an_upstream_error_event_nothing_is_relayed_not_even_the_terminator() -> None:
     # A server that sends its error and then `[DONE]` must not make a failed answer look complete.
     from interlock.protocols.rescue import ChatRescue
-    from interlock.protocols.sse import EventSplitter
     from interlock.proxy.app import ProxyApp, _Watch
 
     state = _Watch()
-    state.rescue, state.splitter = ChatRescue(), EventSplitter()
+    state.rescue = ChatRescue()
     first = b'data: {"id":"a","choices":[{"index":0,"delta":{"content":"hi"}}]}\n\n'
     error = b'data: {"error": {"message": "boom", "type": "server_error"}}\n\n'
-    assert ProxyApp._follow(first + error + b"data: [DONE]\n\n", state) == first
+    followed = ProxyApp._follow(events_of(first, error, b"data: [DONE]\n\n"), state)
+    assert [e.raw for e in followed] == [first]
     assert state.rescue.held_error == error and state.rescue.delivered == "hi"

@@ -14,6 +14,8 @@ from interlock.policies.guardrails import Guardrails
 from interlock.policies.guardstream import StreamGuard
 from interlock.policies.redaction import SessionVault
 from interlock.policies.streamrewrite import StreamTextRewriter
+from interlock.protocols import ADAPTERS
+from interlock.protocols.sse import last_events
 from interlock.replay.server import _StreamRewriter
 from interlock.scripted_replies import Script, anthropic_reply, chat_reply
 
@@ -31,7 +33,11 @@ def through_both(protocol: str, events: list[bytes], size: int) -> tuple[bytes, 
     guard = StreamGuard(Guardrails(Settings()), call, None, vault)
     replay = _StreamRewriter(protocol, None, {placeholder: "ann@example.com"})
     chunks = rechunked(events, size)
-    guarded = b"".join(guard.feed(c, i == len(chunks) - 1) for i, c in enumerate(chunks))
+    splitter, guarded = ADAPTERS[protocol].event_splitter(), b""
+    for i, chunk in enumerate(chunks):  # split as the proxy splits a stream for its stages
+        last = i == len(chunks) - 1
+        events = list(splitter.feed(chunk)) + (last_events(splitter) if last else [])
+        guarded += b"".join(e.raw for e in guard.feed(events, last))
     replayed = b"".join(replay.feed(c) for c in chunks) + replay.close()
     return guarded, replayed
 
