@@ -1,0 +1,159 @@
+"""Issue 18's "parse once": no reader outside the protocol adapters splits a stream into events or
+parses a response body. The proxy splits each stream once (the adapter's splitter, in
+`proxy/app.py`), its stages receive the events, and the usage is folded as they pass; a response
+body is read once into the call's `ResponseView`.
+
+The check reads the package's source (AST): a call of a stream splitter, or a JSON parse of a
+response body (`response_json`, or `json.loads` in a function that reads `response_body` or a
+stream's chunks), outside `protocols/` fails it unless the function is in `ALLOWED`, with the reason
+it may. A new reader asks the adapter or the view, or argues its case here.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import interlock
+
+PACKAGE = Path(interlock.__file__).parent
+
+#: Where wire formats live: these may split and parse (the adapters, their framings, reassembly).
+PROTOCOL_DIRS = ("protocols/", "proxy/protocols/")
+
+#: Calls that split a stream into events (or reassemble one from its bytes, which splits it).
+SPLITTERS = frozenset(
+    {
+        "event_splitter",
+        "iter_events",
+        "iter_messages",
+        "iter_gemini_events",
+        "parse_event",
+        "EventSplitter",
+        "MessageSplitter",
+        "JsonArraySplitter",
+        "GeminiSplitter",
+        "reassemble_stream",
+        "stream_search_text",
+        "stream_head_and_tail",
+    }
+)
+#: Names whose presence in a function makes its `json.loads` a parse of a response.
+RESPONSE_NAMES = frozenset({"response_body", "agent_response_body", "chunks", "agent_chunks"})
+
+#: "module:function" → why it may split or parse a response there.
+ALLOWED: dict[str, str] = {
+    # The live path: one split, and the stages that rewrite a whole body.
+    "proxy/app.py:ProxyApp.relay_stream": "the one split of a live stream, whose events every stage receives",
+    "policies/guardrails.py:Guardrails.response": (
+        "rewrites a non-streamed body (restore, redact): works on its own parse, as ResponseView is read-only"
+    ),
+    "proxy/mcp.py:ToolsListRewriter.response": "rewrites a tools/list answer: its own parse (ResponseView is read-only)",
+    "policies/guardstream.py:StreamGuard.stored_chunks": (
+        "re-renders the recorded chunks for the store when a guardrail acted (a thread, at the call's end): "
+        "the record keeps chunks with their timing, not the relay's events"
+    ),
+    # The writer thread.
+    "tracing/text.py:record_texts": (
+        "the search text of a recorded stream, through the adapter (reassemble_stream), in the writer thread: "
+        "the hot path does not reassemble a stream no stage asked to read"
+    ),
+    # Records read back (store, UI, audit, replay, whatif): a stored body or chunks have no parsed form.
+    "tracing/rows.py:rows_to_records": "decodes stored columns (headers, meta, attempts), not a body",
+    "tracing/audit_reads.py:AuditReads.audit_calls": "decodes stored columns (headers, meta, an event's data)",
+    "tracing/views.py:call_detail": "shows a stored body as JSON (the call page's raw view)",
+    "tracing/audit.py:_function_tools": "the audit reading a stored answer's tool calls",
+    "ui/pages.py:_call_context": "a record stored without its reassembled message (written before it was stored)",
+    "ui/queries.py:_summary": "the UI reading a stored answer",
+    "policies/whatif.py:_response_tools": "offline: judges recorded calls, read from the store",
+    "replay/rerun.py:output_of": "offline: a recorded or re-run call's answer",
+    "replay/rerun.py:_send": "parses the recorded request body (to rewrite its model), not a response",
+    "replay/server.py:_StreamRewriter.__init__": "replay relays recorded chunks itself (until playback is a stage)",
+}
+
+
+def _name(node: ast.expr) -> str | None:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        return node.attr
+    return None
+
+
+def readers(source: str) -> set[tuple[str, str]]:
+    """(function, what) for each stream split or response parse in a module's source."""
+    found: set[tuple[str, str]] = set()
+
+    def visit(node: ast.AST, scope: list[str]) -> None:
+        if isinstance(node, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            scope = [*scope, node.name]
+            if not isinstance(node, ast.ClassDef):
+                names = {_name(n) for n in ast.walk(node) if isinstance(n, ast.Name | ast.Attribute)}
+                names |= {n.value for n in ast.walk(node) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+                reads_response = bool(names & RESPONSE_NAMES)
+                for call in ast.walk(node):
+                    if not isinstance(call, ast.Call):
+                        continue
+                    name = _name(call.func)
+                    where = ".".join(scope)
+                    if name in SPLITTERS:
+                        found.add((where, f"splits a stream ({name})"))
+                    elif name == "response_json":
+                        found.add((where, "parses a response body (response_json)"))
+                    elif name == "loads" and reads_response and _name(getattr(call.func, "value", call.func)) == "json":
+                        found.add((where, "parses a response body (json.loads)"))
+                return  # nested functions are read as part of this one
+        for child in ast.iter_child_nodes(node):
+            visit(child, scope)
+
+    visit(ast.parse(source), [])
+    return found
+
+
+def violations() -> list[str]:
+    out: list[str] = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        module = path.relative_to(PACKAGE).as_posix()
+        if module.startswith(PROTOCOL_DIRS) or module.startswith("scripted"):
+            continue  # the adapters; the scripted provider is the upstream, speaking the wire itself
+        for function, what in sorted(readers(path.read_text())):
+            if f"{module}:{function}" not in ALLOWED:
+                out.append(f"interlock/{module}: {function} {what}")
+    return out
+
+
+def test_no_reader_outside_the_protocols_splits_a_stream_or_parses_a_response() -> None:
+    assert violations() == []
+
+
+def test_every_allowed_reader_still_reads() -> None:
+    # An entry whose function no longer splits or parses is stale: the allow-list only shrinks.
+    seen: set[str] = set()
+    for path in PACKAGE.rglob("*.py"):
+        module = path.relative_to(PACKAGE).as_posix()
+        seen |= {f"{module}:{function}" for function, _ in readers(path.read_text())}
+    assert sorted(set(ALLOWED) - seen) == []
+
+
+def test_the_check_finds_a_split_and_a_parse() -> None:
+    source = """
+import json
+
+class Stage:
+    async def chunk(self, call, data, last):
+        return list(adapter.event_splitter().feed(data))
+
+def usage(call):
+    return json.loads(b"".join(c.data for c in call.chunks))
+
+def body(call):
+    return response_json(call)
+
+def request(call):
+    return json.loads(call.request_body)  # a request: not this check's business
+"""
+    assert readers(source) == {
+        ("Stage.chunk", "splits a stream (event_splitter)"),
+        ("usage", "parses a response body (json.loads)"),
+        ("body", "parses a response body (response_json)"),
+    }
