@@ -61,8 +61,11 @@ uv-lock-check: | $(UV)
 	@out=$$($(UV) lock --check --quiet 2>&1) || { case "$$out" in *"needs to be updated"*) \
 	  echo "uv.lock does not match pyproject.toml: run \`make lock\` (and commit uv.lock)" >&2;; *) echo "$$out" >&2;; esac; exit 1; }
 
+## Lint: ruff, then the layering (.importlinter names the layers) and no import cycle between modules.
 lint: $(VENV)/.test-deps
 	$(BIN)/ruff check interlock tests bench examples tools
+	$(BIN)/lint-imports --no-cache
+	$(BIN)/python tools/import_cycles.py
 
 typecheck: $(VENV)/.test-deps
 	$(BIN)/mypy

@@ -87,8 +87,8 @@ def run(ctx: Context) -> Section:
         section.skipped = reason
         return section
     from interlock.core.call import Call
-    from interlock.policies.engine import Subject
     from interlock.policies.loader import load_policies
+    from interlock.policies.subject import Subject
     from interlock.protocols import ADAPTERS
 
     folders: dict[str, Path] = {}

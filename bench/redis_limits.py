@@ -22,7 +22,8 @@ import uvloop
 
 from interlock.config import State
 from interlock.core.call import Call
-from interlock.policies.counters import Counters, EmbeddedCounters, open_counters
+from interlock.policies.counters import Counters, EmbeddedCounters
+from interlock.policies.counters_open import open_counters
 from interlock.policies.counters_sqlite import SqliteCounters
 from interlock.policies.engine import CompiledRule
 from interlock.policies.limits import Limiter

@@ -28,10 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from interlock.core.call import Attempt, Call, Chunk, new_id
+from interlock.core.sqlite import transaction
 from interlock.tracing.rows import INSERT_ATTEMPT, INSERT_BODY, INSERT_CALL, INSERT_CHUNK, INSERT_EVENT, insert_columns
 from interlock.tracing.store import SQLiteStore
 from interlock.tracing.transfer import copy_calls
-from interlock.tracing.writing import Rows, insert_rows, transaction
+from interlock.tracing.writing import Rows, insert_rows
 
 PROSE = (
     "The lighthouse keeper logged the weather every hour: wind from the north-west, a swell that "

@@ -462,6 +462,30 @@ class CustomRecognizer(Model):
 GuardrailAction = Literal["block", "redact", "mask", "hash", "log"]
 
 
+#: The PII entities `guardrails.entities` may name → the presidio predefined recognizer class that
+#: finds each (policies/pii.py loads them). Here, at the edge, so the config is checked against it
+#: without importing the guardrails. The first seven are loaded by default.
+BUILTIN_RECOGNIZERS: dict[str, str] = {
+    "EMAIL_ADDRESS": "EmailRecognizer",
+    "PHONE_NUMBER": "PhoneRecognizer",
+    "CREDIT_CARD": "CreditCardRecognizer",
+    "US_SSN": "UsSsnRecognizer",
+    "IBAN_CODE": "IbanRecognizer",
+    "IP_ADDRESS": "IpRecognizer",
+    "CRYPTO": "CryptoRecognizer",
+    "URL": "UrlRecognizer",
+    "MAC_ADDRESS": "MacAddressRecognizer",
+    "DATE_TIME": "DateRecognizer",
+    "US_PASSPORT": "UsPassportRecognizer",
+    "US_DRIVER_LICENSE": "UsLicenseRecognizer",
+    "US_BANK_NUMBER": "UsBankRecognizer",
+    "US_ITIN": "UsItinRecognizer",
+    "UK_NHS": "NhsRecognizer",
+    "UK_NINO": "UkNinoRecognizer",
+    "MEDICAL_LICENSE": "MedicalLicenseRecognizer",
+}
+
+
 class Guardrails(Model):
     """PII and secrets detection. Actions map an entity type (or `*`, or `SECRET`) to what happens."""
 
@@ -515,8 +539,6 @@ class Guardrails(Model):
     @field_validator("entities")
     @classmethod
     def _known_entities(cls, entities: tuple[str, ...]) -> tuple[str, ...]:
-        from interlock.policies.pii import BUILTIN_RECOGNIZERS
-
         for entity in entities:
             if entity not in BUILTIN_RECOGNIZERS:
                 raise ValueError(f"unknown entity {entity!r}; built in: {', '.join(sorted(BUILTIN_RECOGNIZERS))}")

@@ -27,9 +27,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from interlock.core.call import Call, new_id
 from interlock.core.views import ToolCall
-from interlock.policies.engine import Engine, Subject, tool_denial_message
+from interlock.policies.engine import Engine, tool_denial_message
 from interlock.policies.loops import LoopMemory, LoopStage
 from interlock.policies.stage import apply_changes
+from interlock.policies.subject import Subject
 from interlock.protocols import ADAPTERS, BadRequest, known_protocol
 from interlock.yamlsource import Document, SourceError, load_yaml
 

@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import cel
 
-if TYPE_CHECKING:
-    from interlock.policies.engine import Subject
+from interlock.policies.subject import Subject
 
 VARIABLES = ("agent", "session", "route", "model", "request", "tool")
 REQUEST_FIELDS = ("input_chars", "params", "tools", "stream", "operation", "method", "path")
@@ -204,8 +203,6 @@ def context_for(
 
 
 def _samples() -> list[Subject]:
-    from interlock.policies.engine import Subject
-
     chat = Subject(
         route="openai",
         protocol="openai",
@@ -236,16 +233,6 @@ def _samples() -> list[Subject]:
     return [chat, mcp]
 
 
-class _LazySamples:
-    # Built on first use: engine imports this module.
-    def __iter__(self) -> Any:
-        global _SAMPLES_CACHE
-        if _SAMPLES_CACHE is None:
-            _SAMPLES_CACHE = _samples()
-        return iter(_SAMPLES_CACHE)
-
-
-_SAMPLES_CACHE: list[Subject] | None = None
-_SAMPLES = _LazySamples()
+_SAMPLES = _samples()
 
 __all__ = ["Condition", "ConditionError", "VARIABLES", "activation", "compile_condition", "context_for"]

@@ -37,10 +37,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
-
-if TYPE_CHECKING:
-    from interlock.config import State
+from typing import Any, Literal, NamedTuple, Protocol
 
 log = logging.getLogger("interlock.policies")
 
@@ -427,24 +424,6 @@ def _day_column(counter: Counter) -> int:
     return DAY_METRICS.index(counter.metric)
 
 
-def open_counters(store_path: str | None, state: State | None = None, *, processes: int = 1) -> Counters:
-    """The counters as configured: on Redis with `state.url` (shared by a fleet); else, for several
-    worker processes on one host, in the store's SQLite file (`counters_sqlite.py`); else the
-    embedded ones, saving day counters beside the store."""
-    if state is not None:
-        state = state.resolved()
-    if state is not None and state.url:
-        from interlock.policies.counters_redis import RedisCounters  # redis-py only for a fleet
-        from interlock.policies.redisstate import StateClient
-
-        return RedisCounters(StateClient(state), state.slot_lease)
-    if processes > 1 and store_path and store_path != ":memory:":
-        from interlock.policies.counters_sqlite import SqliteCounters
-
-        return SqliteCounters(store_path)
-    return EmbeddedCounters(store_path)
-
-
 __all__ = [
     "Add",
     "Check",
@@ -454,7 +433,6 @@ __all__ = [
     "LIFE_IDLE",
     "Over",
     "StateUnavailable",
-    "open_counters",
     "seconds_to_midnight",
     "today",
 ]

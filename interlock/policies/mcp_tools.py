@@ -17,9 +17,9 @@ from typing import Any
 
 from interlock.config import Settings
 from interlock.core.call import Call, Decision
-from interlock.policies.engine import Subject
 from interlock.policies.loader import PolicyRuntime
 from interlock.policies.stage import route_hosts
+from interlock.policies.subject import Subject
 from interlock.protocols.mcp import McpView, is_mcp
 from interlock.proxy.mcp import ToolsListRewriter
 

@@ -17,10 +17,9 @@ from __future__ import annotations
 import re
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from interlock.config import Guardrails
+from interlock.config import BUILTIN_RECOGNIZERS, Guardrails
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,27 +32,6 @@ class Detection:
     score: float
     rule: str | None = None  # recognizer or secret rule that found it
 
-
-#: Entity → presidio predefined recognizer class. The first seven are loaded by default.
-BUILTIN_RECOGNIZERS: dict[str, str] = {
-    "EMAIL_ADDRESS": "EmailRecognizer",
-    "PHONE_NUMBER": "PhoneRecognizer",
-    "CREDIT_CARD": "CreditCardRecognizer",
-    "US_SSN": "UsSsnRecognizer",
-    "IBAN_CODE": "IbanRecognizer",
-    "IP_ADDRESS": "IpRecognizer",
-    "CRYPTO": "CryptoRecognizer",
-    "URL": "UrlRecognizer",
-    "MAC_ADDRESS": "MacAddressRecognizer",
-    "DATE_TIME": "DateRecognizer",
-    "US_PASSPORT": "UsPassportRecognizer",
-    "US_DRIVER_LICENSE": "UsLicenseRecognizer",
-    "US_BANK_NUMBER": "UsBankRecognizer",
-    "US_ITIN": "UsItinRecognizer",
-    "UK_NHS": "NhsRecognizer",
-    "UK_NINO": "UkNinoRecognizer",
-    "MEDICAL_LICENSE": "MedicalLicenseRecognizer",
-}
 
 #: Slow recognizers run only on windows around a cheap trigger: (trigger regex, margin in characters).
 #: A window keeps a margin of context so that word boundaries and look-arounds see what they would
@@ -229,4 +207,4 @@ def _first_region_phone(predefined: Any) -> Any:
     return FirstRegionPhoneRecognizer(name="PhoneRecognizer")
 
 
-__all__ = ["BUILTIN_RECOGNIZERS", "Detection", "PiiAnalyzer"]
+__all__ = ["Detection", "PiiAnalyzer"]

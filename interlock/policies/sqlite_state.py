@@ -16,8 +16,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
+from interlock.core.sqlite import transaction
 from interlock.policies.counters import StateUnavailable
-from interlock.tracing.writing import transaction
 
 T = TypeVar("T")
 

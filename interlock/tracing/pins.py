@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from interlock.tracing.writing import transaction
+from interlock.core.sqlite import transaction
 
 TABLE = "mcp_pins"
 _SCHEMA = f"""

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from interlock.core.call import Call
+from interlock.core.sqlite import transaction
 from interlock.tracing import store_chain
 from interlock.tracing.audit_reads import AuditReads
 from interlock.tracing.chain import DEFAULT_WRITER, Report
@@ -47,7 +48,7 @@ from interlock.tracing.schema import (
 from interlock.tracing.stops import SQLiteStops
 from interlock.tracing.transfer import copy_calls
 from interlock.tracing.workflow_reads import WorkflowReads
-from interlock.tracing.writing import Rows, insert_rows, transaction, write_records, write_rows
+from interlock.tracing.writing import Rows, insert_rows, write_records, write_rows
 
 if TYPE_CHECKING:
     import sqlite_utils

@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from interlock.core.sqlite import transaction
 from interlock.tracing import store_chain
 from interlock.tracing.rows import CHILD_TABLES
 from interlock.tracing.schema import SCHEMA_VERSION
-from interlock.tracing.writing import insert_rows, transaction
+from interlock.tracing.writing import insert_rows
 
 
 def copy_calls(dest: sqlite3.Connection, source_path: str, where: str, params: Sequence[Any], *, writer: str) -> int:

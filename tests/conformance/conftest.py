@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from interlock.config import Guardrails, State
-from interlock.policies.counters import Counters, open_counters
+from interlock.policies.counters import Counters
+from interlock.policies.counters_open import open_counters
 from interlock.policies.vault import Vault, open_vault
 from interlock.tracing.backend import Store, open_store
 

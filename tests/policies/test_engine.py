@@ -11,8 +11,9 @@ import pytest
 
 from interlock.core.call import Call
 from interlock.policies.cases import CaseRequest, build_call, decide
-from interlock.policies.engine import Engine, Subject
+from interlock.policies.engine import Engine
 from interlock.policies.loader import load_policies
+from interlock.policies.subject import Subject
 from interlock.scripted import Script, ScriptedUpstream, ToolUse
 from tests.sdk_errors import protocol_error
 
