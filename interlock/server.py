@@ -164,6 +164,17 @@ async def freeze_startup_heap(runtime: Runtime, poll: float = 0.05) -> None:
         await asyncio.sleep(poll)
     gc.collect()
     gc.freeze()
+    # A young collection walks every container object still alive, and while calls are in flight
+    # most of those are theirs, alive until the call ends: at the default threshold (700
+    # allocations) the same in-flight objects were walked again and again. Collecting young
+    # objects 10x less often walks them 10x less; garbage in cycles waits for at most
+    # `YOUNG_THRESHOLD` allocations instead of 700 (a few hundred kB at most).
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(YOUNG_THRESHOLD, older, oldest)
+
+
+#: Allocations between two young collections once serving (`freeze_startup_heap`; Python's default 700).
+YOUNG_THRESHOLD = 7000
 
 
 async def _publish_readiness(runtime: Runtime, board: WorkerBoard) -> None:

@@ -1,4 +1,5 @@
-"""`interlock serve`'s own care of the process: the startup heap is frozen once startup is over."""
+"""`interlock serve`'s own care of the process: once startup is over, the startup heap is frozen and
+young objects are collected less often."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import gc
 import threading
 from typing import Any
 
-from interlock.server import freeze_startup_heap
+from interlock.server import YOUNG_THRESHOLD, freeze_startup_heap
 
 
 class _Warming:
@@ -22,6 +23,7 @@ class _Warming:
 
 async def test_the_heap_is_frozen_only_once_startup_is_over() -> None:
     runtime: Any = _Warming()
+    threshold = gc.get_threshold()
     gc.unfreeze()
     try:
         task = asyncio.create_task(freeze_startup_heap(runtime, poll=0.001))
@@ -29,8 +31,11 @@ async def test_the_heap_is_frozen_only_once_startup_is_over() -> None:
             await asyncio.sleep(0.002)
         assert not task.done()
         assert gc.get_freeze_count() == 0
+        assert gc.get_threshold() == threshold
         runtime.warmed.set()
         await asyncio.wait_for(task, timeout=60)
         assert gc.get_freeze_count() > 0
+        assert gc.get_threshold() == (YOUNG_THRESHOLD, *threshold[1:])
     finally:
         gc.unfreeze()
+        gc.set_threshold(*threshold)
