@@ -8,12 +8,14 @@ Whatever interlock adds on top of this is interlock's own cost; what this costs 
 
     python -m bench.floor --port 8080 --upstream http://127.0.0.1:9000/v1   # serve (prints "ready")
     python -m bench.floor --compare                                         # first byte, c32: floor vs interlock
+    python -m bench.floor --compare --before ../interlock-old               # ... and another checkout (its .venv)
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import statistics
 import sys
 import tempfile
@@ -81,30 +83,35 @@ def serve(port: int, upstream: str) -> None:
     asyncio.run(main())
 
 
-def compare(streams: int, rounds: int) -> dict[str, Any]:
+def compare(streams: int, rounds: int, before: str | None = None) -> dict[str, Any]:
     """Stream first byte at c32, interlock (default configuration, recording on) and the floor, in one
-    run against one fake upstream, alternating `rounds` times (so load from elsewhere falls on both):
-    the median of each round's p50 and p99."""
+    run against one fake upstream, alternating `rounds` times (so load from elsewhere falls on all):
+    the median of each round's p50 and p99. `before`: another checkout of interlock (with its own
+    `.venv`), measured alongside as "before"."""
     from bench import harness, load
 
     body = load.chat_body(stream=True)
-    results: dict[str, list[tuple[float, float]]] = {"interlock": [], "floor": []}
+    names = ["interlock", "floor"] + (["before"] if before else [])
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
     failures = 0
-    with harness.fake_upstream() as up:
-        workdir = Path(tempfile.mkdtemp(prefix="bench-floor-"))
-        config = harness.interlock_config(up.url + "/v1", workdir)
-        with harness.interlock(config) as proxy, harness.floor(up.url + "/v1") as floor:
-            urls = {
-                "interlock": proxy.url + "/openai/chat/completions",
-                "floor": floor.url + "/openai/chat/completions",
-            }
-            for url in urls.values():  # warm both: connections, pools, first-call imports
-                load.run(load.run_calls(url, body, concurrency=32, total=64))
-            for _ in range(rounds):
-                for name, url in urls.items():
-                    stats = load.run(load.run_calls(url, body, concurrency=32, total=streams))
-                    failures += len(stats.failures)
-                    results[name].append((stats.ttfb(50), stats.ttfb(99)))
+    with contextlib.ExitStack() as stack:
+        up = stack.enter_context(harness.fake_upstream())
+        urls: dict[str, str] = {}
+        for name in names:
+            if name == "floor":
+                proc = stack.enter_context(harness.floor(up.url + "/v1"))
+            else:
+                config = harness.interlock_config(up.url + "/v1", Path(tempfile.mkdtemp(prefix=f"bench-{name}-")))
+                python = str(Path(before) / ".venv" / "bin" / "python") if name == "before" and before else None
+                proc = stack.enter_context(harness.interlock(config, name=name, python=python or harness.PYTHON))
+            urls[name] = proc.url + "/openai/chat/completions"
+        for url in urls.values():  # warm each: connections, pools, first-call imports
+            load.run(load.run_calls(url, body, concurrency=32, total=64))
+        for _ in range(rounds):
+            for name, url in urls.items():
+                stats = load.run(load.run_calls(url, body, concurrency=32, total=streams))
+                failures += len(stats.failures)
+                results[name].append((stats.ttfb(50), stats.ttfb(99)))
     summary: dict[str, Any] = {
         name: {
             "p50_ms": statistics.median(p50 for p50, _ in runs),
@@ -125,10 +132,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--compare", action="store_true", help="first byte at c32: interlock vs the floor")
     parser.add_argument("--streams", type=int, default=320, help="streams per round (with --compare)")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (with --compare)")
+    parser.add_argument("--before", help="another checkout of interlock (with its .venv), measured as 'before'")
     args = parser.parse_args(argv)
     if args.compare:
-        result = compare(args.streams, args.rounds)
-        for name in ("interlock", "floor"):
+        result = compare(args.streams, args.rounds, args.before)
+        for name in ("before", "interlock", "floor"):
+            if name not in result:
+                continue
             print(
                 f"{name:9}  stream first byte c32: p50 {result[name]['p50_ms']:.2f} ms, p99 {result[name]['p99_ms']:.2f} ms"
             )

@@ -222,16 +222,22 @@ def wait_listening(port: int, popen: subprocess.Popen[bytes], timeout: float = 3
 
 @contextlib.contextmanager
 def interlock(
-    config: dict[str, Any], *, name: str = "interlock", env: dict[str, str] | None = None, args: Sequence[str] = ()
+    config: dict[str, Any],
+    *,
+    name: str = "interlock",
+    env: dict[str, str] | None = None,
+    args: Sequence[str] = (),
+    python: str = PYTHON,
 ) -> Iterator[Proc]:
-    """`python -m interlock.cli serve --config <generated yaml> [args]` until the block ends."""
+    """`python -m interlock.cli serve --config <generated yaml> [args]` until the block ends. `python`:
+    another checkout's interpreter (its `.venv/bin/python`), for a before/after in one run."""
     workdir = Path(tempfile.mkdtemp(prefix="interlock-bench-"))
     path = workdir / "interlock.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     log = (workdir / "interlock.log").open("wb")
     spawned = time.perf_counter()
     popen = subprocess.Popen(
-        [PYTHON, "-m", "interlock.cli", "serve", "--config", str(path), *args],
+        [python, "-m", "interlock.cli", "serve", "--config", str(path), *args],
         cwd=workdir,
         stdout=log,
         stderr=subprocess.STDOUT,
