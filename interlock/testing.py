@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import socket
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from interlock.config import Settings
+from interlock.core.call import Call, new_id
 from interlock.serving import bind_ports
 
 
@@ -24,6 +26,44 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+T = TypeVar("T")
+
+
+def wait_for(condition: Callable[[], T], timeout: float = 60.0, what: str = "condition") -> T:
+    """Poll `condition()` until it is truthy and return that value. `timeout` only bounds a failure
+    (a condition met passes in milliseconds), generous for a loaded 2-core machine: wait for what
+    must happen, never sleep and hope it has."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not met in {timeout:g} s")
+        time.sleep(0.005)
+    return value
+
+
+def make_call(text: str = "where is the lighthouse?", **fields: Any) -> Call:
+    """A finished, recorded-looking call to test a stage, a store or an exporter with: an OpenAI chat
+    completion from agent `planner` asking `text`, answered 200; `fields` set any other attribute."""
+    body = json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": text}]}, separators=(",", ":"))
+    call = Call(
+        id=new_id(),
+        route="openai",
+        protocol="openai",
+        method="POST",
+        path="/chat/completions",
+        request_headers=[("content-type", "application/json")],
+        request_body=body.encode(),
+        model="gpt-4o",
+        status=200,
+        response_headers=[("content-type", "application/json")],
+        response_body=b'{"choices":[{"message":{"role":"assistant","content":"on the northern cape"}}]}',
+        agent="planner",
+    )
+    for key, value in fields.items():
+        setattr(call, key, value)
+    return call
 
 
 @dataclass

@@ -2,13 +2,31 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
 from interlock.scripted import ScriptedUpstream
 from interlock.testing import Running, run_interlock, settings_for_test
 from tests.servers import PostgresServer, RedisServer
+
+Closable = TypeVar("Closable")
+_OPEN_CLIENTS: list[Any] = []
+
+
+def closed_after_test(client: Closable) -> Closable:
+    """`client` (an SDK client, an httpx.Client) closed when the test ends. Left to the garbage
+    collector, its pooled sockets raise an unclosed-socket ResourceWarning (an error here) in
+    whichever test happens to run then (CI: tests/proxy/test_cost.py failed on one)."""
+    _OPEN_CLIENTS.append(client)
+    return client
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    yield
+    while _OPEN_CLIENTS:
+        _OPEN_CLIENTS.pop().close()
 
 
 @pytest.fixture(scope="session")

@@ -8,28 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from interlock.core.call import Attempt, Call, Decision, Finding, new_id
+from interlock.core.call import Attempt, Decision, Finding
+from interlock.testing import make_call
 from interlock.tracing.backend import Store, StoreError, open_store
-
-
-def make_call(**fields: object) -> Call:
-    call = Call(
-        id=new_id(),
-        route="openai",
-        protocol="openai",
-        method="POST",
-        path="/chat/completions",
-        request_headers=[("content-type", "application/json")],
-        request_body=b'{"model":"gpt-4o","messages":[{"role":"user","content":"where is the lighthouse?"}]}',
-        model="gpt-4o",
-        status=200,
-        response_headers=[("content-type", "application/json")],
-        response_body=b'{"choices":[{"message":{"role":"assistant","content":"on the northern cape"}}]}',
-        agent="planner",
-    )
-    for key, value in fields.items():
-        setattr(call, key, value)
-    return call
 
 
 def test_a_written_call_reads_back_whole(store: Store) -> None:

@@ -22,7 +22,7 @@ import pytest
 
 from interlock.scripted import Script, ScriptedUpstream
 from interlock.testing import Running, run_interlock, settings_for_test
-from tests.conftest import routes_for
+from tests.conftest import closed_after_test, routes_for
 from tests.sdk_errors import protocol_error
 from tests.servers import RedisServer
 
@@ -62,16 +62,6 @@ def fleet(upstream: ScriptedUpstream, redis_server: RedisServer, tmp_path: Path)
         yield start
 
 
-_CLIENTS: list[openai.OpenAI] = []
-
-
-@pytest.fixture(autouse=True)
-def _close_clients() -> Iterator[None]:
-    yield
-    while _CLIENTS:
-        _CLIENTS.pop().close()
-
-
 def client(running: Running, agent: str = "support-bot", **headers: str) -> openai.OpenAI:
     """An openai SDK client for this agent (closed after the test); a bounded wait, no retries."""
     made = openai.OpenAI(
@@ -81,7 +71,7 @@ def client(running: Running, agent: str = "support-bot", **headers: str) -> open
         timeout=30,
         default_headers={"X-Interlock-Agent": agent, **headers},
     )
-    _CLIENTS.append(made)
+    closed_after_test(made)
     return made
 
 

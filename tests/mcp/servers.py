@@ -21,20 +21,12 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 from pydantic import BaseModel
 
 from interlock.core.call import Call
-from interlock.testing import free_port
+from interlock.testing import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 MCP1_VENV = ROOT / ".venv-mcp1"
 MCP1_SCRIPT = Path(__file__).with_name("mcp1_script.py")
 MCP1_LOCK = Path(__file__).with_name("mcp1.requirements.lock")  # `make lock` compiles it
-
-
-def wait_for(condition: Any, timeout: float = 60.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {timeout}s")
-        time.sleep(0.01)
 
 
 async def until(condition: Any, timeout: float = 60.0, what: str = "condition") -> None:

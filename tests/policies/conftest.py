@@ -1,15 +1,16 @@
 from __future__ import annotations
 
 import textwrap
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import anthropic
 import openai
 import pytest
 
 from interlock.testing import Running
+from tests.proxy.routing_support import anthropic_client as anthropic_client
+from tests.proxy.routing_support import openai_client as routed_openai_client
 
 
 @pytest.fixture
@@ -36,30 +37,6 @@ def with_policy(make_interlock: Any, write_policy: Callable[[str, str], Path]) -
     return start
 
 
-_CLIENTS: list[Any] = []
-
-
-@pytest.fixture(autouse=True)
-def _close_clients() -> Iterator[None]:
-    yield
-    while _CLIENTS:
-        _CLIENTS.pop().close()
-
-
 def openai_client(running: Running, agent: str = "support-bot", **headers: str) -> openai.OpenAI:
     """An openai SDK client for this agent (closed after the test)."""
-    client = openai.OpenAI(
-        base_url=running.url + "/openai",
-        api_key="sk-agent",
-        max_retries=0,
-        default_headers={"X-Interlock-Agent": agent, **headers},
-    )
-    _CLIENTS.append(client)
-    return client
-
-
-def anthropic_client(running: Running) -> anthropic.Anthropic:
-    """An anthropic SDK client (closed after the test)."""
-    client = anthropic.Anthropic(base_url=running.url + "/anthropic", api_key="sk-agent", max_retries=0)
-    _CLIENTS.append(client)
-    return client
+    return routed_openai_client(running, default_headers={"X-Interlock-Agent": agent, **headers})

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,22 +14,12 @@ import pytest
 from interlock.policies.loader import PolicyError
 from interlock.policies.stage import policy_stages_for
 from interlock.scripted import Script, ScriptedUpstream
-from interlock.testing import run_interlock, settings_for_test
+from interlock.testing import run_interlock, settings_for_test, wait_for
 from tests.conftest import routes_for
 from tests.policies.conftest import openai_client
 from tests.sdk_errors import protocol_error
 
 HI: Any = [{"role": "user", "content": "hi"}]
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_concurrent_limit(with_policy: Any, upstream: ScriptedUpstream) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from typing import Any
 
 import anthropic
@@ -11,7 +9,8 @@ import httpx
 import openai
 
 from interlock.core.call import Call
-from interlock.testing import Running, free_port
+from interlock.testing import Running, free_port, wait_for
+from tests.conftest import closed_after_test
 
 #: Retries that keep the suite fast: backoffs of a few milliseconds, Retry-After capped at 50 ms.
 FAST_RETRY: dict[str, Any] = {"attempts": 3, "backoff_initial": 0.004, "backoff_max": 0.008, "retry_after_max": 0.05}
@@ -28,27 +27,23 @@ def collect_calls(running: Running) -> list[Call]:
     return calls
 
 
-def wait_for(condition: Callable[[], Any], timeout: float = 60.0) -> None:
-    """Wait until `condition()` holds; `timeout` bounds a failure (met in milliseconds when it passes),
-    generous for a loaded 2-core machine."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.005)
-
-
 def finished(calls: list[Call], count: int = 1) -> list[Call]:
     wait_for(lambda: len(calls) >= count)
     return calls
 
 
-def openai_client(running: Running, route: str = "openai", max_retries: int = 0) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{running.url}/{route}", api_key="sk-agent", max_retries=max_retries)
+def openai_client(running: Running, route: str = "openai", max_retries: int = 0, **options: Any) -> openai.OpenAI:
+    """An openai SDK client of interlock's `route` (closed when the test ends); `options` go to it."""
+    options.setdefault("api_key", "sk-agent")
+    return closed_after_test(openai.OpenAI(base_url=f"{running.url}/{route}", max_retries=max_retries, **options))
 
 
-def anthropic_client(running: Running, route: str = "anthropic", max_retries: int = 0) -> anthropic.Anthropic:
-    return anthropic.Anthropic(base_url=f"{running.url}/{route}", api_key="sk-agent", max_retries=max_retries)
+def anthropic_client(
+    running: Running, route: str = "anthropic", max_retries: int = 0, **options: Any
+) -> anthropic.Anthropic:
+    """An anthropic SDK client of interlock's `route` (closed when the test ends); `options` go to it."""
+    options.setdefault("api_key", "sk-agent")
+    return closed_after_test(anthropic.Anthropic(base_url=f"{running.url}/{route}", max_retries=max_retries, **options))
 
 
 def closed_url() -> str:

@@ -20,11 +20,10 @@ from interlock.cli import main
 from interlock.proxy.stops import StopGate, Stops
 from interlock.scripted import ScriptedUpstream
 from interlock.scripted_replies import Script
-from interlock.testing import Running
+from interlock.testing import Running, make_call
 from interlock.tracing.backend import open_store
-from tests.proxy.routing_support import anthropic_client, wait_for
+from tests.proxy.routing_support import anthropic_client, openai_client, wait_for
 from tests.sdk_errors import protocol_error
-from tests.tracing.test_store import make_call
 
 HI = [{"role": "user", "content": "hi"}]
 #: A stream that would last about 15 s (100 deltas, 0.15 s apart): far past the 1 s a stop may take.
@@ -43,22 +42,9 @@ def running(make_interlock: Any, hook: ScriptedUpstream) -> Running:
     return make_interlock(escalation={"webhook": hook.url + "/hook"})  # type: ignore[no-any-return]
 
 
-_CLIENTS: list[openai.OpenAI | anthropic.Anthropic] = []
-
-
-@pytest.fixture(autouse=True)
-def _close_clients() -> Iterator[None]:
-    yield
-    while _CLIENTS:
-        _CLIENTS.pop().close()
-
-
 def client(running: Running, session: str = "run-1", agent: str = "coder") -> openai.OpenAI:
     """An SDK client for this session and agent (closed after the test)."""
-    headers = {"X-Interlock-Session": session, "X-Interlock-Agent": agent}
-    sdk = openai.OpenAI(base_url=running.url + "/openai", api_key="sk-agent", max_retries=0, default_headers=headers)
-    _CLIENTS.append(sdk)
-    return sdk
+    return openai_client(running, default_headers={"X-Interlock-Session": session, "X-Interlock-Agent": agent})
 
 
 def admin(running: Running, path: str, body: dict[str, Any] | None = None) -> httpx.Response:
@@ -132,7 +118,6 @@ def test_a_session_stopped_mid_stream_ends_within_a_second_and_stays_stopped(
 def test_an_anthropic_stream_is_ended_with_its_error_event(running: Running, upstream: ScriptedUpstream) -> None:
     upstream.script(SLOW)
     sdk = anthropic_client(running)
-    _CLIENTS.append(sdk)  # closed after the test like the others
     headers = {"X-Interlock-Session": "run-a"}
 
     def stream() -> Any:

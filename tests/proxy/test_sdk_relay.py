@@ -5,17 +5,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import anthropic
 import httpx
-import openai
 import pytest
 
 from interlock.scripted import Script, ScriptedUpstream, ToolUse
 from interlock.testing import Running
-
-
-def openai_client(running: Running, **kwargs: object) -> openai.OpenAI:
-    return openai.OpenAI(base_url=running.url + "/openai", api_key="sk-agent", max_retries=0, **kwargs)  # type: ignore[arg-type]
+from tests.proxy.routing_support import anthropic_client, openai_client
 
 
 def test_chat_completion_is_relayed_byte_exact(interlock: Running, upstream: ScriptedUpstream) -> None:
@@ -86,7 +81,7 @@ def test_responses_api_streamed_and_not(interlock: Running, upstream: ScriptedUp
 
 
 def test_anthropic_messages_streamed_and_not(interlock: Running, upstream: ScriptedUpstream) -> None:
-    client = anthropic.Anthropic(base_url=interlock.url + "/anthropic", api_key="sk-agent", max_retries=0)
+    client = anthropic_client(interlock)
     message = client.messages.create(
         model="claude-test-model", max_tokens=100, messages=[{"role": "user", "content": "bonjour"}]
     )

@@ -22,6 +22,7 @@ from interlock.cli import main
 from interlock.scripted import Script, ScriptedUpstream, ToolUse
 from interlock.testing import Running, run_interlock, settings_for_test
 from tests.conftest import routes_for
+from tests.proxy.routing_support import openai_client
 
 EMAIL = "jane.roe@acme-corp.io"
 TOKEN = "audit-admin-token"
@@ -35,12 +36,7 @@ rules:
 
 
 def _client(running: Running, agent: str) -> openai.OpenAI:
-    return openai.OpenAI(
-        base_url=running.url + "/openai",
-        api_key="sk-agent",
-        max_retries=0,
-        default_headers={"X-Interlock-Agent": agent, "X-Interlock-Session": f"{agent}-1"},
-    )
+    return openai_client(running, default_headers={"X-Interlock-Agent": agent, "X-Interlock-Session": f"{agent}-1"})
 
 
 def _ask(client: openai.OpenAI, text: str, *, stream: bool = False) -> None:

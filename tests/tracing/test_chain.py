@@ -13,10 +13,10 @@ from click.testing import CliRunner
 
 from interlock.cli import main
 from interlock.core.call import Chunk, Decision, Finding, new_id
+from interlock.testing import make_call
 from interlock.tracing.backend import open_store
 from interlock.tracing.chain import Table, digest
 from tests.tracing.frozen_schema import frozen
-from tests.tracing.test_store import make_call
 
 
 def _store(tmp_path: Path, count: int = 5) -> tuple[str, list[str]]:

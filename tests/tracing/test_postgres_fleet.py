@@ -24,7 +24,7 @@ from click.testing import CliRunner
 
 from interlock.cli import main
 from interlock.scripted import ScriptedUpstream
-from interlock.testing import Running, replay_server, run_interlock, settings_for_test
+from interlock.testing import Running, replay_server, run_interlock, settings_for_test, wait_for
 from interlock.tracing.backend import open_store
 from tests.conftest import routes_for
 from tests.proxy.served import Served, serve_process
@@ -176,14 +176,6 @@ def markers(database: str) -> list[str]:
         return [json.loads(call.request_body)["messages"][0]["content"] for call in store.iter_calls()]
 
 
-def wait_for(condition: Any, timeout: float, what: str) -> None:
-    """Poll `condition` until true; `timeout` bounds a loaded machine, it is not a pace."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.1)
-
-
 @pytest.mark.slow
 def test_kill_9_of_one_instance_loses_at_most_its_open_batch(serve: Any, database: str) -> None:
     a = serve("a", batch_size=32, batch_interval_ms=20)
@@ -276,7 +268,7 @@ OUTAGE_SECONDS = 12.0
 
 
 def test_search_finds_calls_before_and_after_the_indexer_reaches_them(database: str) -> None:
-    from tests.conformance.test_store_contract import make_call
+    from interlock.testing import make_call
 
     with open_store(database) as store:
         store._closing.set()  # type: ignore[attr-defined]  # the test runs the indexer's passes itself:
@@ -290,7 +282,7 @@ def test_search_finds_calls_before_and_after_the_indexer_reaches_them(database: 
 
 
 def test_a_bundle_imports_into_postgres(database: str, tmp_path: Path) -> None:
-    from tests.conformance.test_store_contract import make_call
+    from interlock.testing import make_call
 
     calls = [make_call(session="laptop", input_tokens=3) for _ in range(3)]
     bundle = tmp_path / "laptop.db"

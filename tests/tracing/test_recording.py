@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +15,9 @@ import pytest
 from interlock.core.call import Call, Decision
 from interlock.protocols import ADAPTERS
 from interlock.scripted import Script, ScriptedUpstream
-from interlock.testing import Running, free_port
+from interlock.testing import Running, free_port, wait_for
 from interlock.tracing.store import Store
+from tests.conftest import closed_after_test
 
 
 def recorded(running: Running, count: int = 1, timeout: float = 60.0, **filters: Any) -> list[dict[str, Any]]:
@@ -38,22 +38,10 @@ def full(running: Running, row: dict[str, Any]) -> Call:
     return call  # type: ignore[no-any-return]
 
 
-_OPEN: list[Any] = []
-
-
-@pytest.fixture(autouse=True)
-def close_clients() -> Any:
-    """SDK clients hold pooled sockets; close them so no ResourceWarning escapes a test."""
-    yield
-    while _OPEN:
-        _OPEN.pop().close()
-
-
 def openai_client(running: Running, **kwargs: Any) -> openai.OpenAI:
     kwargs.setdefault("api_key", "sk-agent-key")
     client = openai.OpenAI(base_url=running.url + "/openai", max_retries=0, **kwargs)
-    _OPEN.append(client)
-    return client
+    return closed_after_test(client)
 
 
 def test_an_ok_call_is_recorded_as_sent_and_received(interlock: Running) -> None:
@@ -110,7 +98,7 @@ def test_a_stream_is_kept_as_timed_chunks_and_reassembled(interlock: Running, up
 def test_an_anthropic_stream_is_reassembled(interlock: Running, upstream: ScriptedUpstream) -> None:
     upstream.script(Script(text="bonjour tout le monde", chunk_size=4))
     client = anthropic.Anthropic(base_url=interlock.url + "/anthropic", api_key="sk-ant-agent", max_retries=0)
-    _OPEN.append(client)
+    closed_after_test(client)
     with client.messages.stream(
         model="claude-test-model", max_tokens=50, messages=[{"role": "user", "content": "salut"}]
     ) as stream:
@@ -251,14 +239,6 @@ def test_recording_off_records_nothing(make_interlock: Any) -> None:
     assert running.runtime.store is None and running.runtime.recorder is None
     assert httpx.get(running.admin_url + "/api/calls").status_code == 503
     assert not Path(running.settings.store.path).exists()
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (result := condition()):
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
-    return result
 
 
 def test_retention_prunes_in_the_background(make_interlock: Any) -> None:

@@ -7,29 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from interlock.core.call import Attempt, Call, Chunk, Decision, Finding, new_id
+from interlock.core.call import Attempt, Call, Chunk, Decision, Finding
+from interlock.testing import make_call
 from interlock.tracing.schema import SCHEMA_VERSION, SchemaError
 from interlock.tracing.store import Store, StoreError, fts_query
 from tests.tracing.frozen_schema import frozen
-
-
-def make_call(**fields: object) -> Call:
-    call = Call(
-        id=new_id(),
-        route="openai",
-        protocol="openai",
-        method="POST",
-        path="/chat/completions",
-        request_headers=[("content-type", "application/json"), ("x-interlock-agent", "planner")],
-        request_body=b'{"model":"gpt-4o","messages":[{"role":"user","content":"where is the lighthouse?"}]}',
-        model="gpt-4o",
-        status=200,
-        response_headers=[("content-type", "application/json")],
-        response_body=b'{"choices":[{"message":{"role":"assistant","content":"on the northern cape"}}]}',
-    )
-    for key, value in fields.items():
-        setattr(call, key, value)
-    return call
 
 
 def full_call() -> Call:

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from interlock.core.call import Attempt, Finding
+from interlock.testing import make_call
 from interlock.tracing.reads import LIST_EXTRAS, Reads
 from interlock.tracing.rows import narrow_rows
 from interlock.tracing.store import LIST_COLUMNS, Store, StoreError, fts_query
-from tests.tracing.test_store import make_call
 
 
 @pytest.fixture

@@ -13,8 +13,7 @@ import pytest
 from playwright.sync_api import expect
 
 from interlock.core.call import Call
-from interlock.testing import Running, run_interlock, settings_for_test
-from tests.tracing.test_store import make_call
+from interlock.testing import Running, make_call, run_interlock, settings_for_test
 
 CALLS = 620
 
