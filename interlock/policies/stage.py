@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 from interlock.config import Settings
 from interlock.core.call import Call, Decision
-from interlock.policies.counters import open_counters
+from interlock.policies.counters_open import open_counters
 from interlock.policies.engine import CompiledRule, Evaluation, Subject, tool_denial_message
 from interlock.policies.limits import Limiter
 from interlock.policies.loader import PolicyRuntime
