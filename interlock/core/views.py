@@ -6,6 +6,7 @@ at the bottom beside the `Call` and know no wire format: a `ResponseView` asks i
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -98,9 +99,41 @@ class ResponseReader(Protocol):
     def token_usage(self, call: Call) -> TokenUsage | None: ...
 
     def stream_usage(self, view: ResponseView) -> Any:
-        """A stream's usage object, as summed while its events passed (`view.stream_usage`) or read
+        """A stream's usage object, as summed while its events passed (`view.stream_read`) or read
         from its record."""
         ...
+
+
+#: The most bytes of a stream's events a `StreamRead` keeps for readers after the relay (its
+#: reassembly for search and summaries); a longer stream is read from its record instead.
+STREAM_READ_MAX = 4 * 1024 * 1024
+
+
+@dataclass(slots=True)
+class StreamRead:
+    """A stream as the proxy read it while relaying it, split once into events (issue 18): the usage
+    folded from them (`Adapter.fold_usage`) and the events themselves, so that nothing after the relay
+    (the response view's message, the summary, the search index) splits the stream again. `events`
+    holds `protocols.sse.Event`s (typed Any: the bottom layer names no wire type); None once the
+    stream passed `STREAM_READ_MAX` bytes."""
+
+    usage: Any = None
+    events: list[Any] | None = field(default_factory=list)
+    size: int = 0
+
+    def take(self, events: list[Any], fold: Callable[[Any, Any], Any]) -> None:
+        """Fold more events (the upstream's, in order) into the usage, and keep them while bounded."""
+        usage, size = self.usage, self.size
+        for event in events:
+            usage = fold(event, usage)
+            size += len(event.raw)
+        self.usage, self.size = usage, size
+        kept = self.events
+        if kept is not None:
+            if size > STREAM_READ_MAX:
+                self.events = None
+            else:
+                kept += events
 
 
 class ResponseView:
@@ -113,9 +146,10 @@ class ResponseView:
         "adapter",
         "call",
         "body",
+        "chunks",
         "chunk_count",
         "memo",
-        "stream_usage",
+        "stream_read",
         "_message",
         "_texts",
         "_tool_calls",
@@ -123,13 +157,14 @@ class ResponseView:
 
     def __init__(self, adapter: ResponseReader, call: Call) -> None:
         self.adapter, self.call = adapter, call
-        #: What it was read from: a body replaced or chunks added later make it stale.
-        self.body, self.chunk_count = call.response_body, len(call.chunks)
+        #: What it was read from: a body or chunks replaced (the guardrails' masked record), or chunks added
+        #: later, make it stale.
+        self.body, self.chunks, self.chunk_count = call.response_body, call.chunks, len(call.chunks)
         #: Values an adapter derives once per response (its usage object).
         self.memo: dict[str, Any] = {}
-        #: A stream's usage object, summed by the proxy as its events passed (`Adapter.fold_usage`);
-        #: UNPARSED for a stream not read that way (a record read later: `Adapter.stream_usage`).
-        self.stream_usage: Any = UNPARSED
+        #: What the proxy gathered from a stream's events as they passed; None for a stream not read
+        #: that way (a record read later: the adapter reads the recorded chunks).
+        self.stream_read: StreamRead | None = None
         self._message: Any = _UNREAD  # the JSON message, or `UNPARSED` until first read
         self._texts: list[TextSlot] | None = None
         self._tool_calls: list[ToolCall] | None = None

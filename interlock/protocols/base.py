@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from interlock.core.call import Call, Headers, Reply
-from interlock.core.views import UNPARSED, JsonPath, RequestView, ResponseView, TextSlot, TokenUsage, ToolCall
+from interlock.core.views import JsonPath, RequestView, ResponseView, TextSlot, TokenUsage, ToolCall
 from interlock.protocols.conversation import ChatMessage
 from interlock.protocols.encoding import Unreadable, decode_body
 from interlock.protocols.sse import Event, EventSplitter, iter_events
@@ -125,7 +125,12 @@ class Adapter:
     def response_view(self, call: Call) -> ResponseView:
         """The call's finished response, read once (cached on the call; see `ResponseView`)."""
         view = call.response_view
-        if isinstance(view, ResponseView) and view.body is call.response_body and view.chunk_count == len(call.chunks):
+        if (
+            isinstance(view, ResponseView)
+            and view.body is call.response_body
+            and view.chunks is call.chunks
+            and view.chunk_count == len(call.chunks)
+        ):
             return view
         view = call.response_view = ResponseView(self, call)
         return view
@@ -134,6 +139,9 @@ class Adapter:
         """The response JSON as the upstream sent it (a stream reassembled); None: not JSON. What
         `ResponseView.message` holds: read it there, parsed once per call."""
         if call.stream:
+            read = self.response_view(call).stream_read
+            if read is not None and read.events is not None:  # split once, as it was relayed
+                return self.reassemble_events(read.events)
             return self.reassemble_stream(b"".join(c.data for c in call.chunks))
         return response_json(call)
 
@@ -218,18 +226,19 @@ class Adapter:
 
     def fold_usage(self, event: Event, found: Any) -> Any:
         """The stream's usage object so far, `found` (None at first), after one more event: the
-        proxy folds each event in as it passes (`ResponseView.stream_usage`), so a stream's usage
+        proxy folds each event in as it passes (`ResponseView.stream_read`), so a stream's usage
         is never read by joining and splitting it again at its end. None: the protocol has none."""
         return found
 
     def stream_usage(self, view: ResponseView) -> Any:
         """A stream's usage object (`fold_usage` over its events): as the proxy summed it while the
         events passed, or, for a stream read from its record, folded over the recorded chunks."""
-        found = view.stream_usage
-        if found is UNPARSED:
-            found = None
-            for event in self.iter_events(b"".join(c.data for c in view.call.chunks)):
-                found = self.fold_usage(event, found)
+        read = view.stream_read
+        if read is not None:
+            return read.usage
+        found = None
+        for event in self.iter_events(b"".join(c.data for c in view.call.chunks)):
+            found = self.fold_usage(event, found)
         return found
 
     def reassemble(self, events: list[dict[str, Any]]) -> Any:

@@ -76,7 +76,18 @@ def output_texts(protocol: str, data: Any) -> list[TextSlot]:
 
 
 def _stream_ends(adapter: Adapter, call: Call) -> tuple[list[Any], list[Event]]:
-    """JSON payloads of the first events (in order), and the last events (last first)."""
+    """JSON payloads of the first events (in order), and the last events (last first): from the events
+    the proxy split as it relayed the stream (`StreamRead`), else from the recorded chunks."""
+    read = adapter.response_view(call).stream_read
+    if read is not None and read.events is not None:
+        first: list[Any] = []
+        for event in read.events:
+            data = adapter.event_json(event)
+            if isinstance(data, dict):
+                first.append(data)
+                if len(first) == 2:
+                    break
+        return first, list(reversed(read.events[-_TAIL_EVENTS:]))
     chunks = call.chunks
     splitter = adapter.event_splitter()
     head: list[Any] = []

@@ -17,6 +17,7 @@ import httpx
 
 from interlock.config import Route, Settings
 from interlock.core.call import Call, Chunk, Decision, Outcome, SuppliedResponse, new_id
+from interlock.core.views import StreamRead
 from interlock.protocols import ADAPTERS, Adapter
 from interlock.protocols.encoding import Unreadable
 from interlock.protocols.rescue import StreamRescue, stream_rescue
@@ -386,7 +387,7 @@ class ProxyApp:
         # comes, unless a stage reads it.
         if transform or state.rescue is not None or not adapter.opaque:
             state.splitter = adapter.event_splitter()
-            state.fold = adapter.fold_usage
+            state.read, state.fold = StreamRead(), adapter.fold_usage
         await send({"type": "http.response.start", "status": call.status, "headers": headers})
         state.started = True
         outcome = call.outcome
@@ -456,7 +457,7 @@ class ProxyApp:
         if tail and state.sent_capture is not None:
             state.sent_capture.add(Chunk(call.elapsed_ms(), tail))
         _finish_capture(call, state)
-        _summed_usage(call, adapter, state)
+        _hand_over_read(call, adapter, state)
         await pipeline.response(call)
         _keep_sent(call, sent)
         state.responded = True
@@ -491,7 +492,7 @@ class ProxyApp:
         tail = _joined(await self.pipeline.chunk(call, [], True)) if self.pipeline.has_chunk_hooks else b""
         await self.fail(call, adapter, send, state, 502, "upstream_error", code, message, tail=tail)
         _finish_capture(call, state)
-        _summed_usage(call, adapter, state)
+        _hand_over_read(call, adapter, state)
         await self.pipeline.response(call)
 
     async def _forward_chunk(self, call: Call, data: bytes, send: Send, state: _Watch) -> None:
@@ -529,12 +530,10 @@ class ProxyApp:
 
     @staticmethod
     def _take(events: list[Event], state: _Watch) -> list[Event]:
-        """The upstream's events (after the rescue's splice) folded into the stream's usage as they pass."""
-        fold, usage = state.fold, state.usage
-        if fold is not None:
-            for event in events:
-                usage = fold(event, usage)
-            state.usage = usage
+        """The upstream's events (after the rescue's splice), read as they pass: the usage folded,
+        the events kept (bounded) for the readers after the relay (`StreamRead`)."""
+        if state.read is not None and state.fold is not None:
+            state.read.take(events, state.fold)
         return events
 
     @staticmethod
@@ -655,8 +654,8 @@ class _Watch:
         "sent_capture",
         "rescue",
         "splitter",
+        "read",
         "fold",
-        "usage",
         "splicing",
     )
 
@@ -670,8 +669,8 @@ class _Watch:
         self.sent_capture: StreamCapture | None = None  # ... and of the agent's, when stages change it
         self.rescue: StreamRescue | None = None  # follows a `stream_rescue` route's stream
         self.splitter: EventSplitter | None = None  # splits the stream into whole events, once
+        self.read: StreamRead | None = None  # what is read of the events as they pass
         self.fold: Callable[[Event, Any], Any] | None = None  # the adapter's `fold_usage`
-        self.usage: Any = None  # the usage object summed from the events so far
         self.splicing = False  # the continuation is being relayed
 
 
@@ -690,11 +689,11 @@ async def _watch_disconnect(receive: Receive, state: _Watch, task: asyncio.Task[
             return
 
 
-def _summed_usage(call: Call, adapter: Adapter, state: _Watch) -> None:
-    """Hand the usage summed while the stream passed to the call's response view (read by the usage
-    stage and every later reader), so the stream is not joined and split again to find it."""
-    if state.fold is not None:
-        adapter.response_view(call).stream_usage = state.usage
+def _hand_over_read(call: Call, adapter: Adapter, state: _Watch) -> None:
+    """Hand what was read of the stream as it passed (its usage, its events) to the call's response
+    view, where the usage stage and every later reader find it: the stream is not split again."""
+    if state.read is not None:
+        adapter.response_view(call).stream_read = state.read
 
 
 def _joined(events: list[Event]) -> bytes:

@@ -29,7 +29,8 @@ REASSEMBLE_TAIL = 1024 * 1024
 
 def record_texts(record: dict[str, Any], response: Any = UNPARSED, request: Any = UNPARSED) -> tuple[str, str, Any]:
     """(request text, response text, reassembled message or None) of a `Call.to_record()` dict.
-    `response`: the non-streamed `response_body` already parsed (the call's `ResponseView`), and
+    `response`: the `response_body` already parsed, or the stream already reassembled from the events
+    the proxy split once (the call's `ResponseView`), and
     `request`: the `request_body` already parsed (the parse stage's `call.request_json`), so neither
     is parsed again."""
     request_body = record.get("request_body")
@@ -42,14 +43,23 @@ def record_texts(record: dict[str, Any], response: Any = UNPARSED, request: Any 
         chunks = record.get("agent_chunks")
         if chunks is None:
             chunks = record.get("chunks") or []
-        body = b"".join(d for _, d in chunks)
         adapter = ADAPTERS.get(str(record.get("protocol")), ADAPTERS["http"])
-        if len(body) > REASSEMBLE_MAX:
-            message = adapter.reassemble_stream(adapter.stream_head_and_tail(body, REASSEMBLE_HEAD, REASSEMBLE_TAIL))
+        body: bytes | None = None
+        if response is not UNPARSED:  # reassembled from the events the proxy split as it relayed them
+            message = response
         else:
-            message = adapter.reassemble_stream(body)
+            body = b"".join(d for _, d in chunks)
+            if len(body) > REASSEMBLE_MAX:
+                message = adapter.reassemble_stream(
+                    adapter.stream_head_and_tail(body, REASSEMBLE_HEAD, REASSEMBLE_TAIL)
+                )
+            else:
+                message = adapter.reassemble_stream(body)
         texts = adapter.response_texts(message) if message is not None else []
-        response = "\n".join(t.text for t in texts) if texts else adapter.stream_search_text(body)
+        if texts:
+            response = "\n".join(t.text for t in texts)
+        else:  # a stream that does not reassemble: its text pieces
+            response = adapter.stream_search_text(body if body is not None else b"".join(d for _, d in chunks))
     else:
         whole = record.get("agent_response_body")
         if whole is not None or response is UNPARSED or not whole_json(record.get("response_body"), response):

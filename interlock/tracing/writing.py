@@ -23,6 +23,7 @@ from typing import Any
 from interlock.core.call import Call, Headers, _plain, public_headers
 from interlock.core.fields import call_row
 from interlock.core.views import UNPARSED, RequestView, ResponseView
+from interlock.protocols import ADAPTERS
 from interlock.protocols.encoding import codings
 from interlock.tracing import store_chain
 from interlock.tracing.chain import DEFAULT_WRITER, digest
@@ -340,6 +341,15 @@ def _parsed_response(call: Call, body: bytes | None) -> Any:
     """The response body as the call's ResponseView parsed it on the hot path (the usage stage, the
     tool-call policy), when the recorded body is that body: the writer does not parse it again."""
     view = call.response_view
-    if call.stream or body is None or not isinstance(view, ResponseView) or view.body is not body:
+    if call.stream:
+        # The stream reassembled from the events the proxy split as it relayed them, while the record
+        # holds those events (not the agent's rewritten chunks, nor a masked copy: the view is then stale).
+        adapter = ADAPTERS.get(call.protocol)
+        if call.agent_chunks is not None or not isinstance(view, ResponseView) or adapter is None:
+            return UNPARSED
+        view = adapter.response_view(call)  # a fresh view (nothing read) when stale
+        read = view.stream_read
+        return view.message if read is not None and read.events is not None else UNPARSED
+    if body is None or not isinstance(view, ResponseView) or view.body is not body:
         return UNPARSED
     return view.parsed()
