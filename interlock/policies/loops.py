@@ -49,7 +49,7 @@ from interlock.protocols.sse import Event
 
 if TYPE_CHECKING:
     from interlock.policies.engine import CompiledRule
-    from interlock.policies.stage import Escalation
+    from interlock.proxy.escalation import Escalator
 
 log = logging.getLogger("interlock.policies")
 
@@ -187,7 +187,7 @@ class LoopStage:
     def __init__(
         self,
         memory: LoopMemory | None = None,
-        escalator: Escalation | None = None,
+        escalator: Escalator | None = None,
         stopper: SessionStopper | None = None,
         *,
         announce: bool = True,

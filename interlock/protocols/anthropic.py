@@ -55,6 +55,23 @@ def _blocks(content: Any, path: tuple[str | int, ...], role: str) -> list[TextSl
     return slots
 
 
+def read_messages_body(data: dict[str, Any], view: RequestView) -> None:
+    """A Messages API request body read into `view`: a chat, its parameters, the texts of its system
+    prompt and messages (where they are, whose), the tools offered; a malformed one refused (400).
+    Bedrock's InvokeModel carries the same body for Anthropic models (`bedrock.py` reads it here)."""
+    view.operation = "chat"
+    view.params = {k: data[k] for k in _PARAMS if k in data}
+    view.texts += _blocks(data.get("system"), ("system",), "system")
+    messages = data.get("messages")
+    if not isinstance(messages, list):
+        raise BadRequest("`messages` must be a list", "invalid_request")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise BadRequest(f"messages.{i} must be an object", "invalid_request")
+        view.texts += _blocks(message.get("content"), ("messages", i, "content"), str(message.get("role")))
+    view.tools = _tool_names(data.get("tools"))
+
+
 def _tool_names(tools: Any) -> list[str]:
     """Names of the offered tools; refused (400) unless `tools` is a list of objects with string names."""
     if tools is None:
@@ -166,17 +183,7 @@ class AnthropicAdapter(Adapter):
         view = RequestView(operation="http", model=model, stream=data.get("stream") is True)
         view.params = {k: data[k] for k in _PARAMS if k in data}
         if call.path.endswith("/messages") or call.path.endswith("/messages/count_tokens"):
-            view.operation = "chat"
-            system = data.get("system")
-            view.texts += _blocks(system, ("system",), "system")
-            messages = data.get("messages")
-            if not isinstance(messages, list):
-                raise BadRequest("`messages` must be a list", "invalid_request")
-            for i, message in enumerate(messages):
-                if not isinstance(message, dict):
-                    raise BadRequest(f"messages.{i} must be an object", "invalid_request")
-                view.texts += _blocks(message.get("content"), ("messages", i, "content"), str(message.get("role")))
-            view.tools = _tool_names(data.get("tools"))
+            read_messages_body(data, view)
             _check_tool_choice(data.get("tool_choice"))
         return view
 

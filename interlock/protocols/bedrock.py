@@ -22,10 +22,7 @@ from urllib.parse import quote, unquote
 
 from interlock.core.call import Call, Headers, Reply
 from interlock.core.views import RequestView, TextSlot, TokenUsage, ToolCall
-from interlock.protocols.anthropic import _PARAMS as anthropic_params
-from interlock.protocols.anthropic import AnthropicAdapter
-from interlock.protocols.anthropic import _blocks as anthropic_blocks
-from interlock.protocols.anthropic import _tool_names as anthropic_tool_names
+from interlock.protocols.anthropic import AnthropicAdapter, read_messages_body
 from interlock.protocols.base import (
     Adapter,
     BadRequest,
@@ -90,18 +87,9 @@ def model_and_action(path: str) -> tuple[str, str] | None:
 
 
 def _anthropic_view(data: dict[str, Any], model: str, stream: bool) -> RequestView:
-    """InvokeModel's Anthropic Messages body read as the anthropic adapter reads one (its helpers)."""
+    """InvokeModel's Anthropic Messages body, read as the anthropic adapter reads one."""
     view = RequestView(operation="chat", model=model, stream=stream)
-    view.params = {k: data[k] for k in anthropic_params if k in data}
-    view.texts += anthropic_blocks(data.get("system"), ("system",), "system")
-    messages = data.get("messages")
-    if not isinstance(messages, list):
-        raise BadRequest("`messages` must be a list", "invalid_request")
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict):
-            raise BadRequest(f"messages.{i} must be an object", "invalid_request")
-        view.texts += anthropic_blocks(message.get("content"), ("messages", i, "content"), str(message.get("role")))
-    view.tools = anthropic_tool_names(data.get("tools"))
+    read_messages_body(data, view)
     return view
 
 
