@@ -16,22 +16,34 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from interlock.config import Settings
 from interlock.core.call import Call, Decision
 from interlock.policies.counters_open import open_counters
-from interlock.policies.engine import CompiledRule, Evaluation, Subject, tool_denial_message
+from interlock.policies.engine import CompiledRule, Evaluation, tool_denial_message
 from interlock.policies.limits import Limiter
 from interlock.policies.loader import PolicyRuntime
 from interlock.policies.model import Limits
+from interlock.policies.subject import Subject
 from interlock.prices import Pricing
 from interlock.protocols import ADAPTERS, Adapter
 from interlock.protocols.sse import Event
-from interlock.proxy.escalation import Escalator
 
 log = logging.getLogger("interlock.policies")
+
+
+class Escalation(Protocol):
+    """Where a policy sends what a human must hear about (`proxy.escalation.Escalator`, the webhook,
+    is one): named here so policies/ does not import the proxy, which sits above it."""
+
+    @property
+    def enabled(self) -> bool:
+        """Somewhere to send events to (a webhook is configured)."""
+        ...
+
+    def emit(self, event: str, **fields: Any) -> None: ...
 
 
 def apply_changes(call: Call, evaluation: Evaluation, adapter: Adapter) -> list[str]:
@@ -105,7 +117,7 @@ class PolicyStage:
         runtime: PolicyRuntime,
         settings: Settings,
         limiter: Limiter | None = None,
-        escalator: Escalator | None = None,
+        escalator: Escalation | None = None,
     ) -> None:
         self.runtime = runtime
         self.limiter = limiter or Limiter(pricing=Pricing.for_settings(settings))

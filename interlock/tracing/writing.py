@@ -15,13 +15,13 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from itertools import chain
 from operator import attrgetter
 from typing import Any
 
 from interlock.core.call import Call, Headers, _plain, public_headers
 from interlock.core.fields import call_row
+from interlock.core.sqlite import transaction
 from interlock.core.views import UNPARSED, RequestView, ResponseView
 from interlock.protocols import ADAPTERS
 from interlock.protocols.encoding import codings
@@ -273,21 +273,6 @@ def write_records(
             # can wait a whole switch interval (5 ms) for it. sleep(0) lets it run now.
             time.sleep(0)
     return write_rows(conn, rows, writer=writer)
-
-
-@contextmanager
-def transaction(conn: sqlite3.Connection) -> Iterator[None]:
-    """`BEGIN IMMEDIATE` … `COMMIT`, rolled back if the body raises. SQLite rolls back by itself on
-    some errors (SQLITE_FULL, I/O errors): a ROLLBACK then raises "no transaction is active", which
-    used to hide the real error, so it is only sent while a transaction is open."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
 
 
 def write_rows(conn: sqlite3.Connection, rows: Rows, *, writer: str = DEFAULT_WRITER) -> int:
