@@ -319,10 +319,6 @@ def migrate(conn: sqlite3.Connection, path: str) -> int:
             f"{path}: the store has schema version {before}, newer than this interlock knows ({SCHEMA_VERSION});"
             " upgrade interlock to read it"
         )
-    if before == 0:
-        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        if tables - FIRST_USE_TABLES:
-            raise SchemaError(f"{path}: not an interlock store (it has tables but no schema version)")
     if before == SCHEMA_VERSION:
         return before
     db = database(conn)
@@ -333,6 +329,12 @@ def migrate(conn: sqlite3.Connection, path: str) -> int:
             if schema_version(conn) != version:
                 conn.execute("ROLLBACK")
                 continue
+            # Under the lock too: read before it, a file another process was migrating could show
+            # version 0 to one read and its new tables to the next.
+            if version == 0:
+                tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+                if tables - FIRST_USE_TABLES:
+                    raise SchemaError(f"{path}: not an interlock store (it has tables but no schema version)")
             MIGRATIONS[version](db)
             conn.execute(f"PRAGMA user_version = {version + 1}")
             conn.execute("COMMIT")

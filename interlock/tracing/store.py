@@ -105,6 +105,11 @@ class SQLiteStore(WorkflowReads, SQLitePins, SQLiteStops, AuditReads):
         self._closed = False
         #: Bumped by `reopen`: a thread whose connection is older opens a new one.
         self._generation = 0
+        #: Held while a connection is made, and by `reopen` from dropping the old file's leftovers
+        #: to migrating the new one: no other thread creates the file between the two (its `-wal`
+        #: and `-shm`, made by that thread's connection, would be unlinked under it: two connections
+        #: to one file with different shared memory).
+        self._opening = threading.RLock()
         self._stale: list[sqlite3.Connection] = []  # connections to a file that was deleted or replaced
         self._identity: tuple[int, int] | None = None
         self._version = SCHEMA_VERSION  # a read-only file's own version, learnt on opening it
@@ -146,13 +151,15 @@ class SQLiteStore(WorkflowReads, SQLitePins, SQLiteStops, AuditReads):
         if conn is None:
             if self._closed:
                 raise StoreError(f"{self.path}: the store is closed")
-            conn = _connect(self.path, self.readonly)
-            if self.readonly and self._version < SCHEMA_VERSION:
-                compat_views(conn, self._version)
-            self._local.conn = conn
-            self._local.generation = self._generation
-            with self._lock:
-                self._connections.append(conn)
+            with self._opening:
+                generation = self._generation
+                conn = _connect(self.path, self.readonly)
+                if self.readonly and self._version < SCHEMA_VERSION:
+                    compat_views(conn, self._version)
+                self._local.conn = conn
+                self._local.generation = generation
+                with self._lock:
+                    self._connections.append(conn)
         return conn
 
     @property
@@ -183,18 +190,18 @@ class SQLiteStore(WorkflowReads, SQLitePins, SQLiteStops, AuditReads):
         # removes a WAL file by its path when its last connection closes, which would take the new
         # file's uncheckpointed WAL with it; and while the old inode is open it cannot be reused
         # for the new file (SQLite keys its locks and shared memory by inode).
-        with self._lock:
-            self._stale += self._connections
-            self._connections = []
-            self._generation += 1
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        if not os.path.exists(self.path):
-            for stale in (self.path + "-wal", self.path + "-shm"):  # the old file's: never replayed into a new one
-                if os.path.exists(stale):
-                    os.unlink(stale)
-        conn = self.conn
-        migrate(conn, self.path)
-        self._identity = _file_identity(self.path)
+        with self._opening:
+            with self._lock:
+                self._stale += self._connections
+                self._connections = []
+                self._generation += 1
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            if not os.path.exists(self.path):
+                for stale in (self.path + "-wal", self.path + "-shm"):  # the old file's: never replayed into a new one
+                    if os.path.exists(stale):
+                        os.unlink(stale)
+            migrate(self.conn, self.path)
+            self._identity = _file_identity(self.path)
 
     @property
     def schema_version(self) -> int:
