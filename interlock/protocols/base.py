@@ -203,12 +203,6 @@ class Adapter:
         splitter with the same `feed`/`close`/`pending`, each event's `raw` its exact bytes)."""
         return EventSplitter()
 
-    def events_end(self, data: bytes) -> int:
-        """Where the last complete event of `data` (which starts at an event's start) ends; 0: none
-        ends in it."""
-        lf, crlf = data.rfind(b"\n\n"), data.rfind(b"\r\n\r\n")
-        return max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
-
     def iter_events(self, body: bytes) -> Iterator[Event]:
         """The events of a whole recorded stream."""
         return iter_events(body)

@@ -42,7 +42,6 @@ from interlock.protocols.eventstream import (
     event_message,
     exception_message,
     iter_messages,
-    messages_end,
 )
 from interlock.protocols.sse import Event, EventSplitter
 
@@ -320,9 +319,6 @@ class BedrockAdapter(Adapter):
 
     def iter_events(self, body: bytes) -> Iterator[Event]:
         return iter_messages(body)
-
-    def events_end(self, data: bytes) -> int:
-        return messages_end(data)
 
     def event_json(self, event: Event) -> Any:
         """`{eventType: payload}`, as boto3 yields a stream's events."""

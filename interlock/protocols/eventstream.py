@@ -128,18 +128,6 @@ class MessageSplitter(EventSplitter):
         return iter(())
 
 
-def messages_end(data: bytes) -> int:
-    """Where the last whole message of `data` (which starts at a message's start) ends; 0: none
-    ends in it (a damaged prelude: none, so the bytes are relayed as they come)."""
-    end = 0
-    while len(data) - end >= _PRELUDE:
-        (total,) = struct.unpack_from("!I", data, end)
-        if total < _PRELUDE + 4 or total > MAX_MESSAGE or end + total > len(data):
-            break
-        end += total
-    return end
-
-
 def iter_messages(body: bytes) -> Iterator[Event]:
     splitter = MessageSplitter()
     yield from splitter.feed(body)

@@ -37,7 +37,6 @@ from interlock.protocols.gemini_stream import (
     FIRST,
     NEXT,
     GeminiSplitter,
-    JsonArraySplitter,
     iter_gemini_events,
     reassemble,
 )
@@ -267,11 +266,6 @@ class GeminiAdapter(Adapter):
         if status == 200 and getattr(view, "stream", False) and content_type.startswith("application/json"):
             return True
         return super().is_stream(content_type, call, status)
-
-    def events_end(self, data: bytes) -> int:
-        if data.lstrip()[:1] not in (b"[", b"{", b",", b"]"):
-            return super().events_end(data)  # server-sent events
-        return sum(len(event.raw) for event in JsonArraySplitter().feed(data))
 
     def iter_events(self, body: bytes) -> Iterator[Event]:
         return iter_gemini_events(body)

@@ -41,12 +41,16 @@ def test_a_stream_reassembles_into_the_non_streamed_answer(sse: bool) -> None:
     assert GEMINI.reassemble_stream(body) == whole
 
 
-def test_events_end_holds_back_an_unfinished_element() -> None:
+def test_the_splitter_holds_back_an_unfinished_element() -> None:
     body, _ = stream(False)
     first_end = body.index(b"\n,")
-    assert GEMINI.events_end(body[: first_end + 5]) == first_end
-    assert GEMINI.events_end(body) == len(body)
-    assert GEMINI.events_end(b'data: {"a": 1}\r\n\r\ndata: {"b"') == len(b'data: {"a": 1}\r\n\r\n')
+
+    def whole(data: bytes) -> bytes:
+        return b"".join(e.raw for e in GEMINI.event_splitter().feed(data))
+
+    assert whole(body[: first_end + 5]) == body[:first_end]
+    assert whole(body) == body
+    assert whole(b'data: {"a": 1}\r\n\r\ndata: {"b"') == b'data: {"a": 1}\r\n\r\n'
 
 
 def test_a_rewritten_element_and_a_copy_keep_the_array_valid() -> None:
