@@ -77,8 +77,8 @@ pytest: $(VENV)/.test-deps $(VENV)-mcp1/.stamp .venv-phoenix/.stamp frameworks-v
 	  4) why="usage error (PYTEST_ARGS?)";; 5) why="no tests collected (PYTEST_ARGS selects nothing)";; *) why="";; esac; \
 	  echo "make test: pytest exited $$status$${why:+: $$why}" >&2; exit $$status; }
 
-# Arize Phoenix, the real OTLP backend of tests/tracing/test_otel_phoenix.py, in its own venv.
-.venv-phoenix/.stamp: tests/tracing/phoenix.requirements.lock | $(VENV)/.test-deps
+# Arize Phoenix, the real OTLP backend of tests/otel/test_otel_phoenix.py, in its own venv.
+.venv-phoenix/.stamp: tests/otel/phoenix.requirements.lock | $(VENV)/.test-deps
 	@$(BIN)/python -m tests.lockedvenv .venv-phoenix $< >/dev/null
 
 # The agent frameworks of tests/frameworks (LangGraph, CrewAI, AutoGen, Prefect, Temporal, litellm, ...), one

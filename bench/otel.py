@@ -11,9 +11,9 @@ from bench.report import Section
 
 def available() -> str | None:
     try:
-        from interlock.tracing import otel  # noqa: F401
+        from interlock.otel import exporter as otel  # noqa: F401
     except ImportError:
-        return "OpenTelemetry export (interlock.tracing.otel) is not in this commit yet"
+        return "OpenTelemetry export (interlock.otel.exporter) is not in this commit yet"
     return None
 
 

@@ -47,7 +47,7 @@ def build_services(settings: Settings) -> Services:
     )
     if otel.enabled and (otel.endpoint or any(os.environ.get(name) for name in endpoints)):
         # Else nowhere to export to: not even the OpenTelemetry SDK is imported (docs/otel.md).
-        from interlock.tracing.otel import build_exporter
+        from interlock.otel.exporter import build_exporter
 
         services.exporter = build_exporter(otel)
     return services

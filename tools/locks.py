@@ -26,7 +26,7 @@ PYTHON_VERSION = "3.11"
 
 def inputs() -> list[Path]:
     """Every requirements file that has (or needs) a lock: each example's, and the test and tool venvs'."""
-    fixed = ["tools/uv.requirements.txt", "tests/mcp/mcp1.requirements.txt", "tests/tracing/phoenix.requirements.txt"]
+    fixed = ["tools/uv.requirements.txt", "tests/mcp/mcp1.requirements.txt", "tests/otel/phoenix.requirements.txt"]
     return sorted(ROOT.glob("examples/*/requirements.txt")) + [ROOT / name for name in fixed]
 
 

@@ -3,7 +3,7 @@
 Every encoding of a `Call` is derived from `FIELDS`: the record dict (`Call.to_record` /
 `from_record`), the `calls` row and its column list (`rows.py`; the writer's fast path and the
 record path build it with the same generated function), and the scalar part of the tuple that
-crosses to the OTel export process (`otel_process.to_wire` / `from_wire`). Adding a recorded
+crosses to the OTel export process (`otel.process.to_wire` / `from_wire`). Adding a recorded
 field is one line here plus a schema migration (`schema.py`) when it has a column of its own
 (docs/store.md); `tests/core/test_fields.py` fails for a `Call` attribute that is in neither
 this table nor `NOT_RECORDED`.
@@ -34,7 +34,7 @@ class Field:
     #: Among the columns list views read (`rows.LIST_COLUMNS`).
     listed: bool = True
     #: Crosses to the OTel export process as it is (bodies and the structured fields cross by
-    #: their own rules in `otel_process.to_wire`: cut, filtered or left out with capture off).
+    #: their own rules in `otel.process.to_wire`: cut, filtered or left out with capture off).
     wire: bool = True
 
 

@@ -61,7 +61,7 @@ class Services:
     limiter: Limiter | None = None
     #: The values behind reversible redaction's placeholders, per session (when guardrails can run).
     vault: Vault | None = None
-    #: The OpenTelemetry export stage (`tracing.otel.build_exporter`), whose `done` queues the call.
+    #: The OpenTelemetry export stage (`otel.exporter.build_exporter`), whose `done` queues the call.
     exporter: Any = None
     #: The escalation webhook's queue (the forwarder's; stages emit loop and pin events to it).
     escalator: Escalator | None = None

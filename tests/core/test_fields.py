@@ -9,7 +9,7 @@ from pathlib import Path
 
 from interlock.core import fields
 from interlock.core.call import Call
-from interlock.tracing.otel_process import from_wire, to_wire
+from interlock.otel.process import from_wire, to_wire
 from interlock.tracing.rows import INSERT_CALL, insert_columns
 from interlock.tracing.store import Store
 from interlock.tracing.writing import Rows, write_records

@@ -65,8 +65,8 @@ def test_model_in_the_path_tools_stripped_params_clamped() -> None:
 
 
 def test_otel_names_the_provider_aws_bedrock() -> None:
+    from interlock.otel.attributes import provider_name
     from interlock.policies.cases import CaseRequest, build_call
-    from interlock.tracing.otel_attributes import provider_name
 
     call = build_call(
         CaseRequest.model_validate({"route": "b", "protocol": "bedrock", "model": "amazon.nova-lite-v1:0"})

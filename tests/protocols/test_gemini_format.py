@@ -93,8 +93,8 @@ def test_strip_tools_and_set_param() -> None:
 
 
 def test_otel_names_the_provider_gcp_gemini() -> None:
+    from interlock.otel.attributes import provider_name
     from interlock.policies.cases import CaseRequest, build_call
-    from interlock.tracing.otel_attributes import provider_name
 
     call = build_call(CaseRequest.model_validate({"route": "g", "protocol": "gemini", "model": "gemini-2.5-pro"}))
     assert (call.model, call.path) == ("gemini-2.5-pro", "/v1beta/models/gemini-2.5-pro:generateContent")

@@ -18,10 +18,10 @@ from click.testing import CliRunner
 
 from interlock.cli import main
 from interlock.config import load_settings
+from interlock.otel.attributes import describe_call
 from interlock.protocols import ADAPTERS
 from interlock.scripted import Script, ScriptedUpstream, ToolUse
 from interlock.testing import Running, replay_server, run_interlock, settings_for_test
-from interlock.tracing.otel_attributes import describe_call
 from interlock.yamlsource import SourceError
 from tests.sdk_errors import protocol_error
 

@@ -8,8 +8,8 @@ import pytest
 
 from interlock.config import Otel
 from interlock.core.call import Chunk, Decision, Finding
-from interlock.tracing.otel_process import ProcessExporter, from_wire, to_wire
-from tests.tracing.otel_helpers import by_name, chat_call, memory_exporter
+from interlock.otel.process import ProcessExporter, from_wire, to_wire
+from tests.otel.otel_helpers import by_name, chat_call, memory_exporter
 
 
 def exported_attributes(call: object) -> dict[str, object]:

@@ -1,8 +1,8 @@
 """Arize Phoenix, a real OTLP backend, in its own virtualenv (its dependencies are not interlock's).
 
-    python -m tests.tracing.phoenix install     # what `make test` runs first; idempotent
+    python -m tests.otel.phoenix install     # what `make test` runs first; idempotent
 
-It installs exactly tests/tracing/phoenix.requirements.lock (hash-pinned; `make lock` compiles it).
+It installs exactly tests/otel/phoenix.requirements.lock (hash-pinned; `make lock` compiles it).
 
 The tests start it offline on free loopback ports with its telemetry and agent features off, and
 read back what it received through its REST API.

@@ -6,11 +6,11 @@ timestamps and ids: the call span has exactly `call.span_id` in `call.trace_id` 
 `traceparent`, so the agent's spans, interlock's and the upstream's join one trace.
 
 Where that work runs (`otel.worker`): `process` (the default) hands each call to a child process
-(`otel_process.py`) that builds, encodes and ships the spans and metrics there, because building and
+(`process.py`) that builds, encodes and ships the spans and metrics there, because building and
 OTLP-encoding them in Python costs about a third of the proxy's own CPU per call; `thread` does the
 same on a thread of this process (`Exporter` below, which the child runs too).
 
-Configured by the `otel:` section and the standard OTEL_* variables (`otel_config.py`, docs/otel.md).
+Configured by the `otel:` section and the standard OTEL_* variables (`config.py`, docs/otel.md).
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 
 from interlock.config import Otel
 from interlock.core.call import Call
-from interlock.tracing.otel_attributes import describe_call
-from interlock.tracing.otel_config import (
+from interlock.otel.attributes import describe_call
+from interlock.otel.config import (
     Health,
     export_configured,
     providers,
@@ -35,8 +35,8 @@ from interlock.tracing.otel_config import (
     resolve_protocol,
     resource,
 )
-from interlock.tracing.otel_metrics import CallMetrics
-from interlock.tracing.otel_spans import SpanBuilder
+from interlock.otel.metrics import CallMetrics
+from interlock.otel.spans import SpanBuilder
 
 log = logging.getLogger("interlock.otel")
 
@@ -49,7 +49,7 @@ def build_exporter(config: Otel) -> Any:
     for signal in ("TRACES", "METRICS"):
         resolve_protocol(config, signal)  # a bad protocol fails here, at startup, not in the child
     if config.worker == "process":
-        from interlock.tracing.otel_process import ProcessExporter
+        from interlock.otel.process import ProcessExporter
 
         return ProcessExporter(config)
     return local_exporter(config)

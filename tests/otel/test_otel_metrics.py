@@ -16,11 +16,11 @@ from opentelemetry.sdk.metrics import Counter, Histogram, MeterProvider
 from opentelemetry.sdk.metrics.export import AggregationTemporality, InMemoryMetricReader
 from opentelemetry.sdk.resources import Resource
 
+from interlock.otel.attributes import describe_call
+from interlock.otel.metrics import CARDINALITY_LIMIT, SECONDS_BUCKETS, TOKEN_BUCKETS, CallMetrics
 from interlock.scripted import Script, ScriptedUpstream
 from interlock.testing import Running
-from interlock.tracing.otel_attributes import describe_call
-from interlock.tracing.otel_metrics import CARDINALITY_LIMIT, SECONDS_BUCKETS, TOKEN_BUCKETS, CallMetrics
-from tests.tracing.otel_helpers import chat_call
+from tests.otel.otel_helpers import chat_call
 
 DURATIONS_MS = [5.0, 10.0, 20.0, 20.0001, 640.0, 99_000.0, 0.0]  # on, between and past the bounds
 

@@ -6,7 +6,7 @@ process's CPU, ~110 µs per call for a call span and its attempt span. Most of a
 repeat from call to call (provider, model, route, agent, server address), so this encoder writes the
 protobuf wire format directly and keeps the encoded bytes of repeated string and boolean attributes.
 The result decodes to the same `ExportTraceServiceRequest` the SDK's encoder builds, for any span
-(events, links, trace state, every attribute type); tests/tracing/test_otel_encode.py compares the
+(events, links, trace state, every attribute type); tests/otel/test_otel_encode.py compares the
 two on spans covering each case.
 
 The exporters below are the SDK's OTLP exporters with only that step swapped: HTTP sends these

@@ -11,9 +11,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from interlock.config import Otel
 from interlock.core.call import Attempt, Call, Chunk
+from interlock.otel.exporter import Exporter
+from interlock.otel.metrics import CallMetrics
 from interlock.protocols import ADAPTERS
-from interlock.tracing.otel import Exporter
-from interlock.tracing.otel_metrics import CallMetrics
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 AGENT_SPAN = "b7ad6b7169203331"

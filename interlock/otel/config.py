@@ -23,7 +23,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 
 from interlock import __version__
 from interlock.config import Otel
-from interlock.tracing.otel_spans import CachedHashResource
+from interlock.otel.spans import CachedHashResource
 
 log = logging.getLogger("interlock.otel")
 
@@ -205,12 +205,12 @@ def resource(config: Otel) -> Resource:
 
 def _span_exporter(config: Otel, endpoint: str) -> SpanExporter:
     headers = dict(config.headers) or None
-    # The SDK's OTLP exporters with a faster span encoder (otel_encode.py).
+    # The SDK's OTLP exporters with a faster span encoder (encode.py).
     if resolve_protocol(config, "TRACES") == "grpc":
-        from interlock.tracing.otel_encode import grpc_span_exporter
+        from interlock.otel.encode import grpc_span_exporter
 
         return grpc_span_exporter(endpoint=endpoint, headers=headers)
-    from interlock.tracing.otel_encode import FastHttpSpanExporter
+    from interlock.otel.encode import FastHttpSpanExporter
 
     if config.endpoint:
         endpoint += "/v1/traces"

@@ -11,7 +11,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from interlock.core.call import Attempt, Call, Chunk, Decision, Finding
 from interlock.protocols import ADAPTERS
 from interlock.scripted_replies import Script, ToolUse, anthropic_reply, chat_reply, sse
-from tests.tracing.otel_helpers import (
+from tests.otel.otel_helpers import (
     AGENT_SPAN,
     CALL_SPAN,
     TRACE_ID,

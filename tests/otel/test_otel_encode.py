@@ -13,9 +13,9 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
 
 from interlock.config import Otel
-from interlock.tracing import otel_encode
-from interlock.tracing.otel_config import _span_exporter
-from interlock.tracing.otel_encode import FastHttpSpanExporter, SpanEncoder
+from interlock.otel import encode as otel_encode
+from interlock.otel.config import _span_exporter
+from interlock.otel.encode import FastHttpSpanExporter, SpanEncoder
 
 TRACE = 0x0AF7651916CD43DD8448EB211C80319C
 RESOURCE = Resource.create({"service.name": "interlock", "service.version": "1.2"})

@@ -42,8 +42,8 @@ from opentelemetry.semconv._incubating.metrics import gen_ai_metrics, mcp_metric
 
 from interlock import __version__
 from interlock.core.call import Call
+from interlock.otel.attributes import Described
 from interlock.protocols import ADAPTERS
-from interlock.tracing.otel_attributes import Described
 
 log = logging.getLogger("interlock.otel")
 

@@ -18,7 +18,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from interlock.scripted import Script, ScriptedUpstream
 from interlock.testing import Running
-from tests.tracing.phoenix import Phoenix, run_phoenix
+from tests.otel.phoenix import Phoenix, run_phoenix
 
 pytestmark = pytest.mark.slow
 

@@ -16,10 +16,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from interlock.config import Otel
+from interlock.otel import exporter as otel
 from interlock.scripted import Script, ScriptedUpstream
 from interlock.testing import Running, free_port
-from interlock.tracing import otel
-from tests.tracing.otel_helpers import by_name, children, memory_exporter
+from tests.otel.otel_helpers import by_name, children, memory_exporter
 
 
 @pytest.fixture

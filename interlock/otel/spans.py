@@ -26,7 +26,7 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status,
 
 from interlock import __version__
 from interlock.core.call import SOUND_OUTCOMES, Call
-from interlock.tracing.otel_attributes import Attributes, describe_attempt
+from interlock.otel.attributes import Attributes, describe_attempt
 
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _OK = Status(StatusCode.UNSET)

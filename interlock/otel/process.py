@@ -174,7 +174,7 @@ class ProcessExporter:
         package_root = str(Path(interlock.__file__).resolve().parents[1])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "interlock.tracing.otel_process"],
+            [sys.executable, "-m", "interlock.otel.process"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=env,
@@ -308,7 +308,7 @@ class _ForwardLogs(logging.Handler):
 
 
 def child_main() -> None:
-    from interlock.tracing.otel import local_exporter
+    from interlock.otel.exporter import local_exporter
 
     # interlock shuts the child down by closing the pipe, after exporting what is queued; a Ctrl-C
     # or SIGTERM sent to the whole process group must not cut that short (or print a traceback).
