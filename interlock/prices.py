@@ -313,4 +313,13 @@ def _affine(
     return base, at, slopes
 
 
-__all__ = ["CATALOGUE", "CATALOGUE_DATA", "PRICE_KEYS", "Cost", "PriceTable", "Pricing", "warm_catalogue"]
+def cost_text(usd: Any, source: Any = None) -> str:
+    """How a cost reads in the CLI and the UI: `$0.0123`; `unpriced` for usage without a price; empty
+    when nothing was priced. Small costs keep 3 significant digits (a cached chat call costs a few
+    millionths of a dollar)."""
+    if usd is None:
+        return "unpriced" if source == "unpriced" else ""
+    return f"${usd:.4f}" if usd >= 0.01 or usd == 0 else f"${usd:.3g}"
+
+
+__all__ = ["CATALOGUE", "CATALOGUE_DATA", "PRICE_KEYS", "Cost", "PriceTable", "Pricing", "cost_text", "warm_catalogue"]

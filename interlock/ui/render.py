@@ -19,8 +19,8 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.templating import Jinja2Templates
 
 from interlock import __version__
+from interlock.prices import cost_text
 from interlock.tracing.backend import Store
-from interlock.tracing.commands import cost_text
 
 if TYPE_CHECKING:
     from interlock.runtime import Runtime

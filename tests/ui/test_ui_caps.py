@@ -17,9 +17,9 @@ import openai
 import pytest
 from playwright.sync_api import expect
 
+from interlock.prices import cost_text
 from interlock.scripted import Script, ScriptedUpstream
 from interlock.testing import Running, free_port, run_interlock, settings_for_test
-from interlock.tracing.commands import cost_text
 from tests.conftest import routes_for
 from tests.proxy.routing_support import wait_for
 

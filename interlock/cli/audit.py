@@ -9,8 +9,8 @@ from typing import Any
 
 import click
 
+from interlock.cli.traces import open_store, parse_time, with_store
 from interlock.tracing.audit import DEFAULT_ROWS, MAX_ROWS, Filters, audit, audit_rows, chain_status, csv_lines, jsonl
-from interlock.tracing.commands import open_store, parse_time, with_store
 
 
 def _when(at: float) -> str:

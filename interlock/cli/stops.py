@@ -12,15 +12,14 @@ from typing import Any
 
 import click
 
-from interlock.tracing.commands import open_store, with_store
+from interlock.cli import load_or_exit
+from interlock.cli.traces import open_store, with_store
 
 DEFAULT_REASON = "stopped from the command line"
 
 
 def _escalate(config: str | None, event: str, **fields: Any) -> None:
     """Post the event to `escalation.webhook`, if the configuration has one (bounded by its timeout)."""
-    from interlock.cli import load_or_exit
-
     try:
         settings = load_or_exit(config)
     except SystemExit:  # the configuration does not load (its error is said above): its webhook is unknown

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from interlock.cli import load_or_exit
+
 if TYPE_CHECKING:
     from interlock.replay.bundle import Bundle
 
@@ -79,8 +81,6 @@ def _check_patterns(patterns: tuple[str, ...]) -> tuple[str, ...]:
 def _store_path(config: str | None, store: str | None) -> str:
     if store:
         return store
-    from interlock.cli import load_or_exit
-
     return load_or_exit(config).store.location
 
 
@@ -234,8 +234,6 @@ def serve(
     loaded = _open(bundle, session=session)
     live_settings = None
     if on_miss == "live" or config:
-        from interlock.cli import load_or_exit
-
         live_settings = load_or_exit(config) if config else None
     options = MatchOptions().with_ignored(ignore)
     options = dataclasses.replace(options, ignore_timestamps=not keep_timestamps, ignore_patterns=ignore_pattern)

@@ -12,8 +12,9 @@ from typing import Any
 
 import click
 
+from interlock.cli import load_or_exit
+from interlock.cli.traces import with_store
 from interlock.tracing.backend import open_store as open_backend
-from interlock.tracing.commands import with_store
 from interlock.tracing.pins import pin_diff
 
 
@@ -29,8 +30,6 @@ def _when(at: float | None) -> str:
 
 def _open(store_path: str | None, config: str | None, *, readonly: bool) -> Any:
     if store_path is None:
-        from interlock.cli import load_or_exit
-
         store_path = load_or_exit(config).store.path
     try:
         return open_backend(store_path, readonly=readonly)

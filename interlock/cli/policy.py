@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from interlock.cli import load_or_exit
 from interlock.config import Settings
 from interlock.policies.loader import PolicyError, check_policies, load_policies
 from interlock.policies.model import json_schema
@@ -25,8 +26,6 @@ json_option = click.option("--json", "as_json", is_flag=True, help="One JSON obj
 
 
 def _settings(config: str | None) -> Settings | None:
-    from interlock.cli import load_or_exit
-
     config = config or os.environ.get("INTERLOCK_CONFIG")
     return load_or_exit(config) if config else None
 
@@ -171,8 +170,8 @@ def whatif(
     policy_paths: tuple[str, ...], since: str, store_path: str | None, config: str | None, limit: int, as_json: bool
 ) -> None:
     """Evaluate a candidate policy over recorded calls: which decisions would change, per rule."""
+    from interlock.cli.traces import open_store, parse_time
     from interlock.policies.whatif import whatif as run_whatif
-    from interlock.tracing.commands import open_store, parse_time
 
     settings = _settings(config)
     try:

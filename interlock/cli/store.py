@@ -17,8 +17,8 @@ from typing import Any
 
 import click
 
+from interlock.cli.traces import open_store, with_store
 from interlock.tracing.backend import StoreError
-from interlock.tracing.commands import open_store, with_store
 
 
 def _plain(value: Any) -> Any:

@@ -11,7 +11,9 @@ from typing import Any
 
 import click
 
+from interlock.cli import load_or_exit
 from interlock.core.call import OUTCOMES
+from interlock.prices import cost_text
 from interlock.tracing.backend import Store, StoreError
 from interlock.tracing.backend import open_store as open_backend
 from interlock.tracing.views import call_detail
@@ -43,8 +45,6 @@ def open_store(store_path: str | None, config: str | None, *, readonly: bool = T
     or `store.path`; `INTERLOCK_STORE_URL` wins over both), read-only unless asked."""
     target: Any = store_path
     if store_path is None:
-        from interlock.cli import load_or_exit
-
         target = load_or_exit(config).store
         store_path = target.location
     try:
@@ -121,14 +121,6 @@ def _tokens(row: dict[str, Any]) -> str:
     if row["input_tokens"] is None and row["output_tokens"] is None:
         return ""
     return f"{row['input_tokens'] or 0}/{row['output_tokens'] or 0}"
-
-
-def cost_text(usd: Any, source: Any = None) -> str:
-    """`$0.0123`; `unpriced` for usage without a price; empty when nothing was priced. Small costs
-    keep 3 significant digits (a cached chat call costs a few millionths of a dollar)."""
-    if usd is None:
-        return "unpriced" if source == "unpriced" else ""
-    return f"${usd:.4f}" if usd >= 0.01 or usd == 0 else f"${usd:.3g}"
 
 
 def _what(row: dict[str, Any]) -> str:

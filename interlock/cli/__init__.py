@@ -53,16 +53,16 @@ class LazyGroup(click.Group):
     should not pay for the CEL, rich or sqlite-utils imports of `policy` or `traces` (~0.4 s)."""
 
     lazy = {
-        "traces": "interlock.tracing.commands:traces",
-        "policy": "interlock.policies.commands:policy",
-        "export": "interlock.replay.commands:export_command",
-        "import": "interlock.replay.commands:import_command",
-        "replay": "interlock.replay.commands:replay",
-        "store": "interlock.tracing.store_commands:store",
-        "mcp": "interlock.proxy.mcp_commands:mcp",
-        "sessions": "interlock.proxy.stop_commands:sessions",
-        "agents": "interlock.proxy.stop_commands:agents",
-        "audit": "interlock.tracing.audit_commands:audit_command",
+        "traces": "interlock.cli.traces:traces",
+        "policy": "interlock.cli.policy:policy",
+        "export": "interlock.cli.replay:export_command",
+        "import": "interlock.cli.replay:import_command",
+        "replay": "interlock.cli.replay:replay",
+        "store": "interlock.cli.store:store",
+        "mcp": "interlock.cli.mcp:mcp",
+        "sessions": "interlock.cli.stops:sessions",
+        "agents": "interlock.cli.stops:agents",
+        "audit": "interlock.cli.audit:audit_command",
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:
