@@ -48,9 +48,9 @@ def conversation(turns: int, size: int) -> list[dict[str, str]]:
 
 def available() -> str | None:
     try:
-        from interlock.policies import guardrails  # noqa: F401
+        from interlock.guardrails import stage  # noqa: F401
     except ImportError:
-        return "the guardrails stage (interlock.policies.guardrails) is not in this commit yet"
+        return "the guardrails stage (interlock.guardrails.stage) is not in this commit yet"
     return None
 
 

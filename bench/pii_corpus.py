@@ -167,7 +167,7 @@ def evaluate(documents: int = 400, seed: int = 7, detector: Any = None) -> dict[
     with the default entities (secrets off)."""
     if detector is None:
         from interlock.config import Guardrails
-        from interlock.policies.guardrails import detector_for
+        from interlock.guardrails.scanner import detector_for
 
         detector = detector_for(Guardrails(secrets=False))
     docs = corpus(documents, seed)
@@ -215,7 +215,7 @@ def request_latency(runs: int = 200, seed: int = 3) -> dict[str, float]:
 
     from interlock.config import Settings
     from interlock.core.call import Call
-    from interlock.policies.guardrails import Guardrails
+    from interlock.guardrails.stage import Guardrails
     from interlock.proxy.parse import Parse
 
     fake = Faker()

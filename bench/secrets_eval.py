@@ -117,7 +117,7 @@ def main() -> None:
     from detect_secrets.settings import default_settings
 
     from interlock.config import Guardrails
-    from interlock.policies.secrets import SecretScanner
+    from interlock.guardrails.secrets import SecretScanner
 
     started = time.perf_counter()
     rules = kingfisher_sdk.Rules()

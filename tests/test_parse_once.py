@@ -45,11 +45,11 @@ RESPONSE_NAMES = frozenset({"response_body", "agent_response_body", "chunks", "a
 ALLOWED: dict[str, str] = {
     # The live path: one split, and the stages that rewrite a whole body.
     "proxy/app.py:ProxyApp.relay_stream": "the one split of a live stream, whose events every stage receives",
-    "policies/guardrails.py:Guardrails.response": (
+    "guardrails/stage.py:Guardrails.response": (
         "rewrites a non-streamed body (restore, redact): works on its own parse, as ResponseView is read-only"
     ),
     "proxy/mcp.py:ToolsListRewriter.response": "rewrites a tools/list answer: its own parse (ResponseView is read-only)",
-    "policies/guardstream.py:StreamGuard.stored_chunks": (
+    "guardrails/guardstream.py:StreamGuard.stored_chunks": (
         "re-renders the recorded chunks for the store when a guardrail acted (a thread, at the call's end): "
         "the record keeps chunks with their timing, not the relay's events"
     ),

@@ -1,1 +1,2 @@
-"""Policy files (model, loader, engine, limits and budgets) and the PII and secrets guardrails."""
+"""Policy files (model, loader, CEL, engine), limits, budgets and counters, and the shared state they stand on
+(the guardrails are `interlock/guardrails/`)."""

@@ -295,7 +295,7 @@ class AnthropicAdapter(Adapter):
             return [block["name"]]
         return []
 
-    # -- guardrails (interlock/policies/guardstream.py) -----------------------------------------
+    # -- guardrails (interlock/guardrails/guardstream.py) ---------------------------------------
 
     def stream_keepalive(self, event: str | None, data: Any) -> bool:
         return event == "ping" or (isinstance(data, dict) and data.get("type") == "ping")

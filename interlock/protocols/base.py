@@ -335,7 +335,7 @@ class Adapter:
         """Names of the tool calls that start in this SSE event (`sse.Event`) of a streamed response."""
         return []
 
-    # -- guardrails (interlock/policies/guardstream.py) -----------------------------------------
+    # -- guardrails (interlock/guardrails/guardstream.py) ---------------------------------------
 
     def stream_texts(self, event: str | None, data: Any) -> list[StreamText]:
         """The texts in one parsed SSE event of a streamed response: deltas, or whole texts."""

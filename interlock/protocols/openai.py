@@ -367,7 +367,7 @@ class OpenAIAdapter(Adapter):
             names += [c.name for c in self.response_tool_calls(message.get("response"))]
         return names
 
-    # -- guardrails (interlock/policies/guardstream.py) -----------------------------------------
+    # -- guardrails (interlock/guardrails/guardstream.py) ---------------------------------------
 
     def stream_keepalive(self, event: str | None, data: Any) -> bool:
         # A chat chunk whose choices have no finish reason and an empty delta (some servers send one

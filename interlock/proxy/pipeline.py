@@ -37,9 +37,9 @@ from interlock.proxy.parse import Parse
 from interlock.proxy.usage import Usage
 
 if TYPE_CHECKING:
+    from interlock.guardrails.redaction import Vault
     from interlock.policies.limits import Limiter
     from interlock.policies.loader import PolicyRuntime
-    from interlock.policies.redaction import Vault
     from interlock.prices import Pricing
     from interlock.proxy.escalation import Escalator
     from interlock.proxy.mcp_pins import McpPins
@@ -122,8 +122,8 @@ def built_in_stages(settings: Settings, services: Services, extra: Sequence[obje
         stopper = services.stops.stop_session if services.stops is not None else None
         stages.append(LoopStage(escalator=services.escalator, stopper=stopper))
     if guardrails_on(settings):  # else the plain path stays free of the scan
-        from interlock.policies.guardrails import Guardrails
-        from interlock.policies.scrub import ScrubRecord
+        from interlock.guardrails.scrub import ScrubRecord
+        from interlock.guardrails.stage import Guardrails
 
         scan = Guardrails(settings, services.vault)
         # Their `seal` redacts what is recorded (bodies, then secrets in headers and URLs): before

@@ -25,7 +25,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 from interlock.core.call import Call
-from interlock.policies.redaction import PLACEHOLDER
+from interlock.guardrails.redaction import PLACEHOLDER
 from interlock.protocols import ADAPTERS
 
 #: Top-level request fields that change between runs of the same agent and never change the answer.

@@ -21,8 +21,8 @@ from typing import Any, Literal
 
 from interlock.config import SECRET_QUERY_PARAMS
 from interlock.core.call import Call, Chunk
-from interlock.policies.redaction import placeholder_restorer
-from interlock.policies.streamrewrite import StreamTextRewriter
+from interlock.guardrails.redaction import placeholder_restorer
+from interlock.guardrails.streamrewrite import StreamTextRewriter
 from interlock.protocols import ADAPTERS
 from interlock.protocols.base import decoded_body, dump_body
 from interlock.protocols.mcp import json_rpc_error

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from interlock.config import Guardrails, State
+from interlock.guardrails.vault import Vault, open_vault
 from interlock.policies.counters import Counters
 from interlock.policies.counters_open import open_counters
-from interlock.policies.vault import Vault, open_vault
 from interlock.tracing.backend import Store, open_store
 
 
@@ -82,7 +82,7 @@ def _redis_vault(request: pytest.FixtureRequest, values: int) -> Vault:
 
 
 def _sqlite_vault(request: pytest.FixtureRequest, values: int) -> Vault:
-    from interlock.policies.vault_sqlite import SqliteVault
+    from interlock.guardrails.vault_sqlite import SqliteVault
 
     folder = request.getfixturevalue("tmp_path")
     return SqliteVault(str(folder / "vault.db"), "conformance vault key, not a secret: 0123456789", values, 3600)

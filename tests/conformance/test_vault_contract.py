@@ -1,4 +1,4 @@
-"""The `Vault` contract (interlock/policies/vault.py), through the interface only: a placeholder
+"""The `Vault` contract (interlock/guardrails/vault.py), through the interface only: a placeholder
 issued and committed by one call is restored for the session's next calls, the same value keeps its
 placeholder, sessions never see each other's values, and a session's table is bounded. Runs
 against every backend in conftest.VAULT_BACKENDS."""
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 
-from interlock.policies.vault import Vault, VaultConflict
+from interlock.guardrails.vault import Vault, VaultConflict
 
 
 async def test_a_committed_placeholder_round_trips(vault: Vault) -> None:

@@ -10,7 +10,7 @@ import pytest
 from interlock.config import Settings
 from interlock.core.actions import GuardrailActions
 from interlock.core.call import Call
-from interlock.policies.guardrails import Guardrails, where
+from interlock.guardrails.stage import Guardrails, where
 from interlock.proxy.parse import Parse
 
 EMAIL = "jane.roe@acme-corp.io"
@@ -148,7 +148,7 @@ async def test_seen_history_keeps_each_sessions_own_placeholders() -> None:
 
 
 async def test_seen_history_is_neither_analysed_nor_rewritten_again(monkeypatch: pytest.MonkeyPatch) -> None:
-    import interlock.policies.guardrails as module
+    import interlock.guardrails.scanner as module
 
     stage = Guardrails(make_settings(request={"EMAIL_ADDRESS": "redact"}))
     counting = CountingDetector(await stage.detector())

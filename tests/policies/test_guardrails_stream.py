@@ -18,9 +18,9 @@ import openai
 import pytest
 
 from interlock.config import Guardrails as GuardrailSettings
-from interlock.policies.guardrails import detector_for
-from interlock.policies.redaction import MAX_HOLD, Applied, StreamScrubber, holdback, replacement, rewrite
-from interlock.policies.streamrewrite import StreamTextRewriter
+from interlock.guardrails.redaction import MAX_HOLD, Applied, StreamScrubber, holdback, replacement, rewrite
+from interlock.guardrails.scanner import detector_for
+from interlock.guardrails.streamrewrite import StreamTextRewriter
 from interlock.protocols import ADAPTERS
 from interlock.protocols.sse import iter_events
 from interlock.scripted import Script, ScriptedUpstream
@@ -327,7 +327,7 @@ def test_the_long_hold_applies_only_when_a_long_entity_is_acted_on() -> None:
 
     from interlock.config import Settings
     from interlock.core.actions import GuardrailActions
-    from interlock.policies.guardrails import Guardrails
+    from interlock.guardrails.stage import Guardrails
 
     def hold(response: dict[str, str], **config: Any) -> int:
         stage = Guardrails(Settings.model_validate({"guardrails": {"stream_holdback_chars": 1000, **config}}))

@@ -10,8 +10,8 @@ import pytest
 
 from interlock import config
 from interlock.config import Guardrails, SourceError, load_settings
-from interlock.policies import pii
-from interlock.policies.pii import PiiAnalyzer
+from interlock.guardrails import pii
+from interlock.guardrails.pii import PiiAnalyzer
 
 
 def found(analyzer: PiiAnalyzer, text: str) -> list[tuple[str, str]]:

@@ -6,8 +6,8 @@ from collections.abc import Callable
 
 import pytest
 
-from interlock.policies.pii import Detection
-from interlock.policies.redaction import (
+from interlock.guardrails.pii import Detection
+from interlock.guardrails.redaction import (
     MAX_HOLD,
     EmbeddedVault,
     Hasher,
@@ -137,14 +137,14 @@ ENTITY_TEXT = "Mail jane.roe@acme-corp.io or call 212-736-5000; card 4539 1488 0
 @pytest.fixture(scope="module")
 def detect() -> Callable[[str], list[Detection]]:
     from interlock.config import Guardrails
-    from interlock.policies.guardrails import detector_for
+    from interlock.guardrails.scanner import detector_for
 
     detector = detector_for(Guardrails(secrets=False))
     return lambda text: list(detector.detect(text))
 
 
 def test_entities_split_across_every_chunk_boundary_are_found(detect: Callable[[str], list[Detection]]) -> None:
-    from interlock.policies.redaction import Applied, replacement, rewrite
+    from interlock.guardrails.redaction import Applied, replacement, rewrite
 
     vault = vault_with(("EMAIL_ADDRESS", "me@home.io"))
     restore = restorer(vault)

@@ -10,7 +10,7 @@ import zlib
 import pytest
 
 from interlock.config import Guardrails
-from interlock.policies.secrets import SecretScanner
+from interlock.guardrails.secrets import SecretScanner
 
 rng = random.Random(11)
 ALNUM = string.ascii_letters + string.digits

@@ -330,7 +330,7 @@ async def test_ready_waits_for_the_guardrails_engine(
 ) -> None:
     # Building presidio takes seconds on a loaded machine: until it is built, the first call would wait
     # for it, so /ready (and run_interlock, which tests use) waits too.
-    from interlock.policies import guardrails
+    from interlock.guardrails import scanner as guardrails
     from interlock.runtime import Runtime
     from interlock.ui.admin import create_admin_app
 

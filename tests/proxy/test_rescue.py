@@ -14,7 +14,7 @@ import pytest
 
 from interlock.config import Guardrails as GuardrailSettings
 from interlock.core.call import Call
-from interlock.policies.guardrails import detector_for
+from interlock.guardrails.scanner import detector_for
 from interlock.scripted import Script, ScriptedUpstream, ToolUse
 from tests.proxy.routing_support import anthropic_client, collect_calls, finished, openai_client, route
 from tests.sdk_errors import protocol_error

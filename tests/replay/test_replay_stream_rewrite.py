@@ -10,10 +10,10 @@ import pytest
 
 from interlock.config import Settings
 from interlock.core.call import Call
-from interlock.policies.guardrails import Guardrails
-from interlock.policies.guardstream import StreamGuard
-from interlock.policies.redaction import SessionVault
-from interlock.policies.streamrewrite import StreamTextRewriter
+from interlock.guardrails.guardstream import StreamGuard
+from interlock.guardrails.redaction import SessionVault
+from interlock.guardrails.stage import Guardrails
+from interlock.guardrails.streamrewrite import StreamTextRewriter
 from interlock.protocols import ADAPTERS
 from interlock.protocols.sse import last_events
 from interlock.replay.server import _StreamRewriter

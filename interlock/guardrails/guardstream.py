@@ -11,16 +11,23 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from interlock.core.call import Call, Chunk, Finding
-from interlock.policies.guardrails import Blocked
-from interlock.policies.redaction import MAX_HOLD, actions_for, entity_types, restorer, rewrite
-from interlock.policies.streamrewrite import StreamTextRewriter
+from interlock.guardrails.redaction import MAX_HOLD, actions_for, entity_types, restorer, rewrite
+from interlock.guardrails.streamrewrite import StreamTextRewriter
 from interlock.protocols import ADAPTERS
 from interlock.protocols.sse import Event, last_events
 
 if TYPE_CHECKING:
     from interlock.core.actions import GuardrailActions
-    from interlock.policies.guardrails import Guardrails
-    from interlock.policies.redaction import SessionVault
+    from interlock.guardrails.redaction import SessionVault
+    from interlock.guardrails.stage import Guardrails
+
+
+class Blocked(Exception):
+    """A text holds an entity whose action is `block`."""
+
+    def __init__(self, entities: list[str]) -> None:
+        super().__init__(", ".join(entities))
+        self.entities = entities
 
 
 #: Released text kept per streamed text for secret rules that need words before the secret.

@@ -145,12 +145,12 @@ def open_vault(
     if state is not None:
         state = state.resolved()
     if state is not None and state.url:
+        from interlock.guardrails.vault_redis import RedisVault
         from interlock.policies.redisstate import StateClient  # redis-py only for a fleet
-        from interlock.policies.vault_redis import RedisVault
 
         return RedisVault(StateClient(state), state, config.vault_values)
     if processes > 1 and store_path and store_path != ":memory:" and state is not None and state.vault_key:
-        from interlock.policies.vault_sqlite import SqliteVault
+        from interlock.guardrails.vault_sqlite import SqliteVault
 
         return SqliteVault(store_path, state.vault_key, config.vault_values, state.vault_ttl)
     return EmbeddedVault(config.vault_sessions, config.vault_values)

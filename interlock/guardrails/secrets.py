@@ -14,7 +14,7 @@ import re
 import threading
 from typing import TYPE_CHECKING, Any
 
-from interlock.policies.pii import Detection
+from interlock.guardrails.pii import Detection
 
 if TYPE_CHECKING:
     from interlock.config import Guardrails

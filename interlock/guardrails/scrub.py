@@ -35,7 +35,7 @@ class ScrubRecord:
     name = "scrub"
 
     def __init__(self, guardrails: Any) -> None:
-        self.guardrails = guardrails  # policies.guardrails.Guardrails
+        self.guardrails = guardrails  # guardrails.stage.Guardrails
 
     def seal(self, call: Call) -> None:
         detector = self.guardrails.detector_now()

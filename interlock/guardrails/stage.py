@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import hashlib
 import logging
-import re
 import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -23,103 +20,32 @@ from typing import TYPE_CHECKING, Any, Literal
 from interlock.core.actions import GuardrailActions
 from interlock.core.call import Call, Decision, Finding
 from interlock.core.views import JsonPath
-from interlock.policies.counters import StateUnavailable
-from interlock.policies.pii import Detection, PiiAnalyzer
-from interlock.policies.redaction import (
+from interlock.guardrails.guardstream import StreamGuard
+from interlock.guardrails.pii import Detection
+from interlock.guardrails.redaction import (
     MAX_HOLD,
     Applied,
     EmbeddedVault,
-    Hasher,
     SessionVault,
     Vault,
     VaultConflict,
     actions_for,
     entity_types,
-    replacement,
-    resolve_overlaps,
     restorer,
     rewrite,
 )
+from interlock.guardrails.scanner import THREAD_CHARS, Scanner
+from interlock.policies.counters import StateUnavailable
 from interlock.protocols import ADAPTERS
 from interlock.protocols.base import dump_body, response_json, set_path
 from interlock.protocols.sse import Event
 
 if TYPE_CHECKING:
-    from interlock.config import Guardrails as GuardrailSettings
     from interlock.config import Settings
-    from interlock.policies.guardstream import StreamGuard
 
 log = logging.getLogger("interlock.guardrails")
 
 Direction = Literal["request", "response"]
-
-#: Uncached text longer than this is analysed in a worker thread. Measured: about 0.15 ms per KB of
-#: plain prose, more per candidate entity (docs/guardrails.md); a thread hop costs ~0.1 ms.
-THREAD_CHARS = 4096
-#: Characters of request texts (and their rewritten forms) remembered with what became of them, so
-#: that history re-sent every turn is neither hashed nor rewritten again: a dict lookup by the text
-#: (Python's own string hash, 0.6 µs a 2 KB turn) instead of BLAKE2b (3.3 µs) and the rewriting
-#: (~10 µs a turn with two entities). Texts that fell out are found in the detection cache.
-SEEN_CHARS = 8_000_000
-
-
-class Detector:
-    """PII recognizers and the secret scanner behind one call: non-overlapping detections."""
-
-    def __init__(self, settings: GuardrailSettings) -> None:
-        from interlock.policies.secrets import SecretScanner
-
-        # No PII entity configured (the embedded default scans for secrets only): presidio is not even loaded.
-        wants_pii = bool(settings.entities or settings.recognizers or settings.spacy_model)
-        self.pii = PiiAnalyzer(settings) if wants_pii else None
-        self.secrets = SecretScanner(settings) if settings.secrets else None
-        # These entities always hold a digit, an `@` or a `:` (bitcoin addresses start with 1, 3 or bc1;
-        # IBANs have check digits; IPv6 has colons); custom words, NER, URLs and MACs need not.
-        self.prefilter = (
-            not settings.recognizers and not settings.spacy_model and set(settings.entities) <= _MARKED_ENTITIES
-        )
-
-    def detect(self, text: str, before: str = "") -> tuple[Detection, ...]:
-        """Detections in `text`. `before`: the text just before it, already released (a stream), in
-        which secret rules may find the words they need (`heroku api key: <uuid>`); a secret that
-        starts there and ends in `text` is reported from the start of `text`."""
-        if self.pii is None or (self.prefilter and _MAYBE_PII.search(text) is None):
-            found = []  # 40 µs saved per streamed word of plain prose
-        else:
-            found = self.pii.analyze(text)
-        if self.secrets is not None:
-            if before:
-                n = len(before)
-                found += [
-                    Detection(d.entity, max(0, d.start - n), d.end - n, d.score, d.rule)
-                    for d in self.secrets.scan(before + text)
-                    if d.end > n
-                ]
-            else:
-                found += self.secrets.scan(text)
-        return tuple(resolve_overlaps(found))
-
-
-_MAYBE_PII = re.compile(r"[\d@:]")
-_MARKED_ENTITIES = frozenset(
-    {"EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "US_SSN", "IBAN_CODE", "IP_ADDRESS", "CRYPTO", "US_ITIN", "UK_NHS"}
-)
-
-_DETECTORS: dict[str, Detector] = {}
-_DETECTORS_LOCK = threading.Lock()
-
-
-def detector_for(settings: GuardrailSettings) -> Detector:
-    """One detector per engine configuration per process (building one takes about a second)."""
-    key = settings.model_dump_json(
-        include={"entities", "recognizers", "score_threshold", "spacy_model", "language", "secrets"}
-        | {"secrets_confidence", "secrets_cache_dir"}
-    )
-    with _DETECTORS_LOCK:
-        detector = _DETECTORS.get(key)
-        if detector is None:
-            detector = _DETECTORS[key] = Detector(settings)
-        return detector
 
 
 def where(path: JsonPath) -> str:
@@ -132,25 +58,6 @@ def where(path: JsonPath) -> str:
 
 def is_json_text(role: str, text: str) -> bool:
     return role == "tool_args" and text.lstrip()[:1] in ("{", "[")
-
-
-class Blocked(Exception):
-    """A text holds an entity whose action is `block`."""
-
-    def __init__(self, entities: list[str]) -> None:
-        super().__init__(", ".join(entities))
-        self.entities = entities
-
-
-@dataclass(slots=True)
-class _Seen:
-    """What became of a request text under one action table: the actions applied and, once it was
-    redacted, its upstream and stored forms and the placeholders it was given."""
-
-    applied: tuple[Applied, ...]
-    upstream: str | None = None
-    stored: str = ""
-    placeholders: tuple[tuple[str, str, str], ...] = ()  # (entity, value, placeholder), in text order
 
 
 @dataclass(slots=True)
@@ -190,26 +97,21 @@ class Unreachable(SessionVault):
         return None
 
 
-class Guardrails:
-    """The stage. Actions come from `call.guardrails` (set by the policy stage) or the config."""
+class Guardrails(Scanner):
+    """The stage. Actions come from `call.guardrails` (set by the policy stage) or the config; the
+    analysis and its caches are `Scanner`'s (`scanner.py`)."""
 
     name = "guardrails"
 
     def __init__(self, settings: Settings, vault: Vault | None = None) -> None:
         """`vault`: the placeholders' values (a service: `runtime.build_services`); one of its own if None."""
+        super().__init__(settings.guardrails)
         self.settings = settings
-        self.config = config = settings.guardrails
+        config = self.config
         self.defaults = GuardrailActions(dict(config.request), dict(config.response), config.on_error)
         self.vault: Vault = vault if vault is not None else EmbeddedVault(config.vault_sessions, config.vault_values)
-        self.hasher = Hasher(config.hash_key)
         self.raw_at_rest = settings.store.store_raw_pii and settings.store.capture == "full"
-        self._cache: OrderedDict[bytes, tuple[Detection, ...]] = OrderedDict()
-        self._seen: OrderedDict[tuple[str, tuple[tuple[str, str], ...]], _Seen] = OrderedDict()
-        self._seen_chars = 0
-        self._detector: Detector | None = None
         self._calls: dict[str, _CallState] = {}
-        #: Set once the engine the configuration asks for is built (or failed to build): `/ready` waits on it.
-        self.warmed = threading.Event()
         if self.defaults.empty:
             self.warmed.set()  # only a policy can ask for a scan: the engine is built on its first call
         else:
@@ -217,107 +119,7 @@ class Guardrails:
             # on a loaded machine, many): `/ready` answers 503 until it is built.
             threading.Thread(target=self._warm, name="guardrails-warm", daemon=True).start()
 
-    def _warm(self) -> None:
-        try:
-            self._detector = detector_for(self.config)
-        except Exception:  # noqa: BLE001 - reported again, and failed closed, on the first call
-            log.exception("building the guardrails engine failed")
-        finally:
-            self.warmed.set()
-
-    # -- analysis -------------------------------------------------------------------------------
-
-    async def detector(self) -> Detector:
-        if self._detector is None:
-            self._detector = await asyncio.to_thread(detector_for, self.config)
-        return self._detector
-
-    def detector_now(self) -> Detector | None:
-        return self._detector
-
-    async def analyze(self, texts: Sequence[str]) -> list[tuple[Detection, ...]]:
-        """Detections per text; texts seen before (by content hash) are not analysed again."""
-        results: list[tuple[Detection, ...] | None] = [None] * len(texts)
-        missing: list[tuple[int, bytes, str]] = []
-        cache = self._cache
-        for i, text in enumerate(texts):
-            key = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
-            hit = cache.get(key)
-            if hit is None:
-                missing.append((i, key, text))
-            else:
-                cache.move_to_end(key)
-                results[i] = hit
-        if missing:
-            detector = await self.detector()
-            pending = [text for _, _, text in missing]
-            if sum(len(t) for t in pending) > THREAD_CHARS:
-                found = await asyncio.to_thread(lambda: [detector.detect(t) for t in pending])
-            else:
-                found = [detector.detect(t) for t in pending]
-            for (i, key, _), detections in zip(missing, found, strict=True):
-                results[i] = detections
-                if self.config.cache_texts:
-                    cache[key] = detections
-            while len(cache) > self.config.cache_texts:
-                cache.popitem(last=False)
-        return [r or () for r in results]
-
-    async def request_texts(self, texts: Sequence[str], actions: GuardrailActions) -> list[_Seen]:
-        """What becomes of each request text under these actions; texts seen before are looked up by
-        the text itself (the seen cache), others analysed (or found in the detection cache)."""
-        table = tuple(sorted(actions.request.items()))
-        seen = self._seen
-        entries: list[_Seen | None] = []
-        for text in texts:
-            entry = seen.get((text, table))
-            if entry is not None:
-                seen.move_to_end((text, table))
-            entries.append(entry)
-        missing = [i for i, entry in enumerate(entries) if entry is None]
-        if missing:
-            found = await self.analyze([texts[i] for i in missing])
-            action = lambda entity: actions.action_for(entity, "request")  # noqa: E731
-            for i, detections in zip(missing, found, strict=True):
-                entry = entries[i] = _Seen(tuple(actions_for(detections, action)) if detections else ())
-                if self.config.cache_texts:
-                    seen[(texts[i], table)] = entry
-                    self._seen_chars += len(texts[i])
-            self._trim_seen()
-        return [e for e in entries if e is not None]
-
-    def rewritten(self, entry: _Seen, text: str, vault: SessionVault | None) -> _Seen:
-        """`entry` with the text's upstream and stored forms: rewritten once, then reused as long as
-        the session's vault gives its values the same placeholders (asking it also keeps them
-        recently used, as rewriting would)."""
-        if entry.upstream is not None:
-            placeholders = entry.placeholders  # none: the text's rewriting does not depend on the vault
-            if not placeholders or (
-                vault is not None and all(vault.placeholder(e, v) == p for e, v, p in placeholders)
-            ):
-                return entry
-            self._seen_chars -= len(entry.upstream) + len(entry.stored)
-        issued: list[tuple[str, str, str]] = []
-        hasher = self.hasher
-
-        def upstream(item: Applied, value: str) -> str | None:
-            new = replacement(item.detection.entity, value, item.action, vault, hasher, reversible=True)
-            if item.action == "redact" and new is not None:
-                issued.append((item.detection.entity, value, new))
-            return new
-
-        entry.upstream = rewrite(text, entry.applied, upstream)
-        entry.stored = rewrite(text, entry.applied, self.stored(vault, True))
-        entry.placeholders = tuple(issued)
-        self._seen_chars += len(entry.upstream) + len(entry.stored)
-        self._trim_seen()
-        return entry
-
-    def _trim_seen(self) -> None:
-        seen = self._seen
-        while self._seen_chars > SEEN_CHARS and seen:
-            (text, _), old = seen.popitem(last=False)
-            self._seen_chars -= len(text) + (len(old.upstream) + len(old.stored) if old.upstream is not None else 0)
+    # -- what applies to a call ------------------------------------------------------------------
 
     def actions(self, call: Call) -> GuardrailActions | None:
         actions = call.guardrails if isinstance(call.guardrails, GuardrailActions) else self.defaults
@@ -367,21 +169,6 @@ class Guardrails:
         for a in applied:
             d = a.detection
             call.findings.append(Finding(d.entity, prefix, d.start, d.end, d.score, a.action))
-
-    def replace(self, vault: SessionVault | None, reversible: bool) -> Any:
-        def upstream(item: Applied, value: str) -> str | None:
-            return replacement(item.detection.entity, value, item.action, vault, self.hasher, reversible=reversible)
-
-        return upstream
-
-    def stored(self, vault: SessionVault | None, reversible: bool) -> Any:
-        """Replacement for the stored copy: as upstream, and blocked or logged values masked too."""
-
-        def store(item: Applied, value: str) -> str:
-            new = replacement(item.detection.entity, value, item.action, vault, self.hasher, reversible=reversible)
-            return f"<{item.detection.entity}>" if new is None else new
-
-        return store
 
     def failed(self, call: Call, actions: GuardrailActions, direction: Direction, exc: BaseException) -> bool:
         """The analyzer raised: deny (True) when a `block` action applies and on_error is deny."""
@@ -596,8 +383,6 @@ class Guardrails:
         return out
 
     async def open_stream(self, call: Call) -> StreamGuard | None:
-        from interlock.policies.guardstream import StreamGuard
-
         actions = self.actions(call)
         scan = actions is not None and bool(actions.response)
         state = self.state(call)
@@ -696,4 +481,4 @@ def _rules(actions: GuardrailActions) -> str | None:
     return ", ".join(actions.rules) or None
 
 
-__all__ = ["Blocked", "Detector", "Guardrails", "detector_for", "where"]
+__all__ = ["Guardrails", "where"]

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from interlock.core.views import JsonPath
-from interlock.policies.redaction import MAX_HOLD, StreamScrubber
+from interlock.guardrails.redaction import MAX_HOLD, StreamScrubber
 from interlock.protocols.base import Adapter, with_path
 from interlock.protocols.sse import Event
 

@@ -15,8 +15,8 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from interlock.policies.pii import Detection
-from interlock.policies.vault import EmbeddedVault, SessionVault, Vault, VaultConflict
+from interlock.guardrails.pii import Detection
+from interlock.guardrails.vault import EmbeddedVault, SessionVault, Vault, VaultConflict
 
 #: A placeholder the vault can restore: `<ENTITY_N>`.
 PLACEHOLDER = re.compile(r"<([A-Z][A-Z0-9_]*?)_(\d+)>")
