@@ -42,7 +42,7 @@ def rules() -> list[CompiledRule]:
 
 async def ping(state: State, calls: int) -> list[float]:
     """The floor: a bare PING through the same client, call after call."""
-    from interlock.policies.redisstate import StateClient
+    from interlock.core.redisstate import StateClient
 
     client = StateClient(state)
     times: list[float] = []

@@ -34,7 +34,7 @@ def build_services(settings: Settings) -> Services:
 
         services.policy, services.limiter = open_policy(settings, pricing=services.pricing)
     if guardrails_on(settings):
-        from interlock.guardrails.vault import open_vault
+        from interlock.guardrails.vault_open import open_vault
 
         services.vault = open_vault(
             settings.guardrails, settings.state, processes=settings.workers, store_path=settings.store.path

@@ -22,7 +22,7 @@ forgotten first past `guardrails.vault_sessions`, a session's oldest values past
 `open` hands out the live table, so `commit` has nothing to do. The Redis vault (`vault_redis.py`)
 loads the table in `open` and writes its new entries in `commit`; both pass
 `tests/conformance/test_vault_contract.py`. Callers always commit: none may assume the table is live.
-A shared backend out of reach raises `StateUnavailable` (`counters.py`).
+A shared backend out of reach raises `StateUnavailable` (`core/state.py`).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from interlock.config import Guardrails, State
+    pass
 
 
 class VaultConflict(Exception):
@@ -135,25 +135,4 @@ class EmbeddedVault:
         return vault
 
 
-def open_vault(
-    config: Guardrails, state: State | None = None, *, processes: int = 1, store_path: str | None = None
-) -> Vault:
-    """The vault as configured: on Redis with `state.url` (shared by a fleet; values encrypted with
-    `state.vault_key`, which it then requires); else, for several worker processes on one host, in
-    the store's SQLite file (`vault_sqlite.py`, encrypted with `state.vault_key`, which the
-    supervisor draws when unset); else the embedded one, bounded by `vault_sessions` and `vault_values`."""
-    if state is not None:
-        state = state.resolved()
-    if state is not None and state.url:
-        from interlock.guardrails.vault_redis import RedisVault
-        from interlock.policies.redisstate import StateClient  # redis-py only for a fleet
-
-        return RedisVault(StateClient(state), state, config.vault_values)
-    if processes > 1 and store_path and store_path != ":memory:" and state is not None and state.vault_key:
-        from interlock.guardrails.vault_sqlite import SqliteVault
-
-        return SqliteVault(store_path, state.vault_key, config.vault_values, state.vault_ttl)
-    return EmbeddedVault(config.vault_sessions, config.vault_values)
-
-
-__all__ = ["EmbeddedVault", "SessionVault", "Vault", "VaultConflict", "open_vault"]
+__all__ = ["EmbeddedVault", "SessionVault", "Vault", "VaultConflict"]

@@ -23,10 +23,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from interlock.config import State
+from interlock.core.redisstate import StateClient
 from interlock.guardrails.vault import SessionVault, VaultConflict
 from interlock.guardrails.vault_crypto import MAC_BYTES, VaultCipher
 from interlock.guardrails.vault_crypto import parse_placeholder as _parse
-from interlock.policies.redisstate import StateClient
 
 # Past `limit` values, the least recently used go (with their HMACs); the session lives `ttl` more.
 _TRIM = """

@@ -20,9 +20,9 @@ from collections.abc import Sequence
 
 from cryptography.exceptions import InvalidTag
 
+from interlock.core.sqlite_state import SqliteState
 from interlock.guardrails.vault import SessionVault, VaultConflict
 from interlock.guardrails.vault_crypto import VaultCipher, parse_placeholder
-from interlock.policies.sqlite_state import SqliteState
 
 log = logging.getLogger("interlock.guardrails")
 

@@ -115,11 +115,6 @@ class Over(NamedTuple):
     retry_after: int
 
 
-class StateUnavailable(Exception):
-    """The shared state (Redis) did not answer within its bound: nothing was read or changed (or,
-    for a timeout, it is unknown whether the change landed)."""
-
-
 class Counters(Protocol):
     """Counters shared by every call (and, for a shared backend, by every interlock of a fleet)."""
 
@@ -432,7 +427,6 @@ __all__ = [
     "EmbeddedCounters",
     "LIFE_IDLE",
     "Over",
-    "StateUnavailable",
     "seconds_to_midnight",
     "today",
 ]

@@ -17,8 +17,8 @@ def open_counters(store_path: str | None, state: State | None = None, *, process
         state = state.resolved()
     if state is not None and state.url:
         # Imported here: redis-py is needed only for a fleet (and costs startup time otherwise).
+        from interlock.core.redisstate import StateClient
         from interlock.policies.counters_redis import RedisCounters
-        from interlock.policies.redisstate import StateClient
 
         return RedisCounters(StateClient(state), state.slot_lease)
     if processes > 1 and store_path and store_path != ":memory:":

@@ -31,6 +31,8 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+from interlock.core.redisstate import StateClient
+from interlock.core.state import StateUnavailable
 from interlock.core.tasks import cancel_and_wait
 from interlock.policies.counters import (
     LIFE_IDLE,
@@ -39,11 +41,9 @@ from interlock.policies.counters import (
     Check,
     Counter,
     Over,
-    StateUnavailable,
     seconds_to_midnight,
     today,
 )
-from interlock.policies.redisstate import StateClient
 
 log = logging.getLogger("interlock.state")
 

@@ -24,6 +24,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from interlock.core.sqlite_state import SqliteState
 from interlock.policies.counters import (
     _SCHEMA,
     DAY_METRICS,
@@ -40,7 +41,6 @@ from interlock.policies.counters import (
     seconds_to_midnight,
     today,
 )
-from interlock.policies.sqlite_state import SqliteState
 
 _TABLES = """
 CREATE TABLE IF NOT EXISTS policy_windows (

@@ -26,6 +26,7 @@ from typing import Any, cast
 
 from interlock.config import StateOnFailure
 from interlock.core.call import Call, Decision
+from interlock.core.state import StateUnavailable
 from interlock.policies.counters import (
     Add,
     Check,
@@ -33,7 +34,6 @@ from interlock.policies.counters import (
     Counters,
     EmbeddedCounters,
     Over,
-    StateUnavailable,
     Window,
 )
 from interlock.policies.engine import CompiledRule

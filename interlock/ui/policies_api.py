@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from interlock.policies.counters import StateUnavailable
+from interlock.core.state import StateUnavailable
 
 if TYPE_CHECKING:
     from interlock.runtime import Runtime

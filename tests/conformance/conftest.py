@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from interlock.config import Guardrails, State
-from interlock.guardrails.vault import Vault, open_vault
+from interlock.guardrails.vault import Vault
+from interlock.guardrails.vault_open import open_vault
 from interlock.policies.counters import Counters
 from interlock.policies.counters_open import open_counters
 from interlock.tracing.backend import Store, open_store

@@ -12,15 +12,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis.asyncio as redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from interlock.config import State
-from interlock.policies.counters import StateUnavailable
+from interlock.core.state import StateUnavailable
+
+if TYPE_CHECKING:
+    from interlock.config import State
 
 log = logging.getLogger("interlock.state")
 

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from interlock.core.sqlite import transaction
-from interlock.policies.counters import StateUnavailable
+from interlock.core.state import StateUnavailable
 
 T = TypeVar("T")
 
