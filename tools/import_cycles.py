@@ -22,11 +22,7 @@ import grimp
 
 #: (importer, imported), by the modules' last name (they survive a package move): the function-level
 #: imports that close a cycle not yet broken. Each goes with the move that breaks it.
-KNOWN: dict[tuple[str, str], str] = {
-    # The export child process (`python -m interlock.otel.process`) builds its exporter, whose factory
-    # starts that child: the child's entry point would need a module of its own to break it.
-    ("process", "exporter"): "the export child builds its exporter",
-}
+KNOWN: dict[tuple[str, str], str] = {}
 
 
 def tail(module: str) -> str:

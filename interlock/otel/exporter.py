@@ -36,6 +36,7 @@ from interlock.otel.config import (
     resource,
 )
 from interlock.otel.metrics import CallMetrics
+from interlock.otel.process import ProcessExporter
 from interlock.otel.spans import SpanBuilder
 
 log = logging.getLogger("interlock.otel")
@@ -49,8 +50,6 @@ def build_exporter(config: Otel) -> Any:
     for signal in ("TRACES", "METRICS"):
         resolve_protocol(config, signal)  # a bad protocol fails here, at startup, not in the child
     if config.worker == "process":
-        from interlock.otel.process import ProcessExporter
-
         return ProcessExporter(config)
     return local_exporter(config)
 

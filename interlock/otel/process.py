@@ -9,7 +9,7 @@ thread pickles them in batches down a pipe.
     parent: done(call) → bounded queue → feeder thread → [pipe] → child: Exporter.export(call)
     child:  flush acks, statistics and its warnings → [pipe] → parent's reader thread
 
-The child exits when the pipe closes, so it never outlives interlock.
+The child (`child.py`) exits when the pipe closes, so it never outlives interlock.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import logging
 import os
 import pickle
 import queue
-import signal
 import struct
 import subprocess
 import sys
@@ -174,7 +173,7 @@ class ProcessExporter:
         package_root = str(Path(interlock.__file__).resolve().parents[1])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "interlock.otel.process"],
+            [sys.executable, "-m", "interlock.otel.child"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=env,
@@ -287,66 +286,3 @@ class ProcessExporter:
         self._reader.join(1)
         if self.process.stdout is not None:
             self.process.stdout.close()
-
-
-# -- the child's side ----------------------------------------------------------------------------
-
-
-class _ForwardLogs(logging.Handler):
-    """Warnings in the child go to the parent's log (its stdout is the pipe, its stderr is shared)."""
-
-    def __init__(self, out: IO[bytes], lock: threading.Lock) -> None:
-        super().__init__(logging.WARNING)
-        self.out, self.channel_lock = out, lock
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            with self.channel_lock:
-                write_frame(self.out, ("log", record.levelno, self.format(record)))
-        except Exception:  # noqa: BLE001 - the parent is gone; nothing to tell
-            pass
-
-
-def child_main() -> None:
-    from interlock.otel.exporter import local_exporter
-
-    # interlock shuts the child down by closing the pipe, after exporting what is queued; a Ctrl-C
-    # or SIGTERM sent to the whole process group must not cut that short (or print a traceback).
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    channel_in, channel_out = sys.stdin.buffer, sys.stdout.buffer
-    sys.stdout = sys.stderr  # a stray print must not corrupt the channel
-    lock = threading.Lock()
-    logging.getLogger().addHandler(_ForwardLogs(channel_out, lock))
-    logging.getLogger().setLevel(logging.WARNING)
-    message = read_frame(channel_in)
-    if message is None or message[0] != "config":
-        return
-    config = Otel(**message[1])
-    exporter = local_exporter(config, worker=False)
-
-    def stats() -> dict[str, Any]:
-        return {"exported": exporter.exported, "health": [(h.what, h.failures) for h in exporter.health]}
-
-    while True:
-        message = read_frame(channel_in)
-        if message is None or message[0] == "close":
-            exporter.close(5.0)
-            with lock:
-                try:
-                    write_frame(channel_out, ("closed", stats()))
-                except OSError:
-                    pass
-            return
-        kind, payload = message
-        if kind == "calls":
-            for data in payload:
-                exporter.export_one(from_wire(data))
-        elif kind == "flush":
-            exporter.flush()
-            with lock:
-                write_frame(channel_out, ("flushed", payload, stats()))
-
-
-if __name__ == "__main__":
-    child_main()
