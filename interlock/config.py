@@ -5,7 +5,9 @@ Every section lives here so `interlock config show` and the JSON Schema see the 
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -447,7 +449,6 @@ class CustomRecognizer(Model):
 
     @model_validator(mode="after")
     def _valid(self) -> CustomRecognizer:
-        import re
 
         if not self.patterns and not self.deny_list:
             raise ValueError("a recognizer needs `patterns` or `deny_list`")
@@ -529,7 +530,6 @@ class Guardrails(Model):
     @field_validator("request", "response")
     @classmethod
     def _entity_names(cls, table: dict[str, str]) -> dict[str, str]:
-        import re
 
         for entity in table:
             if entity != "*" and not re.fullmatch(r"[A-Z][A-Z0-9_]*", entity):
@@ -547,7 +547,6 @@ class Guardrails(Model):
     @field_validator("spacy_model")
     @classmethod
     def _spacy_model_installed(cls, name: str | None) -> str | None:
-        import importlib.util
 
         if name is None or Path(name).expanduser().is_dir():
             return name

@@ -7,14 +7,19 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from interlock.demo_workflow import RISK_ROUTE, risk_route, seed_workflow, workflow_scripts
 from interlock.scripted import Script, ScriptedUpstream, ToolUse
+from interlock.testing import run_interlock, settings_for_test
 
 DEMO_POLICY = """\
 # The demo's policy: read by `interlock demo`, shown on the UI's Policies page.
@@ -80,7 +85,6 @@ class Seeded:
 def seed(proxy_url: str, upstream: ScriptedUpstream, *, suffix: str | None = None) -> Seeded:
     """Run the scripted agent through interlock at `proxy_url` (blocking). It speaks plain HTTP
     (httpx, a core dependency) so the demo needs no provider SDK."""
-    import httpx
 
     tag = suffix or time.strftime("%H%M%S")
     seeded = Seeded()
@@ -216,10 +220,6 @@ def run_demo(
     echo: Any = print,
 ) -> Seeded:
     """Start the scripted upstream and interlock, seed the sessions, then serve until Ctrl-C."""
-    import signal
-    import threading
-
-    from interlock.testing import run_interlock, settings_for_test
 
     workdir = Path(tempfile.mkdtemp(prefix="interlock-demo-"))
     policy_dir = workdir / "policies"

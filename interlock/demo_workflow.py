@@ -20,6 +20,8 @@ import json
 import os
 from typing import Any
 
+import httpx
+
 from interlock.scripted import Script, ToolUse
 
 #: The brief the orchestrator receives (the e-mail address is the PII the guardrail redacts).
@@ -103,7 +105,6 @@ def risk_route(upstream_url: str) -> dict[str, Any]:
 def seed_workflow(proxy_url: str, workflow: str, *, model: str = "gpt-4o-mini") -> str:
     """Run the workflow through interlock at `proxy_url` (blocking; the provider must be scripted
     with `workflow_scripts()` first). Returns the workflow's W3C trace id."""
-    import httpx
 
     trace = os.urandom(16).hex()
 

@@ -36,6 +36,7 @@ def signature_problem(
 ) -> str | None:
     """Why the request's SigV4 signature is not valid for `expected` (None: it is), recomputed with
     botocore's signer over the headers the request says it signed, at the time it says it signed."""
+    # Optional dependency: botocore is the `bedrock` extra (~350 ms to import, measured).
     from botocore.auth import SigV4Auth
     from botocore.awsrequest import AWSRequest
     from botocore.credentials import Credentials

@@ -109,6 +109,7 @@ def run_interlock(
 
     The block starts once interlock is ready as `/ready` says it: listening, and the guardrails engine
     built (seconds on a loaded machine), so a client's first call does not wait for it."""
+    # Startup: the pytest plugin imports this module in every pytest session; the server and runtime (2.2-3.1 s to import, measured under shared load) only when a test starts one.
     from interlock.runtime import Runtime
     from interlock.server import Servers
 
@@ -201,6 +202,7 @@ def replay_server(
             assert run_my_agent("refund order 42") == "Refunded."
         replay.assert_no_divergence()
     """
+    # Startup: as above, the replay machinery only when a test replays.
     from interlock.replay.bundle import Bundle, open_bundle
     from interlock.replay.match import MatchOptions
     from interlock.replay.runner import ReplaySettings, base_url_env, replay_in_thread

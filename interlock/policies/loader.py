@@ -23,8 +23,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from interlock.policies.cel import ConditionError, compile_condition
-from interlock.policies.engine import CompiledRule, Engine
+from interlock.policies.engine import CompiledRule, Engine, Globs
 from interlock.policies.model import Effect, Limits, Loop, Match, PolicyFile, Rule
+from interlock.prices import Pricing
 from interlock.protocols.mcp import is_mcp
 from interlock.yamlsource import Document, SourceError, parse_yaml
 
@@ -198,8 +199,6 @@ def _lint(
     if rule.when is not None and rule.when.strip() == "false":
         found.append(_problem(document, (*where, "when"), "condition is always false: the rule can never match"))
     if routes is not None and rule.match.route is not None:
-        from interlock.policies.engine import Globs
-
         globs = Globs(rule.match.route)
         matched = [name for name in routes if globs(name)]
         if not matched:
@@ -238,7 +237,6 @@ def _unpriced(document: Any, where: tuple[str | int, ...], rule: Rule, prices: M
     """Warnings for a money budget over models that neither the price catalogue nor `prices:` knows
     (issue 16: an unpriced model is refused under `unpriced: deny`, or counted as $0). Only exact
     model names are checked: a glob names models the catalogue may or may not know."""
-    from interlock.prices import Pricing
 
     assert rule.limits is not None
     unpriced = rule.limits.unpriced

@@ -24,7 +24,7 @@ from interlock.core.call import Call, Decision
 from interlock.policies.counters_open import open_counters
 from interlock.policies.engine import CompiledRule, Evaluation, tool_denial_message
 from interlock.policies.limits import Limiter
-from interlock.policies.loader import PolicyRuntime
+from interlock.policies.loader import PolicyRuntime, check_policies
 from interlock.policies.model import Limits
 from interlock.policies.subject import Subject
 from interlock.prices import Pricing
@@ -312,7 +312,6 @@ def policy_paths(settings: Settings) -> list[str]:
 def unpriced_warnings(settings: Settings) -> list[str]:
     """`config check`'s warnings about money budgets over models `prices:` does not list (the
     policy files' other problems are `policy check`'s)."""
-    from interlock.policies.loader import check_policies
 
     paths = [p for p in policy_paths(settings) if Path(p).exists()]
     loaded = check_policies(paths, route_protocols(settings), settings.prices)

@@ -55,6 +55,7 @@ def exception_message(exception_type: str, payload: bytes) -> bytes:
 
 def _event(raw: bytes) -> Event:
     """A whole message as an Event (its CRCs checked by botocore's parser)."""
+    # Optional dependency: botocore is the `bedrock` extra, loaded on the first Bedrock stream.
     from botocore.eventstream import EventStreamBuffer, ParserError
 
     buffer = EventStreamBuffer()

@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 
+from interlock.config import SourceError, load_settings
 from interlock.core.call import SECRET_HEADERS, Call, Chunk, new_id
 from interlock.protocols import ADAPTERS, Adapter
 from interlock.protocols.base import dump_body, response_json
@@ -46,7 +47,6 @@ def target_for(route: str, bundle: Bundle, *, upstream: str | None, api_key: str
         if not upstream.startswith(("http://", "https://")):
             raise RerunError(f"--upstream {upstream!r} must start with http:// or https://")
         return Target(upstream.rstrip("/"), protocol, api_key)
-    from interlock.config import SourceError, load_settings
 
     try:
         settings = load_settings(config)

@@ -9,6 +9,7 @@ without it reads as "nothing pinned yet").
 
 from __future__ import annotations
 
+import difflib
 import json
 import sqlite3
 import time
@@ -167,7 +168,6 @@ def _stored(row: dict[str, Any]) -> tuple[Any, ...]:
 def pin_diff(row: dict[str, Any]) -> str:
     """A unified diff from the pinned definition to the listed one (description and each other part
     as indented JSON), for `interlock mcp pins diff` and the UI; empty when they are the same."""
-    import difflib
 
     def lines(definition: Any) -> list[str]:
         if definition is None:

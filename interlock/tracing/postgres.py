@@ -59,6 +59,7 @@ from interlock.tracing.rows import (
 from interlock.tracing.schema import SCHEMA_VERSION, SchemaError, StoreError, StoreUnavailable
 from interlock.tracing.stops import PostgresStops
 from interlock.tracing.store import SQLiteStore, write_bundle
+from interlock.tracing.text import record_texts
 from interlock.tracing.workflow_reads import WorkflowReads
 from interlock.tracing.writing import MAX_ROWS, Rows, row_groups
 
@@ -274,7 +275,6 @@ class PostgresStore(WorkflowReads, PostgresPins, PostgresStops, AuditReads):
 
     def write(self, records: Sequence[Record], *, capture: str = "full", indexer: Indexer | None = None) -> int:
         """Write `Call.to_record()` dicts in one transaction; returns how many were new."""
-        from interlock.tracing.text import record_texts
 
         rows = Rows()
         for record in records:

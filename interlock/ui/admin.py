@@ -14,6 +14,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from interlock import __version__
 from interlock.config import Admin
 from interlock.proxy.admission import HostAllowList
+from interlock.tracing.schema import StoreUnavailable
+from interlock.ui import agents, metrics, pages, policies_api, stops_api, upstreams_api
+from interlock.ui.api import api_routes
+from interlock.ui.audit import audit_routes
 
 if TYPE_CHECKING:
     from interlock.runtime import Runtime
@@ -134,25 +138,18 @@ class EdgeGuard:
 def admin_routes() -> list[BaseRoute]:
     """Every route of the admin port. Each feature lists its own routes in its own module."""
     routes: list[BaseRoute] = [Route("/health", health), Route("/ready", ready)]
-    from interlock.ui import stops_api
 
     routes += stops_api.routes()  # before api_routes: `/api/sessions/{id:path}` would take `.../stop`
-    from interlock.ui.api import api_routes
 
     routes += api_routes()
-    from interlock.ui import metrics
 
     routes += metrics.routes()
-    from interlock.ui import upstreams_api
 
     routes += upstreams_api.routes()
-    from interlock.ui import policies_api
 
     routes += policies_api.routes()
-    from interlock.ui.audit import audit_routes
 
     routes += audit_routes()
-    from interlock.ui import agents, pages
 
     routes += agents.routes()
     routes += pages.routes()  # the web UI (last: `/` and `/static`)
@@ -165,7 +162,6 @@ async def store_unavailable(request: Request, exc: Exception) -> Response:
 
 
 def create_admin_app(runtime: Runtime) -> Any:
-    from interlock.tracing.schema import StoreUnavailable
 
     app = Starlette(routes=admin_routes(), exception_handlers={StoreUnavailable: store_unavailable})
     app.state.runtime = runtime

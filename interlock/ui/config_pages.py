@@ -9,6 +9,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
+from interlock.tracing.pins import pin_diff
 from interlock.ui.policies_api import policies_snapshot
 from interlock.ui.render import _no_store, _page, _runtime, _store, _token_cookie
 
@@ -49,7 +50,6 @@ async def pins_page(request: Request) -> Response:
     store = _store(request)
     if store is None:
         return await _no_store(request)
-    from interlock.tracing.pins import pin_diff
 
     rows = await run_in_threadpool(store.mcp_pins)
     for row in rows:
