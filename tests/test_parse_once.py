@@ -19,7 +19,7 @@ import interlock
 PACKAGE = Path(interlock.__file__).parent
 
 #: Where wire formats live: these may split and parse (the adapters, their framings, reassembly).
-PROTOCOL_DIRS = ("protocols/", "proxy/protocols/")
+PROTOCOL_DIRS = ("protocols/",)
 
 #: Calls that split a stream into events (or reassemble one from its bytes, which splits it).
 SPLITTERS = frozenset(
