@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +44,25 @@ Receive = Any
 Send = Any
 
 
+#: Header names as interlock reads them (str, lower case), by the bytes they arrived as: the same few
+#: dozen names come with every call, and a dict lookup costs less than decoding and lowering each.
+#: Bounded: names come from clients.
+_HEADER_NAMES: dict[bytes, str] = {}
+
+
+def decoded_headers(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
+    """Headers as (lower-case name, value) strings, each byte as the Latin-1 character it is."""
+    names = _HEADER_NAMES
+    return [(names.get(k) or _header_name(k), v.decode("latin-1")) for k, v in raw]
+
+
+def _header_name(raw: bytes) -> str:
+    name = raw.decode("latin-1").lower()
+    if len(_HEADER_NAMES) < 1024:
+        _HEADER_NAMES[raw] = name
+    return name
+
+
 class ClientGone(Exception):
     """The agent disconnected before its answer was complete."""
 
@@ -71,7 +90,7 @@ class ProxyApp:
         route_name, _, rest = raw_path[1:].partition(b"/")
         name = route_name.decode("latin-1")
         route = self.routes.get(name)
-        headers = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope["headers"]]
+        headers = decoded_headers(scope["headers"])
         query = scope["query_string"].decode("latin-1")
         public = self.edge.public_query(query)  # credentials in the query are never recorded
         call = Call(
@@ -290,9 +309,7 @@ class ProxyApp:
         try:
             response = opened.response
             call.status = response.status_code
-            call.response_headers = [
-                (k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in response.headers.raw
-            ]
+            call.response_headers = decoded_headers(response.headers.raw)
             if opened.encoding is not None:
                 # The forwarder decoded the body: every stage, the record and the agent get it plain.
                 call.response_headers = [h for h in call.response_headers if h[0] not in _ENCODING_HEADERS]

@@ -359,3 +359,18 @@ async def test_ready_waits_for_the_guardrails_engine(
     finally:
         release.set()
         await runtime.stop()
+
+
+def test_headers_are_read_as_lower_case_names_and_latin_1_values() -> None:
+    from interlock.proxy import app
+
+    raw = [(b"X-Mixed-Case", b"caf\xe9"), (b"x-mixed-case", b"two"), (b"Content-Type", b"application/json")]
+    for _ in range(2):  # the second time from the names already seen
+        assert app.decoded_headers(raw) == [
+            ("x-mixed-case", "café"),
+            ("x-mixed-case", "two"),
+            ("content-type", "application/json"),
+        ]
+    many = [(f"X-Name-{i}".encode(), b"v") for i in range(3000)]
+    assert app.decoded_headers(many)[-1] == ("x-name-2999", "v")
+    assert len(app._HEADER_NAMES) <= 1024  # names come from clients: the memo is bounded
