@@ -104,7 +104,8 @@ def test_a_store_file_made_again_by_a_first_use_table_is_migrated_on_reopen(tmp_
 
 
 def test_every_table_made_on_first_use_is_known_to_the_migration() -> None:
-    from interlock.policies import counters, counters_sqlite, vault_sqlite
+    from interlock.guardrails import vault_sqlite
+    from interlock.policies import counters, counters_sqlite
     from interlock.tracing import pins, stops
 
     conn = sqlite3.connect(":memory:")
