@@ -48,7 +48,6 @@ ALLOWED: dict[str, str] = {
     "guardrails/stage.py:Guardrails.response": (
         "rewrites a non-streamed body (restore, redact): works on its own parse, as ResponseView is read-only"
     ),
-    "proxy/mcp.py:ToolsListRewriter.response": "rewrites a tools/list answer: its own parse (ResponseView is read-only)",
     "guardrails/guardstream.py:StreamGuard.stored_chunks": (
         "re-renders the recorded chunks for the store when a guardrail acted (a thread, at the call's end): "
         "the record keeps chunks with their timing, not the relay's events"

@@ -7,7 +7,7 @@ depends on the arguments (a `when` that reads `tool.arguments`: `CompiledRule.re
 worked out when the rule is compiled) keeps the tool listed; the call is then judged when it is made.
 Monitor rules only record what they would have removed (`Evaluation.would_deny`), by the same test.
 
-The reply may be JSON or an SSE stream (`proxy.mcp.ToolsListRewriter` reads and rewrites both).
+The reply may be JSON or an SSE stream (`protocols.mcp_tools_list.ToolsListRewriter` reads and rewrites both).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from interlock.policies.loader import PolicyRuntime
 from interlock.policies.stage import route_hosts
 from interlock.policies.subject import Subject
 from interlock.protocols.mcp import McpView, is_mcp
-from interlock.proxy.mcp import ToolsListRewriter
+from interlock.protocols.mcp_tools_list import ToolsListRewriter
 
 
 class McpToolFilter(ToolsListRewriter):

@@ -27,7 +27,7 @@ from interlock.config import McpPins as McpPinsSettings
 from interlock.core.call import Call, Decision
 from interlock.core.tasks import cancel_and_wait
 from interlock.protocols.mcp import McpView, is_mcp, json_rpc_error
-from interlock.proxy.mcp import ToolsListRewriter
+from interlock.protocols.mcp_tools_list import ToolsListRewriter
 
 if TYPE_CHECKING:
     from interlock.proxy.escalation import Escalator
