@@ -216,10 +216,11 @@ class _NoArrays(importlib.abc.MetaPathFinder):
 
 
 def _database_class() -> type[sqlite_utils.Database]:
-    """sqlite-utils' Database, imported without numpy. Importing it took 1.2-1.4 s on this (loaded)
-    2-core machine, ~0.7 s of it numpy, which interlock does not otherwise load; every new store
-    file (each `interlock serve` on a fresh path, each test's store) paid it. Other threads import
-    as usual (a PII engine may load numpy meanwhile); if numpy is loaded already, sqlite-utils gets it."""
+    """sqlite-utils' Database, imported without numpy, which interlock does not otherwise load:
+    importing sqlite-utils took 550-910 ms on this (loaded) 2-core machine, 240-340 ms without
+    numpy, and every new store file (each `interlock serve` on a fresh path, each test's store)
+    pays it once. Other threads import as usual (a PII engine may load numpy meanwhile: the finder
+    only answers this thread); if numpy is loaded already, sqlite-utils gets it."""
     if "sqlite_utils.db" not in sys.modules:
         with _import_lock:
             finder = _NoArrays()
