@@ -9,7 +9,7 @@ these seven recognizers 3.3 ms (phone 2.0 ms, email 0.5 ms, IP 0.3 ms); gated as
 
 Nothing here reaches the network: presidio's email recognizer validates domains with tldextract,
 whose default extractor downloads the public suffix list on first use; ours reads the snapshot
-bundled with tldextract (tests/policies/test_pii.py proves it with sockets blocked).
+bundled with tldextract (tests/guardrails/test_pii.py proves it with sockets blocked).
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from interlock.scripted import Script, ScriptedUpstream, ToolUse
 from interlock.scripted_bedrock import AwsCredentials
 from interlock.testing import Running, replay_server
 from interlock.tracing.store import Store
-from tests.policies.test_guardrails_sdk import stored_bytes
+from tests.guardrails.test_guardrails_sdk import stored_bytes
 from tests.proxy.routing_support import collect_calls, wait_for
 from tests.proxy.test_gemini import conversation, recorded
 

@@ -18,7 +18,7 @@ from interlock.protocols.sse import Event
 from interlock.proxy.pipeline import Pipeline, Services, built_in_stages
 from interlock.scripted import ScriptedUpstream
 from interlock.testing import Running, settings_for_test
-from tests.policies.test_guardrails_stream import jwt_like
+from tests.guardrails.test_guardrails_stream import jwt_like
 
 
 def _names(stages: list[object]) -> list[str]:
