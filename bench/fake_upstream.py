@@ -1,6 +1,6 @@
 """A minimal, fast fake model provider for load runs: canned OpenAI chat completions, JSON and SSE.
 
-interlock/scripted.py (uvicorn + h11, scripted per request) is the right fake for tests, but under
+interlock/scripted/ (uvicorn + h11, scripted per request) is the right fake for tests, but under
 load it is slower than interlock itself, so "direct" would measure the fake, not the proxy. This
 server is a raw asyncio protocol on uvloop that parses just enough HTTP/1.1 (keep-alive,
 Content-Length bodies) to answer:

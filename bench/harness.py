@@ -307,7 +307,7 @@ asyncio.run(main())
 
 @contextlib.contextmanager
 def scripted_upstream() -> Iterator[Proc]:
-    """interlock/scripted.py (the tests' fake provider) in its own process, for comparison."""
+    """interlock/scripted/ (the tests' fake provider) in its own process, for comparison."""
     port = free_port()
     popen = subprocess.Popen([PYTHON, "-c", _SCRIPTED, str(port)], cwd=ROOT, stdout=subprocess.PIPE)
     proc = Proc("scripted-upstream", popen, port, spawned_at=time.perf_counter())

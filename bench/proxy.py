@@ -149,12 +149,12 @@ def run(ctx: Context) -> Section:
         "alone; recording's cost has its own budget, see its section). Startup, idle and loaded RSS: the "
         "default configuration, recording on."
     )
-    section.note(f"interlock/scripted.py (the tests' fake provider) alone at c32: {scripted_baseline(ctx)}.")
+    section.note(f"interlock/scripted/ (the tests' fake provider) alone at c32: {scripted_baseline(ctx)}.")
     return section
 
 
 def scripted_baseline(ctx: Context) -> str:
-    """Throughput of interlock/scripted.py alone: why the load runs use bench/fake_upstream.py."""
+    """Throughput of interlock/scripted/ alone: why the load runs use bench/fake_upstream.py."""
     with harness.scripted_upstream() as up:
         result = load.wrk(
             up.url + "/v1/chat/completions", load.chat_body(), connections=32, seconds=min(3, ctx.seconds)

@@ -2,7 +2,7 @@
 
 Runs interlock with the configuration and policies a Kubernetes manifest's ConfigMap holds
 (`--manifest`: deploy/kubernetes/shared.yaml by default, or sidecar.yaml) in front of the scripted
-provider (interlock/scripted.py), drives it with wrk, and reads /proc: RSS when ready and idle, RSS
+provider (interlock/scripted/), drives it with wrk, and reads /proc: RSS when ready and idle, RSS
 after each load and the peak (VmHWM), and the CPU cores used while loaded. The manifests'
 `resources:` come from its output (the figures and how they were rounded: docs/fleet.md).
 

@@ -24,7 +24,7 @@ from interlock.guardrails.streamrewrite import StreamTextRewriter
 from interlock.protocols import ADAPTERS
 from interlock.protocols.sse import iter_events
 from interlock.scripted import Script, ScriptedUpstream
-from interlock.scripted_replies import anthropic_reply, chat_reply, with_keepalives
+from interlock.scripted.replies import anthropic_reply, chat_reply, with_keepalives
 from interlock.testing import Running
 from tests.policies.conftest import anthropic_client, openai_client
 from tests.sdk_errors import protocol_error

@@ -10,7 +10,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from interlock.core.call import Attempt, Call, Chunk, Decision, Finding
 from interlock.protocols import ADAPTERS
-from interlock.scripted_replies import Script, ToolUse, anthropic_reply, chat_reply, sse
+from interlock.scripted.replies import Script, ToolUse, anthropic_reply, chat_reply, sse
 from tests.otel.otel_helpers import (
     AGENT_SPAN,
     CALL_SPAN,

@@ -14,7 +14,7 @@ import pytest
 
 from interlock.policies.model import Limits
 from interlock.scripted import ScriptedUpstream
-from interlock.scripted_replies import Script
+from interlock.scripted.replies import Script
 from tests.policies.conftest import anthropic_client, openai_client
 from tests.proxy.routing_support import wait_for
 from tests.sdk_errors import protocol_error

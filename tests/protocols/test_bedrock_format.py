@@ -11,7 +11,7 @@ from botocore.eventstream import EventStreamBuffer
 
 from interlock.protocols import ADAPTERS
 from interlock.scripted import Script, ToolUse
-from interlock.scripted_bedrock import converse_reply
+from interlock.scripted.bedrock import converse_reply
 
 BEDROCK = ADAPTERS["bedrock"]
 

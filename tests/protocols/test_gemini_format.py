@@ -10,7 +10,7 @@ import pytest
 
 from interlock.protocols import ADAPTERS
 from interlock.scripted import Script, ToolUse
-from interlock.scripted_gemini import frame, gemini_reply
+from interlock.scripted.gemini import frame, gemini_reply
 
 GEMINI = ADAPTERS["gemini"]
 

@@ -9,7 +9,7 @@ import pytest
 
 from interlock.core.call import Call
 from interlock.protocols.summary import output_texts, response_message
-from interlock.scripted_replies import Script, ToolUse, anthropic_reply, chat_reply, responses_reply
+from interlock.scripted.replies import Script, ToolUse, anthropic_reply, chat_reply, responses_reply
 
 
 def call(protocol: str, *, stream: bool) -> Call:

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from interlock.scripted import Script, ScriptedUpstream, ToolUse
-from interlock.scripted_bedrock import AwsCredentials
+from interlock.scripted.bedrock import AwsCredentials
 from interlock.testing import Running, replay_server
 from interlock.tracing.store import Store
 from tests.guardrails.test_guardrails_sdk import stored_bytes

@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from interlock.cli import main
 from interlock.core.call import Call
 from interlock.scripted import ScriptedUpstream
-from interlock.scripted_replies import Script
+from interlock.scripted.replies import Script
 from interlock.testing import Running
 from tests.proxy.routing_support import anthropic_client, collect_calls, finished, openai_client
 

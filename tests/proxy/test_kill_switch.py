@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from interlock.cli import main
 from interlock.proxy.stops import StopGate, Stops
 from interlock.scripted import ScriptedUpstream
-from interlock.scripted_replies import Script
+from interlock.scripted.replies import Script
 from interlock.testing import Running, make_call
 from interlock.tracing.backend import open_store
 from tests.proxy.routing_support import anthropic_client, openai_client, wait_for

@@ -15,7 +15,7 @@ from interlock.protocols import ADAPTERS
 from interlock.protocols.base import Adapter
 from interlock.protocols.sse import EventSplitter
 from interlock.scripted import ScriptedUpstream
-from interlock.scripted_replies import Script
+from interlock.scripted.replies import Script
 from interlock.testing import Running
 from tests.proxy.routing_support import collect_calls, finished, openai_client
 

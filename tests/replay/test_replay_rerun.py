@@ -8,7 +8,7 @@ from replay_helpers import recorded_call
 
 from interlock.replay.rerun import Target, output_of, rerun
 from interlock.scripted import ScriptedUpstream
-from interlock.scripted_replies import Script, ToolUse, anthropic_reply, chat_reply
+from interlock.scripted.replies import Script, ToolUse, anthropic_reply, chat_reply
 
 
 def test_streamed_answers_are_reassembled_on_both_sides() -> None:

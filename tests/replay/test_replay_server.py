@@ -15,7 +15,7 @@ from replay_helpers import SESSION, chat, recorded_call
 from interlock.replay.bundle import bundle_from_calls
 from interlock.replay.server import ReplayApp
 from interlock.scripted import ScriptedUpstream
-from interlock.scripted_replies import Script, anthropic_reply, chat_reply
+from interlock.scripted.replies import Script, anthropic_reply, chat_reply
 from interlock.testing import replay_server
 from tests.proxy.routing_support import wait_for
 from tests.sdk_errors import protocol_error

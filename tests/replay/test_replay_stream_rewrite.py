@@ -17,7 +17,7 @@ from interlock.guardrails.streamrewrite import StreamTextRewriter
 from interlock.protocols import ADAPTERS
 from interlock.protocols.sse import last_events
 from interlock.replay.server import _StreamRewriter
-from interlock.scripted_replies import Script, anthropic_reply, chat_reply
+from interlock.scripted.replies import Script, anthropic_reply, chat_reply
 
 
 def rechunked(events: list[bytes], size: int) -> list[bytes]:

@@ -13,7 +13,7 @@ default a prefill is continued, as Anthropic does).
     ... point interlock's route at upstream.url + "/v1" ...
     upstream.requests[-1].json()                   # what the provider received
 
-The replies (`scripted_replies.py`) follow the providers' API references and real recordings, event
+The replies (`replies.py`) follow the providers' API references and real recordings, event
 for event, streamed and not: chat completions (tool calls, refusal, logprobs, the usage chunk),
 Responses (every event with its sequence_number: message, function_call, reasoning items,
 structured output's `text.format` echoed) and Anthropic messages (thinking with its signature,
@@ -33,25 +33,13 @@ import threading
 import time
 import zlib
 from collections import deque
-from dataclasses import dataclass
-from typing import Any
-from urllib.parse import unquote
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
 
 import brotli
 import uvicorn
 
-from interlock import scripted_azure, scripted_bedrock
-from interlock.scripted_gemini import (
-    GEMINI_PATH,
-    frame,
-    gemini_error,
-    gemini_named_error,
-    gemini_reply,
-    gemini_stream_error,
-    other_reply,
-)
-from interlock.scripted_gemini import last_user_text as gemini_user_text
-from interlock.scripted_replies import (
+from interlock.scripted.replies import (
     Script,
     ToolUse,
     anthropic_reply,
@@ -66,7 +54,20 @@ from interlock.scripted_replies import (
     stream_error_event,
     with_keepalives,
 )
+from interlock.scripted.wire import (
+    Exchange,
+    OpenAIDialect,
+    Received,
+    Reset,
+    extra_headers,
+    format_for,
+    send_json,
+    send_stream,
+)
 from interlock.serving import QuietServer, bind_socket
+
+if TYPE_CHECKING:
+    from interlock.scripted.bedrock import AwsCredentials
 
 
 class Encoder:
@@ -115,29 +116,8 @@ class Encoder:
         return b"" if self._end is None else bytes(self._end())
 
 
-@dataclass
-class Received:
-    method: str
-    path: str
-    query: str
-    headers: dict[str, str]
-    body: bytes
-    at: float
-    #: The path as sent, still percent-encoded (`path` is decoded).
-    raw_path: str = ""
-    #: Bedrock: why its SigV4 signature did not verify (None: it did, or it was not checked).
-    signature_problem: str | None = None
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
 #: The Accept-Encoding of the request being answered (each request is served in its own task).
 _accept_encoding: contextvars.ContextVar[str] = contextvars.ContextVar("accept_encoding", default="")
-
-
-class _Reset(Exception):
-    pass
 
 
 class ScriptedUpstream:
@@ -158,7 +138,7 @@ class ScriptedUpstream:
         self._thread: threading.Thread | None = None
         self.disconnects = 0
         #: Bedrock requests must carry a SigV4 signature made with these (None: not checked).
-        self.aws_credentials: scripted_bedrock.AwsCredentials | None = None
+        self.aws_credentials: AwsCredentials | None = None
 
     @property
     def url(self) -> str:
@@ -201,7 +181,8 @@ class ScriptedUpstream:
             self.disconnects = 0
             self.aws_credentials = None
 
-    def _next(self, model: Any = None) -> Script:
+    def next_script(self, model: Any = None) -> Script:
+        """The script that answers a request for `model`: its outage (`set_model`), else the queue's next."""
         with self._lock:
             if isinstance(model, str) and model in self._models:
                 return self._models[model]
@@ -285,91 +266,33 @@ class ScriptedUpstream:
             data = {}
         if not isinstance(data, dict):
             data = {}
-        azure = scripted_azure.is_azure(scope["path"])
-        if azure:
-            refused = scripted_azure.refusal(scope["path"], received.query, headers)
-            if refused is not None:
-                await _send_json(send, refused[0], refused[1], [])
-                return
-            # The deployment API names the model in the path (`set_model` takes the deployment).
-            data.setdefault("model", scripted_azure.deployment(scope["path"]))
-        if scope["path"].startswith("/model/"):  # AWS Bedrock Runtime: the model is in the path
-            await self._bedrock(scope, received, data, receive, send)
-            return
-        gemini = GEMINI_PATH.search(scope["path"])
-        script = self._next(gemini.group(1) if gemini else data.get("model"))
+        exchange = Exchange(self, received, data, receive, send)
+        scripted_format = format_for(received.path)
+        if scripted_format is not None:
+            await scripted_format.answer(exchange)
+        else:
+            await self.answer_openai(exchange)
+
+    async def answer_openai(self, exchange: Exchange, dialect: OpenAIDialect | None = None) -> None:
+        """The OpenAI and Anthropic formats (the default): chat completions, Responses, embeddings,
+        Anthropic messages; `dialect`: an OpenAI-compatible provider's differences (Azure)."""
+        data = exchange.data
+        script = self.next_script(data.get("model"))
         if script.delay:
             await asyncio.sleep(script.delay)
         if script.reset_after == 0 and script.status == 200 and data.get("stream") is not True:
-            raise _Reset("scripted reset before the response")
-        gone = asyncio.Event()
-        watcher = asyncio.create_task(self._watch_disconnect(receive, gone))
-        try:
-            _accept_encoding.set(headers.get("accept-encoding", ""))
-            if gemini:
-                sse = "alt=sse" in received.query
-                await self._respond_gemini(gemini.group(1), gemini.group(2), sse, data, script, send, gone)
-            else:
-                await self._respond(scope["path"], data, script, send, gone)
-        finally:
-            watcher.cancel()
+            raise Reset("scripted reset before the response")
+        async with self.watching(exchange.receive) as gone:
+            _accept_encoding.set(exchange.received.headers.get("accept-encoding", ""))
+            await self._respond(exchange.received.path, data, script, exchange.send, gone, dialect)
 
-    async def _bedrock(
-        self, scope: dict[str, Any], received: Received, data: dict[str, Any], receive: Any, send: Any
-    ) -> None:
-        """A Bedrock Runtime request: its SigV4 signature checked against `aws_credentials` (a 403
-        `InvalidSignatureException` when it does not verify, as AWS answers), then the script."""
-        script = self._next(unquote(scope["path"][len("/model/") :].partition("/")[0]))
-        if self.aws_credentials is not None:
-            problem = scripted_bedrock.signature_problem(
-                received.method,
-                received.raw_path,
-                received.query,
-                received.headers,
-                received.body,
-                self.aws_credentials,
-            )
-            received.signature_problem = problem
-            if problem is not None:
-                status, body, head = scripted_bedrock.error(403, problem, "InvalidSignatureException")
-                await _send_json(send, status, body, head)
-                return
-        if script.delay:
-            await asyncio.sleep(script.delay)
-        if script.status >= 400 or script.error is not None or script.body is not None:
-            if script.body is not None:
-                status, body, head = script.status, script.body, []
-            else:
-                status, body, head = scripted_bedrock.error_for(script)
-            extra = [(k.lower().encode(), v.encode()) for k, v in script.headers.items()]
-            await _send_json(send, status, body, head + extra)
-            return
-        events, whole, streamed = scripted_bedrock.reply(scope["path"], data, script)
-        if not streamed:
-            if script.reset_after == 0:
-                raise _Reset("scripted reset before the response")
-            await _send_json(send, 200, json.dumps(whole).encode(), [])
-            return
+    @contextlib.asynccontextmanager
+    async def watching(self, receive: Any) -> AsyncIterator[asyncio.Event]:
+        """An event set when the client leaves before the answer is complete (counted in `disconnects`)."""
         gone = asyncio.Event()
         watcher = asyncio.create_task(self._watch_disconnect(receive, gone))
         try:
-            head = [(b"content-type", b"application/vnd.amazon.eventstream"), (b"x-amzn-requestid", b"scripted")]
-            await send({"type": "http.response.start", "status": 200, "headers": head})
-            for i, event in enumerate(events):
-                if script.reset_after is not None and i >= script.reset_after:
-                    raise _Reset("scripted reset mid-stream")
-                if script.stall_after is not None and i >= script.stall_after:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(gone.wait(), script.stall_seconds)
-                    raise _Reset("scripted stall ended")
-                if script.error_event_after is not None and i >= script.error_event_after:
-                    event = scripted_bedrock.stream_exception()
-                    await send({"type": "http.response.body", "body": event, "more_body": True})
-                    break
-                if i and script.chunk_delay:
-                    await asyncio.sleep(script.chunk_delay)
-                await send({"type": "http.response.body", "body": event, "more_body": True})
-            await send({"type": "http.response.body", "body": b""})
+            yield gone
         finally:
             watcher.cancel()
 
@@ -381,8 +304,16 @@ class ScriptedUpstream:
             with self._lock:
                 self.disconnects += 1
 
-    async def _respond(self, path: str, data: dict[str, Any], script: Script, send: Any, gone: asyncio.Event) -> None:
-        extra = _extra_headers(script)
+    async def _respond(
+        self,
+        path: str,
+        data: dict[str, Any],
+        script: Script,
+        send: Any,
+        gone: asyncio.Event,
+        dialect: OpenAIDialect | None,
+    ) -> None:
+        extra = extra_headers(script)
         anthropic = path.endswith("/messages")
         prefill = assistant_prefill(data)
         if prefill is not None and script.status < 400 and script.body is None:
@@ -393,18 +324,16 @@ class ScriptedUpstream:
         if script.error is not None and script.status < 400:
             script = dataclasses.replace(script, status=400)
         if script.status >= 400 or script.body is not None:
-            azure = scripted_azure.is_azure(path)
+            dialect_error = dialect.error(script) if dialect is not None and script.body is None else None
             if script.body is not None:
                 body = script.body
-            elif azure and script.error == "content_filter":
-                body = scripted_azure.content_filter_error()
-            elif azure and script.error is None:
-                body = scripted_azure.error(script.status, f"scripted error {script.status}")
+            elif dialect_error is not None:
+                body = dialect_error
             elif script.error is not None:
                 body = named_error(script.error, anthropic)
             else:
                 body = error_body(script.status, anthropic)
-            await _send_json(send, script.status, body, extra)
+            await send_json(send, script.status, body, extra)
             return
         model = script.model or str(data.get("model") or "scripted-model")
         if script.use_tools and not script.tool_calls and script.text is None:
@@ -423,8 +352,8 @@ class ScriptedUpstream:
             events, whole = responses_reply(text, script, model, data)
         else:
             events, whole = chat_reply(text, script, model, data)
-            if scripted_azure.is_azure(path):
-                events, whole = scripted_azure.chat(events, whole)
+            if dialect is not None:
+                events, whole = dialect.chat(events, whole)
         if script.keepalive_every:
             kind = "anthropic" if anthropic else "responses" if path.endswith("/responses") else "chat"
             events = with_keepalives(events, script.keepalive_every, kind)
@@ -448,24 +377,8 @@ class ScriptedUpstream:
             )
             if script.first_byte_delay:
                 await asyncio.sleep(script.first_byte_delay)
-            for i, event in enumerate(events):
-                if script.reset_after is not None and i >= script.reset_after:
-                    raise _Reset("scripted reset mid-stream")
-                if script.stall_after is not None and i >= script.stall_after:
-                    # Silent, connection open, until the client leaves (or the bound passes).
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(gone.wait(), script.stall_seconds)
-                    raise _Reset("scripted stall ended")
-                if script.error_event_after is not None and i >= script.error_event_after:
-                    # (Sent plain: not for a script with an `encoding`.)
-                    await send({"type": "http.response.body", "body": stream_error_event(anthropic), "more_body": True})
-                    break
-                if i and script.chunk_delay:
-                    await asyncio.sleep(script.chunk_delay)
-                await send({"type": "http.response.body", "body": event, "more_body": True})
-            if script.end_delay:
-                await asyncio.sleep(script.end_delay)
-            await send({"type": "http.response.body", "body": b""})
+            # (An error event is sent plain: not for a script with an `encoding`.)
+            await send_stream(send, script, events, gone, lambda: stream_error_event(anthropic))
             return
         body = json.dumps(whole).encode()
         if encoder is not None:
@@ -485,62 +398,8 @@ class ScriptedUpstream:
             await asyncio.sleep(script.first_byte_delay)
         if script.reset_after is not None:
             await send({"type": "http.response.body", "body": body[: len(body) // 2], "more_body": True})
-            raise _Reset("scripted reset mid-body")
+            raise Reset("scripted reset mid-body")
         await send({"type": "http.response.body", "body": body})
-
-    async def _respond_gemini(
-        self, model: str, method: str, sse: bool, data: dict[str, Any], script: Script, send: Any, gone: asyncio.Event
-    ) -> None:
-        """The Gemini API (`scripted_gemini.py`): the model is the URL's, a stream is asked for by the method."""
-        if script.error is not None and script.status < 400:
-            script = dataclasses.replace(script, status=400)
-        if script.status >= 400 or script.body is not None:
-            if script.body is not None:
-                body = script.body
-            else:
-                body = gemini_named_error(script.error) if script.error else gemini_error(script.status)
-            await _send_json(send, script.status, body, _extra_headers(script))
-            return
-        model = script.model or model
-        if method not in ("generateContent", "streamGenerateContent"):
-            await _send_json(send, 200, json.dumps(other_reply(method, data, script)).encode(), _extra_headers(script))
-            return
-        text = script.text if script.text is not None else f"echo: {gemini_user_text(data)}"
-        events, whole = gemini_reply(text, script, model)
-        if method == "generateContent":
-            await _send_json(send, 200, json.dumps(whole).encode(), _extra_headers(script))
-            return
-        content_type = b"text/event-stream" if sse else b"application/json; charset=UTF-8"
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", content_type)]})
-        if script.first_byte_delay:
-            await asyncio.sleep(script.first_byte_delay)
-        for i, chunk in enumerate(frame(events, sse)):
-            if script.reset_after is not None and i >= script.reset_after:
-                raise _Reset("scripted reset mid-stream")
-            if script.stall_after is not None and i >= script.stall_after:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(gone.wait(), script.stall_seconds)
-                raise _Reset("scripted stall ended")
-            if script.error_event_after is not None and i >= script.error_event_after:
-                await send({"type": "http.response.body", "body": gemini_stream_error(), "more_body": True})
-                break
-            if i and script.chunk_delay:
-                await asyncio.sleep(script.chunk_delay)
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        await send({"type": "http.response.body", "body": b""})
-
-
-async def _send_json(send: Any, status: int, body: bytes, extra: list[tuple[bytes, bytes]]) -> None:
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *extra]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
-def _extra_headers(script: Script) -> list[tuple[bytes, bytes]]:
-    extra = [(k.lower().encode(), v.encode()) for k, v in script.headers.items()]
-    if script.retry_after is not None:
-        extra.append((b"retry-after", script.retry_after.encode()))
-    return extra
 
 
 __all__ = ["ScriptedUpstream", "Script", "ToolUse", "Received", "Encoder"]

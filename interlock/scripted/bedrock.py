@@ -11,6 +11,7 @@ stream, an exception message (`:exception-type`).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from dataclasses import dataclass
@@ -18,7 +19,8 @@ from typing import Any
 from urllib.parse import unquote
 
 from interlock.protocols.eventstream import event_message, exception_message
-from interlock.scripted_replies import Script, anthropic_reply, last_user_text, pieces
+from interlock.scripted.replies import Script, anthropic_reply, last_user_text, pieces
+from interlock.scripted.wire import Exchange, Reset, ScriptedFormat, register, send_json, send_stream
 
 
 @dataclass(frozen=True)
@@ -189,3 +191,50 @@ def reply(path: str, data: dict[str, Any], script: Script) -> tuple[list[bytes],
         text = script.text if script.text is not None else f"echo: {converse_user_text(data)}"
         events, whole = converse_reply(text, script)
     return events, whole, action.endswith("stream")
+
+
+async def answer(exchange: Exchange) -> None:
+    """A Bedrock Runtime request: its SigV4 signature checked against the upstream's
+    `aws_credentials` (a 403 `InvalidSignatureException` when it does not verify, as AWS answers),
+    then the script; the model is the path's."""
+    received, upstream, send = exchange.received, exchange.upstream, exchange.send
+    script = upstream.next_script(unquote(received.path[len(_PATH) :].partition("/")[0]))
+    if upstream.aws_credentials is not None:
+        problem = signature_problem(
+            received.method,
+            received.raw_path,
+            received.query,
+            received.headers,
+            received.body,
+            upstream.aws_credentials,
+        )
+        received.signature_problem = problem
+        if problem is not None:
+            status, body, head = error(403, problem, "InvalidSignatureException")
+            await send_json(send, status, body, head)
+            return
+    if script.delay:
+        await asyncio.sleep(script.delay)
+    if script.status >= 400 or script.error is not None or script.body is not None:
+        if script.body is not None:
+            status, body, head = script.status, script.body, []
+        else:
+            status, body, head = error_for(script)
+        extra = [(k.lower().encode(), v.encode()) for k, v in script.headers.items()]
+        await send_json(send, status, body, head + extra)
+        return
+    events, whole, streamed = reply(received.path, exchange.data, script)
+    if not streamed:
+        if script.reset_after == 0:
+            raise Reset("scripted reset before the response")
+        await send_json(send, 200, json.dumps(whole).encode(), [])
+        return
+    async with upstream.watching(exchange.receive) as gone:
+        head = [(b"content-type", b"application/vnd.amazon.eventstream"), (b"x-amzn-requestid", b"scripted")]
+        await send({"type": "http.response.start", "status": 200, "headers": head})
+        await send_stream(send, script, events, gone, stream_exception)
+
+
+#: Bedrock Runtime's paths: the model is in the path.
+_PATH = "/model/"
+register(ScriptedFormat("bedrock", lambda path: path.startswith(_PATH), answer))

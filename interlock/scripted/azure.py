@@ -1,4 +1,5 @@
-"""Azure OpenAI's differences from OpenAI's wire format, for the scripted provider (`scripted.py`).
+"""Azure OpenAI's differences from OpenAI's wire format, for the scripted provider: a registered
+format (`wire.py`) that answers `/openai/...` paths as OpenAI does, with Azure's dialect.
 
 Taken from Microsoft's REST reference (Azure OpenAI "Data plane inference": the deployment and v1
 paths, `api-key` / Entra ID bearer auth, content filtering annotations) and a recorded gpt-4o
@@ -16,6 +17,9 @@ from __future__ import annotations
 import json
 import re
 from typing import Any
+
+from interlock.scripted.replies import Script
+from interlock.scripted.wire import Exchange, OpenAIDialect, ScriptedFormat, register, send_json
 
 _DEPLOYMENT = re.compile(r"^/openai/deployments/([^/]+)/")
 _SAFE = {"filtered": False, "severity": "safe"}
@@ -96,3 +100,29 @@ def chat(events: list[bytes], whole: dict[str, Any]) -> tuple[list[bytes], dict[
             choice["content_filter_results"] = FILTERS if texts else {}
         out.append(b"data: " + json.dumps(chunk).encode() + b"\n\n")
     return out, whole
+
+
+def _error(script: Script) -> bytes | None:
+    """Azure's error body for a scripted error (None: a named OpenAI error, answered as OpenAI does)."""
+    if script.error == "content_filter":
+        return content_filter_error()
+    if script.error is None:
+        return error(script.status, f"scripted error {script.status}")
+    return None
+
+
+DIALECT = OpenAIDialect(error=_error, chat=chat)
+
+
+async def answer(exchange: Exchange) -> None:
+    received = exchange.received
+    refused = refusal(received.path, received.query, received.headers)
+    if refused is not None:
+        await send_json(exchange.send, refused[0], refused[1], [])
+        return
+    # The deployment API names the model in the path (`set_model` takes the deployment).
+    exchange.data.setdefault("model", deployment(received.path))
+    await exchange.upstream.answer_openai(exchange, DIALECT)
+
+
+register(ScriptedFormat("azure", is_azure, answer))

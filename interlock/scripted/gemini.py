@@ -5,11 +5,14 @@ in Google's shape. From the API reference (ai.google.dev/api) and google-genai's
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
 import re
 from typing import Any
 
-from interlock.scripted_replies import Script, pieces
+from interlock.scripted.replies import Script, pieces
+from interlock.scripted.wire import Exchange, Reset, ScriptedFormat, extra_headers, register, send_json, send_stream
 
 #: `/v1beta/models/gemini-2.0-flash:generateContent`: the model and the method.
 GEMINI_PATH = re.compile(r"/(?:tuned)?[mM]odels/([^/:]+):([A-Za-z]+)$")
@@ -119,3 +122,45 @@ def other_reply(method: str, data: dict[str, Any], script: Script) -> dict[str, 
     if method == "batchEmbedContents":
         return {"embeddings": [vector for _ in data.get("requests") or []]}
     return {"embedding": vector}
+
+
+async def answer(exchange: Exchange) -> None:
+    """The Gemini API: the model and the method are the URL's; a stream is asked for by the method
+    (`alt=sse` for SSE, else a JSON array sent in pieces)."""
+    found = GEMINI_PATH.search(exchange.received.path)
+    assert found is not None  # `matches` chose this format
+    model, method = found.group(1), found.group(2)
+    data, send = exchange.data, exchange.send
+    script = exchange.upstream.next_script(model)
+    if script.delay:
+        await asyncio.sleep(script.delay)
+    if script.reset_after == 0 and script.status == 200 and data.get("stream") is not True:
+        raise Reset("scripted reset before the response")
+    if script.error is not None and script.status < 400:
+        script = dataclasses.replace(script, status=400)
+    if script.status >= 400 or script.body is not None:
+        if script.body is not None:
+            body = script.body
+        else:
+            body = gemini_named_error(script.error) if script.error else gemini_error(script.status)
+        await send_json(send, script.status, body, extra_headers(script))
+        return
+    model = script.model or model
+    if method not in ("generateContent", "streamGenerateContent"):
+        await send_json(send, 200, json.dumps(other_reply(method, data, script)).encode(), extra_headers(script))
+        return
+    text = script.text if script.text is not None else f"echo: {last_user_text(data)}"
+    events, whole = gemini_reply(text, script, model)
+    if method == "generateContent":
+        await send_json(send, 200, json.dumps(whole).encode(), extra_headers(script))
+        return
+    sse = "alt=sse" in exchange.received.query
+    async with exchange.upstream.watching(exchange.receive) as gone:
+        content_type = b"text/event-stream" if sse else b"application/json; charset=UTF-8"
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", content_type)]})
+        if script.first_byte_delay:
+            await asyncio.sleep(script.first_byte_delay)
+        await send_stream(send, script, frame(events, sse), gone, gemini_stream_error)
+
+
+register(ScriptedFormat("gemini", lambda path: GEMINI_PATH.search(path) is not None, answer))
