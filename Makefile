@@ -61,11 +61,13 @@ uv-lock-check: | $(UV)
 	@out=$$($(UV) lock --check --quiet 2>&1) || { case "$$out" in *"needs to be updated"*) \
 	  echo "uv.lock does not match pyproject.toml: run \`make lock\` (and commit uv.lock)" >&2;; *) echo "$$out" >&2;; esac; exit 1; }
 
-## Lint: ruff, then the layering (.importlinter names the layers) and no import cycle between modules.
+## Lint: ruff, then the layering (.importlinter names the layers), no import cycle between modules,
+## and no function-level import without a comment saying what it buys (tools/function_imports.py).
 lint: $(VENV)/.test-deps
 	$(BIN)/ruff check interlock tests bench examples tools
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/python tools/import_cycles.py
+	$(BIN)/python tools/function_imports.py
 
 typecheck: $(VENV)/.test-deps
 	$(BIN)/mypy

@@ -89,6 +89,8 @@ class _Catalogue:
         with self._lock:
             if self.loaded.is_set():
                 return
+            # Startup: the catalogue (genai-prices, ~0.1 s to import, measured under shared load) loads here,
+            # once, off the startup path.
             try:
                 import genai_prices
                 from genai_prices.data import providers
@@ -291,6 +293,7 @@ _CHECK |= {"cache_write_tokens": _N + 5, "output_reasoning_tokens": 2 * _N + 11}
 
 
 def _catalogue_price(provider: Any, info: Any, counts: dict[str, int], now: dt.datetime) -> Decimal:
+    # genai-prices is loaded by `load` before any price is read: a lookup in sys.modules, kept out of startup.
     from genai_prices import Usage
 
     total: Decimal = info.calc_price(Usage(**counts), provider, genai_request_timestamp=now).total_price

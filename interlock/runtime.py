@@ -30,10 +30,13 @@ def build_services(settings: Settings) -> Services:
     store, recorder = open_recording(settings)
     services = Services(store=store, recorder=recorder, pricing=Pricing.for_settings(settings))
     if settings.policies:  # else no import of the engine and CEL (~0.4 s of startup)
+        # Startup: the policy engine and CEL (~0.4-0.7 s to import, measured) only when policies are
+        # configured.
         from interlock.policies.stage import open_policy
 
         services.policy, services.limiter = open_policy(settings, pricing=services.pricing)
     if guardrails_on(settings):
+        # Startup: guardrails/ only when guardrails are on (~20 ms to import, measured under shared load).
         from interlock.guardrails.vault_open import open_vault
 
         services.vault = open_vault(
@@ -79,6 +82,7 @@ class Runtime:
             self.shared.store, self.forwarder.escalator, settings.kill_switch.poll_interval
         )
         if settings.mcp_pins.enabled and any(is_mcp(r.protocol) for r in settings.routes.values()):
+            # Startup: only with MCP routes and pins on (~11 ms to import, measured under shared load).
             from interlock.proxy.mcp_pins import McpPins
 
             # Built here, not by the stage list, so that `stop` ends its polling of the store.

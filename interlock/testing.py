@@ -109,7 +109,8 @@ def run_interlock(
 
     The block starts once interlock is ready as `/ready` says it: listening, and the guardrails engine
     built (seconds on a loaded machine), so a client's first call does not wait for it."""
-    # Startup: the pytest plugin imports this module in every pytest session; the server and runtime (2.2-3.1 s to import, measured under shared load) only when a test starts one.
+    # Startup: the pytest plugin imports this module in every pytest session; the server and runtime (2.2-3.1
+    # s to import, measured under shared load) only when a test starts one.
     from interlock.runtime import Runtime
     from interlock.server import Servers
 

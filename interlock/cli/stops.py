@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 import click
+import httpx
 
 from interlock.cli import load_or_exit
 from interlock.cli.traces import open_store, with_store
@@ -28,7 +29,6 @@ def _escalate(config: str | None, event: str, **fields: Any) -> None:
     escalation = settings.escalation
     if escalation.webhook is None:
         return
-    import httpx
 
     body = {"event": event, "at": time.time(), **fields}
     try:

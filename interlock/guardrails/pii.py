@@ -57,6 +57,8 @@ class PiiAnalyzer:
 
     def __init__(self, settings: Guardrails) -> None:
         with _PRESIDIO_LOCK:  # presidio's first import is not thread-safe (spaCy registries)
+            # Optional dependency: presidio (the `guardrails` extra) and what it brings, loaded with the first
+            # PII engine.
             from presidio_analyzer import Pattern, PatternRecognizer
             from presidio_analyzer import predefined_recognizers as predefined
 
@@ -106,6 +108,8 @@ class PiiAnalyzer:
             self._load_spacy(settings.spacy_model)
 
     def _load_spacy(self, model: str) -> None:
+        # Optional dependency: presidio (the `guardrails` extra) and what it brings, loaded with the first PII
+        # engine. spaCy only with `spacy_model`.
         from presidio_analyzer.nlp_engine import SpacyNlpEngine
         from presidio_analyzer.predefined_recognizers import SpacyRecognizer
 
@@ -169,6 +173,8 @@ _TLD: Any = None
 
 def _offline_email(predefined: Any) -> Any:
     """presidio's EmailRecognizer, validating domains against tldextract's bundled suffix list."""
+    # Optional dependency: presidio (the `guardrails` extra) and what it brings, loaded with the first PII
+    # engine.
     import tldextract
 
     global _TLD
@@ -191,6 +197,8 @@ def _first_region_phone(predefined: Any) -> Any:
     candidate; a number that one region finds is found, with the same span, by the others, so the
     rest add nothing but time.
     """
+    # Optional dependency: presidio (the `guardrails` extra) and what it brings, loaded with the first PII
+    # engine.
     import phonenumbers
 
     class FirstRegionPhoneRecognizer(predefined.PhoneRecognizer):  # type: ignore[misc]

@@ -29,6 +29,7 @@ from interlock.guardrails.redaction import (
     resolve_overlaps,
     rewrite,
 )
+from interlock.guardrails.secrets import SecretScanner
 
 if TYPE_CHECKING:
     from interlock.config import Guardrails as GuardrailSettings
@@ -49,7 +50,6 @@ class Detector:
     """PII recognizers and the secret scanner behind one call: non-overlapping detections."""
 
     def __init__(self, settings: GuardrailSettings) -> None:
-        from interlock.guardrails.secrets import SecretScanner
 
         # No PII entity configured (the embedded default scans for secrets only): presidio is not even loaded.
         wants_pii = bool(settings.entities or settings.recognizers or settings.spacy_model)

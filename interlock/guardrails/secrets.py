@@ -36,6 +36,7 @@ class SecretScanner:
     """Finds secrets in a text as the entity type `SECRET`. Thread-safe after construction."""
 
     def __init__(self, settings: Guardrails) -> None:
+        # Optional dependency: kingfisher is the `guardrails` extra, loaded with the first secret scanner.
         import kingfisher_sdk
 
         with _LOCK:

@@ -207,9 +207,11 @@ def _span_exporter(config: Otel, endpoint: str) -> SpanExporter:
     headers = dict(config.headers) or None
     # The SDK's OTLP exporters with a faster span encoder (encode.py).
     if resolve_protocol(config, "TRACES") == "grpc":
+        # Only the configured protocol's exporter is imported: the gRPC one brings grpcio, a large import.
         from interlock.otel.encode import grpc_span_exporter
 
         return grpc_span_exporter(endpoint=endpoint, headers=headers)
+    # Only the configured protocol's exporter is imported (see above).
     from interlock.otel.encode import FastHttpSpanExporter
 
     if config.endpoint:
@@ -220,9 +222,11 @@ def _span_exporter(config: Otel, endpoint: str) -> SpanExporter:
 def _metric_exporter(config: Otel, endpoint: str) -> MetricExporter:
     headers = dict(config.headers) or None
     if resolve_protocol(config, "METRICS") == "grpc":
+        # Only the configured protocol's exporter is imported: the gRPC one brings grpcio, a large import.
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as GrpcMetricExporter
 
         return GrpcMetricExporter(endpoint=endpoint, headers=headers)
+    # Only the configured protocol's exporter is imported (see above).
     from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as HttpMetricExporter
 
     if config.endpoint:

@@ -255,6 +255,7 @@ class FastHttpSpanExporter(HttpSpanExporter):
 def grpc_span_exporter(**kwargs: Any) -> SpanExporter:
     """The SDK's OTLP/gRPC span exporter, encoding with `SpanEncoder` (grpcio is imported only here:
     it is a large import)."""
+    # grpcio only for the gRPC protocol: a large import (see the docstring).
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpanExporter
 
     encoder = SpanEncoder()

@@ -42,7 +42,8 @@ class ReplaySettings:
 
 
 def _live_runtime(bundle: Bundle, settings: Settings | None) -> Any:
-    # Startup: the live runtime (the whole proxy: 1.6-2.1 s more to import, measured under shared load) only for --on-miss live.
+    # Startup: the live runtime (the whole proxy: 1.6-2.1 s more to import, measured under shared load) only
+    # for --on-miss live.
     from interlock.config import load_settings
     from interlock.runtime import Runtime
 
