@@ -46,16 +46,14 @@ def unexplained(path: Path) -> list[tuple[int, str]]:
 
 
 def main() -> int:
-    missing = [
-        (path.relative_to(ROOT), line, text)
-        for path in sorted((ROOT / "interlock").rglob("*.py"))
-        for line, text in unexplained(path)
-    ]
+    files = sorted((ROOT / "interlock").rglob("*.py"))
+    missing = [(path.relative_to(ROOT), line, text) for path in files for line, text in unexplained(path)]
     for path, line, text in missing:
         print(f"{path}:{line}: a function-level import without a comment saying why: {text}")
     if missing:
         print(f"{len(missing)} function-level import(s) unexplained: import at module level, or say what it buys")
         return 1
+    print(f"every function-level import in interlock's {len(files)} files says why it is one")
     return 0
 
 
