@@ -14,8 +14,9 @@ from interlock.protocols.base import (
     ResponseSummary,
     StreamText,
     _json_headers,
+    body_model,
+    json_object_body,
     json_strings,
-    parse_json_body,
     token_count,
 )
 from interlock.protocols.conversation import ChatMessage, anthropic_request, anthropic_response, exchange
@@ -158,9 +159,6 @@ class AnthropicAdapter(Adapter):
         ):
             summary.finish_reasons = [delta["stop_reason"]]
 
-    def may_resend(self, method: str, operation: str | None) -> bool:
-        return True  # a failed generation has no side effect worth protecting
-
     def sample_body(
         self, path: str, text: str, model: str | None, tools: Sequence[str], tool: tuple[str, Any] | None = None
     ) -> dict[str, Any] | None:
@@ -173,13 +171,8 @@ class AnthropicAdapter(Adapter):
     def parse(self, call: Call) -> RequestView:
         if call.method != "POST":
             return RequestView(operation="http")
-        data = parse_json_body(call)
-        if not isinstance(data, dict):
-            raise BadRequest("the request body must be a JSON object", "invalid_json")
-        call.request_json = data
-        model = data.get("model")
-        if model is not None and not isinstance(model, str):
-            raise BadRequest("`model` must be a string", "invalid_request")
+        data = json_object_body(call)
+        model = body_model(data)
         view = RequestView(operation="http", model=model, stream=data.get("stream") is True)
         view.params = {k: data[k] for k in _PARAMS if k in data}
         if call.path.endswith("/messages") or call.path.endswith("/messages/count_tokens"):

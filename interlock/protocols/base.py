@@ -178,7 +178,7 @@ class Adapter:
         """Whether a request that may have reached the upstream can be sent again without the
         route's `retry.non_idempotent` (a model call has no side effect worth protecting; a tool's
         POST may act on the world)."""
-        return method not in ("POST", "PATCH")
+        return self.model_api or method not in ("POST", "PATCH")
 
     def sign(self, method: str, url: str, headers: Headers, body: bytes, upstream: SigningTarget) -> Headers:
         """The headers an upstream request leaves with, signed for it when the provider authenticates
@@ -364,6 +364,24 @@ def _json_headers(retryable: bool) -> Headers:
         # The OpenAI and Anthropic SDKs honour this: interlock already retried, so they should not.
         headers.append(("x-should-retry", "false"))
     return headers
+
+
+def json_object_body(call: Call) -> dict[str, Any]:
+    """The request body as a JSON object, kept on the call (`request_json`); anything else is a 400
+    `invalid_json` in the protocol's shape."""
+    data = parse_json_body(call)
+    if not isinstance(data, dict):
+        raise BadRequest("the request body must be a JSON object", "invalid_json")
+    call.request_json = data
+    return data
+
+
+def body_model(data: dict[str, Any]) -> str | None:
+    """The body's `model` (None when absent); not a string: a 400 `invalid_request`."""
+    model = data.get("model")
+    if model is not None and not isinstance(model, str):
+        raise BadRequest("`model` must be a string", "invalid_request")
+    return model
 
 
 def parse_json_body(call: Call) -> Any:

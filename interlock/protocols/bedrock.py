@@ -30,8 +30,8 @@ from interlock.protocols.base import (
     SigningTarget,
     StreamText,
     dump_body,
+    json_object_body,
     json_strings,
-    parse_json_body,
     response_json,
     token_count,
 )
@@ -241,10 +241,7 @@ class BedrockAdapter(Adapter):
             return RequestView(operation="http")
         model, action = found
         operation, stream = _OPERATIONS[action]
-        data = parse_json_body(call)
-        if not isinstance(data, dict):
-            raise BadRequest("the request body must be a JSON object", "invalid_json")
-        call.request_json = data
+        data = json_object_body(call)
         if operation == "messages":  # an Anthropic Messages body, the model in the URL
             return _anthropic_view(data, model, stream)
         view = RequestView(operation="chat", model=model, stream=stream)
@@ -273,9 +270,6 @@ class BedrockAdapter(Adapter):
         if found is None or found[0] == model:
             return None
         return data, f"{_PREFIX}{quote(model, safe='')}/{found[1]}"
-
-    def may_resend(self, method: str, operation: str | None) -> bool:
-        return True  # a failed generation has no side effect worth protecting
 
     def sign(self, method: str, url: str, headers: Headers, body: bytes, upstream: SigningTarget) -> Headers:
         """The headers with a SigV4 signature for `url` made with the route's AWS credentials:

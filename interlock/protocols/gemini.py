@@ -27,8 +27,8 @@ from interlock.protocols.base import (
     StreamText,
     _json_headers,
     dump_body,
+    json_object_body,
     json_strings,
-    parse_json_body,
     token_count,
 )
 from interlock.protocols.conversation import ChatMessage, ChatToolCall, exchange
@@ -201,10 +201,7 @@ class GeminiAdapter(Adapter):
         match = _PATH.search(call.path)
         if call.method != "POST" or match is None:
             return RequestView(operation="http")  # listing models, files, caches: relayed as HTTP
-        data = parse_json_body(call)
-        if not isinstance(data, dict):
-            raise BadRequest("the request body must be a JSON object", "invalid_json")
-        call.request_json = data
+        data = json_object_body(call)
         method = match.group(3)
         view = RequestView(
             operation=_OPERATIONS.get(method, "http"),
@@ -250,9 +247,6 @@ class GeminiAdapter(Adapter):
                 "requests": [{**r, "model": name} if isinstance(r, dict) and "model" in r else r for r in requests],
             }
         return data, new_path
-
-    def may_resend(self, method: str, operation: str | None) -> bool:
-        return True  # generating, counting and embedding have no side effect worth protecting
 
     # -- streams ----------------------------------------------------------------------------------
 

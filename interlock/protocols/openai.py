@@ -14,7 +14,8 @@ from interlock.protocols.base import (
     ResponseSummary,
     StreamText,
     _json_headers,
-    parse_json_body,
+    body_model,
+    json_object_body,
     token_count,
 )
 from interlock.protocols.conversation import ChatMessage, exchange, openai_request, openai_response
@@ -118,9 +119,6 @@ class OpenAIAdapter(Adapter):
             elif status in ("failed", "cancelled"):
                 summary.finish_reasons = [status]
 
-    def may_resend(self, method: str, operation: str | None) -> bool:
-        return True  # a failed generation has no side effect worth protecting
-
     def sample_body(
         self, path: str, text: str, model: str | None, tools: Sequence[str], tool: tuple[str, Any] | None = None
     ) -> dict[str, Any] | None:
@@ -140,14 +138,9 @@ class OpenAIAdapter(Adapter):
     def parse(self, call: Call) -> RequestView:
         if call.method != "POST":
             return RequestView(operation="http")
-        data = parse_json_body(call)
-        if not isinstance(data, dict):
-            raise BadRequest("the request body must be a JSON object", "invalid_json")
-        call.request_json = data
+        data = json_object_body(call)
         path = call.path
-        model = data.get("model")
-        if model is not None and not isinstance(model, str):
-            raise BadRequest("`model` must be a string", "invalid_request")
+        model = body_model(data)
         stream = data.get("stream") is True
         view = RequestView(operation="http", model=model, stream=stream)
         view.params = {k: data[k] for k in _PARAMS if k in data}
