@@ -6,6 +6,7 @@ at the bottom beside the `Call` and know no wire format: a `ResponseView` asks i
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -109,19 +110,72 @@ class ResponseReader(Protocol):
 STREAM_READ_MAX = 4 * 1024 * 1024
 
 
+#: A ResponseView's message (`ResponseView.parsed`) or an event's JSON not read yet. Typed `Any` like the message it
+#: stands in for, so a reader compares `view.parsed() is UNPARSED` without a cast.
+UNPARSED: Any = object()
+_UNREAD = UNPARSED
+
+
+class Event:
+    """One event of a response stream as the adapter's splitter cut it: its exact bytes (`raw`,
+    terminator included), its name, its data text, and that text's JSON, parsed on first use and
+    kept, so every stage that reads the event shares one parse (`json`). The parsed value is shared:
+    a reader that changes it works on a copy (`protocols.base.with_path`). An event a stage makes (a
+    rewritten one, `Adapter.new_event`) is built from its JSON; its data text is written only if asked for."""
+
+    __slots__ = ("raw", "event", "_data", "_json")
+
+    def __init__(self, raw: bytes, event: str | None, data: str | None, payload: Any = UNPARSED) -> None:
+        self.raw = raw
+        self.event = event
+        self._data = data
+        self._json = payload
+
+    @property
+    def data(self) -> str:
+        data = self._data
+        if data is None:
+            data = self._data = json.dumps(self._json, ensure_ascii=False)
+        return data
+
+    def json(self) -> Any:
+        """The data's JSON value; None when it has none (no data, `[DONE]`, not JSON)."""
+        value = self._json
+        if value is UNPARSED:
+            data = self._data
+            value = None
+            if data and data[0] in "{[":
+                try:
+                    value = json.loads(data)
+                except (ValueError, RecursionError):  # JSON's errors, a number past the int-string limit
+                    value = None
+            self._json = value
+        return value
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Event):
+            return NotImplemented
+        return (self.raw, self.event, self.data) == (other.raw, other.event, other.data)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Event(raw={self.raw!r}, event={self.event!r})"
+
+
 @dataclass(slots=True)
 class StreamRead:
     """A stream as the proxy read it while relaying it, split once into events (issue 18): the usage
     folded from them (`Adapter.fold_usage`) and the events themselves, so that nothing after the relay
     (the response view's message, the summary, the search index) splits the stream again. `events`
-    holds `protocols.sse.Event`s (typed Any: the bottom layer names no wire type); None once the
-    stream passed `STREAM_READ_MAX` bytes."""
+    holds the events; None once the stream passed `STREAM_READ_MAX` bytes. `usage` is typed `Any`:
+    it is the adapter's own running total, made and read only by its `fold_usage`."""
 
     usage: Any = None
-    events: list[Any] | None = field(default_factory=list)
+    events: list[Event] | None = field(default_factory=list)
     size: int = 0
 
-    def take(self, events: list[Any], fold: Callable[[Any, Any], Any]) -> None:
+    def take(self, events: list[Event], fold: Callable[[Any, Any], Any]) -> None:
         """Fold more events (the upstream's, in order) into the usage, and keep them while bounded."""
         usage, size = self.usage, self.size
         for event in events:
@@ -204,9 +258,3 @@ class ResponseView:
     def token_usage(self) -> TokenUsage | None:
         """The usage as it is priced (cache and reasoning tokens included)."""
         return self.adapter.token_usage(self.call)
-
-
-#: A ResponseView's message not read yet (`ResponseView.parsed`). Typed `Any` like the message it
-#: stands in for, so a reader compares `view.parsed() is UNPARSED` without a cast.
-UNPARSED: Any = object()
-_UNREAD = UNPARSED

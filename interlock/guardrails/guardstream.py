@@ -11,10 +11,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from interlock.core.call import Call, Chunk, Finding
+from interlock.core.views import Event
 from interlock.guardrails.redaction import MAX_HOLD, actions_for, entity_types, restorer, rewrite
 from interlock.guardrails.streamrewrite import StreamTextRewriter
 from interlock.protocols import ADAPTERS
-from interlock.protocols.sse import Event, last_events
+from interlock.protocols.sse import last_events
 
 if TYPE_CHECKING:
     from interlock.core.actions import GuardrailActions

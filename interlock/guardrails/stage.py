@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from interlock.core.actions import GuardrailActions
 from interlock.core.call import Call, Decision, Finding
 from interlock.core.state import StateUnavailable
-from interlock.core.views import JsonPath
+from interlock.core.views import Event, JsonPath
 from interlock.guardrails.guardstream import StreamGuard
 from interlock.guardrails.pii import Detection
 from interlock.guardrails.redaction import (
@@ -38,7 +38,6 @@ from interlock.guardrails.redaction import (
 from interlock.guardrails.scanner import THREAD_CHARS, Scanner
 from interlock.protocols import ADAPTERS
 from interlock.protocols.base import dump_body, response_json, set_path
-from interlock.protocols.sse import Event
 
 if TYPE_CHECKING:
     from interlock.config import Settings

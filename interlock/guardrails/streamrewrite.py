@@ -17,10 +17,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from interlock.core.views import JsonPath
+from interlock.core.views import Event, JsonPath
 from interlock.guardrails.redaction import MAX_HOLD, StreamScrubber
 from interlock.protocols.base import Adapter, with_path
-from interlock.protocols.sse import Event
 
 
 class StreamTextRewriter:

@@ -41,11 +41,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from interlock.core.call import Call, Decision
-from interlock.core.views import ToolCall
+from interlock.core.views import Event, ToolCall
 from interlock.protocols import ADAPTERS
 from interlock.protocols.conversation import ChatMessage
 from interlock.protocols.mcp import McpAdapter, McpView
-from interlock.protocols.sse import Event
 
 if TYPE_CHECKING:
     from interlock.policies.engine import CompiledRule

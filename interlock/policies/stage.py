@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 from interlock.config import Settings
 from interlock.core.call import Call, Decision
+from interlock.core.views import Event
 from interlock.policies.counters_open import open_counters
 from interlock.policies.engine import CompiledRule, Evaluation, tool_denial_message
 from interlock.policies.limits import Limiter
@@ -29,7 +30,6 @@ from interlock.policies.model import Limits
 from interlock.policies.subject import Subject
 from interlock.prices import Pricing
 from interlock.protocols import ADAPTERS, Adapter
-from interlock.protocols.sse import Event
 
 log = logging.getLogger("interlock.policies")
 

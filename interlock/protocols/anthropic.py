@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from interlock.core.call import Call, Reply
-from interlock.core.views import RequestView, ResponseView, TextSlot, TokenUsage, ToolCall
+from interlock.core.views import Event, RequestView, ResponseView, TextSlot, TokenUsage, ToolCall
 from interlock.protocols.base import (
     Adapter,
     BadRequest,
@@ -21,7 +21,6 @@ from interlock.protocols.base import (
 )
 from interlock.protocols.conversation import ChatMessage, anthropic_request, anthropic_response, exchange
 from interlock.protocols.reassemble import anthropic_message
-from interlock.protocols.sse import Event
 
 _PARAMS = ("max_tokens", "temperature", "top_p", "top_k", "stop_sequences", "tool_choice", "thinking")
 

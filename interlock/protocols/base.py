@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from interlock.core.call import Call, Headers, Reply
-from interlock.core.views import JsonPath, RequestView, ResponseView, TextSlot, TokenUsage, ToolCall
+from interlock.core.views import Event, JsonPath, RequestView, ResponseView, TextSlot, TokenUsage, ToolCall
 from interlock.protocols.conversation import ChatMessage
 from interlock.protocols.encoding import Unreadable, decode_body
-from interlock.protocols.sse import Event, EventSplitter, iter_events
+from interlock.protocols.sse import EventSplitter, iter_events
 
 T = TypeVar("T")
 
@@ -332,7 +332,7 @@ class Adapter:
         return []
 
     def stream_tool_names(self, event: Any) -> list[str]:
-        """Names of the tool calls that start in this SSE event (`sse.Event`) of a streamed response."""
+        """Names of the tool calls that start in this SSE event (`core.views.Event`) of a streamed response."""
         return []
 
     # -- guardrails (interlock/guardrails/guardstream.py) ---------------------------------------
@@ -458,7 +458,7 @@ def set_path(document: Any, path: JsonPath, value: Any) -> None:
 def with_path(document: Any, path: JsonPath, value: Any) -> Any:
     """`document` with `document[p0][p1]...` set to `value`, leaving `document` as it was: the
     containers along the path are copied, the rest shared (a stream event's parsed JSON is shared by
-    every stage that reads it, `sse.Event.json`)."""
+    every stage that reads it, `Event.json`)."""
     root = target = document.copy()
     for key in path[:-1]:
         child = target[key].copy()

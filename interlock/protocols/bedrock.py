@@ -21,7 +21,7 @@ from typing import Any
 from urllib.parse import quote, unquote
 
 from interlock.core.call import Call, Headers, Reply
-from interlock.core.views import RequestView, TextSlot, TokenUsage, ToolCall
+from interlock.core.views import Event, RequestView, TextSlot, TokenUsage, ToolCall
 from interlock.protocols.anthropic import AnthropicAdapter, read_messages_body
 from interlock.protocols.base import (
     Adapter,
@@ -43,7 +43,7 @@ from interlock.protocols.eventstream import (
     exception_message,
     iter_messages,
 )
-from interlock.protocols.sse import Event, EventSplitter
+from interlock.protocols.sse import EventSplitter
 
 _PREFIX = "/model/"
 _OPERATIONS = {

@@ -5,7 +5,7 @@ Each message is a prelude (total length, headers length: big-endian u32, then th
 typed headers, a payload, and the CRC32 of everything before it. Reading uses botocore's parser
 (`botocore.eventstream.EventStreamBuffer`, which checks both CRCs); writing (an event a stage
 rewrote, interlock's own error event) is the same layout, string headers only, as AWS sends them.
-A message becomes an `sse.Event` so that every stage reads it as it reads server-sent events:
+A message becomes an `Event` (`core/views.py`) so that every stage reads it as it reads server-sent events:
 `raw` its exact bytes, `event` its `:event-type` (or `exception:<type>`, for an exception
 message), `data` its payload as text (for a `chunk`, the model event base64 inside it).
 """
@@ -19,7 +19,8 @@ import struct
 import zlib
 from collections.abc import Iterator
 
-from interlock.protocols.sse import Event, EventSplitter
+from interlock.core.views import Event
+from interlock.protocols.sse import EventSplitter
 
 #: A message may not be longer (AWS's own limit: 16 MiB); a longer prelude is a broken stream.
 MAX_MESSAGE = 16 * 1024 * 1024

@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from interlock.core.call import Call, Reply
-from interlock.core.views import JsonPath, RequestView, ResponseView, TextSlot, TokenUsage, ToolCall
+from interlock.core.views import Event, JsonPath, RequestView, ResponseView, TextSlot, TokenUsage, ToolCall
 from interlock.protocols.base import (
     Adapter,
     BadRequest,
@@ -40,7 +40,7 @@ from interlock.protocols.gemini_stream import (
     iter_gemini_events,
     reassemble,
 )
-from interlock.protocols.sse import Event, EventSplitter
+from interlock.protocols.sse import EventSplitter
 
 #: `/v1beta/models/gemini-2.0-flash:generateContent` (also `tunedModels/...`): the model and the method.
 _PATH = re.compile(r"/((?:tuned)?[mM]odels)/([^/:]+):([A-Za-z]+)$")

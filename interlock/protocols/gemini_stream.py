@@ -18,7 +18,8 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from interlock.protocols.sse import Event, EventSplitter
+from interlock.core.views import Event
+from interlock.protocols.sse import EventSplitter
 
 #: What changes the array scanner's state outside a string (braces, brackets, quotes), and inside one.
 _SIGNIFICANT = re.compile(rb'[{}\[\]"]')

@@ -9,10 +9,10 @@ import json
 from typing import Any
 
 from interlock.core.call import Call
+from interlock.core.views import Event
 from interlock.protocols import ADAPTERS
 from interlock.protocols.base import dump_body, response_json
 from interlock.protocols.mcp import McpAdapter, McpView, is_mcp, rewrite_event
-from interlock.protocols.sse import Event
 
 
 class ToolsListRewriter:

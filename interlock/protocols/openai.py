@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from interlock.core.call import Call, Reply
-from interlock.core.views import RequestView, ResponseView, TextSlot, TokenUsage, ToolCall
+from interlock.core.views import Event, RequestView, ResponseView, TextSlot, TokenUsage, ToolCall
 from interlock.protocols.base import (
     Adapter,
     BadRequest,
@@ -20,7 +20,6 @@ from interlock.protocols.base import (
 )
 from interlock.protocols.conversation import ChatMessage, exchange, openai_request, openai_response
 from interlock.protocols.reassemble import openai_message
-from interlock.protocols.sse import Event
 
 _PARAMS = (
     "temperature",

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from interlock.core.views import Event
 from interlock.protocols.base import dump_body
-from interlock.protocols.sse import Event
 
 #: How a target continues an assistant prefill (`upstreams[].prefill`); see docs/routing.md.
 PREFILL_STYLES = ("assistant", "prefix", "continue_final_message", "none")

@@ -2,58 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
-from typing import Any
 
-from interlock.core.views import UNPARSED  # not read yet (an event's JSON, as a response view's message)
-
-
-class Event:
-    """One event of a response stream as the adapter's splitter cut it: its exact bytes (`raw`,
-    terminator included), its name, its data text, and that text's JSON, parsed on first use and
-    kept, so every stage that reads the event shares one parse (`json`). The parsed value is shared:
-    a reader that changes it works on a copy (`base.with_path`). An event a stage makes (a rewritten
-    one, `Adapter.new_event`) is built from its JSON; its data text is written only if asked for."""
-
-    __slots__ = ("raw", "event", "_data", "_json")
-
-    def __init__(self, raw: bytes, event: str | None, data: str | None, payload: Any = UNPARSED) -> None:
-        self.raw = raw
-        self.event = event
-        self._data = data
-        self._json = payload
-
-    @property
-    def data(self) -> str:
-        data = self._data
-        if data is None:
-            data = self._data = json.dumps(self._json, ensure_ascii=False)
-        return data
-
-    def json(self) -> Any:
-        """The data's JSON value; None when it has none (no data, `[DONE]`, not JSON)."""
-        value = self._json
-        if value is UNPARSED:
-            data = self._data
-            value = None
-            if data and data[0] in "{[":
-                try:
-                    value = json.loads(data)
-                except (ValueError, RecursionError):  # JSON's errors, a number past the int-string limit
-                    value = None
-            self._json = value
-        return value
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Event):
-            return NotImplemented
-        return (self.raw, self.event, self.data) == (other.raw, other.event, other.data)
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __repr__(self) -> str:
-        return f"Event(raw={self.raw!r}, event={self.event!r})"
+from interlock.core.views import Event
 
 
 def parse_event(raw: bytes) -> Event:

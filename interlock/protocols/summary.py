@@ -11,10 +11,9 @@ import json
 from typing import Any
 
 from interlock.core.call import Call
-from interlock.core.views import TextSlot
+from interlock.core.views import Event, TextSlot
 from interlock.protocols import ADAPTERS
 from interlock.protocols.base import Adapter, ResponseSummary, decoded_body
-from interlock.protocols.sse import Event
 
 #: How many events from the end of a stream are looked at for the finish reason.
 _TAIL_EVENTS = 6

@@ -17,11 +17,11 @@ import httpx
 
 from interlock.config import Route, Settings
 from interlock.core.call import Call, Chunk, Decision, Outcome, SuppliedResponse, new_id
-from interlock.core.views import StreamRead
+from interlock.core.views import Event, StreamRead
 from interlock.protocols import ADAPTERS, Adapter
 from interlock.protocols.encoding import Unreadable
 from interlock.protocols.rescue import StreamRescue, stream_rescue
-from interlock.protocols.sse import Event, EventSplitter, last_events
+from interlock.protocols.sse import EventSplitter, last_events
 from interlock.proxy.admission import ProxyEdge, upstream_path
 from interlock.proxy.capture import StreamCapture
 from interlock.proxy.forward import Forwarder, Opened, UpstreamFailure, describe_error

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from interlock.core.call import Call
-from interlock.protocols.sse import Event
+from interlock.core.views import Event
 
 HOOKS = ("request", "response_head", "chunk", "response", "error", "seal", "done")
 

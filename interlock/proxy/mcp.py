@@ -18,9 +18,9 @@ import json
 from typing import Any
 
 from interlock.core.call import Call
+from interlock.core.views import Event
 from interlock.protocols import ADAPTERS
 from interlock.protocols.mcp import DISCOVER, LISTEN, McpAdapter, McpView, answer_in, is_mcp
-from interlock.protocols.sse import Event
 
 #: Tool arguments and results larger than this are not copied into `meta` (the body keeps them).
 META_VALUE_LIMIT = 64 * 1024

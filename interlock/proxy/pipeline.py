@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 from interlock.config import Settings
 from interlock.core.call import Call
+from interlock.core.views import Event
 from interlock.protocols.mcp import is_mcp
-from interlock.protocols.sse import Event
 from interlock.proxy.hooks import HOOKS
 from interlock.proxy.identify import Identify
 from interlock.proxy.mcp import McpRecord, McpSession

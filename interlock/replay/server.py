@@ -21,12 +21,12 @@ from typing import Any, Literal
 
 from interlock.config import SECRET_QUERY_PARAMS
 from interlock.core.call import Call, Chunk
+from interlock.core.views import Event
 from interlock.guardrails.redaction import placeholder_restorer
 from interlock.guardrails.streamrewrite import StreamTextRewriter
 from interlock.protocols import ADAPTERS
 from interlock.protocols.base import decoded_body, dump_body
 from interlock.protocols.mcp import json_rpc_error
-from interlock.protocols.sse import Event
 from interlock.proxy.admission import public_query, upstream_path
 from interlock.replay.diff import Divergence, diverge
 from interlock.replay.match import _RAW, Match, Matcher, MatchOptions, Recorded, Request, restore

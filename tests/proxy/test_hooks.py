@@ -9,8 +9,8 @@ from typing import Any
 import httpx
 
 from interlock.core.call import Call, Decision, Reply
+from interlock.core.views import Event
 from interlock.protocols import ADAPTERS
-from interlock.protocols.sse import Event
 from interlock.proxy.hooks import HOOKS
 from interlock.scripted import Script, ScriptedUpstream
 from interlock.testing import Running

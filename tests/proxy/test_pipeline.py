@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from interlock.core.call import Call, SuppliedResponse
+from interlock.core.views import Event
 from interlock.policies.loader import PolicyRuntime
-from interlock.protocols.sse import Event
 from interlock.proxy.pipeline import Pipeline, Services, built_in_stages
 from interlock.scripted import ScriptedUpstream
 from interlock.testing import Running, settings_for_test
