@@ -247,3 +247,16 @@ def test_dumps_is_json_dumps_with_bytes_as_base64() -> None:
     assert json.loads(dumps(["x"])) == ["x"]
     with pytest.raises(TypeError):
         dumps({"lock": object()})
+
+
+def test_none_and_bytes_reach_sqlite_as_null_and_blob_through_the_cheap_adapters() -> None:
+    import interlock.tracing.writing  # noqa: F401 - registers the adapters
+
+    conn = sqlite3.connect(":memory:")
+    conn.execute("CREATE TABLE t (a, b, c)")
+    insert_rows(conn, "INSERT INTO t (a, b, c) VALUES (?, ?, ?)", [(None, b"\x00body", b""), (None, b"x", None)])
+    assert conn.execute("SELECT typeof(a), typeof(b), b, typeof(c), c FROM t ORDER BY rowid").fetchall() == [
+        ("null", "blob", b"\x00body", "blob", b""),
+        ("null", "blob", b"x", "null", None),
+    ]
+    assert (type(None), sqlite3.PrepareProtocol) in sqlite3.adapters
