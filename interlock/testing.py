@@ -80,6 +80,14 @@ class Running:
     def admin_url(self) -> str:
         return f"http://{self.settings.admin.host}:{self.settings.admin.port}"
 
+    def recorded_row(self, call_id: str) -> dict[str, Any]:
+        """The store's row of a call, once everything the recorder had queued is written."""
+        recorder = self.runtime.recorder
+        assert recorder is not None and recorder.flush(), "the recorder did not write its queue"
+        row = self.runtime.store.call_row(call_id)
+        assert row is not None, f"call {call_id} is not in the store"
+        return row  # type: ignore[no-any-return]
+
     def run(self, coro: Any, timeout: float = 30) -> Any:
         """Run a coroutine on interlock's own loop and wait for its result."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)

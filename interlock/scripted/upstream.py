@@ -190,19 +190,21 @@ class ScriptedUpstream:
 
     # -- serving ------------------------------------------------------------------------------
 
-    def start(self) -> ScriptedUpstream:
-        config = uvicorn.Config(
+    def _config(self, **options: Any) -> uvicorn.Config:
+        return uvicorn.Config(
             self,
             host=self.host,
             port=self.port,
             log_level="error",
             lifespan="off",
             access_log=False,
-            loop="asyncio",
-            http="h11",
             timeout_keep_alive=30,
+            **options,
         )
-        self._server = QuietServer(config)
+
+    def start(self) -> ScriptedUpstream:
+        """Serve in a thread of its own (tests), on plain asyncio and h11."""
+        self._server = QuietServer(self._config(loop="asyncio", http="h11"))
         self._thread = threading.Thread(target=self._run, name="scripted-upstream", daemon=True)
         self._thread.start()
         deadline = time.monotonic() + 60  # a bound for a loaded machine, not a pace
@@ -230,16 +232,7 @@ class ScriptedUpstream:
 
     async def serve_forever(self) -> None:
         """Serve on the current event loop (for `interlock demo` and bench)."""
-        config = uvicorn.Config(
-            self,
-            host=self.host,
-            port=self.port,
-            log_level="error",
-            lifespan="off",
-            access_log=False,
-            timeout_keep_alive=30,
-        )
-        self._server = uvicorn.Server(config)
+        self._server = uvicorn.Server(self._config())
         await self._server.serve(sockets=[self._socket])
 
     # -- ASGI ---------------------------------------------------------------------------------

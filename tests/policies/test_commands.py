@@ -11,8 +11,9 @@ from typing import Any
 from click.testing import CliRunner
 
 from interlock.cli import main
-from interlock.core.call import Call, Decision, new_id
+from interlock.core.call import Call, Decision
 from interlock.policies.model import PolicyFile
+from interlock.testing import make_call
 from interlock.tracing.store import Store
 
 EXAMPLES = Path(__file__).parents[2] / "examples" / "policies"
@@ -201,18 +202,7 @@ def _call(model: str, agent: str = "support-bot", decision: str | None = None, t
     body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": "hi"}]}
     if tools:
         body["tools"] = [{"type": "function", "function": {"name": t}} for t in tools]
-    call = Call(
-        id=new_id(),
-        route="openai",
-        protocol="openai",
-        method="POST",
-        path="/chat/completions",
-        agent=agent,
-        request_body=json.dumps(body).encode(),
-        model=model,
-        status=200,
-        response_body=b'{"choices": []}',
-    )
+    call = make_call(agent=agent, request_body=json.dumps(body).encode(), model=model, response_body=b'{"choices": []}')
     if decision:
         call.meta["policy"] = {"decision": decision, "rules": []}
         call.decisions.append(Decision("policy", decision))

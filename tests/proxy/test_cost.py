@@ -45,14 +45,6 @@ def calls(running: Running) -> list[Call]:
     return collect_calls(running)
 
 
-def _recorded(running: Running, call: Call) -> dict[str, Any]:
-    recorder = running.runtime.recorder
-    assert recorder is not None and recorder.flush()
-    row = running.runtime.store.call_row(call.id)
-    assert row is not None
-    return row  # type: ignore[no-any-return]
-
-
 @pytest.mark.parametrize("stream", [False, True])
 def test_chat_completions_cost_the_catalogue_price_cached_and_reasoning_included(
     running: Running, calls: list[Call], upstream: ScriptedUpstream, stream: bool
@@ -79,7 +71,7 @@ def test_chat_completions_cost_the_catalogue_price_cached_and_reasoning_included
     # Cached tokens are cheaper: the price is below the same tokens uncached.
     assert call.cost_usd < catalogue_price("gpt-4o-mini", "openai", input_tokens=1200, output_tokens=300)
     assert call.meta["usage"] == {"input": 1200, "output": 300, "cache_read": 1000, "cache_write": 0, "reasoning": 120}
-    row = _recorded(running, call)
+    row = running.recorded_row(call.id)
     assert row["cost_usd"] == pytest.approx(expected, rel=1e-9) and row["cost_source"] == SOURCE
 
 
@@ -195,7 +187,7 @@ def test_traces_ls_and_show_print_the_cost(running: Running, calls: list[Call], 
     upstream.script(USAGE)
     openai_client(running).chat.completions.create(model="gpt-4o-mini", messages=HI)  # type: ignore[arg-type]
     (call,) = finished(calls)
-    _recorded(running, call)
+    running.recorded_row(call.id)
     store = running.settings.store.path
     runner = CliRunner()
     listed = runner.invoke(main, ["traces", "ls", "--store", store, "--json"])

@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 
-from interlock.core.call import Call
 from interlock.protocols import ADAPTERS
 from interlock.protocols.base import Adapter
 from interlock.protocols.sse import EventSplitter
@@ -42,14 +41,6 @@ def splits(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     yield made
 
 
-def _recorded(running: Running, call: Call) -> dict[str, Any]:
-    recorder = running.runtime.recorder
-    assert recorder is not None and recorder.flush()
-    row = running.runtime.store.call_row(call.id)
-    assert row is not None
-    return row  # type: ignore[no-any-return]
-
-
 def _found(running: Running, text: str) -> list[str]:
     return [c["id"] for c in running.runtime.store.list_calls(q=text)]
 
@@ -66,7 +57,7 @@ def test_a_stream_is_split_once_and_its_usage_and_record_read_from_those_events(
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello there, general Kenobi"
     (call,) = finished(calls)
     assert (call.input_tokens, call.output_tokens) == (12, 5)  # folded as the events passed
-    row = _recorded(running, call)
+    row = running.recorded_row(call.id)
     assert (row["input_tokens"], row["output_tokens"]) == (12, 5)
     message = running.runtime.store.response_message(call.id)
     assert message["choices"][0]["message"]["content"] == "Hello there, general Kenobi"
@@ -86,7 +77,7 @@ def test_a_record_a_guardrail_masked_is_not_indexed_from_the_relayed_events(
     assert "ann.lee@example.com" in "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     (call,) = finished(calls)
     assert [f.entity for f in call.findings] == ["EMAIL_ADDRESS"]
-    _recorded(running, call)
+    running.recorded_row(call.id)
     message = running.runtime.store.response_message(call.id)
     content = message["choices"][0]["message"]["content"]
     assert "ann.lee@example.com" not in content and "today" in content

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from interlock.cli import main
 from interlock.core.call import Attempt, Call, Chunk, Decision, Finding, new_id
 from interlock.scripted import Script, ScriptedUpstream
-from interlock.testing import Running
+from interlock.testing import Running, make_call
 from interlock.tracing.store import Store
 
 
@@ -133,17 +133,11 @@ def _port() -> int:
 def db(tmp_path: Path) -> str:
     path = tmp_path / "cli.db"
     with Store(path) as store:
-        one = Call(
-            id=new_id(),
-            route="openai",
-            protocol="openai",
-            method="POST",
-            path="/chat/completions",
-            agent="planner",
+        one = make_call(
             session="s1",
-            model="gpt-4o",
-            status=200,
             stream=True,
+            response_headers=[],
+            response_body=None,
             started_at=time.time() - 7200,
             request_headers=[("content-type", "application/json")],
             request_body=b'{"messages":[{"role":"user","content":"find the lighthouse"}]}',

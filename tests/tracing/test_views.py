@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from interlock.core.call import Attempt, Call, Chunk, new_id
+from interlock.core.call import Attempt, Call, Chunk
+from interlock.testing import make_call
 from interlock.tracing.store import Store
 from interlock.tracing.views import call_detail
 
@@ -20,18 +21,11 @@ STREAM = (
 
 
 def streamed_call() -> Call:
-    call = Call(
-        id=new_id(),
-        route="openai",
-        protocol="openai",
-        method="POST",
-        path="/chat/completions",
-        request_headers=[("content-type", "application/json")],
+    call = make_call(
         request_body=b'{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"where?"}]}',
-        model="gpt-4o",
         stream=True,
-        status=200,
         response_headers=[("content-type", "text/event-stream")],
+        response_body=None,
         chunks=[Chunk(5.0, STREAM)],
         session="s",
     )
