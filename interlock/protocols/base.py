@@ -33,6 +33,13 @@ class SigningTarget(Protocol):
     def region(self) -> str | None: ...
 
 
+class StreamFramer(Protocol):
+    """Puts a stream's events in the framing the agent asked for (`Adapter.stream_framer`), called
+    with every batch of events on its way to the agent, in order; `last` with the final one."""
+
+    def frame(self, events: list[Event], last: bool) -> list[Event]: ...
+
+
 class BadRequest(Exception):
     """The agent sent something the route cannot accept; answered with a 4xx in the protocol's shape."""
 
@@ -351,6 +358,11 @@ class Adapter:
         """An SSE event carrying `data` (a rewritten event, or a copy of one)."""
         head = f"event: {event}\n".encode() if event else b""
         return head + b"data: " + dump_body(data, separators=None) + b"\n\n"
+
+    def stream_framer(self, call: Call) -> StreamFramer | None:
+        """What puts the events the agent gets in the framing it asked for, when interlock's own
+        events (`stream_error_event`) are not in it already; None for server-sent events."""
+        return None
 
     def stream_copy_event(self, event: str | None, data: Any) -> bytes:
         """A copy of an event, sent after the one it copies (held text released): the same as

@@ -17,6 +17,7 @@ import json
 import re
 from collections.abc import Iterator, Sequence
 from typing import Any
+from urllib.parse import parse_qs
 
 from interlock.core.call import Call, Reply
 from interlock.core.views import Event, JsonPath, RequestView, ResponseView, TextSlot, TokenUsage, ToolCall
@@ -24,6 +25,7 @@ from interlock.protocols.base import (
     Adapter,
     BadRequest,
     ResponseSummary,
+    StreamFramer,
     StreamText,
     _json_headers,
     dump_body,
@@ -37,6 +39,7 @@ from interlock.protocols.gemini_stream import (
     FIRST,
     NEXT,
     GeminiSplitter,
+    JsonArrayFramer,
     iter_gemini_events,
     reassemble,
 )
@@ -290,8 +293,16 @@ class GeminiAdapter(Adapter):
         # A copy always follows the element it copies: after a comma in the array framing.
         return self.stream_event(NEXT if event in (FIRST, NEXT) else event, data)
 
+    def stream_framer(self, call: Call) -> StreamFramer | None:
+        # Without `alt=sse` the agent asked for the JSON array: the error event below becomes its
+        # last element there (JsonArrayFramer), and the SSE form stays right for everyone else.
+        if getattr(call.view, "stream", False) and parse_qs(call.query).get("alt", ["json"])[-1] != "sse":
+            return JsonArrayFramer()
+        return None
+
     def stream_error_event(self, code: str, message: str) -> bytes:
-        # Google ends a failing SSE stream with an event holding the error object.
+        # Google ends a failing SSE stream with an event holding the error object (in a JSON-array
+        # stream, the framer turns this into the array's last element).
         return b"data: " + json.dumps(_error(500, code, message)).encode() + b"\r\n\r\n"
 
     # -- reading a response -----------------------------------------------------------------------

@@ -126,6 +126,57 @@ class GeminiSplitter:
             yield Event(self._head, None, "")
 
 
+#: How interlock's own error event starts (`GeminiAdapter.stream_error_event`, Google's SSE form).
+_ERROR_EVENT = b'data: {"error"'
+
+
+class JsonArrayFramer:
+    """The agent's side of a JSON-array stream: interlock's own error event (a stage's refusal, a
+    broken upstream) is written in SSE form by code that does not know the framing; here it becomes
+    the array's last element, Google's error object, and the array is closed. Google ends a failing
+    array stream the same way (`[{...}\n,\r\n{"error": {...}}\n]`; before any element, `[{"error": ...}]`),
+    so a client reading the array gets the API's error, not a parse error (docs/providers.md, "Gemini").
+
+    The upstream's closing bracket is held until the stream's last events: a stage may still end the
+    stream with an error after it (the loop guard judges the whole answer), and nothing may follow `]`."""
+
+    __slots__ = ("_opened", "_closed", "_held_close", "_array")
+
+    def __init__(self) -> None:
+        self._opened = False  # an element went to the agent (its `[` with it)
+        self._closed = False  # the array's `]` went to the agent: nothing more may
+        self._held_close: Event | None = None
+        self._array: bool | None = None  # None until the first event says (SSE from an upstream that ignores the ask)
+
+    def frame(self, events: list[Event], last: bool) -> list[Event]:
+        out: list[Event] = []
+        for event in events:
+            if self._closed:
+                continue
+            if self._array is None and event.raw.strip():
+                self._array = event.event in (FIRST, NEXT, CLOSE) or event.raw.startswith(_ERROR_EVENT)
+            if not self._array:
+                out.append(event)
+                continue
+            if event.event == CLOSE:
+                self._held_close = event
+                continue
+            if event.raw.startswith(_ERROR_EVENT):
+                error = event.raw[len(b"data: ") :].strip()
+                opening = b"\n,\r\n" if self._opened else b"["
+                out.append(Event(opening + error + b"\n]", None, ""))
+                self._opened = self._closed = True
+                continue
+            if event.raw.strip():
+                self._opened = True
+            out.append(event)
+        if last and not self._closed:
+            if self._held_close is not None:
+                out.append(self._held_close)
+            self._closed = True
+        return out
+
+
 def iter_gemini_events(body: bytes) -> Iterator[Event]:
     splitter = GeminiSplitter()
     yield from splitter.feed(body)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +19,7 @@ from interlock.config import Route, Settings
 from interlock.core.call import Call, Chunk, Decision, Outcome, SuppliedResponse, new_id
 from interlock.core.views import Event, StreamRead
 from interlock.protocols import ADAPTERS, Adapter
+from interlock.protocols.base import StreamFramer
 from interlock.protocols.encoding import Unreadable
 from interlock.protocols.rescue import StreamRescue, stream_rescue
 from interlock.protocols.sse import EventSplitter, last_events
@@ -222,7 +223,7 @@ class ProxyApp:
         code: str,
         message: str,
         *,
-        tail: bytes = b"",
+        tail: Sequence[Event] = (),
     ) -> None:
         """End the call with interlock's error: the protocol's error reply before the response
         started; after, the stream ends with its error event (after `tail`, text stages still held),
@@ -235,7 +236,8 @@ class ProxyApp:
         call.truncated = call.stream
         if state.responded:
             return
-        event = tail + (adapter.stream_error_event(code, message) if call.stream else b"")
+        events = [*tail, Event(adapter.stream_error_event(code, message), None, "")] if call.stream else [*tail]
+        event = _joined(_framed(events, True, state))
         if state.sent_capture is not None:
             state.sent_capture.add(Chunk(call.elapsed_ms(), event))
             _finish_capture(call, state)
@@ -405,6 +407,7 @@ class ProxyApp:
         if transform or state.rescue is not None or not adapter.opaque:
             state.splitter = adapter.event_splitter()
             state.read, state.fold = StreamRead(), adapter.fold_usage
+        state.framer = adapter.stream_framer(call)
         await send({"type": "http.response.start", "status": call.status, "headers": headers})
         state.started = True
         outcome = call.outcome
@@ -470,7 +473,7 @@ class ProxyApp:
         tail = b""
         if state.splitter is not None:
             last = self._take(last_events(state.splitter), state)
-            tail = _joined(await pipeline.chunk(call, last, True) if transform else last)
+            tail = _joined(_framed(await pipeline.chunk(call, last, True) if transform else last, True, state))
         if tail and state.sent_capture is not None:
             state.sent_capture.add(Chunk(call.elapsed_ms(), tail))
         _finish_capture(call, state)
@@ -506,7 +509,7 @@ class ProxyApp:
         call.truncated = True
         call.outcome, call.error_code = "upstream_error", code
         # The broken stream's unfinished event is dropped (the error event follows whole events).
-        tail = _joined(await self.pipeline.chunk(call, [], True)) if self.pipeline.has_chunk_hooks else b""
+        tail = await self.pipeline.chunk(call, [], True) if self.pipeline.has_chunk_hooks else []
         await self.fail(call, adapter, send, state, 502, "upstream_error", code, message, tail=tail)
         _finish_capture(call, state)
         _hand_over_read(call, adapter, state)
@@ -537,12 +540,12 @@ class ProxyApp:
             return  # no event is whole yet
         self._take(events, state)
         if state.sent_capture is not None:
-            data = _joined(await self.pipeline.chunk(call, events, False))
+            data = _joined(_framed(await self.pipeline.chunk(call, events, False), False, state))
             if not data:
                 return
             state.sent_capture.add(Chunk(t, data))
         else:
-            data = _joined(events)
+            data = _joined(_framed(events, False, state))
         await send({"type": "http.response.body", "body": data, "more_body": True})
 
     @staticmethod
@@ -674,6 +677,7 @@ class _Watch:
         "read",
         "fold",
         "splicing",
+        "framer",
     )
 
     def __init__(self) -> None:
@@ -689,6 +693,7 @@ class _Watch:
         self.read: StreamRead | None = None  # what is read of the events as they pass
         self.fold: Callable[[Event, Any], Any] | None = None  # the adapter's `fold_usage`
         self.splicing = False  # the continuation is being relayed
+        self.framer: StreamFramer | None = None  # the agent's framing, where interlock's events need it
 
 
 async def _watch_disconnect(receive: Receive, state: _Watch, task: asyncio.Task[Any] | None) -> None:
@@ -711,6 +716,11 @@ def _hand_over_read(call: Call, adapter: Adapter, state: _Watch) -> None:
     view, where the usage stage and every later reader find it: the stream is not split again."""
     if state.read is not None:
         adapter.response_view(call).stream_read = state.read
+
+
+def _framed(events: list[Event], last: bool, state: _Watch) -> list[Event]:
+    """The events the agent gets, in the framing it asked for (`Adapter.stream_framer`)."""
+    return events if state.framer is None else state.framer.frame(events, last)
 
 
 def _joined(events: list[Event]) -> bytes:

@@ -9,6 +9,7 @@ import asyncio
 import dataclasses
 import json
 import re
+from functools import partial
 from typing import Any
 
 from interlock.scripted.replies import Script, pieces
@@ -42,9 +43,12 @@ def gemini_named_error(name: str) -> bytes:
     return gemini_error(400, _NAMED.get(name, name))
 
 
-def gemini_stream_error() -> bytes:
-    """What Gemini sends when it fails mid-stream (then it closes the stream)."""
-    return b"data: " + gemini_error(503) + b"\r\n\r\n"
+def gemini_stream_error(sse: bool = True, first: bool = False) -> bytes:
+    """What Gemini sends when it fails mid-stream (then it closes the stream): an event holding the
+    error object, or in the JSON array its last element, then the array's end."""
+    if sse:
+        return b"data: " + gemini_error(503) + b"\r\n\r\n"
+    return (b"[" if first else b"\n,\r\n") + gemini_error(503) + b"\n]"
 
 
 def last_user_text(data: dict[str, Any]) -> str:
@@ -160,7 +164,9 @@ async def answer(exchange: Exchange) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", content_type)]})
         if script.first_byte_delay:
             await asyncio.sleep(script.first_byte_delay)
-        await send_stream(send, script, frame(events, sse), gone, gemini_stream_error)
+        # The error goes out in place of chunk `error_event_after`: the array's first element at 0.
+        error = partial(gemini_stream_error, sse, script.error_event_after == 0)
+        await send_stream(send, script, frame(events, sse), gone, error)
 
 
 register(ScriptedFormat("gemini", lambda path: GEMINI_PATH.search(path) is not None, answer))

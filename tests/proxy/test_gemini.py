@@ -322,7 +322,34 @@ def test_the_json_array_stream_is_relayed_as_it_comes_with_pii_restored_and_a_de
 
     upstream.script(Script(text="sure", tool_calls=[ToolUse("rm", {"path": "Q" * 40})]))
     cut = httpx.post(url, json={"contents": [{"role": "user", "parts": [{"text": "clean up"}]}]})
-    assert cut.status_code == 200 and b"QQ" not in cut.content and b"no-rm" in cut.content
+    assert cut.status_code == 200 and b"QQ" not in cut.content
+    # The refusal is the array's last element, in Google's error shape, and the array is closed.
+    *answered, refusal = cut.json()
+    assert all("candidates" in item for item in answered)  # the element calling rm never goes out
+    assert refusal["error"]["details"][0]["reason"] == "policy_denied" and "no-rm" in refusal["error"]["message"]
+
+
+@pytest.mark.parametrize("framing", ["sse", "array"])
+def test_a_stream_interlock_ends_keeps_the_framing_the_agent_asked_for(
+    start: Any, upstream: ScriptedUpstream, clients: list[genai.Client], framing: str
+) -> None:
+    # (A stream ended before its first element: the denied tool above, `[{"error": ...}]`.)
+    running = start()
+    upstream.script(Script(text="a long enough answer to stream", chunk_size=3, reset_after=2))
+    if framing == "sse":  # what google-genai asks for: its API error, raised from the stream's event
+        client = client_for(running, clients)
+        with pytest.raises(errors.APIError) as raised:
+            for _ in client.models.generate_content_stream(model=MODEL, contents="go"):
+                pass
+        assert error_of(raised.value)["details"][0]["reason"] == "stream_broken"
+        return
+    url = f"{running.url}/gemini/v1beta/models/{MODEL}:streamGenerateContent"
+    broken = httpx.post(url, json={"contents": [{"role": "user", "parts": [{"text": "go"}]}]})
+    assert broken.status_code == 200  # the head went out before the upstream broke
+    *answered, failure = broken.json()  # a whole JSON array, however far the stream got
+    assert len(answered) == 2 and all("candidates" in item for item in answered)
+    assert failure["error"]["details"][0]["reason"] == "stream_broken"
+    assert failure["error"]["status"] == "INTERNAL"
 
 
 def test_a_virtual_key_in_x_goog_api_key_names_the_agent_and_never_leaves(
