@@ -52,6 +52,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from interlock.core.sqlite import transaction
 from interlock.tracing import store_chain
 from interlock.tracing.rows import CHAINED_TABLES
 
@@ -325,11 +326,10 @@ def migrate(conn: sqlite3.Connection, path: str) -> int:
         return before
     db = database(conn)
     for version in range(before, SCHEMA_VERSION):
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            # Re-check under the write lock: another process may have migrated meanwhile.
+        with transaction(conn):
+            # Re-check under the write lock: another process may have migrated meanwhile (then the
+            # transaction commits having written nothing).
             if schema_version(conn) != version:
-                conn.execute("ROLLBACK")
                 continue
             # Under the lock too: read before it, a file another process was migrating could show
             # version 0 to one read and its new tables to the next.
@@ -339,8 +339,4 @@ def migrate(conn: sqlite3.Connection, path: str) -> int:
                     raise SchemaError(f"{path}: not an interlock store (it has tables but no schema version)")
             MIGRATIONS[version](db)
             conn.execute(f"PRAGMA user_version = {version + 1}")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
     return before
