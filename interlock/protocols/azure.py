@@ -47,6 +47,7 @@ class AzureOpenAIAdapter(OpenAIAdapter):
     key_header = "api-key"
     key_prefix = ""
     agent_key_headers = frozenset({"api-key", "authorization"})
+    bearer_kept = True  # an agent's Entra ID token; a key (the route's, or an agent's `api-key`) is an `api-key`
     provider_name = "azure.ai.openai"
     price_provider = "azure"
     default_path = "/openai/v1/chat/completions"
@@ -84,13 +85,6 @@ class AzureOpenAIAdapter(OpenAIAdapter):
                 f"without {path!r}: the agents' paths carry /openai/..."
             )
         return None
-
-    def upstream_key(self, key: str, sent_as: str | None = None) -> tuple[str, str]:
-        # An agent's Entra ID token stays a bearer token; a key (the route's, or an agent's `api-key`)
-        # is an `api-key`.
-        if sent_as == "authorization":
-            return "authorization", "Bearer " + key
-        return "api-key", key
 
     def rewrite_model(self, data: Any, path: str, model: str) -> tuple[Any, str] | None:
         # A model alias on an Azure route names a deployment: in the path for the deployment API,

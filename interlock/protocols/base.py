@@ -92,6 +92,10 @@ class Adapter:
     #: they are; the key they hold is treated like one from `agent_key_headers`. (The edge masks
     #: them in what is recorded, `secret_query_params`.)
     key_query_params: frozenset[str] = frozenset()
+    #: An agent's own `Authorization: Bearer` token (OAuth, Entra ID) stays a bearer token upstream
+    #: when no route key replaces it, instead of being written as `key_header` (a provider that takes
+    #: both an API key and an OAuth token: Azure, Gemini).
+    bearer_kept = False
     #: Bytes that mark a stream's last event: an agent that leaves after one of these got everything.
     stream_end_markers: tuple[bytes, ...] = ()
     #: The end markers start a line (SSE); False: they are matched anywhere (a binary framing).
@@ -169,7 +173,10 @@ class Adapter:
     def upstream_key(self, key: str, sent_as: str | None = None) -> tuple[str, str]:
         """The header (name, value) that carries `key` upstream: the route's key (`sent_as` None),
         or the agent's own, which arrived in header `sent_as` (one of `agent_key_headers`). Written as
-        `key_header` by default; a provider with two kinds of credential keeps each in its header."""
+        `key_header` by default; a provider with two kinds of credential keeps each in its header
+        (`bearer_kept`)."""
+        if sent_as == "authorization" and self.bearer_kept:
+            return "authorization", "Bearer " + key
         return self.key_header, self.key_prefix + key
 
     def rewrite_model(self, data: Any, path: str, model: str) -> tuple[Any, str] | None:

@@ -190,8 +190,12 @@ class GeminiAdapter(Adapter):
     key_prefix = ""
     title = "Gemini"
     base_url_env = "GOOGLE_GEMINI_BASE_URL"
-    #: The google-genai SDK sends `x-goog-api-key`; REST examples use `?key=`.
-    agent_key_headers = frozenset({"x-goog-api-key"})
+    #: The google-genai SDK sends `x-goog-api-key`; REST examples use `?key=`; an OAuth token (a
+    #: service account, `gcloud auth print-access-token`) comes as `Authorization: Bearer`. Each is the
+    #: agent's credential: a route's key replaces it (never both upstream); without one it passes on
+    #: in its own header.
+    agent_key_headers = frozenset({"x-goog-api-key", "authorization"})
+    bearer_kept = True
     key_query_params = frozenset({"key"})
     provider_name = "gcp.gemini"
     price_provider = "google"

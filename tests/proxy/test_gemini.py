@@ -405,3 +405,36 @@ def test_a_virtual_key_in_the_query_names_the_agent_and_is_never_sent(start: Any
     assert "x-goog-api-key" not in sent.headers and "vk-gemini-query" not in sent.query
     (call,) = recorded(running, 1)
     assert (call["agent"], call["session"]) == ("query-agent", "by-query")
+
+
+def test_an_agents_oauth_token_is_replaced_by_the_routes_key_and_never_recorded(
+    start: Any, upstream: ScriptedUpstream, clients: list[genai.Client]
+) -> None:
+    token = "ya29.agent-oauth-token"
+    running = start(routes={"own": {"protocol": "gemini", "upstream": upstream.url}})
+    options = types.HttpOptions(
+        base_url=running.url + "/gemini",
+        headers={"Authorization": f"Bearer {token}"},
+        retry_options=types.HttpRetryOptions(attempts=1),
+    )
+    client = genai.Client(api_key="agent-placeholder-key", http_options=options)
+    clients.append(client)
+    assert client.models.generate_content(model=MODEL, contents="hi").text == "echo: hi"
+    sent = upstream.requests[-1]
+    assert sent.headers["x-goog-api-key"] == "google-real-key"  # the route's credential, and only it
+    assert "authorization" not in sent.headers and all(token not in v for v in sent.headers.values())
+
+    # A route without a key of its own: the agent's token goes on as the bearer token it is.
+    body = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
+    own = httpx.post(
+        f"{running.url}/own/v1beta/models/{MODEL}:generateContent",
+        json=body,
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert own.status_code == 200
+    sent = upstream.requests[-1]
+    assert sent.headers["authorization"] == f"Bearer {token}" and "x-goog-api-key" not in sent.headers
+
+    recorded(running, 2)
+    stored = Path(running.settings.store.path)
+    assert token.encode() not in b"".join(p.read_bytes() for p in stored.parent.glob(stored.name + "*"))
