@@ -95,10 +95,12 @@ class _OrderedUpstream(ScriptedUpstream):
         super().__init__()
         self.model_scripts, self.tool_scripts = list(model), list(tools)
 
-    async def _respond(self, path: str, data: dict[str, Any], script: Script, send: Any, gone: asyncio.Event) -> None:
+    async def _respond(
+        self, path: str, data: dict[str, Any], script: Script, send: Any, gone: asyncio.Event, dialect: Any
+    ) -> None:
         queue = self.tool_scripts if path.startswith("/tools") else self.model_scripts
         chosen = queue.pop(0) if queue else script
-        await super()._respond(path, data, chosen, send, gone)
+        await super()._respond(path, data, chosen, send, gone, dialect)
 
 
 def record_incident(tmp_path: Path, question: str = "Weather in Paris and Lyon?") -> Incident:
