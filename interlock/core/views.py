@@ -168,12 +168,14 @@ class StreamRead:
     """A stream as the proxy read it while relaying it, split once into events (issue 18): the usage
     folded from them (`Adapter.fold_usage`) and the events themselves, so that nothing after the relay
     (the response view's message, the summary, the search index) splits the stream again. `events`
-    holds the events; None once the stream passed `STREAM_READ_MAX` bytes. `usage` is typed `Any`:
+    holds the events; None once the stream passed `limit` bytes. `usage` is typed `Any`:
     it is the adapter's own running total, made and read only by its `fold_usage`."""
 
     usage: Any = None
     events: list[Event] | None = field(default_factory=list)
     size: int = 0
+    #: The most bytes of events kept: `STREAM_READ_MAX`, or less where the record keeps less.
+    limit: int = STREAM_READ_MAX
 
     def take(self, events: list[Event], fold: Callable[[Any, Any], Any]) -> None:
         """Fold more events (the upstream's, in order) into the usage, and keep them while bounded."""
@@ -184,7 +186,7 @@ class StreamRead:
         self.usage, self.size = usage, size
         kept = self.events
         if kept is not None:
-            if size > STREAM_READ_MAX:
+            if size > self.limit:
                 self.events = None
             else:
                 kept += events

@@ -17,7 +17,7 @@ import httpx
 
 from interlock.config import Route, Settings
 from interlock.core.call import Call, Chunk, Decision, Outcome, SuppliedResponse, new_id
-from interlock.core.views import Event, StreamRead
+from interlock.core.views import STREAM_READ_MAX, Event, StreamRead
 from interlock.protocols import ADAPTERS, Adapter
 from interlock.protocols.base import StreamFramer
 from interlock.protocols.encoding import Unreadable
@@ -406,7 +406,8 @@ class ProxyApp:
         # comes, unless a stage reads it.
         if transform or state.rescue is not None or not adapter.opaque:
             state.splitter = adapter.event_splitter()
-            state.read, state.fold = StreamRead(), adapter.fold_usage
+            # (Its events are kept no longer than the record keeps the stream's bytes.)
+            state.read, state.fold = StreamRead(limit=min(STREAM_READ_MAX, keep)), adapter.fold_usage
         state.framer = adapter.stream_framer(call)
         await send({"type": "http.response.start", "status": call.status, "headers": headers})
         state.started = True

@@ -83,3 +83,24 @@ def test_a_record_a_guardrail_masked_is_not_indexed_from_the_relayed_events(
     assert "ann.lee@example.com" not in content and "today" in content
     assert _found(running, "today") == [call.id] and _found(running, '"ann.lee@example.com"') == []
     assert "again" in splits  # the masked record, read from its chunks
+
+
+def test_what_the_relay_keeps_of_a_long_stream_is_bounded_by_the_record(
+    make_interlock: Any, upstream: ScriptedUpstream, splits: list[str]
+) -> None:
+    # A record would keep 1 KiB of this stream (head and tail): the relay keeps no more of its events,
+    # and the usage, folded as the events passed, is whole all the same. (Recording off: no writer
+    # thread reads the record meanwhile, so every split counted here is the relay's or the usage's.)
+    running = make_interlock(store={"record_max_bytes": 1024, "enabled": False})
+    calls = collect_calls(running)
+    text = "word " * 400
+    upstream.script(Script(text=text, input_tokens=12, output_tokens=400, chunk_size=20))
+    chunks = openai_client(running).chat.completions.create(
+        model="gpt-4o-mini", messages=HI, stream=True, stream_options={"include_usage": True}
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == text
+    (call,) = finished(calls)
+    read = ADAPTERS["openai"].response_view(call).stream_read
+    assert read is not None and read.events is None and read.size > 1024
+    assert (call.input_tokens, call.output_tokens) == (12, 400)
+    assert splits == ["live"]  # the usage was not read by splitting the (cut) record
