@@ -224,6 +224,7 @@ def replay_server(
         on_miss=on_miss,
         options=MatchOptions().with_ignored(ignore),
         live_settings=live_settings,
+        open_live=_open_live if on_miss == "live" else None,
     )
     with replay_in_thread(loaded, settings) as host:
         saved: dict[str, str | None] = {}
@@ -239,3 +240,11 @@ def replay_server(
                     os.environ.pop(name, None)
                 else:
                     os.environ[name] = old
+
+
+def _open_live(settings: Settings) -> Any:
+    """The live runtime a replay with `on_miss="live"` forwards misses to."""
+    # Startup: the server and runtime only when a test starts one (see run_interlock).
+    from interlock.runtime import Runtime
+
+    return Runtime(settings)

@@ -11,19 +11,17 @@ import contextlib
 import os
 import signal
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from interlock.config import Settings, load_settings
 from interlock.protocols import ADAPTERS
 from interlock.replay.bundle import Bundle
 from interlock.replay.match import MatchOptions
 from interlock.replay.server import ReplayApp, Summary
 from interlock.serving import QuietServer, bind_socket, uvicorn_config
-
-if TYPE_CHECKING:
-    from interlock.config import Settings
 
 
 class ReplayConfigError(Exception):
@@ -39,22 +37,33 @@ class ReplaySettings:
     options: MatchOptions = MatchOptions()
     #: The configuration whose routes `--on-miss live` forwards to (None: the embedded default).
     live_settings: Settings | None = None
+    #: What builds the live runtime for `--on-miss live` from those settings: `interlock.runtime.Runtime`,
+    #: handed in by the CLI and `interlock.testing`. Replay sits below the runtime (`make lint`), so
+    #: the assembly above it passes the runtime down instead of replay importing it.
+    open_live: Callable[[Settings], LiveRuntime] | None = None
 
 
-def _live_runtime(bundle: Bundle, settings: Settings | None) -> Any:
-    # Startup: the live runtime (the whole proxy: 1.6-2.1 s more to import, measured under shared load) only
-    # for --on-miss live.
-    from interlock.config import load_settings
-    from interlock.runtime import Runtime
+class LiveRuntime(Protocol):
+    """What a replay needs of the live runtime its misses go to (`interlock.runtime.Runtime` is one)."""
 
-    live = settings or load_settings(None)
+    proxy: Any  # the live proxy's ASGI app
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+def _live_runtime(bundle: Bundle, settings: ReplaySettings) -> LiveRuntime:
+    if settings.open_live is None:
+        raise ReplayConfigError("--on-miss live needs a live runtime to forward misses to (ReplaySettings.open_live)")
+    live = settings.live_settings or load_settings(None)
     store = Path(live.store.path).resolve()
     if store == Path(bundle.path).resolve():
         raise ReplayConfigError(
             f"the live configuration's store is the bundle itself ({bundle.path}); a replay never writes to its bundle"
         )
     try:
-        return Runtime(live)
+        return settings.open_live(live)
     except Exception as exc:  # a policy file, a store path...: say so, as a startup error
         raise ReplayConfigError(f"cannot start the live runtime for --on-miss live: {exc}") from exc
 
@@ -65,7 +74,7 @@ class ReplayHost:
     def __init__(self, bundle: Bundle, settings: ReplaySettings) -> None:
         self.bundle = bundle
         self.settings = settings
-        self.runtime = _live_runtime(bundle, settings.live_settings) if settings.on_miss == "live" else None
+        self.runtime = _live_runtime(bundle, settings) if settings.on_miss == "live" else None
         self.app = ReplayApp(
             bundle.calls,
             options=settings.options,
