@@ -48,7 +48,7 @@ from interlock.protocols.mcp import McpAdapter, McpView
 
 if TYPE_CHECKING:
     from interlock.policies.engine import CompiledRule
-    from interlock.proxy.escalation import Escalator
+    from interlock.policies.stage import Escalation
 
 log = logging.getLogger("interlock.policies")
 
@@ -186,7 +186,7 @@ class LoopStage:
     def __init__(
         self,
         memory: LoopMemory | None = None,
-        escalator: Escalator | None = None,
+        escalator: Escalation | None = None,
         stopper: SessionStopper | None = None,
         *,
         announce: bool = True,
