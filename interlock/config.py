@@ -783,6 +783,57 @@ def _check_vault_key(document: Document, settings: Settings) -> None:
         raise document.error(("state",), message)
 
 
+def fleet_warnings(settings: Settings) -> list[str]:
+    """What a store on a database server (`store.url`) does not make shared, as `file:line:col:
+    message` (`config check` prints them, `serve` logs them at startup): without `state.url` the
+    limits, budgets and concurrency caps count per process and the vault lives in it, so N
+    replicas give N budgets; and the spill file defaults to a local path. Warnings, not errors: one
+    interlock recording to PostgreSQL is a fine deployment; a fleet must be told (docs/fleet.md)."""
+    store = settings.store
+    if not store.url:
+        return []
+    from_env = os.environ.get("INTERLOCK_STORE_URL") == store.url
+    named = "INTERLOCK_STORE_URL" if from_env else "store.url"
+    document = load_yaml(settings.source, expand_env=True) if Path(settings.source).is_file() else None
+
+    def at(path: tuple[str, ...], message: str) -> str:
+        line, col = document.locate(path) if document is not None else (1, 1)
+        return f"{settings.source}:{line}:{col}: {message}"
+
+    found: list[str] = []
+    guardrails = settings.guardrails
+    if not settings.state.resolved().url:
+        shared = []
+        if settings.policies:
+            shared.append(
+                "limits, budgets and concurrency caps count per replica (day counters saved to the local"
+                f" file {store.path}), so N replicas allow N times each limit"
+            )
+        if guardrails.request or guardrails.response or settings.policies:
+            shared.append(
+                "the redaction vault is per replica (a session's next turn on another replica cannot restore its placeholders)"
+            )
+        if shared:
+            found.append(
+                at(
+                    ("store", "url"),
+                    f"{named} shares the calls but not the state: without state.url (Redis), "
+                    + "; ".join(shared)
+                    + ". Set state.url for a fleet; for one replica this is expected",
+                )
+            )
+    if store.spill_path is None:
+        found.append(
+            at(
+                ("store", "url"),
+                f"{named}: calls that cannot be written while the database is unreachable spill to the local"
+                f" file {store.path}.spill (beside store.path, in the working directory): set store.spill_path"
+                " to a persistent volume, or they are lost with the container",
+            )
+        )
+    return found
+
+
 def _store_url_from_environment(data: dict[str, Any]) -> dict[str, Any]:
     """`INTERLOCK_STORE_URL` names the store whatever the file says (a fleet's pods share one
     config and get the database from a Secret): it replaces the file's `store.url` and `path`."""

@@ -4,6 +4,7 @@ stages → the proxy app. `server.py` serves it; the admin API and tests read it
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import threading
 import time
@@ -12,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from interlock.config import Settings
+from interlock.config import Settings, fleet_warnings
 from interlock.prices import Pricing
 from interlock.protocols.mcp import is_mcp
 from interlock.proxy.app import ProxyApp
@@ -21,6 +22,8 @@ from interlock.proxy.pipeline import Pipeline, Services, built_in_stages, guardr
 from interlock.proxy.stops import Stops
 from interlock.proxy.upstream import make_client
 from interlock.tracing.recorder import open_recording
+
+log = logging.getLogger("interlock")
 
 
 def build_services(settings: Settings) -> Services:
@@ -69,6 +72,8 @@ class Runtime:
         """`stages`: stages of your own, after the built-in ones (`proxy.pipeline.built_in_stages`;
         docs/architecture.md, "Adding a stage")."""
         self.settings = settings
+        for warning in fleet_warnings(settings):  # what a fleet would not share: loud, at startup
+            log.warning("%s", warning)
         self.started_at = time.time()
         self.ready = False
         self.services: dict[str, Any] = {}

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 from click.testing import CliRunner
 
 from interlock import __version__
@@ -178,3 +179,43 @@ def test_config_show_json_masks_secrets(tmp_path: Path) -> None:
     assert data["routes"]["openai"]["upstreams"][0]["api_key"] == "***"
     assert data["state"] == {**data["state"], "url": "redis://:***@127.0.0.1:6379/0", "vault_key": "***"}
     assert "redis-secret" not in result.output and "vault-key-secret" not in result.output
+
+
+def test_config_check_warns_what_a_store_on_a_server_does_not_share(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Checked without a server: `config check` reads the file, it does not connect.
+    for name in ("INTERLOCK_STATE_URL", "INTERLOCK_STORE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "p.yaml").write_text("rules:\n  - name: no-rm\n    deny: {tools: [rm]}\n")
+    path = tmp_path / "interlock.yaml"
+    head = "routes:\n  openai: {protocol: openai, upstream: 'http://127.0.0.1:9'}\npolicies: [policies]\nstore:\n  url: postgresql://u@db/interlock\n"
+
+    def warnings(text: str) -> list[str]:
+        path.write_text(text)
+        result = CliRunner().invoke(main, ["config", "check", "--json", "-c", str(path)])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.output)["warnings"]  # type: ignore[no-any-return]
+
+    state, spill = warnings(head)  # per-replica counters and vault; a local spill file
+    assert state.startswith(f"{path}:5:3: store.url") and "state.url" in state and "budgets" in state
+    assert spill.startswith(f"{path}:5:3: store.url") and "spill_path" in spill
+    (spill,) = warnings(head + "state: {url: 'redis://cache:6379/0', vault_key: '" + "k" * 32 + "'}\n")
+    assert "spill_path" in spill
+    assert (
+        warnings(
+            head
+            + "  spill_path: /data/interlock.spill\nstate: {url: 'redis://cache:6379/0', vault_key: '"
+            + "k" * 32
+            + "'}\n"
+        )
+        == []
+    )
+    # The environment's store is named as such; without one, nothing is said.
+    monkeypatch.setenv("INTERLOCK_STORE_URL", "postgresql://u@db/other")
+    assert all(
+        w.split(": ", 1)[1].startswith("INTERLOCK_STORE_URL") for w in warnings("routes: {}\npolicies: [policies]\n")
+    )
+    monkeypatch.delenv("INTERLOCK_STORE_URL")
+    assert warnings("routes: {}\npolicies: [policies]\n") == []

@@ -14,7 +14,7 @@ import click
 import yaml
 
 from interlock import __version__
-from interlock.config import Settings, SourceError, load_settings, settings_to_yaml
+from interlock.config import Settings, SourceError, fleet_warnings, load_settings, settings_to_yaml
 from interlock.protocols import ADAPTERS
 from interlock.yamlsource import load_yaml
 
@@ -268,7 +268,7 @@ def config_check(config: str | None, as_json: bool) -> None:
             click.echo(f"Error: {exc}", err=True)
         if refused:
             sys.exit(2)
-        for warning in unpriced_warnings(settings):
+        for warning in [*fleet_warnings(settings), *unpriced_warnings(settings)]:
             click.echo(warning, err=True)
         click.echo(f"{settings.source}: ok ({len(settings.routes)} routes)")
         return
@@ -282,7 +282,7 @@ def config_check(config: str | None, as_json: bool) -> None:
         click.echo(json.dumps({"ok": False, "errors": errors}))
         sys.exit(2)
     result = {"ok": True, "file": str(settings.source), "routes": len(settings.routes)}
-    click.echo(json.dumps({**result, "warnings": unpriced_warnings(settings)}))
+    click.echo(json.dumps({**result, "warnings": [*fleet_warnings(settings), *unpriced_warnings(settings)]}))
 
 
 @main.command()

@@ -56,6 +56,22 @@ def instances(upstream: ScriptedUpstream, database: str, tmp_path: Path) -> Iter
         context.__exit__(None, None, None)
 
 
+def test_without_state_the_store_on_postgres_says_at_startup_what_each_replica_keeps_alone(
+    upstream: ScriptedUpstream, database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    monkeypatch.delenv("INTERLOCK_STATE_URL", raising=False)
+    monkeypatch.chdir(tmp_path)  # the day counters go to ./interlock.db, as the warning says
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "p.yaml").write_text("rules:\n  - name: no-rm\n    deny: {tools: [rm]}\n")
+    config = {"routes": routes_for(upstream), "store": {"url": database}, "policies": [str(tmp_path / "policies")]}
+    with caplog.at_level("WARNING", logger="interlock"), run_interlock(settings_for_test(config, tmp_path)) as running:
+        assert ask(running, "hi", "s") == "echo: hi"  # served all the same: one replica on PostgreSQL is fine
+    said = [r.getMessage() for r in caplog.records if r.name == "interlock" and r.levelname == "WARNING"]
+    assert any("state.url" in message and "budgets" in message for message in said), said
+    assert not any("spill_path" in message for message in said)  # the test's settings name the spill file
+    assert (tmp_path / "interlock.db").exists()  # the per-replica file it warned about
+
+
 def ask(running: Running, text: str, session: str) -> str:
     client = openai.OpenAI(
         base_url=running.url + "/openai", api_key="x", default_headers={"X-Interlock-Session": session}, max_retries=0
