@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import redis.asyncio as redis
 from redis.asyncio.retry import Retry
@@ -20,9 +20,6 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from interlock.core.state import StateUnavailable
-
-if TYPE_CHECKING:
-    from interlock.config import State
 
 log = logging.getLogger("interlock.state")
 
@@ -34,10 +31,24 @@ MAX_CONNECTIONS = 64
 T = TypeVar("T")
 
 
+class StateSettings(Protocol):
+    """What the client reads of the `state:` settings (`config.State` is one): named here so the
+    bottom layer imports nothing above it."""
+
+    @property
+    def url(self) -> str | None: ...
+
+    @property
+    def key_prefix(self) -> str: ...
+
+    @property
+    def timeout(self) -> float: ...
+
+
 class StateClient:
     """A Redis client whose every command is bounded and fails as `StateUnavailable`."""
 
-    def __init__(self, state: State) -> None:
+    def __init__(self, state: StateSettings) -> None:
         assert state.url is not None
         self.prefix = state.key_prefix
         self.timeout = state.timeout
