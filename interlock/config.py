@@ -607,10 +607,11 @@ class State(Model):
         return key
 
     def resolved(self) -> State:
-        """With the `INTERLOCK_STATE_URL` and `INTERLOCK_VAULT_KEY` environment variables applied
-        where the file sets nothing (a Secret in Kubernetes; never written into interlock.yaml)."""
-        url = self.url or os.environ.get("INTERLOCK_STATE_URL") or None
-        key = self.vault_key or os.environ.get("INTERLOCK_VAULT_KEY") or None
+        """With the `INTERLOCK_STATE_URL` and `INTERLOCK_VAULT_KEY` environment variables applied (a
+        Secret in Kubernetes; never written into interlock.yaml). The one rule for every variable that
+        names a setting: set and non-empty, it wins over the file (docs/fleet.md, "Configuration")."""
+        url = os.environ.get("INTERLOCK_STATE_URL") or self.url or None
+        key = os.environ.get("INTERLOCK_VAULT_KEY") or self.vault_key or None
         if url == self.url and key == self.vault_key:
             return self
         return State.model_validate({**self.model_dump(), "url": url, "vault_key": key})
@@ -846,11 +847,12 @@ def _store_url_from_environment(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def _store_writer_from_environment(data: dict[str, Any]) -> dict[str, Any]:
-    """`INTERLOCK_STORE_WRITER` names this instance's chain (docs/audit.md) where the file does not:
-    a fleet's pods share one config and take it from their own name (the downward API)."""
+    """`INTERLOCK_STORE_WRITER` names this instance's chain (docs/audit.md), whatever the file says
+    (the environment wins, as for every setting it names): a fleet's pods share one config and take it
+    from their own name (the downward API)."""
     writer = os.environ.get("INTERLOCK_STORE_WRITER")
     store = data.get("store")
-    if not writer or not (store is None or isinstance(store, dict)) or (store or {}).get("writer"):
+    if not writer or not (store is None or isinstance(store, dict)):
         return data
     return {**data, "store": {**(store or {}), "writer": writer}}
 

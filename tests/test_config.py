@@ -186,4 +186,28 @@ def test_the_chain_writer_comes_from_the_file_or_the_environment(
     assert load_settings(plain).store.writer == "local"
     monkeypatch.setenv("INTERLOCK_STORE_WRITER", "pod-7")  # a fleet's pods: their own name, one config
     assert load_settings(plain).store.writer == "pod-7"
+    assert load_settings(named).store.writer == "pod-7"  # the environment wins (the one rule)
+    monkeypatch.setenv("INTERLOCK_STORE_WRITER", "")  # empty is unset
     assert load_settings(named).store.writer == "from-file"
+
+
+def test_the_environment_wins_over_the_file_for_every_setting_it_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "interlock.yaml"
+    key = "f" * 32
+    path.write_text(f"store: {{url: postgresql://u@db/file}}\nstate: {{url: redis://file:6379/0, vault_key: {key}}}\n")
+    variables = {
+        "INTERLOCK_STORE_URL": ("postgresql://u@db/env", lambda s: s.store.url, "postgresql://u@db/file"),
+        "INTERLOCK_STATE_URL": ("redis://env:6379/0", lambda s: s.state.resolved().url, "redis://file:6379/0"),
+        "INTERLOCK_VAULT_KEY": ("e" * 32, lambda s: s.state.resolved().vault_key, key),
+    }
+    for name, (value, read, in_file) in variables.items():
+        with monkeypatch.context() as patch:
+            for other in variables:
+                patch.delenv(other, raising=False)
+            assert read(load_settings(path)) == in_file
+            patch.setenv(name, value)
+            assert read(load_settings(path)) == value, name
+            patch.setenv(name, "")  # empty counts as unset
+            assert read(load_settings(path)) == in_file, name
