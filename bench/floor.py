@@ -139,9 +139,8 @@ def main(argv: list[str]) -> int:
         for name in ("before", "interlock", "floor"):
             if name not in result:
                 continue
-            print(
-                f"{name:9}  stream first byte c32: p50 {result[name]['p50_ms']:.2f} ms, p99 {result[name]['p99_ms']:.2f} ms"
-            )
+            p50, p99 = result[name]["p50_ms"], result[name]["p99_ms"]
+            print(f"{name:9}  stream first byte c32: p50 {p50:.2f} ms, p99 {p99:.2f} ms")
         print(f"({result['rounds']} alternating rounds of {result['streams']} streams; failures: {result['failures']})")
         return 0
     if args.port is None or args.upstream is None:

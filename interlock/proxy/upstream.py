@@ -79,7 +79,9 @@ class LeanAiohttpTransport(AiohttpTransport):
     decoded by aiohttp (`CIMultiDict(headers)` walks it as a mapping), and the URL was parsed twice
     (httpx, then yarl). What the upstream gets is the same (`tests/proxy/test_upstream_client.py`
     compares the bytes): the Host header httpx would have put first, then the headers in order,
-    names in lower case, a name sent twice joined with ", " (as `httpx.Headers.items` does). Measured with callgrind (bench.instructions, non-streamed, c8): docs/bench.md."""
+    names in lower case, a name sent twice joined with ", " (as `httpx.Headers.items` does).
+    Measured with callgrind (bench.instructions, non-streamed, c8): 2.76 M → 2.35 M instructions per
+    call (docs/bench.md)."""
 
     _CACHE_SIZE = 1024
 
