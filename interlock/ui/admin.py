@@ -20,14 +20,14 @@ from interlock.ui.api import api_routes
 from interlock.ui.audit import audit_routes
 
 if TYPE_CHECKING:
-    from interlock.runtime import Runtime
+    from interlock.ui.state import AdminState
 
 
 async def health(request: Request) -> Response:
     return JSONResponse({"status": "ok", "version": __version__})
 
 
-def readiness(runtime: Runtime) -> tuple[int, dict[str, Any]]:
+def readiness(runtime: AdminState) -> tuple[int, dict[str, Any]]:
     """This process's readiness: (HTTP status, body) of its `/ready`."""
     if not runtime.ready:
         return 503, {"status": "starting"}
@@ -55,7 +55,7 @@ def readiness(runtime: Runtime) -> tuple[int, dict[str, Any]]:
 
 
 async def ready(request: Request) -> Response:
-    runtime: Runtime = request.app.state.runtime
+    runtime: AdminState = request.app.state.runtime
     status, body = readiness(runtime)
     board = runtime.services.get("workers")  # `serve --workers N`: ready only when every worker is
     if board is not None:
@@ -161,7 +161,7 @@ async def store_unavailable(request: Request, exc: Exception) -> Response:
     return JSONResponse({"error": {"code": "store_unavailable", "message": str(exc)}}, status_code=503)
 
 
-def create_admin_app(runtime: Runtime) -> Any:
+def create_admin_app(runtime: AdminState) -> Any:
 
     app = Starlette(routes=admin_routes(), exception_handlers={StoreUnavailable: store_unavailable})
     app.state.runtime = runtime

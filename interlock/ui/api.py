@@ -30,7 +30,7 @@ from interlock.tracing.workflow import workflow_view
 from interlock.ui.policies_api import session_caps
 
 if TYPE_CHECKING:
-    from interlock.runtime import Runtime
+    from interlock.ui.state import AdminState
 
 MAX_LIMIT = 1000
 
@@ -66,7 +66,7 @@ async def _with_store(
     request: Request, read: Callable[[Store], Any], then: Callable[[Any], Awaitable[Any]] | None = None
 ) -> Response:
     """`read` in a worker thread, its store errors as JSON errors; `then` adds to a result (on the loop)."""
-    runtime: Runtime = request.app.state.runtime
+    runtime: AdminState = request.app.state.runtime
     store: Store | None = getattr(runtime, "store", None)
     if store is None:
         return _error(503, "recording_off", "recording is off (store.enabled: false)")
@@ -206,7 +206,7 @@ async def list_agents(request: Request) -> Response:
 
 
 async def stats(request: Request) -> Response:
-    runtime: Runtime = request.app.state.runtime
+    runtime: AdminState = request.app.state.runtime
     recorder = getattr(runtime, "recorder", None)
     counters = recorder.counters() if recorder is not None else None
     # Requests each port refused before they became a call (serving.ServerRejects): never recorded.

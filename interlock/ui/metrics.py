@@ -14,7 +14,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
 if TYPE_CHECKING:
-    from interlock.runtime import Runtime
+    from interlock.ui.state import AdminState
 
 #: (metric, type, help, the `Recorder.counters()` key it reads).
 _RECORDER = (
@@ -32,7 +32,7 @@ _RECORDER = (
 
 
 async def metrics(request: Request) -> Response:
-    runtime: Runtime = request.app.state.runtime
+    runtime: AdminState = request.app.state.runtime
     recorder = runtime.recorder
     lines: list[str] = []
     if recorder is not None:

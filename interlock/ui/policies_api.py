@@ -13,10 +13,10 @@ from starlette.routing import BaseRoute, Route
 from interlock.core.state import StateUnavailable
 
 if TYPE_CHECKING:
-    from interlock.runtime import Runtime
+    from interlock.ui.state import AdminState
 
 
-async def policies_snapshot(runtime: Runtime) -> dict[str, Any]:
+async def policies_snapshot(runtime: AdminState) -> dict[str, Any]:
     policy = getattr(runtime, "policy", None)
     if policy is None:
         return {"enabled": False, "rules": [], "errors": [], "files": [], "loaded_at": None, "reloads": 0}
@@ -48,7 +48,7 @@ async def policies_snapshot(runtime: Runtime) -> dict[str, Any]:
     }
 
 
-async def session_caps(runtime: Runtime, session: str, summary: dict[str, Any]) -> dict[str, Any]:
+async def session_caps(runtime: AdminState, session: str, summary: dict[str, Any]) -> dict[str, Any]:
     """`{"caps": [...]}`: each run cap that applies to the session (`Limiter.session_caps`), or, when the
     counters cannot be read, `{"caps": [], "caps_unavailable": why}` (the page says so; never a 500)."""
     policy, limiter = getattr(runtime, "policy", None), getattr(runtime, "policy_limiter", None)
@@ -64,7 +64,7 @@ async def session_caps(runtime: Runtime, session: str, summary: dict[str, Any]) 
 
 
 async def policies(request: Request) -> Response:
-    runtime: Runtime = request.app.state.runtime
+    runtime: AdminState = request.app.state.runtime
     return JSONResponse(await policies_snapshot(runtime))
 
 

@@ -23,7 +23,7 @@ from interlock.prices import cost_text
 from interlock.tracing.backend import Store
 
 if TYPE_CHECKING:
-    from interlock.runtime import Runtime
+    from interlock.ui.state import AdminState
 
 HERE = Path(__file__).parent
 #: Autoescaping on for every template: recorded bodies are untrusted input.
@@ -122,8 +122,8 @@ templates.env.filters["usd"] = cost_text
 templates.env.globals.update(highlight=highlight, version=__version__)
 
 
-def _runtime(request: Request) -> Runtime:
-    runtime: Runtime = request.app.state.runtime
+def _runtime(request: Request) -> AdminState:
+    runtime: AdminState = request.app.state.runtime
     return runtime
 
 

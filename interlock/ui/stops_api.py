@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 if TYPE_CHECKING:
-    from interlock.runtime import Runtime
+    from interlock.ui.state import AdminState
 
 #: Longest stop reason kept (it is shown to agents and people, and stored).
 MAX_REASON = 500
@@ -29,7 +29,7 @@ def _error(status: int, code: str, message: str) -> JSONResponse:
 
 
 async def list_stops(request: Request) -> Response:
-    runtime: Runtime = request.app.state.runtime
+    runtime: AdminState = request.app.state.runtime
     return JSONResponse({"stops": sorted(runtime.stops.stopped.values(), key=lambda r: r["stopped_at"])})
 
 
@@ -53,7 +53,7 @@ async def _reason(request: Request) -> str | JSONResponse:
 
 def _endpoint(kind: str, action: str) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
-        runtime: Runtime = request.app.state.runtime
+        runtime: AdminState = request.app.state.runtime
         name = request.path_params["name"]
         if action == "resume":
             resumed = await runtime.stops.resume(kind, name)

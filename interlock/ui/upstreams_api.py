@@ -10,13 +10,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 if TYPE_CHECKING:
-    from interlock.runtime import Runtime
+    from interlock.ui.state import AdminState
 
 
 async def upstreams(request: Request) -> Response:
     """Routes → upstreams → {breaker: {state, consecutive_failures, ...}, models: {model: {state, ...}},
     inflight, ...}."""
-    runtime: Runtime = request.app.state.runtime
+    runtime: AdminState = request.app.state.runtime
     return JSONResponse(runtime.forwarder.snapshot())
 
 
