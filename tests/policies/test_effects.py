@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import httpx
@@ -11,6 +10,7 @@ import openai
 import pytest
 
 from interlock.scripted import Script, ScriptedUpstream, ToolUse
+from interlock.testing import wait_for
 from tests.policies.conftest import openai_client
 from tests.proxy.routing_support import collect_calls, finished
 from tests.sdk_errors import protocol_error
@@ -178,9 +178,7 @@ def test_monitor_mode_records_but_does_not_enforce(with_policy: Any, upstream: S
     assert len(upstream.requests) == 1
     assert running.runtime.policy.fired["watch-big-models"] == 1
     store = running.runtime.store
-    deadline = time.monotonic() + 60
-    while not list(store.iter_calls()) and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_for(lambda: list(store.iter_calls()), what="the call recorded")
     (recorded,) = list(store.iter_calls())
     decisions = [(d.action, d.rule, d.reason) for d in recorded.decisions if d.stage == "policy"]
     assert decisions == [
@@ -296,10 +294,7 @@ def test_a_cut_stream_stops_reading_the_upstream(with_policy: Any, upstream: Scr
     with httpx.stream("POST", running.url + "/openai/chat/completions", json=body, timeout=20) as response:
         received = b"".join(response.iter_raw())
     assert b"policy_denied" in received and b"ZZ" not in received
-    deadline = time.monotonic() + 10
-    while upstream.disconnects < 1:  # interlock closed the upstream connection
-        assert time.monotonic() < deadline, "interlock kept reading the upstream stream"
-        time.sleep(0.02)
+    wait_for(lambda: upstream.disconnects >= 1, what="interlock closing the upstream stream")
     (call,) = finished(calls)
     assert call.truncated and call.error_code == "policy_denied"
 

@@ -13,7 +13,6 @@ and `..._thinking_part`: reasoning, web_search_call, message with annotations).
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import anthropic
@@ -26,7 +25,7 @@ import pytest
 
 from interlock.protocols import ADAPTERS
 from interlock.scripted import Script, ScriptedUpstream, ToolUse
-from interlock.testing import Running
+from interlock.testing import Running, wait_for
 
 
 def through(body: bytes, marker: bytes) -> bytes:
@@ -557,10 +556,12 @@ def test_the_sdks_accumulate_these_streams_to_the_same_messages() -> None:
 def recorded_message(running: Running, count: int) -> list[Any]:
     """The reassembled (or whole) response of each recorded call, oldest first."""
     store = running.runtime.store
-    deadline = time.monotonic() + 15
-    while len(rows := store.list_calls(limit=100)) < count:
-        assert time.monotonic() < deadline, rows
-        time.sleep(0.01)
+
+    def listed() -> Any:
+        found = store.list_calls(limit=100)
+        return found if len(found) >= count else None
+
+    rows = wait_for(listed, what=f"{count} calls recorded")
     out = []
     for row in reversed(rows):
         call = store.get_call(row["id"])

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from interlock.cli import main
 from interlock.core.call import Attempt, Call, Chunk, Decision, Finding, new_id
 from interlock.scripted import Script, ScriptedUpstream
-from interlock.testing import Running, make_call
+from interlock.testing import Running, make_call, wait_for
 from interlock.tracing.store import Store
 
 
@@ -30,10 +30,7 @@ def send(running: Running, text: str, agent: str = "planner", session: str | Non
 
 
 def settle(running: Running, count: int) -> None:
-    deadline = time.monotonic() + 60
-    while running.runtime.store.count_calls() < count:
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    wait_for(lambda: running.runtime.store.count_calls() >= count, what=f"{count} calls recorded")
 
 
 @pytest.fixture

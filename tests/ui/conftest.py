@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +12,7 @@ import pytest
 
 from interlock.demo import Seeded, demo_config, seed, write_demo_policy
 from interlock.scripted import ScriptedUpstream
-from interlock.testing import Running, run_interlock, settings_for_test
+from interlock.testing import Running, run_interlock, settings_for_test, wait_for
 
 CHROMIUM = os.environ.get("INTERLOCK_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -67,10 +66,9 @@ class Demo:
         that was just answered is even queued: the record stage runs after the agent has its answer;
         a page loaded meanwhile would then refresh itself live under a click.)"""
         store = self.running.runtime.store
-        deadline = time.monotonic() + timeout
-        while len(store.list_calls(session=session)) < count:
-            assert time.monotonic() < deadline, f"{count} calls of {session!r} not recorded"
-            time.sleep(0.01)
+        wait_for(
+            lambda: len(store.list_calls(session=session)) >= count, timeout, f"{count} calls of {session!r} recorded"
+        )
 
 
 @pytest.fixture(scope="module")
@@ -86,10 +84,8 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
             for what, count in (("retry", 1), ("denial", 2), ("redaction", 1), ("tools", 3)):
                 result.wait_recorded(seeded.sessions[what], count)
             workflow = seeded.workflows["onboarding"]
-            deadline = time.monotonic() + 60
-            while len(running.runtime.store.workflow_calls(workflow)) < 7:  # the workflow's seven calls
-                assert time.monotonic() < deadline, f"the calls of workflow {workflow!r} were not recorded"
-                time.sleep(0.01)
+            # The workflow's seven calls.
+            wait_for(lambda: len(running.runtime.store.workflow_calls(workflow)) >= 7, what=f"workflow {workflow!r}")
             yield result
 
 

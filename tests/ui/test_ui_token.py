@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,7 @@ import httpx
 import pytest
 
 from interlock.scripted import ScriptedUpstream
-from interlock.testing import Running, run_interlock, settings_for_test
+from interlock.testing import Running, run_interlock, settings_for_test, wait_for
 
 TOKEN = "s3cret-admin-token"
 
@@ -30,10 +29,7 @@ def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
                 json={"model": "m", "messages": [{"role": "user", "content": "hi"}]},
                 headers={"X-Interlock-Session": "guarded-1"},
             ).raise_for_status()
-            deadline = time.monotonic() + 20
-            while not running.runtime.store.list_calls(session="guarded-1"):
-                assert time.monotonic() < deadline, "the call was not recorded"
-                time.sleep(0.01)
+            wait_for(lambda: running.runtime.store.list_calls(session="guarded-1"), what="the call recorded")
             yield running
 
 
