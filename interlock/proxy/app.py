@@ -273,6 +273,15 @@ class ProxyApp:
                 code, message = call.halted
                 outcome: Outcome = "blocked" if state.started else "denied"
                 await self.fail(call, adapter, send, state, 403, outcome, code, message)
+                if state.started:
+                    # What the upstream produced before the stop is billed: the stream's end runs as
+                    # for a broken one (the stages' held text is dropped, not sent), so the usage
+                    # stage prices it as far as known and the limits count it (proxy/usage.py).
+                    if self.pipeline.has_chunk_hooks:
+                        await self.pipeline.chunk(call, [], True)
+                    _finish_capture(call, state)
+                    _hand_over_read(call, adapter, state)
+                    await self.pipeline.response(call)
                 return
             if not state.disconnected:
                 raise

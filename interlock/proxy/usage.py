@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 from interlock.core.call import Call
 from interlock.core.views import TokenUsage
 from interlock.prices import Pricing, warm_catalogue
-from interlock.protocols import ADAPTERS
+from interlock.protocols import ADAPTERS, Adapter
+
+#: Characters a token, where the provider's count never arrived (the usual rule of thumb for English
+#: text with OpenAI's and Anthropic's tokenizers). Only for a call the kill switch ended: its usage
+#: is estimated and marked so (`meta.usage_estimated`) rather than left unpriced, so a stop cannot
+#: be used to evade a budget.
+CHARS_PER_TOKEN = 4
 
 
 class Usage:
@@ -27,6 +34,8 @@ class Usage:
         adapter = ADAPTERS[call.protocol]
         call.input_tokens, call.output_tokens = adapter.usage(call)
         usage = adapter.token_usage(call)
+        if call.halted is not None:
+            usage = _as_far_as_known(call, adapter, usage)
         if usage is None and (call.input_tokens is not None or call.output_tokens is not None):
             # An adapter that reports only the two counts is still priced (never a silent $0).
             usage = TokenUsage(input=call.input_tokens or 0, output=call.output_tokens or 0)
@@ -43,3 +52,22 @@ class Usage:
         if cost is not None:
             call.cost_usd = None if cost.usd is None else round(cost.usd, 10)
             call.cost_source = cost.source
+
+
+def _as_far_as_known(call: Call, adapter: Adapter, reported: TokenUsage | None) -> TokenUsage:
+    """A stopped call's usage: what the stream reported before the stop (Anthropic's `message_start`
+    gives the input; OpenAI reports usage only at the end), raised to an estimate from the texts
+    sent and relayed where that is larger; marked estimated when it is."""
+    view = call.view
+    estimate = TokenUsage(
+        input=-(-(view.input_chars if view is not None else 0) // CHARS_PER_TOKEN),
+        output=-(-sum(len(t.text) for t in adapter.response_view(call).texts) // CHARS_PER_TOKEN),
+    )
+    usage = reported if reported is not None else TokenUsage(call.input_tokens or 0, call.output_tokens or 0)
+    if estimate.input > usage.input or estimate.output > usage.output:
+        usage = dataclasses.replace(
+            usage, input=max(usage.input, estimate.input), output=max(usage.output, estimate.output)
+        )
+        call.meta["usage_estimated"] = True
+    call.input_tokens, call.output_tokens = usage.input, usage.output
+    return usage

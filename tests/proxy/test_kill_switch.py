@@ -234,3 +234,41 @@ async def test_stops_unread_at_start_keep_ready_waiting_and_mark_each_call(tmp_p
     finally:
         await stops.aclose()
         stops.store.close()
+
+
+def test_a_stopped_stream_is_priced_as_far_as_known_and_counts_against_the_budget(
+    make_interlock: Any, upstream: ScriptedUpstream, tmp_path: Path
+) -> None:
+    # OpenAI reports a stream's usage only at its end, which a stopped stream never reaches: the
+    # usage is estimated from the texts and marked so, priced, and counted by the agent's budget.
+    (tmp_path / "policies").mkdir()
+    rule = "rules:\n  - name: tiny\n    limits: {budget_usd_per_day: 0.000001}\n"
+    (tmp_path / "policies" / "p.yaml").write_text(rule)
+    running = make_interlock(policies=[str(tmp_path / "policies")])
+    upstream.script(SLOW)
+    sdk = client(running, "spender")
+    reader = Reader(lambda: sdk.chat.completions.create(model="gpt-4o-mini", messages=HI, stream=True))
+    reader.start()
+    wait_for(lambda: reader.chunks >= 3)
+    assert admin(running, "/api/sessions/spender/stop").json()["calls_ended"] == 1
+    assert ended_by_the_stop(reader)
+
+    recorder = running.runtime.recorder
+    assert recorder is not None
+
+    def stopped() -> dict[str, Any] | None:
+        assert recorder.flush()
+        calls = running.runtime.store.list_calls(limit=10)
+        return calls[0] if calls else None
+
+    wait_for(lambda: stopped() is not None)
+    call = stopped()
+    assert call is not None and call["error_code"] == "session_stopped"
+    assert call["output_tokens"] and call["input_tokens"] and call["cost_usd"] and call["cost_usd"] > 0
+    full = running.runtime.store.get_call(call["id"])
+    assert full is not None and full.meta.get("usage_estimated") is True
+
+    # The budget counted it: the agent's next call, in another session, is refused.
+    with pytest.raises(openai.APIStatusError) as refused:
+        client(running, "next").chat.completions.create(model="gpt-4o-mini", messages=HI)  # type: ignore[arg-type]
+    assert protocol_error(refused.value)["code"] == "budget_exceeded"
