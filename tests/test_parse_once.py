@@ -5,8 +5,10 @@ body is read once into the call's `ResponseView`.
 
 The check reads the package's source (AST): a call of a stream splitter, or a JSON parse of a
 response body (`response_json`, or `json.loads` in a function that reads `response_body` or a
-stream's chunks), outside `protocols/` fails it unless the function is in `ALLOWED`, with the reason
-it may. A new reader asks the adapter or the view, or argues its case here.
+stream's chunks, or of a local value derived from one), outside `protocols/` fails it unless the
+function is in `ALLOWED`, with the reason it may. A new reader asks the adapter or the view (a
+recorded call's: `Adapter.response_view(call)`, or `Adapter.stored_view` from stored columns), or
+argues its case here.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ SPLITTERS = frozenset(
         "stream_head_and_tail",
     }
 )
-#: Names whose presence in a function makes its `json.loads` a parse of a response.
+#: Names whose values (and what a function derives from them) a `json.loads` of is a parse of a response.
 RESPONSE_NAMES = frozenset({"response_body", "agent_response_body", "chunks", "agent_chunks"})
 
 #: "module:function" → why it may split or parse a response there.
@@ -57,16 +59,8 @@ ALLOWED: dict[str, str] = {
         "the search text of a recorded stream, through the adapter (reassemble_stream), in the writer thread: "
         "the hot path does not reassemble a stream no stage asked to read"
     ),
-    # Records read back (store, UI, audit, replay, whatif): a stored body or chunks have no parsed form.
-    "tracing/rows.py:rows_to_records": "decodes stored columns (headers, meta, attempts), not a body",
-    "tracing/audit_reads.py:AuditReads.audit_calls": "decodes stored columns (headers, meta, an event's data)",
-    "tracing/views.py:call_detail": "shows a stored body as JSON (the call page's raw view)",
-    "tracing/audit.py:_function_tools": "the audit reading a stored answer's tool calls",
-    "ui/pages.py:_call_context": "a record stored without its reassembled message (written before it was stored)",
-    "ui/queries.py:_summary": "the UI reading a stored answer",
-    "policies/whatif.py:_response_tools": "offline: judges recorded calls, read from the store",
-    "replay/rerun.py:output_of": "offline: a recorded or re-run call's answer",
-    "replay/rerun.py:_send": "parses the recorded request body (to rewrite its model), not a response",
+    # Records read back (the audit, the UI, whatif, replay's comparison) read them through the adapter's
+    # view (`Adapter.response_view` for a Call, `Adapter.stored_view` for stored columns).
     "replay/server.py:_StreamRewriter.__init__": "replay relays recorded chunks itself (until playback is a stage)",
 }
 
@@ -79,6 +73,45 @@ def _name(node: ast.expr) -> str | None:
     return None
 
 
+def _mentions(node: ast.AST, names: set[str]) -> bool:
+    """Whether an expression reads one of `names` (a variable, an attribute, or a subscript key)."""
+    for n in ast.walk(node):
+        if isinstance(n, ast.Name | ast.Attribute) and _name(n) in names:
+            return True
+        if isinstance(n, ast.Constant) and n.value in names:
+            return True
+    return False
+
+
+def _response_values(function: ast.AST) -> set[str]:
+    """`RESPONSE_NAMES` and the local variables a function derives from them (`body =
+    decoded_body(row["response_body"], ...)`), followed through assignments and loops: a
+    `json.loads` of one of them parses a response. A function that only decodes other stored
+    columns (headers, meta, an event's data) beside a body is not a response parse, so it needs no
+    allow-listing; what is assigned into a container (`row["response_body"] = ...`) taints nothing."""
+    pairs: list[tuple[ast.AST, ast.AST]] = []
+    for n in ast.walk(function):
+        if isinstance(n, ast.Assign):
+            pairs += [(target, n.value) for target in n.targets]
+        elif isinstance(n, ast.AnnAssign | ast.AugAssign | ast.NamedExpr) and n.value is not None:
+            pairs.append((n.target, n.value))
+        elif isinstance(n, ast.For | ast.AsyncFor | ast.comprehension):
+            pairs.append((n.target, n.iter))
+        elif isinstance(n, ast.withitem) and n.optional_vars is not None:
+            pairs.append((n.optional_vars, n.context_expr))
+    tainted = set(RESPONSE_NAMES)
+    grew = True
+    while grew:  # to a fixed point: an assignment may come before the one that taints its value
+        grew = False
+        for target, value in pairs:
+            if isinstance(target, ast.Name | ast.Tuple | ast.List | ast.Starred) and _mentions(value, tainted):
+                for n in ast.walk(target):
+                    if isinstance(n, ast.Name) and n.id not in tainted:
+                        tainted.add(n.id)
+                        grew = True
+    return tainted
+
+
 def readers(source: str) -> set[tuple[str, str]]:
     """(function, what) for each stream split or response parse in a module's source."""
     found: set[tuple[str, str]] = set()
@@ -87,9 +120,7 @@ def readers(source: str) -> set[tuple[str, str]]:
         if isinstance(node, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
             scope = [*scope, node.name]
             if not isinstance(node, ast.ClassDef):
-                names = {_name(n) for n in ast.walk(node) if isinstance(n, ast.Name | ast.Attribute)}
-                names |= {n.value for n in ast.walk(node) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
-                reads_response = bool(names & RESPONSE_NAMES)
+                tainted = _response_values(node)
                 for call in ast.walk(node):
                     if not isinstance(call, ast.Call):
                         continue
@@ -99,7 +130,11 @@ def readers(source: str) -> set[tuple[str, str]]:
                         found.add((where, f"splits a stream ({name})"))
                     elif name == "response_json":
                         found.add((where, "parses a response body (response_json)"))
-                    elif name == "loads" and reads_response and _name(getattr(call.func, "value", call.func)) == "json":
+                    elif (
+                        name == "loads"
+                        and _name(getattr(call.func, "value", call.func)) == "json"
+                        and any(_mentions(arg, tainted) for arg in call.args)
+                    ):
                         found.add((where, "parses a response body (json.loads)"))
                 return  # nested functions are read as part of this one
         for child in ast.iter_child_nodes(node):
@@ -150,9 +185,20 @@ def body(call):
 
 def request(call):
     return json.loads(call.request_body)  # a request: not this check's business
+
+def stored(row):
+    raw = decoded_body(row["response_body"], headers)
+    text = raw.decode()
+    return json.loads(text)  # derived from the body through two locals: still a parse
+
+def columns(row):
+    row["meta"] = json.loads(row["meta"])  # a stored column beside the body: not a response
+    row["response_body"] = bytes(row["response_body"])
+    return row
 """
     assert readers(source) == {
         ("Stage.chunk", "splits a stream (event_splitter)"),
         ("usage", "parses a response body (json.loads)"),
         ("body", "parses a response body (response_json)"),
+        ("stored", "parses a response body (json.loads)"),
     }

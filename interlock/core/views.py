@@ -211,7 +211,9 @@ class ResponseView:
         "_tool_calls",
     )
 
-    def __init__(self, adapter: ResponseReader, call: Call) -> None:
+    def __init__(self, adapter: ResponseReader, call: Call, message: Any = _UNREAD) -> None:
+        """`message`: the response's message when it is known already (a record's stored
+        reassembly of its stream, `Adapter.stored_view`); by default it is read on first use."""
         self.adapter, self.call = adapter, call
         #: What it was read from: a body or chunks replaced (the guardrails' masked record), or chunks added
         #: later, make it stale.
@@ -221,7 +223,7 @@ class ResponseView:
         #: What the proxy gathered from a stream's events as they passed; None for a stream not read
         #: that way (a record read later: the adapter reads the recorded chunks).
         self.stream_read: StreamRead | None = None
-        self._message: Any = _UNREAD  # the JSON message, or `UNPARSED` until first read
+        self._message: Any = message  # the JSON message, or `UNPARSED` until first read
         self._texts: list[TextSlot] | None = None
         self._tool_calls: list[ToolCall] | None = None
 

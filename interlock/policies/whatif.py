@@ -31,7 +31,6 @@ from interlock.policies.engine import CompiledRule, Engine
 from interlock.policies.limits import Limiter
 from interlock.prices import Pricing
 from interlock.protocols import ADAPTERS, BadRequest
-from interlock.protocols.base import response_json
 
 
 @dataclass(slots=True)
@@ -210,13 +209,8 @@ def _response_tools(call: Call) -> list[str]:
     """Names of the tools the model called in the recorded response."""
     if call.status is None or call.status >= 400 or call.error_code == "policy_denied":
         return []
-    adapter = ADAPTERS[call.protocol]
-    if call.stream:
-        names: list[str] = []
-        for event in adapter.iter_events(b"".join(c.data for c in call.chunks)):
-            names += adapter.stream_tool_names(event)
-        return list(dict.fromkeys(names))
-    return [t.name for t in adapter.response_tool_calls(response_json(call))]
+    names = [t.name for t in ADAPTERS[call.protocol].response_view(call).tool_calls]
+    return list(dict.fromkeys(names)) if call.stream else names
 
 
 __all__ = ["Change", "LimitReplay", "WhatIf", "recorded_decision", "whatif"]

@@ -7,8 +7,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
-from interlock.core.call import Call, Headers, Reply
-from interlock.core.views import Event, JsonPath, RequestView, ResponseView, TextSlot, TokenUsage, ToolCall
+from interlock.core.call import Call, Chunk, Headers, Reply
+from interlock.core.views import UNPARSED, Event, JsonPath, RequestView, ResponseView, TextSlot, TokenUsage, ToolCall
 from interlock.protocols.conversation import ChatMessage
 from interlock.protocols.encoding import Unreadable, decode_body
 from interlock.protocols.sse import EventSplitter, iter_events
@@ -146,6 +146,41 @@ class Adapter:
         view = call.response_view = ResponseView(self, call)
         return view
 
+    def stored_view(
+        self,
+        *,
+        stream: bool,
+        body: bytes | None,
+        headers: Iterable[Sequence[str]],
+        message: str | None = None,
+        chunks: bytes = b"",
+    ) -> ResponseView:
+        """The response view of a call read back from the store as columns rather than as a `Call`
+        (the audit trail, the UI's pages): the one way an offline reader reads a recorded answer.
+        A stream is read from `message`, the record's reassembly of it (`bodies.response_message`,
+        the JSON text the writer stored from the live view), else from its `chunks`' bytes; a stream
+        with neither (one the proxy relayed as one body: Gemini's JSON array) and a plain response
+        are read from `body`. (A reader holding a `Call` asks `response_view(call)`.)"""
+        known: Any = UNPARSED
+        if stream and message is not None:
+            try:
+                known = json.loads(message)
+            except ValueError:  # a damaged record: read like a response that is not JSON
+                known = None
+        call = Call(
+            id="",
+            route="",
+            protocol=self.name,
+            method="",
+            path="",
+            stream=stream,
+            response_headers=[(str(k), str(v)) for k, v in headers],
+            response_body=body,
+            chunks=[Chunk(0.0, chunks)] if chunks else [],
+        )
+        view = call.response_view = ResponseView(self, call, known)
+        return view
+
     def read_response(self, call: Call) -> Any:
         """The response JSON as the upstream sent it (a stream reassembled); None: not JSON. What
         `ResponseView.message` holds: read it there, parsed once per call."""
@@ -153,7 +188,9 @@ class Adapter:
             read = self.response_view(call).stream_read
             if read is not None and read.events is not None:  # split once, as it was relayed
                 return self.reassemble_events(read.events)
-            return self.reassemble_stream(b"".join(c.data for c in call.chunks))
+            if call.chunks:
+                return self.reassemble_stream(b"".join(c.data for c in call.chunks))
+            # No chunks: a stream the proxy relayed as one body (Gemini's JSON array) is read from it.
         return response_json(call)
 
     def memoized(self, call: Call, name: str, compute: Callable[[ResponseView], T]) -> T:

@@ -14,7 +14,7 @@ import json
 import statistics
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import httpx
@@ -22,7 +22,7 @@ import httpx
 from interlock.config import SourceError, load_settings
 from interlock.core.call import SECRET_HEADERS, Call, Chunk, new_id
 from interlock.protocols import ADAPTERS, Adapter
-from interlock.protocols.base import dump_body, response_json
+from interlock.protocols.base import dump_body
 from interlock.protocols.summary import summarize_response
 from interlock.proxy.upstream import HOP_BY_HOP, INTERLOCK_HEADERS
 from interlock.replay.bundle import Bundle
@@ -78,14 +78,13 @@ class Output:
 def output_of(call: Call) -> Output:
     adapter = ADAPTERS[call.protocol]
     out = Output(call.status, latency_ms=call.duration_ms, ttfb_ms=call.ttfb_ms, error=call.error)
-    if call.stream and (call.chunks or call.agent_chunks):
-        chunks = call.agent_chunks if call.agent_chunks is not None else call.chunks
-        message = adapter.reassemble_stream(b"".join(c.data for c in chunks))
-    else:
-        message = response_json(call)
+    # A stream is compared as the agent received it (its restored chunks, when a stage changed them).
+    received = call if not call.stream or call.agent_chunks is None else replace(call, chunks=call.agent_chunks)
+    view = adapter.response_view(received)
+    message = view.message
     if isinstance(message, dict):
-        out.text = "".join(s.text for s in adapter.response_texts(message) if s.role == "assistant")
-        out.tool_calls = [f"{t.name}({t.arguments})" for t in adapter.response_tool_calls(message)]
+        out.text = "".join(s.text for s in view.texts if s.role == "assistant")
+        out.tool_calls = [f"{t.name}({t.arguments})" for t in view.tool_calls]
         if out.error is None and isinstance(message.get("error"), dict):
             out.error = str(message["error"].get("message") or message["error"])
     out.input_tokens, out.output_tokens = adapter.usage(call)

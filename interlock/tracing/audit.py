@@ -20,7 +20,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from interlock.protocols import ADAPTERS
-from interlock.protocols.base import decoded_body
 from interlock.tracing.backend import Store
 
 #: The rows an answer carries (the newest); the summaries always cover every matching call.
@@ -75,14 +74,15 @@ def _function_tools(raw: dict[str, Any]) -> list[str]:
     adapter = ADAPTERS.get(raw["protocol"])
     if adapter is None or not adapter.model_api or (raw["status"] or 0) >= 400:
         return []
+    view = adapter.stored_view(
+        stream=bool(raw["stream"]),
+        body=raw["response_body"],
+        headers=raw["response_headers"],
+        message=raw["response_message"] or None,
+    )
     try:
-        if raw["stream"]:
-            message = json.loads(raw["response_message"]) if raw["response_message"] else None
-        else:
-            body = decoded_body(raw["response_body"], raw["response_headers"])
-            message = json.loads(body) if body else None
-        return list(dict.fromkeys(t.name for t in adapter.response_tool_calls(message))) if message else []
-    except (UnicodeDecodeError, ValueError, TypeError, AttributeError):
+        return list(dict.fromkeys(t.name for t in view.tool_calls))
+    except (TypeError, AttributeError):
         return []  # an answer that is not the protocol's JSON names no tools
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from interlock.protocols.base import decoded_body
 from interlock.tracing.backend import Store
+from interlock.tracing.rows import Record
 
 _BODIES = ("request_body", "upstream_body", "response_body", "agent_response_body")
 
@@ -45,9 +46,12 @@ def chunks_view(chunks: list[tuple[float, bytes]] | None) -> list[dict[str, Any]
 def call_detail(store: Store, call_id: str) -> dict[str, Any] | None:
     """Everything recorded about one call, JSON-able; None if there is no such call."""
     found = store.get_detail(call_id)
-    if found is None:
-        return None
-    record, row = found
+    return None if found is None else detail_of(*found)
+
+
+def detail_of(record: Record, row: dict[str, Any]) -> dict[str, Any]:
+    """`call_detail` of a call's record and stored row (`Store.get_detail`), for a reader that
+    reads the record too (the UI's call page reads its answer through the adapter)."""
     view = dict(record)
     view["request_body"] = body_view(record["request_body"], record["request_headers"])
     view["upstream_body"] = body_view(record["upstream_body"], record["request_headers"])

@@ -28,7 +28,7 @@ from interlock.core.call import OUTCOMES
 from interlock.protocols import ADAPTERS
 from interlock.protocols.conversation import ChatMessage
 from interlock.tracing.backend import Store, StoreError
-from interlock.tracing.views import call_detail
+from interlock.tracing.views import detail_of
 from interlock.ui import queries
 from interlock.ui.config_pages import pins_page, policies_page, upstreams_page
 from interlock.ui.live import live
@@ -220,21 +220,22 @@ async def call_page(request: Request) -> Response:
 
 def _call_context(store: Store, call_id: str) -> dict[str, Any] | None:
     """Everything the call page shows (runs in a worker thread)."""
-    detail = call_detail(store, call_id)
-    if detail is None:
+    found = store.get_detail(call_id)
+    if found is None:
         return None
+    record, row = found
+    detail = detail_of(record, row)
     request_body = detail["request_body"]
-    response_body = detail["response_body"]
     request_json = request_body["content"] if request_body and request_body["encoding"] == "json" else None
-    response_json = response_body["content"] if response_body and response_body["encoding"] == "json" else None
     adapter = ADAPTERS.get(detail["protocol"], ADAPTERS["http"])  # a recording from a newer interlock
-    if detail["stream"] and (detail["chunks"] or detail.get("response_message") is not None):
-        # (A stream the proxy relayed as one body, Gemini's JSON array, is read from that body.)
-        response_json = detail.get("response_message")
-        if response_json is None and detail["chunks"]:
-            joined = "".join(c["text"] for c in detail["chunks"])
-            response_json = adapter.reassemble_stream(joined.encode())
-    messages = adapter.conversation(request_json, response_json)
+    answer = adapter.stored_view(
+        stream=bool(record["stream"]),
+        body=record["response_body"],
+        headers=record["response_headers"],
+        message=row["response_message"] or None,
+        chunks=b"".join(data for _, data in record["chunks"]),
+    )
+    messages = adapter.conversation(request_json, answer.message)
     rendered = [_message_view(m, detail["findings"]) for m in messages]
     chunks = detail["agent_chunks"] if detail["agent_chunks"] is not None else detail["chunks"]
     around = store.neighbours(call_id, detail["session"] or None)

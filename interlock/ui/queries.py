@@ -129,16 +129,14 @@ def _adapter(protocol: str) -> Adapter:
 def _summary(row: dict[str, Any], body: dict[str, Any]) -> str:
     if row["outcome"] != "ok" and row["error"]:
         return str(row["error"])
-    data: Any = None
-    if body["response_message"]:
-        data = json.loads(body["response_message"])
-    elif body["response_body"]:
-        raw = decoded_body(bytes(body["response_body"]), json.loads(body["response_headers"] or "[]"))
-        try:
-            data = json.loads(raw)
-        except ValueError:
-            return _clip(raw.decode("utf-8", "replace"))
     adapter = _adapter(row["protocol"])
+    stored = bytes(body["response_body"]) if body["response_body"] is not None else None
+    headers = json.loads(body["response_headers"] or "[]")
+    data = adapter.stored_view(
+        stream=bool(body["response_message"]), body=stored, headers=headers, message=body["response_message"]
+    ).message
+    if data is None and stored:  # not JSON: shown as text
+        return _clip(decoded_body(stored, headers).decode("utf-8", "replace"))
     if not adapter.model_api:
         return _clip(json.dumps(data, ensure_ascii=False) if not isinstance(data, str) else data)
     answer = adapter.conversation(None, data)
