@@ -300,7 +300,7 @@ class GeminiAdapter(Adapter):
     def stream_framer(self, call: Call) -> StreamFramer | None:
         # Without `alt=sse` the agent asked for the JSON array: the error event below becomes its
         # last element there (JsonArrayFramer), and the SSE form stays right for everyone else.
-        if getattr(call.view, "stream", False) and parse_qs(call.query).get("alt", ["json"])[-1] != "sse":
+        if call.stream and parse_qs(call.query).get("alt", ["json"])[-1] != "sse":
             return JsonArrayFramer()
         return None
 

@@ -278,7 +278,12 @@ class ReplayApp:
         chunks = list(chunks)
         if call.error_code == "stream_broken" and call.agent_chunks is None:
             # The agent got an error event that only the adapter wrote, never an upstream chunk.
-            event = ADAPTERS[call.protocol].stream_error_event("stream_broken", call.error or "stream broken")
+            adapter = ADAPTERS[call.protocol]
+            event = adapter.stream_error_event("stream_broken", call.error or "stream broken")
+            framer = adapter.stream_framer(call)
+            if framer is not None:  # in the framing the agent asked for, after what it got before
+                framer.frame(list(adapter.iter_events(b"".join(chunk.data for chunk in chunks))), False)
+                event = b"".join(e.raw for e in framer.frame([Event(event, None, "")], True))
             chunks.append(Chunk(chunks[-1].t_ms if chunks else 0.0, event))
         rewrite = _StreamRewriter(call.protocol, data if rpc else None, values) if (rpc or values) else None
         head = _agent_headers(call.response_headers, length=None)

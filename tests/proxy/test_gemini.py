@@ -331,7 +331,7 @@ def test_the_json_array_stream_is_relayed_as_it_comes_with_pii_restored_and_a_de
 
 @pytest.mark.parametrize("framing", ["sse", "array"])
 def test_a_stream_interlock_ends_keeps_the_framing_the_agent_asked_for(
-    start: Any, upstream: ScriptedUpstream, clients: list[genai.Client], framing: str
+    start: Any, upstream: ScriptedUpstream, clients: list[genai.Client], framing: str, tmp_path: Path
 ) -> None:
     # (A stream ended before its first element: the denied tool above, `[{"error": ...}]`.)
     running = start()
@@ -343,13 +343,23 @@ def test_a_stream_interlock_ends_keeps_the_framing_the_agent_asked_for(
                 pass
         assert error_of(raised.value)["details"][0]["reason"] == "stream_broken"
         return
-    url = f"{running.url}/gemini/v1beta/models/{MODEL}:streamGenerateContent"
-    broken = httpx.post(url, json={"contents": [{"role": "user", "parts": [{"text": "go"}]}]})
+    path = f"/v1beta/models/{MODEL}:streamGenerateContent"
+    body = {"contents": [{"role": "user", "parts": [{"text": "go"}]}]}
+    broken = httpx.post(f"{running.url}/gemini{path}", json=body, headers={"X-Interlock-Session": "broken"})
     assert broken.status_code == 200  # the head went out before the upstream broke
     *answered, failure = broken.json()  # a whole JSON array, however far the stream got
     assert len(answered) == 2 and all("candidates" in item for item in answered)
     assert failure["error"]["details"][0]["reason"] == "stream_broken"
     assert failure["error"]["status"] == "INTERNAL"
+
+    # Replayed, the agent gets the same array: the error event the proxy wrote, framed the same way.
+    recorded(running, 1)
+    bundle = tmp_path / "broken.db"
+    with Store(Path(running.settings.store.path)) as store:
+        assert store.export(bundle, session="broken") == 1
+    with replay_server(bundle) as replay:
+        again = httpx.post(f"{replay.base_url('gemini')}{path}", json=body, headers={"X-Interlock-Session": "broken"})
+    assert again.status_code == 200 and again.json() == broken.json()
 
 
 def test_a_virtual_key_in_x_goog_api_key_names_the_agent_and_never_leaves(
