@@ -7,6 +7,7 @@ concurrent requests, 20x slower first bytes at 32 concurrent streams), hence htt
 from __future__ import annotations
 
 import functools
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
@@ -69,6 +70,32 @@ def _session_factory(limits: httpx.Limits) -> Any:
         )
 
     return session
+
+
+class DrainingResponseStream(AiohttpResponseStream):
+    """httpx-aiohttp's response body, but the bytes that arrived before a connection error are yielded
+    before the error is raised.
+
+    aiohttp's `StreamReader.read` raises a stored error (the upstream's reset, a body cut short) before
+    it looks at its buffer: when the last bytes and the reset both arrive while the relay is busy (it
+    was writing the previous chunk to the agent), those bytes were dropped. In a stream they can hold
+    the event that decides what happens next (a tool call: the stream rescue must not continue it),
+    so the relay must see them. The buffer is aiohttp's private `_buffer`/`_read_nowait` (no public
+    call reads past a stored error); tests/proxy/test_upstream_client.py pins the behaviour."""
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        content = self._aiohttp_response.content
+        with map_aiohttp_exceptions():
+            while True:
+                try:
+                    chunk = await content.read(self.CHUNK_SIZE)
+                except Exception:
+                    while content._buffer:  # bounded: aiohttp stops reading past its high-water mark
+                        yield content._read_nowait(self.CHUNK_SIZE)
+                    raise
+                if not chunk:
+                    return
+                yield chunk
 
 
 class LeanAiohttpTransport(AiohttpTransport):
@@ -147,7 +174,7 @@ class LeanAiohttpTransport(AiohttpTransport):
         return httpx.Response(
             status_code=response.status,
             headers=response.raw_headers,
-            stream=AiohttpResponseStream(response),
+            stream=DrainingResponseStream(response),
             extensions=extensions,
         )
 

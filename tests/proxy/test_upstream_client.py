@@ -129,3 +129,39 @@ async def test_the_lean_transport_fails_as_httpx_would() -> None:
         await lean.aclose()
         await plain.aclose()
     assert raised[0] is raised[1]
+
+
+async def test_bytes_that_arrived_before_the_upstream_hung_up_are_read_before_the_error() -> None:
+    # The last event of a stream and the upstream's hang-up, both received while the relay was busy
+    # elsewhere (here: before it reads at all). aiohttp stores the error and raised it ahead of the
+    # buffered event, which was lost (a tool call the stream rescue then never saw: issue 18's flake).
+    event = b'data: {"choices":[{"delta":{"tool_calls":[{"index":0}]}}]}\n\n'
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+        writer.write(head + b"%x\r\n%s\r\n" % (len(event), event))  # no last chunk: the body is cut short
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    client = make_client(Settings())
+    try:
+        url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1/chat/completions"
+        response = await client.open("POST", url, [("content-length", "2")], b"{}")
+        content = response.stream._aiohttp_response.content  # type: ignore[attr-defined]
+        for _ in range(2000):  # the condition, not a duration: the event buffered and the error stored
+            if content.exception() is not None:
+                break
+            await asyncio.sleep(0.005)
+        assert content.exception() is not None
+        received = b""
+        with pytest.raises(httpx.TransportError):
+            async for part in response.aiter_raw():
+                received += part
+        assert received == event
+        await response.aclose()
+    finally:
+        await client.aclose()
+        server.close()
+        await server.wait_closed()
