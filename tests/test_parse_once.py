@@ -54,13 +54,9 @@ ALLOWED: dict[str, str] = {
         "re-renders the recorded chunks for the store when a guardrail acted (a thread, at the call's end): "
         "the record keeps chunks with their timing, not the relay's events"
     ),
-    # The writer thread.
-    "tracing/text.py:record_texts": (
-        "the search text of a recorded stream, through the adapter (reassemble_stream), in the writer thread: "
-        "the hot path does not reassemble a stream no stage asked to read"
-    ),
     # Records read back (the audit, the UI, whatif, replay's comparison) read them through the adapter's
-    # view (`Adapter.response_view` for a Call, `Adapter.stored_view` for stored columns).
+    # view (`Adapter.response_view` for a Call, `Adapter.stored_view` for stored columns); the writer's
+    # search text through `Adapter.recorded_stream_text`. Replay's server is the one left:
     "replay/server.py:_StreamRewriter.__init__": "replay relays recorded chunks itself (until playback is a stage)",
 }
 

@@ -301,6 +301,24 @@ class Adapter:
         """The message a whole recorded stream carried (`reassemble_events` over its events)."""
         return self.reassemble_events(self.iter_events(body))
 
+    def recorded_stream_text(self, chunks: Sequence[tuple[float, bytes]], message: Any = UNPARSED) -> tuple[Any, str]:
+        """(the message, its search text) of a recorded stream (its chunks as a record holds them),
+        for the search index, in the writer thread: `message` when the proxy already reassembled it
+        from the events it split as it relayed them (the call's `ResponseView`), else the stream
+        reassembled, a long one from its head and tail (`REASSEMBLE_MAX`); a stream that does not
+        reassemble gives its text pieces (`stream_search_text`)."""
+        body: bytes | None = None
+        if message is UNPARSED:
+            body = b"".join(d for _, d in chunks)
+            if len(body) > REASSEMBLE_MAX:
+                message = self.reassemble_stream(self.stream_head_and_tail(body, REASSEMBLE_HEAD, REASSEMBLE_TAIL))
+            else:
+                message = self.reassemble_stream(body)
+        texts = self.response_texts(message) if message is not None else []
+        if texts:
+            return message, "\n".join(t.text for t in texts)
+        return message, self.stream_search_text(body if body is not None else b"".join(d for _, d in chunks))
+
     def stream_head_and_tail(self, body: bytes, head: int, tail: int) -> bytes:
         """A long stream's first ~`head` and last ~`tail` bytes, cut at event boundaries (what the
         search index reassembles: the head holds the text, the tail the usage and finish)."""
@@ -490,6 +508,15 @@ def decoded_body(body: bytes | None, headers: Iterable[Sequence[str]]) -> bytes:
         return decode_body(body, headers, READ_LIMIT)
     except Unreadable:
         return b""
+
+
+#: A recorded stream longer than this is reassembled for the search index from its first
+#: `REASSEMBLE_HEAD` and last `REASSEMBLE_TAIL` bytes (cut at event boundaries): its parsed events cost
+#: ~7 bytes of memory per byte of stream (32 MB took 230 MB), and the head holds the text, the tail
+#: the usage and finish. The chunks themselves are all kept (up to `store.record_max_bytes`).
+REASSEMBLE_MAX = 4 * 1024 * 1024
+REASSEMBLE_HEAD = 2 * 1024 * 1024
+REASSEMBLE_TAIL = 1024 * 1024
 
 
 def response_json(call: Call) -> Any:

@@ -1,9 +1,8 @@
 """The searchable text of a recorded call: what the full-text index holds.
 
-A JSON body gives its string values; a stream is reassembled by its protocol's adapter
-(`Adapter.reassemble_stream`), which names the texts of the message, or, when it does not
-reassemble, gives the stream's text pieces (`Adapter.stream_search_text`). Runs in the
-writer thread, never on the event loop.
+A JSON body gives its string values; a stream is read by its protocol's adapter
+(`Adapter.recorded_stream_text`: the texts of the message it reassembles, or the stream's text
+pieces when it does not reassemble). Runs in the writer thread, never on the event loop.
 """
 
 from __future__ import annotations
@@ -17,14 +16,6 @@ from interlock.protocols.base import SKIP_KEYS, decoded_body
 
 #: Cap per side, so one huge body cannot make a batch slow to index.
 MAX_TEXT = 256 * 1024
-
-#: A stream longer than this is reassembled from its first `REASSEMBLE_HEAD` and last
-#: `REASSEMBLE_TAIL` bytes (cut at event boundaries): its parsed events cost ~7 bytes of memory per
-#: byte of stream (32 MB took 230 MB), and the head holds the text, the tail the usage and finish.
-#: The chunks themselves are all kept (up to `store.record_max_bytes`).
-REASSEMBLE_MAX = 4 * 1024 * 1024
-REASSEMBLE_HEAD = 2 * 1024 * 1024
-REASSEMBLE_TAIL = 1024 * 1024
 
 
 def record_texts(record: dict[str, Any], response: Any = UNPARSED, request: Any = UNPARSED) -> tuple[str, str, Any]:
@@ -44,22 +35,7 @@ def record_texts(record: dict[str, Any], response: Any = UNPARSED, request: Any 
         if chunks is None:
             chunks = record.get("chunks") or []
         adapter = ADAPTERS.get(str(record.get("protocol")), ADAPTERS["http"])
-        body: bytes | None = None
-        if response is not UNPARSED:  # reassembled from the events the proxy split as it relayed them
-            message = response
-        else:
-            body = b"".join(d for _, d in chunks)
-            if len(body) > REASSEMBLE_MAX:
-                message = adapter.reassemble_stream(
-                    adapter.stream_head_and_tail(body, REASSEMBLE_HEAD, REASSEMBLE_TAIL)
-                )
-            else:
-                message = adapter.reassemble_stream(body)
-        texts = adapter.response_texts(message) if message is not None else []
-        if texts:
-            response = "\n".join(t.text for t in texts)
-        else:  # a stream that does not reassemble: its text pieces
-            response = adapter.stream_search_text(body if body is not None else b"".join(d for _, d in chunks))
+        message, response = adapter.recorded_stream_text(chunks, response)
     else:
         whole = record.get("agent_response_body")
         if whole is not None or response is UNPARSED or not whole_json(record.get("response_body"), response):
