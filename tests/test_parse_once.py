@@ -58,6 +58,9 @@ ALLOWED: dict[str, str] = {
     # view (`Adapter.response_view` for a Call, `Adapter.stored_view` for stored columns); the writer's
     # search text through `Adapter.recorded_stream_text`. Replay's server is the one left:
     "replay/server.py:_StreamRewriter.__init__": "replay relays recorded chunks itself (until playback is a stage)",
+    "replay/server.py:ReplayApp.serve": (
+        "replay frames a broken stream's error event after the recorded events itself (until playback is a stage)"
+    ),
 }
 
 
