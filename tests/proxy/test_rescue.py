@@ -4,6 +4,7 @@ into the same stream, and parsed by the real openai and anthropic SDKs as one co
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -11,6 +12,7 @@ import anthropic
 import httpx
 import openai
 import pytest
+from aiohttp.streams import StreamReader
 
 from interlock.config import Guardrails as GuardrailSettings
 from interlock.core.call import Call
@@ -89,6 +91,22 @@ def stream_messages(client: anthropic.Anthropic) -> tuple[list[Any], Any]:
         return events, stream.get_final_message()
 
 
+def read_after_the_hang_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    """interlock reads an upstream body only once all of it arrived, the upstream's hang-up included:
+    its last events and the reset reach the relay together, as when the relay is busy under heavy load
+    (the flake this pins). A condition, not a duration: the bound only keeps a broken test from hanging."""
+    read = StreamReader.read
+
+    async def late(self: StreamReader, n: int = -1) -> bytes:
+        for _ in range(2000):
+            if self.is_eof() or self.exception() is not None:
+                break
+            await asyncio.sleep(0.005)
+        return await read(self, n)
+
+    monkeypatch.setattr(StreamReader, "read", late)
+
+
 def tried(call: Any) -> list[tuple[str | None, int | None]]:
     return [(a.model, a.status) for a in call.attempts]
 
@@ -96,9 +114,12 @@ def tried(call: Any) -> list[tuple[str | None, int | None]]:
 # -- rescued -----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("late", [False, True], ids=["read-as-it-comes", "read-after-the-hang-up"])
 def test_an_openai_stream_cut_after_40_of_60_tokens_is_completed_by_the_fallback(
-    serve: Serve, upstream: ScriptedUpstream
+    serve: Serve, upstream: ScriptedUpstream, late: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    if late:  # every one of the 40 deltas reached the agent, and the prefill is all of them
+        read_after_the_hang_up(monkeypatch)
     running, calls = serve({"openai": chat_route(upstream)}, CUT_CHAT, CONTINUES)
     chunks, completion = stream_chat(openai_client(running))
     assert completion.choices[0].message.content == TEXT
@@ -254,7 +275,12 @@ def test_an_openai_target_without_prefill_support_is_never_asked(serve: Serve, u
     assert "accepts a prefill" in call.meta["rescue"]["reason"]
 
 
-def test_a_stream_that_emitted_a_tool_call_is_not_continued(serve: Serve, upstream: ScriptedUpstream) -> None:
+@pytest.mark.parametrize("late", [False, True], ids=["read-as-it-comes", "read-after-the-hang-up"])
+def test_a_stream_that_emitted_a_tool_call_is_not_continued(
+    serve: Serve, upstream: ScriptedUpstream, late: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if late:  # the tool call arrives with the reset: relayed and judged before the reset is acted on
+        read_after_the_hang_up(monkeypatch)
     running, calls = serve(
         {"openai": chat_route(upstream)},
         Script(tool_calls=[ToolUse("lookup", {"q": "a long enough query"})], reset_after=3),
