@@ -143,6 +143,14 @@ class LeanAiohttpTransport(AiohttpTransport):
             found = self._timeouts[key] = aiohttp.ClientTimeout(sock_connect=key[0], sock_read=key[1], connect=key[2])
         return found
 
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """The plain httpx path (`post`, `stream`), with the same body reading as the lean one."""
+        response = await super().handle_async_request(request)
+        stream = response.stream
+        if isinstance(stream, AiohttpResponseStream) and not isinstance(stream, DrainingResponseStream):
+            response.stream = DrainingResponseStream(stream._aiohttp_response)
+        return response
+
     async def open(
         self, method: str, url: str, headers: Headers, content: bytes, timeouts: dict[str, float | None]
     ) -> httpx.Response:

@@ -131,7 +131,8 @@ async def test_the_lean_transport_fails_as_httpx_would() -> None:
     assert raised[0] is raised[1]
 
 
-async def test_bytes_that_arrived_before_the_upstream_hung_up_are_read_before_the_error() -> None:
+@pytest.mark.parametrize("path", ["lean", "plain"])
+async def test_bytes_that_arrived_before_the_upstream_hung_up_are_read_before_the_error(path: str) -> None:
     # The last event of a stream and the upstream's hang-up, both received while the relay was busy
     # elsewhere (here: before it reads at all). aiohttp stores the error and raised it ahead of the
     # buffered event, which was lost (a tool call the stream rescue then never saw: issue 18's flake).
@@ -148,7 +149,10 @@ async def test_bytes_that_arrived_before_the_upstream_hung_up_are_read_before_th
     client = make_client(Settings())
     try:
         url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1/chat/completions"
-        response = await client.open("POST", url, [("content-length", "2")], b"{}")
+        if path == "lean":
+            response = await client.open("POST", url, [("content-length", "2")], b"{}")
+        else:  # plain httpx (the escalation webhook's path)
+            response = await client.send(httpx.Request("POST", url, content=b"{}"), stream=True)
         content = response.stream._aiohttp_response.content  # type: ignore[attr-defined]
         for _ in range(2000):  # the condition, not a duration: the event buffered and the error stored
             if content.exception() is not None:
