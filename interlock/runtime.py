@@ -97,6 +97,9 @@ class Runtime:
         self.services["otel"] = self.shared.exporter
         self.pipeline = Pipeline(built_in_stages(settings, self.shared, stages))
         self.proxy = ProxyApp(settings, self.pipeline, self.forwarder)
+        if self.recorder is not None:
+            proxy = self.proxy
+            self.recorder.in_flight = lambda: proxy.inflight
 
     async def start(self) -> None:
         if self.recorder is not None:

@@ -162,13 +162,16 @@ class ProxyApp:
             log.exception("call %s failed inside interlock", call.id)
             await self.internal_error(call, adapter, send, state, exc)
         finally:
-            self.inflight -= 1
             call.duration_ms = call.elapsed_ms()
             _finish_capture(call, state)  # a timeout or an internal error may have ended the stream
             try:
                 await self.pipeline.finish(call)  # seal the record, then record and export it
             except Exception:
                 log.exception("recording call %s failed", call.id)
+            finally:
+                # In flight until it is handed to the recorder, not until its answer is sent: the agent
+                # may have its answer before this runs, and `Recorder.flush` waits for what is in flight.
+                self.inflight -= 1
 
     async def read_body(self, scope: Scope, receive: Receive) -> bytes:
         """The whole request body, within `server.body_timeout` (`_BodyTimeout` past it) and

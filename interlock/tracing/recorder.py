@@ -23,6 +23,7 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_for_futures
 from typing import Any
@@ -48,6 +49,9 @@ class Recorder:
 
     def __init__(self, store: Store, settings: StoreSettings, *, indexer: Indexer | None = None) -> None:
         self.store = store
+        #: How many calls are in flight, not yet queued here (the runtime points it at the proxy's
+        #: count; `flush` waits for them).
+        self.in_flight: Callable[[], int] = lambda: 0
         self.settings = settings
         self.capture = settings.capture
         self.indexer = indexer
@@ -183,9 +187,16 @@ class Recorder:
         await asyncio.to_thread(self.close, timeout)
 
     def flush(self, timeout: float = 10.0) -> bool:
-        """Wait until everything queued so far is written (tests and tools). True if it was."""
-        target = self.enqueued + self.overflow
+        """Wait until every call in flight is queued (`in_flight`) and everything queued is written
+        (tests and tools). True if it was. A call's answer reaches the agent before the call is
+        queued (its record is sealed after the last byte), so "queued so far" alone raced an agent
+        that flushed as soon as it had its answer."""
         deadline = time.monotonic() + timeout
+        while self.in_flight():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.005)
+        target = self.enqueued + self.overflow
         while self.written + self.write_errors + self.holding.lost < target:
             if time.monotonic() > deadline:
                 return False
