@@ -53,6 +53,7 @@ from interlock.tracing.rows import (
     INSERT_CALL,
     INSERT_CHUNK,
     INSERT_EVENT,
+    ON_CONFLICT,
     Indexer,
     Record,
 )
@@ -85,10 +86,10 @@ def pg_sql(sql: str) -> str:
 
 @lru_cache(maxsize=256)
 def _pg_insert(single: str, rows: int) -> str:
-    """SQLite's one-row `INSERT OR IGNORE` made a PostgreSQL insert of `rows` rows that skips conflicts,
+    """SQLite's one-row insert that skips conflicts (`ON_CONFLICT`, or the FTS table's `OR IGNORE`) made a PostgreSQL insert of `rows` rows that skips conflicts,
     in PostgreSQL's own `$n` parameters (for a `RawCursor`, below)."""
     head, _, group = single.partition(" VALUES ")
-    width = group.count("?")
+    width = group.removesuffix(ON_CONFLICT).count("?")
     groups = ", ".join("(" + ", ".join(f"${row * width + i + 1}" for i in range(width)) + ")" for row in range(rows))
     return f"{head.replace('INSERT OR IGNORE INTO', 'INSERT INTO')} VALUES {groups} ON CONFLICT DO NOTHING"
 

@@ -376,7 +376,7 @@ class Recorder:
                 self.large_calls += 1
         except Exception as exc:
             if storage_fault(exc):
-                self.holding.failed(describe(exc), [call])  # its chunks written so far are rewritten (OR IGNORE)
+                self.holding.failed(describe(exc), [call])  # its chunks written so far are skipped when written again (ON CONFLICT DO NOTHING)
                 return
             with self._counting:
                 self.write_errors += 1

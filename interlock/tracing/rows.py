@@ -27,18 +27,25 @@ BOOL_COLUMNS = FLAG_COLUMNS
 _KNOWN_KEYS = RECORD_KEYS
 _BODY_COLUMNS = ("request_body", "upstream_body", "response_body", "agent_response_body")
 
-INSERT_CALL = f"INSERT OR IGNORE INTO calls ({', '.join(_CALL_COLUMNS)}) VALUES ({', '.join('?' * len(_CALL_COLUMNS))})"
-INSERT_BODY = (
-    "INSERT OR IGNORE INTO bodies (call_id, request_headers, response_headers, request_body, upstream_body,"
-    " response_body, agent_response_body, agent_chunks, response_message, extra) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+#: A row already stored (a batch written again after a fault, a bundle imported twice) is skipped;
+#: not `INSERT OR IGNORE`, which also skips a row that breaks NOT NULL: that row would be lost
+#: silently while the writer counted it written. Now it fails, and the recorder logs and counts it.
+ON_CONFLICT = " ON CONFLICT DO NOTHING"
+INSERT_CALL = (
+    f"INSERT INTO calls ({', '.join(_CALL_COLUMNS)}) VALUES ({', '.join('?' * len(_CALL_COLUMNS))})" + ON_CONFLICT
 )
-INSERT_CHUNK = "INSERT OR IGNORE INTO chunks (call_id, side, seq, t_ms, data) VALUES (?, ?, ?, ?, ?)"
+INSERT_BODY = (
+    "INSERT INTO bodies (call_id, request_headers, response_headers, request_body, upstream_body,"
+    " response_body, agent_response_body, agent_chunks, response_message, extra) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    + ON_CONFLICT
+)
+INSERT_CHUNK = "INSERT INTO chunks (call_id, side, seq, t_ms, data) VALUES (?, ?, ?, ?, ?)" + ON_CONFLICT
 INSERT_ATTEMPT = (
-    "INSERT OR IGNORE INTO attempts (call_id, seq, upstream, url, model, started_ms, duration_ms, ttfb_ms, status,"
-    " error, backoff_ms, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO attempts (call_id, seq, upstream, url, model, started_ms, duration_ms, ttfb_ms, status,"
+    " error, backoff_ms, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)" + ON_CONFLICT
 )
 INSERT_EVENT = (
-    "INSERT OR IGNORE INTO events (call_id, seq, kind, stage, action, name, data) VALUES (?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO events (call_id, seq, kind, stage, action, name, data) VALUES (?, ?, ?, ?, ?, ?, ?)" + ON_CONFLICT
 )
 INSERT_FTS = "INSERT INTO calls_fts (rowid, request, response) VALUES ((SELECT seq FROM calls WHERE id = ?), ?, ?)"
 CHILD_TABLES = ("bodies", "chunks", "attempts", "events")

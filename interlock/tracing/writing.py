@@ -37,6 +37,7 @@ from interlock.tracing.rows import (
     INSERT_CHUNK,
     INSERT_EVENT,
     INSERT_FTS,
+    ON_CONFLICT,
     Indexer,
     Record,
     append_rows,
@@ -73,7 +74,9 @@ def multi_row(single: str, rows: int) -> str:
     sql = _statements.get(key)
     if sql is None:
         head, _, group = single.partition(" VALUES ")
-        sql = _statements[key] = f"{head} VALUES {', '.join([group] * rows)}"
+        suffix = ON_CONFLICT if group.endswith(ON_CONFLICT) else ""
+        group = group.removesuffix(ON_CONFLICT)
+        sql = _statements[key] = f"{head} VALUES {', '.join([group] * rows)}{suffix}"
     return sql
 
 

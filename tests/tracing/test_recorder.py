@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,26 @@ def test_a_record_that_cannot_be_written_does_not_cost_its_batch(store: Store) -
     recorder.close()
     assert {c.id for c in store.iter_calls()} == {c.id for c in good}
     assert recorder.counters()["write_errors"] == 1
+
+
+def test_a_row_that_breaks_not_null_is_counted_and_logged_never_dropped_silently(store: Store, caplog: Any) -> None:
+    """`INSERT OR IGNORE` also skipped a row breaking NOT NULL while the writer counted it written;
+    `ON CONFLICT DO NOTHING` skips only a row already stored (a batch written again)."""
+    recorder = Recorder(store, StoreSettings(batch_size=10, batch_interval_ms=600_000))
+    good, bad = a_call(), a_call()
+    bad.agent = None  # type: ignore[assignment]  # a caller's type error: the calls row needs an agent
+
+    async def finish_all() -> None:
+        for call in (good, bad):
+            await recorder.done(call)
+
+    with caplog.at_level(logging.ERROR, logger="interlock.recorder"):
+        asyncio.run(finish_all())
+        recorder.close()
+    assert [c.id for c in store.iter_calls()] == [good.id]
+    assert recorder.counters()["write_errors"] == 1 and recorder.counters()["written"] == 1
+    assert any(bad.id in r.getMessage() for r in caplog.records)
+    assert store.write([good.to_record()]) == 0  # written again: skipped, not an error
 
 
 def test_done_does_no_serialisation_on_the_loop(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
