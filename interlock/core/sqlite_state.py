@@ -16,7 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from interlock.core.sqlite import transaction
+from interlock.core.sqlite import enable_wal, transaction
 from interlock.core.state import StateUnavailable
 
 T = TypeVar("T")
@@ -39,7 +39,7 @@ class SqliteState:
     def _connect(self) -> sqlite3.Connection:
         if self._connection is None:
             connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None)
-            connection.execute("PRAGMA journal_mode = WAL")
+            enable_wal(connection, BUSY_TIMEOUT)
             # As the store's writer: a commit survives the process, not the OS (no fsync per call).
             connection.execute("PRAGMA synchronous = NORMAL")
             connection.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")

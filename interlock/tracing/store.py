@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from interlock.core.call import Call
-from interlock.core.sqlite import transaction
+from interlock.core.sqlite import enable_wal, transaction
 from interlock.tracing import store_chain
 from interlock.tracing.audit_reads import AuditReads
 from interlock.tracing.chain import DEFAULT_WRITER, Report
@@ -73,7 +73,7 @@ def _connect(path: str, readonly: bool) -> sqlite3.Connection:
             # back to the disk (`prune` → incremental_vacuum).
             conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
             conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
-            conn.execute("PRAGMA journal_mode = WAL")
+            enable_wal(conn, 30)  # as busy_timeout below
             # With WAL, NORMAL survives a crash of the process (kill -9) without losing committed
             # transactions; only a power loss may drop the last ones. FULL would cost an fsync per batch.
             conn.execute("PRAGMA synchronous = NORMAL")
