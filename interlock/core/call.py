@@ -109,6 +109,11 @@ def public_headers(headers: Headers) -> Headers:
         return [(k, v) for k, v in headers if not is_secret_header(k)]
 
 
+#: An attempt's `error` when it was abandoned on its way (the agent left, a deadline, the kill switch):
+#: the upstream had the request and may have billed it.
+ATTEMPT_CANCELLED = "cancelled"
+
+
 @dataclass(slots=True)
 class Attempt:
     """One try at an upstream."""

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 
 from interlock.config import Route, Settings, Upstream
-from interlock.core.call import Attempt, Call
+from interlock.core.call import ATTEMPT_CANCELLED, Attempt, Call
 from interlock.protocols import Adapter
 from interlock.protocols.base import dump_body
 from interlock.protocols.encoding import Decoder, Unreadable
@@ -327,7 +327,7 @@ class Forwarder:
                 await _close_quietly(response)
             return failure
         except BaseException:  # cancelled: the agent left, or the retry deadline passed
-            attempt.error = "cancelled"
+            attempt.error = ATTEMPT_CANCELLED
             attempt.duration_ms = call.elapsed_ms() - attempt.started_ms
             state.inflight -= 1
             breaker.release(probe)

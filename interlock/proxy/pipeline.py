@@ -10,7 +10,8 @@ request:   identify → parse → mcp session → mcp pins → stops → policy 
 response:  response_head → chunk... → response, through every stage in this order (a stream is split
            into events once, by the adapter's splitter: `chunk` hooks receive whole events)
            (usage is read, guardrails scan the output, policy refuses denied tool calls)
-seal:      the call is over: outcome settled (mcp session), limits counted (policy), the record
+seal:      the call is over: outcome settled (mcp session), a call the kill switch ended before its
+           answer priced on its prompt (usage), limits counted (policy), the record
            redacted and scrubbed (guardrails, scrub), MCP meta copied from it (mcp record)
 done:      the sealed record is consumed: recorder, exporter (and a user's collectors)
 

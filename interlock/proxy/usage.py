@@ -5,9 +5,9 @@ from __future__ import annotations
 import dataclasses
 import threading
 
-from interlock.core.call import Call
+from interlock.core.call import ATTEMPT_CANCELLED, Call
 from interlock.core.views import TokenUsage
-from interlock.prices import Pricing, warm_catalogue
+from interlock.prices import Cost, Pricing, warm_catalogue
 from interlock.protocols import ADAPTERS, Adapter
 
 #: Characters a token, where the provider's count never arrived (the usual rule of thumb for English
@@ -15,6 +15,10 @@ from interlock.protocols import ADAPTERS, Adapter
 #: is estimated and marked so (`meta.usage_estimated`) rather than left unpriced, so a stop cannot
 #: be used to evade a budget.
 CHARS_PER_TOKEN = 4
+
+
+def _tokens(chars: int) -> int:
+    return -(-chars // CHARS_PER_TOKEN)  # rounded up: a started token is billed
 
 
 class Usage:
@@ -49,9 +53,39 @@ class Usage:
             }
         await self.pricing.ready()
         cost = self.pricing.price_call(call, usage)
+        self._set_cost(call, cost)
+
+    async def seal(self, call: Call) -> None:
+        """A call the kill switch ended before its answer's head arrived never reached `response`,
+        yet the upstream had its request and may bill the prompt: priced on its estimated input
+        (`meta.usage_estimated`), so policy's `seal` (after this one) counts it against budgets."""
+        if call.halted is None or call.input_tokens is not None or call.cost_usd is not None:
+            return
+        if not _sent_unanswered(call):
+            return  # stopped before it left (the request stages), or its upstream had failed it: nothing billed
+        view = call.view
+        call.input_tokens = _tokens(view.input_chars if view is not None else 0)
+        call.output_tokens = 0
+        call.meta["usage_estimated"] = True
+        await self.pricing.ready()
+        self._set_cost(call, self.pricing.price_call(call, TokenUsage(input=call.input_tokens, output=0)))
+
+    @staticmethod
+    def _set_cost(call: Call, cost: Cost | None) -> None:
         if cost is not None:
             call.cost_usd = None if cost.usd is None else round(cost.usd, 10)
             call.cost_source = cost.source
+
+
+def _sent_unanswered(call: Call) -> bool:
+    """The call's last upstream attempt was on its way when the kill switch ended it: cancelled
+    before its answer (the forwarder marks it so), or answered with a success head."""
+    if not call.attempts:
+        return False
+    last = call.attempts[-1]
+    if last.status is None:
+        return last.error == ATTEMPT_CANCELLED
+    return last.status < 400
 
 
 def _as_far_as_known(call: Call, adapter: Adapter, reported: TokenUsage | None) -> TokenUsage:
@@ -60,8 +94,8 @@ def _as_far_as_known(call: Call, adapter: Adapter, reported: TokenUsage | None) 
     sent and relayed where that is larger; marked estimated when it is."""
     view = call.view
     estimate = TokenUsage(
-        input=-(-(view.input_chars if view is not None else 0) // CHARS_PER_TOKEN),
-        output=-(-sum(len(t.text) for t in adapter.response_view(call).texts) // CHARS_PER_TOKEN),
+        input=_tokens(view.input_chars if view is not None else 0),
+        output=_tokens(sum(len(t.text) for t in adapter.response_view(call).texts)),
     )
     usage = reported if reported is not None else TokenUsage(call.input_tokens or 0, call.output_tokens or 0)
     if estimate.input > usage.input or estimate.output > usage.output:

@@ -5,6 +5,7 @@ escalation webhook told; `resume` lifts it."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,7 @@ from click.testing import CliRunner
 
 from interlock.cli import main
 from interlock.proxy.stops import StopGate, Stops
+from interlock.proxy.usage import Usage
 from interlock.scripted import ScriptedUpstream
 from interlock.scripted.replies import Script
 from interlock.testing import Running, make_call
@@ -272,3 +274,51 @@ def test_a_stopped_stream_is_priced_as_far_as_known_and_counts_against_the_budge
     with pytest.raises(openai.APIStatusError) as refused:
         client(running, "next").chat.completions.create(model="gpt-4o-mini", messages=HI)  # type: ignore[arg-type]
     assert protocol_error(refused.value)["code"] == "budget_exceeded"
+
+
+def test_a_call_stopped_before_its_answer_is_priced_on_its_prompt_and_counts_against_the_budget(
+    make_interlock: Any, upstream: ScriptedUpstream, tmp_path: Path
+) -> None:
+    # The upstream has the request (and may bill its prompt) but no answer head arrived before the
+    # stop: the input is estimated from the request's texts, marked so, priced, and counted.
+    (tmp_path / "policies").mkdir()
+    rule = "rules:\n  - name: tiny\n    limits: {budget_usd_per_day: 0.000001}\n"
+    (tmp_path / "policies" / "p.yaml").write_text(rule)
+    running = make_interlock(policies=[str(tmp_path / "policies")])
+    upstream.script(Script(delay=10))  # the upstream would answer in 10 s
+    sdk = client(running, "waiter")
+    prompt = [{"role": "user", "content": "a long question " * 100}]  # ~1600 characters: ~400 tokens
+    reader = Reader(lambda: [sdk.chat.completions.create(model="gpt-4o-mini", messages=prompt)])  # type: ignore[arg-type]
+    reader.start()
+    wait_for(lambda: len(upstream.requests) >= 1)
+    assert admin(running, "/api/sessions/waiter/stop").json()["calls_ended"] == 1
+    reader.join(timeout=30)
+    assert isinstance(reader.error, openai.PermissionDeniedError)
+
+    recorder = running.runtime.recorder
+    assert recorder is not None
+
+    def stopped() -> dict[str, Any] | None:
+        assert recorder.flush()
+        calls = running.runtime.store.list_calls(limit=10)
+        return calls[0] if calls else None
+
+    wait_for(lambda: stopped() is not None)
+    call = stopped()
+    assert call is not None and call["error_code"] == "session_stopped"
+    assert call["input_tokens"] >= 400 and call["output_tokens"] == 0
+    assert call["cost_usd"] and call["cost_usd"] > 0
+    full = running.runtime.store.get_call(call["id"])
+    assert full is not None and full.meta.get("usage_estimated") is True
+
+    with pytest.raises(openai.APIStatusError) as refused:
+        client(running, "next").chat.completions.create(model="gpt-4o-mini", messages=HI)  # type: ignore[arg-type]
+    assert protocol_error(refused.value)["code"] == "budget_exceeded"
+
+
+def test_a_call_stopped_before_it_left_is_not_priced() -> None:
+    # Stopped while the request stages ran: no upstream had it, so nothing is billed or counted.
+    call = make_call()
+    call.halted = ("session_stopped", "stopped")
+    asyncio.run(Usage().seal(call))
+    assert call.input_tokens is None and call.cost_usd is None and "usage_estimated" not in call.meta
