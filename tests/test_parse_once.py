@@ -45,15 +45,9 @@ RESPONSE_NAMES = frozenset({"response_body", "agent_response_body", "chunks", "a
 
 #: "module:function" → why it may split or parse a response there.
 ALLOWED: dict[str, str] = {
-    # The live path: one split, and the stages that rewrite a whole body.
+    # The live path: one split. (The guardrails rewrite a body or re-render recorded chunks through the
+    # adapter: `Adapter.rewrite_response`, on the view's one parse, and `Adapter.rewrite_chunks`.)
     "proxy/app.py:ProxyApp.relay_stream": "the one split of a live stream, whose events every stage receives",
-    "guardrails/stage.py:Guardrails.response": (
-        "rewrites a non-streamed body (restore, redact): works on its own parse, as ResponseView is read-only"
-    ),
-    "guardrails/guardstream.py:StreamGuard.stored_chunks": (
-        "re-renders the recorded chunks for the store when a guardrail acted (a thread, at the call's end): "
-        "the record keeps chunks with their timing, not the relay's events"
-    ),
     # Records read back (the audit, the UI, whatif, replay's comparison) read them through the adapter's
     # view (`Adapter.response_view` for a Call, `Adapter.stored_view` for stored columns); the writer's
     # search text through `Adapter.recorded_stream_text`. Replay's server is the one left:

@@ -91,6 +91,10 @@ class ResponseReader(Protocol):
         """The response JSON as the upstream sent it (a stream reassembled); None: not JSON."""
         ...
 
+    def read_body(self, call: Call) -> Any:
+        """The response body parsed as JSON (content-encoding undone); None: none, or not JSON."""
+        ...
+
     def response_texts(self, data: Any) -> list[TextSlot]: ...
 
     def response_tool_calls(self, data: Any) -> list[ToolCall]: ...
@@ -196,7 +200,7 @@ class ResponseView:
     """A finished response as its adapter reads it, computed once per call and cached on it
     (`Adapter.response_view`), so the usage stage, the tool-call policy, loop detection and the
     exporters share one parse. Each part is read on first use. Read-only: a stage that rewrites the
-    response parses its own copy (`protocols.base.response_json`)."""
+    response asks the adapter (`rewrite_response`), which writes a copy of the parts it changes."""
 
     __slots__ = (
         "adapter",
@@ -207,6 +211,7 @@ class ResponseView:
         "memo",
         "stream_read",
         "_message",
+        "_body_json",
         "_texts",
         "_tool_calls",
     )
@@ -224,6 +229,7 @@ class ResponseView:
         #: that way (a record read later: the adapter reads the recorded chunks).
         self.stream_read: StreamRead | None = None
         self._message: Any = message  # the JSON message, or `UNPARSED` until first read
+        self._body_json: Any = _UNREAD
         self._texts: list[TextSlot] | None = None
         self._tool_calls: list[ToolCall] | None = None
 
@@ -233,6 +239,14 @@ class ResponseView:
         if self._message is _UNREAD:
             self._message = self.adapter.read_response(self.call)
         return self._message
+
+    def body_json(self) -> Any:
+        """The response body parsed as JSON, or None (no body, or not JSON): parsed once. For a
+        plain response it is the message; a stream's message is its events reassembled instead,
+        and its body (when it has one: one relayed whole, Gemini's JSON array) is read here."""
+        if self._body_json is _UNREAD:
+            self._body_json = self.adapter.read_body(self.call)
+        return self._body_json
 
     def parsed(self) -> Any:
         """The message if some reader already parsed it, else `UNPARSED` (never parses: for a

@@ -15,7 +15,6 @@ from interlock.core.views import Event
 from interlock.guardrails.redaction import MAX_HOLD, actions_for, entity_types, restorer, rewrite
 from interlock.guardrails.streamrewrite import StreamTextRewriter
 from interlock.protocols import ADAPTERS
-from interlock.protocols.sse import last_events
 
 if TYPE_CHECKING:
     from interlock.core.actions import GuardrailActions
@@ -120,19 +119,12 @@ class StreamGuard(StreamTextRewriter):
 
     def stored_chunks(self, chunks: list[Chunk]) -> list[Chunk]:
         """The upstream's chunks as the store may keep them: what a guardrail acted on is masked.
-        The recorded chunks are split again here, in a thread at the call's end and only when a
-        guardrail acted (the record keeps each chunk's bytes and time, not the relay's events)."""
+        Run in a thread at the call's end, and only when a guardrail acted: the adapter re-renders
+        the recorded chunks (`Adapter.rewrite_chunks`, which splits them again: the record keeps
+        each chunk's bytes and time, not the relay's events) through a guard that masks and never
+        restores."""
         guard = StreamGuard(self.stage, self.call, self.actions, None, storage=True)
-        splitter = self.adapter.event_splitter()
-        out: list[Chunk] = []
-        for i, chunk in enumerate(chunks):
-            events = list(splitter.feed(chunk.data))
-            if i == len(chunks) - 1:
-                events += last_events(splitter)
-            data = b"".join(e.raw for e in guard.feed(events, i == len(chunks) - 1))
-            if data:
-                out.append(Chunk(chunk.t_ms, data))
-        return out
+        return self.adapter.rewrite_chunks(chunks, guard.feed)
 
 
 __all__ = ["StreamGuard"]

@@ -37,7 +37,7 @@ from interlock.guardrails.redaction import (
 )
 from interlock.guardrails.scanner import THREAD_CHARS, Scanner
 from interlock.protocols import ADAPTERS
-from interlock.protocols.base import dump_body, response_json, set_path
+from interlock.protocols.base import dump_body, set_path
 
 if TYPE_CHECKING:
     from interlock.config import Settings
@@ -303,14 +303,14 @@ class Guardrails(Scanner):
         restore = vault is not None and len(vault) > 0
         if not (scan or restore):
             return
-        data = response_json(call)
-        if data is None:
+        adapter = ADAPTERS[call.protocol]
+        view = adapter.response_view(call)  # the call's one parse of the body, shared with the other readers
+        if view.message is None:
             # Never silent (issue 16): the record says the response went unscanned, and why.
             reason = "response not scanned: the body is not JSON"
             call.decide(Decision("guardrails", "skip", _rules(actions) if actions else None, reason))
             return
-        adapter = ADAPTERS[call.protocol]
-        slots = adapter.response_texts(data)
+        slots = view.texts
         if not slots:
             return
         found: list[tuple[Detection, ...]] = [()] * len(slots)
@@ -324,23 +324,33 @@ class Guardrails(Scanner):
                 found = [()] * len(slots)
                 scan = False  # recorded by `failed` as not scanned
         table = (lambda entity: actions.action_for(entity, "response")) if actions else (lambda entity: None)
-        stored_doc = copy.deepcopy(data) if any(found) else None
-        applied_all: list[Applied] = []
-        upstream, stored = self.replace(vault, False), self.stored(vault, False)
-        changed = False
+        applied_at: dict[JsonPath, list[Applied]] = {}  # what acted on each text, by its place in the body
         for slot, detections in zip(slots, found, strict=True):
             applied = actions_for(detections, table)
-            applied_all += applied
-            self.record(call, "response." + where(slot.path), applied)
-            new = rewrite(slot.text, applied, upstream, restorer(vault, is_json_text(slot.role, slot.text)))
-            if new != slot.text:
-                set_path(data, slot.path, new)
-                changed = True
-            if applied and stored_doc is not None:
-                set_path(stored_doc, slot.path, rewrite(slot.text, applied, stored))
-        state = self.state(call) if changed or applied_all else None
-        if stored_doc is not None and state is not None and applied_all:
-            state.stored_response = dump_body(stored_doc)
+            if applied:
+                applied_at[slot.path] = applied
+                self.record(call, "response." + where(slot.path), applied)
+        applied_all = [a for applied in applied_at.values() for a in applied]
+        upstream, stored = self.replace(vault, False), self.stored(vault, False)
+        # Two copies of the body, each written by the adapter from its one parse: the agent's (values
+        # replaced, placeholders restored) and, when a guardrail acted, the store's (masked, never restored).
+        agent_body = adapter.rewrite_response(
+            call,
+            lambda slot: rewrite(
+                slot.text,
+                applied_at.get(slot.path, []),
+                upstream,
+                restorer(vault, is_json_text(slot.role, slot.text)),
+            ),
+        )
+        state = self.state(call) if agent_body is not None or applied_all else None
+        if applied_at and state is not None:
+            state.stored_response = adapter.rewrite_response(
+                call,
+                lambda slot: (
+                    rewrite(slot.text, applied_at[slot.path], stored) if slot.path in applied_at else slot.text
+                ),
+            )
         blocked = entity_types(applied_all, "block")
         if blocked:
             assert actions is not None
@@ -351,8 +361,8 @@ class Guardrails(Scanner):
         if isinstance(vault, Unreachable) and vault.missed is not None:
             self.vault_refused(call, StateUnavailable(f"{vault.reason}; the response holds {vault.missed}"))
             return
-        if changed and state is not None:
-            call.agent_response_body = dump_body(data)
+        if agent_body is not None and state is not None:
+            call.agent_response_body = agent_body
             state.restored = True
         if scan and not applied_all:
             assert actions is not None

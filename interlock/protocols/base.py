@@ -11,7 +11,7 @@ from interlock.core.call import Call, Chunk, Headers, Reply
 from interlock.core.views import UNPARSED, Event, JsonPath, RequestView, ResponseView, TextSlot, TokenUsage, ToolCall
 from interlock.protocols.conversation import ChatMessage
 from interlock.protocols.encoding import Unreadable, decode_body
-from interlock.protocols.sse import EventSplitter, iter_events
+from interlock.protocols.sse import EventSplitter, iter_events, last_events
 
 T = TypeVar("T")
 
@@ -191,6 +191,11 @@ class Adapter:
             if call.chunks:
                 return self.reassemble_stream(b"".join(c.data for c in call.chunks))
             # No chunks: a stream the proxy relayed as one body (Gemini's JSON array) is read from it.
+        return self.response_view(call).body_json()
+
+    def read_body(self, call: Call) -> Any:
+        """The response body parsed as JSON (content-encoding undone), or None: what
+        `ResponseView.body_json` holds, parsed once per call."""
         return response_json(call)
 
     def memoized(self, call: Call, name: str, compute: Callable[[ResponseView], T]) -> T:
@@ -199,6 +204,44 @@ class Adapter:
         if name not in view.memo:
             view.memo[name] = compute(view)
         return view.memo[name]  # type: ignore[no-any-return]
+
+    # -- rewriting a response (the guardrails: restore placeholders, redact) ---------------------
+
+    def rewrite_response(self, call: Call, rewrite: Callable[[TextSlot], str]) -> bytes | None:
+        """The non-streamed response body with each of its texts (`ResponseView.texts`) replaced by
+        `rewrite(slot)`, serialised; None when no text changes (the body stays byte-identical).
+        Works on the view's one parse of the body, copy on write (`with_paths`): the view's message
+        stays as the upstream sent it, for the next reader and the next rewrite (the agent's copy,
+        then the store's). A stream is rewritten event by event (`new_event`), never here."""
+        if call.stream:
+            raise ValueError("a stream is rewritten event by event, not as a body")
+        view = self.response_view(call)
+        message = view.message
+        if message is None:
+            return None
+        changes = [(slot.path, new) for slot in view.texts if (new := rewrite(slot)) != slot.text]
+        return dump_body(with_paths(message, changes)) if changes else None
+
+    def rewrite_chunks(
+        self, chunks: Sequence[Chunk], rewrite: Callable[[list[Event], bool], list[Event]]
+    ) -> list[Chunk]:
+        """A recorded stream's chunks re-rendered: split into events (this protocol's splitter, across
+        chunk boundaries), each chunk's events passed through `rewrite(events, last)` (`last` with
+        the final chunk, its unterminated tail included), and what comes out kept with the chunk's
+        time (a chunk left empty is dropped). The one split of a stream after its relay: a record
+        keeps the upstream's chunks with their timing, not the relay's events (the guardrails'
+        masked record, `StreamGuard.stored_chunks`, in a thread at the call's end)."""
+        splitter = self.event_splitter()
+        out: list[Chunk] = []
+        for i, chunk in enumerate(chunks):
+            last = i == len(chunks) - 1
+            events = list(splitter.feed(chunk.data))
+            if last:
+                events += last_events(splitter)
+            data = b"".join(event.raw for event in rewrite(events, last))
+            if data:
+                out.append(Chunk(chunk.t_ms, data))
+        return out
 
     # -- routing and retry ----------------------------------------------------------------------
 
@@ -548,6 +591,30 @@ def with_path(document: Any, path: JsonPath, value: Any) -> Any:
         target[key] = child
         target = child
     target[path[-1]] = value
+    return root
+
+
+def with_paths(document: Any, changes: Iterable[tuple[JsonPath, Any]]) -> Any:
+    """`document` with each (path, value) of `changes` set, leaving `document` as it was: each
+    container along the paths is copied once (however many changes pass through it), the rest
+    shared. `document` itself when there are no changes."""
+    mine: dict[int, Any] = {}  # id of a container met on the way (an original or a copy) -> the copy
+
+    def own(container: Any) -> Any:
+        copied = mine.get(id(container))
+        if copied is None:
+            copied = container.copy()
+            mine[id(container)] = mine[id(copied)] = copied  # both stay alive here: their ids stay theirs
+        return copied
+
+    root = document
+    for path, value in changes:
+        root = target = own(root)
+        for key in path[:-1]:
+            child = own(target[key])
+            target[key] = child
+            target = child
+        target[path[-1]] = value
     return root
 
 
