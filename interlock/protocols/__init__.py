@@ -12,6 +12,7 @@ from interlock.protocols.bedrock import BedrockAdapter
 from interlock.protocols.gemini import GeminiAdapter
 from interlock.protocols.http import HttpAdapter
 from interlock.protocols.mcp import McpAdapter
+from interlock.protocols.ollama import OllamaAdapter
 from interlock.protocols.openai import OpenAIAdapter
 
 ADAPTERS: dict[str, Adapter] = {
@@ -22,6 +23,7 @@ ADAPTERS: dict[str, Adapter] = {
     "azure_openai": AzureOpenAIAdapter(),
     "gemini": GeminiAdapter(),
     "bedrock": BedrockAdapter(),
+    "ollama": OllamaAdapter(),
 }
 
 

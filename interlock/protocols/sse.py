@@ -85,3 +85,13 @@ def last_events(splitter: EventSplitter) -> list[Event]:
     if pending and not events:
         events.append(Event(pending, None, ""))
     return events
+
+
+class UnsplittableStream(Exception):
+    """Raised by a splitter's `feed` when the stream cannot be cut into events within its bounds
+    (an NDJSON line that passes its limit without its newline): the proxy ends the stream with the
+    protocol's error event and `code`, as it does a stream that passes `max_stream_bytes`."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message

@@ -22,7 +22,7 @@ from interlock.protocols import ADAPTERS, Adapter
 from interlock.protocols.base import StreamFramer
 from interlock.protocols.encoding import Unreadable
 from interlock.protocols.rescue import StreamRescue, stream_rescue
-from interlock.protocols.sse import EventSplitter, last_events
+from interlock.protocols.sse import EventSplitter, UnsplittableStream, last_events
 from interlock.proxy.admission import ProxyEdge, upstream_path
 from interlock.proxy.capture import StreamCapture
 from interlock.proxy.forward import Forwarder, Opened, UpstreamFailure, describe_error
@@ -542,7 +542,10 @@ class ProxyApp:
             capture.add(Chunk(t, data))
             await send({"type": "http.response.body", "body": data, "more_body": True})
             return
-        events = list(splitter.feed(data))
+        try:
+            events = list(splitter.feed(data))
+        except UnsplittableStream as exc:  # past the framing's own bound (an over-long NDJSON line)
+            raise _StreamEnd(exc.code, exc.message) from None
         if state.rescue is not None:
             events = self._follow(events, state)
             data = _joined(events)
