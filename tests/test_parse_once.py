@@ -41,7 +41,7 @@ SPLITTERS = frozenset(
     }
 )
 #: Names whose values (and what a function derives from them) a `json.loads` of is a parse of a response.
-RESPONSE_NAMES = frozenset({"response_body", "agent_response_body", "chunks", "agent_chunks"})
+RESPONSE_NAMES = frozenset({"response_body", "agent_response_body", "chunks", "agent_chunks", "response_message"})
 
 #: "module:function" → why it may split or parse a response there.
 ALLOWED: dict[str, str] = {

@@ -27,6 +27,12 @@ ADAPTERS: dict[str, Adapter] = {
 }
 
 
+def recorded_adapter(protocol: str) -> Adapter:
+    """The adapter that reads a recorded call of `protocol`: plain HTTP's for a protocol this
+    interlock does not speak (a recording from a newer one), so it still shows, as bytes."""
+    return ADAPTERS.get(protocol, ADAPTERS["http"])
+
+
 def known_protocol(name: str) -> str:
     """`name` if an adapter speaks it (for config validators), else ValueError naming the protocols."""
     if name not in ADAPTERS:
@@ -40,4 +46,5 @@ __all__ = [
     "BadRequest",
     "ResponseSummary",
     "known_protocol",
+    "recorded_adapter",
 ]

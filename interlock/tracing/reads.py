@@ -15,7 +15,7 @@ from typing import Any
 from interlock.core.call import SOUND_OUTCOMES, Call
 from interlock.tracing.rows import LIST_COLUMNS, SELECT_JOINED, SESSION_ORDERS, Record, narrow_rows, rows_to_records
 from interlock.tracing.schema import StoreError, schema_version
-from interlock.tracing.writing import Rows
+from interlock.tracing.writing import Rows, copied_texts
 
 #: The narrow rows of `calls` that list views get.
 #: Beside the columns, what names an MCP call in a list (its JSON-RPC method and tool; NULL for others).
@@ -230,17 +230,9 @@ class Reads:
         )
         last = 0
         while found := self.query(sql, (*params, last, page)):
-            texts = {
-                row["id"]: (
-                    row["index_request"] or "",
-                    row["index_response"] or "",
-                    json.loads(row["response_message"]) if row["response_message"] else None,
-                )
-                for row in found
-            }
             rows = Rows()
             for record, row in zip(rows_to_records(self.rows, found), found, strict=True):
-                rows.add_record(record, row["capture"], lambda r, texts=texts: texts[r["id"]])  # type: ignore[misc]
+                rows.add_record(record, row["capture"], lambda _, row=row: copied_texts(row))  # type: ignore[misc]
             yield rows
             last = found[-1]["seq"]
 

@@ -19,6 +19,15 @@ Record = dict[str, Any]
 #: (request text, response text, reassembled response message or None) for one record.
 Indexer = Callable[[Record], tuple[str, str, Any]]
 
+
+class StoredJson(str):
+    """A message as a store already holds it, JSON text (`bodies.response_message` read back): a
+    record copied between stores (an export, an import) keeps it as it is, not parsed and
+    written again: the copy's bytes are the original's, and so is its digest (`chain.py`)."""
+
+    __slots__ = ()
+
+
 #: Columns of `calls` that list views get (`list_calls`); everything but `query`, `parent_span_id`
 #: and `meta`. The columns, the record keys and the `calls` row all come from `fields.FIELDS`.
 _CALL_COLUMNS = CALL_COLUMNS
@@ -253,9 +262,10 @@ def append_rows(
 ) -> None:
     """Append one call's rows to `lists`: the one row builder behind both `record_rows` (a record
     dict) and `writing.Rows.add_call` (a Call), which only gather its inputs. `bodies` are the four
-    of `_BODY_COLUMNS`, `texts` the index's (request text, response text, message) with capture
-    "full" (None otherwise), the headers already without credentials; each attempt, decision and
-    finding comes as its `*_COLUMNS` values and its whole dict (`Item`)."""
+    of `_BODY_COLUMNS`, `texts` the index's (request text, response text, message: parsed, or as
+    stored, `StoredJson`) with capture "full" (None otherwise), the headers already without
+    credentials; each attempt, decision and finding comes as its `*_COLUMNS` values and its whole
+    dict (`Item`)."""
     calls, body_rows, chunks, attempt_rows, events, text_rows = lists
     call_id = calls_row[0]
     calls.append(calls_row)
@@ -276,7 +286,7 @@ def append_rows(
             dumps(response_headers),
             *(bodies if full else (None, None, None, None)),
             1 if full and agent_chunks is not None else 0,
-            None if message is None else dumps(message),
+            None if message is None else message if isinstance(message, StoredJson) else dumps(message),
             dumps(extra) if extra else None,
         )
     )

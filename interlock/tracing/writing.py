@@ -40,6 +40,7 @@ from interlock.tracing.rows import (
     ON_CONFLICT,
     Indexer,
     Record,
+    StoredJson,
     append_rows,
     dumps,
     record_rows,
@@ -251,6 +252,14 @@ def _utf8(value: Any) -> Any:
         # NUL too: PostgreSQL's text cannot hold it (SQLite's can, and never needs this salvage for it).
         return value.encode("utf-8", "replace").decode("utf-8").replace("\x00", "\ufffd")
     return value
+
+
+def copied_texts(row: dict[str, Any]) -> tuple[str, str, Any]:
+    """A call's index texts and stored reassembly, read back with it to be copied to another store
+    (`Reads.record_pages`: an export, an import) as the source holds them: the reassembly's JSON
+    text is copied, not parsed and written again (`rows.StoredJson`)."""
+    message = row["response_message"]
+    return row["index_request"] or "", row["index_response"] or "", StoredJson(message) if message else None
 
 
 def _raw_texts(call: Call) -> tuple[str, str, None]:

@@ -25,10 +25,10 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from interlock.core.call import OUTCOMES
-from interlock.protocols import ADAPTERS
+from interlock.protocols import recorded_adapter
 from interlock.protocols.conversation import ChatMessage
 from interlock.tracing.backend import Store, StoreError
-from interlock.tracing.views import detail_of
+from interlock.tracing.views import detail_of, stored_answer
 from interlock.ui import queries
 from interlock.ui.config_pages import pins_page, policies_page, upstreams_page
 from interlock.ui.live import live
@@ -224,17 +224,11 @@ def _call_context(store: Store, call_id: str) -> dict[str, Any] | None:
     if found is None:
         return None
     record, row = found
-    detail = detail_of(record, row)
+    answer = stored_answer(record, row)  # one read of the answer, for the raw view and the conversation
+    detail = detail_of(record, row, answer)
     request_body = detail["request_body"]
     request_json = request_body["content"] if request_body and request_body["encoding"] == "json" else None
-    adapter = ADAPTERS.get(detail["protocol"], ADAPTERS["http"])  # a recording from a newer interlock
-    answer = adapter.stored_view(
-        stream=bool(record["stream"]),
-        body=record["response_body"],
-        headers=record["response_headers"],
-        message=row["response_message"] or None,
-        chunks=b"".join(data for _, data in record["chunks"]),
-    )
+    adapter = recorded_adapter(detail["protocol"])
     messages = adapter.conversation(request_json, answer.message)
     rendered = [_message_view(m, detail["findings"]) for m in messages]
     chunks = detail["agent_chunks"] if detail["agent_chunks"] is not None else detail["chunks"]

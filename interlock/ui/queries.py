@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from interlock.protocols import ADAPTERS, Adapter
+from interlock.protocols import recorded_adapter
 from interlock.protocols.base import decoded_body
 from interlock.tracing.backend import Store
 
@@ -58,7 +58,7 @@ class TimelineCall:
 
     @property
     def kind(self) -> str:
-        return "model" if _adapter(self.row["protocol"]).model_api else "tool"
+        return "model" if recorded_adapter(self.row["protocol"]).model_api else "tool"
 
     @property
     def markers(self) -> list[tuple[str, str]]:
@@ -121,15 +121,10 @@ def timeline_calls(store: Store, rows: list[dict[str, Any]]) -> list[TimelineCal
 SUMMARY_LIMIT = 300
 
 
-def _adapter(protocol: str) -> Adapter:
-    """The adapter of a recorded protocol (plain HTTP's for one this interlock does not speak)."""
-    return ADAPTERS.get(protocol, ADAPTERS["http"])
-
-
 def _summary(row: dict[str, Any], body: dict[str, Any]) -> str:
     if row["outcome"] != "ok" and row["error"]:
         return str(row["error"])
-    adapter = _adapter(row["protocol"])
+    adapter = recorded_adapter(row["protocol"])
     stored = bytes(body["response_body"]) if body["response_body"] is not None else None
     headers = json.loads(body["response_headers"] or "[]")
     data = adapter.stored_view(
