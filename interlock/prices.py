@@ -15,8 +15,9 @@ A call's price comes from, in order:
    OpenRouter, Groq...), else by the route's protocol (a test's or a proxy's own URL: `openai`,
    `anthropic`). Source `genai-prices <version>`.
 3. MCP tool calls: `tool_prices: {tool glob: USD per call}`, else $0. Source `tool_prices` / `mcp`.
+4. An operation the provider does not bill (counting tokens: `Adapter.unmetered`): $0, source `free`.
 Anything else is unpriced: `cost_usd` None, source `unpriced` (a money budget then follows its
-`limits.unpriced`).
+`limits.unpriced`), with the reason in `meta.cost_reason` when the response carried no usage.
 
 Loading the catalogue takes ~0.7 s (import and data), so it is loaded in a thread when interlock
 starts (the usage stage's `warmed`, which `/ready` waits for); pricing one call takes ~0.2 ms of
@@ -44,6 +45,10 @@ from interlock.protocols import ADAPTERS
 log = logging.getLogger("interlock.prices")
 
 CATALOGUE = "genai-prices"
+#: The source of a call the provider does not bill (`Adapter.unmetered`: counting tokens).
+FREE = "free"
+#: The source of a call without a price (no price for its model, or no usage in its response).
+UNPRICED = "unpriced"
 #: Where the provider is not found by the upstream's URL, the protocol says which provider it speaks.
 #: Bound on the remembered (provider, model) lookups: model names come from agents.
 _MEMO_SIZE = 4096
@@ -153,7 +158,19 @@ class Pricing:
 
     def call_priced(self, call: Call) -> bool:
         """Whether the call will have a price (asked before it is sent)."""
-        return self.priced(call.protocol, self.route_urls.get(call.route), call.model)
+        return self.unpriced_reason(call) is None
+
+    def unpriced_reason(self, call: Call) -> str | None:
+        """Why the call will have no price (asked before it is sent: a money budget's
+        `limits.unpriced` decides on it); None when it will have one. A free operation (counting
+        tokens) has one: $0."""
+        unmetered = ADAPTERS[call.protocol].unmetered(call)
+        if unmetered is not None:
+            return None if unmetered.free else unmetered.reason
+        if self.priced(call.protocol, self.route_urls.get(call.route), call.model):
+            return None
+        model = "a call without a model" if call.model is None else f"model {call.model!r}"
+        return f"{model} has no price (neither in the price catalogue nor in `prices:`)"
 
     def price_call(self, call: Call, usage: TokenUsage | None) -> Cost | None:
         """The call's price, from its usage (None: nothing to price). Priced at the upstream and
@@ -200,7 +217,7 @@ class Pricing:
             return Cost(_override_cost(override, usage), "prices")
         found = None if model is None else self._model(protocol, url, model)
         if found is None:
-            return Cost(None, "unpriced")
+            return Cost(None, UNPRICED)
         provider, info = found
         values = {
             "input_tokens": usage.input,
@@ -214,7 +231,7 @@ class Pricing:
             price = self._affine_price(provider, info, counts)
         except Exception as exc:  # noqa: BLE001 - usage the catalogue refuses (inconsistent counts): unpriced, said
             log.warning("model %r: the price catalogue cannot price this usage (%s): unpriced", model, exc)
-            return Cost(None, "unpriced")
+            return Cost(None, UNPRICED)
         return Cost(float(price), f"{CATALOGUE} {CATALOGUE_DATA.version}")
 
     def _affine_price(self, provider: Any, info: Any, counts: dict[str, int]) -> Decimal:
@@ -325,4 +342,15 @@ def cost_text(usd: Any, source: Any = None) -> str:
     return f"${usd:.4f}" if usd >= 0.01 or usd == 0 else f"${usd:.3g}"
 
 
-__all__ = ["CATALOGUE", "CATALOGUE_DATA", "PRICE_KEYS", "Cost", "PriceTable", "Pricing", "cost_text", "warm_catalogue"]
+__all__ = [
+    "CATALOGUE",
+    "CATALOGUE_DATA",
+    "PRICE_KEYS",
+    "FREE",
+    "UNPRICED",
+    "Cost",
+    "PriceTable",
+    "Pricing",
+    "cost_text",
+    "warm_catalogue",
+]

@@ -233,14 +233,12 @@ class Limiter:
         for index, (rule, key) in enumerate(zip(rules, plan.keys, strict=True)):
             limits = rule.rule.limits
             assert limits is not None
-            if limits.counts_money and limits.unpriced == "deny" and not self.pricing.call_priced(call):
+            if limits.counts_money and limits.unpriced == "deny":
                 # A money budget cannot count a call it cannot price: refused, not counted as $0 (issue 16).
-                model = "a call without a model" if call.model is None else f"model {call.model!r}"
-                message = (
-                    f"{model} has no price (neither in the price catalogue nor in `prices:`), and the money"
-                    f" budget of rule {rule.name!r} needs one"
-                )
-                plan.unpriced[index] = Exceeded(rule, "unpriced_model", message, 0)
+                unpriced = self.pricing.unpriced_reason(call)
+                if unpriced is not None:
+                    message = f"{unpriced}, and the money budget of rule {rule.name!r} needs a price"
+                    plan.unpriced[index] = Exceeded(rule, "unpriced_model", message, 0)
             enforce = not rule.monitor
             for value, metric, window in (
                 (limits.concurrent, "inflight", "none"),

@@ -178,10 +178,11 @@ class PolicyStage:
                 assert limits is not None
                 if _counts_usage(limits):
                     call.readers.append(f"limit {rule.name!r} (token usage)")
-                if limits.counts_money and not self.limiter.pricing.call_priced(call):
+                unpriced = self.limiter.pricing.unpriced_reason(call) if limits.counts_money else None
+                if unpriced is not None:
                     # unpriced: deny was refused above; warn and zero count the call as $0, visibly.
                     action = "monitor" if limits.unpriced == "warn" else "allow"
-                    reason = f"model {call.model!r} has no price: counted as $0 (unpriced: {limits.unpriced})"
+                    reason = f"{unpriced}: counted as $0 (unpriced: {limits.unpriced})"
                     call.decide(Decision("limits", action, rule.name, reason))
                     if limits.unpriced == "warn":
                         log.warning("call %s: %s under rule %r", call.id, reason, rule.name)

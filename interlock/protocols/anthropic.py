@@ -13,6 +13,7 @@ from interlock.protocols.base import (
     BadRequest,
     ResponseSummary,
     StreamText,
+    Unmetered,
     _json_headers,
     body_model,
     json_object_body,
@@ -191,6 +192,13 @@ class AnthropicAdapter(Adapter):
         if not isinstance(usage, dict):
             return found
         return {**(found or {}), **{k: v for k, v in usage.items() if v is not None}}
+
+    def unmetered(self, call: Call) -> Unmetered | None:
+        if call.method == "POST" and call.path.endswith("/messages/count_tokens"):
+            # Its answer is `{"input_tokens": N}`, a count, not usage; Anthropic documents token
+            # counting as free (limited by a request rate only).
+            return Unmetered(True, "Anthropic's token counting (messages/count_tokens) is free")
+        return None
 
     def usage(self, call: Call) -> tuple[int | None, int | None]:
         usage = self.memoized(call, "usage", _usage_object)

@@ -53,6 +53,16 @@ def token_count(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
+@dataclass(frozen=True, slots=True)
+class Unmetered:
+    """A call whose response carries no token usage, known from its request (`Adapter.unmetered`):
+    `free` when the provider does not bill it (priced $0, source `free`), else billed without a
+    measure (unpriced, so a money budget follows `limits.unpriced`). `reason` goes on the record."""
+
+    free: bool
+    reason: str
+
+
 @dataclass(slots=True)
 class ResponseSummary:
     """What a finished response says about itself (OpenTelemetry's `gen_ai.response.*`)."""
@@ -414,6 +424,11 @@ class Adapter:
 
     def token_usage(self, call: Call) -> TokenUsage | None:
         """The (complete) response's usage as it is priced; None when it reports none."""
+        return None
+
+    def unmetered(self, call: Call) -> Unmetered | None:
+        """An operation whose response never reports token usage (counting tokens, some embeddings
+        APIs), decided from the request: free, or billed without a measure. None: its response says."""
         return None
 
     def response_texts(self, data: Any) -> list[TextSlot]:

@@ -27,6 +27,7 @@ from interlock.protocols.base import (
     ResponseSummary,
     StreamFramer,
     StreamText,
+    Unmetered,
     _json_headers,
     dump_body,
     json_object_body,
@@ -347,6 +348,22 @@ class GeminiAdapter(Adapter):
         data = event.json()
         metadata = data.get("usageMetadata") if isinstance(data, dict) else None
         return metadata if isinstance(metadata, dict) else found
+
+    def unmetered(self, call: Call) -> Unmetered | None:
+        match = _PATH.search(call.path)
+        if call.method != "POST" or match is None:
+            return None
+        method = match.group(3)
+        if method == "countTokens":
+            # Its answer is `{"totalTokens": N}`, a count, not usage; Google documents token counting
+            # as free of charge (limited by a request quota only).
+            return Unmetered(True, "Gemini countTokens is free (Google bills no tokens for counting)")
+        if method in ("embedContent", "batchEmbedContents"):
+            # Billed per input token (paid tier), but the Developer API's answer is only the vectors.
+            return Unmetered(
+                False, f"Gemini {method} is billed per input token but its response carries no token usage"
+            )
+        return None
 
     def usage(self, call: Call) -> tuple[int | None, int | None]:
         usage = self.token_usage(call)

@@ -13,6 +13,7 @@ from interlock.protocols.base import (
     BadRequest,
     ResponseSummary,
     StreamText,
+    Unmetered,
     _json_headers,
     body_model,
     json_object_body,
@@ -64,6 +65,14 @@ def _content_texts(content: Any, path: tuple[str | int, ...], role: str) -> list
             elif isinstance(part, str):
                 slots.append(TextSlot((*path, i), part, role))
     return slots
+
+
+#: Endpoints OpenAI does not bill, whose answers carry no usage (platform.openai.com pricing: the
+#: moderation models are free; counting a Responses input is not a model call).
+_FREE = (
+    ("/moderations", "OpenAI's moderations endpoint is free"),
+    ("/responses/input_tokens", "OpenAI's input token count (responses/input_tokens) is free"),
+)
 
 
 class OpenAIAdapter(Adapter):
@@ -218,6 +227,15 @@ class OpenAIAdapter(Adapter):
             return found
         usage = data.get("usage") or (data.get("response") or {}).get("usage")
         return usage if isinstance(usage, dict) else found
+
+    def unmetered(self, call: Call) -> Unmetered | None:
+        if call.method != "POST":
+            return None
+        path = call.path
+        for ending, reason in _FREE:
+            if path.endswith(ending):
+                return Unmetered(True, reason)
+        return None
 
     def usage(self, call: Call) -> tuple[int | None, int | None]:
         usage = self.memoized(call, "usage", _usage_object)

@@ -7,7 +7,7 @@ import threading
 
 from interlock.core.call import ATTEMPT_CANCELLED, Call
 from interlock.core.views import TokenUsage
-from interlock.prices import Cost, Pricing, warm_catalogue
+from interlock.prices import FREE, UNPRICED, Cost, Pricing, warm_catalogue
 from interlock.protocols import ADAPTERS, Adapter
 
 #: Characters a token, where the provider's count never arrived (the usual rule of thumb for English
@@ -36,6 +36,13 @@ class Usage:
         if call.status is None or call.status >= 400:
             return  # an error is not billed (and interlock's own refusals never reach here)
         adapter = ADAPTERS[call.protocol]
+        unmetered = adapter.unmetered(call)
+        if unmetered is not None and unmetered.free:
+            # Not billed (counting tokens): $0, said so, and no tokens for a limit to count.
+            call.input_tokens = call.output_tokens = 0
+            call.cost_usd, call.cost_source = 0.0, FREE
+            call.meta["cost_reason"] = unmetered.reason
+            return
         call.input_tokens, call.output_tokens = adapter.usage(call)
         usage = adapter.token_usage(call)
         if call.halted is not None:
@@ -53,6 +60,13 @@ class Usage:
             }
         await self.pricing.ready()
         cost = self.pricing.price_call(call, usage)
+        if cost is None and usage is None and call.view is not None and call.view.model is not None:
+            # A model call whose response reported no usage: unpriced, with the reason, never a
+            # silent $0 (a money budget decided on it before it was sent: `Pricing.unpriced_reason`).
+            call.meta["cost_reason"] = (
+                unmetered.reason if unmetered is not None else "its response carries no token usage"
+            )
+            cost = Cost(None, UNPRICED)
         self._set_cost(call, cost)
 
     async def seal(self, call: Call) -> None:

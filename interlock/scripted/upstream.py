@@ -268,7 +268,7 @@ class ScriptedUpstream:
 
     async def answer_openai(self, exchange: Exchange, dialect: OpenAIDialect | None = None) -> None:
         """The OpenAI and Anthropic formats (the default): chat completions, Responses, embeddings,
-        Anthropic messages; `dialect`: an OpenAI-compatible provider's differences (Azure)."""
+        Anthropic messages and their token count; `dialect`: an OpenAI-compatible provider's differences (Azure)."""
         data = exchange.data
         script = self.next_script(data.get("model"))
         if script.delay:
@@ -307,7 +307,8 @@ class ScriptedUpstream:
         dialect: OpenAIDialect | None,
     ) -> None:
         extra = extra_headers(script)
-        anthropic = path.endswith("/messages")
+        counting = path.endswith("/messages/count_tokens")  # Anthropic's token count: `{"input_tokens": N}`
+        anthropic = counting or path.endswith("/messages")
         prefill = assistant_prefill(data)
         if prefill is not None and script.status < 400 and script.body is None:
             if script.prefill == "reject":
@@ -336,9 +337,9 @@ class ScriptedUpstream:
         text = script.text if script.text is not None else f"echo: {last_user_text(data)}"
         if prefill and text.startswith(prefill):
             text = text[len(prefill) :]  # a model continuing its own answer from the prefill
-        if path.endswith("/embeddings"):
+        if path.endswith("/embeddings") or counting:
             events: list[bytes] = []
-            whole = embeddings_reply(data, model)
+            whole = {"input_tokens": script.input_tokens} if counting else embeddings_reply(data, model)
         elif anthropic:
             events, whole = anthropic_reply(text, script, model)
         elif path.endswith("/responses"):

@@ -137,6 +137,28 @@ def test_a_model_the_catalogue_lacks_is_unpriced_and_prices_override(
     assert local.cost_usd == pytest.approx((200 * 1.0 + 1000 * 0.5 + 300 * 2.0) / 1e6)
 
 
+def test_counting_tokens_is_free_and_said_so(running: Running, calls: list[Call], upstream: ScriptedUpstream) -> None:
+    # Anthropic's count_tokens answers a count, not usage, and is not billed: $0 from source `free`
+    # with the reason on the record, not left without a price.
+    upstream.script(Script(input_tokens=42))
+    counted = anthropic_client(running).messages.count_tokens(model="claude-sonnet-4-5", messages=HI)  # type: ignore[arg-type]
+    assert counted.input_tokens == 42
+    (call,) = finished(calls)
+    assert (call.cost_usd, call.cost_source) == (0.0, "free")
+    assert (call.input_tokens, call.output_tokens) == (0, 0)  # nothing for a token limit to count
+    assert call.meta["cost_reason"]
+
+
+def test_a_model_call_without_usage_is_unpriced_with_the_reason(running: Running, calls: list[Call]) -> None:
+    # An OpenAI stream without `stream_options.include_usage` reports no usage: recorded unpriced, with
+    # the reason, never a silent $0.
+    chunks = openai_client(running).chat.completions.create(model="gpt-4o-mini", messages=HI, stream=True)  # type: ignore[arg-type]
+    assert [c for c in chunks]
+    (call,) = finished(calls)
+    assert (call.cost_usd, call.cost_source) == (None, "unpriced")
+    assert call.meta["cost_reason"]
+
+
 def test_an_error_is_not_priced(running: Running, calls: list[Call], upstream: ScriptedUpstream) -> None:
     upstream.script(Script(status=400))
     with pytest.raises(openai.BadRequestError):

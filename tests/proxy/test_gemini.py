@@ -247,6 +247,47 @@ def test_a_budget_refuses_in_googles_error_shape(
     assert len(upstream.requests) == 1
 
 
+def budget(tmp_path: Path, unpriced: str) -> list[str]:
+    (tmp_path / "policies").mkdir()
+    rule = f"rules:\n  - name: daily\n    limits: {{budget_usd_per_day: 5, unpriced: {unpriced}}}\n"
+    (tmp_path / "policies" / "p.yaml").write_text(rule)
+    return [str(tmp_path / "policies")]
+
+
+def test_count_tokens_is_free_and_an_embedding_without_usage_is_refused_by_a_budget(
+    start: Any, upstream: ScriptedUpstream, clients: list[genai.Client], tmp_path: Path
+) -> None:
+    running = start(policies=budget(tmp_path, "deny"))
+    client = client_for(running, clients)
+    upstream.script(Script(input_tokens=9))
+    assert client.models.count_tokens(model=MODEL, contents="how many tokens").total_tokens == 9
+    (counted,) = recorded(running, 1)
+    assert (counted["cost_usd"], counted["cost_source"]) == (0.0, "free")  # Google bills no counting
+
+    # An embedding is billed, but Google's answer carries no usage: a money budget cannot count it,
+    # so under `unpriced: deny` it is refused before it is sent, in Google's error shape.
+    with pytest.raises(errors.APIError) as refused:
+        client.models.embed_content(model="gemini-embedding-001", contents="embed me")
+    error = error_of(refused.value)
+    assert refused.value.code == 403 and error["details"][0]["reason"] == "unpriced_model"
+    assert len(upstream.requests) == 1  # only the count went upstream
+
+
+def test_an_embedding_without_usage_is_recorded_unpriced_with_the_reason(
+    start: Any, upstream: ScriptedUpstream, clients: list[genai.Client], tmp_path: Path
+) -> None:
+    running = start(policies=budget(tmp_path, "warn"))
+    client = client_for(running, clients)
+    assert client.models.embed_content(model="gemini-embedding-001", contents="embed me").embeddings
+    (call,) = recorded(running, 1)
+    assert (call["cost_usd"], call["cost_source"]) == (None, "unpriced")
+    full = running.runtime.store.get_call(call["id"])
+    assert full is not None and "no token usage" in full.meta["cost_reason"]
+    assert any(d.stage == "limits" and d.action == "monitor" for d in full.decisions)  # counted $0, visibly
+    page = httpx.get(f"{running.admin_url}/call/{call['id']}")
+    assert page.status_code == 200 and 'class="muted small cost-reason"' in page.text  # the reason is shown
+
+
 def test_a_recorded_session_replays_offline(
     start: Any, upstream: ScriptedUpstream, clients: list[genai.Client], tmp_path: Path
 ) -> None:
