@@ -5,6 +5,7 @@ and budgets, a broken stream, replay, the call page and OTel."""
 
 from __future__ import annotations
 
+import asyncio
 import html
 import json
 import re
@@ -51,7 +52,14 @@ def running(upstream_server: ScriptedUpstream, tmp_path_factory: pytest.TempPath
     (tmp / "policies").mkdir()
     (tmp / "policies" / "policy.yaml").write_text(textwrap.dedent(POLICY))
     data = {
-        "routes": {"ollama": {"protocol": "ollama", "upstream": upstream_server.url}},
+        "routes": {
+            "ollama": {
+                "protocol": "ollama",
+                "upstream": upstream_server.url,
+                # A model alias: the body's model is rewritten to each target in turn.
+                "models": {"smart": [{"model": "llama3.2:70b"}, {"model": MODEL}]},
+            }
+        },
         "shutdown_grace": 2,
         "policies": [str(tmp / "policies")],
         "guardrails": {"request": {"EMAIL_ADDRESS": "redact"}},
@@ -315,3 +323,53 @@ def test_an_upstream_ending_in_api_is_refused_at_its_line(tmp_path: Path) -> Non
     (tmp_path / "default.yaml").write_text("routes:\n  local: {protocol: ollama}\n")
     settings = load_settings(tmp_path / "default.yaml")
     assert settings.routes["local"].upstreams[0].url == "http://127.0.0.1:11434"  # Ollama's own default
+
+
+def test_an_alias_falls_back_by_rewriting_the_model_in_the_body(running: Running, upstream: ScriptedUpstream) -> None:
+    upstream.set_model("llama3.2:70b", Script(status=503))
+    reply = client(running, "alias").chat(model="smart", messages=[{"role": "user", "content": "hi"}])
+    assert reply.message.content == "echo: hi"
+    models = [r.json()["model"] for r in upstream.requests]
+    # The failing model may be retried before the fallback (the route's retry policy); the last goes to it.
+    assert models[-1] == MODEL and set(models[:-1]) == {"llama3.2:70b"}
+    (call,) = recorded(running, "alias", 1)
+    assert [a.status for a in call.attempts][-1] == 200 and call.attempts[0].status == 503
+
+
+def test_the_async_client_streams_through_interlock(running: Running, upstream: ScriptedUpstream) -> None:
+    upstream.script(Script(text="async works", chunk_size=4))
+
+    async def agent() -> str:
+        sdk = ollama.AsyncClient(host=f"{running.url}/ollama", headers={"X-Interlock-Session": "async"})
+        parts = await sdk.chat(model=MODEL, messages=[{"role": "user", "content": "go"}], stream=True)
+        text = "".join([part.message.content or "" async for part in parts])
+        await sdk.close()
+        return text
+
+    assert asyncio.run(agent()) == "async works"
+    (call,) = recorded(running, "async", 1)
+    assert (call.stream, call.output_tokens) == (True, 7)
+
+
+def test_policy_test_cases_build_ollama_requests(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from interlock.cli import main
+
+    (tmp_path / "interlock.yaml").write_text("routes:\n  local: {protocol: ollama}\n")
+    (tmp_path / "rules.yaml").write_text("rules:\n  - name: no-big\n    deny: {models: [llama3.1:405b], tools: [rm]}\n")
+    (tmp_path / "cases.yaml").write_text(
+        "cases:\n"
+        "  - name: the model named by the case is the body's\n"
+        "    request: {route: local, model: llama3.1:405b}\n"
+        "    expect: {decision: deny, rule: no-big}\n"
+        "  - name: a generate request too\n"
+        "    request: {route: local, path: /api/generate, model: llama3.1:405b}\n"
+        "    expect: {decision: deny, rule: no-big}\n"
+        "  - name: another model passes\n"
+        "    request: {route: local, model: llama3.2}\n"
+        "    expect: {decision: allow}\n"
+    )
+    args = ["policy", "test", str(tmp_path / "rules.yaml"), "--cases", str(tmp_path / "cases.yaml")]
+    result = CliRunner().invoke(main, [*args, "-c", str(tmp_path / "interlock.yaml")], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
