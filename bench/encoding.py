@@ -54,7 +54,8 @@ def _compressor(coding: str) -> tuple[Callable[[bytes], bytes], Callable[[], byt
 
 
 def stream_events(chars: int) -> list[bytes]:
-    from interlock.scripted.replies import Script, anthropic_reply
+    from interlock.scripted.anthropic_replies import anthropic_reply
+    from interlock.scripted.replies import Script
 
     text = ("The quick brown fox jumps over the lazy dog, again and again. " * (chars // 60 + 1))[:chars]
     events, _ = anthropic_reply(text, Script(text=text, chunk_size=4), "claude-bench")

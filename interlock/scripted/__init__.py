@@ -1,9 +1,10 @@
 """The scripted provider: the one stand-in for real providers in tests, `bench/` and `interlock demo`.
 
 `upstream.py` serves it (`ScriptedUpstream`) and answers the OpenAI and Anthropic formats;
-`replies.py` builds their answers; every other provider's format is a module here that registers
-itself (`wire.register`): `azure.py`, `bedrock.py`, `gemini.py`. Importing the package imports each
-module in it, so a new provider's `<name>.py` here is all the scripted provider needs.
+`openai_replies.py` and `anthropic_replies.py` build their answers from `replies.py`'s `Script` and
+parts (request reading, errors, SSE framing); every other provider's format is a module here that
+registers itself (`wire.register`): `azure.py`, `bedrock.py`, `gemini.py`. Importing the package
+imports each module in it, so a new provider's `<name>.py` here is all the scripted provider needs.
 """
 
 from __future__ import annotations

@@ -19,7 +19,8 @@ from typing import Any
 from urllib.parse import unquote
 
 from interlock.protocols.eventstream import event_message, exception_message
-from interlock.scripted.replies import Script, anthropic_reply, last_user_text, pieces
+from interlock.scripted.anthropic_replies import anthropic_reply
+from interlock.scripted.replies import Script, last_user_text, pieces
 from interlock.scripted.wire import Exchange, Reset, ScriptedFormat, register, send_json, send_stream
 
 

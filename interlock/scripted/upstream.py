@@ -13,7 +13,7 @@ default a prefill is continued, as Anthropic does).
     ... point interlock's route at upstream.url + "/v1" ...
     upstream.requests[-1].json()                   # what the provider received
 
-The replies (`replies.py`) follow the providers' API references and real recordings, event
+The replies (`openai_replies.py`, `anthropic_replies.py`) follow the providers' API references and real recordings, event
 for event, streamed and not: chat completions (tool calls, refusal, logprobs, the usage chunk),
 Responses (every event with its sequence_number: message, function_call, reasoning items,
 structured output's `text.format` echoed) and Anthropic messages (thinking with its signature,
@@ -39,18 +39,16 @@ from typing import TYPE_CHECKING, Any
 import brotli
 import uvicorn
 
+from interlock.scripted.anthropic_replies import anthropic_reply
+from interlock.scripted.openai_replies import chat_reply, embeddings_reply, responses_reply
 from interlock.scripted.replies import (
     Script,
     ToolUse,
-    anthropic_reply,
     assistant_prefill,
-    chat_reply,
-    embeddings_reply,
     error_body,
     last_user_text,
     named_error,
     offered_tool_call,
-    responses_reply,
     stream_error_event,
     with_keepalives,
 )

@@ -24,7 +24,9 @@ from interlock.guardrails.streamrewrite import StreamTextRewriter
 from interlock.protocols import ADAPTERS
 from interlock.protocols.sse import iter_events
 from interlock.scripted import Script, ScriptedUpstream
-from interlock.scripted.replies import anthropic_reply, chat_reply, with_keepalives
+from interlock.scripted.anthropic_replies import anthropic_reply
+from interlock.scripted.openai_replies import chat_reply
+from interlock.scripted.replies import with_keepalives
 from interlock.testing import Running
 from tests.policies.conftest import anthropic_client, openai_client
 from tests.sdk_errors import protocol_error

@@ -10,7 +10,9 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from interlock.core.call import Attempt, Call, Chunk, Decision, Finding
 from interlock.protocols import ADAPTERS
-from interlock.scripted.replies import Script, ToolUse, anthropic_reply, chat_reply, sse
+from interlock.scripted.anthropic_replies import anthropic_reply
+from interlock.scripted.openai_replies import chat_reply
+from interlock.scripted.replies import Script, ToolUse, sse
 from tests.otel.otel_helpers import (
     AGENT_SPAN,
     CALL_SPAN,

@@ -9,7 +9,9 @@ import pytest
 
 from interlock.core.call import Call
 from interlock.protocols.summary import output_texts, response_message
-from interlock.scripted.replies import Script, ToolUse, anthropic_reply, chat_reply, responses_reply
+from interlock.scripted.anthropic_replies import anthropic_reply
+from interlock.scripted.openai_replies import chat_reply, responses_reply
+from interlock.scripted.replies import Script, ToolUse
 
 
 def call(protocol: str, *, stream: bool) -> Call:

@@ -340,7 +340,7 @@ def test_an_anthropic_continuation_after_a_closed_block_opens_the_next_index() -
     import json
 
     from interlock.protocols.rescue import AnthropicRescue
-    from interlock.scripted.replies import anthropic_reply
+    from interlock.scripted.anthropic_replies import anthropic_reply
 
     first, _ = anthropic_reply("Hello there.", Script(chunk_size=6, message_id="msg_1"), "big")
     rescue = AnthropicRescue()
@@ -369,7 +369,7 @@ def test_a_chat_continuation_keeps_the_first_id_and_drops_the_role() -> None:
     import json
 
     from interlock.protocols.rescue import ChatRescue
-    from interlock.scripted.replies import chat_reply
+    from interlock.scripted.openai_replies import chat_reply
 
     first, _ = chat_reply("one two", Script(chunk_size=4, message_id="chatcmpl-1"), "big", {})
     rescue = ChatRescue()

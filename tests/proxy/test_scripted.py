@@ -21,7 +21,9 @@ import pytest
 
 from interlock.protocols import ADAPTERS
 from interlock.scripted import ScriptedUpstream
-from interlock.scripted.replies import Script, ToolUse, anthropic_reply, chat_reply, responses_reply
+from interlock.scripted.anthropic_replies import anthropic_reply
+from interlock.scripted.openai_replies import chat_reply, responses_reply
+from interlock.scripted.replies import Script, ToolUse
 
 TOOLS = [
     ToolUse("lookup_order", {"order_id": "42", "fields": ["status", "eta"]}, id="call_1"),

@@ -8,7 +8,9 @@ from replay_helpers import recorded_call
 
 from interlock.replay.rerun import Target, output_of, rerun
 from interlock.scripted import ScriptedUpstream
-from interlock.scripted.replies import Script, ToolUse, anthropic_reply, chat_reply
+from interlock.scripted.anthropic_replies import anthropic_reply
+from interlock.scripted.openai_replies import chat_reply
+from interlock.scripted.replies import Script, ToolUse
 
 
 def test_streamed_answers_are_reassembled_on_both_sides() -> None:

@@ -15,7 +15,9 @@ from replay_helpers import SESSION, chat, recorded_call
 from interlock.replay.bundle import bundle_from_calls
 from interlock.replay.server import ReplayApp
 from interlock.scripted import ScriptedUpstream
-from interlock.scripted.replies import Script, anthropic_reply, chat_reply
+from interlock.scripted.anthropic_replies import anthropic_reply
+from interlock.scripted.openai_replies import chat_reply
+from interlock.scripted.replies import Script
 from interlock.testing import replay_server
 from tests.proxy.routing_support import wait_for
 from tests.sdk_errors import protocol_error

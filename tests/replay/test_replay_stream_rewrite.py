@@ -17,7 +17,9 @@ from interlock.guardrails.streamrewrite import StreamTextRewriter
 from interlock.protocols import ADAPTERS
 from interlock.protocols.sse import last_events
 from interlock.replay.server import _StreamRewriter
-from interlock.scripted.replies import Script, anthropic_reply, chat_reply
+from interlock.scripted.anthropic_replies import anthropic_reply
+from interlock.scripted.openai_replies import chat_reply
+from interlock.scripted.replies import Script
 
 
 def rechunked(events: list[bytes], size: int) -> list[bytes]:
