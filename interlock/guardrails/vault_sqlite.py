@@ -26,18 +26,6 @@ from interlock.guardrails.vault_crypto import VaultCipher, parse_placeholder
 
 log = logging.getLogger("interlock.guardrails")
 
-_TABLES = """
-CREATE TABLE IF NOT EXISTS vault_values (
-    session TEXT NOT NULL, placeholder TEXT NOT NULL, mac BLOB NOT NULL, blob BLOB NOT NULL,
-    used INTEGER NOT NULL, PRIMARY KEY (session, placeholder), UNIQUE (session, mac)
-);
-CREATE TABLE IF NOT EXISTS vault_sessions (
-    session TEXT PRIMARY KEY, touched REAL NOT NULL, seq INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS vault_numbers (
-    session TEXT NOT NULL, entity TEXT NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (session, entity)
-);
-"""
 #: Every this many opens (per worker), sessions past their TTL are deleted.
 SWEEP_EVERY = 1024
 
@@ -48,7 +36,7 @@ class SqliteVault(SqliteState):
     """Per-session placeholder tables in SQLite, values encrypted; see the module's docstring."""
 
     def __init__(self, path: str, secret: str, values: int, ttl: float) -> None:
-        super().__init__(path, _TABLES, "the vault", "vault")
+        super().__init__(path, "the vault", "vault")
         self.cipher = VaultCipher(secret)
         self.limit = values
         self.ttl = ttl

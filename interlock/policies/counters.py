@@ -39,37 +39,19 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal, NamedTuple, Protocol
 
+from interlock.core.sqlite_state import create_state_tables
+
 log = logging.getLogger("interlock.policies")
 
 #: The length of a sliding window, in seconds.
 WINDOW = 60.0
+#: The tables (`core/sqlite_state.STATE_SCHEMA`, with the shared counters' and the vault's).
 TABLE = "policy_counters"
-_SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS {TABLE} (
-    day TEXT NOT NULL,
-    rule TEXT NOT NULL,
-    key TEXT NOT NULL,
-    tokens INTEGER NOT NULL DEFAULT 0,
-    usd REAL NOT NULL DEFAULT 0,
-    updated_at REAL NOT NULL,
-    PRIMARY KEY (day, rule, key)
-)
-"""
 
 Window = Literal["minute", "day", "none", "life"]
 #: A `life` counter not added to for this long is forgotten (a session idle for a week starts afresh).
 LIFE_IDLE = 7 * 86400.0
 LIFE_TABLE = "policy_life"
-LIFE_SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS {LIFE_TABLE} (
-    rule TEXT NOT NULL,
-    key TEXT NOT NULL,
-    metric TEXT NOT NULL,
-    value REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    PRIMARY KEY (rule, key, metric)
-)
-"""
 
 
 def life_value(metric: str, stored: float | None, now: float) -> float:
@@ -345,8 +327,7 @@ class EmbeddedCounters:
         assert self.store_path is not None
         connection = sqlite3.connect(self.store_path, timeout=10.0)
         connection.execute("PRAGMA busy_timeout = 10000")
-        connection.execute(_SCHEMA)
-        connection.execute(LIFE_SCHEMA)
+        create_state_tables(connection)  # nothing when the store has migrated the file (version 6)
         return connection
 
     def _load(self) -> None:

@@ -26,9 +26,7 @@ from typing import Any
 
 from interlock.core.sqlite_state import SqliteState
 from interlock.policies.counters import (
-    _SCHEMA,
     DAY_METRICS,
-    LIFE_SCHEMA,
     LIFE_TABLE,
     SWEEP_EVERY,
     TABLE,
@@ -42,23 +40,12 @@ from interlock.policies.counters import (
     today,
 )
 
-_TABLES = """
-CREATE TABLE IF NOT EXISTS policy_windows (
-    rule TEXT NOT NULL, key TEXT NOT NULL, metric TEXT NOT NULL, t REAL NOT NULL, amount REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS policy_windows_by_counter ON policy_windows (rule, key, metric, t);
-CREATE TABLE IF NOT EXISTS policy_gauges (
-    rule TEXT NOT NULL, key TEXT NOT NULL, metric TEXT NOT NULL, pid INTEGER NOT NULL, n REAL NOT NULL,
-    PRIMARY KEY (rule, key, metric, pid)
-);
-"""
-
 
 class SqliteCounters(SqliteState):
     """Counters in SQLite, shared by the processes that open the same file; see the module's docstring."""
 
     def __init__(self, path: str) -> None:
-        super().__init__(path, f"{_SCHEMA};\n{LIFE_SCHEMA};\n{_TABLES}", "the counters", "policy-counters")
+        super().__init__(path, "the counters", "policy-counters")
         self.pid = os.getpid()
         self._admitted = 0
 

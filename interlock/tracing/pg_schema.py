@@ -7,6 +7,10 @@ REAL → DOUBLE PRECISION, TEXT → TEXT COLLATE "C" (byte order, as SQLite sort
 BLOB → BYTEA, the rowid alias `calls.seq` → an identity column. So a migration that adds a table,
 a column or an index to SQLite adds it here too, with no second description to keep in step.
 
+The embedded shared state's tables (`core/sqlite_state.STATE_TABLES`: policy counters, the workers'
+vault) are SQLite's alone and left out: a fleet on PostgreSQL shares its state on Redis, and the
+counters of one that has none save to the SQLite file at `store.path`.
+
 PostgreSQL's own parts: the FTS5 table `calls_fts` becomes a plain table keyed by `call_id` with a
 `tsvector` column (generated from the request and response text, `simple` configuration: no
 stemming, as FTS5's unicode61) and a GIN index; and `interlock_migrations` records every applied
@@ -22,6 +26,7 @@ import sqlite3
 from dataclasses import dataclass, field
 from functools import cache
 
+from interlock.core.sqlite_state import STATE_TABLES
 from interlock.tracing import store_chain
 from interlock.tracing.schema import CHAIN_VERSION, MIGRATIONS, SCHEMA_VERSION, SchemaError, database
 
@@ -56,6 +61,12 @@ CREATE TABLE calls_fts (
 )"""
 FTS_INDEX = "CREATE INDEX calls_fts_doc ON calls_fts USING GIN (doc)"
 FTS_PENDING = "CREATE INDEX calls_fts_pending ON calls_fts (call_id) WHERE doc IS NULL"
+
+#: Tables a PostgreSQL store made on first use before the version that added them to the schema
+#: (version 6): the same columns, but TEXT without the "C" collation. Such a table is kept with its
+#: rows (`CREATE TABLE IF NOT EXISTS`) and its text columns given the collation the derived schema
+#: has, so an upgraded database and a new one sort alike.
+MADE_ON_FIRST_USE = frozenset({"stops", "mcp_pins"})
 
 
 @dataclass(frozen=True)
@@ -95,6 +106,12 @@ class Table:
         if self.primary_key:
             parts.append(f"PRIMARY KEY ({', '.join(self.primary_key)})")
         parts += [f"UNIQUE ({', '.join(u)})" for u in self.unique]
+        if self.name in MADE_ON_FIRST_USE:
+            if self.indexes:
+                raise SchemaError(f"{self.name}: indexes of a table made on first use need PG_MIGRATIONS")
+            texts = [f"ALTER COLUMN {c.name} TYPE {_TYPES['TEXT']}" for c in self.columns if c.type.upper() == "TEXT"]
+            collate = [f"ALTER TABLE {self.name} {', '.join(texts)}"] if texts else []
+            return [f"CREATE TABLE IF NOT EXISTS {self.name} ({', '.join(parts)})", *collate]
         return [f"CREATE TABLE {self.name} ({', '.join(parts)})", *self.create_indexes(self.indexes)]
 
     def create_indexes(self, names: dict[str, tuple[str, ...]]) -> list[str]:
@@ -103,7 +120,8 @@ class Table:
 
 @cache
 def sqlite_shape(version: int) -> dict[str, Table]:
-    """The tables of the SQLite schema at `version`, read from a database migrated to it."""
+    """The tables of the SQLite schema at `version`, read from a database migrated to it (the
+    embedded state's left out)."""
     conn = sqlite3.connect(":memory:")
     try:
         db = database(conn)
@@ -113,7 +131,7 @@ def sqlite_shape(version: int) -> dict[str, Table]:
         for _, name, kind, *_ in conn.execute("PRAGMA main.table_list"):
             if kind == "virtual":
                 tables[name] = Table(name, (), (), (), virtual=True)
-            if kind != "table" or name.startswith("sqlite_"):
+            if kind != "table" or name.startswith("sqlite_") or name in STATE_TABLES:
                 continue
             info = conn.execute(f"PRAGMA table_info({name})").fetchall()
             keyed = sorted((pk, col) for _, col, _, _, _, pk in info if pk)

@@ -2,9 +2,9 @@
 
 A row holds the pinned definition (what was first listed, or last approved) and the definition the
 server lists now, each with its hash; the tool is flagged while they differ (`pinned_hash` is NULL
-for a tool that appeared after the route was pinned). The table lives in the store file beside the
-calls, created on first use like `policy_counters`, outside the calls' schema versions (a store
-without it reads as "nothing pinned yet").
+for a tool that appeared after the route was pinned). The table lives in the store beside the
+calls, made by its migration to version 6 (`schema.py`; made on first use before); an older file read
+as a bundle may lack it, and then nothing is pinned yet.
 """
 
 from __future__ import annotations
@@ -19,19 +19,6 @@ from typing import Any
 from interlock.core.sqlite import transaction
 
 TABLE = "mcp_pins"
-_SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS {TABLE} (
-    route TEXT NOT NULL,
-    tool TEXT NOT NULL,
-    pinned_hash TEXT,
-    pinned TEXT,
-    pinned_at REAL,
-    seen_hash TEXT NOT NULL,
-    seen TEXT NOT NULL,
-    seen_at REAL NOT NULL,
-    PRIMARY KEY (route, tool)
-)
-"""
 #: The columns of a pin row, as `mcp_pins` returns them (definitions decoded from JSON).
 PIN_COLUMNS = ("route", "tool", "pinned_hash", "pinned", "pinned_at", "seen_hash", "seen", "seen_at")
 
@@ -55,12 +42,12 @@ class SQLitePins:
         raise NotImplementedError
 
     def _pins_table(self) -> bool:
-        conn = self.conn
-        if self.readonly:
-            found = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (TABLE,))
-            return found.fetchone() is not None
-        conn.execute(_SCHEMA)
-        return True
+        """Whether the file has the table: a store's file always does once migrated (version 6); an
+        older file opened read-only (a bundle) may not."""
+        if not self.readonly:
+            return True
+        found = self.conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (TABLE,))
+        return found.fetchone() is not None
 
     def mcp_pins(self, route: str | None = None) -> list[dict[str, Any]]:
         """Pin rows (`PIN_COLUMNS`), of one route or all, by route and tool."""
@@ -111,11 +98,10 @@ class PostgresPins:
         raise NotImplementedError
 
     def _pins_table(self, conn: Any) -> bool:
-        if self.readonly:
-            found = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (TABLE,)).fetchone()
-            return bool(found and found[0])
-        conn.execute(_SCHEMA.replace("REAL", "DOUBLE PRECISION"))
-        return True
+        if not self.readonly:
+            return True  # migrated (version 6)
+        found = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (TABLE,)).fetchone()
+        return bool(found and found[0])
 
     def mcp_pins(self, route: str | None = None) -> list[dict[str, Any]]:
         with self.connection() as conn:

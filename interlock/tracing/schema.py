@@ -40,6 +40,14 @@ from (issue 22, docs/policies.md "Cost"); NULL in an older read-only file.
 
 Version 5: tamper evidence: `chain`, `chain_checkpoints` and `chain_start` (documented in
 `store_chain.py`); calls already in a file when it gains them are counted as recorded before the chain.
+
+Version 6: every other table the store's file holds, each made on first use before (outside the
+versions, so `interlock store migrate`, these tests and an upgrade did not cover them): the kill
+switch's `stops` (`stops.py`), the MCP tool pins `mcp_pins` (`pins.py`), and the embedded shared
+state (`core/sqlite_state.STATE_SCHEMA`: the policy counters and the vault shared by worker
+processes). Each is made only if missing, in the shape first use gave it, so a file that already
+has one keeps it with its rows. The state's tables are SQLite's alone: PostgreSQL's derived schema
+leaves them out (a fleet's shared state is on Redis; `pg_schema`).
 """
 
 from __future__ import annotations
@@ -53,6 +61,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from interlock.core.sqlite import transaction
+from interlock.core.sqlite_state import STATE_STATEMENTS, STATE_TABLES
 from interlock.tracing import store_chain
 from interlock.tracing.rows import CHAINED_TABLES
 
@@ -180,12 +189,42 @@ def _v5(db: sqlite_utils.Database) -> None:
     store_chain.create(db.conn)  # frozen SQL too: `chain` is WITHOUT ROWID
 
 
+def _v6(db: sqlite_utils.Database) -> None:
+    # Made before on first use, outside the versions (hence `if_not_exists`: a file may have them,
+    # with rows), in the shape first use gave them (tests/tracing/frozen_schema.py holds its SQL).
+    db.table("stops").create(
+        {"kind": str, "name": str, "reason": str, "stopped_at": float},
+        pk=("kind", "name"),
+        not_null={"kind", "name", "reason", "stopped_at"},
+        if_not_exists=True,
+    )
+    db.table("mcp_pins").create(
+        {
+            "route": str,
+            "tool": str,
+            "pinned_hash": str,
+            "pinned": str,
+            "pinned_at": float,
+            "seen_hash": str,
+            "seen": str,
+            "seen_at": float,
+        },
+        pk=("route", "tool"),
+        not_null={"route", "tool", "seen_hash", "seen", "seen_at"},
+        if_not_exists=True,
+    )
+    # The shared state's statements, as the state runs them in a file no store migrates (the one
+    # definition, below both): `vault_values`' table-level UNIQUE has no `create_table` form.
+    for statement in STATE_STATEMENTS:
+        db.execute(statement)
+
+
 #: One step of the schema, written with sqlite-utils (`add_column`, `create_index`, `create_table`,
 #: `transform` through `transform` below); it runs inside the transaction `migrate` holds.
 Migration = Callable[["sqlite_utils.Database"], None]
 
 #: MIGRATIONS[i] takes the schema from version i to i + 1.
-MIGRATIONS: list[Migration] = [_v1, _v2, _v3, _v4, _v5]
+MIGRATIONS: list[Migration] = [_v1, _v2, _v3, _v4, _v5, _v6]
 SCHEMA_VERSION = len(MIGRATIONS)
 #: The version that added the tamper-evident chain (PostgreSQL repeats its data step, `pg_schema`).
 CHAIN_VERSION = MIGRATIONS.index(_v5) + 1
@@ -277,27 +316,6 @@ def compat_views(conn: sqlite3.Connection, version: int) -> None:
 _ADDED_COLUMNS = ((2, "NULL AS workflow"), (3, "0 AS rescued"), (4, "NULL AS cost_usd"), (4, "NULL AS cost_source"))
 
 
-#: Tables that other parts create in the store's file on first use, outside these versions: the kill
-#: switch's stops and the MCP pins (tracing/), the policy counters and the vault (policies/, with
-#: their own connections). A file holding only these is still a new store: a store file deleted
-#: under a running interlock is created again at its path by the first of them to touch it (the
-#: kill switch polls every second), and the recorder's reopen must then migrate it, not refuse it.
-#: tests/tracing/test_store_faults.py fails for a first-use table missing here.
-FIRST_USE_TABLES = frozenset(
-    {
-        "stops",
-        "mcp_pins",
-        "policy_counters",
-        "policy_life",
-        "policy_windows",
-        "policy_gauges",
-        "vault_values",
-        "vault_sessions",
-        "vault_numbers",
-    }
-)
-
-
 class StoreError(Exception):
     """The store cannot do what was asked (bad query, unreadable file). Re-exported by `store`."""
 
@@ -332,10 +350,14 @@ def migrate(conn: sqlite3.Connection, path: str) -> int:
             if schema_version(conn) != version:
                 continue
             # Under the lock too: read before it, a file another process was migrating could show
-            # version 0 to one read and its new tables to the next.
+            # version 0 to one read and its new tables to the next. A file holding only the shared
+            # state's tables is still a new store: the counters and the vault make them in a file no
+            # store has migrated (recording off, the store on PostgreSQL; `core/sqlite_state.py`),
+            # and under a running interlock a store file deleted is made again at its path by the
+            # counters' next save, which the recorder's reopen must migrate, not refuse.
             if version == 0:
                 tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-                if tables - FIRST_USE_TABLES:
+                if tables - STATE_TABLES:
                     raise SchemaError(f"{path}: not an interlock store (it has tables but no schema version)")
             MIGRATIONS[version](db)
             conn.execute(f"PRAGMA user_version = {version + 1}")

@@ -2,9 +2,9 @@
 
 A row says that new calls of that session (`kind` "session") or agent (`kind` "agent") are refused,
 why, and since when; `resume` deletes it. It lives in the store so a restart keeps it and every
-interlock of a fleet on one PostgreSQL store shares it (each polls it: `proxy/stops.py`). Like
-`mcp_pins`, the table is created on first use, outside the calls' schema versions (a store without
-it reads as "nothing stopped").
+interlock of a fleet on one PostgreSQL store shares it (each polls it: `proxy/stops.py`). The table
+is made by the store's migration to version 6 (`schema.py`; made on first use before); an older file
+read as a bundle may lack it, and then nothing is stopped.
 """
 
 from __future__ import annotations
@@ -13,15 +13,6 @@ import sqlite3
 from typing import Any
 
 TABLE = "stops"
-_SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS {TABLE} (
-    kind TEXT NOT NULL,
-    name TEXT NOT NULL,
-    reason TEXT NOT NULL,
-    stopped_at REAL NOT NULL,
-    PRIMARY KEY (kind, name)
-)
-"""
 #: The columns of a stop row, as `stops` returns them.
 STOP_COLUMNS = ("kind", "name", "reason", "stopped_at")
 #: What can be stopped.
@@ -43,11 +34,12 @@ class SQLiteStops:
         raise NotImplementedError
 
     def _stops_table(self) -> bool:
-        if self.readonly:
-            found = self.conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (TABLE,))
-            return found.fetchone() is not None
-        self.conn.execute(_SCHEMA)
-        return True
+        """Whether the file has the table: a store's file always does once migrated (version 6); an
+        older file opened read-only (a bundle) may not."""
+        if not self.readonly:
+            return True
+        found = self.conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (TABLE,))
+        return found.fetchone() is not None
 
     def stops(self) -> list[dict[str, Any]]:
         """Every stopped session and agent (`STOP_COLUMNS`), oldest stop first."""
@@ -85,11 +77,10 @@ class PostgresStops:
         raise NotImplementedError
 
     def _stops_table(self, conn: Any) -> bool:
-        if self.readonly:
-            found = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (TABLE,)).fetchone()
-            return bool(found and found[0])
-        conn.execute(_SCHEMA.replace("REAL", "DOUBLE PRECISION"))
-        return True
+        if not self.readonly:
+            return True  # migrated (version 6)
+        found = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (TABLE,)).fetchone()
+        return bool(found and found[0])
 
     def stops(self) -> list[dict[str, Any]]:
         with self.connection() as conn:

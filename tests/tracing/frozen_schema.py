@@ -1,5 +1,7 @@
 """Frozen copies of the SQL each schema version ran before the migrations moved to sqlite-utils
-(issue 18): what files made by earlier interlocks contain. Never edit them."""
+(issue 18): what files made by earlier interlocks contain. Never edit them. Version 6 is the SQL
+that made its tables on first use before they were part of the versions (any file of an earlier
+version may hold some of them)."""
 
 from __future__ import annotations
 
@@ -94,6 +96,64 @@ CREATE TABLE events (
 CREATE VIRTUAL TABLE calls_fts USING fts5 (request, response, tokenize = 'unicode61');
 """
 
+#: The tables made on first use, outside the versions, until version 6 made them part of it: the
+#: kill switch's, the MCP pins', the policy counters' and the shared vault's, as their code ran it.
+FIRST_USE = """
+CREATE TABLE IF NOT EXISTS stops (
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    stopped_at REAL NOT NULL,
+    PRIMARY KEY (kind, name)
+);
+CREATE TABLE IF NOT EXISTS mcp_pins (
+    route TEXT NOT NULL,
+    tool TEXT NOT NULL,
+    pinned_hash TEXT,
+    pinned TEXT,
+    pinned_at REAL,
+    seen_hash TEXT NOT NULL,
+    seen TEXT NOT NULL,
+    seen_at REAL NOT NULL,
+    PRIMARY KEY (route, tool)
+);
+CREATE TABLE IF NOT EXISTS policy_counters (
+    day TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    key TEXT NOT NULL,
+    tokens INTEGER NOT NULL DEFAULT 0,
+    usd REAL NOT NULL DEFAULT 0,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (day, rule, key)
+);
+CREATE TABLE IF NOT EXISTS policy_life (
+    rule TEXT NOT NULL,
+    key TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    value REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (rule, key, metric)
+);
+CREATE TABLE IF NOT EXISTS policy_windows (
+    rule TEXT NOT NULL, key TEXT NOT NULL, metric TEXT NOT NULL, t REAL NOT NULL, amount REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS policy_windows_by_counter ON policy_windows (rule, key, metric, t);
+CREATE TABLE IF NOT EXISTS policy_gauges (
+    rule TEXT NOT NULL, key TEXT NOT NULL, metric TEXT NOT NULL, pid INTEGER NOT NULL, n REAL NOT NULL,
+    PRIMARY KEY (rule, key, metric, pid)
+);
+CREATE TABLE IF NOT EXISTS vault_values (
+    session TEXT NOT NULL, placeholder TEXT NOT NULL, mac BLOB NOT NULL, blob BLOB NOT NULL,
+    used INTEGER NOT NULL, PRIMARY KEY (session, placeholder), UNIQUE (session, mac)
+);
+CREATE TABLE IF NOT EXISTS vault_sessions (
+    session TEXT PRIMARY KEY, touched REAL NOT NULL, seq INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS vault_numbers (
+    session TEXT NOT NULL, entity TEXT NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (session, entity)
+);
+"""
+
 FROZEN_STEPS: dict[int, list[str]] = {
     1: [s for s in FROZEN_V1.split(";") if s.strip()],
     2: ["ALTER TABLE calls ADD COLUMN workflow TEXT", "CREATE INDEX calls_workflow ON calls (workflow, id)"],
@@ -108,6 +168,7 @@ FROZEN_STEPS: dict[int, list[str]] = {
         "CREATE TABLE chain_start (before_seq INTEGER NOT NULL)",
         "INSERT INTO chain_start (before_seq) SELECT coalesce(max(seq), 0) FROM calls",
     ],
+    6: [s for s in FIRST_USE.split(";") if s.strip()],
 }
 
 

@@ -13,10 +13,11 @@ from typing import Any
 
 import pytest
 
+from interlock.core.sqlite_state import STATE_TABLES
 from interlock.tracing import pg_schema
 from interlock.tracing.schema import MIGRATIONS, SCHEMA_VERSION, SchemaError, database, transform
 from interlock.tracing.store import Store
-from tests.tracing.frozen_schema import FROZEN_STEPS, frozen
+from tests.tracing.frozen_schema import FIRST_USE, FROZEN_STEPS, frozen
 from tests.tracing.test_store import full_call
 
 
@@ -99,15 +100,56 @@ def old_call_rows(conn: sqlite3.Connection, call_id: str) -> None:
     conn.execute("INSERT INTO calls_fts (rowid, request, response) VALUES (?, 'lighthouse keeper', '')", (seq,))
 
 
-@pytest.mark.parametrize("version", range(1, SCHEMA_VERSION + 1))
-def test_a_file_made_by_the_frozen_sql_opens_and_migrates_with_its_calls_intact(tmp_path: Path, version: int) -> None:
-    path = tmp_path / f"v{version}.db"
+#: A row of each table made on first use before version 6 (`FIRST_USE`), as its code wrote it.
+FIRST_USE_ROWS = {
+    "stops": [("session", "sess-old", "runaway loop", 1000.0)],
+    "mcp_pins": [("files", "read", "h1", '{"name": "read"}', 999.0, "h2", '{"name": "read", "x": 1}', 1001.0)],
+    "policy_counters": [("2026-12-05", "budget", "agent:planner", 1200, 0.25, 1000.0)],
+    "policy_life": [("caps", "session:sess-old", "calls", 7.0, 1000.0)],
+    "policy_windows": [("rate", "agent:planner", "calls", 1000.0, 1.0)],
+    "policy_gauges": [("conc", "agent:planner", "calls", 4242, 1.0)],
+    "vault_values": [("sess-old", "<EMAIL_1>", b"mac", b"sealed", 1)],
+    "vault_sessions": [("sess-old", 1000.0, 1)],
+    "vault_numbers": [("sess-old", "EMAIL", 1)],
+}
+
+
+def first_use_rows(conn: sqlite3.Connection) -> None:
+    """The tables as their code made them on first use (outside the versions), each with a row."""
+    for statement in FIRST_USE.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+    for table, rows in FIRST_USE_ROWS.items():
+        conn.executemany(f"INSERT INTO {table} VALUES ({', '.join('?' for _ in rows[0])})", rows)
+
+
+def old_file(path: Path, version: int, *, first_use: bool) -> None:
+    """A store file of `version` as the old code left it: a call written at version 1 (every table
+    of version 1 has a row), the file upgraded by the frozen SQL, and (`first_use`) the tables made
+    on first use, with their rows."""
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode = WAL")
     frozen(conn, 1)
-    old_call_rows(conn, "old-call")  # written at version 1, then the file upgraded by the old code
+    old_call_rows(conn, "old-call")
     frozen(conn, version, start=2)
-    before = {t: conn.execute(f"SELECT * FROM {t}").fetchall() for t in ("bodies", "chunks", "attempts", "events")}
+    if first_use and version < 6:
+        first_use_rows(conn)
+    conn.close()
+
+
+def rows_of(conn: sqlite3.Connection, tables: Any) -> dict[str, list[Any]]:
+    return {t: conn.execute(f"SELECT * FROM {t}").fetchall() for t in tables}
+
+
+@pytest.mark.parametrize("version", range(1, SCHEMA_VERSION + 1))
+def test_a_file_made_by_the_frozen_sql_opens_and_migrates_with_its_calls_intact(tmp_path: Path, version: int) -> None:
+    path = tmp_path / f"v{version}.db"
+    # Files of versions 4 and 5 with the tables made on first use (kill switch, pins, counters,
+    # vault) and rows in them; older ones without, which gain them empty.
+    old_file(path, version, first_use=version >= 4)
+    conn = sqlite3.connect(path)
+    before = rows_of(conn, ("bodies", "chunks", "attempts", "events"))
+    state = rows_of(conn, FIRST_USE_ROWS) if version >= 4 else {t: [] for t in FIRST_USE_ROWS}
     conn.close()
 
     with Store(path) as store:
@@ -137,6 +179,12 @@ def test_a_file_made_by_the_frozen_sql_opens_and_migrates_with_its_calls_intact(
         assert got is not None and got.to_record() == new.to_record()
         report = store.verify_chain()
         assert report.ok and report.checked == 1 and report.unchained == 1
+        # Every table made on first use before version 6 is kept with its rows, or made empty.
+        assert rows_of(store.conn, FIRST_USE_ROWS) == state
+        assert [(s["kind"], s["name"]) for s in store.stops()] == [(r[0], r[1]) for r in state["stops"]]
+        assert [(p["route"], p["tool"], p["seen"]) for p in store.mcp_pins()] == [
+            (r[0], r[1], {"name": "read", "x": 1}) for r in state["mcp_pins"]
+        ]
     with Store(path) as again:  # opening a migrated file migrates nothing
         assert again.found_version == SCHEMA_VERSION
 
@@ -187,17 +235,15 @@ def test_postgres_schema_is_derived_from_the_same_shape() -> None:
 @pytest.mark.parametrize("version", range(1, SCHEMA_VERSION + 1))
 def test_an_old_file_as_a_bundle_is_read_unchanged_and_imports(tmp_path: Path, version: int) -> None:
     path = tmp_path / f"bundle-v{version}.db"
-    conn = sqlite3.connect(path, isolation_level=None)
-    frozen(conn, 1)
-    old_call_rows(conn, "old-call")
-    frozen(conn, version, start=2)
-    conn.close()
+    old_file(path, version, first_use=version == 5)
     content = path.read_bytes()
 
     with Store(path, readonly=True) as bundle:  # read through compat views; the file is never changed
         old = bundle.get_call("old-call")
         assert old is not None and old.agent == "planner" and old.rescued is False
         assert [row["id"] for row in bundle.list_calls(q="lighthouse")] == ["old-call"]
+        # An older file may lack the tables made on first use (nothing stopped or pinned), or hold them.
+        assert len(bundle.stops()) == len(bundle.mcp_pins()) == (version == 5)
     assert path.read_bytes() == content
 
     with Store(tmp_path / "into.db") as store:
@@ -218,3 +264,48 @@ def test_a_new_store_loads_sqlite_utils_without_numpy(tmp_path: Path) -> None:
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+def test_a_postgres_store_of_version_5_keeps_the_tables_it_made_on_first_use(postgres_server: Any) -> None:
+    """A PostgreSQL store migrated by an older interlock to version 5, whose kill switch and MCP pins
+    made their tables on first use (TEXT without the "C" collation), migrates to version 6 with
+    their rows; the shared state's tables stay SQLite's."""
+    import psycopg
+
+    from interlock.tracing.backend import open_store
+
+    url = postgres_server.database("migrate_first_use")
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(pg_schema.MIGRATIONS_TABLE)
+        for version in range(1, 6):
+            for statement in pg_schema.statements_for(version):
+                conn.execute(statement)
+            conn.execute("INSERT INTO interlock_migrations (version, statements) VALUES (%s, '')", (version,))
+        for statement in FIRST_USE.split(";")[:2]:  # stops and mcp_pins, as PostgresStops/Pins made them
+            conn.execute(statement.replace("REAL", "DOUBLE PRECISION"))
+        for table in ("stops", "mcp_pins"):
+            (row,) = FIRST_USE_ROWS[table]
+            conn.execute(f"INSERT INTO {table} VALUES ({', '.join('%s' for _ in row)})", row)
+        conn.execute("INSERT INTO stops VALUES ('agent', 'B', 'x', 2.0), ('agent', 'a', 'x', 2.0)")
+
+    store = open_store(url)
+    try:
+        assert store.migrate() == (5, SCHEMA_VERSION)
+        assert [(s["kind"], s["name"]) for s in store.stops()] == [
+            ("agent", "B"),  # bytewise, as SQLite sorts: the collation the derived schema gives
+            ("agent", "a"),
+            ("session", "sess-old"),
+        ]
+        assert [(p["route"], p["tool"], p["pinned"]) for p in store.mcp_pins()] == [("files", "read", {"name": "read"})]
+        store.set_stop("session", "sess-new", "why", 3.0)
+        assert len(store.stops()) == 4
+    finally:
+        store.close()
+    with psycopg.connect(url) as conn:
+        tables = {r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+        collations = conn.execute(
+            "SELECT DISTINCT collation_name FROM information_schema.columns"
+            " WHERE table_name IN ('stops', 'mcp_pins') AND data_type = 'text'"
+        ).fetchall()
+    assert {"stops", "mcp_pins"} <= tables and not tables & STATE_TABLES
+    assert collations == [("C",)]

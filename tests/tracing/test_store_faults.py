@@ -4,12 +4,14 @@ none once space returns; `/ready` answers 503 with the reason meanwhile."""
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import logging
 import os
 import sqlite3
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,9 +19,14 @@ from typing import Any
 import httpx
 import pytest
 
+from interlock.core.sqlite_state import STATE_TABLES
+from interlock.guardrails.vault_sqlite import SqliteVault
+from interlock.policies.counters import Add, Counter, EmbeddedCounters
+from interlock.policies.counters_sqlite import SqliteCounters
 from interlock.scripted import ScriptedUpstream
 from interlock.testing import Running
-from interlock.tracing.schema import FIRST_USE_TABLES, SCHEMA_VERSION
+from interlock.tracing.pins import PIN_COLUMNS
+from interlock.tracing.schema import SCHEMA_VERSION
 from interlock.tracing.store import Store
 from interlock.tracing.writing import write_records
 from tests.proxy.routing_support import CHAT, wait_for
@@ -86,41 +93,81 @@ def test_a_store_that_cannot_be_reopened_makes_ready_503_until_it_can(make_inter
     assert running.runtime.recorder.counters()["unrecorded"] == 0
 
 
-def test_a_store_file_made_again_by_a_first_use_table_is_migrated_on_reopen(tmp_path: Path) -> None:
-    """The kill switch's poll (any thread's first connection) is first at a deleted store's path:
-    it makes the file and its `stops` table there; the recorder's reopen migrates that file (CI: it
-    refused it as "not an interlock store", and /ready stayed 503 with the file back)."""
+def test_a_store_file_made_again_under_a_running_store_is_migrated_on_reopen(tmp_path: Path) -> None:
+    """Other parts are first at a deleted store's path and make the file again: the kill switch's
+    poll (any thread's first connection: an empty file, whose read fails, so the poll keeps the stops
+    it knew rather than reading "nothing stopped") and the counters' next save (the shared state's
+    tables, which the state makes in a file no store has migrated); the recorder's reopen migrates
+    that file, keeping the counters' row (CI: it refused such a file as "not an interlock store", and
+    /ready stayed 503 with the file back)."""
     db = tmp_path / "s.db"
     with Store(db) as store:
+        store.set_stop("session", "sess-1", "loop", 1.0)
         for path in (db, Path(f"{db}-wal"), Path(f"{db}-shm")):
             path.unlink()
-        poll = threading.Thread(target=store.stops)
-        poll.start()
-        poll.join(60)
-        assert not poll.is_alive() and db.exists() and store.file_problem() is not None
+        failed: list[sqlite3.Error] = []
+
+        def poll() -> None:
+            try:
+                store.stops()
+            except sqlite3.Error as exc:
+                failed.append(exc)
+
+        reader = threading.Thread(target=poll)
+        reader.start()
+        reader.join(60)
+        assert not reader.is_alive() and db.exists() and store.file_problem() is not None
+        assert len(failed) == 1  # no table in the new file: an error, never an empty answer
+        counters = EmbeddedCounters(str(db))
+        counters.add_now([Add(Counter(("budget", "agent:a"), "tokens", "day"), 5)], time.time())
+        counters.close()
+        assert tables_of(db) == STATE_TABLES
+
         store.reopen()
         assert store.file_problem() is None and store.schema_version == SCHEMA_VERSION
         assert store.count_calls() == 0 and store.stops() == []
+        assert store.conn.execute("SELECT rule, key, tokens FROM policy_counters").fetchall() == [
+            ("budget", "agent:a", 5)
+        ]
 
 
-def test_every_table_made_on_first_use_is_known_to_the_migration() -> None:
-    from interlock.guardrails import vault_sqlite
-    from interlock.policies import counters, counters_sqlite
-    from interlock.tracing import pins, stops
+def tables_of(path: Path) -> set[str]:
+    conn = sqlite3.connect(path)
+    try:
+        return {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    finally:
+        conn.close()
 
-    conn = sqlite3.connect(":memory:")
-    for schema in (
-        stops._SCHEMA,
-        pins._SCHEMA,
-        counters._SCHEMA,
-        counters.LIFE_SCHEMA,
-        counters_sqlite._TABLES,
-        vault_sqlite._TABLES,
-    ):
-        conn.executescript(schema)
-    made = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    conn.close()
-    assert made == FIRST_USE_TABLES
+
+def test_no_part_of_interlock_makes_a_table_the_migrated_store_file_lacks(tmp_path: Path) -> None:
+    """Every table the store's file holds is made by its versioned migrations (version 6 took in
+    those made on first use): the kill switch, the MCP pins, the embedded counters, the counters and
+    the vault shared by worker processes, each used on a migrated file, add none."""
+    db = tmp_path / "s.db"
+    with Store(db) as store:
+        made = tables_of(db)
+        assert made >= STATE_TABLES | {"stops", "mcp_pins"}
+        store.set_stop("agent", "a", "why", 1.0)
+        store.save_mcp_pins([dict.fromkeys(PIN_COLUMNS, "x") | {"pinned": None, "seen": {"name": "t"}}])
+    now = time.time()
+    day, minute, gauge = (
+        Counter(("r", "agent:a"), m, w) for m, w in (("tokens", "day"), ("calls", "minute"), ("calls", "none"))
+    )
+    embedded = EmbeddedCounters(str(db))
+    embedded.add_now([Add(day, 3)], now)
+    embedded.close()
+
+    async def shared_state() -> None:
+        counters = SqliteCounters(str(db))
+        await counters.admit([], [Add(minute, 1), Add(gauge, 1), Add(day, 1)], now)
+        await counters.aclose()
+        vault = SqliteVault(str(db), "a test key, not a secret: 0123456789abcdef", 10, 3600)
+        table = await vault.open("s1", create=True, reserve=[("EMAIL", "a@example.com")])
+        assert table is not None
+        await vault.aclose()
+
+    asyncio.run(shared_state())
+    assert tables_of(db) == made
 
 
 # -- item 9: a full disk ------------------------------------------------------------------------------
