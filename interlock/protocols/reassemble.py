@@ -39,8 +39,10 @@ from typing import Any
 
 def openai_message(events: list[dict[str, Any]]) -> dict[str, Any]:
     """An OpenAI stream's events as the chat completion, or the Responses API's response."""
-    if any(str(e.get("type", "")).startswith("response.") for e in events):
-        return _joined(_openai_response(events))  # type: ignore[no-any-return]
+    for event in events:
+        kind = event.get("type")  # absent from chat chunks: no str() of it per event
+        if kind is not None and str(kind).startswith("response."):
+            return _joined(_openai_response(events))  # type: ignore[no-any-return]
     return _joined(_openai_chat(events))  # type: ignore[no-any-return]
 
 
@@ -88,6 +90,9 @@ _CHAT_TOP = ("id", "created", "model", "system_fingerprint", "service_tier")
 
 
 def _openai_chat(events: list[dict[str, Any]]) -> dict[str, Any]:
+    # Runs for every event of every recorded stream (in the writer thread): the dicts a choice starts
+    # as are built once per choice, not per event, and a delta holding only text (most of them) takes
+    # a short path. The message is the same, key order included (it is stored and chained).
     message: dict[str, Any] = {"object": "chat.completion", "choices": []}
     choices: dict[int, dict[str, Any]] = {}
     for event in events:
@@ -102,18 +107,23 @@ def _openai_chat(events: list[dict[str, Any]]) -> dict[str, Any]:
             if not isinstance(delta_choice, dict):
                 continue
             index = delta_choice.get("index", 0)
-            choice = choices.setdefault(
-                index,
-                {
+            choice = choices.get(index)
+            if choice is None:
+                choice = choices[index] = {
                     "index": index,
                     "message": {"role": "assistant", "content": None, "refusal": None},
                     "logprobs": None,
                     "finish_reason": None,
-                },
-            )
+                }
             delta = delta_choice.get("delta") or {}
-            _chat_delta(choice["message"], delta)
-            _chat_logprobs(choice, delta_choice.get("logprobs"))
+            text = delta.get("content") if len(delta) == 1 else None
+            if text.__class__ is str:  # only `content`, a str: what `_chat_delta` would do with it
+                _append(choice["message"], "content", text)
+            else:
+                _chat_delta(choice["message"], delta)
+            logprobs = delta_choice.get("logprobs")
+            if logprobs is not None:
+                _chat_logprobs(choice, logprobs)
             if delta_choice.get("finish_reason"):
                 choice["finish_reason"] = delta_choice["finish_reason"]
     message["choices"] = [choices[i] for i in sorted(choices)]
