@@ -123,6 +123,8 @@ def test_chat_streamed_and_not_with_usage_cost_the_call_page_and_otel(
     assert conversation(running, streamed.id) == [("user", "go"), ("assistant response", "streaming works fine")]
     detail = httpx.get(f"{running.admin_url}/api/calls/{streamed.id}").json()
     assert detail["response_message"]["message"]["content"] == "streaming works fine"
+    found = running.runtime.store.list_calls(session="chat", q="streaming works")  # the search index
+    assert [row["id"] for row in found] == [streamed.id]
 
     streamed.view = ADAPTERS["ollama"].parse(streamed)  # what the exporter has: the live call's view
     attributes = describe_call(streamed).attributes
@@ -200,6 +202,10 @@ def test_an_email_is_redacted_upstream_and_restored_for_the_agent(
     assert text == f"echo: {question}"
     assert upstream.requests[-1].json()["messages"][0]["content"] == "mail <EMAIL_ADDRESS_1> and <EMAIL_ADDRESS_1>"
     assert all(EMAIL.encode() not in r.body for r in upstream.requests)
+    # At rest only the placeholder form is kept: the store's files, byte by byte.
+    recorded(running, f"pii-{stream}", 1)
+    stored = Path(running.settings.store.path)
+    assert EMAIL.encode() not in b"".join(p.read_bytes() for p in stored.parent.glob(stored.name + "*"))
 
 
 def test_tool_arguments_in_the_history_are_scanned(running: Running, upstream: ScriptedUpstream) -> None:
