@@ -15,7 +15,7 @@ from interlock import __version__
 from interlock.config import Admin
 from interlock.proxy.admission import HostAllowList
 from interlock.tracing.schema import StoreUnavailable
-from interlock.ui import agents, metrics, pages, policies_api, stops_api, upstreams_api
+from interlock.ui import agents, metrics, pages, policies_api, render, stops_api, upstreams_api
 from interlock.ui.api import api_routes
 from interlock.ui.audit import audit_routes
 
@@ -156,9 +156,16 @@ def admin_routes() -> list[BaseRoute]:
     return routes
 
 
+#: Paths read by programs, not people: a store outage is JSON there, a readable page elsewhere.
+MACHINE_PATHS = ("/api/", "/metrics")
+
+
 async def store_unavailable(request: Request, exc: Exception) -> Response:
-    """A page or API call whose store cannot be reached now (a database server down): 503, not 500."""
-    return JSONResponse({"error": {"code": "store_unavailable", "message": str(exc)}}, status_code=503)
+    """A page or API call whose store cannot be reached now (a database server down): 503, not 500
+    (nor a 200 page with the outage inside it)."""
+    if request.url.path.startswith(MACHINE_PATHS):
+        return JSONResponse({"error": {"code": "store_unavailable", "message": str(exc)}}, status_code=503)
+    return await render.outage_page(request, str(exc))
 
 
 def create_admin_app(runtime: AdminState) -> Any:

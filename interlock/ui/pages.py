@@ -27,7 +27,7 @@ from starlette.staticfiles import StaticFiles
 from interlock.core.call import OUTCOMES
 from interlock.protocols import recorded_adapter
 from interlock.protocols.conversation import ChatMessage
-from interlock.tracing.backend import Store, StoreError
+from interlock.tracing.backend import Store, StoreError, StoreUnavailable
 from interlock.tracing.views import detail_of, stored_answer
 from interlock.ui import queries
 from interlock.ui.config_pages import pins_page, policies_page, upstreams_page
@@ -77,10 +77,12 @@ async def sessions_page(request: Request) -> Response:
             return rows, more, {"agents": [], "routes": []}, {}
         return rows, more, queries.choices(store), {"calls": store.count_calls()}
 
+    status = 200
     try:
         rows, more, menus, stats = await run_in_threadpool(read, store)
     except StoreError as exc:
         rows, more, menus, stats, error = [], False, {"agents": [], "routes": []}, {}, str(exc)
+        status = _error_status(exc)
     base = {**filters.params(), **({"time": window} if window in TIME_WINDOWS else {})}
     # The Cost header toggles: costliest first, or back to the most recently active.
     cost_sort = {
@@ -103,7 +105,7 @@ async def sessions_page(request: Request) -> Response:
         else None,
     }
     name = "sessions_rows.html" if fragment else "sessions.html"
-    return await _page(request, name, context)
+    return await _page(request, name, context, status)
 
 
 async def calls_page(request: Request) -> Response:
@@ -129,10 +131,12 @@ async def calls_page(request: Request) -> Response:
         menus = {"agents": [], "routes": []} if fragment else queries.choices(store)
         return store.list_calls(limit=limit + 1, before=before, **filters), menus
 
+    status = 200
     try:
         rows, menus = await run_in_threadpool(read, store)
     except StoreError as exc:
         rows, menus, error = [], {"agents": [], "routes": []}, str(exc)
+        status = _error_status(exc)
     base = {k: v for k, v in filters.items() if v}
     context = {
         "rows": rows[:limit],
@@ -144,7 +148,14 @@ async def calls_page(request: Request) -> Response:
         "next_url": "/calls?" + urlencode({**base, "before": rows[limit - 1]["id"]}) if len(rows) > limit else None,
         "first_url": "/calls?" + urlencode(base) if before else None,
     }
-    return await _page(request, "calls_rows.html" if fragment else "calls.html", context)
+    return await _page(request, "calls_rows.html" if fragment else "calls.html", context, status)
+
+
+def _error_status(exc: StoreError) -> int:
+    """A list page that could not read its rows shows why inside the page (its filters stay usable),
+    answered 503 when the store is out of reach (as the JSON API), else 200 (a search the store
+    refused: the page says what was wrong with it)."""
+    return 503 if isinstance(exc, StoreUnavailable) else 200
 
 
 async def session_page(request: Request) -> Response:

@@ -173,6 +173,21 @@ async def _open_store(request: Request) -> Store | Response:
     return store if store is not None else await _no_store(request)
 
 
+#: What an outage page says beside the store's own reason (which names the store, credentials masked).
+OUTAGE = (
+    "interlock cannot read its store now: {reason}. Calls are still proxied; what cannot be written"
+    " yet is held and written when the store is back (/ready says how much). Reload to try again."
+)
+
+
+async def outage_page(request: Request, reason: str) -> Response:
+    """A page whose store cannot be reached now (a database server down): 503 with a readable page,
+    as the JSON API answers 503 `store_unavailable`."""
+    return await _page(
+        request, "message.html", {"title": "The store is unavailable", "message": OUTAGE.format(reason=reason)}, 503
+    )
+
+
 async def _no_store(request: Request) -> Response:
     return await _page(
         request,
