@@ -316,6 +316,16 @@ def compat_views(conn: sqlite3.Connection, version: int) -> None:
 _ADDED_COLUMNS = ((2, "NULL AS workflow"), (3, "0 AS rescued"), (4, "NULL AS cost_usd"), (4, "NULL AS cost_source"))
 
 
+#: The tables a file may hold with no schema version and still be a new store: those interlock
+#: makes outside a store's migration. The shared state's: the counters and the vault make them in
+#: a file no store has migrated (recording off, the store on PostgreSQL; `core/sqlite_state.py`),
+#: and under a running interlock a store file deleted is made again at its path by the counters'
+#: next save, which the recorder's reopen must migrate, not refuse. And `stops` and `mcp_pins`,
+#: which interlocks before version 6 made on first use, so a file that one made again that way is
+#: also migrated (version 6 keeps them).
+FIRST_USE_TABLES = STATE_TABLES | {"stops", "mcp_pins"}
+
+
 class StoreError(Exception):
     """The store cannot do what was asked (bad query, unreadable file). Re-exported by `store`."""
 
@@ -350,14 +360,10 @@ def migrate(conn: sqlite3.Connection, path: str) -> int:
             if schema_version(conn) != version:
                 continue
             # Under the lock too: read before it, a file another process was migrating could show
-            # version 0 to one read and its new tables to the next. A file holding only the shared
-            # state's tables is still a new store: the counters and the vault make them in a file no
-            # store has migrated (recording off, the store on PostgreSQL; `core/sqlite_state.py`),
-            # and under a running interlock a store file deleted is made again at its path by the
-            # counters' next save, which the recorder's reopen must migrate, not refuse.
+            # version 0 to one read and its new tables to the next.
             if version == 0:
                 tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-                if tables - STATE_TABLES:
+                if tables - FIRST_USE_TABLES:
                     raise SchemaError(f"{path}: not an interlock store (it has tables but no schema version)")
             MIGRATIONS[version](db)
             conn.execute(f"PRAGMA user_version = {version + 1}")

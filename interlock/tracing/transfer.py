@@ -65,6 +65,10 @@ def _link_copied(dest: sqlite3.Connection, writer: str) -> None:
 
 
 def _common_columns(conn: sqlite3.Connection, table: str) -> list[str]:
+    """The destination's columns of `table` that the ATTACHed source has too (an older file lacks
+    later ones). A schema-qualified PRAGMA, not sqlite-utils: its `Table.columns` reads the main
+    schema only (`db["src.calls"].columns` is empty), and opening the source a second time to ask it
+    would be a second connection for the same one PRAGMA."""
     mine = [r[1] for r in conn.execute(f"PRAGMA main.table_info({table})")]
     theirs = {r[1] for r in conn.execute(f"PRAGMA src.table_info({table})")}
     return [c for c in mine if c in theirs]
@@ -72,7 +76,9 @@ def _common_columns(conn: sqlite3.Connection, table: str) -> list[str]:
 
 def bundle_facts(path: str) -> tuple[int, set[str], int, int]:
     """What a bundle file (a store file, whatever backend wrote it) says about itself, read-only:
-    (schema version, table names, calls, calls captured in full). Raises sqlite3.DatabaseError."""
+    (schema version, table names, calls, calls captured in full). Raises sqlite3.DatabaseError.
+    On the stdlib connection: sqlite-utils has no reader for `user_version`, and replay, which calls
+    this before anything else, would pay its import (~0.25 s, schema.py) for three reads."""
     immutable = not Path(path + "-wal").exists()  # every export: nothing can change it, no -shm appears
     uri = f"file:{quote(path)}?mode=ro" + ("&immutable=1" if immutable else "")
     conn = sqlite3.connect(uri, uri=True, check_same_thread=False)

@@ -5,6 +5,7 @@ is derived from this shape, `pg_schema.sqlite_shape`)."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import subprocess
 import sys
@@ -187,6 +188,52 @@ def test_a_file_made_by_the_frozen_sql_opens_and_migrates_with_its_calls_intact(
         ]
     with Store(path) as again:  # opening a migrated file migrates nothing
         assert again.found_version == SCHEMA_VERSION
+
+
+def test_interlock_store_migrate_takes_a_version_5_file_with_its_first_use_tables_to_6(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from interlock.cli import main
+
+    path = tmp_path / "v5.db"
+    old_file(path, 5, first_use=True)
+    cli = CliRunner()
+    migrated = cli.invoke(main, ["store", "migrate", "--store", str(path), "--json"])
+    assert migrated.exit_code == 0, migrated.output
+    assert (json.loads(migrated.output)["from"], json.loads(migrated.output)["to"]) == (5, SCHEMA_VERSION)
+    again = cli.invoke(main, ["store", "migrate", "--store", str(path), "--json"])
+    assert json.loads(again.output)["from"] == SCHEMA_VERSION
+    conn = sqlite3.connect(path)
+    try:
+        assert rows_of(conn, FIRST_USE_ROWS) == FIRST_USE_ROWS
+        assert shape(conn) == shape(memory(frozen, SCHEMA_VERSION))  # as a new file: nothing outside the versions
+    finally:
+        conn.close()
+
+
+def test_a_file_with_only_tables_made_outside_a_migration_is_a_new_store(tmp_path: Path) -> None:
+    """No schema version, only tables interlock makes outside a store's migration (at a deleted
+    store's path: the counters' next save, or an older interlock's kill switch poll): migrated, every
+    row kept. Any other table and it is not a store: refused, untouched."""
+    path = tmp_path / "made-again.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    first_use_rows(conn)
+    conn.close()
+    with Store(path) as store:
+        assert (store.found_version, store.schema_version) == (0, SCHEMA_VERSION)
+        assert rows_of(store.conn, FIRST_USE_ROWS) == FIRST_USE_ROWS
+        assert [s["name"] for s in store.stops()] == ["sess-old"]
+
+    foreign = tmp_path / "foreign.db"
+    conn = sqlite3.connect(foreign, isolation_level=None)
+    first_use_rows(conn)
+    conn.execute("CREATE TABLE notes (text TEXT)")
+    conn.close()
+    with pytest.raises(SchemaError, match="not an interlock store"):
+        Store(foreign)
+    conn = sqlite3.connect(foreign)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 0
+    conn.close()
 
 
 def test_transform_keeps_the_data_the_chain_and_what_sqlite_utils_would_change_silently(tmp_path: Path) -> None:
