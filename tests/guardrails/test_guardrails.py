@@ -11,6 +11,7 @@ from interlock.config import Settings
 from interlock.core.actions import GuardrailActions
 from interlock.core.call import Call
 from interlock.guardrails.stage import Guardrails, where
+from interlock.protocols import ADAPTERS
 from interlock.proxy.parse import Parse
 
 EMAIL = "jane.roe@acme-corp.io"
@@ -119,6 +120,47 @@ async def test_anthropic_tool_use_input_is_restored() -> None:
     await stage.seal(call)
     assert call.agent_response_body is None  # the stored copy never holds restored values
     assert EMAIL.encode() not in call.request_body
+
+
+PHONE = "+1 415 555 0134"
+
+
+async def test_a_response_is_rewritten_from_its_one_parse(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The agent's copy (restored, the phone masked) and the store's (placeholder kept, phone masked)
+    # are both written by the adapter from the body's one parse, which stays as the upstream sent it.
+    adapter = ADAPTERS["openai"]
+    reads: list[str] = []
+    read_body = adapter.read_body
+    monkeypatch.setattr(adapter, "read_body", lambda call: reads.append(call.id) or read_body(call))
+    stage = Guardrails(make_settings(request={"EMAIL_ADDRESS": "redact"}, response={"PHONE_NUMBER": "mask"}))
+    call = await parsed({"model": "m", "messages": [{"role": "user", "content": f"mail {EMAIL}"}]})
+    await stage.request(call)
+    answer = {"choices": [{"index": 0, "message": {"content": f"Wrote to <EMAIL_ADDRESS_1>; call {PHONE}"}}]}
+    call.status, call.response_headers = 200, [("content-type", "application/json")]
+    call.response_body = upstream = json.dumps(answer).encode()
+    await stage.response(call)
+    assert call.agent_response_body is not None
+    agent = json.loads(call.agent_response_body)["choices"][0]["message"]["content"]
+    assert EMAIL in agent and PHONE not in agent
+    assert adapter.response_view(call).message == answer  # the view still reads the upstream's answer
+    await stage.seal(call)
+    stored = json.loads(call.response_body)["choices"][0]["message"]["content"]
+    assert call.response_body is not upstream and "<EMAIL_ADDRESS_1>" in stored and PHONE not in stored
+    assert EMAIL not in stored and call.agent_response_body is None
+    assert reads == ["c1"]
+
+
+async def test_a_response_with_nothing_to_change_reaches_the_agent_as_it_came() -> None:
+    stage = Guardrails(make_settings(request={"EMAIL_ADDRESS": "redact"}, response={"PHONE_NUMBER": "mask"}))
+    call = await parsed({"model": "m", "messages": [{"role": "user", "content": f"mail {EMAIL}"}]})
+    await stage.request(call)
+    call.status, call.response_headers = 200, [("content-type", "application/json")]
+    call.response_body = upstream = b'{"choices": [ {"index": 0, "message": {"content": "Sent."}} ]}'
+    await stage.response(call)
+    await stage.seal(call)
+    # No rewritten copy: the agent gets, and the store keeps, the upstream's own bytes.
+    assert call.agent_response_body is None and call.response_body is upstream
+    assert call.decisions[-1].action == "allow"
 
 
 async def test_seen_history_keeps_each_sessions_own_placeholders() -> None:
