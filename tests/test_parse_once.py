@@ -50,11 +50,8 @@ ALLOWED: dict[str, str] = {
     "proxy/app.py:ProxyApp.relay_stream": "the one split of a live stream, whose events every stage receives",
     # Records read back (the audit, the UI, whatif, replay's comparison) read them through the adapter's
     # view (`Adapter.response_view` for a Call, `Adapter.stored_view` for stored columns); the writer's
-    # search text through `Adapter.recorded_stream_text`. Replay's server is the one left:
-    "replay/server.py:_StreamRewriter.__init__": "replay relays recorded chunks itself (until playback is a stage)",
-    "replay/server.py:ReplayApp.serve": (
-        "replay frames a broken stream's error event after the recorded events itself (until playback is a stage)"
-    ),
+    # search text through `Adapter.recorded_stream_text`. Replay plays a recording back through the
+    # proxy (`replay/playback.py` supplies each answer): its streams are the live relay's one split.
 }
 
 

@@ -176,14 +176,23 @@ class Reply:
 class SuppliedResponse:
     """A response a stage supplies instead of the upstream's (a cache hit, a recorded reply played
     back): the proxy relays it through the response hooks exactly as it relays an upstream's, no
-    upstream attempt is made, and `meta["supplied_by"]` records `source`. A `text/event-stream`
-    content type makes it a stream; `body` is then its bytes or an async iterator of its chunks."""
+    upstream attempt is made, and `meta["supplied_by"]` records `source`. What the protocol's
+    adapter takes for a stream (`Adapter.is_stream`: a `text/event-stream` content type, Bedrock's
+    event stream, Gemini's JSON array) is relayed as one; `body` is then its bytes or an async
+    iterator of its chunks, each relayed as it comes (through the `chunk` hooks)."""
 
     status: int
     headers: Headers
     body: bytes | AsyncIterator[bytes]
     #: Who supplied it (the stage's name), on record.
     source: str
+    #: A stream is checked for its protocol's end-of-stream event as an upstream's is (one that
+    #: closes without it was cut short, and ends with `stream_truncated`). False: the chunks are the
+    #: whole stream as the agent must get it, ending where they end (a recording of what an agent got).
+    end_checked: bool = True
+    #: A stream that broke after its chunks: (code, message). The proxy ends it as it ends an
+    #: upstream's broken stream, with the protocol's error event in the agent's framing.
+    broken: tuple[str, str] | None = None
 
 
 @dataclass(slots=True)

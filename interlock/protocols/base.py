@@ -299,6 +299,16 @@ class Adapter:
         """The JSON-RPC id of a request JSON (None: not JSON-RPC, or a notification)."""
         return None
 
+    def reply_with_id(self, body: bytes, rpc_id: Any) -> bytes:
+        """A recorded response body answering another request id (`is_jsonrpc` protocols: replay
+        gives the recorded answer the incoming request's id); unchanged by default, and for a body
+        that is not a JSON-RPC response."""
+        return body
+
+    def event_with_id(self, event: Event, rpc_id: Any) -> Event:
+        """`reply_with_id` for one event of a stream: the same event where nothing changes."""
+        return event
+
     # -- streams: framing, reassembly -------------------------------------------------------------
 
     def event_splitter(self) -> EventSplitter:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from interlock.core.call import Call, Reply
-from interlock.core.views import RequestView, TextSlot, ToolCall
+from interlock.core.views import Event, RequestView, TextSlot, ToolCall
 from interlock.protocols.base import (
     Adapter,
     BadRequest,
@@ -99,6 +99,24 @@ class McpAdapter(Adapter):
 
     def rpc_id(self, data: Any) -> Any:
         return data.get("id") if isinstance(data, dict) else None
+
+    def reply_with_id(self, body: bytes, rpc_id: Any) -> bytes:
+        return _with_id(body, rpc_id)
+
+    def event_with_id(self, event: Event, rpc_id: Any) -> Event:
+        raw = event.raw
+        if b'"id"' not in raw:
+            return event
+        # Each data line that holds a response gets the id; every other byte is kept as it came.
+        lines = raw.split(b"\n")
+        for i, line in enumerate(lines):
+            if line.startswith(b"data:"):
+                payload = line[5:].strip()
+                rewritten = _with_id(payload, rpc_id)
+                if rewritten is not payload:
+                    lines[i] = b"data: " + rewritten
+        new = b"\n".join(lines)
+        return event if new == raw else next(iter_events(new), event)
 
     def may_resend(self, method: str, operation: str | None) -> bool:
         return operation != "tools/call"  # a tool may act on the world
@@ -225,6 +243,18 @@ def json_rpc_error(request_id: Any, code: str, message: str, rpc_code: int | Non
     """A JSON-RPC error response; interlock's own `code` is kept in `error.data.code`."""
     error = {"code": rpc_code or _RPC_CODES.get(code, SERVER_ERROR), "message": message, "data": {"code": code}}
     return dump_body({"jsonrpc": "2.0", "id": request_id, "error": error}, separators=None)
+
+
+def _with_id(body: bytes, rpc_id: Any) -> bytes:
+    """A JSON-RPC response carrying `rpc_id`; `body` itself when it is not a response."""
+    try:
+        message = json.loads(body)
+    except (UnicodeDecodeError, ValueError):
+        return body
+    if not isinstance(message, dict) or ("result" not in message and "error" not in message):
+        return body
+    message["id"] = rpc_id
+    return dump_body(message)
 
 
 def sse_message(message: dict[str, Any]) -> bytes:

@@ -69,9 +69,10 @@ class ClientGone(Exception):
 
 
 class ProxyApp:
-    """The proxy as an ASGI application."""
+    """The proxy as an ASGI application. Without a `forwarder` it has no upstream: its stages answer
+    or supply every call (replay's playback), and a call none does is refused (502 `no_upstream`)."""
 
-    def __init__(self, settings: Settings, pipeline: Pipeline, forwarder: Forwarder) -> None:
+    def __init__(self, settings: Settings, pipeline: Pipeline, forwarder: Forwarder | None) -> None:
         self.settings = settings
         self.pipeline = pipeline
         self.forwarder = forwarder
@@ -305,10 +306,12 @@ class ProxyApp:
         if call.supplied is not None:
             # A stage supplied the response (a cache, a playback): relayed like the upstream's, through
             # every response hook, with no upstream attempt.
-            opened = await _Supplied.of(call.supplied, self.settings.max_response_bytes)
+            opened = await _Supplied.of(call.supplied, self.settings.max_response_bytes, adapter, call)
             call.meta["supplied_by"] = call.supplied.source
         else:
             try:
+                if self.forwarder is None:
+                    raise UpstreamFailure(502, "no_upstream", "no stage answered this call, and there is no upstream")
                 opened = await self.forwarder.open(call, route, adapter)
             except UpstreamFailure as exc:
                 call.answer(
@@ -424,6 +427,8 @@ class ProxyApp:
         await send({"type": "http.response.start", "status": call.status, "headers": headers})
         state.started = True
         outcome = call.outcome
+        # A supplied stream may be the whole of what an agent got, ending where it ends (a recording).
+        check_end = not isinstance(opened, _Supplied) or opened.end_checked
         source = opened
         continuation: Opened | None = None
         try:
@@ -432,7 +437,7 @@ class ProxyApp:
                     await self._relay_chunks(call, source, send, state, outcome)
                     if transform and call.outcome != outcome:
                         call.truncated = True  # the upstream's stream was not read to its end
-                    elif not capture.ended:
+                    elif check_end and not capture.ended:
                         # Closed without its terminator (`[DONE]`, `message_stop`): the answer was cut
                         # short, and the agent must not take it for a whole one.
                         raise _StreamEnd(
@@ -453,7 +458,7 @@ class ProxyApp:
                     return
                 rescue = state.rescue
                 if rescue is not None and continuation is None and code in _RESCUABLE:
-                    assert isinstance(source, Opened)
+                    assert isinstance(source, Opened) and self.forwarder is not None
                     source.broken = code == "stream_broken"  # a breaker failure, as without a rescue
                     continuation = await open_continuation(
                         self.forwarder, call, route, adapter, source, rescue, message, capture.total
@@ -618,19 +623,24 @@ class _Supplied:
     too_large: bool = False
     encoding: str | None = None
     unreadable: str | None = None
+    end_checked: bool = True  # `SuppliedResponse.end_checked`
 
     @classmethod
-    async def of(cls, supplied: SuppliedResponse, limit: int) -> _Supplied:
-        """A stream's chunks are relayed as they come; a body that is not a stream is read whole
-        first (past `limit`, `max_response_bytes`, it is refused as an upstream's would be)."""
+    async def of(cls, supplied: SuppliedResponse, limit: int, adapter: Adapter, call: Call) -> _Supplied:
+        """A stream (as the adapter tells one: `is_stream`) has its chunks relayed as they come; a
+        body that is not a stream is read whole first (past `limit`, `max_response_bytes`, it is
+        refused as an upstream's would be)."""
         # A supplied body is plain (as the forwarder hands an upstream's on, decoded); its length is
         # interlock's to state.
         headers = [(k, v) for k, v in supplied.headers if k.lower() not in _ENCODING_HEADERS]
         body = supplied.body
-        if any(k.lower() == "content-type" and v.startswith("text/event-stream") for k, v in headers):
-            if isinstance(body, bytes):
-                return cls(httpx.Response(supplied.status, headers=headers), body, _no_chunks())
-            return cls(httpx.Response(supplied.status, headers=headers), b"", body)
+        content_type = next((v for k, v in headers if k.lower() == "content-type"), "")
+        if adapter.is_stream(content_type, call, supplied.status):
+            head = httpx.Response(supplied.status, headers=headers)
+            first, rest = (body, _no_chunks()) if isinstance(body, bytes) else (b"", body)
+            if supplied.broken is not None:
+                rest = _then_broken(rest, *supplied.broken)
+            return cls(head, first, rest, end_checked=supplied.end_checked)
         too_large = False
         if not isinstance(body, bytes):
             parts: list[bytes] = []
@@ -659,6 +669,19 @@ class _Supplied:
 async def _no_chunks() -> AsyncIterator[bytes]:
     return
     yield b""  # an async generator with no item
+
+
+async def _then_broken(chunks: AsyncIterator[bytes], code: str, message: str) -> AsyncIterator[bytes]:
+    """A supplied stream's chunks, then its break (`SuppliedResponse.broken`): the relay ends it as it
+    ends an upstream's broken stream."""
+    try:
+        async for chunk in chunks:
+            yield chunk
+    finally:
+        aclose = getattr(chunks, "aclose", None)  # stopped early (the agent left): the supplier's too
+        if aclose is not None:
+            await aclose()
+    raise _StreamEnd(code, message)
 
 
 class _TooLarge(Exception):

@@ -81,6 +81,7 @@ class ReplayHost:
             speed=settings.speed,
             on_miss=settings.on_miss,  # type: ignore[arg-type]
             live=self.runtime.proxy if self.runtime is not None else None,
+            host=settings.host,
         )
         # Bound now: the port is known (port 0 picks a free one) and nobody can take it meanwhile.
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Any
@@ -12,6 +13,7 @@ import openai
 import pytest
 from replay_helpers import SESSION, chat, recorded_call
 
+from interlock.core.views import Event
 from interlock.replay.bundle import bundle_from_calls
 from interlock.replay.server import ReplayApp
 from interlock.scripted import ScriptedUpstream
@@ -54,12 +56,18 @@ async def test_streams_keep_their_chunk_boundaries() -> None:
     body = json.dumps(chat("s", stream=True)).encode()
     incoming = [{"type": "http.request", "body": body, "more_body": False}]
     sent: list[dict[str, object]] = []
+    answered = asyncio.Event()
 
     async def receive() -> dict[str, object]:
-        return incoming.pop() if incoming else {"type": "http.disconnect"}
+        if incoming:
+            return incoming.pop()
+        await answered.wait()  # as a server does: the client leaves after its answer, not before
+        return {"type": "http.disconnect"}
 
     async def send(message: dict[str, object]) -> None:
         sent.append(message)
+        if message["type"] == "http.response.body" and not message.get("more_body"):
+            answered.set()
 
     scope = {"type": "http", "method": "POST", "path": "/openai/chat/completions", "query_string": b"", "headers": []}
     await app(scope, receive, send)
@@ -256,3 +264,32 @@ def test_a_query_credential_recorded_masked_still_matches() -> None:
     with replay_server(bundle_from_calls([call])) as replay:
         response = httpx.post(replay.url + "/openai/chat/completions?api-version=1&key=AIzaRealKey", json=chat("q"))
     assert response.status_code == 200 and response.content == body
+
+
+async def test_a_played_back_stream_runs_through_a_users_chunk_hook() -> None:
+    # Playback supplies the recorded answer (`call.supplied`): the proxy relays it through every
+    # response hook, so a stage of one's own sees each whole event, and what it returns is what
+    # the agent gets.
+    events, _ = chat_reply("one two three", Script(chunk_size=4), "gpt-4o", {})
+
+    class Collect:
+        def __init__(self) -> None:
+            self.seen: list[bytes] = []
+            self.supplied_by: object = None
+
+        async def chunk(self, call: Any, got: list[Any], last: bool) -> list[Any]:
+            self.seen += [event.raw for event in got]
+            if last:
+                return [*got, Event(b": seen by a stage\n\n", None, "")]
+            return got
+
+        async def response(self, call: Any) -> None:
+            self.supplied_by = call.meta.get("supplied_by")
+
+    collect = Collect()
+    app = ReplayApp([recorded_call(chat("s", stream=True), chunks=stream_of(events))], speed=None, stages=[collect])
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as client:
+        response = await client.post("/openai/chat/completions", json=chat("s", stream=True))
+    assert response.status_code == 200
+    assert collect.seen == events and collect.supplied_by == "replay"
+    assert response.content == b"".join(events) + b": seen by a stage\n\n"

@@ -1,5 +1,5 @@
-"""Replay's stream rewriter and the guardrails' StreamGuard share one event-rewriting core: a stream
-comes out of both alike, whatever the chunking."""
+"""Replay's placeholder restorer (the playback stage's, on the proxy's events) and the guardrails'
+StreamGuard share one event-rewriting core: a stream comes out of both alike, whatever the chunking."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from interlock.guardrails.stage import Guardrails
 from interlock.guardrails.streamrewrite import StreamTextRewriter
 from interlock.protocols import ADAPTERS
 from interlock.protocols.sse import last_events
-from interlock.replay.server import _StreamRewriter
+from interlock.replay.playback import _Restorer
 from interlock.scripted.anthropic_replies import anthropic_reply
 from interlock.scripted.openai_replies import chat_reply
 from interlock.scripted.replies import Script
@@ -33,14 +33,15 @@ def through_both(protocol: str, events: list[bytes], size: int) -> tuple[bytes, 
     assert placeholder == "<EMAIL_ADDRESS_1>"
     call = Call(id="c1", route=protocol, protocol=protocol, method="POST", path="/x")
     guard = StreamGuard(Guardrails(Settings()), call, None, vault)
-    replay = _StreamRewriter(protocol, None, {placeholder: "ann@example.com"})
+    replay = _Restorer(ADAPTERS[protocol], {placeholder: "ann@example.com"})
     chunks = rechunked(events, size)
-    splitter, guarded = ADAPTERS[protocol].event_splitter(), b""
+    splitter, guarded, replayed = ADAPTERS[protocol].event_splitter(), b"", b""
     for i, chunk in enumerate(chunks):  # split as the proxy splits a stream for its stages
         last = i == len(chunks) - 1
         events = list(splitter.feed(chunk)) + (last_events(splitter) if last else [])
         guarded += b"".join(e.raw for e in guard.feed(events, last))
-    replayed = b"".join(replay.feed(c) for c in chunks) + replay.close()
+        restored = [out for event in events for out in replay.event(event)] + (replay.flush() if last else [])
+        replayed += b"".join(e.raw for e in restored)
     return guarded, replayed
 
 
@@ -67,6 +68,6 @@ def test_replay_restores_a_stream_as_the_guardrails_do(protocol: str, reply: Any
 
 
 def test_both_are_the_one_core() -> None:
-    assert issubclass(StreamGuard, StreamTextRewriter) and issubclass(_StreamRewriter, StreamTextRewriter)
-    assert "event" not in vars(StreamGuard) and "event" not in vars(_StreamRewriter)
-    assert "flush" not in vars(StreamGuard) and "flush" not in vars(_StreamRewriter)
+    assert issubclass(StreamGuard, StreamTextRewriter) and issubclass(_Restorer, StreamTextRewriter)
+    assert "event" not in vars(StreamGuard) and "event" not in vars(_Restorer)
+    assert "flush" not in vars(StreamGuard) and "flush" not in vars(_Restorer)
