@@ -28,6 +28,7 @@ from interlock.protocols.base import (
     BadRequest,
     ResponseSummary,
     StreamText,
+    Unmetered,
     _json_headers,
     body_model,
     dump_body,
@@ -196,6 +197,21 @@ class OllamaAdapter(Adapter):
         return TokenUsage(
             input=token_count(counts.get("prompt_eval_count")), output=token_count(counts.get("eval_count"))
         )
+
+    def unmetered(self, call: Call) -> Unmetered | None:
+        view = call.view
+        if not isinstance(view, RequestView) or call.method != "POST":
+            return None
+        if call.path == "/api/embeddings":
+            return Unmetered(False, "Ollama's older /api/embeddings answers with the vector only, no token usage")
+        data = call.request_json if isinstance(call.request_json, dict) else {}
+        if (view.operation == "chat" and not data.get("messages")) or (
+            view.operation == "text_completion" and not data.get("prompt")
+        ):
+            # The server loads (or with `keep_alive: 0` unloads) the model and answers
+            # `done_reason: load`: nothing is generated, no token is counted.
+            return Unmetered(True, "an Ollama request without messages or a prompt only loads or unloads the model")
+        return None
 
     def response_texts(self, data: Any) -> list[TextSlot]:
         if not isinstance(data, dict):

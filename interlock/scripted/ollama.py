@@ -149,6 +149,16 @@ async def answer(exchange: Exchange) -> None:
         else:
             await send_json(send, 200, go_json(reply), extra_headers(script))
         return
+    empty = not data.get("messages") if path == "/api/chat" else not data.get("prompt")
+    if empty:  # the server loads the model (unloads it with `keep_alive: 0`): one JSON object, streamed or not
+        reason = "unload" if data.get("keep_alive") in (0, "0") else "load"
+        loaded: dict[str, Any] = {"model": model, "created_at": _CREATED.format(0)}
+        if path == "/api/chat":
+            loaded["message"] = {"role": "assistant", "content": ""}
+        else:
+            loaded["response"] = ""
+        await send_json(send, 200, go_json({**loaded, "done_reason": reason, "done": True}), extra_headers(script))
+        return
     if script.use_tools and not script.tool_calls and script.text is None:
         call = offered_tool_call(data)
         if call is not None:

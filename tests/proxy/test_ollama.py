@@ -234,9 +234,14 @@ def test_budgets_fail_closed_on_an_unpriced_model_and_count_a_priced_one(
     )
     assert unpriced.status_code == 403
     assert unpriced.json()["code"] == "unpriced_model" and isinstance(unpriced.json()["error"], str)
+    # Loading that model (no messages) generates nothing: free, so the budget lets it through.
+    loaded = sdk.chat(model="mistral", messages=[])
+    assert loaded.done_reason == "load"
+    (load,) = recorded(running, "budget", 2)[:1]
+    assert (load.model, load.cost_usd, load.cost_source) == ("mistral", 0.0, "free")
     # qwen-paid at $5 per million tokens: 18 tokens cost $0.00009, over the budget after one call.
     sdk.chat(model="qwen-paid", messages=[{"role": "user", "content": "one"}])
-    (call,) = [c for c in recorded(running, "budget", 2) if c.model == "qwen-paid"]
+    (call,) = [c for c in recorded(running, "budget", 3) if c.model == "qwen-paid"]
     assert call.cost_source == "prices" and call.cost_usd == pytest.approx(18 * 5 / 1e6)
     with pytest.raises(ollama.ResponseError) as refused:
         sdk.chat(model="qwen-paid", messages=[{"role": "user", "content": "two"}])
