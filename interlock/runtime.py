@@ -72,8 +72,9 @@ class Runtime:
         """`stages`: stages of your own, after the built-in ones (`proxy.pipeline.built_in_stages`;
         docs/architecture.md, "Adding a stage")."""
         self.settings = settings
-        for warning in fleet_warnings(settings):  # what a fleet would not share: loud, at startup
-            log.warning("%s", warning)
+        if settings.workers == 1:  # a worker of `serve --workers N`: its supervisor said them once
+            for warning in fleet_warnings(settings):  # what a fleet would not share: loud, at startup
+                log.warning("%s", warning)
         self.started_at = time.time()
         self.ready = False
         self.services: dict[str, Any] = {}

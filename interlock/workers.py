@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from interlock.config import Settings
+from interlock.config import Settings, fleet_warnings
 from interlock.serving import bind_ports
 
 log = logging.getLogger("interlock")
@@ -103,6 +103,10 @@ def supervise(
     """Bind, fork `workers` processes running `run_worker`, restart those that die, and on SIGTERM or
     SIGINT stop them all gracefully. Returns the exit status. `run_worker` runs in the child (it must
     return when the worker has shut down; an exception there is the worker's exit status 1)."""
+    # What a fleet of such processes would not share: said once, here, not by each worker's runtime
+    # (N workers said it N times, and again at every restart).
+    for warning in fleet_warnings(settings):
+        log.warning("%s", warning)
     # Ports chosen by the kernel (0) are the same for every worker: they share these sockets.
     settings, proxy_socket, admin_socket = bind_ports(settings)
     board = WorkerBoard(workers)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from interlock import __version__
@@ -164,7 +165,9 @@ def test_config_check_json(tmp_path: Path) -> None:
     }
 
 
-def test_config_show_json_masks_secrets(tmp_path: Path) -> None:
+def test_config_show_json_masks_secrets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("INTERLOCK_STATE_URL", "INTERLOCK_VAULT_KEY"):
+        monkeypatch.delenv(name, raising=False)
     path = tmp_path / "interlock.yaml"
     path.write_text(
         "admin: {token: admin-secret}\n"
@@ -179,6 +182,26 @@ def test_config_show_json_masks_secrets(tmp_path: Path) -> None:
     assert data["routes"]["openai"]["upstreams"][0]["api_key"] == "***"
     assert data["state"] == {**data["state"], "url": "redis://:***@127.0.0.1:6379/0", "vault_key": "***"}
     assert "redis-secret" not in result.output and "vault-key-secret" not in result.output
+
+
+def test_config_show_prints_the_effective_store_and_state_the_environment_names_masked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The environment wins over the file (docs/fleet.md, "Configuration"): `config show` says what
+    # `serve` would use, its passwords masked.
+    path = tmp_path / "interlock.yaml"
+    path.write_text("state: {url: 'redis://file-host:6379/0'}\nstore: {path: ./from-the-file.db}\n")
+    monkeypatch.setenv("INTERLOCK_STATE_URL", "redis://:env-redis-secret@env-host:6379/1")
+    monkeypatch.setenv("INTERLOCK_VAULT_KEY", "env-vault-key-secret-of-32-characters-or-more")
+    monkeypatch.setenv("INTERLOCK_STORE_URL", "postgresql://interlock:env-pg-secret@db-host:5432/calls")
+    for args in (["config", "show", "-c", str(path)], ["config", "show", "--json", "-c", str(path)]):
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 0, result.output
+        data = yaml.safe_load(result.output)  # JSON is YAML too
+        assert data["state"]["url"] == "redis://:***@env-host:6379/1" and data["state"]["vault_key"] == "***"
+        assert data["store"]["url"] == "postgresql://interlock:***@db-host:5432/calls"
+        assert not any(f"env-{name}-secret" in result.output for name in ("redis", "vault-key", "pg"))
+        assert "file-host" not in result.output
 
 
 def test_config_check_warns_what_a_store_on_a_server_does_not_share(

@@ -21,8 +21,9 @@ def mask_url_password(url: str) -> str:
 
 
 def settings_to_yaml(settings: Settings) -> str:
-    """The effective configuration as YAML, with secrets masked: keys, tokens, the hash key, header
-    values (they carry credentials), and virtual keys (the names are the credentials)."""
+    """The effective configuration as YAML (the environment's overrides applied), with secrets
+    masked: keys, tokens, the hash key, header values (they carry credentials), passwords in the
+    store's and the state's URLs, and virtual keys (the names are the credentials)."""
     data = settings.model_dump(mode="json", exclude_defaults=False)
 
     def mask_headers(section: dict[str, Any]) -> None:
@@ -42,10 +43,17 @@ def settings_to_yaml(settings: Settings) -> str:
         mask_headers(data.get(section) or {})
     if (data.get("guardrails") or {}).get("hash_key"):
         data["guardrails"]["hash_key"] = "***"
-    state = data.get("state") or {}
+    # Effective values: the environment's `INTERLOCK_STATE_URL` and `INTERLOCK_VAULT_KEY` win over the
+    # file (`State.resolved`, the one precedence rule; `INTERLOCK_STORE_URL` is applied at load).
+    effective = settings.state.resolved()
+    state = data.setdefault("state", {})
+    state["url"], state["vault_key"] = effective.url, effective.vault_key
     if state.get("vault_key"):
         state["vault_key"] = "***"
     if state.get("url"):
         state["url"] = mask_url_password(state["url"])
+    store = data.get("store") or {}
+    if store.get("url"):  # `postgresql://user:password@host/db`
+        store["url"] = mask_url_password(store["url"])
     data["virtual_keys"] = {f"***{key[-4:]}": value for key, value in (data.get("virtual_keys") or {}).items()}
     return str(yaml.safe_dump(data, sort_keys=False))

@@ -257,3 +257,41 @@ def test_workers_with_nothing_to_share_in_refuse_to_start_when_policies_count(tm
     )
     assert done.returncode == 2
     assert "--workers 2 needs shared state" in done.stderr and ":memory:" in done.stderr
+
+
+def test_the_fleet_warning_is_said_once_not_once_per_worker(
+    upstream_server: ScriptedUpstream, postgres_server: Any, tmp_path: Path
+) -> None:
+    # A PostgreSQL store without state.url: the limits count per replica, which `serve` warns about
+    # at startup. With two workers the supervisor says it, once; the workers do not repeat it.
+    (tmp_path / "policy.yaml").write_text("rules:\n  - name: r\n    limits: {requests_per_minute: 500}\n")
+    port, admin = free_port(), free_port()
+    config = {
+        "listen": {"host": "127.0.0.1", "port": port},
+        "admin": {"host": "127.0.0.1", "port": admin},
+        "routes": routes_for(upstream_server),
+        "store": {"url": postgres_server.database("workers_warning")},
+        "policies": [str(tmp_path / "policy.yaml")],
+        "shutdown_grace": 5,
+    }
+    (tmp_path / "interlock.yaml").write_text(yaml.safe_dump(config))
+    log = tmp_path / "interlock.log"
+    environment = {k: v for k, v in os.environ.items() if k not in ("INTERLOCK_STATE_URL", "INTERLOCK_STORE_URL")}
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [INTERLOCK, "serve", "--workers", "2", "-c", str(tmp_path / "interlock.yaml")],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=environment,
+            cwd=tmp_path,  # its local files (the day counters' interlock.db, the spill file) go here
+        )
+    served = Served(process, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin}", tmp_path / "interlock.db", log)
+    try:
+        assert served.wait_ready()["workers"]["ready"] == 2  # both workers have built their runtime
+        assert served.stop() == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(30)
+    said = [line for line in log.read_text().splitlines() if "WARNING" in line and "state.url" in line]
+    assert len(said) == 1, said
