@@ -121,6 +121,13 @@ _NOT_PHONE = re.compile(
 
 _PRESIDIO_LOCK = threading.Lock()
 
+#: One of each built-in entity, and a number no phone region takes (so that every region loads).
+_WARM_UP = (
+    "jane@example.com +1 415 736 5000, 000 000 0000; 4539 1488 0343 6467 GB82 WEST 1234 5698 7654 32 "
+    "536-22-1234 10.20.30.40 2001:db8::1 1BoatSLRHtKNngkdXEeobR76b53LETtpyT https://example.com "
+    "00:1A:2B:3C:4D:5E 2024-01-15 912-70-1234 943 476 5919 AB123456C"
+)
+
 
 class PiiAnalyzer:
     """Finds PII in a text. Thread-safe after construction (recognizers hold compiled patterns only)."""
@@ -200,6 +207,11 @@ class PiiAnalyzer:
         #: One scan that every text holding something to find passes (None: every text may).
         self._needs = None if "" in needs or not needs else regex.compile("[" + "".join(sorted(needs)) + "]")
         self._nothing = not needs  # no recognizer at all (an empty entity list)
+        # The first use of a recognizer loads what it needs: tldextract's suffix trie (0.4 s),
+        # python-phonenumbers' metadata per region (10-30 ms each), presidio's patterns compile.
+        # Done here, where the engine is built (off the event loop; `/ready` waits for it), the
+        # first call holding an e-mail address no longer stalls every call on the loop.
+        self.analyze(_WARM_UP, triggers=False)
 
     def _load_spacy(self, model: str) -> None:
         # Optional dependency: presidio (the `guardrails` extra) and what it brings, loaded with the first PII

@@ -162,3 +162,17 @@ def test_custom_recognizers_run_on_every_text() -> None:
         )
     )
     assert [d.entity for d in analyzer.analyze("Nightjar ")] == ["PROJECT"]
+
+
+def test_the_suffix_list_is_loaded_with_the_engine_not_by_the_first_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Loading it takes ~0.4 s, which the first call holding an e-mail address spent on the event loop.
+    import tldextract.tldextract
+
+    monkeypatch.setattr(pii, "_TLD", None)
+    analyzer = PiiAnalyzer(Guardrails(entities=("EMAIL_ADDRESS",)))
+
+    def no_more_loading(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the suffix list was loaded by a call, not with the engine")
+
+    monkeypatch.setattr(tldextract.tldextract._PublicSuffixListTLDExtractor, "__init__", no_more_loading)
+    assert [d.entity for d in analyzer.analyze("mail jane.roe@acme-corp.io")] == ["EMAIL_ADDRESS"]
