@@ -37,7 +37,7 @@ from interlock.guardrails.redaction import (
 )
 from interlock.guardrails.scanner import THREAD_CHARS, Scanner
 from interlock.protocols import ADAPTERS
-from interlock.protocols.base import dump_body, set_path
+from interlock.protocols.base import Rewritten, dump_body, set_path
 
 if TYPE_CHECKING:
     from interlock.config import Settings
@@ -63,7 +63,7 @@ def is_json_text(role: str, text: str) -> bool:
 class _CallState:
     #: Stored-form texts that differ from what went upstream (blocked and logged values masked).
     request_overrides: list[tuple[JsonPath, str]] = field(default_factory=list)
-    stored_response: bytes | None = None
+    stored_response: Rewritten | None = None
     restored: bool = False  # the agent's copy holds restored values
     stream: StreamGuard | None = None
     passthrough: bool = False  # a stream with nothing to restore or scan
@@ -362,7 +362,7 @@ class Guardrails(Scanner):
             self.vault_refused(call, StateUnavailable(f"{vault.reason}; the response holds {vault.missed}"))
             return
         if agent_body is not None and state is not None:
-            call.agent_response_body = agent_body
+            call.agent_response_body = agent_body.body
             state.restored = True
         if scan and not applied_all:
             assert actions is not None
@@ -455,7 +455,7 @@ class Guardrails(Scanner):
             if state.request_overrides and call.upstream_body is not None:
                 call.upstream_body = body
         if state.stored_response is not None:  # blocked too: the upstream body stays on record, masked
-            call.response_body = state.stored_response
+            ADAPTERS[call.protocol].replace_response(call, state.stored_response)
         if state.restored:
             call.agent_response_body = None
         if guard is not None:

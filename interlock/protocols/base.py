@@ -79,6 +79,15 @@ class ResponseSummary:
             self.model = model
 
 
+@dataclass(frozen=True, slots=True)
+class Rewritten:
+    """A response body an adapter rewrote (`Adapter.rewrite_response`): its bytes, and the JSON
+    document they were written from (shared with the original where unchanged: never edit it)."""
+
+    body: bytes
+    message: Any
+
+
 class Adapter:
     """Base adapter: plain HTTP, no knowledge of the body.
 
@@ -217,7 +226,7 @@ class Adapter:
 
     # -- rewriting a response (the guardrails: restore placeholders, redact) ---------------------
 
-    def rewrite_response(self, call: Call, rewrite: Callable[[TextSlot], str]) -> bytes | None:
+    def rewrite_response(self, call: Call, rewrite: Callable[[TextSlot], str]) -> Rewritten | None:
         """The non-streamed response body with each of its texts (`ResponseView.texts`) replaced by
         `rewrite(slot)`, serialised; None when no text changes (the body stays byte-identical).
         Works on the view's one parse of the body, copy on write (`with_paths`): the view's message
@@ -230,7 +239,17 @@ class Adapter:
         if message is None:
             return None
         changes = [(slot.path, new) for slot in view.texts if (new := rewrite(slot)) != slot.text]
-        return dump_body(with_paths(message, changes)) if changes else None
+        if not changes:
+            return None
+        document = with_paths(message, changes)
+        return Rewritten(dump_body(document), document)
+
+    def replace_response(self, call: Call, rewritten: Rewritten) -> None:
+        """Make a rewritten body the call's response body (the guardrails' masked record), with a view
+        that reads the document it was written from: the recorder and the exporter read it without
+        parsing the body again."""
+        call.response_body = rewritten.body
+        call.response_view = ResponseView(self, call, rewritten.message)
 
     def rewrite_chunks(
         self, chunks: Sequence[Chunk], rewrite: Callable[[list[Event], bool], list[Event]]

@@ -147,6 +147,8 @@ async def test_a_response_is_rewritten_from_its_one_parse(monkeypatch: pytest.Mo
     stored = json.loads(call.response_body)["choices"][0]["message"]["content"]
     assert call.response_body is not upstream and "<EMAIL_ADDRESS_1>" in stored and PHONE not in stored
     assert EMAIL not in stored and call.agent_response_body is None
+    # The recorder reads the masked record through the call's view, not by parsing it again.
+    assert adapter.response_view(call).parsed() == json.loads(call.response_body)
     assert reads == ["c1"]
 
 

@@ -73,12 +73,19 @@ def test_a_rewrite_changes_its_texts_only_and_leaves_the_view_as_the_upstream_se
     assert agent is not None and stored is not None
     expected = copy.deepcopy(COMPLETION)
     expected["choices"][0]["message"]["content"] = "Mail <EMAIL_1>"
-    assert json.loads(agent) == expected
+    assert json.loads(agent.body) == agent.message == expected
     expected["choices"][0]["message"]["content"] = "*" * len("Mail bob@example.com")
-    assert json.loads(stored) == expected
+    assert json.loads(stored.body) == stored.message == expected
     # The view still reads the upstream's answer, and the body was parsed once for all three.
     assert view.message == before and OPENAI.response_view(call) is view
     assert [t.text for t in view.texts] == ["Mail bob@example.com", "Nothing here"]
+    assert reads == ["c1"]
+    # The store's copy becomes the call's body with a view of its own, read from the document it
+    # was written from (the recorder and the exporter read it without parsing it again).
+    OPENAI.replace_response(call, stored)
+    replaced = OPENAI.response_view(call)
+    assert call.response_body is stored.body and replaced is not view and replaced.parsed() is stored.message
+    assert [t.text for t in replaced.texts] == ["*" * len("Mail bob@example.com"), "Nothing here"]
     assert reads == ["c1"]
 
 
