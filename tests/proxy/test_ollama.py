@@ -40,6 +40,9 @@ rules:
   - name: thrifty
     match: {agent: thrifty}
     limits: {budget_usd_per_day: 0.00005}
+  - name: tool-loops
+    match: {agent: looper}
+    loop: {tool_calls: 3, requests: null, tool_errors: null}
 """
 
 
@@ -384,3 +387,28 @@ def test_policy_test_cases_build_ollama_requests(tmp_path: Path) -> None:
     args = ["policy", "test", str(tmp_path / "rules.yaml"), "--cases", str(tmp_path / "cases.yaml")]
     result = CliRunner().invoke(main, [*args, "-c", str(tmp_path / "interlock.yaml")], catch_exceptions=False)
     assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_a_tool_call_loop_is_denied_at_the_third_repeat(
+    running: Running, upstream: ScriptedUpstream, stream: bool
+) -> None:
+    session = f"loop-{stream}"
+    upstream.script(*(Script(tool_calls=[ToolUse("get_weather", {"city": "Paris"})]) for _ in range(3)))
+
+    def turn(n: int) -> httpx.Response:  # each request differs: only the model's tool call repeats
+        body = {"model": MODEL, "messages": [{"role": "user", "content": f"weather, turn {n}"}], "tools": TOOLS[:1]}
+        headers = {"X-Interlock-Agent": "looper", "X-Interlock-Session": session}
+        return httpx.post(f"{running.url}/ollama/api/chat", json={**body, "stream": stream}, headers=headers)
+
+    assert all(b"get_weather" in turn(n).content for n in (1, 2))
+    third = turn(3)
+    if stream:  # the head went out first: the loop ends the stream with the error line, the call dropped
+        *sent, error = lines(third.content)
+        assert third.status_code == 200 and not [line for line in sent if line["message"].get("tool_calls")]
+    else:
+        assert third.status_code == 403
+        error = third.json()
+    assert error["code"] == "loop_detected"
+    newest = recorded(running, session, 3)[0]
+    assert (newest.outcome, newest.error_code) == ("blocked", "loop_detected")
