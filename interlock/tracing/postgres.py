@@ -35,6 +35,8 @@ from interlock.core.call import Call
 from interlock.tracing import store_chain
 from interlock.tracing.audit_reads import AuditReads
 from interlock.tracing.chain import DEFAULT_WRITER, Report
+from interlock.tracing.pg_reconnects import install as install_reconnect_log
+from interlock.tracing.pg_reconnects import pool_name
 from interlock.tracing.pg_schema import (
     DOC,
     MIGRATE_LOCK,
@@ -148,6 +150,8 @@ class PostgresStore(WorkflowReads, PostgresPins, PostgresStops, AuditReads):
                     self.found_version = migrate(conn, self.path)
         except psycopg.Error as exc:
             raise StoreUnavailable(f"{self.path}: {_reason(exc)}") from None
+        # Its failed reconnects during an outage are logged bounded (pg_reconnects.py).
+        self.pool_name, self._reconnects = pool_name(), install_reconnect_log()
         self.pool = ConnectionPool(
             url,
             min_size=1,
@@ -157,7 +161,7 @@ class PostgresStore(WorkflowReads, PostgresPins, PostgresStops, AuditReads):
             open=False,
             # A connection broken by a server restart is noticed when borrowed, not by a failed query.
             check=ConnectionPool.check_connection,
-            name="interlock-store",
+            name=self.pool_name,
         )
         self.pool.open(wait=False)
         self._closing = threading.Event()
@@ -186,6 +190,7 @@ class PostgresStore(WorkflowReads, PostgresPins, PostgresStops, AuditReads):
             except psycopg.OperationalError as exc:
                 raise StoreUnavailable(f"{self.path}: {_reason(exc)}") from None
             pooled = False
+        self._reconnects.connected(self.pool_name)
         try:
             yield conn
         except psycopg.OperationalError as exc:
@@ -214,6 +219,7 @@ class PostgresStore(WorkflowReads, PostgresPins, PostgresStops, AuditReads):
         if self._indexer is not None:
             self._indexer.join(10)
         self.pool.close()
+        self._reconnects.forget(self.pool_name)
 
     def __enter__(self) -> PostgresStore:
         return self
