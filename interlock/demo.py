@@ -210,6 +210,18 @@ def _tool(name: str, description: str, properties: dict[str, Any]) -> dict[str, 
     }
 
 
+class Seeding:
+    """A stage with no hooks that holds `/ready` at 503 (`"warming": ["demo seeding"]`) until the
+    demo's sessions are recorded: whoever waits for ready (a probe, `make demo` in a script, a person
+    opening the UI) finds them there. `run_interlock` does not wait for it (a stage you pass is
+    yours to finish)."""
+
+    name = "demo seeding"
+
+    def __init__(self) -> None:
+        self.warmed = threading.Event()
+
+
 def run_demo(
     *,
     host: str = "127.0.0.1",
@@ -229,7 +241,8 @@ def run_demo(
         data["listen"] = {"host": host, "port": port}
         data["admin"] = {"host": host, "port": admin_port}
         data["store"] = {"path": store or str(workdir / "demo.db")}
-        with run_interlock(settings_for_test(data)) as running:
+        seeding = Seeding()
+        with run_interlock(settings_for_test(data), stages=[seeding]) as running:
             seeded = seed(running.url, upstream)
             # Your agent's calls get the demo model, never a seeding script left over (a seeded call that
             # went otherwise on a loaded machine, e.g. the workflow's stalled attempt, leaves one queued).
@@ -238,6 +251,7 @@ def run_demo(
             upstream.set_default(DEMO_MODEL)
             if running.runtime.recorder is not None:
                 running.runtime.recorder.flush()
+            seeding.warmed.set()  # recorded and flushed: `/ready` may say so
             echo(f"interlock demo: {len(seeded.sessions)} sessions recorded in {data['store']['path']}")
             for what, session in seeded.sessions.items():
                 echo(f"  {what:<10} {session}")
@@ -258,4 +272,4 @@ def run_demo(
     return seeded
 
 
-__all__ = ["DEMO_MODEL", "DEMO_POLICY", "Seeded", "demo_config", "run_demo", "seed", "write_demo_policy"]
+__all__ = ["DEMO_MODEL", "DEMO_POLICY", "Seeded", "Seeding", "demo_config", "run_demo", "seed", "write_demo_policy"]

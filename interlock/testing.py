@@ -116,7 +116,9 @@ def run_interlock(
     `stages` are added after the built-in ones (`Runtime(settings, stages=...)`).
 
     The block starts once interlock is ready as `/ready` says it: listening, and the guardrails engine
-    built (seconds on a loaded machine), so a client's first call does not wait for it."""
+    built (seconds on a loaded machine), so a client's first call does not wait for it. A stage of
+    `stages` with a `warmed` event holds `/ready` too, but the block does not wait for it: the code in
+    the block is what finishes it (the demo's `Seeding`, set once its sessions are recorded)."""
     # Startup: the pytest plugin imports this module in every pytest session; the server and runtime (2.2-3.1
     # s to import, measured under shared load) only when a test starts one.
     from interlock.runtime import Runtime
@@ -157,6 +159,8 @@ def run_interlock(
     try:
         deadline = time.monotonic() + warm_timeout
         for stage in running.runtime.pipeline.stages:
+            if any(stage is mine for mine in stages):
+                continue  # the caller's own: its block finishes it
             warmed = getattr(stage, "warmed", None)
             if isinstance(warmed, threading.Event) and not warmed.wait(max(0.0, deadline - time.monotonic())):
                 raise RuntimeError(f"interlock's {stage.name} did not get ready in {warm_timeout}s")

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import httpx
+import pytest
 from click.testing import CliRunner
 
+from interlock import demo
 from interlock.cli import main
+from interlock.demo import Seeded
 from interlock.tracing.store import Store
+from tests.servers import free_port
 
 
 def test_demo_seeds_retry_denial_redaction_and_tool_loop(tmp_path: Path) -> None:
@@ -45,3 +51,26 @@ def test_demo_seeds_retry_denial_redaction_and_tool_loop(tmp_path: Path) -> None
         assert workflow["agents"] == ["extraction", "orchestrator", "report", "risk-scorer"]
         [risk] = [r for r in store.workflow_calls(workflow["workflow"]) if r["agent"] == "risk-scorer"]
         assert (risk["attempt_count"], risk["outcome"], risk["route"]) == (2, "ok", "risk")
+
+
+def test_ready_waits_for_the_demos_sessions(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # `/ready` is 503 ("warming": the demo seeding) while the demo records its sessions, 200 once
+    # they are recorded: whoever waits for ready finds them. (The seeding is stood in for here; the
+    # test above runs the real one.)
+    admin = free_port()
+    seen: dict[str, Any] = {}
+
+    def seeding(proxy_url: str, upstream: Any) -> Seeded:
+        answer = httpx.get(f"http://127.0.0.1:{admin}/ready", timeout=30)
+        seen["during"] = answer.status_code, answer.json()
+        return Seeded()
+
+    def echo(line: str) -> None:
+        if line.startswith("open the UI") and "after" not in seen:
+            seen["after"] = httpx.get(f"http://127.0.0.1:{admin}/ready", timeout=30).status_code
+
+    monkeypatch.setattr(demo, "seed", seeding)
+    demo.run_demo(port=free_port(), admin_port=admin, store=str(tmp_path / "demo.db"), exit_after_seed=True, echo=echo)
+    status, body = seen["during"]
+    assert status == 503 and body["warming"] == ["demo seeding"]
+    assert seen["after"] == 200
