@@ -119,6 +119,10 @@ class Adapter:
     stream_end_markers: tuple[bytes, ...] = ()
     #: The end markers start a line (SSE); False: they are matched anywhere (a binary framing).
     markers_at_line_start = True
+    #: The stream's end is told by its last line read whole (`last_line_ends_stream`), not by markers:
+    #: a line-per-object framing (NDJSON) whose terminator is a field, which a nested value (a tool
+    #: call's arguments) can also hold.
+    ends_by_last_line = False
     #: Response content types that are a stream, relayed chunk by chunk and split into events.
     stream_media_types: tuple[str, ...] = ("text/event-stream",)
     #: OpenTelemetry's `gen_ai.provider.name` for calls whose upstream host names no provider.
@@ -442,6 +446,11 @@ class Adapter:
         """A `policy test` case's request body: asking `model` about `text` with these tools
         offered, or calling a tool (name, arguments). None: the protocol has no body to build."""
         return None
+
+    def last_line_ends_stream(self, line: bytes) -> bool:
+        """Whether a stream's last line (without its newline) is its protocol's last object; asked
+        only when `ends_by_last_line`."""
+        raise NotImplementedError
 
     def open_ended(self, call: Call) -> bool:
         """A response that lasts as long as the agent wants it (MCP's GET event stream): no total timeout."""

@@ -94,12 +94,22 @@ class OllamaAdapter(Adapter):
     default_upstream = "http://127.0.0.1:11434"
     default_path = "/api/chat"
     stream_media_types = ("application/x-ndjson",)
-    #: The last line of a generation says `"done": true` (Go's encoder writes no space; a server that
-    #: imitates Ollama may). Looked for anywhere in the stream's last bytes: it is not at a line's start.
+    #: The last line of a generation says `"done": true` at its top level: read from the stream's last
+    #: line parsed (`last_line_ends_stream`), since a tool call's arguments may hold `{"done": true}`
+    #: too, and a stream cut right after such a line must not count as whole. The markers only say
+    #: that the stream has a terminator.
     stream_end_markers = (b'"done":true', b'"done": true')
     markers_at_line_start = False
+    ends_by_last_line = True
     #: The longest live NDJSON line (`ollama_stream.MAX_LINE_BYTES`).
     max_line_bytes = MAX_LINE_BYTES
+
+    def last_line_ends_stream(self, line: bytes) -> bool:
+        try:
+            data = json.loads(line)
+        except ValueError:
+            return False
+        return isinstance(data, dict) and data.get("done") is True
 
     def parse(self, call: Call) -> RequestView:
         path = call.path

@@ -407,7 +407,8 @@ class ProxyApp:
         # error status's stream is not held to the protocol's terminator.
         keep = self.settings.store.record_max_bytes
         markers = adapter.stream_end_markers if (call.status or 0) < 400 and not adapter.open_ended(call) else ()
-        capture = state.capture = StreamCapture(call.chunks, keep, markers, adapter.markers_at_line_start)
+        last_line = adapter.last_line_ends_stream if markers and adapter.ends_by_last_line else None
+        capture = state.capture = StreamCapture(call.chunks, keep, markers, adapter.markers_at_line_start, last_line)
         if sent is not None:
             state.sent_capture = StreamCapture(sent, keep)
         if route.stream_rescue and isinstance(opened, Opened) and (call.status or 0) < 400:

@@ -12,6 +12,7 @@ kept 66 → 1,967 MB before). What it dropped is marked on the call (`meta.recor
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from interlock.core.call import Call, Chunk
@@ -38,11 +39,17 @@ class StreamCapture:
         "dropped_chunks",
         "total",
         "markers",
+        "last_line",
         "_seen",
     )
 
     def __init__(
-        self, chunks: list[Chunk], limit: int, markers: tuple[bytes, ...] = (), line_start: bool = True
+        self,
+        chunks: list[Chunk],
+        limit: int,
+        markers: tuple[bytes, ...] = (),
+        line_start: bool = True,
+        last_line: Callable[[bytes], bool] | None = None,
     ) -> None:
         self.chunks = chunks
         #: The protocol's end-of-stream events (`data: [DONE]`, `event: message_stop`), each matched
@@ -50,6 +57,9 @@ class StreamCapture:
         #: framing's, `line_start` False, are matched as they are: Bedrock's holds length bytes).
         self.markers = tuple(b"\n" + marker if line_start else marker for marker in markers)
         self._seen = not markers  # a protocol without a terminator ends when the stream does
+        #: When set, the stream ended iff its last line, read whole, says so (NDJSON: the adapter's
+        #: `last_line_ends_stream`); the markers are not searched.
+        self.last_line = last_line
         self.limit = limit
         self.kept = 0
         self.total = 0  # bytes seen, kept or not
@@ -84,6 +94,9 @@ class StreamCapture:
         if self._seen:
             return True
         source = self.tail if self.tail else self.chunks
+        if self.last_line is not None:
+            self._seen = self.last_line(_last_line(source))
+            return self._seen
         following = b""
         scanned = 0
         for i in range(len(source) - 1, -1, -1):
@@ -118,3 +131,21 @@ class StreamCapture:
 
 
 __all__ = ["TAIL_BYTES", "StreamCapture"]
+
+
+def _last_line(chunks: Sequence[Chunk]) -> bytes:
+    """The last line of a stream's bytes, without its newline(s): read backwards over the last
+    chunks until the line before it ends (at most `END_SCAN_BYTES`)."""
+    parts: list[bytes] = []
+    size = 0
+    content = False  # whether the line's own bytes have begun (past the trailing newlines)
+    for i in range(len(chunks) - 1, -1, -1):
+        data = chunks[i].data
+        parts.append(data)
+        size += len(data)
+        if not content:
+            data = data.rstrip(b"\r\n")
+            content = bool(data)
+        if (content and b"\n" in data) or size > END_SCAN_BYTES:
+            break
+    return b"".join(reversed(parts)).rstrip(b"\r\n").rsplit(b"\n", 1)[-1]

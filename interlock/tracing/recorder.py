@@ -376,7 +376,8 @@ class Recorder:
                 self.large_calls += 1
         except Exception as exc:
             if storage_fault(exc):
-                self.holding.failed(describe(exc), [call])  # its chunks written so far are skipped when written again (ON CONFLICT DO NOTHING)
+                # Its chunks written so far are skipped when written again (ON CONFLICT DO NOTHING).
+                self.holding.failed(describe(exc), [call])
                 return
             with self._counting:
                 self.write_errors += 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from interlock.core.call import Call, Chunk
+from interlock.protocols import ADAPTERS
 from interlock.proxy.capture import TAIL_BYTES, StreamCapture
 
 DONE = (b"data: [DONE]",)
@@ -40,3 +41,23 @@ def test_past_the_limit_the_head_and_a_tail_are_kept_and_the_cut_is_marked() -> 
     cut = call.meta["record_cut"]["upstream"]
     assert cut["dropped_bytes"] + kept == 1_000_000
     assert [c.t_ms for c in capture.chunks][-1] == 999.0  # the last chunk is kept
+
+
+def test_an_ndjson_stream_ends_only_when_its_last_line_says_so_at_the_top_level() -> None:
+    # Ollama: the terminator is a field, `"done": true`, which a tool call's arguments may also hold.
+    adapter = ADAPTERS["ollama"]
+
+    def ollama(pieces: list[bytes]) -> StreamCapture:
+        capture = StreamCapture([], 1 << 20, adapter.stream_end_markers, False, adapter.last_line_ends_stream)
+        for i, piece in enumerate(pieces):
+            capture.add(Chunk(float(i), piece))
+        return capture
+
+    tool = b'{"message":{"role":"assistant","tool_calls":[{"function":{"name":"f","arguments":{"done":true}}}]},"done":false}\n'
+    last = b'{"model":"m","message":{"role":"assistant","content":""},"done_reason":"stop","done":true}\n'
+    assert not ollama([b'{"message":{"content":"a"},"done":false}\n', tool]).ended  # cut after the tool call
+    assert ollama([tool, last]).ended
+    assert ollama([tool + last[:20], last[20:]]).ended  # the last line split over chunks
+    assert ollama([tool, last[:-1], b"\n", b"\n"]).ended  # its newline, and a blank line, apart
+    assert ollama([tool + last[:-1]]).ended  # no newline at the end
+    assert not ollama([tool, last[:40]]).ended  # the last line cut
