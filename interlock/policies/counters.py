@@ -39,13 +39,13 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal, NamedTuple, Protocol
 
-from interlock.core.sqlite_state import create_state_tables
+from interlock.core.state_schema import create_state_tables
 
 log = logging.getLogger("interlock.policies")
 
 #: The length of a sliding window, in seconds.
 WINDOW = 60.0
-#: The tables (`core/sqlite_state.STATE_SCHEMA`, with the shared counters' and the vault's).
+#: The tables (`core/state_schema.STATE_SCHEMA`, with the shared counters' and the vault's).
 TABLE = "policy_counters"
 
 Window = Literal["minute", "day", "none", "life"]

@@ -7,7 +7,7 @@ REAL → DOUBLE PRECISION, TEXT → TEXT COLLATE "C" (byte order, as SQLite sort
 BLOB → BYTEA, the rowid alias `calls.seq` → an identity column. So a migration that adds a table,
 a column or an index to SQLite adds it here too, with no second description to keep in step.
 
-The embedded shared state's tables (`core/sqlite_state.STATE_TABLES`: policy counters, the workers'
+The embedded shared state's tables (`core/state_schema.STATE_TABLES`: policy counters, the workers'
 vault) are SQLite's alone and left out: a fleet on PostgreSQL shares its state on Redis, and the
 counters of one that has none save to the SQLite file at `store.path`.
 
@@ -26,7 +26,7 @@ import sqlite3
 from dataclasses import dataclass, field
 from functools import cache
 
-from interlock.core.sqlite_state import STATE_TABLES
+from interlock.core.state_schema import STATE_TABLES
 from interlock.tracing import store_chain
 from interlock.tracing.schema import CHAIN_VERSION, MIGRATIONS, SCHEMA_VERSION, SchemaError, database
 

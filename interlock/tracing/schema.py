@@ -44,7 +44,7 @@ Version 5: tamper evidence: `chain`, `chain_checkpoints` and `chain_start` (docu
 Version 6: every other table the store's file holds, each made on first use before (outside the
 versions, so `interlock store migrate`, these tests and an upgrade did not cover them): the kill
 switch's `stops` (`stops.py`), the MCP tool pins `mcp_pins` (`pins.py`), and the embedded shared
-state (`core/sqlite_state.STATE_SCHEMA`: the policy counters and the vault shared by worker
+state (`core/state_schema.STATE_SCHEMA`: the policy counters and the vault shared by worker
 processes). Each is made only if missing, in the shape first use gave it, so a file that already
 has one keeps it with its rows. The state's tables are SQLite's alone: PostgreSQL's derived schema
 leaves them out (a fleet's shared state is on Redis; `pg_schema`).
@@ -61,7 +61,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from interlock.core.sqlite import transaction
-from interlock.core.sqlite_state import STATE_STATEMENTS, STATE_TABLES
+from interlock.core.state_schema import STATE_STATEMENTS, STATE_TABLES
 from interlock.tracing import store_chain
 from interlock.tracing.rows import CHAINED_TABLES
 
@@ -318,7 +318,7 @@ _ADDED_COLUMNS = ((2, "NULL AS workflow"), (3, "0 AS rescued"), (4, "NULL AS cos
 
 #: The tables a file may hold with no schema version and still be a new store: those interlock
 #: makes outside a store's migration. The shared state's: the counters and the vault make them in
-#: a file no store has migrated (recording off, the store on PostgreSQL; `core/sqlite_state.py`),
+#: a file no store has migrated (recording off, the store on PostgreSQL; `core/state_schema.py`),
 #: and under a running interlock a store file deleted is made again at its path by the counters'
 #: next save, which the recorder's reopen must migrate, not refuse. And `stops` and `mcp_pins`,
 #: which interlocks before version 6 made on first use, so a file that one made again that way is

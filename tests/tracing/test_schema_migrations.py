@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from interlock.core.sqlite_state import STATE_TABLES
+from interlock.core.state_schema import STATE_TABLES
 from interlock.tracing import pg_schema
 from interlock.tracing.schema import MIGRATIONS, SCHEMA_VERSION, SchemaError, database, transform
 from interlock.tracing.store import Store

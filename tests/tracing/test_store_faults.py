@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from interlock.core.sqlite_state import STATE_TABLES
+from interlock.core.state_schema import STATE_TABLES
 from interlock.guardrails.vault_sqlite import SqliteVault
 from interlock.policies.counters import Add, Counter, EmbeddedCounters
 from interlock.policies.counters_sqlite import SqliteCounters
