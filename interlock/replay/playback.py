@@ -252,19 +252,23 @@ class Playback:
         """The recorded call's response, as the agent received it, supplied for the proxy to relay."""
         recorded = found.recorded.call
         assert recorded.status is not None
-        try:
-            # As the parse stage reads a live request: the adapter (whether the answer is a stream,
-            # whether it is open-ended) and any stage after this one read the view.
-            view = adapter.parse(call)
-            call.view, call.model, call.stream = view, view.model, view.stream
-        except BadRequest:
-            pass  # a body the live parse refused: its recorded answer is that refusal, matched by its bytes
+        call.model = recorded.model
         rpc = adapter.is_jsonrpc and isinstance(data, dict) and "id" in data
         values = found.values
         chunks = recorded.agent_chunks if recorded.agent_chunks is not None else recorded.chunks
         headers = recorded.response_headers
         content_type = next((v for k, v in headers if k.lower() == "content-type"), "")
         streamed = bool(chunks) or content_type.startswith("text/event-stream")
+        if streamed:
+            try:
+                # As the parse stage reads a live request: the relay asks the adapter whether the
+                # answer is a stream (Gemini's JSON array: if the request asked for one) and whether
+                # it is open-ended (MCP's `subscriptions/listen`), which the view says. A body answered
+                # whole needs neither, and its parse would cost a tenth of a replayed call.
+                view = adapter.parse(call)
+                call.view, call.stream = view, view.stream
+            except BadRequest:
+                pass  # a body the live parse refused: its recorded answer is that refusal, matched by its bytes
         if rpc or values:
             restorer = _Restorer(adapter, values) if values and streamed else None
             self._calls[call.id] = _Served(values, rpc, data["id"] if rpc else None, restorer)
