@@ -17,7 +17,9 @@ counted or remembered across calls is shared too: with `state.url`, on Redis as 
 it, in the same SQLite file (`counters_sqlite.py`, `vault_sqlite.py`: one transaction per operation,
 atomic across the workers), the vault's values encrypted with `state.vault_key` or, when unset, a key
 the supervisor draws at start and hands to its workers in memory (never written anywhere). Each
-worker spills to its own side file (`<spill>.w<i>`, worker 0 keeps the configured one).
+worker spills to its own side file (`<spill>.w<i>`, worker 0 keeps the configured one); worker 0
+also writes, at start, the side files of worker numbers this run does not have (a run with fewer
+workers than the one that spilled them: tracing/side_file.py).
 """
 
 from __future__ import annotations
@@ -84,14 +86,12 @@ def needs_shared_state(settings: Settings) -> str | None:
 
 def worker_settings(settings: Settings, index: int, workers: int, secret: str) -> Settings:
     """A worker's settings: `workers` (counters and vault shared through the store's file unless on
-    Redis), the supervisor's vault `secret` unless the configuration has a key, and a spill file of
-    its own (two processes appending to one would interleave)."""
-    update: dict[str, object] = {"workers": workers}
+    Redis), the supervisor's vault `secret` unless the configuration has a key, and its `worker`
+    number, which gives it a side file of its own (two processes appending to one would interleave;
+    worker 0 also writes those of workers an earlier run had: tracing/side_file.py)."""
+    update: dict[str, object] = {"workers": workers, "worker": index}
     if not settings.state.resolved().vault_key:
         update["state"] = settings.state.model_copy(update={"vault_key": secret})
-    if index > 0 and settings.store.enabled:
-        spill = settings.store.spill_path or f"{settings.store.path}.spill"
-        update["store"] = settings.store.model_copy(update={"spill_path": f"{spill}.w{index}"})
     return settings.model_copy(update=update)
 
 

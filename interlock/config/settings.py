@@ -196,3 +196,6 @@ class Settings(Model):
     #: Processes serving these settings side by side (`serve --workers N` sets it for each worker):
     #: above 1 and without `state.url`, counters and the vault go to the store's SQLite file.
     workers: int = Field(1, ge=1, exclude=True)
+    #: Which of them this process is (0 for a single process): worker i > 0 spills to a side file of
+    #: its own, worker 0 also writes those of workers an earlier run had (tracing/side_file.py).
+    worker: int = Field(0, ge=0, exclude=True)

@@ -8,13 +8,14 @@ and logged. The writer retries with backoff (0.1 s doubling to 5 s); the first w
 ends the episode: the held calls and the side file are written, and one line says how it went.
 `/ready` answers 503 with the reason while an episode lasts (for a shared store, only once calls
 are being lost: `ui/admin.readiness` says why). A side file left by a process that
-stopped mid-episode is written at the next start. A call whose own data SQLite refuses is not a
+stopped mid-episode is written at the next start, with those of workers the new run does not have
+(`side_file.py`: locking, torn lines, workers). A call whose own data SQLite refuses is not a
 storage fault (the recorder salvages it, `recorder.py`).
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
 import os
 import sqlite3
@@ -22,12 +23,13 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from interlock.core.call import Call
-from interlock.tracing.rows import _decode_extra, dumps
+from interlock.tracing.rows import dumps
 from interlock.tracing.schema import StoreError
+from interlock.tracing.side_file import appending, claim
 
 log = logging.getLogger("interlock.recorder")
 
@@ -90,10 +92,15 @@ def call_size(call: Call) -> int:
 class Holding:
     """Calls waiting for the store to come back: in memory, then in the side file."""
 
-    def __init__(self, path: str, max_bytes: int, spill_path: str, spill_max_bytes: int) -> None:
+    def __init__(
+        self, path: str, max_bytes: int, spill_path: str, spill_max_bytes: int, *, adopt: Sequence[str] = ()
+    ) -> None:
         self.path = path
         self.max_bytes = max_bytes
         self.spill_path = spill_path
+        #: Side files of workers an earlier run had and this one has not: written with this one's own
+        #: (side_file.absent_workers_files), never appended to.
+        self.adopted = list(adopt)
         self.spill_max_bytes = spill_max_bytes
         self.calls: deque[Call] = deque()
         self.bytes = 0
@@ -186,54 +193,59 @@ class Holding:
 
     def spill(self, calls: list[Call]) -> None:
         """Append calls to the side file; one that does not fit or cannot be written is lost (counted)."""
-        for call in calls:
-            try:
-                line = (dumps(call.to_record()) + "\n").encode("utf-8", "surrogatepass")
-                if self.spill_bytes + len(line) > self.spill_max_bytes:
-                    raise OSError(f"the side file is full (store.spill_max_bytes = {self.spill_max_bytes})")
-                with open(self.spill_path, "ab") as out:
-                    out.write(line)
-                self.spill_bytes += len(line)
-                self.spilled += 1
-            except Exception as exc:  # noqa: BLE001 - counted and logged: the one place a call is lost
-                self.lost += 1
-                if self.lost == 1 or self.lost % 1000 == 0:
-                    log.error(
-                        "recording: call %s lost (%d so far): it could not be held or spilled: %s",
-                        call.id,
-                        self.lost,
-                        exc,
-                    )
+        if not calls:
+            return
+        done = 0  # calls spilled or counted lost
+        try:
+            with appending(self.spill_path) as side_file:
+                for call in calls:
+                    try:
+                        line = (dumps(call.to_record()) + "\n").encode("utf-8", "surrogatepass")
+                        if self.spill_bytes + len(line) > self.spill_max_bytes:
+                            raise OSError(f"the side file is full (store.spill_max_bytes = {self.spill_max_bytes})")
+                        self.spill_bytes += side_file.write(line)
+                        self.spilled += 1
+                    except Exception as exc:  # noqa: BLE001 - counted and logged: the one place a call is lost
+                        self._lose(call, exc)
+                    done += 1
+        except OSError as exc:  # the side file cannot be opened (its folder gone, a directory in its place)
+            for call in calls[done:]:
+                self._lose(call, exc)
+
+    def _lose(self, call: Call, exc: BaseException) -> None:
+        self.lost += 1
+        if self.lost == 1 or self.lost % 1000 == 0:
+            log.error(
+                "recording: call %s lost (%d so far): it could not be held or spilled: %s", call.id, self.lost, exc
+            )
 
     def spill_all(self) -> None:
         """Shutdown during an episode: everything held goes to the side file."""
         self.spill(self.take(len(self.calls)))
 
-    def side_file_batches(self, size: int) -> Iterator[list[dict[str, Any]]]:
-        """The calls in the side file as records, `size` at a time (read as they are written: the file
-        may hold `spill_max_bytes`); an unreadable line is counted lost and logged."""
-        if not os.path.exists(self.spill_path):
-            return
-        batch: list[dict[str, Any]] = []
-        with open(self.spill_path, "rb") as source:
-            for number, line in enumerate(source, 1):
-                try:
-                    batch.append(_decode_extra(json.loads(line.decode("utf-8", "surrogatepass"))))
-                except (ValueError, UnicodeDecodeError) as exc:
-                    self.lost += 1
-                    log.error(
-                        "recording: %s:%d cannot be read back (%s): that call is lost", self.spill_path, number, exc
-                    )
-                if len(batch) >= size:
-                    yield batch
-                    batch = []
-        if batch:
-            yield batch
-
-    def side_file_written(self) -> None:
-        os.unlink(self.spill_path)
-        self.spilled = 0
-        self.spill_bytes = 0
+    def replay(self, write: Callable[[list[dict[str, Any]]], None], size: int, *, at_start: bool = False) -> int:
+        """Write the side file, then those of absent workers, into the store (`write`, `size` records
+        at a time), removing each once written; how many calls. A storage fault raised by `write` stops
+        it with the file kept for the next try (which skips the ids already written). A line that is
+        not a whole record is counted lost and logged once its file is removed."""
+        count = 0
+        for path in [self.spill_path, *self.adopted]:
+            with claim(path) as side_file:
+                if side_file is not None:
+                    for records in side_file.batches(size):
+                        write(records)
+                    self.lost += side_file.remove()
+                    count += side_file.records
+                    if path == self.spill_path:  # still locked: no append lands between the removal and this
+                        self.spilled = 0
+                        self.spill_bytes = 0
+                    if side_file.records and (path != self.spill_path or at_start):
+                        whose = "an earlier run" if path == self.spill_path else "a worker of an earlier run"
+                        log.warning("recording: %d calls from %s (left by %s) written", side_file.records, path, whose)
+            if path != self.spill_path:
+                with contextlib.suppress(ValueError):  # close() out of time may replay beside the writer
+                    self.adopted.remove(path)
+        return count
 
     @property
     def losing(self) -> bool:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import threading
 import time
 from collections import deque
@@ -34,6 +33,7 @@ from interlock.core.call import Call
 from interlock.tracing.backend import Store, open_store
 from interlock.tracing.faults import Holding, call_size, describe, storage_fault
 from interlock.tracing.rows import Indexer
+from interlock.tracing.side_file import absent_workers_files, side_file_path
 from interlock.tracing.writing import YIELD_EVERY, Rows
 
 log = logging.getLogger("interlock.recorder")
@@ -47,7 +47,15 @@ class Recorder:
 
     name = "record"
 
-    def __init__(self, store: Store, settings: StoreSettings, *, indexer: Indexer | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        settings: StoreSettings,
+        *,
+        indexer: Indexer | None = None,
+        worker: int = 0,
+        workers: int = 1,
+    ) -> None:
         self.store = store
         #: How many calls are in flight, not yet queued here (the runtime points it at the proxy's
         #: count; `flush` waits for them).
@@ -84,9 +92,13 @@ class Recorder:
         #: in hand (one transaction of about large_call_bytes) before the store is closed under it.
         self._abandon = threading.Event()
         # While the store cannot be written: held calls, the side file, the episode (faults.py).
-        # A database server's side file is a local one, beside where the SQLite file would be.
-        spill_path = settings.spill_path or (settings.path if settings.url else store.path) + ".spill"
-        self.holding = Holding(store.path, settings.retry_max_bytes, spill_path, settings.spill_max_bytes)
+        # A database server's side file is a local one, beside where the SQLite file would be. Worker
+        # `worker` of `serve --workers` has one of its own; worker 0 also writes those of the workers an
+        # earlier run had and this one has not (side_file.py).
+        spill = settings.spill_path or (settings.path if settings.url else store.path) + ".spill"
+        adopt = absent_workers_files(spill, workers) if worker == 0 else []
+        spill_path = side_file_path(spill, worker)
+        self.holding = Holding(store.path, settings.retry_max_bytes, spill_path, settings.spill_max_bytes, adopt=adopt)
         self._writer: threading.Thread | None = None
         self._pruner: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -425,17 +437,11 @@ class Recorder:
         holding.recovered(moved, from_side_file)
 
     def _write_side_file(self, *, left_by_earlier_run: bool = False) -> int | None:
-        """Write the side file's calls into the store and remove it; how many (None: it failed)."""
+        """Write the side files' calls into the store and remove them; how many (None: it failed)."""
         holding = self.holding
-        if not os.path.exists(holding.spill_path):
-            return 0
-        count = 0
         try:
             # A retry after a failure part-way rewrites the first batches: ids already stored are skipped.
-            for records in holding.side_file_batches(self.batch_size):
-                self._write_records(records)
-                count += len(records)
-            holding.side_file_written()
+            count = holding.replay(self._write_records, self.batch_size, at_start=left_by_earlier_run)
         except Exception as exc:  # noqa: BLE001 - kept on disk for the next retry (or start)
             if left_by_earlier_run:
                 holding.failed(describe(exc), [])
@@ -444,8 +450,6 @@ class Recorder:
             return None
         with self._counting:
             self.written += count
-        if left_by_earlier_run and count:
-            log.warning("recording: %d calls from %s (left by an earlier run) written", count, holding.spill_path)
         return count
 
     def _write_records(self, records: list[dict[str, Any]]) -> None:
@@ -525,4 +529,4 @@ def open_recording(settings: Settings) -> tuple[Store | None, Recorder | None]:
     if not settings.store.enabled:
         return None, None
     store = open_store(settings.store)
-    return store, Recorder(store, settings.store)
+    return store, Recorder(store, settings.store, worker=settings.worker, workers=settings.workers)

@@ -23,6 +23,8 @@ import pytest
 import yaml
 
 from interlock.scripted import Script, ScriptedUpstream
+from interlock.testing import wait_for
+from interlock.tracing.store import Store
 from tests.conftest import routes_for
 from tests.servers import free_port
 
@@ -75,6 +77,21 @@ def call(served: Served, agent: str) -> httpx.Response:
         )
 
 
+def start(home: Path, config: dict[str, Any], workers: int, log_name: str = "interlock.log") -> Served:
+    """`interlock serve --workers N` with `config` (written to home/interlock.yaml), without Redis."""
+    (home / "interlock.yaml").write_text(yaml.safe_dump(config))
+    log = home / log_name
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [INTERLOCK, "serve", "--workers", str(workers), "-c", str(home / "interlock.yaml")],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={k: v for k, v in os.environ.items() if k not in ("INTERLOCK_STATE_URL", "INTERLOCK_VAULT_KEY")},
+        )
+    port, admin = config["listen"]["port"], config["admin"]["port"]
+    return Served(process, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin}", Path(config["store"]["path"]), log)
+
+
 @pytest.fixture(scope="module")
 def served(upstream_server: ScriptedUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     home = tmp_path_factory.mktemp("workers")
@@ -91,16 +108,7 @@ def served(upstream_server: ScriptedUpstream, tmp_path_factory: pytest.TempPathF
         "guardrails": {"request": {"EMAIL_ADDRESS": "redact"}, "entities": ["EMAIL_ADDRESS"], "secrets": False},
         "shutdown_grace": 10,
     }
-    (home / "interlock.yaml").write_text(yaml.safe_dump(config))
-    log = home / "interlock.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [INTERLOCK, "serve", "--workers", "2", "-c", str(home / "interlock.yaml")],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={k: v for k, v in os.environ.items() if k not in ("INTERLOCK_STATE_URL", "INTERLOCK_VAULT_KEY")},
-        )
-    running = Served(process, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin}", home / "interlock.db", log)
+    running = start(home, config, 2)
     try:
         running.wait_ready()
         yield running
@@ -295,3 +303,67 @@ def test_the_fleet_warning_is_said_once_not_once_per_worker(
             process.wait(30)
     said = [line for line in log.read_text().splitlines() if "WARNING" in line and "state.url" in line]
     assert len(said) == 1, said
+
+
+def test_every_workers_side_file_is_written_once_by_a_later_run_with_fewer_workers(
+    upstream_server: ScriptedUpstream, tmp_path: Path
+) -> None:
+    """`serve --workers 2` while its store cannot be written: each worker spills to a side file of its
+    own (no memory to hold in: retry_max_bytes 0); SIGTERM. Worker 1's file then also gets a call that
+    is in worker 0's file and the start of a line it was appending when it died. `serve` with one
+    worker writes both files: every call once, the torn line counted lost and logged, no file left."""
+    db, spill = tmp_path / "interlock.db", tmp_path / "interlock.spill"
+    sides = (spill, Path(f"{spill}.w1"))
+    config = {
+        "listen": {"host": "127.0.0.1", "port": free_port()},
+        "admin": {"host": "127.0.0.1", "port": free_port()},
+        "routes": routes_for(upstream_server),
+        "store": {"path": str(db), "spill_path": str(spill), "retry_max_bytes": 0},
+        "shutdown_grace": 5,
+    }
+    texts: list[str] = []
+    first = start(tmp_path, config, 2, "first.log")
+    try:
+        first.wait_ready()
+        for path in (db, Path(f"{db}-wal"), Path(f"{db}-shm")):
+            path.unlink(missing_ok=True)
+        db.mkdir()  # the store cannot be opened: a storage fault in both workers until it is removed
+        while not all(side.exists() for side in sides) and len(texts) < 400:
+            text = f"spilled {len(texts)}"
+            with httpx.Client(timeout=30) as client:  # a connection of its own: either worker may answer
+                answer = client.post(
+                    first.url + "/openai/chat/completions",
+                    json={**HI, "messages": [{"role": "user", "content": text}]},
+                    headers={"Authorization": "Bearer sk-agent"},
+                )
+            assert answer.status_code == 200
+            texts.append(text)
+        assert all(side.exists() for side in sides), "one worker answered 400 calls in a row"
+        assert first.stop() == 0
+    finally:
+        if first.process.poll() is None:
+            first.process.kill()
+            first.process.wait(30)
+    db.rmdir()
+    with spill.open("rb") as source:
+        both = source.readline()
+    with sides[1].open("ab") as out:
+        out.write(both + both[:60])
+    config["listen"]["port"], config["admin"]["port"] = free_port(), free_port()
+    second = start(tmp_path, config, 1, "second.log")
+    try:
+        second.wait_ready()
+        wait_for(lambda: not any(side.exists() for side in sides), what="both side files written")
+        with Store(db, readonly=True) as store:
+            bodies = [c.request_body.decode() for c in store.iter_calls()]
+        assert len(bodies) == len(texts)
+        assert all(sum(f'"{text}"' in body for body in bodies) == 1 for text in texts)
+        recorder = httpx.get(second.admin + "/api/stats", timeout=10).json()["recorder"]
+        assert recorder["lost"] == 1 and recorder["write_errors"] == 0
+        assert second.stop() == 0
+    finally:
+        if second.process.poll() is None:
+            second.process.kill()
+            second.process.wait(30)
+    log = second.log.read_text()
+    assert f"{sides[1]}:" in log and "cut short" in log
