@@ -204,6 +204,28 @@ def test_config_show_prints_the_effective_store_and_state_the_environment_names_
         assert "file-host" not in result.output
 
 
+def test_config_show_masks_the_credentials_of_every_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A password can sit in a URL's user info or in its query (libpq and redis-py take any
+    # connection parameter there), and an upstream, OTel or webhook URL can carry a key.
+    for name in ("INTERLOCK_STATE_URL", "INTERLOCK_VAULT_KEY", "INTERLOCK_STORE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    path = tmp_path / "interlock.yaml"
+    path.write_text(
+        "routes:\n  openai: {upstream: 'https://bob:upstream-pw@api.example.com/v1?key=upstream-key&v=2'}\n"
+        "store: {url: 'postgresql://app@db.example/calls?password=pg-pw&sslmode=require'}\n"
+        "state: {url: 'redis://cache.example:6379/0?password=redis-pw', vault_key: vault-key-secret-of-32-characters-ok}\n"
+        "otel: {endpoint: 'https://otel:otel-pw@collector.example:4318'}\n"
+        "escalation: {webhook: 'https://hooks.example/notify?token=hook-token'}\n"
+    )
+    result = CliRunner().invoke(main, ["config", "show", "--json", "-c", str(path)])
+    assert result.exit_code == 0, result.output
+    for secret in ("upstream-pw", "upstream-key", "pg-pw", "redis-pw", "vault-key-secret", "otel-pw", "hook-token"):
+        assert secret not in result.output, secret
+    data = json.loads(result.output)
+    assert data["store"]["url"] == "postgresql://app@db.example/calls?password=***&sslmode=require"
+    assert data["routes"]["openai"]["upstreams"][0]["url"] == "https://bob:***@api.example.com/v1?key=***&v=2"
+
+
 def test_config_check_warns_what_a_store_on_a_server_does_not_share(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

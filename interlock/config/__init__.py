@@ -42,7 +42,7 @@ from interlock.config.settings import (
     Settings,
     VirtualKey,
 )
-from interlock.config.show import mask_url_password, settings_to_yaml
+from interlock.config.show import mask_url_password, public_query, settings_to_yaml
 from interlock.config.store import State, StateFailure, StateOnFailure, Store
 from interlock.yamlsource import SourceError
 
@@ -82,6 +82,7 @@ __all__ = [
     "http_url",
     "load_settings",
     "mask_url_password",
+    "public_query",
     "settings_from_document",
     "settings_to_yaml",
 ]

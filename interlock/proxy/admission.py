@@ -11,11 +11,11 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Iterable
-from urllib.parse import quote, unquote, unquote_plus
+from urllib.parse import quote, unquote
 
 import yarl
 
-from interlock.config import Settings
+from interlock.config import Settings, public_query
 from interlock.core.call import Headers
 
 #: Host names that always mean this machine.
@@ -184,21 +184,6 @@ def path_refusal(path: bytes) -> str | None:
             return None
         text = decoded
     return "the path is percent-encoded too many times"
-
-
-def public_query(query: str, secret: frozenset[str]) -> str:
-    """The query string with the values of credential parameters replaced by `***`; the rest is
-    kept byte for byte."""
-    if not query or not secret:
-        return query
-    parts = query.split("&")
-    changed = False
-    for i, part in enumerate(parts):
-        name, eq, value = part.partition("=")
-        if value and unquote_plus(name).strip().lower() in secret:
-            parts[i] = f"{name}{eq}***"
-            changed = True
-    return "&".join(parts) if changed else query
 
 
 __all__ = ["HostAllowList", "ProxyEdge", "from_browser", "host_name", "path_refusal", "public_query", "upstream_path"]

@@ -26,11 +26,11 @@ from contextlib import contextmanager
 from functools import lru_cache
 from itertools import chain
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from interlock.config import mask_url_password
 from interlock.core.call import Call
 from interlock.tracing import store_chain
 from interlock.tracing.audit_reads import AuditReads
@@ -96,18 +96,6 @@ def _pg_insert(single: str, rows: int) -> str:
     return f"{head.replace('INSERT OR IGNORE INTO', 'INSERT INTO')} VALUES {groups} ON CONFLICT DO NOTHING"
 
 
-def public_url(url: str) -> str:
-    """The URL without its password (for messages, `stats` and `/api/stats`)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username}@{host}" if parts.username else host
-    if parts.port:
-        netloc += f":{parts.port}"
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
 class PostgresStore(WorkflowReads, PostgresPins, PostgresStops, AuditReads):
     """A store in the PostgreSQL database at `url`; implements `interlock.tracing.backend.Store`."""
 
@@ -126,7 +114,7 @@ class PostgresStore(WorkflowReads, PostgresPins, PostgresStops, AuditReads):
         self.url = url
         #: Whose tamper-evident chain this store's writes extend (`store.writer`: one per replica).
         self.writer = writer
-        self.path = public_url(url)
+        self.path = mask_url_password(url)  # for messages, `stats` and `/api/stats`: no credential
         self.readonly = readonly
         self.connect_timeout = connect_timeout
         kwargs: dict[str, Any] = {"autocommit": True, "connect_timeout": max(1, math.ceil(connect_timeout))}
@@ -497,4 +485,4 @@ def _reason(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
-__all__ = ["PostgresStore", "migrate", "pg_sql", "public_url"]
+__all__ = ["PostgresStore", "migrate", "pg_sql"]

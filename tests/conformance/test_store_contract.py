@@ -10,7 +10,7 @@ import pytest
 
 from interlock.core.call import Attempt, Decision, Finding
 from interlock.testing import make_call
-from interlock.tracing.backend import Store, StoreError, open_store
+from interlock.tracing.backend import Store, StoreError, StoreUnavailable, open_store
 
 
 def test_a_written_call_reads_back_whole(store: Store) -> None:
@@ -221,6 +221,13 @@ def test_threads_share_one_store(store: Store) -> None:
         thread.join()
     assert errors == []
     assert store.count_calls() == 40
+
+
+def test_a_store_url_s_query_password_never_reaches_a_message() -> None:
+    # Nothing listens on port 1: the store is unavailable, and its message names it, masked.
+    with pytest.raises(StoreUnavailable) as refused:
+        open_store("postgresql://app@127.0.0.1:1/calls?password=pg-secret")
+    assert "pg-secret" not in str(refused.value) and "password=***" in str(refused.value)
 
 
 def test_open_store_refuses_a_scheme_no_backend_handles(tmp_path: Path) -> None:
