@@ -46,6 +46,9 @@ SECRET_VALUES = {
     "anthropic-api-key": "sk-ant-test",
 }
 
+#: The name Kubernetes gives a pod of a Deployment (the downward API's `metadata.name`).
+POD_NAME = "interlock-5c7f9d8b6-x2kqp"
+
 
 def documents(path: Path) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
@@ -94,6 +97,8 @@ def container_environment(container: dict[str, Any], pod_labels: dict[str, str])
             env[entry["name"]] = entry["value"]
         elif "secretKeyRef" in entry["valueFrom"]:
             env[entry["name"]] = SECRET_VALUES[entry["valueFrom"]["secretKeyRef"]["key"]]
+        elif entry["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name":
+            env[entry["name"]] = POD_NAME
         else:
             path = entry["valueFrom"]["fieldRef"]["fieldPath"]
             label = re.fullmatch(r"metadata\.labels\['(.+)'\]", path)
@@ -266,6 +271,8 @@ def test_the_environment_the_manifest_sets_is_what_interlock_reads(
     assert settings.admin.token == SECRET_VALUES["admin-token"]
     assert settings.routes["openai"].api_key == SECRET_VALUES["openai-api-key"]
     assert settings.routes["anthropic"].api_key == SECRET_VALUES["anthropic-api-key"]
+    # Each pod extends a tamper-evident chain of its own in the shared store (docs/audit.md, docs/fleet.md).
+    assert settings.store.writer == POD_NAME
     assert settings.policies and all((Path(p) / "fleet.yaml").is_file() for p in policy_paths(settings))
     # INTERLOCK_SERVE_CONFIG is `serve --config`'s own variable (docs: every flag is one).
     from interlock.cli import main
@@ -330,7 +337,7 @@ def test_compose_runs_two_interlocks_on_postgres_and_redis() -> None:
     services = compose_services()
     assert set(services) == {"interlock-a", "interlock-b", "postgres", "redis"}
     config = yaml.safe_load((DEPLOY / "interlock.yaml").read_text())
-    published = []
+    published, writers = [], []
     for name in ("interlock-a", "interlock-b"):
         service = services[name]
         assert service["image"] == IMAGE and service["command"] == ["serve"]
@@ -355,7 +362,9 @@ def test_compose_runs_two_interlocks_on_postgres_and_redis() -> None:
         (policies,) = config["policies"]
         assert mounts["./policies"] == str(Path(serve_config).parent / policies)
         assert any(target == "/data" for target in mounts.values())
+        writers.append(service["environment"]["INTERLOCK_STORE_WRITER"])
     assert len(published) == len(set(published))
+    assert writers == ["interlock-a", "interlock-b"]  # a chain each in the shared store (docs/audit.md)
     for name in ("postgres", "redis"):
         assert services[name]["healthcheck"]["test"]
 
