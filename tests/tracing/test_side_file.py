@@ -103,10 +103,13 @@ def test_two_replayers_write_one_file_once(tmp_path: Path) -> None:
     assert not path.exists()
 
 
-def waiting_for_lock(inode: int) -> bool:
-    """Whether a process waits for a lock on the file with this inode (/proc/locks marks it `->`)."""
+def waiting_for_lock(path: Path) -> bool:
+    """Whether a process waits for a lock on the file at `path` (/proc/locks marks a waiter `->` and
+    names the file as major:minor:inode, the device numbers in hex)."""
+    stat = os.stat(path)
+    file = f"{os.major(stat.st_dev):02x}:{os.minor(stat.st_dev):02x}:{stat.st_ino}"
     with open("/proc/locks") as locks:
-        return any("->" in line and line.split()[6].endswith(f":{inode}") for line in locks)
+        return any(fields[1] == "->" and fields[6] == file for fields in (line.split() for line in locks))
 
 
 def test_an_append_that_waited_for_a_replay_goes_to_a_new_file(tmp_path: Path) -> None:
@@ -119,7 +122,7 @@ def test_an_append_that_waited_for_a_replay_goes_to_a_new_file(tmp_path: Path) -
         assert claimed is not None
         appender = threading.Thread(target=side.spill, args=([late],))
         appender.start()  # opens the file, then waits for the replay's lock
-        wait_for(lambda: waiting_for_lock(os.stat(path).st_ino), what="the append waiting for the lock")
+        wait_for(lambda: waiting_for_lock(path), what="the append waiting for the lock")
         ids = [record["id"] for batch in claimed.batches(10) for record in batch]
         claimed.remove()
     appender.join(60)
