@@ -8,9 +8,14 @@ from interlock.core.views import Event
 
 
 def parse_event(raw: bytes) -> Event:
+    lines = raw.decode("utf-8", "replace").splitlines()
+    # The usual event, one `data: ` line and its blank line, without the loop below: the proxy splits
+    # every event of every stream it relays (docs/bench.md).
+    if len(lines) == 2 and not lines[1] and lines[0][:6] == "data: ":
+        return Event(raw, None, lines[0][6:])
     name: str | None = None
     data: list[str] = []
-    for line in raw.decode("utf-8", "replace").splitlines():
+    for line in lines:
         if line.startswith(":") or not line:
             continue
         key, _, value = line.partition(":")
