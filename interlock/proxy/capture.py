@@ -12,7 +12,7 @@ kept 66 → 1,967 MB before). What it dropped is marked on the call (`meta.recor
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from interlock.core.call import Call, Chunk
@@ -41,6 +41,9 @@ class StreamCapture:
         "markers",
         "last_line",
         "_seen",
+        "_line",
+        "_open",
+        "_open_bytes",
     )
 
     def __init__(
@@ -58,8 +61,14 @@ class StreamCapture:
         self.markers = tuple(b"\n" + marker if line_start else marker for marker in markers)
         self._seen = not markers  # a protocol without a terminator ends when the stream does
         #: When set, the stream ended iff its last line, read whole, says so (NDJSON: the adapter's
-        #: `last_line_ends_stream`); the markers are not searched.
+        #: `last_line_ends_stream`); the markers are not searched. The last line is followed as the
+        #: chunks pass (`_line`, the last non-blank line ended; `_open`, the pieces of the one still
+        #: open), not read back from the chunks kept: past `limit` only a `TAIL_BYTES` tail is, and a
+        #: last line can be longer (Ollama's `/api/generate` ends with the conversation's token ids).
         self.last_line = last_line
+        self._line = b""
+        self._open: list[bytes] = []
+        self._open_bytes = 0  # past END_SCAN_BYTES: the open line is too long to be read
         self.limit = limit
         self.kept = 0
         self.total = 0  # bytes seen, kept or not
@@ -72,6 +81,8 @@ class StreamCapture:
         data = chunk.data
         size = len(data)
         self.total += size
+        if self.last_line is not None:
+            self._follow_line(data)
         if not self.tail and self.kept + size <= self.limit:
             self.chunks.append(chunk)
             self.kept += size
@@ -93,10 +104,11 @@ class StreamCapture:
         event, so this reads the last chunk or few (at most `END_SCAN_BYTES`)."""
         if self._seen:
             return True
-        source = self.tail if self.tail else self.chunks
         if self.last_line is not None:
-            self._seen = self.last_line(_last_line(source))
+            pending = b"".join(self._open) if self._open_bytes <= END_SCAN_BYTES else b"\0"  # unreadable
+            self._seen = self.last_line(pending if pending.strip(b"\r") else self._line)
             return self._seen
+        source = self.tail if self.tail else self.chunks
         following = b""
         scanned = 0
         for i in range(len(source) - 1, -1, -1):
@@ -110,6 +122,36 @@ class StreamCapture:
                 break
             following = data
         return self._seen
+
+    def _follow_line(self, data: bytes) -> None:
+        """The last line, followed over one more chunk (`last_line`): the last non-blank line this
+        chunk ends becomes `_line` (one longer than END_SCAN_BYTES is not kept: a NUL byte, which no
+        last line parses as), and what follows the chunk's last newline opens the next."""
+        end = data.rfind(b"\n")
+        if end < 0:
+            self._open.append(data)
+            self._open_bytes += len(data)
+            if self._open_bytes > END_SCAN_BYTES:
+                self._open = [b""]  # bounded: the line is past reading, its bytes need not be kept
+            return
+        stop = end
+        while True:
+            start = data.rfind(b"\n", 0, stop) + 1
+            if start == 0 and self._open_bytes > END_SCAN_BYTES:
+                line = b"\0"  # the line begun in earlier chunks was too long to be read
+            elif start == 0 and self._open:
+                line = b"".join(self._open) + data[:stop]
+            else:
+                line = data[start:stop]
+            if line.strip(b"\r"):
+                self._line = line
+                break
+            if start == 0:
+                break  # every line this chunk ends is blank: the last line is still the one before
+            stop = start - 1
+        rest = data[end + 1 :]
+        self._open = [rest] if rest else []
+        self._open_bytes = len(rest)
 
     def finish(self, call: Call, side: str) -> None:
         """Put the tail back after the head and mark what was dropped (idempotent)."""
@@ -131,21 +173,3 @@ class StreamCapture:
 
 
 __all__ = ["TAIL_BYTES", "StreamCapture"]
-
-
-def _last_line(chunks: Sequence[Chunk]) -> bytes:
-    """The last line of a stream's bytes, without its newline(s): read backwards over the last
-    chunks until the line before it ends (at most `END_SCAN_BYTES`)."""
-    parts: list[bytes] = []
-    size = 0
-    content = False  # whether the line's own bytes have begun (past the trailing newlines)
-    for i in range(len(chunks) - 1, -1, -1):
-        data = chunks[i].data
-        parts.append(data)
-        size += len(data)
-        if not content:
-            data = data.rstrip(b"\r\n")
-            content = bool(data)
-        if (content and b"\n" in data) or size > END_SCAN_BYTES:
-            break
-    return b"".join(reversed(parts)).rstrip(b"\r\n").rsplit(b"\n", 1)[-1]

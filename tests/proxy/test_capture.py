@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from interlock.core.call import Call, Chunk
 from interlock.protocols import ADAPTERS
 from interlock.proxy.capture import TAIL_BYTES, StreamCapture
@@ -61,3 +63,23 @@ def test_an_ndjson_stream_ends_only_when_its_last_line_says_so_at_the_top_level(
     assert ollama([tool, last[:-1], b"\n", b"\n"]).ended  # its newline, and a blank line, apart
     assert ollama([tool + last[:-1]]).ended  # no newline at the end
     assert not ollama([tool, last[:40]]).ended  # the last line cut
+
+
+def test_an_ndjson_stream_past_the_record_limit_ends_by_a_last_line_longer_than_the_tail() -> None:
+    # Past `record_max_bytes` only a TAIL_BYTES tail is kept, and `/api/generate`'s last line carries
+    # the conversation's token ids (`context`): ~200 KB for 30,000 tokens, read over several chunks.
+    adapter = ADAPTERS["ollama"]
+    capture = StreamCapture([], 1024, adapter.stream_end_markers, False, adapter.last_line_ends_stream)
+    for i in range(50):
+        capture.add(Chunk(float(i), b'{"model":"m","response":"' + b"x" * 40 + b'","done":false}\n'))
+    last = json.dumps({"model": "m", "response": "", "done": True, "context": list(range(30_000))}).encode()
+    assert len(last) > 2 * TAIL_BYTES
+    for start in range(0, len(last), 16_384):
+        capture.add(Chunk(99.0, last[start : start + 16_384]))
+    capture.add(Chunk(99.0, b"\n"))
+    assert capture.ended
+    cut = StreamCapture([], 1024, adapter.stream_end_markers, False, adapter.last_line_ends_stream)
+    cut.add(Chunk(0.0, b'{"response":"a","done":false}\n'))
+    for start in range(0, len(last) - 100, 16_384):  # the same stream, its last line cut short
+        cut.add(Chunk(99.0, last[start : min(start + 16_384, len(last) - 100)]))
+    assert not cut.ended
