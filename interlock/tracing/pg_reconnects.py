@@ -42,10 +42,11 @@ class ReconnectLog(logging.Filter):
     """Bounds the pool's failed-reconnect warnings: recognised by their arguments (a store pool's name
     and the exception), not by psycopg's wording."""
 
-    def __init__(self, every: float = EVERY, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, every: float = EVERY, clock: Callable[[], float] = time.monotonic, prefix: str = PREFIX) -> None:
         super().__init__()
         self.every = every
         self.clock = clock
+        self.prefix = prefix  # the pools it bounds (a test's own, apart from the process's filter)
         self.lock = threading.Lock()
         #: Pool name → its outage; an entry lives from a pool's first failure until it connects
         #: again or its store closes (bounded by the stores open).
@@ -56,7 +57,7 @@ class ReconnectLog(logging.Filter):
         if record.levelno != logging.WARNING or not isinstance(args, tuple) or len(args) != 2:
             return True
         name, error = args
-        if not (isinstance(name, str) and name.startswith(PREFIX) and isinstance(error, Exception)):
+        if not (isinstance(name, str) and name.startswith(self.prefix) and isinstance(error, Exception)):
             return True
         now = self.clock()
         with self.lock:

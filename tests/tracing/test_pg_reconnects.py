@@ -26,7 +26,9 @@ class Clock:
 @pytest.fixture
 def bounded() -> Iterator[tuple[ReconnectLog, Clock]]:
     clock = Clock()
-    limiter = ReconnectLog(every=60, clock=clock)
+    # Pools of its own name: the process's filter (installed by any PostgreSQL store opened in this
+    # session) leaves them alone.
+    limiter = ReconnectLog(every=60, clock=clock, prefix="test-pool-")
     pool_logger = logging.getLogger("psycopg.pool")
     pool_logger.addFilter(limiter)
     yield limiter, clock
@@ -48,25 +50,25 @@ def test_an_outage_is_one_line_then_a_count_a_minute_then_one_line_when_it_ends(
     limiter, clock = bounded
     with caplog.at_level(logging.WARNING):
         for _ in range(30):  # 30 failures within a minute: one line
-            fail("interlock-store-91")
+            fail("test-pool-91")
             clock.now += 1
         assert len(pool_warnings(caplog)) == 1
         clock.now += 31  # a minute after the first line: the next failure says the count
-        fail("interlock-store-91")
+        fail("test-pool-91")
         said = pool_warnings(caplog)
         assert len(said) == 2 and 31 in said[1].args  # type: ignore[operator]
-        fail("interlock-store-91")
+        fail("test-pool-91")
         assert len(pool_warnings(caplog)) == 2
         # Another pool's records, and a store pool's other warnings, pass untouched.
         fail("someone-elses-pool")
         logging.getLogger("psycopg.pool").warning("reconnection attempt in pool %r failed after %s sec", "x", 300)
         assert len(pool_warnings(caplog)) == 4
-        limiter.connected("interlock-store-91")
+        limiter.connected("test-pool-91")
         ended = [r for r in caplog.records if r.name == "interlock.store"]
         assert len(ended) == 1 and 32 in ended[0].args  # type: ignore[operator]
-        limiter.connected("interlock-store-91")  # said once
+        limiter.connected("test-pool-91")  # said once
         assert len([r for r in caplog.records if r.name == "interlock.store"]) == 1
-        fail("interlock-store-91")  # a new outage: its first line again
+        fail("test-pool-91")  # a new outage: its first line again
         assert len(pool_warnings(caplog)) == 5
 
 
