@@ -35,9 +35,11 @@ def build_services(settings: Settings) -> Services:
     if settings.policies:  # else no import of the engine and CEL (~0.4 s of startup)
         # Startup: the policy engine and CEL (~0.4-0.7 s to import, measured) only when policies are
         # configured.
+        from interlock.policies.loop_history_open import open_loop_history
         from interlock.policies.stage import open_policy
 
         services.policy, services.limiter = open_policy(settings, pricing=services.pricing)
+        services.loops = open_loop_history(settings.store.path, settings.state, processes=settings.workers)
     if guardrails_on(settings):
         # Startup: guardrails/ only when guardrails are on (~20 ms to import, measured under shared load).
         from interlock.guardrails.vault_open import open_vault
@@ -129,6 +131,8 @@ class Runtime:
             self.policy.stop()  # the hot-reload watcher
         if self.policy_limiter is not None:
             await self.policy_limiter.aclose()  # saves the daily counters
+        if self.shared.loops is not None:
+            await self.shared.loops.aclose()
         if self.shared.vault is not None:
             await self.shared.vault.aclose()
         if self.recorder is not None:

@@ -84,7 +84,7 @@ StateFailure = Literal["fail_open", "fail_closed"]
 
 
 class StateOnFailure(Model):
-    """What a limit does when the shared state cannot be reached (docs/policies.md, "Shared state").
+    """What a limit (or loop detection) does when the shared state cannot be reached (docs/policies.md, "Shared state").
     Open: the call passes, with a `limits error` decision on its record and a log line (never silent);
     closed: the call is refused with 503 `state_unavailable`. Money and token budgets default closed
     (an overspend cannot be taken back); rate and concurrency limits open (the provider enforces its
@@ -93,6 +93,11 @@ class StateOnFailure(Model):
     rate: StateFailure = "fail_open"
     concurrency: StateFailure = "fail_open"
     budget: StateFailure = "fail_closed"
+    #: Loop detection (`loop:` rules) when the shared loop history cannot be reached. Open: each
+    #: interlock counts the session's repeats on its own meanwhile (a loop within one replica is
+    #: still caught; spread over k, after up to k times the repeats), an `error` decision on each
+    #: call says so; closed: calls under a `loop:` rule are refused with 503 `state_unavailable`.
+    loops: StateFailure = "fail_open"
 
 
 class State(Model):

@@ -58,14 +58,44 @@ CREATE TABLE IF NOT EXISTS vault_numbers (
 """
 #: `STATE_SCHEMA` one statement at a time (`executescript` would commit a migration's transaction).
 STATE_STATEMENTS = tuple(s.strip() for s in STATE_SCHEMA.split(";") if s.strip())
-#: The names of the state's tables: what a file may hold before a store has migrated it.
-STATE_TABLES = frozenset(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", STATE_SCHEMA))
+
+#: The loop histories shared by worker processes (`policies/loop_history_sqlite.py`), added by the
+#: store's migration to version 7 (never change a statement: a change is a new migration). Per
+#: session (`scope`): its last call's time, the largest window asked for and a sequence that orders
+#: the rest; its latest keys per kind; its tools' error streaks and refused tools (each ordered by
+#: `seq`, the oldest dropped past the bound); and the loops already announced.
+LOOP_SCHEMA = """
+CREATE TABLE IF NOT EXISTS loop_sessions (
+    scope TEXT PRIMARY KEY, seen REAL NOT NULL, width INTEGER NOT NULL, seq INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS loop_sessions_by_seen ON loop_sessions (seen);
+CREATE TABLE IF NOT EXISTS loop_entries (
+    scope TEXT NOT NULL, kind TEXT NOT NULL, seq INTEGER NOT NULL, key BLOB NOT NULL,
+    PRIMARY KEY (scope, kind, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS loop_errors (
+    scope TEXT NOT NULL, tool TEXT NOT NULL, seq INTEGER NOT NULL, error BLOB NOT NULL, n INTEGER NOT NULL,
+    PRIMARY KEY (scope, tool)
+);
+CREATE TABLE IF NOT EXISTS loop_blocked (
+    scope TEXT NOT NULL, tool TEXT NOT NULL, seq INTEGER NOT NULL, rule TEXT NOT NULL, reason TEXT NOT NULL,
+    PRIMARY KEY (scope, tool)
+);
+CREATE TABLE IF NOT EXISTS loop_announced (
+    scope TEXT NOT NULL, rule TEXT NOT NULL, kind TEXT NOT NULL, PRIMARY KEY (scope, rule, kind)
+)
+"""
+LOOP_STATEMENTS = tuple(s.strip() for s in LOOP_SCHEMA.split(";") if s.strip())
+
+#: The names of the state's tables (version 6's and 7's): what a file may hold before a store has
+#: migrated it, and what PostgreSQL's derived schema leaves out.
+STATE_TABLES = frozenset(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", STATE_SCHEMA + LOOP_SCHEMA))
 
 
 def create_state_tables(connection: sqlite3.Connection) -> None:
     """Make the state's tables that are missing (nothing when a store has migrated the file)."""
-    for statement in STATE_STATEMENTS:
+    for statement in STATE_STATEMENTS + LOOP_STATEMENTS:
         connection.execute(statement)
 
 
-__all__ = ["STATE_SCHEMA", "STATE_STATEMENTS", "STATE_TABLES", "create_state_tables"]
+__all__ = ["LOOP_SCHEMA", "LOOP_STATEMENTS", "STATE_SCHEMA", "STATE_STATEMENTS", "STATE_TABLES", "create_state_tables"]

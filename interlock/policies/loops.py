@@ -21,12 +21,11 @@ held until the stream ends, only under an enforcing `tool_calls` check). An MCP 
 in a reply that already went to the agent, so a tool-error loop under `deny` refuses that tool's
 later calls in the session. Every sighting of a loop is a `loop` decision on the call.
 
-State is per session (calls without one count per agent), in memory, bounded: at most
-`MAX_SESSIONS` sessions (least recently used forgotten first), each forgotten after `IDLE_TTL`
-seconds without a call, and per session at most `window` entries per kind and `MAX_TOOLS` error
-streaks. It is not shared between replicas (the decision and why are in docs/policies.md): a loop
-split over k replicas is still caught, after up to k times as many repeats; stopping a session
-goes through the kill switch, which is shared.
+State is per session (calls without one count per agent), behind the `LoopHistory` interface
+(`loop_history.py`): in this process by default, bounded (sessions, idle time, `window` keys per
+kind, error streaks); in the store's SQLite file for `serve --workers N`, or on Redis with
+`state.url`, so a loop spread over workers or replicas is caught at its Nth repeat as on one
+process. A shared history out of reach applies `state.on_failure.loops` (docs/policies.md, "Loops").
 """
 
 from __future__ import annotations
@@ -35,13 +34,14 @@ import hashlib
 import json
 import logging
 import time
-from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from interlock.core.call import Call, Decision
+from interlock.core.state import StateUnavailable
 from interlock.core.views import Event, ToolCall
+from interlock.policies.loop_history import LoopHistory, LoopMemory, Repeat, Seen, Streak
 from interlock.protocols import ADAPTERS
 from interlock.protocols.conversation import ChatMessage
 from interlock.protocols.mcp import McpAdapter, McpView
@@ -54,12 +54,9 @@ log = logging.getLogger("interlock.policies")
 
 #: The error code of a call refused because of a loop.
 LOOP_CODE = "loop_detected"
-#: Sessions remembered at once; the least recently used is forgotten first.
-MAX_SESSIONS = 10_000
-#: A session without a call for this long is forgotten (seconds).
-IDLE_TTL = 3600.0
-#: Tools with an error streak remembered per session.
-MAX_TOOLS = 256
+#: The error code of a call refused because the shared history is out of reach (fail_closed), as
+#: the limits' (`policies/stage.py`).
+UNAVAILABLE_CODE = "state_unavailable"
 
 #: Stops a session through the kill switch: (session, reason). None: no kill switch in this build.
 SessionStopper = Callable[[str, str], Awaitable[None]]
@@ -99,63 +96,6 @@ def turn_key(model: str | None, turn: list[ChatMessage]) -> bytes:
 
 
 @dataclass(slots=True)
-class _History:
-    tool_calls: deque[bytes]
-    requests: deque[bytes]
-    #: tool → (error key, how many times in a row)
-    errors: OrderedDict[str, tuple[bytes, int]] = field(default_factory=OrderedDict)
-    #: tool → the rule and reason that refuse it (a tool-error loop under deny)
-    blocked: dict[str, tuple[str, str]] = field(default_factory=dict)
-    #: (rule, kind) already escalated: one webhook event per loop, not per refused retry
-    reported: set[tuple[str, str]] = field(default_factory=set)
-    seen: float = 0.0
-
-
-class LoopMemory:
-    """Each session's recent tool calls, requests and tool-error streaks (bounded: module docstring)."""
-
-    def __init__(self, max_sessions: int = MAX_SESSIONS, idle_ttl: float = IDLE_TTL) -> None:
-        self.max_sessions = max_sessions
-        self.idle_ttl = idle_ttl
-        self._sessions: OrderedDict[str, _History] = OrderedDict()
-        self.forgotten = 0
-
-    def __len__(self) -> int:
-        return len(self._sessions)
-
-    def history(self, scope: str, window: int, now: float) -> _History:
-        sessions = self._sessions
-        found = sessions.get(scope)
-        if found is not None and now - found.seen > self.idle_ttl:
-            del sessions[scope]
-            found = None
-        if found is None:
-            self._expire(now)
-            found = sessions[scope] = _History(deque(maxlen=window), deque(maxlen=window))
-        else:
-            sessions.move_to_end(scope)
-            if (found.tool_calls.maxlen or 0) < window:  # a reloaded rule looks further back
-                found.tool_calls = deque(found.tool_calls, maxlen=window)
-                found.requests = deque(found.requests, maxlen=window)
-        found.seen = now
-        return found
-
-    def _expire(self, now: float) -> None:
-        sessions = self._sessions
-        while sessions:
-            oldest = next(iter(sessions.values()))
-            if len(sessions) < self.max_sessions and now - oldest.seen <= self.idle_ttl:
-                break
-            sessions.popitem(last=False)
-            self.forgotten += 1
-
-
-def _count(entries: deque[bytes], key: bytes, window: int) -> int:
-    start = max(0, len(entries) - window)
-    return sum(1 for i in range(start, len(entries)) if entries[i] == key)
-
-
-@dataclass(slots=True)
 class _Sighting:
     rule: CompiledRule
     kind: str  # "tool_calls", "requests", "tool_errors"
@@ -185,14 +125,21 @@ class LoopStage:
 
     def __init__(
         self,
-        memory: LoopMemory | None = None,
+        history: LoopHistory | None = None,
         escalator: Escalation | None = None,
         stopper: SessionStopper | None = None,
         *,
         announce: bool = True,
+        on_failure: Literal["fail_open", "fail_closed"] = "fail_open",
     ) -> None:
-        """`announce`: log each loop (once) and post it to the webhook; `policy test` does not."""
-        self.memory = memory or LoopMemory()
+        """`history`: where each session's history is kept (`loop_history.py`; this process's memory
+        by default). `announce`: log each loop (once) and post it to the webhook; `policy test` does
+        not. `on_failure`: what a shared history out of reach does (`state.on_failure.loops`)."""
+        self.history: LoopHistory = history if history is not None else LoopMemory()
+        #: Counts in this process while a shared history is out of reach (fail_open): a loop within
+        #: this interlock is still caught, as before histories were shared.
+        self.local = self.history if isinstance(self.history, LoopMemory) else LoopMemory()
+        self.on_failure = on_failure
         self.announce = announce
         self.escalator = escalator
         self.stopper = stopper
@@ -207,39 +154,38 @@ class LoopStage:
         rules: list[CompiledRule] | None = call.loop_rules
         if not rules or call.reply is not None:
             return
-        history = self._history(call, rules)
         view = call.view
         sightings: list[_Sighting] = []
         if isinstance(view, McpView):
-            if view.method == "tools/call" and view.tool_name:
-                blocked = history.blocked.get(view.tool_name)
-                if blocked is not None:
-                    rule_name, reason = blocked
-                    call.decide(Decision("loop", "deny", rule_name, reason, {"kind": "tool_errors"}))
-                    self._refuse(call, reason)
-                    return
-                key = _digest("mcp", view.tool_name, canonical_arguments(view.tool_arguments or {}))
-                what = f"MCP tool call {view.tool_name!r} (same arguments)"
-                sightings += _tally(history.tool_calls, key, rules, "tool_calls", what)
+            if not (view.method == "tools/call" and view.tool_name):
+                return
+            key = _digest("mcp", view.tool_name, canonical_arguments(view.tool_arguments or {}))
+            seen = await self._observe(call, rules, [Repeat("tool_calls", key)], tool=view.tool_name)
+            if seen is None:
+                self._unavailable(call, before_sending=True)
+                return
+            if seen.blocked is not None:
+                rule_name, reason = seen.blocked
+                call.decide(Decision("loop", "deny", rule_name, reason, {"kind": "tool_errors"}))
+                self._refuse(call, reason)
+                return
+            what = f"MCP tool call {view.tool_name!r} (same arguments)"
+            sightings += _tally(seen.repeats[0], rules, "tool_calls", what)
         elif ADAPTERS[call.protocol].model_api:
             messages = ADAPTERS[call.protocol].conversation(call.request_json, None)  # parsed once, by the adapter
-            if messages:
-                turn = new_turn(messages)
-                what = f"request (the same new turn of {len(turn)} message{'s' if len(turn) != 1 else ''})"
-                sightings += _tally(history.requests, turn_key(call.model, turn), rules, "requests", what)
-                sightings += self._turn_errors(history, turn, rules)
-        await self._act(call, history, sightings, before_sending=True)
-
-    def _turn_errors(self, history: _History, turn: list[ChatMessage], rules: list[CompiledRule]) -> list[_Sighting]:
-        """Tool results the agent reports as errors (Anthropic `is_error`) in the new turn."""
-        names = {c.id: c.name for m in turn for c in m.tool_calls if c.id}
-        found: list[_Sighting] = []
-        for message in turn:
-            if message.role != "tool" or message.tool_call_id is None:
-                continue
-            tool = names.get(message.tool_call_id, "?")
-            found += _streak(history, tool, message.text if message.error else None, rules)
-        return found
+            if not messages:
+                return
+            turn = new_turn(messages)
+            tools, streaks = _turn_errors(turn)
+            seen = await self._observe(call, rules, [Repeat("requests", turn_key(call.model, turn))], streaks)
+            if seen is None:
+                self._unavailable(call, before_sending=True)
+                return
+            what = f"request (the same new turn of {len(turn)} message{'s' if len(turn) != 1 else ''})"
+            sightings += _tally(seen.repeats[0], rules, "requests", what)
+            for tool, count in zip(tools, seen.streaks, strict=True):
+                sightings += _streak(tool, count, rules)
+        await self._act(call, sightings, before_sending=True)
 
     # -- the model's tool calls: non-streamed at `response`, streamed through `chunk` --------------
 
@@ -255,9 +201,19 @@ class LoopStage:
         """Count the tool calls of the model's answer to `call` (under `call.loop_rules`) and act on a
         loop; returns the refusal message (None: not refused). `policy test` calls this too."""
         rules: list[CompiledRule] = call.loop_rules or []
-        history = self._history(call, rules)
-        sightings = self._tool_calls(history, tool_calls, rules)
-        return await self._act(call, history, sightings, before_sending=False, streamed=streamed)
+        if not tool_calls:
+            return None  # nothing to count: no round trip to a shared history
+        calls = list(tool_calls)
+        keys = [_digest("model", c.name, canonical_arguments(c.arguments)) for c in calls]
+        seen = await self._observe(call, rules, [Repeat("tool_calls", key) for key in keys])
+        if seen is None:
+            return self._unavailable(call, before_sending=False, streamed=streamed)
+        sightings: list[_Sighting] = []
+        for tool_call, found in zip(calls, seen.repeats, strict=True):
+            # The reason names the tool, never its arguments: they may hold PII, and reasons are
+            # recorded, logged and sent to the webhook.
+            sightings += _tally(found, rules, "tool_calls", f"tool call {tool_call.name!r} (same arguments)")
+        return await self._act(call, sightings, before_sending=False, streamed=streamed)
 
     async def chunk(self, call: Call, events: list[Event], last: bool) -> list[Event]:
         rules: list[CompiledRule] | None = call.loop_rules
@@ -287,18 +243,9 @@ class LoopStage:
         message = adapter.reassemble_events(stream.events)  # the proxy's split, each event parsed once
         refusal = await self.judge_answer(call, adapter.response_tool_calls(message), streamed=True)
         if refusal is not None:
-            return [*out, Event(adapter.stream_error_event(LOOP_CODE, refusal), None, "")]
+            code = call.error_code or LOOP_CODE
+            return [*out, Event(adapter.stream_error_event(code, refusal), None, "")]
         return out + stream.held
-
-    def _tool_calls(self, history: _History, calls: Iterable[ToolCall], rules: list[CompiledRule]) -> list[_Sighting]:
-        found: list[_Sighting] = []
-        for tool_call in calls:
-            # The reason names the tool, never its arguments: they may hold PII, and reasons are
-            # recorded, logged and sent to the webhook.
-            what = f"tool call {tool_call.name!r} (same arguments)"
-            key = _digest("model", tool_call.name, canonical_arguments(tool_call.arguments))
-            found += _tally(history.tool_calls, key, rules, "tool_calls", what)
-        return found
 
     # -- MCP results: tool-error streaks ------------------------------------------------------------
 
@@ -314,31 +261,81 @@ class LoopStage:
             error = canonical_arguments(answer.get("error"))
         elif isinstance(answer.get("result"), dict) and answer["result"].get("isError") is True:
             error = canonical_arguments(answer["result"].get("content"))
-        history = self._history(call, rules)
-        for sighting in _streak(history, view.tool_name, error, rules):
+        tool = view.tool_name
+        key = None if error is None else _digest("error", tool, error)
+        # The reply has gone to the agent already: out of reach, there is nothing left to refuse.
+        seen = await self._observe(call, rules, streaks=[Streak(tool, key)])
+        if seen is None:
+            return
+        for sighting in _streak(tool, seen.streaks[0], rules):
             reason = _reason(sighting)
             loop = sighting.rule.rule.loop
             assert loop is not None
             if sighting.enforced:
-                history.blocked[view.tool_name] = (
-                    sighting.rule.name,
-                    f"{reason}: the tool's calls are refused for the rest of this session",
-                )
-                if len(history.blocked) > MAX_TOOLS:
-                    history.blocked.pop(next(iter(history.blocked)))
+                why = f"{reason}: the tool's calls are refused for the rest of this session"
+                await self._block(call, tool, sighting.rule.name, why)
             action = "monitor" if not sighting.enforced else loop.action
-            detail = {"kind": sighting.kind, "count": sighting.count, "tool": view.tool_name}
+            detail = {"kind": sighting.kind, "count": sighting.count, "tool": tool}
             call.decide(Decision("loop", action, sighting.rule.name, reason, detail))
-            self._note(call, history, sighting, action)
+            await self._note(call, sighting, action)
             if action == "stop_session":
                 await self._stop(call, f"{reason} (policy rule {sighting.rule.name!r})")
+
+    # -- the history, and its failure mode ----------------------------------------------------------
+
+    async def _observe(
+        self,
+        call: Call,
+        rules: list[CompiledRule],
+        repeats: Sequence[Repeat] = (),
+        streaks: Sequence[Streak] = (),
+        tool: str | None = None,
+    ) -> Seen | None:
+        """The session's share of this call, from the history. A shared history out of reach: under
+        fail_open, counted by this interlock alone (`self.local`); under fail_closed, None (the
+        caller refuses what it can). Either way the gap is an `error` decision on the call."""
+        window = max((r.rule.loop.window for r in rules if r.rule.loop is not None), default=2)
+        scope, now = _scope(call), time.time()
+        try:
+            return await self.history.observe(scope, window, now, repeats, streaks, tool)
+        except StateUnavailable as exc:
+            names = ", ".join(r.name for r in rules)
+            if self.on_failure == "fail_closed":
+                reason = f"loops cannot be counted: {exc} (state.on_failure.loops: fail_closed)"
+                call.decide(Decision("loop", "error", names, reason))
+                log.warning("call %s: %s", call.id, reason)
+                return None
+            reason = f"loops counted by this interlock alone: {exc} (state.on_failure.loops: fail_open)"
+            call.decide(Decision("loop", "error", names, reason))
+            log.warning("call %s: %s", call.id, reason)
+            return await self.local.observe(scope, window, now, repeats, streaks, tool)
+
+    def _unavailable(self, call: Call, *, before_sending: bool, streamed: bool = False) -> str:
+        """Refuse the call: the shared history is out of reach and fails closed (503, retryable)."""
+        message = "loop detection unavailable: the shared state cannot be reached; try again"
+        if streamed:
+            call.outcome, call.error_code, call.error = "blocked", UNAVAILABLE_CODE, message
+        else:
+            reply = ADAPTERS[call.protocol].error_reply(503, UNAVAILABLE_CODE, message, retryable=True)
+            call.answer(reply, "denied" if before_sending else "blocked", UNAVAILABLE_CODE, message)
+        return message
+
+    async def _block(self, call: Call, tool: str, rule: str, reason: str) -> None:
+        scope, now = _scope(call), time.time()
+        try:
+            await self.history.block(scope, tool, rule, reason, now)
+        except StateUnavailable as exc:
+            # Refused by this interlock at least; the record says the others may not know.
+            message = f"tool {tool!r} refused by this interlock alone: {exc}"
+            call.decide(Decision("loop", "error", rule, message))
+            log.warning("call %s: %s", call.id, message)
+            await self.local.block(scope, tool, rule, reason, now)
 
     # -- acting --------------------------------------------------------------------------------
 
     async def _act(
         self,
         call: Call,
-        history: _History,
         sightings: Sequence[_Sighting],
         *,
         before_sending: bool,
@@ -354,10 +351,10 @@ class LoopStage:
             detail = {"kind": sighting.kind, "count": sighting.count}
             if not sighting.enforced:
                 call.decide(Decision("loop", "monitor", sighting.rule.name, f"would {loop.action}: {reason}", detail))
-                self._note(call, history, sighting, "monitor")
+                await self._note(call, sighting, "monitor")
                 continue
             call.decide(Decision("loop", loop.action, sighting.rule.name, reason, detail))
-            self._note(call, history, sighting, loop.action)
+            await self._note(call, sighting, loop.action)
             if refusal is not None:
                 continue
             refusal = f"stopped by policy rule {sighting.rule.name!r}: {reason}"
@@ -378,19 +375,25 @@ class LoopStage:
         reply = adapter.error_reply(403, LOOP_CODE, message, retryable=False)
         call.answer(reply, "denied" if outcome == "denied" else "blocked", LOOP_CODE, message)
 
-    def _note(self, call: Call, history: _History, sighting: _Sighting, action: str) -> None:
+    async def _note(self, call: Call, sighting: _Sighting, action: str) -> None:
         """The call's `meta["loop"]` (the UI's timeline reads it) and, once per loop, the webhook."""
         found = call.meta.setdefault("loop", [])
         if len(found) < 8:
             found.append({"rule": sighting.rule.name, "kind": sighting.kind, "count": sighting.count, "action": action})
-        key = (sighting.rule.name, sighting.kind)
-        if key in history.reported or not self.announce:
+        if not self.announce:
             return
-        history.reported.add(key)
+        scope, now = _scope(call), time.time()
+        try:
+            first = await self.history.announce(scope, sighting.rule.name, sighting.kind, now)
+        except StateUnavailable:
+            # Once per loop by this interlock: a loop announced twice beats one never announced.
+            first = await self.local.announce(scope, sighting.rule.name, sighting.kind, now)
+        if not first:
+            return
         log.warning(
             "call %s: loop in session %s: %s (rule %r, %s)",
             call.id,
-            _scope(call),
+            scope,
             _reason(sighting),
             sighting.rule.name,
             action,
@@ -420,10 +423,6 @@ class LoopStage:
             call.decide(Decision("loop", "error", None, f"cannot stop the session: {exc}; the call is refused"))
             log.warning("call %s: stopping session %s failed: %s", call.id, call.session, exc)
 
-    def _history(self, call: Call, rules: list[CompiledRule]) -> _History:
-        window = max((r.rule.loop.window for r in rules if r.rule.loop is not None), default=2)
-        return self.memory.history(_scope(call), window, time.monotonic())
-
     async def seal(self, call: Call) -> None:
         self._streams.pop(call.id, None)
         rules: list[CompiledRule] | None = call.loop_rules
@@ -447,37 +446,42 @@ def _enforces(rule: CompiledRule) -> bool:
     return not rule.monitor and loop is not None and loop.action != "monitor"
 
 
-def _tally(entries: deque[bytes], key: bytes, rules: list[CompiledRule], kind: str, what: str) -> list[_Sighting]:
-    """Remember `key` and return a sighting for each rule whose threshold it reaches."""
-    entries.append(key)
-    found = []
+def _turn_errors(turn: list[ChatMessage]) -> tuple[list[str], list[Streak]]:
+    """The tool results in the new turn, as streak steps: an error the agent reports (Anthropic
+    `is_error`) lengthens its tool's streak, a success ends it."""
+    names = {c.id: c.name for m in turn for c in m.tool_calls if c.id}
+    tools: list[str] = []
+    streaks: list[Streak] = []
+    for message in turn:
+        if message.role != "tool" or message.tool_call_id is None:
+            continue
+        tool = names.get(message.tool_call_id, "?")
+        tools.append(tool)
+        streaks.append(Streak(tool, _digest("error", tool, message.text) if message.error else None))
+    return tools, streaks
+
+
+def _tally(found: Sequence[int], rules: list[CompiledRule], kind: str, what: str) -> list[_Sighting]:
+    """A sighting for each rule whose threshold the key reaches within the rule's window (`found`:
+    where the key stands among the kind's latest entries, newest first)."""
+    sightings = []
     for rule in rules:
         loop = rule.rule.loop
         limit = getattr(loop, kind) if loop is not None else None
         if loop is None or limit is None:
             continue
-        count = _count(entries, key, loop.window)
+        count = sum(1 for position in found if position < loop.window)
         if count >= limit:
-            found.append(_Sighting(rule, kind, count, what))
-    return found
+            sightings.append(_Sighting(rule, kind, count, what))
+    return sightings
 
 
-def _streak(history: _History, tool: str, error: str | None, rules: list[CompiledRule]) -> list[_Sighting]:
-    """Extend (an error) or end (a success) the tool's error streak; a sighting per rule it reaches."""
-    errors = history.errors
-    if error is None:
-        errors.pop(tool, None)
-        return []
-    key = _digest("error", tool, error)
-    previous = errors.pop(tool, None)
-    count = previous[1] + 1 if previous is not None and previous[0] == key else 1
-    errors[tool] = (key, count)
-    if len(errors) > MAX_TOOLS:
-        errors.popitem(last=False)
+def _streak(tool: str, count: int, rules: list[CompiledRule]) -> list[_Sighting]:
+    """A sighting per rule whose `tool_errors` the tool's streak (`count` in a row) reaches."""
     found = []
     for rule in rules:
         loop = rule.rule.loop
-        if loop is not None and loop.tool_errors is not None and count >= loop.tool_errors:
+        if loop is not None and loop.tool_errors is not None and count and count >= loop.tool_errors:
             found.append(_Sighting(rule, "tool_errors", count, f"tool {tool!r} returned the same error"))
     return found
 

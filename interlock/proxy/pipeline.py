@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from interlock.guardrails.redaction import Vault
     from interlock.policies.limits import Limiter
     from interlock.policies.loader import PolicyRuntime
+    from interlock.policies.loop_history import LoopHistory
     from interlock.prices import Pricing
     from interlock.proxy.escalation import Escalator
     from interlock.proxy.mcp_pins import McpPins
@@ -61,6 +62,9 @@ class Services:
     #: The live policy (engine, hot reload, rule counts) and the limits' counters.
     policy: PolicyRuntime | None = None
     limiter: Limiter | None = None
+    #: Each session's loop history for `loop:` rules (in this process, the store's file for
+    #: `--workers`, or Redis with `state.url`; built with the policy).
+    loops: LoopHistory | None = None
     #: The values behind reversible redaction's placeholders, per session (when guardrails can run).
     vault: Vault | None = None
     #: The OpenTelemetry export stage (`otel.exporter.build_exporter`), whose `done` queues the call.
@@ -124,7 +128,8 @@ def built_in_stages(settings: Settings, services: Services, extra: Sequence[obje
         # After policy, which names the `loop:` rules that apply (`call.loop_rules`); its `chunk`
         # after policy's, so a tool call policy refuses is cut before a loop is judged.
         stopper = services.stops.stop_session if services.stops is not None else None
-        stages.append(LoopStage(escalator=services.escalator, stopper=stopper))
+        on_failure = settings.state.on_failure.loops
+        stages.append(LoopStage(services.loops, services.escalator, stopper, on_failure=on_failure))
     if guardrails_on(settings):  # else the plain path stays free of the scan
         # Startup: guardrails/ only when guardrails are on (~20 ms to import, measured; presidio itself loads
         # with the PII engine).

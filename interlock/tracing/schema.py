@@ -48,6 +48,9 @@ state (`core/state_schema.STATE_SCHEMA`: the policy counters and the vault share
 processes). Each is made only if missing, in the shape first use gave it, so a file that already
 has one keeps it with its rows. The state's tables are SQLite's alone: PostgreSQL's derived schema
 leaves them out (a fleet's shared state is on Redis; `pg_schema`).
+Version 7: the loop histories shared by worker processes (`core/state_schema.LOOP_SCHEMA`:
+`loop_sessions`, `loop_entries`, `loop_errors`, `loop_blocked`, `loop_announced`), state tables too
+(none in PostgreSQL, whose version 7 is empty).
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from interlock.core.sqlite import transaction
-from interlock.core.state_schema import STATE_STATEMENTS, STATE_TABLES
+from interlock.core.state_schema import LOOP_STATEMENTS, STATE_STATEMENTS, STATE_TABLES
 from interlock.tracing import store_chain
 from interlock.tracing.rows import CHAINED_TABLES
 
@@ -219,12 +222,20 @@ def _v6(db: sqlite_utils.Database) -> None:
         db.execute(statement)
 
 
+def _v7(db: sqlite_utils.Database) -> None:
+    # The loop histories shared by worker processes (issue 18: loop detection behind the shared
+    # state's seam), as the state runs them in a file no store migrates: `loop_entries` is WITHOUT
+    # ROWID, which has no `create_table` form.
+    for statement in LOOP_STATEMENTS:
+        db.execute(statement)
+
+
 #: One step of the schema, written with sqlite-utils (`add_column`, `create_index`, `create_table`,
 #: `transform` through `transform` below); it runs inside the transaction `migrate` holds.
 Migration = Callable[["sqlite_utils.Database"], None]
 
 #: MIGRATIONS[i] takes the schema from version i to i + 1.
-MIGRATIONS: list[Migration] = [_v1, _v2, _v3, _v4, _v5, _v6]
+MIGRATIONS: list[Migration] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7]
 SCHEMA_VERSION = len(MIGRATIONS)
 #: The version that added the tamper-evident chain (PostgreSQL repeats its data step, `pg_schema`).
 CHAIN_VERSION = MIGRATIONS.index(_v5) + 1

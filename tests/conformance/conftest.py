@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,6 +15,7 @@ from interlock.guardrails.vault import Vault
 from interlock.guardrails.vault_open import open_vault
 from interlock.policies.counters import Counters
 from interlock.policies.counters_open import open_counters
+from interlock.policies.loop_history import LoopHistory, LoopMemory
 from interlock.tracing.backend import Store, open_store
 
 
@@ -116,3 +118,44 @@ async def vault_pair(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Vaul
     yield first, second
     await first.aclose()
     await second.aclose()
+
+
+def _memory_loops(request: pytest.FixtureRequest, place: Path, bounds: dict[str, Any]) -> LoopHistory:
+    return LoopMemory(**bounds)
+
+
+def _sqlite_loops(request: pytest.FixtureRequest, place: Path, bounds: dict[str, Any]) -> LoopHistory:
+    from interlock.policies.loop_history_sqlite import SqliteLoopHistory
+
+    return SqliteLoopHistory(str(place / "loops.db"), **bounds)
+
+
+def _redis_loops(request: pytest.FixtureRequest, place: Path, bounds: dict[str, Any]) -> LoopHistory:
+    from interlock.core.redisstate import StateClient
+    from interlock.policies.loop_history_redis import RedisLoopHistory
+
+    return RedisLoopHistory(StateClient(_redis_state(request, str(place))), **bounds)
+
+
+#: name → a factory of loop histories kept at a folder, with the given bounds (`max_sessions`,
+#: `idle_ttl`, `max_tools`): a shared backend's factory called again with the same folder opens
+#: another client over the same histories (another worker or replica); the in-memory one cannot.
+LOOP_BACKENDS = {"memory": _memory_loops, "redis": _redis_loops, "sqlite": _sqlite_loops}
+
+LoopsFactory = Callable[..., LoopHistory]
+
+
+@pytest.fixture(params=sorted(LOOP_BACKENDS))
+async def loops_factory(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[LoopsFactory]:
+    """`factory(**bounds)`: a client over this test's histories; every client is closed after the test."""
+    opened: list[LoopHistory] = []
+
+    def factory(**bounds: Any) -> LoopHistory:
+        history = LOOP_BACKENDS[request.param](request, tmp_path, bounds)
+        opened.append(history)
+        return history
+
+    factory.shared = request.param != "memory"  # type: ignore[attr-defined]
+    yield factory
+    for history in opened:
+        await history.aclose()

@@ -17,7 +17,8 @@ import openai
 import pytest
 
 from interlock.core.call import Call
-from interlock.policies.loops import LoopMemory, canonical_arguments
+from interlock.policies.loop_history import LoopMemory, Repeat
+from interlock.policies.loops import canonical_arguments
 from interlock.protocols import ADAPTERS
 from interlock.protocols.sse import iter_events
 from interlock.scripted import Script, ScriptedUpstream, ToolUse
@@ -315,16 +316,15 @@ def test_canonical_arguments_ignore_key_order_and_spacing() -> None:
     assert canonical_arguments("not json ") == "not json"
 
 
-def test_loop_memory_is_bounded_by_sessions_and_idle_time() -> None:
+async def test_loop_memory_is_bounded_by_sessions_and_idle_time() -> None:
     memory = LoopMemory(max_sessions=3, idle_ttl=10.0)
     for index in range(5):
-        memory.history(f"s{index}", 4, now=float(index))
+        await memory.observe(f"s{index}", 4, float(index))
     assert len(memory) == 3 and memory.forgotten == 2
-    history = memory.history("s4", 4, now=4.0)
     for _ in range(10):
-        history.tool_calls.append(b"x")
-    assert len(history.tool_calls) == 4  # the window bounds each session
-    memory.history("late", 4, now=100.0)  # every other session has been idle past the TTL
+        seen = await memory.observe("s4", 4, 4.0, [Repeat("tool_calls", b"x")])
+    assert seen.repeats == [[0, 1, 2, 3]]  # the window bounds each session
+    await memory.observe("late", 4, 100.0)  # every other session has been idle past the TTL
     assert len(memory) == 1
 
 

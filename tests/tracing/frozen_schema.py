@@ -154,6 +154,29 @@ CREATE TABLE IF NOT EXISTS vault_numbers (
 );
 """
 
+#: Version 7: the loop histories of `serve --workers N` (`core/state_schema.LOOP_SCHEMA`), as released.
+LOOPS = """
+CREATE TABLE IF NOT EXISTS loop_sessions (
+    scope TEXT PRIMARY KEY, seen REAL NOT NULL, width INTEGER NOT NULL, seq INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS loop_sessions_by_seen ON loop_sessions (seen);
+CREATE TABLE IF NOT EXISTS loop_entries (
+    scope TEXT NOT NULL, kind TEXT NOT NULL, seq INTEGER NOT NULL, key BLOB NOT NULL,
+    PRIMARY KEY (scope, kind, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS loop_errors (
+    scope TEXT NOT NULL, tool TEXT NOT NULL, seq INTEGER NOT NULL, error BLOB NOT NULL, n INTEGER NOT NULL,
+    PRIMARY KEY (scope, tool)
+);
+CREATE TABLE IF NOT EXISTS loop_blocked (
+    scope TEXT NOT NULL, tool TEXT NOT NULL, seq INTEGER NOT NULL, rule TEXT NOT NULL, reason TEXT NOT NULL,
+    PRIMARY KEY (scope, tool)
+);
+CREATE TABLE IF NOT EXISTS loop_announced (
+    scope TEXT NOT NULL, rule TEXT NOT NULL, kind TEXT NOT NULL, PRIMARY KEY (scope, rule, kind)
+);
+"""
+
 FROZEN_STEPS: dict[int, list[str]] = {
     1: [s for s in FROZEN_V1.split(";") if s.strip()],
     2: ["ALTER TABLE calls ADD COLUMN workflow TEXT", "CREATE INDEX calls_workflow ON calls (workflow, id)"],
@@ -169,6 +192,7 @@ FROZEN_STEPS: dict[int, list[str]] = {
         "INSERT INTO chain_start (before_seq) SELECT coalesce(max(seq), 0) FROM calls",
     ],
     6: [s for s in FIRST_USE.split(";") if s.strip()],
+    7: [s for s in LOOPS.split(";") if s.strip()],
 }
 
 
