@@ -186,8 +186,13 @@ def interlock_config(upstreams: list[str] | str, workdir: Path, **sections: Any)
     return config
 
 
-def wait_ready(port: int, popen: subprocess.Popen[bytes], timeout: float = 30.0, path: str = "/ready") -> None:
-    """Poll GET `path` on loopback until it answers 200."""
+#: How long a started server may take to be ready: guardrails' start (presidio, its warm-up) took
+#: ~20 s at load average 12 on this 2-core machine, and 30 s failed runs under shared load.
+READY_TIMEOUT = 120.0
+
+
+def wait_ready(port: int, popen: subprocess.Popen[bytes], timeout: float = READY_TIMEOUT, path: str = "/ready") -> None:
+    """Poll GET `path` on loopback until it answers 200 (a dead process fails at once)."""
     deadline = time.perf_counter() + timeout
     while True:
         if popen.poll() is not None:
@@ -206,7 +211,7 @@ def wait_ready(port: int, popen: subprocess.Popen[bytes], timeout: float = 30.0,
         time.sleep(0.005)
 
 
-def wait_listening(port: int, popen: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+def wait_listening(port: int, popen: subprocess.Popen[bytes], timeout: float = READY_TIMEOUT) -> None:
     """Poll until something accepts TCP connections on loopback `port`."""
     deadline = time.perf_counter() + timeout
     while True:
