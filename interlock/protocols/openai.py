@@ -213,9 +213,16 @@ class OpenAIAdapter(Adapter):
             elif isinstance(items, list):
                 view.texts += [TextSlot(("input", i), t, "user") for i, t in enumerate(items) if isinstance(t, str)]
         elif path.endswith("/completions"):
+            # The legacy completions API: `prompt` is a string or a list of them (a batch; a list of
+            # token ids has no text to read), and `suffix` is text the model reads too.
             view.operation = "text_completion"
-            if isinstance(data.get("prompt"), str):
-                view.texts.append(TextSlot(("prompt",), data["prompt"], "user"))
+            prompt = data.get("prompt")
+            if isinstance(prompt, str):
+                view.texts.append(TextSlot(("prompt",), prompt, "user"))
+            elif isinstance(prompt, list):
+                view.texts += [TextSlot(("prompt", i), t, "user") for i, t in enumerate(prompt) if isinstance(t, str)]
+            if isinstance(data.get("suffix"), str):
+                view.texts.append(TextSlot(("suffix",), data["suffix"], "user"))
         return view
 
     def fold_usage(self, event: Event, found: Any) -> Any:
@@ -264,6 +271,8 @@ class OpenAIAdapter(Adapter):
             return slots
         for i, choice in enumerate(data.get("choices") or []):
             message = choice.get("message") if isinstance(choice, dict) else None
+            if message is None and isinstance(choice, dict) and isinstance(choice.get("text"), str):
+                slots.append(TextSlot(("choices", i, "text"), choice["text"], "assistant"))  # legacy completions
             if isinstance(message, dict):
                 if isinstance(message.get("content"), str):
                     slots.append(TextSlot(("choices", i, "message", "content"), message["content"], "assistant"))
@@ -402,6 +411,10 @@ class OpenAIAdapter(Adapter):
         texts: list[StreamText] = []
         for i, choice in enumerate(data.get("choices") or []):
             delta = choice.get("delta") if isinstance(choice, dict) else None
+            if delta is None and isinstance(choice, dict) and isinstance(choice.get("text"), str):
+                # A legacy completions chunk: its text piece sits on the choice.
+                index = choice.get("index", i)
+                texts.append(StreamText(f"choices.{index}.text", ("choices", i, "text"), choice["text"]))
             if not isinstance(delta, dict):
                 continue
             index = choice.get("index", i)

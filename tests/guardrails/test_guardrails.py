@@ -57,6 +57,16 @@ async def test_history_sent_again_is_not_analysed_again() -> None:
     assert second.request_json["messages"][0]["content"] == "mail <EMAIL_ADDRESS_1>"
 
 
+async def test_a_legacy_completion_s_batched_prompt_and_suffix_are_scanned() -> None:
+    # `/completions` takes `prompt` as a list of strings (a batch) and a `suffix`: every text is read.
+    stage = Guardrails(make_settings(request={"EMAIL_ADDRESS": "redact"}))
+    body = {"model": "m", "prompt": ["hi", f"mail {EMAIL}"], "suffix": f"cc {EMAIL}"}
+    call = await parsed(body, path="/completions")
+    await stage.request(call)
+    assert call.request_json["prompt"] == ["hi", "mail <EMAIL_ADDRESS_1>"]
+    assert call.request_json["suffix"] == "cc <EMAIL_ADDRESS_1>"
+
+
 class Broken:
     def detect(self, text: str) -> Any:
         raise RuntimeError("analyzer exploded")

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from interlock.core.call import Call
+from interlock.protocols import ADAPTERS
 from interlock.protocols.summary import output_texts, response_message
 from interlock.scripted.anthropic_replies import anthropic_reply
 from interlock.scripted.openai_replies import chat_reply, responses_reply
@@ -69,3 +70,17 @@ def test_a_responses_stream_cut_short_reads_what_the_agent_saw() -> None:
 def test_an_empty_or_unreadable_body_reads_as_nothing() -> None:
     assert texts("openai", b"data: [DONE]\n\n", stream=True) == []
     assert texts("anthropic", b"not json", stream=False) == []
+
+
+def test_a_legacy_completion_s_text_is_read_streamed_and_not() -> None:
+    # `/completions` answers `choices[].text`, and streams its pieces there too (no `delta`): the
+    # guardrails scan and restore them as any other answer's texts.
+    openai = ADAPTERS["openai"]
+    whole = {"object": "text_completion", "choices": [{"index": 0, "text": "mail jane@example.com", "logprobs": None}]}
+    assert [(s.path, s.text, s.role) for s in openai.response_texts(whole)] == [
+        (("choices", 0, "text"), "mail jane@example.com", "assistant")
+    ]
+    chunk = {"object": "text_completion", "choices": [{"index": 0, "text": "mail jane@", "finish_reason": None}]}
+    assert [(t.key, t.path, t.text) for t in openai.stream_texts(None, chunk)] == [
+        ("choices.0.text", ("choices", 0, "text"), "mail jane@")
+    ]
