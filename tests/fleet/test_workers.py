@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,6 +98,7 @@ def served(upstream_server: ScriptedUpstream, tmp_path_factory: pytest.TempPathF
     home = tmp_path_factory.mktemp("workers")
     (home / "policy.yaml").write_text(
         "rules:\n  - name: fleet-rate\n    match: {agent: 'rate-*'}\n    limits: {requests_per_minute: 40}\n"
+        "  - name: fleet-loops\n    match: {agent: 'loop-*'}\n    loop: {requests: 3, tool_calls: null, tool_errors: null}\n"
     )
     port, admin = free_port(), free_port()
     config = {
@@ -145,6 +147,32 @@ def test_a_rate_limit_is_counted_once_for_both_workers(served: Served) -> None:
     for thread in threads:
         thread.join(120)
     assert sorted(statuses) == [200] * 40 + [429] * 20
+
+
+def test_a_loop_is_counted_once_for_both_workers(served: Served) -> None:
+    """The same request three times in a session, each on a connection of its own (either worker may
+    answer it): the third is refused, and the histories are in the store's file, shared by both
+    (tests/fleet/test_shared_loops.py splits a loop over two such workers deterministically)."""
+    sessions = [f"loop-{uuid.uuid4().hex}" for _ in range(6)]
+    for session in sessions:
+        statuses = []
+        for _ in range(3):
+            with httpx.Client(timeout=30) as client:
+                answer = client.post(
+                    served.url + "/openai/chat/completions",
+                    json=HI,
+                    headers={
+                        "Authorization": "Bearer sk-agent",
+                        "X-Interlock-Agent": "loop-1",
+                        "X-Interlock-Session": session,
+                    },
+                )
+            statuses.append(answer.status_code)
+        assert statuses == [200, 200, 403]
+        assert answer.json()["error"]["code"] == "loop_detected"
+    with sqlite3.connect(served.store) as db:
+        kept = {scope for (scope,) in db.execute("SELECT scope FROM loop_sessions")}
+    assert {f"session:{s}" for s in sessions} <= kept
 
 
 def test_a_sessions_placeholders_are_restored_by_either_worker(
