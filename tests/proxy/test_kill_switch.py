@@ -238,15 +238,50 @@ async def test_stops_unread_at_start_keep_ready_waiting_and_mark_each_call(tmp_p
         stops.store.close()
 
 
+def with_a_tiny_budget(make_interlock: Any, tmp_path: Path) -> Running:
+    """An interlock whose agents' money budget is spent by any priced call."""
+    (tmp_path / "policies").mkdir()
+    rule = "rules:\n  - name: tiny\n    limits: {budget_usd_per_day: 0.000001}\n"
+    (tmp_path / "policies" / "p.yaml").write_text(rule)
+    running: Running = make_interlock(policies=[str(tmp_path / "policies")])
+    return running
+
+
+def assert_budget_spent(running: Running) -> None:
+    """The budget counted the stopped call: the agent's next call, in another session, is refused."""
+    with pytest.raises(openai.APIStatusError) as refused:
+        client(running, "next").chat.completions.create(model="gpt-4o-mini", messages=HI)  # type: ignore[arg-type]
+    assert protocol_error(refused.value)["code"] == "budget_exceeded"
+
+
+def recorded_stop(running: Running) -> dict[str, Any]:
+    """The newest recorded call, once the writer has it: a call the kill switch ended."""
+    recorder = running.runtime.recorder
+    assert recorder is not None
+
+    def newest() -> dict[str, Any] | None:
+        assert recorder.flush()
+        calls = running.runtime.store.list_calls(limit=10)
+        return calls[0] if calls else None
+
+    wait_for(lambda: newest() is not None)
+    call = newest()
+    assert call is not None and call["error_code"] == "session_stopped"
+    return call
+
+
+def call_meta(running: Running, row: dict[str, Any]) -> dict[str, Any]:
+    full = running.runtime.store.get_call(row["id"])
+    assert full is not None
+    return full.meta
+
+
 def test_a_stopped_stream_is_priced_as_far_as_known_and_counts_against_the_budget(
     make_interlock: Any, upstream: ScriptedUpstream, tmp_path: Path
 ) -> None:
     # OpenAI reports a stream's usage only at its end, which a stopped stream never reaches: the
     # usage is estimated from the texts and marked so, priced, and counted by the agent's budget.
-    (tmp_path / "policies").mkdir()
-    rule = "rules:\n  - name: tiny\n    limits: {budget_usd_per_day: 0.000001}\n"
-    (tmp_path / "policies" / "p.yaml").write_text(rule)
-    running = make_interlock(policies=[str(tmp_path / "policies")])
+    running = with_a_tiny_budget(make_interlock, tmp_path)
     upstream.script(SLOW)
     sdk = client(running, "spender")
     reader = Reader(lambda: sdk.chat.completions.create(model="gpt-4o-mini", messages=HI, stream=True))
@@ -255,25 +290,11 @@ def test_a_stopped_stream_is_priced_as_far_as_known_and_counts_against_the_budge
     assert admin(running, "/api/sessions/spender/stop").json()["calls_ended"] == 1
     assert ended_by_the_stop(reader)
 
-    recorder = running.runtime.recorder
-    assert recorder is not None
-
-    def stopped() -> dict[str, Any] | None:
-        assert recorder.flush()
-        calls = running.runtime.store.list_calls(limit=10)
-        return calls[0] if calls else None
-
-    wait_for(lambda: stopped() is not None)
-    call = stopped()
-    assert call is not None and call["error_code"] == "session_stopped"
+    call = recorded_stop(running)
     assert call["output_tokens"] and call["input_tokens"] and call["cost_usd"] and call["cost_usd"] > 0
-    full = running.runtime.store.get_call(call["id"])
-    assert full is not None and full.meta.get("usage_estimated") is True
+    assert call_meta(running, call)["usage_estimated"] is True
 
-    # The budget counted it: the agent's next call, in another session, is refused.
-    with pytest.raises(openai.APIStatusError) as refused:
-        client(running, "next").chat.completions.create(model="gpt-4o-mini", messages=HI)  # type: ignore[arg-type]
-    assert protocol_error(refused.value)["code"] == "budget_exceeded"
+    assert_budget_spent(running)
 
 
 def test_a_call_stopped_before_its_answer_is_priced_on_its_prompt_and_counts_against_the_budget(
@@ -281,10 +302,7 @@ def test_a_call_stopped_before_its_answer_is_priced_on_its_prompt_and_counts_aga
 ) -> None:
     # The upstream has the request (and may bill its prompt) but no answer head arrived before the
     # stop: the input is estimated from the request's texts, marked so, priced, and counted.
-    (tmp_path / "policies").mkdir()
-    rule = "rules:\n  - name: tiny\n    limits: {budget_usd_per_day: 0.000001}\n"
-    (tmp_path / "policies" / "p.yaml").write_text(rule)
-    running = make_interlock(policies=[str(tmp_path / "policies")])
+    running = with_a_tiny_budget(make_interlock, tmp_path)
     upstream.script(Script(delay=10))  # the upstream would answer in 10 s
     sdk = client(running, "waiter")
     prompt = [{"role": "user", "content": "a long question " * 100}]  # ~1600 characters: ~400 tokens
@@ -295,25 +313,12 @@ def test_a_call_stopped_before_its_answer_is_priced_on_its_prompt_and_counts_aga
     reader.join(timeout=30)
     assert isinstance(reader.error, openai.PermissionDeniedError)
 
-    recorder = running.runtime.recorder
-    assert recorder is not None
-
-    def stopped() -> dict[str, Any] | None:
-        assert recorder.flush()
-        calls = running.runtime.store.list_calls(limit=10)
-        return calls[0] if calls else None
-
-    wait_for(lambda: stopped() is not None)
-    call = stopped()
-    assert call is not None and call["error_code"] == "session_stopped"
+    call = recorded_stop(running)
     assert call["input_tokens"] >= 400 and call["output_tokens"] == 0
     assert call["cost_usd"] and call["cost_usd"] > 0
-    full = running.runtime.store.get_call(call["id"])
-    assert full is not None and full.meta.get("usage_estimated") is True
+    assert call_meta(running, call)["usage_estimated"] is True
 
-    with pytest.raises(openai.APIStatusError) as refused:
-        client(running, "next").chat.completions.create(model="gpt-4o-mini", messages=HI)  # type: ignore[arg-type]
-    assert protocol_error(refused.value)["code"] == "budget_exceeded"
+    assert_budget_spent(running)
 
 
 def test_a_call_stopped_before_it_left_is_not_priced() -> None:
