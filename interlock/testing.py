@@ -88,6 +88,23 @@ class Running:
         assert row is not None, f"call {call_id} is not in the store"
         return row  # type: ignore[no-any-return]
 
+    def recorded_calls(self, count: int = 1, timeout: float = 60.0, **filters: Any) -> list[Call]:
+        """The calls `filters` select (`Store.list_calls`'s: `session`, `agent`, ...), newest first,
+        once at least `count` are in the store (a call reaches it just after its answer: the
+        recorder's queue is written at each look)."""
+        recorder, store = self.runtime.recorder, self.runtime.store
+
+        def rows() -> list[dict[str, Any]] | None:
+            assert recorder is None or recorder.flush(), "the recorder did not write its queue"
+            found: list[dict[str, Any]] = store.list_calls(limit=max(100, count), **filters)
+            return found if len(found) >= count else None
+
+        listed = wait_for(rows, timeout, f"{count} recorded calls")
+        assert listed is not None  # (wait_for returns a truthy value)
+        calls = [store.get_call(row["id"]) for row in listed]
+        assert all(calls), "a listed call could not be read"
+        return calls
+
     def run(self, coro: Any, timeout: float = 30) -> Any:
         """Run a coroutine on interlock's own loop and wait for its result."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)

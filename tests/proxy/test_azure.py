@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import textwrap
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -92,20 +91,6 @@ def client(
     )
 
 
-def recorded(running: Running, session: str, count: int) -> list[Any]:
-    """The session's calls, newest first, once `count` are recorded (a call reaches the store just
-    after its answer)."""
-    recorder, store = running.runtime.recorder, running.runtime.store
-    deadline = time.monotonic() + 60
-    while True:
-        assert recorder.flush()
-        rows = store.list_calls(session=session, limit=100)
-        if len(rows) >= count:
-            return [store.get_call(row["id"]) for row in rows]
-        assert time.monotonic() < deadline, "calls were not recorded in time"
-        time.sleep(0.01)
-
-
 def test_chat_through_the_deployment_path_with_the_routes_key(azure: Running, upstream: ScriptedUpstream) -> None:
     with client(azure, "deployment") as sdk:
         completion = sdk.chat.completions.create(model="prod-chat", messages=[{"role": "user", "content": "hi"}])
@@ -116,7 +101,7 @@ def test_chat_through_the_deployment_path_with_the_routes_key(azure: Running, up
     assert f"api-version={API_VERSION}" in sent.query
     assert sent.headers["api-key"] == "azure-resource-key"  # the route's key replaced the agent's
     assert "authorization" not in sent.headers
-    [call] = recorded(azure, "deployment", 1)
+    [call] = azure.recorded_calls(1, session="deployment")
     # The deployment is the model it serves for policy and pricing; the name asked for is kept.
     assert (call.model, call.meta["deployment"], call.protocol) == ("gpt-4o", "prod-chat", "azure_openai")
     assert (call.input_tokens, call.output_tokens) == (11, 7)
@@ -138,7 +123,7 @@ def test_a_stream_is_relayed_and_recorded_as_the_answer_azure_would_give(
     # The opening chunk holds only the prompt's filter results (no choices), as Azure sends it.
     assert chunks[0].choices == [] and chunks[0].id == ""
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "streaming on azure"
-    [call] = recorded(azure, "stream", 1)
+    [call] = azure.recorded_calls(1, session="stream")
     assert (call.input_tokens, call.output_tokens) == (11, 7)
     call.view = ADAPTERS["azure_openai"].parse(call)  # what the exporter has: the live call's view
     attributes = describe_call(call).attributes
@@ -162,7 +147,7 @@ def test_an_entra_id_token_reaches_azure_as_a_bearer_token(azure: Running, upstr
     with client(azure, "entra", "azure-passthrough") as sdk:
         sdk.chat.completions.create(model="prod-chat", messages=[{"role": "user", "content": "hi"}])
     assert upstream.requests[-1].headers["api-key"] == "placeholder"  # the agent's own key, as it came
-    newest = recorded(azure, "entra", 2)[0]
+    newest = azure.recorded_calls(2, session="entra")[0]
     stored = httpx.get(f"{azure.admin_url}/api/calls/{newest.id}").text
     assert "entra-token-123" not in stored and "placeholder" not in stored
 
@@ -190,7 +175,7 @@ def test_the_v1_api_path(azure: Running, upstream: ScriptedUpstream) -> None:
     paths = [r.path for r in upstream.requests[-3:]]
     assert paths == ["/openai/v1/chat/completions", "/openai/v1/responses", "/openai/v1/embeddings"]
     assert all(r.headers["api-key"] == "azure-resource-key" for r in upstream.requests[-3:])
-    calls = recorded(azure, "v1", 3)
+    calls = azure.recorded_calls(3, session="v1")
     assert sorted(c.model for c in calls) == ["gpt-4o", "gpt-4o", "text-embedding-3-small"]
 
 
@@ -270,7 +255,7 @@ def test_a_budget_refuses_once_the_deployments_model_has_cost_it(azure: Running,
     # gpt-4o at the catalogue's price: 11 input and 7 output tokens cost ~$0.0001, over the budget.
     with client(azure, "budget", agent="thrifty") as sdk:
         sdk.chat.completions.create(model="prod-chat", messages=[{"role": "user", "content": "one"}])
-        recorded(azure, "budget", 1)
+        azure.recorded_calls(1, session="budget")
         with pytest.raises(openai.RateLimitError) as refused:
             sdk.chat.completions.create(model="prod-chat", messages=[{"role": "user", "content": "two"}])
     assert protocol_error(refused.value)["code"] == "budget_exceeded"
@@ -284,7 +269,7 @@ def test_the_call_page_shows_the_conversation(azure: Running, upstream: Scripted
             model="prod-chat", messages=[{"role": "user", "content": "Weather in Paris?"}], stream=True
         )
         assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "Sunny in Paris."
-    [call] = recorded(azure, "page", 1)
+    [call] = azure.recorded_calls(1, session="page")
     page = httpx.get(f"{azure.admin_url}/call/{call.id}")
     assert page.status_code == 200
     assert "Weather in Paris?" in page.text and "Sunny in Paris." in page.text
@@ -310,7 +295,7 @@ def test_a_session_replays_offline_through_azure_paths(
     with client(azure, "replayed-session") as sdk:
         answer = agent(sdk)
     assert answer == "Paris: sunny."
-    recorded(azure, "replayed-session", 2)
+    azure.recorded_calls(2, session="replayed-session")
     bundle = tmp_path / "azure.db"
     assert azure.runtime.store.export(bundle, session="replayed-session") == 2
     served = len(upstream.requests)
@@ -336,7 +321,7 @@ def test_a_model_alias_fails_over_to_another_deployment(azure: Running, upstream
     paths = [r.path for r in upstream.requests]
     assert paths == ["/openai/deployments/mini-east/chat/completions", "/openai/deployments/mini-west/chat/completions"]
     assert upstream.requests[-1].json()["model"] == "mini-west"
-    [call] = recorded(azure, "failover", 1)
+    [call] = azure.recorded_calls(1, session="failover")
     assert call.model == "gpt-4o-mini" and [a.status for a in call.attempts] == [503, 200]
     assert call.cost_usd is not None and call.cost_usd > 0  # priced as the model mini-west serves
 
@@ -398,7 +383,7 @@ def test_whatif_judges_a_recorded_call_as_the_model_its_deployment_serves(
 
     with client(azure, "whatif") as sdk:
         sdk.chat.completions.create(model="prod-chat", messages=[{"role": "user", "content": "hi"}])
-    [call] = recorded(azure, "whatif", 1)
+    [call] = azure.recorded_calls(1, session="whatif")
     (tmp_path / "p.yaml").write_text("rules:\n  - name: no-4o\n    deny: {models: [gpt-4o]}\n")
     report = whatif(load_policies([str(tmp_path / "p.yaml")]), [call])
     assert [(c.before, c.after, c.rule) for c in report.changes] == [("allow", "deny", "no-4o")]
@@ -420,7 +405,7 @@ def test_a_virtual_key_in_api_key_names_the_agent_and_never_leaves(azure: Runnin
                 with pytest.raises(openai.AuthenticationError):
                     sdk.chat.completions.create(model="prod-chat", messages=[{"role": "user", "content": "hi"}])
         assert all("vk-azure-keyed" not in value for value in upstream.requests[-1].headers.values())
-        [call] = recorded(azure, f"keyed-{route}", 1)
+        [call] = azure.recorded_calls(1, session=f"keyed-{route}")
         assert call.agent == "keyed"
     assert upstream.requests[0].headers["api-key"] == "azure-resource-key"
     assert "api-key" not in upstream.requests[1].headers and "authorization" not in upstream.requests[1].headers
@@ -455,6 +440,6 @@ def test_responses_and_embeddings_through_azure_openai(azure: Running, upstream:
         "/openai/responses",
         "/openai/deployments/prod-embed/embeddings",
     ]
-    calls = recorded(azure, "responses", 3)
+    calls = azure.recorded_calls(3, session="responses")
     assert [c.model for c in calls] == ["text-embedding-3-small", "gpt-4o", "gpt-4o"]
     assert [c.input_tokens for c in calls] == [3, 11, 11]  # usage read from each, the stream's too

@@ -10,7 +10,6 @@ import html
 import json
 import re
 import textwrap
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -77,19 +76,6 @@ def client(running: Running, session: str, agent: str = "ollama-bot", host: str 
     return closed_after_test(ollama.Client(host=host or f"{running.url}/ollama", headers=headers))
 
 
-def recorded(running: Running, session: str, count: int) -> list[Any]:
-    """The session's calls, newest first, once `count` are recorded."""
-    recorder, store = running.runtime.recorder, running.runtime.store
-    deadline = time.monotonic() + 60
-    while True:
-        assert recorder.flush()
-        rows = store.list_calls(session=session, limit=100)
-        if len(rows) >= count:
-            return [store.get_call(row["id"]) for row in rows]
-        assert time.monotonic() < deadline, "calls were not recorded in time"
-        time.sleep(0.01)
-
-
 def conversation(running: Running, call_id: str) -> list[tuple[str, str]]:
     """(role classes, text) of each message in the call page's Conversation section."""
     page = httpx.get(f"{running.admin_url}/call/{call_id}")
@@ -119,7 +105,7 @@ def test_chat_streamed_and_not_with_usage_cost_the_call_page_and_otel(
     assert "".join(p or "" for p in pieces) == "streaming works fine" and pieces[0] == "str"
     assert upstream.requests[-1].json()["stream"] is True and upstream.requests[-1].path == "/api/chat"
 
-    streamed, plain = recorded(running, "chat", 2)
+    streamed, plain = running.recorded_calls(2, session="chat")
     assert (plain.stream, plain.input_tokens, plain.output_tokens) == (False, 11, 7)
     assert (streamed.stream, streamed.input_tokens, streamed.output_tokens) == (True, 11, 7)
     assert (streamed.cost_usd, streamed.cost_source) == (0.0, "prices")  # a local model, free by `prices:`
@@ -144,7 +130,7 @@ def test_generate_embed_and_the_model_list(running: Running, upstream: ScriptedU
     assert "".join(p.response or "" for p in sdk.generate(model=MODEL, prompt="again", stream=True)) == "echo: again"
     assert len(sdk.embed(model="all-minilm", input=["a", "b"]).embeddings) == 2
     assert [m.model for m in sdk.list().models] == ["llama3.2:latest"]  # relayed as plain HTTP
-    listing, embedded, streamed, plain = recorded(running, "generate", 4)
+    listing, embedded, streamed, plain = running.recorded_calls(4, session="generate")
     assert (plain.input_tokens, plain.output_tokens, streamed.output_tokens) == (11, 7, 7)
     assert (embedded.input_tokens, embedded.model) == (11, "all-minilm")
     assert (listing.method, listing.path, listing.input_tokens) == ("GET", "/api/tags", None)
@@ -206,7 +192,7 @@ def test_an_email_is_redacted_upstream_and_restored_for_the_agent(
     assert upstream.requests[-1].json()["messages"][0]["content"] == "mail <EMAIL_ADDRESS_1> and <EMAIL_ADDRESS_1>"
     assert all(EMAIL.encode() not in r.body for r in upstream.requests)
     # At rest only the placeholder form is kept: the store's files, byte by byte.
-    recorded(running, f"pii-{stream}", 1)
+    running.recorded_calls(1, session=f"pii-{stream}")
     stored = Path(running.settings.store.path)
     assert EMAIL.encode() not in b"".join(p.read_bytes() for p in stored.parent.glob(stored.name + "*"))
 
@@ -240,11 +226,11 @@ def test_budgets_fail_closed_on_an_unpriced_model_and_count_a_priced_one(
     # Loading that model (no messages) generates nothing: free, so the budget lets it through.
     loaded = sdk.chat(model="mistral", messages=[])
     assert loaded.done_reason == "load"
-    (load,) = recorded(running, "budget", 2)[:1]
+    (load,) = running.recorded_calls(2, session="budget")[:1]
     assert (load.model, load.cost_usd, load.cost_source) == ("mistral", 0.0, "free")
     # qwen-paid at $5 per million tokens: 18 tokens cost $0.00009, over the budget after one call.
     sdk.chat(model="qwen-paid", messages=[{"role": "user", "content": "one"}])
-    (call,) = [c for c in recorded(running, "budget", 3) if c.model == "qwen-paid"]
+    (call,) = [c for c in running.recorded_calls(3, session="budget") if c.model == "qwen-paid"]
     assert call.cost_source == "prices" and call.cost_usd == pytest.approx(18 * 5 / 1e6)
     with pytest.raises(ollama.ResponseError) as refused:
         sdk.chat(model="qwen-paid", messages=[{"role": "user", "content": "two"}])
@@ -269,7 +255,7 @@ def test_a_broken_stream_and_the_upstreams_own_error_line(running: Running, upst
     *answered, upstreams, ours = lines(failed.content)
     assert len(answered) == 2 and "error" in upstreams  # Ollama's own line, relayed as it came
     assert ours["code"] == "stream_truncated"  # no `done` line: interlock says the answer is cut
-    failing, broken = recorded(running, "broken", 2)  # newest first
+    failing, broken = running.recorded_calls(2, session="broken")  # newest first
     assert (broken.error_code, failing.error_code) == ("stream_broken", "stream_truncated")
 
 
@@ -285,7 +271,7 @@ def test_a_line_past_its_bound_ends_the_stream_in_the_protocols_shape(
     )
     (error,) = lines(refused.content)
     assert error["code"] == "stream_event_too_large"
-    (call,) = recorded(running, "long-line", 1)
+    (call,) = running.recorded_calls(1, session="long-line")
     assert (call.outcome, call.error_code, call.truncated) == ("upstream_error", "stream_event_too_large", True)
 
 
@@ -293,7 +279,7 @@ def test_a_pull_streams_its_progress_to_the_end(running: Running, upstream: Scri
     # Model management is relayed as plain HTTP: its NDJSON has no `done` line and is not cut for it.
     statuses = [p.status for p in client(running, "pull").pull(MODEL, stream=True)]
     assert statuses == ["pulling manifest", "verifying sha256 digest", "success"]
-    (call,) = recorded(running, "pull", 1)
+    (call,) = running.recorded_calls(1, session="pull")
     assert (call.outcome, call.error_code) == ("ok", None)
 
 
@@ -315,7 +301,7 @@ def test_a_recorded_session_replays_offline(running: Running, upstream: Scripted
 
     answers = agent(client(running, "incident"))
     assert answers == ["first answer", "second answer"]
-    recorded(running, "incident", 2)
+    running.recorded_calls(2, session="incident")
     bundle = tmp_path / "incident.db"
     assert running.runtime.store.export(bundle, session="incident") == 2
     served = len(upstream.requests)
@@ -346,7 +332,7 @@ def test_an_alias_falls_back_by_rewriting_the_model_in_the_body(running: Running
     models = [r.json()["model"] for r in upstream.requests]
     # The failing model may be retried before the fallback (the route's retry policy); the last goes to it.
     assert models[-1] == MODEL and set(models[:-1]) == {"llama3.2:70b"}
-    (call,) = recorded(running, "alias", 1)
+    (call,) = running.recorded_calls(1, session="alias")
     assert [a.status for a in call.attempts][-1] == 200 and call.attempts[0].status == 503
 
 
@@ -361,7 +347,7 @@ def test_the_async_client_streams_through_interlock(running: Running, upstream: 
         return text
 
     assert asyncio.run(agent()) == "async works"
-    (call,) = recorded(running, "async", 1)
+    (call,) = running.recorded_calls(1, session="async")
     assert (call.stream, call.output_tokens) == (True, 7)
 
 
@@ -410,5 +396,5 @@ def test_a_tool_call_loop_is_denied_at_the_third_repeat(
         assert third.status_code == 403
         error = third.json()
     assert error["code"] == "loop_detected"
-    newest = recorded(running, session, 3)[0]
+    newest = running.recorded_calls(3, session=session)[0]
     assert (newest.outcome, newest.error_code) == ("blocked", "loop_detected")
