@@ -18,7 +18,8 @@ from interlock.prices import Pricing
 from interlock.protocols.mcp import is_mcp
 from interlock.proxy.app import ProxyApp
 from interlock.proxy.forward import Forwarder
-from interlock.proxy.pipeline import Pipeline, Services, built_in_stages, guardrails_on
+from interlock.proxy.hooks import Pipeline
+from interlock.proxy.pipeline import Services, built_in_stages, guardrails_on
 from interlock.proxy.stops import Stops
 from interlock.proxy.upstream import make_client
 from interlock.tracing.recorder import open_recording

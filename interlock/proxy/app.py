@@ -11,7 +11,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from interlock.config import Route, Settings
 from interlock.core.call import Call, Chunk, Decision, Outcome, SuppliedResponse, new_id
@@ -23,11 +23,13 @@ from interlock.protocols.rescue import StreamRescue, stream_rescue
 from interlock.protocols.sse import EventSplitter, UnsplittableStream, last_events
 from interlock.proxy.admission import ProxyEdge, upstream_path
 from interlock.proxy.capture import StreamCapture
-from interlock.proxy.forward import Forwarder, Opened, UpstreamFailure, describe_error
-from interlock.proxy.pipeline import Pipeline
-from interlock.proxy.rescue import open_continuation
-from interlock.proxy.retry import UPSTREAM_ERRORS
-from interlock.proxy.upstream import response_headers_for_agent, route_timeouts
+from interlock.proxy.hooks import Pipeline
+from interlock.proxy.relay_rules import UpstreamFailure, describe_error, response_headers_for_agent, route_timeouts
+
+if TYPE_CHECKING:
+    # Only the forwarder it is handed, never imported to run: the upstream client stack (httpx,
+    # aiohttp) loads with the forwarder, so a proxy app without one (replay's) starts without it.
+    from interlock.proxy.forward import Forwarder, Opened
 
 log = logging.getLogger("interlock.proxy")
 
@@ -74,6 +76,8 @@ class ProxyApp:
         self.settings = settings
         self.pipeline = pipeline
         self.forwarder = forwarder
+        #: What the upstream client raises when a stream breaks (none without an upstream).
+        self.upstream_errors: tuple[type[BaseException], ...] = forwarder.errors if forwarder is not None else ()
         self.routes: dict[str, Route] = dict(settings.routes)
         self.inflight = 0
         self.edge = ProxyEdge(settings)
@@ -412,7 +416,7 @@ class ProxyApp:
         capture = state.capture = StreamCapture(call.chunks, keep, markers, adapter.markers_at_line_start, last_line)
         if sent is not None:
             state.sent_capture = StreamCapture(sent, keep)
-        if route.stream_rescue and isinstance(opened, Opened) and (call.status or 0) < 400:
+        if route.stream_rescue and not isinstance(opened, _Supplied) and (call.status or 0) < 400:
             # Followed event by event, so that a break can be continued elsewhere (issue 21).
             state.rescue = stream_rescue(call.protocol, getattr(call.view, "operation", None))
         # Split into events once, here: the usage is summed from them as they pass, the stages'
@@ -449,7 +453,7 @@ class ProxyApp:
                     break
                 except _StreamEnd as end:
                     code, message = end.code, end.message
-                except UPSTREAM_ERRORS as exc:  # a reset or a malformed chunk mid-stream, or a stall
+                except self.upstream_errors as exc:  # a reset or a malformed chunk mid-stream, or a stall
                     code = "stream_broken"
                     message = f"the upstream stream broke after {capture.total} bytes: {describe_error(exc)}"
                 except Unreadable as exc:  # the forwarder's decoder met bytes that do not decode
@@ -460,8 +464,13 @@ class ProxyApp:
                     return
                 rescue = state.rescue
                 if rescue is not None and continuation is None and code in _RESCUABLE:
-                    assert isinstance(source, Opened) and self.forwarder is not None
+                    assert not isinstance(source, _Supplied) and self.forwarder is not None
                     source.broken = code == "stream_broken"  # a breaker failure, as without a rescue
+                    # Startup: the rescue needs the upstream client stack, which only a proxy app with
+                    # a forwarder has loaded (replay's has none: about a second of its start under
+                    # shared load, measured).
+                    from interlock.proxy.rescue import open_continuation
+
                     continuation = await open_continuation(
                         self.forwarder, call, route, adapter, source, rescue, message, capture.total
                     )

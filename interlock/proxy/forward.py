@@ -25,6 +25,7 @@ from interlock.protocols.base import dump_body
 from interlock.protocols.encoding import Decoder, Unreadable
 from interlock.proxy.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
 from interlock.proxy.escalation import Escalator
+from interlock.proxy.relay_rules import UpstreamFailure, route_timeouts
 from interlock.proxy.retry import (
     CONNECT,
     DEADLINE,
@@ -35,23 +36,14 @@ from interlock.proxy.retry import (
     Failure,
     backoff_delay,
     classify,
-    describe_error,
     failover_code,
     may_resend,
     retry_after_seconds,
 )
 from interlock.proxy.routing import Router, Slot, Target, UpstreamState
-from interlock.proxy.upstream import UpstreamClient, recorded_url, route_timeouts, upstream_headers, upstream_url
+from interlock.proxy.upstream import UpstreamClient, recorded_url, upstream_headers, upstream_url
 
 log = logging.getLogger("interlock.proxy")
-
-
-class UpstreamFailure(Exception):
-    """No upstream gave an answer; `status` and `code` shape the error the agent gets."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
 
 
 class _Nothing:
@@ -146,6 +138,9 @@ def _breaker_failure(status: int) -> bool:
 
 class Forwarder:
     """Routes each call to its upstreams, with retries, fallbacks and circuit breakers."""
+
+    #: What the client raises when an upstream fails mid-stream (the relay ends that stream for it).
+    errors = UPSTREAM_ERRORS
 
     def __init__(self, settings: Settings, client: UpstreamClient) -> None:
         self.settings = settings
@@ -619,4 +614,4 @@ async def _close_quietly(response: httpx.Response) -> None:
         await response.aclose()
 
 
-__all__ = ["Forwarder", "Opened", "UpstreamFailure", "describe_error"]
+__all__ = ["Forwarder", "Opened"]

@@ -22,16 +22,12 @@ user's collector) always reads it sealed, wherever it sits in the list.
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from interlock.config import Settings
-from interlock.core.call import Call
-from interlock.core.views import Event
 from interlock.protocols.mcp import is_mcp
-from interlock.proxy.hooks import HOOKS
 from interlock.proxy.identify import Identify
 from interlock.proxy.mcp import McpRecord, McpSession
 from interlock.proxy.parse import Parse
@@ -149,65 +145,3 @@ def built_in_stages(settings: Settings, services: Services, extra: Sequence[obje
         stages.append(services.exporter)  # `done`: the sealed call to OpenTelemetry
     stages.extend(extra)
     return stages
-
-
-Hook = Callable[..., Awaitable[Any]]
-
-
-def _as_async(method: Callable[..., Any]) -> Hook:
-    if inspect.iscoroutinefunction(method):
-        return method
-
-    async def call(*args: Any) -> Any:
-        return method(*args)
-
-    return call
-
-
-class Pipeline:
-    """The stages' hooks, resolved once into per-event lists so the hot path only loops."""
-
-    def __init__(self, stages: Sequence[object]) -> None:
-        self.stages = list(stages)
-        self.hooks: dict[str, list[Hook]] = {name: [] for name in HOOKS}
-        for stage in self.stages:
-            for name in HOOKS:
-                method = getattr(stage, name, None)
-                if method is not None:
-                    self.hooks[name].append(_as_async(method))
-        self.has_chunk_hooks = bool(self.hooks["chunk"])
-
-    async def request(self, call: Call) -> None:
-        """The request hooks in order, until one answers the call (`call.reply`) or supplies its
-        response (`call.supplied`): the stages after it do not see the request."""
-        for hook in self.hooks["request"]:
-            await hook(call)
-            if call.reply is not None or call.supplied is not None:
-                return
-
-    async def response_head(self, call: Call) -> None:
-        for hook in self.hooks["response_head"]:
-            await hook(call)
-
-    async def chunk(self, call: Call, events: list[Event], last: bool) -> list[Event]:
-        """A stream's events, split once by the proxy (the adapter's splitter), through every
-        `chunk` hook in order: each gets what the one before it let through."""
-        for hook in self.hooks["chunk"]:
-            events = await hook(call, events, last)
-        return events
-
-    async def response(self, call: Call) -> None:
-        for hook in self.hooks["response"]:
-            await hook(call)
-
-    async def error(self, call: Call, exc: BaseException) -> None:
-        for hook in self.hooks["error"]:
-            await hook(call, exc)
-
-    async def finish(self, call: Call) -> None:
-        """The end of a call: every `seal` hook, then every `done` hook. A seal that raises stops
-        here: a record that may not be redacted is not consumed (the caller logs it)."""
-        for hook in self.hooks["seal"]:
-            await hook(call)
-        for hook in self.hooks["done"]:
-            await hook(call)

@@ -25,9 +25,9 @@ from interlock.protocols import ADAPTERS, Adapter
 from interlock.protocols.base import dump_body
 from interlock.protocols.rescue import StreamRescue
 from interlock.proxy.forward import Forwarder, Opened
+from interlock.proxy.relay_rules import route_timeouts
 from interlock.proxy.retry import DEADLINE
 from interlock.proxy.routing import Slot
-from interlock.proxy.upstream import route_timeouts
 
 log = logging.getLogger("interlock.proxy")
 

@@ -18,6 +18,7 @@ import httpx
 
 from interlock.config import REFUSAL_WORDS, Retry, Route
 from interlock.protocols import ADAPTERS
+from interlock.proxy.relay_rules import describe_error
 
 #: Failure kinds: `connect` (nothing reached the upstream), `timeout` (no first byte in time),
 #: `reset` (the connection broke before the first byte), `deadline` (the call's retry deadline hit),
@@ -43,12 +44,6 @@ class Failure:
     detail: str
     #: True when the request may have reached the upstream (so resending it is not always safe).
     sent: bool
-
-
-def describe_error(exc: BaseException) -> str:
-    name = type(exc).__name__
-    text = " ".join(str(exc).split())  # aiohttp's parse errors span lines
-    return f"{name}: {text}" if text else name
 
 
 def classify(exc: BaseException) -> Failure:
@@ -159,7 +154,6 @@ __all__ = [
     "Failure",
     "failover_code",
     "classify",
-    "describe_error",
     "may_resend",
     "backoff_delay",
     "retry_after_seconds",

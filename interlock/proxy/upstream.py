@@ -17,25 +17,11 @@ import yarl
 from httpx_aiohttp import AiohttpTransport
 from httpx_aiohttp.transport import AiohttpResponseStream, map_aiohttp_exceptions
 
-from interlock.config import Route, Settings, Timeouts, Upstream
+from interlock.config import Settings, Timeouts, Upstream
 from interlock.core.call import Call, Headers
 from interlock.protocols import Adapter
 from interlock.protocols.encoding import KNOWN
-
-#: RFC 9110 §7.6.1 connection-specific fields, never forwarded in either direction.
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "proxy-authenticate",
-        "proxy-authorization",
-    }
-)
+from interlock.proxy.relay_rules import HOP_BY_HOP, connection_tokens
 
 #: interlock's own request headers: read by interlock, never sent upstream (nor is any other
 #: `x-interlock-*` header: `upstream_headers` drops the whole prefix).
@@ -274,15 +260,6 @@ def httpx_timeout(timeouts: Timeouts) -> httpx.Timeout:
     return httpx.Timeout(connect=timeouts.connect, read=read, write=timeouts.total, pool=timeouts.connect)
 
 
-def connection_tokens(headers: Headers) -> frozenset[str]:
-    """Header names listed in `Connection`, which are hop-by-hop too."""
-    tokens: set[str] = set()
-    for name, value in headers:
-        if name == "connection":
-            tokens.update(t.strip().lower() for t in value.split(",") if t.strip())
-    return frozenset(tokens)
-
-
 #: Request headers never relayed as the agent sent them: hop-by-hop, interlock's own, and those the
 #: client or interlock sets (Host, Content-Length, the trace context). One set, built once.
 _NOT_RELAYED = HOP_BY_HOP | INTERLOCK_HEADERS | {"host", "content-length", "traceparent", "tracestate"}
@@ -393,21 +370,3 @@ def _public_base(url: str) -> str:
     if "@" not in parts.netloc:
         return url
     return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
-
-
-def response_headers_for_agent(headers: Headers, *, streamed: bool, body_changed: bool) -> list[tuple[bytes, bytes]]:
-    drop = HOP_BY_HOP | connection_tokens(headers)
-    out: list[tuple[bytes, bytes]] = []
-    for name, value in headers:
-        if name in drop:
-            continue
-        if name == "content-length" and (streamed or body_changed):
-            continue
-        if name == "content-encoding" and body_changed:
-            continue
-        out.append((name.encode("latin-1"), value.encode("latin-1")))
-    return out
-
-
-def route_timeouts(settings: Settings, route: Route) -> Timeouts:
-    return route.timeouts or settings.timeouts

@@ -24,7 +24,8 @@ from interlock.core.call import SECRET_HEADERS, Call, Chunk, new_id
 from interlock.protocols import ADAPTERS, Adapter
 from interlock.protocols.base import dump_body
 from interlock.protocols.summary import summarize_response
-from interlock.proxy.upstream import HOP_BY_HOP, INTERLOCK_HEADERS
+from interlock.proxy.relay_rules import HOP_BY_HOP
+from interlock.proxy.upstream import INTERLOCK_HEADERS
 from interlock.replay.bundle import Bundle
 
 

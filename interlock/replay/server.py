@@ -18,7 +18,7 @@ from interlock.config import Route, Settings
 from interlock.core.call import Call
 from interlock.protocols import ADAPTERS
 from interlock.proxy.app import ProxyApp
-from interlock.proxy.pipeline import Pipeline
+from interlock.proxy.hooks import Pipeline
 from interlock.replay.diff import Divergence
 from interlock.replay.match import Matcher, MatchOptions, Recorded
 from interlock.replay.playback import HANDOFF, ON_MISS, Handoff, OnMiss, Playback, Summary

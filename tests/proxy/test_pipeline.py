@@ -15,7 +15,8 @@ import pytest
 from interlock.core.call import Call, SuppliedResponse
 from interlock.core.views import Event
 from interlock.policies.loader import PolicyRuntime
-from interlock.proxy.pipeline import Pipeline, Services, built_in_stages
+from interlock.proxy.hooks import Pipeline
+from interlock.proxy.pipeline import Services, built_in_stages
 from interlock.scripted import ScriptedUpstream
 from interlock.testing import Running, settings_for_test
 from tests.guardrails.test_guardrails_stream import jwt_like
