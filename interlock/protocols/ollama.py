@@ -133,6 +133,11 @@ class OllamaAdapter(Adapter):
         if options is not None and not isinstance(options, dict):
             raise BadRequest("`options` must be an object", "invalid_request")
         view.params = {_PARAMS[k]: v for k, v in (options or {}).items() if k in _PARAMS}
+        if _unlimited(view.params.get("max_tokens")):
+            # `num_predict` -1 (or -2, "fill the context") sets no bound: read as no `max_tokens` at
+            # all, so a rule comparing `request.params.max_tokens` fails closed (an error for the
+            # rule, its `on_error`) instead of passing -1 as a small bound; `set_param` bounds it.
+            del view.params["max_tokens"]
         if path == "/api/chat":
             view.texts = _message_texts(data.get("messages"))
             view.tools = _tool_names(_checked_tools(data.get("tools")))
@@ -301,7 +306,7 @@ class OllamaAdapter(Adapter):
         number = isinstance(value, (int, float)) and not isinstance(value, bool)
         old_number = isinstance(old, (int, float)) and not isinstance(old, bool)
         # `num_predict` -1 (or -2, "fill the context") means no limit: a bound replaces it.
-        unbounded = native == "num_predict" and old_number and old is not None and old < 0
+        unbounded = native == "num_predict" and _unlimited(old)
         if number and old_number and not unbounded and old <= value:
             return []
         if not number and native in options and old == value:
@@ -344,6 +349,11 @@ class OllamaAdapter(Adapter):
         # A chunk with nothing in it (an empty piece while the model works) ends no text; the last
         # line (`done: true`) and an error line end every text, held text going out before them.
         return isinstance(data, dict) and data.get("done") is False and "error" not in data
+
+
+def _unlimited(num_predict: Any) -> bool:
+    """A negative `num_predict`: no bound on the answer's length (-1 none, -2 until the context is full)."""
+    return isinstance(num_predict, (int, float)) and not isinstance(num_predict, bool) and num_predict < 0
 
 
 def _text(value: Any) -> bool:

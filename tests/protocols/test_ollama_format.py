@@ -153,6 +153,14 @@ def test_requests_are_read_with_their_texts_tools_params_and_stream_default() ->
     assert (elsewhere.value.status, elsewhere.value.code) == (404, "not_found")
 
 
+def test_an_unlimited_length_is_read_as_no_max_tokens_not_as_a_small_one() -> None:
+    # -1 (no limit) and -2 (fill the context) must not pass `request.params.max_tokens < 4096`.
+    for unlimited in (-1, -2):
+        body = {"model": "m", "messages": [], "options": {"num_predict": unlimited, "seed": 1}}
+        assert parsed("/api/chat", body).params == {"seed": 1}
+    assert parsed("/api/generate", {"model": "m", "options": {"num_predict": 0}}).params == {"max_tokens": 0}
+
+
 def test_parameters_are_set_in_options_and_an_unlimited_length_is_bounded() -> None:
     data: dict[str, Any] = {"model": "m", "options": {"num_predict": -1, "temperature": 0.1}}
     assert OLLAMA.set_param(data, "max_tokens", 256, "chat") == [("max_tokens", -1, 256)]
