@@ -26,7 +26,7 @@ a shared backend uses its callers' times. A shared backend that cannot answer ra
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from collections.abc import Sequence
+from collections.abc import Reversible, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
@@ -58,7 +58,7 @@ class Streak(NamedTuple):
 class Seen(NamedTuple):
     """What `observe` found. `blocked`: the asked tool's refusal (rule, reason), and then nothing
     else was done. `repeats`: per `Repeat`, where its key stands among the kind's latest entries,
-    newest first (0 is the entry just appended; a rule with window w counts the positions below w).
+    ascending (0 is the entry just appended; a rule with window w counts the positions below w).
     `streaks`: per `Streak`, its length after the step (0 for a success)."""
 
     blocked: tuple[str, str] | None
@@ -96,10 +96,9 @@ class LoopHistory(Protocol):
         ...
 
 
-def positions(entries: Sequence[bytes], key: bytes) -> list[int]:
-    """Where `key` stands among `entries` (oldest first), counted from the newest (0)."""
-    last = len(entries) - 1
-    return [last - index for index in range(last, -1, -1) if entries[index] == key]
+def positions(entries: Reversible[bytes], key: bytes) -> list[int]:
+    """Where `key` stands among `entries` (oldest first), counted from the newest (0), ascending."""
+    return [position for position, entry in enumerate(reversed(entries)) if entry == key]
 
 
 @dataclass(slots=True)

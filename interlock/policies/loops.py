@@ -30,6 +30,7 @@ process. A shared history out of reach applies `state.on_failure.loops` (docs/po
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import logging
@@ -156,11 +157,17 @@ class LoopStage:
             return
         view = call.view
         sightings: list[_Sighting] = []
+        # Only what a rule checks is counted: a shared history is a round trip, and a rule that
+        # counts nothing here must not make an unreachable one refuse the call.
+        counts_calls = any(_checks(r, "tool_calls") for r in rules)
+        counts_errors = any(_checks(r, "tool_errors") for r in rules)
         if isinstance(view, McpView):
-            if not (view.method == "tools/call" and view.tool_name):
+            if not (view.method == "tools/call" and view.tool_name) or not (counts_calls or counts_errors):
                 return
             key = _digest("mcp", view.tool_name, canonical_arguments(view.tool_arguments or {}))
-            seen = await self._observe(call, rules, [Repeat("tool_calls", key)], tool=view.tool_name)
+            repeats = [Repeat("tool_calls", key)] if counts_calls else []
+            # A tool-error loop's refusal is asked for in the same round trip.
+            seen = await self._observe(call, rules, repeats, tool=view.tool_name if counts_errors else None)
             if seen is None:
                 self._unavailable(call, before_sending=True)
                 return
@@ -169,20 +176,28 @@ class LoopStage:
                 call.decide(Decision("loop", "deny", rule_name, reason, {"kind": "tool_errors"}))
                 self._refuse(call, reason)
                 return
-            what = f"MCP tool call {view.tool_name!r} (same arguments)"
-            sightings += _tally(seen.repeats[0], rules, "tool_calls", what)
+            if counts_calls:
+                what = f"MCP tool call {view.tool_name!r} (same arguments)"
+                sightings += _tally(seen.repeats[0], rules, "tool_calls", what)
         elif ADAPTERS[call.protocol].model_api:
+            counts_requests = any(_checks(r, "requests") for r in rules)
+            if not (counts_requests or counts_errors):
+                return
             messages = ADAPTERS[call.protocol].conversation(call.request_json, None)  # parsed once, by the adapter
             if not messages:
                 return
             turn = new_turn(messages)
-            tools, streaks = _turn_errors(turn)
-            seen = await self._observe(call, rules, [Repeat("requests", turn_key(call.model, turn))], streaks)
+            tools, streaks = _turn_errors(turn) if counts_errors else ([], [])
+            repeats = [Repeat("requests", turn_key(call.model, turn))] if counts_requests else []
+            if not (repeats or streaks):
+                return
+            seen = await self._observe(call, rules, repeats, streaks)
             if seen is None:
                 self._unavailable(call, before_sending=True)
                 return
-            what = f"request (the same new turn of {len(turn)} message{'s' if len(turn) != 1 else ''})"
-            sightings += _tally(seen.repeats[0], rules, "requests", what)
+            if counts_requests:
+                what = f"request (the same new turn of {len(turn)} message{'s' if len(turn) != 1 else ''})"
+                sightings += _tally(seen.repeats[0], rules, "requests", what)
             for tool, count in zip(tools, seen.streaks, strict=True):
                 sightings += _streak(tool, count, rules)
         await self._act(call, sightings, before_sending=True)
@@ -201,7 +216,7 @@ class LoopStage:
         """Count the tool calls of the model's answer to `call` (under `call.loop_rules`) and act on a
         loop; returns the refusal message (None: not refused). `policy test` calls this too."""
         rules: list[CompiledRule] = call.loop_rules or []
-        if not tool_calls:
+        if not tool_calls or not any(_checks(r, "tool_calls") for r in rules):
             return None  # nothing to count: no round trip to a shared history
         calls = list(tool_calls)
         keys = [_digest("model", c.name, canonical_arguments(c.arguments)) for c in calls]
@@ -252,6 +267,8 @@ class LoopStage:
     async def _mcp_result(self, call: Call, rules: list[CompiledRule]) -> None:
         view = call.view
         if not isinstance(view, McpView) or view.method != "tools/call" or not view.tool_name:
+            return
+        if not any(_checks(r, "tool_errors") for r in rules):
             return
         answer = self.mcp.response_message(call)
         if answer is None:
@@ -463,14 +480,14 @@ def _turn_errors(turn: list[ChatMessage]) -> tuple[list[str], list[Streak]]:
 
 def _tally(found: Sequence[int], rules: list[CompiledRule], kind: str, what: str) -> list[_Sighting]:
     """A sighting for each rule whose threshold the key reaches within the rule's window (`found`:
-    where the key stands among the kind's latest entries, newest first)."""
+    where the key stands among the kind's latest entries, ascending from the newest, 0)."""
     sightings = []
     for rule in rules:
         loop = rule.rule.loop
         limit = getattr(loop, kind) if loop is not None else None
         if loop is None or limit is None:
             continue
-        count = sum(1 for position in found if position < loop.window)
+        count = bisect.bisect_left(found, loop.window)  # the positions are ascending
         if count >= limit:
             sightings.append(_Sighting(rule, kind, count, what))
     return sightings

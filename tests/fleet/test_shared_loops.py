@@ -35,6 +35,9 @@ POLICY = """
       - name: fleet-loops
         match: {agent: "loop-*"}
         loop: {tool_calls: 3, requests: 3, tool_errors: null}
+      - name: answer-loops
+        match: {agent: "answer-*"}
+        loop: {tool_calls: 3, requests: null, tool_errors: null}
     """
 WEATHER: Any = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
 CALL = ToolUse("get_weather", {"city": "Paris"}, id="call_1")
@@ -135,5 +138,14 @@ def test_while_redis_is_down_loops_follow_their_failure_mode(
     with pytest.raises(openai.InternalServerError) as refused:
         _session_client(strict, uuid.uuid4().hex).chat.completions.create(model="gpt-4o", messages=HI)
     assert refused.value.status_code == 503 and protocol_error(refused.value)["code"] == "state_unavailable"
+    # a streamed answer whose tool call cannot be counted ends with the protocol's error event, the
+    # tool call held back
+    upstream.script(Script(tool_calls=[CALL]))
+    stream = client(strict, "answer-bot").chat.completions.create(
+        model="gpt-4o", messages=HI, tools=WEATHER, stream=True
+    )
+    with pytest.raises(openai.APIError) as streamed:
+        assert not any(c.choices and c.choices[0].delta.tool_calls for c in stream)
+    assert protocol_error(streamed.value)["code"] == "state_unavailable"
     # a call no loop rule applies to is not affected
     assert client(strict, "other").chat.completions.create(model="gpt-4o", messages=HI).choices
