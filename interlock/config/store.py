@@ -53,6 +53,9 @@ class Store(Model):
     spill_path: str | None = None
     #: Most bytes the side file may hold; calls past it are lost, counted (`lost`) and logged.
     spill_max_bytes: int = Field(1024 * 1024 * 1024, ge=0)
+    #: Longest wait, in seconds, for the side file's lock (held by another thread's or process's
+    #: append or replay): past it an append counts its calls lost and a replay is retried later.
+    spill_lock_timeout: float = Field(5.0, gt=0)
     #: Whose tamper-evident chain this instance's writes extend (docs/audit.md; env
     #: `INTERLOCK_STORE_WRITER` when the file names none): instances sharing a fleet store each
     #: name their own so each anchors its own head; writers sharing a name share one chain, correctly.

@@ -93,7 +93,14 @@ class Holding:
     """Calls waiting for the store to come back: in memory, then in the side file."""
 
     def __init__(
-        self, path: str, max_bytes: int, spill_path: str, spill_max_bytes: int, *, adopt: Sequence[str] = ()
+        self,
+        path: str,
+        max_bytes: int,
+        spill_path: str,
+        spill_max_bytes: int,
+        *,
+        lock_wait: float,
+        adopt: Sequence[str] = (),
     ) -> None:
         self.path = path
         self.max_bytes = max_bytes
@@ -102,6 +109,9 @@ class Holding:
         #: (side_file.absent_workers_files), never appended to.
         self.adopted = list(adopt)
         self.spill_max_bytes = spill_max_bytes
+        #: Longest wait for the side file's lock (store.spill_lock_timeout): past it an append loses its
+        #: calls (counted, logged) and a replay is retried later, rather than a thread stuck for a replay.
+        self.lock_wait = lock_wait
         self.calls: deque[Call] = deque()
         self.bytes = 0
         self.spilled = 0  # calls in the side file
@@ -197,7 +207,7 @@ class Holding:
             return
         done = 0  # calls spilled or counted lost
         try:
-            with appending(self.spill_path) as side_file:
+            with appending(self.spill_path, self.lock_wait) as side_file:
                 for call in calls:
                     try:
                         line = (dumps(call.to_record()) + "\n").encode("utf-8", "surrogatepass")
@@ -208,7 +218,7 @@ class Holding:
                     except Exception as exc:  # noqa: BLE001 - counted and logged: the one place a call is lost
                         self._lose(call, exc)
                     done += 1
-        except OSError as exc:  # the side file cannot be opened (its folder gone, a directory in its place)
+        except OSError as exc:  # cannot be opened (its folder gone, a directory in its place) or locked in time
             for call in calls[done:]:
                 self._lose(call, exc)
 
@@ -230,7 +240,7 @@ class Holding:
         not a whole record is counted lost and logged once its file is removed."""
         count = 0
         for path in [self.spill_path, *self.adopted]:
-            with claim(path) as side_file:
+            with claim(path, self.lock_wait) as side_file:
                 if side_file is not None:
                     for records in side_file.batches(size):
                         write(records)

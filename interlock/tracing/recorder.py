@@ -98,7 +98,14 @@ class Recorder:
         spill = settings.spill_path or (settings.path if settings.url else store.path) + ".spill"
         adopt = absent_workers_files(spill, workers) if worker == 0 else []
         spill_path = side_file_path(spill, worker)
-        self.holding = Holding(store.path, settings.retry_max_bytes, spill_path, settings.spill_max_bytes, adopt=adopt)
+        self.holding = Holding(
+            store.path,
+            settings.retry_max_bytes,
+            spill_path,
+            settings.spill_max_bytes,
+            adopt=adopt,
+            lock_wait=settings.spill_lock_timeout,
+        )
         self._writer: threading.Thread | None = None
         self._pruner: threading.Thread | None = None
         self._stopping = threading.Event()

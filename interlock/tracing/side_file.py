@@ -7,7 +7,9 @@ Three things make it safe to leave behind and to find again:
   before it lets go, so an append that waited meanwhile finds the file gone (its inode no longer the
   one at the path), opens the path again and starts a new file: nothing is appended to a removed
   file (lost with it), and a second replayer (another thread, another process) that waited finds
-  nothing left to write: no file is written twice.
+  nothing left to write: no file is written twice. No wait is unbounded: past
+  `store.spill_lock_timeout` an append counts its calls lost (logged), and a replay fails like a
+  store fault (the file kept for the next try), instead of waiting out a long replay.
 - **A torn last line** (a process killed while appending, a disk that filled mid-line) is read as
   what it is: the whole lines before it are written, it is counted as one lost call and logged once
   the file is done. An append that finds the file ending in one ends it first, so its own line stays
@@ -27,6 +29,7 @@ import json
 import logging
 import os
 import re
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -57,10 +60,37 @@ def absent_workers_files(base: str, workers: int) -> list[str]:
     return [os.path.join(directory, entry) for _, entry in found]
 
 
-def _open_locked(path: str, flags: int) -> int | None:
-    """`path` opened with `flags` and exclusively locked, or None when there is no file there (and
-    `flags` create none). The lock is checked against the path once it is held: a file another holder
-    removed while this one waited for it is no longer the one at `path`, and is opened again."""
+#: How long `_open_locked` sleeps between two tries of the lock: short at first (an append holds it
+#: for one batch of lines), doubling up to the last, so a long replay is polled a few times a second.
+_LOCK_POLL_FIRST = 0.005
+_LOCK_POLL_MAX = 0.1
+
+
+def _lock_within(fd: int, deadline: float, path: str, wait: float) -> None:
+    """Lock `fd` exclusively by `deadline` (time.monotonic()); TimeoutError (an OSError: what every
+    caller already handles as a file it cannot use) past it. A blocking `flock` has no bound: an
+    append would wait out a whole replay of a large side file by another thread or process."""
+    pause = _LOCK_POLL_FIRST
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(
+                    f"{path} stayed locked by another writer or replay for {wait:g} s (store.spill_lock_timeout)"
+                ) from None
+            time.sleep(min(pause, left))
+            pause = min(pause * 2, _LOCK_POLL_MAX)
+
+
+def _open_locked(path: str, flags: int, wait: float) -> int | None:
+    """`path` opened with `flags` and exclusively locked within `wait` seconds (TimeoutError past
+    them), or None when there is no file there (and `flags` create none). The lock is checked against
+    the path once it is held: a file another holder removed while this one waited for it is no longer
+    the one at `path`, and is opened again (within the same `wait`)."""
+    deadline = time.monotonic() + wait
     while True:
         try:
             fd = os.open(path, flags, 0o600)  # recorded prompts: readable by interlock's user only
@@ -69,7 +99,7 @@ def _open_locked(path: str, flags: int) -> int | None:
                 raise  # its folder is gone: the caller counts the calls lost
             return None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            _lock_within(fd, deadline, path, wait)
             held = os.fstat(fd)
             try:
                 now: os.stat_result | None = os.stat(path)
@@ -110,9 +140,10 @@ class Appender:
 
 
 @contextlib.contextmanager
-def appending(path: str) -> Iterator[Appender]:
-    """The side file at `path` (made if missing), locked for appending until the block ends."""
-    fd = _open_locked(path, os.O_RDWR | os.O_APPEND | os.O_CREAT)  # read: its last byte (a torn line?)
+def appending(path: str, wait: float) -> Iterator[Appender]:
+    """The side file at `path` (made if missing), locked for appending until the block ends; TimeoutError
+    when another holds it for longer than `wait` seconds."""
+    fd = _open_locked(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, wait)  # read: its last byte (a torn line?)
     assert fd is not None  # O_CREAT: a file, or an error
     try:
         yield Appender(fd)
@@ -163,10 +194,11 @@ class Claimed:
 
 
 @contextlib.contextmanager
-def claim(path: str) -> Iterator[Claimed | None]:
+def claim(path: str, wait: float) -> Iterator[Claimed | None]:
     """The side file at `path`, locked for its replay until the block ends; None when there is none
-    (never spilled, or written and removed by another replayer while this one waited)."""
-    fd = _open_locked(path, os.O_RDONLY)
+    (never spilled, or written and removed by another replayer while this one waited); TimeoutError
+    when another holds it for longer than `wait` seconds (the file is kept for the next try)."""
+    fd = _open_locked(path, os.O_RDONLY, wait)
     if fd is None:
         yield None
         return

@@ -1,10 +1,12 @@
 """The side file (tracing/side_file.py): a torn last line read up to its last whole record and
 counted lost; an append after one stays whole; one file replayed once however many replayers try;
-an append that waited for a replay starts a new file instead of writing to the removed one; worker
+an append that waited for a replay starts a new file instead of writing to the removed one, and
+neither waits for the lock past its bound; worker
 0 writes the files of workers an earlier run had and this one has not."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -25,7 +27,7 @@ from interlock.tracing.store import Store
 
 
 def holding(path: Path) -> Holding:
-    return Holding("store.db", 0, str(path), 1 << 30)
+    return Holding("store.db", 0, str(path), 1 << 30, lock_wait=60)
 
 
 def plant(path: Path, calls: list[Call], tail: bytes = b"") -> None:
@@ -103,26 +105,29 @@ def test_two_replayers_write_one_file_once(tmp_path: Path) -> None:
     assert not path.exists()
 
 
-def waiting_for_lock(path: Path) -> bool:
-    """Whether a process waits for a lock on the file at `path` (/proc/locks marks a waiter `->` and
-    names the file as major:minor:inode, the device numbers in hex)."""
+def opened_twice(path: Path) -> bool:
+    """Whether this process holds two descriptors on the file at `path` (the replay's, and an append's
+    that opened it and tries its lock: the try is not blocking, so /proc/locks shows no waiter)."""
     stat = os.stat(path)
-    file = f"{os.major(stat.st_dev):02x}:{os.minor(stat.st_dev):02x}:{stat.st_ino}"
-    with open("/proc/locks") as locks:
-        return any(fields[1] == "->" and fields[6] == file for fields in (line.split() for line in locks))
+    held = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # closed meanwhile (the listing's own descriptor among them)
+            found = os.stat(f"/proc/self/fd/{fd}")
+            held += (found.st_dev, found.st_ino) == (stat.st_dev, stat.st_ino)
+    return held >= 2
 
 
 def test_an_append_that_waited_for_a_replay_goes_to_a_new_file(tmp_path: Path) -> None:
     path = tmp_path / "s.spill"
     old = [make_call(f"old {i}") for i in range(3)]
     plant(path, old)
-    side = holding(path)
+    side = Holding("store.db", 0, str(path), 1 << 30, lock_wait=600)  # the replay ends first
     late = make_call("spilled during the replay")
-    with claim(str(path)) as claimed:
+    with claim(str(path), 1) as claimed:
         assert claimed is not None
         appender = threading.Thread(target=side.spill, args=([late],))
         appender.start()  # opens the file, then waits for the replay's lock
-        wait_for(lambda: waiting_for_lock(path), what="the append waiting for the lock")
+        wait_for(lambda: opened_twice(path), what="the append waiting for the lock")
         ids = [record["id"] for batch in claimed.batches(10) for record in batch]
         claimed.remove()
     appender.join(60)
@@ -130,6 +135,37 @@ def test_an_append_that_waited_for_a_replay_goes_to_a_new_file(tmp_path: Path) -
     # It found the file it waited for removed, and started another: not written to the removed one.
     assert [json.loads(line)["id"] for line in path.read_text().splitlines()] == [late.id]
     assert side.lost == 0
+
+
+def test_an_append_does_not_wait_out_a_replay_past_its_bound(tmp_path: Path, caplog: Any) -> None:
+    path = tmp_path / "s.spill"
+    plant(path, [make_call("old")])
+    before = path.read_bytes()
+    side = Holding("store.db", 0, str(path), 1 << 30, lock_wait=0.05)
+    late = make_call("spilled during a long replay")
+    with claim(str(path), 1) as claimed:
+        assert claimed is not None
+        appender = threading.Thread(target=side.spill, args=([late],))
+        appender.start()
+        appender.join(60)  # the replay holds the lock all along: a blocking lock never returns
+        assert not appender.is_alive()
+        assert side.lost == 1 and side.spilled == 0  # counted and logged, the one place a call is lost
+        assert path.read_bytes() == before
+    (message,) = [r.getMessage() for r in caplog.records if r.name == "interlock.recorder" and r.levelno >= logging.ERROR]
+    assert late.id in message and "store.spill_lock_timeout" in message
+
+
+def test_a_replay_that_cannot_lock_the_file_in_time_keeps_it_for_the_next_try(tmp_path: Path) -> None:
+    path = tmp_path / "s.spill"
+    calls = [make_call(f"kept {i}") for i in range(2)]
+    plant(path, calls)
+    side = Holding("store.db", 0, str(path), 1 << 30, lock_wait=0.05)
+    with claim(str(path), 1) as claimed:  # another replayer holds it for long
+        assert claimed is not None
+        with pytest.raises(TimeoutError):
+            replayed(side)
+    assert path.exists() and side.lost == 0
+    assert replayed(side) == [call.id for call in calls]
 
 
 def test_absent_workers_files_are_those_past_the_runs_workers(tmp_path: Path) -> None:
