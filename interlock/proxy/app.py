@@ -23,6 +23,7 @@ from interlock.protocols.rescue import StreamRescue, stream_rescue
 from interlock.protocols.sse import EventSplitter, UnsplittableStream, last_events
 from interlock.proxy.admission import ProxyEdge, upstream_path
 from interlock.proxy.capture import StreamCapture
+from interlock.proxy.deadline import Deadline
 from interlock.proxy.hooks import Pipeline
 from interlock.proxy.relay_rules import UpstreamFailure, describe_error, response_headers_for_agent, route_timeouts
 
@@ -187,7 +188,7 @@ class ProxyApp:
         parts: list[bytes] = []
         size = 0
         try:
-            async with asyncio.timeout(self.settings.server.body_timeout):
+            with Deadline(self.settings.server.body_timeout):
                 while True:
                     message = await receive()
                     if message["type"] == "http.disconnect":
@@ -269,7 +270,7 @@ class ProxyApp:
         watcher = asyncio.create_task(_watch_disconnect(receive, state, task))
         total = route_timeouts(self.settings, route).total
         try:
-            async with asyncio.timeout(None if adapter.open_ended(call) else total):
+            with Deadline(None if adapter.open_ended(call) else total):
                 await self.relay(call, route, adapter, send, state)
         except asyncio.CancelledError:
             if call.halted is not None and not state.disconnected:
@@ -841,7 +842,7 @@ async def _drain(receive: Receive, seconds: float) -> None:
     """Read and discard the rest of the request body, so the connection stays usable; for at most
     `seconds` (`server.body_timeout`: a trickled body must not hold a refused call open)."""
     with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(seconds):
+        with Deadline(seconds):
             while True:
                 message = await receive()
                 if message["type"] == "http.disconnect" or not message.get("more_body", False):

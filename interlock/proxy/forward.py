@@ -24,6 +24,7 @@ from interlock.protocols import Adapter
 from interlock.protocols.base import dump_body
 from interlock.protocols.encoding import Decoder, Unreadable
 from interlock.proxy.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
+from interlock.proxy.deadline import Deadline
 from interlock.proxy.escalation import Escalator
 from interlock.proxy.relay_rules import UpstreamFailure, route_timeouts
 from interlock.proxy.retry import (
@@ -119,7 +120,7 @@ class _IdleBounded:
 
     async def __anext__(self) -> bytes:
         try:
-            async with asyncio.timeout(self._seconds):
+            with Deadline(self._seconds):
                 return await self._chunks.__anext__()
         except TimeoutError:
             self._opened.stalled = True
@@ -357,7 +358,7 @@ class Forwarder:
         first_token = router.first_token
         slow = first_token is not None and first_token < seconds
         try:
-            async with asyncio.timeout(first_token if slow else seconds):
+            with Deadline(first_token if slow else seconds):
                 return await self.attempt(call, adapter, router, target, plain, backoff_ms=backoff_ms, body=body)
         except TimeoutError:
             if slow:
