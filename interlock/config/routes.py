@@ -121,6 +121,11 @@ class Upstream(Model):
     #: on anthropic routes, `none` on openai ones (api.openai.com answers a trailing assistant
     #: message with a new turn instead of continuing it).
     prefill: Literal["assistant", "prefix", "continue_final_message", "none"] | None = None
+    #: Whether interlock asks this upstream for a stream's token usage when the agent did not
+    #: (`inject`: OpenAI chat streams get `stream_options.include_usage`, the extra usage chunk is
+    #: not relayed; `off`: for an OpenAI-compatible server that rejects `stream_options`, whose
+    #: streams are then priced on an estimate). openai and azure_openai routes only (docs/policies.md, Cost).
+    stream_usage: Literal["inject", "off"] = "inject"
 
     @field_validator("url")
     @classmethod
@@ -210,6 +215,12 @@ class Route(Model):
                 raise ValueError(
                     f"upstream {upstream.name or upstream.url!r}: prefill {upstream.prefill!r} is not how a "
                     f"{self.protocol} upstream continues a message (use one of {', '.join(sorted(adapter.prefills))})"
+                )
+        for upstream in self.upstreams:
+            if "stream_usage" in upstream.model_fields_set and not adapter.asks_stream_usage:
+                able = ", ".join(name for name, a in ADAPTERS.items() if a.asks_stream_usage)
+                raise ValueError(
+                    f"upstream {upstream.name or upstream.url!r}: stream_usage applies to {able} routes only"
                 )
         for alias, chain in self.models.items():
             if not chain:

@@ -33,6 +33,13 @@ class SigningTarget(Protocol):
     def region(self) -> str | None: ...
 
 
+#: `call.meta` key saying interlock asked the upstream for this stream's usage (`USAGE_ASKED`), which
+#: the agent did not: what answers the ask is not relayed (`Adapter.unasked`), here
+#: and when replay plays the recording back.
+STREAM_USAGE = "stream_usage"
+USAGE_ASKED = "asked"
+
+
 class StreamFramer(Protocol):
     """Puts a stream's events in the framing the agent asked for (`Adapter.stream_framer`), called
     with every batch of events on its way to the agent, in order; `last` with the final one."""
@@ -150,6 +157,9 @@ class Adapter:
     #: one it has when the config does not say.
     prefills: frozenset[str] = frozenset({"assistant", "prefix", "continue_final_message", "none"})
     default_prefill = "none"
+    #: Its streams report token usage only when asked (OpenAI chat's `stream_options.include_usage`):
+    #: interlock asks for it on the agent's behalf (`with_stream_usage`, `Upstream.stream_usage`).
+    asks_stream_usage = False
     #: Top-level request fields that differ between two runs of the same agent (replay matching).
     volatile_fields: frozenset[str] = frozenset()
 
@@ -299,6 +309,20 @@ class Adapter:
         other attempts read it)."""
         if isinstance(data, dict) and data.get("model") != model:
             return {**data, "model": model}, path
+        return None
+
+    def with_stream_usage(self, call: Call, body: bytes) -> bytes | None:
+        """The request body `body` (what this attempt sends, `call.request_json` parsed) asking the
+        upstream for the stream's token usage, when the call is a stream that would not report it
+        (`asks_stream_usage`); None when nothing needs asking. The answer then holds events the agent
+        did not ask for: `unasked_event` finds them."""
+        return None
+
+    def unasked(self, call: Call) -> Callable[[Event], Event | None] | None:
+        """What the agent is sent of each stream event when interlock asked the upstream for more than
+        the agent did (`with_stream_usage`, said by the call's meta): the event as it came, the same
+        without what only the ask added, or None for an event only the ask brought. The upstream's
+        events are read (the usage folded) and recorded as they came. None: every event is relayed."""
         return None
 
     def may_resend(self, method: str, operation: str | None) -> bool:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from interlock.core.call import Call, Reply
 from interlock.core.views import Event, RequestView, ResponseView, TextSlot, TokenUsage, ToolCall
 from interlock.protocols.base import (
+    STREAM_USAGE,
+    USAGE_ASKED,
     Adapter,
     BadRequest,
     ResponseSummary,
@@ -16,6 +19,7 @@ from interlock.protocols.base import (
     Unmetered,
     _json_headers,
     body_model,
+    dump_body,
     json_object_body,
     token_count,
 )
@@ -93,6 +97,7 @@ class OpenAIAdapter(Adapter):
     model_api = True
     opaque = False
     stream_rescue = True
+    asks_stream_usage = True
 
     # -- reading a response (the protocols' helper modules hold the format's details) ------------
 
@@ -227,13 +232,39 @@ class OpenAIAdapter(Adapter):
 
     def fold_usage(self, event: Event, found: Any) -> Any:
         # The last usage object wins: chat's `include_usage` chunk, Responses' `response.completed`.
-        if '"usage"' not in event.data:
+        # (Every other chunk of an `include_usage` stream has `"usage":null`: not parsed for it.)
+        if not _reports_usage(event.data):
             return found
         data = event.json()
         if not isinstance(data, dict):
             return found
         usage = data.get("usage") or (data.get("response") or {}).get("usage")
         return usage if isinstance(usage, dict) else found
+
+    def with_stream_usage(self, call: Call, body: bytes) -> bytes | None:
+        # A chat stream reports its usage only with `stream_options.include_usage` (the openai SDK's
+        # default leaves it out): without it a budget could not count the call.
+        view = call.view
+        data = call.request_json
+        if view is None or not view.stream or view.operation != "chat" or not isinstance(data, dict):
+            return None
+        options = data.get("stream_options")
+        if isinstance(options, dict) and options.get("include_usage") is True:
+            return None  # the agent asked: its usage chunk is its own
+        if "stream_options" not in data:
+            # The usual case: one member added to the bytes as they are (no second serialisation of a
+            # long conversation on the hot path).
+            spliced = _with_member(body, b'"stream_options":{"include_usage":true}')
+            if spliced is not None:
+                return spliced
+        # Rare (`stream_options` without `include_usage: true`, or a body not plainly a UTF-8 object):
+        # read back what this attempt sends (a model alias may have changed it) and write it again.
+        sent = json.loads(body)
+        kept = options if isinstance(options, dict) else {}
+        return dump_body({**sent, "stream_options": {**kept, "include_usage": True}})
+
+    def unasked(self, call: Call) -> Callable[[Event], Event | None] | None:
+        return _unasked if call.meta.get(STREAM_USAGE) == USAGE_ASKED else None
 
     def unmetered(self, call: Call) -> Unmetered | None:
         if call.method != "POST":
@@ -437,6 +468,52 @@ class OpenAIAdapter(Adapter):
 
 
 _MAX_TOKENS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+
+#: A `usage` member whose value is not null (JSON allows whitespace around the colon; `n` starts
+#: only null).
+_USAGE_VALUE = re.compile(r'"usage"\s*:\s*[^\sn]')
+
+
+def _reports_usage(data: str) -> bool:
+    """Whether an event's data may hold a usage object: a cheap test before its JSON is read."""
+    return '"usage"' in data and _USAGE_VALUE.search(data) is not None
+
+
+def _usage_chunk(event: Event) -> bool:
+    """The chunk `include_usage` adds before `[DONE]`: no choices, a usage object (OpenAI's API
+    reference, "stream_options"). Azure's opening prompt-filter chunk also has no choices, and no usage."""
+    if not _reports_usage(event.data):
+        return False
+    data = event.json()
+    return isinstance(data, dict) and data.get("choices") == [] and isinstance(data.get("usage"), dict)
+
+
+#: The `"usage": null` member `include_usage` adds to every other chunk, with the comma that joins it
+#: (a `"usage"` followed by `:` is a key: a quote inside a JSON string is escaped).
+_NULL_USAGE = re.compile(rb',\s*"usage"\s*:\s*null(?=\s*[,}])|"usage"\s*:\s*null\s*,\s*')
+
+
+def _unasked(event: Event) -> Event | None:
+    """An event of a stream interlock asked for usage, as the agent gets it: the usage chunk not at
+    all, the others without their `"usage": null` (byte for byte the chunk it would get unasked)."""
+    raw = event.raw
+    if b'"usage"' not in raw:
+        return event
+    if _usage_chunk(event):
+        return None
+    stripped, found = _NULL_USAGE.subn(b"", raw, count=1)
+    # (Only the bytes go on: nothing reads an event after the relay picks what the agent is sent.)
+    return Event(stripped, event.event, event.data) if found else event
+
+
+def _with_member(body: bytes, member: bytes) -> bytes | None:
+    """`body`, a JSON object in UTF-8, with `member` added last; None when the bytes are not plainly
+    one (json.loads also reads UTF-16 and -32, and a byte-order mark)."""
+    end = len(body.rstrip())
+    if end < 2 or body[end - 1] != 0x7D or (body[:1] != b"{" and body.lstrip()[:1] != b"{"):
+        return None
+    inner = body[: end - 1].rstrip()
+    return inner + (b"" if inner.endswith(b"{") else b",") + member + b"}" + body[end:]
 
 
 def _set(data: dict[str, Any], key: str, value: Any) -> tuple[str, Any, Any] | None:

@@ -244,12 +244,13 @@ class ProxyApp:
         if state.responded:
             return
         events = [*tail, Event(adapter.stream_error_event(code, message), None, "")] if call.stream else [*tail]
-        event = _joined(_framed(events, True, state))
+        framed = _framed(events, True, state)
+        event = _joined(framed)
         if state.sent_capture is not None:
             state.sent_capture.add(Chunk(call.elapsed_ms(), event))
             _finish_capture(call, state)
             _keep_sent(call, state.sent)
-        await _safe_send(send, event, state)
+        await _safe_send(send, _relayed(framed, event, state), state)
 
     async def run(
         self, call: Call, route: Route, adapter: Adapter, receive: Receive, send: Send, state: _Watch
@@ -431,6 +432,7 @@ class ProxyApp:
             # (Its events are kept no longer than the record keeps the stream's bytes.)
             state.read, state.fold = StreamRead(limit=min(STREAM_READ_MAX, keep)), adapter.fold_usage
         state.framer = adapter.stream_framer(call)
+        state.unasked = adapter.unasked(call)
         await send({"type": "http.response.start", "status": call.status, "headers": headers})
         state.started = True
         outcome = call.outcome
@@ -503,9 +505,11 @@ class ProxyApp:
         tail = b""
         if state.splitter is not None:
             last = self._take(last_events(state.splitter), state)
-            tail = _joined(_framed(await pipeline.chunk(call, last, True) if transform else last, True, state))
-        if tail and state.sent_capture is not None:
-            state.sent_capture.add(Chunk(call.elapsed_ms(), tail))
+            events = _framed(await pipeline.chunk(call, last, True) if transform else last, True, state)
+            tail = _joined(events)
+            if tail and state.sent_capture is not None:
+                state.sent_capture.add(Chunk(call.elapsed_ms(), tail))
+            tail = _relayed(events, tail, state)
         _finish_capture(call, state)
         _hand_over_read(call, adapter, state)
         await pipeline.response(call)
@@ -573,12 +577,18 @@ class ProxyApp:
             return  # no event is whole yet
         self._take(events, state)
         if state.sent_capture is not None:
-            data = _joined(_framed(await self.pipeline.chunk(call, events, False), False, state))
+            events = _framed(await self.pipeline.chunk(call, events, False), False, state)
+            data = _joined(events)
             if not data:
                 return
             state.sent_capture.add(Chunk(t, data))
         else:
-            data = _joined(_framed(events, False, state))
+            events = _framed(events, False, state)
+            data = _joined(events)
+        if state.unasked is not None:
+            data = _relayed(events, data, state)
+            if not data:
+                return
         await send({"type": "http.response.body", "body": data, "more_body": True})
 
     @staticmethod
@@ -733,6 +743,7 @@ class _Watch:
         "fold",
         "splicing",
         "framer",
+        "unasked",
     )
 
     def __init__(self) -> None:
@@ -749,6 +760,9 @@ class _Watch:
         self.fold: Callable[[Event, Any], Any] | None = None  # the adapter's `fold_usage`
         self.splicing = False  # the continuation is being relayed
         self.framer: StreamFramer | None = None  # the agent's framing, where interlock's events need it
+        #: What the agent is sent of an event when interlock asked the upstream for more than the agent
+        #: did (`Adapter.unasked`): what only the ask brought is read and recorded, never relayed.
+        self.unasked: Callable[[Event], Event | None] | None = None
 
 
 async def _watch_disconnect(receive: Receive, state: _Watch, task: asyncio.Task[Any] | None) -> None:
@@ -781,6 +795,24 @@ def _framed(events: list[Event], last: bool, state: _Watch) -> list[Event]:
 def _joined(events: list[Event]) -> bytes:
     """Events as the bytes the agent gets."""
     return b"".join([event.raw for event in events]) if len(events) != 1 else events[0].raw
+
+
+def _relayed(events: list[Event], data: bytes, state: _Watch) -> bytes:
+    """What the agent is sent of these events (`data`, their bytes): without what it did not ask
+    for (`_Watch.unasked`). The record keeps that, on both sides (the agent's side of a stream is not
+    stored twice for it); replay leaves it out again (`meta.stream_usage`)."""
+    unasked = state.unasked
+    if unasked is None:
+        return data
+    out: list[Event] = []
+    changed = False
+    for event in events:
+        kept = unasked(event)
+        if kept is not event:
+            changed = True
+        if kept is not None:
+            out.append(kept)
+    return _joined(out) if changed else data
 
 
 def _finish_capture(call: Call, state: _Watch) -> None:

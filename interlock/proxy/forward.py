@@ -21,7 +21,7 @@ import httpx
 from interlock.config import Route, Settings, Upstream
 from interlock.core.call import ATTEMPT_CANCELLED, Attempt, Call
 from interlock.protocols import Adapter
-from interlock.protocols.base import dump_body
+from interlock.protocols.base import STREAM_USAGE, USAGE_ASKED, dump_body
 from interlock.protocols.encoding import Decoder, Unreadable
 from interlock.proxy.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
 from interlock.proxy.deadline import Deadline
@@ -258,7 +258,7 @@ class Forwarder:
         if body is None:
             body, path = self._body(call, adapter, target, plain)
         else:
-            call.upstream_body = body
+            call.upstream_body = body = self._usage_asked(call, adapter, target, body)
         headers = upstream_headers(call, adapter, upstream, body_len=len(body))
         url = upstream_url(upstream, call, path, adapter.key_query_params)
         headers = adapter.sign(call.method, url, headers, body, upstream)
@@ -378,15 +378,33 @@ class Forwarder:
         adapter (in the body or the URL) when the target asks for another model (from
         `request_json`, so other stages' edits are kept)."""
         model = target.model
-        if model is not None:
-            rewritten = adapter.rewrite_model(call.request_json, call.path, model)
-            if rewritten is not None:
-                data, path = rewritten
-                body = dump_body(data) if data is not call.request_json else self._plain(call, plain)
-                call.upstream_body = body
-                return body, path
-        call.upstream_body = plain
-        return self._plain(call, plain), call.path
+        path = call.path
+        if model is not None and (rewritten := adapter.rewrite_model(call.request_json, path, model)) is not None:
+            data, path = rewritten
+            body = dump_body(data) if data is not call.request_json else self._plain(call, plain)
+            call.upstream_body = body
+        else:
+            call.upstream_body = plain
+            body = self._plain(call, plain)
+        if adapter.asks_stream_usage:
+            body = self._usage_asked(call, adapter, target, body)
+        return body, path
+
+    @staticmethod
+    def _usage_asked(call: Call, adapter: Adapter, target: Target, body: bytes) -> bytes:
+        """`body` asking this target for the stream's usage when the agent did not and the upstream
+        lets us (`stream_usage: inject`), said in `meta.stream_usage` (per attempt: the one that
+        answers decides what the agent is not sent). The record keeps what the agent sent; an
+        `upstream_body` another change made is what went upstream, the ask included."""
+        if target.state.upstream.stream_usage == "inject":
+            asked = adapter.with_stream_usage(call, body)
+            if asked is not None:
+                call.meta[STREAM_USAGE] = USAGE_ASKED
+                if call.upstream_body is not None:
+                    call.upstream_body = asked
+                return asked
+        call.meta.pop(STREAM_USAGE, None)
+        return body
 
     @staticmethod
     def _plain(call: Call, plain: bytes | None) -> bytes:

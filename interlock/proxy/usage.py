@@ -11,9 +11,9 @@ from interlock.prices import FREE, UNPRICED, Cost, Pricing, warm_catalogue
 from interlock.protocols import ADAPTERS, Adapter
 
 #: Characters a token, where the provider's count never arrived (the usual rule of thumb for English
-#: text with OpenAI's and Anthropic's tokenizers). Only for a call the kill switch ended: its usage
-#: is estimated and marked so (`meta.usage_estimated`) rather than left unpriced, so a stop cannot
-#: be used to evade a budget.
+#: text with OpenAI's and Anthropic's tokenizers). Only for a call the kill switch ended, or a stream
+#: that reported no usage: its usage is estimated and marked so (`meta.usage_estimated`) rather than
+#: left unpriced, so neither a stop nor a stream without usage can be used to evade a budget.
 CHARS_PER_TOKEN = 4
 
 
@@ -47,6 +47,15 @@ class Usage:
         usage = adapter.token_usage(call)
         if call.halted is not None:
             usage = _as_far_as_known(call, adapter, usage)
+        elif usage is None and call.stream and unmetered is None and _unreported(call):
+            # A model's stream that reported no usage (an OpenAI chat stream whose upstream was not
+            # asked for it, `stream_usage: off`, or ignored the ask): estimated as a stopped one is,
+            # and counted, never a $0 pass through a budget.
+            usage = _as_far_as_known(call, adapter, None)
+            call.meta["usage_estimated"] = True
+            call.meta["cost_reason"] = (
+                f"its stream carried no token usage: estimated at {CHARS_PER_TOKEN} characters a token"
+            )
         if usage is None and (call.input_tokens is not None or call.output_tokens is not None):
             # An adapter that reports only the two counts is still priced (never a silent $0).
             usage = TokenUsage(input=call.input_tokens or 0, output=call.output_tokens or 0)
@@ -89,6 +98,16 @@ class Usage:
         if cost is not None:
             call.cost_usd = None if cost.usd is None else round(cost.usd, 10)
             call.cost_source = cost.source
+
+
+def _unreported(call: Call) -> bool:
+    """A model call (its request names a model) whose response gave neither token count."""
+    return (
+        call.input_tokens is None
+        and call.output_tokens is None
+        and call.view is not None
+        and call.view.model is not None
+    )
 
 
 def _sent_unanswered(call: Call) -> bool:

@@ -31,7 +31,7 @@ from interlock.core.views import Event
 from interlock.guardrails.redaction import placeholder_restorer
 from interlock.guardrails.streamrewrite import StreamTextRewriter
 from interlock.protocols import ADAPTERS, Adapter, BadRequest
-from interlock.protocols.base import decoded_body
+from interlock.protocols.base import STREAM_USAGE, decoded_body
 from interlock.protocols.mcp import json_rpc_error
 from interlock.replay.diff import Divergence, diverge
 from interlock.replay.match import Match, Matcher, Request, restore
@@ -281,6 +281,10 @@ class Playback:
             timed = self._later(call, at_ms, body) if self.speed is not None and at_ms else body
             call.supplied = SuppliedResponse(recorded.status, headers, timed, self.name)
             return
+        if STREAM_USAGE in recorded.meta:
+            # interlock asked the recorded upstream for the usage the agent did not ask for: the
+            # recorded stream holds its answer, which the agent was not sent (nor is now).
+            call.meta[STREAM_USAGE] = recorded.meta[STREAM_USAGE]
         broken = None
         code = recorded.error_code
         if (

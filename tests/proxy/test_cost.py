@@ -149,11 +149,20 @@ def test_counting_tokens_is_free_and_said_so(running: Running, calls: list[Call]
     assert call.meta["cost_reason"]
 
 
-def test_a_model_call_without_usage_is_unpriced_with_the_reason(running: Running, calls: list[Call]) -> None:
-    # An OpenAI stream without `stream_options.include_usage` reports no usage: recorded unpriced, with
-    # the reason, never a silent $0.
-    chunks = openai_client(running).chat.completions.create(model="gpt-4o-mini", messages=HI, stream=True)  # type: ignore[arg-type]
-    assert [c for c in chunks]
+def test_a_model_call_without_usage_is_unpriced_with_the_reason(
+    running: Running, calls: list[Call], upstream: ScriptedUpstream
+) -> None:
+    # An OpenAI-compatible server's answer without `usage`: recorded unpriced, with the reason, never
+    # a silent $0. (A stream without usage is estimated instead: tests/proxy/test_stream_usage.py.)
+    answer = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "gpt-4o-mini",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+    }
+    upstream.script(Script(body=json.dumps(answer).encode(), headers={"content-type": "application/json"}))
+    assert openai_client(running).chat.completions.create(model="gpt-4o-mini", messages=HI).choices  # type: ignore[arg-type]
     (call,) = finished(calls)
     assert (call.cost_usd, call.cost_source) == (None, "unpriced")
     assert call.meta["cost_reason"]
