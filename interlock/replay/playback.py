@@ -42,6 +42,10 @@ OnMiss = Literal["error", "next", "live"]
 ON_MISS: tuple[OnMiss, ...] = ("error", "next", "live")
 #: Misses explained with a full diff; later ones only name the recorded call expected next.
 DETAILED_MISSES = 100
+#: Misses kept in the summary (each names the request and the recorded call expected); later ones are
+#: only counted (`Summary.misses_left_out`): an agent that left the recording for good, run for hours,
+#: would otherwise grow the list without bound.
+KEPT_MISSES = 1000
 #: The recorded outcomes of a stream the agent itself left open (an MCP GET event stream, a cancelled
 #: answer): replayed held open, as the upstream held it, until the agent goes.
 _LEFT_OPEN = frozenset({"aborted", "closed"})
@@ -55,7 +59,8 @@ class Summary:
     served: int = 0  # answered by the recorded call they matched
     served_next: int = 0  # misses answered with the next recorded call (`--on-miss next`)
     live: int = 0  # sent to a real upstream (`--on-miss live`)
-    misses: list[Divergence] = field(default_factory=list)
+    misses: list[Divergence] = field(default_factory=list)  # the first KEPT_MISSES (add_miss)
+    misses_left_out: int = 0  # misses past those, counted only
     unused: list[dict[str, Any]] = field(default_factory=list)
     unreplayable: int = 0  # recorded calls that never got a response (nothing to serve)
     recorded: int = 0
@@ -63,6 +68,18 @@ class Summary:
     @property
     def diverged(self) -> bool:
         return bool(self.misses)
+
+    @property
+    def missed(self) -> int:
+        """Every miss, those left out of `misses` included."""
+        return len(self.misses) + self.misses_left_out
+
+    def add_miss(self, divergence: Divergence) -> None:
+        """A miss kept, or past the first KEPT_MISSES counted only."""
+        if len(self.misses) < KEPT_MISSES:
+            self.misses.append(divergence)
+        else:
+            self.misses_left_out += 1
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -72,6 +89,7 @@ class Summary:
             "served_next": self.served_next,
             "live": self.live,
             "misses": [m.to_json() for m in self.misses],
+            "misses_left_out": self.misses_left_out,
             "unused": self.unused,
             "unreplayable": self.unreplayable,
             "diverged": self.diverged,
@@ -80,7 +98,7 @@ class Summary:
     def text(self) -> str:
         lines = [
             f"replay: {self.requests} requests; {self.served} of {self.recorded} recorded calls served from the "
-            f"recording, {len(self.misses)} misses, {len(self.unused)} recorded calls unused"
+            f"recording, {self.missed} misses, {len(self.unused)} recorded calls unused"
             + (f", {self.served_next} served as next in order" if self.served_next else "")
             + (f", {self.live} sent live" if self.live else "")
         ]
@@ -89,6 +107,10 @@ class Summary:
             lines += ["  " + line for line in self.misses[0].text().splitlines()]
             for miss in self.misses[1:]:
                 lines.append("miss: " + miss.headline())
+            if self.misses_left_out:
+                lines.append(
+                    f"... and {self.misses_left_out} more misses, left out (only the first {KEPT_MISSES} kept)"
+                )
         if self.unused:
             lines.append("unused recorded calls:")
             for item in self.unused[:20]:
@@ -185,8 +207,8 @@ class Playback:
         # Only the first misses get a full diff: past that, a run has long left the recording.
         detailed = len(stats.misses) < DETAILED_MISSES
         divergence = diverge(stats.requests, request, key, data, self.matcher, detailed=detailed)
-        stats.misses.append(divergence)
-        if len(stats.misses) == 1:
+        stats.add_miss(divergence)
+        if stats.missed == 1:
             log.warning("replay diverged:\n%s", divergence.text())
         if self.on_miss == "live":
             self.hand_over(call)

@@ -154,7 +154,7 @@ class ReplayApp:
         self.stats.requests += 1
         path = "/" + rest.decode("latin-1")
         reason = f"the recording has no route named {name!r}; routes: {self._route_list}"
-        self.stats.misses.append(Divergence(self.stats.requests, name, scope["method"], path, reason=reason))
+        self.stats.add_miss(Divergence(self.stats.requests, name, scope["method"], path, reason=reason))
         if self.on_miss == "live":
             self.playback.going_live = True
             self.stats.requests -= 1  # counted again as live

@@ -14,6 +14,7 @@ import pytest
 from replay_helpers import SESSION, chat, recorded_call
 
 from interlock.core.views import Event
+from interlock.replay import playback
 from interlock.replay.bundle import bundle_from_calls
 from interlock.replay.server import ReplayApp
 from interlock.scripted import ScriptedUpstream
@@ -217,6 +218,18 @@ def test_unknown_routes_and_the_summary_endpoint() -> None:
     assert (summary["requests"], summary["served"], len(summary["misses"]), summary["unused"]) == (3, 1, 2, [])
     assert summary["misses"][0]["headline"].startswith("request #1 (POST /nope/x) matches no recorded call:")
     assert summary["misses"][1]["differences"][0]["label"] == "messages[0] (user)"
+
+
+def test_misses_past_the_kept_ones_are_counted_not_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(playback, "KEPT_MISSES", 2)  # 1000 by default: the bound, not its size, is tested
+    with replay_server(bundle_from_calls([recorded_call(chat("x"))])) as replay:
+        for i in range(5):
+            httpx.post(replay.url + "/openai/chat/completions", json=chat(f"not recorded {i}"))
+        summary = httpx.get(replay.url + "/__replay__/summary").json()
+        text = replay.summary().text()
+    assert (summary["requests"], len(summary["misses"]), summary["misses_left_out"]) == (5, 2, 3)
+    assert [m["headline"].split(" ")[1] for m in summary["misses"]] == ["#1", "#2"]
+    assert "5 misses" in text and "3 more misses, left out" in text
 
 
 def test_bad_settings_are_refused() -> None:
