@@ -79,6 +79,10 @@ class RequestView:
     model: str | None = None
     stream: bool = False
     texts: list[TextSlot] = field(default_factory=list)
+    #: Where the request holds input the model reads but that has no text to scan (a legacy prompt or
+    #: an embeddings input given as token ids), with what it is: the guardrails record it, or refuse
+    #: the call under a `block` action (fail closed), never pass it as scanned.
+    unscannable: list[str] = field(default_factory=list)
     tools: list[str] = field(default_factory=list)  # tool names offered to the model
     params: dict[str, Any] = field(default_factory=dict)  # temperature, max_tokens, ...
     tool_name: str | None = None  # MCP tools/call

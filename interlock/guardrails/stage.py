@@ -171,12 +171,20 @@ class Guardrails(Scanner):
 
     def failed(self, call: Call, actions: GuardrailActions, direction: Direction, exc: BaseException) -> bool:
         """The analyzer raised: deny (True) when a `block` action applies and on_error is deny."""
-        table = actions.request if direction == "request" else actions.response
-        fail_closed = actions.on_error == "deny" and "block" in table.values()
         reason = f"the {direction} could not be scanned for PII and secrets ({type(exc).__name__})"
         log.error("%s: %s", reason, exc)
+        return self.unscanned(call, actions, direction, reason, "error")
+
+    def unscanned(
+        self, call: Call, actions: GuardrailActions, direction: Direction, reason: str, passed: Literal["error", "skip"]
+    ) -> bool:
+        """Something that applies could not be scanned (`reason`): deny (True) when a `block` action
+        applies and on_error is deny (fail closed), else record the gap (a `passed` decision)."""
+        table = actions.request if direction == "request" else actions.response
+        fail_closed = actions.on_error == "deny" and "block" in table.values()
         if not fail_closed:
-            call.decide(Decision("guardrails", "error", _rules(actions), reason + "; allowed (on_error: allow)"))
+            why = "on_error: allow" if actions.on_error == "allow" else "no block action"
+            call.decide(Decision("guardrails", passed, _rules(actions), f"{reason}; allowed ({why})"))
             return False
         message = reason + "; denied because a guardrail blocks on it (fail closed)"
         call.decide(Decision("guardrails", "deny", _rules(actions), message))
@@ -229,7 +237,14 @@ class Guardrails(Scanner):
             except Exception:  # noqa: BLE001 - the stream is then relayed unscanned, and this is logged
                 log.exception("building the guardrails engine failed")
         view = call.view
-        if actions is None or not actions.request or view is None or not view.texts or call.request_json is None:
+        if actions is None or not actions.request or view is None or call.request_json is None:
+            return
+        if view.unscannable:
+            # Token ids carry input the model reads but no text to scan: a gap, never a pass.
+            reason = f"the request could not be scanned for PII and secrets: {', '.join(view.unscannable)}"
+            if self.unscanned(call, actions, "request", reason, "skip"):
+                return
+        if not view.texts:
             return
         slots = view.texts
         try:

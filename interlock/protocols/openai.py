@@ -79,6 +79,23 @@ _FREE = (
 )
 
 
+def _read_inputs(view: RequestView, name: str, value: Any) -> None:
+    """A legacy prompt's or an embeddings input's texts: a string, or a list of them (a batch). Token
+    ids (a list of ints, or a batch of them) carry the same input with no text to scan: listed in
+    `view.unscannable` so the guardrails see the gap instead of a request with nothing in it."""
+    if isinstance(value, str):
+        view.texts.append(TextSlot((name,), value, "user"))
+    elif isinstance(value, list):
+        if value and all(isinstance(item, int) for item in value):
+            view.unscannable.append(f"{name} (token ids)")
+            return
+        for i, item in enumerate(value):
+            if isinstance(item, str):
+                view.texts.append(TextSlot((name, i), item, "user"))
+            elif isinstance(item, list) and item:
+                view.unscannable.append(f"{name}[{i}] (token ids)")
+
+
 class OpenAIAdapter(Adapter):
     name = "openai"
     title = "OpenAI"
@@ -212,20 +229,12 @@ class OpenAIAdapter(Adapter):
             view.tools = _tool_names(_checked_tools(data.get("tools")))
         elif path.endswith("/embeddings"):
             view.operation = "embeddings"
-            items = data.get("input")
-            if isinstance(items, str):
-                view.texts.append(TextSlot(("input",), items, "user"))
-            elif isinstance(items, list):
-                view.texts += [TextSlot(("input", i), t, "user") for i, t in enumerate(items) if isinstance(t, str)]
+            _read_inputs(view, "input", data.get("input"))
         elif path.endswith("/completions"):
-            # The legacy completions API: `prompt` is a string or a list of them (a batch; a list of
-            # token ids has no text to read), and `suffix` is text the model reads too.
+            # The legacy completions API: `prompt` is a string or a list of them (a batch), and
+            # `suffix` is text the model reads too.
             view.operation = "text_completion"
-            prompt = data.get("prompt")
-            if isinstance(prompt, str):
-                view.texts.append(TextSlot(("prompt",), prompt, "user"))
-            elif isinstance(prompt, list):
-                view.texts += [TextSlot(("prompt", i), t, "user") for i, t in enumerate(prompt) if isinstance(t, str)]
+            _read_inputs(view, "prompt", data.get("prompt"))
             if isinstance(data.get("suffix"), str):
                 view.texts.append(TextSlot(("suffix",), data["suffix"], "user"))
         return view

@@ -67,6 +67,38 @@ async def test_a_legacy_completion_s_batched_prompt_and_suffix_are_scanned() -> 
     assert call.request_json["suffix"] == "cc <EMAIL_ADDRESS_1>"
 
 
+@pytest.mark.parametrize(
+    ("path", "body", "gaps"),
+    [
+        ("/completions", {"model": "m", "prompt": [1734, 374]}, "prompt (token ids)"),
+        ("/completions", {"model": "m", "prompt": [[1734], f"mail {EMAIL}"]}, "prompt[0] (token ids)"),
+        ("/embeddings", {"model": "m", "input": [[1734, 374], [9]]}, "input[0] (token ids), input[1] (token ids)"),
+    ],
+)
+async def test_token_ids_are_a_recorded_gap_not_a_silent_pass(path: str, body: dict[str, Any], gaps: str) -> None:
+    # Token ids carry input the model reads, with no text to scan: recorded, and the texts beside them scanned.
+    stage = Guardrails(make_settings(request={"EMAIL_ADDRESS": "redact"}))
+    call = await parsed(body, path=path)
+    await stage.request(call)
+    assert call.reply is None
+    (gap,) = [d for d in call.decisions if d.stage == "guardrails" and d.action == "skip"]
+    assert gaps in gap.reason
+    if isinstance(body.get("prompt"), list) and isinstance(body["prompt"][-1], str):
+        assert call.request_json["prompt"][-1] == "mail <EMAIL_ADDRESS_1>"
+
+
+@pytest.mark.parametrize(("on_error", "denied"), [("deny", True), ("allow", False)])
+async def test_token_ids_under_a_block_action_fail_closed_unless_allowed(on_error: str, denied: bool) -> None:
+    stage = Guardrails(make_settings(request={"CREDIT_CARD": "block"}, on_error=on_error))
+    call = await parsed({"model": "m", "prompt": [1734, 374]}, path="/completions")
+    await stage.request(call)
+    assert (call.reply is not None) is denied
+    if denied:
+        assert call.reply is not None and call.reply.status == 503
+        assert call.error_code == "guardrails_error" and call.outcome == "blocked"
+    assert call.decisions[-1].stage == "guardrails" and call.decisions[-1].action == ("deny" if denied else "skip")
+
+
 class Broken:
     def detect(self, text: str) -> Any:
         raise RuntimeError("analyzer exploded")

@@ -101,6 +101,20 @@ def test_aws_key_is_caught(guarded: Running, upstream: ScriptedUpstream) -> None
     assert upstream.requests == []
 
 
+def test_a_prompt_of_token_ids_is_refused_under_a_block_action_and_recorded(
+    guarded: Running, upstream: ScriptedUpstream
+) -> None:
+    # No text to scan for the card number GUARDRAILS blocks: fail closed (on_error: deny, the default).
+    client = client_for(guarded, session="token-ids")
+    with pytest.raises(openai.InternalServerError) as caught:
+        client.completions.create(model="gpt-3.5-turbo-instruct", prompt=[1734, 374, 264])
+    assert caught.value.status_code == 503 and protocol_error(caught.value)["code"] == "guardrails_error"
+    assert upstream.requests == []
+    (call,) = guarded.recorded_calls(session="token-ids")
+    assert (call.outcome, call.error_code) == ("blocked", "guardrails_error")
+    assert [d.action for d in call.decisions if d.stage == "guardrails"] == ["deny"]
+
+
 def test_tool_arguments_and_results_are_redacted_and_restored(guarded: Running, upstream: ScriptedUpstream) -> None:
     upstream.script(Script(tool_calls=[ToolUse("send_mail", {"to": "<EMAIL_ADDRESS_1>"})]))
     client = client_for(guarded)
