@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,9 @@ class Script:
     headers: dict[str, str] = field(default_factory=dict)
     retry_after: str | None = None
     delay: float = 0.0  # before the response head
+    #: OpenAI and Anthropic formats: no answer until the test sets this (or the client leaves, then
+    #: none at all): a call held upstream for as long as a test needs, whatever the machine's load.
+    hold: threading.Event | None = None
     first_byte_delay: float = 0.0  # between the head and the first body byte
     chunk_delay: float = 0.0  # between stream chunks
     end_delay: float = 0.0  # after the last stream event, before the stream is closed

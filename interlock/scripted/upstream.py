@@ -271,11 +271,23 @@ class ScriptedUpstream:
         script = self.next_script(data.get("model"))
         if script.delay:
             await asyncio.sleep(script.delay)
+        if script.hold is not None and not await self._held(script.hold, exchange.receive):
+            return  # the client left while held: nobody to answer
         if script.reset_after == 0 and script.status == 200 and data.get("stream") is not True:
             raise Reset("scripted reset before the response")
         async with self.watching(exchange.receive) as gone:
             _accept_encoding.set(exchange.received.headers.get("accept-encoding", ""))
             await self._respond(exchange.received.path, data, script, exchange.send, gone, dialect)
+
+    async def _held(self, hold: threading.Event, receive: Any) -> bool:
+        """Wait until the test sets `hold` (True) or the client leaves (False). The event is set from
+        the test's thread, so it is polled here rather than awaited across threads."""
+        async with self.watching(receive) as gone:
+            while not hold.is_set():
+                if gone.is_set():
+                    return False
+                await asyncio.sleep(0.01)
+        return True
 
     @contextlib.asynccontextmanager
     async def watching(self, receive: Any) -> AsyncIterator[asyncio.Event]:

@@ -44,6 +44,15 @@ def running(make_interlock: Any, hook: ScriptedUpstream) -> Running:
     return make_interlock(escalation={"webhook": hook.url + "/hook"})  # type: ignore[no-any-return]
 
 
+@pytest.fixture
+def held() -> Iterator[threading.Event]:
+    """An upstream answer held until the test ends (`Script(hold=...)`): however slow the machine,
+    a stop never races the answer it must come before."""
+    release = threading.Event()
+    yield release
+    release.set()
+
+
 def client(running: Running, session: str = "run-1", agent: str = "coder") -> openai.OpenAI:
     """An SDK client for this session and agent (closed after the test)."""
     return openai_client(running, default_headers={"X-Interlock-Session": session, "X-Interlock-Agent": agent})
@@ -141,9 +150,9 @@ def test_an_anthropic_stream_is_ended_with_its_error_event(running: Running, ups
 
 
 def test_a_call_waiting_for_its_answer_is_ended_with_the_error_reply(
-    running: Running, upstream: ScriptedUpstream
+    running: Running, upstream: ScriptedUpstream, held: threading.Event
 ) -> None:
-    upstream.script(Script(delay=10))  # the upstream would answer in 10 s (a stop must not wait for it)
+    upstream.script(Script(hold=held))  # no answer until the test ends: only the stop can end the call
     sdk = client(running, "waiting")
     reader = Reader(lambda: [sdk.chat.completions.create(model="gpt-4o-mini", messages=HI)])
     reader.start()
@@ -298,12 +307,12 @@ def test_a_stopped_stream_is_priced_as_far_as_known_and_counts_against_the_budge
 
 
 def test_a_call_stopped_before_its_answer_is_priced_on_its_prompt_and_counts_against_the_budget(
-    make_interlock: Any, upstream: ScriptedUpstream, tmp_path: Path
+    make_interlock: Any, upstream: ScriptedUpstream, tmp_path: Path, held: threading.Event
 ) -> None:
     # The upstream has the request (and may bill its prompt) but no answer head arrived before the
     # stop: the input is estimated from the request's texts, marked so, priced, and counted.
     running = with_a_tiny_budget(make_interlock, tmp_path)
-    upstream.script(Script(delay=10))  # the upstream would answer in 10 s
+    upstream.script(Script(hold=held))  # no answer head until the test ends
     sdk = client(running, "waiter")
     prompt = [{"role": "user", "content": "a long question " * 100}]  # ~1600 characters: ~400 tokens
     reader = Reader(lambda: [sdk.chat.completions.create(model="gpt-4o-mini", messages=prompt)])  # type: ignore[arg-type]
