@@ -151,7 +151,8 @@ class LoopMemory:
             if entries is None:
                 entries = session.lists[repeat.kind] = deque(maxlen=session.width)
             entries.append(repeat.key)
-            found.append(positions(entries, repeat.key))
+            # Most keys are new to the window: deque.count (C) says so without building a list.
+            found.append([0] if entries.count(repeat.key) == 1 else positions(entries, repeat.key))
         lengths = [self._step(session, streak) for streak in streaks]
         return Seen(None, found, lengths)
 

@@ -159,8 +159,8 @@ class LoopStage:
         sightings: list[_Sighting] = []
         # Only what a rule checks is counted: a shared history is a round trip, and a rule that
         # counts nothing here must not make an unreachable one refuse the call.
-        counts_calls = any(_checks(r, "tool_calls") for r in rules)
-        counts_errors = any(_checks(r, "tool_errors") for r in rules)
+        kinds = _kinds(rules)
+        counts_calls, counts_errors = "tool_calls" in kinds, "tool_errors" in kinds
         if isinstance(view, McpView):
             if not (view.method == "tools/call" and view.tool_name) or not (counts_calls or counts_errors):
                 return
@@ -180,7 +180,7 @@ class LoopStage:
                 what = f"MCP tool call {view.tool_name!r} (same arguments)"
                 sightings += _tally(seen.repeats[0], rules, "tool_calls", what)
         elif ADAPTERS[call.protocol].model_api:
-            counts_requests = any(_checks(r, "requests") for r in rules)
+            counts_requests = "requests" in kinds
             if not (counts_requests or counts_errors):
                 return
             messages = ADAPTERS[call.protocol].conversation(call.request_json, None)  # parsed once, by the adapter
@@ -456,6 +456,22 @@ def _scope(call: Call) -> str:
 def _checks(rule: CompiledRule, kind: str) -> bool:
     loop = rule.rule.loop
     return loop is not None and getattr(loop, kind) is not None
+
+
+def _kinds(rules: list[CompiledRule]) -> set[str]:
+    """The kinds of loop these rules check (one pass: the request hook asks for all three)."""
+    kinds: set[str] = set()
+    for rule in rules:
+        loop = rule.rule.loop
+        if loop is None:
+            continue
+        if loop.tool_calls is not None:
+            kinds.add("tool_calls")
+        if loop.requests is not None:
+            kinds.add("requests")
+        if loop.tool_errors is not None:
+            kinds.add("tool_errors")
+    return kinds
 
 
 def _enforces(rule: CompiledRule) -> bool:
