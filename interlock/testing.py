@@ -15,11 +15,15 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from interlock.config import Settings
 from interlock.core.call import Call, new_id
 from interlock.serving import bind_ports
+
+if TYPE_CHECKING:
+    from interlock.core.views import ResponseView
+    from interlock.tracing.backend import Store
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -64,6 +68,18 @@ def make_call(text: str = "where is the lighthouse?", **fields: Any) -> Call:
     for key, value in fields.items():
         setattr(call, key, value)
     return call
+
+
+def recorded_answer(store: Store, call_id: str) -> ResponseView:
+    """A recorded call's answer as every offline reader reads it (`tracing.views.stored_answer`,
+    through its adapter): a stream from its stored reassembly (else its chunks), a response from its
+    body. `.message` is the response JSON, `.texts` and `.tool_calls` what the adapter finds in it."""
+    # Startup: the pytest plugin imports this module in every session; the adapters only when used.
+    from interlock.tracing.views import stored_answer
+
+    found = store.get_detail(call_id)
+    assert found is not None, f"call {call_id} is not in the store"
+    return stored_answer(*found)
 
 
 @dataclass

@@ -5,7 +5,8 @@ body is read once into the call's `ResponseView`.
 
 The check reads the package's source (AST): a call of a stream splitter, or a JSON parse of a
 response body (`response_json`, or `json.loads` in a function that reads `response_body` or a
-stream's chunks, or of a local value derived from one), outside `protocols/` fails it unless the
+stream's chunks, or of a local value derived from one, or of rows a SQL query selecting one of them
+returned), outside `protocols/` fails it unless the
 function is in `ALLOWED`, with the reason it may. A new reader asks the adapter or the view (a
 recorded call's: `Adapter.response_view(call)`, or `Adapter.stored_view` from stored columns), or
 argues its case here.
@@ -14,6 +15,7 @@ argues its case here.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import interlock
@@ -63,12 +65,25 @@ def _name(node: ast.expr) -> str | None:
     return None
 
 
+#: A SQL query's selected columns: `SELECT a, b.c FROM ...` (what its rows hold).
+_SELECT = re.compile(r"\s*SELECT\s+(.*?)\s+FROM\s", re.IGNORECASE | re.DOTALL)
+
+
+def _selected(text: str) -> set[str]:
+    """The words of a SQL query's select list (`b.response_message` gives `b` and `response_message`)."""
+    found = _SELECT.match(text)
+    return set(re.findall(r"\w+", found.group(1))) if found else set()
+
+
 def _mentions(node: ast.AST, names: set[str]) -> bool:
-    """Whether an expression reads one of `names` (a variable, an attribute, or a subscript key)."""
+    """Whether an expression reads one of `names` (a variable, an attribute, a subscript key, or a
+    column a SQL query in it selects: `rows("SELECT response_message FROM bodies ...")`)."""
     for n in ast.walk(node):
         if isinstance(n, ast.Name | ast.Attribute) and _name(n) in names:
             return True
-        if isinstance(n, ast.Constant) and n.value in names:
+        if isinstance(n, ast.Constant) and (
+            n.value in names or (isinstance(n.value, str) and names & _selected(n.value))
+        ):
             return True
     return False
 
@@ -185,10 +200,19 @@ def columns(row):
     row["meta"] = json.loads(row["meta"])  # a stored column beside the body: not a response
     row["response_body"] = bytes(row["response_body"])
     return row
+
+def selected(store, call_id):
+    rows = store.rows("SELECT b.response_message FROM bodies b WHERE call_id = ?", (call_id,))
+    return json.loads(rows[0][0])  # a response column selected by SQL: a parse
+
+def meta(store):
+    rows = store.rows("SELECT meta FROM calls")
+    return [json.loads(r[0]) for r in rows]  # another column: not a response
 """
     assert readers(source) == {
         ("Stage.chunk", "splits a stream (event_splitter)"),
         ("usage", "parses a response body (json.loads)"),
         ("body", "parses a response body (response_json)"),
         ("stored", "parses a response body (json.loads)"),
+        ("selected", "parses a response body (json.loads)"),
     }

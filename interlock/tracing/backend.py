@@ -79,9 +79,6 @@ class Store(Protocol):
 
     def get_call(self, call_id: str) -> Call | None: ...
 
-    def response_message(self, call_id: str) -> Any:
-        """A streamed response reassembled into one message (JSON), or None."""
-
     def call_row(self, call_id: str) -> dict[str, Any] | None: ...
 
     def resolve_id(self, prefix: str) -> str | None:

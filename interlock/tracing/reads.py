@@ -151,11 +151,6 @@ class Reads:
         record = self.get_record(call_id)
         return None if record is None else Call.from_record(record)
 
-    def response_message(self, call_id: str) -> Any:
-        """A streamed response reassembled into one message (JSON), or None."""
-        rows = self.rows("SELECT response_message FROM bodies WHERE call_id = ?", (call_id,))
-        return json.loads(rows[0][0]) if rows and rows[0][0] else None
-
     def call_row(self, call_id: str) -> dict[str, Any] | None:
         """The narrow row of one call."""
         rows = narrow_rows(self.query(f"{self._select_narrow} WHERE id = ?", (call_id,)))

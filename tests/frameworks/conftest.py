@@ -25,8 +25,7 @@ import pytest
 from click.testing import CliRunner
 
 from interlock.cli import main as interlock_cli
-from interlock.protocols import ADAPTERS
-from interlock.testing import Running
+from interlock.testing import Running, recorded_answer
 from interlock.tracing.store import Store
 from tests.frameworks import venvs
 
@@ -215,10 +214,7 @@ def recorded(running: Running, session: str, count: int, timeout: float = 60) ->
 def tool_calls(running: Running, call_id: str) -> list[str]:
     """Names of the tools the model asked for in this call's response (streamed or not)."""
     with Store(running.settings.store.path, readonly=True) as store:
-        call = store.get_call(call_id)
-        assert call is not None
-        data = store.response_message(call_id) if call.stream else json.loads(call.response_body or b"null")
-    return [t.name for t in ADAPTERS[call.protocol].response_tool_calls(data)]
+        return [t.name for t in recorded_answer(store, call_id).tool_calls]
 
 
 def request_json(running: Running, call_id: str) -> Any:

@@ -25,7 +25,7 @@ import pytest
 
 from interlock.protocols import ADAPTERS
 from interlock.scripted import Script, ScriptedUpstream, ToolUse
-from interlock.testing import Running, wait_for
+from interlock.testing import Running, recorded_answer, wait_for
 
 
 def through(body: bytes, marker: bytes) -> bytes:
@@ -562,11 +562,7 @@ def recorded_message(running: Running, count: int) -> list[Any]:
         return found if len(found) >= count else None
 
     rows = wait_for(listed, what=f"{count} calls recorded")
-    out = []
-    for row in reversed(rows):
-        call = store.get_call(row["id"])
-        out.append(store.response_message(row["id"]) if call.stream else json.loads(call.response_body))
-    return out
+    return [recorded_answer(store, row["id"]).message for row in reversed(rows)]
 
 
 @pytest.mark.parametrize("encoding", [None, "gzip", "br"])

@@ -15,7 +15,7 @@ from interlock.protocols.base import Adapter
 from interlock.protocols.sse import EventSplitter
 from interlock.scripted import ScriptedUpstream
 from interlock.scripted.replies import Script
-from interlock.testing import Running
+from interlock.testing import Running, recorded_answer
 from tests.proxy.routing_support import collect_calls, finished, openai_client
 
 HI = [{"role": "user", "content": "hi"}]
@@ -59,7 +59,7 @@ def test_a_stream_is_split_once_and_its_usage_and_record_read_from_those_events(
     assert (call.input_tokens, call.output_tokens) == (12, 5)  # folded as the events passed
     row = running.recorded_row(call.id)
     assert (row["input_tokens"], row["output_tokens"]) == (12, 5)
-    message = running.runtime.store.response_message(call.id)
+    message = recorded_answer(running.runtime.store, call.id).message
     assert message["choices"][0]["message"]["content"] == "Hello there, general Kenobi"
     assert _found(running, "Kenobi") == [call.id]
     assert splits == ["live"]  # one splitter, for the relay; the stream was never split whole again
@@ -78,7 +78,7 @@ def test_a_record_a_guardrail_masked_is_not_indexed_from_the_relayed_events(
     (call,) = finished(calls)
     assert [f.entity for f in call.findings] == ["EMAIL_ADDRESS"]
     running.recorded_row(call.id)
-    message = running.runtime.store.response_message(call.id)
+    message = recorded_answer(running.runtime.store, call.id).message
     content = message["choices"][0]["message"]["content"]
     assert "ann.lee@example.com" not in content and "today" in content
     assert _found(running, "today") == [call.id] and _found(running, '"ann.lee@example.com"') == []

@@ -15,7 +15,7 @@ import pytest
 from interlock.core.call import Call, Decision
 from interlock.protocols import ADAPTERS
 from interlock.scripted import Script, ScriptedUpstream
-from interlock.testing import Running, free_port, wait_for
+from interlock.testing import Running, free_port, recorded_answer, wait_for
 from interlock.tracing.store import Store
 from tests.conftest import closed_after_test
 
@@ -89,7 +89,7 @@ def test_a_stream_is_kept_as_timed_chunks_and_reassembled(interlock: Running, up
     assert len(times) > 3 and times == sorted(times) and times[-1] > times[0]
     assert call.ttfb_ms == times[0]
     assert b"".join(c.data for c in call.chunks).count(b"data: ") >= 7
-    message = interlock.runtime.store.response_message(row["id"])
+    message = recorded_answer(interlock.runtime.store, row["id"]).message
     assert message["choices"][0]["message"]["content"] == "the stream arrives in pieces"
     assert message["usage"]["completion_tokens"] == 7
     assert [r["id"] for r in interlock.runtime.store.list_calls(q="arrives pieces")] == [row["id"]]
@@ -104,7 +104,7 @@ def test_an_anthropic_stream_is_reassembled(interlock: Running, upstream: Script
     ) as stream:
         assert stream.get_final_text() == "bonjour tout le monde"
     (row,) = recorded(interlock)
-    message = interlock.runtime.store.response_message(row["id"])
+    message = recorded_answer(interlock.runtime.store, row["id"]).message
     assert message["content"][0]["text"] == "bonjour tout le monde"
     assert [r["id"] for r in interlock.runtime.store.list_calls(q="monde")] == [row["id"]]
 

@@ -151,7 +151,9 @@ def test_an_append_does_not_wait_out_a_replay_past_its_bound(tmp_path: Path, cap
         assert not appender.is_alive()
         assert side.lost == 1 and side.spilled == 0  # counted and logged, the one place a call is lost
         assert path.read_bytes() == before
-    (message,) = [r.getMessage() for r in caplog.records if r.name == "interlock.recorder" and r.levelno >= logging.ERROR]
+    (message,) = [
+        r.getMessage() for r in caplog.records if r.name == "interlock.recorder" and r.levelno >= logging.ERROR
+    ]
     assert late.id in message and "store.spill_lock_timeout" in message
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -58,7 +59,8 @@ def test_call_detail_reads_the_call_once(store: Store) -> None:
         and detail["attempt_count"] == 1
         and detail["size"] == len(call.request_body) + len(STREAM)
     )
-    assert detail["response_message"] == store.response_message(call.id)
+    ((stored,),) = store.rows("SELECT response_message FROM bodies WHERE call_id = ?", (call.id,))
+    assert detail["response_message"] == json.loads(stored)  # the writer's reassembly, as stored
     assert detail["response_message"]["choices"][0]["message"]["content"] == "on the cape"
     assert detail["chunks"][0]["size"] == len(STREAM) and detail["request_body"]["encoding"] == "json"
 
