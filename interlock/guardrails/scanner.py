@@ -73,6 +73,16 @@ class Detector:
                 found += self.secrets.scan(text)
         return tuple(resolve_overlaps(found))
 
+    def detect_many(self, texts: Sequence[str]) -> list[tuple[Detection, ...]]:
+        """`[detect(t) for t in texts]`, the secret rules run in one kingfisher call for all of them
+        (a call costs ~15-37 µs whatever its length; `SecretScanner.scan_many`)."""
+        secrets = self.secrets.scan_many(texts) if self.secrets is not None else [[] for _ in texts]
+        pii = self.pii
+        return [
+            tuple(resolve_overlaps([*(pii.analyze(text) if pii is not None else ()), *found]))
+            for text, found in zip(texts, secrets, strict=True)
+        ]
+
 
 _DETECTORS: dict[str, Detector] = {}
 _DETECTORS_LOCK = threading.Lock()
@@ -150,9 +160,9 @@ class Scanner:
             detector = await self.detector()
             pending = [text for _, _, text in missing]
             if sum(len(t) for t in pending) > THREAD_CHARS:
-                found = await asyncio.to_thread(lambda: [detector.detect(t) for t in pending])
+                found = await asyncio.to_thread(detector.detect_many, pending)
             else:
-                found = [detector.detect(t) for t in pending]
+                found = detector.detect_many(pending)
             for (i, key, _), detections in zip(missing, found, strict=True):
                 results[i] = detections
                 if self.config.cache_texts:

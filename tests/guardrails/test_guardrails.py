@@ -37,6 +37,10 @@ class CountingDetector:
         self.texts.append(text)
         return self.inner.detect(text)
 
+    def detect_many(self, texts: list[str]) -> Any:
+        self.texts += texts
+        return self.inner.detect_many(texts)
+
 
 def test_where_reads_like_a_path() -> None:
     assert where(("messages", 2, "content")) == "messages[2].content"
@@ -101,6 +105,9 @@ async def test_token_ids_under_a_block_action_fail_closed_unless_allowed(on_erro
 
 class Broken:
     def detect(self, text: str) -> Any:
+        raise RuntimeError("analyzer exploded")
+
+    def detect_many(self, texts: list[str]) -> Any:
         raise RuntimeError("analyzer exploded")
 
 
