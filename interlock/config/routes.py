@@ -217,7 +217,9 @@ class Route(Model):
                     f"{self.protocol} upstream continues a message (use one of {', '.join(sorted(adapter.prefills))})"
                 )
         for upstream in self.upstreams:
-            if "stream_usage" in upstream.model_fields_set and not adapter.asks_stream_usage:
+            # The value, not whether it was given: `serve --port/--workers/--store` validate a dump of the
+            # settings (`cli.apply_overrides`), in which every field is given, the default `inject` too.
+            if upstream.stream_usage != "inject" and not adapter.asks_stream_usage:
                 able = ", ".join(name for name, a in ADAPTERS.items() if a.asks_stream_usage)
                 raise ValueError(
                     f"upstream {upstream.name or upstream.url!r}: stream_usage applies to {able} routes only"

@@ -17,7 +17,8 @@ import httpx
 import openai
 import pytest
 
-from interlock.config import load_settings
+from interlock.cli import apply_overrides
+from interlock.config import Settings, load_settings
 from interlock.core.call import Call
 from interlock.proxy.usage import CHARS_PER_TOKEN
 from interlock.scripted import Script, ScriptedUpstream
@@ -238,3 +239,9 @@ def test_stream_usage_is_refused_on_a_route_that_cannot_ask(tmp_path: Path) -> N
     with pytest.raises(SourceError) as refused:
         load_settings(config)
     assert refused.value.line is not None and "stream_usage" in str(refused.value)
+
+
+def test_a_route_that_cannot_ask_survives_the_settings_round_trip_of_serve_s_flags() -> None:
+    # `serve --port/--workers/--store` validate a dump of the settings, every field given in it.
+    settings = Settings.model_validate({"routes": {"claude": {"protocol": "anthropic", "upstream": "http://x"}}})
+    assert apply_overrides(settings, port=5000).listen.port == 5000
