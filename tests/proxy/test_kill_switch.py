@@ -28,8 +28,9 @@ from tests.proxy.routing_support import anthropic_client, openai_client, wait_fo
 from tests.sdk_errors import protocol_error
 
 HI = [{"role": "user", "content": "hi"}]
-#: A stream that would last about 15 s (100 deltas, 0.15 s apart): far past the 1 s a stop may take.
-SLOW = Script(text="word " * 100, chunk_size=5, chunk_delay=0.15)
+#: A stream of 100 deltas that sends its first events, then stays open and silent until its client
+#: leaves (the stop closes it): it cannot run out before the stop, however loaded the machine.
+SLOW = Script(text="word " * 100, chunk_size=5, stall_after=8, stall_seconds=600)
 
 
 @pytest.fixture(scope="module")
