@@ -55,13 +55,14 @@ class Detector:
         self.pii = PiiAnalyzer(settings) if wants_pii else None
         self.secrets = SecretScanner(settings) if settings.secrets else None
 
-    def detect(self, text: str, before: str = "") -> tuple[Detection, ...]:
+    def detect(self, text: str, before: str = "", secrets: bool = True) -> tuple[Detection, ...]:
         """Detections in `text`. `before`: the text just before it, already released (a stream), in
         which secret rules may find the words they need (`heroku api key: <uuid>`); a secret that
-        starts there and ends in `text` is reported from the start of `text`."""
+        starts there and ends in `text` is reported from the start of `text`. `secrets=False`: the
+        PII alone (the caller scans for secrets itself, several texts in one call)."""
         # The analyzer skips what cannot hold an entity itself (its triggers, pii.py).
         found = [] if self.pii is None else self.pii.analyze(text)
-        if self.secrets is not None:
+        if self.secrets is not None and secrets:
             if before:
                 n = len(before)
                 found += [
