@@ -127,8 +127,7 @@ def _as_far_as_known(call: Call, adapter: Adapter, reported: TokenUsage | None) 
     sent and relayed where that is larger; marked estimated when it is."""
     view = call.view
     estimate = TokenUsage(
-        input=_tokens(view.input_chars if view is not None else 0),
-        output=_tokens(sum(len(t.text) for t in adapter.response_view(call).texts)),
+        input=_tokens(view.input_chars if view is not None else 0), output=_tokens(_output_chars(call, adapter))
     )
     usage = reported if reported is not None else TokenUsage(call.input_tokens or 0, call.output_tokens or 0)
     if estimate.input > usage.input or estimate.output > usage.output:
@@ -138,3 +137,15 @@ def _as_far_as_known(call: Call, adapter: Adapter, reported: TokenUsage | None) 
         call.meta["usage_estimated"] = True
     call.input_tokens, call.output_tokens = usage.input, usage.output
     return usage
+
+
+def _output_chars(call: Call, adapter: Adapter) -> int:
+    """The characters of text (and tool arguments) the upstream produced: from the stream's events as
+    the proxy kept them. A stream past what is kept (`StreamRead.limit`, 4 MiB) counts its bytes
+    instead (more than its text: an over-estimate, never a $0), so the estimate never reassembles a
+    large record on the event loop."""
+    response = adapter.response_view(call)
+    read = response.stream_read
+    if call.stream and read is not None and read.events is None:
+        return read.size
+    return sum(len(t.text) for t in response.texts)
