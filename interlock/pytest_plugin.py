@@ -22,7 +22,7 @@ from interlock.testing import ReplayRunning, replay_server
 def interlock_replay(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., ReplayRunning]]:
     """Start a replay server for a bundle (a path or a `Bundle`) on a free port; OPENAI_BASE_URL and
     ANTHROPIC_BASE_URL point at it for the rest of the test. Keyword arguments as `replay_server`
-    (`speed`, `on_miss`, `ignore`, `session`, `live_settings`)."""
+    (`speed`, `on_miss`, `ignore`, `session`, `live_settings`, `stages`)."""
     # Startup: the plugin loads in every pytest session (pytest11); the runner (uvicorn) only when a test uses
     # the fixture.
     from interlock.replay.runner import base_url_env

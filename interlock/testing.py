@@ -239,10 +239,13 @@ def replay_server(
     session: str | None = None,
     live_settings: Settings | None = None,
     set_env: bool = True,
+    stages: Sequence[object] = (),
 ) -> Iterator[ReplayRunning]:
     """Serve a recorded bundle (a path, or an `interlock.replay.Bundle`) on a free loopback port,
     with OPENAI_BASE_URL / ANTHROPIC_BASE_URL pointing at it until the block ends. `speed=None`
-    answers as fast as possible; `speed=1.0` keeps the recorded timing.
+    answers as fast as possible; `speed=1.0` keeps the recorded timing. `stages`: stages of your
+    own (hooks as in `interlock.proxy.hooks`), after the playback: each sees every replayed call go
+    by, as on a live call (its `chunk` hooks a replayed stream's events, its `done` the call).
 
         with replay_server("tests/incidents/refund-loop.db") as replay:
             assert run_my_agent("refund order 42") == "Refunded."
@@ -262,6 +265,7 @@ def replay_server(
         options=MatchOptions().with_ignored(ignore),
         live_settings=live_settings,
         open_live=_open_live if on_miss == "live" else None,
+        stages=tuple(stages),
     )
     with replay_in_thread(loaded, settings) as host:
         saved: dict[str, str | None] = {}

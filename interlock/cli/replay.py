@@ -212,6 +212,13 @@ def replay() -> None:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--allow-unused", is_flag=True, help="With COMMAND: recorded calls never asked for are not a divergence.")
+@click.option(
+    "--allow-host",
+    "allow_hosts",
+    multiple=True,
+    help="Also answer this Host name (besides localhost, IP addresses and --host; `.example.com` a domain, "
+    "`*` any), as listen.allowed_hosts does; added to --config's listen.allowed_hosts (repeatable).",
+)
 @config_option
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def serve(
@@ -227,6 +234,7 @@ def serve(
     summary_path: str | None,
     as_json: bool,
     allow_unused: bool,
+    allow_hosts: tuple[str, ...],
     config: str | None,
     command: tuple[str, ...],
 ) -> None:
@@ -244,6 +252,8 @@ def serve(
     live_settings = None
     if on_miss == "live" or config:
         live_settings = load_or_exit(config) if config else None
+    # The replay stands in for the interlock of `--config`: agents reach it by the same names.
+    allowed_hosts = (*(live_settings.listen.allowed_hosts if live_settings is not None else ()), *allow_hosts)
     options = MatchOptions().with_ignored(ignore)
     options = dataclasses.replace(options, ignore_timestamps=not keep_timestamps, ignore_patterns=ignore_pattern)
     settings = ReplaySettings(
@@ -254,6 +264,7 @@ def serve(
         options=options,
         live_settings=live_settings,
         open_live=_open_live if on_miss == "live" else None,
+        allowed_hosts=allowed_hosts,
     )
     try:
         replay_host = ReplayHost(loaded, settings)
@@ -263,6 +274,13 @@ def serve(
     def ready(running: ReplayHost) -> None:
         click.echo(f"{loaded.describe()}; ready in {time.perf_counter() - began:.2f}s", err=True)
         click.echo(f"replaying on {running.url}/<route>/... (speed {speed}, on miss: {on_miss})", err=True)
+        if host in ("0.0.0.0", "::", "") and not allowed_hosts:
+            # As `interlock serve` warns: agents that reach it by a DNS name get 403 host_refused.
+            click.echo(
+                f"warning: listening on {host}, the replay answers Host names localhost and IP addresses only "
+                "(DNS rebinding); name the others with --allow-host",
+                err=True,
+            )
 
     try:
         code = run_loop(serve_foreground(replay_host, on_ready=ready, command=command))

@@ -691,9 +691,7 @@ class _Supplied:
             body = b"".join(parts)
         too_large = too_large or len(body) > limit
         headers.append(("content-length", str(len(body))))
-        return cls(
-            status, headers, content_type, body[:limit] if too_large else body, _NO_CHUNKS, too_large=too_large
-        )
+        return cls(status, headers, content_type, body[:limit] if too_large else body, _NO_CHUNKS, too_large=too_large)
 
     async def aclose(self) -> None:
         aclose = getattr(self.rest, "aclose", None)  # a generator the relay stopped early

@@ -41,6 +41,11 @@ class ReplaySettings:
     #: handed in by the CLI and `interlock.testing`. Replay sits below the runtime (`make lint`), so
     #: the assembly above it passes the runtime down instead of replay importing it.
     open_live: Callable[[Settings], LiveRuntime] | None = None
+    #: `Host` names the replay answers besides localhost, IP addresses and `host`
+    #: (`listen.allowed_hosts`: a replay bound to 0.0.0.0 and reached by a DNS name, docs/security.md).
+    allowed_hosts: tuple[str, ...] = ()
+    #: Stages of your own, after the playback: each sees every replayed call go by (`ReplayApp`).
+    stages: tuple[object, ...] = ()
 
 
 class LiveRuntime(Protocol):
@@ -81,7 +86,9 @@ class ReplayHost:
             speed=settings.speed,
             on_miss=settings.on_miss,  # type: ignore[arg-type]
             live=self.runtime.proxy if self.runtime is not None else None,
+            stages=settings.stages,
             host=settings.host,
+            allowed_hosts=settings.allowed_hosts,
         )
         # Bound now: the port is known (port 0 picks a free one) and nobody can take it meanwhile.
         try:

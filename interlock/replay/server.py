@@ -34,15 +34,18 @@ Receive = Any
 Send = Any
 
 
-def replay_settings(calls: Sequence[Call], matcher: Matcher, speed: float | None, host: str) -> Settings:
+def replay_settings(
+    calls: Sequence[Call], matcher: Matcher, speed: float | None, host: str, allowed_hosts: Sequence[str] = ()
+) -> Settings:
     """The replay's proxy settings: the recording's routes (served by the playback stage: no
-    upstream), a total timeout that lets the longest recorded call replay at `speed`, and a response
-    bound that lets the largest recorded body through."""
+    upstream), a total timeout that lets the longest recorded call replay at `speed`, a response
+    bound that lets the largest recorded body through, and the `Host` names it answers besides
+    localhost, IP addresses and `host` (`listen.allowed_hosts`, docs/security.md)."""
     longest = max((call.duration_ms or 0.0 for call in calls), default=0.0) / 1000.0
     largest = max((len(call.agent_body() or b"") for call in calls if not call.stream), default=0)
     base = Settings.model_validate(
         {
-            "listen": {"host": host, "port": 0},
+            "listen": {"host": host, "port": 0, "allowed_hosts": list(allowed_hosts)},
             "timeouts": {"total": TIMEOUT_SLACK + (longest / speed if speed is not None else 0.0)},
             "max_response_bytes": max(Settings.model_fields["max_response_bytes"].default, largest),
         }
@@ -65,9 +68,11 @@ class ReplayApp:
         live: Any = None,
         stages: Sequence[object] = (),
         host: str = "127.0.0.1",
+        allowed_hosts: Sequence[str] = (),
     ) -> None:
         """`live`: the live runtime's proxy app (`on_miss` live); `stages`: stages of your own, after
-        the playback (they see every replayed answer go by, as a live call's)."""
+        the playback (they see every replayed answer go by, as a live call's); `host`: the address it
+        listens on, and `allowed_hosts` the other `Host` names it answers (`listen.allowed_hosts`)."""
         if on_miss not in ON_MISS:
             raise ValueError(f"on_miss must be one of {', '.join(ON_MISS)}")
         if on_miss == "live" and live is None:
@@ -80,7 +85,7 @@ class ReplayApp:
         self.live_app = live
         self.stats = Summary(recorded=len(self.matcher.recorded), unreplayable=len(self.matcher.unreplayable))
         self.playback = Playback(self.matcher, self.stats, speed=speed, on_miss=on_miss)
-        settings = replay_settings(calls, self.matcher, speed, host)
+        settings = replay_settings(calls, self.matcher, speed, host, allowed_hosts)
         self.proxy = ProxyApp(settings, Pipeline([self.playback, *stages]), None)
         self._route_list = ", ".join(f"/{r}/" for r in self.matcher.routes) or "(none)"
 

@@ -41,7 +41,18 @@ def weather_agent(
     """A typical tool loop: ask the model, run the tools it calls (an HTTP tool behind interlock's
     `tools` route, or `forecast`), send the results back, until it answers."""
     headers = {"X-Interlock-Session": session}
-    client = openai.OpenAI(base_url=base_url, api_key="sk-agent", max_retries=0, default_headers=headers)
+    with openai.OpenAI(base_url=base_url, api_key="sk-agent", max_retries=0, default_headers=headers) as client:
+        return _tool_loop(client, question, system, tools_url, headers, forecast)
+
+
+def _tool_loop(
+    client: openai.OpenAI,
+    question: str,
+    system: str,
+    tools_url: str,
+    headers: dict[str, str],
+    forecast: Callable[[str], str] | None,
+) -> str:
     messages: list[dict[str, Any]] = [{"role": "system", "content": system}, {"role": "user", "content": question}]
     for _ in range(6):
         reply = client.chat.completions.create(model="gpt-4o", messages=messages, tools=TOOLS)  # type: ignore[arg-type]

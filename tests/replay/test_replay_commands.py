@@ -200,3 +200,63 @@ def test_an_agent_that_stops_early_left_the_recording(incident: Incident, flags:
     )
     assert exit_code == code
     assert "0 of 5 recorded calls served from the recording, 0 misses, 5 recorded calls unused" in stdout
+
+
+HOST_PROBE = """
+import http.client, json, os, sys
+from urllib.parse import urlsplit
+url = urlsplit(os.environ["OPENAI_BASE_URL"])
+seen = {{}}
+for name in {names!r}:
+    connection = http.client.HTTPConnection("127.0.0.1", url.port, timeout=30)
+    connection.request(
+        "POST", url.path + "/chat/completions", body=b'{{"model": "probe", "messages": []}}',
+        headers={{"Host": name + ":" + str(url.port), "Content-Type": "application/json"}},
+    )
+    response = connection.getresponse()
+    seen[name] = [response.status, json.loads(response.read())["error"]["code"]]
+    connection.close()
+with open({out!r}, "w") as handle:
+    json.dump(seen, handle)
+"""
+
+
+def test_replay_serve_answers_the_host_names_it_is_given(incident: Incident, tmp_path: Path) -> None:
+    # A replay bound to every interface, reached by DNS names (a compose service, a cluster domain):
+    # the names from --allow-host and from --config's listen.allowed_hosts pass the Host check (the
+    # probe's request then misses the recording: 409), any other is refused as by `interlock serve`.
+    config = tmp_path / "interlock.yaml"
+    config.write_text("listen:\n  allowed_hosts: [.corp.example]\n")
+    out = tmp_path / "statuses.json"
+    names = ["agent.internal", "api.corp.example", "elsewhere.example"]
+    script = tmp_path / "probe.py"
+    script.write_text(HOST_PROBE.format(names=names, out=str(out)))
+    code, _, stderr = invoke(
+        "replay", str(incident.bundle), "--host", "0.0.0.0", "--port", "0", "--speed", "max",
+        "--allow-host", "agent.internal", "-c", str(config), "--", sys.executable, str(script),
+    )  # fmt: skip
+    assert code == 1, stderr  # the probes left the recording
+    assert json.loads(out.read_text()) == {
+        "agent.internal": [409, "replay_divergence"],
+        "api.corp.example": [409, "replay_divergence"],
+        "elsewhere.example": [403, "host_refused"],
+    }
+    assert "--allow-host" not in stderr  # no warning: names were given
+
+
+def test_replay_serve_on_every_interface_without_names_warns_and_refuses_them(
+    incident: Incident, tmp_path: Path
+) -> None:
+    out = tmp_path / "statuses.json"
+    script = tmp_path / "probe.py"
+    script.write_text(HOST_PROBE.format(names=["agent.internal", "127.0.0.1"], out=str(out)))
+    code, _, stderr = invoke(
+        "replay", str(incident.bundle), "--host", "0.0.0.0", "--port", "0", "--speed", "max",
+        "--", sys.executable, str(script),
+    )  # fmt: skip
+    assert code == 1, stderr
+    assert json.loads(out.read_text()) == {
+        "agent.internal": [403, "host_refused"],
+        "127.0.0.1": [409, "replay_divergence"],
+    }
+    assert "name the others with --allow-host" in stderr

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import queue
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -24,6 +26,30 @@ def test_the_replayed_agent_gives_the_recorded_answer_offline(incident: Incident
     assert answer == incident.answer
     summary = replay.summary()
     assert (summary.served, summary.misses, summary.unused) == (5, [], [])
+    replay.assert_no_divergence(all_used=True)
+
+
+def test_a_users_stage_sees_each_replayed_call(incident: Incident) -> None:
+    # The public helper takes stages of one's own (`stages=`), after the playback: each replayed call
+    # goes by them as a live call would, its answer supplied by the recording. The stage runs on the
+    # replay's own thread and loop: its sealed calls are handed over through a thread-safe queue.
+    class Collect:
+        name = "collect"
+
+        def __init__(self) -> None:
+            self.calls: queue.Queue[tuple[str, int | None, Any]] = queue.Queue()
+
+        async def done(self, call: Any) -> None:
+            self.calls.put((call.route, call.status, call.meta.get("supplied_by")))
+
+    collect = Collect()
+    with replay_server(incident.bundle, stages=[collect]) as replay:
+        answer = weather_agent(
+            "Weather in Paris and Lyon?", base_url=replay.base_url("openai"), tools_url=replay.base_url("tools")
+        )
+        seen = [collect.calls.get(timeout=30) for _ in range(5)]  # `done` runs once the answer is sent
+    assert answer == incident.answer
+    assert seen == [(route, 200, "replay") for route in ("openai", "tools", "openai", "tools", "openai")]
     replay.assert_no_divergence(all_used=True)
 
 
