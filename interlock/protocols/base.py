@@ -1,98 +1,51 @@
-"""What every protocol adapter offers. Only `protocols/*` knows a wire format."""
+"""What every protocol adapter offers (`Adapter`, whose defaults describe an opaque HTTP API). Only
+`protocols/*` knows a wire format.
+
+The helpers an adapter is written with live beside it, one idea each, and are re-exported here, so
+an adapter imports what it needs from `base`: the values its members take and return (`values.py`),
+error shaping (`errors.py`), JSON bodies (`bodies.py`), a JSON document changed at a path
+(`jsonedit.py`), and a recorded response read back and re-rendered (`recorded.py`, where the members
+that work on a record delegate)."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from interlock.core.call import Call, Chunk, Headers, Reply
-from interlock.core.views import UNPARSED, Event, JsonPath, RequestView, ResponseView, TextSlot, TokenUsage, ToolCall
+from interlock.core.views import UNPARSED, Event, RequestView, ResponseView, TextSlot, TokenUsage, ToolCall
+from interlock.protocols import recorded
+from interlock.protocols.bodies import (
+    body_model,
+    decoded_body,
+    dump_body,
+    json_object_body,
+    json_strings,
+    parse_json_body,
+    response_json,
+)
 from interlock.protocols.conversation import ChatMessage
-from interlock.protocols.encoding import Unreadable, decode_body
-from interlock.protocols.sse import EventSplitter, iter_events, last_events
+from interlock.protocols.errors import BadRequest, json_headers
+from interlock.protocols.jsonedit import set_path, with_path, with_paths
+from interlock.protocols.recorded import SKIP_KEYS
+from interlock.protocols.sse import EventSplitter, iter_events
+from interlock.protocols.values import (
+    STREAM_USAGE,
+    USAGE_ASKED,
+    ResponseSummary,
+    Rewritten,
+    SigningTarget,
+    StreamFramer,
+    StreamText,
+    Unmetered,
+    token_count,
+)
 
 T = TypeVar("T")
 
-#: The most a recorded body is decoded to for reading (a UI page, a search index, replay).
-READ_LIMIT = 256 * 1024 * 1024
-
-
-class SigningTarget(Protocol):
-    """What `Adapter.sign` reads of the upstream a request goes to (`config.Upstream` is one):
-    named here, not imported, so the adapters depend on nothing above `interlock.core`."""
-
-    @property
-    def url(self) -> str: ...
-
-    @property
-    def api_key(self) -> str | None: ...
-
-    @property
-    def region(self) -> str | None: ...
-
-
-#: `call.meta` key saying interlock asked the upstream for this stream's usage (`USAGE_ASKED`), which
-#: the agent did not: what answers the ask is not relayed (`Adapter.unasked`), here
-#: and when replay plays the recording back.
-STREAM_USAGE = "stream_usage"
-USAGE_ASKED = "asked"
-
-
-class StreamFramer(Protocol):
-    """Puts a stream's events in the framing the agent asked for (`Adapter.stream_framer`), called
-    with every batch of events on its way to the agent, in order; `last` with the final one."""
-
-    def frame(self, events: list[Event], last: bool) -> list[Event]: ...
-
-
-class BadRequest(Exception):
-    """The agent sent something the route cannot accept; answered with a 4xx in the protocol's shape."""
-
-    def __init__(self, message: str, code: str = "bad_request", status: int = 400) -> None:
-        super().__init__(message)
-        self.message, self.code, self.status = message, code, status
-
-
-def token_count(value: Any) -> int:
-    """A usage field as a count: a positive int, else 0 (absent, null, or not a number)."""
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
-
-
-@dataclass(frozen=True, slots=True)
-class Unmetered:
-    """A call whose response carries no token usage, known from its request (`Adapter.unmetered`):
-    `free` when the provider does not bill it (priced $0, source `free`), else billed without a
-    measure (unpriced, so a money budget follows `limits.unpriced`). `reason` goes on the record."""
-
-    free: bool
-    reason: str
-
-
-@dataclass(slots=True)
-class ResponseSummary:
-    """What a finished response says about itself (OpenTelemetry's `gen_ai.response.*`)."""
-
-    id: str | None = None
-    model: str | None = None
-    finish_reasons: list[str] = field(default_factory=list)
-
-    def take(self, rid: Any, model: Any) -> None:
-        """Keep the first id and model seen."""
-        if self.id is None and isinstance(rid, str):
-            self.id = rid
-        if self.model is None and isinstance(model, str):
-            self.model = model
-
-
-@dataclass(frozen=True, slots=True)
-class Rewritten:
-    """A response body an adapter rewrote (`Adapter.rewrite_response`): its bytes, and the JSON
-    document they were written from (shared with the original where unchanged: never edit it)."""
-
-    body: bytes
-    message: Any
+#: The name the adapters import the error headers by (`errors.json_headers`).
+_json_headers = json_headers
 
 
 class Adapter:
@@ -194,25 +147,7 @@ class Adapter:
         the JSON text the writer stored from the live view), else from its `chunks`' bytes; a stream
         with neither (one the proxy relayed as one body: Gemini's JSON array) and a plain response
         are read from `body`. (A reader holding a `Call` asks `response_view(call)`.)"""
-        known: Any = UNPARSED
-        if stream and message is not None:
-            try:
-                known = json.loads(message)
-            except ValueError:  # a damaged record: read like a response that is not JSON
-                known = None
-        call = Call(
-            id="",
-            route="",
-            protocol=self.name,
-            method="",
-            path="",
-            stream=stream,
-            response_headers=[(str(k), str(v)) for k, v in headers],
-            response_body=body,
-            chunks=[Chunk(0.0, chunks)] if chunks else [],
-        )
-        view = call.response_view = ResponseView(self, call, known)
-        return view
+        return recorded.stored_view(self, stream, body, headers, message, chunks)
 
     def read_response(self, call: Call) -> Any:
         """The response JSON as the upstream sent it (a stream reassembled); None: not JSON. What
@@ -274,17 +209,7 @@ class Adapter:
         time (a chunk left empty is dropped). The one split of a stream after its relay: a record
         keeps the upstream's chunks with their timing, not the relay's events (the guardrails'
         masked record, `StreamGuard.stored_chunks`, in a thread at the call's end)."""
-        splitter = self.event_splitter()
-        out: list[Chunk] = []
-        for i, chunk in enumerate(chunks):
-            last = i == len(chunks) - 1
-            events = list(splitter.feed(chunk.data))
-            if last:
-                events += last_events(splitter)
-            data = b"".join(event.raw for event in rewrite(events, last))
-            if data:
-                out.append(Chunk(chunk.t_ms, data))
-        return out
+        return recorded.rewrite_chunks(self, chunks, rewrite)
 
     # -- routing and retry ----------------------------------------------------------------------
 
@@ -417,26 +342,12 @@ class Adapter:
         from the events it split as it relayed them (the call's `ResponseView`), else the stream
         reassembled, a long one from its head and tail (`REASSEMBLE_MAX`); a stream that does not
         reassemble gives its text pieces (`stream_search_text`)."""
-        body: bytes | None = None
-        if message is UNPARSED:
-            body = b"".join(d for _, d in chunks)
-            if len(body) > REASSEMBLE_MAX:
-                message = self.reassemble_stream(self.stream_head_and_tail(body, REASSEMBLE_HEAD, REASSEMBLE_TAIL))
-            else:
-                message = self.reassemble_stream(body)
-        texts = self.response_texts(message) if message is not None else []
-        if texts:
-            return message, "\n".join(t.text for t in texts)
-        return message, self.stream_search_text(body if body is not None else b"".join(d for _, d in chunks))
+        return recorded.recorded_stream_text(self, chunks, message)
 
     def stream_head_and_tail(self, body: bytes, head: int, tail: int) -> bytes:
         """A long stream's first ~`head` and last ~`tail` bytes, cut at event boundaries (what the
         search index reassembles: the head holds the text, the tail the usage and finish)."""
-        start = body.rfind(b"\n\n", 0, head) + 2
-        end = body.find(b"\n\n", len(body) - tail) + 2
-        if start < 2 or end < 2:  # no event boundary where expected: not SSE as we know it
-            return body[:head]
-        return body[:start] + body[end:]
+        return recorded.sse_head_and_tail(body, head, tail)
 
     # -- reading a response -----------------------------------------------------------------------
 
@@ -452,15 +363,7 @@ class Adapter:
     def stream_search_text(self, body: bytes) -> str:
         """A stream's text pieces joined as the agent read them, for search when the stream does
         not reassemble: the strings under the keys providers put streamed text in."""
-        pieces: list[str] = []
-        for event in self.iter_events(body):
-            payload = self.event_json(event)
-            if not isinstance(payload, dict):
-                continue
-            if str(payload.get("type", "")).endswith((".done", ".completed")):
-                continue  # the Responses API repeats the whole text in its closing events
-            _deltas(payload, pieces, inside=False)
-        return "".join(pieces)
+        return recorded.stream_search_text(self, body)
 
     # -- policy test cases (interlock/policies/cases.py) -----------------------------------------
 
@@ -503,7 +406,7 @@ class Adapter:
 
     def error_reply(self, status: int, code: str, message: str, *, retryable: bool = True) -> Reply:
         body = json.dumps({"error": {"code": code, "message": message}}).encode()
-        return Reply(status, body, _json_headers(retryable))
+        return Reply(status, body, json_headers(retryable))
 
     def stream_error_event(self, code: str, message: str) -> bytes:
         """An SSE event that ends a broken stream loudly, in the protocol's own format."""
@@ -552,181 +455,28 @@ class Adapter:
         return self.stream_event(event, data)
 
 
-def _json_headers(retryable: bool) -> Headers:
-    headers: Headers = [("content-type", "application/json")]
-    if not retryable:
-        # The OpenAI and Anthropic SDKs honour this: interlock already retried, so they should not.
-        headers.append(("x-should-retry", "false"))
-    return headers
-
-
-def json_object_body(call: Call) -> dict[str, Any]:
-    """The request body as a JSON object, kept on the call (`request_json`); anything else is a 400
-    `invalid_json` in the protocol's shape."""
-    data = parse_json_body(call)
-    if not isinstance(data, dict):
-        raise BadRequest("the request body must be a JSON object", "invalid_json")
-    call.request_json = data
-    return data
-
-
-def body_model(data: dict[str, Any]) -> str | None:
-    """The body's `model` (None when absent); not a string: a 400 `invalid_request`."""
-    model = data.get("model")
-    if model is not None and not isinstance(model, str):
-        raise BadRequest("`model` must be a string", "invalid_request")
-    return model
-
-
-def parse_json_body(call: Call) -> Any:
-    if not call.request_body:
-        raise BadRequest("the request body is empty; this route expects JSON", "invalid_json")
-    try:
-        return json.loads(call.request_body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadRequest(f"the request body is not valid JSON: {exc}", "invalid_json") from None
-    except ValueError:  # an integer past Python's int-string limit (4,300 digits)
-        raise BadRequest("the request body holds a number too long to read", "invalid_json") from None
-    except RecursionError:
-        raise BadRequest("the request body's JSON is nested too deeply", "invalid_json") from None
-
-
-def json_strings(value: Any, path: JsonPath, role: str) -> list[TextSlot]:
-    """The string leaves of a JSON value as text slots, in document order (iterative: an agent's
-    JSON may nest deeper than Python's recursion limit)."""
-    slots: list[TextSlot] = []
-    stack: list[tuple[Any, JsonPath]] = [(value, path)]
-    while stack:
-        item, where = stack.pop()
-        if isinstance(item, str):
-            slots.append(TextSlot(where, item, role))
-        elif isinstance(item, dict):
-            stack += [(v, (*where, k)) for k, v in reversed(item.items())]
-        elif isinstance(item, list):
-            stack += [(v, (*where, i)) for i, v in reversed(list(enumerate(item)))]
-    return slots
-
-
-def dump_body(data: Any, separators: tuple[str, str] | None = (",", ":")) -> bytes:
-    """JSON that interlock writes (a re-serialised body, a rewritten event, its own reply): UTF-8,
-    compact unless `separators` says otherwise. JSON text may carry a lone surrogate (`"\\ud800"`),
-    which has no UTF-8 form; such a value is written with ASCII escapes instead, so it stays valid
-    JSON and reaches the other side as it was sent."""
-    text = json.dumps(data, ensure_ascii=False, separators=separators)
-    try:
-        return text.encode()
-    except UnicodeEncodeError:
-        return json.dumps(data, separators=separators).encode()
-
-
-def decoded_body(body: bytes | None, headers: Iterable[Sequence[str]]) -> bytes:
-    """A recorded body with its content-encoding undone, for reading (b"" when it does not decode).
-    The proxy records bodies decoded already (`encoding.py`); this reads older records and replies."""
-    if not body:
-        return b""
-    try:
-        return decode_body(body, headers, READ_LIMIT)
-    except Unreadable:
-        return b""
-
-
-#: A recorded stream longer than this is reassembled for the search index from its first
-#: `REASSEMBLE_HEAD` and last `REASSEMBLE_TAIL` bytes (cut at event boundaries): its parsed events cost
-#: ~7 bytes of memory per byte of stream (32 MB took 230 MB), and the head holds the text, the tail
-#: the usage and finish. The chunks themselves are all kept (up to `store.record_max_bytes`).
-REASSEMBLE_MAX = 4 * 1024 * 1024
-REASSEMBLE_HEAD = 2 * 1024 * 1024
-REASSEMBLE_TAIL = 1024 * 1024
-
-
-def response_json(call: Call) -> Any:
-    """The (non-streamed) upstream response body parsed as JSON, or None."""
-    body = decoded_body(call.response_body, call.response_headers)
-    if not body:
-        return None
-    try:
-        return json.loads(body)
-    except (UnicodeDecodeError, ValueError):  # ValueError: JSON's errors, and a number too long to read
-        return None
-
-
-def set_path(document: Any, path: JsonPath, value: Any) -> None:
-    """Set `document[p0][p1]...` to `value`."""
-    target = document
-    for key in path[:-1]:
-        target = target[key]
-    target[path[-1]] = value
-
-
-def with_path(document: Any, path: JsonPath, value: Any) -> Any:
-    """`document` with `document[p0][p1]...` set to `value`, leaving `document` as it was: the
-    containers along the path are copied, the rest shared (a stream event's parsed JSON is shared by
-    every stage that reads it, `Event.json`)."""
-    root = target = document.copy()
-    for key in path[:-1]:
-        child = target[key].copy()
-        target[key] = child
-        target = child
-    target[path[-1]] = value
-    return root
-
-
-def with_paths(document: Any, changes: Iterable[tuple[JsonPath, Any]]) -> Any:
-    """`document` with each (path, value) of `changes` set, leaving `document` as it was: each
-    container along the paths is copied once (however many changes pass through it), the rest
-    shared. `document` itself when there are no changes."""
-    mine: dict[int, Any] = {}  # id of a container met on the way (an original or a copy) -> the copy
-
-    def own(container: Any) -> Any:
-        copied = mine.get(id(container))
-        if copied is None:
-            copied = container.copy()
-            mine[id(container)] = mine[id(copied)] = copied  # both stay alive here: their ids stay theirs
-        return copied
-
-    root = document
-    for path, value in changes:
-        root = target = own(root)
-        for key in path[:-1]:
-            child = own(target[key])
-            target[key] = child
-            target = child
-        target[path[-1]] = value
-    return root
-
-
-def get_path(document: Any, path: JsonPath) -> Any:
-    target = document
-    for key in path:
-        target = target[key]
-    return target
-
-
-@dataclass(slots=True)
-class StreamText:
-    """A text in one SSE event of a streamed response, and where it sits in the event's JSON."""
-
-    key: str  # the logical text it belongs to across events: "choices.0.content", "content.1.input"
-    path: JsonPath
-    text: str
-    delta: bool = True  # a piece of the text; False: the whole text (repeated at the end)
-    json_text: bool = False  # the text is JSON (tool arguments): values put into it are escaped
-
-
-#: Values under these keys are wire bookkeeping, not text a person searches for.
-SKIP_KEYS = frozenset({"id", "object", "type", "role", "model", "finish_reason", "stop_reason", "index", "call_id"})
-#: Keys under which providers put streamed pieces of text (OpenAI chat and Responses, Anthropic).
-_DELTA_KEYS = frozenset({"content", "text", "delta", "partial_json", "arguments", "thinking", "refusal"})
-
-
-def _deltas(value: Any, out: list[str], inside: bool) -> None:
-    if isinstance(value, str):
-        if inside:
-            out.append(value)
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            if key not in SKIP_KEYS:
-                _deltas(item, out, inside or key in _DELTA_KEYS)
-    elif isinstance(value, list):
-        for item in value:
-            _deltas(item, out, inside)
+__all__ = [
+    "SKIP_KEYS",
+    "STREAM_USAGE",
+    "USAGE_ASKED",
+    "Adapter",
+    "BadRequest",
+    "ResponseSummary",
+    "Rewritten",
+    "SigningTarget",
+    "StreamFramer",
+    "StreamText",
+    "Unmetered",
+    "_json_headers",
+    "body_model",
+    "decoded_body",
+    "dump_body",
+    "json_object_body",
+    "json_strings",
+    "parse_json_body",
+    "response_json",
+    "set_path",
+    "token_count",
+    "with_path",
+    "with_paths",
+]
