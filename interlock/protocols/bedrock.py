@@ -1,5 +1,7 @@
 """AWS Bedrock Runtime: Converse and ConverseStream (JSON; AWS event-stream framing), and InvokeModel /
-InvokeModelWithResponseStream for Anthropic models on Bedrock (the Messages API body).
+InvokeModelWithResponseStream for Anthropic models on Bedrock (the Messages API body). This adapter
+tells the two apart by the URL and hands each body to its reader: Converse's format is
+`bedrock_converse.py`, InvokeModel's is the anthropic adapter's; the framing is `eventstream.py`.
 
 The model is in the URL (`/model/{modelId}/converse`, percent-encoded as boto3 sends it). The agent
 signs its request with SigV4 for interlock's host; that signature is worthless upstream and is a
@@ -14,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import functools
-import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -22,6 +23,7 @@ from urllib.parse import quote, unquote
 
 from interlock.core.call import Call, Headers, Reply
 from interlock.core.views import Event, RequestView, TextSlot, TokenUsage, ToolCall
+from interlock.protocols import bedrock_converse as converse
 from interlock.protocols.anthropic import AnthropicAdapter, read_messages_body
 from interlock.protocols.base import (
     Adapter,
@@ -31,11 +33,10 @@ from interlock.protocols.base import (
     StreamText,
     dump_body,
     json_object_body,
-    json_strings,
     response_json,
     token_count,
 )
-from interlock.protocols.conversation import ChatMessage, ChatToolCall, exchange
+from interlock.protocols.conversation import ChatMessage
 from interlock.protocols.eventstream import (
     MessageSplitter,
     chunk_message,
@@ -52,7 +53,6 @@ _OPERATIONS = {
     "invoke": ("messages", False),
     "invoke-with-response-stream": ("messages", True),
 }
-_INFERENCE = ("maxTokens", "temperature", "topP", "stopSequences")
 #: Bedrock's error types by status (service-2.json's exceptions).
 _ERROR_TYPES = {
     400: "ValidationException",
@@ -90,113 +90,6 @@ def _anthropic_view(data: dict[str, Any], model: str, stream: bool) -> RequestVi
     view = RequestView(operation="chat", model=model, stream=stream)
     read_messages_body(data, view)
     return view
-
-
-def _converse_blocks(content: Any, path: tuple[str | int, ...], role: str) -> list[TextSlot]:
-    slots: list[TextSlot] = []
-    for i, block in enumerate(content if isinstance(content, list) else []):
-        if not isinstance(block, dict):
-            continue
-        if isinstance(block.get("text"), str):
-            slots.append(TextSlot((*path, i, "text"), block["text"], role))
-        use = block.get("toolUse")
-        if isinstance(use, dict) and use.get("input") is not None:
-            slots += json_strings(use["input"], (*path, i, "toolUse", "input"), "tool_args")
-        result = block.get("toolResult")
-        if isinstance(result, dict):
-            parts = result.get("content")
-            for j, part in enumerate(parts if isinstance(parts, list) else []):
-                if isinstance(part, dict) and isinstance(part.get("text"), str):
-                    slots.append(TextSlot((*path, i, "toolResult", "content", j, "text"), part["text"], "tool_result"))
-                elif isinstance(part, dict) and part.get("json") is not None:
-                    where = (*path, i, "toolResult", "content", j, "json")
-                    slots += json_strings(part["json"], where, "tool_result")
-    return slots
-
-
-def _tool_specs(data: dict[str, Any]) -> list[dict[str, Any]]:
-    config = data.get("toolConfig")
-    if config is None:
-        return []
-    if not isinstance(config, dict) or not isinstance(config.get("tools", []), list):
-        raise BadRequest("`toolConfig.tools` must be a list", "invalid_request")
-    specs = []
-    for i, tool in enumerate(config.get("tools", [])):
-        spec = tool.get("toolSpec") if isinstance(tool, dict) else None
-        if spec is None:
-            continue  # a cachePoint
-        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
-            raise BadRequest(f"toolConfig.tools.{i}.toolSpec.name must be a string", "invalid_request")
-        specs.append(spec)
-    return specs
-
-
-def _chat_messages(blocks: Any, role: str, where: str) -> list[ChatMessage]:
-    """One Converse message as chat messages: its text and tool calls, then each tool result."""
-    message = ChatMessage(role, "", where)
-    out = [message]
-    texts: list[str] = []
-    for block in blocks if isinstance(blocks, list) else []:
-        if not isinstance(block, dict):
-            continue
-        if isinstance(block.get("text"), str):
-            texts.append(block["text"])
-        use = block.get("toolUse")
-        if isinstance(use, dict):
-            arguments = json.dumps(use.get("input", {}), ensure_ascii=False)
-            message.tool_calls.append(ChatToolCall(str(use.get("name")), arguments, use.get("toolUseId")))
-        result = block.get("toolResult")
-        if isinstance(result, dict):
-            parts = result.get("content")
-            text = "\n".join(
-                p["text"] if isinstance(p.get("text"), str) else json.dumps(p.get("json"), ensure_ascii=False)
-                for p in (parts if isinstance(parts, list) else [])
-                if isinstance(p, dict)
-            )
-            tool = ChatMessage("tool", text, where, tool_call_id=result.get("toolUseId"))
-            tool.error = result.get("status") == "error"
-            out.append(tool)
-    message.text = "\n".join(texts)
-    return [m for m in out if m.text or m.tool_calls or m.role == "tool"]
-
-
-def _converse_message(events: list[dict[str, Any]]) -> dict[str, Any]:
-    """ConverseStream's events (`{eventType: payload}`, as boto3 yields them) as the Converse response."""
-    blocks: dict[int, dict[str, Any]] = {}
-    tool_inputs: dict[int, list[str]] = {}
-    out: dict[str, Any] = {"output": {"message": {"role": "assistant", "content": []}}}
-    for event in events:
-        for kind, payload in event.items():
-            if not isinstance(payload, dict):
-                continue
-            index = payload.get("contentBlockIndex", 0)
-            if kind == "messageStart" and isinstance(payload.get("role"), str):
-                out["output"]["message"]["role"] = payload["role"]
-            elif kind == "contentBlockStart":
-                use = (payload.get("start") or {}).get("toolUse")
-                if isinstance(use, dict):
-                    blocks[index] = {"toolUse": {**use, "input": {}}}
-                    tool_inputs[index] = []
-            elif kind == "contentBlockDelta" and isinstance(payload.get("delta"), dict):
-                delta = payload["delta"]
-                if isinstance(delta.get("text"), str):
-                    block = blocks.setdefault(index, {"text": ""})
-                    block["text"] = block.get("text", "") + delta["text"]
-                use = delta.get("toolUse")
-                if isinstance(use, dict) and isinstance(use.get("input"), str):
-                    tool_inputs.setdefault(index, []).append(use["input"])
-            elif kind == "messageStop":
-                out["stopReason"] = payload.get("stopReason")
-            elif kind == "metadata":
-                out.update({k: v for k, v in payload.items() if k in ("usage", "metrics", "trace")})
-    for index, pieces in tool_inputs.items():
-        block = blocks.setdefault(index, {"toolUse": {}})
-        try:
-            block["toolUse"]["input"] = json.loads("".join(pieces)) if pieces else {}
-        except ValueError:
-            block["toolUse"]["input"] = "".join(pieces)  # cut short: kept as it came
-    out["output"]["message"]["content"] = [blocks[i] for i in sorted(blocks)]
-    return out
 
 
 def _invoke_events(events: Iterator[Event]) -> Iterator[dict[str, Any]]:
@@ -244,26 +137,7 @@ class BedrockAdapter(Adapter):
         data = json_object_body(call)
         if operation == "messages":  # an Anthropic Messages body, the model in the URL
             return _anthropic_view(data, model, stream)
-        view = RequestView(operation="chat", model=model, stream=stream)
-        config = data.get("inferenceConfig")
-        if isinstance(config, dict):
-            view.params = {k: config[k] for k in _INFERENCE if k in config}
-        system = data.get("system")
-        if system is not None and not isinstance(system, list):
-            raise BadRequest("`system` must be a list", "invalid_request")
-        view.texts += _converse_blocks(system, ("system",), "system")
-        messages = data.get("messages", [])
-        if not isinstance(messages, list):
-            raise BadRequest("`messages` must be a list", "invalid_request")
-        for i, message in enumerate(messages):
-            if not isinstance(message, dict):
-                raise BadRequest(f"messages.{i} must be an object", "invalid_request")
-            content = message.get("content")
-            if not isinstance(content, list):
-                raise BadRequest(f"messages.{i}.content must be a list", "invalid_request")
-            view.texts += _converse_blocks(content, ("messages", i, "content"), str(message.get("role")))
-        view.tools = [spec["name"] for spec in _tool_specs(data)]
-        return view
+        return converse.converse_view(data, model, stream)
 
     def rewrite_model(self, data: Any, path: str, model: str) -> tuple[Any, str] | None:
         found = model_and_action(path)
@@ -301,11 +175,7 @@ class BedrockAdapter(Adapter):
     def sample_body(
         self, path: str, text: str, model: str | None, tools: Sequence[str], tool: tuple[str, Any] | None = None
     ) -> dict[str, Any] | None:
-        body: dict[str, Any] = {"messages": [{"role": "user", "content": [{"text": text}]}]}
-        if tools:
-            specs = [{"toolSpec": {"name": n, "inputSchema": {"json": {"type": "object"}}}} for n in tools]
-            body["toolConfig"] = {"tools": specs}
-        return body
+        return converse.sample_body(text, tools)
 
     # -- streams -----------------------------------------------------------------------------------
 
@@ -327,7 +197,7 @@ class BedrockAdapter(Adapter):
         return super().reassemble_events(listed)
 
     def reassemble(self, events: list[dict[str, Any]]) -> Any:
-        return _converse_message(events)
+        return converse.converse_message(events)
 
     def stream_head_and_tail(self, body: bytes, head: int, tail: int) -> bytes:
         events = list(self.iter_events(body))
@@ -353,15 +223,7 @@ class BedrockAdapter(Adapter):
     def stream_texts(self, event: str | None, data: Any) -> list[StreamText]:
         if event == "chunk":  # an Anthropic event: its texts where the anthropic adapter finds them
             return _ANTHROPIC.stream_texts(None, data)
-        if event != "contentBlockDelta" or not isinstance(data, dict) or not isinstance(data.get("delta"), dict):
-            return []
-        index, delta = data.get("contentBlockIndex"), data["delta"]
-        if isinstance(delta.get("text"), str):
-            return [StreamText(f"content.{index}", ("delta", "text"), delta["text"])]
-        use = delta.get("toolUse")
-        if isinstance(use, dict) and isinstance(use.get("input"), str):
-            return [StreamText(f"content.{index}.input", ("delta", "toolUse", "input"), use["input"], json_text=True)]
-        return []
+        return converse.stream_texts(event, data)
 
     def stream_tool_names(self, event: Any) -> list[str]:
         if event.event == "chunk":  # InvokeModelWithResponseStream: an Anthropic event inside
@@ -441,38 +303,19 @@ class BedrockAdapter(Adapter):
             return []
         if "output" not in data:
             return _ANTHROPIC.response_texts(data)
-        message = (data.get("output") or {}).get("message") or {}
-        return _converse_blocks(message.get("content"), ("output", "message", "content"), "assistant")
+        return converse.response_texts(data)
 
     def response_tool_calls(self, data: Any) -> list[ToolCall]:
         if not isinstance(data, dict):
             return []
         if "output" not in data:
             return _ANTHROPIC.response_tool_calls(data)
-        message = (data.get("output") or {}).get("message") or {}
-        return [
-            ToolCall(str(use.get("name")), json.dumps(use.get("input", {})), use.get("toolUseId"))
-            for block in message.get("content") or []
-            if isinstance(block, dict) and isinstance(use := block.get("toolUse"), dict)
-        ]
+        return converse.response_tool_calls(data)
 
     def conversation(self, request: Any, response: Any) -> list[ChatMessage]:
         if isinstance(request, dict) and "anthropic_version" in request:
             return _ANTHROPIC.conversation(request, response)
-        out: list[ChatMessage] = []
-        if isinstance(request, dict):
-            for i, block in enumerate(request.get("system") or []):
-                if isinstance(block, dict) and isinstance(block.get("text"), str):
-                    out.append(ChatMessage("system", block["text"], f"request.system[{i}]"))
-            for i, message in enumerate(request.get("messages") or []):
-                if isinstance(message, dict):
-                    role = str(message.get("role", "user"))
-                    out += _chat_messages(message.get("content"), role, f"request.messages[{i}]")
-        answer: list[ChatMessage] = []
-        if isinstance(response, dict):
-            message = (response.get("output") or {}).get("message") or {}
-            answer = _chat_messages(message.get("content"), "assistant", "response.output.message")
-        return exchange(out, answer)
+        return converse.conversation(request, response)
 
     def read_summary(self, data: Any, summary: ResponseSummary) -> None:
         if not isinstance(data, dict):
@@ -497,46 +340,14 @@ class BedrockAdapter(Adapter):
             return []
         if "anthropic_version" in data:
             return _ANTHROPIC.strip_tools(data, names)
-        config = data.get("toolConfig")
-        tools = config.get("tools") if isinstance(config, dict) else None
-        if not isinstance(config, dict) or not isinstance(tools, list):
-            return []
-
-        def named(tool: Any) -> bool:
-            spec = tool.get("toolSpec") if isinstance(tool, dict) else None
-            return isinstance(spec, dict) and spec.get("name") in names
-
-        removed = [t["toolSpec"]["name"] for t in tools if named(t)]
-        if not removed:
-            return []
-        kept = [t for t in tools if not named(t)]
-        if not any(isinstance(t, dict) and "toolSpec" in t for t in kept):
-            data.pop("toolConfig")  # Bedrock refuses a toolConfig without tools
-        else:
-            config["tools"] = kept
-            choice = config.get("toolChoice")
-            if isinstance(choice, dict) and (choice.get("tool") or {}).get("name") in names:
-                config.pop("toolChoice")
-        return removed
+        return converse.strip_tools(data, names)
 
     def set_param(self, data: Any, name: str, value: Any, operation: str) -> list[tuple[str, Any, Any]]:
         if not isinstance(data, dict):
             return []
         if "anthropic_version" in data:
             return _ANTHROPIC.set_param(data, name, value, operation)
-        key = {"max_tokens": "maxTokens", "top_p": "topP", "stop": "stopSequences"}.get(name, name)
-        config = data.setdefault("inferenceConfig", {})
-        if not isinstance(config, dict):
-            return []
-        old = config.get(key)
-        number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if number and isinstance(old, (int, float)) and not isinstance(old, bool):
-            if old <= value:
-                return []
-        elif key in config and old == value:
-            return []
-        config[key] = value
-        return [(f"inferenceConfig.{key}", old, value)]
+        return converse.set_param(data, name, value)
 
 
 @functools.cache
