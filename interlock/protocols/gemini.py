@@ -9,21 +9,23 @@ SDK's own request and stream code (googleapis/python-genai, `models.py`, `_api_c
 
 The REST API takes proto3 JSON, whose field names may be camelCase (what the SDK sends) or
 snake_case: both are read, so a text or tool cannot pass unseen under the other spelling.
+
+Here: the adapter and the response side (usage, texts, tool calls, the conversation, errors, stream
+events). The request side (the path, the body's view, the policy's edits) is `gemini_request.py`.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterator, Sequence
 from typing import Any
 from urllib.parse import parse_qs
 
 from interlock.core.call import Call, Reply
 from interlock.core.views import Event, JsonPath, RequestView, ResponseView, TextSlot, TokenUsage, ToolCall
+from interlock.protocols import gemini_request
 from interlock.protocols.base import (
     Adapter,
-    BadRequest,
     ResponseSummary,
     StreamFramer,
     StreamText,
@@ -35,6 +37,7 @@ from interlock.protocols.base import (
     token_count,
 )
 from interlock.protocols.conversation import ChatMessage, ChatToolCall, exchange
+from interlock.protocols.gemini_request import PATH, get_field, part_texts
 from interlock.protocols.gemini_stream import (
     CLOSE,
     FIRST,
@@ -46,37 +49,6 @@ from interlock.protocols.gemini_stream import (
 )
 from interlock.protocols.sse import EventSplitter
 
-#: `/v1beta/models/gemini-2.0-flash:generateContent` (also `tunedModels/...`): the model and the method.
-_PATH = re.compile(r"/((?:tuned)?[mM]odels)/([^/:]+):([A-Za-z]+)$")
-_OPERATIONS = {
-    "generateContent": "chat",
-    "streamGenerateContent": "chat",
-    "countTokens": "chat",
-    "embedContent": "embeddings",
-    "batchEmbedContents": "embeddings",
-}
-#: generationConfig's fields as the request parameters policies and OTel name (`max_tokens`, ...).
-_PARAMS = {
-    "maxOutputTokens": "max_tokens",
-    "max_output_tokens": "max_tokens",
-    "temperature": "temperature",
-    "topP": "top_p",
-    "top_p": "top_p",
-    "topK": "top_k",
-    "top_k": "top_k",
-    "stopSequences": "stop_sequences",
-    "stop_sequences": "stop_sequences",
-    "candidateCount": "candidate_count",
-    "candidate_count": "candidate_count",
-}
-_NATIVE = {
-    "max_tokens": "maxOutputTokens",
-    "max_output_tokens": "maxOutputTokens",
-    "max_completion_tokens": "maxOutputTokens",
-    "temperature": "temperature",
-    "top_p": "topP",
-    "top_k": "topK",
-}
 #: google.rpc.Code names for the HTTP statuses interlock answers with (Google's error `status`).
 _STATUSES = {
     400: "INVALID_ARGUMENT",
@@ -95,91 +67,13 @@ _STATUSES = {
 }
 
 
-def _get(data: Any, camel: str, snake: str) -> tuple[Any, str]:
-    """A field under either spelling, and the spelling found (camelCase when absent)."""
-    if isinstance(data, dict):
-        if camel in data:
-            return data[camel], camel
-        if snake in data:
-            return data[snake], snake
-    return None, camel
-
-
-def _parts(content: Any, path: JsonPath, role: str) -> list[TextSlot]:
-    """The texts of one `Content`: text parts, function call arguments and function responses."""
-    if not isinstance(content, dict):
-        return []
-    parts = content.get("parts")
-    if not isinstance(parts, list):
-        return []
-    slots: list[TextSlot] = []
-    for j, part in enumerate(parts):
-        if not isinstance(part, dict):
-            continue
-        where = (*path, "parts", j)
-        if isinstance(part.get("text"), str):
-            slots.append(TextSlot((*where, "text"), part["text"], role))
-        call, key = _get(part, "functionCall", "function_call")
-        if isinstance(call, dict):
-            slots += json_strings(call.get("args"), (*where, key, "args"), "tool_args")
-        result, key = _get(part, "functionResponse", "function_response")
-        if isinstance(result, dict):
-            slots += json_strings(result.get("response"), (*where, key, "response"), "tool_result")
-    return slots
-
-
-def _contents(data: dict[str, Any], path: JsonPath) -> list[TextSlot]:
-    contents = data.get("contents")
-    if contents is None:
-        return []
-    if not isinstance(contents, list):
-        raise BadRequest("`contents` must be a list", "invalid_request")
-    slots: list[TextSlot] = []
-    for i, content in enumerate(contents):
-        if not isinstance(content, dict):
-            raise BadRequest(f"contents.{i} must be an object", "invalid_request")
-        role = "assistant" if content.get("role") == "model" else "user"
-        slots += _parts(content, (*path, "contents", i), role)
-    return slots
-
-
-def _declarations(data: Any) -> Iterator[tuple[dict[str, Any], str, list[Any]]]:
-    """Each tool object with function declarations: (tool, the key they are under, the list)."""
-    tools = data.get("tools") if isinstance(data, dict) else None
-    for tool in tools if isinstance(tools, list) else []:
-        declarations, key = _get(tool, "functionDeclarations", "function_declarations")
-        if isinstance(declarations, list):
-            yield tool, key, declarations
-
-
-def _tool_names(data: dict[str, Any]) -> list[str]:
-    tools = data.get("tools")
-    if tools is not None and not isinstance(tools, list):
-        raise BadRequest("`tools` must be a list", "invalid_request")
-    names: list[str] = []
-    for i, tool in enumerate(tools or []):
-        if not isinstance(tool, dict):
-            raise BadRequest(f"tools.{i} must be an object", "invalid_request")
-        declarations, key = _get(tool, "functionDeclarations", "function_declarations")
-        if declarations is None:
-            continue
-        if not isinstance(declarations, list):
-            raise BadRequest(f"tools.{i}.{key} must be a list", "invalid_request")
-        for j, declaration in enumerate(declarations):
-            name = declaration.get("name") if isinstance(declaration, dict) else None
-            if not isinstance(name, str):
-                raise BadRequest(f"tools.{i}.{key}.{j}.name must be a string", "invalid_request")
-            names.append(name)
-    return names
-
-
 def _function_calls(candidates: Any) -> Iterator[tuple[int, int, dict[str, Any]]]:
     """(candidate position, part position, functionCall) in a response's candidates."""
     for i, candidate in enumerate(candidates if isinstance(candidates, list) else []):
         content = candidate.get("content") if isinstance(candidate, dict) else None
         parts = content.get("parts") if isinstance(content, dict) else None
         for j, part in enumerate(parts if isinstance(parts, list) else []):
-            call = _get(part, "functionCall", "function_call")[0]
+            call = get_field(part, "functionCall", "function_call")[0]
             if isinstance(call, dict):
                 yield i, j, call
 
@@ -206,55 +100,18 @@ class GeminiAdapter(Adapter):
     opaque = False
 
     def parse(self, call: Call) -> RequestView:
-        match = _PATH.search(call.path)
+        match = PATH.search(call.path)
         if call.method != "POST" or match is None:
             return RequestView(operation="http")  # listing models, files, caches: relayed as HTTP
-        data = json_object_body(call)
-        method = match.group(3)
-        view = RequestView(
-            operation=_OPERATIONS.get(method, "http"),
-            model=match.group(2),
-            stream=method == "streamGenerateContent",
-        )
-        config = _get(data, "generationConfig", "generation_config")[0]
-        if isinstance(config, dict):
-            view.params = {_PARAMS[k]: v for k, v in config.items() if k in _PARAMS}
-        system, key = _get(data, "systemInstruction", "system_instruction")
-        view.texts += _parts(system, (key,), "system")
-        view.texts += _contents(data, ())
-        # countTokens may wrap a whole generateContent request.
-        wrapped, key = _get(data, "generateContentRequest", "generate_content_request")
-        if isinstance(wrapped, dict):
-            system, system_key = _get(wrapped, "systemInstruction", "system_instruction")
-            view.texts += _parts(system, (key, system_key), "system")
-            view.texts += _contents(wrapped, (key,))
-            view.tools += _tool_names(wrapped)
-        view.texts += _parts(data.get("content"), ("content",), "user")  # embedContent
-        requests = data.get("requests")  # batchEmbedContents
-        if requests is not None and not isinstance(requests, list):
-            raise BadRequest("`requests` must be a list", "invalid_request")
-        for i, request in enumerate(requests or []):
-            view.texts += _parts(
-                request.get("content") if isinstance(request, dict) else None, ("requests", i, "content"), "user"
-            )
-        view.tools += _tool_names(data)
-        return view
+        return gemini_request.request_view(json_object_body(call), match.group(2), match.group(3))
 
     # -- routing and retry ----------------------------------------------------------------------
 
     def rewrite_model(self, data: Any, path: str, model: str) -> tuple[Any, str] | None:
-        match = _PATH.search(path)
+        match = PATH.search(path)
         if match is None or match.group(2) == model:
             return None
-        new_path = path[: match.start(2)] + model + path[match.end(2) :]
-        requests = data.get("requests") if isinstance(data, dict) else None
-        if isinstance(requests, list):  # each batch item names the model again, and must match the URL's
-            name = f"{match.group(1)}/{model}"
-            data = {
-                **data,
-                "requests": [{**r, "model": name} if isinstance(r, dict) and "model" in r else r for r in requests],
-            }
-        return data, new_path
+        return gemini_request.rewrite_model(data, path, match, model)
 
     # -- streams ----------------------------------------------------------------------------------
 
@@ -315,7 +172,7 @@ class GeminiAdapter(Adapter):
     def conversation(self, request: Any, response: Any) -> list[ChatMessage]:
         messages: list[ChatMessage] = []
         if isinstance(request, dict):
-            system, key = _get(request, "systemInstruction", "system_instruction")
+            system, key = get_field(request, "systemInstruction", "system_instruction")
             if isinstance(system, dict):
                 messages += _messages(system, "system", f"request.{key}")
             for i, content in enumerate(request.get("contents") or []):
@@ -350,7 +207,7 @@ class GeminiAdapter(Adapter):
         return metadata if isinstance(metadata, dict) else found
 
     def unmetered(self, call: Call) -> Unmetered | None:
-        match = _PATH.search(call.path)
+        match = PATH.search(call.path)
         if call.method != "POST" or match is None:
             return None
         method = match.group(3)
@@ -388,7 +245,7 @@ class GeminiAdapter(Adapter):
         for where, response in _responses(data):
             for i, candidate in enumerate(response.get("candidates") or []):
                 if isinstance(candidate, dict):
-                    slots += _parts(candidate.get("content"), (*where, "candidates", i, "content"), "assistant")
+                    slots += part_texts(candidate.get("content"), (*where, "candidates", i, "content"), "assistant")
         return slots
 
     def response_tool_calls(self, data: Any) -> list[ToolCall]:
@@ -406,56 +263,15 @@ class GeminiAdapter(Adapter):
     def sample_body(
         self, path: str, text: str, model: str | None, tools: Sequence[str], tool: tuple[str, Any] | None = None
     ) -> dict[str, Any] | None:
-        body: dict[str, Any] = {"contents": [{"role": "user", "parts": [{"text": text}]}]}
-        if tools:
-            body["tools"] = [{"functionDeclarations": [{"name": n} for n in tools]}]
-        return body
+        return gemini_request.sample_body(text, tools)
 
     # -- policy -----------------------------------------------------------------------------------
 
     def strip_tools(self, data: Any, names: set[str]) -> list[str]:
-        removed: list[str] = []
-        for tool, key, declarations in list(_declarations(data)):
-            kept = [d for d in declarations if not (isinstance(d, dict) and d.get("name") in names)]
-            removed += [d["name"] for d in declarations if isinstance(d, dict) and d.get("name") in names]
-            tool[key] = kept
-            if not kept:
-                del tool[key]
-        if not removed:
-            return []
-        data["tools"] = [t for t in data["tools"] if not (isinstance(t, dict) and not t)]
-        if not data["tools"]:
-            del data["tools"]
-        left = [d for _, _, declarations in _declarations(data) for d in declarations]
-        config, key = _get(data, "toolConfig", "tool_config")
-        calling = _get(config, "functionCallingConfig", "function_calling_config")[0]
-        if isinstance(calling, dict):
-            allowed, allowed_key = _get(calling, "allowedFunctionNames", "allowed_function_names")
-            if isinstance(allowed, list):
-                calling[allowed_key] = [n for n in allowed if n not in names]
-                if not calling[allowed_key]:
-                    del calling[allowed_key]
-            if not left:  # `mode: ANY` with nothing to call is an error upstream
-                del data[key]
-        return removed
+        return gemini_request.strip_tools(data, names)
 
     def set_param(self, data: Any, name: str, value: Any, operation: str) -> list[tuple[str, Any, Any]]:
-        if not isinstance(data, dict) or name not in _NATIVE:
-            return []
-        config, key = _get(data, "generationConfig", "generation_config")
-        if not isinstance(config, dict):
-            config = data[key] = {}
-        native = _NATIVE[name]
-        spelled = next((k for k, v in _PARAMS.items() if v == _PARAMS.get(native) and k in config), native)
-        old = config.get(spelled)
-        number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if number and isinstance(old, (int, float)) and not isinstance(old, bool):
-            if old <= value:
-                return []
-        elif spelled in config and old == value:
-            return []
-        config[spelled] = value
-        return [(_PARAMS[native], old, value)]
+        return gemini_request.set_param(data, name, value)
 
     def stream_tool_names(self, event: Any) -> list[str]:
         if "unction" not in event.data:  # functionCall, function_call
@@ -485,7 +301,7 @@ class GeminiAdapter(Adapter):
                     # A candidate's text continues from chunk to chunk; thoughts are a text of their own.
                     key = f"candidates.{index}.{'thought' if part.get('thought') else 'text'}"
                     texts.append(StreamText(key, (*where, "text"), part["text"]))
-                call, call_key = _get(part, "functionCall", "function_call")
+                call, call_key = get_field(part, "functionCall", "function_call")
                 if isinstance(call, dict):  # a function call comes whole in one chunk
                     for slot in json_strings(call.get("args"), (*where, call_key, "args"), "tool_args"):
                         key = f"candidates.{index}.call.{'.'.join(map(str, slot.path))}"
@@ -527,10 +343,10 @@ def _messages(content: dict[str, Any], role: str, where: str) -> list[ChatMessag
             continue
         if isinstance(part.get("text"), str) and not part.get("thought"):
             texts.append(part["text"])
-        call = _get(part, "functionCall", "function_call")[0]
+        call = get_field(part, "functionCall", "function_call")[0]
         if isinstance(call, dict):
             calls.append(ChatToolCall(str(call.get("name")), json.dumps(call.get("args", {})), call.get("id")))
-        result = _get(part, "functionResponse", "function_response")[0]
+        result = get_field(part, "functionResponse", "function_response")[0]
         if isinstance(result, dict):
             text = json.dumps(result.get("response"), ensure_ascii=False)
             results.append(ChatMessage("tool", text, where, tool_call_id=result.get("id"), name=result.get("name")))
