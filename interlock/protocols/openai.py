@@ -497,22 +497,32 @@ def _usage_chunk(event: Event) -> bool:
     return isinstance(data, dict) and data.get("choices") == [] and isinstance(data.get("usage"), dict)
 
 
-#: The `"usage": null` member `include_usage` adds to every other chunk, with the comma that joins it
-#: (a `"usage"` followed by `:` is a key: a quote inside a JSON string is escaped).
-_NULL_USAGE = re.compile(rb',\s*"usage"\s*:\s*null(?=\s*[,}])|"usage"\s*:\s*null\s*,\s*')
+#: After a `"usage"` key: its null value, up to the comma or brace that follows it.
+_NULL_VALUE = re.compile(rb"\s*:\s*null(?=\s*[,}])")
+#: The comma (and whitespace) that follows a first member.
+_COMMA = re.compile(rb"\s*,\s*")
 
 
 def _unasked(event: Event) -> Event | None:
     """An event of a stream interlock asked for usage, as the agent gets it: the usage chunk not at
-    all, the others without their `"usage": null` (byte for byte the chunk it would get unasked)."""
+    all, the others without the `"usage": null` member the ask added to them (byte for byte the
+    chunk the agent gets unasked). A `"usage"` followed by `:` is a key (a quote inside a JSON string
+    is escaped); the value `"usage"` is not followed by one."""
     raw = event.raw
-    if b'"usage"' not in raw:
-        return event
-    if _usage_chunk(event):
-        return None
-    stripped, found = _NULL_USAGE.subn(b"", raw, count=1)
-    # (Only the bytes go on: nothing reads an event after the relay picks what the agent is sent.)
-    return Event(stripped, event.event, event.data) if found else event
+    at = raw.find(b'"usage"')
+    while at >= 0:
+        null = _NULL_VALUE.match(raw, at + 7)
+        if null is not None:
+            # (Only the bytes go on: nothing reads an event after the relay picks what the agent is sent.)
+            head = raw[:at].rstrip()
+            if head.endswith(b","):  # `..., "usage": null}`: the comma before it goes with it
+                return Event(head[:-1] + raw[null.end() :], event.event, event.data)
+            comma = _COMMA.match(raw, null.end())  # `{"usage": null, ...`: the comma after it
+            if comma is not None:
+                return Event(raw[:at] + raw[comma.end() :], event.event, event.data)
+            return event
+        at = raw.find(b'"usage"', at + 7)
+    return None if _usage_chunk(event) else event
 
 
 def _with_member(body: bytes, member: bytes) -> bytes | None:
