@@ -44,7 +44,8 @@ from interlock.protocols.ollama_stream import (
     iter_ndjson_events,
     reassemble,
 )
-from interlock.protocols.openai import OpenAIAdapter, _checked_tools, _tool_names
+from interlock.protocols.openai import OpenAIAdapter
+from interlock.protocols.openai_request import checked_tools, tool_names
 from interlock.protocols.sse import EventSplitter
 
 #: The model endpoints, by path, and the operation each is (OTel's `gen_ai.operation.name`).
@@ -140,7 +141,7 @@ class OllamaAdapter(Adapter):
             del view.params["max_tokens"]
         if path == "/api/chat":
             view.texts = _message_texts(data.get("messages"))
-            view.tools = _tool_names(_checked_tools(data.get("tools")))
+            view.tools = tool_names(checked_tools(data.get("tools")))
         elif path == "/api/generate":
             for key, role in _GENERATE_TEXTS:
                 value = data.get(key)
