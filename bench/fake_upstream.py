@@ -51,14 +51,18 @@ COMPLETION = json.dumps(
 ERROR_503 = b'{"error":{"message":"fake overload","type":"server_error","param":null,"code":null}}'
 
 
-def _event(delta: dict[str, Any], finish: str | None = None) -> bytes:
-    data = {
+def _event(delta: dict[str, Any] | None, finish: str | None = None, usage: bool = False) -> bytes:
+    data: dict[str, Any] = {
         "id": "chatcmpl-bench",
         "object": "chat.completion.chunk",
         "created": 1_700_000_000,
         "model": "gpt-4o-mini",
-        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]
+        if delta is not None
+        else [],
     }
+    if usage:  # `stream_options.include_usage`: null in every chunk, the counts in a last one without choices
+        data["usage"] = {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18} if delta is None else None
     return b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
 
 
@@ -66,13 +70,17 @@ def _chunked(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
-def stream_events(count: int, event_bytes: int = 0) -> list[bytes]:
+def stream_events(count: int, event_bytes: int = 0, usage: bool = False) -> list[bytes]:
     """The SSE events of one stream, already framed as HTTP chunks (the last is the terminator);
-    `event_bytes` pads each content event's text to about that size (a large stream)."""
-    events = [_event({"role": "assistant", "content": ""})]
+    `event_bytes` pads each content event's text to about that size (a large stream); `usage`: as
+    OpenAI answers a request with `stream_options.include_usage` (interlock asks it for every chat
+    stream whose agent did not)."""
+    events = [_event({"role": "assistant", "content": ""}, usage=usage)]
     pad = "x" * max(0, event_bytes - 150)
-    events += [_event({"content": f"tok{i} {pad}"}) for i in range(count)]
-    events.append(_event({}, "stop"))
+    events += [_event({"content": f"tok{i} {pad}"}, usage=usage) for i in range(count)]
+    events.append(_event({}, "stop", usage=usage))
+    if usage:
+        events.append(_event(None, usage=True))
     events.append(b"data: [DONE]\n\n")
     return [_chunked(e) for e in events] + [b"0\r\n\r\n"]
 
@@ -91,6 +99,7 @@ FAIL_REPLY = (
 class Options:
     def __init__(self, args: argparse.Namespace) -> None:
         self.events = stream_events(args.chunks, args.event_bytes)
+        self.usage_events = stream_events(args.chunks, args.event_bytes, usage=True)
         self.interval = args.chunk_interval_ms / 1000.0
         self.fail_503 = args.fail_503
         self.reset = args.reset
@@ -105,6 +114,7 @@ class FakeProvider(asyncio.Protocol):
         self.buffer = b""
         self.transport: asyncio.Transport | None = None
         self.streaming = False
+        self.events = options.events  # the stream being sent (with usage when asked)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not an asyncio.Transport
@@ -147,11 +157,13 @@ class FakeProvider(asyncio.Protocol):
                 return
         if b'"stream":true' in body or b'"stream": true' in body:
             self.streaming = True
-            transport.write(STREAM_HEAD + options.events[0])
+            asked = b'"include_usage":true' in body or b'"include_usage": true' in body
+            self.events = events = options.usage_events if asked else options.events
+            transport.write(STREAM_HEAD + events[0])
             if options.interval:
                 asyncio.get_running_loop().call_later(options.interval, self.send_event, 1)
             else:
-                transport.write(b"".join(options.events[1:]))
+                transport.write(b"".join(events[1:]))
                 self.streaming = False
             return
         transport.write(JSON_HEAD)
@@ -160,7 +172,7 @@ class FakeProvider(asyncio.Protocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        events = self.options.events
+        events = self.events
         transport.write(events[index])
         if index + 1 < len(events):
             asyncio.get_running_loop().call_later(self.options.interval, self.send_event, index + 1)
