@@ -319,7 +319,12 @@ _USAGE_VALUE = re.compile(r'"usage"\s*:\s*[^\sn]')
 
 def _reports_usage(data: str) -> bool:
     """Whether an event's data may hold a usage object: a cheap test before its JSON is read."""
-    return '"usage"' in data and _USAGE_VALUE.search(data) is not None
+    at = data.find('"usage"')
+    while at >= 0:  # matched where the key is, not searched for: every chunk of an asked stream has one
+        if _USAGE_VALUE.match(data, at) is not None:
+            return True
+        at = data.find('"usage"', at + 7)
+    return False
 
 
 def _usage_chunk(event: Event) -> bool:
