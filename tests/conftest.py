@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx
 import pytest
 
 from interlock.scripted import ScriptedUpstream
@@ -22,11 +24,39 @@ def closed_after_test(client: Closable) -> Closable:
     return client
 
 
+#: Every sync httpx client (the openai and anthropic SDKs' included) made while a test runs: closed
+#: when it ends, so a test that built one without `with` or `closed_after_test` cannot leave its
+#: pooled sockets to the garbage collector, whose unclosed-socket ResourceWarning (an error here)
+#: would fail whichever later test it happens in (CI: tests/otel/test_otel_metrics.py failed on an
+#: SDK client the test before it left open).
+_MADE_IN_TEST: weakref.WeakSet[httpx.Client] = weakref.WeakSet()
+_tracking = False
+_httpx_client_init = httpx.Client.__init__
+
+
+def _tracked_init(self: httpx.Client, *args: Any, **kwargs: Any) -> None:
+    _httpx_client_init(self, *args, **kwargs)
+    if _tracking:
+        _MADE_IN_TEST.add(self)
+
+
+httpx.Client.__init__ = _tracked_init  # type: ignore[method-assign]
+
+
 @pytest.fixture(autouse=True)
 def _close_clients() -> Iterator[None]:
-    yield
-    while _OPEN_CLIENTS:
-        _OPEN_CLIENTS.pop().close()
+    global _tracking
+    _tracking = True
+    try:
+        yield
+    finally:
+        _tracking = False
+        while _OPEN_CLIENTS:
+            _OPEN_CLIENTS.pop().close()
+        for client in list(_MADE_IN_TEST):
+            if not client.is_closed:
+                client.close()
+        _MADE_IN_TEST.clear()
 
 
 @pytest.fixture(scope="session")
