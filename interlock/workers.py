@@ -45,6 +45,8 @@ log = logging.getLogger("interlock")
 #: start, not crashing: the supervisor stops instead of restarting it in a loop. One that was ready is
 #: restarted whenever it dies (a fast start must not turn a crash into a stop of every worker).
 START_GRACE = 10.0
+#: prctl(2)'s option asking the kernel for a signal when the parent dies (linux/prctl.h).
+PR_SET_PDEATHSIG = 1
 
 
 class WorkerBoard:
@@ -117,6 +119,8 @@ def supervise(
     seen_ready: set[int] = set()  # workers that have been ready: started, whatever kills them later
     stopping: list[int] = []
 
+    supervisor = os.getpid()
+
     def fork(index: int) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
@@ -126,6 +130,7 @@ def supervise(
             try:
                 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
                     signal.signal(sig, signal.SIG_DFL)  # the worker's loop installs its own
+                _stop_with(supervisor)
                 board.index = index
                 board.pids[index] = os.getpid()
                 run_worker(worker_settings(settings, index, workers, secret), proxy_socket, admin_socket, board)
@@ -188,6 +193,21 @@ def supervise(
     proxy_socket.close()
     admin_socket.close()
     return status
+
+
+def _stop_with(supervisor: int) -> None:
+    """In a worker: be sent SIGTERM (a graceful drain) when the supervisor dies, however it dies. A
+    supervisor killed outright (SIGKILL, the OOM killer) cannot stop its workers, which would go on
+    serving on the inherited sockets with no one to replace or stop them (Linux's PR_SET_PDEATHSIG;
+    elsewhere nothing is done). A supervisor already gone before this ran: stop now."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        except (OSError, AttributeError):  # no prctl: the worker outlives a killed supervisor
+            log.warning("workers cannot follow the supervisor's death here (no prctl)")
+    if os.getppid() != supervisor:
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _signal(pid: int, sig: int) -> None:

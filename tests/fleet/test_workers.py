@@ -395,3 +395,42 @@ def test_every_workers_side_file_is_written_once_by_a_later_run_with_fewer_worke
             second.process.wait(30)
     log = second.log.read_text()
     assert f"{sides[1]}:" in log and "cut short" in log
+
+
+def test_workers_stop_when_their_supervisor_is_killed(upstream_server: ScriptedUpstream, tmp_path: Path) -> None:
+    """A supervisor killed outright (SIGKILL, the OOM killer) cannot stop its workers: the kernel
+    tells them (PR_SET_PDEATHSIG), and they drain and exit instead of serving on with no supervisor."""
+    port, admin = free_port(), free_port()
+    config = {
+        "listen": {"host": "127.0.0.1", "port": port},
+        "admin": {"host": "127.0.0.1", "port": admin},
+        "routes": routes_for(upstream_server),
+        "store": {"path": str(tmp_path / "interlock.db")},
+        "shutdown_grace": 5,
+    }
+    running = start(tmp_path, config, 2)
+    try:
+        running.wait_ready()
+        workers = [
+            int(p)
+            for p in subprocess.run(
+                ["pgrep", "-P", str(running.process.pid)], capture_output=True, text=True
+            ).stdout.split()
+        ]
+        assert len(workers) == 2
+        running.process.kill()
+        running.process.wait(30)
+        deadline = time.monotonic() + 120  # each drains (shutdown_grace 5 s), then exits
+        while any(Path(f"/proc/{pid}").exists() and _alive(pid) for pid in workers):
+            assert time.monotonic() < deadline, f"workers {workers} outlived their supervisor"
+            time.sleep(0.1)
+    finally:
+        subprocess.run(["pkill", "-KILL", "-f", str(tmp_path / "interlock.yaml")], check=False)
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie awaiting its reaper, init here, has exited)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
