@@ -34,6 +34,19 @@ from bench import harness, load
 _MEASURED = re.compile(r"\.1-(\d+)$")
 
 
+def callgrind_python(out: Path) -> list[str]:
+    """This Python under callgrind, counting nothing until `callgrind_control -i on` (the measured
+    calls alone), each thread apart (so `thread_counts` can name them), into `out`."""
+    return [
+        "valgrind",
+        "--tool=callgrind",
+        "--instr-atstart=no",
+        "--separate-threads=yes",
+        f"--callgrind-out-file={out}",
+        harness.PYTHON,
+    ]
+
+
 def thread_counts(out: Path) -> dict[int, tuple[int, bool]]:
     """Instructions per thread id over the measured calls, and whether the thread ran SQLite's VM
     (the recording writer does)."""
@@ -70,15 +83,7 @@ def measure(
         else:
             served = ["-m", "interlock.cli", "serve", "--config", str(workdir / "interlock.yaml")]
         popen = subprocess.Popen(
-            [
-                "valgrind",
-                "--tool=callgrind",
-                "--instr-atstart=no",
-                "--separate-threads=yes",
-                f"--callgrind-out-file={out}",
-                harness.PYTHON,
-            ]
-            + served,
+            callgrind_python(out) + served,
             cwd=workdir if not floor else harness.ROOT,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

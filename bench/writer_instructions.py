@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import harness, load
-from bench.instructions import thread_counts
+from bench.instructions import callgrind_python, thread_counts
 from interlock.core.call import Call
 from interlock.testing import run_interlock, settings_for_test, wait_for
 from interlock.tracing.store import Store
@@ -74,12 +74,7 @@ def measure(calls: int, batch: int, stream: bool) -> float:
     workdir = Path(tempfile.mkdtemp(prefix="bench-callgrind-"))
     out = workdir / "callgrind.out"
     command: list[Any] = [
-        "valgrind",
-        "--tool=callgrind",
-        "--instr-atstart=no",
-        "--separate-threads=yes",
-        f"--callgrind-out-file={out}",
-        harness.PYTHON,
+        *callgrind_python(out),
         "-m",
         "bench.writer_instructions",
         "--inside",

@@ -7,7 +7,9 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
+from click.testing import CliRunner
 
+from interlock.cli import main
 from interlock.scripted import ScriptedUpstream
 from interlock.testing import Running, run_interlock, settings_for_test
 from tests.servers import PostgresServer, RedisServer
@@ -22,6 +24,17 @@ def closed_after_test(client: Closable) -> Closable:
     whichever test happens to run then (CI: tests/proxy/test_cost.py failed on one)."""
     _OPEN_CLIENTS.append(client)
     return client
+
+
+def passes_policy_test(tmp_path: Path, config: str, rules: str, cases: str) -> None:
+    """`interlock policy test` of `rules` against `cases` under `config` (each text written to a
+    file in `tmp_path`) passes: every case's decision is the one it expects."""
+    files = {name: tmp_path / f"{name}.yaml" for name in ("interlock", "rules", "cases")}
+    for name, text in zip(files, (config, rules, cases), strict=True):
+        files[name].write_text(text)
+    args = ["policy", "test", str(files["rules"]), "--cases", str(files["cases"]), "-c", str(files["interlock"])]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
 
 
 #: Every sync httpx client (the openai and anthropic SDKs' included) made while a test runs: closed

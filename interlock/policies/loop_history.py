@@ -101,6 +101,14 @@ def positions(entries: Reversible[bytes], key: bytes) -> list[int]:
     return [position for position, entry in enumerate(reversed(entries)) if entry == key]
 
 
+def check_kinds(repeats: Sequence[Repeat]) -> None:
+    """Refuse (ValueError) a repeat whose kind is not one of `KINDS`: the stored backends keep a
+    list for each of those and no other."""
+    for repeat in repeats:
+        if repeat.kind not in KINDS:
+            raise ValueError(f"a loop history keeps {' and '.join(KINDS)}, not {repeat.kind!r}")
+
+
 @dataclass(slots=True)
 class _Session:
     width: int
@@ -140,6 +148,7 @@ class LoopMemory:
         streaks: Sequence[Streak] = (),
         tool: str | None = None,
     ) -> Seen:
+        check_kinds(repeats)  # as the stored backends do: one contract, whichever backend runs
         session = self._session(scope, window, now)
         if tool is not None:
             blocked = session.blocked.get(tool)
@@ -222,5 +231,6 @@ __all__ = [
     "Repeat",
     "Seen",
     "Streak",
+    "check_kinds",
     "positions",
 ]

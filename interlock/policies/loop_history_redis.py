@@ -24,7 +24,15 @@ from collections.abc import Sequence
 from typing import Any
 
 from interlock.core.redisstate import StateClient
-from interlock.policies.loop_history import IDLE_TTL, KINDS, MAX_SESSIONS, MAX_TOOLS, Repeat, Seen, Streak
+from interlock.policies.loop_history import (
+    IDLE_TTL,
+    MAX_SESSIONS,
+    MAX_TOOLS,
+    Repeat,
+    Seen,
+    Streak,
+    check_kinds,
+)
 
 SEP = "\x1f"
 
@@ -182,10 +190,9 @@ class RedisLoopHistory:
         streaks: Sequence[Streak] = (),
         tool: str | None = None,
     ) -> Seen:
+        check_kinds(repeats)
         args = [*self._args(scope, now), window, tool or "", len(repeats)]
         for repeat in repeats:
-            if repeat.kind not in KINDS:
-                raise ValueError(f"a loop history keeps {' and '.join(KINDS)}, not {repeat.kind!r}")
             args += [repeat.kind, repeat.key.hex()]
         args.append(len(streaks))
         for streak in streaks:

@@ -18,12 +18,12 @@ from collections.abc import Sequence
 from interlock.core.sqlite_state import SqliteState
 from interlock.policies.loop_history import (
     IDLE_TTL,
-    KINDS,
     MAX_SESSIONS,
     MAX_TOOLS,
     Repeat,
     Seen,
     Streak,
+    check_kinds,
     positions,
 )
 
@@ -58,9 +58,7 @@ class SqliteLoopHistory(SqliteState):
         streaks: Sequence[Streak] = (),
         tool: str | None = None,
     ) -> Seen:
-        for repeat in repeats:
-            if repeat.kind not in KINDS:
-                raise ValueError(f"a loop history keeps {' and '.join(KINDS)}, not {repeat.kind!r}")
+        check_kinds(repeats)
 
         def work(db: sqlite3.Connection) -> Seen:
             width = self._touch(db, scope, window, now)

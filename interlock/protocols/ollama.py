@@ -46,6 +46,7 @@ from interlock.protocols.ollama_stream import (
 )
 from interlock.protocols.openai import OpenAIAdapter
 from interlock.protocols.openai_request import checked_tools, tool_names
+from interlock.protocols.openai_request import sample_body as chat_sample_body
 from interlock.protocols.sse import EventSplitter
 
 #: The model endpoints, by path, and the operation each is (OTel's `gen_ai.operation.name`).
@@ -278,17 +279,10 @@ class OllamaAdapter(Adapter):
     def sample_body(
         self, path: str, text: str, model: str | None, tools: Sequence[str], tool: tuple[str, Any] | None = None
     ) -> dict[str, Any] | None:
+        if path not in ("/api/generate", "/api/embed", "/api/embeddings"):
+            return chat_sample_body(path, text, model, tools)  # /api/chat: OpenAI chat's messages and tools
         body: dict[str, Any] = {"model": model} if model is not None else {}
-        if path == "/api/generate":
-            body["prompt"] = text
-        elif path in ("/api/embed", "/api/embeddings"):
-            body["input" if path == "/api/embed" else "prompt"] = text
-        else:
-            body["messages"] = [{"role": "user", "content": text}]
-            if tools:
-                body["tools"] = [
-                    {"type": "function", "function": {"name": n, "parameters": {"type": "object"}}} for n in tools
-                ]
+        body["input" if path == "/api/embed" else "prompt"] = text
         return body
 
     # -- policy -----------------------------------------------------------------------------------

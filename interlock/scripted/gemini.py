@@ -6,14 +6,21 @@ in Google's shape. From the API reference (ai.google.dev/api) and google-genai's
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import re
 from functools import partial
 from typing import Any
 
 from interlock.scripted.replies import Script, pieces
-from interlock.scripted.wire import Exchange, Reset, ScriptedFormat, extra_headers, register, send_json, send_stream
+from interlock.scripted.wire import (
+    Exchange,
+    ScriptedFormat,
+    extra_headers,
+    opening,
+    register,
+    send_json,
+    send_stream,
+)
 
 #: `/v1beta/models/gemini-2.0-flash:generateContent`: the model and the method.
 GEMINI_PATH = re.compile(r"/(?:tuned)?[mM]odels/([^/:]+):([A-Za-z]+)$")
@@ -136,12 +143,7 @@ async def answer(exchange: Exchange) -> None:
     model, method = found.group(1), found.group(2)
     data, send = exchange.data, exchange.send
     script = exchange.upstream.next_script(model)
-    if script.delay:
-        await asyncio.sleep(script.delay)
-    if script.reset_after == 0 and script.status == 200 and data.get("stream") is not True:
-        raise Reset("scripted reset before the response")
-    if script.error is not None and script.status < 400:
-        script = dataclasses.replace(script, status=400)
+    script = await opening(script, data.get("stream") is True)
     if script.status >= 400 or script.body is not None:
         if script.body is not None:
             body = script.body

@@ -18,7 +18,15 @@ import json
 from typing import Any
 
 from interlock.scripted.replies import Script, last_user_text, offered_tool_call, pieces
-from interlock.scripted.wire import Exchange, Reset, ScriptedFormat, extra_headers, register, send_json, send_stream
+from interlock.scripted.wire import (
+    Exchange,
+    ScriptedFormat,
+    extra_headers,
+    opening,
+    register,
+    send_json,
+    send_stream,
+)
 
 _STREAMED = ("/api/chat", "/api/generate")
 _MESSAGES = {
@@ -124,12 +132,7 @@ async def answer(exchange: Exchange) -> None:
     path, data, send = exchange.received.path, exchange.data, exchange.send
     script = exchange.upstream.next_script(data.get("model"))
     streamed = path in _STREAMED and data.get("stream") is not False
-    if script.delay:
-        await asyncio.sleep(script.delay)
-    if script.reset_after == 0 and script.status == 200 and not streamed:
-        raise Reset("scripted reset before the response")
-    if script.error is not None and script.status < 400:
-        script = dataclasses.replace(script, status=400)
+    script = await opening(script, streamed)
     if script.status >= 400 or script.body is not None:
         if script.body is not None:
             body = script.body

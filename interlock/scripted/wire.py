@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -99,6 +100,19 @@ def extra_headers(script: Script) -> list[tuple[bytes, bytes]]:
     if script.retry_after is not None:
         extra.append((b"retry-after", script.retry_after.encode()))
     return extra
+
+
+async def opening(script: Script, streamed: bool) -> Script:
+    """The script's start as the native formats share it: its `delay` waited, a `reset_after` of 0
+    raised before any response (a stream's reset is `send_stream`'s, once its head is sent), and a
+    named `error` with no error status given 400."""
+    if script.delay:
+        await asyncio.sleep(script.delay)
+    if script.reset_after == 0 and script.status == 200 and not streamed:
+        raise Reset("scripted reset before the response")
+    if script.error is not None and script.status < 400:
+        script = dataclasses.replace(script, status=400)
+    return script
 
 
 async def send_json(send: Any, status: int, body: bytes, extra: list[tuple[bytes, bytes]]) -> None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from interlock.policies.loop_history import Repeat, Streak
 from tests.conformance.conftest import LoopsFactory
 
@@ -40,6 +42,14 @@ async def test_kinds_and_sessions_are_counted_apart(loops_factory: LoopsFactory)
     assert (await history.observe("s1", 10, 2.0, [Repeat("requests", A)])).repeats == [[0]]
     assert (await history.observe("s2", 10, 3.0, _tool(A))).repeats == [[0]]
     assert (await history.observe("s1", 10, 4.0, _tool(A))).repeats == [[0, 1]]
+
+
+async def test_a_kind_no_backend_keeps_is_refused_and_nothing_is_kept(loops_factory: LoopsFactory) -> None:
+    history = loops_factory()
+    with pytest.raises(ValueError):
+        await history.observe("s", 3, 1.0, [Repeat("tool_calls", A), Repeat("replies", A)])
+    # The refusal came before anything was appended: the tool call's key is new to the session.
+    assert (await history.observe("s", 3, 2.0, _tool(A))).repeats == [[0]]
 
 
 async def test_a_wider_window_looks_further_back_and_a_narrower_one_never_forgets(

@@ -13,15 +13,14 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from click.testing import CliRunner
 
-from interlock.cli import main
 from interlock.config import load_settings
 from interlock.otel.attributes import describe_call
 from interlock.protocols import ADAPTERS
 from interlock.scripted import Script, ScriptedUpstream, ToolUse
 from interlock.testing import Running, replay_server, run_interlock, settings_for_test
 from interlock.yamlsource import SourceError
+from tests.conftest import passes_policy_test
 from tests.sdk_errors import protocol_error
 
 API_VERSION = "2024-10-21"
@@ -348,11 +347,11 @@ def test_an_upstream_ending_in_openai_is_refused_at_its_line(tmp_path: Path, pat
 
 
 def test_policy_test_cases_see_the_model_a_deployment_serves(tmp_path: Path) -> None:
-    (tmp_path / "interlock.yaml").write_text(
+    config = (
         "routes:\n  azure:\n    protocol: azure_openai\n    upstream: https://r.openai.azure.com\n"
         "    deployments: {prod-chat: gpt-4o}\n"
     )
-    (tmp_path / "rules.yaml").write_text("rules:\n  - name: no-4o\n    deny: {models: [gpt-4o]}\n")
+    rules = "rules:\n  - name: no-4o\n    deny: {models: [gpt-4o]}\n"
     cases = """
 cases:
   - name: the deployment path names gpt-4o's deployment
@@ -365,14 +364,7 @@ cases:
     request: {route: azure, path: /openai/deployments/other/chat/completions}
     expect: {decision: allow}
 """
-    (tmp_path / "cases.yaml").write_text(cases)
-    result = CliRunner().invoke(
-        main,
-        ["policy", "test", str(tmp_path / "rules.yaml"), "--cases", str(tmp_path / "cases.yaml")]
-        + ["-c", str(tmp_path / "interlock.yaml")],
-        catch_exceptions=False,
-    )
-    assert result.exit_code == 0, result.output
+    passes_policy_test(tmp_path, config, rules, cases)
 
 
 def test_whatif_judges_a_recorded_call_as_the_model_its_deployment_serves(

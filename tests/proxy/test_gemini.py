@@ -19,6 +19,7 @@ from google.genai import errors, types
 from interlock.scripted import Script, ScriptedUpstream, ToolUse
 from interlock.testing import Running, replay_server
 from interlock.tracing.store import Store
+from tests.conftest import passes_policy_test
 
 MODEL = "gemini-2.0-flash"
 EMAIL = "jane.roe@acme-corp.io"
@@ -418,15 +419,10 @@ def test_a_virtual_key_in_x_goog_api_key_names_the_agent_and_never_leaves(
 
 
 def test_policy_test_cases_read_the_model_from_the_path(tmp_path: Path, upstream: ScriptedUpstream) -> None:
-    from click.testing import CliRunner
-
-    from interlock.cli import main
-
-    (tmp_path / "interlock.yaml").write_text("routes:\n  gemini: {protocol: gemini}\n")
-    (tmp_path / "rules.yaml").write_text(
-        "rules:\n  - name: no-pro\n    deny: {models: [gemini-2.5-pro], tools: [rm]}\n"
-    )
-    (tmp_path / "cases.yaml").write_text(
+    passes_policy_test(
+        tmp_path,
+        "routes:\n  gemini: {protocol: gemini}\n",
+        "rules:\n  - name: no-pro\n    deny: {models: [gemini-2.5-pro], tools: [rm]}\n",
         "cases:\n"
         "  - name: the model named by the case goes in the path\n"
         "    request: {route: gemini, model: gemini-2.5-pro}\n"
@@ -436,11 +432,8 @@ def test_policy_test_cases_read_the_model_from_the_path(tmp_path: Path, upstream
         "    expect: {decision: deny, rule: no-pro}\n"
         "  - name: the default model passes\n"
         "    request: {route: gemini}\n"
-        "    expect: {decision: allow}\n"
+        "    expect: {decision: allow}\n",
     )
-    args = ["policy", "test", str(tmp_path / "rules.yaml"), "--cases", str(tmp_path / "cases.yaml")]
-    result = CliRunner().invoke(main, [*args, "-c", str(tmp_path / "interlock.yaml")], catch_exceptions=False)
-    assert result.exit_code == 0, result.output
 
 
 def test_a_virtual_key_in_the_query_names_the_agent_and_is_never_sent(start: Any, upstream: ScriptedUpstream) -> None:

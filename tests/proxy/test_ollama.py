@@ -24,7 +24,7 @@ from interlock.protocols import ADAPTERS
 from interlock.scripted import Script, ScriptedUpstream, ToolUse
 from interlock.testing import Running, replay_server, run_interlock, settings_for_test
 from interlock.yamlsource import SourceError
-from tests.conftest import closed_after_test
+from tests.conftest import closed_after_test, passes_policy_test
 
 MODEL = "llama3.2"
 EMAIL = "jane.roe@acme-corp.io"
@@ -352,13 +352,10 @@ def test_the_async_client_streams_through_interlock(running: Running, upstream: 
 
 
 def test_policy_test_cases_build_ollama_requests(tmp_path: Path) -> None:
-    from click.testing import CliRunner
-
-    from interlock.cli import main
-
-    (tmp_path / "interlock.yaml").write_text("routes:\n  local: {protocol: ollama}\n")
-    (tmp_path / "rules.yaml").write_text("rules:\n  - name: no-big\n    deny: {models: [llama3.1:405b], tools: [rm]}\n")
-    (tmp_path / "cases.yaml").write_text(
+    passes_policy_test(
+        tmp_path,
+        "routes:\n  local: {protocol: ollama}\n",
+        "rules:\n  - name: no-big\n    deny: {models: [llama3.1:405b], tools: [rm]}\n",
         "cases:\n"
         "  - name: the model named by the case is the body's\n"
         "    request: {route: local, model: llama3.1:405b}\n"
@@ -368,11 +365,8 @@ def test_policy_test_cases_build_ollama_requests(tmp_path: Path) -> None:
         "    expect: {decision: deny, rule: no-big}\n"
         "  - name: another model passes\n"
         "    request: {route: local, model: llama3.2}\n"
-        "    expect: {decision: allow}\n"
+        "    expect: {decision: allow}\n",
     )
-    args = ["policy", "test", str(tmp_path / "rules.yaml"), "--cases", str(tmp_path / "cases.yaml")]
-    result = CliRunner().invoke(main, [*args, "-c", str(tmp_path / "interlock.yaml")], catch_exceptions=False)
-    assert result.exit_code == 0, result.output
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
