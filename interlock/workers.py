@@ -114,6 +114,7 @@ def supervise(
     board = WorkerBoard(workers)
     # The SQLite vault's key when the configuration has none: drawn here, inherited by the workers'
     # memory across fork, never written (docs/fleet.md).
+    # Key material: os.urandom, never core/randpool (that pool is for ids).
     secret = base64.b64encode(os.urandom(32)).decode()
     children: dict[int, tuple[int, float]] = {}  # pid → (slot, started at)
     seen_ready: set[int] = set()  # workers that have been ready: started, whatever kills them later

@@ -6,7 +6,6 @@ proxy wrote.
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from collections.abc import AsyncIterator
@@ -16,6 +15,7 @@ from typing import Any, Literal
 
 from interlock.core.actions import GuardrailActions
 from interlock.core.fields import RECORD_SCALARS
+from interlock.core.randpool import random_hex
 from interlock.core.views import RequestView, ResponseView
 
 Outcome = Literal[
@@ -58,7 +58,7 @@ Headers = list[tuple[str, str]]
 
 def new_id() -> str:
     """A 26-character id that sorts by creation time: 13 hex digits of µs, 13 of randomness."""
-    return f"{time.time_ns() // 1000:013x}{os.urandom(7).hex()[:13]}"
+    return f"{time.time_ns() // 1000:013x}{random_hex(13)}"
 
 
 #: Header names that carry credentials, by the words in them (split at `-` and `_`; docs/security.md):

@@ -71,6 +71,7 @@ class Hasher:
     """`hash` action: a keyed hash, so equal values can be correlated but not guessed offline."""
 
     def __init__(self, key: str | None = None) -> None:
+        # Key material: os.urandom, never core/randpool (that pool is for ids).
         self.key = key.encode() if key else os.urandom(32)
 
     def __call__(self, entity: str, value: str) -> str:

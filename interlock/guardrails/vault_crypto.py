@@ -33,6 +33,7 @@ class VaultCipher:
         return hmac.new(self._mac_key, message, hashlib.sha256).digest()[:MAC_BYTES]
 
     def seal(self, session: str, entity: str, value: str) -> bytes:
+        # A nonce, not an id: straight from os.urandom, never from core/randpool's shared buffer.
         nonce = os.urandom(NONCE_BYTES)
         aad = f"{session}\x1f{entity}".encode("utf-8", "surrogatepass")
         return nonce + self._aead.encrypt(nonce, value.encode("utf-8", "surrogatepass"), aad)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import re
 
 from interlock.config import Settings
 from interlock.core.call import Call, Decision
+from interlock.core.randpool import random_hex
 from interlock.protocols import ADAPTERS
 from interlock.proxy.upstream import query_key
 
@@ -76,8 +76,8 @@ class Identify:
         if parent:
             call.trace_id, call.parent_span_id = parent
         else:
-            call.trace_id = os.urandom(16).hex()
-        call.span_id = os.urandom(8).hex()
+            call.trace_id = random_hex(32)
+        call.span_id = random_hex(16)
         if self.virtual_keys:
             key = credential(call)
             virtual = self.virtual_keys.get(key) if key else None
