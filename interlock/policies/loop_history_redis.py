@@ -24,15 +24,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from interlock.core.redisstate import StateClient
-from interlock.policies.loop_history import (
-    IDLE_TTL,
-    MAX_SESSIONS,
-    MAX_TOOLS,
-    Repeat,
-    Seen,
-    Streak,
-    check_kinds,
-)
+from interlock.policies.loop_history import IDLE_TTL, MAX_SESSIONS, MAX_TOOLS, Repeat, Seen, Streak, check_kinds
 
 SEP = "\x1f"
 

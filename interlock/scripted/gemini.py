@@ -12,15 +12,7 @@ from functools import partial
 from typing import Any
 
 from interlock.scripted.replies import Script, pieces
-from interlock.scripted.wire import (
-    Exchange,
-    ScriptedFormat,
-    extra_headers,
-    opening,
-    register,
-    send_json,
-    send_stream,
-)
+from interlock.scripted.wire import Exchange, ScriptedFormat, extra_headers, opening, register, send_json, send_stream
 
 #: `/v1beta/models/gemini-2.0-flash:generateContent`: the model and the method.
 GEMINI_PATH = re.compile(r"/(?:tuned)?[mM]odels/([^/:]+):([A-Za-z]+)$")

@@ -18,15 +18,7 @@ import json
 from typing import Any
 
 from interlock.scripted.replies import Script, last_user_text, offered_tool_call, pieces
-from interlock.scripted.wire import (
-    Exchange,
-    ScriptedFormat,
-    extra_headers,
-    opening,
-    register,
-    send_json,
-    send_stream,
-)
+from interlock.scripted.wire import Exchange, ScriptedFormat, extra_headers, opening, register, send_json, send_stream
 
 _STREAMED = ("/api/chat", "/api/generate")
 _MESSAGES = {

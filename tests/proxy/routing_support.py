@@ -1,7 +1,9 @@
-"""Helpers shared by the routing, retry and breaker tests."""
+"""Helpers shared by the routing, retry and breaker tests, and the provider tests."""
 
 from __future__ import annotations
 
+import html
+import re
 from typing import Any
 
 import anthropic
@@ -76,3 +78,12 @@ def breaker_state(running: Running, route_name: str, upstream: str, model: str |
 
 
 CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def conversation(running: Running, call_id: str) -> list[tuple[str, str]]:
+    """(role classes, text) of each message in the call page's Conversation section."""
+    page = httpx.get(f"{running.admin_url}/call/{call_id}")
+    assert page.status_code == 200
+    section = page.text.split('<section id="conversation">', 1)[1].split("</section>", 1)[0]
+    found = re.findall(r'<li class="msg ([a-z ]+)">.*?<div class="text">(.*?)</div>', section, re.S)
+    return [(role, html.unescape(re.sub("<[^>]+>", "", text))) for role, text in found]

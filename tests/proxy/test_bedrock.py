@@ -21,8 +21,8 @@ from interlock.scripted.bedrock import AwsCredentials
 from interlock.testing import Running, replay_server
 from interlock.tracing.store import Store
 from tests.guardrails.test_guardrails_sdk import stored_bytes
-from tests.proxy.routing_support import collect_calls, wait_for
-from tests.proxy.test_gemini import conversation, recorded
+from tests.proxy.routing_support import collect_calls, conversation, wait_for
+from tests.proxy.test_gemini import recorded
 
 MODEL = "anthropic.claude-3-5-haiku-20241022-v1:0"
 ROUTE_KEY = AwsCredentials("AKIDROUTEKEY0000", "route-secret-key", "eu-west-1", "route-session-token")

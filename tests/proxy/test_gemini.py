@@ -3,9 +3,7 @@ sends: `?key=`, the JSON-array stream without `alt=sse`)."""
 
 from __future__ import annotations
 
-import html
 import json
-import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +18,7 @@ from interlock.scripted import Script, ScriptedUpstream, ToolUse
 from interlock.testing import Running, replay_server
 from interlock.tracing.store import Store
 from tests.conftest import passes_policy_test
+from tests.proxy.routing_support import conversation
 
 MODEL = "gemini-2.0-flash"
 EMAIL = "jane.roe@acme-corp.io"
@@ -123,15 +122,6 @@ def test_generate_streamed_and_not_with_usage_keys_and_the_call_page(
         ("user", "hello there"),
         ("assistant response", "echo: hello there"),
     ]
-
-
-def conversation(running: Running, call_id: str) -> list[tuple[str, str]]:
-    """(role classes, text) of each message in the call page's Conversation section."""
-    page = httpx.get(f"{running.admin_url}/call/{call_id}")
-    assert page.status_code == 200
-    section = page.text.split('<section id="conversation">', 1)[1].split("</section>", 1)[0]
-    found = re.findall(r'<li class="msg ([a-z ]+)">.*?<div class="text">(.*?)</div>', section, re.S)
-    return [(role, html.unescape(re.sub("<[^>]+>", "", text))) for role, text in found]
 
 
 def test_query_key_is_replaced_and_never_recorded_and_the_json_array_stream(

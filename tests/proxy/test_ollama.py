@@ -6,9 +6,7 @@ and budgets, a broken stream, replay, the call page and OTel."""
 from __future__ import annotations
 
 import asyncio
-import html
 import json
-import re
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +23,7 @@ from interlock.scripted import Script, ScriptedUpstream, ToolUse
 from interlock.testing import Running, replay_server, run_interlock, settings_for_test
 from interlock.yamlsource import SourceError
 from tests.conftest import closed_after_test, passes_policy_test
+from tests.proxy.routing_support import conversation
 
 MODEL = "llama3.2"
 EMAIL = "jane.roe@acme-corp.io"
@@ -74,15 +73,6 @@ def running(upstream_server: ScriptedUpstream, tmp_path_factory: pytest.TempPath
 def client(running: Running, session: str, agent: str = "ollama-bot", host: str | None = None) -> ollama.Client:
     headers = {"X-Interlock-Agent": agent, "X-Interlock-Session": session}
     return closed_after_test(ollama.Client(host=host or f"{running.url}/ollama", headers=headers))
-
-
-def conversation(running: Running, call_id: str) -> list[tuple[str, str]]:
-    """(role classes, text) of each message in the call page's Conversation section."""
-    page = httpx.get(f"{running.admin_url}/call/{call_id}")
-    assert page.status_code == 200
-    section = page.text.split('<section id="conversation">', 1)[1].split("</section>", 1)[0]
-    found = re.findall(r'<li class="msg ([a-z ]+)">.*?<div class="text">(.*?)</div>', section, re.S)
-    return [(role, html.unescape(re.sub("<[^>]+>", "", text))) for role, text in found]
 
 
 def lines(body: bytes) -> list[dict[str, Any]]:
