@@ -95,18 +95,27 @@ def sample_body(text: str, tools: Sequence[str]) -> dict[str, Any]:
 # -- the response -------------------------------------------------------------------------------
 
 
-def _message(data: dict[str, Any]) -> Any:
-    return (data.get("output") or {}).get("message") or {}
+def _message(data: dict[str, Any]) -> dict[str, Any]:
+    """The answer's message; a malformed body (a non-object `output` or `message`) reads as no message,
+    so the call is recorded with nothing read from it, never an error of interlock's own (a 500)."""
+    output = data.get("output")
+    message = output.get("message") if isinstance(output, dict) else None
+    return message if isinstance(message, dict) else {}
+
+
+def _blocks(data: dict[str, Any]) -> list[Any]:
+    content = _message(data).get("content")
+    return content if isinstance(content, list) else []
 
 
 def response_texts(data: dict[str, Any]) -> list[TextSlot]:
-    return converse_blocks(_message(data).get("content"), ("output", "message", "content"), "assistant")
+    return converse_blocks(_blocks(data), ("output", "message", "content"), "assistant")
 
 
 def response_tool_calls(data: dict[str, Any]) -> list[ToolCall]:
     return [
         ToolCall(str(use.get("name")), json.dumps(use.get("input", {})), use.get("toolUseId"))
-        for block in _message(data).get("content") or []
+        for block in _blocks(data)
         if isinstance(block, dict) and isinstance(use := block.get("toolUse"), dict)
     ]
 
@@ -205,8 +214,7 @@ def conversation(request: Any, response: Any) -> list[ChatMessage]:
                 out += _chat_messages(message.get("content"), role, f"request.messages[{i}]")
     answer: list[ChatMessage] = []
     if isinstance(response, dict):
-        message = (response.get("output") or {}).get("message") or {}
-        answer = _chat_messages(message.get("content"), "assistant", "response.output.message")
+        answer = _chat_messages(_blocks(response), "assistant", "response.output.message")
     return exchange(out, answer)
 
 

@@ -67,6 +67,13 @@ _STATUSES = {
 }
 
 
+def _candidates(response: dict[str, Any]) -> list[Any]:
+    """A response's candidates; a malformed body (a non-list `candidates`) reads as none: the call is
+    recorded with nothing read from it, never an error of interlock's own (a 500)."""
+    candidates = response.get("candidates")
+    return candidates if isinstance(candidates, list) else []
+
+
 def _function_calls(candidates: Any) -> Iterator[tuple[int, int, dict[str, Any]]]:
     """(candidate position, part position, functionCall) in a response's candidates."""
     for i, candidate in enumerate(candidates if isinstance(candidates, list) else []):
@@ -183,7 +190,7 @@ class GeminiAdapter(Adapter):
         if isinstance(response, list):  # the JSON-array stream, read as one body
             response = reassemble([r for _, r in _responses(response)])
         if isinstance(response, dict):
-            for i, candidate in enumerate(response.get("candidates") or []):
+            for i, candidate in enumerate(_candidates(response)):
                 if isinstance(candidate, dict) and isinstance(candidate.get("content"), dict):
                     answer += _messages(candidate["content"], "assistant", f"response.candidates[{i}]")
         return exchange(messages, answer)
@@ -193,7 +200,7 @@ class GeminiAdapter(Adapter):
             summary.take(response.get("responseId"), response.get("modelVersion"))
             reasons = [
                 c["finishReason"]
-                for c in response.get("candidates") or []
+                for c in _candidates(response)
                 if isinstance(c, dict) and isinstance(c.get("finishReason"), str)
             ]
             if reasons:
@@ -243,7 +250,7 @@ class GeminiAdapter(Adapter):
     def response_texts(self, data: Any) -> list[TextSlot]:
         slots: list[TextSlot] = []
         for where, response in _responses(data):
-            for i, candidate in enumerate(response.get("candidates") or []):
+            for i, candidate in enumerate(_candidates(response)):
                 if isinstance(candidate, dict):
                     slots += part_texts(candidate.get("content"), (*where, "candidates", i, "content"), "assistant")
         return slots
@@ -287,7 +294,7 @@ class GeminiAdapter(Adapter):
         if not isinstance(data, dict):
             return []
         texts: list[StreamText] = []
-        for i, candidate in enumerate(data.get("candidates") or []):
+        for i, candidate in enumerate(_candidates(data)):
             if not isinstance(candidate, dict):
                 continue
             index = candidate.get("index", i)
@@ -338,7 +345,8 @@ def _messages(content: dict[str, Any], role: str, where: str) -> list[ChatMessag
     texts: list[str] = []
     calls: list[ChatToolCall] = []
     results: list[ChatMessage] = []
-    for part in content.get("parts") or []:
+    parts = content.get("parts")
+    for part in parts if isinstance(parts, list) else []:
         if not isinstance(part, dict):
             continue
         if isinstance(part.get("text"), str) and not part.get("thought"):
