@@ -115,6 +115,10 @@ class Holding:
         self.calls: deque[Call] = deque()
         self.bytes = 0
         self.spilled = 0  # calls in the side file
+        #: Calls in the adopted side files (`count_side_files`), by file, until each is written; and
+        #: their sum, read by /api/stats from another thread (the dict changes under `lock`).
+        self._waiting: dict[str, int] = {}
+        self.waiting = 0
         self.spill_bytes = os.path.getsize(spill_path) if os.path.exists(spill_path) else 0
         self.lost = 0
         self.lost_before = 0  # `lost` when the current episode began: its own losses are the difference
@@ -233,6 +237,34 @@ class Holding:
         """Shutdown during an episode: everything held goes to the side file."""
         self.spill(self.take(len(self.calls)))
 
+    def count_side_files(self) -> None:
+        """Count the calls in the side files found at start (this process's own, left by an earlier
+        run, and the adopted ones) so `/api/stats` reports them as at risk until they are written:
+        `spilled` and `unrecorded` otherwise said 0 while a start wrote them, or while a store down
+        at start could not. Each file is counted under its lock (its appends and its replay wait),
+        in the writer thread: it reads the whole file, in bounded blocks. A file that cannot be
+        locked in time is not counted (logged): its replay fails the same way and is retried."""
+        for path in [self.spill_path, *self.adopted]:
+            try:
+                with claim(path, self.lock_wait) as side_file:
+                    if side_file is None:
+                        continue
+                    calls = side_file.calls()
+                    if path == self.spill_path:  # locked: `spill` adds to it, under the same lock
+                        self.spilled = calls
+                        continue
+                    with self.lock:
+                        self._waiting[path] = calls
+                        self.waiting = sum(self._waiting.values())
+            except OSError as exc:
+                log.warning("recording: the calls in %s cannot be counted now: %s", path, exc)
+
+    def _written(self, path: str) -> None:
+        """The adopted side file at `path` is written (or gone): its calls are no longer waiting."""
+        with self.lock:
+            if self._waiting.pop(path, None) is not None:
+                self.waiting = sum(self._waiting.values())
+
     def replay(self, write: Callable[[list[dict[str, Any]]], None], size: int, *, at_start: bool = False) -> int:
         """Write the side file, then those of absent workers, into the store (`write`, `size` records
         at a time), removing each once written; how many calls. A storage fault raised by `write` stops
@@ -253,6 +285,7 @@ class Holding:
                         whose = "an earlier run" if path == self.spill_path else "a worker of an earlier run"
                         log.warning("recording: %d calls from %s (left by %s) written", side_file.records, path, whose)
             if path != self.spill_path:
+                self._written(path)
                 with contextlib.suppress(ValueError):  # close() out of time may replay beside the writer
                     self.adopted.remove(path)
         return count
@@ -263,6 +296,11 @@ class Holding:
         return self.fault is not None and self.lost > self.lost_before
 
     @property
+    def in_side_files(self) -> int:
+        """Calls in side files waiting for the store: this process's own and the adopted ones'."""
+        return self.spilled + self.waiting
+
+    @property
     def unrecorded(self) -> int:
-        """Calls not in the store: held, in the side file, or lost."""
-        return len(self.calls) + self.spilled + self.lost
+        """Calls not in the store: held, in side files, or lost."""
+        return len(self.calls) + self.in_side_files + self.lost

@@ -73,7 +73,11 @@ class Recorder:
         self.batch_size = settings.batch_size
         self.interval = settings.batch_interval_ms / 1000.0
         self.enqueued = 0
+        #: Calls really inserted: a call whose id the store already holds (a side file written again
+        #: after a failure part-way, a batch spilled at shutdown that committed after all) is skipped by
+        #: the store (ON CONFLICT DO NOTHING) and counted in `duplicates_skipped` instead.
         self.written = 0
+        self.duplicates_skipped = 0
         self.batches = 0
         self.overflow = 0
         self.write_errors = 0
@@ -216,7 +220,7 @@ class Recorder:
                 return False
             time.sleep(0.005)
         target = self.enqueued + self.overflow
-        while self.written + self.write_errors + self.holding.lost < target:
+        while self.written + self.duplicates_skipped + self.write_errors + self.holding.lost < target:
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.005)
@@ -224,6 +228,9 @@ class Recorder:
 
     def _run_writer(self) -> None:
         pending, arrived, holding = self.queue, self._arrived, self.holding
+        # Counted first (here, not on the event loop: it reads the files), so /api/stats shows the
+        # calls at risk while they are written, or while the store cannot take them yet.
+        holding.count_side_files()
         self._write_side_file(left_by_earlier_run=True)
         while not self._stopping.is_set():
             if holding.due():
@@ -332,9 +339,7 @@ class Recorder:
         if not built:
             return False
         try:
-            self.store.write_rows(rows)
-            with self._counting:
-                self.written += len(built)
+            self._count(self.store.write_rows(rows), len(built))
             return True
         except Exception as exc:
             if storage_fault(exc):
@@ -351,9 +356,7 @@ class Recorder:
         try:
             if not self._salvage(salvaged, call):
                 raise ValueError("its rows cannot be built")
-            self.store.write_rows(salvaged)
-            with self._counting:
-                self.written += 1
+            self._count(self.store.write_rows(salvaged), 1)
         except Exception as exc:
             if storage_fault(exc):
                 holding.failed(describe(exc), [call])
@@ -389,9 +392,8 @@ class Recorder:
                 part.chunks = chunks[start:end]
                 self.store.write_chunks(part)
                 start = end
-            self.store.write_rows(rows)
+            self._count(self.store.write_rows(rows), 1)
             with self._counting:
-                self.written += 1
                 self.large_calls += 1
         except Exception as exc:
             if storage_fault(exc):
@@ -448,6 +450,7 @@ class Recorder:
         holding = self.holding
         try:
             # A retry after a failure part-way rewrites the first batches: ids already stored are skipped.
+            # `_write_records` counts what each batch inserted as it commits.
             count = holding.replay(self._write_records, self.batch_size, at_start=left_by_earlier_run)
         except Exception as exc:  # noqa: BLE001 - kept on disk for the next retry (or start)
             if left_by_earlier_run:
@@ -455,28 +458,32 @@ class Recorder:
             else:
                 holding.retry_failed(describe(exc))
             return None
-        with self._counting:
-            self.written += count
         return count
 
     def _write_records(self, records: list[dict[str, Any]]) -> None:
         """Records from the side file: a storage fault is raised (the file stays for the next try);
         a record SQLite refuses is counted and logged, and must not keep the others out."""
         try:
-            self.store.write(records, capture=self.capture)
+            self._count(self.store.write(records, capture=self.capture), len(records))
             return
         except Exception as exc:
             if storage_fault(exc):
                 raise
         for record in records:
             try:
-                self.store.write([record], capture=self.capture)
+                self._count(self.store.write([record], capture=self.capture), 1)
             except Exception as exc:
                 if storage_fault(exc):
                     raise
                 with self._counting:
                     self.write_errors += 1
                 log.exception("could not record call %s from the side file", record.get("id"))
+
+    def _count(self, added: int, calls: int) -> None:
+        """A committed write of `calls` calls, `added` of them new: the others were already stored."""
+        with self._counting:
+            self.written += added
+            self.duplicates_skipped += calls - added
 
     def _salvage(self, rows: Rows, call: Call) -> bool:
         """Add the call's rows with unstorable text replaced (`Rows.add_call(salvage=True)`)."""
@@ -509,6 +516,7 @@ class Recorder:
             "queue_size": self.settings.queue_size,
             "enqueued": self.enqueued,
             "written": self.written,
+            "duplicates_skipped": self.duplicates_skipped,
             "batches": self.batches,
             "overflow": self.overflow,
             "large_calls": self.large_calls,
@@ -522,7 +530,7 @@ class Recorder:
             ),
             "unrecorded": self.holding.unrecorded,
             "held": len(self.holding.calls),
-            "spilled": self.holding.spilled,
+            "spilled": self.holding.in_side_files,
             "lost": self.holding.lost,
             "write_errors": self.write_errors,
             "pruned": self.pruned,
