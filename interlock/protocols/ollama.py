@@ -142,6 +142,8 @@ class OllamaAdapter(Adapter):
             del view.params["max_tokens"]
         if path == "/api/chat":
             view.texts = _message_texts(data.get("messages"))
+            for i, message in enumerate(data.get("messages") or []):
+                _unread(view, message, f"messages[{i}].", ("images",))
             view.tools = tool_names(checked_tools(data.get("tools")))
         elif path == "/api/generate":
             for key, role in _GENERATE_TEXTS:
@@ -150,6 +152,7 @@ class OllamaAdapter(Adapter):
                     raise BadRequest(f"`{key}` must be a string", "invalid_request")
                 if value:
                     view.texts.append(TextSlot((key,), value, role))
+            _unread(view, data, "", ("images", "context"))
         else:
             view.texts = _embed_texts(data)
         return view
@@ -402,6 +405,21 @@ def _message_texts(messages: Any) -> list[TextSlot]:
             where: JsonPath = ("messages", i, "tool_calls", j, "function", "arguments")
             slots += json_strings(function.get("arguments"), where, "tool_args")
     return slots
+
+
+def _unread(view: RequestView, data: dict[str, Any], where: str, keys: tuple[str, ...]) -> None:
+    """Input the model reads that has no text to scan, listed in `view.unscannable` so the guardrails
+    record the gap (or refuse under a `block` action) instead of passing it as scanned: images (base64:
+    they can hold text, and interlock reads none from an image, having no OCR), and `/api/generate`'s
+    `context` (the token ids of an earlier exchange, whose texts this call does not carry)."""
+    for key in keys:
+        value = data.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, list):
+            raise BadRequest(f"{where}{key} must be a list", "invalid_request")
+        if value:
+            view.unscannable.append(f"{where}{key} ({len(value)} {'images' if key == 'images' else 'token ids'})")
 
 
 def _embed_texts(data: dict[str, Any]) -> list[TextSlot]:

@@ -187,6 +187,47 @@ def test_an_email_is_redacted_upstream_and_restored_for_the_agent(
     assert EMAIL.encode() not in b"".join(p.read_bytes() for p in stored.parent.glob(stored.name + "*"))
 
 
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(16)  # an image's bytes: the SDK sends them base64-encoded
+
+
+def test_images_and_a_generate_context_are_recorded_gaps_not_silent_passes(
+    running: Running, upstream: ScriptedUpstream
+) -> None:
+    # Images can hold text (interlock has no OCR) and `context` is token ids: neither can be scanned for
+    # the e-mail the guardrail redacts. With no block action the call goes on, the gap recorded.
+    sdk = client(running, "unread")
+    upstream.script(Script(text="seen"), Script(text="seen"))
+    assert sdk.generate(model=MODEL, prompt=f"mail {EMAIL}", context=[1734, 374, 9], images=[PNG]).response == "seen"
+    message = {"role": "user", "content": "what is in it?", "images": [PNG, PNG]}
+    assert sdk.chat(model=MODEL, messages=[message]).message.content == "seen"
+    assert upstream.requests[-2].json()["prompt"] == "mail <EMAIL_ADDRESS_1>"  # the text beside them scanned
+    chatted, generated = running.recorded_calls(2, session="unread")  # newest first
+    (gap,) = [d for d in generated.decisions if d.stage == "guardrails" and d.action == "skip"]
+    assert "images (1 images)" in gap.reason and "context (3 token ids)" in gap.reason
+    (gap,) = [d for d in chatted.decisions if d.stage == "guardrails" and d.action == "skip"]
+    assert "messages[0].images (2 images)" in gap.reason
+
+
+def test_images_or_a_context_under_a_block_action_fail_closed(make_interlock: Any, upstream: ScriptedUpstream) -> None:
+    route = {"protocol": "ollama", "upstream": upstream.url}
+    guarded = make_interlock(routes={"ollama": route}, guardrails={"request": {"CREDIT_CARD": "block"}})
+    sdk = client(guarded, "unread-block")
+    for unread in ({"images": [PNG]}, {"context": [1734, 374]}):
+        with pytest.raises(ollama.ResponseError) as refused:
+            sdk.generate(model=MODEL, prompt="describe it", **unread)
+        assert refused.value.status_code == 503
+    refused_raw = httpx.post(
+        f"{guarded.url}/ollama/api/chat",
+        json={"model": MODEL, "messages": [{"role": "user", "content": "hi", "images": ["aGk="]}], "stream": False},
+    )
+    assert refused_raw.status_code == 503 and refused_raw.json()["code"] == "guardrails_error"
+    assert upstream.requests == []
+    calls = guarded.recorded_calls(2, session="unread-block")
+    assert [(c.outcome, c.error_code) for c in calls] == [("blocked", "guardrails_error")] * 2
+    bad = httpx.post(f"{guarded.url}/ollama/api/generate", json={"model": MODEL, "prompt": "hi", "context": "x"})
+    assert bad.status_code == 400 and bad.json()["code"] == "invalid_request"
+
+
 def test_tool_arguments_in_the_history_are_scanned(running: Running, upstream: ScriptedUpstream) -> None:
     history = [
         {"role": "user", "content": "who?"},
