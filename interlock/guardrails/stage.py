@@ -325,6 +325,12 @@ class Guardrails(Scanner):
             reason = "response not scanned: the body is not JSON"
             call.decide(Decision("guardrails", "skip", _rules(actions) if actions else None, reason))
             return
+        problem = adapter.answer_shape_problem(view.message) if (call.status or 0) < 400 else None
+        if problem is not None:
+            # Never silent either: a reader reads nothing where the answer is out of shape, so what it
+            # holds there is relayed unscanned; recorded, and whatever is in shape is scanned as usual.
+            reason = f"response not fully scanned: {problem}"
+            call.decide(Decision("guardrails", "skip", _rules(actions) if actions else None, reason))
         slots = view.texts
         if not slots:
             return

@@ -404,6 +404,12 @@ class Adapter:
         """Tool calls a model made in a non-streamed response JSON."""
         return []
 
+    def answer_shape_problem(self, data: Any) -> str | None:
+        """Why a successful response JSON is not in the format's shape where its texts would be (a string
+        where the format has an object): its readers then read less or nothing, and the guardrails record
+        the answer as not (fully) scanned rather than as one with no text. None: in shape, or unknown."""
+        return None
+
     def error_reply(self, status: int, code: str, message: str, *, retryable: bool = True) -> Reply:
         body = json.dumps({"error": {"code": code, "message": message}}).encode()
         return Reply(status, body, json_headers(retryable))

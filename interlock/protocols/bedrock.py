@@ -312,6 +312,11 @@ class BedrockAdapter(Adapter):
             return _ANTHROPIC.response_tool_calls(data)
         return converse.response_tool_calls(data)
 
+    def answer_shape_problem(self, data: Any) -> str | None:
+        if not isinstance(data, dict):
+            return "the body is not a JSON object"
+        return converse.shape_problem(data) if "output" in data else None
+
     def conversation(self, request: Any, response: Any) -> list[ChatMessage]:
         if isinstance(request, dict) and "anthropic_version" in request:
             return _ANTHROPIC.conversation(request, response)

@@ -103,6 +103,19 @@ def _message(data: dict[str, Any]) -> dict[str, Any]:
     return message if isinstance(message, dict) else {}
 
 
+def shape_problem(data: dict[str, Any]) -> str | None:
+    """Where a Converse answer is not in its shape (`Adapter.answer_shape_problem`)."""
+    output = data.get("output")
+    message = output.get("message") if isinstance(output, dict) else None
+    if output is not None and not isinstance(output, dict):
+        return "`output` is not an object"
+    if message is not None and not isinstance(message, dict):
+        return "`output.message` is not an object"
+    if isinstance(message, dict) and message.get("content") is not None and not isinstance(message["content"], list):
+        return "`output.message.content` is not a list"
+    return None
+
+
 def _blocks(data: dict[str, Any]) -> list[Any]:
     content = _message(data).get("content")
     return content if isinstance(content, list) else []

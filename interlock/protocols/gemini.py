@@ -255,6 +255,23 @@ class GeminiAdapter(Adapter):
                     slots += part_texts(candidate.get("content"), (*where, "candidates", i, "content"), "assistant")
         return slots
 
+    def answer_shape_problem(self, data: Any) -> str | None:
+        if not isinstance(data, dict | list):
+            return "the body is not a JSON object"
+        for where, response in _responses(data):
+            at = "".join(f"[{i}]" for i in where)
+            if response.get("candidates") is not None and not isinstance(response["candidates"], list):
+                return f"`{at}candidates` is not a list"
+            for i, candidate in enumerate(_candidates(response)):
+                content = candidate.get("content") if isinstance(candidate, dict) else None
+                if (
+                    isinstance(content, dict)
+                    and content.get("parts") is not None
+                    and not isinstance(content["parts"], list)
+                ):
+                    return f"`{at}candidates[{i}].content.parts` is not a list"
+        return None
+
     def response_tool_calls(self, data: Any) -> list[ToolCall]:
         return [
             ToolCall(str(call.get("name")), json.dumps(call.get("args", {})), call.get("id"))

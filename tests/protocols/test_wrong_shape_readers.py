@@ -97,3 +97,20 @@ def test_an_answer_in_the_wrong_shape_reads_as_less_never_raises(protocol: str) 
                 except Exception as exc:  # noqa: BLE001 - each failure is listed, then the test fails
                     failures.append(f"{name} with {path} = {wrong!r}: {type(exc).__name__}")
     assert failures == []
+
+
+@pytest.mark.parametrize(
+    ("protocol", "path", "wrong"),
+    [
+        ("bedrock", ("output",), "x"),
+        ("bedrock", ("output", "message"), [1]),
+        ("bedrock", ("output", "message", "content"), 3),
+        ("gemini", ("candidates",), 3),
+        ("gemini", ("candidates", 0, "content", "parts"), {"k": 1}),
+    ],
+)
+def test_an_answer_out_of_shape_where_its_texts_are_says_so(protocol: str, path: tuple[Any, ...], wrong: Any) -> None:
+    # The guardrails record it as not fully scanned (`answer_shape_problem`), never as an answer with no text.
+    adapter = ADAPTERS[protocol]
+    assert adapter.answer_shape_problem(WELL_FORMED[protocol]) is None
+    assert adapter.answer_shape_problem(_replaced(WELL_FORMED[protocol], path, wrong))

@@ -1,6 +1,6 @@
 """An upstream's well-formed JSON in the wrong shape (a string where Bedrock Converse has its `output`
 object, a number where Gemini has its `candidates` list) reads as no message: relayed as it came, the
-call recorded, never interlock's own 500. One shared interlock: each test scripts its own answer."""
+call recorded with a `guardrails skip` decision naming the gap, never interlock's own 500. One shared interlock: each test scripts its own answer."""
 
 from __future__ import annotations
 
@@ -69,5 +69,8 @@ def test_a_malformed_answer_is_relayed_and_recorded_never_a_500(
     assert response.json() == answer
     (call,) = finished(calls, before + 1)[before:]
     assert call.outcome == "ok" and call.error_code is None and call.status == 200
+    # A restore applies (the e-mail's placeholder), so the answer was to be read: the gap is recorded.
+    (gap,) = [d for d in call.decisions if d.stage == "guardrails" and d.action == "skip"]
+    assert gap.reason.startswith("response not fully scanned: ")
     assert upstream_module.requests[-1].signature_problem is None or path == GENERATE
     assert EMAIL.encode() not in upstream_module.requests[-1].body  # the request side still ran
