@@ -47,14 +47,16 @@ class Usage:
         usage = adapter.token_usage(call)
         if call.halted is not None:
             usage = _as_far_as_known(call, adapter, usage)
-        elif usage is None and call.stream and unmetered is None and _unreported(call):
-            # A model's stream that reported no usage (an OpenAI chat stream whose upstream was not
-            # asked for it, `stream_usage: off`, or ignored the ask): estimated as a stopped one is,
-            # and counted, never a $0 pass through a budget.
+        elif usage is None and unmetered is None and _unreported(call):
+            # A model's answer that reported no usage (an OpenAI chat stream whose upstream was not
+            # asked for it, `stream_usage: off`, or ignored the ask; an OpenAI-compatible server that
+            # leaves `usage` out of a whole answer): estimated as a stopped one is, and counted, never
+            # a $0 pass through a budget.
             usage = _as_far_as_known(call, adapter, None)
             call.meta["usage_estimated"] = True
+            what = "its stream" if call.stream else "its answer"
             call.meta["cost_reason"] = (
-                f"its stream carried no token usage: estimated at {CHARS_PER_TOKEN} characters a token"
+                f"{what} carried no token usage: estimated at {CHARS_PER_TOKEN} characters a token"
             )
         if usage is None and (call.input_tokens is not None or call.output_tokens is not None):
             # An adapter that reports only the two counts is still priced (never a silent $0).

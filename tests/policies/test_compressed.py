@@ -213,7 +213,8 @@ def test_an_unknown_encoding_nothing_reads_is_relayed_untouched_and_marked(
     assert response.status_code == 200 and response.headers["content-encoding"] == "x-squeeze"
     assert json.loads(raw)["content"][0]["text"] == "as it came"  # the label over a plain body, untouched
     (call,) = finished(calls)
-    assert call.outcome == "ok" and call.input_tokens is None
+    # No usage read: the prompt is estimated (as for any model answer without usage), marked so.
+    assert call.outcome == "ok" and call.meta["usage_estimated"] is True and (call.input_tokens or 0) >= 1
     [decision] = call.decisions
     assert (decision.stage, decision.action) == ("proxy", "skip") and "unread" in decision.reason
     stored(running, 1)  # and `traces show` says so

@@ -149,11 +149,12 @@ def test_counting_tokens_is_free_and_said_so(running: Running, calls: list[Call]
     assert call.meta["cost_reason"]
 
 
-def test_a_model_call_without_usage_is_unpriced_with_the_reason(
+def test_a_model_answer_without_usage_is_estimated_and_priced_with_the_reason(
     running: Running, calls: list[Call], upstream: ScriptedUpstream
 ) -> None:
-    # An OpenAI-compatible server's answer without `usage`: recorded unpriced, with the reason, never
-    # a silent $0. (A stream without usage is estimated instead: tests/proxy/test_stream_usage.py.)
+    # An OpenAI-compatible server's answer without `usage`: estimated (4 characters a token) and
+    # priced, marked so, never a silent $0 through a budget (as a stream without usage:
+    # tests/proxy/test_stream_usage.py).
     answer = {
         "id": "chatcmpl-1",
         "object": "chat.completion",
@@ -164,8 +165,10 @@ def test_a_model_call_without_usage_is_unpriced_with_the_reason(
     upstream.script(Script(body=json.dumps(answer).encode(), headers={"content-type": "application/json"}))
     assert openai_client(running).chat.completions.create(model="gpt-4o-mini", messages=HI).choices  # type: ignore[arg-type]
     (call,) = finished(calls)
-    assert (call.cost_usd, call.cost_source) == (None, "unpriced")
-    assert call.meta["cost_reason"]
+    assert call.meta["usage_estimated"] is True and call.meta["cost_reason"]
+    assert call.output_tokens == 1  # "hi": 2 characters, a token
+    assert call.input_tokens is not None and call.input_tokens >= 1
+    assert call.cost_source not in (None, "unpriced") and call.cost_usd is not None and call.cost_usd > 0
 
 
 def test_an_error_is_not_priced(running: Running, calls: list[Call], upstream: ScriptedUpstream) -> None:
