@@ -62,6 +62,7 @@ routes:
         ("routes:\n  a:\n    upstreams:\n      - url: https://\n", 4, 9, "needs a host"),
         ("routes:\n  a:\n    upstream: http://[::1\n", 3, 5, "not a valid URL"),
         ("log_level: info\nroutes:\n  ok: {upstream: http://x}\n  a/b:\n    upstream: http://x\n", 4, 3, "'a/b'"),
+        ("guardrails:\n  request: {EMAIL_ADDRESS: redact}\n  media: refuse\n", 3, 3, "guardrails.media"),
     ],
 )
 def test_errors_name_file_line_and_column(tmp_path: Path, text: str, line: int, col: int, message: str) -> None:

@@ -69,6 +69,10 @@ class Guardrails(Model):
     response: dict[str, GuardrailAction] = {}
     #: When the analyzer fails: `deny` the call if an action is `block` (fail closed), or `allow` it.
     on_error: Literal["deny", "allow"] = "deny"
+    #: Images, audio and files in a request (interlock has no OCR or speech recognition): `skip` records
+    #: a 'guardrails skip' decision naming them and lets the call go on; `deny` refuses the call (503
+    #: `guardrails_error`) whenever a request guardrail applies.
+    media: Literal["skip", "deny"] = "skip"
     #: Built-in pattern recognizers to load (presidio entity names); see docs/guardrails.md.
     entities: tuple[str, ...] = (
         "EMAIL_ADDRESS",

@@ -18,6 +18,14 @@ if TYPE_CHECKING:
 JsonPath = tuple[str | int, ...]
 
 
+def where(path: JsonPath) -> str:
+    """`("messages", 2, "content")` → `messages[2].content`."""
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
 # `json.loads` is JSONDecoder.decode, then raw_decode, then this C scanner: three Python frames
 # and two regex matches a value, about as much as the scanning itself for a stream's small events.
 # The writer parses every event of a recorded stream to reassemble it (13 a stream in bench's
@@ -83,6 +91,11 @@ class RequestView:
     #: an embeddings input given as token ids), with what it is: the guardrails record it, or refuse
     #: the call under a `block` action (fail closed), never pass it as scanned.
     unscannable: list[str] = field(default_factory=list)
+    #: Images, audio and files the model reads (`messages[0].content[1] (image_url)`): interlock has no
+    #: OCR or speech recognition and never fetches a URL, so these are unscanned. Apart from
+    #: `unscannable` because the rule differs: recorded as a skip, refused only under
+    #: `guardrails.media: deny` (refusing every vision call under a PII rule would break vision agents).
+    media: list[str] = field(default_factory=list)
     tools: list[str] = field(default_factory=list)  # tool names offered to the model
     params: dict[str, Any] = field(default_factory=dict)  # temperature, max_tokens, ...
     tool_name: str | None = None  # MCP tools/call
@@ -93,6 +106,9 @@ class RequestView:
     #: is still the one recorded and nothing changed the request, the writer indexes the parsed
     #: document instead of parsing the body again (`tracing/writing.py`).
     source: bytes | None = None
+
+    def media_part(self, path: JsonPath, kind: str) -> None:
+        self.media.append(f"{where(path)} ({kind})")
 
     @property
     def input_chars(self) -> int:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from interlock.core.actions import GuardrailActions
 from interlock.core.call import Call, Decision, Finding
 from interlock.core.state import StateUnavailable
-from interlock.core.views import Event, JsonPath
+from interlock.core.views import Event, JsonPath, where
 from interlock.guardrails.guardstream import StreamGuard
 from interlock.guardrails.pii import Detection
 from interlock.guardrails.redaction import (
@@ -45,14 +45,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("interlock.guardrails")
 
 Direction = Literal["request", "response"]
-
-
-def where(path: JsonPath) -> str:
-    """`("messages", 2, "content")` → `messages[2].content`."""
-    out = ""
-    for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
 
 
 def is_json_text(role: str, text: str) -> bool:
@@ -186,11 +178,14 @@ class Guardrails(Scanner):
             why = "on_error: allow" if actions.on_error == "allow" else "no block action"
             call.decide(Decision("guardrails", passed, _rules(actions), f"{reason}; allowed ({why})"))
             return False
-        message = reason + "; denied because a guardrail blocks on it (fail closed)"
+        self.refuse(call, actions, reason + "; denied because a guardrail blocks on it (fail closed)")
+        return True
+
+    def refuse(self, call: Call, actions: GuardrailActions, message: str) -> None:
+        """Answer the call with a 503 `guardrails_error`: what must be scanned could not be."""
         call.decide(Decision("guardrails", "deny", _rules(actions), message))
         reply = ADAPTERS[call.protocol].error_reply(503, "guardrails_error", message, retryable=False)
         call.answer(reply, "blocked", "guardrails_error", message)
-        return True
 
     def block(self, call: Call, actions: GuardrailActions, direction: Direction, entities: list[str]) -> str:
         message = (
@@ -244,6 +239,15 @@ class Guardrails(Scanner):
             reason = f"the request could not be scanned for PII and secrets: {', '.join(view.unscannable)}"
             if self.unscanned(call, actions, "request", reason, "skip"):
                 return
+        if view.media:
+            # Images, audio, files: no OCR or speech recognition here, so a recorded skip whatever the
+            # rules (refusing every vision call under a PII rule would break vision agents), or a
+            # refusal when `guardrails.media: deny` says so. The texts beside them are scanned as usual.
+            reason = f"images, audio or files the guardrails cannot read: {', '.join(view.media)}"
+            if self.config.media == "deny":
+                self.refuse(call, actions, reason + "; denied (guardrails.media: deny)")
+                return
+            call.decide(Decision("guardrails", "skip", _rules(actions), reason + "; allowed (guardrails.media: skip)"))
         if not view.texts:
             return
         slots = view.texts

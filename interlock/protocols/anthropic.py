@@ -38,7 +38,9 @@ _ERROR_TYPES = {
 }
 
 
-def _blocks(content: Any, path: tuple[str | int, ...], role: str) -> list[TextSlot]:
+def _blocks(content: Any, path: tuple[str | int, ...], role: str, view: RequestView | None = None) -> list[TextSlot]:
+    """The texts of a content (a string or a list of blocks); a request's `image` and `document`
+    blocks (a tool result's too) listed in `view.media`, as interlock cannot read them."""
     if isinstance(content, str):
         return [TextSlot(path, content, role)]
     slots: list[TextSlot] = []
@@ -49,7 +51,9 @@ def _blocks(content: Any, path: tuple[str | int, ...], role: str) -> list[TextSl
         if kind == "text" and isinstance(block.get("text"), str):
             slots.append(TextSlot((*path, i, "text"), block["text"], role))
         elif kind == "tool_result":
-            slots += _blocks(block.get("content"), (*path, i, "content"), "tool_result")
+            slots += _blocks(block.get("content"), (*path, i, "content"), "tool_result", view)
+        elif kind in ("image", "document") and view is not None:
+            view.media_part((*path, i), kind)
         # tool_use input is a JSON object, not text: scanned through its string leaves.
         elif kind == "tool_use" and isinstance(block.get("input"), dict):
             slots += json_strings(block["input"], (*path, i, "input"), "tool_args")
@@ -69,7 +73,7 @@ def read_messages_body(data: dict[str, Any], view: RequestView) -> None:
     for i, message in enumerate(messages):
         if not isinstance(message, dict):
             raise BadRequest(f"messages.{i} must be an object", "invalid_request")
-        view.texts += _blocks(message.get("content"), ("messages", i, "content"), str(message.get("role")))
+        view.texts += _blocks(message.get("content"), ("messages", i, "content"), str(message.get("role")), view)
     view.tools = _tool_names(data.get("tools"))
 
 

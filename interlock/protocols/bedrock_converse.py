@@ -28,7 +28,7 @@ def converse_view(data: dict[str, Any], model: str, stream: bool) -> RequestView
     system = data.get("system")
     if system is not None and not isinstance(system, list):
         raise BadRequest("`system` must be a list", "invalid_request")
-    view.texts += converse_blocks(system, ("system",), "system")
+    view.texts += converse_blocks(system, ("system",), "system", view)
     messages = data.get("messages", [])
     if not isinstance(messages, list):
         raise BadRequest("`messages` must be a list", "invalid_request")
@@ -38,19 +38,30 @@ def converse_view(data: dict[str, Any], model: str, stream: bool) -> RequestView
         content = message.get("content")
         if not isinstance(content, list):
             raise BadRequest(f"messages.{i}.content must be a list", "invalid_request")
-        view.texts += converse_blocks(content, ("messages", i, "content"), str(message.get("role")))
+        view.texts += converse_blocks(content, ("messages", i, "content"), str(message.get("role")), view)
     view.tools = [spec["name"] for spec in _tool_specs(data)]
     return view
 
 
-def converse_blocks(content: Any, path: tuple[str | int, ...], role: str) -> list[TextSlot]:
-    """The texts of a list of content blocks (text, a tool's input, a tool's result) at `path`."""
+#: Converse content blocks (a tool result's too) the model reads that hold no text interlock can scan.
+_MEDIA = ("image", "document", "video")
+
+
+def converse_blocks(
+    content: Any, path: tuple[str | int, ...], role: str, view: RequestView | None = None
+) -> list[TextSlot]:
+    """The texts of a list of content blocks (text, a tool's input, a tool's result) at `path`; a
+    request's image, document and video blocks listed in `view.media`, as interlock cannot read them."""
     slots: list[TextSlot] = []
     for i, block in enumerate(content if isinstance(content, list) else []):
         if not isinstance(block, dict):
             continue
         if isinstance(block.get("text"), str):
             slots.append(TextSlot((*path, i, "text"), block["text"], role))
+        if view is not None:
+            for kind in _MEDIA:
+                if block.get(kind) is not None:
+                    view.media_part((*path, i), kind)
         use = block.get("toolUse")
         if isinstance(use, dict) and use.get("input") is not None:
             slots += json_strings(use["input"], (*path, i, "toolUse", "input"), "tool_args")
@@ -63,6 +74,10 @@ def converse_blocks(content: Any, path: tuple[str | int, ...], role: str) -> lis
                 elif isinstance(part, dict) and part.get("json") is not None:
                     where = (*path, i, "toolResult", "content", j, "json")
                     slots += json_strings(part["json"], where, "tool_result")
+                elif isinstance(part, dict) and view is not None:
+                    for kind in _MEDIA:
+                        if part.get(kind) is not None:
+                            view.media_part((*path, i, "toolResult", "content", j), kind)
     return slots
 
 

@@ -55,8 +55,10 @@ def get_field(data: Any, camel: str, snake: str) -> tuple[Any, str]:
     return None, camel
 
 
-def part_texts(content: Any, path: JsonPath, role: str) -> list[TextSlot]:
-    """The texts of one `Content`: text parts, function call arguments and function responses."""
+def part_texts(content: Any, path: JsonPath, role: str, view: RequestView | None = None) -> list[TextSlot]:
+    """The texts of one `Content`: text parts, function call arguments and function responses; a
+    request's `inlineData` and `fileData` parts (images, audio, video, files) listed in `view.media`,
+    as interlock cannot read them."""
     if not isinstance(content, dict):
         return []
     parts = content.get("parts")
@@ -75,10 +77,15 @@ def part_texts(content: Any, path: JsonPath, role: str) -> list[TextSlot]:
         result, key = get_field(part, "functionResponse", "function_response")
         if isinstance(result, dict):
             slots += json_strings(result.get("response"), (*where, key, "response"), "tool_result")
+        if view is not None:
+            for camel, snake in (("inlineData", "inline_data"), ("fileData", "file_data")):
+                media, key = get_field(part, camel, snake)
+                if media is not None:
+                    view.media_part(where, key)
     return slots
 
 
-def _contents(data: dict[str, Any], path: JsonPath) -> list[TextSlot]:
+def _contents(data: dict[str, Any], path: JsonPath, view: RequestView) -> list[TextSlot]:
     contents = data.get("contents")
     if contents is None:
         return []
@@ -89,7 +96,7 @@ def _contents(data: dict[str, Any], path: JsonPath) -> list[TextSlot]:
         if not isinstance(content, dict):
             raise BadRequest(f"contents.{i} must be an object", "invalid_request")
         role = "assistant" if content.get("role") == "model" else "user"
-        slots += part_texts(content, (*path, "contents", i), role)
+        slots += part_texts(content, (*path, "contents", i), role, view)
     return slots
 
 
@@ -134,22 +141,22 @@ def request_view(data: dict[str, Any], model: str, method: str) -> RequestView:
     if isinstance(config, dict):
         view.params = {_PARAMS[k]: v for k, v in config.items() if k in _PARAMS}
     system, key = get_field(data, "systemInstruction", "system_instruction")
-    view.texts += part_texts(system, (key,), "system")
-    view.texts += _contents(data, ())
+    view.texts += part_texts(system, (key,), "system", view)
+    view.texts += _contents(data, (), view)
     # countTokens may wrap a whole generateContent request.
     wrapped, key = get_field(data, "generateContentRequest", "generate_content_request")
     if isinstance(wrapped, dict):
         system, system_key = get_field(wrapped, "systemInstruction", "system_instruction")
-        view.texts += part_texts(system, (key, system_key), "system")
-        view.texts += _contents(wrapped, (key,))
+        view.texts += part_texts(system, (key, system_key), "system", view)
+        view.texts += _contents(wrapped, (key,), view)
         view.tools += _tool_names(wrapped)
-    view.texts += part_texts(data.get("content"), ("content",), "user")  # embedContent
+    view.texts += part_texts(data.get("content"), ("content",), "user", view)  # embedContent
     requests = data.get("requests")  # batchEmbedContents
     if requests is not None and not isinstance(requests, list):
         raise BadRequest("`requests` must be a list", "invalid_request")
     for i, request in enumerate(requests or []):
         view.texts += part_texts(
-            request.get("content") if isinstance(request, dict) else None, ("requests", i, "content"), "user"
+            request.get("content") if isinstance(request, dict) else None, ("requests", i, "content"), "user", view
         )
     view.tools += _tool_names(data)
     return view

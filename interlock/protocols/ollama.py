@@ -408,18 +408,21 @@ def _message_texts(messages: Any) -> list[TextSlot]:
 
 
 def _unread(view: RequestView, data: dict[str, Any], where: str, keys: tuple[str, ...]) -> None:
-    """Input the model reads that has no text to scan, listed in `view.unscannable` so the guardrails
-    record the gap (or refuse under a `block` action) instead of passing it as scanned: images (base64:
-    they can hold text, and interlock reads none from an image, having no OCR), and `/api/generate`'s
-    `context` (the token ids of an earlier exchange, whose texts this call does not carry)."""
+    """Input the model reads that has no text to scan, recorded as a gap instead of passed as
+    scanned: images (base64: they can hold text, and interlock has no OCR) in `view.media`, under the
+    media rule every protocol's images follow (`guardrails.media`), and `/api/generate`'s `context`
+    (the token ids of an earlier exchange, whose texts this call does not carry) in
+    `view.unscannable`, refused under a `block` action with on_error: deny."""
     for key in keys:
         value = data.get(key)
         if value is None:
             continue
         if not isinstance(value, list):
             raise BadRequest(f"{where}{key} must be a list", "invalid_request")
-        if value:
-            view.unscannable.append(f"{where}{key} ({len(value)} {'images' if key == 'images' else 'token ids'})")
+        if value and key == "images":  # the media rule every protocol's images follow (`view.media`)
+            view.media.append(f"{where}images ({len(value)} images)")
+        elif value:
+            view.unscannable.append(f"{where}{key} ({len(value)} token ids)")
 
 
 def _embed_texts(data: dict[str, Any]) -> list[TextSlot]:

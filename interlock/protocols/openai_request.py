@@ -48,6 +48,18 @@ def content_texts(content: Any, path: tuple[str | int, ...], role: str) -> list[
     return slots
 
 
+#: Content parts the model reads that hold no text interlock can scan: chat's `image_url` (a URL
+#: counts too: interlock never fetches it), `input_audio`, `file`; Responses' `input_image`,
+#: `input_file`, `input_audio`.
+_MEDIA = frozenset({"image_url", "input_audio", "file", "input_image", "input_file"})
+
+
+def _media(view: RequestView, content: Any, path: tuple[str | int, ...]) -> None:
+    for i, part in enumerate(content if isinstance(content, list) else ()):
+        if isinstance(part, dict) and part.get("type") in _MEDIA:
+            view.media_part((*path, i), part["type"])
+
+
 def _read_inputs(view: RequestView, name: str, value: Any) -> None:
     """A legacy prompt's or an embeddings input's texts: a string, or a list of them (a batch). Token
     ids (a list of ints, or a batch of them) carry the same input with no text to scan: listed in
@@ -83,6 +95,7 @@ def request_view(data: dict[str, Any], path: str) -> RequestView:
             role = str(message.get("role", "user"))
             role = "system" if role == "developer" else role
             view.texts += content_texts(message.get("content"), ("messages", i, "content"), role)
+            _media(view, message.get("content"), ("messages", i, "content"))
             tool_calls = message.get("tool_calls")
             if tool_calls is not None and not isinstance(tool_calls, list):
                 raise BadRequest(f"messages[{i}].tool_calls must be a list", "invalid_request")
@@ -119,6 +132,7 @@ def request_view(data: dict[str, Any], path: str) -> RequestView:
                     view.texts += content_texts(
                         item.get("content"), ("input", i, "content"), str(item.get("role", "user"))
                     )
+                    _media(view, item.get("content"), ("input", i, "content"))
                 elif kind == "function_call_output" and isinstance(item.get("output"), str):
                     view.texts.append(TextSlot(("input", i, "output"), item["output"], "tool_result"))
                 elif kind == "function_call" and isinstance(item.get("arguments"), str):

@@ -202,28 +202,38 @@ def test_images_and_a_generate_context_are_recorded_gaps_not_silent_passes(
     assert sdk.chat(model=MODEL, messages=[message]).message.content == "seen"
     assert upstream.requests[-2].json()["prompt"] == "mail <EMAIL_ADDRESS_1>"  # the text beside them scanned
     chatted, generated = running.recorded_calls(2, session="unread")  # newest first
-    (gap,) = [d for d in generated.decisions if d.stage == "guardrails" and d.action == "skip"]
-    assert "images (1 images)" in gap.reason and "context (3 token ids)" in gap.reason
+    gaps = [d.reason for d in generated.decisions if d.stage == "guardrails" and d.action == "skip"]
+    assert len(gaps) == 2  # the media rule's and the token ids'
+    assert any("images (1 images)" in g for g in gaps) and any("context (3 token ids)" in g for g in gaps)
     (gap,) = [d for d in chatted.decisions if d.stage == "guardrails" and d.action == "skip"]
     assert "messages[0].images (2 images)" in gap.reason
 
 
-def test_images_or_a_context_under_a_block_action_fail_closed(make_interlock: Any, upstream: ScriptedUpstream) -> None:
+def test_a_context_under_a_block_action_fails_closed_images_only_under_media_deny(
+    make_interlock: Any, upstream: ScriptedUpstream
+) -> None:
+    # `context` is text interlock cannot read (on_error decides); images follow every protocol's media
+    # rule: a recorded skip, refused only under `guardrails.media: deny` (tests/guardrails/test_media.py).
     route = {"protocol": "ollama", "upstream": upstream.url}
     guarded = make_interlock(routes={"ollama": route}, guardrails={"request": {"CREDIT_CARD": "block"}})
     sdk = client(guarded, "unread-block")
-    for unread in ({"images": [PNG]}, {"context": [1734, 374]}):
-        with pytest.raises(ollama.ResponseError) as refused:
-            sdk.generate(model=MODEL, prompt="describe it", **unread)
-        assert refused.value.status_code == 503
+    with pytest.raises(ollama.ResponseError) as refused:
+        sdk.generate(model=MODEL, prompt="describe it", context=[1734, 374])
+    assert refused.value.status_code == 503
+    assert upstream.requests == []
+    sdk.generate(model=MODEL, prompt="describe it", images=[PNG])
+    assert len(upstream.requests) == 1
+    denying = make_interlock(
+        routes={"ollama": route}, guardrails={"request": {"CREDIT_CARD": "block"}, "media": "deny"}
+    )
     refused_raw = httpx.post(
-        f"{guarded.url}/ollama/api/chat",
+        f"{denying.url}/ollama/api/chat",
         json={"model": MODEL, "messages": [{"role": "user", "content": "hi", "images": ["aGk="]}], "stream": False},
     )
     assert refused_raw.status_code == 503 and refused_raw.json()["code"] == "guardrails_error"
-    assert upstream.requests == []
-    calls = guarded.recorded_calls(2, session="unread-block")
-    assert [(c.outcome, c.error_code) for c in calls] == [("blocked", "guardrails_error")] * 2
+    assert len(upstream.requests) == 1
+    passed, blocked = guarded.recorded_calls(2, session="unread-block")
+    assert (blocked.outcome, blocked.error_code) == ("blocked", "guardrails_error") and passed.outcome == "ok"
     bad = httpx.post(f"{guarded.url}/ollama/api/generate", json={"model": MODEL, "prompt": "hi", "context": "x"})
     assert bad.status_code == 400 and bad.json()["code"] == "invalid_request"
 
