@@ -36,6 +36,7 @@ from interlock.guardrails.redaction import (
     rewrite,
 )
 from interlock.guardrails.scanner import THREAD_CHARS, Scanner
+from interlock.guardrails.vault import Unreachable
 from interlock.protocols import ADAPTERS
 from interlock.protocols.base import Rewritten, dump_body, set_path
 
@@ -65,27 +66,6 @@ class _CallState:
     #: restore from it, with no second round trip (every placeholder the upstream saw is in it).
     vault: SessionVault | None = None
     vault_open: bool = False
-
-
-class Unreachable(SessionVault):
-    """The table of a session whose vault is out of reach, for a call with nothing to redact: the
-    call goes on, and its response is refused (or its stream ended) only if it holds a placeholder
-    that would need restoring: `missed` is the first one asked for."""
-
-    __slots__ = ("missed", "reason")
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(0)
-        self.missed: str | None = None
-        self.reason = reason
-
-    def __len__(self) -> int:
-        return 1  # "may hold placeholders": the response is read for them
-
-    def value(self, placeholder: str) -> str | None:
-        if self.missed is None:
-            self.missed = placeholder
-        return None
 
 
 class Guardrails(Scanner):

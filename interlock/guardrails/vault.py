@@ -83,6 +83,27 @@ class SessionVault:
         return self.by_placeholder.get(placeholder)
 
 
+class Unreachable(SessionVault):
+    """The table of a session whose vault is out of reach, for a call with nothing to redact: the
+    call goes on, and its response is refused (or its stream ended) only if it holds a placeholder
+    that would need restoring: `missed` is the first one asked for."""
+
+    __slots__ = ("missed", "reason")
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(0)
+        self.missed: str | None = None
+        self.reason = reason
+
+    def __len__(self) -> int:
+        return 1  # "may hold placeholders": the response is read for them
+
+    def value(self, placeholder: str) -> str | None:
+        if self.missed is None:
+            self.missed = placeholder
+        return None
+
+
 class Vault(Protocol):
     """Per-session placeholder tables shared by every call of a session."""
 
@@ -135,4 +156,4 @@ class EmbeddedVault:
         return vault
 
 
-__all__ = ["EmbeddedVault", "SessionVault", "Vault", "VaultConflict"]
+__all__ = ["EmbeddedVault", "SessionVault", "Unreachable", "Vault", "VaultConflict"]
