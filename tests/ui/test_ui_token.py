@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from playwright.sync_api import expect
 
 from interlock.scripted import ScriptedUpstream
 from interlock.testing import Running, run_interlock, settings_for_test, wait_for
@@ -57,9 +59,10 @@ def test_browser_token_once_then_cookie(browser: Any, guarded: Running) -> None:
         cookie = next(c for c in context.cookies() if c["name"] == "interlock_token")
         assert cookie["httpOnly"] is True
         page.locator("a.session-link", has_text="guarded-1").click()
-        assert page.locator(".wf-row").count() == 1
+        # Waited for, not counted at once: the click's navigation may still be loading (CI: 0 rows).
+        expect(page.locator(".wf-row")).to_have_count(1)
         page.locator(".wf-row").first.click()
-        assert "/call/" in page.url
+        expect(page).to_have_url(re.compile(r"/call/"))
         assert page.evaluate("document.cookie") == ""  # HttpOnly: scripts cannot read it
         assert page.goto("/api/calls").status == 200
     finally:
